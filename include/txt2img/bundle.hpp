@@ -1,0 +1,77 @@
+// A model bundle: the directory scripts/convert.py writes (TorchScript modules, tokenizer, model.json manifest).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <torch/script.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "txt2img/safety.hpp"
+#include "txt2img/scheduler.hpp"
+
+namespace txt2img {
+
+constexpr int kBundleFormatVersion = 1;
+
+struct BundleFile {
+  std::string name;
+  std::string sha256;
+  uint64_t bytes = 0;
+};
+
+struct Manifest {
+  int format_version = 0;
+  std::string family;
+  int latent_channels = 4;
+  double scale_factor = 0.18215;
+  int vae_scale_factor = 8;
+  int default_size = 512;
+  int context_length = 77;
+  int pad_id = 49407;
+  int text_hidden_size = 768;
+  SchedulerConfig scheduler;
+  std::optional<SafetyConfig> safety;  // absent when the bundle has no safety checker
+  std::vector<BundleFile> files;
+  std::string converter_version;
+  std::string torch_version;  // PyTorch that exported the modules
+  std::string model_name;     // a short human name (the source's file or folder name)
+  std::string model_hash;     // 10 hex digits, A1111-style where the source was one checkpoint file
+  nlohmann::json raw;
+
+  // Throws Error(Bundle) naming the field that is missing or wrong.
+  static Manifest from_json(const nlohmann::json& j, const std::string& where);
+};
+
+class Bundle {
+ public:
+  // Reads and validates model.json and checks that every listed file exists with its recorded size.
+  // Throws Error(Bundle) with a message that says how to fix it.
+  static Bundle open(const std::filesystem::path& dir);
+
+  const std::filesystem::path& dir() const { return dir_; }
+  const Manifest& manifest() const { return manifest_; }
+  bool has(const std::string& file) const;
+  std::filesystem::path path(const std::string& file) const { return dir_ / file; }
+
+  // Recomputes every file's sha256; throws Error(Bundle) naming the first mismatch.
+  void verify_hashes() const;
+
+  // torch::jit::load with errors turned into Error(Bundle), including the "exported by a newer PyTorch" case.
+  torch::jit::Module load_module(const std::string& file, torch::Device device) const;
+
+ private:
+  std::filesystem::path dir_;
+  Manifest manifest_;
+};
+
+// The PyTorch version this binary's LibTorch reports, e.g. "1.13.1".
+std::string libtorch_version();
+
+// Lower-case hex sha256 of a file.
+std::string sha256_file(const std::filesystem::path& file);
+
+}  // namespace txt2img

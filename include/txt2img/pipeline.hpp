@@ -1,0 +1,113 @@
+// Text to image with Stable Diffusion v1: encode the prompt, make noise, denoise with classifier-free guidance,
+// decode, check, hand back 8-bit images.
+#pragma once
+
+#include <torch/script.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "txt2img/bundle.hpp"
+#include "txt2img/safety.hpp"
+#include "txt2img/scheduler.hpp"
+#include "txt2img/tokenizer.hpp"
+
+namespace txt2img {
+
+enum class SafetyMode {
+  Replace,  // flagged images become black (the reference behaviour; default)
+  Report,   // flagged images are kept and only marked
+  Off,      // no checker (must be asked for explicitly)
+};
+
+struct PipelineOptions {
+  torch::Device device = torch::kCPU;
+  torch::ScalarType dtype = torch::kFloat32;
+  SafetyMode safety = SafetyMode::Replace;
+};
+
+// What every image of one batch shares.
+struct GenerationParams {
+  int width = 0;   // 0: the bundle's default size
+  int height = 0;
+  int steps = 50;
+  double cfg_scale = 7.5;
+  std::string sampler = "ddim";
+  double eta = 0.0;
+};
+
+// Where the Gaussian noise of one batch comes from: one standard-normal draw of the latent shape at the start,
+// then one per step for samplers that need it.
+class NoiseSource {
+ public:
+  virtual ~NoiseSource() = default;
+  virtual torch::Tensor draw(const std::vector<int64_t>& shape) = 0;
+};
+
+// Row k draws from its own CPU generator seeded with seeds[k] (as torch.Generator().manual_seed does), so an
+// image depends on its seed only, never on the batch it was made in.
+class SeededNoise : public NoiseSource {
+ public:
+  explicit SeededNoise(std::vector<uint64_t> seeds);
+  torch::Tensor draw(const std::vector<int64_t>& shape) override;
+
+ private:
+  std::vector<at::Generator> generators_;
+};
+
+// Named intermediate tensors (the reference fixtures' names: "text/last_hidden_state", "unet/003/noise_pred",
+// "latents/step_003", "vae/decode_out", ...) and progress, for tools that compare or report.
+class Observer {
+ public:
+  virtual ~Observer() = default;
+  virtual void tensor(const std::string& name, const torch::Tensor& value) {}
+  virtual void step(size_t call, size_t calls) {}
+};
+
+struct GeneratedImage {
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> rgb;  // height * width * 3
+  bool nsfw = false;
+  bool safety_checked = false;
+};
+
+class Pipeline {
+ public:
+  // Loads every module of the bundle onto the device. Throws Error(Bundle), or Error(Usage) when the safety
+  // checker is required but the bundle has none.
+  static Pipeline load(const Bundle& bundle, const PipelineOptions& options);
+
+  const Manifest& manifest() const { return manifest_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  const PipelineOptions& options() const { return options_; }
+
+  // Validates params against the bundle (size a multiple of the VAE factor, steps, sampler, finite cfg) and fills
+  // defaults. Throws Error(Usage).
+  GenerationParams resolve(GenerationParams params) const;
+
+  // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row.
+  std::vector<GeneratedImage> generate(const std::vector<std::string>& prompts,
+                                       const std::vector<std::string>& negative_prompts, const GenerationParams& params,
+                                       NoiseSource& noise, Observer* observer = nullptr);
+
+ private:
+  Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options);
+
+  torch::Tensor encode_text(const std::vector<std::string>& texts, const std::string& name, Observer* observer);
+  torch::Tensor decode(const torch::Tensor& latents);
+
+  Manifest manifest_;
+  Tokenizer tokenizer_;
+  PipelineOptions options_;
+  torch::jit::Module text_encoder_;
+  torch::jit::Module unet_;
+  torch::jit::Module vae_decoder_;
+  std::unique_ptr<SafetyChecker> safety_;
+};
+
+}  // namespace txt2img

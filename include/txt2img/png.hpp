@@ -1,0 +1,32 @@
+// PNG output with text metadata, written atomically (temporary file in the same directory, then rename).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace txt2img {
+
+// Key/value text chunks (iTXt, UTF-8), e.g. {"parameters", "<A1111 text>"}.
+using PngText = std::vector<std::pair<std::string, std::string>>;
+
+// Encodes 8-bit RGB to PNG bytes with the text chunks placed before the image data.
+std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const PngText& text);
+
+// Writes bytes to `file` through a temporary file and a rename, so that `file` is either absent or complete.
+// Throws Error(Io) (the temporary file removed) on any failure, e.g. a full disk.
+void write_file_atomic(const std::filesystem::path& file, const std::vector<uint8_t>& bytes);
+
+struct DecodedPng {
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> rgb;
+  PngText text;
+};
+
+// Reads pixels (as RGB) and every tEXt/iTXt chunk. Throws Error(Io).
+DecodedPng read_png(const std::filesystem::path& file);
+
+}  // namespace txt2img

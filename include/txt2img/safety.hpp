@@ -1,0 +1,52 @@
+// The Stable Diffusion safety checker: CLIP image preprocessing as the reference does it (Pillow bicubic resize of
+// 8-bit images, centre crop, normalise), the exported vision tower, and diffusers' scoring rule.
+#pragma once
+
+#include <torch/script.h>
+
+#include <array>
+#include <filesystem>
+#include <vector>
+
+namespace txt2img {
+
+struct SafetyConfig {
+  int shortest_edge = 224;
+  int crop_height = 224;
+  int crop_width = 224;
+  double rescale_factor = 1.0 / 255.0;
+  std::array<double, 3> mean{0.48145466, 0.4578275, 0.40821073};
+  std::array<double, 3> std{0.26862954, 0.26130258, 0.27577711};
+};
+
+// Resizes one 8-bit HWC RGB image exactly as Pillow's Image.resize(..., BICUBIC) does (antialiased, fixed point).
+torch::Tensor resize_bicubic_like_pillow(const torch::Tensor& hwc_uint8, int out_height, int out_width);
+
+// uint8 NHWC images -> float32 NCHW CLIP input (resize shortest edge, centre crop, rescale, normalise).
+torch::Tensor safety_preprocess(const torch::Tensor& nhwc_uint8, const SafetyConfig& config);
+
+struct SafetyScores {
+  torch::Tensor concept_scores;  // float64 [B, concepts]
+  torch::Tensor special_scores;  // float64 [B, special concepts]
+  std::vector<bool> flagged;
+};
+
+// diffusers' StableDiffusionSafetyChecker.forward rule over float32 cosine similarities and thresholds.
+SafetyScores score_safety(const torch::Tensor& cos_dist, const torch::Tensor& concept_weights,
+                          const torch::Tensor& special_cos_dist, const torch::Tensor& special_weights);
+
+class SafetyChecker {
+ public:
+  // Loads safety_checker.pt (exported by scripts/convert.py) onto the device. Throws Error(Bundle).
+  SafetyChecker(const std::filesystem::path& module_file, const SafetyConfig& config, torch::Device device);
+
+  // Scores a batch of uint8 NHWC images.
+  SafetyScores check(const torch::Tensor& nhwc_uint8);
+
+ private:
+  torch::jit::Module module_;
+  SafetyConfig config_;
+  torch::Device device_;
+};
+
+}  // namespace txt2img

@@ -1,0 +1,34 @@
+#include "txt2img/safetensors.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "txt2img/error.hpp"
+
+namespace {
+
+std::filesystem::path shared() { return std::getenv("TXT2IMG_SHARED"); }
+
+TEST(SafeTensors, ReadsSchedulerGoldens) {
+  auto st = txt2img::SafeTensors::open(shared() / "reference/scheduler/goldens.safetensors");
+  auto ac = st.get("common/alphas_cumprod");
+  ASSERT_EQ(ac.dim(), 1);
+  EXPECT_EQ(ac.size(0), 1000);
+  EXPECT_EQ(ac.scalar_type(), torch::kFloat32);
+  // alphas_cumprod[0] = 1 - beta_start
+  EXPECT_NEAR(ac[0].item<double>(), 1.0 - 0.00085, 1e-7);
+}
+
+TEST(SafeTensors, MissingKeyAndFileAreIoErrors) {
+  auto st = txt2img::SafeTensors::open(shared() / "reference/scheduler/goldens.safetensors");
+  try {
+    st.get("no/such/key");
+    FAIL();
+  } catch (const txt2img::Error& e) {
+    EXPECT_EQ(e.kind(), txt2img::ErrorKind::Io);
+  }
+  EXPECT_THROW(txt2img::SafeTensors::open("/nonexistent.safetensors"), txt2img::Error);
+}
+
+}  // namespace
