@@ -27,8 +27,9 @@ class Scheduler {
  public:
   virtual ~Scheduler() = default;
 
-  // Timestep of each U-Net call, in order (PNDM makes N+1 calls for N steps).
-  const std::vector<int64_t>& timesteps() const { return timesteps_; }
+  // Timestep of each U-Net call, in order (PNDM makes N+1 calls for N steps). Whole numbers for DDIM and PNDM;
+  // sigma samplers interpolate fractional ones.
+  const std::vector<double>& timesteps() const { return timesteps_; }
   virtual double init_noise_sigma() const { return 1.0; }
   virtual torch::Tensor scale_model_input(const torch::Tensor& sample, size_t call) const { return sample; }
   // Whether step() needs a fresh standard-normal tensor of the sample's shape (DDIM with eta > 0).
@@ -42,7 +43,7 @@ class Scheduler {
   const torch::Tensor& pred_original_sample() const { return pred_original_sample_; }
 
  protected:
-  std::vector<int64_t> timesteps_;
+  std::vector<double> timesteps_;
   torch::Tensor pred_original_sample_;
 };
 
