@@ -1,0 +1,116 @@
+"""Reader and writer for the .safetensors format (no dependency on the safetensors package).
+
+Layout: 8-byte little-endian header length N, N bytes of JSON header mapping each name to
+{"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the end of the header), an optional
+"__metadata__" entry of string pairs, then the raw little-endian row-major data.
+"""
+
+import json
+import struct
+from typing import Dict, Optional
+
+import torch
+
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+
+# Same bound as the reference implementation: a larger header is a corrupt or hostile file.
+_MAX_HEADER_BYTES = 100_000_000
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def read_header(path: str) -> Dict[str, dict]:
+    """The JSON header of `path` (tensor entries and `__metadata__` if present)."""
+    with open(path, "rb") as f:
+        header, _ = _read_header(f, path)
+    return header
+
+
+def _read_header(f, path: str):
+    prefix = f.read(8)
+    if len(prefix) != 8:
+        raise ValueError(f"{path}: too short for a safetensors file")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > _MAX_HEADER_BYTES:
+        raise ValueError(f"{path}: header length {length} is implausible")
+    raw = f.read(length)
+    if len(raw) != length:
+        raise ValueError(f"{path}: truncated header")
+    header = json.loads(raw.decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: header is not a JSON object")
+    return header, 8 + length
+
+
+def load_file(path: str) -> Dict[str, torch.Tensor]:
+    """All tensors of a .safetensors file, each in its own CPU storage."""
+    with open(path, "rb") as f:
+        header, data_start = _read_header(f, path)
+        f.seek(0, 2)
+        data_size = f.tell() - data_start
+        tensors: Dict[str, torch.Tensor] = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype_name = entry.get("dtype")
+            if dtype_name not in _DTYPES:
+                raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name!r}")
+            dtype = _DTYPES[dtype_name]
+            shape = [int(s) for s in entry["shape"]]
+            begin, end = (int(o) for o in entry["data_offsets"])
+            numel = 1
+            for s in shape:
+                numel *= s
+            if not 0 <= begin <= end <= data_size or end - begin != numel * _element_size(dtype):
+                raise ValueError(f"{path}: tensor {name!r} has inconsistent data_offsets {entry['data_offsets']}")
+            # Reading straight into a fresh uint8 tensor keeps every tensor aligned and avoids holding the
+            # whole file in memory twice (SD checkpoints are several GB).
+            raw = torch.empty(end - begin, dtype=torch.uint8)
+            f.seek(data_start + begin)
+            if end > begin and f.readinto(raw.numpy()) != end - begin:
+                raise ValueError(f"{path}: truncated data for tensor {name!r}")
+            tensors[name] = raw.view(dtype).reshape(shape)
+    return tensors
+
+
+def save_file(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
+    """Write `tensors` (any supported dtype, any device) to `path`, names in sorted order."""
+    header: Dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    blobs = []
+    offset = 0
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if tensor.dtype not in _NAMES:
+            raise ValueError(f"tensor {name!r}: unsupported dtype {tensor.dtype}")
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        header[name] = {
+            "dtype": _NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + data.numel()],
+        }
+        blobs.append(data)
+        offset += data.numel()
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    # Padding the header to 8 bytes keeps the data section aligned for memory-mapping readers.
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for data in blobs:
+            f.write(data.numpy().tobytes())
