@@ -1,0 +1,161 @@
+#include "txt2img/bundle.hpp"
+
+#include <torch/version.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "txt2img/error.hpp"
+
+namespace txt2img {
+namespace {
+
+const char* const kConvertHint = "; convert a checkpoint with scripts/convert.py CHECKPOINT --out DIR (see README.md)";
+const std::vector<std::string> kRequiredFiles = {"text_encoder.pt", "unet.pt", "vae_decoder.pt", "tokenizer.model"};
+
+// "1.13.0a0" -> {1, 13}; anything unparsable -> {0, 0}.
+std::pair<int, int> major_minor(const std::string& version) {
+  int major = 0, minor = 0;
+  char dot = 0;
+  std::istringstream in(version);
+  in >> major >> dot >> minor;
+  return in.fail() && !in.eof() ? std::pair<int, int>{0, 0} : std::pair<int, int>{major, minor};
+}
+
+template <typename T>
+T field(const nlohmann::json& j, const char* name, const std::string& where) {
+  if (!j.contains(name)) throw Error(ErrorKind::Bundle, where + ": model.json has no \"" + name + "\"" + kConvertHint);
+  try {
+    return j.at(name).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(ErrorKind::Bundle, where + ": model.json field \"" + name + "\" has the wrong type" + kConvertHint);
+  }
+}
+
+SchedulerConfig scheduler_from_json(const nlohmann::json& j, const std::string& where) {
+  SchedulerConfig c;
+  c.num_train_timesteps = field<int>(j, "num_train_timesteps", where);
+  c.beta_start = field<double>(j, "beta_start", where);
+  c.beta_end = field<double>(j, "beta_end", where);
+  c.beta_schedule = field<std::string>(j, "beta_schedule", where);
+  c.steps_offset = field<int>(j, "steps_offset", where);
+  c.timestep_spacing = field<std::string>(j, "timestep_spacing", where);
+  c.prediction_type = field<std::string>(j, "prediction_type", where);
+  c.set_alpha_to_one = field<bool>(j, "set_alpha_to_one", where);
+  return c;
+}
+
+SafetyConfig safety_from_json(const nlohmann::json& j, const std::string& where) {
+  SafetyConfig c;
+  c.shortest_edge = field<int>(j, "shortest_edge", where);
+  c.crop_height = field<int>(j, "crop_height", where);
+  c.crop_width = field<int>(j, "crop_width", where);
+  c.rescale_factor = field<double>(j, "rescale_factor", where);
+  c.mean = field<std::array<double, 3>>(j, "mean", where);
+  c.std = field<std::array<double, 3>>(j, "std", where);
+  return c;
+}
+
+}  // namespace
+
+std::string libtorch_version() {
+  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+         std::to_string(TORCH_VERSION_PATCH);
+}
+
+Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) {
+  Manifest m;
+  m.raw = j;
+  if (j.value("format", "") != "txt2img-bundle")
+    throw Error(ErrorKind::Bundle, where + ": model.json is not a txt2img bundle manifest" + kConvertHint);
+  m.format_version = field<int>(j, "format_version", where);
+  if (m.format_version != kBundleFormatVersion)
+    throw Error(ErrorKind::Bundle, where + ": bundle format version " + std::to_string(m.format_version) +
+                                       " is not the one this binary reads (" + std::to_string(kBundleFormatVersion) +
+                                       "); re-convert it with this release's scripts/convert.py");
+  m.family = field<std::string>(j, "family", where);
+  if (m.family != "sd1")
+    throw Error(ErrorKind::Bundle, where + ": model family \"" + m.family + "\" is not supported (only sd1)");
+  m.latent_channels = field<int>(j, "latent_channels", where);
+  m.scale_factor = field<double>(j, "scale_factor", where);
+  m.vae_scale_factor = field<int>(j, "vae_scale_factor", where);
+  m.default_size = field<int>(j, "default_size", where);
+  m.context_length = field<int>(j, "context_length", where);
+  m.pad_id = field<int>(j, "pad_id", where);
+  m.text_hidden_size = field<int>(j, "text_hidden_size", where);
+  m.scheduler = scheduler_from_json(field<nlohmann::json>(j, "scheduler", where), where);
+  if (j.contains("safety") && !j.at("safety").is_null()) m.safety = safety_from_json(j.at("safety"), where);
+  for (const auto& [name, info] : field<nlohmann::json>(j, "files", where).items())
+    m.files.push_back({name, field<std::string>(info, "sha256", where), field<uint64_t>(info, "bytes", where)});
+  m.converter_version = field<std::string>(j, "converter_version", where);
+  m.torch_version = field<std::string>(j, "torch_version", where);
+  m.model_name = j.value("model_name", "");
+  m.model_hash = j.value("model_hash", "");
+  return m;
+}
+
+Bundle Bundle::open(const std::filesystem::path& dir) {
+  const std::string where = "model bundle " + dir.string();
+  if (!std::filesystem::is_directory(dir)) throw Error(ErrorKind::Bundle, where + ": not found" + kConvertHint);
+  const auto manifest_file = dir / "model.json";
+  std::ifstream in(manifest_file);
+  if (!in) throw Error(ErrorKind::Bundle, where + ": model.json missing" + kConvertHint);
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::Bundle, where + ": model.json is corrupt (" + e.what() + ")" + kConvertHint);
+  }
+
+  Bundle b;
+  b.dir_ = dir;
+  b.manifest_ = Manifest::from_json(j, where);
+  for (const auto& required : kRequiredFiles)
+    if (!b.has(required))
+      throw Error(ErrorKind::Bundle, where + ": model.json does not list " + required + kConvertHint);
+  for (const auto& f : b.manifest_.files) {
+    const auto p = dir / f.name;
+    if (!std::filesystem::is_regular_file(p)) throw Error(ErrorKind::Bundle, where + ": " + f.name + " missing" + kConvertHint);
+    if (std::filesystem::file_size(p) != f.bytes)
+      throw Error(ErrorKind::Bundle, where + ": " + f.name + " has " + std::to_string(std::filesystem::file_size(p)) +
+                                         " bytes, model.json says " + std::to_string(f.bytes) +
+                                         " (truncated or replaced)" + kConvertHint);
+  }
+
+  const auto exported = major_minor(b.manifest_.torch_version);
+  const auto ours = major_minor(libtorch_version());
+  if (exported > ours)
+    throw Error(ErrorKind::Bundle,
+                where + " was exported by PyTorch " + b.manifest_.torch_version + ", newer than this binary's LibTorch " +
+                    libtorch_version() + ", which cannot read its TorchScript; re-export it with PyTorch " +
+                    std::to_string(ours.first) + "." + std::to_string(ours.second) +
+                    " (TXT2IMG_PYTHON=<that python> scripts/convert.py ...) or build txt2img against a newer LibTorch");
+  return b;
+}
+
+bool Bundle::has(const std::string& file) const {
+  for (const auto& f : manifest_.files)
+    if (f.name == file) return true;
+  return false;
+}
+
+void Bundle::verify_hashes() const {
+  for (const auto& f : manifest_.files) {
+    if (sha256_file(path(f.name)) != f.sha256)
+      throw Error(ErrorKind::Bundle, "model bundle " + dir_.string() + ": " + f.name +
+                                         " does not match its sha256 in model.json (corrupt)" + kConvertHint);
+  }
+}
+
+torch::jit::Module Bundle::load_module(const std::string& file, torch::Device device) const {
+  try {
+    return torch::jit::load(path(file).string(), device);
+  } catch (const c10::Error& e) {
+    std::string what = e.what_without_backtrace();
+    what = what.substr(0, what.find('\n'));
+    throw Error(ErrorKind::Bundle, "model bundle " + dir_.string() + ": cannot load " + file + " (" + what + ")" +
+                                       kConvertHint);
+  }
+}
+
+}  // namespace txt2img

@@ -1,0 +1,186 @@
+#include "txt2img/pipeline.hpp"
+
+#include <cmath>
+#include <cstdio>
+
+#include "txt2img/error.hpp"
+
+namespace txt2img {
+namespace {
+
+constexpr int kMaxImageSide = 4096;
+
+std::string call_name(size_t call) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%03zu", call);
+  return buf;
+}
+
+void observe(Observer* observer, const std::string& name, const torch::Tensor& value) {
+  if (observer) observer->tensor(name, value);
+}
+
+// A scalar timestep tensor: integral for DDIM/PNDM (as diffusers passes int64), float for the sigma samplers.
+torch::Tensor timestep_tensor(double t, torch::Device device) {
+  if (t == std::floor(t)) return torch::tensor(static_cast<int64_t>(t), torch::dtype(torch::kInt64).device(device));
+  return torch::tensor(static_cast<float>(t), torch::dtype(torch::kFloat32).device(device));
+}
+
+// [-1, 1] NCHW float -> NHWC uint8 as diffusers' numpy_to_pil: round(clamp(x/2 + 1/2, 0, 1) * 255).
+torch::Tensor to_uint8(const torch::Tensor& decoded) {
+  auto images = (decoded.to(torch::kFloat32) * 0.5 + 0.5).clamp(0, 1);
+  return (images * 255).round().to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous().cpu();
+}
+
+}  // namespace
+
+Pipeline::Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options)
+    : manifest_(std::move(manifest)), tokenizer_(std::move(tokenizer)), options_(options) {}
+
+Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) {
+  if (options.safety != SafetyMode::Off && !bundle.has("safety_checker.pt"))
+    throw Error(ErrorKind::Usage, "model bundle " + bundle.dir().string() +
+                                      " has no safety checker; convert one in (scripts/convert.py --safety-checker DIR) "
+                                      "or pass --no-safety-checker to generate without it");
+  Pipeline p(bundle.manifest(), Tokenizer::load(bundle.path("tokenizer.model")), options);
+  auto prepare = [&](const std::string& file) {
+    auto module = bundle.load_module(file, options.device);
+    module.eval();
+    module.to(options.dtype);
+    return module;
+  };
+  p.text_encoder_ = prepare("text_encoder.pt");
+  p.unet_ = prepare("unet.pt");
+  p.vae_decoder_ = prepare("vae_decoder.pt");
+  if (options.safety != SafetyMode::Off)
+    p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
+                                                options.device);
+  return p;
+}
+
+GenerationParams Pipeline::resolve(GenerationParams params) const {
+  // Latent sizes are pixels / vae_scale_factor (a power of two); sizes are multiples of 8 like every SD tool's.
+  const int multiple = std::max(8, manifest_.vae_scale_factor);
+  if (params.width == 0) params.width = manifest_.default_size;
+  if (params.height == 0) params.height = manifest_.default_size;
+  for (auto [name, value] : {std::pair<const char*, int>{"width", params.width}, {"height", params.height}}) {
+    if (value < multiple || value > kMaxImageSide || value % multiple != 0)
+      throw Error(ErrorKind::Usage, std::string(name) + " " + std::to_string(value) + " must be a multiple of " +
+                                        std::to_string(multiple) + " from " + std::to_string(multiple) + " to " +
+                                        std::to_string(kMaxImageSide));
+  }
+  if (params.steps < 1 || params.steps > manifest_.scheduler.num_train_timesteps)
+    throw Error(ErrorKind::Usage, "steps " + std::to_string(params.steps) + " must be between 1 and " +
+                                      std::to_string(manifest_.scheduler.num_train_timesteps));
+  if (!std::isfinite(params.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
+  if (!std::isfinite(params.eta) || params.eta < 0) throw Error(ErrorKind::Usage, "eta must be a finite number >= 0");
+  make_scheduler(params.sampler, manifest_.scheduler, params.steps, params.eta);  // validates the sampler name
+  return params;
+}
+
+torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, const std::string& name,
+                                    Observer* observer) {
+  std::vector<int64_t> ids;
+  for (const auto& text : texts) {
+    auto padded = tokenizer_.encode_padded(text, manifest_.context_length, manifest_.pad_id);
+    ids.insert(ids.end(), padded.ids.begin(), padded.ids.end());
+  }
+  auto input_ids = torch::tensor(ids, torch::kInt64).view({static_cast<int64_t>(texts.size()), -1});
+  observe(observer, name + "/input_ids", input_ids);
+  auto hidden = text_encoder_.forward({input_ids.to(options_.device)}).toTensor();
+  observe(observer, name + "/last_hidden_state", hidden);
+  return hidden;
+}
+
+torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
+  return vae_decoder_.forward({latents.to(options_.dtype)}).toTensor().to(torch::kFloat32);
+}
+
+std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& prompts,
+                                               const std::vector<std::string>& negative_prompts,
+                                               const GenerationParams& requested, NoiseSource& noise,
+                                               Observer* observer) {
+  TORCH_CHECK(prompts.size() == negative_prompts.size(), "one negative prompt per prompt");
+  const GenerationParams params = resolve(requested);
+  c10::InferenceMode inference;
+  const auto batch = static_cast<int64_t>(prompts.size());
+  const bool guided = params.cfg_scale > 1.0;  // as diffusers: scale <= 1 skips the unconditional branch
+
+  // 1. Encode the prompts; with guidance, the negative prompts too, in one U-Net batch [uncond, cond].
+  auto context = encode_text(prompts, "text", observer);
+  if (guided) context = torch::cat({encode_text(negative_prompts, "uncond_text", observer), context});
+  observe(observer, "unet/encoder_hidden_states", context);
+
+  // 2. Initial noise.
+  auto scheduler = make_scheduler(params.sampler, manifest_.scheduler, params.steps, params.eta);
+  const std::vector<int64_t> latent_shape = {batch, manifest_.latent_channels,
+                                             params.height / manifest_.vae_scale_factor,
+                                             params.width / manifest_.vae_scale_factor};
+  auto latents = (noise.draw(latent_shape) * scheduler->init_noise_sigma()).to(options_.device);
+  observe(observer, "latents/init", latents);
+
+  // 3. For each timestep: predict the noise, guide, step.
+  const auto& timesteps = scheduler->timesteps();
+  for (size_t call = 0; call < timesteps.size(); ++call) {
+    const std::string n = call_name(call);
+    auto model_input = scheduler->scale_model_input(guided ? torch::cat({latents, latents}) : latents, call);
+    auto noise_pred = unet_.forward({model_input.to(options_.dtype), timestep_tensor(timesteps[call], options_.device),
+                                     context})
+                          .toTensor()
+                          .to(torch::kFloat32);
+    observe(observer, "unet/" + n + "/noise_pred", noise_pred);
+    if (guided) {
+      auto uncond_cond = noise_pred.chunk(2);
+      noise_pred = uncond_cond[0] + params.cfg_scale * (uncond_cond[1] - uncond_cond[0]);
+    }
+    observe(observer, "step/" + n + "/model_output", noise_pred);
+    auto step_noise = scheduler->needs_noise() ? noise.draw(latent_shape).to(options_.device) : torch::Tensor();
+    latents = scheduler->step(noise_pred, call, latents, step_noise);
+    if (scheduler->pred_original_sample().defined())
+      observe(observer, "step/" + n + "/pred_original_sample", scheduler->pred_original_sample());
+    observe(observer, "latents/step_" + n, latents);
+    if (observer) observer->step(call + 1, timesteps.size());
+  }
+  if (!torch::isfinite(latents).all().item<bool>())
+    throw Error(ErrorKind::Runtime, "the latents became non-finite (NaN or infinity)" +
+                                        std::string(options_.dtype == torch::kFloat16
+                                                        ? "; fp16 overflowed: retry with --dtype bf16 or --dtype fp32"
+                                                        : ""));
+
+  // 4. Decode.
+  auto decode_in = latents / manifest_.scale_factor;
+  observe(observer, "vae/decode_in", decode_in);
+  auto decoded = decode(decode_in);
+  observe(observer, "vae/decode_out", decoded);
+  auto pixels = to_uint8(decoded);
+
+  // 5. Check.
+  std::vector<bool> flagged(static_cast<size_t>(batch), false);
+  if (safety_) {
+    auto scores = safety_->check(pixels);
+    flagged = scores.flagged;
+    if (observer) {
+      observe(observer, "safety/concept_scores", scores.concept_scores);
+      observe(observer, "safety/special_scores", scores.special_scores);
+    }
+  }
+
+  std::vector<GeneratedImage> out;
+  for (int64_t b = 0; b < batch; ++b) {
+    GeneratedImage image;
+    image.width = params.width;
+    image.height = params.height;
+    image.nsfw = flagged[static_cast<size_t>(b)];
+    image.safety_checked = safety_ != nullptr;
+    if (image.nsfw && options_.safety == SafetyMode::Replace) {
+      image.rgb.assign(static_cast<size_t>(params.width) * params.height * 3, 0);
+    } else {
+      const auto* data = pixels[b].data_ptr<uint8_t>();
+      image.rgb.assign(data, data + pixels[b].numel());
+    }
+    out.push_back(std::move(image));
+  }
+  return out;
+}
+
+}  // namespace txt2img

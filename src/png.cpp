@@ -1,0 +1,139 @@
+#include "txt2img/png.hpp"
+
+#include <stb/stb_image.h>
+#include <stb/stb_image_write.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <random>
+
+#include "txt2img/error.hpp"
+
+namespace txt2img {
+namespace {
+
+constexpr size_t kSignatureBytes = 8;
+constexpr size_t kIhdrEnd = kSignatureBytes + 4 + 4 + 13 + 4;  // length, type, IHDR data, crc
+
+void put_u32(std::vector<uint8_t>& out, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(v >> shift));
+}
+
+uint32_t get_u32(const uint8_t* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+}
+
+std::vector<uint8_t> chunk(const std::string& type, const std::string& data) {
+  std::vector<uint8_t> out;
+  put_u32(out, static_cast<uint32_t>(data.size()));
+  out.insert(out.end(), type.begin(), type.end());
+  out.insert(out.end(), data.begin(), data.end());
+  uLong crc = crc32(0L, Z_NULL, 0);
+  crc = crc32(crc, out.data() + 4, static_cast<uInt>(out.size() - 4));
+  put_u32(out, static_cast<uint32_t>(crc));
+  return out;
+}
+
+bool is_ascii(const std::string& s) {
+  for (unsigned char c : s)
+    if (c >= 0x80) return false;
+  return true;
+}
+
+// tEXt is Latin-1 only; readers such as A1111's PNG info accept either, so ASCII text stays in the simplest chunk.
+std::vector<uint8_t> text_chunk(const std::string& key, const std::string& value) {
+  if (is_ascii(value)) return chunk("tEXt", key + '\0' + value);
+  // keyword, null, compression flag 0, method 0, empty language tag, null, empty translated keyword, null, text
+  return chunk("iTXt", key + std::string("\0\0\0\0\0", 5) + value);
+}
+
+void append_bytes(void* context, void* data, int size) {
+  auto* out = static_cast<std::vector<uint8_t>*>(context);
+  auto* bytes = static_cast<uint8_t*>(data);
+  out->insert(out->end(), bytes, bytes + size);
+}
+
+std::string describe_errno() { return std::strerror(errno); }
+
+}  // namespace
+
+std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const PngText& text) {
+  std::vector<uint8_t> png;
+  if (!stbi_write_png_to_func(append_bytes, &png, width, height, 3, rgb, width * 3) || png.size() < kIhdrEnd)
+    throw Error(ErrorKind::Runtime, "PNG encoding failed");
+  std::vector<uint8_t> chunks;
+  for (const auto& [key, value] : text) {
+    auto c = text_chunk(key, value);
+    chunks.insert(chunks.end(), c.begin(), c.end());
+  }
+  png.insert(png.begin() + kIhdrEnd, chunks.begin(), chunks.end());
+  return png;
+}
+
+void write_file_atomic(const std::filesystem::path& file, const std::vector<uint8_t>& bytes) {
+  const auto dir = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
+  std::random_device rd;
+  const auto tmp = dir / ("." + file.filename().string() + ".tmp" + std::to_string(rd() % 1000000));
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw Error(ErrorKind::Io, "cannot write " + file.string() + ": " + describe_errno());
+  const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  const std::string write_error = written ? "" : describe_errno();
+  const bool flushed = written && std::fflush(f) == 0 && fsync(fileno(f)) == 0;
+  const std::string flush_error = flushed || !written ? "" : describe_errno();
+  const bool closed = std::fclose(f) == 0;
+  if (!written || !flushed || !closed) {
+    std::filesystem::remove(tmp);
+    throw Error(ErrorKind::Io, "cannot write " + file.string() + ": " +
+                                   (!written ? write_error : !flushed ? flush_error : describe_errno()));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, file, ec);
+  if (ec) {
+    std::filesystem::remove(tmp);
+    throw Error(ErrorKind::Io, "cannot write " + file.string() + ": " + ec.message());
+  }
+}
+
+DecodedPng read_png(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(ErrorKind::Io, "cannot open " + file.string());
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (bytes.size() < kIhdrEnd || std::memcmp(bytes.data(), signature, 8) != 0)
+    throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
+
+  DecodedPng out;
+  for (size_t pos = kSignatureBytes; pos + 12 <= bytes.size();) {
+    const uint32_t len = get_u32(&bytes[pos]);
+    if (pos + 12 + len > bytes.size()) throw Error(ErrorKind::Io, file.string() + ": truncated PNG chunk");
+    const std::string type(bytes.begin() + pos + 4, bytes.begin() + pos + 8);
+    const std::string data(bytes.begin() + pos + 8, bytes.begin() + pos + 8 + len);
+    const auto key_end = data.find('\0');
+    if (type == "tEXt" && key_end != std::string::npos) {
+      out.text.emplace_back(data.substr(0, key_end), data.substr(key_end + 1));
+    } else if (type == "iTXt" && key_end != std::string::npos && key_end + 2 < data.size() && data[key_end + 1] == 0) {
+      // Skip compression flag and method, then the language tag and translated keyword (both null-terminated).
+      const auto lang_end = data.find('\0', key_end + 3);
+      const auto translated_end = lang_end == std::string::npos ? lang_end : data.find('\0', lang_end + 1);
+      if (translated_end != std::string::npos)
+        out.text.emplace_back(data.substr(0, key_end), data.substr(translated_end + 1));
+    }
+    if (type == "IEND") break;
+    pos += 12 + len;
+  }
+
+  int channels = 0;
+  unsigned char* pixels = stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &out.width, &out.height,
+                                                &channels, 3);
+  if (!pixels) throw Error(ErrorKind::Io, file.string() + ": corrupt PNG (" + stbi_failure_reason() + ")");
+  out.rgb.assign(pixels, pixels + static_cast<size_t>(out.width) * out.height * 3);
+  stbi_image_free(pixels);
+  return out;
+}
+
+}  // namespace txt2img
