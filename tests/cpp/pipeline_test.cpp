@@ -1,0 +1,200 @@
+#include "txt2img/pipeline.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "txt2img/error.hpp"
+
+namespace {
+
+using txt2img::Error;
+using txt2img::ErrorKind;
+
+std::filesystem::path fixtures() { return std::getenv("TXT2IMG_FIXTURES"); }
+
+// A private copy of the tiny bundle that a test may damage.
+class BundleCopy {
+ public:
+  BundleCopy() : dir_(std::filesystem::temp_directory_path() / ("txt2img_bundle_" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(dir_);
+    std::filesystem::copy(fixtures() / "tiny", dir_, std::filesystem::copy_options::recursive);
+  }
+  ~BundleCopy() { std::filesystem::remove_all(dir_); }
+  const std::filesystem::path& dir() const { return dir_; }
+
+  nlohmann::json manifest() const {
+    nlohmann::json j;
+    std::ifstream(dir_ / "model.json") >> j;
+    return j;
+  }
+  void set_manifest(const nlohmann::json& j) const { std::ofstream(dir_ / "model.json") << j.dump(1); }
+
+ private:
+  std::filesystem::path dir_;
+};
+
+// Expects `fn` to throw Error of `kind` whose message contains every fragment.
+template <typename Fn>
+void expect_error(Fn fn, ErrorKind kind, std::initializer_list<std::string> fragments) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error thrown";
+  } catch (const Error& e) {
+    EXPECT_EQ(static_cast<int>(e.kind()), static_cast<int>(kind)) << e.what();
+    for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
+  }
+}
+
+TEST(Bundle, OpensTheTinyBundle) {
+  auto b = txt2img::Bundle::open(fixtures() / "tiny");
+  EXPECT_EQ(b.manifest().family, "sd1");
+  EXPECT_EQ(b.manifest().vae_scale_factor, 8);
+  EXPECT_TRUE(b.has("unet.pt"));
+  EXPECT_TRUE(b.manifest().safety.has_value());
+  b.verify_hashes();
+}
+
+TEST(Bundle, MissingDirectoryOrManifestOrFile) {
+  expect_error([] { txt2img::Bundle::open("/nonexistent/bundle"); }, ErrorKind::Bundle, {"not found", "convert.py"});
+  BundleCopy copy;
+  std::filesystem::remove(copy.dir() / "unet.pt");
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"unet.pt missing", "convert.py"});
+  std::filesystem::remove(copy.dir() / "model.json");
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"model.json missing"});
+}
+
+TEST(Bundle, UnknownFormatFamilyAndNewerPyTorchAreRefused) {
+  BundleCopy copy;
+  auto j = copy.manifest();
+  j["format_version"] = 99;
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"format version 99"});
+  j = copy.manifest();
+  j["format_version"] = txt2img::kBundleFormatVersion;
+  j["family"] = "sdxl";
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"\"sdxl\""});
+  j["family"] = "sd1";
+  j["torch_version"] = "99.1.0";
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle,
+               {"PyTorch 99.1.0", txt2img::libtorch_version(), "re-export"});
+  std::ofstream(copy.dir() / "model.json") << "{ not json";
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"corrupt"});
+}
+
+TEST(Bundle, TruncatedOrCorruptFilesAreDetected) {
+  BundleCopy copy;
+  const auto unet = copy.dir() / "unet.pt";
+  const auto size = std::filesystem::file_size(unet);
+  {
+    std::fstream f(unet, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(size / 2));
+    f.put('\x5a');
+  }
+  auto bundle = txt2img::Bundle::open(copy.dir());  // same size: only the hash tells
+  expect_error([&] { bundle.verify_hashes(); }, ErrorKind::Bundle, {"unet.pt", "sha256"});
+  std::filesystem::resize_file(unet, size - 10);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"unet.pt", "truncated"});
+  // A garbage module whose manifest entry matches still fails to load, as a bundle error.
+  std::ofstream(unet, std::ios::binary) << "garbage";
+  auto j = copy.manifest();
+  j["files"]["unet.pt"]["bytes"] = 7;
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {}); }, ErrorKind::Bundle,
+               {"cannot load unet.pt"});
+}
+
+TEST(Pipeline, RefusesABundleWithoutCheckerUnlessSafetyIsOff) {
+  BundleCopy copy;
+  auto j = copy.manifest();
+  j["files"].erase("safety_checker.pt");
+  j["safety"] = nullptr;
+  copy.set_manifest(j);
+  std::filesystem::remove(copy.dir() / "safety_checker.pt");
+  auto bundle = txt2img::Bundle::open(copy.dir());
+  expect_error([&] { txt2img::Pipeline::load(bundle, {}); }, ErrorKind::Usage, {"--no-safety-checker"});
+  txt2img::PipelineOptions off;
+  off.safety = txt2img::SafetyMode::Off;
+  auto pipeline = txt2img::Pipeline::load(bundle, off);
+  txt2img::SeededNoise noise({1});
+  txt2img::GenerationParams params;
+  params.steps = 2;
+  auto images = pipeline.generate({"a"}, {""}, params, noise);
+  EXPECT_FALSE(images[0].safety_checked);
+}
+
+class TinyPipeline : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    pipeline_ = new txt2img::Pipeline(txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {}));
+  }
+  static void TearDownTestSuite() { delete pipeline_; }
+
+  static std::vector<txt2img::GeneratedImage> run(const std::vector<std::string>& prompts,
+                                                  std::vector<uint64_t> seeds, int width = 64, int height = 48) {
+    txt2img::SeededNoise noise(std::move(seeds));
+    txt2img::GenerationParams params;
+    params.width = width;
+    params.height = height;
+    params.steps = 3;
+    return pipeline_->generate(prompts, std::vector<std::string>(prompts.size(), ""), params, noise);
+  }
+  static txt2img::Pipeline* pipeline_;
+};
+txt2img::Pipeline* TinyPipeline::pipeline_ = nullptr;
+
+TEST_F(TinyPipeline, ImageHasTheAskedSizeAndIsChecked) {
+  auto images = run({"a red cube"}, {7}, 64, 48);
+  ASSERT_EQ(images.size(), 1u);
+  EXPECT_EQ(images[0].width, 64);
+  EXPECT_EQ(images[0].height, 48);
+  EXPECT_EQ(images[0].rgb.size(), 64u * 48 * 3);
+  EXPECT_TRUE(images[0].safety_checked);
+  EXPECT_FALSE(images[0].nsfw);
+}
+
+TEST_F(TinyPipeline, SameSeedSameImageOtherSeedOtherImage) {
+  auto a = run({"a red cube"}, {7});
+  auto b = run({"a red cube"}, {7});
+  auto c = run({"a red cube"}, {8});
+  EXPECT_EQ(a[0].rgb, b[0].rgb);
+  EXPECT_NE(a[0].rgb, c[0].rgb);
+}
+
+TEST_F(TinyPipeline, AnImageDoesNotDependOnItsBatch) {
+  auto together = run({"a red cube", "a blue sphere"}, {7, 8});
+  auto first = run({"a red cube"}, {7});
+  auto second = run({"a blue sphere"}, {8});
+  for (auto [batched, alone] : {std::pair{&together[0], &first[0]}, {&together[1], &second[0]}}) {
+    ASSERT_EQ(batched->rgb.size(), alone->rgb.size());
+    int worst = 0;
+    for (size_t i = 0; i < alone->rgb.size(); ++i) worst = std::max(worst, std::abs(batched->rgb[i] - alone->rgb[i]));
+    EXPECT_LE(worst, 1);
+  }
+}
+
+TEST_F(TinyPipeline, ResolveRejectsBadParameters) {
+  txt2img::GenerationParams p;
+  p.width = 60;
+  expect_error([&] { pipeline_->resolve(p); }, ErrorKind::Usage, {"width 60", "multiple of 8"});
+  p = {};
+  p.height = 8192;
+  expect_error([&] { pipeline_->resolve(p); }, ErrorKind::Usage, {"height 8192"});
+  p = {};
+  p.steps = 0;
+  expect_error([&] { pipeline_->resolve(p); }, ErrorKind::Usage, {"steps 0"});
+  p = {};
+  p.cfg_scale = std::nan("");
+  expect_error([&] { pipeline_->resolve(p); }, ErrorKind::Usage, {"cfg"});
+  p = {};
+  p.sampler = "nope";
+  expect_error([&] { pipeline_->resolve(p); }, ErrorKind::Usage, {"nope"});
+  p = {};
+  auto resolved = pipeline_->resolve(p);
+  EXPECT_EQ(resolved.width, pipeline_->manifest().default_size);
+}
+
+}  // namespace
