@@ -372,7 +372,9 @@ class CrossAttnUpBlock2D(nn.Module):
     ):
         super().__init__()
         self.num_layers = num_layers
-        self.resnets = _up_resnets(in_channels, prev_output_channels, out_channels, temb_channels, num_layers, eps, groups)
+        self.resnets = _up_resnets(
+            in_channels, prev_output_channels, out_channels, temb_channels, num_layers, eps, groups
+        )
         self.attentions = nn.ModuleList(
             [
                 Transformer2DModel(out_channels, heads, cross_attention_dim, groups, use_linear_projection, use_sdpa)
@@ -406,7 +408,9 @@ class UpBlock2D(nn.Module):
     ):
         super().__init__()
         self.num_layers = num_layers
-        self.resnets = _up_resnets(in_channels, prev_output_channels, out_channels, temb_channels, num_layers, eps, groups)
+        self.resnets = _up_resnets(
+            in_channels, prev_output_channels, out_channels, temb_channels, num_layers, eps, groups
+        )
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)] if add_upsample else [])
 
     def forward(

@@ -6,7 +6,6 @@ state dict loads with `load_state_dict(strict=True)`.
 
 from typing import Any, Dict, List, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
