@@ -47,7 +47,9 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) {
     auto module = bundle.load_module(file, options.device);
     module.eval();
     module.to(options.dtype);
-    return module;
+    if (options.graph == GraphOptimization::None) return module;
+    auto frozen = torch::jit::freeze(module);
+    return options.graph == GraphOptimization::Freeze ? frozen : torch::jit::optimize_for_inference(frozen);
   };
   p.text_encoder_ = prepare("text_encoder.pt");
   p.unet_ = prepare("unet.pt");

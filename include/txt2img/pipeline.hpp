@@ -24,10 +24,15 @@ enum class SafetyMode {
   Off,      // no checker (must be asked for explicitly)
 };
 
+// What is done to the TorchScript graphs once they sit on their device and dtype (torch::jit::freeze inlines the
+// weights as constants; optimize_for_inference adds backend-specific rewrites). docs/PERFORMANCE.md measures them.
+enum class GraphOptimization { None, Freeze, FreezeAndOptimize };
+
 struct PipelineOptions {
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;
   SafetyMode safety = SafetyMode::Replace;
+  GraphOptimization graph = GraphOptimization::None;
 };
 
 // What every image of one batch shares.
