@@ -1,0 +1,163 @@
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "txt2img/error.hpp"
+#include "txt2img/tokenizer.hpp"
+
+namespace {
+
+using txt2img::clean_text;
+using txt2img::pre_tokenize;
+using txt2img::Tokenizer;
+
+std::filesystem::path env_path(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr) throw std::runtime_error(std::string(name) + " is not set (run the tests through ctest)");
+  return value;
+}
+
+const Tokenizer& tokenizer() {
+  static const Tokenizer t = Tokenizer::load(env_path("TXT2IMG_FIXTURES") / "tokenizer.model");
+  return t;
+}
+
+std::vector<int> ids_of(const std::string& text) { return tokenizer().encode(text); }
+
+txt2img::ErrorKind error_kind_of(const std::string& text) {
+  try {
+    clean_text(text);
+  } catch (const txt2img::Error& e) {
+    return e.kind();
+  }
+  return txt2img::ErrorKind::Runtime;
+}
+
+// The golden prompts: OpenAI CLIP's simple_tokenizer with ftfy 6.3.1.
+TEST(TokenizerGolden, MatchesClip) {
+  std::ifstream in(env_path("TXT2IMG_SHARED") / "clip" / "tokenizer-golden.jsonl");
+  ASSERT_TRUE(in) << "cannot open tokenizer-golden.jsonl";
+  int plain = 0, plain_exact = 0, repair = 0, repair_exact = 0, shown = 0;
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto record = nlohmann::json::parse(line);
+    const auto prompt = record.at("prompt").get<std::string>();
+    const auto expected = record.at("ids").get<std::vector<int>>();
+    const auto expected_padded = record.at("padded77").get<std::vector<int64_t>>();
+    const bool exact = ids_of(prompt) == expected && tokenizer().encode_padded(prompt).ids == expected_padded;
+    if (record.at("encoding_repair").get<bool>()) {
+      ++repair;
+      repair_exact += exact;
+      continue;
+    }
+    ++plain;
+    plain_exact += exact;
+    if (!exact && shown++ < 10) ADD_FAILURE() << "prompt " << nlohmann::json(prompt) << " cleaned to "
+                                              << nlohmann::json(clean_text(prompt));
+  }
+  // ftfy's mojibake detection (fix_encoding's "badness" heuristics) is not reproduced, so of the prompts whose
+  // ids depend on it only those fixed by reading C1 controls as Windows-1252 can match.
+  std::cout << "golden: " << plain_exact << "/" << plain << " exact; encoding_repair: " << repair_exact << "/"
+            << repair << " exact\n";
+  EXPECT_EQ(plain, 2987);
+  EXPECT_EQ(plain_exact, plain);
+  EXPECT_EQ(repair, 13);
+  EXPECT_EQ(repair_exact, 2);
+}
+
+TEST(TextClean, InvalidUtf8IsAUsageErrorNamingTheOffset) {
+  for (const std::string bad : {"abc\xff", "abc\xc0\xaf", "abc\xed\xa0\x80", "abc\xe2\x82"}) {
+    EXPECT_EQ(error_kind_of(bad), txt2img::ErrorKind::Usage) << nlohmann::json::binary({bad.begin(), bad.end()});
+    try {
+      tokenizer().encode(bad);
+      ADD_FAILURE() << "no exception";
+    } catch (const txt2img::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("byte offset 3"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(TextClean, HtmlEntities) {
+  EXPECT_EQ(clean_text("Tom &amp; Jerry, &quot;quoted&quot;"), "tom & jerry, \"quoted\"");
+  EXPECT_EQ(clean_text("&amp;amp;amp;amp;amp;"), "&");  // ftfy repeats until stable
+  EXPECT_EQ(clean_text("P&EACUTE;REZ"), "p\u00e9rez");   // ftfy's all-caps names
+  EXPECT_EQ(clean_text("&copy 2023 &notit;"), "\u00a9 2023 \u00acit;");  // html.unescape's prefix rule
+  EXPECT_EQ(clean_text("&#x1F600; &#128512; &#8217;s &#0; &#x110000; &#150;"),
+            "\U0001F600 \U0001F600 's \ufffd \ufffd \u2013");
+}
+
+TEST(TextClean, ReadmeFacts) {
+  EXPECT_EQ(clean_text("vertical\vtab\fform\x1c" "fs"), "verticaltab formfs");
+  EXPECT_EQ(clean_text("a\u0085b"), "a\u2026b");
+  // From the first line containing '<' on, ftfy stops unescaping; only html.unescape's two passes remain.
+  EXPECT_EQ(clean_text("x &amp;amp;amp;\n<b> &amp;amp;amp;\nz &amp;amp;amp;"), "x & <b> &amp; z &amp;");
+  EXPECT_EQ(pre_tokenize(clean_text("\u2018soft light\u2019")), (std::vector<std::string>{"'s", "oft", "light", "'"}));
+}
+
+TEST(TextClean, UnicodeFixesAndCase) {
+  EXPECT_EQ(clean_text("\uFB01nal \uFB05 \u0149"), "final \u017Ft 'n");
+  EXPECT_EQ(clean_text("\uFF33\uFF34\u3000\uFF8A\uFF9E\uFF72"), "st \u30D0\u30A4");
+  EXPECT_EQ(clean_text("\u039F\u0394\u039F\u03A3 \u03A3"), "\u03BF\u03B4\u03BF\u03C2 \u03C3");  // Final_Sigma
+  EXPECT_EQ(clean_text("\u0130I"), "i\u0307i");  // full case mapping, no Turkish rules
+  EXPECT_EQ(clean_text("\t a \u3000\u2028 b\u00a0\u200b "), "a b \u200b");
+  EXPECT_EQ(clean_text("ANSI \x1b[31mred\x1b[0m"), "ansi red");
+  EXPECT_EQ(clean_text("Cafe\u0301"), "caf\u00e9");
+}
+
+TEST(PreTokenize, ClipRegex) {
+  EXPECT_EQ(pre_tokenize("it's 2023, v1.5 <|endoftext|>!<|startoftext|>"),
+            (std::vector<std::string>{"it", "'s", "2", "0", "2", "3", ",", "v", "1", ".", "5", "<|endoftext|>", "!<|",
+                                      "startoftext", "|>"}));
+  EXPECT_EQ(pre_tokenize("a\u0345b ''s"), (std::vector<std::string>{"a", "b", "''", "s"}));
+  EXPECT_EQ(pre_tokenize("'\u017Ft"), (std::vector<std::string>{"'\u017F", "t"}));
+}
+
+TEST(Tokenizer, SpecialTokensAreLiteral) {
+  EXPECT_EQ(ids_of("<|startoftext|>"), std::vector<int>{Tokenizer::kBos});
+  const auto ids = ids_of("a cat<|endoftext|>a dog");
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), Tokenizer::kEos), 1);
+  EXPECT_EQ(ids.size(), 5u);
+}
+
+TEST(Tokenizer, EmptyPromptIsStartEndAndPadding) {
+  for (const char* empty : {"", "   ", "\t\n"}) {
+    const auto padded = tokenizer().encode_padded(empty);
+    std::vector<int64_t> expected(77, Tokenizer::kEos);
+    expected[0] = Tokenizer::kBos;
+    EXPECT_EQ(padded.ids, expected);
+    EXPECT_EQ(padded.total_tokens, 0u);
+    EXPECT_EQ(padded.kept_tokens, 0u);
+  }
+}
+
+TEST(Tokenizer, TruncationCounts) {
+  std::string prompt;
+  for (int i = 0; i < 100; ++i) prompt += "cat ";
+  const int cat = ids_of("cat").at(0);
+  const auto padded = tokenizer().encode_padded(prompt);
+  EXPECT_EQ(padded.total_tokens, 100u);
+  EXPECT_EQ(padded.kept_tokens, 75u);
+  ASSERT_EQ(padded.ids.size(), 77u);
+  EXPECT_EQ(padded.ids[75], cat);
+  EXPECT_EQ(padded.ids[76], Tokenizer::kEos);
+
+  const auto short_context = tokenizer().encode_padded("cat cat", 8, 0);
+  EXPECT_EQ(short_context.ids, (std::vector<int64_t>{Tokenizer::kBos, cat, cat, Tokenizer::kEos, 0, 0, 0, 0}));
+  EXPECT_EQ(short_context.kept_tokens, 2u);
+  EXPECT_THROW(tokenizer().encode_padded("cat", 1), txt2img::Error);
+}
+
+TEST(Tokenizer, MissingModelIsABundleError) {
+  try {
+    Tokenizer::load("/nonexistent/tokenizer.model");
+    ADD_FAILURE() << "no exception";
+  } catch (const txt2img::Error& e) {
+    EXPECT_EQ(e.kind(), txt2img::ErrorKind::Bundle);
+  }
+}
+
+}  // namespace
