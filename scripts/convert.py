@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Convert a Stable Diffusion 1.x model into a txt2img model bundle.
+
+  convert.py SOURCE --out DIR [--config DIR] [--vocab PATH] [--safety-checker DIR | --no-safety-checker]
+             [--overwrite]
+  convert.py --tiny|--random-full --out DIR --vocab PATH [--seed N] [--no-safety-checker] [--tiny-flag-all]
+             [--overwrite]
+
+SOURCE: a diffusers folder, a single-file CompVis/LDM checkpoint (.safetensors or .ckpt), or a Hugging Face
+hub id such as runwayml/stable-diffusion-v1-5 (downloaded when huggingface_hub is installed).
+"""
+
+import argparse
+import os
+import sys
+
+PROG = "convert.py"
+
+
+def _reexec_if_needed() -> None:
+    """Re-run this script when the interpreter lacks torch (under the Python that scripts/with-torch-python
+    finds, so `scripts/convert.py ...` works whatever `python3` is first on PATH) or has randomised string
+    hashing: TorchScript writes each module's constants in set order, so only a fixed PYTHONHASHSEED makes
+    the same weights give byte-identical bundle files."""
+    import importlib.util
+
+    has_torch = importlib.util.find_spec("torch") is not None
+    if has_torch and os.environ.get("PYTHONHASHSEED") == "0":
+        return
+    if os.environ.get("TXT2IMG_CONVERT_REEXEC"):
+        if not has_torch:
+            print(f"{PROG}: error: no Python with torch found (set TXT2IMG_PYTHON)", file=sys.stderr)
+            sys.exit(1)
+        return  # PYTHONHASHSEED could not be set: convert anyway, only less reproducibly
+    os.environ["TXT2IMG_CONVERT_REEXEC"] = "1"
+    os.environ["PYTHONHASHSEED"] = "0"
+    script = os.path.abspath(__file__)
+    if has_torch:
+        os.execv(sys.executable, [sys.executable, script, *sys.argv[1:]])
+    launcher = os.path.join(os.path.dirname(script), "with-torch-python")
+    os.execv(launcher, [launcher, script, *sys.argv[1:]])
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of argparse's usage block
+        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
+
+
+def parse_args(argv):
+    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="Progress goes to stderr. Exit status: 0 done, 1 conversion error, 2 usage error.")
+    p.add_argument("source", nargs="?", metavar="SOURCE",
+                   help="diffusers folder, .safetensors/.ckpt single file, or hub id")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle directory to create")
+    p.add_argument("--config", metavar="DIR",
+                   help="diffusers folder of the same model family: configs (attention heads, sample size, "
+                        "VAE scaling factor, scheduler) and, if present, tokenizer and safety checker for a "
+                        "single-file SOURCE")
+    p.add_argument("--vocab", metavar="PATH",
+                   help="CLIP BPE merges: tokenizer/merges.txt or CLIP's bpe_simple_vocab_16e6.txt.gz")
+    safety = p.add_mutually_exclusive_group()
+    safety.add_argument("--safety-checker", metavar="DIR",
+                        help="safety checker folder (transformers layout, e.g. a download of "
+                             "CompVis/stable-diffusion-safety-checker)")
+    safety.add_argument("--no-safety-checker", action="store_true",
+                        help="build the bundle without a safety checker")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    random = p.add_mutually_exclusive_group()
+    random.add_argument("--tiny", action="store_true", help="random weights, tiny widths (for tests)")
+    random.add_argument("--random-full", action="store_true", help="random weights at full SD v1.5 size")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of the random weights (default 0)")
+    p.add_argument("--tiny-flag-all", action="store_true",
+                   help="random safety checker that flags every image (default: flags none)")
+    args = p.parse_args(argv)
+
+    preset = args.tiny or args.random_full
+    if preset == (args.source is not None):
+        p.error("give either SOURCE or one of --tiny / --random-full")
+    if preset:
+        for flag, value in (("--config", args.config), ("--safety-checker", args.safety_checker)):
+            if value is not None:
+                p.error(f"{flag} applies to a SOURCE, not to random weights")
+        if args.vocab is None:
+            p.error("random weights need --vocab (e.g. CLIP's bpe_simple_vocab_16e6.txt.gz)")
+        if args.tiny_flag_all and args.no_safety_checker:
+            p.error("--tiny-flag-all needs a safety checker (drop --no-safety-checker)")
+    else:
+        for flag, value in (("--seed", args.seed), ("--tiny-flag-all", args.tiny_flag_all or None)):
+            if value is not None:
+                p.error(f"{flag} applies to --tiny / --random-full only")
+    if args.config is not None and not os.path.isdir(args.config):
+        p.error(f"--config {args.config}: not a directory")
+    return args
+
+
+def _first_file(*paths):
+    return next((p for p in paths if p and os.path.isfile(p)), None)
+
+
+def convert_source(args) -> dict:
+    from txt2img_convert import checkpoints as ck
+    from txt2img_convert import export
+
+    export.check_destination(args.out, args.overwrite)
+    path = ck.resolve_source(args.source)
+    folder = os.path.isdir(path)
+    if args.vocab is not None and not os.path.isfile(args.vocab):
+        raise ck.ConversionError(f"--vocab {args.vocab}: no such file")
+    vocab = _first_file(args.vocab, os.path.join(path, "tokenizer", "merges.txt") if folder else None,
+                        os.path.join(args.config, "tokenizer", "merges.txt") if args.config else None)
+    if vocab is None:
+        raise ck.ConversionError("no tokenizer vocabulary: pass --vocab PATH (tokenizer/merges.txt of a "
+                                 "diffusers folder, or CLIP's bpe_simple_vocab_16e6.txt.gz)")
+
+    # The safety checker: --safety-checker, else the source's own, else the --config folder's; decided
+    # before the slow loading so that a missing one fails at once.
+    own_safety = os.path.join(path, "safety_checker") if folder else None
+    config_safety = os.path.join(args.config, "safety_checker") if args.config else None
+    safety_dir = None
+    if not args.no_safety_checker:
+        safety_dir = next((d for d in (args.safety_checker, own_safety, config_safety)
+                           if d and os.path.isfile(os.path.join(d, "config.json"))), None)
+        if args.safety_checker is not None and safety_dir != args.safety_checker:
+            raise ck.ConversionError(f"--safety-checker {args.safety_checker}: no config.json there")
+        if safety_dir is None:
+            raise ck.ConversionError(
+                f"{path} has no safety checker: pass --safety-checker DIR (a download of "
+                "CompVis/stable-diffusion-safety-checker) or --no-safety-checker (the bundle then only "
+                "generates with txt2img --no-safety-checker)")
+
+    export.progress(f"loading {path}")
+    model = ck.load_diffusers(path) if folder else ck.load_single_file(path, args.config)
+    safety, preprocessor = None, None
+    if safety_dir is not None:
+        safety = ck.load_safety_checker(safety_dir)
+        # Its image preprocessing: beside a standalone checker (hub layout), else the source's or --config's
+        # feature_extractor/, else CLIPImageProcessor's defaults.
+        preprocessor_file = _first_file(
+            os.path.join(safety_dir, "preprocessor_config.json"),
+            os.path.join(path, "feature_extractor", "preprocessor_config.json") if folder else None,
+            os.path.join(args.config, "feature_extractor", "preprocessor_config.json") if args.config else None)
+        preprocessor = ck.read_json(preprocessor_file) if preprocessor_file else None
+
+    components = {"text_encoder": model.text_encoder, "unet": model.unet, "vae": model.vae}
+    if safety is not None:
+        components["safety_checker"] = safety
+    modules = {}
+    for part, component in components.items():
+        export.progress(f"loading the {component.label} weights into the model")
+        modules[part] = export.load_weights(part, component)
+
+    fields = export.model_fields(model.unet.config, model.vae.config, model.text_encoder.config,
+                                 ck.scheduler_fields(model.scheduler),
+                                 export.safety_manifest(preprocessor) if safety is not None else None)
+    name = args.source if path != args.source else model.name  # a hub id names the model better than its cache
+    source = {"kind": model.kind, "path": os.path.abspath(path), "sha256": model.sha256}
+    return export.write_bundle(args.out, modules, vocab, fields, name, model.sha256[:10], source, args.overwrite)
+
+
+def convert_random(args) -> dict:
+    from txt2img_convert import checkpoints as ck
+    from txt2img_convert import export
+    from txt2img_convert.presets import preset
+
+    export.check_destination(args.out, args.overwrite)
+    if not os.path.isfile(args.vocab):
+        raise ck.ConversionError(f"--vocab {args.vocab}: no such file")
+    kind = "tiny" if args.tiny else "full"
+    seed = 0 if args.seed is None else args.seed
+    configs = preset(kind)
+    export.progress(f"building the {kind} model with random weights (seed {seed})")
+    modules = export.random_modules(configs, seed, not args.no_safety_checker, args.tiny_flag_all)
+    fields = export.model_fields(configs["unet"], configs["vae"], configs["text_encoder"], ck.scheduler_fields(None),
+                                 None if args.no_safety_checker else export.safety_manifest(configs["preprocessor"]))
+    source = {"kind": "random", "path": None, "sha256": None, "preset": kind, "seed": seed,
+              "flag_all": bool(args.tiny_flag_all)}
+    return export.write_bundle(args.out, modules, args.vocab, fields, f"random-{kind}-seed{seed}", None, source,
+                               args.overwrite)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from txt2img_convert.checkpoints import ConversionError
+    from txt2img_convert.export import progress
+
+    try:
+        manifest = convert_source(args) if args.source is not None else convert_random(args)
+    except ConversionError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for users; TXT2IMG_DEBUG=1 shows the traceback
+        if os.environ.get("TXT2IMG_DEBUG"):
+            raise
+        message = str(e).strip().splitlines()
+        print(f"{PROG}: error: {type(e).__name__}: {message[0] if message else ''} "
+              "(set TXT2IMG_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    progress(f"wrote {args.out} ({total / 1e6:.1f} MB, model {manifest['model_name']} [{manifest['model_hash']}])")
+    return 0
+
+
+if __name__ == "__main__":
+    _reexec_if_needed()
+    sys.exit(main())

@@ -1,0 +1,540 @@
+"""Reading Stable Diffusion v1 weights from the two layouts they are published in.
+
+* a diffusers folder (`unet/`, `vae/`, `text_encoder/`, ... each with config.json and weights), and
+* a single CompVis/LDM checkpoint (`.safetensors` or `.ckpt`) with the keys of the original training code:
+  `model.diffusion_model.*` (U-Net), `first_stage_model.*` (VAE), `cond_stage_model.transformer.*` (CLIP).
+
+Both become `Component`s with diffusers / transformers tensor names and config dicts. For single files the
+configs come from the tensor shapes, completed from an optional diffusers folder (`--config`) or SD v1.5
+defaults. Pickled `.ckpt` / `.bin` files are only read with torch.load(weights_only=True), which refuses
+anything but tensors and plain containers, so a checkpoint can never run code.
+"""
+
+import hashlib
+import json
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from .presets import SD1_SCHEDULER, sd1_defaults
+from .safetensors_io import load_file
+
+Tensors = Dict[str, torch.Tensor]
+
+
+class ConversionError(Exception):
+    """A problem with the user's input; reported as one line, without a traceback."""
+
+
+@dataclass
+class Component:
+    """The weights of one model under diffusers / transformers names, with its config."""
+
+    label: str  # name in messages, e.g. "U-Net"
+    tensors: Tensors
+    config: dict
+    origin: str  # file the weights came from
+    # Name in `origin` of a tensor named here (single files use other names); for messages only.
+    source_name: Callable[[str], str] = str
+
+
+@dataclass
+class Model:
+    unet: Component
+    vae: Component
+    text_encoder: Component
+    scheduler: Optional[dict]  # scheduler_config.json of the source, if it has one
+    kind: str  # "diffusers" | "single_file"
+    path: str
+    name: str
+    sha256: str  # of the single file, or of a folder's U-Net weights file
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            # Python's json accepts the Infinity/NaN tokens that diffusers writes into some scheduler configs.
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_tensors(path: str) -> Tensors:
+    """Every tensor of a .safetensors file or of a pickled PyTorch checkpoint (.ckpt, .bin, .pt)."""
+    if path.endswith(".safetensors"):
+        try:
+            return load_file(path)
+        except (OSError, ValueError) as e:
+            raise ConversionError(f"cannot read {path}: {e}") from None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch names the refused class after "WeightsUnpickler error:", amid advice to load it unsafely.
+        found = re.search(r"WeightsUnpickler error: *([^\n]+)", str(e))
+        detail = found.group(1).split(". ")[0] if found else str(e).strip().splitlines()[-1]
+        raise ConversionError(
+            f"{path} contains pickled Python objects other than tensors ({detail}); it "
+            "is not loaded because unpickling them could run arbitrary code: convert it to .safetensors "
+            "with a tool you trust, or use a diffusers folder") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e}") from None
+    # Lightning checkpoints keep the weights under "state_dict" beside training state (global_step, ...).
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
+    tensors = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ConversionError(f"{path}: no tensors found")
+    return tensors
+
+
+def _float32(tensors: Tensors) -> Tensors:
+    """Half-precision checkpoints are common; the bundle is always float32."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def _ignorable(key: str) -> bool:
+    # CLIP's position_ids is the constant arange(77); older transformers versions saved it.
+    return key.endswith("position_ids")
+
+
+# ------------------------------------------------------------------------------ LDM -> diffusers names
+
+
+class _Renames:
+    """Correspondence of module paths between two naming schemes.
+
+    Each entry pairs a module path of one scheme with the path of the same module in the other, optionally
+    with a table for the sub-modules inside it (LDM's ResBlock calls its first convolution `in_layers.2`,
+    diffusers `conv1`). A key is renamed through its longest listed module path; the rest of the key is
+    kept. Keys under no listed path have no counterpart (None). The inverse direction names missing tensors
+    in messages.
+    """
+
+    def __init__(self) -> None:
+        self._forward: Dict[str, Tuple[str, Optional[Dict[str, str]]]] = {}
+        self._backward: Dict[str, Tuple[str, Optional[Dict[str, str]]]] = {}
+
+    def add(self, source: str, target: str, inner: Optional[Dict[str, str]] = None) -> None:
+        self._forward[source] = (target, inner)
+        self._backward[target] = (source, {v: k for k, v in inner.items()} if inner else None)
+
+    def forward(self, key: str) -> Optional[str]:
+        return self._apply(self._forward, key)
+
+    def backward(self, key: str) -> Optional[str]:
+        return self._apply(self._backward, key)
+
+    @staticmethod
+    def _apply(table, key: str) -> Optional[str]:
+        parts = key.split(".")
+        for n in range(len(parts) - 1, 0, -1):
+            entry = table.get(".".join(parts[:n]))
+            if entry is None:
+                continue
+            target, inner = entry
+            rest = ".".join(parts[n:])
+            if inner is not None:
+                module, _, param = rest.rpartition(".")
+                if module not in inner:
+                    return None
+                rest = f"{inner[module]}.{param}"
+            return f"{target}.{rest}"
+        return None
+
+
+# LDM ResBlock: in_layers = (GroupNorm, SiLU, conv), emb_layers = (SiLU, Linear),
+# out_layers = (GroupNorm, SiLU, Dropout, conv); diffusers names the same layers directly.
+_UNET_RESNET = {
+    "in_layers.0": "norm1",
+    "in_layers.2": "conv1",
+    "emb_layers.1": "time_emb_proj",
+    "out_layers.0": "norm2",
+    "out_layers.3": "conv2",
+    "skip_connection": "conv_shortcut",
+}
+_VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2",
+               "nin_shortcut": "conv_shortcut"}
+_VAE_ATTENTION = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+
+
+def _children(keys, prefix: str) -> List[int]:
+    """Sorted integer indices that directly follow `prefix` in `keys` (e.g. the blocks of a level)."""
+    found = set()
+    for key in keys:
+        if key.startswith(prefix):
+            head = key[len(prefix):].split(".", 1)[0]
+            if head.isdigit():
+                found.add(int(head))
+    return sorted(found)
+
+
+def _unet_renames(keys: List[str]) -> _Renames:
+    """LDM UNetModel -> diffusers UNet2DConditionModel, for the structure that `keys` (LDM names) show.
+
+    LDM numbers its blocks flat: input_blocks[0] is conv_in, then per level `layers` blocks of
+    (ResBlock[, SpatialTransformer]) and, except on the last level, one Downsample block; output_blocks has
+    `layers + 1` blocks of (ResBlock[, SpatialTransformer][, Upsample]) per level, the upsampler in the
+    level's last block. middle_block is (ResBlock, SpatialTransformer, ResBlock).
+    """
+    downsamplers = [i for i in _children(keys, "input_blocks.") if f"input_blocks.{i}.0.op.weight" in keys]
+    levels = len(downsamplers) + 1
+    n_input = len(_children(keys, "input_blocks."))
+    layers = n_input // levels - 1
+    if layers < 1 or n_input != levels * (layers + 1):
+        raise ConversionError(f"U-Net: {n_input} input blocks with {levels - 1} downsamplers do not form an "
+                              "SD v1 U-Net")
+
+    def has_attention(block: str) -> bool:
+        return any(k.startswith(block + ".1.") and not k.startswith(block + ".1.conv.") for k in keys)
+
+    r = _Renames()
+    r.add("time_embed.0", "time_embedding.linear_1")
+    r.add("time_embed.2", "time_embedding.linear_2")
+    r.add("input_blocks.0.0", "conv_in")
+    r.add("out.0", "conv_norm_out")
+    r.add("out.2", "conv_out")
+    block = 1
+    for level in range(levels):
+        attention = has_attention(f"input_blocks.{block}")
+        for i in range(layers):
+            r.add(f"input_blocks.{block}.0", f"down_blocks.{level}.resnets.{i}", _UNET_RESNET)
+            if attention:
+                r.add(f"input_blocks.{block}.1", f"down_blocks.{level}.attentions.{i}")
+            block += 1
+        if level < levels - 1:
+            r.add(f"input_blocks.{block}.0", f"down_blocks.{level}.downsamplers.0", {"op": "conv"})
+            block += 1
+    r.add("middle_block.0", "mid_block.resnets.0", _UNET_RESNET)
+    r.add("middle_block.1", "mid_block.attentions.0")
+    r.add("middle_block.2", "mid_block.resnets.1", _UNET_RESNET)
+    block = 0
+    for level in range(levels):
+        attention = has_attention(f"output_blocks.{block}")
+        for i in range(layers + 1):
+            r.add(f"output_blocks.{block}.0", f"up_blocks.{level}.resnets.{i}", _UNET_RESNET)
+            if attention:
+                r.add(f"output_blocks.{block}.1", f"up_blocks.{level}.attentions.{i}")
+            block += 1
+        if level < levels - 1:
+            r.add(f"output_blocks.{block - 1}.{2 if attention else 1}", f"up_blocks.{level}.upsamplers.0")
+    return r
+
+
+def _vae_renames(keys: List[str]) -> _Renames:
+    """LDM AutoencoderKL -> diffusers AutoencoderKL. The LDM decoder numbers its levels from the highest
+    resolution (up.0, no upsampler) while diffusers numbers them in execution order (up_blocks.0 first)."""
+    r = _Renames()
+    for part in ("encoder", "decoder"):
+        r.add(f"{part}.conv_in", f"{part}.conv_in")
+        r.add(f"{part}.conv_out", f"{part}.conv_out")
+        r.add(f"{part}.norm_out", f"{part}.conv_norm_out")
+        r.add(f"{part}.mid.block_1", f"{part}.mid_block.resnets.0", _VAE_RESNET)
+        r.add(f"{part}.mid.block_2", f"{part}.mid_block.resnets.1", _VAE_RESNET)
+        r.add(f"{part}.mid.attn_1", f"{part}.mid_block.attentions.0", _VAE_ATTENTION)
+    levels = _children(keys, "encoder.down.")
+    for i in levels:
+        for j in _children(keys, f"encoder.down.{i}.block."):
+            r.add(f"encoder.down.{i}.block.{j}", f"encoder.down_blocks.{i}.resnets.{j}", _VAE_RESNET)
+        if i < len(levels) - 1:
+            r.add(f"encoder.down.{i}.downsample", f"encoder.down_blocks.{i}.downsamplers.0")
+    levels = _children(keys, "decoder.up.")
+    for i in levels:
+        up = len(levels) - 1 - i
+        for j in _children(keys, f"decoder.up.{i}.block."):
+            r.add(f"decoder.up.{i}.block.{j}", f"decoder.up_blocks.{up}.resnets.{j}", _VAE_RESNET)
+        if i > 0:
+            r.add(f"decoder.up.{i}.upsample", f"decoder.up_blocks.{up}.upsamplers.0")
+    r.add("quant_conv", "quant_conv")
+    r.add("post_quant_conv", "post_quant_conv")
+    return r
+
+
+_LDM_UNET = "model.diffusion_model."
+_LDM_VAE = "first_stage_model."
+_LDM_TEXT = "cond_stage_model.transformer."
+
+
+def _strip(sd: Tensors, prefix: str) -> Tensors:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def ldm_to_diffusers(sd: Tensors, origin: str) -> Dict[str, Component]:
+    """Split an LDM state dict into "unet", "vae" and "text_encoder" components with diffusers names (configs
+    still empty). Keys outside the three models (EMA copies, schedule buffers, ...) are ignored."""
+    unet_ldm, vae_ldm, text_ldm = _strip(sd, _LDM_UNET), _strip(sd, _LDM_VAE), _strip(sd, _LDM_TEXT)
+    if not unet_ldm:
+        raise ConversionError(f"{origin}: no U-Net weights ({_LDM_UNET}*): not a Stable Diffusion 1.x "
+                              "single-file checkpoint")
+    if not text_ldm:
+        if any(k.startswith(("cond_stage_model.model.", "conditioner.")) for k in sd):
+            raise ConversionError(f"{origin}: this is a Stable Diffusion 2.x/XL checkpoint (OpenCLIP text "
+                                  "encoder); only SD 1.x is supported")
+        raise ConversionError(f"{origin}: no CLIP text encoder weights ({_LDM_TEXT}*)")
+    if not vae_ldm:
+        raise ConversionError(f"{origin}: no VAE weights ({_LDM_VAE}*)")
+
+    unet_names = _unet_renames(list(unet_ldm))
+    unet = {}
+    for key, value in unet_ldm.items():
+        name = unet_names.forward(key)
+        if name is None:
+            raise ConversionError(f"{origin}: unexpected U-Net tensor {_LDM_UNET}{key} (not an SD 1.x U-Net?)")
+        unet[name] = value
+
+    vae_names = _vae_renames(list(vae_ldm))
+    vae = {}
+    for key, value in vae_ldm.items():
+        name = vae_names.forward(key)
+        if name is None:
+            # The decoder is what the bundle uses: anything unknown there means another architecture. Other
+            # entries (e.g. a training loss's parameters) are not part of the model.
+            if key.startswith(("decoder.", "post_quant_conv.")):
+                raise ConversionError(f"{origin}: unexpected VAE tensor {_LDM_VAE}{key}")
+            continue
+        # LDM's AttnBlock projects with 1x1 convolutions, diffusers' Attention with linear layers.
+        if ".mid_block.attentions.0.to_" in name and name.endswith(".weight") and value.dim() == 4:
+            value = value.reshape(value.shape[0], value.shape[1])
+        vae[name] = value
+
+    # transformers >= 4.? nests the text tower under `text_model.`; older CLIPTextModel saves did not.
+    nested = any(k.startswith("text_model.") for k in text_ldm)
+    text = {}
+    for key, value in text_ldm.items():
+        if _ignorable(key):
+            continue
+        text[key if nested else "text_model." + key] = value
+
+    def text_source(name: str) -> str:
+        return _LDM_TEXT + (name if nested else name[len("text_model."):])
+
+    def via(renames: _Renames, prefix: str) -> Callable[[str], str]:
+        def name(key: str) -> str:
+            source = renames.backward(key)
+            return prefix + source if source else f"{prefix}? (diffusers {key})"
+        return name
+
+    return {
+        "unet": Component("U-Net", _float32(unet), {}, origin, via(unet_names, _LDM_UNET)),
+        "vae": Component("VAE", _float32(vae), {}, origin, via(vae_names, _LDM_VAE)),
+        "text_encoder": Component("text encoder", _float32(text), {}, origin, text_source),
+    }
+
+
+# ------------------------------------------------------------------------------------ config inference
+
+
+def _shape(c: Component, key: str) -> torch.Size:
+    tensor = c.tensors.get(key)
+    if tensor is None:
+        raise ConversionError(f"{c.origin}: missing {c.label} tensor {c.source_name(key)}")
+    return tensor.shape
+
+
+def _count(c: Component, prefix: str) -> int:
+    return len(_children(c.tensors, prefix))
+
+
+def _first_key(c: Component, suffix: str) -> str:
+    for key in sorted(c.tensors):
+        if key.endswith(suffix):
+            return key
+    raise ConversionError(f"{c.origin}: no {c.label} tensor named *{suffix}")
+
+
+def infer_unet_config(c: Component, base: dict) -> dict:
+    """`base` with every field that the U-Net's tensor shapes determine replaced by what they say."""
+    cfg = dict(base)
+    levels = _count(c, "down_blocks.")
+    cfg["block_out_channels"] = [_shape(c, f"down_blocks.{b}.resnets.0.conv2.weight")[0] for b in range(levels)]
+    cfg["layers_per_block"] = _count(c, "down_blocks.0.resnets.")
+    cfg["down_block_types"] = [
+        "CrossAttnDownBlock2D" if _count(c, f"down_blocks.{b}.attentions.") else "DownBlock2D"
+        for b in range(levels)]
+    cfg["up_block_types"] = [
+        "CrossAttnUpBlock2D" if _count(c, f"up_blocks.{b}.attentions.") else "UpBlock2D"
+        for b in range(_count(c, "up_blocks."))]
+    cfg["mid_block_type"] = "UNetMidBlock2DCrossAttn" if _count(c, "mid_block.attentions.") else "UNetMidBlock2D"
+    cfg["in_channels"] = _shape(c, "conv_in.weight")[1]
+    cfg["out_channels"] = _shape(c, "conv_out.weight")[0]
+    cfg["cross_attention_dim"] = _shape(c, _first_key(c, ".attn2.to_k.weight"))[1]
+    proj_in = _first_key(c, ".proj_in.weight")
+    cfg["use_linear_projection"] = len(_shape(c, proj_in)) == 2
+    cfg["transformer_layers_per_block"] = _count(c, proj_in[: -len("proj_in.weight")] + "transformer_blocks.")
+    return cfg
+
+
+def infer_vae_config(c: Component, base: dict) -> dict:
+    cfg = dict(base)
+    levels = _count(c, "decoder.up_blocks.")
+    # Decoder level i runs at the width of encoder level (levels - 1 - i).
+    widths = [_shape(c, f"decoder.up_blocks.{i}.resnets.0.conv2.weight")[0] for i in range(levels)]
+    cfg["block_out_channels"] = widths[::-1]
+    cfg["layers_per_block"] = _count(c, "decoder.up_blocks.0.resnets.") - 1
+    cfg["down_block_types"] = ["DownEncoderBlock2D"] * levels
+    cfg["up_block_types"] = ["UpDecoderBlock2D"] * levels
+    cfg["latent_channels"] = _shape(c, "decoder.conv_in.weight")[1]
+    cfg["out_channels"] = _shape(c, "decoder.conv_out.weight")[0]
+    if "encoder.conv_in.weight" in c.tensors:
+        cfg["in_channels"] = c.tensors["encoder.conv_in.weight"].shape[1]
+    cfg["mid_block_add_attention"] = _count(c, "decoder.mid_block.attentions.") > 0
+    return cfg
+
+
+def infer_text_config(c: Component, base: dict, heads_known: bool) -> dict:
+    """`heads_known`: `base` describes this model (from --config), so its head count applies."""
+    cfg = dict(base)
+    vocab, hidden = _shape(c, "text_model.embeddings.token_embedding.weight")
+    cfg["vocab_size"] = vocab
+    cfg["hidden_size"] = hidden
+    cfg["max_position_embeddings"] = _shape(c, "text_model.embeddings.position_embedding.weight")[0]
+    cfg["intermediate_size"] = _shape(c, "text_model.encoder.layers.0.mlp.fc1.weight")[0]
+    cfg["num_hidden_layers"] = _count(c, "text_model.encoder.layers.")
+    if not heads_known:
+        # CLIP text towers use 64-dimensional heads (ViT-L/14: 768 = 12 x 64).
+        if hidden % 64:
+            raise ConversionError(
+                f"{c.origin}: cannot tell the text encoder's number of attention heads (hidden size {hidden} "
+                "is not a multiple of 64): pass --config with a diffusers folder of this model")
+        cfg["num_attention_heads"] = hidden // 64
+        cfg["projection_dim"] = hidden
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------- the sources
+
+
+def _weights_file(folder: str, stems: Tuple[str, ...]) -> str:
+    """The weights file of a diffusers/transformers model folder: safetensors before pickles, float32
+    before the fp16 variant."""
+    candidates = [f"{s}{v}{e}" for e in (".safetensors", ".bin") for v in ("", ".fp16") for s in stems]
+    for name in candidates:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    raise ConversionError(f"{folder}: no weights file ({' or '.join(candidates[:len(stems)])})")
+
+
+# Attention parameter names of diffusers < 0.14, still found in the VAE of several hub repositories.
+_OLD_VAE_ATTENTION = re.compile(r"(\.mid_block\.attentions\.0\.)(query|key|value|proj_attn)\.")
+_OLD_VAE_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def load_model_folder(folder: str, label: str, stems: Tuple[str, ...]) -> Component:
+    """A diffusers or transformers model folder: config.json and a weights file."""
+    config = read_json(os.path.join(folder, "config.json"))
+    path = _weights_file(folder, stems)
+    tensors = {k: v for k, v in read_tensors(path).items() if not _ignorable(k)}
+    if label == "VAE":
+        tensors = {_OLD_VAE_ATTENTION.sub(lambda m: m.group(1) + _OLD_VAE_NAMES[m.group(2)] + ".", k): v
+                   for k, v in tensors.items()}
+    return Component(label, _float32(tensors), config, path)
+
+
+def load_safety_checker(folder: str) -> Component:
+    return load_model_folder(folder, "safety checker", ("model", "pytorch_model"))
+
+
+def _optional_json(path: str) -> Optional[dict]:
+    return read_json(path) if os.path.isfile(path) else None
+
+
+def load_diffusers(folder: str) -> Model:
+    for part in ("unet", "vae", "text_encoder"):
+        if not os.path.isdir(os.path.join(folder, part)):
+            raise ConversionError(f"{folder}: not a diffusers Stable Diffusion folder (no {part}/)")
+    unet = load_model_folder(os.path.join(folder, "unet"), "U-Net", ("diffusion_pytorch_model",))
+    return Model(
+        unet=unet,
+        vae=load_model_folder(os.path.join(folder, "vae"), "VAE", ("diffusion_pytorch_model",)),
+        text_encoder=load_model_folder(os.path.join(folder, "text_encoder"), "text encoder",
+                                       ("model", "pytorch_model")),
+        scheduler=_optional_json(os.path.join(folder, "scheduler", "scheduler_config.json")),
+        kind="diffusers",
+        path=folder,
+        name=os.path.basename(os.path.normpath(folder)),
+        sha256=sha256_file(unet.origin),
+    )
+
+
+def load_single_file(path: str, config_dir: Optional[str] = None) -> Model:
+    """An LDM checkpoint. `config_dir`: a diffusers folder of the same model family, for what the tensors do
+    not say (attention heads, sample size, scaling factor, scheduler)."""
+    components = ldm_to_diffusers(read_tensors(path), path)
+    defaults = sd1_defaults()
+
+    def base(part: str) -> Optional[dict]:
+        return _optional_json(os.path.join(config_dir, part, "config.json")) if config_dir else None
+
+    unet, vae, text = components["unet"], components["vae"], components["text_encoder"]
+    unet.config = infer_unet_config(unet, base("unet") or defaults["unet"])
+    vae.config = infer_vae_config(vae, base("vae") or defaults["vae"])
+    text_base = base("text_encoder")
+    text.config = infer_text_config(text, text_base or defaults["text_encoder"], heads_known=text_base is not None)
+    return Model(
+        unet=unet,
+        vae=vae,
+        text_encoder=text,
+        scheduler=(_optional_json(os.path.join(config_dir, "scheduler", "scheduler_config.json"))
+                   if config_dir else None),
+        kind="single_file",
+        path=path,
+        name=os.path.splitext(os.path.basename(path))[0],
+        sha256=sha256_file(path),
+    )
+
+
+def scheduler_fields(config: Optional[dict]) -> dict:
+    """The bundle's scheduler description: the source's values where it states them, SD v1's otherwise."""
+    config = config or {}
+    return {k: v if config.get(k) is None else config[k] for k, v in SD1_SCHEDULER.items()}
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_source(source: str) -> str:
+    """A local path as given; a Hugging Face hub id (`owner/name`) downloaded into the hub cache."""
+    if os.path.exists(source):
+        return source
+    if not _HUB_ID.match(source):
+        raise ConversionError(f"{source}: no such file or directory")
+    advice = (f"download it yourself (e.g. `huggingface-cli download {source} --exclude '*.ckpt'`) and pass "
+              "the folder")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConversionError(f"{source} is not a local path and huggingface_hub is not installed: "
+                              f"{advice}") from None
+    # Only what the bundle needs: the configs, the tokenizer and one weights file per model, not the
+    # several-GB .ckpt / fp16 / flax / onnx copies that model repositories also carry.
+    common = ["model_index.json", "*/config.json", "scheduler/*.json", "feature_extractor/*.json",
+              "tokenizer/*"]
+    try:
+        for ext in (".safetensors", ".bin"):
+            weights = [f"*/diffusion_pytorch_model{ext}", f"*/model{ext}", f"*/pytorch_model{ext}"]
+            folder = snapshot_download(repo_id=source, allow_patterns=common + weights)
+            if os.path.isfile(os.path.join(folder, "unet", f"diffusion_pytorch_model{ext}")):
+                return folder
+    except Exception as e:  # network, authentication, unknown repository: all mean "do it by hand"
+        raise ConversionError(f"cannot download {source} ({type(e).__name__}: {e}): {advice}") from None
+    raise ConversionError(f"{source}: the repository has no diffusers U-Net weights: {advice}")

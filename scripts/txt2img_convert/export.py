@@ -1,0 +1,224 @@
+"""From loaded weights to a model bundle: build the modules, load them strictly, export TorchScript, write
+the bundle directory (TorchScript files, tokenizer.model, model.json) atomically."""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from .checkpoints import Component, ConversionError, sha256_file
+from .clip import CLIPTextModel
+from .presets import DEFAULT_PREPROCESSOR
+from .safety import StableDiffusionSafetyChecker
+from .unet import UNet2DConditionModel, script
+from .vae import VAEDecoder
+
+CONVERTER_VERSION = "0.1.0"
+BUNDLE_FORMAT = "txt2img-bundle"
+BUNDLE_FORMAT_VERSION = 1
+PAD_ID = 49407  # SD v1 pads prompts with <|endoftext|>
+
+# Bundle file of each module, in the order they are written.
+FILES = {
+    "text_encoder": "text_encoder.pt",
+    "unet": "unet.pt",
+    "vae": "vae_decoder.pt",
+    "safety_checker": "safety_checker.pt",
+}
+
+_CLASSES: Dict[str, Callable[[dict], nn.Module]] = {
+    "text_encoder": CLIPTextModel,
+    "unet": UNet2DConditionModel,
+    "vae": VAEDecoder,
+    "safety_checker": StableDiffusionSafetyChecker,
+}
+
+
+def progress(message: str) -> None:
+    print(f"convert.py: {message}", file=sys.stderr, flush=True)
+
+
+def build(part: str, config: dict) -> nn.Module:
+    """An eval-mode float32 module of kind `part` ("unet", "vae", ...) for `config`, default-initialised."""
+    try:
+        module = _CLASSES[part](config)
+    except (NotImplementedError, ValueError, KeyError, TypeError) as e:
+        raise ConversionError(f"{part}: unsupported configuration ({type(e).__name__}: {e})") from None
+    return module.float().eval().requires_grad_(False)
+
+
+def load_weights(part: str, component: Component) -> nn.Module:
+    """The module for `component`, with every one of its parameters taken from the component's tensors: a
+    missing, surplus or differently shaped tensor is an error that names it as the source file does."""
+    module = build(part, component.config)
+    tensors = component.tensors
+    if part == "vae":
+        tensors = VAEDecoder.select_state_dict(tensors)
+    expected = module.state_dict()
+
+    def listing(keys) -> str:
+        first = component.source_name(keys[0])
+        return first + (f" (and {len(keys) - 1} more)" if len(keys) > 1 else "")
+
+    missing = [k for k in expected if k not in tensors]
+    if missing:
+        raise ConversionError(f"{component.origin}: missing {component.label} tensor {listing(missing)}")
+    surplus = sorted(k for k in tensors if k not in expected)
+    if surplus:
+        raise ConversionError(f"{component.origin}: unexpected {component.label} tensor {listing(surplus)}")
+    for key, target in expected.items():
+        if tensors[key].shape != target.shape:
+            raise ConversionError(
+                f"{component.origin}: {component.label} tensor {component.source_name(key)} has shape "
+                f"{list(tensors[key].shape)}, the model needs {list(target.shape)}")
+    module.load_state_dict(tensors, strict=True)
+    return module
+
+
+def random_modules(configs: Dict[str, dict], seed: int, with_safety: bool, flag_all: bool) -> Dict[str, nn.Module]:
+    """Modules of a preset (presets.preset()) with random weights: PyTorch's default initialisation after
+    torch.manual_seed(seed + i) for the i-th module, so the same seed gives the same weights.
+
+    The safety checker's concept embeddings are random unit-scale vectors; its thresholds (the concept
+    weights) are 2 so that no score (cosine - weight, cosine <= 1) is ever positive, or -2 with `flag_all`
+    so that every image is flagged.
+    """
+    modules = {}
+    parts = ["text_encoder", "unet", "vae"] + (["safety_checker"] if with_safety else [])
+    for i, part in enumerate(parts):
+        torch.manual_seed(seed + i)
+        modules[part] = build(part, configs[part])
+    if with_safety:
+        checker = modules["safety_checker"]
+        threshold = -2.0 if flag_all else 2.0
+        with torch.no_grad():
+            checker.concept_embeds.normal_()
+            checker.special_care_embeds.normal_()
+            checker.concept_embeds_weights.fill_(threshold)
+            checker.special_care_embeds_weights.fill_(threshold)
+    return modules
+
+
+def safety_manifest(preprocessor: Optional[dict]) -> dict:
+    """The safety checker's image preprocessing (CLIPImageProcessor) as model.json records it. Accepts the
+    current processor config (`size: {"shortest_edge": n}`) and the older feature-extractor one (`size: n`)."""
+    pre = dict(DEFAULT_PREPROCESSOR)
+    pre.update({k: v for k, v in (preprocessor or {}).items() if v is not None})
+    size, crop = pre["size"], pre["crop_size"]
+    if isinstance(size, dict):
+        shortest = size["shortest_edge"] if "shortest_edge" in size else min(size["height"], size["width"])
+    else:
+        shortest = size
+    crop_h, crop_w = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop, crop)
+    return {
+        "shortest_edge": int(shortest),
+        "crop_height": int(crop_h),
+        "crop_width": int(crop_w),
+        "rescale_factor": float(pre["rescale_factor"]),
+        "mean": [float(x) for x in pre["image_mean"]],
+        "std": [float(x) for x in pre["image_std"]],
+    }
+
+
+def _is_bundle(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "model.json"), encoding="utf-8") as f:
+            return json.load(f).get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_destination(out: str, overwrite: bool) -> None:
+    """Refuse early (before any slow work) an output that exists, unless --overwrite is given and it is an
+    earlier bundle or an empty directory; never replace anything else."""
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise ConversionError(f"{out} already exists (pass --overwrite to replace it)")
+    if not os.path.isdir(out) or os.path.islink(out) or (os.listdir(out) and not _is_bundle(out)):
+        raise ConversionError(f"{out} exists and is not a model bundle; not replacing it")
+
+
+def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Optional[dict]) -> dict:
+    """The model.json fields that describe the model (configs of the three networks, the scheduler fields of
+    checkpoints.scheduler_fields(), the safety_manifest() or None)."""
+    vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return {
+        "latent_channels": int(unet.get("in_channels", 4)),
+        "scale_factor": float(vae.get("scaling_factor") or 0.18215),
+        "vae_scale_factor": vae_scale_factor,
+        "default_size": int(unet["sample_size"]) * vae_scale_factor,
+        "context_length": int(text.get("max_position_embeddings", 77)),
+        "pad_id": PAD_ID,
+        "text_hidden_size": int(text["hidden_size"]),
+        "scheduler": scheduler,
+        "safety": safety,
+    }
+
+
+def write_bundle(out: str, modules: Dict[str, nn.Module], vocab: str, fields: dict, name: str,
+                 model_hash: Optional[str], source: dict, overwrite: bool) -> dict:
+    """Write the bundle into a temporary directory beside `out`, then move it into place.
+
+    `modules`: part -> loaded module (safety_checker optional); `fields`: model_fields(); `model_hash`: the
+    short hash users know the model by (None: that of the exported U-Net). Returns the manifest written.
+    """
+    from .tokenizer import write_model  # imported when needed: the tokenizer converter is another module's
+
+    check_destination(out, overwrite)
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=parent)
+    try:
+        for part, filename in FILES.items():
+            if part not in modules:
+                continue
+            progress(f"exporting {filename}")
+            with torch.no_grad():
+                torch.jit.save(script(modules[part]), os.path.join(staging, filename))
+        write_model(vocab, os.path.join(staging, "tokenizer.model"))
+        files = {}
+        for filename in sorted(os.listdir(staging)):
+            path = os.path.join(staging, filename)
+            files[filename] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "family": "sd1",
+            **fields,
+            "files": files,
+            "converter_version": CONVERTER_VERSION,
+            "torch_version": torch.__version__,
+            "model_name": name,
+            "model_hash": model_hash or files["unet.pt"]["sha256"][:10],
+            "source": source,
+        }
+        with open(os.path.join(staging, "model.json"), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp creates it private; a bundle is an ordinary directory
+        _move_into_place(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _move_into_place(staging: str, out: str, overwrite: bool) -> None:
+    if not os.path.lexists(out):
+        os.rename(staging, out)
+        return
+    # Checked again: something may have appeared at `out` during the conversion.
+    check_destination(out, overwrite)
+    old = staging + ".old"
+    os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old, ignore_errors=True)

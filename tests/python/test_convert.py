@@ -1,0 +1,215 @@
+"""scripts/convert.py end to end: bundles from the reference models reproduce the reference tensors through
+TorchScript; model.json; random presets; refusing to overwrite; one-line errors."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import convert as convert_script  # scripts/convert.py (conftest puts scripts/ on sys.path)
+from txt2img_convert import export, presets
+
+REPO = Path(__file__).resolve().parents[2]
+CONVERT = REPO / "scripts" / "convert.py"
+SD1_HASH = "2d0529e13291b284137f8e7cc0cad91e619609c870492f86c62dc57a5e9d8a77"
+SD1_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                 "beta_schedule": "scaled_linear", "steps_offset": 1, "timestep_spacing": "leading",
+                 "prediction_type": "epsilon", "set_alpha_to_one": False}
+SAFETY_32 = {"shortest_edge": 32, "crop_height": 32, "crop_width": 32, "rescale_factor": 1 / 255,
+             "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+
+
+def run(*args, check=True):
+    """convert.py as users run it (it re-executes itself under a Python with torch if needed)."""
+    result = subprocess.run([str(CONVERT), *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def vocab(reference):
+    return reference.parent / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+
+
+@pytest.fixture(scope="module")
+def bundles(reference, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles")
+    run(reference / "tiny/model", "--out", out / "tiny")
+    run(reference / "sd1/single_file/sd1.safetensors", "--config", reference / "sd1/model", "--out", out / "sd1")
+    return out
+
+
+@pytest.mark.parametrize("preset", ["tiny", "sd1"])
+def test_bundle_reproduces_the_reference_run(bundles, tensors, check_close, preset):
+    run_tensors = tensors(f"{preset}/runs/ddim_s10/tensors.safetensors")
+    bundle = bundles / preset
+    text_encoder = torch.jit.load(str(bundle / "text_encoder.pt"))
+    unet = torch.jit.load(str(bundle / "unet.pt"))
+    vae = torch.jit.load(str(bundle / "vae_decoder.pt"))
+    safety = torch.jit.load(str(bundle / "safety_checker.pt"))
+    with torch.no_grad():
+        check_close(f"bundle {preset} text", text_encoder(run_tensors["text/input_ids"]),
+                    run_tensors["text/last_hidden_state"])
+        noise = unet(run_tensors["unet/000/sample_in"], run_tensors["unet/000/timestep"],
+                     run_tensors["unet/encoder_hidden_states"])
+        check_close(f"bundle {preset} unet", noise, run_tensors["unet/000/noise_pred"])
+        check_close(f"bundle {preset} vae", vae(run_tensors["vae/decode_in"]), run_tensors["vae/decode_out"])
+        embeds = safety(run_tensors["safety/clip_input"])[0]
+        check_close(f"bundle {preset} safety", embeds, run_tensors["safety/image_embeds"])
+
+
+def check_files(bundle, manifest):
+    names = sorted(p.name for p in bundle.iterdir())
+    assert names == sorted(list(manifest["files"]) + ["model.json"])
+    for name, info in manifest["files"].items():
+        assert info == {"sha256": sha256(bundle / name), "bytes": (bundle / name).stat().st_size}, name
+
+
+def test_model_json(bundles, reference):
+    tiny = json.loads((bundles / "tiny/model.json").read_text())
+    unet_weights = reference / "tiny/model/unet/diffusion_pytorch_model.safetensors"
+    assert tiny == {
+        "format": "txt2img-bundle", "format_version": 1, "family": "sd1", "latent_channels": 4,
+        "scale_factor": 0.18215, "vae_scale_factor": 2, "default_size": 16, "context_length": 77,
+        "pad_id": 49407, "text_hidden_size": 32, "scheduler": SD1_SCHEDULER, "safety": SAFETY_32,
+        "files": tiny["files"], "converter_version": "0.1.0", "torch_version": torch.__version__,
+        "model_name": "model", "model_hash": sha256(unet_weights)[:10],
+        "source": {"kind": "diffusers", "path": str(reference / "tiny/model"), "sha256": sha256(unet_weights)},
+    }
+    assert sorted(tiny["files"]) == ["safety_checker.pt", "text_encoder.pt", "tokenizer.model", "unet.pt",
+                                     "vae_decoder.pt"]
+    check_files(bundles / "tiny", tiny)
+
+    sd1 = json.loads((bundles / "sd1/model.json").read_text())
+    assert (sd1["vae_scale_factor"], sd1["default_size"], sd1["model_name"], sd1["model_hash"]) == (8, 128, "sd1",
+                                                                                                     SD1_HASH[:10])
+    assert sd1["source"] == {"kind": "single_file", "path": str(reference / "sd1/single_file/sd1.safetensors"),
+                             "sha256": SD1_HASH}
+    assert sd1["scheduler"] == SD1_SCHEDULER and sd1["safety"] == SAFETY_32
+    check_files(bundles / "sd1", sd1)
+
+
+def test_tiny_is_deterministic_and_runs(tmp_path, vocab):
+    for name in ("a", "b"):
+        run("--tiny", "--vocab", vocab, "--seed", 7, "--out", tmp_path / name)
+    manifests = [json.loads((tmp_path / name / "model.json").read_text()) for name in ("a", "b")]
+    assert manifests[0] == manifests[1]  # every file byte-identical
+    manifest = manifests[0]
+    check_files(tmp_path / "a", manifest)
+    assert (manifest["vae_scale_factor"], manifest["default_size"], manifest["text_hidden_size"]) == (8, 64, 32)
+    assert manifest["source"]["kind"] == "random" and manifest["model_name"] == "random-tiny-seed7"
+    assert manifest["safety"] == SAFETY_32
+
+    bundle = tmp_path / "a"
+    with torch.no_grad():
+        hidden = torch.jit.load(str(bundle / "text_encoder.pt"))(torch.full((2, 77), 49407, dtype=torch.long))
+        noise = torch.jit.load(str(bundle / "unet.pt"))(torch.randn(2, 4, 8, 8), torch.tensor([901]), hidden)
+        image = torch.jit.load(str(bundle / "vae_decoder.pt"))(noise)
+        _, cos, special, weights, special_weights = torch.jit.load(str(bundle / "safety_checker.pt"))(
+            torch.randn(2, 3, 32, 32))
+    assert hidden.shape == (2, 77, 32) and noise.shape == (2, 4, 8, 8) and image.shape == (2, 3, 64, 64)
+    assert all(torch.isfinite(t).all() for t in (hidden, noise, image))
+    # Never flagged: every score cos - weight is negative, even with the +0.01 special-care adjustment.
+    assert (cos - weights).max() < -0.5 and (special - special_weights).max() < -0.5
+
+
+def test_random_presets_in_process():
+    """Different seeds give different weights; --tiny-flag-all makes every score positive."""
+    configs = presets.preset("tiny")
+    a = export.random_modules(configs, 0, True, False)
+    b = export.random_modules(configs, 1, True, True)
+    assert not torch.equal(a["unet"].conv_in.weight, b["unet"].conv_in.weight)
+    with torch.no_grad():
+        _, cos, special, weights, special_weights = b["safety_checker"](torch.randn(3, 3, 32, 32))
+    assert (cos - weights).min() > 0.5 and (special - special_weights).min() > 0.5
+    full = presets.preset("full")
+    assert full["unet"]["block_out_channels"] == [320, 640, 1280, 1280]
+    assert full["safety_checker"]["vision_config"]["hidden_size"] == 1024
+
+
+def convert(capsys, *args):
+    """convert.py's main() in this process (faster than a new interpreter): (exit status, stderr)."""
+    try:
+        status = convert_script.main([str(a) for a in args])
+    except SystemExit as e:  # usage errors
+        status = e.code
+    return status, capsys.readouterr().err
+
+
+def test_overwrite(tmp_path, vocab, capsys):
+    out = tmp_path / "bundle"
+    assert convert(capsys, "--tiny", "--vocab", vocab, "--no-safety-checker", "--out", out)[0] == 0
+    first = json.loads((out / "model.json").read_text())
+    assert first["safety"] is None and "safety_checker.pt" not in first["files"]
+    status, stderr = convert(capsys, "--tiny", "--vocab", vocab, "--seed", 1, "--out", out)
+    assert (status, stderr) == (1, f"convert.py: error: {out} already exists (pass --overwrite to replace it)\n")
+    assert json.loads((out / "model.json").read_text()) == first
+    assert convert(capsys, "--tiny", "--vocab", vocab, "--seed", 1, "--out", out, "--overwrite")[0] == 0
+    second = json.loads((out / "model.json").read_text())
+    assert second["files"]["unet.pt"] != first["files"]["unet.pt"] and "safety_checker.pt" in second["files"]
+    check_files(out, second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging directories left behind
+    # Never replace something that is not a bundle.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    status, stderr = convert(capsys, "--tiny", "--vocab", vocab, "--out", tmp_path / "notes", "--overwrite")
+    assert status == 1 and "not a model bundle" in stderr
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def config_without_safety(reference, tmp_path):
+    config = tmp_path / "config"
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        os.makedirs(config / part)
+        for file in (reference / "sd1/model" / part).iterdir():
+            os.symlink(file, config / part / file.name)
+    return config
+
+
+def test_errors(tmp_path, reference, vocab, capsys):
+    single = reference / "sd1/single_file/sd1.safetensors"
+    out = tmp_path / "x"
+    cases = [
+        # (arguments, exit status, text the message must contain)
+        ((single, "--out", out), 1, "pass --vocab"),
+        ((single, "--vocab", vocab, "--no-safety-checker", "--out", out), 1, "attention heads"),
+        ((single, "--config", config_without_safety(reference, tmp_path), "--out", out), 1,
+         "--safety-checker DIR"),
+        ((tmp_path / "nothing.ckpt", "--out", out), 1, "no such file"),
+        (("--out", out), 2, "give either SOURCE"),
+        (("--tiny", "--out", out), 2, "need --vocab"),
+        ((single, "--tiny", "--out", out), 2, "give either SOURCE"),
+        ((single, "--seed", 3, "--out", out), 2, "--seed applies"),
+        ((single, "--safety-checker", tmp_path, "--no-safety-checker", "--out", out), 2, "not allowed"),
+    ]
+    for args, expected_status, text in cases:
+        status, stderr = convert(capsys, *args)
+        assert status == expected_status, (args, stderr)
+        last = stderr.splitlines()[-1]
+        assert last.startswith("convert.py: error: ") and text in last, stderr
+        assert "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_command_line(tmp_path, reference):
+    """The script is executable, re-executes itself under a Python with torch whatever interpreter starts
+    it, and reports errors in one line without a traceback."""
+    assert os.access(CONVERT, os.X_OK)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    env = dict(os.environ, TXT2IMG_PYTHON=sys.executable)
+    result = subprocess.run(["python3", str(CONVERT), broken, "--no-safety-checker", "--vocab", broken,
+                             "--out", tmp_path / "x"], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(f"convert.py: error: cannot read {broken}")
+    assert "Traceback" not in result.stderr
