@@ -1,13 +1,20 @@
-// CLIP's pre-tokenizer and byte alphabet, with SentencePiece doing the BPE merges. The SentencePiece model
+// CLIP's pre-tokenizer and byte alphabet, then the BPE merges of a SentencePiece BPE model. The model
 // (scripts/txt2img_convert/tokenizer.py) has one piece per CLIP token, in CLIP's id order, and scores that make its
 // merge order CLIP's merge-rank order; '▁' after a word stands for CLIP's "</w>".
-#include <sentencepiece_processor.h>
+//
+// The merges are SentencePiece's BPE algorithm done here rather than by libsentencepiece: Debian's libsentencepiece
+// exports its own copy of protobuf 3.14, which clashes with the protobuf 3.21 that libtorch loads (the process
+// crashes before main in whichever order the two are loaded).
 #include <unicode/uchar.h>
 #include <unicode/utf8.h>
 
 #include <algorithm>
 #include <array>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "txt2img/error.hpp"
@@ -127,8 +134,134 @@ std::vector<std::string> pre_tokenize(const std::string& cleaned) {
   return tokens;
 }
 
+namespace {
+
+constexpr std::string_view kWordEnd = "\u2581";
+
+// The protobuf wire format, as far as reading SentencePiece's ModelProto needs: the fields of one message.
+struct Field {
+  uint32_t number = 0;
+  uint32_t wire_type = 0;
+  uint64_t value = 0;      // varint and fixed-width fields
+  std::string_view bytes;  // length-delimited fields
+};
+
+class MessageReader {
+ public:
+  explicit MessageReader(std::string_view data) : data_(data) {}
+
+  // False at the end of the message; throws on malformed input.
+  bool next(Field* field) {
+    if (data_.empty()) return false;
+    const uint64_t key = varint();
+    field->number = static_cast<uint32_t>(key >> 3);
+    field->wire_type = static_cast<uint32_t>(key & 7);
+    switch (field->wire_type) {
+      case 0: field->value = varint(); break;
+      case 1: field->value = fixed(8); break;
+      case 2: {
+        const uint64_t length = varint();
+        if (length > data_.size()) throw std::runtime_error("truncated field");
+        field->bytes = data_.substr(0, length);
+        data_.remove_prefix(length);
+        break;
+      }
+      case 5: field->value = fixed(4); break;
+      default: throw std::runtime_error("unsupported wire type " + std::to_string(field->wire_type));
+    }
+    return true;
+  }
+
+ private:
+  uint64_t varint() {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (data_.empty()) break;
+      const auto byte = static_cast<uint8_t>(data_.front());
+      data_.remove_prefix(1);
+      value |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0) return value;
+    }
+    throw std::runtime_error("bad varint");
+  }
+
+  uint64_t fixed(size_t size) {
+    if (data_.size() < size) throw std::runtime_error("truncated field");
+    uint64_t value = 0;
+    for (size_t i = 0; i < size; ++i) value |= static_cast<uint64_t>(static_cast<uint8_t>(data_[i])) << (8 * i);
+    data_.remove_prefix(size);
+    return value;
+  }
+
+  std::string_view data_;
+};
+
+// sentencepiece_model.proto: ModelProto.pieces = 1; SentencePiece.piece = 1, .score = 2, .type = 3.
+enum PieceType : uint64_t { kNormal = 1, kUnknown = 2, kControl = 3 };
+
+struct Piece {
+  std::string text;
+  float score = 0;
+  uint64_t type = kNormal;
+};
+
+std::vector<Piece> read_pieces(const std::string& model) {
+  std::vector<Piece> pieces;
+  MessageReader reader(model);
+  Field field;
+  while (reader.next(&field)) {
+    if (field.number != 1 || field.wire_type != 2) continue;
+    Piece piece;
+    MessageReader piece_reader(field.bytes);
+    Field f;
+    while (piece_reader.next(&f)) {
+      if (f.number == 1 && f.wire_type == 2) piece.text = std::string(f.bytes);
+      if (f.number == 2 && f.wire_type == 5) {
+        const auto bits = static_cast<uint32_t>(f.value);
+        std::memcpy(&piece.score, &bits, sizeof bits);
+      }
+      if (f.number == 3 && f.wire_type == 0) piece.type = f.value;
+    }
+    pieces.push_back(std::move(piece));
+  }
+  return pieces;
+}
+
+}  // namespace
+
 struct Tokenizer::Impl {
-  sentencepiece::SentencePieceProcessor processor;
+  struct Normal {
+    int id;
+    float score;
+  };
+  std::unordered_map<std::string, Normal> normal;  // the pieces merges can produce
+
+  // SentencePiece's BPE on one word: start from its characters, and keep merging the adjacent pair whose
+  // concatenation is the highest-scoring piece (the leftmost such pair on ties).
+  void merge_word(const std::string& word, std::vector<int>* ids) const {
+    std::vector<std::string> symbols;
+    for (size_t pos = 0; pos < word.size();) {
+      UChar32 c;
+      const auto len = static_cast<size_t>(next_length(word, pos, &c));
+      symbols.push_back(word.substr(pos, len));
+      pos += len;
+    }
+    while (symbols.size() > 1) {
+      size_t best = symbols.size();
+      float best_score = 0;
+      for (size_t i = 0; i + 1 < symbols.size(); ++i) {
+        const auto it = normal.find(symbols[i] + symbols[i + 1]);
+        if (it != normal.end() && (best == symbols.size() || it->second.score > best_score)) {
+          best = i;
+          best_score = it->second.score;
+        }
+      }
+      if (best == symbols.size()) break;
+      symbols[best] += symbols[best + 1];
+      symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best) + 1);
+    }
+    for (const auto& symbol : symbols) ids->push_back(normal.at(symbol).id);
+  }
 };
 
 Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -137,18 +270,35 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::load(const std::filesystem::path& sentencepiece_model) {
-  auto impl = std::make_unique<Impl>();
-  const auto status = impl->processor.Load(sentencepiece_model.string());
-  if (!status.ok()) {
-    throw Error(ErrorKind::Bundle,
-                "cannot load tokenizer model " + sentencepiece_model.string() + ": " + status.ToString());
+  const std::string where = "tokenizer model " + sentencepiece_model.string();
+  std::ifstream in(sentencepiece_model, std::ios::binary);
+  if (!in) throw Error(ErrorKind::Bundle, "cannot read " + where);
+  const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<Piece> pieces;
+  try {
+    pieces = read_pieces(data);
+  } catch (const std::runtime_error& e) {
+    throw Error(ErrorKind::Bundle, where + " is not a SentencePiece model: " + e.what());
   }
-  const auto& sp = impl->processor;
-  if (sp.PieceToId(std::string(kStartOfText)) != kBos || sp.PieceToId(std::string(kEndOfText)) != kEos ||
-      !sp.IsControl(kBos) || !sp.IsControl(kEos)) {
-    throw Error(ErrorKind::Bundle, "tokenizer model " + sentencepiece_model.string() +
-                                       " is not a CLIP tokenizer (start/end tokens are not control pieces " +
+  const auto is_control = [&](int id, std::string_view text) {
+    return static_cast<size_t>(id) < pieces.size() && pieces[id].type == kControl && pieces[id].text == text;
+  };
+  if (!is_control(kBos, kStartOfText) || !is_control(kEos, kEndOfText)) {
+    throw Error(ErrorKind::Bundle, where + " is not a CLIP tokenizer (no start/end control pieces at " +
                                        std::to_string(kBos) + "/" + std::to_string(kEos) + ")");
+  }
+  auto impl = std::make_unique<Impl>();
+  for (size_t id = 0; id < pieces.size(); ++id) {
+    if (pieces[id].type != kNormal) continue;
+    if (!impl->normal.emplace(pieces[id].text, Impl::Normal{static_cast<int>(id), pieces[id].score}).second) {
+      throw Error(ErrorKind::Bundle, where + " defines the piece " + pieces[id].text + " twice");
+    }
+  }
+  // Every character and character-plus-word-end needs a piece so that merging can never leave an unknown symbol.
+  for (const auto& c : byte_alphabet()) {
+    if (impl->normal.count(c) == 0 || impl->normal.count(c + std::string(kWordEnd)) == 0) {
+      throw Error(ErrorKind::Bundle, where + " lacks the byte-alphabet piece " + c);
+    }
   }
   return Tokenizer(std::move(impl));
 }
@@ -156,26 +306,16 @@ Tokenizer Tokenizer::load(const std::filesystem::path& sentencepiece_model) {
 std::vector<int> Tokenizer::encode(std::string_view text) const {
   const auto& alphabet = byte_alphabet();
   std::vector<int> ids;
-  std::string words;  // byte-mapped pre-tokens joined by ' ', which SentencePiece splits on
-  const auto flush = [&] {
-    if (words.empty()) return;
-    std::vector<int> piece_ids;
-    const auto status = impl_->processor.Encode(words, &piece_ids);
-    if (!status.ok()) throw Error(ErrorKind::Runtime, "tokenizer: " + status.ToString());
-    ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
-    words.clear();
-  };
   // Only the exact special strings are CLIP's special tokens; a case variant the regex split off is BPE'd.
   for (const auto& token : pre_tokenize(clean_text(text))) {
     if (token == kStartOfText || token == kEndOfText) {
-      flush();
       ids.push_back(token == kStartOfText ? kBos : kEos);
       continue;
     }
-    if (!words.empty()) words.push_back(' ');
-    for (unsigned char byte : token) words += alphabet[byte];
+    std::string word;
+    for (unsigned char byte : token) word += alphabet[byte];
+    impl_->merge_word(word + std::string(kWordEnd), &ids);
   }
-  flush();
   return ids;
 }
 

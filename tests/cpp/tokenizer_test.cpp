@@ -69,7 +69,7 @@ TEST(TokenizerGolden, MatchesClip) {
   EXPECT_EQ(repair_exact, 2);
 }
 
-TEST(TextClean, InvalidUtf8IsAUsageErrorNamingTheOffset) {
+TEST(TokenizerClean, InvalidUtf8IsAUsageErrorNamingTheOffset) {
   for (const std::string bad : {"abc\xff", "abc\xc0\xaf", "abc\xed\xa0\x80", "abc\xe2\x82"}) {
     EXPECT_EQ(error_kind_of(bad), txt2img::ErrorKind::Usage) << nlohmann::json::binary({bad.begin(), bad.end()});
     try {
@@ -81,7 +81,7 @@ TEST(TextClean, InvalidUtf8IsAUsageErrorNamingTheOffset) {
   }
 }
 
-TEST(TextClean, HtmlEntities) {
+TEST(TokenizerClean, HtmlEntities) {
   EXPECT_EQ(clean_text("Tom &amp; Jerry, &quot;quoted&quot;"), "tom & jerry, \"quoted\"");
   EXPECT_EQ(clean_text("&amp;amp;amp;amp;amp;"), "&");  // ftfy repeats until stable
   EXPECT_EQ(clean_text("P&EACUTE;REZ"), "p\u00e9rez");   // ftfy's all-caps names
@@ -90,7 +90,7 @@ TEST(TextClean, HtmlEntities) {
             "\U0001F600 \U0001F600 's \ufffd \ufffd \u2013");
 }
 
-TEST(TextClean, ReadmeFacts) {
+TEST(TokenizerClean, ReadmeFacts) {
   EXPECT_EQ(clean_text("vertical\vtab\fform\x1c" "fs"), "verticaltab formfs");
   EXPECT_EQ(clean_text("a\u0085b"), "a\u2026b");
   // From the first line containing '<' on, ftfy stops unescaping; only html.unescape's two passes remain.
@@ -98,7 +98,7 @@ TEST(TextClean, ReadmeFacts) {
   EXPECT_EQ(pre_tokenize(clean_text("\u2018soft light\u2019")), (std::vector<std::string>{"'s", "oft", "light", "'"}));
 }
 
-TEST(TextClean, UnicodeFixesAndCase) {
+TEST(TokenizerClean, UnicodeFixesAndCase) {
   EXPECT_EQ(clean_text("\uFB01nal \uFB05 \u0149"), "final \u017Ft 'n");
   EXPECT_EQ(clean_text("\uFF33\uFF34\u3000\uFF8A\uFF9E\uFF72"), "st \u30D0\u30A4");
   EXPECT_EQ(clean_text("\u039F\u0394\u039F\u03A3 \u03A3"), "\u03BF\u03B4\u03BF\u03C2 \u03C3");  // Final_Sigma
@@ -108,7 +108,7 @@ TEST(TextClean, UnicodeFixesAndCase) {
   EXPECT_EQ(clean_text("Cafe\u0301"), "caf\u00e9");
 }
 
-TEST(PreTokenize, ClipRegex) {
+TEST(TokenizerPreTokenize, ClipRegex) {
   EXPECT_EQ(pre_tokenize("it's 2023, v1.5 <|endoftext|>!<|startoftext|>"),
             (std::vector<std::string>{"it", "'s", "2", "0", "2", "3", ",", "v", "1", ".", "5", "<|endoftext|>", "!<|",
                                       "startoftext", "|>"}));
@@ -151,13 +151,18 @@ TEST(Tokenizer, TruncationCounts) {
   EXPECT_THROW(tokenizer().encode_padded("cat", 1), txt2img::Error);
 }
 
-TEST(Tokenizer, MissingModelIsABundleError) {
-  try {
-    Tokenizer::load("/nonexistent/tokenizer.model");
-    ADD_FAILURE() << "no exception";
-  } catch (const txt2img::Error& e) {
-    EXPECT_EQ(e.kind(), txt2img::ErrorKind::Bundle);
+TEST(Tokenizer, MissingOrCorruptModelIsABundleError) {
+  const auto corrupt = std::filesystem::temp_directory_path() / "txt2img_tokenizer_test_corrupt.model";
+  std::ofstream(corrupt, std::ios::binary) << "not a model";
+  for (const auto& path : {std::filesystem::path("/nonexistent/tokenizer.model"), corrupt}) {
+    try {
+      Tokenizer::load(path);
+      ADD_FAILURE() << "no exception for " << path;
+    } catch (const txt2img::Error& e) {
+      EXPECT_EQ(e.kind(), txt2img::ErrorKind::Bundle) << e.what();
+    }
   }
+  std::filesystem::remove(corrupt);
 }
 
 }  // namespace
