@@ -47,6 +47,7 @@ class SafetyChecker {
   torch::jit::Module module_;
   SafetyConfig config_;
   torch::Device device_;
+  std::filesystem::path module_file_;  // named in errors about the module's output
 };
 
 }  // namespace txt2img
