@@ -1,20 +1,14 @@
-// CLIP's pre-tokenizer and byte alphabet, then the BPE merges of a SentencePiece BPE model. The model
+// CLIP's pre-tokenizer and byte alphabet, with SentencePiece doing the BPE merges. The SentencePiece model
 // (scripts/txt2img_convert/tokenizer.py) has one piece per CLIP token, in CLIP's id order, and scores that make its
 // merge order CLIP's merge-rank order; '▁' after a word stands for CLIP's "</w>".
-//
-// The merges are SentencePiece's BPE algorithm done here rather than by libsentencepiece: Debian's libsentencepiece
-// exports its own copy of protobuf 3.14, which clashes with the protobuf 3.21 that libtorch loads (the process
-// crashes before main in whichever order the two are loaded).
+#include <dlfcn.h>
 #include <unicode/uchar.h>
 #include <unicode/utf8.h>
 
 #include <algorithm>
 #include <array>
-#include <cstring>
-#include <fstream>
-#include <iterator>
 #include <string>
-#include <unordered_map>
+#include <filesystem>
 #include <vector>
 
 #include "txt2img/error.hpp"
@@ -136,132 +130,72 @@ std::vector<std::string> pre_tokenize(const std::string& cleaned) {
 
 namespace {
 
-constexpr std::string_view kWordEnd = "\u2581";
+constexpr const char* kModuleName = "libtxt2img_sentencepiece.so";
 
-// The protobuf wire format, as far as reading SentencePiece's ModelProto needs: the fields of one message.
-struct Field {
-  uint32_t number = 0;
-  uint32_t wire_type = 0;
-  uint64_t value = 0;      // varint and fixed-width fields
-  std::string_view bytes;  // length-delimited fields
-};
-
-class MessageReader {
+// libsentencepiece lives in its own module (src/sentencepiece_module.cpp says why), loaded once, from beside the
+// running program, from ../lib/txt2img there, or from where this build put it (tests run from other folders).
+class SentencePieceModule {
  public:
-  explicit MessageReader(std::string_view data) : data_(data) {}
-
-  // False at the end of the message; throws on malformed input.
-  bool next(Field* field) {
-    if (data_.empty()) return false;
-    const uint64_t key = varint();
-    field->number = static_cast<uint32_t>(key >> 3);
-    field->wire_type = static_cast<uint32_t>(key & 7);
-    switch (field->wire_type) {
-      case 0: field->value = varint(); break;
-      case 1: field->value = fixed(8); break;
-      case 2: {
-        const uint64_t length = varint();
-        if (length > data_.size()) throw std::runtime_error("truncated field");
-        field->bytes = data_.substr(0, length);
-        data_.remove_prefix(length);
-        break;
-      }
-      case 5: field->value = fixed(4); break;
-      default: throw std::runtime_error("unsupported wire type " + std::to_string(field->wire_type));
-    }
-    return true;
+  static const SentencePieceModule& get() {
+    static const SentencePieceModule module;
+    return module;
   }
+
+  void* (*load)(const char*, char*, size_t) = nullptr;
+  void (*free)(void*) = nullptr;
+  int (*control_id)(void*, const char*) = nullptr;
+  long (*encode)(void*, const char*, size_t, int*, size_t, char*, size_t) = nullptr;
 
  private:
-  uint64_t varint() {
-    uint64_t value = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      if (data_.empty()) break;
-      const auto byte = static_cast<uint8_t>(data_.front());
-      data_.remove_prefix(1);
-      value |= static_cast<uint64_t>(byte & 0x7f) << shift;
-      if ((byte & 0x80) == 0) return value;
+  SentencePieceModule() {
+    std::vector<std::filesystem::path> candidates;
+    std::error_code ec;
+    const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+      candidates.push_back(exe.parent_path() / kModuleName);
+      candidates.push_back(exe.parent_path() / "../lib/txt2img" / kModuleName);
     }
-    throw std::runtime_error("bad varint");
-  }
-
-  uint64_t fixed(size_t size) {
-    if (data_.size() < size) throw std::runtime_error("truncated field");
-    uint64_t value = 0;
-    for (size_t i = 0; i < size; ++i) value |= static_cast<uint64_t>(static_cast<uint8_t>(data_[i])) << (8 * i);
-    data_.remove_prefix(size);
-    return value;
-  }
-
-  std::string_view data_;
-};
-
-// sentencepiece_model.proto: ModelProto.pieces = 1; SentencePiece.piece = 1, .score = 2, .type = 3.
-enum PieceType : uint64_t { kNormal = 1, kUnknown = 2, kControl = 3 };
-
-struct Piece {
-  std::string text;
-  float score = 0;
-  uint64_t type = kNormal;
-};
-
-std::vector<Piece> read_pieces(const std::string& model) {
-  std::vector<Piece> pieces;
-  MessageReader reader(model);
-  Field field;
-  while (reader.next(&field)) {
-    if (field.number != 1 || field.wire_type != 2) continue;
-    Piece piece;
-    MessageReader piece_reader(field.bytes);
-    Field f;
-    while (piece_reader.next(&f)) {
-      if (f.number == 1 && f.wire_type == 2) piece.text = std::string(f.bytes);
-      if (f.number == 2 && f.wire_type == 5) {
-        const auto bits = static_cast<uint32_t>(f.value);
-        std::memcpy(&piece.score, &bits, sizeof bits);
-      }
-      if (f.number == 3 && f.wire_type == 0) piece.type = f.value;
+    candidates.emplace_back(TXT2IMG_SENTENCEPIECE_MODULE_BUILT);
+    std::string tried;
+    void* handle = nullptr;
+    for (const auto& candidate : candidates) {
+      if (!std::filesystem::exists(candidate)) continue;
+      handle = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (handle) break;
+      tried += std::string(" (") + dlerror() + ")";
     }
-    pieces.push_back(std::move(piece));
+    if (!handle)
+      throw Error(ErrorKind::Runtime, std::string("cannot load ") + kModuleName + ", which txt2img installs beside "
+                                          "its binary" + tried + "; reinstall or rebuild txt2img");
+    load = reinterpret_cast<decltype(load)>(dlsym(handle, "txt2img_spm_load"));
+    free = reinterpret_cast<decltype(free)>(dlsym(handle, "txt2img_spm_free"));
+    control_id = reinterpret_cast<decltype(control_id)>(dlsym(handle, "txt2img_spm_control_id"));
+    encode = reinterpret_cast<decltype(encode)>(dlsym(handle, "txt2img_spm_encode"));
+    if (!load || !free || !control_id || !encode)
+      throw Error(ErrorKind::Runtime, std::string(kModuleName) + " lacks the txt2img_spm_* functions; rebuild txt2img");
   }
-  return pieces;
-}
+};
 
 }  // namespace
 
 struct Tokenizer::Impl {
-  struct Normal {
-    int id;
-    float score;
-  };
-  std::unordered_map<std::string, Normal> normal;  // the pieces merges can produce
+  explicit Impl(void* p) : processor(p) {}
+  ~Impl() { SentencePieceModule::get().free(processor); }
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 
-  // SentencePiece's BPE on one word: start from its characters, and keep merging the adjacent pair whose
-  // concatenation is the highest-scoring piece (the leftmost such pair on ties).
-  void merge_word(const std::string& word, std::vector<int>* ids) const {
-    std::vector<std::string> symbols;
-    for (size_t pos = 0; pos < word.size();) {
-      UChar32 c;
-      const auto len = static_cast<size_t>(next_length(word, pos, &c));
-      symbols.push_back(word.substr(pos, len));
-      pos += len;
-    }
-    while (symbols.size() > 1) {
-      size_t best = symbols.size();
-      float best_score = 0;
-      for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-        const auto it = normal.find(symbols[i] + symbols[i + 1]);
-        if (it != normal.end() && (best == symbols.size() || it->second.score > best_score)) {
-          best = i;
-          best_score = it->second.score;
-        }
-      }
-      if (best == symbols.size()) break;
-      symbols[best] += symbols[best + 1];
-      symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(best) + 1);
-    }
-    for (const auto& symbol : symbols) ids->push_back(normal.at(symbol).id);
+  // Byte-mapped pre-tokens joined by ' ', which SentencePiece splits into words.
+  std::vector<int> encode_words(const std::string& words) const {
+    std::vector<int> ids(words.size() + 1);
+    char error[256];
+    const long n = SentencePieceModule::get().encode(processor, words.data(), words.size(), ids.data(), ids.size(),
+                                                     error, sizeof error);
+    if (n < 0) throw Error(ErrorKind::Runtime, std::string("tokenizer: ") + error);
+    ids.resize(static_cast<size_t>(n));  // a word never yields more ids than bytes
+    return ids;
   }
+
+  void* processor;
 };
 
 Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -270,35 +204,17 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::load(const std::filesystem::path& sentencepiece_model) {
+  const auto& module = SentencePieceModule::get();
   const std::string where = "tokenizer model " + sentencepiece_model.string();
-  std::ifstream in(sentencepiece_model, std::ios::binary);
-  if (!in) throw Error(ErrorKind::Bundle, "cannot read " + where);
-  const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<Piece> pieces;
-  try {
-    pieces = read_pieces(data);
-  } catch (const std::runtime_error& e) {
-    throw Error(ErrorKind::Bundle, where + " is not a SentencePiece model: " + e.what());
-  }
-  const auto is_control = [&](int id, std::string_view text) {
-    return static_cast<size_t>(id) < pieces.size() && pieces[id].type == kControl && pieces[id].text == text;
-  };
-  if (!is_control(kBos, kStartOfText) || !is_control(kEos, kEndOfText)) {
+  if (!std::filesystem::is_regular_file(sentencepiece_model)) throw Error(ErrorKind::Bundle, "cannot read " + where);
+  char error[256];
+  void* processor = module.load(sentencepiece_model.c_str(), error, sizeof error);
+  if (!processor) throw Error(ErrorKind::Bundle, "cannot load " + where + ": " + error);
+  auto impl = std::make_unique<Impl>(processor);
+  if (module.control_id(processor, std::string(kStartOfText).c_str()) != kBos ||
+      module.control_id(processor, std::string(kEndOfText).c_str()) != kEos) {
     throw Error(ErrorKind::Bundle, where + " is not a CLIP tokenizer (no start/end control pieces at " +
                                        std::to_string(kBos) + "/" + std::to_string(kEos) + ")");
-  }
-  auto impl = std::make_unique<Impl>();
-  for (size_t id = 0; id < pieces.size(); ++id) {
-    if (pieces[id].type != kNormal) continue;
-    if (!impl->normal.emplace(pieces[id].text, Impl::Normal{static_cast<int>(id), pieces[id].score}).second) {
-      throw Error(ErrorKind::Bundle, where + " defines the piece " + pieces[id].text + " twice");
-    }
-  }
-  // Every character and character-plus-word-end needs a piece so that merging can never leave an unknown symbol.
-  for (const auto& c : byte_alphabet()) {
-    if (impl->normal.count(c) == 0 || impl->normal.count(c + std::string(kWordEnd)) == 0) {
-      throw Error(ErrorKind::Bundle, where + " lacks the byte-alphabet piece " + c);
-    }
   }
   return Tokenizer(std::move(impl));
 }
@@ -306,16 +222,24 @@ Tokenizer Tokenizer::load(const std::filesystem::path& sentencepiece_model) {
 std::vector<int> Tokenizer::encode(std::string_view text) const {
   const auto& alphabet = byte_alphabet();
   std::vector<int> ids;
+  std::string words;
+  const auto flush = [&] {
+    if (words.empty()) return;
+    const auto piece_ids = impl_->encode_words(words);
+    ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+    words.clear();
+  };
   // Only the exact special strings are CLIP's special tokens; a case variant the regex split off is BPE'd.
   for (const auto& token : pre_tokenize(clean_text(text))) {
     if (token == kStartOfText || token == kEndOfText) {
+      flush();
       ids.push_back(token == kStartOfText ? kBos : kEos);
       continue;
     }
-    std::string word;
-    for (unsigned char byte : token) word += alphabet[byte];
-    impl_->merge_word(word + std::string(kWordEnd), &ids);
+    if (!words.empty()) words.push_back(' ');
+    for (unsigned char byte : token) words += alphabet[byte];
   }
+  flush();
   return ids;
 }
 

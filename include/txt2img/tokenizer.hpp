@@ -1,6 +1,5 @@
-// CLIP's tokenizer: CLIP's text cleaning and pre-token regex, then the BPE merges of a SentencePiece BPE model whose
-// piece ids coincide with CLIP's token ids (built by scripts/txt2img_convert/tokenizer.py). The merges run in
-// txt2img's own code, not libsentencepiece, whose bundled protobuf cannot share a process with libtorch's.
+// CLIP's tokenizer: CLIP's text cleaning and pre-token regex, then SentencePiece doing the BPE merges with a model
+// whose piece ids coincide with CLIP's token ids (built by scripts/txt2img_convert/tokenizer.py).
 #pragma once
 
 #include <cstdint>
