@@ -142,6 +142,10 @@ def convert_source(args) -> dict:
             os.path.join(args.config, "feature_extractor", "preprocessor_config.json") if args.config else None)
         preprocessor = ck.read_json(preprocessor_file) if preprocessor_file else None
 
+    fields = export.model_fields(model.unet.config, model.vae.config, model.text_encoder.config,
+                                 ck.scheduler_fields(model.scheduler),
+                                 export.safety_manifest(preprocessor) if safety is not None else None)
+
     components = {"text_encoder": model.text_encoder, "unet": model.unet, "vae": model.vae}
     if safety is not None:
         components["safety_checker"] = safety
@@ -150,9 +154,6 @@ def convert_source(args) -> dict:
         export.progress(f"loading the {component.label} weights into the model")
         modules[part] = export.load_weights(part, component)
 
-    fields = export.model_fields(model.unet.config, model.vae.config, model.text_encoder.config,
-                                 ck.scheduler_fields(model.scheduler),
-                                 export.safety_manifest(preprocessor) if safety is not None else None)
     name = args.source if path != args.source else model.name  # a hub id names the model better than its cache
     source = {"kind": model.kind, "path": os.path.abspath(path), "sha256": model.sha256}
     return export.write_bundle(args.out, modules, vocab, fields, name, model.sha256[:10], source, args.overwrite)

@@ -417,6 +417,9 @@ def infer_text_config(c: Component, base: dict, heads_known: bool) -> dict:
                 "is not a multiple of 64): pass --config with a diffusers folder of this model")
         cfg["num_attention_heads"] = hidden // 64
         cfg["projection_dim"] = hidden
+    elif hidden % cfg["num_attention_heads"]:
+        raise ConversionError(f"{c.origin}: the text encoder's hidden size {hidden} does not split into the "
+                              f"{cfg['num_attention_heads']} attention heads of its --config")
     return cfg
 
 
@@ -451,7 +454,13 @@ def load_model_folder(folder: str, label: str, stems: Tuple[str, ...]) -> Compon
 
 
 def load_safety_checker(folder: str) -> Component:
-    return load_model_folder(folder, "safety checker", ("model", "pytorch_model"))
+    component = load_model_folder(folder, "safety checker", ("model", "pytorch_model"))
+    # CLIPConfig files written by transformers < 4.27 may give the vision tower's non-default values only in
+    # "vision_config_dict", which took precedence over "vision_config" there.
+    overrides = component.config.get("vision_config_dict")
+    if overrides:
+        component.config["vision_config"] = {**(component.config.get("vision_config") or {}), **overrides}
+    return component
 
 
 def _optional_json(path: str) -> Optional[dict]:
@@ -518,13 +527,13 @@ def resolve_source(source: str) -> str:
         return source
     if not _HUB_ID.match(source):
         raise ConversionError(f"{source}: no such file or directory")
-    advice = (f"download it yourself (e.g. `huggingface-cli download {source} --exclude '*.ckpt'`) and pass "
-              "the folder")
+    advice = (f"if it is a Hugging Face hub model, download it yourself (e.g. `huggingface-cli download {source} "
+              "--exclude '*.ckpt'`) and pass the folder")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ConversionError(f"{source} is not a local path and huggingface_hub is not installed: "
-                              f"{advice}") from None
+        raise ConversionError(f"{source}: no such file or directory, and huggingface_hub (to download hub "
+                              f"models) is not installed: {advice}") from None
     # Only what the bundle needs: the configs, the tokenizer and one weights file per model, not the
     # several-GB .ckpt / fp16 / flax / onnx copies that model repositories also carry.
     common = ["model_index.json", "*/config.json", "scheduler/*.json", "feature_extractor/*.json",

@@ -148,8 +148,13 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
     """The model.json fields that describe the model (configs of the three networks, the scheduler fields of
     checkpoints.scheduler_fields(), the safety_manifest() or None)."""
     vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    latent = int(vae.get("latent_channels", 4))
+    if unet.get("in_channels", 4) != latent:
+        raise ConversionError(
+            f"the U-Net takes {unet.get('in_channels')} input channels, not the VAE's {latent} latent channels (an "
+            "inpainting or other image-conditioned model?): only text-to-image models are supported")
     return {
-        "latent_channels": int(unet.get("in_channels", 4)),
+        "latent_channels": latent,
         "scale_factor": float(vae.get("scaling_factor") or 0.18215),
         "vae_scale_factor": vae_scale_factor,
         "default_size": int(unet["sample_size"]) * vae_scale_factor,

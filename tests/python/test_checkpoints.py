@@ -241,3 +241,23 @@ def test_hub_id_without_network_or_package_is_a_clear_error(monkeypatch, tmp_pat
         ck.resolve_source("someone/not-a-local-model")
     with pytest.raises(ck.ConversionError, match="no such file"):
         ck.resolve_source(os.path.join("missing", "dir", "model.safetensors"))
+
+
+def test_safety_checker_config_of_old_transformers(tmp_path, reference):
+    source = reference / "tiny/model/safety_checker"
+    folder = tmp_path / "safety_checker"
+    folder.mkdir()
+    os.symlink(source / "model.safetensors", folder / "model.safetensors")
+    config = json.loads((source / "config.json").read_text())
+    vision = config.pop("vision_config")
+    config["vision_config_dict"] = {k: vision[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                          "num_hidden_layers", "image_size", "patch_size")}
+    (folder / "config.json").write_text(json.dumps(config))
+    export.load_weights("safety_checker", ck.load_safety_checker(str(folder)))
+
+
+def test_image_conditioned_unet_is_refused(config):
+    unet = dict(config("sd1/model/unet/config.json"), in_channels=9)
+    with pytest.raises(ck.ConversionError, match="9 input channels.*inpainting"):
+        export.model_fields(unet, config("sd1/model/vae/config.json"), config("sd1/model/text_encoder/config.json"),
+                            presets.SD1_SCHEDULER, None)

@@ -213,3 +213,21 @@ def test_command_line(tmp_path, reference):
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith(f"convert.py: error: cannot read {broken}")
     assert "Traceback" not in result.stderr
+
+
+def test_separate_safety_checker(tmp_path, reference, tensors, check_close, capsys):
+    """--safety-checker DIR (transformers layout) replaces the source's own checker."""
+    case = reference / "tiny/safety/A_all_flagged"
+    out = tmp_path / "bundle"
+    status, stderr = convert(capsys, reference / "tiny/model", "--safety-checker", case / "safety_checker",
+                             "--out", out)
+    assert status == 0, stderr
+    assert json.loads((out / "model.json").read_text())["safety"] == SAFETY_32  # the folder's feature_extractor
+    expected = tensors("tiny/safety/A_all_flagged/tensors.safetensors")
+    with torch.no_grad():
+        _, cos, special, weights, special_weights = torch.jit.load(str(out / "safety_checker.pt"))(
+            expected["safety/clip_input"])
+    check_close("bundle tiny safety A cos", cos, expected["safety/cos_dist"])
+    check_close("bundle tiny safety A special cos", special, expected["safety/special_cos_dist"])
+    assert torch.equal(weights, expected["safety/concept_embeds_weights"])
+    assert torch.equal(special_weights, expected["safety/special_care_embeds_weights"])
