@@ -1,0 +1,74 @@
+// DDIM (diffusers DDIMScheduler, clip_sample and thresholding off).
+#include <cmath>
+
+#include "scheduler_impl.hpp"
+
+namespace txt2img::detail {
+namespace {
+
+class Ddim final : public Scheduler {
+ public:
+  Ddim(const SchedulerConfig& config, int steps, double eta)
+      : alphas_cumprod_(alphas_cumprod_values(config)),
+        final_alpha_cumprod_(config.set_alpha_to_one ? 1.0f : alphas_cumprod_[0]),
+        step_ratio_(config.num_train_timesteps / steps),
+        prediction_type_(config.prediction_type),
+        eta_(eta) {
+    require_prediction_type(config, "ddim", {"epsilon", "v_prediction", "sample"});
+    for (int64_t t : discrete_timesteps(config, resolve_spacing(config, "leading"), steps))
+      timesteps_.push_back(static_cast<double>(t));
+  }
+
+  bool needs_noise() const override { return eta_ > 0; }
+
+  torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
+                     const torch::Tensor& noise) override {
+    check_call(call, calls_done_, timesteps_.size());
+    if (needs_noise()) check_noise(noise, sample);
+    const auto t = static_cast<int64_t>(timesteps_[call]);
+    // diffusers steps back by num_train_timesteps // steps whatever the spacing, and past 0 to the final alpha.
+    const int64_t prev_t = t - step_ratio_;
+    const float alpha_t = alphas_cumprod_[t];
+    const float alpha_prev = prev_t >= 0 ? alphas_cumprod_[prev_t] : final_alpha_cumprod_;
+    const float beta_t = 1.0f - alpha_t;
+
+    torch::Tensor x0, eps;
+    if (prediction_type_ == "epsilon") {
+      x0 = (sample - std::sqrt(beta_t) * model_output) / std::sqrt(alpha_t);
+      eps = model_output;
+    } else if (prediction_type_ == "sample") {
+      x0 = model_output;
+      eps = (sample - std::sqrt(alpha_t) * x0) / std::sqrt(beta_t);
+    } else {  // v_prediction
+      x0 = std::sqrt(alpha_t) * sample - std::sqrt(beta_t) * model_output;
+      eps = std::sqrt(alpha_t) * model_output + std::sqrt(beta_t) * sample;
+    }
+
+    const float beta_prev = 1.0f - alpha_prev;
+    const float variance = (beta_prev / beta_t) * (1.0f - alpha_t / alpha_prev);
+    const float std_dev = static_cast<float>(eta_) * std::sqrt(variance);
+    const float direction_coeff = std::sqrt(1.0f - alpha_prev - std_dev * std_dev);
+    auto prev = std::sqrt(alpha_prev) * x0 + direction_coeff * eps;
+    if (needs_noise()) prev = prev + std_dev * noise;
+
+    pred_original_sample_ = x0;
+    ++calls_done_;
+    return prev;
+  }
+
+ private:
+  std::vector<float> alphas_cumprod_;
+  float final_alpha_cumprod_;
+  int step_ratio_;
+  std::string prediction_type_;
+  double eta_;
+  size_t calls_done_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, double eta) {
+  return std::make_unique<Ddim>(config, steps, eta);
+}
+
+}  // namespace txt2img::detail

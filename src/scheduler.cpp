@@ -1,0 +1,223 @@
+#include "txt2img/scheduler.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include "scheduler_impl.hpp"
+#include "txt2img/error.hpp"
+
+namespace txt2img {
+namespace {
+
+struct Sampler {
+  const char* name;
+  bool uses_eta;
+};
+
+// In the order help texts list them.
+constexpr Sampler kSamplers[] = {{"ddim", true},  {"pndm", false},           {"euler", false},
+                                 {"euler_a", false}, {"dpmpp_2m_karras", false}, {"lms", false}};
+
+std::string joined_names() {
+  std::string out;
+  for (const auto& name : scheduler_names()) out += (out.empty() ? "" : ", ") + name;
+  return out;
+}
+
+// betas_for_alpha_bar with the cosine transform, in Python float (double) arithmetic.
+std::vector<double> cosine_betas(int n) {
+  const auto alpha_bar = [](double t) { return std::pow(std::cos((t + 0.008) / 1.008 * M_PI / 2), 2.0); };
+  std::vector<double> betas;
+  for (int i = 0; i < n; ++i) {
+    const double t1 = static_cast<double>(i) / n, t2 = static_cast<double>(i + 1) / n;
+    betas.push_back(std::min(1 - alpha_bar(t2) / alpha_bar(t1), 0.999));
+  }
+  return betas;
+}
+
+// Descending timesteps of a spacing as diffusers computes them. "linspace" values are rounded (half to even, as
+// NumPy's round) when `whole`, else kept as float32 (the sigma samplers' fractional timesteps).
+std::vector<double> spaced_timesteps(const SchedulerConfig& config, const std::string& spacing, int steps,
+                                     bool whole) {
+  const int total = config.num_train_timesteps;
+  std::vector<double> out;
+  if (spacing == "linspace") {
+    // np.linspace(0, total - 1, steps): i * step for all but the last, which is the end point itself.
+    const double step = steps > 1 ? static_cast<double>(total - 1) / (steps - 1) : 0.0;
+    for (int i = steps - 1; i >= 0; --i) {
+      const double y = i == steps - 1 && steps > 1 ? total - 1 : i * step;
+      out.push_back(whole ? std::nearbyint(y) : static_cast<float>(y));
+    }
+  } else if (spacing == "leading") {
+    const int ratio = total / steps;
+    for (int i = steps - 1; i >= 0; --i) out.push_back(static_cast<double>(i) * ratio + config.steps_offset);
+  } else {  // trailing: np.round(np.arange(total, 0, -total / steps)) - 1, with arange's length and fill rules
+    const double delta = -static_cast<double>(total) / steps;
+    const auto length = static_cast<int64_t>(std::ceil((0.0 - total) / delta));
+    const double start = total, increment = (start + delta) - start;
+    for (int64_t i = 0; i < length; ++i) {
+      const double value = i == 0 ? start : i == 1 ? start + delta : start + i * increment;
+      out.push_back(std::nearbyint(value) - 1);
+    }
+  }
+  if (out.size() != static_cast<size_t>(steps)) {
+    std::ostringstream msg;
+    msg << "steps=" << steps << " with \"" << spacing << "\" timestep spacing gives " << out.size()
+        << " timesteps in diffusers (a rounding artefact); choose another step count";
+    throw Error(ErrorKind::Usage, msg.str());
+  }
+  return out;
+}
+
+// np.interp(x, arange(n), fp) in double, including its treatment of the ends and of exact grid points.
+double interp(double x, const std::vector<float>& fp) {
+  const auto n = static_cast<int64_t>(fp.size());
+  if (x < 0) return fp.front();
+  if (x > static_cast<double>(n - 1)) return fp.back();
+  const auto j = static_cast<int64_t>(std::floor(x));
+  if (j == n - 1 || x == static_cast<double>(j)) return fp[j];
+  // The grid spacing is 1, so NumPy's slope is just the difference.
+  const double slope = static_cast<double>(fp[j + 1]) - static_cast<double>(fp[j]);
+  return slope * (x - static_cast<double>(j)) + static_cast<double>(fp[j]);
+}
+
+}  // namespace
+
+torch::Tensor alphas_cumprod(const SchedulerConfig& config) {
+  const int n = config.num_train_timesteps;
+  if (n < 1) throw Error(ErrorKind::Bundle, "scheduler num_train_timesteps must be positive, got " + std::to_string(n));
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  torch::Tensor betas;
+  if (config.beta_schedule == "scaled_linear") {
+    // Python's beta ** 0.5 is pow(); the float32 linspace is then squared in float32.
+    betas = torch::linspace(std::pow(config.beta_start, 0.5), std::pow(config.beta_end, 0.5), n, f32).pow(2);
+  } else if (config.beta_schedule == "linear") {
+    betas = torch::linspace(config.beta_start, config.beta_end, n, f32);
+  } else if (config.beta_schedule == "squaredcos_cap_v2") {
+    auto values = cosine_betas(n);
+    betas = torch::from_blob(values.data(), {n}, torch::TensorOptions().dtype(torch::kFloat64)).to(torch::kFloat32);
+  } else {
+    throw Error(ErrorKind::Bundle, "unsupported scheduler beta_schedule \"" + config.beta_schedule +
+                                       "\" (supported: scaled_linear, linear, squaredcos_cap_v2)");
+  }
+  // cumprod on the CPU accumulates in double and rounds each prefix to float32, as it did for the references.
+  return torch::cumprod(1.0 - betas, 0);
+}
+
+const std::vector<std::string>& scheduler_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& s : kSamplers) out.emplace_back(s.name);
+    return out;
+  }();
+  return names;
+}
+
+std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,
+                                          double eta) {
+  const auto it = std::find_if(std::begin(kSamplers), std::end(kSamplers),
+                               [&](const Sampler& s) { return name == s.name; });
+  if (it == std::end(kSamplers))
+    throw Error(ErrorKind::Usage, "unknown scheduler \"" + name + "\" (known: " + joined_names() + ")");
+  if (steps < 1 || steps > config.num_train_timesteps)
+    throw Error(ErrorKind::Usage, "steps must be between 1 and " + std::to_string(config.num_train_timesteps) +
+                                      ", got " + std::to_string(steps));
+  // Only DDIM has an eta; a non-zero eta elsewhere is refused rather than silently ignored (diffusers drops it),
+  // so that a user never believes it had an effect.
+  if (!(eta >= 0.0)) throw Error(ErrorKind::Usage, "eta must be >= 0, got " + std::to_string(eta));
+  if (eta != 0.0 && !it->uses_eta)
+    throw Error(ErrorKind::Usage, "eta applies only to the ddim scheduler, not to " + name);
+
+  const std::string sampler = it->name;
+  if (sampler == "ddim") return detail::make_ddim(config, steps, eta);
+  if (sampler == "pndm") return detail::make_pndm(config, steps);
+  if (sampler == "euler") return detail::make_euler(config, steps);
+  if (sampler == "euler_a") return detail::make_euler_ancestral(config, steps);
+  if (sampler == "dpmpp_2m_karras") return detail::make_dpmpp_2m_karras(config, steps);
+  return detail::make_lms(config, steps);
+}
+
+namespace detail {
+
+std::vector<float> alphas_cumprod_values(const SchedulerConfig& config) {
+  const auto a = alphas_cumprod(config).contiguous();
+  return {a.data_ptr<float>(), a.data_ptr<float>() + a.numel()};
+}
+
+std::string resolve_spacing(const SchedulerConfig& config, const char* class_default) {
+  const std::string spacing = config.timestep_spacing.empty() ? class_default : config.timestep_spacing;
+  if (spacing != "leading" && spacing != "linspace" && spacing != "trailing")
+    throw Error(ErrorKind::Bundle, "unsupported scheduler timestep_spacing \"" + spacing +
+                                       "\" (supported: leading, linspace, trailing)");
+  return spacing;
+}
+
+void require_prediction_type(const SchedulerConfig& config, const char* sampler,
+                             std::initializer_list<const char*> supported) {
+  std::string list;
+  for (const char* p : supported) {
+    if (config.prediction_type == p) return;
+    list += (list.empty() ? "" : ", ") + std::string(p);
+  }
+  throw Error(ErrorKind::Bundle, "prediction_type \"" + config.prediction_type + "\" is not supported by the " +
+                                     sampler + " scheduler (supported: " + list + ")");
+}
+
+std::vector<int64_t> discrete_timesteps(const SchedulerConfig& config, const std::string& spacing, int steps) {
+  std::vector<int64_t> out;
+  for (double t : spaced_timesteps(config, spacing, steps, true)) {
+    // DDIM and PNDM index alphas_cumprod with the timestep; diffusers would fail (or wrap around) here.
+    if (t < 0 || t >= config.num_train_timesteps) {
+      std::ostringstream msg;
+      msg << "steps=" << steps << " with \"" << spacing << "\" timestep spacing and steps_offset "
+          << config.steps_offset << " gives timestep " << t << ", outside [0, " << config.num_train_timesteps - 1
+          << "]; choose fewer steps";
+      throw Error(ErrorKind::Usage, msg.str());
+    }
+    out.push_back(static_cast<int64_t>(t));
+  }
+  return out;
+}
+
+std::vector<float> training_sigmas(const std::vector<float>& alphas_cumprod) {
+  std::vector<float> out;
+  for (float a : alphas_cumprod) out.push_back(std::sqrt((1.0f - a) / a));
+  return out;
+}
+
+void check_call(size_t call, size_t done, size_t total) {
+  if (call >= total)
+    throw Error(ErrorKind::Runtime, "scheduler step " + std::to_string(call) + " requested but the schedule has " +
+                                        std::to_string(total) + " U-Net calls");
+  if (call != done)
+    throw Error(ErrorKind::Runtime, "scheduler steps must be taken in order: expected call " + std::to_string(done) +
+                                        ", got " + std::to_string(call));
+}
+
+void check_noise(const torch::Tensor& noise, const torch::Tensor& sample) {
+  if (!noise.defined() || noise.sizes() != sample.sizes())
+    throw Error(ErrorKind::Runtime, "this scheduler step needs a standard-normal noise tensor shaped like the sample");
+}
+
+SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps) {
+  const std::string spacing = resolve_spacing(config, "linspace");
+  timesteps_ = spaced_timesteps(config, spacing, steps, false);
+  const auto train = training_sigmas(alphas_cumprod_values(config));
+  for (double t : timesteps_) sigmas_.push_back(static_cast<float>(interp(t, train)));
+  sigmas_.push_back(0.0f);
+  const float max_sigma = *std::max_element(sigmas_.begin(), sigmas_.end());
+  // diffusers: the largest sigma for linspace/trailing spacing, sqrt(max^2 + 1) for leading.
+  init_noise_sigma_ = spacing == "leading" ? std::sqrt(max_sigma * max_sigma + 1.0f) : max_sigma;
+}
+
+torch::Tensor SigmaScheduler::scale_model_input(const torch::Tensor& sample, size_t call) const {
+  if (call >= timesteps_.size())
+    throw Error(ErrorKind::Runtime, "scale_model_input for call " + std::to_string(call) + " of " +
+                                        std::to_string(timesteps_.size()));
+  const float sigma = sigmas_[call];
+  return sample / std::sqrt(sigma * sigma + 1.0f);
+}
+
+}  // namespace detail
+}  // namespace txt2img

@@ -1,0 +1,412 @@
+// Schedulers against the diffusers v0.31.0 goldens in reference/scheduler/ (fake model outputs, explicit noise),
+// plus batch independence, configuration variants and error paths.
+#include "txt2img/scheduler.hpp"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <iterator>
+#include <map>
+
+#include "txt2img/error.hpp"
+#include "txt2img/safetensors.hpp"
+
+namespace {
+
+using txt2img::ErrorKind;
+using txt2img::SchedulerConfig;
+
+std::filesystem::path scheduler_dir() {
+  const char* shared = std::getenv("TXT2IMG_SHARED");
+  return std::filesystem::path(shared ? shared : "") / "reference/scheduler";
+}
+
+// Python's json writes DPM-Solver's lambda_min_clipped as -Infinity, which is not JSON; no test reads it.
+nlohmann::json read_python_json(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw std::runtime_error("cannot read " + file.string() + ": is TXT2IMG_SHARED set?");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (size_t at; (at = text.find("-Infinity")) != std::string::npos;) text.replace(at, 9, "null");
+  return nlohmann::json::parse(text);
+}
+
+struct Goldens {
+  txt2img::SafeTensors tensors;
+  nlohmann::json info;
+};
+
+const Goldens& goldens() {
+  static const Goldens g = [] {
+    return Goldens{txt2img::SafeTensors::open(scheduler_dir() / "goldens.safetensors"),
+                   read_python_json(scheduler_dir() / "goldens.json")};
+  }();
+  return g;
+}
+
+torch::Tensor golden(const std::string& key) { return goldens().tensors.get(key); }
+bool has_golden(const std::string& key) { return goldens().tensors.contains(key); }
+
+// The SD v1 scheduler config; the spacing is left to each sampler's diffusers default, as in the goldens.
+SchedulerConfig sd_config() { return SchedulerConfig{}; }
+
+std::string step_key(const std::string& run, size_t i) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "step%03zu/", i);
+  return run + "/" + buf;
+}
+
+// Worst differences against the goldens over one run, relative to the largest reference magnitude per tensor.
+struct Worst {
+  double abs = 0, rel = 0;
+  bool exact = true;
+  size_t tensors = 0;
+
+  void compare(const torch::Tensor& got, const torch::Tensor& ref, const std::string& what) {
+    ASSERT_TRUE(got.defined()) << what;
+    ASSERT_EQ(got.sizes(), ref.sizes()) << what;
+    ASSERT_EQ(got.scalar_type(), torch::kFloat32) << what;
+    const double diff = (got - ref).abs().max().item<double>();
+    const double scale = ref.abs().max().item<double>();
+    abs = std::max(abs, diff);
+    rel = std::max(rel, diff / std::max(scale, 1e-30));
+    exact = exact && torch::equal(got, ref);
+    ++tensors;
+    EXPECT_LE(diff, 1e-6 * std::max(scale, 1.0)) << what;
+  }
+};
+
+std::map<std::string, Worst>& worst_by_sampler() {
+  static std::map<std::string, Worst> w;
+  return w;
+}
+
+struct GoldenCase {
+  std::string sampler;  // make_scheduler name
+  std::string run;      // goldens prefix
+  int steps;
+  double eta;
+};
+
+void PrintTo(const GoldenCase& c, std::ostream* os) { *os << c.run << " n" << c.steps; }
+
+std::string case_name(const testing::TestParamInfo<GoldenCase>& info) {
+  std::string run = info.param.run;
+  for (char& c : run)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return run + "_n" + std::to_string(info.param.steps);
+}
+
+class SchedulerGolden : public testing::TestWithParam<GoldenCase> {};
+
+TEST_P(SchedulerGolden, MatchesDiffusers) {
+  const auto& c = GetParam();
+  const std::string run = c.run + "/n" + std::to_string(c.steps);
+  auto sched = txt2img::make_scheduler(c.sampler, sd_config(), c.steps, c.eta);
+
+  const auto expected_ts = goldens().info.at("runs").at(run).at("timesteps").get<std::vector<double>>();
+  ASSERT_EQ(sched->timesteps(), expected_ts);
+  EXPECT_EQ(sched->needs_noise(), has_golden(step_key(run, 0) + "variance_noise") || has_golden(step_key(run, 0) + "noise"));
+
+  Worst w;
+  torch::Tensor x = golden("common/sample0");
+  if (has_golden(run + "/init_noise_sigma")) {
+    EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), golden(run + "/init_noise_sigma").item<float>());
+    x = x * sched->init_noise_sigma();
+    w.compare(x, golden(run + "/sample_start"), run + " sample_start");
+  } else {
+    EXPECT_EQ(sched->init_noise_sigma(), 1.0);
+  }
+
+  for (size_t i = 0; i < sched->timesteps().size(); ++i) {
+    const std::string s = step_key(run, i);
+    if (has_golden(s + "model_input")) w.compare(x, golden(s + "model_input"), s + "model_input");
+    const auto scaled = sched->scale_model_input(x, i);
+    if (has_golden(s + "scaled_model_input")) w.compare(scaled, golden(s + "scaled_model_input"), s + "scaled_model_input");
+    torch::Tensor noise;
+    if (has_golden(s + "variance_noise")) noise = golden(s + "variance_noise");
+    if (has_golden(s + "noise")) noise = golden(s + "noise");
+    x = sched->step(golden(s + "model_output"), i, x, noise);
+    w.compare(x, golden(s + "prev_sample"), s + "prev_sample");
+    if (has_golden(s + "pred_original_sample"))
+      w.compare(sched->pred_original_sample(), golden(s + "pred_original_sample"), s + "pred_original_sample");
+  }
+  w.compare(x, golden(run + "/final"), run + "/final");
+
+  auto& total = worst_by_sampler()[c.run];
+  total.abs = std::max(total.abs, w.abs);
+  total.rel = std::max(total.rel, w.rel);
+  total.exact = total.exact && w.exact;
+  total.tensors += w.tensors;
+  std::cout << "[worst] " << run << ": abs " << w.abs << ", rel " << w.rel << (w.exact ? " (bit-exact)" : "")
+            << " over " << w.tensors << " tensors; " << c.run << " so far: abs " << total.abs << ", rel "
+            << total.rel << (total.exact ? " (bit-exact)" : "") << "\n";
+  RecordProperty("worst_abs", std::to_string(w.abs));
+  RecordProperty("worst_rel", std::to_string(w.rel));
+}
+
+std::vector<GoldenCase> golden_cases() {
+  std::vector<GoldenCase> out;
+  for (int n : {1, 2, 10, 50}) {
+    out.push_back({"ddim", "ddim", n, 0.0});
+    out.push_back({"ddim", "ddim_eta0.5", n, 0.5});
+    out.push_back({"pndm", "pndm", n, 0.0});
+  }
+  for (const char* sampler : {"euler", "euler_a", "dpmpp_2m_karras", "lms"})
+    for (int n : {1, 2, 10, 20, 50}) out.push_back({sampler, sampler, n, 0.0});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, SchedulerGolden, testing::ValuesIn(golden_cases()), case_name);
+
+// The schedulers inside complete diffusers pipeline runs (guided model outputs of real shapes, batch 2 or 4,
+// generator noise): replaying each run's scheduler inputs reproduces its latents.
+class SchedulerRunReplay : public testing::TestWithParam<std::string> {};
+
+TEST_P(SchedulerRunReplay, ReproducesLatents) {
+  const char* shared = std::getenv("TXT2IMG_SHARED");
+  const auto dir = std::filesystem::path(shared ? shared : "") / "reference" / GetParam();
+  const auto info = read_python_json(dir / "info.json");
+  const auto tensors = txt2img::SafeTensors::open(dir / "tensors.safetensors");
+  const auto get = [&](const std::string& key) { return tensors.get(key); };
+  const auto key = [](const char* prefix, size_t i, const char* suffix = "") {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s%03zu%s", prefix, i, suffix);
+    return std::string(buf);
+  };
+
+  auto sched = txt2img::make_scheduler(info.at("scheduler").get<std::string>(), sd_config(),
+                                       info.at("num_inference_steps").get<int>(), info.at("eta").get<double>());
+  const auto expected_ts = get("scheduler/timesteps").to(torch::kFloat64);
+  ASSERT_EQ(sched->timesteps(),
+            std::vector<double>(expected_ts.data_ptr<double>(), expected_ts.data_ptr<double>() + expected_ts.numel()));
+
+  Worst w;
+  torch::Tensor x = get("rng/000") * sched->init_noise_sigma();
+  w.compare(x, get("latents/init"), "latents/init");
+  size_t draws = 1;
+  for (size_t i = 0; i < sched->timesteps().size(); ++i) {
+    const auto unet_in = get(key("unet/", i, "/sample_in"));
+    w.compare(sched->scale_model_input(x, i), unet_in.slice(0, 0, x.size(0)), key("unet/", i, "/sample_in"));
+    EXPECT_EQ(get(key("unet/", i, "/timestep")).item<double>(), sched->timesteps()[i]);
+    const auto noise = sched->needs_noise() ? get(key("rng/", draws++)) : torch::Tensor();
+    x = sched->step(get(key("step/", i, "/model_output")), i, x, noise);
+    w.compare(x, get(key("latents/step_", i)), key("latents/step_", i));
+    if (tensors.contains(key("step/", i, "/pred_original_sample")))
+      w.compare(sched->pred_original_sample(), get(key("step/", i, "/pred_original_sample")),
+                key("step/", i, "/pred_original_sample"));
+  }
+  EXPECT_EQ(draws, info.at("generator").at("draws_in_order").size());
+  w.compare(x, get("latents/final"), "latents/final");
+  std::cout << "[worst] " << GetParam() << ": abs " << w.abs << ", rel " << w.rel
+            << (w.exact ? " (bit-exact)" : "") << " over " << w.tensors << " tensors\n";
+}
+
+std::vector<std::string> pipeline_runs() {
+  std::vector<std::string> out;
+  for (const char* preset : {"tiny", "sd1"})
+    for (const char* run : {"ddim_s10_eta0.5", "ddim_s10_g1", "dpmpp_2m_karras_s20", "euler_a_s20", "euler_s20",
+                            "lms_s20", "pndm_s10_2x2"})
+      out.push_back(std::string(preset) + "/runs/" + run);
+  out.push_back("tiny/runs/ddim_s10_neg_g5_w24_h16");
+  out.push_back("sd1/runs/ddim_s10_neg_g5_w128_h96");
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Runs, SchedulerRunReplay, testing::ValuesIn(pipeline_runs()),
+                         [](const testing::TestParamInfo<std::string>& info) {
+                           std::string name = info.param;
+                           for (char& c : name)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return name;
+                         });
+
+TEST(Scheduler, AlphasCumprodMatchesDiffusers) {
+  const auto ac = txt2img::alphas_cumprod(sd_config());
+  EXPECT_EQ(ac.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(ac, golden("common/alphas_cumprod")));
+}
+
+TEST(Scheduler, OtherBetaSchedules) {
+  for (const char* schedule : {"linear", "squaredcos_cap_v2"}) {
+    SchedulerConfig config;
+    config.beta_schedule = schedule;
+    const auto ac = txt2img::alphas_cumprod(config);
+    ASSERT_EQ(ac.numel(), 1000) << schedule;
+    EXPECT_TRUE((ac.slice(0, 1) < ac.slice(0, 0, -1)).all().item<bool>()) << schedule;
+    EXPECT_GT(ac[-1].item<float>(), 0.0f) << schedule;
+    EXPECT_LT(ac[0].item<float>(), 1.0f) << schedule;
+  }
+  SchedulerConfig linear;
+  linear.beta_schedule = "linear";
+  EXPECT_NEAR(txt2img::alphas_cumprod(linear)[0].item<double>(), 1.0 - 0.00085, 1e-7);
+}
+
+// A batch of two rows gives each row exactly what it gets alone: every update is elementwise.
+TEST(Scheduler, RowsAreIndependent) {
+  const auto sample0 = golden("common/sample0");
+  for (const auto& [name, eta] : std::vector<std::pair<std::string, double>>{
+           {"ddim", 0.0}, {"ddim", 0.5}, {"pndm", 0.0}, {"euler", 0.0}, {"euler_a", 0.0}, {"dpmpp_2m_karras", 0.0},
+           {"lms", 0.0}}) {
+    const int steps = 10;
+    const auto run = [&](const torch::Tensor& start, const std::function<torch::Tensor(size_t)>& output,
+                         const std::function<torch::Tensor(size_t)>& noise) {
+      auto sched = txt2img::make_scheduler(name, sd_config(), steps, eta);
+      torch::Tensor x = start * sched->init_noise_sigma();
+      for (size_t i = 0; i < sched->timesteps().size(); ++i) {
+        x = sched->step(output(i), i, x, sched->needs_noise() ? noise(i) : torch::Tensor());
+      }
+      return x;
+    };
+    const auto eps = [](size_t i, double phase) {
+      return torch::sin(torch::arange(256, torch::kFloat32).reshape({1, 4, 8, 8}) * 0.37 + 0.5 * i + phase) * 0.8;
+    };
+    const auto noise = [](size_t i, double phase) {
+      return torch::cos(torch::arange(256, torch::kFloat32).reshape({1, 4, 8, 8}) * 1.3 + 0.7 * i + phase);
+    };
+    const auto other = sample0.flip(3) * -0.7 + 0.1;
+    const auto a = run(sample0, [&](size_t i) { return eps(i, 0.0); }, [&](size_t i) { return noise(i, 0.0); });
+    const auto b = run(other, [&](size_t i) { return eps(i, 1.0); }, [&](size_t i) { return noise(i, 1.0); });
+    const auto both = run(
+        torch::cat({sample0, other}), [&](size_t i) { return torch::cat({eps(i, 0.0), eps(i, 1.0)}); },
+        [&](size_t i) { return torch::cat({noise(i, 0.0), noise(i, 1.0)}); });
+    EXPECT_TRUE(torch::equal(both[0], a[0])) << name << " eta " << eta;
+    EXPECT_TRUE(torch::equal(both[1], b[0])) << name << " eta " << eta;
+  }
+}
+
+std::vector<double> timesteps_of(const std::string& name, const std::string& spacing, int steps) {
+  SchedulerConfig config;
+  config.timestep_spacing = spacing;
+  return txt2img::make_scheduler(name, config, steps)->timesteps();
+}
+
+TEST(Scheduler, OtherSpacings) {
+  EXPECT_EQ(timesteps_of("ddim", "trailing", 10),
+            (std::vector<double>{999, 899, 799, 699, 599, 499, 399, 299, 199, 99}));
+  EXPECT_EQ(timesteps_of("ddim", "linspace", 10),
+            (std::vector<double>{999, 888, 777, 666, 555, 444, 333, 222, 111, 0}));
+  // np.linspace(0, 999, 3) = 0, 499.5, 999 and np.round rounds half to even
+  EXPECT_EQ(timesteps_of("ddim", "linspace", 3), (std::vector<double>{999, 500, 0}));
+  EXPECT_EQ(timesteps_of("pndm", "trailing", 3), (std::vector<double>{999, 666, 666, 332}));
+  EXPECT_EQ(timesteps_of("euler", "leading", 4), (std::vector<double>{751, 501, 251, 1}));
+  EXPECT_EQ(timesteps_of("euler", "trailing", 4), (std::vector<double>{999, 749, 499, 249}));
+
+  // Leading spacing for a sigma sampler starts from sqrt(sigma_max^2 + 1).
+  SchedulerConfig leading;
+  leading.timestep_spacing = "leading";
+  const auto euler = txt2img::make_scheduler("euler", leading, 10);
+  const auto sigmas = golden("euler/n10/sigmas");
+  EXPECT_GT(euler->init_noise_sigma(), 1.0);
+  EXPECT_LT(euler->init_noise_sigma(), std::sqrt(std::pow(sigmas[0].item<double>(), 2) + 1));
+}
+
+// With x0 or v predictions equivalent to the golden epsilon, DDIM follows the epsilon trajectory.
+TEST(Scheduler, DdimPredictionTypes) {
+  const auto ac = golden("common/alphas_cumprod");
+  for (const char* type : {"sample", "v_prediction"}) {
+    SchedulerConfig config;
+    config.prediction_type = type;
+    auto sched = txt2img::make_scheduler("ddim", config, 10);
+    torch::Tensor x = golden("common/sample0");
+    for (size_t i = 0; i < 10; ++i) {
+      const std::string s = step_key("ddim/n10", i);
+      const auto eps = golden(s + "model_output");
+      const auto x0 = golden(s + "pred_original_sample");
+      const double a = ac[static_cast<int64_t>(sched->timesteps()[i])].item<double>();
+      const auto output = std::string(type) == "sample" ? x0 : std::sqrt(a) * eps - std::sqrt(1 - a) * x0;
+      x = sched->step(output, i, x);
+      EXPECT_TRUE(torch::allclose(x, golden(s + "prev_sample"), 1e-4, 1e-4)) << type << " step " << i;
+    }
+  }
+}
+
+template <typename F>
+void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning " << needle;
+  } catch (const txt2img::Error& e) {
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(Scheduler, NamesAndValidation) {
+  const auto& names = txt2img::scheduler_names();
+  EXPECT_EQ(names, (std::vector<std::string>{"ddim", "pndm", "euler", "euler_a", "dpmpp_2m_karras", "lms"}));
+  for (const auto& name : names) {
+    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), 1)) << name;
+    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), 999)) << name;
+    expect_error(ErrorKind::Usage, "steps", [&] { txt2img::make_scheduler(name, sd_config(), 0); });
+    expect_error(ErrorKind::Usage, "steps", [&] { txt2img::make_scheduler(name, sd_config(), 1001); });
+  }
+  try {
+    txt2img::make_scheduler("heun", sd_config(), 10);
+    ADD_FAILURE();
+  } catch (const txt2img::Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Usage);
+    for (const auto& name : names) EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+  }
+  expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("ddim", sd_config(), 10, -0.1); });
+  expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("ddim", sd_config(), 10, NAN); });
+  expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("pndm", sd_config(), 10, 0.5); });
+  EXPECT_FALSE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.0)->needs_noise());
+  EXPECT_TRUE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.5)->needs_noise());
+  EXPECT_TRUE(txt2img::make_scheduler("euler_a", sd_config(), 10)->needs_noise());
+
+  // diffusers would index past alphas_cumprod (leading, offset 1, 1000 steps) or make an extra timestep
+  // (trailing, 61 steps).
+  expect_error(ErrorKind::Usage, "1000", [] { txt2img::make_scheduler("ddim", sd_config(), 1000); });
+  expect_error(ErrorKind::Usage, "1000", [] { txt2img::make_scheduler("pndm", sd_config(), 1000); });
+  SchedulerConfig trailing;
+  trailing.timestep_spacing = "trailing";
+  expect_error(ErrorKind::Usage, "62 timesteps", [&] { txt2img::make_scheduler("euler", trailing, 61); });
+  EXPECT_NO_THROW(txt2img::make_scheduler("euler", sd_config(), 1000));
+}
+
+TEST(Scheduler, UnsupportedConfigValuesAreBundleErrors) {
+  SchedulerConfig schedule;
+  schedule.beta_schedule = "sigmoid";
+  expect_error(ErrorKind::Bundle, "sigmoid", [&] { txt2img::alphas_cumprod(schedule); });
+  SchedulerConfig spacing;
+  spacing.timestep_spacing = "karras";
+  SchedulerConfig prediction;
+  prediction.prediction_type = "flow";
+  for (const auto& name : txt2img::scheduler_names()) {
+    expect_error(ErrorKind::Bundle, "sigmoid", [&] { txt2img::make_scheduler(name, schedule, 10); });
+    expect_error(ErrorKind::Bundle, "karras", [&] { txt2img::make_scheduler(name, spacing, 10); });
+    expect_error(ErrorKind::Bundle, "flow", [&] { txt2img::make_scheduler(name, prediction, 10); });
+  }
+  SchedulerConfig sample;
+  sample.prediction_type = "sample";
+  expect_error(ErrorKind::Bundle, "sample", [&] { txt2img::make_scheduler("pndm", sample, 10); });
+  expect_error(ErrorKind::Bundle, "sample", [&] { txt2img::make_scheduler("euler_a", sample, 10); });
+}
+
+TEST(Scheduler, StepsMustComeInOrderWithNoiseWhereNeeded) {
+  const auto x = golden("common/sample0");
+  for (const auto& name : txt2img::scheduler_names()) {
+    auto sched = txt2img::make_scheduler(name, sd_config(), 2);
+    const auto noise = torch::zeros_like(x);
+    expect_error(ErrorKind::Runtime, "order", [&] { sched->step(x, 1, x, noise); });
+    sched->step(x, 0, x, noise);
+    expect_error(ErrorKind::Runtime, "order", [&] { sched->step(x, 0, x, noise); });
+    const size_t calls = sched->timesteps().size();
+    for (size_t i = 1; i < calls; ++i) sched->step(x, i, x, noise);
+    expect_error(ErrorKind::Runtime, "U-Net calls", [&] { sched->step(x, calls, x, noise); });
+  }
+  for (double eta : {0.5, 0.0}) {
+    auto sched = txt2img::make_scheduler(eta > 0 ? "ddim" : "euler_a", sd_config(), 2, eta);
+    expect_error(ErrorKind::Runtime, "noise", [&] { sched->step(x, 0, x); });
+    expect_error(ErrorKind::Runtime, "noise", [&] { sched->step(x, 0, x, torch::zeros({1, 4, 8, 7})); });
+  }
+}
+
+}  // namespace

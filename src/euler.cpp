@@ -1,0 +1,47 @@
+// Euler (diffusers EulerDiscreteScheduler with s_churn = 0, linear sigma interpolation, final sigma 0): one
+// explicit Euler step of the probability-flow ODE per U-Net call, in sigma space.
+#include <cmath>
+
+#include "scheduler_impl.hpp"
+
+namespace txt2img::detail {
+namespace {
+
+class Euler final : public SigmaScheduler {
+ public:
+  Euler(const SchedulerConfig& config, int steps)
+      : SigmaScheduler(config, steps), prediction_type_(config.prediction_type) {
+    require_prediction_type(config, "euler", {"epsilon", "v_prediction", "sample", "original_sample"});
+  }
+
+  torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
+                     const torch::Tensor&) override {
+    check_call(call, calls_done_, timesteps_.size());
+    // Without churn sigma_hat = sigma * (0 + 1) = sigma.
+    const float sigma = sigmas_[call];
+    torch::Tensor x0;
+    if (prediction_type_ == "epsilon") {
+      x0 = sample - sigma * model_output;
+    } else if (prediction_type_ == "v_prediction") {
+      x0 = model_output * (-sigma / std::sqrt(sigma * sigma + 1.0f)) + sample / (sigma * sigma + 1.0f);
+    } else {
+      x0 = model_output;
+    }
+    const auto derivative = (sample - x0) / sigma;
+    const float dt = sigmas_[call + 1] - sigma;
+    pred_original_sample_ = x0;
+    ++calls_done_;
+    return sample + derivative * dt;
+  }
+
+ private:
+  std::string prediction_type_;
+};
+
+}  // namespace
+
+std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps) {
+  return std::make_unique<Euler>(config, steps);
+}
+
+}  // namespace txt2img::detail

@@ -1,0 +1,49 @@
+// Euler ancestral (diffusers EulerAncestralDiscreteScheduler): an Euler step down to sigma_down, then fresh noise
+// of scale sigma_up so that the marginal matches sigma_next (sigma_down^2 + sigma_up^2 = sigma_next^2). Noise is
+// needed at every step, the last included (where sigma_up = 0), so that the caller's generator advances as
+// diffusers' does.
+#include <cmath>
+
+#include "scheduler_impl.hpp"
+
+namespace txt2img::detail {
+namespace {
+
+class EulerAncestral final : public SigmaScheduler {
+ public:
+  EulerAncestral(const SchedulerConfig& config, int steps)
+      : SigmaScheduler(config, steps), v_prediction_(config.prediction_type == "v_prediction") {
+    require_prediction_type(config, "euler_a", {"epsilon", "v_prediction"});
+  }
+
+  bool needs_noise() const override { return true; }
+
+  torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
+                     const torch::Tensor& noise) override {
+    check_call(call, calls_done_, timesteps_.size());
+    check_noise(noise, sample);
+    const float sigma = sigmas_[call];
+    const auto x0 = v_prediction_
+                        ? model_output * (-sigma / std::sqrt(sigma * sigma + 1.0f)) + sample / (sigma * sigma + 1.0f)
+                        : sample - sigma * model_output;
+    const float next = sigmas_[call + 1];
+    const float sigma_up = std::sqrt(next * next * (sigma * sigma - next * next) / (sigma * sigma));
+    const float sigma_down = std::sqrt(next * next - sigma_up * sigma_up);
+    const auto derivative = (sample - x0) / sigma;
+    const float dt = sigma_down - sigma;
+    pred_original_sample_ = x0;
+    ++calls_done_;
+    return sample + derivative * dt + noise * sigma_up;
+  }
+
+ private:
+  bool v_prediction_;
+};
+
+}  // namespace
+
+std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps) {
+  return std::make_unique<EulerAncestral>(config, steps);
+}
+
+}  // namespace txt2img::detail

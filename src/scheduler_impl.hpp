@@ -1,0 +1,67 @@
+// Pieces the samplers share. Coefficients are computed on the host in float (or double where diffusers uses NumPy
+// float64) with the same operation order as diffusers' float32 0-dim tensor arithmetic, so that the tensor updates
+// see bit-identical scalars; the tensor updates themselves use the same ATen ops in the same order.
+#pragma once
+
+#include "txt2img/scheduler.hpp"
+
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace txt2img::detail {
+
+// One factory per sampler, each in its own source file. `steps` is already validated against the config.
+std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, double eta);
+std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
+std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps);
+std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps);
+std::unique_ptr<Scheduler> make_dpmpp_2m_karras(const SchedulerConfig& config, int steps);
+std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps);
+
+// alphas_cumprod(config) as host floats, for the scalar coefficient arithmetic.
+std::vector<float> alphas_cumprod_values(const SchedulerConfig& config);
+
+// The configured timestep spacing, or `class_default` when the config leaves it empty (diffusers' from_config keeps
+// a class's own default for keys the source config did not set). Throws Error(Bundle) for an unknown spacing.
+std::string resolve_spacing(const SchedulerConfig& config, const char* class_default);
+
+// Throws Error(Bundle) unless config.prediction_type is one of `supported`.
+void require_prediction_type(const SchedulerConfig& config, const char* sampler,
+                             std::initializer_list<const char*> supported);
+
+// Whole-number timesteps of DDIM and PNDM in descending order, as DDIMScheduler.set_timesteps computes them.
+// Throws Error(Usage) where diffusers would produce a list of another length or an index outside the training
+// range (e.g. leading spacing with steps_offset 1 and steps = num_train_timesteps).
+std::vector<int64_t> discrete_timesteps(const SchedulerConfig& config, const std::string& spacing, int steps);
+
+// sqrt((1 - a) / a) per training timestep, in float32 like diffusers' tensor expression.
+std::vector<float> training_sigmas(const std::vector<float>& alphas_cumprod);
+
+// Throws Error(Runtime) unless `call` is the next U-Net call (`done` calls stepped so far) and `total` calls exist;
+// the multistep samplers keep history, so calls must come in order, once each.
+void check_call(size_t call, size_t done, size_t total);
+
+// Throws Error(Runtime) unless `noise` is defined and shaped like `sample`.
+void check_noise(const torch::Tensor& noise, const torch::Tensor& sample);
+
+// Shared part of the samplers that work in sigma space and scale the U-Net input (Euler, Euler ancestral, LMS):
+// float32 timesteps from the spacing, sigmas interpolated from the training sigmas as np.interp does, plus a final 0.
+class SigmaScheduler : public Scheduler {
+ public:
+  double init_noise_sigma() const override { return init_noise_sigma_; }
+  // sample / sqrt(sigma^2 + 1) for the sigma of this call.
+  torch::Tensor scale_model_input(const torch::Tensor& sample, size_t call) const override;
+
+ protected:
+  SigmaScheduler(const SchedulerConfig& config, int steps);
+
+  std::vector<float> sigmas_;  // one per call, then 0
+  size_t calls_done_ = 0;
+
+ private:
+  float init_noise_sigma_ = 1.0f;
+};
+
+}  // namespace txt2img::detail
