@@ -85,7 +85,8 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.text_hidden_size = field<int>(j, "text_hidden_size", where);
   m.scheduler = scheduler_from_json(field<nlohmann::json>(j, "scheduler", where), where);
   if (j.contains("safety") && !j.at("safety").is_null()) m.safety = safety_from_json(j.at("safety"), where);
-  for (const auto& [name, info] : field<nlohmann::json>(j, "files", where).items())
+  const auto files = field<nlohmann::json>(j, "files", where);
+  for (const auto& [name, info] : files.items())
     m.files.push_back({name, field<std::string>(info, "sha256", where), field<uint64_t>(info, "bytes", where)});
   m.converter_version = field<std::string>(j, "converter_version", where);
   m.torch_version = field<std::string>(j, "torch_version", where);

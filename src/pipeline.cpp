@@ -43,10 +43,13 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) {
                                       " has no safety checker; convert one in (scripts/convert.py --safety-checker DIR) "
                                       "or pass --no-safety-checker to generate without it");
   Pipeline p(bundle.manifest(), Tokenizer::load(bundle.path("tokenizer.model")), options);
+  // Each module is read into host memory and cast there, and only then copied to the device: the device never holds
+  // its float32 weights (a CUDA caching allocator would keep their blocks, twice the fp16 size, reserved after the
+  // cast), and the modules arrive one after another.
   auto prepare = [&](const std::string& file) {
-    auto module = bundle.load_module(file, options.device);
+    auto module = bundle.load_module(file, torch::kCPU);
     module.eval();
-    module.to(options.dtype);
+    module.to(options.device, options.dtype);
     if (options.graph == GraphOptimization::None) return module;
     auto frozen = torch::jit::freeze(module);
     return options.graph == GraphOptimization::Freeze ? frozen : torch::jit::optimize_for_inference(frozen);
@@ -76,8 +79,17 @@ GenerationParams Pipeline::resolve(GenerationParams params) const {
                                       std::to_string(manifest_.scheduler.num_train_timesteps));
   if (!std::isfinite(params.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
   if (!std::isfinite(params.eta) || params.eta < 0) throw Error(ErrorKind::Usage, "eta must be a finite number >= 0");
-  make_scheduler(params.sampler, manifest_.scheduler, params.steps, params.eta);  // validates the sampler name
+  make_sampler(params);  // validates the sampler name, steps and eta together
   return params;
+}
+
+std::unique_ptr<Scheduler> Pipeline::make_sampler(const GenerationParams& params) const {
+  // The checkpoint's training schedule (betas, offset, prediction type) with each sampler's own default spacing:
+  // what diffusers' `<Sampler>.from_config(pipe.scheduler.config)` gives for SD v1, leading for DDIM/PNDM and
+  // linspace for the sigma samplers.
+  SchedulerConfig config = manifest_.scheduler;
+  config.timestep_spacing.clear();
+  return make_scheduler(params.sampler, config, params.steps, params.eta);
 }
 
 torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, const std::string& name,
@@ -114,7 +126,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   observe(observer, "unet/encoder_hidden_states", context);
 
   // 2. Initial noise.
-  auto scheduler = make_scheduler(params.sampler, manifest_.scheduler, params.steps, params.eta);
+  auto scheduler = make_sampler(params);
   const std::vector<int64_t> latent_shape = {batch, manifest_.latent_channels,
                                              params.height / manifest_.vae_scale_factor,
                                              params.width / manifest_.vae_scale_factor};

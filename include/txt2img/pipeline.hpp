@@ -105,6 +105,7 @@ class Pipeline {
 
   torch::Tensor encode_text(const std::vector<std::string>& texts, const std::string& name, Observer* observer);
   torch::Tensor decode(const torch::Tensor& latents);
+  std::unique_ptr<Scheduler> make_sampler(const GenerationParams& params) const;
 
   Manifest manifest_;
   Tokenizer tokenizer_;

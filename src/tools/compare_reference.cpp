@@ -3,8 +3,10 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <iostream>
 #include <map>
 #include <regex>
@@ -93,12 +95,17 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    nlohmann::json info;
-    std::ifstream(std::filesystem::path(run_dir) / "info.json") >> info;
+    std::ifstream info_file(std::filesystem::path(run_dir) / "info.json");
+    std::string info_text((std::istreambuf_iterator<char>(info_file)), std::istreambuf_iterator<char>());
+    // Python's json writes -Infinity (DPM-Solver's lambda_min_clipped), which is not JSON; we never read it.
+    info_text = std::regex_replace(info_text, std::regex("-Infinity"), "null");
+    const auto info = nlohmann::json::parse(info_text);
     auto ref = SafeTensors::open(std::filesystem::path(run_dir) / "tensors.safetensors");
 
     const auto prompts_in = info.at("prompts").get<std::vector<std::string>>();
-    const int per_prompt = info.at("num_images_per_prompt").is_null() ? 1 : info.at("num_images_per_prompt").get<int>();
+    const int per_prompt = info.value("num_images_per_prompt", nlohmann::json()).is_null()
+                               ? 1
+                               : info.at("num_images_per_prompt").get<int>();
     std::vector<std::string> negatives_in(prompts_in.size(), "");
     if (!info.at("negative_prompt").is_null()) negatives_in = info.at("negative_prompt").get<std::vector<std::string>>();
     std::vector<std::string> prompts, negatives;
@@ -122,7 +129,6 @@ int main(int argc, char** argv) {
 
     PipelineOptions options;
     options.device = torch::Device(device);
-    options.safety = SafetyMode::Report;  // keep every image so that pixels stay comparable
     auto bundle = Bundle::open(bundle_dir);
     auto pipeline = Pipeline::load(bundle, options);
     ReplayedNoise noise(draws);
@@ -172,6 +178,10 @@ int main(int argc, char** argv) {
       double differing = 0;
       for (size_t b = 0; b < images.size() && b < expected.size(); ++b) differing += images[b].nsfw != expected[b];
       record("safety flags", differing, "flags differing", 0);
+      double lit = 0;
+      for (const auto& image : images)
+        if (image.nsfw) lit += static_cast<double>(std::count_if(image.rgb.begin(), image.rgb.end(), [](uint8_t v) { return v != 0; }));
+      record("flagged images black", lit, "bytes not zero", 0);
     }
 
     bool pass = true;
