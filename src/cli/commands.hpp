@@ -1,0 +1,65 @@
+// The subcommands, each with the options its flags fill in. Each returns the process's exit code and throws
+// txt2img::Error for the exit code of its kind.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace txt2img::cli {
+
+// Where a model bundle is looked for when --model is absent: $TXT2IMG_MODEL, then this.
+constexpr const char* kDefaultModel = "models/sd15";
+
+struct GenerateOptions {
+  std::optional<std::string> prompt;
+  std::string from_file;
+  std::string negative_prompt;
+  int images_per_prompt = 1;
+  int batch_size = 1;
+  std::string seed;  // empty: random
+  std::string sampler = "ddim";
+  int steps = 50;
+  double cfg_scale = 7.5;
+  double eta = 0.0;
+  int width = 0;  // 0: the model's default size
+  int height = 0;
+  std::string model = kDefaultModel;
+  std::string device;  // empty: cuda when available, else cpu
+  std::string dtype;   // empty: fp16 on CUDA, fp32 on CPU
+  int threads = 0;     // 0: LibTorch's default
+  bool no_safety_checker = false;
+  std::string safety = "replace";
+  bool fail_on_nsfw = false;
+  std::optional<std::string> output;  // absent: kDefaultOutputPattern
+  bool overwrite = false;
+  bool skip_existing = false;
+  bool no_metadata = false;
+  std::string shard;  // "I/N"
+  bool json = false;
+  bool quiet = false;
+};
+
+struct InfoOptions {
+  std::string path;
+  bool json = false;
+  bool verify = false;
+};
+
+struct TokenizeOptions {
+  std::optional<std::string> prompt;
+  std::string from_file;
+  std::string model = kDefaultModel;
+  bool json = false;
+};
+
+int run_generate(const GenerateOptions& options);
+int run_info(const InfoOptions& options);
+int run_tokenize(const TokenizeOptions& options);
+
+// The sampler names this build offers, for --help.
+std::vector<std::string> available_samplers();
+// "txt2img 0.1.0 (LibTorch 1.13.1)".
+std::string version_string();
+
+}  // namespace txt2img::cli

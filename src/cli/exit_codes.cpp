@@ -1,0 +1,37 @@
+#include "cli/exit_codes.hpp"
+
+#include <new>
+#include <string>
+
+#include "cli/reporter.hpp"
+#include "txt2img/error.hpp"
+
+namespace txt2img::cli {
+
+const char* exit_code_table() {
+  return "Exit codes:\n"
+         "  0    success\n"
+         "  2    usage: a bad flag, value, prompt, prompt file line or output name\n"
+         "  3    model bundle missing, incomplete, corrupt or mismatched\n"
+         "  4    input/output file error: unreadable prompt file, output exists, directory not writable, disk full\n"
+         "  5    runtime failure: out of memory, non-finite values, backend error\n"
+         "  6    an image was flagged as NSFW and --fail-on-nsfw was given (every image is still written)\n"
+         "  130  interrupted by SIGINT or SIGTERM (finished images are kept)\n";
+}
+
+int report_failure(std::exception_ptr failure) {
+  try {
+    std::rethrow_exception(failure);
+  } catch (const Error& e) {
+    print_error(e.what());
+    return exit_code(e.kind());
+  } catch (const std::bad_alloc&) {
+    print_error("out of memory; try a smaller --batch-size or image size");
+    return exit_code(ErrorKind::Runtime);
+  } catch (const std::exception& e) {
+    print_error(e.what());
+    return exit_code(ErrorKind::Runtime);
+  }
+}
+
+}  // namespace txt2img::cli

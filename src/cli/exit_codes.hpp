@@ -1,0 +1,17 @@
+// The documented exit codes (txt2img::exit_code gives them for each error kind), and the edge where whatever was
+// thrown becomes one message and one code.
+#pragma once
+
+#include <exception>
+
+namespace txt2img::cli {
+
+constexpr int kExitSuccess = 0;
+
+// The table --help prints.
+const char* exit_code_table();
+
+// Prints the error of `failure` on stderr ("error: ...") and returns its exit code.
+int report_failure(std::exception_ptr failure);
+
+}  // namespace txt2img::cli

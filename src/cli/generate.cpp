@@ -1,0 +1,375 @@
+// The default command: check everything, load the model once, make the images in U-Net batches, write each one.
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "cli/commands.hpp"
+#include "cli/metadata.hpp"
+#include "cli/plan.hpp"
+#include "cli/reporter.hpp"
+#include "cli/signals.hpp"
+#include "cli/truncation.hpp"
+#include "txt2img/bundle.hpp"
+#include "txt2img/error.hpp"
+#include "txt2img/pipeline.hpp"
+#include "txt2img/png.hpp"
+#include "txt2img/scheduler.hpp"
+
+namespace txt2img::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The same limit Pipeline::resolve applies; checked here too so that a bad size fails before the model loads.
+constexpr int kMaxImageSide = 4096;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+std::string format_seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f s", s);
+  return buf;
+}
+
+struct Placement {
+  PipelineOptions options;
+  std::string device;  // "cpu", "cuda:0"
+  std::string dtype;   // "fp16", "bf16", "fp32"
+};
+
+Placement choose_placement(const GenerateOptions& o) {
+  Placement p;
+  const std::string& d = o.device;
+  const bool cuda_wanted = d.empty() ? torch::cuda::is_available() : d.rfind("cuda", 0) == 0;
+  if (!d.empty() && d != "cpu") {
+    const bool well_formed = d == "cuda" || (d.size() > 5 && d.rfind("cuda:", 0) == 0 && d.size() <= 8 &&
+                                             d.find_first_not_of("0123456789", 5) == std::string::npos);
+    if (!well_formed) throw Error(ErrorKind::Usage, "--device \"" + d + "\" must be cpu, cuda or cuda:K (K from 0)");
+  }
+  if (cuda_wanted) {
+    const int index = d.size() > 5 ? std::stoi(d.substr(5)) : 0;
+    const auto count = static_cast<int>(torch::cuda::device_count());
+    if (count == 0)
+      throw Error(ErrorKind::Usage, "--device " + d + ": no CUDA device is available to this build; use --device cpu");
+    if (index >= count)
+      throw Error(ErrorKind::Usage, "--device " + d + ": there are only " + std::to_string(count) +
+                                        " CUDA devices (cuda:0 to cuda:" + std::to_string(count - 1) + ")");
+    p.options.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+    p.device = "cuda:" + std::to_string(index);
+  } else {
+    p.options.device = torch::kCPU;
+    p.device = "cpu";
+  }
+  p.dtype = o.dtype.empty() ? (cuda_wanted ? "fp16" : "fp32") : o.dtype;
+  if (p.dtype == "fp16" && !cuda_wanted)
+    throw Error(ErrorKind::Usage, "--dtype fp16 needs a CUDA device (LibTorch's CPU kernels lack half precision); "
+                                  "use --dtype fp32 or bf16 on the CPU");
+  p.options.dtype = p.dtype == "fp16" ? torch::kFloat16 : p.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  p.options.safety = o.no_safety_checker ? SafetyMode::Off : o.safety == "report" ? SafetyMode::Report : SafetyMode::Replace;
+  return p;
+}
+
+GenerationParams to_generation(const ImageParams& p) {
+  GenerationParams g;
+  g.width = p.width;
+  g.height = p.height;
+  g.steps = p.steps;
+  g.cfg_scale = p.cfg_scale;
+  g.sampler = p.sampler;
+  g.eta = p.eta;
+  return g;
+}
+
+// Pipeline::resolve's checks, against the manifest alone, so that they run before the model loads.
+ImageParams resolve_params(const Manifest& m, ImageParams p) {
+  const int multiple = std::max(8, m.vae_scale_factor);
+  if (p.width == 0) p.width = m.default_size;
+  if (p.height == 0) p.height = m.default_size;
+  for (auto [name, value] : {std::pair<const char*, int>{"width", p.width}, {"height", p.height}}) {
+    if (value < multiple || value > kMaxImageSide || value % multiple != 0)
+      throw Error(ErrorKind::Usage, std::string(name) + " " + std::to_string(value) + " must be a multiple of " +
+                                        std::to_string(multiple) + " from " + std::to_string(multiple) + " to " +
+                                        std::to_string(kMaxImageSide));
+  }
+  if (p.steps < 1 || p.steps > m.scheduler.num_train_timesteps)
+    throw Error(ErrorKind::Usage, "steps " + std::to_string(p.steps) + " must be from 1 to " +
+                                      std::to_string(m.scheduler.num_train_timesteps));
+  if (!std::isfinite(p.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
+  if (!std::isfinite(p.eta) || p.eta < 0) throw Error(ErrorKind::Usage, "eta must be a finite number >= 0");
+  make_scheduler(p.sampler, m.scheduler, p.steps, p.eta);  // throws for an unknown sampler name
+  return p;
+}
+
+// Progress of each U-Net call, and the place where a pending SIGINT/SIGTERM stops the run.
+class StepObserver : public Observer {
+ public:
+  explicit StepObserver(Reporter& reporter) : reporter_(reporter) {}
+  void step(size_t call, size_t calls) override {
+    reporter_.step(call, calls);
+    throw_if_stop_requested();
+  }
+
+ private:
+  Reporter& reporter_;
+};
+
+struct Totals {
+  uint64_t written = 0;
+  uint64_t skipped = 0;
+  uint64_t failed = 0;
+  uint64_t nsfw = 0;
+};
+
+class Generator {
+ public:
+  Generator(const GenerateOptions& o, const Placement& placement, const Manifest& manifest, RunPlan& plan,
+            Reporter& reporter)
+      : o_(o), placement_(placement), manifest_(manifest), plan_(plan), reporter_(reporter) {}
+
+  void run(Pipeline& pipeline, Totals& totals, uint64_t to_make) {
+    pipeline_ = &pipeline;
+    totals_ = &totals;
+    to_make_ = to_make;
+    std::vector<ImageJob> batch;
+    ImageJob job;
+    plan_.rewind();
+    while (plan_.next(job)) {
+      if (!job.in_shard) continue;
+      std::error_code ec;
+      if (o_.skip_existing && std::filesystem::exists(job.output, ec)) {
+        ++totals.skipped;
+        continue;
+      }
+      if (!batch.empty() && (batch.size() == static_cast<size_t>(o_.batch_size) || !(batch[0].params == job.params)))
+        make(batch);
+      warn_if_truncated(job);
+      batch.push_back(job);
+    }
+    if (!batch.empty()) make(batch);
+  }
+
+  uint64_t in_flight() const { return in_flight_; }
+
+ private:
+  void warn_if_truncated(const ImageJob& job) {
+    if (warned_any_ && job.prompt_index == warned_prompt_) return;
+    warned_any_ = true;
+    warned_prompt_ = job.prompt_index;
+    const std::string where = job.line ? plan_.where(job) + ": the " : "the ";
+    for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.prompt},
+                              {"negative prompt", &job.negative_prompt}}) {
+      const auto t = find_truncation(pipeline_->tokenizer(), *text, manifest_.context_length, manifest_.pad_id);
+      if (t.truncated()) reporter_.warn(where + what + " " + describe(t));
+    }
+  }
+
+  void make(std::vector<ImageJob>& batch) {
+    throw_if_stop_requested();
+    in_flight_ = batch.size();
+    reporter_.begin_batch(made_ + 1, batch.size(), batch[0].params.steps);
+    std::vector<std::string> prompts, negatives;
+    std::vector<uint64_t> seeds;
+    for (const auto& job : batch) {
+      prompts.push_back(job.prompt);
+      negatives.push_back(job.negative_prompt);
+      seeds.push_back(job.seed);
+    }
+    SeededNoise noise(seeds);
+    StepObserver observer(reporter_);
+    const auto start = Clock::now();
+    const auto images = pipeline_->generate(prompts, negatives, to_generation(batch[0].params), noise, &observer);
+    const double generate_s = seconds_since(start) / static_cast<double>(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) {
+      write(batch[i], images[i], generate_s);
+      --in_flight_;
+    }
+    batch.clear();
+  }
+
+  void write(const ImageJob& job, const GeneratedImage& image, double generate_s) {
+    const auto start = Clock::now();
+    ImageRecord record;
+    record.prompt = job.prompt;
+    record.negative_prompt = job.negative_prompt;
+    record.seed = job.seed;
+    record.steps = job.params.steps;
+    record.sampler = job.params.sampler;
+    record.cfg_scale = job.params.cfg_scale;
+    record.eta = job.params.eta;
+    record.width = image.width;
+    record.height = image.height;
+    record.model_name = manifest_.model_name;
+    record.model_hash = manifest_.model_hash;
+    record.device = placement_.device;
+    record.dtype = placement_.dtype;
+    record.safety = o_.no_safety_checker ? "off" : o_.safety;
+    record.nsfw = image.nsfw;
+
+    const auto png = encode_png(image.rgb.data(), image.width, image.height,
+                                o_.no_metadata ? PngText{} : png_metadata(record));
+    std::error_code ec;
+    if (job.output.has_parent_path()) std::filesystem::create_directories(job.output.parent_path(), ec);
+    if (ec) throw Error(ErrorKind::Io, "cannot create output directory " + job.output.parent_path().string() + ": " + ec.message());
+    if (!o_.overwrite && std::filesystem::exists(job.output, ec))
+      throw Error(ErrorKind::Io, "output " + job.output.string() +
+                                     " appeared while this run was working (another run writing the same names?); "
+                                     "it was left as it is");
+    write_file_atomic(job.output, png);
+    ++made_;
+    ++totals_->written;
+
+    if (image.nsfw) {
+      ++totals_->nsfw;
+      reporter_.warn(job.output.string() + " (seed " + std::to_string(job.seed) + ") was flagged as NSFW: " +
+                     (o_.safety == "report" ? "kept as made (--safety report)" : "written black"));
+    }
+    nlohmann::json j = {
+        {"event", "image"},
+        {"index", job.index},
+        {"path", job.output.string()},
+        {"prompt_index", job.prompt_index},
+        {"n", job.n},
+        {"prompt", job.prompt},
+        {"negative_prompt", job.negative_prompt},
+        {"seed", job.seed},
+        {"steps", record.steps},
+        {"sampler", record.sampler},
+        {"cfg_scale", record.cfg_scale},
+        {"eta", record.eta},
+        {"width", record.width},
+        {"height", record.height},
+        {"model_name", record.model_name},
+        {"model_hash", record.model_hash},
+        {"nsfw", image.nsfw},
+        {"safety", record.safety},
+        {"timings", {{"generate_s", generate_s}, {"write_s", seconds_since(start)}}},
+    };
+    reporter_.image("[" + std::to_string(made_) + "/" + std::to_string(to_make_) + "] " + job.output.string() +
+                        "  seed " + std::to_string(job.seed) + "  " + format_seconds(generate_s) +
+                        (image.nsfw ? "  NSFW" : ""),
+                    j);
+  }
+
+  const GenerateOptions& o_;
+  const Placement& placement_;
+  const Manifest& manifest_;
+  RunPlan& plan_;
+  Reporter& reporter_;
+  Pipeline* pipeline_ = nullptr;
+  Totals* totals_ = nullptr;
+  uint64_t to_make_ = 0;
+  uint64_t made_ = 0;
+  uint64_t in_flight_ = 0;
+  bool warned_any_ = false;
+  size_t warned_prompt_ = 0;
+};
+
+// LibTorch's own exceptions become runtime errors with their first line (the rest is a C++ backtrace).
+[[noreturn]] void rethrow_as_runtime(const c10::Error& e) {
+  std::string what = e.what_without_backtrace();
+  what = what.substr(0, what.find('\n'));
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e))
+    throw Error(ErrorKind::Runtime, "out of memory (" + what + "); try a smaller --batch-size or image size");
+  throw Error(ErrorKind::Runtime, what);
+}
+
+}  // namespace
+
+std::vector<std::string> available_samplers() { return scheduler_names(); }
+
+int run_generate(const GenerateOptions& o) {
+  const auto run_start = Clock::now();
+  Reporter reporter(o.quiet, o.json);
+
+  // 1. Everything that needs no model: flags, the prompts, every output name, the files already there.
+  PlanOptions plan_options;
+  plan_options.negative_prompt = o.negative_prompt;
+  plan_options.images_per_prompt = o.images_per_prompt;
+  plan_options.seed_given = !o.seed.empty();
+  plan_options.base_seed = plan_options.seed_given ? parse_seed(o.seed, "--seed") : std::random_device{}();
+  plan_options.params = {o.width, o.height, o.steps, o.cfg_scale, o.sampler, o.eta};
+  plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
+  if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
+  plan_options.needs_reproducible_seeds = plan_options.shard || o.skip_existing;
+  const Placement placement = choose_placement(o);
+  PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
+
+  const Bundle bundle = Bundle::open(o.model);
+  const Manifest& manifest = bundle.manifest();
+  RunPlan plan(std::move(source), plan_options,
+               [&manifest](const ImageParams& p) { return resolve_params(manifest, p); });
+  const Preflight pf = preflight(plan, o.overwrite ? Existing::Overwrite : o.skip_existing ? Existing::Skip : Existing::Refuse);
+
+  if (!plan_options.seed_given)
+    reporter.info("seed " + std::to_string(plan_options.base_seed) + " (random; --seed " +
+                  std::to_string(plan_options.base_seed) + " repeats this run)");
+  if (o.no_safety_checker)
+    reporter.warn("the safety checker is off (--no-safety-checker): images are not checked for NSFW content");
+
+  Totals totals;
+  double load_s = 0;
+  bool interrupted = false;
+  std::string failure;
+  auto summarise = [&] {
+    const double total_s = seconds_since(run_start);
+    nlohmann::json j = {{"event", "summary"},     {"written", totals.written}, {"skipped", totals.skipped},
+                        {"failed", totals.failed}, {"nsfw", totals.nsfw},       {"interrupted", interrupted},
+                        {"seed", plan_options.base_seed},
+                        {"load_s", load_s},        {"total_s", total_s}};
+    if (!failure.empty()) j["error"] = failure;
+    std::string line = (interrupted ? "interrupted: wrote " : "wrote ") + std::to_string(totals.written) + " of " +
+                       std::to_string(pf.to_make) + " images";
+    if (totals.skipped) line += " (" + std::to_string(totals.skipped) + " skipped, already there)";
+    line += " in " + format_seconds(total_s);
+    if (interrupted) line += "; run the same command with --skip-existing to finish";
+    reporter.summary(line, j);
+  };
+
+  // 2. The model, once; then the images.
+  Generator generator(o, placement, manifest, plan, reporter);
+  try {
+    throw_if_stop_requested();  // a Ctrl-C during the checks should not wait for the model to load
+    if (pf.to_make > 0) {
+      if (o.threads > 0) at::set_num_threads(o.threads);
+      reporter.info("loading " + (manifest.model_name.empty() ? bundle.dir().string() : manifest.model_name) +
+                    " on " + placement.device + " (" + placement.dtype + ") for " + std::to_string(pf.to_make) +
+                    " image" + (pf.to_make == 1 ? "" : "s"));
+      const auto load_start = Clock::now();
+      Pipeline pipeline = [&] {
+        try {
+          return Pipeline::load(bundle, placement.options);
+        } catch (const c10::Error& e) {
+          rethrow_as_runtime(e);
+        }
+      }();
+      load_s = seconds_since(load_start);
+      reporter.begin(pf.to_make, pf.image_steps);
+      try {
+        generator.run(pipeline, totals, pf.to_make);
+      } catch (const c10::Error& e) {
+        rethrow_as_runtime(e);
+      }
+    } else {
+      totals.skipped = pf.to_skip;
+    }
+  } catch (const Error& e) {
+    interrupted = e.kind() == ErrorKind::Interrupted;
+    if (!interrupted) {
+      failure = e.what();
+      totals.failed = generator.in_flight();
+    }
+    summarise();
+    throw;
+  }
+  summarise();
+  if (o.fail_on_nsfw && totals.nsfw > 0)
+    throw Error(ErrorKind::Nsfw, std::to_string(totals.nsfw) + " image" + (totals.nsfw == 1 ? " was" : "s were") +
+                                     " flagged as NSFW (--fail-on-nsfw); every image was written");
+  return 0;
+}
+
+}  // namespace txt2img::cli

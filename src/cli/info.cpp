@@ -1,0 +1,110 @@
+// txt2img info: what a PNG records about how it was made, or what a model bundle holds.
+#include <cstdio>
+#include <iostream>
+
+#include "cli/commands.hpp"
+#include "txt2img/bundle.hpp"
+#include "txt2img/error.hpp"
+#include "txt2img/png.hpp"
+
+namespace txt2img::cli {
+namespace {
+
+std::string human_bytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024 && unit < 4) value /= 1024, ++unit;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
+  return buf;
+}
+
+int bundle_info(const InfoOptions& o) {
+  const Bundle bundle = Bundle::open(o.path);
+  const Manifest& m = bundle.manifest();
+  std::vector<std::string> corrupt;
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& f : m.files) {
+    nlohmann::json file = {{"name", f.name}, {"bytes", f.bytes}, {"sha256", f.sha256}};
+    if (o.verify) {
+      const bool ok = sha256_file(bundle.path(f.name)) == f.sha256;
+      file["verified"] = ok;
+      if (!ok) corrupt.push_back(f.name);
+    }
+    files.push_back(file);
+  }
+
+  if (o.json) {
+    std::cout << nlohmann::json{{"path", o.path}, {"manifest", m.raw}, {"files", files}}.dump(2) << std::endl;
+  } else {
+    std::cout << "model bundle " << o.path << "\n"
+              << "  model          " << (m.model_name.empty() ? "(unnamed)" : m.model_name)
+              << (m.model_hash.empty() ? "" : " [" + m.model_hash + "]") << "\n"
+              << "  family         " << m.family << ", bundle format " << m.format_version << "\n"
+              << "  default size   " << m.default_size << "x" << m.default_size << "\n"
+              << "  safety checker " << (m.safety ? "included" : "none (generate with --no-safety-checker)") << "\n"
+              << "  converted by   txt2img " << m.converter_version << " with PyTorch " << m.torch_version << "\n"
+              << "  files\n";
+    for (const auto& f : files) {
+      std::cout << "    " << f["name"].get<std::string>() << "  " << human_bytes(f["bytes"].get<uint64_t>())
+                << "  sha256 " << f["sha256"].get<std::string>();
+      if (f.contains("verified")) std::cout << (f["verified"].get<bool>() ? "  ok" : "  MISMATCH");
+      std::cout << "\n";
+    }
+    std::cout << std::flush;
+  }
+  if (!corrupt.empty()) {
+    std::string names;
+    for (const auto& n : corrupt) names += (names.empty() ? "" : ", ") + n;
+    throw Error(ErrorKind::Bundle, "model bundle " + o.path + ": " + names +
+                                       (corrupt.size() == 1 ? " does" : " do") +
+                                       " not match the sha256 in model.json (corrupt); convert the model again");
+  }
+  return 0;
+}
+
+int png_info(const InfoOptions& o) {
+  const DecodedPng png = read_png(o.path);
+  std::optional<std::string> parameters;
+  std::optional<nlohmann::ordered_json> reproduction;
+  nlohmann::ordered_json other = nlohmann::ordered_json::object();
+  for (const auto& [key, value] : png.text) {
+    if (key == "parameters") {
+      parameters = value;
+    } else if (key == "txt2img") {
+      reproduction = nlohmann::ordered_json::parse(value, nullptr, false);
+      if (reproduction->is_discarded()) throw Error(ErrorKind::Io, o.path + ": its txt2img text is not valid JSON");
+    } else {
+      other[key] = value;
+    }
+  }
+
+  if (o.json) {
+    std::cout << nlohmann::ordered_json{{"path", o.path},
+                                        {"width", png.width},
+                                        {"height", png.height},
+                                        {"parameters", parameters ? nlohmann::ordered_json(*parameters) : nullptr},
+                                        {"txt2img", reproduction ? *reproduction : nullptr},
+                                        {"text", other}}
+                     .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+              << std::endl;
+    return 0;
+  }
+  std::cout << o.path << ": " << png.width << "x" << png.height << " PNG\n";
+  if (!parameters && !reproduction) std::cout << "no generation parameters recorded\n";
+  if (parameters) std::cout << "\nparameters:\n" << *parameters << "\n";
+  if (reproduction) std::cout << "\ntxt2img:\n" << reproduction->dump(2) << "\n";
+  for (const auto& [key, value] : other.items()) std::cout << "\n" << key << ":\n" << value.get<std::string>() << "\n";
+  std::cout << std::flush;
+  return 0;
+}
+
+}  // namespace
+
+int run_info(const InfoOptions& o) {
+  std::error_code ec;
+  return std::filesystem::is_directory(o.path, ec) ? bundle_info(o) : png_info(o);
+}
+
+}  // namespace txt2img::cli

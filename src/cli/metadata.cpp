@@ -1,0 +1,120 @@
+#include "cli/metadata.hpp"
+
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+
+namespace txt2img::cli {
+namespace {
+
+// "Euler a", "euler_a", "euler-a" and "EulerA" all become "eulera"; "dpm++" becomes "dpmpp".
+std::string sampler_key(const std::string& name) {
+  std::string key;
+  for (size_t i = 0; i < name.size(); ++i) {
+    if (name.compare(i, 2, "++") == 0) {
+      key += "pp";
+      ++i;
+    } else if (std::isalnum(static_cast<unsigned char>(name[i]))) {
+      key += static_cast<char>(std::tolower(static_cast<unsigned char>(name[i])));
+    }
+  }
+  return key;
+}
+
+// A1111 writes a value as is unless it holds a comma, colon or newline; then as a JSON string.
+std::string a1111_quote(const std::string& value) {
+  if (value.find_first_of(",:\n") == std::string::npos) return value;
+  return nlohmann::json(value).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace
+
+std::string sampler_display_name(const std::string& sampler) {
+  // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
+  static const std::map<std::string, std::string> names = {
+      {"ddim", "DDIM"},           {"pndm", "PLMS"},
+      {"plms", "PLMS"},           {"euler", "Euler"},
+      {"eulera", "Euler a"},      {"eulerancestral", "Euler a"},
+      {"lms", "LMS"},             {"lmskarras", "LMS Karras"},
+      {"heun", "Heun"},           {"dpm2", "DPM2"},
+      {"dpm2a", "DPM2 a"},        {"dpmpp2m", "DPM++ 2M"},
+      {"dpmpp2mkarras", "DPM++ 2M Karras"},
+      {"dpmpp2sa", "DPM++ 2S a"}, {"dpmppsde", "DPM++ SDE"},
+      {"unipc", "UniPC"},         {"lcm", "LCM"},
+  };
+  const auto it = names.find(sampler_key(sampler));
+  return it == names.end() ? sampler : it->second;
+}
+
+std::string python_float(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  // The fewest significant digits that read back as the same double, as Python's repr chooses.
+  char buf[64];
+  int digits = 1;
+  for (; digits < 17; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*e", digits - 1, value);
+    if (std::strtod(buf, nullptr) == value) break;
+  }
+  std::snprintf(buf, sizeof buf, "%.*e", digits - 1, value);
+  const int exponent = std::atoi(std::strchr(buf, 'e') + 1);
+  if (exponent < -4 || exponent >= 16) return buf;  // Python switches to scientific notation there too
+  std::snprintf(buf, sizeof buf, "%.*f", std::max(0, digits - 1 - exponent), value);
+  std::string fixed = buf;
+  if (fixed.find('.') == std::string::npos) fixed += ".0";
+  return fixed;
+}
+
+std::string a1111_parameters(const ImageRecord& r) {
+  std::vector<std::pair<std::string, std::string>> params = {
+      {"Steps", std::to_string(r.steps)},
+      {"Sampler", sampler_display_name(r.sampler)},
+      {"CFG scale", python_float(r.cfg_scale)},
+      {"Seed", std::to_string(r.seed)},
+      {"Size", std::to_string(r.width) + "x" + std::to_string(r.height)},
+  };
+  if (!r.model_hash.empty()) params.emplace_back("Model hash", r.model_hash);
+  if (!r.model_name.empty()) params.emplace_back("Model", r.model_name);
+  // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
+  params.emplace_back("RNG", "CPU");
+  if (r.eta != 0) params.emplace_back("Eta DDIM", python_float(r.eta));  // only DDIM takes an eta
+  params.emplace_back("Version", std::string("txt2img ") + TXT2IMG_VERSION);
+
+  std::string text = r.prompt;
+  if (!r.negative_prompt.empty()) text += "\nNegative prompt: " + r.negative_prompt;
+  text += "\n";
+  for (size_t i = 0; i < params.size(); ++i)
+    text += (i ? ", " : "") + params[i].first + ": " + a1111_quote(params[i].second);
+  // A1111 strips the whole text, so a prompt with leading or trailing blanks reads back the same.
+  const auto begin = text.find_first_not_of(" \t\r\n");
+  return begin == std::string::npos ? "" : text.substr(begin, text.find_last_not_of(" \t\r\n") - begin + 1);
+}
+
+nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
+  return {
+      {"prompt", r.prompt},
+      {"negative_prompt", r.negative_prompt},
+      {"seed", r.seed},
+      {"steps", r.steps},
+      {"sampler", r.sampler},
+      {"eta", r.eta},
+      {"cfg_scale", r.cfg_scale},
+      {"width", r.width},
+      {"height", r.height},
+      {"model", {{"name", r.model_name}, {"hash", r.model_hash}}},
+      {"rng", "cpu"},
+      {"dtype", r.dtype},
+      {"device", r.device},
+      {"safety", {{"mode", r.safety}, {"nsfw", r.nsfw}}},
+      {"program", "txt2img"},
+      {"version", TXT2IMG_VERSION},
+  };
+}
+
+PngText png_metadata(const ImageRecord& record) {
+  return {{"parameters", a1111_parameters(record)}, {"txt2img", reproduction_json(record).dump()}};
+}
+
+}  // namespace txt2img::cli

@@ -1,0 +1,47 @@
+// What a PNG records about how it was made: AUTOMATIC1111's "parameters" text (read by A1111's PNG Info, ComfyUI,
+// Civitai and most image viewers) and a "txt2img" JSON chunk with everything needed to reproduce the image.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+
+#include "txt2img/png.hpp"
+
+namespace txt2img::cli {
+
+struct ImageRecord {
+  std::string prompt;
+  std::string negative_prompt;
+  uint64_t seed = 0;
+  int steps = 0;
+  std::string sampler;
+  double cfg_scale = 0;
+  double eta = 0;
+  int width = 0;
+  int height = 0;
+  std::string model_name;
+  std::string model_hash;
+  std::string device;
+  std::string dtype;
+  std::string safety;  // "replace", "report" or "off"
+  bool nsfw = false;
+};
+
+// The sampler's name as A1111 shows it ("DDIM", "PLMS", "Euler a", ...); unknown names are kept as they are.
+std::string sampler_display_name(const std::string& sampler);
+
+// A number as Python's repr prints a float (7.5, 7.0, 0.1), which is how A1111 writes "CFG scale".
+std::string python_float(double value);
+
+// A1111's infotext: the prompt, "Negative prompt: ..." when there is one, then "Steps: 50, Sampler: DDIM, ...".
+std::string a1111_parameters(const ImageRecord& record);
+
+// The "txt2img" chunk (keys in the order above, for people reading it); its "version" is this program's.
+nlohmann::ordered_json reproduction_json(const ImageRecord& record);
+
+// Both, as the PNG text chunks "parameters" and "txt2img".
+PngText png_metadata(const ImageRecord& record);
+
+}  // namespace txt2img::cli

@@ -1,0 +1,162 @@
+#include "cli/options.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+#include "cli/exit_codes.hpp"
+#include "cli/output_pattern.hpp"
+#include "txt2img/error.hpp"
+
+namespace txt2img::cli {
+namespace {
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+std::string generate_footer() {
+  return std::string(
+             "Prompt files: one prompt a line (blank lines and lines starting with # are skipped), or JSON Lines\n"
+             "(a .jsonl name, or a first line starting with {) where a line may set prompt, negative_prompt, seed,\n"
+             "steps, cfg_scale, width, height, sampler, images and output. The whole file is checked before the\n"
+             "model loads.\n\n"
+             "Seeds: image n of a prompt whose line sets \"seed\" S uses S + n; every other image uses\n"
+             "--seed + its index in the whole run (so image k of a single prompt uses seed + k). Shards and resumed\n"
+             "runs therefore make the same images.\n\n"
+             "Output names: -o takes a file name or a pattern with {index} (position in the whole run, from 0),\n"
+             "{seed}, {n} (position among the prompt's images, from 0) and {prompt} (a slug); numbers take widths\n"
+             "as in {index:05}, {prompt:40} limits the slug. Default: ") +
+         kDefaultOutputPattern + "\n\nSamplers: " + joined(available_samplers()) + "\n\n" + exit_code_table();
+}
+
+void add_model_option(CLI::App& app, std::string& model) {
+  app.add_option("-m,--model", model,
+                 std::string("model bundle directory (scripts/convert.py writes one); default $TXT2IMG_MODEL, "
+                             "else ") + kDefaultModel)
+      ->envname("TXT2IMG_MODEL")
+      ->capture_default_str();
+}
+
+void configure_generate(CLI::App& app, GenerateOptions& o) {
+  auto* prompt = app.add_option("prompt", o.prompt, "the prompt (quote it)");
+  app.add_option("-p,--prompt", o.prompt, "the prompt, as a flag")->excludes(prompt);
+  app.add_option("-f,--from-file", o.from_file, "read prompts from FILE, one a line or JSON Lines (- reads stdin)")
+      ->excludes(prompt)
+      ->excludes(app.get_option("--prompt"));
+  app.add_option("-n,--negative-prompt", o.negative_prompt, "what the image should not show");
+  app.add_option("--images-per-prompt", o.images_per_prompt, "images made from each prompt")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
+  app.add_option("--batch-size", o.batch_size,
+                 "images denoised together in one U-Net call (more is faster on a GPU and needs more memory; "
+                 "images do not depend on it)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  app.add_option("-s,--seed", o.seed, "base seed, 0 to 2^63-1 (default: random, printed); see Seeds below");
+  app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
+  app.add_option("--steps", o.steps, "denoising steps, 1 to 1000")->capture_default_str();
+  app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")
+      ->capture_default_str();
+  app.add_option("--eta", o.eta, "DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like")->capture_default_str();
+  app.add_option("-W,--width", o.width, "image width, a multiple of 8 (default: the model's size, e.g. 512)");
+  app.add_option("-H,--height", o.height, "image height, a multiple of 8 (default: the model's size)");
+  add_model_option(app, o.model);
+  app.add_option("--device", o.device, "cpu, cuda or cuda:K (default: cuda when available, else cpu)");
+  app.add_option("--dtype", o.dtype, "fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)")
+      ->check(CLI::IsMember({"fp16", "bf16", "fp32"}));
+  app.add_option("--threads", o.threads, "CPU threads LibTorch may use (default: all cores)")
+      ->check(CLI::Range(1, 4096));
+  auto* no_checker = app.add_flag("--no-safety-checker", o.no_safety_checker,
+                                  "generate without the safety checker (needed for bundles without one)");
+  app.add_option("--safety", o.safety,
+                 "what to do with a flagged image: replace (with black) or report (keep it, mark it)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"replace", "report"}))
+      ->excludes(no_checker);
+  app.add_flag("--fail-on-nsfw", o.fail_on_nsfw, "exit with code 6 when any image was flagged (after writing all)")
+      ->excludes(no_checker);
+  app.add_option("-o,--output", o.output,
+                 std::string("output file, directory or name pattern (default ") + kDefaultOutputPattern + ")");
+  auto* overwrite = app.add_flag("--overwrite", o.overwrite, "replace output files that exist");
+  app.add_flag("--skip-existing", o.skip_existing,
+               "skip images whose output file exists (resumes an interrupted batch; needs --seed)")
+      ->excludes(overwrite);
+  app.add_flag("--no-metadata", o.no_metadata, "write no parameters or txt2img text into the PNG files");
+  app.add_option("--shard", o.shard,
+                 "make only prompts whose index (from 0) is I modulo N, e.g. --shard $SLURM_ARRAY_TASK_ID/8; needs "
+                 "--seed");
+  app.add_flag("--json", o.json, "print one JSON object per image and a summary on stdout");
+  app.add_flag("-q,--quiet", o.quiet, "print nothing but errors");
+  app.footer(generate_footer);
+}
+
+void configure_info(CLI::App& app, InfoOptions& o) {
+  app.add_option("path", o.path, "a PNG this program wrote, or a model bundle directory")->required();
+  app.add_flag("--json", o.json, "print JSON");
+  app.add_flag("--verify", o.verify, "recompute every bundle file's sha256 and compare it with model.json");
+  app.footer(exit_code_table());
+}
+
+void configure_tokenize(CLI::App& app, TokenizeOptions& o) {
+  auto* prompt = app.add_option("prompt", o.prompt, "the text to tokenize");
+  app.add_option("-f,--from-file", o.from_file, "tokenize every prompt of FILE, one JSON line each (- reads stdin)")
+      ->excludes(prompt);
+  add_model_option(app, o.model);
+  app.add_flag("--json", o.json, "print one JSON object per prompt");
+  app.footer(exit_code_table());
+}
+
+}  // namespace
+
+std::variant<Command, int> parse_command_line(int argc, char** argv) {
+  Command command;
+  CLI::App app("Stable Diffusion v1 text to image.\n"
+               "  txt2img \"a photo of an astronaut riding a horse on mars\" -o astronaut.png\n"
+               "  txt2img --from-file prompts.txt --seed 42 -o 'outputs/{index:05}-{prompt}.png'\n"
+               "  txt2img info image.png | txt2img info models/sd15 --verify\n"
+               "  txt2img tokenize \"a prompt\"",
+               "txt2img");
+  // A flag given twice takes its last value, as in most Unix tools, so that scripts can append overrides.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.set_version_flag("--version", version_string(), "print the version and exit");
+  app.set_help_flag("-h,--help", "print this help and exit");
+  CLI::App* info = app.add_subcommand("info", "show a PNG's generation parameters or a model bundle's manifest");
+  CLI::App* tokenize = app.add_subcommand("tokenize", "show the token ids of a prompt and where it is truncated");
+  configure_info(*info, command.info);
+  configure_tokenize(*tokenize, command.tokenize);
+  configure_generate(app, command.generate);
+  app.require_subcommand(0, 1);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    std::cout << e.what() << std::endl;
+    return kExitSuccess;
+  } catch (const CLI::ParseError& e) {
+    throw Error(ErrorKind::Usage, std::string(e.what()) + " (txt2img --help lists the options)");
+  }
+
+  if (info->parsed()) {
+    command.which = Command::Info;
+  } else if (tokenize->parsed()) {
+    command.which = Command::Tokenize;
+    if (!command.tokenize.prompt && command.tokenize.from_file.empty())
+      throw Error(ErrorKind::Usage, "no prompt: give one (txt2img tokenize \"a red fox\") or --from-file FILE");
+  } else {
+    command.which = Command::Generate;
+    if (!command.generate.prompt && command.generate.from_file.empty())
+      throw Error(ErrorKind::Usage,
+                  "no prompt: give one as an argument (txt2img \"a red fox in the snow\") or read prompts from a "
+                  "file with --from-file FILE");
+  }
+  return command;
+}
+
+}  // namespace txt2img::cli

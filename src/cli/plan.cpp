@@ -1,0 +1,162 @@
+#include "cli/plan.hpp"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <unordered_map>
+
+#include "txt2img/error.hpp"
+
+namespace txt2img::cli {
+namespace {
+
+std::string quoted(const std::filesystem::path& p) { return "\"" + p.string() + "\""; }
+
+// The nearest directory that exists on the way up to `dir` must be writable for the outputs to be created there.
+void check_output_dir(const std::filesystem::path& dir) {
+  std::error_code ec;
+  std::filesystem::path existing = dir;
+  while (!existing.empty() && !std::filesystem::exists(existing, ec)) existing = existing.parent_path();
+  if (existing.empty()) existing = ".";
+  if (!std::filesystem::is_directory(existing, ec))
+    throw Error(ErrorKind::Io, "cannot create output directory " + quoted(dir) + ": " + quoted(existing) +
+                                   " is not a directory");
+  if (::access(existing.c_str(), W_OK | X_OK) != 0)
+    throw Error(ErrorKind::Io, "output directory " + quoted(existing) + " is not writable (" + std::strerror(errno) +
+                                   "); choose another with -o");
+}
+
+}  // namespace
+
+Shard parse_shard(const std::string& text) {
+  const auto slash = text.find('/');
+  const auto digits = [](const std::string& s) {
+    return !s.empty() && s.size() <= 9 && s.find_first_not_of("0123456789") == std::string::npos;
+  };
+  if (slash != std::string::npos && digits(text.substr(0, slash)) && digits(text.substr(slash + 1))) {
+    Shard shard{std::stoull(text.substr(0, slash)), std::stoull(text.substr(slash + 1))};
+    if (shard.count >= 1 && shard.index < shard.count) return shard;
+  }
+  throw Error(ErrorKind::Usage, "--shard \"" + text + "\" must be I/N with 0 <= I < N, e.g. --shard 0/4 for the first of 4");
+}
+
+RunPlan::RunPlan(PromptSource source, PlanOptions options, ParamsResolver resolve)
+    : source_(std::move(source)), options_(std::move(options)), resolve_(std::move(resolve)) {
+  resolved_flags_ = resolve_(options_.params);
+}
+
+void RunPlan::rewind() {
+  source_.rewind();
+  have_entry_ = false;
+  next_index_ = 0;
+}
+
+std::string RunPlan::where(const ImageJob& job) const { return source_.where(job.line); }
+
+bool RunPlan::load_prompt() {
+  if (!source_.next(entry_)) return false;
+  const std::string where = source_.where(entry_.line);
+  images_ = entry_.images.value_or(options_.images_per_prompt);
+  params_ = resolved_flags_;
+  if (entry_.overrides_params()) {
+    ImageParams p = options_.params;
+    p.width = entry_.width.value_or(p.width);
+    p.height = entry_.height.value_or(p.height);
+    p.steps = entry_.steps.value_or(p.steps);
+    p.cfg_scale = entry_.cfg_scale.value_or(p.cfg_scale);
+    p.sampler = entry_.sampler.value_or(p.sampler);
+    try {
+      params_ = resolve_(p);
+    } catch (const Error& e) {
+      throw Error(e.kind(), where + ": " + e.what());
+    }
+  }
+  line_output_.reset();
+  if (entry_.output) line_output_ = OutputPattern::parse(*entry_.output, where + ": \"output\"");
+  if (options_.needs_reproducible_seeds && !options_.seed_given && !entry_.seed)
+    throw Error(ErrorKind::Usage, "--shard and --skip-existing need --seed (" + where +
+                                      " sets none): every shard and every resumed run must derive the same seeds");
+  next_n_ = 0;
+  have_entry_ = true;
+  return true;
+}
+
+bool RunPlan::next(ImageJob& job) {
+  while (!have_entry_ || next_n_ >= images_)
+    if (!load_prompt()) return false;
+  job.index = next_index_++;
+  job.prompt_index = entry_.index;
+  job.line = entry_.line;
+  job.n = next_n_++;
+  job.seed = (entry_.seed ? *entry_.seed + static_cast<uint64_t>(job.n) : options_.base_seed + job.index) & kMaxSeed;
+  job.prompt = entry_.prompt;
+  job.negative_prompt = entry_.negative_prompt.value_or(options_.negative_prompt);
+  job.params = params_;
+  const OutputPattern& pattern = line_output_ ? *line_output_ : options_.output;
+  job.output = pattern.render({job.index, job.seed, static_cast<uint64_t>(job.n), job.prompt});
+  job.in_shard = !options_.shard || job.prompt_index % options_.shard->count == options_.shard->index;
+  return true;
+}
+
+ImageJob RunPlan::find(uint64_t index) const {
+  RunPlan other(source_.reopen(), options_, resolve_);
+  ImageJob job;
+  while (other.next(job))
+    if (job.index == index) return job;
+  throw Error(ErrorKind::Io, "the prompts changed while they were being read");
+}
+
+Preflight preflight(RunPlan& plan, Existing existing) {
+  Preflight result;
+  // Hashes of the names seen so far (memory per image, not per prompt text); a hit is confirmed by re-reading.
+  std::unordered_map<size_t, uint64_t> names;
+  std::filesystem::path checked_dir;
+  bool checked_any = false;
+  ImageJob job;
+  plan.rewind();
+  while (plan.next(job)) {
+    ++result.images;
+    const auto [it, inserted] = names.emplace(std::hash<std::string>{}(job.output.string()), job.index);
+    if (!inserted) {
+      const ImageJob earlier = plan.find(it->second);
+      if (earlier.output == job.output) {
+        const std::string who = earlier.prompt_index == job.prompt_index
+                                    ? plan.where(job) + ": images " + std::to_string(earlier.n) + " and " +
+                                          std::to_string(job.n) + " would both be written to "
+                                    : plan.where(earlier) + " and " + plan.where(job) + " would both write ";
+        throw Error(ErrorKind::Usage, who + quoted(job.output) +
+                                          "; put {index} in the output pattern (or {n}, {seed}) so that each image "
+                                          "gets its own file");
+      }
+    }
+    if (!job.in_shard) continue;
+
+    std::error_code ec;
+    const auto status = std::filesystem::status(job.output, ec);
+    if (std::filesystem::is_directory(status))
+      throw Error(ErrorKind::Io, "output " + quoted(job.output) + " is a directory; give a file name ending in .png");
+    if (std::filesystem::exists(status)) {
+      if (existing == Existing::Refuse)
+        throw Error(ErrorKind::Io, "output " + quoted(job.output) +
+                                       " exists; pass --overwrite to replace it, or --skip-existing to keep it and "
+                                       "make only the missing images");
+      if (existing == Existing::Skip) {
+        ++result.to_skip;
+        continue;
+      }
+    }
+    auto dir = job.output.parent_path();
+    if (!checked_any || dir != checked_dir) {
+      check_output_dir(dir);
+      checked_dir = dir;
+      checked_any = true;
+    }
+    ++result.to_make;
+    result.image_steps += static_cast<uint64_t>(job.params.steps);
+  }
+  plan.rewind();
+  return result;
+}
+
+}  // namespace txt2img::cli

@@ -1,0 +1,121 @@
+// The images of a run, in order: which prompt, which seed, which settings and which file each one gets. The same
+// prompts and flags always give the same images, whichever shard runs them, so a sharded or resumed run makes
+// byte-identical files.
+//
+// Seeds: image n of a prompt whose JSON line sets "seed" S gets S + n. Every other image gets base + index, where
+// index is its position in the whole unsharded run (counting every image of every earlier prompt) and base is
+// --seed (random when absent). With one prompt that is the familiar "image k uses seed + k". Sums wrap modulo
+// 2^63, so every reported seed is itself a valid --seed.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "cli/output_pattern.hpp"
+#include "cli/prompt_source.hpp"
+
+namespace txt2img::cli {
+
+// The settings that must match for images to share a U-Net batch (a torch-free copy of GenerationParams).
+struct ImageParams {
+  int width = 0;  // 0: the model's default size
+  int height = 0;
+  int steps = 50;
+  double cfg_scale = 7.5;
+  std::string sampler = "ddim";
+  double eta = 0.0;
+
+  bool operator==(const ImageParams& o) const {
+    return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
+           sampler == o.sampler && eta == o.eta;
+  }
+};
+
+// Fills defaults from the model and checks the settings; throws Error(Usage).
+using ParamsResolver = std::function<ImageParams(const ImageParams&)>;
+
+struct Shard {
+  uint64_t index = 0;
+  uint64_t count = 1;
+};
+
+// Throws Error(Usage) unless `text` is "I/N" with 0 <= I < N.
+Shard parse_shard(const std::string& text);
+
+struct PlanOptions {
+  std::string negative_prompt;
+  int images_per_prompt = 1;
+  uint64_t base_seed = 0;
+  bool seed_given = false;  // false: base_seed was drawn at random for this run
+  ImageParams params;
+  OutputPattern output;
+  std::optional<Shard> shard;
+  // Sharded and resumed runs must derive the same seeds as the other runs they complete.
+  bool needs_reproducible_seeds = false;
+};
+
+struct ImageJob {
+  uint64_t index = 0;        // position in the whole unsharded run, from 0
+  size_t prompt_index = 0;   // which prompt, from 0
+  size_t line = 0;           // its line in the prompt file (0 for a prompt argument)
+  int n = 0;                 // position among its prompt's images, from 0
+  uint64_t seed = 0;
+  std::string prompt;
+  std::string negative_prompt;
+  ImageParams params;        // resolved: defaults filled in
+  std::filesystem::path output;
+  bool in_shard = true;      // whether this run makes it
+};
+
+class RunPlan {
+ public:
+  RunPlan(PromptSource source, PlanOptions options, ParamsResolver resolve);
+
+  // The next image of the whole run (every shard's; see ImageJob::in_shard). Throws Error(Usage) naming the line
+  // for a prompt whose settings or output pattern are wrong.
+  bool next(ImageJob& job);
+  void rewind();
+
+  // The image at `index`, read by an independent pass over the prompts (for messages about earlier images).
+  ImageJob find(uint64_t index) const;
+
+  std::string where(const ImageJob& job) const;
+  const PlanOptions& options() const { return options_; }
+
+ private:
+  bool load_prompt();
+
+  PromptSource source_;
+  PlanOptions options_;
+  ParamsResolver resolve_;
+  ImageParams resolved_flags_;
+
+  // The prompt being expanded into images.
+  PromptEntry entry_;
+  bool have_entry_ = false;
+  int images_ = 0;
+  int next_n_ = 0;
+  uint64_t next_index_ = 0;
+  ImageParams params_;
+  std::optional<OutputPattern> line_output_;
+};
+
+// What the first pass over a run found.
+struct Preflight {
+  uint64_t images = 0;        // in the whole unsharded run
+  uint64_t to_make = 0;       // by this shard, after --skip-existing
+  uint64_t to_skip = 0;       // files that exist (only with --skip-existing)
+  uint64_t image_steps = 0;   // sum of steps over to_make (for the ETA)
+};
+
+enum class Existing { Refuse, Overwrite, Skip };
+
+// Walks the whole plan before anything loads or is written: every line parses and resolves, no two images share
+// a file name (Error(Usage) naming both), no output exists unless `existing` allows it and every output directory
+// can be created and written (Error(Io)).
+Preflight preflight(RunPlan& plan, Existing existing);
+
+}  // namespace txt2img::cli

@@ -1,0 +1,264 @@
+#include "cli/prompt_source.hpp"
+
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+
+#include "txt2img/error.hpp"
+
+namespace txt2img::cli {
+namespace {
+
+constexpr std::string_view kWhitespace = " \t\r\n\f\v";
+constexpr std::string_view kUtf8Bom = "\xEF\xBB\xBF";
+
+std::string_view trim(std::string_view s) {
+  const auto begin = s.find_first_not_of(kWhitespace);
+  if (begin == std::string_view::npos) return {};
+  return s.substr(begin, s.find_last_not_of(kWhitespace) - begin + 1);
+}
+
+bool skipped(std::string_view trimmed) { return trimmed.empty() || trimmed.front() == '#'; }
+
+bool ends_with_jsonl(const std::string& path) {
+  std::string lower = path;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  return lower.size() >= 6 && lower.compare(lower.size() - 6, 6, ".jsonl") == 0;
+}
+
+// Copies standard input into an anonymous temporary file, so that it can be read once to validate and again to
+// generate without holding it in memory.
+std::shared_ptr<std::FILE> spool_stdin() {
+  std::shared_ptr<std::FILE> spool(std::tmpfile(), [](std::FILE* f) { std::fclose(f); });
+  if (!spool) throw Error(ErrorKind::Io, std::string("cannot buffer standard input: ") + std::strerror(errno));
+  char buffer[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(STDIN_FILENO, buffer, sizeof buffer);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw Error(ErrorKind::Io, std::string("cannot read the prompts from standard input: ") + std::strerror(errno));
+    }
+    if (std::fwrite(buffer, 1, static_cast<size_t>(n), spool.get()) != static_cast<size_t>(n) ||
+        std::fflush(spool.get()) != 0)
+      throw Error(ErrorKind::Io, std::string("cannot buffer standard input: ") + std::strerror(errno));
+  }
+  return spool;
+}
+
+template <typename T>
+std::optional<T> int_field(const nlohmann::json& value, const std::string& key, const std::string& where) {
+  if (!value.is_number_integer())
+    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a whole number, not " + value.dump());
+  if (value.is_number_unsigned() ? value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())
+                                 : value.get<int64_t>() < std::numeric_limits<T>::min() ||
+                                       value.get<int64_t>() > std::numeric_limits<T>::max())
+    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" " + value.dump() + " is out of range");
+  return value.get<T>();
+}
+
+std::optional<std::string> string_field(const nlohmann::json& value, const std::string& key, const std::string& where) {
+  if (!value.is_string()) throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a string, not " + value.dump());
+  return value.get<std::string>();
+}
+
+}  // namespace
+
+uint64_t parse_seed(const std::string& text, const std::string& what) {
+  const std::string range = "must be a whole number from 0 to " + std::to_string(kMaxSeed);
+  if (text.empty() || text.size() > 19 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw Error(ErrorKind::Usage, what + " \"" + text + "\" " + range);
+  const uint64_t seed = std::stoull(text);
+  if (seed > kMaxSeed) throw Error(ErrorKind::Usage, what + " " + text + " " + range);
+  return seed;
+}
+
+std::string utf8_problem(std::string_view text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  for (size_t i = 0; i < text.size();) {
+    const unsigned char c = s[i];
+    size_t len = 0;
+    uint32_t min = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      len = 2, min = 0x80, cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3, min = 0x800, cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4, min = 0x10000, cp = c & 0x07;
+    }
+    bool ok = len != 0 && i + len <= text.size();
+    for (size_t k = 1; ok && k < len; ++k) {
+      ok = (s[i + k] & 0xC0) == 0x80;
+      cp = (cp << 6) | (s[i + k] & 0x3F);
+    }
+    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8 either.
+    if (!ok || cp < min || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "byte 0x%02x at column %zu", c, i + 1);
+      return buf;
+    }
+    i += len;
+  }
+  return {};
+}
+
+const std::vector<std::string>& jsonl_keys() {
+  static const std::vector<std::string> keys = {"prompt", "negative_prompt", "seed",    "steps",  "cfg_scale",
+                                                "width",  "height",          "sampler", "images", "output"};
+  return keys;
+}
+
+PromptSource PromptSource::argument(std::string prompt) {
+  PromptSource source;
+  if (auto problem = utf8_problem(prompt); !problem.empty())
+    throw Error(ErrorKind::Usage, "the prompt is not valid UTF-8 (" + problem + ")");
+  source.argument_ = std::move(prompt);
+  return source;
+}
+
+PromptSource PromptSource::file(const std::string& path) {
+  PromptSource source;
+  source.name_ = path == "-" ? "<stdin>" : path;
+  if (path == "-") {
+    source.spool_ = spool_stdin();
+    source.path_ = "/proc/self/fd/" + std::to_string(fileno(source.spool_.get()));
+  } else {
+    source.path_ = path;
+  }
+  source.open();
+
+  // The format: JSON Lines by extension, or when the first prompt line opens an object.
+  source.jsonl_ = ends_with_jsonl(path);
+  std::string line;
+  for (bool first = true; !source.jsonl_ && std::getline(*source.in_, line); first = false) {
+    std::string_view text = line;
+    if (first && text.substr(0, kUtf8Bom.size()) == kUtf8Bom) text.remove_prefix(kUtf8Bom.size());
+    text = trim(text);
+    if (skipped(text)) continue;
+    source.jsonl_ = text.front() == '{';
+    break;
+  }
+  source.rewind();
+  return source;
+}
+
+PromptSource PromptSource::reopen() const {
+  PromptSource copy;
+  copy.argument_ = argument_;
+  copy.name_ = name_;
+  copy.path_ = path_;
+  copy.spool_ = spool_;
+  copy.jsonl_ = jsonl_;
+  if (is_file()) copy.open();
+  return copy;
+}
+
+void PromptSource::open() {
+  in_ = std::make_unique<std::ifstream>(path_, std::ios::binary);
+  if (!*in_)
+    throw Error(ErrorKind::Io, "cannot read prompt file " + name_ + ": " + std::strerror(errno));
+}
+
+void PromptSource::rewind() {
+  argument_done_ = false;
+  line_ = 0;
+  index_ = 0;
+  if (is_file()) open();
+}
+
+std::string PromptSource::where(size_t line) const {
+  return is_file() ? name_ + ":" + std::to_string(line) : "the prompt";
+}
+
+bool PromptSource::next(PromptEntry& entry) {
+  if (!is_file()) {
+    if (argument_done_) return false;
+    argument_done_ = true;
+    entry = PromptEntry{};
+    entry.prompt = *argument_;
+    return true;
+  }
+  std::string line;
+  while (std::getline(*in_, line)) {
+    ++line_;
+    if (parse_line(line, entry)) return true;
+  }
+  if (in_->bad()) throw Error(ErrorKind::Io, "cannot read prompt file " + name_ + ": " + std::strerror(errno));
+  return false;
+}
+
+bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
+  std::string_view text = line;
+  if (line_ == 1 && text.substr(0, kUtf8Bom.size()) == kUtf8Bom) text.remove_prefix(kUtf8Bom.size());
+  text = trim(text);
+  if (skipped(text)) return false;
+  const std::string where = this->where(line_);
+  if (auto problem = utf8_problem(text); !problem.empty())
+    throw Error(ErrorKind::Usage, where + ": not valid UTF-8 (" + problem + "); save the file as UTF-8");
+
+  entry = PromptEntry{};
+  entry.line = line_;
+  entry.index = index_++;
+  if (!jsonl_) {
+    entry.prompt = std::string(text);
+    return true;
+  }
+
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    std::string what = e.what();
+    what = what.substr(what.find(' ', what.find(']')) + 1);  // drop nlohmann's "[json.exception.parse_error.101]"
+    throw Error(ErrorKind::Usage, where + ": not a JSON object (" + what + ")");
+  }
+  if (!j.is_object()) throw Error(ErrorKind::Usage, where + ": each line must be a JSON object, not " + j.dump());
+  for (const auto& [key, value] : j.items()) {
+    const auto& keys = jsonl_keys();
+    if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
+      std::string known;
+      for (const auto& k : keys) known += (known.empty() ? "" : ", ") + k;
+      throw Error(ErrorKind::Usage, where + ": unknown key \"" + key + "\" (a line may set " + known + ")");
+    }
+    if (value.is_null()) continue;  // JSON writers often emit null for "not set"
+    if (key == "prompt") {
+      entry.prompt = *string_field(value, key, where);
+    } else if (key == "negative_prompt") {
+      entry.negative_prompt = string_field(value, key, where);
+    } else if (key == "seed") {
+      if (!value.is_number_integer())
+        throw Error(ErrorKind::Usage, where + ": \"seed\" must be a whole number, not " + value.dump());
+      entry.seed = parse_seed(value.dump(), where + ": \"seed\"");
+    } else if (key == "steps") {
+      entry.steps = int_field<int>(value, key, where);
+    } else if (key == "cfg_scale") {
+      if (!value.is_number()) throw Error(ErrorKind::Usage, where + ": \"cfg_scale\" must be a number, not " + value.dump());
+      entry.cfg_scale = value.get<double>();
+    } else if (key == "width") {
+      entry.width = int_field<int>(value, key, where);
+    } else if (key == "height") {
+      entry.height = int_field<int>(value, key, where);
+    } else if (key == "sampler") {
+      entry.sampler = string_field(value, key, where);
+    } else if (key == "images") {
+      entry.images = int_field<int>(value, key, where);
+      if (*entry.images < 1) throw Error(ErrorKind::Usage, where + ": \"images\" must be at least 1");
+    } else if (key == "output") {
+      entry.output = string_field(value, key, where);
+    }
+  }
+  if (!j.contains("prompt") || j.at("prompt").is_null())
+    throw Error(ErrorKind::Usage, where + ": the line has no \"prompt\"");
+  return true;
+}
+
+}  // namespace txt2img::cli

@@ -1,0 +1,44 @@
+#include "cli/signals.hpp"
+
+#include <csignal>
+#include <cstring>
+#include <string>
+
+#include "txt2img/error.hpp"
+
+namespace txt2img::cli {
+namespace {
+
+volatile std::sig_atomic_t g_signal = 0;
+
+void on_stop_signal(int signal) {
+  if (g_signal != 0) {
+    // The second signal: the user does not want to wait for the step to finish.
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+    return;
+  }
+  g_signal = signal;
+}
+
+}  // namespace
+
+void install_signal_handlers() {
+  struct sigaction action;
+  std::memset(&action, 0, sizeof action);
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+  std::signal(SIGXFSZ, SIG_IGN);
+}
+
+bool stop_requested() { return g_signal != 0; }
+
+void throw_if_stop_requested() {
+  if (g_signal != 0)
+    throw Error(ErrorKind::Interrupted, std::string("interrupted by ") + (g_signal == SIGINT ? "SIGINT" : "SIGTERM"));
+}
+
+}  // namespace txt2img::cli

@@ -1,0 +1,41 @@
+// txt2img tokenize: the token ids the text encoder sees, and where a prompt is cut off.
+#include <iostream>
+
+#include "cli/commands.hpp"
+#include "cli/prompt_source.hpp"
+#include "cli/reporter.hpp"
+#include "cli/truncation.hpp"
+#include "txt2img/bundle.hpp"
+#include "txt2img/tokenizer.hpp"
+
+namespace txt2img::cli {
+
+int run_tokenize(const TokenizeOptions& o) {
+  PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
+  const Bundle bundle = Bundle::open(o.model);
+  const Manifest& m = bundle.manifest();
+  const Tokenizer tokenizer = Tokenizer::load(bundle.path("tokenizer.model"));
+  const bool json = o.json || source.is_file();
+
+  PromptEntry entry;
+  while (source.next(entry)) {
+    const std::vector<int> ids = tokenizer.encode(entry.prompt);
+    const Truncation t = find_truncation(tokenizer, entry.prompt, m.context_length, m.pad_id);
+    if (json) {
+      nlohmann::json j = {{"prompt", entry.prompt},   {"ids", ids},          {"tokens", t.total_tokens},
+                          {"kept", t.kept_tokens},    {"truncated", t.truncated()}};
+      if (source.is_file()) j["line"] = entry.line;
+      if (t.truncated()) j["dropped"] = t.dropped;
+      std::cout << j.dump() << "\n";
+    } else {
+      for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
+      std::cout << "\n";
+      std::cerr << ids.size() << " tokens; the model reads up to " << m.context_length - 2 << "\n";
+      if (t.truncated()) Reporter(false, false).warn("the prompt " + describe(t));
+    }
+  }
+  std::cout << std::flush;
+  return 0;
+}
+
+}  // namespace txt2img::cli

@@ -1,0 +1,145 @@
+"""Help, version, and every bad flag value: the documented exit code, one message naming what to fix, nothing
+written."""
+
+import subprocess
+import unittest
+
+from cli_support import BIN, EXIT_BUNDLE, EXIT_USAGE, FAST, TINY, CliTestCase, run
+
+
+class HelpAndVersion(CliTestCase):
+    def test_help_lists_flags_exit_codes_and_defaults(self):
+        result = run(["--help"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for text in ["--from-file", "--negative-prompt", "--images-per-prompt", "--batch-size", "--seed", "--sampler",
+                     "--steps", "--cfg-scale", "--eta", "--width", "--height", "--model", "TXT2IMG_MODEL",
+                     "models/sd15", "--device", "--dtype", "--threads", "--no-safety-checker", "--safety",
+                     "--fail-on-nsfw", "--output", "--overwrite", "--skip-existing", "--no-metadata", "--shard",
+                     "--json", "--quiet", "outputs/{index:05}-{seed}.png", "info", "tokenize", "ddim"]:
+            self.assertIn(text, result.stdout)
+        for code in ["0 ", "2 ", "3 ", "4 ", "5 ", "6 ", "130"]:
+            self.assertIn("  " + code, result.stdout)
+        self.assertNothingWritten()
+
+    def test_subcommand_help(self):
+        for sub in ["info", "tokenize"]:
+            result = run([sub, "--help"], self.dir)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("Exit codes", result.stdout)
+
+    def test_version(self):
+        result = run(["--version"], self.dir)
+        self.assertEqual(result.returncode, 0)
+        self.assertRegex(result.stdout, r"^txt2img \d+\.\d+\.\d+ \(LibTorch \d+\.\d+\.\d+\)\n$")
+
+
+class BadFlags(CliTestCase):
+    """Each case: arguments, then pieces of the one error message."""
+
+    def check(self, args, *message, code=EXIT_USAGE, **kwargs):
+        result = self.txt2img(*args, **kwargs)
+        self.assertExit(result, code, *message)
+        self.assertEqual(result.stdout, "")
+        self.assertEqual(len([l for l in result.stderr.splitlines() if l.startswith("error:")]), 1, result.stderr)
+        self.assertNothingWritten()
+
+    def test_unknown_flag(self):
+        self.check(["a fox", "--no-such-flag"], "--no-such-flag")
+
+    def test_missing_prompt(self):
+        self.check([], "no prompt", "--from-file")
+
+    def test_two_prompt_arguments(self):
+        self.check(["a fox", "a cat"], "a cat")
+
+    def test_prompt_and_from_file_exclude_each_other(self):
+        self.write("p.txt", "a fox\n")
+        result = self.txt2img("a fox", "--from-file", "p.txt")
+        self.assertExit(result, EXIT_USAGE, "--from-file")
+        self.assertNothingWritten("p.txt")
+
+    def test_width_not_multiple_of_8(self):
+        self.check(["a fox", "--width", "36"], "width 36", "multiple of 8")
+
+    def test_height_too_small_and_too_large(self):
+        self.check(["a fox", "--width", "4"], "width 4")
+        self.check(["a fox", "--height", "8192"], "height 8192", "4096")
+
+    def test_width_not_a_number(self):
+        self.check(["a fox", "--width", "wide"], "--width")
+
+    def test_steps_out_of_range(self):
+        self.check(["a fox", "--steps", "0"], "steps 0", "1 to 1000")
+        self.check(["a fox", "--steps", "1001"], "steps 1001")
+
+    def test_cfg_not_finite(self):
+        for value in ["nan", "inf", "-inf"]:
+            self.check(["a fox", "--cfg-scale", value], "cfg scale", "finite")
+
+    def test_eta_negative(self):
+        self.check(["a fox", "--eta", "-1"], "eta")
+
+    def test_seed_out_of_range_or_not_a_number(self):
+        self.check(["a fox", "--seed", "-1"], "--seed", "9223372036854775807")
+        self.check(["a fox", "--seed", "9223372036854775808"], "--seed", "9223372036854775807")
+        self.check(["a fox", "--seed", "12ab"], "--seed")
+
+    def test_unknown_sampler(self):
+        self.check(["a fox", "--sampler", "magic"], "magic", "ddim")
+
+    def test_bad_device_and_dtype(self):
+        self.check(["a fox", "--device", "tpu"], "--device", "cpu, cuda or cuda:K")
+        self.check(["a fox", "--dtype", "fp8"], "--dtype")
+        self.check(["a fox", "--dtype", "fp16"], "fp16", "CPU")
+
+    def test_cuda_device_beyond_count(self):
+        self.check(["a fox", "--device", "cuda:99"], "cuda:99")
+
+    def test_bad_counts(self):
+        self.check(["a fox", "--images-per-prompt", "0"], "--images-per-prompt")
+        self.check(["a fox", "--batch-size", "0"], "--batch-size")
+        self.check(["a fox", "--threads", "0"], "--threads")
+
+    def test_bad_shard(self):
+        for shard in ["3/3", "1", "a/b", "0/0", "-1/2"]:
+            self.check(["a fox", "--seed", "1", "--shard", shard], "--shard")
+
+    def test_shard_and_skip_existing_need_a_seed(self):
+        self.check(["a fox", "--shard", "0/2"], "--seed")
+        self.check(["a fox", "--skip-existing"], "--seed")
+
+    def test_contradictory_flags(self):
+        self.check(["a fox", "--overwrite", "--skip-existing", "--seed", "1"], "--overwrite")
+        self.check(["a fox", "--no-safety-checker", "--safety", "report"], "--safety")
+        self.check(["a fox", "--no-safety-checker", "--fail-on-nsfw"], "--fail-on-nsfw")
+        self.check(["a fox", "--safety", "blur"], "--safety")
+
+    def test_invalid_utf8_prompt(self):
+        # Invalid UTF-8 cannot travel in a str argument; subprocess passes bytes through unchanged.
+        result = subprocess.run([BIN, b"a \xff fox", "-o", "x.png", "--model", str(TINY), *FAST], cwd=self.dir,
+                                capture_output=True)
+        self.assertEqual(result.returncode, EXIT_USAGE, result.stderr)
+        self.assertIn(b"not valid UTF-8", result.stderr)
+        self.assertNothingWritten()
+
+    def test_output_patterns(self):
+        self.check(["a fox", "-o", "out.jpg"], ".png")
+        self.check(["a fox", "-o", "{nope}.png"], "{nope}")
+        self.check(["a fox", "-o", "{index.png"], "unclosed")
+        self.check(["a fox", "-o", "{index:x}.png"], "{index:x}")
+        self.check(["a fox", "-o", ""], "-o")
+
+    def test_same_name_for_two_images(self):
+        self.check(["a fox", "--images-per-prompt", "2", "-o", "fox.png"], "fox.png", "{index}")
+
+    def test_missing_model(self):
+        self.check(["a fox"], "models/sd15", "convert", code=EXIT_BUNDLE, model=None)
+        self.check(["a fox"], "nowhere", code=EXIT_BUNDLE, model=self.dir / "nowhere")
+
+    def test_model_from_environment(self):
+        result = self.txt2img("a fox", model=None, env={"TXT2IMG_MODEL": str(self.dir / "env-model")})
+        self.assertExit(result, EXIT_BUNDLE, "env-model")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,225 @@
+"""Generating images: output names, seeds, reproducibility, batching, --json, progress and quiet modes."""
+
+import json
+import unittest
+
+from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, json_lines, png_pixels, png_text,
+                         run)
+
+
+class Outputs(CliTestCase):
+    def test_single_prompt_to_named_file(self):
+        result = self.txt2img("a photo of an astronaut riding a horse on mars", "-o", "astronaut.png", "--seed", "1")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(files_under(self.dir), ["astronaut.png"])
+        width, height, _ = png_pixels(self.dir / "astronaut.png")
+        self.assertEqual((width, height), (32, 32))
+
+    def test_default_size_comes_from_the_bundle(self):
+        result = run(["a fox", "--model", TINY, "--steps", "2", "--device", "cpu", "-o", "fox.png"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        default = json.loads((TINY / "model.json").read_text())["default_size"]
+        self.assertEqual(png_pixels(self.dir / "fox.png")[:2], (default, default))
+
+    def test_default_pattern(self):
+        result = self.txt2img("a fox", "--seed", "7", "--images-per-prompt", "2")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(files_under(self.dir), ["outputs/00000-7.png", "outputs/00001-8.png"])
+
+    def test_output_directory_gets_the_default_file_name(self):
+        result = self.txt2img("a fox", "--seed", "7", "-o", "dir/")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(files_under(self.dir), ["dir/00000-7.png"])
+
+    def test_pattern_placeholders_and_nested_directories(self):
+        result = self.txt2img("A Red Fox, in the snow!", "--seed", "3", "--images-per-prompt", "2",
+                              "-o", "a/b/{prompt}_{index:03}_{n}_{seed:6}_{{x}}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(files_under(self.dir), ["a/b/a-red-fox-in-the-snow_000_0_     3_{x}.png",
+                                                 "a/b/a-red-fox-in-the-snow_001_1_     4_{x}.png"])
+
+    def test_prompt_slug_width(self):
+        result = self.txt2img("abcdefghij klmnop", "--seed", "3", "-o", "{prompt:12}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(files_under(self.dir), ["abcdefghij-k.png"])
+
+    def test_never_overwrites_without_flag(self):
+        self.write("fox.png", "precious")
+        result = self.txt2img("a fox", "-o", "fox.png")
+        self.assertExit(result, EXIT_IO, "fox.png", "exists", "--overwrite", "--skip-existing")
+        self.assertEqual((self.dir / "fox.png").read_text(), "precious")
+
+    def test_overwrite(self):
+        self.write("fox.png", "old")
+        result = self.txt2img("a fox", "-o", "fox.png", "--overwrite")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        png_pixels(self.dir / "fox.png")
+        self.assertEqual(files_under(self.dir), ["fox.png"])
+
+    def test_existing_file_is_found_before_any_work(self):
+        # The second image's file exists: nothing at all is made, not even the first image.
+        self.write("out/00001-11.png", "x")
+        result = self.txt2img("a fox", "--seed", "10", "--images-per-prompt", "3", "-o", "out/")
+        self.assertExit(result, EXIT_IO, "out/00001-11.png")
+        self.assertEqual(files_under(self.dir), ["out/00001-11.png"])
+
+    def test_skip_existing_skips_before_generating(self):
+        self.write("out/00001-11.png", "placeholder")
+        result = self.txt2img("a fox", "--seed", "10", "--images-per-prompt", "3", "-o", "out/", "--skip-existing",
+                              "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        records = json_lines(result.stdout)
+        self.assertEqual([r["path"] for r in records if r["event"] == "image"], ["out/00000-10.png", "out/00002-12.png"])
+        self.assertEqual(records[-1]["skipped"], 1)
+        self.assertEqual((self.dir / "out/00001-11.png").read_text(), "placeholder")
+
+    def test_skip_existing_with_everything_done_loads_no_model(self):
+        self.write("fox.png", "x")
+        result = self.txt2img("a fox", "-o", "fox.png", "--seed", "1", "--skip-existing", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json_lines(result.stdout)[-1]["skipped"], 1)
+        self.assertNotIn("loading", result.stderr)
+
+
+class Seeds(CliTestCase):
+    def test_same_seed_same_bytes_different_seed_different_bytes(self):
+        for name, seed in [("a.png", "5"), ("b.png", "5"), ("c.png", "6")]:
+            self.assertEqual(self.txt2img("a fox", "--seed", seed, "-o", name).returncode, 0)
+        a, b, c = [(self.dir / n).read_bytes() for n in ["a.png", "b.png", "c.png"]]
+        self.assertEqual(a, b)
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+
+    def test_image_k_uses_seed_plus_k(self):
+        result = self.txt2img("a fox", "--seed", "100", "--images-per-prompt", "3", "-o", "{n}.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([r["seed"] for r in json_lines(result.stdout)[:-1]], [100, 101, 102])
+        # Image 2 alone, made with seed 102, is the same image.
+        self.assertEqual(self.txt2img("a fox", "--seed", "102", "-o", "alone.png").returncode, 0)
+        self.assertEqual((self.dir / "2.png").read_bytes(), (self.dir / "alone.png").read_bytes())
+
+    def test_random_seed_is_reported_and_reproduces(self):
+        result = self.txt2img("a fox", "-o", "r.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        seed = json_lines(result.stdout)[0]["seed"]
+        self.assertIn(f"--seed {seed}", result.stderr)
+        self.assertEqual(self.txt2img("a fox", "-o", "again.png", "--seed", str(seed)).returncode, 0)
+        self.assertEqual((self.dir / "r.png").read_bytes(), (self.dir / "again.png").read_bytes())
+
+    def test_largest_seed(self):
+        result = self.txt2img("a fox", "--seed", "9223372036854775807", "--images-per-prompt", "2", "--json",
+                              "-o", "{n}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([r["seed"] for r in json_lines(result.stdout)[:-1]], [9223372036854775807, 0])
+
+
+class Batching(CliTestCase):
+    def test_batch_size_does_not_change_images(self):
+        runs = {}
+        for batch in ["1", "3"]:
+            result = self.txt2img("a fox", "--seed", "9", "--images-per-prompt", "4", "--batch-size", batch,
+                                  "-o", f"b{batch}/{{n}}.png")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            runs[batch] = [png_pixels(self.dir / f"b{batch}/{n}.png")[2] for n in range(4)]
+        for one, three in zip(runs["1"], runs["3"]):
+            self.assertLessEqual(max(abs(x - y) for x, y in zip(one, three)), 1)
+
+    def test_batches_span_prompts_with_equal_settings(self):
+        self.write("p.jsonl", '{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c", "steps": 3}\n{"prompt": "d"}\n')
+        result = self.txt2img("--from-file", "p.jsonl", "--seed", "1", "--batch-size", "4", "-o", "{index}.png",
+                              "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([r["steps"] for r in json_lines(result.stdout)[:-1]], [2, 2, 3, 2])
+        # Prompt 2 (seed 1 + 2) had its own batch, as it would alone.
+        alone = self.txt2img("c", "--seed", "3", "--steps", "3", "-o", "c.png")
+        self.assertEqual(alone.returncode, 0, alone.stderr)
+        self.assertEqual((self.dir / "2.png").read_bytes(), (self.dir / "c.png").read_bytes())
+
+
+class Reporting(CliTestCase):
+    def test_json_records_and_summary(self):
+        result = self.txt2img("a fox", "--seed", "4", "--images-per-prompt", "2", "-n", "blurry", "--json",
+                              "-o", "{n}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        records = json_lines(result.stdout)
+        self.assertEqual([r["event"] for r in records], ["image", "image", "summary"])
+        first = records[0]
+        for key, value in {"path": "0.png", "prompt": "a fox", "negative_prompt": "blurry", "seed": 4, "steps": 2,
+                           "sampler": "ddim", "cfg_scale": 7.5, "width": 32, "height": 32, "nsfw": False,
+                           "safety": "replace", "index": 0, "n": 0}.items():
+            self.assertEqual(first[key], value, key)
+        self.assertEqual(first["model_hash"], json.loads((TINY / "model.json").read_text())["model_hash"])
+        self.assertIn("generate_s", first["timings"])
+        summary = records[-1]
+        self.assertEqual((summary["written"], summary["skipped"], summary["failed"], summary["interrupted"]),
+                         (2, 0, 0, False))
+        self.assertIn("total_s", summary)
+
+    def test_pipe_prints_at_most_one_line_per_image(self):
+        result = self.txt2img("a fox", "--seed", "4", "--images-per-prompt", "3", "-o", "{n}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, "")
+        self.assertNotIn("\r", result.stderr)
+        self.assertNotIn("\033", result.stderr)
+        self.assertLessEqual(len(result.stderr.splitlines()), 3 + 2)  # images, plus "loading" and the summary
+        self.assertEqual(sum("seed" in l and ".png" in l for l in result.stderr.splitlines()), 3)
+
+    def test_quiet(self):
+        result = self.txt2img("a fox", "-o", "fox.png", "--quiet")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual((result.stdout, result.stderr), ("", ""))
+        failed = self.txt2img("a fox", "-o", "fox.png", "--quiet")
+        self.assertExit(failed, EXIT_IO, "error:")
+
+    def test_truncation_warning_names_the_dropped_words(self):
+        prompt = " ".join(["cat"] * 80) + " zebra giraffe"
+        result = self.txt2img(prompt, "-o", "long.png", "--seed", "1")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("warning:", result.stderr)
+        self.assertIn("82 tokens", result.stderr)
+        self.assertIn('"cat cat cat cat cat zebra', result.stderr)
+
+    def test_last_value_of_a_repeated_flag_wins(self):
+        result = self.txt2img("a fox", "-o", "first.png", "-o", "second.png", "--steps", "3", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(files_under(self.dir), ["second.png"])
+        self.assertEqual(json_lines(result.stdout)[0]["steps"], 3)
+
+    def test_threads(self):
+        result = self.txt2img("a fox", "-o", "fox.png", "--threads", "1")
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_prompt_flag_for_stable_diffusion_cpp_users(self):
+        result = self.txt2img("-p", "a fox", "-n", "ugly", "-s", "3", "-W", "32", "-H", "32", "-o", "fox.png",
+                              "--steps", "2", "--device", "cpu", fast=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("Negative prompt: ugly", png_text(self.dir / "fox.png")["parameters"])
+
+    def test_subcommand_name_as_prompt_after_double_dash(self):
+        result = run(["-o", "info.png", "--model", TINY, *FAST, "--", "info"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(png_text(self.dir / "info.png")["parameters"].startswith("info\n"))
+
+
+class Samplers(CliTestCase):
+    def test_every_sampler_runs(self):
+        help_text = run(["--help"], self.dir).stdout
+        samplers = help_text.split("Samplers: ")[1].splitlines()[0].split(", ")
+        self.assertIn("ddim", samplers)
+        for sampler in samplers:
+            result = self.txt2img("a fox", "--sampler", sampler, "-o", f"{sampler}.png", "--seed", "1")
+            self.assertEqual(result.returncode, 0, f"{sampler}: {result.stderr}")
+
+    def test_eta(self):
+        for eta, name in [("0", "a.png"), ("1", "b.png")]:
+            self.assertEqual(self.txt2img("a fox", "--eta", eta, "-o", name, "--seed", "1").returncode, 0)
+        self.assertNotEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
+        self.assertIn("Eta DDIM: 1.0", png_text(self.dir / "b.png")["parameters"])
+
+    def test_eta_refused_for_samplers_without_one(self):
+        result = self.txt2img("a fox", "--eta", "0.5", "--sampler", "euler", "-o", "x.png")
+        self.assertExit(result, EXIT_USAGE, "eta")
+        self.assertNothingWritten()
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,64 @@
+"""SIGINT/SIGTERM: stop after the current step, keep finished images, leave no temporary file, report, exit 130;
+then --skip-existing finishes the batch with the bytes an uninterrupted run makes."""
+
+import json
+import signal
+import subprocess
+import unittest
+
+from cli_support import BIN, EXIT_INTERRUPTED, FAST, TINY, CliTestCase, files_under, json_lines
+
+
+class Interrupt(CliTestCase):
+    # Enough steps that an image takes a noticeable time even with the tiny model.
+    ARGS = ["--from-file", "prompts.txt", "--seed", "77", "--images-per-prompt", "2", "-o", "out/{index:03}.png",
+            "--model", str(TINY), *FAST, "--steps", "400", "--json"]
+
+    def start(self):
+        process = subprocess.Popen([BIN, *self.ARGS], cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        self.addCleanup(process.communicate)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        return process
+
+    def interrupt_after_first_image(self, sig):
+        self.write("prompts.txt", "a fox\na cat\na cow\n")
+        process = self.start()
+        first = json.loads(process.stdout.readline())
+        self.assertEqual(first["event"], "image")
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=120)
+        self.assertEqual(process.returncode, EXIT_INTERRUPTED, err)
+        records = [first] + json_lines(out)
+        summary = records[-1]
+        self.assertEqual(summary["event"], "summary")
+        self.assertTrue(summary["interrupted"])
+        self.assertLess(summary["written"], 6)
+        self.assertEqual(summary["written"], len(records) - 1)
+        self.assertIn("interrupted", err)
+        # Only finished images, no temporary files.
+        self.assertEqual(files_under(self.dir / "out"), sorted(r["path"][4:] for r in records[:-1]))
+        return records
+
+    def test_sigint_then_resume_matches_an_uninterrupted_run(self):
+        self.interrupt_after_first_image(signal.SIGINT)
+        resumed = subprocess.run([BIN, *self.ARGS, "--skip-existing"], cwd=self.dir, capture_output=True, text=True)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertGreaterEqual(json_lines(resumed.stdout)[-1]["skipped"], 1)
+        self.assertEqual(files_under(self.dir / "out"), [f"{i:03}.png" for i in range(6)])
+
+        reference = self.dir / "reference"
+        reference.mkdir()
+        (reference / "prompts.txt").write_text((self.dir / "prompts.txt").read_text())
+        full = subprocess.run([BIN, *self.ARGS], cwd=reference, capture_output=True, text=True)
+        self.assertEqual(full.returncode, 0, full.stderr)
+        for i in range(6):
+            name = f"out/{i:03}.png"
+            self.assertEqual((self.dir / name).read_bytes(), (reference / name).read_bytes(), name)
+
+    def test_sigterm(self):
+        self.interrupt_after_first_image(signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,86 @@
+"""Files that cannot be written and bundles that cannot be used: exit code, one message, nothing left behind."""
+
+import json
+import os
+import resource
+import unittest
+
+from cli_support import (EXIT_BUNDLE, EXIT_IO, TINY, CliTestCase, derived_bundle, files_under, json_lines)
+
+
+class OutputErrors(CliTestCase):
+    def test_output_parent_is_a_file(self):
+        self.write("blocker", "x")
+        result = self.txt2img("a fox", "-o", "blocker/sub/a.png")
+        self.assertExit(result, EXIT_IO, "blocker", "not a directory")
+        self.assertEqual(files_under(self.dir), ["blocker"])
+
+    def test_output_is_a_directory_name_without_slash_gets_default_name(self):
+        (self.dir / "d").mkdir()
+        result = self.txt2img("a fox", "-o", "d", "--seed", "5")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(files_under(self.dir), ["d/00000-5.png"])
+
+    def test_output_directory_not_writable(self):
+        locked = self.dir / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        self.addCleanup(locked.chmod, 0o755)
+        preexec = None
+        if os.geteuid() == 0:
+            # root writes anywhere; run as nobody, who can read the binary, the bundle and this directory.
+            self.dir.chmod(0o755)
+            preexec = lambda: (os.setgid(65534), os.setuid(65534))  # noqa: E731
+            for parent in [TINY, *TINY.parents]:
+                if not os.stat(parent).st_mode & 0o005:
+                    self.skipTest(f"{parent} is not readable by nobody")
+        result = self.txt2img("a fox", "-o", "locked/sub/a.png", preexec_fn=preexec)
+        self.assertExit(result, EXIT_IO, "locked", "not writable")
+        self.assertEqual(files_under(self.dir), [])
+
+    def test_disk_full_mid_write_leaves_no_file(self):
+        # A file size limit makes write() fail with EFBIG part way through the PNG, like a full disk.
+        def limit():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+        result = self.txt2img("a fox", "-o", "out/{n}.png", "--images-per-prompt", "2", "--json", preexec_fn=limit)
+        self.assertExit(result, EXIT_IO, "out/0.png")
+        self.assertEqual(files_under(self.dir), [])
+        summary = json_lines(result.stdout)[-1]
+        self.assertEqual((summary["event"], summary["written"], summary["failed"]), ("summary", 0, 1))
+        self.assertIn("error", summary)
+
+
+class BundleErrors(CliTestCase):
+    def check(self, bundle, *message):
+        result = self.txt2img("a fox", "-o", "a.png", model=bundle)
+        self.assertExit(result, EXIT_BUNDLE, *message)
+        self.assertFalse((self.dir / "a.png").exists())
+
+    def test_missing_pt(self):
+        self.check(derived_bundle(self.dir / "b", drop={"unet.pt"}), "unet.pt", "missing")
+
+    def test_truncated_pt(self):
+        self.check(derived_bundle(self.dir / "b", replace={"unet.pt": b"PK\3\4 truncated"}), "unet.pt")
+
+    def test_corrupt_pt_of_the_right_size(self):
+        size = json.loads((TINY / "model.json").read_text())["files"]["unet.pt"]["bytes"]
+        self.check(derived_bundle(self.dir / "b", replace={"unet.pt": b"\x13" * size}), "unet.pt")
+
+    def test_unknown_format_version(self):
+        def bump(m):
+            m["format_version"] = 99
+            return m
+        self.check(derived_bundle(self.dir / "b", edit_manifest=bump), "format version 99")
+
+    def test_corrupt_manifest(self):
+        bundle = derived_bundle(self.dir / "b")
+        (bundle / "model.json").write_text("{ not json")
+        self.check(bundle, "model.json", "corrupt")
+
+    def test_not_a_bundle(self):
+        (self.dir / "empty").mkdir()
+        self.check(self.dir / "empty", "model.json")
+
+
+if __name__ == "__main__":
+    unittest.main()

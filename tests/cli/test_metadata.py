@@ -1,0 +1,121 @@
+"""PNG metadata (A1111 "parameters" text and the "txt2img" JSON chunk), read back with `txt2img info`, and `info` on
+model bundles."""
+
+import json
+import unittest
+
+from cli_support import (EXIT_BUNDLE, EXIT_IO, TINY, CliTestCase, derived_bundle, png_text, run)
+
+
+def manifest():
+    return json.loads((TINY / "model.json").read_text())
+
+
+class Metadata(CliTestCase):
+    def test_a1111_parameters(self):
+        result = self.txt2img("a photo of an astronaut", "-n", "blurry, low quality", "--seed", "1",
+                              "--cfg-scale", "7", "-o", "a.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        m = manifest()
+        expected = ("a photo of an astronaut\nNegative prompt: blurry, low quality\n"
+                    f"Steps: 2, Sampler: DDIM, CFG scale: 7.0, Seed: 1, Size: 32x32, Model hash: {m['model_hash']}, "
+                    f"Model: {m['model_name']}, RNG: CPU, Version: txt2img ")
+        self.assertTrue(png_text(self.dir / "a.png")["parameters"].startswith(expected),
+                        png_text(self.dir / "a.png")["parameters"])
+
+    def test_negative_prompt_line_omitted_when_empty(self):
+        self.assertEqual(self.txt2img("a fox", "--seed", "2", "--sampler", "pndm", "-o", "a.png").returncode, 0)
+        lines = png_text(self.dir / "a.png")["parameters"].split("\n")
+        self.assertEqual(lines[0], "a fox")
+        self.assertTrue(lines[1].startswith("Steps: 2, Sampler: PLMS, CFG scale: 7.5, Seed: 2, Size: 32x32"), lines)
+        self.assertEqual(len(lines), 2)
+
+    def test_reproduction_json(self):
+        self.assertEqual(self.txt2img("a fox", "-n", "dogs", "--seed", "3", "--eta", "0.5", "-o", "a.png").returncode,
+                         0)
+        record = json.loads(png_text(self.dir / "a.png")["txt2img"])
+        m = manifest()
+        for key, value in {"prompt": "a fox", "negative_prompt": "dogs", "seed": 3, "steps": 2, "sampler": "ddim",
+                           "eta": 0.5, "cfg_scale": 7.5, "width": 32, "height": 32, "dtype": "fp32", "device": "cpu",
+                           "model": {"name": m["model_name"], "hash": m["model_hash"]},
+                           "safety": {"mode": "replace", "nsfw": False}}.items():
+            self.assertEqual(record[key], value, key)
+        self.assertIn("version", record)
+        self.assertIn("Eta DDIM: 0.5", png_text(self.dir / "a.png")["parameters"])
+
+    def test_unicode_prompt_round_trips(self):
+        prompt = "東京の夜景, «neon» — 🌃"
+        self.assertEqual(self.txt2img(prompt, "--seed", "3", "-o", "u.png").returncode, 0)
+        text = png_text(self.dir / "u.png")
+        self.assertTrue(text["parameters"].startswith(prompt + "\n"))
+        self.assertEqual(json.loads(text["txt2img"])["prompt"], prompt)
+
+    def test_no_metadata(self):
+        self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "a.png").returncode, 0)
+        self.assertEqual(png_text(self.dir / "a.png"), {})
+
+    def test_info_reads_it_back(self):
+        self.assertEqual(self.txt2img("a fox", "-n", "dogs", "--seed", "3", "-o", "a.png").returncode, 0)
+        human = run(["info", "a.png"], self.dir)
+        self.assertEqual(human.returncode, 0, human.stderr)
+        self.assertIn("32x32", human.stdout)
+        self.assertIn("a fox\nNegative prompt: dogs\nSteps: 2", human.stdout)
+        as_json = run(["info", "a.png", "--json"], self.dir)
+        self.assertEqual(as_json.returncode, 0, as_json.stderr)
+        info = json.loads(as_json.stdout)
+        self.assertEqual(info["parameters"], png_text(self.dir / "a.png")["parameters"])
+        self.assertEqual(info["txt2img"]["seed"], 3)
+        self.assertEqual((info["width"], info["height"]), (32, 32))
+
+    def test_info_rerun_reproduces(self):
+        self.assertEqual(self.txt2img("a fox", "-n", "dogs", "--seed", "8", "-o", "a.png").returncode, 0)
+        r = json.loads(run(["info", "a.png", "--json"], self.dir).stdout)["txt2img"]
+        again = self.txt2img(r["prompt"], "-n", r["negative_prompt"], "--seed", str(r["seed"]), "--steps",
+                             str(r["steps"]), "--sampler", r["sampler"], "--cfg-scale", str(r["cfg_scale"]),
+                             "--width", str(r["width"]), "--height", str(r["height"]), "-o", "b.png")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
+
+    def test_info_without_metadata_and_on_bad_files(self):
+        self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "a.png").returncode, 0)
+        result = run(["info", "a.png"], self.dir)
+        self.assertEqual(result.returncode, 0)
+        self.assertIn("no generation parameters", result.stdout)
+        self.write("not.png", "hello")
+        self.assertEqual(run(["info", "not.png"], self.dir).returncode, EXIT_IO)
+        self.assertEqual(run(["info", "missing.png"], self.dir).returncode, EXIT_IO)
+
+
+class BundleInfo(CliTestCase):
+    def test_manifest_files_sizes_hashes(self):
+        result = run(["info", TINY], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        m = manifest()
+        self.assertIn(m["model_name"], result.stdout)
+        for name, file in m["files"].items():
+            self.assertIn(name, result.stdout)
+            self.assertIn(file["sha256"], result.stdout)
+        as_json = json.loads(run(["info", TINY, "--json"], self.dir).stdout)
+        self.assertEqual(as_json["manifest"]["model_hash"], m["model_hash"])
+        self.assertEqual({f["name"]: f["bytes"] for f in as_json["files"]},
+                         {n: f["bytes"] for n, f in m["files"].items()})
+
+    def test_verify(self):
+        result = run(["info", TINY, "--verify", "--json"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(all(f["verified"] for f in json.loads(result.stdout)["files"]))
+
+    def test_verify_finds_a_corrupt_file(self):
+        size = manifest()["files"]["vae_decoder.pt"]["bytes"]
+        bundle = derived_bundle(self.dir / "b", replace={"vae_decoder.pt": b"\0" * size})
+        result = run(["info", bundle, "--verify"], self.dir)
+        self.assertExit(result, EXIT_BUNDLE, "vae_decoder.pt", "sha256")
+        self.assertIn("MISMATCH", result.stdout)
+
+    def test_missing_bundle_file(self):
+        bundle = derived_bundle(self.dir / "b", drop={"unet.pt"})
+        self.assertExit(run(["info", bundle], self.dir), EXIT_BUNDLE, "unet.pt")
+
+
+if __name__ == "__main__":
+    unittest.main()

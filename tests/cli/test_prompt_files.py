@@ -1,0 +1,136 @@
+"""--from-file: plain text and JSON Lines, per-line overrides, seeds, and malformed files reported by line before any
+image is made."""
+
+import unittest
+
+from cli_support import EXIT_IO, EXIT_USAGE, CliTestCase, files_under, json_lines, png_text
+
+
+class PlainText(CliTestCase):
+    def test_one_prompt_per_line_comments_and_blanks_skipped(self):
+        self.write("p.txt", "\ufeffa red fox\n\n# a comment\n   \n  a blue whale  \r\n#another\na green frog")
+        result = self.txt2img("--from-file", "p.txt", "--seed", "10", "--json", "-o", "{index}-{prompt}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        records = json_lines(result.stdout)[:-1]
+        self.assertEqual([r["prompt"] for r in records], ["a red fox", "a blue whale", "a green frog"])
+        self.assertEqual([r["seed"] for r in records], [10, 11, 12])
+        self.assertEqual(files_under(self.dir),
+                         ["0-a-red-fox.png", "1-a-blue-whale.png", "2-a-green-frog.png", "p.txt"])
+
+    def test_seeds_count_every_earlier_image(self):
+        self.write("p.txt", "a\nb\nc\n")
+        result = self.txt2img("--from-file", "p.txt", "--seed", "50", "--images-per-prompt", "2", "--json",
+                              "-o", "{index}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([(r["prompt"], r["n"], r["seed"]) for r in json_lines(result.stdout)[:-1]],
+                         [("a", 0, 50), ("a", 1, 51), ("b", 0, 52), ("b", 1, 53), ("c", 0, 54), ("c", 1, 55)])
+
+    def test_standard_input(self):
+        result = self.txt2img("--from-file", "-", "--seed", "1", "-o", "{index}.png", input="a fox\na cat\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(files_under(self.dir), ["0.png", "1.png"])
+
+    def test_standard_input_malformed_line(self):
+        result = self.txt2img("--from-file", "-", "-o", "{index}.png", input='{"prompt": "a"}\n{"prompt": 3}\n')
+        self.assertExit(result, EXIT_USAGE, "<stdin>:2", "prompt")
+        self.assertNothingWritten()
+
+    def test_plain_line_with_a_brace_later_is_a_prompt(self):
+        self.write("p.txt", "a fox\n{not json}\n")
+        result = self.txt2img("--from-file", "p.txt", "--seed", "1", "-o", "{index}.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json_lines(result.stdout)[1]["prompt"], "{not json}")
+
+    def test_invalid_utf8_line(self):
+        (self.dir / "p.txt").write_bytes(b"a fox\na \xc3\x28 cat\n")
+        result = self.txt2img("--from-file", "p.txt", "-o", "{index}.png")
+        self.assertExit(result, EXIT_USAGE, "p.txt:2", "UTF-8")
+        self.assertNothingWritten("p.txt")
+
+    def test_unreadable_file(self):
+        result = self.txt2img("--from-file", "missing.txt")
+        self.assertExit(result, EXIT_IO, "missing.txt")
+        self.assertNothingWritten()
+
+    def test_directory_as_prompt_file(self):
+        (self.dir / "d").mkdir()
+        result = self.txt2img("--from-file", "d")
+        self.assertExit(result, EXIT_IO, "d")
+
+    def test_empty_file_makes_nothing(self):
+        self.write("p.txt", "# nothing\n\n")
+        result = self.txt2img("--from-file", "p.txt", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json_lines(result.stdout)[-1]["written"], 0)
+        self.assertEqual(files_under(self.dir), ["p.txt"])
+
+
+class JsonLines(CliTestCase):
+    def test_overrides(self):
+        self.write("p.jsonl", "\n".join([
+            '{"prompt": "a fox"}',
+            '{"prompt": "a cat", "negative_prompt": "dogs", "seed": 1000, "steps": 3, "cfg_scale": 5,'
+            ' "width": 40, "height": 24, "sampler": "euler", "images": 2, "output": "cats/{n}.png"}',
+            '{"prompt": "a cow", "seed": null}',
+        ]))
+        result = self.txt2img("--from-file", "p.jsonl", "--seed", "7", "-n", "ugly", "--json", "-o", "{index}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        records = json_lines(result.stdout)[:-1]
+        summary = [(r["path"], r["prompt"], r["negative_prompt"], r["seed"], r["steps"], r["cfg_scale"], r["width"],
+                    r["height"], r["sampler"]) for r in records]
+        self.assertEqual(summary, [
+            ("0.png", "a fox", "ugly", 7, 2, 7.5, 32, 32, "ddim"),
+            ("cats/0.png", "a cat", "dogs", 1000, 3, 5, 40, 24, "euler"),
+            ("cats/1.png", "a cat", "dogs", 1001, 3, 5, 40, 24, "euler"),
+            ("3.png", "a cow", "ugly", 10, 2, 7.5, 32, 32, "ddim"),
+        ])
+        self.assertIn("Size: 40x24", png_text(self.dir / "cats/1.png")["parameters"])
+
+    def test_detected_by_first_line(self):
+        self.write("prompts.txt", '# JSON Lines without the extension\n{"prompt": "a fox", "seed": 3}\n')
+        result = self.txt2img("--from-file", "prompts.txt", "--json", "-o", "x.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json_lines(result.stdout)[0]["seed"], 3)
+
+    def bad(self, lines, *message):
+        self.write("p.jsonl", "\n".join(lines) + "\n")
+        result = self.txt2img("--from-file", "p.jsonl", "-o", "{index}.png")
+        self.assertExit(result, EXIT_USAGE, *message)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertNothingWritten("p.jsonl")
+
+    def test_errors_name_the_line_and_come_before_any_image(self):
+        good = '{"prompt": "fine"}'
+        self.bad([good, good, '{"prompt": "x", "negative": "y"}'], "p.jsonl:3", 'unknown key "negative"')
+        self.bad([good, '{"prompt": "x"'], "p.jsonl:2", "not a JSON object")
+        self.bad([good, '["a list"]'], "p.jsonl:2", "JSON object")
+        self.bad(['{"negative_prompt": "x"}'], "p.jsonl:1", '"prompt"')
+        self.bad([good, '{"prompt": "x", "steps": "many"}'], "p.jsonl:2", '"steps"', "whole number")
+        self.bad([good, '{"prompt": "x", "steps": 2.5}'], "p.jsonl:2", '"steps"')
+        self.bad(['{"prompt": "x", "seed": -5}'], "p.jsonl:1", "seed")
+        self.bad(['{"prompt": "x", "seed": 9223372036854775808}'], "p.jsonl:1", "seed")
+        self.bad(['{"prompt": "x", "width": 33}'], "p.jsonl:1", "width 33")
+        self.bad(['{"prompt": "x", "steps": 0}'], "p.jsonl:1", "steps 0")
+        self.bad(['{"prompt": "x", "sampler": "nope"}'], "p.jsonl:1", "nope")
+        self.bad(['{"prompt": "x", "images": 0}'], "p.jsonl:1", "images")
+        self.bad(['{"prompt": "x", "cfg_scale": "high"}'], "p.jsonl:1", "cfg_scale")
+        self.bad(['{"prompt": "x", "output": "x.gif"}'], "p.jsonl:1", ".png")
+        self.bad(['{"prompt": 5}'], "p.jsonl:1", '"prompt"', "string")
+
+    def test_late_error_stops_the_run_before_the_first_image(self):
+        lines = ['{"prompt": "p%d"}' % i for i in range(50)] + ['{"prompt": "last", "height": 7}']
+        self.bad(lines, "p.jsonl:51", "height 7")
+
+    def test_two_lines_writing_one_file(self):
+        self.bad(['{"prompt": "a", "output": "same.png"}', '{"prompt": "b"}', '{"prompt": "c", "output": "same.png"}'],
+                 "p.jsonl:1 and p.jsonl:3", "same.png")
+
+    def test_line_without_seed_in_a_sharded_run(self):
+        self.write("p.jsonl", '{"prompt": "a", "seed": 1}\n{"prompt": "b"}\n')
+        result = self.txt2img("--from-file", "p.jsonl", "--shard", "0/2")
+        self.assertExit(result, EXIT_USAGE, "p.jsonl:2", "--seed")
+        self.assertNothingWritten("p.jsonl")
+
+
+if __name__ == "__main__":
+    unittest.main()

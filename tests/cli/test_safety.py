@@ -1,0 +1,73 @@
+"""The safety checker: on by default, refused bundles without one, replace/report modes, --fail-on-nsfw."""
+
+import json
+import unittest
+
+from cli_support import (EXIT_NSFW, EXIT_USAGE, CliTestCase, derived_bundle, files_under, json_lines, png_pixels,
+                         png_text, torch_built_bundle, without_checker)
+
+
+class WithoutChecker(CliTestCase):
+    def setUp(self):
+        super().setUp()
+        self.bundle = derived_bundle(self.dir / "nochecker", edit_manifest=without_checker)
+
+    def test_refused_unless_asked(self):
+        result = self.txt2img("a fox", "-o", "a.png", model=self.bundle)
+        self.assertExit(result, EXIT_USAGE, "no safety checker", "--no-safety-checker")
+        self.assertTrue(all(f.startswith("nochecker/") for f in files_under(self.dir)), files_under(self.dir))
+
+    def test_no_safety_checker_warns_once_and_records_it(self):
+        result = self.txt2img("a fox", "-o", "{n}.png", "--images-per-prompt", "2", "--no-safety-checker", "--json",
+                              model=self.bundle)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(sum("safety checker is off" in line for line in result.stderr.splitlines()), 1)
+        self.assertEqual(json.loads(png_text(self.dir / "0.png")["txt2img"])["safety"], {"mode": "off", "nsfw": False})
+        self.assertEqual(json_lines(result.stdout)[0]["safety"], "off")
+
+
+class FlagsEverything(CliTestCase):
+    """A bundle whose checker flags every image."""
+
+    def setUp(self):
+        super().setUp()
+        self.bundle = torch_built_bundle("tiny-flag-all", "--tiny-flag-all")
+
+    def test_replace_writes_black_and_warns(self):
+        result = self.txt2img("a fox", "-o", "{n}.png", "--images-per-prompt", "2", "--json", "--seed", "1",
+                              model=self.bundle)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for n in range(2):
+            _, _, pixels = png_pixels(self.dir / f"{n}.png")
+            self.assertEqual(set(pixels), {0})
+            self.assertIn(f"{n}.png", result.stderr)
+            self.assertEqual(json.loads(png_text(self.dir / f"{n}.png")["txt2img"])["safety"],
+                             {"mode": "replace", "nsfw": True})
+        self.assertEqual(sum(line.startswith("warning:") and "NSFW" in line for line in result.stderr.splitlines()), 2)
+        records = json_lines(result.stdout)
+        self.assertTrue(all(r["nsfw"] for r in records[:-1]))
+        self.assertEqual(records[-1]["nsfw"], 2)
+
+    def test_report_keeps_the_image(self):
+        result = self.txt2img("a fox", "-o", "a.png", "--safety", "report", "--seed", "1", model=self.bundle)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotEqual(set(png_pixels(self.dir / "a.png")[2]), {0})
+        self.assertIn("NSFW", result.stderr)
+        self.assertEqual(json.loads(png_text(self.dir / "a.png")["txt2img"])["safety"], {"mode": "report", "nsfw": True})
+
+    def test_fail_on_nsfw_exits_6_after_writing_everything(self):
+        result = self.txt2img("a fox", "-o", "{n}.png", "--images-per-prompt", "3", "--fail-on-nsfw",
+                              model=self.bundle)
+        self.assertExit(result, EXIT_NSFW, "--fail-on-nsfw")
+        self.assertEqual(files_under(self.dir), ["0.png", "1.png", "2.png"])
+
+
+class NeverFlags(CliTestCase):
+    def test_fail_on_nsfw_passes_clean_images(self):
+        result = self.txt2img("a fox", "-o", "a.png", "--fail-on-nsfw", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertFalse(json_lines(result.stdout)[0]["nsfw"])
+
+
+if __name__ == "__main__":
+    unittest.main()

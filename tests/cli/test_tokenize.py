@@ -1,0 +1,59 @@
+"""txt2img tokenize: ids, truncation, prompt files."""
+
+import json
+import unittest
+
+from cli_support import EXIT_USAGE, SHARED, TINY, CliTestCase, run
+
+
+class Tokenize(CliTestCase):
+    def tokenize(self, *args, **kwargs):
+        return run(["tokenize", *args, "--model", TINY], self.dir, **kwargs)
+
+    def test_ids_of_a_prompt(self):
+        result = self.tokenize("a photo of a cat")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        ids = [int(x) for x in result.stdout.split()]
+        self.assertEqual(len(ids), 5)
+        as_json = json.loads(self.tokenize("a photo of a cat", "--json").stdout)
+        self.assertEqual(as_json["ids"], ids)
+        self.assertEqual((as_json["tokens"], as_json["kept"], as_json["truncated"]), (5, 5, False))
+
+    def test_matches_the_reference_tokenizer(self):
+        path = SHARED / "clip" / "tokenizer-golden.jsonl"
+        if not path.is_file():
+            self.skipTest("no tokenizer-golden.jsonl")
+        with open(path, encoding="utf-8") as f:
+            cases = [json.loads(next(f)) for _ in range(40)]
+        prompts = self.write("p.jsonl", "".join(json.dumps({"prompt": c["prompt"]}) + "\n" for c in cases
+                                               if c["prompt"].strip()))
+        result = self.tokenize("--from-file", prompts)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        got = {r["prompt"]: r["ids"] for r in map(json.loads, result.stdout.splitlines())}
+        for c in cases:
+            if c["prompt"].strip():
+                self.assertEqual(got[c["prompt"]], c["ids"], c["prompt"])
+
+    def test_truncation(self):
+        prompt = " ".join(["dog"] * 76) + " zebra"
+        result = self.tokenize(prompt)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("77 tokens", result.stderr)
+        self.assertIn('"dog zebra"', result.stderr)
+        record = json.loads(self.tokenize(prompt, "--json").stdout)
+        self.assertEqual((record["tokens"], record["kept"], record["truncated"], record["dropped"]),
+                         (77, 75, True, "dog zebra"))
+
+    def test_from_file_one_json_line_per_prompt(self):
+        self.write("p.txt", "a cat\n# comment\n\na dog\n")
+        result = self.tokenize("--from-file", "p.txt")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        records = [json.loads(l) for l in result.stdout.splitlines()]
+        self.assertEqual([(r["prompt"], r["line"]) for r in records], [("a cat", 1), ("a dog", 4)])
+
+    def test_no_prompt(self):
+        self.assertEqual(self.tokenize().returncode, EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    unittest.main()
