@@ -59,7 +59,7 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) {
   p.vae_decoder_ = prepare("vae_decoder.pt");
   if (options.safety != SafetyMode::Off)
     p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
-                                                options.device);
+                                                options.device, options.dtype);
   return p;
 }
 

@@ -141,8 +141,8 @@ SafetyScores score_safety(const torch::Tensor& cos_dist, const torch::Tensor& co
 }
 
 SafetyChecker::SafetyChecker(const std::filesystem::path& module_file, const SafetyConfig& config,
-                             torch::Device device)
-    : config_(config), device_(device), module_file_(module_file) {
+                             torch::Device device, torch::ScalarType dtype)
+    : config_(config), device_(device), dtype_(dtype), module_file_(module_file) {
   if (!std::filesystem::is_regular_file(module_file))
     throw Error(ErrorKind::Bundle, convert_hint(module_file) + " (file missing)");
   try {
@@ -154,12 +154,21 @@ SafetyChecker::SafetyChecker(const std::filesystem::path& module_file, const Saf
   module_.eval();
   if (!module_.find_method("forward"))
     throw Error(ErrorKind::Bundle, convert_hint(module_file) + " (module has no forward method)");
+  if (dtype != torch::kFloat32) {
+    static const char* const kScoring[] = {"concept_embeds", "special_care_embeds", "concept_embeds_weights",
+                                           "special_care_embeds_weights"};
+    std::vector<std::pair<std::string, torch::Tensor>> kept;
+    for (const char* name : kScoring)
+      if (module_.hasattr(name)) kept.emplace_back(name, module_.attr(name).toTensor().clone());
+    module_.to(dtype);
+    for (const auto& [name, value] : kept) module_.setattr(name, value);
+  }
 }
 
 SafetyScores SafetyChecker::check(const torch::Tensor& nhwc_uint8) {
   torch::NoGradGuard no_grad;
   // Preprocessing is integer and float32 work on a few small images; the CPU does it exactly like the reference.
-  const torch::Tensor clip_input = safety_preprocess(nhwc_uint8, config_).to(device_);
+  const torch::Tensor clip_input = safety_preprocess(nhwc_uint8, config_).to(device_, dtype_);
   torch::IValue result;
   try {
     result = module_.forward({clip_input});

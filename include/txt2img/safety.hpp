@@ -38,7 +38,10 @@ SafetyScores score_safety(const torch::Tensor& cos_dist, const torch::Tensor& co
 class SafetyChecker {
  public:
   // Loads safety_checker.pt (exported by scripts/convert.py) onto the device. Throws Error(Bundle).
-  SafetyChecker(const std::filesystem::path& module_file, const SafetyConfig& config, torch::Device device);
+  // The vision tower runs in `dtype`; the concept embeddings and thresholds stay float32 so that a half-precision
+  // run scores against the checkpoint's exact thresholds.
+  SafetyChecker(const std::filesystem::path& module_file, const SafetyConfig& config, torch::Device device,
+                torch::ScalarType dtype = torch::kFloat32);
 
   // Scores a batch of uint8 NHWC images.
   SafetyScores check(const torch::Tensor& nhwc_uint8);
@@ -47,6 +50,7 @@ class SafetyChecker {
   torch::jit::Module module_;
   SafetyConfig config_;
   torch::Device device_;
+  torch::ScalarType dtype_;
   std::filesystem::path module_file_;  // named in errors about the module's output
 };
 

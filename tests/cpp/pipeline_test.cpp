@@ -198,3 +198,24 @@ TEST_F(TinyPipeline, ResolveRejectsBadParameters) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Pipeline, Bfloat16RunStaysCloseToFloat32AndIsChecked) {
+  txt2img::PipelineOptions bf16;
+  bf16.dtype = torch::kBFloat16;
+  auto low = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "ref-tiny"), bf16);
+  auto full = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "ref-tiny"), {});
+  txt2img::GenerationParams params;
+  params.steps = 4;
+  txt2img::SeededNoise a({3}), b({3});
+  auto x = low.generate({"a red cube"}, {""}, params, a);
+  auto y = full.generate({"a red cube"}, {""}, params, b);
+  ASSERT_EQ(x[0].rgb.size(), y[0].rgb.size());
+  EXPECT_TRUE(x[0].safety_checked);
+  double total = 0;
+  for (size_t i = 0; i < x[0].rgb.size(); ++i) total += std::abs(x[0].rgb[i] - y[0].rgb[i]);
+  EXPECT_LT(total / static_cast<double>(x[0].rgb.size()), 8.0);  // mean difference in 8-bit levels
+}
+
+}  // namespace
