@@ -66,10 +66,13 @@ Placement choose_placement(const GenerateOptions& o) {
   }
   p.dtype = o.dtype.empty() ? (cuda_wanted ? "fp16" : "fp32") : o.dtype;
   if (p.dtype == "fp16" && !cuda_wanted)
-    throw Error(ErrorKind::Usage, "--dtype fp16 needs a CUDA device (LibTorch's CPU kernels lack half precision); "
-                                  "use --dtype fp32 or bf16 on the CPU");
+    throw Error(ErrorKind::Usage,
+                "--dtype fp16 needs a CUDA device (LibTorch's CPU kernels lack half precision); "
+                "use --dtype fp32 or bf16 on the CPU");
   p.options.dtype = p.dtype == "fp16" ? torch::kFloat16 : p.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
-  p.options.safety = o.no_safety_checker ? SafetyMode::Off : o.safety == "report" ? SafetyMode::Report : SafetyMode::Replace;
+  p.options.safety = o.no_safety_checker    ? SafetyMode::Off
+                     : o.safety == "report" ? SafetyMode::Report
+                                            : SafetyMode::Replace;
   return p;
 }
 
@@ -84,7 +87,8 @@ GenerationParams to_generation(const ImageParams& p) {
   return g;
 }
 
-// Pipeline::resolve's checks, against the manifest alone, so that they run before the model loads.
+// Pipeline::resolve's checks, against the manifest alone, so that they run before the model loads (Pipeline::resolve
+// needs a loaded pipeline; this copy must follow it).
 ImageParams resolve_params(const Manifest& m, ImageParams p) {
   const int multiple = std::max(8, m.vae_scale_factor);
   if (p.width == 0) p.width = m.default_size;
@@ -100,7 +104,10 @@ ImageParams resolve_params(const Manifest& m, ImageParams p) {
                                       std::to_string(m.scheduler.num_train_timesteps));
   if (!std::isfinite(p.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
   if (!std::isfinite(p.eta) || p.eta < 0) throw Error(ErrorKind::Usage, "eta must be a finite number >= 0");
-  make_scheduler(p.sampler, m.scheduler, p.steps, p.eta);  // throws for an unknown sampler name
+  // As Pipeline::make_sampler: the training schedule with the sampler's own default spacing.
+  SchedulerConfig config = m.scheduler;
+  config.timestep_spacing.clear();
+  make_scheduler(p.sampler, config, p.steps, p.eta);  // throws for an unknown sampler, or steps/eta it refuses
   return p;
 }
 
@@ -209,11 +216,13 @@ class Generator {
     record.safety = o_.no_safety_checker ? "off" : o_.safety;
     record.nsfw = image.nsfw;
 
-    const auto png = encode_png(image.rgb.data(), image.width, image.height,
-                                o_.no_metadata ? PngText{} : png_metadata(record));
+    const auto png =
+        encode_png(image.rgb.data(), image.width, image.height, o_.no_metadata ? PngText{} : png_metadata(record));
     std::error_code ec;
     if (job.output.has_parent_path()) std::filesystem::create_directories(job.output.parent_path(), ec);
-    if (ec) throw Error(ErrorKind::Io, "cannot create output directory " + job.output.parent_path().string() + ": " + ec.message());
+    if (ec)
+      throw Error(ErrorKind::Io,
+                  "cannot create output directory " + job.output.parent_path().string() + ": " + ec.message());
     if (!o_.overwrite && std::filesystem::exists(job.output, ec))
       throw Error(ErrorKind::Io, "output " + job.output.string() +
                                      " appeared while this run was working (another run writing the same names?); "
@@ -227,7 +236,7 @@ class Generator {
       reporter_.warn(job.output.string() + " (seed " + std::to_string(job.seed) + ") was flagged as NSFW: " +
                      (o_.safety == "report" ? "kept as made (--safety report)" : "written black"));
     }
-    nlohmann::json j = {
+    nlohmann::ordered_json j = {
         {"event", "image"},
         {"index", job.index},
         {"path", job.output.string()},
@@ -302,7 +311,9 @@ int run_generate(const GenerateOptions& o) {
   const Manifest& manifest = bundle.manifest();
   RunPlan plan(std::move(source), plan_options,
                [&manifest](const ImageParams& p) { return resolve_params(manifest, p); });
-  const Preflight pf = preflight(plan, o.overwrite ? Existing::Overwrite : o.skip_existing ? Existing::Skip : Existing::Refuse);
+  const Preflight pf = preflight(plan, o.overwrite       ? Existing::Overwrite
+                                       : o.skip_existing ? Existing::Skip
+                                                         : Existing::Refuse);
 
   if (!plan_options.seed_given)
     reporter.info("seed " + std::to_string(plan_options.base_seed) + " (random; --seed " +
@@ -316,10 +327,15 @@ int run_generate(const GenerateOptions& o) {
   std::string failure;
   auto summarise = [&] {
     const double total_s = seconds_since(run_start);
-    nlohmann::json j = {{"event", "summary"},     {"written", totals.written}, {"skipped", totals.skipped},
-                        {"failed", totals.failed}, {"nsfw", totals.nsfw},       {"interrupted", interrupted},
-                        {"seed", plan_options.base_seed},
-                        {"load_s", load_s},        {"total_s", total_s}};
+    nlohmann::ordered_json j = {{"event", "summary"},
+                                {"written", totals.written},
+                                {"skipped", totals.skipped},
+                                {"failed", totals.failed},
+                                {"nsfw", totals.nsfw},
+                                {"interrupted", interrupted},
+                                {"seed", plan_options.base_seed},
+                                {"load_s", load_s},
+                                {"total_s", total_s}};
     if (!failure.empty()) j["error"] = failure;
     std::string line = (interrupted ? "interrupted: wrote " : "wrote ") + std::to_string(totals.written) + " of " +
                        std::to_string(pf.to_make) + " images";
@@ -335,9 +351,9 @@ int run_generate(const GenerateOptions& o) {
     throw_if_stop_requested();  // a Ctrl-C during the checks should not wait for the model to load
     if (pf.to_make > 0) {
       if (o.threads > 0) at::set_num_threads(o.threads);
-      reporter.info("loading " + (manifest.model_name.empty() ? bundle.dir().string() : manifest.model_name) +
-                    " on " + placement.device + " (" + placement.dtype + ") for " + std::to_string(pf.to_make) +
-                    " image" + (pf.to_make == 1 ? "" : "s"));
+      reporter.info("loading " + (manifest.model_name.empty() ? bundle.dir().string() : manifest.model_name) + " on " +
+                    placement.device + " (" + placement.dtype + ") for " + std::to_string(pf.to_make) + " image" +
+                    (pf.to_make == 1 ? "" : "s"));
       const auto load_start = Clock::now();
       Pipeline pipeline = [&] {
         try {

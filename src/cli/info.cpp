@@ -1,4 +1,5 @@
 // txt2img info: what a PNG records about how it was made, or what a model bundle holds.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -46,9 +47,15 @@ int bundle_info(const InfoOptions& o) {
               << "  safety checker " << (m.safety ? "included" : "none (generate with --no-safety-checker)") << "\n"
               << "  converted by   txt2img " << m.converter_version << " with PyTorch " << m.torch_version << "\n"
               << "  files\n";
+    size_t name_width = 0;
+    for (const auto& f : m.files) name_width = std::max(name_width, f.name.size());
     for (const auto& f : files) {
-      std::cout << "    " << f["name"].get<std::string>() << "  " << human_bytes(f["bytes"].get<uint64_t>())
-                << "  sha256 " << f["sha256"].get<std::string>();
+      const auto name = f["name"].get<std::string>();
+      const auto size = human_bytes(f["bytes"].get<uint64_t>());
+      const size_t size_width = 10;  // "999.9 KiB", right-aligned
+      std::cout << "    " << name << std::string(name_width - name.size(), ' ')
+                << std::string(size_width - std::min(size_width, size.size()), ' ') << size << "  sha256 "
+                << f["sha256"].get<std::string>();
       if (f.contains("verified")) std::cout << (f["verified"].get<bool>() ? "  ok" : "  MISMATCH");
       std::cout << "\n";
     }
@@ -57,8 +64,7 @@ int bundle_info(const InfoOptions& o) {
   if (!corrupt.empty()) {
     std::string names;
     for (const auto& n : corrupt) names += (names.empty() ? "" : ", ") + n;
-    throw Error(ErrorKind::Bundle, "model bundle " + o.path + ": " + names +
-                                       (corrupt.size() == 1 ? " does" : " do") +
+    throw Error(ErrorKind::Bundle, "model bundle " + o.path + ": " + names + (corrupt.size() == 1 ? " does" : " do") +
                                        " not match the sha256 in model.json (corrupt); convert the model again");
   }
   return 0;

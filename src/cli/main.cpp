@@ -15,9 +15,12 @@ int main(int argc, char** argv) {
     if (const int* code = std::get_if<int>(&parsed)) return *code;
     const auto& command = std::get<Command>(parsed);
     switch (command.which) {
-      case Command::Info: return run_info(command.info);
-      case Command::Tokenize: return run_tokenize(command.tokenize);
-      case Command::Generate: return run_generate(command.generate);
+      case Command::Info:
+        return run_info(command.info);
+      case Command::Tokenize:
+        return run_tokenize(command.tokenize);
+      case Command::Generate:
+        return run_generate(command.generate);
     }
     return kExitSuccess;
   } catch (...) {

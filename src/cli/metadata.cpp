@@ -34,15 +34,23 @@ std::string a1111_quote(const std::string& value) {
 std::string sampler_display_name(const std::string& sampler) {
   // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
   static const std::map<std::string, std::string> names = {
-      {"ddim", "DDIM"},           {"pndm", "PLMS"},
-      {"plms", "PLMS"},           {"euler", "Euler"},
-      {"eulera", "Euler a"},      {"eulerancestral", "Euler a"},
-      {"lms", "LMS"},             {"lmskarras", "LMS Karras"},
-      {"heun", "Heun"},           {"dpm2", "DPM2"},
-      {"dpm2a", "DPM2 a"},        {"dpmpp2m", "DPM++ 2M"},
+      {"ddim", "DDIM"},
+      {"pndm", "PLMS"},
+      {"plms", "PLMS"},
+      {"euler", "Euler"},
+      {"eulera", "Euler a"},
+      {"eulerancestral", "Euler a"},
+      {"lms", "LMS"},
+      {"lmskarras", "LMS Karras"},
+      {"heun", "Heun"},
+      {"dpm2", "DPM2"},
+      {"dpm2a", "DPM2 a"},
+      {"dpmpp2m", "DPM++ 2M"},
       {"dpmpp2mkarras", "DPM++ 2M Karras"},
-      {"dpmpp2sa", "DPM++ 2S a"}, {"dpmppsde", "DPM++ SDE"},
-      {"unipc", "UniPC"},         {"lcm", "LCM"},
+      {"dpmpp2sa", "DPM++ 2S a"},
+      {"dpmppsde", "DPM++ SDE"},
+      {"unipc", "UniPC"},
+      {"lcm", "LCM"},
   };
   const auto it = names.find(sampler_key(sampler));
   return it == names.end() ? sampler : it->second;

@@ -2,9 +2,8 @@
 // Civitai and most image viewers) and a "txt2img" JSON chunk with everything needed to reproduce the image.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "txt2img/png.hpp"

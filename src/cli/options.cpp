@@ -1,7 +1,6 @@
 #include "cli/options.hpp"
 
 #include <CLI/CLI.hpp>
-
 #include <iostream>
 
 #include "cli/exit_codes.hpp"
@@ -35,7 +34,9 @@ std::string generate_footer() {
 void add_model_option(CLI::App& app, std::string& model) {
   app.add_option("-m,--model", model,
                  std::string("model bundle directory (scripts/convert.py writes one); default $TXT2IMG_MODEL, "
-                             "else ") + kDefaultModel)
+                             "else ") +
+                     kDefaultModel)
+      ->type_name("DIR")
       ->envname("TXT2IMG_MODEL")
       ->capture_default_str();
 }
@@ -44,6 +45,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   auto* prompt = app.add_option("prompt", o.prompt, "the prompt (quote it)");
   app.add_option("-p,--prompt", o.prompt, "the prompt, as a flag")->excludes(prompt);
   app.add_option("-f,--from-file", o.from_file, "read prompts from FILE, one a line or JSON Lines (- reads stdin)")
+      ->type_name("FILE")
       ->excludes(prompt)
       ->excludes(app.get_option("--prompt"));
   app.add_option("-n,--negative-prompt", o.negative_prompt, "what the image should not show");
@@ -55,7 +57,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "images do not depend on it)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
-  app.add_option("-s,--seed", o.seed, "base seed, 0 to 2^63-1 (default: random, printed); see Seeds below");
+  app.add_option("-s,--seed", o.seed, "base seed, 0 to 2^63-1 (default: random, printed); see Seeds below")
+      ->type_name("N");
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
   app.add_option("--steps", o.steps, "denoising steps, 1 to 1000")->capture_default_str();
   app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")
@@ -79,7 +82,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_flag("--fail-on-nsfw", o.fail_on_nsfw, "exit with code 6 when any image was flagged (after writing all)")
       ->excludes(no_checker);
   app.add_option("-o,--output", o.output,
-                 std::string("output file, directory or name pattern (default ") + kDefaultOutputPattern + ")");
+                 std::string("output file, directory or name pattern (default ") + kDefaultOutputPattern + ")")
+      ->type_name("PATTERN");
   auto* overwrite = app.add_flag("--overwrite", o.overwrite, "replace output files that exist");
   app.add_flag("--skip-existing", o.skip_existing,
                "skip images whose output file exists (resumes an interrupted batch; needs --seed)")
@@ -87,7 +91,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_flag("--no-metadata", o.no_metadata, "write no parameters or txt2img text into the PNG files");
   app.add_option("--shard", o.shard,
                  "make only prompts whose index (from 0) is I modulo N, e.g. --shard $SLURM_ARRAY_TASK_ID/8; needs "
-                 "--seed");
+                 "--seed")
+      ->type_name("I/N");
   app.add_flag("--json", o.json, "print one JSON object per image and a summary on stdout");
   app.add_flag("-q,--quiet", o.quiet, "print nothing but errors");
   app.footer(generate_footer);
@@ -103,6 +108,7 @@ void configure_info(CLI::App& app, InfoOptions& o) {
 void configure_tokenize(CLI::App& app, TokenizeOptions& o) {
   auto* prompt = app.add_option("prompt", o.prompt, "the text to tokenize");
   app.add_option("-f,--from-file", o.from_file, "tokenize every prompt of FILE, one JSON line each (- reads stdin)")
+      ->type_name("FILE")
       ->excludes(prompt);
   add_model_option(app, o.model);
   app.add_flag("--json", o.json, "print one JSON object per prompt");
@@ -113,12 +119,13 @@ void configure_tokenize(CLI::App& app, TokenizeOptions& o) {
 
 std::variant<Command, int> parse_command_line(int argc, char** argv) {
   Command command;
-  CLI::App app("Stable Diffusion v1 text to image.\n"
-               "  txt2img \"a photo of an astronaut riding a horse on mars\" -o astronaut.png\n"
-               "  txt2img --from-file prompts.txt --seed 42 -o 'outputs/{index:05}-{prompt}.png'\n"
-               "  txt2img info image.png | txt2img info models/sd15 --verify\n"
-               "  txt2img tokenize \"a prompt\"",
-               "txt2img");
+  CLI::App app(
+      "Stable Diffusion v1 text to image.\n"
+      "  txt2img \"a photo of an astronaut riding a horse on mars\" -o astronaut.png\n"
+      "  txt2img --from-file prompts.txt --seed 42 -o 'outputs/{index:05}-{prompt}.png'\n"
+      "  txt2img info image.png | txt2img info models/sd15 --verify\n"
+      "  txt2img tokenize \"a prompt\"",
+      "txt2img");
   // A flag given twice takes its last value, as in most Unix tools, so that scripts can append overrides.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.set_version_flag("--version", version_string(), "print the version and exit");

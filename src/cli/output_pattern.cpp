@@ -81,13 +81,20 @@ OutputPattern OutputPattern::parse(const std::string& pattern, const std::string
     const std::string name = field.substr(0, colon);
     const std::string spec = colon == std::string::npos ? "" : field.substr(colon + 1);
     Part part;
-    if (name == "index") part.kind = Part::Index;
-    else if (name == "seed") part.kind = Part::Seed;
-    else if (name == "n") part.kind = Part::N;
-    else if (name == "prompt") part.kind = Part::Prompt;
-    else throw Error(ErrorKind::Usage, what + " \"" + pattern + "\": unknown placeholder {" + name + "}; " + kPlaceholderHelp);
+    if (name == "index")
+      part.kind = Part::Index;
+    else if (name == "seed")
+      part.kind = Part::Seed;
+    else if (name == "n")
+      part.kind = Part::N;
+    else if (name == "prompt")
+      part.kind = Part::Prompt;
+    else
+      throw Error(ErrorKind::Usage,
+                  what + " \"" + pattern + "\": unknown placeholder {" + name + "}; " + kPlaceholderHelp);
     if (colon != std::string::npos) {
-      const bool digits = !spec.empty() && spec.size() <= 3 && spec.find_first_not_of("0123456789") == std::string::npos;
+      const bool digits =
+          !spec.empty() && spec.size() <= 3 && spec.find_first_not_of("0123456789") == std::string::npos;
       const int width = digits ? std::stoi(spec) : 0;
       if (width < 1 || width > kMaxWidth)
         throw Error(ErrorKind::Usage, what + " \"" + pattern + "\": {" + field + "} needs a width from 1 to " +
@@ -102,7 +109,8 @@ OutputPattern OutputPattern::parse(const std::string& pattern, const std::string
   }
   flush();
   if (p.parts_.empty() || p.parts_.back().kind != Part::Literal || !ends_with_png(p.parts_.back().literal))
-    throw Error(ErrorKind::Usage, what + " \"" + pattern + "\": the file name must end in .png (the only format written)");
+    throw Error(ErrorKind::Usage,
+                what + " \"" + pattern + "\": the file name must end in .png (the only format written)");
   return p;
 }
 

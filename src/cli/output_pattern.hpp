@@ -16,7 +16,7 @@ constexpr const char* kDefaultFileName = "{index:05}-{seed}.png";
 struct OutputFields {
   uint64_t index = 0;  // the image's position in the whole (unsharded) run, from 0
   uint64_t seed = 0;
-  uint64_t n = 0;      // the image's position among its prompt's images, from 0
+  uint64_t n = 0;  // the image's position among its prompt's images, from 0
   std::string prompt;
 };
 

@@ -20,8 +20,8 @@ void check_output_dir(const std::filesystem::path& dir) {
   while (!existing.empty() && !std::filesystem::exists(existing, ec)) existing = existing.parent_path();
   if (existing.empty()) existing = ".";
   if (!std::filesystem::is_directory(existing, ec))
-    throw Error(ErrorKind::Io, "cannot create output directory " + quoted(dir) + ": " + quoted(existing) +
-                                   " is not a directory");
+    throw Error(ErrorKind::Io,
+                "cannot create output directory " + quoted(dir) + ": " + quoted(existing) + " is not a directory");
   if (::access(existing.c_str(), W_OK | X_OK) != 0)
     throw Error(ErrorKind::Io, "output directory " + quoted(existing) + " is not writable (" + std::strerror(errno) +
                                    "); choose another with -o");
@@ -38,7 +38,8 @@ Shard parse_shard(const std::string& text) {
     Shard shard{std::stoull(text.substr(0, slash)), std::stoull(text.substr(slash + 1))};
     if (shard.count >= 1 && shard.index < shard.count) return shard;
   }
-  throw Error(ErrorKind::Usage, "--shard \"" + text + "\" must be I/N with 0 <= I < N, e.g. --shard 0/4 for the first of 4");
+  throw Error(ErrorKind::Usage,
+              "--shard \"" + text + "\" must be I/N with 0 <= I < N, e.g. --shard 0/4 for the first of 4");
 }
 
 RunPlan::RunPlan(PromptSource source, PlanOptions options, ParamsResolver resolve)
@@ -116,7 +117,6 @@ Preflight preflight(RunPlan& plan, Existing existing) {
   ImageJob job;
   plan.rewind();
   while (plan.next(job)) {
-    ++result.images;
     const auto [it, inserted] = names.emplace(std::hash<std::string>{}(job.output.string()), job.index);
     if (!inserted) {
       const ImageJob earlier = plan.find(it->second);

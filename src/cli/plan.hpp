@@ -58,16 +58,16 @@ struct PlanOptions {
 };
 
 struct ImageJob {
-  uint64_t index = 0;        // position in the whole unsharded run, from 0
-  size_t prompt_index = 0;   // which prompt, from 0
-  size_t line = 0;           // its line in the prompt file (0 for a prompt argument)
-  int n = 0;                 // position among its prompt's images, from 0
+  uint64_t index = 0;       // position in the whole unsharded run, from 0
+  size_t prompt_index = 0;  // which prompt, from 0
+  size_t line = 0;          // its line in the prompt file (0 for a prompt argument)
+  int n = 0;                // position among its prompt's images, from 0
   uint64_t seed = 0;
   std::string prompt;
   std::string negative_prompt;
-  ImageParams params;        // resolved: defaults filled in
+  ImageParams params;  // resolved: defaults filled in
   std::filesystem::path output;
-  bool in_shard = true;      // whether this run makes it
+  bool in_shard = true;  // whether this run makes it
 };
 
 class RunPlan {
@@ -105,10 +105,9 @@ class RunPlan {
 
 // What the first pass over a run found.
 struct Preflight {
-  uint64_t images = 0;        // in the whole unsharded run
-  uint64_t to_make = 0;       // by this shard, after --skip-existing
-  uint64_t to_skip = 0;       // files that exist (only with --skip-existing)
-  uint64_t image_steps = 0;   // sum of steps over to_make (for the ETA)
+  uint64_t to_make = 0;      // by this shard, after --skip-existing
+  uint64_t to_skip = 0;      // files that exist (only with --skip-existing)
+  uint64_t image_steps = 0;  // sum of steps over to_make (for the ETA)
 };
 
 enum class Existing { Refuse, Overwrite, Skip };

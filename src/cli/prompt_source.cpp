@@ -1,6 +1,5 @@
 #include "cli/prompt_source.hpp"
 
-#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <nlohmann/json.hpp>
 
 #include "txt2img/error.hpp"
 
@@ -63,7 +63,8 @@ std::optional<T> int_field(const nlohmann::json& value, const std::string& key, 
 }
 
 std::optional<std::string> string_field(const nlohmann::json& value, const std::string& key, const std::string& where) {
-  if (!value.is_string()) throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a string, not " + value.dump());
+  if (!value.is_string())
+    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a string, not " + value.dump());
   return value.get<std::string>();
 }
 
@@ -164,8 +165,7 @@ PromptSource PromptSource::reopen() const {
 
 void PromptSource::open() {
   in_ = std::make_unique<std::ifstream>(path_, std::ios::binary);
-  if (!*in_)
-    throw Error(ErrorKind::Io, "cannot read prompt file " + name_ + ": " + std::strerror(errno));
+  if (!*in_) throw Error(ErrorKind::Io, "cannot read prompt file " + name_ + ": " + std::strerror(errno));
 }
 
 void PromptSource::rewind() {
@@ -241,7 +241,8 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
     } else if (key == "steps") {
       entry.steps = int_field<int>(value, key, where);
     } else if (key == "cfg_scale") {
-      if (!value.is_number()) throw Error(ErrorKind::Usage, where + ": \"cfg_scale\" must be a number, not " + value.dump());
+      if (!value.is_number())
+        throw Error(ErrorKind::Usage, where + ": \"cfg_scale\" must be a number, not " + value.dump());
       entry.cfg_scale = value.get<double>();
     } else if (key == "width") {
       entry.width = int_field<int>(value, key, where);

@@ -122,19 +122,19 @@ void Reporter::draw_bar(size_t call, size_t calls) {
     std::string done, todo;
     for (int i = 0; i < filled; ++i) done += "\u2588";
     for (int i = filled; i < width; ++i) todo += "\u2591";
-    bar = paint(done, "32") + todo;
+    bar = (done.empty() ? "" : paint(done, "32")) + todo;
   }
   std::cerr << "\r\033[K" << left << bar << right << std::flush;
   bar_shown_ = true;
   last_draw_ = Clock::now();
 }
 
-void Reporter::image(const std::string& line, const nlohmann::json& record) {
+void Reporter::image(const std::string& line, const nlohmann::ordered_json& record) {
   if (json_) std::cout << record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   info(line);
 }
 
-void Reporter::summary(const std::string& line, const nlohmann::json& record) {
+void Reporter::summary(const std::string& line, const nlohmann::ordered_json& record) {
   clear_bar();
   if (json_) std::cout << record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   info(line);

@@ -3,10 +3,9 @@
 // With --json, stdout carries one JSON object per finished image and a summary object, nothing else.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <chrono>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace txt2img::cli {
@@ -30,8 +29,8 @@ class Reporter {
   void begin_batch(uint64_t first, size_t count, int steps);
   void step(size_t call, size_t calls);
   // One image is on disk: `line` for people, `record` for --json.
-  void image(const std::string& line, const nlohmann::json& record);
-  void summary(const std::string& line, const nlohmann::json& record);
+  void image(const std::string& line, const nlohmann::ordered_json& record);
+  void summary(const std::string& line, const nlohmann::ordered_json& record);
 
  private:
   void clear_bar();
@@ -41,7 +40,7 @@ class Reporter {
   using Clock = std::chrono::steady_clock;
   bool quiet_;
   bool json_;
-  bool bar_;    // stderr is a terminal that can redraw a line
+  bool bar_;  // stderr is a terminal that can redraw a line
   bool color_;
   bool bar_shown_ = false;
   uint64_t images_ = 0;

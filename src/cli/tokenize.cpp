@@ -22,8 +22,11 @@ int run_tokenize(const TokenizeOptions& o) {
     const std::vector<int> ids = tokenizer.encode(entry.prompt);
     const Truncation t = find_truncation(tokenizer, entry.prompt, m.context_length, m.pad_id);
     if (json) {
-      nlohmann::json j = {{"prompt", entry.prompt},   {"ids", ids},          {"tokens", t.total_tokens},
-                          {"kept", t.kept_tokens},    {"truncated", t.truncated()}};
+      nlohmann::json j = {{"prompt", entry.prompt},
+                          {"ids", ids},
+                          {"tokens", t.total_tokens},
+                          {"kept", t.kept_tokens},
+                          {"truncated", t.truncated()}};
       if (source.is_file()) j["line"] = entry.line;
       if (t.truncated()) j["dropped"] = t.dropped;
       std::cout << j.dump() << "\n";

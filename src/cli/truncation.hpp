@@ -11,7 +11,7 @@ namespace txt2img::cli {
 struct Truncation {
   size_t total_tokens = 0;  // without the start and end tokens
   size_t kept_tokens = 0;
-  std::string dropped;      // the first dropped words (as the tokenizer cleans them), "..." when more follow
+  std::string dropped;  // the first dropped words (as the tokenizer cleans them), "..." when more follow
 
   bool truncated() const { return kept_tokens < total_tokens; }
 };

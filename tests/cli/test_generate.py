@@ -69,7 +69,8 @@ class Outputs(CliTestCase):
                               "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
         records = json_lines(result.stdout)
-        self.assertEqual([r["path"] for r in records if r["event"] == "image"], ["out/00000-10.png", "out/00002-12.png"])
+        self.assertEqual([r["path"] for r in records if r["event"] == "image"],
+                         ["out/00000-10.png", "out/00002-12.png"])
         self.assertEqual(records[-1]["skipped"], 1)
         self.assertEqual((self.dir / "out/00001-11.png").read_text(), "placeholder")
 

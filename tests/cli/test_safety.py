@@ -53,7 +53,8 @@ class FlagsEverything(CliTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertNotEqual(set(png_pixels(self.dir / "a.png")[2]), {0})
         self.assertIn("NSFW", result.stderr)
-        self.assertEqual(json.loads(png_text(self.dir / "a.png")["txt2img"])["safety"], {"mode": "report", "nsfw": True})
+        self.assertEqual(json.loads(png_text(self.dir / "a.png")["txt2img"])["safety"],
+                         {"mode": "report", "nsfw": True})
 
     def test_fail_on_nsfw_exits_6_after_writing_everything(self):
         result = self.txt2img("a fox", "-o", "{n}.png", "--images-per-prompt", "3", "--fail-on-nsfw",

@@ -1,0 +1,63 @@
+"""Progress on a terminal: a redrawn bar with colour, no colour with NO_COLOR; runtime failures."""
+
+import os
+import pty
+import subprocess
+import unittest
+
+from cli_support import BIN, EXIT_RUNTIME, FAST, TINY, CliTestCase, files_under, json_lines
+
+
+class Terminal(CliTestCase):
+    def run_on_terminal(self, *args, env=None):
+        """Runs with stderr on a pseudo-terminal; returns (exit code, what the terminal received)."""
+        controller, terminal = pty.openpty()
+        full_env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+        full_env.update({"TERM": "xterm"}, **(env or {}))
+        process = subprocess.Popen([BIN, "--model", str(TINY), *FAST, *args], cwd=self.dir, stdout=subprocess.DEVNULL,
+                                   stderr=terminal, env=full_env)
+        os.close(terminal)
+        received = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the process closed its end
+                break
+            if not chunk:
+                break
+            received += chunk
+        os.close(controller)
+        return process.wait(timeout=120), received.decode("utf-8", "replace")
+
+    def test_progress_bar_with_colour(self):
+        code, screen = self.run_on_terminal("a fox", "--steps", "4", "-o", "a.png", "--seed", "1")
+        self.assertEqual(code, 0, screen)
+        self.assertIn("\r\033[K", screen)
+        self.assertIn("image 1/1", screen)
+        self.assertIn("step 4/4", screen)
+        self.assertIn("it/s", screen)
+        self.assertIn("\033[32m", screen)
+
+    def test_no_color(self):
+        code, screen = self.run_on_terminal("a fox", "-o", "a.png", "--seed", "1", env={"NO_COLOR": "1"})
+        self.assertEqual(code, 0, screen)
+        self.assertIn("step", screen)
+        self.assertNotIn("\033[32m", screen)
+        self.assertNotIn("\033[1;", screen)
+
+    def test_quiet_draws_nothing(self):
+        code, screen = self.run_on_terminal("a fox", "-o", "a.png", "--quiet")
+        self.assertEqual((code, screen), (0, ""))
+
+
+class RuntimeFailure(CliTestCase):
+    def test_non_finite_latents(self):
+        result = self.txt2img("a fox", "--cfg-scale", "1e300", "-o", "a.png", "--json")
+        self.assertExit(result, EXIT_RUNTIME, "non-finite")
+        summary = json_lines(result.stdout)[-1]
+        self.assertEqual((summary["written"], summary["failed"]), (0, 1))
+        self.assertEqual(files_under(self.dir), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
