@@ -372,12 +372,17 @@ int run_generate(const GenerateOptions& o) {
     } else {
       totals.skipped = pf.to_skip;
     }
-  } catch (const Error& e) {
-    interrupted = e.kind() == ErrorKind::Interrupted;
-    if (!interrupted) {
+  } catch (...) {
+    // Whatever stopped the run, --json readers still get the summary; the edge in main() reports the error.
+    try {
+      throw;
+    } catch (const Error& e) {
+      interrupted = e.kind() == ErrorKind::Interrupted;
+      if (!interrupted) failure = e.what();
+    } catch (const std::exception& e) {
       failure = e.what();
-      totals.failed = generator.in_flight();
     }
+    if (!interrupted) totals.failed = generator.in_flight();
     summarise();
     throw;
   }

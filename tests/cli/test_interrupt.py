@@ -12,7 +12,7 @@ from cli_support import BIN, EXIT_INTERRUPTED, FAST, TINY, CliTestCase, files_un
 class Interrupt(CliTestCase):
     # Enough steps that an image takes a noticeable time even with the tiny model.
     ARGS = ["--from-file", "prompts.txt", "--seed", "77", "--images-per-prompt", "2", "-o", "out/{index:03}.png",
-            "--model", str(TINY), *FAST, "--steps", "400", "--json"]
+            "--model", str(TINY), *FAST, "--steps", "200", "--json"]
 
     def start(self):
         process = subprocess.Popen([BIN, *self.ARGS], cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

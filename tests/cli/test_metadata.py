@@ -43,6 +43,10 @@ class Metadata(CliTestCase):
         self.assertIn("version", record)
         self.assertIn("Eta DDIM: 0.5", png_text(self.dir / "a.png")["parameters"])
 
+    def test_dtype_is_recorded(self):
+        self.assertEqual(self.txt2img("a fox", "--dtype", "bf16", "-o", "a.png").returncode, 0)
+        self.assertEqual(json.loads(png_text(self.dir / "a.png")["txt2img"])["dtype"], "bf16")
+
     def test_unicode_prompt_round_trips(self):
         prompt = "東京の夜景, «neon» — 🌃"
         self.assertEqual(self.txt2img(prompt, "--seed", "3", "-o", "u.png").returncode, 0)
