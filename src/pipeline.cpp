@@ -32,6 +32,15 @@ torch::Tensor to_uint8(const torch::Tensor& decoded) {
   return (images * 255).round().to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous().cpu();
 }
 
+std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params) {
+  // The checkpoint's training schedule (betas, offset, prediction type) with each sampler's own default spacing:
+  // what diffusers' `<Sampler>.from_config(pipe.scheduler.config)` gives for SD v1, leading for DDIM/PNDM and
+  // linspace for the sigma samplers.
+  SchedulerConfig config = manifest.scheduler;
+  config.timestep_spacing.clear();
+  return make_scheduler(params.sampler, config, params.steps, params.eta);
+}
+
 }  // namespace
 
 Pipeline::Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options)
@@ -63,33 +72,24 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) {
   return p;
 }
 
-GenerationParams Pipeline::resolve(GenerationParams params) const {
+GenerationParams resolve_params(const Manifest& manifest, GenerationParams params) {
   // Latent sizes are pixels / vae_scale_factor (a power of two); sizes are multiples of 8 like every SD tool's.
-  const int multiple = std::max(8, manifest_.vae_scale_factor);
-  if (params.width == 0) params.width = manifest_.default_size;
-  if (params.height == 0) params.height = manifest_.default_size;
+  const int multiple = std::max(8, manifest.vae_scale_factor);
+  if (params.width == 0) params.width = manifest.default_size;
+  if (params.height == 0) params.height = manifest.default_size;
   for (auto [name, value] : {std::pair<const char*, int>{"width", params.width}, {"height", params.height}}) {
     if (value < multiple || value > kMaxImageSide || value % multiple != 0)
       throw Error(ErrorKind::Usage, std::string(name) + " " + std::to_string(value) + " must be a multiple of " +
                                         std::to_string(multiple) + " from " + std::to_string(multiple) + " to " +
                                         std::to_string(kMaxImageSide));
   }
-  if (params.steps < 1 || params.steps > manifest_.scheduler.num_train_timesteps)
-    throw Error(ErrorKind::Usage, "steps " + std::to_string(params.steps) + " must be between 1 and " +
-                                      std::to_string(manifest_.scheduler.num_train_timesteps));
+  if (params.steps < 1 || params.steps > manifest.scheduler.num_train_timesteps)
+    throw Error(ErrorKind::Usage, "steps " + std::to_string(params.steps) + " must be from 1 to " +
+                                      std::to_string(manifest.scheduler.num_train_timesteps));
   if (!std::isfinite(params.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
   if (!std::isfinite(params.eta) || params.eta < 0) throw Error(ErrorKind::Usage, "eta must be a finite number >= 0");
-  make_sampler(params);  // validates the sampler name, steps and eta together
+  make_sampler(manifest, params);  // validates the sampler name, steps and eta together
   return params;
-}
-
-std::unique_ptr<Scheduler> Pipeline::make_sampler(const GenerationParams& params) const {
-  // The checkpoint's training schedule (betas, offset, prediction type) with each sampler's own default spacing:
-  // what diffusers' `<Sampler>.from_config(pipe.scheduler.config)` gives for SD v1, leading for DDIM/PNDM and
-  // linspace for the sigma samplers.
-  SchedulerConfig config = manifest_.scheduler;
-  config.timestep_spacing.clear();
-  return make_scheduler(params.sampler, config, params.steps, params.eta);
 }
 
 torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, const std::string& name,
@@ -115,7 +115,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                                                const GenerationParams& requested, NoiseSource& noise,
                                                Observer* observer) {
   TORCH_CHECK(prompts.size() == negative_prompts.size(), "one negative prompt per prompt");
-  const GenerationParams params = resolve(requested);
+  const GenerationParams params = resolve_params(manifest_, requested);
   c10::InferenceMode inference;
   const auto batch = static_cast<int64_t>(prompts.size());
   const bool guided = params.cfg_scale > 1.0;  // as diffusers: scale <= 1 skips the unconditional branch
@@ -126,7 +126,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   observe(observer, "unet/encoder_hidden_states", context);
 
   // 2. Initial noise.
-  auto scheduler = make_sampler(params);
+  auto scheduler = make_sampler(manifest_, params);
   const std::vector<int64_t> latent_shape = {batch, manifest_.latent_channels,
                                              params.height / manifest_.vae_scale_factor,
                                              params.width / manifest_.vae_scale_factor};

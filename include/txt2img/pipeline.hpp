@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "txt2img/bundle.hpp"
+#include "txt2img/params.hpp"
 #include "txt2img/safety.hpp"
 #include "txt2img/scheduler.hpp"
 #include "txt2img/tokenizer.hpp"
@@ -33,16 +34,6 @@ struct PipelineOptions {
   torch::ScalarType dtype = torch::kFloat32;
   SafetyMode safety = SafetyMode::Replace;
   GraphOptimization graph = GraphOptimization::None;
-};
-
-// What every image of one batch shares.
-struct GenerationParams {
-  int width = 0;   // 0: the bundle's default size
-  int height = 0;
-  int steps = 50;
-  double cfg_scale = 7.5;
-  std::string sampler = "ddim";
-  double eta = 0.0;
 };
 
 // Where the Gaussian noise of one batch comes from: one standard-normal draw of the latent shape at the start,
@@ -69,8 +60,8 @@ class SeededNoise : public NoiseSource {
 class Observer {
  public:
   virtual ~Observer() = default;
-  virtual void tensor(const std::string& name, const torch::Tensor& value) {}
-  virtual void step(size_t call, size_t calls) {}
+  virtual void tensor(const std::string& /*name*/, const torch::Tensor& /*value*/) {}
+  virtual void step(size_t /*call*/, size_t /*calls*/) {}
 };
 
 struct GeneratedImage {
@@ -80,6 +71,10 @@ struct GeneratedImage {
   bool nsfw = false;
   bool safety_checked = false;
 };
+
+// Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg) and fills
+// in defaults, before any model is loaded. Throws Error(Usage).
+GenerationParams resolve_params(const Manifest& manifest, GenerationParams params);
 
 class Pipeline {
  public:
@@ -91,10 +86,6 @@ class Pipeline {
   const Tokenizer& tokenizer() const { return tokenizer_; }
   const PipelineOptions& options() const { return options_; }
 
-  // Validates params against the bundle (size a multiple of the VAE factor, steps, sampler, finite cfg) and fills
-  // defaults. Throws Error(Usage).
-  GenerationParams resolve(GenerationParams params) const;
-
   // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row.
   std::vector<GeneratedImage> generate(const std::vector<std::string>& prompts,
                                        const std::vector<std::string>& negative_prompts, const GenerationParams& params,
@@ -105,7 +96,6 @@ class Pipeline {
 
   torch::Tensor encode_text(const std::vector<std::string>& texts, const std::string& name, Observer* observer);
   torch::Tensor decode(const torch::Tensor& latents);
-  std::unique_ptr<Scheduler> make_sampler(const GenerationParams& params) const;
 
   Manifest manifest_;
   Tokenizer tokenizer_;

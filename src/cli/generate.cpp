@@ -24,9 +24,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The same limit Pipeline::resolve applies; checked here too so that a bad size fails before the model loads.
-constexpr int kMaxImageSide = 4096;
-
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 std::string format_seconds(double s) {
@@ -73,41 +70,6 @@ Placement choose_placement(const GenerateOptions& o) {
   p.options.safety = o.no_safety_checker    ? SafetyMode::Off
                      : o.safety == "report" ? SafetyMode::Report
                                             : SafetyMode::Replace;
-  return p;
-}
-
-GenerationParams to_generation(const ImageParams& p) {
-  GenerationParams g;
-  g.width = p.width;
-  g.height = p.height;
-  g.steps = p.steps;
-  g.cfg_scale = p.cfg_scale;
-  g.sampler = p.sampler;
-  g.eta = p.eta;
-  return g;
-}
-
-// Pipeline::resolve's checks, against the manifest alone, so that they run before the model loads (Pipeline::resolve
-// needs a loaded pipeline; this copy must follow it).
-ImageParams resolve_params(const Manifest& m, ImageParams p) {
-  const int multiple = std::max(8, m.vae_scale_factor);
-  if (p.width == 0) p.width = m.default_size;
-  if (p.height == 0) p.height = m.default_size;
-  for (auto [name, value] : {std::pair<const char*, int>{"width", p.width}, {"height", p.height}}) {
-    if (value < multiple || value > kMaxImageSide || value % multiple != 0)
-      throw Error(ErrorKind::Usage, std::string(name) + " " + std::to_string(value) + " must be a multiple of " +
-                                        std::to_string(multiple) + " from " + std::to_string(multiple) + " to " +
-                                        std::to_string(kMaxImageSide));
-  }
-  if (p.steps < 1 || p.steps > m.scheduler.num_train_timesteps)
-    throw Error(ErrorKind::Usage, "steps " + std::to_string(p.steps) + " must be from 1 to " +
-                                      std::to_string(m.scheduler.num_train_timesteps));
-  if (!std::isfinite(p.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
-  if (!std::isfinite(p.eta) || p.eta < 0) throw Error(ErrorKind::Usage, "eta must be a finite number >= 0");
-  // As Pipeline::make_sampler: the training schedule with the sampler's own default spacing.
-  SchedulerConfig config = m.scheduler;
-  config.timestep_spacing.clear();
-  make_scheduler(p.sampler, config, p.steps, p.eta);  // throws for an unknown sampler, or steps/eta it refuses
   return p;
 }
 
@@ -188,7 +150,7 @@ class Generator {
     SeededNoise noise(seeds);
     StepObserver observer(reporter_);
     const auto start = Clock::now();
-    const auto images = pipeline_->generate(prompts, negatives, to_generation(batch[0].params), noise, &observer);
+    const auto images = pipeline_->generate(prompts, negatives, batch[0].params, noise, &observer);
     const double generate_s = seconds_since(start) / static_cast<double>(batch.size());
     for (size_t i = 0; i < batch.size(); ++i) {
       write(batch[i], images[i], generate_s);
@@ -310,7 +272,7 @@ int run_generate(const GenerateOptions& o) {
   const Bundle bundle = Bundle::open(o.model);
   const Manifest& manifest = bundle.manifest();
   RunPlan plan(std::move(source), plan_options,
-               [&manifest](const ImageParams& p) { return resolve_params(manifest, p); });
+               [&manifest](const GenerationParams& p) { return resolve_params(manifest, p); });
   const Preflight pf = preflight(plan, o.overwrite       ? Existing::Overwrite
                                        : o.skip_existing ? Existing::Skip
                                                          : Existing::Refuse);

@@ -61,7 +61,7 @@ bool RunPlan::load_prompt() {
   images_ = entry_.images.value_or(options_.images_per_prompt);
   params_ = resolved_flags_;
   if (entry_.overrides_params()) {
-    ImageParams p = options_.params;
+    GenerationParams p = options_.params;
     p.width = entry_.width.value_or(p.width);
     p.height = entry_.height.value_or(p.height);
     p.steps = entry_.steps.value_or(p.steps);

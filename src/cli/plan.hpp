@@ -15,27 +15,13 @@
 #include <string>
 
 #include "cli/output_pattern.hpp"
+#include "txt2img/params.hpp"
 #include "cli/prompt_source.hpp"
 
 namespace txt2img::cli {
 
-// The settings that must match for images to share a U-Net batch (a torch-free copy of GenerationParams).
-struct ImageParams {
-  int width = 0;  // 0: the model's default size
-  int height = 0;
-  int steps = 50;
-  double cfg_scale = 7.5;
-  std::string sampler = "ddim";
-  double eta = 0.0;
-
-  bool operator==(const ImageParams& o) const {
-    return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
-           sampler == o.sampler && eta == o.eta;
-  }
-};
-
 // Fills defaults from the model and checks the settings; throws Error(Usage).
-using ParamsResolver = std::function<ImageParams(const ImageParams&)>;
+using ParamsResolver = std::function<GenerationParams(const GenerationParams&)>;
 
 struct Shard {
   uint64_t index = 0;
@@ -50,7 +36,7 @@ struct PlanOptions {
   int images_per_prompt = 1;
   uint64_t base_seed = 0;
   bool seed_given = false;  // false: base_seed was drawn at random for this run
-  ImageParams params;
+  GenerationParams params;
   OutputPattern output;
   std::optional<Shard> shard;
   // Sharded and resumed runs must derive the same seeds as the other runs they complete.
@@ -65,7 +51,7 @@ struct ImageJob {
   uint64_t seed = 0;
   std::string prompt;
   std::string negative_prompt;
-  ImageParams params;  // resolved: defaults filled in
+  GenerationParams params;  // resolved: defaults filled in
   std::filesystem::path output;
   bool in_shard = true;  // whether this run makes it
 };
@@ -91,7 +77,7 @@ class RunPlan {
   PromptSource source_;
   PlanOptions options_;
   ParamsResolver resolve_;
-  ImageParams resolved_flags_;
+  GenerationParams resolved_flags_;
 
   // The prompt being expanded into images.
   PromptEntry entry_;
@@ -99,7 +85,7 @@ class RunPlan {
   int images_ = 0;
   int next_n_ = 0;
   uint64_t next_index_ = 0;
-  ImageParams params_;
+  GenerationParams params_;
   std::optional<OutputPattern> line_output_;
 };
 

@@ -4,7 +4,7 @@ import json
 import unittest
 
 from cli_support import (EXIT_NSFW, EXIT_USAGE, CliTestCase, derived_bundle, files_under, json_lines, png_pixels,
-                         png_text, torch_built_bundle, without_checker)
+                         png_text, fixture_bundle, without_checker)
 
 
 class WithoutChecker(CliTestCase):
@@ -31,7 +31,7 @@ class FlagsEverything(CliTestCase):
 
     def setUp(self):
         super().setUp()
-        self.bundle = torch_built_bundle("tiny-flag-all", "--tiny-flag-all")
+        self.bundle = fixture_bundle("tiny-flag-all")
 
     def test_replace_writes_black_and_warns(self):
         result = self.txt2img("a fox", "-o", "{n}.png", "--images-per-prompt", "2", "--json", "--seed", "1",

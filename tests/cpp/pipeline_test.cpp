@@ -179,21 +179,21 @@ TEST_F(TinyPipeline, AnImageDoesNotDependOnItsBatch) {
 TEST_F(TinyPipeline, ResolveRejectsBadParameters) {
   txt2img::GenerationParams p;
   p.width = 60;
-  expect_error([&] { pipeline_->resolve(p); }, ErrorKind::Usage, {"width 60", "multiple of 8"});
+  expect_error([&] { txt2img::resolve_params(pipeline_->manifest(), p); }, ErrorKind::Usage, {"width 60", "multiple of 8"});
   p = {};
   p.height = 8192;
-  expect_error([&] { pipeline_->resolve(p); }, ErrorKind::Usage, {"height 8192"});
+  expect_error([&] { txt2img::resolve_params(pipeline_->manifest(), p); }, ErrorKind::Usage, {"height 8192"});
   p = {};
   p.steps = 0;
-  expect_error([&] { pipeline_->resolve(p); }, ErrorKind::Usage, {"steps 0"});
+  expect_error([&] { txt2img::resolve_params(pipeline_->manifest(), p); }, ErrorKind::Usage, {"steps 0"});
   p = {};
   p.cfg_scale = std::nan("");
-  expect_error([&] { pipeline_->resolve(p); }, ErrorKind::Usage, {"cfg"});
+  expect_error([&] { txt2img::resolve_params(pipeline_->manifest(), p); }, ErrorKind::Usage, {"cfg"});
   p = {};
   p.sampler = "nope";
-  expect_error([&] { pipeline_->resolve(p); }, ErrorKind::Usage, {"nope"});
+  expect_error([&] { txt2img::resolve_params(pipeline_->manifest(), p); }, ErrorKind::Usage, {"nope"});
   p = {};
-  auto resolved = pipeline_->resolve(p);
+  auto resolved = txt2img::resolve_params(pipeline_->manifest(), p);
   EXPECT_EQ(resolved.width, pipeline_->manifest().default_size);
 }
 
