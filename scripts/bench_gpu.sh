@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# One-command benchmark of txt2img against the same networks in PyTorch eager, built and run with the PyTorch that
+# is installed (python3's torch, its LibTorch, its CUDA). Made for a fresh GPU machine with no network: run
+# scripts/gpu-deps.sh on a Debian 12 machine first and carry .deps/carry there; the build then takes every other
+# dependency from Debian's packages unpacked under .deps/root. Prints one table (and writes it, with every JSON
+# record and log, to build-bench/results/ and to --out).
+#
+#   scripts/bench_gpu.sh                                   # CUDA: 512x512, 50 DDIM steps, CFG 7.5, fp16
+#   scripts/bench_gpu.sh --device cpu --size 128 --steps 2 --threads 2 --model /tmp/full   # proves it on a CPU
+#
+# Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with each graph optimisation and at --batch-large;
+# bench_eager.py (our converter's modules, same weights, PyTorch eager, SDPA where PyTorch has it) at the same
+# settings; the txt2img command line end to end (load, 2 images, safety checker on), and with --low-vram when the
+# binary has that flag. Peak VRAM is the device's used memory (nvidia-smi, sampled every 100 ms) above what it was
+# before the run, so it includes each process's CUDA context; on the CPU the column is the peak resident set.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out=""
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while (($#)); do
+  case $1 in
+    --device) device=$2; shift 2 ;;
+    --size) size=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    --dtype) dtype=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --batch-large) batch_large=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
+    --model) model=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    -h|--help) usage 0 ;;
+    *) echo "bench_gpu.sh: unknown argument $1" >&2; usage 2 >&2 ;;
+  esac
+done
+[[ -n $dtype ]] || { [[ $device == cpu ]] && dtype=fp32 || dtype=fp16; }
+work=$root/build-bench
+model=${model:-$work/model}
+results=$work/results
+rm -rf "$results"
+mkdir -p "$results"
+log() { echo "bench_gpu.sh: $*" >&2; }
+py() { "$root/scripts/with-torch-python" "$@"; }
+started=$SECONDS
+
+# 1. The PyTorch to build against and compare with.
+py - >"$results/torch.json" <<'EOF'
+import json, torch
+print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
+                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                  "cmake_prefix_path": torch.utils.cmake_prefix_path,
+                  "cxx11_abi": torch.compiled_with_cxx11_abi()}))
+EOF
+field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$results/torch.json" "$1"; }
+log "PyTorch $(field torch), CUDA $(field cuda), GPU $(field gpu)"
+if [[ $(field cxx11_abi) != True ]]; then
+  log "this PyTorch uses the pre-C++11 string ABI; Debian's libraries use the new one, so nothing links. Use a PyTorch >= 2.7 wheel"
+  exit 1
+fi
+if [[ $device == cuda* && $(field gpu) == None ]]; then log "this PyTorch sees no CUDA device"; exit 1; fi
+
+# 2. Dependencies: Debian's packages carried from scripts/gpu-deps.sh, else the system's.
+deps=$root/.deps
+prefix_path=""
+torch_cmake=$(field cmake_prefix_path)
+[[ -f $torch_cmake/Torch/TorchConfig.cmake ]] && prefix_path=$torch_cmake  # else CMake finds the system's LibTorch
+cmake_args=()
+if [[ ! -d $deps/root && -f $deps/carry/debian-root.tar.xz ]]; then
+  mkdir -p "$deps/root"
+  tar -C "$deps/root" -xJf "$deps/carry/debian-root.tar.xz"
+fi
+deps_lib=""
+if [[ -d $deps/root ]]; then
+  log "dependencies from $deps/root"
+  prefix_path+="${prefix_path:+;}$deps/root/usr"
+  deps_lib=$deps/root/usr/lib/x86_64-linux-gnu
+  if ! command -v pkg-config >/dev/null; then
+    # Debian's pkgconf finds its own library through this wrapper.
+    mkdir -p "$work/bin"
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$deps_lib" "$deps/root/usr/bin/pkgconf" >"$work/bin/pkg-config"
+    chmod +x "$work/bin/pkg-config"
+    cmake_args+=("-DPKG_CONFIG_EXECUTABLE=$work/bin/pkg-config")
+  fi
+fi
+# Our binaries find the carried libraries' own dependencies (ICU's data library) this way; set for them alone.
+run_ours() { LD_LIBRARY_PATH=${deps_lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$@"; }
+
+# 3. The model bundle (exported by this PyTorch, in the background) and the build.
+export_pid=""
+if [[ ! -f $model/model.json ]]; then
+  vocab=""
+  for candidate in "$deps/carry/bpe_simple_vocab_16e6.txt.gz" "$root/../shared/clip/bpe_simple_vocab_16e6.txt.gz"; do
+    [[ -f $candidate ]] && { vocab=$candidate; break; }
+  done
+  [[ -n $vocab ]] || { log "no CLIP vocabulary to build a bundle with (run scripts/gpu-deps.sh)"; exit 1; }
+  log "exporting a random-weight SD v1.5 bundle into $model"
+  "$root/scripts/convert.py" --random-full --vocab "$vocab" --out "$model" >"$results/export.log" 2>&1 &
+  export_pid=$!
+fi
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+# A build tree configured for another PyTorch, prefix or generator cannot be reused.
+config="$prefix_path ${cmake_args[*]} ${generator[*]}"
+[[ -f $work/cmake/bench-config && $(cat "$work/cmake/bench-config") == "$config" ]] || rm -rf "$work/cmake"
+log "building (log: $results/build.log)"
+if ! { cmake -S "$root" -B "$work/cmake" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
+         ${prefix_path:+"-DCMAKE_PREFIX_PATH=$prefix_path"} "${cmake_args[@]}" &&
+       cmake --build "$work/cmake" -j"$(nproc)" --target txt2img_bench; } >"$results/build.log" 2>&1; then
+  tail -30 "$results/build.log" >&2
+  log "build failed"
+  [[ -z $export_pid ]] || kill "$export_pid" 2>/dev/null || true
+  exit 1
+fi
+echo "$config" >"$work/cmake/bench-config"
+# The command line is measured too where it builds; the stage timings need only the library.
+have_cli=1
+cmake --build "$work/cmake" -j"$(nproc)" --target txt2img_cli >>"$results/build.log" 2>&1 || {
+  have_cli=0
+  log "the txt2img command line did not build (see $results/build.log); its rows are left out"
+}
+run_ours ldd "$work/cmake/txt2img-bench" >"$results/ldd.txt" 2>&1 || true
+if [[ -n $export_pid ]] && ! wait "$export_pid"; then
+  tail -20 "$results/export.log" >&2
+  log "bundle export failed"
+  exit 1
+fi
+log "built and exported after $((SECONDS - started)) s"
+
+# 4. The runs. Each writes results/NAME.json (its JSON output), NAME.log, and NAME.mem (peak memory above idle).
+[[ $device == cuda ]] && device_index=0 || device_index=${device#cuda:}
+measure() {
+  local name=$1; shift
+  local watcher="" idle=0
+  if [[ $device == cuda* ]]; then
+    idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$device_index" | head -1)
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$device_index" -lms 100 \
+      >"$results/$name.samples" &
+    watcher=$!
+  fi
+  log "run $name"
+  if "$@" >"$results/$name.json" 2>"$results/$name.log"; then
+    log "  done after $((SECONDS - started)) s"
+  else
+    log "  $name failed (exit $?): $(tail -1 "$results/$name.log")"
+    echo "$name failed: $(tail -1 "$results/$name.log")" >"$results/$name.failed"
+  fi
+  if [[ -n $watcher ]]; then
+    kill "$watcher" 2>/dev/null || true
+    wait "$watcher" 2>/dev/null || true
+    sort -n "$results/$name.samples" | tail -1 | awk -v idle="$idle" '{print $1 - idle}' >"$results/$name.mem"
+  fi
+}
+common=(--model "$model" --device "$device" --dtype "$dtype" --width "$size" --height "$size" --steps "$steps")
+((threads > 0)) && common+=(--threads "$threads")
+bench=(run_ours "$work/cmake/txt2img-bench" "${common[@]}" --no-safety-checker)
+eager=(py "$root/scripts/bench_eager.py" "${common[@]}")
+measure ours_b1 "${bench[@]}" --batch 1 --warmup 1 --runs "$runs"
+measure eager_b1 "${eager[@]}" --batch 1 --warmup 1 --runs "$runs"
+measure ours_b1_freeze "${bench[@]}" --batch 1 --warmup 1 --runs "$runs" --graph freeze
+measure ours_b1_optimize "${bench[@]}" --batch 1 --warmup 1 --runs "$runs" --graph optimize
+measure ours_b${batch_large} "${bench[@]}" --batch "$batch_large" --warmup 1 --runs 1
+measure eager_b${batch_large} "${eager[@]}" --batch "$batch_large" --warmup 1 --runs 1
+if ((have_cli)); then
+  prompt="a photograph of an astronaut riding a horse"
+  cli=(run_ours "$work/cmake/txt2img" --model "$model" --device "$device" --dtype "$dtype" -W "$size" -H "$size"
+       --steps "$steps" --images-per-prompt 2 --seed 1 --json --overwrite)
+  ((threads > 0)) && cli+=(--threads "$threads")
+  measure cli "${cli[@]}" -o "$results/cli/{index}.png" "$prompt"
+  if run_ours "$work/cmake/txt2img" --help 2>/dev/null | grep -q -- --low-vram; then
+    measure cli_low_vram "${cli[@]}" --low-vram -o "$results/cli_low_vram/{index}.png" "$prompt"
+  fi
+else
+  echo "the command line did not build" >"$results/cli.failed"
+fi
+
+# 5. The table.
+python3 - "$results" "$device" "$dtype" "$size" "$steps" "$batch_large" <<'EOF' | tee "$results/table.md"
+import datetime, json, os, sys
+results, device, dtype, size, steps, big = sys.argv[1:]
+torch_info = json.load(open(os.path.join(results, "torch.json")))
+
+def load(name):
+    path = os.path.join(results, name + ".json")
+    failed = os.path.join(results, name + ".failed")
+    if os.path.exists(failed):
+        return {"failed": open(failed).read().strip()}
+    if not os.path.exists(path):
+        return None
+    lines = [l for l in open(path) if l.strip().startswith("{")]
+    records = [json.loads(l) for l in lines]
+    if name.startswith("cli"):  # txt2img --json: one record per image, then the summary
+        images = [r for r in records if r.get("event") == "image"]
+        summary = next(r for r in records if r.get("event") == "summary")
+        per_image = [r["timings"]["generate_s"] for r in images]
+        record = {"load_s": summary["load_s"], "seconds_per_image": per_image[-1],
+                  "first_image_s": per_image[0], "total_s": summary["total_s"], "batch": 1}
+    else:
+        record = records[-1]
+    mem = os.path.join(results, name + ".mem")
+    if os.path.exists(mem):
+        record["mem_mb"] = float(open(mem).read())
+    elif "peak_rss_mb" in record:
+        record["mem_mb"] = record["peak_rss_mb"]
+    return record
+
+def fmt(value, spec):
+    return "" if value is None else format(value, spec)
+
+rows = [
+    ("ours_b1", "txt2img-bench, batch 1"),
+    ("ours_b1_freeze", "txt2img-bench, batch 1, --graph freeze"),
+    ("ours_b1_optimize", "txt2img-bench, batch 1, --graph optimize"),
+    ("eager_b1", "PyTorch eager, batch 1"),
+    (f"ours_b{big}", f"txt2img-bench, batch {big}"),
+    (f"eager_b{big}", f"PyTorch eager, batch {big}"),
+    ("cli", "txt2img CLI, 2 images, safety checker (1st image in brackets)"),
+    ("cli_low_vram", "txt2img CLI --low-vram, same"),
+]
+mem_name = "peak VRAM MiB" if device.startswith("cuda") else "peak RSS MiB"
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "CPU")
+print(f"txt2img benchmark {datetime.date.today()} on {torch_info['gpu'] or cpu} "
+      f"({device}), PyTorch {torch_info['torch']}, CUDA {torch_info['cuda']}")
+print(f"{size}x{size}, {steps} DDIM steps, CFG 7.5, {dtype}; seconds are medians of the timed runs after a warm-up")
+print()
+print(f"| run | load s | U-Net it/s | s/image | images/s | {mem_name} |")
+print("|---|---:|---:|---:|---:|---:|")
+records = {}
+for name, label in rows:
+    r = load(name)
+    records[name] = r
+    if r is None:
+        if name == "cli_low_vram":
+            print(f"| {label} | this binary has no --low-vram flag | | | | |")
+        continue
+    if "failed" in r:
+        print(f"| {label} | failed: {r['failed']} | | | | |")
+        continue
+    s = fmt(r.get("seconds_per_image"), ".3f")
+    if "first_image_s" in r:
+        s += f" ({r['first_image_s']:.3f})"
+    print(f"| {label} | {fmt(r.get('load_s'), '.2f')} | {fmt(r.get('unet_it_per_s'), '.2f')} | {s} | "
+          f"{fmt(r.get('images_per_s'), '.3f')} | {fmt(r.get('mem_mb'), '.0f')} |")
+for b in ("1", big):
+    ours, eager = records.get(f"ours_b{b}"), records.get(f"eager_b{b}")
+    if ours and eager and "failed" not in ours and "failed" not in eager:
+        print(f"| speed txt2img / eager, batch {b} (> 1: txt2img faster) | | "
+              f"{ours['unet_it_per_s'] / eager['unet_it_per_s']:.3f} | "
+              f"{eager['seconds_per_image'] / ours['seconds_per_image']:.3f} | "
+              f"{ours['images_per_s'] / eager['images_per_s']:.3f} | |")
+EOF
+if [[ -n $out ]]; then
+  mkdir -p "$out"
+  cp "$results"/table.md "$out"/
+  tar -C "$results" -czf "$out/bench-results.tar.gz" --exclude='*.png' --exclude='*.samples' .
+fi
+log "finished in $((SECONDS - started)) s"

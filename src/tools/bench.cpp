@@ -1,0 +1,199 @@
+// Times the pipeline stage by stage (load, text encoder, every U-Net call, VAE decode, the rest) on one device,
+// dtype and graph optimisation, and prints the figures as one JSON object. scripts/bench_gpu.sh runs it beside the
+// eager PyTorch reference (scripts/bench_eager.py); docs/PERFORMANCE.md reports what it measured.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <sys/resource.h>
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+
+#include "txt2img/error.hpp"
+#include "txt2img/pipeline.hpp"
+
+using namespace txt2img;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// CUDA kernels run asynchronously: a stage's time is only known once the device has finished it.
+void sync(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+// Marks the end of each stage as the pipeline reports it: the text embeddings ("unet/encoder_hidden_states"), each
+// U-Net call with its guidance and scheduler step (Observer::step, as diffusers' it/s counts them), and the decoded
+// image ("vae/decode_out").
+class StageTimer : public Observer {
+ public:
+  explicit StageTimer(torch::Device device) : device_(device) {}
+
+  void start() {
+    sync(device_);
+    start_ = last_ = Clock::now();
+    text_s = decode_s = 0;
+    unet_calls_s.clear();
+  }
+
+  void tensor(const std::string& name, const torch::Tensor&) override {
+    if (name == "unet/encoder_hidden_states") text_s = lap();
+    if (name == "vae/decode_out") decode_s = lap();
+  }
+
+  void step(size_t, size_t) override { unet_calls_s.push_back(lap()); }
+
+  double total() {
+    sync(device_);
+    return seconds_since(start_);
+  }
+
+  double text_s = 0;
+  double decode_s = 0;
+  std::vector<double> unet_calls_s;
+
+ private:
+  double lap() {
+    sync(device_);
+    const auto now = Clock::now();
+    const double s = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    return s;
+  }
+
+  torch::Device device_;
+  Clock::time_point start_, last_;
+};
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss / 1024.0;  // Linux reports kilobytes
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Times txt2img's pipeline stage by stage and prints one JSON object (see docs/PERFORMANCE.md)"};
+  std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none";
+  int threads = 0, width = 0, height = 0, steps = 3, batch = 1, warmup = 1, runs = 1;
+  double cfg = 7.5;
+  bool no_safety = false;
+  app.add_option("--model", model, "Model bundle directory")->required();
+  app.add_option("--device", device_name, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--dtype", dtype_name, "fp32, fp16 or bf16")->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+      ->capture_default_str();
+  app.add_option("--graph", graph_name, "TorchScript graph optimisation after placement: none, freeze or optimize")
+      ->check(CLI::IsMember({"none", "freeze", "optimize"}))
+      ->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads for intra-op parallelism (0: LibTorch's default)");
+  app.add_option("--width", width, "Image width (0: the model's default)");
+  app.add_option("--height", height, "Image height (0: the model's default)");
+  app.add_option("--steps", steps, "DDIM steps")->capture_default_str();
+  app.add_option("--cfg", cfg, "Guidance scale (> 1: two U-Net rows per image)")->capture_default_str();
+  app.add_option("--batch", batch, "Images per batch")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--warmup", warmup, "Untimed batches first (the first TorchScript calls profile and compile)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--runs", runs, "Timed batches")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_flag("--no-safety-checker", no_safety, "Skip the safety checker");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (threads > 0) at::set_num_threads(threads);
+    PipelineOptions options;
+    options.device = torch::Device(device_name);
+    options.dtype = dtype_name == "fp16" ? torch::kFloat16 : dtype_name == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+    options.graph = graph_name == "freeze"     ? GraphOptimization::Freeze
+                    : graph_name == "optimize" ? GraphOptimization::FreezeAndOptimize
+                                               : GraphOptimization::None;
+    options.safety = no_safety ? SafetyMode::Off : SafetyMode::Report;
+
+    auto load_start = Clock::now();
+    auto bundle = Bundle::open(model);
+    auto pipeline = Pipeline::load(bundle, options);
+    sync(options.device);
+    const double load_s = seconds_since(load_start);
+
+    GenerationParams params;
+    params.width = width;
+    params.height = height;
+    params.steps = steps;
+    params.cfg_scale = cfg;
+    params = resolve_params(pipeline.manifest(), params);
+    const std::vector<std::string> prompts(batch, "a photograph of an astronaut riding a horse");
+    const std::vector<std::string> negatives(batch, "");
+
+    nlohmann::json timed = nlohmann::json::array();
+    std::vector<double> totals, unet_totals, per_call;
+    StageTimer timer(options.device);
+    for (int i = 0; i < warmup + runs; ++i) {
+      std::vector<uint64_t> seeds;
+      for (int b = 0; b < batch; ++b) seeds.push_back(static_cast<uint64_t>(i * batch + b));
+      SeededNoise noise(seeds);
+      timer.start();
+      pipeline.generate(prompts, negatives, params, noise, &timer);
+      const double total_s = timer.total();
+      double unet_s = 0;
+      for (double s : timer.unet_calls_s) unet_s += s;
+      const bool is_warmup = i < warmup;
+      std::cerr << "txt2img-bench: " << (is_warmup ? "warm-up" : "timed") << " batch " << i + 1 << ": " << total_s
+                << " s (text " << timer.text_s << ", U-Net " << unet_s << " over " << timer.unet_calls_s.size()
+                << " calls, decode " << timer.decode_s << ")\n";
+      if (is_warmup) continue;
+      timed.push_back({{"total_s", total_s},
+                       {"text_s", timer.text_s},
+                       {"unet_s", unet_s},
+                       {"unet_calls_s", timer.unet_calls_s},
+                       {"decode_s", timer.decode_s},
+                       {"other_s", total_s - timer.text_s - unet_s - timer.decode_s}});
+      totals.push_back(total_s);
+      unet_totals.push_back(unet_s);
+      per_call.insert(per_call.end(), timer.unet_calls_s.begin(), timer.unet_calls_s.end());
+    }
+
+    const double total_s = median(totals);
+    const double unet_s = median(unet_totals);
+    nlohmann::json out = {
+        {"tool", "txt2img-bench"},
+        {"libtorch", libtorch_version()},
+        {"device", options.device.str()},
+        {"dtype", dtype_name},
+        {"graph", graph_name},
+        {"threads", at::get_num_threads()},
+        {"width", params.width},
+        {"height", params.height},
+        {"steps", params.steps},
+        {"cfg", params.cfg_scale},
+        {"batch", batch},
+        {"safety_checker", !no_safety},
+        {"load_s", load_s},
+        {"seconds_per_batch", total_s},
+        {"seconds_per_image", total_s / batch},
+        {"images_per_s", batch / total_s},
+        {"unet_it_per_s", params.steps / unet_s},
+        {"unet_call_median_s", median(per_call)},
+        {"peak_rss_mb", peak_rss_mb()},
+        {"runs", timed},
+    };
+    std::cout << out.dump() << std::endl;
+    return 0;
+  } catch (const Error& e) {
+    std::cerr << "txt2img-bench: " << e.what() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    std::cerr << "txt2img-bench: " << e.what_without_backtrace() << "\n";
+    return 1;
+  }
+}
