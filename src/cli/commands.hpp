@@ -27,6 +27,7 @@ struct GenerateOptions {
   std::string model = kDefaultModel;
   std::string device;  // empty: cuda when available, else cpu
   std::string dtype;   // empty: fp16 on CUDA, fp32 on CPU
+  std::string graph = "none";  // none, freeze, optimize (PipelineOptions::graph)
   int threads = 0;     // 0: LibTorch's default
   bool no_safety_checker = false;
   std::string safety = "replace";

@@ -67,6 +67,9 @@ Placement choose_placement(const GenerateOptions& o) {
                 "--dtype fp16 needs a CUDA device (LibTorch's CPU kernels lack half precision); "
                 "use --dtype fp32 or bf16 on the CPU");
   p.options.dtype = p.dtype == "fp16" ? torch::kFloat16 : p.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  p.options.graph = o.graph == "freeze"     ? GraphOptimization::Freeze
+                    : o.graph == "optimize" ? GraphOptimization::FreezeAndOptimize
+                                            : GraphOptimization::None;
   p.options.safety = o.no_safety_checker    ? SafetyMode::Off
                      : o.safety == "report" ? SafetyMode::Report
                                             : SafetyMode::Replace;

@@ -70,6 +70,11 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_option("--device", o.device, "cpu, cuda or cuda:K (default: cuda when available, else cpu)");
   app.add_option("--dtype", o.dtype, "fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)")
       ->check(CLI::IsMember({"fp16", "bf16", "fp32"}));
+  app.add_option("--graph", o.graph,
+                 "TorchScript graph passes after loading: none, freeze, or optimize (freeze + "
+                 "optimize_for_inference; faster on the CPU, slower to load; see docs/PERFORMANCE.md)")
+      ->check(CLI::IsMember({"none", "freeze", "optimize"}))
+      ->capture_default_str();
   app.add_option("--threads", o.threads, "CPU threads LibTorch may use (default: all cores)")
       ->check(CLI::Range(1, 4096));
   auto* no_checker = app.add_flag("--no-safety-checker", o.no_safety_checker,

@@ -91,6 +91,7 @@ class BadFlags(CliTestCase):
         self.check(["a fox", "--device", "tpu"], "--device", "cpu, cuda or cuda:K")
         self.check(["a fox", "--dtype", "fp8"], "--dtype")
         self.check(["a fox", "--dtype", "fp16"], "fp16", "CPU")
+        self.check(["a fox", "--graph", "fast"], "--graph")
 
     def test_cuda_device_beyond_count(self):
         self.check(["a fox", "--device", "cuda:99"], "cuda:99")

@@ -124,6 +124,15 @@ class Batching(CliTestCase):
         for one, three in zip(runs["1"], runs["3"]):
             self.assertLessEqual(max(abs(x - y) for x, y in zip(one, three)), 1)
 
+    def test_graph_passes_keep_the_image(self):
+        runs = {}
+        for graph in ["none", "freeze", "optimize"]:
+            result = self.txt2img("a fox", "--seed", "9", "--graph", graph, "-o", f"{graph}.png")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            runs[graph] = png_pixels(self.dir / f"{graph}.png")[2]
+        for graph in ["freeze", "optimize"]:
+            self.assertLessEqual(max(abs(x - y) for x, y in zip(runs["none"], runs[graph])), 1)
+
     def test_batches_span_prompts_with_equal_settings(self):
         self.write("p.jsonl", '{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c", "steps": 3}\n{"prompt": "d"}\n')
         result = self.txt2img("--from-file", "p.jsonl", "--seed", "1", "--batch-size", "4", "-o", "{index}.png",
