@@ -10,7 +10,7 @@ namespace {
 class Euler final : public SigmaScheduler {
  public:
   Euler(const SchedulerConfig& config, int steps)
-      : SigmaScheduler(config, steps), prediction_type_(config.prediction_type) {
+      : SigmaScheduler(config, steps) {
     require_prediction_type(config, "euler", {"epsilon", "v_prediction", "sample", "original_sample"});
   }
 
@@ -19,23 +19,13 @@ class Euler final : public SigmaScheduler {
     check_call(call, calls_done_, timesteps_.size());
     // Without churn sigma_hat = sigma * (0 + 1) = sigma.
     const float sigma = sigmas_[call];
-    torch::Tensor x0;
-    if (prediction_type_ == "epsilon") {
-      x0 = sample - sigma * model_output;
-    } else if (prediction_type_ == "v_prediction") {
-      x0 = model_output * (-sigma / std::sqrt(sigma * sigma + 1.0f)) + sample / (sigma * sigma + 1.0f);
-    } else {
-      x0 = model_output;
-    }
+    const torch::Tensor x0 = predict_x0(model_output, sample, sigma);
     const auto derivative = (sample - x0) / sigma;
     const float dt = sigmas_[call + 1] - sigma;
     pred_original_sample_ = x0;
     ++calls_done_;
     return sample + derivative * dt;
   }
-
- private:
-  std::string prediction_type_;
 };
 
 }  // namespace

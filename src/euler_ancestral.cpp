@@ -12,7 +12,7 @@ namespace {
 class EulerAncestral final : public SigmaScheduler {
  public:
   EulerAncestral(const SchedulerConfig& config, int steps)
-      : SigmaScheduler(config, steps), v_prediction_(config.prediction_type == "v_prediction") {
+      : SigmaScheduler(config, steps) {
     require_prediction_type(config, "euler_a", {"epsilon", "v_prediction"});
   }
 
@@ -23,9 +23,7 @@ class EulerAncestral final : public SigmaScheduler {
     check_call(call, calls_done_, timesteps_.size());
     check_noise(noise, sample);
     const float sigma = sigmas_[call];
-    const auto x0 = v_prediction_
-                        ? model_output * (-sigma / std::sqrt(sigma * sigma + 1.0f)) + sample / (sigma * sigma + 1.0f)
-                        : sample - sigma * model_output;
+    const auto x0 = predict_x0(model_output, sample, sigma);
     const float next = sigmas_[call + 1];
     const float sigma_up = std::sqrt(next * next * (sigma * sigma - next * next) / (sigma * sigma));
     const float sigma_down = std::sqrt(next * next - sigma_up * sigma_up);
@@ -35,9 +33,6 @@ class EulerAncestral final : public SigmaScheduler {
     ++calls_done_;
     return sample + derivative * dt + noise * sigma_up;
   }
-
- private:
-  bool v_prediction_;
 };
 
 }  // namespace

@@ -44,7 +44,7 @@ double gauss_kronrod_21(const std::function<float(double)>& f, double a, double 
 class Lms final : public SigmaScheduler {
  public:
   Lms(const SchedulerConfig& config, int steps)
-      : SigmaScheduler(config, steps), prediction_type_(config.prediction_type) {
+      : SigmaScheduler(config, steps) {
     require_prediction_type(config, "lms", {"epsilon", "v_prediction", "sample"});
   }
 
@@ -52,14 +52,7 @@ class Lms final : public SigmaScheduler {
                      const torch::Tensor&) override {
     check_call(call, calls_done_, timesteps_.size());
     const float sigma = sigmas_[call];
-    torch::Tensor x0;
-    if (prediction_type_ == "epsilon") {
-      x0 = sample - sigma * model_output;
-    } else if (prediction_type_ == "v_prediction") {
-      x0 = model_output * (-sigma / std::sqrt(sigma * sigma + 1.0f)) + sample / (sigma * sigma + 1.0f);
-    } else {
-      x0 = model_output;
-    }
+    const torch::Tensor x0 = predict_x0(model_output, sample, sigma);
     derivatives_.push_front((sample - x0) / sigma);
     if (derivatives_.size() > kOrder) derivatives_.pop_back();
 
@@ -90,7 +83,6 @@ class Lms final : public SigmaScheduler {
     return gauss_kronrod_21(basis, sigmas_[t], sigmas_[t + 1]);
   }
 
-  std::string prediction_type_;
   std::deque<torch::Tensor> derivatives_;  // newest first
 };
 

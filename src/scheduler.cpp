@@ -200,7 +200,7 @@ void check_noise(const torch::Tensor& noise, const torch::Tensor& sample) {
     throw Error(ErrorKind::Runtime, "this scheduler step needs a standard-normal noise tensor shaped like the sample");
 }
 
-SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps) {
+SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps) : prediction_type_(config.prediction_type) {
   const std::string spacing = resolve_spacing(config, "linspace");
   timesteps_ = spaced_timesteps(config, spacing, steps, false);
   const auto train = training_sigmas(alphas_cumprod_values(config));
@@ -217,6 +217,14 @@ torch::Tensor SigmaScheduler::scale_model_input(const torch::Tensor& sample, siz
                                         std::to_string(timesteps_.size()));
   const float sigma = sigmas_[call];
   return sample / std::sqrt(sigma * sigma + 1.0f);
+}
+
+torch::Tensor SigmaScheduler::predict_x0(const torch::Tensor& model_output, const torch::Tensor& sample,
+                                         float sigma) const {
+  if (prediction_type_ == "epsilon") return sample - sigma * model_output;
+  if (prediction_type_ == "v_prediction")
+    return model_output * (-sigma / std::sqrt(sigma * sigma + 1.0f)) + sample / (sigma * sigma + 1.0f);
+  return model_output;
 }
 
 }  // namespace detail

@@ -57,11 +57,16 @@ class SigmaScheduler : public Scheduler {
  protected:
   SigmaScheduler(const SchedulerConfig& config, int steps);
 
+  // The denoised sample the model output implies at `sigma`, by the config's prediction type ("sample" and
+  // "original_sample": the output itself).
+  torch::Tensor predict_x0(const torch::Tensor& model_output, const torch::Tensor& sample, float sigma) const;
+
   std::vector<float> sigmas_;  // one per call, then 0
   size_t calls_done_ = 0;
 
  private:
   float init_noise_sigma_ = 1.0f;
+  std::string prediction_type_;
 };
 
 }  // namespace txt2img::detail
