@@ -4,11 +4,24 @@
 #include <cstdio>
 
 #include "txt2img/error.hpp"
+#include "vae_tiling.hpp"
 
 namespace txt2img {
 namespace {
 
 constexpr int kMaxImageSide = 4096;
+
+// --low-vram decodes latents larger than this many latents a side in tiles of this size (64 = 512 pixels, SD v1's
+// native size), overlapping by a quarter tile so the cross-fades hide the seams.
+constexpr int64_t kVaeTile = 64;
+constexpr int64_t kVaeTileOverlap = 16;
+
+// Where the text encoder and the safety checker run: with low_vram the CPU in float32, leaving the device's memory to
+// the U-Net and the decoder (both run once per batch, a small cost next to the denoising loop).
+torch::Device side_device(const PipelineOptions& options) { return options.low_vram ? torch::kCPU : options.device; }
+torch::ScalarType side_dtype(const PipelineOptions& options) {
+  return options.low_vram ? torch::kFloat32 : options.dtype;
+}
 
 std::string call_name(size_t call) {
   char buf[8];
@@ -55,20 +68,20 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) {
   // Each module is read into host memory and cast there, and only then copied to the device: the device never holds
   // its float32 weights (a CUDA caching allocator would keep their blocks, twice the fp16 size, reserved after the
   // cast), and the modules arrive one after another.
-  auto prepare = [&](const std::string& file) {
+  auto prepare = [&](const std::string& file, torch::Device device, torch::ScalarType dtype) {
     auto module = bundle.load_module(file, torch::kCPU);
     module.eval();
-    module.to(options.device, options.dtype);
+    module.to(device, dtype);
     if (options.graph == GraphOptimization::None) return module;
     auto frozen = torch::jit::freeze(module);
     return options.graph == GraphOptimization::Freeze ? frozen : torch::jit::optimize_for_inference(frozen);
   };
-  p.text_encoder_ = prepare("text_encoder.pt");
-  p.unet_ = prepare("unet.pt");
-  p.vae_decoder_ = prepare("vae_decoder.pt");
+  p.text_encoder_ = prepare("text_encoder.pt", side_device(options), side_dtype(options));
+  p.unet_ = prepare("unet.pt", options.device, options.dtype);
+  p.vae_decoder_ = prepare("vae_decoder.pt", options.device, options.dtype);
   if (options.safety != SafetyMode::Off)
     p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
-                                                options.device, options.dtype);
+                                                side_device(options), side_dtype(options));
   return p;
 }
 
@@ -101,13 +114,18 @@ torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, const
   }
   auto input_ids = torch::tensor(ids, torch::kInt64).view({static_cast<int64_t>(texts.size()), -1});
   observe(observer, name + "/input_ids", input_ids);
-  auto hidden = text_encoder_.forward({input_ids.to(options_.device)}).toTensor();
+  auto hidden = text_encoder_.forward({input_ids.to(side_device(options_))}).toTensor();
   observe(observer, name + "/last_hidden_state", hidden);
-  return hidden;
+  return hidden.to(options_.device, options_.dtype);
 }
 
 torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
-  return vae_decoder_.forward({latents.to(options_.dtype)}).toTensor().to(torch::kFloat32);
+  auto decode_whole = [&](const torch::Tensor& z) {
+    return vae_decoder_.forward({z.to(options_.dtype)}).toTensor().to(torch::kFloat32);
+  };
+  if (options_.low_vram && needs_tiling(latents, kVaeTile))
+    return decode_tiled(decode_whole, latents, manifest_.vae_scale_factor, kVaeTile, kVaeTileOverlap);
+  return decode_whole(latents);
 }
 
 std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& prompts,

@@ -34,6 +34,10 @@ struct PipelineOptions {
   torch::ScalarType dtype = torch::kFloat32;
   SafetyMode safety = SafetyMode::Replace;
   GraphOptimization graph = GraphOptimization::None;
+  // Keep the device for the U-Net and the VAE decoder: the text encoder and the safety checker run on the CPU in
+  // float32, and the decoder works in overlapping tiles when a side exceeds 64 latents (512 pixels), so that large
+  // images decode within a small GPU's memory. Up to that size the images are the same as without it.
+  bool low_vram = false;
 };
 
 // Where the Gaussian noise of one batch comes from: one standard-normal draw of the latent shape at the start,

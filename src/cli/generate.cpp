@@ -70,6 +70,7 @@ Placement choose_placement(const GenerateOptions& o) {
   p.options.graph = o.graph == "freeze"     ? GraphOptimization::Freeze
                     : o.graph == "optimize" ? GraphOptimization::FreezeAndOptimize
                                             : GraphOptimization::None;
+  p.options.low_vram = o.low_vram;
   p.options.safety = o.no_safety_checker    ? SafetyMode::Off
                      : o.safety == "report" ? SafetyMode::Report
                                             : SafetyMode::Replace;

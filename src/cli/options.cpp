@@ -75,6 +75,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "optimize_for_inference; faster on the CPU, slower to load; see docs/PERFORMANCE.md)")
       ->check(CLI::IsMember({"none", "freeze", "optimize"}))
       ->capture_default_str();
+  app.add_flag("--low-vram", o.low_vram,
+               "less GPU memory: text encoder and safety checker on the CPU, VAE decoding in tiles for sides "
+               "above 512");
   app.add_option("--threads", o.threads, "CPU threads LibTorch may use (default: all cores)")
       ->check(CLI::Range(1, 4096));
   auto* no_checker = app.add_flag("--no-safety-checker", o.no_safety_checker,

@@ -133,6 +133,12 @@ class Batching(CliTestCase):
         for graph in ["freeze", "optimize"]:
             self.assertLessEqual(max(abs(x - y) for x, y in zip(runs["none"], runs[graph])), 1)
 
+    def test_low_vram_writes_the_image(self):
+        # 576 pixels wide is 72 latents: above the 64-latent tile, so the decode goes through two tiles.
+        result = self.txt2img("a fox", "--seed", "9", "--low-vram", "--width", "576", "--height", "64", "-o", "fox.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(png_pixels(self.dir / "fox.png")[:2], (576, 64))
+
     def test_batches_span_prompts_with_equal_settings(self):
         self.write("p.jsonl", '{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c", "steps": 3}\n{"prompt": "d"}\n')
         result = self.txt2img("--from-file", "p.jsonl", "--seed", "1", "--batch-size", "4", "-o", "{index}.png",
