@@ -146,7 +146,9 @@ SafetyChecker::SafetyChecker(const std::filesystem::path& module_file, const Saf
   if (!std::filesystem::is_regular_file(module_file))
     throw Error(ErrorKind::Bundle, convert_hint(module_file) + " (file missing)");
   try {
-    module_ = torch::jit::load(module_file.string(), device);
+    // Read into host memory and placed from there, like the pipeline's other modules, so that the device never
+    // holds the float32 copy of a half-precision checker.
+    module_ = torch::jit::load(module_file.string(), torch::kCPU);
   } catch (const c10::Error& e) {
     throw Error(ErrorKind::Bundle, convert_hint(module_file) + " (cannot load TorchScript: " +
                                        e.what_without_backtrace() + ")");
@@ -154,15 +156,13 @@ SafetyChecker::SafetyChecker(const std::filesystem::path& module_file, const Saf
   module_.eval();
   if (!module_.find_method("forward"))
     throw Error(ErrorKind::Bundle, convert_hint(module_file) + " (module has no forward method)");
-  if (dtype != torch::kFloat32) {
-    static const char* const kScoring[] = {"concept_embeds", "special_care_embeds", "concept_embeds_weights",
-                                           "special_care_embeds_weights"};
-    std::vector<std::pair<std::string, torch::Tensor>> kept;
-    for (const char* name : kScoring)
-      if (module_.hasattr(name)) kept.emplace_back(name, module_.attr(name).toTensor().clone());
-    module_.to(dtype);
-    for (const auto& [name, value] : kept) module_.setattr(name, value);
-  }
+  static const char* const kScoring[] = {"concept_embeds", "special_care_embeds", "concept_embeds_weights",
+                                         "special_care_embeds_weights"};
+  std::vector<std::pair<std::string, torch::Tensor>> kept;
+  for (const char* name : kScoring)
+    if (module_.hasattr(name)) kept.emplace_back(name, module_.attr(name).toTensor().clone());
+  module_.to(device, dtype);
+  for (const auto& [name, value] : kept) module_.setattr(name, value.to(device));
 }
 
 SafetyScores SafetyChecker::check(const torch::Tensor& nhwc_uint8) {
