@@ -51,7 +51,7 @@ class Model:
     kind: str  # "diffusers" | "single_file"
     path: str
     name: str
-    sha256: str  # of the single file, or of a folder's U-Net weights file
+    sha256: str  # of the single file, or of a folder's U-Net weights (sha256_weights)
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -426,15 +426,106 @@ def infer_text_config(c: Component, base: dict, heads_known: bool) -> dict:
 # ---------------------------------------------------------------------------------------- the sources
 
 
+_WEIGHT_FORMATS = (".safetensors", ".bin")
+
+
+def _index_names(stem: str, variant: str, ext: str) -> List[str]:
+    """The names of a sharded checkpoint's index. fp16 variants are spelled several ways: diffusers writes
+    `<stem>.safetensors.fp16.index.json`, transformers `<stem>.safetensors.index.fp16.json`, and hub
+    repositories also carry `<stem>.fp16.safetensors.index.json`."""
+    if not variant:
+        return [f"{stem}{ext}.index.json"]
+    return [f"{stem}{variant}{ext}.index.json", f"{stem}{ext}{variant}.index.json", f"{stem}{ext}.index{variant}.json"]
+
+
 def _weights_file(folder: str, stems: Tuple[str, ...]) -> str:
-    """The weights file of a diffusers/transformers model folder: safetensors before pickles, float32
-    before the fp16 variant."""
-    candidates = [f"{s}{v}{e}" for e in (".safetensors", ".bin") for v in ("", ".fp16") for s in stems]
+    """The weights of a diffusers/transformers model folder: one weights file, or the index
+    (`*.index.json`) of a sharded checkpoint. safetensors before pickles, float32 before the fp16 variant,
+    each index counting as the format of its shards; a single file before an index of the same kind."""
+    candidates = []
+    for ext in _WEIGHT_FORMATS:
+        for variant in ("", ".fp16"):
+            for stem in stems:
+                candidates += [f"{stem}{variant}{ext}"] + _index_names(stem, variant, ext)
     for name in candidates:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             return path
-    raise ConversionError(f"{folder}: no weights file ({' or '.join(candidates[:len(stems)])})")
+    wanted = [f"{s}{e}" for e in _WEIGHT_FORMATS for s in stems]
+    raise ConversionError(f"{folder}: no weights file ({' or '.join(wanted[:len(stems)])}, or a sharded "
+                          f"{wanted[0]}.index.json)")
+
+
+def is_index(path: str) -> bool:
+    return path.endswith(".json")
+
+
+def _read_index(path: str) -> Dict[str, List[str]]:
+    """shard file name -> the tensor names that the index `path` puts there (in the index's order)."""
+    weight_map = read_json(path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConversionError(f"{path}: no weight_map (tensor name -> shard file) in this sharded checkpoint index")
+    shards: Dict[str, List[str]] = {}
+    for name, shard in weight_map.items():
+        # Shards lie beside their index; anything else is not a Hugging Face sharded checkpoint.
+        if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard or shard in (".", ".."):
+            raise ConversionError(f"{path}: weight_map puts {name} in {shard!r}, not a file name beside the index")
+        shards.setdefault(shard, []).append(name)
+    return shards
+
+
+def _listing(names, limit: int = 5) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def weight_files(path: str) -> List[str]:
+    """The files holding the weights of `path` (a weights file, or a sharded checkpoint's index)."""
+    if not is_index(path):
+        return [path]
+    folder = os.path.dirname(path)
+    return [os.path.join(folder, shard) for shard in sorted(_read_index(path))]
+
+
+def read_sharded(path: str) -> Tensors:
+    """Every tensor of the sharded checkpoint whose index is `path`: each shard of its weight_map, read like a
+    single weights file, holding exactly the tensors that the weight_map puts there."""
+    shards = _read_index(path)
+    folder = os.path.dirname(path)
+    absent = [s for s in sorted(shards) if not os.path.isfile(os.path.join(folder, s))]
+    if absent:
+        raise ConversionError(f"{path}: missing shard {_listing(absent)} (named in the index's weight_map, not in "
+                              f"{folder or '.'})")
+    tensors: Tensors = {}
+    missing: List[str] = []
+    unexpected: List[str] = []
+    for shard in sorted(shards):
+        found = read_tensors(os.path.join(folder, shard))
+        wanted = set(shards[shard])
+        missing += [f"{name} (in {shard})" for name in shards[shard] if name not in found]
+        unexpected += [f"{name} (in {shard})" for name in found if name not in wanted]
+        tensors.update((k, v) for k, v in found.items() if k in wanted)
+    if missing:
+        raise ConversionError(f"{path}: the weight_map names tensors that its shards do not hold: {_listing(missing)}")
+    if unexpected:
+        raise ConversionError(f"{path}: shards hold tensors that the weight_map does not name there: "
+                              f"{_listing(unexpected)}")
+    return tensors
+
+
+def sha256_weights(path: str) -> str:
+    """sha256 of a weights file; of a sharded checkpoint, that of its shards' bytes one after the other in the
+    order of their names (which is the order of Hugging Face's `-0000i-of-0000n` numbering)."""
+    files = weight_files(path)
+    if len(files) == 1 and files[0] == path:
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for shard in files:
+        with open(shard, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 # Attention parameter names of diffusers < 0.14, still found in the VAE of several hub repositories.
@@ -443,10 +534,12 @@ _OLD_VAE_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": 
 
 
 def load_model_folder(folder: str, label: str, stems: Tuple[str, ...]) -> Component:
-    """A diffusers or transformers model folder: config.json and a weights file."""
+    """A diffusers or transformers model folder: config.json and a weights file or sharded weights (whose index
+    is then the component's origin)."""
     config = read_json(os.path.join(folder, "config.json"))
     path = _weights_file(folder, stems)
-    tensors = {k: v for k, v in read_tensors(path).items() if not _ignorable(k)}
+    tensors = {k: v for k, v in (read_sharded(path) if is_index(path) else read_tensors(path)).items()
+               if not _ignorable(k)}
     if label == "VAE":
         tensors = {_OLD_VAE_ATTENTION.sub(lambda m: m.group(1) + _OLD_VAE_NAMES[m.group(2)] + ".", k): v
                    for k, v in tensors.items()}
@@ -481,7 +574,7 @@ def load_diffusers(folder: str) -> Model:
         kind="diffusers",
         path=folder,
         name=os.path.basename(os.path.normpath(folder)),
-        sha256=sha256_file(unet.origin),
+        sha256=sha256_weights(unet.origin),
     )
 
 
@@ -534,15 +627,19 @@ def resolve_source(source: str) -> str:
     except ImportError:
         raise ConversionError(f"{source}: no such file or directory, and huggingface_hub (to download hub "
                               f"models) is not installed: {advice}") from None
-    # Only what the bundle needs: the configs, the tokenizer and one weights file per model, not the
-    # several-GB .ckpt / fp16 / flax / onnx copies that model repositories also carry.
+    # Only what the bundle needs: the configs, the tokenizer and one weights file (or the index and shards of
+    # one sharded checkpoint) per model, not the several-GB .ckpt / fp16 / flax / onnx copies that model
+    # repositories also carry.
     common = ["model_index.json", "*/config.json", "scheduler/*.json", "feature_extractor/*.json",
               "tokenizer/*"]
     try:
-        for ext in (".safetensors", ".bin"):
-            weights = [f"*/diffusion_pytorch_model{ext}", f"*/model{ext}", f"*/pytorch_model{ext}"]
+        for ext in _WEIGHT_FORMATS:
+            weights = []
+            for stem in ("diffusion_pytorch_model", "model", "pytorch_model"):
+                weights += [f"*/{stem}{ext}", f"*/{stem}{ext}.index.json", f"*/{stem}-*-of-*{ext}"]
             folder = snapshot_download(repo_id=source, allow_patterns=common + weights)
-            if os.path.isfile(os.path.join(folder, "unet", f"diffusion_pytorch_model{ext}")):
+            unet = os.path.join(folder, "unet", f"diffusion_pytorch_model{ext}")
+            if os.path.isfile(unet) or os.path.isfile(unet + ".index.json"):
                 return folder
     except Exception as e:  # network, authentication, unknown repository: all mean "do it by hand"
         raise ConversionError(f"cannot download {source} ({type(e).__name__}: {e}): {advice}") from None

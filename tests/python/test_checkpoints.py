@@ -1,8 +1,12 @@
 """Loading SD v1 weights: LDM -> diffusers key mapping, config inference, .ckpt safety, error messages."""
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from txt2img_convert import checkpoints as ck
 from txt2img_convert import export, presets
 from txt2img_convert.safetensors_io import load_file, save_file
 
+REPO = Path(__file__).resolve().parents[2]
 SD1_FILE = "sd1/single_file/sd1.safetensors"
 
 # The extra keys of real single-file checkpoints that a converter must ignore (reference README).
@@ -261,3 +266,214 @@ def test_image_conditioned_unet_is_refused(config):
     with pytest.raises(ck.ConversionError, match="9 input channels.*inpainting"):
         export.model_fields(unet, config("sd1/model/vae/config.json"), config("sd1/model/text_encoder/config.json"),
                             presets.SD1_SCHEDULER, None)
+
+
+# ------------------------------------------------------------------------------------ sharded folders
+
+TINY_PARTS = {"unet": ("diffusion_pytorch_model", "diffusion_pytorch_model.safetensors"),
+              "vae": ("diffusion_pytorch_model", "diffusion_pytorch_model.safetensors"),
+              "text_encoder": ("model", "model.safetensors")}
+
+
+def write_sharded(folder, tensors, stem, ext=".safetensors", shards=3, variant="", index_name=None):
+    """`tensors` as Hugging Face writes a sharded checkpoint: `stem[variant]-0000i-of-0000n.ext` files holding
+    consecutive runs of the sorted names, and `index_name` (default `stem.ext.index.json`) with the weight_map.
+    Returns the index path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(tensors)
+    size = -(-len(names) // shards)
+    weight_map = {}
+    for i in range(shards):
+        shard = f"{stem}{variant}-{i + 1:05d}-of-{shards:05d}{ext}"
+        part = {k: tensors[k] for k in names[i * size:(i + 1) * size]}
+        if ext == ".safetensors":
+            save_file(part, str(folder / shard))
+        else:
+            torch.save(part, folder / shard)
+        weight_map.update((k, shard) for k in part)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = folder / (index_name or f"{stem}{ext}.index.json")
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return index
+
+
+def sharded_copy(reference, out, ext=".safetensors", shards=3, half=False, index_names=None):
+    """A copy of the tiny diffusers folder whose U-Net, VAE and text encoder weights are sharded (the text
+    encoder's as transformers names them: model*.safetensors, pytorch_model*.bin)."""
+    source = reference / "tiny/model"
+    shutil.copytree(source, out, ignore=lambda d, names: [n for n in names if n.endswith(".safetensors")
+                                                          and os.path.basename(d) in TINY_PARTS])
+    for part, (stem, weights) in TINY_PARTS.items():
+        tensors = load_file(str(source / part / weights))
+        if half:
+            tensors = {k: v.half() for k, v in tensors.items()}
+        if part == "text_encoder" and ext == ".bin":
+            stem = "pytorch_model"
+        name = (index_names or {}).get(stem)
+        write_sharded(out / part, tensors, stem, ext, shards, ".fp16" if half else "", name)
+    return out
+
+
+def unsharded(reference, part):
+    stem, _ = TINY_PARTS[part]
+    return ck.load_model_folder(str(reference / "tiny/model" / part), part, (stem,))
+
+
+@pytest.mark.parametrize("ext,shards,half,index_names", [
+    (".safetensors", 3, False, None),
+    (".safetensors", 2, True, {"diffusion_pytorch_model": "diffusion_pytorch_model.fp16.safetensors.index.json",
+                               "model": "model.safetensors.index.fp16.json"}),
+    (".safetensors", 2, True, {"diffusion_pytorch_model": "diffusion_pytorch_model.safetensors.fp16.index.json",
+                               "model": "model.fp16.safetensors.index.json"}),
+    (".bin", 2, False, None),
+])
+def test_sharded_folder_loads_as_the_unsharded_one(tmp_path, reference, ext, shards, half, index_names):
+    folder = sharded_copy(reference, tmp_path / "model", ext, shards, half, index_names)
+    for part, (stem, _) in TINY_PARTS.items():
+        stems = (stem,) if part != "text_encoder" else ("model", "pytorch_model")
+        ours = ck.load_model_folder(str(folder / part), part, stems)
+        expected = unsharded(reference, part).tensors
+        assert ours.origin.endswith(".json") and ext in os.path.basename(ours.origin), ours.origin
+        assert sorted(ours.tensors) == sorted(expected), part
+        for key, value in expected.items():
+            want = value.half().float() if half else value
+            assert ours.tensors[key].dtype == torch.float32, key
+            assert torch.equal(ours.tensors[key], want), f"{part} {key}"
+    model = ck.load_diffusers(str(folder))
+    shards_of_unet = sorted(p for p in (folder / "unet").iterdir() if "-of-" in p.name)
+    assert len(shards_of_unet) == shards
+    assert model.sha256 == hashlib.sha256(b"".join(p.read_bytes() for p in shards_of_unet)).hexdigest()
+
+
+def test_sharded_weights_follow_the_preference_order(tmp_path, reference):
+    """safetensors (one file or an index) before .bin; float32 before fp16; a file before an index of its kind."""
+    tensors = load_file(str(reference / "tiny/model/vae/diffusion_pytorch_model.safetensors"))
+    stem = "diffusion_pytorch_model"
+    folder = tmp_path / "vae"
+    fp16_index = write_sharded(folder, {k: v.half() for k, v in tensors.items()}, stem, variant=".fp16",
+                               index_name=f"{stem}.fp16.safetensors.index.json")
+    torch.save(tensors, folder / f"{stem}.bin")
+    # A float32 .bin is still behind an fp16 safetensors index: safetensors first.
+    assert ck._weights_file(str(folder), (stem,)) == str(fp16_index)
+    index = write_sharded(folder, tensors, stem, shards=2)
+    assert ck._weights_file(str(folder), (stem,)) == str(index)
+    save_file(tensors, str(folder / f"{stem}.safetensors"))
+    assert ck._weights_file(str(folder), (stem,)) == str(folder / f"{stem}.safetensors")
+    bin_folder = tmp_path / "bin"
+    bin_index = write_sharded(bin_folder, tensors, stem, ext=".bin", shards=2)
+    torch.save({k: v.half() for k, v in tensors.items()}, bin_folder / f"{stem}.fp16.bin")
+    assert ck._weights_file(str(bin_folder), (stem,)) == str(bin_index)
+
+
+@pytest.fixture
+def sharded_vae(tmp_path, reference):
+    shutil.copytree(reference / "tiny/model/vae", tmp_path / "vae", ignore=shutil.ignore_patterns("*.safetensors"))
+    tensors = load_file(str(reference / "tiny/model/vae/diffusion_pytorch_model.safetensors"))
+    index = write_sharded(tmp_path / "vae", tensors, "diffusion_pytorch_model", shards=3)
+    return index, json.loads(index.read_text())
+
+
+def load_vae(index):
+    return ck.load_model_folder(str(index.parent), "VAE", ("diffusion_pytorch_model",))
+
+
+def test_missing_shard_is_named(sharded_vae):
+    index, _ = sharded_vae
+    shard = "diffusion_pytorch_model-00002-of-00003.safetensors"
+    (index.parent / shard).unlink()
+    with pytest.raises(ck.ConversionError, match=re.escape(f"{index}: missing shard {shard} (named in")):
+        load_vae(index)
+
+
+def test_shard_without_a_mapped_tensor_is_an_error(sharded_vae):
+    index, data = sharded_vae
+    key = "decoder.conv_out.bias"
+    data["weight_map"]["decoder.extra.weight"] = data["weight_map"][key]
+    index.write_text(json.dumps(data))
+    with pytest.raises(ck.ConversionError, match=r"weight_map names tensors that its shards do not hold: "
+                                                 r"decoder\.extra\.weight \(in diffusion_pytorch_model-0000"):
+        load_vae(index)
+
+
+def test_tensor_missing_from_the_weight_map_is_an_error(sharded_vae):
+    index, data = sharded_vae
+    del data["weight_map"]["decoder.conv_out.bias"]
+    index.write_text(json.dumps(data))
+    with pytest.raises(ck.ConversionError, match=r"shards hold tensors that the weight_map does not name there: "
+                                                 r"decoder\.conv_out\.bias"):
+        load_vae(index)
+
+
+def test_tensor_in_another_shard_than_mapped_is_an_error(sharded_vae):
+    index, data = sharded_vae
+    key = "decoder.conv_out.bias"
+    other = next(s for s in set(data["weight_map"].values()) if s != data["weight_map"][key])
+    data["weight_map"][key] = other
+    index.write_text(json.dumps(data))
+    with pytest.raises(ck.ConversionError, match=r"decoder\.conv_out\.bias \(in "):
+        load_vae(index)
+
+
+@pytest.mark.parametrize("weight_map,message", [
+    (None, "no weight_map"),
+    ({}, "no weight_map"),
+    ({"decoder.conv_out.bias": "../elsewhere.safetensors"}, "not a file name beside the index"),
+])
+def test_malformed_index_is_an_error(sharded_vae, weight_map, message):
+    index, _ = sharded_vae
+    index.write_text(json.dumps({"metadata": {}} if weight_map is None else {"weight_map": weight_map}))
+    with pytest.raises(ck.ConversionError, match=message):
+        load_vae(index)
+
+
+def test_sharded_folder_converts_to_the_same_bundle(tmp_path, reference):
+    """scripts/convert.py end to end: a sharded copy of the tiny folder gives the unsharded bundle's tensors."""
+    folder = sharded_copy(reference, tmp_path / "model", shards=2)
+    convert = REPO / "scripts" / "convert.py"
+    for source, out in ((reference / "tiny/model", tmp_path / "plain"), (folder, tmp_path / "sharded")):
+        result = subprocess.run([str(convert), str(source), "--out", str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    for name in ("text_encoder.pt", "unet.pt", "vae_decoder.pt", "safety_checker.pt"):
+        plain = torch.jit.load(str(tmp_path / "plain" / name)).state_dict()
+        sharded = torch.jit.load(str(tmp_path / "sharded" / name)).state_dict()
+        assert plain.keys() == sharded.keys(), name
+        assert all(torch.equal(plain[k], sharded[k]) for k in plain), name
+    assert (tmp_path / "plain/tokenizer.model").read_bytes() == (tmp_path / "sharded/tokenizer.model").read_bytes()
+    manifest = json.loads((tmp_path / "sharded/model.json").read_text())
+    assert manifest["source"]["kind"] == "diffusers" and manifest["source"]["path"] == str(folder)
+
+
+def test_hub_download_fetches_indexes_and_shards(monkeypatch, tmp_path):
+    """resolve_source asks the hub for one weights file or one sharded checkpoint per model, nothing more."""
+    import fnmatch
+    import types
+
+    repo = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors.index.json",
+            "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+            "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+            "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+            "unet/diffusion_pytorch_model.safetensors.fp16.index.json", "unet/diffusion_pytorch_model.bin",
+            "text_encoder/model.safetensors.index.json", "text_encoder/model-00001-of-00002.safetensors",
+            "text_encoder/pytorch_model-00001-of-00002.bin", "v1-5-pruned.ckpt", "unet/flax_model.msgpack"]
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns):
+        calls.append(allow_patterns)
+        folder = tmp_path / "snapshot"
+        for name in repo:
+            if any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_text("")
+        return str(folder)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub",
+                        types.SimpleNamespace(snapshot_download=snapshot_download))
+    folder = Path(ck.resolve_source("someone/sharded-model"))
+    assert len(calls) == 1
+    fetched = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert fetched == ["model_index.json", "text_encoder/model-00001-of-00002.safetensors",
+                       "text_encoder/model.safetensors.index.json", "unet/config.json",
+                       "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+                       "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+                       "unet/diffusion_pytorch_model.safetensors.index.json"]
