@@ -287,12 +287,101 @@ U32 fix_characters(const U32& s) {
   return from_icu(nfc);
 }
 
-// ftfy.fix_and_explain on one segment: repeat the fixes until the text stops changing. Mojibake detection
-// (ftfy's fix_encoding) is not reproduced: it only matters for text that is already broken.
+// The byte that `c` was decoded from if it came from "sloppy" Windows-1252: Windows-1252 for 0x80..0x9F, with its
+// five undefined bytes (and any other C1 control, as Latin-1 reads them) standing for themselves, and Latin-1
+// elsewhere. -1 when no single byte decodes to `c`.
+int sloppy_1252_byte(char32_t c) {
+  if (c <= 0xff) return static_cast<int>(c);
+  for (int i = 0; i < 32; ++i) {
+    if (kSloppyWindows1252C1[i] == c) return 0x80 + i;
+  }
+  return -1;
+}
+
+// How many bytes a UTF-8 sequence starting with `lead` has; 0 for anything that cannot start a multi-byte one.
+size_t utf8_sequence_length(int lead) {
+  if (lead >= 0xc2 && lead <= 0xdf) return 2;
+  if (lead >= 0xe0 && lead <= 0xef) return 3;
+  if (lead >= 0xf0 && lead <= 0xf4) return 4;
+  return 0;
+}
+
+// Marks that end a word or quotation. An accented capital or ß directly before one of them ("CAFÉ»", "Fuß…") is
+// ordinary Latin-1 text far more often than it is the mojibake of one code point from U+0100..U+07FF.
+bool is_word_closing_byte(int b) {
+  switch (b) {
+    case 0x85: case 0x91: case 0x92: case 0x93: case 0x94: case 0x96: case 0x97:  // … ‘ ’ “ ” – —
+    case 0x8b: case 0x9b: case 0xab: case 0xbb: case 0xa0: case 0xb7:             // ‹ › « » NBSP ·
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Text that was UTF-8 but got decoded as Windows-1252 or Latin-1 somewhere upstream ("cafÃ©", "â€œquotedâ€\x9d",
+// "ðŸ¦‹") is still common in scraped prompts, and CLIP was trained on what ftfy.fix_text made of it; reproducing
+// ftfy's repair keeps those prompts' ids (and images) the same as the Python pipeline's. The repair is local on
+// purpose: real emoji, CJK and correct accented words often share a line with the mojibake, so instead of
+// re-decoding whole lines we re-decode only runs of characters that map back to bytes forming one complete,
+// well-formed multi-byte UTF-8 sequence (no overlongs or surrogates, as ICU's U8_NEXT checks) of an assigned
+// code point. Correct Latin-1 text almost never does that: its accented letters are followed by ASCII. The one
+// common exception, an accented capital or ß before closing punctuation, is left alone unless a neighbouring
+// sequence is mojibake too. Repeats until stable, which undoes mojibake of mojibake ("Ã¢â‚¬â„¢" -> "’").
+U32 repair_mojibake(U32 text) {
+  struct Sequence {
+    size_t begin;
+    size_t length;
+    char32_t decoded;
+    bool needs_neighbour;
+  };
+  while (true) {
+    std::vector<Sequence> found;
+    for (size_t i = 0; i < text.size(); ++i) {
+      const int lead = sloppy_1252_byte(text[i]);
+      const size_t length = utf8_sequence_length(lead);
+      if (length == 0 || i + length > text.size()) continue;
+      uint8_t bytes[4];
+      bool encodable = true;
+      for (size_t k = 0; k < length && encodable; ++k) {
+        const int b = sloppy_1252_byte(text[i + k]);
+        encodable = b >= 0;
+        bytes[k] = static_cast<uint8_t>(b);
+      }
+      if (!encodable) continue;
+      int32_t consumed = 0;
+      UChar32 c;
+      U8_NEXT(bytes, consumed, static_cast<int32_t>(length), c);
+      if (c < 0 || consumed != static_cast<int32_t>(length) || u_charType(c) == U_UNASSIGNED) continue;
+      const bool needs_neighbour = length == 2 && lead >= 0xc4 && is_word_closing_byte(bytes[1]);
+      found.push_back({i, length, static_cast<char32_t>(c), needs_neighbour});
+      i += length - 1;
+    }
+    U32 out;
+    size_t pos = 0;
+    bool repaired = false;
+    for (size_t s = 0; s < found.size(); ++s) {
+      const Sequence& seq = found[s];
+      const bool after_one = s > 0 && found[s - 1].begin + found[s - 1].length == seq.begin;
+      const bool before_one = s + 1 < found.size() && found[s + 1].begin == seq.begin + seq.length;
+      if (seq.needs_neighbour && !after_one && !before_one) continue;
+      out.append(text, pos, seq.begin - pos);
+      out.push_back(seq.decoded);
+      pos = seq.begin + seq.length;
+      repaired = true;
+    }
+    if (!repaired) return text;
+    out.append(text, pos, U32::npos);
+    text = std::move(out);
+  }
+}
+
+// ftfy.fix_and_explain on one segment: repeat the fixes until the text stops changing. Mojibake is repaired
+// before the character fixes, which would otherwise turn its C1 controls and curly quotes into other characters.
 U32 fix_segment(U32 text, bool unescape_html) {
   while (true) {
     const U32 before = text;
     if (unescape_html) text = ftfy_unescape(text);
+    text = repair_mojibake(std::move(text));
     text = fix_characters(text);
     if (text == before) return text;
   }
