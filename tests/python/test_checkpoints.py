@@ -1,11 +1,15 @@
-"""Loading SD v1 weights: LDM -> diffusers key mapping, config inference, .ckpt safety, error messages."""
+"""Loading SD v1 weights: LDM -> diffusers key mapping, config inference, .ckpt safety (Lightning checkpoints),
+sharded folders, error messages."""
 
+import collections
 import hashlib
+import importlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,7 +138,7 @@ def test_fp16_file_and_old_text_encoder_names(tmp_path, sd1_ldm, sd1_components)
 
 
 class _RunsCode:
-    """Unpickling this would create a file: torch.load(weights_only=True) must refuse before that."""
+    """Unpickling this would create a file."""
 
     def __init__(self, marker):
         self.marker = marker
@@ -143,14 +147,137 @@ class _RunsCode:
         return (open, (self.marker, "w"))
 
 
-def test_ckpt_with_a_pickled_object_is_refused(tmp_path):
-    marker = tmp_path / "code-ran"
-    path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"model.diffusion_model.out.2.weight": torch.zeros(1)},
-                "callbacks": _RunsCode(str(marker))}, path)
-    with pytest.raises(ck.ConversionError, match="pickled Python objects.*arbitrary code"):
+class _RunsShell:
+    """Unpickling this would run a shell command creating a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+class _Unknown:
+    """A class of the checkpoint's training code."""
+
+
+class _TensorOfUnknown:
+    """Pickles as a tensor rebuilt from an object of an unknown class instead of a storage."""
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, (_Unknown(), 0, (1,), (1,), False, collections.OrderedDict()))
+
+
+STANDIN_MODULE = """
+open({imported!r}, "w").close()  # importing this module is running the checkpoint's code
+
+
+class ModelCheckpoint:
+    def __init__(self, dirpath):
+        self.dirpath = dirpath
+        self.best_k_models = {{}}
+
+
+class AttributeDict(dict):
+    pass
+"""
+
+
+def lightning_checkpoint(tmp_path, state_dict, zip_format, importable):
+    """A PyTorch Lightning-style .ckpt of `state_dict`: its pickle also holds instances of classes of a module
+    that, at load time, is no longer imported (and, unless `importable`, no longer importable), a global run
+    by __reduce__ (os.system, open) and Lightning's usual training state. Returns (path, markers): files
+    that exist only if loading ran code."""
+    package = f"lightning_standin_{'zip' if zip_format else 'legacy'}_{importable}"
+    modules = tmp_path / "modules"
+    (modules / package).mkdir(parents=True)
+    imported = tmp_path / "module-imported"
+    (modules / package / "__init__.py").write_text("")
+    (modules / package / "callbacks.py").write_text(STANDIN_MODULE.format(imported=str(imported)))
+    sys.path.insert(0, str(modules))
+    try:
+        callbacks = importlib.import_module(f"{package}.callbacks")
+        state = collections.OrderedDict(state_dict)
+        state._metadata = collections.OrderedDict({"": {"version": 1}})  # as nn.Module.state_dict() has
+        checkpoint = {
+            "epoch": 6, "global_step": 470000, "pytorch-lightning_version": "1.4.2",
+            "state_dict": state,
+            "callbacks": {callbacks.ModelCheckpoint: {"best_model_score": torch.tensor(0.25),
+                                                      "dirpath": "/logs/checkpoints",
+                                                      "instance": callbacks.ModelCheckpoint("/logs")}},
+            "hyper_parameters": callbacks.AttributeDict(base_learning_rate=1e-4, size=torch.Size([4, 64])),
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}],
+            "lr_schedulers": [],
+            "hooks": [_RunsShell(tmp_path / "shell-ran"), _RunsCode(str(tmp_path / "open-ran"))],
+        }
+        path = tmp_path / "lightning.ckpt"
+        torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
+    finally:
+        for name in (package, f"{package}.callbacks"):
+            sys.modules.pop(name, None)
+        if not importable:
+            sys.path.remove(str(modules))
+            shutil.rmtree(modules)
+    imported.unlink()
+    return path, [imported, tmp_path / "shell-ran", tmp_path / "open-ran"], package, modules
+
+
+@pytest.mark.parametrize("zip_format,importable", [(True, False), (False, True)], ids=["zip", "legacy"])
+def test_lightning_ckpt_loads_without_running_its_pickles(tmp_path, capsys, sd1_ldm, sd1_components, zip_format,
+                                                          importable):
+    state_dict = with_real_file_extras(sd1_ldm)
+    path, markers, package, modules = lightning_checkpoint(tmp_path, state_dict, zip_format, importable)
+    try:
+        loaded = ck.read_tensors(str(path))
+    finally:
+        if importable:
+            sys.path.remove(str(modules))
+    assert not any(m.exists() for m in markers), [str(m) for m in markers if m.exists()]
+    assert not any(name.startswith(package) for name in sys.modules)
+    assert sorted(loaded) == sorted(state_dict)
+    for key, value in state_dict.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+    assert_same_weights(ck.ldm_to_diffusers(loaded, str(path)), sd1_components)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    for name in (f"{package}.callbacks.ModelCheckpoint", f"{package}.callbacks.AttributeDict",
+                 f"{os.system.__module__}.system", f"{open.__module__}.open"):
+        assert name in lines[0]
+    assert "restricted unpickler" in lines[0] and str(path) in lines[0]
+
+
+def test_plain_ckpt_is_read_by_torch_alone(tmp_path, capsys):
+    path = tmp_path / "plain.ckpt"
+    state = {"model.diffusion_model.out.2.weight": torch.randn(4, 3), "global_step": 5}
+    torch.save({"state_dict": state}, path)
+    loaded = ck.read_tensors(str(path))
+    assert list(loaded) == ["model.diffusion_model.out.2.weight"]
+    assert torch.equal(loaded["model.diffusion_model.out.2.weight"], state["model.diffusion_model.out.2.weight"])
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("content,message", [
+    ({"state_dict": {"model.diffusion_model.out.2.weight": _Unknown()}},
+     r"model\.diffusion_model\.out\.2\.weight is an object of test_checkpoints\._Unknown, not a tensor"),
+    ({"state_dict": {"model.diffusion_model.out.2.weight": _TensorOfUnknown()}},
+     r"a tensor is built from an object of test_checkpoints\._Unknown \(not loaded\) instead of a storage"),
+    (_Unknown(), r"expected a dict of tensors, found an object of test_checkpoints\._Unknown"),
+], ids=["value", "storage", "top"])
+def test_stand_in_never_becomes_a_tensor(tmp_path, zip_format, content, message):
+    path = tmp_path / "odd.ckpt"
+    torch.save(content, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(ck.ConversionError, match=message):
         ck.read_tensors(str(path))
-    assert not marker.exists()
+
+
+def test_truncated_lightning_ckpt_is_an_error(tmp_path, capsys):
+    path = tmp_path / "cut.ckpt"
+    state = {"model.diffusion_model.out.2.weight": torch.randn(64, 64)}
+    torch.save({"state_dict": state, "callbacks": {_Unknown: {}}}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ck.ConversionError, match=r"cut\.ckpt"):
+        ck.read_tensors(str(path))
 
 
 def _single_file_model(tmp_path, reference, sd):
