@@ -594,7 +594,7 @@ def test_hub_download_fetches_indexes_and_shards(monkeypatch, tmp_path):
         return str(folder)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub",
+    monkeypatch.setitem(sys.modules, "huggingface_hub",
                         types.SimpleNamespace(snapshot_download=snapshot_download))
     folder = Path(ck.resolve_source("someone/sharded-model"))
     assert len(calls) == 1
