@@ -28,4 +28,9 @@ class Error : public std::runtime_error {
   ErrorKind kind_;
 };
 
+// A LibTorch failure (a c10::Error, or the std::runtime_error the TorchScript interpreter raises, whose message is a
+// script traceback ending in the error itself) as an Error(Runtime) with the one line that says what went wrong.
+// Running out of host or device memory gets a hint on what to reduce.
+Error backend_failure(const std::exception& failure);
+
 }  // namespace txt2img
