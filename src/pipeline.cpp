@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "txt2img/error.hpp"
+#include "unet_call.hpp"
 #include "vae_tiling.hpp"
 
 namespace txt2img {
@@ -45,6 +46,16 @@ torch::Tensor to_uint8(const torch::Tensor& decoded) {
   return (images * 255).round().to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous().cpu();
 }
 
+// fp16's range ends at 65504; SD v1's VAE decoder in particular is known to overflow there and hand back NaNs,
+// which would otherwise become black or noise images without a word.
+void throw_if_non_finite(const torch::Tensor& values, const std::string& what, torch::ScalarType dtype) {
+  if (torch::isfinite(values).all().item<bool>()) return;
+  throw Error(ErrorKind::Runtime, what + " became non-finite (NaN or infinity)" +
+                                      std::string(dtype == torch::kFloat16
+                                                      ? "; fp16 overflowed: retry with --dtype bf16 or --dtype fp32"
+                                                      : ""));
+}
+
 std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params) {
   // The checkpoint's training schedule (betas, offset, prediction type) with each sampler's own default spacing:
   // what diffusers' `<Sampler>.from_config(pipe.scheduler.config)` gives for SD v1, leading for DDIM/PNDM and
@@ -58,8 +69,12 @@ std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const Generati
 
 Pipeline::Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options)
     : manifest_(std::move(manifest)), tokenizer_(std::move(tokenizer)), options_(options) {}
+Pipeline::Pipeline(Pipeline&&) noexcept = default;
+Pipeline& Pipeline::operator=(Pipeline&&) noexcept = default;
+Pipeline::~Pipeline() = default;
 
-Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) {
+// Both entry points let LibTorch's exceptions out only as Error(Runtime) (backend_failure), by function-try-blocks.
+Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) try {
   if (options.safety != SafetyMode::Off && !bundle.has("safety_checker.pt"))
     throw Error(ErrorKind::Usage, "model bundle " + bundle.dir().string() +
                                       " has no safety checker; convert one in (scripts/convert.py --safety-checker DIR) "
@@ -68,21 +83,28 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) {
   // Each module is read into host memory and cast there, and only then copied to the device: the device never holds
   // its float32 weights (a CUDA caching allocator would keep their blocks, twice the fp16 size, reserved after the
   // cast), and the modules arrive one after another.
-  auto prepare = [&](const std::string& file, torch::Device device, torch::ScalarType dtype) {
+  auto prepare = [&](const std::string& file, torch::Device device, torch::ScalarType dtype,
+                     bool channels_last = false) {
     auto module = bundle.load_module(file, torch::kCPU);
     module.eval();
     module.to(device, dtype);
+    if (channels_last) to_channels_last(module);  // before freezing, which turns the weights into constants
     if (options.graph == GraphOptimization::None) return module;
     auto frozen = torch::jit::freeze(module);
     return options.graph == GraphOptimization::Freeze ? frozen : torch::jit::optimize_for_inference(frozen);
   };
   p.text_encoder_ = prepare("text_encoder.pt", side_device(options), side_dtype(options));
-  p.unet_ = prepare("unet.pt", options.device, options.dtype);
+  p.unet_ = std::make_unique<UNetCall>(prepare("unet.pt", options.device, options.dtype, options.channels_last),
+                                       options.device, options.channels_last, options.cuda_graph);
   p.vae_decoder_ = prepare("vae_decoder.pt", options.device, options.dtype);
   if (options.safety != SafetyMode::Off)
     p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
                                                 side_device(options), side_dtype(options));
   return p;
+} catch (const Error&) {
+  throw;
+} catch (const std::exception& e) {
+  throw backend_failure(e);
 }
 
 GenerationParams resolve_params(const Manifest& manifest, GenerationParams params) {
@@ -131,7 +153,7 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
 std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& prompts,
                                                const std::vector<std::string>& negative_prompts,
                                                const GenerationParams& requested, NoiseSource& noise,
-                                               Observer* observer) {
+                                               Observer* observer) try {
   TORCH_CHECK(prompts.size() == negative_prompts.size(), "one negative prompt per prompt");
   const GenerationParams params = resolve_params(manifest_, requested);
   c10::InferenceMode inference;
@@ -156,9 +178,8 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   for (size_t call = 0; call < timesteps.size(); ++call) {
     const std::string n = call_name(call);
     auto model_input = scheduler->scale_model_input(guided ? torch::cat({latents, latents}) : latents, call);
-    auto noise_pred = unet_.forward({model_input.to(options_.dtype), timestep_tensor(timesteps[call], options_.device),
-                                     context})
-                          .toTensor()
+    auto noise_pred = (*unet_)(model_input.to(options_.dtype), timestep_tensor(timesteps[call], options_.device),
+                               context)
                           .to(torch::kFloat32);
     observe(observer, "unet/" + n + "/noise_pred", noise_pred);
     if (guided) {
@@ -173,17 +194,14 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     observe(observer, "latents/step_" + n, latents);
     if (observer) observer->step(call + 1, timesteps.size());
   }
-  if (!torch::isfinite(latents).all().item<bool>())
-    throw Error(ErrorKind::Runtime, "the latents became non-finite (NaN or infinity)" +
-                                        std::string(options_.dtype == torch::kFloat16
-                                                        ? "; fp16 overflowed: retry with --dtype bf16 or --dtype fp32"
-                                                        : ""));
+  throw_if_non_finite(latents, "the latents", options_.dtype);
 
   // 4. Decode.
   auto decode_in = latents / manifest_.scale_factor;
   observe(observer, "vae/decode_in", decode_in);
   auto decoded = decode(decode_in);
   observe(observer, "vae/decode_out", decoded);
+  throw_if_non_finite(decoded, "the decoded images", options_.dtype);
   auto pixels = to_uint8(decoded);
 
   // 5. Check.
@@ -213,6 +231,10 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     out.push_back(std::move(image));
   }
   return out;
+} catch (const Error&) {
+  throw;
+} catch (const std::exception& e) {
+  throw backend_failure(e);
 }
 
 }  // namespace txt2img

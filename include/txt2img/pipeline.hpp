@@ -19,6 +19,8 @@
 
 namespace txt2img {
 
+class UNetCall;
+
 enum class SafetyMode {
   Replace,  // flagged images become black (the reference behaviour; default)
   Report,   // flagged images are kept and only marked
@@ -38,6 +40,11 @@ struct PipelineOptions {
   // float32, and the decoder works in overlapping tiles when a side exceeds 64 latents (512 pixels), so that large
   // images decode within a small GPU's memory. Up to that size the images are the same as without it.
   bool low_vram = false;
+  // Experiments, measured by txt2img-bench before either becomes a default or a CLI flag (docs/PERFORMANCE.md):
+  // the U-Net's convolutions in NHWC (channels_last), and the U-Net call captured as a CUDA graph and replayed
+  // (CUDA builds and devices only; Pipeline::load throws Error(Usage) otherwise).
+  bool channels_last = false;
+  bool cuda_graph = false;
 };
 
 // Where the Gaussian noise of one batch comes from: one standard-normal draw of the latent shape at the start,
@@ -85,6 +92,9 @@ class Pipeline {
   // Loads every module of the bundle onto the device. Throws Error(Bundle), or Error(Usage) when the safety
   // checker is required but the bundle has none.
   static Pipeline load(const Bundle& bundle, const PipelineOptions& options);
+  Pipeline(Pipeline&&) noexcept;
+  Pipeline& operator=(Pipeline&&) noexcept;
+  ~Pipeline();
 
   const Manifest& manifest() const { return manifest_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
@@ -105,7 +115,7 @@ class Pipeline {
   Tokenizer tokenizer_;
   PipelineOptions options_;
   torch::jit::Module text_encoder_;
-  torch::jit::Module unet_;
+  std::unique_ptr<UNetCall> unet_;
   torch::jit::Module vae_decoder_;
   std::unique_ptr<SafetyChecker> safety_;
 };

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 
 #include "cli/commands.hpp"
@@ -14,6 +16,7 @@
 #include "cli/signals.hpp"
 #include "cli/truncation.hpp"
 #include "txt2img/bundle.hpp"
+#include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/pipeline.hpp"
 #include "txt2img/png.hpp"
@@ -30,6 +33,19 @@ std::string format_seconds(double s) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f s", s);
   return buf;
+}
+
+std::string format_mib(double mib) {
+  char buf[32];
+  if (mib >= 1024)
+    std::snprintf(buf, sizeof buf, "%.2f GiB", mib / 1024);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f MiB", mib);
+  return buf;
+}
+
+nlohmann::ordered_json optional_number(const std::optional<double>& value) {
+  return value ? nlohmann::ordered_json(*value) : nlohmann::ordered_json(nullptr);
 }
 
 struct Placement {
@@ -243,15 +259,6 @@ class Generator {
   size_t warned_prompt_ = 0;
 };
 
-// LibTorch's own exceptions become runtime errors with their first line (the rest is a C++ backtrace).
-[[noreturn]] void rethrow_as_runtime(const c10::Error& e) {
-  std::string what = e.what_without_backtrace();
-  what = what.substr(0, what.find('\n'));
-  if (dynamic_cast<const c10::OutOfMemoryError*>(&e))
-    throw Error(ErrorKind::Runtime, "out of memory (" + what + "); try a smaller --batch-size or image size");
-  throw Error(ErrorKind::Runtime, what);
-}
-
 }  // namespace
 
 std::vector<std::string> available_samplers() { return scheduler_names(); }
@@ -302,11 +309,18 @@ int run_generate(const GenerateOptions& o) {
                                 {"seed", plan_options.base_seed},
                                 {"load_s", load_s},
                                 {"total_s", total_s}};
+    const MemoryPeaks peaks = memory_peaks(placement.options.device);
+    j["peak_memory_mib"] = {{"host_rss", peaks.host_rss_mib},
+                            {"vram_allocated", optional_number(peaks.device_allocated_mib)},
+                            {"vram_reserved", optional_number(peaks.device_reserved_mib)}};
     if (!failure.empty()) j["error"] = failure;
     std::string line = (interrupted ? "interrupted: wrote " : "wrote ") + std::to_string(totals.written) + " of " +
                        std::to_string(pf.to_make) + " images";
     if (totals.skipped) line += " (" + std::to_string(totals.skipped) + " skipped, already there)";
     line += " in " + format_seconds(total_s);
+    line += peaks.device_allocated_mib ? "; peak VRAM " + format_mib(*peaks.device_allocated_mib) + " (" +
+                                             format_mib(*peaks.device_reserved_mib) + " reserved)"
+                                       : "; peak memory " + format_mib(peaks.host_rss_mib);
     if (interrupted) line += "; run the same command with --skip-existing to finish";
     reporter.summary(line, j);
   };
@@ -321,20 +335,10 @@ int run_generate(const GenerateOptions& o) {
                     placement.device + " (" + placement.dtype + ") for " + std::to_string(pf.to_make) + " image" +
                     (pf.to_make == 1 ? "" : "s"));
       const auto load_start = Clock::now();
-      Pipeline pipeline = [&] {
-        try {
-          return Pipeline::load(bundle, placement.options);
-        } catch (const c10::Error& e) {
-          rethrow_as_runtime(e);
-        }
-      }();
+      Pipeline pipeline = Pipeline::load(bundle, placement.options);
       load_s = seconds_since(load_start);
       reporter.begin(pf.to_make, pf.image_steps);
-      try {
-        generator.run(pipeline, totals, pf.to_make);
-      } catch (const c10::Error& e) {
-        rethrow_as_runtime(e);
-      }
+      generator.run(pipeline, totals, pf.to_make);
     } else {
       totals.skipped = pf.to_skip;
     }

@@ -3,7 +3,6 @@
 // eager PyTorch reference (scripts/bench_eager.py); docs/PERFORMANCE.md reports what it measured.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-#include <sys/resource.h>
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
 
@@ -11,6 +10,7 @@
 #include <chrono>
 #include <iostream>
 
+#include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/pipeline.hpp"
 
@@ -76,12 +76,6 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-double peak_rss_mb() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return usage.ru_maxrss / 1024.0;  // Linux reports kilobytes
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -89,7 +83,7 @@ int main(int argc, char** argv) {
   std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none";
   int threads = 0, width = 0, height = 0, steps = 3, batch = 1, warmup = 1, runs = 1;
   double cfg = 7.5;
-  bool no_safety = false;
+  bool no_safety = false, channels_last = false, cuda_graph = false;
   app.add_option("--model", model, "Model bundle directory")->required();
   app.add_option("--device", device_name, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", dtype_name, "fp32, fp16 or bf16")->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
@@ -108,6 +102,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--runs", runs, "Timed batches")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_flag("--no-safety-checker", no_safety, "Skip the safety checker");
+  app.add_flag("--channels-last", channels_last, "U-Net convolutions in NHWC (an experiment, see PipelineOptions)");
+  app.add_flag("--cuda-graph", cuda_graph, "Replay the U-Net call as a CUDA graph (an experiment; CUDA only)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -119,6 +115,8 @@ int main(int argc, char** argv) {
                     : graph_name == "optimize" ? GraphOptimization::FreezeAndOptimize
                                                : GraphOptimization::None;
     options.safety = no_safety ? SafetyMode::Off : SafetyMode::Report;
+    options.channels_last = channels_last;
+    options.cuda_graph = cuda_graph;
 
     auto load_start = Clock::now();
     auto bundle = Bundle::open(model);
@@ -165,12 +163,15 @@ int main(int argc, char** argv) {
 
     const double total_s = median(totals);
     const double unet_s = median(unet_totals);
+    const MemoryPeaks peaks = memory_peaks(options.device);
     nlohmann::json out = {
         {"tool", "txt2img-bench"},
         {"libtorch", libtorch_version()},
         {"device", options.device.str()},
         {"dtype", dtype_name},
         {"graph", graph_name},
+        {"channels_last", channels_last},
+        {"cuda_graph", cuda_graph},
         {"threads", at::get_num_threads()},
         {"width", params.width},
         {"height", params.height},
@@ -184,7 +185,9 @@ int main(int argc, char** argv) {
         {"images_per_s", batch / total_s},
         {"unet_it_per_s", params.steps / unet_s},
         {"unet_call_median_s", median(per_call)},
-        {"peak_rss_mb", peak_rss_mb()},
+        {"peak_rss_mb", peaks.host_rss_mib},
+        {"peak_vram_allocated_mb", peaks.device_allocated_mib ? nlohmann::json(*peaks.device_allocated_mib) : nullptr},
+        {"peak_vram_reserved_mb", peaks.device_reserved_mib ? nlohmann::json(*peaks.device_reserved_mib) : nullptr},
         {"runs", timed},
     };
     std::cout << out.dump() << std::endl;

@@ -2,6 +2,7 @@
 
 import os
 import pty
+import resource
 import subprocess
 import unittest
 
@@ -57,6 +58,28 @@ class RuntimeFailure(CliTestCase):
         summary = json_lines(result.stdout)[-1]
         self.assertEqual((summary["written"], summary["failed"]), (0, 1))
         self.assertEqual(files_under(self.dir), [])
+
+    def test_out_of_memory_is_reported_with_a_hint(self):
+        # The tiny U-Net's attention over 512x512 latents needs a 256 GiB score matrix: past any address-space
+        # limit, and refused whatever the machine's overcommit policy, once the limit is set.
+        def limit_address_space():
+            resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+        result = self.txt2img("a fox", "--width", "4096", "--height", "4096", "--steps", "1", "--threads", "1", "-o", "a.png",
+                              "--json", preexec_fn=limit_address_space)
+        self.assertExit(result, EXIT_RUNTIME, "out of memory (", "can't allocate memory", "--batch-size")
+        self.assertNotIn("TorchScript", result.stderr)
+        summary = json_lines(result.stdout)[-1]
+        self.assertEqual((summary["written"], summary["failed"]), (0, 1))
+        self.assertEqual(files_under(self.dir), [])
+
+    def test_summary_reports_peak_memory(self):
+        result = self.txt2img("a fox", "-o", "a.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        peaks = json_lines(result.stdout)[-1]["peak_memory_mib"]
+        self.assertGreater(peaks["host_rss"], 10)
+        self.assertEqual((peaks["vram_allocated"], peaks["vram_reserved"]), (None, None))  # the CPU has no VRAM
+        self.assertRegex(result.stderr, r"wrote 1 of 1 images in [0-9.]+ s; peak memory [0-9.]+ (MiB|GiB)")
 
 
 if __name__ == "__main__":

@@ -191,6 +191,76 @@ TEST_F(TinyPipeline, LowVramBelowTheTileSizeGivesTheSameImage) {
   EXPECT_EQ(images[0].rgb, run({"a red cube"}, {7})[0].rgb);
 }
 
+TEST_F(TinyPipeline, ChannelsLastGivesTheSameImage) {
+  txt2img::PipelineOptions nhwc;
+  nhwc.channels_last = true;
+  for (auto graph : {txt2img::GraphOptimization::None, txt2img::GraphOptimization::FreezeAndOptimize}) {
+    nhwc.graph = graph;
+    auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), nhwc);
+    txt2img::SeededNoise noise({7});
+    txt2img::GenerationParams params;
+    params.width = 64;
+    params.height = 48;
+    params.steps = 3;
+    auto images = pipeline.generate({"a red cube"}, {""}, params, noise);
+    const auto reference = run({"a red cube"}, {7});
+    int worst = 0;
+    for (size_t i = 0; i < images[0].rgb.size(); ++i)
+      worst = std::max(worst, std::abs(images[0].rgb[i] - reference[0].rgb[i]));
+    EXPECT_LE(worst, 1);
+  }
+}
+
+TEST(Pipeline, CudaGraphsAreRefusedOffCuda) {
+  txt2img::PipelineOptions options;
+  options.cuda_graph = true;
+  expect_error([&] { txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), options); },
+               ErrorKind::Usage, {"CUDA"});
+}
+
+TEST(Pipeline, NonFiniteDecodedImagesAreAnErrorNotABlackImage) {
+  BundleCopy copy;
+  const auto vae = copy.dir() / "vae_decoder.pt";
+  {
+    auto module = torch::jit::load(vae.string());
+    torch::NoGradGuard no_grad;
+    for (auto p : module.parameters()) p.mul_(1e30);  // overflows float32 within a couple of layers
+    module.save(vae.string());
+  }
+  auto j = copy.manifest();
+  j["files"]["vae_decoder.pt"] = {{"sha256", txt2img::sha256_file(vae)}, {"bytes", std::filesystem::file_size(vae)}};
+  copy.set_manifest(j);
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {});
+  txt2img::SeededNoise noise({7});
+  txt2img::GenerationParams params;
+  params.steps = 2;
+  expect_error([&] { pipeline.generate({"a red cube"}, {""}, params, noise); }, ErrorKind::Runtime,
+               {"decoded images", "non-finite"});
+}
+
+TEST(Pipeline, LibTorchFailuresLeaveAsRuntimeErrors) {
+  txt2img::PipelineOptions options;
+  options.safety = txt2img::SafetyMode::Off;
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), options);
+  // A noise source of the wrong shape makes the U-Net itself fail, inside the TorchScript interpreter.
+  struct WrongShape : txt2img::NoiseSource {
+    torch::Tensor draw(const std::vector<int64_t>& shape) override {
+      return torch::zeros({shape[0], shape[1] + 1, shape[2], shape[3]});
+    }
+  } noise;
+  txt2img::GenerationParams params;
+  params.steps = 1;
+  try {
+    pipeline.generate({"a"}, {""}, params, noise);
+    ADD_FAILURE() << "no error thrown";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Runtime);
+    const std::string what = e.what();
+    EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+    EXPECT_EQ(what.find("TorchScript"), std::string::npos) << what;
+  }
+}
+
 // 16x24 latents in 8x8 tiles overlapping by 4: 3 rows by 5 columns, with interior tiles overlapped on every side.
 torch::Tensor tiling_latents() {
   torch::manual_seed(0);

@@ -1,0 +1,25 @@
+// Peak memory of this process, for reports (--json, the run summary, the benchmark).
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <optional>
+
+namespace txt2img {
+
+struct MemoryPeaks {
+  double host_rss_mib = 0;  // the resident set's peak since the process started
+  // CUDA only: the caching allocator's peaks since the last reset_device_memory_peaks, as
+  // torch.cuda.max_memory_allocated / max_memory_reserved report them. Reserved is what the process holds from the
+  // driver (allocated plus cached free blocks); the CUDA context itself (some 500 MiB) is in neither.
+  std::optional<double> device_allocated_mib;
+  std::optional<double> device_reserved_mib;
+};
+
+MemoryPeaks memory_peaks(const c10::Device& device);
+void reset_device_memory_peaks(const c10::Device& device);
+
+// Whether this build links LibTorch's CUDA libraries (CUDA graphs, device memory statistics).
+bool built_with_cuda();
+
+}  // namespace txt2img

@@ -1,0 +1,109 @@
+#include "unet_call.hpp"
+
+#include "txt2img/device_memory.hpp"
+#include "txt2img/error.hpp"
+
+#ifdef TXT2IMG_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace txt2img {
+
+void to_channels_last(torch::jit::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto parameter : module.parameters())
+    if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
+}
+
+#ifdef TXT2IMG_WITH_CUDA
+
+// Static input and output buffers of one captured call: replaying the graph reads and writes exactly these.
+struct UNetCall::CapturedGraph {
+  torch::Tensor x, t, context, out;
+  at::cuda::CUDAGraph graph;
+
+  bool fits(const torch::Tensor& x_in, const torch::Tensor& t_in, const torch::Tensor& context_in) const {
+    return x.sizes() == x_in.sizes() && x.scalar_type() == x_in.scalar_type() && t.sizes() == t_in.sizes() &&
+           t.scalar_type() == t_in.scalar_type() && context.sizes() == context_in.sizes() &&
+           context.scalar_type() == context_in.scalar_type();
+  }
+};
+
+// TorchScript's profiling executor settles on its optimised graph within a module's first two calls for a shape;
+// capturing earlier would record the profiling run.
+constexpr int kWarmupCallsBeforeCapture = 3;
+
+std::unique_ptr<UNetCall::CapturedGraph> UNetCall::capture(const torch::Tensor& x, const torch::Tensor& t,
+                                                           const torch::Tensor& context) {
+  auto g = std::make_unique<CapturedGraph>();
+  g->x = x.clone();
+  g->t = t.clone();
+  g->context = context.clone();
+  // Capture needs a stream other than the legacy default one, and that stream must not start before the buffers
+  // above are written.
+  c10::cuda::device_synchronize();
+  auto side = c10::cuda::getStreamFromPool(false, x.device().index());
+  {
+    c10::cuda::CUDAStreamGuard on_side(side);
+    for (int i = 0; i < kWarmupCallsBeforeCapture; ++i) forward(g->x, g->t, g->context);
+    side.synchronize();
+    try {
+      g->graph.capture_begin();
+      g->out = forward(g->x, g->t, g->context);
+      g->graph.capture_end();
+    } catch (const c10::Error& e) {
+      std::string what = e.what_without_backtrace();
+      throw Error(ErrorKind::Runtime, "capturing the U-Net as a CUDA graph failed (" + what.substr(0, what.find('\n')) +
+                                          "); run without CUDA graphs");
+    }
+  }
+  c10::cuda::device_synchronize();
+  return g;
+}
+
+torch::Tensor UNetCall::operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context) {
+  if (!cuda_graph_) return forward(x, t, context);
+  if (!graph_ || !graph_->fits(x, t, context)) {
+    graph_.reset();  // its memory pool goes before the next capture allocates one
+    graph_ = capture(x, t, context);
+  }
+  graph_->x.copy_(x);
+  graph_->t.copy_(t);
+  graph_->context.copy_(context);
+  graph_->graph.replay();
+  // Samplers keep earlier model outputs (PNDM, LMS, DPM-Solver); the next replay overwrites this buffer.
+  return graph_->out.clone();
+}
+
+#else
+
+struct UNetCall::CapturedGraph {};  // never made: the constructor refuses cuda_graph in this build
+
+torch::Tensor UNetCall::operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context) {
+  return forward(x, t, context);
+}
+
+#endif
+
+UNetCall::UNetCall() = default;
+UNetCall::UNetCall(UNetCall&&) noexcept = default;
+UNetCall& UNetCall::operator=(UNetCall&&) noexcept = default;
+UNetCall::~UNetCall() = default;
+
+UNetCall::UNetCall(torch::jit::Module module, torch::Device device, bool channels_last, bool cuda_graph)
+    : module_(std::move(module)), channels_last_(channels_last), cuda_graph_(cuda_graph) {
+  if (cuda_graph && !device.is_cuda())
+    throw Error(ErrorKind::Usage, "CUDA graphs need a CUDA device (the U-Net runs on " + device.str() + ")");
+  if (cuda_graph && !built_with_cuda())
+    throw Error(ErrorKind::Usage, "CUDA graphs need a CUDA build of txt2img");
+}
+
+torch::Tensor UNetCall::forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context) {
+  const auto input = channels_last_ ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
+  return module_.forward({input, t, context}).toTensor();
+}
+
+}  // namespace txt2img

@@ -1,0 +1,41 @@
+// The sampling loop's U-Net call, noise_pred = unet(x_t, t, context), and how it executes: as a TorchScript call, or
+// on CUDA captured once per input shape as a CUDA graph and replayed (one launch instead of the U-Net's thousand
+// or so kernel launches a step, which dominate at fp16 on a fast card). With channels_last the convolution weights
+// and the input are NHWC, the layout tensor-core convolutions prefer.
+#pragma once
+
+#include <torch/script.h>
+
+#include <memory>
+
+namespace txt2img {
+
+// Converts a module's 4-D parameters (convolution weights) to channels_last, in place.
+void to_channels_last(torch::jit::Module& module);
+
+class UNetCall {
+ public:
+  UNetCall();
+  // Throws Error(Usage) when cuda_graph is asked for off CUDA or in a build without CUDA.
+  UNetCall(torch::jit::Module module, torch::Device device, bool channels_last, bool cuda_graph);
+  UNetCall(UNetCall&&) noexcept;
+  UNetCall& operator=(UNetCall&&) noexcept;
+  ~UNetCall();
+
+  // The result is the caller's own tensor (a replayed graph's output buffer is copied out).
+  torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context);
+
+ private:
+  struct CapturedGraph;
+
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context);
+  std::unique_ptr<CapturedGraph> capture(const torch::Tensor& x, const torch::Tensor& t,
+                                         const torch::Tensor& context);
+
+  torch::jit::Module module_;
+  bool channels_last_ = false;
+  bool cuda_graph_ = false;
+  std::unique_ptr<CapturedGraph> graph_;
+};
+
+}  // namespace txt2img
