@@ -211,8 +211,8 @@ def main(argv=None) -> int:
         "runs": timed,
     }
     if device.type == "cuda":
-        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        out["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+        out["peak_vram_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        out["peak_vram_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
     print(json.dumps(out))
     return 0
 

@@ -8,15 +8,17 @@
 #   scripts/bench_gpu.sh                                   # CUDA: 512x512, 50 DDIM steps, CFG 7.5, fp16
 #   scripts/bench_gpu.sh --device cpu --size 128 --steps 2 --threads 2 --model /tmp/full   # proves it on a CPU
 #
-# Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with each graph optimisation and at --batch-large;
-# bench_eager.py (our converter's modules, same weights, PyTorch eager, SDPA where PyTorch has it) at the same
-# settings; the txt2img command line end to end (load, 2 images, safety checker on), and with --low-vram when the
-# binary has that flag. Peak VRAM is the device's used memory (nvidia-smi, sampled every 100 ms) above what it was
-# before the run, so it includes each process's CUDA context; on the CPU the column is the peak resident set.
+# Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with each graph optimisation, with channels_last,
+# and on CUDA with the U-Net replayed as a CUDA graph, and at --batch-large; bench_eager.py (our converter's modules,
+# same weights, PyTorch eager, SDPA where PyTorch has it) at the same settings; the txt2img command line end to end
+# (load, 2 images, safety checker on), and with --low-vram. Peak VRAM is given three ways: the CUDA caching
+# allocator's peak allocated and reserved bytes (each process's own report, as torch.cuda.max_memory_allocated /
+# max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the
+# run, which includes the CUDA context. On the CPU the column is the peak resident set.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out=""
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
   case $1 in
     --device) device=$2; shift 2 ;;
@@ -52,10 +54,10 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
 EOF
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$results/torch.json" "$1"; }
 log "PyTorch $(field torch), CUDA $(field cuda), GPU $(field gpu)"
-if [[ $(field cxx11_abi) != True ]]; then
-  log "this PyTorch uses the pre-C++11 string ABI; Debian's libraries use the new one, so nothing links. Use a PyTorch >= 2.7 wheel"
-  exit 1
-fi
+# Wheels before PyTorch 2.7 use the pre-C++11 std::string ABI. Our code is compiled with LibTorch's flags, and
+# talks to Debian's C++ libraries only where no std::string crosses (ICU's UnicodeString API; SentencePiece behind
+# the C interface of its own module, which is built without LibTorch's flags), so either ABI links.
+log "C++11 string ABI: $(field cxx11_abi)"
 if [[ $device == cuda* && $(field gpu) == None ]]; then log "this PyTorch sees no CUDA device"; exit 1; fi
 
 # 2. Dependencies: Debian's packages carried from scripts/gpu-deps.sh, else the system's.
@@ -159,6 +161,11 @@ measure ours_b1 "${bench[@]}" --batch 1 --warmup 2 --runs "$runs"
 measure eager_b1 "${eager[@]}" --batch 1 --warmup 2 --runs "$runs"
 measure ours_b1_freeze "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph freeze
 measure ours_b1_optimize "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph optimize
+measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --channels-last
+if [[ $device == cuda* ]]; then
+  measure ours_b1_cuda_graph "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph
+  measure ours_b1_cuda_graph_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph --channels-last
+fi
 measure ours_b${batch_large} "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1
 measure eager_b${batch_large} "${eager[@]}" --batch "$batch_large" --warmup 2 --runs 1
 if ((have_cli)); then
@@ -193,8 +200,11 @@ def load(name):
         images = [r for r in records if r.get("event") == "image"]
         summary = next(r for r in records if r.get("event") == "summary")
         per_image = [r["timings"]["generate_s"] for r in images]
+        peaks = summary.get("peak_memory_mib", {})
         record = {"load_s": summary["load_s"], "seconds_per_image": per_image[-1],
-                  "first_image_s": per_image[0], "total_s": summary["total_s"], "batch": 1}
+                  "first_image_s": per_image[0], "total_s": summary["total_s"], "batch": 1,
+                  "peak_rss_mb": peaks.get("host_rss"), "peak_vram_allocated_mb": peaks.get("vram_allocated"),
+                  "peak_vram_reserved_mb": peaks.get("vram_reserved")}
     else:
         record = records[-1]
     mem = os.path.join(results, name + ".mem")
@@ -211,13 +221,17 @@ rows = [
     ("ours_b1", "txt2img-bench, batch 1"),
     ("ours_b1_freeze", "txt2img-bench, batch 1, --graph freeze"),
     ("ours_b1_optimize", "txt2img-bench, batch 1, --graph optimize"),
+    ("ours_b1_channels_last", "txt2img-bench, batch 1, --channels-last"),
+    ("ours_b1_cuda_graph", "txt2img-bench, batch 1, --cuda-graph"),
+    ("ours_b1_cuda_graph_channels_last", "txt2img-bench, batch 1, --cuda-graph --channels-last"),
     ("eager_b1", "PyTorch eager, batch 1"),
     (f"ours_b{big}", f"txt2img-bench, batch {big}"),
     (f"eager_b{big}", f"PyTorch eager, batch {big}"),
     ("cli", "txt2img CLI, 2 images, safety checker (1st image in brackets)"),
     ("cli_low_vram", "txt2img CLI --low-vram, same"),
 ]
-mem_name = "peak VRAM MiB" if device.startswith("cuda") else "peak RSS MiB"
+cuda = device.startswith("cuda")
+mem_name = "peak VRAM MiB: allocated / reserved / nvidia-smi" if cuda else "peak RSS MiB"
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "CPU")
 print(f"txt2img benchmark {datetime.date.today()} on {torch_info['gpu'] or cpu} "
       f"({device}), PyTorch {torch_info['torch']}, CUDA {torch_info['cuda']}")
@@ -239,8 +253,12 @@ for name, label in rows:
     s = fmt(r.get("seconds_per_image"), ".3f")
     if "first_image_s" in r:
         s += f" ({r['first_image_s']:.3f})"
+    if cuda:  # the caching allocator's peaks (the process's own figures), then the card's used memory above idle
+        mem = " / ".join(fmt(r.get(k), ".0f") or "?" for k in ("peak_vram_allocated_mb", "peak_vram_reserved_mb", "mem_mb"))
+    else:
+        mem = fmt(r.get("mem_mb"), ".0f")
     print(f"| {label} | {fmt(r.get('load_s'), '.2f')} | {fmt(r.get('unet_it_per_s'), '.2f')} | {s} | "
-          f"{fmt(r.get('images_per_s'), '.3f')} | {fmt(r.get('mem_mb'), '.0f')} |")
+          f"{fmt(r.get('images_per_s'), '.3f')} | {mem} |")
 for b in ("1", big):
     ours, eager = records.get(f"ours_b{b}"), records.get(f"eager_b{b}")
     if ours and eager and "failed" not in ours and "failed" not in eager:

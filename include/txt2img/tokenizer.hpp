@@ -11,8 +11,9 @@
 
 namespace txt2img {
 
-// CLIP's cleaning (the parts of ftfy.fix_text that apply to valid UTF-8, html.unescape twice, strip, whitespace
-// collapse, Unicode lowercase). Throws Error(Usage) on invalid UTF-8.
+// CLIP's cleaning (ftfy.fix_text's fixes for valid UTF-8 input, including its repair of UTF-8 that was read as
+// Windows-1252 or Latin-1; html.unescape twice, strip, whitespace collapse, Unicode lowercase). Throws Error(Usage)
+// on invalid UTF-8.
 std::string clean_text(std::string_view utf8);
 
 // CLIP's pre-token regex over cleaned text.
