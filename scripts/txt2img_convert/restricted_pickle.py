@@ -1,0 +1,238 @@
+"""A pickle reader for PyTorch checkpoints that can never run their code.
+
+torch.load(weights_only=True) refuses any pickle that names a global outside tensors and plain containers;
+PyTorch Lightning checkpoints (CompVis' sd-v1-4.ckpt, ...) also pickle callbacks and hyper-parameters beside the
+weights. This reader resolves only the globals tensors are built from and turns every other one into an inert
+stand-in that is never imported or called, for both of torch.save's formats (zip and the legacy one). It reads
+storages itself: torch 1.13's torch.load ignores a custom pickle_module unless weights_only=True.
+"""
+
+import os
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+
+class _Ignored:
+    """What the restricted unpickler gives for a global it does not trust (a class of a training framework,
+    `os.system`, ...): a class that keeps nothing and does nothing whatever it is called, built or filled with.
+    One subclass per global, whose `global_name` says which."""
+
+    global_name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+    def __repr__(self):
+        return f"<ignored {self.global_name}>"
+
+
+def ignored_name(value) -> Optional[str]:
+    """The global that `value` stands for, if it is (an instance of) a restricted unpickler's stand-in."""
+    if isinstance(value, _Ignored) or (isinstance(value, type) and issubclass(value, _Ignored)):
+        return value.global_name
+    return None
+
+
+class _StorageType:
+    """A pickled storage class (`torch.FloatStorage`, ...): only its element type matters."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+
+class _Storage:
+    """A pickled storage: its elements as a 1-D tensor, which the tensors built on it view."""
+
+    def __init__(self, elements: torch.Tensor) -> None:
+        self.elements = elements
+
+
+# The storage classes that torch.save names (torch.<Name>Storage, also torch.cuda.*; torch.UntypedStorage is bytes).
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "ComplexDoubleStorage": torch.complex128, "ComplexFloatStorage": torch.complex64, "UntypedStorage": torch.uint8,
+}
+
+
+def _ints(value, what: str) -> Tuple[int, ...]:
+    if not isinstance(value, (tuple, list, torch.Size)) or not all(type(v) is int for v in value):
+        raise pickle.UnpicklingError(f"a tensor's {what} is {value!r}, not integers")
+    return tuple(value)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *ignored) -> torch.Tensor:
+    """torch._utils._rebuild_tensor(_v2) on a `_Storage`; requires_grad, backward hooks and metadata (the
+    further arguments) mean nothing to weights and are dropped. A stand-in never becomes (part of) a tensor."""
+    if not isinstance(storage, _Storage):
+        found = ignored_name(storage)
+        raise pickle.UnpicklingError(f"a tensor is built from {'an object of ' + found if found else repr(storage)}"
+                                     f"{' (not loaded)' if found else ''} instead of a storage")
+    if type(storage_offset) is not int:
+        raise pickle.UnpicklingError(f"a tensor's storage offset is {storage_offset!r}")
+    size, stride = _ints(size, "size"), _ints(stride, "stride")
+    if len(size) != len(stride):
+        raise pickle.UnpicklingError(f"a tensor has size {size} but stride {stride}")
+    try:
+        return storage.elements.as_strided(size, stride, storage_offset)
+    except RuntimeError as e:  # out of the storage's bounds
+        raise pickle.UnpicklingError(f"a tensor does not fit its storage: {e}") from None
+
+
+def _rebuild_parameter(data, *ignored) -> torch.Tensor:
+    """torch._utils._rebuild_parameter(_with_state): the weights are the data; the rest is training state."""
+    if not isinstance(data, torch.Tensor):
+        raise pickle.UnpicklingError(f"a parameter holds {data!r}, not a tensor")
+    return data
+
+
+# The globals that a state dict of tensors is made of, by "module.name"; torch.load(weights_only=True) allows
+# the same (and a few more, e.g. sparse tensors, which SD checkpoints do not hold).
+_TRUSTED: Dict[str, object] = {
+    "collections.OrderedDict": OrderedDict,
+    "torch.Size": torch.Size,
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+}
+_TRUSTED.update((f"{module}.{name}", _StorageType(dtype)) for name, dtype in _STORAGE_DTYPES.items()
+                for module in ("torch", "torch.cuda"))
+_TRUSTED["torch.storage.UntypedStorage"] = _StorageType(torch.uint8)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only `_TRUSTED` globals: every other one becomes an `_Ignored` stand-in,
+    recorded in `ignored`. It imports nothing, and the only callables a pickle can reach are the trusted
+    containers and the tensor builders above. `storage(pid)` answers persistent ids (torch.save's storages)."""
+
+    def __init__(self, file, storage: Callable, ignored: Dict[str, type]) -> None:
+        super().__init__(file, encoding="utf-8")
+        self._storage = storage
+        self._ignored = ignored
+
+    def find_class(self, module, name):
+        full = f"{module}.{name}"
+        if full in _TRUSTED:
+            return _TRUSTED[full]
+        if full not in self._ignored:
+            self._ignored[full] = type(f"Ignored[{full}]", (_Ignored,), {"global_name": full})
+        return self._ignored[full]
+
+    def persistent_load(self, pid):
+        if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+        if not isinstance(pid[1], _StorageType):
+            raise pickle.UnpicklingError(f"a storage of unknown type {ignored_name(pid[1]) or pid[1]!r}")
+        return self._storage(pid)
+
+
+def _read_into(f, elements: torch.Tensor, what: str) -> None:
+    raw = elements.view(-1).view(torch.uint8).numpy() if elements.numel() else None
+    done = 0
+    while raw is not None and done < raw.size:
+        n = f.readinto(raw[done:])
+        if not n:
+            raise pickle.UnpicklingError(f"{what} is truncated")
+        done += n
+
+
+def _storage_elements(dtype: torch.dtype, numel, available: int) -> torch.Tensor:
+    """Room for a storage of `numel` elements, which a file of `available` bytes must be able to hold."""
+    if type(numel) is not int or not 0 <= numel * torch.empty((), dtype=dtype).element_size() <= available:
+        raise pickle.UnpicklingError(f"a storage of {numel!r} {dtype} elements does not fit the file")
+    return torch.empty(numel, dtype=dtype)
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+def unpickle(path: str, ignored: Dict[str, type]):
+    """The object that torch.save wrote to `path`, unpickled by `_RestrictedUnpickler` (zip archives of
+    torch >= 1.6 and the older "legacy" stream)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+            if len(pickles) != 1:
+                raise pickle.UnpicklingError("not a torch.save archive (no single <folder>/data.pkl)")
+            root = pickles[0][: -len("data.pkl")]
+            if root + "byteorder" in archive.namelist() and archive.read(root + "byteorder") != b"little":
+                raise pickle.UnpicklingError("big-endian tensor data is not supported")
+            storages: Dict[str, _Storage] = {}
+
+            def zip_storage(pid):
+                _, storage_type, key, _location, numel = pid
+                if key not in storages:
+                    name = f"{root}data/{key}"
+                    size = archive.getinfo(name).file_size
+                    elements = _storage_elements(storage_type.dtype, numel, size)
+                    if size != elements.numel() * elements.element_size():
+                        raise pickle.UnpicklingError(f"record {name} does not hold {numel} {storage_type.dtype}")
+                    with archive.open(name) as record:
+                        _read_into(record, elements, f"record {name}")
+                    storages[key] = _Storage(elements)
+                return storages[key]
+
+            with archive.open(pickles[0]) as f:
+                return _RestrictedUnpickler(f, zip_storage, ignored).load()
+
+    with open(path, "rb") as f:
+        def plain():
+            return _RestrictedUnpickler(f, lambda pid: None, ignored).load()
+
+        if plain() != _LEGACY_MAGIC:
+            raise pickle.UnpicklingError("not a file written by torch.save")
+        if plain() != _LEGACY_PROTOCOL:
+            raise pickle.UnpicklingError("unsupported torch.save protocol version")
+        info = plain()
+        if not isinstance(info, dict) or not info.get("little_endian", False):
+            raise pickle.UnpicklingError("big-endian tensor data is not supported")
+        roots: Dict[str, torch.Tensor] = {}
+
+        def legacy_storage(pid):
+            if len(pid) != 6:
+                raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+            _, storage_type, key, _location, numel, view = pid
+            if key not in roots:
+                roots[key] = _storage_elements(storage_type.dtype, numel, os.fstat(f.fileno()).st_size)
+            elements = roots[key]
+            if view is not None:  # (view key, offset, size) in elements of the root storage
+                offset, count = _ints(view[1:], "view")
+                elements = elements[offset:][:count]
+            return _Storage(elements)
+
+        data = _RestrictedUnpickler(f, legacy_storage, ignored).load()
+        keys = plain()
+        if not isinstance(keys, list) or set(keys) != set(roots):
+            raise pickle.UnpicklingError("the storages listed do not match those the tensors use")
+        # The data of each storage follows in the listed order, each after its element count.
+        for key in keys:
+            elements = roots[key]
+            count = f.read(8)
+            if len(count) != 8 or struct.unpack("<q", count)[0] != elements.numel():
+                raise pickle.UnpicklingError(f"storage {key} does not hold the {elements.numel()} elements "
+                                             "its tensors use")
+            _read_into(f, elements, f"storage {key}")
+        return data
