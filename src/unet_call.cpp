@@ -54,10 +54,9 @@ std::unique_ptr<UNetCall::CapturedGraph> UNetCall::capture(const torch::Tensor& 
       g->graph.capture_begin();
       g->out = forward(g->x, g->t, g->context);
       g->graph.capture_end();
-    } catch (const c10::Error& e) {
-      std::string what = e.what_without_backtrace();
-      throw Error(ErrorKind::Runtime, "capturing the U-Net as a CUDA graph failed (" + what.substr(0, what.find('\n')) +
-                                          "); run without CUDA graphs");
+    } catch (const std::exception& e) {  // c10::Error, or the TorchScript interpreter's std::runtime_error
+      throw Error(ErrorKind::Runtime, "capturing the U-Net as a CUDA graph failed (" +
+                                          std::string(backend_failure(e).what()) + "); run without CUDA graphs");
     }
   }
   c10::cuda::device_synchronize();
