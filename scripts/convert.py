@@ -2,12 +2,13 @@
 """Convert a Stable Diffusion 1.x model into a txt2img model bundle.
 
   convert.py SOURCE --out DIR [--config DIR] [--vocab PATH] [--safety-checker DIR | --no-safety-checker]
-             [--overwrite]
+             [--lora FILE[:WEIGHT]]... [--overwrite]
   convert.py --tiny|--random-full --out DIR --vocab PATH [--seed N] [--no-safety-checker] [--tiny-flag-all]
              [--overwrite]
 
 SOURCE: a diffusers folder, a single-file CompVis/LDM checkpoint (.safetensors or .ckpt), or a Hugging Face
-hub id such as runwayml/stable-diffusion-v1-5 (downloaded when huggingface_hub is installed).
+hub id such as runwayml/stable-diffusion-v1-5 (downloaded when huggingface_hub is installed). Each --lora
+(kohya/A1111, PEFT or diffusers LoRA file) is merged into the U-Net and text-encoder weights before export.
 """
 
 import argparse
@@ -41,6 +42,15 @@ def _reexec_if_needed() -> None:
     os.execv(launcher, [launcher, script, *sys.argv[1:]])
 
 
+def _lora_spec(text: str):
+    from txt2img_convert.lora import parse_spec
+
+    try:
+        return parse_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line instead of argparse's usage block
         self.exit(2, f"{PROG}: error: {message} (see --help)\n")
@@ -65,6 +75,9 @@ def parse_args(argv):
                              "CompVis/stable-diffusion-safety-checker)")
     safety.add_argument("--no-safety-checker", action="store_true",
                         help="build the bundle without a safety checker")
+    p.add_argument("--lora", action="append", type=_lora_spec, default=[], metavar="FILE[:WEIGHT]",
+                   help="merge this LoRA (kohya/A1111, PEFT or diffusers format) into the U-Net and text "
+                        "encoder, scaled by WEIGHT (default 1.0); repeatable, applied in order")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     random = p.add_mutually_exclusive_group()
     random.add_argument("--tiny", action="store_true", help="random weights, tiny widths (for tests)")
@@ -78,7 +91,8 @@ def parse_args(argv):
     if preset == (args.source is not None):
         p.error("give either SOURCE or one of --tiny / --random-full")
     if preset:
-        for flag, value in (("--config", args.config), ("--safety-checker", args.safety_checker)):
+        for flag, value in (("--config", args.config), ("--safety-checker", args.safety_checker),
+                            ("--lora", args.lora or None)):
             if value is not None:
                 p.error(f"{flag} applies to a SOURCE, not to random weights")
         if args.vocab is None:
@@ -100,9 +114,10 @@ def _first_file(*paths):
 
 def convert_source(args) -> dict:
     from txt2img_convert import checkpoints as ck
-    from txt2img_convert import export
+    from txt2img_convert import export, lora
 
     export.check_destination(args.out, args.overwrite)
+    lora.check_files(args.lora)
     path = ck.resolve_source(args.source)
     folder = os.path.isdir(path)
     if args.vocab is not None and not os.path.isfile(args.vocab):
@@ -146,6 +161,13 @@ def convert_source(args) -> dict:
                                  ck.scheduler_fields(model.scheduler),
                                  export.safety_manifest(preprocessor) if safety is not None else None)
 
+    loras = []
+    for spec in args.lora:
+        record = lora.merge(spec, {"unet": model.unet, "text_encoder": model.text_encoder})
+        export.progress(f"merged {record['format']} LoRA {spec.path} (weight {spec.weight:g}) into "
+                        f"{record['unet_modules']} U-Net and {record['text_encoder_modules']} text encoder modules")
+        loras.append(record)
+
     components = {"text_encoder": model.text_encoder, "unet": model.unet, "vae": model.vae}
     if safety is not None:
         components["safety_checker"] = safety
@@ -156,7 +178,16 @@ def convert_source(args) -> dict:
 
     name = args.source if path != args.source else model.name  # a hub id names the model better than its cache
     source = {"kind": model.kind, "path": os.path.abspath(path), "sha256": model.sha256}
-    return export.write_bundle(args.out, modules, vocab, fields, name, model.sha256[:10], source, args.overwrite)
+    model_hash = model.sha256[:10]
+    if loras:
+        # Merged weights are no longer the source model: the name lists the LoRAs, and the hash (which images'
+        # metadata quote) becomes that of the exported U-Net instead of the source's.
+        source["loras"] = loras
+        for spec in args.lora:
+            stem = os.path.splitext(os.path.basename(spec.path))[0]
+            name += f"+{stem}" + ("" if spec.weight == 1 else f":{spec.weight:g}")
+        model_hash = None
+    return export.write_bundle(args.out, modules, vocab, fields, name, model_hash, source, args.overwrite)
 
 
 def convert_random(args) -> dict:

@@ -1,0 +1,454 @@
+"""convert.py --lora: kohya/A1111, PEFT and older diffusers LoRA files merged into the tiny reference model's
+U-Net and text encoder (W += weight * alpha / r * up @ down), the errors, and the bundle end to end."""
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import convert as convert_script  # scripts/convert.py (conftest puts scripts/ on sys.path)
+from txt2img_convert import checkpoints as ck
+from txt2img_convert import lora
+from txt2img_convert.checkpoints import Component, ConversionError
+from txt2img_convert.safetensors_io import load_file, save_file
+
+REPO = Path(__file__).resolve().parents[2]
+CONVERT = REPO / "scripts" / "convert.py"
+
+ATTN = "down_blocks.1.attentions.0"
+BLOCK = ATTN + ".transformer_blocks.0"
+TEXT = "text_model.encoder.layers.0"
+# (part, module) -> (shape of its weight) of the layers the tests put LoRAs on.
+MODULES = {
+    ("unet", BLOCK + ".attn1.to_q"): (64, 64),
+    ("unet", BLOCK + ".attn2.to_k"): (64, 32),
+    ("unet", BLOCK + ".attn1.to_out.0"): (64, 64),
+    ("unet", BLOCK + ".ff.net.0.proj"): (512, 64),
+    ("unet", ATTN + ".proj_in"): (64, 64, 1, 1),
+    ("unet", "down_blocks.1.resnets.0.conv1"): (64, 32, 3, 3),
+    ("text_encoder", TEXT + ".self_attn.q_proj"): (32, 32),
+    ("text_encoder", TEXT + ".self_attn.out_proj"): (32, 32),
+    ("text_encoder", "text_model.encoder.layers.3.mlp.fc1"): (37, 32),
+}
+KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+
+
+@pytest.fixture(scope="module")
+def tiny(reference):
+    return ck.load_diffusers(str(reference / "tiny/model"))
+
+
+@pytest.fixture
+def components(tiny):
+    """Fresh U-Net and text encoder Components of the tiny model (merging replaces entries of their dicts)."""
+    return {part: Component(c.label, dict(c.tensors), c.config, c.origin)
+            for part, c in (("unet", tiny.unet), ("text_encoder", tiny.text_encoder))}
+
+
+def make_pair(shape, rank, seed, dtype=torch.float32):
+    """(down, up) of rank `rank` for a weight of `shape` ([out, in] or [out, in, kh, kw])."""
+    g = torch.Generator().manual_seed(seed)
+    down = torch.randn((rank,) + tuple(shape[1:]), generator=g).to(dtype)
+    up = torch.randn((shape[0], rank) + ((1, 1) if len(shape) == 4 else ()), generator=g).to(dtype)
+    return down, up
+
+
+def make_lora(modules=MODULES, rank=4, alpha=2.0, seed=0, dtype=torch.float32):
+    """module key -> (down, up, alpha or None)."""
+    return {key: (*make_pair(shape, rank, seed + i, dtype), alpha) for i, (key, shape) in enumerate(modules.items())}
+
+
+def kohya_file(path, pairs):
+    tensors = {}
+    for (part, module), (down, up, alpha) in pairs.items():
+        name = KOHYA_PREFIX[part] + module.replace(".", "_")
+        tensors[name + ".lora_down.weight"] = down
+        tensors[name + ".lora_up.weight"] = up
+        if alpha is not None:
+            tensors[name + ".alpha"] = torch.tensor(alpha, dtype=down.dtype)
+    save_file(tensors, str(path))
+    return path
+
+
+def expected_delta(weight, down, up, alpha):
+    """The merge written out by hand: weight * alpha / r * sum_r up[o, r] * down[r, i, ...]."""
+    rank = down.shape[0]
+    alpha = rank if alpha is None else alpha
+    up = up.double().reshape(up.shape[0], rank)
+    if down.dim() == 4:
+        product = torch.einsum("or,rikl->oikl", up, down.double())
+    else:
+        product = torch.einsum("or,ri->oi", up, down.double())
+    return weight * alpha / rank * product
+
+
+def check_merged(before, after, pairs, weight, tol=1e-6):
+    """Every LoRA module equals W + delta (to float32 rounding); every other tensor is the same object."""
+    targets = {}
+    for (part, module), (down, up, alpha) in pairs.items():
+        targets[(part, module + ".weight")] = expected_delta(weight, down, up, alpha)
+    for part in ("unet", "text_encoder"):
+        for key, old in before[part].items():
+            new = after[part].tensors[key]
+            if (part, key) in targets:
+                assert new.dtype == torch.float32 and new.shape == old.shape, key
+                want = old.double() + targets[(part, key)].reshape(old.shape)
+                error = (new.double() - want).abs().max().item()
+                assert error <= tol * max(1.0, want.abs().max().item()), (key, error)
+                assert not torch.equal(new, old), key
+            else:
+                assert new is old, key
+
+
+def snapshot(components):
+    return {part: dict(c.tensors) for part, c in components.items()}
+
+
+def merge(components, path, weight=1.0):
+    return lora.merge(lora.LoraSpec(str(path), weight), components)
+
+
+# ------------------------------------------------------------------------------------------------- kohya
+
+
+def test_kohya_unet_linears_convs_and_text_encoder(tmp_path, components):
+    pairs = make_lora()
+    before = snapshot(components)
+    record = merge(components, kohya_file(tmp_path / "style.safetensors", pairs), 0.7)
+    check_merged(before, components, pairs, 0.7)
+    assert record["format"] == "kohya" and record["weight"] == 0.7
+    assert (record["modules"], record["unet_modules"], record["text_encoder_modules"]) == (9, 6, 3)
+    assert record["path"] == str(tmp_path / "style.safetensors") and len(record["sha256"]) == 64
+
+
+def test_alpha_absent_means_alpha_equals_rank(tmp_path, components):
+    pairs = make_lora(rank=3, alpha=None)
+    before = snapshot(components)
+    merge(components, kohya_file(tmp_path / "a.safetensors", pairs))
+    check_merged(before, components, pairs, 1.0)
+    # The same file with alpha = rank stored explicitly gives exactly the same weights.
+    explicit = {key: (down, up, 3.0) for key, (down, up, _) in pairs.items()}
+    again = {part: Component(c.label, dict(before[part]), c.config, c.origin) for part, c in components.items()}
+    merge(again, kohya_file(tmp_path / "b.safetensors", explicit))
+    for part in again:
+        for key, value in again[part].tensors.items():
+            assert torch.equal(value, components[part].tensors[key]), key
+
+
+def test_weight_zero_changes_nothing(tmp_path, components):
+    before = snapshot(components)
+    record = merge(components, kohya_file(tmp_path / "a.safetensors", make_lora()), 0.0)
+    assert record["modules"] == 9
+    for part in before:
+        assert components[part].tensors == before[part]
+
+
+def test_two_loras_add_up(tmp_path, components):
+    first, second = make_lora(seed=0), make_lora(seed=100, rank=2, alpha=1.0)
+    before = snapshot(components)
+    merge(components, kohya_file(tmp_path / "a.safetensors", first), 0.5)
+    merge(components, kohya_file(tmp_path / "b.safetensors", second), -1.25)
+    for (part, module), (down, up, alpha) in first.items():
+        key = module + ".weight"
+        old = before[part][key]
+        want = old.double() + (expected_delta(0.5, down, up, alpha)
+                               + expected_delta(-1.25, *second[(part, module)])).reshape(old.shape)
+        assert torch.allclose(components[part].tensors[key].double(), want, rtol=0, atol=1e-5), key
+
+
+def test_fp16_lora_file_merges_in_float32(tmp_path, components):
+    pairs = make_lora(dtype=torch.float16)
+    before = snapshot(components)
+    merge(components, kohya_file(tmp_path / "half.safetensors", pairs), 0.8)
+    check_merged(before, components, pairs, 0.8)  # computed from the fp16 values, in float32
+
+
+def test_linear_lora_on_a_1x1_conv_and_conv_lora_on_a_linear(tmp_path, components):
+    proj_in, to_q = ("unet", ATTN + ".proj_in"), ("unet", BLOCK + ".attn1.to_q")
+    down, up = make_pair((64, 64), 4, 1)  # 2-D pair for the [64, 64, 1, 1] proj_in
+    down4, up4 = make_pair((64, 64, 1, 1), 4, 2)  # 4-D pair for the [64, 64] linear to_q
+    pairs = {proj_in: (down, up, 4.0), to_q: (down4, up4, 1.0)}
+    before = snapshot(components)
+    merge(components, kohya_file(tmp_path / "a.safetensors", pairs))
+    check_merged(before, components, pairs, 1.0)
+    assert components["unet"].tensors[proj_in[1] + ".weight"].shape == (64, 64, 1, 1)
+    assert components["unet"].tensors[to_q[1] + ".weight"].shape == (64, 64)
+
+
+def test_single_file_components(reference, tmp_path):
+    """A single-file source's components carry diffusers names once converted: the same LoRA names apply."""
+    sd1 = ck.ldm_to_diffusers(ck.read_tensors(str(reference / "sd1/single_file/sd1.safetensors")), "sd1")
+    components = {part: sd1[part] for part in ("unet", "text_encoder")}
+    modules = {("unet", "up_blocks.1.attentions.2.proj_out"): (128, 128, 1, 1),
+               ("unet", "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"): (128, 32),
+               ("text_encoder", "text_model.encoder.layers.11.mlp.fc2"): (32, 128)}
+    for (part, module), shape in modules.items():
+        assert tuple(components[part].tensors[module + ".weight"].shape) == shape
+    pairs = make_lora(modules)
+    before = snapshot(components)
+    record = merge(components, kohya_file(tmp_path / "a.safetensors", pairs))
+    check_merged(before, components, pairs, 1.0)
+    assert (record["unet_modules"], record["text_encoder_modules"]) == (2, 1)
+
+
+# -------------------------------------------------------------------------------------- PEFT and diffusers
+
+
+def peft_tensors(pairs, prefixed=True, alphas=True):
+    tensors = {}
+    for (part, module), (down, up, alpha) in pairs.items():
+        name = f"{part}.{module}" if prefixed else f"base_model.model.{module}"
+        tensors[name + ".lora_A.weight"] = down
+        tensors[name + ".lora_B.weight"] = up
+        if alphas and alpha is not None:
+            tensors[name + ".alpha"] = torch.tensor(alpha)
+    return tensors
+
+
+def old_diffusers_tensors(pairs):
+    """diffusers 0.17-0.2x: LoRACompatibleLinear `.lora.down/up`, attention processors `processor.to_q_lora`,
+    text encoder `to_q_lora` / `lora_linear_layer`."""
+    processor = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out.0": "to_out"}
+    text_attention = {"q_proj": "to_q", "k_proj": "to_k", "v_proj": "to_v", "out_proj": "to_out"}
+    tensors = {}
+    for (part, module), (down, up, alpha) in pairs.items():
+        parent, _, leaf = module.rpartition(".")
+        if module.endswith("to_out.0"):
+            parent, leaf = module[: -len(".to_out.0")], "to_out.0"
+        if part == "unet" and leaf in processor:
+            stem, layer = f"unet.{parent}.processor.{processor[leaf]}_lora", ""
+        elif part == "unet":
+            stem, layer = f"unet.{module}", ".lora"
+        elif leaf in text_attention:
+            stem, layer = f"text_encoder.{parent}.{text_attention[leaf]}_lora", ""
+        else:
+            stem, layer = f"text_encoder.{module}", ".lora_linear_layer"
+        tensors[f"{stem}{layer}.down.weight"] = down
+        tensors[f"{stem}{layer}.up.weight"] = up
+        if alpha is not None and not stem.endswith("_lora"):
+            tensors[f"{part}.{module}.alpha"] = torch.tensor(alpha)
+    return tensors
+
+
+def merged(tiny, path, weight=1.0):
+    components = {part: Component(c.label, dict(c.tensors), c.config, c.origin)
+                  for part, c in (("unet", tiny.unet), ("text_encoder", tiny.text_encoder))}
+    record = merge(components, path, weight)
+    return components, record
+
+
+def assert_same(a, b):
+    for part in ("unet", "text_encoder"):
+        assert sorted(a[part].tensors) == sorted(b[part].tensors)
+        for key, value in a[part].tensors.items():
+            assert torch.equal(value, b[part].tensors[key]), key
+
+
+def test_peft_and_old_diffusers_formats_equal_kohya(tmp_path, tiny):
+    pairs = make_lora(alpha=4.0)  # alpha = rank: the old diffusers processor names carry no alpha
+    kohya, _ = merged(tiny, kohya_file(tmp_path / "k.safetensors", pairs), 0.6)
+    save_file(peft_tensors(pairs), str(tmp_path / "p.safetensors"))
+    peft, record = merged(tiny, tmp_path / "p.safetensors", 0.6)
+    assert record["format"] == "peft" and record["modules"] == 9
+    assert_same(kohya, peft)
+    save_file(old_diffusers_tensors(pairs), str(tmp_path / "d.safetensors"))
+    old, record = merged(tiny, tmp_path / "d.safetensors", 0.6)
+    assert record["format"] == "diffusers" and record["modules"] == 9
+    assert_same(kohya, old)
+    # A PEFT file without alphas: alpha = rank.
+    save_file(peft_tensors(pairs, alphas=False), str(tmp_path / "n.safetensors"))
+    assert_same(kohya, merged(tiny, tmp_path / "n.safetensors", 0.6)[0])
+
+
+def test_peft_alphas_from_metadata_and_adapter_config(tmp_path, tiny):
+    pairs = make_lora(alpha=8.0)
+    to_q = ("unet", BLOCK + ".attn1.to_q")
+    pairs_pattern = dict(pairs)
+    pairs_pattern[to_q] = pairs[to_q][:2] + (1.0,)  # alpha_pattern overrides this one module
+    kohya, _ = merged(tiny, kohya_file(tmp_path / "k.safetensors", pairs_pattern))
+    metadata = {"unet.r": 4, "unet.lora_alpha": 8.0, "unet.alpha_pattern": {"attn1.to_q": 1.0},
+                "text_encoder.r": 4, "text_encoder.lora_alpha": 8.0}
+    save_file(peft_tensors(pairs, alphas=False), str(tmp_path / "m.safetensors"),
+              {"lora_adapter_metadata": json.dumps(metadata)})
+    assert_same(kohya, merged(tiny, tmp_path / "m.safetensors")[0])
+    # PEFT's own layout: adapter_model.safetensors (base_model.model.* keys) beside adapter_config.json.
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    save_file(peft_tensors(pairs, prefixed=False, alphas=False), str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "alpha_pattern": {"attn1.to_q": 1}}))
+    adapter, record = merged(tiny, folder / "adapter_model.safetensors")
+    assert record["format"] == "peft" and (record["unet_modules"], record["text_encoder_modules"]) == (6, 3)
+    assert_same(kohya, adapter)
+    # rsLoRA scales by alpha / sqrt(r): the same as alpha' = alpha * sqrt(r) in the plain formula.
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "use_rslora": True}))
+    rs = {key: (down, up, 8.0 * math.sqrt(4)) for key, (down, up, _) in pairs.items()}
+    assert_same(merged(tiny, kohya_file(tmp_path / "rs.safetensors", rs))[0],
+                merged(tiny, folder / "adapter_model.safetensors")[0])
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "use_dora": True}))
+    with pytest.raises(ConversionError, match="DoRA"):
+        merged(tiny, folder / "adapter_model.safetensors")
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+
+def lora_error(tmp_path, tiny, tensors, name="bad.safetensors"):
+    path = tmp_path / name
+    save_file(tensors, str(path))
+    with pytest.raises(ConversionError) as info:
+        merged(tiny, path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    return message
+
+
+def test_errors_name_the_file_and_the_keys(tmp_path, tiny):
+    down, up = make_pair((64, 64), 4, 0)
+    good = {"lora_unet_" + (BLOCK + ".attn1.to_q").replace(".", "_") + s: t
+            for s, t in ((".lora_down.weight", down), (".lora_up.weight", up))}
+    # A key whose module is no weight of the model (here a fourth down block, and an LDM-style name).
+    for name in ("lora_unet_down_blocks_3_attentions_0_proj_in", "lora_unet_input_blocks_4_1_proj_in"):
+        message = lora_error(tmp_path, tiny, {**good, name + ".lora_down.weight": down,
+                                              name + ".lora_up.weight": up})
+        assert "match no U-Net or text encoder weight" in message and name + ".lora_down.weight" in message
+    message = lora_error(tmp_path, tiny, {**good, "unet.down_blocks.7.attn1.to_q.lora_A.weight": down,
+                                          "unet.down_blocks.7.attn1.to_q.lora_B.weight": up})
+    assert "unet.down_blocks.7.attn1.to_q.lora_A.weight" in message
+    # Shape mismatch: a pair for a [64, 32] weight on the [64, 64] to_q.
+    d32, u32 = make_pair((64, 32), 4, 0)
+    message = lora_error(tmp_path, tiny, {k: (d32 if k.endswith("down.weight") else u32) for k in good})
+    assert "[64, 32]" in message and "[64, 64]" in message and "attn1_to_q" in message
+    # up and down of different ranks.
+    message = lora_error(tmp_path, tiny, {**good, next(iter(good)): make_pair((64, 64), 3, 0)[0]})
+    assert "does not fit" in message
+    # LyCORIS and DoRA.
+    stem = "lora_unet_" + (BLOCK + ".attn1.to_q").replace(".", "_")
+    assert "LoHa" in lora_error(tmp_path, tiny, {stem + ".hada_w1_a": down, stem + ".hada_w1_b": up,
+                                                  stem + ".hada_w2_a": down, stem + ".hada_w2_b": up})
+    assert "LoKr" in lora_error(tmp_path, tiny, {stem + ".lokr_w1": down, stem + ".lokr_w2": up})
+    assert "DoRA" in lora_error(tmp_path, tiny, {**good, stem + ".dora_scale": torch.ones(64, 1)})
+    # A half pair.
+    message = lora_error(tmp_path, tiny, {stem + ".lora_down.weight": down})
+    assert "no up tensor" in message and stem + ".lora_down.weight" in message
+    # Files with no LoRA in them: a model's weights, an empty file.
+    message = lora_error(tmp_path, tiny, {"conv_in.weight": torch.zeros(3), **good})
+    assert "not LoRA tensors" in message and "conv_in.weight" in message
+    assert "no LoRA tensors" in lora_error(tmp_path, tiny, {})
+
+
+def test_failed_file_changes_nothing(tmp_path, components):
+    pairs = make_lora()
+    path = kohya_file(tmp_path / "a.safetensors", pairs)
+    tensors = load_file(str(path))
+    tensors["lora_te_text_model_encoder_layers_9_mlp_fc1.lora_down.weight"] = torch.zeros(4, 32)
+    tensors["lora_te_text_model_encoder_layers_9_mlp_fc1.lora_up.weight"] = torch.zeros(37, 4)
+    save_file(tensors, str(path))
+    before = snapshot(components)
+    with pytest.raises(ConversionError, match="layers_9_mlp_fc1"):
+        merge(components, path)
+    for part in before:
+        assert components[part].tensors == before[part]
+
+
+def test_weight_syntax():
+    assert lora.parse_spec("a.safetensors") == lora.LoraSpec("a.safetensors", 1.0)
+    assert lora.parse_spec("a.safetensors:0.5") == lora.LoraSpec("a.safetensors", 0.5)
+    assert lora.parse_spec("dir:x/a.safetensors:-1e-1") == lora.LoraSpec("dir:x/a.safetensors", -0.1)
+    assert lora.parse_spec("dir:x/a.safetensors") == lora.LoraSpec("dir:x/a.safetensors", 1.0)
+    for bad in ("a.safetensors:", "a.safetensors:x", "a.safetensors:nan", "a.safetensors:inf", ":0.5", ""):
+        with pytest.raises(ValueError):
+            lora.parse_spec(bad)
+
+
+def test_existing_file_with_a_colon_in_its_name(tmp_path):
+    path = tmp_path / "style:v2"
+    path.write_bytes(b"")
+    assert lora.parse_spec(str(path)) == lora.LoraSpec(str(path), 1.0)
+
+
+# --------------------------------------------------------------------------------------------- convert.py
+
+
+def convert(capsys, *args):
+    """convert.py's main() in this process: (exit status, stderr)."""
+    try:
+        status = convert_script.main([str(a) for a in args])
+    except SystemExit as e:  # usage errors
+        status = e.code
+    return status, capsys.readouterr().err
+
+
+def test_command_line_errors(tmp_path, reference, capsys):
+    vocab = reference.parent / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+    tiny_model = reference / "tiny/model"
+    out = tmp_path / "x"
+    good = kohya_file(tmp_path / "good.safetensors", make_lora())
+    cases = [
+        ((tiny_model, "--lora", f"{good}:abc", "--out", out), 2, "not a number"),
+        ((tiny_model, "--lora", f"{good}:", "--out", out), 2, "--lora"),
+        (("--tiny", "--vocab", vocab, "--lora", good, "--out", out), 2, "--lora applies to a SOURCE"),
+        (("--random-full", "--vocab", vocab, "--lora", good, "--out", out), 2, "--lora applies to a SOURCE"),
+        ((tiny_model, "--lora", tmp_path / "missing.safetensors", "--no-safety-checker", "--out", out), 1,
+         f"--lora {tmp_path / 'missing.safetensors'}: no such file"),
+    ]
+    bad = tmp_path / "loha.safetensors"
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.hada_w1_a": torch.zeros(2, 2)}, str(bad))
+    cases.append(((tiny_model, "--lora", good, "--lora", bad, "--no-safety-checker", "--out", out), 1,
+                  f"{bad}: a LyCORIS LoHa file"))
+    for args, expected_status, text in cases:
+        status, stderr = convert(capsys, *args)
+        assert status == expected_status, (args, stderr)
+        last = stderr.splitlines()[-1]
+        assert last.startswith("convert.py: error: ") and text in last, stderr
+        assert "Traceback" not in stderr
+    assert not out.exists()
+
+
+def run(*args):
+    result = subprocess.run([str(CONVERT), *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def state_dict(bundle, name):
+    return torch.jit.load(str(bundle / name)).state_dict()
+
+
+def test_bundle_end_to_end(tmp_path, reference, tiny, components, capsys):
+    tiny_model = reference / "tiny/model"
+    first, second = make_lora(), make_lora(seed=50, rank=2, alpha=None)
+    a = kohya_file(tmp_path / "style.safetensors", first)
+    save_file(peft_tensors(second), str(tmp_path / "detail.safetensors"))
+    b = tmp_path / "detail.safetensors"
+    # As users run it (its own interpreter), two LoRAs, the second with a weight.
+    result = run(tiny_model, "--lora", a, "--lora", f"{b}:-0.5", "--no-safety-checker", "--out", tmp_path / "lora")
+    lines = [line for line in result.stderr.splitlines() if "LoRA" in line]
+    assert lines == [f"convert.py: merged kohya LoRA {a} (weight 1) into 6 U-Net and 3 text encoder modules",
+                     f"convert.py: merged peft LoRA {b} (weight -0.5) into 6 U-Net and 3 text encoder modules"]
+    merge(components, a, 1.0)
+    merge(components, b, -0.5)
+    for part, filename in (("unet", "unet.pt"), ("text_encoder", "text_encoder.pt")):
+        exported = state_dict(tmp_path / "lora", filename)
+        for key, value in exported.items():
+            assert torch.equal(value, components[part].tensors[key]), (filename, key)
+    manifest = json.loads((tmp_path / "lora/model.json").read_text())
+    loras = manifest["source"]["loras"]
+    assert [(x["path"], x["weight"], x["format"], x["modules"]) for x in loras] == [
+        (str(a), 1.0, "kohya", 9), (str(b), -0.5, "peft", 9)]
+    assert loras[0]["sha256"] == ck.sha256_file(str(a))
+    assert manifest["model_name"] == "model+style+detail:-0.5"
+    assert manifest["model_hash"] == manifest["files"]["unet.pt"]["sha256"][:10]
+
+    # Weight 0: the U-Net and text encoder of the conversion without --lora.
+    assert convert(capsys, tiny_model, "--no-safety-checker", "--out", tmp_path / "plain")[0] == 0
+    assert convert(capsys, tiny_model, "--lora", f"{a}:0", "--no-safety-checker", "--out", tmp_path / "zero")[0] == 0
+    for filename in ("unet.pt", "text_encoder.pt"):
+        plain, zero = state_dict(tmp_path / "plain", filename), state_dict(tmp_path / "zero", filename)
+        assert sorted(plain) == sorted(zero)
+        for key in plain:
+            assert torch.equal(plain[key], zero[key]), (filename, key)
+    assert "loras" not in json.loads((tmp_path / "plain/model.json").read_text())["source"]
