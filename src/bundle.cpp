@@ -83,6 +83,13 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.context_length = field<int>(j, "context_length", where);
   m.pad_id = field<int>(j, "pad_id", where);
   m.text_hidden_size = field<int>(j, "text_hidden_size", where);
+  if (j.contains("text_num_layers")) {  // written since --clip-skip; older bundles are SD v1's 12 layers
+    m.text_num_layers = field<int>(j, "text_num_layers", where);
+    m.text_num_layers_known = true;
+    if (m.text_num_layers < 1)
+      throw Error(ErrorKind::Bundle,
+                  where + ": model.json field \"text_num_layers\" must be at least 1" + kConvertHint);
+  }
   m.scheduler = scheduler_from_json(field<nlohmann::json>(j, "scheduler", where), where);
   if (j.contains("safety") && !j.at("safety").is_null()) m.safety = safety_from_json(j.at("safety"), where);
   const auto files = field<nlohmann::json>(j, "files", where);

@@ -1,5 +1,6 @@
 #include "txt2img/pipeline.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -83,17 +84,23 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   // Each module is read into host memory and cast there, and only then copied to the device: the device never holds
   // its float32 weights (a CUDA caching allocator would keep their blocks, twice the fp16 size, reserved after the
   // cast), and the modules arrive one after another.
+  // Freezing keeps only `forward` unless told otherwise: `methods` names the other methods that must survive it.
   auto prepare = [&](const std::string& file, torch::Device device, torch::ScalarType dtype,
-                     bool channels_last = false) {
+                     bool channels_last = false, std::vector<std::string> methods = {}) {
     auto module = bundle.load_module(file, torch::kCPU);
     module.eval();
     module.to(device, dtype);
     if (channels_last) to_channels_last(module);  // before freezing, which turns the weights into constants
     if (options.graph == GraphOptimization::None) return module;
-    auto frozen = torch::jit::freeze(module);
-    return options.graph == GraphOptimization::Freeze ? frozen : torch::jit::optimize_for_inference(frozen);
+    methods.erase(std::remove_if(methods.begin(), methods.end(),
+                                 [&](const std::string& m) { return !module.find_method(m); }),
+                  methods.end());
+    auto frozen = torch::jit::freeze(module, methods);
+    return options.graph == GraphOptimization::Freeze ? frozen : torch::jit::optimize_for_inference(frozen, methods);
   };
-  p.text_encoder_ = prepare("text_encoder.pt", side_device(options), side_dtype(options));
+  p.bundle_dir_ = bundle.dir().string();
+  p.text_encoder_ = prepare("text_encoder.pt", side_device(options), side_dtype(options), false, {"encode"});
+  p.clip_skip_supported_ = p.text_encoder_.find_method("encode").has_value();
   p.unet_ = std::make_unique<UNetCall>(prepare("unet.pt", options.device, options.dtype, options.channels_last),
                                        options.device, options.channels_last, options.cuda_graph);
   p.vae_decoder_ = prepare("vae_decoder.pt", options.device, options.dtype);
@@ -123,11 +130,17 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
                                       std::to_string(manifest.scheduler.num_train_timesteps));
   if (!std::isfinite(params.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
   if (!std::isfinite(params.eta) || params.eta < 0) throw Error(ErrorKind::Usage, "eta must be a finite number >= 0");
+  if (params.clip_skip < 1 || params.clip_skip > manifest.text_num_layers) {
+    const std::string layers = std::to_string(manifest.text_num_layers);
+    throw Error(ErrorKind::Usage, "clip skip " + std::to_string(params.clip_skip) + " must be from 1 to " + layers +
+                                      " (--clip-skip N takes the text encoder's Nth layer from the end: 1 the last, "
+                                      "2 the one before it; this model's has " + layers + " layers)");
+  }
   make_sampler(manifest, params);  // validates the sampler name, steps and eta together
   return params;
 }
 
-torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, const std::string& name,
+torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, int clip_skip, const std::string& name,
                                     Observer* observer) {
   std::vector<int64_t> ids;
   for (const auto& text : texts) {
@@ -136,8 +149,14 @@ torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, const
   }
   auto input_ids = torch::tensor(ids, torch::kInt64).view({static_cast<int64_t>(texts.size()), -1});
   observe(observer, name + "/input_ids", input_ids);
-  auto hidden = text_encoder_.forward({input_ids.to(side_device(options_))}).toTensor();
-  observe(observer, name + "/last_hidden_state", hidden);
+  torch::Tensor hidden;
+  if (clip_skip == 1) {  // forward, exactly as before --clip-skip existed (and as the reference fixtures name it)
+    hidden = text_encoder_.forward({input_ids.to(side_device(options_))}).toTensor();
+    observe(observer, name + "/last_hidden_state", hidden);
+  } else {
+    hidden = text_encoder_.run_method("encode", input_ids.to(side_device(options_)), int64_t{clip_skip}).toTensor();
+    observe(observer, name + "/clip_skip_hidden_state", hidden);
+  }
   return hidden.to(options_.device, options_.dtype);
 }
 
@@ -156,13 +175,19 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                                                Observer* observer) try {
   TORCH_CHECK(prompts.size() == negative_prompts.size(), "one negative prompt per prompt");
   const GenerationParams params = resolve_params(manifest_, requested);
+  if (params.clip_skip > 1 && !clip_skip_supported_)
+    throw Error(ErrorKind::Bundle, "model bundle " + bundle_dir_ + ": its text encoder was exported before clip skip "
+                                   "existed and cannot do --clip-skip " + std::to_string(params.clip_skip) +
+                                   "; re-convert the model with this release's scripts/convert.py (or use "
+                                   "--clip-skip 1)");
   c10::InferenceMode inference;
   const auto batch = static_cast<int64_t>(prompts.size());
   const bool guided = params.cfg_scale > 1.0;  // as diffusers: scale <= 1 skips the unconditional branch
 
   // 1. Encode the prompts; with guidance, the negative prompts too, in one U-Net batch [uncond, cond].
-  auto context = encode_text(prompts, "text", observer);
-  if (guided) context = torch::cat({encode_text(negative_prompts, "uncond_text", observer), context});
+  auto context = encode_text(prompts, params.clip_skip, "text", observer);
+  if (guided)
+    context = torch::cat({encode_text(negative_prompts, params.clip_skip, "uncond_text", observer), context});
   observe(observer, "unet/encoder_hidden_states", context);
 
   // 2. Initial noise.

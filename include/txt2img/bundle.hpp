@@ -16,6 +16,8 @@
 namespace txt2img {
 
 constexpr int kBundleFormatVersion = 1;
+// CLIP ViT-L/14's text tower, SD v1's text encoder.
+constexpr int kDefaultTextLayers = 12;
 
 struct BundleFile {
   std::string name;
@@ -33,6 +35,10 @@ struct Manifest {
   int context_length = 77;
   int pad_id = 49407;
   int text_hidden_size = 768;
+  // Layers of the text encoder (model.json "text_num_layers"); bundles converted before it was recorded are
+  // assumed to have SD v1's 12 (text_num_layers_known false).
+  int text_num_layers = kDefaultTextLayers;
+  bool text_num_layers_known = false;
   SchedulerConfig scheduler;
   std::optional<SafetyConfig> safety;  // absent when the bundle has no safety checker
   std::vector<BundleFile> files;

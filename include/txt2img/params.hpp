@@ -13,10 +13,14 @@ struct GenerationParams {
   double cfg_scale = 7.5;
   std::string sampler = "ddim";
   double eta = 0.0;
+  // AUTOMATIC1111's "Clip skip": the prompt embeddings come from the text encoder's clip_skip-th layer from the
+  // end (1: the last, as SD v1 was trained; 2: the penultimate, ...), through its final layer norm. Applies to the
+  // prompt and the negative prompt alike.
+  int clip_skip = 1;
 
   bool operator==(const GenerationParams& o) const {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
-           sampler == o.sampler && eta == o.eta;
+           sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip;
   }
   bool operator!=(const GenerationParams& o) const { return !(*this == o); }
 };

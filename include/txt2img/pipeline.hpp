@@ -83,8 +83,8 @@ struct GeneratedImage {
   bool safety_checked = false;
 };
 
-// Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg) and fills
-// in defaults, before any model is loaded. Throws Error(Usage).
+// Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg, clip skip
+// from 1 to the text encoder's layers) and fills in defaults, before any model is loaded. Throws Error(Usage).
 GenerationParams resolve_params(const Manifest& manifest, GenerationParams params);
 
 class Pipeline {
@@ -99,8 +99,12 @@ class Pipeline {
   const Manifest& manifest() const { return manifest_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
   const PipelineOptions& options() const { return options_; }
+  // Whether the bundle's text encoder has the `encode(input_ids, clip_skip)` method that clip_skip > 1 needs
+  // (bundles converted before --clip-skip existed have only `forward`).
+  bool supports_clip_skip() const { return clip_skip_supported_; }
 
-  // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row.
+  // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row. Throws Error(Bundle) for
+  // params.clip_skip > 1 when !supports_clip_skip().
   std::vector<GeneratedImage> generate(const std::vector<std::string>& prompts,
                                        const std::vector<std::string>& negative_prompts, const GenerationParams& params,
                                        NoiseSource& noise, Observer* observer = nullptr);
@@ -108,13 +112,16 @@ class Pipeline {
  private:
   Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options);
 
-  torch::Tensor encode_text(const std::vector<std::string>& texts, const std::string& name, Observer* observer);
+  torch::Tensor encode_text(const std::vector<std::string>& texts, int clip_skip, const std::string& name,
+                            Observer* observer);
   torch::Tensor decode(const torch::Tensor& latents);
 
   Manifest manifest_;
   Tokenizer tokenizer_;
   PipelineOptions options_;
+  std::string bundle_dir_;
   torch::jit::Module text_encoder_;
+  bool clip_skip_supported_ = false;
   std::unique_ptr<UNetCall> unet_;
   torch::jit::Module vae_decoder_;
   std::unique_ptr<SafetyChecker> safety_;

@@ -2,6 +2,9 @@
 
 Both towers share one encoder-layer implementation. `position_ids` is not a buffer here (positions are
 always 0..L-1), so it never appears in a state dict; loaders drop it from old checkpoints.
+
+The text model's exported `encode(input_ids, clip_skip)` is AUTOMATIC1111's "Clip skip": the hidden state after
+layer L - (clip_skip - 1) of the L layers, through the final layer norm (clip_skip 1: exactly `forward`).
 """
 
 import math
@@ -113,6 +116,15 @@ class CLIPEncoder(nn.Module):
             x = layer(x, causal)
         return x
 
+    def first_layers(self, x: Tensor, causal: bool, count: int) -> Tensor:
+        """The output of the first `count` layers (TorchScript unrolls the loop, so no `break`)."""
+        i = 0
+        for layer in self.layers:
+            if i < count:
+                x = layer(x, causal)
+            i += 1
+        return x
+
 
 class CLIPTextEmbeddings(nn.Module):
     def __init__(self, config: Dict[str, Any]):
@@ -131,13 +143,23 @@ class CLIPTextTransformer(nn.Module):
         self.embeddings = CLIPTextEmbeddings(config)
         self.encoder = CLIPEncoder(config)
         self.final_layer_norm = nn.LayerNorm(config["hidden_size"], eps=float(config["layer_norm_eps"]))
+        self.num_layers: int = int(config["num_hidden_layers"])
 
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.final_layer_norm(self.encoder(self.embeddings(input_ids), True))
 
+    @torch.jit.export
+    def encode(self, input_ids: Tensor, clip_skip: int) -> Tensor:
+        if clip_skip < 1 or clip_skip > self.num_layers:
+            raise ValueError("clip_skip must be from 1 to the number of text encoder layers")
+        x = self.encoder.first_layers(self.embeddings(input_ids), True, self.num_layers - (clip_skip - 1))
+        return self.final_layer_norm(x)
+
 
 class CLIPTextModel(nn.Module):
-    """forward(input_ids int64 [B, L]) -> last_hidden_state [B, L, hidden] (after the final layer norm)."""
+    """forward(input_ids int64 [B, L]) -> last_hidden_state [B, L, hidden] (after the final layer norm);
+    encode(input_ids, clip_skip) -> the same from the output of layer L - (clip_skip - 1), 1 <= clip_skip <= L
+    (A1111's "Clip skip"; diffusers' clip_skip is one less)."""
 
     def __init__(self, config: Dict[str, Any]):
         super().__init__()
@@ -145,6 +167,10 @@ class CLIPTextModel(nn.Module):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.text_model(input_ids)
+
+    @torch.jit.export
+    def encode(self, input_ids: Tensor, clip_skip: int) -> Tensor:
+        return self.text_model.encode(input_ids, clip_skip)
 
 
 class CLIPVisionEmbeddings(nn.Module):

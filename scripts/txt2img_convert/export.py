@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .checkpoints import Component, ConversionError, sha256_file
-from .clip import CLIPTextModel
+from .clip import _TEXT_DEFAULTS, CLIPTextModel
 from .presets import DEFAULT_PREPROCESSOR
 from .safety import StableDiffusionSafetyChecker
 from .unet import UNet2DConditionModel, script
@@ -146,7 +146,8 @@ def check_destination(out: str, overwrite: bool) -> None:
 
 def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Optional[dict]) -> dict:
     """The model.json fields that describe the model (configs of the three networks, the scheduler fields of
-    checkpoints.scheduler_fields(), the safety_manifest() or None)."""
+    checkpoints.scheduler_fields(), the safety_manifest() or None). A text config without num_hidden_layers is
+    transformers' default (as clip.CLIPTextModel builds it)."""
     vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
     latent = int(vae.get("latent_channels", 4))
     if unet.get("in_channels", 4) != latent:
@@ -161,6 +162,8 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
         "context_length": int(text.get("max_position_embeddings", 77)),
         "pad_id": PAD_ID,
         "text_hidden_size": int(text["hidden_size"]),
+        # The text encoder's layers: txt2img checks --clip-skip (1 to this) before it loads any module.
+        "text_num_layers": int(text.get("num_hidden_layers") or _TEXT_DEFAULTS["num_hidden_layers"]),
         "scheduler": scheduler,
         "safety": safety,
     }

@@ -22,6 +22,7 @@ struct GenerateOptions {
   int steps = 50;
   double cfg_scale = 7.5;
   double eta = 0.0;
+  int clip_skip = 1;  // GenerationParams::clip_skip
   int width = 0;  // 0: the model's default size
   int height = 0;
   std::string model = kDefaultModel;

@@ -189,6 +189,7 @@ class Generator {
     record.sampler = job.params.sampler;
     record.cfg_scale = job.params.cfg_scale;
     record.eta = job.params.eta;
+    record.clip_skip = job.params.clip_skip;
     record.width = image.width;
     record.height = image.height;
     record.model_name = manifest_.model_name;
@@ -231,6 +232,7 @@ class Generator {
         {"sampler", record.sampler},
         {"cfg_scale", record.cfg_scale},
         {"eta", record.eta},
+        {"clip_skip", record.clip_skip},
         {"width", record.width},
         {"height", record.height},
         {"model_name", record.model_name},
@@ -273,7 +275,7 @@ int run_generate(const GenerateOptions& o) {
   plan_options.images_per_prompt = o.images_per_prompt;
   plan_options.seed_given = !o.seed.empty();
   plan_options.base_seed = plan_options.seed_given ? parse_seed(o.seed, "--seed") : std::random_device{}();
-  plan_options.params = {o.width, o.height, o.steps, o.cfg_scale, o.sampler, o.eta};
+  plan_options.params = {o.width, o.height, o.steps, o.cfg_scale, o.sampler, o.eta, o.clip_skip};
   plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
   plan_options.needs_reproducible_seeds = plan_options.shard || o.skip_existing;

@@ -85,6 +85,7 @@ std::string a1111_parameters(const ImageRecord& r) {
   };
   if (!r.model_hash.empty()) params.emplace_back("Model hash", r.model_hash);
   if (!r.model_name.empty()) params.emplace_back("Model", r.model_name);
+  if (r.clip_skip != 1) params.emplace_back("Clip skip", std::to_string(r.clip_skip));  // A1111 omits the default
   // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
   params.emplace_back("RNG", "CPU");
   if (r.eta != 0) params.emplace_back("Eta DDIM", python_float(r.eta));  // only DDIM takes an eta
@@ -109,6 +110,7 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
       {"sampler", r.sampler},
       {"eta", r.eta},
       {"cfg_scale", r.cfg_scale},
+      {"clip_skip", r.clip_skip},
       {"width", r.width},
       {"height", r.height},
       {"model", {{"name", r.model_name}, {"hash", r.model_hash}}},

@@ -18,6 +18,7 @@ struct ImageRecord {
   std::string sampler;
   double cfg_scale = 0;
   double eta = 0;
+  int clip_skip = 1;
   int width = 0;
   int height = 0;
   std::string model_name;
@@ -34,7 +35,8 @@ std::string sampler_display_name(const std::string& sampler);
 // A number as Python's repr prints a float (7.5, 7.0, 0.1), which is how A1111 writes "CFG scale".
 std::string python_float(double value);
 
-// A1111's infotext: the prompt, "Negative prompt: ..." when there is one, then "Steps: 50, Sampler: DDIM, ...".
+// A1111's infotext: the prompt, "Negative prompt: ..." when there is one, then "Steps: 50, Sampler: DDIM, ...";
+// "Clip skip: N" only for N != 1, as A1111 writes it.
 std::string a1111_parameters(const ImageRecord& record);
 
 // The "txt2img" chunk (keys in the order above, for people reading it); its "version" is this program's.

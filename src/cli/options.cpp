@@ -20,8 +20,8 @@ std::string generate_footer() {
   return std::string(
              "Prompt files: one prompt a line (blank lines and lines starting with # are skipped), or JSON Lines\n"
              "(a .jsonl name, or a first line starting with {) where a line may set prompt, negative_prompt, seed,\n"
-             "steps, cfg_scale, width, height, sampler, images and output. The whole file is checked before the\n"
-             "model loads.\n\n"
+             "steps, cfg_scale, width, height, sampler, clip_skip, images and output. The whole file is checked\n"
+             "before the model loads.\n\n"
              "Seeds: image n of a prompt whose line sets \"seed\" S uses S + n; every other image uses\n"
              "--seed + its index in the whole run (so image k of a single prompt uses seed + k). Shards and resumed\n"
              "runs therefore make the same images.\n\n"
@@ -64,6 +64,11 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")
       ->capture_default_str();
   app.add_option("--eta", o.eta, "DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like")->capture_default_str();
+  app.add_option("--clip-skip", o.clip_skip,
+                 "A1111's Clip skip: condition on the text encoder's Nth layer from the end (1 the last, 2 the "
+                 "penultimate, as many anime models expect), for prompt and negative prompt")
+      ->type_name("N")
+      ->capture_default_str();
   app.add_option("-W,--width", o.width, "image width, a multiple of 8 (default: the model's size, e.g. 512)");
   app.add_option("-H,--height", o.height, "image height, a multiple of 8 (default: the model's size)");
   add_model_option(app, o.model);

@@ -67,6 +67,7 @@ bool RunPlan::load_prompt() {
     p.steps = entry_.steps.value_or(p.steps);
     p.cfg_scale = entry_.cfg_scale.value_or(p.cfg_scale);
     p.sampler = entry_.sampler.value_or(p.sampler);
+    p.clip_skip = entry_.clip_skip.value_or(p.clip_skip);
     try {
       params_ = resolve_(p);
     } catch (const Error& e) {

@@ -30,12 +30,12 @@ struct PromptEntry {
   std::string prompt;
   std::optional<std::string> negative_prompt;
   std::optional<uint64_t> seed;
-  std::optional<int> steps, width, height, images;
+  std::optional<int> steps, width, height, images, clip_skip;
   std::optional<double> cfg_scale;
   std::optional<std::string> sampler;
   std::optional<std::string> output;
 
-  bool overrides_params() const { return steps || width || height || cfg_scale || sampler; }
+  bool overrides_params() const { return steps || width || height || cfg_scale || sampler || clip_skip; }
 };
 
 // Keys a JSON line may set, in the order the documentation lists them.

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
 
 #include "txt2img/error.hpp"
 #include "vae_tiling.hpp"
@@ -337,6 +338,134 @@ TEST(Pipeline, Bfloat16RunStaysCloseToFloat32AndIsChecked) {
   double total = 0;
   for (size_t i = 0; i < x[0].rgb.size(); ++i) total += std::abs(x[0].rgb[i] - y[0].rgb[i]);
   EXPECT_LT(total / static_cast<double>(x[0].rgb.size()), 8.0);  // mean difference in 8-bit levels
+}
+
+}  // namespace
+
+// --- clip skip ------------------------------------------------------------------------------------------------------
+
+namespace {
+
+// Records the names (and the tensors) the pipeline shows an observer.
+struct Recorder : txt2img::Observer {
+  std::map<std::string, torch::Tensor> seen;
+  void tensor(const std::string& name, const torch::Tensor& value) override { seen[name] = value.clone(); }
+};
+
+std::vector<uint8_t> clip_skip_image(txt2img::Pipeline& pipeline, int clip_skip, txt2img::Observer* observer = nullptr,
+                                     bool set = true) {
+  txt2img::SeededNoise noise({7});
+  txt2img::GenerationParams params;
+  params.width = 32;
+  params.height = 32;
+  params.steps = 2;
+  if (set) params.clip_skip = clip_skip;
+  return pipeline.generate({"a red cube"}, {"a blue sphere"}, params, noise, observer)[0].rgb;
+}
+
+TEST(ClipSkip, TheTinyBundleRecordsItsTextEncoderLayers) {
+  const auto bundle = txt2img::Bundle::open(fixtures() / "tiny");
+  EXPECT_EQ(bundle.manifest().text_num_layers, 5);  // the tiny preset's text encoder
+  EXPECT_TRUE(bundle.manifest().text_num_layers_known);
+  EXPECT_TRUE(txt2img::Pipeline::load(bundle, {}).supports_clip_skip());
+}
+
+TEST(ClipSkip, OneIsTheDefaultAndTwoChangesTheImageForPromptAndNegativePrompt) {
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
+  Recorder by_default, one, two;
+  const auto default_image = clip_skip_image(pipeline, 0, &by_default, false);
+  EXPECT_EQ(txt2img::GenerationParams{}.clip_skip, 1);
+  EXPECT_EQ(clip_skip_image(pipeline, 1, &one), default_image);
+  const auto skipped = clip_skip_image(pipeline, 2, &two);
+  EXPECT_NE(skipped, default_image);
+  EXPECT_EQ(clip_skip_image(pipeline, 2), skipped);  // deterministic
+
+  // Clip skip 1 is forward(), under the reference fixtures' names; more goes through encode() for both prompts.
+  for (const auto* name : {"text/last_hidden_state", "uncond_text/last_hidden_state"}) {
+    ASSERT_TRUE(one.seen.count(name)) << name;
+    EXPECT_TRUE(one.seen[name].equal(by_default.seen[name])) << name;
+    EXPECT_FALSE(two.seen.count(name)) << name;
+  }
+  for (const auto* prefix : {"text", "uncond_text"}) {
+    const std::string name = std::string(prefix) + "/clip_skip_hidden_state";
+    ASSERT_TRUE(two.seen.count(name)) << name;
+    EXPECT_FALSE(two.seen[name].equal(one.seen[std::string(prefix) + "/last_hidden_state"])) << name;
+  }
+  EXPECT_FALSE(two.seen["unet/encoder_hidden_states"].equal(one.seen["unet/encoder_hidden_states"]));
+}
+
+TEST(ClipSkip, EveryLayerWorksAndFrozenGraphsKeepEncode) {
+  auto plain = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
+  std::vector<std::vector<uint8_t>> images;
+  for (int clip_skip = 1; clip_skip <= 5; ++clip_skip) images.push_back(clip_skip_image(plain, clip_skip));
+  for (size_t i = 1; i < images.size(); ++i) EXPECT_NE(images[i], images[i - 1]) << "clip skip " << i + 1;
+  for (auto graph : {txt2img::GraphOptimization::Freeze, txt2img::GraphOptimization::FreezeAndOptimize}) {
+    txt2img::PipelineOptions options;
+    options.graph = graph;
+    auto frozen = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), options);
+    EXPECT_TRUE(frozen.supports_clip_skip());
+    const auto image = clip_skip_image(frozen, 2);
+    int worst = 0;
+    for (size_t i = 0; i < image.size(); ++i) worst = std::max(worst, std::abs(image[i] - images[1][i]));
+    EXPECT_LE(worst, 1);
+  }
+  txt2img::PipelineOptions low_vram;
+  low_vram.low_vram = true;
+  auto low = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), low_vram);
+  EXPECT_EQ(clip_skip_image(low, 2), images[1]);
+}
+
+TEST(ClipSkip, OutOfRangeIsAUsageError) {
+  const auto bundle = txt2img::Bundle::open(fixtures() / "tiny");
+  txt2img::GenerationParams p;
+  for (int bad : {0, -1, 6, 12}) {
+    p.clip_skip = bad;
+    expect_error([&] { txt2img::resolve_params(bundle.manifest(), p); }, ErrorKind::Usage,
+                 {"clip skip " + std::to_string(bad), "from 1 to 5", "--clip-skip"});
+  }
+  p.clip_skip = 5;  // keeps the first layer only
+  EXPECT_EQ(txt2img::resolve_params(bundle.manifest(), p).clip_skip, 5);
+  // The pipeline checks it too, before it computes anything.
+  auto pipeline = txt2img::Pipeline::load(bundle, {});
+  expect_error([&] { clip_skip_image(pipeline, 6); }, ErrorKind::Usage, {"clip skip 6"});
+}
+
+// A bundle converted before --clip-skip: its text encoder has forward() only and model.json no text_num_layers.
+TEST(ClipSkip, AnOldBundleWorksWithOneAndRefusesMoreAsABundleError) {
+  BundleCopy copy;
+  const auto text_encoder = copy.dir() / "text_encoder.pt";
+  {
+    auto current = torch::jit::load(text_encoder.string());
+    ASSERT_TRUE(current.find_method("encode"));
+    torch::jit::Module old("__torch__.OldTextEncoder");
+    old.register_module("inner", current);
+    old.define("def forward(self, input_ids):\n  return self.inner.forward(input_ids)\n");
+    old.save(text_encoder.string());
+    ASSERT_FALSE(torch::jit::load(text_encoder.string()).find_method("encode"));
+  }
+  auto j = copy.manifest();
+  j["files"]["text_encoder.pt"] = {{"sha256", txt2img::sha256_file(text_encoder)},
+                                   {"bytes", std::filesystem::file_size(text_encoder)}};
+  j.erase("text_num_layers");
+  copy.set_manifest(j);
+
+  const auto bundle = txt2img::Bundle::open(copy.dir());
+  EXPECT_FALSE(bundle.manifest().text_num_layers_known);
+  EXPECT_EQ(bundle.manifest().text_num_layers, txt2img::kDefaultTextLayers);  // SD v1's, until loaded
+  txt2img::GenerationParams p;
+  p.clip_skip = txt2img::kDefaultTextLayers + 1;
+  expect_error([&] { txt2img::resolve_params(bundle.manifest(), p); }, ErrorKind::Usage, {"from 1 to 12"});
+
+  for (auto graph : {txt2img::GraphOptimization::None, txt2img::GraphOptimization::Freeze}) {
+    txt2img::PipelineOptions options;
+    options.graph = graph;
+    auto old = txt2img::Pipeline::load(bundle, options);
+    EXPECT_FALSE(old.supports_clip_skip());
+    auto current = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), options);
+    EXPECT_EQ(clip_skip_image(old, 1), clip_skip_image(current, 1));
+    expect_error([&] { clip_skip_image(old, 2); }, ErrorKind::Bundle,
+                 {copy.dir().string(), "--clip-skip 2", "re-convert", "scripts/convert.py"});
+  }
 }
 
 }  // namespace
