@@ -3,10 +3,12 @@
 # is installed (python3's torch, its LibTorch, its CUDA). Made for a fresh GPU machine with no network: run
 # scripts/gpu-deps.sh on a Debian 12 machine first and carry .deps/carry there; the build then takes every other
 # dependency from Debian's packages unpacked under .deps/root. Prints one table (and writes it, with every JSON
-# record and log, to build-bench/results/ and to --out).
+# record and log, to build-bench/results/, or with --out to that folder).
 #
 #   scripts/bench_gpu.sh                                   # CUDA: 512x512, 50 DDIM steps, CFG 7.5, fp16
 #   scripts/bench_gpu.sh --device cpu --size 128 --steps 2 --threads 2 --model /tmp/full   # proves it on a CPU
+#   --out DIR: results written into DIR/results as they come (and the table to DIR/table.md); --budget S: rows
+#   not started S seconds after the start are skipped; --row-timeout S: each row is stopped after S s (240).
 #
 # Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with each graph optimisation, with channels_last,
 # and on CUDA with the U-Net replayed as a CUDA graph, and at --batch-large; bench_eager.py (our converter's modules,
@@ -17,7 +19,7 @@
 # run, which includes the CUDA context. On the CPU the column is the peak resident set.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out=""
+device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out="" budget=0 row_timeout=240
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
   case $1 in
@@ -30,6 +32,8 @@ while (($#)); do
     --runs) runs=$2; shift 2 ;;
     --model) model=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --budget) budget=$2; shift 2 ;;
+    --row-timeout) row_timeout=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "bench_gpu.sh: unknown argument $1" >&2; usage 2 >&2 ;;
   esac
@@ -37,12 +41,19 @@ done
 [[ -n $dtype ]] || { [[ $device == cpu ]] && dtype=fp32 || dtype=fp16; }
 work=$root/build-bench
 model=${model:-$work/model}
-results=$work/results
+# With --out the results are written there as they come, so a run cut short still leaves every finished row.
+results=${out:+$out/results}
+results=${results:-$work/results}
 rm -rf "$results"
 mkdir -p "$results"
 log() { echo "bench_gpu.sh: $*" >&2; }
 py() { "$root/scripts/with-torch-python" "$@"; }
 started=$SECONDS
+{
+  echo "date: $(date -u +%FT%TZ)"; uname -a; cat /etc/os-release 2>/dev/null | head -3; nproc
+  cmake --version | head -1; ninja --version 2>/dev/null || true; c++ --version | head -1; ldd --version | head -1
+  nvidia-smi 2>/dev/null || true; command -v nvcc && nvcc --version | tail -2 || true
+} >"$results/env.txt" 2>&1
 
 # 1. The PyTorch to build against and compare with.
 py - >"$results/torch.json" <<'EOF'
@@ -84,7 +95,7 @@ if [[ -d $deps/root ]]; then
   fi
 fi
 # Our binaries find the carried libraries' own dependencies (ICU's data library) this way; set for them alone.
-run_ours() { LD_LIBRARY_PATH=${deps_lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$@"; }
+ours_env=(env "LD_LIBRARY_PATH=${deps_lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
 
 # 3. The model bundle (exported by this PyTorch, in the background) and the build.
 export_pid=""
@@ -125,7 +136,7 @@ cmake --build "$work/cmake" -j"$(nproc)" --target txt2img_cli >>"$results/build.
   have_cli=0
   log "the txt2img command line did not build (see $results/build.log); its rows are left out"
 }
-run_ours ldd "$work/cmake/txt2img-bench" >"$results/ldd.txt" 2>&1 || true
+"${ours_env[@]}" ldd "$work/cmake/txt2img-bench" >"$results/ldd.txt" 2>&1 || true
 if [[ -n $export_pid ]] && ! wait "$export_pid"; then
   tail -20 "$results/export.log" >&2
   log "bundle export failed"
@@ -133,7 +144,9 @@ if [[ -n $export_pid ]] && ! wait "$export_pid"; then
 fi
 log "built and exported after $((SECONDS - started)) s"
 
-# 4. The runs. Each writes results/NAME.json (its JSON output), NAME.log, and NAME.mem (peak memory above idle).
+# 4. The runs, most important first. Each writes results/NAME.json (its JSON output), NAME.log, and NAME.mem (peak
+# memory above idle); each is stopped after --row-timeout seconds, and rows not started within --budget seconds of
+# the start are skipped, so that the table is printed within a device session's time.
 [[ $device == cuda ]] && device_index=0 || device_index=${device#cuda:}
 measure() {
   local name=$1; shift
@@ -144,8 +157,13 @@ measure() {
       >"$results/$name.samples" &
     watcher=$!
   fi
+  if ((budget > 0 && SECONDS - started > budget)); then
+    log "skip $name (past --budget $budget s)"
+    echo "skipped: past the --budget of $budget s" >"$results/$name.failed"
+    return
+  fi
   log "run $name"
-  if "$@" >"$results/$name.json" 2>"$results/$name.log"; then
+  if timeout "$row_timeout" "$@" >"$results/$name.json" 2>"$results/$name.log"; then
     log "  done after $((SECONDS - started)) s"
   else
     log "  $name failed (exit $?): $(tail -1 "$results/$name.log")"
@@ -159,30 +177,32 @@ measure() {
 }
 common=(--model "$model" --device "$device" --dtype "$dtype" --width "$size" --height "$size" --steps "$steps")
 ((threads > 0)) && common+=(--threads "$threads")
-bench=(run_ours "$work/cmake/txt2img-bench" "${common[@]}" --no-safety-checker)
-eager=(py "$root/scripts/bench_eager.py" "${common[@]}")
+bench=("${ours_env[@]}" "$work/cmake/txt2img-bench" "${common[@]}" --no-safety-checker)
+eager=("$root/scripts/with-torch-python" "$root/scripts/bench_eager.py" "${common[@]}")
 # Two warm-up batches: TorchScript's profiling executor profiles a module's first call and optimises on its second,
 # and the text encoder and VAE run only once or twice a batch.
 measure ours_b1 "${bench[@]}" --batch 1 --warmup 2 --runs "$runs"
 measure eager_b1 "${eager[@]}" --batch 1 --warmup 2 --runs "$runs"
-measure ours_b1_freeze "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph freeze
-measure ours_b1_optimize "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph optimize
-measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --channels-last
-if [[ $device == cuda* ]]; then
-  measure ours_b1_cuda_graph "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph
-  measure ours_b1_cuda_graph_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph --channels-last
-fi
-measure ours_b${batch_large} "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1
-measure eager_b${batch_large} "${eager[@]}" --batch "$batch_large" --warmup 2 --runs 1
 if ((have_cli)); then
   prompt="a photograph of an astronaut riding a horse"
-  cli=(run_ours "$work/cmake/txt2img" --model "$model" --device "$device" --dtype "$dtype" -W "$size" -H "$size"
-       --steps "$steps" --images-per-prompt 2 --seed 1 --json --overwrite)
+  cli=("${ours_env[@]}" "$work/cmake/txt2img" --model "$model" --device "$device" --dtype "$dtype" -W "$size"
+       -H "$size" --steps "$steps" --images-per-prompt 2 --seed 1 --json --overwrite)
   ((threads > 0)) && cli+=(--threads "$threads")
   measure cli "${cli[@]}" -o "$results/cli/{index}.png" "$prompt"
   measure cli_low_vram "${cli[@]}" --low-vram -o "$results/cli_low_vram/{index}.png" "$prompt"
 else
   echo "the command line did not build" >"$results/cli.failed"
+fi
+measure ours_b${batch_large} "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1
+measure eager_b${batch_large} "${eager[@]}" --batch "$batch_large" --warmup 2 --runs 1
+measure ours_b1_optimize "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph optimize
+if [[ $device == cuda* ]]; then
+  measure ours_b1_cuda_graph "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph
+fi
+measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --channels-last
+measure ours_b1_freeze "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph freeze
+if [[ $device == cuda* ]]; then
+  measure ours_b1_cuda_graph_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph --channels-last
 fi
 
 # 5. The table.
@@ -250,7 +270,8 @@ for name, label in rows:
     if r is None:
         continue
     if "failed" in r:
-        print(f"| {label} | failed: {r['failed']} | | | | |")
+        what = r["failed"] if r["failed"].startswith("skipped") else "failed: " + r["failed"]
+        print(f"| {label} | {what} | | | | |")
         continue
     s = fmt(r.get("seconds_per_image"), ".3f")
     if "first_image_s" in r:
@@ -269,9 +290,5 @@ for b in ("1", big):
               f"{eager['seconds_per_image'] / ours['seconds_per_image']:.3f} | "
               f"{ours['images_per_s'] / eager['images_per_s']:.3f} | |")
 EOF
-if [[ -n $out ]]; then
-  mkdir -p "$out"
-  cp "$results"/table.md "$out"/
-  tar -C "$results" -czf "$out/bench-results.tar.gz" --exclude='*.png' --exclude='*.samples' .
-fi
+[[ -z $out ]] || cp "$results/table.md" "$out/"
 log "finished in $((SECONDS - started)) s"
