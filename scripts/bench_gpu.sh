@@ -47,13 +47,17 @@ results=${results:-$work/results}
 rm -rf "$results"
 mkdir -p "$results"
 log() { echo "bench_gpu.sh: $*" >&2; }
+trap 'log "stopped at line $LINENO: $BASH_COMMAND (exit $?)"' ERR
 py() { "$root/scripts/with-torch-python" "$@"; }
 started=$SECONDS
-{
+# Facts only: nothing here may stop the script (under pipefail, `ldd --version | head -1` dies of SIGPIPE).
+(
+  set +e +o pipefail
   echo "date: $(date -u +%FT%TZ)"; uname -a; cat /etc/os-release 2>/dev/null | head -3; nproc
   cmake --version | head -1; ninja --version 2>/dev/null || true; c++ --version | head -1; ldd --version | head -1
-  nvidia-smi 2>/dev/null || true; command -v nvcc && nvcc --version | tail -2 || true
-} >"$results/env.txt" 2>&1
+  nvidia-smi; command -v nvcc && nvcc --version | tail -2; command -v python3 python
+  true
+) >"$results/env.txt" 2>&1
 
 # 1. The PyTorch to build against and compare with.
 py - >"$results/torch.json" <<'EOF'
