@@ -207,7 +207,18 @@ measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" 
 measure ours_b1_freeze "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph freeze
 if [[ $device == cuda* ]]; then
   measure ours_b1_cuda_graph_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph --channels-last
+  measure ours_b${batch_large}_cuda_graph_channels_last "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1 \
+    --cuda-graph --channels-last
 fi
+# Pixels: the same two images (seeds 2 and 3) from each variant, compared with the plain run's below the table.
+variants=("default:" "optimize:--graph optimize" "channels_last:--channels-last")
+[[ $device == cuda* ]] && variants+=("cuda_graph:--cuda-graph" "cuda_graph_channels_last:--cuda-graph --channels-last")
+for variant in "${variants[@]}"; do
+  # shellcheck disable=SC2206  # the flags are meant to split
+  flags=(${variant#*:})
+  measure "pixels_${variant%%:*}" "${bench[@]}" --batch 2 --warmup 1 --runs 1 "${flags[@]}" \
+    --save-images "$results/pixels/${variant%%:*}"
+done
 
 # 5. The table.
 python3 - "$results" "$device" "$dtype" "$size" "$steps" "$batch_large" <<'EOF' | tee "$results/table.md"
@@ -252,6 +263,7 @@ rows = [
     ("ours_b1_channels_last", "txt2img-bench, batch 1, --channels-last"),
     ("ours_b1_cuda_graph", "txt2img-bench, batch 1, --cuda-graph"),
     ("ours_b1_cuda_graph_channels_last", "txt2img-bench, batch 1, --cuda-graph --channels-last"),
+    (f"ours_b{big}_cuda_graph_channels_last", f"txt2img-bench, batch {big}, --cuda-graph --channels-last"),
     ("eager_b1", "PyTorch eager, batch 1"),
     (f"ours_b{big}", f"txt2img-bench, batch {big}"),
     (f"eager_b{big}", f"PyTorch eager, batch {big}"),
@@ -293,6 +305,29 @@ for b in ("1", big):
               f"{ours['unet_it_per_s'] / eager['unet_it_per_s']:.3f} | "
               f"{eager['seconds_per_image'] / ours['seconds_per_image']:.3f} | "
               f"{ours['images_per_s'] / eager['images_per_s']:.3f} | |")
+EOF
+python3 - "$results/pixels" "$root/tests/cli" <<'EOF' | tee -a "$results/table.md"
+import os, sys
+pixels, helpers = sys.argv[1:]
+sys.path.insert(0, helpers)
+from cli_support import png_pixels  # noqa: E402  (the end-to-end tests' standard-library PNG reader)
+
+def images(variant):
+    folder = os.path.join(pixels, variant)
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [png_pixels(os.path.join(folder, n))[2] for n in names]
+
+reference = images("default")
+if reference:
+    print()
+    print("| pixels against the plain run (2 images, 8-bit levels) | max abs difference | mean abs difference |")
+    print("|---|---:|---:|")
+    for variant in sorted(os.listdir(pixels)):
+        other = images(variant)
+        if variant == "default" or len(other) != len(reference):
+            continue
+        diffs = [abs(a - b) for x, y in zip(reference, other) for a, b in zip(x, y)]
+        print(f"| {variant} | {max(diffs)} | {sum(diffs) / len(diffs):.3f} |")
 EOF
 [[ -z $out ]] || cp "$results/table.md" "$out/"
 log "finished in $((SECONDS - started)) s"

@@ -13,6 +13,7 @@
 #include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/pipeline.hpp"
+#include "txt2img/png.hpp"
 
 using namespace txt2img;
 using Clock = std::chrono::steady_clock;
@@ -80,7 +81,7 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Times txt2img's pipeline stage by stage and prints one JSON object (see docs/PERFORMANCE.md)"};
-  std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none";
+  std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none", save_images;
   int threads = 0, width = 0, height = 0, steps = 3, batch = 1, warmup = 1, runs = 1;
   double cfg = 7.5;
   bool no_safety = false, channels_last = false, cuda_graph = false;
@@ -104,6 +105,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-safety-checker", no_safety, "Skip the safety checker");
   app.add_flag("--channels-last", channels_last, "U-Net convolutions in NHWC (an experiment, see PipelineOptions)");
   app.add_flag("--cuda-graph", cuda_graph, "Replay the U-Net call as a CUDA graph (an experiment; CUDA only)");
+  app.add_option("--save-images", save_images,
+                 "Write the last batch's images as DIR/0.png, 1.png, ... (to compare the experiments' pixels)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -136,12 +139,13 @@ int main(int argc, char** argv) {
     nlohmann::json timed = nlohmann::json::array();
     std::vector<double> totals, unet_totals, per_call;
     StageTimer timer(options.device);
+    std::vector<GeneratedImage> images;
     for (int i = 0; i < warmup + runs; ++i) {
       std::vector<uint64_t> seeds;
       for (int b = 0; b < batch; ++b) seeds.push_back(static_cast<uint64_t>(i * batch + b));
       SeededNoise noise(seeds);
       timer.start();
-      pipeline.generate(prompts, negatives, params, noise, &timer);
+      images = pipeline.generate(prompts, negatives, params, noise, &timer);
       const double total_s = timer.total();
       double unet_s = 0;
       for (double s : timer.unet_calls_s) unet_s += s;
@@ -161,6 +165,12 @@ int main(int argc, char** argv) {
       per_call.insert(per_call.end(), timer.unet_calls_s.begin(), timer.unet_calls_s.end());
     }
 
+    if (!save_images.empty()) {
+      std::filesystem::create_directories(save_images);
+      for (size_t b = 0; b < images.size(); ++b)
+        write_file_atomic(std::filesystem::path(save_images) / (std::to_string(b) + ".png"),
+                          encode_png(images[b].rgb.data(), images[b].width, images[b].height, {}));
+    }
     const double total_s = median(totals);
     const double unet_s = median(unet_totals);
     const MemoryPeaks peaks = memory_peaks(options.device);
