@@ -8,7 +8,8 @@
 #   scripts/bench_gpu.sh                                   # CUDA: 512x512, 50 DDIM steps, CFG 7.5, fp16
 #   scripts/bench_gpu.sh --device cpu --size 128 --steps 2 --threads 2 --model /tmp/full   # proves it on a CPU
 #   --out DIR: results written into DIR/results as they come (and the table to DIR/table.md); --budget S: rows
-#   not started S seconds after the start are skipped; --row-timeout S: each row is stopped after S s (240).
+#   not started S seconds after the start are skipped; --row-timeout S: each row is stopped after S s (240);
+#   --only NAME,NAME: run only these rows (names as in results/: ours_b1, eager_b1, cli, ...).
 #
 # Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with each graph optimisation, with channels_last,
 # and on CUDA with the U-Net replayed as a CUDA graph, and at --batch-large; bench_eager.py (our converter's modules,
@@ -19,7 +20,7 @@
 # run, which includes the CUDA context. On the CPU the column is the peak resident set.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out="" budget=0 row_timeout=240
+device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out="" budget=0 row_timeout=240 only=""
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
   case $1 in
@@ -34,6 +35,7 @@ while (($#)); do
     --out) out=$2; shift 2 ;;
     --budget) budget=$2; shift 2 ;;
     --row-timeout) row_timeout=$2; shift 2 ;;
+    --only) only=,$2,; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "bench_gpu.sh: unknown argument $1" >&2; usage 2 >&2 ;;
   esac
@@ -161,6 +163,9 @@ measure() {
       >"$results/$name.samples" &
     watcher=$!
   fi
+  if [[ -n $only && $only != *",$name,"* ]]; then
+    return
+  fi
   if ((budget > 0 && SECONDS - started > budget)); then
     log "skip $name (past --budget $budget s)"
     echo "skipped: past the --budget of $budget s" >"$results/$name.failed"
@@ -203,6 +208,11 @@ measure ours_b1_optimize "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --gra
 if [[ $device == cuda* ]]; then
   measure ours_b1_cuda_graph "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph
 fi
+measure ours_b1_plain_executor "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --plain-executor
+if [[ $device == cuda* ]]; then
+  measure ours_b1_plain_executor_cuda_graph_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" \
+    --plain-executor --cuda-graph --channels-last
+fi
 measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --channels-last
 measure ours_b1_freeze "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph freeze
 if [[ $device == cuda* ]]; then
@@ -212,7 +222,8 @@ if [[ $device == cuda* ]]; then
 fi
 # Pixels: the same two images (seeds 2 and 3) from each variant, compared with the plain run's below the table.
 variants=("default:" "optimize:--graph optimize" "channels_last:--channels-last")
-[[ $device == cuda* ]] && variants+=("cuda_graph:--cuda-graph" "cuda_graph_channels_last:--cuda-graph --channels-last")
+[[ $device == cuda* ]] && variants+=("cuda_graph:--cuda-graph" "cuda_graph_channels_last:--cuda-graph --channels-last"
+                                    "plain_executor_cuda_graph_channels_last:--plain-executor --cuda-graph --channels-last")
 for variant in "${variants[@]}"; do
   # shellcheck disable=SC2206  # the flags are meant to split
   flags=(${variant#*:})
@@ -246,6 +257,8 @@ def load(name):
                   "peak_vram_reserved_mb": peaks.get("vram_reserved")}
     else:
         record = records[-1]
+        if record.get("warmup_s"):  # the first batch after loading: what a one-image run waits for
+            record["first_image_s"] = record["warmup_s"][0] / record["batch"]
     mem = os.path.join(results, name + ".mem")
     if os.path.exists(mem):
         record["mem_mb"] = float(open(mem).read())
@@ -264,6 +277,9 @@ rows = [
     ("ours_b1_cuda_graph", "txt2img-bench, batch 1, --cuda-graph"),
     ("ours_b1_cuda_graph_channels_last", "txt2img-bench, batch 1, --cuda-graph --channels-last"),
     (f"ours_b{big}_cuda_graph_channels_last", f"txt2img-bench, batch {big}, --cuda-graph --channels-last"),
+    ("ours_b1_plain_executor", "txt2img-bench, batch 1, --plain-executor"),
+    ("ours_b1_plain_executor_cuda_graph_channels_last",
+     "txt2img-bench, batch 1, --plain-executor --cuda-graph --channels-last"),
     ("eager_b1", "PyTorch eager, batch 1"),
     (f"ours_b{big}", f"txt2img-bench, batch {big}"),
     (f"eager_b{big}", f"PyTorch eager, batch {big}"),
@@ -275,7 +291,8 @@ mem_name = "peak VRAM MiB: allocated / reserved / nvidia-smi" if cuda else "peak
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "CPU")
 print(f"txt2img benchmark {datetime.date.today()} on {torch_info['gpu'] or cpu} "
       f"({device}), PyTorch {torch_info['torch']}, CUDA {torch_info['cuda']}")
-print(f"{size}x{size}, {steps} DDIM steps, CFG 7.5, {dtype}; seconds are medians of the timed runs after two warm-up batches")
+print(f"{size}x{size}, {steps} DDIM steps, CFG 7.5, {dtype}; seconds are medians of the timed runs after two warm-up batches;")
+print("in brackets: the first batch after loading (per image)")
 print()
 print(f"| run | load s | U-Net it/s | s/image | images/s | {mem_name} |")
 print("|---|---:|---:|---:|---:|---:|")

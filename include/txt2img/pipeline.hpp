@@ -45,6 +45,10 @@ struct PipelineOptions {
   // (CUDA builds and devices only; Pipeline::load throws Error(Usage) otherwise).
   bool channels_last = false;
   bool cuda_graph = false;
+  // TorchScript's profiling executor (LibTorch's default, process-wide): it profiles each module's first calls and
+  // compiles fused kernels on a later one, which costs seconds before the first image on CUDA. false runs the
+  // graphs as they are. Another experiment of txt2img-bench.
+  bool profiling_executor = true;
 };
 
 // Where the Gaussian noise of one batch comes from: one standard-normal draw of the latent shape at the start,

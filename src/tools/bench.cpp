@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none", save_images;
   int threads = 0, width = 0, height = 0, steps = 3, batch = 1, warmup = 1, runs = 1;
   double cfg = 7.5;
-  bool no_safety = false, channels_last = false, cuda_graph = false;
+  bool no_safety = false, channels_last = false, cuda_graph = false, plain_executor = false;
   app.add_option("--model", model, "Model bundle directory")->required();
   app.add_option("--device", device_name, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", dtype_name, "fp32, fp16 or bf16")->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
@@ -105,6 +105,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-safety-checker", no_safety, "Skip the safety checker");
   app.add_flag("--channels-last", channels_last, "U-Net convolutions in NHWC (an experiment, see PipelineOptions)");
   app.add_flag("--cuda-graph", cuda_graph, "Replay the U-Net call as a CUDA graph (an experiment; CUDA only)");
+  app.add_flag("--plain-executor", plain_executor,
+               "Run the TorchScript graphs unprofiled and unfused (an experiment: a faster first batch)");
   app.add_option("--save-images", save_images,
                  "Write the last batch's images as DIR/0.png, 1.png, ... (to compare the experiments' pixels)");
   CLI11_PARSE(app, argc, argv);
@@ -120,6 +122,7 @@ int main(int argc, char** argv) {
     options.safety = no_safety ? SafetyMode::Off : SafetyMode::Report;
     options.channels_last = channels_last;
     options.cuda_graph = cuda_graph;
+    options.profiling_executor = !plain_executor;
 
     auto load_start = Clock::now();
     auto bundle = Bundle::open(model);
@@ -137,7 +140,7 @@ int main(int argc, char** argv) {
     const std::vector<std::string> negatives(batch, "");
 
     nlohmann::json timed = nlohmann::json::array();
-    std::vector<double> totals, unet_totals, per_call;
+    std::vector<double> totals, unet_totals, per_call, warmup_totals;
     StageTimer timer(options.device);
     std::vector<GeneratedImage> images;
     for (int i = 0; i < warmup + runs; ++i) {
@@ -153,7 +156,10 @@ int main(int argc, char** argv) {
       std::cerr << "txt2img-bench: " << (is_warmup ? "warm-up" : "timed") << " batch " << i + 1 << ": " << total_s
                 << " s (text " << timer.text_s << ", U-Net " << unet_s << " over " << timer.unet_calls_s.size()
                 << " calls, decode " << timer.decode_s << ")\n";
-      if (is_warmup) continue;
+      if (is_warmup) {
+        warmup_totals.push_back(total_s);
+        continue;
+      }
       timed.push_back({{"total_s", total_s},
                        {"text_s", timer.text_s},
                        {"unet_s", unet_s},
@@ -182,6 +188,7 @@ int main(int argc, char** argv) {
         {"graph", graph_name},
         {"channels_last", channels_last},
         {"cuda_graph", cuda_graph},
+        {"profiling_executor", !plain_executor},
         {"threads", at::get_num_threads()},
         {"width", params.width},
         {"height", params.height},
@@ -198,6 +205,7 @@ int main(int argc, char** argv) {
         {"peak_rss_mb", peaks.host_rss_mib},
         {"peak_vram_allocated_mb", peaks.device_allocated_mib ? nlohmann::json(*peaks.device_allocated_mib) : nullptr},
         {"peak_vram_reserved_mb", peaks.device_reserved_mib ? nlohmann::json(*peaks.device_reserved_mib) : nullptr},
+        {"warmup_s", warmup_totals},
         {"runs", timed},
     };
     std::cout << out.dump() << std::endl;
