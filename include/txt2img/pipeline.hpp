@@ -40,14 +40,14 @@ struct PipelineOptions {
   // float32, and the decoder works in overlapping tiles when a side exceeds 64 latents (512 pixels), so that large
   // images decode within a small GPU's memory. Up to that size the images are the same as without it.
   bool low_vram = false;
-  // Experiments, measured by txt2img-bench before either becomes a default or a CLI flag (docs/PERFORMANCE.md):
-  // the U-Net's convolutions in NHWC (channels_last), and the U-Net call captured as a CUDA graph and replayed
-  // (CUDA builds and devices only; Pipeline::load throws Error(Usage) otherwise).
+  // The U-Net's convolutions in NHWC (channels_last), and the U-Net call captured as a CUDA graph and replayed
+  // (CUDA builds and devices only; Pipeline::load throws Error(Usage) otherwise). Measured by txt2img-bench
+  // (docs/PERFORMANCE.md): together, and with profiling_executor off, they are the command line's CUDA default.
   bool channels_last = false;
   bool cuda_graph = false;
   // TorchScript's profiling executor (LibTorch's default, process-wide): it profiles each module's first calls and
   // compiles fused kernels on a later one, which costs seconds before the first image on CUDA. false runs the
-  // graphs as they are. Another experiment of txt2img-bench.
+  // graphs as they are.
   bool profiling_executor = true;
 };
 

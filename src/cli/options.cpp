@@ -83,6 +83,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_flag("--low-vram", o.low_vram,
                "less GPU memory: text encoder and safety checker on the CPU, VAE decoding in tiles for sides "
                "above 512");
+  app.add_flag("--no-cuda-graph", o.no_cuda_graph,
+               "on CUDA, run the U-Net as plain TorchScript calls instead of a replayed CUDA graph (slower; no "
+               "effect on the CPU)");
   app.add_option("--threads", o.threads, "CPU threads LibTorch may use (default: all cores)")
       ->check(CLI::Range(1, 4096));
   auto* no_checker = app.add_flag("--no-safety-checker", o.no_safety_checker,
