@@ -212,6 +212,9 @@ measure ours_b1_plain_executor "${bench[@]}" --batch 1 --warmup 2 --runs "$runs"
 if [[ $device == cuda* ]]; then
   measure ours_b1_plain_executor_cuda_graph_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" \
     --plain-executor --cuda-graph --channels-last
+  # The command line's CUDA default (above) with cuDNN's algorithm search on top: not yet measured.
+  measure ours_b1_cli_default_cudnn_benchmark "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" \
+    --plain-executor --cuda-graph --channels-last --cudnn-benchmark
 fi
 measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --channels-last
 measure ours_b1_freeze "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph freeze
@@ -279,7 +282,8 @@ rows = [
     (f"ours_b{big}_cuda_graph_channels_last", f"txt2img-bench, batch {big}, --cuda-graph --channels-last"),
     ("ours_b1_plain_executor", "txt2img-bench, batch 1, --plain-executor"),
     ("ours_b1_plain_executor_cuda_graph_channels_last",
-     "txt2img-bench, batch 1, --plain-executor --cuda-graph --channels-last"),
+     "txt2img-bench, batch 1, --plain-executor --cuda-graph --channels-last (the CLI's CUDA default)"),
+    ("ours_b1_cli_default_cudnn_benchmark", "txt2img-bench, batch 1, the CLI's CUDA default + --cudnn-benchmark"),
     ("eager_b1", "PyTorch eager, batch 1"),
     (f"ours_b{big}", f"txt2img-bench, batch {big}"),
     (f"eager_b{big}", f"PyTorch eager, batch {big}"),

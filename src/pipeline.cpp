@@ -1,5 +1,6 @@
 #include "txt2img/pipeline.hpp"
 
+#include <ATen/Context.h>
 #include <torch/csrc/jit/python/update_graph_executor_opt.h>
 
 #include <algorithm>
@@ -84,6 +85,7 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
                                       "or pass --no-safety-checker to generate without it");
   Pipeline p(bundle.manifest(), Tokenizer::load(bundle.path("tokenizer.model")), options);
   torch::jit::setGraphExecutorOptimize(options.profiling_executor);
+  at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
   // Each module is read into host memory and cast there, and only then copied to the device: the device never holds
   // its float32 weights (a CUDA caching allocator would keep their blocks, twice the fp16 size, reserved after the
   // cast), and the modules arrive one after another.

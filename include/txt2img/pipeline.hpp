@@ -49,6 +49,9 @@ struct PipelineOptions {
   // compiles fused kernels on a later one, which costs seconds before the first image on CUDA. false runs the
   // graphs as they are.
   bool profiling_executor = true;
+  // cuDNN times its convolution algorithms on the first call of each shape and keeps the fastest (process-wide,
+  // as torch.backends.cudnn.benchmark). An experiment of txt2img-bench, not yet measured.
+  bool cudnn_benchmark = false;
 };
 
 // Where the Gaussian noise of one batch comes from: one standard-normal draw of the latent shape at the start,

@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none", save_images;
   int threads = 0, width = 0, height = 0, steps = 3, batch = 1, warmup = 1, runs = 1;
   double cfg = 7.5;
-  bool no_safety = false, channels_last = false, cuda_graph = false, plain_executor = false;
+  bool no_safety = false, channels_last = false, cuda_graph = false, plain_executor = false, cudnn_benchmark = false;
   app.add_option("--model", model, "Model bundle directory")->required();
   app.add_option("--device", device_name, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", dtype_name, "fp32, fp16 or bf16")->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   app.add_flag("--cuda-graph", cuda_graph, "Replay the U-Net call as a CUDA graph (an experiment; CUDA only)");
   app.add_flag("--plain-executor", plain_executor,
                "Run the TorchScript graphs unprofiled and unfused (an experiment: a faster first batch)");
+  app.add_flag("--cudnn-benchmark", cudnn_benchmark, "Let cuDNN time its convolution algorithms (an experiment)");
   app.add_option("--save-images", save_images,
                  "Write the last batch's images as DIR/0.png, 1.png, ... (to compare the experiments' pixels)");
   CLI11_PARSE(app, argc, argv);
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
     options.channels_last = channels_last;
     options.cuda_graph = cuda_graph;
     options.profiling_executor = !plain_executor;
+    options.cudnn_benchmark = cudnn_benchmark;
 
     auto load_start = Clock::now();
     auto bundle = Bundle::open(model);
@@ -189,6 +191,7 @@ int main(int argc, char** argv) {
         {"channels_last", channels_last},
         {"cuda_graph", cuda_graph},
         {"profiling_executor", !plain_executor},
+        {"cudnn_benchmark", cudnn_benchmark},
         {"threads", at::get_num_threads()},
         {"width", params.width},
         {"height", params.height},
