@@ -1,6 +1,7 @@
 #include "cli/options.hpp"
 
 #include <CLI/CLI.hpp>
+#include <functional>
 #include <iostream>
 
 #include "cli/exit_codes.hpp"
@@ -144,7 +145,8 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
       "txt2img");
   // A flag given twice takes its last value, as in most Unix tools, so that scripts can append overrides.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  app.set_version_flag("--version", version_string(), "print the version and exit");
+  // A callback: counting CUDA devices starts the CUDA runtime, which only --version should pay for.
+  app.set_version_flag("--version", std::function<std::string()>(version_string), "print the version and exit");
   app.set_help_flag("-h,--help", "print this help and exit");
   CLI::App* info = app.add_subcommand("info", "show a PNG's generation parameters or a model bundle's manifest");
   CLI::App* tokenize = app.add_subcommand("tokenize", "show the token ids of a prompt and where it is truncated");

@@ -1,14 +1,23 @@
+#include <torch/cuda.h>
 #include <torch/version.h>
 
 #include <string>
 
 #include "cli/commands.hpp"
+#include "txt2img/device_memory.hpp"
 
 namespace txt2img::cli {
 
+// The LibTorch it runs on and whether it can use a GPU: the first thing to know when a run is slower than expected.
 std::string version_string() {
+  std::string devices = "CPU only";
+  if (built_with_cuda()) {
+    const auto count = torch::cuda::device_count();
+    devices = count == 0 ? "CUDA build, no CUDA device visible"
+                         : "CUDA: " + std::to_string(count) + " device" + (count == 1 ? "" : "s");
+  }
   return std::string("txt2img ") + TXT2IMG_VERSION + " (LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
-         std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ")";
+         std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " + devices + ")";
 }
 
 }  // namespace txt2img::cli

@@ -30,7 +30,9 @@ class HelpAndVersion(CliTestCase):
     def test_version(self):
         result = run(["--version"], self.dir)
         self.assertEqual(result.returncode, 0)
-        self.assertRegex(result.stdout, r"^txt2img \d+\.\d+\.\d+ \(LibTorch \d+\.\d+\.\d+\)\n$")
+        # The build and what it can run on: "CPU only", "CUDA: 2 devices", "CUDA build, no CUDA device visible".
+        self.assertRegex(result.stdout, r"^txt2img \d+\.\d+\.\d+ \(LibTorch \d+\.\d+\.\d+, "
+                                        r"(CPU only|CUDA: \d+ devices?|CUDA build, no CUDA device visible)\)\n$")
 
 
 class BadFlags(CliTestCase):
