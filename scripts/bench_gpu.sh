@@ -7,7 +7,8 @@
 #
 #   scripts/bench_gpu.sh                                   # CUDA: 512x512, 50 DDIM steps, CFG 7.5, fp16
 #   scripts/bench_gpu.sh --device cpu --size 128 --steps 2 --threads 2 --model /tmp/full   # proves it on a CPU
-#   --out DIR: results written into DIR/results as they come (and the table to DIR/table.md); --budget S: rows
+#   --out DIR: results written into DIR/results as they come, packed at the end as DIR/results.tar.gz beside
+#   DIR/table.md (the device tool returns only a few files per call); --budget S: rows
 #   not started S seconds after the start are skipped; --row-timeout S: each row is stopped after S s (240);
 #   --only NAME,NAME: run only these rows (names as in results/: ours_b1, eager_b1, cli, ...).
 #
@@ -350,5 +351,9 @@ if reference:
         diffs = [abs(a - b) for x, y in zip(reference, other) for a, b in zip(x, y)]
         print(f"| {variant} | {max(diffs)} | {sum(diffs) / len(diffs):.3f} |")
 EOF
-[[ -z $out ]] || cp "$results/table.md" "$out/"
+# The device tool brings back only a few files per call: with --out, everything ends up in one archive.
+if [[ -n $out ]]; then
+  cp "$results/table.md" "$out/"
+  tar -C "$out" -czf "$out/results.tar.gz" --exclude='*.samples' results && rm -rf "$results"
+fi
 log "finished in $((SECONDS - started)) s"
