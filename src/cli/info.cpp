@@ -1,7 +1,9 @@
 // txt2img info: what a PNG records about how it was made, or what a model bundle holds.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
+#include <sstream>
 
 #include "cli/commands.hpp"
 #include "txt2img/bundle.hpp"
@@ -10,6 +12,23 @@
 
 namespace txt2img::cli {
 namespace {
+
+// Where the weights came from, and the LoRAs merged into them (model.json "source", written by convert.py).
+void print_source(const nlohmann::json& source) {
+  const auto text = [&](const char* key) {
+    return source.contains(key) && source[key].is_string() ? source[key].get<std::string>() : std::string();
+  };
+  if (!text("kind").empty())
+    std::cout << "  source         " << text("kind") << (text("path").empty() ? "" : " " + text("path")) << "\n";
+  if (!source.contains("loras") || !source["loras"].is_array()) return;
+  for (const auto& lora : source["loras"]) {
+    const std::string path = lora.value("path", std::string("?"));
+    std::ostringstream weight;
+    weight << lora.value("weight", 1.0);
+    std::cout << "  LoRA merged    " << std::filesystem::path(path).filename().string() << " (weight " << weight.str()
+              << ", " << lora.value("modules", 0) << " modules)\n";
+  }
+}
 
 std::string human_bytes(uint64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -45,8 +64,11 @@ int bundle_info(const InfoOptions& o) {
               << "  family         " << m.family << ", bundle format " << m.format_version << "\n"
               << "  default size   " << m.default_size << "x" << m.default_size << "\n"
               << "  safety checker " << (m.safety ? "included" : "none (generate with --no-safety-checker)") << "\n"
-              << "  converted by   txt2img " << m.converter_version << " with PyTorch " << m.torch_version << "\n"
-              << "  files\n";
+              << "  text encoder   " << m.text_num_layers << " layers" << (m.text_num_layers_known ? "" : " (assumed)")
+              << ", --clip-skip 1 to " << m.text_num_layers << "\n"
+              << "  converted by   txt2img " << m.converter_version << " with PyTorch " << m.torch_version << "\n";
+    print_source(m.raw.value("source", nlohmann::json::object()));
+    std::cout << "  files\n";
     size_t name_width = 0;
     for (const auto& f : m.files) name_width = std::max(name_width, f.name.size());
     for (const auto& f : files) {

@@ -116,6 +116,23 @@ class BundleInfo(CliTestCase):
         self.assertExit(result, EXIT_BUNDLE, "vae_decoder.pt", "sha256")
         self.assertIn("MISMATCH", result.stdout)
 
+    def test_source_loras_and_text_layers(self):
+        self.assertRegex(run(["info", TINY], self.dir).stdout, r"text encoder   \d+ layers, --clip-skip 1 to \d+\n")
+
+        def merged(m):
+            m["source"] = {"kind": "single_file", "path": "/models/base.safetensors", "sha256": "0" * 64,
+                           "loras": [{"path": "/loras/ink-style.safetensors", "weight": 0.75, "modules": 192},
+                                     {"path": "/loras/detail.safetensors", "weight": -0.5, "modules": 64}]}
+            del m["text_num_layers"]  # a bundle converted before --clip-skip
+            return m
+
+        result = run(["info", derived_bundle(self.dir / "b", edit_manifest=merged)], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("source         single_file /models/base.safetensors\n", result.stdout)
+        self.assertIn("LoRA merged    ink-style.safetensors (weight 0.75, 192 modules)\n", result.stdout)
+        self.assertIn("LoRA merged    detail.safetensors (weight -0.5, 64 modules)\n", result.stdout)
+        self.assertIn("text encoder   12 layers (assumed), --clip-skip 1 to 12\n", result.stdout)
+
     def test_missing_bundle_file(self):
         bundle = derived_bundle(self.dir / "b", drop={"unet.pt"})
         self.assertExit(run(["info", bundle], self.dir), EXIT_BUNDLE, "unet.pt")
