@@ -8,18 +8,17 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from converter_runs import run
 from txt2img_convert import checkpoints as ck
 from txt2img_convert import export, presets
 from txt2img_convert.safetensors_io import load_file, save_file
 
-REPO = Path(__file__).resolve().parents[2]
 SD1_FILE = "sd1/single_file/sd1.safetensors"
 
 # The extra keys of real single-file checkpoints that a converter must ignore (reference README).
@@ -556,10 +555,8 @@ def test_malformed_index_is_an_error(sharded_vae, weight_map, message):
 def test_sharded_folder_converts_to_the_same_bundle(tmp_path, reference):
     """scripts/convert.py end to end: a sharded copy of the tiny folder gives the unsharded bundle's tensors."""
     folder = sharded_copy(reference, tmp_path / "model", shards=2)
-    convert = REPO / "scripts" / "convert.py"
     for source, out in ((reference / "tiny/model", tmp_path / "plain"), (folder, tmp_path / "sharded")):
-        result = subprocess.run([str(convert), str(source), "--out", str(out)], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
+        run(source, "--out", out)
     for name in ("text_encoder.pt", "unet.pt", "vae_decoder.pt", "safety_checker.pt"):
         plain = torch.jit.load(str(tmp_path / "plain" / name)).state_dict()
         sharded = torch.jit.load(str(tmp_path / "sharded" / name)).state_dict()

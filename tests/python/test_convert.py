@@ -11,25 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import convert as convert_script  # scripts/convert.py (conftest puts scripts/ on sys.path)
+from converter_runs import CONVERT, convert, run
 from txt2img_convert import export, presets
 
-REPO = Path(__file__).resolve().parents[2]
-CONVERT = REPO / "scripts" / "convert.py"
 SD1_HASH = "2d0529e13291b284137f8e7cc0cad91e619609c870492f86c62dc57a5e9d8a77"
 SD1_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                  "beta_schedule": "scaled_linear", "steps_offset": 1, "timestep_spacing": "leading",
                  "prediction_type": "epsilon", "set_alpha_to_one": False}
 SAFETY_32 = {"shortest_edge": 32, "crop_height": 32, "crop_width": 32, "rescale_factor": 1 / 255,
              "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
-
-
-def run(*args, check=True):
-    """convert.py as users run it (it re-executes itself under a Python with torch if needed)."""
-    result = subprocess.run([str(CONVERT), *map(str, args)], capture_output=True, text=True)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def sha256(path):
@@ -136,15 +126,6 @@ def test_random_presets_in_process():
     full = presets.preset("full")
     assert full["unet"]["block_out_channels"] == [320, 640, 1280, 1280]
     assert full["safety_checker"]["vision_config"]["hidden_size"] == 1024
-
-
-def convert(capsys, *args):
-    """convert.py's main() in this process (faster than a new interpreter): (exit status, stderr)."""
-    try:
-        status = convert_script.main([str(a) for a in args])
-    except SystemExit as e:  # usage errors
-        status = e.code
-    return status, capsys.readouterr().err
 
 
 def test_overwrite(tmp_path, vocab, capsys):

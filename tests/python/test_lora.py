@@ -3,20 +3,15 @@ U-Net and text encoder (W += weight * alpha / r * up @ down), the errors, and th
 
 import json
 import math
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
-import convert as convert_script  # scripts/convert.py (conftest puts scripts/ on sys.path)
+from converter_runs import convert, run
 from txt2img_convert import checkpoints as ck
 from txt2img_convert import lora
 from txt2img_convert.checkpoints import Component, ConversionError
 from txt2img_convert.safetensors_io import load_file, save_file
-
-REPO = Path(__file__).resolve().parents[2]
-CONVERT = REPO / "scripts" / "convert.py"
 
 ATTN = "down_blocks.1.attentions.0"
 BLOCK = ATTN + ".transformer_blocks.0"
@@ -373,15 +368,6 @@ def test_existing_file_with_a_colon_in_its_name(tmp_path):
 # --------------------------------------------------------------------------------------------- convert.py
 
 
-def convert(capsys, *args):
-    """convert.py's main() in this process: (exit status, stderr)."""
-    try:
-        status = convert_script.main([str(a) for a in args])
-    except SystemExit as e:  # usage errors
-        status = e.code
-    return status, capsys.readouterr().err
-
-
 def test_command_line_errors(tmp_path, reference, capsys):
     vocab = reference.parent / "clip" / "bpe_simple_vocab_16e6.txt.gz"
     tiny_model = reference / "tiny/model"
@@ -406,12 +392,6 @@ def test_command_line_errors(tmp_path, reference, capsys):
         assert last.startswith("convert.py: error: ") and text in last, stderr
         assert "Traceback" not in stderr
     assert not out.exists()
-
-
-def run(*args):
-    result = subprocess.run([str(CONVERT), *map(str, args)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def state_dict(bundle, name):

@@ -1,0 +1,25 @@
+"""The two ways the converter tests run scripts/convert.py: as users do, and in this process (faster)."""
+
+import subprocess
+from pathlib import Path
+
+import convert as convert_script  # scripts/convert.py (conftest puts scripts/ on sys.path)
+
+CONVERT = Path(__file__).resolve().parents[2] / "scripts" / "convert.py"
+
+
+def run(*args, check=True):
+    """convert.py as users run it (it re-executes itself under a Python with torch if needed)."""
+    result = subprocess.run([str(CONVERT), *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def convert(capsys, *args):
+    """convert.py's main() in this process: (exit status, stderr)."""
+    try:
+        status = convert_script.main([str(a) for a in args])
+    except SystemExit as e:  # usage errors
+        status = e.code
+    return status, capsys.readouterr().err
