@@ -128,6 +128,25 @@ TEST(Pipeline, RefusesABundleWithoutCheckerUnlessSafetyIsOff) {
   EXPECT_FALSE(images[0].safety_checked);
 }
 
+// The tiny bundle's images at 64x48 with 3 steps and empty negative prompts.
+std::vector<txt2img::GeneratedImage> generate_small(txt2img::Pipeline& pipeline, const std::vector<std::string>& prompts,
+                                                    std::vector<uint64_t> seeds, int width = 64, int height = 48) {
+  txt2img::SeededNoise noise(std::move(seeds));
+  txt2img::GenerationParams params;
+  params.width = width;
+  params.height = height;
+  params.steps = 3;
+  return pipeline.generate(prompts, std::vector<std::string>(prompts.size(), ""), params, noise);
+}
+
+// The largest difference between two images of the same size, in 8-bit levels.
+int max_level_difference(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  int worst = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  return worst;
+}
+
 class TinyPipeline : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -137,12 +156,7 @@ class TinyPipeline : public ::testing::Test {
 
   static std::vector<txt2img::GeneratedImage> run(const std::vector<std::string>& prompts,
                                                   std::vector<uint64_t> seeds, int width = 64, int height = 48) {
-    txt2img::SeededNoise noise(std::move(seeds));
-    txt2img::GenerationParams params;
-    params.width = width;
-    params.height = height;
-    params.steps = 3;
-    return pipeline_->generate(prompts, std::vector<std::string>(prompts.size(), ""), params, noise);
+    return generate_small(*pipeline_, prompts, std::move(seeds), width, height);
   }
   static txt2img::Pipeline* pipeline_;
 };
@@ -170,24 +184,15 @@ TEST_F(TinyPipeline, AnImageDoesNotDependOnItsBatch) {
   auto together = run({"a red cube", "a blue sphere"}, {7, 8});
   auto first = run({"a red cube"}, {7});
   auto second = run({"a blue sphere"}, {8});
-  for (auto [batched, alone] : {std::pair{&together[0], &first[0]}, {&together[1], &second[0]}}) {
-    ASSERT_EQ(batched->rgb.size(), alone->rgb.size());
-    int worst = 0;
-    for (size_t i = 0; i < alone->rgb.size(); ++i) worst = std::max(worst, std::abs(batched->rgb[i] - alone->rgb[i]));
-    EXPECT_LE(worst, 1);
-  }
+  for (auto [batched, alone] : {std::pair{&together[0], &first[0]}, {&together[1], &second[0]}})
+    EXPECT_LE(max_level_difference(batched->rgb, alone->rgb), 1);
 }
 
 TEST_F(TinyPipeline, LowVramBelowTheTileSizeGivesTheSameImage) {
   txt2img::PipelineOptions low_vram;
   low_vram.low_vram = true;
   auto low = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), low_vram);
-  txt2img::SeededNoise noise({7});
-  txt2img::GenerationParams params;
-  params.width = 64;
-  params.height = 48;
-  params.steps = 3;
-  auto images = low.generate({"a red cube"}, {""}, params, noise);
+  auto images = generate_small(low, {"a red cube"}, {7});
   EXPECT_TRUE(images[0].safety_checked);
   EXPECT_EQ(images[0].rgb, run({"a red cube"}, {7})[0].rgb);
 }
@@ -198,17 +203,8 @@ TEST_F(TinyPipeline, ChannelsLastGivesTheSameImage) {
   for (auto graph : {txt2img::GraphOptimization::None, txt2img::GraphOptimization::FreezeAndOptimize}) {
     nhwc.graph = graph;
     auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), nhwc);
-    txt2img::SeededNoise noise({7});
-    txt2img::GenerationParams params;
-    params.width = 64;
-    params.height = 48;
-    params.steps = 3;
-    auto images = pipeline.generate({"a red cube"}, {""}, params, noise);
-    const auto reference = run({"a red cube"}, {7});
-    int worst = 0;
-    for (size_t i = 0; i < images[0].rgb.size(); ++i)
-      worst = std::max(worst, std::abs(images[0].rgb[i] - reference[0].rgb[i]));
-    EXPECT_LE(worst, 1);
+    EXPECT_LE(max_level_difference(generate_small(pipeline, {"a red cube"}, {7})[0].rgb, run({"a red cube"}, {7})[0].rgb),
+              1);
   }
 }
 
@@ -404,10 +400,7 @@ TEST(ClipSkip, EveryLayerWorksAndFrozenGraphsKeepEncode) {
     options.graph = graph;
     auto frozen = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), options);
     EXPECT_TRUE(frozen.supports_clip_skip());
-    const auto image = clip_skip_image(frozen, 2);
-    int worst = 0;
-    for (size_t i = 0; i < image.size(); ++i) worst = std::max(worst, std::abs(image[i] - images[1][i]));
-    EXPECT_LE(worst, 1);
+    EXPECT_LE(max_level_difference(clip_skip_image(frozen, 2), images[1]), 1);
   }
   txt2img::PipelineOptions low_vram;
   low_vram.low_vram = true;
