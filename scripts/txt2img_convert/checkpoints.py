@@ -512,9 +512,10 @@ def _read_index(path: str) -> Dict[str, List[str]]:
     return shards
 
 
-def _listing(names, limit: int = 5) -> str:
+def listing(names, limit: int = 5) -> str:
+    """The first `limit` names, sorted, for an error message: "a, b, c (and 4 more)"."""
     names = sorted(names)
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
 
@@ -533,7 +534,7 @@ def read_sharded(path: str) -> Tensors:
     folder = os.path.dirname(path)
     absent = [s for s in sorted(shards) if not os.path.isfile(os.path.join(folder, s))]
     if absent:
-        raise ConversionError(f"{path}: missing shard {_listing(absent)} (named in the index's weight_map, not in "
+        raise ConversionError(f"{path}: missing shard {listing(absent)} (named in the index's weight_map, not in "
                               f"{folder or '.'})")
     tensors: Tensors = {}
     missing: List[str] = []
@@ -545,10 +546,10 @@ def read_sharded(path: str) -> Tensors:
         unexpected += [f"{name} (in {shard})" for name in found if name not in wanted]
         tensors.update((k, v) for k, v in found.items() if k in wanted)
     if missing:
-        raise ConversionError(f"{path}: the weight_map names tensors that its shards do not hold: {_listing(missing)}")
+        raise ConversionError(f"{path}: the weight_map names tensors that its shards do not hold: {listing(missing)}")
     if unexpected:
         raise ConversionError(f"{path}: shards hold tensors that the weight_map does not name there: "
-                              f"{_listing(unexpected)}")
+                              f"{listing(unexpected)}")
     return tensors
 
 

@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .checkpoints import Component, ConversionError, read_tensors, sha256_file
+from .checkpoints import Component, ConversionError, listing, read_tensors, sha256_file
 from .safetensors_io import read_header
 
 PARTS = ("unet", "text_encoder")
@@ -121,11 +121,6 @@ class _Pair:
     up: Optional[torch.Tensor] = None
     alpha: Optional[float] = None
     alpha_from_config: Optional[Tuple[dict, str]] = None  # (PEFT config, module name relative to the model)
-
-
-def _listing(keys, limit: int = 4) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def _kohya_table(components: Dict[str, Component]) -> Dict[str, Optional[Tuple[str, str]]]:
@@ -227,7 +222,7 @@ class _Parser:
         if role == "alpha":
             pair.alpha = _scalar(self.path, key, value)
         elif getattr(pair, role) is not None:
-            raise ConversionError(f"{self.path}: two {role} tensors for {pair.target}: {_listing(pair.keys)}")
+            raise ConversionError(f"{self.path}: two {role} tensors for {pair.target}: {listing(pair.keys)}")
         else:
             setattr(pair, role, value)
 
@@ -290,27 +285,27 @@ class _Parser:
     def finish(self) -> List[_Pair]:
         if self.unknown:
             raise ConversionError(f"{self.path}: not LoRA tensors of a format this converter knows: "
-                                  f"{_listing(self.unknown)}")
+                                  f"{listing(self.unknown)}")
         if self.unmapped:
             raise ConversionError(f"{self.path}: LoRA keys that match no U-Net or text encoder weight of this "
                                   f"model (another architecture, e.g. SDXL or SD 2.x, or an LDM-named LoRA?): "
-                                  f"{_listing(self.unmapped)}")
+                                  f"{listing(self.unmapped)}")
         if self.ambiguous:
             raise ConversionError(f"{self.path}: LoRA keys that match several weights of this model: "
-                                  f"{_listing(self.ambiguous)}")
+                                  f"{listing(self.ambiguous)}")
         if not self.pairs:
             raise ConversionError(f"{self.path}: no LoRA tensors in it")
         for pair in self.pairs.values():
             if pair.down is None or pair.up is None:
                 missing = "down" if pair.down is None else "up"
-                raise ConversionError(f"{self.path}: no {missing} tensor beside {_listing(pair.keys)}")
+                raise ConversionError(f"{self.path}: no {missing} tensor beside {listing(pair.keys)}")
         return sorted(self.pairs.values(), key=lambda p: (PARTS.index(p.part), p.target))
 
 
 def _delta(path: str, pair: _Pair, target: torch.Tensor) -> torch.Tensor:
     """(alpha / r) * up @ down in float32, shaped as `target`."""
     down, up = pair.down.float(), pair.up.float()
-    names = _listing(pair.keys)
+    names = listing(pair.keys)
     if down.dim() not in (2, 4) or up.dim() not in (2, 4):
         raise ConversionError(f"{path}: {names}: LoRA tensors must be 2-D or 4-D, found shapes "
                               f"{list(down.shape)} (down) and {list(up.shape)} (up)")
