@@ -12,10 +12,11 @@
 #   not started S seconds after the start are skipped; --row-timeout S: each row is stopped after S s (240);
 #   --only NAME,NAME: run only these rows (names as in results/: ours_b1, eager_b1, cli, ...).
 #
-# Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with each graph optimisation, with channels_last,
-# and on CUDA with the U-Net replayed as a CUDA graph, and at --batch-large; bench_eager.py (our converter's modules,
-# same weights, PyTorch eager, SDPA where PyTorch has it) at the same settings; the txt2img command line end to end
-# (load, 2 images, safety checker on), and with --low-vram. Peak VRAM is given three ways: the CUDA caching
+# Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with the command line's pipeline options (on CUDA:
+# CUDA graph, channels_last, unprofiled TorchScript), with --low-vram, cuDNN's algorithm search and bf16 on top, and
+# plain, and at --batch-large; bench_eager.py (our converter's modules, same weights, PyTorch eager, SDPA where
+# PyTorch has it) at the same settings; the txt2img command line end to end (load, 2 images, safety checker on),
+# and with --low-vram; then the pixels of each variant against plain TorchScript calls. Peak VRAM is given three ways: the CUDA caching
 # allocator's peak allocated and reserved bytes (each process's own report, as torch.cuda.max_memory_allocated /
 # max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the
 # run, which includes the CUDA context. On the CPU the column is the peak resident set.
@@ -158,12 +159,6 @@ log "built and exported after $((SECONDS - started)) s"
 measure() {
   local name=$1; shift
   local watcher="" idle=0
-  if [[ $device == cuda* ]]; then
-    idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$device_index" | head -1)
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$device_index" -lms 100 \
-      >"$results/$name.samples" &
-    watcher=$!
-  fi
   if [[ -n $only && $only != *",$name,"* ]]; then
     return
   fi
@@ -171,6 +166,12 @@ measure() {
     log "skip $name (past --budget $budget s)"
     echo "skipped: past the --budget of $budget s" >"$results/$name.failed"
     return
+  fi
+  if [[ $device == cuda* ]]; then
+    idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$device_index" | head -1)
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$device_index" -lms 100 \
+      >"$results/$name.samples" &
+    watcher=$!
   fi
   log "run $name"
   if timeout "$row_timeout" "$@" >"$results/$name.json" 2>"$results/$name.log"; then
@@ -189,9 +190,13 @@ common=(--model "$model" --device "$device" --dtype "$dtype" --width "$size" --h
 ((threads > 0)) && common+=(--threads "$threads")
 bench=("${ours_env[@]}" "$work/cmake/txt2img-bench" "${common[@]}" --no-safety-checker)
 eager=("$root/scripts/with-torch-python" "$root/scripts/bench_eager.py" "${common[@]}")
+# The command line's own pipeline options (src/cli/generate.cpp): on CUDA the U-Net replayed as a CUDA graph with
+# NHWC convolutions, TorchScript unprofiled; on the CPU plain TorchScript calls.
+default=()
+[[ $device == cuda* ]] && default=(--plain-executor --cuda-graph --channels-last)
 # Two warm-up batches: TorchScript's profiling executor profiles a module's first call and optimises on its second,
-# and the text encoder and VAE run only once or twice a batch.
-measure ours_b1 "${bench[@]}" --batch 1 --warmup 2 --runs "$runs"
+# and the text encoder and VAE run only once or twice a batch. Rows in the order of what is least known.
+measure ours_b1_default "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}"
 measure eager_b1 "${eager[@]}" --batch 1 --warmup 2 --runs "$runs"
 if ((have_cli)); then
   prompt="a photograph of an astronaut riding a horse"
@@ -203,31 +208,23 @@ if ((have_cli)); then
 else
   echo "the command line did not build" >"$results/cli.failed"
 fi
-measure ours_b${batch_large} "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1
-measure eager_b${batch_large} "${eager[@]}" --batch "$batch_large" --warmup 2 --runs 1
-measure ours_b1_optimize "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph optimize
+measure ours_b1_default_low_vram "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" --low-vram
 if [[ $device == cuda* ]]; then
-  measure ours_b1_cuda_graph "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph
-fi
-measure ours_b1_plain_executor "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --plain-executor
-if [[ $device == cuda* ]]; then
-  measure ours_b1_plain_executor_cuda_graph_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" \
-    --plain-executor --cuda-graph --channels-last
-  # The command line's CUDA default (above) with cuDNN's algorithm search on top: not yet measured.
-  measure ours_b1_cli_default_cudnn_benchmark "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" \
-    --plain-executor --cuda-graph --channels-last --cudnn-benchmark
-fi
-measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --channels-last
-measure ours_b1_freeze "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph freeze
-if [[ $device == cuda* ]]; then
+  measure ours_b1_default_cudnn_benchmark "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" \
+    --cudnn-benchmark
+  measure ours_b1_default_bf16 "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" --dtype bf16
   measure ours_b1_cuda_graph_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph --channels-last
-  measure ours_b${batch_large}_cuda_graph_channels_last "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1 \
-    --cuda-graph --channels-last
 fi
+measure ours_b1 "${bench[@]}" --batch 1 --warmup 2 --runs "$runs"
+measure ours_b${batch_large}_default "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1 "${default[@]}"
+measure eager_b${batch_large} "${eager[@]}" --batch "$batch_large" --warmup 2 --runs 1
+measure ours_b${batch_large} "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1
+measure ours_b1_optimize "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph optimize
+measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --channels-last
 # Pixels: the same two images (seeds 2 and 3) from each variant, compared with the plain run's below the table.
-variants=("default:" "optimize:--graph optimize" "channels_last:--channels-last")
-[[ $device == cuda* ]] && variants+=("cuda_graph:--cuda-graph" "cuda_graph_channels_last:--cuda-graph --channels-last"
-                                    "plain_executor_cuda_graph_channels_last:--plain-executor --cuda-graph --channels-last")
+# --low-vram on the default must match the default exactly (only where the modules wait differs).
+variants=("plain:" "default:${default[*]}" "default_low_vram:${default[*]} --low-vram" "optimize:--graph optimize")
+[[ $device == cuda* ]] && variants+=("default_bf16:${default[*]} --dtype bf16")
 for variant in "${variants[@]}"; do
   # shellcheck disable=SC2206  # the flags are meant to split
   flags=(${variant#*:})
@@ -274,19 +271,17 @@ def fmt(value, spec):
     return "" if value is None else format(value, spec)
 
 rows = [
-    ("ours_b1", "txt2img-bench, batch 1"),
-    ("ours_b1_freeze", "txt2img-bench, batch 1, --graph freeze"),
-    ("ours_b1_optimize", "txt2img-bench, batch 1, --graph optimize"),
-    ("ours_b1_channels_last", "txt2img-bench, batch 1, --channels-last"),
-    ("ours_b1_cuda_graph", "txt2img-bench, batch 1, --cuda-graph"),
-    ("ours_b1_cuda_graph_channels_last", "txt2img-bench, batch 1, --cuda-graph --channels-last"),
-    (f"ours_b{big}_cuda_graph_channels_last", f"txt2img-bench, batch {big}, --cuda-graph --channels-last"),
-    ("ours_b1_plain_executor", "txt2img-bench, batch 1, --plain-executor"),
-    ("ours_b1_plain_executor_cuda_graph_channels_last",
-     "txt2img-bench, batch 1, --plain-executor --cuda-graph --channels-last (the CLI's CUDA default)"),
-    ("ours_b1_cli_default_cudnn_benchmark", "txt2img-bench, batch 1, the CLI's CUDA default + --cudnn-benchmark"),
+    ("ours_b1_default", "txt2img-bench, batch 1, the command line's pipeline options"),
+    ("ours_b1_default_low_vram", "txt2img-bench, batch 1, the same with --low-vram"),
+    ("ours_b1_default_cudnn_benchmark", "txt2img-bench, batch 1, the same with --cudnn-benchmark"),
+    ("ours_b1_default_bf16", "txt2img-bench, batch 1, the same in bf16"),
+    ("ours_b1_cuda_graph_channels_last", "txt2img-bench, batch 1, --cuda-graph --channels-last (profiling executor)"),
+    ("ours_b1", "txt2img-bench, batch 1, plain TorchScript calls"),
+    ("ours_b1_optimize", "txt2img-bench, batch 1, plain, --graph optimize"),
+    ("ours_b1_channels_last", "txt2img-bench, batch 1, plain, --channels-last"),
     ("eager_b1", "PyTorch eager, batch 1"),
-    (f"ours_b{big}", f"txt2img-bench, batch {big}"),
+    (f"ours_b{big}_default", f"txt2img-bench, batch {big}, the command line's pipeline options"),
+    (f"ours_b{big}", f"txt2img-bench, batch {big}, plain TorchScript calls"),
     (f"eager_b{big}", f"PyTorch eager, batch {big}"),
     ("cli", "txt2img CLI, 2 images, safety checker (1st image in brackets)"),
     ("cli_low_vram", "txt2img CLI --low-vram, same"),
@@ -296,8 +291,9 @@ mem_name = "peak VRAM MiB: allocated / reserved / nvidia-smi" if cuda else "peak
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "CPU")
 print(f"txt2img benchmark {datetime.date.today()} on {torch_info['gpu'] or cpu} "
       f"({device}), PyTorch {torch_info['torch']}, CUDA {torch_info['cuda']}")
-print(f"{size}x{size}, {steps} DDIM steps, CFG 7.5, {dtype}; seconds are medians of the timed runs after two warm-up batches;")
-print("in brackets: the first batch after loading (per image)")
+print(f"{size}x{size}, {steps} DDIM steps, CFG 7.5, {dtype} unless a row says otherwise; seconds are medians of the timed")
+print("runs after two warm-up batches, in brackets the first batch after loading (per image); U-Net it/s: steps over")
+print("the denoising loop's time, the loop timed as a whole")
 print()
 print(f"| run | load s | U-Net it/s | s/image | images/s | {mem_name} |")
 print("|---|---:|---:|---:|---:|---:|")
@@ -320,10 +316,10 @@ for name, label in rows:
         mem = fmt(r.get("mem_mb"), ".0f")
     print(f"| {label} | {fmt(r.get('load_s'), '.2f')} | {fmt(r.get('unet_it_per_s'), '.2f')} | {s} | "
           f"{fmt(r.get('images_per_s'), '.3f')} | {mem} |")
-for b in ("1", big):
-    ours, eager = records.get(f"ours_b{b}"), records.get(f"eager_b{b}")
+for b, variant, what in ((b, v, w) for b in ("1", big) for v, w in (("_default", "default"), ("", "plain"))):
+    ours, eager = records.get(f"ours_b{b}{variant}"), records.get(f"eager_b{b}")
     if ours and eager and "failed" not in ours and "failed" not in eager:
-        print(f"| speed txt2img / eager, batch {b} (> 1: txt2img faster) | | "
+        print(f"| speed txt2img ({what}) / eager, batch {b} (> 1: txt2img faster) | | "
               f"{ours['unet_it_per_s'] / eager['unet_it_per_s']:.3f} | "
               f"{eager['seconds_per_image'] / ours['seconds_per_image']:.3f} | "
               f"{ours['images_per_s'] / eager['images_per_s']:.3f} | |")
@@ -339,14 +335,14 @@ def images(variant):
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     return [png_pixels(os.path.join(folder, n))[2] for n in names]
 
-reference = images("default")
+reference = images("plain")
 if reference:
     print()
     print("| pixels against the plain run (2 images, 8-bit levels) | max abs difference | mean abs difference |")
     print("|---|---:|---:|")
     for variant in sorted(os.listdir(pixels)):
         other = images(variant)
-        if variant == "default" or len(other) != len(reference):
+        if variant == "plain" or len(other) != len(reference):
             continue
         diffs = [abs(a - b) for x, y in zip(reference, other) for a, b in zip(x, y)]
         print(f"| {variant} | {max(diffs)} | {sum(diffs) / len(diffs):.3f} |")

@@ -59,4 +59,12 @@ void reset_device_memory_peaks(const c10::Device& device) {
 #endif
 }
 
+void release_cached_device_memory(const c10::Device& device) {
+#ifdef TXT2IMG_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#else
+  (void)device;
+#endif
+}
+
 }  // namespace txt2img

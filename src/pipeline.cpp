@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
 #include "unet_call.hpp"
 #include "vae_tiling.hpp"
@@ -28,6 +29,9 @@ torch::ScalarType side_dtype(const PipelineOptions& options) {
   return options.low_vram ? torch::kFloat32 : options.dtype;
 }
 
+// With low_vram on an accelerator the U-Net and the VAE decoder take turns on it (Pipeline::make_room_for).
+bool takes_turns(const PipelineOptions& options) { return options.low_vram && !options.device.is_cpu(); }
+
 std::string call_name(size_t call) {
   char buf[8];
   std::snprintf(buf, sizeof buf, "%03zu", call);
@@ -38,10 +42,19 @@ void observe(Observer* observer, const std::string& name, const torch::Tensor& v
   if (observer) observer->tensor(name, value);
 }
 
-// A scalar timestep tensor: integral for DDIM/PNDM (as diffusers passes int64), float for the sigma samplers.
-torch::Tensor timestep_tensor(double t, torch::Device device) {
-  if (t == std::floor(t)) return torch::tensor(static_cast<int64_t>(t), torch::dtype(torch::kInt64).device(device));
-  return torch::tensor(static_cast<float>(t), torch::dtype(torch::kFloat32).device(device));
+// Every step's timestep, on the device in one copy before the loop: a host-to-device copy of pageable memory waits
+// for the device to finish its queue, so one made inside the loop would keep the host from queueing the next step
+// while the device runs this one. Integral for DDIM/PNDM (diffusers passes int64), float for the sigma samplers
+// (float32 in diffusers even where a value happens to be whole: one dtype for the run also keeps a CUDA graph valid).
+torch::Tensor timestep_tensors(const std::vector<double>& timesteps, torch::Device device) {
+  const bool integral = std::all_of(timesteps.begin(), timesteps.end(), [](double t) { return t == std::floor(t); });
+  if (integral) return torch::tensor(std::vector<int64_t>(timesteps.begin(), timesteps.end())).to(device);
+  return torch::tensor(std::vector<float>(timesteps.begin(), timesteps.end())).to(device);
+}
+
+// A host tensor (a step's noise) on the device without that wait: CUDA copies from page-locked memory asynchronously.
+torch::Tensor to_device_async(const torch::Tensor& host, torch::Device device) {
+  return device.is_cuda() ? host.pin_memory().to(device, /*non_blocking=*/true) : host.to(device);
 }
 
 // [-1, 1] NCHW float -> NHWC uint8 as diffusers' numpy_to_pil: round(clamp(x/2 + 1/2, 0, 1) * 255).
@@ -83,6 +96,9 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
     throw Error(ErrorKind::Usage, "model bundle " + bundle.dir().string() +
                                       " has no safety checker; convert one in (scripts/convert.py --safety-checker DIR) "
                                       "or pass --no-safety-checker to generate without it");
+  if (options.low_vram && options.graph != GraphOptimization::None)
+    throw Error(ErrorKind::Usage, "--low-vram cannot be combined with --graph freeze or optimize: it moves the models "
+                                  "between host and device, and frozen weights are part of the graph");
   Pipeline p(bundle.manifest(), Tokenizer::load(bundle.path("tokenizer.model")), options);
   torch::jit::setGraphExecutorOptimize(options.profiling_executor);
   at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
@@ -108,7 +124,7 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   p.clip_skip_supported_ = p.text_encoder_.find_method("encode").has_value();
   p.unet_ = std::make_unique<UNetCall>(prepare("unet.pt", options.device, options.dtype, options.channels_last),
                                        options.device, options.channels_last, options.cuda_graph);
-  p.vae_decoder_ = prepare("vae_decoder.pt", options.device, options.dtype);
+  p.vae_decoder_ = prepare("vae_decoder.pt", takes_turns(options) ? torch::kCPU : options.device, options.dtype);
   if (options.safety != SafetyMode::Off)
     p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
                                                 side_device(options), side_dtype(options));
@@ -165,6 +181,23 @@ torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, int c
   return hidden.to(options_.device, options_.dtype);
 }
 
+// The U-Net's fp16 weights (1.6 GiB for SD v1) and the decoder's activations at 512² (some 0.6 GiB) are the two
+// peaks; taking turns keeps the device's peak at the larger of them instead of their sum. The leaving module goes
+// first, and the allocator's cache is emptied so that the memory shows as free to other processes too.
+void Pipeline::make_room_for(Stage stage) {
+  if (!takes_turns(options_) || resident_ == stage) return;
+  if (stage == Stage::Decode) {
+    unet_->to(torch::kCPU);
+    release_cached_device_memory(options_.device);
+    vae_decoder_.to(options_.device);
+  } else {
+    vae_decoder_.to(torch::kCPU);
+    release_cached_device_memory(options_.device);
+    unet_->to(options_.device);
+  }
+  resident_ = stage;
+}
+
 torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
   auto decode_whole = [&](const torch::Tensor& z) {
     return vae_decoder_.forward({z.to(options_.dtype)}).toTensor().to(torch::kFloat32);
@@ -204,12 +237,13 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   observe(observer, "latents/init", latents);
 
   // 3. For each timestep: predict the noise, guide, step.
+  make_room_for(Stage::Denoise);
   const auto& timesteps = scheduler->timesteps();
+  const auto t = timestep_tensors(timesteps, options_.device);
   for (size_t call = 0; call < timesteps.size(); ++call) {
     const std::string n = call_name(call);
     auto model_input = scheduler->scale_model_input(guided ? torch::cat({latents, latents}) : latents, call);
-    auto noise_pred = (*unet_)(model_input.to(options_.dtype), timestep_tensor(timesteps[call], options_.device),
-                               context)
+    auto noise_pred = (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], context)
                           .to(torch::kFloat32);
     observe(observer, "unet/" + n + "/noise_pred", noise_pred);
     if (guided) {
@@ -217,7 +251,8 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
       noise_pred = uncond_cond[0] + params.cfg_scale * (uncond_cond[1] - uncond_cond[0]);
     }
     observe(observer, "step/" + n + "/model_output", noise_pred);
-    auto step_noise = scheduler->needs_noise() ? noise.draw(latent_shape).to(options_.device) : torch::Tensor();
+    auto step_noise =
+        scheduler->needs_noise() ? to_device_async(noise.draw(latent_shape), options_.device) : torch::Tensor();
     latents = scheduler->step(noise_pred, call, latents, step_noise);
     if (scheduler->pred_original_sample().defined())
       observe(observer, "step/" + n + "/pred_original_sample", scheduler->pred_original_sample());
@@ -227,6 +262,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   throw_if_non_finite(latents, "the latents", options_.dtype);
 
   // 4. Decode.
+  make_room_for(Stage::Decode);
   auto decode_in = latents / manifest_.scale_factor;
   observe(observer, "vae/decode_in", decode_in);
   auto decoded = decode(decode_in);

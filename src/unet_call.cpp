@@ -100,6 +100,11 @@ UNetCall::UNetCall(torch::jit::Module module, torch::Device device, bool channel
     throw Error(ErrorKind::Usage, "CUDA graphs need a CUDA build of txt2img");
 }
 
+void UNetCall::to(torch::Device device) {
+  graph_.reset();
+  module_.to(device);
+}
+
 torch::Tensor UNetCall::forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context) {
   const auto input = channels_last_ ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
   return module_.forward({input, t, context}).toTensor();

@@ -25,6 +25,10 @@ class UNetCall {
   // The result is the caller's own tensor (a replayed graph's output buffer is copied out).
   torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context);
 
+  // Moves the weights (keeping their dtype and layout). A captured graph is dropped: it reads the weights where
+  // they were, and the next call captures again.
+  void to(torch::Device device);
+
  private:
   struct CapturedGraph;
 

@@ -19,6 +19,10 @@ struct MemoryPeaks {
 MemoryPeaks memory_peaks(const c10::Device& device);
 void reset_device_memory_peaks(const c10::Device& device);
 
+// Hands the caching allocator's free blocks back to the driver (torch.cuda.empty_cache), so that memory a module
+// gave up is available to other processes and shows as free; a no-op off CUDA.
+void release_cached_device_memory(const c10::Device& device);
+
 // Whether this build links LibTorch's CUDA libraries (CUDA graphs, device memory statistics).
 bool built_with_cuda();
 

@@ -36,9 +36,12 @@ struct PipelineOptions {
   torch::ScalarType dtype = torch::kFloat32;
   SafetyMode safety = SafetyMode::Replace;
   GraphOptimization graph = GraphOptimization::None;
-  // Keep the device for the U-Net and the VAE decoder: the text encoder and the safety checker run on the CPU in
-  // float32, and the decoder works in overlapping tiles when a side exceeds 64 latents (512 pixels), so that large
-  // images decode within a small GPU's memory. Up to that size the images are the same as without it.
+  // Keep the device for the module at work: the text encoder and the safety checker run on the CPU in float32; on
+  // a GPU the U-Net holds device memory only while denoising and the VAE decoder only while decoding (the other
+  // waits in host memory: two copies of the U-Net's weights a batch); and the decoder works in overlapping tiles
+  // when a side exceeds 64 latents (512 pixels), so that large images decode within a small GPU's memory. Up to
+  // that size the images are the same as without it. Pipeline::load refuses it with a graph optimisation (frozen
+  // weights are constants of the graph and cannot move).
   bool low_vram = false;
   // The U-Net's convolutions in NHWC (channels_last), and the U-Net call captured as a CUDA graph and replayed
   // (CUDA builds and devices only; Pipeline::load throws Error(Usage) otherwise). Measured by txt2img-bench
@@ -122,6 +125,8 @@ class Pipeline {
   torch::Tensor encode_text(const std::vector<std::string>& texts, int clip_skip, const std::string& name,
                             Observer* observer);
   torch::Tensor decode(const torch::Tensor& latents);
+  enum class Stage { Denoise, Decode };
+  void make_room_for(Stage stage);
 
   Manifest manifest_;
   Tokenizer tokenizer_;
@@ -131,6 +136,7 @@ class Pipeline {
   bool clip_skip_supported_ = false;
   std::unique_ptr<UNetCall> unet_;
   torch::jit::Module vae_decoder_;
+  Stage resident_ = Stage::Denoise;  // whose module is on the device, when low_vram moves them
   std::unique_ptr<SafetyChecker> safety_;
 };
 

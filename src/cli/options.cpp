@@ -82,8 +82,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->check(CLI::IsMember({"none", "freeze", "optimize"}))
       ->capture_default_str();
   app.add_flag("--low-vram", o.low_vram,
-               "less GPU memory: text encoder and safety checker on the CPU, VAE decoding in tiles for sides "
-               "above 512");
+               "less GPU memory: text encoder and safety checker on the CPU, U-Net and VAE take turns on the GPU, "
+               "VAE decoding in tiles for sides above 512");
   app.add_flag("--no-cuda-graph", o.no_cuda_graph,
                "on CUDA, run the U-Net as plain TorchScript calls instead of a replayed CUDA graph (slower; no "
                "effect on the CPU)");

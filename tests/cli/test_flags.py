@@ -116,6 +116,8 @@ class BadFlags(CliTestCase):
         self.check(["a fox", "--no-safety-checker", "--safety", "report"], "--safety")
         self.check(["a fox", "--no-safety-checker", "--fail-on-nsfw"], "--fail-on-nsfw")
         self.check(["a fox", "--safety", "blur"], "--safety")
+        for graph in ["freeze", "optimize"]:
+            self.check(["a fox", "--low-vram", "--graph", graph], "--low-vram", "--graph")
 
     def test_invalid_utf8_prompt(self):
         # Invalid UTF-8 cannot travel in a str argument; subprocess passes bytes through unchanged.
