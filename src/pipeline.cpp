@@ -186,6 +186,7 @@ torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, int c
 // first, and the allocator's cache is emptied so that the memory shows as free to other processes too.
 void Pipeline::make_room_for(Stage stage) {
   if (!takes_turns(options_) || resident_ == stage) return;
+  resident_.reset();
   if (stage == Stage::Decode) {
     unet_->to(torch::kCPU);
     release_cached_device_memory(options_.device);

@@ -93,7 +93,7 @@ UNetCall& UNetCall::operator=(UNetCall&&) noexcept = default;
 UNetCall::~UNetCall() = default;
 
 UNetCall::UNetCall(torch::jit::Module module, torch::Device device, bool channels_last, bool cuda_graph)
-    : module_(std::move(module)), channels_last_(channels_last), cuda_graph_(cuda_graph) {
+    : module_(std::move(module)), device_(device), channels_last_(channels_last), cuda_graph_(cuda_graph) {
   if (cuda_graph && !device.is_cuda())
     throw Error(ErrorKind::Usage, "CUDA graphs need a CUDA device (the U-Net runs on " + device.str() + ")");
   if (cuda_graph && !built_with_cuda())
@@ -101,8 +101,10 @@ UNetCall::UNetCall(torch::jit::Module module, torch::Device device, bool channel
 }
 
 void UNetCall::to(torch::Device device) {
+  if (device == device_) return;
   graph_.reset();
   module_.to(device);
+  device_ = device;
 }
 
 torch::Tensor UNetCall::forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context) {

@@ -25,8 +25,8 @@ class UNetCall {
   // The result is the caller's own tensor (a replayed graph's output buffer is copied out).
   torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context);
 
-  // Moves the weights (keeping their dtype and layout). A captured graph is dropped: it reads the weights where
-  // they were, and the next call captures again.
+  // Moves the weights (keeping their dtype and layout). A captured graph is dropped when they move: it reads the
+  // weights where they were, and the next call captures again.
   void to(torch::Device device);
 
  private:
@@ -37,6 +37,7 @@ class UNetCall {
                                          const torch::Tensor& context);
 
   torch::jit::Module module_;
+  torch::Device device_ = torch::kCPU;
   bool channels_last_ = false;
   bool cuda_graph_ = false;
   std::unique_ptr<CapturedGraph> graph_;

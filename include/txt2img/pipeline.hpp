@@ -136,7 +136,9 @@ class Pipeline {
   bool clip_skip_supported_ = false;
   std::unique_ptr<UNetCall> unet_;
   torch::jit::Module vae_decoder_;
-  Stage resident_ = Stage::Denoise;  // whose module is on the device, when low_vram moves them
+  // Whose module is on the device when low_vram moves them; none while a move is under way (a move that failed, out
+  // of memory say, leaves both to be placed again by the next batch).
+  std::optional<Stage> resident_ = Stage::Denoise;
   std::unique_ptr<SafetyChecker> safety_;
 };
 
