@@ -8,7 +8,7 @@
 
 SOURCE: a diffusers folder, a single-file CompVis/LDM checkpoint (.safetensors or .ckpt), or a Hugging Face
 hub id such as runwayml/stable-diffusion-v1-5 (downloaded when huggingface_hub is installed). Each --lora
-(kohya/A1111, PEFT or diffusers LoRA file) is merged into the U-Net and text-encoder weights before export.
+(kohya/A1111, PEFT or diffusers LoRA file, or LyCORIS LoHa/LoKr/full in kohya naming) is merged into the U-Net and text-encoder weights before export.
 """
 
 import argparse
@@ -76,8 +76,8 @@ def parse_args(argv):
     safety.add_argument("--no-safety-checker", action="store_true",
                         help="build the bundle without a safety checker")
     p.add_argument("--lora", action="append", type=_lora_spec, default=[], metavar="FILE[:WEIGHT]",
-                   help="merge this LoRA (kohya/A1111, PEFT or diffusers format) into the U-Net and text "
-                        "encoder, scaled by WEIGHT (default 1.0); repeatable, applied in order")
+                   help="merge this LoRA (kohya/A1111, PEFT or diffusers format, LyCORIS LoHa/LoKr/full) into the "
+                        "U-Net and text encoder, scaled by WEIGHT (default 1.0); repeatable, applied in order")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     random = p.add_mutually_exclusive_group()
     random.add_argument("--tiny", action="store_true", help="random weights, tiny widths (for tests)")

@@ -9,6 +9,20 @@ computed in float32; for convolutions up.flatten(1) @ down.flatten(1) is reshape
 transformer proj_in / proj_out are 1x1 convolutions here while some LoRAs store them as [out, in] matrices (and
 the other way round): [out, in] and [out, in, 1, 1] are reshaped into each other.
 
+LyCORIS files in kohya naming (`lora_unet_<module>.<factor>`) are merged too, with the updates that A1111,
+stable-diffusion.cpp and LyCORIS itself compute (products of two-dimensional factors are reshaped to the weight's
+shape, as above):
+
+* LoHa: `hada_w1_a` [out, r], `hada_w1_b` [r, in*kh*kw], `hada_w2_a`, `hada_w2_b`:
+  W += weight * (alpha / r) * (w1_a @ w1_b) * (w2_a @ w2_b)  (elementwise; r = w1_b's first dimension). With
+  Tucker factors `hada_t1`/`hada_t2` [r, r, kh, kw] (convolutions), w1_a and w1_b are [r, out] and [r, in] and
+  w1 = sum_ij t1[i, j] * w1_a[i, o] * w1_b[j, c] (the same for w2).
+* LoKr: W += weight * scale * kron(w1, w2), each factor either whole (`lokr_w1`, `lokr_w2`) or a product
+  (`lokr_w1_a @ lokr_w1_b`; `lokr_w2_a @ lokr_w2_b`, or Tucker with `lokr_t2`); for a convolution w1 [o1, i1] is
+  taken as [o1, i1, 1, 1] against a 4-D w2. scale = alpha / r with r the first dimension of `lokr_w1_b`, else of
+  `lokr_w2_b`; 1 when neither factor is a product or alpha is absent.
+* full: W += weight * `diff`, and the bias += weight * `diff_b` where present.
+
 Formats read (.safetensors, or a pickle read without running code as checkpoints.read_tensors does):
 
 * kohya-ss / A1111 ("kohya"): `lora_unet_<module>.lora_down.weight`, `.lora_up.weight`, optional `.alpha`, and
@@ -26,17 +40,18 @@ Formats read (.safetensors, or a pickle read without running code as checkpoints
   down.weight` / `.up.weight`, and the attention-processor names `<attention>.processor.to_q_lora.down.weight`
   (to_q, to_k, to_v, to_out -> to_q, ..., to_out.0 in the U-Net, q_proj, ..., out_proj in the text encoder).
 
-Refused with a ConversionError that names the file and some offending keys: LyCORIS types (LoHa `hada_*`, LoKr
-`lokr_*`, full `diff` weights, ...), DoRA (`dora_scale`, `lora_magnitude_vector`, `use_dora`), any other key,
-a LoRA key whose module is no weight of ours, an incomplete down/up pair, a shape that does not fit. No key is
-ever skipped silently, and a file is merged only once all of it has been checked.
+Refused with a ConversionError that names the file and some offending keys: the other LyCORIS types (GLoRA,
+OFT/BOFT, norm, LoCon's Tucker `lora_mid`), LoHa/LoKr/full factors outside kohya naming, DoRA (`dora_scale`,
+`lora_magnitude_vector`, `use_dora`), any other key, a LoRA key whose module is no weight of ours, a module with
+factors of two types or an incomplete set of them, a shape that does not fit. No key is ever skipped silently,
+and a file is merged only once all of it has been checked.
 """
 
 import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -50,16 +65,24 @@ _KOHYA_PREFIX = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
 # Key endings of the types this module does not merge, with their names for the error message.
 _UNSUPPORTED = [
     (re.compile(r"\.(dora_scale|lora_magnitude_vector(\.[^.]+)?)$"), "DoRA"),
-    (re.compile(r"\.hada_(w1|w2|t1|t2)(_a|_b)?$"), "LyCORIS LoHa"),
-    (re.compile(r"\.lokr_(w1|w2|t1|t2)(_a|_b)?$"), "LyCORIS LoKr"),
-    (re.compile(r"\.(diff|diff_b)$"), "LyCORIS full (diff) weights"),
     (re.compile(r"\.(a1|a2|b1|b2)\.weight$"), "LyCORIS GLoRA"),
     (re.compile(r"\.(oft_blocks|oft_diag|rescale)$"), "LyCORIS OFT/BOFT"),
     (re.compile(r"\.(w_norm|b_norm)$"), "LyCORIS norm"),
     (re.compile(r"\.lora_mid\.weight$"), "LyCORIS LoCon with CP decomposition (lora_mid)"),
 ]
 
-_KOHYA = re.compile(r"^(lora_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+# The factors of each update type in kohya naming, by key ending; "down" and "up" are LoRA's.
+_LYCORIS_FACTORS = {
+    "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
+    "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
+    "full": ("diff", "diff_b"),
+}
+_KIND_OF = {"down": "lora", "up": "lora", **{f: kind for kind, fs in _LYCORIS_FACTORS.items() for f in fs}}
+_KIND_NAMES = {"lora": "LoRA", "loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr", "full": "LyCORIS full (diff)"}
+_KOHYA_ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha",
+                **{f: f for fs in _LYCORIS_FACTORS.values() for f in fs}}
+_KOHYA = re.compile(r"^(lora_[A-Za-z0-9_]+)\.(" + "|".join(re.escape(r) for r in _KOHYA_ROLES) + ")$")
+_LYCORIS_ELSEWHERE = re.compile(r"\.(" + "|".join(f for fs in _LYCORIS_FACTORS.values() for f in fs) + ")$")
 # PEFT and the diffusers layouts: (role, format) of each key ending.
 _SUFFIXES = [
     (".lora_A.weight", "down", "peft"),
@@ -113,14 +136,18 @@ def check_files(specs: List[LoraSpec]) -> None:
 
 
 @dataclass
-class _Pair:
+class _Update:
+    """What a file does to one layer: its factors by role ("down", "up", or a LyCORIS factor name)."""
+
     part: str  # "unet" | "text_encoder"
     target: str  # weight key in the component
     keys: List[str]  # the LoRA keys it came from (for messages)
-    down: Optional[torch.Tensor] = None
-    up: Optional[torch.Tensor] = None
+    factors: Dict[str, torch.Tensor] = field(default_factory=dict)
     alpha: Optional[float] = None
     alpha_from_config: Optional[Tuple[dict, str]] = None  # (PEFT config, module name relative to the model)
+
+    def kinds(self) -> List[str]:
+        return sorted({_KIND_OF[role] for role in self.factors})
 
 
 def _kohya_table(components: Dict[str, Component]) -> Dict[str, Optional[Tuple[str, str]]]:
@@ -199,16 +226,17 @@ class _Parser:
         self.tensors = tensors
         self.components = components
         self.kohya = _kohya_table(components)
-        self.pairs: Dict[Tuple[str, str], _Pair] = {}
-        self.formats = set()
+        self.updates: Dict[Tuple[str, str], _Update] = {}
+        self.formats = set()  # the naming layouts
+        self.kinds = set()  # the LyCORIS update types, beside plain LoRA
         self.unmapped: List[str] = []
         self.ambiguous: List[str] = []
         self.unknown: List[str] = []
 
-    def _pair(self, part: str, target: str, key: str) -> _Pair:
-        pair = self.pairs.setdefault((part, target), _Pair(part, target, []))
-        pair.keys.append(key)
-        return pair
+    def _update(self, part: str, target: str, key: str) -> _Update:
+        update = self.updates.setdefault((part, target), _Update(part, target, []))
+        update.keys.append(key)
+        return update
 
     def _resolve(self, prefix: Optional[str], candidates: Tuple[str, ...]) -> Optional[Tuple[str, str]]:
         """(part, weight key) of the first candidate module that is a weight of the prefix's component (of
@@ -218,19 +246,19 @@ class _Parser:
                  if module + ".weight" in self.components[part].tensors]
         return found[0] if found else None
 
-    def _set(self, pair: _Pair, role: str, key: str, value: torch.Tensor) -> None:
+    def _set(self, update: _Update, role: str, key: str, value: torch.Tensor) -> None:
         if role == "alpha":
-            pair.alpha = _scalar(self.path, key, value)
-        elif getattr(pair, role) is not None:
-            raise ConversionError(f"{self.path}: two {role} tensors for {pair.target}: {listing(pair.keys)}")
+            update.alpha = _scalar(self.path, key, value)
+        elif role in update.factors:
+            raise ConversionError(f"{self.path}: two {role} tensors for {update.target}: {listing(update.keys)}")
         else:
-            setattr(pair, role, value)
+            update.factors[role] = value
 
     def add(self, key: str, value: torch.Tensor, configs: Dict[str, dict]) -> None:
         for pattern, name in _UNSUPPORTED:
             if pattern.search(key):
-                raise ConversionError(f"{self.path}: a {name} file, not a plain LoRA (e.g. {key}); only LoRA "
-                                      "(down/up pairs) can be merged")
+                raise ConversionError(f"{self.path}: a {name} file (e.g. {key}); only LoRA (down/up pairs) and "
+                                      "LyCORIS LoHa, LoKr and full updates can be merged")
         found = _KOHYA.match(key)
         if found:
             name = found.group(1)
@@ -242,9 +270,11 @@ class _Parser:
                 self.ambiguous.append(key)
                 return
             self.formats.add("kohya")
-            role = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}[found.group(2)]
-            self._set(self._pair(target[0], target[1], key), role, key, value)
+            self._set(self._update(target[0], target[1], key), _KOHYA_ROLES[found.group(2)], key, value)
             return
+        if _LYCORIS_ELSEWHERE.search(key):
+            raise ConversionError(f"{self.path}: LyCORIS factors outside kohya naming (e.g. {key}); LoHa, LoKr and "
+                                  "full updates are read as lora_unet_<module>.<factor> / lora_te_<module>.<factor>")
 
         rest, prefix = key, None
         for candidate in PARTS:
@@ -275,14 +305,14 @@ class _Parser:
             return
         if fmt:
             self.formats.add(fmt)
-        pair = self._pair(resolved[0], resolved[1], key)
-        self._set(pair, role, key, value)
+        update = self._update(resolved[0], resolved[1], key)
+        self._set(update, role, key, value)
         if role != "alpha":
             config = configs.get(prefix or "")
             if config is not None:
-                pair.alpha_from_config = (config, resolved[1][: -len(".weight")])
+                update.alpha_from_config = (config, resolved[1][: -len(".weight")])
 
-    def finish(self) -> List[_Pair]:
+    def finish(self) -> List[_Update]:
         if self.unknown:
             raise ConversionError(f"{self.path}: not LoRA tensors of a format this converter knows: "
                                   f"{listing(self.unknown)}")
@@ -293,19 +323,116 @@ class _Parser:
         if self.ambiguous:
             raise ConversionError(f"{self.path}: LoRA keys that match several weights of this model: "
                                   f"{listing(self.ambiguous)}")
-        if not self.pairs:
+        if not self.updates:
             raise ConversionError(f"{self.path}: no LoRA tensors in it")
-        for pair in self.pairs.values():
-            if pair.down is None or pair.up is None:
-                missing = "down" if pair.down is None else "up"
-                raise ConversionError(f"{self.path}: no {missing} tensor beside {listing(pair.keys)}")
-        return sorted(self.pairs.values(), key=lambda p: (PARTS.index(p.part), p.target))
+        for update in self.updates.values():
+            kinds = update.kinds()
+            if len(kinds) != 1:
+                what = " and ".join(_KIND_NAMES[k] for k in kinds) if kinds else "only an alpha"
+                raise ConversionError(f"{self.path}: {what} for one layer: {listing(update.keys)}")
+            missing = _missing_factors(kinds[0], update.factors)
+            if missing:
+                raise ConversionError(f"{self.path}: no {missing} tensor beside {listing(update.keys)}")
+            if kinds[0] != "lora":
+                self.kinds.add(kinds[0])
+        return sorted(self.updates.values(), key=lambda u: (PARTS.index(u.part), u.target))
 
 
-def _delta(path: str, pair: _Pair, target: torch.Tensor) -> torch.Tensor:
+def _missing_factors(kind: str, factors: Dict[str, torch.Tensor]) -> str:
+    """The factor (or choice of factors) that `kind` needs and `factors` lacks, '' if complete."""
+    def need(*names):
+        return next((n for n in names if n not in factors), "")
+    if kind == "lora":
+        return need("down", "up")
+    if kind == "loha":
+        return need("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+    if kind == "lokr":
+        for whole in ("lokr_w1", "lokr_w2"):
+            if whole not in factors and need(whole + "_a", whole + "_b"):
+                return f"{whole} (or {whole}_a and {whole}_b)"
+        return need("lokr_w2_a", "lokr_w2_b") if "lokr_t2" in factors else ""
+    return need("diff")
+
+
+def _fit(path: str, update: _Update, delta: torch.Tensor, target: torch.Tensor, what: str) -> torch.Tensor:
+    """`delta` reshaped to `target`'s shape: the same shape, or the same output size and number of elements
+    ([out, in] against [out, in, 1, 1], a convolution's [out, in*kh*kw] against [out, in, kh, kw])."""
+    if delta.shape != target.shape and (delta.shape[:1] != target.shape[:1] or delta.numel() != target.numel()):
+        raise ConversionError(f"{path}: {listing(update.keys)}: the {_KIND_NAMES[update.kinds()[0]]} changes a "
+                              f"{what} of shape {list(delta.shape)}, {update.target} has shape {list(target.shape)}")
+    return delta.reshape(target.shape)
+
+
+def _product(path: str, update: _Update, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """up [out, r(, ...)] @ down [r, ...] as up.flatten(1) @ down.flatten(1)."""
+    if up.dim() < 2 or down.dim() < 2 or up.flatten(1).shape[1] != down.shape[0]:
+        raise ConversionError(f"{path}: {listing(update.keys)}: factors of shapes {list(up.shape)} and "
+                              f"{list(down.shape)} cannot be multiplied")
+    return up.flatten(1) @ down.flatten(1)
+
+
+def _tucker(path: str, update: _Update, core: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_ij core[i, j, ...] * a[i, o] * b[j, c] -> [o, c, ...] (LyCORIS's Tucker form of a convolution)."""
+    if core.dim() != 4 or a.dim() != 2 or b.dim() != 2 or core.shape[0] != a.shape[0] or core.shape[1] != b.shape[0]:
+        raise ConversionError(f"{path}: {listing(update.keys)}: Tucker factors of shapes {list(core.shape)}, "
+                              f"{list(a.shape)} and {list(b.shape)} do not fit together")
+    return torch.einsum("ijkl,io,jc->ockl", core, a, b)
+
+
+def _scale(update: _Update, rank: Optional[int]) -> float:
+    """alpha / rank, 1 without an alpha or a rank (A1111's and LyCORIS's rule)."""
+    return 1.0 if update.alpha is None or rank is None else update.alpha / rank
+
+
+def _deltas(path: str, update: _Update, tensors: Dict[str, torch.Tensor]) -> List[Tuple[str, torch.Tensor]]:
+    """[(key, delta)] in float32 for the layer's weight (and bias, for a full update), each shaped as its key's
+    tensor in `tensors`."""
+    f = {role: value.float() for role, value in update.factors.items()}
+    target = tensors[update.target]
+    kind = update.kinds()[0]
+    if kind == "lora":
+        return [(update.target, _lora_delta(path, update, f["down"], f["up"], target))]
+    if kind == "loha":
+        halves = []
+        for i in ("1", "2"):
+            a, b = f[f"hada_w{i}_a"], f[f"hada_w{i}_b"]
+            core = f.get(f"hada_t{i}")
+            halves.append(_product(path, update, a, b) if core is None else _tucker(path, update, core, a, b))
+        if halves[0].shape != halves[1].shape:
+            raise ConversionError(f"{path}: {listing(update.keys)}: the two LoHa halves have shapes "
+                                  f"{list(halves[0].shape)} and {list(halves[1].shape)}")
+        rank = f["hada_w1_b"].shape[0]
+        return [(update.target, _fit(path, update, _scale(update, rank) * halves[0] * halves[1], target, "weight"))]
+    if kind == "lokr":
+        w1 = f["lokr_w1"] if "lokr_w1" in f else _product(path, update, f["lokr_w1_a"], f["lokr_w1_b"])
+        if "lokr_w2" in f:
+            w2 = f["lokr_w2"]
+        elif "lokr_t2" in f:
+            w2 = _tucker(path, update, f["lokr_t2"], f["lokr_w2_a"], f["lokr_w2_b"])
+        else:
+            w2 = _product(path, update, f["lokr_w2_a"], f["lokr_w2_b"])
+        if w1.dim() != 2 or w2.dim() not in (2, 4):
+            raise ConversionError(f"{path}: {listing(update.keys)}: LoKr factors of shapes {list(w1.shape)} and "
+                                  f"{list(w2.shape)} (expected a matrix and a matrix or convolution weight)")
+        if w2.dim() == 4:
+            w1 = w1[:, :, None, None]
+        rank = next((f[k].shape[0] for k in ("lokr_w1_b", "lokr_w2_b") if k in f), None)
+        kron = torch.kron(w1.contiguous(), w2.contiguous())  # PyTorch 1.13's kron views its inputs
+        return [(update.target, _fit(path, update, _scale(update, rank) * kron, target, "weight"))]
+    deltas = [(update.target, _fit(path, update, f["diff"], target, "weight"))]
+    if "diff_b" in f:
+        bias = update.target[: -len(".weight")] + ".bias"
+        if bias not in tensors:
+            raise ConversionError(f"{path}: {listing(update.keys)}: a bias update for {update.target}, whose layer "
+                                  "has no bias")
+        deltas.append((bias, _fit(path, update, f["diff_b"], tensors[bias], "bias")))
+    return deltas
+
+
+def _lora_delta(path: str, update: _Update, down: torch.Tensor, up: torch.Tensor,
+                target: torch.Tensor) -> torch.Tensor:
     """(alpha / r) * up @ down in float32, shaped as `target`."""
-    down, up = pair.down.float(), pair.up.float()
-    names = listing(pair.keys)
+    names = listing(update.keys)
     if down.dim() not in (2, 4) or up.dim() not in (2, 4):
         raise ConversionError(f"{path}: {names}: LoRA tensors must be 2-D or 4-D, found shapes "
                               f"{list(down.shape)} (down) and {list(up.shape)} (up)")
@@ -319,10 +446,10 @@ def _delta(path: str, pair: _Pair, target: torch.Tensor) -> torch.Tensor:
                          and target.numel() == math.prod(shape))
         if not linear_vs_1x1:
             raise ConversionError(f"{path}: {names}: the LoRA changes a weight of shape {list(shape)}, "
-                                  f"{pair.target} has shape {list(target.shape)}")
-    alpha = pair.alpha
-    if alpha is None and pair.alpha_from_config is not None:
-        alpha = _config_alpha(*pair.alpha_from_config, rank)
+                                  f"{update.target} has shape {list(target.shape)}")
+    alpha = update.alpha
+    if alpha is None and update.alpha_from_config is not None:
+        alpha = _config_alpha(*update.alpha_from_config, rank)
     if alpha is None:
         alpha = float(rank)
     return ((alpha / rank) * (up.flatten(1) @ down.flatten(1))).reshape(target.shape)
@@ -340,20 +467,21 @@ def merge(spec: LoraSpec, components: Dict[str, Component]) -> dict:
     parser = _Parser(path, tensors, components)
     for key in sorted(tensors):
         parser.add(key, tensors[key], configs)
-    pairs = parser.finish()
-    deltas = [(pair, _delta(path, pair, components[pair.part].tensors[pair.target])) for pair in pairs]
+    updates = parser.finish()
+    deltas = [(update, _deltas(path, update, components[update.part].tensors)) for update in updates]
     counts = {part: 0 for part in PARTS}
-    for pair, delta in deltas:
-        counts[pair.part] += 1
+    for update, changes in deltas:
+        counts[update.part] += 1
         if spec.weight != 0:  # weight 0 leaves every weight exactly as it was (bit for bit)
-            target = components[pair.part].tensors
-            target[pair.target] = target[pair.target].float() + spec.weight * delta
+            tensors = components[update.part].tensors
+            for key, delta in changes:
+                tensors[key] = tensors[key].float() + spec.weight * delta
     return {
         "path": os.path.abspath(path),
         "sha256": sha256_file(path),
         "weight": spec.weight,
-        "format": "+".join(sorted(parser.formats)),
-        "modules": len(pairs),
+        "format": "+".join(sorted(parser.formats) + sorted(parser.kinds)),
+        "modules": len(updates),
         "unet_modules": counts["unet"],
         "text_encoder_modules": counts["text_encoder"],
     }

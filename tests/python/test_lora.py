@@ -1,5 +1,6 @@
 """convert.py --lora: kohya/A1111, PEFT and older diffusers LoRA files merged into the tiny reference model's
-U-Net and text encoder (W += weight * alpha / r * up @ down), the errors, and the bundle end to end."""
+U-Net and text encoder (W += weight * alpha / r * up @ down), LyCORIS LoHa, LoKr and full updates, the errors,
+and the bundle end to end."""
 
 import json
 import math
@@ -288,6 +289,157 @@ def test_peft_alphas_from_metadata_and_adapter_config(tmp_path, tiny):
         merged(tiny, folder / "adapter_model.safetensors")
 
 
+# ------------------------------------------------------------------------------------------------ LyCORIS
+
+TO_Q = ("unet", BLOCK + ".attn1.to_q")  # [64, 64], no bias
+TO_OUT = ("unet", BLOCK + ".attn1.to_out.0")  # [64, 64] and a bias
+CONV = ("unet", "down_blocks.1.resnets.0.conv1")  # [64, 32, 3, 3] and a bias
+FC1 = ("text_encoder", "text_model.encoder.layers.3.mlp.fc1")  # [37, 32]
+
+
+def randn(*shape, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def lycoris_file(path, modules):
+    """modules: (part, module) -> {factor name: tensor, "alpha": number}, written in kohya naming."""
+    tensors = {}
+    for (part, module), factors in modules.items():
+        stem = KOHYA_PREFIX[part] + module.replace(".", "_")
+        for name, value in factors.items():
+            tensors[f"{stem}.{name}"] = torch.tensor(float(value)) if name == "alpha" else value
+    save_file(tensors, str(path))
+    return path
+
+
+def kron_by_blocks(w1, w2):
+    """kron(w1, w2) written out: block [a, c] of the result is w1[a, c] * w2 (w2 2-D or 4-D)."""
+    o2, i2 = w2.shape[:2]
+    out = torch.zeros((w1.shape[0] * o2, w1.shape[1] * i2) + tuple(w2.shape[2:]), dtype=torch.float64)
+    for a in range(w1.shape[0]):
+        for c in range(w1.shape[1]):
+            out[a * o2:(a + 1) * o2, c * i2:(c + 1) * i2] = w1[a, c].double() * w2.double()
+    return out
+
+
+def tucker_by_taps(core, a, b):
+    """sum_ij core[i, j, k, l] * a[i, o] * b[j, c], one kernel tap at a time: a.T @ core[:, :, k, l] @ b."""
+    out = torch.zeros((a.shape[1], b.shape[1]) + tuple(core.shape[2:]), dtype=torch.float64)
+    for k in range(core.shape[2]):
+        for l in range(core.shape[3]):
+            out[:, :, k, l] = a.double().T @ core[:, :, k, l].double() @ b.double()
+    return out
+
+
+def changed(before, components, key):
+    part, name = key
+    return components[part].tensors[name].double() - before[part][name].double()
+
+
+def test_loha_with_an_all_ones_half_is_the_lora_of_its_other_half(tmp_path, components, tiny):
+    """(w1_a @ w1_b) * ones = the LoRA up=w1_a, down=w1_b, with the same alpha / r: checked against the LoRA path."""
+    modules, pairs = {}, {}
+    for i, (key, shape) in enumerate({TO_Q: (64, 64), CONV: (64, 32, 3, 3), FC1: (37, 32)}.items()):
+        down, up = make_pair(shape, 4, 10 + i)
+        inner = math.prod(shape[1:])
+        modules[key] = {"hada_w1_a": up.reshape(shape[0], 4), "hada_w1_b": down.reshape(4, inner),
+                        "hada_w2_a": torch.ones(shape[0], 2), "hada_w2_b": torch.full((2, inner), 0.5), "alpha": 3}
+        pairs[key] = (down, up, 3.0)
+    before = snapshot(components)
+    record = merge(components, lycoris_file(tmp_path / "loha.safetensors", modules), 0.6)
+    assert record["format"] == "kohya+loha" and record["modules"] == 3
+    check_merged(before, components, pairs, 0.6, tol=1e-5)
+
+
+def test_loha_is_the_product_of_its_halves(tmp_path, components):
+    w = {n: randn(*shape, seed=i) for i, (n, shape) in enumerate(
+        [("hada_w1_a", (64, 3)), ("hada_w1_b", (3, 64)), ("hada_w2_a", (64, 3)), ("hada_w2_b", (3, 64))])}
+    before = snapshot(components)
+    merge(components, lycoris_file(tmp_path / "a.safetensors", {TO_Q: {**w, "alpha": 1.5}}), 0.5)
+    want = 0.5 * (1.5 / 3) * torch.einsum("or,rc->oc", w["hada_w1_a"].double(), w["hada_w1_b"].double()) \
+        * torch.einsum("or,rc->oc", w["hada_w2_a"].double(), w["hada_w2_b"].double())
+    assert torch.allclose(changed(before, components, (TO_Q[0], TO_Q[1] + ".weight")), want, atol=1e-5)
+
+
+def test_loha_tucker_convolution(tmp_path, components):
+    f = {"hada_t1": randn(2, 2, 3, 3, seed=1), "hada_w1_a": randn(2, 64, seed=2), "hada_w1_b": randn(2, 32, seed=3),
+         "hada_t2": randn(2, 2, 3, 3, seed=4), "hada_w2_a": randn(2, 64, seed=5), "hada_w2_b": randn(2, 32, seed=6)}
+    before = snapshot(components)
+    merge(components, lycoris_file(tmp_path / "a.safetensors", {CONV: f}))  # no alpha: scale 1
+    want = tucker_by_taps(f["hada_t1"], f["hada_w1_a"], f["hada_w1_b"]) \
+        * tucker_by_taps(f["hada_t2"], f["hada_w2_a"], f["hada_w2_b"])
+    assert torch.allclose(changed(before, components, (CONV[0], CONV[1] + ".weight")), want, atol=1e-4)
+
+
+def test_lokr_is_a_kronecker_product(tmp_path, components):
+    w1, w2 = randn(2, 4, seed=1), randn(32, 16, seed=2)
+    conv_w1, conv_w2 = randn(2, 2, seed=3), randn(32, 16, 3, 3, seed=4)
+    before = snapshot(components)
+    # Whole factors: the alpha is not used (scale 1), as in A1111 and LyCORIS.
+    merge(components, lycoris_file(tmp_path / "a.safetensors", {
+        TO_Q: {"lokr_w1": w1, "lokr_w2": w2, "alpha": 8}, CONV: {"lokr_w1": conv_w1, "lokr_w2": conv_w2}}), 0.25)
+    assert torch.allclose(changed(before, components, (TO_Q[0], TO_Q[1] + ".weight")), 0.25 * kron_by_blocks(w1, w2),
+                          atol=1e-6)
+    assert torch.allclose(changed(before, components, (CONV[0], CONV[1] + ".weight")),
+                          0.25 * kron_by_blocks(conv_w1, conv_w2), atol=1e-6)
+
+
+def test_lokr_factor_layouts_agree(tmp_path, tiny):
+    """A convolution's w2 as a whole 4-D tensor, as a product [o2, r] @ [r, i2*3*3] and in Tucker form give the
+    same update when they hold the same numbers; a product w1 scales by alpha / its rank."""
+    core, a, b = randn(3, 3, 3, 3, seed=1), randn(3, 32, seed=2), randn(3, 16, seed=3)
+    w2 = tucker_by_taps(core, a, b).float()
+    w1_a, w1_b = randn(2, 5, seed=4), randn(5, 2, seed=5)
+    w1 = w1_a @ w1_b
+    variants = {
+        "whole": {"lokr_w1": w1, "lokr_w2": w2},
+        "product": {"lokr_w1": w1, "lokr_w2_a": w2.reshape(32, -1), "lokr_w2_b": torch.eye(16 * 9)},
+        "tucker": {"lokr_w1": w1, "lokr_t2": core, "lokr_w2_a": a, "lokr_w2_b": b},
+        "w1 product, alpha = rank": {"lokr_w1_a": w1_a, "lokr_w1_b": w1_b, "lokr_w2": w2, "alpha": 5},
+    }
+    results = {name: merged(tiny, lycoris_file(tmp_path / f"{i}.safetensors", {CONV: f}))[0]["unet"]
+               .tensors[CONV[1] + ".weight"] for i, (name, f) in enumerate(variants.items())}
+    for name, value in results.items():
+        assert torch.allclose(value, results["whole"], atol=1e-4), name
+    halved = merged(tiny, lycoris_file(tmp_path / "h.safetensors", {CONV: {**variants["w1 product, alpha = rank"],
+                                                                          "alpha": 2.5}}))[0]
+    base = tiny.unet.tensors[CONV[1] + ".weight"]
+    assert torch.allclose(halved["unet"].tensors[CONV[1] + ".weight"] - base, (results["whole"] - base) / 2, atol=1e-4)
+
+
+def test_full_update_changes_weight_and_bias(tmp_path, components):
+    diff, diff_b = randn(64, 64, seed=1), randn(64, seed=2)
+    conv_diff = randn(64, 32, 3, 3, seed=3)
+    before = snapshot(components)
+    record = merge(components, lycoris_file(tmp_path / "a.safetensors", {
+        TO_OUT: {"diff": diff, "diff_b": diff_b}, CONV: {"diff": conv_diff}}), -0.5)
+    assert record["format"] == "kohya+full" and record["modules"] == 2
+    for key, delta in (((TO_OUT[1] + ".weight"), diff), ((TO_OUT[1] + ".bias"), diff_b),
+                       ((CONV[1] + ".weight"), conv_diff)):
+        assert torch.equal(components["unet"].tensors[key], before["unet"][key].float() - 0.5 * delta), key
+    assert components["unet"].tensors[CONV[1] + ".bias"] is before["unet"][CONV[1] + ".bias"]
+
+
+def test_lycoris_errors(tmp_path, tiny):
+    stem = "lora_unet_" + TO_Q[1].replace(".", "_")
+    down, up = make_pair((64, 64), 4, 0)
+    loha = {stem + "." + n: randn(*shape, seed=0) for n, shape in
+            [("hada_w1_a", (64, 2)), ("hada_w1_b", (2, 64)), ("hada_w2_a", (64, 2)), ("hada_w2_b", (2, 64))]}
+    message = lora_error(tmp_path, tiny, {**loha, stem + ".lora_down.weight": down, stem + ".lora_up.weight": up})
+    assert "LyCORIS LoHa and LoRA for one layer" in message and stem + ".hada_w1_a" in message
+    message = lora_error(tmp_path, tiny, {k: v for k, v in loha.items() if not k.endswith("w2_b")})
+    assert "no hada_w2_b tensor" in message
+    message = lora_error(tmp_path, tiny, {stem + ".lokr_w1": randn(2, 2, seed=0), stem + ".lokr_w2_a": randn(32, 2, seed=0)})
+    assert "no lokr_w2 (or lokr_w2_a and lokr_w2_b) tensor" in message
+    message = lora_error(tmp_path, tiny, {stem + ".lokr_w1": randn(2, 2, seed=0), stem + ".lokr_w2": randn(32, 16, seed=0)})
+    assert "changes a weight of shape [64, 32]" in message and "has shape [64, 64]" in message
+    message = lora_error(tmp_path, tiny, {stem + ".diff": randn(64, 64, seed=0), stem + ".diff_b": randn(64, seed=0)})
+    assert "has no bias" in message
+    message = lora_error(tmp_path, tiny, {f"unet.{TO_Q[1]}.hada_w1_a": randn(64, 2, seed=0)})
+    assert "outside kohya naming" in message
+    assert "only an alpha" in lora_error(tmp_path, tiny, {**loha, "lora_unet_conv_in.alpha": torch.tensor(1.0)})
+
+
 # ------------------------------------------------------------------------------------------------- errors
 
 
@@ -320,11 +472,9 @@ def test_errors_name_the_file_and_the_keys(tmp_path, tiny):
     # up and down of different ranks.
     message = lora_error(tmp_path, tiny, {**good, next(iter(good)): make_pair((64, 64), 3, 0)[0]})
     assert "does not fit" in message
-    # LyCORIS and DoRA.
+    # LyCORIS types that are not merged, and DoRA.
     stem = "lora_unet_" + (BLOCK + ".attn1.to_q").replace(".", "_")
-    assert "LoHa" in lora_error(tmp_path, tiny, {stem + ".hada_w1_a": down, stem + ".hada_w1_b": up,
-                                                  stem + ".hada_w2_a": down, stem + ".hada_w2_b": up})
-    assert "LoKr" in lora_error(tmp_path, tiny, {stem + ".lokr_w1": down, stem + ".lokr_w2": up})
+    assert "lora_mid" in lora_error(tmp_path, tiny, {**good, stem + ".lora_mid.weight": torch.ones(4, 4, 1, 1)})
     assert "DoRA" in lora_error(tmp_path, tiny, {**good, stem + ".dora_scale": torch.ones(64, 1)})
     # A half pair.
     message = lora_error(tmp_path, tiny, {stem + ".lora_down.weight": down})
@@ -384,7 +534,7 @@ def test_command_line_errors(tmp_path, reference, capsys):
     bad = tmp_path / "loha.safetensors"
     save_file({"lora_unet_mid_block_attentions_0_proj_in.hada_w1_a": torch.zeros(2, 2)}, str(bad))
     cases.append(((tiny_model, "--lora", good, "--lora", bad, "--no-safety-checker", "--out", out), 1,
-                  f"{bad}: a LyCORIS LoHa file"))
+                  f"{bad}: no hada_w1_b tensor beside lora_unet_mid_block_attentions_0_proj_in.hada_w1_a"))
     for args, expected_status, text in cases:
         status, stderr = convert(capsys, *args)
         assert status == expected_status, (args, stderr)
