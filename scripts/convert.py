@@ -8,7 +8,8 @@
 
 SOURCE: a diffusers folder, a single-file CompVis/LDM checkpoint (.safetensors or .ckpt), or a Hugging Face
 hub id such as runwayml/stable-diffusion-v1-5 (downloaded when huggingface_hub is installed). Each --lora
-(kohya/A1111, PEFT or diffusers LoRA file, or LyCORIS LoHa/LoKr/full in kohya naming) is merged into the U-Net and text-encoder weights before export.
+(kohya/A1111, PEFT or diffusers LoRA file, or LyCORIS LoHa/LoKr/full in kohya naming) is merged into the U-Net
+and text-encoder weights before export.
 """
 
 import argparse
