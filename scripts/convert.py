@@ -2,14 +2,15 @@
 """Convert a Stable Diffusion 1.x model into a txt2img model bundle.
 
   convert.py SOURCE --out DIR [--config DIR] [--vocab PATH] [--safety-checker DIR | --no-safety-checker]
-             [--lora FILE[:WEIGHT]]... [--overwrite]
+             [--vae VAE] [--lora FILE[:WEIGHT]]... [--overwrite]
   convert.py --tiny|--random-full --out DIR --vocab PATH [--seed N] [--no-safety-checker] [--tiny-flag-all]
              [--overwrite]
 
 SOURCE: a diffusers folder, a single-file CompVis/LDM checkpoint (.safetensors or .ckpt), or a Hugging Face
 hub id such as runwayml/stable-diffusion-v1-5 (downloaded when huggingface_hub is installed). Each --lora
 (kohya/A1111, PEFT or diffusers LoRA file, or LyCORIS LoHa/LoKr/full in kohya naming) is merged into the U-Net
-and text-encoder weights before export.
+and text-encoder weights before export. --vae replaces the model's VAE (a diffusers VAE or model folder, or a
+single VAE file such as vae-ft-mse-840000-ema-pruned.safetensors).
 """
 
 import argparse
@@ -76,6 +77,10 @@ def parse_args(argv):
                              "CompVis/stable-diffusion-safety-checker)")
     safety.add_argument("--no-safety-checker", action="store_true",
                         help="build the bundle without a safety checker")
+    p.add_argument("--vae", metavar="VAE",
+                   help="decode with this VAE instead of the model's: a diffusers VAE folder (e.g. a download of "
+                        "stabilityai/sd-vae-ft-mse), a diffusers model folder, or a .safetensors/.ckpt/.pt VAE file "
+                        "such as vae-ft-mse-840000-ema-pruned.safetensors; images record it as A1111 does")
     p.add_argument("--lora", action="append", type=_lora_spec, default=[], metavar="FILE[:WEIGHT]",
                    help="merge this LoRA (kohya/A1111, PEFT or diffusers format, LyCORIS LoHa/LoKr/full) into the "
                         "U-Net and text encoder, scaled by WEIGHT (default 1.0); repeatable, applied in order")
@@ -93,7 +98,7 @@ def parse_args(argv):
         p.error("give either SOURCE or one of --tiny / --random-full")
     if preset:
         for flag, value in (("--config", args.config), ("--safety-checker", args.safety_checker),
-                            ("--lora", args.lora or None)):
+                            ("--vae", args.vae), ("--lora", args.lora or None)):
             if value is not None:
                 p.error(f"{flag} applies to a SOURCE, not to random weights")
         if args.vocab is None:
@@ -119,6 +124,8 @@ def convert_source(args) -> dict:
 
     export.check_destination(args.out, args.overwrite)
     lora.check_files(args.lora)
+    if args.vae is not None and not os.path.exists(args.vae):
+        raise ck.ConversionError(f"--vae {args.vae}: no such file or folder")
     path = ck.resolve_source(args.source)
     folder = os.path.isdir(path)
     if args.vocab is not None and not os.path.isfile(args.vocab):
@@ -147,6 +154,12 @@ def convert_source(args) -> dict:
 
     export.progress(f"loading {path}")
     model = ck.load_diffusers(path) if folder else ck.load_single_file(path, args.config)
+    vae_identity = {}
+    if args.vae is not None:
+        export.progress(f"loading the VAE {args.vae}")
+        model.vae, vae_sha256 = ck.load_vae(args.vae, model.vae)
+        # As A1111 names and hashes the VAE it used, beside the checkpoint's own name and hash.
+        vae_identity = {"vae_name": os.path.basename(os.path.normpath(args.vae)), "vae_hash": vae_sha256[:10]}
     safety, preprocessor = None, None
     if safety_dir is not None:
         safety = ck.load_safety_checker(safety_dir)
@@ -161,6 +174,7 @@ def convert_source(args) -> dict:
     fields = export.model_fields(model.unet.config, model.vae.config, model.text_encoder.config,
                                  ck.scheduler_fields(model.scheduler),
                                  export.safety_manifest(preprocessor) if safety is not None else None)
+    fields.update(vae_identity)
 
     loras = []
     for spec in args.lora:
@@ -179,6 +193,8 @@ def convert_source(args) -> dict:
 
     name = args.source if path != args.source else model.name  # a hub id names the model better than its cache
     source = {"kind": model.kind, "path": os.path.abspath(path), "sha256": model.sha256}
+    if args.vae is not None:
+        source["vae"] = {"path": os.path.abspath(args.vae), "sha256": vae_sha256}
     model_hash = model.sha256[:10]
     if loras:
         # Merged weights are no longer the source model: the name lists the LoRAs, and the hash (which images'

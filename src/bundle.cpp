@@ -99,6 +99,8 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.torch_version = field<std::string>(j, "torch_version", where);
   m.model_name = j.value("model_name", "");
   m.model_hash = j.value("model_hash", "");
+  m.vae_name = j.value("vae_name", "");
+  m.vae_hash = j.value("vae_hash", "");
   return m;
 }
 

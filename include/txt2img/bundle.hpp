@@ -46,6 +46,10 @@ struct Manifest {
   std::string torch_version;  // PyTorch that exported the modules
   std::string model_name;     // a short human name (the source's file or folder name)
   std::string model_hash;     // 10 hex digits, A1111-style where the source was one checkpoint file
+  // A VAE that replaced the model's (convert.py --vae): its file or folder name and A1111's 10-digit hash; empty
+  // when the bundle decodes with the model's own.
+  std::string vae_name;
+  std::string vae_hash;
   nlohmann::json raw;
 
   // Throws Error(Bundle) naming the field that is missing or wrong.

@@ -339,21 +339,6 @@ def ldm_to_diffusers(sd: Tensors, origin: str) -> Dict[str, Component]:
             raise ConversionError(f"{origin}: unexpected U-Net tensor {_LDM_UNET}{key} (not an SD 1.x U-Net?)")
         unet[name] = value
 
-    vae_names = _vae_renames(list(vae_ldm))
-    vae = {}
-    for key, value in vae_ldm.items():
-        name = vae_names.forward(key)
-        if name is None:
-            # The decoder is what the bundle uses: anything unknown there means another architecture. Other
-            # entries (e.g. a training loss's parameters) are not part of the model.
-            if key.startswith(("decoder.", "post_quant_conv.")):
-                raise ConversionError(f"{origin}: unexpected VAE tensor {_LDM_VAE}{key}")
-            continue
-        # LDM's AttnBlock projects with 1x1 convolutions, diffusers' Attention with linear layers.
-        if ".mid_block.attentions.0.to_" in name and name.endswith(".weight") and value.dim() == 4:
-            value = value.reshape(value.shape[0], value.shape[1])
-        vae[name] = value
-
     # transformers >= 4.? nests the text tower under `text_model.`; older CLIPTextModel saves did not.
     nested = any(k.startswith("text_model.") for k in text_ldm)
     text = {}
@@ -365,17 +350,39 @@ def ldm_to_diffusers(sd: Tensors, origin: str) -> Dict[str, Component]:
     def text_source(name: str) -> str:
         return _LDM_TEXT + (name if nested else name[len("text_model."):])
 
-    def via(renames: _Renames, prefix: str) -> Callable[[str], str]:
-        def name(key: str) -> str:
-            source = renames.backward(key)
-            return prefix + source if source else f"{prefix}? (diffusers {key})"
-        return name
-
     return {
-        "unet": Component("U-Net", _float32(unet), {}, origin, via(unet_names, _LDM_UNET)),
-        "vae": Component("VAE", _float32(vae), {}, origin, via(vae_names, _LDM_VAE)),
+        "unet": Component("U-Net", _float32(unet), {}, origin, _via(unet_names, _LDM_UNET)),
+        "vae": _ldm_vae(vae_ldm, origin, _LDM_VAE),
         "text_encoder": Component("text encoder", _float32(text), {}, origin, text_source),
     }
+
+
+def _via(renames: _Renames, prefix: str) -> Callable[[str], str]:
+    """Names in the source file of diffusers names, for messages."""
+    def name(key: str) -> str:
+        source = renames.backward(key)
+        return prefix + source if source else f"{prefix}? (diffusers {key})"
+    return name
+
+
+def _ldm_vae(vae_ldm: Tensors, origin: str, prefix: str) -> Component:
+    """An LDM AutoencoderKL's tensors (without `prefix`, which they carry in `origin`) under diffusers names
+    (config still empty)."""
+    vae_names = _vae_renames(list(vae_ldm))
+    vae = {}
+    for key, value in vae_ldm.items():
+        name = vae_names.forward(key)
+        if name is None:
+            # The decoder is what the bundle uses: anything unknown there means another architecture. Other
+            # entries (e.g. a training loss's parameters) are not part of the model.
+            if key.startswith(("decoder.", "post_quant_conv.")):
+                raise ConversionError(f"{origin}: unexpected VAE tensor {prefix}{key}")
+            continue
+        # LDM's AttnBlock projects with 1x1 convolutions, diffusers' Attention with linear layers.
+        if ".mid_block.attentions.0.to_" in name and name.endswith(".weight") and value.dim() == 4:
+            value = value.reshape(value.shape[0], value.shape[1])
+        vae[name] = value
+    return Component("VAE", _float32(vae), {}, origin, _via(vae_names, prefix))
 
 
 # ------------------------------------------------------------------------------------ config inference
@@ -580,9 +587,52 @@ def load_model_folder(folder: str, label: str, stems: Tuple[str, ...]) -> Compon
     tensors = {k: v for k, v in (read_sharded(path) if is_index(path) else read_tensors(path)).items()
                if not _ignorable(k)}
     if label == "VAE":
-        tensors = {_OLD_VAE_ATTENTION.sub(lambda m: m.group(1) + _OLD_VAE_NAMES[m.group(2)] + ".", k): v
-                   for k, v in tensors.items()}
+        tensors = _new_vae_attention_names(tensors)
     return Component(label, _float32(tensors), config, path)
+
+
+def _new_vae_attention_names(tensors: Tensors) -> Tensors:
+    """diffusers < 0.14 named the VAE's attention projections query/key/value/proj_attn."""
+    return {_OLD_VAE_ATTENTION.sub(lambda m: m.group(1) + _OLD_VAE_NAMES[m.group(2)] + ".", k): v
+            for k, v in tensors.items()}
+
+
+def load_vae(source: str, model_vae: Component) -> Tuple[Component, str]:
+    """A VAE to use instead of the model's (convert.py --vae): a diffusers VAE folder (config.json and weights,
+    e.g. stabilityai/sd-vae-ft-mse), a diffusers model folder (its vae/), or one file of AutoencoderKL tensors
+    under LDM names (vae-ft-mse-840000-ema-pruned.safetensors, a whole checkpoint's first_stage_model.*) or
+    diffusers names. Its config is the folder's, else inferred from the shapes over the model's VAE config.
+    Returns the component and the sha256 users know it by: the file's (A1111's "VAE hash" is its first 10
+    digits), or a folder's weights'. A VAE of another latent space (other channels or scaling factor: SD 2.x's
+    is SD 1's, SDXL's is not) is refused."""
+    if os.path.isdir(source):
+        folder = os.path.join(source, "vae") if os.path.isdir(os.path.join(source, "vae")) else source
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ConversionError(f"--vae {source}: not a VAE folder (config.json and weights) nor a diffusers "
+                                  "model folder with vae/")
+        component = load_model_folder(folder, "VAE", ("diffusion_pytorch_model",))
+        digest = sha256_weights(component.origin)
+    elif os.path.isfile(source):
+        tensors = {k: v for k, v in read_tensors(source).items() if not _ignorable(k)}
+        if any(k.startswith(_LDM_VAE) for k in tensors):
+            component = _ldm_vae(_strip(tensors, _LDM_VAE), source, _LDM_VAE)
+        elif any(k.startswith(("decoder.up_blocks.", "decoder.mid_block.")) for k in tensors):
+            component = Component("VAE", _float32(_new_vae_attention_names(tensors)), {}, source)
+        elif any(k.startswith(("decoder.up.", "decoder.mid.")) for k in tensors):
+            component = _ldm_vae(tensors, source, "")
+        else:
+            raise ConversionError(f"--vae {source}: no VAE decoder tensors in it (decoder.up.* or "
+                                  f"decoder.up_blocks.*; found e.g. {listing(sorted(tensors), 3)})")
+        component.config = infer_vae_config(component, model_vae.config)
+        digest = sha256_file(source)
+    else:
+        raise ConversionError(f"--vae {source}: no such file or folder")
+    for field, default in (("latent_channels", 4), ("scaling_factor", 0.18215)):
+        theirs, ours = component.config.get(field, default), model_vae.config.get(field, default)
+        if theirs != ours:
+            raise ConversionError(f"--vae {source}: its {field} is {theirs}, the model's VAE has {ours}: a VAE of "
+                                  "another model family (SDXL, SD 3?) decodes another latent space")
+    return component, digest
 
 
 def load_safety_checker(folder: str) -> Component:

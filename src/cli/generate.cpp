@@ -201,6 +201,8 @@ class Generator {
     record.height = image.height;
     record.model_name = manifest_.model_name;
     record.model_hash = manifest_.model_hash;
+    record.vae_name = manifest_.vae_name;
+    record.vae_hash = manifest_.vae_hash;
     record.device = placement_.device;
     record.dtype = placement_.dtype;
     record.safety = o_.no_safety_checker ? "off" : o_.safety;
@@ -244,6 +246,9 @@ class Generator {
         {"height", record.height},
         {"model_name", record.model_name},
         {"model_hash", record.model_hash},
+        // null with the model's own VAE
+        {"vae_name", record.vae_name.empty() ? nlohmann::json() : nlohmann::json(record.vae_name)},
+        {"vae_hash", record.vae_hash.empty() ? nlohmann::json() : nlohmann::json(record.vae_hash)},
         {"nsfw", image.nsfw},
         {"safety", record.safety},
         {"timings", {{"generate_s", generate_s}, {"write_s", seconds_since(start)}}},

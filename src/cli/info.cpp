@@ -61,6 +61,7 @@ int bundle_info(const InfoOptions& o) {
     std::cout << "model bundle " << o.path << "\n"
               << "  model          " << (m.model_name.empty() ? "(unnamed)" : m.model_name)
               << (m.model_hash.empty() ? "" : " [" + m.model_hash + "]") << "\n"
+              << (m.vae_name.empty() ? "" : "  VAE            " + m.vae_name + " [" + m.vae_hash + "] (replaces the model's)\n")
               << "  family         " << m.family << ", bundle format " << m.format_version << "\n"
               << "  default size   " << m.default_size << "x" << m.default_size << "\n"
               << "  safety checker " << (m.safety ? "included" : "none (generate with --no-safety-checker)") << "\n"

@@ -23,6 +23,8 @@ struct ImageRecord {
   int height = 0;
   std::string model_name;
   std::string model_hash;
+  std::string vae_name;  // empty: the model's own VAE
+  std::string vae_hash;
   std::string device;
   std::string dtype;
   std::string safety;  // "replace", "report" or "off"

@@ -43,6 +43,33 @@ class Metadata(CliTestCase):
         self.assertIn("version", record)
         self.assertIn("Eta DDIM: 0.5", png_text(self.dir / "a.png")["parameters"])
 
+    def test_replaced_vae_is_recorded_as_a1111_does(self):
+        def with_vae(m):
+            m["vae_name"], m["vae_hash"] = "vae-ft-mse-840000-ema-pruned.safetensors", "c6a580b13a"
+            return m
+
+        bundle = derived_bundle(self.dir / "b", edit_manifest=with_vae)
+        result = self.txt2img("a fox", "--seed", "4", "-o", "a.png", "--json", model=bundle)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        m = manifest()
+        self.assertIn(f"Model hash: {m['model_hash']}, Model: {m['model_name']}, VAE hash: c6a580b13a, "
+                      "VAE: vae-ft-mse-840000-ema-pruned.safetensors, RNG: CPU", png_text(self.dir / "a.png")["parameters"])
+        self.assertEqual(json.loads(png_text(self.dir / "a.png")["txt2img"])["model"],
+                         {"name": m["model_name"], "hash": m["model_hash"],
+                          "vae": {"name": "vae-ft-mse-840000-ema-pruned.safetensors", "hash": "c6a580b13a"}})
+        image = json.loads(result.stdout.splitlines()[0])
+        self.assertEqual((image["vae_name"], image["vae_hash"]),
+                         ("vae-ft-mse-840000-ema-pruned.safetensors", "c6a580b13a"))
+        info = run(["info", bundle], self.dir)
+        self.assertIn("  VAE            vae-ft-mse-840000-ema-pruned.safetensors [c6a580b13a] (replaces the model's)\n",
+                      info.stdout)
+        # Without one: no VAE fields in the text, null in --json, no line in info.
+        result = self.txt2img("a fox", "--seed", "4", "-o", "b.png", "--json")
+        self.assertNotIn("VAE", png_text(self.dir / "b.png")["parameters"])
+        self.assertNotIn("vae", json.loads(png_text(self.dir / "b.png")["txt2img"])["model"])
+        self.assertEqual(json.loads(result.stdout.splitlines()[0])["vae_name"], None)
+        self.assertNotIn("VAE ", run(["info", TINY], self.dir).stdout)
+
     def test_dtype_is_recorded(self):
         self.assertEqual(self.txt2img("a fox", "--dtype", "bf16", "-o", "a.png").returncode, 0)
         self.assertEqual(json.loads(png_text(self.dir / "a.png")["txt2img"])["dtype"], "bf16")

@@ -601,3 +601,61 @@ def test_hub_download_fetches_indexes_and_shards(monkeypatch, tmp_path):
                        "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
                        "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
                        "unet/diffusion_pytorch_model.safetensors.index.json"]
+
+
+# ---------------------------------------------------------------------------------------------- --vae
+
+
+@pytest.fixture(scope="module")
+def tiny_model(reference):
+    return ck.load_diffusers(str(reference / "tiny/model"))
+
+
+def test_vae_from_every_layout(tmp_path, reference, sd1_ldm, tiny_model):
+    """The sd1 checkpoint's VAE (another width than the tiny model's, the same latent space) read from a whole
+    checkpoint, a VAE-only LDM file (.safetensors, and a Lightning-style .ckpt), a diffusers-named file, a
+    diffusers VAE folder and a diffusers model folder: the same tensors every time, the config from its shapes."""
+    want = ck.ldm_to_diffusers(sd1_ldm, "sd1")["vae"].tensors
+    ldm_vae = {k[len("first_stage_model."):]: v for k, v in sd1_ldm.items() if k.startswith("first_stage_model.")}
+    save_file(ldm_vae, str(tmp_path / "vae-ldm.safetensors"))
+    torch.save({"state_dict": ldm_vae, "global_step": 840000}, tmp_path / "vae-ldm.ckpt")
+    save_file(want, str(tmp_path / "vae-diffusers.safetensors"))
+    folder = tmp_path / "sd-vae" / "vae"
+    folder.mkdir(parents=True)
+    save_file(want, str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(ck.infer_vae_config(ck.Component("VAE", want, {}, "x"),
+                                                                      tiny_model.vae.config)))
+    whole = str(reference / SD1_FILE)
+    for source in (whole, tmp_path / "vae-ldm.safetensors", tmp_path / "vae-ldm.ckpt",
+                   tmp_path / "vae-diffusers.safetensors", folder, folder.parent):
+        vae, digest = ck.load_vae(str(source), tiny_model.vae)
+        assert sorted(vae.tensors) == sorted(want), source
+        assert all(torch.equal(vae.tensors[k], want[k].float()) for k in want), source
+        assert vae.config["block_out_channels"] == [32, 64, 128, 128], source
+        assert vae.config["scaling_factor"] == tiny_model.vae.config["scaling_factor"], source
+        file = str(source) if os.path.isfile(source) else str(folder / "diffusion_pytorch_model.safetensors")
+        assert digest == hashlib.sha256(Path(file).read_bytes()).hexdigest(), source
+    assert tiny_model.vae.config["block_out_channels"] != [32, 64, 128, 128]  # it did replace something
+    # The decoder module loads from it.
+    export.load_weights("vae", ck.load_vae(str(tmp_path / "vae-ldm.safetensors"), tiny_model.vae)[0])
+
+
+def test_vae_errors(tmp_path, reference, tiny_model):
+    def error(source):
+        with pytest.raises(ck.ConversionError) as e:
+            ck.load_vae(str(source), tiny_model.vae)
+        return str(e.value)
+
+    assert "no such file or folder" in error(tmp_path / "missing.safetensors")
+    (tmp_path / "empty").mkdir()
+    assert "not a VAE folder" in error(tmp_path / "empty")
+    unet = reference / "tiny/model/unet/diffusion_pytorch_model.safetensors"
+    message = error(unet)
+    assert "no VAE decoder tensors" in message and "conv_in.bias" in message
+    for field, value in (("scaling_factor", 0.13025), ("latent_channels", 16)):
+        folder = tmp_path / field
+        shutil.copytree(reference / "tiny/model/vae", folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, field: value}))
+        message = error(folder)
+        assert f"its {field} is {value}" in message and "another model family" in message

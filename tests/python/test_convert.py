@@ -173,6 +173,8 @@ def test_errors(tmp_path, reference, vocab, capsys):
         ((single, "--tiny", "--out", out), 2, "give either SOURCE"),
         ((single, "--seed", 3, "--out", out), 2, "--seed applies"),
         ((single, "--safety-checker", tmp_path, "--no-safety-checker", "--out", out), 2, "not allowed"),
+        (("--tiny", "--vocab", vocab, "--vae", single, "--out", out), 2, "--vae applies to a SOURCE"),
+        ((single, "--vae", tmp_path / "no-vae.safetensors", "--out", out), 1, "--vae"),
     ]
     for args, expected_status, text in cases:
         status, stderr = convert(capsys, *args)
@@ -213,3 +215,30 @@ def test_separate_safety_checker(tmp_path, reference, tensors, check_close, caps
     check_close("bundle tiny safety A special cos", special, expected["safety/special_cos_dist"])
     assert torch.equal(weights, expected["safety/concept_embeds_weights"])
     assert torch.equal(special_weights, expected["safety/special_care_embeds_weights"])
+
+
+def test_replacement_vae(tmp_path, reference, capsys):
+    """--vae: the bundle decodes with the given VAE (the sd1 checkpoint's, in a VAE-only LDM file) and model.json
+    names and hashes it as A1111 does; everything else is the tiny model's."""
+    from txt2img_convert import checkpoints as ck
+    from txt2img_convert.safetensors_io import load_file, save_file
+    sd1 = load_file(str(reference / "sd1/single_file/sd1.safetensors"))
+    vae_file = tmp_path / "vae-ft-test.safetensors"
+    save_file({k[len("first_stage_model."):]: v for k, v in sd1.items() if k.startswith("first_stage_model.")},
+              str(vae_file))
+    plain, replaced = tmp_path / "plain", tmp_path / "replaced"
+    for out, extra in ((plain, ()), (replaced, ("--vae", vae_file))):
+        status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", *extra, "--out", out)
+        assert status == 0, stderr
+    manifest = json.loads((replaced / "model.json").read_text())
+    assert manifest["vae_name"] == "vae-ft-test.safetensors" and manifest["vae_hash"] == sha256(vae_file)[:10]
+    assert manifest["source"]["vae"] == {"path": str(vae_file), "sha256": sha256(vae_file)}
+    plain_manifest = json.loads((plain / "model.json").read_text())
+    assert "vae_name" not in plain_manifest and "vae" not in plain_manifest["source"]
+    assert manifest["model_hash"] == plain_manifest["model_hash"]  # the checkpoint's hash, as in A1111
+    for name in ("unet.pt", "text_encoder.pt"):
+        assert manifest["files"][name]["sha256"] == plain_manifest["files"][name]["sha256"], name
+    decoder = torch.jit.load(str(replaced / "vae_decoder.pt")).state_dict()
+    want = export.VAEDecoder.select_state_dict(ck.ldm_to_diffusers(sd1, "sd1")["vae"].tensors)
+    assert sorted(decoder) == sorted(want)
+    assert all(torch.equal(decoder[k], want[k].float()) for k in want)
