@@ -2,7 +2,7 @@
 """Convert a Stable Diffusion 1.x model into a txt2img model bundle.
 
   convert.py SOURCE --out DIR [--config DIR] [--vocab PATH] [--safety-checker DIR | --no-safety-checker]
-             [--vae VAE] [--lora FILE[:WEIGHT]]... [--overwrite]
+             [--vae VAE] [--lora FILE[:WEIGHT]]... [--embedding FILE]... [--overwrite]
   convert.py --tiny|--random-full --out DIR --vocab PATH [--seed N] [--no-safety-checker] [--tiny-flag-all]
              [--overwrite]
 
@@ -10,7 +10,8 @@ SOURCE: a diffusers folder, a single-file CompVis/LDM checkpoint (.safetensors o
 hub id such as runwayml/stable-diffusion-v1-5 (downloaded when huggingface_hub is installed). Each --lora
 (kohya/A1111, PEFT or diffusers LoRA file, or LyCORIS LoHa/LoKr/full in kohya naming) is merged into the U-Net
 and text-encoder weights before export. --vae replaces the model's VAE (a diffusers VAE or model folder, or a
-single VAE file such as vae-ft-mse-840000-ema-pruned.safetensors).
+single VAE file such as vae-ft-mse-840000-ema-pruned.safetensors). Each --embedding (a textual inversion) is
+added to the text encoder under its file's name.
 """
 
 import argparse
@@ -81,6 +82,9 @@ def parse_args(argv):
                    help="decode with this VAE instead of the model's: a diffusers VAE folder (e.g. a download of "
                         "stabilityai/sd-vae-ft-mse), a diffusers model folder, or a .safetensors/.ckpt/.pt VAE file "
                         "such as vae-ft-mse-840000-ema-pruned.safetensors; images record it as A1111 does")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="add this textual-inversion embedding (A1111 .pt/.safetensors, diffusers learned_embeds), "
+                        "written in prompts as the file's name without extension, e.g. EasyNegative; repeatable")
     p.add_argument("--lora", action="append", type=_lora_spec, default=[], metavar="FILE[:WEIGHT]",
                    help="merge this LoRA (kohya/A1111, PEFT or diffusers format, LyCORIS LoHa/LoKr/full) into the "
                         "U-Net and text encoder, scaled by WEIGHT (default 1.0); repeatable, applied in order")
@@ -98,7 +102,8 @@ def parse_args(argv):
         p.error("give either SOURCE or one of --tiny / --random-full")
     if preset:
         for flag, value in (("--config", args.config), ("--safety-checker", args.safety_checker),
-                            ("--vae", args.vae), ("--lora", args.lora or None)):
+                            ("--vae", args.vae), ("--lora", args.lora or None),
+                            ("--embedding", args.embedding or None)):
             if value is not None:
                 p.error(f"{flag} applies to a SOURCE, not to random weights")
         if args.vocab is None:
@@ -120,10 +125,14 @@ def _first_file(*paths):
 
 def convert_source(args) -> dict:
     from txt2img_convert import checkpoints as ck
+    from txt2img_convert import embeddings as ti
     from txt2img_convert import export, lora
 
     export.check_destination(args.out, args.overwrite)
     lora.check_files(args.lora)
+    for file in args.embedding:
+        if not os.path.isfile(file):
+            raise ck.ConversionError(f"--embedding {file}: no such file")
     if args.vae is not None and not os.path.exists(args.vae):
         raise ck.ConversionError(f"--vae {args.vae}: no such file or folder")
     path = ck.resolve_source(args.source)
@@ -183,6 +192,12 @@ def convert_source(args) -> dict:
                         f"{record['unet_modules']} U-Net and {record['text_encoder_modules']} text encoder modules")
         loras.append(record)
 
+    embeddings = ti.add(args.embedding, model.text_encoder)
+    for record in embeddings:
+        export.progress(f"added the embedding {record['name']} ({record['vectors']} vectors)")
+    if embeddings:
+        fields["embeddings"] = [{k: r[k] for k in ("name", "first_id", "vectors")} for r in embeddings]
+
     components = {"text_encoder": model.text_encoder, "unet": model.unet, "vae": model.vae}
     if safety is not None:
         components["safety_checker"] = safety
@@ -195,6 +210,8 @@ def convert_source(args) -> dict:
     source = {"kind": model.kind, "path": os.path.abspath(path), "sha256": model.sha256}
     if args.vae is not None:
         source["vae"] = {"path": os.path.abspath(args.vae), "sha256": vae_sha256}
+    if embeddings:
+        source["embeddings"] = [{k: r[k] for k in ("name", "path", "sha256")} for r in embeddings]
     model_hash = model.sha256[:10]
     if loras:
         # Merged weights are no longer the source model: the name lists the LoRAs, and the hash (which images'

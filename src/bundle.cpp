@@ -101,6 +101,15 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.model_hash = j.value("model_hash", "");
   m.vae_name = j.value("vae_name", "");
   m.vae_hash = j.value("vae_hash", "");
+  for (const auto& e : j.value("embeddings", nlohmann::json::array())) {
+    TextualInversion embedding{field<std::string>(e, "name", where), field<int>(e, "first_id", where),
+                               field<int>(e, "vectors", where)};
+    if (embedding.first_id < kClipVocabulary || embedding.vectors < 1)
+      throw Error(ErrorKind::Bundle, where + ": model.json embedding \"" + embedding.name + "\" has first_id " +
+                                         std::to_string(embedding.first_id) + " and " +
+                                         std::to_string(embedding.vectors) + " vectors" + kConvertHint);
+    m.embeddings.push_back(embedding);
+  }
   return m;
 }
 
@@ -155,6 +164,16 @@ void Bundle::verify_hashes() const {
       throw Error(ErrorKind::Bundle, "model bundle " + dir_.string() + ": " + f.name +
                                          " does not match its sha256 in model.json (corrupt)" + kConvertHint);
   }
+}
+
+Tokenizer Bundle::load_tokenizer() const {
+  auto tokenizer = Tokenizer::load(path("tokenizer.model"));
+  try {
+    tokenizer.add_embeddings(manifest_.embeddings);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::Bundle, "model bundle " + dir_.string() + ": " + e.what());
+  }
+  return tokenizer;
 }
 
 torch::jit::Module Bundle::load_module(const std::string& file, torch::Device device) const {

@@ -99,7 +99,7 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   if (options.low_vram && options.graph != GraphOptimization::None)
     throw Error(ErrorKind::Usage, "--low-vram cannot be combined with --graph freeze or optimize: it moves the models "
                                   "between host and device, and frozen weights are part of the graph");
-  Pipeline p(bundle.manifest(), Tokenizer::load(bundle.path("tokenizer.model")), options);
+  Pipeline p(bundle.manifest(), bundle.load_tokenizer(), options);
   torch::jit::setGraphExecutorOptimize(options.profiling_executor);
   at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
   // Each module is read into host memory and cast there, and only then copied to the device: the device never holds

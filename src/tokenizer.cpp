@@ -184,7 +184,8 @@ struct Tokenizer::Impl {
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
 
-  // Byte-mapped pre-tokens joined by ' ', which SentencePiece splits into words.
+  // One byte-mapped pre-token (SentencePiece would split words joined by ' ' the same way: BPE never merges
+  // across pre-tokens).
   std::vector<int> encode_words(const std::string& words) const {
     std::vector<int> ids(words.size() + 1);
     char error[256];
@@ -219,29 +220,71 @@ Tokenizer Tokenizer::load(const std::filesystem::path& sentencepiece_model) {
   return Tokenizer(std::move(impl));
 }
 
-std::vector<int> Tokenizer::encode(std::string_view text) const {
+Tokenizer::Traced Tokenizer::encode_words(std::string_view text) const {
   const auto& alphabet = byte_alphabet();
-  std::vector<int> ids;
-  std::string words;
-  const auto flush = [&] {
-    if (words.empty()) return;
-    const auto piece_ids = impl_->encode_words(words);
-    ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
-    words.clear();
-  };
-  // Only the exact special strings are CLIP's special tokens; a case variant the regex split off is BPE'd.
-  for (const auto& token : pre_tokenize(clean_text(text))) {
-    if (token == kStartOfText || token == kEndOfText) {
-      flush();
-      ids.push_back(token == kStartOfText ? kBos : kEos);
+  const std::vector<std::string> words = pre_tokenize(clean_text(text));
+  Traced out;
+  std::string mapped;
+  for (size_t w = 0; w < words.size(); ++w) {
+    // Only the exact special strings are CLIP's special tokens; a case variant the regex split off is BPE'd.
+    if (words[w] == kStartOfText || words[w] == kEndOfText) {
+      out.ids.push_back(words[w] == kStartOfText ? kBos : kEos);
+      out.words.push_back(w);
       continue;
     }
-    if (!words.empty()) words.push_back(' ');
-    for (unsigned char byte : token) words += alphabet[byte];
+    mapped.clear();
+    for (unsigned char byte : words[w]) mapped += alphabet[byte];
+    for (int id : impl_->encode_words(mapped)) {
+      out.ids.push_back(id);
+      out.words.push_back(w);
+    }
   }
-  flush();
-  return ids;
+  return out;
 }
+
+void Tokenizer::add_embeddings(const std::vector<TextualInversion>& embeddings) {
+  for (const auto& embedding : embeddings) {
+    auto name_ids = encode_words(embedding.name).ids;
+    if (name_ids.empty())
+      throw Error(ErrorKind::Bundle, "embedding \"" + embedding.name + "\": its name has no tokens to match in a prompt");
+    for (const auto& other : embeddings_)
+      if (other.name_ids == name_ids)
+        throw Error(ErrorKind::Bundle, "embeddings \"" + other.embedding.name + "\" and \"" + embedding.name +
+                                           "\" have the same tokens: a prompt could not tell them apart");
+    embeddings_.push_back({embedding, std::move(name_ids)});
+  }
+  std::stable_sort(embeddings_.begin(), embeddings_.end(),
+                   [](const Embedding& a, const Embedding& b) { return a.name_ids.size() > b.name_ids.size(); });
+}
+
+Tokenizer::Traced Tokenizer::encode_traced(std::string_view text) const {
+  Traced clip = encode_words(text);
+  if (embeddings_.empty()) return clip;
+  Traced out;
+  for (size_t i = 0; i < clip.ids.size();) {
+    // CLIP ends every word with a "</w>" token, so a name's ids end where a word ends; they must start there too.
+    const bool word_start = i == 0 || clip.words[i] != clip.words[i - 1];
+    const auto found = std::find_if(embeddings_.begin(), embeddings_.end(), [&](const Embedding& e) {
+      return word_start && e.name_ids.size() <= clip.ids.size() - i &&
+             std::equal(e.name_ids.begin(), e.name_ids.end(), clip.ids.begin() + static_cast<std::ptrdiff_t>(i));
+    });
+    if (found == embeddings_.end()) {
+      out.ids.push_back(clip.ids[i]);
+      out.words.push_back(clip.words[i]);
+      ++i;
+      continue;
+    }
+    for (int k = 0; k < found->embedding.vectors; ++k) {
+      out.ids.push_back(found->embedding.first_id + k);
+      out.words.push_back(clip.words[i]);
+    }
+    out.embeddings.push_back(found->embedding.name);
+    i += found->name_ids.size();
+  }
+  return out;
+}
+
+std::vector<int> Tokenizer::encode(std::string_view text) const { return encode_traced(text).ids; }
 
 Tokenizer::Padded Tokenizer::encode_padded(std::string_view text, int context, int pad_id) const {
   if (context < 2) throw Error(ErrorKind::Usage, "context length must be at least 2, got " + std::to_string(context));

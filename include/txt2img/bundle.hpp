@@ -12,12 +12,15 @@
 
 #include "txt2img/safety.hpp"
 #include "txt2img/scheduler.hpp"
+#include "txt2img/tokenizer.hpp"
 
 namespace txt2img {
 
 constexpr int kBundleFormatVersion = 1;
 // CLIP ViT-L/14's text tower, SD v1's text encoder.
 constexpr int kDefaultTextLayers = 12;
+// CLIP's vocabulary; textual-inversion embeddings take the ids from here on.
+constexpr int kClipVocabulary = 49408;
 
 struct BundleFile {
   std::string name;
@@ -50,6 +53,8 @@ struct Manifest {
   // when the bundle decodes with the model's own.
   std::string vae_name;
   std::string vae_hash;
+  // Textual-inversion embeddings converted into the text encoder (convert.py --embedding).
+  std::vector<TextualInversion> embeddings;
   nlohmann::json raw;
 
   // Throws Error(Bundle) naming the field that is missing or wrong.
@@ -69,6 +74,9 @@ class Bundle {
 
   // Recomputes every file's sha256; throws Error(Bundle) naming the first mismatch.
   void verify_hashes() const;
+
+  // The bundle's tokenizer, with its embeddings. Throws Error(Bundle).
+  Tokenizer load_tokenizer() const;
 
   // torch::jit::load with errors turned into Error(Bundle), including the "exported by a newer PyTorch" case.
   torch::jit::Module load_module(const std::string& file, torch::Device device) const;

@@ -19,6 +19,14 @@ std::string clean_text(std::string_view utf8);
 // CLIP's pre-token regex over cleaned text.
 std::vector<std::string> pre_tokenize(const std::string& cleaned);
 
+// A textual-inversion embedding (A1111's embeddings/): `vectors` token ids from `first_id` on, rows that
+// scripts/convert.py appended to the text encoder's token embedding, stand for the word(s) `name` in a prompt.
+struct TextualInversion {
+  std::string name;
+  int first_id = 0;
+  int vectors = 0;
+};
+
 class Tokenizer {
  public:
   static constexpr int kBos = 49406;
@@ -30,8 +38,22 @@ class Tokenizer {
   Tokenizer& operator=(Tokenizer&&) noexcept;
   ~Tokenizer();
 
+  // Wherever a prompt's ids hold the ids of an embedding's name, starting at a word (case does not matter, as
+  // CLIP lowercases), they are replaced by the embedding's ids; the longest name wins. Throws Error(Bundle) for a
+  // name without tokens or two names with the same tokens.
+  void add_embeddings(const std::vector<TextualInversion>& embeddings);
+
   // Token ids of the text, without start/end tokens and without truncation.
   std::vector<int> encode(std::string_view text) const;
+
+  // The same ids, each with the index of the word (pre_tokenize(clean_text(text))) it stands for, and the
+  // embeddings that occur, by name, in order of appearance.
+  struct Traced {
+    std::vector<int> ids;
+    std::vector<size_t> words;
+    std::vector<std::string> embeddings;
+  };
+  Traced encode_traced(std::string_view text) const;
 
   struct Padded {
     std::vector<int64_t> ids;  // bos + up to context-2 ids + eos, padded with pad_id to `context`
@@ -42,8 +64,14 @@ class Tokenizer {
 
  private:
   struct Impl;
+  struct Embedding {
+    TextualInversion embedding;
+    std::vector<int> name_ids;
+  };
   explicit Tokenizer(std::unique_ptr<Impl> impl);
+  Traced encode_words(std::string_view text) const;  // CLIP's ids, before embeddings are substituted
   std::unique_ptr<Impl> impl_;
+  std::vector<Embedding> embeddings_;  // longest name first
 };
 
 }  // namespace txt2img

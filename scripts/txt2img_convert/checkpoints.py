@@ -107,6 +107,21 @@ def _load_restricted(path: str, refusal: str):
     return data
 
 
+def read_pickle(path: str):
+    """What a pickled PyTorch file holds, read by torch.load(weights_only=True) or, where that refuses it, by the
+    restricted unpickler: neither runs any of its code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch names the refused class after "WeightsUnpickler error:", amid advice to load it unsafely.
+        found = re.search(r"WeightsUnpickler error: *([^\n]+)", str(e))
+        detail = found.group(1).split(". ")[0] if found else str(e).strip().splitlines()[-1]
+        # Lightning checkpoints (CompVis' sd-v1-4.ckpt, ...) pickle training state beside the weights.
+        return _load_restricted(path, detail)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e}") from None
+
+
 def read_tensors(path: str) -> Tensors:
     """Every tensor of a .safetensors file or of a pickled PyTorch checkpoint (.ckpt, .bin, .pt): its state
     dict's, which Lightning checkpoints keep under "state_dict". Pickles are read by
@@ -117,16 +132,7 @@ def read_tensors(path: str) -> Tensors:
             return load_file(path)
         except (OSError, ValueError) as e:
             raise ConversionError(f"cannot read {path}: {e}") from None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch names the refused class after "WeightsUnpickler error:", amid advice to load it unsafely.
-        found = re.search(r"WeightsUnpickler error: *([^\n]+)", str(e))
-        detail = found.group(1).split(". ")[0] if found else str(e).strip().splitlines()[-1]
-        # Lightning checkpoints (CompVis' sd-v1-4.ckpt, ...) pickle training state beside the weights.
-        data = _load_restricted(path, detail)
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e}") from None
+    data = read_pickle(path)
     # Lightning checkpoints keep the weights under "state_dict" beside training state (global_step, ...).
     while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]

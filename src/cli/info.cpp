@@ -68,6 +68,8 @@ int bundle_info(const InfoOptions& o) {
               << "  text encoder   " << m.text_num_layers << " layers" << (m.text_num_layers_known ? "" : " (assumed)")
               << ", --clip-skip 1 to " << m.text_num_layers << "\n"
               << "  converted by   txt2img " << m.converter_version << " with PyTorch " << m.torch_version << "\n";
+    for (const auto& e : m.embeddings)
+      std::cout << "  embedding      " << e.name << " (" << e.vectors << (e.vectors == 1 ? " vector)\n" : " vectors)\n");
     print_source(m.raw.value("source", nlohmann::json::object()));
     std::cout << "  files\n";
     size_t name_width = 0;

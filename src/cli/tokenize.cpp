@@ -14,7 +14,7 @@ int run_tokenize(const TokenizeOptions& o) {
   PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
   const Bundle bundle = Bundle::open(o.model);
   const Manifest& m = bundle.manifest();
-  const Tokenizer tokenizer = Tokenizer::load(bundle.path("tokenizer.model"));
+  const Tokenizer tokenizer = bundle.load_tokenizer();
   const bool json = o.json || source.is_file();
 
   PromptEntry entry;

@@ -180,6 +180,50 @@ TEST(Tokenizer, TruncationCounts) {
   EXPECT_THROW(tokenizer().encode_padded("cat", 1), txt2img::Error);
 }
 
+Tokenizer with_embeddings(const std::vector<txt2img::TextualInversion>& embeddings) {
+  auto t = Tokenizer::load(env_path("TXT2IMG_FIXTURES") / "tokenizer.model");
+  t.add_embeddings(embeddings);
+  return t;
+}
+
+std::vector<int> concat(std::initializer_list<std::vector<int>> parts) {
+  std::vector<int> out;
+  for (const auto& part : parts) out.insert(out.end(), part.begin(), part.end());
+  return out;
+}
+
+TEST(TokenizerEmbeddings, NamesBecomeTheirVectorsIds) {
+  const auto t = with_embeddings({{"EasyNegative", 49408, 3}, {"bad-hands-5", 49411, 2}, {"negative", 49413, 1}});
+  ASSERT_EQ(ids_of("easynegative").size(), 2u);  // "easy", "negative</w>": the name is two CLIP tokens
+  // Case does not matter (CLIP lowercases); a name of several words ("bad", "-", "hands", "-", "5") matches whole.
+  const auto traced = t.encode_traced("a cat, EasyNegative, Bad-Hands-5 negative");
+  EXPECT_EQ(traced.ids, concat({ids_of("a cat,"), {49408, 49409, 49410}, ids_of(","), {49411, 49412}, {49413}}));
+  EXPECT_EQ(traced.embeddings, (std::vector<std::string>{"EasyNegative", "bad-hands-5", "negative"}));
+  // Each id knows its word: the vectors stand for the name's first word.
+  EXPECT_EQ(traced.words, (std::vector<size_t>{0, 1, 2, 3, 3, 3, 4, 5, 5, 10}));
+  EXPECT_EQ(t.encode("EASYNEGATIVE"), (std::vector<int>{49408, 49409, 49410}));
+  // Only at the start of a word, and only the whole name: "negative" inside "easynegatives" is not the embedding.
+  EXPECT_EQ(t.encode("easynegatives"), ids_of("easynegatives"));
+  EXPECT_EQ(t.encode("bad-hands"), ids_of("bad-hands"));
+  EXPECT_EQ(t.encode("a cat"), ids_of("a cat"));
+  // The vectors count towards the 75 tokens the model reads.
+  const auto padded = t.encode_padded("a cat, easynegative");
+  EXPECT_EQ(padded.total_tokens, ids_of("a cat,").size() + 3);
+}
+
+TEST(TokenizerEmbeddings, NamesWithoutTokensOrWithTheSameTokensAreBundleErrors) {
+  for (const auto& embeddings : std::vector<std::vector<txt2img::TextualInversion>>{
+           {{" ", 49408, 1}}, {{"EasyNegative", 49408, 1}, {"easynegative", 49409, 1}}}) {
+    try {
+      with_embeddings(embeddings);
+      ADD_FAILURE() << "no exception for " << embeddings.back().name;
+    } catch (const txt2img::Error& e) {
+      EXPECT_EQ(e.kind(), txt2img::ErrorKind::Bundle) << e.what();
+      EXPECT_NE(std::string(e.what()).find(embeddings.back().name), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Tokenizer, MissingOrCorruptModelIsABundleError) {
   const auto corrupt = std::filesystem::temp_directory_path() / "txt2img_tokenizer_test_corrupt.model";
   std::ofstream(corrupt, std::ios::binary) << "not a model";

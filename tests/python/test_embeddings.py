@@ -1,0 +1,92 @@
+"""convert.py --embedding: textual-inversion files in A1111's and diffusers' layouts appended to the tiny reference
+model's token embedding, model.json's records, and the errors."""
+
+import json
+
+import pytest
+import torch
+
+from converter_runs import convert
+from txt2img_convert import checkpoints as ck
+from txt2img_convert import embeddings
+from txt2img_convert.checkpoints import ConversionError
+from txt2img_convert.safetensors_io import save_file
+
+WIDTH = 32  # the tiny reference text encoder's
+
+
+def vectors(n, seed, width=WIDTH):
+    return torch.randn((n, width), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def text_encoder(reference):
+    return ck.load_diffusers(str(reference / "tiny/model")).text_encoder
+
+
+def test_every_layout_reads_the_same_vectors(tmp_path):
+    v = vectors(3, 0)
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": v.clone().requires_grad_()},
+                "name": "internal-name", "step": 3000, "sd_checkpoint": "abc"}, tmp_path / "a1111.pt")
+    save_file({"emb_params": v}, str(tmp_path / "a1111.safetensors"))
+    torch.save({"<cat-toy>": v}, tmp_path / "learned_embeds.bin")
+    save_file({"<cat-toy>": v[0]}, str(tmp_path / "one.safetensors"))
+    for name in ("a1111.pt", "a1111.safetensors", "learned_embeds.bin"):
+        e = embeddings.read(str(tmp_path / name))
+        assert e.name == name.rsplit(".", 1)[0]  # named after the file, as A1111 does, not after "name"
+        assert torch.equal(e.vectors, v), name
+    assert torch.equal(embeddings.read(str(tmp_path / "one.safetensors")).vectors, v[:1])
+
+
+def test_vectors_are_appended_to_the_token_embedding(tmp_path, text_encoder):
+    before = text_encoder.tensors[embeddings.TOKEN_EMBEDDING]
+    assert before.shape == (49408, WIDTH)
+    save_file({"emb_params": vectors(2, 1)}, str(tmp_path / "EasyNegative.safetensors"))
+    save_file({"emb_params": vectors(1, 2)}, str(tmp_path / "bad-hands-5.safetensors"))
+    records = embeddings.add([str(tmp_path / "EasyNegative.safetensors"), str(tmp_path / "bad-hands-5.safetensors")],
+                             text_encoder)
+    assert [(r["name"], r["first_id"], r["vectors"]) for r in records] == [("EasyNegative", 49408, 2),
+                                                                           ("bad-hands-5", 49410, 1)]
+    assert len(records[0]["sha256"]) == 64
+    table = text_encoder.tensors[embeddings.TOKEN_EMBEDDING]
+    assert table.shape == (49411, WIDTH) and text_encoder.config["vocab_size"] == 49411
+    assert torch.equal(table[:49408], before)
+    assert torch.equal(table[49408:], torch.cat([vectors(2, 1), vectors(1, 2)]))
+
+
+def test_errors(tmp_path, text_encoder):
+    def error(*files):
+        with pytest.raises(ConversionError) as e:
+            embeddings.add([str(f) for f in files], text_encoder)
+        return str(e.value)
+
+    save_file({"emb_params": vectors(2, 0, width=1024)}, str(tmp_path / "sd2.safetensors"))
+    assert "1024 wide" in error(tmp_path / "sd2.safetensors")
+    save_file({"clip_l": vectors(2, 0, 768), "clip_g": vectors(2, 0, 1280)}, str(tmp_path / "xl.safetensors"))
+    assert "SDXL" in error(tmp_path / "xl.safetensors")
+    save_file({"a": vectors(1, 0), "b": vectors(1, 0)}, str(tmp_path / "two.safetensors"))
+    assert "not an embedding file" in error(tmp_path / "two.safetensors")
+    save_file({"emb_params": vectors(1, 0)}, str(tmp_path / "Style.safetensors"))
+    (tmp_path / "other").mkdir()
+    save_file({"emb_params": vectors(1, 0)}, str(tmp_path / "other" / "style.safetensors"))
+    assert "both are named 'style'" in error(tmp_path / "Style.safetensors", tmp_path / "other" / "style.safetensors")
+    save_file({"emb_params": vectors(1, 0)}, str(tmp_path / "---.safetensors"))
+    assert "no letter or digit" in error(tmp_path / "---.safetensors")
+    assert "no such file" in error(tmp_path / "missing.pt")
+    assert text_encoder.tensors[embeddings.TOKEN_EMBEDDING].shape == (49408, WIDTH)  # nothing added on failure
+
+
+def test_bundle_records_the_embeddings(tmp_path, reference, capsys):
+    save_file({"emb_params": vectors(2, 3)}, str(tmp_path / "EasyNegative.safetensors"))
+    out = tmp_path / "bundle"
+    status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", "--embedding",
+                             tmp_path / "EasyNegative.safetensors", "--out", out)
+    assert status == 0, stderr
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["embeddings"] == [{"name": "EasyNegative", "first_id": 49408, "vectors": 2}]
+    assert manifest["source"]["embeddings"][0]["name"] == "EasyNegative"
+    table = torch.jit.load(str(out / "text_encoder.pt")).state_dict()[embeddings.TOKEN_EMBEDDING]
+    assert torch.equal(table[49408:], vectors(2, 3))
+    status, stderr = convert(capsys, "--tiny", "--vocab", tmp_path / "v", "--embedding",
+                             tmp_path / "EasyNegative.safetensors", "--out", tmp_path / "x")
+    assert status == 2 and "--embedding applies to a SOURCE" in stderr
