@@ -161,23 +161,40 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
   return params;
 }
 
-torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, int clip_skip, const std::string& name,
-                                    Observer* observer) {
+std::vector<std::vector<int64_t>> Pipeline::token_chunks(const std::string& text, bool long_prompts) const {
+  if (long_prompts) return tokenizer_.encode_chunked(text, manifest_.context_length, manifest_.pad_id);
+  return {tokenizer_.encode_padded(text, manifest_.context_length, manifest_.pad_id).ids};
+}
+
+size_t Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
+                             const GenerationParams& params) const {
+  const bool guided = params.cfg_scale > 1.0;
+  return std::max(token_chunks(prompt, params.long_prompts).size(),
+                  guided ? token_chunks(negative_prompt, params.long_prompts).size() : size_t{1});
+}
+
+// [texts, chunks * context, hidden]: each text's chunks, padded with empty ones to `chunks`, encoded as one
+// text-encoder batch and laid end to end (A1111's long prompts; one chunk is diffusers' encoding).
+torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, size_t chunks,
+                                    const GenerationParams& params, const std::string& name, Observer* observer) {
+  const auto empty = tokenizer_.encode_padded("", manifest_.context_length, manifest_.pad_id).ids;
   std::vector<int64_t> ids;
   for (const auto& text : texts) {
-    auto padded = tokenizer_.encode_padded(text, manifest_.context_length, manifest_.pad_id);
-    ids.insert(ids.end(), padded.ids.begin(), padded.ids.end());
+    auto text_chunks = token_chunks(text, params.long_prompts);
+    text_chunks.resize(chunks, empty);
+    for (const auto& chunk : text_chunks) ids.insert(ids.end(), chunk.begin(), chunk.end());
   }
-  auto input_ids = torch::tensor(ids, torch::kInt64).view({static_cast<int64_t>(texts.size()), -1});
+  const auto rows = static_cast<int64_t>(texts.size());
+  auto input_ids = torch::tensor(ids, torch::kInt64).view({rows, -1});
   observe(observer, name + "/input_ids", input_ids);
-  torch::Tensor hidden;
-  if (clip_skip == 1) {  // forward, exactly as before --clip-skip existed (and as the reference fixtures name it)
-    hidden = text_encoder_.forward({input_ids.to(side_device(options_))}).toTensor();
-    observe(observer, name + "/last_hidden_state", hidden);
-  } else {
-    hidden = text_encoder_.run_method("encode", input_ids.to(side_device(options_)), int64_t{clip_skip}).toTensor();
-    observe(observer, name + "/clip_skip_hidden_state", hidden);
-  }
+  const auto per_chunk = input_ids.view({rows * static_cast<int64_t>(chunks), -1}).to(side_device(options_));
+  // forward, exactly as before --clip-skip existed (and as the reference fixtures name it)
+  const bool last_layer = params.clip_skip == 1;
+  auto hidden = (last_layer ? text_encoder_.forward({per_chunk})
+                            : text_encoder_.run_method("encode", per_chunk, int64_t{params.clip_skip}))
+                    .toTensor();
+  hidden = hidden.reshape({rows, -1, hidden.size(-1)});
+  observe(observer, name + (last_layer ? "/last_hidden_state" : "/clip_skip_hidden_state"), hidden);
   return hidden.to(options_.device, options_.dtype);
 }
 
@@ -224,9 +241,11 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   const bool guided = params.cfg_scale > 1.0;  // as diffusers: scale <= 1 skips the unconditional branch
 
   // 1. Encode the prompts; with guidance, the negative prompts too, in one U-Net batch [uncond, cond].
-  auto context = encode_text(prompts, params.clip_skip, "text", observer);
-  if (guided)
-    context = torch::cat({encode_text(negative_prompts, params.clip_skip, "uncond_text", observer), context});
+  size_t chunks = 1;
+  for (size_t row = 0; row < prompts.size(); ++row)
+    chunks = std::max(chunks, text_chunks(prompts[row], negative_prompts[row], params));
+  auto context = encode_text(prompts, chunks, params, "text", observer);
+  if (guided) context = torch::cat({encode_text(negative_prompts, chunks, params, "uncond_text", observer), context});
   observe(observer, "unet/encoder_hidden_states", context);
 
   // 2. Initial noise.

@@ -9,6 +9,7 @@
 #include <array>
 #include <string>
 #include <filesystem>
+#include <optional>
 #include <vector>
 
 #include "txt2img/error.hpp"
@@ -230,6 +231,7 @@ Tokenizer::Traced Tokenizer::encode_words(std::string_view text) const {
     if (words[w] == kStartOfText || words[w] == kEndOfText) {
       out.ids.push_back(words[w] == kStartOfText ? kBos : kEos);
       out.words.push_back(w);
+      out.unit_lengths.push_back(1);
       continue;
     }
     mapped.clear();
@@ -237,6 +239,7 @@ Tokenizer::Traced Tokenizer::encode_words(std::string_view text) const {
     for (int id : impl_->encode_words(mapped)) {
       out.ids.push_back(id);
       out.words.push_back(w);
+      out.unit_lengths.push_back(1);
     }
   }
   return out;
@@ -271,6 +274,7 @@ Tokenizer::Traced Tokenizer::encode_traced(std::string_view text) const {
     if (found == embeddings_.end()) {
       out.ids.push_back(clip.ids[i]);
       out.words.push_back(clip.words[i]);
+      out.unit_lengths.push_back(1);
       ++i;
       continue;
     }
@@ -278,6 +282,7 @@ Tokenizer::Traced Tokenizer::encode_traced(std::string_view text) const {
       out.ids.push_back(found->embedding.first_id + k);
       out.words.push_back(clip.words[i]);
     }
+    out.unit_lengths.push_back(static_cast<size_t>(found->embedding.vectors));
     out.embeddings.push_back(found->embedding.name);
     i += found->name_ids.size();
   }
@@ -298,6 +303,48 @@ Tokenizer::Padded Tokenizer::encode_padded(std::string_view text, int context, i
   out.ids.push_back(kEos);
   out.ids.resize(static_cast<size_t>(context), pad_id);
   return out;
+}
+
+std::vector<std::vector<int64_t>> Tokenizer::encode_chunked(std::string_view text, int context, int pad_id) const {
+  if (context < 2) throw Error(ErrorKind::Usage, "context length must be at least 2, got " + std::to_string(context));
+  // A1111's sd_hijack_clip.tokenize_line without emphasis: its "comma padding backtrack" of 20 tokens.
+  constexpr size_t kCommaBacktrack = 20;
+  const size_t length = static_cast<size_t>(context - 2);
+  const int comma = encode_words(",").ids.at(0);
+  const Traced traced = encode_traced(text);
+  std::vector<std::vector<int64_t>> chunks;
+  std::vector<int64_t> chunk;
+  std::optional<size_t> last_comma;  // where in `chunk`
+  const auto next_chunk = [&] {
+    std::vector<int64_t> padded = {kBos};
+    padded.insert(padded.end(), chunk.begin(), chunk.end());
+    padded.push_back(kEos);
+    padded.resize(static_cast<size_t>(context), pad_id);
+    chunks.push_back(std::move(padded));
+    chunk.clear();
+    last_comma.reset();
+  };
+  size_t at = 0;
+  for (const size_t unit : traced.unit_lengths) {
+    const int first = traced.ids[at];
+    if (unit > length)
+      throw Error(ErrorKind::Usage, "an embedding of " + std::to_string(unit) + " vectors does not fit in a chunk of " +
+                                        std::to_string(length) + " tokens");
+    if (unit == 1 && first == comma) {
+      last_comma = chunk.size();
+    } else if (chunk.size() == length && last_comma && chunk.size() - *last_comma <= kCommaBacktrack) {
+      std::vector<int64_t> moved(chunk.begin() + static_cast<std::ptrdiff_t>(*last_comma + 1), chunk.end());
+      chunk.resize(*last_comma + 1);
+      next_chunk();
+      chunk = std::move(moved);
+    }
+    if (chunk.size() == length || chunk.size() + unit > length) next_chunk();
+    chunk.insert(chunk.end(), traced.ids.begin() + static_cast<std::ptrdiff_t>(at),
+                 traced.ids.begin() + static_cast<std::ptrdiff_t>(at + unit));
+    at += unit;
+  }
+  if (!chunk.empty() || chunks.empty()) next_chunk();
+  return chunks;
 }
 
 }  // namespace txt2img

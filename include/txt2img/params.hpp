@@ -17,10 +17,14 @@ struct GenerationParams {
   // end (1: the last, as SD v1 was trained; 2: the penultimate, ...), through its final layer norm. Applies to the
   // prompt and the negative prompt alike.
   int clip_skip = 1;
+  // AUTOMATIC1111's long prompts: a text longer than the text encoder reads (75 tokens) is encoded in chunks of
+  // 75 (Tokenizer::encode_chunked) whose embeddings are concatenated, instead of being cut off as diffusers does.
+  // A text that fits gives the same embeddings either way.
+  bool long_prompts = false;
 
   bool operator==(const GenerationParams& o) const {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
-           sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip;
+           sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip && long_prompts == o.long_prompts;
   }
   bool operator!=(const GenerationParams& o) const { return !(*this == o); }
 };

@@ -113,6 +113,12 @@ class Pipeline {
   // (bundles converted before --clip-skip existed have only `forward`).
   bool supports_clip_skip() const { return clip_skip_supported_; }
 
+  // How many text-encoder chunks (of context_length tokens) a row's prompt and negative prompt take: 1 unless
+  // params.long_prompts. The rows of a batch are all encoded with the batch's largest count, the shorter texts
+  // padded with empty chunks (as A1111 pads a batch), so a row depends on its batch unless the counts agree.
+  size_t text_chunks(const std::string& prompt, const std::string& negative_prompt,
+                     const GenerationParams& params) const;
+
   // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row. Throws Error(Bundle) for
   // params.clip_skip > 1 when !supports_clip_skip().
   std::vector<GeneratedImage> generate(const std::vector<std::string>& prompts,
@@ -122,8 +128,9 @@ class Pipeline {
  private:
   Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options);
 
-  torch::Tensor encode_text(const std::vector<std::string>& texts, int clip_skip, const std::string& name,
-                            Observer* observer);
+  std::vector<std::vector<int64_t>> token_chunks(const std::string& text, bool long_prompts) const;
+  torch::Tensor encode_text(const std::vector<std::string>& texts, size_t chunks, const GenerationParams& params,
+                            const std::string& name, Observer* observer);
   torch::Tensor decode(const torch::Tensor& latents);
   enum class Stage { Denoise, Decode };
   void make_room_for(Stage stage);

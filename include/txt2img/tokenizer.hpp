@@ -46,11 +46,13 @@ class Tokenizer {
   // Token ids of the text, without start/end tokens and without truncation.
   std::vector<int> encode(std::string_view text) const;
 
-  // The same ids, each with the index of the word (pre_tokenize(clean_text(text))) it stands for, and the
-  // embeddings that occur, by name, in order of appearance.
+  // The same ids, each with the index of the word (pre_tokenize(clean_text(text))) it stands for; the ids grouped
+  // into units (one per CLIP token, one per embedding, which is never split); the embeddings that occur, by name,
+  // in order of appearance.
   struct Traced {
     std::vector<int> ids;
     std::vector<size_t> words;
+    std::vector<size_t> unit_lengths;
     std::vector<std::string> embeddings;
   };
   Traced encode_traced(std::string_view text) const;
@@ -61,6 +63,12 @@ class Tokenizer {
     size_t kept_tokens;        // ids that fit
   };
   Padded encode_padded(std::string_view text, int context = 77, int pad_id = kEos) const;
+
+  // AUTOMATIC1111's long prompts: the ids in chunks of context-2, each padded as encode_padded pads (so a text that
+  // fits is one chunk, encode_padded's ids). A chunk that fills up ends after its last comma when that comma is
+  // among its last 20 ids, the rest moving to the next chunk, and an embedding's ids stay in one chunk.
+  std::vector<std::vector<int64_t>> encode_chunked(std::string_view text, int context = 77,
+                                                   int pad_id = kEos) const;
 
  private:
   struct Impl;

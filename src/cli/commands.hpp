@@ -23,6 +23,7 @@ struct GenerateOptions {
   double cfg_scale = 7.5;
   double eta = 0.0;
   int clip_skip = 1;  // GenerationParams::clip_skip
+  bool long_prompts = false;  // GenerationParams::long_prompts
   int width = 0;  // 0: the model's default size
   int height = 0;
   std::string model = kDefaultModel;

@@ -140,7 +140,8 @@ class Generator {
         ++totals.skipped;
         continue;
       }
-      if (!batch.empty() && (batch.size() == static_cast<size_t>(o_.batch_size) || !(batch[0].params == job.params)))
+      if (!batch.empty() && (batch.size() == static_cast<size_t>(o_.batch_size) || !(batch[0].params == job.params) ||
+                             text_chunks(batch[0]) != text_chunks(job)))
         make(batch);
       warn_if_truncated(job);
       batch.push_back(job);
@@ -151,15 +152,21 @@ class Generator {
   uint64_t in_flight() const { return in_flight_; }
 
  private:
+  // A batch's rows are encoded with its largest number of text chunks: only rows that agree share a batch, so that
+  // an image never depends on its batch.
+  size_t text_chunks(const ImageJob& job) const {
+    return pipeline_->text_chunks(job.prompt, job.negative_prompt, job.params);
+  }
+
   void warn_if_truncated(const ImageJob& job) {
-    if (warned_any_ && job.prompt_index == warned_prompt_) return;
+    if (job.params.long_prompts || (warned_any_ && job.prompt_index == warned_prompt_)) return;
     warned_any_ = true;
     warned_prompt_ = job.prompt_index;
     const std::string where = job.line ? plan_.where(job) + ": the " : "the ";
     for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.prompt},
                               {"negative prompt", &job.negative_prompt}}) {
       const auto t = find_truncation(pipeline_->tokenizer(), *text, manifest_.context_length, manifest_.pad_id);
-      if (t.truncated()) reporter_.warn(where + what + " " + describe(t));
+      if (t.truncated()) reporter_.warn(where + what + " " + describe(t) + " (--long-prompts reads all of it)");
     }
   }
 
@@ -197,6 +204,7 @@ class Generator {
     record.cfg_scale = job.params.cfg_scale;
     record.eta = job.params.eta;
     record.clip_skip = job.params.clip_skip;
+    record.long_prompts = job.params.long_prompts;
     record.width = image.width;
     record.height = image.height;
     record.model_name = manifest_.model_name;
@@ -287,7 +295,7 @@ int run_generate(const GenerateOptions& o) {
   plan_options.images_per_prompt = o.images_per_prompt;
   plan_options.seed_given = !o.seed.empty();
   plan_options.base_seed = plan_options.seed_given ? parse_seed(o.seed, "--seed") : std::random_device{}();
-  plan_options.params = {o.width, o.height, o.steps, o.cfg_scale, o.sampler, o.eta, o.clip_skip};
+  plan_options.params = {o.width, o.height, o.steps, o.cfg_scale, o.sampler, o.eta, o.clip_skip, o.long_prompts};
   plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
   plan_options.needs_reproducible_seeds = plan_options.shard || o.skip_existing;

@@ -115,6 +115,7 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
       {"eta", r.eta},
       {"cfg_scale", r.cfg_scale},
       {"clip_skip", r.clip_skip},
+      {"long_prompts", r.long_prompts},
       {"width", r.width},
       {"height", r.height},
       {"model", model},

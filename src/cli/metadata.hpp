@@ -19,6 +19,7 @@ struct ImageRecord {
   double cfg_scale = 0;
   double eta = 0;
   int clip_skip = 1;
+  bool long_prompts = false;
   int width = 0;
   int height = 0;
   std::string model_name;

@@ -70,6 +70,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "penultimate, as many anime models expect), for prompt and negative prompt")
       ->type_name("N")
       ->capture_default_str();
+  app.add_flag("--long-prompts", o.long_prompts,
+               "encode prompts longer than the 75 tokens the text encoder reads in chunks of 75, as A1111 does, "
+               "instead of cutting them off as diffusers does");
   app.add_option("-W,--width", o.width, "image width, a multiple of 8 (default: the model's size, e.g. 512)");
   app.add_option("-H,--height", o.height, "image height, a multiple of 8 (default: the model's size)");
   add_model_option(app, o.model);

@@ -200,6 +200,29 @@ class Reporting(CliTestCase):
         self.assertIn("warning:", result.stderr)
         self.assertIn("82 tokens", result.stderr)
         self.assertIn('"cat cat cat cat cat zebra', result.stderr)
+        self.assertIn("--long-prompts reads all of it", result.stderr)
+
+    def test_long_prompts(self):
+        """Encoded whole, in chunks: no warning, another image than the cut-off prompt, the same image for a prompt
+        that fits, recorded in the metadata, and the same image whatever the batch."""
+        long = " ".join(["cat"] * 80) + " zebra giraffe"
+        cut = self.txt2img(long, "-o", "cut.png", "--seed", "1")
+        whole = self.txt2img(long, "-o", "whole.png", "--seed", "1", "--long-prompts")
+        self.assertEqual(whole.returncode, 0, whole.stderr)
+        self.assertNotIn("warning:", whole.stderr)
+        self.assertNotEqual(png_pixels(self.dir / "cut.png")[2], png_pixels(self.dir / "whole.png")[2])
+        self.assertTrue(json.loads(png_text(self.dir / "whole.png")["txt2img"])["long_prompts"])
+        self.assertFalse(json.loads(png_text(self.dir / "cut.png")["txt2img"])["long_prompts"])
+        for name, flags in (("short-a.png", []), ("short-b.png", ["--long-prompts"])):
+            self.assertEqual(self.txt2img("a fox", "-o", name, "--seed", "2", *flags).returncode, 0)
+        self.assertEqual(png_pixels(self.dir / "short-a.png")[2], png_pixels(self.dir / "short-b.png")[2])
+        # A long and a short prompt in one run with --batch-size 2 make the images they make alone.
+        self.write("prompts.txt", long + "\na fox\n")
+        batched = self.txt2img("--from-file", "prompts.txt", "--seed", "1", "--long-prompts", "--batch-size", "2",
+                               "-o", "b{index}.png")
+        self.assertEqual(batched.returncode, 0, batched.stderr)
+        self.assertEqual(png_pixels(self.dir / "b0.png")[2], png_pixels(self.dir / "whole.png")[2])
+        self.assertEqual(png_pixels(self.dir / "b1.png")[2], png_pixels(self.dir / "short-b.png")[2])
 
     def test_last_value_of_a_repeated_flag_wins(self):
         result = self.txt2img("a fox", "-o", "first.png", "-o", "second.png", "--steps", "3", "--json")

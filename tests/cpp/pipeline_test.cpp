@@ -200,6 +200,51 @@ TEST_F(TinyPipeline, LowVramBelowTheTileSizeGivesTheSameImage) {
   }
 }
 
+// Records the prompts' text embeddings ("text/last_hidden_state").
+struct TextEmbeddings : txt2img::Observer {
+  void tensor(const std::string& name, const torch::Tensor& value) override {
+    if (name == "text/last_hidden_state") shapes.push_back(value.sizes().vec());
+  }
+  std::vector<std::vector<int64_t>> shapes;
+};
+
+std::vector<uint8_t> long_prompt_image(txt2img::Pipeline& pipeline, const std::string& prompt, bool long_prompts,
+                                       txt2img::Observer* observer = nullptr) {
+  txt2img::SeededNoise noise({7});
+  txt2img::GenerationParams params;
+  params.width = 64;
+  params.height = 48;
+  params.steps = 3;
+  params.long_prompts = long_prompts;
+  return pipeline.generate({prompt}, {""}, params, noise, observer)[0].rgb;
+}
+
+std::string words(const std::string& word, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += word + " ";
+  return out;
+}
+
+TEST_F(TinyPipeline, LongPromptsEncodeTheWholeTextInChunks) {
+  // A text that fits: the same image either way.
+  EXPECT_EQ(long_prompt_image(*pipeline_, "a red cube", true), long_prompt_image(*pipeline_, "a red cube", false));
+  // 100 and 80 words of which the text encoder reads 75: cut off, they are the same prompt; in chunks they differ.
+  const std::string longer = words("cat", 100), shorter = words("cat", 80);
+  EXPECT_EQ(long_prompt_image(*pipeline_, longer, false), long_prompt_image(*pipeline_, shorter, false));
+  TextEmbeddings seen;
+  EXPECT_NE(long_prompt_image(*pipeline_, longer, true, &seen), long_prompt_image(*pipeline_, shorter, true));
+  ASSERT_EQ(seen.shapes.size(), 1u);
+  EXPECT_EQ(seen.shapes[0][1], 2 * 77);  // two chunks of 77 tokens, end to end
+  txt2img::GenerationParams params;
+  params.long_prompts = true;
+  EXPECT_EQ(pipeline_->text_chunks(longer, "", params), 2u);
+  EXPECT_EQ(pipeline_->text_chunks("a cat", words("dog", 160), params), 3u);  // the negative prompt counts too
+  params.cfg_scale = 1;  // ... unless there is no guidance
+  EXPECT_EQ(pipeline_->text_chunks("a cat", words("dog", 160), params), 1u);
+  params.long_prompts = false;
+  EXPECT_EQ(pipeline_->text_chunks(longer, "", params), 1u);
+}
+
 TEST(Pipeline, LowVramRefusesFrozenGraphs) {
   for (auto graph : {txt2img::GraphOptimization::Freeze, txt2img::GraphOptimization::FreezeAndOptimize}) {
     txt2img::PipelineOptions options;

@@ -224,6 +224,62 @@ TEST(TokenizerEmbeddings, NamesWithoutTokensOrWithTheSameTokensAreBundleErrors) 
   }
 }
 
+std::string repeat(const std::string& word, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += word + " ";
+  return out;
+}
+
+// [bos] ids [eos] padded with eos to 77, as A1111 lays out each chunk.
+std::vector<int64_t> chunk_of(const std::vector<int>& ids) {
+  std::vector<int64_t> chunk = {Tokenizer::kBos};
+  chunk.insert(chunk.end(), ids.begin(), ids.end());
+  chunk.push_back(Tokenizer::kEos);
+  chunk.resize(77, Tokenizer::kEos);
+  return chunk;
+}
+
+std::vector<int> times(int id, int n) { return std::vector<int>(static_cast<size_t>(n), id); }
+
+TEST(TokenizerChunks, ATextThatFitsIsOneChunkAsPadded) {
+  for (const std::string& text : std::vector<std::string>{"", "a photo of a cat", repeat("cat", 75)}) {
+    const auto chunks = tokenizer().encode_chunked(text);
+    ASSERT_EQ(chunks.size(), 1u) << text;
+    EXPECT_EQ(chunks[0], tokenizer().encode_padded(text).ids) << text;
+  }
+}
+
+TEST(TokenizerChunks, LongTextsContinueInChunksOf75) {
+  const int cat = ids_of("cat").at(0), dog = ids_of("dog").at(0), comma = ids_of(",").at(0);
+  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 76)),
+            (std::vector<std::vector<int64_t>>{chunk_of(times(cat, 75)), chunk_of({cat})}));
+  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 160)).size(), 3u);
+  // A comma among the last 20 tokens of a full chunk ends it; what follows starts the next one.
+  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 70) + ", " + repeat("dog", 10)),
+            (std::vector<std::vector<int64_t>>{chunk_of(concat({times(cat, 70), {comma}})), chunk_of(times(dog, 10))}));
+  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 55) + ", " + repeat("dog", 30)),  // 20 back: the limit
+            (std::vector<std::vector<int64_t>>{chunk_of(concat({times(cat, 55), {comma}})), chunk_of(times(dog, 30))}));
+  // Further back than 20 tokens it does not.
+  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 54) + ", " + repeat("dog", 30)).at(0),
+            chunk_of(concat({times(cat, 54), {comma}, times(dog, 20)})));
+  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 50) + ", " + repeat("dog", 40)),
+            (std::vector<std::vector<int64_t>>{chunk_of(concat({times(cat, 50), {comma}, times(dog, 24)})),
+                                               chunk_of(times(dog, 16))}));
+  // A comma that arrives at a full chunk goes to the next one.
+  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 75) + ", dog"),
+            (std::vector<std::vector<int64_t>>{chunk_of(times(cat, 75)), chunk_of({comma, dog})}));
+}
+
+TEST(TokenizerChunks, AnEmbeddingIsNeverSplit) {
+  const auto t = with_embeddings({{"EasyNegative", 49408, 3}});
+  const int cat = ids_of("cat").at(0);
+  EXPECT_EQ(t.encode_chunked(repeat("cat", 73) + "easynegative cat"),
+            (std::vector<std::vector<int64_t>>{chunk_of(times(cat, 73)), chunk_of({49408, 49409, 49410, cat})}));
+  EXPECT_EQ(t.encode_chunked(repeat("cat", 72) + "easynegative").size(), 1u);  // 72 + 3 fit exactly
+  const auto huge = with_embeddings({{"huge", 49408, 80}});
+  EXPECT_THROW(huge.encode_chunked("huge"), txt2img::Error);
+}
+
 TEST(Tokenizer, MissingOrCorruptModelIsABundleError) {
   const auto corrupt = std::filesystem::temp_directory_path() / "txt2img_tokenizer_test_corrupt.model";
   std::ofstream(corrupt, std::ios::binary) << "not a model";
