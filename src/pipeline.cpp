@@ -180,15 +180,15 @@ torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, size_
   const auto empty = tokenizer_.encode_padded("", manifest_.context_length, manifest_.pad_id).ids;
   std::vector<int64_t> ids;
   for (const auto& text : texts) {
-    auto text_chunks = token_chunks(text, params.long_prompts);
-    text_chunks.resize(chunks, empty);
-    for (const auto& chunk : text_chunks) ids.insert(ids.end(), chunk.begin(), chunk.end());
+    auto padded = token_chunks(text, params.long_prompts);
+    padded.resize(chunks, empty);
+    for (const auto& chunk : padded) ids.insert(ids.end(), chunk.begin(), chunk.end());
   }
   const auto rows = static_cast<int64_t>(texts.size());
   auto input_ids = torch::tensor(ids, torch::kInt64).view({rows, -1});
   observe(observer, name + "/input_ids", input_ids);
   const auto per_chunk = input_ids.view({rows * static_cast<int64_t>(chunks), -1}).to(side_device(options_));
-  // forward, exactly as before --clip-skip existed (and as the reference fixtures name it)
+  // The last layer through `forward`, as before --clip-skip existed (and as the reference fixtures name it).
   const bool last_layer = params.clip_skip == 1;
   auto hidden = (last_layer ? text_encoder_.forward({per_chunk})
                             : text_encoder_.run_method("encode", per_chunk, int64_t{params.clip_skip}))
