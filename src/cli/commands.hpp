@@ -56,6 +56,7 @@ struct TokenizeOptions {
   std::string from_file;
   std::string model = kDefaultModel;
   bool json = false;
+  bool long_prompts = false;  // as generating with --long-prompts: chunks instead of a cut-off
 };
 
 int run_generate(const GenerateOptions& options);

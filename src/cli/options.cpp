@@ -131,6 +131,8 @@ void configure_tokenize(CLI::App& app, TokenizeOptions& o) {
       ->type_name("FILE")
       ->excludes(prompt);
   add_model_option(app, o.model);
+  app.add_flag("--long-prompts", o.long_prompts,
+               "count as txt2img --long-prompts reads a prompt: whole, in chunks of 75 tokens");
   app.add_flag("--json", o.json, "print one JSON object per prompt");
   app.footer(exit_code_table());
 }

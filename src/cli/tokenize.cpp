@@ -20,20 +20,25 @@ int run_tokenize(const TokenizeOptions& o) {
   PromptEntry entry;
   while (source.next(entry)) {
     const std::vector<int> ids = tokenizer.encode(entry.prompt);
-    const Truncation t = find_truncation(tokenizer, entry.prompt, m.context_length, m.pad_id);
+    // With long prompts nothing is cut off; the text takes as many chunks as it needs.
+    const Truncation t = o.long_prompts ? Truncation{ids.size(), ids.size(), ""}
+                                        : find_truncation(tokenizer, entry.prompt, m.context_length, m.pad_id);
+    const size_t chunks = o.long_prompts ? tokenizer.encode_chunked(entry.prompt, m.context_length, m.pad_id).size() : 1;
     if (json) {
-      nlohmann::json j = {{"prompt", entry.prompt},
-                          {"ids", ids},
-                          {"tokens", t.total_tokens},
-                          {"kept", t.kept_tokens},
-                          {"truncated", t.truncated()}};
+      nlohmann::json j = {{"prompt", entry.prompt},     {"ids", ids},       {"tokens", t.total_tokens},
+                          {"kept", t.kept_tokens},       {"truncated", t.truncated()}, {"chunks", chunks}};
       if (source.is_file()) j["line"] = entry.line;
       if (t.truncated()) j["dropped"] = t.dropped;
       std::cout << j.dump() << "\n";
     } else {
       for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
       std::cout << "\n";
-      std::cerr << ids.size() << " tokens; the model reads up to " << m.context_length - 2 << "\n";
+      const std::string up_to = std::to_string(m.context_length - 2);
+      std::cerr << ids.size() << " tokens"
+                << (o.long_prompts ? " in " + std::to_string(chunks) + (chunks == 1 ? " chunk" : " chunks") +
+                                         " of up to " + up_to + " (--long-prompts)"
+                                   : "; the model reads up to " + up_to)
+                << "\n";
       if (t.truncated()) Reporter(false, false).warn("the prompt " + describe(t));
     }
   }

@@ -42,6 +42,17 @@ class Tokenize(CliTestCase):
         self.assertEqual((record["tokens"], record["kept"], record["truncated"], record["dropped"]),
                          (77, 75, True, "dog zebra"))
 
+    def test_long_prompts_count_chunks_and_cut_nothing(self):
+        prompt = " ".join(["dog"] * 76) + " zebra"
+        record = json.loads(self.tokenize(prompt, "--json", "--long-prompts").stdout)
+        self.assertEqual((record["tokens"], record["kept"], record["truncated"], record["chunks"]), (77, 77, False, 2))
+        self.assertNotIn("dropped", record)
+        self.assertEqual(json.loads(self.tokenize(prompt, "--json").stdout)["chunks"], 1)
+        human = self.tokenize(prompt, "--long-prompts")
+        self.assertIn("77 tokens in 2 chunks of up to 75", human.stderr)
+        self.assertNotIn("warning", human.stderr)
+        self.assertEqual(json.loads(self.tokenize("a cat", "--json", "--long-prompts").stdout)["chunks"], 1)
+
     def test_from_file_one_json_line_per_prompt(self):
         self.write("p.txt", "a cat\n# comment\n\na dog\n")
         result = self.tokenize("--from-file", "p.txt")
