@@ -161,28 +161,34 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
   return params;
 }
 
-std::vector<std::vector<int64_t>> Pipeline::token_chunks(const std::string& text, bool long_prompts) const {
-  if (long_prompts) return tokenizer_.encode_chunked(text, manifest_.context_length, manifest_.pad_id);
-  return {tokenizer_.encode_padded(text, manifest_.context_length, manifest_.pad_id).ids};
+std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, const GenerationParams& params) const {
+  return Tokenizer::chunks(tokenizer_.encode_traced(text, params.emphasis), params.long_prompts,
+                           manifest_.context_length, manifest_.pad_id);
 }
 
 size_t Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
                              const GenerationParams& params) const {
   const bool guided = params.cfg_scale > 1.0;
-  return std::max(token_chunks(prompt, params.long_prompts).size(),
-                  guided ? token_chunks(negative_prompt, params.long_prompts).size() : size_t{1});
+  return std::max(token_chunks(prompt, params).size(), guided ? token_chunks(negative_prompt, params).size() : 1);
 }
 
 // [texts, chunks * context, hidden]: each text's chunks, padded with empty ones to `chunks`, encoded as one
-// text-encoder batch and laid end to end (A1111's long prompts; one chunk is diffusers' encoding).
+// text-encoder batch and laid end to end (A1111's long prompts; one chunk is diffusers' encoding). With emphasis
+// each chunk's embeddings are scaled by their tokens' weights and then rescaled to their former mean, as A1111's
+// "Original" emphasis does (per chunk of one text here; A1111 takes the mean over its whole batch).
 torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, size_t chunks,
                                     const GenerationParams& params, const std::string& name, Observer* observer) {
-  const auto empty = tokenizer_.encode_padded("", manifest_.context_length, manifest_.pad_id).ids;
+  const Tokenizer::Chunk empty = {tokenizer_.encode_padded("", manifest_.context_length, manifest_.pad_id).ids,
+                                  std::vector<double>(static_cast<size_t>(manifest_.context_length), 1.0)};
   std::vector<int64_t> ids;
+  std::vector<double> weights;
   for (const auto& text : texts) {
-    auto padded = token_chunks(text, params.long_prompts);
+    auto padded = token_chunks(text, params);
     padded.resize(chunks, empty);
-    for (const auto& chunk : padded) ids.insert(ids.end(), chunk.begin(), chunk.end());
+    for (const auto& chunk : padded) {
+      ids.insert(ids.end(), chunk.ids.begin(), chunk.ids.end());
+      weights.insert(weights.end(), chunk.weights.begin(), chunk.weights.end());
+    }
   }
   const auto rows = static_cast<int64_t>(texts.size());
   auto input_ids = torch::tensor(ids, torch::kInt64).view({rows, -1});
@@ -193,6 +199,14 @@ torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, size_
   auto hidden = (last_layer ? text_encoder_.forward({per_chunk})
                             : text_encoder_.run_method("encode", per_chunk, int64_t{params.clip_skip}))
                     .toTensor();
+  if (params.emphasis) {
+    const auto scale = torch::tensor(weights, torch::kFloat64).view({hidden.size(0), hidden.size(1), 1});
+    const auto mean = hidden.mean({1, 2}, /*keepdim=*/true);
+    hidden = hidden * scale.to(hidden.device(), hidden.scalar_type());
+    // A chunk whose mean is 0 keeps its scale (A1111 would divide by zero).
+    const auto ratio = mean / hidden.mean({1, 2}, /*keepdim=*/true);
+    hidden = hidden * torch::where(torch::isfinite(ratio), ratio, torch::ones_like(ratio));
+  }
   hidden = hidden.reshape({rows, -1, hidden.size(-1)});
   observe(observer, name + (last_layer ? "/last_hidden_state" : "/clip_skip_hidden_state"), hidden);
   return hidden.to(options_.device, options_.dtype);

@@ -223,24 +223,25 @@ Tokenizer Tokenizer::load(const std::filesystem::path& sentencepiece_model) {
 
 Tokenizer::Traced Tokenizer::encode_words(std::string_view text) const {
   const auto& alphabet = byte_alphabet();
-  const std::vector<std::string> words = pre_tokenize(clean_text(text));
   Traced out;
+  out.word_texts = pre_tokenize(clean_text(text));
+  const auto add = [&](int id, size_t word) {
+    out.ids.push_back(id);
+    out.weights.push_back(1.0);
+    out.words.push_back(word);
+    out.unit_lengths.push_back(1);
+  };
   std::string mapped;
-  for (size_t w = 0; w < words.size(); ++w) {
+  for (size_t w = 0; w < out.word_texts.size(); ++w) {
+    const std::string& word = out.word_texts[w];
     // Only the exact special strings are CLIP's special tokens; a case variant the regex split off is BPE'd.
-    if (words[w] == kStartOfText || words[w] == kEndOfText) {
-      out.ids.push_back(words[w] == kStartOfText ? kBos : kEos);
-      out.words.push_back(w);
-      out.unit_lengths.push_back(1);
+    if (word == kStartOfText || word == kEndOfText) {
+      add(word == kStartOfText ? kBos : kEos, w);
       continue;
     }
     mapped.clear();
-    for (unsigned char byte : words[w]) mapped += alphabet[byte];
-    for (int id : impl_->encode_words(mapped)) {
-      out.ids.push_back(id);
-      out.words.push_back(w);
-      out.unit_lengths.push_back(1);
-    }
+    for (unsigned char byte : word) mapped += alphabet[byte];
+    for (int id : impl_->encode_words(mapped)) add(id, w);
   }
   return out;
 }
@@ -260,10 +261,10 @@ void Tokenizer::add_embeddings(const std::vector<TextualInversion>& embeddings) 
                    [](const Embedding& a, const Embedding& b) { return a.name_ids.size() > b.name_ids.size(); });
 }
 
-Tokenizer::Traced Tokenizer::encode_traced(std::string_view text) const {
-  Traced clip = encode_words(text);
+Tokenizer::Traced Tokenizer::substitute_embeddings(Traced clip) const {
   if (embeddings_.empty()) return clip;
   Traced out;
+  out.word_texts = std::move(clip.word_texts);
   for (size_t i = 0; i < clip.ids.size();) {
     // CLIP ends every word with a "</w>" token, so a name's ids end where a word ends; they must start there too.
     const bool word_start = i == 0 || clip.words[i] != clip.words[i - 1];
@@ -271,20 +272,37 @@ Tokenizer::Traced Tokenizer::encode_traced(std::string_view text) const {
       return word_start && e.name_ids.size() <= clip.ids.size() - i &&
              std::equal(e.name_ids.begin(), e.name_ids.end(), clip.ids.begin() + static_cast<std::ptrdiff_t>(i));
     });
-    if (found == embeddings_.end()) {
-      out.ids.push_back(clip.ids[i]);
+    const size_t vectors = found == embeddings_.end() ? 1 : static_cast<size_t>(found->embedding.vectors);
+    for (size_t k = 0; k < vectors; ++k) {
+      out.ids.push_back(found == embeddings_.end() ? clip.ids[i] : found->embedding.first_id + static_cast<int>(k));
+      out.weights.push_back(clip.weights[i]);
       out.words.push_back(clip.words[i]);
-      out.unit_lengths.push_back(1);
-      ++i;
+    }
+    out.unit_lengths.push_back(vectors);
+    if (found != embeddings_.end()) out.embeddings.push_back(found->embedding.name);
+    i += found == embeddings_.end() ? 1 : found->name_ids.size();
+  }
+  return out;
+}
+
+Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis) const {
+  if (!emphasis) return substitute_embeddings(encode_words(text));
+  Traced out;
+  for (const auto& span : parse_emphasis(text)) {
+    if (span.is_break) {
+      out.unit_lengths.push_back(0);
       continue;
     }
-    for (int k = 0; k < found->embedding.vectors; ++k) {
-      out.ids.push_back(found->embedding.first_id + k);
-      out.words.push_back(clip.words[i]);
-    }
-    out.unit_lengths.push_back(static_cast<size_t>(found->embedding.vectors));
-    out.embeddings.push_back(found->embedding.name);
-    i += found->name_ids.size();
+    Traced part = substitute_embeddings(encode_words(span.text));
+    const size_t word_offset = out.word_texts.size();
+    for (size_t& word : part.words) word += word_offset;
+    for (double& weight : part.weights) weight = span.weight;
+    for (auto [to, from] : {std::pair{&out.words, &part.words}, {&out.unit_lengths, &part.unit_lengths}})
+      to->insert(to->end(), from->begin(), from->end());
+    out.ids.insert(out.ids.end(), part.ids.begin(), part.ids.end());
+    out.weights.insert(out.weights.end(), part.weights.begin(), part.weights.end());
+    out.word_texts.insert(out.word_texts.end(), part.word_texts.begin(), part.word_texts.end());
+    out.embeddings.insert(out.embeddings.end(), part.embeddings.begin(), part.embeddings.end());
   }
   return out;
 }
@@ -292,59 +310,71 @@ Tokenizer::Traced Tokenizer::encode_traced(std::string_view text) const {
 std::vector<int> Tokenizer::encode(std::string_view text) const { return encode_traced(text).ids; }
 
 Tokenizer::Padded Tokenizer::encode_padded(std::string_view text, int context, int pad_id) const {
-  if (context < 2) throw Error(ErrorKind::Usage, "context length must be at least 2, got " + std::to_string(context));
-  const std::vector<int> ids = encode(text);
+  const Traced traced = encode_traced(text);
   Padded out;
-  out.total_tokens = ids.size();
-  out.kept_tokens = std::min(ids.size(), static_cast<size_t>(context - 2));
-  out.ids.reserve(static_cast<size_t>(context));
-  out.ids.push_back(kBos);
-  out.ids.insert(out.ids.end(), ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(out.kept_tokens));
-  out.ids.push_back(kEos);
-  out.ids.resize(static_cast<size_t>(context), pad_id);
+  out.ids = chunks(traced, false, context, pad_id).front().ids;
+  out.total_tokens = traced.ids.size();
+  out.kept_tokens = std::min(traced.ids.size(), static_cast<size_t>(context - 2));
   return out;
 }
 
-std::vector<std::vector<int64_t>> Tokenizer::encode_chunked(std::string_view text, int context, int pad_id) const {
+std::vector<Tokenizer::Chunk> Tokenizer::chunks(const Traced& traced, bool long_prompts, int context, int pad_id) {
   if (context < 2) throw Error(ErrorKind::Usage, "context length must be at least 2, got " + std::to_string(context));
-  // A1111's sd_hijack_clip.tokenize_line without emphasis: its "comma padding backtrack" of 20 tokens.
-  constexpr size_t kCommaBacktrack = 20;
   const size_t length = static_cast<size_t>(context - 2);
-  const int comma = encode_words(",").ids.at(0);
-  const Traced traced = encode_traced(text);
-  std::vector<std::vector<int64_t>> chunks;
-  std::vector<int64_t> chunk;
-  std::optional<size_t> last_comma;  // where in `chunk`
+  std::vector<Chunk> out;
+  Chunk chunk;  // the ids and weights of the chunk being filled, without bos and eos
   const auto next_chunk = [&] {
-    std::vector<int64_t> padded = {kBos};
-    padded.insert(padded.end(), chunk.begin(), chunk.end());
-    padded.push_back(kEos);
-    padded.resize(static_cast<size_t>(context), pad_id);
-    chunks.push_back(std::move(padded));
-    chunk.clear();
-    last_comma.reset();
+    Chunk padded{{kBos}, {1.0}};
+    padded.ids.insert(padded.ids.end(), chunk.ids.begin(), chunk.ids.end());
+    padded.weights.insert(padded.weights.end(), chunk.weights.begin(), chunk.weights.end());
+    padded.ids.push_back(kEos);
+    padded.ids.resize(static_cast<size_t>(context), pad_id);
+    padded.weights.resize(static_cast<size_t>(context), 1.0);
+    out.push_back(std::move(padded));
+    chunk = Chunk{};
   };
+  if (!long_prompts) {  // diffusers: what fits
+    const size_t kept = std::min(traced.ids.size(), length);
+    chunk.ids.assign(traced.ids.begin(), traced.ids.begin() + static_cast<std::ptrdiff_t>(kept));
+    chunk.weights.assign(traced.weights.begin(), traced.weights.begin() + static_cast<std::ptrdiff_t>(kept));
+    next_chunk();
+    return out;
+  }
+  // A1111's sd_hijack_clip.tokenize_line, with its default "comma padding backtrack" of 20 tokens.
+  constexpr size_t kCommaBacktrack = 20;
+  std::optional<size_t> last_comma;  // where in `chunk`
   size_t at = 0;
   for (const size_t unit : traced.unit_lengths) {
-    const int first = traced.ids[at];
+    if (unit == 0) {  // BREAK
+      next_chunk();
+      last_comma.reset();
+      continue;
+    }
     if (unit > length)
       throw Error(ErrorKind::Usage, "an embedding of " + std::to_string(unit) + " vectors does not fit in a chunk of " +
                                         std::to_string(length) + " tokens");
-    if (unit == 1 && first == comma) {
-      last_comma = chunk.size();
-    } else if (chunk.size() == length && last_comma && chunk.size() - *last_comma <= kCommaBacktrack) {
-      std::vector<int64_t> moved(chunk.begin() + static_cast<std::ptrdiff_t>(*last_comma + 1), chunk.end());
-      chunk.resize(*last_comma + 1);
+    if (unit == 1 && traced.ids[at] == kComma) {
+      last_comma = chunk.ids.size();
+    } else if (chunk.ids.size() == length && last_comma && chunk.ids.size() - *last_comma <= kCommaBacktrack) {
+      const auto split = static_cast<std::ptrdiff_t>(*last_comma + 1);
+      Chunk moved{{chunk.ids.begin() + split, chunk.ids.end()}, {chunk.weights.begin() + split, chunk.weights.end()}};
+      chunk.ids.resize(*last_comma + 1);
+      chunk.weights.resize(*last_comma + 1);
       next_chunk();
+      last_comma.reset();
       chunk = std::move(moved);
     }
-    if (chunk.size() == length || chunk.size() + unit > length) next_chunk();
-    chunk.insert(chunk.end(), traced.ids.begin() + static_cast<std::ptrdiff_t>(at),
-                 traced.ids.begin() + static_cast<std::ptrdiff_t>(at + unit));
+    if (chunk.ids.size() == length || chunk.ids.size() + unit > length) {
+      next_chunk();
+      last_comma.reset();
+    }
+    const auto from = static_cast<std::ptrdiff_t>(at), to = static_cast<std::ptrdiff_t>(at + unit);
+    chunk.ids.insert(chunk.ids.end(), traced.ids.begin() + from, traced.ids.begin() + to);
+    chunk.weights.insert(chunk.weights.end(), traced.weights.begin() + from, traced.weights.begin() + to);
     at += unit;
   }
-  if (!chunk.empty() || chunks.empty()) next_chunk();
-  return chunks;
+  if (!chunk.ids.empty() || out.empty()) next_chunk();
+  return out;
 }
 
 }  // namespace txt2img

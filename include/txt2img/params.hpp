@@ -21,10 +21,14 @@ struct GenerationParams {
   // 75 (Tokenizer::encode_chunked) whose embeddings are concatenated, instead of being cut off as diffusers does.
   // A text that fits gives the same embeddings either way.
   bool long_prompts = false;
+  // AUTOMATIC1111's emphasis syntax in prompts: "(word)", "[word]", "(word:1.5)", "\(", BREAK (parse_emphasis),
+  // applied as A1111's "Original" emphasis. Without it brackets are text, as in diffusers.
+  bool emphasis = false;
 
   bool operator==(const GenerationParams& o) const {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
-           sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip && long_prompts == o.long_prompts;
+           sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip && long_prompts == o.long_prompts &&
+           emphasis == o.emphasis;
   }
   bool operator!=(const GenerationParams& o) const { return !(*this == o); }
 };

@@ -128,7 +128,7 @@ class Pipeline {
  private:
   Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options);
 
-  std::vector<std::vector<int64_t>> token_chunks(const std::string& text, bool long_prompts) const;
+  std::vector<Tokenizer::Chunk> token_chunks(const std::string& text, const GenerationParams& params) const;
   torch::Tensor encode_text(const std::vector<std::string>& texts, size_t chunks, const GenerationParams& params,
                             const std::string& name, Observer* observer);
   torch::Tensor decode(const torch::Tensor& latents);

@@ -19,6 +19,20 @@ std::string clean_text(std::string_view utf8);
 // CLIP's pre-token regex over cleaned text.
 std::vector<std::string> pre_tokenize(const std::string& cleaned);
 
+// One span of a prompt in AUTOMATIC1111's emphasis syntax: "(text)" multiplies the attention weight of its text by
+// 1.1, "[text]" divides it by 1.1, "(text:1.5)" multiplies it by 1.5 (they nest); "\(" "\)" "\[" "\]" "\\" are
+// the characters themselves; an unclosed bracket runs to the end. A span "BREAK" (is_break, weight -1) ends a chunk
+// of a long prompt.
+struct EmphasisSpan {
+  std::string text;
+  double weight = 1.0;
+  bool is_break = false;
+};
+
+// The spans of `text`, neighbours of equal weight merged, as A1111's parse_prompt_attention returns them (one span
+// "" of weight 1 for an empty text).
+std::vector<EmphasisSpan> parse_emphasis(std::string_view text);
+
 // A textual-inversion embedding (A1111's embeddings/): `vectors` token ids from `first_id` on, rows that
 // scripts/convert.py appended to the text encoder's token embedding, stand for the word(s) `name` in a prompt.
 struct TextualInversion {
@@ -31,6 +45,7 @@ class Tokenizer {
  public:
   static constexpr int kBos = 49406;
   static constexpr int kEos = 49407;
+  static constexpr int kComma = 267;  // ",</w>", where long prompts prefer to end a chunk
 
   // Throws Error(Bundle) when the model cannot be loaded.
   static Tokenizer load(const std::filesystem::path& sentencepiece_model);
@@ -46,16 +61,20 @@ class Tokenizer {
   // Token ids of the text, without start/end tokens and without truncation.
   std::vector<int> encode(std::string_view text) const;
 
-  // The same ids, each with the index of the word (pre_tokenize(clean_text(text))) it stands for; the ids grouped
-  // into units (one per CLIP token, one per embedding, which is never split); the embeddings that occur, by name,
-  // in order of appearance.
+  // The same ids, each with its attention weight and the index of the word (in word_texts, the pre-tokens of the
+  // cleaned text) it stands for; the ids grouped into units (one per CLIP token, one per embedding, which is never
+  // split; 0 ids for a BREAK); the embeddings that occur, by name, in order of appearance. With `emphasis` the text
+  // is read in A1111's emphasis syntax (parse_emphasis), each span tokenized on its own as A1111 does; otherwise
+  // every weight is 1.
   struct Traced {
     std::vector<int> ids;
+    std::vector<double> weights;
     std::vector<size_t> words;
+    std::vector<std::string> word_texts;
     std::vector<size_t> unit_lengths;
     std::vector<std::string> embeddings;
   };
-  Traced encode_traced(std::string_view text) const;
+  Traced encode_traced(std::string_view text, bool emphasis = false) const;
 
   struct Padded {
     std::vector<int64_t> ids;  // bos + up to context-2 ids + eos, padded with pad_id to `context`
@@ -64,11 +83,18 @@ class Tokenizer {
   };
   Padded encode_padded(std::string_view text, int context = 77, int pad_id = kEos) const;
 
-  // AUTOMATIC1111's long prompts: the ids in chunks of context-2, each padded as encode_padded pads (so a text that
-  // fits is one chunk, encode_padded's ids). A chunk that fills up ends after its last comma when that comma is
-  // among its last 20 ids, the rest moving to the next chunk, and an embedding's ids stay in one chunk.
-  std::vector<std::vector<int64_t>> encode_chunked(std::string_view text, int context = 77,
-                                                   int pad_id = kEos) const;
+  // What the text encoder reads of a traced text: chunks of `context` ids, each bos + up to context-2 ids + eos
+  // padded with pad_id as encode_padded pads, with a weight per id (1 for bos, eos and padding).
+  struct Chunk {
+    std::vector<int64_t> ids;
+    std::vector<double> weights;
+  };
+  // Without long_prompts one chunk, cut off after context-2 ids (diffusers). With long_prompts AUTOMATIC1111's long
+  // prompts: as many chunks as the ids need (so a text that fits is one chunk either way); a chunk that fills up
+  // ends after its last comma when that comma is among its last 20 ids, the rest moving to the next chunk; an
+  // embedding's ids stay in one chunk; a BREAK ends the chunk. Throws Error(Usage) for an embedding longer than a
+  // chunk.
+  static std::vector<Chunk> chunks(const Traced& traced, bool long_prompts, int context = 77, int pad_id = kEos);
 
  private:
   struct Impl;
@@ -78,6 +104,7 @@ class Tokenizer {
   };
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   Traced encode_words(std::string_view text) const;  // CLIP's ids, before embeddings are substituted
+  Traced substitute_embeddings(Traced clip) const;
   std::unique_ptr<Impl> impl_;
   std::vector<Embedding> embeddings_;  // longest name first
 };

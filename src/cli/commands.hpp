@@ -24,6 +24,7 @@ struct GenerateOptions {
   double eta = 0.0;
   int clip_skip = 1;  // GenerationParams::clip_skip
   bool long_prompts = false;  // GenerationParams::long_prompts
+  bool emphasis = false;      // GenerationParams::emphasis
   int width = 0;  // 0: the model's default size
   int height = 0;
   std::string model = kDefaultModel;
@@ -57,6 +58,7 @@ struct TokenizeOptions {
   std::string model = kDefaultModel;
   bool json = false;
   bool long_prompts = false;  // as generating with --long-prompts: chunks instead of a cut-off
+  bool emphasis = false;      // as generating with --emphasis
 };
 
 int run_generate(const GenerateOptions& options);

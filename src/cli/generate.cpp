@@ -165,7 +165,7 @@ class Generator {
     const std::string where = job.line ? plan_.where(job) + ": the " : "the ";
     for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.prompt},
                               {"negative prompt", &job.negative_prompt}}) {
-      const auto t = find_truncation(pipeline_->tokenizer(), *text, manifest_.context_length, manifest_.pad_id);
+      const auto t = find_truncation(pipeline_->tokenizer(), *text, manifest_.context_length, job.params.emphasis);
       if (t.truncated()) reporter_.warn(where + what + " " + describe(t) + " (--long-prompts reads all of it)");
     }
   }
@@ -205,6 +205,7 @@ class Generator {
     record.eta = job.params.eta;
     record.clip_skip = job.params.clip_skip;
     record.long_prompts = job.params.long_prompts;
+    record.emphasis = job.params.emphasis;
     record.width = image.width;
     record.height = image.height;
     record.model_name = manifest_.model_name;
@@ -295,7 +296,8 @@ int run_generate(const GenerateOptions& o) {
   plan_options.images_per_prompt = o.images_per_prompt;
   plan_options.seed_given = !o.seed.empty();
   plan_options.base_seed = plan_options.seed_given ? parse_seed(o.seed, "--seed") : std::random_device{}();
-  plan_options.params = {o.width, o.height, o.steps, o.cfg_scale, o.sampler, o.eta, o.clip_skip, o.long_prompts};
+  plan_options.params = {o.width, o.height,    o.steps,        o.cfg_scale, o.sampler,
+                         o.eta,   o.clip_skip, o.long_prompts, o.emphasis};
   plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
   plan_options.needs_reproducible_seeds = plan_options.shard || o.skip_existing;

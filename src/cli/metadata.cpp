@@ -116,6 +116,7 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
       {"cfg_scale", r.cfg_scale},
       {"clip_skip", r.clip_skip},
       {"long_prompts", r.long_prompts},
+      {"emphasis", r.emphasis},
       {"width", r.width},
       {"height", r.height},
       {"model", model},

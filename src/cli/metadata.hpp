@@ -20,6 +20,7 @@ struct ImageRecord {
   double eta = 0;
   int clip_skip = 1;
   bool long_prompts = false;
+  bool emphasis = false;
   int width = 0;
   int height = 0;
   std::string model_name;

@@ -73,6 +73,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_flag("--long-prompts", o.long_prompts,
                "encode prompts longer than the 75 tokens the text encoder reads in chunks of 75, as A1111 does, "
                "instead of cutting them off as diffusers does");
+  app.add_flag("--emphasis", o.emphasis,
+               "read A1111's emphasis syntax in prompts: (word) weighs it 1.1 times, [word] 1/1.1 times, "
+               "(word:1.5) 1.5 times, \\( is a bracket, BREAK starts a new chunk with --long-prompts");
   app.add_option("-W,--width", o.width, "image width, a multiple of 8 (default: the model's size, e.g. 512)");
   app.add_option("-H,--height", o.height, "image height, a multiple of 8 (default: the model's size)");
   add_model_option(app, o.model);
@@ -133,6 +136,7 @@ void configure_tokenize(CLI::App& app, TokenizeOptions& o) {
   add_model_option(app, o.model);
   app.add_flag("--long-prompts", o.long_prompts,
                "count as txt2img --long-prompts reads a prompt: whole, in chunks of 75 tokens");
+  app.add_flag("--emphasis", o.emphasis, "read the prompt as txt2img --emphasis does: brackets and weights are no tokens");
   app.add_flag("--json", o.json, "print one JSON object per prompt");
   app.footer(exit_code_table());
 }

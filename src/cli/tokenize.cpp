@@ -19,11 +19,12 @@ int run_tokenize(const TokenizeOptions& o) {
 
   PromptEntry entry;
   while (source.next(entry)) {
-    const std::vector<int> ids = tokenizer.encode(entry.prompt);
+    const auto traced = tokenizer.encode_traced(entry.prompt, o.emphasis);
+    const std::vector<int>& ids = traced.ids;
     // With long prompts nothing is cut off; the text takes as many chunks as it needs.
     const Truncation t = o.long_prompts ? Truncation{ids.size(), ids.size(), ""}
-                                        : find_truncation(tokenizer, entry.prompt, m.context_length, m.pad_id);
-    const size_t chunks = o.long_prompts ? tokenizer.encode_chunked(entry.prompt, m.context_length, m.pad_id).size() : 1;
+                                        : find_truncation(tokenizer, entry.prompt, m.context_length, o.emphasis);
+    const size_t chunks = Tokenizer::chunks(traced, o.long_prompts, m.context_length, m.pad_id).size();
     if (json) {
       nlohmann::json j = {{"prompt", entry.prompt},     {"ids", ids},       {"tokens", t.total_tokens},
                           {"kept", t.kept_tokens},       {"truncated", t.truncated()}, {"chunks", chunks}};

@@ -1,5 +1,6 @@
 #include "cli/truncation.hpp"
 
+#include <algorithm>
 #include <vector>
 
 namespace txt2img::cli {
@@ -9,13 +10,13 @@ constexpr size_t kDroppedWordsShown = 6;
 
 }  // namespace
 
-Truncation find_truncation(const Tokenizer& tokenizer, const std::string& text, int context, int pad_id) {
-  const auto padded = tokenizer.encode_padded(text, context, pad_id);
-  Truncation t{padded.total_tokens, padded.kept_tokens, ""};
+Truncation find_truncation(const Tokenizer& tokenizer, const std::string& text, int context, bool emphasis) {
+  const auto traced = tokenizer.encode_traced(text, emphasis);
+  Truncation t{traced.ids.size(), std::min(traced.ids.size(), static_cast<size_t>(context - 2)), ""};
   if (!t.truncated()) return t;
   // The word holding the first id past the limit is where the text stops counting.
-  const std::vector<std::string> words = pre_tokenize(clean_text(text));
-  const size_t first = tokenizer.encode_traced(text).words[t.kept_tokens];
+  const auto& words = traced.word_texts;
+  const size_t first = traced.words[t.kept_tokens];
   for (size_t i = first; i < words.size() && i < first + kDroppedWordsShown; ++i)
     t.dropped += (i > first ? " " : "") + words[i];
   if (first + kDroppedWordsShown < words.size()) t.dropped += " ...";

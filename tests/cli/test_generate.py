@@ -224,6 +224,20 @@ class Reporting(CliTestCase):
         self.assertEqual(png_pixels(self.dir / "b0.png")[2], png_pixels(self.dir / "whole.png")[2])
         self.assertEqual(png_pixels(self.dir / "b1.png")[2], png_pixels(self.dir / "short-b.png")[2])
 
+    def test_emphasis(self):
+        """A1111's brackets: a weight of 1 changes nothing, brackets without the flag are text, the flag is recorded
+        (that other weights weigh is pipeline_test's: the tiny model's embeddings have mean 0)."""
+        def pixels(name, prompt, *flags):
+            result = self.txt2img(prompt, "-o", name, "--seed", "3", *flags)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            return png_pixels(self.dir / name)[2]
+
+        plain = pixels("plain.png", "a red fox")
+        self.assertEqual(pixels("one.png", "a (red:1.0) fox", "--emphasis"), plain)
+        self.assertNotEqual(pixels("text.png", "a (red:1.0) fox"), plain)  # without the flag brackets are text
+        self.assertTrue(json.loads(png_text(self.dir / "one.png")["txt2img"])["emphasis"])
+        self.assertFalse(json.loads(png_text(self.dir / "plain.png")["txt2img"])["emphasis"])
+
     def test_last_value_of_a_repeated_flag_wins(self):
         result = self.txt2img("a fox", "-o", "first.png", "-o", "second.png", "--steps", "3", "--json")
         self.assertEqual(result.returncode, 0, result.stderr)

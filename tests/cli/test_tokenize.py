@@ -53,6 +53,11 @@ class Tokenize(CliTestCase):
         self.assertNotIn("warning", human.stderr)
         self.assertEqual(json.loads(self.tokenize("a cat", "--json", "--long-prompts").stdout)["chunks"], 1)
 
+    def test_emphasis_reads_brackets_and_weights(self):
+        plain = json.loads(self.tokenize("a red fox", "--json").stdout)["ids"]
+        self.assertEqual(json.loads(self.tokenize("a ((red:1.3)) [fox]", "--json", "--emphasis").stdout)["ids"], plain)
+        self.assertNotEqual(json.loads(self.tokenize("a ((red:1.3)) [fox]", "--json").stdout)["ids"], plain)
+
     def test_from_file_one_json_line_per_prompt(self):
         self.write("p.txt", "a cat\n# comment\n\na dog\n")
         result = self.tokenize("--from-file", "p.txt")

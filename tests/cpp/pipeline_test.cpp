@@ -245,6 +245,57 @@ TEST_F(TinyPipeline, LongPromptsEncodeTheWholeTextInChunks) {
   EXPECT_EQ(pipeline_->text_chunks(longer, "", params), 1u);
 }
 
+// The prompts' text embeddings of a small generation.
+torch::Tensor text_embeddings(txt2img::Pipeline& pipeline, const std::string& prompt, bool emphasis) {
+  struct Keep : txt2img::Observer {
+    void tensor(const std::string& name, const torch::Tensor& value) override {
+      if (name == "text/last_hidden_state") kept = value.clone();
+    }
+    torch::Tensor kept;
+  } keep;
+  txt2img::SeededNoise noise({7});
+  txt2img::GenerationParams params;
+  params.width = 32;
+  params.height = 32;
+  params.steps = 1;
+  params.emphasis = emphasis;
+  pipeline.generate({prompt}, {""}, params, noise, &keep);
+  return keep.kept;
+}
+
+TEST(Pipeline, EmphasisScalesTokensAndKeepsTheMeanAsA1111) {
+  // The tiny text encoder's final layer norm gives every token mean 0, which would leave the rescaling nothing to
+  // keep: a copy whose layer norm adds 0.5 everywhere has embeddings of mean 0.5.
+  BundleCopy copy;
+  const auto text_encoder = copy.dir() / "text_encoder.pt";
+  {
+    auto module = torch::jit::load(text_encoder.string());
+    torch::NoGradGuard no_grad;
+    for (const auto& p : module.named_parameters())
+      if (p.name.find("final_layer_norm.bias") != std::string::npos) p.value.fill_(0.5);
+    module.save(text_encoder.string());
+  }
+  auto j = copy.manifest();
+  j["files"]["text_encoder.pt"] = {{"sha256", txt2img::sha256_file(text_encoder)},
+                                   {"bytes", std::filesystem::file_size(text_encoder)}};
+  copy.set_manifest(j);
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {});
+
+  // z * w, then rescaled to z's mean: A1111's "Original" emphasis, over the chunk's 77 x hidden values.
+  const auto plain = text_embeddings(pipeline, "a red cat", false).to(torch::kFloat64);
+  ASSERT_NEAR(plain.mean().item<double>(), 0.5, 1e-3);
+  const auto weighted = text_embeddings(pipeline, "a (red:1.5) [cat]", true).to(torch::kFloat64);
+  auto w = torch::ones({1, 77, 1}, torch::kFloat64);
+  w.index_put_({0, 2, 0}, 1.5);      // bos, "a", "red"
+  w.index_put_({0, 3, 0}, 1 / 1.1);  // "cat"
+  const auto scaled = plain * w;
+  EXPECT_TRUE(torch::allclose(weighted, scaled * (plain.mean() / scaled.mean()), 1e-6, 1e-6));
+  // Weights of 1 change nothing, bit for bit; escaped brackets are the brackets.
+  EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a (red:1.0) cat", true).to(torch::kFloat64), plain));
+  EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a \\(red\\) cat", true),
+                           text_embeddings(pipeline, "a (red) cat", false)));
+}
+
 TEST(Pipeline, LowVramRefusesFrozenGraphs) {
   for (auto graph : {txt2img::GraphOptimization::Freeze, txt2img::GraphOptimization::FreezeAndOptimize}) {
     txt2img::PipelineOptions options;

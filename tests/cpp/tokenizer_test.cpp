@@ -239,11 +239,17 @@ std::vector<int64_t> chunk_of(const std::vector<int>& ids) {
   return chunk;
 }
 
+std::vector<std::vector<int64_t>> long_chunks(const Tokenizer& t, const std::string& text) {
+  std::vector<std::vector<int64_t>> ids;
+  for (const auto& chunk : Tokenizer::chunks(t.encode_traced(text), true)) ids.push_back(chunk.ids);
+  return ids;
+}
+
 std::vector<int> times(int id, int n) { return std::vector<int>(static_cast<size_t>(n), id); }
 
 TEST(TokenizerChunks, ATextThatFitsIsOneChunkAsPadded) {
   for (const std::string& text : std::vector<std::string>{"", "a photo of a cat", repeat("cat", 75)}) {
-    const auto chunks = tokenizer().encode_chunked(text);
+    const auto chunks = long_chunks(tokenizer(), text);
     ASSERT_EQ(chunks.size(), 1u) << text;
     EXPECT_EQ(chunks[0], tokenizer().encode_padded(text).ids) << text;
   }
@@ -251,33 +257,64 @@ TEST(TokenizerChunks, ATextThatFitsIsOneChunkAsPadded) {
 
 TEST(TokenizerChunks, LongTextsContinueInChunksOf75) {
   const int cat = ids_of("cat").at(0), dog = ids_of("dog").at(0), comma = ids_of(",").at(0);
-  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 76)),
+  EXPECT_EQ(long_chunks(tokenizer(), repeat("cat", 76)),
             (std::vector<std::vector<int64_t>>{chunk_of(times(cat, 75)), chunk_of({cat})}));
-  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 160)).size(), 3u);
+  EXPECT_EQ(long_chunks(tokenizer(), repeat("cat", 160)).size(), 3u);
   // A comma among the last 20 tokens of a full chunk ends it; what follows starts the next one.
-  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 70) + ", " + repeat("dog", 10)),
+  EXPECT_EQ(long_chunks(tokenizer(), repeat("cat", 70) + ", " + repeat("dog", 10)),
             (std::vector<std::vector<int64_t>>{chunk_of(concat({times(cat, 70), {comma}})), chunk_of(times(dog, 10))}));
-  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 55) + ", " + repeat("dog", 30)),  // 20 back: the limit
+  EXPECT_EQ(long_chunks(tokenizer(), repeat("cat", 55) + ", " + repeat("dog", 30)),  // 20 back: the limit
             (std::vector<std::vector<int64_t>>{chunk_of(concat({times(cat, 55), {comma}})), chunk_of(times(dog, 30))}));
   // Further back than 20 tokens it does not.
-  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 54) + ", " + repeat("dog", 30)).at(0),
+  EXPECT_EQ(long_chunks(tokenizer(), repeat("cat", 54) + ", " + repeat("dog", 30)).at(0),
             chunk_of(concat({times(cat, 54), {comma}, times(dog, 20)})));
-  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 50) + ", " + repeat("dog", 40)),
+  EXPECT_EQ(long_chunks(tokenizer(), repeat("cat", 50) + ", " + repeat("dog", 40)),
             (std::vector<std::vector<int64_t>>{chunk_of(concat({times(cat, 50), {comma}, times(dog, 24)})),
                                                chunk_of(times(dog, 16))}));
   // A comma that arrives at a full chunk goes to the next one.
-  EXPECT_EQ(tokenizer().encode_chunked(repeat("cat", 75) + ", dog"),
+  EXPECT_EQ(long_chunks(tokenizer(), repeat("cat", 75) + ", dog"),
             (std::vector<std::vector<int64_t>>{chunk_of(times(cat, 75)), chunk_of({comma, dog})}));
 }
 
 TEST(TokenizerChunks, AnEmbeddingIsNeverSplit) {
   const auto t = with_embeddings({{"EasyNegative", 49408, 3}});
   const int cat = ids_of("cat").at(0);
-  EXPECT_EQ(t.encode_chunked(repeat("cat", 73) + "easynegative cat"),
+  EXPECT_EQ(long_chunks(t, repeat("cat", 73) + "easynegative cat"),
             (std::vector<std::vector<int64_t>>{chunk_of(times(cat, 73)), chunk_of({49408, 49409, 49410, cat})}));
-  EXPECT_EQ(t.encode_chunked(repeat("cat", 72) + "easynegative").size(), 1u);  // 72 + 3 fit exactly
+  EXPECT_EQ(long_chunks(t, repeat("cat", 72) + "easynegative").size(), 1u);  // 72 + 3 fit exactly
   const auto huge = with_embeddings({{"huge", 49408, 80}});
-  EXPECT_THROW(huge.encode_chunked("huge"), txt2img::Error);
+  EXPECT_THROW(long_chunks(huge, "huge"), txt2img::Error);
+}
+
+TEST(TokenizerEmphasis, EachSpanIsTokenizedOnItsOwnWithItsWeight) {
+  EXPECT_EQ(ids_of(","), std::vector<int>{Tokenizer::kComma});
+  const auto traced = tokenizer().encode_traced("a (red:1.5) [cat]", true);
+  EXPECT_EQ(traced.ids, concat({ids_of("a"), ids_of("red"), ids_of("cat")}));
+  EXPECT_EQ(traced.weights, (std::vector<double>{1.0, 1.5, 1 / 1.1}));
+  EXPECT_EQ(traced.word_texts, (std::vector<std::string>{"a", "red", "cat"}));
+  EXPECT_EQ(traced.words, (std::vector<size_t>{0, 1, 2}));
+  // Without emphasis the brackets are text, with every weight 1.
+  const auto plain = tokenizer().encode_traced("a (red:1.5) [cat]");
+  EXPECT_EQ(plain.ids, ids_of("a (red:1.5) [cat]"));
+  EXPECT_EQ(plain.weights, std::vector<double>(plain.ids.size(), 1.0));
+  // Escaped brackets are the characters.
+  EXPECT_EQ(tokenizer().encode_traced("a \\(cat\\)", true).ids, ids_of("a (cat)"));
+}
+
+TEST(TokenizerEmphasis, ChunksCarryTheWeightsAndBreakEndsAChunk) {
+  const int cat = ids_of("cat").at(0), dog = ids_of("dog").at(0);
+  const auto chunks = Tokenizer::chunks(tokenizer().encode_traced("(cat) BREAK dog", true), true);
+  ASSERT_EQ(chunks.size(), 2u);
+  EXPECT_EQ(chunks[0].ids, chunk_of({cat}));
+  EXPECT_EQ(chunks[1].ids, chunk_of({dog}));
+  std::vector<double> weights(77, 1.0);
+  weights[1] = 1.1;  // bos, then "cat"
+  EXPECT_EQ(chunks[0].weights, weights);
+  EXPECT_EQ(chunks[1].weights, std::vector<double>(77, 1.0));
+  // Without long prompts a BREAK is nothing, and what does not fit is cut off.
+  EXPECT_EQ(Tokenizer::chunks(tokenizer().encode_traced("(cat) BREAK dog", true), false).at(0).ids,
+            chunk_of({cat, dog}));
+  EXPECT_EQ(Tokenizer::chunks(tokenizer().encode_traced(repeat("cat", 80), true), false).size(), 1u);
 }
 
 TEST(Tokenizer, MissingOrCorruptModelIsABundleError) {
