@@ -287,6 +287,7 @@ Tokenizer::Traced Tokenizer::substitute_embeddings(Traced clip) const {
 
 Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis) const {
   if (!emphasis) return substitute_embeddings(encode_words(text));
+  const auto append = [](auto& to, const auto& from) { to.insert(to.end(), from.begin(), from.end()); };
   Traced out;
   for (const auto& span : parse_emphasis(text)) {
     if (span.is_break) {
@@ -294,15 +295,14 @@ Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis)
       continue;
     }
     Traced part = substitute_embeddings(encode_words(span.text));
-    const size_t word_offset = out.word_texts.size();
-    for (size_t& word : part.words) word += word_offset;
+    for (size_t& word : part.words) word += out.word_texts.size();
     for (double& weight : part.weights) weight = span.weight;
-    for (auto [to, from] : {std::pair{&out.words, &part.words}, {&out.unit_lengths, &part.unit_lengths}})
-      to->insert(to->end(), from->begin(), from->end());
-    out.ids.insert(out.ids.end(), part.ids.begin(), part.ids.end());
-    out.weights.insert(out.weights.end(), part.weights.begin(), part.weights.end());
-    out.word_texts.insert(out.word_texts.end(), part.word_texts.begin(), part.word_texts.end());
-    out.embeddings.insert(out.embeddings.end(), part.embeddings.begin(), part.embeddings.end());
+    append(out.ids, part.ids);
+    append(out.weights, part.weights);
+    append(out.words, part.words);
+    append(out.word_texts, part.word_texts);
+    append(out.unit_lengths, part.unit_lengths);
+    append(out.embeddings, part.embeddings);
   }
   return out;
 }
