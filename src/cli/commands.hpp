@@ -50,6 +50,7 @@ struct InfoOptions {
   std::string path;
   bool json = false;
   bool verify = false;
+  bool command = false;  // a PNG: the txt2img command line that makes it again
 };
 
 struct TokenizeOptions {

@@ -41,6 +41,7 @@ std::string human_bytes(uint64_t bytes) {
 }
 
 int bundle_info(const InfoOptions& o) {
+  if (o.command) throw Error(ErrorKind::Usage, "--command applies to a PNG this program wrote, not to a model bundle");
   const Bundle bundle = Bundle::open(o.path);
   const Manifest& m = bundle.manifest();
   std::vector<std::string> corrupt;
@@ -95,6 +96,49 @@ int bundle_info(const InfoOptions& o) {
   return 0;
 }
 
+// A word for a POSIX shell: as it is when it needs no quoting, else in single quotes.
+std::string shell_word(const std::string& word) {
+  const bool plain = !word.empty() && word.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                              "0123456789_-+=.,:/@%") == std::string::npos;
+  if (plain) return word;
+  std::string quoted = "'";
+  for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+// The command line that makes the image of a txt2img metadata record again (with the same model bundle, which the
+// record names but cannot locate).
+std::string rerun_command(const nlohmann::ordered_json& r, const std::string& path) {
+  try {
+    std::vector<std::string> args = {"txt2img", r.at("prompt").get<std::string>()};
+    const auto add = [&](const std::string& flag, const nlohmann::ordered_json& value) {
+      args.push_back(flag);
+      args.push_back(value.is_string() ? value.get<std::string>() : value.dump());
+    };
+    if (!r.at("negative_prompt").get<std::string>().empty()) add("-n", r.at("negative_prompt"));
+    add("--seed", r.at("seed"));
+    add("--steps", r.at("steps"));
+    add("--sampler", r.at("sampler"));
+    add("--cfg-scale", r.at("cfg_scale"));
+    if (r.at("eta").get<double>() != 0) add("--eta", r.at("eta"));
+    if (r.value("clip_skip", 1) != 1) add("--clip-skip", r.at("clip_skip"));
+    if (r.value("long_prompts", false)) args.push_back("--long-prompts");
+    if (r.value("emphasis", false)) args.push_back("--emphasis");
+    add("-W", r.at("width"));
+    add("-H", r.at("height"));
+    add("--device", r.at("device"));
+    add("--dtype", r.at("dtype"));
+    const std::string safety = r.at("safety").at("mode").get<std::string>();
+    if (safety == "off") args.push_back("--no-safety-checker");
+    if (safety == "report") add("--safety", "report");
+    std::string line;
+    for (const auto& arg : args) line += (line.empty() ? "" : " ") + shell_word(arg);
+    return line;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::Io, path + ": its txt2img metadata lacks what a command needs (" + e.what() + ")");
+  }
+}
+
 int png_info(const InfoOptions& o) {
   const DecodedPng png = read_png(o.path);
   std::optional<std::string> parameters;
@@ -111,6 +155,16 @@ int png_info(const InfoOptions& o) {
     }
   }
 
+  if (o.command) {
+    if (!reproduction)
+      throw Error(ErrorKind::Io, o.path + ": no txt2img metadata (made by another program, or with --no-metadata), "
+                                          "so no command to make it again");
+    const auto model = reproduction->value("model", nlohmann::ordered_json::object());
+    std::cerr << "made with the model " << model.value("name", std::string("?")) << " ["
+              << model.value("hash", std::string("?")) << "]: add --model DIR where that is not your default\n";
+    std::cout << rerun_command(*reproduction, o.path) << std::endl;
+    return 0;
+  }
   if (o.json) {
     std::cout << nlohmann::ordered_json{{"path", o.path},
                                         {"width", png.width},

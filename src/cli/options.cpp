@@ -123,8 +123,10 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
 
 void configure_info(CLI::App& app, InfoOptions& o) {
   app.add_option("path", o.path, "a PNG this program wrote, or a model bundle directory")->required();
-  app.add_flag("--json", o.json, "print JSON");
+  auto* json = app.add_flag("--json", o.json, "print JSON");
   app.add_flag("--verify", o.verify, "recompute every bundle file's sha256 and compare it with model.json");
+  app.add_flag("--command", o.command, "for a PNG this program wrote: print the txt2img command that makes it again")
+      ->excludes(json);
   app.footer(exit_code_table());
 }
 

@@ -2,9 +2,11 @@
 model bundles."""
 
 import json
+import shlex
+import subprocess
 import unittest
 
-from cli_support import (EXIT_BUNDLE, EXIT_IO, TINY, CliTestCase, derived_bundle, png_text, run)
+from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, TINY, CliTestCase, derived_bundle, png_text, run)
 
 
 def manifest():
@@ -106,6 +108,30 @@ class Metadata(CliTestCase):
                              "--width", str(r["width"]), "--height", str(r["height"]), "-o", "b.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
+
+    def test_info_command_makes_the_image_again(self):
+        made = self.txt2img("it's a (red) fox, \"quoted\" $HOME `x`", "-n", "no 'dogs'", "--seed", "12",
+                            "--sampler", "euler", "--cfg-scale", "6.5", "--clip-skip", "2", "--emphasis",
+                            "--long-prompts", "--safety", "report", "-o", "a.png")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        result = run(["info", "a.png", "--command"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("--model DIR", result.stderr)
+        line = result.stdout.strip()
+        self.assertEqual(len(result.stdout.splitlines()), 1)
+        args = shlex.split(line)
+        self.assertEqual(args[0], "txt2img")
+        for flag in ("--emphasis", "--long-prompts", "--clip-skip", "--safety"):
+            self.assertIn(flag, args)
+        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
+                               text=True)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
+        # Nothing to rebuild a command from, or a bundle: errors.
+        self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "c.png").returncode, 0)
+        self.assertExit(run(["info", "c.png", "--command"], self.dir), EXIT_IO, "no txt2img metadata")
+        self.assertExit(run(["info", TINY, "--command"], self.dir), EXIT_USAGE, "--command")
 
     def test_info_without_metadata_and_on_bad_files(self):
         self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "a.png").returncode, 0)
