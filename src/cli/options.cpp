@@ -21,8 +21,8 @@ std::string generate_footer() {
   return std::string(
              "Prompt files: one prompt a line (blank lines and lines starting with # are skipped), or JSON Lines\n"
              "(a .jsonl name, or a first line starting with {) where a line may set prompt, negative_prompt, seed,\n"
-             "steps, cfg_scale, width, height, sampler, clip_skip, images and output. The whole file is checked\n"
-             "before the model loads.\n\n"
+             "steps, cfg_scale, width, height, sampler, clip_skip, long_prompts, emphasis, images and output. The\n"
+             "whole file is checked before the model loads.\n\n"
              "Seeds: image n of a prompt whose line sets \"seed\" S uses S + n; every other image uses\n"
              "--seed + its index in the whole run (so image k of a single prompt uses seed + k). Shards and resumed\n"
              "runs therefore make the same images.\n\n"

@@ -68,6 +68,8 @@ bool RunPlan::load_prompt() {
     p.cfg_scale = entry_.cfg_scale.value_or(p.cfg_scale);
     p.sampler = entry_.sampler.value_or(p.sampler);
     p.clip_skip = entry_.clip_skip.value_or(p.clip_skip);
+    p.long_prompts = entry_.long_prompts.value_or(p.long_prompts);
+    p.emphasis = entry_.emphasis.value_or(p.emphasis);
     try {
       params_ = resolve_(p);
     } catch (const Error& e) {

@@ -113,9 +113,9 @@ std::string utf8_problem(std::string_view text) {
 }
 
 const std::vector<std::string>& jsonl_keys() {
-  static const std::vector<std::string> keys = {"prompt", "negative_prompt", "seed",      "steps",  "cfg_scale",
-                                                "width",  "height",          "sampler",   "clip_skip", "images",
-                                                "output"};
+  static const std::vector<std::string> keys = {
+      "prompt",  "negative_prompt", "seed",         "steps",    "cfg_scale", "width", "height",
+      "sampler", "clip_skip",       "long_prompts", "emphasis", "images",    "output"};
   return keys;
 }
 
@@ -253,6 +253,10 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
       entry.sampler = string_field(value, key, where);
     } else if (key == "clip_skip") {
       entry.clip_skip = int_field<int>(value, key, where);
+    } else if (key == "long_prompts" || key == "emphasis") {
+      if (!value.is_boolean())
+        throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be true or false, not " + value.dump());
+      (key == "long_prompts" ? entry.long_prompts : entry.emphasis) = value.get<bool>();
     } else if (key == "images") {
       entry.images = int_field<int>(value, key, where);
       if (*entry.images < 1) throw Error(ErrorKind::Usage, where + ": \"images\" must be at least 1");

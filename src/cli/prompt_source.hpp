@@ -34,8 +34,11 @@ struct PromptEntry {
   std::optional<double> cfg_scale;
   std::optional<std::string> sampler;
   std::optional<std::string> output;
+  std::optional<bool> long_prompts, emphasis;
 
-  bool overrides_params() const { return steps || width || height || cfg_scale || sampler || clip_skip; }
+  bool overrides_params() const {
+    return steps || width || height || cfg_scale || sampler || clip_skip || long_prompts || emphasis;
+  }
 };
 
 // Keys a JSON line may set, in the order the documentation lists them.

@@ -1,9 +1,10 @@
 """--from-file: plain text and JSON Lines, per-line overrides, seeds, and malformed files reported by line before any
 image is made."""
 
+import json
 import unittest
 
-from cli_support import EXIT_IO, EXIT_USAGE, CliTestCase, files_under, json_lines, png_text
+from cli_support import EXIT_IO, EXIT_USAGE, CliTestCase, files_under, json_lines, png_pixels, png_text
 
 
 class PlainText(CliTestCase):
@@ -86,6 +87,22 @@ class JsonLines(CliTestCase):
         ])
         self.assertIn("Size: 40x24", png_text(self.dir / "cats/1.png")["parameters"])
 
+    def test_long_prompts_and_emphasis_per_line(self):
+        self.write("p.jsonl", "\n".join([
+            '{"prompt": "a \\\\(red\\\\) fox", "emphasis": true, "seed": 4}',
+            '{"prompt": "a (red) fox", "seed": 4}',
+            '{"prompt": "a (red) fox", "seed": 4, "long_prompts": true, "emphasis": false}',
+        ]))
+        result = self.txt2img("--from-file", "p.jsonl", "-o", "{index}.png", "--batch-size", "3")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        flags = [(r["emphasis"], r["long_prompts"])
+                 for r in (json.loads(png_text(self.dir / f"{i}.png")["txt2img"]) for i in range(3))]
+        self.assertEqual(flags, [(True, False), (False, False), (False, True)])
+        # An escaped bracket read with emphasis is the bracket as text: the same image as the second line's.
+        pixels = [png_pixels(self.dir / f"{i}.png")[2] for i in range(3)]
+        self.assertEqual(pixels[0], pixels[1])
+        self.assertEqual(pixels[1], pixels[2])  # a prompt that fits is the same with long prompts
+
     def test_detected_by_first_line(self):
         self.write("prompts.txt", '# JSON Lines without the extension\n{"prompt": "a fox", "seed": 3}\n')
         result = self.txt2img("--from-file", "prompts.txt", "--json", "-o", "x.png")
@@ -116,6 +133,7 @@ class JsonLines(CliTestCase):
         self.bad(['{"prompt": "x", "cfg_scale": "high"}'], "p.jsonl:1", "cfg_scale")
         self.bad(['{"prompt": "x", "output": "x.gif"}'], "p.jsonl:1", ".png")
         self.bad(['{"prompt": 5}'], "p.jsonl:1", '"prompt"', "string")
+        self.bad(['{"prompt": "x", "emphasis": "yes"}'], "p.jsonl:1", '"emphasis"', "true or false")
 
     def test_late_error_stops_the_run_before_the_first_image(self):
         lines = ['{"prompt": "p%d"}' % i for i in range(50)] + ['{"prompt": "last", "height": 7}']
