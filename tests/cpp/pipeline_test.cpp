@@ -128,15 +128,22 @@ TEST(Pipeline, RefusesABundleWithoutCheckerUnlessSafetyIsOff) {
   EXPECT_FALSE(images[0].safety_checked);
 }
 
-// The tiny bundle's images at 64x48 with 3 steps and empty negative prompts.
-std::vector<txt2img::GeneratedImage> generate_small(txt2img::Pipeline& pipeline, const std::vector<std::string>& prompts,
-                                                    std::vector<uint64_t> seeds, int width = 64, int height = 48) {
-  txt2img::SeededNoise noise(std::move(seeds));
+// The settings of the small generations here: 64x48 pixels, 3 steps.
+txt2img::GenerationParams small_params() {
   txt2img::GenerationParams params;
-  params.width = width;
-  params.height = height;
+  params.width = 64;
+  params.height = 48;
   params.steps = 3;
-  return pipeline.generate(prompts, std::vector<std::string>(prompts.size(), ""), params, noise);
+  return params;
+}
+
+// The tiny bundle's images of `prompts` with empty negative prompts.
+std::vector<txt2img::GeneratedImage> generate_small(txt2img::Pipeline& pipeline, const std::vector<std::string>& prompts,
+                                                    std::vector<uint64_t> seeds,
+                                                    const txt2img::GenerationParams& params = small_params(),
+                                                    txt2img::Observer* observer = nullptr) {
+  txt2img::SeededNoise noise(std::move(seeds));
+  return pipeline.generate(prompts, std::vector<std::string>(prompts.size(), ""), params, noise, observer);
 }
 
 // The largest difference between two images of the same size, in 8-bit levels.
@@ -155,15 +162,15 @@ class TinyPipeline : public ::testing::Test {
   static void TearDownTestSuite() { delete pipeline_; }
 
   static std::vector<txt2img::GeneratedImage> run(const std::vector<std::string>& prompts,
-                                                  std::vector<uint64_t> seeds, int width = 64, int height = 48) {
-    return generate_small(*pipeline_, prompts, std::move(seeds), width, height);
+                                                  std::vector<uint64_t> seeds) {
+    return generate_small(*pipeline_, prompts, std::move(seeds));
   }
   static txt2img::Pipeline* pipeline_;
 };
 txt2img::Pipeline* TinyPipeline::pipeline_ = nullptr;
 
 TEST_F(TinyPipeline, ImageHasTheAskedSizeAndIsChecked) {
-  auto images = run({"a red cube"}, {7}, 64, 48);
+  auto images = run({"a red cube"}, {7});
   ASSERT_EQ(images.size(), 1u);
   EXPECT_EQ(images[0].width, 64);
   EXPECT_EQ(images[0].height, 48);
@@ -210,13 +217,9 @@ struct TextEmbeddings : txt2img::Observer {
 
 std::vector<uint8_t> long_prompt_image(txt2img::Pipeline& pipeline, const std::string& prompt, bool long_prompts,
                                        txt2img::Observer* observer = nullptr) {
-  txt2img::SeededNoise noise({7});
-  txt2img::GenerationParams params;
-  params.width = 64;
-  params.height = 48;
-  params.steps = 3;
+  auto params = small_params();
   params.long_prompts = long_prompts;
-  return pipeline.generate({prompt}, {""}, params, noise, observer)[0].rgb;
+  return generate_small(pipeline, {prompt}, {7}, params, observer)[0].rgb;
 }
 
 std::string words(const std::string& word, int n) {
@@ -253,13 +256,9 @@ torch::Tensor text_embeddings(txt2img::Pipeline& pipeline, const std::string& pr
     }
     torch::Tensor kept;
   } keep;
-  txt2img::SeededNoise noise({7});
-  txt2img::GenerationParams params;
-  params.width = 32;
-  params.height = 32;
-  params.steps = 1;
+  auto params = small_params();
   params.emphasis = emphasis;
-  pipeline.generate({prompt}, {""}, params, noise, &keep);
+  generate_small(pipeline, {prompt}, {7}, params, &keep);
   return keep.kept;
 }
 

@@ -23,3 +23,15 @@ def convert(capsys, *args):
     except SystemExit as e:  # usage errors
         status = e.code
     return status, capsys.readouterr().err
+
+
+def expect_errors(capsys, cases, out):
+    """Each (arguments, exit status, text) case fails with that status and one last line, "convert.py: error: "
+    and the text, without a traceback; nothing appears at `out`."""
+    for args, expected_status, text in cases:
+        status, stderr = convert(capsys, *args)
+        assert status == expected_status, (args, stderr)
+        last = stderr.splitlines()[-1]
+        assert last.startswith("convert.py: error: ") and text in last, stderr
+        assert "Traceback" not in stderr
+    assert not out.exists()

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from converter_runs import convert
+from converter_runs import convert, expect_errors
 from txt2img_convert import checkpoints as ck
 from txt2img_convert import embeddings
 from txt2img_convert.checkpoints import ConversionError
@@ -87,6 +87,6 @@ def test_bundle_records_the_embeddings(tmp_path, reference, capsys):
     assert manifest["source"]["embeddings"][0]["name"] == "EasyNegative"
     table = torch.jit.load(str(out / "text_encoder.pt")).state_dict()[embeddings.TOKEN_EMBEDDING]
     assert torch.equal(table[49408:], vectors(2, 3))
-    status, stderr = convert(capsys, "--tiny", "--vocab", tmp_path / "v", "--embedding",
-                             tmp_path / "EasyNegative.safetensors", "--out", tmp_path / "x")
-    assert status == 2 and "--embedding applies to a SOURCE" in stderr
+    refused = ("--tiny", "--vocab", tmp_path / "v", "--embedding", tmp_path / "EasyNegative.safetensors", "--out",
+               tmp_path / "x")
+    expect_errors(capsys, [(refused, 2, "--embedding applies to a SOURCE")], tmp_path / "x")
