@@ -93,7 +93,7 @@ std::vector<EmphasisSpan> parse_emphasis(std::string_view text) {
     } else {
       // A run of ordinary characters, or one bracket, colon or weight that closes nothing: text as written.
       size_t run = pos + 1;
-      if (c == ':' && end != 0 && end != std::string_view::npos) run = end;
+      if (c == ':' && end != std::string_view::npos) run = end;  // a weight that closes nothing
       if (std::string_view("()[]:").find(c) == std::string::npos)
         while (run < text.size() && std::string_view("\\()[]:").find(text[run]) == std::string::npos) ++run;
       append_text(res, text.substr(pos, run - pos));

@@ -168,6 +168,7 @@ std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, co
 
 size_t Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
                              const GenerationParams& params) const {
+  if (!params.long_prompts) return 1;
   const bool guided = params.cfg_scale > 1.0;
   return std::max(token_chunks(prompt, params).size(), guided ? token_chunks(negative_prompt, params).size() : 1);
 }
@@ -176,14 +177,13 @@ size_t Pipeline::text_chunks(const std::string& prompt, const std::string& negat
 // text-encoder batch and laid end to end (A1111's long prompts; one chunk is diffusers' encoding). With emphasis
 // each chunk's embeddings are scaled by their tokens' weights and then rescaled to their former mean, as A1111's
 // "Original" emphasis does (per chunk of one text here; A1111 takes the mean over its whole batch).
-torch::Tensor Pipeline::encode_text(const std::vector<std::string>& texts, size_t chunks,
+torch::Tensor Pipeline::encode_text(std::vector<std::vector<Tokenizer::Chunk>> texts, size_t chunks,
                                     const GenerationParams& params, const std::string& name, Observer* observer) {
   const Tokenizer::Chunk empty = {tokenizer_.encode_padded("", manifest_.context_length, manifest_.pad_id).ids,
                                   std::vector<double>(static_cast<size_t>(manifest_.context_length), 1.0)};
   std::vector<int64_t> ids;
   std::vector<double> weights;
-  for (const auto& text : texts) {
-    auto padded = token_chunks(text, params);
+  for (auto& padded : texts) {
     padded.resize(chunks, empty);
     for (const auto& chunk : padded) {
       ids.insert(ids.end(), chunk.ids.begin(), chunk.ids.end());
@@ -255,11 +255,19 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   const bool guided = params.cfg_scale > 1.0;  // as diffusers: scale <= 1 skips the unconditional branch
 
   // 1. Encode the prompts; with guidance, the negative prompts too, in one U-Net batch [uncond, cond].
+  // Long prompts: every text gets the batch's largest chunk count (text_chunks).
+  std::vector<std::vector<Tokenizer::Chunk>> prompt_chunks, negative_chunks;
   size_t chunks = 1;
-  for (size_t row = 0; row < prompts.size(); ++row)
-    chunks = std::max(chunks, text_chunks(prompts[row], negative_prompts[row], params));
-  auto context = encode_text(prompts, chunks, params, "text", observer);
-  if (guided) context = torch::cat({encode_text(negative_prompts, chunks, params, "uncond_text", observer), context});
+  for (size_t row = 0; row < prompts.size(); ++row) {
+    prompt_chunks.push_back(token_chunks(prompts[row], params));
+    chunks = std::max(chunks, prompt_chunks.back().size());
+    if (!guided) continue;
+    negative_chunks.push_back(token_chunks(negative_prompts[row], params));
+    chunks = std::max(chunks, negative_chunks.back().size());
+  }
+  auto context = encode_text(std::move(prompt_chunks), chunks, params, "text", observer);
+  if (guided)
+    context = torch::cat({encode_text(std::move(negative_chunks), chunks, params, "uncond_text", observer), context});
   observe(observer, "unet/encoder_hidden_states", context);
 
   // 2. Initial noise.

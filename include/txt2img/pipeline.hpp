@@ -129,8 +129,8 @@ class Pipeline {
   Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options);
 
   std::vector<Tokenizer::Chunk> token_chunks(const std::string& text, const GenerationParams& params) const;
-  torch::Tensor encode_text(const std::vector<std::string>& texts, size_t chunks, const GenerationParams& params,
-                            const std::string& name, Observer* observer);
+  torch::Tensor encode_text(std::vector<std::vector<Tokenizer::Chunk>> texts, size_t chunks,
+                            const GenerationParams& params, const std::string& name, Observer* observer);
   torch::Tensor decode(const torch::Tensor& latents);
   enum class Stage { Denoise, Decode };
   void make_room_for(Stage stage);

@@ -131,6 +131,7 @@ class Generator {
     totals_ = &totals;
     to_make_ = to_make;
     std::vector<ImageJob> batch;
+    size_t batch_chunks = 0;
     ImageJob job;
     plan_.rewind();
     while (plan_.next(job)) {
@@ -140,11 +141,15 @@ class Generator {
         ++totals.skipped;
         continue;
       }
+      // A batch's rows are encoded with its largest number of text chunks: only rows that agree share a batch, so
+      // that an image never depends on its batch.
+      const size_t chunks = pipeline.text_chunks(job.prompt, job.negative_prompt, job.params);
       if (!batch.empty() && (batch.size() == static_cast<size_t>(o_.batch_size) || !(batch[0].params == job.params) ||
-                             text_chunks(batch[0]) != text_chunks(job)))
+                             batch_chunks != chunks))
         make(batch);
       warn_if_truncated(job);
       batch.push_back(job);
+      batch_chunks = chunks;
     }
     if (!batch.empty()) make(batch);
   }
@@ -152,12 +157,6 @@ class Generator {
   uint64_t in_flight() const { return in_flight_; }
 
  private:
-  // A batch's rows are encoded with its largest number of text chunks: only rows that agree share a batch, so that
-  // an image never depends on its batch.
-  size_t text_chunks(const ImageJob& job) const {
-    return pipeline_->text_chunks(job.prompt, job.negative_prompt, job.params);
-  }
-
   void warn_if_truncated(const ImageJob& job) {
     if (job.params.long_prompts || (warned_any_ && job.prompt_index == warned_prompt_)) return;
     warned_any_ = true;
@@ -165,7 +164,8 @@ class Generator {
     const std::string where = job.line ? plan_.where(job) + ": the " : "the ";
     for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.prompt},
                               {"negative prompt", &job.negative_prompt}}) {
-      const auto t = find_truncation(pipeline_->tokenizer(), *text, manifest_.context_length, job.params.emphasis);
+      const auto t = find_truncation(pipeline_->tokenizer().encode_traced(*text, job.params.emphasis),
+                                     manifest_.context_length);
       if (t.truncated()) reporter_.warn(where + what + " " + describe(t) + " (--long-prompts reads all of it)");
     }
   }

@@ -23,7 +23,7 @@ int run_tokenize(const TokenizeOptions& o) {
     const std::vector<int>& ids = traced.ids;
     // With long prompts nothing is cut off; the text takes as many chunks as it needs.
     const Truncation t = o.long_prompts ? Truncation{ids.size(), ids.size(), ""}
-                                        : find_truncation(tokenizer, entry.prompt, m.context_length, o.emphasis);
+                                        : find_truncation(traced, m.context_length);
     const size_t chunks = Tokenizer::chunks(traced, o.long_prompts, m.context_length, m.pad_id).size();
     if (json) {
       nlohmann::json j = {{"prompt", entry.prompt},     {"ids", ids},       {"tokens", t.total_tokens},

@@ -10,8 +10,7 @@ constexpr size_t kDroppedWordsShown = 6;
 
 }  // namespace
 
-Truncation find_truncation(const Tokenizer& tokenizer, const std::string& text, int context, bool emphasis) {
-  const auto traced = tokenizer.encode_traced(text, emphasis);
+Truncation find_truncation(const Tokenizer::Traced& traced, int context) {
   Truncation t{traced.ids.size(), std::min(traced.ids.size(), static_cast<size_t>(context - 2)), ""};
   if (!t.truncated()) return t;
   // The word holding the first id past the limit is where the text stops counting.

@@ -16,8 +16,8 @@ struct Truncation {
   bool truncated() const { return kept_tokens < total_tokens; }
 };
 
-// `emphasis`: the text in A1111's emphasis syntax, whose brackets and weights are no tokens (GenerationParams).
-Truncation find_truncation(const Tokenizer& tokenizer, const std::string& text, int context, bool emphasis);
+// Of a text as Tokenizer::encode_traced reads it (with A1111's emphasis or without).
+Truncation find_truncation(const Tokenizer::Traced& traced, int context);
 
 // "is 82 tokens long; the model reads 75, so everything from "riding a horse ..." on is ignored".
 std::string describe(const Truncation& truncation);
