@@ -19,12 +19,12 @@ class Ddim final : public Scheduler {
       timesteps_.push_back(static_cast<double>(t));
   }
 
-  bool needs_noise() const override { return eta_ > 0; }
+  bool needs_noise(size_t) const override { return eta_ > 0; }
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {
     check_call(call, calls_done_, timesteps_.size());
-    if (needs_noise()) check_noise(noise, sample);
+    if (needs_noise(call)) check_noise(noise, sample);
     const auto t = static_cast<int64_t>(timesteps_[call]);
     // diffusers steps back by num_train_timesteps // steps whatever the spacing, and past 0 to the final alpha.
     const int64_t prev_t = t - step_ratio_;
@@ -49,7 +49,7 @@ class Ddim final : public Scheduler {
     const float std_dev = static_cast<float>(eta_) * std::sqrt(variance);
     const float direction_coeff = std::sqrt(1.0f - alpha_prev - std_dev * std_dev);
     auto prev = std::sqrt(alpha_prev) * x0 + direction_coeff * eps;
-    if (needs_noise()) prev = prev + std_dev * noise;
+    if (needs_noise(call)) prev = prev + std_dev * noise;
 
     pred_original_sample_ = x0;
     ++calls_done_;

@@ -16,7 +16,7 @@ class EulerAncestral final : public SigmaScheduler {
     require_prediction_type(config, "euler_a", {"epsilon", "v_prediction"});
   }
 
-  bool needs_noise() const override { return true; }
+  bool needs_noise(size_t) const override { return true; }
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {

@@ -294,7 +294,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     }
     observe(observer, "step/" + n + "/model_output", noise_pred);
     auto step_noise =
-        scheduler->needs_noise() ? to_device_async(noise.draw(latent_shape), options_.device) : torch::Tensor();
+        scheduler->needs_noise(call) ? to_device_async(noise.draw(latent_shape), options_.device) : torch::Tensor();
     latents = scheduler->step(noise_pred, call, latents, step_noise);
     if (scheduler->pred_original_sample().defined())
       observe(observer, "step/" + n + "/pred_original_sample", scheduler->pred_original_sample());

@@ -16,8 +16,8 @@ struct Sampler {
 };
 
 // In the order help texts list them.
-constexpr Sampler kSamplers[] = {{"ddim", true},  {"pndm", false},           {"euler", false},
-                                 {"euler_a", false}, {"dpmpp_2m_karras", false}, {"lms", false}};
+constexpr Sampler kSamplers[] = {{"ddim", true},    {"pndm", false},           {"euler", false}, {"euler_a", false},
+                                 {"dpmpp_2m_karras", false}, {"lms", false}, {"lcm", false}};
 
 std::string joined_names() {
   std::string out;
@@ -135,7 +135,8 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (sampler == "euler") return detail::make_euler(config, steps);
   if (sampler == "euler_a") return detail::make_euler_ancestral(config, steps);
   if (sampler == "dpmpp_2m_karras") return detail::make_dpmpp_2m_karras(config, steps);
-  return detail::make_lms(config, steps);
+  if (sampler == "lms") return detail::make_lms(config, steps);
+  return detail::make_lcm(config, steps);
 }
 
 namespace detail {

@@ -19,6 +19,7 @@ std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_dpmpp_2m_karras(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps);
+std::unique_ptr<Scheduler> make_lcm(const SchedulerConfig& config, int steps);
 
 // alphas_cumprod(config) as host floats, for the scalar coefficient arithmetic.
 std::vector<float> alphas_cumprod_values(const SchedulerConfig& config);

@@ -30,24 +30,26 @@ class Scheduler {
  public:
   virtual ~Scheduler() = default;
 
-  // Timestep of each U-Net call, in order (PNDM makes N+1 calls for N steps). Whole numbers for DDIM, PNDM and
+  // Timestep of each U-Net call, in order (PNDM makes N+1 calls for N steps). Whole numbers for DDIM, PNDM, LCM and
   // DPM-Solver++ (which may repeat one); fractional float32 values for Euler, Euler ancestral and LMS.
   const std::vector<double>& timesteps() const { return timesteps_; }
   // Factor for the initial standard-normal latents (a float32 value).
   virtual double init_noise_sigma() const { return 1.0; }
   // The U-Net input for call `call` (sample / sqrt(sigma^2 + 1) for the sigma samplers).
   virtual torch::Tensor scale_model_input(const torch::Tensor& sample, size_t /*call*/) const { return sample; }
-  // Whether every step() needs a fresh standard-normal tensor shaped like the sample (DDIM with eta > 0, Euler
-  // ancestral; at every call, the last included, as diffusers draws them).
-  virtual bool needs_noise() const { return false; }
+  // Whether step(…, call, …) needs a fresh standard-normal tensor shaped like the sample, drawn from the caller's
+  // generator exactly where diffusers draws one: DDIM with eta > 0 and Euler ancestral at every call, the last
+  // included; LCM at every call but the last.
+  virtual bool needs_noise(size_t /*call*/) const { return false; }
 
   // Advances the float32 sample by U-Net call `call` (0, 1, 2, ... in order, once each: the multistep samplers
   // keep history; make a new scheduler per generation) and returns the new sample. `model_output` is the
   // (guided) U-Net output for scale_model_input(sample, call) at timesteps()[call]. `noise` is used only when
-  // needs_noise(). Throws Error(Runtime) for a call out of order or missing noise.
+  // needs_noise(call). Throws Error(Runtime) for a call out of order or missing noise.
   virtual torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                              const torch::Tensor& noise = {}) = 0;
-  // The x0 prediction of the last step, where the sampler makes one (all but PNDM; undefined otherwise).
+  // The x0 prediction of the last step, where the sampler makes one (all but PNDM; undefined otherwise). LCM's is
+  // its denoised sample, the prediction after the consistency boundary condition.
   const torch::Tensor& pred_original_sample() const { return pred_original_sample_; }
 
  protected:
@@ -59,7 +61,7 @@ class Scheduler {
 const std::vector<std::string>& scheduler_names();
 
 // Throws Error(Usage) for an unknown name, steps outside [1, num_train_timesteps] (or a step count whose diffusers
-// timesteps are unusable with the spacing), a negative eta, or a non-zero eta for a sampler other than ddim.
+// timesteps are unusable with the spacing, or above LCM's 50 distillation steps), a negative eta, or a non-zero eta for a sampler other than ddim.
 // Throws Error(Bundle) for config values the sampler does not support (beta_schedule, timestep_spacing,
 // prediction_type).
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,

@@ -61,7 +61,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_option("-s,--seed", o.seed, "base seed, 0 to 2^63-1 (default: random, printed); see Seeds below")
       ->type_name("N");
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
-  app.add_option("--steps", o.steps, "denoising steps, 1 to 1000")->capture_default_str();
+  app.add_option("--steps", o.steps, "denoising steps, 1 to 1000 (1 to 50 with lcm)")->capture_default_str();
   app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")
       ->capture_default_str();
   app.add_option("--eta", o.eta, "DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like")->capture_default_str();

@@ -269,6 +269,14 @@ class Samplers(CliTestCase):
             result = self.txt2img("a fox", "--sampler", sampler, "-o", f"{sampler}.png", "--seed", "1")
             self.assertEqual(result.returncode, 0, f"{sampler}: {result.stderr}")
 
+    def test_lcm_takes_at_most_its_50_distillation_steps(self):
+        result = self.txt2img("a fox", "--sampler", "lcm", "--steps", "51", "-o", "x.png")
+        self.assertExit(result, EXIT_USAGE, "at most 50 steps")
+        self.assertNothingWritten()
+        result = self.txt2img("a fox", "--sampler", "lcm", "--steps", "4", "--cfg-scale", "1", "-o", "lcm.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("Steps: 4, Sampler: LCM, CFG scale: 1.0", png_text(self.dir / "lcm.png")["parameters"])
+
     def test_eta(self):
         for eta, name in [("0", "a.png"), ("1", "b.png")]:
             self.assertEqual(self.txt2img("a fox", "--eta", eta, "-o", name, "--seed", "1").returncode, 0)

@@ -7,6 +7,7 @@
 #include <map>
 
 #include "txt2img/error.hpp"
+#include "txt2img/scheduler.hpp"
 #include "vae_tiling.hpp"
 
 namespace {
@@ -204,6 +205,43 @@ TEST_F(TinyPipeline, LowVramBelowTheTileSizeGivesTheSameImage) {
     auto images = generate_small(low, {"a red cube"}, {7});
     EXPECT_TRUE(images[0].safety_checked);
     EXPECT_EQ(images[0].rgb, run({"a red cube"}, {7})[0].rgb);
+  }
+}
+
+// The samplers that draw noise while stepping draw it from each image's own generator, right after the initial
+// latents and exactly at the calls the scheduler asks for (LCM: all but the last): replaying the run's guided model
+// outputs through a fresh scheduler with a fresh generator gives its latents; and a batch gives each image what it
+// gets alone.
+TEST_F(TinyPipeline, StochasticSamplersDrawStepNoisePerImageInDiffusersOrder) {
+  struct Keep : txt2img::Observer {
+    void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
+    std::map<std::string, torch::Tensor> kept;
+  };
+  for (const char* sampler : {"lcm", "euler_a"}) {
+    auto params = small_params();
+    params.sampler = sampler;
+    params.steps = 4;
+    Keep run;
+    const auto image = generate_small(*pipeline_, {"a red cube"}, {7}, params, &run)[0];
+
+    auto config = pipeline_->manifest().scheduler;
+    config.timestep_spacing.clear();  // each sampler's own default, as the pipeline uses
+    auto scheduler = txt2img::make_scheduler(sampler, config, params.steps);
+    txt2img::SeededNoise noise({7});
+    auto latents = noise.draw(run.kept.at("latents/init").sizes().vec()) * scheduler->init_noise_sigma();
+    const auto name = [](size_t call) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "%03zu", call);
+      return std::string(buf);
+    };
+    for (size_t call = 0; call < scheduler->timesteps().size(); ++call) {
+      const auto step_noise = scheduler->needs_noise(call) ? noise.draw(latents.sizes().vec()) : torch::Tensor();
+      latents = scheduler->step(run.kept.at("step/" + name(call) + "/model_output"), call, latents, step_noise);
+    }
+    EXPECT_TRUE(torch::equal(latents, run.kept.at("latents/step_" + name(params.steps - 1)))) << sampler;
+
+    const auto together = generate_small(*pipeline_, {"a blue sphere", "a red cube"}, {8, 7}, params);
+    EXPECT_LE(max_level_difference(together[1].rgb, image.rgb), 1) << sampler;
   }
 }
 

@@ -2,6 +2,7 @@
 // plus batch independence, configuration variants and error paths.
 #include "txt2img/scheduler.hpp"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -112,7 +113,7 @@ TEST_P(SchedulerGolden, MatchesDiffusers) {
 
   const auto expected_ts = goldens().info.at("runs").at(run).at("timesteps").get<std::vector<double>>();
   ASSERT_EQ(sched->timesteps(), expected_ts);
-  EXPECT_EQ(sched->needs_noise(), has_golden(step_key(run, 0) + "variance_noise") || has_golden(step_key(run, 0) + "noise"));
+  EXPECT_EQ(sched->needs_noise(0), has_golden(step_key(run, 0) + "variance_noise") || has_golden(step_key(run, 0) + "noise"));
 
   Worst w;
   torch::Tensor x = golden("common/sample0");
@@ -195,7 +196,7 @@ TEST_P(SchedulerRunReplay, ReproducesLatents) {
     const auto unet_in = get(key("unet/", i, "/sample_in"));
     w.compare(sched->scale_model_input(x, i), unet_in.slice(0, 0, x.size(0)), key("unet/", i, "/sample_in"));
     EXPECT_EQ(get(key("unet/", i, "/timestep")).item<double>(), sched->timesteps()[i]);
-    const auto noise = sched->needs_noise() ? get(key("rng/", draws++)) : torch::Tensor();
+    const auto noise = sched->needs_noise(i) ? get(key("rng/", draws++)) : torch::Tensor();
     x = sched->step(get(key("step/", i, "/model_output")), i, x, noise);
     w.compare(x, get(key("latents/step_", i)), key("latents/step_", i));
     if (tensors.contains(key("step/", i, "/pred_original_sample")))
@@ -253,14 +254,14 @@ TEST(Scheduler, RowsAreIndependent) {
   const auto sample0 = golden("common/sample0");
   for (const auto& [name, eta] : std::vector<std::pair<std::string, double>>{
            {"ddim", 0.0}, {"ddim", 0.5}, {"pndm", 0.0}, {"euler", 0.0}, {"euler_a", 0.0}, {"dpmpp_2m_karras", 0.0},
-           {"lms", 0.0}}) {
+           {"lms", 0.0}, {"lcm", 0.0}}) {
     const int steps = 10;
     const auto run = [&](const torch::Tensor& start, const std::function<torch::Tensor(size_t)>& output,
                          const std::function<torch::Tensor(size_t)>& noise) {
       auto sched = txt2img::make_scheduler(name, sd_config(), steps, eta);
       torch::Tensor x = start * sched->init_noise_sigma();
       for (size_t i = 0; i < sched->timesteps().size(); ++i) {
-        x = sched->step(output(i), i, x, sched->needs_noise() ? noise(i) : torch::Tensor());
+        x = sched->step(output(i), i, x, sched->needs_noise(i) ? noise(i) : torch::Tensor());
       }
       return x;
     };
@@ -340,13 +341,17 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
 
 TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
-  EXPECT_EQ(names, (std::vector<std::string>{"ddim", "pndm", "euler", "euler_a", "dpmpp_2m_karras", "lms"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"ddim", "pndm", "euler", "euler_a", "dpmpp_2m_karras", "lms", "lcm"}));
   for (const auto& name : names) {
+    // LCM's timesteps are a subset of the 50 it was distilled on.
+    const int most = name == "lcm" ? 50 : 999;
     EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), 1)) << name;
-    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), 999)) << name;
+    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), most)) << name;
     expect_error(ErrorKind::Usage, "steps", [&] { txt2img::make_scheduler(name, sd_config(), 0); });
     expect_error(ErrorKind::Usage, "steps", [&] { txt2img::make_scheduler(name, sd_config(), 1001); });
   }
+  expect_error(ErrorKind::Usage, "at most 50 steps", [] { txt2img::make_scheduler("lcm", sd_config(), 51); });
   try {
     txt2img::make_scheduler("heun", sd_config(), 10);
     ADD_FAILURE();
@@ -357,9 +362,14 @@ TEST(Scheduler, NamesAndValidation) {
   expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("ddim", sd_config(), 10, -0.1); });
   expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("ddim", sd_config(), 10, NAN); });
   expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("pndm", sd_config(), 10, 0.5); });
-  EXPECT_FALSE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.0)->needs_noise());
-  EXPECT_TRUE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.5)->needs_noise());
-  EXPECT_TRUE(txt2img::make_scheduler("euler_a", sd_config(), 10)->needs_noise());
+  EXPECT_FALSE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.0)->needs_noise(0));
+  EXPECT_TRUE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.5)->needs_noise(0));
+  EXPECT_TRUE(txt2img::make_scheduler("euler_a", sd_config(), 10)->needs_noise(9));
+  // LCM draws noise after every call but the last (so a single step draws none).
+  const auto lcm = txt2img::make_scheduler("lcm", sd_config(), 3);
+  EXPECT_TRUE(lcm->needs_noise(0) && lcm->needs_noise(1));
+  EXPECT_FALSE(lcm->needs_noise(2));
+  EXPECT_FALSE(txt2img::make_scheduler("lcm", sd_config(), 1)->needs_noise(0));
 
   // diffusers would index past alphas_cumprod (leading, offset 1, 1000 steps) or make an extra timestep
   // (trailing, 61 steps).
@@ -369,6 +379,55 @@ TEST(Scheduler, NamesAndValidation) {
   trailing.timestep_spacing = "trailing";
   expect_error(ErrorKind::Usage, "62 timesteps", [&] { txt2img::make_scheduler("euler", trailing, 61); });
   EXPECT_NO_THROW(txt2img::make_scheduler("euler", sd_config(), 1000));
+}
+
+// LCM has no run in reference/scheduler/ (v0.31.0 fixtures predate it here): its goldens are diffusers' own
+// LCMScheduler tests (tests/schedulers/test_scheduler_lcm.py): the full loop over their deterministic sample with
+// their dummy model (sample * t / (t + 1)) and the default CPU generator seeded 0, summarised as sum and mean of
+// absolute values with their tolerances (the values of diffusers since 0.23); and the timesteps
+// LCMScheduler.set_timesteps gives.
+TEST(Scheduler, LcmMatchesDiffusersTests) {
+  EXPECT_EQ(txt2img::make_scheduler("lcm", sd_config(), 4)->timesteps(), (std::vector<double>{999, 759, 499, 259}));
+  EXPECT_EQ(txt2img::make_scheduler("lcm", sd_config(), 3)->timesteps(), (std::vector<double>{999, 679, 339}));
+  EXPECT_EQ(txt2img::make_scheduler("lcm", sd_config(), 1)->timesteps(), (std::vector<double>{999}));
+  std::vector<double> all;
+  for (int t = 999; t > 0; t -= 20) all.push_back(t);
+  EXPECT_EQ(txt2img::make_scheduler("lcm", sd_config(), 50)->timesteps(), all);
+
+  const auto full_loop = [](int steps) {
+    // arange(768).reshape(3, 8, 8, 4) / 768, permuted to batch-first [4, 3, 8, 8].
+    auto sample = (torch::arange(768).reshape({3, 8, 8, 4}) / 768).permute({3, 0, 1, 2});
+    auto generator = at::detail::createCPUGenerator(0);
+    auto sched = txt2img::make_scheduler("lcm", sd_config(), steps);
+    for (size_t i = 0; i < sched->timesteps().size(); ++i) {
+      const auto t = torch::tensor(static_cast<int64_t>(sched->timesteps()[i]));
+      const auto residual = sample * t / (t + 1);
+      const auto noise =
+          sched->needs_noise(i) ? torch::randn({4, 3, 8, 8}, generator, torch::kFloat32) : torch::Tensor();
+      sample = sched->step(residual, i, sample, noise);
+    }
+    return sample.abs();
+  };
+  const auto one = full_loop(1);
+  EXPECT_NEAR(one.sum().item<double>(), 18.7097, 1e-3);
+  EXPECT_NEAR(one.mean().item<double>(), 0.0244, 1e-3);
+  // Before diffusers 0.23 (PR 5681) the last call added noise too and the test expected 280.5618 here.
+  const auto ten = full_loop(10);
+  EXPECT_NEAR(ten.sum().item<double>(), 197.7616, 1e-3);
+  EXPECT_NEAR(ten.mean().item<double>(), 0.2575, 1e-3);
+}
+
+// A model output that is exactly the noise in the sample takes LCM to the clean sample in one call, up to its
+// c_skip (2.5e-9 at t = 999): the consistency function maps any point of a trajectory to its origin.
+TEST(Scheduler, LcmRecoversTheOriginFromAPerfectNoisePrediction) {
+  const auto x0 = golden("common/sample0") * 0.5;
+  const auto eps = torch::cos(torch::arange(x0.numel(), torch::kFloat32).reshape(x0.sizes()));
+  const float a = txt2img::alphas_cumprod(sd_config())[999].item<float>();
+  const auto noisy = std::sqrt(a) * x0 + std::sqrt(1.0f - a) * eps;
+  auto sched = txt2img::make_scheduler("lcm", sd_config(), 1);
+  const auto out = sched->step(eps, 0, noisy);
+  EXPECT_TRUE(torch::allclose(out, x0, 1e-4, 1e-4)) << (out - x0).abs().max();
+  EXPECT_TRUE(torch::equal(sched->pred_original_sample(), out));  // the last call returns its denoised sample
 }
 
 TEST(Scheduler, UnsupportedConfigValuesAreBundleErrors) {
@@ -381,7 +440,9 @@ TEST(Scheduler, UnsupportedConfigValuesAreBundleErrors) {
   prediction.prediction_type = "flow";
   for (const auto& name : txt2img::scheduler_names()) {
     expect_error(ErrorKind::Bundle, "sigmoid", [&] { txt2img::make_scheduler(name, schedule, 10); });
-    expect_error(ErrorKind::Bundle, "karras", [&] { txt2img::make_scheduler(name, spacing, 10); });
+    // LCM's timesteps come from its distillation schedule; diffusers' LCMScheduler never reads the spacing.
+    if (name != "lcm")
+      expect_error(ErrorKind::Bundle, "karras", [&] { txt2img::make_scheduler(name, spacing, 10); });
     expect_error(ErrorKind::Bundle, "flow", [&] { txt2img::make_scheduler(name, prediction, 10); });
   }
   SchedulerConfig sample;
@@ -402,11 +463,15 @@ TEST(Scheduler, StepsMustComeInOrderWithNoiseWhereNeeded) {
     for (size_t i = 1; i < calls; ++i) sched->step(x, i, x, noise);
     expect_error(ErrorKind::Runtime, "U-Net calls", [&] { sched->step(x, calls, x, noise); });
   }
-  for (double eta : {0.5, 0.0}) {
-    auto sched = txt2img::make_scheduler(eta > 0 ? "ddim" : "euler_a", sd_config(), 2, eta);
+  for (const auto& [name, eta] : std::vector<std::pair<std::string, double>>{{"ddim", 0.5}, {"euler_a", 0.0},
+                                                                             {"lcm", 0.0}}) {
+    auto sched = txt2img::make_scheduler(name, sd_config(), 2, eta);
     expect_error(ErrorKind::Runtime, "noise", [&] { sched->step(x, 0, x); });
     expect_error(ErrorKind::Runtime, "noise", [&] { sched->step(x, 0, x, torch::zeros({1, 4, 8, 7})); });
   }
+  auto lcm = txt2img::make_scheduler("lcm", sd_config(), 2);
+  lcm->step(x, 0, x, torch::zeros_like(x));
+  EXPECT_NO_THROW(lcm->step(x, 1, x));
 }
 
 }  // namespace

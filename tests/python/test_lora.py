@@ -120,6 +120,26 @@ def test_kohya_unet_linears_convs_and_text_encoder(tmp_path, components):
     assert record["path"] == str(tmp_path / "style.safetensors") and len(record["sha256"]) == 64
 
 
+# The layers diffusers' LCM-LoRA training script (train_lcm_distill_lora_sd.py) puts LoRAs on; LCM-LoRA files
+# (lcm-lora-sdv1-5) store them in kohya naming, to be sampled with --sampler lcm.
+LCM_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                    "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
+
+
+def test_every_layer_an_lcm_lora_targets(tmp_path, components):
+    unet = components["unet"].tensors
+    modules = {("unet", key[:-len(".weight")]): tuple(value.shape) for key, value in unet.items()
+               if key.endswith(".weight") and value.dim() >= 2
+               and any(key[:-len(".weight")].endswith("." + target) for target in LCM_LORA_TARGETS)}
+    kinds = {target for target in LCM_LORA_TARGETS for _, module in modules if module.endswith("." + target)}
+    assert kinds == set(LCM_LORA_TARGETS)  # the tiny U-Net has every kind of layer
+    pairs = make_lora(modules, rank=2, alpha=1.0)
+    before = snapshot(components)
+    record = merge(components, kohya_file(tmp_path / "lcm-lora.safetensors", pairs))
+    check_merged(before, components, pairs, 1.0)
+    assert record["unet_modules"] == len(modules) and record["text_encoder_modules"] == 0
+
+
 def test_alpha_absent_means_alpha_equals_rank(tmp_path, components):
     pairs = make_lora(rank=3, alpha=None)
     before = snapshot(components)
