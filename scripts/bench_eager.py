@@ -13,6 +13,7 @@ txt2img-bench --no-safety-checker.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -106,6 +107,17 @@ class DDIM:
         return a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
 
 
+def allocator() -> str:
+    """The process's malloc as txt2img --version names it: tcmalloc where preloaded (LD_PRELOAD), else glibc's."""
+    process = ctypes.CDLL(None)
+    if not hasattr(process, "tc_version"):
+        return "glibc malloc"
+    major, minor, patch = ctypes.c_int(), ctypes.c_int(), ctypes.c_char_p()
+    process.tc_version.restype = ctypes.c_char_p
+    process.tc_version(ctypes.byref(major), ctypes.byref(minor), ctypes.byref(patch))
+    return f"tcmalloc {major.value}.{minor.value}{(patch.value or b'').decode()}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -190,6 +202,7 @@ def main(argv=None) -> int:
     out = {
         "tool": "bench_eager.py",
         "torch": torch.__version__,
+        "allocator": allocator(),
         "device": str(device),
         "dtype": args.dtype,
         "sdpa": hasattr(torch.nn.functional, "scaled_dot_product_attention"),

@@ -18,6 +18,7 @@ packages=(
   libicu-dev libicu72
   libssl-dev libssl3
   zlib1g-dev zlib1g
+  libtcmalloc-minimal4
   pkgconf-bin libpkgconf3  # CMake's pkg_check_modules needs a pkg-config; the target machine may have none
 )
 

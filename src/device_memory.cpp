@@ -1,5 +1,6 @@
 #include "txt2img/device_memory.hpp"
 
+#include <dlfcn.h>
 #include <sys/resource.h>
 
 #ifdef TXT2IMG_WITH_CUDA
@@ -32,6 +33,18 @@ bool built_with_cuda() {
 #else
   return false;
 #endif
+}
+
+std::string host_allocator() {
+  // Looked up rather than called: the build may lack tcmalloc, and a preloaded one counts as well.
+  using Version = const char* (*)(int*, int*, const char**);
+  if (const auto version = reinterpret_cast<Version>(dlsym(RTLD_DEFAULT, "tc_version"))) {
+    int major = 0, minor = 0;
+    const char* patch = "";
+    version(&major, &minor, &patch);
+    return "tcmalloc " + std::to_string(major) + "." + std::to_string(minor) + patch;
+  }
+  return "glibc malloc";
 }
 
 MemoryPeaks memory_peaks(const c10::Device& device) {

@@ -4,6 +4,7 @@
 #include <c10/core/Device.h>
 
 #include <optional>
+#include <string>
 
 namespace txt2img {
 
@@ -25,5 +26,9 @@ void release_cached_device_memory(const c10::Device& device);
 
 // Whether this build links LibTorch's CUDA libraries (CUDA graphs, device memory statistics).
 bool built_with_cuda();
+
+// The malloc this process runs on, for version lines and benchmarks: "tcmalloc <version>" where gperftools'
+// tcmalloc is linked (or preloaded), else "glibc malloc".
+std::string host_allocator();
 
 }  // namespace txt2img

@@ -89,11 +89,13 @@ Placement choose_placement(const GenerateOptions& o) {
   p.options.low_vram = o.low_vram;
   // On CUDA the U-Net call is captured as a CUDA graph with NHWC convolutions, and TorchScript runs unprofiled:
   // measured on an H200 (docs/PERFORMANCE.md), 100 instead of 78 U-Net it/s and a first image after 1.5 s instead
-  // of 6, with pixels within one level. Unprofiled execution alone would lose speed, NHWC alone too.
+  // of 6, with pixels within one level. Unprofiled execution alone would lose speed, NHWC alone too. On the CPU
+  // the profiling executor has nothing to compile (LibTorch's CPU fusers are off) and its profiling costs 7 % of
+  // the U-Net's time over 8 steps at 512x512 (docs/PERFORMANCE.md, CPU (v)), so the CPU runs unprofiled too.
   const bool replay = cuda_wanted && !o.no_cuda_graph;
   p.options.cuda_graph = replay;
   p.options.channels_last = replay;
-  p.options.profiling_executor = !replay;
+  p.options.profiling_executor = cuda_wanted && !replay;
   p.options.safety = o.no_safety_checker    ? SafetyMode::Off
                      : o.safety == "report" ? SafetyMode::Report
                                             : SafetyMode::Replace;

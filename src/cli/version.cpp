@@ -8,7 +8,8 @@
 
 namespace txt2img::cli {
 
-// The LibTorch it runs on and whether it can use a GPU: the first thing to know when a run is slower than expected.
+// The LibTorch it runs on, whether it can use a GPU and its malloc: the first things to know when a run is slower
+// than expected.
 std::string version_string() {
   std::string devices = "CPU only";
   if (built_with_cuda()) {
@@ -17,7 +18,7 @@ std::string version_string() {
                          : "CUDA: " + std::to_string(count) + " device" + (count == 1 ? "" : "s");
   }
   return std::string("txt2img ") + TXT2IMG_VERSION + " (LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
-         std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " + devices + ")";
+         std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " + devices + ", " + host_allocator() + ")";
 }
 
 }  // namespace txt2img::cli

@@ -188,6 +188,7 @@ int main(int argc, char** argv) {
     nlohmann::json out = {
         {"tool", "txt2img-bench"},
         {"libtorch", libtorch_version()},
+        {"allocator", host_allocator()},
         {"device", options.device.str()},
         {"dtype", dtype_name},
         {"graph", graph_name},

@@ -30,9 +30,11 @@ class HelpAndVersion(CliTestCase):
     def test_version(self):
         result = run(["--version"], self.dir)
         self.assertEqual(result.returncode, 0)
-        # The build and what it can run on: "CPU only", "CUDA: 2 devices", "CUDA build, no CUDA device visible".
+        # The build, what it can run on ("CPU only", "CUDA: 2 devices", "CUDA build, no CUDA device visible") and its
+        # malloc (tcmalloc where set-up installed it, which CI's does).
         self.assertRegex(result.stdout, r"^txt2img \d+\.\d+\.\d+ \(LibTorch \d+\.\d+\.\d+, "
-                                        r"(CPU only|CUDA: \d+ devices?|CUDA build, no CUDA device visible)\)\n$")
+                                        r"(CPU only|CUDA: \d+ devices?|CUDA build, no CUDA device visible), "
+                                        r"(tcmalloc \d+\.\d+\S*|glibc malloc)\)\n$")
 
 
 class BadFlags(CliTestCase):

@@ -1,7 +1,9 @@
 #include "txt2img/device_memory.hpp"
 
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <vector>
 
 namespace {
@@ -24,6 +26,19 @@ TEST(MemoryPeaks, CudaStatisticsExistExactlyInCudaBuilds) {
   EXPECT_TRUE(txt2img::built_with_cuda());
 #else
   EXPECT_FALSE(txt2img::built_with_cuda());
+#endif
+}
+
+// Where the build found tcmalloc, it is the process's malloc (linked ahead of libc, not merely loaded) and says so.
+TEST(HostAllocator, TcmallocIsTheMallocWhereTheBuildLinksIt) {
+  const auto name = txt2img::host_allocator();
+#ifdef TXT2IMG_EXPECT_TCMALLOC
+  EXPECT_EQ(name.rfind("tcmalloc ", 0), 0u) << name;
+  const auto* tc_malloc = dlsym(RTLD_DEFAULT, "tc_malloc");
+  ASSERT_NE(tc_malloc, nullptr);
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "malloc"), tc_malloc);
+#else
+  EXPECT_EQ(name, "glibc malloc");
 #endif
 }
 

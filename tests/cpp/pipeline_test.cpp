@@ -196,6 +196,18 @@ TEST_F(TinyPipeline, AnImageDoesNotDependOnItsBatch) {
     EXPECT_LE(max_level_difference(batched->rgb, alone->rgb), 1);
 }
 
+// The command line runs TorchScript unprofiled on the CPU (and with CUDA graphs): the same computation, so the same
+// pixels as the profiling executor's, whose optimised graphs take over from the third call on.
+TEST_F(TinyPipeline, UnprofiledExecutionGivesTheSameImage) {
+  txt2img::PipelineOptions plain;
+  plain.profiling_executor = false;
+  auto unprofiled = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), plain);
+  const auto image = generate_small(unprofiled, {"a red cube"}, {7})[0].rgb;
+  txt2img::PipelineOptions profiled;  // setGraphExecutorOptimize is process-wide: restore LibTorch's default
+  auto again = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), profiled);
+  for (int run = 0; run < 2; ++run) EXPECT_EQ(generate_small(again, {"a red cube"}, {7})[0].rgb, image);
+}
+
 TEST_F(TinyPipeline, LowVramBelowTheTileSizeGivesTheSameImage) {
   txt2img::PipelineOptions low_vram;
   low_vram.low_vram = true;
