@@ -100,7 +100,9 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
     throw Error(ErrorKind::Usage, "--low-vram cannot be combined with --graph freeze or optimize: it moves the models "
                                   "between host and device, and frozen weights are part of the graph");
   Pipeline p(bundle.manifest(), bundle.load_tokenizer(), options);
-  torch::jit::setGraphExecutorOptimize(options.profiling_executor);
+  // Freezing needs the graph executor's optimisations on (with them off it leaves calls to methods it removed), so
+  // they are switched to the options' setting only once the modules are prepared.
+  torch::jit::setGraphExecutorOptimize(true);
   at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
   // Each module is read into host memory and cast there, and only then copied to the device: the device never holds
   // its float32 weights (a CUDA caching allocator would keep their blocks, twice the fp16 size, reserved after the
@@ -128,6 +130,7 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   if (options.safety != SafetyMode::Off)
     p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
                                                 side_device(options), side_dtype(options));
+  torch::jit::setGraphExecutorOptimize(options.profiling_executor);
   return p;
 } catch (const Error&) {
   throw;

@@ -203,6 +203,12 @@ TEST_F(TinyPipeline, UnprofiledExecutionGivesTheSameImage) {
   plain.profiling_executor = false;
   auto unprofiled = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), plain);
   const auto image = generate_small(unprofiled, {"a red cube"}, {7})[0].rgb;
+  // Frozen graphs too (freezing needs the executor's optimisations, which the pipeline turns off only afterwards).
+  for (auto graph : {txt2img::GraphOptimization::Freeze, txt2img::GraphOptimization::FreezeAndOptimize}) {
+    plain.graph = graph;
+    auto frozen = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), plain);
+    EXPECT_LE(max_level_difference(generate_small(frozen, {"a red cube"}, {7})[0].rgb, image), 1);
+  }
   txt2img::PipelineOptions profiled;  // setGraphExecutorOptimize is process-wide: restore LibTorch's default
   auto again = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), profiled);
   for (int run = 0; run < 2; ++run) EXPECT_EQ(generate_small(again, {"a red cube"}, {7})[0].rgb, image);
