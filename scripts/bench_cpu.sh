@@ -6,11 +6,11 @@
 # of a shared VM drifts over minutes, and the table gives each figure's median. It starts with the machine: CPU,
 # cores, BLAS, LibTorch and each row's malloc.
 #
-#   scripts/bench_cpu.sh --model /tmp/full [--size 512] [--steps 3] [--threads 2] [--rounds 2] [--bench BIN] [--also BIN]
-#                        [--out DIR]        (--bench: our txt2img-bench, default build/txt2img-bench)
+#   scripts/bench_cpu.sh --model /tmp/full [--size 512] [--steps 3] [--threads 2] [--dtype fp32|bf16] [--rounds 2]
+#                        [--bench BIN] [--also BIN] [--out DIR]   (--bench: ours, default build/txt2img-bench)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-model="" size=512 steps=3 threads=2 rounds=2 also="" out=""
+model="" size=512 steps=3 threads=2 dtype=fp32 rounds=2 also="" out=""
 bench=$root/build/txt2img-bench
 while (($#)); do
   case $1 in
@@ -18,6 +18,7 @@ while (($#)); do
     --size) size=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --dtype) dtype=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --bench) bench=$2; shift 2 ;;
     --also) also=$2; shift 2 ;;
@@ -31,7 +32,7 @@ out=${out:-$(mktemp -d /tmp/bench_cpu.XXXXXX)}
 mkdir -p "$out"
 tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 /{print $NF; exit}')
 
-common=(--model "$model" --device cpu --dtype fp32 --width "$size" --height "$size" --steps "$steps"
+common=(--model "$model" --device cpu --dtype "$dtype" --width "$size" --height "$size" --steps "$steps"
         --threads "$threads" --warmup 0 --runs 1)
 rows=(ours)
 [[ -n $also ]] && rows+=(also)
@@ -52,7 +53,7 @@ run_row() {
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores visible"
   echo "blas: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || echo unknown)"
   echo "ours: $bench; $("$root/build/txt2img" --version 2>/dev/null || echo 'no build/txt2img')"
-  echo "command: $0 --model $model --size $size --steps $steps --threads $threads --rounds $rounds${also:+ --also $also}"
+  echo "command: $0 --model $model --size $size --steps $steps --threads $threads --dtype $dtype --rounds $rounds${also:+ --also $also}"
 } | tee "$out/machine.txt"
 
 for ((round = 1; round <= rounds; round++)); do
