@@ -66,12 +66,22 @@ def _per_block(value: Any, count: int, name: str) -> List[Any]:
     return [value] * count
 
 
+# What a refused config value usually means, where users meet it with SD 1.x-based files.
+_CONFIG_HINTS = {
+    "time_cond_proj_dim": "an LCM-distilled U-Net with a guidance embedding, such as LCM_Dreamshaper_v7; for "
+                          "few-step images merge LCM-LoRA into an SD 1.x model instead (convert.py --lora) and "
+                          "sample it with txt2img --sampler lcm",
+    "upcast_attention": "an SD 2.1 model; only SD 1.x models are supported",
+}
+
+
 def check_config(config: Dict[str, Any], supported: Dict[str, Any], what: str) -> None:
     """Reject configs that need features this implementation leaves out, instead of silently ignoring them."""
     for key, allowed in supported.items():
         value = config.get(key, allowed)
         if value != allowed:
-            raise NotImplementedError(f"{what}: {key}={value!r} is not supported (only {allowed!r})")
+            hint = f": {_CONFIG_HINTS[key]}" if key in _CONFIG_HINTS else ""
+            raise NotImplementedError(f"{what}: {key}={value!r} is not supported (only {allowed!r}){hint}")
 
 
 class ResnetBlock2D(nn.Module):

@@ -318,6 +318,9 @@ def test_unsupported_unet_config_is_rejected():
         UNet2DConditionModel(_small_unet_config(upcast_attention=True))
     with pytest.raises(NotImplementedError):
         UNet2DConditionModel(_small_unet_config(down_block_types=["CrossAttnDownBlock2D", "AttnDownBlock2D"]))
+    # A full LCM model (guidance embedding) is refused with the way to few-step images that works.
+    with pytest.raises(NotImplementedError, match="LCM-LoRA.*--sampler lcm"):
+        UNet2DConditionModel(_small_unet_config(time_cond_proj_dim=256))
 
 
 def test_sdpa_selection(check_close):
