@@ -160,6 +160,7 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
                                       " (--clip-skip N takes the text encoder's Nth layer from the end: 1 the last, "
                                       "2 the one before it; this model's has " + layers + " layers)");
   }
+  params.sampler = canonical_scheduler_name(params.sampler);  // records name what the run used, as --help does
   make_sampler(manifest, params);  // validates the sampler name, steps and eta together
   return params;
 }

@@ -1,7 +1,9 @@
 #include "txt2img/scheduler.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <map>
 #include <sstream>
 
 #include "scheduler_impl.hpp"
@@ -114,10 +116,37 @@ const std::vector<std::string>& scheduler_names() {
   return names;
 }
 
+std::string canonical_scheduler_name(const std::string& name) {
+  std::string key;
+  for (size_t i = 0; i < name.size(); ++i) {
+    if (name.compare(i, 2, "++") == 0) {
+      key += "pp";
+      ++i;
+    } else if (std::isalnum(static_cast<unsigned char>(name[i]))) {
+      key += static_cast<char>(std::tolower(static_cast<unsigned char>(name[i])));
+    }
+  }
+  static const std::map<std::string, std::string> aliases = {
+      {"ddim", "ddim"},           {"ddimscheduler", "ddim"},
+      {"pndm", "pndm"},           {"plms", "pndm"},
+      {"pndmscheduler", "pndm"},  {"euler", "euler"},
+      {"keuler", "euler"},        {"eulerdiscretescheduler", "euler"},
+      {"eulera", "euler_a"},      {"keulera", "euler_a"},
+      {"eulerancestral", "euler_a"}, {"eulerancestraldiscretescheduler", "euler_a"},
+      {"lms", "lms"},             {"klms", "lms"},
+      {"lmsdiscretescheduler", "lms"}, {"dpmpp2mkarras", "dpmpp_2m_karras"},
+      {"kdpmpp2mkarras", "dpmpp_2m_karras"}, {"lcm", "lcm"},
+      {"lcmscheduler", "lcm"},
+  };
+  const auto it = aliases.find(key);
+  return it == aliases.end() ? name : it->second;
+}
+
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,
                                           double eta) {
+  const std::string canonical = canonical_scheduler_name(name);
   const auto it = std::find_if(std::begin(kSamplers), std::end(kSamplers),
-                               [&](const Sampler& s) { return name == s.name; });
+                               [&](const Sampler& s) { return canonical == s.name; });
   if (it == std::end(kSamplers))
     throw Error(ErrorKind::Usage, "unknown scheduler \"" + name + "\" (known: " + joined_names() + ")");
   if (steps < 1 || steps > config.num_train_timesteps)

@@ -60,6 +60,12 @@ class Scheduler {
 // Names accepted by make_scheduler, for help texts and validation.
 const std::vector<std::string>& scheduler_names();
 
+// The scheduler_names() entry another tool's name for the same sampler stands for, else `name` unchanged:
+// AUTOMATIC1111's ("Euler a", "DPM++ 2M Karras", "PLMS", "LCM"; k-diffusion's "k_euler_a") and diffusers' class
+// names ("EulerAncestralDiscreteScheduler"), matched ignoring case, spaces and punctuation ("++" reads "pp").
+// DPMSolverMultistepScheduler is not one: it is DPM++ 2M Karras only with use_karras_sigmas.
+std::string canonical_scheduler_name(const std::string& name);
+
 // Throws Error(Usage) for an unknown name, steps outside [1, num_train_timesteps] (or a step count whose diffusers
 // timesteps are unusable with the spacing, or above LCM's 50 distillation steps), a negative eta, or a non-zero eta for a sampler other than ddim.
 // Throws Error(Bundle) for config values the sampler does not support (beta_schedule, timestep_spacing,

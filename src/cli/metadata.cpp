@@ -1,27 +1,14 @@
 #include "cli/metadata.hpp"
 
-#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 
+#include "txt2img/scheduler.hpp"
+
 namespace txt2img::cli {
 namespace {
-
-// "Euler a", "euler_a", "euler-a" and "EulerA" all become "eulera"; "dpm++" becomes "dpmpp".
-std::string sampler_key(const std::string& name) {
-  std::string key;
-  for (size_t i = 0; i < name.size(); ++i) {
-    if (name.compare(i, 2, "++") == 0) {
-      key += "pp";
-      ++i;
-    } else if (std::isalnum(static_cast<unsigned char>(name[i]))) {
-      key += static_cast<char>(std::tolower(static_cast<unsigned char>(name[i])));
-    }
-  }
-  return key;
-}
 
 // A1111 writes a value as is unless it holds a comma, colon or newline; then as a JSON string.
 std::string a1111_quote(const std::string& value) {
@@ -34,25 +21,11 @@ std::string a1111_quote(const std::string& value) {
 std::string sampler_display_name(const std::string& sampler) {
   // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
   static const std::map<std::string, std::string> names = {
-      {"ddim", "DDIM"},
-      {"pndm", "PLMS"},
-      {"plms", "PLMS"},
-      {"euler", "Euler"},
-      {"eulera", "Euler a"},
-      {"eulerancestral", "Euler a"},
-      {"lms", "LMS"},
-      {"lmskarras", "LMS Karras"},
-      {"heun", "Heun"},
-      {"dpm2", "DPM2"},
-      {"dpm2a", "DPM2 a"},
-      {"dpmpp2m", "DPM++ 2M"},
-      {"dpmpp2mkarras", "DPM++ 2M Karras"},
-      {"dpmpp2sa", "DPM++ 2S a"},
-      {"dpmppsde", "DPM++ SDE"},
-      {"unipc", "UniPC"},
+      {"ddim", "DDIM"},   {"pndm", "PLMS"}, {"euler", "Euler"},
+      {"euler_a", "Euler a"}, {"lms", "LMS"}, {"dpmpp_2m_karras", "DPM++ 2M Karras"},
       {"lcm", "LCM"},
   };
-  const auto it = names.find(sampler_key(sampler));
+  const auto it = names.find(canonical_scheduler_name(sampler));
   return it == names.end() ? sampler : it->second;
 }
 

@@ -33,7 +33,8 @@ struct ImageRecord {
   bool nsfw = false;
 };
 
-// The sampler's name as A1111 shows it ("DDIM", "PLMS", "Euler a", ...); unknown names are kept as they are.
+// The sampler's name as A1111 shows it ("DDIM", "PLMS", "Euler a", ...), for any name
+// canonical_scheduler_name knows; unknown names are kept as they are.
 std::string sampler_display_name(const std::string& sampler);
 
 // A number as Python's repr prints a float (7.5, 7.0, 0.1), which is how A1111 writes "CFG scale".

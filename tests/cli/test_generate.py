@@ -269,6 +269,21 @@ class Samplers(CliTestCase):
             result = self.txt2img("a fox", "--sampler", sampler, "-o", f"{sampler}.png", "--seed", "1")
             self.assertEqual(result.returncode, 0, f"{sampler}: {result.stderr}")
 
+    def test_other_tools_sampler_names(self):
+        # A1111's infotext name on the command line, diffusers' class name in a prompt file: the run records ours and
+        # makes the same image as our name does.
+        self.write("p.jsonl", json.dumps({"prompt": "a fox", "sampler": "EulerAncestralDiscreteScheduler",
+                                          "output": "class.png"}) + "\n")
+        runs = [self.txt2img("a fox", "--sampler", "Euler a", "-o", "a1111.png", "--seed", "1", "--json"),
+                self.txt2img("--from-file", "p.jsonl", "--seed", "1", "--json"),
+                self.txt2img("a fox", "--sampler", "euler_a", "-o", "ours.png", "--seed", "1", "--json")]
+        for result in runs:
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(json_lines(result.stdout)[0]["sampler"], "euler_a")
+        for name in ["a1111.png", "class.png"]:
+            self.assertEqual(png_pixels(self.dir / name), png_pixels(self.dir / "ours.png"))
+            self.assertIn("Sampler: Euler a,", png_text(self.dir / name)["parameters"])
+
     def test_lcm_takes_at_most_its_50_distillation_steps(self):
         result = self.txt2img("a fox", "--sampler", "lcm", "--steps", "51", "-o", "x.png")
         self.assertExit(result, EXIT_USAGE, "at most 50 steps")

@@ -430,6 +430,27 @@ TEST(Scheduler, LcmRecoversTheOriginFromAPerfectNoisePrediction) {
   EXPECT_TRUE(torch::equal(sched->pred_original_sample(), out));  // the last call returns its denoised sample
 }
 
+// Other tools' names for our samplers: A1111's (as its infotext writes them), k-diffusion's, diffusers' classes.
+TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
+  for (const auto& name : txt2img::scheduler_names()) EXPECT_EQ(txt2img::canonical_scheduler_name(name), name);
+  const std::vector<std::pair<std::string, std::string>> aliases = {
+      {"DDIM", "ddim"},       {"PLMS", "pndm"},       {"Euler", "euler"},
+      {"Euler a", "euler_a"}, {"k_euler_a", "euler_a"}, {"LMS", "lms"},
+      {"DPM++ 2M Karras", "dpmpp_2m_karras"}, {"LCM", "lcm"},  {"EulerAncestralDiscreteScheduler", "euler_a"},
+      {"LCMScheduler", "lcm"}, {"PNDMScheduler", "pndm"},    {"LMSDiscreteScheduler", "lms"}};
+  for (const auto& [alias, name] : aliases) {
+    EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
+    EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
+              txt2img::make_scheduler(name, sd_config(), 10)->timesteps()) << alias;
+  }
+  // Not the same sampler: plain DPM++ 2M (no Karras sigmas) and diffusers' DPMSolverMultistepScheduler, which is
+  // DPM++ 2M Karras only with use_karras_sigmas.
+  for (const char* other : {"DPM++ 2M", "DPMSolverMultistepScheduler", "Heun"}) {
+    EXPECT_EQ(txt2img::canonical_scheduler_name(other), other);
+    expect_error(ErrorKind::Usage, "unknown scheduler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
+  }
+}
+
 TEST(Scheduler, UnsupportedConfigValuesAreBundleErrors) {
   SchedulerConfig schedule;
   schedule.beta_schedule = "sigmoid";
