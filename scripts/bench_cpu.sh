@@ -26,7 +26,8 @@ while (($#)); do
     *) echo "bench_cpu.sh: unknown argument $1 (see the comment at the top)" >&2; exit 2 ;;
   esac
 done
-[[ -f $model/model.json ]] || { echo "bench_cpu.sh: --model DIR must be a bundle (scripts/convert.py --random-full)" >&2; exit 2; }
+[[ -f $model/model.json ]] || {
+  echo "bench_cpu.sh: --model DIR must be a bundle (scripts/convert.py --random-full)" >&2; exit 2; }
 [[ -x $bench ]] || { echo "bench_cpu.sh: no $bench; build first (cmake --build build)" >&2; exit 2; }
 out=${out:-$(mktemp -d /tmp/bench_cpu.XXXXXX)}
 mkdir -p "$out"
@@ -44,7 +45,8 @@ run_row() {
     ours) "$bench" "${common[@]}" --no-safety-checker --plain-executor ;;  # the command line's CPU options
     also) "$also" "${common[@]}" --no-safety-checker --plain-executor ;;
     eager) "$root/scripts/with-torch-python" "$root/scripts/bench_eager.py" "${common[@]}" ;;
-    eager_tcmalloc) LD_PRELOAD=$tcmalloc "$root/scripts/with-torch-python" "$root/scripts/bench_eager.py" "${common[@]}" ;;
+    eager_tcmalloc)
+      LD_PRELOAD=$tcmalloc "$root/scripts/with-torch-python" "$root/scripts/bench_eager.py" "${common[@]}" ;;
   esac
 }
 
@@ -53,7 +55,8 @@ run_row() {
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores visible"
   echo "blas: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || echo unknown)"
   echo "ours: $bench; $("$root/build/txt2img" --version 2>/dev/null || echo 'no build/txt2img')"
-  echo "command: $0 --model $model --size $size --steps $steps --threads $threads --dtype $dtype --rounds $rounds${also:+ --also $also}"
+  echo "command: $0 --model $model --size $size --steps $steps --threads $threads --dtype $dtype" \
+       "--rounds $rounds${also:+ --also $also}"
 } | tee "$out/machine.txt"
 
 for ((round = 1; round <= rounds; round++)); do

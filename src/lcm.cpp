@@ -1,5 +1,6 @@
 // LCM (diffusers LCMScheduler, the multistep consistency sampler of Latent Consistency Models, for LCM-LoRA and
-// LCM-distilled U-Nets): each call maps the sample straight to a denoised estimate through the consistency
+// models merged with it; U-Nets distilled with a guidance embedding, such as LCM_Dreamshaper_v7, are not
+// supported): each call maps the sample straight to a denoised estimate through the consistency
 // boundary condition, then noises that estimate back to the next timestep with fresh noise, except after the
 // last call, whose denoised estimate is the result.
 //

@@ -66,8 +66,9 @@ const std::vector<std::string>& scheduler_names();
 // DPMSolverMultistepScheduler is not one: it is DPM++ 2M Karras only with use_karras_sigmas.
 std::string canonical_scheduler_name(const std::string& name);
 
-// Throws Error(Usage) for an unknown name, steps outside [1, num_train_timesteps] (or a step count whose diffusers
-// timesteps are unusable with the spacing, or above LCM's 50 distillation steps), a negative eta, or a non-zero eta for a sampler other than ddim.
+// Throws Error(Usage) for an unknown name (canonical_scheduler_name's aliases are known), steps outside
+// [1, num_train_timesteps] (or a step count whose diffusers timesteps are unusable with the spacing, or above LCM's
+// 50 distillation steps), a negative eta, or a non-zero eta for a sampler other than ddim.
 // Throws Error(Bundle) for config values the sampler does not support (beta_schedule, timestep_spacing,
 // prediction_type).
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,

@@ -18,7 +18,8 @@ std::string version_string() {
                          : "CUDA: " + std::to_string(count) + " device" + (count == 1 ? "" : "s");
   }
   return std::string("txt2img ") + TXT2IMG_VERSION + " (LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
-         std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " + devices + ", " + host_allocator() + ")";
+         std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " + devices + ", " +
+         host_allocator() + ")";
 }
 
 }  // namespace txt2img::cli

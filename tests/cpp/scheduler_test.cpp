@@ -113,7 +113,8 @@ TEST_P(SchedulerGolden, MatchesDiffusers) {
 
   const auto expected_ts = goldens().info.at("runs").at(run).at("timesteps").get<std::vector<double>>();
   ASSERT_EQ(sched->timesteps(), expected_ts);
-  EXPECT_EQ(sched->needs_noise(0), has_golden(step_key(run, 0) + "variance_noise") || has_golden(step_key(run, 0) + "noise"));
+  EXPECT_EQ(sched->needs_noise(0),
+            has_golden(step_key(run, 0) + "variance_noise") || has_golden(step_key(run, 0) + "noise"));
 
   Worst w;
   torch::Tensor x = golden("common/sample0");
