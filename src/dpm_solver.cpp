@@ -1,11 +1,13 @@
-// DPM-Solver++(2M) with Karras sigmas (diffusers DPMSolverMultistepScheduler: algorithm_type "dpmsolver++",
-// solver_order 2, solver_type "midpoint", use_karras_sigmas, lower_order_final, final_sigmas_type "zero").
+// DPM-Solver++(2M) (diffusers DPMSolverMultistepScheduler: algorithm_type "dpmsolver++", solver_order 2,
+// solver_type "midpoint", lower_order_final, final_sigmas_type "zero"), on diffusers' default schedule (training
+// sigmas at linspace-spaced timesteps: dpmpp_2m) or with use_karras_sigmas (dpmpp_2m_karras).
 // The model output is turned into an x0 prediction; the first and the last step are first order, the others
 // extrapolate from the last two x0 predictions in log-SNR time.
 #include <algorithm>
 #include <cmath>
 
 #include "scheduler_impl.hpp"
+#include "txt2img/error.hpp"
 
 namespace txt2img::detail {
 namespace {
@@ -40,13 +42,39 @@ double sigma_to_t(double sigma, const std::vector<float>& log_sigmas) {
   return std::nearbyint(static_cast<double>(1.0f - w) * low + static_cast<double>(w) * (low + 1));
 }
 
-class DpmSolverPP2MKarras final : public Scheduler {
+class DpmSolverPP2M final : public Scheduler {
  public:
-  DpmSolverPP2MKarras(const SchedulerConfig& config, int steps) : prediction_type_(config.prediction_type) {
-    require_prediction_type(config, "dpmpp_2m_karras", {"epsilon", "sample", "v_prediction"});
-    // The spacing is validated but has no effect: the Karras sigmas replace the spaced timesteps.
-    resolve_spacing(config, "linspace");
+  DpmSolverPP2M(const SchedulerConfig& config, int steps, bool karras) : prediction_type_(config.prediction_type) {
+    const char* name = karras ? "dpmpp_2m_karras" : "dpmpp_2m";
+    require_prediction_type(config, name, {"epsilon", "sample", "v_prediction"});
+    const std::string spacing = resolve_spacing(config, "linspace");
     const auto train = training_sigmas(alphas_cumprod_values(config));
+    if (karras)
+      karras_schedule(train, steps);  // the Karras sigmas replace the spaced timesteps: the spacing has no effect
+    else if (spacing == "linspace")
+      training_schedule(train, config.num_train_timesteps, steps);
+    else
+      throw Error(ErrorKind::Bundle, "timestep_spacing \"" + spacing + "\" is not supported by the dpmpp_2m scheduler "
+                                     "(supported: linspace)");
+    sigmas_.push_back(0.0f);
+  }
+
+  torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
+                     const torch::Tensor&) override;
+
+ private:
+  // np.linspace(0, num_train_timesteps - 1, steps + 1).round()[::-1][:-1] (lambda_min_clipped = -inf keeps every
+  // training timestep), each with its training sigma (np.interp at whole timesteps is the value itself).
+  void training_schedule(const std::vector<float>& train, int total, int steps) {
+    const double stride = static_cast<double>(total - 1) / steps;
+    for (int i = steps; i > 0; --i) {
+      const double t = std::nearbyint(i == steps ? total - 1 : i * stride);
+      timesteps_.push_back(t);
+      sigmas_.push_back(train[static_cast<size_t>(t)]);
+    }
+  }
+
+  void karras_schedule(const std::vector<float>& train, int steps) {
     std::vector<float> log_sigmas;
     // NumPy's float32 log (SIMD on some CPUs) may differ by an ulp from this; it only moves the rounded
     // timesteps at exact .5 ties.
@@ -62,49 +90,47 @@ class DpmSolverPP2MKarras final : public Scheduler {
       timesteps_.push_back(sigma_to_t(sigma, log_sigmas));
       sigmas_.push_back(static_cast<float>(sigma));
     }
-    sigmas_.push_back(0.0f);
   }
 
-  torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
-                     const torch::Tensor&) override {
-    check_call(call, calls_done_, timesteps_.size());
-    const Vp s0(sigmas_[call]), t(sigmas_[call + 1]);
-    torch::Tensor x0;
-    if (prediction_type_ == "epsilon") {
-      x0 = (sample - s0.sigma * model_output) / s0.alpha;
-    } else if (prediction_type_ == "sample") {
-      x0 = model_output;
-    } else {  // v_prediction
-      x0 = s0.alpha * sample - s0.sigma * model_output;
-    }
-
-    const float h = t.lambda - s0.lambda;
-    const float coeff = t.alpha * (tensor_exp(-h) - 1.0f);
-    auto prev = (t.sigma / s0.sigma) * sample - coeff * x0;
-    // Second order needs a previous x0; the final step (to sigma 0) is always first order.
-    if (calls_done_ > 0 && call + 1 < timesteps_.size()) {
-      const Vp s1(sigmas_[call - 1]);
-      const float r0 = (s0.lambda - s1.lambda) / h;
-      const auto d1 = (1.0f / r0) * (x0 - previous_x0_);
-      prev = prev - (0.5f * coeff) * d1;
-    }
-    previous_x0_ = x0;
-    pred_original_sample_ = x0;
-    ++calls_done_;
-    return prev;
-  }
-
- private:
   std::string prediction_type_;
   std::vector<float> sigmas_;  // one per call, then 0
   torch::Tensor previous_x0_;
   size_t calls_done_ = 0;
 };
 
+torch::Tensor DpmSolverPP2M::step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
+                                  const torch::Tensor&) {
+  check_call(call, calls_done_, timesteps_.size());
+  const Vp s0(sigmas_[call]), t(sigmas_[call + 1]);
+  torch::Tensor x0;
+  if (prediction_type_ == "epsilon") {
+    x0 = (sample - s0.sigma * model_output) / s0.alpha;
+  } else if (prediction_type_ == "sample") {
+    x0 = model_output;
+  } else {  // v_prediction
+    x0 = s0.alpha * sample - s0.sigma * model_output;
+  }
+
+  const float h = t.lambda - s0.lambda;
+  const float coeff = t.alpha * (tensor_exp(-h) - 1.0f);
+  auto prev = (t.sigma / s0.sigma) * sample - coeff * x0;
+  // Second order needs a previous x0; the final step (to sigma 0) is always first order.
+  if (calls_done_ > 0 && call + 1 < timesteps_.size()) {
+    const Vp s1(sigmas_[call - 1]);
+    const float r0 = (s0.lambda - s1.lambda) / h;
+    const auto d1 = (1.0f / r0) * (x0 - previous_x0_);
+    prev = prev - (0.5f * coeff) * d1;
+  }
+  previous_x0_ = x0;
+  pred_original_sample_ = x0;
+  ++calls_done_;
+  return prev;
+}
+
 }  // namespace
 
-std::unique_ptr<Scheduler> make_dpmpp_2m_karras(const SchedulerConfig& config, int steps) {
-  return std::make_unique<DpmSolverPP2MKarras>(config, steps);
+std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, bool karras) {
+  return std::make_unique<DpmSolverPP2M>(config, steps, karras);
 }
 
 }  // namespace txt2img::detail

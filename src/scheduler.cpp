@@ -18,8 +18,8 @@ struct Sampler {
 };
 
 // In the order help texts list them.
-constexpr Sampler kSamplers[] = {{"ddim", true},    {"pndm", false},           {"euler", false}, {"euler_a", false},
-                                 {"dpmpp_2m_karras", false}, {"lms", false}, {"lcm", false}};
+constexpr Sampler kSamplers[] = {{"ddim", true},     {"pndm", false}, {"euler", false}, {"euler_a", false},
+                                 {"dpmpp_2m", false}, {"dpmpp_2m_karras", false}, {"lms", false}, {"lcm", false}};
 
 std::string joined_names() {
   std::string out;
@@ -134,7 +134,9 @@ std::string canonical_scheduler_name(const std::string& name) {
       {"eulera", "euler_a"},      {"keulera", "euler_a"},
       {"eulerancestral", "euler_a"}, {"eulerancestraldiscretescheduler", "euler_a"},
       {"lms", "lms"},             {"klms", "lms"},
-      {"lmsdiscretescheduler", "lms"}, {"dpmpp2mkarras", "dpmpp_2m_karras"},
+      {"lmsdiscretescheduler", "lms"}, {"dpmpp2m", "dpmpp_2m"},
+      {"kdpmpp2m", "dpmpp_2m"},   {"dpmsolvermultistepscheduler", "dpmpp_2m"},
+      {"dpmpp2mkarras", "dpmpp_2m_karras"},
       {"kdpmpp2mkarras", "dpmpp_2m_karras"}, {"lcm", "lcm"},
       {"lcmscheduler", "lcm"},
   };
@@ -163,7 +165,8 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (sampler == "pndm") return detail::make_pndm(config, steps);
   if (sampler == "euler") return detail::make_euler(config, steps);
   if (sampler == "euler_a") return detail::make_euler_ancestral(config, steps);
-  if (sampler == "dpmpp_2m_karras") return detail::make_dpmpp_2m_karras(config, steps);
+  if (sampler == "dpmpp_2m") return detail::make_dpmpp_2m(config, steps, false);
+  if (sampler == "dpmpp_2m_karras") return detail::make_dpmpp_2m(config, steps, true);
   if (sampler == "lms") return detail::make_lms(config, steps);
   return detail::make_lcm(config, steps);
 }

@@ -17,7 +17,8 @@ std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, d
 std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps);
-std::unique_ptr<Scheduler> make_dpmpp_2m_karras(const SchedulerConfig& config, int steps);
+// DPM-Solver++(2M) on diffusers' default schedule, or with Karras sigmas.
+std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_lcm(const SchedulerConfig& config, int steps);
 

@@ -62,8 +62,8 @@ const std::vector<std::string>& scheduler_names();
 
 // The scheduler_names() entry another tool's name for the same sampler stands for, else `name` unchanged:
 // AUTOMATIC1111's ("Euler a", "DPM++ 2M Karras", "PLMS", "LCM"; k-diffusion's "k_euler_a") and diffusers' class
-// names ("EulerAncestralDiscreteScheduler"), matched ignoring case, spaces and punctuation ("++" reads "pp").
-// DPMSolverMultistepScheduler is not one: it is DPM++ 2M Karras only with use_karras_sigmas.
+// names ("EulerAncestralDiscreteScheduler"; "DPMSolverMultistepScheduler" is dpmpp_2m, its default configuration),
+// matched ignoring case, spaces and punctuation ("++" reads "pp").
 std::string canonical_scheduler_name(const std::string& name);
 
 // Throws Error(Usage) for an unknown name (canonical_scheduler_name's aliases are known), steps outside

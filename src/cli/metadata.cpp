@@ -22,7 +22,7 @@ std::string sampler_display_name(const std::string& sampler) {
   // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
   static const std::map<std::string, std::string> names = {
       {"ddim", "DDIM"},   {"pndm", "PLMS"}, {"euler", "Euler"},
-      {"euler_a", "Euler a"}, {"lms", "LMS"}, {"dpmpp_2m_karras", "DPM++ 2M Karras"},
+      {"euler_a", "Euler a"}, {"lms", "LMS"}, {"dpmpp_2m", "DPM++ 2M"}, {"dpmpp_2m_karras", "DPM++ 2M Karras"},
       {"lcm", "LCM"},
   };
   const auto it = names.find(canonical_scheduler_name(sampler));

@@ -255,7 +255,7 @@ TEST(Scheduler, RowsAreIndependent) {
   const auto sample0 = golden("common/sample0");
   for (const auto& [name, eta] : std::vector<std::pair<std::string, double>>{
            {"ddim", 0.0}, {"ddim", 0.5}, {"pndm", 0.0}, {"euler", 0.0}, {"euler_a", 0.0}, {"dpmpp_2m_karras", 0.0},
-           {"lms", 0.0}, {"lcm", 0.0}}) {
+           {"lms", 0.0}, {"lcm", 0.0}, {"dpmpp_2m", 0.0}}) {
     const int steps = 10;
     const auto run = [&](const torch::Tensor& start, const std::function<torch::Tensor(size_t)>& output,
                          const std::function<torch::Tensor(size_t)>& noise) {
@@ -343,7 +343,8 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
 TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
   EXPECT_EQ(names,
-            (std::vector<std::string>{"ddim", "pndm", "euler", "euler_a", "dpmpp_2m_karras", "lms", "lcm"}));
+            (std::vector<std::string>{"ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "lms",
+                                      "lcm"}));
   for (const auto& name : names) {
     // LCM's timesteps are a subset of the 50 it was distilled on.
     const int most = name == "lcm" ? 50 : 999;
@@ -438,17 +439,49 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
       {"DDIM", "ddim"},       {"PLMS", "pndm"},       {"Euler", "euler"},
       {"Euler a", "euler_a"}, {"k_euler_a", "euler_a"}, {"LMS", "lms"},
       {"DPM++ 2M Karras", "dpmpp_2m_karras"}, {"LCM", "lcm"},  {"EulerAncestralDiscreteScheduler", "euler_a"},
-      {"LCMScheduler", "lcm"}, {"PNDMScheduler", "pndm"},    {"LMSDiscreteScheduler", "lms"}};
+      {"LCMScheduler", "lcm"}, {"PNDMScheduler", "pndm"},    {"LMSDiscreteScheduler", "lms"},
+      {"DPM++ 2M", "dpmpp_2m"}, {"DPMSolverMultistepScheduler", "dpmpp_2m"}};
   for (const auto& [alias, name] : aliases) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
               txt2img::make_scheduler(name, sd_config(), 10)->timesteps()) << alias;
   }
-  // Not the same sampler: plain DPM++ 2M (no Karras sigmas) and diffusers' DPMSolverMultistepScheduler, which is
-  // DPM++ 2M Karras only with use_karras_sigmas.
-  for (const char* other : {"DPM++ 2M", "DPMSolverMultistepScheduler", "Heun"}) {
+  for (const char* other : {"Heun", "DPM++ 2M SDE Karras"}) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(other), other);
     expect_error(ErrorKind::Usage, "unknown scheduler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
+  }
+}
+
+// dpmpp_2m has no reference run: its solver is dpmpp_2m_karras's (golden-tested above) and its schedule is
+// DPMSolverMultistepScheduler's default, np.linspace(0, 999, steps + 1).round()[::-1][:-1] (499.5 rounds to even).
+TEST(Scheduler, DpmPP2MOnTheDefaultSchedule) {
+  EXPECT_EQ(txt2img::make_scheduler("dpmpp_2m", sd_config(), 10)->timesteps(),
+            (std::vector<double>{999, 899, 799, 699, 599, 500, 400, 300, 200, 100}));
+  EXPECT_EQ(txt2img::make_scheduler("dpmpp_2m", sd_config(), 1)->timesteps(), (std::vector<double>{999}));
+  SchedulerConfig leading;
+  leading.timestep_spacing = "leading";
+  expect_error(ErrorKind::Bundle, "leading", [&] { txt2img::make_scheduler("dpmpp_2m", leading, 10); });
+}
+
+// A model that predicts exactly the noise of one clean sample makes every x0 prediction that sample, so both DPM++
+// schedules end on it (the second-order term vanishes and the last step lands at sigma 0).
+TEST(Scheduler, DpmPP2MRecoversTheCleanSampleFromAPerfectPrediction) {
+  const auto x0 = golden("common/sample0") * 0.5;
+  const auto eps = torch::cos(torch::arange(x0.numel(), torch::kFloat32).reshape(x0.sizes()));
+  for (const char* name : {"dpmpp_2m", "dpmpp_2m_karras"}) {
+    auto sched = txt2img::make_scheduler(name, sd_config(), 12);
+    // The first sigma: x = x0 + sigma * eps in sigma space, i.e. alpha * (x0 + sigma * eps) in the VP space the
+    // DPM solver works in, where the initial noise is drawn at scale 1 (init_noise_sigma).
+    const double t0 = sched->timesteps()[0];
+    const float a = txt2img::alphas_cumprod(sd_config())[static_cast<int64_t>(t0)].item<float>();
+    torch::Tensor x = std::sqrt(a) * x0 + std::sqrt(1.0f - a) * eps;
+    for (size_t i = 0; i < sched->timesteps().size(); ++i) {
+      const float at = txt2img::alphas_cumprod(sd_config())[static_cast<int64_t>(sched->timesteps()[i])].item<float>();
+      // The noise that takes x0 to x at this timestep, as a perfect epsilon model would predict it.
+      const auto model_eps = (x - std::sqrt(at) * x0) / std::sqrt(1.0f - at);
+      x = sched->step(model_eps, i, x);
+    }
+    EXPECT_TRUE(torch::allclose(x, x0, 1e-4, 1e-4)) << name << " " << (x - x0).abs().max();
   }
 }
 
