@@ -191,9 +191,9 @@ common=(--model "$model" --device "$device" --dtype "$dtype" --width "$size" --h
 bench=("${ours_env[@]}" "$work/cmake/txt2img-bench" "${common[@]}" --no-safety-checker)
 eager=("$root/scripts/with-torch-python" "$root/scripts/bench_eager.py" "${common[@]}")
 # The command line's own pipeline options (src/cli/generate.cpp): on CUDA the U-Net replayed as a CUDA graph with
-# NHWC convolutions, TorchScript unprofiled; on the CPU plain TorchScript calls.
-default=()
-[[ $device == cuda* ]] && default=(--plain-executor --cuda-graph --channels-last)
+# NHWC convolutions, TorchScript unprofiled; on the CPU unprofiled TorchScript calls.
+default=(--plain-executor)
+[[ $device == cuda* ]] && default+=(--cuda-graph --channels-last)
 # Two warm-up batches: TorchScript's profiling executor profiles a module's first call and optimises on its second,
 # and the text encoder and VAE run only once or twice a batch. Rows in the order of what is least known.
 measure ours_b1_default "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}"
