@@ -54,7 +54,7 @@ run_row() {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores visible"
   echo "blas: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || echo unknown)"
-  echo "ours: $bench; $("$root/build/txt2img" --version 2>/dev/null || echo 'no build/txt2img')"
+  echo "ours: $bench; $("$(dirname "$bench")/txt2img" --version 2>/dev/null || echo 'no txt2img beside it')"
   echo "command: $0 --model $model --size $size --steps $steps --threads $threads --dtype $dtype" \
        "--rounds $rounds${also:+ --also $also}"
 } | tee "$out/machine.txt"

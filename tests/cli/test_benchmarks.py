@@ -1,0 +1,36 @@
+"""scripts/bench_cpu.sh on the tiny bundle: it runs every row and prints the machine and one table (a benchmark is
+only recorded where it was run; this checks that it still runs, not how fast)."""
+
+import subprocess
+import unittest
+from pathlib import Path
+
+from cli_support import BIN, ROOT, TINY, CliTestCase
+
+
+class BenchCpu(CliTestCase):
+    def test_runs_every_row_and_names_blas_and_malloc(self):
+        bench = Path(BIN).parent / "txt2img-bench"
+        self.assertTrue(bench.is_file(), f"no txt2img-bench beside {BIN}")
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "bench_cpu.sh"), "--model", str(TINY), "--size", "32", "--steps", "2",
+             "--threads", "1", "--rounds", "1", "--bench", str(bench), "--out", str(self.dir / "out")],
+            capture_output=True, text=True, timeout=600)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout, r"(?m)^blas: \S+")
+        version = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout
+        malloc = "tcmalloc" if "tcmalloc" in version else "glibc malloc"
+        self.assertIn(f"ours: {bench}; {version.strip()}", result.stdout)
+        rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+        names = [row.split(" | ")[0][2:] for row in rows]
+        self.assertEqual(names[:2], ["txt2img-bench", "PyTorch eager"])
+        self.assertIn(malloc, rows[0])
+        self.assertIn("glibc malloc", rows[1])
+        for row in rows:  # every figure is a number
+            for cell in row.strip("| ").split(" | ")[2:]:
+                float(cell)
+        self.assertEqual(len(list((self.dir / "out").glob("*.json"))), len(rows))
+
+
+if __name__ == "__main__":
+    unittest.main()
