@@ -31,7 +31,8 @@ done
 [[ -x $bench ]] || { echo "bench_cpu.sh: no $bench; build first (cmake --build build)" >&2; exit 2; }
 out=${out:-$(mktemp -d /tmp/bench_cpu.XXXXXX)}
 mkdir -p "$out"
-tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 /{print $NF; exit}')
+# awk reads to the end: stopping early would kill ldconfig with SIGPIPE, which pipefail turns into a failure.
+tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 /{lib = $NF} END {print lib}')
 
 common=(--model "$model" --device cpu --dtype "$dtype" --width "$size" --height "$size" --steps "$steps"
         --threads "$threads" --warmup 0 --runs 1)
