@@ -3,12 +3,16 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include "cli/commands.hpp"
+#include "cli/metadata.hpp"
 #include "txt2img/bundle.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/png.hpp"
+#include "txt2img/scheduler.hpp"
 
 namespace txt2img::cli {
 namespace {
@@ -139,6 +143,62 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
   }
 }
 
+// The command line that reads an AUTOMATIC1111 image's infotext as A1111 generated it (emphasis and long prompts on,
+// A1111's sampler names), and on stderr what it leaves out: the model, settings txt2img has no equivalent for, and
+// the noise, which A1111 draws on the GPU unless its infotext says "RNG: CPU".
+std::string a1111_command(const std::string& text) {
+  const auto p = parse_a1111_parameters(text);
+  std::map<std::string, std::string> fields(p.fields.begin(), p.fields.end());
+  const auto field = [&](const char* key) { return fields.count(key) ? fields[key] : std::string(); };
+  std::vector<std::string> args = {"txt2img", p.prompt};
+  if (!p.negative_prompt.empty()) args.insert(args.end(), {"-n", p.negative_prompt});
+  std::vector<std::string> left_out;
+  const auto take = [&](const char* key, const char* flag) {
+    if (field(key).empty()) return;
+    args.insert(args.end(), {flag, field(key)});
+  };
+  take("Seed", "--seed");
+  take("Steps", "--steps");
+  std::string sampler = canonical_scheduler_name(field("Sampler"));
+  // A1111 1.9 and later name the schedule apart: "Sampler: DPM++ 2M, Schedule type: Karras".
+  const std::string schedule = field("Schedule type");
+  if (schedule == "Karras" && sampler == "dpmpp_2m") sampler = "dpmpp_2m_karras";
+  else if (!schedule.empty() && schedule != "Automatic") left_out.push_back("Schedule type: " + schedule);
+  const auto& known = scheduler_names();
+  if (std::find(known.begin(), known.end(), sampler) != known.end()) {
+    args.insert(args.end(), {"--sampler", sampler});
+    if (sampler == "ddim") take("Eta DDIM", "--eta");
+  } else if (!field("Sampler").empty()) {
+    left_out.push_back("Sampler: " + field("Sampler"));
+  }
+  take("CFG scale", "--cfg-scale");
+  const std::string size = field("Size");
+  const auto x = size.find('x');
+  if (x != std::string::npos) args.insert(args.end(), {"-W", size.substr(0, x), "-H", size.substr(x + 1)});
+  take("Clip skip", "--clip-skip");
+  args.insert(args.end(), {"--emphasis", "--long-prompts"});
+
+  static const std::set<std::string> read = {"Seed", "Steps", "Sampler", "Schedule type", "Eta DDIM", "CFG scale",
+                                             "Size", "Clip skip", "Model", "Model hash", "RNG", "Version"};
+  for (const auto& [key, value] : p.fields)
+    if (!read.count(key)) left_out.push_back(key + ": " + value);
+  std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version"))
+            << " with the model " << (field("Model").empty() ? "?" : field("Model")) << " ["
+            << (field("Model hash").empty() ? "?" : field("Model hash"))
+            << "]: add --model DIR where that is not your default\n";
+  if (field("RNG") != "CPU")
+    std::cerr << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
+                 "here and the image will differ\n";
+  if (!left_out.empty()) {
+    std::string list;
+    for (const auto& item : left_out) list += (list.empty() ? "" : "; ") + item;
+    std::cerr << "not carried over (no txt2img equivalent): " << list << "\n";
+  }
+  std::string line;
+  for (const auto& arg : args) line += (line.empty() ? "" : " ") + shell_word(arg);
+  return line;
+}
+
 int png_info(const InfoOptions& o) {
   const DecodedPng png = read_png(o.path);
   std::optional<std::string> parameters;
@@ -156,9 +216,13 @@ int png_info(const InfoOptions& o) {
   }
 
   if (o.command) {
+    if (!reproduction && parameters) {
+      std::cout << a1111_command(*parameters) << std::endl;
+      return 0;
+    }
     if (!reproduction)
-      throw Error(ErrorKind::Io, o.path + ": no txt2img metadata (made by another program, or with --no-metadata), "
-                                          "so no command to make it again");
+      throw Error(ErrorKind::Io, o.path + ": no txt2img or A1111 metadata (made by another program, or with "
+                                          "--no-metadata), so no command to make it again");
     const auto model = reproduction->value("model", nlohmann::ordered_json::object());
     std::cerr << "made with the model " << model.value("name", std::string("?")) << " ["
               << model.value("hash", std::string("?")) << "]: add --model DIR where that is not your default\n";

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <regex>
+#include <sstream>
 
 #include "txt2img/scheduler.hpp"
 
@@ -104,6 +106,49 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
 
 PngText png_metadata(const ImageRecord& record) {
   return {{"parameters", a1111_parameters(record)}, {"txt2img", reproduction_json(record).dump()}};
+}
+
+A1111Parameters parse_a1111_parameters(const std::string& text) {
+  // A1111's own pattern for one pair (modules/infotext_utils.py): a value is a JSON string or runs to the next comma.
+  static const std::regex pair(R"re(\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$))re");
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+
+  A1111Parameters out;
+  // As A1111 decides: the last line holds the settings when at least three pairs match in it.
+  if (!lines.empty()) {
+    const std::string& last = lines.back();
+    std::vector<std::pair<std::string, std::string>> fields;
+    for (auto it = std::sregex_iterator(last.begin(), last.end(), pair); it != std::sregex_iterator(); ++it) {
+      std::string value = (*it)[2].str();
+      if (value.size() >= 2 && value.front() == '"') {
+        const auto parsed = nlohmann::json::parse(value, nullptr, false);
+        if (parsed.is_string()) value = parsed.get<std::string>();
+      }
+      std::string key = (*it)[1].str();
+      key.erase(key.find_last_not_of(' ') + 1);
+      fields.emplace_back(key, value);
+    }
+    if (fields.size() >= 3) {
+      out.fields = std::move(fields);
+      lines.pop_back();
+    }
+  }
+  // Each line stripped, as A1111 reads them; from a line starting "Negative prompt:" on, the negative prompt.
+  bool negative = false;
+  for (auto line : lines) {
+    const auto first = line.find_first_not_of(" \t\r");
+    line = first == std::string::npos ? "" : line.substr(first, line.find_last_not_of(" \t\r") - first + 1);
+    if (line.rfind("Negative prompt:", 0) == 0) {
+      negative = true;
+      line = line.substr(16);
+      line.erase(0, line.find_first_not_of(' '));
+    }
+    std::string& part = negative ? out.negative_prompt : out.prompt;
+    part += (part.empty() ? "" : "\n") + line;
+  }
+  return out;
 }
 
 }  // namespace txt2img::cli

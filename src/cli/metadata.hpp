@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "txt2img/png.hpp"
 
@@ -43,6 +45,15 @@ std::string python_float(double value);
 // A1111's infotext: the prompt, "Negative prompt: ..." when there is one, then "Steps: 50, Sampler: DDIM, ...";
 // "Clip skip: N" only for N != 1, as A1111 writes it.
 std::string a1111_parameters(const ImageRecord& record);
+
+// AUTOMATIC1111's infotext read back: the prompt, the text after "Negative prompt: " (empty without one) and the
+// "Key: value" pairs of its last line, in order, JSON-quoted values unquoted. Text without such a line is all prompt.
+struct A1111Parameters {
+  std::string prompt;
+  std::string negative_prompt;
+  std::vector<std::pair<std::string, std::string>> fields;
+};
+A1111Parameters parse_a1111_parameters(const std::string& text);
 
 // The "txt2img" chunk (keys in the order above, for people reading it); its "version" is this program's.
 nlohmann::ordered_json reproduction_json(const ImageRecord& record);

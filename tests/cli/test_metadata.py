@@ -3,14 +3,24 @@ model bundles."""
 
 import json
 import shlex
+import struct
 import subprocess
 import unittest
+import zlib
 
 from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, TINY, CliTestCase, derived_bundle, png_text, run)
 
 
 def manifest():
     return json.loads((TINY / "model.json").read_text())
+
+
+def with_text_chunk(png: bytes, key: str, text: str) -> bytes:
+    """The PNG with a tEXt chunk added before IEND, as Pillow (and so AUTOMATIC1111) writes "parameters"."""
+    data = key.encode("latin-1") + b"\0" + text.encode("latin-1")
+    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    end = png.rindex(b"IEND") - 4
+    return png[:end] + chunk + png[end:]
 
 
 class Metadata(CliTestCase):
@@ -130,8 +140,43 @@ class Metadata(CliTestCase):
         self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
         # Nothing to rebuild a command from, or a bundle: errors.
         self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "c.png").returncode, 0)
-        self.assertExit(run(["info", "c.png", "--command"], self.dir), EXIT_IO, "no txt2img metadata")
+        self.assertExit(run(["info", "c.png", "--command"], self.dir), EXIT_IO, "no txt2img or A1111 metadata")
         self.assertExit(run(["info", TINY, "--command"], self.dir), EXIT_USAGE, "--command")
+
+    def test_info_command_reads_an_a1111_image(self):
+        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
+        infotext = ('a (red) fox, "quoted"\nby the sea\nNegative prompt: dogs\n'
+                    'Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 12, Size: 32x32, '
+                    'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Hires upscale: 2, '
+                    'Lora hashes: "ink: 0123456789ab, sea: ba9876543210", RNG: CPU, Version: v1.10.1')
+        (self.dir / "a1111.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
+                                                             infotext))
+        result = run(["info", "a1111.png", "--command"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(shlex.split(result.stdout.strip()),
+                         ["txt2img", 'a (red) fox, "quoted"\nby the sea', "-n", "dogs", "--seed", "12", "--steps",
+                          "2", "--sampler", "dpmpp_2m_karras", "--cfg-scale", "6.5", "-W", "32", "-H", "32",
+                          "--clip-skip", "2", "--emphasis", "--long-prompts"])
+        self.assertIn("AUTOMATIC1111 v1.10.1 with the model v1-5-pruned-emaonly [6ce0161689]", result.stderr)
+        self.assertIn("not carried over (no txt2img equivalent): Hires upscale: 2; "
+                      "Lora hashes: ink: 0123456789ab, sea: ba9876543210", result.stderr)
+        self.assertNotIn("GPU generator", result.stderr)
+        again = subprocess.run(["sh", "-c", result.stdout.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
+                               text=True)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 12, Size: 32x32",
+                      png_text(self.dir / "b.png")["parameters"])
+
+        # A sampler without an equivalent is left out (the default runs), and GPU noise is pointed out.
+        other = "a fox\nSteps: 20, Sampler: Heun, CFG scale: 7, Seed: 1, Size: 512x512"
+        (self.dir / "heun.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
+                                                            other))
+        result = run(["info", "heun.png", "--command"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("--sampler", result.stdout)
+        self.assertIn("Sampler: Heun", result.stderr)
+        self.assertIn("GPU generator", result.stderr)
 
     def test_info_without_metadata_and_on_bad_files(self):
         self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "a.png").returncode, 0)
