@@ -110,11 +110,18 @@ std::string shell_word(const std::string& word) {
   return quoted + "'";
 }
 
+// The start of a command for `prompt`: as the positional prompt, unless it starts with '-', which would read as a
+// flag there.
+std::vector<std::string> command_for(const std::string& prompt) {
+  if (!prompt.empty() && prompt[0] == '-') return {"txt2img", "--prompt=" + prompt};
+  return {"txt2img", prompt};
+}
+
 // The command line that makes the image of a txt2img metadata record again (with the same model bundle, which the
 // record names but cannot locate).
 std::string rerun_command(const nlohmann::ordered_json& r, const std::string& path) {
   try {
-    std::vector<std::string> args = {"txt2img", r.at("prompt").get<std::string>()};
+    auto args = command_for(r.at("prompt").get<std::string>());
     const auto add = [&](const std::string& flag, const nlohmann::ordered_json& value) {
       args.push_back(flag);
       args.push_back(value.is_string() ? value.get<std::string>() : value.dump());
@@ -150,7 +157,7 @@ std::string a1111_command(const std::string& text) {
   const auto p = parse_a1111_parameters(text);
   std::map<std::string, std::string> fields(p.fields.begin(), p.fields.end());
   const auto field = [&](const char* key) { return fields.count(key) ? fields[key] : std::string(); };
-  std::vector<std::string> args = {"txt2img", p.prompt};
+  auto args = command_for(p.prompt);
   if (!p.negative_prompt.empty()) args.insert(args.end(), {"-n", p.negative_prompt});
   std::vector<std::string> left_out;
   const auto take = [&](const char* key, const char* flag) {

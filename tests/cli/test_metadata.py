@@ -178,6 +178,18 @@ class Metadata(CliTestCase):
         self.assertIn("Sampler: Heun", result.stderr)
         self.assertIn("GPU generator", result.stderr)
 
+        # A prompt starting with "-" would read as a flag in the positional place.
+        dash = "- a fox -\nNegative prompt: -dogs\nSteps: 2, Seed: 3, Size: 32x32, RNG: CPU"
+        (self.dir / "dash.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
+                                                            dash))
+        line = run(["info", "dash.png", "--command"], self.dir).stdout.strip()
+        self.assertEqual(shlex.split(line)[:4], ["txt2img", "--prompt=- a fox -", "-n", "-dogs"])
+        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                f" --model {shlex.quote(str(TINY))} -o c.png"], cwd=self.dir, capture_output=True,
+                               text=True)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertTrue(png_text(self.dir / "c.png")["parameters"].startswith("- a fox -\nNegative prompt: -dogs\n"))
+
     def test_info_without_metadata_and_on_bad_files(self):
         self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "a.png").returncode, 0)
         result = run(["info", "a.png"], self.dir)
