@@ -110,6 +110,19 @@ std::string shell_word(const std::string& word) {
   return quoted + "'";
 }
 
+// The words as one shell command line.
+std::string shell_line(const std::vector<std::string>& words) {
+  std::string line;
+  for (const auto& word : words) line += (line.empty() ? "" : " ") + shell_word(word);
+  return line;
+}
+
+// What a command cannot say: which model bundle, as a folder, holds the model an image was made with.
+std::string model_hint(const std::string& name, const std::string& hash) {
+  return "with the model " + (name.empty() ? "?" : name) + " [" + (hash.empty() ? "?" : hash) +
+         "]: add --model DIR where that is not your default\n";
+}
+
 // The start of a command for `prompt`: as the positional prompt, unless it starts with '-', which would read as a
 // flag there.
 std::vector<std::string> command_for(const std::string& prompt) {
@@ -142,9 +155,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     const std::string safety = r.at("safety").at("mode").get<std::string>();
     if (safety == "off") args.push_back("--no-safety-checker");
     if (safety == "report") add("--safety", "report");
-    std::string line;
-    for (const auto& arg : args) line += (line.empty() ? "" : " ") + shell_word(arg);
-    return line;
+    return shell_line(args);
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorKind::Io, path + ": its txt2img metadata lacks what a command needs (" + e.what() + ")");
   }
@@ -189,10 +200,8 @@ std::string a1111_command(const std::string& text) {
                                              "Size", "Clip skip", "Model", "Model hash", "RNG", "Version"};
   for (const auto& [key, value] : p.fields)
     if (!read.count(key)) left_out.push_back(key + ": " + value);
-  std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version"))
-            << " with the model " << (field("Model").empty() ? "?" : field("Model")) << " ["
-            << (field("Model hash").empty() ? "?" : field("Model hash"))
-            << "]: add --model DIR where that is not your default\n";
+  std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version")) << " "
+            << model_hint(field("Model"), field("Model hash"));
   if (field("RNG") != "CPU")
     std::cerr << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
                  "here and the image will differ\n";
@@ -201,9 +210,7 @@ std::string a1111_command(const std::string& text) {
     for (const auto& item : left_out) list += (list.empty() ? "" : "; ") + item;
     std::cerr << "not carried over (no txt2img equivalent): " << list << "\n";
   }
-  std::string line;
-  for (const auto& arg : args) line += (line.empty() ? "" : " ") + shell_word(arg);
-  return line;
+  return shell_line(args);
 }
 
 int png_info(const InfoOptions& o) {
@@ -231,8 +238,7 @@ int png_info(const InfoOptions& o) {
       throw Error(ErrorKind::Io, o.path + ": no txt2img or A1111 metadata (made by another program, or with "
                                           "--no-metadata), so no command to make it again");
     const auto model = reproduction->value("model", nlohmann::ordered_json::object());
-    std::cerr << "made with the model " << model.value("name", std::string("?")) << " ["
-              << model.value("hash", std::string("?")) << "]: add --model DIR where that is not your default\n";
+    std::cerr << "made " << model_hint(model.value("name", std::string()), model.value("hash", std::string()));
     std::cout << rerun_command(*reproduction, o.path) << std::endl;
     return 0;
   }
