@@ -151,7 +151,7 @@ def read_tensors(path: str) -> Tensors:
     return tensors
 
 
-def _float32(tensors: Tensors) -> Tensors:
+def as_float32(tensors: Tensors) -> Tensors:
     """Half-precision checkpoints are common; the bundle is always float32."""
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
 
@@ -357,9 +357,9 @@ def ldm_to_diffusers(sd: Tensors, origin: str) -> Dict[str, Component]:
         return _LDM_TEXT + (name if nested else name[len("text_model."):])
 
     return {
-        "unet": Component("U-Net", _float32(unet), {}, origin, _via(unet_names, _LDM_UNET)),
+        "unet": Component("U-Net", as_float32(unet), {}, origin, _via(unet_names, _LDM_UNET)),
         "vae": _ldm_vae(vae_ldm, origin, _LDM_VAE),
-        "text_encoder": Component("text encoder", _float32(text), {}, origin, text_source),
+        "text_encoder": Component("text encoder", as_float32(text), {}, origin, text_source),
     }
 
 
@@ -388,7 +388,7 @@ def _ldm_vae(vae_ldm: Tensors, origin: str, prefix: str) -> Component:
         if ".mid_block.attentions.0.to_" in name and name.endswith(".weight") and value.dim() == 4:
             value = value.reshape(value.shape[0], value.shape[1])
         vae[name] = value
-    return Component("VAE", _float32(vae), {}, origin, _via(vae_names, prefix))
+    return Component("VAE", as_float32(vae), {}, origin, _via(vae_names, prefix))
 
 
 # ------------------------------------------------------------------------------------ config inference
@@ -489,7 +489,7 @@ def _index_names(stem: str, variant: str, ext: str) -> List[str]:
     return [f"{stem}{variant}{ext}.index.json", f"{stem}{ext}{variant}.index.json", f"{stem}{ext}.index{variant}.json"]
 
 
-def _weights_file(folder: str, stems: Tuple[str, ...]) -> str:
+def folder_weights(folder: str, stems: Tuple[str, ...]) -> str:
     """The weights of a diffusers/transformers model folder: one weights file, or the index
     (`*.index.json`) of a sharded checkpoint. safetensors before pickles, float32 before the fp16 variant,
     each index counting as the format of its shards; a single file before an index of the same kind."""
@@ -589,12 +589,12 @@ def load_model_folder(folder: str, label: str, stems: Tuple[str, ...]) -> Compon
     """A diffusers or transformers model folder: config.json and a weights file or sharded weights (whose index
     is then the component's origin)."""
     config = read_json(os.path.join(folder, "config.json"))
-    path = _weights_file(folder, stems)
+    path = folder_weights(folder, stems)
     tensors = {k: v for k, v in (read_sharded(path) if is_index(path) else read_tensors(path)).items()
                if not _ignorable(k)}
     if label == "VAE":
         tensors = _new_vae_attention_names(tensors)
-    return Component(label, _float32(tensors), config, path)
+    return Component(label, as_float32(tensors), config, path)
 
 
 def _new_vae_attention_names(tensors: Tensors) -> Tensors:
@@ -623,7 +623,7 @@ def load_vae(source: str, model_vae: Component) -> Tuple[Component, str]:
         if any(k.startswith(_LDM_VAE) for k in tensors):
             component = _ldm_vae(_strip(tensors, _LDM_VAE), source, _LDM_VAE)
         elif any(k.startswith(("decoder.up_blocks.", "decoder.mid_block.")) for k in tensors):
-            component = Component("VAE", _float32(_new_vae_attention_names(tensors)), {}, source)
+            component = Component("VAE", as_float32(_new_vae_attention_names(tensors)), {}, source)
         elif any(k.startswith(("decoder.up.", "decoder.mid.")) for k in tensors):
             component = _ldm_vae(tensors, source, "")
         else:

@@ -480,15 +480,15 @@ def test_sharded_weights_follow_the_preference_order(tmp_path, reference):
                                index_name=f"{stem}.fp16.safetensors.index.json")
     torch.save(tensors, folder / f"{stem}.bin")
     # A float32 .bin is still behind an fp16 safetensors index: safetensors first.
-    assert ck._weights_file(str(folder), (stem,)) == str(fp16_index)
+    assert ck.folder_weights(str(folder), (stem,)) == str(fp16_index)
     index = write_sharded(folder, tensors, stem, shards=2)
-    assert ck._weights_file(str(folder), (stem,)) == str(index)
+    assert ck.folder_weights(str(folder), (stem,)) == str(index)
     save_file(tensors, str(folder / f"{stem}.safetensors"))
-    assert ck._weights_file(str(folder), (stem,)) == str(folder / f"{stem}.safetensors")
+    assert ck.folder_weights(str(folder), (stem,)) == str(folder / f"{stem}.safetensors")
     bin_folder = tmp_path / "bin"
     bin_index = write_sharded(bin_folder, tensors, stem, ext=".bin", shards=2)
     torch.save({k: v.half() for k, v in tensors.items()}, bin_folder / f"{stem}.fp16.bin")
-    assert ck._weights_file(str(bin_folder), (stem,)) == str(bin_index)
+    assert ck.folder_weights(str(bin_folder), (stem,)) == str(bin_index)
 
 
 @pytest.fixture
