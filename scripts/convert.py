@@ -2,7 +2,7 @@
 """Convert a Stable Diffusion 1.x model into a txt2img model bundle.
 
   convert.py SOURCE --out DIR [--config DIR] [--vocab PATH] [--safety-checker DIR | --no-safety-checker]
-             [--vae VAE] [--lora FILE[:WEIGHT]]... [--embedding FILE]... [--overwrite]
+             [--vae VAE] [--taesd TAESD] [--lora FILE[:WEIGHT]]... [--embedding FILE]... [--overwrite]
   convert.py --tiny|--random-full --out DIR --vocab PATH [--seed N] [--no-safety-checker] [--tiny-flag-all]
              [--overwrite]
 
@@ -82,6 +82,9 @@ def parse_args(argv):
                    help="decode with this VAE instead of the model's: a diffusers VAE folder (e.g. a download of "
                         "stabilityai/sd-vae-ft-mse), a diffusers model folder, or a .safetensors/.ckpt/.pt VAE file "
                         "such as vae-ft-mse-840000-ema-pruned.safetensors; images record it as A1111 does")
+    p.add_argument("--taesd", metavar="TAESD",
+                   help="add TAESD, the tiny decoder of txt2img --decoder taesd: the madebyollin/taesd folder, its "
+                        "diffusion_pytorch_model.safetensors, or taesd_decoder.pth/.safetensors")
     p.add_argument("--embedding", action="append", default=[], metavar="FILE",
                    help="add this textual-inversion embedding (A1111 .pt/.safetensors, diffusers learned_embeds), "
                         "written in prompts as the file's name without extension, e.g. EasyNegative; repeatable")
@@ -102,7 +105,7 @@ def parse_args(argv):
         p.error("give either SOURCE or one of --tiny / --random-full")
     if preset:
         for flag, value in (("--config", args.config), ("--safety-checker", args.safety_checker),
-                            ("--vae", args.vae), ("--lora", args.lora or None),
+                            ("--vae", args.vae), ("--taesd", args.taesd), ("--lora", args.lora or None),
                             ("--embedding", args.embedding or None)):
             if value is not None:
                 p.error(f"{flag} applies to a SOURCE, not to random weights")
@@ -127,14 +130,16 @@ def convert_source(args) -> dict:
     from txt2img_convert import checkpoints as ck
     from txt2img_convert import embeddings as ti
     from txt2img_convert import export, lora
+    from txt2img_convert.taesd import load_taesd
 
     export.check_destination(args.out, args.overwrite)
     lora.check_files(args.lora)
     for file in args.embedding:
         if not os.path.isfile(file):
             raise ck.ConversionError(f"--embedding {file}: no such file")
-    if args.vae is not None and not os.path.exists(args.vae):
-        raise ck.ConversionError(f"--vae {args.vae}: no such file or folder")
+    for flag, value in (("--vae", args.vae), ("--taesd", args.taesd)):
+        if value is not None and not os.path.exists(value):
+            raise ck.ConversionError(f"{flag} {value}: no such file or folder")
     path = ck.resolve_source(args.source)
     folder = os.path.isdir(path)
     if args.vocab is not None and not os.path.isfile(args.vocab):
@@ -161,6 +166,11 @@ def convert_source(args) -> dict:
                 "CompVis/stable-diffusion-safety-checker) or --no-safety-checker (the bundle then only "
                 "generates with txt2img --no-safety-checker)")
 
+    # Small, so read before the slow loading: a wrong file fails at once.
+    taesd = None
+    if args.taesd is not None:
+        export.progress(f"loading the TAESD decoder {args.taesd}")
+        taesd, taesd_sha256 = load_taesd(args.taesd)
     export.progress(f"loading {path}")
     model = ck.load_diffusers(path) if folder else ck.load_single_file(path, args.config)
     vae_identity = {}
@@ -184,6 +194,9 @@ def convert_source(args) -> dict:
                                  ck.scheduler_fields(model.scheduler),
                                  export.safety_manifest(preprocessor) if safety is not None else None)
     fields.update(vae_identity)
+    if taesd is not None:
+        export.check_taesd(taesd.config, fields, args.taesd)
+        fields.update(taesd_name=os.path.basename(os.path.normpath(args.taesd)), taesd_hash=taesd_sha256[:10])
 
     loras = []
     for spec in args.lora:
@@ -201,6 +214,8 @@ def convert_source(args) -> dict:
     components = {"text_encoder": model.text_encoder, "unet": model.unet, "vae": model.vae}
     if safety is not None:
         components["safety_checker"] = safety
+    if taesd is not None:
+        components["taesd"] = taesd
     modules = {}
     for part, component in components.items():
         export.progress(f"loading the {component.label} weights into the model")
@@ -210,6 +225,8 @@ def convert_source(args) -> dict:
     source = {"kind": model.kind, "path": os.path.abspath(path), "sha256": model.sha256}
     if args.vae is not None:
         source["vae"] = {"path": os.path.abspath(args.vae), "sha256": vae_sha256}
+    if taesd is not None:
+        source["taesd"] = {"path": os.path.abspath(args.taesd), "sha256": taesd_sha256}
     if embeddings:
         source["embeddings"] = [{k: r[k] for k in ("name", "path", "sha256")} for r in embeddings]
     model_hash = model.sha256[:10]

@@ -15,6 +15,7 @@ from .checkpoints import Component, ConversionError, sha256_file
 from .clip import _TEXT_DEFAULTS, CLIPTextModel
 from .presets import DEFAULT_PREPROCESSOR
 from .safety import StableDiffusionSafetyChecker
+from .taesd import TAESDDecoder
 from .unet import UNet2DConditionModel, script
 from .vae import VAEDecoder
 
@@ -29,6 +30,7 @@ FILES = {
     "unet": "unet.pt",
     "vae": "vae_decoder.pt",
     "safety_checker": "safety_checker.pt",
+    "taesd": "taesd_decoder.pt",
 }
 
 _CLASSES: Dict[str, Callable[[dict], nn.Module]] = {
@@ -36,6 +38,7 @@ _CLASSES: Dict[str, Callable[[dict], nn.Module]] = {
     "unet": UNet2DConditionModel,
     "vae": VAEDecoder,
     "safety_checker": StableDiffusionSafetyChecker,
+    "taesd": TAESDDecoder,
 }
 
 
@@ -82,14 +85,15 @@ def load_weights(part: str, component: Component) -> nn.Module:
 
 def random_modules(configs: Dict[str, dict], seed: int, with_safety: bool, flag_all: bool) -> Dict[str, nn.Module]:
     """Modules of a preset (presets.preset()) with random weights: PyTorch's default initialisation after
-    torch.manual_seed(seed + i) for the i-th module, so the same seed gives the same weights.
+    torch.manual_seed(seed + i) for the i-th module, so the same seed gives the same weights. Every preset has a
+    TAESD decoder (`txt2img --decoder taesd`).
 
     The safety checker's concept embeddings are random unit-scale vectors; its thresholds (the concept
     weights) are 2 so that no score (cosine - weight, cosine <= 1) is ever positive, or -2 with `flag_all`
     so that every image is flagged.
     """
     modules = {}
-    parts = ["text_encoder", "unet", "vae"] + (["safety_checker"] if with_safety else [])
+    parts = ["text_encoder", "unet", "vae"] + (["safety_checker"] if with_safety else []) + ["taesd"]
     for i, part in enumerate(parts):
         torch.manual_seed(seed + i)
         modules[part] = build(part, configs[part])
@@ -123,6 +127,15 @@ def safety_manifest(preprocessor: Optional[dict]) -> dict:
         "mean": [float(x) for x in pre["image_mean"]],
         "std": [float(x) for x in pre["image_std"]],
     }
+
+
+def check_taesd(config: dict, fields: dict, source: str) -> None:
+    """A TAESD decoder must produce the model's images from its latents: same channels, same pixels per latent."""
+    theirs = (int(config.get("latent_channels", 4)), TAESDDecoder.scale_factor(config))
+    ours = (fields["latent_channels"], fields["vae_scale_factor"])
+    if theirs != ours:
+        raise ConversionError(f"--taesd {source}: it decodes {theirs[0]} latent channels at {theirs[1]} pixels a "
+                              f"latent, the model has {ours[0]} at {ours[1]}")
 
 
 def _is_bundle(path: str) -> bool:

@@ -132,6 +132,17 @@ def _safety_config(hidden: int, intermediate: int, heads: int, layers: int, imag
     }
 
 
+def _taesd_config(width: int, blocks: List[int]) -> Dict:
+    return {
+        "_class_name": "AutoencoderTiny",
+        "latent_channels": 4,
+        "out_channels": 3,
+        "decoder_block_out_channels": [width] * len(blocks),
+        "num_decoder_blocks": list(blocks),
+        "upsampling_scaling_factor": 2,
+    }
+
+
 def _preprocessor(size: int) -> Dict:
     return {
         "size": {"shortest_edge": size},
@@ -153,6 +164,7 @@ _FULL = {
     "text_encoder": _text_config(768, 3072, 12, 12),
     "safety_checker": _safety_config(1024, 4096, 16, 24, 224, 14, 768),
     "preprocessor": _preprocessor(224),
+    "taesd": _taesd_config(64, [3, 3, 3, 1]),  # madebyollin/taesd
 }
 
 # Tiny widths for fast tests. The UNet is the reference `tiny` preset; the VAE keeps four levels so that its
@@ -164,6 +176,7 @@ _TINY = {
     "text_encoder": _text_config(32, 37, 4, 5),
     "safety_checker": _safety_config(32, 37, 4, 2, 32, 4, 32),
     "preprocessor": _preprocessor(32),
+    "taesd": _taesd_config(8, [1, 1, 1, 1]),
 }
 
 PRESETS = {"tiny": _TINY, "full": _FULL}
