@@ -101,6 +101,8 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.model_hash = j.value("model_hash", "");
   m.vae_name = j.value("vae_name", "");
   m.vae_hash = j.value("vae_hash", "");
+  m.taesd_name = j.value("taesd_name", "");
+  m.taesd_hash = j.value("taesd_hash", "");
   for (const auto& e : j.value("embeddings", nlohmann::json::array())) {
     TextualInversion embedding{field<std::string>(e, "name", where), field<int>(e, "first_id", where),
                                field<int>(e, "vectors", where)};

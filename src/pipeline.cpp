@@ -96,6 +96,11 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
     throw Error(ErrorKind::Usage, "model bundle " + bundle.dir().string() +
                                       " has no safety checker; convert one in (scripts/convert.py --safety-checker DIR) "
                                       "or pass --no-safety-checker to generate without it");
+  if (options.decoder == Decoder::Taesd && !bundle.has("taesd_decoder.pt"))
+    throw Error(ErrorKind::Usage, "model bundle " + bundle.dir().string() +
+                                      " has no TAESD decoder; convert the model again with scripts/convert.py ... "
+                                      "--taesd TAESD (madebyollin/taesd's diffusion_pytorch_model.safetensors or "
+                                      "taesd_decoder.pth), or decode with the model's VAE (--decoder full)");
   if (options.low_vram && options.graph != GraphOptimization::None)
     throw Error(ErrorKind::Usage, "--low-vram cannot be combined with --graph freeze or optimize: it moves the models "
                                   "between host and device, and frozen weights are part of the graph");
@@ -126,7 +131,8 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   p.clip_skip_supported_ = p.text_encoder_.find_method("encode").has_value();
   p.unet_ = std::make_unique<UNetCall>(prepare("unet.pt", options.device, options.dtype, options.channels_last),
                                        options.device, options.channels_last, options.cuda_graph);
-  p.vae_decoder_ = prepare("vae_decoder.pt", takes_turns(options) ? torch::kCPU : options.device, options.dtype);
+  p.vae_decoder_ = prepare(options.decoder == Decoder::Taesd ? "taesd_decoder.pt" : "vae_decoder.pt",
+                           takes_turns(options) ? torch::kCPU : options.device, options.dtype);
   if (options.safety != SafetyMode::Off)
     p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
                                                 side_device(options), side_dtype(options));
@@ -238,7 +244,9 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
   auto decode_whole = [&](const torch::Tensor& z) {
     return vae_decoder_.forward({z.to(options_.dtype)}).toTensor().to(torch::kFloat32);
   };
-  if (options_.low_vram && needs_tiling(latents, kVaeTile))
+  // TAESD has no attention (the VAE's grows with the square of the latent area) and half the VAE's widest
+  // activations, so it decodes whole.
+  if (options_.low_vram && options_.decoder == Decoder::Full && needs_tiling(latents, kVaeTile))
     return decode_tiled(decode_whole, latents, manifest_.vae_scale_factor, kVaeTile, kVaeTileOverlap);
   return decode_whole(latents);
 }
@@ -309,7 +317,8 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
 
   // 4. Decode.
   make_room_for(Stage::Decode);
-  auto decode_in = latents / manifest_.scale_factor;
+  // TAESD learnt to decode the latents as the U-Net makes them; the VAE takes them divided by its scaling factor.
+  auto decode_in = options_.decoder == Decoder::Taesd ? latents : latents / manifest_.scale_factor;
   observe(observer, "vae/decode_in", decode_in);
   auto decoded = decode(decode_in);
   observe(observer, "vae/decode_out", decoded);

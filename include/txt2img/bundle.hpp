@@ -53,6 +53,10 @@ struct Manifest {
   // when the bundle decodes with the model's own.
   std::string vae_name;
   std::string vae_hash;
+  // The TAESD decoder of convert.py --taesd (taesd_decoder.pt): its file or folder name and the first 10 hex digits
+  // of its sha256; empty for one without a name (random-weight bundles) or when the bundle has none.
+  std::string taesd_name;
+  std::string taesd_hash;
   // Textual-inversion embeddings converted into the text encoder (convert.py --embedding).
   std::vector<TextualInversion> embeddings;
   nlohmann::json raw;

@@ -27,6 +27,10 @@ enum class SafetyMode {
   Off,      // no checker (must be asked for explicitly)
 };
 
+// What turns the final latents into pixels: the model's VAE (the reference), or TAESD, a tiny approximation of it
+// (madebyollin/taesd; convert.py --taesd) that decodes in a fraction of the time with softer detail.
+enum class Decoder { Full, Taesd };
+
 // What is done to the TorchScript graphs once they sit on their device and dtype (torch::jit::freeze inlines the
 // weights as constants; optimize_for_inference adds backend-specific rewrites). docs/PERFORMANCE.md measures them.
 enum class GraphOptimization { None, Freeze, FreezeAndOptimize };
@@ -36,6 +40,8 @@ struct PipelineOptions {
   torch::ScalarType dtype = torch::kFloat32;
   SafetyMode safety = SafetyMode::Replace;
   GraphOptimization graph = GraphOptimization::None;
+  // Pipeline::load throws Error(Usage) for Taesd when the bundle has no taesd_decoder.pt.
+  Decoder decoder = Decoder::Full;
   // Keep the device for the module at work: the text encoder and the safety checker run on the CPU in float32; on
   // a GPU the U-Net holds device memory only while denoising and the VAE decoder only while decoding (the other
   // waits in host memory: two copies of the U-Net's weights a batch); and the decoder works in overlapping tiles
@@ -142,7 +148,7 @@ class Pipeline {
   torch::jit::Module text_encoder_;
   bool clip_skip_supported_ = false;
   std::unique_ptr<UNetCall> unet_;
-  torch::jit::Module vae_decoder_;
+  torch::jit::Module vae_decoder_;  // the options' decoder, whichever it is
   // Whose module is on the device when low_vram moves them; none while a move is under way (a move that failed, out
   // of memory say, leaves both to be placed again by the next batch).
   std::optional<Stage> resident_ = Stage::Denoise;

@@ -32,6 +32,7 @@ struct GenerateOptions {
   std::string dtype;   // empty: fp16 on CUDA, fp32 on CPU
   std::string graph = "none";  // none, freeze, optimize (PipelineOptions::graph)
   bool low_vram = false;       // PipelineOptions::low_vram
+  std::string decoder = "full";  // full or taesd (PipelineOptions::decoder)
   bool no_cuda_graph = false;  // on CUDA: PipelineOptions::cuda_graph etc. off
   int threads = 0;     // 0: LibTorch's default
   bool no_safety_checker = false;

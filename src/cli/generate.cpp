@@ -87,6 +87,7 @@ Placement choose_placement(const GenerateOptions& o) {
                     : o.graph == "optimize" ? GraphOptimization::FreezeAndOptimize
                                             : GraphOptimization::None;
   p.options.low_vram = o.low_vram;
+  p.options.decoder = o.decoder == "taesd" ? Decoder::Taesd : Decoder::Full;
   // On CUDA the U-Net call is captured as a CUDA graph with NHWC convolutions, and TorchScript runs unprofiled:
   // measured on an H200 (docs/PERFORMANCE.md), 100 instead of 78 U-Net it/s and a first image after 1.5 s instead
   // of 6, with pixels within one level. Unprofiled execution alone would lose speed, NHWC alone too. On the CPU
@@ -214,6 +215,11 @@ class Generator {
     record.model_hash = manifest_.model_hash;
     record.vae_name = manifest_.vae_name;
     record.vae_hash = manifest_.vae_hash;
+    record.decoder = o_.decoder;
+    if (o_.decoder == "taesd") {
+      record.taesd_name = manifest_.taesd_name;
+      record.taesd_hash = manifest_.taesd_hash;
+    }
     record.device = placement_.device;
     record.dtype = placement_.dtype;
     record.safety = o_.no_safety_checker ? "off" : o_.safety;
@@ -260,6 +266,7 @@ class Generator {
         // null with the model's own VAE
         {"vae_name", record.vae_name.empty() ? nlohmann::json() : nlohmann::json(record.vae_name)},
         {"vae_hash", record.vae_hash.empty() ? nlohmann::json() : nlohmann::json(record.vae_hash)},
+        {"decoder", record.decoder},
         {"nsfw", image.nsfw},
         {"safety", record.safety},
         {"timings", {{"generate_s", generate_s}, {"write_s", seconds_since(start)}}},

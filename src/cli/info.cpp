@@ -70,6 +70,11 @@ int bundle_info(const InfoOptions& o) {
               << "  family         " << m.family << ", bundle format " << m.format_version << "\n"
               << "  default size   " << m.default_size << "x" << m.default_size << "\n"
               << "  safety checker " << (m.safety ? "included" : "none (generate with --no-safety-checker)") << "\n"
+              << "  TAESD decoder  "
+              << (!bundle.has("taesd_decoder.pt") ? "none (convert.py --taesd adds one for --decoder taesd)"
+                  : m.taesd_name.empty()           ? "included"
+                                                   : m.taesd_name + " [" + m.taesd_hash + "]")
+              << "\n"
               << "  text encoder   " << m.text_num_layers << " layers" << (m.text_num_layers_known ? "" : " (assumed)")
               << ", --clip-skip 1 to " << m.text_num_layers << "\n"
               << "  converted by   txt2img " << m.converter_version << " with PyTorch " << m.torch_version << "\n";
@@ -155,6 +160,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     const std::string safety = r.at("safety").at("mode").get<std::string>();
     if (safety == "off") args.push_back("--no-safety-checker");
     if (safety == "report") add("--safety", "report");
+    if (r.value("decoder", std::string("full")) != "full") add("--decoder", r.at("decoder"));
     return shell_line(args);
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorKind::Io, path + ": its txt2img metadata lacks what a command needs (" + e.what() + ")");
@@ -195,9 +201,13 @@ std::string a1111_command(const std::string& text) {
   if (x != std::string::npos) args.insert(args.end(), {"-W", size.substr(0, x), "-H", size.substr(x + 1)});
   take("Clip skip", "--clip-skip");
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
+  const std::string decoder = field("VAE Decoder");
+  if (decoder == "TAESD") args.insert(args.end(), {"--decoder", "taesd"});
+  else if (!decoder.empty() && decoder != "Full") left_out.push_back("VAE Decoder: " + decoder);
 
   static const std::set<std::string> read = {"Seed", "Steps", "Sampler", "Schedule type", "Eta DDIM", "CFG scale",
-                                             "Size", "Clip skip", "Model", "Model hash", "RNG", "Version"};
+                                             "Size", "Clip skip", "Model", "Model hash", "RNG", "Version",
+                                             "VAE Decoder"};
   for (const auto& [key, value] : p.fields)
     if (!read.count(key)) left_out.push_back(key + ": " + value);
   std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version")) << " "

@@ -62,6 +62,8 @@ std::string a1111_parameters(const ImageRecord& r) {
   if (!r.model_name.empty()) params.emplace_back("Model", r.model_name);
   if (!r.vae_hash.empty()) params.emplace_back("VAE hash", r.vae_hash);
   if (!r.vae_name.empty()) params.emplace_back("VAE", r.vae_name);
+  // A1111's setting "VAE type for decode", written only when it is not the default.
+  if (r.decoder == "taesd") params.emplace_back("VAE Decoder", "TAESD");
   if (r.clip_skip != 1) params.emplace_back("Clip skip", std::to_string(r.clip_skip));  // A1111 omits the default
   // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
   params.emplace_back("RNG", "CPU");
@@ -81,6 +83,7 @@ std::string a1111_parameters(const ImageRecord& r) {
 nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
   nlohmann::ordered_json model = {{"name", r.model_name}, {"hash", r.model_hash}};
   if (!r.vae_name.empty()) model["vae"] = {{"name", r.vae_name}, {"hash", r.vae_hash}};
+  if (!r.taesd_name.empty()) model["taesd"] = {{"name", r.taesd_name}, {"hash", r.taesd_hash}};
   return {
       {"prompt", r.prompt},
       {"negative_prompt", r.negative_prompt},
@@ -95,6 +98,7 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
       {"width", r.width},
       {"height", r.height},
       {"model", model},
+      {"decoder", r.decoder},
       {"rng", "cpu"},
       {"dtype", r.dtype},
       {"device", r.device},

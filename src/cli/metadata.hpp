@@ -29,6 +29,9 @@ struct ImageRecord {
   std::string model_hash;
   std::string vae_name;  // empty: the model's own VAE
   std::string vae_hash;
+  std::string decoder = "full";  // "full" (the VAE) or "taesd"
+  std::string taesd_name;        // with decoder "taesd": the bundle's TAESD (empty when unnamed)
+  std::string taesd_hash;
   std::string device;
   std::string dtype;
   std::string safety;  // "replace", "report" or "off"

@@ -87,6 +87,11 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "optimize_for_inference; faster on the CPU, slower to load; see docs/PERFORMANCE.md)")
       ->check(CLI::IsMember({"none", "freeze", "optimize"}))
       ->capture_default_str();
+  app.add_option("--decoder", o.decoder,
+                 "full (the model's VAE) or taesd (TAESD, a tiny approximate decoder: about 15 times faster on the "
+                 "CPU, softer detail; the bundle needs one, see convert.py --taesd)")
+      ->check(CLI::IsMember({"full", "taesd"}))
+      ->capture_default_str();
   app.add_flag("--low-vram", o.low_vram,
                "less GPU memory: text encoder and safety checker on the CPU, U-Net and VAE take turns on the GPU, "
                "VAE decoding in tiles for sides above 512");

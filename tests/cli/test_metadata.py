@@ -8,7 +8,8 @@ import subprocess
 import unittest
 import zlib
 
-from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, TINY, CliTestCase, derived_bundle, png_text, run)
+from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, TINY, CliTestCase, derived_bundle, png_pixels, png_text,
+                         run)
 
 
 def manifest():
@@ -81,6 +82,55 @@ class Metadata(CliTestCase):
         self.assertNotIn("vae", json.loads(png_text(self.dir / "b.png")["txt2img"])["model"])
         self.assertEqual(json.loads(result.stdout.splitlines()[0])["vae_name"], None)
         self.assertNotIn("VAE ", run(["info", TINY], self.dir).stdout)
+
+    def test_taesd_decoder_is_recorded_and_reproduced(self):
+        def named(m):
+            m["taesd_name"], m["taesd_hash"] = "taesd", "0123abcdef"
+            return m
+
+        bundle = derived_bundle(self.dir / "b", edit_manifest=named)
+        result = self.txt2img("a fox", "--seed", "4", "--decoder", "taesd", "-o", "a.png", "--json", model=bundle)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(", VAE Decoder: TAESD, RNG: CPU", png_text(self.dir / "a.png")["parameters"])
+        record = json.loads(png_text(self.dir / "a.png")["txt2img"])
+        self.assertEqual(record["decoder"], "taesd")
+        self.assertEqual(record["model"]["taesd"], {"name": "taesd", "hash": "0123abcdef"})
+        self.assertEqual(json.loads(result.stdout.splitlines()[0])["decoder"], "taesd")
+        self.assertIn("  TAESD decoder  taesd [0123abcdef]\n", run(["info", bundle], self.dir).stdout)
+        # The command it gives makes the same image; the VAE's image is another.
+        line = run(["info", "a.png", "--command"], self.dir).stdout.strip()
+        self.assertEqual(shlex.split(line)[-2:], ["--decoder", "taesd"])
+        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                f" --model {shlex.quote(str(bundle))} -o b.png"], cwd=self.dir, capture_output=True,
+                               text=True)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        self.assertEqual(self.txt2img("a fox", "--seed", "4", "-o", "c.png").returncode, 0)
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+        full = png_text(self.dir / "c.png")
+        self.assertNotIn("VAE Decoder", full["parameters"])
+        self.assertEqual(json.loads(full["txt2img"])["decoder"], "full")
+        self.assertNotIn("--decoder", run(["info", "c.png", "--command"], self.dir).stdout)
+        # An A1111 image decoded with TAESD asks for it too.
+        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
+        infotext = "a fox\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 32x32, VAE Decoder: TAESD, RNG: CPU"
+        (self.dir / "a1111.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
+                                                             infotext))
+        result = run(["info", "a1111.png", "--command"], self.dir)
+        self.assertEqual(shlex.split(result.stdout.strip())[-2:], ["--decoder", "taesd"])
+        self.assertNotIn("not carried over", result.stderr)
+
+    def test_taesd_needs_a_bundle_with_one(self):
+        def dropped(m):
+            m["files"].pop("taesd_decoder.pt")
+            return m
+
+        bundle = derived_bundle(self.dir / "b", edit_manifest=dropped, drop=("taesd_decoder.pt",))
+        self.assertExit(self.txt2img("a fox", "--decoder", "taesd", "-o", "a.png", model=bundle), EXIT_USAGE,
+                        "has no TAESD decoder", "--taesd")
+        self.assertIn("  TAESD decoder  none (convert.py --taesd adds one", run(["info", bundle], self.dir).stdout)
+        self.assertExit(self.txt2img("a fox", "--decoder", "tiny", "-o", "a.png"), EXIT_USAGE, "--decoder")
+        self.assertFalse((self.dir / "a.png").exists())
 
     def test_dtype_is_recorded(self):
         self.assertEqual(self.txt2img("a fox", "--dtype", "bf16", "-o", "a.png").returncode, 0)

@@ -226,6 +226,49 @@ TEST_F(TinyPipeline, LowVramBelowTheTileSizeGivesTheSameImage) {
   }
 }
 
+// TAESD decodes the final latents as the U-Net left them (the VAE takes them divided by the scaling factor), with
+// the bundle's taesd_decoder.pt, whole even with low_vram; the images differ from the VAE's.
+TEST_F(TinyPipeline, TaesdDecodesTheUndividedLatents) {
+  struct Keep : txt2img::Observer {
+    void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
+    std::map<std::string, torch::Tensor> kept;
+  };
+  txt2img::PipelineOptions tiny_decoder;
+  tiny_decoder.decoder = txt2img::Decoder::Taesd;
+  auto taesd = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), tiny_decoder);
+  Keep keep;
+  const auto image = generate_small(taesd, {"a red cube"}, {7}, small_params(), &keep)[0].rgb;
+  EXPECT_TRUE(torch::equal(keep.kept.at("vae/decode_in"), keep.kept.at("latents/step_002")));
+  auto module = torch::jit::load((fixtures() / "tiny" / "taesd_decoder.pt").string());
+  c10::InferenceMode inference;
+  const auto decoded = module.forward({keep.kept.at("vae/decode_in")}).toTensor();
+  EXPECT_TRUE(torch::allclose(keep.kept.at("vae/decode_out"), decoded, 1e-6, 1e-6));
+  EXPECT_GT(max_level_difference(image, run({"a red cube"}, {7})[0].rgb), 8);
+
+  tiny_decoder.low_vram = true;
+  auto low = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), tiny_decoder);
+  auto large = small_params();
+  large.width = large.height = 1024;  // 128 latents a side: the VAE would be tiled
+  large.steps = 1;
+  Keep whole;
+  generate_small(low, {"a red cube"}, {7}, large, &whole);
+  EXPECT_TRUE(torch::allclose(whole.kept.at("vae/decode_out"), module.forward({whole.kept.at("vae/decode_in")}).toTensor(),
+                              1e-6, 1e-6));
+}
+
+TEST(Pipeline, TaesdNeedsABundleWithOne) {
+  BundleCopy copy;
+  auto j = copy.manifest();
+  j["files"].erase("taesd_decoder.pt");
+  copy.set_manifest(j);
+  std::filesystem::remove(copy.dir() / "taesd_decoder.pt");
+  txt2img::PipelineOptions options;
+  options.decoder = txt2img::Decoder::Taesd;
+  expect_error([&] { txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), options); }, ErrorKind::Usage,
+               {"has no TAESD decoder", "--taesd", "--decoder full"});
+  EXPECT_NO_THROW(txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {}));
+}
+
 // The samplers that draw noise while stepping draw it from each image's own generator, right after the initial
 // latents and exactly at the calls the scheduler asks for (LCM: all but the last): replaying the run's guided model
 // outputs through a fresh scheduler with a fresh generator gives its latents; and a batch gives each image what it
