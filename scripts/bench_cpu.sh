@@ -7,10 +7,11 @@
 # cores, BLAS, LibTorch and each row's malloc.
 #
 #   scripts/bench_cpu.sh --model /tmp/full [--size 512] [--steps 3] [--threads 2] [--dtype fp32|bf16] [--rounds 2]
-#                        [--bench BIN] [--also BIN] [--out DIR]   (--bench: ours, default build/txt2img-bench)
+#                        [--decoder full|taesd] [--bench BIN] [--also BIN] [--out DIR]
+#   (--bench: ours, default build/txt2img-bench; --decoder taesd: every row decodes with the bundle's TAESD)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-model="" size=512 steps=3 threads=2 dtype=fp32 rounds=2 also="" out=""
+model="" size=512 steps=3 threads=2 dtype=fp32 rounds=2 decoder=full also="" out=""
 bench=$root/build/txt2img-bench
 while (($#)); do
   case $1 in
@@ -20,6 +21,7 @@ while (($#)); do
     --threads) threads=$2; shift 2 ;;
     --dtype) dtype=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
+    --decoder) decoder=$2; shift 2 ;;
     --bench) bench=$2; shift 2 ;;
     --also) also=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
@@ -35,7 +37,7 @@ mkdir -p "$out"
 tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 /{lib = $NF} END {print lib}')
 
 common=(--model "$model" --device cpu --dtype "$dtype" --width "$size" --height "$size" --steps "$steps"
-        --threads "$threads" --warmup 0 --runs 1)
+        --threads "$threads" --decoder "$decoder" --warmup 0 --runs 1)
 rows=(ours)
 [[ -n $also ]] && rows+=(also)
 rows+=(eager)
@@ -57,7 +59,7 @@ run_row() {
   echo "blas: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || echo unknown)"
   echo "ours: $bench; $("$(dirname "$bench")/txt2img" --version 2>/dev/null || echo 'no txt2img beside it')"
   echo "command: $0 --model $model --size $size --steps $steps --threads $threads --dtype $dtype" \
-       "--rounds $rounds${also:+ --also $also}"
+       "--rounds $rounds --decoder $decoder${also:+ --also $also}"
 } | tee "$out/machine.txt"
 
 for ((round = 1; round <= rounds; round++)); do
@@ -73,7 +75,7 @@ import glob, json, statistics, sys
 out, steps, rows = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 names = {"ours": "txt2img-bench", "also": "txt2img-bench (--also)", "eager": "PyTorch eager",
          "eager_tcmalloc": "PyTorch eager, tcmalloc preloaded"}
-print("\n| run | malloc | load s | U-Net s/step | VAE decode s | total s | peak RSS MiB |")
+print("\n| run | malloc | load s | U-Net s/step | decode s | total s | peak RSS MiB |")
 print("|---|---|---:|---:|---:|---:|---:|")
 for row in rows:
     records = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{row}-*.json"))]

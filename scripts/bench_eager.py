@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The PyTorch eager reference for txt2img's benchmarks: the same networks (this converter's modules) with the same
 weights as a bundle, timed over the same work as txt2img-bench: text encoder (prompt and negative prompt), N U-Net
-calls with classifier-free guidance and a DDIM step, VAE decode to 8-bit pixels on the host.
+calls with classifier-free guidance and a DDIM step, VAE (or TAESD) decode to 8-bit pixels on the host.
 
   bench_eager.py --model DIR [--device cuda] [--dtype fp16] [--threads N] [--width W --height H] [--steps N]
-                 [--cfg S] [--batch B] [--warmup N] [--runs N]
+                 [--cfg S] [--batch B] [--warmup N] [--runs N] [--decoder full|taesd]
 
 Prints one JSON object (the same keys as txt2img-bench's where they mean the same). The weights are the state
 dicts of the bundle's TorchScript files, loaded strictly into freshly built eager modules; on PyTorch >= 2.0 those
@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from txt2img_convert import checkpoints as ck  # noqa: E402
 from txt2img_convert.clip import CLIPTextModel  # noqa: E402
 from txt2img_convert.presets import preset, sd1_defaults  # noqa: E402
+from txt2img_convert.taesd import TAESDDecoder, decoder_layout  # noqa: E402
 from txt2img_convert.unet import UNet2DConditionModel  # noqa: E402
 from txt2img_convert.vae import VAEDecoder  # noqa: E402
 
@@ -47,6 +48,7 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--decoder", choices=["full", "taesd"], default="full", help="the VAE, or the bundle's TAESD")
     return p.parse_args(argv)
 
 
@@ -61,26 +63,34 @@ def configs_for(manifest: dict, state_dicts: dict) -> dict:
     def component(part):
         return ck.Component(part, state_dicts[part], base[part], part)
 
-    return {
+    configs = {
         "unet": ck.infer_unet_config(component("unet"), base["unet"]),
-        "vae": ck.infer_vae_config(component("vae"), base["vae"]),
         "text_encoder": ck.infer_text_config(component("text_encoder"), base["text_encoder"], heads_known=True),
     }
+    if "vae" in state_dicts:
+        configs["vae"] = ck.infer_vae_config(component("vae"), base["vae"])
+    if "taesd" in state_dicts:
+        configs["taesd"] = decoder_layout(state_dicts["taesd"])
+    return configs
 
 
-def load_modules(bundle: str, device: torch.device, dtype: torch.dtype):
+def load_modules(bundle: str, device: torch.device, dtype: torch.dtype, decoder: str):
+    """The bundle's text encoder, U-Net and the decoder (`decoder` "full": the VAE, "taesd": TAESD), as eager
+    modules under the names text_encoder, unet and decoder."""
     with open(os.path.join(bundle, "model.json"), encoding="utf-8") as f:
         manifest = json.load(f)
-    files = {"text_encoder": "text_encoder.pt", "unet": "unet.pt", "vae": "vae_decoder.pt"}
+    decoder_part = "taesd" if decoder == "taesd" else "vae"
+    files = {"text_encoder": "text_encoder.pt", "unet": "unet.pt",
+             decoder_part: "taesd_decoder.pt" if decoder == "taesd" else "vae_decoder.pt"}
     state_dicts = {part: torch.jit.load(os.path.join(bundle, name), map_location="cpu").state_dict()
                    for part, name in files.items()}
     configs = configs_for(manifest, state_dicts)
-    classes = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae": VAEDecoder}
+    classes = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae": VAEDecoder, "taesd": TAESDDecoder}
     modules = {}
-    for part, cls in classes.items():
-        module = cls(configs[part]).eval().requires_grad_(False)
+    for part in files:
+        module = classes[part](configs[part]).eval().requires_grad_(False)
         module.load_state_dict(state_dicts[part], strict=True)
-        modules[part] = module.to(device=device, dtype=dtype)
+        modules["decoder" if part == decoder_part else part] = module.to(device=device, dtype=dtype)
     return manifest, modules
 
 
@@ -165,7 +175,9 @@ def generate(modules, manifest, args, device, dtype, generator):
         latents = ddim.step(eps, t, latents)
     times["unet_s"] = lap()
 
-    decoded = modules["vae"]((latents / manifest["scale_factor"]).to(dtype)).float()
+    # TAESD decodes the latents as they are; the VAE takes them divided by its scaling factor.
+    z = latents if args.decoder == "taesd" else latents / manifest["scale_factor"]
+    decoded = modules["decoder"](z.to(dtype)).float()
     times["decode_s"] = lap()
     ((decoded * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
     times["other_s"] = lap()
@@ -180,7 +192,7 @@ def main(argv=None) -> int:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
 
     load_start = time.perf_counter()
-    manifest, modules = load_modules(args.model, device, dtype)
+    manifest, modules = load_modules(args.model, device, dtype, args.decoder)
     sync(device)
     load_s = time.perf_counter() - load_start
     args.width = args.width or manifest["default_size"]
@@ -212,6 +224,7 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "cfg": args.cfg,
         "batch": args.batch,
+        "decoder": args.decoder,
         "safety_checker": False,
         "load_s": load_s,
         "seconds_per_batch": total_s,

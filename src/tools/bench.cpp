@@ -85,7 +85,7 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   CLI::App app{"Times txt2img's pipeline stage by stage and prints one JSON object (see docs/PERFORMANCE.md)"};
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // scripts append overrides
-  std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none", save_images;
+  std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none", decoder_name = "full", save_images;
   int threads = 0, width = 0, height = 0, steps = 3, batch = 1, warmup = 1, runs = 1;
   double cfg = 7.5;
   bool no_safety = false, low_vram = false, channels_last = false, cuda_graph = false, plain_executor = false, cudnn_benchmark = false;
@@ -95,6 +95,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--graph", graph_name, "TorchScript graph optimisation after placement: none, freeze or optimize")
       ->check(CLI::IsMember({"none", "freeze", "optimize"}))
+      ->capture_default_str();
+  app.add_option("--decoder", decoder_name, "full (the VAE) or taesd (the bundle's TAESD)")
+      ->check(CLI::IsMember({"full", "taesd"}))
       ->capture_default_str();
   app.add_option("--threads", threads, "CPU threads for intra-op parallelism (0: LibTorch's default)");
   app.add_option("--width", width, "Image width (0: the model's default)");
@@ -127,6 +130,7 @@ int main(int argc, char** argv) {
                                                : GraphOptimization::None;
     options.safety = no_safety ? SafetyMode::Off : SafetyMode::Report;
     options.low_vram = low_vram;
+    options.decoder = decoder_name == "taesd" ? Decoder::Taesd : Decoder::Full;
     options.channels_last = channels_last;
     options.cuda_graph = cuda_graph;
     options.profiling_executor = !plain_executor;
@@ -192,6 +196,7 @@ int main(int argc, char** argv) {
         {"device", options.device.str()},
         {"dtype", dtype_name},
         {"graph", graph_name},
+        {"decoder", decoder_name},
         {"low_vram", low_vram},
         {"channels_last", channels_last},
         {"cuda_graph", cuda_graph},

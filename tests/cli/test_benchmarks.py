@@ -1,6 +1,7 @@
 """scripts/bench_cpu.sh on the tiny bundle: it runs every row and prints the machine and one table (a benchmark is
 only recorded where it was run; this checks that it still runs, not how fast)."""
 
+import json
 import subprocess
 import unittest
 from pathlib import Path
@@ -30,6 +31,18 @@ class BenchCpu(CliTestCase):
             for cell in row.strip("| ").split(" | ")[2:]:
                 float(cell)
         self.assertEqual(len(list((self.dir / "out").glob("*.json"))), len(rows))
+
+    def test_decodes_with_taesd_on_every_row(self):
+        bench = Path(BIN).parent / "txt2img-bench"
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "bench_cpu.sh"), "--model", str(TINY), "--size", "32", "--steps", "1",
+             "--threads", "1", "--rounds", "1", "--decoder", "taesd", "--bench", str(bench), "--out",
+             str(self.dir / "out")], capture_output=True, text=True, timeout=600)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("--decoder taesd", result.stdout)
+        records = [json.loads(p.read_text()) for p in (self.dir / "out").glob("*.json")]
+        self.assertGreaterEqual(len(records), 2)
+        self.assertEqual({r["decoder"] for r in records}, {"taesd"})
 
 
 if __name__ == "__main__":
