@@ -167,7 +167,7 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
         raise ConversionError(
             f"the U-Net takes {unet.get('in_channels')} input channels, not the VAE's {latent} latent channels (an "
             "inpainting or other image-conditioned model?): only text-to-image models are supported")
-    return {
+    fields = {
         "latent_channels": latent,
         "scale_factor": float(vae.get("scaling_factor") or 0.18215),
         "vae_scale_factor": vae_scale_factor,
@@ -180,6 +180,11 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
         "scheduler": scheduler,
         "safety": safety,
     }
+    if unet.get("time_cond_proj_dim"):
+        # An LCM-distilled U-Net: it takes the guidance scale as an embedding of this width, and txt2img runs it
+        # without classifier-free guidance, as LatentConsistencyModelPipeline does.
+        fields["guidance_embedding_dim"] = int(unet["time_cond_proj_dim"])
+    return fields
 
 
 def write_bundle(out: str, modules: Dict[str, nn.Module], vocab: str, fields: dict, name: str,

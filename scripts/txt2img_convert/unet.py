@@ -68,9 +68,6 @@ def _per_block(value: Any, count: int, name: str) -> List[Any]:
 
 # What a refused config value usually means, where users meet it with SD 1.x-based files.
 _CONFIG_HINTS = {
-    "time_cond_proj_dim": "an LCM-distilled U-Net with a guidance embedding, such as LCM_Dreamshaper_v7; for "
-                          "few-step images merge LCM-LoRA into an SD 1.x model instead (convert.py --lora) and "
-                          "sample it with txt2img --sampler lcm",
     "upcast_attention": "an SD 2.1 model; only SD 1.x models are supported",
 }
 
@@ -246,13 +243,32 @@ class Transformer2DModel(nn.Module):
 
 
 class TimestepEmbedding(nn.Module):
-    def __init__(self, in_channels: int, time_embed_dim: int):
+    """With `cond_proj_dim` (LCM models' time_cond_proj_dim) a condition, projected, is added to the input."""
+
+    def __init__(self, in_channels: int, time_embed_dim: int, cond_proj_dim: Optional[int] = None):
         super().__init__()
+        self.cond_proj = nn.Linear(cond_proj_dim, in_channels, bias=False) if cond_proj_dim else None
         self.linear_1 = nn.Linear(in_channels, time_embed_dim)
         self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, condition: Optional[Tensor]) -> Tensor:
+        if self.cond_proj is not None and condition is not None:
+            x = x + self.cond_proj(condition)
         return self.linear_2(F.silu(self.linear_1(x)))
+
+
+def guidance_scale_embedding(w: Tensor, dim: int) -> Tensor:
+    """LatentConsistencyModelPipeline's embedding [N, dim] of 1-D guidance values w (its guidance scale minus 1),
+    in float32 and its operation order."""
+    w = w.float() * 1000.0
+    half = dim // 2
+    step = math.log(10000.0) / (half - 1)
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -step)
+    angles = w[:, None] * frequencies[None, :]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2 == 1:
+        emb = F.pad(emb, [0, 1])
+    return emb
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> Tensor:
@@ -482,7 +498,6 @@ _SUPPORTED_UNET_CONFIG: Dict[str, Any] = {
     "resnet_skip_time_act": False,
     "resnet_time_scale_shift": "default",
     "reverse_transformer_layers_per_block": None,
-    "time_cond_proj_dim": None,
     "time_embedding_act_fn": None,
     "time_embedding_dim": None,
     "time_embedding_type": "positional",
@@ -493,7 +508,9 @@ _SUPPORTED_UNET_CONFIG: Dict[str, Any] = {
 
 
 class UNet2DConditionModel(nn.Module):
-    """Noise predictor: forward(sample [B,C,h,w], timestep, encoder_hidden_states [B,L,D]) -> [B,C_out,h,w]."""
+    """Noise predictor: forward(sample [B,C,h,w], timestep, encoder_hidden_states [B,L,D][, guidance]) ->
+    [B,C_out,h,w]. LCM-distilled models (time_cond_proj_dim) take the guidance scale as an input instead of
+    classifier-free guidance: `guidance` is LatentConsistencyModelPipeline's w, the guidance scale minus 1."""
 
     def __init__(self, config: Dict[str, Any], use_sdpa: Optional[bool] = None):
         super().__init__()
@@ -520,7 +537,8 @@ class UNet2DConditionModel(nn.Module):
         self.flip_sin_to_cos = bool(config.get("flip_sin_to_cos", True))
         self.freq_shift = float(config.get("freq_shift", 0))
         self.conv_in = nn.Conv2d(config.get("in_channels", 4), block_out[0], 3, padding=1)
-        self.time_embedding = TimestepEmbedding(block_out[0], temb_channels)
+        self.time_cond_proj_dim = int(config.get("time_cond_proj_dim") or 0)
+        self.time_embedding = TimestepEmbedding(block_out[0], temb_channels, self.time_cond_proj_dim)
 
         down_blocks: List[nn.Module] = []
         out_ch = block_out[0]
@@ -573,11 +591,19 @@ class UNet2DConditionModel(nn.Module):
         self.conv_norm_out = nn.GroupNorm(groups, block_out[0], eps=eps)
         self.conv_out = nn.Conv2d(block_out[0], config.get("out_channels", 4), 3, padding=1)
 
-    def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor:
-        """`timestep`: 0-dim, [1] or [B], integer or float; a single value applies to the whole batch."""
+    def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor,
+                guidance: Optional[Tensor] = None) -> Tensor:
+        """`timestep` and `guidance`: 0-dim, [1] or [B], integer or float; a single value applies to the whole batch.
+        A model with a guidance embedding needs `guidance`; others ignore it."""
         timesteps = timestep.reshape(-1).to(sample.device).expand(sample.size(0))
         t_emb = timestep_embedding(timesteps, self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift)
-        emb = self.time_embedding(t_emb.to(sample.dtype))
+        condition: Optional[Tensor] = None
+        if self.time_cond_proj_dim > 0:
+            if guidance is None:
+                raise ValueError("this U-Net has a guidance embedding (an LCM model): pass the guidance")
+            w = guidance.reshape(-1).to(sample.device).expand(sample.size(0))
+            condition = guidance_scale_embedding(w, self.time_cond_proj_dim).to(sample.dtype)
+        emb = self.time_embedding(t_emb.to(sample.dtype), condition)
 
         x = self.conv_in(sample)
         skips: List[Tensor] = [x]

@@ -236,3 +236,26 @@ def test_replacement_vae(tmp_path, reference, capsys):
     want = export.VAEDecoder.select_state_dict(ck.ldm_to_diffusers(sd1, "sd1")["vae"].tensors)
     assert sorted(decoder) == sorted(want)
     assert all(torch.equal(decoder[k], want[k].float()) for k in want)
+
+
+def test_lcm_model_with_a_guidance_embedding(tmp_path, reference, capsys):
+    """An LCM-distilled model (its U-Net config has time_cond_proj_dim, as SimianLuo/LCM_Dreamshaper_v7) converts:
+    model.json records the embedding's width, and the exported U-Net takes the guidance as a fourth input."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+    from make_lcm_model import make
+
+    make(str(reference / "tiny/model"), str(tmp_path / "lcm"), 8)
+    status, stderr = convert(capsys, tmp_path / "lcm", "--no-safety-checker", "--out", tmp_path / "bundle")
+    assert status == 0, stderr
+    manifest = json.loads((tmp_path / "bundle/model.json").read_text())
+    assert manifest["guidance_embedding_dim"] == 8
+    unet = torch.jit.load(str(tmp_path / "bundle/unet.pt"))
+    assert unet.state_dict()["time_embedding.cond_proj.weight"].shape == (32, 8)
+    sample, context = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        low, high = (unet(sample, torch.tensor(999), context, torch.tensor([w])) for w in (1.0, 7.5))
+    assert not torch.allclose(low, high)
+    # A model without one records nothing.
+    status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", "--out", tmp_path / "plain")
+    assert status == 0, stderr
+    assert "guidance_embedding_dim" not in json.loads((tmp_path / "plain/model.json").read_text())

@@ -4,6 +4,7 @@ Every parity check runs the eager module and its TorchScript; relative error bou
 """
 
 import copy
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from txt2img_convert.clip import CLIPTextModel, CLIPVisionModel
 from txt2img_convert.safety import StableDiffusionSafetyChecker
 from txt2img_convert.safetensors_io import load_file, read_header, save_file
-from txt2img_convert.unet import HAS_SDPA, UNet2DConditionModel, script
+from txt2img_convert.unet import HAS_SDPA, UNet2DConditionModel, guidance_scale_embedding, script
 from txt2img_convert.vae import VAEDecoder
 
 TINY_RUNS = ["ddim_s10", "ddim_s10_neg_g5_w24_h16", "euler_s20"]
@@ -318,9 +319,51 @@ def test_unsupported_unet_config_is_rejected():
         UNet2DConditionModel(_small_unet_config(upcast_attention=True))
     with pytest.raises(NotImplementedError):
         UNet2DConditionModel(_small_unet_config(down_block_types=["CrossAttnDownBlock2D", "AttnDownBlock2D"]))
-    # A full LCM model (guidance embedding) is refused with the way to few-step images that works.
-    with pytest.raises(NotImplementedError, match="LCM-LoRA.*--sampler lcm"):
-        UNet2DConditionModel(_small_unet_config(time_cond_proj_dim=256))
+
+
+def test_guidance_scale_embedding():
+    """LatentConsistencyModelPipeline.get_guidance_scale_embedding: sin then cos of w * 1000 at frequencies
+    10000^(-k / (half - 1)), zero-padded to an odd width; checked against the formula in float64."""
+    w = torch.tensor([0.0, 0.001, 6.5, 7.5])
+    for dim in (256, 7):
+        got = guidance_scale_embedding(w, dim)
+        half = dim // 2
+        k = torch.arange(half, dtype=torch.float64)
+        angles = w.double()[:, None] * 1000 * torch.exp(-k * math.log(10000.0) / (half - 1))[None, :]
+        want = torch.cat([angles.sin(), angles.cos()] + ([torch.zeros(4, 1, dtype=torch.float64)] if dim % 2 else []),
+                         dim=1)
+        assert got.dtype == torch.float32 and got.shape == (4, dim)
+        # float32 angles reach 7500 radians: their rounding (half an ulp, 2.4e-4) bounds the difference.
+        assert torch.allclose(got.double(), want, atol=5e-4), dim
+    assert torch.equal(guidance_scale_embedding(torch.tensor([0.0]), 4), torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
+
+
+def test_guidance_embedding_is_added_to_the_timestep_embedding_input(check_close):
+    """An LCM U-Net (time_cond_proj_dim) adds cond_proj(embedding(w)) to the sinusoidal timestep embedding before
+    linear_1, as diffusers' TimestepEmbedding does: the same as a plain U-Net whose linear_1 bias absorbs it."""
+    torch.manual_seed(0)
+    lcm = UNet2DConditionModel(_small_unet_config(time_cond_proj_dim=16)).eval()
+    assert lcm.state_dict()["time_embedding.cond_proj.weight"].shape == (32, 16)
+    plain = UNet2DConditionModel(_small_unet_config()).eval()
+    weights = {k: v for k, v in lcm.state_dict().items() if k != "time_embedding.cond_proj.weight"}
+    w = 6.5
+    shift = lcm.time_embedding.cond_proj(guidance_scale_embedding(torch.tensor([w]), 16))[0]
+    linear_1 = lcm.time_embedding.linear_1
+    weights["time_embedding.linear_1.bias"] = linear_1.bias + linear_1.weight @ shift
+    plain.load_state_dict(weights, strict=True)
+    latents, context = torch.randn(2, 4, 6, 10), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        expected = plain(latents, torch.tensor(10), context)
+        check_close("guidance embedding eager", lcm(latents, torch.tensor(10), context, torch.tensor(w)), expected,
+                    1e-5)
+        scripted = script(lcm)
+        check_close("guidance embedding scripted", scripted(latents, torch.tensor(10), context, torch.tensor([w, w])),
+                    expected, 1e-5)
+        assert not torch.allclose(scripted(latents, torch.tensor(10), context, torch.tensor(1.0)), expected)
+        with pytest.raises(Exception, match="guidance embedding"):
+            scripted(latents, torch.tensor(10), context)
+        # A plain U-Net ignores a guidance it is given.
+        assert torch.equal(plain(latents, torch.tensor(10), context, torch.tensor(w)), expected)
 
 
 def test_sdpa_selection(check_close):
