@@ -137,7 +137,10 @@ def sync(device: torch.device) -> None:
 def generate(modules, manifest, args, device, dtype, generator):
     """One batch; returns the stage times in seconds."""
     batch, context_length = args.batch, manifest["context_length"]
-    guided = args.cfg > 1.0
+    # An LCM-distilled U-Net takes the scale as an input instead of classifier-free guidance, as txt2img runs it.
+    embedded = bool(manifest.get("guidance_embedding_dim"))
+    guided = args.cfg > 1.0 and not embedded
+    guidance = torch.full((batch,), args.cfg - 1.0, device=device) if embedded else None
     times = {}
     sync(device)
     start = last = time.perf_counter()
@@ -168,7 +171,7 @@ def generate(modules, manifest, args, device, dtype, generator):
     timesteps = torch.tensor(ddim.timesteps, device=device)
     for i, t in enumerate(ddim.timesteps):
         model_input = torch.cat([latents, latents]) if guided else latents
-        eps = modules["unet"](model_input.to(dtype), timesteps[i], context).float()
+        eps = modules["unet"](model_input.to(dtype), timesteps[i], context, guidance).float()
         if guided:
             uncond, cond = eps.chunk(2)
             eps = uncond + args.cfg * (cond - uncond)

@@ -83,6 +83,7 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.context_length = field<int>(j, "context_length", where);
   m.pad_id = field<int>(j, "pad_id", where);
   m.text_hidden_size = field<int>(j, "text_hidden_size", where);
+  m.guidance_embedding_dim = j.value("guidance_embedding_dim", 0);
   if (j.contains("text_num_layers")) {  // written since --clip-skip; older bundles are SD v1's 12 layers
     m.text_num_layers = field<int>(j, "text_num_layers", where);
     m.text_num_layers_known = true;

@@ -73,6 +73,13 @@ void throw_if_non_finite(const torch::Tensor& values, const std::string& what, t
                                                       : ""));
 }
 
+// Whether a run takes classifier-free guidance: a U-Net batch of [uncond, cond] rows mixed by the scale. As in
+// diffusers, a scale of 1 or less skips the unconditional rows, and an LCM model with a guidance embedding takes the
+// scale as an input instead (LatentConsistencyModelPipeline); the negative prompt is then unused.
+bool classifier_free(const Manifest& manifest, const GenerationParams& params) {
+  return manifest.guidance_embedding_dim == 0 && params.cfg_scale > 1.0;
+}
+
 std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params) {
   // The checkpoint's training schedule (betas, offset, prediction type) with each sampler's own default spacing:
   // what diffusers' `<Sampler>.from_config(pipe.scheduler.config)` gives for SD v1, leading for DDIM/PNDM and
@@ -179,7 +186,7 @@ std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, co
 size_t Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
                              const GenerationParams& params) const {
   if (!params.long_prompts) return 1;
-  const bool guided = params.cfg_scale > 1.0;
+  const bool guided = classifier_free(manifest_, params);
   return std::max(token_chunks(prompt, params).size(), guided ? token_chunks(negative_prompt, params).size() : 1);
 }
 
@@ -264,7 +271,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                                    "--clip-skip 1)");
   c10::InferenceMode inference;
   const auto batch = static_cast<int64_t>(prompts.size());
-  const bool guided = params.cfg_scale > 1.0;  // as diffusers: scale <= 1 skips the unconditional branch
+  const bool guided = classifier_free(manifest_, params);
 
   // 1. Encode the prompts; with guidance, the negative prompts too, in one U-Net batch [uncond, cond].
   // Long prompts: every text gets the batch's largest chunk count (text_chunks).
@@ -294,10 +301,14 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   make_room_for(Stage::Denoise);
   const auto& timesteps = scheduler->timesteps();
   const auto t = timestep_tensors(timesteps, options_.device);
+  // LatentConsistencyModelPipeline's w: the scale minus 1 (in double, then float32), one per row.
+  const auto guidance = manifest_.guidance_embedding_dim > 0
+                            ? torch::full({batch}, params.cfg_scale - 1.0, torch::kFloat32).to(options_.device)
+                            : torch::Tensor();
   for (size_t call = 0; call < timesteps.size(); ++call) {
     const std::string n = call_name(call);
     auto model_input = scheduler->scale_model_input(guided ? torch::cat({latents, latents}) : latents, call);
-    auto noise_pred = (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], context)
+    auto noise_pred = (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], context, guidance)
                           .to(torch::kFloat32);
     observe(observer, "unet/" + n + "/noise_pred", noise_pred);
     if (guided) {

@@ -22,13 +22,17 @@ void to_channels_last(torch::jit::Module& module) {
 
 // Static input and output buffers of one captured call: replaying the graph reads and writes exactly these.
 struct UNetCall::CapturedGraph {
-  torch::Tensor x, t, context, out;
+  torch::Tensor x, t, context, guidance, out;  // guidance: undefined for U-Nets without a guidance embedding
   at::cuda::CUDAGraph graph;
 
-  bool fits(const torch::Tensor& x_in, const torch::Tensor& t_in, const torch::Tensor& context_in) const {
-    return x.sizes() == x_in.sizes() && x.scalar_type() == x_in.scalar_type() && t.sizes() == t_in.sizes() &&
-           t.scalar_type() == t_in.scalar_type() && context.sizes() == context_in.sizes() &&
-           context.scalar_type() == context_in.scalar_type();
+  static bool same_kind(const torch::Tensor& a, const torch::Tensor& b) {
+    if (!a.defined() || !b.defined()) return a.defined() == b.defined();
+    return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type();
+  }
+  bool fits(const torch::Tensor& x_in, const torch::Tensor& t_in, const torch::Tensor& context_in,
+            const torch::Tensor& guidance_in) const {
+    return same_kind(x, x_in) && same_kind(t, t_in) && same_kind(context, context_in) &&
+           same_kind(guidance, guidance_in);
   }
 };
 
@@ -37,22 +41,24 @@ struct UNetCall::CapturedGraph {
 constexpr int kWarmupCallsBeforeCapture = 3;
 
 std::unique_ptr<UNetCall::CapturedGraph> UNetCall::capture(const torch::Tensor& x, const torch::Tensor& t,
-                                                           const torch::Tensor& context) {
+                                                           const torch::Tensor& context,
+                                                           const torch::Tensor& guidance) {
   auto g = std::make_unique<CapturedGraph>();
   g->x = x.clone();
   g->t = t.clone();
   g->context = context.clone();
+  if (guidance.defined()) g->guidance = guidance.clone();
   // Capture needs a stream other than the legacy default one, and that stream must not start before the buffers
   // above are written.
   c10::cuda::device_synchronize();
   auto side = c10::cuda::getStreamFromPool(false, x.device().index());
   {
     c10::cuda::CUDAStreamGuard on_side(side);
-    for (int i = 0; i < kWarmupCallsBeforeCapture; ++i) forward(g->x, g->t, g->context);
+    for (int i = 0; i < kWarmupCallsBeforeCapture; ++i) forward(g->x, g->t, g->context, g->guidance);
     side.synchronize();
     try {
       g->graph.capture_begin();
-      g->out = forward(g->x, g->t, g->context);
+      g->out = forward(g->x, g->t, g->context, g->guidance);
       g->graph.capture_end();
     } catch (const std::exception& e) {  // c10::Error, or the TorchScript interpreter's std::runtime_error
       throw Error(ErrorKind::Runtime, "capturing the U-Net as a CUDA graph failed (" +
@@ -63,15 +69,17 @@ std::unique_ptr<UNetCall::CapturedGraph> UNetCall::capture(const torch::Tensor& 
   return g;
 }
 
-torch::Tensor UNetCall::operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context) {
-  if (!cuda_graph_) return forward(x, t, context);
-  if (!graph_ || !graph_->fits(x, t, context)) {
+torch::Tensor UNetCall::operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
+                                   const torch::Tensor& guidance) {
+  if (!cuda_graph_) return forward(x, t, context, guidance);
+  if (!graph_ || !graph_->fits(x, t, context, guidance)) {
     graph_.reset();  // its memory pool goes before the next capture allocates one
-    graph_ = capture(x, t, context);
+    graph_ = capture(x, t, context, guidance);
   }
   graph_->x.copy_(x);
   graph_->t.copy_(t);
   graph_->context.copy_(context);
+  if (guidance.defined()) graph_->guidance.copy_(guidance);
   graph_->graph.replay();
   // Samplers keep earlier model outputs (PNDM, LMS, DPM-Solver); the next replay overwrites this buffer.
   return graph_->out.clone();
@@ -81,8 +89,9 @@ torch::Tensor UNetCall::operator()(const torch::Tensor& x, const torch::Tensor& 
 
 struct UNetCall::CapturedGraph {};  // never made: the constructor refuses cuda_graph in this build
 
-torch::Tensor UNetCall::operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context) {
-  return forward(x, t, context);
+torch::Tensor UNetCall::operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
+                                   const torch::Tensor& guidance) {
+  return forward(x, t, context, guidance);
 }
 
 #endif
@@ -107,9 +116,12 @@ void UNetCall::to(torch::Device device) {
   device_ = device;
 }
 
-torch::Tensor UNetCall::forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context) {
+torch::Tensor UNetCall::forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
+                                const torch::Tensor& guidance) {
   const auto input = channels_last_ ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
-  return module_.forward({input, t, context}).toTensor();
+  // Bundles exported before guidance embeddings existed take three inputs; only an LCM model's gets the fourth.
+  if (!guidance.defined()) return module_.forward({input, t, context}).toTensor();
+  return module_.forward({input, t, context, guidance}).toTensor();
 }
 
 }  // namespace txt2img

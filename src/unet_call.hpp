@@ -1,4 +1,4 @@
-// The sampling loop's U-Net call, noise_pred = unet(x_t, t, context), and how it executes: as a TorchScript call, or
+// The sampling loop's U-Net call, noise_pred = unet(x_t, t, context[, guidance]), and how it executes: as a TorchScript call, or
 // on CUDA captured once per input shape as a CUDA graph and replayed (one launch instead of the U-Net's thousand
 // or so kernel launches a step, which dominate at fp16 on a fast card). With channels_last the convolution weights
 // and the input are NHWC, the layout tensor-core convolutions prefer.
@@ -22,8 +22,10 @@ class UNetCall {
   UNetCall& operator=(UNetCall&&) noexcept;
   ~UNetCall();
 
-  // The result is the caller's own tensor (a replayed graph's output buffer is copied out).
-  torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context);
+  // The result is the caller's own tensor (a replayed graph's output buffer is copied out). `guidance` is for U-Nets
+  // with a guidance embedding (LCM models: the guidance scale minus 1, one value per row); undefined for others.
+  torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
+                           const torch::Tensor& guidance = {});
 
   // Moves the weights (keeping their dtype and layout). A captured graph is dropped when they move: it reads the
   // weights where they were, and the next call captures again.
@@ -32,9 +34,10 @@ class UNetCall {
  private:
   struct CapturedGraph;
 
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context);
-  std::unique_ptr<CapturedGraph> capture(const torch::Tensor& x, const torch::Tensor& t,
-                                         const torch::Tensor& context);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
+                        const torch::Tensor& guidance);
+  std::unique_ptr<CapturedGraph> capture(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
+                                         const torch::Tensor& guidance);
 
   torch::jit::Module module_;
   torch::Device device_ = torch::kCPU;

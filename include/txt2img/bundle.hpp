@@ -38,6 +38,9 @@ struct Manifest {
   int context_length = 77;
   int pad_id = 49407;
   int text_hidden_size = 768;
+  // An LCM-distilled U-Net's guidance embedding width (model.json "guidance_embedding_dim"; 0: none). Such a model
+  // takes the guidance scale as an input and runs without classifier-free guidance.
+  int guidance_embedding_dim = 0;
   // Layers of the text encoder (model.json "text_num_layers"); bundles converted before it was recorded are
   // assumed to have SD v1's 12 (text_num_layers_known false).
   int text_num_layers = kDefaultTextLayers;

@@ -77,6 +77,9 @@ int bundle_info(const InfoOptions& o) {
               << "\n"
               << "  text encoder   " << m.text_num_layers << " layers" << (m.text_num_layers_known ? "" : " (assumed)")
               << ", --clip-skip 1 to " << m.text_num_layers << "\n"
+              << (m.guidance_embedding_dim > 0 ? "  guidance       an input of the U-Net (LCM-distilled: --sampler lcm, 2 "
+                                                 "to 8 steps; no negative prompt)\n"
+                                               : "")
               << "  converted by   txt2img " << m.converter_version << " with PyTorch " << m.torch_version << "\n";
     for (const auto& e : m.embeddings)
       std::cout << "  embedding      " << e.name << " (" << e.vectors << (e.vectors == 1 ? " vector)\n" : " vectors)\n");

@@ -3,8 +3,8 @@
 import json
 import unittest
 
-from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, json_lines, png_pixels, png_text,
-                         run)
+from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, fixture_bundle, json_lines,
+                         png_pixels, png_text, run)
 
 
 class Outputs(CliTestCase):
@@ -291,6 +291,24 @@ class Samplers(CliTestCase):
         result = self.txt2img("a fox", "--sampler", "lcm", "--steps", "4", "--cfg-scale", "1", "-o", "lcm.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("Steps: 4, Sampler: LCM, CFG scale: 1.0", png_text(self.dir / "lcm.png")["parameters"])
+
+    def test_lcm_model_with_a_guidance_embedding(self):
+        """An LCM-distilled model runs one U-Net row per image with the scale as its input: the negative prompt
+        changes nothing, the scale does; another sampler gets a warning; info names it."""
+        lcm = fixture_bundle("tiny-lcm")
+        common = ["--sampler", "lcm", "--steps", "4", "--seed", "2", "-W", "16", "-H", "16"]
+        for name, extra in [("a.png", ["--cfg-scale", "8"]), ("b.png", ["--cfg-scale", "8", "-n", "blurry"]),
+                            ("c.png", ["--cfg-scale", "2"])]:
+            result = self.txt2img("a fox", *common, *extra, "-o", name, model=lcm, fast=False)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertNotIn("LCM-distilled", result.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+        result = self.txt2img("a fox", "--steps", "2", "-W", "16", "-H", "16", "-o", "d.png", model=lcm, fast=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("this model is LCM-distilled (it takes the guidance scale as an input): it is made for "
+                      "--sampler lcm", result.stderr)
+        self.assertIn("  guidance       an input of the U-Net (LCM-distilled", run(["info", lcm], self.dir).stdout)
 
     def test_eta(self):
         for eta, name in [("0", "a.png"), ("1", "b.png")]:

@@ -256,6 +256,38 @@ TEST_F(TinyPipeline, TaesdDecodesTheUndividedLatents) {
                               1e-6, 1e-6));
 }
 
+// An LCM-distilled U-Net takes the guidance scale as an embedding input, as LatentConsistencyModelPipeline runs it:
+// one U-Net row per image (no unconditional rows, so the negative prompt is unused), given w = scale - 1.
+TEST(Pipeline, GuidanceEmbeddingModelsTakeTheScaleAsAnInput) {
+  struct Keep : txt2img::Observer {
+    void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
+    std::map<std::string, torch::Tensor> kept;
+  };
+  const auto bundle = txt2img::Bundle::open(fixtures() / "tiny-lcm");
+  ASSERT_EQ(bundle.manifest().guidance_embedding_dim, 8);
+  auto pipeline = txt2img::Pipeline::load(bundle, {});
+  txt2img::GenerationParams params;
+  params.sampler = "lcm";
+  params.steps = 2;
+  params.cfg_scale = 8.5;
+  auto make = [&](const std::string& negative, double scale, Keep* keep = nullptr) {
+    params.cfg_scale = scale;
+    txt2img::SeededNoise noise({3});
+    return pipeline.generate({"a red cube"}, {negative}, params, noise, keep)[0].rgb;
+  };
+  Keep keep;
+  const auto image = make("", 8.5, &keep);
+  const auto& sample = keep.kept.at("latents/init");
+  const auto& context = keep.kept.at("unet/encoder_hidden_states");
+  ASSERT_EQ(context.size(0), 1);  // the prompt's row only
+  auto unet = torch::jit::load((fixtures() / "tiny-lcm" / "unet.pt").string());
+  c10::InferenceMode inference;
+  const auto first = unet.forward({sample, torch::tensor(int64_t{999}), context, torch::tensor({7.5f})}).toTensor();
+  EXPECT_TRUE(torch::allclose(keep.kept.at("unet/000/noise_pred"), first, 1e-5, 1e-6));
+  EXPECT_EQ(make("blurry, dark", 8.5), image);
+  EXPECT_GT(max_level_difference(make("", 2.0), image), 0);
+}
+
 TEST(Pipeline, TaesdNeedsABundleWithOne) {
   BundleCopy copy;
   auto j = copy.manifest();
