@@ -16,7 +16,7 @@
 # CUDA graph, channels_last, unprofiled TorchScript), with --low-vram, cuDNN's algorithm search and bf16 on top, and
 # plain, and at --batch-large; bench_eager.py (our converter's modules, same weights, PyTorch eager, SDPA where
 # PyTorch has it) at the same settings; the txt2img command line end to end (load, 2 images, safety checker on),
-# and with --low-vram; then the pixels of each variant against plain TorchScript calls. Peak VRAM is given three ways: the CUDA caching
+# and with --low-vram; both sides decoding with TAESD (--decoder taesd); then the pixels of each variant against plain TorchScript calls. Peak VRAM is given three ways: the CUDA caching
 # allocator's peak allocated and reserved bytes (each process's own report, as torch.cuda.max_memory_allocated /
 # max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the
 # run, which includes the CUDA context. On the CPU the column is the peak resident set.
@@ -215,6 +215,8 @@ if [[ $device == cuda* ]]; then
   measure ours_b1_default_bf16 "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" --dtype bf16
   measure ours_b1_cuda_graph_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph --channels-last
 fi
+measure ours_b1_default_taesd "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" --decoder taesd
+measure eager_b1_taesd "${eager[@]}" --batch 1 --warmup 2 --runs "$runs" --decoder taesd
 measure ours_b1 "${bench[@]}" --batch 1 --warmup 2 --runs "$runs"
 measure ours_b${batch_large}_default "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1 "${default[@]}"
 measure eager_b${batch_large} "${eager[@]}" --batch "$batch_large" --warmup 2 --runs 1
@@ -258,6 +260,9 @@ def load(name):
                   "peak_vram_reserved_mb": peaks.get("vram_reserved")}
     else:
         record = records[-1]
+        decodes = sorted(run["decode_s"] for run in record.get("runs", []))
+        if decodes:
+            record["decode_s"] = decodes[len(decodes) // 2]
         if record.get("warmup_s"):  # the first batch after loading: what a one-image run waits for
             record["first_image_s"] = record["warmup_s"][0] / record["batch"]
     mem = os.path.join(results, name + ".mem")
@@ -275,6 +280,8 @@ rows = [
     ("ours_b1_default_low_vram", "txt2img-bench, batch 1, the same with --low-vram"),
     ("ours_b1_default_cudnn_benchmark", "txt2img-bench, batch 1, the same with --cudnn-benchmark"),
     ("ours_b1_default_bf16", "txt2img-bench, batch 1, the same in bf16"),
+    ("ours_b1_default_taesd", "txt2img-bench, batch 1, the command line's options, --decoder taesd"),
+    ("eager_b1_taesd", "PyTorch eager, batch 1, TAESD decoder"),
     ("ours_b1_cuda_graph_channels_last", "txt2img-bench, batch 1, --cuda-graph --channels-last (profiling executor)"),
     ("ours_b1", "txt2img-bench, batch 1, plain TorchScript calls"),
     ("ours_b1_optimize", "txt2img-bench, batch 1, plain, --graph optimize"),
@@ -295,8 +302,8 @@ print(f"{size}x{size}, {steps} DDIM steps, CFG 7.5, {dtype} unless a row says ot
 print("runs after two warm-up batches, in brackets the first batch after loading (per image); U-Net it/s: steps over")
 print("the denoising loop's time, the loop timed as a whole")
 print()
-print(f"| run | load s | U-Net it/s | s/image | images/s | {mem_name} |")
-print("|---|---:|---:|---:|---:|---:|")
+print(f"| run | load s | U-Net it/s | decode s | s/image | images/s | {mem_name} |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 records = {}
 for name, label in rows:
     r = load(name)
@@ -305,7 +312,7 @@ for name, label in rows:
         continue
     if "failed" in r:
         what = r["failed"] if r["failed"].startswith("skipped") else "failed: " + r["failed"]
-        print(f"| {label} | {what} | | | | |")
+        print(f"| {label} | {what} | | | | | |")
         continue
     s = fmt(r.get("seconds_per_image"), ".3f")
     if "first_image_s" in r:
@@ -314,13 +321,14 @@ for name, label in rows:
         mem = " / ".join(fmt(r.get(k), ".0f") or "?" for k in ("peak_vram_allocated_mb", "peak_vram_reserved_mb", "mem_mb"))
     else:
         mem = fmt(r.get("mem_mb"), ".0f")
-    print(f"| {label} | {fmt(r.get('load_s'), '.2f')} | {fmt(r.get('unet_it_per_s'), '.2f')} | {s} | "
+    print(f"| {label} | {fmt(r.get('load_s'), '.2f')} | {fmt(r.get('unet_it_per_s'), '.2f')} | "
+          f"{fmt(r.get('decode_s'), '.3f')} | {s} | "
           f"{fmt(r.get('images_per_s'), '.3f')} | {mem} |")
 for b, variant, what in ((b, v, w) for b in ("1", big) for v, w in (("_default", "default"), ("", "plain"))):
     ours, eager = records.get(f"ours_b{b}{variant}"), records.get(f"eager_b{b}")
     if ours and eager and "failed" not in ours and "failed" not in eager:
         print(f"| speed txt2img ({what}) / eager, batch {b} (> 1: txt2img faster) | | "
-              f"{ours['unet_it_per_s'] / eager['unet_it_per_s']:.3f} | "
+              f"{ours['unet_it_per_s'] / eager['unet_it_per_s']:.3f} | | "
               f"{eager['seconds_per_image'] / ours['seconds_per_image']:.3f} | "
               f"{ours['images_per_s'] / eager['images_per_s']:.3f} | |")
 EOF
