@@ -104,6 +104,16 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.vae_hash = j.value("vae_hash", "");
   m.taesd_name = j.value("taesd_name", "");
   m.taesd_hash = j.value("taesd_hash", "");
+  const auto source = j.value("source", nlohmann::json::object());
+  if (source.is_object()) {
+    for (const auto& lora : source.value("loras", nlohmann::json::array()))
+      if (lora.contains("a1111_hash") && lora.contains("path"))
+        m.lora_hashes.emplace_back(std::filesystem::path(lora["path"].get<std::string>()).stem().string(),
+                                   lora["a1111_hash"].get<std::string>());
+    for (const auto& e : source.value("embeddings", nlohmann::json::array()))
+      if (e.contains("name") && e.contains("sha256"))
+        m.embedding_hashes[e["name"].get<std::string>()] = e["sha256"].get<std::string>().substr(0, 12);
+  }
   for (const auto& e : j.value("embeddings", nlohmann::json::array())) {
     TextualInversion embedding{field<std::string>(e, "name", where), field<int>(e, "first_id", where),
                                field<int>(e, "vectors", where)};

@@ -273,7 +273,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   const auto batch = static_cast<int64_t>(prompts.size());
   const bool guided = classifier_free(manifest_, params);
 
-  // 1. Encode the prompts; with guidance, the negative prompts too, in one U-Net batch [uncond, cond].
+  // 1. Encode the prompts; with classifier-free guidance the negative prompts too, in one U-Net batch [uncond, cond].
   // Long prompts: every text gets the batch's largest chunk count (text_chunks).
   std::vector<std::vector<Tokenizer::Chunk>> prompt_chunks, negative_chunks;
   size_t chunks = 1;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -62,6 +63,11 @@ struct Manifest {
   std::string taesd_hash;
   // Textual-inversion embeddings converted into the text encoder (convert.py --embedding).
   std::vector<TextualInversion> embeddings;
+  // What AUTOMATIC1111 names these resources by in its metadata, from model.json's "source": each merged LoRA's file
+  // name without extension and its 12-digit hash ("a1111_hash"; absent from bundles converted before it was
+  // recorded), and each embedding's name and the first 12 hex digits of its file's sha256.
+  std::vector<std::pair<std::string, std::string>> lora_hashes;
+  std::map<std::string, std::string> embedding_hashes;
   nlohmann::json raw;
 
   // Throws Error(Bundle) naming the field that is missing or wrong.

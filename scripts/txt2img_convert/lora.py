@@ -47,6 +47,7 @@ factors of two types or an incomplete set of them, a shape that does not fit. No
 and a file is merged only once all of it has been checked.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -455,10 +456,25 @@ def _lora_delta(path: str, update: _Update, down: torch.Tensor, up: torch.Tensor
     return ((alpha / rank) * (up.flatten(1) @ down.flatten(1))).reshape(target.shape)
 
 
+def a1111_hash(path: str) -> str:
+    """The 12 hex digits A1111 names a LoRA by in its "Lora hashes" (and Civitai finds it by): for a .safetensors
+    file the sha256 of its tensor data, after the 8-byte length and the JSON header (sd-scripts' hash, which
+    editing the metadata leaves as it is); for other files the sha256 of the whole file."""
+    if not path.lower().endswith(".safetensors"):
+        return sha256_file(path)[:12]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(8 + int.from_bytes(f.read(8), "little"))
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def merge(spec: LoraSpec, components: Dict[str, Component]) -> dict:
     """Add the LoRA `spec` to components "unet" and "text_encoder" (their tensors dicts get new float32 tensors;
     the old ones are not modified in place). Everything is checked before anything is changed. Returns the
-    manifest record: path, sha256, weight, format, modules (count) and unet_modules / text_encoder_modules."""
+    manifest record: path, sha256, a1111_hash, weight, format, modules (count) and unet_modules /
+    text_encoder_modules."""
     path = spec.path
     if not os.path.isfile(path):
         raise ConversionError(f"--lora {path}: no such file")
@@ -479,6 +495,7 @@ def merge(spec: LoraSpec, components: Dict[str, Component]) -> dict:
     return {
         "path": os.path.abspath(path),
         "sha256": sha256_file(path),
+        "a1111_hash": a1111_hash(path),
         "weight": spec.weight,
         "format": "+".join(sorted(parser.formats) + sorted(parser.kinds)),
         "modules": len(updates),

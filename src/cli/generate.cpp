@@ -2,6 +2,7 @@
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -173,6 +174,19 @@ class Generator {
     }
   }
 
+  // The embeddings the job's prompt and negative prompt name, each once, with the hash A1111 knows it by.
+  std::vector<std::pair<std::string, std::string>> embeddings_used(const ImageJob& job) const {
+    std::vector<std::pair<std::string, std::string>> used;
+    for (const auto* text : {&job.prompt, &job.negative_prompt}) {
+      for (const auto& name : pipeline_->tokenizer().encode_traced(*text, job.params.emphasis).embeddings) {
+        const auto hash = manifest_.embedding_hashes.find(name);
+        const bool listed = std::any_of(used.begin(), used.end(), [&](const auto& u) { return u.first == name; });
+        if (hash != manifest_.embedding_hashes.end() && !listed) used.emplace_back(name, hash->second);
+      }
+    }
+    return used;
+  }
+
   void make(std::vector<ImageJob>& batch) {
     throw_if_stop_requested();
     in_flight_ = batch.size();
@@ -220,6 +234,8 @@ class Generator {
       record.taesd_name = manifest_.taesd_name;
       record.taesd_hash = manifest_.taesd_hash;
     }
+    record.lora_hashes = manifest_.lora_hashes;
+    record.ti_hashes = embeddings_used(job);
     record.device = placement_.device;
     record.dtype = placement_.dtype;
     record.safety = o_.no_safety_checker ? "off" : o_.safety;

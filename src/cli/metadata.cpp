@@ -68,6 +68,12 @@ std::string a1111_parameters(const ImageRecord& r) {
   // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
   params.emplace_back("RNG", "CPU");
   if (r.eta != 0) params.emplace_back("Eta DDIM", python_float(r.eta));  // only DDIM takes an eta
+  // "name: hash, name: hash", which the quoting below turns into a JSON string, as A1111 writes them.
+  for (const auto& [key, hashes] : {std::pair{"Lora hashes", &r.lora_hashes}, {"TI hashes", &r.ti_hashes}}) {
+    std::string list;
+    for (const auto& [name, hash] : *hashes) list += (list.empty() ? "" : ", ") + name + ": " + hash;
+    if (!list.empty()) params.emplace_back(key, list);
+  }
   params.emplace_back("Version", std::string("txt2img ") + TXT2IMG_VERSION);
 
   std::string text = r.prompt;

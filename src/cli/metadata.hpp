@@ -32,6 +32,10 @@ struct ImageRecord {
   std::string decoder = "full";  // "full" (the VAE) or "taesd"
   std::string taesd_name;        // with decoder "taesd": the bundle's TAESD (empty when unnamed)
   std::string taesd_hash;
+  // As A1111's "Lora hashes" and "TI hashes": the bundle's merged LoRAs, and the embeddings the prompt or negative
+  // prompt use; (name, 12 hex digits) each.
+  std::vector<std::pair<std::string, std::string>> lora_hashes;
+  std::vector<std::pair<std::string, std::string>> ti_hashes;
   std::string device;
   std::string dtype;
   std::string safety;  // "replace", "report" or "off"

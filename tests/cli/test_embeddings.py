@@ -1,6 +1,7 @@
 """Textual-inversion embeddings end to end: scripts/convert.py --embedding puts one into a bundle of the tiny
 reference model, and a prompt that names it is the prompt with the word whose vector it holds."""
 
+import hashlib
 import json
 import struct
 import subprocess
@@ -8,7 +9,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from cli_support import ROOT, SHARED, TINY, CliTestCase, png_pixels, run
+from cli_support import ROOT, SHARED, TINY, CliTestCase, png_pixels, png_text, run
 
 REFERENCE_TINY = SHARED / "reference" / "tiny" / "model"
 TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
@@ -70,6 +71,19 @@ class Embeddings(CliTestCase):
         self.assertEqual(tokens["tokens"], 3)
         info = run(["info", self.bundle], self.dir)
         self.assertIn("  embedding      MyCat (1 vector)\n", info.stdout)
+
+    def test_metadata_names_the_embeddings_used_as_a1111_does(self):
+        """A1111's "TI hashes": each embedding the prompt or negative prompt uses, with the first 12 hex digits of its
+        file's sha256 (what Civitai finds it by); nothing when none is used."""
+        digest = hashlib.sha256((Path(self.tmp.name) / "MyCat.safetensors").read_bytes()).hexdigest()[:12]
+        result = self.txt2img("a photo of MyCat", "-n", "mycat, blurry", "--seed", "5", "--no-safety-checker",
+                              "-o", "a.png", model=self.bundle)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f', TI hashes: "MyCat: {digest}", Version: ', png_text(self.dir / "a.png")["parameters"])
+        self.image("a photo of a cat", "b.png")
+        self.assertNotIn("TI hashes", png_text(self.dir / "b.png")["parameters"])
+        self.image("a photo of a cat, emphasis (mycat:1.2)", "c.png")  # no emphasis: the brackets are text
+        self.assertIn("TI hashes", png_text(self.dir / "c.png")["parameters"])
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 U-Net and text encoder (W += weight * alpha / r * up @ down), LyCORIS LoHa, LoKr and full updates, the errors,
 and the bundle end to end."""
 
+import hashlib
 import json
 import math
 
@@ -118,6 +119,21 @@ def test_kohya_unet_linears_convs_and_text_encoder(tmp_path, components):
     assert record["format"] == "kohya" and record["weight"] == 0.7
     assert (record["modules"], record["unet_modules"], record["text_encoder_modules"]) == (9, 6, 3)
     assert record["path"] == str(tmp_path / "style.safetensors") and len(record["sha256"]) == 64
+    assert record["a1111_hash"] == lora.a1111_hash(str(tmp_path / "style.safetensors"))
+
+
+def test_a1111_hash(tmp_path):
+    """A1111's LoRA hash: of a .safetensors file the sha256 of what follows its header (so it survives metadata
+    edits), of a pickle the whole file's; 12 hex digits."""
+    payload = bytes(range(256)) * 40
+    for i, metadata in enumerate(("{}", '{"__metadata__":{"ss_output_name":"style"}}')):
+        header = metadata.encode() + b" " * (-len(metadata) % 8)
+        path = tmp_path / f"style{i}.safetensors"
+        path.write_bytes(len(header).to_bytes(8, "little") + header + payload)
+        assert lora.a1111_hash(str(path)) == hashlib.sha256(payload).hexdigest()[:12]
+    pickle = tmp_path / "style.pt"
+    pickle.write_bytes(payload)
+    assert lora.a1111_hash(str(pickle)) == hashlib.sha256(payload).hexdigest()[:12]
 
 
 # The layers diffusers' LCM-LoRA training script (train_lcm_distill_lora_sd.py) puts LoRAs on; LCM-LoRA files
