@@ -44,6 +44,7 @@ struct GenerateOptions {
   bool no_metadata = false;
   std::string shard;  // "I/N"
   bool json = false;
+  bool json_progress = false;  // with json: a "step" object per denoising step too
   bool quiet = false;
 };
 

@@ -313,7 +313,7 @@ std::vector<std::string> available_samplers() { return scheduler_names(); }
 
 int run_generate(const GenerateOptions& o) {
   const auto run_start = Clock::now();
-  Reporter reporter(o.quiet, o.json);
+  Reporter reporter(o.quiet, o.json, o.json_progress);
 
   // 1. Everything that needs no model: flags, the prompts, every output name, the files already there.
   PlanOptions plan_options;

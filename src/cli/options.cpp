@@ -121,7 +121,10 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "make only prompts whose index (from 0) is I modulo N, e.g. --shard $SLURM_ARRAY_TASK_ID/8; needs "
                  "--seed")
       ->type_name("I/N");
-  app.add_flag("--json", o.json, "print one JSON object per image and a summary on stdout");
+  auto* json = app.add_flag("--json", o.json, "print one JSON object per image and a summary on stdout");
+  app.add_flag("--json-progress", o.json_progress,
+               "with --json, also print one JSON object per denoising step (for progress bars of other programs)")
+      ->needs(json);
   app.add_flag("-q,--quiet", o.quiet, "print nothing but errors");
   app.footer(generate_footer);
 }

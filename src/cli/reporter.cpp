@@ -49,8 +49,12 @@ void print_error(const std::string& message) {
   std::cerr << paint_if(colour_allowed(), "error:", "1;31") << " " << message << std::endl;
 }
 
-Reporter::Reporter(bool quiet, bool json)
-    : quiet_(quiet), json_(json), bar_(!quiet && stderr_is_terminal()), color_(colour_allowed()) {}
+Reporter::Reporter(bool quiet, bool json, bool json_progress)
+    : quiet_(quiet),
+      json_(json),
+      json_progress_(json && json_progress),
+      bar_(!quiet && stderr_is_terminal()),
+      color_(colour_allowed()) {}
 
 Reporter::~Reporter() { clear_bar(); }
 
@@ -98,10 +102,29 @@ void Reporter::step(size_t call, size_t calls) {
   done_work_ += static_cast<double>(batch_count_) * batch_steps_ / static_cast<double>(calls);
   // Ten redraws a second are smooth enough and keep a fast model from flooding a slow (ssh) terminal.
   if (bar_ && (call == calls || Clock::now() - last_draw_ >= std::chrono::milliseconds(100))) draw_bar(call, calls);
+  if (json_progress_) {
+    const nlohmann::ordered_json j = {
+        {"event", "step"},
+        {"images_done", batch_first_ - 1},
+        {"images", images_},
+        {"batch", batch_count_},
+        {"step", call},
+        {"steps", calls},
+        {"progress", total_work_ > 0 ? std::min(1.0, done_work_ / total_work_) : 0.0},
+        {"elapsed_s", std::chrono::duration<double>(Clock::now() - start_).count()},
+        {"eta_s", eta_seconds()},
+    };
+    std::cout << j.dump() << std::endl;
+  }
+}
+
+double Reporter::eta_seconds() const {
+  if (done_work_ <= 0) return 0;
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+  return std::max(0.0, (total_work_ - done_work_) * elapsed / done_work_);
 }
 
 void Reporter::draw_bar(size_t call, size_t calls) {
-  const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
   const double batch_elapsed = std::chrono::duration<double>(Clock::now() - batch_start_).count();
   std::string images = std::to_string(batch_first_);
   if (batch_count_ > 1) images += "-" + std::to_string(batch_first_ + batch_count_ - 1);
@@ -112,7 +135,7 @@ void Reporter::draw_bar(size_t call, size_t calls) {
     std::snprintf(rate, sizeof rate, "  %.2f it/s", static_cast<double>(call) / batch_elapsed);
     right += rate;
   }
-  if (done_work_ > 0) right += "  ETA " + clock_time((total_work_ - done_work_) * elapsed / done_work_);
+  if (done_work_ > 0) right += "  ETA " + clock_time(eta_seconds());
 
   const int width = std::min(40, terminal_columns() - 1 - static_cast<int>(left.size() + right.size()));
   std::string bar;

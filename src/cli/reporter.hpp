@@ -1,6 +1,7 @@
 // Everything a run tells its user. Human messages go to stderr: a progress bar when stderr is a terminal, at most
 // one line per image otherwise, nothing but errors with --quiet, colour only on a terminal without NO_COLOR.
-// With --json, stdout carries one JSON object per finished image and a summary object, nothing else.
+// With --json, stdout carries one JSON object per finished image and a summary object, nothing else; with
+// --json-progress also one per denoising step.
 #pragma once
 
 #include <chrono>
@@ -15,7 +16,7 @@ void print_error(const std::string& message);
 
 class Reporter {
  public:
-  Reporter(bool quiet, bool json);
+  Reporter(bool quiet, bool json, bool json_progress = false);
   ~Reporter();
 
   void info(const std::string& line);
@@ -35,11 +36,14 @@ class Reporter {
  private:
   void clear_bar();
   void draw_bar(size_t call, size_t calls);
+  // Seconds until the run is done at its pace so far; 0 before any work is done.
+  double eta_seconds() const;
   std::string paint(const std::string& text, const char* sgr) const;
 
   using Clock = std::chrono::steady_clock;
   bool quiet_;
   bool json_;
+  bool json_progress_;
   bool bar_;  // stderr is a terminal that can redraw a line
   bool color_;
   bool bar_shown_ = false;

@@ -177,6 +177,29 @@ class Reporting(CliTestCase):
                          (2, 0, 0, False))
         self.assertIn("total_s", summary)
 
+    def test_json_progress(self):
+        """--json-progress: a "step" line after each U-Net call of each batch, before that batch's images; progress
+        grows to 1 over the whole run. It needs --json."""
+        result = self.txt2img("a fox", "--seed", "4", "--images-per-prompt", "3", "--batch-size", "2", "--steps", "3",
+                              "--json", "--json-progress", "-o", "{n}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        records = json_lines(result.stdout)
+        self.assertEqual([r["event"] for r in records],
+                         ["step"] * 3 + ["image"] * 2 + ["step"] * 3 + ["image", "summary"])
+        steps = [r for r in records if r["event"] == "step"]
+        self.assertEqual([(r["images_done"], r["images"], r["batch"], r["step"], r["steps"]) for r in steps],
+                         [(0, 3, 2, 1, 3), (0, 3, 2, 2, 3), (0, 3, 2, 3, 3), (2, 3, 1, 1, 3), (2, 3, 1, 2, 3),
+                          (2, 3, 1, 3, 3)])
+        progress = [r["progress"] for r in steps]
+        self.assertEqual(progress, sorted(progress))
+        self.assertAlmostEqual(progress[0], 2 / 9)
+        self.assertEqual(progress[-1], 1.0)
+        self.assertEqual(steps[-1]["eta_s"], 0)
+        self.assertExit(self.txt2img("a fox", "--json-progress", "-o", "x.png"), EXIT_USAGE, "--json")
+        # Without it, no step lines.
+        plain = self.txt2img("a fox", "--seed", "4", "--json", "-o", "p.png")
+        self.assertNotIn("step", [r["event"] for r in json_lines(plain.stdout)])
+
     def test_pipe_prints_at_most_one_line_per_image(self):
         result = self.txt2img("a fox", "--seed", "4", "--images-per-prompt", "3", "-o", "{n}.png")
         self.assertEqual(result.returncode, 0, result.stderr)
