@@ -103,11 +103,13 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
     throw Error(ErrorKind::Usage, "model bundle " + bundle.dir().string() +
                                       " has no safety checker; convert one in (scripts/convert.py --safety-checker DIR) "
                                       "or pass --no-safety-checker to generate without it");
-  if (options.decoder == Decoder::Taesd && !bundle.has("taesd_decoder.pt"))
-    throw Error(ErrorKind::Usage, "model bundle " + bundle.dir().string() +
-                                      " has no TAESD decoder; convert the model again with scripts/convert.py ... "
-                                      "--taesd TAESD (madebyollin/taesd's diffusion_pytorch_model.safetensors or "
-                                      "taesd_decoder.pth), or decode with the model's VAE (--decoder full)");
+  if ((options.decoder == Decoder::Taesd || options.previews) && !bundle.has("taesd_decoder.pt"))
+    throw Error(ErrorKind::Usage,
+                "model bundle " + bundle.dir().string() + " has no TAESD decoder; convert the model again with " +
+                    "scripts/convert.py ... --taesd TAESD (madebyollin/taesd's diffusion_pytorch_model.safetensors " +
+                    "or taesd_decoder.pth)" +
+                    (options.decoder == Decoder::Taesd ? ", or decode with the model's VAE (--decoder full)"
+                                                       : ", or go without previews"));
   if (options.low_vram && options.graph != GraphOptimization::None)
     throw Error(ErrorKind::Usage, "--low-vram cannot be combined with --graph freeze or optimize: it moves the models "
                                   "between host and device, and frozen weights are part of the graph");
@@ -140,6 +142,8 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
                                        options.device, options.channels_last, options.cuda_graph);
   p.vae_decoder_ = prepare(options.decoder == Decoder::Taesd ? "taesd_decoder.pt" : "vae_decoder.pt",
                            takes_turns(options) ? torch::kCPU : options.device, options.dtype);
+  // A few MB: it stays on the device, whatever takes turns there.
+  if (options.previews) p.preview_decoder_ = prepare("taesd_decoder.pt", options.device, options.dtype);
   if (options.safety != SafetyMode::Off)
     p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
                                                 side_device(options), side_dtype(options));
@@ -323,6 +327,11 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
       observe(observer, "step/" + n + "/pred_original_sample", scheduler->pred_original_sample());
     observe(observer, "latents/step_" + n, latents);
     if (observer) observer->step(call + 1, timesteps.size());
+    if (preview_decoder_ && observer && observer->wants_preview(call + 1, timesteps.size())) {
+      const auto& x0 = scheduler->pred_original_sample();
+      const auto decoded = preview_decoder_->forward({(x0.defined() ? x0 : latents).to(options_.dtype)}).toTensor();
+      observer->preview(call + 1, timesteps.size(), checked_images(to_uint8(decoded), nullptr));
+    }
   }
   throw_if_non_finite(latents, "the latents", options_.dtype);
 
@@ -334,28 +343,33 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   auto decoded = decode(decode_in);
   observe(observer, "vae/decode_out", decoded);
   throw_if_non_finite(decoded, "the decoded images", options_.dtype);
-  auto pixels = to_uint8(decoded);
 
   // 5. Check.
+  return checked_images(to_uint8(decoded), observer);
+} catch (const Error&) {
+  throw;
+} catch (const std::exception& e) {
+  throw backend_failure(e);
+}
+
+std::vector<GeneratedImage> Pipeline::checked_images(const torch::Tensor& pixels, Observer* observer) const {
+  const auto batch = pixels.size(0);
   std::vector<bool> flagged(static_cast<size_t>(batch), false);
   if (safety_) {
     auto scores = safety_->check(pixels);
     flagged = scores.flagged;
-    if (observer) {
-      observe(observer, "safety/concept_scores", scores.concept_scores);
-      observe(observer, "safety/special_scores", scores.special_scores);
-    }
+    observe(observer, "safety/concept_scores", scores.concept_scores);
+    observe(observer, "safety/special_scores", scores.special_scores);
   }
-
   std::vector<GeneratedImage> out;
   for (int64_t b = 0; b < batch; ++b) {
     GeneratedImage image;
-    image.width = params.width;
-    image.height = params.height;
+    image.height = static_cast<int>(pixels.size(1));
+    image.width = static_cast<int>(pixels.size(2));
     image.nsfw = flagged[static_cast<size_t>(b)];
     image.safety_checked = safety_ != nullptr;
     if (image.nsfw && options_.safety == SafetyMode::Replace) {
-      image.rgb.assign(static_cast<size_t>(params.width) * params.height * 3, 0);
+      image.rgb.assign(static_cast<size_t>(pixels[b].numel()), 0);
     } else {
       const auto* data = pixels[b].data_ptr<uint8_t>();
       image.rgb.assign(data, data + pixels[b].numel());
@@ -363,10 +377,6 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     out.push_back(std::move(image));
   }
   return out;
-} catch (const Error&) {
-  throw;
-} catch (const std::exception& e) {
-  throw backend_failure(e);
 }
 
 }  // namespace txt2img

@@ -42,6 +42,9 @@ struct PipelineOptions {
   GraphOptimization graph = GraphOptimization::None;
   // Pipeline::load throws Error(Usage) for Taesd when the bundle has no taesd_decoder.pt.
   Decoder decoder = Decoder::Full;
+  // Load the bundle's TAESD for previews while denoising (Observer::wants_preview); Pipeline::load throws
+  // Error(Usage) when the bundle has none.
+  bool previews = false;
   // Keep the device for the module at work: the text encoder and the safety checker run on the CPU in float32; on
   // a GPU the U-Net holds device memory only while denoising and the VAE decoder only while decoding (the other
   // waits in host memory: two copies of the U-Net's weights a batch); and the decoder works in overlapping tiles
@@ -82,6 +85,14 @@ class SeededNoise : public NoiseSource {
   std::vector<at::Generator> generators_;
 };
 
+struct GeneratedImage {
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> rgb;  // height * width * 3
+  bool nsfw = false;
+  bool safety_checked = false;
+};
+
 // Named intermediate tensors (the reference fixtures' names: "text/last_hidden_state", "unet/003/noise_pred",
 // "latents/step_003", "vae/decode_out", ...) and progress, for tools that compare or report.
 class Observer {
@@ -89,14 +100,11 @@ class Observer {
   virtual ~Observer() = default;
   virtual void tensor(const std::string& /*name*/, const torch::Tensor& /*value*/) {}
   virtual void step(size_t /*call*/, size_t /*calls*/) {}
-};
-
-struct GeneratedImage {
-  int width = 0;
-  int height = 0;
-  std::vector<uint8_t> rgb;  // height * width * 3
-  bool nsfw = false;
-  bool safety_checked = false;
+  // Previews (with PipelineOptions::previews): after each U-Net call for which wants_preview is true, preview gets
+  // the batch as TAESD decodes the sampler's current estimate of the finished images (its predicted x0, or the
+  // latents for a sampler without one), checked by the safety checker as the final images are.
+  virtual bool wants_preview(size_t /*call*/, size_t /*calls*/) { return false; }
+  virtual void preview(size_t /*call*/, size_t /*calls*/, const std::vector<GeneratedImage>& /*images*/) {}
 };
 
 // Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg, clip skip
@@ -138,6 +146,9 @@ class Pipeline {
   torch::Tensor encode_text(std::vector<std::vector<Tokenizer::Chunk>> texts, size_t chunks,
                             const GenerationParams& params, const std::string& name, Observer* observer);
   torch::Tensor decode(const torch::Tensor& latents);
+  // 8-bit NHWC pixels as the images the caller gets: checked (observed as "safety/..." when `observer` is given),
+  // and black where flagged in SafetyMode::Replace.
+  std::vector<GeneratedImage> checked_images(const torch::Tensor& pixels, Observer* observer) const;
   enum class Stage { Denoise, Decode };
   void make_room_for(Stage stage);
 
@@ -149,6 +160,7 @@ class Pipeline {
   bool clip_skip_supported_ = false;
   std::unique_ptr<UNetCall> unet_;
   torch::jit::Module vae_decoder_;  // the options' decoder, whichever it is
+  std::optional<torch::jit::Module> preview_decoder_;  // TAESD, with PipelineOptions::previews
   // Whose module is on the device when low_vram moves them; none while a move is under way (a move that failed, out
   // of memory say, leaves both to be placed again by the next batch).
   std::optional<Stage> resident_ = Stage::Denoise;

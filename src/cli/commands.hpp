@@ -33,6 +33,8 @@ struct GenerateOptions {
   std::string graph = "none";  // none, freeze, optimize (PipelineOptions::graph)
   bool low_vram = false;       // PipelineOptions::low_vram
   std::string decoder = "full";  // full or taesd (PipelineOptions::decoder)
+  std::string preview;           // a PNG rewritten with TAESD's view of the batch's first image (empty: none)
+  int preview_every = 1;         // ... after every this many U-Net calls
   bool no_cuda_graph = false;  // on CUDA: PipelineOptions::cuda_graph etc. off
   int threads = 0;     // 0: LibTorch's default
   bool no_safety_checker = false;

@@ -89,6 +89,7 @@ Placement choose_placement(const GenerateOptions& o) {
                                             : GraphOptimization::None;
   p.options.low_vram = o.low_vram;
   p.options.decoder = o.decoder == "taesd" ? Decoder::Taesd : Decoder::Full;
+  p.options.previews = !o.preview.empty();
   // On CUDA the U-Net call is captured as a CUDA graph with NHWC convolutions, and TorchScript runs unprofiled:
   // measured on an H200 (docs/PERFORMANCE.md), 100 instead of 78 U-Net it/s and a first image after 1.5 s instead
   // of 6, with pixels within one level. Unprofiled execution alone would lose speed, NHWC alone too. On the CPU
@@ -107,14 +108,23 @@ Placement choose_placement(const GenerateOptions& o) {
 // Progress of each U-Net call, and the place where a pending SIGINT/SIGTERM stops the run.
 class StepObserver : public Observer {
  public:
-  explicit StepObserver(Reporter& reporter) : reporter_(reporter) {}
+  StepObserver(Reporter& reporter, const GenerateOptions& o) : reporter_(reporter), o_(o) {}
   void step(size_t call, size_t calls) override {
     reporter_.step(call, calls);
     throw_if_stop_requested();
   }
+  bool wants_preview(size_t call, size_t /*calls*/) override {
+    return !o_.preview.empty() && call % static_cast<size_t>(o_.preview_every) == 0;
+  }
+  // The batch's first image, replaced whole so that an image viewer never reads half a file.
+  void preview(size_t /*call*/, size_t /*calls*/, const std::vector<GeneratedImage>& images) override {
+    const auto& image = images.front();
+    write_file_atomic(o_.preview, encode_png(image.rgb.data(), image.width, image.height, {}));
+  }
 
  private:
   Reporter& reporter_;
+  const GenerateOptions& o_;
 };
 
 struct Totals {
@@ -199,7 +209,7 @@ class Generator {
       seeds.push_back(job.seed);
     }
     SeededNoise noise(seeds);
-    StepObserver observer(reporter_);
+    StepObserver observer(reporter_, o_);
     const auto start = Clock::now();
     const auto images = pipeline_->generate(prompts, negatives, batch[0].params, noise, &observer);
     const double generate_s = seconds_since(start) / static_cast<double>(batch.size());
@@ -327,6 +337,12 @@ int run_generate(const GenerateOptions& o) {
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
   plan_options.needs_reproducible_seeds = plan_options.shard || o.skip_existing;
   const Placement placement = choose_placement(o);
+  if (!o.preview.empty()) {
+    const auto folder = std::filesystem::absolute(o.preview).parent_path();
+    std::error_code ec;
+    if (!std::filesystem::is_directory(folder, ec))
+      throw Error(ErrorKind::Io, "--preview " + o.preview + ": no directory " + folder.string() + " to write it in");
+  }
   PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
 
   const Bundle bundle = Bundle::open(o.model);

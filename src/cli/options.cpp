@@ -92,6 +92,15 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "CPU, softer detail; the bundle needs one, see convert.py --taesd)")
       ->check(CLI::IsMember({"full", "taesd"}))
       ->capture_default_str();
+  auto* preview = app.add_option("--preview", o.preview,
+                                  "while denoising, rewrite FILE (a PNG) with the image as it forms, decoded by "
+                                  "TAESD and safety-checked (the bundle needs a TAESD)")
+                      ->type_name("FILE");
+  app.add_option("--preview-every", o.preview_every, "with --preview, update it after every N steps")
+      ->type_name("N")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str()
+      ->needs(preview);
   app.add_flag("--low-vram", o.low_vram,
                "less GPU memory: text encoder and safety checker on the CPU, U-Net and VAE take turns on the GPU, "
                "VAE decoding in tiles for sides above 512");

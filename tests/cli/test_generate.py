@@ -3,8 +3,8 @@
 import json
 import unittest
 
-from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, fixture_bundle, json_lines,
-                         png_pixels, png_text, run)
+from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle, files_under, fixture_bundle,
+                         json_lines, png_pixels, png_text, run)
 
 
 class Outputs(CliTestCase):
@@ -199,6 +199,37 @@ class Reporting(CliTestCase):
         # Without it, no step lines.
         plain = self.txt2img("a fox", "--seed", "4", "--json", "-o", "p.png")
         self.assertNotIn("step", [r["event"] for r in json_lines(plain.stdout)])
+
+    def test_preview(self):
+        """--preview FILE: TAESD's view of the image as it forms, rewritten as the steps go; the image made is the
+        same as without it; flagged previews are black like flagged images."""
+        result = self.txt2img("a fox", "--seed", "4", "--steps", "4", "--preview", "p.png", "--preview-every", "2",
+                              "-o", "a.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        width, height, pixels = png_pixels(self.dir / "p.png")
+        self.assertEqual((width, height), (32, 32))
+        self.assertNotEqual(set(pixels), {0})
+        self.assertEqual(png_text(self.dir / "p.png"), {})
+        self.assertEqual(self.txt2img("a fox", "--seed", "4", "--steps", "4", "-o", "b.png").returncode, 0)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        flagged = self.txt2img("a fox", "--seed", "4", "--preview", "f.png", "-o", "c.png",
+                               model=fixture_bundle("tiny-flag-all"))
+        self.assertEqual(flagged.returncode, 0, flagged.stderr)
+        self.assertEqual(set(png_pixels(self.dir / "f.png")[2]), {0})
+
+    def test_preview_errors_come_before_any_work(self):
+        def dropped(m):
+            m["files"].pop("taesd_decoder.pt")
+            return m
+
+        bundle = derived_bundle(self.dir / "b", edit_manifest=dropped, drop=("taesd_decoder.pt",))
+        self.assertExit(self.txt2img("a fox", "--preview", "p.png", "-o", "a.png", model=bundle), EXIT_USAGE,
+                        "has no TAESD decoder", "without previews")
+        self.assertExit(self.txt2img("a fox", "--preview", "no/such/dir/p.png", "-o", "a.png"), EXIT_IO,
+                        "no directory")
+        self.assertExit(self.txt2img("a fox", "--preview-every", "2", "-o", "a.png"), EXIT_USAGE, "--preview")
+        for name in ("a.png", "p.png"):
+            self.assertFalse((self.dir / name).exists(), name)
 
     def test_pipe_prints_at_most_one_line_per_image(self):
         result = self.txt2img("a fox", "--seed", "4", "--images-per-prompt", "3", "-o", "{n}.png")

@@ -256,6 +256,53 @@ TEST_F(TinyPipeline, TaesdDecodesTheUndividedLatents) {
                               1e-6, 1e-6));
 }
 
+// Previews: TAESD's decode of the sampler's x0 estimate after the calls the observer asks for, safety-checked as the
+// final images; they leave the final images as they are.
+TEST(Pipeline, PreviewsShowTheEstimateAndAreChecked) {
+  struct Previews : txt2img::Observer {
+    void tensor(const std::string& name, const torch::Tensor& value) override {
+      if (name.rfind("step/", 0) == 0 && name.find("pred_original_sample") != std::string::npos) x0.push_back(value);
+    }
+    bool wants_preview(size_t call, size_t) override { return call % 2 == 0; }
+    void preview(size_t call, size_t calls, const std::vector<txt2img::GeneratedImage>& images) override {
+      calls_seen.emplace_back(call, calls);
+      shown.push_back(images);
+    }
+    std::vector<torch::Tensor> x0;
+    std::vector<std::pair<size_t, size_t>> calls_seen;
+    std::vector<std::vector<txt2img::GeneratedImage>> shown;
+  };
+  txt2img::PipelineOptions with_previews;
+  with_previews.previews = true;
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), with_previews);
+  auto params = small_params();
+  params.steps = 4;
+  Previews previews;
+  const auto images = generate_small(pipeline, {"a red cube", "a blue ball"}, {7, 8}, params, &previews);
+  ASSERT_EQ(previews.calls_seen, (std::vector<std::pair<size_t, size_t>>{{2, 4}, {4, 4}}));
+  ASSERT_EQ(previews.shown[0].size(), 2u);
+  EXPECT_EQ(previews.shown[0][0].width, 64);
+  EXPECT_EQ(previews.shown[0][0].height, 48);
+  EXPECT_TRUE(previews.shown[0][0].safety_checked);
+  auto taesd = torch::jit::load((fixtures() / "tiny" / "taesd_decoder.pt").string());
+  c10::InferenceMode inference;
+  const auto decoded = taesd.forward({previews.x0[1]}).toTensor();  // after the second call
+  const auto pixels =
+      ((decoded[1] * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch::kUInt8).permute({1, 2, 0}).contiguous();
+  const auto* data = pixels.data_ptr<uint8_t>();
+  EXPECT_LE(max_level_difference(previews.shown[0][1].rgb, std::vector<uint8_t>(data, data + pixels.numel())), 1);
+  txt2img::PipelineOptions plain;
+  auto without = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), plain);
+  EXPECT_EQ(generate_small(without, {"a red cube", "a blue ball"}, {7, 8}, params)[0].rgb, images[0].rgb);
+
+  auto flag_all = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny-flag-all"), with_previews);
+  Previews flagged;
+  generate_small(flag_all, {"a red cube"}, {7}, params, &flagged);
+  ASSERT_FALSE(flagged.shown.empty());
+  EXPECT_TRUE(flagged.shown[0][0].nsfw);
+  EXPECT_EQ(flagged.shown[0][0].rgb, std::vector<uint8_t>(64 * 48 * 3, 0));
+}
+
 // An LCM-distilled U-Net takes the guidance scale as an embedding input, as LatentConsistencyModelPipeline runs it:
 // one U-Net row per image (no unconditional rows, so the negative prompt is unused), given w = scale - 1.
 TEST(Pipeline, GuidanceEmbeddingModelsTakeTheScaleAsAnInput) {
@@ -298,6 +345,10 @@ TEST(Pipeline, TaesdNeedsABundleWithOne) {
   options.decoder = txt2img::Decoder::Taesd;
   expect_error([&] { txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), options); }, ErrorKind::Usage,
                {"has no TAESD decoder", "--taesd", "--decoder full"});
+  txt2img::PipelineOptions previews;
+  previews.previews = true;
+  expect_error([&] { txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), previews); }, ErrorKind::Usage,
+               {"has no TAESD decoder", "--taesd", "without previews"});
   EXPECT_NO_THROW(txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {}));
 }
 
