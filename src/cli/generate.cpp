@@ -108,23 +108,32 @@ Placement choose_placement(const GenerateOptions& o) {
 // Progress of each U-Net call, and the place where a pending SIGINT/SIGTERM stops the run.
 class StepObserver : public Observer {
  public:
-  StepObserver(Reporter& reporter, const GenerateOptions& o) : reporter_(reporter), o_(o) {}
+  // `previews_failed` outlives the batch: once a preview could not be written, the run makes no more.
+  StepObserver(Reporter& reporter, const GenerateOptions& o, bool& previews_failed)
+      : reporter_(reporter), o_(o), previews_failed_(previews_failed) {}
   void step(size_t call, size_t calls) override {
     reporter_.step(call, calls);
     throw_if_stop_requested();
   }
   bool wants_preview(size_t call, size_t /*calls*/) override {
-    return !o_.preview.empty() && call % static_cast<size_t>(o_.preview_every) == 0;
+    return !o_.preview.empty() && !previews_failed_ && call % static_cast<size_t>(o_.preview_every) == 0;
   }
-  // The batch's first image, replaced whole so that an image viewer never reads half a file.
+  // The batch's first image, replaced whole so that an image viewer never reads half a file. A preview that cannot
+  // be written (a full disk, say) stops the previews, not the images.
   void preview(size_t /*call*/, size_t /*calls*/, const std::vector<GeneratedImage>& images) override {
     const auto& image = images.front();
-    write_file_atomic(o_.preview, encode_png(image.rgb.data(), image.width, image.height, {}));
+    try {
+      write_file_atomic(o_.preview, encode_png(image.rgb.data(), image.width, image.height, {}));
+    } catch (const Error& e) {
+      previews_failed_ = true;
+      reporter_.warn(std::string(e.what()) + "; no more previews in this run");
+    }
   }
 
  private:
   Reporter& reporter_;
   const GenerateOptions& o_;
+  bool& previews_failed_;
 };
 
 struct Totals {
@@ -209,7 +218,7 @@ class Generator {
       seeds.push_back(job.seed);
     }
     SeededNoise noise(seeds);
-    StepObserver observer(reporter_, o_);
+    StepObserver observer(reporter_, o_, previews_failed_);
     const auto start = Clock::now();
     const auto images = pipeline_->generate(prompts, negatives, batch[0].params, noise, &observer);
     const double generate_s = seconds_since(start) / static_cast<double>(batch.size());
@@ -314,6 +323,7 @@ class Generator {
   uint64_t made_ = 0;
   uint64_t in_flight_ = 0;
   bool warned_any_ = false;
+  bool previews_failed_ = false;
   size_t warned_prompt_ = 0;
 };
 

@@ -231,6 +231,14 @@ class Reporting(CliTestCase):
         for name in ("a.png", "p.png"):
             self.assertFalse((self.dir / name).exists(), name)
 
+    def test_a_preview_that_cannot_be_written_stops_the_previews_not_the_images(self):
+        (self.dir / "taken").mkdir()  # a directory where the preview file should go
+        result = self.txt2img("a fox", "--seed", "4", "--images-per-prompt", "2", "--preview", "taken", "-o",
+                              "{n}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stderr.count("no more previews in this run"), 1, result.stderr)
+        self.assertTrue((self.dir / "0.png").is_file() and (self.dir / "1.png").is_file())
+
     def test_pipe_prints_at_most_one_line_per_image(self):
         result = self.txt2img("a fox", "--seed", "4", "--images-per-prompt", "3", "-o", "{n}.png")
         self.assertEqual(result.returncode, 0, result.stderr)
