@@ -142,8 +142,12 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
                                        options.device, options.channels_last, options.cuda_graph);
   p.vae_decoder_ = prepare(options.decoder == Decoder::Taesd ? "taesd_decoder.pt" : "vae_decoder.pt",
                            takes_turns(options) ? torch::kCPU : options.device, options.dtype);
-  // A few MB: it stays on the device, whatever takes turns there.
-  if (options.previews) p.preview_decoder_ = prepare("taesd_decoder.pt", options.device, options.dtype);
+  // A few MB: it stays on the device, whatever takes turns there (a TAESD that decodes the images is shared when it
+  // stays put too; a torch::jit::Module copy is a handle to the same module).
+  if (options.previews)
+    p.preview_decoder_ = options.decoder == Decoder::Taesd && !takes_turns(options)
+                             ? p.vae_decoder_
+                             : prepare("taesd_decoder.pt", options.device, options.dtype);
   if (options.safety != SafetyMode::Off)
     p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
                                                 side_device(options), side_dtype(options));

@@ -294,6 +294,14 @@ TEST(Pipeline, PreviewsShowTheEstimateAndAreChecked) {
   txt2img::PipelineOptions plain;
   auto without = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), plain);
   EXPECT_EQ(generate_small(without, {"a red cube", "a blue ball"}, {7, 8}, params)[0].rgb, images[0].rgb);
+  // Decoding the images with TAESD too, the previews share its module and are the same.
+  auto both = with_previews;
+  both.decoder = txt2img::Decoder::Taesd;
+  auto taesd_pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), both);
+  Previews shared;
+  generate_small(taesd_pipeline, {"a red cube", "a blue ball"}, {7, 8}, params, &shared);
+  ASSERT_EQ(shared.shown.size(), previews.shown.size());
+  for (size_t i = 0; i < shared.shown.size(); ++i) EXPECT_EQ(shared.shown[i][1].rgb, previews.shown[i][1].rgb);
 
   auto flag_all = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny-flag-all"), with_previews);
   Previews flagged;
