@@ -173,6 +173,9 @@ def convert_source(args) -> dict:
         taesd, taesd_sha256 = load_taesd(args.taesd)
     export.progress(f"loading {path}")
     model = ck.load_diffusers(path) if folder else ck.load_single_file(path, args.config)
+    if not model.vae.tensors and args.vae is None:
+        raise ck.ConversionError(f"{path} has no VAE weights (first_stage_model.*): it was released to be used with a "
+                                 "separate VAE; pass it with --vae (e.g. vae-ft-mse-840000-ema-pruned.safetensors)")
     vae_identity = {}
     if args.vae is not None:
         export.progress(f"loading the VAE {args.vae}")

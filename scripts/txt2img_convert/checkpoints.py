@@ -324,7 +324,9 @@ def _strip(sd: Tensors, prefix: str) -> Tensors:
 
 def ldm_to_diffusers(sd: Tensors, origin: str) -> Dict[str, Component]:
     """Split an LDM state dict into "unet", "vae" and "text_encoder" components with diffusers names (configs
-    still empty). Keys outside the three models (EMA copies, schedule buffers, ...) are ignored."""
+    still empty). Keys outside the three models (EMA copies, schedule buffers, ...) are ignored. A checkpoint
+    released without its VAE (to be used with a separate one, as A1111's VAE setting does) gives a VAE component
+    without tensors."""
     unet_ldm, vae_ldm, text_ldm = _strip(sd, _LDM_UNET), _strip(sd, _LDM_VAE), _strip(sd, _LDM_TEXT)
     if not unet_ldm:
         raise ConversionError(f"{origin}: no U-Net weights ({_LDM_UNET}*): not a Stable Diffusion 1.x "
@@ -334,9 +336,6 @@ def ldm_to_diffusers(sd: Tensors, origin: str) -> Dict[str, Component]:
             raise ConversionError(f"{origin}: this is a Stable Diffusion 2.x/XL checkpoint (OpenCLIP text "
                                   "encoder); only SD 1.x is supported")
         raise ConversionError(f"{origin}: no CLIP text encoder weights ({_LDM_TEXT}*)")
-    if not vae_ldm:
-        raise ConversionError(f"{origin}: no VAE weights ({_LDM_VAE}*)")
-
     unet_names = _unet_renames(list(unet_ldm))
     unet = {}
     for key, value in unet_ldm.items():
@@ -358,7 +357,7 @@ def ldm_to_diffusers(sd: Tensors, origin: str) -> Dict[str, Component]:
 
     return {
         "unet": Component("U-Net", as_float32(unet), {}, origin, _via(unet_names, _LDM_UNET)),
-        "vae": _ldm_vae(vae_ldm, origin, _LDM_VAE),
+        "vae": _ldm_vae(vae_ldm, origin, _LDM_VAE) if vae_ldm else Component("VAE", {}, {}, origin),
         "text_encoder": Component("text encoder", as_float32(text), {}, origin, text_source),
     }
 
@@ -684,7 +683,8 @@ def load_single_file(path: str, config_dir: Optional[str] = None) -> Model:
 
     unet, vae, text = components["unet"], components["vae"], components["text_encoder"]
     unet.config = infer_unet_config(unet, base("unet") or defaults["unet"])
-    vae.config = infer_vae_config(vae, base("vae") or defaults["vae"])
+    vae_base = base("vae") or defaults["vae"]
+    vae.config = infer_vae_config(vae, vae_base) if vae.tensors else vae_base  # none: --vae brings one
     text_base = base("text_encoder")
     text.config = infer_text_config(text, text_base or defaults["text_encoder"], heads_known=text_base is not None)
     return Model(

@@ -238,6 +238,30 @@ def test_replacement_vae(tmp_path, reference, capsys):
     assert all(torch.equal(decoder[k], want[k].float()) for k in want)
 
 
+def test_checkpoint_released_without_its_vae(tmp_path, reference, capsys):
+    """A single file without first_stage_model.* converts with --vae, and without it fails naming --vae."""
+    from txt2img_convert.safetensors_io import load_file, save_file
+    sd1 = load_file(str(reference / "sd1/single_file/sd1.safetensors"))
+    no_vae = tmp_path / "no-vae.safetensors"
+    save_file({k: v for k, v in sd1.items() if not k.startswith("first_stage_model.")}, str(no_vae))
+    vae = tmp_path / "vae.safetensors"
+    save_file({k[len("first_stage_model."):]: v for k, v in sd1.items() if k.startswith("first_stage_model.")},
+              str(vae))
+    common = ["--config", reference / "sd1/model", "--no-safety-checker"]
+    expect_errors(capsys, [((no_vae, *common, "--out", tmp_path / "x"), 1,
+                            "has no VAE weights (first_stage_model.*): it was released to be used with a separate "
+                            "VAE; pass it with --vae")], tmp_path / "x")
+    status, stderr = convert(capsys, no_vae, *common, "--vae", vae, "--out", tmp_path / "with")
+    assert status == 0, stderr
+    status, stderr = convert(capsys, reference / "sd1/single_file/sd1.safetensors", *common, "--out", tmp_path / "whole")
+    assert status == 0, stderr
+    for name in ("vae_decoder.pt", "unet.pt", "text_encoder.pt"):
+        ours = torch.jit.load(str(tmp_path / "with" / name)).state_dict()
+        whole = torch.jit.load(str(tmp_path / "whole" / name)).state_dict()
+        assert sorted(ours) == sorted(whole) and all(torch.equal(ours[k], whole[k]) for k in whole), name
+    assert json.loads((tmp_path / "with/model.json").read_text())["vae_name"] == "vae.safetensors"
+
+
 def test_lcm_model_with_a_guidance_embedding(tmp_path, reference, capsys):
     """An LCM-distilled model (its U-Net config has time_cond_proj_dim, as SimianLuo/LCM_Dreamshaper_v7) converts:
     model.json records the embedding's width, and the exported U-Net takes the guidance as a fourth input."""
