@@ -120,10 +120,11 @@ class StepObserver : public Observer {
   }
   // The batch's first image, replaced whole so that an image viewer never reads half a file. A preview that cannot
   // be written (a full disk, say) stops the previews, not the images.
-  void preview(size_t /*call*/, size_t /*calls*/, const std::vector<GeneratedImage>& images) override {
+  void preview(size_t call, size_t calls, const std::vector<GeneratedImage>& images) override {
     const auto& image = images.front();
     try {
       write_file_atomic(o_.preview, encode_png(image.rgb.data(), image.width, image.height, {}));
+      reporter_.preview(o_.preview, call, calls);
     } catch (const Error& e) {
       previews_failed_ = true;
       reporter_.warn(std::string(e.what()) + "; no more previews in this run");

@@ -118,6 +118,13 @@ void Reporter::step(size_t call, size_t calls) {
   }
 }
 
+void Reporter::preview(const std::string& path, size_t call, size_t calls) {
+  if (!json_progress_) return;
+  const nlohmann::ordered_json j = {
+      {"event", "preview"}, {"path", path}, {"images_done", batch_first_ - 1}, {"step", call}, {"steps", calls}};
+  std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+}
+
 double Reporter::eta_seconds() const {
   if (done_work_ <= 0) return 0;
   const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();

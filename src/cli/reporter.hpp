@@ -1,7 +1,7 @@
 // Everything a run tells its user. Human messages go to stderr: a progress bar when stderr is a terminal, at most
 // one line per image otherwise, nothing but errors with --quiet, colour only on a terminal without NO_COLOR.
 // With --json, stdout carries one JSON object per finished image and a summary object, nothing else; with
-// --json-progress also one per denoising step.
+// --json-progress also one per denoising step and one per preview written.
 #pragma once
 
 #include <chrono>
@@ -29,6 +29,8 @@ class Reporter {
   // A U-Net batch of `count` images starts; `first` counts from 1 among the images this run makes.
   void begin_batch(uint64_t first, size_t count, int steps);
   void step(size_t call, size_t calls);
+  // A preview (--preview) was written after U-Net call `call` of `calls`.
+  void preview(const std::string& path, size_t call, size_t calls);
   // One image is on disk: `line` for people, `record` for --json.
   void image(const std::string& line, const nlohmann::ordered_json& record);
   void summary(const std::string& line, const nlohmann::ordered_json& record);

@@ -293,11 +293,11 @@ class JsonOutput(CliTestCase):
     def test_image_and_summary_lines(self):
         documented = {record["event"]: record for record in
                       json_blocks(markdown_section(read(CLI_MD), "### `--json`"))}
-        self.assertEqual(sorted(documented), ["image", "step", "summary"])
-        result = self.txt2img("a fox", "--seed", "42", "--json", "--json-progress", "-q")
+        self.assertEqual(sorted(documented), ["image", "preview", "step", "summary"])
+        result = self.txt2img("a fox", "--seed", "42", "--json", "--json-progress", "--preview", "now.png", "-q")
         self.assertEqual(result.returncode, 0, result.stderr)
         actual = {record["event"]: record for record in json_lines(result.stdout)}
-        self.assertEqual(sorted(actual), ["image", "step", "summary"])
+        self.assertEqual(sorted(actual), ["image", "preview", "step", "summary"])
         for event in actual:
             want, got = shape(documented[event]), shape(actual[event])
             for key in self.OPTIONAL.get(event, ()):

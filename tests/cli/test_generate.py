@@ -212,6 +212,13 @@ class Reporting(CliTestCase):
         self.assertEqual(png_text(self.dir / "p.png"), {})
         self.assertEqual(self.txt2img("a fox", "--seed", "4", "--steps", "4", "-o", "b.png").returncode, 0)
         self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        # --json-progress reports each preview written, after its step.
+        reported = self.txt2img("a fox", "--seed", "4", "--steps", "4", "--preview", "p.png", "--preview-every", "2",
+                                "--json", "--json-progress", "-o", "j.png")
+        events = [(r["event"], r.get("step")) for r in json_lines(reported.stdout)]
+        self.assertEqual(events, [("step", 1), ("step", 2), ("preview", 2), ("step", 3), ("step", 4), ("preview", 4),
+                                  ("image", None), ("summary", None)])
+        self.assertEqual(json_lines(reported.stdout)[2]["path"], "p.png")
         flagged = self.txt2img("a fox", "--seed", "4", "--preview", "f.png", "-o", "c.png",
                                model=fixture_bundle("tiny-flag-all"))
         self.assertEqual(flagged.returncode, 0, flagged.stderr)
