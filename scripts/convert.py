@@ -79,12 +79,13 @@ def parse_args(argv):
     safety.add_argument("--no-safety-checker", action="store_true",
                         help="build the bundle without a safety checker")
     p.add_argument("--vae", metavar="VAE",
-                   help="decode with this VAE instead of the model's: a diffusers VAE folder (e.g. a download of "
+                   help="decode with this VAE instead of the model's: a diffusers VAE folder or hub id (e.g. "
                         "stabilityai/sd-vae-ft-mse), a diffusers model folder, or a .safetensors/.ckpt/.pt VAE file "
                         "such as vae-ft-mse-840000-ema-pruned.safetensors; images record it as A1111 does")
     p.add_argument("--taesd", metavar="TAESD",
-                   help="add TAESD, the tiny decoder of txt2img --decoder taesd: the madebyollin/taesd folder, its "
-                        "diffusion_pytorch_model.safetensors, or taesd_decoder.pth/.safetensors")
+                   help="add TAESD, the tiny decoder of txt2img --decoder taesd and --preview: madebyollin/taesd (a "
+                        "hub id or its folder), its diffusion_pytorch_model.safetensors, or "
+                        "taesd_decoder.pth/.safetensors")
     p.add_argument("--embedding", action="append", default=[], metavar="FILE",
                    help="add this textual-inversion embedding (A1111 .pt/.safetensors, diffusers learned_embeds), "
                         "written in prompts as the file's name without extension, e.g. EasyNegative; repeatable")
@@ -137,9 +138,9 @@ def convert_source(args) -> dict:
     for file in args.embedding:
         if not os.path.isfile(file):
             raise ck.ConversionError(f"--embedding {file}: no such file")
-    for flag, value in (("--vae", args.vae), ("--taesd", args.taesd)):
-        if value is not None and not os.path.exists(value):
-            raise ck.ConversionError(f"{flag} {value}: no such file or folder")
+    # Hub ids (stabilityai/sd-vae-ft-mse, madebyollin/taesd) are downloaded; names come from what was given.
+    vae_path = ck.resolve_component(args.vae, "--vae") if args.vae is not None else None
+    taesd_path = ck.resolve_component(args.taesd, "--taesd") if args.taesd is not None else None
     path = ck.resolve_source(args.source)
     folder = os.path.isdir(path)
     if args.vocab is not None and not os.path.isfile(args.vocab):
@@ -170,7 +171,7 @@ def convert_source(args) -> dict:
     taesd = None
     if args.taesd is not None:
         export.progress(f"loading the TAESD decoder {args.taesd}")
-        taesd, taesd_sha256 = load_taesd(args.taesd)
+        taesd, taesd_sha256 = load_taesd(taesd_path, args.taesd)
     export.progress(f"loading {path}")
     model = ck.load_diffusers(path) if folder else ck.load_single_file(path, args.config)
     if not model.vae.tensors and args.vae is None:
@@ -179,7 +180,7 @@ def convert_source(args) -> dict:
     vae_identity = {}
     if args.vae is not None:
         export.progress(f"loading the VAE {args.vae}")
-        model.vae, vae_sha256 = ck.load_vae(args.vae, model.vae)
+        model.vae, vae_sha256 = ck.load_vae(vae_path, model.vae)
         # As A1111 names and hashes the VAE it used, beside the checkpoint's own name and hash.
         vae_identity = {"vae_name": os.path.basename(os.path.normpath(args.vae)), "vae_hash": vae_sha256[:10]}
     safety, preprocessor = None, None
@@ -227,9 +228,9 @@ def convert_source(args) -> dict:
     name = args.source if path != args.source else model.name  # a hub id names the model better than its cache
     source = {"kind": model.kind, "path": os.path.abspath(path), "sha256": model.sha256}
     if args.vae is not None:
-        source["vae"] = {"path": os.path.abspath(args.vae), "sha256": vae_sha256}
+        source["vae"] = {"path": os.path.abspath(vae_path), "sha256": vae_sha256}
     if taesd is not None:
-        source["taesd"] = {"path": os.path.abspath(args.taesd), "sha256": taesd_sha256}
+        source["taesd"] = {"path": os.path.abspath(taesd_path), "sha256": taesd_sha256}
     if embeddings:
         source["embeddings"] = [{k: r[k] for k in ("name", "path", "sha256")} for r in embeddings]
     model_hash = model.sha256[:10]

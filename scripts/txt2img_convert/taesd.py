@@ -12,7 +12,7 @@ VAE's scaling factor, which is why diffusers' AutoencoderTiny config has scaling
 
 import os
 import re
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -142,28 +142,30 @@ def decoder_layout(tensors: Dict[str, Tensor]) -> Dict[str, Any]:
     }
 
 
-def load_taesd(source: str) -> Tuple[Component, str]:
+def load_taesd(path: str, label: Optional[str] = None) -> Tuple[Component, str]:
     """A TAESD decoder (convert.py --taesd): a diffusers AutoencoderTiny folder (madebyollin/taesd: config.json and
     diffusion_pytorch_model.safetensors), that weights file alone (what stable-diffusion.cpp's --taesd takes), or
     the original taesd_decoder.pth / .safetensors (A1111's models/VAE-approx, ComfyUI's models/vae_approx).
     Returns the component and the sha256 users know it by (the file's, or a folder's weights'). The variants for
-    SDXL, SD 3 and FLUX decode other latent spaces and are refused."""
+    SDXL, SD 3 and FLUX decode other latent spaces and are refused. `label`: what the user named it by (a hub id,
+    where `path` is the downloaded folder), for messages; the path itself by default."""
+    source = label or path
     if _OTHER_FAMILIES.search(os.path.basename(os.path.normpath(source))):
         raise ConversionError(f"--taesd {source}: a TAESD for another model family (SDXL, SD 3, FLUX); SD 1.x needs "
                               "taesd (madebyollin/taesd)")
     config: Dict[str, Any] = {}
-    if os.path.isdir(source):
-        config_path = os.path.join(source, "config.json")
+    if os.path.isdir(path):
+        config_path = os.path.join(path, "config.json")
         if not os.path.isfile(config_path):
             raise ConversionError(f"--taesd {source}: not an AutoencoderTiny folder (config.json and weights)")
         config = read_json(config_path)
         if config.get("_class_name", "AutoencoderTiny") != "AutoencoderTiny":
             raise ConversionError(f"--taesd {source}: its config.json is a {config['_class_name']}, not an "
                                   "AutoencoderTiny")
-        path = folder_weights(source, ("diffusion_pytorch_model",))
+        path = folder_weights(path, ("diffusion_pytorch_model",))
         digest = sha256_weights(path)
-    elif os.path.isfile(source):
-        path, digest = source, sha256_file(source)
+    elif os.path.isfile(path):
+        digest = sha256_file(path)
     else:
         raise ConversionError(f"--taesd {source}: no such file or folder")
     for field, supported in _SUPPORTED.items():
