@@ -369,6 +369,11 @@ int run_generate(const GenerateOptions& o) {
                   std::to_string(plan_options.base_seed) + " repeats this run)");
   if (o.no_safety_checker)
     reporter.warn("the safety checker is off (--no-safety-checker): images are not checked for NSFW content");
+  if (!o.negative_prompt.empty() && (o.cfg_scale <= 1.0 || manifest.guidance_embedding_dim > 0))
+    reporter.warn(std::string("the negative prompt is unused: ") +
+                  (manifest.guidance_embedding_dim > 0
+                       ? "this LCM-distilled model takes the guidance scale as an input, without an unconditional pass"
+                       : "--cfg-scale 1 or less turns classifier-free guidance off"));
   if (manifest.guidance_embedding_dim > 0 && canonical_scheduler_name(o.sampler) != "lcm")
     reporter.warn("this model is LCM-distilled (it takes the guidance scale as an input): it is made for --sampler "
                   "lcm with 2 to 8 steps");

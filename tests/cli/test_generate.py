@@ -353,6 +353,13 @@ class Samplers(CliTestCase):
             self.assertEqual(png_pixels(self.dir / name), png_pixels(self.dir / "ours.png"))
             self.assertIn("Sampler: Euler a,", png_text(self.dir / name)["parameters"])
 
+    def test_unused_negative_prompt_is_pointed_out(self):
+        result = self.txt2img("a fox", "-n", "blurry", "--cfg-scale", "1", "-o", "a.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("the negative prompt is unused: --cfg-scale 1 or less turns classifier-free guidance off",
+                      result.stderr)
+        self.assertNotIn("unused", self.txt2img("a fox", "-n", "blurry", "-o", "b.png").stderr)
+
     def test_lcm_takes_at_most_its_50_distillation_steps(self):
         result = self.txt2img("a fox", "--sampler", "lcm", "--steps", "51", "-o", "x.png")
         self.assertExit(result, EXIT_USAGE, "at most 50 steps")
@@ -370,9 +377,12 @@ class Samplers(CliTestCase):
                             ("c.png", ["--cfg-scale", "2"])]:
             result = self.txt2img("a fox", *common, *extra, "-o", name, model=lcm, fast=False)
             self.assertEqual(result.returncode, 0, result.stderr)
-            self.assertNotIn("LCM-distilled", result.stderr)
+            self.assertNotIn("it is made for --sampler lcm", result.stderr)
         self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
         self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+        unused = self.txt2img("a fox", *common, "-n", "blurry", "-o", "e.png", model=lcm, fast=False)
+        self.assertIn("the negative prompt is unused: this LCM-distilled model takes the guidance scale as an input",
+                      unused.stderr)
         result = self.txt2img("a fox", "--steps", "2", "-W", "16", "-H", "16", "-o", "d.png", model=lcm, fast=False)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("this model is LCM-distilled (it takes the guidance scale as an input): it is made for "
