@@ -63,9 +63,11 @@ class Model:
 # ---------------------------------------------------------------------------------------------- files
 
 
-def sha256_file(path: str) -> str:
+def sha256_file(path: str, start: int = 0) -> str:
+    """sha256 of the file's bytes from `start` on."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        f.seek(start)
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -738,8 +740,11 @@ def _from_hub(source: str, what: str, patterns_for: Callable[[str], List[str]], 
 
 
 def _has_weights(folder: str, stem: str) -> bool:
-    names = [stem + ext + index for ext in _WEIGHT_FORMATS for index in ("", ".index.json")]
-    return any(os.path.isfile(os.path.join(folder, name)) for name in names)
+    try:
+        folder_weights(folder, (stem,))
+    except ConversionError:
+        return False
+    return True
 
 
 def resolve_source(source: str) -> str:

@@ -47,7 +47,6 @@ factors of two types or an incomplete set of them, a shape that does not fit. No
 and a file is merged only once all of it has been checked.
 """
 
-import hashlib
 import json
 import math
 import os
@@ -462,12 +461,9 @@ def a1111_hash(path: str) -> str:
     editing the metadata leaves as it is); for other files the sha256 of the whole file."""
     if not path.lower().endswith(".safetensors"):
         return sha256_file(path)[:12]
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        f.seek(8 + int.from_bytes(f.read(8), "little"))
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+        header = int.from_bytes(f.read(8), "little")
+    return sha256_file(path, start=8 + header)[:12]
 
 
 def merge(spec: LoraSpec, components: Dict[str, Component]) -> dict:

@@ -114,7 +114,7 @@ void Reporter::step(size_t call, size_t calls) {
         {"elapsed_s", std::chrono::duration<double>(Clock::now() - start_).count()},
         {"eta_s", eta_seconds()},
     };
-    std::cout << j.dump() << std::endl;
+    emit(j);
   }
 }
 
@@ -122,7 +122,12 @@ void Reporter::preview(const std::string& path, size_t call, size_t calls) {
   if (!json_progress_) return;
   const nlohmann::ordered_json j = {
       {"event", "preview"}, {"path", path}, {"images_done", batch_first_ - 1}, {"step", call}, {"steps", calls}};
-  std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  emit(j);
+}
+
+// One line of stdout; text that is not UTF-8 (a prompt read as bytes) is replaced, never an exception mid-run.
+void Reporter::emit(const nlohmann::ordered_json& record) {
+  std::cout << record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
 }
 
 double Reporter::eta_seconds() const {
@@ -160,13 +165,13 @@ void Reporter::draw_bar(size_t call, size_t calls) {
 }
 
 void Reporter::image(const std::string& line, const nlohmann::ordered_json& record) {
-  if (json_) std::cout << record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  if (json_) emit(record);
   info(line);
 }
 
 void Reporter::summary(const std::string& line, const nlohmann::ordered_json& record) {
   clear_bar();
-  if (json_) std::cout << record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  if (json_) emit(record);
   info(line);
 }
 

@@ -38,6 +38,7 @@ class Reporter {
  private:
   void clear_bar();
   void draw_bar(size_t call, size_t calls);
+  void emit(const nlohmann::ordered_json& record);
   // Seconds until the run is done at its pace so far; 0 before any work is done.
   double eta_seconds() const;
   std::string paint(const std::string& text, const char* sgr) const;

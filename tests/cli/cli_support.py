@@ -194,5 +194,14 @@ def without_checker(manifest):
     return manifest
 
 
+def without_taesd(dest):
+    """A copy of the tiny bundle at `dest` as converted without --taesd."""
+    def drop(manifest):
+        manifest["files"].pop("taesd_decoder.pt")
+        return manifest
+
+    return derived_bundle(dest, edit_manifest=drop, drop=("taesd_decoder.pt",))
+
+
 if __name__ == "__main__":
     sys.exit("cli_support is a helper module; run python3 -m unittest discover -s tests/cli -p 'test_*.py'")

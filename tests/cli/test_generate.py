@@ -3,8 +3,8 @@
 import json
 import unittest
 
-from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle, files_under, fixture_bundle,
-                         json_lines, png_pixels, png_text, run)
+from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, fixture_bundle, json_lines,
+                         png_pixels, png_text, run, without_taesd)
 
 
 class Outputs(CliTestCase):
@@ -225,11 +225,7 @@ class Reporting(CliTestCase):
         self.assertEqual(set(png_pixels(self.dir / "f.png")[2]), {0})
 
     def test_preview_errors_come_before_any_work(self):
-        def dropped(m):
-            m["files"].pop("taesd_decoder.pt")
-            return m
-
-        bundle = derived_bundle(self.dir / "b", edit_manifest=dropped, drop=("taesd_decoder.pt",))
+        bundle = without_taesd(self.dir / "b")
         self.assertExit(self.txt2img("a fox", "--preview", "p.png", "-o", "a.png", model=bundle), EXIT_USAGE,
                         "has no TAESD decoder", "without previews")
         self.assertExit(self.txt2img("a fox", "--preview", "no/such/dir/p.png", "-o", "a.png"), EXIT_IO,

@@ -9,7 +9,7 @@ import unittest
 import zlib
 
 from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, TINY, CliTestCase, derived_bundle, png_pixels, png_text,
-                         run)
+                         run, without_taesd)
 
 
 def manifest():
@@ -121,11 +121,7 @@ class Metadata(CliTestCase):
         self.assertNotIn("not carried over", result.stderr)
 
     def test_taesd_needs_a_bundle_with_one(self):
-        def dropped(m):
-            m["files"].pop("taesd_decoder.pt")
-            return m
-
-        bundle = derived_bundle(self.dir / "b", edit_manifest=dropped, drop=("taesd_decoder.pt",))
+        bundle = without_taesd(self.dir / "b")
         self.assertExit(self.txt2img("a fox", "--decoder", "taesd", "-o", "a.png", model=bundle), EXIT_USAGE,
                         "has no TAESD decoder", "--taesd")
         self.assertIn("  TAESD decoder  none (convert.py --taesd adds one", run(["info", bundle], self.dir).stdout)
