@@ -21,30 +21,6 @@ import sys
 PROG = "convert.py"
 
 
-def _reexec_if_needed() -> None:
-    """Re-run this script when the interpreter lacks torch (under the Python that scripts/with-torch-python
-    finds, so `scripts/convert.py ...` works whatever `python3` is first on PATH) or has randomised string
-    hashing: TorchScript writes each module's constants in set order, so only a fixed PYTHONHASHSEED makes
-    the same weights give byte-identical bundle files."""
-    import importlib.util
-
-    has_torch = importlib.util.find_spec("torch") is not None
-    if has_torch and os.environ.get("PYTHONHASHSEED") == "0":
-        return
-    if os.environ.get("TXT2IMG_CONVERT_REEXEC"):
-        if not has_torch:
-            print(f"{PROG}: error: no Python with torch found (set TXT2IMG_PYTHON)", file=sys.stderr)
-            sys.exit(1)
-        return  # PYTHONHASHSEED could not be set: convert anyway, only less reproducibly
-    os.environ["TXT2IMG_CONVERT_REEXEC"] = "1"
-    os.environ["PYTHONHASHSEED"] = "0"
-    script = os.path.abspath(__file__)
-    if has_torch:
-        os.execv(sys.executable, [sys.executable, script, *sys.argv[1:]])
-    launcher = os.path.join(os.path.dirname(script), "with-torch-python")
-    os.execv(launcher, [launcher, script, *sys.argv[1:]])
-
-
 def _lora_spec(text: str):
     from txt2img_convert.lora import parse_spec
 
@@ -292,5 +268,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    _reexec_if_needed()
+    from txt2img_convert.launch import reexec_if_needed
+
+    reexec_if_needed(PROG, __file__)
     sys.exit(main())

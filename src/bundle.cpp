@@ -2,6 +2,7 @@
 
 #include <torch/version.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -123,7 +124,16 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
                                          std::to_string(embedding.vectors) + " vectors" + kConvertHint);
     m.embeddings.push_back(embedding);
   }
+  for (const auto& l : j.value("loras", nlohmann::json::array()))
+    m.loras.push_back({field<std::string>(l, "name", where), field<std::string>(l, "file", where),
+                       l.value("a1111_hash", "")});
+  std::sort(m.loras.begin(), m.loras.end(), [](const LoraFile& a, const LoraFile& b) { return a.name < b.name; });
   return m;
+}
+
+const LoraFile* Manifest::find_lora(const std::string& name) const {
+  const auto it = std::find_if(loras.begin(), loras.end(), [&](const LoraFile& l) { return l.name == name; });
+  return it == loras.end() ? nullptr : &*it;
 }
 
 Bundle Bundle::open(const std::filesystem::path& dir) {
@@ -145,6 +155,11 @@ Bundle Bundle::open(const std::filesystem::path& dir) {
   for (const auto& required : kRequiredFiles)
     if (!b.has(required))
       throw Error(ErrorKind::Bundle, where + ": model.json does not list " + required + kConvertHint);
+  for (const auto& lora : b.manifest_.loras)
+    if (!b.has(lora.file))
+      throw Error(ErrorKind::Bundle, where + ": model.json's LoRA \"" + lora.name + "\" names " + lora.file +
+                                         ", which it does not list among the files; add the LoRA again with "
+                                         "scripts/add_lora.py " + dir.string() + " FILE --overwrite");
   for (const auto& f : b.manifest_.files) {
     const auto p = dir / f.name;
     if (!std::filesystem::is_regular_file(p)) throw Error(ErrorKind::Bundle, where + ": " + f.name + " missing" + kConvertHint);

@@ -9,6 +9,7 @@
 
 #include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
+#include "lora_weights.hpp"
 #include "unet_call.hpp"
 #include "vae_tiling.hpp"
 
@@ -136,6 +137,7 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
     return options.graph == GraphOptimization::Freeze ? frozen : torch::jit::optimize_for_inference(frozen, methods);
   };
   p.bundle_dir_ = bundle.dir().string();
+  p.loras_ = std::make_unique<LoraWeights>(bundle.dir());
   p.text_encoder_ = prepare("text_encoder.pt", side_device(options), side_dtype(options), false, {"encode"});
   p.clip_skip_supported_ = p.text_encoder_.find_method("encode").has_value();
   p.unet_ = std::make_unique<UNetCall>(prepare("unet.pt", options.device, options.dtype, options.channels_last),
@@ -181,9 +183,25 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
                                       " (--clip-skip N takes the text encoder's Nth layer from the end: 1 the last, "
                                       "2 the one before it; this model's has " + layers + " layers)");
   }
+  for (const auto& lora : params.loras) {
+    if (!std::isfinite(lora.te_weight) || !std::isfinite(lora.unet_weight))
+      throw Error(ErrorKind::Usage, "LoRA " + lora.name + ": its weights must be finite numbers");
+    if (manifest.find_lora(lora.name)) continue;
+    std::string names;
+    for (const auto& l : manifest.loras) names += (names.empty() ? "" : ", ") + l.name;
+    throw Error(ErrorKind::Usage, "the model has no LoRA named \"" + lora.name + "\" (" +
+                                      (names.empty() ? "it has none" : "it has " + names) +
+                                      "); add one with scripts/add_lora.py MODEL_DIR " + lora.name + ".safetensors");
+  }
   params.sampler = canonical_scheduler_name(params.sampler);  // records name what the run used, as --help does
   make_sampler(manifest, params);  // validates the sampler name, steps and eta together
   return params;
+}
+
+void check_loras_supported(const GenerationParams& params, const PipelineOptions& options) {
+  if (!params.loras.empty() && options.graph != GraphOptimization::None)
+    throw Error(ErrorKind::Usage, "LoRAs cannot be added to frozen weights (--graph freeze or optimize makes them "
+                                  "constants of the graph); drop --graph for prompts with LoRA tags");
 }
 
 std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, const GenerationParams& params) const {
@@ -277,6 +295,8 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                                    "existed and cannot do --clip-skip " + std::to_string(params.clip_skip) +
                                    "; re-convert the model with this release's scripts/convert.py (or use "
                                    "--clip-skip 1)");
+  check_loras_supported(params, options_);
+  loras_->apply(params.loras, manifest_, text_encoder_, unet_->module());
   c10::InferenceMode inference;
   const auto batch = static_cast<int64_t>(prompts.size());
   const bool guided = classifier_free(manifest_, params);

@@ -27,6 +27,9 @@ class UNetCall {
   torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
                            const torch::Tensor& guidance = {});
 
+  // The module whose weights a call reads (changing them in place keeps a captured graph valid).
+  torch::jit::Module& module() { return module_; }
+
   // Moves the weights (keeping their dtype and layout). A captured graph is dropped when they move: it reads the
   // weights where they were, and the next call captures again.
   void to(torch::Device device);

@@ -29,6 +29,14 @@ struct BundleFile {
   uint64_t bytes = 0;
 };
 
+// A LoRA added to the bundle by scripts/add_lora.py, for prompts to name in a <lora:name:weight> tag: its packed
+// factors (`file`, relative to the bundle) and the 12-digit hash A1111 knows the original file by.
+struct LoraFile {
+  std::string name;
+  std::string file;
+  std::string a1111_hash;
+};
+
 struct Manifest {
   int format_version = 0;
   std::string family;
@@ -68,6 +76,9 @@ struct Manifest {
   // recorded), and each embedding's name and the first 12 hex digits of its file's sha256.
   std::vector<std::pair<std::string, std::string>> lora_hashes;
   std::map<std::string, std::string> embedding_hashes;
+  // The LoRAs a prompt can add (model.json "loras"), sorted by name; find_lora looks one up.
+  std::vector<LoraFile> loras;
+  const LoraFile* find_lora(const std::string& name) const;
   nlohmann::json raw;
 
   // Throws Error(Bundle) naming the field that is missing or wrong.

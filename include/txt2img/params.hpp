@@ -3,8 +3,22 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace txt2img {
+
+// A LoRA of the bundle (scripts/add_lora.py) added to the weights for a batch, as AUTOMATIC1111's prompt tag
+// <lora:name:te_weight:unet_weight> does: W + weight * delta, with one weight for the text encoder's layers and one
+// for the U-Net's.
+struct LoraUse {
+  std::string name;
+  double te_weight = 1.0;
+  double unet_weight = 1.0;
+
+  bool operator==(const LoraUse& o) const {
+    return name == o.name && te_weight == o.te_weight && unet_weight == o.unet_weight;
+  }
+};
 
 struct GenerationParams {
   int width = 0;  // 0: the bundle's default size
@@ -24,11 +38,13 @@ struct GenerationParams {
   // AUTOMATIC1111's emphasis syntax in prompts: "(word)", "[word]", "(word:1.5)", "\(", BREAK (parse_emphasis),
   // applied as A1111's "Original" emphasis. Without it brackets are text, as in diffusers.
   bool emphasis = false;
+  // Added in this order (the sums are not associative in floating point, so the order is part of the image).
+  std::vector<LoraUse> loras;
 
   bool operator==(const GenerationParams& o) const {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
            sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip && long_prompts == o.long_prompts &&
-           emphasis == o.emphasis;
+           emphasis == o.emphasis && loras == o.loras;
   }
   bool operator!=(const GenerationParams& o) const { return !(*this == o); }
 };

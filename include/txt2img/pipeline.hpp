@@ -19,6 +19,7 @@
 
 namespace txt2img {
 
+class LoraWeights;
 class UNetCall;
 
 enum class SafetyMode {
@@ -108,8 +109,13 @@ class Observer {
 };
 
 // Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg, clip skip
-// from 1 to the text encoder's layers) and fills in defaults, before any model is loaded. Throws Error(Usage).
+// from 1 to the text encoder's layers, LoRAs the bundle has) and fills in defaults, before any model is loaded.
+// Throws Error(Usage).
 GenerationParams resolve_params(const Manifest& manifest, GenerationParams params);
+
+// Throws Error(Usage) when params.loras cannot be added under these options (a graph optimisation turns the weights
+// into constants); Pipeline::generate checks it too, this is for checking before anything loads.
+void check_loras_supported(const GenerationParams& params, const PipelineOptions& options);
 
 class Pipeline {
  public:
@@ -133,8 +139,9 @@ class Pipeline {
   size_t text_chunks(const std::string& prompt, const std::string& negative_prompt,
                      const GenerationParams& params) const;
 
-  // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row. Throws Error(Bundle) for
-  // params.clip_skip > 1 when !supports_clip_skip().
+  // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row. The batch's LoRAs
+  // (params.loras) stay added to the weights until a batch asks for others. Throws Error(Bundle) for
+  // params.clip_skip > 1 when !supports_clip_skip(), and Error(Usage) for LoRAs with a graph optimisation.
   std::vector<GeneratedImage> generate(const std::vector<std::string>& prompts,
                                        const std::vector<std::string>& negative_prompts, const GenerationParams& params,
                                        NoiseSource& noise, Observer* observer = nullptr);
@@ -159,6 +166,7 @@ class Pipeline {
   torch::jit::Module text_encoder_;
   bool clip_skip_supported_ = false;
   std::unique_ptr<UNetCall> unet_;
+  std::unique_ptr<LoraWeights> loras_;
   torch::jit::Module vae_decoder_;  // the options' decoder, whichever it is
   std::optional<torch::jit::Module> preview_decoder_;  // TAESD, with PipelineOptions::previews
   // Whose module is on the device when low_vram moves them; none while a move is under way (a move that failed, out

@@ -1,4 +1,5 @@
-"""Merging LoRA files into the U-Net and text-encoder weights before export (convert.py --lora FILE[:WEIGHT]).
+"""LoRA files for the U-Net and text encoder: merged into the weights before export (convert.py --lora
+FILE[:WEIGHT]), or packed for txt2img to apply when a prompt names them (add_lora.py).
 
 A LoRA stores, for some linear or convolution layers of the model, a low-rank pair `down` [r, in(, kh, kw)] and
 `up` [out, r(, 1, 1)] and optionally a scalar `alpha`. Merging adds to the layer's weight
@@ -44,7 +45,22 @@ Refused with a ConversionError that names the file and some offending keys: the 
 OFT/BOFT, norm, LoCon's Tucker `lora_mid`), LoHa/LoKr/full factors outside kohya naming, DoRA (`dora_scale`,
 `lora_magnitude_vector`, `use_dora`), any other key, a LoRA key whose module is no weight of ours, a module with
 factors of two types or an incomplete set of them, a shape that does not fit. No key is ever skipped silently,
-and a file is merged only once all of it has been checked.
+and a file is merged or packed only once all of it has been checked.
+
+Packing (`pack`, for add_lora.py) reads and checks a file exactly as merging does, against the weights of a
+bundle's own modules, and gives per weight what txt2img needs to add `weight * delta` itself when a prompt says
+`<lora:name:weight>`: the tensors of a safetensors file (written with metadata format "txt2img-lora",
+format_version "1"), each named by the part ("unet" or "text_encoder"), the weight key and a role:
+
+* a plain LoRA: `<part>.<key>.up` [out, r], `.down` [r, in*kh*kw] (the factors flattened as above) and `.scale`
+  (a 0-dim tensor, alpha / r with alpha found as above, rounded to float32 as merging's product with it rounds
+  it); delta = (scale * (up @ down)).reshape(W.shape);
+* LoHa, LoKr and full updates: `<part>.<key>.diff`, the delta itself (scaled, shaped as the weight), and for a
+  full update's `diff_b` the same under the bias key.
+
+All of them are float32, and merging computes its deltas from exactly these tensors with exactly these operations
+(then W + weight * delta): txt2img doing the same in float32, with the same matrix-product code (LibTorch on the
+CPU), gets bit for bit the weights that convert.py --lora FILE:WEIGHT exports.
 """
 
 import json
@@ -60,9 +76,11 @@ from .checkpoints import Component, ConversionError, listing, read_tensors, sha2
 from .safetensors_io import read_header
 
 PARTS = ("unet", "text_encoder")
+# The safetensors metadata of a packed file, by which a reader can tell one from other safetensors files.
+PACKED_METADATA = {"format": "txt2img-lora", "format_version": "1"}
 _KOHYA_PREFIX = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
 
-# Key endings of the types this module does not merge, with their names for the error message.
+# Key endings of the types this module does not read, with their names for the error message.
 _UNSUPPORTED = [
     (re.compile(r"\.(dora_scale|lora_magnitude_vector(\.[^.]+)?)$"), "DoRA"),
     (re.compile(r"\.(a1|a2|b1|b2)\.weight$"), "LyCORIS GLoRA"),
@@ -196,7 +214,7 @@ def _peft_configs(path: str) -> Dict[str, dict]:
     for prefix, config in configs.items():
         if config.get("use_dora"):
             raise ConversionError(f"{path}: a DoRA adapter (use_dora in its {prefix or 'adapter'} config): only "
-                                  "plain LoRA can be merged")
+                                  "plain LoRA is supported")
     return configs
 
 
@@ -258,7 +276,7 @@ class _Parser:
         for pattern, name in _UNSUPPORTED:
             if pattern.search(key):
                 raise ConversionError(f"{self.path}: a {name} file (e.g. {key}); only LoRA (down/up pairs) and "
-                                      "LyCORIS LoHa, LoKr and full updates can be merged")
+                                      "LyCORIS LoHa, LoKr and full updates are supported")
         found = _KOHYA.match(key)
         if found:
             name = found.group(1)
@@ -387,11 +405,13 @@ def _scale(update: _Update, rank: Optional[int]) -> float:
 def _deltas(path: str, update: _Update, tensors: Dict[str, torch.Tensor]) -> List[Tuple[str, torch.Tensor]]:
     """[(key, delta)] in float32 for the layer's weight (and bias, for a full update), each shaped as its key's
     tensor in `tensors`."""
-    f = {role: value.float() for role, value in update.factors.items()}
     target = tensors[update.target]
     kind = update.kinds()[0]
     if kind == "lora":
-        return [(update.target, _lora_delta(path, update, f["down"], f["up"], target))]
+        # The arithmetic txt2img repeats on packed factors, in the same order: scale, product, reshape.
+        scale, up, down = _lora_factors(path, update, target)
+        return [(update.target, (scale * (up @ down)).reshape(target.shape))]
+    f = {role: value.float() for role, value in update.factors.items()}
     if kind == "loha":
         halves = []
         for i in ("1", "2"):
@@ -429,9 +449,9 @@ def _deltas(path: str, update: _Update, tensors: Dict[str, torch.Tensor]) -> Lis
     return deltas
 
 
-def _lora_delta(path: str, update: _Update, down: torch.Tensor, up: torch.Tensor,
-                target: torch.Tensor) -> torch.Tensor:
-    """(alpha / r) * up @ down in float32, shaped as `target`."""
+def _lora_factors(path: str, update: _Update, target: torch.Tensor) -> Tuple[float, torch.Tensor, torch.Tensor]:
+    """(alpha / r, up [out, r], down [r, in*kh*kw]) in float32, checked to give an update of `target`'s shape."""
+    down, up = update.factors["down"].float(), update.factors["up"].float()
     names = listing(update.keys)
     if down.dim() not in (2, 4) or up.dim() not in (2, 4):
         raise ConversionError(f"{path}: {names}: LoRA tensors must be 2-D or 4-D, found shapes "
@@ -452,7 +472,8 @@ def _lora_delta(path: str, update: _Update, down: torch.Tensor, up: torch.Tensor
         alpha = _config_alpha(*update.alpha_from_config, rank)
     if alpha is None:
         alpha = float(rank)
-    return ((alpha / rank) * (up.flatten(1) @ down.flatten(1))).reshape(target.shape)
+    # Contiguous: the packed copies are, and a matrix product may round differently on a strided operand.
+    return alpha / rank, up.flatten(1).contiguous(), down.flatten(1).contiguous()
 
 
 def a1111_hash(path: str) -> str:
@@ -466,35 +487,58 @@ def a1111_hash(path: str) -> str:
     return sha256_file(path, start=8 + header)[:12]
 
 
-def merge(spec: LoraSpec, components: Dict[str, Component]) -> dict:
-    """Add the LoRA `spec` to components "unet" and "text_encoder" (their tensors dicts get new float32 tensors;
-    the old ones are not modified in place). Everything is checked before anything is changed. Returns the
-    manifest record: path, sha256, a1111_hash, weight, format, modules (count) and unet_modules /
-    text_encoder_modules."""
-    path = spec.path
+def _parse(path: str, components: Dict[str, Component]) -> Tuple[List[_Update], dict]:
+    """The checked updates of the LoRA file `path` to components "unet" and "text_encoder", and the fields of its
+    record that describe the file: path, sha256, a1111_hash, format, modules and <part>_modules (counts)."""
     if not os.path.isfile(path):
-        raise ConversionError(f"--lora {path}: no such file")
+        raise ConversionError(f"{path}: no such file")
     tensors = read_tensors(path)
     configs = _peft_configs(path)
     parser = _Parser(path, tensors, components)
     for key in sorted(tensors):
         parser.add(key, tensors[key], configs)
     updates = parser.finish()
-    deltas = [(update, _deltas(path, update, components[update.part].tensors)) for update in updates]
-    counts = {part: 0 for part in PARTS}
-    for update, changes in deltas:
-        counts[update.part] += 1
-        if spec.weight != 0:  # weight 0 leaves every weight exactly as it was (bit for bit)
-            tensors = components[update.part].tensors
-            for key, delta in changes:
-                tensors[key] = tensors[key].float() + spec.weight * delta
-    return {
+    record = {
         "path": os.path.abspath(path),
         "sha256": sha256_file(path),
         "a1111_hash": a1111_hash(path),
-        "weight": spec.weight,
         "format": "+".join(sorted(parser.formats) + sorted(parser.kinds)),
         "modules": len(updates),
-        "unet_modules": counts["unet"],
-        "text_encoder_modules": counts["text_encoder"],
     }
+    for part in PARTS:
+        record[f"{part}_modules"] = sum(update.part == part for update in updates)
+    return updates, record
+
+
+def merge(spec: LoraSpec, components: Dict[str, Component]) -> dict:
+    """Add the LoRA `spec` to components "unet" and "text_encoder" (their tensors dicts get new float32 tensors;
+    the old ones are not modified in place). Everything is checked before anything is changed. Returns the
+    manifest record: path, sha256, a1111_hash, weight, format, modules (count) and unet_modules /
+    text_encoder_modules."""
+    updates, record = _parse(spec.path, components)
+    deltas = [(update, _deltas(spec.path, update, components[update.part].tensors)) for update in updates]
+    if spec.weight != 0:  # weight 0 leaves every weight exactly as it was (bit for bit)
+        for update, changes in deltas:
+            tensors = components[update.part].tensors
+            for key, delta in changes:
+                tensors[key] = tensors[key].float() + spec.weight * delta
+    return {**record, "weight": spec.weight}
+
+
+def pack(path: str, components: Dict[str, Component]) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """The tensors of the packed file of the LoRA `path` for the weights of components "unet" and "text_encoder"
+    (see the module docstring; written with safetensors_io.save_file and PACKED_METADATA), and its record as
+    merge() returns it, without the weight. The components are not changed."""
+    updates, record = _parse(path, components)
+    packed: Dict[str, torch.Tensor] = {}
+    for update in updates:
+        tensors = components[update.part].tensors
+        if update.kinds() == ["lora"]:
+            scale, up, down = _lora_factors(path, update, tensors[update.target])
+            name = f"{update.part}.{update.target}"
+            packed.update({name + ".up": up, name + ".down": down,
+                           name + ".scale": torch.tensor(scale, dtype=torch.float32)})
+        else:
+            for key, delta in _deltas(path, update, tensors):
+                packed[f"{update.part}.{key}.diff"] = delta
+    return packed, record

@@ -167,7 +167,7 @@ class Generator {
       }
       // A batch's rows are encoded with its largest number of text chunks: only rows that agree share a batch, so
       // that an image never depends on its batch.
-      const size_t chunks = pipeline.text_chunks(job.prompt, job.negative_prompt, job.params);
+      const size_t chunks = pipeline.text_chunks(job.model_prompt, job.negative_prompt, job.params);
       if (!batch.empty() && (batch.size() == static_cast<size_t>(o_.batch_size) || !(batch[0].params == job.params) ||
                              batch_chunks != chunks))
         make(batch);
@@ -186,7 +186,7 @@ class Generator {
     warned_any_ = true;
     warned_prompt_ = job.prompt_index;
     const std::string where = job.line ? plan_.where(job) + ": the " : "the ";
-    for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.prompt},
+    for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.model_prompt},
                               {"negative prompt", &job.negative_prompt}}) {
       const auto t = find_truncation(pipeline_->tokenizer().encode_traced(*text, job.params.emphasis),
                                      manifest_.context_length);
@@ -197,7 +197,7 @@ class Generator {
   // The embeddings the job's prompt and negative prompt name, each once, with the hash A1111 knows it by.
   std::vector<std::pair<std::string, std::string>> embeddings_used(const ImageJob& job) const {
     std::vector<std::pair<std::string, std::string>> used;
-    for (const auto* text : {&job.prompt, &job.negative_prompt}) {
+    for (const auto* text : {&job.model_prompt, &job.negative_prompt}) {
       for (const auto& name : pipeline_->tokenizer().encode_traced(*text, job.params.emphasis).embeddings) {
         const auto hash = manifest_.embedding_hashes.find(name);
         const bool listed = std::any_of(used.begin(), used.end(), [&](const auto& u) { return u.first == name; });
@@ -214,7 +214,7 @@ class Generator {
     std::vector<std::string> prompts, negatives;
     std::vector<uint64_t> seeds;
     for (const auto& job : batch) {
-      prompts.push_back(job.prompt);
+      prompts.push_back(job.model_prompt);
       negatives.push_back(job.negative_prompt);
       seeds.push_back(job.seed);
     }
@@ -255,6 +255,18 @@ class Generator {
       record.taesd_hash = manifest_.taesd_hash;
     }
     record.lora_hashes = manifest_.lora_hashes;
+    for (const auto& use : job.params.loras) {
+      const LoraFile* lora = manifest_.find_lora(use.name);
+      const std::string hash = lora ? lora->a1111_hash : "";
+      record.loras.push_back({use.name, use.te_weight, use.unet_weight, hash});
+      // A1111 lists each LoRA once, its name without the separators of the list.
+      std::string name;
+      for (char c : use.name)
+        if (c != ':' && c != ',') name += c;
+      const bool listed = std::any_of(record.lora_hashes.begin(), record.lora_hashes.end(),
+                                      [&](const auto& entry) { return entry.first == name; });
+      if (!hash.empty() && !listed) record.lora_hashes.emplace_back(name, hash);
+    }
     record.ti_hashes = embeddings_used(job);
     record.device = placement_.device;
     record.dtype = placement_.dtype;
@@ -289,6 +301,7 @@ class Generator {
         {"n", job.n},
         {"prompt", job.prompt},
         {"negative_prompt", job.negative_prompt},
+        {"loras", loras_json(record.loras)},
         {"seed", job.seed},
         {"steps", record.steps},
         {"sampler", record.sampler},
@@ -358,8 +371,11 @@ int run_generate(const GenerateOptions& o) {
 
   const Bundle bundle = Bundle::open(o.model);
   const Manifest& manifest = bundle.manifest();
-  RunPlan plan(std::move(source), plan_options,
-               [&manifest](const GenerationParams& p) { return resolve_params(manifest, p); });
+  RunPlan plan(std::move(source), plan_options, [&manifest, &placement](const GenerationParams& p) {
+    auto resolved = resolve_params(manifest, p);
+    check_loras_supported(resolved, placement.options);
+    return resolved;
+  });
   const Preflight pf = preflight(plan, o.overwrite       ? Existing::Overwrite
                                        : o.skip_existing ? Existing::Skip
                                                          : Existing::Refuse);

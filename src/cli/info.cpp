@@ -12,6 +12,7 @@
 #include "txt2img/bundle.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/png.hpp"
+#include "txt2img/lora_tags.hpp"
 #include "txt2img/scheduler.hpp"
 
 namespace txt2img::cli {
@@ -83,6 +84,9 @@ int bundle_info(const InfoOptions& o) {
               << "  converted by   txt2img " << m.converter_version << " with PyTorch " << m.torch_version << "\n";
     for (const auto& e : m.embeddings)
       std::cout << "  embedding      " << e.name << " (" << e.vectors << (e.vectors == 1 ? " vector)\n" : " vectors)\n");
+    for (const auto& l : m.loras)
+      std::cout << "  LoRA           " << l.name << (l.a1111_hash.empty() ? "" : " [" + l.a1111_hash + "]")
+                << ", added by a prompt's <lora:" << l.name << ":WEIGHT>\n";
     print_source(m.raw.value("source", nlohmann::json::object()));
     std::cout << "  files\n";
     size_t name_width = 0;
@@ -211,13 +215,24 @@ std::string a1111_command(const std::string& text) {
   static const std::set<std::string> read = {"Seed", "Steps", "Sampler", "Schedule type", "Eta DDIM", "CFG scale",
                                              "Size", "Clip skip", "Model", "Model hash", "RNG", "Version",
                                              "VAE Decoder"};
+  // The prompt keeps A1111's LoRA tags, which txt2img reads too: the bundle needs LoRAs of those names.
+  std::string loras;
+  try {
+    for (const auto& use : parse_lora_tags(p.prompt).loras) loras += (loras.empty() ? "" : ", ") + use.name;
+  } catch (const Error&) {
+    // a tag txt2img refuses: running the command says why
+  }
   for (const auto& [key, value] : p.fields)
-    if (!read.count(key)) left_out.push_back(key + ": " + value);
+    if (!read.count(key) && !(key == "Lora hashes" && !loras.empty())) left_out.push_back(key + ": " + value);
   std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version")) << " "
             << model_hint(field("Model"), field("Model hash"));
   if (field("RNG") != "CPU")
     std::cerr << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
                  "here and the image will differ\n";
+  if (!loras.empty())
+    std::cerr << "its prompt adds the LoRAs " << loras
+              << (field("Lora hashes").empty() ? "" : " (Lora hashes: " + field("Lora hashes") + ")")
+              << ": the model bundle needs them under those names (scripts/add_lora.py MODEL_DIR FILE)\n";
   if (!left_out.empty()) {
     std::string list;
     for (const auto& item : left_out) list += (list.empty() ? "" : "; ") + item;

@@ -86,6 +86,16 @@ std::string a1111_parameters(const ImageRecord& r) {
   return begin == std::string::npos ? "" : text.substr(begin, text.find_last_not_of(" \t\r\n") - begin + 1);
 }
 
+nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
+  auto list = nlohmann::ordered_json::array();
+  for (const auto& l : loras)
+    list.push_back({{"name", l.name},
+                    {"te_weight", l.te_weight},
+                    {"unet_weight", l.unet_weight},
+                    {"hash", l.hash.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(l.hash)}});
+  return list;
+}
+
 nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
   nlohmann::ordered_json model = {{"name", r.model_name}, {"hash", r.model_hash}};
   if (!r.vae_name.empty()) model["vae"] = {{"name", r.vae_name}, {"hash", r.vae_hash}};
@@ -101,6 +111,7 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
       {"clip_skip", r.clip_skip},
       {"long_prompts", r.long_prompts},
       {"emphasis", r.emphasis},
+      {"loras", loras_json(r.loras)},
       {"width", r.width},
       {"height", r.height},
       {"model", model},

@@ -12,6 +12,14 @@
 
 namespace txt2img::cli {
 
+// A LoRA of the prompt's tags, with the 12-digit hash A1111 knows its file by (empty when unknown).
+struct LoraRecord {
+  std::string name;
+  double te_weight = 1.0;
+  double unet_weight = 1.0;
+  std::string hash;
+};
+
 struct ImageRecord {
   std::string prompt;
   std::string negative_prompt;
@@ -32,8 +40,9 @@ struct ImageRecord {
   std::string decoder = "full";  // "full" (the VAE) or "taesd"
   std::string taesd_name;        // with decoder "taesd": the bundle's TAESD (empty when unnamed)
   std::string taesd_hash;
-  // As A1111's "Lora hashes" and "TI hashes": the bundle's merged LoRAs, and the embeddings the prompt or negative
-  // prompt use; (name, 12 hex digits) each.
+  std::vector<LoraRecord> loras;  // the LoRAs the prompt's tags add, in order
+  // As A1111's "Lora hashes" and "TI hashes": the bundle's merged LoRAs and those of the prompt's tags, and the
+  // embeddings the prompt or negative prompt use; (name, 12 hex digits) each.
   std::vector<std::pair<std::string, std::string>> lora_hashes;
   std::vector<std::pair<std::string, std::string>> ti_hashes;
   std::string device;
@@ -64,6 +73,9 @@ A1111Parameters parse_a1111_parameters(const std::string& text);
 
 // The "txt2img" chunk (keys in the order above, for people reading it); its "version" is this program's.
 nlohmann::ordered_json reproduction_json(const ImageRecord& record);
+
+// [{"name", "te_weight", "unet_weight", "hash"}], as the "txt2img" chunk and --json's image events list them.
+nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras);
 
 // Both, as the PNG text chunks "parameters" and "txt2img".
 PngText png_metadata(const ImageRecord& record);

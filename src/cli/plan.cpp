@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "txt2img/error.hpp"
+#include "txt2img/lora_tags.hpp"
 
 namespace txt2img::cli {
 namespace {
@@ -59,8 +60,17 @@ bool RunPlan::load_prompt() {
   if (!source_.next(entry_)) return false;
   const std::string where = source_.where(entry_.line);
   images_ = entry_.images.value_or(options_.images_per_prompt);
+  TaggedPrompt tagged;
+  try {
+    tagged = parse_lora_tags(entry_.prompt);
+    if (!parse_lora_tags(entry_.negative_prompt.value_or(options_.negative_prompt)).loras.empty())
+      throw Error(ErrorKind::Usage, "a LoRA tag in the negative prompt; LoRAs are named in the prompt");
+  } catch (const Error& e) {
+    throw Error(e.kind(), where + ": " + e.what());
+  }
+  model_prompt_ = tagged.text;
   params_ = resolved_flags_;
-  if (entry_.overrides_params()) {
+  if (entry_.overrides_params() || !tagged.loras.empty()) {
     GenerationParams p = options_.params;
     p.width = entry_.width.value_or(p.width);
     p.height = entry_.height.value_or(p.height);
@@ -70,6 +80,7 @@ bool RunPlan::load_prompt() {
     p.clip_skip = entry_.clip_skip.value_or(p.clip_skip);
     p.long_prompts = entry_.long_prompts.value_or(p.long_prompts);
     p.emphasis = entry_.emphasis.value_or(p.emphasis);
+    p.loras = tagged.loras;
     try {
       params_ = resolve_(p);
     } catch (const Error& e) {
@@ -95,10 +106,11 @@ bool RunPlan::next(ImageJob& job) {
   job.n = next_n_++;
   job.seed = (entry_.seed ? *entry_.seed + static_cast<uint64_t>(job.n) : options_.base_seed + job.index) & kMaxSeed;
   job.prompt = entry_.prompt;
+  job.model_prompt = model_prompt_;
   job.negative_prompt = entry_.negative_prompt.value_or(options_.negative_prompt);
   job.params = params_;
   const OutputPattern& pattern = line_output_ ? *line_output_ : options_.output;
-  job.output = pattern.render({job.index, job.seed, static_cast<uint64_t>(job.n), job.prompt});
+  job.output = pattern.render({job.index, job.seed, static_cast<uint64_t>(job.n), job.model_prompt});
   job.in_shard = !options_.shard || job.prompt_index % options_.shard->count == options_.shard->index;
   return true;
 }

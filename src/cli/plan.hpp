@@ -49,7 +49,8 @@ struct ImageJob {
   size_t line = 0;          // its line in the prompt file (0 for a prompt argument)
   int n = 0;                // position among its prompt's images, from 0
   uint64_t seed = 0;
-  std::string prompt;
+  std::string prompt;        // as written, LoRA tags included (what the metadata records)
+  std::string model_prompt;  // as the text encoder reads it: without the LoRA tags, which are in params.loras
   std::string negative_prompt;
   GenerationParams params;  // resolved: defaults filled in
   std::filesystem::path output;
@@ -86,6 +87,7 @@ class RunPlan {
   int next_n_ = 0;
   uint64_t next_index_ = 0;
   GenerationParams params_;
+  std::string model_prompt_;
   std::optional<OutputPattern> line_output_;
 };
 

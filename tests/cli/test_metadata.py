@@ -255,6 +255,21 @@ class Metadata(CliTestCase):
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertTrue(png_text(self.dir / "c.png")["parameters"].startswith("- a fox -\nNegative prompt: -dogs\n"))
 
+    def test_info_command_keeps_a1111_lora_tags(self):
+        """A1111's LoRA tags stay in the prompt, which txt2img reads too: its "Lora hashes" then name what the model
+        bundle needs rather than something left out."""
+        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
+        infotext = ("a fox <lora:ink:0.8>, <lora:sea:1:0.5>\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, "
+                    'Size: 32x32, Lora hashes: "ink: 0123456789ab, sea: ba9876543210", RNG: CPU, Version: v1.10.1')
+        (self.dir / "a.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
+                                                         infotext))
+        result = run(["info", "a.png", "--command"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(shlex.split(result.stdout)[1], "a fox <lora:ink:0.8>, <lora:sea:1:0.5>")
+        self.assertIn('its prompt adds the LoRAs ink, sea (Lora hashes: ink: 0123456789ab, sea: ba9876543210): the '
+                      "model bundle needs them under those names (scripts/add_lora.py MODEL_DIR FILE)", result.stderr)
+        self.assertNotIn("not carried over", result.stderr)
+
     def test_info_without_metadata_and_on_bad_files(self):
         self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "a.png").returncode, 0)
         result = run(["info", "a.png"], self.dir)

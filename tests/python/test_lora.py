@@ -1,6 +1,6 @@
 """convert.py --lora: kohya/A1111, PEFT and older diffusers LoRA files merged into the tiny reference model's
 U-Net and text encoder (W += weight * alpha / r * up @ down), LyCORIS LoHa, LoKr and full updates, the errors,
-and the bundle end to end."""
+and the bundle end to end; the same files packed for txt2img to apply (lora.pack, for add_lora.py)."""
 
 import hashlib
 import json
@@ -612,3 +612,103 @@ def test_bundle_end_to_end(tmp_path, reference, tiny, components, capsys):
         for key in plain:
             assert torch.equal(plain[key], zero[key]), (filename, key)
     assert "loras" not in json.loads((tmp_path / "plain/model.json").read_text())["source"]
+
+
+# ------------------------------------------------------------------------------------------------ packing
+
+
+def check_packed(tiny, path, weights=(1.0, 0.7, -1.3)):
+    """pack's tensors, put to use as txt2img does (W + weight * (scale * (up @ down)).reshape(W.shape), or
+    W + weight * diff, in float32), give bit for bit the weights that merge gives; nothing else is packed, and
+    the components are left as they were. Returns pack's record."""
+    components = {part: Component(c.label, dict(c.tensors), c.config, c.origin)
+                  for part, c in (("unet", tiny.unet), ("text_encoder", tiny.text_encoder))}
+    before = snapshot(components)
+    packed, record = lora.pack(str(path), components)
+    assert snapshot(components) == before
+    assert all(t.dtype == torch.float32 for t in packed.values())
+    used = set()
+    for weight in weights:
+        want, merged_record = merged(tiny, path, weight)
+        assert record == {k: v for k, v in merged_record.items() if k != "weight"}
+        changed_keys = 0
+        for part in ("unet", "text_encoder"):
+            for key, old in before[part].items():
+                name = f"{part}.{key}"
+                if name + ".up" in packed:
+                    roles = (".up", ".down", ".scale")
+                    assert packed[name + ".scale"].shape == ()
+                    product = packed[name + ".up"] @ packed[name + ".down"]
+                    delta = (packed[name + ".scale"] * product).reshape(old.shape)
+                elif name + ".diff" in packed:
+                    roles, delta = (".diff",), packed[name + ".diff"]
+                else:
+                    assert want[part].tensors[key] is old, key
+                    continue
+                used.update(name + role for role in roles)
+                assert torch.equal(old + weight * delta, want[part].tensors[key]), (weight, key)
+                changed_keys += 1
+        assert changed_keys >= record["modules"]
+    assert used == set(packed)
+    return record
+
+
+def test_packed_kohya_lora_gives_the_merged_weights(tmp_path, tiny):
+    assert check_packed(tiny, kohya_file(tmp_path / "a.safetensors", make_lora()))["format"] == "kohya"
+    # fp16 factors, alpha / r = 1 / 3 (not a float32 number), a 2-D pair on a 1x1 convolution, no alphas.
+    pairs = make_lora(rank=3, alpha=1.0, dtype=torch.float16)
+    pairs[("unet", ATTN + ".proj_out")] = (*make_pair((64, 64), 3, 7), 1.0)
+    check_packed(tiny, kohya_file(tmp_path / "b.safetensors", pairs))
+    check_packed(tiny, kohya_file(tmp_path / "c.safetensors", make_lora(alpha=None)))
+
+
+def test_packed_peft_lora_with_config_alphas(tmp_path, tiny):
+    pairs = make_lora(alpha=None)
+    metadata = {"unet.r": 4, "unet.lora_alpha": 8.0, "unet.alpha_pattern": {"attn1.to_q": 1.0},
+                "text_encoder.r": 4, "text_encoder.lora_alpha": 3.0}
+    save_file(peft_tensors(pairs), str(tmp_path / "m.safetensors"), {"lora_adapter_metadata": json.dumps(metadata)})
+    packed, record = lora.pack(str(tmp_path / "m.safetensors"), {"unet": tiny.unet, "text_encoder": tiny.text_encoder})
+    assert record["format"] == "peft"
+    assert packed[f"unet.{BLOCK}.attn1.to_q.weight.scale"].item() == 0.25
+    assert packed[f"unet.{BLOCK}.attn2.to_k.weight.scale"].item() == 2.0
+    assert packed[f"text_encoder.{TEXT}.self_attn.q_proj.weight.scale"].item() == 0.75
+    check_packed(tiny, tmp_path / "m.safetensors")
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    save_file(peft_tensors(pairs, prefixed=False), str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 3, "use_rslora": True}))
+    check_packed(tiny, folder / "adapter_model.safetensors")
+
+
+def test_packed_lycoris_updates(tmp_path, tiny):
+    loha = {n: randn(*shape, seed=i) for i, (n, shape) in enumerate(
+        [("hada_w1_a", (64, 3)), ("hada_w1_b", (3, 64)), ("hada_w2_a", (64, 3)), ("hada_w2_b", (3, 64))])}
+    tucker = {"hada_t1": randn(2, 2, 3, 3, seed=1), "hada_w1_a": randn(2, 64, seed=2),
+              "hada_w1_b": randn(2, 32, seed=3), "hada_t2": randn(2, 2, 3, 3, seed=4),
+              "hada_w2_a": randn(2, 64, seed=5), "hada_w2_b": randn(2, 32, seed=6)}
+    fc1 = {"hada_w1_a": randn(37, 2, seed=7), "hada_w1_b": randn(2, 32, seed=8), "hada_w2_a": randn(37, 2, seed=9),
+           "hada_w2_b": randn(2, 32, seed=10), "alpha": 1}
+    record = check_packed(tiny, lycoris_file(tmp_path / "loha.safetensors",
+                                             {TO_Q: {**loha, "alpha": 1.5}, CONV: tucker, FC1: fc1}))
+    assert (record["format"], record["modules"]) == ("kohya+loha", 3)
+    lokr = {TO_Q: {"lokr_w1_a": randn(2, 3, seed=1), "lokr_w1_b": randn(3, 4, seed=2),
+                   "lokr_w2": randn(32, 16, seed=3), "alpha": 2},
+            CONV: {"lokr_w1": randn(2, 2, seed=4), "lokr_w2": randn(32, 16, 3, 3, seed=5)}}
+    assert check_packed(tiny, lycoris_file(tmp_path / "lokr.safetensors", lokr))["format"] == "kohya+lokr"
+    full = {TO_OUT: {"diff": randn(64, 64, seed=1), "diff_b": randn(64, seed=2)},
+            CONV: {"diff": randn(64, 32, 3, 3, seed=3)}}
+    packed, _ = lora.pack(str(lycoris_file(tmp_path / "full.safetensors", full)),
+                          {"unet": tiny.unet, "text_encoder": tiny.text_encoder})
+    assert sorted(packed) == sorted([f"unet.{CONV[1]}.weight.diff", f"unet.{TO_OUT[1]}.bias.diff",
+                                     f"unet.{TO_OUT[1]}.weight.diff"])
+    assert check_packed(tiny, tmp_path / "full.safetensors")["format"] == "kohya+full"
+
+
+def test_pack_refuses_what_merge_refuses(tmp_path, tiny):
+    down, up = make_pair((64, 64), 4, 0)
+    name = "lora_unet_down_blocks_3_attentions_0_proj_in"
+    save_file({name + ".lora_down.weight": down, name + ".lora_up.weight": up}, str(tmp_path / "sdxl.safetensors"))
+    with pytest.raises(ConversionError, match="match no U-Net or text encoder weight"):
+        lora.pack(str(tmp_path / "sdxl.safetensors"), {"unet": tiny.unet, "text_encoder": tiny.text_encoder})
+    with pytest.raises(ConversionError, match="no such file"):
+        lora.pack(str(tmp_path / "missing.safetensors"), {"unet": tiny.unet, "text_encoder": tiny.text_encoder})

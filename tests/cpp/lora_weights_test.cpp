@@ -1,0 +1,160 @@
+// LoRAs added by a batch's params (prompt tags on the command line) against the same LoRAs merged by convert.py, on
+// the reference tiny model: a kohya LoRA (ink-style) and a LyCORIS LoHa (detail-loha), fixtures of
+// tests/fixtures/make_lora.py in bundles ref-tiny-loras (scripts/add_lora.py) and ref-tiny-merged (convert.py --lora
+// ink-style:0.8 --lora detail-loha:-0.5).
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <map>
+
+#include "txt2img/error.hpp"
+#include "txt2img/pipeline.hpp"
+
+namespace {
+
+using txt2img::Error;
+using txt2img::ErrorKind;
+using txt2img::LoraUse;
+
+std::filesystem::path fixtures() { return std::getenv("TXT2IMG_FIXTURES"); }
+
+struct Keep : txt2img::Observer {
+  void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
+  std::map<std::string, torch::Tensor> kept;
+};
+
+struct Run {
+  std::vector<uint8_t> rgb;
+  std::map<std::string, torch::Tensor> tensors;
+};
+
+Run run(txt2img::Pipeline& pipeline, std::vector<LoraUse> loras = {}) {
+  txt2img::GenerationParams params;
+  params.steps = 3;
+  params.loras = std::move(loras);
+  txt2img::SeededNoise noise({5});
+  Keep keep;
+  auto images = pipeline.generate({"a lighthouse at dusk"}, {"fog"}, params, noise, &keep);
+  return {images[0].rgb, keep.kept};
+}
+
+class Loras : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    pipeline_ = new txt2img::Pipeline(
+        txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "ref-tiny-loras"), {}));
+  }
+  static void TearDownTestSuite() { delete pipeline_; }
+  static txt2img::Pipeline* pipeline_;
+};
+txt2img::Pipeline* Loras::pipeline_ = nullptr;
+
+const std::vector<LoraUse> kMergedInFixture = {{"ink-style", 0.8, 0.8}, {"detail-loha", -0.5, -0.5}};
+
+TEST_F(Loras, TheBundleListsThem) {
+  const auto& m = pipeline_->manifest();
+  ASSERT_EQ(m.loras.size(), 2u);
+  EXPECT_EQ(m.loras[0].name, "detail-loha");
+  EXPECT_EQ(m.loras[1].name, "ink-style");
+  EXPECT_EQ(m.loras[1].file, "loras/ink-style.safetensors");
+  EXPECT_EQ(m.loras[1].a1111_hash.size(), 12u);
+}
+
+// The same sums in the same order in float32: the merged bundle's numbers exactly, text embeddings to image.
+TEST_F(Loras, AddedAtRunTimeTheyGiveTheMergedModelsImage) {
+  auto merged_pipeline =
+      txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "ref-tiny-merged"), {});
+  const auto merged = run(merged_pipeline);
+  const auto added = run(*pipeline_, kMergedInFixture);
+  for (const auto* name : {"text/last_hidden_state", "uncond_text/last_hidden_state", "unet/000/noise_pred",
+                           "latents/step_002", "vae/decode_out"})
+    EXPECT_TRUE(torch::equal(added.tensors.at(name), merged.tensors.at(name))) << name;
+  EXPECT_EQ(added.rgb, merged.rgb);
+  EXPECT_NE(run(*pipeline_).rgb, merged.rgb);
+}
+
+TEST_F(Loras, TheWeightsComeBackWhenABatchAsksForOthersOrNone) {
+  const auto plain = run(*pipeline_);
+  const auto ink = run(*pipeline_, {{"ink-style", 1.0, 1.0}});
+  EXPECT_NE(ink.rgb, plain.rgb);
+  const auto both = run(*pipeline_, kMergedInFixture);
+  EXPECT_EQ(run(*pipeline_, {{"ink-style", 1.0, 1.0}}).rgb, ink.rgb);
+  EXPECT_EQ(run(*pipeline_, kMergedInFixture).rgb, both.rgb);
+  const auto again = run(*pipeline_);
+  EXPECT_TRUE(torch::equal(again.tensors.at("latents/step_002"), plain.tensors.at("latents/step_002")));
+  EXPECT_EQ(again.rgb, plain.rgb);
+  // Weight 0 leaves the weights exactly as they are.
+  EXPECT_EQ(run(*pipeline_, {{"ink-style", 0.0, 0.0}}).rgb, plain.rgb);
+}
+
+// The text encoder's weight changes only the embeddings, the U-Net's only the denoising.
+TEST_F(Loras, TextEncoderAndUNetWeightsApplyApart) {
+  const auto plain = run(*pipeline_);
+  const auto te_only = run(*pipeline_, {{"ink-style", 1.0, 0.0}});
+  const auto unet_only = run(*pipeline_, {{"ink-style", 0.0, 1.0}});
+  const auto both = run(*pipeline_, {{"ink-style", 1.0, 1.0}});
+  const std::string text = "text/last_hidden_state";
+  EXPECT_FALSE(torch::equal(te_only.tensors.at(text), plain.tensors.at(text)));
+  EXPECT_TRUE(torch::equal(te_only.tensors.at(text), both.tensors.at(text)));
+  EXPECT_TRUE(torch::equal(unet_only.tensors.at(text), plain.tensors.at(text)));
+  // Same embeddings and noise, other U-Net weights: another first prediction.
+  const std::string first = "unet/000/noise_pred";
+  EXPECT_FALSE(torch::equal(unet_only.tensors.at(first), plain.tensors.at(first)));
+  EXPECT_NE(unet_only.rgb, plain.rgb);
+  EXPECT_NE(te_only.rgb, plain.rgb);
+}
+
+TEST_F(Loras, UnknownNamesAndFrozenGraphsAreUsageErrors) {
+  txt2img::GenerationParams params;
+  params.loras = {{"ink-styel", 1.0, 1.0}};
+  try {
+    txt2img::resolve_params(pipeline_->manifest(), params);
+    ADD_FAILURE() << "an unknown LoRA was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Usage);
+    EXPECT_NE(std::string(e.what()).find("no LoRA named \"ink-styel\" (it has detail-loha, ink-style)"),
+              std::string::npos)
+        << e.what();
+  }
+  txt2img::PipelineOptions frozen;
+  frozen.graph = txt2img::GraphOptimization::Freeze;
+  params.loras = {{"ink-style", 1.0, 1.0}};
+  EXPECT_THROW(txt2img::check_loras_supported(params, frozen), Error);
+  EXPECT_NO_THROW(txt2img::check_loras_supported(params, {}));
+}
+
+// A packed file that no longer fits the modules (the bundle converted again from another model, say) is a bundle
+// error that names the weight, and the weights stay as they were.
+TEST(LoraFiles, AFileThatDoesNotFitIsABundleErrorAndChangesNothing) {
+  const auto dir = std::filesystem::temp_directory_path() / ("txt2img_loras_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(fixtures() / "ref-tiny-loras", dir, std::filesystem::copy_options::recursive);
+  // detail-loha's file replaced by one that changes a weight the U-Net does not have.
+  const std::string header = R"({"unet.no_such_layer.weight.diff":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  bytes += header + std::string(4, '\0');
+  std::ofstream(dir / "loras" / "detail-loha.safetensors", std::ios::binary) << bytes;
+  nlohmann::json manifest;
+  std::ifstream(dir / "model.json") >> manifest;
+  manifest["files"]["loras/detail-loha.safetensors"]["bytes"] = bytes.size();
+  std::ofstream(dir / "model.json") << manifest.dump(1);
+
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(dir), {});
+  const auto plain = run(pipeline);
+  try {
+    run(pipeline, {{"ink-style", 1.0, 1.0}, {"detail-loha", 1.0, 1.0}});
+    ADD_FAILURE() << "a LoRA that does not fit was applied";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Bundle);
+    EXPECT_NE(std::string(e.what()).find("unet.no_such_layer.weight, which is no weight of this model"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("add_lora.py"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(run(pipeline).rgb, plain.rgb);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
