@@ -2,6 +2,7 @@
 
 #include <map>
 #include <set>
+#include <utility>
 
 #include "txt2img/error.hpp"
 #include "txt2img/safetensors.hpp"
@@ -27,6 +28,14 @@ torch::Tensor delta(const SafeTensors& file, const std::string& key) {
   return file.get(key + ".scale").item<double>() * torch::mm(up, down);
 }
 
+bool has_change(const SafeTensors& file, const std::string& key) {
+  return file.contains(key + ".diff") || file.contains(key + ".up");
+}
+
+double weight_of(const LoraUse& use, const std::string& key) {
+  return key.rfind("unet.", 0) == 0 ? use.unet_weight : use.te_weight;
+}
+
 }  // namespace
 
 void LoraWeights::apply(const std::vector<LoraUse>& uses, const Manifest& manifest, torch::jit::Module& text_encoder,
@@ -36,37 +45,40 @@ void LoraWeights::apply(const std::vector<LoraUse>& uses, const Manifest& manife
   torch::NoGradGuard no_grad;
   try {
     auto params = parameters(text_encoder, unet);
-    std::map<std::string, torch::Tensor> sums;  // float32, on the parameter's device
+    // Every change is checked before any weight changes: the files, then the weights they name.
+    std::vector<std::pair<std::filesystem::path, SafeTensors>> files;
+    std::set<std::string> keys;  // "<part>.<parameter>" that some LoRA of `uses` changes with a non-zero weight
     for (const auto& use : uses) {
       const LoraFile* lora = manifest.find_lora(use.name);
       if (!lora) throw Error(ErrorKind::Bundle, "the model bundle has no LoRA named \"" + use.name + "\"");
       const auto path = bundle_dir_ / lora->file;
-      const auto file = SafeTensors::open(path);
-      std::set<std::string> keys;
-      for (const auto& k : file.keys()) keys.insert(k.substr(0, k.rfind('.')));
-      for (const auto& key : keys) {
-        const bool unet_key = key.rfind("unet.", 0) == 0;
-        const double weight = unet_key ? use.unet_weight : use.te_weight;
-        if (weight == 0) continue;  // exactly the weights without this LoRA, as convert.py --lora ...:0 leaves them
-        const auto param = params.find(key);
-        if (param == params.end())
+      files.emplace_back(path, SafeTensors::open(path));
+      for (const auto& k : files.back().second.keys()) {
+        const std::string key = k.substr(0, k.rfind('.'));
+        if (weight_of(use, key) == 0) continue;  // exactly the weights without it, as convert.py leaves them
+        if (!params.count(key))
           throw Error(ErrorKind::Bundle, path.string() + " changes " + key +
                                              ", which is no weight of this model; add the LoRA again with "
                                              "scripts/add_lora.py " + bundle_dir_.string() + " FILE --overwrite");
-        const auto change = delta(file, key).to(param->second.device());
-        if (change.numel() != param->second.numel())
-          throw Error(ErrorKind::Bundle, path.string() + " changes " + key + " by " +
-                                             std::to_string(change.numel()) + " values, the weight has " +
-                                             std::to_string(param->second.numel()) +
-                                             "; add the LoRA again with scripts/add_lora.py " +
-                                             bundle_dir_.string() + " FILE --overwrite");
-        auto& sum = sums[key];
-        if (!sum.defined()) sum = param->second.to(torch::kFloat32);
-        sum = sum + weight * change.reshape(param->second.sizes());
+        keys.insert(key);
       }
     }
-    for (const auto& [key, sum] : sums) {
+    // One weight at a time, so that besides the originals only one float32 sum is ever held.
+    for (const auto& key : keys) {
       auto& param = params.at(key);
+      torch::Tensor sum = param.to(torch::kFloat32);
+      for (size_t i = 0; i < uses.size(); ++i) {
+        const auto& [path, file] = files[i];
+        const double weight = weight_of(uses[i], key);
+        if (weight == 0 || !has_change(file, key)) continue;
+        const auto change = delta(file, key).to(param.device());
+        if (change.numel() != param.numel())
+          throw Error(ErrorKind::Bundle, path.string() + " changes " + key + " by " + std::to_string(change.numel()) +
+                                             " values, the weight has " + std::to_string(param.numel()) +
+                                             "; add the LoRA again with scripts/add_lora.py " +
+                                             bundle_dir_.string() + " FILE --overwrite");
+        sum = sum + weight * change.reshape(param.sizes());
+      }
       originals_[key] = param.to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true);
       param.copy_(sum);
     }
