@@ -21,9 +21,14 @@ class Ddim final : public Scheduler {
 
   bool needs_noise(size_t) const override { return eta_ > 0; }
 
+  torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override {
+    check_add_noise_call(call, timesteps_.size());
+    return add_noise_vp(x0, noise, alphas_cumprod_[static_cast<int64_t>(timesteps_[call])]);
+  }
+
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {
-    check_call(call, calls_done_, timesteps_.size());
+    check_call(call, next_call_, timesteps_.size());
     if (needs_noise(call)) check_noise(noise, sample);
     const auto t = static_cast<int64_t>(timesteps_[call]);
     // diffusers steps back by num_train_timesteps // steps whatever the spacing, and past 0 to the final alpha.
@@ -52,7 +57,7 @@ class Ddim final : public Scheduler {
     if (needs_noise(call)) prev = prev + std_dev * noise;
 
     pred_original_sample_ = x0;
-    ++calls_done_;
+    ++next_call_;
     return prev;
   }
 
@@ -62,7 +67,6 @@ class Ddim final : public Scheduler {
   int step_ratio_;
   std::string prediction_type_;
   double eta_;
-  size_t calls_done_ = 0;
 };
 
 }  // namespace

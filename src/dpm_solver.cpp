@@ -59,6 +59,14 @@ class DpmSolverPP2M final : public Scheduler {
     sigmas_.push_back(0.0f);
   }
 
+  // The solver's samples are variance-preserving (a whole run starts from noise at init_noise_sigma 1, and the
+  // U-Net takes them unscaled): alpha * x0 + sigma * noise, diffusers' DPMSolverMultistepScheduler.add_noise.
+  torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override {
+    check_add_noise_call(call, timesteps_.size());
+    const Vp at(sigmas_[call]);
+    return at.alpha * x0 + at.sigma * noise;
+  }
+
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override;
 
@@ -95,12 +103,11 @@ class DpmSolverPP2M final : public Scheduler {
   std::string prediction_type_;
   std::vector<float> sigmas_;  // one per call, then 0
   torch::Tensor previous_x0_;
-  size_t calls_done_ = 0;
 };
 
 torch::Tensor DpmSolverPP2M::step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                                   const torch::Tensor&) {
-  check_call(call, calls_done_, timesteps_.size());
+  check_call(call, next_call_, timesteps_.size());
   const Vp s0(sigmas_[call]), t(sigmas_[call + 1]);
   torch::Tensor x0;
   if (prediction_type_ == "epsilon") {
@@ -114,8 +121,9 @@ torch::Tensor DpmSolverPP2M::step(const torch::Tensor& model_output, size_t call
   const float h = t.lambda - s0.lambda;
   const float coeff = t.alpha * (tensor_exp(-h) - 1.0f);
   auto prev = (t.sigma / s0.sigma) * sample - coeff * x0;
-  // Second order needs a previous x0; the final step (to sigma 0) is always first order.
-  if (calls_done_ > 0 && call + 1 < timesteps_.size()) {
+  // Second order needs a previous x0 of this run (none at its first call, also where start_at entered the
+  // schedule); the final step (to sigma 0) is always first order.
+  if (call > first_call_ && call + 1 < timesteps_.size()) {
     const Vp s1(sigmas_[call - 1]);
     const float r0 = (s0.lambda - s1.lambda) / h;
     const auto d1 = (1.0f / r0) * (x0 - previous_x0_);
@@ -123,7 +131,7 @@ torch::Tensor DpmSolverPP2M::step(const torch::Tensor& model_output, size_t call
   }
   previous_x0_ = x0;
   pred_original_sample_ = x0;
-  ++calls_done_;
+  ++next_call_;
   return prev;
 }
 

@@ -16,14 +16,14 @@ class Euler final : public SigmaScheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override {
-    check_call(call, calls_done_, timesteps_.size());
+    check_call(call, next_call_, timesteps_.size());
     // Without churn sigma_hat = sigma * (0 + 1) = sigma.
     const float sigma = sigmas_[call];
     const torch::Tensor x0 = predict_x0(model_output, sample, sigma);
     const auto derivative = (sample - x0) / sigma;
     const float dt = sigmas_[call + 1] - sigma;
     pred_original_sample_ = x0;
-    ++calls_done_;
+    ++next_call_;
     return sample + derivative * dt;
   }
 };

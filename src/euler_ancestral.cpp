@@ -20,7 +20,7 @@ class EulerAncestral final : public SigmaScheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {
-    check_call(call, calls_done_, timesteps_.size());
+    check_call(call, next_call_, timesteps_.size());
     check_noise(noise, sample);
     const float sigma = sigmas_[call];
     const auto x0 = predict_x0(model_output, sample, sigma);
@@ -30,7 +30,7 @@ class EulerAncestral final : public SigmaScheduler {
     const auto derivative = (sample - x0) / sigma;
     const float dt = sigma_down - sigma;
     pred_original_sample_ = x0;
-    ++calls_done_;
+    ++next_call_;
     return sample + derivative * dt + noise * sigma_up;
   }
 };

@@ -45,9 +45,15 @@ class Lcm final : public Scheduler {
 
   bool needs_noise(size_t call) const override { return call + 1 < timesteps_.size(); }
 
+  // As diffusers' LCMScheduler.add_noise; with start_at limited to call 0 it serves a run entered there.
+  torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override {
+    check_add_noise_call(call, timesteps_.size());
+    return add_noise_vp(x0, noise, alphas_cumprod_[static_cast<int64_t>(timesteps_[call])]);
+  }
+
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {
-    check_call(call, calls_done_, timesteps_.size());
+    check_call(call, next_call_, timesteps_.size());
     if (needs_noise(call)) check_noise(noise, sample);
     const auto t = static_cast<int64_t>(timesteps_[call]);
     const float alpha_t = alphas_cumprod_[t];
@@ -69,16 +75,23 @@ class Lcm final : public Scheduler {
     auto denoised = c_out * x0 + c_skip * sample;
 
     pred_original_sample_ = denoised;
-    ++calls_done_;
+    ++next_call_;
     if (!needs_noise(call)) return denoised;
     const float alpha_next = alphas_cumprod_[static_cast<int64_t>(timesteps_[call + 1])];
     return std::sqrt(alpha_next) * denoised + std::sqrt(1.0f - alpha_next) * noise;
   }
 
+  std::string why_it_cannot_start_later() const override {
+    return "the lcm scheduler cannot start part-way through its schedule: its timesteps are those of the 50 it was "
+           "distilled on that suit the step count, and LCM's own img2img (diffusers' LCMScheduler given a strength) "
+           "chooses its steps among the distillation timesteps below the strength instead of entering a longer "
+           "schedule, so a late start would match neither; ddim, euler, euler_a, lms, dpmpp_2m and dpmpp_2m_karras "
+           "can start part-way";
+  }
+
  private:
   std::vector<float> alphas_cumprod_;
   std::string prediction_type_;
-  size_t calls_done_ = 0;
 };
 
 }  // namespace

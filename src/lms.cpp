@@ -50,13 +50,14 @@ class Lms final : public SigmaScheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override {
-    check_call(call, calls_done_, timesteps_.size());
+    check_call(call, next_call_, timesteps_.size());
     const float sigma = sigmas_[call];
     const torch::Tensor x0 = predict_x0(model_output, sample, sigma);
     derivatives_.push_front((sample - x0) / sigma);
     if (derivatives_.size() > kOrder) derivatives_.pop_back();
 
-    const size_t order = std::min(call + 1, kOrder);
+    // The order ramps up from 1 at the run's first call (a run entered by start_at has no earlier derivatives).
+    const size_t order = std::min(call - first_call_ + 1, kOrder);
     // Python's sum() starts from 0 and adds the newest derivative's term first.
     torch::Tensor update;
     for (size_t j = 0; j < order; ++j) {
@@ -64,7 +65,7 @@ class Lms final : public SigmaScheduler {
       update = j == 0 ? term : update + term;
     }
     pred_original_sample_ = x0;
-    ++calls_done_;
+    ++next_call_;
     return sample + update;
   }
 

@@ -4,8 +4,11 @@
 
 namespace txt2img {
 
-SeededNoise::SeededNoise(std::vector<uint64_t> seeds) {
-  for (uint64_t seed : seeds) generators_.push_back(at::detail::createCPUGenerator(seed));
+SeededNoise::SeededNoise(std::vector<uint64_t> seeds) : seeds_(std::move(seeds)) { restart(); }
+
+void SeededNoise::restart() {
+  generators_.clear();
+  for (uint64_t seed : seeds_) generators_.push_back(at::detail::createCPUGenerator(seed));
 }
 
 torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {

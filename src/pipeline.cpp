@@ -2,6 +2,7 @@
 
 #include <ATen/Context.h>
 #include <torch/csrc/jit/python/update_graph_executor_opt.h>
+#include <torch/nn/functional/upsampling.h>
 
 #include <algorithm>
 #include <cmath>
@@ -81,13 +82,82 @@ bool classifier_free(const Manifest& manifest, const GenerationParams& params) {
   return manifest.guidance_embedding_dim == 0 && params.cfg_scale > 1.0;
 }
 
-std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params) {
+std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params, int steps) {
   // The checkpoint's training schedule (betas, offset, prediction type) with each sampler's own default spacing:
   // what diffusers' `<Sampler>.from_config(pipe.scheduler.config)` gives for SD v1, leading for DDIM/PNDM and
   // linspace for the sigma samplers.
   SchedulerConfig config = manifest.scheduler;
   config.timestep_spacing.clear();
-  return make_scheduler(params.sampler, config, params.steps, params.eta);
+  return make_scheduler(params.sampler, config, steps, params.eta);
+}
+
+// A1111's hires pass (setup_img2img_steps with the steps given): a schedule of int(steps / min(denoise, 0.999))
+// steps of which only the last `steps` run, so that the strength decides where the schedule is entered and the
+// step count stays what was asked for.
+struct HiresSchedule {
+  int total;
+  size_t first;
+};
+HiresSchedule hires_schedule(const GenerationParams& params) {
+  const int steps = params.hires_steps();
+  const int total = static_cast<int>(steps / std::min(params.hires.denoise, 0.999));
+  return {total, static_cast<size_t>(total - steps)};
+}
+
+// The hires pass's latent size: A1111 makes the image int(side * scale) pixels and its latents that divided by the
+// VAE's factor, rounded down.
+int64_t hires_latent_side(int side, double scale, int vae_scale_factor) {
+  return static_cast<int64_t>(side * scale) / vae_scale_factor;
+}
+
+// A1111's latent upscalers ("Latent", "Latent (antialiased)", ...): interpolate's modes, align_corners false.
+torch::Tensor upscale_latents(const torch::Tensor& latents, const std::string& upscaler,
+                              std::vector<int64_t> size) {
+  namespace F = torch::nn::functional;
+  auto options = F::InterpolateFuncOptions().size(std::move(size));
+  if (upscaler == "latent-nearest") return F::interpolate(latents, options.mode(torch::kNearest));
+  if (upscaler == "latent-nearest-exact") return F::interpolate(latents, options.mode(torch::kNearestExact));
+  const bool bicubic = upscaler.rfind("latent-bicubic", 0) == 0;
+  const bool antialiased = upscaler.size() > 12 && upscaler.compare(upscaler.size() - 12, 12, "-antialiased") == 0;
+  options.align_corners(false).antialias(antialiased);
+  return bicubic ? F::interpolate(latents, options.mode(torch::kBicubic))
+                 : F::interpolate(latents, options.mode(torch::kBilinear));
+}
+
+const char* const kHiresUpscalers[] = {"latent",        "latent-antialiased",  "latent-bicubic",
+                                        "latent-bicubic-antialiased", "latent-nearest", "latent-nearest-exact"};
+
+// Throws Error(Usage) for a hires fix that cannot run: its size, strength, steps, upscaler, or a sampler that cannot
+// enter its schedule in the middle.
+void check_hires(const Manifest& manifest, const GenerationParams& params) {
+  const HiresFix& h = params.hires;
+  if (!std::isfinite(h.scale) || h.scale > 16)
+    throw Error(ErrorKind::Usage, "hires scale must be a number above 0 and at most 16");
+  for (auto [name, side] : {std::pair<const char*, int>{"width", params.width}, {"height", params.height}}) {
+    const int64_t pixels = hires_latent_side(side, h.scale, manifest.vae_scale_factor) * manifest.vae_scale_factor;
+    if (pixels < std::max(8, manifest.vae_scale_factor) || pixels > kMaxImageSide)
+      throw Error(ErrorKind::Usage, "hires fix: the " + std::string(name) + " would be " + std::to_string(pixels) +
+                                        " (" + std::to_string(side) + " times the hires scale); it must be from 8 to " +
+                                        std::to_string(kMaxImageSide));
+  }
+  if (!std::isfinite(h.denoise) || h.denoise <= 0 || h.denoise > 1)
+    throw Error(ErrorKind::Usage, "hires denoising strength must be above 0 and at most 1");
+  if (h.steps < 0) throw Error(ErrorKind::Usage, "hires steps must be 0 (as many as the first pass) or more");
+  if (std::find(std::begin(kHiresUpscalers), std::end(kHiresUpscalers), h.upscaler) == std::end(kHiresUpscalers))
+    throw Error(ErrorKind::Usage, "unknown hires upscaler \"" + h.upscaler + "\" (latent, latent-antialiased, "
+                                  "latent-bicubic, latent-bicubic-antialiased, latent-nearest, latent-nearest-exact)");
+  const auto schedule = hires_schedule(params);
+  try {
+    auto sampler = make_sampler(manifest, params, schedule.total);
+    // Whether its start is the first call or a later one depends on the step counts; the refusal should not.
+    const std::string why = sampler->why_it_cannot_start_later();
+    if (!why.empty()) throw Error(ErrorKind::Usage, why);
+    sampler->start_at(schedule.first);
+  } catch (const Error& e) {
+    throw Error(ErrorKind::Usage, "hires fix: " + std::string(e.what()) + " (" + std::to_string(params.hires_steps()) +
+                                      " hires steps at this denoising strength take a schedule of " +
+                                      std::to_string(schedule.total) + " steps)");
+  }
 }
 
 }  // namespace
@@ -194,7 +264,8 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
                                       "); add one with scripts/add_lora.py MODEL_DIR " + lora.name + ".safetensors");
   }
   params.sampler = canonical_scheduler_name(params.sampler);  // records name what the run used, as --help does
-  make_sampler(manifest, params);  // validates the sampler name, steps and eta together
+  make_sampler(manifest, params, params.steps);  // validates the sampler name, steps and eta together
+  if (params.hires.enabled()) check_hires(manifest, params);
   return params;
 }
 
@@ -284,6 +355,40 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
   return decode_whole(latents);
 }
 
+torch::Tensor Pipeline::denoise(Scheduler& scheduler, size_t first, torch::Tensor latents, const Denoising& run,
+                                const std::string& prefix, size_t calls_before) {
+  const auto& timesteps = scheduler.timesteps();
+  const auto t = timestep_tensors(timesteps, options_.device);
+  const std::vector<int64_t> shape(latents.sizes().begin(), latents.sizes().end());
+  for (size_t call = first; call < timesteps.size(); ++call) {
+    auto model_input = scheduler.scale_model_input(run.guided ? torch::cat({latents, latents}) : latents, call);
+    auto noise_pred =
+        (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], run.context, run.guidance)
+            .to(torch::kFloat32);
+    observe(run.observer, prefix + "unet/" + call_name(call - first) + "/noise_pred", noise_pred);
+    if (run.guided) {
+      auto uncond_cond = noise_pred.chunk(2);
+      noise_pred = uncond_cond[0] + run.cfg_scale * (uncond_cond[1] - uncond_cond[0]);
+    }
+    observe(run.observer, prefix + "step/" + call_name(call - first) + "/model_output", noise_pred);
+    auto step_noise =
+        scheduler.needs_noise(call) ? to_device_async(run.noise.draw(shape), options_.device) : torch::Tensor();
+    latents = scheduler.step(noise_pred, call, latents, step_noise);
+    if (scheduler.pred_original_sample().defined())
+      observe(run.observer, prefix + "step/" + call_name(call - first) + "/pred_original_sample",
+              scheduler.pred_original_sample());
+    observe(run.observer, prefix + "latents/step_" + call_name(call - first), latents);
+    const size_t done = calls_before + call - first + 1;
+    if (run.observer) run.observer->step(done, run.calls);
+    if (preview_decoder_ && run.observer && run.observer->wants_preview(done, run.calls)) {
+      const auto& x0 = scheduler.pred_original_sample();
+      const auto decoded = preview_decoder_->forward({(x0.defined() ? x0 : latents).to(options_.dtype)}).toTensor();
+      run.observer->preview(done, run.calls, checked_images(to_uint8(decoded), nullptr));
+    }
+  }
+  return latents;
+}
+
 std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& prompts,
                                                const std::vector<std::string>& negative_prompts,
                                                const GenerationParams& requested, NoiseSource& noise,
@@ -318,48 +423,45 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   observe(observer, "unet/encoder_hidden_states", context);
 
   // 2. Initial noise.
-  auto scheduler = make_sampler(manifest_, params);
-  const std::vector<int64_t> latent_shape = {batch, manifest_.latent_channels,
-                                             params.height / manifest_.vae_scale_factor,
-                                             params.width / manifest_.vae_scale_factor};
+  auto scheduler = make_sampler(manifest_, params, params.steps);
+  std::vector<int64_t> latent_shape = {batch, manifest_.latent_channels, params.height / manifest_.vae_scale_factor,
+                                       params.width / manifest_.vae_scale_factor};
   auto latents = (noise.draw(latent_shape) * scheduler->init_noise_sigma()).to(options_.device);
   observe(observer, "latents/init", latents);
 
   // 3. For each timestep: predict the noise, guide, step.
   make_room_for(Stage::Denoise);
-  const auto& timesteps = scheduler->timesteps();
-  const auto t = timestep_tensors(timesteps, options_.device);
   // LatentConsistencyModelPipeline's w: the scale minus 1 (in double, then float32), one per row.
   const auto guidance = manifest_.guidance_embedding_dim > 0
                             ? torch::full({batch}, params.cfg_scale - 1.0, torch::kFloat32).to(options_.device)
                             : torch::Tensor();
-  for (size_t call = 0; call < timesteps.size(); ++call) {
-    const std::string n = call_name(call);
-    auto model_input = scheduler->scale_model_input(guided ? torch::cat({latents, latents}) : latents, call);
-    auto noise_pred = (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], context, guidance)
-                          .to(torch::kFloat32);
-    observe(observer, "unet/" + n + "/noise_pred", noise_pred);
-    if (guided) {
-      auto uncond_cond = noise_pred.chunk(2);
-      noise_pred = uncond_cond[0] + params.cfg_scale * (uncond_cond[1] - uncond_cond[0]);
-    }
-    observe(observer, "step/" + n + "/model_output", noise_pred);
-    auto step_noise =
-        scheduler->needs_noise(call) ? to_device_async(noise.draw(latent_shape), options_.device) : torch::Tensor();
-    latents = scheduler->step(noise_pred, call, latents, step_noise);
-    if (scheduler->pred_original_sample().defined())
-      observe(observer, "step/" + n + "/pred_original_sample", scheduler->pred_original_sample());
-    observe(observer, "latents/step_" + n, latents);
-    if (observer) observer->step(call + 1, timesteps.size());
-    if (preview_decoder_ && observer && observer->wants_preview(call + 1, timesteps.size())) {
-      const auto& x0 = scheduler->pred_original_sample();
-      const auto decoded = preview_decoder_->forward({(x0.defined() ? x0 : latents).to(options_.dtype)}).toTensor();
-      observer->preview(call + 1, timesteps.size(), checked_images(to_uint8(decoded), nullptr));
-    }
+  const Denoising run{context,
+                      guidance,
+                      guided,
+                      params.cfg_scale,
+                      scheduler->timesteps().size() + static_cast<size_t>(params.hires_steps()),
+                      noise,
+                      observer};
+  latents = denoise(*scheduler, 0, latents, run, "", 0);
+
+  // 4. Hires fix: the latents resized, noised to where the hires schedule is entered, denoised again; the noise
+  // starts again from each row's seed, as A1111 draws it.
+  if (params.hires.enabled()) {
+    const auto hires = hires_schedule(params);
+    auto sampler = make_sampler(manifest_, params, hires.total);
+    sampler->start_at(hires.first);
+    latent_shape[2] = hires_latent_side(params.height, params.hires.scale, manifest_.vae_scale_factor);
+    latent_shape[3] = hires_latent_side(params.width, params.hires.scale, manifest_.vae_scale_factor);
+    latents = upscale_latents(latents, params.hires.upscaler, {latent_shape[2], latent_shape[3]});
+    observe(observer, "hires/latents/upscaled", latents);
+    noise.restart();
+    latents = sampler->add_noise(latents, noise.draw(latent_shape).to(options_.device), hires.first);
+    observe(observer, "hires/latents/init", latents);
+    latents = denoise(*sampler, hires.first, latents, run, "hires/", scheduler->timesteps().size());
   }
   throw_if_non_finite(latents, "the latents", options_.dtype);
 
-  // 4. Decode.
+  // 5. Decode.
   make_room_for(Stage::Decode);
   // TAESD learnt to decode the latents as the U-Net makes them; the VAE takes them divided by its scaling factor.
   auto decode_in = options_.decoder == Decoder::Taesd ? latents : latents / manifest_.scale_factor;
@@ -368,7 +470,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   observe(observer, "vae/decode_out", decoded);
   throw_if_non_finite(decoded, "the decoded images", options_.dtype);
 
-  // 5. Check.
+  // 6. Check.
   return checked_images(to_uint8(decoded), observer);
 } catch (const Error&) {
   throw;

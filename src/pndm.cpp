@@ -25,12 +25,19 @@ class Pndm final : public Scheduler {
     }
   }
 
+  // As diffusers' PNDMScheduler.add_noise; with start_at limited to call 0 it serves a run entered there.
+  torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override {
+    check_add_noise_call(call, timesteps_.size());
+    return add_noise_vp(x0, noise, alphas_cumprod_[static_cast<int64_t>(timesteps_[call])]);
+  }
+
+  // The calls counted from 0 drive the warm-up below, which is why a run always starts at call 0.
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override {
-    check_call(call, counter_, timesteps_.size());
+    check_call(call, next_call_, timesteps_.size());
     auto t = static_cast<int64_t>(timesteps_[call]);
     int64_t prev_t = t - step_ratio_;
-    if (counter_ == 1) {
+    if (next_call_ == 1) {
       // The correction call re-does the first step: from the first timestep to this one.
       prev_t = t;
       t = t + step_ratio_;
@@ -40,10 +47,10 @@ class Pndm final : public Scheduler {
     }
 
     torch::Tensor eps, x = sample;
-    if (counter_ == 0) {
+    if (next_call_ == 0) {
       eps = model_output;
       first_sample_ = sample;
-    } else if (counter_ == 1) {
+    } else if (next_call_ == 1) {
       eps = (model_output + ets_.back()) / 2;
       x = first_sample_;
       first_sample_ = torch::Tensor();
@@ -55,8 +62,15 @@ class Pndm final : public Scheduler {
         default: eps = (1.0 / 24) * (55 * e(1) - 59 * e(2) + 37 * e(3) - 9 * e(4)); break;
       }
     }
-    ++counter_;
+    ++next_call_;
     return prev_sample(x, t, prev_t, eps);
+  }
+
+  std::string why_it_cannot_start_later() const override {
+    return "the pndm scheduler cannot start part-way through its schedule: its Adams-Bashforth steps extrapolate "
+           "from the model outputs of the calls before, which its first calls build in a warm-up (a step re-done "
+           "at a repeated timestep) that only the start of the schedule has; ddim, euler, euler_a, lms, dpmpp_2m "
+           "and dpmpp_2m_karras can start part-way";
   }
 
  private:
@@ -76,7 +90,6 @@ class Pndm final : public Scheduler {
   float final_alpha_cumprod_;
   int step_ratio_;
   bool v_prediction_;
-  size_t counter_ = 0;              // U-Net calls stepped so far
   std::vector<torch::Tensor> ets_;  // the last (up to) 4 model outputs, except the correction call's
   torch::Tensor first_sample_;      // the sample the first step started from, until the correction call
 };

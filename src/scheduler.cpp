@@ -171,6 +171,20 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   return detail::make_lcm(config, steps);
 }
 
+void Scheduler::start_at(size_t first) {
+  if (first > 0) {
+    const std::string why = why_it_cannot_start_later();
+    if (!why.empty()) throw Error(ErrorKind::Usage, why);
+  }
+  if (first >= timesteps_.size())
+    throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(first) + ") but the schedule has " +
+                                        std::to_string(timesteps_.size()) + " U-Net calls");
+  if (next_call_ != first_call_)
+    throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(first) + ") after a step: a run's start is "
+                                    "set before its first step");
+  first_call_ = next_call_ = first;
+}
+
 namespace detail {
 
 std::vector<float> alphas_cumprod_values(const SchedulerConfig& config) {
@@ -219,13 +233,24 @@ std::vector<float> training_sigmas(const std::vector<float>& alphas_cumprod) {
   return out;
 }
 
-void check_call(size_t call, size_t done, size_t total) {
+void check_call(size_t call, size_t next, size_t total) {
   if (call >= total)
     throw Error(ErrorKind::Runtime, "scheduler step " + std::to_string(call) + " requested but the schedule has " +
                                         std::to_string(total) + " U-Net calls");
-  if (call != done)
-    throw Error(ErrorKind::Runtime, "scheduler steps must be taken in order: expected call " + std::to_string(done) +
+  if (call != next)
+    throw Error(ErrorKind::Runtime, "scheduler steps must be taken in order: expected call " + std::to_string(next) +
                                         ", got " + std::to_string(call));
+}
+
+void check_add_noise_call(size_t call, size_t total) {
+  if (call >= total)
+    throw Error(ErrorKind::Runtime, "add_noise for call " + std::to_string(call) + " but the schedule has " +
+                                        std::to_string(total) + " U-Net calls");
+}
+
+torch::Tensor add_noise_vp(const torch::Tensor& x0, const torch::Tensor& noise, float alpha_cumprod) {
+  // diffusers: sqrt_alpha_prod * original_samples + sqrt_one_minus_alpha_prod * noise, float32 square roots.
+  return std::sqrt(alpha_cumprod) * x0 + std::sqrt(1.0f - alpha_cumprod) * noise;
 }
 
 void check_noise(const torch::Tensor& noise, const torch::Tensor& sample) {
@@ -250,6 +275,12 @@ torch::Tensor SigmaScheduler::scale_model_input(const torch::Tensor& sample, siz
                                         std::to_string(timesteps_.size()));
   const float sigma = sigmas_[call];
   return sample / std::sqrt(sigma * sigma + 1.0f);
+}
+
+torch::Tensor SigmaScheduler::add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const {
+  check_add_noise_call(call, timesteps_.size());
+  // diffusers' original_samples + noise * sigma; A1111's x + noise * sigma_sched[0].
+  return x0 + noise * sigmas_[call];
 }
 
 torch::Tensor SigmaScheduler::predict_x0(const torch::Tensor& model_output, const torch::Tensor& sample,

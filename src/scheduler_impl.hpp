@@ -41,9 +41,16 @@ std::vector<int64_t> discrete_timesteps(const SchedulerConfig& config, const std
 // sqrt((1 - a) / a) per training timestep, in float32 like diffusers' tensor expression.
 std::vector<float> training_sigmas(const std::vector<float>& alphas_cumprod);
 
-// Throws Error(Runtime) unless `call` is the next U-Net call (`done` calls stepped so far) and `total` calls exist;
-// the multistep samplers keep history, so calls must come in order, once each.
-void check_call(size_t call, size_t done, size_t total);
+// Throws Error(Runtime) unless `call` is the `next` U-Net call (the run's first, then one more per step) and
+// `total` calls exist; the multistep samplers keep history, so calls must come in order, once each.
+void check_call(size_t call, size_t next, size_t total);
+
+// Throws Error(Runtime) unless add_noise's `call` is one of the `total` U-Net calls.
+void check_add_noise_call(size_t call, size_t total);
+
+// add_noise of the samplers that index alphas_cumprod with their timestep (DDIM, PNDM, LCM), as diffusers'
+// DDIMScheduler.add_noise computes it: sqrt(a) * x0 + sqrt(1 - a) * noise.
+torch::Tensor add_noise_vp(const torch::Tensor& x0, const torch::Tensor& noise, float alpha_cumprod);
 
 // Throws Error(Runtime) unless `noise` is defined and shaped like `sample`.
 void check_noise(const torch::Tensor& noise, const torch::Tensor& sample);
@@ -55,6 +62,8 @@ class SigmaScheduler : public Scheduler {
   double init_noise_sigma() const override { return init_noise_sigma_; }
   // sample / sqrt(sigma^2 + 1) for the sigma of this call.
   torch::Tensor scale_model_input(const torch::Tensor& sample, size_t call) const override;
+  // x0 + noise * sigma for the sigma of this call.
+  torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override;
 
  protected:
   SigmaScheduler(const SchedulerConfig& config, int steps);
@@ -64,7 +73,6 @@ class SigmaScheduler : public Scheduler {
   torch::Tensor predict_x0(const torch::Tensor& model_output, const torch::Tensor& sample, float sigma) const;
 
   std::vector<float> sigmas_;  // one per call, then 0
-  size_t calls_done_ = 0;
 
  private:
   float init_noise_sigma_ = 1.0f;

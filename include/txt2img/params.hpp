@@ -20,6 +20,24 @@ struct LoraUse {
   }
 };
 
+// AUTOMATIC1111's hires fix with a latent upscaler: the first pass's latents are resized by `scale` and denoised
+// again, as an img2img pass of strength `denoise` whose schedule is stretched so that exactly `steps` U-Net steps
+// run (A1111: int(steps / min(denoise, 0.999)) steps, of which the last `steps`).
+struct HiresFix {
+  double scale = 0;  // 0: no hires pass; else the image becomes int(width * scale) x int(height * scale), rounded
+                     // down to the VAE's multiple
+  int steps = 0;     // 0: as many as the first pass
+  double denoise = 0.7;
+  // How the latents are resized, as A1111's "Latent" upscalers: "latent" (bilinear), "latent-antialiased",
+  // "latent-bicubic", "latent-bicubic-antialiased", "latent-nearest", "latent-nearest-exact".
+  std::string upscaler = "latent";
+
+  bool enabled() const { return scale > 0; }
+  bool operator==(const HiresFix& o) const {
+    return scale == o.scale && steps == o.steps && denoise == o.denoise && upscaler == o.upscaler;
+  }
+};
+
 struct GenerationParams {
   int width = 0;  // 0: the bundle's default size
   int height = 0;
@@ -40,11 +58,16 @@ struct GenerationParams {
   bool emphasis = false;
   // Added in this order (the sums are not associative in floating point, so the order is part of the image).
   std::vector<LoraUse> loras;
+  HiresFix hires;
+
+  // The hires pass's steps (0 without one).
+  int hires_steps() const { return hires.enabled() ? (hires.steps > 0 ? hires.steps : steps) : 0; }
 
   bool operator==(const GenerationParams& o) const {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
            sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip && long_prompts == o.long_prompts &&
-           emphasis == o.emphasis && loras == o.loras;
+           emphasis == o.emphasis && loras == o.loras &&
+           hires == o.hires;
   }
   bool operator!=(const GenerationParams& o) const { return !(*this == o); }
 };

@@ -73,6 +73,9 @@ class NoiseSource {
  public:
   virtual ~NoiseSource() = default;
   virtual torch::Tensor draw(const std::vector<int64_t>& shape) = 0;
+  // The next draws are those from the start again. A hires pass does this before drawing its noise, as A1111 makes
+  // a new generator from each seed for it.
+  virtual void restart() = 0;
 };
 
 // Row k draws from its own CPU generator seeded with seeds[k] (as torch.Generator().manual_seed does), so an
@@ -81,8 +84,10 @@ class SeededNoise : public NoiseSource {
  public:
   explicit SeededNoise(std::vector<uint64_t> seeds);
   torch::Tensor draw(const std::vector<int64_t>& shape) override;
+  void restart() override;
 
  private:
+  std::vector<uint64_t> seeds_;
   std::vector<at::Generator> generators_;
 };
 
@@ -152,6 +157,20 @@ class Pipeline {
   std::vector<Tokenizer::Chunk> token_chunks(const std::string& text, const GenerationParams& params) const;
   torch::Tensor encode_text(std::vector<std::vector<Tokenizer::Chunk>> texts, size_t chunks,
                             const GenerationParams& params, const std::string& name, Observer* observer);
+  // What the U-Net calls of one batch share, for denoise.
+  struct Denoising {
+    const torch::Tensor& context;   // [uncond rows, cond rows] with guidance, else the prompts' rows
+    const torch::Tensor& guidance;  // LCM's guidance input, undefined for other models
+    bool guided;
+    double cfg_scale;
+    size_t calls;  // the batch's U-Net calls in all passes, for the observer's progress
+    NoiseSource& noise;
+    Observer* observer;
+  };
+  // Steps `latents` through the scheduler's calls from `first` to the end. Observed tensors are named from call
+  // 000 on with `prefix` before them; progress counts on from `calls_before`.
+  torch::Tensor denoise(Scheduler& scheduler, size_t first, torch::Tensor latents, const Denoising& run,
+                        const std::string& prefix, size_t calls_before);
   torch::Tensor decode(const torch::Tensor& latents);
   // 8-bit NHWC pixels as the images the caller gets: checked (observed as "safety/..." when `observer` is given),
   // and black where flagged in SafetyMode::Replace.

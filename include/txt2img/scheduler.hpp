@@ -42,10 +42,32 @@ class Scheduler {
   // included; LCM at every call but the last.
   virtual bool needs_noise(size_t /*call*/) const { return false; }
 
-  // Advances the float32 sample by U-Net call `call` (0, 1, 2, ... in order, once each: the multistep samplers
-  // keep history; make a new scheduler per generation) and returns the new sample. `model_output` is the
-  // (guided) U-Net output for scale_model_input(sample, call) at timesteps()[call]. `noise` is used only when
-  // needs_noise(call). Throws Error(Runtime) for a call out of order or missing noise.
+  // Makes call `first` the next one: the calls first, first + 1, ... of this schedule then run as a fresh run
+  // (multistep samplers start without history, as k-diffusion does on a sub-schedule and as img2img does), for
+  // A1111's hires fix and img2img, which build the schedule of a longer run and enter it part-way. The
+  // single-step samplers (ddim, euler, euler_a) then compute exactly what a whole run computes from the same
+  // sample; lms ramps its order up from 1 again and dpmpp_2m* take a first-order step first. Call before any step
+  // (start_at(0) changes nothing). Throws Error(Usage) for first > 0 on a sampler that cannot start anywhere but
+  // the beginning (pndm, lcm), and Error(Runtime) for first >= timesteps().size() or after a step.
+  void start_at(size_t first);
+  // Why this sampler cannot start at a later call (start_at's error); empty where it can.
+  virtual std::string why_it_cannot_start_later() const { return {}; }
+  // The sample at the noise level of call `call`'s input, from a clean sample x0 and standard-normal noise of its
+  // shape, in the space step(…, call, …) takes samples in: x0 + sigma * noise for the sigma samplers (euler,
+  // euler_a, lms: the sigma of that call), alpha * x0 + sigma * noise in dpmpp_2m*'s variance-preserving space
+  // (alpha = 1 / sqrt(s^2 + 1) and sigma = s * alpha for that call's sigma s: A1111's x0 + s * noise scaled as the
+  // solver's samples are), sqrt(a) * x0 + sqrt(1 - a) * noise with a = alphas_cumprod at timesteps()[call] for
+  // ddim, pndm and lcm. A whole run of those variance-preserving samplers starts from noise * init_noise_sigma() =
+  // noise as diffusers' does, which add_noise(0, noise, 0) only approaches (sqrt(1 - a) is 0.9977 at t = 999,
+  // 0.993 at ddim's 10-step t = 901); the sigma samplers' add_noise(0, noise, 0) is noise * init_noise_sigma()
+  // except with "leading" spacing, where diffusers' init_noise_sigma is sqrt(sigma^2 + 1).
+  // Throws Error(Runtime) for a call outside the schedule.
+  virtual torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const = 0;
+
+  // Advances the float32 sample by U-Net call `call` (0, 1, 2, ..., or from start_at's call on, in order, once
+  // each: the multistep samplers keep history; make a new scheduler per generation) and returns the new sample.
+  // `model_output` is the (guided) U-Net output for scale_model_input(sample, call) at timesteps()[call]. `noise`
+  // is used only when needs_noise(call). Throws Error(Runtime) for a call out of order or missing noise.
   virtual torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                              const torch::Tensor& noise = {}) = 0;
   // The x0 prediction of the last step, where the sampler makes one (all but PNDM; undefined otherwise). LCM's is
@@ -55,6 +77,8 @@ class Scheduler {
  protected:
   std::vector<double> timesteps_;
   torch::Tensor pred_original_sample_;
+  size_t first_call_ = 0;  // the call this run starts at: 0, or start_at's
+  size_t next_call_ = 0;   // the call step() takes next; steps advance it from first_call_
 };
 
 // Names accepted by make_scheduler, for help texts and validation.

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "txt2img/params.hpp"
+
 namespace txt2img::cli {
 
 // Where a model bundle is looked for when --model is absent: $TXT2IMG_MODEL, then this.
@@ -25,6 +27,7 @@ struct GenerateOptions {
   int clip_skip = 1;  // GenerationParams::clip_skip
   bool long_prompts = false;  // GenerationParams::long_prompts
   bool emphasis = false;      // GenerationParams::emphasis
+  HiresFix hires;             // GenerationParams::hires (scale 0: off)
   int width = 0;  // 0: the model's default size
   int height = 0;
   std::string model = kDefaultModel;

@@ -210,7 +210,7 @@ class Generator {
   void make(std::vector<ImageJob>& batch) {
     throw_if_stop_requested();
     in_flight_ = batch.size();
-    reporter_.begin_batch(made_ + 1, batch.size(), batch[0].params.steps);
+    reporter_.begin_batch(made_ + 1, batch.size(), batch[0].params.steps + batch[0].params.hires_steps());
     std::vector<std::string> prompts, negatives;
     std::vector<uint64_t> seeds;
     for (const auto& job : batch) {
@@ -243,8 +243,11 @@ class Generator {
     record.clip_skip = job.params.clip_skip;
     record.long_prompts = job.params.long_prompts;
     record.emphasis = job.params.emphasis;
-    record.width = image.width;
-    record.height = image.height;
+    record.width = job.params.width;
+    record.height = job.params.height;
+    record.hires = job.params.hires;
+    record.image_width = image.width;
+    record.image_height = image.height;
     record.model_name = manifest_.model_name;
     record.model_hash = manifest_.model_hash;
     record.vae_name = manifest_.vae_name;
@@ -310,6 +313,7 @@ class Generator {
         {"clip_skip", record.clip_skip},
         {"width", record.width},
         {"height", record.height},
+        {"hires", hires_json(record)},
         {"model_name", record.model_name},
         {"model_hash", record.model_hash},
         // null with the model's own VAE
@@ -356,7 +360,7 @@ int run_generate(const GenerateOptions& o) {
   plan_options.seed_given = !o.seed.empty();
   plan_options.base_seed = plan_options.seed_given ? parse_seed(o.seed, "--seed") : std::random_device{}();
   plan_options.params = {o.width, o.height,    o.steps,        o.cfg_scale, o.sampler,
-                         o.eta,   o.clip_skip, o.long_prompts, o.emphasis};
+                         o.eta,   o.clip_skip, o.long_prompts, o.emphasis, {},        o.hires};
   plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
   plan_options.needs_reproducible_seeds = plan_options.shard || o.skip_existing;

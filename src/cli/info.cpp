@@ -162,6 +162,13 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (r.value("emphasis", false)) args.push_back("--emphasis");
     add("-W", r.at("width"));
     add("-H", r.at("height"));
+    if (r.contains("hires") && !r.at("hires").is_null()) {
+      const auto& h = r.at("hires");
+      add("--hires-scale", h.at("scale"));
+      if (h.at("steps").get<int>() > 0) add("--hires-steps", h.at("steps"));
+      add("--hires-denoise", h.at("denoise"));
+      if (h.at("upscaler").get<std::string>() != "latent") add("--hires-upscaler", h.at("upscaler"));
+    }
     add("--device", r.at("device"));
     add("--dtype", r.at("dtype"));
     const std::string safety = r.at("safety").at("mode").get<std::string>();
@@ -207,6 +214,15 @@ std::string a1111_command(const std::string& text) {
   const auto x = size.find('x');
   if (x != std::string::npos) args.insert(args.end(), {"-W", size.substr(0, x), "-H", size.substr(x + 1)});
   take("Clip skip", "--clip-skip");
+  // A hires fix carries over when its upscaler is a latent one and it was given as a scale.
+  const std::string upscaler = upscaler_from_a1111(field("Hires upscaler"));
+  const bool hires = !field("Hires upscale").empty() && !upscaler.empty() && field("Hires resize").empty();
+  if (hires) {
+    take("Hires upscale", "--hires-scale");
+    take("Hires steps", "--hires-steps");
+    take("Denoising strength", "--hires-denoise");
+    if (upscaler != "latent") args.insert(args.end(), {"--hires-upscaler", upscaler});
+  }
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
   const std::string decoder = field("VAE Decoder");
   if (decoder == "TAESD") args.insert(args.end(), {"--decoder", "taesd"});
@@ -222,8 +238,11 @@ std::string a1111_command(const std::string& text) {
   } catch (const Error&) {
     // a tag txt2img refuses: running the command says why
   }
+  static const std::set<std::string> hires_fields = {"Hires upscale", "Hires steps", "Hires upscaler",
+                                                     "Denoising strength"};
   for (const auto& [key, value] : p.fields)
-    if (!read.count(key) && !(key == "Lora hashes" && !loras.empty())) left_out.push_back(key + ": " + value);
+    if (!read.count(key) && !(key == "Lora hashes" && !loras.empty()) && !(hires && hires_fields.count(key)))
+      left_out.push_back(key + ": " + value);
   std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version")) << " "
             << model_hint(field("Model"), field("Model hash"));
   if (field("RNG") != "CPU")

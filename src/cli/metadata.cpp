@@ -50,6 +50,38 @@ std::string python_float(double value) {
   return fixed;
 }
 
+namespace {
+const std::map<std::string, std::string>& a1111_upscalers() {
+  static const std::map<std::string, std::string> names = {
+      {"latent", "Latent"},
+      {"latent-antialiased", "Latent (antialiased)"},
+      {"latent-bicubic", "Latent (bicubic)"},
+      {"latent-bicubic-antialiased", "Latent (bicubic antialiased)"},
+      {"latent-nearest", "Latent (nearest)"},
+      {"latent-nearest-exact", "Latent (nearest-exact)"},
+  };
+  return names;
+}
+
+// A1111 writes the hires scale and the denoising strength as its sliders give them: 2, 1.5, 0.7.
+std::string slider_number(double value) {
+  std::string text = python_float(value);
+  if (text.size() > 2 && text.compare(text.size() - 2, 2, ".0") == 0) text.resize(text.size() - 2);
+  return text;
+}
+}  // namespace
+
+std::string a1111_upscaler_name(const std::string& upscaler) {
+  const auto it = a1111_upscalers().find(upscaler);
+  return it == a1111_upscalers().end() ? upscaler : it->second;
+}
+
+std::string upscaler_from_a1111(const std::string& name) {
+  for (const auto& [ours, theirs] : a1111_upscalers())
+    if (theirs == name) return ours;
+  return "";
+}
+
 std::string a1111_parameters(const ImageRecord& r) {
   std::vector<std::pair<std::string, std::string>> params = {
       {"Steps", std::to_string(r.steps)},
@@ -64,9 +96,15 @@ std::string a1111_parameters(const ImageRecord& r) {
   if (!r.vae_name.empty()) params.emplace_back("VAE", r.vae_name);
   // A1111's setting "VAE type for decode", written only when it is not the default.
   if (r.decoder == "taesd") params.emplace_back("VAE Decoder", "TAESD");
+  if (r.hires.enabled()) params.emplace_back("Denoising strength", slider_number(r.hires.denoise));
   if (r.clip_skip != 1) params.emplace_back("Clip skip", std::to_string(r.clip_skip));  // A1111 omits the default
   // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
   params.emplace_back("RNG", "CPU");
+  if (r.hires.enabled()) {
+    params.emplace_back("Hires upscale", slider_number(r.hires.scale));
+    if (r.hires.steps > 0) params.emplace_back("Hires steps", std::to_string(r.hires.steps));
+    params.emplace_back("Hires upscaler", a1111_upscaler_name(r.hires.upscaler));
+  }
   if (r.eta != 0) params.emplace_back("Eta DDIM", python_float(r.eta));  // only DDIM takes an eta
   // "name: hash, name: hash", which the quoting below turns into a JSON string, as A1111 writes them.
   for (const auto& [key, hashes] : {std::pair{"Lora hashes", &r.lora_hashes}, {"TI hashes", &r.ti_hashes}}) {
@@ -96,6 +134,12 @@ nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
   return list;
 }
 
+nlohmann::ordered_json hires_json(const ImageRecord& r) {
+  if (!r.hires.enabled()) return nullptr;
+  return {{"scale", r.hires.scale},         {"steps", r.hires.steps},   {"denoise", r.hires.denoise},
+          {"upscaler", r.hires.upscaler}, {"width", r.image_width}, {"height", r.image_height}};
+}
+
 nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
   nlohmann::ordered_json model = {{"name", r.model_name}, {"hash", r.model_hash}};
   if (!r.vae_name.empty()) model["vae"] = {{"name", r.vae_name}, {"hash", r.vae_hash}};
@@ -114,6 +158,7 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
       {"loras", loras_json(r.loras)},
       {"width", r.width},
       {"height", r.height},
+      {"hires", hires_json(r)},
       {"model", model},
       {"decoder", r.decoder},
       {"rng", "cpu"},

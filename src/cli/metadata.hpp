@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "txt2img/params.hpp"
 #include "txt2img/png.hpp"
 
 namespace txt2img::cli {
@@ -31,8 +32,11 @@ struct ImageRecord {
   int clip_skip = 1;
   bool long_prompts = false;
   bool emphasis = false;
-  int width = 0;
+  int width = 0;   // the first pass's size (-W, -H), which A1111's "Size" records
   int height = 0;
+  HiresFix hires;  // scale 0: none
+  int image_width = 0;  // the image's size: width and height, or the hires pass's
+  int image_height = 0;
   std::string model_name;
   std::string model_hash;
   std::string vae_name;  // empty: the model's own VAE
@@ -58,6 +62,11 @@ std::string sampler_display_name(const std::string& sampler);
 // A number as Python's repr prints a float (7.5, 7.0, 0.1), which is how A1111 writes "CFG scale".
 std::string python_float(double value);
 
+// A1111's name of a hires upscaler ("Latent (bicubic antialiased)" for latent-bicubic-antialiased), and back (empty
+// for one txt2img does not have).
+std::string a1111_upscaler_name(const std::string& upscaler);
+std::string upscaler_from_a1111(const std::string& name);
+
 // A1111's infotext: the prompt, "Negative prompt: ..." when there is one, then "Steps: 50, Sampler: DDIM, ...";
 // "Clip skip: N" only for N != 1, as A1111 writes it.
 std::string a1111_parameters(const ImageRecord& record);
@@ -76,6 +85,10 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& record);
 
 // [{"name", "te_weight", "unet_weight", "hash"}], as the "txt2img" chunk and --json's image events list them.
 nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras);
+
+// null without a hires pass, else {"scale", "steps" (0: as the first pass), "denoise", "upscaler", "width",
+// "height" (the image's)}, as the "txt2img" chunk and --json's image events give it.
+nlohmann::ordered_json hires_json(const ImageRecord& record);
 
 // Both, as the PNG text chunks "parameters" and "txt2img".
 PngText png_metadata(const ImageRecord& record);

@@ -76,6 +76,24 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_flag("--emphasis", o.emphasis,
                "read A1111's emphasis syntax in prompts: (word) weighs it 1.1 times, [word] 1/1.1 times, "
                "(word:1.5) 1.5 times, \\( is a bracket, BREAK starts a new chunk with --long-prompts");
+  auto* hires = app.add_option("--hires-scale", o.hires.scale,
+                               "A1111's hires fix: denoise again at this many times the size (e.g. 2 makes 1024x1024 "
+                               "of 512x512), from the first pass's latents resized")
+                    ->type_name("X")
+                    ->check(CLI::PositiveNumber);
+  app.add_option("--hires-steps", o.hires.steps, "steps of the hires pass (default: as many as --steps)")
+      ->type_name("N")
+      ->needs(hires);
+  app.add_option("--hires-denoise", o.hires.denoise,
+                 "denoising strength of the hires pass, above 0 to 1 (A1111's Denoising strength)")
+      ->type_name("D")
+      ->capture_default_str()
+      ->needs(hires);
+  app.add_option("--hires-upscaler", o.hires.upscaler,
+                 "how the latents are resized, as A1111's Latent upscalers: latent (bilinear), latent-antialiased, "
+                 "latent-bicubic, latent-bicubic-antialiased, latent-nearest, latent-nearest-exact")
+      ->capture_default_str()
+      ->needs(hires);
   app.add_option("-W,--width", o.width, "image width, a multiple of 8 (default: the model's size, e.g. 512)");
   app.add_option("-H,--height", o.height, "image height, a multiple of 8 (default: the model's size)");
   add_model_option(app, o.model);

@@ -168,7 +168,7 @@ Preflight preflight(RunPlan& plan, Existing existing) {
       checked_any = true;
     }
     ++result.to_make;
-    result.image_steps += static_cast<uint64_t>(job.params.steps);
+    result.image_steps += static_cast<uint64_t>(job.params.steps + job.params.hires_steps());
   }
   plan.rewind();
   return result;

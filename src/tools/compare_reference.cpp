@@ -31,6 +31,7 @@ class ReplayedNoise : public NoiseSource {
                                                                       " has a shape the reference did not draw");
     return t;
   }
+  void restart() override { next_ = 0; }
   size_t used() const { return next_; }
 
  private:

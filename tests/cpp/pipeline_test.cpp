@@ -1,6 +1,7 @@
 #include "txt2img/pipeline.hpp"
 
 #include <gtest/gtest.h>
+#include <torch/nn/functional/upsampling.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -542,6 +543,7 @@ TEST(Pipeline, LibTorchFailuresLeaveAsRuntimeErrors) {
     torch::Tensor draw(const std::vector<int64_t>& shape) override {
       return torch::zeros({shape[0], shape[1] + 1, shape[2], shape[3]});
     }
+    void restart() override {}
   } noise;
   txt2img::GenerationParams params;
   params.steps = 1;
@@ -760,3 +762,71 @@ TEST(ClipSkip, AnOldBundleWorksWithOneAndRefusesMoreAsABundleError) {
 }
 
 }  // namespace
+
+// A1111's hires fix: the first pass's latents resized, noised to where a stretched schedule's last steps begin
+// (int(3 / 0.5) = 6 steps, of which the last 3), denoised again with noise drawn anew from the seed.
+TEST(HiresFix, ResizesTheLatentsAndRunsTheLastStepsOfAStretchedSchedule) {
+  struct Keep : txt2img::Observer {
+    void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
+    void step(size_t call, size_t calls) override { progress.emplace_back(call, calls); }
+    std::map<std::string, torch::Tensor> kept;
+    std::vector<std::pair<size_t, size_t>> progress;
+  };
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
+  auto params = small_params();  // 64x48, 3 steps
+  params.sampler = "euler";
+  params.hires.scale = 1.5;
+  params.hires.denoise = 0.5;
+  Keep keep;
+  const auto images = generate_small(pipeline, {"a red cube"}, {11}, params, &keep);
+  EXPECT_EQ(images[0].width, 96);
+  EXPECT_EQ(images[0].height, 72);
+
+  namespace F = torch::nn::functional;
+  const auto upscaled = F::interpolate(keep.kept.at("latents/step_002"), F::InterpolateFuncOptions()
+                                                                            .size(std::vector<int64_t>{9, 12})
+                                                                            .mode(torch::kBilinear)
+                                                                            .align_corners(false));
+  EXPECT_TRUE(torch::equal(keep.kept.at("hires/latents/upscaled"), upscaled));
+  auto config = pipeline.manifest().scheduler;
+  config.timestep_spacing.clear();
+  const auto stretched = txt2img::make_scheduler("euler", config, 6);
+  txt2img::SeededNoise noise({11});
+  const auto expected_init = stretched->add_noise(upscaled, noise.draw({1, 4, 9, 12}), 3);
+  EXPECT_TRUE(torch::equal(keep.kept.at("hires/latents/init"), expected_init));
+  // The hires pass's U-Net calls are those of the stretched schedule's last three timesteps.
+  EXPECT_TRUE(keep.kept.count("hires/unet/002/noise_pred"));
+  EXPECT_FALSE(keep.kept.count("hires/unet/003/noise_pred"));
+  ASSERT_EQ(keep.progress.size(), 6u);
+  EXPECT_EQ(keep.progress[2], (std::pair<size_t, size_t>{3, 6}));
+  EXPECT_EQ(keep.progress.back(), (std::pair<size_t, size_t>{6, 6}));
+
+  // Another strength enters the schedule elsewhere; another upscaler resizes otherwise.
+  params.hires.denoise = 0.9;
+  EXPECT_NE(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
+  params.hires.denoise = 0.5;
+  params.hires.upscaler = "latent-nearest";
+  EXPECT_NE(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
+  params.hires.upscaler = "latent";
+  EXPECT_EQ(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
+}
+
+TEST(HiresFix, WhatCannotRunIsAUsageError) {
+  const auto manifest = txt2img::Bundle::open(fixtures() / "tiny").manifest();
+  auto refused = [&](auto edit, std::initializer_list<std::string> fragments) {
+    auto params = small_params();
+    params.hires.scale = 2;
+    edit(params);
+    expect_error([&] { txt2img::resolve_params(manifest, params); }, ErrorKind::Usage, fragments);
+  };
+  refused([](auto& p) { p.sampler = "pndm"; }, {"hires fix: ", "pndm"});
+  refused([](auto& p) { p.hires.denoise = 0; }, {"denoising strength"});
+  refused([](auto& p) { p.hires.denoise = 1.5; }, {"denoising strength"});
+  refused([](auto& p) { p.hires.scale = 100; }, {"hires scale"});
+  refused([](auto& p) { p.width = 4096; }, {"hires fix: the width would be 8192"});
+  refused([](auto& p) { p.hires.upscaler = "R-ESRGAN 4x+"; }, {"unknown hires upscaler"});
+  refused([](auto& p) { p.hires.steps = 999, p.hires.denoise = 0.5; }, {"hires fix: ", "1998"});
+  auto fine = small_params();
+  fine.hires.scale = 2;
+  EXPECT_EQ(txt2img::resolve_params(manifest, fine).hires_steps(), 3);
+}

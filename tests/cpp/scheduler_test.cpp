@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
@@ -527,6 +528,292 @@ TEST(Scheduler, StepsMustComeInOrderWithNoiseWhereNeeded) {
   auto lcm = txt2img::make_scheduler("lcm", sd_config(), 2);
   lcm->step(x, 0, x, torch::zeros_like(x));
   EXPECT_NO_THROW(lcm->step(x, 1, x));
+}
+
+
+// ---- Entering a schedule part-way (start_at, add_noise): A1111's hires fix and img2img ----
+
+// The samplers that can start part-way, with the sample space their add_noise works in.
+const std::vector<std::string>& late_starters() {
+  static const std::vector<std::string> names = {"ddim", "euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_karras"};
+  return names;
+}
+
+torch::Tensor unit_noise(const torch::Tensor& like) {
+  return torch::cos(torch::arange(like.numel(), torch::kFloat32).reshape(like.sizes()) * 0.9 + 0.3);
+}
+
+// Float32 sqrt(a) and sqrt(1 - a) of alphas_cumprod at a timestep, as DDIMScheduler.add_noise takes them.
+torch::Tensor vp_noised(const torch::Tensor& x0, const torch::Tensor& noise, double timestep) {
+  const float a = golden("common/alphas_cumprod")[static_cast<int64_t>(timestep)].item<float>();
+  return std::sqrt(a) * x0 + std::sqrt(1.0f - a) * noise;
+}
+
+// A whole run starts from noise * init_noise_sigma(); add_noise at call 0 gives a clean sample of zeros that noise
+// exactly for the sigma samplers, and for the variance-preserving ones the marginal at the first timestep, whose
+// scale sqrt(1 - a) is within 1% of diffusers' unit-scale start.
+TEST(SchedulerStartAt, AddNoiseAtTheFirstCallIsTheInitialNoise) {
+  const auto n = golden("common/sample0");
+  const auto zeros = torch::zeros_like(n);
+  for (const auto& name : late_starters()) {
+    const auto sched = txt2img::make_scheduler(name, sd_config(), 10);
+    const auto start = sched->add_noise(zeros, n, 0);
+    const auto whole_run_start = n * sched->init_noise_sigma();
+    if (name == "euler" || name == "euler_a" || name == "lms") {
+      EXPECT_TRUE(torch::equal(start, whole_run_start)) << name;
+    } else {
+      EXPECT_EQ(sched->init_noise_sigma(), 1.0) << name;
+      EXPECT_TRUE(torch::allclose(start, whole_run_start, 1e-2, 0)) << name;
+      // The first timesteps: ddim's leading 901, DPM-Solver's 999 (both schedules).
+      const auto expected = vp_noised(zeros, n, sched->timesteps()[0]);
+      EXPECT_TRUE(torch::allclose(start, expected, 1e-6, 0)) << name << " " << (start - expected).abs().max();
+      if (name == "ddim") EXPECT_TRUE(torch::equal(start, expected));
+      EXPECT_FALSE(torch::equal(start, whole_run_start)) << name;
+    }
+  }
+}
+
+// diffusers' add_noise golden (add_noise/*: one row per timestep 1, 251, 501, 999) for the samplers that index
+// alphas_cumprod with their timestep, at the calls with those timesteps.
+TEST(SchedulerStartAt, AddNoiseMatchesDiffusersForTheTimestepSamplers) {
+  const auto x0 = golden("add_noise/original"), noise = golden("add_noise/noise"), noisy = golden("add_noise/noisy");
+  SchedulerConfig linspace;
+  linspace.timestep_spacing = "linspace";
+  struct Case {
+    std::string name;
+    SchedulerConfig config;
+    int steps;
+    size_t call;
+    int64_t row;
+  };
+  for (const auto& c : std::vector<Case>{{"ddim", sd_config(), 4, 3, 0},
+                                        {"ddim", sd_config(), 4, 2, 1},
+                                        {"ddim", sd_config(), 4, 1, 2},
+                                        {"ddim", linspace, 10, 0, 3},
+                                        {"pndm", sd_config(), 4, 4, 0},
+                                        {"pndm", sd_config(), 4, 2, 2},
+                                        {"lcm", sd_config(), 4, 0, 3}}) {
+    const auto sched = txt2img::make_scheduler(c.name, c.config, c.steps);
+    const auto got = sched->add_noise(x0[c.row], noise[c.row], c.call);
+    EXPECT_TRUE(torch::equal(got, noisy[c.row])) << c.name << " call " << c.call << ": "
+                                                  << (got - noisy[c.row]).abs().max();
+  }
+}
+
+// add_noise at a call in the middle: x0 + sigma * noise with the sigma of the diffusers golden schedule, its
+// variance-preserving form for DPM-Solver++, alphas_cumprod at that call's timestep for DDIM.
+TEST(SchedulerStartAt, AddNoiseInTheMiddleOfTheSchedule) {
+  const auto x0 = golden("common/sample0") * 0.5;
+  const auto n = unit_noise(x0);
+  const size_t k = 4;
+  for (const char* name : {"euler", "euler_a", "lms"}) {
+    const float sigma = golden(std::string(name) + "/n10/sigmas")[k].item<float>();
+    const auto got = txt2img::make_scheduler(name, sd_config(), 10)->add_noise(x0, n, k);
+    EXPECT_TRUE(torch::equal(got, x0 + sigma * n)) << name;
+  }
+  {
+    const float s = golden("dpmpp_2m_karras/n10/sigmas")[k].item<float>();
+    const float alpha = 1.0f / std::sqrt(s * s + 1.0f), sigma = s * alpha;
+    const auto got = txt2img::make_scheduler("dpmpp_2m_karras", sd_config(), 10)->add_noise(x0, n, k);
+    EXPECT_TRUE(torch::equal(got, alpha * x0 + sigma * n));
+    // Not sigma space: A1111's x0 + s * noise, scaled by alpha.
+    EXPECT_TRUE(torch::allclose(got, (x0 + s * n) * alpha, 1e-5, 1e-6));
+  }
+  {
+    const auto sched = txt2img::make_scheduler("ddim", sd_config(), 10);
+    ASSERT_EQ(sched->timesteps()[k], 501);
+    EXPECT_TRUE(torch::equal(sched->add_noise(x0, n, k), vp_noised(x0, n, 501)));
+  }
+}
+
+// Feeds the golden model outputs (and step noise) of calls first.. of a golden run to `sched`, from `x`; returns
+// the sample after each call.
+std::vector<torch::Tensor> golden_calls(txt2img::Scheduler& sched, const std::string& run, size_t first,
+                                        torch::Tensor x) {
+  std::vector<torch::Tensor> out;
+  for (size_t i = first; i < sched.timesteps().size(); ++i) {
+    const std::string s = step_key(run, i);
+    torch::Tensor noise;
+    if (has_golden(s + "variance_noise")) noise = golden(s + "variance_noise");
+    if (has_golden(s + "noise")) noise = golden(s + "noise");
+    x = sched.step(golden(s + "model_output"), i, x, noise);
+    out.push_back(x);
+  }
+  return out;
+}
+
+// The single-step samplers keep no history: entered at call 4 with the golden sample before it, they follow the
+// golden run to its end, and compute bit for bit what a whole run computes from the same sample.
+TEST(SchedulerStartAt, MemorylessSamplersFollowTheWholeRun) {
+  const size_t k = 4;
+  for (const auto& c : std::vector<GoldenCase>{{"ddim", "ddim", 10, 0.0},
+                                              {"ddim", "ddim_eta0.5", 10, 0.5},
+                                              {"euler", "euler", 10, 0.0},
+                                              {"euler_a", "euler_a", 10, 0.0}}) {
+    const std::string run = c.run + "/n10";
+    auto late = txt2img::make_scheduler(c.sampler, sd_config(), c.steps, c.eta);
+    late->start_at(k);
+    const auto tail = golden_calls(*late, run, k, golden(step_key(run, k - 1) + "prev_sample"));
+    ASSERT_EQ(tail.size(), 10 - k);
+    Worst w;
+    for (size_t i = k; i < 10; ++i) w.compare(tail[i - k], golden(step_key(run, i) + "prev_sample"), run);
+    w.compare(tail.back(), golden(run + "/final"), run + "/final");
+
+    auto whole = txt2img::make_scheduler(c.sampler, sd_config(), c.steps, c.eta);
+    const auto start = has_golden(run + "/sample_start") ? golden(run + "/sample_start") : golden("common/sample0");
+    const auto all = golden_calls(*whole, run, 0, start);
+    auto again = txt2img::make_scheduler(c.sampler, sd_config(), c.steps, c.eta);
+    again->start_at(k);
+    const auto ours = golden_calls(*again, run, k, all[k - 1]);
+    EXPECT_TRUE(torch::equal(ours.back(), all.back())) << run;
+    EXPECT_TRUE(torch::equal(again->pred_original_sample(), whole->pred_original_sample())) << run;
+  }
+}
+
+// DPM-Solver++(2M) entered at call k has no earlier x0 prediction: its first step is the first-order
+// (DPM-Solver++ 1, DDIM-like) update, where the whole run's call k is second order; from call k + 1 on it is the
+// whole run's second-order step again.
+TEST(SchedulerStartAt, DpmPP2MStartsWithAFirstOrderStep) {
+  const std::string run = "dpmpp_2m_karras/n10";
+  const size_t k = 4;
+  const auto sample = golden(step_key(run, k - 1) + "prev_sample");
+  const auto eps = golden(step_key(run, k) + "model_output");
+  auto late = txt2img::make_scheduler("dpmpp_2m_karras", sd_config(), 10);
+  late->start_at(k);
+  const auto first = late->step(eps, k, sample);
+
+  // DPM-Solver++ first order in log-SNR time, in double from the golden sigmas.
+  const auto sigmas = golden(run + "/sigmas").to(torch::kFloat64);
+  const auto vp = [&](size_t i) {
+    const double s = sigmas[static_cast<int64_t>(i)].item<double>();
+    const double alpha = 1 / std::sqrt(s * s + 1);
+    return std::pair<double, double>{alpha, s * alpha};
+  };
+  const auto [alpha_s, sigma_s] = vp(k);
+  const auto [alpha_t, sigma_t] = vp(k + 1);
+  const double h = std::log(alpha_t / sigma_t) - std::log(alpha_s / sigma_s);
+  const auto x0 = (sample.to(torch::kFloat64) - sigma_s * eps.to(torch::kFloat64)) / alpha_s;
+  const auto expected = (sigma_t / sigma_s) * sample.to(torch::kFloat64) - alpha_t * (std::exp(-h) - 1) * x0;
+  EXPECT_TRUE(torch::allclose(first.to(torch::kFloat64), expected, 1e-5, 1e-5))
+      << (first.to(torch::kFloat64) - expected).abs().max();
+  EXPECT_TRUE(torch::allclose(late->pred_original_sample().to(torch::kFloat64), x0, 1e-5, 1e-5));
+  // The whole run's call k, from the same sample and output, is second order and lands elsewhere.
+  const auto whole_k = golden(step_key(run, k) + "prev_sample");
+  EXPECT_GT((first - whole_k).abs().max().item<double>(), 1e-3);
+
+  // Call k + 1: second order from the x0 of call k, exactly as a whole run with the same x0 history computes it.
+  auto history = txt2img::make_scheduler("dpmpp_2m_karras", sd_config(), 10);
+  torch::Tensor x = golden(run + "/sample_start");
+  for (size_t i = 0; i < k; ++i) x = history->step(golden(step_key(run, i) + "model_output"), i, x);
+  history->step(eps, k, sample);  // the same x0 at call k as the late start's
+  const auto eps_next = golden(step_key(run, k + 1) + "model_output");
+  EXPECT_TRUE(torch::equal(late->step(eps_next, k + 1, first), history->step(eps_next, k + 1, first)));
+}
+
+// LMS entered at call k ramps its order up from 1 there: its first step is an Euler step, its second the
+// two-step Adams-Bashforth-like step on the sigmas of calls k and k + 1.
+TEST(SchedulerStartAt, LmsRampsUpItsOrderFromTheStart) {
+  const std::string run = "lms/n10";
+  const size_t k = 4;
+  const auto sample = golden(step_key(run, k - 1) + "prev_sample");
+  const auto eps = golden(step_key(run, k) + "model_output");
+  auto late = txt2img::make_scheduler("lms", sd_config(), 10);
+  late->start_at(k);
+  auto euler = txt2img::make_scheduler("euler", sd_config(), 10);
+  euler->start_at(k);
+  const auto first = late->step(eps, k, sample);
+  EXPECT_TRUE(torch::allclose(first, euler->step(eps, k, sample), 1e-6, 1e-6));
+  // The whole run's call k is fourth order.
+  EXPECT_GT((first - golden(step_key(run, k) + "prev_sample")).abs().max().item<double>(), 1e-3);
+
+  // Second order: the integrals of the two Lagrange basis polynomials through sigma_k and sigma_k+1 over
+  // [sigma_k+1, sigma_k+2], times the derivatives (the epsilons, for an epsilon model).
+  const auto sigmas = golden(run + "/sigmas").to(torch::kFloat64);
+  const double s0 = sigmas[k].item<double>(), s1 = sigmas[k + 1].item<double>(), s2 = sigmas[k + 2].item<double>();
+  const double newest = ((s2 - s0) * (s2 - s0) - (s1 - s0) * (s1 - s0)) / 2 / (s1 - s0);
+  const double older = (s2 - s1) * (s2 - s1) / 2 / (s0 - s1);
+  const auto eps_next = golden(step_key(run, k + 1) + "model_output");
+  const auto second = late->step(eps_next, k + 1, first);
+  const auto expected = first.to(torch::kFloat64) + newest * eps_next.to(torch::kFloat64) +
+                        older * eps.to(torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(second.to(torch::kFloat64), expected, 1e-5, 1e-5))
+      << (second.to(torch::kFloat64) - expected).abs().max();
+}
+
+// A model that predicts exactly the noise add_noise put in keeps every sampler on add_noise's path, from any
+// start: each step lands on add_noise(x0, noise, next call) (so add_noise gives samples in the space the steps
+// take), every x0 prediction is x0, and the run ends on x0 (DDIM on sqrt(a) x0 + sqrt(1 - a) noise with a =
+// alphas_cumprod[0], its final alpha as set_alpha_to_one is false).
+TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
+  const auto x0 = golden("common/sample0") * 0.5;
+  const auto n = unit_noise(x0);
+  for (const auto& name : late_starters()) {
+    if (name == "euler_a") continue;  // its fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has it
+    for (size_t k : {0, 3, 7, 11}) {
+      auto sched = txt2img::make_scheduler(name, sd_config(), 12);
+      sched->start_at(k);
+      torch::Tensor x = sched->add_noise(x0, n, k);
+      for (size_t i = k; i < 12; ++i) {
+        x = sched->step(n, i, x);
+        EXPECT_TRUE(torch::allclose(sched->pred_original_sample(), x0, 1e-4, 1e-4)) << name << " " << k << " " << i;
+        if (i + 1 < 12)
+          EXPECT_TRUE(torch::allclose(x, sched->add_noise(x0, n, i + 1), 1e-5, 1e-5))
+              << name << " from " << k << " call " << i << ": " << (x - sched->add_noise(x0, n, i + 1)).abs().max();
+      }
+      const auto end = name == "ddim" ? vp_noised(x0, n, 0) : x0;
+      EXPECT_TRUE(torch::allclose(x, end, 1e-5, 1e-5)) << name << " from " << k << ": " << (x - end).abs().max();
+    }
+  }
+}
+
+TEST(SchedulerStartAt, Errors) {
+  const auto x = golden("common/sample0");
+  const auto noise = torch::zeros_like(x);
+  for (const char* name : {"pndm", "lcm"}) {
+    auto sched = txt2img::make_scheduler(name, sd_config(), 4);
+    try {
+      sched->start_at(1);
+      ADD_FAILURE() << name;
+    } catch (const txt2img::Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::Usage) << e.what();
+      const std::string what = e.what();
+      EXPECT_NE(what.find(std::string("the ") + name + " scheduler cannot start part-way"), std::string::npos) << what;
+      for (const auto& other : late_starters()) EXPECT_NE(what.find(other), std::string::npos) << what;
+    }
+    // Call 0 is where every run starts: allowed, and the run is the whole one.
+    EXPECT_NO_THROW(sched->start_at(0)) << name;
+    auto plain = txt2img::make_scheduler(name, sd_config(), 4);
+    torch::Tensor a = x, b = x;
+    for (size_t i = 0; i < sched->timesteps().size(); ++i) {
+      const auto out = torch::sin(x + static_cast<double>(i));
+      a = sched->step(out, i, a, noise);
+      b = plain->step(out, i, b, noise);
+    }
+    EXPECT_TRUE(torch::equal(a, b)) << name;
+  }
+  for (const auto& name : txt2img::scheduler_names()) {
+    auto sched = txt2img::make_scheduler(name, sd_config(), 4);
+    const size_t calls = sched->timesteps().size();
+    // pndm and lcm refuse any later start first (Usage), whatever the call.
+    const bool late = std::find(late_starters().begin(), late_starters().end(), name) != late_starters().end();
+    expect_error(late ? ErrorKind::Runtime : ErrorKind::Usage, late ? "U-Net calls" : "cannot start part-way",
+                 [&] { sched->start_at(calls); });
+    expect_error(ErrorKind::Runtime, "U-Net calls", [&] { sched->add_noise(x, noise, calls); });
+    sched->step(x, 0, x, noise);
+    expect_error(ErrorKind::Runtime, "after a step", [&] { sched->start_at(0); });
+  }
+  for (const auto& name : late_starters()) {
+    auto sched = txt2img::make_scheduler(name, sd_config(), 4);
+    sched->start_at(3);
+    sched->start_at(2);  // before any step the start may still move
+    expect_error(ErrorKind::Runtime, "expected call 2, got 1", [&] { sched->step(x, 1, x, noise); });
+    expect_error(ErrorKind::Runtime, "expected call 2, got 0", [&] { sched->step(x, 0, x, noise); });
+    expect_error(ErrorKind::Runtime, "expected call 2, got 3", [&] { sched->step(x, 3, x, noise); });
+    sched->step(x, 2, x, noise);
+    expect_error(ErrorKind::Runtime, "after a step", [&] { sched->start_at(3); });
+    expect_error(ErrorKind::Runtime, "expected call 3, got 2", [&] { sched->step(x, 2, x, noise); });
+    EXPECT_NO_THROW(sched->step(x, 3, x, noise)) << name;
+  }
 }
 
 }  // namespace

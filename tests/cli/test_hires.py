@@ -1,0 +1,89 @@
+"""A1111's hires fix (--hires-scale and friends) end to end: the image's size, the metadata A1111 reads, the
+command that makes the image again, and the flags' errors."""
+
+import json
+import shlex
+import subprocess
+import unittest
+
+from cli_support import (BIN, EXIT_USAGE, TINY, CliTestCase, json_lines, png_pixels, png_text, run)
+from test_metadata import with_text_chunk
+
+
+class HiresFix(CliTestCase):
+    def test_makes_the_larger_image_and_records_it_as_a1111_does(self):
+        result = self.txt2img("a fox", "--seed", "3", "--sampler", "euler_a", "--hires-scale", "2", "--hires-steps",
+                              "3", "-o", "a.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        width, height, _ = png_pixels(self.dir / "a.png")
+        self.assertEqual((width, height), (64, 64))
+        event = json_lines(result.stdout)[0]
+        self.assertEqual((event["width"], event["height"]), (32, 32))
+        self.assertEqual(event["hires"], {"scale": 2.0, "steps": 3, "denoise": 0.7, "upscaler": "latent",
+                                          "width": 64, "height": 64})
+        text = png_text(self.dir / "a.png")
+        self.assertIn("Size: 32x32, ", text["parameters"])
+        self.assertIn("Denoising strength: 0.7, ", text["parameters"])
+        self.assertIn("RNG: CPU, Hires upscale: 2, Hires steps: 3, Hires upscaler: Latent, ", text["parameters"])
+        self.assertEqual(json.loads(text["txt2img"])["hires"], event["hires"])
+
+        plain = self.txt2img("a fox", "--seed", "3", "--sampler", "euler_a", "-o", "plain.png", "--json")
+        self.assertIsNone(json_lines(plain.stdout)[0]["hires"])
+        self.assertNotIn("Hires", png_text(self.dir / "plain.png")["parameters"])
+        self.assertNotIn("Denoising strength", png_text(self.dir / "plain.png")["parameters"])
+
+    def test_info_command_makes_the_image_again(self):
+        made = self.txt2img("a fox", "--seed", "4", "--hires-scale", "1.5", "--hires-denoise", "0.55",
+                            "--hires-upscaler", "latent-bicubic-antialiased", "-o", "a.png")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png")[:2], (48, 48))
+        self.assertIn("Hires upscaler: Latent (bicubic antialiased)", png_text(self.dir / "a.png")["parameters"])
+        line = run(["info", "a.png", "--command"], self.dir).stdout.strip()
+        args = shlex.split(line)
+        for flag, value in (("--hires-scale", "1.5"), ("--hires-denoise", "0.55"),
+                            ("--hires-upscaler", "latent-bicubic-antialiased")):
+            self.assertEqual(args[args.index(flag) + 1], value)
+        self.assertNotIn("--hires-steps", args)
+        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
+                               text=True)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
+
+    def test_info_command_reads_an_a1111_hires_fix(self):
+        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
+        plain = (self.dir / "plain.png").read_bytes()
+        latent = ("a fox\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.6, "
+                  "RNG: CPU, Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent (nearest-exact), Version: v1.10.1")
+        (self.dir / "latent.png").write_bytes(with_text_chunk(plain, "parameters", latent))
+        result = run(["info", "latent.png", "--command"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        args = shlex.split(result.stdout)
+        self.assertEqual(args[args.index("--hires-scale"):args.index("--hires-scale") + 8],
+                         ["--hires-scale", "2", "--hires-steps", "10", "--hires-denoise", "0.6", "--hires-upscaler",
+                          "latent-nearest-exact"])
+        self.assertNotIn("not carried over", result.stderr)
+        # An upscaler that works on pixels has no txt2img equivalent: the hires fix is left out, and said so.
+        esrgan = latent.replace("Latent (nearest-exact)", "R-ESRGAN 4x+")
+        (self.dir / "esrgan.png").write_bytes(with_text_chunk(plain, "parameters", esrgan))
+        result = run(["info", "esrgan.png", "--command"], self.dir)
+        self.assertNotIn("--hires-scale", result.stdout)
+        self.assertIn("not carried over (no txt2img equivalent): Denoising strength: 0.6; Hires upscale: 2; "
+                      "Hires steps: 10; Hires upscaler: R-ESRGAN 4x+", result.stderr)
+
+    def test_errors(self):
+        cases = [
+            (["--hires-steps", "4"], ["--hires-steps", "--hires-scale"]),
+            (["--hires-denoise", "0.5"], ["--hires-denoise", "--hires-scale"]),
+            (["--hires-scale", "2", "--sampler", "pndm"], ["hires fix: ", "pndm"]),
+            (["--hires-scale", "2", "--hires-denoise", "0"], ["denoising strength"]),
+            (["--hires-scale", "2", "--hires-upscaler", "esrgan"], ["unknown hires upscaler"]),
+            (["--hires-scale", "-1"], ["--hires-scale"]),
+        ]
+        for args, parts in cases:
+            self.assertExit(self.txt2img("a fox", *args, "-o", "x.png"), EXIT_USAGE, *parts)
+        self.assertNothingWritten()
+
+
+if __name__ == "__main__":
+    unittest.main()
