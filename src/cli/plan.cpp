@@ -81,6 +81,13 @@ bool RunPlan::load_prompt() {
     p.long_prompts = entry_.long_prompts.value_or(p.long_prompts);
     p.emphasis = entry_.emphasis.value_or(p.emphasis);
     p.loras = tagged.loras;
+    p.hires.scale = entry_.hires_scale.value_or(p.hires.scale);
+    p.hires.steps = entry_.hires_steps.value_or(p.hires.steps);
+    p.hires.denoise = entry_.hires_denoise.value_or(p.hires.denoise);
+    p.hires.upscaler = entry_.hires_upscaler.value_or(p.hires.upscaler);
+    const bool hires_settings = entry_.hires_steps || entry_.hires_denoise || entry_.hires_upscaler;
+    if (p.hires.scale < 0 || (p.hires.scale == 0 && hires_settings))
+      throw Error(ErrorKind::Usage, where + ": the hires settings need a \"hires_scale\" above 0 (or --hires-scale)");
     try {
       params_ = resolve_(p);
     } catch (const Error& e) {

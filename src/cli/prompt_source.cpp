@@ -114,8 +114,9 @@ std::string utf8_problem(std::string_view text) {
 
 const std::vector<std::string>& jsonl_keys() {
   static const std::vector<std::string> keys = {
-      "prompt",  "negative_prompt", "seed",         "steps",    "cfg_scale", "width", "height",
-      "sampler", "clip_skip",       "long_prompts", "emphasis", "images",    "output"};
+      "prompt",       "negative_prompt", "seed",        "steps",         "cfg_scale",     "width",
+      "height",       "sampler",         "clip_skip",   "long_prompts",  "emphasis",      "hires_scale",
+      "hires_steps",  "hires_denoise",   "hires_upscaler", "images",     "output"};
   return keys;
 }
 
@@ -241,10 +242,15 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
       entry.seed = parse_seed(value.dump(), where + ": \"seed\"");
     } else if (key == "steps") {
       entry.steps = int_field<int>(value, key, where);
-    } else if (key == "cfg_scale") {
+    } else if (key == "cfg_scale" || key == "hires_scale" || key == "hires_denoise") {
       if (!value.is_number())
-        throw Error(ErrorKind::Usage, where + ": \"cfg_scale\" must be a number, not " + value.dump());
-      entry.cfg_scale = value.get<double>();
+        throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a number, not " + value.dump());
+      (key == "cfg_scale" ? entry.cfg_scale : key == "hires_scale" ? entry.hires_scale : entry.hires_denoise) =
+          value.get<double>();
+    } else if (key == "hires_steps") {
+      entry.hires_steps = int_field<int>(value, key, where);
+    } else if (key == "hires_upscaler") {
+      entry.hires_upscaler = string_field(value, key, where);
     } else if (key == "width") {
       entry.width = int_field<int>(value, key, where);
     } else if (key == "height") {

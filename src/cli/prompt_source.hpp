@@ -35,9 +35,13 @@ struct PromptEntry {
   std::optional<std::string> sampler;
   std::optional<std::string> output;
   std::optional<bool> long_prompts, emphasis;
+  std::optional<double> hires_scale, hires_denoise;  // hires_scale 0 turns a --hires-scale off for the line
+  std::optional<int> hires_steps;
+  std::optional<std::string> hires_upscaler;
 
   bool overrides_params() const {
-    return steps || width || height || cfg_scale || sampler || clip_skip || long_prompts || emphasis;
+    return steps || width || height || cfg_scale || sampler || clip_skip || long_prompts || emphasis ||
+           hires_scale || hires_denoise || hires_steps || hires_upscaler;
   }
 };
 

@@ -103,6 +103,25 @@ class JsonLines(CliTestCase):
         self.assertEqual(pixels[0], pixels[1])
         self.assertEqual(pixels[1], pixels[2])  # a prompt that fits is the same with long prompts
 
+    def test_hires_fix_per_line(self):
+        """A line turns the hires fix on, sets its strength, or turns --hires-scale off; each image is what the flags
+        alone make."""
+        self.write("p.jsonl", "\n".join([
+            '{"prompt": "a fox", "seed": 4, "hires_scale": 2, "hires_denoise": 0.6}',
+            '{"prompt": "a fox", "seed": 4}',
+        ]))
+        result = self.txt2img("--from-file", "p.jsonl", "-o", "{index}.png", "--batch-size", "2")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([png_pixels(self.dir / f"{i}.png")[:2] for i in range(2)], [(64, 64), (32, 32)])
+        alone = self.txt2img("a fox", "--seed", "4", "--hires-scale", "2", "--hires-denoise", "0.6", "-o", "a.png")
+        self.assertEqual(alone.returncode, 0, alone.stderr)
+        self.assertEqual(png_pixels(self.dir / "0.png"), png_pixels(self.dir / "a.png"))
+
+        self.write("q.jsonl", '{"prompt": "a fox", "seed": 4, "hires_scale": 0}\n')
+        result = self.txt2img("--from-file", "q.jsonl", "--hires-scale", "2", "-o", "q.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(png_pixels(self.dir / "q.png"), png_pixels(self.dir / "1.png"))
+
     def test_detected_by_first_line(self):
         self.write("prompts.txt", '# JSON Lines without the extension\n{"prompt": "a fox", "seed": 3}\n')
         result = self.txt2img("--from-file", "prompts.txt", "--json", "-o", "x.png")
@@ -134,6 +153,9 @@ class JsonLines(CliTestCase):
         self.bad(['{"prompt": "x", "output": "x.gif"}'], "p.jsonl:1", ".png")
         self.bad(['{"prompt": 5}'], "p.jsonl:1", '"prompt"', "string")
         self.bad(['{"prompt": "x", "emphasis": "yes"}'], "p.jsonl:1", '"emphasis"', "true or false")
+        self.bad(['{"prompt": "x", "hires_denoise": 0.5}'], "p.jsonl:1", '"hires_scale"')
+        self.bad(['{"prompt": "x", "hires_scale": "2x"}'], "p.jsonl:1", '"hires_scale"', "number")
+        self.bad(['{"prompt": "x", "hires_scale": 2, "sampler": "pndm"}'], "p.jsonl:1", "hires fix: ", "pndm")
 
     def test_late_error_stops_the_run_before_the_first_image(self):
         lines = ['{"prompt": "p%d"}' % i for i in range(50)] + ['{"prompt": "last", "height": 7}']
