@@ -124,6 +124,23 @@ TEST_F(Loras, UnknownNamesAndFrozenGraphsAreUsageErrors) {
   EXPECT_NO_THROW(txt2img::check_loras_supported(params, {}));
 }
 
+// In bfloat16 the float32 sums are cast once; taking the LoRAs out again gives the bfloat16 weights back exactly,
+// and the image stays near the float32 one.
+TEST(LoraFiles, Bfloat16WeightsComeBackExactly) {
+  txt2img::PipelineOptions options;
+  options.dtype = torch::kBFloat16;
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "ref-tiny-loras"), options);
+  const auto plain = run(pipeline);
+  const auto with_loras = run(pipeline, kMergedInFixture);
+  EXPECT_NE(with_loras.rgb, plain.rgb);
+  EXPECT_EQ(run(pipeline).rgb, plain.rgb);
+  auto float32 = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "ref-tiny-loras"), {});
+  const auto reference = run(float32, kMergedInFixture);
+  const auto a = with_loras.tensors.at("text/last_hidden_state").to(torch::kFloat32);
+  const auto b = reference.tensors.at("text/last_hidden_state");
+  EXPECT_LT(((a - b).abs().max() / b.abs().max()).item<double>(), 0.05);
+}
+
 // A packed file that no longer fits the modules (the bundle converted again from another model, say) is a bundle
 // error that names the weight, and the weights stay as they were.
 TEST(LoraFiles, AFileThatDoesNotFitIsABundleErrorAndChangesNothing) {
