@@ -216,24 +216,9 @@ def _progress(message: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from txt2img_convert.checkpoints import ConversionError
+    from txt2img_convert.launch import report_errors
 
-    try:
-        (remove if args.remove is not None else add)(args)
-    except ConversionError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - one line for users; TXT2IMG_DEBUG=1 shows the traceback
-        if os.environ.get("TXT2IMG_DEBUG"):
-            raise
-        message = str(e).strip().splitlines()
-        print(f"{PROG}: error: {type(e).__name__}: {message[0] if message else ''} "
-              "(set TXT2IMG_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 1
-    return 0
+    return report_errors(PROG, lambda: (remove if args.remove is not None else add)(args))
 
 
 if __name__ == "__main__":

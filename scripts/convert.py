@@ -244,27 +244,16 @@ def convert_random(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from txt2img_convert.checkpoints import ConversionError
     from txt2img_convert.export import progress
+    from txt2img_convert.launch import report_errors
 
-    try:
+    def convert_and_report():
         manifest = convert_source(args) if args.source is not None else convert_random(args)
-    except ConversionError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - one line for users; TXT2IMG_DEBUG=1 shows the traceback
-        if os.environ.get("TXT2IMG_DEBUG"):
-            raise
-        message = str(e).strip().splitlines()
-        print(f"{PROG}: error: {type(e).__name__}: {message[0] if message else ''} "
-              "(set TXT2IMG_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 1
-    total = sum(f["bytes"] for f in manifest["files"].values())
-    progress(f"wrote {args.out} ({total / 1e6:.1f} MB, model {manifest['model_name']} [{manifest['model_hash']}])")
-    return 0
+        total = sum(f["bytes"] for f in manifest["files"].values())
+        progress(f"wrote {args.out} ({total / 1e6:.1f} MB, model {manifest['model_name']} "
+                 f"[{manifest['model_hash']}])")
+
+    return report_errors(PROG, convert_and_report)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Starting the command-line scripts under a Python that has torch (imports nothing heavy itself)."""
+"""Starting the command-line scripts under a Python that has torch (imports nothing heavy itself), and how they
+report a failure."""
 
 import importlib.util
 import os
@@ -25,3 +26,27 @@ def reexec_if_needed(prog: str, script: str) -> None:
         os.execv(sys.executable, [sys.executable, script, *sys.argv[1:]])
     launcher = os.path.join(os.path.dirname(script), "with-torch-python")
     os.execv(launcher, [launcher, script, *sys.argv[1:]])
+
+
+def report_errors(prog: str, action) -> int:
+    """Runs `action()` and turns what it raises into one "PROG: error: ..." line and an exit status: 1 for a
+    ConversionError or any other exception (TXT2IMG_DEBUG=1 shows the traceback instead), 130 for an interrupt;
+    0 when it returns."""
+    from .checkpoints import ConversionError
+
+    try:
+        action()
+    except ConversionError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for users; TXT2IMG_DEBUG=1 shows the traceback
+        if os.environ.get("TXT2IMG_DEBUG"):
+            raise
+        message = str(e).strip().splitlines()
+        print(f"{prog}: error: {type(e).__name__}: {message[0] if message else ''} "
+              "(set TXT2IMG_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+    return 0

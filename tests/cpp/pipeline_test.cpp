@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 
+#include "expect_error.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/scheduler.hpp"
 #include "vae_tiling.hpp"
@@ -38,18 +39,6 @@ class BundleCopy {
  private:
   std::filesystem::path dir_;
 };
-
-// Expects `fn` to throw Error of `kind` whose message contains every fragment.
-template <typename Fn>
-void expect_error(Fn fn, ErrorKind kind, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    EXPECT_EQ(static_cast<int>(e.kind()), static_cast<int>(kind)) << e.what();
-    for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
-  }
-}
 
 TEST(Bundle, OpensTheTinyBundle) {
   auto b = txt2img::Bundle::open(fixtures() / "tiny");

@@ -16,13 +16,18 @@ def run(*args, check=True):
     return result
 
 
-def convert(capsys, *args):
-    """convert.py's main() in this process: (exit status, stderr)."""
+def in_process(capsys, script, *args):
+    """A script module's main() in this process: (exit status, stderr)."""
     try:
-        status = convert_script.main([str(a) for a in args])
+        status = script.main([str(a) for a in args])
     except SystemExit as e:  # usage errors
         status = e.code
     return status, capsys.readouterr().err
+
+
+def convert(capsys, *args):
+    """convert.py's main() in this process: (exit status, stderr)."""
+    return in_process(capsys, convert_script, *args)
 
 
 def expect_errors(capsys, cases, out):

@@ -13,6 +13,7 @@ import torch
 
 import add_lora as add_lora_script  # scripts/add_lora.py (conftest puts scripts/ on sys.path)
 import convert as convert_script
+from converter_runs import in_process
 from txt2img_convert import checkpoints as ck
 from txt2img_convert import lora
 from txt2img_convert.safetensors_io import load_file, read_header, save_file
@@ -51,11 +52,7 @@ def loha(made):
 
 def add_lora(capsys, *args):
     """add_lora.py's main() in this process: (exit status, stderr)."""
-    try:
-        status = add_lora_script.main([str(a) for a in args])
-    except SystemExit as e:  # usage errors
-        status = e.code
-    return status, capsys.readouterr().err
+    return in_process(capsys, add_lora_script, *args)
 
 
 def manifest(bundle):
