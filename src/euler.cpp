@@ -1,5 +1,5 @@
-// Euler (diffusers EulerDiscreteScheduler with s_churn = 0, linear sigma interpolation, final sigma 0): one
-// explicit Euler step of the probability-flow ODE per U-Net call, in sigma space.
+// Euler (diffusers EulerDiscreteScheduler with s_churn = 0, linear sigma interpolation, final sigma 0; euler_karras
+// with use_karras_sigmas): one explicit Euler step of the probability-flow ODE per U-Net call, in sigma space.
 #include <cmath>
 
 #include "scheduler_impl.hpp"
@@ -9,9 +9,11 @@ namespace {
 
 class Euler final : public SigmaScheduler {
  public:
-  Euler(const SchedulerConfig& config, int steps)
-      : SigmaScheduler(config, steps) {
-    require_prediction_type(config, "euler", {"epsilon", "v_prediction", "sample", "original_sample"});
+  Euler(const SchedulerConfig& config, int steps, bool karras) : SigmaScheduler(config, steps, karras) {
+    require_prediction_type(config, karras ? "euler_karras" : "euler",
+                            {"epsilon", "v_prediction", "sample", "original_sample"});
+    // EulerDiscreteScheduler keeps its timesteps as float32, Karras ones included.
+    for (double& t : timesteps_) t = static_cast<float>(t);
   }
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
@@ -30,8 +32,8 @@ class Euler final : public SigmaScheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps) {
-  return std::make_unique<Euler>(config, steps);
+std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps, bool karras) {
+  return std::make_unique<Euler>(config, steps, karras);
 }
 
 }  // namespace txt2img::detail

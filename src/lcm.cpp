@@ -85,8 +85,8 @@ class Lcm final : public Scheduler {
     return "the lcm scheduler cannot start part-way through its schedule: its timesteps are those of the 50 it was "
            "distilled on that suit the step count, and LCM's own img2img (diffusers' LCMScheduler given a strength) "
            "chooses its steps among the distillation timesteps below the strength instead of entering a longer "
-           "schedule, so a late start would match neither; ddim, euler, euler_a, lms, dpmpp_2m and dpmpp_2m_karras "
-           "can start part-way";
+           "schedule, so a late start would match neither; " +
+           samplers_that_start_late() + " can start part-way";
   }
 
  private:

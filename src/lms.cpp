@@ -1,6 +1,6 @@
-// LMS (diffusers LMSDiscreteScheduler, order 4): linear multistep in sigma space. The coefficient of each stored
-// derivative is the integral, over this step's sigma interval, of its Lagrange basis polynomial through the last
-// (up to) four sigmas.
+// LMS (diffusers LMSDiscreteScheduler, order 4; lms_karras with use_karras_sigmas): linear multistep in sigma
+// space. The coefficient of each stored derivative is the integral, over this step's sigma interval, of its
+// Lagrange basis polynomial through the last (up to) four sigmas.
 #include <algorithm>
 #include <cmath>
 #include <deque>
@@ -43,9 +43,8 @@ double gauss_kronrod_21(const std::function<float(double)>& f, double a, double 
 
 class Lms final : public SigmaScheduler {
  public:
-  Lms(const SchedulerConfig& config, int steps)
-      : SigmaScheduler(config, steps) {
-    require_prediction_type(config, "lms", {"epsilon", "v_prediction", "sample"});
+  Lms(const SchedulerConfig& config, int steps, bool karras) : SigmaScheduler(config, steps, karras) {
+    require_prediction_type(config, karras ? "lms_karras" : "lms", {"epsilon", "v_prediction", "sample"});
   }
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
@@ -89,8 +88,8 @@ class Lms final : public SigmaScheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps) {
-  return std::make_unique<Lms>(config, steps);
+std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, bool karras) {
+  return std::make_unique<Lms>(config, steps, karras);
 }
 
 }  // namespace txt2img::detail

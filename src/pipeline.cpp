@@ -435,29 +435,30 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   const auto guidance = manifest_.guidance_embedding_dim > 0
                             ? torch::full({batch}, params.cfg_scale - 1.0, torch::kFloat32).to(options_.device)
                             : torch::Tensor();
-  const Denoising run{context,
-                      guidance,
-                      guided,
-                      params.cfg_scale,
-                      scheduler->timesteps().size() + static_cast<size_t>(params.hires_steps()),
-                      noise,
-                      observer};
+  // A hires pass enters a longer schedule part-way (step `first` of `total`).
+  std::unique_ptr<Scheduler> hires_sampler;
+  if (params.hires.enabled()) {
+    const auto hires = hires_schedule(params);
+    hires_sampler = make_sampler(manifest_, params, hires.total);
+    hires_sampler->start_at(hires.first);
+  }
+  const size_t calls = scheduler->timesteps().size() +
+                       (hires_sampler ? hires_sampler->timesteps().size() - hires_sampler->first_call() : 0);
+  const Denoising run{context, guidance, guided, params.cfg_scale, calls, noise, observer};
   latents = denoise(*scheduler, 0, latents, run, "", 0);
 
   // 4. Hires fix: the latents resized, noised to where the hires schedule is entered, denoised again; the noise
   // starts again from each row's seed, as A1111 draws it.
-  if (params.hires.enabled()) {
-    const auto hires = hires_schedule(params);
-    auto sampler = make_sampler(manifest_, params, hires.total);
-    sampler->start_at(hires.first);
+  if (hires_sampler) {
+    const size_t first = hires_sampler->first_call();
     latent_shape[2] = hires_latent_side(params.height, params.hires.scale, manifest_.vae_scale_factor);
     latent_shape[3] = hires_latent_side(params.width, params.hires.scale, manifest_.vae_scale_factor);
     latents = upscale_latents(latents, params.hires.upscaler, {latent_shape[2], latent_shape[3]});
     observe(observer, "hires/latents/upscaled", latents);
     noise.restart();
-    latents = sampler->add_noise(latents, noise.draw(latent_shape).to(options_.device), hires.first);
+    latents = hires_sampler->add_noise(latents, noise.draw(latent_shape).to(options_.device), first);
     observe(observer, "hires/latents/init", latents);
-    latents = denoise(*sampler, hires.first, latents, run, "hires/", scheduler->timesteps().size());
+    latents = denoise(*hires_sampler, first, latents, run, "hires/", scheduler->timesteps().size());
   }
   throw_if_non_finite(latents, "the latents", options_.dtype);
 

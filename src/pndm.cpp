@@ -69,8 +69,8 @@ class Pndm final : public Scheduler {
   std::string why_it_cannot_start_later() const override {
     return "the pndm scheduler cannot start part-way through its schedule: its Adams-Bashforth steps extrapolate "
            "from the model outputs of the calls before, which its first calls build in a warm-up (a step re-done "
-           "at a repeated timestep) that only the start of the schedule has; ddim, euler, euler_a, lms, dpmpp_2m "
-           "and dpmpp_2m_karras can start part-way";
+           "at a repeated timestep) that only the start of the schedule has; " +
+           samplers_that_start_late() + " can start part-way";
   }
 
  private:

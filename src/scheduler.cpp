@@ -15,11 +15,26 @@ namespace {
 struct Sampler {
   const char* name;
   bool uses_eta;
+  bool starts_late = true;  // whether start_at takes any step (see why_it_cannot_start_later)
 };
 
 // In the order help texts list them.
-constexpr Sampler kSamplers[] = {{"ddim", true},     {"pndm", false}, {"euler", false}, {"euler_a", false},
-                                 {"dpmpp_2m", false}, {"dpmpp_2m_karras", false}, {"lms", false}, {"lcm", false}};
+constexpr Sampler kSamplers[] = {
+    {"ddim", true},
+    {"pndm", false, false},
+    {"euler", false},
+    {"euler_karras", false},
+    {"euler_a", false},
+    {"heun", false},
+    {"heun_karras", false},
+    {"dpmpp_2m", false},
+    {"dpmpp_2m_karras", false},
+    {"dpmpp_2m_sde", false},
+    {"dpmpp_2m_sde_karras", false},
+    {"lms", false},
+    {"lms_karras", false},
+    {"lcm", false, false},
+};
 
 std::string joined_names() {
   std::string out;
@@ -138,7 +153,13 @@ std::string canonical_scheduler_name(const std::string& name) {
       {"kdpmpp2m", "dpmpp_2m"},   {"dpmsolvermultistepscheduler", "dpmpp_2m"},
       {"dpmpp2mkarras", "dpmpp_2m_karras"},
       {"kdpmpp2mkarras", "dpmpp_2m_karras"}, {"lcm", "lcm"},
-      {"lcmscheduler", "lcm"},
+      {"lcmscheduler", "lcm"},    {"eulerkarras", "euler_karras"},
+      {"keulerkarras", "euler_karras"}, {"heun", "heun"},
+      {"kheun", "heun"},          {"heundiscretescheduler", "heun"},
+      {"heunkarras", "heun_karras"}, {"kheunkarras", "heun_karras"},
+      {"dpmpp2msde", "dpmpp_2m_sde"}, {"kdpmpp2msde", "dpmpp_2m_sde"},
+      {"dpmpp2msdekarras", "dpmpp_2m_sde_karras"}, {"kdpmpp2msdekarras", "dpmpp_2m_sde_karras"},
+      {"lmskarras", "lms_karras"}, {"klmskarras", "lms_karras"},
   };
   const auto it = aliases.find(key);
   return it == aliases.end() ? name : it->second;
@@ -163,26 +184,30 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   const std::string sampler = it->name;
   if (sampler == "ddim") return detail::make_ddim(config, steps, eta);
   if (sampler == "pndm") return detail::make_pndm(config, steps);
-  if (sampler == "euler") return detail::make_euler(config, steps);
+  if (sampler == "lcm") return detail::make_lcm(config, steps);
   if (sampler == "euler_a") return detail::make_euler_ancestral(config, steps);
-  if (sampler == "dpmpp_2m") return detail::make_dpmpp_2m(config, steps, false);
-  if (sampler == "dpmpp_2m_karras") return detail::make_dpmpp_2m(config, steps, true);
-  if (sampler == "lms") return detail::make_lms(config, steps);
-  return detail::make_lcm(config, steps);
+  const bool karras = sampler.size() > 7 && sampler.compare(sampler.size() - 7, 7, "_karras") == 0;
+  const std::string base = karras ? sampler.substr(0, sampler.size() - 7) : sampler;
+  if (base == "euler") return detail::make_euler(config, steps, karras);
+  if (base == "heun") return detail::make_heun(config, steps, karras);
+  if (base == "lms") return detail::make_lms(config, steps, karras);
+  return detail::make_dpmpp_2m(config, steps, karras, base == "dpmpp_2m_sde");
 }
 
-void Scheduler::start_at(size_t first) {
-  if (first > 0) {
+void Scheduler::start_at(size_t step) {
+  if (step > 0) {
     const std::string why = why_it_cannot_start_later();
     if (!why.empty()) throw Error(ErrorKind::Usage, why);
   }
-  if (first >= timesteps_.size())
-    throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(first) + ") but the schedule has " +
+  const size_t call = first_call_of_step(step);
+  if (call >= timesteps_.size())
+    throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(step) + ") is call " +
+                                        std::to_string(call) + " but the schedule has " +
                                         std::to_string(timesteps_.size()) + " U-Net calls");
   if (next_call_ != first_call_)
-    throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(first) + ") after a step: a run's start is "
+    throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(step) + ") after a step: a run's start is "
                                     "set before its first step");
-  first_call_ = next_call_ = first;
+  first_call_ = next_call_ = call;
 }
 
 namespace detail {
@@ -233,6 +258,49 @@ std::vector<float> training_sigmas(const std::vector<float>& alphas_cumprod) {
   return out;
 }
 
+std::string samplers_that_start_late() {
+  std::vector<std::string> names;
+  for (const auto& s : kSamplers)
+    if (s.starts_late) names.emplace_back(s.name);
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? " and " : ", ") + names[i];
+  return out;
+}
+
+std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int steps) {
+  const double rho = 7.0;
+  const double min_inv_rho = std::pow(sigma_min, 1 / rho);
+  const double max_inv_rho = std::pow(sigma_max, 1 / rho);
+  std::vector<double> out;
+  for (int i = 0; i < steps; ++i) {
+    // np.linspace(0, 1, steps): i * (1 / (steps - 1)), the last exactly 1.
+    const double ramp = i == steps - 1 && steps > 1 ? 1.0 : i * (steps > 1 ? 1.0 / (steps - 1) : 0.0);
+    out.push_back(std::pow(max_inv_rho + ramp * (min_inv_rho - max_inv_rho), rho));
+  }
+  return out;
+}
+
+std::vector<float> log_sigmas(const std::vector<float>& training_sigmas) {
+  std::vector<float> out;
+  // NumPy's float32 log (SIMD on some CPUs) may differ by an ulp from this; it only moves the timesteps by a
+  // fraction of that ulp's share of one training step.
+  for (float s : training_sigmas) out.push_back(static_cast<float>(std::log(static_cast<double>(s))));
+  return out;
+}
+
+double sigma_to_t(double sigma, const std::vector<float>& log_sigmas) {
+  // NumPy mixes a float64 scalar into float32 arrays here, so the comparison and the weight are float32.
+  const auto log_sigma = static_cast<float>(std::log(std::max(sigma, 1e-10)));
+  const auto n = static_cast<int64_t>(log_sigmas.size());
+  int64_t low = 0;  // the last index whose log-sigma is <= log_sigma (0 when there is none)
+  for (int64_t i = 0; i < n; ++i)
+    if (log_sigma - log_sigmas[i] >= 0.0f) low = i;
+  low = std::min(low, n - 2);
+  const float lo = log_sigmas[low], hi = log_sigmas[low + 1];
+  const float w = std::clamp((lo - log_sigma) / (lo - hi), 0.0f, 1.0f);
+  return static_cast<double>(1.0f - w) * low + static_cast<double>(w) * (low + 1);
+}
+
 void check_call(size_t call, size_t next, size_t total) {
   if (call >= total)
     throw Error(ErrorKind::Runtime, "scheduler step " + std::to_string(call) + " requested but the schedule has " +
@@ -258,11 +326,20 @@ void check_noise(const torch::Tensor& noise, const torch::Tensor& sample) {
     throw Error(ErrorKind::Runtime, "this scheduler step needs a standard-normal noise tensor shaped like the sample");
 }
 
-SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps) : prediction_type_(config.prediction_type) {
+SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps, bool karras)
+    : prediction_type_(config.prediction_type) {
   const std::string spacing = resolve_spacing(config, "linspace");
   timesteps_ = spaced_timesteps(config, spacing, steps, false);
   const auto train = training_sigmas(alphas_cumprod_values(config));
-  for (double t : timesteps_) sigmas_.push_back(static_cast<float>(interp(t, train)));
+  std::vector<double> sigmas;
+  for (double t : timesteps_) sigmas.push_back(interp(t, train));
+  if (karras) {
+    // Between the spaced timesteps' extreme sigmas (the training extremes for linspace spacing).
+    sigmas = karras_sigmas(sigmas.back(), sigmas.front(), steps);
+    const auto logs = log_sigmas(train);
+    for (size_t i = 0; i < sigmas.size(); ++i) timesteps_[i] = sigma_to_t(sigmas[i], logs);
+  }
+  for (double s : sigmas) sigmas_.push_back(static_cast<float>(s));
   sigmas_.push_back(0.0f);
   const float max_sigma = *std::max_element(sigmas_.begin(), sigmas_.end());
   // diffusers: the largest sigma for linspace/trailing spacing, sqrt(max^2 + 1) for leading.

@@ -15,12 +15,17 @@ namespace txt2img::detail {
 // One factory per sampler, each in its own source file. `steps` is already validated against the config.
 std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, double eta);
 std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
-std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps);
+// `karras`: the sampler on Karras sigmas (diffusers' use_karras_sigmas) instead of the spaced timesteps' sigmas.
+std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps);
-// DPM-Solver++(2M) on diffusers' default schedule, or with Karras sigmas.
-std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, bool karras);
-std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps);
+std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, bool karras);
+// DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step).
+std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, bool karras, bool sde);
+std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_lcm(const SchedulerConfig& config, int steps);
+
+// "ddim, euler, ... and lms_karras": the samplers whose start_at takes any step, for the others' refusals.
+std::string samplers_that_start_late();
 
 // alphas_cumprod(config) as host floats, for the scalar coefficient arithmetic.
 std::vector<float> alphas_cumprod_values(const SchedulerConfig& config);
@@ -41,6 +46,15 @@ std::vector<int64_t> discrete_timesteps(const SchedulerConfig& config, const std
 // sqrt((1 - a) / a) per training timestep, in float32 like diffusers' tensor expression.
 std::vector<float> training_sigmas(const std::vector<float>& alphas_cumprod);
 
+// The Karras et al. (2022) schedule (rho 7) of `steps` sigmas from sigma_max down to sigma_min, in float64 as
+// diffusers' _convert_to_karras computes it.
+std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int steps);
+
+// The fractional training timestep (float64, unrounded) whose log-sigma this sigma's log interpolates linearly, as
+// diffusers' _sigma_to_t computes it from `log_sigmas`, the float32 logs of the training sigmas.
+double sigma_to_t(double sigma, const std::vector<float>& log_sigmas);
+std::vector<float> log_sigmas(const std::vector<float>& training_sigmas);
+
 // Throws Error(Runtime) unless `call` is the `next` U-Net call (the run's first, then one more per step) and
 // `total` calls exist; the multistep samplers keep history, so calls must come in order, once each.
 void check_call(size_t call, size_t next, size_t total);
@@ -55,8 +69,10 @@ torch::Tensor add_noise_vp(const torch::Tensor& x0, const torch::Tensor& noise, 
 // Throws Error(Runtime) unless `noise` is defined and shaped like `sample`.
 void check_noise(const torch::Tensor& noise, const torch::Tensor& sample);
 
-// Shared part of the samplers that work in sigma space and scale the U-Net input (Euler, Euler ancestral, LMS):
-// float32 timesteps from the spacing, sigmas interpolated from the training sigmas as np.interp does, plus a final 0.
+// Shared part of the samplers that work in sigma space and scale the U-Net input (Euler, Euler ancestral, LMS,
+// Heun): float32 timesteps from the spacing, sigmas interpolated from the training sigmas as np.interp does, plus a
+// final 0. With Karras sigmas, the Karras schedule between the first and the last of those sigmas replaces them, and
+// each timestep is that sigma's fractional training timestep (float64: samplers that keep float32 round them).
 class SigmaScheduler : public Scheduler {
  public:
   double init_noise_sigma() const override { return init_noise_sigma_; }
@@ -66,7 +82,7 @@ class SigmaScheduler : public Scheduler {
   torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override;
 
  protected:
-  SigmaScheduler(const SchedulerConfig& config, int steps);
+  SigmaScheduler(const SchedulerConfig& config, int steps, bool karras);
 
   // The denoised sample the model output implies at `sigma`, by the config's prediction type ("sample" and
   // "original_sample": the output itself).

@@ -30,31 +30,35 @@ class Scheduler {
  public:
   virtual ~Scheduler() = default;
 
-  // Timestep of each U-Net call, in order (PNDM makes N+1 calls for N steps). Whole numbers for DDIM, PNDM, LCM and
-  // DPM-Solver++ (which may repeat one); fractional float32 values for Euler, Euler ancestral and LMS.
+  // Timestep of each U-Net call, in order (PNDM makes N+1 calls for N steps, Heun 2N-1: a predictor and a corrector
+  // call per step but the last). Whole numbers for DDIM, PNDM, LCM and DPM-Solver++ (which may repeat one);
+  // fractional values for the sigma samplers (float32, or float64 on Karras sigmas where diffusers keeps those).
   const std::vector<double>& timesteps() const { return timesteps_; }
   // Factor for the initial standard-normal latents (a float32 value).
   virtual double init_noise_sigma() const { return 1.0; }
   // The U-Net input for call `call` (sample / sqrt(sigma^2 + 1) for the sigma samplers).
   virtual torch::Tensor scale_model_input(const torch::Tensor& sample, size_t /*call*/) const { return sample; }
   // Whether step(…, call, …) needs a fresh standard-normal tensor shaped like the sample, drawn from the caller's
-  // generator exactly where diffusers draws one: DDIM with eta > 0 and Euler ancestral at every call, the last
-  // included; LCM at every call but the last.
+  // generator exactly where diffusers draws one: DDIM with eta > 0, Euler ancestral and DPM++ 2M SDE at every
+  // call, the last included; LCM at every call but the last.
   virtual bool needs_noise(size_t /*call*/) const { return false; }
 
-  // Makes call `first` the next one: the calls first, first + 1, ... of this schedule then run as a fresh run
-  // (multistep samplers start without history, as k-diffusion does on a sub-schedule and as img2img does), for
-  // A1111's hires fix and img2img, which build the schedule of a longer run and enter it part-way. The
-  // single-step samplers (ddim, euler, euler_a) then compute exactly what a whole run computes from the same
-  // sample; lms ramps its order up from 1 again and dpmpp_2m* take a first-order step first. Call before any step
-  // (start_at(0) changes nothing). Throws Error(Usage) for first > 0 on a sampler that cannot start anywhere but
-  // the beginning (pndm, lcm), and Error(Runtime) for first >= timesteps().size() or after a step.
-  void start_at(size_t first);
+  // Makes step `step` the next one (step = U-Net call but for heun*, whose steps make two calls but the last): its
+  // calls and those after it then run as a fresh run (multistep samplers start without history, as k-diffusion
+  // does on a sub-schedule and as img2img does), for A1111's hires fix and img2img, which build the schedule of a
+  // longer run and enter it part-way. The single-step samplers (ddim, euler*, euler_a, heun*) then compute exactly
+  // what a whole run computes from the same sample; lms* ramps its order up from 1 again and dpmpp_2m* take a
+  // first-order step first. Call before any step (start_at(0) changes nothing). Throws Error(Usage) for step > 0 on
+  // a sampler that cannot start anywhere but the beginning (pndm, lcm), and Error(Runtime) for a step past the
+  // schedule or after a step.
+  void start_at(size_t step);
+  // The U-Net call this run starts at: 0, or the first call of start_at's step.
+  size_t first_call() const { return first_call_; }
   // Why this sampler cannot start at a later call (start_at's error); empty where it can.
   virtual std::string why_it_cannot_start_later() const { return {}; }
   // The sample at the noise level of call `call`'s input, from a clean sample x0 and standard-normal noise of its
-  // shape, in the space step(…, call, …) takes samples in: x0 + sigma * noise for the sigma samplers (euler,
-  // euler_a, lms: the sigma of that call), alpha * x0 + sigma * noise in dpmpp_2m*'s variance-preserving space
+  // shape, in the space step(…, call, …) takes samples in: x0 + sigma * noise for the sigma samplers (euler*,
+  // euler_a, heun*, lms*: the sigma of that call), alpha * x0 + sigma * noise in dpmpp_2m*'s variance-preserving space
   // (alpha = 1 / sqrt(s^2 + 1) and sigma = s * alpha for that call's sigma s: A1111's x0 + s * noise scaled as the
   // solver's samples are), sqrt(a) * x0 + sqrt(1 - a) * noise with a = alphas_cumprod at timesteps()[call] for
   // ddim, pndm and lcm. A whole run of those variance-preserving samplers starts from noise * init_noise_sigma() =
@@ -75,6 +79,9 @@ class Scheduler {
   const torch::Tensor& pred_original_sample() const { return pred_original_sample_; }
 
  protected:
+  // The first U-Net call of step `step`.
+  virtual size_t first_call_of_step(size_t step) const { return step; }
+
   std::vector<double> timesteps_;
   torch::Tensor pred_original_sample_;
   size_t first_call_ = 0;  // the call this run starts at: 0, or start_at's

@@ -199,11 +199,12 @@ std::string a1111_command(const std::string& text) {
   take("Steps", "--steps");
   std::string sampler = canonical_scheduler_name(field("Sampler"));
   // A1111 1.9 and later name the schedule apart: "Sampler: DPM++ 2M, Schedule type: Karras".
-  const std::string schedule = field("Schedule type");
-  if (schedule == "Karras" && sampler == "dpmpp_2m") sampler = "dpmpp_2m_karras";
-  else if (!schedule.empty() && schedule != "Automatic") left_out.push_back("Schedule type: " + schedule);
   const auto& known = scheduler_names();
-  if (std::find(known.begin(), known.end(), sampler) != known.end()) {
+  const auto is_known = [&](const std::string& name) { return std::find(known.begin(), known.end(), name) != known.end(); };
+  const std::string schedule = field("Schedule type");
+  if (schedule == "Karras" && is_known(sampler + "_karras")) sampler += "_karras";
+  else if (!schedule.empty() && schedule != "Automatic") left_out.push_back("Schedule type: " + schedule);
+  if (is_known(sampler)) {
     args.insert(args.end(), {"--sampler", sampler});
     if (sampler == "ddim") take("Eta DDIM", "--eta");
   } else if (!field("Sampler").empty()) {
@@ -248,6 +249,9 @@ std::string a1111_command(const std::string& text) {
   if (field("RNG") != "CPU")
     std::cerr << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
                  "here and the image will differ\n";
+  if (sampler.rfind("dpmpp_2m_sde", 0) == 0)
+    std::cerr << "its sampler's noise at each step came from A1111's Brownian tree; txt2img's DPM++ 2M SDE draws it "
+                 "from the seed as diffusers does, so the image will differ\n";
   if (!loras.empty())
     std::cerr << "its prompt adds the LoRAs " << loras
               << (field("Lora hashes").empty() ? "" : " (Lora hashes: " + field("Lora hashes") + ")")

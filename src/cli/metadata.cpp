@@ -21,10 +21,22 @@ std::string a1111_quote(const std::string& value) {
 }  // namespace
 
 std::string sampler_display_name(const std::string& sampler) {
-  // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
+  // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers. The Karras
+  // samplers take A1111's names from before its "Schedule type" field, which A1111 1.9 and later still read.
   static const std::map<std::string, std::string> names = {
-      {"ddim", "DDIM"},   {"pndm", "PLMS"}, {"euler", "Euler"},
-      {"euler_a", "Euler a"}, {"lms", "LMS"}, {"dpmpp_2m", "DPM++ 2M"}, {"dpmpp_2m_karras", "DPM++ 2M Karras"},
+      {"ddim", "DDIM"},
+      {"pndm", "PLMS"},
+      {"euler", "Euler"},
+      {"euler_karras", "Euler Karras"},
+      {"euler_a", "Euler a"},
+      {"heun", "Heun"},
+      {"heun_karras", "Heun Karras"},
+      {"lms", "LMS"},
+      {"lms_karras", "LMS Karras"},
+      {"dpmpp_2m", "DPM++ 2M"},
+      {"dpmpp_2m_karras", "DPM++ 2M Karras"},
+      {"dpmpp_2m_sde", "DPM++ 2M SDE"},
+      {"dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"},
       {"lcm", "LCM"},
   };
   const auto it = names.find(canonical_scheduler_name(sampler));

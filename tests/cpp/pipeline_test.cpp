@@ -800,6 +800,38 @@ TEST(HiresFix, ResizesTheLatentsAndRunsTheLastStepsOfAStretchedSchedule) {
   EXPECT_EQ(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
 }
 
+// Heun makes two U-Net calls per step but the last: the hires pass enters its stretched schedule at the predictor
+// call of its first step (step 3 of 6 is call 6 of 11) and makes 2N - 1 = 5 calls, counted in the progress.
+TEST(HiresFix, HeunEntersItsScheduleAtAStep) {
+  struct Keep : txt2img::Observer {
+    void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
+    void step(size_t call, size_t calls) override { progress.emplace_back(call, calls); }
+    std::map<std::string, torch::Tensor> kept;
+    std::vector<std::pair<size_t, size_t>> progress;
+  };
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
+  auto params = small_params();  // 64x48, 3 steps
+  params.sampler = "heun";
+  params.hires.scale = 1.5;
+  params.hires.denoise = 0.5;
+  Keep keep;
+  generate_small(pipeline, {"a red cube"}, {11}, params, &keep);
+
+  auto config = pipeline.manifest().scheduler;
+  config.timestep_spacing.clear();
+  const auto stretched = txt2img::make_scheduler("heun", config, 6);
+  ASSERT_EQ(stretched->timesteps().size(), 11u);
+  txt2img::SeededNoise noise({11});
+  const auto expected_init = stretched->add_noise(keep.kept.at("hires/latents/upscaled"), noise.draw({1, 4, 9, 12}), 6);
+  EXPECT_TRUE(torch::equal(keep.kept.at("hires/latents/init"), expected_init));
+  EXPECT_TRUE(keep.kept.count("hires/unet/004/noise_pred"));
+  EXPECT_FALSE(keep.kept.count("hires/unet/005/noise_pred"));
+  // 5 calls for the first pass's 3 steps, 5 for the hires pass's.
+  ASSERT_EQ(keep.progress.size(), 10u);
+  EXPECT_EQ(keep.progress[4], (std::pair<size_t, size_t>{5, 10}));
+  EXPECT_EQ(keep.progress.back(), (std::pair<size_t, size_t>{10, 10}));
+}
+
 TEST(HiresFix, WhatCannotRunIsAUsageError) {
   const auto manifest = txt2img::Bundle::open(fixtures() / "tiny").manifest();
   auto refused = [&](auto edit, std::initializer_list<std::string> fragments) {

@@ -168,6 +168,78 @@ std::vector<GoldenCase> golden_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Goldens, SchedulerGolden, testing::ValuesIn(golden_cases()), case_name);
 
+// The samplers reference/scheduler/ has no runs of, against tests/fixtures/sampler_goldens.safetensors: diffusers
+// v0.31.0's schedulers run by tests/fixtures/make_sampler_goldens.py on the same kind of fake inputs (a float64
+// formula per element, rounded to float32, for the start sample, each call's model output and its noise).
+const txt2img::SafeTensors& sampler_goldens() {
+  static const auto g = txt2img::SafeTensors::open(TXT2IMG_SAMPLER_GOLDENS);
+  return g;
+}
+
+torch::Tensor formula(const std::function<double(int64_t)>& f) {
+  std::vector<float> values;
+  for (int64_t k = 0; k < 256; ++k) values.push_back(static_cast<float>(f(k)));
+  return torch::tensor(values).reshape({1, 4, 8, 8});
+}
+torch::Tensor fake_sample0() {
+  return formula([](int64_t k) { return std::sin(0.13 * k) * 1.3 + std::cos(0.07 * k) * 0.4; });
+}
+torch::Tensor fake_model_output(size_t i) {
+  return formula([i](int64_t k) { return std::sin(0.37 * k + 0.5 * i) * 0.8 + std::cos(0.011 * k * (i + 1)) * 0.2; });
+}
+torch::Tensor fake_noise(size_t i) {
+  return formula(
+      [i](int64_t k) { return std::sin(1.3 * k + 0.7 * i + 0.25) * 0.9 + std::cos(0.029 * k * (i + 2)) * 0.3; });
+}
+
+class SamplerGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
+
+TEST_P(SamplerGolden, MatchesDiffusers) {
+  const auto& [name, steps] = GetParam();
+  const std::string run = name + "/n" + std::to_string(steps);
+  const auto& g = sampler_goldens();
+  auto sched = txt2img::make_scheduler(name, sd_config(), steps);
+  // Karras timesteps come from NumPy's float32 log of the training sigmas, which on this CPU (AVX-512) is off by
+  // an ulp for about 190 of the 1000 and differs between CPUs; the sigmas the steps use are exact either way, and a
+  // timestep moves by a few millionths of a training step.
+  const auto ts = g.get(run + "/timesteps");
+  ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(ts.numel()));
+  double timestep_error = 0;
+  for (size_t i = 0; i < sched->timesteps().size(); ++i)
+    timestep_error = std::max(timestep_error, std::abs(sched->timesteps()[i] - ts[static_cast<int64_t>(i)].item<double>()));
+  EXPECT_LE(timestep_error, name.find("karras") != std::string::npos ? 1e-4 : 0.0) << run;
+  EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), g.get(run + "/init_noise_sigma").item<float>());
+
+  Worst w;
+  torch::Tensor x = fake_sample0() * sched->init_noise_sigma();
+  for (size_t i = 0; i < sched->timesteps().size(); ++i) {
+    char call[16];
+    std::snprintf(call, sizeof call, "/call%03zu/", i);
+    const std::string s = run + call;
+    if (g.contains(s + "scaled_model_input"))
+      w.compare(sched->scale_model_input(x, i), g.get(s + "scaled_model_input"), s + "scaled_model_input");
+    x = sched->step(fake_model_output(i), i, x, sched->needs_noise(i) ? fake_noise(i) : torch::Tensor());
+    if (g.contains(s + "prev_sample")) w.compare(x, g.get(s + "prev_sample"), s + "prev_sample");
+    if (g.contains(s + "pred_original_sample"))
+      w.compare(sched->pred_original_sample(), g.get(s + "pred_original_sample"), s + "pred_original_sample");
+  }
+  w.compare(x, g.get(run + "/final"), run + "/final");
+  std::cout << "[worst] " << run << ": abs " << w.abs << ", rel " << w.rel << (w.exact ? " (bit-exact)" : "")
+            << " over " << w.tensors << " tensors; timesteps within " << timestep_error << "\n";
+}
+
+std::vector<std::pair<std::string, int>> sampler_golden_cases() {
+  std::vector<std::pair<std::string, int>> out;
+  for (const char* name : {"euler_karras", "lms_karras", "heun", "heun_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras"})
+    for (int steps : {1, 2, 3, 10, 25}) out.emplace_back(name, steps);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, SamplerGolden, testing::ValuesIn(sampler_golden_cases()),
+                         [](const testing::TestParamInfo<std::pair<std::string, int>>& info) {
+                           return info.param.first + "_n" + std::to_string(info.param.second);
+                         });
+
 // The schedulers inside complete diffusers pipeline runs (guided model outputs of real shapes, batch 2 or 4,
 // generator noise): replaying each run's scheduler inputs reproduces its latents.
 class SchedulerRunReplay : public testing::TestWithParam<std::string> {};
@@ -256,7 +328,8 @@ TEST(Scheduler, RowsAreIndependent) {
   const auto sample0 = golden("common/sample0");
   for (const auto& [name, eta] : std::vector<std::pair<std::string, double>>{
            {"ddim", 0.0}, {"ddim", 0.5}, {"pndm", 0.0}, {"euler", 0.0}, {"euler_a", 0.0}, {"dpmpp_2m_karras", 0.0},
-           {"lms", 0.0}, {"lcm", 0.0}, {"dpmpp_2m", 0.0}}) {
+           {"lms", 0.0}, {"lcm", 0.0}, {"dpmpp_2m", 0.0}, {"euler_karras", 0.0}, {"heun", 0.0}, {"heun_karras", 0.0},
+           {"lms_karras", 0.0}, {"dpmpp_2m_sde", 0.0}, {"dpmpp_2m_sde_karras", 0.0}}) {
     const int steps = 10;
     const auto run = [&](const torch::Tensor& start, const std::function<torch::Tensor(size_t)>& output,
                          const std::function<torch::Tensor(size_t)>& noise) {
@@ -344,8 +417,9 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
 TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
   EXPECT_EQ(names,
-            (std::vector<std::string>{"ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "lms",
-                                      "lcm"}));
+            (std::vector<std::string>{"ddim", "pndm", "euler", "euler_karras", "euler_a", "heun", "heun_karras",
+                                      "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "lms",
+                                      "lms_karras", "lcm"}));
   for (const auto& name : names) {
     // LCM's timesteps are a subset of the 50 it was distilled on.
     const int most = name == "lcm" ? 50 : 999;
@@ -356,7 +430,7 @@ TEST(Scheduler, NamesAndValidation) {
   }
   expect_error(ErrorKind::Usage, "at most 50 steps", [] { txt2img::make_scheduler("lcm", sd_config(), 51); });
   try {
-    txt2img::make_scheduler("heun", sd_config(), 10);
+    txt2img::make_scheduler("unipc", sd_config(), 10);
     ADD_FAILURE();
   } catch (const txt2img::Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::Usage);
@@ -441,13 +515,15 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
       {"Euler a", "euler_a"}, {"k_euler_a", "euler_a"}, {"LMS", "lms"},
       {"DPM++ 2M Karras", "dpmpp_2m_karras"}, {"LCM", "lcm"},  {"EulerAncestralDiscreteScheduler", "euler_a"},
       {"LCMScheduler", "lcm"}, {"PNDMScheduler", "pndm"},    {"LMSDiscreteScheduler", "lms"},
-      {"DPM++ 2M", "dpmpp_2m"}, {"DPMSolverMultistepScheduler", "dpmpp_2m"}};
+      {"DPM++ 2M", "dpmpp_2m"}, {"DPMSolverMultistepScheduler", "dpmpp_2m"}, {"Heun", "heun"},
+      {"HeunDiscreteScheduler", "heun"}, {"DPM++ 2M SDE", "dpmpp_2m_sde"},
+      {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"}, {"LMS Karras", "lms_karras"}, {"Euler Karras", "euler_karras"}};
   for (const auto& [alias, name] : aliases) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
               txt2img::make_scheduler(name, sd_config(), 10)->timesteps()) << alias;
   }
-  for (const char* other : {"Heun", "DPM++ 2M SDE Karras"}) {
+  for (const char* other : {"UniPC", "DPM++ SDE Karras", "DPM2 a", "DPM++ 2M SDE Heun"}) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(other), other);
     expect_error(ErrorKind::Usage, "unknown scheduler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
   }
@@ -535,7 +611,10 @@ TEST(Scheduler, StepsMustComeInOrderWithNoiseWhereNeeded) {
 
 // The samplers that can start part-way, with the sample space their add_noise works in.
 const std::vector<std::string>& late_starters() {
-  static const std::vector<std::string> names = {"ddim", "euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_karras"};
+  static const std::vector<std::string> names = {"ddim",         "euler",        "euler_karras", "euler_a",
+                                                 "heun",         "heun_karras",  "lms",          "lms_karras",
+                                                 "dpmpp_2m",     "dpmpp_2m_karras", "dpmpp_2m_sde",
+                                                 "dpmpp_2m_sde_karras"};
   return names;
 }
 
@@ -559,7 +638,7 @@ TEST(SchedulerStartAt, AddNoiseAtTheFirstCallIsTheInitialNoise) {
     const auto sched = txt2img::make_scheduler(name, sd_config(), 10);
     const auto start = sched->add_noise(zeros, n, 0);
     const auto whole_run_start = n * sched->init_noise_sigma();
-    if (name == "euler" || name == "euler_a" || name == "lms") {
+    if (name.rfind("ddim", 0) != 0 && name.rfind("dpmpp", 0) != 0) {  // the sigma samplers
       EXPECT_TRUE(torch::equal(start, whole_run_start)) << name;
     } else {
       EXPECT_EQ(sched->init_noise_sigma(), 1.0) << name;
@@ -670,6 +749,28 @@ TEST(SchedulerStartAt, MemorylessSamplersFollowTheWholeRun) {
   }
 }
 
+// The single-step samplers of tests/fixtures/sampler_goldens.safetensors entered at step 4 from the golden sample
+// before it follow the golden run bit for bit; heun's step 4 is its call 8, a predictor call.
+TEST(SchedulerStartAt, KarrasAndHeunSamplersFollowTheWholeRun) {
+  for (const std::string name : {"euler_karras", "heun", "heun_karras"}) {
+    const std::string run = name + "/n10";
+    auto late = txt2img::make_scheduler(name, sd_config(), 10);
+    late->start_at(4);
+    const size_t first = late->first_call();
+    EXPECT_EQ(first, name == "euler_karras" ? 4u : 8u);
+    const auto key = [&](size_t call) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "/call%03zu/prev_sample", call);
+      return run + buf;
+    };
+    torch::Tensor x = sampler_goldens().get(key(first - 1));
+    for (size_t i = first; i < late->timesteps().size(); ++i) {
+      x = late->step(fake_model_output(i), i, x);
+      EXPECT_TRUE(torch::equal(x, sampler_goldens().get(key(i)))) << name << " call " << i;
+    }
+  }
+}
+
 // DPM-Solver++(2M) entered at call k has no earlier x0 prediction: its first step is the first-order
 // (DPM-Solver++ 1, DDIM-like) update, where the whole run's call k is second order; from call k + 1 on it is the
 // whole run's second-order step again.
@@ -748,15 +849,17 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
   const auto x0 = golden("common/sample0") * 0.5;
   const auto n = unit_noise(x0);
   for (const auto& name : late_starters()) {
-    if (name == "euler_a") continue;  // its fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has it
+    // Their fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has euler_a.
+    if (name == "euler_a" || name.rfind("dpmpp_2m_sde", 0) == 0) continue;
     for (size_t k : {0, 3, 7, 11}) {
       auto sched = txt2img::make_scheduler(name, sd_config(), 12);
       sched->start_at(k);
-      torch::Tensor x = sched->add_noise(x0, n, k);
-      for (size_t i = k; i < 12; ++i) {
+      const size_t first = sched->first_call(), calls = sched->timesteps().size();
+      torch::Tensor x = sched->add_noise(x0, n, first);
+      for (size_t i = first; i < calls; ++i) {
         x = sched->step(n, i, x);
         EXPECT_TRUE(torch::allclose(sched->pred_original_sample(), x0, 1e-4, 1e-4)) << name << " " << k << " " << i;
-        if (i + 1 < 12)
+        if (i + 1 < calls)
           EXPECT_TRUE(torch::allclose(x, sched->add_noise(x0, n, i + 1), 1e-5, 1e-5))
               << name << " from " << k << " call " << i << ": " << (x - sched->add_noise(x0, n, i + 1)).abs().max();
       }
@@ -806,13 +909,19 @@ TEST(SchedulerStartAt, Errors) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 4);
     sched->start_at(3);
     sched->start_at(2);  // before any step the start may still move
-    expect_error(ErrorKind::Runtime, "expected call 2, got 1", [&] { sched->step(x, 1, x, noise); });
-    expect_error(ErrorKind::Runtime, "expected call 2, got 0", [&] { sched->step(x, 0, x, noise); });
-    expect_error(ErrorKind::Runtime, "expected call 2, got 3", [&] { sched->step(x, 3, x, noise); });
-    sched->step(x, 2, x, noise);
+    // Step 2 is call 2, but heun's call 4 (a predictor and a corrector call per step).
+    const size_t c = sched->first_call();
+    EXPECT_EQ(c, name.rfind("heun", 0) == 0 ? 4u : 2u) << name;
+    const auto expected = [](size_t want, size_t got) {
+      return "expected call " + std::to_string(want) + ", got " + std::to_string(got);
+    };
+    expect_error(ErrorKind::Runtime, expected(c, c - 1), [&] { sched->step(x, c - 1, x, noise); });
+    expect_error(ErrorKind::Runtime, expected(c, 0), [&] { sched->step(x, 0, x, noise); });
+    expect_error(ErrorKind::Runtime, expected(c, c + 1), [&] { sched->step(x, c + 1, x, noise); });
+    sched->step(x, c, x, noise);
     expect_error(ErrorKind::Runtime, "after a step", [&] { sched->start_at(3); });
-    expect_error(ErrorKind::Runtime, "expected call 3, got 2", [&] { sched->step(x, 2, x, noise); });
-    EXPECT_NO_THROW(sched->step(x, 3, x, noise)) << name;
+    expect_error(ErrorKind::Runtime, expected(c + 1, c), [&] { sched->step(x, c, x, noise); });
+    EXPECT_NO_THROW(sched->step(x, c + 1, x, noise)) << name;
   }
 }
 
