@@ -33,6 +33,8 @@ constexpr Sampler kSamplers[] = {
     {"dpmpp_2m_sde_karras", false},
     {"lms", false},
     {"lms_karras", false},
+    {"unipc", false},
+    {"unipc_karras", false},
     {"lcm", false, false},
 };
 
@@ -160,6 +162,8 @@ std::string canonical_scheduler_name(const std::string& name) {
       {"dpmpp2msde", "dpmpp_2m_sde"}, {"kdpmpp2msde", "dpmpp_2m_sde"},
       {"dpmpp2msdekarras", "dpmpp_2m_sde_karras"}, {"kdpmpp2msdekarras", "dpmpp_2m_sde_karras"},
       {"lmskarras", "lms_karras"}, {"klmskarras", "lms_karras"},
+      {"unipc", "unipc"},         {"unipcmultistepscheduler", "unipc"},
+      {"unipckarras", "unipc_karras"},
   };
   const auto it = aliases.find(key);
   return it == aliases.end() ? name : it->second;
@@ -191,6 +195,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (base == "euler") return detail::make_euler(config, steps, karras);
   if (base == "heun") return detail::make_heun(config, steps, karras);
   if (base == "lms") return detail::make_lms(config, steps, karras);
+  if (base == "unipc") return detail::make_unipc(config, steps, karras);
   return detail::make_dpmpp_2m(config, steps, karras, base == "dpmpp_2m_sde");
 }
 
@@ -366,6 +371,59 @@ torch::Tensor SigmaScheduler::predict_x0(const torch::Tensor& model_output, cons
   if (prediction_type_ == "v_prediction")
     return model_output * (-sigma / std::sqrt(sigma * sigma + 1.0f)) + sample / (sigma * sigma + 1.0f);
   return model_output;
+}
+
+float tensor_log(float x) { return torch::log(torch::scalar_tensor(x, torch::kFloat32)).item<float>(); }
+float tensor_exp(float x) { return torch::exp(torch::scalar_tensor(x, torch::kFloat32)).item<float>(); }
+float tensor_expm1(float x) { return torch::expm1(torch::scalar_tensor(x, torch::kFloat32)).item<float>(); }
+
+Vp::Vp(float karras_sigma) {
+  alpha = 1.0f / std::sqrt(karras_sigma * karras_sigma + 1.0f);
+  sigma = karras_sigma * alpha;
+  lambda = tensor_log(alpha) - tensor_log(sigma);
+}
+
+LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, bool karras, const std::string& name)
+    : prediction_type_(config.prediction_type) {
+  require_prediction_type(config, name.c_str(), {"epsilon", "sample", "v_prediction"});
+  const std::string spacing = resolve_spacing(config, "linspace");
+  const auto train = training_sigmas(alphas_cumprod_values(config));
+  if (karras) {
+    // The Karras sigmas replace the spaced timesteps: the spacing has no effect. NumPy rounds half to even.
+    const auto logs = log_sigmas(train);
+    for (double sigma : karras_sigmas(train.front(), train.back(), steps)) {
+      timesteps_.push_back(std::nearbyint(sigma_to_t(sigma, logs)));
+      sigmas_.push_back(static_cast<float>(sigma));
+    }
+  } else if (spacing == "linspace") {
+    // np.interp at whole timesteps is the training sigma itself (DPM-Solver's lambda_min_clipped = -inf keeps
+    // every timestep).
+    const int total = config.num_train_timesteps;
+    const double stride = static_cast<double>(total - 1) / steps;
+    for (int i = steps; i > 0; --i) {
+      const double t = std::nearbyint(i == steps ? total - 1 : i * stride);
+      timesteps_.push_back(t);
+      sigmas_.push_back(train[static_cast<size_t>(t)]);
+    }
+  } else {
+    throw Error(ErrorKind::Bundle, "timestep_spacing \"" + spacing + "\" is not supported by the " + name +
+                                       " scheduler (supported: linspace)");
+  }
+  sigmas_.push_back(0.0f);
+}
+
+torch::Tensor LogSnrScheduler::add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const {
+  check_add_noise_call(call, timesteps_.size());
+  const Vp at(sigmas_[call]);
+  return at.alpha * x0 + at.sigma * noise;
+}
+
+torch::Tensor LogSnrScheduler::predict_x0(const torch::Tensor& model_output, const torch::Tensor& sample,
+                                          size_t call) const {
+  const Vp at(sigmas_[call]);
+  if (prediction_type_ == "epsilon") return (sample - at.sigma * model_output) / at.alpha;
+  if (prediction_type_ == "sample") return model_output;
+  return at.alpha * sample - at.sigma * model_output;  // v_prediction
 }
 
 }  // namespace detail

@@ -21,6 +21,7 @@ std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, i
 std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, bool karras);
 // DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step).
 std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, bool karras, bool sde);
+std::unique_ptr<Scheduler> make_unipc(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_lcm(const SchedulerConfig& config, int steps);
 
@@ -92,6 +93,42 @@ class SigmaScheduler : public Scheduler {
 
  private:
   float init_noise_sigma_ = 1.0f;
+  std::string prediction_type_;
+};
+
+// diffusers takes log, exp and expm1 of float32 0-dim tensors; ATen's vectorised kernels round differently from
+// libm, so the same kernels are used here.
+float tensor_log(float x);
+float tensor_exp(float x);
+float tensor_expm1(float x);
+
+// A variance-preserving sample's scales at a Karras-space sigma s (alpha = 1 / sqrt(s^2 + 1), sigma = s * alpha,
+// diffusers' _sigma_to_alpha_sigma_t) and its log-SNR lambda = log(alpha) - log(sigma).
+struct Vp {
+  float alpha, sigma, lambda;
+  explicit Vp(float karras_sigma);
+};
+
+// Shared part of the solvers that step in log-SNR time on variance-preserving samples (DPM-Solver++, UniPC): whole
+// timesteps np.linspace(0, num_train_timesteps - 1, steps + 1).round()[::-1][:-1] with their training sigmas, or
+// Karras sigmas between the training extremes at their rounded training timesteps; then a final sigma 0.
+// init_noise_sigma 1 and unscaled U-Net input.
+class LogSnrScheduler : public Scheduler {
+ public:
+  // alpha * x0 + sigma * noise at this call's sigma, diffusers' add_noise of these schedulers.
+  torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override;
+
+ protected:
+  // `name`: the sampler's, for errors. Throws Error(Bundle) for a spacing other than linspace without Karras sigmas
+  // or an unsupported prediction type.
+  LogSnrScheduler(const SchedulerConfig& config, int steps, bool karras, const std::string& name);
+
+  // The x0 prediction of a model output for the sample at call `call`'s sigma (convert_model_output).
+  torch::Tensor predict_x0(const torch::Tensor& model_output, const torch::Tensor& sample, size_t call) const;
+
+  std::vector<float> sigmas_;  // one per call, then 0
+
+ private:
   std::string prediction_type_;
 };
 

@@ -252,6 +252,9 @@ std::string a1111_command(const std::string& text) {
   if (sampler.rfind("dpmpp_2m_sde", 0) == 0)
     std::cerr << "its sampler's noise at each step came from A1111's Brownian tree; txt2img's DPM++ 2M SDE draws it "
                  "from the seed as diffusers does, so the image will differ\n";
+  if (sampler.rfind("unipc", 0) == 0)
+    std::cerr << "A1111's UniPC is by default the bh1 variant of order 3; txt2img's is diffusers' (bh2, order 2), so "
+                 "the image will differ\n";
   if (!loras.empty())
     std::cerr << "its prompt adds the LoRAs " << loras
               << (field("Lora hashes").empty() ? "" : " (Lora hashes: " + field("Lora hashes") + ")")

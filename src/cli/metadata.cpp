@@ -37,6 +37,8 @@ std::string sampler_display_name(const std::string& sampler) {
       {"dpmpp_2m_karras", "DPM++ 2M Karras"},
       {"dpmpp_2m_sde", "DPM++ 2M SDE"},
       {"dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"},
+      {"unipc", "UniPC"},
+      {"unipc_karras", "UniPC Karras"},
       {"lcm", "LCM"},
   };
   const auto it = names.find(canonical_scheduler_name(sampler));

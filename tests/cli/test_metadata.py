@@ -234,18 +234,19 @@ class Metadata(CliTestCase):
                       png_text(self.dir / "b.png")["parameters"])
 
         # A sampler without an equivalent is left out (the default runs), and GPU noise is pointed out.
-        other = "a fox\nSteps: 20, Sampler: UniPC, CFG scale: 7, Seed: 1, Size: 512x512"
-        (self.dir / "unipc.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
-                                                             other))
-        result = run(["info", "unipc.png", "--command"], self.dir)
+        other = "a fox\nSteps: 20, Sampler: Restart, CFG scale: 7, Seed: 1, Size: 512x512"
+        (self.dir / "restart.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
+                                                               other))
+        result = run(["info", "restart.png", "--command"], self.dir)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertNotIn("--sampler", result.stdout)
-        self.assertIn("Sampler: UniPC", result.stderr)
+        self.assertIn("Sampler: Restart", result.stderr)
         self.assertIn("GPU generator", result.stderr)
 
     def test_info_command_reads_a1111_samplers_and_schedule_types(self):
         """A1111's sampler names, old ("LMS Karras") and new ("Euler" with "Schedule type: Karras"), become ours; a
-        schedule type txt2img has no sampler for is left out, and DPM++ 2M SDE warns of its Brownian-tree noise."""
+        schedule type txt2img has no sampler for is left out; DPM++ 2M SDE warns of its Brownian-tree noise, UniPC of
+        A1111's other variant."""
         self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
         cases = [("Sampler: Heun", "heun", None),
                  ("Sampler: Euler, Schedule type: Karras", "euler_karras", None),
@@ -253,6 +254,7 @@ class Metadata(CliTestCase):
                  ("Sampler: LMS Karras", "lms_karras", None),
                  ("Sampler: DPM++ 2M SDE, Schedule type: Karras", "dpmpp_2m_sde_karras", "Brownian tree"),
                  ("Sampler: DPM++ 2M SDE", "dpmpp_2m_sde", "Brownian tree"),
+                 ("Sampler: UniPC", "unipc", "bh1 variant of order 3"),
                  ("Sampler: Euler a, Schedule type: Karras", "euler_a", "Schedule type: Karras"),
                  ("Sampler: Euler, Schedule type: Exponential", "euler", "Schedule type: Exponential")]
         for i, (fields, sampler, note) in enumerate(cases):

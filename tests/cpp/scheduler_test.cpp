@@ -230,7 +230,8 @@ TEST_P(SamplerGolden, MatchesDiffusers) {
 
 std::vector<std::pair<std::string, int>> sampler_golden_cases() {
   std::vector<std::pair<std::string, int>> out;
-  for (const char* name : {"euler_karras", "lms_karras", "heun", "heun_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras"})
+  for (const char* name : {"euler_karras", "lms_karras", "heun", "heun_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras",
+                           "unipc", "unipc_karras"})
     for (int steps : {1, 2, 3, 10, 25}) out.emplace_back(name, steps);
   return out;
 }
@@ -329,7 +330,8 @@ TEST(Scheduler, RowsAreIndependent) {
   for (const auto& [name, eta] : std::vector<std::pair<std::string, double>>{
            {"ddim", 0.0}, {"ddim", 0.5}, {"pndm", 0.0}, {"euler", 0.0}, {"euler_a", 0.0}, {"dpmpp_2m_karras", 0.0},
            {"lms", 0.0}, {"lcm", 0.0}, {"dpmpp_2m", 0.0}, {"euler_karras", 0.0}, {"heun", 0.0}, {"heun_karras", 0.0},
-           {"lms_karras", 0.0}, {"dpmpp_2m_sde", 0.0}, {"dpmpp_2m_sde_karras", 0.0}}) {
+           {"lms_karras", 0.0}, {"dpmpp_2m_sde", 0.0}, {"dpmpp_2m_sde_karras", 0.0}, {"unipc", 0.0},
+           {"unipc_karras", 0.0}}) {
     const int steps = 10;
     const auto run = [&](const torch::Tensor& start, const std::function<torch::Tensor(size_t)>& output,
                          const std::function<torch::Tensor(size_t)>& noise) {
@@ -419,7 +421,7 @@ TEST(Scheduler, NamesAndValidation) {
   EXPECT_EQ(names,
             (std::vector<std::string>{"ddim", "pndm", "euler", "euler_karras", "euler_a", "heun", "heun_karras",
                                       "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "lms",
-                                      "lms_karras", "lcm"}));
+                                      "lms_karras", "unipc", "unipc_karras", "lcm"}));
   for (const auto& name : names) {
     // LCM's timesteps are a subset of the 50 it was distilled on.
     const int most = name == "lcm" ? 50 : 999;
@@ -430,7 +432,7 @@ TEST(Scheduler, NamesAndValidation) {
   }
   expect_error(ErrorKind::Usage, "at most 50 steps", [] { txt2img::make_scheduler("lcm", sd_config(), 51); });
   try {
-    txt2img::make_scheduler("unipc", sd_config(), 10);
+    txt2img::make_scheduler("restart", sd_config(), 10);
     ADD_FAILURE();
   } catch (const txt2img::Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::Usage);
@@ -517,13 +519,14 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
       {"LCMScheduler", "lcm"}, {"PNDMScheduler", "pndm"},    {"LMSDiscreteScheduler", "lms"},
       {"DPM++ 2M", "dpmpp_2m"}, {"DPMSolverMultistepScheduler", "dpmpp_2m"}, {"Heun", "heun"},
       {"HeunDiscreteScheduler", "heun"}, {"DPM++ 2M SDE", "dpmpp_2m_sde"},
-      {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"}, {"LMS Karras", "lms_karras"}, {"Euler Karras", "euler_karras"}};
+      {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"}, {"LMS Karras", "lms_karras"}, {"Euler Karras", "euler_karras"},
+      {"UniPC", "unipc"}, {"UniPCMultistepScheduler", "unipc"}};
   for (const auto& [alias, name] : aliases) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
               txt2img::make_scheduler(name, sd_config(), 10)->timesteps()) << alias;
   }
-  for (const char* other : {"UniPC", "DPM++ SDE Karras", "DPM2 a", "DPM++ 2M SDE Heun"}) {
+  for (const char* other : {"Restart", "DPM++ SDE Karras", "DPM2 a", "DPM++ 2M SDE Heun"}) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(other), other);
     expect_error(ErrorKind::Usage, "unknown scheduler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
   }
@@ -614,7 +617,7 @@ const std::vector<std::string>& late_starters() {
   static const std::vector<std::string> names = {"ddim",         "euler",        "euler_karras", "euler_a",
                                                  "heun",         "heun_karras",  "lms",          "lms_karras",
                                                  "dpmpp_2m",     "dpmpp_2m_karras", "dpmpp_2m_sde",
-                                                 "dpmpp_2m_sde_karras"};
+                                                 "dpmpp_2m_sde_karras", "unipc", "unipc_karras"};
   return names;
 }
 
@@ -638,7 +641,7 @@ TEST(SchedulerStartAt, AddNoiseAtTheFirstCallIsTheInitialNoise) {
     const auto sched = txt2img::make_scheduler(name, sd_config(), 10);
     const auto start = sched->add_noise(zeros, n, 0);
     const auto whole_run_start = n * sched->init_noise_sigma();
-    if (name.rfind("ddim", 0) != 0 && name.rfind("dpmpp", 0) != 0) {  // the sigma samplers
+    if (name.rfind("ddim", 0) != 0 && name.rfind("dpmpp", 0) != 0 && name.rfind("unipc", 0) != 0) {  // sigma space
       EXPECT_TRUE(torch::equal(start, whole_run_start)) << name;
     } else {
       EXPECT_EQ(sched->init_noise_sigma(), 1.0) << name;
@@ -809,6 +812,27 @@ TEST(SchedulerStartAt, DpmPP2MStartsWithAFirstOrderStep) {
   history->step(eps, k, sample);  // the same x0 at call k as the late start's
   const auto eps_next = golden(step_key(run, k + 1) + "model_output");
   EXPECT_TRUE(torch::equal(late->step(eps_next, k + 1, first), history->step(eps_next, k + 1, first)));
+}
+
+// UniPC entered at call k starts as a fresh run: no corrector (nothing to correct yet) and a first-order
+// predictor, which is DPM-Solver++'s first-order step (up to expm1(-h) against exp(-h) - 1); the whole run's call
+// k corrects and takes a second-order step.
+TEST(SchedulerStartAt, UniPCStartsWithAFirstOrderStepAndNoCorrector) {
+  const size_t k = 4;
+  const auto sample = fake_sample0(), eps = fake_model_output(k);
+  auto late = txt2img::make_scheduler("unipc", sd_config(), 10);
+  late->start_at(k);
+  auto dpm = txt2img::make_scheduler("dpmpp_2m", sd_config(), 10);
+  dpm->start_at(k);
+  ASSERT_EQ(late->timesteps(), dpm->timesteps());
+  const auto first = late->step(eps, k, sample);
+  EXPECT_TRUE(torch::allclose(first, dpm->step(eps, k, sample), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::equal(late->pred_original_sample(), dpm->pred_original_sample()));
+
+  auto whole = txt2img::make_scheduler("unipc", sd_config(), 10);
+  torch::Tensor x = sample;
+  for (size_t i = 0; i < k; ++i) x = whole->step(fake_model_output(i), i, x);
+  EXPECT_GT((whole->step(eps, k, sample) - first).abs().max().item<double>(), 1e-3);
 }
 
 // LMS entered at call k ramps its order up from 1 there: its first step is an Euler step, its second the
