@@ -92,7 +92,14 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
       throw Error(ErrorKind::Bundle,
                   where + ": model.json field \"text_num_layers\" must be at least 1" + kConvertHint);
   }
-  m.scheduler = scheduler_from_json(field<nlohmann::json>(j, "scheduler", where), where);
+  const auto scheduler = field<nlohmann::json>(j, "scheduler", where);
+  m.scheduler = scheduler_from_json(scheduler, where);
+  const auto optional_string = [&](const char* name) {
+    return scheduler.contains(name) && !scheduler.at(name).is_null() ? field<std::string>(scheduler, name, where)
+                                                                      : std::string();
+  };
+  m.source_scheduler_class = optional_string("class");
+  m.source_sampler = optional_string("sampler");
   if (j.contains("safety") && !j.at("safety").is_null()) m.safety = safety_from_json(j.at("safety"), where);
   const auto files = field<nlohmann::json>(j, "files", where);
   for (const auto& [name, info] : files.items())

@@ -231,6 +231,19 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   throw backend_failure(e);
 }
 
+std::string resolve_sampler(const Manifest& manifest, const std::string& name) {
+  if (name != "model") return canonical_scheduler_name(name);
+  if (!manifest.source_sampler.empty()) return manifest.source_sampler;
+  throw Error(ErrorKind::Usage,
+              "--sampler model: the model has no scheduler of its own that txt2img can run (" +
+                  (manifest.source_scheduler_class.empty()
+                       ? std::string("it was converted without a diffusers scheduler config: a random model, or a "
+                                     "single file without --config, or before this release's scripts/convert.py")
+                       : "its diffusers scheduler is " + manifest.source_scheduler_class +
+                             " in a configuration no txt2img sampler computes") +
+                  "); choose a sampler by name");
+}
+
 GenerationParams resolve_params(const Manifest& manifest, GenerationParams params) {
   // Latent sizes are pixels / vae_scale_factor (a power of two); sizes are multiples of 8 like every SD tool's.
   const int multiple = std::max(8, manifest.vae_scale_factor);
@@ -263,7 +276,7 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
                                       (names.empty() ? "it has none" : "it has " + names) +
                                       "); add one with scripts/add_lora.py MODEL_DIR " + lora.name + ".safetensors");
   }
-  params.sampler = canonical_scheduler_name(params.sampler);  // records name what the run used, as --help does
+  params.sampler = resolve_sampler(manifest, params.sampler);  // records name what the run used, as --help does
   make_sampler(manifest, params, params.steps);  // validates the sampler name, steps and eta together
   if (params.hires.enabled()) check_hires(manifest, params);
   return params;

@@ -55,6 +55,11 @@ struct Manifest {
   int text_num_layers = kDefaultTextLayers;
   bool text_num_layers_known = false;
   SchedulerConfig scheduler;
+  // The source's diffusers scheduler class (model.json scheduler.class) and the txt2img sampler that computes it
+  // (scheduler.sampler, what --sampler model runs); empty where the source had none, txt2img has no such sampler,
+  // or the bundle predates them.
+  std::string source_scheduler_class;
+  std::string source_sampler;
   std::optional<SafetyConfig> safety;  // absent when the bundle has no safety checker
   std::vector<BundleFile> files;
   std::string converter_version;

@@ -43,6 +43,8 @@ struct GenerationParams {
   int height = 0;
   int steps = 50;
   double cfg_scale = 7.5;
+  // A scheduler_names() entry or another tool's name for one, or "model": the sampler of the model's own diffusers
+  // scheduler (Manifest::source_sampler); resolve_params puts the name of the one that runs.
   std::string sampler = "ddim";
   double eta = 0.0;
   // AUTOMATIC1111's "Clip skip": the prompt embeddings come from the text encoder's clip_skip-th layer from the

@@ -113,9 +113,13 @@ class Observer {
   virtual void preview(size_t /*call*/, size_t /*calls*/, const std::vector<GeneratedImage>& /*images*/) {}
 };
 
+// The sampler that `name` (GenerationParams::sampler) runs on this bundle: the model's own for "model", else the
+// canonical name. Throws Error(Usage) for "model" when the bundle records no sampler of its source.
+std::string resolve_sampler(const Manifest& manifest, const std::string& name);
+
 // Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg, clip skip
-// from 1 to the text encoder's layers, LoRAs the bundle has) and fills in defaults, before any model is loaded.
-// Throws Error(Usage).
+// from 1 to the text encoder's layers, LoRAs the bundle has) and fills in defaults (the sampler's canonical name),
+// before any model is loaded. Throws Error(Usage).
 GenerationParams resolve_params(const Manifest& manifest, GenerationParams params);
 
 // Throws Error(Usage) when params.loras cannot be added under these options (a graph optimisation turns the weights

@@ -703,9 +703,41 @@ def load_single_file(path: str, config_dir: Optional[str] = None) -> Model:
 
 
 def scheduler_fields(config: Optional[dict]) -> dict:
-    """The bundle's scheduler description: the source's values where it states them, SD v1's otherwise."""
+    """The bundle's scheduler description: the source's values where it states them, SD v1's otherwise; and the
+    source's scheduler class ("class", None without one) with the txt2img sampler that computes it ("sampler", None
+    where txt2img has none), which `txt2img --sampler model` runs."""
     config = config or {}
-    return {k: v if config.get(k) is None else config[k] for k, v in SD1_SCHEDULER.items()}
+    fields = {k: v if config.get(k) is None else config[k] for k, v in SD1_SCHEDULER.items()}
+    return {**fields, "class": config.get("_class_name"), "sampler": source_sampler(config)}
+
+
+def source_sampler(config: dict) -> Optional[str]:
+    """The txt2img sampler a diffusers scheduler config describes, or None: another class, or options txt2img's
+    samplers do not compute (PNDM's PRK steps, DPM-Solver of another order or algorithm, UniPC's bh1 variant...)."""
+    cls = config.get("_class_name")
+    karras = "_karras" if config.get("use_karras_sigmas") else ""
+    if cls == "DDIMScheduler":
+        return "ddim"
+    if cls == "PNDMScheduler":
+        return "pndm" if config.get("skip_prk_steps") else None
+    if cls == "LCMScheduler":
+        return "lcm"
+    if cls == "EulerAncestralDiscreteScheduler":
+        return "euler_a"
+    if cls in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler"):
+        return {"EulerDiscreteScheduler": "euler", "HeunDiscreteScheduler": "heun",
+                "LMSDiscreteScheduler": "lms"}[cls] + karras
+    if cls == "DPMSolverMultistepScheduler":
+        algorithm = {"dpmsolver++": "dpmpp_2m", "sde-dpmsolver++": "dpmpp_2m_sde"}.get(
+            config.get("algorithm_type", "dpmsolver++"))
+        if algorithm is None or config.get("solver_order", 2) != 2 or config.get("solver_type", "midpoint") != "midpoint":
+            return None
+        return algorithm + karras
+    if cls == "UniPCMultistepScheduler":
+        if config.get("solver_order", 2) != 2 or config.get("solver_type", "bh2") != "bh2":
+            return None
+        return "unipc" + karras
+    return None
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -394,7 +394,7 @@ int run_generate(const GenerateOptions& o) {
                   (manifest.guidance_embedding_dim > 0
                        ? "this LCM-distilled model takes the guidance scale as an input, without an unconditional pass"
                        : "--cfg-scale 1 or less turns classifier-free guidance off"));
-  if (manifest.guidance_embedding_dim > 0 && canonical_scheduler_name(o.sampler) != "lcm")
+  if (manifest.guidance_embedding_dim > 0 && resolve_sampler(manifest, o.sampler) != "lcm")
     reporter.warn("this model is LCM-distilled (it takes the guidance scale as an input): it is made for --sampler "
                   "lcm with 2 to 8 steps");
 

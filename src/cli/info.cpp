@@ -76,6 +76,13 @@ int bundle_info(const InfoOptions& o) {
                   : m.taesd_name.empty()           ? "included"
                                                    : m.taesd_name + " [" + m.taesd_hash + "]")
               << "\n"
+              << "  scheduler      "
+              << (m.source_scheduler_class.empty() ? "none of its own (random weights, or a single file without "
+                                                     "--config)"
+                  : m.source_sampler.empty()        ? m.source_scheduler_class + " (no txt2img sampler computes it)"
+                                                    : m.source_scheduler_class + ": --sampler model runs it as " +
+                                                          m.source_sampler)
+              << "\n"
               << "  text encoder   " << m.text_num_layers << " layers" << (m.text_num_layers_known ? "" : " (assumed)")
               << ", --clip-skip 1 to " << m.text_num_layers << "\n"
               << (m.guidance_embedding_dim > 0 ? "  guidance       an input of the U-Net (LCM-distilled: --sampler lcm, 2 "

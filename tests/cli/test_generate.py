@@ -385,6 +385,35 @@ class Samplers(CliTestCase):
                       "--sampler lcm", result.stderr)
         self.assertIn("  guidance       an input of the U-Net (LCM-distilled", run(["info", lcm], self.dir).stdout)
 
+    def test_the_models_own_sampler(self):
+        """--sampler model (and "sampler": "model" in a prompt file) runs the sampler of the model's diffusers
+        scheduler and records its name; a model without one is a usage error before any work."""
+        ref_tiny = fixture_bundle("ref-tiny")  # the reference folder's PNDMScheduler
+        self.write("p.jsonl", json.dumps({"prompt": "a fox", "sampler": "model", "output": "file.png"}) + "\n")
+        runs = [self.txt2img("a fox", "--sampler", "model", "-o", "model.png", "--seed", "1", "--json",
+                             model=ref_tiny),
+                self.txt2img("--from-file", "p.jsonl", "--seed", "1", "--json", model=ref_tiny),
+                self.txt2img("a fox", "--sampler", "pndm", "-o", "pndm.png", "--seed", "1", "--json", model=ref_tiny)]
+        for result in runs:
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(json_lines(result.stdout)[0]["sampler"], "pndm")
+        for name in ["model.png", "file.png"]:
+            self.assertEqual(png_pixels(self.dir / name), png_pixels(self.dir / "pndm.png"))
+        self.assertIn("  scheduler      PNDMScheduler: --sampler model runs it as pndm",
+                      run(["info", ref_tiny], self.dir).stdout)
+
+        lcm = fixture_bundle("tiny-lcm")  # an LCMScheduler, as LCM-distilled models come with
+        result = self.txt2img("a fox", "--sampler", "model", "--steps", "4", "-W", "16", "-H", "16", "-o", "lcm.png",
+                              model=lcm, fast=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("it is made for --sampler lcm", result.stderr)
+        self.assertIn("Sampler: LCM,", png_text(self.dir / "lcm.png")["parameters"])
+
+        result = self.txt2img("a fox", "--sampler", "model", "-o", "none.png")  # random weights: no scheduler
+        self.assertExit(result, EXIT_USAGE, "--sampler model: the model has no scheduler of its own")
+        self.assertFalse((self.dir / "none.png").exists())
+        self.assertIn("  scheduler      none of its own", run(["info", TINY], self.dir).stdout)
+
     def test_eta(self):
         for eta, name in [("0", "a.png"), ("1", "b.png")]:
             self.assertEqual(self.txt2img("a fox", "--eta", eta, "-o", name, "--seed", "1").returncode, 0)

@@ -362,7 +362,37 @@ def test_preprocessor_and_scheduler_fields():
     assert export.safety_manifest(None)["shortest_edge"] == 224
     # Configs of early diffusers releases lack timestep_spacing / prediction_type.
     fields = ck.scheduler_fields({"beta_end": 0.02, "steps_offset": 0, "set_alpha_to_one": True})
-    assert fields == {**presets.SD1_SCHEDULER, "beta_end": 0.02, "steps_offset": 0, "set_alpha_to_one": True}
+    assert fields == {**presets.SD1_SCHEDULER, "beta_end": 0.02, "steps_offset": 0, "set_alpha_to_one": True,
+                      "class": None, "sampler": None}
+    assert ck.scheduler_fields(None) == {**presets.SD1_SCHEDULER, "class": None, "sampler": None}
+
+
+@pytest.mark.parametrize("config, sampler", [
+    ({"_class_name": "PNDMScheduler", "skip_prk_steps": True}, "pndm"),
+    ({"_class_name": "PNDMScheduler", "skip_prk_steps": False}, None),  # PRK warm-up steps
+    ({"_class_name": "DDIMScheduler"}, "ddim"),
+    ({"_class_name": "LCMScheduler"}, "lcm"),
+    ({"_class_name": "EulerAncestralDiscreteScheduler"}, "euler_a"),
+    ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": False}, "euler"),
+    ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True}, "euler_karras"),
+    ({"_class_name": "HeunDiscreteScheduler"}, "heun"),
+    ({"_class_name": "LMSDiscreteScheduler", "use_karras_sigmas": True}, "lms_karras"),
+    ({"_class_name": "DPMSolverMultistepScheduler"}, "dpmpp_2m"),
+    ({"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": True}, "dpmpp_2m_karras"),
+    ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+     "dpmpp_2m_sde_karras"),
+    ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"}, None),
+    ({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3}, None),
+    ({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "heun"}, None),
+    ({"_class_name": "UniPCMultistepScheduler"}, "unipc"),
+    ({"_class_name": "UniPCMultistepScheduler", "use_karras_sigmas": True}, "unipc_karras"),
+    ({"_class_name": "UniPCMultistepScheduler", "solver_type": "bh1"}, None),
+    ({"_class_name": "DPMSolverSinglestepScheduler"}, None),
+    ({}, None),
+])
+def test_the_source_scheduler_names_a_sampler(config, sampler):
+    fields = ck.scheduler_fields(config)
+    assert (fields["class"], fields["sampler"]) == (config.get("_class_name"), sampler)
 
 
 def test_hub_id_without_network_or_package_is_a_clear_error(monkeypatch, tmp_path):

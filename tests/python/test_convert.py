@@ -71,8 +71,8 @@ def test_model_json(bundles, reference):
     assert tiny == {
         "format": "txt2img-bundle", "format_version": 1, "family": "sd1", "latent_channels": 4,
         "scale_factor": 0.18215, "vae_scale_factor": 2, "default_size": 16, "context_length": 77,
-        "pad_id": 49407, "text_hidden_size": 32, "text_num_layers": 5, "scheduler": SD1_SCHEDULER,
-        "safety": SAFETY_32,
+        "pad_id": 49407, "text_hidden_size": 32, "text_num_layers": 5,
+        "scheduler": {**SD1_SCHEDULER, "class": "PNDMScheduler", "sampler": "pndm"}, "safety": SAFETY_32,
         "files": tiny["files"], "converter_version": "0.1.0", "torch_version": torch.__version__,
         "model_name": "model", "model_hash": sha256(unet_weights)[:10],
         "source": {"kind": "diffusers", "path": str(reference / "tiny/model"), "sha256": sha256(unet_weights)},
@@ -86,7 +86,9 @@ def test_model_json(bundles, reference):
                                                                                                      SD1_HASH[:10])
     assert sd1["source"] == {"kind": "single_file", "path": str(reference / "sd1/single_file/sd1.safetensors"),
                              "sha256": SD1_HASH}
-    assert sd1["scheduler"] == SD1_SCHEDULER and sd1["safety"] == SAFETY_32
+    # The single file's scheduler is that of the --config folder.
+    assert sd1["scheduler"] == {**SD1_SCHEDULER, "class": "PNDMScheduler", "sampler": "pndm"}
+    assert sd1["safety"] == SAFETY_32
     check_files(bundles / "sd1", sd1)
 
 
