@@ -28,6 +28,7 @@ struct GenerateOptions {
   bool long_prompts = false;  // GenerationParams::long_prompts
   bool emphasis = false;      // GenerationParams::emphasis
   HiresFix hires;             // GenerationParams::hires (scale 0: off)
+  std::vector<std::string> loras;  // --lora NAME[:WEIGHT[:UNET_WEIGHT]]: a <lora:...> tag added to every prompt
   int width = 0;  // 0: the model's default size
   int height = 0;
   std::string model = kDefaultModel;

@@ -19,6 +19,7 @@
 #include "txt2img/bundle.hpp"
 #include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
+#include "txt2img/lora_tags.hpp"
 #include "txt2img/pipeline.hpp"
 #include "txt2img/png.hpp"
 #include "txt2img/scheduler.hpp"
@@ -345,9 +346,28 @@ class Generator {
   size_t warned_prompt_ = 0;
 };
 
+// " <lora:A:0.8> <lora:B>" for --lora A:0.8 --lora B. Throws Error(Usage) for a value that is not one tag's
+// arguments.
+std::string lora_flag_tags(const std::vector<std::string>& values) {
+  std::string tags;
+  for (const auto& value : values) {
+    const std::string tag = "<lora:" + value + ">";
+    try {
+      const auto parsed = parse_lora_tags(tag);
+      if (parsed.loras.size() != 1 || !parsed.text.empty()) throw Error(ErrorKind::Usage, "not one LoRA");
+    } catch (const Error& e) {
+      throw Error(ErrorKind::Usage, "--lora " + value + ": " + e.what() +
+                                        " (give NAME, NAME:WEIGHT or NAME:TEXT_ENCODER_WEIGHT:UNET_WEIGHT)");
+    }
+    tags += " " + tag;
+  }
+  return tags;
+}
+
 }  // namespace
 
 std::vector<std::string> available_samplers() { return scheduler_names(); }
+
 
 int run_generate(const GenerateOptions& o) {
   const auto run_start = Clock::now();
@@ -361,6 +381,7 @@ int run_generate(const GenerateOptions& o) {
   plan_options.base_seed = plan_options.seed_given ? parse_seed(o.seed, "--seed") : std::random_device{}();
   plan_options.params = {o.width, o.height,    o.steps,        o.cfg_scale, o.sampler,
                          o.eta,   o.clip_skip, o.long_prompts, o.emphasis, {},        o.hires};
+  plan_options.lora_tags = lora_flag_tags(o.loras);
   plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
   plan_options.needs_reproducible_seeds = plan_options.shard || o.skip_existing;

@@ -76,6 +76,10 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_flag("--emphasis", o.emphasis,
                "read A1111's emphasis syntax in prompts: (word) weighs it 1.1 times, [word] 1/1.1 times, "
                "(word:1.5) 1.5 times, \\( is a bracket, BREAK starts a new chunk with --long-prompts");
+  app.add_option("--lora", o.loras,
+                 "add a LoRA of the model (scripts/add_lora.py) to every prompt, as the prompt tag "
+                 "<lora:NAME:WEIGHT> would: NAME, NAME:WEIGHT or NAME:TEXT_ENCODER_WEIGHT:UNET_WEIGHT (repeatable)")
+      ->type_name("NAME[:W]");
   auto* hires = app.add_option("--hires-scale", o.hires.scale,
                                "A1111's hires fix: denoise again at this many times the size (e.g. 2 makes 1024x1024 "
                                "of 512x512), from the first pass's latents resized")

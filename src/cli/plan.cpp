@@ -60,9 +60,10 @@ bool RunPlan::load_prompt() {
   if (!source_.next(entry_)) return false;
   const std::string where = source_.where(entry_.line);
   images_ = entry_.images.value_or(options_.images_per_prompt);
+  prompt_ = entry_.prompt + options_.lora_tags;
   TaggedPrompt tagged;
   try {
-    tagged = parse_lora_tags(entry_.prompt);
+    tagged = parse_lora_tags(prompt_);
     if (!parse_lora_tags(entry_.negative_prompt.value_or(options_.negative_prompt)).loras.empty())
       throw Error(ErrorKind::Usage, "a LoRA tag in the negative prompt; LoRAs are named in the prompt");
   } catch (const Error& e) {
@@ -112,7 +113,7 @@ bool RunPlan::next(ImageJob& job) {
   job.line = entry_.line;
   job.n = next_n_++;
   job.seed = (entry_.seed ? *entry_.seed + static_cast<uint64_t>(job.n) : options_.base_seed + job.index) & kMaxSeed;
-  job.prompt = entry_.prompt;
+  job.prompt = prompt_;
   job.model_prompt = model_prompt_;
   job.negative_prompt = entry_.negative_prompt.value_or(options_.negative_prompt);
   job.params = params_;

@@ -37,6 +37,8 @@ struct PlanOptions {
   uint64_t base_seed = 0;
   bool seed_given = false;  // false: base_seed was drawn at random for this run
   GenerationParams params;
+  // --lora's tags (" <lora:ink:0.8>"), appended to every prompt: the metadata then records them as A1111 would.
+  std::string lora_tags;
   OutputPattern output;
   std::optional<Shard> shard;
   // Sharded and resumed runs must derive the same seeds as the other runs they complete.
@@ -87,7 +89,8 @@ class RunPlan {
   int next_n_ = 0;
   uint64_t next_index_ = 0;
   GenerationParams params_;
-  std::string model_prompt_;
+  std::string prompt_;        // entry_.prompt with --lora's tags
+  std::string model_prompt_;  // prompt_ without its LoRA tags
   std::optional<OutputPattern> line_output_;
 };
 

@@ -51,6 +51,32 @@ class PromptLoras(CliTestCase):
         self.make("a fox <lora:ink-style>", 3, "both.png")
         self.assertEqual(len({self.pixels(n) for n in ("te.png", "unet.png", "both.png", "plain.png")}), 4)
 
+    def test_the_lora_flag_adds_a_tag_to_every_prompt(self):
+        """--lora NAME:W is <lora:NAME:W> at the end of every prompt: the same image, recorded the same way; a
+        prompt's own tags come first."""
+        self.make(f"a fox {TAGS}", 3, "tags.png")
+        result = self.make("a fox", 3, "flag.png", "--lora", "ink-style:0.8", "--lora", "detail-loha:-0.5", "--json")
+        self.assertEqual(json_lines(result.stdout)[0]["prompt"], f"a fox {TAGS}")
+        self.assertEqual(self.pixels("flag.png"), self.pixels("tags.png"))
+        self.assertEqual(png_text(self.dir / "flag.png")["parameters"], png_text(self.dir / "tags.png")["parameters"])
+        self.write("prompts.txt", "a fox <lora:ink-style:0.8>\n")
+        result = self.txt2img("--from-file", "prompts.txt", "--lora", "detail-loha:-0.5", "--seed", "3", "-o",
+                              "file.png", "--json", model=self.model)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json_lines(result.stdout)[0]["prompt"], f"a fox {TAGS}")
+        self.assertEqual(self.pixels("file.png"), self.pixels("tags.png"))
+        self.make("a fox", 3, "split.png", "--lora", "ink-style:1:0")
+        self.make("a fox <lora:ink-style:1:0>", 3, "split-tag.png")
+        self.assertEqual(self.pixels("split.png"), self.pixels("split-tag.png"))
+
+        for value, message in [("ink-style:x", "--lora ink-style:x: "), ("", "--lora : "),
+                               ("ink-style:dyn=4", "--lora ink-style:dyn=4: "),
+                               ("nosuch", 'no LoRA named "nosuch"')]:
+            result = self.txt2img("a fox", "--lora", value, "-o", "bad.png", model=self.model)
+            self.assertEqual(result.returncode, EXIT_USAGE, result.stderr)
+            self.assertIn(message, result.stderr)
+            self.assertFalse((self.dir / "bad.png").exists())
+
     def test_prompts_with_other_loras_never_share_a_batch(self):
         """Each image is what it is alone, whatever else its batch would have held: the LoRAs of one prompt are
         taken out again for the next."""
