@@ -4,11 +4,16 @@
 
 namespace txt2img {
 
-SeededNoise::SeededNoise(std::vector<uint64_t> seeds) : seeds_(std::move(seeds)) { restart(); }
+SeededNoise::SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations)
+    : seeds_(std::move(seeds)), variations_(std::move(variations)) {
+  TORCH_CHECK(variations_.empty() || variations_.size() == seeds_.size(), "one variation per seed, or none");
+  restart();
+}
 
 void SeededNoise::restart() {
   generators_.clear();
   for (uint64_t seed : seeds_) generators_.push_back(at::detail::createCPUGenerator(seed));
+  first_draw_ = true;
 }
 
 torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
@@ -18,8 +23,29 @@ torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
   std::vector<int64_t> row_shape = shape;
   row_shape[0] = 1;
   std::vector<torch::Tensor> rows;
-  for (auto& gen : generators_) rows.push_back(torch::randn(row_shape, gen, torch::kFloat32));
+  for (size_t k = 0; k < generators_.size(); ++k) {
+    auto row = torch::randn(row_shape, generators_[k], torch::kFloat32);
+    if (first_draw_ && !variations_.empty() && variations_[k].strength != 0) {
+      auto variation = at::detail::createCPUGenerator(variations_[k].seed);
+      const auto other = torch::randn(row_shape, variation, torch::kFloat32);
+      row = slerp_noise(variations_[k].strength, row[0], other[0]).unsqueeze(0);
+    }
+    rows.push_back(row);
+  }
+  first_draw_ = false;
   return torch::cat(rows);
+}
+
+torch::Tensor slerp_noise(double t, const torch::Tensor& low, const torch::Tensor& high) {
+  // torch.norm(x, dim=1, keepdim=True) is linalg.vector_norm(x, 2, 1, True).
+  const auto low_norm = low / at::linalg_vector_norm(low, 2, {1}, true);
+  const auto high_norm = high / at::linalg_vector_norm(high, 2, {1}, true);
+  const auto dot = (low_norm * high_norm).sum(1);
+  // A1111 weighs the nearly parallel case the other way round; kept, as its images are made so.
+  if (dot.mean().item<float>() > 0.9995f) return low * t + high * (1 - t);
+  const auto omega = torch::acos(dot);
+  const auto so = torch::sin(omega);
+  return (torch::sin((1.0 - t) * omega) / so).unsqueeze(1) * low + (torch::sin(t * omega) / so).unsqueeze(1) * high;
 }
 
 }  // namespace txt2img

@@ -2,6 +2,7 @@
 // can plan runs without them).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,14 @@ struct LoraUse {
   bool operator==(const LoraUse& o) const {
     return name == o.name && te_weight == o.te_weight && unet_weight == o.unet_weight;
   }
+};
+
+// AUTOMATIC1111's variation seed of a row ("Variation seed", "Variation seed strength"): its first noise after a
+// (re)start is slerp(strength, the seed's noise, the variation seed's noise) as A1111 computes it; strength 0 is
+// the seed's noise, 1 the variation seed's.
+struct Variation {
+  uint64_t seed = 0;
+  double strength = 0;
 };
 
 // AUTOMATIC1111's hires fix with a latent upscaler: the first pass's latents are resized by `scale` and denoised

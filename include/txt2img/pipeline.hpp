@@ -79,17 +79,24 @@ class NoiseSource {
 };
 
 // Row k draws from its own CPU generator seeded with seeds[k] (as torch.Generator().manual_seed does), so an
-// image depends on its seed only, never on the batch it was made in.
+// image depends on its seed only, never on the batch it was made in. With variations (one per row, or none), each
+// row's first draw after a (re)start is mixed with the same draw from a fresh generator of its variation seed.
 class SeededNoise : public NoiseSource {
  public:
-  explicit SeededNoise(std::vector<uint64_t> seeds);
+  explicit SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations = {});
   torch::Tensor draw(const std::vector<int64_t>& shape) override;
   void restart() override;
 
  private:
   std::vector<uint64_t> seeds_;
+  std::vector<Variation> variations_;
   std::vector<at::Generator> generators_;
+  bool first_draw_ = true;
 };
+
+// A1111's slerp of two noises of one image ([C, H, W]): along dim 1 (its rows), the spherical interpolation at
+// `t` (0: low, 1: high), or A1111's linear fallback low * t + high * (1 - t) where the two are nearly parallel.
+torch::Tensor slerp_noise(double t, const torch::Tensor& low, const torch::Tensor& high);
 
 struct GeneratedImage {
   int width = 0;

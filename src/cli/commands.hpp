@@ -20,6 +20,10 @@ struct GenerateOptions {
   int images_per_prompt = 1;
   int batch_size = 1;
   std::string seed;  // empty: random
+  // A1111's variation seed: with a strength above 0 every image of the run keeps the seed and image k's noise is
+  // mixed with that of variation seed + k (empty: random).
+  std::string variation_seed;
+  double variation_strength = 0;
   std::string sampler = "ddim";
   int steps = 50;
   double cfg_scale = 7.5;

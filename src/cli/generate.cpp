@@ -214,12 +214,14 @@ class Generator {
     reporter_.begin_batch(made_ + 1, batch.size(), batch[0].params.steps + batch[0].params.hires_steps());
     std::vector<std::string> prompts, negatives;
     std::vector<uint64_t> seeds;
+    std::vector<Variation> variations;
     for (const auto& job : batch) {
       prompts.push_back(job.model_prompt);
       negatives.push_back(job.negative_prompt);
       seeds.push_back(job.seed);
+      variations.push_back(job.variation);
     }
-    SeededNoise noise(seeds);
+    SeededNoise noise(seeds, variations);
     StepObserver observer(reporter_, o_, previews_failed_);
     const auto start = Clock::now();
     const auto images = pipeline_->generate(prompts, negatives, batch[0].params, noise, &observer);
@@ -237,6 +239,7 @@ class Generator {
     record.prompt = job.prompt;
     record.negative_prompt = job.negative_prompt;
     record.seed = job.seed;
+    record.variation = job.variation;
     record.steps = job.params.steps;
     record.sampler = job.params.sampler;
     record.cfg_scale = job.params.cfg_scale;
@@ -307,6 +310,7 @@ class Generator {
         {"negative_prompt", job.negative_prompt},
         {"loras", loras_json(record.loras)},
         {"seed", job.seed},
+        {"variation", variation_json(record.variation)},
         {"steps", record.steps},
         {"sampler", record.sampler},
         {"cfg_scale", record.cfg_scale},
@@ -379,6 +383,14 @@ int run_generate(const GenerateOptions& o) {
   plan_options.images_per_prompt = o.images_per_prompt;
   plan_options.seed_given = !o.seed.empty();
   plan_options.base_seed = plan_options.seed_given ? parse_seed(o.seed, "--seed") : std::random_device{}();
+  if (!(o.variation_strength >= 0 && o.variation_strength <= 1))
+    throw Error(ErrorKind::Usage, "--variation-strength must be from 0 to 1");
+  if (!o.variation_seed.empty() && o.variation_strength == 0)
+    throw Error(ErrorKind::Usage, "--variation-seed needs --variation-strength above 0");
+  plan_options.variation_strength = o.variation_strength;
+  plan_options.variation_seed_given = !o.variation_seed.empty();
+  plan_options.variation_base_seed =
+      plan_options.variation_seed_given ? parse_seed(o.variation_seed, "--variation-seed") : std::random_device{}();
   plan_options.params = {o.width, o.height,    o.steps,        o.cfg_scale, o.sampler,
                          o.eta,   o.clip_skip, o.long_prompts, o.emphasis, {},        o.hires};
   plan_options.lora_tags = lora_flag_tags(o.loras);
@@ -408,6 +420,10 @@ int run_generate(const GenerateOptions& o) {
   if (!plan_options.seed_given)
     reporter.info("seed " + std::to_string(plan_options.base_seed) + " (random; --seed " +
                   std::to_string(plan_options.base_seed) + " repeats this run)");
+  if (o.variation_strength != 0 && !plan_options.variation_seed_given)
+    reporter.info("variation seed " + std::to_string(plan_options.variation_base_seed) +
+                  " (random; --variation-seed " + std::to_string(plan_options.variation_base_seed) +
+                  " repeats this run)");
   if (o.no_safety_checker)
     reporter.warn("the safety checker is off (--no-safety-checker): images are not checked for NSFW content");
   if (!o.negative_prompt.empty() && (o.cfg_scale <= 1.0 || manifest.guidance_embedding_dim > 0))

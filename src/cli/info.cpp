@@ -160,6 +160,10 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     };
     if (!r.at("negative_prompt").get<std::string>().empty()) add("-n", r.at("negative_prompt"));
     add("--seed", r.at("seed"));
+    if (r.contains("variation") && !r.at("variation").is_null()) {
+      add("--variation-seed", r.at("variation").at("seed"));
+      add("--variation-strength", r.at("variation").at("strength"));
+    }
     add("--steps", r.at("steps"));
     add("--sampler", r.at("sampler"));
     add("--cfg-scale", r.at("cfg_scale"));
@@ -203,6 +207,10 @@ std::string a1111_command(const std::string& text) {
     args.insert(args.end(), {flag, field(key)});
   };
   take("Seed", "--seed");
+  if (!field("Variation seed strength").empty() && field("Variation seed strength") != "0") {
+    take("Variation seed", "--variation-seed");
+    take("Variation seed strength", "--variation-strength");
+  }
   take("Steps", "--steps");
   std::string sampler = canonical_scheduler_name(field("Sampler"));
   // A1111 1.9 and later name the schedule apart: "Sampler: DPM++ 2M, Schedule type: Karras".
@@ -236,7 +244,8 @@ std::string a1111_command(const std::string& text) {
   if (decoder == "TAESD") args.insert(args.end(), {"--decoder", "taesd"});
   else if (!decoder.empty() && decoder != "Full") left_out.push_back("VAE Decoder: " + decoder);
 
-  static const std::set<std::string> read = {"Seed", "Steps", "Sampler", "Schedule type", "Eta DDIM", "CFG scale",
+  static const std::set<std::string> read = {"Seed", "Variation seed", "Variation seed strength", "Steps", "Sampler",
+                                             "Schedule type", "Eta DDIM", "CFG scale",
                                              "Size", "Clip skip", "Model", "Model hash", "RNG", "Version",
                                              "VAE Decoder"};
   // The prompt keeps A1111's LoRA tags, which txt2img reads too: the bundle needs LoRAs of those names.

@@ -108,6 +108,10 @@ std::string a1111_parameters(const ImageRecord& r) {
   if (!r.model_name.empty()) params.emplace_back("Model", r.model_name);
   if (!r.vae_hash.empty()) params.emplace_back("VAE hash", r.vae_hash);
   if (!r.vae_name.empty()) params.emplace_back("VAE", r.vae_name);
+  if (r.variation.strength != 0) {
+    params.emplace_back("Variation seed", std::to_string(r.variation.seed));
+    params.emplace_back("Variation seed strength", slider_number(r.variation.strength));
+  }
   // A1111's setting "VAE type for decode", written only when it is not the default.
   if (r.decoder == "taesd") params.emplace_back("VAE Decoder", "TAESD");
   if (r.hires.enabled()) params.emplace_back("Denoising strength", slider_number(r.hires.denoise));
@@ -138,6 +142,11 @@ std::string a1111_parameters(const ImageRecord& r) {
   return begin == std::string::npos ? "" : text.substr(begin, text.find_last_not_of(" \t\r\n") - begin + 1);
 }
 
+nlohmann::ordered_json variation_json(const Variation& variation) {
+  if (variation.strength == 0) return nullptr;
+  return {{"seed", variation.seed}, {"strength", variation.strength}};
+}
+
 nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
   auto list = nlohmann::ordered_json::array();
   for (const auto& l : loras)
@@ -162,6 +171,7 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
       {"prompt", r.prompt},
       {"negative_prompt", r.negative_prompt},
       {"seed", r.seed},
+      {"variation", variation_json(r.variation)},
       {"steps", r.steps},
       {"sampler", r.sampler},
       {"eta", r.eta},

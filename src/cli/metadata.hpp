@@ -25,6 +25,7 @@ struct ImageRecord {
   std::string prompt;
   std::string negative_prompt;
   uint64_t seed = 0;
+  Variation variation;  // strength 0: none
   int steps = 0;
   std::string sampler;
   double cfg_scale = 0;
@@ -70,6 +71,9 @@ std::string upscaler_from_a1111(const std::string& name);
 // A1111's infotext: the prompt, "Negative prompt: ..." when there is one, then "Steps: 50, Sampler: DDIM, ...";
 // "Clip skip: N" only for N != 1, as A1111 writes it.
 std::string a1111_parameters(const ImageRecord& record);
+
+// {"seed": N, "strength": S}, or null without a variation seed.
+nlohmann::ordered_json variation_json(const Variation& variation);
 
 // AUTOMATIC1111's infotext read back: the prompt, the text after "Negative prompt: " (empty without one) and the
 // "Key: value" pairs of its last line, in order, JSON-quoted values unquoted. Text without such a line is all prompt.

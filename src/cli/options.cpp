@@ -25,7 +25,8 @@ std::string generate_footer() {
              "whole file is checked before the model loads.\n\n"
              "Seeds: image n of a prompt whose line sets \"seed\" S uses S + n; every other image uses\n"
              "--seed + its index in the whole run (so image k of a single prompt uses seed + k). Shards and resumed\n"
-             "runs therefore make the same images.\n\n"
+             "runs therefore make the same images. With --variation-strength every image keeps the seed and image\n"
+             "k takes variation seed --variation-seed + k instead.\n\n"
              "Output names: -o takes a file name or a pattern with {index} (position in the whole run, from 0),\n"
              "{seed}, {n} (position among the prompt's images, from 0) and {prompt} (a slug); numbers take widths\n"
              "as in {index:05}, {prompt:40} limits the slug. Default: ") +
@@ -60,6 +61,13 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->check(CLI::Range(1, 1024));
   app.add_option("-s,--seed", o.seed, "base seed, 0 to 2^63-1 (default: random, printed); see Seeds below")
       ->type_name("N");
+  app.add_option("--variation-seed", o.variation_seed,
+                 "A1111's variation seed, 0 to 2^63-1 (default: random, printed; needs --variation-strength)")
+      ->type_name("N");
+  app.add_option("--variation-strength", o.variation_strength,
+                 "A1111's variation seed strength, 0 to 1: how far each image's initial noise moves from its seed's "
+                 "towards its variation seed's (every image then keeps --seed; image k takes variation seed + k)")
+      ->type_name("X");
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
   app.add_option("--steps", o.steps, "denoising steps, 1 to 1000 (1 to 50 with lcm)")->capture_default_str();
   app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")

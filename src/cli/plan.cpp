@@ -100,6 +100,9 @@ bool RunPlan::load_prompt() {
   if (options_.needs_reproducible_seeds && !options_.seed_given && !entry_.seed)
     throw Error(ErrorKind::Usage, "--shard and --skip-existing need --seed (" + where +
                                       " sets none): every shard and every resumed run must derive the same seeds");
+  if (options_.needs_reproducible_seeds && options_.variation_strength != 0 && !options_.variation_seed_given)
+    throw Error(ErrorKind::Usage, "--shard and --skip-existing need --variation-seed with --variation-strength: "
+                                  "every shard and every resumed run must derive the same variation seeds");
   next_n_ = 0;
   have_entry_ = true;
   return true;
@@ -112,7 +115,13 @@ bool RunPlan::next(ImageJob& job) {
   job.prompt_index = entry_.index;
   job.line = entry_.line;
   job.n = next_n_++;
-  job.seed = (entry_.seed ? *entry_.seed + static_cast<uint64_t>(job.n) : options_.base_seed + job.index) & kMaxSeed;
+  if (options_.variation_strength == 0) {
+    job.seed = (entry_.seed ? *entry_.seed + static_cast<uint64_t>(job.n) : options_.base_seed + job.index) & kMaxSeed;
+  } else {
+    // As A1111 with a variation strength: the seed stays, the variation seed counts up over the whole run.
+    job.seed = entry_.seed ? *entry_.seed : options_.base_seed;
+    job.variation = {(options_.variation_base_seed + job.index) & kMaxSeed, options_.variation_strength};
+  }
   job.prompt = prompt_;
   job.model_prompt = model_prompt_;
   job.negative_prompt = entry_.negative_prompt.value_or(options_.negative_prompt);

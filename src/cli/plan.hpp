@@ -36,6 +36,11 @@ struct PlanOptions {
   int images_per_prompt = 1;
   uint64_t base_seed = 0;
   bool seed_given = false;  // false: base_seed was drawn at random for this run
+  // A1111's variation seeds (strength 0: none): the images keep their prompt's seed, image k of the run takes
+  // variation seed variation_base_seed + k.
+  double variation_strength = 0;
+  uint64_t variation_base_seed = 0;
+  bool variation_seed_given = false;
   GenerationParams params;
   // --lora's tags (" <lora:ink:0.8>"), appended to every prompt: the metadata then records them as A1111 would.
   std::string lora_tags;
@@ -51,6 +56,7 @@ struct ImageJob {
   size_t line = 0;          // its line in the prompt file (0 for a prompt argument)
   int n = 0;                // position among its prompt's images, from 0
   uint64_t seed = 0;
+  Variation variation;  // strength 0: none
   std::string prompt;        // as written, LoRA tags included (what the metadata records)
   std::string model_prompt;  // as the text encoder reads it: without the LoRA tags, which are in params.loras
   std::string negative_prompt;

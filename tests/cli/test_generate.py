@@ -106,6 +106,52 @@ class Seeds(CliTestCase):
         self.assertEqual(self.txt2img("a fox", "-o", "again.png", "--seed", str(seed)).returncode, 0)
         self.assertEqual((self.dir / "r.png").read_bytes(), (self.dir / "again.png").read_bytes())
 
+    def test_variation_seeds(self):
+        """A1111's variation seed: the images keep the seed, image k takes variation seed V + k; strength 1 (with
+        DDIM) is the image of the variation seed; each image can be made again alone, also from its metadata."""
+        args = ["a fox", "--seed", "5", "--variation-seed", "100", "--variation-strength", "0.3"]
+        result = self.txt2img(*args, "--images-per-prompt", "3", "-o", "{n}.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        images = json_lines(result.stdout)[:-1]
+        self.assertEqual([(r["seed"], r["variation"]) for r in images],
+                         [(5, {"seed": 100 + k, "strength": 0.3}) for k in range(3)])
+        self.assertEqual(len({png_pixels(self.dir / f"{k}.png") for k in range(3)}), 3)
+        self.assertIn("Seed: 5, Size: 32x32, Model hash: ", png_text(self.dir / "1.png")["parameters"])
+        self.assertIn("Variation seed: 101, Variation seed strength: 0.3,", png_text(self.dir / "1.png")["parameters"])
+        self.assertEqual(json.loads(png_text(self.dir / "1.png")["txt2img"])["variation"],
+                         {"seed": 101, "strength": 0.3})
+
+        self.assertEqual(self.txt2img("a fox", "--seed", "5", "-o", "plain.png").returncode, 0)
+        self.assertNotIn(png_pixels(self.dir / "plain.png"), {png_pixels(self.dir / f"{k}.png") for k in range(3)})
+        self.assertNotIn("Variation", png_text(self.dir / "plain.png")["parameters"])
+        self.assertIsNone(json.loads(png_text(self.dir / "plain.png")["txt2img"])["variation"])
+        # Image 1 alone, and from its metadata.
+        self.assertEqual(self.txt2img("a fox", "--seed", "5", "--variation-seed", "101", "--variation-strength", "0.3",
+                                      "-o", "alone.png").returncode, 0)
+        self.assertEqual(png_pixels(self.dir / "alone.png"), png_pixels(self.dir / "1.png"))
+        command = run(["info", "1.png", "--command"], self.dir).stdout.strip()
+        self.assertIn("--seed 5 --variation-seed 101 --variation-strength 0.3 ", command)
+        # Strength 1: the variation seed's image (DDIM draws no noise after the first); 0: the seed's.
+        self.assertEqual(self.txt2img("a fox", "--seed", "5", "--variation-seed", "7", "--variation-strength", "1",
+                                      "-o", "one.png").returncode, 0)
+        self.assertEqual(self.txt2img("a fox", "--seed", "7", "-o", "seven.png").returncode, 0)
+        self.assertEqual(png_pixels(self.dir / "one.png"), png_pixels(self.dir / "seven.png"))
+
+        # A random variation seed is printed; settings that cannot work are usage errors before any work.
+        result = self.txt2img("a fox", "--seed", "5", "--variation-strength", "0.5", "-o", "r.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        seed = json_lines(result.stdout)[0]["variation"]["seed"]
+        self.assertIn(f"--variation-seed {seed} repeats this run", result.stderr)
+        for bad, message in [(["--variation-seed", "3"], "--variation-seed needs --variation-strength"),
+                             (["--variation-strength", "1.5"], "--variation-strength must be from 0 to 1"),
+                             (["--variation-strength", "nan"], "--variation-strength must be from 0 to 1"),
+                             (["--variation-strength", "0.5", "--variation-seed", "-1"], "--variation-seed"),
+                             (["--variation-strength", "0.5", "--seed", "1", "--shard", "0/2"],
+                              "need --variation-seed")]:
+            result = self.txt2img("a fox", *bad, "-o", "bad.png")
+            self.assertExit(result, EXIT_USAGE, message)
+            self.assertFalse((self.dir / "bad.png").exists())
+
     def test_largest_seed(self):
         result = self.txt2img("a fox", "--seed", "9223372036854775807", "--images-per-prompt", "2", "--json",
                               "-o", "{n}.png")

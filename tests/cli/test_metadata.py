@@ -243,6 +243,20 @@ class Metadata(CliTestCase):
         self.assertIn("Sampler: Restart", result.stderr)
         self.assertIn("GPU generator", result.stderr)
 
+    def test_info_command_reads_a1111_variation_seeds(self):
+        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
+        infotext = ("a fox\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 12, Size: 32x32, Variation seed: 99, "
+                    "Variation seed strength: 0.25, Seed resize from: 64x64, RNG: CPU")
+        (self.dir / "v.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
+                                                         infotext))
+        result = run(["info", "v.png", "--command"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        args = shlex.split(result.stdout)
+        self.assertEqual(args[args.index("--seed"):args.index("--seed") + 6],
+                         ["--seed", "12", "--variation-seed", "99", "--variation-strength", "0.25"])
+        self.assertIn("not carried over (no txt2img equivalent): Seed resize from: 64x64", result.stderr)
+        self.assertNotIn("Variation", result.stderr)
+
     def test_info_command_reads_a1111_samplers_and_schedule_types(self):
         """A1111's sampler names, old ("LMS Karras") and new ("Euler" with "Schedule type: Karras"), become ours; a
         schedule type txt2img has no sampler for is left out; DPM++ 2M SDE warns of its Brownian-tree noise, UniPC of
