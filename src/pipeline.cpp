@@ -127,6 +127,17 @@ torch::Tensor upscale_latents(const torch::Tensor& latents, const std::string& u
 const char* const kHiresUpscalers[] = {"latent",        "latent-antialiased",  "latent-bicubic",
                                         "latent-bicubic-antialiased", "latent-nearest", "latent-nearest-exact"};
 
+// The hires pass's settings for make_sampler: its own sampler where it has one (with the first pass's eta only for
+// a ddim pass, the one sampler that takes it).
+GenerationParams hires_pass(const GenerationParams& params) {
+  GenerationParams pass = params;
+  if (!params.hires.sampler.empty()) {
+    pass.sampler = params.hires.sampler;
+    if (pass.sampler != "ddim") pass.eta = 0;
+  }
+  return pass;
+}
+
 // Throws Error(Usage) for a hires fix that cannot run: its size, strength, steps, upscaler, or a sampler that cannot
 // enter its schedule in the middle.
 void check_hires(const Manifest& manifest, const GenerationParams& params) {
@@ -148,7 +159,7 @@ void check_hires(const Manifest& manifest, const GenerationParams& params) {
                                   "latent-bicubic, latent-bicubic-antialiased, latent-nearest, latent-nearest-exact)");
   const auto schedule = hires_schedule(params);
   try {
-    auto sampler = make_sampler(manifest, params, schedule.total);
+    auto sampler = make_sampler(manifest, hires_pass(params), schedule.total);
     // Whether its start is the first call or a later one depends on the step counts; the refusal should not.
     const std::string why = sampler->why_it_cannot_start_later();
     if (!why.empty()) throw Error(ErrorKind::Usage, why);
@@ -277,6 +288,7 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
                                       "); add one with scripts/add_lora.py MODEL_DIR " + lora.name + ".safetensors");
   }
   params.sampler = resolve_sampler(manifest, params.sampler);  // records name what the run used, as --help does
+  if (!params.hires.sampler.empty()) params.hires.sampler = resolve_sampler(manifest, params.hires.sampler);
   make_sampler(manifest, params, params.steps);  // validates the sampler name, steps and eta together
   if (params.hires.enabled()) check_hires(manifest, params);
   return params;
@@ -452,7 +464,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   std::unique_ptr<Scheduler> hires_sampler;
   if (params.hires.enabled()) {
     const auto hires = hires_schedule(params);
-    hires_sampler = make_sampler(manifest_, params, hires.total);
+    hires_sampler = make_sampler(manifest_, hires_pass(params), hires.total);
     hires_sampler->start_at(hires.first);
   }
   const size_t calls = scheduler->timesteps().size() +

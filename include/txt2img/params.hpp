@@ -40,10 +40,13 @@ struct HiresFix {
   // How the latents are resized, as A1111's "Latent" upscalers: "latent" (bilinear), "latent-antialiased",
   // "latent-bicubic", "latent-bicubic-antialiased", "latent-nearest", "latent-nearest-exact".
   std::string upscaler = "latent";
+  // A1111's "Hires sampler": the hires pass's sampler (a GenerationParams::sampler name); empty: the first pass's.
+  std::string sampler;
 
   bool enabled() const { return scale > 0; }
   bool operator==(const HiresFix& o) const {
-    return scale == o.scale && steps == o.steps && denoise == o.denoise && upscaler == o.upscaler;
+    return scale == o.scale && steps == o.steps && denoise == o.denoise && upscaler == o.upscaler &&
+           sampler == o.sampler;
   }
 };
 

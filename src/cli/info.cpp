@@ -179,6 +179,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
       if (h.at("steps").get<int>() > 0) add("--hires-steps", h.at("steps"));
       add("--hires-denoise", h.at("denoise"));
       if (h.at("upscaler").get<std::string>() != "latent") add("--hires-upscaler", h.at("upscaler"));
+      if (h.contains("sampler") && h.at("sampler") != r.at("sampler")) add("--hires-sampler", h.at("sampler"));
     }
     add("--device", r.at("device"));
     add("--dtype", r.at("dtype"));
@@ -212,18 +213,25 @@ std::string a1111_command(const std::string& text) {
     take("Variation seed strength", "--variation-strength");
   }
   take("Steps", "--steps");
-  std::string sampler = canonical_scheduler_name(field("Sampler"));
-  // A1111 1.9 and later name the schedule apart: "Sampler: DPM++ 2M, Schedule type: Karras".
+  // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). A1111 1.9 and
+  // later name the schedule apart: "Sampler: DPM++ 2M, Schedule type: Karras"; another schedule is left out.
   const auto& known = scheduler_names();
-  const auto is_known = [&](const std::string& name) { return std::find(known.begin(), known.end(), name) != known.end(); };
-  const std::string schedule = field("Schedule type");
-  if (schedule == "Karras" && is_known(sampler + "_karras")) sampler += "_karras";
-  else if (!schedule.empty() && schedule != "Automatic") left_out.push_back("Schedule type: " + schedule);
-  if (is_known(sampler)) {
+  const auto sampler_of = [&](const char* sampler_key, const char* schedule_key) {
+    std::string sampler = canonical_scheduler_name(field(sampler_key));
+    const std::string schedule = field(schedule_key);
+    const auto is_known = [&](const std::string& name) {
+      return std::find(known.begin(), known.end(), name) != known.end();
+    };
+    if (schedule == "Karras" && is_known(sampler + "_karras")) sampler += "_karras";
+    else if (!schedule.empty() && schedule != "Automatic") left_out.push_back(schedule_key + (": " + schedule));
+    if (is_known(sampler)) return sampler;
+    if (!field(sampler_key).empty()) left_out.push_back(sampler_key + (": " + field(sampler_key)));
+    return std::string();
+  };
+  const std::string sampler = sampler_of("Sampler", "Schedule type");
+  if (!sampler.empty()) {
     args.insert(args.end(), {"--sampler", sampler});
     if (sampler == "ddim") take("Eta DDIM", "--eta");
-  } else if (!field("Sampler").empty()) {
-    left_out.push_back("Sampler: " + field("Sampler"));
   }
   take("CFG scale", "--cfg-scale");
   const std::string size = field("Size");
@@ -238,6 +246,8 @@ std::string a1111_command(const std::string& text) {
     take("Hires steps", "--hires-steps");
     take("Denoising strength", "--hires-denoise");
     if (upscaler != "latent") args.insert(args.end(), {"--hires-upscaler", upscaler});
+    const std::string hires_sampler = sampler_of("Hires sampler", "Hires schedule type");
+    if (!hires_sampler.empty()) args.insert(args.end(), {"--hires-sampler", hires_sampler});
   }
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
   const std::string decoder = field("VAE Decoder");
@@ -255,8 +265,9 @@ std::string a1111_command(const std::string& text) {
   } catch (const Error&) {
     // a tag txt2img refuses: running the command says why
   }
-  static const std::set<std::string> hires_fields = {"Hires upscale", "Hires steps", "Hires upscaler",
-                                                     "Denoising strength"};
+  static const std::set<std::string> hires_fields = {"Hires upscale",      "Hires steps",
+                                                     "Hires upscaler",     "Denoising strength",
+                                                     "Hires sampler",      "Hires schedule type"};
   for (const auto& [key, value] : p.fields)
     if (!read.count(key) && !(key == "Lora hashes" && !loras.empty()) && !(hires && hires_fields.count(key)))
       left_out.push_back(key + ": " + value);

@@ -122,6 +122,9 @@ std::string a1111_parameters(const ImageRecord& r) {
     params.emplace_back("Hires upscale", slider_number(r.hires.scale));
     if (r.hires.steps > 0) params.emplace_back("Hires steps", std::to_string(r.hires.steps));
     params.emplace_back("Hires upscaler", a1111_upscaler_name(r.hires.upscaler));
+    // A1111 names the hires sampler where it differs from the first pass's.
+    if (!r.hires.sampler.empty() && r.hires.sampler != r.sampler)
+      params.emplace_back("Hires sampler", sampler_display_name(r.hires.sampler));
   }
   if (r.eta != 0) params.emplace_back("Eta DDIM", python_float(r.eta));  // only DDIM takes an eta
   // "name: hash, name: hash", which the quoting below turns into a JSON string, as A1111 writes them.
@@ -159,8 +162,13 @@ nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
 
 nlohmann::ordered_json hires_json(const ImageRecord& r) {
   if (!r.hires.enabled()) return nullptr;
-  return {{"scale", r.hires.scale},         {"steps", r.hires.steps},   {"denoise", r.hires.denoise},
-          {"upscaler", r.hires.upscaler}, {"width", r.image_width}, {"height", r.image_height}};
+  return {{"scale", r.hires.scale},
+          {"steps", r.hires.steps},
+          {"denoise", r.hires.denoise},
+          {"upscaler", r.hires.upscaler},
+          {"sampler", r.hires.sampler.empty() ? r.sampler : r.hires.sampler},
+          {"width", r.image_width},
+          {"height", r.image_height}};
 }
 
 nlohmann::ordered_json reproduction_json(const ImageRecord& r) {

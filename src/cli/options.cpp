@@ -106,6 +106,10 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "latent-bicubic, latent-bicubic-antialiased, latent-nearest, latent-nearest-exact")
       ->capture_default_str()
       ->needs(hires);
+  app.add_option("--hires-sampler", o.hires.sampler,
+                 "A1111's Hires sampler: the hires pass's sampler (default: the first pass's; not pndm or lcm)")
+      ->type_name("NAME")
+      ->needs(hires);
   app.add_option("-W,--width", o.width, "image width, a multiple of 8 (default: the model's size, e.g. 512)");
   app.add_option("-H,--height", o.height, "image height, a multiple of 8 (default: the model's size)");
   add_model_option(app, o.model);

@@ -86,7 +86,9 @@ bool RunPlan::load_prompt() {
     p.hires.steps = entry_.hires_steps.value_or(p.hires.steps);
     p.hires.denoise = entry_.hires_denoise.value_or(p.hires.denoise);
     p.hires.upscaler = entry_.hires_upscaler.value_or(p.hires.upscaler);
-    const bool hires_settings = entry_.hires_steps || entry_.hires_denoise || entry_.hires_upscaler;
+    p.hires.sampler = entry_.hires_sampler.value_or(p.hires.sampler);
+    const bool hires_settings =
+        entry_.hires_steps || entry_.hires_denoise || entry_.hires_upscaler || entry_.hires_sampler;
     if (p.hires.scale < 0 || (p.hires.scale == 0 && hires_settings))
       throw Error(ErrorKind::Usage, where + ": the hires settings need a \"hires_scale\" above 0 (or --hires-scale)");
     try {

@@ -116,7 +116,7 @@ const std::vector<std::string>& jsonl_keys() {
   static const std::vector<std::string> keys = {
       "prompt",       "negative_prompt", "seed",        "steps",         "cfg_scale",     "width",
       "height",       "sampler",         "clip_skip",   "long_prompts",  "emphasis",      "hires_scale",
-      "hires_steps",  "hires_denoise",   "hires_upscaler", "images",     "output"};
+      "hires_steps",  "hires_denoise",   "hires_upscaler", "hires_sampler", "images",     "output"};
   return keys;
 }
 
@@ -251,6 +251,8 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
       entry.hires_steps = int_field<int>(value, key, where);
     } else if (key == "hires_upscaler") {
       entry.hires_upscaler = string_field(value, key, where);
+    } else if (key == "hires_sampler") {
+      entry.hires_sampler = string_field(value, key, where);
     } else if (key == "width") {
       entry.width = int_field<int>(value, key, where);
     } else if (key == "height") {

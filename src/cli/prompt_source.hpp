@@ -38,10 +38,12 @@ struct PromptEntry {
   std::optional<double> hires_scale, hires_denoise;  // hires_scale 0 turns a --hires-scale off for the line
   std::optional<int> hires_steps;
   std::optional<std::string> hires_upscaler;
+  std::optional<std::string> hires_sampler;
 
   bool overrides_params() const {
     return steps || width || height || cfg_scale || sampler || clip_skip || long_prompts || emphasis ||
-           hires_scale || hires_denoise || hires_steps || hires_upscaler;
+           hires_scale || hires_denoise || hires_steps || hires_upscaler ||
+           hires_sampler;
   }
 };
 

@@ -20,7 +20,7 @@ class HiresFix(CliTestCase):
         event = json_lines(result.stdout)[0]
         self.assertEqual((event["width"], event["height"]), (32, 32))
         self.assertEqual(event["hires"], {"scale": 2.0, "steps": 3, "denoise": 0.7, "upscaler": "latent",
-                                          "width": 64, "height": 64})
+                                          "sampler": "euler_a", "width": 64, "height": 64})
         text = png_text(self.dir / "a.png")
         self.assertIn("Size: 32x32, ", text["parameters"])
         self.assertIn("Denoising strength: 0.7, ", text["parameters"])
@@ -31,6 +31,33 @@ class HiresFix(CliTestCase):
         self.assertIsNone(json_lines(plain.stdout)[0]["hires"])
         self.assertNotIn("Hires", png_text(self.dir / "plain.png")["parameters"])
         self.assertNotIn("Denoising strength", png_text(self.dir / "plain.png")["parameters"])
+
+    def test_another_sampler_for_the_hires_pass(self):
+        """--hires-sampler (A1111's Hires sampler) changes the hires pass only, is recorded as A1111 records it, and
+        comes back through info --command; the first pass's sampler named again changes nothing."""
+        common = ["a fox", "--seed", "3", "--sampler", "euler_a", "--hires-scale", "1.5", "--hires-steps", "3"]
+        for name, extra in [("same.png", []), ("again.png", ["--hires-sampler", "Euler a"]),
+                            ("heun.png", ["--hires-sampler", "heun"])]:
+            result = self.txt2img(*common, *extra, "-o", name, "--json")
+            self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(png_pixels(self.dir / "again.png"), png_pixels(self.dir / "same.png"))
+        self.assertNotEqual(png_pixels(self.dir / "heun.png"), png_pixels(self.dir / "same.png"))
+        self.assertNotIn("Hires sampler", png_text(self.dir / "again.png")["parameters"])
+        self.assertIn("Hires upscaler: Latent, Hires sampler: Heun, ", png_text(self.dir / "heun.png")["parameters"])
+        self.assertEqual(json_lines(result.stdout)[0]["hires"]["sampler"], "heun")
+        line = run(["info", "heun.png", "--command"], self.dir).stdout.strip()
+        self.assertIn("--hires-sampler heun", line)
+        self.assertNotIn("--hires-sampler", run(["info", "same.png", "--command"], self.dir).stdout)
+        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                f" --model {shlex.quote(str(TINY))} -o heun2.png"], cwd=self.dir,
+                               capture_output=True, text=True)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "heun2.png"), png_pixels(self.dir / "heun.png"))
+        # Per prompt-file line, and a DDIM pass after another sampler's first pass (eta stays DDIM's).
+        self.write("p.jsonl", json.dumps({"prompt": "a fox", "hires_sampler": "ddim", "output": "ddim.png"}) + "\n")
+        result = self.txt2img("--from-file", "p.jsonl", *common[1:], "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json_lines(result.stdout)[0]["hires"]["sampler"], "ddim")
 
     def test_info_command_makes_the_image_again(self):
         made = self.txt2img("a fox", "--seed", "4", "--hires-scale", "1.5", "--hires-denoise", "0.55",
@@ -63,6 +90,21 @@ class HiresFix(CliTestCase):
                          ["--hires-scale", "2", "--hires-steps", "10", "--hires-denoise", "0.6", "--hires-upscaler",
                           "latent-nearest-exact"])
         self.assertNotIn("not carried over", result.stderr)
+        self.assertNotIn("--hires-sampler", args)
+        # A1111's Hires sampler (with its Hires schedule type) carries over; one txt2img lacks is left out.
+        for fields, expected, left_out in [("Hires sampler: DPM++ 2M, Hires schedule type: Karras", "dpmpp_2m_karras",
+                                            None),
+                                           ("Hires sampler: Restart", None, "Hires sampler: Restart")]:
+            (self.dir / "hs.png").write_bytes(with_text_chunk(plain, "parameters", f"{latent}, {fields}"))
+            result = run(["info", "hs.png", "--command"], self.dir)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            args = shlex.split(result.stdout)
+            if expected:
+                self.assertEqual(args[args.index("--hires-sampler") + 1], expected)
+                self.assertNotIn("not carried over", result.stderr)
+            else:
+                self.assertNotIn("--hires-sampler", args)
+                self.assertIn(left_out, result.stderr)
         # An upscaler that works on pixels has no txt2img equivalent: the hires fix is left out, and said so.
         esrgan = latent.replace("Latent (nearest-exact)", "R-ESRGAN 4x+")
         (self.dir / "esrgan.png").write_bytes(with_text_chunk(plain, "parameters", esrgan))
@@ -76,6 +118,9 @@ class HiresFix(CliTestCase):
             (["--hires-steps", "4"], ["--hires-steps", "--hires-scale"]),
             (["--hires-denoise", "0.5"], ["--hires-denoise", "--hires-scale"]),
             (["--hires-scale", "2", "--sampler", "pndm"], ["hires fix: ", "pndm"]),
+            (["--hires-scale", "2", "--hires-sampler", "lcm"], ["hires fix: ", "lcm"]),
+            (["--hires-scale", "2", "--hires-sampler", "nosuch"], ["unknown scheduler"]),
+            (["--hires-sampler", "euler"], ["--hires-sampler", "--hires-scale"]),
             (["--hires-scale", "2", "--hires-denoise", "0"], ["denoising strength"]),
             (["--hires-scale", "2", "--hires-upscaler", "esrgan"], ["unknown hires upscaler"]),
             (["--hires-scale", "-1"], ["--hires-scale"]),
