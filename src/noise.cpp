@@ -4,8 +4,9 @@
 
 namespace txt2img {
 
-SeededNoise::SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations)
-    : seeds_(std::move(seeds)), variations_(std::move(variations)) {
+SeededNoise::SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations,
+                         uint64_t eta_noise_seed_delta)
+    : seeds_(std::move(seeds)), variations_(std::move(variations)), eta_noise_seed_delta_(eta_noise_seed_delta) {
   TORCH_CHECK(variations_.empty() || variations_.size() == seeds_.size(), "one variation per seed, or none");
   restart();
 }
@@ -31,6 +32,10 @@ torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
       row = slerp_noise(variations_[k].strength, row[0], other[0]).unsqueeze(0);
     }
     rows.push_back(row);
+  }
+  if (first_draw_ && eta_noise_seed_delta_ != 0) {
+    generators_.clear();
+    for (uint64_t seed : seeds_) generators_.push_back(at::detail::createCPUGenerator(seed + eta_noise_seed_delta_));
   }
   first_draw_ = false;
   return torch::cat(rows);

@@ -81,15 +81,19 @@ class NoiseSource {
 // Row k draws from its own CPU generator seeded with seeds[k] (as torch.Generator().manual_seed does), so an
 // image depends on its seed only, never on the batch it was made in. With variations (one per row, or none), each
 // row's first draw after a (re)start is mixed with the same draw from a fresh generator of its variation seed.
+// With A1111's eta noise seed delta ("ENSD") d != 0, the draws after the first come from generators seeded with
+// seeds[k] + d instead, as A1111 draws a sampler's step noise.
 class SeededNoise : public NoiseSource {
  public:
-  explicit SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations = {});
+  explicit SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations = {},
+                       uint64_t eta_noise_seed_delta = 0);
   torch::Tensor draw(const std::vector<int64_t>& shape) override;
   void restart() override;
 
  private:
   std::vector<uint64_t> seeds_;
   std::vector<Variation> variations_;
+  uint64_t eta_noise_seed_delta_;
   std::vector<at::Generator> generators_;
   bool first_draw_ = true;
 };

@@ -24,6 +24,7 @@ struct GenerateOptions {
   // mixed with that of variation seed + k (empty: random).
   std::string variation_seed;
   double variation_strength = 0;
+  uint64_t ensd = 0;  // A1111's eta noise seed delta, SeededNoise's eta_noise_seed_delta
   std::string sampler = "ddim";
   int steps = 50;
   double cfg_scale = 7.5;

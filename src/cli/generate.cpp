@@ -221,7 +221,7 @@ class Generator {
       seeds.push_back(job.seed);
       variations.push_back(job.variation);
     }
-    SeededNoise noise(seeds, variations);
+    SeededNoise noise(seeds, variations, o_.ensd);
     StepObserver observer(reporter_, o_, previews_failed_);
     const auto start = Clock::now();
     const auto images = pipeline_->generate(prompts, negatives, batch[0].params, noise, &observer);
@@ -240,6 +240,7 @@ class Generator {
     record.negative_prompt = job.negative_prompt;
     record.seed = job.seed;
     record.variation = job.variation;
+    record.ensd = o_.ensd;
     record.steps = job.params.steps;
     record.sampler = job.params.sampler;
     record.cfg_scale = job.params.cfg_scale;

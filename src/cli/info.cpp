@@ -164,6 +164,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
       add("--variation-seed", r.at("variation").at("seed"));
       add("--variation-strength", r.at("variation").at("strength"));
     }
+    if (r.value("ensd", uint64_t{0}) != 0) add("--ensd", r.at("ensd"));
     add("--steps", r.at("steps"));
     add("--sampler", r.at("sampler"));
     add("--cfg-scale", r.at("cfg_scale"));
@@ -213,6 +214,7 @@ std::string a1111_command(const std::string& text) {
     take("Variation seed strength", "--variation-strength");
   }
   take("Steps", "--steps");
+  take("ENSD", "--ensd");
   // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). A1111 1.9 and
   // later name the schedule apart: "Sampler: DPM++ 2M, Schedule type: Karras"; another schedule is left out.
   const auto& known = scheduler_names();
@@ -254,7 +256,8 @@ std::string a1111_command(const std::string& text) {
   if (decoder == "TAESD") args.insert(args.end(), {"--decoder", "taesd"});
   else if (!decoder.empty() && decoder != "Full") left_out.push_back("VAE Decoder: " + decoder);
 
-  static const std::set<std::string> read = {"Seed", "Variation seed", "Variation seed strength", "Steps", "Sampler",
+  static const std::set<std::string> read = {"Seed", "Variation seed", "Variation seed strength", "ENSD", "Steps",
+                                             "Sampler",
                                              "Schedule type", "Eta DDIM", "CFG scale",
                                              "Size", "Clip skip", "Model", "Model hash", "RNG", "Version",
                                              "VAE Decoder"};

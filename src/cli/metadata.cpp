@@ -116,6 +116,7 @@ std::string a1111_parameters(const ImageRecord& r) {
   if (r.decoder == "taesd") params.emplace_back("VAE Decoder", "TAESD");
   if (r.hires.enabled()) params.emplace_back("Denoising strength", slider_number(r.hires.denoise));
   if (r.clip_skip != 1) params.emplace_back("Clip skip", std::to_string(r.clip_skip));  // A1111 omits the default
+  if (r.ensd != 0) params.emplace_back("ENSD", std::to_string(r.ensd));
   // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
   params.emplace_back("RNG", "CPU");
   if (r.hires.enabled()) {
@@ -180,6 +181,7 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
       {"negative_prompt", r.negative_prompt},
       {"seed", r.seed},
       {"variation", variation_json(r.variation)},
+      {"ensd", r.ensd},
       {"steps", r.steps},
       {"sampler", r.sampler},
       {"eta", r.eta},

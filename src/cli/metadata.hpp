@@ -26,6 +26,7 @@ struct ImageRecord {
   std::string negative_prompt;
   uint64_t seed = 0;
   Variation variation;  // strength 0: none
+  uint64_t ensd = 0;     // A1111's eta noise seed delta
   int steps = 0;
   std::string sampler;
   double cfg_scale = 0;

@@ -6,6 +6,7 @@
 
 #include "cli/exit_codes.hpp"
 #include "cli/output_pattern.hpp"
+#include "cli/prompt_source.hpp"
 #include "txt2img/error.hpp"
 
 namespace txt2img::cli {
@@ -68,6 +69,11 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "A1111's variation seed strength, 0 to 1: how far each image's initial noise moves from its seed's "
                  "towards its variation seed's (every image then keeps --seed; image k takes variation seed + k)")
       ->type_name("X");
+  app.add_option("--ensd", o.ensd,
+                 "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a, "
+                 "dpmpp_2m_sde, ddim with --eta) comes from seed + N")
+      ->type_name("N")
+      ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
   app.add_option("--steps", o.steps, "denoising steps, 1 to 1000 (1 to 50 with lcm)")->capture_default_str();
   app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")

@@ -152,6 +152,21 @@ class Seeds(CliTestCase):
             self.assertExit(result, EXIT_USAGE, message)
             self.assertFalse((self.dir / "bad.png").exists())
 
+    def test_eta_noise_seed_delta(self):
+        """--ensd (A1111's ENSD) changes the images of samplers that draw noise at each step, not the others', and
+        is recorded and given back."""
+        for sampler in ("euler_a", "ddim"):
+            for name, extra in [("plain", []), ("ensd", ["--ensd", "31337"])]:
+                result = self.txt2img("a fox", "--seed", "5", "--sampler", sampler, *extra, "-o", f"{sampler}-{name}.png")
+                self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotEqual(png_pixels(self.dir / "euler_a-plain.png"), png_pixels(self.dir / "euler_a-ensd.png"))
+        self.assertEqual(png_pixels(self.dir / "ddim-plain.png"), png_pixels(self.dir / "ddim-ensd.png"))
+        self.assertIn(", ENSD: 31337,", png_text(self.dir / "euler_a-ensd.png")["parameters"])
+        self.assertNotIn("ENSD", png_text(self.dir / "euler_a-plain.png")["parameters"])
+        self.assertEqual(json.loads(png_text(self.dir / "euler_a-ensd.png")["txt2img"])["ensd"], 31337)
+        self.assertIn("--ensd 31337", run(["info", "euler_a-ensd.png", "--command"], self.dir).stdout)
+        self.assertExit(self.txt2img("a fox", "--ensd", "-1", "-o", "bad.png"), EXIT_USAGE, "--ensd")
+
     def test_largest_seed(self):
         result = self.txt2img("a fox", "--seed", "9223372036854775807", "--images-per-prompt", "2", "--json",
                               "-o", "{n}.png")

@@ -246,7 +246,7 @@ class Metadata(CliTestCase):
     def test_info_command_reads_a1111_variation_seeds(self):
         self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
         infotext = ("a fox\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 12, Size: 32x32, Variation seed: 99, "
-                    "Variation seed strength: 0.25, Seed resize from: 64x64, RNG: CPU")
+                    "Variation seed strength: 0.25, Seed resize from: 64x64, ENSD: 31337, RNG: CPU")
         (self.dir / "v.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
                                                          infotext))
         result = run(["info", "v.png", "--command"], self.dir)
@@ -254,7 +254,8 @@ class Metadata(CliTestCase):
         args = shlex.split(result.stdout)
         self.assertEqual(args[args.index("--seed"):args.index("--seed") + 6],
                          ["--seed", "12", "--variation-seed", "99", "--variation-strength", "0.25"])
-        self.assertIn("not carried over (no txt2img equivalent): Seed resize from: 64x64", result.stderr)
+        self.assertEqual(args[args.index("--ensd") + 1], "31337")
+        self.assertIn("not carried over (no txt2img equivalent): Seed resize from: 64x64\n", result.stderr)
         self.assertNotIn("Variation", result.stderr)
 
     def test_info_command_reads_a1111_samplers_and_schedule_types(self):

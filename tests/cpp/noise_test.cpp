@@ -55,6 +55,21 @@ TEST(SeededNoise, VariationSeedsMixTheFirstDrawAsA1111Does) {
   EXPECT_TRUE(torch::equal(full.draw(kShape)[0], other));
 }
 
+// A1111's eta noise seed delta: the first draw (the initial noise) is the seed's, every later one (a sampler's step
+// noise) comes from a generator of seed + delta; a restart begins with the seed's again.
+TEST(SeededNoise, EtaNoiseSeedDeltaReseedsTheDrawsAfterTheFirst) {
+  txt2img::SeededNoise noise({5, 9}, {}, 31337);
+  const auto first = noise.draw({2, 4, 6, 5});
+  EXPECT_TRUE(torch::equal(first[0], randn(5, kShape)[0]));
+  auto delta = at::detail::createCPUGenerator(9 + 31337);
+  const auto second = noise.draw({2, 4, 6, 5}), third = noise.draw({2, 4, 6, 5});
+  EXPECT_TRUE(torch::equal(second[1], torch::randn(kShape, delta, torch::kFloat32)[0]));
+  EXPECT_TRUE(torch::equal(third[1], torch::randn(kShape, delta, torch::kFloat32)[0]));
+  noise.restart();
+  EXPECT_TRUE(torch::equal(noise.draw({2, 4, 6, 5}), first));
+  EXPECT_TRUE(torch::equal(noise.draw({2, 4, 6, 5}), second));
+}
+
 // Nearly parallel noises take A1111's linear fallback, which weighs them the other way round from the slerp.
 TEST(SeededNoise, NearlyParallelNoisesTakeA1111sLinearFallback) {
   const auto low = randn(5, kShape)[0];
