@@ -5,6 +5,7 @@
 #include <torch/nn/functional/upsampling.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 
@@ -242,11 +243,13 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   throw backend_failure(e);
 }
 
-std::string resolve_sampler(const Manifest& manifest, const std::string& name) {
-  if (name != "model") return canonical_scheduler_name(name);
+std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& option) {
+  std::string lower;
+  for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower != "model") return canonical_scheduler_name(name);
   if (!manifest.source_sampler.empty()) return manifest.source_sampler;
   throw Error(ErrorKind::Usage,
-              "--sampler model: the model has no scheduler of its own that txt2img can run (" +
+              option + " model: the model has no scheduler of its own that txt2img can run (" +
                   (manifest.source_scheduler_class.empty()
                        ? std::string("it was converted without a diffusers scheduler config: a random model, or a "
                                      "single file without --config, or before this release's scripts/convert.py")
@@ -288,7 +291,8 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
                                       "); add one with scripts/add_lora.py MODEL_DIR " + lora.name + ".safetensors");
   }
   params.sampler = resolve_sampler(manifest, params.sampler);  // records name what the run used, as --help does
-  if (!params.hires.sampler.empty()) params.hires.sampler = resolve_sampler(manifest, params.hires.sampler);
+  if (params.hires.enabled() && !params.hires.sampler.empty())
+    params.hires.sampler = resolve_sampler(manifest, params.hires.sampler, "--hires-sampler");
   make_sampler(manifest, params, params.steps);  // validates the sampler name, steps and eta together
   if (params.hires.enabled()) check_hires(manifest, params);
   return params;

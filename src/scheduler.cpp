@@ -196,7 +196,9 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (base == "heun") return detail::make_heun(config, steps, karras);
   if (base == "lms") return detail::make_lms(config, steps, karras);
   if (base == "unipc") return detail::make_unipc(config, steps, karras);
-  return detail::make_dpmpp_2m(config, steps, karras, base == "dpmpp_2m_sde");
+  if (base == "dpmpp_2m" || base == "dpmpp_2m_sde")
+    return detail::make_dpmpp_2m(config, steps, karras, base == "dpmpp_2m_sde");
+  throw Error(ErrorKind::Usage, "scheduler \"" + sampler + "\" is listed but not built");
 }
 
 void Scheduler::start_at(size_t step) {
@@ -294,7 +296,8 @@ std::vector<float> log_sigmas(const std::vector<float>& training_sigmas) {
 }
 
 double sigma_to_t(double sigma, const std::vector<float>& log_sigmas) {
-  // NumPy mixes a float64 scalar into float32 arrays here, so the comparison and the weight are float32.
+  // NumPy 1.x (the goldens': 1.24) mixes a float64 scalar into float32 arrays here, so the comparison and the weight
+  // are float32; NumPy 2 would compute them in float64.
   const auto log_sigma = static_cast<float>(std::log(std::max(sigma, 1e-10)));
   const auto n = static_cast<int64_t>(log_sigmas.size());
   int64_t low = 0;  // the last index whose log-sigma is <= log_sigma (0 when there is none)
@@ -375,7 +378,6 @@ torch::Tensor SigmaScheduler::predict_x0(const torch::Tensor& model_output, cons
 
 float tensor_log(float x) { return torch::log(torch::scalar_tensor(x, torch::kFloat32)).item<float>(); }
 float tensor_exp(float x) { return torch::exp(torch::scalar_tensor(x, torch::kFloat32)).item<float>(); }
-float tensor_expm1(float x) { return torch::expm1(torch::scalar_tensor(x, torch::kFloat32)).item<float>(); }
 
 Vp::Vp(float karras_sigma) {
   alpha = 1.0f / std::sqrt(karras_sigma * karras_sigma + 1.0f);

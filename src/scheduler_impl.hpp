@@ -96,11 +96,10 @@ class SigmaScheduler : public Scheduler {
   std::string prediction_type_;
 };
 
-// diffusers takes log, exp and expm1 of float32 0-dim tensors; ATen's vectorised kernels round differently from
-// libm, so the same kernels are used here.
+// diffusers takes log and exp of float32 0-dim tensors; ATen's vectorised kernels round differently from libm, so
+// the same kernels are used here.
 float tensor_log(float x);
 float tensor_exp(float x);
-float tensor_expm1(float x);
 
 // A variance-preserving sample's scales at a Karras-space sigma s (alpha = 1 / sqrt(s^2 + 1), sigma = s * alpha,
 // diffusers' _sigma_to_alpha_sigma_t) and its log-SNR lambda = log(alpha) - log(sigma).

@@ -62,6 +62,7 @@ class UniPC final : public LogSnrScheduler {
     const auto b_h = torch::expm1(hh);
     const auto& m0 = x0s_.back();
     const auto base = (scalar(t.sigma) / scalar(s0.sigma)) * x - (scalar(t.alpha) * h_phi_1) * m0;
+    // diffusers subtracts alpha * B(h) * 0 (its pred_res = 0) here, which turns a -0 of the sample into +0.
     if (order_ == 1) return base - scalar(t.alpha) * b_h * 0;
     // Order 2 uses the fixed rho 0.5 on D1 = (m1 - m0) / rk.
     const Vp s1(sigmas_[call - 1]);

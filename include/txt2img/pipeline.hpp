@@ -124,9 +124,10 @@ class Observer {
   virtual void preview(size_t /*call*/, size_t /*calls*/, const std::vector<GeneratedImage>& /*images*/) {}
 };
 
-// The sampler that `name` (GenerationParams::sampler) runs on this bundle: the model's own for "model", else the
-// canonical name. Throws Error(Usage) for "model" when the bundle records no sampler of its source.
-std::string resolve_sampler(const Manifest& manifest, const std::string& name);
+// The sampler that `name` (GenerationParams::sampler) runs on this bundle: the model's own for "model" (any case),
+// else the canonical name. Throws Error(Usage), naming `option`, for "model" when the bundle records no sampler of
+// its source.
+std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& option = "--sampler");
 
 // Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg, clip skip
 // from 1 to the text encoder's layers, LoRAs the bundle has) and fills in defaults (the sampler's canonical name),

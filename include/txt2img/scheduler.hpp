@@ -31,7 +31,7 @@ class Scheduler {
   virtual ~Scheduler() = default;
 
   // Timestep of each U-Net call, in order (PNDM makes N+1 calls for N steps, Heun 2N-1: a predictor and a corrector
-  // call per step but the last). Whole numbers for DDIM, PNDM, LCM and DPM-Solver++ (which may repeat one);
+  // call per step but the last). Whole numbers for DDIM, PNDM, LCM, DPM-Solver++ and UniPC (which may repeat one);
   // fractional values for the sigma samplers (float32, or float64 on Karras sigmas where diffusers keeps those).
   const std::vector<double>& timesteps() const { return timesteps_; }
   // Factor for the initial standard-normal latents (a float32 value).
@@ -58,9 +58,9 @@ class Scheduler {
   virtual std::string why_it_cannot_start_later() const { return {}; }
   // The sample at the noise level of call `call`'s input, from a clean sample x0 and standard-normal noise of its
   // shape, in the space step(…, call, …) takes samples in: x0 + sigma * noise for the sigma samplers (euler*,
-  // euler_a, heun*, lms*: the sigma of that call), alpha * x0 + sigma * noise in dpmpp_2m*'s variance-preserving space
-  // (alpha = 1 / sqrt(s^2 + 1) and sigma = s * alpha for that call's sigma s: A1111's x0 + s * noise scaled as the
-  // solver's samples are), sqrt(a) * x0 + sqrt(1 - a) * noise with a = alphas_cumprod at timesteps()[call] for
+  // euler_a, heun*, lms*: the sigma of that call), alpha * x0 + sigma * noise in the variance-preserving space of
+  // dpmpp_2m* and unipc* (alpha = 1 / sqrt(s^2 + 1) and sigma = s * alpha for that call's sigma s: A1111's
+  // x0 + s * noise scaled as the solver's samples are), sqrt(a) * x0 + sqrt(1 - a) * noise with a = alphas_cumprod at timesteps()[call] for
   // ddim, pndm and lcm. A whole run of those variance-preserving samplers starts from noise * init_noise_sigma() =
   // noise as diffusers' does, which add_noise(0, noise, 0) only approaches (sqrt(1 - a) is 0.9977 at t = 999,
   // 0.993 at ddim's 10-step t = 901); the sigma samplers' add_noise(0, noise, 0) is noise * init_noise_sigma()

@@ -711,33 +711,57 @@ def scheduler_fields(config: Optional[dict]) -> dict:
     return {**fields, "class": config.get("_class_name"), "sampler": source_sampler(config)}
 
 
+# What each sampler of txt2img computes, as diffusers v0.31 scheduler options: (the values it needs, the class's
+# defaults for them). A config that sets one of them otherwise describes a computation txt2img does not make. The
+# spacing is each class's default because txt2img runs every sampler with its own default spacing.
+_NOT_SET = {"thresholding": False, "rescale_betas_zero_snr": False, "use_exponential_sigmas": False,
+            "use_beta_sigmas": False}
+_SIGMA_SAMPLER = {"timestep_spacing": "linspace", "interpolation_type": "linear", "timestep_type": "discrete",
+                  "final_sigmas_type": "zero", "sigma_min": None, "sigma_max": None, "clip_sample": False}
+_MULTISTEP = {"timestep_spacing": "linspace", "solver_order": 2, "lower_order_final": True,
+              "final_sigmas_type": "zero"}
+_COMPUTED = {
+    "DDIMScheduler": ({"timestep_spacing": "leading", "clip_sample": False}, {"clip_sample": True}),
+    "PNDMScheduler": ({"timestep_spacing": "leading", "skip_prk_steps": True}, {"skip_prk_steps": False}),
+    "LCMScheduler": ({"timestep_spacing": "leading", "clip_sample": False, "original_inference_steps": 50,
+                      "timestep_scaling": 10.0}, {}),
+    "EulerAncestralDiscreteScheduler": ({"timestep_spacing": "linspace"}, {}),
+    "EulerDiscreteScheduler": (_SIGMA_SAMPLER, {}),
+    "HeunDiscreteScheduler": (_SIGMA_SAMPLER, {}),
+    "LMSDiscreteScheduler": (_SIGMA_SAMPLER, {}),
+    "DPMSolverMultistepScheduler": ({**_MULTISTEP, "solver_type": "midpoint", "euler_at_final": False,
+                                     "use_lu_lambdas": False, "lambda_min_clipped": -float("inf"),
+                                     "variance_type": None}, {}),
+    "UniPCMultistepScheduler": ({**_MULTISTEP, "solver_type": "bh2", "predict_x0": True, "disable_corrector": [],
+                                 "solver_p": None}, {}),
+}
+_SAMPLER_OF_CLASS = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMScheduler": "lcm",
+                     "EulerAncestralDiscreteScheduler": "euler_a", "EulerDiscreteScheduler": "euler",
+                     "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
+                     "DPMSolverMultistepScheduler": "dpmpp_2m", "UniPCMultistepScheduler": "unipc"}
+
+
 def source_sampler(config: dict) -> Optional[str]:
-    """The txt2img sampler a diffusers scheduler config describes, or None: another class, or options txt2img's
-    samplers do not compute (PNDM's PRK steps, DPM-Solver of another order or algorithm, UniPC's bh1 variant...)."""
+    """The txt2img sampler that computes what a diffusers scheduler config describes, or None: another class, or an
+    option txt2img's samplers do not compute (another spacing than the class's default, PNDM's PRK steps, DDIM's
+    sample clipping, DPM-Solver of another order or algorithm, UniPC's bh1 variant, exponential sigmas...)."""
     cls = config.get("_class_name")
-    karras = "_karras" if config.get("use_karras_sigmas") else ""
-    if cls == "DDIMScheduler":
-        return "ddim"
-    if cls == "PNDMScheduler":
-        return "pndm" if config.get("skip_prk_steps") else None
-    if cls == "LCMScheduler":
-        return "lcm"
-    if cls == "EulerAncestralDiscreteScheduler":
-        return "euler_a"
-    if cls in ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler"):
-        return {"EulerDiscreteScheduler": "euler", "HeunDiscreteScheduler": "heun",
-                "LMSDiscreteScheduler": "lms"}[cls] + karras
+    if cls not in _COMPUTED:
+        return None
+    needed, defaults = _COMPUTED[cls]
+    for key, value in {**_NOT_SET, **needed}.items():
+        if config.get(key, defaults.get(key, value)) != value:
+            return None
+    sampler = _SAMPLER_OF_CLASS[cls]
     if cls == "DPMSolverMultistepScheduler":
-        algorithm = {"dpmsolver++": "dpmpp_2m", "sde-dpmsolver++": "dpmpp_2m_sde"}.get(
-            config.get("algorithm_type", "dpmsolver++"))
-        if algorithm is None or config.get("solver_order", 2) != 2 or config.get("solver_type", "midpoint") != "midpoint":
+        algorithm = config.get("algorithm_type", "dpmsolver++")
+        if algorithm not in ("dpmsolver++", "sde-dpmsolver++"):
             return None
-        return algorithm + karras
-    if cls == "UniPCMultistepScheduler":
-        if config.get("solver_order", 2) != 2 or config.get("solver_type", "bh2") != "bh2":
-            return None
-        return "unipc" + karras
-    return None
+        sampler = "dpmpp_2m_sde" if algorithm == "sde-dpmsolver++" else "dpmpp_2m"
+    if config.get("use_karras_sigmas"):
+        return sampler + "_karras" if cls not in ("DDIMScheduler", "PNDMScheduler", "LCMScheduler",
+                                                  "EulerAncestralDiscreteScheduler") else None
+    return sampler
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

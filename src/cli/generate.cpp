@@ -361,7 +361,7 @@ std::string lora_flag_tags(const std::vector<std::string>& values) {
       const auto parsed = parse_lora_tags(tag);
       if (parsed.loras.size() != 1 || !parsed.text.empty()) throw Error(ErrorKind::Usage, "not one LoRA");
     } catch (const Error& e) {
-      throw Error(ErrorKind::Usage, "--lora " + value + ": " + e.what() +
+      throw Error(ErrorKind::Usage, "--lora \"" + value + "\": " + e.what() +
                                         " (give NAME, NAME:WEIGHT or NAME:TEXT_ENCODER_WEIGHT:UNET_WEIGHT)");
     }
     tags += " " + tag;
@@ -372,7 +372,6 @@ std::string lora_flag_tags(const std::vector<std::string>& values) {
 }  // namespace
 
 std::vector<std::string> available_samplers() { return scheduler_names(); }
-
 
 int run_generate(const GenerateOptions& o) {
   const auto run_start = Clock::now();

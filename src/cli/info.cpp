@@ -216,21 +216,23 @@ std::string a1111_command(const std::string& text) {
   take("Steps", "--steps");
   take("ENSD", "--ensd");
   // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). A1111 1.9 and
-  // later name the schedule apart: "Sampler: DPM++ 2M, Schedule type: Karras"; another schedule is left out.
+  // later name the schedule apart: "Sampler: DPM++ 2M, Schedule type: Karras"; another schedule is left out. A field
+  // A1111 leaves out because it is the first pass's ("Hires schedule type") takes `inherited`.
   const auto& known = scheduler_names();
-  const auto sampler_of = [&](const char* sampler_key, const char* schedule_key) {
+  const auto sampler_of = [&](const char* sampler_key, const char* schedule_key, const std::string& inherited) {
     std::string sampler = canonical_scheduler_name(field(sampler_key));
-    const std::string schedule = field(schedule_key);
+    const bool own_schedule = !field(schedule_key).empty();
+    const std::string schedule = own_schedule ? field(schedule_key) : inherited;
     const auto is_known = [&](const std::string& name) {
       return std::find(known.begin(), known.end(), name) != known.end();
     };
     if (schedule == "Karras" && is_known(sampler + "_karras")) sampler += "_karras";
-    else if (!schedule.empty() && schedule != "Automatic") left_out.push_back(schedule_key + (": " + schedule));
+    else if (own_schedule && schedule != "Automatic") left_out.push_back(schedule_key + (": " + schedule));
     if (is_known(sampler)) return sampler;
     if (!field(sampler_key).empty()) left_out.push_back(sampler_key + (": " + field(sampler_key)));
     return std::string();
   };
-  const std::string sampler = sampler_of("Sampler", "Schedule type");
+  const std::string sampler = sampler_of("Sampler", "Schedule type", "");
   if (!sampler.empty()) {
     args.insert(args.end(), {"--sampler", sampler});
     if (sampler == "ddim") take("Eta DDIM", "--eta");
@@ -243,12 +245,13 @@ std::string a1111_command(const std::string& text) {
   // A hires fix carries over when its upscaler is a latent one and it was given as a scale.
   const std::string upscaler = upscaler_from_a1111(field("Hires upscaler"));
   const bool hires = !field("Hires upscale").empty() && !upscaler.empty() && field("Hires resize").empty();
+  std::string hires_sampler;
   if (hires) {
     take("Hires upscale", "--hires-scale");
     take("Hires steps", "--hires-steps");
     take("Denoising strength", "--hires-denoise");
     if (upscaler != "latent") args.insert(args.end(), {"--hires-upscaler", upscaler});
-    const std::string hires_sampler = sampler_of("Hires sampler", "Hires schedule type");
+    hires_sampler = sampler_of("Hires sampler", "Hires schedule type", field("Schedule type"));
     if (!hires_sampler.empty()) args.insert(args.end(), {"--hires-sampler", hires_sampler});
   }
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
@@ -279,10 +282,13 @@ std::string a1111_command(const std::string& text) {
   if (field("RNG") != "CPU")
     std::cerr << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
                  "here and the image will differ\n";
-  if (sampler.rfind("dpmpp_2m_sde", 0) == 0)
+  const auto uses = [&](const char* prefix) {
+    return sampler.rfind(prefix, 0) == 0 || hires_sampler.rfind(prefix, 0) == 0;
+  };
+  if (uses("dpmpp_2m_sde"))
     std::cerr << "its sampler's noise at each step came from A1111's Brownian tree; txt2img's DPM++ 2M SDE draws it "
                  "from the seed as diffusers does, so the image will differ\n";
-  if (sampler.rfind("unipc", 0) == 0)
+  if (uses("unipc"))
     std::cerr << "A1111's UniPC is by default the bh1 variant of order 3; txt2img's is diffusers' (bh2, order 2), so "
                  "the image will differ\n";
   if (!loras.empty())

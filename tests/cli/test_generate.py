@@ -145,7 +145,8 @@ class Seeds(CliTestCase):
         for bad, message in [(["--variation-seed", "3"], "--variation-seed needs --variation-strength"),
                              (["--variation-strength", "1.5"], "--variation-strength must be from 0 to 1"),
                              (["--variation-strength", "nan"], "--variation-strength must be from 0 to 1"),
-                             (["--variation-strength", "0.5", "--variation-seed", "-1"], "--variation-seed"),
+                             (["--variation-strength", "0.5", "--variation-seed", "-1"],
+                              '--variation-seed "-1" must be a whole number'),
                              (["--variation-strength", "0.5", "--seed", "1", "--shard", "0/2"],
                               "need --variation-seed")]:
             result = self.txt2img("a fox", *bad, "-o", "bad.png")

@@ -69,8 +69,8 @@ class PromptLoras(CliTestCase):
         self.make("a fox <lora:ink-style:1:0>", 3, "split-tag.png")
         self.assertEqual(self.pixels("split.png"), self.pixels("split-tag.png"))
 
-        for value, message in [("ink-style:x", "--lora ink-style:x: "), ("", "--lora : "),
-                               ("ink-style:dyn=4", "--lora ink-style:dyn=4: "),
+        for value, message in [("ink-style:x", '--lora "ink-style:x": '), ("", '--lora "": '),
+                               ("ink-style:dyn=4", '--lora "ink-style:dyn=4": '),
                                ("nosuch", 'no LoRA named "nosuch"')]:
             result = self.txt2img("a fox", "--lora", value, "-o", "bad.png", model=self.model)
             self.assertEqual(result.returncode, EXIT_USAGE, result.stderr)

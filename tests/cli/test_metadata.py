@@ -243,6 +243,18 @@ class Metadata(CliTestCase):
         self.assertIn("Sampler: Restart", result.stderr)
         self.assertIn("GPU generator", result.stderr)
 
+        # A prompt starting with "-" would read as a flag in the positional place.
+        dash = "- a fox -\nNegative prompt: -dogs\nSteps: 2, Seed: 3, Size: 32x32, RNG: CPU"
+        (self.dir / "dash.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
+                                                            dash))
+        line = run(["info", "dash.png", "--command"], self.dir).stdout.strip()
+        self.assertEqual(shlex.split(line)[:4], ["txt2img", "--prompt=- a fox -", "-n", "-dogs"])
+        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                f" --model {shlex.quote(str(TINY))} -o c.png"], cwd=self.dir, capture_output=True,
+                               text=True)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertTrue(png_text(self.dir / "c.png")["parameters"].startswith("- a fox -\nNegative prompt: -dogs\n"))
+
     def test_info_command_reads_a1111_variation_seeds(self):
         self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
         infotext = ("a fox\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 12, Size: 32x32, Variation seed: 99, "
@@ -285,18 +297,6 @@ class Metadata(CliTestCase):
             else:
                 self.assertNotIn("not carried over", result.stderr)
                 self.assertNotIn("Brownian", result.stderr)
-
-        # A prompt starting with "-" would read as a flag in the positional place.
-        dash = "- a fox -\nNegative prompt: -dogs\nSteps: 2, Seed: 3, Size: 32x32, RNG: CPU"
-        (self.dir / "dash.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
-                                                            dash))
-        line = run(["info", "dash.png", "--command"], self.dir).stdout.strip()
-        self.assertEqual(shlex.split(line)[:4], ["txt2img", "--prompt=- a fox -", "-n", "-dogs"])
-        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(TINY))} -o c.png"], cwd=self.dir, capture_output=True,
-                               text=True)
-        self.assertEqual(again.returncode, 0, again.stderr)
-        self.assertTrue(png_text(self.dir / "c.png")["parameters"].startswith("- a fox -\nNegative prompt: -dogs\n"))
 
     def test_info_command_keeps_a1111_lora_tags(self):
         """A1111's LoRA tags stay in the prompt, which txt2img reads too: its "Lora hashes" then name what the model

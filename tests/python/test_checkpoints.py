@@ -370,7 +370,19 @@ def test_preprocessor_and_scheduler_fields():
 @pytest.mark.parametrize("config, sampler", [
     ({"_class_name": "PNDMScheduler", "skip_prk_steps": True}, "pndm"),
     ({"_class_name": "PNDMScheduler", "skip_prk_steps": False}, None),  # PRK warm-up steps
-    ({"_class_name": "DDIMScheduler"}, "ddim"),
+    ({"_class_name": "DDIMScheduler", "clip_sample": False}, "ddim"),
+    ({"_class_name": "DDIMScheduler"}, None),  # diffusers clips x0 by default
+    ({"_class_name": "DDIMScheduler", "clip_sample": False, "timestep_spacing": "trailing"}, None),
+    ({"_class_name": "PNDMScheduler", "skip_prk_steps": True, "timestep_spacing": "leading"}, "pndm"),
+    ({"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "leading"}, None),
+    ({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": True}, None),
+    ({"_class_name": "EulerDiscreteScheduler", "final_sigmas_type": "sigma_min"}, None),
+    ({"_class_name": "EulerAncestralDiscreteScheduler", "use_karras_sigmas": True}, None),
+    ({"_class_name": "DPMSolverMultistepScheduler", "euler_at_final": True}, None),
+    ({"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -float("inf"),
+      "thresholding": False}, "dpmpp_2m"),
+    ({"_class_name": "UniPCMultistepScheduler", "disable_corrector": [0]}, None),
+    ({"_class_name": "LCMScheduler", "timestep_scaling": 5.0}, None),
     ({"_class_name": "LCMScheduler"}, "lcm"),
     ({"_class_name": "EulerAncestralDiscreteScheduler"}, "euler_a"),
     ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": False}, "euler"),
