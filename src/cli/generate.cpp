@@ -413,6 +413,17 @@ int run_generate(const GenerateOptions& o) {
     check_loras_supported(resolved, placement.options);
     return resolved;
   });
+  // The flags' own settings resolved above; --lora's are checked before the prompts add theirs, so that a LoRA the
+  // bundle lacks is reported as the flag's rather than as a prompt's.
+  if (!o.loras.empty()) {
+    GenerationParams with_loras = plan_options.params;
+    with_loras.loras = parse_lora_tags(plan_options.lora_tags).loras;
+    try {
+      resolve_params(manifest, with_loras);
+    } catch (const Error& e) {
+      throw Error(e.kind(), "--lora: " + std::string(e.what()));
+    }
+  }
   const Preflight pf = preflight(plan, o.overwrite       ? Existing::Overwrite
                                        : o.skip_existing ? Existing::Skip
                                                          : Existing::Refuse);

@@ -71,7 +71,7 @@ class PromptLoras(CliTestCase):
 
         for value, message in [("ink-style:x", '--lora "ink-style:x": '), ("", '--lora "": '),
                                ("ink-style:dyn=4", '--lora "ink-style:dyn=4": '),
-                               ("nosuch", 'no LoRA named "nosuch"')]:
+                               ("nosuch", '--lora: the model has no LoRA named "nosuch"')]:
             result = self.txt2img("a fox", "--lora", value, "-o", "bad.png", model=self.model)
             self.assertEqual(result.returncode, EXIT_USAGE, result.stderr)
             self.assertIn(message, result.stderr)
