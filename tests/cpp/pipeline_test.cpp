@@ -119,6 +119,14 @@ TEST(Pipeline, RefusesABundleWithoutCheckerUnlessSafetyIsOff) {
   EXPECT_FALSE(images[0].safety_checked);
 }
 
+// Keeps every named tensor a generation shows (a copy) and its progress, (call, calls) per U-Net call.
+struct Keep : txt2img::Observer {
+  void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
+  void step(size_t call, size_t calls) override { progress.emplace_back(call, calls); }
+  std::map<std::string, torch::Tensor> kept;
+  std::vector<std::pair<size_t, size_t>> progress;
+};
+
 // The settings of the small generations here: 64x48 pixels, 3 steps.
 txt2img::GenerationParams small_params() {
   txt2img::GenerationParams params;
@@ -219,10 +227,6 @@ TEST_F(TinyPipeline, LowVramBelowTheTileSizeGivesTheSameImage) {
 // TAESD decodes the final latents as the U-Net left them (the VAE takes them divided by the scaling factor), with
 // the bundle's taesd_decoder.pt, whole even with low_vram; the images differ from the VAE's.
 TEST_F(TinyPipeline, TaesdDecodesTheUndividedLatents) {
-  struct Keep : txt2img::Observer {
-    void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
-    std::map<std::string, torch::Tensor> kept;
-  };
   txt2img::PipelineOptions tiny_decoder;
   tiny_decoder.decoder = txt2img::Decoder::Taesd;
   auto taesd = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), tiny_decoder);
@@ -304,10 +308,6 @@ TEST(Pipeline, PreviewsShowTheEstimateAndAreChecked) {
 // An LCM-distilled U-Net takes the guidance scale as an embedding input, as LatentConsistencyModelPipeline runs it:
 // one U-Net row per image (no unconditional rows, so the negative prompt is unused), given w = scale - 1.
 TEST(Pipeline, GuidanceEmbeddingModelsTakeTheScaleAsAnInput) {
-  struct Keep : txt2img::Observer {
-    void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
-    std::map<std::string, torch::Tensor> kept;
-  };
   const auto bundle = txt2img::Bundle::open(fixtures() / "tiny-lcm");
   ASSERT_EQ(bundle.manifest().guidance_embedding_dim, 8);
   auto pipeline = txt2img::Pipeline::load(bundle, {});
@@ -355,10 +355,6 @@ TEST(Pipeline, TaesdNeedsABundleWithOne) {
 // outputs through a fresh scheduler with a fresh generator gives its latents; and a batch gives each image what it
 // gets alone.
 TEST_F(TinyPipeline, StochasticSamplersDrawStepNoisePerImageInDiffusersOrder) {
-  struct Keep : txt2img::Observer {
-    void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
-    std::map<std::string, torch::Tensor> kept;
-  };
   for (const char* sampler : {"lcm", "euler_a"}) {
     auto params = small_params();
     params.sampler = sampler;
@@ -631,12 +627,6 @@ TEST(Pipeline, Bfloat16RunStaysCloseToFloat32AndIsChecked) {
 
 namespace {
 
-// Records the names (and the tensors) the pipeline shows an observer.
-struct Recorder : txt2img::Observer {
-  std::map<std::string, torch::Tensor> seen;
-  void tensor(const std::string& name, const torch::Tensor& value) override { seen[name] = value.clone(); }
-};
-
 std::vector<uint8_t> clip_skip_image(txt2img::Pipeline& pipeline, int clip_skip, txt2img::Observer* observer = nullptr,
                                      bool set = true) {
   txt2img::SeededNoise noise({7});
@@ -657,7 +647,7 @@ TEST(ClipSkip, TheTinyBundleRecordsItsTextEncoderLayers) {
 
 TEST(ClipSkip, OneIsTheDefaultAndTwoChangesTheImageForPromptAndNegativePrompt) {
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
-  Recorder by_default, one, two;
+  Keep by_default, one, two;
   const auto default_image = clip_skip_image(pipeline, 0, &by_default, false);
   EXPECT_EQ(txt2img::GenerationParams{}.clip_skip, 1);
   EXPECT_EQ(clip_skip_image(pipeline, 1, &one), default_image);
@@ -667,16 +657,16 @@ TEST(ClipSkip, OneIsTheDefaultAndTwoChangesTheImageForPromptAndNegativePrompt) {
 
   // Clip skip 1 is forward(), under the reference fixtures' names; more goes through encode() for both prompts.
   for (const auto* name : {"text/last_hidden_state", "uncond_text/last_hidden_state"}) {
-    ASSERT_TRUE(one.seen.count(name)) << name;
-    EXPECT_TRUE(one.seen[name].equal(by_default.seen[name])) << name;
-    EXPECT_FALSE(two.seen.count(name)) << name;
+    ASSERT_TRUE(one.kept.count(name)) << name;
+    EXPECT_TRUE(one.kept[name].equal(by_default.kept[name])) << name;
+    EXPECT_FALSE(two.kept.count(name)) << name;
   }
   for (const auto* prefix : {"text", "uncond_text"}) {
     const std::string name = std::string(prefix) + "/clip_skip_hidden_state";
-    ASSERT_TRUE(two.seen.count(name)) << name;
-    EXPECT_FALSE(two.seen[name].equal(one.seen[std::string(prefix) + "/last_hidden_state"])) << name;
+    ASSERT_TRUE(two.kept.count(name)) << name;
+    EXPECT_FALSE(two.kept[name].equal(one.kept[std::string(prefix) + "/last_hidden_state"])) << name;
   }
-  EXPECT_FALSE(two.seen["unet/encoder_hidden_states"].equal(one.seen["unet/encoder_hidden_states"]));
+  EXPECT_FALSE(two.kept["unet/encoder_hidden_states"].equal(one.kept["unet/encoder_hidden_states"]));
 }
 
 TEST(ClipSkip, EveryLayerWorksAndFrozenGraphsKeepEncode) {
@@ -755,12 +745,6 @@ TEST(ClipSkip, AnOldBundleWorksWithOneAndRefusesMoreAsABundleError) {
 // A1111's hires fix: the first pass's latents resized, noised to where a stretched schedule's last steps begin
 // (int(3 / 0.5) = 6 steps, of which the last 3), denoised again with noise drawn anew from the seed.
 TEST(HiresFix, ResizesTheLatentsAndRunsTheLastStepsOfAStretchedSchedule) {
-  struct Keep : txt2img::Observer {
-    void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
-    void step(size_t call, size_t calls) override { progress.emplace_back(call, calls); }
-    std::map<std::string, torch::Tensor> kept;
-    std::vector<std::pair<size_t, size_t>> progress;
-  };
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
   auto params = small_params();  // 64x48, 3 steps
   params.sampler = "euler";
@@ -803,12 +787,6 @@ TEST(HiresFix, ResizesTheLatentsAndRunsTheLastStepsOfAStretchedSchedule) {
 // Heun makes two U-Net calls per step but the last: the hires pass enters its stretched schedule at the predictor
 // call of its first step (step 3 of 6 is call 6 of 11) and makes 2N - 1 = 5 calls, counted in the progress.
 TEST(HiresFix, HeunEntersItsScheduleAtAStep) {
-  struct Keep : txt2img::Observer {
-    void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }
-    void step(size_t call, size_t calls) override { progress.emplace_back(call, calls); }
-    std::map<std::string, torch::Tensor> kept;
-    std::vector<std::pair<size_t, size_t>> progress;
-  };
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
   auto params = small_params();  // 64x48, 3 steps
   params.sampler = "heun";
