@@ -7,7 +7,7 @@ import subprocess
 import unittest
 
 from cli_support import (BIN, EXIT_USAGE, TINY, CliTestCase, json_lines, png_pixels, png_text, run)
-from test_metadata import with_text_chunk
+from test_metadata import a1111_command
 
 
 class HiresFix(CliTestCase):
@@ -78,12 +78,9 @@ class HiresFix(CliTestCase):
         self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
 
     def test_info_command_reads_an_a1111_hires_fix(self):
-        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
-        plain = (self.dir / "plain.png").read_bytes()
         latent = ("a fox\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.6, "
                   "RNG: CPU, Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent (nearest-exact), Version: v1.10.1")
-        (self.dir / "latent.png").write_bytes(with_text_chunk(plain, "parameters", latent))
-        result = run(["info", "latent.png", "--command"], self.dir)
+        result = a1111_command(self, latent)
         self.assertEqual(result.returncode, 0, result.stderr)
         args = shlex.split(result.stdout)
         self.assertEqual(args[args.index("--hires-scale"):args.index("--hires-scale") + 8],
@@ -99,8 +96,7 @@ class HiresFix(CliTestCase):
                                            ("Schedule type: Karras, Hires sampler: Heun", "heun_karras",
                                             "not carried over (no txt2img equivalent): Schedule type: Karras\n"),
                                            ("Hires sampler: Restart", None, "Hires sampler: Restart")]:
-            (self.dir / "hs.png").write_bytes(with_text_chunk(plain, "parameters", f"{latent}, {fields}"))
-            result = run(["info", "hs.png", "--command"], self.dir)
+            result = a1111_command(self, f"{latent}, {fields}")
             self.assertEqual(result.returncode, 0, result.stderr)
             args = shlex.split(result.stdout)
             if expected:
@@ -113,8 +109,7 @@ class HiresFix(CliTestCase):
                 self.assertNotIn("not carried over", result.stderr)
         # An upscaler that works on pixels has no txt2img equivalent: the hires fix is left out, and said so.
         esrgan = latent.replace("Latent (nearest-exact)", "R-ESRGAN 4x+")
-        (self.dir / "esrgan.png").write_bytes(with_text_chunk(plain, "parameters", esrgan))
-        result = run(["info", "esrgan.png", "--command"], self.dir)
+        result = a1111_command(self, esrgan)
         self.assertNotIn("--hires-scale", result.stdout)
         self.assertIn("not carried over (no txt2img equivalent): Denoising strength: 0.6; Hires upscale: 2; "
                       "Hires steps: 10; Hires upscaler: R-ESRGAN 4x+", result.stderr)

@@ -24,6 +24,15 @@ def with_text_chunk(png: bytes, key: str, text: str) -> bytes:
     return png[:end] + chunk + png[end:]
 
 
+def a1111_command(test: CliTestCase, infotext: str, name: str = "a1111.png"):
+    """`txt2img info NAME --command` of a PNG (written as NAME) whose only metadata is AUTOMATIC1111's infotext."""
+    plain = test.dir / "plain.png"
+    if not plain.exists():
+        test.assertEqual(test.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
+    (test.dir / name).write_bytes(with_text_chunk(plain.read_bytes(), "parameters", infotext))
+    return run(["info", name, "--command"], test.dir)
+
+
 class Metadata(CliTestCase):
     def test_a1111_parameters(self):
         result = self.txt2img("a photo of an astronaut", "-n", "blurry, low quality", "--seed", "1",
@@ -112,11 +121,8 @@ class Metadata(CliTestCase):
         self.assertEqual(json.loads(full["txt2img"])["decoder"], "full")
         self.assertNotIn("--decoder", run(["info", "c.png", "--command"], self.dir).stdout)
         # An A1111 image decoded with TAESD asks for it too.
-        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
         infotext = "a fox\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 32x32, VAE Decoder: TAESD, RNG: CPU"
-        (self.dir / "a1111.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
-                                                             infotext))
-        result = run(["info", "a1111.png", "--command"], self.dir)
+        result = a1111_command(self, infotext)
         self.assertEqual(shlex.split(result.stdout.strip())[-2:], ["--decoder", "taesd"])
         self.assertNotIn("not carried over", result.stderr)
 
@@ -209,14 +215,11 @@ class Metadata(CliTestCase):
         self.assertExit(run(["info", TINY, "--command"], self.dir), EXIT_USAGE, "--command")
 
     def test_info_command_reads_an_a1111_image(self):
-        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
         infotext = ('a (red) fox, "quoted"\nby the sea\nNegative prompt: dogs\n'
                     'Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 12, Size: 32x32, '
                     'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Clip skip: 2, Hires upscale: 2, '
                     'Lora hashes: "ink: 0123456789ab, sea: ba9876543210", RNG: CPU, Version: v1.10.1')
-        (self.dir / "a1111.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
-                                                             infotext))
-        result = run(["info", "a1111.png", "--command"], self.dir)
+        result = a1111_command(self, infotext)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(shlex.split(result.stdout.strip()),
                          ["txt2img", 'a (red) fox, "quoted"\nby the sea', "-n", "dogs", "--seed", "12", "--steps",
@@ -235,9 +238,7 @@ class Metadata(CliTestCase):
 
         # A sampler without an equivalent is left out (the default runs), and GPU noise is pointed out.
         other = "a fox\nSteps: 20, Sampler: Restart, CFG scale: 7, Seed: 1, Size: 512x512"
-        (self.dir / "restart.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
-                                                               other))
-        result = run(["info", "restart.png", "--command"], self.dir)
+        result = a1111_command(self, other, "restart.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertNotIn("--sampler", result.stdout)
         self.assertIn("Sampler: Restart", result.stderr)
@@ -245,9 +246,7 @@ class Metadata(CliTestCase):
 
         # A prompt starting with "-" would read as a flag in the positional place.
         dash = "- a fox -\nNegative prompt: -dogs\nSteps: 2, Seed: 3, Size: 32x32, RNG: CPU"
-        (self.dir / "dash.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
-                                                            dash))
-        line = run(["info", "dash.png", "--command"], self.dir).stdout.strip()
+        line = a1111_command(self, dash, "dash.png").stdout.strip()
         self.assertEqual(shlex.split(line)[:4], ["txt2img", "--prompt=- a fox -", "-n", "-dogs"])
         again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
                                 f" --model {shlex.quote(str(TINY))} -o c.png"], cwd=self.dir, capture_output=True,
@@ -256,12 +255,9 @@ class Metadata(CliTestCase):
         self.assertTrue(png_text(self.dir / "c.png")["parameters"].startswith("- a fox -\nNegative prompt: -dogs\n"))
 
     def test_info_command_reads_a1111_variation_seeds(self):
-        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
         infotext = ("a fox\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 12, Size: 32x32, Variation seed: 99, "
                     "Variation seed strength: 0.25, Seed resize from: 64x64, ENSD: 31337, RNG: CPU")
-        (self.dir / "v.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
-                                                         infotext))
-        result = run(["info", "v.png", "--command"], self.dir)
+        result = a1111_command(self, infotext, "v.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         args = shlex.split(result.stdout)
         self.assertEqual(args[args.index("--seed"):args.index("--seed") + 6],
@@ -274,7 +270,6 @@ class Metadata(CliTestCase):
         """A1111's sampler names, old ("LMS Karras") and new ("Euler" with "Schedule type: Karras"), become ours; a
         schedule type txt2img has no sampler for is left out; DPM++ 2M SDE warns of its Brownian-tree noise, UniPC of
         A1111's other variant."""
-        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
         cases = [("Sampler: Heun", "heun", None),
                  ("Sampler: Euler, Schedule type: Karras", "euler_karras", None),
                  ("Sampler: Heun, Schedule type: Karras", "heun_karras", None),
@@ -286,9 +281,7 @@ class Metadata(CliTestCase):
                  ("Sampler: Euler, Schedule type: Exponential", "euler", "Schedule type: Exponential")]
         for i, (fields, sampler, note) in enumerate(cases):
             infotext = f"a fox\nSteps: 3, {fields}, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU"
-            (self.dir / f"{i}.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
-                                                                infotext))
-            result = run(["info", f"{i}.png", "--command"], self.dir)
+            result = a1111_command(self, infotext, f"{i}.png")
             self.assertEqual(result.returncode, 0, result.stderr)
             args = shlex.split(result.stdout)
             self.assertEqual(args[args.index("--sampler") + 1], sampler, fields)
@@ -301,12 +294,9 @@ class Metadata(CliTestCase):
     def test_info_command_keeps_a1111_lora_tags(self):
         """A1111's LoRA tags stay in the prompt, which txt2img reads too: its "Lora hashes" then name what the model
         bundle needs rather than something left out."""
-        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
         infotext = ("a fox <lora:ink:0.8>, <lora:sea:1:0.5>\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, "
                     'Size: 32x32, Lora hashes: "ink: 0123456789ab, sea: ba9876543210", RNG: CPU, Version: v1.10.1')
-        (self.dir / "a.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "parameters",
-                                                         infotext))
-        result = run(["info", "a.png", "--command"], self.dir)
+        result = a1111_command(self, infotext, "a.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(shlex.split(result.stdout)[1], "a fox <lora:ink:0.8>, <lora:sea:1:0.5>")
         self.assertIn('its prompt adds the LoRAs ink, sea (Lora hashes: ink: 0123456789ab, sea: ba9876543210): the '
