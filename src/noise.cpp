@@ -12,9 +12,13 @@ SeededNoise::SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> var
 }
 
 void SeededNoise::restart() {
-  generators_.clear();
-  for (uint64_t seed : seeds_) generators_.push_back(at::detail::createCPUGenerator(seed));
+  seed_generators(0);
   first_draw_ = true;
+}
+
+void SeededNoise::seed_generators(uint64_t delta) {
+  generators_.clear();
+  for (uint64_t seed : seeds_) generators_.push_back(at::detail::createCPUGenerator(seed + delta));
 }
 
 torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
@@ -33,10 +37,7 @@ torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
     }
     rows.push_back(row);
   }
-  if (first_draw_ && eta_noise_seed_delta_ != 0) {
-    generators_.clear();
-    for (uint64_t seed : seeds_) generators_.push_back(at::detail::createCPUGenerator(seed + eta_noise_seed_delta_));
-  }
+  if (first_draw_ && eta_noise_seed_delta_ != 0) seed_generators(eta_noise_seed_delta_);
   first_draw_ = false;
   return torch::cat(rows);
 }

@@ -91,6 +91,9 @@ class SeededNoise : public NoiseSource {
   void restart() override;
 
  private:
+  // One generator per row, seeded with the row's seed + delta.
+  void seed_generators(uint64_t delta);
+
   std::vector<uint64_t> seeds_;
   std::vector<Variation> variations_;
   uint64_t eta_noise_seed_delta_;
