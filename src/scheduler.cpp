@@ -27,6 +27,10 @@ constexpr Sampler kSamplers[] = {
     {"euler_a", false},
     {"heun", false},
     {"heun_karras", false},
+    {"dpm2", false},
+    {"dpm2_karras", false},
+    {"dpm2_a", false},
+    {"dpm2_a_karras", false},
     {"dpmpp_2m", false},
     {"dpmpp_2m_karras", false},
     {"dpmpp_2m_sde", false},
@@ -164,6 +168,11 @@ std::string canonical_scheduler_name(const std::string& name) {
       {"lmskarras", "lms_karras"}, {"klmskarras", "lms_karras"},
       {"unipc", "unipc"},         {"unipcmultistepscheduler", "unipc"},
       {"unipckarras", "unipc_karras"},
+      {"dpm2", "dpm2"},           {"kdpm2", "dpm2"},
+      {"kdpm2discretescheduler", "dpm2"}, {"dpm2karras", "dpm2_karras"},
+      {"kdpm2karras", "dpm2_karras"}, {"dpm2a", "dpm2_a"},
+      {"kdpm2a", "dpm2_a"},       {"kdpm2ancestraldiscretescheduler", "dpm2_a"},
+      {"dpm2akarras", "dpm2_a_karras"}, {"kdpm2akarras", "dpm2_a_karras"},
   };
   const auto it = aliases.find(key);
   return it == aliases.end() ? name : it->second;
@@ -194,6 +203,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   const std::string base = karras ? sampler.substr(0, sampler.size() - 7) : sampler;
   if (base == "euler") return detail::make_euler(config, steps, karras);
   if (base == "heun") return detail::make_heun(config, steps, karras);
+  if (base == "dpm2" || base == "dpm2_a") return detail::make_dpm2(config, steps, karras, base == "dpm2_a");
   if (base == "lms") return detail::make_lms(config, steps, karras);
   if (base == "unipc") return detail::make_unipc(config, steps, karras);
   if (base == "dpmpp_2m" || base == "dpmpp_2m_sde")
@@ -295,7 +305,7 @@ std::vector<float> log_sigmas(const std::vector<float>& training_sigmas) {
   return out;
 }
 
-double sigma_to_t(double sigma, const std::vector<float>& log_sigmas) {
+double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, bool float32_sigma) {
   // NumPy 1.x (the goldens': 1.24) mixes a float64 scalar into float32 arrays here, so the comparison and the weight
   // are float32; NumPy 2 would compute them in float64.
   const auto log_sigma = static_cast<float>(std::log(std::max(sigma, 1e-10)));
@@ -306,6 +316,7 @@ double sigma_to_t(double sigma, const std::vector<float>& log_sigmas) {
   low = std::min(low, n - 2);
   const float lo = log_sigmas[low], hi = log_sigmas[low + 1];
   const float w = std::clamp((lo - log_sigma) / (lo - hi), 0.0f, 1.0f);
+  if (float32_sigma) return (1.0f - w) * static_cast<float>(low) + w * static_cast<float>(low + 1);
   return static_cast<double>(1.0f - w) * low + static_cast<double>(w) * (low + 1);
 }
 

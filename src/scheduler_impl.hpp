@@ -19,6 +19,8 @@ std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, bool karras);
+// DPM2, or its ancestral variant (fresh noise at every midpoint call).
+std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, bool karras, bool ancestral);
 // DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step).
 std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, bool karras, bool sde);
 std::unique_ptr<Scheduler> make_unipc(const SchedulerConfig& config, int steps, bool karras);
@@ -51,9 +53,11 @@ std::vector<float> training_sigmas(const std::vector<float>& alphas_cumprod);
 // diffusers' _convert_to_karras computes it.
 std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int steps);
 
-// The fractional training timestep (float64, unrounded) whose log-sigma this sigma's log interpolates linearly, as
-// diffusers' _sigma_to_t computes it from `log_sigmas`, the float32 logs of the training sigmas.
-double sigma_to_t(double sigma, const std::vector<float>& log_sigmas);
+// The fractional training timestep (unrounded) whose log-sigma this sigma's log interpolates linearly, as
+// diffusers' _sigma_to_t computes it from `log_sigmas`, the float32 logs of the training sigmas: for a float64
+// NumPy sigma (Karras sigmas) it ends in float64, for an element of a float32 tensor (`float32_sigma`: KDPM2's
+// midpoints) in float32.
+double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, bool float32_sigma = false);
 std::vector<float> log_sigmas(const std::vector<float>& training_sigmas);
 
 // Throws Error(Runtime) unless `call` is the `next` U-Net call (the run's first, then one more per step) and

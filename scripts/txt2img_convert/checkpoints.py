@@ -728,6 +728,8 @@ _COMPUTED = {
     "EulerAncestralDiscreteScheduler": ({"timestep_spacing": "linspace"}, {}),
     "EulerDiscreteScheduler": (_SIGMA_SAMPLER, {}),
     "HeunDiscreteScheduler": (_SIGMA_SAMPLER, {}),
+    "KDPM2DiscreteScheduler": (_SIGMA_SAMPLER, {}),
+    "KDPM2AncestralDiscreteScheduler": (_SIGMA_SAMPLER, {}),
     "LMSDiscreteScheduler": (_SIGMA_SAMPLER, {}),
     "DPMSolverMultistepScheduler": ({**_MULTISTEP, "solver_type": "midpoint", "euler_at_final": False,
                                      "use_lu_lambdas": False, "lambda_min_clipped": -float("inf"),
@@ -738,6 +740,7 @@ _COMPUTED = {
 _SAMPLER_OF_CLASS = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMScheduler": "lcm",
                      "EulerAncestralDiscreteScheduler": "euler_a", "EulerDiscreteScheduler": "euler",
                      "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
+                     "KDPM2DiscreteScheduler": "dpm2", "KDPM2AncestralDiscreteScheduler": "dpm2_a",
                      "DPMSolverMultistepScheduler": "dpmpp_2m", "UniPCMultistepScheduler": "unipc"}
 
 

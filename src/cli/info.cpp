@@ -288,6 +288,9 @@ std::string a1111_command(const std::string& text) {
   if (uses("dpmpp_2m_sde"))
     std::cerr << "its sampler's noise at each step came from A1111's Brownian tree; txt2img's DPM++ 2M SDE draws it "
                  "from the seed as diffusers does, so the image will differ\n";
+  if (uses("dpm2"))
+    std::cerr << "A1111's DPM2 and DPM2 a step through a schedule one step longer without its next-to-last sigma; "
+                 "txt2img's are diffusers' (KDPM2), so the image will differ\n";
   if (uses("unipc"))
     std::cerr << "A1111's UniPC is by default the bh1 variant of order 3; txt2img's is diffusers' (bh2, order 2), so "
                  "the image will differ\n";

@@ -31,6 +31,10 @@ std::string sampler_display_name(const std::string& sampler) {
       {"euler_a", "Euler a"},
       {"heun", "Heun"},
       {"heun_karras", "Heun Karras"},
+      {"dpm2", "DPM2"},
+      {"dpm2_karras", "DPM2 Karras"},
+      {"dpm2_a", "DPM2 a"},
+      {"dpm2_a_karras", "DPM2 a Karras"},
       {"lms", "LMS"},
       {"lms_karras", "LMS Karras"},
       {"dpmpp_2m", "DPM++ 2M"},
@@ -124,8 +128,16 @@ std::string a1111_parameters(const ImageRecord& r) {
     if (r.hires.steps > 0) params.emplace_back("Hires steps", std::to_string(r.hires.steps));
     params.emplace_back("Hires upscaler", a1111_upscaler_name(r.hires.upscaler));
     // A1111 names the hires sampler where it differs from the first pass's.
-    if (!r.hires.sampler.empty() && r.hires.sampler != r.sampler)
+    if (!r.hires.sampler.empty() && r.hires.sampler != r.sampler) {
       params.emplace_back("Hires sampler", sampler_display_name(r.hires.sampler));
+      // A1111 reads "Euler Karras" as Euler with schedule type Karras, which a hires sampler without its own
+      // schedule type inherits: a hires pass off Karras sigmas after one on them says so, as A1111 writes it.
+      const auto karras = [](const std::string& sampler) {
+        const std::string name = canonical_scheduler_name(sampler);
+        return name.size() > 7 && name.compare(name.size() - 7, 7, "_karras") == 0;
+      };
+      if (karras(r.sampler) && !karras(r.hires.sampler)) params.emplace_back("Hires schedule type", "Automatic");
+    }
   }
   if (r.eta != 0) params.emplace_back("Eta DDIM", python_float(r.eta));  // only DDIM takes an eta
   // "name: hash, name: hash", which the quoting below turns into a JSON string, as A1111 writes them.

@@ -72,8 +72,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "towards its variation seed's (every image then keeps --seed; image k takes variation seed + k)")
       ->type_name("X");
   app.add_option("--ensd", o.ensd,
-                 "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a, lcm, "
-                 "dpmpp_2m_sde, ddim with --eta) comes from seed + N")
+                 "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a, "
+                 "dpm2_a, dpmpp_2m_sde, lcm, ddim with --eta) comes from seed + N")
       ->type_name("N")
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();

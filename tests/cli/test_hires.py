@@ -53,6 +53,20 @@ class HiresFix(CliTestCase):
                                capture_output=True, text=True)
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual(png_pixels(self.dir / "heun2.png"), png_pixels(self.dir / "heun.png"))
+        # After a first pass on Karras sigmas, a hires sampler without them names its schedule type, which A1111
+        # would otherwise take from the first pass; txt2img reads it back from the A1111 parameters alone.
+        result = self.txt2img(*common[:3], "--sampler", "DPM2 Karras", *common[5:], "--hires-sampler", "dpm2",
+                              "-o", "k.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        parameters = png_text(self.dir / "k.png")["parameters"]
+        self.assertIn("Sampler: DPM2 Karras, ", parameters)
+        self.assertIn("Hires sampler: DPM2, Hires schedule type: Automatic", parameters)
+        result = a1111_command(self, parameters)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        args = shlex.split(result.stdout)
+        self.assertEqual((args[args.index("--sampler") + 1], args[args.index("--hires-sampler") + 1]),
+                         ("dpm2_karras", "dpm2"))
+        self.assertNotIn("not carried over", result.stderr)
         # Per prompt-file line, and a DDIM pass after another sampler's first pass (eta stays DDIM's).
         self.write("p.jsonl", json.dumps({"prompt": "a fox", "hires_sampler": "ddim", "output": "ddim.png"}) + "\n")
         result = self.txt2img("--from-file", "p.jsonl", *common[1:], "--json")

@@ -269,7 +269,7 @@ class Metadata(CliTestCase):
     def test_info_command_reads_a1111_samplers_and_schedule_types(self):
         """A1111's sampler names, old ("LMS Karras") and new ("Euler" with "Schedule type: Karras"), become ours; a
         schedule type txt2img has no sampler for is left out; DPM++ 2M SDE warns of its Brownian-tree noise, UniPC of
-        A1111's other variant."""
+        A1111's other variant, DPM2 of A1111's shorter schedule."""
         cases = [("Sampler: Heun", "heun", None),
                  ("Sampler: Euler, Schedule type: Karras", "euler_karras", None),
                  ("Sampler: Heun, Schedule type: Karras", "heun_karras", None),
@@ -277,6 +277,8 @@ class Metadata(CliTestCase):
                  ("Sampler: DPM++ 2M SDE, Schedule type: Karras", "dpmpp_2m_sde_karras", "Brownian tree"),
                  ("Sampler: DPM++ 2M SDE", "dpmpp_2m_sde", "Brownian tree"),
                  ("Sampler: UniPC", "unipc", "bh1 variant of order 3"),
+                 ("Sampler: DPM2 a, Schedule type: Karras", "dpm2_a_karras", "without its next-to-last sigma"),
+                 ("Sampler: DPM2 Karras", "dpm2_karras", "without its next-to-last sigma"),
                  ("Sampler: Euler a, Schedule type: Karras", "euler_a", "Schedule type: Karras"),
                  ("Sampler: Euler, Schedule type: Exponential", "euler", "Schedule type: Exponential")]
         for i, (fields, sampler, note) in enumerate(cases):

@@ -199,15 +199,16 @@ TEST_P(SamplerGolden, MatchesDiffusers) {
   const std::string run = name + "/n" + std::to_string(steps);
   const auto& g = sampler_goldens();
   auto sched = txt2img::make_scheduler(name, sd_config(), steps);
-  // Karras timesteps come from NumPy's float32 log of the training sigmas, which on this CPU (AVX-512) is off by
-  // an ulp for about 190 of the 1000 and differs between CPUs; the sigmas the steps use are exact either way, and a
-  // timestep moves by a few millionths of a training step.
+  // Timesteps interpolated at a sigma (Karras sigmas, DPM2's midpoints) come from NumPy's float32 log of the
+  // training sigmas, which on this CPU (AVX-512) is off by an ulp for about 190 of the 1000 and differs between
+  // CPUs; the sigmas the steps use are exact either way, and a timestep moves by a float32 ulp at most.
   const auto ts = g.get(run + "/timesteps");
   ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(ts.numel()));
   double timestep_error = 0;
   for (size_t i = 0; i < sched->timesteps().size(); ++i)
     timestep_error = std::max(timestep_error, std::abs(sched->timesteps()[i] - ts[static_cast<int64_t>(i)].item<double>()));
-  EXPECT_LE(timestep_error, name.find("karras") != std::string::npos ? 1e-4 : 0.0) << run;
+  const bool interpolated = name.find("karras") != std::string::npos || name.rfind("dpm2", 0) == 0;
+  EXPECT_LE(timestep_error, interpolated ? 1e-4 : 0.0) << run;
   EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), g.get(run + "/init_noise_sigma").item<float>());
 
   Worst w;
@@ -231,7 +232,7 @@ TEST_P(SamplerGolden, MatchesDiffusers) {
 std::vector<std::pair<std::string, int>> sampler_golden_cases() {
   std::vector<std::pair<std::string, int>> out;
   for (const char* name : {"euler_karras", "lms_karras", "heun", "heun_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras",
-                           "unipc", "unipc_karras"})
+                           "unipc", "unipc_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras"})
     for (int steps : {1, 2, 3, 10, 25}) out.emplace_back(name, steps);
   return out;
 }
@@ -331,7 +332,7 @@ TEST(Scheduler, RowsAreIndependent) {
            {"ddim", 0.0}, {"ddim", 0.5}, {"pndm", 0.0}, {"euler", 0.0}, {"euler_a", 0.0}, {"dpmpp_2m_karras", 0.0},
            {"lms", 0.0}, {"lcm", 0.0}, {"dpmpp_2m", 0.0}, {"euler_karras", 0.0}, {"heun", 0.0}, {"heun_karras", 0.0},
            {"lms_karras", 0.0}, {"dpmpp_2m_sde", 0.0}, {"dpmpp_2m_sde_karras", 0.0}, {"unipc", 0.0},
-           {"unipc_karras", 0.0}}) {
+           {"unipc_karras", 0.0}, {"dpm2", 0.0}, {"dpm2_karras", 0.0}, {"dpm2_a", 0.0}, {"dpm2_a_karras", 0.0}}) {
     const int steps = 10;
     const auto run = [&](const torch::Tensor& start, const std::function<torch::Tensor(size_t)>& output,
                          const std::function<torch::Tensor(size_t)>& noise) {
@@ -420,7 +421,7 @@ TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
   EXPECT_EQ(names,
             (std::vector<std::string>{"ddim", "pndm", "euler", "euler_karras", "euler_a", "heun", "heun_karras",
-                                      "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "lms",
+                                      "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "lms",
                                       "lms_karras", "unipc", "unipc_karras", "lcm"}));
   for (const auto& name : names) {
     // LCM's timesteps are a subset of the 50 it was distilled on.
@@ -444,6 +445,11 @@ TEST(Scheduler, NamesAndValidation) {
   EXPECT_FALSE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.0)->needs_noise(0));
   EXPECT_TRUE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.5)->needs_noise(0));
   EXPECT_TRUE(txt2img::make_scheduler("euler_a", sd_config(), 10)->needs_noise(9));
+  // DPM2 ancestral draws noise at each step's midpoint call: calls 1, 3, ..., none at the last step's single call.
+  const auto dpm2_a = txt2img::make_scheduler("dpm2_a", sd_config(), 3);
+  EXPECT_FALSE(dpm2_a->needs_noise(0) || dpm2_a->needs_noise(2) || dpm2_a->needs_noise(4));
+  EXPECT_TRUE(dpm2_a->needs_noise(1) && dpm2_a->needs_noise(3));
+  EXPECT_FALSE(txt2img::make_scheduler("dpm2", sd_config(), 3)->needs_noise(1));
   // LCM draws noise after every call but the last (so a single step draws none).
   const auto lcm = txt2img::make_scheduler("lcm", sd_config(), 3);
   EXPECT_TRUE(lcm->needs_noise(0) && lcm->needs_noise(1));
@@ -520,13 +526,15 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
       {"DPM++ 2M", "dpmpp_2m"}, {"DPMSolverMultistepScheduler", "dpmpp_2m"}, {"Heun", "heun"},
       {"HeunDiscreteScheduler", "heun"}, {"DPM++ 2M SDE", "dpmpp_2m_sde"},
       {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"}, {"LMS Karras", "lms_karras"}, {"Euler Karras", "euler_karras"},
-      {"UniPC", "unipc"}, {"UniPCMultistepScheduler", "unipc"}};
+      {"UniPC", "unipc"}, {"UniPCMultistepScheduler", "unipc"}, {"DPM2", "dpm2"}, {"DPM2 Karras", "dpm2_karras"},
+      {"DPM2 a", "dpm2_a"}, {"DPM2 a Karras", "dpm2_a_karras"}, {"k_dpm_2_a", "dpm2_a"},
+      {"KDPM2DiscreteScheduler", "dpm2"}, {"KDPM2AncestralDiscreteScheduler", "dpm2_a"}};
   for (const auto& [alias, name] : aliases) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
               txt2img::make_scheduler(name, sd_config(), 10)->timesteps()) << alias;
   }
-  for (const char* other : {"Restart", "DPM++ SDE Karras", "DPM2 a", "DPM++ 2M SDE Heun"}) {
+  for (const char* other : {"Restart", "DPM++ SDE Karras", "DPM fast", "DPM++ 2M SDE Heun"}) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(other), other);
     expect_error(ErrorKind::Usage, "unknown scheduler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
   }
@@ -617,7 +625,8 @@ const std::vector<std::string>& late_starters() {
   static const std::vector<std::string> names = {"ddim",         "euler",        "euler_karras", "euler_a",
                                                  "heun",         "heun_karras",  "lms",          "lms_karras",
                                                  "dpmpp_2m",     "dpmpp_2m_karras", "dpmpp_2m_sde",
-                                                 "dpmpp_2m_sde_karras", "unipc", "unipc_karras"};
+                                                 "dpmpp_2m_sde_karras", "unipc", "unipc_karras",
+                                                 "dpm2",         "dpm2_karras",  "dpm2_a",       "dpm2_a_karras"};
   return names;
 }
 
@@ -753,9 +762,9 @@ TEST(SchedulerStartAt, MemorylessSamplersFollowTheWholeRun) {
 }
 
 // The single-step samplers of tests/fixtures/sampler_goldens.safetensors entered at step 4 from the golden sample
-// before it follow the golden run bit for bit; heun's step 4 is its call 8, a predictor call.
-TEST(SchedulerStartAt, KarrasAndHeunSamplersFollowTheWholeRun) {
-  for (const std::string name : {"euler_karras", "heun", "heun_karras"}) {
+// before it follow the golden run bit for bit; heun's and dpm2's step 4 is their call 8, a predictor (Euler) call.
+TEST(SchedulerStartAt, KarrasHeunAndDpm2SamplersFollowTheWholeRun) {
+  for (const std::string name : {"euler_karras", "heun", "heun_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras"}) {
     const std::string run = name + "/n10";
     auto late = txt2img::make_scheduler(name, sd_config(), 10);
     late->start_at(4);
@@ -768,7 +777,7 @@ TEST(SchedulerStartAt, KarrasAndHeunSamplersFollowTheWholeRun) {
     };
     torch::Tensor x = sampler_goldens().get(key(first - 1));
     for (size_t i = first; i < late->timesteps().size(); ++i) {
-      x = late->step(fake_model_output(i), i, x);
+      x = late->step(fake_model_output(i), i, x, late->needs_noise(i) ? fake_noise(i) : torch::Tensor());
       EXPECT_TRUE(torch::equal(x, sampler_goldens().get(key(i)))) << name << " call " << i;
     }
   }
@@ -874,7 +883,7 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
   const auto n = unit_noise(x0);
   for (const auto& name : late_starters()) {
     // Their fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has euler_a.
-    if (name == "euler_a" || name.rfind("dpmpp_2m_sde", 0) == 0) continue;
+    if (name == "euler_a" || name.rfind("dpmpp_2m_sde", 0) == 0 || name.rfind("dpm2_a", 0) == 0) continue;
     for (size_t k : {0, 3, 7, 11}) {
       auto sched = txt2img::make_scheduler(name, sd_config(), 12);
       sched->start_at(k);
@@ -933,9 +942,9 @@ TEST(SchedulerStartAt, Errors) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 4);
     sched->start_at(3);
     sched->start_at(2);  // before any step the start may still move
-    // Step 2 is call 2, but heun's call 4 (a predictor and a corrector call per step).
+    // Step 2 is call 2, but heun's and dpm2's call 4 (two calls per step).
     const size_t c = sched->first_call();
-    EXPECT_EQ(c, name.rfind("heun", 0) == 0 ? 4u : 2u) << name;
+    EXPECT_EQ(c, name.rfind("heun", 0) == 0 || name.rfind("dpm2", 0) == 0 ? 4u : 2u) << name;
     const auto expected = [](size_t want, size_t got) {
       return "expected call " + std::to_string(want) + ", got " + std::to_string(got);
     };
