@@ -1,5 +1,5 @@
 // DPM2 (diffusers KDPM2DiscreteScheduler) and DPM2 ancestral (KDPM2AncestralDiscreteScheduler), each also on
-// Karras sigmas: k-diffusion's second-order DPM-Solver-2 in sigma space. Each step from sigma s to the next makes an
+// Karras or exponential sigmas: k-diffusion's second-order DPM-Solver-2 in sigma space. Each step from sigma s to the next makes an
 // Euler call at s to a midpoint sigma (the geometric mean of s and the step's target) and a call there, whose
 // derivative then carries the step's start sample the whole way. The ancestral variant's target is its "down" sigma,
 // and fresh noise scaled by its "up" sigma completes the step. The last step is the Euler call alone, to sigma 0.
@@ -13,9 +13,10 @@ namespace {
 
 class Dpm2 final : public SigmaScheduler {
  public:
-  Dpm2(const SchedulerConfig& config, int steps, bool karras, bool ancestral)
-      : SigmaScheduler(config, steps, karras), ancestral_(ancestral) {
-    require_prediction_type(config, name(karras).c_str(), {"epsilon", "v_prediction"});
+  Dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral)
+      : SigmaScheduler(config, steps, schedule), ancestral_(ancestral) {
+    require_prediction_type(config, (ancestral_ ? "dpm2_a" : "dpm2") + std::string(schedule_suffix(schedule)),
+                            {"epsilon", "v_prediction"});
     // The step sigmas' arithmetic is diffusers' float32 tensor expressions, run by the same ATen kernels.
     const auto s = torch::tensor(sigmas_, torch::kFloat32);  // s0 ... s(N-1), 0
     torch::Tensor mid, end, up;                                // per step
@@ -37,11 +38,11 @@ class Dpm2 final : public SigmaScheduler {
     std::vector<float> sigmas;
     for (int j = 0; j < steps; ++j) {
       steps_.push_back({sigmas_[j], mid[j].item<float>(), end[j].item<float>(), up[j].item<float>()});
-      // Karras timesteps are rounded here, as KDPM2 rounds them, unlike Euler's.
-      timesteps.push_back(karras ? std::nearbyint(timesteps_[j]) : timesteps_[j]);
+      // Karras timesteps are rounded here, as KDPM2 rounds them, unlike Euler's (and unlike exponential ones).
+      timesteps.push_back(schedule == SigmaSchedule::kKarras ? std::nearbyint(timesteps_[j]) : timesteps_[j]);
       sigmas.push_back(sigmas_[j]);
       if (j + 1 < steps) {
-        timesteps.push_back(sigma_to_t(steps_.back().mid, logs, true));
+        timesteps.push_back(sigma_to_t(steps_.back().mid, logs, SigmaToT::kTensorSigmaTensorLogs));
         sigmas.push_back(steps_.back().mid);
       }
     }
@@ -82,8 +83,6 @@ class Dpm2 final : public SigmaScheduler {
     float up;      // the ancestral noise's scale
   };
 
-  std::string name(bool karras) const { return std::string(ancestral_ ? "dpm2_a" : "dpm2") + (karras ? "_karras" : ""); }
-
   size_t first_call_of_step(size_t step) const override { return 2 * step; }
 
   bool ancestral_;
@@ -93,8 +92,8 @@ class Dpm2 final : public SigmaScheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, bool karras, bool ancestral) {
-  return std::make_unique<Dpm2>(config, steps, karras, ancestral);
+std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral) {
+  return std::make_unique<Dpm2>(config, steps, schedule, ancestral);
 }
 
 }  // namespace txt2img::detail

@@ -1,5 +1,6 @@
 // Euler (diffusers EulerDiscreteScheduler with s_churn = 0, linear sigma interpolation, final sigma 0; euler_karras
-// with use_karras_sigmas): one explicit Euler step of the probability-flow ODE per U-Net call, in sigma space.
+// with use_karras_sigmas, euler_exponential with use_exponential_sigmas): one explicit Euler step of the
+// probability-flow ODE per U-Net call, in sigma space.
 #include <cmath>
 
 #include "scheduler_impl.hpp"
@@ -9,10 +10,10 @@ namespace {
 
 class Euler final : public SigmaScheduler {
  public:
-  Euler(const SchedulerConfig& config, int steps, bool karras) : SigmaScheduler(config, steps, karras) {
-    require_prediction_type(config, karras ? "euler_karras" : "euler",
+  Euler(const SchedulerConfig& config, int steps, SigmaSchedule schedule) : SigmaScheduler(config, steps, schedule) {
+    require_prediction_type(config, std::string("euler") + schedule_suffix(schedule),
                             {"epsilon", "v_prediction", "sample", "original_sample"});
-    // EulerDiscreteScheduler keeps its timesteps as float32, Karras ones included.
+    // EulerDiscreteScheduler keeps its timesteps as float32, Karras and exponential ones included.
     for (double& t : timesteps_) t = static_cast<float>(t);
   }
 
@@ -32,8 +33,8 @@ class Euler final : public SigmaScheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps, bool karras) {
-  return std::make_unique<Euler>(config, steps, karras);
+std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps, SigmaSchedule schedule) {
+  return std::make_unique<Euler>(config, steps, schedule);
 }
 
 }  // namespace txt2img::detail

@@ -12,7 +12,7 @@ namespace {
 class EulerAncestral final : public SigmaScheduler {
  public:
   EulerAncestral(const SchedulerConfig& config, int steps)
-      : SigmaScheduler(config, steps, false) {
+      : SigmaScheduler(config, steps, SigmaSchedule::kSpaced) {
     require_prediction_type(config, "euler_a", {"epsilon", "v_prediction"});
   }
 

@@ -1,4 +1,5 @@
-// Heun (diffusers HeunDiscreteScheduler; heun_karras with use_karras_sigmas): Heun's second-order method on the
+// Heun (diffusers HeunDiscreteScheduler; heun_karras with use_karras_sigmas, heun_exponential with
+// use_exponential_sigmas): Heun's second-order method on the
 // probability-flow ODE in sigma space. Each step is an Euler predictor call to the next sigma and a corrector call
 // there, which steps again from the predictor's start with the mean of both derivatives; the last step, to sigma 0,
 // is the predictor alone. N steps thus make 2N - 1 U-Net calls, each sigma but the first and the last twice.
@@ -9,8 +10,9 @@ namespace {
 
 class Heun final : public SigmaScheduler {
  public:
-  Heun(const SchedulerConfig& config, int steps, bool karras) : SigmaScheduler(config, steps, karras) {
-    require_prediction_type(config, karras ? "heun_karras" : "heun", {"epsilon", "v_prediction", "sample"});
+  Heun(const SchedulerConfig& config, int steps, SigmaSchedule schedule) : SigmaScheduler(config, steps, schedule) {
+    require_prediction_type(config, std::string("heun") + schedule_suffix(schedule),
+                            {"epsilon", "v_prediction", "sample"});
     // diffusers: sigmas [s0, s1, s1, ..., s(N-1), s(N-1), 0] and timesteps [t0, t1, t1, ..., t(N-1), t(N-1)],
     // one sigma (the U-Net input's) per call plus the final 0, as SigmaScheduler keeps them.
     std::vector<double> timesteps = {timesteps_.front()};
@@ -56,8 +58,8 @@ class Heun final : public SigmaScheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, bool karras) {
-  return std::make_unique<Heun>(config, steps, karras);
+std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, SigmaSchedule schedule) {
+  return std::make_unique<Heun>(config, steps, schedule);
 }
 
 }  // namespace txt2img::detail

@@ -1,4 +1,5 @@
-// LMS (diffusers LMSDiscreteScheduler, order 4; lms_karras with use_karras_sigmas): linear multistep in sigma
+// LMS (diffusers LMSDiscreteScheduler, order 4; lms_karras with use_karras_sigmas, lms_exponential with
+// use_exponential_sigmas): linear multistep in sigma
 // space. The coefficient of each stored derivative is the integral, over this step's sigma interval, of its
 // Lagrange basis polynomial through the last (up to) four sigmas.
 #include <algorithm>
@@ -43,8 +44,9 @@ double gauss_kronrod_21(const std::function<float(double)>& f, double a, double 
 
 class Lms final : public SigmaScheduler {
  public:
-  Lms(const SchedulerConfig& config, int steps, bool karras) : SigmaScheduler(config, steps, karras) {
-    require_prediction_type(config, karras ? "lms_karras" : "lms", {"epsilon", "v_prediction", "sample"});
+  Lms(const SchedulerConfig& config, int steps, SigmaSchedule schedule) : SigmaScheduler(config, steps, schedule) {
+    require_prediction_type(config, std::string("lms") + schedule_suffix(schedule),
+                            {"epsilon", "v_prediction", "sample"});
   }
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
@@ -88,8 +90,8 @@ class Lms final : public SigmaScheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, bool karras) {
-  return std::make_unique<Lms>(config, steps, karras);
+std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, SigmaSchedule schedule) {
+  return std::make_unique<Lms>(config, steps, schedule);
 }
 
 }  // namespace txt2img::detail

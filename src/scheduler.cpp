@@ -24,19 +24,24 @@ constexpr Sampler kSamplers[] = {
     {"pndm", false, false},
     {"euler", false},
     {"euler_karras", false},
+    {"euler_exponential", false},
     {"euler_a", false},
     {"heun", false},
     {"heun_karras", false},
+    {"heun_exponential", false},
     {"dpm2", false},
     {"dpm2_karras", false},
+    {"dpm2_exponential", false},
     {"dpm2_a", false},
     {"dpm2_a_karras", false},
+    {"dpm2_a_exponential", false},
     {"dpmpp_2m", false},
     {"dpmpp_2m_karras", false},
     {"dpmpp_2m_sde", false},
     {"dpmpp_2m_sde_karras", false},
     {"lms", false},
     {"lms_karras", false},
+    {"lms_exponential", false},
     {"unipc", false},
     {"unipc_karras", false},
     {"lcm", false, false},
@@ -173,9 +178,21 @@ std::string canonical_scheduler_name(const std::string& name) {
       {"kdpm2karras", "dpm2_karras"}, {"dpm2a", "dpm2_a"},
       {"kdpm2a", "dpm2_a"},       {"kdpm2ancestraldiscretescheduler", "dpm2_a"},
       {"dpm2akarras", "dpm2_a_karras"}, {"kdpm2akarras", "dpm2_a_karras"},
+      {"eulerexponential", "euler_exponential"}, {"heunexponential", "heun_exponential"},
+      {"dpm2exponential", "dpm2_exponential"}, {"dpm2aexponential", "dpm2_a_exponential"},
+      {"lmsexponential", "lms_exponential"},
   };
   const auto it = aliases.find(key);
   return it == aliases.end() ? name : it->second;
+}
+
+SamplerName split_sampler_name(const std::string& name) {
+  for (const std::string schedule : {"karras", "exponential"}) {
+    const std::string suffix = "_" + schedule;
+    if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return {name.substr(0, name.size() - suffix.size()), schedule};
+  }
+  return {name, ""};
 }
 
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,
@@ -199,12 +216,16 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (sampler == "pndm") return detail::make_pndm(config, steps);
   if (sampler == "lcm") return detail::make_lcm(config, steps);
   if (sampler == "euler_a") return detail::make_euler_ancestral(config, steps);
-  const bool karras = sampler.size() > 7 && sampler.compare(sampler.size() - 7, 7, "_karras") == 0;
-  const std::string base = karras ? sampler.substr(0, sampler.size() - 7) : sampler;
-  if (base == "euler") return detail::make_euler(config, steps, karras);
-  if (base == "heun") return detail::make_heun(config, steps, karras);
-  if (base == "dpm2" || base == "dpm2_a") return detail::make_dpm2(config, steps, karras, base == "dpm2_a");
-  if (base == "lms") return detail::make_lms(config, steps, karras);
+  using detail::SigmaSchedule;
+  const auto [base, schedule_name] = split_sampler_name(sampler);
+  const bool karras = schedule_name == "karras";
+  const SigmaSchedule schedule = karras                          ? SigmaSchedule::kKarras
+                                 : schedule_name == "exponential" ? SigmaSchedule::kExponential
+                                                                  : SigmaSchedule::kSpaced;
+  if (base == "euler") return detail::make_euler(config, steps, schedule);
+  if (base == "heun") return detail::make_heun(config, steps, schedule);
+  if (base == "dpm2" || base == "dpm2_a") return detail::make_dpm2(config, steps, schedule, base == "dpm2_a");
+  if (base == "lms") return detail::make_lms(config, steps, schedule);
   if (base == "unipc") return detail::make_unipc(config, steps, karras);
   if (base == "dpmpp_2m" || base == "dpmpp_2m_sde")
     return detail::make_dpmpp_2m(config, steps, karras, base == "dpmpp_2m_sde");
@@ -242,7 +263,7 @@ std::string resolve_spacing(const SchedulerConfig& config, const char* class_def
   return spacing;
 }
 
-void require_prediction_type(const SchedulerConfig& config, const char* sampler,
+void require_prediction_type(const SchedulerConfig& config, const std::string& sampler,
                              std::initializer_list<const char*> supported) {
   std::string list;
   for (const char* p : supported) {
@@ -297,6 +318,20 @@ std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int steps)
   return out;
 }
 
+std::vector<float> exponential_sigmas(double sigma_min, double sigma_max, int steps) {
+  const auto sigmas = torch::linspace(std::log(sigma_max), std::log(sigma_min), steps).exp().contiguous();
+  return {sigmas.data_ptr<float>(), sigmas.data_ptr<float>() + sigmas.numel()};
+}
+
+const char* schedule_suffix(SigmaSchedule schedule) {
+  switch (schedule) {
+    case SigmaSchedule::kKarras: return "_karras";
+    case SigmaSchedule::kExponential: return "_exponential";
+    case SigmaSchedule::kSpaced: break;
+  }
+  return "";
+}
+
 std::vector<float> log_sigmas(const std::vector<float>& training_sigmas) {
   std::vector<float> out;
   // NumPy's float32 log (SIMD on some CPUs) may differ by an ulp from this; it only moves the timesteps by a
@@ -305,7 +340,7 @@ std::vector<float> log_sigmas(const std::vector<float>& training_sigmas) {
   return out;
 }
 
-double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, bool float32_sigma) {
+double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, SigmaToT types) {
   // NumPy 1.x (the goldens': 1.24) mixes a float64 scalar into float32 arrays here, so the comparison and the weight
   // are float32; NumPy 2 would compute them in float64.
   const auto log_sigma = static_cast<float>(std::log(std::max(sigma, 1e-10)));
@@ -315,8 +350,14 @@ double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, bool float
     if (log_sigma - log_sigmas[i] >= 0.0f) low = i;
   low = std::min(low, n - 2);
   const float lo = log_sigmas[low], hi = log_sigmas[low + 1];
+  if (types == SigmaToT::kTensorSigma) {
+    // The log-sigmas are NumPy float32 scalars here: their difference stays float32, the rest is float64.
+    const double w = std::clamp((lo - std::log(std::max(sigma, 1e-10))) / static_cast<double>(lo - hi), 0.0, 1.0);
+    return (1 - w) * static_cast<double>(low) + w * static_cast<double>(low + 1);
+  }
   const float w = std::clamp((lo - log_sigma) / (lo - hi), 0.0f, 1.0f);
-  if (float32_sigma) return (1.0f - w) * static_cast<float>(low) + w * static_cast<float>(low + 1);
+  if (types == SigmaToT::kTensorSigmaTensorLogs)
+    return (1.0f - w) * static_cast<float>(low) + w * static_cast<float>(low + 1);
   return static_cast<double>(1.0f - w) * low + static_cast<double>(w) * (low + 1);
 }
 
@@ -345,18 +386,23 @@ void check_noise(const torch::Tensor& noise, const torch::Tensor& sample) {
     throw Error(ErrorKind::Runtime, "this scheduler step needs a standard-normal noise tensor shaped like the sample");
 }
 
-SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps, bool karras)
+SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
     : prediction_type_(config.prediction_type) {
   const std::string spacing = resolve_spacing(config, "linspace");
   timesteps_ = spaced_timesteps(config, spacing, steps, false);
   const auto train = training_sigmas(alphas_cumprod_values(config));
   std::vector<double> sigmas;
   for (double t : timesteps_) sigmas.push_back(interp(t, train));
-  if (karras) {
-    // Between the spaced timesteps' extreme sigmas (the training extremes for linspace spacing).
+  // Either schedule runs between the spaced timesteps' extreme sigmas (the training extremes for linspace spacing).
+  if (schedule == SigmaSchedule::kKarras) {
     sigmas = karras_sigmas(sigmas.back(), sigmas.front(), steps);
     const auto logs = log_sigmas(train);
     for (size_t i = 0; i < sigmas.size(); ++i) timesteps_[i] = sigma_to_t(sigmas[i], logs);
+  } else if (schedule == SigmaSchedule::kExponential) {
+    const auto exponential = exponential_sigmas(sigmas.back(), sigmas.front(), steps);
+    sigmas.assign(exponential.begin(), exponential.end());
+    const auto logs = log_sigmas(train);
+    for (size_t i = 0; i < sigmas.size(); ++i) timesteps_[i] = sigma_to_t(sigmas[i], logs, SigmaToT::kTensorSigma);
   }
   for (double s : sigmas) sigmas_.push_back(static_cast<float>(s));
   sigmas_.push_back(0.0f);
@@ -398,7 +444,7 @@ Vp::Vp(float karras_sigma) {
 
 LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, bool karras, const std::string& name)
     : prediction_type_(config.prediction_type) {
-  require_prediction_type(config, name.c_str(), {"epsilon", "sample", "v_prediction"});
+  require_prediction_type(config, name, {"epsilon", "sample", "v_prediction"});
   const std::string spacing = resolve_spacing(config, "linspace");
   const auto train = training_sigmas(alphas_cumprod_values(config));
   if (karras) {

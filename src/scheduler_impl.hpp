@@ -15,16 +15,22 @@ namespace txt2img::detail {
 // One factory per sampler, each in its own source file. `steps` is already validated against the config.
 std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, double eta);
 std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
-// `karras`: the sampler on Karras sigmas (diffusers' use_karras_sigmas) instead of the spaced timesteps' sigmas.
-std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps, bool karras);
+// Where a sigma sampler's sigmas come from: the spaced timesteps' own, or a schedule between their extremes, Karras
+// et al.'s or exponential (diffusers' use_karras_sigmas, use_exponential_sigmas).
+enum class SigmaSchedule { kSpaced, kKarras, kExponential };
+// The sampler name's suffix for a schedule: "", "_karras", "_exponential".
+const char* schedule_suffix(SigmaSchedule schedule);
+
+std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps);
-std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, bool karras);
+std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM2, or its ancestral variant (fresh noise at every midpoint call).
-std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, bool karras, bool ancestral);
-// DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step).
+std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral);
+// DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step). `karras`: on Karras sigmas
+// (diffusers v0.31's exponential sigmas fail in these two classes).
 std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, bool karras, bool sde);
 std::unique_ptr<Scheduler> make_unipc(const SchedulerConfig& config, int steps, bool karras);
-std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, bool karras);
+std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 std::unique_ptr<Scheduler> make_lcm(const SchedulerConfig& config, int steps);
 
 // "ddim, euler, ... and lms_karras": the samplers whose start_at takes any step, for the others' refusals.
@@ -38,7 +44,7 @@ std::vector<float> alphas_cumprod_values(const SchedulerConfig& config);
 std::string resolve_spacing(const SchedulerConfig& config, const char* class_default);
 
 // Throws Error(Bundle) unless config.prediction_type is one of `supported`.
-void require_prediction_type(const SchedulerConfig& config, const char* sampler,
+void require_prediction_type(const SchedulerConfig& config, const std::string& sampler,
                              std::initializer_list<const char*> supported);
 
 // Whole-number timesteps of DDIM and PNDM in descending order, as DDIMScheduler.set_timesteps computes them.
@@ -53,11 +59,19 @@ std::vector<float> training_sigmas(const std::vector<float>& alphas_cumprod);
 // diffusers' _convert_to_karras computes it.
 std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int steps);
 
+// The Karras et al. (2022) schedule's exponential sibling: `steps` sigmas evenly spaced in log sigma from sigma_max
+// down to sigma_min, float32 as diffusers' _convert_to_exponential computes them with torch.linspace.
+std::vector<float> exponential_sigmas(double sigma_min, double sigma_max, int steps);
+
+// The argument types diffusers' _sigma_to_t is called with, which decide the precision of its arithmetic.
+enum class SigmaToT {
+  kNumpySigma,              // a float64 NumPy sigma (Karras sigmas): float32 weight, float64 result
+  kTensorSigma,             // a float32 tensor element with NumPy log-sigmas (exponential sigmas): float64 weight
+  kTensorSigmaTensorLogs,   // a float32 tensor element with tensor log-sigmas (KDPM2's midpoints): float32 throughout
+};
 // The fractional training timestep (unrounded) whose log-sigma this sigma's log interpolates linearly, as
-// diffusers' _sigma_to_t computes it from `log_sigmas`, the float32 logs of the training sigmas: for a float64
-// NumPy sigma (Karras sigmas) it ends in float64, for an element of a float32 tensor (`float32_sigma`: KDPM2's
-// midpoints) in float32.
-double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, bool float32_sigma = false);
+// diffusers' _sigma_to_t computes it from `log_sigmas`, the float32 logs of the training sigmas.
+double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, SigmaToT types = SigmaToT::kNumpySigma);
 std::vector<float> log_sigmas(const std::vector<float>& training_sigmas);
 
 // Throws Error(Runtime) unless `call` is the `next` U-Net call (the run's first, then one more per step) and
@@ -75,9 +89,10 @@ torch::Tensor add_noise_vp(const torch::Tensor& x0, const torch::Tensor& noise, 
 void check_noise(const torch::Tensor& noise, const torch::Tensor& sample);
 
 // Shared part of the samplers that work in sigma space and scale the U-Net input (Euler, Euler ancestral, LMS,
-// Heun): float32 timesteps from the spacing, sigmas interpolated from the training sigmas as np.interp does, plus a
-// final 0. With Karras sigmas, the Karras schedule between the first and the last of those sigmas replaces them, and
-// each timestep is that sigma's fractional training timestep (float64: samplers that keep float32 round them).
+// Heun, DPM2): float32 timesteps from the spacing, sigmas interpolated from the training sigmas as np.interp does,
+// plus a final 0. With Karras or exponential sigmas, that schedule between the first and the last of those sigmas
+// replaces them, and each timestep is that sigma's fractional training timestep (float64: samplers that keep
+// float32 round them).
 class SigmaScheduler : public Scheduler {
  public:
   double init_noise_sigma() const override { return init_noise_sigma_; }
@@ -87,7 +102,7 @@ class SigmaScheduler : public Scheduler {
   torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override;
 
  protected:
-  SigmaScheduler(const SchedulerConfig& config, int steps, bool karras);
+  SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 
   // The denoised sample the model output implies at `sigma`, by the config's prediction type ("sample" and
   // "original_sample": the output itself).

@@ -98,6 +98,14 @@ const std::vector<std::string>& scheduler_names();
 // matched ignoring case, spaces and punctuation ("++" reads "pp").
 std::string canonical_scheduler_name(const std::string& name);
 
+// A sampler name split into the sampler and its sigma schedule: "dpm2_a_karras" is {"dpm2_a", "karras"},
+// "euler_exponential" {"euler", "exponential"}, "euler" {"euler", ""}.
+struct SamplerName {
+  std::string base;
+  std::string schedule;  // "karras", "exponential" or ""
+};
+SamplerName split_sampler_name(const std::string& name);
+
 // Throws Error(Usage) for an unknown name (canonical_scheduler_name's aliases are known), steps outside
 // [1, num_train_timesteps] (or a step count whose diffusers timesteps are unusable with the spacing, or above LCM's
 // 50 distillation steps), a negative eta, or a non-zero eta for a sampler other than ddim.

@@ -714,8 +714,7 @@ def scheduler_fields(config: Optional[dict]) -> dict:
 # What each sampler of txt2img computes, as diffusers v0.31 scheduler options: (the values it needs, the class's
 # defaults for them). A config that sets one of them otherwise describes a computation txt2img does not make. The
 # spacing is each class's default because txt2img runs every sampler with its own default spacing.
-_NOT_SET = {"thresholding": False, "rescale_betas_zero_snr": False, "use_exponential_sigmas": False,
-            "use_beta_sigmas": False}
+_NOT_SET = {"thresholding": False, "rescale_betas_zero_snr": False, "use_beta_sigmas": False}
 _SIGMA_SAMPLER = {"timestep_spacing": "linspace", "interpolation_type": "linear", "timestep_type": "discrete",
                   "final_sigmas_type": "zero", "sigma_min": None, "sigma_max": None, "clip_sample": False}
 _MULTISTEP = {"timestep_spacing": "linspace", "solver_order": 2, "lower_order_final": True,
@@ -737,6 +736,11 @@ _COMPUTED = {
     "UniPCMultistepScheduler": ({**_MULTISTEP, "solver_type": "bh2", "predict_x0": True, "disable_corrector": [],
                                  "solver_p": None}, {}),
 }
+# The classes whose use_karras_sigmas / use_exponential_sigmas txt2img computes (diffusers v0.31's multistep solvers
+# fail on exponential sigmas).
+_KARRAS = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+           "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+_EXPONENTIAL = _KARRAS[:5]
 _SAMPLER_OF_CLASS = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMScheduler": "lcm",
                      "EulerAncestralDiscreteScheduler": "euler_a", "EulerDiscreteScheduler": "euler",
                      "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
@@ -747,7 +751,8 @@ _SAMPLER_OF_CLASS = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMSched
 def source_sampler(config: dict) -> Optional[str]:
     """The txt2img sampler that computes what a diffusers scheduler config describes, or None: another class, or an
     option txt2img's samplers do not compute (another spacing than the class's default, PNDM's PRK steps, DDIM's
-    sample clipping, DPM-Solver of another order or algorithm, UniPC's bh1 variant, exponential sigmas...)."""
+    sample clipping, DPM-Solver of another order or algorithm, UniPC's bh1 variant, exponential sigmas on a
+    multistep solver...)."""
     cls = config.get("_class_name")
     if cls not in _COMPUTED:
         return None
@@ -761,9 +766,13 @@ def source_sampler(config: dict) -> Optional[str]:
         if algorithm not in ("dpmsolver++", "sde-dpmsolver++"):
             return None
         sampler = "dpmpp_2m_sde" if algorithm == "sde-dpmsolver++" else "dpmpp_2m"
-    if config.get("use_karras_sigmas"):
-        return sampler + "_karras" if cls not in ("DDIMScheduler", "PNDMScheduler", "LCMScheduler",
-                                                  "EulerAncestralDiscreteScheduler") else None
+    karras, exponential = bool(config.get("use_karras_sigmas")), bool(config.get("use_exponential_sigmas"))
+    if karras and exponential:
+        return None
+    if karras:
+        return sampler + "_karras" if cls in _KARRAS else None
+    if exponential:
+        return sampler + "_exponential" if cls in _EXPONENTIAL else None
     return sampler
 
 

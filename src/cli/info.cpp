@@ -227,6 +227,7 @@ std::string a1111_command(const std::string& text) {
       return std::find(known.begin(), known.end(), name) != known.end();
     };
     if (schedule == "Karras" && is_known(sampler + "_karras")) sampler += "_karras";
+    else if (schedule == "Exponential" && is_known(sampler + "_exponential")) sampler += "_exponential";
     else if (own_schedule && schedule != "Automatic") left_out.push_back(schedule_key + (": " + schedule));
     if (is_known(sampler)) return sampler;
     if (!field(sampler_key).empty()) left_out.push_back(sampler_key + (": " + field(sampler_key)));

@@ -20,33 +20,19 @@ std::string a1111_quote(const std::string& value) {
 
 }  // namespace
 
-std::string sampler_display_name(const std::string& sampler) {
-  // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers. The Karras
-  // samplers take A1111's names from before its "Schedule type" field, which A1111 1.9 and later still read.
+A1111Sampler a1111_sampler(const std::string& sampler) {
+  // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
   static const std::map<std::string, std::string> names = {
-      {"ddim", "DDIM"},
-      {"pndm", "PLMS"},
-      {"euler", "Euler"},
-      {"euler_karras", "Euler Karras"},
-      {"euler_a", "Euler a"},
-      {"heun", "Heun"},
-      {"heun_karras", "Heun Karras"},
-      {"dpm2", "DPM2"},
-      {"dpm2_karras", "DPM2 Karras"},
-      {"dpm2_a", "DPM2 a"},
-      {"dpm2_a_karras", "DPM2 a Karras"},
-      {"lms", "LMS"},
-      {"lms_karras", "LMS Karras"},
-      {"dpmpp_2m", "DPM++ 2M"},
-      {"dpmpp_2m_karras", "DPM++ 2M Karras"},
-      {"dpmpp_2m_sde", "DPM++ 2M SDE"},
-      {"dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"},
-      {"unipc", "UniPC"},
-      {"unipc_karras", "UniPC Karras"},
+      {"ddim", "DDIM"},          {"pndm", "PLMS"},    {"euler", "Euler"},   {"euler_a", "Euler a"},
+      {"heun", "Heun"},          {"dpm2", "DPM2"},    {"dpm2_a", "DPM2 a"}, {"lms", "LMS"},
+      {"dpmpp_2m", "DPM++ 2M"},  {"dpmpp_2m_sde", "DPM++ 2M SDE"},      {"unipc", "UniPC"},
       {"lcm", "LCM"},
   };
-  const auto it = names.find(canonical_scheduler_name(sampler));
-  return it == names.end() ? sampler : it->second;
+  const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
+  const auto it = names.find(base);
+  if (it == names.end()) return {sampler, ""};
+  if (schedule == "karras") return {it->second + " Karras", "Karras"};
+  return {it->second, schedule == "exponential" ? "Exponential" : ""};
 }
 
 std::string python_float(double value) {
@@ -101,13 +87,15 @@ std::string upscaler_from_a1111(const std::string& name) {
 }
 
 std::string a1111_parameters(const ImageRecord& r) {
+  const A1111Sampler sampler = a1111_sampler(r.sampler);
   std::vector<std::pair<std::string, std::string>> params = {
       {"Steps", std::to_string(r.steps)},
-      {"Sampler", sampler_display_name(r.sampler)},
-      {"CFG scale", python_float(r.cfg_scale)},
-      {"Seed", std::to_string(r.seed)},
-      {"Size", std::to_string(r.width) + "x" + std::to_string(r.height)},
+      {"Sampler", sampler.name},
   };
+  if (sampler.schedule == "Exponential") params.emplace_back("Schedule type", sampler.schedule);
+  params.insert(params.end(), {{"CFG scale", python_float(r.cfg_scale)},
+                               {"Seed", std::to_string(r.seed)},
+                               {"Size", std::to_string(r.width) + "x" + std::to_string(r.height)}});
   if (!r.model_hash.empty()) params.emplace_back("Model hash", r.model_hash);
   if (!r.model_name.empty()) params.emplace_back("Model", r.model_name);
   if (!r.vae_hash.empty()) params.emplace_back("VAE hash", r.vae_hash);
@@ -129,14 +117,13 @@ std::string a1111_parameters(const ImageRecord& r) {
     params.emplace_back("Hires upscaler", a1111_upscaler_name(r.hires.upscaler));
     // A1111 names the hires sampler where it differs from the first pass's.
     if (!r.hires.sampler.empty() && r.hires.sampler != r.sampler) {
-      params.emplace_back("Hires sampler", sampler_display_name(r.hires.sampler));
-      // A1111 reads "Euler Karras" as Euler with schedule type Karras, which a hires sampler without its own
-      // schedule type inherits: a hires pass off Karras sigmas after one on them says so, as A1111 writes it.
-      const auto karras = [](const std::string& sampler) {
-        const std::string name = canonical_scheduler_name(sampler);
-        return name.size() > 7 && name.compare(name.size() - 7, 7, "_karras") == 0;
-      };
-      if (karras(r.sampler) && !karras(r.hires.sampler)) params.emplace_back("Hires schedule type", "Automatic");
+      const A1111Sampler hires = a1111_sampler(r.hires.sampler);
+      params.emplace_back("Hires sampler", hires.name);
+      // A1111 gives a hires sampler without a schedule type in its name or its own field the first pass's (and
+      // reads "Euler Karras" as Euler with schedule type Karras), so another schedule is written out, as A1111
+      // writes it.
+      if (hires.schedule != "Karras" && hires.schedule != sampler.schedule)
+        params.emplace_back("Hires schedule type", hires.schedule.empty() ? "Automatic" : hires.schedule);
     }
   }
   if (r.eta != 0) params.emplace_back("Eta DDIM", python_float(r.eta));  // only DDIM takes an eta

@@ -57,9 +57,15 @@ struct ImageRecord {
   bool nsfw = false;
 };
 
-// The sampler's name as A1111 shows it ("DDIM", "PLMS", "Euler a", ...), for any name
-// canonical_scheduler_name knows; unknown names are kept as they are.
-std::string sampler_display_name(const std::string& sampler);
+// A sampler as A1111 records it, for any name canonical_scheduler_name knows (unknown names are kept as they are):
+// its sampler name ("DDIM", "PLMS", "Euler a", ...) and schedule type. Karras samplers keep the names A1111 gave them
+// before its "Schedule type" field ("Euler Karras"), which A1111 1.9 and later still read; there is no such name for
+// the exponential ones ("Euler" with schedule type "Exponential").
+struct A1111Sampler {
+  std::string name;
+  std::string schedule;  // "Karras" (then also in the name), "Exponential", or "" (A1111's "Automatic")
+};
+A1111Sampler a1111_sampler(const std::string& sampler);
 
 // A number as Python's repr prints a float (7.5, 7.0, 0.1), which is how A1111 writes "CFG scale".
 std::string python_float(double value);

@@ -67,6 +67,26 @@ class HiresFix(CliTestCase):
         self.assertEqual((args[args.index("--sampler") + 1], args[args.index("--hires-sampler") + 1]),
                          ("dpm2_karras", "dpm2"))
         self.assertNotIn("not carried over", result.stderr)
+        # An exponential schedule has no A1111 name of its own: it is written as A1111's schedule type, for either
+        # pass, and read back.
+        result = self.txt2img(*common[:3], "--sampler", "euler_exponential", *common[5:], "--hires-sampler",
+                              "heun_karras", "-o", "e.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        parameters = png_text(self.dir / "e.png")["parameters"]
+        self.assertIn("Sampler: Euler, Schedule type: Exponential, CFG scale: 7.5, ", parameters)
+        self.assertIn("Hires sampler: Heun Karras, ", parameters)
+        self.assertNotIn("Hires schedule type", parameters)
+        result = self.txt2img(*common, "--hires-sampler", "dpm2_exponential", "-o", "e2.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        parameters = png_text(self.dir / "e2.png")["parameters"]
+        self.assertIn("Hires sampler: DPM2, Hires schedule type: Exponential", parameters)
+        for name, sampler, hires in (("e.png", "euler_exponential", "heun_karras"),
+                                     ("e2.png", "euler_a", "dpm2_exponential")):
+            result = a1111_command(self, png_text(self.dir / name)["parameters"], "a1111-" + name)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            args = shlex.split(result.stdout)
+            self.assertEqual((args[args.index("--sampler") + 1], args[args.index("--hires-sampler") + 1]),
+                             (sampler, hires))
         # Per prompt-file line, and a DDIM pass after another sampler's first pass (eta stays DDIM's).
         self.write("p.jsonl", json.dumps({"prompt": "a fox", "hires_sampler": "ddim", "output": "ddim.png"}) + "\n")
         result = self.txt2img("--from-file", "p.jsonl", *common[1:], "--json")

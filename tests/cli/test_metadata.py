@@ -280,7 +280,9 @@ class Metadata(CliTestCase):
                  ("Sampler: DPM2 a, Schedule type: Karras", "dpm2_a_karras", "without its next-to-last sigma"),
                  ("Sampler: DPM2 Karras", "dpm2_karras", "without its next-to-last sigma"),
                  ("Sampler: Euler a, Schedule type: Karras", "euler_a", "Schedule type: Karras"),
-                 ("Sampler: Euler, Schedule type: Exponential", "euler", "Schedule type: Exponential")]
+                 ("Sampler: Euler, Schedule type: Exponential", "euler_exponential", None),
+                 ("Sampler: DPM2 a, Schedule type: Exponential", "dpm2_a_exponential", "next-to-last sigma"),
+                 ("Sampler: DDIM, Schedule type: Exponential", "ddim", "Schedule type: Exponential")]
         for i, (fields, sampler, note) in enumerate(cases):
             infotext = f"a fox\nSteps: 3, {fields}, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU"
             result = a1111_command(self, infotext, f"{i}.png")

@@ -199,7 +199,7 @@ TEST_P(SamplerGolden, MatchesDiffusers) {
   const std::string run = name + "/n" + std::to_string(steps);
   const auto& g = sampler_goldens();
   auto sched = txt2img::make_scheduler(name, sd_config(), steps);
-  // Timesteps interpolated at a sigma (Karras sigmas, DPM2's midpoints) come from NumPy's float32 log of the
+  // Timesteps interpolated at a sigma (Karras and exponential sigmas, DPM2's midpoints) come from NumPy's float32 log of the
   // training sigmas, which on this CPU (AVX-512) is off by an ulp for about 190 of the 1000 and differs between
   // CPUs; the sigmas the steps use are exact either way, and a timestep moves by a float32 ulp at most.
   const auto ts = g.get(run + "/timesteps");
@@ -207,7 +207,8 @@ TEST_P(SamplerGolden, MatchesDiffusers) {
   double timestep_error = 0;
   for (size_t i = 0; i < sched->timesteps().size(); ++i)
     timestep_error = std::max(timestep_error, std::abs(sched->timesteps()[i] - ts[static_cast<int64_t>(i)].item<double>()));
-  const bool interpolated = name.find("karras") != std::string::npos || name.rfind("dpm2", 0) == 0;
+  const bool interpolated = name.find("karras") != std::string::npos ||
+                            name.find("exponential") != std::string::npos || name.rfind("dpm2", 0) == 0;
   EXPECT_LE(timestep_error, interpolated ? 1e-4 : 0.0) << run;
   EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), g.get(run + "/init_noise_sigma").item<float>());
 
@@ -232,7 +233,9 @@ TEST_P(SamplerGolden, MatchesDiffusers) {
 std::vector<std::pair<std::string, int>> sampler_golden_cases() {
   std::vector<std::pair<std::string, int>> out;
   for (const char* name : {"euler_karras", "lms_karras", "heun", "heun_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras",
-                           "unipc", "unipc_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras"})
+                           "unipc", "unipc_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras",
+                           "euler_exponential", "heun_exponential", "lms_exponential", "dpm2_exponential",
+                           "dpm2_a_exponential"})
     for (int steps : {1, 2, 3, 10, 25}) out.emplace_back(name, steps);
   return out;
 }
@@ -332,7 +335,9 @@ TEST(Scheduler, RowsAreIndependent) {
            {"ddim", 0.0}, {"ddim", 0.5}, {"pndm", 0.0}, {"euler", 0.0}, {"euler_a", 0.0}, {"dpmpp_2m_karras", 0.0},
            {"lms", 0.0}, {"lcm", 0.0}, {"dpmpp_2m", 0.0}, {"euler_karras", 0.0}, {"heun", 0.0}, {"heun_karras", 0.0},
            {"lms_karras", 0.0}, {"dpmpp_2m_sde", 0.0}, {"dpmpp_2m_sde_karras", 0.0}, {"unipc", 0.0},
-           {"unipc_karras", 0.0}, {"dpm2", 0.0}, {"dpm2_karras", 0.0}, {"dpm2_a", 0.0}, {"dpm2_a_karras", 0.0}}) {
+           {"unipc_karras", 0.0}, {"dpm2", 0.0}, {"dpm2_karras", 0.0}, {"dpm2_a", 0.0}, {"dpm2_a_karras", 0.0},
+           {"euler_exponential", 0.0}, {"heun_exponential", 0.0}, {"lms_exponential", 0.0}, {"dpm2_exponential", 0.0},
+           {"dpm2_a_exponential", 0.0}}) {
     const int steps = 10;
     const auto run = [&](const torch::Tensor& start, const std::function<torch::Tensor(size_t)>& output,
                          const std::function<torch::Tensor(size_t)>& noise) {
@@ -420,9 +425,11 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
 TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
   EXPECT_EQ(names,
-            (std::vector<std::string>{"ddim", "pndm", "euler", "euler_karras", "euler_a", "heun", "heun_karras",
-                                      "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "lms",
-                                      "lms_karras", "unipc", "unipc_karras", "lcm"}));
+            (std::vector<std::string>{"ddim", "pndm", "euler", "euler_karras", "euler_exponential", "euler_a", "heun",
+                                      "heun_karras", "heun_exponential", "dpm2", "dpm2_karras", "dpm2_exponential",
+                                      "dpm2_a", "dpm2_a_karras", "dpm2_a_exponential", "dpmpp_2m", "dpmpp_2m_karras",
+                                      "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "lms", "lms_karras", "lms_exponential",
+                                      "unipc", "unipc_karras", "lcm"}));
   for (const auto& name : names) {
     // LCM's timesteps are a subset of the 50 it was distilled on.
     const int most = name == "lcm" ? 50 : 999;
@@ -528,7 +535,8 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
       {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"}, {"LMS Karras", "lms_karras"}, {"Euler Karras", "euler_karras"},
       {"UniPC", "unipc"}, {"UniPCMultistepScheduler", "unipc"}, {"DPM2", "dpm2"}, {"DPM2 Karras", "dpm2_karras"},
       {"DPM2 a", "dpm2_a"}, {"DPM2 a Karras", "dpm2_a_karras"}, {"k_dpm_2_a", "dpm2_a"},
-      {"KDPM2DiscreteScheduler", "dpm2"}, {"KDPM2AncestralDiscreteScheduler", "dpm2_a"}};
+      {"KDPM2DiscreteScheduler", "dpm2"}, {"KDPM2AncestralDiscreteScheduler", "dpm2_a"},
+      {"Euler Exponential", "euler_exponential"}, {"DPM2 a Exponential", "dpm2_a_exponential"}};
   for (const auto& [alias, name] : aliases) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
@@ -626,7 +634,9 @@ const std::vector<std::string>& late_starters() {
                                                  "heun",         "heun_karras",  "lms",          "lms_karras",
                                                  "dpmpp_2m",     "dpmpp_2m_karras", "dpmpp_2m_sde",
                                                  "dpmpp_2m_sde_karras", "unipc", "unipc_karras",
-                                                 "dpm2",         "dpm2_karras",  "dpm2_a",       "dpm2_a_karras"};
+                                                 "dpm2",         "dpm2_karras",  "dpm2_a",       "dpm2_a_karras",
+                                                 "euler_exponential", "heun_exponential", "lms_exponential",
+                                                 "dpm2_exponential", "dpm2_a_exponential"};
   return names;
 }
 
@@ -763,13 +773,14 @@ TEST(SchedulerStartAt, MemorylessSamplersFollowTheWholeRun) {
 
 // The single-step samplers of tests/fixtures/sampler_goldens.safetensors entered at step 4 from the golden sample
 // before it follow the golden run bit for bit; heun's and dpm2's step 4 is their call 8, a predictor (Euler) call.
-TEST(SchedulerStartAt, KarrasHeunAndDpm2SamplersFollowTheWholeRun) {
-  for (const std::string name : {"euler_karras", "heun", "heun_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras"}) {
+TEST(SchedulerStartAt, SingleStepSamplersOfTheGoldensFollowTheWholeRun) {
+  for (const std::string name : {"euler_karras", "heun", "heun_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras",
+                                 "euler_exponential", "heun_exponential", "dpm2_a_exponential"}) {
     const std::string run = name + "/n10";
     auto late = txt2img::make_scheduler(name, sd_config(), 10);
     late->start_at(4);
     const size_t first = late->first_call();
-    EXPECT_EQ(first, name == "euler_karras" ? 4u : 8u);
+    EXPECT_EQ(first, name.rfind("euler", 0) == 0 ? 4u : 8u);
     const auto key = [&](size_t call) {
       char buf[32];
       std::snprintf(buf, sizeof buf, "/call%03zu/prev_sample", call);
