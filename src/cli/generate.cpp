@@ -369,6 +369,27 @@ std::string lora_flag_tags(const std::vector<std::string>& values) {
   return tags;
 }
 
+// Each update replaces the preview file whole, so a file already there must be an earlier preview (a PNG without
+// metadata): anything else, such as the prompt file or a finished image given by mistake, is refused, not lost.
+void check_preview_file(const std::string& preview) {
+  const auto folder = std::filesystem::absolute(preview).parent_path();
+  std::error_code ec;
+  if (!std::filesystem::is_directory(folder, ec))
+    throw Error(ErrorKind::Io, "--preview " + preview + ": no directory " + folder.string() + " to write it in");
+  const auto status = std::filesystem::status(preview, ec);
+  if (!std::filesystem::exists(status)) return;
+  const std::string refusal = "--preview " + preview + " exists and is not an earlier preview";
+  const std::string advice = "; each update replaces the file, so give the preview a new name or remove the file";
+  if (!std::filesystem::is_regular_file(status)) throw Error(ErrorKind::Io, refusal + " (not a file)" + advice);
+  bool has_metadata = false;
+  try {
+    has_metadata = !read_png(preview).text.empty();
+  } catch (const Error&) {
+    throw Error(ErrorKind::Io, refusal + " (not a PNG)" + advice);
+  }
+  if (has_metadata) throw Error(ErrorKind::Io, refusal + " (a PNG with metadata: a finished image)" + advice);
+}
+
 }  // namespace
 
 std::vector<std::string> available_samplers() { return scheduler_names(); }
@@ -398,12 +419,7 @@ int run_generate(const GenerateOptions& o) {
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
   plan_options.needs_reproducible_seeds = plan_options.shard || o.skip_existing;
   const Placement placement = choose_placement(o);
-  if (!o.preview.empty()) {
-    const auto folder = std::filesystem::absolute(o.preview).parent_path();
-    std::error_code ec;
-    if (!std::filesystem::is_directory(folder, ec))
-      throw Error(ErrorKind::Io, "--preview " + o.preview + ": no directory " + folder.string() + " to write it in");
-  }
+  if (!o.preview.empty()) check_preview_file(o.preview);
   PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
 
   const Bundle bundle = Bundle::open(o.model);
@@ -424,9 +440,11 @@ int run_generate(const GenerateOptions& o) {
       throw Error(e.kind(), "--lora: " + std::string(e.what()));
     }
   }
-  const Preflight pf = preflight(plan, o.overwrite       ? Existing::Overwrite
-                                       : o.skip_existing ? Existing::Skip
-                                                         : Existing::Refuse);
+  const Preflight pf = preflight(plan,
+                                 o.overwrite       ? Existing::Overwrite
+                                 : o.skip_existing ? Existing::Skip
+                                                   : Existing::Refuse,
+                                 o.preview);
 
   if (!plan_options.seed_given)
     reporter.info("seed " + std::to_string(plan_options.base_seed) + " (random; --seed " +

@@ -142,7 +142,9 @@ ImageJob RunPlan::find(uint64_t index) const {
   throw Error(ErrorKind::Io, "the prompts changed while they were being read");
 }
 
-Preflight preflight(RunPlan& plan, Existing existing) {
+Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::path& preview) {
+  const auto same_file = [](const std::filesystem::path& path) { return std::filesystem::absolute(path).lexically_normal(); };
+  const auto preview_file = preview.empty() ? preview : same_file(preview);
   Preflight result;
   // Hashes of the names seen so far (memory per image, not per prompt text); a hit is confirmed by re-reading.
   std::unordered_map<size_t, uint64_t> names;
@@ -164,6 +166,9 @@ Preflight preflight(RunPlan& plan, Existing existing) {
                                           "gets its own file");
       }
     }
+    if (!preview.empty() && same_file(job.output) == preview_file)
+      throw Error(ErrorKind::Usage, plan.where(job) + " would write its image to " + quoted(job.output) +
+                                        ", the --preview file; give the preview a file of its own");
     if (!job.in_shard) continue;
 
     std::error_code ec;

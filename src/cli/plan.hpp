@@ -110,8 +110,8 @@ struct Preflight {
 enum class Existing { Refuse, Overwrite, Skip };
 
 // Walks the whole plan before anything loads or is written: every line parses and resolves, no two images share
-// a file name (Error(Usage) naming both), no output exists unless `existing` allows it and every output directory
-// can be created and written (Error(Io)).
-Preflight preflight(RunPlan& plan, Existing existing);
+// a file name (Error(Usage) naming both) nor take the `preview` file's (empty: none), no output exists unless
+// `existing` allows it and every output directory can be created and written (Error(Io)).
+Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::path& preview = {});
 
 }  // namespace txt2img::cli

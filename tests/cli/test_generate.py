@@ -295,11 +295,26 @@ class Reporting(CliTestCase):
         self.assertExit(self.txt2img("a fox", "--preview-every", "2", "-o", "a.png"), EXIT_USAGE, "--preview")
         for name in ("a.png", "p.png"):
             self.assertFalse((self.dir / name).exists(), name)
+        # Each update replaces the preview file: only an earlier preview may be there, never the prompt file, a
+        # finished image, a directory, or an image of this run.
+        self.write("prompts.txt", "a fox\n")
+        self.assertExit(self.txt2img("--from-file", "prompts.txt", "--preview", "prompts.txt", "-o", "a.png"), EXIT_IO,
+                        "--preview prompts.txt exists and is not an earlier preview (not a PNG)")
+        self.assertEqual((self.dir / "prompts.txt").read_text(), "a fox\n")
+        self.assertEqual(self.txt2img("a fox", "--steps", "1", "-o", "done.png").returncode, 0)
+        finished = (self.dir / "done.png").read_bytes()
+        self.assertExit(self.txt2img("a fox", "--preview", "done.png", "-o", "a.png"), EXIT_IO, "a finished image")
+        self.assertEqual((self.dir / "done.png").read_bytes(), finished)
+        (self.dir / "folder").mkdir()
+        self.assertExit(self.txt2img("a fox", "--preview", "folder", "-o", "a.png"), EXIT_IO, "(not a file)")
+        self.assertExit(self.txt2img("a fox", "--preview", "./a.png", "-o", "a.png"), EXIT_USAGE,
+                        'the prompt would write its image to "a.png", the --preview file')
+        self.assertFalse((self.dir / "a.png").exists())
 
     def test_a_preview_that_cannot_be_written_stops_the_previews_not_the_images(self):
-        (self.dir / "taken").mkdir()  # a directory where the preview file should go
-        result = self.txt2img("a fox", "--seed", "4", "--images-per-prompt", "2", "--preview", "taken", "-o",
-                              "{n}.png")
+        # /proc is a directory in which no file can be created, not even by root.
+        result = self.txt2img("a fox", "--seed", "4", "--images-per-prompt", "2", "--preview",
+                              "/proc/txt2img-preview.png", "-o", "{n}.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stderr.count("no more previews in this run"), 1, result.stderr)
         self.assertTrue((self.dir / "0.png").is_file() and (self.dir / "1.png").is_file())
