@@ -273,7 +273,7 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
     throw Error(ErrorKind::Usage, "steps " + std::to_string(params.steps) + " must be from 1 to " +
                                       std::to_string(manifest.scheduler.num_train_timesteps));
   if (!std::isfinite(params.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
-  if (!std::isfinite(params.eta) || params.eta < 0) throw Error(ErrorKind::Usage, "eta must be a finite number >= 0");
+  if (!(params.eta >= 0 && params.eta <= 1)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1");
   if (params.clip_skip < 1 || params.clip_skip > manifest.text_num_layers) {
     const std::string layers = std::to_string(manifest.text_num_layers);
     throw Error(ErrorKind::Usage, "clip skip " + std::to_string(params.clip_skip) + " must be from 1 to " + layers +

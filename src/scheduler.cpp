@@ -207,7 +207,8 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
                                       ", got " + std::to_string(steps));
   // Only DDIM has an eta; a non-zero eta elsewhere is refused rather than silently ignored (diffusers drops it),
   // so that a user never believes it had an effect.
-  if (!(eta >= 0.0)) throw Error(ErrorKind::Usage, "eta must be >= 0, got " + std::to_string(eta));
+  // Above 1, DDIM's noise can exceed the variance a step leaves for it: the square root of a negative number.
+  if (!(eta >= 0.0 && eta <= 1.0)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1, got " + std::to_string(eta));
   if (eta != 0.0 && !it->uses_eta)
     throw Error(ErrorKind::Usage, "eta applies only to the ddim scheduler, not to " + name);
 
@@ -461,6 +462,13 @@ LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, bool 
     const double stride = static_cast<double>(total - 1) / steps;
     for (int i = steps; i > 0; --i) {
       const double t = std::nearbyint(i == steps ? total - 1 : i * stride);
+      // Closer than one training step apart, rounding repeats a timestep: a step of zero log-SNR, which the
+      // solver divides by (diffusers makes NaNs there).
+      if (!timesteps_.empty() && t == timesteps_.back())
+        throw Error(ErrorKind::Usage, "steps=" + std::to_string(steps) + " repeats timestep " +
+                                          std::to_string(static_cast<int>(t)) + " in the " + name +
+                                          " schedule, where the solver would divide by zero; use at most " +
+                                          std::to_string(total - 1) + " steps");
       timesteps_.push_back(t);
       sigmas_.push_back(train[static_cast<size_t>(t)]);
     }

@@ -77,10 +77,12 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->type_name("N")
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
-  app.add_option("--steps", o.steps, "denoising steps, 1 to 1000 (1 to 50 with lcm)")->capture_default_str();
+  app.add_option("--steps", o.steps, "denoising steps, 1 to 1000 (1 to 50 with lcm; at most 999 with ddim, pndm, "
+                                     "dpmpp_2m, dpmpp_2m_sde and unipc)")
+      ->capture_default_str();
   app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")
       ->capture_default_str();
-  app.add_option("--eta", o.eta, "DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like")->capture_default_str();
+  app.add_option("--eta", o.eta, "DDIM eta, 0 to 1: 0 is deterministic DDIM, 1 is DDPM-like")->capture_default_str();
   app.add_option("--clip-skip", o.clip_skip,
                  "A1111's Clip skip: condition on the text encoder's Nth layer from the end (1 the last, 2 the "
                  "penultimate, as many anime models expect), for prompt and negative prompt")

@@ -496,6 +496,21 @@ class Samplers(CliTestCase):
             self.assertEqual(self.txt2img("a fox", "--eta", eta, "-o", name, "--seed", "1").returncode, 0)
         self.assertNotEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
         self.assertIn("Eta DDIM: 1.0", png_text(self.dir / "b.png")["parameters"])
+        # Above 1 DDIM's noise would exceed the step's variance (NaNs): refused before the model loads.
+        self.assertExit(self.txt2img("a fox", "--eta", "2", "-o", "c.png"), EXIT_USAGE, "eta must be from 0 to 1")
+        self.assertNotIn("loading", self.txt2img("a fox", "--eta", "2", "-o", "c.png").stderr)
+        self.assertFalse((self.dir / "c.png").exists())
+
+    def test_step_counts_a_schedule_cannot_take_are_usage_errors(self):
+        """1000 steps exceed the training steps with SD v1's DDIM and PNDM schedules, and repeat a timestep in the
+        log-SNR solvers' (a zero step, NaNs in diffusers): both refused before the model loads; 999 works."""
+        for sampler, message in [("ddim", "outside [0, 999]"), ("dpmpp_2m", "at most 999 steps"),
+                                 ("unipc", "at most 999 steps")]:
+            result = self.txt2img("a fox", "--sampler", sampler, "--steps", "1000", "-o", "x.png")
+            self.assertExit(result, EXIT_USAGE, message)
+            self.assertNotIn("loading", result.stderr)
+        self.assertEqual(self.txt2img("a fox", "--sampler", "dpmpp_2m", "--steps", "999", "-W", "16", "-H", "16",
+                                      "-o", "y.png").returncode, 0)
 
     def test_eta_refused_for_samplers_without_one(self):
         result = self.txt2img("a fox", "--eta", "0.5", "--sampler", "euler", "-o", "x.png")

@@ -448,6 +448,8 @@ TEST(Scheduler, NamesAndValidation) {
   }
   expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("ddim", sd_config(), 10, -0.1); });
   expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("ddim", sd_config(), 10, NAN); });
+  expect_error(ErrorKind::Usage, "from 0 to 1", [] { txt2img::make_scheduler("ddim", sd_config(), 10, 1.01); });
+  EXPECT_NO_THROW(txt2img::make_scheduler("ddim", sd_config(), 10, 1.0));
   expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("pndm", sd_config(), 10, 0.5); });
   EXPECT_FALSE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.0)->needs_noise(0));
   EXPECT_TRUE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.5)->needs_noise(0));
@@ -471,6 +473,12 @@ TEST(Scheduler, NamesAndValidation) {
   trailing.timestep_spacing = "trailing";
   expect_error(ErrorKind::Usage, "62 timesteps", [&] { txt2img::make_scheduler("euler", trailing, 61); });
   EXPECT_NO_THROW(txt2img::make_scheduler("euler", sd_config(), 1000));
+  // The log-SNR solvers' rounded linspace repeats a timestep at 1000 steps (a zero step they would divide by).
+  for (const char* name : {"dpmpp_2m", "dpmpp_2m_sde", "unipc"}) {
+    expect_error(ErrorKind::Usage, "at most 999 steps", [&] { txt2img::make_scheduler(name, sd_config(), 1000); });
+    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), 999)) << name;
+    EXPECT_NO_THROW(txt2img::make_scheduler(std::string(name) + "_karras", sd_config(), 1000)) << name;
+  }
 }
 
 // LCM has no run in reference/scheduler/ (v0.31.0 fixtures predate it here): its goldens are diffusers' own
