@@ -34,8 +34,8 @@ struct GenerateOptions {
   bool emphasis = false;      // GenerationParams::emphasis
   HiresFix hires;             // GenerationParams::hires (scale 0: off)
   std::vector<std::string> loras;  // --lora NAME[:WEIGHT[:UNET_WEIGHT]]: a <lora:...> tag added to every prompt
-  int width = 0;  // 0: the model's default size
-  int height = 0;
+  std::optional<int> width;  // none: the model's default size
+  std::optional<int> height;
   std::string model = kDefaultModel;
   std::string device;  // empty: cuda when available, else cpu
   std::string dtype;   // empty: fp16 on CUDA, fp32 on CPU

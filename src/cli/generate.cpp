@@ -412,8 +412,12 @@ int run_generate(const GenerateOptions& o) {
   plan_options.variation_seed_given = !o.variation_seed.empty();
   plan_options.variation_base_seed =
       plan_options.variation_seed_given ? parse_seed(o.variation_seed, "--variation-seed") : std::random_device{}();
-  plan_options.params = {o.width, o.height,    o.steps,        o.cfg_scale, o.sampler,
-                         o.eta,   o.clip_skip, o.long_prompts, o.emphasis, {},        o.hires};
+  // GenerationParams reads a side of 0 as the model's size, which only leaving the flag out asks for.
+  for (const auto& [flag, side] : {std::pair{"--width", o.width}, {"--height", o.height}})
+    if (side == 0) throw Error(ErrorKind::Usage, std::string(flag) + " 0 is no image size (leave " + flag +
+                                                   " out for the model's size)");
+  plan_options.params = {o.width.value_or(0), o.height.value_or(0), o.steps,    o.cfg_scale, o.sampler, o.eta,
+                         o.clip_skip,         o.long_prompts,       o.emphasis, {},          o.hires};
   plan_options.lora_tags = lora_flag_tags(o.loras);
   plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);

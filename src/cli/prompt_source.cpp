@@ -253,10 +253,13 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
       entry.hires_upscaler = string_field(value, key, where);
     } else if (key == "hires_sampler") {
       entry.hires_sampler = string_field(value, key, where);
-    } else if (key == "width") {
-      entry.width = int_field<int>(value, key, where);
-    } else if (key == "height") {
-      entry.height = int_field<int>(value, key, where);
+    } else if (key == "width" || key == "height") {
+      const auto side = int_field<int>(value, key, where);
+      // GenerationParams reads a side of 0 as the model's size, which only leaving the key out asks for.
+      if (side == 0)
+        throw Error(ErrorKind::Usage, where + ": \"" + key + "\" 0 is no image size (leave \"" + key +
+                                          "\" out for the model's size)");
+      (key == "width" ? entry.width : entry.height) = side;
     } else if (key == "sampler") {
       entry.sampler = string_field(value, key, where);
     } else if (key == "clip_skip") {

@@ -65,6 +65,10 @@ class BadFlags(CliTestCase):
     def test_width_not_multiple_of_8(self):
         self.check(["a fox", "--width", "36"], "width 36", "multiple of 8")
 
+    def test_a_side_of_zero_is_not_the_default_size(self):
+        self.check(["a fox", "--width", "0"], "--width 0 is no image size", "leave --width out")
+        self.check(["a fox", "--height", "0"], "--height 0 is no image size")
+
     def test_height_too_small_and_too_large(self):
         self.check(["a fox", "--width", "4"], "width 4")
         self.check(["a fox", "--height", "8192"], "height 8192", "4096")

@@ -146,6 +146,7 @@ class JsonLines(CliTestCase):
         self.bad(['{"prompt": "x", "seed": -5}'], "p.jsonl:1", "seed")
         self.bad(['{"prompt": "x", "seed": 9223372036854775808}'], "p.jsonl:1", "seed")
         self.bad(['{"prompt": "x", "width": 33}'], "p.jsonl:1", "width 33")
+        self.bad(['{"prompt": "x", "height": 0}'], "p.jsonl:1", '"height" 0 is no image size')
         self.bad(['{"prompt": "x", "steps": 0}'], "p.jsonl:1", "steps 0")
         self.bad(['{"prompt": "x", "sampler": "nope"}'], "p.jsonl:1", "nope")
         self.bad(['{"prompt": "x", "images": 0}'], "p.jsonl:1", "images")
