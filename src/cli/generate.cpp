@@ -421,7 +421,10 @@ int run_generate(const GenerateOptions& o) {
   plan_options.lora_tags = lora_flag_tags(o.loras);
   plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
-  plan_options.needs_reproducible_seeds = plan_options.shard || o.skip_existing;
+  plan_options.reproducible_seeds_for = plan_options.shard && o.skip_existing ? "--shard and --skip-existing"
+                                        : plan_options.shard                ? "--shard"
+                                        : o.skip_existing                   ? "--skip-existing"
+                                                                            : "";
   const Placement placement = choose_placement(o);
   if (!o.preview.empty()) check_preview_file(o.preview);
   PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
@@ -495,7 +498,14 @@ int run_generate(const GenerateOptions& o) {
     line += peaks.device_allocated_mib ? "; peak VRAM " + format_mib(*peaks.device_allocated_mib) + " (" +
                                              format_mib(*peaks.device_reserved_mib) + " reserved)"
                                        : "; peak memory " + format_mib(peaks.host_rss_mib);
-    if (interrupted) line += "; run the same command with --skip-existing to finish";
+    if (interrupted) {
+      // A resumed run must draw the same seeds, so the random ones this run drew become flags.
+      std::string flags;
+      if (!plan_options.seed_given) flags += " --seed " + std::to_string(plan_options.base_seed);
+      if (o.variation_strength != 0 && !plan_options.variation_seed_given)
+        flags += " --variation-seed " + std::to_string(plan_options.variation_base_seed);
+      line += "; run the same command with" + flags + " --skip-existing to finish";
+    }
     reporter.summary(line, j);
   };
 

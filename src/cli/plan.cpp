@@ -99,12 +99,14 @@ bool RunPlan::load_prompt() {
   }
   line_output_.reset();
   if (entry_.output) line_output_ = OutputPattern::parse(*entry_.output, where + ": \"output\"");
-  if (options_.needs_reproducible_seeds && !options_.seed_given && !entry_.seed)
-    throw Error(ErrorKind::Usage, "--shard and --skip-existing need --seed (" + where +
+  const std::string& flags = options_.reproducible_seeds_for;
+  const std::string need = flags.find(" and ") == std::string::npos ? " needs " : " need ";
+  if (!flags.empty() && !options_.seed_given && !entry_.seed)
+    throw Error(ErrorKind::Usage, flags + need + "--seed (" + where +
                                       " sets none): every shard and every resumed run must derive the same seeds");
-  if (options_.needs_reproducible_seeds && options_.variation_strength != 0 && !options_.variation_seed_given)
-    throw Error(ErrorKind::Usage, "--shard and --skip-existing need --variation-seed with --variation-strength: "
-                                  "every shard and every resumed run must derive the same variation seeds");
+  if (!flags.empty() && options_.variation_strength != 0 && !options_.variation_seed_given)
+    throw Error(ErrorKind::Usage, flags + need + "--variation-seed with --variation-strength: every shard and every "
+                                  "resumed run must derive the same variation seeds");
   next_n_ = 0;
   have_entry_ = true;
   return true;

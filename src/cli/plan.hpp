@@ -47,7 +47,8 @@ struct PlanOptions {
   OutputPattern output;
   std::optional<Shard> shard;
   // Sharded and resumed runs must derive the same seeds as the other runs they complete.
-  bool needs_reproducible_seeds = false;
+  // The flags that need them, for the error without --seed: "--shard", "--skip-existing", both, or empty.
+  std::string reproducible_seeds_for;
 };
 
 struct ImageJob {

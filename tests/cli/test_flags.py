@@ -115,7 +115,7 @@ class BadFlags(CliTestCase):
 
     def test_shard_and_skip_existing_need_a_seed(self):
         self.check(["a fox", "--shard", "0/2"], "--seed")
-        self.check(["a fox", "--skip-existing"], "--seed")
+        self.check(["a fox", "--skip-existing"], "--skip-existing needs --seed (the prompt sets none)")
 
     def test_contradictory_flags(self):
         self.check(["a fox", "--overwrite", "--skip-existing", "--seed", "1"], "--overwrite")

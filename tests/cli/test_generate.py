@@ -148,7 +148,7 @@ class Seeds(CliTestCase):
                              (["--variation-strength", "0.5", "--variation-seed", "-1"],
                               '--variation-seed "-1" must be a whole number'),
                              (["--variation-strength", "0.5", "--seed", "1", "--shard", "0/2"],
-                              "need --variation-seed")]:
+                              "--shard needs --variation-seed")]:
             result = self.txt2img("a fox", *bad, "-o", "bad.png")
             self.assertExit(result, EXIT_USAGE, message)
             self.assertFalse((self.dir / "bad.png").exists())

@@ -14,16 +14,16 @@ class Interrupt(CliTestCase):
     ARGS = ["--from-file", "prompts.txt", "--seed", "77", "--images-per-prompt", "2", "-o", "out/{index:03}.png",
             "--model", str(TINY), *FAST, "--steps", "200", "--json"]
 
-    def start(self):
-        process = subprocess.Popen([BIN, *self.ARGS], cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    def start(self, args):
+        process = subprocess.Popen([BIN, *args], cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)
         self.addCleanup(process.communicate)
         self.addCleanup(lambda: process.poll() is None and process.kill())
         return process
 
-    def interrupt_after_first_image(self, sig):
+    def interrupt_after_first_image(self, sig, args=ARGS):
         self.write("prompts.txt", "a fox\na cat\na cow\n")
-        process = self.start()
+        process = self.start(args)
         first = json.loads(process.stdout.readline())
         self.assertEqual(first["event"], "image")
         process.send_signal(sig)
@@ -38,7 +38,7 @@ class Interrupt(CliTestCase):
         self.assertIn("interrupted", err)
         # Only finished images, no temporary files.
         self.assertEqual(files_under(self.dir / "out"), sorted(r["path"][4:] for r in records[:-1]))
-        return records
+        return records, err
 
     def test_sigint_then_resume_matches_an_uninterrupted_run(self):
         self.interrupt_after_first_image(signal.SIGINT)
@@ -58,6 +58,17 @@ class Interrupt(CliTestCase):
 
     def test_sigterm(self):
         self.interrupt_after_first_image(signal.SIGTERM)
+
+    def test_the_hint_to_finish_names_the_random_seed(self):
+        """Without --seed the run's random seed is part of the command that finishes it (--skip-existing needs it)."""
+        args = [a for a in self.ARGS if a not in ("--seed", "77")]
+        records, err = self.interrupt_after_first_image(signal.SIGINT, args)
+        seed = records[-1]["seed"]
+        self.assertIn(f"run the same command with --seed {seed} --skip-existing to finish", err)
+        resumed = subprocess.run([BIN, *args, "--seed", str(seed), "--skip-existing"], cwd=self.dir,
+                                 capture_output=True, text=True)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertEqual(files_under(self.dir / "out"), [f"{i:03}.png" for i in range(6)])
 
 
 if __name__ == "__main__":
