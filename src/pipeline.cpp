@@ -180,8 +180,7 @@ Pipeline::Pipeline(Pipeline&&) noexcept = default;
 Pipeline& Pipeline::operator=(Pipeline&&) noexcept = default;
 Pipeline::~Pipeline() = default;
 
-// Both entry points let LibTorch's exceptions out only as Error(Runtime) (backend_failure), by function-try-blocks.
-Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) try {
+void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& options) {
   if (options.safety != SafetyMode::Off && !bundle.has("safety_checker.pt"))
     throw Error(ErrorKind::Usage, "model bundle " + bundle.dir().string() +
                                       " has no safety checker; convert one in (scripts/convert.py --safety-checker DIR) "
@@ -196,6 +195,11 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   if (options.low_vram && options.graph != GraphOptimization::None)
     throw Error(ErrorKind::Usage, "--low-vram cannot be combined with --graph freeze or optimize: it moves the models "
                                   "between host and device, and frozen weights are part of the graph");
+}
+
+// Both entry points let LibTorch's exceptions out only as Error(Runtime) (backend_failure), by function-try-blocks.
+Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) try {
+  check_options(bundle, options);
   Pipeline p(bundle.manifest(), bundle.load_tokenizer(), options);
   // Freezing needs the graph executor's optimisations on (with them off it leaves calls to methods it removed), so
   // they are switched to the options' setting only once the modules are prepared.

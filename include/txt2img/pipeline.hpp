@@ -143,8 +143,10 @@ void check_loras_supported(const GenerationParams& params, const PipelineOptions
 
 class Pipeline {
  public:
-  // Loads every module of the bundle onto the device. Throws Error(Bundle), or Error(Usage) when the safety
-  // checker is required but the bundle has none.
+  // Throws Error(Usage) when the options need a module the bundle lacks (the safety checker unless it is off, TAESD
+  // for its decoder or previews) or exclude each other: what load checks first, for checking before it.
+  static void check_options(const Bundle& bundle, const PipelineOptions& options);
+  // Loads every module of the bundle onto the device. Throws Error(Bundle), or check_options' Error(Usage).
   static Pipeline load(const Bundle& bundle, const PipelineOptions& options);
   Pipeline(Pipeline&&) noexcept;
   Pipeline& operator=(Pipeline&&) noexcept;

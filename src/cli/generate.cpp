@@ -430,6 +430,7 @@ int run_generate(const GenerateOptions& o) {
   PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
 
   const Bundle bundle = Bundle::open(o.model);
+  Pipeline::check_options(bundle, placement.options);
   const Manifest& manifest = bundle.manifest();
   RunPlan plan(std::move(source), plan_options, [&manifest, &placement](const GenerationParams& p) {
     auto resolved = resolve_params(manifest, p);

@@ -13,8 +13,11 @@ class WithoutChecker(CliTestCase):
         self.bundle = derived_bundle(self.dir / "nochecker", edit_manifest=without_checker)
 
     def test_refused_unless_asked(self):
-        result = self.txt2img("a fox", "-o", "a.png", model=self.bundle)
+        """Before the model loads: no loading line, and no --json summary, as for every other usage error."""
+        result = self.txt2img("a fox", "-o", "a.png", "--json", model=self.bundle)
         self.assertExit(result, EXIT_USAGE, "no safety checker", "--no-safety-checker")
+        self.assertNotIn("loading", result.stderr)
+        self.assertEqual(result.stdout, "")
         self.assertTrue(all(f.startswith("nochecker/") for f in files_under(self.dir)), files_under(self.dir))
 
     def test_no_safety_checker_warns_once_and_records_it(self):
