@@ -454,7 +454,7 @@ int run_generate(const GenerateOptions& o) {
                                                    : Existing::Refuse,
                                  o.preview);
 
-  if (!plan_options.seed_given)
+  if (!plan_options.seed_given && pf.uses_run_seed)
     reporter.info("seed " + std::to_string(plan_options.base_seed) + " (random; --seed " +
                   std::to_string(plan_options.base_seed) + " repeats this run)");
   if (o.variation_strength != 0 && !plan_options.variation_seed_given)

@@ -119,6 +119,7 @@ bool RunPlan::next(ImageJob& job) {
   job.prompt_index = entry_.index;
   job.line = entry_.line;
   job.n = next_n_++;
+  job.run_seed = !entry_.seed;
   if (options_.variation_strength == 0) {
     job.seed = (entry_.seed ? *entry_.seed + static_cast<uint64_t>(job.n) : options_.base_seed + job.index) & kMaxSeed;
   } else {
@@ -194,6 +195,7 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
       checked_any = true;
     }
     ++result.to_make;
+    result.uses_run_seed |= job.run_seed;
     result.image_steps += static_cast<uint64_t>(job.params.steps + job.params.hires_steps());
   }
   plan.rewind();

@@ -57,6 +57,7 @@ struct ImageJob {
   size_t line = 0;          // its line in the prompt file (0 for a prompt argument)
   int n = 0;                // position among its prompt's images, from 0
   uint64_t seed = 0;
+  bool run_seed = true;  // whether the seed derives from --seed (or the run's random one), not its line's "seed"
   Variation variation;  // strength 0: none
   std::string prompt;        // as written, LoRA tags included (what the metadata records)
   std::string model_prompt;  // as the text encoder reads it: without the LoRA tags, which are in params.loras
@@ -106,6 +107,7 @@ struct Preflight {
   uint64_t to_make = 0;      // by this shard, after --skip-existing
   uint64_t to_skip = 0;      // files that exist (only with --skip-existing)
   uint64_t image_steps = 0;  // sum of steps over to_make (for the ETA)
+  bool uses_run_seed = false;  // whether an image to make takes its seed from --seed (or the random one)
 };
 
 enum class Existing { Refuse, Overwrite, Skip };

@@ -105,6 +105,11 @@ class Seeds(CliTestCase):
         self.assertIn(f"--seed {seed}", result.stderr)
         self.assertEqual(self.txt2img("a fox", "-o", "again.png", "--seed", str(seed)).returncode, 0)
         self.assertEqual((self.dir / "r.png").read_bytes(), (self.dir / "again.png").read_bytes())
+        # No random seed is announced when every image's prompt-file line sets its own.
+        self.write("own.jsonl", '{"prompt": "a fox", "seed": 3, "output": "own.png"}\n')
+        result = self.txt2img("--from-file", "own.jsonl")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("(random; --seed", result.stderr)
 
     def test_variation_seeds(self):
         """A1111's variation seed: the images keep the seed, image k takes variation seed V + k; strength 1 (with
