@@ -461,6 +461,13 @@ int run_generate(const GenerateOptions& o) {
     reporter.info("variation seed " + std::to_string(plan_options.variation_base_seed) +
                   " (random; --variation-seed " + std::to_string(plan_options.variation_base_seed) +
                   " repeats this run)");
+  // An empty list can be a normal day's work for a pipeline (exit 0), but never goes unmentioned.
+  if (pf.no_prompts) reporter.warn(plan.source_name() + " has no prompts (every line is blank or a comment)");
+  if (pf.empty_prompts)
+    reporter.warn((pf.empty_prompts == 1 ? pf.first_empty_prompt + " has no words: its images are"
+                                          : std::to_string(pf.empty_prompts) + " prompts have no words (the first: " +
+                                                pf.first_empty_prompt + "): their images are") +
+                  " unconditional, what the model makes of an empty prompt");
   if (o.no_safety_checker)
     reporter.warn("the safety checker is off (--no-safety-checker): images are not checked for NSFW content");
   if (!o.negative_prompt.empty() && (o.cfg_scale <= 1.0 || manifest.guidance_embedding_dim > 0))

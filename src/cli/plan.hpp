@@ -80,6 +80,8 @@ class RunPlan {
   ImageJob find(uint64_t index) const;
 
   std::string where(const ImageJob& job) const;
+  // The prompt file as the user named it; empty for a prompt argument.
+  const std::string& source_name() const { return source_.name(); }
   const PlanOptions& options() const { return options_; }
 
  private:
@@ -108,6 +110,10 @@ struct Preflight {
   uint64_t to_skip = 0;      // files that exist (only with --skip-existing)
   uint64_t image_steps = 0;  // sum of steps over to_make (for the ETA)
   bool uses_run_seed = false;  // whether an image to make takes its seed from --seed (or the random one)
+  // Where the first prompt without words is ("p.txt:3", "the prompt"; empty: none), and how many there are.
+  std::string first_empty_prompt;
+  uint64_t empty_prompts = 0;
+  bool no_prompts = false;  // the prompt file has none (only blank lines and comments)
 };
 
 enum class Existing { Refuse, Overwrite, Skip };

@@ -67,6 +67,8 @@ class PromptSource {
   // "prompts.txt:12" for a line of the file, "the prompt" for an argument.
   std::string where(size_t line) const;
   bool is_file() const { return !path_.empty(); }
+  // The file as the user named it ("<stdin>" for "-"); empty for a prompt argument.
+  const std::string& name() const { return name_; }
 
  private:
   PromptSource() = default;

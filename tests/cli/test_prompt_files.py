@@ -58,10 +58,11 @@ class PlainText(CliTestCase):
         result = self.txt2img("--from-file", "d")
         self.assertExit(result, EXIT_IO, "d")
 
-    def test_empty_file_makes_nothing(self):
+    def test_empty_file_makes_nothing_and_says_so(self):
         self.write("p.txt", "# nothing\n\n")
         result = self.txt2img("--from-file", "p.txt", "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("warning: p.txt has no prompts (every line is blank or a comment)", result.stderr)
         self.assertEqual(json_lines(result.stdout)[-1]["written"], 0)
         self.assertEqual(files_under(self.dir), ["p.txt"])
 
@@ -121,6 +122,20 @@ class JsonLines(CliTestCase):
         result = self.txt2img("--from-file", "q.jsonl", "--hires-scale", "2", "-o", "q.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(png_pixels(self.dir / "q.png"), png_pixels(self.dir / "1.png"))
+
+    def test_a_prompt_without_words_is_made_with_a_warning(self):
+        """An empty prompt is a valid request (the unconditional image), but an unset shell variable looks the same:
+        it is made, and said."""
+        self.write("p.jsonl", '{"prompt": "a fox"}\n{"prompt": " "}\n{"prompt": ""}\n')
+        result = self.txt2img("--from-file", "p.jsonl", "--seed", "1", "-o", "{index}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("warning: 2 prompts have no words (the first: p.jsonl:2): their images are unconditional",
+                      result.stderr)
+        self.assertEqual(files_under(self.dir), ["0.png", "1.png", "2.png", "p.jsonl"])
+        result = self.txt2img("", "--seed", "1", "-o", "e.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("warning: the prompt has no words: its images are unconditional", result.stderr)
+        self.assertNotIn("no words", self.txt2img("a fox", "--seed", "1", "-o", "f.png").stderr)
 
     def test_detected_by_first_line(self):
         self.write("prompts.txt", '# JSON Lines without the extension\n{"prompt": "a fox", "seed": 3}\n')
