@@ -186,9 +186,11 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
     const auto status = std::filesystem::status(job.output, ec);
     if (std::filesystem::is_directory(status))
       throw Error(ErrorKind::Io, "output " + quoted(job.output) + " is a directory; give a file name ending in .png");
-    if (std::filesystem::exists(status)) {
+    // A dangling symbolic link is there too: writing the image would replace it.
+    if (std::filesystem::exists(status) || std::filesystem::is_symlink(std::filesystem::symlink_status(job.output, ec))) {
       if (existing == Existing::Refuse)
-        throw Error(ErrorKind::Io, "output " + quoted(job.output) +
+        throw Error(ErrorKind::Io, (plan.source_name().empty() ? "" : plan.where(job) + ": ") + "output " +
+                                       quoted(job.output) +
                                        " exists; pass --overwrite to replace it, or --skip-existing to keep it and "
                                        "make only the missing images");
       if (existing == Existing::Skip) {

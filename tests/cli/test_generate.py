@@ -1,6 +1,7 @@
 """Generating images: output names, seeds, reproducibility, batching, --json, progress and quiet modes."""
 
 import json
+import os
 import unittest
 
 from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, fixture_bundle, json_lines,
@@ -48,6 +49,12 @@ class Outputs(CliTestCase):
         result = self.txt2img("a fox", "-o", "fox.png")
         self.assertExit(result, EXIT_IO, "fox.png", "exists", "--overwrite", "--skip-existing")
         self.assertEqual((self.dir / "fox.png").read_text(), "precious")
+        # A prompt-file line's output names the line; a dangling symbolic link counts as there.
+        self.write("p.jsonl", '{"prompt": "a fox", "output": "fox.png"}\n')
+        self.assertExit(self.txt2img("--from-file", "p.jsonl"), EXIT_IO, 'p.jsonl:1: output "fox.png" exists')
+        os.symlink("no/such/target.png", self.dir / "link.png")
+        self.assertExit(self.txt2img("a fox", "-o", "link.png"), EXIT_IO, 'output "link.png" exists')
+        self.assertTrue((self.dir / "link.png").is_symlink())
 
     def test_overwrite(self):
         self.write("fox.png", "old")
