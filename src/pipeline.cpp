@@ -250,7 +250,15 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
 std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& option) {
   std::string lower;
   for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (lower != "model") return canonical_scheduler_name(name);
+  if (lower != "model") {
+    const std::string canonical = canonical_scheduler_name(name);
+    const auto& known = scheduler_names();
+    if (std::find(known.begin(), known.end(), canonical) != known.end()) return canonical;
+    std::string list;
+    for (const auto& n : known) list += (list.empty() ? "" : ", ") + n;
+    throw Error(ErrorKind::Usage, option + ": unknown sampler \"" + name + "\" (known: " + list +
+                                      ", and model, the model's own; A1111's and diffusers' names for them work too)");
+  }
   if (!manifest.source_sampler.empty()) return manifest.source_sampler;
   throw Error(ErrorKind::Usage,
               option + " model: the model has no scheduler of its own that txt2img can run (" +

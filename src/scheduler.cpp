@@ -201,7 +201,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   const auto it = std::find_if(std::begin(kSamplers), std::end(kSamplers),
                                [&](const Sampler& s) { return canonical == s.name; });
   if (it == std::end(kSamplers))
-    throw Error(ErrorKind::Usage, "unknown scheduler \"" + name + "\" (known: " + joined_names() + ")");
+    throw Error(ErrorKind::Usage, "unknown sampler \"" + name + "\" (known: " + joined_names() + ")");
   if (steps < 1 || steps > config.num_train_timesteps)
     throw Error(ErrorKind::Usage, "steps must be between 1 and " + std::to_string(config.num_train_timesteps) +
                                       ", got " + std::to_string(steps));

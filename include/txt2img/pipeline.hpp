@@ -128,8 +128,8 @@ class Observer {
 };
 
 // The sampler that `name` (GenerationParams::sampler) runs on this bundle: the model's own for "model" (any case),
-// else the canonical name. Throws Error(Usage), naming `option`, for "model" when the bundle records no sampler of
-// its source.
+// else the canonical name. Throws Error(Usage), naming `option`, for a name no sampler has (its message lists them
+// with "model") and for "model" when the bundle records no sampler of its source.
 std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& option = "--sampler");
 
 // Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg, clip skip

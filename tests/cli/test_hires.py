@@ -154,7 +154,7 @@ class HiresFix(CliTestCase):
             (["--hires-denoise", "0.5"], ["--hires-denoise", "--hires-scale"]),
             (["--hires-scale", "2", "--sampler", "pndm"], ["hires fix: ", "pndm"]),
             (["--hires-scale", "2", "--hires-sampler", "lcm"], ["hires fix: ", "lcm"]),
-            (["--hires-scale", "2", "--hires-sampler", "nosuch"], ["unknown scheduler"]),
+            (["--hires-scale", "2", "--hires-sampler", "nosuch"], ['--hires-sampler: unknown sampler "nosuch"']),
             (["--hires-sampler", "euler"], ["--hires-sampler", "--hires-scale"]),
             (["--hires-scale", "2", "--hires-denoise", "0"], ["denoising strength"]),
             (["--hires-scale", "2", "--hires-upscaler", "esrgan"], ["unknown hires upscaler"]),

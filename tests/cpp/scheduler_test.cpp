@@ -552,7 +552,7 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
   }
   for (const char* other : {"Restart", "DPM++ SDE Karras", "DPM fast", "DPM++ 2M SDE Heun"}) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(other), other);
-    expect_error(ErrorKind::Usage, "unknown scheduler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
+    expect_error(ErrorKind::Usage, "unknown sampler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
   }
 }
 
