@@ -145,7 +145,13 @@ const LoraFile* Manifest::find_lora(const std::string& name) const {
 
 Bundle Bundle::open(const std::filesystem::path& dir) {
   const std::string where = "model bundle " + dir.string();
-  if (!std::filesystem::is_directory(dir)) throw Error(ErrorKind::Bundle, where + ": not found" + kConvertHint);
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec))
+    throw Error(ErrorKind::Bundle, where + (std::filesystem::exists(dir, ec)
+                                                ? ": not a directory (a bundle is the folder scripts/convert.py "
+                                                  "writes; a checkpoint file must be converted first)"
+                                                : ": not found") +
+                                       kConvertHint);
   const auto manifest_file = dir / "model.json";
   std::ifstream in(manifest_file);
   if (!in) throw Error(ErrorKind::Bundle, where + ": model.json missing" + kConvertHint);

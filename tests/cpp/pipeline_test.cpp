@@ -51,6 +51,11 @@ TEST(Bundle, OpensTheTinyBundle) {
 
 TEST(Bundle, MissingDirectoryOrManifestOrFile) {
   expect_error([] { txt2img::Bundle::open("/nonexistent/bundle"); }, ErrorKind::Bundle, {"not found", "convert.py"});
+  // A checkpoint file given as the bundle: it exists, it is just not one.
+  const auto file = std::filesystem::temp_directory_path() / "txt2img-not-a-bundle.safetensors";
+  std::ofstream(file) << "x";
+  expect_error([&] { txt2img::Bundle::open(file); }, ErrorKind::Bundle, {"not a directory", "converted first"});
+  std::filesystem::remove(file);
   BundleCopy copy;
   std::filesystem::remove(copy.dir() / "unet.pt");
   expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"unet.pt missing", "convert.py"});
