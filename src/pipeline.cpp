@@ -143,8 +143,9 @@ GenerationParams hires_pass(const GenerationParams& params) {
 // enter its schedule in the middle.
 void check_hires(const Manifest& manifest, const GenerationParams& params) {
   const HiresFix& h = params.hires;
-  if (!std::isfinite(h.scale) || h.scale > 16)
-    throw Error(ErrorKind::Usage, "hires scale must be a number above 0 and at most 16");
+  if (!(h.scale >= 1 && h.scale <= 16))
+    throw Error(ErrorKind::Usage, "hires scale must be from 1 to 16, as A1111's Upscale by (1 denoises again at the "
+                                  "same size)");
   for (auto [name, side] : {std::pair<const char*, int>{"width", params.width}, {"height", params.height}}) {
     const int64_t pixels = hires_latent_side(side, h.scale, manifest.vae_scale_factor) * manifest.vae_scale_factor;
     if (pixels < std::max(8, manifest.vae_scale_factor) || pixels > kMaxImageSide)

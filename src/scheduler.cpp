@@ -300,10 +300,10 @@ std::vector<float> training_sigmas(const std::vector<float>& alphas_cumprod) {
 std::string samplers_that_start_late() {
   std::vector<std::string> names;
   for (const auto& s : kSamplers)
-    if (s.starts_late) names.emplace_back(s.name);
+    if (!s.starts_late) names.emplace_back(s.name);
   std::string out;
   for (size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? " and " : ", ") + names[i];
-  return out;
+  return "every sampler but " + out;
 }
 
 std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int steps) {

@@ -99,8 +99,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "<lora:NAME:WEIGHT> would: NAME, NAME:WEIGHT or NAME:TEXT_ENCODER_WEIGHT:UNET_WEIGHT (repeatable)")
       ->type_name("NAME[:W]");
   auto* hires = app.add_option("--hires-scale", o.hires.scale,
-                               "A1111's hires fix: denoise again at this many times the size (e.g. 2 makes 1024x1024 "
-                               "of 512x512), from the first pass's latents resized")
+                               "A1111's hires fix: denoise again at this many times the size, 1 to 16 (e.g. 2 makes "
+                               "1024x1024 of 512x512), from the first pass's latents resized")
                     ->type_name("X")
                     ->check(CLI::PositiveNumber);
   app.add_option("--hires-steps", o.hires.steps, "steps of the hires pass (default: as many as --steps)")

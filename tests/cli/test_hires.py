@@ -152,7 +152,8 @@ class HiresFix(CliTestCase):
         cases = [
             (["--hires-steps", "4"], ["--hires-steps", "--hires-scale"]),
             (["--hires-denoise", "0.5"], ["--hires-denoise", "--hires-scale"]),
-            (["--hires-scale", "2", "--sampler", "pndm"], ["hires fix: ", "pndm"]),
+            (["--hires-scale", "2", "--sampler", "pndm"], ["hires fix: ", "pndm", "every sampler but pndm and lcm"]),
+            (["--hires-scale", "0.5"], ["hires scale must be from 1 to 16"]),
             (["--hires-scale", "2", "--hires-sampler", "lcm"], ["hires fix: ", "lcm"]),
             (["--hires-scale", "2", "--hires-sampler", "nosuch"], ['--hires-sampler: unknown sampler "nosuch"']),
             (["--hires-sampler", "euler"], ["--hires-sampler", "--hires-scale"]),

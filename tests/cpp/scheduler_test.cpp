@@ -933,7 +933,7 @@ TEST(SchedulerStartAt, Errors) {
       EXPECT_EQ(e.kind(), ErrorKind::Usage) << e.what();
       const std::string what = e.what();
       EXPECT_NE(what.find(std::string("the ") + name + " scheduler cannot start part-way"), std::string::npos) << what;
-      for (const auto& other : late_starters()) EXPECT_NE(what.find(other), std::string::npos) << what;
+      EXPECT_NE(what.find("; every sampler but pndm and lcm can start part-way"), std::string::npos) << what;
     }
     // Call 0 is where every run starts: allowed, and the run is the whole one.
     EXPECT_NO_THROW(sched->start_at(0)) << name;
