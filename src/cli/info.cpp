@@ -46,7 +46,7 @@ std::string human_bytes(uint64_t bytes) {
 }
 
 int bundle_info(const InfoOptions& o) {
-  if (o.command) throw Error(ErrorKind::Usage, "--command applies to a PNG this program wrote, not to a model bundle");
+  if (o.command) throw Error(ErrorKind::Usage, "--command applies to a PNG (made by txt2img or AUTOMATIC1111), not to a model bundle");
   const Bundle bundle = Bundle::open(o.path);
   const Manifest& m = bundle.manifest();
   std::vector<std::string> corrupt;

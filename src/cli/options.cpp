@@ -21,9 +21,9 @@ std::string joined(const std::vector<std::string>& names) {
 std::string generate_footer() {
   return std::string(
              "Prompt files: one prompt a line (blank lines and lines starting with # are skipped), or JSON Lines\n"
-             "(a .jsonl name, or a first line starting with {) where a line may set prompt, negative_prompt, seed,\n"
-             "steps, cfg_scale, width, height, sampler, clip_skip, long_prompts, emphasis, images and output. The\n"
-             "whole file is checked before the model loads.\n\n"
+             "(a .jsonl name, or a first line starting with {) where a line may set: ") +
+         joined(jsonl_keys()) +
+         std::string(".\nThe whole file is checked before the model loads.\n\n"
              "Seeds: image n of a prompt whose line sets \"seed\" S uses S + n; every other image uses\n"
              "--seed + its index in the whole run (so image k of a single prompt uses seed + k). Shards and resumed\n"
              "runs therefore make the same images. With --variation-strength every image keeps the seed and image\n"
@@ -183,10 +183,10 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
 }
 
 void configure_info(CLI::App& app, InfoOptions& o) {
-  app.add_option("path", o.path, "a PNG this program wrote, or a model bundle directory")->required();
+  app.add_option("path", o.path, "a PNG made by txt2img or AUTOMATIC1111, or a model bundle directory")->required();
   auto* json = app.add_flag("--json", o.json, "print JSON");
   app.add_flag("--verify", o.verify, "recompute every bundle file's sha256 and compare it with model.json");
-  app.add_flag("--command", o.command, "for a PNG this program wrote: print the txt2img command that makes it again")
+  app.add_flag("--command", o.command, "for a PNG made by txt2img or AUTOMATIC1111: print the txt2img command that makes it again")
       ->excludes(json);
   app.footer(exit_code_table());
 }
@@ -212,7 +212,8 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
       "Stable Diffusion v1 text to image.\n"
       "  txt2img \"a photo of an astronaut riding a horse on mars\" -o astronaut.png\n"
       "  txt2img --from-file prompts.txt --seed 42 -o 'outputs/{index:05}-{prompt}.png'\n"
-      "  txt2img info image.png | txt2img info models/sd15 --verify\n"
+      "  txt2img info image.png\n"
+      "  txt2img info models/sd15 --verify\n"
       "  txt2img tokenize \"a prompt\"",
       "txt2img");
   // A flag given twice takes its last value, as in most Unix tools, so that scripts can append overrides.
