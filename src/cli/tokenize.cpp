@@ -17,7 +17,11 @@ int run_tokenize(const TokenizeOptions& o) {
   const Tokenizer tokenizer = bundle.load_tokenizer();
   const bool json = o.json || source.is_file();
 
+  // As generating does, the whole file is read first, so that a bad line leaves nothing printed.
   PromptEntry entry;
+  while (source.next(entry)) {
+  }
+  source.rewind();
   while (source.next(entry)) {
     const auto traced = tokenizer.encode_traced(entry.prompt, o.emphasis);
     const std::vector<int>& ids = traced.ids;

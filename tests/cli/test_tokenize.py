@@ -64,6 +64,12 @@ class Tokenize(CliTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         records = [json.loads(l) for l in result.stdout.splitlines()]
         self.assertEqual([(r["prompt"], r["line"]) for r in records], [("a cat", 1), ("a dog", 4)])
+        # A bad line anywhere leaves nothing printed, as generating checks the whole file first.
+        self.write("bad.jsonl", '{"prompt": "a cat"}\n{"prompt": 3}\n')
+        result = self.tokenize("--from-file", "bad.jsonl")
+        self.assertEqual(result.returncode, EXIT_USAGE, result.stderr)
+        self.assertIn("bad.jsonl:2", result.stderr)
+        self.assertEqual(result.stdout, "")
 
     def test_no_prompt(self):
         self.assertEqual(self.tokenize().returncode, EXIT_USAGE)
