@@ -138,8 +138,10 @@ std::string shell_line(const std::vector<std::string>& words) {
 
 // What a command cannot say: which model bundle, as a folder, holds the model an image was made with.
 std::string model_hint(const std::string& name, const std::string& hash) {
-  return "with the model " + (name.empty() ? "?" : name) + " [" + (hash.empty() ? "?" : hash) +
-         "]: add --model DIR where that is not your default\n";
+  if (name.empty() && hash.empty())
+    return "with a model it does not name: add --model DIR for the one it was made with\n";
+  return "with the model " + (name.empty() ? "?" : name) + (hash.empty() ? "" : " [" + hash + "]") +
+         ": add --model DIR where that is not your default\n";
 }
 
 // The start of a command for `prompt`: as the positional prompt, unless it starts with '-', which would read as a
@@ -204,6 +206,7 @@ std::string a1111_command(const std::string& text) {
   auto args = command_for(p.prompt);
   if (!p.negative_prompt.empty()) args.insert(args.end(), {"-n", p.negative_prompt});
   std::vector<std::string> left_out;
+  std::vector<std::string> notes;  // where the command reads a field otherwise than it is written
   const auto take = [&](const char* key, const char* flag) {
     if (field(key).empty()) return;
     args.insert(args.end(), {flag, field(key)});
@@ -241,7 +244,23 @@ std::string a1111_command(const std::string& text) {
   take("CFG scale", "--cfg-scale");
   const std::string size = field("Size");
   const auto x = size.find('x');
-  if (x != std::string::npos) args.insert(args.end(), {"-W", size.substr(0, x), "-H", size.substr(x + 1)});
+  if (x != std::string::npos) {
+    // A1111 makes latents of size / 8, rounded down, so its image is that multiple of 8 whatever Size says.
+    std::string sides[2] = {size.substr(0, x), size.substr(x + 1)};
+    bool rounded = false;
+    for (auto& side : sides) {
+      if (side.empty() || side.find_first_not_of("0123456789") != std::string::npos || side.size() > 6) continue;
+      const int value = std::stoi(side);
+      if (value % 8 != 0 && value > 8) {
+        side = std::to_string(value / 8 * 8);
+        rounded = true;
+      }
+    }
+    args.insert(args.end(), {"-W", sides[0], "-H", sides[1]});
+    if (rounded)
+      notes.push_back("its Size " + size + " is not a multiple of 8; A1111 made latents of " + sides[0] + "x" +
+                      sides[1] + " pixels' worth (it rounds down), as the command does");
+  }
   take("Clip skip", "--clip-skip");
   // A hires fix carries over when its upscaler is a latent one and it was given as a scale.
   const std::string upscaler = upscaler_from_a1111(field("Hires upscaler"));
@@ -280,6 +299,7 @@ std::string a1111_command(const std::string& text) {
       left_out.push_back(key + ": " + value);
   std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version")) << " "
             << model_hint(field("Model"), field("Model hash"));
+  for (const auto& note : notes) std::cerr << note << "\n";
   if (field("RNG") != "CPU")
     std::cerr << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
                  "here and the image will differ\n";

@@ -295,6 +295,17 @@ class Metadata(CliTestCase):
                 self.assertNotIn("not carried over", result.stderr)
                 self.assertNotIn("Brownian", result.stderr)
 
+    def test_info_command_rounds_an_a1111_size_down_and_names_no_model_it_lacks(self):
+        """A1111 makes latents of Size / 8 rounded down: a Size that is no multiple of 8 becomes the size its image
+        has, said so; an infotext without Model or Model hash says that it names none."""
+        result = a1111_command(self, "a fox\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 515x512, RNG: CPU")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        args = shlex.split(result.stdout)
+        self.assertEqual(args[args.index("-W"):args.index("-W") + 4], ["-W", "512", "-H", "512"])
+        self.assertIn("its Size 515x512 is not a multiple of 8", result.stderr)
+        self.assertIn("with a model it does not name", result.stderr)
+        self.assertNotIn("?", result.stderr)
+
     def test_info_command_keeps_a1111_lora_tags(self):
         """A1111's LoRA tags stay in the prompt, which txt2img reads too: its "Lora hashes" then name what the model
         bundle needs rather than something left out."""
