@@ -21,6 +21,12 @@ void on_stop_signal(int signal) {
   g_signal = signal;
 }
 
+// A closed output pipe (`txt2img --json | head -1`) stops the run as a first Ctrl-C does, instead of killing it at
+// the next message; every later write to the pipe raises SIGPIPE again, so it never escalates.
+void on_broken_pipe(int) {
+  if (g_signal == 0) g_signal = SIGPIPE;
+}
+
 }  // namespace
 
 void install_signal_handlers() {
@@ -31,6 +37,8 @@ void install_signal_handlers() {
   action.sa_flags = SA_RESTART;
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
+  action.sa_handler = on_broken_pipe;
+  sigaction(SIGPIPE, &action, nullptr);
   std::signal(SIGXFSZ, SIG_IGN);
 }
 
@@ -38,7 +46,10 @@ bool stop_requested() { return g_signal != 0; }
 
 void throw_if_stop_requested() {
   if (g_signal != 0)
-    throw Error(ErrorKind::Interrupted, std::string("interrupted by ") + (g_signal == SIGINT ? "SIGINT" : "SIGTERM"));
+    throw Error(ErrorKind::Interrupted, std::string("interrupted by ") +
+                                            (g_signal == SIGINT    ? "SIGINT"
+                                             : g_signal == SIGTERM ? "SIGTERM"
+                                                                   : "SIGPIPE (the output pipe was closed)"));
 }
 
 }  // namespace txt2img::cli

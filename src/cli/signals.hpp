@@ -1,5 +1,6 @@
 // SIGINT and SIGTERM ask the run to stop after the current denoising step, so that finished images are kept and
-// no file is left half-written; a second signal stops at once.
+// no file is left half-written; a second signal stops at once. SIGPIPE (a closed stdout or stderr pipe) asks the
+// same, once.
 #pragma once
 
 namespace txt2img::cli {

@@ -59,6 +59,19 @@ class Interrupt(CliTestCase):
     def test_sigterm(self):
         self.interrupt_after_first_image(signal.SIGTERM)
 
+    def test_a_closed_output_pipe_stops_the_run_like_ctrl_c(self):
+        """`txt2img --json | head -1`: the run stops after its current step (exit 130), keeping only whole images,
+        instead of dying of SIGPIPE at its next message."""
+        self.write("prompts.txt", "a fox\na cat\na cow\n")
+        process = self.start(self.ARGS)
+        self.assertEqual(json.loads(process.stdout.readline())["event"], "image")
+        process.stdout.close()
+        process.wait(timeout=120)
+        self.assertEqual(process.returncode, EXIT_INTERRUPTED, process.stderr.read())
+        written = files_under(self.dir / "out")
+        self.assertLess(len(written), 6)
+        self.assertTrue(all(name.endswith(".png") and not name.startswith(".") for name in written), written)
+
     def test_the_hint_to_finish_names_the_random_seed(self):
         """Without --seed the run's random seed is part of the command that finishes it (--skip-existing needs it)."""
         args = [a for a in self.ARGS if a not in ("--seed", "77")]
