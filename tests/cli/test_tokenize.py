@@ -41,6 +41,9 @@ class Tokenize(CliTestCase):
         record = json.loads(self.tokenize(prompt, "--json").stdout)
         self.assertEqual((record["tokens"], record["kept"], record["truncated"], record["dropped"]),
                          (77, 75, True, "dog zebra"))
+        # Punctuation, a pre-token of its own, is quoted against its word as written.
+        record = json.loads(self.tokenize(" ".join(["dog"] * 73) + " dog dog red, (blue fox)! end", "--json").stdout)
+        self.assertEqual(record["dropped"], "red, (blue fox)! ...")  # six pre-tokens: ")!" is one
 
     def test_long_prompts_count_chunks_and_cut_nothing(self):
         prompt = " ".join(["dog"] * 76) + " zebra"
