@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "txt2img/error.hpp"
@@ -216,13 +217,25 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
   }
 
   nlohmann::json j;
+  // nlohmann keeps the last of a key set twice; a line that sets one twice is a mistake to report instead.
+  std::set<std::string> keys_seen;
+  std::string twice;
+  const auto note_keys = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    if (event == nlohmann::json::parse_event_t::key && depth == 1 && !keys_seen.insert(parsed.get<std::string>()).second)
+      twice = parsed.get<std::string>();
+    return true;
+  };
   try {
-    j = nlohmann::json::parse(text);
+    j = nlohmann::json::parse(text, note_keys);
   } catch (const nlohmann::json::parse_error& e) {
     std::string what = e.what();
     what = what.substr(what.find(' ', what.find(']')) + 1);  // drop nlohmann's "[json.exception.parse_error.101]"
+    // The line is the file's; nlohmann counts lines within it, always 1.
+    const std::string line_one = "at line 1, column";
+    if (const auto at = what.find(line_one); at != std::string::npos) what.replace(at, line_one.size(), "at column");
     throw Error(ErrorKind::Usage, where + ": not a JSON object (" + what + ")");
   }
+  if (!twice.empty()) throw Error(ErrorKind::Usage, where + ": \"" + twice + "\" is set twice");
   if (!j.is_object()) throw Error(ErrorKind::Usage, where + ": each line must be a JSON object, not " + j.dump());
   for (const auto& [key, value] : j.items()) {
     const auto& keys = jsonl_keys();

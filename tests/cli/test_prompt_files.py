@@ -153,7 +153,8 @@ class JsonLines(CliTestCase):
     def test_errors_name_the_line_and_come_before_any_image(self):
         good = '{"prompt": "fine"}'
         self.bad([good, good, '{"prompt": "x", "negative": "y"}'], "p.jsonl:3", 'unknown key "negative"')
-        self.bad([good, '{"prompt": "x"'], "p.jsonl:2", "not a JSON object")
+        self.bad([good, '{"prompt": "x"'], "p.jsonl:2", "not a JSON object (parse error at column 15:")
+        self.bad([good, '{"prompt": "x", "seed": 1, "prompt": "y"}'], "p.jsonl:2", '"prompt" is set twice')
         self.bad([good, '["a list"]'], "p.jsonl:2", "JSON object")
         self.bad(['{"negative_prompt": "x"}'], "p.jsonl:1", '"prompt"')
         self.bad([good, '{"prompt": "x", "steps": "many"}'], "p.jsonl:2", '"steps"', "whole number")
