@@ -400,6 +400,7 @@ void check_preview_file(const std::string& preview) {
 std::vector<std::string> available_samplers() { return scheduler_names(); }
 
 int run_generate(const GenerateOptions& o) {
+  stop_on_broken_pipe();
   const auto run_start = Clock::now();
   Reporter reporter(o.quiet, o.json, o.json_progress);
 

@@ -12,7 +12,7 @@ namespace {
 volatile std::sig_atomic_t g_signal = 0;
 
 void on_stop_signal(int signal) {
-  if (g_signal != 0) {
+  if (g_signal == SIGINT || g_signal == SIGTERM) {
     // The second signal: the user does not want to wait for the step to finish.
     std::signal(signal, SIG_DFL);
     std::raise(signal);
@@ -37,9 +37,16 @@ void install_signal_handlers() {
   action.sa_flags = SA_RESTART;
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
-  action.sa_handler = on_broken_pipe;
-  sigaction(SIGPIPE, &action, nullptr);
   std::signal(SIGXFSZ, SIG_IGN);
+}
+
+void stop_on_broken_pipe() {
+  struct sigaction action;
+  std::memset(&action, 0, sizeof action);
+  action.sa_handler = on_broken_pipe;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGPIPE, &action, nullptr);
 }
 
 bool stop_requested() { return g_signal != 0; }
