@@ -99,12 +99,54 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
   }
 }
 
+namespace {
+
+const uint8_t kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+
+// Appends the key and text of a tEXt or iTXt chunk (uncompressed); other chunks are not text.
+void add_text_chunk(const std::string& type, const std::string& data, PngText& text) {
+  const auto key_end = data.find('\0');
+  if (type == "tEXt" && key_end != std::string::npos) {
+    text.emplace_back(data.substr(0, key_end), data.substr(key_end + 1));
+  } else if (type == "iTXt" && key_end != std::string::npos && key_end + 2 < data.size() && data[key_end + 1] == 0) {
+    // Skip compression flag and method, then the language tag and translated keyword (both null-terminated).
+    const auto lang_end = data.find('\0', key_end + 3);
+    const auto translated_end = lang_end == std::string::npos ? lang_end : data.find('\0', lang_end + 1);
+    if (translated_end != std::string::npos) text.emplace_back(data.substr(0, key_end), data.substr(translated_end + 1));
+  }
+}
+
+}  // namespace
+
+PngText read_png_text(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(ErrorKind::Io, "cannot open " + file.string());
+  uint8_t head[8];
+  if (!in.read(reinterpret_cast<char*>(head), 8) || std::memcmp(head, kPngSignature, 8) != 0)
+    throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
+  PngText text;
+  // Chunk by chunk, skipping the data of all but the text ones: the image is never read.
+  while (in.read(reinterpret_cast<char*>(head), 8)) {
+    const uint32_t len = get_u32(head);
+    const std::string type(head + 4, head + 8);
+    if (type == "IEND") break;
+    if (type == "tEXt" || type == "iTXt") {
+      std::string data(len, '\0');
+      if (!in.read(data.data(), len)) break;
+      add_text_chunk(type, data, text);
+      in.seekg(4, std::ios::cur);  // the CRC
+    } else {
+      in.seekg(static_cast<std::streamoff>(len) + 4, std::ios::cur);
+    }
+  }
+  return text;
+}
+
 DecodedPng read_png(const std::filesystem::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(ErrorKind::Io, "cannot open " + file.string());
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  if (bytes.size() < kIhdrEnd || std::memcmp(bytes.data(), signature, 8) != 0)
+  if (bytes.size() < kIhdrEnd || std::memcmp(bytes.data(), kPngSignature, 8) != 0)
     throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
 
   DecodedPng out;
@@ -112,18 +154,8 @@ DecodedPng read_png(const std::filesystem::path& file) {
     const uint32_t len = get_u32(&bytes[pos]);
     if (pos + 12 + len > bytes.size()) throw Error(ErrorKind::Io, file.string() + ": truncated PNG chunk");
     const std::string type(bytes.begin() + pos + 4, bytes.begin() + pos + 8);
-    const std::string data(bytes.begin() + pos + 8, bytes.begin() + pos + 8 + len);
-    const auto key_end = data.find('\0');
-    if (type == "tEXt" && key_end != std::string::npos) {
-      out.text.emplace_back(data.substr(0, key_end), data.substr(key_end + 1));
-    } else if (type == "iTXt" && key_end != std::string::npos && key_end + 2 < data.size() && data[key_end + 1] == 0) {
-      // Skip compression flag and method, then the language tag and translated keyword (both null-terminated).
-      const auto lang_end = data.find('\0', key_end + 3);
-      const auto translated_end = lang_end == std::string::npos ? lang_end : data.find('\0', lang_end + 1);
-      if (translated_end != std::string::npos)
-        out.text.emplace_back(data.substr(0, key_end), data.substr(translated_end + 1));
-    }
     if (type == "IEND") break;
+    add_text_chunk(type, std::string(bytes.begin() + pos + 8, bytes.begin() + pos + 8 + len), out.text);
     pos += 12 + len;
   }
 

@@ -29,4 +29,8 @@ struct DecodedPng {
 // Reads pixels (as RGB) and every tEXt/iTXt chunk. Throws Error(Io).
 DecodedPng read_png(const std::filesystem::path& file);
 
+// Reads only the tEXt/iTXt chunks (uncompressed), skipping over the rest of the file. Throws Error(Io) for a file
+// that cannot be read or does not start as a PNG.
+PngText read_png_text(const std::filesystem::path& file);
+
 }  // namespace txt2img

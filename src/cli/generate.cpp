@@ -27,6 +27,9 @@
 namespace txt2img::cli {
 namespace {
 
+// The text chunk that marks a preview PNG, so that only an earlier preview is ever replaced by one.
+constexpr const char* kPreviewKey = "txt2img-preview";
+
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
@@ -124,7 +127,8 @@ class StepObserver : public Observer {
   void preview(size_t call, size_t calls, const std::vector<GeneratedImage>& images) override {
     const auto& image = images.front();
     try {
-      write_file_atomic(o_.preview, encode_png(image.rgb.data(), image.width, image.height, {}));
+      write_file_atomic(o_.preview, encode_png(image.rgb.data(), image.width, image.height,
+                                               {{kPreviewKey, "an image as it forms, rewritten while txt2img works"}}));
       reporter_.preview(o_.preview, call, calls);
     } catch (const Error& e) {
       previews_failed_ = true;
@@ -374,25 +378,28 @@ std::string lora_flag_tags(const std::vector<std::string>& values) {
   return tags;
 }
 
-// Each update replaces the preview file whole, so a file already there must be an earlier preview (a PNG without
-// metadata): anything else, such as the prompt file or a finished image given by mistake, is refused, not lost.
+// Each update replaces the preview file whole, so a file already there must be an earlier preview (a PNG with this
+// text chunk): anything else, such as the prompt file or a finished image given by mistake, is refused, not lost.
 void check_preview_file(const std::string& preview) {
   const auto folder = std::filesystem::absolute(preview).parent_path();
   std::error_code ec;
   if (!std::filesystem::is_directory(folder, ec))
     throw Error(ErrorKind::Io, "--preview " + preview + ": no directory " + folder.string() + " to write it in");
   const auto status = std::filesystem::status(preview, ec);
-  if (!std::filesystem::exists(status)) return;
+  const bool dangling = std::filesystem::is_symlink(std::filesystem::symlink_status(preview, ec));
+  if (!std::filesystem::exists(status) && !dangling) return;
   const std::string refusal = "--preview " + preview + " exists and is not an earlier preview";
   const std::string advice = "; each update replaces the file, so give the preview a new name or remove the file";
-  if (!std::filesystem::is_regular_file(status)) throw Error(ErrorKind::Io, refusal + " (not a file)" + advice);
-  bool has_metadata = false;
+  if (!std::filesystem::is_regular_file(status))
+    throw Error(ErrorKind::Io, refusal + (dangling ? " (a dangling symbolic link)" : " (not a file)") + advice);
+  PngText text;
   try {
-    has_metadata = !read_png(preview).text.empty();
+    text = read_png_text(preview);
   } catch (const Error&) {
     throw Error(ErrorKind::Io, refusal + " (not a PNG)" + advice);
   }
-  if (has_metadata) throw Error(ErrorKind::Io, refusal + " (a PNG with metadata: a finished image)" + advice);
+  if (std::none_of(text.begin(), text.end(), [](const auto& chunk) { return chunk.first == kPreviewKey; }))
+    throw Error(ErrorKind::Io, refusal + " (a PNG txt2img did not write as a preview: an image)" + advice);
 }
 
 }  // namespace

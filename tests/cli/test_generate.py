@@ -283,7 +283,8 @@ class Reporting(CliTestCase):
         width, height, pixels = png_pixels(self.dir / "p.png")
         self.assertEqual((width, height), (32, 32))
         self.assertNotEqual(set(pixels), {0})
-        self.assertEqual(png_text(self.dir / "p.png"), {})
+        # No generation parameters: only the mark that lets a later run replace it.
+        self.assertEqual(list(png_text(self.dir / "p.png")), ["txt2img-preview"])
         self.assertEqual(self.txt2img("a fox", "--seed", "4", "--steps", "4", "-o", "b.png").returncode, 0)
         self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
         # --json-progress reports each preview written, after its step.
@@ -313,10 +314,15 @@ class Reporting(CliTestCase):
         self.assertExit(self.txt2img("--from-file", "prompts.txt", "--preview", "prompts.txt", "-o", "a.png"), EXIT_IO,
                         "--preview prompts.txt exists and is not an earlier preview (not a PNG)")
         self.assertEqual((self.dir / "prompts.txt").read_text(), "a fox\n")
-        self.assertEqual(self.txt2img("a fox", "--steps", "1", "-o", "done.png").returncode, 0)
-        finished = (self.dir / "done.png").read_bytes()
-        self.assertExit(self.txt2img("a fox", "--preview", "done.png", "-o", "a.png"), EXIT_IO, "a finished image")
-        self.assertEqual((self.dir / "done.png").read_bytes(), finished)
+        for extra in ([], ["--no-metadata"]):
+            self.assertEqual(self.txt2img("a fox", "--steps", "1", "-o", "done.png", "--overwrite", *extra).returncode, 0)
+            finished = (self.dir / "done.png").read_bytes()
+            self.assertExit(self.txt2img("a fox", "--preview", "done.png", "-o", "a.png"), EXIT_IO,
+                            "a PNG txt2img did not write as a preview")
+            self.assertEqual((self.dir / "done.png").read_bytes(), finished)
+        os.symlink("no/such/preview.png", self.dir / "dangling.png")
+        self.assertExit(self.txt2img("a fox", "--preview", "dangling.png", "-o", "a.png"), EXIT_IO,
+                        "a dangling symbolic link")
         (self.dir / "folder").mkdir()
         self.assertExit(self.txt2img("a fox", "--preview", "folder", "-o", "a.png"), EXIT_IO, "(not a file)")
         self.assertExit(self.txt2img("a fox", "--preview", "./a.png", "-o", "a.png"), EXIT_USAGE,

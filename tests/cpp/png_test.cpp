@@ -33,6 +33,7 @@ TEST(Png, RoundTripsPixelsAndText) {
   EXPECT_EQ(back.height, 16);
   EXPECT_EQ(back.rgb, rgb);
   EXPECT_EQ(back.text, text);
+  EXPECT_EQ(txt2img::read_png_text(dir / "a.png"), text);  // the same text, without reading the image
   std::filesystem::remove_all(dir);
 }
 
@@ -81,6 +82,8 @@ TEST(Png, RejectsNonPng) {
     EXPECT_EQ(e.kind(), txt2img::ErrorKind::Io);
   }
   EXPECT_THROW(txt2img::read_png(dir / "missing.png"), txt2img::Error);
+  EXPECT_THROW(txt2img::read_png_text(dir / "x.png"), txt2img::Error);
+  EXPECT_THROW(txt2img::read_png_text(dir / "missing.png"), txt2img::Error);
   std::filesystem::remove_all(dir);
 }
 
