@@ -146,8 +146,13 @@ ImageJob RunPlan::find(uint64_t index) const {
 }
 
 Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::path& preview) {
-  const auto same_file = [](const std::filesystem::path& path) { return std::filesystem::absolute(path).lexically_normal(); };
-  const auto preview_file = preview.empty() ? preview : same_file(preview);
+  // Symbolic links in the folders resolved, so that two spellings of one file compare equal.
+  const auto resolved = [](const std::filesystem::path& path) {
+    std::error_code ec;
+    const auto out = std::filesystem::weakly_canonical(std::filesystem::absolute(path), ec);
+    return ec ? std::filesystem::absolute(path).lexically_normal() : out;
+  };
+  const auto preview_file = preview.empty() ? preview : resolved(preview);
   Preflight result;
   // Hashes of the names seen so far (memory per image, not per prompt text); a hit is confirmed by re-reading.
   std::unordered_map<size_t, uint64_t> names;
@@ -177,7 +182,7 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
                                           "gets its own file");
       }
     }
-    if (!preview.empty() && same_file(job.output) == preview_file)
+    if (!preview.empty() && resolved(job.output) == preview_file)
       throw Error(ErrorKind::Usage, plan.where(job) + " would write its image to " + quoted(job.output) +
                                         ", the --preview file; give the preview a file of its own");
     if (!job.in_shard) continue;

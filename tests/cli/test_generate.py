@@ -327,6 +327,9 @@ class Reporting(CliTestCase):
         self.assertExit(self.txt2img("a fox", "--preview", "folder", "-o", "a.png"), EXIT_IO, "(not a file)")
         self.assertExit(self.txt2img("a fox", "--preview", "./a.png", "-o", "a.png"), EXIT_USAGE,
                         'the prompt would write its image to "a.png", the --preview file')
+        os.symlink("folder", self.dir / "alias")
+        self.assertExit(self.txt2img("a fox", "--preview", "alias/a.png", "-o", "folder/a.png"), EXIT_USAGE,
+                        "the --preview file")
         self.assertFalse((self.dir / "a.png").exists())
 
     def test_a_preview_that_cannot_be_written_stops_the_previews_not_the_images(self):
