@@ -191,8 +191,13 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
     const auto status = std::filesystem::status(job.output, ec);
     if (std::filesystem::is_directory(status))
       throw Error(ErrorKind::Io, "output " + quoted(job.output) + " is a directory; give a file name ending in .png");
-    // A dangling symbolic link is there too: writing the image would replace it.
-    if (std::filesystem::exists(status) || std::filesystem::is_symlink(std::filesystem::symlink_status(job.output, ec))) {
+    // A dangling symbolic link is there too: writing the image would replace it, and skipping it would keep no image.
+    const bool dangling = !std::filesystem::exists(status) &&
+                          std::filesystem::is_symlink(std::filesystem::symlink_status(job.output, ec));
+    if (dangling && existing == Existing::Skip)
+      throw Error(ErrorKind::Io, "output " + quoted(job.output) +
+                                     " is a dangling symbolic link, not an image --skip-existing could keep; remove it");
+    if (std::filesystem::exists(status) || dangling) {
       if (existing == Existing::Refuse)
         throw Error(ErrorKind::Io, (plan.source_name().empty() ? "" : plan.where(job) + ": ") + "output " +
                                        quoted(job.output) +

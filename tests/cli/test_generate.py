@@ -54,6 +54,8 @@ class Outputs(CliTestCase):
         self.assertExit(self.txt2img("--from-file", "p.jsonl"), EXIT_IO, 'p.jsonl:1: output "fox.png" exists')
         os.symlink("no/such/target.png", self.dir / "link.png")
         self.assertExit(self.txt2img("a fox", "-o", "link.png"), EXIT_IO, 'output "link.png" exists')
+        self.assertExit(self.txt2img("a fox", "-o", "link.png", "--seed", "1", "--skip-existing"), EXIT_IO,
+                        'output "link.png" is a dangling symbolic link')
         self.assertTrue((self.dir / "link.png").is_symlink())
 
     def test_overwrite(self):
