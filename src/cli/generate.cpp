@@ -522,10 +522,11 @@ int run_generate(const GenerateOptions& o) {
     if (interrupted) {
       // A resumed run must draw the same seeds, so the random ones this run drew become flags.
       std::string flags;
-      if (!plan_options.seed_given) flags += " --seed " + std::to_string(plan_options.base_seed);
+      if (!plan_options.seed_given && pf.uses_run_seed) flags += " --seed " + std::to_string(plan_options.base_seed);
       if (o.variation_strength != 0 && !plan_options.variation_seed_given)
         flags += " --variation-seed " + std::to_string(plan_options.variation_base_seed);
-      line += "; run the same command with" + flags + " --skip-existing to finish";
+      line += std::string("; run the same command") + (o.overwrite ? " without --overwrite" : "") + " with" + flags +
+              " --skip-existing to finish";
     }
     reporter.summary(line, j);
   };
