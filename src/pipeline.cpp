@@ -257,7 +257,9 @@ std::string resolve_sampler(const Manifest& manifest, const std::string& name, c
     if (std::find(known.begin(), known.end(), canonical) != known.end()) return canonical;
     std::string list;
     for (const auto& n : known) list += (list.empty() ? "" : ", ") + n;
-    throw Error(ErrorKind::Usage, option + ": unknown sampler \"" + name + "\" (known: " + list +
+    // Named as a setting rather than by its flag: prompt-file lines set it too ("sampler", "hires_sampler").
+    throw Error(ErrorKind::Usage, std::string(option == "--hires-sampler" ? "unknown hires sampler \"" : "unknown sampler \"") +
+                                      name + "\" (known: " + list +
                                       ", and model, the model's own; A1111's and diffusers' names for them work too)");
   }
   if (!manifest.source_sampler.empty()) return manifest.source_sampler;

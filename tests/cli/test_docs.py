@@ -247,7 +247,7 @@ class Samplers(CliTestCase):
     def test_help_and_unknown_sampler_error_agree(self):
         result = self.txt2img("a fox", "--sampler", "no-such-sampler")
         self.assertEqual(result.returncode, 2, result.stderr)
-        self.assertIn('--sampler: unknown sampler "no-such-sampler" (known: ' + ", ".join(help_samplers()) +
+        self.assertIn('unknown sampler "no-such-sampler" (known: ' + ", ".join(help_samplers()) +
                       ", and model, the model's own;", result.stderr)
 
     def test_every_sampler_runs_and_is_documented(self):

@@ -155,7 +155,7 @@ class HiresFix(CliTestCase):
             (["--hires-scale", "2", "--sampler", "pndm"], ["hires fix: ", "pndm", "every sampler but pndm and lcm"]),
             (["--hires-scale", "0.5"], ["hires scale must be from 1 to 16"]),
             (["--hires-scale", "2", "--hires-sampler", "lcm"], ["hires fix: ", "lcm"]),
-            (["--hires-scale", "2", "--hires-sampler", "nosuch"], ['--hires-sampler: unknown sampler "nosuch"']),
+            (["--hires-scale", "2", "--hires-sampler", "nosuch"], ['unknown hires sampler "nosuch"']),
             (["--hires-sampler", "euler"], ["--hires-sampler", "--hires-scale"]),
             (["--hires-scale", "2", "--hires-denoise", "0"], ["denoising strength"]),
             (["--hires-scale", "2", "--hires-upscaler", "esrgan"], ["unknown hires upscaler"]),
