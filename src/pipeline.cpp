@@ -253,10 +253,9 @@ std::string resolve_sampler(const Manifest& manifest, const std::string& name, c
   for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (lower != "model") {
     const std::string canonical = canonical_scheduler_name(name);
-    const auto& known = scheduler_names();
-    if (std::find(known.begin(), known.end(), canonical) != known.end()) return canonical;
+    if (is_scheduler_name(canonical)) return canonical;
     std::string list;
-    for (const auto& n : known) list += (list.empty() ? "" : ", ") + n;
+    for (const auto& n : scheduler_names()) list += (list.empty() ? "" : ", ") + n;
     // Named as a setting rather than by its flag: prompt-file lines set it too ("sampler", "hires_sampler").
     throw Error(ErrorKind::Usage, std::string(option == "--hires-sampler" ? "unknown hires sampler \"" : "unknown sampler \"") +
                                       name + "\" (known: " + list +

@@ -142,6 +142,11 @@ const std::vector<std::string>& scheduler_names() {
   return names;
 }
 
+bool is_scheduler_name(const std::string& name) {
+  const auto& names = scheduler_names();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
 std::string canonical_scheduler_name(const std::string& name) {
   std::string key;
   for (size_t i = 0; i < name.size(); ++i) {

@@ -44,9 +44,8 @@ class Scheduler {
   virtual bool needs_noise(size_t /*call*/) const { return false; }
 
   // Makes step `step` the next one (step = U-Net call but for heun* and dpm2*, whose steps make two calls but the
-  // last): its
-  // calls and those after it then run as a fresh run (multistep samplers start without history, as k-diffusion
-  // does on a sub-schedule and as img2img does), for A1111's hires fix and img2img, which build the schedule of a
+  // last): its calls and those after it then run as a fresh run (multistep samplers start without history, as
+  // k-diffusion does on a sub-schedule and as img2img does), for A1111's hires fix and img2img, which build the schedule of a
   // longer run and enter it part-way. The single-step samplers (ddim, euler*, euler_a, heun*, dpm2*) then compute exactly
   // what a whole run computes from the same sample; lms* ramps its order up from 1 again and dpmpp_2m* take a
   // first-order step first. Call before any step (start_at(0) changes nothing). Throws Error(Usage) for step > 0 on
@@ -91,6 +90,8 @@ class Scheduler {
 
 // Names accepted by make_scheduler, for help texts and validation.
 const std::vector<std::string>& scheduler_names();
+// Whether `name` is one of scheduler_names() exactly (an alias is not: see canonical_scheduler_name).
+bool is_scheduler_name(const std::string& name);
 
 // The scheduler_names() entry another tool's name for the same sampler stands for, else `name` unchanged:
 // AUTOMATIC1111's ("Euler a", "DPM++ 2M Karras", "PLMS", "LCM"; k-diffusion's "k_euler_a") and diffusers' class

@@ -740,7 +740,8 @@ _COMPUTED = {
 # fail on exponential sigmas).
 _KARRAS = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
            "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
-_EXPONENTIAL = _KARRAS[:5]
+_EXPONENTIAL = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+                "KDPM2AncestralDiscreteScheduler")
 _SAMPLER_OF_CLASS = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMScheduler": "lcm",
                      "EulerAncestralDiscreteScheduler": "euler_a", "EulerDiscreteScheduler": "euler",
                      "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",

@@ -137,6 +137,15 @@ std::string shell_line(const std::vector<std::string>& words) {
 }
 
 // What a command cannot say: which model bundle, as a folder, holds the model an image was made with.
+// Whether an A1111 "Version" field ("v1.10.1", Forge's "f2.0.1v1.10.1-previous-…") is 1.`minor` or later.
+bool version_at_least(const std::string& version, int minor) {
+  const auto at = version.find("v1.");
+  if (at == std::string::npos) return false;
+  size_t digits = at + 3;
+  while (digits < version.size() && std::isdigit(static_cast<unsigned char>(version[digits]))) ++digits;
+  return digits > at + 3 && digits - (at + 3) <= 4 && std::stoi(version.substr(at + 3, digits - (at + 3))) >= minor;
+}
+
 std::string model_hint(const std::string& name, const std::string& hash) {
   if (name.empty() && hash.empty())
     return "with a model it does not name: add --model DIR for the one it was made with\n";
@@ -218,22 +227,37 @@ std::string a1111_command(const std::string& text) {
   }
   take("Steps", "--steps");
   take("ENSD", "--ensd");
-  // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). A1111 1.9 and
-  // later name the schedule apart: "Sampler: DPM++ 2M, Schedule type: Karras"; another schedule is left out. A field
-  // A1111 leaves out because it is the first pass's ("Hires schedule type") takes `inherited`.
-  const auto& known = scheduler_names();
+  // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). Before 1.9 a
+  // sampler's name held its schedule ("DPM++ 2M Karras"); 1.9 and later name it apart ("Sampler: DPM++ 2M, Schedule
+  // type: Karras") and leave it out where it is the sampler's default ("Automatic"), which is not uniform for every
+  // sampler. A schedule txt2img has no sampler for is left out. A field A1111 leaves out because it is the first
+  // pass's ("Hires schedule type") takes `inherited`.
+  const bool schedule_apart = version_at_least(field("Version"), 9);
   const auto sampler_of = [&](const char* sampler_key, const char* schedule_key, const std::string& inherited) {
+    if (field(sampler_key).empty()) return std::string();
     std::string sampler = canonical_scheduler_name(field(sampler_key));
     const bool own_schedule = !field(schedule_key).empty();
-    const std::string schedule = own_schedule ? field(schedule_key) : inherited;
-    const auto is_known = [&](const std::string& name) {
-      return std::find(known.begin(), known.end(), name) != known.end();
-    };
-    if (schedule == "Karras" && is_known(sampler + "_karras")) sampler += "_karras";
-    else if (schedule == "Exponential" && is_known(sampler + "_exponential")) sampler += "_exponential";
-    else if (own_schedule && schedule != "Automatic") left_out.push_back(schedule_key + (": " + schedule));
-    if (is_known(sampler)) return sampler;
-    if (!field(sampler_key).empty()) left_out.push_back(sampler_key + (": " + field(sampler_key)));
+    std::string schedule = own_schedule ? field(schedule_key) : inherited;
+    std::string label = schedule_key + (": " + schedule) + (own_schedule ? "" : " (the first pass's)");
+    if (split_sampler_name(sampler).schedule.empty()) {  // else the name holds it, which A1111 reads first
+      if ((schedule.empty() || schedule == "Automatic") && !a1111_default_schedule(sampler).empty()) {
+        if (schedule_apart) {
+          schedule = a1111_default_schedule(sampler);
+          label = schedule_key + (": Automatic, " + schedule + " for " + field(sampler_key));
+        } else if (field("Version").empty()) {
+          notes.push_back("it names no A1111 version: " + field(sampler_key) + " without a schedule type is read as "
+                          "before A1111 1.9, on uniform sigmas (1.9 and later ran it on " +
+                          a1111_default_schedule(sampler) + " sigmas)");
+        }
+      }
+      const std::string suffix = schedule == "Karras" ? "_karras" : schedule == "Exponential" ? "_exponential" : "";
+      if (!suffix.empty() && is_scheduler_name(sampler + suffix))
+        sampler += suffix;
+      else if (!schedule.empty() && schedule != "Automatic" && schedule != "Uniform")
+        left_out.push_back(label);
+    }
+    if (is_scheduler_name(sampler)) return sampler;
+    left_out.push_back(sampler_key + (": " + field(sampler_key)));
     return std::string();
   };
   const std::string sampler = sampler_of("Sampler", "Schedule type", "");

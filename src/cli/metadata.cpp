@@ -20,6 +20,12 @@ std::string a1111_quote(const std::string& value) {
 
 }  // namespace
 
+std::string a1111_default_schedule(const std::string& sampler) {
+  if (sampler == "dpmpp_2m") return "Karras";
+  if (sampler == "dpmpp_2m_sde") return "Exponential";
+  return "";
+}
+
 A1111Sampler a1111_sampler(const std::string& sampler) {
   // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
   static const std::map<std::string, std::string> names = {
@@ -32,7 +38,10 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
   const auto it = names.find(base);
   if (it == names.end()) return {sampler, ""};
   if (schedule == "karras") return {it->second + " Karras", "Karras"};
-  return {it->second, schedule == "exponential" ? "Exponential" : ""};
+  if (schedule == "exponential") return {it->second, "Exponential"};
+  // A1111 1.9 and later run these two on other sigmas by default (its "Automatic"); theirs here are the spaced
+  // timesteps' own, A1111's Uniform.
+  return {it->second, a1111_default_schedule(base).empty() ? "" : "Uniform"};
 }
 
 std::string python_float(double value) {
@@ -92,7 +101,7 @@ std::string a1111_parameters(const ImageRecord& r) {
       {"Steps", std::to_string(r.steps)},
       {"Sampler", sampler.name},
   };
-  if (sampler.schedule == "Exponential") params.emplace_back("Schedule type", sampler.schedule);
+  if (!sampler.schedule.empty() && sampler.schedule != "Karras") params.emplace_back("Schedule type", sampler.schedule);
   params.insert(params.end(), {{"CFG scale", python_float(r.cfg_scale)},
                                {"Seed", std::to_string(r.seed)},
                                {"Size", std::to_string(r.width) + "x" + std::to_string(r.height)}});

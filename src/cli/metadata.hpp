@@ -63,9 +63,15 @@ struct ImageRecord {
 // the exponential ones ("Euler" with schedule type "Exponential").
 struct A1111Sampler {
   std::string name;
-  std::string schedule;  // "Karras" (then also in the name), "Exponential", or "" (A1111's "Automatic")
+  // "Karras" (then also in the name), "Exponential", "Uniform" (the spaced timesteps' sigmas, said where A1111's
+  // default is another), or "" (A1111's "Automatic", the sampler's default)
+  std::string schedule;
 };
 A1111Sampler a1111_sampler(const std::string& sampler);
+
+// The schedule A1111 1.9 and later give a sampler of ours ("dpmpp_2m", no suffix) by default, its "Automatic":
+// "Karras" for DPM++ 2M, "Exponential" for DPM++ 2M SDE, "" (uniform) for the others.
+std::string a1111_default_schedule(const std::string& sampler);
 
 // A number as Python's repr prints a float (7.5, 7.0, 0.1), which is how A1111 writes "CFG scale".
 std::string python_float(double value);

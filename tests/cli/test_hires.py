@@ -87,6 +87,21 @@ class HiresFix(CliTestCase):
             args = shlex.split(result.stdout)
             self.assertEqual((args[args.index("--sampler") + 1], args[args.index("--hires-sampler") + 1]),
                              (sampler, hires))
+        # DPM++ 2M's A1111 default is Karras sigmas: its spaced ones are written as Uniform, for either pass.
+        result = self.txt2img(*common[:3], "--sampler", "dpmpp_2m", *common[5:], "--hires-sampler", "euler_karras",
+                              "-o", "u.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        parameters = png_text(self.dir / "u.png")["parameters"]
+        self.assertIn("Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale", parameters)
+        self.assertIn("Hires sampler: Euler Karras, ", parameters)
+        result = self.txt2img(*common[:3], "--sampler", "euler_karras", *common[5:], "--hires-sampler", "dpmpp_2m",
+                              "-o", "u2.png")
+        self.assertIn("Hires sampler: DPM++ 2M, Hires schedule type: Uniform", png_text(self.dir / "u2.png")["parameters"])
+        for name, sampler, hires in (("u.png", "dpmpp_2m", "euler_karras"), ("u2.png", "euler_karras", "dpmpp_2m")):
+            result = a1111_command(self, png_text(self.dir / name)["parameters"] + ", Version: v1.10.1", "a-" + name)
+            args = shlex.split(result.stdout)
+            self.assertEqual((args[args.index("--sampler") + 1], args[args.index("--hires-sampler") + 1]),
+                             (sampler, hires), result.stderr)
         # Per prompt-file line, and a DDIM pass after another sampler's first pass (eta stays DDIM's).
         self.write("p.jsonl", json.dumps({"prompt": "a fox", "hires_sampler": "ddim", "output": "ddim.png"}) + "\n")
         result = self.txt2img("--from-file", "p.jsonl", *common[1:], "--json")

@@ -282,7 +282,16 @@ class Metadata(CliTestCase):
                  ("Sampler: Euler a, Schedule type: Karras", "euler_a", "Schedule type: Karras"),
                  ("Sampler: Euler, Schedule type: Exponential", "euler_exponential", None),
                  ("Sampler: DPM2 a, Schedule type: Exponential", "dpm2_a_exponential", "next-to-last sigma"),
-                 ("Sampler: DDIM, Schedule type: Exponential", "ddim", "Schedule type: Exponential")]
+                 ("Sampler: DDIM, Schedule type: Exponential", "ddim", "Schedule type: Exponential"),
+                 # A1111 1.9 and later leave out a sampler's default schedule, Karras for DPM++ 2M; before, that
+                 # name meant uniform sigmas, which Schedule type: Uniform states.
+                 ("Sampler: DPM++ 2M, Version: v1.10.1", "dpmpp_2m_karras", None),
+                 ("Sampler: DPM++ 2M, Version: f2.0.1v1.10.1-previous-669", "dpmpp_2m_karras", None),
+                 ("Sampler: DPM++ 2M, Version: v1.6.0", "dpmpp_2m", None),
+                 ("Sampler: DPM++ 2M, Schedule type: Uniform, Version: v1.10.1", "dpmpp_2m", None),
+                 ("Sampler: DPM++ 2M", "dpmpp_2m", "it names no A1111 version"),
+                 ("Sampler: DPM++ 2M SDE, Version: v1.10.1", "dpmpp_2m_sde",
+                  "Schedule type: Automatic, Exponential for DPM++ 2M SDE")]
         for i, (fields, sampler, note) in enumerate(cases):
             infotext = f"a fox\nSteps: 3, {fields}, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU"
             result = a1111_command(self, infotext, f"{i}.png")
