@@ -268,12 +268,14 @@ std::string a1111_command(const std::string& text) {
   take("CFG scale", "--cfg-scale");
   const std::string size = field("Size");
   const auto x = size.find('x');
-  if (x != std::string::npos) {
+  std::string sides[2] = {x == std::string::npos ? "" : size.substr(0, x), x == std::string::npos ? "" : size.substr(x + 1)};
+  const auto whole = [](const std::string& s) {
+    return !s.empty() && s.size() <= 5 && s.find_first_not_of("0123456789") == std::string::npos;
+  };
+  bool rounded = false;
+  if (whole(sides[0]) && whole(sides[1])) {
     // A1111 makes latents of size / 8, rounded down, so its image is that multiple of 8 whatever Size says.
-    std::string sides[2] = {size.substr(0, x), size.substr(x + 1)};
-    bool rounded = false;
     for (auto& side : sides) {
-      if (side.empty() || side.find_first_not_of("0123456789") != std::string::npos || side.size() > 6) continue;
       const int value = std::stoi(side);
       if (value % 8 != 0 && value > 8) {
         side = std::to_string(value / 8 * 8);
@@ -284,6 +286,8 @@ std::string a1111_command(const std::string& text) {
     if (rounded)
       notes.push_back("its Size " + size + " is not a multiple of 8; A1111 made latents of " + sides[0] + "x" +
                       sides[1] + " pixels' worth (it rounds down), as the command does");
+  } else if (!size.empty()) {
+    left_out.push_back("Size: " + size);
   }
   take("Clip skip", "--clip-skip");
   // A hires fix carries over when its upscaler is a latent one and it was given as a scale.
@@ -297,6 +301,9 @@ std::string a1111_command(const std::string& text) {
     if (upscaler != "latent") args.insert(args.end(), {"--hires-upscaler", upscaler});
     hires_sampler = sampler_of("Hires sampler", "Hires schedule type", field("Schedule type"));
     if (!hires_sampler.empty()) args.insert(args.end(), {"--hires-sampler", hires_sampler});
+    if (rounded)
+      notes.push_back("A1111 sized its hires pass from the Size as written, so the hires image may be a few pixels "
+                      "larger than the command's");
   }
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
   const std::string decoder = field("VAE Decoder");

@@ -314,6 +314,15 @@ class Metadata(CliTestCase):
         self.assertIn("its Size 515x512 is not a multiple of 8", result.stderr)
         self.assertIn("with a model it does not name", result.stderr)
         self.assertNotIn("?", result.stderr)
+        # With a hires pass, A1111 scaled the Size as written.
+        result = a1111_command(self, "a fox\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 515x512, RNG: CPU, "
+                                     "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent", "h.png")
+        self.assertIn("hires image may be a few pixels larger", result.stderr)
+        # A Size that is no pair of numbers is left out rather than passed on as a flag that fails.
+        result = a1111_command(self, "a fox\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x, RNG: CPU", "s.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("-W", shlex.split(result.stdout))
+        self.assertIn("not carried over (no txt2img equivalent): Size: 64x", result.stderr)
 
     def test_info_command_keeps_a1111_lora_tags(self):
         """A1111's LoRA tags stay in the prompt, which txt2img reads too: its "Lora hashes" then name what the model
