@@ -44,6 +44,8 @@ class Tokenize(CliTestCase):
         # Punctuation, a pre-token of its own, is quoted against its word as written.
         record = json.loads(self.tokenize(" ".join(["dog"] * 73) + " dog dog red, (blue fox)! end", "--json").stdout)
         self.assertEqual(record["dropped"], "red, (blue fox)! ...")  # six pre-tokens: ")!" is one
+        record = json.loads(self.tokenize(" ".join(["dog"] * 75) + " fox's 1.5", "--json").stdout)
+        self.assertEqual(record["dropped"], "fox's 1.5")
 
     def test_long_prompts_count_chunks_and_cut_nothing(self):
         prompt = " ".join(["dog"] * 76) + " zebra"
