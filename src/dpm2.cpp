@@ -1,9 +1,9 @@
 // DPM2 (diffusers KDPM2DiscreteScheduler) and DPM2 ancestral (KDPM2AncestralDiscreteScheduler), each also on
-// Karras or exponential sigmas: k-diffusion's second-order DPM-Solver-2 in sigma space. Each step from sigma s to the next makes an
-// Euler call at s to a midpoint sigma (the geometric mean of s and the step's target) and a call there, whose
-// derivative then carries the step's start sample the whole way. The ancestral variant's target is its "down" sigma,
-// and fresh noise scaled by its "up" sigma completes the step. The last step is the Euler call alone, to sigma 0.
-// N steps thus make 2N - 1 U-Net calls, the midpoints' at fractional timesteps.
+// Karras or exponential sigmas: k-diffusion's second-order DPM-Solver-2 in sigma space. Each step from sigma s to the
+// next makes an Euler call at s to a midpoint sigma (the geometric mean of s and the step's target) and a call there,
+// whose derivative then carries the step's start sample the whole way. The ancestral variant's target is its "down"
+// sigma, and fresh noise scaled by its "up" sigma completes the step. The last step is the Euler call alone, to
+// sigma 0. N steps thus make 2N - 1 U-Net calls, the midpoints' at fractional timesteps.
 #include "scheduler_impl.hpp"
 
 #include <cmath>

@@ -257,9 +257,10 @@ std::string resolve_sampler(const Manifest& manifest, const std::string& name, c
     std::string list;
     for (const auto& n : scheduler_names()) list += (list.empty() ? "" : ", ") + n;
     // Named as a setting rather than by its flag: prompt-file lines set it too ("sampler", "hires_sampler").
-    throw Error(ErrorKind::Usage, std::string(option == "--hires-sampler" ? "unknown hires sampler \"" : "unknown sampler \"") +
-                                      name + "\" (known: " + list +
-                                      ", and model, the model's own; A1111's and diffusers' names for them work too)");
+    throw Error(ErrorKind::Usage,
+                std::string(option == "--hires-sampler" ? "unknown hires sampler \"" : "unknown sampler \"") + name +
+                    "\" (known: " + list +
+                    ", and model, the model's own; A1111's and diffusers' names for them work too)");
   }
   if (!manifest.source_sampler.empty()) return manifest.source_sampler;
   throw Error(ErrorKind::Usage,

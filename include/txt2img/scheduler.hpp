@@ -45,12 +45,12 @@ class Scheduler {
 
   // Makes step `step` the next one (step = U-Net call but for heun* and dpm2*, whose steps make two calls but the
   // last): its calls and those after it then run as a fresh run (multistep samplers start without history, as
-  // k-diffusion does on a sub-schedule and as img2img does), for A1111's hires fix and img2img, which build the schedule of a
-  // longer run and enter it part-way. The single-step samplers (ddim, euler*, euler_a, heun*, dpm2*) then compute exactly
-  // what a whole run computes from the same sample; lms* ramps its order up from 1 again and dpmpp_2m* take a
-  // first-order step first. Call before any step (start_at(0) changes nothing). Throws Error(Usage) for step > 0 on
-  // a sampler that cannot start anywhere but the beginning (pndm, lcm), and Error(Runtime) for a step past the
-  // schedule or after a step.
+  // k-diffusion does on a sub-schedule and as img2img does), for A1111's hires fix and img2img, which build the
+  // schedule of a longer run and enter it part-way. The single-step samplers (ddim, euler*, euler_a, heun*, dpm2*)
+  // then compute exactly what a whole run computes from the same sample; lms* ramps its order up from 1 again and
+  // dpmpp_2m* take a first-order step first. Call before any step (start_at(0) changes nothing). Throws Error(Usage)
+  // for step > 0 on a sampler that cannot start anywhere but the beginning (pndm, lcm), and Error(Runtime) for a step
+  // past the schedule or after a step.
   void start_at(size_t step);
   // The U-Net call this run starts at: 0, or the first call of start_at's step.
   size_t first_call() const { return first_call_; }
@@ -58,14 +58,14 @@ class Scheduler {
   virtual std::string why_it_cannot_start_later() const { return {}; }
   // The sample at the noise level of call `call`'s input, from a clean sample x0 and standard-normal noise of its
   // shape, in the space step(…, call, …) takes samples in: x0 + sigma * noise for the sigma samplers (euler*,
-  // euler_a, heun*, dpm2*, lms*: the sigma of that call's input), alpha * x0 + sigma * noise in the variance-preserving space of
-  // dpmpp_2m* and unipc* (alpha = 1 / sqrt(s^2 + 1) and sigma = s * alpha for that call's sigma s: A1111's
-  // x0 + s * noise scaled as the solver's samples are), sqrt(a) * x0 + sqrt(1 - a) * noise with a = alphas_cumprod at timesteps()[call] for
-  // ddim, pndm and lcm. A whole run of those variance-preserving samplers starts from noise * init_noise_sigma() =
-  // noise as diffusers' does, which add_noise(0, noise, 0) only approaches (sqrt(1 - a) is 0.9977 at t = 999,
-  // 0.993 at ddim's 10-step t = 901); the sigma samplers' add_noise(0, noise, 0) is noise * init_noise_sigma()
-  // except with "leading" spacing, where diffusers' init_noise_sigma is sqrt(sigma^2 + 1).
-  // Throws Error(Runtime) for a call outside the schedule.
+  // euler_a, heun*, dpm2*, lms*: the sigma of that call's input), alpha * x0 + sigma * noise in the
+  // variance-preserving space of dpmpp_2m* and unipc* (alpha = 1 / sqrt(s^2 + 1) and sigma = s * alpha for that
+  // call's sigma s: A1111's x0 + s * noise scaled as the solver's samples are), sqrt(a) * x0 + sqrt(1 - a) * noise
+  // with a = alphas_cumprod at timesteps()[call] for ddim, pndm and lcm. A whole run of those variance-preserving
+  // samplers starts from noise * init_noise_sigma() = noise as diffusers' does, which add_noise(0, noise, 0) only
+  // approaches (sqrt(1 - a) is 0.9977 at t = 999, 0.993 at ddim's 10-step t = 901); the sigma samplers' add_noise(0,
+  // noise, 0) is noise * init_noise_sigma() except with "leading" spacing, where diffusers' init_noise_sigma is
+  // sqrt(sigma^2 + 1). Throws Error(Runtime) for a call outside the schedule.
   virtual torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const = 0;
 
   // Advances the float32 sample by U-Net call `call` (0, 1, 2, ..., or from start_at's call on, in order, once

@@ -46,7 +46,9 @@ std::string human_bytes(uint64_t bytes) {
 }
 
 int bundle_info(const InfoOptions& o) {
-  if (o.command) throw Error(ErrorKind::Usage, "--command applies to a PNG (made by txt2img or AUTOMATIC1111), not to a model bundle");
+  if (o.command)
+    throw Error(ErrorKind::Usage,
+                "--command applies to a PNG (made by txt2img or AUTOMATIC1111), not to a model bundle");
   const Bundle bundle = Bundle::open(o.path);
   const Manifest& m = bundle.manifest();
   std::vector<std::string> corrupt;
@@ -268,7 +270,8 @@ std::string a1111_command(const std::string& text) {
   take("CFG scale", "--cfg-scale");
   const std::string size = field("Size");
   const auto x = size.find('x');
-  std::string sides[2] = {x == std::string::npos ? "" : size.substr(0, x), x == std::string::npos ? "" : size.substr(x + 1)};
+  std::string sides[2] = {x == std::string::npos ? "" : size.substr(0, x),
+                          x == std::string::npos ? "" : size.substr(x + 1)};
   const auto whole = [](const std::string& s) {
     return !s.empty() && s.size() <= 5 && s.find_first_not_of("0123456789") == std::string::npos;
   };

@@ -186,7 +186,8 @@ void configure_info(CLI::App& app, InfoOptions& o) {
   app.add_option("path", o.path, "a PNG made by txt2img or AUTOMATIC1111, or a model bundle directory")->required();
   auto* json = app.add_flag("--json", o.json, "print JSON");
   app.add_flag("--verify", o.verify, "recompute every bundle file's sha256 and compare it with model.json");
-  app.add_flag("--command", o.command, "for a PNG made by txt2img or AUTOMATIC1111: print the txt2img command that makes it again")
+  app.add_flag("--command", o.command,
+               "for a PNG made by txt2img or AUTOMATIC1111: print the txt2img command that makes it again")
       ->excludes(json);
   app.footer(exit_code_table());
 }

@@ -90,7 +90,8 @@ bool RunPlan::load_prompt() {
     const bool hires_settings =
         entry_.hires_steps || entry_.hires_denoise || entry_.hires_upscaler || entry_.hires_sampler;
     if (p.hires.scale < 0 || (p.hires.scale == 0 && hires_settings))
-      throw Error(ErrorKind::Usage, where + ": the hires settings need a \"hires_scale\" from 1 to 16 (or --hires-scale)");
+      throw Error(ErrorKind::Usage,
+                  where + ": the hires settings need a \"hires_scale\" from 1 to 16 (or --hires-scale)");
     try {
       params_ = resolve_(p);
     } catch (const Error& e) {

@@ -199,8 +199,8 @@ TEST_P(SamplerGolden, MatchesDiffusers) {
   const std::string run = name + "/n" + std::to_string(steps);
   const auto& g = sampler_goldens();
   auto sched = txt2img::make_scheduler(name, sd_config(), steps);
-  // Timesteps interpolated at a sigma (Karras and exponential sigmas, DPM2's midpoints) come from NumPy's float32 log of the
-  // training sigmas, which on this CPU (AVX-512) is off by an ulp for about 190 of the 1000 and differs between
+  // Timesteps interpolated at a sigma (Karras and exponential sigmas, DPM2's midpoints) come from NumPy's float32 log
+  // of the training sigmas, which on this CPU (AVX-512) is off by an ulp for about 190 of the 1000 and differs between
   // CPUs; the sigmas the steps use are exact either way, and a timestep moves by a float32 ulp at most.
   const auto ts = g.get(run + "/timesteps");
   ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(ts.numel()));
@@ -783,7 +783,7 @@ TEST(SchedulerStartAt, MemorylessSamplersFollowTheWholeRun) {
 // before it follow the golden run bit for bit; heun's and dpm2's step 4 is their call 8, a predictor (Euler) call.
 TEST(SchedulerStartAt, SingleStepSamplersOfTheGoldensFollowTheWholeRun) {
   for (const std::string name : {"euler_karras", "heun", "heun_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras",
-                                 "euler_exponential", "heun_exponential", "dpm2_a_exponential"}) {
+                                 "euler_exponential", "heun_exponential", "dpm2_exponential", "dpm2_a_exponential"}) {
     const std::string run = name + "/n10";
     auto late = txt2img::make_scheduler(name, sd_config(), 10);
     late->start_at(4);
