@@ -27,27 +27,25 @@ void on_broken_pipe(int) {
   if (g_signal == 0) g_signal = SIGPIPE;
 }
 
+// Interrupted system calls restart: a signal only sets the flag the run checks between steps.
+void handle(int signal, void (*handler)(int)) {
+  struct sigaction action;
+  std::memset(&action, 0, sizeof action);
+  action.sa_handler = handler;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(signal, &action, nullptr);
+}
+
 }  // namespace
 
 void install_signal_handlers() {
-  struct sigaction action;
-  std::memset(&action, 0, sizeof action);
-  action.sa_handler = on_stop_signal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
+  handle(SIGINT, on_stop_signal);
+  handle(SIGTERM, on_stop_signal);
   std::signal(SIGXFSZ, SIG_IGN);
 }
 
-void stop_on_broken_pipe() {
-  struct sigaction action;
-  std::memset(&action, 0, sizeof action);
-  action.sa_handler = on_broken_pipe;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGPIPE, &action, nullptr);
-}
+void stop_on_broken_pipe() { handle(SIGPIPE, on_broken_pipe); }
 
 bool stop_requested() { return g_signal != 0; }
 
