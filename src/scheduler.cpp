@@ -110,6 +110,21 @@ double interp(double x, const std::vector<float>& fp) {
   return slope * (x - static_cast<double>(j)) + static_cast<double>(fp[j]);
 }
 
+// A name as the aliases are keyed: lower case letters and digits only, "++" read as "pp" ("DPM++ 2M Karras" is
+// "dpmpp2mkarras", and so is "dpmpp_2m_karras").
+std::string alias_key(const std::string& name) {
+  std::string key;
+  for (size_t i = 0; i < name.size(); ++i) {
+    if (name.compare(i, 2, "++") == 0) {
+      key += "pp";
+      ++i;
+    } else if (std::isalnum(static_cast<unsigned char>(name[i]))) {
+      key += static_cast<char>(std::tolower(static_cast<unsigned char>(name[i])));
+    }
+  }
+  return key;
+}
+
 }  // namespace
 
 torch::Tensor alphas_cumprod(const SchedulerConfig& config) {
@@ -148,46 +163,43 @@ bool is_scheduler_name(const std::string& name) {
 }
 
 std::string canonical_scheduler_name(const std::string& name) {
-  std::string key;
-  for (size_t i = 0; i < name.size(); ++i) {
-    if (name.compare(i, 2, "++") == 0) {
-      key += "pp";
-      ++i;
-    } else if (std::isalnum(static_cast<unsigned char>(name[i]))) {
-      key += static_cast<char>(std::tolower(static_cast<unsigned char>(name[i])));
-    }
-  }
-  static const std::map<std::string, std::string> aliases = {
-      {"ddim", "ddim"},           {"ddimscheduler", "ddim"},
-      {"pndm", "pndm"},           {"plms", "pndm"},
-      {"pndmscheduler", "pndm"},  {"euler", "euler"},
-      {"keuler", "euler"},        {"eulerdiscretescheduler", "euler"},
-      {"eulera", "euler_a"},      {"keulera", "euler_a"},
-      {"eulerancestral", "euler_a"}, {"eulerancestraldiscretescheduler", "euler_a"},
-      {"lms", "lms"},             {"klms", "lms"},
-      {"lmsdiscretescheduler", "lms"}, {"dpmpp2m", "dpmpp_2m"},
-      {"kdpmpp2m", "dpmpp_2m"},   {"dpmsolvermultistepscheduler", "dpmpp_2m"},
-      {"dpmpp2mkarras", "dpmpp_2m_karras"},
-      {"kdpmpp2mkarras", "dpmpp_2m_karras"}, {"lcm", "lcm"},
-      {"lcmscheduler", "lcm"},    {"eulerkarras", "euler_karras"},
-      {"keulerkarras", "euler_karras"}, {"heun", "heun"},
-      {"kheun", "heun"},          {"heundiscretescheduler", "heun"},
-      {"heunkarras", "heun_karras"}, {"kheunkarras", "heun_karras"},
-      {"dpmpp2msde", "dpmpp_2m_sde"}, {"kdpmpp2msde", "dpmpp_2m_sde"},
-      {"dpmpp2msdekarras", "dpmpp_2m_sde_karras"}, {"kdpmpp2msdekarras", "dpmpp_2m_sde_karras"},
-      {"lmskarras", "lms_karras"}, {"klmskarras", "lms_karras"},
-      {"unipc", "unipc"},         {"unipcmultistepscheduler", "unipc"},
-      {"unipckarras", "unipc_karras"},
-      {"dpm2", "dpm2"},           {"kdpm2", "dpm2"},
-      {"kdpm2discretescheduler", "dpm2"}, {"dpm2karras", "dpm2_karras"},
-      {"kdpm2karras", "dpm2_karras"}, {"dpm2a", "dpm2_a"},
-      {"kdpm2a", "dpm2_a"},       {"kdpm2ancestraldiscretescheduler", "dpm2_a"},
-      {"dpm2akarras", "dpm2_a_karras"}, {"kdpm2akarras", "dpm2_a_karras"},
-      {"eulerexponential", "euler_exponential"}, {"heunexponential", "heun_exponential"},
-      {"dpm2exponential", "dpm2_exponential"}, {"dpm2aexponential", "dpm2_a_exponential"},
-      {"lmsexponential", "lms_exponential"},
-  };
-  const auto it = aliases.find(key);
+  static const std::map<std::string, std::string> aliases = [] {
+    // Other tools' names that are not ours spelt otherwise: k-diffusion's, A1111's PLMS, diffusers' classes.
+    std::map<std::string, std::string> out = {
+        {"plms", "pndm"},
+        {"ddimscheduler", "ddim"},
+        {"pndmscheduler", "pndm"},
+        {"keuler", "euler"},
+        {"eulerdiscretescheduler", "euler"},
+        {"keulera", "euler_a"},
+        {"eulerancestral", "euler_a"},
+        {"eulerancestraldiscretescheduler", "euler_a"},
+        {"klms", "lms"},
+        {"lmsdiscretescheduler", "lms"},
+        {"kdpmpp2m", "dpmpp_2m"},
+        {"dpmsolvermultistepscheduler", "dpmpp_2m"},
+        {"kdpmpp2mkarras", "dpmpp_2m_karras"},
+        {"lcmscheduler", "lcm"},
+        {"keulerkarras", "euler_karras"},
+        {"kheun", "heun"},
+        {"heundiscretescheduler", "heun"},
+        {"kheunkarras", "heun_karras"},
+        {"kdpmpp2msde", "dpmpp_2m_sde"},
+        {"kdpmpp2msdekarras", "dpmpp_2m_sde_karras"},
+        {"klmskarras", "lms_karras"},
+        {"unipcmultistepscheduler", "unipc"},
+        {"kdpm2", "dpm2"},
+        {"kdpm2discretescheduler", "dpm2"},
+        {"kdpm2karras", "dpm2_karras"},
+        {"kdpm2a", "dpm2_a"},
+        {"kdpm2ancestraldiscretescheduler", "dpm2_a"},
+        {"kdpm2akarras", "dpm2_a_karras"},
+    };
+    // Each of ours in any case and punctuation: A1111's "Euler a", "DPM++ 2M SDE Karras", "DPM2 a Exponential".
+    for (const auto& s : kSamplers) out.emplace(alias_key(s.name), s.name);
+    return out;
+  }();
+  const auto it = aliases.find(alias_key(name));
   return it == aliases.end() ? name : it->second;
 }
 
