@@ -411,16 +411,18 @@ SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSc
   const auto train = training_sigmas(alphas_cumprod_values(config));
   std::vector<double> sigmas;
   for (double t : timesteps_) sigmas.push_back(interp(t, train));
-  // Either schedule runs between the spaced timesteps' extreme sigmas (the training extremes for linspace spacing).
-  if (schedule == SigmaSchedule::kKarras) {
-    sigmas = karras_sigmas(sigmas.back(), sigmas.front(), steps);
+  if (schedule != SigmaSchedule::kSpaced) {
+    // Either schedule runs between the spaced timesteps' extreme sigmas (the training extremes for linspace
+    // spacing): Karras sigmas as float64 NumPy values, exponential ones as a float32 tensor.
+    if (schedule == SigmaSchedule::kKarras) {
+      sigmas = karras_sigmas(sigmas.back(), sigmas.front(), steps);
+    } else {
+      const auto exponential = exponential_sigmas(sigmas.back(), sigmas.front(), steps);
+      sigmas.assign(exponential.begin(), exponential.end());
+    }
+    const auto types = schedule == SigmaSchedule::kKarras ? SigmaToT::kNumpySigma : SigmaToT::kTensorSigma;
     const auto logs = log_sigmas(train);
-    for (size_t i = 0; i < sigmas.size(); ++i) timesteps_[i] = sigma_to_t(sigmas[i], logs);
-  } else if (schedule == SigmaSchedule::kExponential) {
-    const auto exponential = exponential_sigmas(sigmas.back(), sigmas.front(), steps);
-    sigmas.assign(exponential.begin(), exponential.end());
-    const auto logs = log_sigmas(train);
-    for (size_t i = 0; i < sigmas.size(); ++i) timesteps_[i] = sigma_to_t(sigmas[i], logs, SigmaToT::kTensorSigma);
+    for (size_t i = 0; i < sigmas.size(); ++i) timesteps_[i] = sigma_to_t(sigmas[i], logs, types);
   }
   for (double s : sigmas) sigmas_.push_back(static_cast<float>(s));
   sigmas_.push_back(0.0f);
