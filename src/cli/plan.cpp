@@ -161,15 +161,13 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
   bool checked_any = false;
   ImageJob job;
   plan.rewind();
-  size_t last_prompt = 0;
-  bool any = false;
+  result.no_prompts = true;
   while (plan.next(job)) {
-    if ((!any || job.prompt_index != last_prompt) &&
-        job.model_prompt.find_first_not_of(" \t\r\n") == std::string::npos) {
-      if (result.empty_prompts++ == 0) result.first_empty_prompt = plan.where(job);
-    }
-    any = true;
-    last_prompt = job.prompt_index;
+    result.no_prompts = false;
+    // Counted once per prompt, at its first image.
+    if (job.n == 0 && job.model_prompt.find_first_not_of(" \t\r\n") == std::string::npos &&
+        result.empty_prompts++ == 0)
+      result.first_empty_prompt = plan.where(job);
     const auto [it, inserted] = names.emplace(std::hash<std::string>{}(job.output.string()), job.index);
     if (!inserted) {
       const ImageJob earlier = plan.find(it->second);
@@ -219,7 +217,6 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
     result.uses_run_seed |= job.run_seed;
     result.image_steps += static_cast<uint64_t>(job.params.steps + job.params.hires_steps());
   }
-  result.no_prompts = !any;
   plan.rewind();
   return result;
 }
