@@ -138,7 +138,6 @@ std::string shell_line(const std::vector<std::string>& words) {
   return line;
 }
 
-// What a command cannot say: which model bundle, as a folder, holds the model an image was made with.
 // Whether an A1111 "Version" field ("v1.10.1", Forge's "f2.0.1v1.10.1-previous-…") is 1.`minor` or later.
 bool version_at_least(const std::string& version, int minor) {
   const auto at = version.find("v1.");
@@ -148,6 +147,7 @@ bool version_at_least(const std::string& version, int minor) {
   return digits > at + 3 && digits - (at + 3) <= 4 && std::stoi(version.substr(at + 3, digits - (at + 3))) >= minor;
 }
 
+// What a command cannot say: which model bundle, as a folder, holds the model an image was made with.
 std::string model_hint(const std::string& name, const std::string& hash) {
   if (name.empty() && hash.empty())
     return "with a model it does not name: add --model DIR for the one it was made with\n";
@@ -313,11 +313,10 @@ std::string a1111_command(const std::string& text) {
   if (decoder == "TAESD") args.insert(args.end(), {"--decoder", "taesd"});
   else if (!decoder.empty() && decoder != "Full") left_out.push_back("VAE Decoder: " + decoder);
 
-  static const std::set<std::string> read = {"Seed", "Variation seed", "Variation seed strength", "ENSD", "Steps",
-                                             "Sampler",
-                                             "Schedule type", "Eta DDIM", "CFG scale",
-                                             "Size", "Clip skip", "Model", "Model hash", "RNG", "Version",
-                                             "VAE Decoder"};
+  static const std::set<std::string> read = {
+      "Seed",     "Variation seed", "Variation seed strength", "ENSD",       "Steps", "Sampler", "Schedule type",
+      "Eta DDIM", "CFG scale",      "Size",                    "Clip skip",  "Model", "Model hash", "RNG",
+      "Version",  "VAE Decoder"};
   // The prompt keeps A1111's LoRA tags, which txt2img reads too: the bundle needs LoRAs of those names.
   std::string loras;
   try {
