@@ -17,7 +17,8 @@
 namespace txt2img {
 namespace {
 
-constexpr size_t kSignatureBytes = 8;
+const uint8_t kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+constexpr size_t kSignatureBytes = sizeof kPngSignature;
 constexpr size_t kIhdrEnd = kSignatureBytes + 4 + 4 + 13 + 4;  // length, type, IHDR data, crc
 
 void put_u32(std::vector<uint8_t>& out, uint32_t v) {
@@ -60,6 +61,20 @@ void append_bytes(void* context, void* data, int size) {
 
 std::string describe_errno() { return std::strerror(errno); }
 
+// Appends the key and text of a tEXt or iTXt chunk (uncompressed); other chunks are not text.
+void add_text_chunk(const std::string& type, const std::string& data, PngText& text) {
+  const auto key_end = data.find('\0');
+  if (type == "tEXt" && key_end != std::string::npos) {
+    text.emplace_back(data.substr(0, key_end), data.substr(key_end + 1));
+  } else if (type == "iTXt" && key_end != std::string::npos && key_end + 2 < data.size() && data[key_end + 1] == 0) {
+    // Skip compression flag and method, then the language tag and translated keyword (both null-terminated).
+    const auto lang_end = data.find('\0', key_end + 3);
+    const auto translated_end = lang_end == std::string::npos ? lang_end : data.find('\0', lang_end + 1);
+    if (translated_end != std::string::npos)
+      text.emplace_back(data.substr(0, key_end), data.substr(translated_end + 1));
+  }
+}
+
 }  // namespace
 
 std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const PngText& text) {
@@ -99,30 +114,12 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
   }
 }
 
-namespace {
-
-const uint8_t kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-
-// Appends the key and text of a tEXt or iTXt chunk (uncompressed); other chunks are not text.
-void add_text_chunk(const std::string& type, const std::string& data, PngText& text) {
-  const auto key_end = data.find('\0');
-  if (type == "tEXt" && key_end != std::string::npos) {
-    text.emplace_back(data.substr(0, key_end), data.substr(key_end + 1));
-  } else if (type == "iTXt" && key_end != std::string::npos && key_end + 2 < data.size() && data[key_end + 1] == 0) {
-    // Skip compression flag and method, then the language tag and translated keyword (both null-terminated).
-    const auto lang_end = data.find('\0', key_end + 3);
-    const auto translated_end = lang_end == std::string::npos ? lang_end : data.find('\0', lang_end + 1);
-    if (translated_end != std::string::npos) text.emplace_back(data.substr(0, key_end), data.substr(translated_end + 1));
-  }
-}
-
-}  // namespace
-
 PngText read_png_text(const std::filesystem::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(ErrorKind::Io, "cannot open " + file.string());
   uint8_t head[8];
-  if (!in.read(reinterpret_cast<char*>(head), 8) || std::memcmp(head, kPngSignature, 8) != 0)
+  if (!in.read(reinterpret_cast<char*>(head), kSignatureBytes) ||
+      std::memcmp(head, kPngSignature, kSignatureBytes) != 0)
     throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
   PngText text;
   // Chunk by chunk, skipping the data of all but the text ones: the image is never read.
@@ -146,7 +143,7 @@ DecodedPng read_png(const std::filesystem::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(ErrorKind::Io, "cannot open " + file.string());
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.size() < kIhdrEnd || std::memcmp(bytes.data(), kPngSignature, 8) != 0)
+  if (bytes.size() < kIhdrEnd || std::memcmp(bytes.data(), kPngSignature, kSignatureBytes) != 0)
     throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
 
   DecodedPng out;
