@@ -53,60 +53,52 @@ class HiresFix(CliTestCase):
                                capture_output=True, text=True)
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual(png_pixels(self.dir / "heun2.png"), png_pixels(self.dir / "heun.png"))
-        # After a first pass on Karras sigmas, a hires sampler without them names its schedule type, which A1111
-        # would otherwise take from the first pass; txt2img reads it back from the A1111 parameters alone.
-        result = self.txt2img(*common[:3], "--sampler", "DPM2 Karras", *common[5:], "--hires-sampler", "dpm2",
-                              "-o", "k.png")
-        self.assertEqual(result.returncode, 0, result.stderr)
-        parameters = png_text(self.dir / "k.png")["parameters"]
-        self.assertIn("Sampler: DPM2 Karras, ", parameters)
-        self.assertIn("Hires sampler: DPM2, Hires schedule type: Automatic", parameters)
-        result = a1111_command(self, parameters)
-        self.assertEqual(result.returncode, 0, result.stderr)
-        args = shlex.split(result.stdout)
-        self.assertEqual((args[args.index("--sampler") + 1], args[args.index("--hires-sampler") + 1]),
-                         ("dpm2_karras", "dpm2"))
-        self.assertNotIn("not carried over", result.stderr)
-        # An exponential schedule has no A1111 name of its own: it is written as A1111's schedule type, for either
-        # pass, and read back.
-        result = self.txt2img(*common[:3], "--sampler", "euler_exponential", *common[5:], "--hires-sampler",
-                              "heun_karras", "-o", "e.png")
-        self.assertEqual(result.returncode, 0, result.stderr)
-        parameters = png_text(self.dir / "e.png")["parameters"]
-        self.assertIn("Sampler: Euler, Schedule type: Exponential, CFG scale: 7.5, ", parameters)
-        self.assertIn("Hires sampler: Heun Karras, ", parameters)
-        self.assertNotIn("Hires schedule type", parameters)
-        result = self.txt2img(*common, "--hires-sampler", "dpm2_exponential", "-o", "e2.png")
-        self.assertEqual(result.returncode, 0, result.stderr)
-        parameters = png_text(self.dir / "e2.png")["parameters"]
-        self.assertIn("Hires sampler: DPM2, Hires schedule type: Exponential", parameters)
-        for name, sampler, hires in (("e.png", "euler_exponential", "heun_karras"),
-                                     ("e2.png", "euler_a", "dpm2_exponential")):
-            result = a1111_command(self, png_text(self.dir / name)["parameters"], "a1111-" + name)
-            self.assertEqual(result.returncode, 0, result.stderr)
-            args = shlex.split(result.stdout)
-            self.assertEqual((args[args.index("--sampler") + 1], args[args.index("--hires-sampler") + 1]),
-                             (sampler, hires))
-        # DPM++ 2M's A1111 default is Karras sigmas: its spaced ones are written as Uniform, for either pass.
-        result = self.txt2img(*common[:3], "--sampler", "dpmpp_2m", *common[5:], "--hires-sampler", "euler_karras",
-                              "-o", "u.png")
-        self.assertEqual(result.returncode, 0, result.stderr)
-        parameters = png_text(self.dir / "u.png")["parameters"]
-        self.assertIn("Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale", parameters)
-        self.assertIn("Hires sampler: Euler Karras, ", parameters)
-        result = self.txt2img(*common[:3], "--sampler", "euler_karras", *common[5:], "--hires-sampler", "dpmpp_2m",
-                              "-o", "u2.png")
-        self.assertIn("Hires sampler: DPM++ 2M, Hires schedule type: Uniform", png_text(self.dir / "u2.png")["parameters"])
-        for name, sampler, hires in (("u.png", "dpmpp_2m", "euler_karras"), ("u2.png", "euler_karras", "dpmpp_2m")):
-            result = a1111_command(self, png_text(self.dir / name)["parameters"] + ", Version: v1.10.1", "a-" + name)
-            args = shlex.split(result.stdout)
-            self.assertEqual((args[args.index("--sampler") + 1], args[args.index("--hires-sampler") + 1]),
-                             (sampler, hires), result.stderr)
         # Per prompt-file line, and a DDIM pass after another sampler's first pass (eta stays DDIM's).
         self.write("p.jsonl", json.dumps({"prompt": "a fox", "hires_sampler": "ddim", "output": "ddim.png"}) + "\n")
         result = self.txt2img("--from-file", "p.jsonl", *common[1:], "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json_lines(result.stdout)[0]["hires"]["sampler"], "ddim")
+
+    def a1111_round_trip(self, sampler, hires_sampler, name, version=""):
+        """Makes an image with a hires pass of those samplers, and reads the samplers back from its A1111 parameters
+        alone (followed by `version`): the parameters, and info --command's result."""
+        result = self.txt2img("a fox", "--seed", "3", "--sampler", sampler, "--hires-scale", "1.5", "--hires-steps",
+                              "3", "--hires-sampler", hires_sampler, "-o", name)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        parameters = png_text(self.dir / name)["parameters"]
+        result = a1111_command(self, parameters + version, "a1111-" + name)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        args = shlex.split(result.stdout)
+        return parameters, result, (args[args.index("--sampler") + 1], args[args.index("--hires-sampler") + 1])
+
+    def test_a1111_schedule_types_of_both_passes(self):
+        """Each pass's schedule is recorded so that A1111, which gives a hires sampler without a schedule type the
+        first pass's, reads it as made, and txt2img reads it back from the A1111 parameters alone."""
+        # After a first pass on Karras sigmas, a hires sampler without them names its schedule type.
+        parameters, result, samplers = self.a1111_round_trip("DPM2 Karras", "dpm2", "k.png")
+        self.assertIn("Sampler: DPM2 Karras, ", parameters)
+        self.assertIn("Hires sampler: DPM2, Hires schedule type: Automatic", parameters)
+        self.assertEqual(samplers, ("dpm2_karras", "dpm2"))
+        self.assertNotIn("not carried over", result.stderr)
+        # An exponential schedule has no A1111 name of its own: it is written as A1111's schedule type, for either
+        # pass.
+        parameters, _, samplers = self.a1111_round_trip("euler_exponential", "heun_karras", "e.png")
+        self.assertIn("Sampler: Euler, Schedule type: Exponential, CFG scale: 7.5, ", parameters)
+        self.assertIn("Hires sampler: Heun Karras, ", parameters)
+        self.assertNotIn("Hires schedule type", parameters)
+        self.assertEqual(samplers, ("euler_exponential", "heun_karras"))
+        parameters, _, samplers = self.a1111_round_trip("euler_a", "dpm2_exponential", "e2.png")
+        self.assertIn("Hires sampler: DPM2, Hires schedule type: Exponential", parameters)
+        self.assertEqual(samplers, ("euler_a", "dpm2_exponential"))
+        # DPM++ 2M's A1111 default is Karras sigmas: its spaced ones are written as Uniform, for either pass, and
+        # read so by A1111 1.9 and later.
+        parameters, _, samplers = self.a1111_round_trip("dpmpp_2m", "euler_karras", "u.png", ", Version: v1.10.1")
+        self.assertIn("Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale", parameters)
+        self.assertIn("Hires sampler: Euler Karras, ", parameters)
+        self.assertEqual(samplers, ("dpmpp_2m", "euler_karras"))
+        parameters, _, samplers = self.a1111_round_trip("euler_karras", "dpmpp_2m", "u2.png", ", Version: v1.10.1")
+        self.assertIn("Hires sampler: DPM++ 2M, Hires schedule type: Uniform", parameters)
+        self.assertEqual(samplers, ("euler_karras", "dpmpp_2m"))
 
     def test_info_command_makes_the_image_again(self):
         made = self.txt2img("a fox", "--seed", "4", "--hires-scale", "1.5", "--hires-denoise", "0.55",
