@@ -196,9 +196,12 @@ def convert_source(args) -> dict:
         components["safety_checker"] = safety
     if taesd is not None:
         components["taesd"] = taesd
+    if fields.get("inpainting"):
+        components["vae_encoder"] = model.vae
     modules = {}
     for part, component in components.items():
-        export.progress(f"loading the {component.label} weights into the model")
+        label = {"vae": "VAE decoder", "vae_encoder": "VAE encoder"}.get(part, component.label)
+        export.progress(f"loading the {label} weights into the model")
         modules[part] = export.load_weights(part, component)
 
     name = args.source if path != args.source else model.name  # a hub id names the model better than its cache

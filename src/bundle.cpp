@@ -85,6 +85,7 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.pad_id = field<int>(j, "pad_id", where);
   m.text_hidden_size = field<int>(j, "text_hidden_size", where);
   m.guidance_embedding_dim = j.value("guidance_embedding_dim", 0);
+  if (j.contains("inpainting")) m.inpainting = field<bool>(j, "inpainting", where);
   if (j.contains("text_num_layers")) {  // written since --clip-skip; older bundles are SD v1's 12 layers
     m.text_num_layers = field<int>(j, "text_num_layers", where);
     m.text_num_layers_known = true;
@@ -168,6 +169,9 @@ Bundle Bundle::open(const std::filesystem::path& dir) {
   for (const auto& required : kRequiredFiles)
     if (!b.has(required))
       throw Error(ErrorKind::Bundle, where + ": model.json does not list " + required + kConvertHint);
+  if (b.manifest_.inpainting && !b.has("vae_encoder.pt"))
+    throw Error(ErrorKind::Bundle, where + ": model.json describes an inpainting model but does not list " +
+                                       "vae_encoder.pt, which makes its masked image" + kConvertHint);
   for (const auto& lora : b.manifest_.loras)
     if (!b.has(lora.file))
       throw Error(ErrorKind::Bundle, where + ": model.json's LoRA \"" + lora.name + "\" names " + lora.file +

@@ -237,6 +237,9 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
     p.preview_decoder_ = options.decoder == Decoder::Taesd && !takes_turns(options)
                              ? p.vae_decoder_
                              : prepare("taesd_decoder.pt", options.device, options.dtype);
+  // Used once per image size, like the text encoder, and placed as it is.
+  if (bundle.manifest().inpainting)
+    p.vae_encoder_ = prepare("vae_encoder.pt", side_device(options), side_dtype(options));
   if (options.safety != SafetyMode::Off)
     p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
                                                 side_device(options), side_dtype(options));
@@ -399,16 +402,36 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
   return decode_whole(latents);
 }
 
+// txt2img runs an inpainting model with the whole image masked, as A1111 does and as diffusers' inpainting pipeline
+// does with a white mask: a mask of ones, then the scaled latents of the masked image, which is all gray (0 in the
+// VAE's [-1, 1]). The encoder's mean stands in for the sample of its distribution that A1111 and diffusers draw:
+// deterministic, and close to any sample, as SD's VAE was trained to keep its variance small.
+torch::Tensor Pipeline::masked_image_conditioning(int64_t latent_height, int64_t latent_width) {
+  auto& conditioning = masked_image_conditionings_[{latent_height, latent_width}];
+  if (conditioning.defined()) return conditioning;
+  const auto f = manifest_.vae_scale_factor;
+  const auto gray = torch::zeros({1, 3, latent_height * f, latent_width * f},
+                                 torch::TensorOptions().dtype(side_dtype(options_)).device(side_device(options_)));
+  const auto latents = vae_encoder_->forward({gray}).toTensor().to(options_.device, torch::kFloat32);
+  conditioning = torch::cat(
+      {torch::ones({1, 1, latent_height, latent_width}, latents.options()), latents * manifest_.scale_factor}, 1);
+  return conditioning;
+}
+
 torch::Tensor Pipeline::denoise(Scheduler& scheduler, size_t first, torch::Tensor latents, const Denoising& run,
                                 const std::string& prefix, size_t calls_before) {
   const auto& timesteps = scheduler.timesteps();
   const auto t = timestep_tensors(timesteps, options_.device);
   const std::vector<int64_t> shape(latents.sizes().begin(), latents.sizes().end());
+  const auto image_conditioning =
+      manifest_.inpainting ? masked_image_conditioning(shape[2], shape[3]) : torch::Tensor();
+  if (image_conditioning.defined()) observe(run.observer, prefix + "unet/image_conditioning", image_conditioning);
   for (size_t call = first; call < timesteps.size(); ++call) {
     auto model_input = scheduler.scale_model_input(run.guided ? torch::cat({latents, latents}) : latents, call);
-    auto noise_pred =
-        (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], run.context, run.guidance)
-            .to(torch::kFloat32);
+    if (image_conditioning.defined())
+      model_input = torch::cat({model_input, image_conditioning.expand({model_input.size(0), -1, -1, -1})}, 1);
+    auto noise_pred = (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], run.context, run.guidance)
+                          .to(torch::kFloat32);
     observe(run.observer, prefix + "unet/" + call_name(call - first) + "/noise_pred", noise_pred);
     if (run.guided) {
       auto uncond_cond = noise_pred.chunk(2);
@@ -473,7 +496,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   auto latents = (noise.draw(latent_shape) * scheduler->init_noise_sigma()).to(options_.device);
   observe(observer, "latents/init", latents);
 
-  // 3. For each timestep: predict the noise, guide, step.
+  // 3. For each timestep: predict the noise (an inpainting model also sees the whole image masked), guide, step.
   make_room_for(Stage::Denoise);
   // LatentConsistencyModelPipeline's w: the scale minus 1 (in double, then float32), one per row.
   const auto guidance = manifest_.guidance_embedding_dim > 0

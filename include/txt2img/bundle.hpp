@@ -50,6 +50,9 @@ struct Manifest {
   // An LCM-distilled U-Net's guidance embedding width (model.json "guidance_embedding_dim"; 0: none). Such a model
   // takes the guidance scale as an input and runs without classifier-free guidance.
   int guidance_embedding_dim = 0;
+  // An inpainting U-Net (model.json "inpainting"): besides the latents it takes a mask and the masked image's
+  // latents (2 * latent_channels + 1 input channels), which vae_encoder.pt makes. txt2img masks the whole image.
+  bool inpainting = false;
   // Layers of the text encoder (model.json "text_num_layers"); bundles converted before it was recorded are
   // assumed to have SD v1's 12 (text_num_layers_known false).
   int text_num_layers = kDefaultTextLayers;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -193,6 +194,8 @@ class Pipeline {
   torch::Tensor denoise(Scheduler& scheduler, size_t first, torch::Tensor latents, const Denoising& run,
                         const std::string& prefix, size_t calls_before);
   torch::Tensor decode(const torch::Tensor& latents);
+  // An inpainting model's extra U-Net input at this latent size: [1, 1 + latent_channels, h, w], made once per size.
+  torch::Tensor masked_image_conditioning(int64_t latent_height, int64_t latent_width);
   // 8-bit NHWC pixels as the images the caller gets: checked (observed as "safety/..." when `observer` is given),
   // and black where flagged in SafetyMode::Replace.
   std::vector<GeneratedImage> checked_images(const torch::Tensor& pixels, Observer* observer) const;
@@ -209,6 +212,8 @@ class Pipeline {
   std::unique_ptr<LoraWeights> loras_;
   torch::jit::Module vae_decoder_;  // the options' decoder, whichever it is
   std::optional<torch::jit::Module> preview_decoder_;  // TAESD, with PipelineOptions::previews
+  std::optional<torch::jit::Module> vae_encoder_;      // for inpainting models only
+  std::map<std::pair<int64_t, int64_t>, torch::Tensor> masked_image_conditionings_;
   // Whose module is on the device when low_vram moves them; none while a move is under way (a move that failed, out
   // of memory say, leaves both to be placed again by the next batch).
   std::optional<Stage> resident_ = Stage::Denoise;

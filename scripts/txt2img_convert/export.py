@@ -17,7 +17,7 @@ from .presets import DEFAULT_PREPROCESSOR
 from .safety import StableDiffusionSafetyChecker
 from .taesd import TAESDDecoder
 from .unet import UNet2DConditionModel, script
-from .vae import VAEDecoder
+from .vae import VAEDecoder, VAEEncoder
 
 CONVERTER_VERSION = "0.1.0"
 BUNDLE_FORMAT = "txt2img-bundle"
@@ -29,6 +29,7 @@ FILES = {
     "text_encoder": "text_encoder.pt",
     "unet": "unet.pt",
     "vae": "vae_decoder.pt",
+    "vae_encoder": "vae_encoder.pt",
     "safety_checker": "safety_checker.pt",
     "taesd": "taesd_decoder.pt",
 }
@@ -37,6 +38,7 @@ _CLASSES: Dict[str, Callable[[dict], nn.Module]] = {
     "text_encoder": CLIPTextModel,
     "unet": UNet2DConditionModel,
     "vae": VAEDecoder,
+    "vae_encoder": VAEEncoder,
     "safety_checker": StableDiffusionSafetyChecker,
     "taesd": TAESDDecoder,
 }
@@ -60,8 +62,10 @@ def load_weights(part: str, component: Component) -> nn.Module:
     missing, surplus or differently shaped tensor is an error that names it as the source file does."""
     module = build(part, component.config)
     tensors = component.tensors
-    if part == "vae":
-        tensors = VAEDecoder.select_state_dict(tensors)
+    # The VAE's component holds both halves; its decoder and its encoder are separate modules.
+    select = getattr(_CLASSES[part], "select_state_dict", None)
+    if select is not None:
+        tensors = select(tensors)
     expected = module.state_dict()
 
     def listing(keys) -> str:
@@ -163,10 +167,13 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
     transformers' default (as clip.CLIPTextModel builds it)."""
     vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
     latent = int(vae.get("latent_channels", 4))
-    if unet.get("in_channels", 4) != latent:
+    # An inpainting U-Net also takes the mask and the masked image's latents (diffusers' 9-channel models).
+    inpainting = unet.get("in_channels", 4) == 2 * latent + 1
+    if unet.get("in_channels", 4) != latent and not inpainting:
         raise ConversionError(
-            f"the U-Net takes {unet.get('in_channels')} input channels, not the VAE's {latent} latent channels (an "
-            "inpainting or other image-conditioned model?): only text-to-image models are supported")
+            f"the U-Net takes {unet.get('in_channels')} input channels, not the VAE's {latent} latent channels, nor "
+            f"an inpainting model's {2 * latent + 1} (an instruct-pix2pix or other image-conditioned model?): only "
+            "text-to-image and inpainting models are supported")
     fields = {
         "latent_channels": latent,
         "scale_factor": float(vae.get("scaling_factor") or 0.18215),
@@ -180,6 +187,9 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
         "scheduler": scheduler,
         "safety": safety,
     }
+    if inpainting:
+        # txt2img runs it with the whole image masked, as A1111 does; the mask's latents come from vae_encoder.pt.
+        fields["inpainting"] = True
     if unet.get("time_cond_proj_dim"):
         # An LCM-distilled U-Net: it takes the guidance scale as an embedding of this width, and txt2img runs it
         # without classifier-free guidance, as LatentConsistencyModelPipeline does.

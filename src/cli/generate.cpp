@@ -259,6 +259,7 @@ class Generator {
     record.image_height = image.height;
     record.model_name = manifest_.model_name;
     record.model_hash = manifest_.model_hash;
+    record.inpainting = manifest_.inpainting;
     record.vae_name = manifest_.vae_name;
     record.vae_hash = manifest_.vae_hash;
     record.decoder = o_.decoder;

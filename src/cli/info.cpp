@@ -90,6 +90,9 @@ int bundle_info(const InfoOptions& o) {
               << (m.guidance_embedding_dim > 0 ? "  guidance       an input of the U-Net (LCM-distilled: --sampler lcm, 2 "
                                                  "to 8 steps; no negative prompt)\n"
                                                : "")
+              << (m.inpainting ? "  inpainting     its U-Net also takes a mask and a masked image; txt2img masks the "
+                                 "whole image\n"
+                               : "")
               << "  converted by   txt2img " << m.converter_version << " with PyTorch " << m.torch_version << "\n";
     for (const auto& e : m.embeddings)
       std::cout << "  embedding      " << e.name << " (" << e.vectors << (e.vectors == 1 ? " vector)\n" : " vectors)\n");
@@ -327,8 +330,11 @@ std::string a1111_command(const std::string& text) {
   static const std::set<std::string> hires_fields = {"Hires upscale",      "Hires steps",
                                                      "Hires upscaler",     "Denoising strength",
                                                      "Hires sampler",      "Hires schedule type"};
+  // An inpainting model's mask weight: txt2img masks the whole image, which is A1111's weight 1.
+  const bool whole_mask = field("Conditional mask weight") == "1.0" || field("Conditional mask weight") == "1";
   for (const auto& [key, value] : p.fields)
-    if (!read.count(key) && !(key == "Lora hashes" && !loras.empty()) && !(hires && hires_fields.count(key)))
+    if (!read.count(key) && !(key == "Lora hashes" && !loras.empty()) && !(hires && hires_fields.count(key)) &&
+        !(key == "Conditional mask weight" && whole_mask))
       left_out.push_back(key + ": " + value);
   std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version")) << " "
             << model_hint(field("Model"), field("Model hash"));

@@ -116,6 +116,8 @@ std::string a1111_parameters(const ImageRecord& r) {
   // A1111's setting "VAE type for decode", written only when it is not the default.
   if (r.decoder == "taesd") params.emplace_back("VAE Decoder", "TAESD");
   if (r.hires.enabled()) params.emplace_back("Denoising strength", slider_number(r.hires.denoise));
+  // A1111 records the weight of an inpainting model's mask conditioning; txt2img's whole-image mask is its 1.0.
+  if (r.inpainting) params.emplace_back("Conditional mask weight", "1.0");
   if (r.clip_skip != 1) params.emplace_back("Clip skip", std::to_string(r.clip_skip));  // A1111 omits the default
   if (r.ensd != 0) params.emplace_back("ENSD", std::to_string(r.ensd));
   // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
@@ -182,6 +184,7 @@ nlohmann::ordered_json hires_json(const ImageRecord& r) {
 
 nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
   nlohmann::ordered_json model = {{"name", r.model_name}, {"hash", r.model_hash}};
+  if (r.inpainting) model["inpainting"] = true;
   if (!r.vae_name.empty()) model["vae"] = {{"name", r.vae_name}, {"hash", r.vae_hash}};
   if (!r.taesd_name.empty()) model["taesd"] = {{"name", r.taesd_name}, {"hash", r.taesd_hash}};
   return {

@@ -41,6 +41,7 @@ struct ImageRecord {
   int image_height = 0;
   std::string model_name;
   std::string model_hash;
+  bool inpainting = false;  // an inpainting model, run with the whole image masked
   std::string vae_name;  // empty: the model's own VAE
   std::string vae_hash;
   std::string decoder = "full";  // "full" (the VAE) or "taesd"

@@ -126,6 +126,16 @@ class Metadata(CliTestCase):
         self.assertEqual(shlex.split(result.stdout.strip())[-2:], ["--decoder", "taesd"])
         self.assertNotIn("not carried over", result.stderr)
 
+    def test_a1111_inpainting_mask_weight(self):
+        """A1111 records an inpainting model's mask weight; 1 is txt2img's whole-image mask, another is left out."""
+        infotext = "a fox\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 32x32, {}RNG: CPU"
+        for weight in ("1.0", "1"):
+            result = a1111_command(self, infotext.format(f"Conditional mask weight: {weight}, "))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertNotIn("not carried over", result.stderr)
+        result = a1111_command(self, infotext.format("Conditional mask weight: 0.5, "))
+        self.assertIn("not carried over (no txt2img equivalent): Conditional mask weight: 0.5\n", result.stderr)
+
     def test_taesd_needs_a_bundle_with_one(self):
         bundle = without_taesd(self.dir / "b")
         self.assertExit(self.txt2img("a fox", "--decoder", "taesd", "-o", "a.png", model=bundle), EXIT_USAGE,

@@ -1,13 +1,36 @@
 """The command line makes diffusers' image: the reference tiny model converted, the first image of a reference run
 (whose noise is the first row of its seeded draw, as an image made alone with that seed), within one 8-bit level."""
 
+import array
 import json
+import shlex
+import struct
 import unittest
+from pathlib import Path
 
-from cli_support import FIXTURES, SHARED, CliTestCase, png_pixels
+from cli_support import FIXTURES, SHARED, CliTestCase, fixture_bundle, png_pixels, png_text, run
 
 RUNS = SHARED / "reference" / "tiny" / "runs"
 REF_TINY = FIXTURES / "ref-tiny"
+# diffusers' inpainting pipeline with the whole image masked (tests/fixtures/make_inpainting_reference.py).
+INPAINTING_REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "inpainting_reference.safetensors"
+
+
+def safetensors_header(path):
+    data = Path(path).read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + length]), data[8 + length:]
+
+
+def safetensors_float32(path, key):
+    """(shape, values) of one float32 tensor of a .safetensors file."""
+    header, payload = safetensors_header(path)
+    entry = header[key]
+    assert entry["dtype"] == "F32", entry
+    begin, end = entry["data_offsets"]
+    values = array.array("f")
+    values.frombytes(payload[begin:end])
+    return entry["shape"], values
 
 
 class MatchesDiffusers(CliTestCase):
@@ -30,6 +53,7 @@ class MatchesDiffusers(CliTestCase):
         reference = png_pixels(RUNS / run / "image_0.png")
         self.assertEqual(ours[:2], reference[:2])
         self.assertLessEqual(max(abs(a - b) for a, b in zip(ours[2], reference[2])), 1, run)
+        self.assertNotIn("Conditional mask weight", png_text(self.dir / f"{run}.png")["parameters"])
 
     def test_ddim(self):
         self.check_run("ddim_s10")
@@ -39,6 +63,33 @@ class MatchesDiffusers(CliTestCase):
 
     def test_pndm(self):
         self.check_run("pndm_s10")
+
+    def test_inpainting_model_with_the_whole_image_masked(self):
+        """An inpainting model makes diffusers' inpainting pipeline's image for a white mask, says so in its metadata
+        as A1111 does, and its parameters make the same image again."""
+        bundle = fixture_bundle("tiny-inpainting")
+        info = json.loads(safetensors_header(INPAINTING_REFERENCE)[0]["__metadata__"]["runs"])["ddim_s10_w24_h16"]
+        args = [info["prompt"], "--seed", str(info["seed"]), "--steps", str(info["steps"]), "--sampler",
+                info["sampler"], "--cfg-scale", str(info["guidance_scale"]), "--width", str(info["width"]),
+                "--height", str(info["height"]), "--safety", "report", "--device", "cpu", "-o", "a.png"]
+        result = self.txt2img(*args, model=bundle, fast=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        shape, values = safetensors_float32(INPAINTING_REFERENCE, "runs/ddim_s10_w24_h16/image")
+        ours = png_pixels(self.dir / "a.png")
+        self.assertEqual(ours[:2], (shape[2], shape[1]))
+        self.assertLessEqual(max(abs(a - round(b * 255)) for a, b in zip(ours[2], values)), 1)
+
+        text = png_text(self.dir / "a.png")
+        self.assertIn(", Conditional mask weight: 1.0, RNG: CPU", text["parameters"])
+        self.assertTrue(json.loads(text["txt2img"])["model"]["inpainting"])
+        self.assertIn("  inpainting     its U-Net also takes a mask and a masked image",
+                      run(["info", bundle], self.dir).stdout)
+        command = run(["info", "a.png", "--command"], self.dir)
+        self.assertEqual(command.returncode, 0, command.stderr)
+        again = self.txt2img(*shlex.split(command.stdout)[1:], "--safety", "report", "-o", "b.png", model=bundle,
+                             fast=False)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "b.png"), ours)
 
 
 if __name__ == "__main__":

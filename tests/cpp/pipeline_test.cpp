@@ -9,6 +9,7 @@
 
 #include "expect_error.hpp"
 #include "txt2img/error.hpp"
+#include "txt2img/safetensors.hpp"
 #include "txt2img/scheduler.hpp"
 #include "vae_tiling.hpp"
 
@@ -787,6 +788,77 @@ TEST(HiresFix, ResizesTheLatentsAndRunsTheLastStepsOfAStretchedSchedule) {
   EXPECT_NE(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
   params.hires.upscaler = "latent";
   EXPECT_EQ(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
+}
+
+// The reference is diffusers' StableDiffusionInpaintPipeline on the same model with a white mask, given the
+// masked image's latents as txt2img computes them (tests/fixtures/make_inpainting_reference.py).
+TEST(Inpainting, MatchesDiffusersWithTheWholeImageMasked) {
+  const auto reference = txt2img::SafeTensors::open(TXT2IMG_INPAINTING_REFERENCE);
+  const auto bundle = txt2img::Bundle::open(fixtures() / "tiny-inpainting");
+  ASSERT_TRUE(bundle.manifest().inpainting);
+  txt2img::PipelineOptions options;
+  options.safety = txt2img::SafetyMode::Off;
+  auto pipeline = txt2img::Pipeline::load(bundle, options);
+  struct Run {
+    std::string name, sampler;
+    int steps, width, height;
+  };
+  for (const Run& run : {Run{"ddim_s10_w24_h16", "ddim", 10, 24, 16}, Run{"euler_a_s20", "euler_a", 20, 16, 16}}) {
+    SCOPED_TRACE(run.name);
+    txt2img::GenerationParams params;
+    params.sampler = run.sampler;
+    params.steps = run.steps;
+    params.width = run.width;
+    params.height = run.height;
+    Keep keep;
+    const auto image =
+        generate_small(pipeline, {"a photo of an astronaut riding a horse on mars"}, {0}, params, &keep)[0];
+    const auto conditioning = keep.kept.at("unet/image_conditioning");
+    EXPECT_TRUE(torch::equal(conditioning.slice(1, 0, 1), torch::ones({1, 1, run.height / 2, run.width / 2})));
+    EXPECT_TRUE(torch::allclose(conditioning.slice(1, 1), reference.get("runs/" + run.name + "/masked_image_latents"),
+                                1e-5, 1e-6));
+    EXPECT_TRUE(torch::allclose(keep.kept.at("vae/decode_in") * bundle.manifest().scale_factor,
+                                reference.get("runs/" + run.name + "/latents"), 1e-4, 1e-4));
+    const auto expected = (reference.get("runs/" + run.name + "/image") * 255).round().to(torch::kUInt8).flatten();
+    EXPECT_LE(max_level_difference(image.rgb, std::vector<uint8_t>(expected.data_ptr<uint8_t>(),
+                                                                   expected.data_ptr<uint8_t>() + expected.numel())),
+              1);
+  }
+}
+
+// Each pass sees the whole image masked at its own size; the encoding is made once per size.
+TEST(Inpainting, TheHiresPassIsConditionedAtItsSize) {
+  txt2img::PipelineOptions options;
+  options.safety = txt2img::SafetyMode::Off;
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny-inpainting"), options);
+  auto params = small_params();  // 64x48, 3 steps
+  params.sampler = "euler";
+  params.hires.scale = 1.5;
+  params.hires.denoise = 0.5;
+  Keep keep;
+  const auto images = generate_small(pipeline, {"a red cube"}, {11}, params, &keep);
+  EXPECT_EQ(images[0].width, 96);
+  const auto& first = keep.kept.at("unet/image_conditioning");
+  const auto& hires = keep.kept.at("hires/unet/image_conditioning");
+  EXPECT_EQ(first.sizes(), (std::vector<int64_t>{1, 5, 24, 32}));
+  EXPECT_EQ(hires.sizes(), (std::vector<int64_t>{1, 5, 36, 48}));
+  auto encoder = torch::jit::load((fixtures() / "tiny-inpainting" / "vae_encoder.pt").string());
+  c10::InferenceMode inference;
+  const auto gray = encoder.forward({torch::zeros({1, 3, 72, 96})}).toTensor();
+  EXPECT_TRUE(torch::allclose(hires.slice(1, 1), gray * pipeline.manifest().scale_factor, 1e-6, 1e-7));
+  // A second batch of the same sizes makes the same images (from the cached encodings).
+  EXPECT_EQ(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
+}
+
+TEST(Inpainting, ABundleWithoutItsEncoderIsRefused) {
+  BundleCopy copy;
+  auto j = copy.manifest();
+  j["inpainting"] = true;
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"inpainting model", "vae_encoder.pt"});
+  j["inpainting"] = "yes";
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"\"inpainting\" has the wrong type"});
 }
 
 // Heun makes two U-Net calls per step but the last: the hires pass enters its stretched schedule at the predictor

@@ -435,11 +435,16 @@ def test_safety_checker_config_of_old_transformers(tmp_path, reference):
     export.load_weights("safety_checker", ck.load_safety_checker(str(folder)))
 
 
-def test_image_conditioned_unet_is_refused(config):
-    unet = dict(config("sd1/model/unet/config.json"), in_channels=9)
-    with pytest.raises(ck.ConversionError, match="9 input channels.*inpainting"):
-        export.model_fields(unet, config("sd1/model/vae/config.json"), config("sd1/model/text_encoder/config.json"),
-                            presets.SD1_SCHEDULER, None)
+def test_inpainting_unet_is_recorded_and_other_image_conditioned_ones_refused(config):
+    def fields(in_channels):
+        unet = dict(config("sd1/model/unet/config.json"), in_channels=in_channels)
+        return export.model_fields(unet, config("sd1/model/vae/config.json"),
+                                   config("sd1/model/text_encoder/config.json"), presets.SD1_SCHEDULER, None)
+
+    assert "inpainting" not in fields(4)
+    assert fields(9)["inpainting"] is True
+    with pytest.raises(ck.ConversionError, match="8 input channels.*inpainting model's 9.*instruct-pix2pix"):
+        fields(8)
 
 
 # ------------------------------------------------------------------------------------ sharded folders

@@ -285,3 +285,33 @@ def test_lcm_model_with_a_guidance_embedding(tmp_path, reference, capsys):
     status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", "--out", tmp_path / "plain")
     assert status == 0, stderr
     assert "guidance_embedding_dim" not in json.loads((tmp_path / "plain/model.json").read_text())
+
+
+def test_inpainting_single_file(tmp_path, reference, capsys):
+    """An inpainting checkpoint (LDM layout, a 9-channel U-Net input as sd-v1-5-inpainting's) converts: model.json
+    records it, and the bundle gains vae_encoder.pt, the checkpoint's VAE encoder; a text-to-image model's has
+    none."""
+    from txt2img_convert import checkpoints as ck
+    from txt2img_convert.safetensors_io import load_file, save_file
+    sd1 = load_file(str(reference / "sd1/single_file/sd1.safetensors"))
+    conv_in = "model.diffusion_model.input_blocks.0.0.weight"
+    weight = sd1[conv_in]
+    inpainting = dict(sd1)
+    inpainting[conv_in] = torch.cat([weight, torch.zeros(weight.shape[0], 5, *weight.shape[2:])], dim=1)
+    source = tmp_path / "sd1-inpainting.safetensors"
+    save_file(inpainting, str(source))
+    status, stderr = convert(capsys, source, "--config", reference / "sd1/model", "--no-safety-checker",
+                             "--out", tmp_path / "bundle")
+    assert status == 0, stderr
+    assert "loading the VAE encoder weights" in stderr
+    manifest = json.loads((tmp_path / "bundle/model.json").read_text())
+    assert manifest["inpainting"] is True and "vae_encoder.pt" in manifest["files"]
+    encoder = torch.jit.load(str(tmp_path / "bundle/vae_encoder.pt")).state_dict()
+    want = export.VAEEncoder.select_state_dict(ck.ldm_to_diffusers(sd1, "sd1")["vae"].tensors)
+    assert sorted(encoder) == sorted(want) and all(torch.equal(encoder[k], want[k].float()) for k in want)
+    assert torch.jit.load(str(tmp_path / "bundle/unet.pt")).state_dict()["conv_in.weight"].shape[1] == 9
+
+    status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", "--out", tmp_path / "plain")
+    assert status == 0, stderr
+    manifest = json.loads((tmp_path / "plain/model.json").read_text())
+    assert "inpainting" not in manifest and "vae_encoder.pt" not in manifest["files"]

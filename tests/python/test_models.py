@@ -5,6 +5,7 @@ Every parity check runs the eager module and its TorchScript; relative error bou
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +14,12 @@ from txt2img_convert.clip import CLIPTextModel, CLIPVisionModel
 from txt2img_convert.safety import StableDiffusionSafetyChecker
 from txt2img_convert.safetensors_io import load_file, read_header, save_file
 from txt2img_convert.unet import HAS_SDPA, UNet2DConditionModel, guidance_scale_embedding, script
-from txt2img_convert.vae import VAEDecoder
+from txt2img_convert.vae import VAEDecoder, VAEEncoder
 
 TINY_RUNS = ["ddim_s10", "ddim_s10_neg_g5_w24_h16", "euler_s20"]
 SAFETY_CASES = ["A_all_flagged", "B_one_flagged", "C_special_care_adjustment", "D_none_flagged"]
+# diffusers' AutoencoderKL.encode of random images (tests/fixtures/make_inpainting_reference.py).
+INPAINTING_REFERENCE = Path(__file__).parent.parent / "fixtures" / "inpainting_reference.safetensors"
 
 
 def _loaded(module: torch.nn.Module, state_dict) -> torch.nn.Module:
@@ -111,6 +114,8 @@ def test_sd1_state_dict_layouts(config, sd1_weights):
     vae = sd1_weights["vae"]
     assert len(vae) == 248
     _assert_same_layout(VAEDecoder(config("sd1/model/vae/config.json")), VAEDecoder.select_state_dict(vae))
+    _assert_same_layout(VAEEncoder(config("sd1/model/vae/config.json")), VAEEncoder.select_state_dict(vae))
+    assert len(VAEDecoder.select_state_dict(vae)) + len(VAEEncoder.select_state_dict(vae)) == len(vae)
     text = CLIPTextModel(config("sd1/model/text_encoder/config.json"))
     _assert_same_layout(text, sd1_weights["text_encoder"])
     assert not any("position_ids" in k for k in text.state_dict())
@@ -176,6 +181,19 @@ def test_tiny_vae(run, tiny_vae, tensors, check_close):
     with torch.no_grad():
         for kind, model in _eager_and_scripted(tiny_vae):
             check_close(f"tiny vae decoder ({kind})", model(ref["vae/decode_in"]), ref["vae/decode_out"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "sd1"])
+def test_vae_encoder(preset, config, tensors, sd1_weights, check_close):
+    """The encoder's output is the mean of diffusers' latent distribution (its mode)."""
+    weights = (tensors("tiny/model/vae/diffusion_pytorch_model.safetensors") if preset == "tiny"
+               else sd1_weights["vae"])
+    encoder = _loaded(VAEEncoder(config(f"{preset}/model/vae/config.json")), VAEEncoder.select_state_dict(weights))
+    ref = load_file(str(INPAINTING_REFERENCE))
+    with torch.no_grad():
+        for kind, model in _eager_and_scripted(encoder):
+            check_close(f"{preset} vae encoder ({kind})", model(ref[f"encoder/{preset}/image"]),
+                        ref[f"encoder/{preset}/mean"])
 
 
 def _safety_rule(cos, weights, special_cos, special_weights):
