@@ -47,8 +47,8 @@ struct PipelineOptions {
   // Load the bundle's TAESD for previews while denoising (Observer::wants_preview); Pipeline::load throws
   // Error(Usage) when the bundle has none.
   bool previews = false;
-  // Keep the device for the module at work: the text encoder and the safety checker run on the CPU in float32; on
-  // a GPU the U-Net holds device memory only while denoising and the VAE decoder only while decoding (the other
+  // Keep the device for the module at work: the text encoder and the safety checker (and an inpainting model's VAE
+  // encoder) run on the CPU in float32; on a GPU the U-Net holds device memory only while denoising and the VAE decoder only while decoding (the other
   // waits in host memory: two copies of the U-Net's weights a batch); and the decoder works in overlapping tiles
   // when a side exceeds 64 latents (512 pixels), so that large images decode within a small GPU's memory. Up to
   // that size the images are the same as without it. Pipeline::load refuses it with a graph optimisation (frozen
