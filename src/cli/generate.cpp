@@ -387,7 +387,7 @@ void check_preview_file(const std::string& preview) {
   if (!std::filesystem::is_directory(folder, ec))
     throw Error(ErrorKind::Io, "--preview " + preview + ": no directory " + folder.string() + " to write it in");
   const auto status = std::filesystem::status(preview, ec);
-  const bool dangling = std::filesystem::is_symlink(std::filesystem::symlink_status(preview, ec));
+  const bool dangling = is_dangling_symlink(preview);
   if (!std::filesystem::exists(status) && !dangling) return;
   const std::string refusal = "--preview " + preview + " exists and is not an earlier preview";
   const std::string advice = "; each update replaces the file, so give the preview a new name or remove the file";

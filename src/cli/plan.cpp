@@ -146,6 +146,12 @@ ImageJob RunPlan::find(uint64_t index) const {
   throw Error(ErrorKind::Io, "the prompts changed while they were being read");
 }
 
+bool is_dangling_symlink(const std::filesystem::path& path) {
+  std::error_code ec;
+  return std::filesystem::is_symlink(std::filesystem::symlink_status(path, ec)) &&
+         !std::filesystem::exists(std::filesystem::status(path, ec));
+}
+
 Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::path& preview) {
   // Symbolic links in the folders resolved, so that two spellings of one file compare equal.
   const auto resolved = [](const std::filesystem::path& path) {
@@ -190,9 +196,8 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
     const auto status = std::filesystem::status(job.output, ec);
     if (std::filesystem::is_directory(status))
       throw Error(ErrorKind::Io, "output " + quoted(job.output) + " is a directory; give a file name ending in .png");
-    // A dangling symbolic link is there too: writing the image would replace it, and skipping it would keep no image.
-    const bool dangling = !std::filesystem::exists(status) &&
-                          std::filesystem::is_symlink(std::filesystem::symlink_status(job.output, ec));
+    // Skipping a dangling symbolic link would keep no image.
+    const bool dangling = is_dangling_symlink(job.output);
     if (dangling && existing == Existing::Skip)
       throw Error(ErrorKind::Io, "output " + quoted(job.output) +
                                      " is a dangling symbolic link, not an image --skip-existing could keep; remove it");

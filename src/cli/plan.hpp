@@ -118,6 +118,10 @@ struct Preflight {
 
 enum class Existing { Refuse, Overwrite, Skip };
 
+// A symbolic link to nothing: no file exists there, yet writing there would replace the link, so a run treats it as
+// a file that exists.
+bool is_dangling_symlink(const std::filesystem::path& path);
+
 // Walks the whole plan before anything loads or is written: every line parses and resolves, no two images share
 // a file name (Error(Usage) naming both) nor take the `preview` file's (empty: none), no output exists unless
 // `existing` allows it and every output directory can be created and written (Error(Io)).
