@@ -174,6 +174,12 @@ def convert_source(args) -> dict:
                                  ck.scheduler_fields(model.scheduler),
                                  export.safety_manifest(preprocessor) if safety is not None else None)
     fields.update(vae_identity)
+    if fields.get("inpainting") and not export.VAEEncoder.select_state_dict(model.vae.tensors):
+        # Checked before the slow loading: a VAE file may hold only the decoder, all that other models need.
+        raise ck.ConversionError(
+            f"{args.vae if args.vae is not None else path}: the VAE has no encoder (encoder.*), which an inpainting "
+            "model needs for its masked image; " + ("pass a VAE file with both halves, or leave out --vae"
+                                                    if args.vae is not None else "pass a complete VAE with --vae"))
     if taesd is not None:
         export.check_taesd(taesd.config, fields, args.taesd)
         fields.update(taesd_name=os.path.basename(os.path.normpath(args.taesd)), taesd_hash=taesd_sha256[:10])

@@ -237,7 +237,8 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
     p.preview_decoder_ = options.decoder == Decoder::Taesd && !takes_turns(options)
                              ? p.vae_decoder_
                              : prepare("taesd_decoder.pt", options.device, options.dtype);
-  // Used once per image size, like the text encoder, and placed as it is.
+  // It runs once per latent size, a small cost next to the denoising, so it sits with the text encoder (on the CPU
+  // in float32 with low_vram).
   if (bundle.manifest().inpainting)
     p.vae_encoder_ = prepare("vae_encoder.pt", side_device(options), side_dtype(options));
   if (options.safety != SafetyMode::Off)
@@ -405,14 +406,17 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
 // txt2img runs an inpainting model with the whole image masked, as A1111 does and as diffusers' inpainting pipeline
 // does with a white mask: a mask of ones, then the scaled latents of the masked image, which is all gray (0 in the
 // VAE's [-1, 1]). The encoder's mean stands in for the sample of its distribution that A1111 and diffusers draw:
-// deterministic, and close to any sample, as SD's VAE was trained to keep its variance small.
-torch::Tensor Pipeline::masked_image_conditioning(int64_t latent_height, int64_t latent_width) {
+// deterministic, and close to any sample, as SD's VAE learnt small variances (its training weighed the KL term,
+// which would pull them towards 1, very lightly against reconstruction).
+torch::Tensor Pipeline::masked_image_conditioning(int64_t latent_height, int64_t latent_width, Observer* observer) {
   auto& conditioning = masked_image_conditionings_[{latent_height, latent_width}];
   if (conditioning.defined()) return conditioning;
   const auto f = manifest_.vae_scale_factor;
   const auto gray = torch::zeros({1, 3, latent_height * f, latent_width * f},
                                  torch::TensorOptions().dtype(side_dtype(options_)).device(side_device(options_)));
   const auto latents = vae_encoder_->forward({gray}).toTensor().to(options_.device, torch::kFloat32);
+  observe(observer, "vae/encode_out", latents);
+  throw_if_non_finite(latents, "the VAE encoder's encoding of the masked image", side_dtype(options_));
   conditioning = torch::cat(
       {torch::ones({1, 1, latent_height, latent_width}, latents.options()), latents * manifest_.scale_factor}, 1);
   return conditioning;
@@ -424,7 +428,7 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, size_t first, torch::Tenso
   const auto t = timestep_tensors(timesteps, options_.device);
   const std::vector<int64_t> shape(latents.sizes().begin(), latents.sizes().end());
   const auto image_conditioning =
-      manifest_.inpainting ? masked_image_conditioning(shape[2], shape[3]) : torch::Tensor();
+      manifest_.inpainting ? masked_image_conditioning(shape[2], shape[3], run.observer) : torch::Tensor();
   if (image_conditioning.defined()) observe(run.observer, prefix + "unet/image_conditioning", image_conditioning);
   for (size_t call = first; call < timesteps.size(); ++call) {
     auto model_input = scheduler.scale_model_input(run.guided ? torch::cat({latents, latents}) : latents, call);

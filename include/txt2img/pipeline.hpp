@@ -48,10 +48,10 @@ struct PipelineOptions {
   // Error(Usage) when the bundle has none.
   bool previews = false;
   // Keep the device for the module at work: the text encoder and the safety checker (and an inpainting model's VAE
-  // encoder) run on the CPU in float32; on a GPU the U-Net holds device memory only while denoising and the VAE decoder only while decoding (the other
-  // waits in host memory: two copies of the U-Net's weights a batch); and the decoder works in overlapping tiles
-  // when a side exceeds 64 latents (512 pixels), so that large images decode within a small GPU's memory. Up to
-  // that size the images are the same as without it. Pipeline::load refuses it with a graph optimisation (frozen
+  // encoder) run on the CPU in float32; on a GPU the U-Net holds device memory only while denoising and the VAE
+  // decoder only while decoding (the other waits in host memory: two copies of the U-Net's weights a batch); and the
+  // decoder works in overlapping tiles when a side exceeds 64 latents (512 pixels), so that large images decode
+  // within a small GPU's memory. Up to that size the images are the same as without it. Pipeline::load refuses it with a graph optimisation (frozen
   // weights are constants of the graph and cannot move).
   bool low_vram = false;
   // The U-Net's convolutions in NHWC (channels_last), and the U-Net call captured as a CUDA graph and replayed
@@ -194,8 +194,9 @@ class Pipeline {
   torch::Tensor denoise(Scheduler& scheduler, size_t first, torch::Tensor latents, const Denoising& run,
                         const std::string& prefix, size_t calls_before);
   torch::Tensor decode(const torch::Tensor& latents);
-  // An inpainting model's extra U-Net input at this latent size: [1, 1 + latent_channels, h, w], made once per size.
-  torch::Tensor masked_image_conditioning(int64_t latent_height, int64_t latent_width);
+  // An inpainting model's extra U-Net input at this latent size: [1, 1 + latent_channels, h, w], made once per size
+  // (the encoder's output observed as "vae/encode_out" when it is made).
+  torch::Tensor masked_image_conditioning(int64_t latent_height, int64_t latent_width, Observer* observer);
   // 8-bit NHWC pixels as the images the caller gets: checked (observed as "safety/..." when `observer` is given),
   // and black where flagged in SafetyMode::Replace.
   std::vector<GeneratedImage> checked_images(const torch::Tensor& pixels, Observer* observer) const;

@@ -1,6 +1,7 @@
 // txt2img info: what a PNG records about how it was made, or what a model bundle holds.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -330,11 +331,14 @@ std::string a1111_command(const std::string& text) {
   static const std::set<std::string> hires_fields = {"Hires upscale",      "Hires steps",
                                                      "Hires upscaler",     "Denoising strength",
                                                      "Hires sampler",      "Hires schedule type"};
-  // An inpainting model's mask weight: txt2img masks the whole image, which is A1111's weight 1.
-  const bool whole_mask = field("Conditional mask weight") == "1.0" || field("Conditional mask weight") == "1";
+  // An inpainting model's mask weight, which A1111's txt2img reads only for its hires pass: below 1 it conditions
+  // that pass on the first pass's image, where txt2img (and A1111 at 1) masks the whole image again.
+  const std::string mask_weight = field("Conditional mask weight");
+  const bool mask_weight_differs =
+      hires && !mask_weight.empty() && !(std::strtod(mask_weight.c_str(), nullptr) >= 1.0);
   for (const auto& [key, value] : p.fields)
     if (!read.count(key) && !(key == "Lora hashes" && !loras.empty()) && !(hires && hires_fields.count(key)) &&
-        !(key == "Conditional mask weight" && whole_mask))
+        !(key == "Conditional mask weight" && !mask_weight_differs))
       left_out.push_back(key + ": " + value);
   std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version")) << " "
             << model_hint(field("Model"), field("Model hash"));

@@ -116,7 +116,7 @@ std::string a1111_parameters(const ImageRecord& r) {
   // A1111's setting "VAE type for decode", written only when it is not the default.
   if (r.decoder == "taesd") params.emplace_back("VAE Decoder", "TAESD");
   if (r.hires.enabled()) params.emplace_back("Denoising strength", slider_number(r.hires.denoise));
-  // A1111 records the weight of an inpainting model's mask conditioning; txt2img's whole-image mask is its 1.0.
+  // A1111 records its inpainting mask weight setting for an inpainting model; 1.0, its default, is what txt2img does.
   if (r.inpainting) params.emplace_back("Conditional mask weight", "1.0");
   if (r.clip_skip != 1) params.emplace_back("Clip skip", std::to_string(r.clip_skip));  // A1111 omits the default
   if (r.ensd != 0) params.emplace_back("ENSD", std::to_string(r.ensd));

@@ -101,6 +101,24 @@ class CliTestCase(unittest.TestCase):
         return path
 
 
+# --- safetensors reading (the fixtures' tensors) ----------------------------------------------------------------
+
+def safetensors_header(path):
+    """The JSON header of a .safetensors file (tensor entries and "__metadata__")."""
+    with open(path, "rb") as f:
+        return json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+
+
+def safetensors_tensor(path, name):
+    """(header entry, raw little-endian data) of tensor `name` in a .safetensors file."""
+    with open(path, "rb") as f:
+        header_size = struct.unpack("<Q", f.read(8))[0]
+        info = json.loads(f.read(header_size))[name]
+        begin, end = info["data_offsets"]
+        f.seek(8 + header_size + begin)
+        return info, f.read(end - begin)
+
+
 # --- PNG reading (zlib + the five scanline filters), enough for what the binary writes ---------------------------
 
 def png_chunks(path):

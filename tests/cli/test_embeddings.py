@@ -9,7 +9,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from cli_support import ROOT, SHARED, TINY, CliTestCase, png_pixels, png_text, run
+from cli_support import ROOT, SHARED, TINY, CliTestCase, png_pixels, png_text, run, safetensors_tensor
 
 REFERENCE_TINY = SHARED / "reference" / "tiny" / "model"
 TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
@@ -17,13 +17,10 @@ TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
 
 def safetensors_row(path, name, row):
     """Row `row` of the float32 matrix `name` in a .safetensors file, as raw bytes."""
-    with open(path, "rb") as f:
-        header_size = struct.unpack("<Q", f.read(8))[0]
-        info = json.loads(f.read(header_size))[name]
-        assert info["dtype"] == "F32" and len(info["shape"]) == 2, info
-        width = info["shape"][1]
-        f.seek(8 + header_size + info["data_offsets"][0] + row * width * 4)
-        return f.read(width * 4), width
+    info, data = safetensors_tensor(path, name)
+    assert info["dtype"] == "F32" and len(info["shape"]) == 2, info
+    width = info["shape"][1]
+    return data[row * width * 4:(row + 1) * width * 4], width
 
 
 def write_embedding(path, vector, width):

@@ -127,13 +127,19 @@ class Metadata(CliTestCase):
         self.assertNotIn("not carried over", result.stderr)
 
     def test_a1111_inpainting_mask_weight(self):
-        """A1111 records an inpainting model's mask weight; 1 is txt2img's whole-image mask, another is left out."""
+        """A1111 records an inpainting model's mask weight, which its txt2img reads only in a hires pass: there a weight
+        below 1 conditions the pass on the first pass's image, which txt2img does not do."""
         infotext = "a fox\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 32x32, {}RNG: CPU"
-        for weight in ("1.0", "1"):
+        hires = "Denoising strength: 0.7, Hires upscale: 2, Hires upscaler: Latent, "
+        for weight in ("1.0", "1", "0.5"):
             result = a1111_command(self, infotext.format(f"Conditional mask weight: {weight}, "))
             self.assertEqual(result.returncode, 0, result.stderr)
             self.assertNotIn("not carried over", result.stderr)
-        result = a1111_command(self, infotext.format("Conditional mask weight: 0.5, "))
+        for weight in ("1.0", "1"):
+            result = a1111_command(self, infotext.format(f"{hires}Conditional mask weight: {weight}, "))
+            self.assertIn("--hires-scale 2", result.stdout)
+            self.assertNotIn("not carried over", result.stderr)
+        result = a1111_command(self, infotext.format(f"{hires}Conditional mask weight: 0.5, "))
         self.assertIn("not carried over (no txt2img equivalent): Conditional mask weight: 0.5\n", result.stderr)
 
     def test_taesd_needs_a_bundle_with_one(self):

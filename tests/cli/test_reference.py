@@ -4,11 +4,11 @@
 import array
 import json
 import shlex
-import struct
 import unittest
 from pathlib import Path
 
-from cli_support import FIXTURES, SHARED, CliTestCase, fixture_bundle, png_pixels, png_text, run
+from cli_support import (FIXTURES, SHARED, CliTestCase, fixture_bundle, png_pixels, png_text, run, safetensors_header,
+                         safetensors_tensor)
 
 RUNS = SHARED / "reference" / "tiny" / "runs"
 REF_TINY = FIXTURES / "ref-tiny"
@@ -16,21 +16,13 @@ REF_TINY = FIXTURES / "ref-tiny"
 INPAINTING_REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "inpainting_reference.safetensors"
 
 
-def safetensors_header(path):
-    data = Path(path).read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + length]), data[8 + length:]
-
-
-def safetensors_float32(path, key):
+def float32_values(path, key):
     """(shape, values) of one float32 tensor of a .safetensors file."""
-    header, payload = safetensors_header(path)
-    entry = header[key]
-    assert entry["dtype"] == "F32", entry
-    begin, end = entry["data_offsets"]
+    info, data = safetensors_tensor(path, key)
+    assert info["dtype"] == "F32", info
     values = array.array("f")
-    values.frombytes(payload[begin:end])
-    return entry["shape"], values
+    values.frombytes(data)
+    return info["shape"], values
 
 
 class MatchesDiffusers(CliTestCase):
@@ -68,13 +60,13 @@ class MatchesDiffusers(CliTestCase):
         """An inpainting model makes diffusers' inpainting pipeline's image for a white mask, says so in its metadata
         as A1111 does, and its parameters make the same image again."""
         bundle = fixture_bundle("tiny-inpainting")
-        info = json.loads(safetensors_header(INPAINTING_REFERENCE)[0]["__metadata__"]["runs"])["ddim_s10_w24_h16"]
+        info = json.loads(safetensors_header(INPAINTING_REFERENCE)["__metadata__"]["runs"])["ddim_s10_w24_h16"]
         args = [info["prompt"], "--seed", str(info["seed"]), "--steps", str(info["steps"]), "--sampler",
                 info["sampler"], "--cfg-scale", str(info["guidance_scale"]), "--width", str(info["width"]),
                 "--height", str(info["height"]), "--safety", "report", "--device", "cpu", "-o", "a.png"]
         result = self.txt2img(*args, model=bundle, fast=False)
         self.assertEqual(result.returncode, 0, result.stderr)
-        shape, values = safetensors_float32(INPAINTING_REFERENCE, "runs/ddim_s10_w24_h16/image")
+        shape, values = float32_values(INPAINTING_REFERENCE, "runs/ddim_s10_w24_h16/image")
         ours = png_pixels(self.dir / "a.png")
         self.assertEqual(ours[:2], (shape[2], shape[1]))
         self.assertLessEqual(max(abs(a - round(b * 255)) for a, b in zip(ours[2], values)), 1)

@@ -791,7 +791,8 @@ TEST(HiresFix, ResizesTheLatentsAndRunsTheLastStepsOfAStretchedSchedule) {
 }
 
 // The reference is diffusers' StableDiffusionInpaintPipeline on the same model with a white mask, given the
-// masked image's latents as txt2img computes them (tests/fixtures/make_inpainting_reference.py).
+// masked image's latents as txt2img computes them (tests/fixtures/make_inpainting_reference.py). Each run is made
+// in a batch of two, whose first image is the reference's.
 TEST(Inpainting, MatchesDiffusersWithTheWholeImageMasked) {
   const auto reference = txt2img::SafeTensors::open(TXT2IMG_INPAINTING_REFERENCE);
   const auto bundle = txt2img::Bundle::open(fixtures() / "tiny-inpainting");
@@ -811,20 +812,28 @@ TEST(Inpainting, MatchesDiffusersWithTheWholeImageMasked) {
     params.width = run.width;
     params.height = run.height;
     Keep keep;
-    const auto image =
-        generate_small(pipeline, {"a photo of an astronaut riding a horse on mars"}, {0}, params, &keep)[0];
+    const std::string prompt = "a photo of an astronaut riding a horse on mars";
+    const auto images = generate_small(pipeline, {prompt, "a red cube"}, {0, 7}, params, &keep);
     const auto conditioning = keep.kept.at("unet/image_conditioning");
     EXPECT_TRUE(torch::equal(conditioning.slice(1, 0, 1), torch::ones({1, 1, run.height / 2, run.width / 2})));
     EXPECT_TRUE(torch::allclose(conditioning.slice(1, 1), reference.get("runs/" + run.name + "/masked_image_latents"),
                                 1e-5, 1e-6));
-    EXPECT_TRUE(torch::allclose(keep.kept.at("vae/decode_in") * bundle.manifest().scale_factor,
+    EXPECT_TRUE(torch::allclose(keep.kept.at("vae/decode_in").slice(0, 0, 1) * bundle.manifest().scale_factor,
                                 reference.get("runs/" + run.name + "/latents"), 1e-4, 1e-4));
     const auto expected = (reference.get("runs/" + run.name + "/image") * 255).round().to(torch::kUInt8).flatten();
-    EXPECT_LE(max_level_difference(image.rgb, std::vector<uint8_t>(expected.data_ptr<uint8_t>(),
-                                                                   expected.data_ptr<uint8_t>() + expected.numel())),
-              1);
+    const auto* pixels = expected.data_ptr<uint8_t>();
+    EXPECT_LE(max_level_difference(images[0].rgb, std::vector<uint8_t>(pixels, pixels + expected.numel())), 1);
   }
 }
+
+// Counts the encodings a generation makes.
+struct CountEncodings : Keep {
+  void tensor(const std::string& name, const torch::Tensor& value) override {
+    encodings += name == "vae/encode_out";
+    Keep::tensor(name, value);
+  }
+  int encodings = 0;
+};
 
 // Each pass sees the whole image masked at its own size; the encoding is made once per size.
 TEST(Inpainting, TheHiresPassIsConditionedAtItsSize) {
@@ -835,9 +844,10 @@ TEST(Inpainting, TheHiresPassIsConditionedAtItsSize) {
   params.sampler = "euler";
   params.hires.scale = 1.5;
   params.hires.denoise = 0.5;
-  Keep keep;
+  CountEncodings keep;
   const auto images = generate_small(pipeline, {"a red cube"}, {11}, params, &keep);
   EXPECT_EQ(images[0].width, 96);
+  EXPECT_EQ(keep.encodings, 2);
   const auto& first = keep.kept.at("unet/image_conditioning");
   const auto& hires = keep.kept.at("hires/unet/image_conditioning");
   EXPECT_EQ(first.sizes(), (std::vector<int64_t>{1, 5, 24, 32}));
@@ -846,8 +856,10 @@ TEST(Inpainting, TheHiresPassIsConditionedAtItsSize) {
   c10::InferenceMode inference;
   const auto gray = encoder.forward({torch::zeros({1, 3, 72, 96})}).toTensor();
   EXPECT_TRUE(torch::allclose(hires.slice(1, 1), gray * pipeline.manifest().scale_factor, 1e-6, 1e-7));
-  // A second batch of the same sizes makes the same images (from the cached encodings).
-  EXPECT_EQ(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
+  // A second batch of the same sizes encodes nothing again, and makes the same images.
+  CountEncodings again;
+  EXPECT_EQ(generate_small(pipeline, {"a red cube"}, {11}, params, &again)[0].rgb, images[0].rgb);
+  EXPECT_EQ(again.encodings, 0);
 }
 
 TEST(Inpainting, ABundleWithoutItsEncoderIsRefused) {

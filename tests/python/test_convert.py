@@ -311,6 +311,19 @@ def test_inpainting_single_file(tmp_path, reference, capsys):
     assert sorted(encoder) == sorted(want) and all(torch.equal(encoder[k], want[k].float()) for k in want)
     assert torch.jit.load(str(tmp_path / "bundle/unet.pt")).state_dict()["conv_in.weight"].shape[1] == 9
 
+    # A replacement VAE must bring the encoder too; one with only the decoder is refused before any slow work.
+    decoder_only = tmp_path / "decoder-only.safetensors"
+    save_file({k[len("first_stage_model."):]: v for k, v in sd1.items()
+               if k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv."))},
+              str(decoder_only))
+    status, stderr = convert(capsys, source, "--config", reference / "sd1/model", "--no-safety-checker", "--vae",
+                             decoder_only, "--out", tmp_path / "x")
+    assert status == 1 and "Traceback" not in stderr and not (tmp_path / "x").exists()
+    assert stderr.splitlines()[-1] == (
+        f"convert.py: error: {decoder_only}: the VAE has no encoder (encoder.*), which an inpainting model needs for "
+        "its masked image; pass a VAE file with both halves, or leave out --vae")
+    assert "loading the U-Net weights" not in stderr
+
     status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", "--out", tmp_path / "plain")
     assert status == 0, stderr
     manifest = json.loads((tmp_path / "plain/model.json").read_text())
