@@ -139,6 +139,30 @@ GenerationParams hires_pass(const GenerationParams& params) {
   return pass;
 }
 
+// The texts a prompt reads over a pass (0: the first, 1: the hires pass): its schedule in A1111's prompt-editing
+// syntax where params.emphasis reads A1111's syntax, else itself throughout. A1111 counts a pass's steps for it as
+// its sampler's steps, twice as many for the second-order samplers (Heun, DPM2, DPM2 a), and counts them off by
+// U-Net calls; a hires pass's schedule continues the first pass's.
+std::vector<ScheduledText> prompt_texts(const std::string& prompt, const GenerationParams& params, int pass) {
+  const auto editing_steps = [](const std::string& sampler, int steps) {
+    return sampler.rfind("heun", 0) == 0 || sampler.rfind("dpm2", 0) == 0 ? 2 * steps : steps;
+  };
+  const int first_steps = editing_steps(params.sampler, params.steps);
+  if (!params.emphasis) return {{first_steps, prompt}};
+  if (pass == 0) return prompt_schedule(prompt, first_steps);
+  return prompt_schedule(prompt, first_steps, editing_steps(hires_pass(params).sampler, params.hires_steps()));
+}
+
+// Whether prompt editing makes any of `prompts` read another text in some pass (else each pass reads them as they are).
+bool edits_prompts(const std::vector<std::string>& prompts, const GenerationParams& params) {
+  for (const auto& prompt : prompts)
+    for (int pass = 0; pass < (params.hires.enabled() ? 2 : 1); ++pass) {
+      const auto texts = prompt_texts(prompt, params, pass);
+      if (texts.size() > 1 || texts[0].text != prompt) return true;
+    }
+  return false;
+}
+
 // Throws Error(Usage) for a hires fix that cannot run: its size, strength, steps, upscaler, or a sampler that cannot
 // enter its schedule in the middle.
 void check_hires(const Manifest& manifest, const GenerationParams& params) {
@@ -331,8 +355,87 @@ std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, co
 size_t Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
                              const GenerationParams& params) const {
   if (!params.long_prompts) return 1;
-  const bool guided = classifier_free(manifest_, params);
-  return std::max(token_chunks(prompt, params).size(), guided ? token_chunks(negative_prompt, params).size() : 1);
+  size_t chunks = 1;
+  for (const auto* text : {&prompt, &negative_prompt}) {
+    if (text == &negative_prompt && !classifier_free(manifest_, params)) continue;
+    for (const auto& read : texts_read(*text, params)) chunks = std::max(chunks, token_chunks(read, params).size());
+  }
+  return chunks;
+}
+
+std::vector<std::string> Pipeline::texts_read(const std::string& prompt, const GenerationParams& params) const {
+  std::vector<std::string> texts;
+  for (int pass = 0; pass < (params.hires.enabled() ? 2 : 1); ++pass)
+    for (auto& entry : prompt_texts(prompt, params, pass))
+      if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
+  return texts;
+}
+
+// Each U-Net row's distinct texts over a pass, encoded in one text-encoder batch, and the rows' texts at each step.
+class Pipeline::TextConditioning {
+ public:
+  // `schedules`: each row's schedule; `entry_texts`: for each row and entry, the text's row in `encoded`.
+  TextConditioning(torch::Tensor encoded, std::vector<std::vector<ScheduledText>> schedules,
+                   std::vector<std::vector<int64_t>> entry_texts)
+      : encoded_(std::move(encoded)), schedules_(std::move(schedules)), entry_texts_(std::move(entry_texts)) {}
+
+  // [rows, tokens, hidden]: each row's text at `step` of the pass (from 0), as A1111 picks it.
+  const torch::Tensor& at(size_t step) {
+    std::vector<int64_t> texts;
+    for (size_t row = 0; row < schedules_.size(); ++row)
+      texts.push_back(entry_texts_[row][scheduled_index(schedules_[row], static_cast<int>(step))]);
+    if (!current_.defined() || texts != current_texts_) {
+      bool identity = static_cast<int64_t>(texts.size()) == encoded_.size(0);
+      for (size_t i = 0; i < texts.size() && identity; ++i) identity = texts[i] == static_cast<int64_t>(i);
+      current_ = identity ? encoded_ : encoded_.index_select(0, torch::tensor(texts).to(encoded_.device()));
+      current_texts_ = std::move(texts);
+    }
+    return current_;
+  }
+
+ private:
+  torch::Tensor encoded_;
+  std::vector<std::vector<ScheduledText>> schedules_;
+  std::vector<std::vector<int64_t>> entry_texts_;
+  torch::Tensor current_;
+  std::vector<int64_t> current_texts_;
+};
+
+// With classifier-free guidance the negative prompts' rows come first ([uncond, cond], one U-Net batch). Long
+// prompts: every text of the pass gets the largest chunk count among them (text_chunks).
+Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::string>& prompts,
+                                                    const std::vector<std::string>& negative_prompts,
+                                                    const GenerationParams& params, bool guided, int pass,
+                                                    Observer* observer) {
+  std::vector<std::vector<ScheduledText>> schedules;
+  std::vector<std::vector<int64_t>> entry_texts;
+  // Each group's texts (negative prompts, then prompts), a row's distinct texts in the order it first reads them.
+  std::vector<std::vector<std::vector<Tokenizer::Chunk>>> group_chunks(2);
+  size_t chunks = 1;
+  int64_t texts = 0;
+  for (int group = guided ? 0 : 1; group < 2; ++group) {
+    for (const auto& prompt : group == 0 ? negative_prompts : prompts) {
+      schedules.push_back(prompt_texts(prompt, params, pass));
+      std::vector<std::string> seen;
+      std::vector<int64_t> entries;
+      for (const auto& entry : schedules.back()) {
+        const auto found = std::find(seen.begin(), seen.end(), entry.text);
+        entries.push_back(texts + (found - seen.begin()));
+        if (found != seen.end()) continue;
+        seen.push_back(entry.text);
+        group_chunks[group].push_back(token_chunks(entry.text, params));
+        chunks = std::max(chunks, group_chunks[group].back().size());
+      }
+      texts += static_cast<int64_t>(seen.size());
+      entry_texts.push_back(std::move(entries));
+    }
+  }
+  const std::string prefix = pass == 0 ? "" : "hires/";
+  auto encoded = encode_text(std::move(group_chunks[1]), chunks, params, prefix + "text", observer);
+  if (guided)
+    encoded = torch::cat(
+        {encode_text(std::move(group_chunks[0]), chunks, params, prefix + "uncond_text", observer), encoded});
+  return TextConditioning(std::move(encoded), std::move(schedules), std::move(entry_texts));
 }
 
 // [texts, chunks * context, hidden]: each text's chunks, padded with empty ones to `chunks`, encoded as one
@@ -434,8 +537,9 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, size_t first, torch::Tenso
     auto model_input = scheduler.scale_model_input(run.guided ? torch::cat({latents, latents}) : latents, call);
     if (image_conditioning.defined())
       model_input = torch::cat({model_input, image_conditioning.expand({model_input.size(0), -1, -1, -1})}, 1);
-    auto noise_pred = (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], run.context, run.guidance)
-                          .to(torch::kFloat32);
+    auto noise_pred =
+        (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], run.text.at(call - first), run.guidance)
+            .to(torch::kFloat32);
     observe(run.observer, prefix + "unet/" + call_name(call - first) + "/noise_pred", noise_pred);
     if (run.guided) {
       auto uncond_cond = noise_pred.chunk(2);
@@ -478,20 +582,9 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   const bool guided = classifier_free(manifest_, params);
 
   // 1. Encode the prompts; with classifier-free guidance the negative prompts too, in one U-Net batch [uncond, cond].
-  // Long prompts: every text gets the batch's largest chunk count (text_chunks).
-  std::vector<std::vector<Tokenizer::Chunk>> prompt_chunks, negative_chunks;
-  size_t chunks = 1;
-  for (size_t row = 0; row < prompts.size(); ++row) {
-    prompt_chunks.push_back(token_chunks(prompts[row], params));
-    chunks = std::max(chunks, prompt_chunks.back().size());
-    if (!guided) continue;
-    negative_chunks.push_back(token_chunks(negative_prompts[row], params));
-    chunks = std::max(chunks, negative_chunks.back().size());
-  }
-  auto context = encode_text(std::move(prompt_chunks), chunks, params, "text", observer);
-  if (guided)
-    context = torch::cat({encode_text(std::move(negative_chunks), chunks, params, "uncond_text", observer), context});
-  observe(observer, "unet/encoder_hidden_states", context);
+  // With A1111's prompt editing, every text they read in the pass.
+  auto text = encode_prompts(prompts, negative_prompts, params, guided, 0, observer);
+  observe(observer, "unet/encoder_hidden_states", text.at(0));
 
   // 2. Initial noise.
   auto scheduler = make_sampler(manifest_, params, params.steps);
@@ -515,7 +608,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   }
   const size_t calls = scheduler->timesteps().size() +
                        (hires_sampler ? hires_sampler->timesteps().size() - hires_sampler->first_call() : 0);
-  const Denoising run{context, guidance, guided, params.cfg_scale, calls, noise, observer};
+  const Denoising run{text, guidance, guided, params.cfg_scale, calls, noise, observer};
   latents = denoise(*scheduler, 0, latents, run, "", 0);
 
   // 4. Hires fix: the latents resized, noised to where the hires schedule is entered, denoised again; the noise
@@ -529,7 +622,15 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     noise.restart();
     latents = hires_sampler->add_noise(latents, noise.draw(latent_shape).to(options_.device), first);
     observe(observer, "hires/latents/init", latents);
-    latents = denoise(*hires_sampler, first, latents, run, "hires/", scheduler->timesteps().size());
+    // Prompt editing starts the hires pass's schedule again, its steps counting on from the first pass's.
+    std::optional<TextConditioning> hires_text;
+    std::vector<std::string> all_prompts = prompts;
+    all_prompts.insert(all_prompts.end(), negative_prompts.begin(), negative_prompts.end());
+    if (edits_prompts(all_prompts, params))
+      hires_text.emplace(encode_prompts(prompts, negative_prompts, params, guided, 1, observer));
+    const Denoising hires_run{
+        hires_text ? *hires_text : text, guidance, guided, params.cfg_scale, calls, noise, observer};
+    latents = denoise(*hires_sampler, first, latents, hires_run, "hires/", scheduler->timesteps().size());
   }
   throw_if_non_finite(latents, "the latents", options_.dtype);
 

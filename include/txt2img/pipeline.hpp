@@ -14,6 +14,7 @@
 
 #include "txt2img/bundle.hpp"
 #include "txt2img/params.hpp"
+#include "txt2img/prompt_schedule.hpp"
 #include "txt2img/safety.hpp"
 #include "txt2img/scheduler.hpp"
 #include "txt2img/tokenizer.hpp"
@@ -51,8 +52,8 @@ struct PipelineOptions {
   // encoder) run on the CPU in float32; on a GPU the U-Net holds device memory only while denoising and the VAE
   // decoder only while decoding (the other waits in host memory: two copies of the U-Net's weights a batch); and the
   // decoder works in overlapping tiles when a side exceeds 64 latents (512 pixels), so that large images decode
-  // within a small GPU's memory. Up to that size the images are the same as without it. Pipeline::load refuses it with a graph optimisation (frozen
-  // weights are constants of the graph and cannot move).
+  // within a small GPU's memory. Up to that size the images are the same as without it. Pipeline::load refuses it
+  // with a graph optimisation (frozen weights are constants of the graph and cannot move).
   bool low_vram = false;
   // The U-Net's convolutions in NHWC (channels_last), and the U-Net call captured as a CUDA graph and replayed
   // (CUDA builds and devices only; Pipeline::load throws Error(Usage) otherwise). Measured by txt2img-bench
@@ -160,6 +161,10 @@ class Pipeline {
   // (bundles converted before --clip-skip existed have only `forward`).
   bool supports_clip_skip() const { return clip_skip_supported_; }
 
+  // The texts a prompt makes the text encoder read in a run with these params: itself, or with params.emphasis the
+  // distinct texts of its A1111 prompt-editing schedule in both passes, in order.
+  std::vector<std::string> texts_read(const std::string& prompt, const GenerationParams& params) const;
+
   // How many text-encoder chunks (of context_length tokens) a row's prompt and negative prompt take: 1 unless
   // params.long_prompts. The rows of a batch are all encoded with the batch's largest count, the shorter texts
   // padded with empty chunks (as A1111 pads a batch), so a row depends on its batch unless the counts agree.
@@ -179,9 +184,15 @@ class Pipeline {
   std::vector<Tokenizer::Chunk> token_chunks(const std::string& text, const GenerationParams& params) const;
   torch::Tensor encode_text(std::vector<std::vector<Tokenizer::Chunk>> texts, size_t chunks,
                             const GenerationParams& params, const std::string& name, Observer* observer);
-  // What the U-Net calls of one batch share, for denoise.
+  // A pass's text conditioning: every U-Net row's texts over the pass, encoded (see pipeline.cpp).
+  class TextConditioning;
+  // `pass`: 0 the first pass, 1 the hires pass.
+  TextConditioning encode_prompts(const std::vector<std::string>& prompts,
+                                  const std::vector<std::string>& negative_prompts, const GenerationParams& params,
+                                  bool guided, int pass, Observer* observer);
+  // What the U-Net calls of one pass share, for denoise.
   struct Denoising {
-    const torch::Tensor& context;   // [uncond rows, cond rows] with guidance, else the prompts' rows
+    TextConditioning& text;         // [uncond rows, cond rows] with guidance, else the prompts' rows, at each step
     const torch::Tensor& guidance;  // LCM's guidance input, undefined for other models
     bool guided;
     double cfg_scale;

@@ -193,9 +193,15 @@ class Generator {
     const std::string where = job.line ? plan_.where(job) + ": the " : "the ";
     for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.model_prompt},
                               {"negative prompt", &job.negative_prompt}}) {
-      const auto t = find_truncation(pipeline_->tokenizer().encode_traced(*text, job.params.emphasis),
-                                     manifest_.context_length);
-      if (t.truncated()) reporter_.warn(where + what + " " + describe(t) + " (--long-prompts reads all of it)");
+      // With prompt editing, the first of its texts that is too long.
+      for (const auto& read : pipeline_->texts_read(*text, job.params)) {
+        const auto t =
+            find_truncation(pipeline_->tokenizer().encode_traced(read, job.params.emphasis), manifest_.context_length);
+        if (!t.truncated()) continue;
+        reporter_.warn(where + what + (read == *text ? "" : " (as prompt editing makes it: \"" + read + "\")") + " " +
+                       describe(t) + " (--long-prompts reads all of it)");
+        break;
+      }
     }
   }
 

@@ -6,6 +6,7 @@
 #include "cli/reporter.hpp"
 #include "cli/truncation.hpp"
 #include "txt2img/bundle.hpp"
+#include "txt2img/prompt_schedule.hpp"
 #include "txt2img/tokenizer.hpp"
 
 namespace txt2img::cli {
@@ -46,6 +47,14 @@ int run_tokenize(const TokenizeOptions& o) {
                 << "\n";
       if (t.truncated()) Reporter(false, false).warn("the prompt " + describe(t));
     }
+    // The texts of a schedule depend on the steps, which tokenize does not know.
+    const auto schedule = prompt_schedule(entry.prompt, 1000);
+    if (o.emphasis && (schedule.size() > 1 || schedule[0].text != entry.prompt))
+      Reporter(false, false)
+          .warn(
+              "the prompt uses A1111's prompt editing ([from:to:when], [a|b]): these are the ids "
+              "of the text as written; generating reads the texts of its schedule (\"" +
+              schedule[0].text + "\" first)");
   }
   std::cout << std::flush;
   return 0;

@@ -367,6 +367,18 @@ class Reporting(CliTestCase):
         self.assertIn('"cat cat cat cat cat zebra', result.stderr)
         self.assertIn("--long-prompts reads all of it", result.stderr)
 
+    def test_prompt_editing(self):
+        """With A1111's syntax a prompt's scheduled texts are what the text encoder reads: a too long one is named,
+        and the brackets of a plain run are text."""
+        long = " ".join(["cat"] * 80) + " zebra"
+        result = self.txt2img(f"[a fox:{long}:1]", "--emphasis", "-o", "edited.png", "--seed", "1")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn('the prompt (as prompt editing makes it: "cat cat', result.stderr)
+        self.assertIn("81 tokens", result.stderr)
+        plain = self.txt2img(f"[a fox:{long}:1]", "-o", "plain.png", "--seed", "1")
+        self.assertIn("the prompt is 88 tokens long", plain.stderr)
+        self.assertEqual(self.txt2img("[a fox:a cat:1]", "--emphasis", "-o", "short.png").stderr.count("warning"), 0)
+
     def test_long_prompts(self):
         """Encoded whole, in chunks: no warning, another image than the cut-off prompt, the same image for a prompt
         that fits, recorded in the metadata, and the same image whatever the batch."""

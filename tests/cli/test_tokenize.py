@@ -63,6 +63,13 @@ class Tokenize(CliTestCase):
         self.assertEqual(json.loads(self.tokenize("a ((red:1.3)) [fox]", "--json", "--emphasis").stdout)["ids"], plain)
         self.assertNotEqual(json.loads(self.tokenize("a ((red:1.3)) [fox]", "--json").stdout)["ids"], plain)
 
+    def test_prompt_editing_is_pointed_out(self):
+        result = self.tokenize("a [red:blue:5] fox", "--emphasis")
+        self.assertIn("warning: the prompt uses A1111's prompt editing", result.stderr)
+        self.assertIn('("a red fox" first)', result.stderr)
+        self.assertNotIn("prompt editing", self.tokenize("a [red:blue:5] fox").stderr)
+        self.assertNotIn("prompt editing", self.tokenize("a (red) [fox]", "--emphasis").stderr)
+
     def test_from_file_one_json_line_per_prompt(self):
         self.write("p.txt", "a cat\n# comment\n\na dog\n")
         result = self.tokenize("--from-file", "p.txt")

@@ -790,6 +790,77 @@ TEST(HiresFix, ResizesTheLatentsAndRunsTheLastStepsOfAStretchedSchedule) {
   EXPECT_EQ(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
 }
 
+// A1111's prompt editing, read with its emphasis syntax: "[a:b:N]" is a up to step N (from 0) and b after it.
+TEST(PromptEditing, EachStepReadsItsScheduledText) {
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
+  auto params = small_params();  // 3 steps
+  params.sampler = "euler";
+  params.emphasis = true;
+  // The final latents, and what the run observed.
+  const auto make = [&](const std::string& prompt, Keep& keep) {
+    generate_small(pipeline, {prompt}, {5}, params, &keep);
+    return keep.kept.at("vae/decode_in");
+  };
+  Keep red, blue, edited, before, after, fraction, text;
+  const auto red_cube = make("a red cube", red);
+  const auto blue_sphere = make("a blue sphere", blue);
+  ASSERT_FALSE(torch::equal(red_cube, blue_sphere));
+  // The change after step 0 or after the last step never happens; after step 1 it makes other latents, the first
+  // two U-Net calls reading the first text.
+  EXPECT_TRUE(torch::equal(make("[a red cube:a blue sphere:0]", before), blue_sphere));
+  EXPECT_TRUE(torch::equal(make("[a red cube:a blue sphere:3]", after), red_cube));
+  const auto changed = make("[a red cube:a blue sphere:1]", edited);
+  EXPECT_FALSE(torch::equal(changed, red_cube));
+  EXPECT_FALSE(torch::equal(changed, blue_sphere));
+  EXPECT_TRUE(torch::equal(edited.kept.at("unet/001/noise_pred"), red.kept.at("unet/001/noise_pred")));
+  EXPECT_FALSE(torch::equal(edited.kept.at("unet/002/noise_pred"), red.kept.at("unet/002/noise_pred")));
+  // Both texts are encoded, once each, besides the negative prompt.
+  EXPECT_EQ(edited.kept.at("text/input_ids").size(0), 2);
+  EXPECT_EQ(edited.kept.at("uncond_text/input_ids").size(0), 1);
+  // Fractions count the steps: .34 of 3 is step 1.
+  EXPECT_TRUE(torch::equal(make("[a red cube:a blue sphere:.34]", fraction), changed));
+  // Heun's steps count twice, as A1111 counts them: of 3 steps (5 U-Net calls, 6 counted) .5 ends after call 3.
+  params.sampler = "heun";
+  Keep heun_red, heun_edited;
+  make("a red cube", heun_red);
+  make("[a red cube:a blue sphere:.5]", heun_edited);
+  EXPECT_TRUE(torch::equal(heun_edited.kept.at("unet/003/noise_pred"), heun_red.kept.at("unet/003/noise_pred")));
+  EXPECT_FALSE(torch::equal(heun_edited.kept.at("unet/004/noise_pred"), heun_red.kept.at("unet/004/noise_pred")));
+  // Without A1111's syntax the brackets are text.
+  params.sampler = "euler";
+  params.emphasis = false;
+  EXPECT_EQ(make("[a red cube:a blue sphere:1]", text).size(0), 1);
+  EXPECT_FALSE(torch::equal(text.kept.at("vae/decode_in"), changed));
+  EXPECT_EQ(text.kept.at("text/input_ids").size(0), 1);
+}
+
+// A hires pass's schedule counts whole steps on from the first pass's and fractions from 1 to 2 over its own.
+TEST(PromptEditing, TheHiresPassContinuesTheSchedule) {
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
+  auto params = small_params();  // 3 steps
+  params.sampler = "euler";
+  params.emphasis = true;
+  params.hires.scale = 1.5;
+  params.hires.denoise = 0.5;
+  const auto ids = [&](const std::string& text) {
+    auto ids = pipeline.tokenizer().encode_padded(text, 77, 49407).ids;
+    return torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).view({1, -1});
+  };
+  Keep keep;
+  generate_small(pipeline, {"[a red cube:a blue sphere:3]"}, {5}, params, &keep);
+  EXPECT_TRUE(torch::equal(keep.kept.at("text/input_ids"), ids("a red cube")));
+  EXPECT_TRUE(torch::equal(keep.kept.at("hires/text/input_ids"), ids("a blue sphere")));
+  Keep fraction;
+  generate_small(pipeline, {"[a red cube:a blue sphere:1.5]"}, {5}, params, &fraction);
+  EXPECT_TRUE(torch::equal(fraction.kept.at("text/input_ids"), ids("a red cube")));
+  EXPECT_TRUE(
+      torch::equal(fraction.kept.at("hires/text/input_ids"), torch::cat({ids("a red cube"), ids("a blue sphere")})));
+  // Prompts without prompt editing are encoded once for both passes.
+  Keep plain;
+  generate_small(pipeline, {"a (red:1.2) cube"}, {5}, params, &plain);
+  EXPECT_FALSE(plain.kept.count("hires/text/input_ids"));
+}
+
 // The reference is diffusers' StableDiffusionInpaintPipeline on the same model with a white mask, given the
 // masked image's latents as txt2img computes them (tests/fixtures/make_inpainting_reference.py). Each run is made
 // in a batch of two, whose first image is the reference's.

@@ -1,0 +1,27 @@
+// AUTOMATIC1111's prompt editing: "[from:to:when]" changes the text after step `when`, "[to:when]" adds it then,
+// "[from::when]" removes it then, and "[a|b|c]" alternates every step. A prompt becomes the texts it reads and the
+// last step of each, as A1111's get_learned_conditioning_prompt_schedules makes them.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace txt2img {
+
+struct ScheduledText {
+  int end_at_step;  // the text conditions the sampler's steps up to and including this one (counted from 0)
+  std::string text;
+};
+
+// The schedule of `prompt` over `steps` sampling steps: when numbers with a "." are fractions of the steps (0.25:
+// after a quarter), others step numbers. For a hires pass give the first pass's steps and the pass's own
+// `hires_steps` (> 0): step numbers then count on from the first pass, and fractions from 1 to 2 cover the hires
+// pass. A prompt that is not in the syntax (an unmatched bracket, a "|" outside brackets) is one text, unchanged.
+// The texts keep emphasis brackets, which are read afterwards.
+std::vector<ScheduledText> prompt_schedule(const std::string& prompt, int steps, int hires_steps = 0);
+
+// Which entry of a schedule conditions step `step` (from 0), as A1111's reconstruct_cond_batch picks it: the first
+// whose end_at_step is not before it, else the first.
+size_t scheduled_index(const std::vector<ScheduledText>& schedule, int step);
+
+}  // namespace txt2img

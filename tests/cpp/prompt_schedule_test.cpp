@@ -1,0 +1,42 @@
+#include "txt2img/prompt_schedule.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace {
+
+// Every case of tests/fixtures/prompt_schedule_goldens.json: A1111's own parser on its doctests, everyday prompt
+// editing and random (partly damaged) prompts, for first and hires passes.
+TEST(PromptSchedule, MatchesA1111sParser) {
+  std::ifstream in(TXT2IMG_PROMPT_SCHEDULE_GOLDENS);
+  ASSERT_TRUE(in) << "missing " << TXT2IMG_PROMPT_SCHEDULE_GOLDENS;
+  const auto goldens = nlohmann::json::parse(in);
+  size_t cases = 0, edited = 0;
+  for (const auto& c : goldens.at("cases")) {
+    const auto prompt = c.at("prompt").get<std::string>();
+    const auto schedule = txt2img::prompt_schedule(prompt, c.at("steps"), c.at("hires_steps"));
+    std::vector<std::pair<int, std::string>> ours, theirs;
+    for (const auto& entry : schedule) ours.emplace_back(entry.end_at_step, entry.text);
+    for (const auto& entry : c.at("schedule")) theirs.emplace_back(entry.at(0), entry.at(1));
+    EXPECT_EQ(ours, theirs) << "prompt \"" << prompt << "\", steps " << c.at("steps") << ", hires steps "
+                            << c.at("hires_steps");
+    ++cases;
+    edited += theirs.size() > 1;
+  }
+  EXPECT_GT(cases, 700u);
+  EXPECT_GT(edited, 250u);
+}
+
+TEST(PromptSchedule, EachStepTakesTheFirstTextNotEndedBeforeIt) {
+  // A1111 counts steps from 0 and ends a text after its step: "[a:b:3]" is "a" for steps 0 to 3.
+  const auto schedule = txt2img::prompt_schedule("[a:b:3]", 10);
+  ASSERT_EQ(schedule.size(), 2u);
+  for (int step = 0; step < 10; ++step) EXPECT_EQ(txt2img::scheduled_index(schedule, step), step <= 3 ? 0u : 1u);
+  // Past the last end (a sampler making more calls than its steps) the first text is taken again, as in A1111.
+  EXPECT_EQ(txt2img::scheduled_index(schedule, 11), 0u);
+  EXPECT_EQ(txt2img::prompt_schedule("a plain prompt", 10).size(), 1u);
+}
+
+}  // namespace
