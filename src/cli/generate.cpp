@@ -3,6 +3,7 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -176,7 +177,7 @@ class Generator {
       if (!batch.empty() && (batch.size() == static_cast<size_t>(o_.batch_size) || !(batch[0].params == job.params) ||
                              batch_chunks != chunks))
         make(batch);
-      warn_if_truncated(job);
+      warn_about_prompt(job);
       batch.push_back(job);
       batch_chunks = chunks;
     }
@@ -186,11 +187,17 @@ class Generator {
   uint64_t in_flight() const { return in_flight_; }
 
  private:
-  void warn_if_truncated(const ImageJob& job) {
-    if (job.params.long_prompts || (warned_any_ && job.prompt_index == warned_prompt_)) return;
+  // Once per prompt (its images follow each other): what of it the model will not read as written.
+  void warn_about_prompt(const ImageJob& job) {
+    if (warned_any_ && job.prompt_index == warned_prompt_) return;
     warned_any_ = true;
     warned_prompt_ = job.prompt_index;
     const std::string where = job.line ? plan_.where(job) + ": the " : "the ";
+    // A1111 splits a prompt at the word AND into prompts whose guidance it adds up (composable diffusion).
+    if (job.params.emphasis && has_word(job.model_prompt, "AND"))
+      reporter_.warn(where + "prompt has AND, which A1111 reads as composable diffusion, one prompt on each side; "
+                     "txt2img reads it as a word, so the image differs from A1111's");
+    if (job.params.long_prompts) return;
     for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.model_prompt},
                               {"negative prompt", &job.negative_prompt}}) {
       // With prompt editing, the first of its texts that is too long.
@@ -203,6 +210,16 @@ class Generator {
         break;
       }
     }
+  }
+
+  // Whether `word` occurs in `text` between non-word characters, as the regular expression \bword\b finds it.
+  static bool has_word(const std::string& text, const std::string& word) {
+    const auto word_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_'; };
+    for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + 1)) {
+      const size_t end = at + word.size();
+      if ((at == 0 || !word_char(text[at - 1])) && (end == text.size() || !word_char(text[end]))) return true;
+    }
+    return false;
   }
 
   // The embeddings the job's prompt and negative prompt name, each once, with the hash A1111 knows it by.

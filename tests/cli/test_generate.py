@@ -378,6 +378,11 @@ class Reporting(CliTestCase):
         plain = self.txt2img(f"[a fox:{long}:1]", "-o", "plain.png", "--seed", "1")
         self.assertIn("the prompt is 88 tokens long", plain.stderr)
         self.assertEqual(self.txt2img("[a fox:a cat:1]", "--emphasis", "-o", "short.png").stderr.count("warning"), 0)
+        # A1111's composable AND is not read; with its syntax on, that is said.
+        both = self.txt2img("a fox AND a cat:0.5", "--emphasis", "-o", "and.png")
+        self.assertIn("warning: the prompt has AND, which A1111 reads as composable diffusion", both.stderr)
+        for prompt, flags in (("a fox AND a cat", []), ("ANDROID and a fox", ["--emphasis"])):
+            self.assertNotIn("AND", self.txt2img(prompt, *flags, "-o", f"{len(flags)}.png").stderr)
 
     def test_long_prompts(self):
         """Encoded whole, in chunks: no warning, another image than the cut-off prompt, the same image for a prompt
