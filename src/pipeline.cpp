@@ -139,30 +139,6 @@ GenerationParams hires_pass(const GenerationParams& params) {
   return pass;
 }
 
-// The texts a prompt reads over a pass (0: the first, 1: the hires pass): its schedule in A1111's prompt-editing
-// syntax where params.emphasis reads A1111's syntax, else itself throughout. A1111 counts a pass's steps for it as
-// its sampler's steps, twice as many for the second-order samplers (Heun, DPM2, DPM2 a), and counts them off by
-// U-Net calls; a hires pass's schedule continues the first pass's.
-std::vector<ScheduledText> prompt_texts(const std::string& prompt, const GenerationParams& params, int pass) {
-  const auto editing_steps = [](const std::string& sampler, int steps) {
-    return sampler.rfind("heun", 0) == 0 || sampler.rfind("dpm2", 0) == 0 ? 2 * steps : steps;
-  };
-  const int first_steps = editing_steps(params.sampler, params.steps);
-  if (!params.emphasis) return {{first_steps, prompt}};
-  if (pass == 0) return prompt_schedule(prompt, first_steps);
-  return prompt_schedule(prompt, first_steps, editing_steps(hires_pass(params).sampler, params.hires_steps()));
-}
-
-// Whether prompt editing makes any of `prompts` read another text in some pass (else each pass reads them as they are).
-bool edits_prompts(const std::vector<std::string>& prompts, const GenerationParams& params) {
-  for (const auto& prompt : prompts)
-    for (int pass = 0; pass < (params.hires.enabled() ? 2 : 1); ++pass) {
-      const auto texts = prompt_texts(prompt, params, pass);
-      if (texts.size() > 1 || texts[0].text != prompt) return true;
-    }
-  return false;
-}
-
 // Throws Error(Usage) for a hires fix that cannot run: its size, strength, steps, upscaler, or a sampler that cannot
 // enter its schedule in the middle.
 void check_hires(const Manifest& manifest, const GenerationParams& params) {
@@ -352,22 +328,58 @@ std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, co
                            manifest_.context_length, manifest_.pad_id);
 }
 
-size_t Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
-                             const GenerationParams& params) const {
-  if (!params.long_prompts) return 1;
-  size_t chunks = 1;
-  for (const auto* text : {&prompt, &negative_prompt}) {
-    if (text == &negative_prompt && !classifier_free(manifest_, params)) continue;
-    for (const auto& read : texts_read(*text, params)) chunks = std::max(chunks, token_chunks(read, params).size());
+// The texts a prompt reads over a pass: its schedule in A1111's prompt-editing syntax where params.emphasis reads
+// A1111's syntax, else itself throughout. A1111 counts a pass's steps for it in U-Net calls, as many as the
+// sampler's steps, twice as many for the second-order ones (Heun, DPM2, DPM2 a); a hires pass's schedule continues
+// the first pass's.
+std::vector<ScheduledText> Pipeline::schedule_of(const std::string& prompt, const GenerationParams& params,
+                                                 Pass pass) const {
+  const auto editing_steps = [&](const GenerationParams& pass_params, int steps) {
+    return static_cast<int>(make_sampler(manifest_, pass_params, steps)->calls_per_step()) * steps;
+  };
+  const int first_steps = editing_steps(params, params.steps);
+  if (!params.emphasis) return {{first_steps, prompt}};
+  if (pass == Pass::First) return prompt_schedule(prompt, first_steps);
+  const auto hires = hires_pass(params);
+  return prompt_schedule(prompt, first_steps, editing_steps(hires, params.hires_steps()));
+}
+
+bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,
+                                       const std::vector<std::string>& negative_prompts,
+                                       const GenerationParams& params) const {
+  if (!params.emphasis) return false;
+  for (const auto* texts : {&prompts, &negative_prompts})
+    for (const auto& text : *texts) {
+      const auto first = schedule_of(text, params, Pass::First);
+      const auto hires = schedule_of(text, params, Pass::Hires);
+      if (first.size() > 1 || hires.size() > 1 || first[0].text != hires[0].text) return true;
+    }
+  return false;
+}
+
+std::vector<size_t> Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
+                                          const GenerationParams& params) const {
+  std::vector<size_t> passes;
+  for (Pass pass : {Pass::First, Pass::Hires}) {
+    if (pass == Pass::Hires && !params.hires.enabled()) break;
+    size_t chunks = 1;
+    for (const auto* text : {&prompt, &negative_prompt}) {
+      if (!params.long_prompts || (text == &negative_prompt && !classifier_free(manifest_, params))) continue;
+      for (const auto& entry : schedule_of(*text, params, pass))
+        chunks = std::max(chunks, token_chunks(entry.text, params).size());
+    }
+    passes.push_back(chunks);
   }
-  return chunks;
+  return passes;
 }
 
 std::vector<std::string> Pipeline::texts_read(const std::string& prompt, const GenerationParams& params) const {
   std::vector<std::string> texts;
-  for (int pass = 0; pass < (params.hires.enabled() ? 2 : 1); ++pass)
-    for (auto& entry : prompt_texts(prompt, params, pass))
+  for (Pass pass : {Pass::First, Pass::Hires}) {
+    if (pass == Pass::Hires && !params.hires.enabled()) break;
+    for (auto& entry : schedule_of(prompt, params, pass))
       if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
+  }
   return texts;
 }
 
@@ -379,33 +391,33 @@ class Pipeline::TextConditioning {
                    std::vector<std::vector<int64_t>> entry_texts)
       : encoded_(std::move(encoded)), schedules_(std::move(schedules)), entry_texts_(std::move(entry_texts)) {}
 
-  // [rows, tokens, hidden]: each row's text at `step` of the pass (from 0), as A1111 picks it.
+  // [rows, tokens, hidden]: each row's text at `step` of the pass (from 0), as A1111 picks it. Each combination of
+  // texts is gathered once ([a|b] takes turns between two).
   const torch::Tensor& at(size_t step) {
     std::vector<int64_t> texts;
     for (size_t row = 0; row < schedules_.size(); ++row)
       texts.push_back(entry_texts_[row][scheduled_index(schedules_[row], static_cast<int>(step))]);
-    if (!current_.defined() || texts != current_texts_) {
+    auto& gathered = gathered_[texts];
+    if (!gathered.defined()) {
       bool identity = static_cast<int64_t>(texts.size()) == encoded_.size(0);
       for (size_t i = 0; i < texts.size() && identity; ++i) identity = texts[i] == static_cast<int64_t>(i);
-      current_ = identity ? encoded_ : encoded_.index_select(0, torch::tensor(texts).to(encoded_.device()));
-      current_texts_ = std::move(texts);
+      gathered = identity ? encoded_ : encoded_.index_select(0, torch::tensor(texts).to(encoded_.device()));
     }
-    return current_;
+    return gathered;
   }
 
  private:
   torch::Tensor encoded_;
   std::vector<std::vector<ScheduledText>> schedules_;
   std::vector<std::vector<int64_t>> entry_texts_;
-  torch::Tensor current_;
-  std::vector<int64_t> current_texts_;
+  std::map<std::vector<int64_t>, torch::Tensor> gathered_;
 };
 
 // With classifier-free guidance the negative prompts' rows come first ([uncond, cond], one U-Net batch). Long
 // prompts: every text of the pass gets the largest chunk count among them (text_chunks).
 Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::string>& prompts,
                                                     const std::vector<std::string>& negative_prompts,
-                                                    const GenerationParams& params, bool guided, int pass,
+                                                    const GenerationParams& params, bool guided, Pass pass,
                                                     Observer* observer) {
   std::vector<std::vector<ScheduledText>> schedules;
   std::vector<std::vector<int64_t>> entry_texts;
@@ -415,7 +427,7 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
   int64_t texts = 0;
   for (int group = guided ? 0 : 1; group < 2; ++group) {
     for (const auto& prompt : group == 0 ? negative_prompts : prompts) {
-      schedules.push_back(prompt_texts(prompt, params, pass));
+      schedules.push_back(schedule_of(prompt, params, pass));
       std::vector<std::string> seen;
       std::vector<int64_t> entries;
       for (const auto& entry : schedules.back()) {
@@ -430,7 +442,7 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
       entry_texts.push_back(std::move(entries));
     }
   }
-  const std::string prefix = pass == 0 ? "" : "hires/";
+  const std::string prefix = pass == Pass::First ? "" : "hires/";
   auto encoded = encode_text(std::move(group_chunks[1]), chunks, params, prefix + "text", observer);
   if (guided)
     encoded = torch::cat(
@@ -583,7 +595,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
 
   // 1. Encode the prompts; with classifier-free guidance the negative prompts too, in one U-Net batch [uncond, cond].
   // With A1111's prompt editing, every text they read in the pass.
-  auto text = encode_prompts(prompts, negative_prompts, params, guided, 0, observer);
+  auto text = encode_prompts(prompts, negative_prompts, params, guided, Pass::First, observer);
   observe(observer, "unet/encoder_hidden_states", text.at(0));
 
   // 2. Initial noise.
@@ -624,10 +636,8 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     observe(observer, "hires/latents/init", latents);
     // Prompt editing starts the hires pass's schedule again, its steps counting on from the first pass's.
     std::optional<TextConditioning> hires_text;
-    std::vector<std::string> all_prompts = prompts;
-    all_prompts.insert(all_prompts.end(), negative_prompts.begin(), negative_prompts.end());
-    if (edits_prompts(all_prompts, params))
-      hires_text.emplace(encode_prompts(prompts, negative_prompts, params, guided, 1, observer));
+    if (hires_reads_other_texts(prompts, negative_prompts, params))
+      hires_text.emplace(encode_prompts(prompts, negative_prompts, params, guided, Pass::Hires, observer));
     const Denoising hires_run{
         hires_text ? *hires_text : text, guidance, guided, params.cfg_scale, calls, noise, observer};
     latents = denoise(*hires_sampler, first, latents, hires_run, "hires/", scheduler->timesteps().size());

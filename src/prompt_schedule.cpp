@@ -25,9 +25,10 @@ using Sequence = std::vector<Node>;
 
 struct Node {
   enum class Kind { Text, Scheduled, Alternate } kind = Kind::Text;
-  std::string text;             // Text; Scheduled: the NUMBER as written
+  std::string text;             // Text
   bool has_before = false;      // Scheduled: whether "[before:after:when]" rather than "[after:when]"
   std::vector<Sequence> parts;  // Scheduled: {before, after}; Alternate: the options
+  std::string when_text;        // Scheduled: its NUMBER as written
   int when = 0;                 // Scheduled: the last step of `before`, once resolved
 };
 
@@ -186,7 +187,7 @@ class Parser {
       Node scheduled;
       scheduled.kind = Node::Kind::Scheduled;
       if (auto when = when_and_close()) {  // "[after:when]"
-        scheduled.text = *when;
+        scheduled.when_text = *when;
         scheduled.parts = {{}, std::move(first)};
         out.push_back(std::move(scheduled));
         return true;
@@ -194,7 +195,7 @@ class Parser {
       ++pos_;
       Sequence second = prompt();
       if (auto when = when_and_close()) {  // "[before:after:when]"
-        scheduled.text = *when;
+        scheduled.when_text = *when;
         scheduled.has_before = true;
         scheduled.parts = {std::move(first), std::move(second)};
         out.push_back(std::move(scheduled));
@@ -217,8 +218,8 @@ void collect_steps(Sequence& sequence, int steps, int int_offset, double fractio
     if (node.kind == Node::Kind::Alternate) {
       for (int step = 1; step <= steps; ++step) changes.insert(step);
     } else if (node.kind == Node::Kind::Scheduled) {
-      double value = std::strtod(node.text.c_str(), nullptr);
-      value = node.text.find('.') != std::string::npos ? (value - fraction_offset) * steps : value - int_offset;
+      double value = std::strtod(node.when_text.c_str(), nullptr);
+      value = node.when_text.find('.') != std::string::npos ? (value - fraction_offset) * steps : value - int_offset;
       // Python's int() truncates towards zero; a value beyond int's range is clamped by the min() in any case.
       const double truncated = std::trunc(value);
       node.when = truncated >= steps ? steps : static_cast<int>(std::max(truncated, -1e9));

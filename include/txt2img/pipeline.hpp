@@ -165,11 +165,12 @@ class Pipeline {
   // distinct texts of its A1111 prompt-editing schedule in both passes, in order.
   std::vector<std::string> texts_read(const std::string& prompt, const GenerationParams& params) const;
 
-  // How many text-encoder chunks (of context_length tokens) a row's prompt and negative prompt take: 1 unless
-  // params.long_prompts. The rows of a batch are all encoded with the batch's largest count, the shorter texts
-  // padded with empty chunks (as A1111 pads a batch), so a row depends on its batch unless the counts agree.
-  size_t text_chunks(const std::string& prompt, const std::string& negative_prompt,
-                     const GenerationParams& params) const;
+  // How many text-encoder chunks (of context_length tokens) a row's prompt and negative prompt take in each pass (the
+  // first, and the hires pass where params has one): 1 unless params.long_prompts. A pass encodes the texts of a
+  // batch's rows with their largest count, the shorter ones padded with empty chunks (as A1111 pads a batch), so a
+  // row depends on its batch unless the counts agree.
+  std::vector<size_t> text_chunks(const std::string& prompt, const std::string& negative_prompt,
+                                  const GenerationParams& params) const;
 
   // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row. The batch's LoRAs
   // (params.loras) stay added to the weights until a batch asks for others. Throws Error(Bundle) for
@@ -184,12 +185,16 @@ class Pipeline {
   std::vector<Tokenizer::Chunk> token_chunks(const std::string& text, const GenerationParams& params) const;
   torch::Tensor encode_text(std::vector<std::vector<Tokenizer::Chunk>> texts, size_t chunks,
                             const GenerationParams& params, const std::string& name, Observer* observer);
+  enum class Pass { First, Hires };
+  std::vector<ScheduledText> schedule_of(const std::string& prompt, const GenerationParams& params, Pass pass) const;
+  // Whether prompt editing makes a prompt read another text in the hires pass than in the first.
+  bool hires_reads_other_texts(const std::vector<std::string>& prompts,
+                               const std::vector<std::string>& negative_prompts, const GenerationParams& params) const;
   // A pass's text conditioning: every U-Net row's texts over the pass, encoded (see pipeline.cpp).
   class TextConditioning;
-  // `pass`: 0 the first pass, 1 the hires pass.
   TextConditioning encode_prompts(const std::vector<std::string>& prompts,
                                   const std::vector<std::string>& negative_prompts, const GenerationParams& params,
-                                  bool guided, int pass, Observer* observer);
+                                  bool guided, Pass pass, Observer* observer);
   // What the U-Net calls of one pass share, for denoise.
   struct Denoising {
     TextConditioning& text;         // [uncond rows, cond rows] with guidance, else the prompts' rows, at each step

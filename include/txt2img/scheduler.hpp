@@ -54,6 +54,8 @@ class Scheduler {
   void start_at(size_t step);
   // The U-Net call this run starts at: 0, or the first call of start_at's step.
   size_t first_call() const { return first_call_; }
+  // The U-Net calls of a step: 2 for Heun and DPM2 (whose last step makes one), 1 for the others.
+  size_t calls_per_step() const { return first_call_of_step(1); }
   // Why this sampler cannot start at a later call (start_at's error); empty where it can.
   virtual std::string why_it_cannot_start_later() const { return {}; }
   // The sample at the noise level of call `call`'s input, from a clean sample x0 and standard-normal noise of its

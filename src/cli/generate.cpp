@@ -161,7 +161,7 @@ class Generator {
     totals_ = &totals;
     to_make_ = to_make;
     std::vector<ImageJob> batch;
-    size_t batch_chunks = 0;
+    std::vector<size_t> batch_chunks;
     ImageJob job;
     plan_.rewind();
     while (plan_.next(job)) {
@@ -171,9 +171,9 @@ class Generator {
         ++totals.skipped;
         continue;
       }
-      // A batch's rows are encoded with its largest number of text chunks: only rows that agree share a batch, so
-      // that an image never depends on its batch.
-      const size_t chunks = pipeline.text_chunks(job.model_prompt, job.negative_prompt, job.params);
+      // A batch's rows are encoded with its largest number of text chunks (in each pass): only rows that agree
+      // share a batch, so that an image never depends on its batch.
+      const auto chunks = pipeline.text_chunks(job.model_prompt, job.negative_prompt, job.params);
       if (!batch.empty() && (batch.size() == static_cast<size_t>(o_.batch_size) || !(batch[0].params == job.params) ||
                              batch_chunks != chunks))
         make(batch);

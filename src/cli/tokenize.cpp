@@ -48,7 +48,7 @@ int run_tokenize(const TokenizeOptions& o) {
       if (t.truncated()) Reporter(false, false).warn("the prompt " + describe(t));
     }
     // The texts of a schedule depend on the steps, which tokenize does not know.
-    const auto schedule = prompt_schedule(entry.prompt, 1000);
+    const auto schedule = o.emphasis ? prompt_schedule(entry.prompt, 1000) : std::vector<ScheduledText>();
     if (o.emphasis && (schedule.size() > 1 || schedule[0].text != entry.prompt))
       Reporter(false, false)
           .warn(
