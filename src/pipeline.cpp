@@ -344,16 +344,23 @@ std::vector<ScheduledText> Pipeline::schedule_of(const std::string& prompt, cons
   return prompt_schedule(prompt, first_steps, editing_steps(hires, params.hires_steps()));
 }
 
+std::vector<WeightedPrompt> Pipeline::row_prompts(const std::string& prompt, const GenerationParams& params) const {
+  if (params.emphasis && classifier_free(manifest_, params)) return composable_prompts(prompt);
+  return {{prompt, 1.0}};
+}
+
 bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,
                                        const std::vector<std::string>& negative_prompts,
                                        const GenerationParams& params) const {
   if (!params.emphasis) return false;
-  for (const auto* texts : {&prompts, &negative_prompts})
-    for (const auto& text : *texts) {
-      const auto first = schedule_of(text, params, Pass::First);
-      const auto hires = schedule_of(text, params, Pass::Hires);
-      if (first.size() > 1 || hires.size() > 1 || first[0].text != hires[0].text) return true;
-    }
+  std::vector<std::string> rows = negative_prompts;
+  for (const auto& prompt : prompts)
+    for (auto& row : row_prompts(prompt, params)) rows.push_back(std::move(row.text));
+  for (const auto& row : rows) {
+    const auto first = schedule_of(row, params, Pass::First);
+    const auto hires = schedule_of(row, params, Pass::Hires);
+    if (first.size() > 1 || hires.size() > 1 || first[0].text != hires[0].text) return true;
+  }
   return false;
 }
 
@@ -363,22 +370,27 @@ std::vector<size_t> Pipeline::text_chunks(const std::string& prompt, const std::
   for (Pass pass : {Pass::First, Pass::Hires}) {
     if (pass == Pass::Hires && !params.hires.enabled()) break;
     size_t chunks = 1;
-    for (const auto* text : {&prompt, &negative_prompt}) {
-      if (!params.long_prompts || (text == &negative_prompt && !classifier_free(manifest_, params))) continue;
-      for (const auto& entry : schedule_of(*text, params, pass))
-        chunks = std::max(chunks, token_chunks(entry.text, params).size());
+    std::vector<std::string> rows;
+    if (params.long_prompts) {
+      for (auto& row : row_prompts(prompt, params)) rows.push_back(std::move(row.text));
+      if (classifier_free(manifest_, params)) rows.push_back(negative_prompt);
     }
+    for (const auto& row : rows)
+      for (const auto& entry : schedule_of(row, params, pass))
+        chunks = std::max(chunks, token_chunks(entry.text, params).size());
     passes.push_back(chunks);
   }
   return passes;
 }
 
-std::vector<std::string> Pipeline::texts_read(const std::string& prompt, const GenerationParams& params) const {
+std::vector<std::string> Pipeline::texts_read(const std::string& text, const GenerationParams& params,
+                                              bool negative) const {
   std::vector<std::string> texts;
   for (Pass pass : {Pass::First, Pass::Hires}) {
     if (pass == Pass::Hires && !params.hires.enabled()) break;
-    for (auto& entry : schedule_of(prompt, params, pass))
-      if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
+    for (const auto& row : negative ? std::vector<WeightedPrompt>{{text, 1.0}} : row_prompts(text, params))
+      for (auto& entry : schedule_of(row.text, params, pass))
+        if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
   }
   return texts;
 }
@@ -386,10 +398,52 @@ std::vector<std::string> Pipeline::texts_read(const std::string& prompt, const G
 // Each U-Net row's distinct texts over a pass, encoded in one text-encoder batch, and the rows' texts at each step.
 class Pipeline::TextConditioning {
  public:
-  // `schedules`: each row's schedule; `entry_texts`: for each row and entry, the text's row in `encoded`.
+  // The prompt rows of a batch: the image each guides and its weight (A1111's composable diffusion gives an image
+  // one row for each of its prompts).
+  struct PromptRow {
+    int64_t image;
+    double weight;
+  };
+
+  // `schedules`: each row's schedule ([negative prompt rows, prompt rows] with guidance); `entry_texts`: for each row
+  // and entry, the text's row in `encoded`; `prompt_rows`: the prompt rows in order.
   TextConditioning(torch::Tensor encoded, std::vector<std::vector<ScheduledText>> schedules,
-                   std::vector<std::vector<int64_t>> entry_texts)
-      : encoded_(std::move(encoded)), schedules_(std::move(schedules)), entry_texts_(std::move(entry_texts)) {}
+                   std::vector<std::vector<int64_t>> entry_texts, std::vector<PromptRow> prompt_rows)
+      : encoded_(std::move(encoded)),
+        schedules_(std::move(schedules)),
+        entry_texts_(std::move(entry_texts)),
+        prompt_rows_(std::move(prompt_rows)) {
+    for (size_t row = 0; row < prompt_rows_.size(); ++row)
+      one_row_each_ =
+          one_row_each_ && prompt_rows_[row].image == static_cast<int64_t>(row) && prompt_rows_[row].weight == 1.0;
+  }
+
+  // The guided U-Net batch's samples: the images' for the negative prompt rows, then each prompt row's image's.
+  torch::Tensor guided_batch(const torch::Tensor& latents) {
+    if (one_row_each_) return torch::cat({latents, latents});
+    if (!row_images_.defined()) {
+      std::vector<int64_t> images;
+      for (const auto& row : prompt_rows_) images.push_back(row.image);
+      row_images_ = torch::tensor(images).to(latents.device());
+    }
+    return torch::cat({latents, latents.index_select(0, row_images_)});
+  }
+
+  // The guided prediction from the guided batch's: diffusers' uncond + scale (cond - uncond) where each image has one
+  // prompt row of weight 1; else, as A1111 adds composable prompts up, uncond plus (cond - uncond) (weight scale)
+  // for each of the image's rows in turn.
+  torch::Tensor guide(const torch::Tensor& predicted, double scale) const {
+    const int64_t images = predicted.size(0) - static_cast<int64_t>(prompt_rows_.size());
+    const auto uncond = predicted.slice(0, 0, images);
+    if (one_row_each_) return uncond + scale * (predicted.slice(0, images) - uncond);
+    auto guided = uncond.clone();
+    for (size_t row = 0; row < prompt_rows_.size(); ++row) {
+      const int64_t image = prompt_rows_[row].image;
+      guided[image] +=
+          (predicted[images + static_cast<int64_t>(row)] - uncond[image]) * (prompt_rows_[row].weight * scale);
+    }
+    return guided;
+  }
 
   // [rows, tokens, hidden]: each row's text at `step` of the pass (from 0), as A1111 picks it. Each combination of
   // texts is gathered once ([a|b] takes turns between two).
@@ -410,6 +464,9 @@ class Pipeline::TextConditioning {
   torch::Tensor encoded_;
   std::vector<std::vector<ScheduledText>> schedules_;
   std::vector<std::vector<int64_t>> entry_texts_;
+  std::vector<PromptRow> prompt_rows_;
+  bool one_row_each_ = true;
+  torch::Tensor row_images_;  // the prompt rows' images, on the device
   std::map<std::vector<int64_t>, torch::Tensor> gathered_;
 };
 
@@ -421,12 +478,24 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
                                                     Observer* observer) {
   std::vector<std::vector<ScheduledText>> schedules;
   std::vector<std::vector<int64_t>> entry_texts;
+  std::vector<TextConditioning::PromptRow> prompt_rows;
   // Each group's texts (negative prompts, then prompts), a row's distinct texts in the order it first reads them.
   std::vector<std::vector<std::vector<Tokenizer::Chunk>>> group_chunks(2);
   size_t chunks = 1;
   int64_t texts = 0;
   for (int group = guided ? 0 : 1; group < 2; ++group) {
-    for (const auto& prompt : group == 0 ? negative_prompts : prompts) {
+    std::vector<std::string> rows;
+    for (size_t image = 0; image < prompts.size(); ++image) {
+      if (group == 0) {
+        rows.push_back(negative_prompts[image]);
+        continue;
+      }
+      for (auto& prompt : row_prompts(prompts[image], params)) {
+        rows.push_back(std::move(prompt.text));
+        prompt_rows.push_back({static_cast<int64_t>(image), prompt.weight});
+      }
+    }
+    for (const auto& prompt : rows) {
       schedules.push_back(schedule_of(prompt, params, pass));
       std::vector<std::string> seen;
       std::vector<int64_t> entries;
@@ -447,7 +516,7 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
   if (guided)
     encoded = torch::cat(
         {encode_text(std::move(group_chunks[0]), chunks, params, prefix + "uncond_text", observer), encoded});
-  return TextConditioning(std::move(encoded), std::move(schedules), std::move(entry_texts));
+  return TextConditioning(std::move(encoded), std::move(schedules), std::move(entry_texts), std::move(prompt_rows));
 }
 
 // [texts, chunks * context, hidden]: each text's chunks, padded with empty ones to `chunks`, encoded as one
@@ -546,17 +615,14 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, size_t first, torch::Tenso
       manifest_.inpainting ? masked_image_conditioning(shape[2], shape[3], run.observer) : torch::Tensor();
   if (image_conditioning.defined()) observe(run.observer, prefix + "unet/image_conditioning", image_conditioning);
   for (size_t call = first; call < timesteps.size(); ++call) {
-    auto model_input = scheduler.scale_model_input(run.guided ? torch::cat({latents, latents}) : latents, call);
+    auto model_input = scheduler.scale_model_input(run.guided ? run.text.guided_batch(latents) : latents, call);
     if (image_conditioning.defined())
       model_input = torch::cat({model_input, image_conditioning.expand({model_input.size(0), -1, -1, -1})}, 1);
     auto noise_pred =
         (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], run.text.at(call - first), run.guidance)
             .to(torch::kFloat32);
     observe(run.observer, prefix + "unet/" + call_name(call - first) + "/noise_pred", noise_pred);
-    if (run.guided) {
-      auto uncond_cond = noise_pred.chunk(2);
-      noise_pred = uncond_cond[0] + run.cfg_scale * (uncond_cond[1] - uncond_cond[0]);
-    }
+    if (run.guided) noise_pred = run.text.guide(noise_pred, run.cfg_scale);
     observe(run.observer, prefix + "step/" + call_name(call - first) + "/model_output", noise_pred);
     auto step_noise =
         scheduler.needs_noise(call) ? to_device_async(run.noise.draw(shape), options_.device) : torch::Tensor();

@@ -266,6 +266,52 @@ std::vector<ScheduledText> prompt_schedule(const std::string& prompt, int steps,
   return schedule;
 }
 
+std::vector<WeightedPrompt> composable_prompts(const std::string& prompt) {
+  // \bAND\b; bytes of multi-byte characters count as word characters, as Python's \w takes letters.
+  const auto word = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_' || static_cast<unsigned char>(c) >= 0x80;
+  };
+  std::vector<std::string> parts;
+  size_t begin = 0;
+  for (size_t at = prompt.find("AND"); at != std::string::npos; at = prompt.find("AND", at + 1)) {
+    const size_t end = at + 3;
+    if ((at > 0 && word(prompt[at - 1])) || (end < prompt.size() && word(prompt[end]))) continue;
+    parts.push_back(prompt.substr(begin, at - begin));
+    begin = end;
+  }
+  parts.push_back(prompt.substr(begin));
+  // ^(text)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$ with the text as short as it can be.
+  std::vector<WeightedPrompt> prompts;
+  for (const auto& part : parts) {
+    size_t end = part.size();
+    while (end > 0 && is_space(part[end - 1])) --end;
+    WeightedPrompt p{part.substr(0, end), 1.0};
+    const size_t colon = part.rfind(':', end);
+    if (colon != std::string::npos && colon < end) {
+      size_t q = colon + 1;
+      while (q < end && is_space(part[q])) ++q;
+      const size_t number = q;
+      if (q < end && (part[q] == '+' || part[q] == '-')) ++q;
+      const size_t integer = q;
+      while (q < end && is_digit(part[q])) ++q;
+      const bool has_integer = q > integer;
+      bool valid = has_integer;
+      if (q < end && part[q] == '.') {
+        const size_t fraction = ++q;
+        while (q < end && is_digit(part[q])) ++q;
+        valid = has_integer || q > fraction;
+      }
+      if (valid && q == end) {
+        size_t text_end = colon;
+        while (text_end > 0 && is_space(part[text_end - 1])) --text_end;
+        p = {part.substr(0, text_end), std::strtod(part.substr(number, end - number).c_str(), nullptr)};
+      }
+    }
+    prompts.push_back(std::move(p));
+  }
+  return prompts;
+}
+
 size_t scheduled_index(const std::vector<ScheduledText>& schedule, int step) {
   for (size_t i = 0; i < schedule.size(); ++i)
     if (step <= schedule[i].end_at_step) return i;

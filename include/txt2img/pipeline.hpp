@@ -161,9 +161,15 @@ class Pipeline {
   // (bundles converted before --clip-skip existed have only `forward`).
   bool supports_clip_skip() const { return clip_skip_supported_; }
 
-  // The texts a prompt makes the text encoder read in a run with these params: itself, or with params.emphasis the
-  // distinct texts of its A1111 prompt-editing schedule in both passes, in order.
-  std::vector<std::string> texts_read(const std::string& prompt, const GenerationParams& params) const;
+  // The prompts an image's prompt guides it with, a U-Net row each: with params.emphasis and classifier-free
+  // guidance, A1111's composable prompts (split at AND, weighted); else the prompt itself, of weight 1.
+  std::vector<WeightedPrompt> row_prompts(const std::string& prompt, const GenerationParams& params) const;
+
+  // The texts a prompt (or a negative prompt) makes the text encoder read in a run with these params: itself, or
+  // with params.emphasis the distinct texts of its A1111 prompt-editing schedules in both passes, in order, of each
+  // of its composable prompts (a prompt split at AND, with classifier-free guidance).
+  std::vector<std::string> texts_read(const std::string& text, const GenerationParams& params,
+                                      bool negative = false) const;
 
   // How many text-encoder chunks (of context_length tokens) a row's prompt and negative prompt take in each pass (the
   // first, and the hires pass where params has one): 1 unless params.long_prompts. A pass encodes the texts of a

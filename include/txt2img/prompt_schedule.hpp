@@ -20,6 +20,15 @@ struct ScheduledText {
 // The texts keep emphasis brackets, which are read afterwards.
 std::vector<ScheduledText> prompt_schedule(const std::string& prompt, int steps, int hires_steps = 0);
 
+// A1111's composable diffusion: a prompt split at the word AND into prompts, each guiding the image by its weight
+// (a trailing ":1.5"; 1 without), as A1111's get_multicond_prompt_list splits it. A prompt without AND is one
+// prompt, still with its weight.
+struct WeightedPrompt {
+  std::string text;
+  double weight;
+};
+std::vector<WeightedPrompt> composable_prompts(const std::string& prompt);
+
 // Which entry of a schedule conditions step `step` (from 0), as A1111's reconstruct_cond_batch picks it: the first
 // whose end_at_step is not before it, else the first.
 size_t scheduled_index(const std::vector<ScheduledText>& schedule, int step);

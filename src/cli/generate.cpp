@@ -193,15 +193,18 @@ class Generator {
     warned_any_ = true;
     warned_prompt_ = job.prompt_index;
     const std::string where = job.line ? plan_.where(job) + ": the " : "the ";
-    // A1111 splits a prompt at the word AND into prompts whose guidance it adds up (composable diffusion).
-    if (job.params.emphasis && has_word(job.model_prompt, "AND"))
-      reporter_.warn(where + "prompt has AND, which A1111 reads as composable diffusion, one prompt on each side; "
-                     "txt2img reads it as a word, so the image differs from A1111's");
+    // A1111 splits a prompt at the word AND into prompts whose guidance it adds up (composable diffusion), which
+    // needs guidance.
+    if (job.params.emphasis && has_word(job.model_prompt, "AND") &&
+        pipeline_->row_prompts(job.model_prompt, job.params).size() == 1)
+      reporter_.warn(where +
+                     "prompt has AND, which A1111 reads as composable diffusion, one prompt on each side; "
+                     "without classifier-free guidance (a CFG scale above 1) txt2img reads it as a word");
     if (job.params.long_prompts) return;
     for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.model_prompt},
                               {"negative prompt", &job.negative_prompt}}) {
       // With prompt editing, the first of its texts that is too long.
-      for (const auto& read : pipeline_->texts_read(*text, job.params)) {
+      for (const auto& read : pipeline_->texts_read(*text, job.params, text == &job.negative_prompt)) {
         const auto t =
             find_truncation(pipeline_->tokenizer().encode_traced(read, job.params.emphasis), manifest_.context_length);
         if (!t.truncated()) continue;

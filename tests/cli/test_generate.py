@@ -378,11 +378,14 @@ class Reporting(CliTestCase):
         plain = self.txt2img(f"[a fox:{long}:1]", "-o", "plain.png", "--seed", "1")
         self.assertIn("the prompt is 88 tokens long", plain.stderr)
         self.assertEqual(self.txt2img("[a fox:a cat:1]", "--emphasis", "-o", "short.png").stderr.count("warning"), 0)
-        # A1111's composable AND is not read; with its syntax on, that is said.
-        both = self.txt2img("a fox AND a cat:0.5", "--emphasis", "-o", "and.png")
-        self.assertIn("warning: the prompt has AND, which A1111 reads as composable diffusion", both.stderr)
-        for prompt, flags in (("a fox AND a cat", []), ("ANDROID and a fox", ["--emphasis"])):
-            self.assertNotIn("AND", self.txt2img(prompt, *flags, "-o", f"{len(flags)}.png").stderr)
+        # A1111's composable AND is read with guidance; without it a warning says it is a word.
+        unguided = self.txt2img("a fox AND a cat:0.5", "--emphasis", "--cfg-scale", "1", "-o", "and.png")
+        self.assertIn("warning: the prompt has AND, which A1111 reads as composable diffusion", unguided.stderr)
+        for prompt, flags in (("a fox AND a cat", ["--emphasis"]), ("a fox AND a cat", ["--cfg-scale", "1"]),
+                              ("ANDROID and a fox", ["--emphasis", "--cfg-scale", "1"])):
+            result = self.txt2img(prompt, *flags, "-o", f"{len(flags)}.png")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertNotIn("AND", result.stderr)
 
     def test_long_prompts(self):
         """Encoded whole, in chunks: no warning, another image than the cut-off prompt, the same image for a prompt

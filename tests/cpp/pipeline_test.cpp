@@ -903,6 +903,49 @@ TEST(PromptEditing, RowsOfABatchReadTheirOwnTexts) {
   }
 }
 
+// A1111's composable diffusion: each prompt of "a AND b:w" is a U-Net row guiding the image by its weight.
+TEST(ComposablePrompts, EachPromptGuidesByItsWeight) {
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
+  auto params = small_params();
+  params.sampler = "euler";
+  params.emphasis = true;
+  Keep keep;
+  txt2img::SeededNoise noise({5});
+  pipeline.generate({"a red cube AND a blue sphere:0.5"}, {""}, params, noise, &keep);
+  const auto& out = keep.kept.at("unet/000/noise_pred");
+  ASSERT_EQ(out.size(0), 3);  // the negative prompt's row, then the two prompts'
+  EXPECT_EQ(keep.kept.at("text/input_ids").size(0), 2);
+  const double s = params.cfg_scale;
+  const auto expected = out[0] + (out[1] - out[0]) * (1.0 * s) + (out[2] - out[0]) * (0.5 * s);
+  EXPECT_TRUE(torch::allclose(keep.kept.at("step/000/model_output")[0], expected, 1e-5, 1e-6));
+
+  // A weight of 1 is the plain prompt, bit for bit; another scales its guidance.
+  const auto latents = [&](const std::string& prompt) {
+    Keep run;
+    txt2img::SeededNoise seeded({5});
+    pipeline.generate({prompt}, {""}, params, seeded, &run);
+    return run.kept.at("vae/decode_in");
+  };
+  EXPECT_TRUE(torch::equal(latents("a red cube:1"), latents("a red cube")));
+  EXPECT_FALSE(torch::allclose(latents("a red cube:2"), latents("a red cube")));
+
+  // Rows of a batch with different numbers of prompts make the images they make alone.
+  Keep batch;
+  txt2img::SeededNoise two({5, 6});
+  pipeline.generate({"a red cube AND a blue sphere:0.5", "a green cone"}, {"", "blurry"}, params, two, &batch);
+  EXPECT_EQ(batch.kept.at("unet/000/noise_pred").size(0), 5);
+  EXPECT_TRUE(
+      torch::allclose(batch.kept.at("vae/decode_in")[0], latents("a red cube AND a blue sphere:0.5")[0], 1e-4, 1e-5));
+
+  // Without guidance there is nothing to add up: AND is a word.
+  params.cfg_scale = 1;
+  EXPECT_EQ(pipeline.row_prompts("a AND b", params).size(), 1u);
+  Keep unguided;
+  txt2img::SeededNoise once({5});
+  pipeline.generate({"a red cube AND a blue sphere"}, {""}, params, once, &unguided);
+  EXPECT_EQ(unguided.kept.at("text/input_ids").size(0), 1);
+}
+
 // A hires pass's schedule counts whole steps on from the first pass's and fractions from 1 to 2 over its own.
 TEST(PromptEditing, TheHiresPassContinuesTheSchedule) {
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});

@@ -29,6 +29,18 @@ TEST(PromptSchedule, MatchesA1111sParser) {
   EXPECT_GT(edited, 250u);
 }
 
+TEST(ComposablePrompts, MatchA1111sSplit) {
+  std::ifstream in(TXT2IMG_PROMPT_SCHEDULE_GOLDENS);
+  const auto goldens = nlohmann::json::parse(in);
+  ASSERT_GT(goldens.at("composable").size(), 50u);
+  for (const auto& c : goldens.at("composable")) {
+    std::vector<std::pair<std::string, double>> ours, theirs;
+    for (const auto& p : txt2img::composable_prompts(c.at("prompt"))) ours.emplace_back(p.text, p.weight);
+    for (const auto& p : c.at("prompts")) theirs.emplace_back(p.at(0), p.at(1));
+    EXPECT_EQ(ours, theirs) << "prompt \"" << c.at("prompt").get<std::string>() << "\"";
+  }
+}
+
 TEST(PromptSchedule, EachStepTakesTheFirstTextNotEndedBeforeIt) {
   // A1111 counts steps from 0 and ends a text after its step: "[a:b:3]" is "a" for steps 0 to 3.
   const auto schedule = txt2img::prompt_schedule("[a:b:3]", 10);
