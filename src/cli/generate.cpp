@@ -23,6 +23,7 @@
 #include "txt2img/lora_tags.hpp"
 #include "txt2img/pipeline.hpp"
 #include "txt2img/png.hpp"
+#include "txt2img/prompt_schedule.hpp"
 #include "txt2img/scheduler.hpp"
 
 namespace txt2img::cli {
@@ -193,13 +194,20 @@ class Generator {
     warned_any_ = true;
     warned_prompt_ = job.prompt_index;
     const std::string where = job.line ? plan_.where(job) + ": the " : "the ";
-    // A1111 splits a prompt at the word AND into prompts whose guidance it adds up (composable diffusion), which
-    // needs guidance.
-    if (job.params.emphasis && has_word(job.model_prompt, "AND") &&
-        pipeline_->row_prompts(job.model_prompt, job.params).size() == 1)
-      reporter_.warn(where +
-                     "prompt has AND, which A1111 reads as composable diffusion, one prompt on each side; "
-                     "without classifier-free guidance (a CFG scale above 1) txt2img reads it as a word");
+    // A1111's composable diffusion: the prompt split at AND, each part guiding by its weight (a trailing ":2").
+    const auto composable = composable_prompts(job.model_prompt);
+    if (job.params.emphasis && (composable.size() > 1 || composable[0].weight != 1.0)) {
+      const auto rows = pipeline_->row_prompts(job.model_prompt, job.params);
+      if (rows.size() == 1 && rows[0].text == job.model_prompt)
+        reporter_.warn(where + "prompt has " + (composable.size() > 1 ? "AND" : "a trailing weight") +
+                       ", which A1111 reads as composable diffusion even at a CFG scale of 1; without classifier-free "
+                       "guidance (a CFG scale above 1) txt2img reads it as text");
+      else if (composable.size() == 1)
+        reporter_.warn(where +
+                       "prompt ends in a weight, which A1111 (and --emphasis) reads as the strength of its "
+                       "guidance: " +
+                       python_float(composable[0].weight) + " times the CFG scale");
+    }
     if (job.params.long_prompts) return;
     for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.model_prompt},
                               {"negative prompt", &job.negative_prompt}}) {
@@ -208,21 +216,11 @@ class Generator {
         const auto t =
             find_truncation(pipeline_->tokenizer().encode_traced(read, job.params.emphasis), manifest_.context_length);
         if (!t.truncated()) continue;
-        reporter_.warn(where + what + (read == *text ? "" : " (as prompt editing makes it: \"" + read + "\")") + " " +
-                       describe(t) + " (--long-prompts reads all of it)");
+        reporter_.warn(where + what + (read == *text ? "" : " (as prompt editing or AND makes it: \"" + read + "\")") +
+                       " " + describe(t) + " (--long-prompts reads all of it)");
         break;
       }
     }
-  }
-
-  // Whether `word` occurs in `text` between non-word characters, as the regular expression \bword\b finds it.
-  static bool has_word(const std::string& text, const std::string& word) {
-    const auto word_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_'; };
-    for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + 1)) {
-      const size_t end = at + word.size();
-      if ((at == 0 || !word_char(text[at - 1])) && (end == text.size() || !word_char(text[end]))) return true;
-    }
-    return false;
   }
 
   // The embeddings the job's prompt and negative prompt name, each once, with the hash A1111 knows it by.

@@ -95,8 +95,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                "read A1111's emphasis syntax in prompts: (word) weighs it 1.1 times, [word] 1/1.1 times, "
                "(word:1.5) 1.5 times, \\( is a bracket, BREAK starts a new chunk with --long-prompts; and its "
                "prompt editing: [from:to:when] changes the text after step when (0.25: a quarter of the steps), "
-               "[a|b] alternates every step; and its composable diffusion: a AND b:0.5 guides by each prompt, "
-               "weighted");
+               "[a|b] alternates every step; and its composable diffusion (with a CFG scale above 1): a AND b:0.5 "
+               "guides by each prompt, weighted, and a trailing :2 doubles a prompt's guidance");
   app.add_option("--lora", o.loras,
                  "add a LoRA of the model (scripts/add_lora.py) to every prompt, as the prompt tag "
                  "<lora:NAME:WEIGHT> would: NAME, NAME:WEIGHT or NAME:TEXT_ENCODER_WEIGHT:UNET_WEIGHT (repeatable)")

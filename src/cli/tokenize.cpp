@@ -49,12 +49,18 @@ int run_tokenize(const TokenizeOptions& o) {
     }
     // The texts of a schedule depend on the steps, which tokenize does not know.
     const auto schedule = o.emphasis ? prompt_schedule(entry.prompt, 1000) : std::vector<ScheduledText>();
+    Reporter warnings(false, false);
     if (o.emphasis && (schedule.size() > 1 || schedule[0].text != entry.prompt))
-      Reporter(false, false)
-          .warn(
-              "the prompt uses A1111's prompt editing ([from:to:when], [a|b]): these are the ids "
-              "of the text as written; generating reads the texts of its schedule (\"" +
-              schedule[0].text + "\" first)");
+      warnings.warn(
+          "the prompt uses A1111's prompt editing ([from:to:when], [a|b]): these are the ids of the text as "
+          "written; generating reads the texts of its schedule (\"" +
+          schedule[0].text + "\" first)");
+    const auto composable = o.emphasis ? composable_prompts(entry.prompt) : std::vector<WeightedPrompt>();
+    if (composable.size() > 1)
+      warnings.warn(
+          "the prompt has AND (A1111's composable diffusion): these are the ids of the whole text; with "
+          "guidance, generating encodes each of its " +
+          std::to_string(composable.size()) + " prompts on its own");
   }
   std::cout << std::flush;
   return 0;

@@ -373,7 +373,7 @@ class Reporting(CliTestCase):
         long = " ".join(["cat"] * 80) + " zebra"
         result = self.txt2img(f"[a fox:{long}:1]", "--emphasis", "-o", "edited.png", "--seed", "1")
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn('the prompt (as prompt editing makes it: "cat cat', result.stderr)
+        self.assertIn('the prompt (as prompt editing or AND makes it: "cat cat', result.stderr)
         self.assertIn("81 tokens", result.stderr)
         plain = self.txt2img(f"[a fox:{long}:1]", "-o", "plain.png", "--seed", "1")
         self.assertIn("the prompt is 88 tokens long", plain.stderr)
@@ -385,7 +385,11 @@ class Reporting(CliTestCase):
                               ("ANDROID and a fox", ["--emphasis", "--cfg-scale", "1"])):
             result = self.txt2img(prompt, *flags, "-o", f"{len(flags)}.png")
             self.assertEqual(result.returncode, 0, result.stderr)
-            self.assertNotIn("AND", result.stderr)
+            self.assertNotIn("warning", result.stderr)
+        # A prompt ending in ":9" is a weight of its guidance, as A1111 reads it; that is pointed out.
+        weighted = self.txt2img("a photo 16:9", "--emphasis", "-o", "weighted.png")
+        self.assertIn("the prompt ends in a weight, which A1111 (and --emphasis) reads as the strength of its "
+                      "guidance: 9.0 times the CFG scale", weighted.stderr)
 
     def test_long_prompts(self):
         """Encoded whole, in chunks: no warning, another image than the cut-off prompt, the same image for a prompt
