@@ -364,20 +364,27 @@ bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,
   return false;
 }
 
+// The distinct texts of one pass that a prompt (each of its row_prompts) or a negative prompt makes the text encoder
+// read, appended to `texts`.
+void Pipeline::add_pass_texts(const std::string& text, bool negative, const GenerationParams& params, Pass pass,
+                              std::vector<std::string>& texts) const {
+  for (const auto& row : negative ? std::vector<WeightedPrompt>{{text, 1.0}} : row_prompts(text, params))
+    for (auto& entry : schedule_of(row.text, params, pass))
+      if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
+}
+
 std::vector<size_t> Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
                                           const GenerationParams& params) const {
   std::vector<size_t> passes;
   for (Pass pass : {Pass::First, Pass::Hires}) {
     if (pass == Pass::Hires && !params.hires.enabled()) break;
-    size_t chunks = 1;
-    std::vector<std::string> rows;
+    std::vector<std::string> texts;
     if (params.long_prompts) {
-      for (auto& row : row_prompts(prompt, params)) rows.push_back(std::move(row.text));
-      if (classifier_free(manifest_, params)) rows.push_back(negative_prompt);
+      add_pass_texts(prompt, false, params, pass, texts);
+      if (classifier_free(manifest_, params)) add_pass_texts(negative_prompt, true, params, pass, texts);
     }
-    for (const auto& row : rows)
-      for (const auto& entry : schedule_of(row, params, pass))
-        chunks = std::max(chunks, token_chunks(entry.text, params).size());
+    size_t chunks = 1;
+    for (const auto& text : texts) chunks = std::max(chunks, token_chunks(text, params).size());
     passes.push_back(chunks);
   }
   return passes;
@@ -388,9 +395,7 @@ std::vector<std::string> Pipeline::texts_read(const std::string& text, const Gen
   std::vector<std::string> texts;
   for (Pass pass : {Pass::First, Pass::Hires}) {
     if (pass == Pass::Hires && !params.hires.enabled()) break;
-    for (const auto& row : negative ? std::vector<WeightedPrompt>{{text, 1.0}} : row_prompts(text, params))
-      for (auto& entry : schedule_of(row.text, params, pass))
-        if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
+    add_pass_texts(text, negative, params, pass, texts);
   }
   return texts;
 }
@@ -479,23 +484,20 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
   std::vector<std::vector<ScheduledText>> schedules;
   std::vector<std::vector<int64_t>> entry_texts;
   std::vector<TextConditioning::PromptRow> prompt_rows;
-  // Each group's texts (negative prompts, then prompts), a row's distinct texts in the order it first reads them.
+  // The rows of each group: the negative prompts (with guidance), then the images' prompt rows.
+  std::vector<std::string> group_rows[2];
+  if (guided) group_rows[0] = negative_prompts;
+  for (size_t image = 0; image < prompts.size(); ++image)
+    for (auto& prompt : row_prompts(prompts[image], params)) {
+      group_rows[1].push_back(std::move(prompt.text));
+      prompt_rows.push_back({static_cast<int64_t>(image), prompt.weight});
+    }
+  // Each group's texts, a row's distinct texts in the order it first reads them.
   std::vector<std::vector<std::vector<Tokenizer::Chunk>>> group_chunks(2);
   size_t chunks = 1;
   int64_t texts = 0;
-  for (int group = guided ? 0 : 1; group < 2; ++group) {
-    std::vector<std::string> rows;
-    for (size_t image = 0; image < prompts.size(); ++image) {
-      if (group == 0) {
-        rows.push_back(negative_prompts[image]);
-        continue;
-      }
-      for (auto& prompt : row_prompts(prompts[image], params)) {
-        rows.push_back(std::move(prompt.text));
-        prompt_rows.push_back({static_cast<int64_t>(image), prompt.weight});
-      }
-    }
-    for (const auto& prompt : rows) {
+  for (int group : {0, 1}) {
+    for (const auto& prompt : group_rows[group]) {
       schedules.push_back(schedule_of(prompt, params, pass));
       std::vector<std::string> seen;
       std::vector<int64_t> entries;

@@ -192,6 +192,8 @@ class Pipeline {
   torch::Tensor encode_text(std::vector<std::vector<Tokenizer::Chunk>> texts, size_t chunks,
                             const GenerationParams& params, const std::string& name, Observer* observer);
   enum class Pass { First, Hires };
+  void add_pass_texts(const std::string& text, bool negative, const GenerationParams& params, Pass pass,
+                      std::vector<std::string>& texts) const;
   std::vector<ScheduledText> schedule_of(const std::string& prompt, const GenerationParams& params, Pass pass) const;
   // Whether prompt editing makes a prompt read another text in the hires pass than in the first.
   bool hires_reads_other_texts(const std::vector<std::string>& prompts,
