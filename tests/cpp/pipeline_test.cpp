@@ -142,6 +142,16 @@ txt2img::GenerationParams small_params() {
   return params;
 }
 
+// small_params with `sampler` and a hires pass at 1.5 times the size (96x72) of strength 0.5: the last 3 steps of a
+// 6-step schedule.
+txt2img::GenerationParams small_hires_params(const std::string& sampler) {
+  auto params = small_params();
+  params.sampler = sampler;
+  params.hires.scale = 1.5;
+  params.hires.denoise = 0.5;
+  return params;
+}
+
 // The tiny bundle's images of `prompts` with empty negative prompts.
 std::vector<txt2img::GeneratedImage> generate_small(txt2img::Pipeline& pipeline, const std::vector<std::string>& prompts,
                                                     std::vector<uint64_t> seeds,
@@ -760,10 +770,7 @@ TEST(ClipSkip, AnOldBundleWorksWithOneAndRefusesMoreAsABundleError) {
 // (int(3 / 0.5) = 6 steps, of which the last 3), denoised again with noise drawn anew from the seed.
 TEST(HiresFix, ResizesTheLatentsAndRunsTheLastStepsOfAStretchedSchedule) {
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
-  auto params = small_params();  // 64x48, 3 steps
-  params.sampler = "euler";
-  params.hires.scale = 1.5;
-  params.hires.denoise = 0.5;
+  auto params = small_hires_params("euler");
   Keep keep;
   const auto images = generate_small(pipeline, {"a red cube"}, {11}, params, &keep);
   EXPECT_EQ(images[0].width, 96);
@@ -957,11 +964,8 @@ TEST(ComposablePrompts, EachPromptGuidesByItsWeight) {
 // A hires pass's schedule counts whole steps on from the first pass's and fractions from 1 to 2 over its own.
 TEST(PromptEditing, TheHiresPassContinuesTheSchedule) {
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
-  auto params = small_params();  // 3 steps
-  params.sampler = "euler";
+  auto params = small_hires_params("euler");
   params.emphasis = true;
-  params.hires.scale = 1.5;
-  params.hires.denoise = 0.5;
   const auto ids = [&](const std::string& text) {
     auto ids = pipeline.tokenizer().encode_padded(text, 77, 49407).ids;
     return torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).view({1, -1});
@@ -1037,10 +1041,7 @@ TEST(Inpainting, TheHiresPassIsConditionedAtItsSize) {
   txt2img::PipelineOptions options;
   options.safety = txt2img::SafetyMode::Off;
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny-inpainting"), options);
-  auto params = small_params();  // 64x48, 3 steps
-  params.sampler = "euler";
-  params.hires.scale = 1.5;
-  params.hires.denoise = 0.5;
+  auto params = small_hires_params("euler");
   CountEncodings keep;
   const auto images = generate_small(pipeline, {"a red cube"}, {11}, params, &keep);
   EXPECT_EQ(images[0].width, 96);
@@ -1074,10 +1075,7 @@ TEST(Inpainting, ABundleWithoutItsEncoderIsRefused) {
 // call of its first step (step 3 of 6 is call 6 of 11) and makes 2N - 1 = 5 calls, counted in the progress.
 TEST(HiresFix, HeunEntersItsScheduleAtAStep) {
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
-  auto params = small_params();  // 64x48, 3 steps
-  params.sampler = "heun";
-  params.hires.scale = 1.5;
-  params.hires.denoise = 0.5;
+  auto params = small_hires_params("heun");
   Keep keep;
   generate_small(pipeline, {"a red cube"}, {11}, params, &keep);
 
