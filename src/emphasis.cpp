@@ -1,11 +1,14 @@
 // AUTOMATIC1111's emphasis syntax (modules/prompt_parser.py, parse_prompt_attention), scanned by hand: the same
 // alternatives in the same order as its regular expression, the same bracket stacks and the same multiplications,
 // so the weights come out as the same doubles.
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "python_text.hpp"
 #include "txt2img/tokenizer.hpp"
 
 namespace txt2img {
@@ -15,20 +18,16 @@ constexpr double kRoundMultiplier = 1.1;
 constexpr double kSquareMultiplier = 1 / 1.1;
 constexpr std::string_view kBreak = "BREAK";
 
-bool is_space(char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }
-bool is_word(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_'; }
-
 // `:\s*([+-]?[.\d]+)\s*\)` at `pos`: the end of the match and the weight, or npos.
 size_t match_weight(std::string_view text, size_t pos, double* weight) {
-  size_t p = pos + 1;
-  while (p < text.size() && is_space(text[p])) ++p;
+  size_t p = python_text::blanks_after(text, pos + 1);
   const size_t number = p;
   if (p < text.size() && (text[p] == '+' || text[p] == '-')) ++p;
   const size_t digits = p;
   while (p < text.size() && (text[p] == '.' || std::isdigit(static_cast<unsigned char>(text[p])))) ++p;
   if (p == digits) return std::string_view::npos;
   const std::string value(text.substr(number, p - number));
-  while (p < text.size() && is_space(text[p])) ++p;
+  p = python_text::blanks_after(text, p);
   if (p >= text.size() || text[p] != ')') return std::string_view::npos;
   // Python's float() rejects "1.2.3" or "."; A1111 then fails, here the text stays text.
   char* end = nullptr;
@@ -37,20 +36,15 @@ size_t match_weight(std::string_view text, size_t pos, double* weight) {
   return p + 1;
 }
 
-// re.split(r"\s*\bBREAK\b\s*", text): BREAK as a whole word, with the blanks around it.
+// re.split(r"\s*\bBREAK\b\s*", text): BREAK as a whole word, with the blanks around it (Python's, in any script).
 void append_text(std::vector<EmphasisSpan>& out, std::string_view text) {
   size_t start = 0;
   for (size_t pos = text.find(kBreak); pos != std::string_view::npos; pos = text.find(kBreak, pos + 1)) {
-    const size_t after = pos + kBreak.size();
-    if ((pos > 0 && is_word(text[pos - 1])) || (after < text.size() && is_word(text[after]))) continue;
-    if (pos < start) continue;
-    size_t left = pos;
-    while (left > start && is_space(text[left - 1])) --left;
-    size_t right = after;
-    while (right < text.size() && is_space(text[right])) ++right;
+    if (!python_text::whole_word_at(text, pos, kBreak.size())) continue;
+    const size_t left = std::max(start, python_text::blanks_before(text, pos));
     out.push_back({std::string(text.substr(start, left - start)), 1.0, false});
     out.push_back({std::string(kBreak), -1.0, false});
-    start = right;
+    start = python_text::blanks_after(text, pos + kBreak.size());
   }
   out.push_back({std::string(text.substr(start)), 1.0, false});
 }

@@ -9,9 +9,6 @@
 // brackets, a lone trailing backslash) fails the parse, and A1111 then takes the prompt as it is.
 #include "txt2img/prompt_schedule.hpp"
 
-#include <unicode/uchar.h>
-#include <unicode/utf8.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -19,6 +16,8 @@
 #include <optional>
 #include <set>
 #include <string_view>
+
+#include "python_text.hpp"
 
 namespace txt2img {
 namespace {
@@ -251,43 +250,6 @@ void text_at(const Sequence& sequence, int step, std::string& out) {
   }
 }
 
-// Python's \w for a str: letters, numbers of every kind, and "_".
-bool is_word_character(UChar32 c) {
-  const auto type = u_charType(c);
-  return c == '_' || u_isalpha(c) || type == U_DECIMAL_DIGIT_NUMBER || type == U_LETTER_NUMBER ||
-         type == U_OTHER_NUMBER;
-}
-
-// Python's \s for a str (str.isspace): Unicode's white space and the separators U+001C to U+001F.
-bool is_python_space(UChar32 c) { return (c >= 0x1c && c <= 0x1f) || u_isUWhiteSpace(c); }
-
-// Where the blanks that end text[0, end) begin, and where those that start text[begin, ...) end (byte offsets).
-size_t blanks_before(const std::string& text, size_t end) {
-  const auto* bytes = reinterpret_cast<const uint8_t*>(text.data());
-  auto i = static_cast<int32_t>(end);
-  while (i > 0) {
-    int32_t previous = i;
-    UChar32 c;
-    U8_PREV(bytes, 0, previous, c);
-    if (!is_python_space(c)) break;
-    i = previous;
-  }
-  return static_cast<size_t>(i);
-}
-size_t blanks_after(const std::string& text, size_t begin) {
-  const auto* bytes = reinterpret_cast<const uint8_t*>(text.data());
-  const auto length = static_cast<int32_t>(text.size());
-  auto i = static_cast<int32_t>(begin);
-  while (i < length) {
-    int32_t next = i;
-    UChar32 c;
-    U8_NEXT(bytes, next, length, c);
-    if (!is_python_space(c)) break;
-    i = next;
-  }
-  return static_cast<size_t>(i);
-}
-
 }  // namespace
 
 std::vector<ScheduledText> prompt_schedule(const std::string& prompt, int steps, int hires_steps) {
@@ -308,31 +270,23 @@ std::vector<ScheduledText> prompt_schedule(const std::string& prompt, int steps,
 
 std::vector<WeightedPrompt> composable_prompts(const std::string& prompt) {
   // re.split(r"\bAND\b"): AND without a word character on either side.
-  const auto* bytes = reinterpret_cast<const uint8_t*>(prompt.data());
-  const auto length = static_cast<int32_t>(prompt.size());
   std::vector<std::string> parts;
   size_t begin = 0;
   for (size_t at = prompt.find("AND"); at != std::string::npos; at = prompt.find("AND", at + 1)) {
-    const size_t end = at + 3;
-    UChar32 before = 0, after = 0;
-    auto i = static_cast<int32_t>(at);
-    if (i > 0) U8_PREV(bytes, 0, i, before);
-    auto j = static_cast<int32_t>(end);
-    if (j < length) U8_NEXT(bytes, j, length, after);
-    if ((at > 0 && is_word_character(before)) || (end < prompt.size() && is_word_character(after))) continue;
+    if (!python_text::whole_word_at(prompt, at, 3)) continue;
     parts.push_back(prompt.substr(begin, at - begin));
-    begin = end;
+    begin = at + 3;
   }
   parts.push_back(prompt.substr(begin));
   // ^(text)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$ with the text as short as it can be. The blanks are
   // Python's (Unicode's); the digits only ASCII ones, where Python's \d takes any script's.
   std::vector<WeightedPrompt> prompts;
   for (const auto& part : parts) {
-    const auto end = static_cast<size_t>(blanks_before(part, part.size()));
+    const size_t end = python_text::blanks_before(part, part.size());
     WeightedPrompt p{part.substr(0, end), 1.0};
     const size_t colon = part.rfind(':', end);
     if (colon != std::string::npos && colon < end) {
-      size_t q = blanks_after(part, colon + 1);
+      size_t q = python_text::blanks_after(part, colon + 1);
       const size_t number = q;
       if (q < end && (part[q] == '+' || part[q] == '-')) ++q;
       const size_t integer = q;
@@ -345,7 +299,7 @@ std::vector<WeightedPrompt> composable_prompts(const std::string& prompt) {
         valid = has_integer || q > fraction;
       }
       if (valid && q == end) {
-        p = {part.substr(0, blanks_before(part, colon)),
+        p = {part.substr(0, python_text::blanks_before(part, colon)),
              std::strtod(part.substr(number, end - number).c_str(), nullptr)};
       }
     }

@@ -52,6 +52,11 @@ TEST(Emphasis, BreakSplitsAtWholeWords) {
   EXPECT_EQ(spans("BREAKFAST, BREAKs"), (Spans{{"BREAKFAST, BREAKs", 1.0}}));
   // Inside brackets A1111 multiplies a BREAK's weight too, which makes it the word "BREAK" (weight -1.1).
   EXPECT_EQ(spans("(red BREAK blue)"), (Spans{{"red", 1.1}, {"BREAK", -1.1}, {"blue", 1.1}}));
+  // Word characters and blanks are Python's in any script: a letter next to BREAK keeps it in the word.
+  EXPECT_EQ(spans("猫BREAK犬"), (Spans{{"猫BREAK犬", 1.0}}));
+  EXPECT_EQ(spans("éBREAK b"), (Spans{{"éBREAK b", 1.0}}));
+  EXPECT_EQ(spans("a\u3000BREAK\u3000b"), (Spans{{"a", 1.0}, {"BREAK", -1.0}, {"b", 1.0}}));
+  EXPECT_EQ(spans("(x:\u30001.5\u3000)"), (Spans{{"x", 1.5}}));
 }
 
 }  // namespace
