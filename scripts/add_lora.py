@@ -13,7 +13,6 @@ LoRAs out of the bundle again.
 """
 
 import argparse
-import json
 import os
 import sys
 import unicodedata
@@ -28,6 +27,12 @@ def name_problem(name: str) -> str:
         return "it is empty"
     if name.startswith("."):
         return "it starts with '.'"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not UTF-8 text (a file name's bytes in another encoding?)"
+    if name != name.strip():
+        return "it starts or ends with a blank (prompts' tags read the name without them)"
     bad = sorted({c for c in name if c in _NOT_IN_NAMES or unicodedata.category(c) == "Cc"})
     if bad:
         return "it contains " + " ".join(repr(c) for c in bad)
@@ -95,11 +100,6 @@ def _read_manifest(bundle: str) -> dict:
     return read_json(os.path.join(bundle, "model.json"))
 
 
-def _write_manifest(path: str, manifest: dict) -> None:
-    """As convert.py writes model.json."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
 
 
 def _temporary(folder: str, name: str) -> str:
@@ -130,6 +130,7 @@ def _bundle_components(bundle: str) -> dict:
 def add(args) -> None:
     from txt2img_convert import lora
     from txt2img_convert.checkpoints import ConversionError, sha256_file
+    from txt2img_convert.export import write_manifest
     from txt2img_convert.safetensors_io import save_file
 
     bundle = args.bundle
@@ -159,7 +160,7 @@ def add(args) -> None:
         manifest["files"] = dict(sorted(manifest["files"].items()))
         manifest["loras"] = [entries[name] for name in sorted(entries)]
         temps.append((_temporary(bundle, "model.json"), os.path.join(bundle, "model.json")))
-        _write_manifest(temps[-1][0], manifest)
+        write_manifest(temps[-1][0], manifest)
         for temp, final in temps:  # model.json last
             os.replace(temp, final)
     except BaseException:
@@ -176,6 +177,7 @@ def add(args) -> None:
 
 def remove(args) -> None:
     from txt2img_convert.checkpoints import ConversionError
+    from txt2img_convert.export import write_manifest
 
     bundle = args.bundle
     manifest = _read_manifest(bundle)
@@ -194,7 +196,7 @@ def remove(args) -> None:
         manifest["files"].pop(_packed_file(name), None)
     temp = _temporary(bundle, "model.json")
     try:
-        _write_manifest(temp, manifest)
+        write_manifest(temp, manifest)
         os.replace(temp, os.path.join(bundle, "model.json"))
     except BaseException:
         if os.path.lexists(temp):

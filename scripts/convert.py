@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """Convert a Stable Diffusion 1.x model into a txt2img model bundle.
 
-  convert.py SOURCE --out DIR [--config DIR] [--vocab PATH] [--safety-checker DIR | --no-safety-checker]
-             [--vae VAE] [--taesd TAESD] [--lora FILE[:WEIGHT]]... [--embedding FILE]... [--overwrite]
+  convert.py SOURCE --out DIR [--config DIR] [--original-config YAML] [--vocab PATH]
+             [--safety-checker DIR | --no-safety-checker] [--vae VAE] [--taesd TAESD] [--lora FILE[:WEIGHT]]...
+             [--embedding FILE]... [--prediction-type TYPE] [--zero-terminal-snr] [--overwrite]
   convert.py --tiny|--random-full --out DIR --vocab PATH [--seed N] [--no-safety-checker] [--tiny-flag-all]
-             [--overwrite]
+             [--prediction-type TYPE] [--zero-terminal-snr] [--overwrite]
 
 SOURCE: a diffusers folder, a single-file CompVis/LDM checkpoint (.safetensors or .ckpt), or a Hugging Face
 hub id such as runwayml/stable-diffusion-v1-5 (downloaded when huggingface_hub is installed). Each --lora
 (kohya/A1111, PEFT or diffusers LoRA file, or LyCORIS LoHa/LoKr/full in kohya naming) is merged into the U-Net
 and text-encoder weights before export. --vae replaces the model's VAE (a diffusers VAE or model folder, or a
 single VAE file such as vae-ft-mse-840000-ema-pruned.safetensors). Each --embedding (a textual inversion) is
-added to the text encoder under its file's name.
+added to the text encoder under its file's name. A v-prediction or zero-terminal-SNR model whose files do not say so
+(a single file without its .yaml) needs --prediction-type v_prediction and --zero-terminal-snr.
 """
 
 import argparse
@@ -19,6 +21,9 @@ import os
 import sys
 
 PROG = "convert.py"
+# Files of which a diffusers model folder has at least one.
+_MODEL_FOLDER = ("model_index.json", "unet/config.json", "text_encoder/config.json", "vae/config.json",
+                 "scheduler/scheduler_config.json")
 
 
 def _lora_spec(text: str):
@@ -46,6 +51,18 @@ def parse_args(argv):
                    help="diffusers folder of the same model family: configs (attention heads, sample size, "
                         "VAE scaling factor, scheduler) and, if present, tokenizer and safety checker for a "
                         "single-file SOURCE")
+    p.add_argument("--original-config", metavar="YAML",
+                   help="the LDM config of a single-file SOURCE (its training schedule: parameterization, "
+                        "timesteps, linear_start/end); default: SOURCE's name with .yaml, where it exists, as A1111 "
+                        "reads it")
+    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"),
+                   help="what the U-Net predicts, where the source does not say (SD 1.x v-prediction fine-tunes "
+                        "shipped as a single file); default: the source's scheduler config or LDM config, else "
+                        "epsilon")
+    p.add_argument("--zero-terminal-snr", action="store_true",
+                   help="the model was trained with zero terminal SNR (diffusers' rescale_betas_zero_snr, A1111's "
+                        "Zero Terminal SNR noise schedule); also sets trailing timestep spacing unless the source's "
+                        "scheduler config already rescales")
     p.add_argument("--vocab", metavar="PATH",
                    help="CLIP BPE merges: tokenizer/merges.txt or CLIP's bpe_simple_vocab_16e6.txt.gz")
     safety = p.add_mutually_exclusive_group()
@@ -81,7 +98,8 @@ def parse_args(argv):
     if preset == (args.source is not None):
         p.error("give either SOURCE or one of --tiny / --random-full")
     if preset:
-        for flag, value in (("--config", args.config), ("--safety-checker", args.safety_checker),
+        for flag, value in (("--config", args.config), ("--original-config", args.original_config),
+                            ("--safety-checker", args.safety_checker),
                             ("--vae", args.vae), ("--taesd", args.taesd), ("--lora", args.lora or None),
                             ("--embedding", args.embedding or None)):
             if value is not None:
@@ -96,7 +114,25 @@ def parse_args(argv):
                 p.error(f"{flag} applies to --tiny / --random-full only")
     if args.config is not None and not os.path.isdir(args.config):
         p.error(f"--config {args.config}: not a directory")
+    if args.config is not None and not any(os.path.isfile(os.path.join(args.config, name)) for name in _MODEL_FOLDER):
+        # A component's folder (unet/, scheduler/) would be silently ignored, and with it the model's configs.
+        p.error(f"--config {args.config}: not a diffusers model folder (it has none of {', '.join(_MODEL_FOLDER)}); "
+                "pass the folder that holds unet/, vae/ and scheduler/")
+    if args.original_config is not None and args.source is not None and os.path.isdir(args.source):
+        p.error("--original-config applies to a single-file SOURCE; a diffusers folder has scheduler_config.json")
     return args
+
+
+def _check_vocab(vocab: str) -> None:
+    """Reads the merges before any slow work: a wrong file (vocab.json for merges.txt) fails at once."""
+    from txt2img_convert.checkpoints import ConversionError
+    from txt2img_convert.tokenizer import read_merges
+
+    try:
+        read_merges(vocab)
+    except (ValueError, OSError, EOFError) as e:
+        raise ConversionError(f"{vocab}: not CLIP's BPE merges ({e}); pass a diffusers folder's "
+                              "tokenizer/merges.txt (not vocab.json), or CLIP's bpe_simple_vocab_16e6.txt.gz") from None
 
 
 def _first_file(*paths):
@@ -126,6 +162,7 @@ def convert_source(args) -> dict:
     if vocab is None:
         raise ck.ConversionError("no tokenizer vocabulary: pass --vocab PATH (tokenizer/merges.txt of a "
                                  "diffusers folder, or CLIP's bpe_simple_vocab_16e6.txt.gz)")
+    _check_vocab(vocab)
 
     # The safety checker: --safety-checker, else the source's own, else the --config folder's; decided
     # before the slow loading so that a missing one fails at once.
@@ -144,12 +181,18 @@ def convert_source(args) -> dict:
                 "generates with txt2img --no-safety-checker)")
 
     # Small, so read before the slow loading: a wrong file fails at once.
+    ldm_config = None if folder else ck.ldm_config_path(path, args.original_config)
+    ldm_schedule = None
+    if ldm_config is not None:
+        export.progress(f"reading the training schedule in {ldm_config}")
+        ldm_schedule = ck.ldm_schedule(ldm_config)
     taesd = None
     if args.taesd is not None:
         export.progress(f"loading the TAESD decoder {args.taesd}")
         taesd, taesd_sha256 = load_taesd(taesd_path, args.taesd)
     export.progress(f"loading {path}")
     model = ck.load_diffusers(path) if folder else ck.load_single_file(path, args.config)
+    schedule = ck.training_schedule(model.scheduler, ldm_schedule, args.prediction_type, args.zero_terminal_snr)
     if not model.vae.tensors and args.vae is None:
         raise ck.ConversionError(f"{path} has no VAE weights (first_stage_model.*): it was released to be used with a "
                                  "separate VAE; pass it with --vae (e.g. vae-ft-mse-840000-ema-pruned.safetensors)")
@@ -171,7 +214,7 @@ def convert_source(args) -> dict:
         preprocessor = ck.read_json(preprocessor_file) if preprocessor_file else None
 
     fields = export.model_fields(model.unet.config, model.vae.config, model.text_encoder.config,
-                                 ck.scheduler_fields(model.scheduler),
+                                 ck.scheduler_fields(schedule),
                                  export.safety_manifest(preprocessor) if safety is not None else None)
     fields.update(vae_identity)
     if fields.get("inpainting") and not export.VAEEncoder.select_state_dict(model.vae.tensors):
@@ -238,13 +281,16 @@ def convert_random(args) -> dict:
     export.check_destination(args.out, args.overwrite)
     if not os.path.isfile(args.vocab):
         raise ck.ConversionError(f"--vocab {args.vocab}: no such file")
+    _check_vocab(args.vocab)
     kind = "tiny" if args.tiny else "full"
     seed = 0 if args.seed is None else args.seed
     configs = preset(kind)
     export.progress(f"building the {kind} model with random weights (seed {seed})")
     modules = export.random_modules(configs, seed, not args.no_safety_checker, args.tiny_flag_all)
-    fields = export.model_fields(configs["unet"], configs["vae"], configs["text_encoder"], ck.scheduler_fields(None),
-                                 None if args.no_safety_checker else export.safety_manifest(configs["preprocessor"]))
+    schedule = ck.training_schedule(None, None, args.prediction_type, args.zero_terminal_snr)
+    safety = None if args.no_safety_checker else export.safety_manifest(configs["preprocessor"])
+    fields = export.model_fields(configs["unet"], configs["vae"], configs["text_encoder"],
+                                 ck.scheduler_fields(schedule), safety)
     source = {"kind": "random", "path": None, "sha256": None, "preset": kind, "seed": seed,
               "flag_all": bool(args.tiny_flag_all)}
     return export.write_bundle(args.out, modules, args.vocab, fields, f"random-{kind}-seed{seed}", None, source,

@@ -43,6 +43,7 @@ SchedulerConfig scheduler_from_json(const nlohmann::json& j, const std::string& 
   c.timestep_spacing = field<std::string>(j, "timestep_spacing", where);
   c.prediction_type = field<std::string>(j, "prediction_type", where);
   c.set_alpha_to_one = field<bool>(j, "set_alpha_to_one", where);
+  if (j.contains("rescale_betas_zero_snr")) c.rescale_betas_zero_snr = field<bool>(j, "rescale_betas_zero_snr", where);
   return c;
 }
 
@@ -70,9 +71,9 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   if (j.value("format", "") != "txt2img-bundle")
     throw Error(ErrorKind::Bundle, where + ": model.json is not a txt2img bundle manifest" + kConvertHint);
   m.format_version = field<int>(j, "format_version", where);
-  if (m.format_version != kBundleFormatVersion)
+  if (m.format_version < 1 || m.format_version > kBundleFormatVersion)
     throw Error(ErrorKind::Bundle, where + ": bundle format version " + std::to_string(m.format_version) +
-                                       " is not the one this binary reads (" + std::to_string(kBundleFormatVersion) +
+                                       " is not one this binary reads (1 to " + std::to_string(kBundleFormatVersion) +
                                        "); re-convert it with this release's scripts/convert.py");
   m.family = field<std::string>(j, "family", where);
   if (m.family != "sd1")

@@ -76,6 +76,14 @@ void throw_if_non_finite(const torch::Tensor& values, const std::string& what, t
                                                       : ""));
 }
 
+// diffusers' rescale_noise_cfg: `guided` brought to the per-image standard deviation of `text` (unbiased, over
+// channels and pixels), mixed with `guided` by `rescale`.
+torch::Tensor rescale_guidance(const torch::Tensor& guided, const torch::Tensor& text, double rescale) {
+  const auto std_text = text.std({1, 2, 3}, /*unbiased=*/true, /*keepdim=*/true);
+  const auto std_guided = guided.std({1, 2, 3}, /*unbiased=*/true, /*keepdim=*/true);
+  return rescale * (guided * (std_text / std_guided)) + (1 - rescale) * guided;
+}
+
 // Whether a run takes classifier-free guidance: a U-Net batch of [uncond, cond] rows mixed by the scale. As in
 // diffusers, a scale of 1 or less skips the unconditional rows, and an LCM model with a guidance embedding takes the
 // scale as an input instead (LatentConsistencyModelPipeline); the negative prompt is then unused.
@@ -84,11 +92,12 @@ bool classifier_free(const Manifest& manifest, const GenerationParams& params) {
 }
 
 std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params, int steps) {
-  // The checkpoint's training schedule (betas, offset, prediction type) with each sampler's own default spacing:
-  // what diffusers' `<Sampler>.from_config(pipe.scheduler.config)` gives for SD v1, leading for DDIM/PNDM and
-  // linspace for the sigma samplers.
+  // The checkpoint's training schedule (betas, offset, prediction type) with each sampler's own default spacing, as
+  // the reference runs use them: leading for DDIM/PNDM and linspace for the sigma samplers. A zero-terminal-SNR
+  // model keeps its own spacing (trailing, as a rule), without which DDIM would never start from its pure-noise
+  // timestep 999, as diffusers' `<Sampler>.from_config(pipe.scheduler.config)` keeps it.
   SchedulerConfig config = manifest.scheduler;
-  config.timestep_spacing.clear();
+  if (!config.rescale_betas_zero_snr) config.timestep_spacing.clear();
   return make_scheduler(params.sampler, config, steps, params.eta);
 }
 
@@ -292,6 +301,8 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
     throw Error(ErrorKind::Usage, "steps " + std::to_string(params.steps) + " must be from 1 to " +
                                       std::to_string(manifest.scheduler.num_train_timesteps));
   if (!std::isfinite(params.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
+  if (!(params.guidance_rescale >= 0 && params.guidance_rescale <= 1))
+    throw Error(ErrorKind::Usage, "guidance rescale must be from 0 to 1");
   if (!(params.eta >= 0 && params.eta <= 1)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1");
   if (params.clip_skip < 1 || params.clip_skip > manifest.text_num_layers) {
     const std::string layers = std::to_string(manifest.text_num_layers);
@@ -436,18 +447,26 @@ class Pipeline::TextConditioning {
 
   // The guided prediction from the guided batch's: diffusers' uncond + scale (cond - uncond) where each image has one
   // prompt row of weight 1; else, as A1111 adds composable prompts up, uncond plus (cond - uncond) (weight scale)
-  // for each of the image's rows in turn.
-  torch::Tensor guide(const torch::Tensor& predicted, double scale) const {
+  // for each of the image's rows in turn. Then diffusers' guidance rescale, where `rescale` > 0; the text prediction
+  // it measures is, for composable prompts, their sum at scale 1.
+  torch::Tensor guide(const torch::Tensor& predicted, double scale, double rescale) const {
     const int64_t images = predicted.size(0) - static_cast<int64_t>(prompt_rows_.size());
     const auto uncond = predicted.slice(0, 0, images);
-    if (one_row_each_) return uncond + scale * (predicted.slice(0, images) - uncond);
-    auto guided = uncond.clone();
-    for (size_t row = 0; row < prompt_rows_.size(); ++row) {
-      const int64_t image = prompt_rows_[row].image;
-      guided[image] +=
-          (predicted[images + static_cast<int64_t>(row)] - uncond[image]) * (prompt_rows_[row].weight * scale);
+    if (one_row_each_) {
+      const auto text = predicted.slice(0, images);
+      const auto guided = uncond + scale * (text - uncond);
+      return rescale > 0 ? rescale_guidance(guided, text, rescale) : guided;
     }
-    return guided;
+    const auto combined = [&](double s) {
+      auto out = uncond.clone();
+      for (size_t row = 0; row < prompt_rows_.size(); ++row) {
+        const int64_t image = prompt_rows_[row].image;
+        out[image] += (predicted[images + static_cast<int64_t>(row)] - uncond[image]) * (prompt_rows_[row].weight * s);
+      }
+      return out;
+    };
+    const auto guided = combined(scale);
+    return rescale > 0 ? rescale_guidance(guided, combined(1.0), rescale) : guided;
   }
 
   // [rows, tokens, hidden]: each row's text at `step` of the pass (from 0), as A1111 picks it. Each combination of
@@ -624,7 +643,7 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, size_t first, torch::Tenso
         (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], run.text.at(call - first), run.guidance)
             .to(torch::kFloat32);
     observe(run.observer, prefix + "unet/" + call_name(call - first) + "/noise_pred", noise_pred);
-    if (run.guided) noise_pred = run.text.guide(noise_pred, run.cfg_scale);
+    if (run.guided) noise_pred = run.text.guide(noise_pred, run.cfg_scale, run.guidance_rescale);
     observe(run.observer, prefix + "step/" + call_name(call - first) + "/model_output", noise_pred);
     auto step_noise =
         scheduler.needs_noise(call) ? to_device_async(run.noise.draw(shape), options_.device) : torch::Tensor();
@@ -688,7 +707,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   }
   const size_t calls = scheduler->timesteps().size() +
                        (hires_sampler ? hires_sampler->timesteps().size() - hires_sampler->first_call() : 0);
-  const Denoising run{text, guidance, guided, params.cfg_scale, calls, noise, observer};
+  const Denoising run{text, guidance, guided, params.cfg_scale, params.guidance_rescale, calls, noise, observer};
   latents = denoise(*scheduler, 0, latents, run, "", 0);
 
   // 4. Hires fix: the latents resized, noised to where the hires schedule is entered, denoised again; the noise
@@ -706,8 +725,8 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     std::optional<TextConditioning> hires_text;
     if (hires_reads_other_texts(prompts, negative_prompts, params))
       hires_text.emplace(encode_prompts(prompts, negative_prompts, params, guided, Pass::Hires, observer));
-    const Denoising hires_run{
-        hires_text ? *hires_text : text, guidance, guided, params.cfg_scale, calls, noise, observer};
+    const Denoising hires_run{hires_text ? *hires_text : text, guidance, guided, params.cfg_scale,
+                              params.guidance_rescale,         calls,    noise,  observer};
     latents = denoise(*hires_sampler, first, latents, hires_run, "hires/", scheduler->timesteps().size());
   }
   throw_if_non_finite(latents, "the latents", options_.dtype);

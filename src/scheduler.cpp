@@ -16,32 +16,34 @@ struct Sampler {
   const char* name;
   bool uses_eta;
   bool starts_late = true;  // whether start_at takes any step (see why_it_cannot_start_later)
+  // Whether its diffusers class has rescale_betas_zero_snr; the others would silently run another noise schedule.
+  bool zero_snr = true;
 };
 
 // In the order help texts list them.
 constexpr Sampler kSamplers[] = {
     {"ddim", true},
-    {"pndm", false, false},
+    {"pndm", false, false, false},
     {"euler", false},
     {"euler_karras", false},
     {"euler_exponential", false},
     {"euler_a", false},
-    {"heun", false},
-    {"heun_karras", false},
-    {"heun_exponential", false},
-    {"dpm2", false},
-    {"dpm2_karras", false},
-    {"dpm2_exponential", false},
-    {"dpm2_a", false},
-    {"dpm2_a_karras", false},
-    {"dpm2_a_exponential", false},
+    {"heun", false, true, false},
+    {"heun_karras", false, true, false},
+    {"heun_exponential", false, true, false},
+    {"dpm2", false, true, false},
+    {"dpm2_karras", false, true, false},
+    {"dpm2_exponential", false, true, false},
+    {"dpm2_a", false, true, false},
+    {"dpm2_a_karras", false, true, false},
+    {"dpm2_a_exponential", false, true, false},
     {"dpmpp_2m", false},
     {"dpmpp_2m_karras", false},
     {"dpmpp_2m_sde", false},
     {"dpmpp_2m_sde_karras", false},
-    {"lms", false},
-    {"lms_karras", false},
-    {"lms_exponential", false},
+    {"lms", false, true, false},
+    {"lms_karras", false, true, false},
+    {"lms_exponential", false, true, false},
     {"unipc", false},
     {"unipc_karras", false},
     {"lcm", false, false},
@@ -50,6 +52,13 @@ constexpr Sampler kSamplers[] = {
 std::string joined_names() {
   std::string out;
   for (const auto& name : scheduler_names()) out += (out.empty() ? "" : ", ") + name;
+  return out;
+}
+
+std::string zero_snr_samplers() {
+  std::string out;
+  for (const auto& s : kSamplers)
+    if (s.zero_snr) out += (out.empty() ? "" : ", ") + std::string(s.name);
   return out;
 }
 
@@ -62,6 +71,19 @@ std::vector<double> cosine_betas(int n) {
     betas.push_back(std::min(1 - alpha_bar(t2) / alpha_bar(t1), 0.999));
   }
   return betas;
+}
+
+// Lin et al. (2023), Algorithm 1, in diffusers' float32 tensor operations: sqrt(alphas_cumprod) shifted so that the
+// last is 0 and scaled so that the first is unchanged, turned back into betas (the last becomes 1).
+torch::Tensor rescale_zero_terminal_snr(const torch::Tensor& betas) {
+  auto sqrt_bar = torch::cumprod(1.0 - betas, 0).sqrt();
+  const auto first = sqrt_bar[0].clone();
+  const auto last = sqrt_bar[-1].clone();
+  sqrt_bar -= last;
+  sqrt_bar *= first / (first - last);
+  const auto bar = sqrt_bar.pow(2);
+  const auto alphas = torch::cat({bar.slice(0, 0, 1), bar.slice(0, 1) / bar.slice(0, 0, -1)});
+  return 1 - alphas;
 }
 
 // Descending timesteps of a spacing as diffusers computes them. "linspace" values are rounded (half to even, as
@@ -94,6 +116,23 @@ std::vector<double> spaced_timesteps(const SchedulerConfig& config, const std::s
     msg << "steps=" << steps << " with \"" << spacing << "\" timestep spacing gives " << out.size()
         << " timesteps in diffusers (a rounding artefact); choose another step count";
     throw Error(ErrorKind::Usage, msg.str());
+  }
+  return out;
+}
+
+// DPMSolverMultistepScheduler's and UniPCMultistepScheduler's whole timesteps: their own linspace and leading
+// rules (steps + 1 points, the last dropped), the common trailing one.
+std::vector<double> log_snr_timesteps(const SchedulerConfig& config, const std::string& spacing, int steps) {
+  const int total = config.num_train_timesteps;
+  std::vector<double> out;
+  if (spacing == "linspace") {
+    const double stride = static_cast<double>(total - 1) / steps;
+    for (int i = steps; i > 0; --i) out.push_back(std::nearbyint(i == steps ? total - 1 : i * stride));
+  } else if (spacing == "leading") {
+    const int ratio = total / (steps + 1);
+    for (int i = steps; i > 0; --i) out.push_back(static_cast<double>(i) * ratio + config.steps_offset);
+  } else {
+    out = spaced_timesteps(config, spacing, steps, true);
   }
   return out;
 }
@@ -144,6 +183,7 @@ torch::Tensor alphas_cumprod(const SchedulerConfig& config) {
     throw Error(ErrorKind::Bundle, "unsupported scheduler beta_schedule \"" + config.beta_schedule +
                                        "\" (supported: scaled_linear, linear, squaredcos_cap_v2)");
   }
+  if (config.rescale_betas_zero_snr) betas = rescale_zero_terminal_snr(betas);
   // cumprod on the CPU accumulates in double and rounds each prefix to float32, as it did for the references.
   return torch::cumprod(1.0 - betas, 0);
 }
@@ -229,6 +269,11 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (eta != 0.0 && !it->uses_eta)
     throw Error(ErrorKind::Usage, "eta applies only to the ddim scheduler, not to " + name);
 
+  if (config.rescale_betas_zero_snr && !it->zero_snr)
+    throw Error(ErrorKind::Usage, "the " + std::string(it->name) + " sampler cannot run a zero-terminal-SNR model "
+                                  "(diffusers' scheduler for it has no rescale_betas_zero_snr); use " +
+                                      zero_snr_samplers());
+
   const std::string sampler = it->name;
   if (sampler == "ddim") return detail::make_ddim(config, steps, eta);
   if (sampler == "pndm") return detail::make_pndm(config, steps);
@@ -271,6 +316,12 @@ namespace detail {
 std::vector<float> alphas_cumprod_values(const SchedulerConfig& config) {
   const auto a = alphas_cumprod(config).contiguous();
   return {a.data_ptr<float>(), a.data_ptr<float>() + a.numel()};
+}
+
+std::vector<float> sigma_alphas_cumprod_values(const SchedulerConfig& config) {
+  auto values = alphas_cumprod_values(config);
+  if (config.rescale_betas_zero_snr) values.back() = std::ldexp(1.0f, -24);
+  return values;
 }
 
 std::string resolve_spacing(const SchedulerConfig& config, const char* class_default) {
@@ -408,7 +459,7 @@ SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSc
     : prediction_type_(config.prediction_type) {
   const std::string spacing = resolve_spacing(config, "linspace");
   timesteps_ = spaced_timesteps(config, spacing, steps, false);
-  const auto train = training_sigmas(alphas_cumprod_values(config));
+  const auto train = training_sigmas(sigma_alphas_cumprod_values(config));
   std::vector<double> sigmas;
   for (double t : timesteps_) sigmas.push_back(interp(t, train));
   if (schedule != SigmaSchedule::kSpaced) {
@@ -466,7 +517,7 @@ LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, bool 
     : prediction_type_(config.prediction_type) {
   require_prediction_type(config, name, {"epsilon", "sample", "v_prediction"});
   const std::string spacing = resolve_spacing(config, "linspace");
-  const auto train = training_sigmas(alphas_cumprod_values(config));
+  const auto train = training_sigmas(sigma_alphas_cumprod_values(config));
   if (karras) {
     // The Karras sigmas replace the spaced timesteps: the spacing has no effect. NumPy rounds half to even.
     const auto logs = log_sigmas(train);
@@ -474,13 +525,19 @@ LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, bool 
       timesteps_.push_back(std::nearbyint(sigma_to_t(sigma, logs)));
       sigmas_.push_back(static_cast<float>(sigma));
     }
-  } else if (spacing == "linspace") {
+    // diffusers finds its first step by the timestep and, where that repeats, takes the second, running off the end
+    // of the schedule. It happens where Karras sigmas crowd below a zero-terminal-SNR schedule's 4096.
+    if (timesteps_.size() > 1 && timesteps_[0] == timesteps_[1])
+      throw Error(ErrorKind::Usage, "steps=" + std::to_string(steps) + " repeats the first timestep of the " + name +
+                                        " schedule, where diffusers' scheduler fails (Karras sigmas crowd at the "
+                                        "top of this model's noise schedule); use fewer steps, or the sampler "
+                                        "without _karras");
+
+  } else {
     // np.interp at whole timesteps is the training sigma itself (DPM-Solver's lambda_min_clipped = -inf keeps
     // every timestep).
     const int total = config.num_train_timesteps;
-    const double stride = static_cast<double>(total - 1) / steps;
-    for (int i = steps; i > 0; --i) {
-      const double t = std::nearbyint(i == steps ? total - 1 : i * stride);
+    for (double t : log_snr_timesteps(config, spacing, steps)) {
       // Closer than one training step apart, rounding repeats a timestep: a step of zero log-SNR, which the
       // solver divides by (diffusers makes NaNs there).
       if (!timesteps_.empty() && t == timesteps_.back())
@@ -491,9 +548,6 @@ LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, bool 
       timesteps_.push_back(t);
       sigmas_.push_back(train[static_cast<size_t>(t)]);
     }
-  } else {
-    throw Error(ErrorKind::Bundle, "timestep_spacing \"" + spacing + "\" is not supported by the " + name +
-                                       " scheduler (supported: linspace)");
   }
   sigmas_.push_back(0.0f);
 }

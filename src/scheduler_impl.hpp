@@ -38,6 +38,9 @@ std::string samplers_that_start_late();
 
 // alphas_cumprod(config) as host floats, for the scalar coefficient arithmetic.
 std::vector<float> alphas_cumprod_values(const SchedulerConfig& config);
+// The same for the samplers that work with sigma = sqrt((1 - a) / a): a zero-terminal-SNR schedule's last value, 0,
+// becomes 2^-24 (fp16's smallest subnormal, as diffusers sets it), so that the first sigma is finite (4096).
+std::vector<float> sigma_alphas_cumprod_values(const SchedulerConfig& config);
 
 // The configured timestep spacing, or `class_default` when the config leaves it empty (diffusers' from_config keeps
 // a class's own default for keys the source config did not set). Throws Error(Bundle) for an unknown spacing.

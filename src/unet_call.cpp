@@ -96,7 +96,6 @@ torch::Tensor UNetCall::operator()(const torch::Tensor& x, const torch::Tensor& 
 
 #endif
 
-UNetCall::UNetCall() = default;
 UNetCall::UNetCall(UNetCall&&) noexcept = default;
 UNetCall& UNetCall::operator=(UNetCall&&) noexcept = default;
 UNetCall::~UNetCall() = default;

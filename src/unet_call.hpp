@@ -15,7 +15,6 @@ void to_channels_last(torch::jit::Module& module);
 
 class UNetCall {
  public:
-  UNetCall();
   // Throws Error(Usage) when cuda_graph is asked for off CUDA or in a build without CUDA.
   UNetCall(torch::jit::Module module, torch::Device device, bool channels_last, bool cuda_graph);
   UNetCall(UNetCall&&) noexcept;

@@ -17,7 +17,10 @@
 
 namespace txt2img {
 
-constexpr int kBundleFormatVersion = 1;
+// The newest bundle format this binary reads; it reads every older one. The converter writes 2 only for bundles that
+// a format-1 reader would misread (a zero-terminal-SNR schedule, an inpainting U-Net), so others stay readable by
+// older binaries.
+constexpr int kBundleFormatVersion = 2;
 // CLIP ViT-L/14's text tower, SD v1's text encoder.
 constexpr int kDefaultTextLayers = 12;
 // CLIP's vocabulary; textual-inversion embeddings take the ids from here on.

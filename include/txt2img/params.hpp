@@ -55,6 +55,10 @@ struct GenerationParams {
   int height = 0;
   int steps = 50;
   double cfg_scale = 7.5;
+  // diffusers' guidance_rescale (Lin et al. 2023, section 3.4), for zero-terminal-SNR models that overexpose at
+  // high scales: the guided prediction is scaled to the standard deviation of the text prediction, and this fraction
+  // of that is mixed in (0: off; diffusers suggests 0.7). Only with classifier-free guidance.
+  double guidance_rescale = 0.0;
   // A scheduler_names() entry or another tool's name for one, or "model": the sampler of the model's own diffusers
   // scheduler (Manifest::source_sampler); resolve_params puts the name of the one that runs.
   std::string sampler = "ddim";
@@ -79,11 +83,10 @@ struct GenerationParams {
 
   bool operator==(const GenerationParams& o) const {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
-           sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip && long_prompts == o.long_prompts &&
-           emphasis == o.emphasis && loras == o.loras &&
+           guidance_rescale == o.guidance_rescale && sampler == o.sampler && eta == o.eta &&
+           clip_skip == o.clip_skip && long_prompts == o.long_prompts && emphasis == o.emphasis && loras == o.loras &&
            hires == o.hires;
   }
-  bool operator!=(const GenerationParams& o) const { return !(*this == o); }
 };
 
 }  // namespace txt2img

@@ -156,7 +156,6 @@ class Pipeline {
 
   const Manifest& manifest() const { return manifest_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
-  const PipelineOptions& options() const { return options_; }
   // Whether the bundle's text encoder has the `encode(input_ids, clip_skip)` method that clip_skip > 1 needs
   // (bundles converted before --clip-skip existed have only `forward`).
   bool supports_clip_skip() const { return clip_skip_supported_; }
@@ -209,6 +208,7 @@ class Pipeline {
     const torch::Tensor& guidance;  // LCM's guidance input, undefined for other models
     bool guided;
     double cfg_scale;
+    double guidance_rescale;
     size_t calls;  // the batch's U-Net calls in all passes, for the observer's progress
     NoiseSource& noise;
     Observer* observer;

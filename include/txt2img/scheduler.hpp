@@ -20,6 +20,9 @@ struct SchedulerConfig {
   std::string timestep_spacing;
   std::string prediction_type = "epsilon";
   bool set_alpha_to_one = false;
+  // Betas rescaled to zero terminal SNR (Lin et al. 2023: the last timestep is pure noise), for models trained so;
+  // ddim, euler*, euler_a, dpmpp_2m*, unipc* and lcm support it, as their diffusers classes do.
+  bool rescale_betas_zero_snr = false;
 };
 
 // cumprod(1 - betas), float32 [num_train_timesteps] on the CPU. Throws Error(Bundle) for an unsupported

@@ -702,6 +702,72 @@ def load_single_file(path: str, config_dir: Optional[str] = None) -> Model:
     )
 
 
+# LDM's parameterization names, as diffusers' prediction types.
+_PARAMETERIZATION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+
+
+def ldm_config_path(checkpoint: str, original_config: Optional[str]) -> Optional[str]:
+    """The LDM config (.yaml) of a single-file checkpoint: --original-config, else one beside it with the same stem
+    (`model.safetensors` + `model.yaml`, where A1111 looks for it), else None."""
+    if original_config is not None:
+        if not os.path.isfile(original_config):
+            raise ConversionError(f"--original-config {original_config}: no such file")
+        return original_config
+    beside = os.path.splitext(checkpoint)[0] + ".yaml"
+    return beside if os.path.isfile(beside) else None
+
+
+def ldm_schedule(path: str) -> dict:
+    """The training schedule an LDM config (v1-inference.yaml and its kin) states, as diffusers scheduler options:
+    model.params' parameterization, timesteps, linear_start and linear_end (each only where it is given)."""
+    try:
+        import yaml
+    except ImportError:
+        raise ConversionError(f"{path}: reading an LDM .yaml config needs PyYAML (Debian: python3-yaml)") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConversionError(f"{path}: not a readable YAML file ({e})") from None
+    model = config.get("model") if isinstance(config, dict) else None
+    params = model.get("params") if isinstance(model, dict) else None
+    if not isinstance(params, dict):
+        raise ConversionError(f"{path}: not an LDM config (no model.params)")
+    out = {}
+    if "parameterization" in params:
+        if params["parameterization"] not in _PARAMETERIZATION:
+            raise ConversionError(f"{path}: unknown parameterization {params['parameterization']!r} (known: "
+                                  + ", ".join(_PARAMETERIZATION) + ")")
+        out["prediction_type"] = _PARAMETERIZATION[params["parameterization"]]
+    for key, name, kind in (("timesteps", "num_train_timesteps", int), ("linear_start", "beta_start", float),
+                            ("linear_end", "beta_end", float)):
+        if key in params:
+            if not isinstance(params[key], (int, float)) or isinstance(params[key], bool):
+                raise ConversionError(f"{path}: model.params.{key} is not a number")
+            out[name] = kind(params[key])
+    return out
+
+
+def training_schedule(config: Optional[dict], ldm: Optional[dict], prediction_type: Optional[str],
+                      zero_terminal_snr: bool) -> Optional[dict]:
+    """The source's scheduler config with what else is known of its training: an LDM config's schedule, then the
+    command line's prediction type and zero terminal SNR. Zero terminal SNR newly set brings trailing timestep
+    spacing, under which a run starts from pure noise (Lin et al. 2023, as diffusers recommends)."""
+    if not ldm and prediction_type is None and not zero_terminal_snr:
+        return config
+    out = {**(config or {}), **(ldm or {})}
+    if prediction_type is not None:
+        out["prediction_type"] = prediction_type
+    if zero_terminal_snr and out.get("prediction_type", "epsilon") == "epsilon":
+        # At the last timestep the sample is pure noise, and a noise prediction says nothing of the image.
+        raise ConversionError("--zero-terminal-snr needs a v-prediction model (zero terminal SNR leaves an epsilon "
+                              "prediction nothing to predict at the last timestep): add --prediction-type "
+                              "v_prediction if the model is one")
+    if zero_terminal_snr and not out.get("rescale_betas_zero_snr"):
+        out.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return out
+
+
 def scheduler_fields(config: Optional[dict]) -> dict:
     """The bundle's scheduler description: the source's values where it states them, SD v1's otherwise; and the
     source's scheduler class ("class", None without one) with the txt2img sampler that computes it ("sampler", None
@@ -740,6 +806,9 @@ _COMPUTED = {
 # fail on exponential sigmas).
 _KARRAS = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
            "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+# The classes that have rescale_betas_zero_snr (the others ignore it, so a config setting it describes no one run).
+_ZERO_SNR = ("DDIMScheduler", "LCMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+             "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 _EXPONENTIAL = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
                 "KDPM2AncestralDiscreteScheduler")
 _SAMPLER_OF_CLASS = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMScheduler": "lcm",
@@ -751,14 +820,18 @@ _SAMPLER_OF_CLASS = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMSched
 
 def source_sampler(config: dict) -> Optional[str]:
     """The txt2img sampler that computes what a diffusers scheduler config describes, or None: another class, or an
-    option txt2img's samplers do not compute (another spacing than the class's default, PNDM's PRK steps, DDIM's
-    sample clipping, DPM-Solver of another order or algorithm, UniPC's bh1 variant, exponential sigmas on a
-    multistep solver...)."""
+    option txt2img's samplers do not compute (another spacing than the class's default, except on a
+    zero-terminal-SNR schedule, PNDM's PRK steps, DDIM's sample clipping, DPM-Solver of another order or algorithm,
+    UniPC's bh1 variant, exponential sigmas on a multistep solver, zero terminal SNR on a class without it...)."""
     cls = config.get("_class_name")
     if cls not in _COMPUTED:
         return None
     needed, defaults = _COMPUTED[cls]
-    for key, value in {**_NOT_SET, **needed}.items():
+    zero_snr = cls in _ZERO_SNR and bool(config.get("rescale_betas_zero_snr"))
+    not_set = {k: v for k, v in _NOT_SET.items() if k != "rescale_betas_zero_snr" or cls not in _ZERO_SNR}
+    if zero_snr:  # txt2img keeps a zero-terminal-SNR model's spacing for every sampler
+        needed = {k: v for k, v in needed.items() if k != "timestep_spacing"}
+    for key, value in {**not_set, **needed}.items():
         if config.get(key, defaults.get(key, value)) != value:
             return None
     sampler = _SAMPLER_OF_CLASS[cls]
@@ -778,6 +851,13 @@ def source_sampler(config: dict) -> Optional[str]:
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A missing local file, never a hub id (whose names do not end so): "models/v1-5.safetensors" is a typo, not a
+# repository to ask the network for.
+_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".json", ".yaml")
+
+
+def _is_hub_id(source: str) -> bool:
+    return bool(_HUB_ID.match(source)) and not source.lower().endswith(_FILE_SUFFIXES)
 
 
 def _hub_weights(stems: Tuple[str, ...], folder: str, ext: str) -> List[str]:
@@ -820,7 +900,7 @@ def resolve_source(source: str) -> str:
     """A local path as given; a Hugging Face hub id (`owner/name`) downloaded into the hub cache."""
     if os.path.exists(source):
         return source
-    if not _HUB_ID.match(source):
+    if not _is_hub_id(source):
         raise ConversionError(f"{source}: no such file or directory")
     # Only what the bundle needs: the configs, the tokenizer and one weights file (or the index and shards of
     # one sharded checkpoint) per model, not the several-GB .ckpt / fp16 / flax / onnx copies that model
@@ -838,7 +918,7 @@ def resolve_component(source: str, flag: str) -> str:
     weights file)."""
     if os.path.exists(source):
         return source
-    if not _HUB_ID.match(source):
+    if not _is_hub_id(source):
         raise ConversionError(f"{flag} {source}: no such file or folder")
     return _from_hub(source, flag[2:].upper(),
                      lambda ext: ["config.json"] + _hub_weights(("diffusion_pytorch_model",), "", ext),

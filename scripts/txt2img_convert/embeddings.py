@@ -70,6 +70,9 @@ def read(path: str) -> Embedding:
         vectors = vectors.unsqueeze(0)
     if vectors.dim() != 2 or vectors.shape[0] == 0:
         raise ConversionError(f"{path}: the embedding's vectors have shape {list(vectors.shape)}, expected [N, width]")
+    if not torch.isfinite(vectors).all():
+        raise ConversionError(f"{path}: the embedding's vectors hold not-a-number or infinite values: the file is "
+                              "damaged")
     return Embedding(name, path, vectors)
 
 

@@ -21,7 +21,10 @@ from .vae import VAEDecoder, VAEEncoder
 
 CONVERTER_VERSION = "0.1.0"
 BUNDLE_FORMAT = "txt2img-bundle"
+# Format 2 marks the bundles a format-1 reader (an older txt2img) would misread: a zero-terminal-SNR schedule (it
+# would run the plain one) or an inpainting U-Net. Others stay format 1, readable by older binaries too.
 BUNDLE_FORMAT_VERSION = 1
+NEEDS_NEWER_READER_VERSION = 2
 PAD_ID = 49407  # SD v1 pads prompts with <|endoftext|>
 
 # Bundle file of each module, in the order they are written.
@@ -42,6 +45,29 @@ _CLASSES: Dict[str, Callable[[dict], nn.Module]] = {
     "safety_checker": StableDiffusionSafetyChecker,
     "taesd": TAESDDecoder,
 }
+
+
+def _valid_text(value):
+    """`value` with every string valid UTF-8: a path's undecodable bytes (which Python keeps as lone surrogates)
+    become U+FFFD, so that model.json stays readable JSON for txt2img; the paths there are only a record."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_text(v) for v in value]
+    return value
+
+
+def write_manifest(path: str, manifest: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_valid_text(manifest), f, indent=2)
+        f.write("\n")
+
+
+def format_version(fields: dict) -> int:
+    newer = fields.get("inpainting") or fields["scheduler"].get("rescale_betas_zero_snr")
+    return NEEDS_NEWER_READER_VERSION if newer else BUNDLE_FORMAT_VERSION
 
 
 def progress(message: str) -> None:
@@ -174,6 +200,11 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
             f"the U-Net takes {unet.get('in_channels')} input channels, not the VAE's {latent} latent channels, nor "
             f"an inpainting model's {2 * latent + 1} (an instruct-pix2pix or other image-conditioned model?): only "
             "text-to-image and inpainting models are supported")
+    cross_attention = unet.get("cross_attention_dim")
+    if cross_attention is not None and int(cross_attention) != int(text["hidden_size"]):
+        raise ConversionError(
+            f"the text encoder's embeddings are {text['hidden_size']} wide but the U-Net attends to {cross_attention}: "
+            "they are not of one model (a mismatched --config, or a checkpoint mixing two models?)")
     fields = {
         "latent_channels": latent,
         "scale_factor": float(vae.get("scaling_factor") or 0.18215),
@@ -225,7 +256,7 @@ def write_bundle(out: str, modules: Dict[str, nn.Module], vocab: str, fields: di
             files[filename] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
         manifest = {
             "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
+            "format_version": format_version(fields),
             "family": "sd1",
             **fields,
             "files": files,
@@ -235,9 +266,7 @@ def write_bundle(out: str, modules: Dict[str, nn.Module], vocab: str, fields: di
             "model_hash": model_hash or files["unet.pt"]["sha256"][:10],
             "source": source,
         }
-        with open(os.path.join(staging, "model.json"), "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2)
-            f.write("\n")
+        write_manifest(os.path.join(staging, "model.json"), manifest)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp creates it private; a bundle is an ordinary directory

@@ -493,6 +493,11 @@ def _parse(path: str, components: Dict[str, Component]) -> Tuple[List[_Update], 
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
     tensors = read_tensors(path)
+    # A NaN merged into the weights would make every image fail later, far from its cause.
+    broken = sorted(key for key, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if broken:
+        raise ConversionError(f"{path}: not-a-number or infinite values in {listing(broken)}: the LoRA file is "
+                              "damaged")
     configs = _peft_configs(path)
     parser = _Parser(path, tensors, components)
     for key in sorted(tensors):

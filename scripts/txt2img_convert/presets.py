@@ -18,6 +18,7 @@ SD1_SCHEDULER = {
     "timestep_spacing": "leading",
     "prediction_type": "epsilon",
     "set_alpha_to_one": False,
+    "rescale_betas_zero_snr": False,
 }
 
 # CLIPImageProcessor defaults (the values of openai/clip-vit-large-patch14, which SD v1 uses).

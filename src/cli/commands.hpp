@@ -28,6 +28,7 @@ struct GenerateOptions {
   std::string sampler = "ddim";
   int steps = 50;
   double cfg_scale = 7.5;
+  double guidance_rescale = 0.0;  // GenerationParams::guidance_rescale
   double eta = 0.0;
   int clip_skip = 1;  // GenerationParams::clip_skip
   bool long_prompts = false;  // GenerationParams::long_prompts
@@ -79,8 +80,6 @@ int run_generate(const GenerateOptions& options);
 int run_info(const InfoOptions& options);
 int run_tokenize(const TokenizeOptions& options);
 
-// The sampler names this build offers, for --help.
-std::vector<std::string> available_samplers();
 // "txt2img 0.1.0 (LibTorch 1.13.1)".
 std::string version_string();
 

@@ -272,6 +272,7 @@ class Generator {
     record.steps = job.params.steps;
     record.sampler = job.params.sampler;
     record.cfg_scale = job.params.cfg_scale;
+    record.guidance_rescale = job.params.guidance_rescale;
     record.eta = job.params.eta;
     record.clip_skip = job.params.clip_skip;
     record.long_prompts = job.params.long_prompts;
@@ -296,13 +297,7 @@ class Generator {
       const LoraFile* lora = manifest_.find_lora(use.name);
       const std::string hash = lora ? lora->a1111_hash : "";
       record.loras.push_back({use.name, use.te_weight, use.unet_weight, hash});
-      // A1111 lists each LoRA once, its name without the separators of the list.
-      std::string name;
-      for (char c : use.name)
-        if (c != ':' && c != ',') name += c;
-      const bool listed = std::any_of(record.lora_hashes.begin(), record.lora_hashes.end(),
-                                      [&](const auto& entry) { return entry.first == name; });
-      if (!hash.empty() && !listed) record.lora_hashes.emplace_back(name, hash);
+      if (!hash.empty()) record.lora_hashes.emplace_back(use.name, hash);
     }
     record.ti_hashes = embeddings_used(job);
     record.device = placement_.device;
@@ -345,6 +340,7 @@ class Generator {
         {"steps", record.steps},
         {"sampler", record.sampler},
         {"cfg_scale", record.cfg_scale},
+        {"guidance_rescale", record.guidance_rescale},
         {"eta", record.eta},
         {"clip_skip", record.clip_skip},
         {"long_prompts", record.long_prompts},
@@ -429,8 +425,6 @@ void check_preview_file(const std::string& preview) {
 
 }  // namespace
 
-std::vector<std::string> available_samplers() { return scheduler_names(); }
-
 int run_generate(const GenerateOptions& o) {
   stop_on_broken_pipe();
   const auto run_start = Clock::now();
@@ -454,8 +448,18 @@ int run_generate(const GenerateOptions& o) {
   for (const auto& [flag, side] : {std::pair{"--width", o.width}, {"--height", o.height}})
     if (side == 0) throw Error(ErrorKind::Usage, std::string(flag) + " 0 is no image size (leave " + flag +
                                                    " out for the model's size)");
-  plan_options.params = {o.width.value_or(0), o.height.value_or(0), o.steps,    o.cfg_scale, o.sampler, o.eta,
-                         o.clip_skip,         o.long_prompts,       o.emphasis, {},          o.hires};
+  plan_options.params = {o.width.value_or(0),
+                         o.height.value_or(0),
+                         o.steps,
+                         o.cfg_scale,
+                         o.guidance_rescale,
+                         o.sampler,
+                         o.eta,
+                         o.clip_skip,
+                         o.long_prompts,
+                         o.emphasis,
+                         {},
+                         o.hires};
   plan_options.lora_tags = lora_flag_tags(o.loras);
   plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
@@ -513,6 +517,10 @@ int run_generate(const GenerateOptions& o) {
                   (manifest.guidance_embedding_dim > 0
                        ? "this LCM-distilled model takes the guidance scale as an input, without an unconditional pass"
                        : "--cfg-scale 1 or less turns classifier-free guidance off"));
+  if (o.guidance_rescale > 0 && (o.cfg_scale <= 1.0 || manifest.guidance_embedding_dim > 0))
+    reporter.warn("--guidance-rescale has no effect: it rescales classifier-free guidance, which " +
+                  std::string(manifest.guidance_embedding_dim > 0 ? "this LCM-distilled model does not take"
+                                                                  : "--cfg-scale 1 or less turns off"));
   if (manifest.guidance_embedding_dim > 0 && resolve_sampler(manifest, o.sampler) != "lcm")
     reporter.warn("this model is LCM-distilled (it takes the guidance scale as an input): it is made for --sampler "
                   "lcm with 2 to 8 steps");

@@ -86,6 +86,11 @@ int bundle_info(const InfoOptions& o) {
                                                     : m.source_scheduler_class + ": --sampler model runs it as " +
                                                           m.source_sampler)
               << "\n"
+              << "  training       " << m.scheduler.prediction_type << " prediction"
+              << (m.scheduler.rescale_betas_zero_snr
+                      ? ", zero terminal SNR (every sampler on its " + m.scheduler.timestep_spacing + " spacing)"
+                      : "")
+              << "\n"
               << "  text encoder   " << m.text_num_layers << " layers" << (m.text_num_layers_known ? "" : " (assumed)")
               << ", --clip-skip 1 to " << m.text_num_layers << "\n"
               << (m.guidance_embedding_dim > 0 ? "  guidance       an input of the U-Net (LCM-distilled: --sampler lcm, 2 "
@@ -185,6 +190,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     add("--steps", r.at("steps"));
     add("--sampler", r.at("sampler"));
     add("--cfg-scale", r.at("cfg_scale"));
+    if (r.value("guidance_rescale", 0.0) != 0) add("--guidance-rescale", r.at("guidance_rescale"));
     if (r.at("eta").get<double>() != 0) add("--eta", r.at("eta"));
     if (r.value("clip_skip", 1) != 1) add("--clip-skip", r.at("clip_skip"));
     if (r.value("long_prompts", false)) args.push_back("--long-prompts");
@@ -272,6 +278,7 @@ std::string a1111_command(const std::string& text) {
     if (sampler == "ddim") take("Eta DDIM", "--eta");
   }
   take("CFG scale", "--cfg-scale");
+  take("Guidance rescale", "--guidance-rescale");  // txt2img's own field
   const std::string size = field("Size");
   const auto x = size.find('x');
   std::string sides[2] = {x == std::string::npos ? "" : size.substr(0, x),
@@ -320,7 +327,7 @@ std::string a1111_command(const std::string& text) {
   static const std::set<std::string> read = {
       "Seed",     "Variation seed", "Variation seed strength", "ENSD",       "Steps", "Sampler", "Schedule type",
       "Eta DDIM", "CFG scale",      "Size",                    "Clip skip",  "Model", "Model hash", "RNG",
-      "Version",  "VAE Decoder"};
+      "Version",  "VAE Decoder",    "Guidance rescale"};
   // The prompt keeps A1111's LoRA tags, which txt2img reads too: the bundle needs LoRAs of those names.
   std::string loras;
   try {

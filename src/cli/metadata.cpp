@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <map>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "txt2img/scheduler.hpp"
@@ -102,9 +103,11 @@ std::string a1111_parameters(const ImageRecord& r) {
       {"Sampler", sampler.name},
   };
   if (!sampler.schedule.empty() && sampler.schedule != "Karras") params.emplace_back("Schedule type", sampler.schedule);
-  params.insert(params.end(), {{"CFG scale", python_float(r.cfg_scale)},
-                               {"Seed", std::to_string(r.seed)},
-                               {"Size", std::to_string(r.width) + "x" + std::to_string(r.height)}});
+  params.emplace_back("CFG scale", python_float(r.cfg_scale));
+  // No A1111 field computes it (extensions' CFG rescales work in another space), so it keeps diffusers' name.
+  if (r.guidance_rescale != 0) params.emplace_back("Guidance rescale", python_float(r.guidance_rescale));
+  params.emplace_back("Seed", std::to_string(r.seed));
+  params.emplace_back("Size", std::to_string(r.width) + "x" + std::to_string(r.height));
   if (!r.model_hash.empty()) params.emplace_back("Model hash", r.model_hash);
   if (!r.model_name.empty()) params.emplace_back("Model", r.model_name);
   if (!r.vae_hash.empty()) params.emplace_back("VAE hash", r.vae_hash);
@@ -138,10 +141,17 @@ std::string a1111_parameters(const ImageRecord& r) {
     }
   }
   if (r.eta != 0) params.emplace_back("Eta DDIM", python_float(r.eta));  // only DDIM takes an eta
-  // "name: hash, name: hash", which the quoting below turns into a JSON string, as A1111 writes them.
+  // "name: hash, name: hash", which the quoting below turns into a JSON string, as A1111 writes them: each name
+  // once, without the list's separators.
   for (const auto& [key, hashes] : {std::pair{"Lora hashes", &r.lora_hashes}, {"TI hashes", &r.ti_hashes}}) {
     std::string list;
-    for (const auto& [name, hash] : *hashes) list += (list.empty() ? "" : ", ") + name + ": " + hash;
+    std::set<std::string> listed;
+    for (const auto& [name, hash] : *hashes) {
+      std::string clean;
+      for (char c : name)
+        if (c != ':' && c != ',') clean += c;
+      if (listed.insert(clean).second) list += (list.empty() ? "" : ", ") + clean + ": " + hash;
+    }
     if (!list.empty()) params.emplace_back(key, list);
   }
   params.emplace_back("Version", std::string("txt2img ") + TXT2IMG_VERSION);
@@ -197,6 +207,7 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
       {"sampler", r.sampler},
       {"eta", r.eta},
       {"cfg_scale", r.cfg_scale},
+      {"guidance_rescale", r.guidance_rescale},
       {"clip_skip", r.clip_skip},
       {"long_prompts", r.long_prompts},
       {"emphasis", r.emphasis},

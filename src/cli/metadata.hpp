@@ -30,6 +30,7 @@ struct ImageRecord {
   int steps = 0;
   std::string sampler;
   double cfg_scale = 0;
+  double guidance_rescale = 0;
   double eta = 0;
   int clip_skip = 1;
   bool long_prompts = false;

@@ -8,6 +8,7 @@
 #include "cli/output_pattern.hpp"
 #include "cli/prompt_source.hpp"
 #include "txt2img/error.hpp"
+#include "txt2img/scheduler.hpp"
 
 namespace txt2img::cli {
 namespace {
@@ -31,7 +32,7 @@ std::string generate_footer() {
              "Output names: -o takes a file name or a pattern with {index} (position in the whole run, from 0),\n"
              "{seed}, {n} (position among the prompt's images, from 0) and {prompt} (a slug); numbers take widths\n"
              "as in {index:05}, {prompt:40} limits the slug. Default: ") +
-         kDefaultOutputPattern + "\n\nSamplers: " + joined(available_samplers()) +
+         kDefaultOutputPattern + "\n\nSamplers: " + joined(scheduler_names()) +
          "\n(and model: the sampler of the model's own diffusers scheduler, as txt2img info MODEL_DIR names it)\n\n" +
          exit_code_table();
 }
@@ -81,6 +82,11 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                                      "dpmpp_2m, dpmpp_2m_sde and unipc)")
       ->capture_default_str();
   app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")
+      ->capture_default_str();
+  app.add_option("--guidance-rescale", o.guidance_rescale,
+                 "diffusers' guidance_rescale, 0 to 1: how far to bring the guided prediction's spread back to the "
+                 "text prediction's (0.7 against overexposure with zero-terminal-SNR models; 0 is off)")
+      ->type_name("PHI")
       ->capture_default_str();
   app.add_option("--eta", o.eta, "DDIM eta, 0 to 1: 0 is deterministic DDIM, 1 is DDPM-like")->capture_default_str();
   app.add_option("--clip-skip", o.clip_skip,

@@ -82,7 +82,6 @@ class RunPlan {
   std::string where(const ImageJob& job) const;
   // The prompt file as the user named it; empty for a prompt argument.
   const std::string& source_name() const { return source_.name(); }
-  const PlanOptions& options() const { return options_; }
 
  private:
   bool load_prompt();

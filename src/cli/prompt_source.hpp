@@ -31,7 +31,7 @@ struct PromptEntry {
   std::optional<std::string> negative_prompt;
   std::optional<uint64_t> seed;
   std::optional<int> steps, width, height, images, clip_skip;
-  std::optional<double> cfg_scale;
+  std::optional<double> cfg_scale, guidance_rescale;
   std::optional<std::string> sampler;
   std::optional<std::string> output;
   std::optional<bool> long_prompts, emphasis;
@@ -41,9 +41,8 @@ struct PromptEntry {
   std::optional<std::string> hires_sampler;
 
   bool overrides_params() const {
-    return steps || width || height || cfg_scale || sampler || clip_skip || long_prompts || emphasis ||
-           hires_scale || hires_denoise || hires_steps || hires_upscaler ||
-           hires_sampler;
+    return steps || width || height || cfg_scale || guidance_rescale || sampler || clip_skip || long_prompts ||
+           emphasis || hires_scale || hires_denoise || hires_steps || hires_upscaler || hires_sampler;
   }
 };
 

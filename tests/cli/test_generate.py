@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import unittest
 
 from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, fixture_bundle, json_lines,
@@ -537,6 +538,40 @@ class Samplers(CliTestCase):
         self.assertExit(result, EXIT_USAGE, "--sampler model: the model has no scheduler of its own")
         self.assertFalse((self.dir / "none.png").exists())
         self.assertIn("  scheduler      none of its own", run(["info", TINY], self.dir).stdout)
+
+    def test_zero_terminal_snr_model_with_guidance_rescale(self):
+        """A zero-terminal-SNR v-prediction bundle says so; --guidance-rescale (and a prompt file's
+        "guidance_rescale") is recorded in --json, the PNG's parameters and `info --command`, whose command makes
+        the same image; a sampler whose diffusers class cannot run such a model, and a rescale outside [0, 1], are
+        usage errors; without classifier-free guidance it has no effect, and a warning says so."""
+        model = fixture_bundle("ref-tiny-zero-snr")
+        self.assertIn("  training       v_prediction prediction, zero terminal SNR (every sampler on its trailing "
+                      "spacing)", run(["info", model], self.dir).stdout)
+        self.assertIn("  training       epsilon prediction\n", run(["info", TINY], self.dir).stdout)
+        made = self.txt2img("a fox", "--guidance-rescale", "0.7", "--sampler", "euler_a", "--seed", "5",
+                            "--no-safety-checker", "--json", "-o", "a.png", model=model)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual(json_lines(made.stdout)[0]["guidance_rescale"], 0.7)
+        self.assertIn("CFG scale: 7.5, Guidance rescale: 0.7, Seed: 5", png_text(self.dir / "a.png")["parameters"])
+        command = run(["info", "a.png", "--command"], self.dir)
+        self.assertIn(" --guidance-rescale 0.7 ", command.stdout)
+        again = run(shlex.split(command.stdout)[1:] + ["--model", model, "-o", "b.png"], self.dir)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        self.write("p.jsonl", json.dumps({"prompt": "a fox", "seed": 5, "guidance_rescale": 0.7, "output": "c.png"}))
+        from_file = self.txt2img("--from-file", "p.jsonl", "--sampler", "euler_a", "--no-safety-checker",
+                                 model=model)
+        self.assertEqual(from_file.returncode, 0, from_file.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+
+        self.assertExit(self.txt2img("a fox", "--sampler", "heun", "--no-safety-checker", "-o", "d.png", model=model),
+                        EXIT_USAGE, "the heun sampler cannot run a zero-terminal-SNR model")
+        self.assertExit(self.txt2img("a fox", "--guidance-rescale", "1.5", "-o", "d.png"), EXIT_USAGE,
+                        "guidance rescale must be from 0 to 1")
+        self.assertFalse((self.dir / "d.png").exists())
+        unused = self.txt2img("a fox", "--guidance-rescale", "0.7", "--cfg-scale", "1", "-o", "e.png")
+        self.assertEqual(unused.returncode, 0, unused.stderr)
+        self.assertIn("--guidance-rescale has no effect", unused.stderr)
 
     def test_eta(self):
         for eta, name in [("0", "a.png"), ("1", "b.png")]:

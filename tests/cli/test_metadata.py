@@ -151,20 +151,23 @@ class Metadata(CliTestCase):
         self.assertFalse((self.dir / "a.png").exists())
 
     def test_merged_loras_are_named_as_a1111_does(self):
-        """A1111's "Lora hashes" for the LoRAs merged into the bundle (file name without extension: 12-digit hash);
-        bundles converted before the hash was recorded write none."""
+        """A1111's "Lora hashes" for the LoRAs merged into the bundle (file name without extension and the list's
+        separators: 12-digit hash); bundles converted before the hash was recorded write none."""
         def merged(m):
             m["source"]["loras"] = [
                 {"path": "/loras/ink-style.safetensors", "sha256": "0" * 64, "a1111_hash": "0123456789ab",
                  "weight": 0.8, "format": "kohya", "modules": 9},
                 {"path": "/loras/old.safetensors", "sha256": "1" * 64, "weight": 1.0, "format": "kohya", "modules": 9},
                 {"path": "/loras/lcm-lora-sdv1-5.safetensors", "sha256": "2" * 64, "a1111_hash": "ba9876543210",
-                 "weight": 1.0, "format": "peft", "modules": 9}]
+                 "weight": 1.0, "format": "peft", "modules": 9},
+                {"path": "/loras/a,b:c.safetensors", "sha256": "3" * 64, "a1111_hash": "fedcba987654",
+                 "weight": 1.0, "format": "kohya", "modules": 9}]
             return m
 
         bundle = derived_bundle(self.dir / "b", edit_manifest=merged)
         self.assertEqual(self.txt2img("a fox", "--seed", "4", "-o", "a.png", model=bundle).returncode, 0)
-        self.assertIn(', RNG: CPU, Lora hashes: "ink-style: 0123456789ab, lcm-lora-sdv1-5: ba9876543210", Version: ',
+        self.assertIn(', RNG: CPU, Lora hashes: "ink-style: 0123456789ab, lcm-lora-sdv1-5: ba9876543210, '
+                      'abc: fedcba987654", Version: ',
                       png_text(self.dir / "a.png")["parameters"])
         self.assertEqual(self.txt2img("a fox", "--seed", "4", "-o", "b.png").returncode, 0)
         self.assertNotIn("Lora hashes", png_text(self.dir / "b.png")["parameters"])

@@ -1113,3 +1113,61 @@ TEST(HiresFix, WhatCannotRunIsAUsageError) {
   fine.hires.scale = 2;
   EXPECT_EQ(txt2img::resolve_params(manifest, fine).hires_steps(), 3);
 }
+
+// The reference is diffusers' StableDiffusionPipeline on the reference tiny model read as a zero-terminal-SNR
+// v-prediction model, each sampler's class made from its scheduler config (trailing spacing included) as diffusers
+// users switch samplers, with guidance_rescale (tests/fixtures/make_zero_snr_reference.py). In a batch of two whose
+// first image is the reference's.
+TEST(ZeroTerminalSnr, MatchesDiffusersWithGuidanceRescale) {
+  const auto reference = txt2img::SafeTensors::open(TXT2IMG_ZERO_SNR_REFERENCE);
+  const auto bundle = txt2img::Bundle::open(fixtures() / "ref-tiny-zero-snr");
+  ASSERT_TRUE(bundle.manifest().scheduler.rescale_betas_zero_snr);
+  txt2img::PipelineOptions options;
+  options.safety = txt2img::SafetyMode::Off;
+  auto pipeline = txt2img::Pipeline::load(bundle, options);
+  struct Run {
+    std::string name, sampler;
+    int steps, width, height;
+    double rescale;
+  };
+  for (const Run& run : {Run{"ddim_s10_w24_h16_rescale0.7", "ddim", 10, 24, 16, 0.7},
+                         Run{"euler_a_s12_rescale0.5", "euler_a", 12, 16, 16, 0.5},
+                         Run{"dpmpp_2m_s8_w16_h24", "dpmpp_2m", 8, 16, 24, 0.0}}) {
+    SCOPED_TRACE(run.name);
+    txt2img::GenerationParams params;
+    params.sampler = run.sampler;
+    params.steps = run.steps;
+    params.width = run.width;
+    params.height = run.height;
+    params.guidance_rescale = run.rescale;
+    Keep keep;
+    const std::string prompt = "a photo of an astronaut riding a horse on mars";
+    const auto images = generate_small(pipeline, {prompt, "a red cube"}, {0, 7}, params, &keep);
+    EXPECT_TRUE(torch::allclose(keep.kept.at("vae/decode_in").slice(0, 0, 1) * bundle.manifest().scale_factor,
+                                reference.get("runs/" + run.name + "/latents"), 1e-4, 1e-4));
+    const auto expected = (reference.get("runs/" + run.name + "/image") * 255).round().to(torch::kUInt8).flatten();
+    const auto* pixels = expected.data_ptr<uint8_t>();
+    EXPECT_LE(max_level_difference(images[0].rgb, std::vector<uint8_t>(pixels, pixels + expected.numel())), 1);
+  }
+}
+
+// Guidance rescale mixes the guided prediction with itself brought to the text prediction's spread (at 0, the
+// dpmpp_2m run above, it is off); composable prompts, whose text prediction is their sum at scale 1, take it too.
+TEST(ZeroTerminalSnr, GuidanceRescaleChangesTheImage) {
+  const auto bundle = txt2img::Bundle::open(fixtures() / "ref-tiny-zero-snr");
+  txt2img::PipelineOptions options;
+  options.safety = txt2img::SafetyMode::Off;
+  auto pipeline = txt2img::Pipeline::load(bundle, options);
+  txt2img::GenerationParams params;
+  params.steps = 4;
+  params.width = params.height = 16;
+  const auto plain = generate_small(pipeline, {"a red cube"}, {3}, params)[0].rgb;
+  params.guidance_rescale = 0.7;
+  EXPECT_NE(generate_small(pipeline, {"a red cube"}, {3}, params)[0].rgb, plain);
+  params.emphasis = true;
+  const auto composable = generate_small(pipeline, {"a red cube AND a blue ball"}, {3}, params)[0].rgb;
+  params.guidance_rescale = 0;
+  EXPECT_NE(generate_small(pipeline, {"a red cube AND a blue ball"}, {3}, params)[0].rgb, composable);
+  params.guidance_rescale = 1.5;
+  EXPECT_THROW(generate_small(pipeline, {"a red cube"}, {3}, params), txt2img::Error);
+}

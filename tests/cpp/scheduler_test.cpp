@@ -192,13 +192,28 @@ torch::Tensor fake_noise(size_t i) {
       [i](int64_t k) { return std::sin(1.3 * k + 0.7 * i + 0.25) * 0.9 + std::cos(0.029 * k * (i + 2)) * 0.3; });
 }
 
+// The goldens' other configurations (make_sampler_goldens.py's VARIANTS), keyed "<variant>/<sampler>".
+SchedulerConfig variant_config(const std::string& variant) {
+  SchedulerConfig config = sd_config();
+  if (variant == "leading" || variant == "trailing") config.timestep_spacing = variant;
+  if (variant == "zero_snr") {
+    config.rescale_betas_zero_snr = true;
+    config.prediction_type = "v_prediction";
+    config.timestep_spacing = "trailing";
+  }
+  return config;
+}
+
 class SamplerGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
 
 TEST_P(SamplerGolden, MatchesDiffusers) {
-  const auto& [name, steps] = GetParam();
-  const std::string run = name + "/n" + std::to_string(steps);
+  const auto& [key, steps] = GetParam();
+  const std::string run = key + "/n" + std::to_string(steps);
+  const auto slash = key.find('/');
+  const std::string name = slash == std::string::npos ? key : key.substr(slash + 1);
   const auto& g = sampler_goldens();
-  auto sched = txt2img::make_scheduler(name, sd_config(), steps);
+  auto sched = txt2img::make_scheduler(
+      name, slash == std::string::npos ? sd_config() : variant_config(key.substr(0, slash)), steps);
   // Timesteps interpolated at a sigma (Karras and exponential sigmas, DPM2's midpoints) come from NumPy's float32 log
   // of the training sigmas, which on this CPU (AVX-512) is off by an ulp for about 190 of the 1000 and differs between
   // CPUs; the sigmas the steps use are exact either way, and a timestep moves by a float32 ulp at most.
@@ -237,12 +252,19 @@ std::vector<std::pair<std::string, int>> sampler_golden_cases() {
                            "euler_exponential", "heun_exponential", "lms_exponential", "dpm2_exponential",
                            "dpm2_a_exponential"})
     for (int steps : {1, 2, 3, 10, 25}) out.emplace_back(name, steps);
+  for (const char* name : {"leading/dpmpp_2m", "leading/unipc", "trailing/dpmpp_2m", "trailing/unipc",
+                           "zero_snr/ddim", "zero_snr/euler", "zero_snr/euler_karras", "zero_snr/euler_a",
+                           "zero_snr/dpmpp_2m", "zero_snr/dpmpp_2m_karras", "zero_snr/dpmpp_2m_sde", "zero_snr/unipc",
+                           "zero_snr/lcm"})
+    for (int steps : {1, 2, 3, 10, 20}) out.emplace_back(name, steps);
   return out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Goldens, SamplerGolden, testing::ValuesIn(sampler_golden_cases()),
                          [](const testing::TestParamInfo<std::pair<std::string, int>>& info) {
-                           return info.param.first + "_n" + std::to_string(info.param.second);
+                           std::string name = info.param.first;
+                           std::replace(name.begin(), name.end(), '/', '_');
+                           return name + "_n" + std::to_string(info.param.second);
                          });
 
 // The schedulers inside complete diffusers pipeline runs (guided model outputs of real shapes, batch 2 or 4,
@@ -562,9 +584,29 @@ TEST(Scheduler, DpmPP2MOnTheDefaultSchedule) {
   EXPECT_EQ(txt2img::make_scheduler("dpmpp_2m", sd_config(), 10)->timesteps(),
             (std::vector<double>{999, 899, 799, 699, 599, 500, 400, 300, 200, 100}));
   EXPECT_EQ(txt2img::make_scheduler("dpmpp_2m", sd_config(), 1)->timesteps(), (std::vector<double>{999}));
-  SchedulerConfig leading;
-  leading.timestep_spacing = "leading";
-  expect_error(ErrorKind::Bundle, "leading", [&] { txt2img::make_scheduler("dpmpp_2m", leading, 10); });
+}
+
+// Zero terminal SNR: alphas_cumprod ends at exactly 0 (rescaled betas end at 1) with the first value unchanged, as
+// Lin et al.'s Algorithm 1 leaves it; the sampler goldens above check every sampler that takes it against diffusers.
+TEST(Scheduler, ZeroTerminalSnr) {
+  SchedulerConfig zero_snr = variant_config("zero_snr");
+  const auto plain = txt2img::alphas_cumprod(sd_config());
+  const auto rescaled = txt2img::alphas_cumprod(zero_snr);
+  EXPECT_EQ(rescaled[-1].item<float>(), 0.0f);
+  EXPECT_NEAR(rescaled[0].item<float>(), plain[0].item<float>(), 1e-6);
+  EXPECT_LT(rescaled[500].item<float>(), plain[500].item<float>());
+  // Its samplers start at the pure-noise timestep 999 (trailing spacing); Euler's first sigma is 2^12, from the
+  // 2^-24 that stands in for the final 0.
+  EXPECT_EQ(txt2img::make_scheduler("ddim", zero_snr, 10)->timesteps().front(), 999);
+  EXPECT_FLOAT_EQ(static_cast<float>(txt2img::make_scheduler("euler", zero_snr, 10)->init_noise_sigma()), 4096.0f);
+  // diffusers' Heun, DPM2, LMS and PNDM have no rescale_betas_zero_snr: refused rather than run on another schedule.
+  for (const char* name : {"heun", "dpm2_a_karras", "lms", "pndm"})
+    expect_error(ErrorKind::Usage, "zero-terminal-SNR", [&] { txt2img::make_scheduler(name, zero_snr, 10); });
+  // From 21 steps, Karras sigmas round to a repeated first timestep, where diffusers' solvers run off the schedule.
+  for (const char* name : {"dpmpp_2m_karras", "unipc_karras"}) {
+    EXPECT_NO_THROW(txt2img::make_scheduler(name, zero_snr, 20));
+    expect_error(ErrorKind::Usage, "repeats the first timestep", [&] { txt2img::make_scheduler(name, zero_snr, 21); });
+  }
 }
 
 // A model that predicts exactly the noise of one clean sample makes every x0 prediction that sample, so both DPM++

@@ -406,6 +406,14 @@ def test_preprocessor_and_scheduler_fields():
     ({"_class_name": "UniPCMultistepScheduler", "use_karras_sigmas": True}, "unipc_karras"),
     ({"_class_name": "UniPCMultistepScheduler", "solver_type": "bh1"}, None),
     ({"_class_name": "DPMSolverSinglestepScheduler"}, None),
+    # Zero terminal SNR: the classes that have the option, on the model's own spacing, which txt2img then keeps.
+    ({"_class_name": "DDIMScheduler", "clip_sample": False, "rescale_betas_zero_snr": True,
+      "timestep_spacing": "trailing"}, "ddim"),
+    ({"_class_name": "EulerDiscreteScheduler", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
+     "euler"),
+    ({"_class_name": "DPMSolverMultistepScheduler", "rescale_betas_zero_snr": True}, "dpmpp_2m"),
+    ({"_class_name": "HeunDiscreteScheduler", "rescale_betas_zero_snr": True}, None),  # diffusers' Heun ignores it
+    ({"_class_name": "PNDMScheduler", "skip_prk_steps": True, "rescale_betas_zero_snr": True}, None),
     ({}, None),
 ])
 def test_the_source_scheduler_names_a_sampler(config, sampler):
@@ -712,3 +720,50 @@ def test_vae_errors(tmp_path, reference, tiny_model):
         (folder / "config.json").write_text(json.dumps({**config, field: value}))
         message = error(folder)
         assert f"its {field} is {value}" in message and "another model family" in message
+
+
+def test_ldm_config_schedule(tmp_path):
+    """An LDM .yaml states a single file's training schedule: v-prediction fine-tunes say parameterization: "v"."""
+    yaml_file = tmp_path / "model.yaml"
+    yaml_file.write_text("model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n  params:\n"
+                         "    parameterization: \"v\"\n    linear_start: 0.00085\n    linear_end: 0.0120\n"
+                         "    timesteps: 1000\n    scale_factor: 0.18215\n")
+    assert ck.ldm_schedule(str(yaml_file)) == {"prediction_type": "v_prediction", "num_train_timesteps": 1000,
+                                               "beta_start": 0.00085, "beta_end": 0.012}
+    yaml_file.write_text("model:\n  params:\n    timesteps: 1000\n")  # v1-inference.yaml says no parameterization
+    assert ck.ldm_schedule(str(yaml_file)) == {"num_train_timesteps": 1000}
+    # Found beside the checkpoint under its name, as A1111 finds it; --original-config names another.
+    checkpoint = tmp_path / "model.safetensors"
+    assert ck.ldm_config_path(str(checkpoint), None) == str(yaml_file)
+    assert ck.ldm_config_path(str(tmp_path / "other.safetensors"), None) is None
+    assert ck.ldm_config_path(str(tmp_path / "other.safetensors"), str(yaml_file)) == str(yaml_file)
+    for text, message in (("model:\n  params:\n    parameterization: x1\n", "unknown parameterization 'x1'"),
+                          ("model:\n  params:\n    linear_start: low\n", "linear_start is not a number"),
+                          ("just: [text\n", "not a readable YAML file"),
+                          ("model: 3\n", "not an LDM config")):
+        yaml_file.write_text(text)
+        with pytest.raises(ck.ConversionError, match=re.escape(message)):
+            ck.ldm_schedule(str(yaml_file))
+    with pytest.raises(ck.ConversionError, match="--original-config .*: no such file"):
+        ck.ldm_config_path(str(checkpoint), str(tmp_path / "missing.yaml"))
+
+
+def test_training_schedule():
+    """What the source's scheduler config says, then an LDM config's schedule, then the command line's."""
+    source = {"_class_name": "PNDMScheduler", "timestep_spacing": "leading", "prediction_type": "epsilon"}
+    assert ck.training_schedule(source, None, None, False) is source
+    assert ck.training_schedule(source, {"prediction_type": "v_prediction"}, None, False)["prediction_type"] == \
+        "v_prediction"
+    assert ck.training_schedule(source, {"prediction_type": "v_prediction"}, "epsilon", False)["prediction_type"] == \
+        "epsilon"
+    # Zero terminal SNR newly set brings trailing spacing; a source that already rescales keeps its own.
+    fields = ck.scheduler_fields(ck.training_schedule(source, None, "v_prediction", True))
+    assert (fields["rescale_betas_zero_snr"], fields["timestep_spacing"], fields["prediction_type"]) == \
+        (True, "trailing", "v_prediction")
+    assert fields["sampler"] is None  # PNDM has no zero-terminal-SNR option
+    own = {"_class_name": "DDIMScheduler", "clip_sample": False, "rescale_betas_zero_snr": True,
+           "timestep_spacing": "linspace", "prediction_type": "v_prediction"}
+    assert ck.training_schedule(own, None, None, True)["timestep_spacing"] == "linspace"
+    with pytest.raises(ck.ConversionError, match="--zero-terminal-snr needs a v-prediction model"):
+        ck.training_schedule(source, None, None, True)
+    assert ck.scheduler_fields(None)["rescale_betas_zero_snr"] is False

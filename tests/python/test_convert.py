@@ -4,6 +4,7 @@ TorchScript; model.json; random presets; refusing to overwrite; one-line errors.
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from txt2img_convert import export, presets
 SD1_HASH = "2d0529e13291b284137f8e7cc0cad91e619609c870492f86c62dc57a5e9d8a77"
 SD1_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                  "beta_schedule": "scaled_linear", "steps_offset": 1, "timestep_spacing": "leading",
-                 "prediction_type": "epsilon", "set_alpha_to_one": False}
+                 "prediction_type": "epsilon", "set_alpha_to_one": False, "rescale_betas_zero_snr": False}
 SAFETY_32 = {"shortest_edge": 32, "crop_height": 32, "crop_width": 32, "rescale_factor": 1 / 255,
              "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
 
@@ -328,3 +329,73 @@ def test_inpainting_single_file(tmp_path, reference, capsys):
     assert status == 0, stderr
     manifest = json.loads((tmp_path / "plain/model.json").read_text())
     assert "inpainting" not in manifest and "vae_encoder.pt" not in manifest["files"]
+
+
+def test_v_prediction_zero_terminal_snr_single_file(tmp_path, reference, capsys):
+    """A single file's training schedule comes from its LDM .yaml beside it (A1111's convention) and the command
+    line: a zero-terminal-SNR v-prediction model's bundle records it, in format 2, which older binaries refuse
+    rather than run the plain schedule; other bundles stay format 1."""
+    single = tmp_path / "vpred.safetensors"
+    shutil.copy(reference / "sd1/single_file/sd1.safetensors", single)
+    (tmp_path / "vpred.yaml").write_text("model:\n  params:\n    parameterization: v\n    timesteps: 1000\n")
+    status, stderr = convert(capsys, single, "--config", reference / "sd1/model", "--no-safety-checker",
+                             "--zero-terminal-snr", "--out", tmp_path / "bundle")
+    assert status == 0, stderr
+    assert f"reading the training schedule in {tmp_path / 'vpred.yaml'}" in stderr
+    manifest = json.loads((tmp_path / "bundle/model.json").read_text())
+    assert manifest["format_version"] == 2
+    assert {k: manifest["scheduler"][k] for k in ("prediction_type", "rescale_betas_zero_snr", "timestep_spacing")} \
+        == {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+
+    out = tmp_path / "x"
+    (tmp_path / "vpred.yaml").unlink()
+    expect_errors(capsys, [
+        ((single, "--config", reference / "sd1/model", "--no-safety-checker", "--zero-terminal-snr", "--out", out), 1,
+         "--zero-terminal-snr needs a v-prediction model"),
+        ((single, "--config", reference / "sd1/model", "--original-config", tmp_path / "none.yaml",
+          "--no-safety-checker", "--out", out), 1, "--original-config"),
+        ((reference / "tiny/model", "--original-config", tmp_path / "none.yaml", "--out", out), 2,
+         "--original-config applies to a single-file SOURCE"),
+        (("--tiny", "--vocab", single, "--original-config", single, "--out", out), 2,
+         "--original-config applies to a SOURCE"),
+        ((single, "--prediction-type", "x0", "--out", out), 2, "invalid choice"),
+    ], out)
+    status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", "--out", tmp_path / "plain")
+    assert status == 0, stderr
+    assert json.loads((tmp_path / "plain/model.json").read_text())["format_version"] == 1
+
+
+def test_paths_that_are_not_utf8_keep_model_json_readable(tmp_path, reference):
+    """A path with bytes of another encoding (Latin-1 "café") is recorded with U+FFFD in their place: model.json
+    stays valid UTF-8 JSON, which txt2img reads."""
+    source = tmp_path / os.fsdecode(b"caf\xe9")
+    shutil.copytree(reference / "tiny/model", source)
+    run(source, "--no-safety-checker", "--out", tmp_path / "bundle")
+    manifest = json.loads((tmp_path / "bundle/model.json").read_bytes().decode("utf-8"))
+    assert manifest["source"]["path"].endswith("caf\ufffd") and manifest["model_name"] == "caf\ufffd"
+
+
+def test_wrong_inputs_fail_before_any_slow_work(tmp_path, reference, capsys):
+    """A component's folder as --config (its configs would be silently ignored), a vocab.json for merges.txt, a
+    missing local file that looks like a hub id, and a text encoder of another width than the U-Net attends to."""
+    single = reference / "sd1/single_file/sd1.safetensors"
+    out = tmp_path / "x"
+    vocab_json = tmp_path / "vocab.json"
+    vocab_json.write_text('{"!": 0,\n  "a": 1}\n')
+    expect_errors(capsys, [
+        ((single, "--config", reference / "sd1/model/scheduler", "--out", out), 2,
+         "not a diffusers model folder (it has none of model_index.json, unet/config.json"),
+        ((single, "--config", reference / "sd1/model", "--vocab", vocab_json, "--out", out), 1,
+         f"{vocab_json}: not CLIP's BPE merges"),
+        (("models/v1-5-pruned-emaonly.safetensors", "--out", out), 1,
+         "models/v1-5-pruned-emaonly.safetensors: no such file or directory"),
+        ((reference / "tiny/model", "--vae", "vae/sd-vae-ft-mse.safetensors", "--out", out), 1,
+         "--vae vae/sd-vae-ft-mse.safetensors: no such file or folder"),
+    ], out)
+    status, stderr = convert(capsys, single, "--config", reference / "sd1/model", "--vocab", vocab_json,
+                             "--no-safety-checker", "--out", out)
+    assert "loading" not in stderr
+    text = {"hidden_size": 64, "max_position_embeddings": 77}
+    with pytest.raises(Exception, match="the text encoder's embeddings are 64 wide but the U-Net attends to 32"):
+        export.model_fields({"in_channels": 4, "sample_size": 8, "cross_attention_dim": 32},
+                            {"block_out_channels": [32, 64]}, text, {}, None)

@@ -73,6 +73,8 @@ def test_errors(tmp_path, text_encoder):
     save_file({"emb_params": vectors(1, 0)}, str(tmp_path / "---.safetensors"))
     assert "no letter or digit" in error(tmp_path / "---.safetensors")
     assert "no such file" in error(tmp_path / "missing.pt")
+    save_file({"emb_params": torch.full((1, WIDTH), float("inf"))}, str(tmp_path / "broken.safetensors"))
+    assert "not-a-number or infinite" in error(tmp_path / "broken.safetensors")
     assert text_encoder.tensors[embeddings.TOKEN_EMBEDDING].shape == (49408, WIDTH)  # nothing added on failure
 
 

@@ -519,6 +519,9 @@ def test_errors_name_the_file_and_the_keys(tmp_path, tiny):
     message = lora_error(tmp_path, tiny, {"conv_in.weight": torch.zeros(3), **good})
     assert "not LoRA tensors" in message and "conv_in.weight" in message
     assert "no LoRA tensors" in lora_error(tmp_path, tiny, {})
+    # Damaged values, which would make every image non-finite.
+    message = lora_error(tmp_path, tiny, {**good, stem + ".lora_up.weight": torch.full_like(up, float("nan"))})
+    assert "not-a-number or infinite values" in message and stem + ".lora_up.weight" in message
 
 
 def test_failed_file_changes_nothing(tmp_path, components):
