@@ -47,11 +47,10 @@ void observe(Observer* observer, const std::string& name, const torch::Tensor& v
 
 // Every step's timestep, on the device in one copy before the loop: a host-to-device copy of pageable memory waits
 // for the device to finish its queue, so one made inside the loop would keep the host from queueing the next step
-// while the device runs this one. Integral for DDIM/PNDM (diffusers passes int64), float for the sigma samplers
-// (float32 in diffusers even where a value happens to be whole: one dtype for the run also keeps a CUDA graph valid).
+// while the device runs this one. float32 for every sampler: the U-Net's time embedding casts to float32 first (so
+// DDIM's whole timesteps, which diffusers passes as int64, give the same embedding), and one dtype for every run
+// keeps a captured CUDA graph valid from one run to the next.
 torch::Tensor timestep_tensors(const std::vector<double>& timesteps, torch::Device device) {
-  const bool integral = std::all_of(timesteps.begin(), timesteps.end(), [](double t) { return t == std::floor(t); });
-  if (integral) return torch::tensor(std::vector<int64_t>(timesteps.begin(), timesteps.end())).to(device);
   return torch::tensor(std::vector<float>(timesteps.begin(), timesteps.end())).to(device);
 }
 
@@ -82,13 +81,6 @@ torch::Tensor rescale_guidance(const torch::Tensor& guided, const torch::Tensor&
   const auto std_text = text.std({1, 2, 3}, /*unbiased=*/true, /*keepdim=*/true);
   const auto std_guided = guided.std({1, 2, 3}, /*unbiased=*/true, /*keepdim=*/true);
   return rescale * (guided * (std_text / std_guided)) + (1 - rescale) * guided;
-}
-
-// Whether a run takes classifier-free guidance: a U-Net batch of [uncond, cond] rows mixed by the scale. As in
-// diffusers, a scale of 1 or less skips the unconditional rows, and an LCM model with a guidance embedding takes the
-// scale as an input instead (LatentConsistencyModelPipeline); the negative prompt is then unused.
-bool classifier_free(const Manifest& manifest, const GenerationParams& params) {
-  return manifest.guidance_embedding_dim == 0 && params.cfg_scale > 1.0;
 }
 
 std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params, int steps) {
@@ -261,6 +253,10 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   throw backend_failure(e);
 }
 
+bool classifier_free_guidance(const Manifest& manifest, const GenerationParams& params) {
+  return manifest.guidance_embedding_dim == 0 && params.cfg_scale > 1.0;
+}
+
 std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& option) {
   std::string lower;
   for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -356,7 +352,7 @@ std::vector<ScheduledText> Pipeline::schedule_of(const std::string& prompt, cons
 }
 
 std::vector<WeightedPrompt> Pipeline::row_prompts(const std::string& prompt, const GenerationParams& params) const {
-  if (params.emphasis && classifier_free(manifest_, params)) return composable_prompts(prompt);
+  if (params.emphasis && classifier_free_guidance(manifest_, params)) return composable_prompts(prompt);
   return {{prompt, 1.0}};
 }
 
@@ -364,7 +360,8 @@ bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,
                                        const std::vector<std::string>& negative_prompts,
                                        const GenerationParams& params) const {
   if (!params.emphasis) return false;
-  std::vector<std::string> rows = negative_prompts;
+  std::vector<std::string> rows;
+  if (classifier_free_guidance(manifest_, params)) rows = negative_prompts;
   for (const auto& prompt : prompts)
     for (auto& row : row_prompts(prompt, params)) rows.push_back(std::move(row.text));
   for (const auto& row : rows) {
@@ -376,9 +373,10 @@ bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,
 }
 
 // The distinct texts of one pass that a prompt (each of its row_prompts) or a negative prompt makes the text encoder
-// read, appended to `texts`.
+// read, appended to `texts`. Without classifier-free guidance no row reads the negative prompt.
 void Pipeline::add_pass_texts(const std::string& text, bool negative, const GenerationParams& params, Pass pass,
                               std::vector<std::string>& texts) const {
+  if (negative && !classifier_free_guidance(manifest_, params)) return;
   for (const auto& row : negative ? std::vector<WeightedPrompt>{{text, 1.0}} : row_prompts(text, params))
     for (auto& entry : schedule_of(row.text, params, pass))
       if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
@@ -392,7 +390,7 @@ std::vector<size_t> Pipeline::text_chunks(const std::string& prompt, const std::
     std::vector<std::string> texts;
     if (params.long_prompts) {
       add_pass_texts(prompt, false, params, pass, texts);
-      if (classifier_free(manifest_, params)) add_pass_texts(negative_prompt, true, params, pass, texts);
+      add_pass_texts(negative_prompt, true, params, pass, texts);
     }
     size_t chunks = 1;
     for (const auto& text : texts) chunks = std::max(chunks, token_chunks(text, params).size());
@@ -678,7 +676,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   loras_->apply(params.loras, manifest_, text_encoder_, unet_->module());
   c10::InferenceMode inference;
   const auto batch = static_cast<int64_t>(prompts.size());
-  const bool guided = classifier_free(manifest_, params);
+  const bool guided = classifier_free_guidance(manifest_, params);
 
   // 1. Encode the prompts; with classifier-free guidance the negative prompts too, in one U-Net batch [uncond, cond].
   // With A1111's prompt editing, every text they read in the pass.

@@ -134,6 +134,11 @@ class Observer {
 // with "model") and for "model" when the bundle records no sampler of its source.
 std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& option = "--sampler");
 
+// Whether a run takes classifier-free guidance: a U-Net batch of [uncond, cond] rows mixed by the scale. As in
+// diffusers, a scale of 1 or less skips the unconditional rows, and an LCM model with a guidance embedding takes the
+// scale as an input instead (LatentConsistencyModelPipeline); the negative prompt is then unused.
+bool classifier_free_guidance(const Manifest& manifest, const GenerationParams& params);
+
 // Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg, clip skip
 // from 1 to the text encoder's layers, LoRAs the bundle has) and fills in defaults (the sampler's canonical name),
 // before any model is loaded. Throws Error(Usage).
@@ -166,7 +171,8 @@ class Pipeline {
 
   // The texts a prompt (or a negative prompt) makes the text encoder read in a run with these params: itself, or
   // with params.emphasis the distinct texts of its A1111 prompt-editing schedules in both passes, in order, of each
-  // of its composable prompts (a prompt split at AND, with classifier-free guidance).
+  // of its composable prompts (a prompt split at AND, with classifier-free guidance). None for a negative prompt
+  // without classifier-free guidance, which leaves it unread.
   std::vector<std::string> texts_read(const std::string& text, const GenerationParams& params,
                                       bool negative = false) const;
 

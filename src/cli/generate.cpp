@@ -197,8 +197,7 @@ class Generator {
     // A1111's composable diffusion: the prompt split at AND, each part guiding by its weight (a trailing ":2").
     const auto composable = composable_prompts(job.model_prompt);
     if (job.params.emphasis && (composable.size() > 1 || composable[0].weight != 1.0)) {
-      const auto rows = pipeline_->row_prompts(job.model_prompt, job.params);
-      if (rows.size() == 1 && rows[0].text == job.model_prompt)
+      if (!classifier_free_guidance(manifest_, job.params))
         reporter_.warn(where + "prompt has " + (composable.size() > 1 ? "AND" : "a trailing weight") +
                        ", which A1111 reads as composable diffusion even at a CFG scale of 1; without classifier-free "
                        "guidance (a CFG scale above 1) txt2img reads it as text");
@@ -512,12 +511,13 @@ int run_generate(const GenerateOptions& o) {
                   " unconditional, what the model makes of an empty prompt");
   if (o.no_safety_checker)
     reporter.warn("the safety checker is off (--no-safety-checker): images are not checked for NSFW content");
-  if (!o.negative_prompt.empty() && (o.cfg_scale <= 1.0 || manifest.guidance_embedding_dim > 0))
+  const bool guided = classifier_free_guidance(manifest, plan_options.params);
+  if (!o.negative_prompt.empty() && !guided)
     reporter.warn(std::string("the negative prompt is unused: ") +
                   (manifest.guidance_embedding_dim > 0
                        ? "this LCM-distilled model takes the guidance scale as an input, without an unconditional pass"
                        : "--cfg-scale 1 or less turns classifier-free guidance off"));
-  if (o.guidance_rescale > 0 && (o.cfg_scale <= 1.0 || manifest.guidance_embedding_dim > 0))
+  if (o.guidance_rescale > 0 && !guided)
     reporter.warn("--guidance-rescale has no effect: it rescales classifier-free guidance, which " +
                   std::string(manifest.guidance_embedding_dim > 0 ? "this LCM-distilled model does not take"
                                                                   : "--cfg-scale 1 or less turns off"));

@@ -480,6 +480,10 @@ class Samplers(CliTestCase):
         self.assertIn("the negative prompt is unused: --cfg-scale 1 or less turns classifier-free guidance off",
                       result.stderr)
         self.assertNotIn("unused", self.txt2img("a fox", "-n", "blurry", "-o", "b.png").stderr)
+        # An unread negative prompt is not also said to be too long.
+        long = self.txt2img("a fox", "-n", " ".join(["cat"] * 80), "--cfg-scale", "1", "-o", "c.png")
+        self.assertEqual(long.returncode, 0, long.stderr)
+        self.assertNotIn("tokens long", long.stderr)
 
     def test_lcm_takes_at_most_its_50_distillation_steps(self):
         result = self.txt2img("a fox", "--sampler", "lcm", "--steps", "51", "-o", "x.png")
