@@ -94,6 +94,8 @@ def parse_args(argv):
                    help="random safety checker that flags every image (default: flags none)")
     args = p.parse_args(argv)
 
+    if not args.out:
+        p.error("--out is empty (an unset variable?)")
     preset = args.tiny or args.random_full
     if preset == (args.source is not None):
         p.error("give either SOURCE or one of --tiny / --random-full")

@@ -185,6 +185,13 @@ def check_destination(out: str, overwrite: bool) -> None:
         raise ConversionError(f"{out} already exists (pass --overwrite to replace it)")
     if not os.path.isdir(out) or os.path.islink(out) or (os.listdir(out) and not _is_bundle(out)):
         raise ConversionError(f"{out} exists and is not a model bundle; not replacing it")
+    if not _is_bundle(out):
+        return
+    with open(os.path.join(out, "model.json"), encoding="utf-8") as f:
+        loras = [str(entry.get("name")) for entry in json.load(f).get("loras", [])]
+    if loras:
+        progress(f"warning: replacing {out} drops the LoRAs added to it with add_lora.py ({', '.join(loras)}); "
+                 "add them to the new bundle again")
 
 
 def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Optional[dict]) -> dict:

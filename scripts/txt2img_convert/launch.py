@@ -3,6 +3,7 @@ report a failure."""
 
 import importlib.util
 import os
+import signal
 import sys
 
 
@@ -30,10 +31,16 @@ def reexec_if_needed(prog: str, script: str) -> None:
 
 def report_errors(prog: str, action) -> int:
     """Runs `action()` and turns what it raises into one "PROG: error: ..." line and an exit status: 1 for a
-    ConversionError or any other exception (TXT2IMG_DEBUG=1 shows the traceback instead), 130 for an interrupt;
-    0 when it returns."""
+    ConversionError or any other exception (TXT2IMG_DEBUG=1 shows the traceback instead), 130 for an interrupt
+    (SIGINT, SIGTERM or SIGHUP); 0 when it returns."""
     from .checkpoints import ConversionError
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # A kill (or a closed terminal) unwinds as Ctrl-C does, so that a half-written bundle is removed.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
     try:
         action()
     except ConversionError as e:

@@ -62,10 +62,19 @@ def load_file(path: str) -> Dict[str, torch.Tensor]:
         header, data_start = _read_header(f, path)
         f.seek(0, 2)
         data_size = f.tell() - data_start
+        entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
+        for name, entry in entries.items():
+            offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+            if (not isinstance(entry, dict) or not isinstance(entry.get("shape"), list) or not isinstance(offsets, list)
+                    or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)):
+                raise ValueError(f"{path}: tensor {name!r} has a malformed header entry: {json.dumps(entry)[:200]}")
+        # A download that stopped early keeps its whole header: say so rather than name the first tensor cut off.
+        described = max((int(entry["data_offsets"][1]) for entry in entries.values()), default=0)
+        if described > data_size:
+            raise ValueError(f"{path}: truncated: its header describes {described} bytes of tensor data but the "
+                             f"file holds {max(data_size, 0)} (an interrupted download? fetch it again)")
         tensors: Dict[str, torch.Tensor] = {}
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
+        for name, entry in entries.items():
             dtype_name = entry.get("dtype")
             if dtype_name not in _DTYPES:
                 raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name!r}")

@@ -767,3 +767,22 @@ def test_training_schedule():
     with pytest.raises(ck.ConversionError, match="--zero-terminal-snr needs a v-prediction model"):
         ck.training_schedule(source, None, None, True)
     assert ck.scheduler_fields(None)["rescale_betas_zero_snr"] is False
+
+
+def test_damaged_safetensors_files_say_what_is_wrong(tmp_path):
+    """A download cut short is called truncated (not a tensor's odd offsets), and a malformed header entry is named,
+    as ValueErrors, which the converter reports in one line."""
+    good = tmp_path / "good.safetensors"
+    save_file({"a": torch.zeros(1000), "b": torch.ones(1000)}, str(good))
+    data = good.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:len(data) - 3000])
+    with pytest.raises(ValueError, match=r"truncated: its header describes 8000 bytes of tensor data but the file "
+                                         r"holds 5000 \(an interrupted download\? fetch it again\)"):
+        load_file(str(cut))
+    header = b'{"a": 3}'
+    odd = tmp_path / "odd.safetensors"
+    odd.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(ValueError, match="tensor 'a' has a malformed header entry: 3"):
+        load_file(str(odd))
+    assert torch.equal(load_file(str(good))["b"], torch.ones(1000))

@@ -144,6 +144,11 @@ def test_overwrite(tmp_path, vocab, capsys):
     assert second["files"]["unet.pt"] != first["files"]["unet.pt"] and "safety_checker.pt" in second["files"]
     check_files(out, second)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging directories left behind
+    # LoRAs added with add_lora.py go with the bundle they were added to: replacing it says so.
+    second["loras"] = [{"name": "ink"}]
+    (out / "model.json").write_text(json.dumps(second))
+    status, stderr = convert(capsys, "--tiny", "--vocab", vocab, "--out", out, "--overwrite")
+    assert status == 0 and f"warning: replacing {out} drops the LoRAs added to it with add_lora.py (ink)" in stderr
     # Never replace something that is not a bundle.
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
@@ -359,6 +364,7 @@ def test_v_prediction_zero_terminal_snr_single_file(tmp_path, reference, capsys)
         (("--tiny", "--vocab", single, "--original-config", single, "--out", out), 2,
          "--original-config applies to a SOURCE"),
         ((single, "--prediction-type", "x0", "--out", out), 2, "invalid choice"),
+        ((single, "--out", ""), 2, "--out is empty"),
     ], out)
     status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", "--out", tmp_path / "plain")
     assert status == 0, stderr
@@ -399,3 +405,18 @@ def test_wrong_inputs_fail_before_any_slow_work(tmp_path, reference, capsys):
     with pytest.raises(Exception, match="the text encoder's embeddings are 64 wide but the U-Net attends to 32"):
         export.model_fields({"in_channels": 4, "sample_size": 8, "cross_attention_dim": 32},
                             {"block_out_channels": [32, 64]}, text, {}, None)
+
+
+def test_a_killed_conversion_leaves_nothing(tmp_path, vocab):
+    """SIGTERM (a job scheduler's kill) while exporting removes the half-written bundle, as Ctrl-C does: exit 130."""
+    import signal
+    process = subprocess.Popen([str(CONVERT), "--tiny", "--vocab", str(vocab), "--out", str(tmp_path / "b")],
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "exporting" in line:  # the first of five exports into the staging directory
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130, rest
+    assert "convert.py: error: interrupted" in rest and "Traceback" not in rest
+    assert list(tmp_path.iterdir()) == []
