@@ -96,9 +96,9 @@ def test_frozen_module_keeps_encode_when_asked(random_text_encoder):
 
 
 def test_model_json_records_the_text_encoder_layers(config):
-    def fields(text):
-        return export.model_fields(config("sd1/model/unet/config.json"), config("sd1/model/vae/config.json"), text,
-                                   {}, None)
+    def fields(text):  # with a U-Net that attends to this text encoder's width
+        unet = {**config("sd1/model/unet/config.json"), "cross_attention_dim": text["hidden_size"]}
+        return export.model_fields(unet, config("sd1/model/vae/config.json"), text, {}, None)
 
     assert fields(config("sd1/model/text_encoder/config.json"))["text_num_layers"] == \
         config("sd1/model/text_encoder/config.json")["num_hidden_layers"]

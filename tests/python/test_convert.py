@@ -187,14 +187,14 @@ def test_errors(tmp_path, reference, vocab, capsys):
     expect_errors(capsys, cases, out)
 
 
-def test_command_line(tmp_path, reference):
+def test_command_line(tmp_path, vocab):
     """The script is executable, re-executes itself under a Python with torch whatever interpreter starts
     it, and reports errors in one line without a traceback."""
     assert os.access(CONVERT, os.X_OK)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
     env = dict(os.environ, TXT2IMG_PYTHON=sys.executable)
-    result = subprocess.run(["python3", str(CONVERT), broken, "--no-safety-checker", "--vocab", broken,
+    result = subprocess.run(["python3", str(CONVERT), broken, "--no-safety-checker", "--vocab", vocab,
                              "--out", tmp_path / "x"], capture_output=True, text=True, env=env)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith(f"convert.py: error: cannot read {broken}")
