@@ -43,7 +43,8 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="Progress goes to stderr. Exit status: 0 done, 1 conversion error, 2 usage error.")
+                epilog="Progress goes to stderr. Exit status: 0 done, 1 conversion error, 2 usage error, 130 "
+                       "interrupted (SIGINT, SIGTERM, SIGHUP; nothing is left at --out).")
     p.add_argument("source", nargs="?", metavar="SOURCE",
                    help="diffusers folder, .safetensors/.ckpt single file, or hub id")
     p.add_argument("--out", required=True, metavar="DIR", help="bundle directory to create")
