@@ -93,19 +93,6 @@ std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const Generati
   return make_scheduler(params.sampler, config, steps, params.eta);
 }
 
-// A1111's hires pass (setup_img2img_steps with the steps given): a schedule of int(steps / min(denoise, 0.999))
-// steps of which only the last `steps` run, so that the strength decides where the schedule is entered and the
-// step count stays what was asked for.
-struct HiresSchedule {
-  int total;
-  size_t first;
-};
-HiresSchedule hires_schedule(const GenerationParams& params) {
-  const int steps = params.hires_steps();
-  const int total = static_cast<int>(steps / std::min(params.hires.denoise, 0.999));
-  return {total, static_cast<size_t>(total - steps)};
-}
-
 // The hires pass's latent size: A1111 makes the image int(side * scale) pixels and its latents that divided by the
 // VAE's factor, rounded down.
 int64_t hires_latent_side(int side, double scale, int vae_scale_factor) {
@@ -140,6 +127,26 @@ GenerationParams hires_pass(const GenerationParams& params) {
   return pass;
 }
 
+// A1111's hires pass (setup_img2img_steps with the steps given): a schedule of int(steps / min(denoise, 0.999))
+// steps of which only the last `steps` run, so that the strength decides where the schedule is entered and the
+// step count stays what was asked for. Throws Error(Usage) where the pass's sampler cannot enter it there.
+std::unique_ptr<Scheduler> make_hires_sampler(const Manifest& manifest, const GenerationParams& params) {
+  const int steps = params.hires_steps();
+  const int total = static_cast<int>(steps / std::min(params.hires.denoise, 0.999));
+  try {
+    auto sampler = make_sampler(manifest, hires_pass(params), total);
+    // Whether its start is the first call or a later one depends on the step counts; the refusal should not.
+    const std::string why = sampler->why_it_cannot_start_later();
+    if (!why.empty()) throw Error(ErrorKind::Usage, why);
+    sampler->start_at(static_cast<size_t>(total - steps));
+    return sampler;
+  } catch (const Error& e) {
+    throw Error(ErrorKind::Usage, "hires fix: " + std::string(e.what()) + " (" + std::to_string(steps) +
+                                      " hires steps at this denoising strength take a schedule of " +
+                                      std::to_string(total) + " steps)");
+  }
+}
+
 // Throws Error(Usage) for a hires fix that cannot run: its size, strength, steps, upscaler, or a sampler that cannot
 // enter its schedule in the middle.
 void check_hires(const Manifest& manifest, const GenerationParams& params) {
@@ -160,18 +167,7 @@ void check_hires(const Manifest& manifest, const GenerationParams& params) {
   if (std::find(std::begin(kHiresUpscalers), std::end(kHiresUpscalers), h.upscaler) == std::end(kHiresUpscalers))
     throw Error(ErrorKind::Usage, "unknown hires upscaler \"" + h.upscaler + "\" (latent, latent-antialiased, "
                                   "latent-bicubic, latent-bicubic-antialiased, latent-nearest, latent-nearest-exact)");
-  const auto schedule = hires_schedule(params);
-  try {
-    auto sampler = make_sampler(manifest, hires_pass(params), schedule.total);
-    // Whether its start is the first call or a later one depends on the step counts; the refusal should not.
-    const std::string why = sampler->why_it_cannot_start_later();
-    if (!why.empty()) throw Error(ErrorKind::Usage, why);
-    sampler->start_at(schedule.first);
-  } catch (const Error& e) {
-    throw Error(ErrorKind::Usage, "hires fix: " + std::string(e.what()) + " (" + std::to_string(params.hires_steps()) +
-                                      " hires steps at this denoising strength take a schedule of " +
-                                      std::to_string(schedule.total) + " steps)");
-  }
+  make_hires_sampler(manifest, params);
 }
 
 }  // namespace
@@ -625,9 +621,10 @@ torch::Tensor Pipeline::masked_image_conditioning(int64_t latent_height, int64_t
   return conditioning;
 }
 
-torch::Tensor Pipeline::denoise(Scheduler& scheduler, size_t first, torch::Tensor latents, const Denoising& run,
+torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, const Denoising& run,
                                 const std::string& prefix, size_t calls_before) {
   const auto& timesteps = scheduler.timesteps();
+  const size_t first = scheduler.first_call();
   const auto t = timestep_tensors(timesteps, options_.device);
   const std::vector<int64_t> shape(latents.sizes().begin(), latents.sizes().end());
   const auto image_conditioning =
@@ -696,17 +693,12 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   const auto guidance = manifest_.guidance_embedding_dim > 0
                             ? torch::full({batch}, params.cfg_scale - 1.0, torch::kFloat32).to(options_.device)
                             : torch::Tensor();
-  // A hires pass enters a longer schedule part-way (step `first` of `total`).
-  std::unique_ptr<Scheduler> hires_sampler;
-  if (params.hires.enabled()) {
-    const auto hires = hires_schedule(params);
-    hires_sampler = make_sampler(manifest_, hires_pass(params), hires.total);
-    hires_sampler->start_at(hires.first);
-  }
+  // A hires pass enters a longer schedule part-way.
+  const auto hires_sampler = params.hires.enabled() ? make_hires_sampler(manifest_, params) : nullptr;
   const size_t calls = scheduler->timesteps().size() +
                        (hires_sampler ? hires_sampler->timesteps().size() - hires_sampler->first_call() : 0);
   const Denoising run{text, guidance, guided, params.cfg_scale, params.guidance_rescale, calls, noise, observer};
-  latents = denoise(*scheduler, 0, latents, run, "", 0);
+  latents = denoise(*scheduler, latents, run, "", 0);
 
   // 4. Hires fix: the latents resized, noised to where the hires schedule is entered, denoised again; the noise
   // starts again from each row's seed, as A1111 draws it.
@@ -725,7 +717,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
       hires_text.emplace(encode_prompts(prompts, negative_prompts, params, guided, Pass::Hires, observer));
     const Denoising hires_run{hires_text ? *hires_text : text, guidance, guided, params.cfg_scale,
                               params.guidance_rescale,         calls,    noise,  observer};
-    latents = denoise(*hires_sampler, first, latents, hires_run, "hires/", scheduler->timesteps().size());
+    latents = denoise(*hires_sampler, latents, hires_run, "hires/", scheduler->timesteps().size());
   }
   throw_if_non_finite(latents, "the latents", options_.dtype);
 

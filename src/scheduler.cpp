@@ -12,53 +12,56 @@
 namespace txt2img {
 namespace {
 
+// What a sampler does besides stepping through a whole schedule.
+enum Capability : unsigned {
+  kEta = 1,         // takes DDIM's eta
+  kStartsLate = 2,  // start_at takes any step (see why_it_cannot_start_later)
+  kZeroSnr = 4,     // its diffusers class has rescale_betas_zero_snr (the others would run another noise schedule)
+};
+
 struct Sampler {
   const char* name;
-  bool uses_eta;
-  bool starts_late = true;  // whether start_at takes any step (see why_it_cannot_start_later)
-  // Whether its diffusers class has rescale_betas_zero_snr; the others would silently run another noise schedule.
-  bool zero_snr = true;
+  unsigned capabilities;
 };
 
 // In the order help texts list them.
 constexpr Sampler kSamplers[] = {
-    {"ddim", true},
-    {"pndm", false, false, false},
-    {"euler", false},
-    {"euler_karras", false},
-    {"euler_exponential", false},
-    {"euler_a", false},
-    {"heun", false, true, false},
-    {"heun_karras", false, true, false},
-    {"heun_exponential", false, true, false},
-    {"dpm2", false, true, false},
-    {"dpm2_karras", false, true, false},
-    {"dpm2_exponential", false, true, false},
-    {"dpm2_a", false, true, false},
-    {"dpm2_a_karras", false, true, false},
-    {"dpm2_a_exponential", false, true, false},
-    {"dpmpp_2m", false},
-    {"dpmpp_2m_karras", false},
-    {"dpmpp_2m_sde", false},
-    {"dpmpp_2m_sde_karras", false},
-    {"lms", false, true, false},
-    {"lms_karras", false, true, false},
-    {"lms_exponential", false, true, false},
-    {"unipc", false},
-    {"unipc_karras", false},
-    {"lcm", false, false},
+    {"ddim", kEta | kStartsLate | kZeroSnr},
+    {"pndm", 0},
+    {"euler", kStartsLate | kZeroSnr},
+    {"euler_karras", kStartsLate | kZeroSnr},
+    {"euler_exponential", kStartsLate | kZeroSnr},
+    {"euler_a", kStartsLate | kZeroSnr},
+    {"heun", kStartsLate},
+    {"heun_karras", kStartsLate},
+    {"heun_exponential", kStartsLate},
+    {"dpm2", kStartsLate},
+    {"dpm2_karras", kStartsLate},
+    {"dpm2_exponential", kStartsLate},
+    {"dpm2_a", kStartsLate},
+    {"dpm2_a_karras", kStartsLate},
+    {"dpm2_a_exponential", kStartsLate},
+    {"dpmpp_2m", kStartsLate | kZeroSnr},
+    {"dpmpp_2m_karras", kStartsLate | kZeroSnr},
+    {"dpmpp_2m_sde", kStartsLate | kZeroSnr},
+    {"dpmpp_2m_sde_karras", kStartsLate | kZeroSnr},
+    {"lms", kStartsLate},
+    {"lms_karras", kStartsLate},
+    {"lms_exponential", kStartsLate},
+    {"unipc", kStartsLate | kZeroSnr},
+    {"unipc_karras", kStartsLate | kZeroSnr},
+    {"lcm", kZeroSnr},
 };
 
-std::string joined_names() {
-  std::string out;
-  for (const auto& name : scheduler_names()) out += (out.empty() ? "" : ", ") + name;
-  return out;
-}
-
-std::string zero_snr_samplers() {
-  std::string out;
+// The names of the samplers that have (or, `with` false, lack) every capability in `capabilities`, in table order,
+// joined as a sentence lists them: "a, b and c", or with `last` ", " throughout.
+std::string sampler_list(unsigned capabilities, bool with = true, const char* last = ", ") {
+  std::vector<const char*> found;
   for (const auto& s : kSamplers)
-    if (s.zero_snr) out += (out.empty() ? "" : ", ") + std::string(s.name);
+    if (((s.capabilities & capabilities) == capabilities) == with) found.push_back(s.name);
+  std::string out;
+  for (size_t i = 0; i < found.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == found.size() ? last : ", ") + std::string(found[i]);
   return out;
 }
 
@@ -258,7 +261,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   const auto it = std::find_if(std::begin(kSamplers), std::end(kSamplers),
                                [&](const Sampler& s) { return canonical == s.name; });
   if (it == std::end(kSamplers))
-    throw Error(ErrorKind::Usage, "unknown sampler \"" + name + "\" (known: " + joined_names() + ")");
+    throw Error(ErrorKind::Usage, "unknown sampler \"" + name + "\" (known: " + sampler_list(0) + ")");
   if (steps < 1 || steps > config.num_train_timesteps)
     throw Error(ErrorKind::Usage, "steps must be between 1 and " + std::to_string(config.num_train_timesteps) +
                                       ", got " + std::to_string(steps));
@@ -266,13 +269,13 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   // so that a user never believes it had an effect.
   // Above 1, DDIM's noise can exceed the variance a step leaves for it: the square root of a negative number.
   if (!(eta >= 0.0 && eta <= 1.0)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1, got " + std::to_string(eta));
-  if (eta != 0.0 && !it->uses_eta)
+  if (eta != 0.0 && !(it->capabilities & kEta))
     throw Error(ErrorKind::Usage, "eta applies only to the ddim scheduler, not to " + name);
 
-  if (config.rescale_betas_zero_snr && !it->zero_snr)
+  if (config.rescale_betas_zero_snr && !(it->capabilities & kZeroSnr))
     throw Error(ErrorKind::Usage, "the " + std::string(it->name) + " sampler cannot run a zero-terminal-SNR model "
                                   "(diffusers' scheduler for it has no rescale_betas_zero_snr); use " +
-                                      zero_snr_samplers());
+                                      sampler_list(kZeroSnr));
 
   const std::string sampler = it->name;
   if (sampler == "ddim") return detail::make_ddim(config, steps, eta);
@@ -365,14 +368,7 @@ std::vector<float> training_sigmas(const std::vector<float>& alphas_cumprod) {
   return out;
 }
 
-std::string samplers_that_start_late() {
-  std::vector<std::string> names;
-  for (const auto& s : kSamplers)
-    if (!s.starts_late) names.emplace_back(s.name);
-  std::string out;
-  for (size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? " and " : ", ") + names[i];
-  return "every sampler but " + out;
-}
+std::string samplers_that_start_late() { return "every sampler but " + sampler_list(kStartsLate, false, " and "); }
 
 std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int steps) {
   const double rho = 7.0;

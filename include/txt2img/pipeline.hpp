@@ -219,10 +219,10 @@ class Pipeline {
     NoiseSource& noise;
     Observer* observer;
   };
-  // Steps `latents` through the scheduler's calls from `first` to the end. Observed tensors are named from call
-  // 000 on with `prefix` before them; progress counts on from `calls_before`.
-  torch::Tensor denoise(Scheduler& scheduler, size_t first, torch::Tensor latents, const Denoising& run,
-                        const std::string& prefix, size_t calls_before);
+  // Steps `latents` through the scheduler's calls from its first_call() to the end. Observed tensors are named from
+  // call 000 on with `prefix` before them; progress counts on from `calls_before`.
+  torch::Tensor denoise(Scheduler& scheduler, torch::Tensor latents, const Denoising& run, const std::string& prefix,
+                        size_t calls_before);
   torch::Tensor decode(const torch::Tensor& latents);
   // An inpainting model's extra U-Net input at this latent size: [1, 1 + latent_channels, h, w], made once per size
   // (the encoder's output observed as "vae/encode_out" when it is made).
