@@ -1,5 +1,6 @@
 #include "cli/prompt_source.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,24 +33,33 @@ bool ends_with_jsonl(const std::string& path) {
   return lower.size() >= 6 && lower.compare(lower.size() - 6, 6, ".jsonl") == 0;
 }
 
-// Copies standard input into an anonymous temporary file, so that it can be read once to validate and again to
-// generate without holding it in memory.
-std::shared_ptr<std::FILE> spool_stdin() {
-  std::shared_ptr<std::FILE> spool(std::tmpfile(), [](std::FILE* f) { std::fclose(f); });
-  if (!spool) throw Error(ErrorKind::Io, std::string("cannot buffer standard input: ") + std::strerror(errno));
+// Copies the prompts (standard input for "-") into an anonymous temporary file, read once to validate and again to
+// generate without holding them in memory. Reading the source itself twice would find a pipe or a process
+// substitution empty (or wait forever on a named pipe), and would generate lines appended after the check.
+std::shared_ptr<std::FILE> spool(const std::string& path, const std::string& name) {
+  struct Input {
+    int fd;
+    ~Input() {
+      if (fd > STDIN_FILENO) ::close(fd);
+    }
+  } const input{path == "-" ? STDIN_FILENO : ::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  const int fd = input.fd;
+  if (fd < 0) throw Error(ErrorKind::Io, "cannot read prompt file " + name + ": " + std::strerror(errno));
+  std::shared_ptr<std::FILE> copy(std::tmpfile(), [](std::FILE* f) { std::fclose(f); });
+  if (!copy) throw Error(ErrorKind::Io, "cannot buffer the prompts of " + name + ": " + std::strerror(errno));
   char buffer[1 << 16];
   for (;;) {
-    const ssize_t n = ::read(STDIN_FILENO, buffer, sizeof buffer);
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
     if (n == 0) break;
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw Error(ErrorKind::Io, std::string("cannot read the prompts from standard input: ") + std::strerror(errno));
+      throw Error(ErrorKind::Io, "cannot read the prompts from " + name + ": " + std::strerror(errno));
     }
-    if (std::fwrite(buffer, 1, static_cast<size_t>(n), spool.get()) != static_cast<size_t>(n) ||
-        std::fflush(spool.get()) != 0)
-      throw Error(ErrorKind::Io, std::string("cannot buffer standard input: ") + std::strerror(errno));
+    if (std::fwrite(buffer, 1, static_cast<size_t>(n), copy.get()) != static_cast<size_t>(n) ||
+        std::fflush(copy.get()) != 0)
+      throw Error(ErrorKind::Io, "cannot buffer the prompts of " + name + ": " + std::strerror(errno));
   }
-  return spool;
+  return copy;
 }
 
 template <typename T>
@@ -133,12 +143,8 @@ PromptSource PromptSource::argument(std::string prompt) {
 PromptSource PromptSource::file(const std::string& path) {
   PromptSource source;
   source.name_ = path == "-" ? "<stdin>" : path;
-  if (path == "-") {
-    source.spool_ = spool_stdin();
-    source.path_ = "/proc/self/fd/" + std::to_string(fileno(source.spool_.get()));
-  } else {
-    source.path_ = path;
-  }
+  source.spool_ = spool(path, source.name_);
+  source.path_ = "/proc/self/fd/" + std::to_string(fileno(source.spool_.get()));
   source.open();
 
   // The format: JSON Lines by extension, or when the first prompt line opens an object.

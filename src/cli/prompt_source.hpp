@@ -77,8 +77,8 @@ class PromptSource {
   std::optional<std::string> argument_;
   bool argument_done_ = false;
   std::string name_;                  // as the user gave it, for messages
-  std::string path_;                  // what to open (a /proc/self/fd path for spooled standard input)
-  std::shared_ptr<std::FILE> spool_;  // keeps spooled standard input alive while any reader needs it
+  std::string path_;                  // what to open: the /proc/self/fd path of the spooled copy
+  std::shared_ptr<std::FILE> spool_;  // the copy of the prompts, alive while any reader needs it
   std::unique_ptr<std::ifstream> in_;
   bool jsonl_ = false;
   size_t line_ = 0;

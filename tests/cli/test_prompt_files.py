@@ -2,9 +2,13 @@
 image is made."""
 
 import json
+import os
+import subprocess
+import threading
 import unittest
 
-from cli_support import EXIT_IO, EXIT_USAGE, CliTestCase, files_under, json_lines, png_pixels, png_text
+from cli_support import (BIN, EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, json_lines, png_pixels,
+                         png_text)
 
 
 class PlainText(CliTestCase):
@@ -30,6 +34,32 @@ class PlainText(CliTestCase):
         result = self.txt2img("--from-file", "-", "--seed", "1", "-o", "{index}.png", input="a fox\na cat\n")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(files_under(self.dir), ["0.png", "1.png"])
+
+    def test_pipes_and_a_file_that_grows_are_read_once(self):
+        """A named pipe, /dev/stdin or a process substitution can be read only once, and a file may grow while the run
+        works: the prompts are the ones read when the run starts, all of them checked and all of them made."""
+        os.mkfifo(self.dir / "fifo")
+        writer = threading.Thread(target=lambda: (self.dir / "fifo").write_text("a fox\na cat\n"))
+        writer.start()
+        result = self.txt2img("--from-file", "fifo", "--seed", "1", "-o", "f{index}.png", timeout=120)
+        writer.join()
+        self.assertEqual(result.returncode, 0, result.stderr)
+        result = self.txt2img("--from-file", "/dev/stdin", "--seed", "1", "-o", "s{index}.png", input="a fox\na cat\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(files_under(self.dir), ["f0.png", "f1.png", "s0.png", "s1.png"])
+
+        self.write("grows.txt", "a fox\n")
+        process = subprocess.Popen([BIN, "--from-file", "grows.txt", "--seed", "1", "-o", "g{index}.png", "--json",
+                                    "--json-progress", "--model", TINY, *FAST], cwd=self.dir, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        for line in process.stdout:  # denoising has begun: the file was read
+            if '"step"' in line:
+                with open(self.dir / "grows.txt", "ab") as f:
+                    f.write(b"a cat\n\xff\n")
+                break
+        process.communicate(timeout=120)
+        self.assertEqual(process.returncode, 0)
+        self.assertEqual([f for f in files_under(self.dir) if f.startswith("g")], ["g0.png", "grows.txt"])
 
     def test_standard_input_malformed_line(self):
         result = self.txt2img("--from-file", "-", "-o", "{index}.png", input='{"prompt": "a"}\n{"prompt": 3}\n')
