@@ -1,7 +1,9 @@
 #include "cli/options.hpp"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <functional>
+#include <set>
 #include <iostream>
 
 #include "cli/exit_codes.hpp"
@@ -17,6 +19,19 @@ std::string joined(const std::vector<std::string>& names) {
   std::string out;
   for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
   return out;
+}
+
+// An empty value (`--seed "$SEED"` with SEED unset) would otherwise read as a default or as 0: a random seed, CFG 0,
+// every shard. Only texts may be empty: a prompt (warned about) and a negative prompt.
+void refuse_empty_values(const CLI::App& app) {
+  static const std::set<std::string> texts = {"prompt", "--prompt", "--negative-prompt"};
+  for (const CLI::Option* option : app.get_options()) {
+    if (option->get_type_size_max() == 0 || texts.count(option->get_name())) continue;
+    const auto& values = option->results();
+    if (std::find(values.begin(), values.end(), "") != values.end())
+      throw Error(ErrorKind::Usage, option->get_name() + " is empty (an unset variable?): give it a value, or leave "
+                                                         "it out for its default");
+  }
 }
 
 std::string generate_footer() {
@@ -250,6 +265,7 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     throw Error(ErrorKind::Usage, std::string(e.what()) + " (txt2img --help lists the options)");
   }
+  for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
 
   if (info->parsed()) {
     command.which = Command::Info;

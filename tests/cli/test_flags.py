@@ -65,6 +65,16 @@ class BadFlags(CliTestCase):
     def test_width_not_multiple_of_8(self):
         self.check(["a fox", "--width", "36"], "width 36", "multiple of 8")
 
+    def test_an_empty_value_is_no_value(self):
+        """`--seed "$SEED"` with SEED unset is an error, not a random seed (nor CFG 0, nor every shard); a prompt and a
+        negative prompt may be empty."""
+        for flag in ("--seed", "--cfg-scale", "--shard", "--width", "--device", "--preview", "--output"):
+            # After a value too: the last one would otherwise be taken.
+            self.assertExit(self.txt2img("a fox", "--seed", "1", flag, ""), EXIT_USAGE,
+                            f"{flag} is empty (an unset variable?)")
+            self.assertNothingWritten()
+        self.assertEqual(self.txt2img("", "-n", "", "--seed", "1", "-o", "a.png").returncode, 0)
+
     def test_a_side_of_zero_is_not_the_default_size(self):
         self.check(["a fox", "--width", "0"], "--width 0 is no image size", "leave --width out")
         self.check(["a fox", "--height", "0"], "--height 0 is no image size")
