@@ -1,5 +1,6 @@
 #include "cli/plan.hpp"
 
+#include <limits.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -153,6 +154,25 @@ bool is_dangling_symlink(const std::filesystem::path& path) {
          !std::filesystem::exists(std::filesystem::status(path, ec));
 }
 
+namespace {
+
+// Throws Error(Usage) for an output name the file system cannot hold (found here rather than at its write, after
+// the images before it).
+void check_name_lengths(const std::filesystem::path& output) {
+  if (output.native().size() >= PATH_MAX)
+    throw Error(ErrorKind::Usage, "output " + quoted(output) + " is " + std::to_string(output.native().size()) +
+                                      " bytes long, above the " + std::to_string(PATH_MAX - 1) +
+                                      " a path may have; shorten the output pattern");
+  for (const auto& part : output)
+    if (part.native().size() > NAME_MAX)
+      throw Error(ErrorKind::Usage, "output " + quoted(output) + " has a name of " +
+                                        std::to_string(part.native().size()) + " bytes, above the " +
+                                        std::to_string(NAME_MAX) +
+                                        " a file name may have; shorten the output pattern (e.g. {prompt:60})");
+}
+
+}  // namespace
+
 Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::path& preview) {
   // Symbolic links in the folders resolved, so that two spellings of one file compare equal.
   const auto resolved = [](const std::filesystem::path& path) {
@@ -161,8 +181,18 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
     return ec ? std::filesystem::absolute(path).lexically_normal() : out;
   };
   const auto preview_file = preview.empty() ? preview : resolved(preview);
+  // An image's file as the file system finds it (its folder resolved once per folder, as images share folders), so
+  // that "out/a.png", "/abs/out/a.png" and "link/a.png" are one file.
+  std::filesystem::path folder, resolved_folder;
+  const auto file_of = [&](const std::filesystem::path& output) {
+    if (folder.empty() || output.parent_path() != folder) {
+      folder = output.parent_path();
+      resolved_folder = resolved(folder.empty() ? "." : folder);
+    }
+    return resolved_folder / output.filename();
+  };
   Preflight result;
-  // Hashes of the names seen so far (memory per image, not per prompt text); a hit is confirmed by re-reading.
+  // Hashes of the files seen so far (memory per image, not per prompt text); a hit is confirmed by re-reading.
   std::unordered_map<size_t, uint64_t> names;
   std::filesystem::path checked_dir;
   bool checked_any = false;
@@ -175,10 +205,12 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
     if (job.n == 0 && job.model_prompt.find_first_not_of(" \t\r\n") == std::string::npos &&
         result.empty_prompts++ == 0)
       result.first_empty_prompt = plan.where(job);
-    const auto [it, inserted] = names.emplace(std::hash<std::string>{}(job.output.string()), job.index);
+    check_name_lengths(job.output);
+    const auto file = file_of(job.output);
+    const auto [it, inserted] = names.emplace(std::hash<std::string>{}(file.string()), job.index);
     if (!inserted) {
       const ImageJob earlier = plan.find(it->second);
-      if (earlier.output == job.output) {
+      if (resolved(earlier.output) == file) {
         const std::string who = earlier.prompt_index == job.prompt_index
                                     ? plan.where(job) + ": images " + std::to_string(earlier.n) + " and " +
                                           std::to_string(job.n) + " would both be written to "
@@ -188,7 +220,7 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
                                           "gets its own file");
       }
     }
-    if (!preview.empty() && resolved(job.output) == preview_file)
+    if (!preview.empty() && file == preview_file)
       throw Error(ErrorKind::Usage, plan.where(job) + " would write its image to " + quoted(job.output) +
                                         ", the --preview file; give the preview a file of its own");
     if (!job.in_shard) continue;

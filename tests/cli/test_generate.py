@@ -59,6 +59,23 @@ class Outputs(CliTestCase):
                         'output "link.png" is a dangling symbolic link')
         self.assertTrue((self.dir / "link.png").is_symlink())
 
+    def test_one_file_under_two_names_and_names_too_long_are_found_first(self):
+        """Two prompts whose outputs name one file (a relative and an absolute path, or through a linked folder), and
+        a name longer than the file system allows, are usage errors before any image is made."""
+        (self.dir / "out").mkdir()
+        os.symlink(self.dir / "out", self.dir / "link")
+        for other in (str(self.dir / "out" / "y.png"), "link/y.png", "./out/../out/y.png"):
+            self.write("p.jsonl", json.dumps({"prompt": "a", "output": other}) + "\n" +
+                       json.dumps({"prompt": "b", "output": "out/y.png"}) + "\n")
+            self.assertExit(self.txt2img("--from-file", "p.jsonl", "--seed", "1"), EXIT_USAGE,
+                            "p.jsonl:1 and p.jsonl:2 would both write")
+            self.assertEqual(files_under(self.dir / "out"), [])
+        self.assertExit(self.txt2img("a fox", "--seed", "1", "-o", "a" * 300 + ".png"), EXIT_USAGE,
+                        "has a name of 304 bytes, above the 255 a file name may have")
+        self.assertExit(self.txt2img("a fox", "--seed", "1", "-o", "{prompt}" + "-x" * 124 + ".png"), EXIT_USAGE,
+                        "has a name of 257 bytes")
+        self.assertNothingWritten("p.jsonl", "out", "link")
+
     def test_overwrite(self):
         self.write("fox.png", "old")
         result = self.txt2img("a fox", "-o", "fox.png", "--overwrite")
