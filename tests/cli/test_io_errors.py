@@ -3,9 +3,11 @@
 import json
 import os
 import resource
+import subprocess
 import unittest
 
-from cli_support import (EXIT_BUNDLE, EXIT_IO, TINY, CliTestCase, derived_bundle, files_under, json_lines)
+from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, FAST, TINY, CliTestCase, derived_bundle, files_under,
+                         json_lines)
 
 
 class OutputErrors(CliTestCase):
@@ -48,6 +50,21 @@ class OutputErrors(CliTestCase):
         summary = json_lines(result.stdout)[-1]
         self.assertEqual((summary["event"], summary["written"], summary["failed"]), ("summary", 0, 1))
         self.assertIn("error", summary)
+
+
+class StandardOutput(CliTestCase):
+    def test_output_lost_on_a_full_disk_is_an_io_error(self):
+        """--json, tokenize and info print to standard output; when it cannot take what they print (a full disk here),
+        the run is not a success: exit 4, and a line on stderr says what was lost."""
+        runs = [["a fox", "--json", "--seed", "1", "-o", "a.png", "--model", TINY, *FAST],
+                ["tokenize", "a fox", "--model", TINY], ["info", TINY], ["--help"]]
+        for args in runs:
+            with open("/dev/full", "w") as full:
+                result = subprocess.run([BIN, *map(str, args)], cwd=self.dir, stdout=full, stderr=subprocess.PIPE,
+                                        text=True)
+            self.assertEqual(result.returncode, EXIT_IO, (args, result.stderr))
+            self.assertIn("error: cannot write to standard output", result.stderr)
+        self.assertTrue((self.dir / "a.png").is_file())  # the image itself is kept
 
 
 class BundleErrors(CliTestCase):
