@@ -61,11 +61,27 @@ void append_bytes(void* context, void* data, int size) {
 
 std::string describe_errno() { return std::strerror(errno); }
 
-// Appends the key and text of a tEXt or iTXt chunk (uncompressed); other chunks are not text.
+// Latin-1 bytes as UTF-8: tEXt's encoding, in which Pillow (and so A1111) writes any text Latin-1 can hold
+// ("café", "naïve"), keeping iTXt for the rest.
+std::string latin1_to_utf8(const std::string& latin1) {
+  std::string out;
+  for (const char c : latin1) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x80) {
+      out += c;
+    } else {
+      out += static_cast<char>(0xc0 | (byte >> 6));
+      out += static_cast<char>(0x80 | (byte & 0x3f));
+    }
+  }
+  return out;
+}
+
+// Appends the key and text (UTF-8) of a tEXt or iTXt chunk (uncompressed); other chunks are not text.
 void add_text_chunk(const std::string& type, const std::string& data, PngText& text) {
   const auto key_end = data.find('\0');
   if (type == "tEXt" && key_end != std::string::npos) {
-    text.emplace_back(data.substr(0, key_end), data.substr(key_end + 1));
+    text.emplace_back(latin1_to_utf8(data.substr(0, key_end)), latin1_to_utf8(data.substr(key_end + 1)));
   } else if (type == "iTXt" && key_end != std::string::npos && key_end + 2 < data.size() && data[key_end + 1] == 0) {
     // Skip compression flag and method, then the language tag and translated keyword (both null-terminated).
     const auto lang_end = data.find('\0', key_end + 3);

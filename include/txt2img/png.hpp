@@ -26,7 +26,7 @@ struct DecodedPng {
   PngText text;
 };
 
-// Reads pixels (as RGB) and every tEXt/iTXt chunk. Throws Error(Io).
+// Reads pixels (as RGB) and every tEXt/iTXt chunk, as UTF-8 (tEXt's Latin-1 converted). Throws Error(Io).
 DecodedPng read_png(const std::filesystem::path& file);
 
 // Reads only the tEXt/iTXt chunks (uncompressed), skipping over the rest of the file. Throws Error(Io) for a file

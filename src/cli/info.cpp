@@ -131,10 +131,60 @@ int bundle_info(const InfoOptions& o) {
 }
 
 // A word for a POSIX shell: as it is when it needs no quoting, else in single quotes.
+// A control character (C0 but newline and tab, DEL, or C1 as UTF-8) at text[i]: its length in bytes, else 0. Text
+// from a downloaded image's metadata must not reach a terminal as escape sequences (a title, a cleared screen).
+size_t control_at(const std::string& text, size_t i) {
+  const auto c = static_cast<unsigned char>(text[i]);
+  if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) return 1;
+  const bool c1 = c == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+                  static_cast<unsigned char>(text[i + 1]) <= 0x9f;
+  return c1 ? 2 : 0;
+}
+
+// `text` with each control character as \xNN (its code point), for printing.
+std::string printable(const std::string& text) {
+  std::string out;
+  for (size_t i = 0; i < text.size();) {
+    const size_t n = control_at(text, i);
+    if (n == 0) {
+      out += text[i++];
+      continue;
+    }
+    char escape[8];
+    std::snprintf(escape, sizeof escape, "\\x%02X",
+                  n == 1 ? static_cast<unsigned char>(text[i]) : static_cast<unsigned char>(text[i + 1]));
+    out += escape;
+    i += n;
+  }
+  return out;
+}
+
 std::string shell_word(const std::string& word) {
   const bool plain = !word.empty() && word.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                                               "0123456789_-+=.,:/@%") == std::string::npos;
   if (plain) return word;
+  bool controls = false;
+  for (size_t i = 0; i < word.size() && !controls; ++i) controls = control_at(word, i) != 0;
+  if (controls) {
+    // Bash's and zsh's $'...', whose escapes keep the characters out of the printed line.
+    std::string quoted = "$'";
+    for (size_t i = 0; i < word.size();) {
+      const size_t n = control_at(word, i);
+      if (n == 0) {
+        quoted += word[i] == '\\' || word[i] == '\'' ? std::string("\\") + word[i] : std::string(1, word[i]);
+        ++i;
+        continue;
+      }
+      char escape[16];
+      if (n == 1)
+        std::snprintf(escape, sizeof escape, "\\x%02X", static_cast<unsigned char>(word[i]));
+      else
+        std::snprintf(escape, sizeof escape, "\\u%04X", static_cast<unsigned char>(word[i + 1]));
+      quoted += escape;
+      i += n;
+    }
+    return quoted + "'";
+  }
   std::string quoted = "'";
   for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return quoted + "'";
@@ -419,9 +469,10 @@ int png_info(const InfoOptions& o) {
   }
   std::cout << o.path << ": " << png.width << "x" << png.height << " PNG\n";
   if (!parameters && !reproduction) std::cout << "no generation parameters recorded\n";
-  if (parameters) std::cout << "\nparameters:\n" << *parameters << "\n";
+  if (parameters) std::cout << "\nparameters:\n" << printable(*parameters) << "\n";
   if (reproduction) std::cout << "\ntxt2img:\n" << reproduction->dump(2) << "\n";
-  for (const auto& [key, value] : other.items()) std::cout << "\n" << key << ":\n" << value.get<std::string>() << "\n";
+  for (const auto& [key, value] : other.items())
+    std::cout << "\n" << printable(key) << ":\n" << printable(value.get<std::string>()) << "\n";
   std::cout << std::flush;
   return 0;
 }

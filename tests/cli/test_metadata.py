@@ -233,6 +233,25 @@ class Metadata(CliTestCase):
         self.assertExit(run(["info", "c.png", "--command"], self.dir), EXIT_IO, "no txt2img or A1111 metadata")
         self.assertExit(run(["info", TINY, "--command"], self.dir), EXIT_USAGE, "--command")
 
+    def test_control_characters_never_reach_the_terminal(self):
+        """An image's metadata is someone else's text: its control characters (an escape sequence that would retitle
+        the terminal and clear it, a C1 character) are printed as \\xNN, and --command quotes them as bash's $'...'
+        escapes, which still give the prompt back exactly. (Its tEXt chunk is Latin-1, as Pillow writes what Latin-1
+        can hold: "café" is read as such.)"""
+        prompt = "a café fox\x1b]0;PWNED\x07\x1b[2J\x85 end"
+        command = a1111_command(self, prompt + "\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 32x32")
+        self.assertEqual(command.returncode, 0, command.stderr)
+        shown = run(["info", "a1111.png"], self.dir)
+        for output in (command.stdout, shown.stdout):
+            self.assertFalse(any(c in output for c in "\x1b\x07\x85"), output)
+        self.assertIn("a café fox\\x1B]0;PWNED\\x07\\x1B[2J\\x85 end", shown.stdout)
+        self.assertIn("$'a café fox\\x1B]0;PWNED\\x07\\x1B[2J\\u0085 end'", command.stdout)
+        again = subprocess.run(["bash", "-c", command.stdout.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
+                               text=True)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertTrue(png_text(self.dir / "b.png")["parameters"].startswith(prompt + "\n"))
+
     def test_info_command_reads_an_a1111_image(self):
         infotext = ('a (red) fox, "quoted"\nby the sea\nNegative prompt: dogs\n'
                     'Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 12, Size: 32x32, '
