@@ -595,11 +595,15 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
   auto decode_whole = [&](const torch::Tensor& z) {
     return vae_decoder_.forward({z.to(options_.dtype)}).toTensor().to(torch::kFloat32);
   };
-  // TAESD has no attention (the VAE's grows with the square of the latent area) and half the VAE's widest
-  // activations, so it decodes whole.
-  if (options_.low_vram && options_.decoder == Decoder::Full && needs_tiling(latents, kVaeTile))
+  if (decodes_in_tiles(latents))
     return decode_tiled(decode_whole, latents, manifest_.vae_scale_factor, kVaeTile, kVaeTileOverlap);
   return decode_whole(latents);
+}
+
+bool Pipeline::decodes_in_tiles(const torch::Tensor& latents) const {
+  // TAESD has no attention (the VAE's grows with the square of the latent area) and half the VAE's widest
+  // activations, so it decodes whole.
+  return options_.low_vram && options_.decoder == Decoder::Full && needs_tiling(latents, kVaeTile);
 }
 
 // txt2img runs an inpainting model with the whole image masked, as A1111 does and as diffusers' inpainting pipeline
@@ -731,7 +735,9 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   throw_if_non_finite(decoded, "the decoded images", options_.dtype);
 
   // 6. Check.
-  return checked_images(to_uint8(decoded), observer);
+  auto images = checked_images(to_uint8(decoded), observer);
+  for (auto& image : images) image.decoded_in_tiles = decodes_in_tiles(decode_in);
+  return images;
 } catch (const Error&) {
   throw;
 } catch (const std::exception& e) {

@@ -113,6 +113,9 @@ struct GeneratedImage {
   std::vector<uint8_t> rgb;  // height * width * 3
   bool nsfw = false;
   bool safety_checked = false;
+  // Decoded by the VAE in cross-faded tiles (--low-vram above 512 pixels a side): slightly unlike a whole decode,
+  // so a record of the image must say so for it to be made again.
+  bool decoded_in_tiles = false;
 };
 
 // Named intermediate tensors (the reference fixtures' names: "text/last_hidden_state", "unet/003/noise_pred",
@@ -224,6 +227,7 @@ class Pipeline {
   torch::Tensor denoise(Scheduler& scheduler, torch::Tensor latents, const Denoising& run, const std::string& prefix,
                         size_t calls_before);
   torch::Tensor decode(const torch::Tensor& latents);
+  bool decodes_in_tiles(const torch::Tensor& latents) const;
   // An inpainting model's extra U-Net input at this latent size: [1, 1 + latent_channels, h, w], made once per size
   // (the encoder's output observed as "vae/encode_out" when it is made).
   torch::Tensor masked_image_conditioning(int64_t latent_height, int64_t latent_width, Observer* observer);

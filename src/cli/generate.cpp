@@ -287,6 +287,7 @@ class Generator {
     record.vae_name = manifest_.vae_name;
     record.vae_hash = manifest_.vae_hash;
     record.decoder = o_.decoder;
+    record.vae_tiling = image.decoded_in_tiles;
     if (o_.decoder == "taesd") {
       record.taesd_name = manifest_.taesd_name;
       record.taesd_hash = manifest_.taesd_hash;
@@ -353,6 +354,7 @@ class Generator {
         {"vae_name", record.vae_name.empty() ? nlohmann::json() : nlohmann::json(record.vae_name)},
         {"vae_hash", record.vae_hash.empty() ? nlohmann::json() : nlohmann::json(record.vae_hash)},
         {"decoder", record.decoder},
+        {"vae_tiling", record.vae_tiling},
         {"device", record.device},
         {"dtype", record.dtype},
         {"nsfw", image.nsfw},

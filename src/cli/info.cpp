@@ -261,6 +261,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (safety == "off") args.push_back("--no-safety-checker");
     if (safety == "report") add("--safety", "report");
     if (r.value("decoder", std::string("full")) != "full") add("--decoder", r.at("decoder"));
+    if (r.value("vae_tiling", false)) args.push_back("--low-vram");  // its tiled decode is part of the image
     return shell_line(args);
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorKind::Io, path + ": its txt2img metadata lacks what a command needs (" + e.what() + ")");

@@ -217,6 +217,7 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
       {"hires", hires_json(r)},
       {"model", model},
       {"decoder", r.decoder},
+      {"vae_tiling", r.vae_tiling},
       {"rng", "cpu"},
       {"dtype", r.dtype},
       {"device", r.device},

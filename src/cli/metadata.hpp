@@ -46,6 +46,7 @@ struct ImageRecord {
   std::string vae_name;  // empty: the model's own VAE
   std::string vae_hash;
   std::string decoder = "full";  // "full" (the VAE) or "taesd"
+  bool vae_tiling = false;       // decoded in tiles (--low-vram above 512 pixels a side)
   std::string taesd_name;        // with decoder "taesd": the bundle's TAESD (empty when unnamed)
   std::string taesd_hash;
   std::vector<LoraRecord> loras;  // the LoRAs the prompt's tags add, in order

@@ -228,10 +228,18 @@ class Batching(CliTestCase):
             self.assertLessEqual(max(abs(x - y) for x, y in zip(runs["none"], runs[graph])), 1)
 
     def test_low_vram_writes_the_image(self):
-        # 576 pixels wide is 72 latents: above the 64-latent tile, so the decode goes through two tiles.
-        result = self.txt2img("a fox", "--seed", "9", "--low-vram", "--width", "576", "--height", "64", "-o", "fox.png")
+        """576 pixels wide is 72 latents: above the 64-latent tile, so the decode goes through two tiles, which the
+        image records (its pixels differ slightly from a whole decode's) and `info --command` gives back."""
+        result = self.txt2img("a fox", "--seed", "9", "--low-vram", "--width", "576", "--height", "64", "-o", "fox.png",
+                              "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(png_pixels(self.dir / "fox.png")[:2], (576, 64))
+        self.assertTrue(json_lines(result.stdout)[0]["vae_tiling"])
+        self.assertTrue(json.loads(png_text(self.dir / "fox.png")["txt2img"])["vae_tiling"])
+        self.assertIn(" --low-vram", run(["info", "fox.png", "--command"], self.dir).stdout)
+        small = self.txt2img("a fox", "--seed", "9", "--low-vram", "-o", "small.png", "--json")
+        self.assertFalse(json_lines(small.stdout)[0]["vae_tiling"])  # one tile: a whole decode
+        self.assertNotIn("--low-vram", run(["info", "small.png", "--command"], self.dir).stdout)
 
     def test_no_cuda_graph_changes_nothing_on_the_cpu(self):
         # The flag only chooses how the U-Net runs on CUDA; a script may pass it on any machine.
