@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <set>
 #include <iostream>
@@ -126,7 +127,15 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                                "A1111's hires fix: denoise again at this many times the size, 1 to 16 (e.g. 2 makes "
                                "1024x1024 of 512x512), from the first pass's latents resized")
                     ->type_name("X")
-                    ->check(CLI::PositiveNumber);
+                    // 0 would read as no hires fix (as a prompt-file line's "hires_scale": 0 turns one off).
+                    ->check(CLI::Validator(
+                        [](std::string& value) {
+                          char* end = nullptr;
+                          const double scale = std::strtod(value.c_str(), &end);
+                          return *end == '\0' && scale >= 1 && scale <= 16 ? std::string()
+                                                                            : "it must be from 1 to 16, not " + value;
+                        },
+                        "1 to 16"));
   app.add_option("--hires-steps", o.hires.steps, "steps of the hires pass (default: as many as --steps)")
       ->type_name("N")
       ->needs(hires);

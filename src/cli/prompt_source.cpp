@@ -234,7 +234,7 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
   };
   try {
     j = nlohmann::json::parse(text, note_keys);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // a syntax error, or a number beyond a double (1e999)
     std::string what = e.what();
     what = what.substr(what.find(' ', what.find(']')) + 1);  // drop nlohmann's "[json.exception.parse_error.101]"
     // The line is the file's; nlohmann counts lines within it, always 1.
