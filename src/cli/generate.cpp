@@ -333,34 +333,20 @@ class Generator {
         {"n", job.n},
         {"prompt", job.prompt},
         {"negative_prompt", job.negative_prompt},
-        {"loras", loras_json(record.loras)},
-        {"seed", job.seed},
-        {"variation", variation_json(record.variation)},
-        {"ensd", record.ensd},
-        {"steps", record.steps},
-        {"sampler", record.sampler},
-        {"cfg_scale", record.cfg_scale},
-        {"guidance_rescale", record.guidance_rescale},
-        {"eta", record.eta},
-        {"clip_skip", record.clip_skip},
-        {"long_prompts", record.long_prompts},
-        {"emphasis", record.emphasis},
-        {"width", record.width},
-        {"height", record.height},
-        {"hires", hires_json(record)},
+    };
+    j.update(settings_json(record));
+    j.update(nlohmann::ordered_json{
         {"model_name", record.model_name},
         {"model_hash", record.model_hash},
         // null with the model's own VAE
         {"vae_name", record.vae_name.empty() ? nlohmann::json() : nlohmann::json(record.vae_name)},
         {"vae_hash", record.vae_hash.empty() ? nlohmann::json() : nlohmann::json(record.vae_hash)},
-        {"decoder", record.decoder},
-        {"vae_tiling", record.vae_tiling},
         {"device", record.device},
         {"dtype", record.dtype},
         {"nsfw", image.nsfw},
         {"safety", record.safety},
         {"timings", {{"generate_s", generate_s}, {"write_s", seconds_since(start)}}},
-    };
+    });
     reporter_.image("[" + std::to_string(made_) + "/" + std::to_string(to_make_) + "] " + job.output.string() +
                         "  seed " + std::to_string(job.seed) + "  " + format_seconds(generate_s) +
                         (image.nsfw ? "  NSFW" : ""),

@@ -192,39 +192,45 @@ nlohmann::ordered_json hires_json(const ImageRecord& r) {
           {"height", r.image_height}};
 }
 
-nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
-  nlohmann::ordered_json model = {{"name", r.model_name}, {"hash", r.model_hash}};
-  if (r.inpainting) model["inpainting"] = true;
-  if (!r.vae_name.empty()) model["vae"] = {{"name", r.vae_name}, {"hash", r.vae_hash}};
-  if (!r.taesd_name.empty()) model["taesd"] = {{"name", r.taesd_name}, {"hash", r.taesd_hash}};
+nlohmann::ordered_json settings_json(const ImageRecord& r) {
   return {
-      {"prompt", r.prompt},
-      {"negative_prompt", r.negative_prompt},
+      {"loras", loras_json(r.loras)},
       {"seed", r.seed},
       {"variation", variation_json(r.variation)},
       {"ensd", r.ensd},
       {"steps", r.steps},
       {"sampler", r.sampler},
-      {"eta", r.eta},
       {"cfg_scale", r.cfg_scale},
       {"guidance_rescale", r.guidance_rescale},
+      {"eta", r.eta},
       {"clip_skip", r.clip_skip},
       {"long_prompts", r.long_prompts},
       {"emphasis", r.emphasis},
-      {"loras", loras_json(r.loras)},
       {"width", r.width},
       {"height", r.height},
       {"hires", hires_json(r)},
-      {"model", model},
       {"decoder", r.decoder},
       {"vae_tiling", r.vae_tiling},
+  };
+}
+
+nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
+  nlohmann::ordered_json model = {{"name", r.model_name}, {"hash", r.model_hash}};
+  if (r.inpainting) model["inpainting"] = true;
+  if (!r.vae_name.empty()) model["vae"] = {{"name", r.vae_name}, {"hash", r.vae_hash}};
+  if (!r.taesd_name.empty()) model["taesd"] = {{"name", r.taesd_name}, {"hash", r.taesd_hash}};
+  nlohmann::ordered_json j = {{"prompt", r.prompt}, {"negative_prompt", r.negative_prompt}};
+  j.update(settings_json(r));
+  j.update(nlohmann::ordered_json{
+      {"model", model},
       {"rng", "cpu"},
       {"dtype", r.dtype},
       {"device", r.device},
       {"safety", {{"mode", r.safety}, {"nsfw", r.nsfw}}},
       {"program", "txt2img"},
       {"version", TXT2IMG_VERSION},
-  };
+  });
+  return j;
 }
 
 PngText png_metadata(const ImageRecord& record) {

@@ -102,6 +102,9 @@ A1111Parameters parse_a1111_parameters(const std::string& text);
 
 // The "txt2img" chunk (keys in the order above, for people reading it); its "version" is this program's.
 nlohmann::ordered_json reproduction_json(const ImageRecord& record);
+// The settings that make an image (its LoRA tags, seed, sampler, scales, sizes, hires pass, decoding), in the order
+// both its records list them: the txt2img metadata and the --json "image" event.
+nlohmann::ordered_json settings_json(const ImageRecord& record);
 
 // [{"name", "te_weight", "unet_weight", "hash"}], as the "txt2img" chunk and --json's image events list them.
 nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras);

@@ -69,7 +69,7 @@ class PromptLoras(CliTestCase):
         self.make("a fox <lora:ink-style:1:0>", 3, "split-tag.png")
         self.assertEqual(self.pixels("split.png"), self.pixels("split-tag.png"))
 
-        for value, message in [("ink-style:x", '--lora "ink-style:x": '), ("", '--lora "": '),
+        for value, message in [("ink-style:x", '--lora "ink-style:x": '), ("", '--lora is empty'),
                                ("ink-style:dyn=4", '--lora "ink-style:dyn=4": '),
                                ("nosuch", '--lora: the model has no LoRA named "nosuch"')]:
             result = self.txt2img("a fox", "--lora", value, "-o", "bad.png", model=self.model)
