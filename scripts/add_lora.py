@@ -31,6 +31,8 @@ def name_problem(name: str) -> str:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "it is not UTF-8 text (a file name's bytes in another encoding?)"
+    if len(name.encode("utf-8")) > 200:  # loras/NAME.safetensors and its temporary name must fit a file name
+        return "it is longer than 200 bytes"
     if name != name.strip():
         return "it starts or ends with a blank (prompts' tags read the name without them)"
     bad = sorted({c for c in name if c in _NOT_IN_NAMES or unicodedata.category(c) == "Cc"})

@@ -69,7 +69,7 @@ def parse_args(argv):
     safety = p.add_mutually_exclusive_group()
     safety.add_argument("--safety-checker", metavar="DIR",
                         help="safety checker folder (transformers layout, e.g. a download of "
-                             "CompVis/stable-diffusion-safety-checker)")
+                             "CompVis/stable-diffusion-safety-checker), or a diffusers model folder that has one")
     safety.add_argument("--no-safety-checker", action="store_true",
                         help="build the bundle without a safety checker")
     p.add_argument("--vae", metavar="VAE",
@@ -171,12 +171,17 @@ def convert_source(args) -> dict:
     # before the slow loading so that a missing one fails at once.
     own_safety = os.path.join(path, "safety_checker") if folder else None
     config_safety = os.path.join(args.config, "safety_checker") if args.config else None
+    # --safety-checker may name a diffusers model folder, whose checker is its safety_checker/ (as --vae takes vae/).
+    given = args.safety_checker
+    if given is not None and not os.path.isfile(os.path.join(given, "config.json")):
+        given = os.path.join(given, "safety_checker")
     safety_dir = None
     if not args.no_safety_checker:
-        safety_dir = next((d for d in (args.safety_checker, own_safety, config_safety)
+        safety_dir = next((d for d in (given, own_safety, config_safety)
                            if d and os.path.isfile(os.path.join(d, "config.json"))), None)
-        if args.safety_checker is not None and safety_dir != args.safety_checker:
-            raise ck.ConversionError(f"--safety-checker {args.safety_checker}: no config.json there")
+        if args.safety_checker is not None and safety_dir != given:
+            raise ck.ConversionError(f"--safety-checker {args.safety_checker}: no config.json there (nor in its "
+                                     "safety_checker/)")
         if safety_dir is None:
             raise ck.ConversionError(
                 f"{path} has no safety checker: pass --safety-checker DIR (a download of "

@@ -162,6 +162,7 @@ def test_errors_leave_the_bundle_as_it_was(bundle, ink, loha, tmp_path, capsys):
         ((bundle, ink, "--name", "a<b>=c"), 2, "(it contains '<' '=' '>')"),
         ((bundle, ink, "--name", ""), 2, "(it is empty)"),
         ((bundle, ink, "--name", " ink "), 2, "(it starts or ends with a blank"),
+        ((bundle, ink, "--name", "x" * 201), 2, "(it is longer than 200 bytes)"),
         ((bundle, ink, "--name", "caf\udce9"), 2, "(it is not UTF-8 text"),
         ((bundle, ink, loha, "--name", "x"), 2, "--name names one FILE"),
         ((bundle, ink, tmp_path / "loras" / "ink-style.safetensors"), 2, "two FILEs named 'ink-style'"),

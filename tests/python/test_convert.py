@@ -217,6 +217,13 @@ def test_separate_safety_checker(tmp_path, reference, tensors, check_close, caps
     check_close("bundle tiny safety A special cos", special, expected["safety/special_cos_dist"])
     assert torch.equal(weights, expected["safety/concept_embeds_weights"])
     assert torch.equal(special_weights, expected["safety/special_care_embeds_weights"])
+    # A model folder names its checker too (its safety_checker/), as --vae takes a model folder's vae/.
+    status, stderr = convert(capsys, reference / "tiny/model", "--safety-checker", case, "--out", tmp_path / "root")
+    assert status == 0, stderr
+    via_root = torch.jit.load(str(tmp_path / "root/safety_checker.pt")).state_dict()
+    direct = torch.jit.load(str(out / "safety_checker.pt")).state_dict()
+    assert via_root.keys() == direct.keys() and all(torch.equal(via_root[k], direct[k]) for k in direct)
+    assert json.loads((tmp_path / "root/model.json").read_text())["safety"] == SAFETY_32
 
 
 def test_replacement_vae(tmp_path, reference, capsys):
