@@ -604,6 +604,9 @@ def _new_vae_attention_names(tensors: Tensors) -> Tensors:
             for k, v in tensors.items()}
 
 
+_TAESD_HINT = "a TAESD (a tiny approximate decoder), not a VAE: add it with --taesd, for txt2img --decoder taesd"
+
+
 def load_vae(source: str, model_vae: Component) -> Tuple[Component, str]:
     """A VAE to use instead of the model's (convert.py --vae): a diffusers VAE folder (config.json and weights,
     e.g. stabilityai/sd-vae-ft-mse), a diffusers model folder (its vae/), or one file of AutoencoderKL tensors
@@ -617,6 +620,8 @@ def load_vae(source: str, model_vae: Component) -> Tuple[Component, str]:
         if not os.path.isfile(os.path.join(folder, "config.json")):
             raise ConversionError(f"--vae {source}: not a VAE folder (config.json and weights) nor a diffusers "
                                   "model folder with vae/")
+        if read_json(os.path.join(folder, "config.json")).get("_class_name") == "AutoencoderTiny":
+            raise ConversionError(f"--vae {source}: {_TAESD_HINT}")
         component = load_model_folder(folder, "VAE", ("diffusion_pytorch_model",))
         digest = sha256_weights(component.origin)
     elif os.path.isfile(source):
@@ -627,6 +632,8 @@ def load_vae(source: str, model_vae: Component) -> Tuple[Component, str]:
             component = Component("VAE", as_float32(_new_vae_attention_names(tensors)), {}, source)
         elif any(k.startswith(("decoder.up.", "decoder.mid.")) for k in tensors):
             component = _ldm_vae(tensors, source, "")
+        elif any(k.startswith("decoder.layers.") or k[:1].isdigit() for k in tensors):
+            raise ConversionError(f"--vae {source}: {_TAESD_HINT}")
         else:
             raise ConversionError(f"--vae {source}: no VAE decoder tensors in it (decoder.up.* or "
                                   f"decoder.up_blocks.*; found e.g. {listing(sorted(tensors), 3)})")

@@ -204,3 +204,14 @@ def test_hub_ids_for_taesd_and_vae(monkeypatch, tmp_path, reference, capsys):
     hub["madebyollin/taesdxl"] = hub["madebyollin/taesd"]
     expect_errors(capsys, [((reference / "tiny/model", "--no-safety-checker", "--taesd", "madebyollin/taesdxl",
                              "--out", tmp_path / "x"), 1, "a TAESD for another model family")], tmp_path / "x")
+
+
+def test_a_taesd_given_as_vae_points_to_taesd(tmp_path, original):
+    """A TAESD passed where a VAE belongs (--vae), as a diffusers folder or the original decoder file, is named as
+    such, with the option it needs."""
+    from txt2img_convert import checkpoints as ck
+    folder = small_taesd_folder(tmp_path / "taesd", [1, 2])
+    model_vae = ck.Component("VAE", {}, {"latent_channels": 4, "scaling_factor": 0.18215}, "model")
+    for source in (folder, original):
+        with pytest.raises(ConversionError, match="a TAESD .* add it with --taesd"):
+            ck.load_vae(str(source), model_vae)
