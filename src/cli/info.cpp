@@ -429,6 +429,8 @@ std::string a1111_command(const std::string& text) {
 }
 
 int png_info(const InfoOptions& o) {
+  if (o.verify)
+    throw Error(ErrorKind::Usage, "--verify applies to a model bundle (its files' sha256), not to a PNG");
   const DecodedPng png = read_png(o.path);
   std::optional<std::string> parameters;
   std::optional<nlohmann::ordered_json> reproduction;

@@ -73,7 +73,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_option("-n,--negative-prompt", o.negative_prompt, "what the image should not show");
   app.add_option("--images-per-prompt", o.images_per_prompt, "images made from each prompt")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1000000));
+      ->check(CLI::Range(1, kMaxImagesPerPrompt));
   app.add_option("--batch-size", o.batch_size,
                  "images denoised together in one U-Net call (more is faster on a GPU and needs more memory; "
                  "images do not depend on it)")

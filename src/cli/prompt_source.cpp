@@ -292,7 +292,9 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
       (key == "long_prompts" ? entry.long_prompts : entry.emphasis) = value.get<bool>();
     } else if (key == "images") {
       entry.images = int_field<int>(value, key, where);
-      if (*entry.images < 1) throw Error(ErrorKind::Usage, where + ": \"images\" must be at least 1");
+      if (*entry.images < 1 || *entry.images > kMaxImagesPerPrompt)
+        throw Error(ErrorKind::Usage,
+                    where + ": \"images\" must be from 1 to " + std::to_string(kMaxImagesPerPrompt) + ", as the flag");
     } else if (key == "output") {
       entry.output = string_field(value, key, where);
     }

@@ -23,6 +23,9 @@ uint64_t parse_seed(const std::string& text, const std::string& what);
 // Empty when `text` is valid UTF-8, else a description of the first bad byte ("byte 0xff at column 7").
 std::string utf8_problem(std::string_view text);
 
+// --images-per-prompt's and a JSON line's "images" bound.
+constexpr int kMaxImagesPerPrompt = 1000000;
+
 // One prompt of the run, with whatever its JSON line overrides.
 struct PromptEntry {
   size_t line = 0;   // 1-based line in the prompt file; 0 for a prompt given as an argument

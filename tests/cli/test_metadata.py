@@ -232,6 +232,7 @@ class Metadata(CliTestCase):
         self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "c.png").returncode, 0)
         self.assertExit(run(["info", "c.png", "--command"], self.dir), EXIT_IO, "no txt2img or A1111 metadata")
         self.assertExit(run(["info", TINY, "--command"], self.dir), EXIT_USAGE, "--command")
+        self.assertExit(run(["info", "a.png", "--verify"], self.dir), EXIT_USAGE, "--verify applies to a model bundle")
 
     def test_control_characters_never_reach_the_terminal(self):
         """An image's metadata is someone else's text: its control characters (an escape sequence that would retitle

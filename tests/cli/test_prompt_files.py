@@ -186,6 +186,7 @@ class JsonLines(CliTestCase):
         self.bad([good, '{"prompt": "x"'], "p.jsonl:2", "not a JSON object (parse error at column 15:")
         self.bad([good, '{"prompt": "x", "seed": 1, "prompt": "y"}'], "p.jsonl:2", '"prompt" is set twice')
         self.bad([good, '{"prompt": "x", "cfg_scale": 1e999}'], "p.jsonl:2", "number overflow")
+        self.bad([good, '{"prompt": "x", "images": 1000001}'], "p.jsonl:2", '"images" must be from 1 to 1000000')
         self.bad([good, '["a list"]'], "p.jsonl:2", "JSON object")
         self.bad(['{"negative_prompt": "x"}'], "p.jsonl:1", '"prompt"')
         self.bad([good, '{"prompt": "x", "steps": "many"}'], "p.jsonl:2", '"steps"', "whole number")
