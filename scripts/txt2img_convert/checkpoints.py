@@ -664,6 +664,12 @@ def _optional_json(path: str) -> Optional[dict]:
 
 
 def load_diffusers(folder: str) -> Model:
+    # Said before any weights are read: SDXL has a second text encoder, SD 3 and FLUX a transformer.
+    other = [part for part in ("text_encoder_2", "transformer") if os.path.isdir(os.path.join(folder, part))]
+    if other:
+        pipeline = (_optional_json(os.path.join(folder, "model_index.json")) or {}).get("_class_name")
+        raise ConversionError(f"{folder}: {pipeline or 'a model'} with {other[0]}/ is not Stable Diffusion 1.x "
+                              "(SDXL, SD 3 or FLUX?); only SD 1.x models convert")
     for part in ("unet", "vae", "text_encoder"):
         if not os.path.isdir(os.path.join(folder, part)):
             raise ConversionError(f"{folder}: not a diffusers Stable Diffusion folder (no {part}/)")

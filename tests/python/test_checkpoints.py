@@ -786,3 +786,15 @@ def test_damaged_safetensors_files_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="tensor 'a' has a malformed header entry: 3"):
         load_file(str(odd))
     assert torch.equal(load_file(str(good))["b"], torch.ones(1000))
+
+
+def test_other_model_families_are_named_before_any_weights_are_read(tmp_path, reference):
+    """An SDXL folder (a second text encoder) is refused by its layout, naming its pipeline, without reading weights."""
+    sdxl = tmp_path / "sdxl"
+    shutil.copytree(reference / "tiny/model", sdxl)
+    (sdxl / "text_encoder_2").mkdir()
+    (sdxl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    (sdxl / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"not read")
+    with pytest.raises(ck.ConversionError, match="StableDiffusionXLPipeline with text_encoder_2/ is not Stable "
+                                                 r"Diffusion 1\.x \(SDXL, SD 3 or FLUX\?\)"):
+        ck.load_diffusers(str(sdxl))
