@@ -13,6 +13,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/metadata.hpp"
+#include "cli/output_pattern.hpp"
 #include "cli/plan.hpp"
 #include "cli/reporter.hpp"
 #include "cli/signals.hpp"
@@ -389,6 +390,9 @@ std::string lora_flag_tags(const std::vector<std::string>& values) {
 // Each update replaces the preview file whole, so a file already there must be an earlier preview (a PNG with this
 // text chunk): anything else, such as the prompt file or a finished image given by mistake, is refused, not lost.
 void check_preview_file(const std::string& preview) {
+  if (!ends_with_png(preview))
+    throw Error(ErrorKind::Usage, "--preview " + preview + ": the file name must end in .png (the only format "
+                                                            "written)");
   const auto folder = std::filesystem::absolute(preview).parent_path();
   std::error_code ec;
   if (!std::filesystem::is_directory(folder, ec))

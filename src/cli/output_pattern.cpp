@@ -14,14 +14,14 @@ constexpr int kMaxWidth = 64;
 
 const char* const kPlaceholderHelp = "placeholders are {index}, {seed}, {n} and {prompt}, e.g. {index:05}";
 
+}  // namespace
+
 bool ends_with_png(const std::string& s) {
   if (s.size() < 4) return false;
   std::string tail = s.substr(s.size() - 4);
   std::transform(tail.begin(), tail.end(), tail.begin(), [](unsigned char c) { return std::tolower(c); });
   return tail == ".png";
 }
-
-}  // namespace
 
 std::string slug(const std::string& text, size_t max_chars) {
   std::string out;

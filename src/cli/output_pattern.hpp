@@ -24,6 +24,9 @@ struct OutputFields {
 // when nothing is left: safe on every file system and in every shell.
 std::string slug(const std::string& text, size_t max_chars);
 
+// Whether a file name ends in .png, in any case: the only format txt2img writes.
+bool ends_with_png(const std::string& name);
+
 class OutputPattern {
  public:
   // Placeholders: {index} {seed} {n} {prompt}, numbers with a printf-like width ({index:05} zero-pads to 5 digits,

@@ -331,6 +331,8 @@ class Reporting(CliTestCase):
         bundle = without_taesd(self.dir / "b")
         self.assertExit(self.txt2img("a fox", "--preview", "p.png", "-o", "a.png", model=bundle), EXIT_USAGE,
                         "has no TAESD decoder", "without previews")
+        self.assertExit(self.txt2img("a fox", "--preview", "p.jpg", "-o", "a.png"), EXIT_USAGE,
+                        "--preview p.jpg: the file name must end in .png")
         self.assertExit(self.txt2img("a fox", "--preview", "no/such/dir/p.png", "-o", "a.png"), EXIT_IO,
                         "no directory")
         self.assertExit(self.txt2img("a fox", "--preview-every", "2", "-o", "a.png"), EXIT_USAGE, "--preview")
