@@ -341,9 +341,12 @@ class Reporting(CliTestCase):
         # Each update replaces the preview file: only an earlier preview may be there, never the prompt file, a
         # finished image, a directory, or an image of this run.
         self.write("prompts.txt", "a fox\n")
-        self.assertExit(self.txt2img("--from-file", "prompts.txt", "--preview", "prompts.txt", "-o", "a.png"), EXIT_IO,
-                        "--preview prompts.txt exists and is not an earlier preview (not a PNG)")
+        self.assertExit(self.txt2img("--from-file", "prompts.txt", "--preview", "prompts.txt", "-o", "a.png"),
+                        EXIT_USAGE, "--preview prompts.txt: the file name must end in .png")
         self.assertEqual((self.dir / "prompts.txt").read_text(), "a fox\n")
+        self.write("notes.png", "not an image\n")
+        self.assertExit(self.txt2img("a fox", "--preview", "notes.png", "-o", "a.png"), EXIT_IO,
+                        "--preview notes.png exists and is not an earlier preview (not a PNG)")
         for extra in ([], ["--no-metadata"]):
             self.assertEqual(self.txt2img("a fox", "--steps", "1", "-o", "done.png", "--overwrite", *extra).returncode, 0)
             finished = (self.dir / "done.png").read_bytes()
@@ -354,7 +357,8 @@ class Reporting(CliTestCase):
         self.assertExit(self.txt2img("a fox", "--preview", "dangling.png", "-o", "a.png"), EXIT_IO,
                         "a dangling symbolic link")
         (self.dir / "folder").mkdir()
-        self.assertExit(self.txt2img("a fox", "--preview", "folder", "-o", "a.png"), EXIT_IO, "(not a file)")
+        (self.dir / "folder.png").mkdir()
+        self.assertExit(self.txt2img("a fox", "--preview", "folder.png", "-o", "a.png"), EXIT_IO, "(not a file)")
         self.assertExit(self.txt2img("a fox", "--preview", "./a.png", "-o", "a.png"), EXIT_USAGE,
                         'the prompt would write its image to "a.png", the --preview file')
         os.symlink("folder", self.dir / "alias")
