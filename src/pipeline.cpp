@@ -99,22 +99,17 @@ int64_t hires_latent_side(int side, double scale, int vae_scale_factor) {
   return static_cast<int64_t>(side * scale) / vae_scale_factor;
 }
 
-// A1111's latent upscalers ("Latent", "Latent (antialiased)", ...): interpolate's modes, align_corners false.
-torch::Tensor upscale_latents(const torch::Tensor& latents, const std::string& upscaler,
+torch::Tensor upscale_latents(const torch::Tensor& latents, const LatentUpscaler& upscaler,
                               std::vector<int64_t> size) {
   namespace F = torch::nn::functional;
   auto options = F::InterpolateFuncOptions().size(std::move(size));
-  if (upscaler == "latent-nearest") return F::interpolate(latents, options.mode(torch::kNearest));
-  if (upscaler == "latent-nearest-exact") return F::interpolate(latents, options.mode(torch::kNearestExact));
-  const bool bicubic = upscaler.rfind("latent-bicubic", 0) == 0;
-  const bool antialiased = upscaler.size() > 12 && upscaler.compare(upscaler.size() - 12, 12, "-antialiased") == 0;
-  options.align_corners(false).antialias(antialiased);
-  return bicubic ? F::interpolate(latents, options.mode(torch::kBicubic))
-                 : F::interpolate(latents, options.mode(torch::kBilinear));
+  using Mode = LatentUpscaler::Mode;
+  if (upscaler.mode == Mode::kNearest) return F::interpolate(latents, options.mode(torch::kNearest));
+  if (upscaler.mode == Mode::kNearestExact) return F::interpolate(latents, options.mode(torch::kNearestExact));
+  options.align_corners(false).antialias(upscaler.antialias);
+  if (upscaler.mode == Mode::kBicubic) return F::interpolate(latents, options.mode(torch::kBicubic));
+  return F::interpolate(latents, options.mode(torch::kBilinear));
 }
-
-const char* const kHiresUpscalers[] = {"latent",        "latent-antialiased",  "latent-bicubic",
-                                        "latent-bicubic-antialiased", "latent-nearest", "latent-nearest-exact"};
 
 // The hires pass's settings for make_sampler: its own sampler where it has one (with the first pass's eta only for
 // a ddim pass, the one sampler that takes it).
@@ -164,9 +159,11 @@ void check_hires(const Manifest& manifest, const GenerationParams& params) {
   if (!std::isfinite(h.denoise) || h.denoise <= 0 || h.denoise > 1)
     throw Error(ErrorKind::Usage, "hires denoising strength must be above 0 and at most 1");
   if (h.steps < 0) throw Error(ErrorKind::Usage, "hires steps must be 0 (as many as the first pass) or more");
-  if (std::find(std::begin(kHiresUpscalers), std::end(kHiresUpscalers), h.upscaler) == std::end(kHiresUpscalers))
-    throw Error(ErrorKind::Usage, "unknown hires upscaler \"" + h.upscaler + "\" (latent, latent-antialiased, "
-                                  "latent-bicubic, latent-bicubic-antialiased, latent-nearest, latent-nearest-exact)");
+  if (!find_latent_upscaler(h.upscaler)) {
+    std::string names;
+    for (const auto& upscaler : latent_upscalers()) names += (names.empty() ? "" : ", ") + std::string(upscaler.name);
+    throw Error(ErrorKind::Usage, "unknown hires upscaler \"" + h.upscaler + "\" (" + names + ")");
+  }
   make_hires_sampler(manifest, params);
 }
 
@@ -247,6 +244,25 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   throw;
 } catch (const std::exception& e) {
   throw backend_failure(e);
+}
+
+const std::vector<LatentUpscaler>& latent_upscalers() {
+  using Mode = LatentUpscaler::Mode;
+  static const std::vector<LatentUpscaler> upscalers = {
+      {"latent", "Latent", Mode::kBilinear, false},
+      {"latent-antialiased", "Latent (antialiased)", Mode::kBilinear, true},
+      {"latent-bicubic", "Latent (bicubic)", Mode::kBicubic, false},
+      {"latent-bicubic-antialiased", "Latent (bicubic antialiased)", Mode::kBicubic, true},
+      {"latent-nearest", "Latent (nearest)", Mode::kNearest, false},
+      {"latent-nearest-exact", "Latent (nearest-exact)", Mode::kNearestExact, false},
+  };
+  return upscalers;
+}
+
+const LatentUpscaler* find_latent_upscaler(const std::string& name) {
+  for (const auto& upscaler : latent_upscalers())
+    if (name == upscaler.name) return &upscaler;
+  return nullptr;
 }
 
 bool classifier_free_guidance(const Manifest& manifest, const GenerationParams& params) {
@@ -710,7 +726,8 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     const size_t first = hires_sampler->first_call();
     latent_shape[2] = hires_latent_side(params.height, params.hires.scale, manifest_.vae_scale_factor);
     latent_shape[3] = hires_latent_side(params.width, params.hires.scale, manifest_.vae_scale_factor);
-    latents = upscale_latents(latents, params.hires.upscaler, {latent_shape[2], latent_shape[3]});
+    const LatentUpscaler& upscaler = *find_latent_upscaler(params.hires.upscaler);  // resolve_params checked it
+    latents = upscale_latents(latents, upscaler, {latent_shape[2], latent_shape[3]});
     observe(observer, "hires/latents/upscaled", latents);
     noise.restart();
     latents = hires_sampler->add_noise(latents, noise.draw(latent_shape).to(options_.device), first);

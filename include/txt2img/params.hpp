@@ -29,6 +29,19 @@ struct Variation {
   double strength = 0;
 };
 
+// AUTOMATIC1111's latent upscalers for the hires fix: how each resizes (torch's interpolate, align_corners false).
+struct LatentUpscaler {
+  enum class Mode { kBilinear, kBicubic, kNearest, kNearestExact };
+  const char* name;        // txt2img's: "latent-bicubic-antialiased"
+  const char* a1111_name;  // A1111's, as its metadata writes it: "Latent (bicubic antialiased)"
+  Mode mode;
+  bool antialias;
+};
+// Every one, in the order help texts list them.
+const std::vector<LatentUpscaler>& latent_upscalers();
+// The entry of that name, else nullptr.
+const LatentUpscaler* find_latent_upscaler(const std::string& name);
+
 // AUTOMATIC1111's hires fix with a latent upscaler: the first pass's latents are resized by `scale` and denoised
 // again, as an img2img pass of strength `denoise` whose schedule is stretched so that exactly `steps` U-Net steps
 // run (A1111: int(steps / min(denoise, 0.999)) steps, of which the last `steps`).
@@ -37,8 +50,7 @@ struct HiresFix {
                      // down to the VAE's multiple
   int steps = 0;     // 0: as many as the first pass
   double denoise = 0.7;
-  // How the latents are resized, as A1111's "Latent" upscalers: "latent" (bilinear), "latent-antialiased",
-  // "latent-bicubic", "latent-bicubic-antialiased", "latent-nearest", "latent-nearest-exact".
+  // How the latents are resized: a latent_upscalers() name ("latent": bilinear, as A1111's "Latent").
   std::string upscaler = "latent";
   // A1111's "Hires sampler": the hires pass's sampler (a GenerationParams::sampler name); empty: the first pass's.
   std::string sampler;

@@ -65,17 +65,6 @@ std::string python_float(double value) {
 }
 
 namespace {
-const std::map<std::string, std::string>& a1111_upscalers() {
-  static const std::map<std::string, std::string> names = {
-      {"latent", "Latent"},
-      {"latent-antialiased", "Latent (antialiased)"},
-      {"latent-bicubic", "Latent (bicubic)"},
-      {"latent-bicubic-antialiased", "Latent (bicubic antialiased)"},
-      {"latent-nearest", "Latent (nearest)"},
-      {"latent-nearest-exact", "Latent (nearest-exact)"},
-  };
-  return names;
-}
 
 // A1111 writes the hires scale and the denoising strength as its sliders give them: 2, 1.5, 0.7.
 std::string slider_number(double value) {
@@ -86,13 +75,13 @@ std::string slider_number(double value) {
 }  // namespace
 
 std::string a1111_upscaler_name(const std::string& upscaler) {
-  const auto it = a1111_upscalers().find(upscaler);
-  return it == a1111_upscalers().end() ? upscaler : it->second;
+  const LatentUpscaler* found = find_latent_upscaler(upscaler);
+  return found ? found->a1111_name : upscaler;
 }
 
 std::string upscaler_from_a1111(const std::string& name) {
-  for (const auto& [ours, theirs] : a1111_upscalers())
-    if (theirs == name) return ours;
+  for (const auto& upscaler : latent_upscalers())
+    if (name == upscaler.a1111_name) return upscaler.name;
   return "";
 }
 
