@@ -216,7 +216,9 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
                                           std::to_string(job.n) + " would both be written to "
                                     : plan.where(earlier) + " and " + plan.where(job) + " would both write ";
         throw Error(ErrorKind::Usage, who + quoted(job.output) +
-                                          "; put {index} in the output pattern (or {n}, {seed}) so that each image "
+                                          // With variations every image keeps the prompt's seed.
+                                          "; put {index} in the output pattern (or {n}" +
+                                          (job.variation.strength > 0 ? "" : ", {seed}") + ") so that each image "
                                           "gets its own file");
       }
     }

@@ -70,6 +70,12 @@ class Outputs(CliTestCase):
             self.assertExit(self.txt2img("--from-file", "p.jsonl", "--seed", "1"), EXIT_USAGE,
                             "p.jsonl:1 and p.jsonl:2 would both write")
             self.assertEqual(files_under(self.dir / "out"), [])
+        # With variations every image keeps the seed: {seed} is no way out then.
+        plain = self.txt2img("a fox", "--seed", "1", "--images-per-prompt", "2", "-o", "fox.png")
+        self.assertExit(plain, EXIT_USAGE, "(or {n}, {seed})")
+        varied = self.txt2img("a fox", "--seed", "1", "--images-per-prompt", "2", "--variation-strength", "0.5",
+                              "-o", "fox.png")
+        self.assertExit(varied, EXIT_USAGE, "(or {n}) so that each image gets its own file")
         self.assertExit(self.txt2img("a fox", "--seed", "1", "-o", "a" * 300 + ".png"), EXIT_USAGE,
                         "has a name of 304 bytes, above the 255 a file name may have")
         self.assertExit(self.txt2img("a fox", "--seed", "1", "-o", "{prompt}" + "-x" * 124 + ".png"), EXIT_USAGE,
