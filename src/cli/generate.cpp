@@ -289,7 +289,7 @@ class Generator {
     record.vae_hash = manifest_.vae_hash;
     record.decoder = o_.decoder;
     record.vae_tiling = image.decoded_in_tiles;
-    if (o_.decoder == "taesd") {
+    if (placement_.options.decoder == Decoder::Taesd) {
       record.taesd_name = manifest_.taesd_name;
       record.taesd_hash = manifest_.taesd_hash;
     }
@@ -323,8 +323,9 @@ class Generator {
 
     if (image.nsfw) {
       ++totals_->nsfw;
-      reporter_.warn(job.output.string() + " (seed " + std::to_string(job.seed) + ") was flagged as NSFW: " +
-                     (o_.safety == "report" ? "kept as made (--safety report)" : "written black"));
+      reporter_.warn(
+          job.output.string() + " (seed " + std::to_string(job.seed) + ") was flagged as NSFW: " +
+          (placement_.options.safety == SafetyMode::Report ? "kept as made (--safety report)" : "written black"));
     }
     nlohmann::ordered_json j = {
         {"event", "image"},
