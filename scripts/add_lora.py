@@ -226,7 +226,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from txt2img_convert.launch import reexec_if_needed
+    from txt2img_convert.launch import reexec_if_needed, run_main
 
     reexec_if_needed(PROG, __file__)
-    sys.exit(main())
+    sys.exit(run_main(PROG, main))

@@ -29,6 +29,18 @@ def reexec_if_needed(prog: str, script: str) -> None:
     os.execv(launcher, [launcher, script, *sys.argv[1:]])
 
 
+def run_main(prog: str, main) -> int:
+    """main()'s exit status. A Ctrl-C while it starts up (importing torch takes a second or two, and torch's
+    initialisation turns a KeyboardInterrupt into a RuntimeError with a traceback) ends the process at once, as
+    nothing is written yet; report_errors takes interrupts over from there."""
+    def interrupted_at_start(signum, frame):
+        print(f"{prog}: error: interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupted_at_start)
+    return main()
+
+
 def report_errors(prog: str, action) -> int:
     """Runs `action()` and turns what it raises into one "PROG: error: ..." line and an exit status: 1 for a
     ConversionError or any other exception (TXT2IMG_DEBUG=1 shows the traceback instead), 130 for an interrupt
@@ -39,6 +51,7 @@ def report_errors(prog: str, action) -> int:
         raise KeyboardInterrupt
 
     # A kill (or a closed terminal) unwinds as Ctrl-C does, so that a half-written bundle is removed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
     try:

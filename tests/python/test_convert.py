@@ -414,6 +414,23 @@ def test_wrong_inputs_fail_before_any_slow_work(tmp_path, reference, capsys):
                             {"block_out_channels": [32, 64]}, text, {}, None)
 
 
+def test_ctrl_c_while_starting_is_one_line(tmp_path, vocab):
+    """An interrupt while the script still imports torch is reported as a later one is, without a traceback."""
+    import signal
+    import time
+    # Under this Python directly (no search for one with torch, no re-execution), so that the interrupt comes while
+    # torch is imported.
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    process = subprocess.Popen([sys.executable, str(CONVERT), "--tiny", "--vocab", str(vocab), "--out",
+                                str(tmp_path / "b")], stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "convert.py: error: interrupted" and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_killed_conversion_leaves_nothing(tmp_path, vocab):
     """SIGTERM (a job scheduler's kill) while exporting removes the half-written bundle, as Ctrl-C does: exit 130."""
     import signal
