@@ -28,10 +28,10 @@ def name_problem(name: str) -> str:
     if name.startswith("."):
         return "it starts with '.'"
     try:
-        name.encode("utf-8")
+        encoded = name.encode("utf-8")
     except UnicodeEncodeError:
         return "it is not UTF-8 text (a file name's bytes in another encoding?)"
-    if len(name.encode("utf-8")) > 200:  # loras/NAME.safetensors and its temporary name must fit a file name
+    if len(encoded) > 200:  # loras/NAME.safetensors and its temporary name must fit a file name
         return "it is longer than 200 bytes"
     if name != name.strip():
         return "it starts or ends with a blank (prompts' tags read the name without them)"

@@ -8,6 +8,7 @@ packages=(
   libsentencepiece-dev libcli11-dev nlohmann-json3-dev libstb-dev libicu-dev libssl-dev zlib1g-dev
   libgtest-dev
   python3 python3-torch python3-numpy python3-sentencepiece python3-protobuf python3-pytest python3-pil
+  python3-yaml                                # the converter reads a single file's LDM .yaml
 )
 missing=()
 for p in "${packages[@]}"; do

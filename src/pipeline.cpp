@@ -161,7 +161,7 @@ void check_hires(const Manifest& manifest, const GenerationParams& params) {
   if (h.steps < 0) throw Error(ErrorKind::Usage, "hires steps must be 0 (as many as the first pass) or more");
   if (!find_latent_upscaler(h.upscaler)) {
     std::string names;
-    for (const auto& upscaler : latent_upscalers()) names += (names.empty() ? "" : ", ") + std::string(upscaler.name);
+    for (const auto& name : latent_upscaler_names()) names += (names.empty() ? "" : ", ") + name;
     throw Error(ErrorKind::Usage, "unknown hires upscaler \"" + h.upscaler + "\" (" + names + ")");
   }
   make_hires_sampler(manifest, params);
@@ -257,6 +257,12 @@ const std::vector<LatentUpscaler>& latent_upscalers() {
       {"latent-nearest-exact", "Latent (nearest-exact)", Mode::kNearestExact, false},
   };
   return upscalers;
+}
+
+std::vector<std::string> latent_upscaler_names() {
+  std::vector<std::string> names;
+  for (const auto& upscaler : latent_upscalers()) names.emplace_back(upscaler.name);
+  return names;
 }
 
 const LatentUpscaler* find_latent_upscaler(const std::string& name) {
@@ -753,7 +759,8 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
 
   // 6. Check.
   auto images = checked_images(to_uint8(decoded), observer);
-  for (auto& image : images) image.decoded_in_tiles = decodes_in_tiles(decode_in);
+  const bool tiled = decodes_in_tiles(decode_in);
+  for (auto& image : images) image.decoded_in_tiles = tiled;
   return images;
 } catch (const Error&) {
   throw;

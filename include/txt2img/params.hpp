@@ -39,6 +39,8 @@ struct LatentUpscaler {
 };
 // Every one, in the order help texts list them.
 const std::vector<LatentUpscaler>& latent_upscalers();
+// Their names, in that order.
+std::vector<std::string> latent_upscaler_names();
 // The entry of that name, else nullptr.
 const LatentUpscaler* find_latent_upscaler(const std::string& name);
 

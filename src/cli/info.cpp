@@ -130,7 +130,6 @@ int bundle_info(const InfoOptions& o) {
   return 0;
 }
 
-// A word for a POSIX shell: as it is when it needs no quoting, else in single quotes.
 // A control character (C0 but newline and tab, DEL, or C1 as UTF-8) at text[i]: its length in bytes, else 0. Text
 // from a downloaded image's metadata must not reach a terminal as escape sequences (a title, a cleared screen).
 size_t control_at(const std::string& text, size_t i) {
@@ -141,50 +140,39 @@ size_t control_at(const std::string& text, size_t i) {
   return c1 ? 2 : 0;
 }
 
-// `text` with each control character as \xNN (its code point), for printing.
-std::string printable(const std::string& text) {
+// `text` with each control character escaped: \xNN for C0 and DEL; for C1 \xNN (its code point) when printed, and
+// \u00NN inside bash's $'...', where \xNN would be a lone byte. Inside $'...' backslashes and quotes are escaped too.
+std::string escape_controls(const std::string& text, bool in_shell) {
   std::string out;
   for (size_t i = 0; i < text.size();) {
     const size_t n = control_at(text, i);
     if (n == 0) {
+      if (in_shell && (text[i] == '\\' || text[i] == '\'')) out += '\\';
       out += text[i++];
       continue;
     }
-    char escape[8];
-    std::snprintf(escape, sizeof escape, "\\x%02X",
-                  n == 1 ? static_cast<unsigned char>(text[i]) : static_cast<unsigned char>(text[i + 1]));
+    char escape[16];
+    if (n == 1 || !in_shell)
+      std::snprintf(escape, sizeof escape, "\\x%02X", static_cast<unsigned char>(text[i + n - 1]));
+    else
+      std::snprintf(escape, sizeof escape, "\\u%04X", static_cast<unsigned char>(text[i + 1]));
     out += escape;
     i += n;
   }
   return out;
 }
 
+std::string printable(const std::string& text) { return escape_controls(text, false); }
+
+// A word for a POSIX shell: as it is when it needs no quoting, else in single quotes; one with control characters
+// as bash's and zsh's $'...', whose escapes keep them out of the printed line.
 std::string shell_word(const std::string& word) {
   const bool plain = !word.empty() && word.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                                               "0123456789_-+=.,:/@%") == std::string::npos;
   if (plain) return word;
   bool controls = false;
   for (size_t i = 0; i < word.size() && !controls; ++i) controls = control_at(word, i) != 0;
-  if (controls) {
-    // Bash's and zsh's $'...', whose escapes keep the characters out of the printed line.
-    std::string quoted = "$'";
-    for (size_t i = 0; i < word.size();) {
-      const size_t n = control_at(word, i);
-      if (n == 0) {
-        quoted += word[i] == '\\' || word[i] == '\'' ? std::string("\\") + word[i] : std::string(1, word[i]);
-        ++i;
-        continue;
-      }
-      char escape[16];
-      if (n == 1)
-        std::snprintf(escape, sizeof escape, "\\x%02X", static_cast<unsigned char>(word[i]));
-      else
-        std::snprintf(escape, sizeof escape, "\\u%04X", static_cast<unsigned char>(word[i + 1]));
-      quoted += escape;
-      i += n;
-    }
-    return quoted + "'";
-  }
+  if (controls) return "$'" + escape_controls(word, true) + "'";
   std::string quoted = "'";
   for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return quoted + "'";

@@ -65,7 +65,6 @@ std::string python_float(double value) {
 }
 
 namespace {
-
 // A1111 writes the hires scale and the denoising strength as its sliders give them: 2, 1.5, 0.7.
 std::string slider_number(double value) {
   std::string text = python_float(value);

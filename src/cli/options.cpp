@@ -144,11 +144,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->type_name("D")
       ->capture_default_str()
       ->needs(hires);
-  std::string upscalers;
-  for (const auto& upscaler : latent_upscalers())
-    upscalers += (upscalers.empty() ? "" : ", ") + std::string(upscaler.name);
   app.add_option("--hires-upscaler", o.hires.upscaler,
-                 "how the latents are resized, as A1111's Latent upscalers: " + upscalers + " (latent is bilinear)")
+                 "how the latents are resized, as A1111's Latent upscalers: " + joined(latent_upscaler_names()) +
+                     " (latent is bilinear)")
       ->capture_default_str()
       ->needs(hires);
   app.add_option("--hires-sampler", o.hires.sampler,

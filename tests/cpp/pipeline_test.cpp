@@ -991,9 +991,22 @@ TEST(PromptEditing, TheHiresPassContinuesTheSchedule) {
   EXPECT_FALSE(plain.kept.count("hires/text/input_ids"));
 }
 
+// One run of a diffusers reference (runs/NAME/latents and .../image, of the reference runs' first prompt and seed 0),
+// made in a batch of two whose first image is the reference's: the final latents within 1e-4, the pixels within one
+// 8-bit level. `keep` holds what the run observed.
+void expect_reference_run(txt2img::Pipeline& pipeline, const txt2img::SafeTensors& reference, const std::string& name,
+                          const txt2img::GenerationParams& params, Keep& keep) {
+  const std::string prompt = "a photo of an astronaut riding a horse on mars";
+  const auto images = generate_small(pipeline, {prompt, "a red cube"}, {0, 7}, params, &keep);
+  EXPECT_TRUE(torch::allclose(keep.kept.at("vae/decode_in").slice(0, 0, 1) * pipeline.manifest().scale_factor,
+                              reference.get("runs/" + name + "/latents"), 1e-4, 1e-4));
+  const auto expected = (reference.get("runs/" + name + "/image") * 255).round().to(torch::kUInt8).flatten();
+  const auto* pixels = expected.data_ptr<uint8_t>();
+  EXPECT_LE(max_level_difference(images[0].rgb, std::vector<uint8_t>(pixels, pixels + expected.numel())), 1);
+}
+
 // The reference is diffusers' StableDiffusionInpaintPipeline on the same model with a white mask, given the
-// masked image's latents as txt2img computes them (tests/fixtures/make_inpainting_reference.py). Each run is made
-// in a batch of two, whose first image is the reference's.
+// masked image's latents as txt2img computes them (tests/fixtures/make_inpainting_reference.py).
 TEST(Inpainting, MatchesDiffusersWithTheWholeImageMasked) {
   const auto reference = txt2img::SafeTensors::open(TXT2IMG_INPAINTING_REFERENCE);
   const auto bundle = txt2img::Bundle::open(fixtures() / "tiny-inpainting");
@@ -1013,17 +1026,11 @@ TEST(Inpainting, MatchesDiffusersWithTheWholeImageMasked) {
     params.width = run.width;
     params.height = run.height;
     Keep keep;
-    const std::string prompt = "a photo of an astronaut riding a horse on mars";
-    const auto images = generate_small(pipeline, {prompt, "a red cube"}, {0, 7}, params, &keep);
+    expect_reference_run(pipeline, reference, run.name, params, keep);
     const auto conditioning = keep.kept.at("unet/image_conditioning");
     EXPECT_TRUE(torch::equal(conditioning.slice(1, 0, 1), torch::ones({1, 1, run.height / 2, run.width / 2})));
     EXPECT_TRUE(torch::allclose(conditioning.slice(1, 1), reference.get("runs/" + run.name + "/masked_image_latents"),
                                 1e-5, 1e-6));
-    EXPECT_TRUE(torch::allclose(keep.kept.at("vae/decode_in").slice(0, 0, 1) * bundle.manifest().scale_factor,
-                                reference.get("runs/" + run.name + "/latents"), 1e-4, 1e-4));
-    const auto expected = (reference.get("runs/" + run.name + "/image") * 255).round().to(torch::kUInt8).flatten();
-    const auto* pixels = expected.data_ptr<uint8_t>();
-    EXPECT_LE(max_level_difference(images[0].rgb, std::vector<uint8_t>(pixels, pixels + expected.numel())), 1);
   }
 }
 
@@ -1116,8 +1123,7 @@ TEST(HiresFix, WhatCannotRunIsAUsageError) {
 
 // The reference is diffusers' StableDiffusionPipeline on the reference tiny model read as a zero-terminal-SNR
 // v-prediction model, each sampler's class made from its scheduler config (trailing spacing included) as diffusers
-// users switch samplers, with guidance_rescale (tests/fixtures/make_zero_snr_reference.py). In a batch of two whose
-// first image is the reference's.
+// users switch samplers, with guidance_rescale (tests/fixtures/make_zero_snr_reference.py).
 TEST(ZeroTerminalSnr, MatchesDiffusersWithGuidanceRescale) {
   const auto reference = txt2img::SafeTensors::open(TXT2IMG_ZERO_SNR_REFERENCE);
   const auto bundle = txt2img::Bundle::open(fixtures() / "ref-tiny-zero-snr");
@@ -1141,13 +1147,7 @@ TEST(ZeroTerminalSnr, MatchesDiffusersWithGuidanceRescale) {
     params.height = run.height;
     params.guidance_rescale = run.rescale;
     Keep keep;
-    const std::string prompt = "a photo of an astronaut riding a horse on mars";
-    const auto images = generate_small(pipeline, {prompt, "a red cube"}, {0, 7}, params, &keep);
-    EXPECT_TRUE(torch::allclose(keep.kept.at("vae/decode_in").slice(0, 0, 1) * bundle.manifest().scale_factor,
-                                reference.get("runs/" + run.name + "/latents"), 1e-4, 1e-4));
-    const auto expected = (reference.get("runs/" + run.name + "/image") * 255).round().to(torch::kUInt8).flatten();
-    const auto* pixels = expected.data_ptr<uint8_t>();
-    EXPECT_LE(max_level_difference(images[0].rgb, std::vector<uint8_t>(pixels, pixels + expected.numel())), 1);
+    expect_reference_run(pipeline, reference, run.name, params, keep);
   }
 }
 
