@@ -64,6 +64,10 @@ def parse_args(argv):
                    help="the model was trained with zero terminal SNR (diffusers' rescale_betas_zero_snr, A1111's "
                         "Zero Terminal SNR noise schedule); also sets trailing timestep spacing unless the source's "
                         "scheduler config already rescales")
+    p.add_argument("--ema", action="store_true",
+                   help="convert the exponential moving average of the U-Net's weights (model_ema.*) that some "
+                        "single-file SOURCEs hold beside the trained weights (diffusers' --extract_ema); default: "
+                        "the trained weights, as diffusers and A1111 read the file")
     p.add_argument("--vocab", metavar="PATH",
                    help="CLIP BPE merges: tokenizer/merges.txt or CLIP's bpe_simple_vocab_16e6.txt.gz")
     safety = p.add_mutually_exclusive_group()
@@ -123,6 +127,8 @@ def parse_args(argv):
                 "pass the folder that holds unet/, vae/ and scheduler/")
     if args.original_config is not None and args.source is not None and os.path.isdir(args.source):
         p.error("--original-config applies to a single-file SOURCE; a diffusers folder has scheduler_config.json")
+    if args.ema and (preset or os.path.isdir(args.source)):
+        p.error("--ema applies to a single-file SOURCE (a diffusers folder holds one set of U-Net weights)")
     return args
 
 
@@ -199,7 +205,7 @@ def convert_source(args) -> dict:
         export.progress(f"loading the TAESD decoder {args.taesd}")
         taesd, taesd_sha256 = load_taesd(taesd_path, args.taesd)
     export.progress(f"loading {path}")
-    model = ck.load_diffusers(path) if folder else ck.load_single_file(path, args.config)
+    model = ck.load_diffusers(path) if folder else ck.load_single_file(path, args.config, args.ema)
     schedule = ck.training_schedule(model.scheduler, ldm_schedule, args.prediction_type, args.zero_terminal_snr)
     if not model.vae.tensors and args.vae is None:
         raise ck.ConversionError(f"{path} has no VAE weights (first_stage_model.*): it was released to be used with a "
@@ -270,6 +276,11 @@ def convert_source(args) -> dict:
     if embeddings:
         source["embeddings"] = [{k: r[k] for k in ("name", "path", "sha256")} for r in embeddings]
     model_hash = model.sha256[:10]
+    if args.ema:
+        # Weights A1111 never reads from this file: named apart, and hashed by the exported U-Net, as merged LoRAs.
+        source["ema"] = True
+        name += "+ema"
+        model_hash = None
     if loras:
         # Merged weights are no longer the source model: the name lists the LoRAs, and the hash (which images'
         # metadata quote) becomes that of the exported U-Net instead of the source's.

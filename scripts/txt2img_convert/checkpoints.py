@@ -27,7 +27,7 @@ import torch
 
 from . import restricted_pickle
 from .presets import SD1_SCHEDULER, sd1_defaults
-from .safetensors_io import load_file
+from .safetensors_io import is_safetensors, load_file
 
 Tensors = Dict[str, torch.Tensor]
 
@@ -97,10 +97,10 @@ def _load_restricted(path: str, refusal: str):
         data = restricted_pickle.unpickle(path, ignored)
     except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, KeyError, IndexError,
             AttributeError, RuntimeError, OverflowError, MemoryError, zipfile.BadZipFile, struct.error) as e:
-        raise ConversionError(
-            f"{path} contains pickled Python objects other than tensors ({refusal}) and cannot be read without "
-            f"them ({type(e).__name__}: {e}); they are not loaded because unpickling them could run arbitrary "
-            "code: convert it to .safetensors with a tool you trust, or use a diffusers folder") from None
+        # Objects it does not trust become stand-ins that accept anything, so what stops it is the bytes.
+        failure = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise ConversionError(f"cannot read {path}: damaged or truncated (an interrupted download?), or not a "
+                              f"PyTorch checkpoint ({failure})") from None
     if ignored:
         names = sorted(ignored)
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
@@ -121,20 +121,32 @@ def read_pickle(path: str):
         # Lightning checkpoints (CompVis' sd-v1-4.ckpt, ...) pickle training state beside the weights.
         return _load_restricted(path, detail)
     except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e}") from None
+        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e or type(e).__name__}") from None
+
+
+def read_file(path: str):
+    """What a .safetensors file (a dict of tensors) or a pickled PyTorch file holds, told apart by content rather than
+    by name. Pickles are read by torch.load(weights_only=True), or, where that refuses them, by the restricted
+    unpickler; neither runs any of their code."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise ConversionError(f"cannot read {path}: the file is empty (an interrupted download?)")
+    named = path.lower().endswith(".safetensors")
+    if not is_safetensors(path):
+        if named:
+            _note(f"{path} is a pickled PyTorch checkpoint despite its name; reading it as one")
+        return read_pickle(path)
+    if not named:
+        _note(f"{path} is a .safetensors file despite its name; reading it as one")
+    try:
+        return load_file(path)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"cannot read {path}: {e}") from None
 
 
 def read_tensors(path: str) -> Tensors:
     """Every tensor of a .safetensors file or of a pickled PyTorch checkpoint (.ckpt, .bin, .pt): its state
-    dict's, which Lightning checkpoints keep under "state_dict". Pickles are read by
-    torch.load(weights_only=True), or, where that refuses them, by the restricted unpickler; neither runs any
-    of their code."""
-    if path.endswith(".safetensors"):
-        try:
-            return load_file(path)
-        except (OSError, ValueError) as e:
-            raise ConversionError(f"cannot read {path}: {e}") from None
-    data = read_pickle(path)
+    dict's, which Lightning checkpoints keep under "state_dict"."""
+    data = read_file(path)
     # Lightning checkpoints keep the weights under "state_dict" beside training state (global_step, ...).
     while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
@@ -149,7 +161,8 @@ def read_tensors(path: str) -> Tensors:
                                   "it could run arbitrary code)")
     tensors = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ConversionError(f"{path}: no tensors found")
+        keys = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in list(data.items())[:8])
+        raise ConversionError(f"{path}: no tensors found" + (f" (it holds {keys})" if keys else " (an empty dict)"))
     return tensors
 
 
@@ -318,21 +331,49 @@ def _vae_renames(keys: List[str]) -> _Renames:
 _LDM_UNET = "model.diffusion_model."
 _LDM_VAE = "first_stage_model."
 _LDM_TEXT = "cond_stage_model.transformer."
+_LDM_EMA = "model_ema."
+_LDM_EMA_STATE = ("model_ema.decay", "model_ema.num_updates")
 
 
 def _strip(sd: Tensors, prefix: str) -> Tensors:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def ldm_to_diffusers(sd: Tensors, origin: str) -> Dict[str, Component]:
+def _ema_name(unet_key: str) -> str:
+    """Where LDM's LitEma keeps the average of U-Net weight `unet_key` (without "model.diffusion_model."): under
+    model_ema., named by its path in the model wrapper with the dots removed."""
+    return _LDM_EMA + ("diffusion_model." + unet_key).replace(".", "")
+
+
+def ldm_to_diffusers(sd: Tensors, origin: str, ema: bool = False) -> Dict[str, Component]:
     """Split an LDM state dict into "unet", "vae" and "text_encoder" components with diffusers names (configs
-    still empty). Keys outside the three models (EMA copies, schedule buffers, ...) are ignored. A checkpoint
-    released without its VAE (to be used with a separate one, as A1111's VAE setting does) gives a VAE component
-    without tensors."""
+    still empty). The U-Net's weights are the trained ones, as diffusers and A1111 read them, or with `ema` their
+    exponential moving average where the file holds both. Keys outside the three models (schedule buffers, ...)
+    are ignored. A checkpoint released without its VAE (to be used with a separate one, as A1111's VAE setting
+    does) gives a VAE component without tensors."""
     unet_ldm, vae_ldm, text_ldm = _strip(sd, _LDM_UNET), _strip(sd, _LDM_VAE), _strip(sd, _LDM_TEXT)
+    ema_count = sum(k.startswith(_LDM_EMA) and k not in _LDM_EMA_STATE for k in sd)
     if not unet_ldm:
+        if ema_count:
+            raise ConversionError(f"{origin}: holds only the exponential moving average of the U-Net ({_LDM_EMA}*, "
+                                  f"names without their dots), not its weights under their names "
+                                  f"({_LDM_UNET}*): txt2img cannot convert such a file")
+        prefixes = {k.split(".", 1)[0] for k in sd}
         raise ConversionError(f"{origin}: no U-Net weights ({_LDM_UNET}*): not a Stable Diffusion 1.x "
-                              "single-file checkpoint")
+                              "single-file checkpoint" +
+                              (f" (every key starts with {next(iter(prefixes))}.)" if len(prefixes) == 1 else ""))
+    if ema:
+        if not ema_count:
+            raise ConversionError(f"--ema: {origin} holds no exponential moving average of the U-Net ({_LDM_EMA}*)")
+        missing = [k for k in unet_ldm if _ema_name(k) not in sd]
+        if missing:
+            raise ConversionError(f"--ema: {origin} has no moving average of {_LDM_UNET}{missing[0]} "
+                                  f"({_ema_name(missing[0])})" +
+                                  (f" nor of {len(missing) - 1} more U-Net weights" if len(missing) > 1 else ""))
+        unet_ldm = {k: sd[_ema_name(k)] for k in unet_ldm}
+    elif ema_count > 100:  # diffusers' threshold: a few stray model_ema.* keys are no moving average
+        _note(f"{origin} also holds an exponential moving average of the U-Net ({_LDM_EMA}*); the trained weights "
+              "are converted, as diffusers and A1111 read the file, and --ema converts the average instead")
     if not text_ldm:
         if any(k.startswith(("cond_stage_model.model.", "conditioner.")) for k in sd):
             raise ConversionError(f"{origin}: this is a Stable Diffusion 2.x/XL checkpoint (OpenCLIP text "
@@ -346,13 +387,13 @@ def ldm_to_diffusers(sd: Tensors, origin: str) -> Dict[str, Component]:
             raise ConversionError(f"{origin}: unexpected U-Net tensor {_LDM_UNET}{key} (not an SD 1.x U-Net?)")
         unet[name] = value
 
-    # transformers >= 4.? nests the text tower under `text_model.`; older CLIPTextModel saves did not.
-    nested = any(k.startswith("text_model.") for k in text_ldm)
+    # transformers >= 4.? nests the text tower under `text_model.`; older CLIPTextModel saves did not, and merges of
+    # the two can hold both. Each key is read on its own, as A1111 does.
     text = {}
     for key, value in text_ldm.items():
-        if _ignorable(key):
-            continue
-        text[key if nested else "text_model." + key] = value
+        if not _ignorable(key):
+            text[key if key.startswith("text_model.") else "text_model." + key] = value
+    nested = any(k.startswith("text_model.") and not _ignorable(k) for k in text_ldm)
 
     def text_source(name: str) -> str:
         return _LDM_TEXT + (name if nested else name[len("text_model."):])
@@ -687,10 +728,10 @@ def load_diffusers(folder: str) -> Model:
     )
 
 
-def load_single_file(path: str, config_dir: Optional[str] = None) -> Model:
+def load_single_file(path: str, config_dir: Optional[str] = None, ema: bool = False) -> Model:
     """An LDM checkpoint. `config_dir`: a diffusers folder of the same model family, for what the tensors do
-    not say (attention heads, sample size, scaling factor, scheduler)."""
-    components = ldm_to_diffusers(read_tensors(path), path)
+    not say (attention heads, sample size, scaling factor, scheduler). `ema`: the U-Net's moving average."""
+    components = ldm_to_diffusers(read_tensors(path), path, ema)
     defaults = sd1_defaults()
 
     def base(part: str) -> Optional[dict]:

@@ -23,8 +23,7 @@ from typing import Dict, List
 
 import torch
 
-from .checkpoints import Component, ConversionError, listing, read_pickle, sha256_file
-from .safetensors_io import load_file
+from .checkpoints import Component, ConversionError, listing, read_file, sha256_file
 
 TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
 
@@ -43,13 +42,7 @@ def read(path: str) -> Embedding:
     name = os.path.splitext(os.path.basename(path))[0]
     if not re.search(r"\w", name):
         raise ConversionError(f"--embedding {path}: the name {name!r} has no letter or digit to write in a prompt")
-    if path.endswith(".safetensors"):
-        try:
-            data = load_file(path)
-        except (OSError, ValueError) as e:
-            raise ConversionError(f"cannot read {path}: {e}") from None
-    else:
-        data = read_pickle(path)
+    data = read_file(path)
     if not isinstance(data, dict):
         raise ConversionError(f"{path}: expected a dict, found {type(data).__name__}: not an embedding file")
     if "clip_l" in data or "clip_g" in data:

@@ -30,14 +30,16 @@ def reexec_if_needed(prog: str, script: str) -> None:
 
 
 def run_main(prog: str, main) -> int:
-    """main()'s exit status. A Ctrl-C while it starts up (importing torch takes a second or two, and torch's
-    initialisation turns a KeyboardInterrupt into a RuntimeError with a traceback) ends the process at once, as
-    nothing is written yet; report_errors takes interrupts over from there."""
+    """main()'s exit status. An interrupt while it starts up (Ctrl-C, SIGTERM, SIGHUP: importing torch takes a second
+    or two, and torch's initialisation turns a KeyboardInterrupt into a RuntimeError with a traceback) ends the
+    process at once with exit 130, as later ones do, since nothing is written yet; report_errors takes interrupts over
+    from there."""
     def interrupted_at_start(signum, frame):
         print(f"{prog}: error: interrupted", file=sys.stderr, flush=True)
         os._exit(130)
 
-    signal.signal(signal.SIGINT, interrupted_at_start)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted_at_start)
     return main()
 
 

@@ -73,7 +73,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from .checkpoints import Component, ConversionError, listing, read_tensors, sha256_file
-from .safetensors_io import read_header
+from .safetensors_io import is_safetensors, read_header
 
 PARTS = ("unet", "text_encoder")
 # The safetensors metadata of a packed file, by which a reader can tell one from other safetensors files.
@@ -180,7 +180,7 @@ def _kohya_table(components: Dict[str, Component]) -> Dict[str, Optional[Tuple[s
 
 
 def _metadata(path: str) -> dict:
-    if not path.endswith(".safetensors"):
+    if not is_safetensors(path):
         return {}
     try:
         return read_header(path).get("__metadata__") or {}
@@ -480,7 +480,7 @@ def a1111_hash(path: str) -> str:
     """The 12 hex digits A1111 names a LoRA by in its "Lora hashes" (and Civitai finds it by): for a .safetensors
     file the sha256 of its tensor data, after the 8-byte length and the JSON header (sd-scripts' hash, which
     editing the metadata leaves as it is); for other files the sha256 of the whole file."""
-    if not path.lower().endswith(".safetensors"):
+    if not is_safetensors(path):
         return sha256_file(path)[:12]
     with open(path, "rb") as f:
         header = int.from_bytes(f.read(8), "little")

@@ -236,9 +236,9 @@ def test_lightning_ckpt_loads_without_running_its_pickles(tmp_path, capsys, sd1_
     assert sorted(loaded) == sorted(state_dict)
     for key, value in state_dict.items():
         assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
-    assert_same_weights(ck.ldm_to_diffusers(loaded, str(path)), sd1_components)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1, lines
+    assert_same_weights(ck.ldm_to_diffusers(loaded, str(path)), sd1_components)
     for name in (f"{package}.callbacks.ModelCheckpoint", f"{package}.callbacks.AttributeDict",
                  f"{os.system.__module__}.system", f"{open.__module__}.open"):
         assert name in lines[0]
@@ -275,8 +275,86 @@ def test_truncated_lightning_ckpt_is_an_error(tmp_path, capsys):
     state = {"model.diffusion_model.out.2.weight": torch.randn(64, 64)}
     torch.save({"state_dict": state, "callbacks": {_Unknown: {}}}, path, _use_new_zipfile_serialization=False)
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ck.ConversionError, match=r"cut\.ckpt"):
+    with pytest.raises(ck.ConversionError, match=r"cannot read .*cut\.ckpt: damaged or truncated \(an interrupted "
+                                                 r"download\?\), or not a PyTorch checkpoint"):
         ck.read_tensors(str(path))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", r"the file is empty"),
+    (bytes(range(256)) * 4, r"damaged or truncated .*or not a PyTorch checkpoint"),
+], ids=["empty", "garbage"])
+def test_files_that_are_no_checkpoint_say_so(tmp_path, content, message):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ck.ConversionError, match=message):
+        ck.read_tensors(str(path))
+
+
+def test_the_format_is_read_from_the_content_not_the_name(tmp_path, capsys):
+    """Downloads get renamed: an upper-case extension, or a pickle saved as .safetensors, read as what they hold."""
+    tensors = {"model.diffusion_model.out.2.weight": torch.randn(4, 3)}
+    upper = tmp_path / "MODEL.SAFETENSORS"
+    save_file(tensors, str(upper))
+    pickled = tmp_path / "model.safetensors"
+    torch.save(tensors, pickled)
+    plain = tmp_path / "model.bin"
+    save_file(tensors, str(plain))
+    for path in (upper, pickled, plain):
+        loaded = ck.read_tensors(str(path))
+        assert torch.equal(loaded["model.diffusion_model.out.2.weight"], tensors["model.diffusion_model.out.2.weight"])
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [f"convert.py: {pickled} is a pickled PyTorch checkpoint despite its name; reading it as one",
+                     f"convert.py: {plain} is a .safetensors file despite its name; reading it as one"]
+
+
+def test_a_dict_without_tensors_says_what_it_holds(tmp_path):
+    path = tmp_path / "nested.ckpt"
+    torch.save({"model": {"model.diffusion_model.out.2.weight": torch.randn(4, 3)}, "step": 3}, path)
+    with pytest.raises(ck.ConversionError, match=r"no tensors found \(it holds 'model' \(dict\), 'step' \(int\)\)"):
+        ck.read_tensors(str(path))
+
+
+def test_old_and_new_text_encoder_names_mixed(sd1_ldm, sd1_components):
+    """Checkpoints saved with transformers' old names that a "fix position ids" script gave a new-style position_ids
+    (or merges of both layouts): each key is read on its own, as A1111 does."""
+    old = "cond_stage_model.transformer."
+    mixed = {(old + k[len(old + "text_model."):] if k.startswith(old + "text_model.encoder.layers.1") or
+              k.startswith(old + "text_model.embeddings") else k): v for k, v in sd1_ldm.items()}
+    mixed[old + "text_model.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
+    assert_same_weights(ck.ldm_to_diffusers(mixed, "x"), sd1_components)
+
+
+def with_moving_average(sd, offset=1.0):
+    """`sd` with an exponential moving average of its U-Net that differs from the weights by `offset`, in LitEma's
+    names (model.diffusion_model.a.0.b -> model_ema.diffusion_modela0b)."""
+    ema = dict(sd)
+    for key, value in sd.items():
+        if key.startswith("model.diffusion_model."):
+            ema["model_ema." + key[len("model."):].replace(".", "")] = value + offset
+    ema["model_ema.decay"] = torch.tensor(0.9999)
+    ema["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
+    return ema
+
+
+def test_moving_average_is_converted_only_when_asked(capsys, sd1_ldm, sd1_components):
+    sd = with_moving_average(sd1_ldm)
+    assert_same_weights(ck.ldm_to_diffusers(sd, "x"), sd1_components)  # the trained weights, as diffusers reads it
+    assert "x also holds an exponential moving average of the U-Net" in capsys.readouterr().err
+    averaged = ck.ldm_to_diffusers(sd, "x", ema=True)
+    expected = dict(sd1_components)
+    expected["unet"] = ck.Component("U-Net", {k: v + 1.0 for k, v in sd1_components["unet"].tensors.items()}, {}, "")
+    assert_same_weights(averaged, expected)
+    with pytest.raises(ck.ConversionError, match=r"--ema: x holds no exponential moving average of the U-Net"):
+        ck.ldm_to_diffusers(sd1_ldm, "x", ema=True)
+    unet_key = "model.diffusion_model.out.2.weight"
+    partial = {k: v for k, v in sd.items() if k != "model_ema.diffusion_modelout2weight"}
+    with pytest.raises(ck.ConversionError, match=r"--ema: x has no moving average of " + unet_key.replace(".", r"\.") +
+                                                 r" \(model_ema\.diffusion_modelout2weight\)$"):
+        ck.ldm_to_diffusers(partial, "x", ema=True)
+    only_average = {k: v for k, v in sd.items() if not k.startswith("model.diffusion_model.")}
+    with pytest.raises(ck.ConversionError, match=r"holds only the exponential moving average of the U-Net"):
+        ck.ldm_to_diffusers(only_average, "x")
 
 
 def _single_file_model(tmp_path, reference, sd):
@@ -321,6 +399,9 @@ def test_not_an_sd1_checkpoint(sd1_ldm):
         ck.ldm_to_diffusers(sd2, "x")
     with pytest.raises(ck.ConversionError, match="no U-Net weights"):
         ck.ldm_to_diffusers({"foo": torch.zeros(1)}, "x")
+    prefixed = {"module." + k: v for k, v in sd1_ldm.items()}
+    with pytest.raises(ck.ConversionError, match=r"no U-Net weights .* \(every key starts with module\.\)"):
+        ck.ldm_to_diffusers(prefixed, "x")
 
 
 def test_diffusers_folder_loads_strictly(reference, config):

@@ -277,6 +277,39 @@ def test_checkpoint_released_without_its_vae(tmp_path, reference, capsys):
     assert json.loads((tmp_path / "with/model.json").read_text())["vae_name"] == "vae.safetensors"
 
 
+def test_moving_average_of_a_single_file(tmp_path, reference, capsys):
+    """--ema converts the U-Net's moving average (model_ema.*), named and hashed apart from the file's own weights;
+    without it the file converts as diffusers reads it, with a note."""
+    from txt2img_convert.safetensors_io import load_file, save_file
+    sd1 = load_file(str(reference / "sd1/single_file/sd1.safetensors"))
+    with_ema = dict(sd1)
+    for key, value in sd1.items():
+        if key.startswith("model.diffusion_model."):
+            with_ema["model_ema." + key[len("model."):].replace(".", "")] = value * 0.5
+    source = tmp_path / "with-ema.safetensors"
+    save_file(with_ema, str(source))
+    common = ["--config", reference / "sd1/model", "--no-safety-checker"]
+    status, stderr = convert(capsys, source, *common, "--out", tmp_path / "trained")
+    assert status == 0 and "--ema converts the average instead" in stderr, stderr
+    status, stderr = convert(capsys, source, *common, "--ema", "--out", tmp_path / "averaged")
+    assert status == 0, stderr
+    trained = torch.jit.load(str(tmp_path / "trained/unet.pt")).state_dict()
+    averaged = torch.jit.load(str(tmp_path / "averaged/unet.pt")).state_dict()
+    assert all(torch.equal(averaged[k], trained[k] * 0.5) for k in trained if trained[k].is_floating_point())
+    for name in ("text_encoder.pt", "vae_decoder.pt"):
+        assert (tmp_path / "trained" / name).read_bytes() == (tmp_path / "averaged" / name).read_bytes()
+    manifests = {b: json.loads((tmp_path / b / "model.json").read_text()) for b in ("trained", "averaged")}
+    assert manifests["averaged"]["model_name"] == manifests["trained"]["model_name"] + "+ema"
+    assert manifests["averaged"]["source"]["ema"] is True and "ema" not in manifests["trained"]["source"]
+    assert manifests["averaged"]["model_hash"] == manifests["averaged"]["files"]["unet.pt"]["sha256"][:10]
+    assert manifests["trained"]["model_hash"] == manifests["trained"]["source"]["sha256"][:10]
+    expect_errors(capsys, [
+        ((reference / "sd1/single_file/sd1.safetensors", *common, "--ema", "--out", tmp_path / "x"), 1,
+         "--ema: " + str(reference / "sd1/single_file/sd1.safetensors") + " holds no exponential moving average"),
+        ((reference / "tiny/model", "--ema", "--out", tmp_path / "x"), 2, "--ema applies to a single-file SOURCE"),
+    ], tmp_path / "x")
+
+
 def test_lcm_model_with_a_guidance_embedding(tmp_path, reference, capsys):
     """An LCM-distilled model (its U-Net config has time_cond_proj_dim, as SimianLuo/LCM_Dreamshaper_v7) converts:
     model.json records the embedding's width, and the exported U-Net takes the guidance as a fourth input."""
@@ -414,31 +447,53 @@ def test_wrong_inputs_fail_before_any_slow_work(tmp_path, reference, capsys):
                             {"block_out_channels": [32, 64]}, text, {}, None)
 
 
-def test_ctrl_c_while_starting_is_one_line(tmp_path, vocab):
-    """An interrupt while the script still imports torch is reported as a later one is, without a traceback."""
+# Run as `python -c` with sys.argv set: convert.py as __main__, whose import of torch (after its start-up) first sends
+# the process the signal given in argv[1]. So the interrupt always comes while torch is being imported.
+SIGNAL_AT_TORCH_IMPORT = """
+import importlib.machinery, os, runpy, sys
+del sys.argv[0]  # "-c"
+signum = int(sys.argv.pop(1))
+class SignalAtTorchImport:
+    def find_spec(self, name, path=None, target=None):
+        spec = importlib.machinery.PathFinder.find_spec(name, path) if name == "torch" else None
+        if spec is not None:
+            run = spec.loader.exec_module
+            def signal_then_run(module):
+                os.kill(os.getpid(), signum)
+                run(module)
+            spec.loader.exec_module = signal_then_run
+        return spec
+sys.meta_path.insert(0, SignalAtTorchImport())
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as running the script would
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_an_interrupt_while_starting_is_one_line(tmp_path, vocab, signame):
+    """An interrupt while the script still imports torch is reported as a later one is (exit 130), without a
+    traceback."""
     import signal
-    import time
-    # Under this Python directly (no search for one with torch, no re-execution), so that the interrupt comes while
-    # torch is imported.
+    # Under this Python directly (no search for one with torch, no re-execution).
     env = dict(os.environ, PYTHONHASHSEED="0")
-    process = subprocess.Popen([sys.executable, str(CONVERT), "--tiny", "--vocab", str(vocab), "--out",
-                                str(tmp_path / "b")], stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert stderr.splitlines()[-1] == "convert.py: error: interrupted" and "Traceback" not in stderr
+    process = subprocess.run([sys.executable, "-c", SIGNAL_AT_TORCH_IMPORT, str(CONVERT),
+                              str(int(getattr(signal, signame))), "--tiny", "--vocab", str(vocab), "--out",
+                              str(tmp_path / "b")], capture_output=True, text=True, env=env, timeout=120)
+    assert process.returncode == 130, process.stderr
+    assert process.stderr.splitlines() == ["convert.py: error: interrupted"]
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_killed_conversion_leaves_nothing(tmp_path, vocab):
-    """SIGTERM (a job scheduler's kill) while exporting removes the half-written bundle, as Ctrl-C does: exit 130."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_killed_conversion_leaves_nothing(tmp_path, vocab, signame):
+    """SIGTERM (a job scheduler's kill) or SIGHUP (a closed terminal) while exporting removes the half-written bundle,
+    as Ctrl-C does: exit 130."""
     import signal
     process = subprocess.Popen([str(CONVERT), "--tiny", "--vocab", str(vocab), "--out", str(tmp_path / "b")],
                                stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
         if "exporting" in line:  # the first of five exports into the staging directory
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(getattr(signal, signame))
             break
     rest = process.stderr.read()
     assert process.wait(timeout=120) == 130, rest

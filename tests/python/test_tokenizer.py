@@ -36,8 +36,7 @@ def model(model_bytes):
 def test_reads_both_merge_formats(merges):
     assert len(merges) == 48894
     assert merges[0] == ("i", "n")
-    if (DIFFUSERS_TOKENIZER / "merges.txt").exists():
-        assert tokenizer.read_merges(DIFFUSERS_TOKENIZER / "merges.txt") == merges
+    assert tokenizer.read_merges(DIFFUSERS_TOKENIZER / "merges.txt") == merges
 
 
 def test_pieces_ids_and_scores_follow_the_recipe(model, merges):
@@ -65,7 +64,6 @@ def test_pieces_ids_and_scores_follow_the_recipe(model, merges):
     assert spec.add_dummy_prefix and spec.escape_whitespaces and spec.remove_extra_whitespaces
 
 
-@pytest.mark.skipif(not (DIFFUSERS_TOKENIZER / "vocab.json").exists(), reason="no diffusers tokenizer")
 def test_every_piece_is_the_diffusers_token_with_the_same_id(model):
     vocab = json.loads((DIFFUSERS_TOKENIZER / "vocab.json").read_text(encoding="utf-8"))
     assert len(vocab) == 49408
