@@ -167,20 +167,30 @@ Bundle Bundle::open(const std::filesystem::path& dir) {
   Bundle b;
   b.dir_ = dir;
   b.manifest_ = Manifest::from_json(j, where);
-  for (const auto& required : kRequiredFiles)
-    if (!b.has(required))
-      throw Error(ErrorKind::Bundle, where + ": model.json does not list " + required + kConvertHint);
-  if (b.manifest_.inpainting && !b.has("vae_encoder.pt"))
-    throw Error(ErrorKind::Bundle, where + ": model.json describes an inpainting model but does not list " +
-                                       "vae_encoder.pt, which makes its masked image" + kConvertHint);
+  std::vector<std::string> required = kRequiredFiles;
+  if (b.manifest_.inpainting) required.push_back("vae_encoder.pt");
+  for (const auto& file : required)
+    if (!b.lists(file))
+      throw Error(ErrorKind::Bundle,
+                  where + ": model.json does not list " + file +
+                      (file == "vae_encoder.pt" ? ", which makes an inpainting model's masked image" : "") +
+                      kConvertHint);
   for (const auto& lora : b.manifest_.loras)
-    if (!b.has(lora.file))
+    if (!b.lists(lora.file))
       throw Error(ErrorKind::Bundle, where + ": model.json's LoRA \"" + lora.name + "\" names " + lora.file +
                                          ", which it does not list among the files; add the LoRA again with "
                                          "scripts/add_lora.py " + dir.string() + " FILE --overwrite");
   for (const auto& f : b.manifest_.files) {
     const auto p = dir / f.name;
-    if (!std::filesystem::is_regular_file(p)) throw Error(ErrorKind::Bundle, where + ": " + f.name + " missing" + kConvertHint);
+    if (!std::filesystem::is_regular_file(p)) {
+      // The safety checker, TAESD or a LoRA deleted to save space: the bundle works without it, and a run that
+      // needs it says so.
+      if (std::find(required.begin(), required.end(), f.name) == required.end()) {
+        b.absent_.insert(f.name);
+        continue;
+      }
+      throw Error(ErrorKind::Bundle, where + ": " + f.name + " missing" + kConvertHint);
+    }
     if (std::filesystem::file_size(p) != f.bytes)
       throw Error(ErrorKind::Bundle, where + ": " + f.name + " has " + std::to_string(std::filesystem::file_size(p)) +
                                          " bytes, model.json says " + std::to_string(f.bytes) +
@@ -198,18 +208,18 @@ Bundle Bundle::open(const std::filesystem::path& dir) {
   return b;
 }
 
-bool Bundle::has(const std::string& file) const {
-  for (const auto& f : manifest_.files)
-    if (f.name == file) return true;
-  return false;
+bool Bundle::lists(const std::string& file) const {
+  const auto& files = manifest_.files;
+  return std::any_of(files.begin(), files.end(), [&](const BundleFile& f) { return f.name == file; });
 }
 
-void Bundle::verify_hashes() const {
-  for (const auto& f : manifest_.files) {
-    if (sha256_file(path(f.name)) != f.sha256)
-      throw Error(ErrorKind::Bundle, "model bundle " + dir_.string() + ": " + f.name +
-                                         " does not match its sha256 in model.json (corrupt)" + kConvertHint);
-  }
+bool Bundle::has(const std::string& file) const { return lists(file) && !absent_.count(file); }
+
+std::vector<std::string> Bundle::corrupt_files() const {
+  std::vector<std::string> corrupt;
+  for (const auto& f : manifest_.files)
+    if (has(f.name) && sha256_file(path(f.name)) != f.sha256) corrupt.push_back(f.name);
+  return corrupt;
 }
 
 Tokenizer Bundle::load_tokenizer() const {

@@ -176,13 +176,19 @@ Pipeline& Pipeline::operator=(Pipeline&&) noexcept = default;
 Pipeline::~Pipeline() = default;
 
 void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& options) {
+  // A file the bundle lists but that was deleted is named, so that the advice is not to convert what was converted.
+  const auto lacks = [&](const std::string& file, const std::string& what) {
+    return "model bundle " + bundle.dir().string() +
+           (bundle.lists(file) ? ": " + file + " (its " + what + ") is missing, though model.json lists it"
+                               : " has no " + what);
+  };
   if (options.safety != SafetyMode::Off && !bundle.has("safety_checker.pt"))
-    throw Error(ErrorKind::Usage, "model bundle " + bundle.dir().string() +
-                                      " has no safety checker; convert one in (scripts/convert.py --safety-checker DIR) "
+    throw Error(ErrorKind::Usage, lacks("safety_checker.pt", "safety checker") +
+                                      "; convert one in (scripts/convert.py --safety-checker DIR) "
                                       "or pass --no-safety-checker to generate without it");
   if ((options.decoder == Decoder::Taesd || options.previews) && !bundle.has("taesd_decoder.pt"))
     throw Error(ErrorKind::Usage,
-                "model bundle " + bundle.dir().string() + " has no TAESD decoder; convert the model again with " +
+                lacks("taesd_decoder.pt", "TAESD decoder") + "; convert the model again with " +
                     "scripts/convert.py ... --taesd TAESD (madebyollin/taesd's diffusion_pytorch_model.safetensors " +
                     "or taesd_decoder.pth)" +
                     (options.decoder == Decoder::Taesd ? ", or decode with the model's VAE (--decoder full)"
@@ -275,7 +281,7 @@ bool classifier_free_guidance(const Manifest& manifest, const GenerationParams& 
   return manifest.guidance_embedding_dim == 0 && params.cfg_scale > 1.0;
 }
 
-std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& option) {
+std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& setting) {
   std::string lower;
   for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (lower != "model") {
@@ -283,15 +289,12 @@ std::string resolve_sampler(const Manifest& manifest, const std::string& name, c
     if (is_scheduler_name(canonical)) return canonical;
     std::string list;
     for (const auto& n : scheduler_names()) list += (list.empty() ? "" : ", ") + n;
-    // Named as a setting rather than by its flag: prompt-file lines set it too ("sampler", "hires_sampler").
-    throw Error(ErrorKind::Usage,
-                std::string(option == "--hires-sampler" ? "unknown hires sampler \"" : "unknown sampler \"") + name +
-                    "\" (known: " + list +
-                    ", and model, the model's own; A1111's and diffusers' names for them work too)");
+    throw Error(ErrorKind::Usage, "unknown " + setting + " \"" + name + "\" (known: " + list +
+                                      ", and model, the model's own; A1111's and diffusers' names for them work too)");
   }
   if (!manifest.source_sampler.empty()) return manifest.source_sampler;
   throw Error(ErrorKind::Usage,
-              option + " model: the model has no scheduler of its own that txt2img can run (" +
+              setting + " \"" + name + "\": the model has no scheduler of its own that txt2img can run (" +
                   (manifest.source_scheduler_class.empty()
                        ? std::string("it was converted without a diffusers scheduler config: a random model, or a "
                                      "single file without --config, or before this release's scripts/convert.py")
@@ -336,7 +339,7 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
   }
   params.sampler = resolve_sampler(manifest, params.sampler);  // records name what the run used, as --help does
   if (params.hires.enabled() && !params.hires.sampler.empty())
-    params.hires.sampler = resolve_sampler(manifest, params.hires.sampler, "--hires-sampler");
+    params.hires.sampler = resolve_sampler(manifest, params.hires.sampler, "hires sampler");
   make_sampler(manifest, params, params.steps);  // validates the sampler name, steps and eta together
   if (params.hires.enabled()) check_hires(manifest, params);
   return params;

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -98,17 +99,21 @@ struct Manifest {
 
 class Bundle {
  public:
-  // Reads and validates model.json and checks that every listed file exists with its recorded size.
+  // Reads and validates model.json and checks that every listed file has its recorded size. The networks every
+  // run needs must exist; an optional file (safety checker, TAESD, a LoRA) may have been deleted, see has().
   // Throws Error(Bundle) with a message that says how to fix it.
   static Bundle open(const std::filesystem::path& dir);
 
   const std::filesystem::path& dir() const { return dir_; }
   const Manifest& manifest() const { return manifest_; }
+  // Whether model.json lists the file.
+  bool lists(const std::string& file) const;
+  // Whether model.json lists the file and it exists.
   bool has(const std::string& file) const;
   std::filesystem::path path(const std::string& file) const { return dir_ / file; }
 
-  // Recomputes every file's sha256; throws Error(Bundle) naming the first mismatch.
-  void verify_hashes() const;
+  // The files (of those that exist) whose sha256 differs from model.json's, recomputed.
+  std::vector<std::string> corrupt_files() const;
 
   // The bundle's tokenizer, with its embeddings. Throws Error(Bundle).
   Tokenizer load_tokenizer() const;
@@ -119,6 +124,7 @@ class Bundle {
  private:
   std::filesystem::path dir_;
   Manifest manifest_;
+  std::set<std::string> absent_;  // listed optional files that do not exist
 };
 
 // The PyTorch version this binary's LibTorch reports, e.g. "1.13.1".

@@ -133,9 +133,10 @@ class Observer {
 };
 
 // The sampler that `name` (GenerationParams::sampler) runs on this bundle: the model's own for "model" (any case),
-// else the canonical name. Throws Error(Usage), naming `option`, for a name no sampler has (its message lists them
-// with "model") and for "model" when the bundle records no sampler of its source.
-std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& option = "--sampler");
+// else the canonical name. Throws Error(Usage), naming the `setting` rather than a flag (prompt-file lines set
+// samplers too), for a name no sampler has (its message lists them with "model") and for "model" when the bundle
+// records no sampler of its source.
+std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& setting = "sampler");
 
 // Whether a run takes classifier-free guidance: a U-Net batch of [uncond, cond] rows mixed by the scale. As in
 // diffusers, a scale of 1 or less skips the unconditional rows, and an LCM model with a guidance embedding takes the

@@ -466,9 +466,15 @@ int run_generate(const GenerateOptions& o) {
   const Bundle bundle = Bundle::open(o.model);
   Pipeline::check_options(bundle, placement.options);
   const Manifest& manifest = bundle.manifest();
-  RunPlan plan(std::move(source), plan_options, [&manifest, &placement](const GenerationParams& p) {
+  RunPlan plan(std::move(source), plan_options, [&bundle, &manifest, &placement](const GenerationParams& p) {
     auto resolved = resolve_params(manifest, p);
     check_loras_supported(resolved, placement.options);
+    // A LoRA whose file was deleted from the bundle is found before the first image, like one the bundle lacks.
+    for (const auto& lora : resolved.loras)
+      if (const auto file = manifest.find_lora(lora.name)->file; !bundle.has(file))
+        throw Error(ErrorKind::Bundle, "the model bundle's LoRA \"" + lora.name + "\" is missing its file " +
+                                           bundle.path(file).string() + "; add it again with scripts/add_lora.py " +
+                                           bundle.dir().string() + " FILE --overwrite");
     return resolved;
   });
   // The flags' own settings resolved above; --lora's are checked before the prompts add theirs, so that a LoRA the
@@ -524,15 +530,18 @@ int run_generate(const GenerateOptions& o) {
   std::string failure;
   auto summarise = [&] {
     const double total_s = seconds_since(run_start);
-    nlohmann::ordered_json j = {{"event", "summary"},
-                                {"written", totals.written},
-                                {"skipped", totals.skipped},
-                                {"failed", totals.failed},
-                                {"nsfw", totals.nsfw},
-                                {"interrupted", interrupted},
-                                {"seed", plan_options.base_seed},
-                                {"load_s", load_s},
-                                {"total_s", total_s}};
+    nlohmann::ordered_json j = {
+        {"event", "summary"},
+        {"written", totals.written},
+        {"skipped", totals.skipped},
+        {"failed", totals.failed},
+        {"nsfw", totals.nsfw},
+        {"interrupted", interrupted},
+        // null where every JSON line sets its seed: the drawn one seeded nothing
+        {"seed", plan_options.seed_given || pf.uses_run_seed ? nlohmann::ordered_json(plan_options.base_seed)
+                                                             : nlohmann::ordered_json(nullptr)},
+        {"load_s", load_s},
+        {"total_s", total_s}};
     const MemoryPeaks peaks = memory_peaks(placement.options.device);
     j["peak_memory_mib"] = {{"host_rss", peaks.host_rss_mib},
                             {"vram_allocated", optional_number(peaks.device_allocated_mib)},

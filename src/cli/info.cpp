@@ -25,7 +25,8 @@ void print_source(const nlohmann::json& source) {
     return source.contains(key) && source[key].is_string() ? source[key].get<std::string>() : std::string();
   };
   if (!text("kind").empty())
-    std::cout << "  source         " << text("kind") << (text("path").empty() ? "" : " " + text("path")) << "\n";
+    std::cout << "  source         " << text("kind") << (text("path").empty() ? "" : " " + text("path"))
+              << (source.value("ema", false) ? " (its U-Net's moving average, convert.py --ema)" : "") << "\n";
   if (!source.contains("loras") || !source["loras"].is_array()) return;
   for (const auto& lora : source["loras"]) {
     const std::string path = lora.value("path", std::string("?"));
@@ -52,15 +53,14 @@ int bundle_info(const InfoOptions& o) {
                 "--command applies to a PNG (made by txt2img or AUTOMATIC1111), not to a model bundle");
   const Bundle bundle = Bundle::open(o.path);
   const Manifest& m = bundle.manifest();
-  std::vector<std::string> corrupt;
+  const std::vector<std::string> corrupt = o.verify ? bundle.corrupt_files() : std::vector<std::string>{};
   nlohmann::json files = nlohmann::json::array();
   for (const auto& f : m.files) {
     nlohmann::json file = {{"name", f.name}, {"bytes", f.bytes}, {"sha256", f.sha256}};
-    if (o.verify) {
-      const bool ok = sha256_file(bundle.path(f.name)) == f.sha256;
-      file["verified"] = ok;
-      if (!ok) corrupt.push_back(f.name);
-    }
+    if (!bundle.has(f.name))
+      file["missing"] = true;
+    else if (o.verify)
+      file["verified"] = std::find(corrupt.begin(), corrupt.end(), f.name) == corrupt.end();
     files.push_back(file);
   }
 
@@ -73,11 +73,16 @@ int bundle_info(const InfoOptions& o) {
               << (m.vae_name.empty() ? "" : "  VAE            " + m.vae_name + " [" + m.vae_hash + "] (replaces the model's)\n")
               << "  family         " << m.family << ", bundle format " << m.format_version << "\n"
               << "  default size   " << m.default_size << "x" << m.default_size << "\n"
-              << "  safety checker " << (m.safety ? "included" : "none (generate with --no-safety-checker)") << "\n"
+              << "  safety checker "
+              << (bundle.has("safety_checker.pt")     ? "included"
+                  : bundle.lists("safety_checker.pt") ? "deleted (generate with --no-safety-checker)"
+                                                      : "none (generate with --no-safety-checker)")
+              << "\n"
               << "  TAESD decoder  "
-              << (!bundle.has("taesd_decoder.pt") ? "none (convert.py --taesd adds one for --decoder taesd)"
-                  : m.taesd_name.empty()           ? "included"
-                                                   : m.taesd_name + " [" + m.taesd_hash + "]")
+              << (bundle.lists("taesd_decoder.pt") && !bundle.has("taesd_decoder.pt") ? "deleted"
+                  : !bundle.has("taesd_decoder.pt") ? "none (convert.py --taesd adds one for --decoder taesd)"
+                  : m.taesd_name.empty()            ? "included"
+                                                    : m.taesd_name + " [" + m.taesd_hash + "]")
               << "\n"
               << "  scheduler      "
               << (m.source_scheduler_class.empty() ? "none of its own (random weights, or a single file without "
@@ -104,7 +109,9 @@ int bundle_info(const InfoOptions& o) {
       std::cout << "  embedding      " << e.name << " (" << e.vectors << (e.vectors == 1 ? " vector)\n" : " vectors)\n");
     for (const auto& l : m.loras)
       std::cout << "  LoRA           " << l.name << (l.a1111_hash.empty() ? "" : " [" + l.a1111_hash + "]")
-                << ", added by a prompt's <lora:" << l.name << ":WEIGHT>\n";
+                << (bundle.has(l.file) ? ", added by a prompt's <lora:" + l.name + ":WEIGHT>"
+                                       : ", deleted (add it again with scripts/add_lora.py)")
+                << "\n";
     print_source(m.raw.value("source", nlohmann::json::object()));
     std::cout << "  files\n";
     size_t name_width = 0;
@@ -116,6 +123,7 @@ int bundle_info(const InfoOptions& o) {
       std::cout << "    " << name << std::string(name_width - name.size(), ' ')
                 << std::string(size_width - std::min(size_width, size.size()), ' ') << size << "  sha256 "
                 << f["sha256"].get<std::string>();
+      if (f.contains("missing")) std::cout << "  MISSING (deleted; runs that need it say so)";
       if (f.contains("verified")) std::cout << (f["verified"].get<bool>() ? "  ok" : "  MISMATCH");
       std::cout << "\n";
     }
@@ -238,7 +246,8 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (r.contains("hires") && !r.at("hires").is_null()) {
       const auto& h = r.at("hires");
       add("--hires-scale", h.at("scale"));
-      if (h.at("steps").get<int>() > 0) add("--hires-steps", h.at("steps"));
+      // 0 (older images) and the first pass's steps both mean what leaving --hires-steps out means.
+      if (h.at("steps").get<int>() > 0 && h.at("steps") != r.at("steps")) add("--hires-steps", h.at("steps"));
       add("--hires-denoise", h.at("denoise"));
       if (h.at("upscaler").get<std::string>() != "latent") add("--hires-upscaler", h.at("upscaler"));
       if (h.contains("sampler") && h.at("sampler") != r.at("sampler")) add("--hires-sampler", h.at("sampler"));

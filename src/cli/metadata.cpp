@@ -172,7 +172,7 @@ nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
 nlohmann::ordered_json hires_json(const ImageRecord& r) {
   if (!r.hires.enabled()) return nullptr;
   return {{"scale", r.hires.scale},
-          {"steps", r.hires.steps},
+          {"steps", r.hires.steps > 0 ? r.hires.steps : r.steps},  // 0 means "as --steps", which a reader must not need
           {"denoise", r.hires.denoise},
           {"upscaler", r.hires.upscaler},
           {"sampler", r.hires.sampler.empty() ? r.sampler : r.hires.sampler},

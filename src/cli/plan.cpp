@@ -93,7 +93,10 @@ bool RunPlan::load_prompt() {
         entry_.hires_steps || entry_.hires_denoise || entry_.hires_upscaler || entry_.hires_sampler;
     if (p.hires.scale < 0 || (p.hires.scale == 0 && hires_settings))
       throw Error(ErrorKind::Usage,
-                  where + ": the hires settings need a \"hires_scale\" from 1 to 16 (or --hires-scale)");
+                  where + (entry_.hires_scale == 0.0
+                               ? ": \"hires_scale\": 0 turns the hires pass off, so the line's other hires settings "
+                                 "have nothing to apply to"
+                               : ": the hires settings need a \"hires_scale\" from 1 to 16 (or --hires-scale)"));
     try {
       params_ = resolve_(p);
     } catch (const Error& e) {

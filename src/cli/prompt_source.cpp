@@ -25,6 +25,21 @@ std::string_view trim(std::string_view s) {
   return s.substr(begin, s.find_last_not_of(kWhitespace) - begin + 1);
 }
 
+// A line ends at "\n", "\r\n" or a lone "\r", as in Python's universal newlines (which A1111's prompt-file script
+// reads with): a file saved with classic Mac line endings would otherwise be one prompt made of all of its lines.
+bool read_line(std::istream& in, std::string& line) {
+  line.clear();
+  for (auto c = in.get(); c != std::istream::traits_type::eof(); c = in.get()) {
+    if (c == '\n') return true;
+    if (c == '\r') {
+      if (in.peek() == '\n') in.get();
+      return true;
+    }
+    line.push_back(static_cast<char>(c));
+  }
+  return !line.empty();
+}
+
 bool skipped(std::string_view trimmed) { return trimmed.empty() || trimmed.front() == '#'; }
 
 bool ends_with_jsonl(const std::string& path) {
@@ -150,7 +165,7 @@ PromptSource PromptSource::file(const std::string& path) {
   // The format: JSON Lines by extension, or when the first prompt line opens an object.
   source.jsonl_ = ends_with_jsonl(path);
   std::string line;
-  for (bool first = true; !source.jsonl_ && std::getline(*source.in_, line); first = false) {
+  for (bool first = true; !source.jsonl_ && read_line(*source.in_, line); first = false) {
     std::string_view text = line;
     if (first && text.substr(0, kUtf8Bom.size()) == kUtf8Bom) text.remove_prefix(kUtf8Bom.size());
     text = trim(text);
@@ -198,7 +213,7 @@ bool PromptSource::next(PromptEntry& entry) {
     return true;
   }
   std::string line;
-  while (std::getline(*in_, line)) {
+  while (read_line(*in_, line)) {
     ++line_;
     if (parse_line(line, entry)) return true;
   }

@@ -32,6 +32,16 @@ class HiresFix(CliTestCase):
         self.assertNotIn("Hires", png_text(self.dir / "plain.png")["parameters"])
         self.assertNotIn("Denoising strength", png_text(self.dir / "plain.png")["parameters"])
 
+    def test_hires_steps_default_to_the_steps(self):
+        """Without --hires-steps the pass runs --steps steps: A1111 leaves its "Hires steps" out, as it does for its 0,
+        and the JSON records the number rather than a 0 that would read as no steps."""
+        result = self.txt2img("a fox", "--seed", "3", "--steps", "3", "-W", "32", "-H", "32", "--device", "cpu",
+                              "--hires-scale", "1.5", "-o", "a.png", "--json", fast=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json_lines(result.stdout)[0]["hires"]["steps"], 3)
+        self.assertNotIn("Hires steps", png_text(self.dir / "a.png")["parameters"])
+        self.assertEqual(json.loads(png_text(self.dir / "a.png")["txt2img"])["hires"]["steps"], 3)
+
     def test_another_sampler_for_the_hires_pass(self):
         """--hires-sampler (A1111's Hires sampler) changes the hires pass only, is recorded as A1111 records it, and
         comes back through info --command; the first pass's sampler named again changes nothing."""

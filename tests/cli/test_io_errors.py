@@ -6,8 +6,8 @@ import resource
 import subprocess
 import unittest
 
-from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, FAST, TINY, CliTestCase, derived_bundle, files_under,
-                         json_lines)
+from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle, files_under,
+                         json_lines, run)
 
 
 class OutputErrors(CliTestCase):
@@ -75,6 +75,29 @@ class BundleErrors(CliTestCase):
 
     def test_missing_pt(self):
         self.check(derived_bundle(self.dir / "b", drop={"unet.pt"}), "unet.pt", "missing")
+
+    def test_deleted_optional_files_are_named_only_by_runs_that_need_them(self):
+        """A user may delete the safety checker or TAESD to save space: the bundle still works without them."""
+        bundle = derived_bundle(self.dir / "b", drop={"safety_checker.pt", "taesd_decoder.pt"})
+        self.assertExit(self.txt2img("a fox", "-o", "a.png", model=bundle), EXIT_USAGE,
+                        "safety_checker.pt (its safety checker) is missing, though model.json lists it",
+                        "--no-safety-checker")
+        self.assertExit(self.txt2img("a fox", "-o", "a.png", "--no-safety-checker", "--decoder", "taesd",
+                                     model=bundle), EXIT_USAGE, "taesd_decoder.pt (its TAESD decoder) is missing")
+        self.assertFalse((self.dir / "a.png").exists())
+        result = self.txt2img("a fox", "-o", "a.png", "--no-safety-checker", model=bundle)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        listing = run(["info", bundle, "--verify"], self.dir)
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        self.assertIn("safety checker deleted (generate with --no-safety-checker)", listing.stdout)
+        self.assertIn("TAESD decoder  deleted", listing.stdout)
+        self.assertRegex(listing.stdout, r"safety_checker\.pt .* MISSING")
+        self.assertRegex(listing.stdout, r"unet\.pt .*  ok")
+        listed = json.loads(run(["info", bundle, "--json", "--verify"], self.dir).stdout)["files"]
+        files = {f["name"]: f for f in listed}
+        self.assertEqual((files["taesd_decoder.pt"].get("missing"), files["taesd_decoder.pt"].get("verified")),
+                         (True, None))
+        self.assertEqual((files["unet.pt"].get("missing"), files["unet.pt"].get("verified")), (None, True))
 
     def test_truncated_pt(self):
         self.check(derived_bundle(self.dir / "b", replace={"unet.pt": b"PK\3\4 truncated"}), "unet.pt")

@@ -6,7 +6,8 @@ import shlex
 import subprocess
 import unittest
 
-from cli_support import (BIN, EXIT_USAGE, TINY, CliTestCase, fixture_bundle, json_lines, png_pixels, png_text, run)
+from cli_support import (BIN, EXIT_BUNDLE, EXIT_USAGE, TINY, CliTestCase, fixture_bundle, json_lines, png_pixels,
+                         png_text, run)
 
 TAGS = "<lora:ink-style:0.8> <lora:detail-loha:-0.5>"
 
@@ -111,6 +112,25 @@ class PromptLoras(CliTestCase):
         self.assertExit(self.txt2img("a <lora:ink-style:1>", "-o", "x.png", model=TINY), EXIT_USAGE,
                         'no LoRA named "ink-style" (it has none)')
         self.assertNothingWritten("prompts.txt")
+
+    def test_a_deleted_lora_file_is_found_before_any_image(self):
+        bundle = self.dir / "b"
+        bundle.mkdir()
+        for entry in self.model.iterdir():
+            if entry.name != "loras":
+                (bundle / entry.name).symlink_to(entry)
+        (bundle / "loras").mkdir()
+        (bundle / "loras" / "detail-loha.safetensors").symlink_to(self.model / "loras" / "detail-loha.safetensors")
+        self.write("prompts.txt", "a fox <lora:detail-loha:1>\na fox <lora:ink-style:1>\n")
+        self.assertExit(self.txt2img("--from-file", "prompts.txt", "-o", "{index}.png", model=bundle), EXIT_BUNDLE,
+                        "prompts.txt:2: ", 'LoRA "ink-style" is missing its file', "add_lora.py")
+        self.assertFalse(list(self.dir.glob("*.png")), "a failed run must write nothing")
+        result = self.txt2img("a fox <lora:detail-loha:1>", "-o", "a.png", model=bundle)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        listing = run(["info", bundle], self.dir).stdout
+        self.assertIn(f"  LoRA           ink-style [{self.hashes['ink-style']}], deleted (add it again with "
+                      "scripts/add_lora.py)", listing)
+        self.assertRegex(listing, r"loras/ink-style\.safetensors .* MISSING")
 
     def test_info_lists_them_and_the_command_makes_the_image_again(self):
         listing = run(["info", self.model], self.dir)

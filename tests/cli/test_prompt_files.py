@@ -22,6 +22,18 @@ class PlainText(CliTestCase):
         self.assertEqual(files_under(self.dir),
                          ["0-a-red-fox.png", "1-a-blue-whale.png", "2-a-green-frog.png", "p.txt"])
 
+    def test_classic_mac_line_ends_separate_prompts(self):
+        """A lone CR ends a line, as in Python's universal newlines: a file saved with classic Mac line ends is not one
+        prompt made of all of them, and its lines are counted in messages."""
+        self.write("p.txt", "a red fox\r# a comment\ra blue whale\r\r\na green frog\r")
+        result = self.txt2img("--from-file", "p.txt", "--seed", "10", "--json", "-o", "{index}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([(r["prompt"], r["seed"]) for r in json_lines(result.stdout)[:-1]],
+                         [("a red fox", 10), ("a blue whale", 11), ("a green frog", 12)])
+        self.write("p.jsonl", '{"prompt": "a"}\r{"prompt": "b"}\r{"prompt": "c", "steps": "x"}\r')
+        result = self.txt2img("--from-file", "p.jsonl", "--seed", "1", "-o", "j{index}.png")
+        self.assertExit(result, EXIT_USAGE, "p.jsonl:3:")
+
     def test_seeds_count_every_earlier_image(self):
         self.write("p.txt", "a\nb\nc\n")
         result = self.txt2img("--from-file", "p.txt", "--seed", "50", "--images-per-prompt", "2", "--json",
@@ -172,6 +184,9 @@ class JsonLines(CliTestCase):
         result = self.txt2img("--from-file", "prompts.txt", "--json", "-o", "x.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json_lines(result.stdout)[0]["seed"], 3)
+        # The summary names no base seed that no image used, nor does stderr draw one.
+        self.assertIsNone(json_lines(result.stdout)[-1]["seed"])
+        self.assertNotIn("(random;", result.stderr)
 
     def bad(self, lines, *message):
         self.write("p.jsonl", "\n".join(lines) + "\n")
@@ -203,6 +218,8 @@ class JsonLines(CliTestCase):
         self.bad(['{"prompt": 5}'], "p.jsonl:1", '"prompt"', "string")
         self.bad(['{"prompt": "x", "emphasis": "yes"}'], "p.jsonl:1", '"emphasis"', "true or false")
         self.bad(['{"prompt": "x", "hires_denoise": 0.5}'], "p.jsonl:1", '"hires_scale"')
+        self.bad(['{"prompt": "x", "hires_scale": 0, "hires_steps": 3}'], "p.jsonl:1",
+                 '"hires_scale": 0 turns the hires pass off')
         self.bad(['{"prompt": "x", "hires_scale": "2x"}'], "p.jsonl:1", '"hires_scale"', "number")
         self.bad(['{"prompt": "x", "hires_scale": 2, "sampler": "pndm"}'], "p.jsonl:1", "hires fix: ", "pndm")
 

@@ -83,6 +83,23 @@ class Tokenize(CliTestCase):
         self.assertIn("bad.jsonl:2", result.stderr)
         self.assertEqual(result.stdout, "")
 
+    def test_a_json_line_s_own_settings_apply(self):
+        long = " ".join(["dog"] * 76) + " zebra"
+        self.write("p.jsonl", "\n".join(json.dumps(line) for line in [
+            {"prompt": "a ((red:1.3)) [fox]", "emphasis": True}, {"prompt": "a ((red:1.3)) [fox]"},
+            {"prompt": long, "long_prompts": True}, {"prompt": long}]) + "\n")
+        result = self.tokenize("--from-file", "p.jsonl")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        records = [json.loads(l) for l in result.stdout.splitlines()]
+        plain = json.loads(self.tokenize("a red fox", "--json").stdout)["ids"]
+        self.assertEqual(records[0]["ids"], plain)
+        self.assertNotEqual(records[1]["ids"], plain)
+        self.assertEqual([(r["truncated"], r["chunks"]) for r in records[2:]], [(False, 2), (True, 1)])
+        # A line's false overrides the flag, as when generating.
+        self.write("q.jsonl", json.dumps({"prompt": "a ((red:1.3)) [fox]", "emphasis": False}) + "\n")
+        self.assertEqual(json.loads(self.tokenize("--from-file", "q.jsonl", "--emphasis").stdout)["ids"],
+                         records[1]["ids"])
+
     def test_no_prompt(self):
         self.assertEqual(self.tokenize().returncode, EXIT_USAGE)
 

@@ -47,7 +47,7 @@ TEST(Bundle, OpensTheTinyBundle) {
   EXPECT_EQ(b.manifest().vae_scale_factor, 8);
   EXPECT_TRUE(b.has("unet.pt"));
   EXPECT_TRUE(b.manifest().safety.has_value());
-  b.verify_hashes();
+  EXPECT_TRUE(b.corrupt_files().empty());
 }
 
 TEST(Bundle, MissingDirectoryOrManifestOrFile) {
@@ -62,6 +62,21 @@ TEST(Bundle, MissingDirectoryOrManifestOrFile) {
   expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"unet.pt missing", "convert.py"});
   std::filesystem::remove(copy.dir() / "model.json");
   expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"model.json missing"});
+}
+
+TEST(Bundle, OptionalFilesMayBeDeletedAndAreNamedWhenNeeded) {
+  BundleCopy copy;
+  std::filesystem::remove(copy.dir() / "safety_checker.pt");
+  const auto bundle = txt2img::Bundle::open(copy.dir());
+  EXPECT_TRUE(bundle.lists("safety_checker.pt"));
+  EXPECT_FALSE(bundle.has("safety_checker.pt"));
+  EXPECT_TRUE(bundle.corrupt_files().empty());
+  expect_error(
+      [&] { txt2img::Pipeline::load(bundle, {}); }, ErrorKind::Usage,
+      {"safety_checker.pt (its safety checker) is missing, though model.json lists it", "--no-safety-checker"});
+  txt2img::PipelineOptions off;
+  off.safety = txt2img::SafetyMode::Off;
+  EXPECT_NO_THROW(txt2img::Pipeline::load(bundle, off));
 }
 
 TEST(Bundle, UnknownFormatFamilyAndNewerPyTorchAreRefused) {
@@ -94,7 +109,7 @@ TEST(Bundle, TruncatedOrCorruptFilesAreDetected) {
     f.put('\x5a');
   }
   auto bundle = txt2img::Bundle::open(copy.dir());  // same size: only the hash tells
-  expect_error([&] { bundle.verify_hashes(); }, ErrorKind::Bundle, {"unet.pt", "sha256"});
+  EXPECT_EQ(bundle.corrupt_files(), std::vector<std::string>{"unet.pt"});
   std::filesystem::resize_file(unet, size - 10);
   expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"unet.pt", "truncated"});
   // A garbage module whose manifest entry matches still fails to load, as a bundle error.
@@ -159,6 +174,16 @@ std::vector<txt2img::GeneratedImage> generate_small(txt2img::Pipeline& pipeline,
                                                     txt2img::Observer* observer = nullptr) {
   txt2img::SeededNoise noise(std::move(seeds));
   return pipeline.generate(prompts, std::vector<std::string>(prompts.size(), ""), params, noise, observer);
+}
+
+// Whether two latents agree within `relative` of the larger one's largest magnitude. A batch's matrix products round
+// differently from a single row's, and the difference scales with the latents (which reach hundreds on the random
+// models), so an element-wise tolerance fails on elements near zero depending on the CPU's BLAS kernels.
+testing::AssertionResult latents_agree(const torch::Tensor& a, const torch::Tensor& b, double relative = 1e-5) {
+  const double scale = std::max(a.abs().max().item<double>(), b.abs().max().item<double>());
+  const double worst = (a - b).abs().max().item<double>();
+  if (worst <= relative * scale) return testing::AssertionSuccess();
+  return testing::AssertionFailure() << "largest difference " << worst << " exceeds " << relative << " x " << scale;
 }
 
 // The largest difference between two images of the same size, in 8-bit levels.
@@ -642,7 +667,9 @@ TEST(Pipeline, Bfloat16RunStaysCloseToFloat32AndIsChecked) {
   EXPECT_TRUE(x[0].safety_checked);
   double total = 0;
   for (size_t i = 0; i < x[0].rgb.size(); ++i) total += std::abs(x[0].rgb[i] - y[0].rgb[i]);
-  EXPECT_LT(total / static_cast<double>(x[0].rgb.size()), 8.0);  // mean difference in 8-bit levels
+  // About 1 level on average here; another sampler's image is 5 levels away, so this tells a wrong run apart.
+  EXPECT_LT(total / static_cast<double>(x[0].rgb.size()), 2.5);  // mean difference in 8-bit levels
+  EXPECT_GT(max_level_difference(x[0].rgb, y[0].rgb), 0);        // and it did run in bf16
 }
 
 }  // namespace
@@ -904,9 +931,8 @@ TEST(PromptEditing, RowsOfABatchReadTheirOwnTexts) {
     Keep alone;
     txt2img::SeededNoise one({row == 0 ? 5u : 6u});
     pipeline.generate({prompts[row]}, {negatives[row]}, params, one, &alone);
-    EXPECT_TRUE(torch::allclose(batch.kept.at("vae/decode_in")[static_cast<int64_t>(row)],
-                                alone.kept.at("vae/decode_in")[0], 1e-4, 1e-5))
-        << row;
+    const auto batched = batch.kept.at("vae/decode_in")[static_cast<int64_t>(row)];
+    EXPECT_TRUE(latents_agree(batched, alone.kept.at("vae/decode_in")[0])) << row;
   }
 }
 
@@ -944,12 +970,11 @@ TEST(ComposablePrompts, EachPromptGuidesByItsWeight) {
   txt2img::SeededNoise two({5, 6});
   pipeline.generate({"a red cube AND a blue sphere:0.5", "a green cone"}, {"", "blurry"}, params, two, &batch);
   EXPECT_EQ(batch.kept.at("unet/000/noise_pred").size(0), 5);
-  EXPECT_TRUE(
-      torch::allclose(batch.kept.at("vae/decode_in")[0], latents("a red cube AND a blue sphere:0.5")[0], 1e-4, 1e-5));
+  EXPECT_TRUE(latents_agree(batch.kept.at("vae/decode_in")[0], latents("a red cube AND a blue sphere:0.5")[0]));
   Keep cone;
   txt2img::SeededNoise six({6});
   pipeline.generate({"a green cone"}, {"blurry"}, params, six, &cone);
-  EXPECT_TRUE(torch::allclose(batch.kept.at("vae/decode_in")[1], cone.kept.at("vae/decode_in")[0], 1e-4, 1e-5));
+  EXPECT_TRUE(latents_agree(batch.kept.at("vae/decode_in")[1], cone.kept.at("vae/decode_in")[0]));
 
   // Without guidance txt2img makes no negative prompt row to add up against: AND is a word (A1111 adds the
   // prompts up even at a CFG scale of 1).
