@@ -4,7 +4,7 @@ written."""
 import subprocess
 import unittest
 
-from cli_support import BIN, EXIT_BUNDLE, EXIT_USAGE, FAST, TINY, CliTestCase, run
+from cli_support import BIN, EXIT_BUNDLE, EXIT_USAGE, FAST, TINY, CliTestCase, json_lines, run
 
 
 class HelpAndVersion(CliTestCase):
@@ -35,6 +35,19 @@ class HelpAndVersion(CliTestCase):
         self.assertRegex(result.stdout, r"^txt2img \d+\.\d+\.\d+ \(LibTorch \d+\.\d+\.\d+, "
                                         r"(CPU only|CUDA: \d+ devices?|CUDA build, no CUDA device visible), "
                                         r"(tcmalloc \d+\.\d+\S*|glibc malloc)\)\n$")
+
+
+class DefaultPlacement(CliTestCase):
+    def test_without_device_or_dtype_the_build_chooses(self):
+        """The everyday command, with no --device or --dtype: the CPU in fp32 on a build without CUDA, else the first
+        CUDA device in fp16."""
+        result = self.txt2img("a fox", "-W", "32", "-H", "32", "--steps", "2", "-o", "a.png", "--json", fast=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        record = json_lines(result.stdout)[0]
+        if "CUDA: " in run(["--version"], self.dir).stdout:  # "CUDA: 2 devices"
+            self.assertEqual((record["device"], record["dtype"]), ("cuda:0", "fp16"))
+        else:
+            self.assertEqual((record["device"], record["dtype"]), ("cpu", "fp32"))
 
 
 class BadFlags(CliTestCase):
@@ -112,7 +125,9 @@ class BadFlags(CliTestCase):
         self.check(["a fox", "--graph", "fast"], "--graph")
 
     def test_cuda_device_beyond_count(self):
-        self.check(["a fox", "--device", "cuda:99"], "cuda:99")
+        devices = "CUDA: " in run(["--version"], self.dir).stdout  # "CUDA: 2 devices"
+        self.check(["a fox", "--device", "cuda:99"], "--device cuda:99: ",
+                   "there are only" if devices else "no CUDA device is available")
 
     def test_bad_counts(self):
         self.check(["a fox", "--images-per-prompt", "0"], "--images-per-prompt")

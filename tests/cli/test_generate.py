@@ -472,8 +472,13 @@ class Reporting(CliTestCase):
         self.assertEqual(json_lines(result.stdout)[0]["steps"], 3)
 
     def test_threads(self):
-        result = self.txt2img("a fox", "-o", "fox.png", "--threads", "1")
-        self.assertEqual(result.returncode, 0, result.stderr)
+        """The thread count changes the speed, not the image (beyond float rounding)."""
+        for name, threads in (("one.png", "1"), ("two.png", "2")):
+            result = self.txt2img("a fox", "--seed", "4", "-o", name, "--threads", threads)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        one, two = png_pixels(self.dir / "one.png")[2], png_pixels(self.dir / "two.png")[2]
+        self.assertLessEqual(max(abs(a - b) for a, b in zip(one, two)), 1)
+        self.assertExit(self.txt2img("a fox", "-o", "x.png", "--threads", "0"), EXIT_USAGE, "--threads")
 
     def test_prompt_flag_for_stable_diffusion_cpp_users(self):
         result = self.txt2img("-p", "a fox", "-n", "ugly", "-s", "3", "-W", "32", "-H", "32", "-o", "fox.png",
@@ -576,8 +581,11 @@ class Samplers(CliTestCase):
         self.assertIn("Sampler: LCM,", png_text(self.dir / "lcm.png")["parameters"])
 
         result = self.txt2img("a fox", "--sampler", "model", "-o", "none.png")  # random weights: no scheduler
-        self.assertExit(result, EXIT_USAGE, "--sampler model: the model has no scheduler of its own")
+        self.assertExit(result, EXIT_USAGE, "sampler \"model\": the model has no scheduler of its own")
         self.assertFalse((self.dir / "none.png").exists())
+        self.write("p.jsonl", '{"prompt": "a fox", "sampler": "Model"}\n')  # the line's setting, not a flag
+        self.assertExit(self.txt2img("--from-file", "p.jsonl", "-o", "none.png"), EXIT_USAGE,
+                        'p.jsonl:1: sampler "Model": the model has no scheduler')
         self.assertIn("  scheduler      none of its own", run(["info", TINY], self.dir).stdout)
 
     def test_zero_terminal_snr_model_with_guidance_rescale(self):

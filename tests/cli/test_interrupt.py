@@ -4,6 +4,7 @@ then --skip-existing finishes the batch with the bytes an uninterrupted run make
 import json
 import signal
 import subprocess
+import time
 import unittest
 
 from cli_support import BIN, EXIT_INTERRUPTED, FAST, TINY, CliTestCase, files_under, json_lines
@@ -58,6 +59,20 @@ class Interrupt(CliTestCase):
 
     def test_sigterm(self):
         self.interrupt_after_first_image(signal.SIGTERM)
+
+    def test_a_second_ctrl_c_stops_at_once(self):
+        """A second Ctrl-C does not wait for the step to end: the process dies of it. The steps here take about 3 s
+        (1024x1024), so the second signal, 0.1 s after the first, comes while the first waits for its step."""
+        process = self.start(["a fox", "--seed", "1", "-W", "1024", "-H", "1024", "--steps", "50", "--device", "cpu",
+                              "--no-safety-checker", "--model", str(TINY), "-o", "a.png", "--json", "--json-progress"])
+        self.assertEqual(json.loads(process.stdout.readline())["event"], "step")
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=120)
+        self.assertEqual(process.returncode, -signal.SIGINT)
+        self.assertNotIn('"summary"', out)
+        self.assertEqual(files_under(self.dir), [])
 
     def test_a_closed_output_pipe_stops_the_run_like_ctrl_c(self):
         """`txt2img --json | head -1`: the run stops after its current step (exit 130), keeping only whole images,

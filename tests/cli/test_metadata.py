@@ -173,8 +173,13 @@ class Metadata(CliTestCase):
         self.assertNotIn("Lora hashes", png_text(self.dir / "b.png")["parameters"])
 
     def test_dtype_is_recorded(self):
-        self.assertEqual(self.txt2img("a fox", "--dtype", "bf16", "-o", "a.png").returncode, 0)
+        """--dtype bf16 runs in bf16 (the image is close to fp32's but not the same) and says so."""
+        for name, dtype in (("a.png", "bf16"), ("b.png", "fp32")):
+            self.assertEqual(self.txt2img("a fox", "--seed", "3", "--dtype", dtype, "-o", name).returncode, 0)
         self.assertEqual(json.loads(png_text(self.dir / "a.png")["txt2img"])["dtype"], "bf16")
+        low, full = png_pixels(self.dir / "a.png")[2], png_pixels(self.dir / "b.png")[2]
+        self.assertNotEqual(low, full)
+        self.assertLess(sum(abs(x - y) for x, y in zip(low, full)) / len(full), 2.5)
 
     def test_unicode_prompt_round_trips(self):
         prompt = "東京の夜景, «neon» — 🌃"

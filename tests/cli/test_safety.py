@@ -66,6 +66,17 @@ class FlagsEverything(CliTestCase):
         self.assertEqual(files_under(self.dir), ["0.png", "1.png", "2.png"])
 
 
+    def test_report_with_fail_on_nsfw_keeps_the_images_and_exits_6(self):
+        result = self.txt2img("a fox", "-o", "{n}.png", "--images-per-prompt", "2", "--safety", "report",
+                              "--fail-on-nsfw", "--json", "--seed", "1", model=self.bundle)
+        self.assertExit(result, EXIT_NSFW, "--fail-on-nsfw")
+        self.assertEqual(files_under(self.dir), ["0.png", "1.png"])
+        self.assertTrue(all(set(png_pixels(self.dir / f"{n}.png")[2]) != {0} for n in range(2)))
+        records = json_lines(result.stdout)
+        self.assertEqual([r["nsfw"] for r in records[:-1]], [True, True])
+        self.assertEqual((records[-1]["nsfw"], records[-1]["written"]), (2, 2))
+
+
 class NeverFlags(CliTestCase):
     def test_fail_on_nsfw_passes_clean_images(self):
         result = self.txt2img("a fox", "-o", "a.png", "--fail-on-nsfw", "--json")

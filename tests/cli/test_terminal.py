@@ -46,6 +46,13 @@ class Terminal(CliTestCase):
         self.assertNotIn("\033[32m", screen)
         self.assertNotIn("\033[1;", screen)
 
+    def test_a_dumb_terminal_gets_plain_lines(self):
+        code, screen = self.run_on_terminal("a fox", "-o", "a.png", "--seed", "1", env={"TERM": "dumb"})
+        self.assertEqual(code, 0, screen)
+        self.assertIn("a.png", screen)
+        self.assertNotIn("\033[", screen)  # no redrawn bar, no colour
+        self.assertNotIn("\r", screen.replace("\r\n", "\n"))
+
     def test_quiet_draws_nothing(self):
         code, screen = self.run_on_terminal("a fox", "-o", "a.png", "--quiet")
         self.assertEqual((code, screen), (0, ""))
