@@ -160,10 +160,17 @@ def convert_source(args) -> dict:
         if not os.path.isfile(file):
             raise ck.ConversionError(f"--embedding {file}: no such file")
     # Hub ids (stabilityai/sd-vae-ft-mse, madebyollin/taesd) are downloaded; names come from what was given.
-    vae_path = ck.resolve_component(args.vae, "--vae") if args.vae is not None else None
-    taesd_path = ck.resolve_component(args.taesd, "--taesd") if args.taesd is not None else None
     path = ck.resolve_source(args.source)
     folder = os.path.isdir(path)
+    if args.vae is None and not folder:
+        # A1111's Automatic VAE: a VAE saved beside the checkpoint as NAME.vae.pt/.ckpt/.safetensors replaces the
+        # checkpoint's own (or stands in for a missing one), so images match that setting.
+        stem = os.path.splitext(path)[0]
+        args.vae = _first_file(*(stem + ".vae" + ext for ext in (".pt", ".ckpt", ".safetensors")))
+        if args.vae is not None:
+            export.progress(f"using the VAE beside the checkpoint, {args.vae}, as A1111 does (--vae names another)")
+    vae_path = ck.resolve_component(args.vae, "--vae") if args.vae is not None else None
+    taesd_path = ck.resolve_component(args.taesd, "--taesd") if args.taesd is not None else None
     if args.vocab is not None and not os.path.isfile(args.vocab):
         raise ck.ConversionError(f"--vocab {args.vocab}: no such file")
     vocab = _first_file(args.vocab, os.path.join(path, "tokenizer", "merges.txt") if folder else None,

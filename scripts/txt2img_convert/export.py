@@ -109,6 +109,11 @@ def load_weights(part: str, component: Component) -> nn.Module:
             raise ConversionError(
                 f"{component.origin}: {component.label} tensor {component.source_name(key)} has shape "
                 f"{list(tensors[key].shape)}, the model needs {list(target.shape)}")
+    # Such weights would convert, and every image would then fail as non-finite, far from the cause.
+    broken = sorted(k for k in expected if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all())
+    if broken:
+        raise ConversionError(f"{component.origin}: not-a-number or infinite values in {component.label} tensor "
+                              f"{listing(broken)}: the weights are damaged (a broken merge or download?)")
     module.load_state_dict(tensors, strict=True)
     return module
 

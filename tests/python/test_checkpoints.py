@@ -385,6 +385,18 @@ def test_misshaped_tensor_is_named(tmp_path, reference, sd1_ldm):
         export.load_weights("unet", model.unet)
 
 
+def test_non_finite_weights_are_named(tmp_path, reference, sd1_ldm):
+    key = "model.diffusion_model.output_blocks.4.1.transformer_blocks.0.attn2.to_v.weight"
+    sd = dict(sd1_ldm)
+    sd[key] = sd1_ldm[key].clone()
+    sd[key][0, 0] = float("nan")
+    model = _single_file_model(tmp_path, reference, sd)
+    with pytest.raises(ck.ConversionError, match=r"not-a-number or infinite values in U-Net tensor " +
+                                                 key.replace(".", r"\.") + r": the weights are damaged"):
+        export.load_weights("unet", model.unet)
+    export.load_weights("vae", model.vae)  # the other parts are fine
+
+
 def test_unknown_unet_tensor_is_an_error(tmp_path, sd1_ldm):
     sd = dict(sd1_ldm)
     sd["model.diffusion_model.label_emb.0.0.weight"] = torch.zeros(4, 4)

@@ -310,6 +310,29 @@ def test_moving_average_of_a_single_file(tmp_path, reference, capsys):
     ], tmp_path / "x")
 
 
+def test_a_vae_beside_the_checkpoint_is_used_as_a1111_does(tmp_path, reference, capsys):
+    """NAME.vae.safetensors beside NAME.safetensors replaces the checkpoint's VAE (A1111's Automatic VAE setting),
+    recorded as a --vae would be; --vae still names another."""
+    from txt2img_convert.safetensors_io import load_file, save_file
+    sd1 = load_file(str(reference / "sd1/single_file/sd1.safetensors"))
+    save_file(sd1, str(tmp_path / "model.safetensors"))
+    save_file({k[len("first_stage_model."):]: v * 0.5 for k, v in sd1.items() if k.startswith("first_stage_model.")},
+              str(tmp_path / "model.vae.safetensors"))
+    common = ["--config", reference / "sd1/model", "--no-safety-checker"]
+    status, stderr = convert(capsys, tmp_path / "model.safetensors", *common, "--out", tmp_path / "beside")
+    assert status == 0, stderr
+    assert f"using the VAE beside the checkpoint, {tmp_path / 'model.vae.safetensors'}, as A1111 does" in stderr
+    status, stderr = convert(capsys, reference / "sd1/single_file/sd1.safetensors", *common, "--out", tmp_path / "own")
+    assert status == 0, stderr
+    beside = torch.jit.load(str(tmp_path / "beside/vae_decoder.pt")).state_dict()
+    own = torch.jit.load(str(tmp_path / "own/vae_decoder.pt")).state_dict()
+    assert all(torch.equal(beside[k], own[k] * 0.5) for k in own if own[k].is_floating_point())
+    manifest = json.loads((tmp_path / "beside/model.json").read_text())
+    assert manifest["vae_name"] == "model.vae.safetensors"
+    assert "using the VAE beside" not in convert(capsys, tmp_path / "model.safetensors", *common, "--vae",
+                                                 tmp_path / "model.vae.safetensors", "--out", tmp_path / "named")[1]
+
+
 def test_lcm_model_with_a_guidance_embedding(tmp_path, reference, capsys):
     """An LCM-distilled model (its U-Net config has time_cond_proj_dim, as SimianLuo/LCM_Dreamshaper_v7) converts:
     model.json records the embedding's width, and the exported U-Net takes the guidance as a fourth input."""
