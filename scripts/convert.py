@@ -328,6 +328,12 @@ def main(argv=None) -> int:
     from txt2img_convert.export import progress
     from txt2img_convert.launch import report_errors
 
+    if os.path.islink(args.out) and os.path.isdir(args.out):
+        # models/sd15 -> /big-disk/sd15: the bundle is replaced where the link points, and the link kept.
+        target = os.path.realpath(args.out)
+        progress(f"{args.out} is a link to {target}; writing the bundle there")
+        args.out = target
+
     def convert_and_report():
         manifest = convert_source(args) if args.source is not None else convert_random(args)
         total = sum(f["bytes"] for f in manifest["files"].values())

@@ -155,6 +155,17 @@ def test_overwrite(tmp_path, vocab, capsys):
     status, stderr = convert(capsys, "--tiny", "--vocab", vocab, "--out", tmp_path / "notes", "--overwrite")
     assert status == 1 and "not a model bundle" in stderr
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    # A link to a bundle (models/sd15 -> a larger disk) is kept, and the bundle it points to replaced.
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    status, stderr = convert(capsys, "--tiny", "--vocab", vocab, "--seed", 2, "--out", link, "--overwrite")
+    assert status == 0 and f"{link} is a link to {out}; writing the bundle there" in stderr
+    assert link.is_symlink() and json.loads((out / "model.json").read_text())["model_name"] == "random-tiny-seed2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "link", "notes"]
+    link.unlink()
+    link.symlink_to(tmp_path / "notes")
+    status, stderr = convert(capsys, "--tiny", "--vocab", vocab, "--out", link, "--overwrite")
+    assert status == 1 and "not a model bundle" in stderr and (tmp_path / "notes" / "todo.txt").is_file()
 
 
 def config_without_safety(reference, tmp_path):
