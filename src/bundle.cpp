@@ -3,10 +3,12 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
 #include "txt2img/error.hpp"
+#include "txt2img/params.hpp"
 
 namespace txt2img {
 namespace {
@@ -31,6 +33,18 @@ T field(const nlohmann::json& j, const char* name, const std::string& where) {
   } catch (const nlohmann::json::exception&) {
     throw Error(ErrorKind::Bundle, where + ": model.json field \"" + name + "\" has the wrong type" + kConvertHint);
   }
+}
+
+// An integer field that must lie in [low, high]: a hand-edited or damaged value would otherwise reach the pipeline as a
+// division by zero or a raw LibTorch shape error.
+int int_field(const nlohmann::json& j, const char* name, const std::string& where, int low, int high,
+              const std::string& why = "") {
+  const int value = field<int>(j, name, where);
+  if (value < low || value > high)
+    throw Error(ErrorKind::Bundle, where + ": model.json field \"" + name + "\" is " + std::to_string(value) +
+                                       ", not from " + std::to_string(low) + " to " + std::to_string(high) + why +
+                                       kConvertHint);
+  return value;
 }
 
 SchedulerConfig scheduler_from_json(const nlohmann::json& j, const std::string& where) {
@@ -78,13 +92,23 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.family = field<std::string>(j, "family", where);
   if (m.family != "sd1")
     throw Error(ErrorKind::Bundle, where + ": model family \"" + m.family + "\" is not supported (only sd1)");
-  m.latent_channels = field<int>(j, "latent_channels", where);
+  m.latent_channels = int_field(j, "latent_channels", where, 4, 4, " (SD 1.x latents have 4 channels)");
   m.scale_factor = field<double>(j, "scale_factor", where);
-  m.vae_scale_factor = field<int>(j, "vae_scale_factor", where);
-  m.default_size = field<int>(j, "default_size", where);
-  m.context_length = field<int>(j, "context_length", where);
-  m.pad_id = field<int>(j, "pad_id", where);
-  m.text_hidden_size = field<int>(j, "text_hidden_size", where);
+  if (!(m.scale_factor > 0 && std::isfinite(m.scale_factor)))
+    throw Error(ErrorKind::Bundle, where + ": model.json field \"scale_factor\" must be a positive number" +
+                                       kConvertHint);
+  m.vae_scale_factor = int_field(j, "vae_scale_factor", where, 1, 64);
+  if ((m.vae_scale_factor & (m.vae_scale_factor - 1)) != 0)
+    throw Error(ErrorKind::Bundle, where + ": model.json field \"vae_scale_factor\" must be a power of two" +
+                                       kConvertHint);
+  const int multiple = std::max(8, m.vae_scale_factor);
+  m.default_size = int_field(j, "default_size", where, multiple, kMaxImageSide);
+  if (m.default_size % multiple != 0)
+    throw Error(ErrorKind::Bundle, where + ": model.json field \"default_size\" must be a multiple of " +
+                                       std::to_string(multiple) + kConvertHint);
+  m.context_length = int_field(j, "context_length", where, 3, 1024);
+  m.pad_id = int_field(j, "pad_id", where, 0, kClipVocabulary - 1);
+  m.text_hidden_size = int_field(j, "text_hidden_size", where, 1, 1 << 16);
   m.guidance_embedding_dim = j.value("guidance_embedding_dim", 0);
   if (j.contains("inpainting")) m.inpainting = field<bool>(j, "inpainting", where);
   if (j.contains("text_num_layers")) {  // written since --clip-skip; older bundles are SD v1's 12 layers

@@ -18,8 +18,6 @@
 namespace txt2img {
 namespace {
 
-constexpr int kMaxImageSide = 4096;
-
 // --low-vram decodes latents larger than this many latents a side in tiles of this size (64 = 512 pixels, SD v1's
 // native size), overlapping by a quarter tile so the cross-fades hide the seams.
 constexpr int64_t kVaeTile = 64;

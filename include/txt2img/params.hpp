@@ -8,6 +8,9 @@
 
 namespace txt2img {
 
+// The largest width or height an image may have, in pixels.
+constexpr int kMaxImageSide = 4096;
+
 // A LoRA of the bundle (scripts/add_lora.py) added to the weights for a batch, as AUTOMATIC1111's prompt tag
 // <lora:name:te_weight:unet_weight> does: W + weight * delta, with one weight for the text encoder's layers and one
 // for the U-Net's.

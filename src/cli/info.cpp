@@ -246,8 +246,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (r.contains("hires") && !r.at("hires").is_null()) {
       const auto& h = r.at("hires");
       add("--hires-scale", h.at("scale"));
-      // 0 (older images) and the first pass's steps both mean what leaving --hires-steps out means.
-      if (h.at("steps").get<int>() > 0 && h.at("steps") != r.at("steps")) add("--hires-steps", h.at("steps"));
+      if (h.at("steps").get<int>() > 0) add("--hires-steps", h.at("steps"));  // 0: older images, "as --steps"
       add("--hires-denoise", h.at("denoise"));
       if (h.at("upscaler").get<std::string>() != "latent") add("--hires-upscaler", h.at("upscaler"));
       if (h.contains("sampler") && h.at("sampler") != r.at("sampler")) add("--hires-sampler", h.at("sampler"));

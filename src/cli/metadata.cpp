@@ -115,7 +115,9 @@ std::string a1111_parameters(const ImageRecord& r) {
   params.emplace_back("RNG", "CPU");
   if (r.hires.enabled()) {
     params.emplace_back("Hires upscale", slider_number(r.hires.scale));
-    if (r.hires.steps > 0) params.emplace_back("Hires steps", std::to_string(r.hires.steps));
+    // The steps that ran, given or not (A1111 reads a missing or 0 "Hires steps" as the first pass's), so that
+    // info --command gives back the flag and the image made again has these very parameters.
+    params.emplace_back("Hires steps", std::to_string(r.hires.steps > 0 ? r.hires.steps : r.steps));
     params.emplace_back("Hires upscaler", a1111_upscaler_name(r.hires.upscaler));
     // A1111 names the hires sampler where it differs from the first pass's.
     if (!r.hires.sampler.empty() && r.hires.sampler != r.sampler) {
@@ -172,7 +174,7 @@ nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
 nlohmann::ordered_json hires_json(const ImageRecord& r) {
   if (!r.hires.enabled()) return nullptr;
   return {{"scale", r.hires.scale},
-          {"steps", r.hires.steps > 0 ? r.hires.steps : r.steps},  // 0 means "as --steps", which a reader must not need
+          {"steps", r.hires.steps > 0 ? r.hires.steps : r.steps},
           {"denoise", r.hires.denoise},
           {"upscaler", r.hires.upscaler},
           {"sampler", r.hires.sampler.empty() ? r.sampler : r.hires.sampler},

@@ -272,6 +272,8 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
     std::cout << e.what() << std::endl;
     return kExitSuccess;
   } catch (const CLI::ParseError& e) {
+    // An empty value fails an option's range check or requirement first; it is named as what it most likely is.
+    for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
     throw Error(ErrorKind::Usage, std::string(e.what()) + " (txt2img --help lists the options)");
   }
   for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);

@@ -91,7 +91,11 @@ std::optional<T> int_field(const nlohmann::json& value, const std::string& key, 
 std::optional<std::string> string_field(const nlohmann::json& value, const std::string& key, const std::string& where) {
   if (!value.is_string())
     throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a string, not " + value.dump());
-  return value.get<std::string>();
+  auto text = value.get<std::string>();
+  // No command line can carry a NUL (info --command could not give the prompt back) and no path can hold one.
+  if (text.find('\0') != std::string::npos)
+    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" contains a NUL character (\\u0000)");
+  return text;
 }
 
 }  // namespace
@@ -229,6 +233,9 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
   const std::string where = this->where(line_);
   if (auto problem = utf8_problem(text); !problem.empty())
     throw Error(ErrorKind::Usage, where + ": not valid UTF-8 (" + problem + "); save the file as UTF-8");
+  if (const auto nul = text.find('\0'); nul != std::string_view::npos)
+    throw Error(ErrorKind::Usage, where + ": a NUL character at column " + std::to_string(nul + 1) +
+                                      " (no command line can carry one); is this a text file?");
 
   entry = PromptEntry{};
   entry.line = line_;

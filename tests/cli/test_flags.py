@@ -81,7 +81,8 @@ class BadFlags(CliTestCase):
     def test_an_empty_value_is_no_value(self):
         """`--seed "$SEED"` with SEED unset is an error, not a random seed (nor CFG 0, nor every shard); a prompt and a
         negative prompt may be empty."""
-        for flag in ("--seed", "--cfg-scale", "--shard", "--width", "--device", "--preview", "--output"):
+        for flag in ("--seed", "--cfg-scale", "--shard", "--width", "--device", "--preview", "--output",
+                     "--threads", "--batch-size", "--hires-scale", "--hires-steps", "--ensd"):  # with range checks
             # After a value too: the last one would otherwise be taken.
             self.assertExit(self.txt2img("a fox", "--seed", "1", flag, ""), EXIT_USAGE,
                             f"{flag} is empty (an unset variable?)")

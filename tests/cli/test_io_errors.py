@@ -3,6 +3,7 @@
 import json
 import os
 import resource
+import shutil
 import subprocess
 import unittest
 
@@ -105,6 +106,21 @@ class BundleErrors(CliTestCase):
     def test_corrupt_pt_of_the_right_size(self):
         size = json.loads((TINY / "model.json").read_text())["files"]["unet.pt"]["bytes"]
         self.check(derived_bundle(self.dir / "b", replace={"unet.pt": b"\x13" * size}), "unet.pt")
+
+    def test_manifest_values_out_of_range(self):
+        """A hand-edited or damaged model.json is a bundle error, not a division by zero or a LibTorch shape error."""
+        for field, value, message in (("vae_scale_factor", 0, 'field "vae_scale_factor" is 0, not from 1 to 64'),
+                                      ("vae_scale_factor", 6, '"vae_scale_factor" must be a power of two'),
+                                      ("latent_channels", 3, "SD 1.x latents have 4 channels"),
+                                      ("pad_id", 60000, '"pad_id" is 60000'),
+                                      ("default_size", 7, '"default_size" is 7, not from 8 to 4096'),
+                                      ("default_size", 100, '"default_size" must be a multiple of 8'),
+                                      ("scale_factor", 0, '"scale_factor" must be a positive number')):
+            def edit(m):
+                m[field] = value
+                return m
+            shutil.rmtree(self.dir / "b", ignore_errors=True)
+            self.check(derived_bundle(self.dir / "b", edit_manifest=edit), message)
 
     def test_unknown_format_version(self):
         def bump(m):

@@ -90,6 +90,16 @@ class PlainText(CliTestCase):
         self.assertExit(result, EXIT_USAGE, "p.txt:2", "UTF-8")
         self.assertNothingWritten("p.txt")
 
+    def test_a_nul_character_is_refused(self):
+        """No command line can carry a NUL, so info --command could not give such a prompt back."""
+        (self.dir / "p.txt").write_bytes(b"a fox\na\0b\n")
+        self.assertExit(self.txt2img("--from-file", "p.txt", "-o", "{index}.png"), EXIT_USAGE,
+                        "p.txt:2: a NUL character at column 2")
+        self.write("p.jsonl", '{"prompt": "a fox"}\n{"prompt": "a", "negative_prompt": "b\\u0000c"}\n')
+        self.assertExit(self.txt2img("--from-file", "p.jsonl", "-o", "{index}.png"), EXIT_USAGE,
+                        'p.jsonl:2: "negative_prompt" contains a NUL character')
+        self.assertNothingWritten("p.txt", "p.jsonl")
+
     def test_unreadable_file(self):
         result = self.txt2img("--from-file", "missing.txt")
         self.assertExit(result, EXIT_IO, "missing.txt")
