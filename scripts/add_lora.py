@@ -133,6 +133,7 @@ def add(args) -> None:
     from txt2img_convert import lora
     from txt2img_convert.checkpoints import ConversionError, sha256_file
     from txt2img_convert.export import write_manifest
+    from txt2img_convert.launch import progress
     from txt2img_convert.safetensors_io import save_file
 
     bundle = args.bundle
@@ -173,13 +174,14 @@ def add(args) -> None:
             os.rmdir(folder)
         raise
     for name, _, r in packed:
-        _progress(f"added {r['format']} LoRA {name} ({r['modules']} modules: {r['unet_modules']} U-Net, "
+        progress(f"added {r['format']} LoRA {name} ({r['modules']} modules: {r['unet_modules']} U-Net, "
                   f"{r['text_encoder_modules']} text encoder); use it with <lora:{name}:1> in a prompt")
 
 
 def remove(args) -> None:
     from txt2img_convert.checkpoints import ConversionError
     from txt2img_convert.export import write_manifest
+    from txt2img_convert.launch import progress
 
     bundle = args.bundle
     manifest = _read_manifest(bundle)
@@ -208,14 +210,10 @@ def remove(args) -> None:
         path = os.path.join(bundle, _packed_file(name))
         if os.path.lexists(path):
             os.remove(path)
-        _progress(f"removed the LoRA {name}")
+        progress(f"removed the LoRA {name}")
     folder = os.path.join(bundle, "loras")
     if os.path.isdir(folder) and not os.listdir(folder):
         os.rmdir(folder)
-
-
-def _progress(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:

@@ -2,8 +2,9 @@
 """Convert a Stable Diffusion 1.x model into a txt2img model bundle.
 
   convert.py SOURCE --out DIR [--config DIR] [--original-config YAML] [--vocab PATH]
-             [--safety-checker DIR | --no-safety-checker] [--vae VAE] [--taesd TAESD] [--lora FILE[:WEIGHT]]...
-             [--embedding FILE]... [--prediction-type TYPE] [--zero-terminal-snr] [--overwrite]
+             [--safety-checker DIR | --no-safety-checker] [--vae VAE | --own-vae] [--taesd TAESD] [--ema]
+             [--lora FILE[:WEIGHT]]... [--embedding FILE]... [--prediction-type TYPE] [--zero-terminal-snr]
+             [--overwrite]
   convert.py --tiny|--random-full --out DIR --vocab PATH [--seed N] [--no-safety-checker] [--tiny-flag-all]
              [--prediction-type TYPE] [--zero-terminal-snr] [--overwrite]
 
@@ -11,7 +12,9 @@ SOURCE: a diffusers folder, a single-file CompVis/LDM checkpoint (.safetensors o
 hub id such as runwayml/stable-diffusion-v1-5 (downloaded when huggingface_hub is installed). Each --lora
 (kohya/A1111, PEFT or diffusers LoRA file, or LyCORIS LoHa/LoKr/full in kohya naming) is merged into the U-Net
 and text-encoder weights before export. --vae replaces the model's VAE (a diffusers VAE or model folder, or a
-single VAE file such as vae-ft-mse-840000-ema-pruned.safetensors). Each --embedding (a textual inversion) is
+single VAE file such as vae-ft-mse-840000-ema-pruned.safetensors); without it a single file's NAME.vae.ckpt/.pt/
+.safetensors beside it is used, as A1111 does, unless --own-vae. --ema converts a single file's moving average of
+the U-Net instead of its trained weights. Each --embedding (a textual inversion) is
 added to the text encoder under its file's name. A v-prediction or zero-terminal-SNR model whose files do not say so
 (a single file without its .yaml) needs --prediction-type v_prediction and --zero-terminal-snr.
 """
@@ -80,6 +83,9 @@ def parse_args(argv):
                    help="decode with this VAE instead of the model's: a diffusers VAE folder or hub id (e.g. "
                         "stabilityai/sd-vae-ft-mse), a diffusers model folder, or a .safetensors/.ckpt/.pt VAE file "
                         "such as vae-ft-mse-840000-ema-pruned.safetensors; images record it as A1111 does")
+    p.add_argument("--own-vae", action="store_true",
+                   help="keep a single-file SOURCE's own VAE even where a NAME.vae.ckpt/.pt/.safetensors lies beside "
+                        "it (which is otherwise used, as A1111's Automatic VAE setting does)")
     p.add_argument("--taesd", metavar="TAESD",
                    help="add TAESD, the tiny decoder of txt2img --decoder taesd and --preview: madebyollin/taesd (a "
                         "hub id or its folder), its diffusion_pytorch_model.safetensors, or "
@@ -129,6 +135,8 @@ def parse_args(argv):
         p.error("--original-config applies to a single-file SOURCE; a diffusers folder has scheduler_config.json")
     if args.ema and (preset or os.path.isdir(args.source)):
         p.error("--ema applies to a single-file SOURCE (a diffusers folder holds one set of U-Net weights)")
+    if args.own_vae and args.vae is not None:
+        p.error("--own-vae and --vae exclude each other")
     return args
 
 
@@ -162,13 +170,17 @@ def convert_source(args) -> dict:
     # Hub ids (stabilityai/sd-vae-ft-mse, madebyollin/taesd) are downloaded; names come from what was given.
     path = ck.resolve_source(args.source)
     folder = os.path.isdir(path)
-    if args.vae is None and not folder:
-        # A1111's Automatic VAE: a VAE saved beside the checkpoint as NAME.vae.pt/.ckpt/.safetensors replaces the
-        # checkpoint's own (or stands in for a missing one), so images match that setting.
+    if args.ema and folder:  # a hub id, which parse_args could not tell from a file
+        raise ck.ConversionError(f"--ema applies to a single-file SOURCE; {args.source} is a diffusers model, which "
+                                 "holds one set of U-Net weights")
+    if args.vae is None and not folder and not args.own_vae:
+        # A1111's Automatic VAE: a VAE saved beside the checkpoint as NAME.vae.ckpt/.pt/.safetensors (in the order
+        # A1111 lists them) replaces the checkpoint's own or stands in for a missing one, so images match that setting.
         stem = os.path.splitext(path)[0]
-        args.vae = _first_file(*(stem + ".vae" + ext for ext in (".pt", ".ckpt", ".safetensors")))
+        args.vae = _first_file(*(stem + ".vae" + ext for ext in (".ckpt", ".pt", ".safetensors")))
         if args.vae is not None:
-            export.progress(f"using the VAE beside the checkpoint, {args.vae}, as A1111 does (--vae names another)")
+            export.progress(f"using the VAE beside the checkpoint, {args.vae}, as A1111 does (--own-vae keeps the "
+                            "checkpoint's, --vae names another)")
     vae_path = ck.resolve_component(args.vae, "--vae") if args.vae is not None else None
     taesd_path = ck.resolve_component(args.taesd, "--taesd") if args.taesd is not None else None
     if args.vocab is not None and not os.path.isfile(args.vocab):
@@ -328,13 +340,12 @@ def main(argv=None) -> int:
     from txt2img_convert.export import progress
     from txt2img_convert.launch import report_errors
 
-    if os.path.islink(args.out) and os.path.isdir(args.out):
-        # models/sd15 -> /big-disk/sd15: the bundle is replaced where the link points, and the link kept.
-        target = os.path.realpath(args.out)
-        progress(f"{args.out} is a link to {target}; writing the bundle there")
-        args.out = target
-
     def convert_and_report():
+        out = os.path.normpath(args.out)  # "link/" is the folder it points to, not the link
+        if os.path.islink(out) and os.path.isdir(out):
+            # models/sd15 -> /big-disk/sd15: the bundle is replaced where the link points, and the link kept.
+            args.out = os.path.realpath(out)
+            progress(f"{out} is a link to {args.out}; writing the bundle there")
         manifest = convert_source(args) if args.source is not None else convert_random(args)
         total = sum(f["bytes"] for f in manifest["files"].values())
         progress(f"wrote {args.out} ({total / 1e6:.1f} MB, model {manifest['model_name']} "

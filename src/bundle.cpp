@@ -41,9 +41,11 @@ int int_field(const nlohmann::json& j, const char* name, const std::string& wher
               const std::string& why = "") {
   const int value = field<int>(j, name, where);
   if (value < low || value > high)
-    throw Error(ErrorKind::Bundle, where + ": model.json field \"" + name + "\" is " + std::to_string(value) +
-                                       ", not from " + std::to_string(low) + " to " + std::to_string(high) + why +
-                                       kConvertHint);
+    throw Error(ErrorKind::Bundle,
+                where + ": model.json field \"" + name + "\" is " + std::to_string(value) +
+                    (low == high ? ", not " + std::to_string(low)
+                                 : ", not from " + std::to_string(low) + " to " + std::to_string(high)) +
+                    why + kConvertHint);
   return value;
 }
 
@@ -74,6 +76,10 @@ SafetyConfig safety_from_json(const nlohmann::json& j, const std::string& where)
 
 }  // namespace
 
+std::string add_lora_again(const std::filesystem::path& dir) {
+  return "scripts/add_lora.py " + dir.string() + " FILE --overwrite";
+}
+
 std::string libtorch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
          std::to_string(TORCH_VERSION_PATCH);
@@ -95,8 +101,8 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.latent_channels = int_field(j, "latent_channels", where, 4, 4, " (SD 1.x latents have 4 channels)");
   m.scale_factor = field<double>(j, "scale_factor", where);
   if (!(m.scale_factor > 0 && std::isfinite(m.scale_factor)))
-    throw Error(ErrorKind::Bundle, where + ": model.json field \"scale_factor\" must be a positive number" +
-                                       kConvertHint);
+    throw Error(ErrorKind::Bundle, where + ": model.json field \"scale_factor\" is " + j.at("scale_factor").dump() +
+                                       ", not a positive number" + kConvertHint);
   m.vae_scale_factor = int_field(j, "vae_scale_factor", where, 1, 64);
   if ((m.vae_scale_factor & (m.vae_scale_factor - 1)) != 0)
     throw Error(ErrorKind::Bundle, where + ": model.json field \"vae_scale_factor\" must be a power of two" +
@@ -202,8 +208,8 @@ Bundle Bundle::open(const std::filesystem::path& dir) {
   for (const auto& lora : b.manifest_.loras)
     if (!b.lists(lora.file))
       throw Error(ErrorKind::Bundle, where + ": model.json's LoRA \"" + lora.name + "\" names " + lora.file +
-                                         ", which it does not list among the files; add the LoRA again with "
-                                         "scripts/add_lora.py " + dir.string() + " FILE --overwrite");
+                                         ", which it does not list among the files; add the LoRA again with " +
+                                         add_lora_again(dir));
   for (const auto& f : b.manifest_.files) {
     const auto p = dir / f.name;
     if (!std::filesystem::is_regular_file(p)) {

@@ -58,8 +58,8 @@ void LoraWeights::apply(const std::vector<LoraUse>& uses, const Manifest& manife
         if (weight_of(use, key) == 0) continue;  // exactly the weights without it, as convert.py leaves them
         if (!params.count(key))
           throw Error(ErrorKind::Bundle, path.string() + " changes " + key +
-                                             ", which is no weight of this model; add the LoRA again with "
-                                             "scripts/add_lora.py " + bundle_dir_.string() + " FILE --overwrite");
+                                             ", which is no weight of this model; add the LoRA again with " +
+                                             add_lora_again(bundle_dir_));
         keys.insert(key);
       }
     }
@@ -75,8 +75,7 @@ void LoraWeights::apply(const std::vector<LoraUse>& uses, const Manifest& manife
         if (change.numel() != param.numel())
           throw Error(ErrorKind::Bundle, path.string() + " changes " + key + " by " + std::to_string(change.numel()) +
                                              " values, the weight has " + std::to_string(param.numel()) +
-                                             "; add the LoRA again with scripts/add_lora.py " +
-                                             bundle_dir_.string() + " FILE --overwrite");
+                                             "; add the LoRA again with " + add_lora_again(bundle_dir_));
         sum = sum + weight * change.reshape(param.sizes());
       }
       originals_[key] = param.to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true);

@@ -174,7 +174,7 @@ Pipeline& Pipeline::operator=(Pipeline&&) noexcept = default;
 Pipeline::~Pipeline() = default;
 
 void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& options) {
-  // A file the bundle lists but that was deleted is named, so that the advice is not to convert what was converted.
+  // A file the bundle lists but that was deleted is named as such: the user removed it, the converter did not omit it.
   const auto lacks = [&](const std::string& file, const std::string& what) {
     return "model bundle " + bundle.dir().string() +
            (bundle.lists(file) ? ": " + file + " (its " + what + ") is missing, though model.json lists it"
@@ -347,6 +347,14 @@ void check_loras_supported(const GenerationParams& params, const PipelineOptions
   if (!params.loras.empty() && options.graph != GraphOptimization::None)
     throw Error(ErrorKind::Usage, "LoRAs cannot be added to frozen weights (--graph freeze or optimize makes them "
                                   "constants of the graph); drop --graph for prompts with LoRA tags");
+}
+
+void check_lora_files(const Bundle& bundle, const GenerationParams& params) {
+  for (const auto& lora : params.loras)
+    if (const auto* listed = bundle.manifest().find_lora(lora.name); listed && !bundle.has(listed->file))
+      throw Error(ErrorKind::Bundle, "the model bundle's LoRA \"" + lora.name + "\" is missing its file " +
+                                         bundle.path(listed->file).string() + "; add it again with " +
+                                         add_lora_again(bundle.dir()));
 }
 
 std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, const GenerationParams& params) const {

@@ -127,6 +127,9 @@ class Bundle {
   std::set<std::string> absent_;  // listed optional files that do not exist
 };
 
+// What adds a LoRA to the bundle at `dir` again, for messages: "scripts/add_lora.py DIR FILE --overwrite".
+std::string add_lora_again(const std::filesystem::path& dir);
+
 // The PyTorch version this binary's LibTorch reports, e.g. "1.13.1".
 std::string libtorch_version();
 

@@ -152,6 +152,10 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
 // into constants); Pipeline::generate checks it too, this is for checking before anything loads.
 void check_loras_supported(const GenerationParams& params, const PipelineOptions& options);
 
+// Throws Error(Bundle) when a LoRA of params.loras (resolved: each one the bundle lists) has lost its file, which a
+// user may delete to save space, so that a run finds it before its first image.
+void check_lora_files(const Bundle& bundle, const GenerationParams& params);
+
 class Pipeline {
  public:
   // Throws Error(Usage) when the options need a module the bundle lacks (the safety checker unless it is off, TAESD

@@ -18,7 +18,6 @@ import os
 import pickle
 import re
 import struct
-import sys
 import zipfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -26,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import restricted_pickle
+from .launch import progress
 from .presets import SD1_SCHEDULER, sd1_defaults
 from .safetensors_io import is_safetensors, load_file
 
@@ -85,10 +85,6 @@ def read_json(path: str) -> dict:
     return data
 
 
-def _note(message: str) -> None:
-    print(f"convert.py: {message}", file=sys.stderr, flush=True)
-
-
 def _load_restricted(path: str, refusal: str):
     """`path` read by the restricted unpickler, after torch.load(weights_only=True) refused it for `refusal`.
     (torch.load's own pickle_module argument is not used: torch 1.13 ignores it unless weights_only=True.)"""
@@ -104,7 +100,7 @@ def _load_restricted(path: str, refusal: str):
     if ignored:
         names = sorted(ignored)
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        _note(f"{path}: torch.load(weights_only=True) refused it ({refusal}); read it with a restricted unpickler "
+        progress(f"{path}: torch.load(weights_only=True) refused it ({refusal}); read it with a restricted unpickler "
               f"instead, which ignored these globals without importing or running them: {shown}")
     return data
 
@@ -133,10 +129,10 @@ def read_file(path: str):
     named = path.lower().endswith(".safetensors")
     if not is_safetensors(path):
         if named:
-            _note(f"{path} is a pickled PyTorch checkpoint despite its name; reading it as one")
+            progress(f"{path} is a pickled PyTorch checkpoint despite its name; reading it as one")
         return read_pickle(path)
     if not named:
-        _note(f"{path} is a .safetensors file despite its name; reading it as one")
+        progress(f"{path} is a .safetensors file despite its name; reading it as one")
     try:
         return load_file(path)
     except (OSError, ValueError) as e:
@@ -164,6 +160,11 @@ def read_tensors(path: str) -> Tensors:
         keys = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in list(data.items())[:8])
         raise ConversionError(f"{path}: no tensors found (it holds {keys})")
     return tensors
+
+
+def non_finite(tensors: Tensors) -> List[str]:
+    """The names of the floating-point tensors holding a NaN or an infinity, sorted."""
+    return sorted(k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
 
 
 def as_float32(tensors: Tensors) -> Tensors:
@@ -372,7 +373,7 @@ def ldm_to_diffusers(sd: Tensors, origin: str, ema: bool = False) -> Dict[str, C
                                   (f" nor of {len(missing) - 1} more U-Net weights" if len(missing) > 1 else ""))
         unet_ldm = {k: sd[_ema_name(k)] for k in unet_ldm}
     elif ema_count > 100:  # diffusers' threshold: a few stray model_ema.* keys are no moving average
-        _note(f"{origin} also holds an exponential moving average of the U-Net ({_LDM_EMA}*); the trained weights "
+        progress(f"{origin} also holds an exponential moving average of the U-Net ({_LDM_EMA}*); the trained weights "
               "are converted, as diffusers and A1111 read the file, and --ema converts the average instead")
     if not text_ldm:
         if any(k.startswith(("cond_stage_model.model.", "conditioner.")) for k in sd):

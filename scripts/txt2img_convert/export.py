@@ -4,15 +4,15 @@ the bundle directory (TorchScript files, tokenizer.model, model.json) atomically
 import json
 import os
 import shutil
-import sys
 import tempfile
 from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from .checkpoints import Component, ConversionError, sha256_file
+from .checkpoints import Component, ConversionError, non_finite, sha256_file
 from .clip import _TEXT_DEFAULTS, CLIPTextModel
+from .launch import progress  # noqa: F401 - the scripts call it as export.progress
 from .presets import DEFAULT_PREPROCESSOR
 from .safety import StableDiffusionSafetyChecker
 from .taesd import TAESDDecoder
@@ -70,10 +70,6 @@ def format_version(fields: dict) -> int:
     return NEEDS_NEWER_READER_VERSION if newer else BUNDLE_FORMAT_VERSION
 
 
-def progress(message: str) -> None:
-    print(f"convert.py: {message}", file=sys.stderr, flush=True)
-
-
 def build(part: str, config: dict) -> nn.Module:
     """An eval-mode float32 module of kind `part` ("unet", "vae", ...) for `config`, default-initialised."""
     try:
@@ -110,7 +106,7 @@ def load_weights(part: str, component: Component) -> nn.Module:
                 f"{component.origin}: {component.label} tensor {component.source_name(key)} has shape "
                 f"{list(tensors[key].shape)}, the model needs {list(target.shape)}")
     # Such weights would convert, and every image would then fail as non-finite, far from the cause.
-    broken = sorted(k for k in expected if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all())
+    broken = non_finite({k: tensors[k] for k in expected})
     if broken:
         raise ConversionError(f"{component.origin}: not-a-number or infinite values in {component.label} tensor "
                               f"{listing(broken)}: the weights are damaged (a broken merge or download?)")
@@ -212,6 +208,13 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
             f"the U-Net takes {unet.get('in_channels')} input channels, not the VAE's {latent} latent channels, nor "
             f"an inpainting model's {2 * latent + 1} (an instruct-pix2pix or other image-conditioned model?): only "
             "text-to-image and inpainting models are supported")
+    if latent != 4:
+        raise ConversionError(f"the VAE has {latent} latent channels, not SD 1.x's 4 (a VAE of SD 3 or FLUX?)")
+    default_size = int(unet["sample_size"]) * vae_scale_factor
+    multiple = max(8, vae_scale_factor)  # the sizes txt2img accepts, which it checks model.json against
+    if default_size % multiple or not multiple <= default_size <= 4096:
+        raise ConversionError(f"the U-Net's sample_size {unet['sample_size']} makes {default_size}-pixel images, not a "
+                              f"multiple of {multiple} from {multiple} to 4096 (a damaged unet/config.json?)")
     cross_attention = unet.get("cross_attention_dim")
     if cross_attention is not None and int(cross_attention) != int(text["hidden_size"]):
         raise ConversionError(
@@ -221,7 +224,7 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
         "latent_channels": latent,
         "scale_factor": float(vae.get("scaling_factor") or 0.18215),
         "vae_scale_factor": vae_scale_factor,
-        "default_size": int(unet["sample_size"]) * vae_scale_factor,
+        "default_size": default_size,
         "context_length": int(text.get("max_position_embeddings", 77)),
         "pad_id": PAD_ID,
         "text_hidden_size": int(text["hidden_size"]),

@@ -6,6 +6,13 @@ import os
 import signal
 import sys
 
+_program = "convert.py"  # the script whose messages these are; report_errors names it
+
+
+def progress(message: str) -> None:
+    """One line on stderr, "PROG: message", for progress, notes and warnings."""
+    print(f"{_program}: {message}", file=sys.stderr, flush=True)
+
 
 def reexec_if_needed(prog: str, script: str) -> None:
     """Re-run `script` when the interpreter lacks torch (under the Python that scripts/with-torch-python finds, so
@@ -48,6 +55,9 @@ def report_errors(prog: str, action) -> int:
     ConversionError or any other exception (TXT2IMG_DEBUG=1 shows the traceback instead), 130 for an interrupt
     (SIGINT, SIGTERM or SIGHUP); 0 when it returns."""
     from .checkpoints import ConversionError
+
+    global _program
+    _program = prog
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt

@@ -72,7 +72,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .checkpoints import Component, ConversionError, listing, read_tensors, sha256_file
+from .checkpoints import Component, ConversionError, listing, non_finite, read_tensors, sha256_file
 from .safetensors_io import is_safetensors, read_header
 
 PARTS = ("unet", "text_encoder")
@@ -494,7 +494,7 @@ def _parse(path: str, components: Dict[str, Component]) -> Tuple[List[_Update], 
         raise ConversionError(f"{path}: no such file")
     tensors = read_tensors(path)
     # A NaN merged into the weights would make every image fail later, far from its cause.
-    broken = sorted(key for key, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    broken = non_finite(tensors)
     if broken:
         raise ConversionError(f"{path}: not-a-number or infinite values in {listing(broken)}: the LoRA file is "
                               "damaged")

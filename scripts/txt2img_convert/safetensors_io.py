@@ -35,16 +35,15 @@ def _element_size(dtype: torch.dtype) -> int:
 
 def is_safetensors(path: str) -> bool:
     """Whether `path` holds safetensors rather than a PyTorch pickle, judged by its first bytes, since downloads get
-    renamed and upper-cased: a header length that fits the file followed by "{" is safetensors, a zip (torch.save)
-    or a pickle's PROTO opcode is a pickle. Anything else goes by the (lower-cased) extension, whose reader then
-    says what is wrong with the file."""
+    renamed and upper-cased: "{" after the 8-byte header length is safetensors (a truncated one too, which its reader
+    then calls truncated; neither of torch.save's formats has it there), a zip (torch.save) or a pickle's PROTO
+    opcode is a pickle. Anything else goes by the (lower-cased) extension, whose reader then says what is wrong."""
     try:
         with open(path, "rb") as f:
             head = f.read(9)
-            size = f.seek(0, 2)
     except OSError:
-        head, size = b"", 0
-    if len(head) == 9 and head[8:] == b"{" and struct.unpack("<Q", head[:8])[0] <= size - 8:
+        head = b""
+    if head[8:9] == b"{":
         return True
     if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         return False

@@ -469,12 +469,7 @@ int run_generate(const GenerateOptions& o) {
   RunPlan plan(std::move(source), plan_options, [&bundle, &manifest, &placement](const GenerationParams& p) {
     auto resolved = resolve_params(manifest, p);
     check_loras_supported(resolved, placement.options);
-    // A LoRA whose file was deleted from the bundle is found before the first image, like one the bundle lacks.
-    for (const auto& lora : resolved.loras)
-      if (const auto file = manifest.find_lora(lora.name)->file; !bundle.has(file))
-        throw Error(ErrorKind::Bundle, "the model bundle's LoRA \"" + lora.name + "\" is missing its file " +
-                                           bundle.path(file).string() + "; add it again with scripts/add_lora.py " +
-                                           bundle.dir().string() + " FILE --overwrite");
+    check_lora_files(bundle, resolved);
     return resolved;
   });
   // The flags' own settings resolved above; --lora's are checked before the prompts add theirs, so that a LoRA the
@@ -483,7 +478,7 @@ int run_generate(const GenerateOptions& o) {
     GenerationParams with_loras = plan_options.params;
     with_loras.loras = parse_lora_tags(plan_options.lora_tags).loras;
     try {
-      resolve_params(manifest, with_loras);
+      check_lora_files(bundle, resolve_params(manifest, with_loras));
     } catch (const Error& e) {
       throw Error(e.kind(), "--lora: " + std::string(e.what()));
     }

@@ -110,7 +110,7 @@ int bundle_info(const InfoOptions& o) {
     for (const auto& l : m.loras)
       std::cout << "  LoRA           " << l.name << (l.a1111_hash.empty() ? "" : " [" + l.a1111_hash + "]")
                 << (bundle.has(l.file) ? ", added by a prompt's <lora:" + l.name + ":WEIGHT>"
-                                       : ", deleted (add it again with scripts/add_lora.py)")
+                                       : ", deleted (add it again with " + add_lora_again(o.path) + ")")
                 << "\n";
     print_source(m.raw.value("source", nlohmann::json::object()));
     std::cout << "  files\n";

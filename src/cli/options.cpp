@@ -40,11 +40,13 @@ std::string generate_footer() {
              "Prompt files: one prompt a line (blank lines and lines starting with # are skipped), or JSON Lines\n"
              "(a .jsonl name, or a first line starting with {) where a line may set: ") +
          joined(jsonl_keys()) +
-         std::string(".\nThe whole file is checked before the model loads.\n\n"
+         std::string(
+             ".\nThe whole file is checked before the model loads.\n\n"
              "Seeds: image n of a prompt whose line sets \"seed\" S uses S + n; every other image uses\n"
              "--seed + its index in the whole run (so image k of a single prompt uses seed + k). Shards and resumed\n"
-             "runs therefore make the same images. With --variation-strength every image keeps the seed and image\n"
-             "k takes variation seed --variation-seed + k instead.\n\n"
+             "runs therefore make the same images (up to float rounding with --batch-size above 1). With\n"
+             "--variation-strength every image keeps the seed and image k takes variation seed --variation-seed + k\n"
+             "instead.\n\n"
              "Output names: -o takes a file name or a pattern with {index} (position in the whole run, from 0),\n"
              "{seed}, {n} (position among the prompt's images, from 0) and {prompt} (a slug); numbers take widths\n"
              "as in {index:05}, {prompt:40} limits the slug. Default: ") +

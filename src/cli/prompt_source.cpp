@@ -233,7 +233,7 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
   const std::string where = this->where(line_);
   if (auto problem = utf8_problem(text); !problem.empty())
     throw Error(ErrorKind::Usage, where + ": not valid UTF-8 (" + problem + "); save the file as UTF-8");
-  if (const auto nul = text.find('\0'); nul != std::string_view::npos)
+  if (const auto nul = line.find('\0'); nul != std::string::npos)
     throw Error(ErrorKind::Usage, where + ": a NUL character at column " + std::to_string(nul + 1) +
                                       " (no command line can carry one); is this a text file?");
 

@@ -111,11 +111,11 @@ class BundleErrors(CliTestCase):
         """A hand-edited or damaged model.json is a bundle error, not a division by zero or a LibTorch shape error."""
         for field, value, message in (("vae_scale_factor", 0, 'field "vae_scale_factor" is 0, not from 1 to 64'),
                                       ("vae_scale_factor", 6, '"vae_scale_factor" must be a power of two'),
-                                      ("latent_channels", 3, "SD 1.x latents have 4 channels"),
+                                      ("latent_channels", 3, '"latent_channels" is 3, not 4 (SD 1.x latents'),
                                       ("pad_id", 60000, '"pad_id" is 60000'),
                                       ("default_size", 7, '"default_size" is 7, not from 8 to 4096'),
                                       ("default_size", 100, '"default_size" must be a multiple of 8'),
-                                      ("scale_factor", 0, '"scale_factor" must be a positive number')):
+                                      ("scale_factor", 0, '"scale_factor" is 0, not a positive number')):
             def edit(m):
                 m[field] = value
                 return m

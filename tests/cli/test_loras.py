@@ -129,7 +129,9 @@ class PromptLoras(CliTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         listing = run(["info", bundle], self.dir).stdout
         self.assertIn(f"  LoRA           ink-style [{self.hashes['ink-style']}], deleted (add it again with "
-                      "scripts/add_lora.py)", listing)
+                      f"scripts/add_lora.py {bundle} FILE --overwrite)", listing)
+        self.assertExit(self.txt2img("a fox", "--lora", "ink-style:0.5", "-o", "l.png", model=bundle), EXIT_BUNDLE,
+                        '--lora: the model bundle\'s LoRA "ink-style" is missing its file')
         self.assertRegex(listing, r"loras/ink-style\.safetensors .* MISSING")
 
     def test_info_lists_them_and_the_command_makes_the_image_again(self):

@@ -303,9 +303,9 @@ def test_the_format_is_read_from_the_content_not_the_name(tmp_path, capsys):
     for path in (upper, pickled, plain):
         loaded = ck.read_tensors(str(path))
         assert torch.equal(loaded["model.diffusion_model.out.2.weight"], tensors["model.diffusion_model.out.2.weight"])
-    notes = capsys.readouterr().err.splitlines()
-    assert notes == [f"convert.py: {pickled} is a pickled PyTorch checkpoint despite its name; reading it as one",
-                     f"convert.py: {plain} is a .safetensors file despite its name; reading it as one"]
+    notes = [line.split(": ", 1)[1] for line in capsys.readouterr().err.splitlines()]  # after "PROG: "
+    assert notes == [f"{pickled} is a pickled PyTorch checkpoint despite its name; reading it as one",
+                     f"{plain} is a .safetensors file despite its name; reading it as one"]
 
 
 def test_a_dict_without_tensors_says_what_it_holds(tmp_path):

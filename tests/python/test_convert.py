@@ -158,7 +158,7 @@ def test_overwrite(tmp_path, vocab, capsys):
     # A link to a bundle (models/sd15 -> a larger disk) is kept, and the bundle it points to replaced.
     link = tmp_path / "link"
     link.symlink_to(out)
-    status, stderr = convert(capsys, "--tiny", "--vocab", vocab, "--seed", 2, "--out", link, "--overwrite")
+    status, stderr = convert(capsys, "--tiny", "--vocab", vocab, "--seed", 2, "--out", f"{link}/", "--overwrite")
     assert status == 0 and f"{link} is a link to {out}; writing the bundle there" in stderr
     assert link.is_symlink() and json.loads((out / "model.json").read_text())["model_name"] == "random-tiny-seed2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "link", "notes"]
@@ -288,7 +288,7 @@ def test_checkpoint_released_without_its_vae(tmp_path, reference, capsys):
     assert json.loads((tmp_path / "with/model.json").read_text())["vae_name"] == "vae.safetensors"
 
 
-def test_moving_average_of_a_single_file(tmp_path, reference, capsys):
+def test_moving_average_of_a_single_file(tmp_path, reference, capsys, monkeypatch):
     """--ema converts the U-Net's moving average (model_ema.*), named and hashed apart from the file's own weights;
     without it the file converts as diffusers reads it, with a note."""
     from txt2img_convert.safetensors_io import load_file, save_file
@@ -319,6 +319,11 @@ def test_moving_average_of_a_single_file(tmp_path, reference, capsys):
          "--ema: " + str(reference / "sd1/single_file/sd1.safetensors") + " holds no exponential moving average"),
         ((reference / "tiny/model", "--ema", "--out", tmp_path / "x"), 2, "--ema applies to a single-file SOURCE"),
     ], tmp_path / "x")
+    # A hub id is a diffusers model too, known as one only once it is downloaded.
+    from txt2img_convert import checkpoints
+    monkeypatch.setattr(checkpoints, "resolve_source", lambda source: str(reference / "tiny/model"))
+    expect_errors(capsys, [(("owner/model", "--ema", "--out", tmp_path / "x"), 1,
+                            "--ema applies to a single-file SOURCE; owner/model is a diffusers model")], tmp_path / "x")
 
 
 def test_a_vae_beside_the_checkpoint_is_used_as_a1111_does(tmp_path, reference, capsys):
@@ -342,6 +347,9 @@ def test_a_vae_beside_the_checkpoint_is_used_as_a1111_does(tmp_path, reference, 
     assert manifest["vae_name"] == "model.vae.safetensors"
     assert "using the VAE beside" not in convert(capsys, tmp_path / "model.safetensors", *common, "--vae",
                                                  tmp_path / "model.vae.safetensors", "--out", tmp_path / "named")[1]
+    status, stderr = convert(capsys, tmp_path / "model.safetensors", *common, "--own-vae", "--out", tmp_path / "kept")
+    assert status == 0 and "using the VAE beside" not in stderr, stderr
+    assert (tmp_path / "kept/vae_decoder.pt").read_bytes() == (tmp_path / "own/vae_decoder.pt").read_bytes()
 
 
 def test_lcm_model_with_a_guidance_embedding(tmp_path, reference, capsys):
@@ -479,6 +487,12 @@ def test_wrong_inputs_fail_before_any_slow_work(tmp_path, reference, capsys):
     with pytest.raises(Exception, match="the text encoder's embeddings are 64 wide but the U-Net attends to 32"):
         export.model_fields({"in_channels": 4, "sample_size": 8, "cross_attention_dim": 32},
                             {"block_out_channels": [32, 64]}, text, {}, None)
+    # Values txt2img would refuse in model.json are refused here, where the advice to convert again makes sense.
+    with pytest.raises(Exception, match="the VAE has 16 latent channels, not SD 1.x's 4"):
+        export.model_fields({"in_channels": 16, "sample_size": 8}, {"block_out_channels": [32, 64],
+                                                                    "latent_channels": 16}, text, {}, None)
+    with pytest.raises(Exception, match="sample_size 3 makes 6-pixel images, not a multiple of 8"):
+        export.model_fields({"in_channels": 4, "sample_size": 3}, {"block_out_channels": [32, 64]}, text, {}, None)
 
 
 # Run as `python -c` with sys.argv set: convert.py as __main__, whose import of torch (after its start-up) first sends
