@@ -120,6 +120,18 @@ def read_pickle(path: str):
         raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e or type(e).__name__}") from None
 
 
+def _check_zip_crcs(path: str) -> None:
+    """torch.load reads a zip checkpoint's records without their CRCs, so a damaged download would convert into
+    damaged weights; each record is checked first (a second read of the file, from the page cache as a rule)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return  # not a zip (a legacy pickle), or one too broken to list: read_pickle says what is wrong
+    if bad is not None:
+        raise ConversionError(f"cannot read {path}: damaged ({bad} fails its CRC check; a corrupted download?)")
+
+
 def read_file(path: str):
     """What a .safetensors file (a dict of tensors) or a pickled PyTorch file holds, told apart by content rather than
     by name. Pickles are read by torch.load(weights_only=True), or, where that refuses them, by the restricted
@@ -130,6 +142,7 @@ def read_file(path: str):
     if not is_safetensors(path):
         if named:
             progress(f"{path} is a pickled PyTorch checkpoint despite its name; reading it as one")
+        _check_zip_crcs(path)
         return read_pickle(path)
     if not named:
         progress(f"{path} is a .safetensors file despite its name; reading it as one")

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -288,6 +289,22 @@ def test_files_that_are_no_checkpoint_say_so(tmp_path, content, message):
     path = tmp_path / "model.ckpt"
     path.write_bytes(content)
     with pytest.raises(ck.ConversionError, match=message):
+        ck.read_tensors(str(path))
+
+
+def test_a_damaged_zip_checkpoint_is_caught_by_its_crcs(tmp_path):
+    """torch.load would read a flipped byte in a tensor record as a different weight."""
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.out.2.weight": torch.ones(256)}}, path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        record = next(i for i in archive.infolist() if "/data/" in i.filename)
+    offset = record.header_offset  # the local header's name and (alignment) extra lengths, then the data
+    start = offset + 30 + int.from_bytes(data[offset + 26:offset + 28], "little") + \
+        int.from_bytes(data[offset + 28:offset + 30], "little")
+    data[start + 10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ck.ConversionError, match=r"damaged \(model/data/0 fails its CRC check"):
         ck.read_tensors(str(path))
 
 
