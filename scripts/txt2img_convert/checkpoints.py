@@ -101,7 +101,7 @@ def _load_restricted(path: str, refusal: str):
         names = sorted(ignored)
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
         progress(f"{path}: torch.load(weights_only=True) refused it ({refusal}); read it with a restricted unpickler "
-              f"instead, which ignored these globals without importing or running them: {shown}")
+                 f"instead, which ignored these globals without importing or running them: {shown}")
     return data
 
 
@@ -387,7 +387,7 @@ def ldm_to_diffusers(sd: Tensors, origin: str, ema: bool = False) -> Dict[str, C
         unet_ldm = {k: sd[_ema_name(k)] for k in unet_ldm}
     elif ema_count > 100:  # diffusers' threshold: a few stray model_ema.* keys are no moving average
         progress(f"{origin} also holds an exponential moving average of the U-Net ({_LDM_EMA}*); the trained weights "
-              "are converted, as diffusers and A1111 read the file, and --ema converts the average instead")
+                 "are converted, as diffusers and A1111 read the file, and --ema converts the average instead")
     if not text_ldm:
         if any(k.startswith(("cond_stage_model.model.", "conditioner.")) for k in sd):
             raise ConversionError(f"{origin}: this is a Stable Diffusion 2.x/XL checkpoint (OpenCLIP text "

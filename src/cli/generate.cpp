@@ -280,6 +280,7 @@ class Generator {
     record.width = job.params.width;
     record.height = job.params.height;
     record.hires = job.params.hires;
+    record.hires.steps = job.params.hires_steps();  // the steps that ran, --hires-steps given or not
     record.image_width = image.width;
     record.image_height = image.height;
     record.model_name = manifest_.model_name;

@@ -117,7 +117,7 @@ std::string a1111_parameters(const ImageRecord& r) {
     params.emplace_back("Hires upscale", slider_number(r.hires.scale));
     // The steps that ran, given or not (A1111 reads a missing or 0 "Hires steps" as the first pass's), so that
     // info --command gives back the flag and the image made again has these very parameters.
-    params.emplace_back("Hires steps", std::to_string(r.hires.steps > 0 ? r.hires.steps : r.steps));
+    params.emplace_back("Hires steps", std::to_string(r.hires.steps));
     params.emplace_back("Hires upscaler", a1111_upscaler_name(r.hires.upscaler));
     // A1111 names the hires sampler where it differs from the first pass's.
     if (!r.hires.sampler.empty() && r.hires.sampler != r.sampler) {
@@ -174,7 +174,7 @@ nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
 nlohmann::ordered_json hires_json(const ImageRecord& r) {
   if (!r.hires.enabled()) return nullptr;
   return {{"scale", r.hires.scale},
-          {"steps", r.hires.steps > 0 ? r.hires.steps : r.steps},
+          {"steps", r.hires.steps},
           {"denoise", r.hires.denoise},
           {"upscaler", r.hires.upscaler},
           {"sampler", r.hires.sampler.empty() ? r.sampler : r.hires.sampler},

@@ -37,7 +37,7 @@ struct ImageRecord {
   bool emphasis = false;
   int width = 0;   // the first pass's size (-W, -H), which A1111's "Size" records
   int height = 0;
-  HiresFix hires;  // scale 0: none
+  HiresFix hires;  // scale 0: none; steps: those that ran (GenerationParams::hires_steps)
   int image_width = 0;  // the image's size: width and height, or the hires pass's
   int image_height = 0;
   std::string model_name;
