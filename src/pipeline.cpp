@@ -409,19 +409,20 @@ void Pipeline::add_pass_texts(const std::string& text, bool negative, const Gene
       if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
 }
 
-std::vector<size_t> Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
-                                          const GenerationParams& params) const {
-  std::vector<size_t> passes;
+std::vector<Pipeline::TextChunks> Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
+                                                        const GenerationParams& params) const {
+  const auto most_chunks = [&](const std::string& text, bool negative, Pass pass) {
+    std::vector<std::string> texts;
+    add_pass_texts(text, negative, params, pass, texts);
+    size_t chunks = 0;
+    for (const auto& read : texts)
+      chunks = std::max(chunks, params.long_prompts ? token_chunks(read, params).size() : 1);
+    return chunks;
+  };
+  std::vector<TextChunks> passes;
   for (Pass pass : {Pass::First, Pass::Hires}) {
     if (pass == Pass::Hires && !params.hires.enabled()) break;
-    std::vector<std::string> texts;
-    if (params.long_prompts) {
-      add_pass_texts(prompt, false, params, pass, texts);
-      add_pass_texts(negative_prompt, true, params, pass, texts);
-    }
-    size_t chunks = 1;
-    for (const auto& text : texts) chunks = std::max(chunks, token_chunks(text, params).size());
-    passes.push_back(chunks);
+    passes.push_back({most_chunks(prompt, false, pass), most_chunks(negative_prompt, true, pass)});
   }
   return passes;
 }
@@ -436,7 +437,31 @@ std::vector<std::string> Pipeline::texts_read(const std::string& text, const Gen
   return texts;
 }
 
-// Each U-Net row's distinct texts over a pass, encoded in one text-encoder batch, and the rows' texts at each step.
+namespace {
+
+// [rows, tokens, ...] padded to `tokens` along dim 1 by repeating each row's last position, as A1111's
+// reconstruct_multicond_batch pads the conditioning of prompts that take fewer chunks.
+torch::Tensor pad_by_repeating_last(const torch::Tensor& rows, int64_t tokens) {
+  const int64_t missing = tokens - rows.size(1);
+  if (missing == 0) return rows;
+  auto last = rows.narrow(1, rows.size(1) - 1, 1);
+  std::vector<int64_t> repeated(last.sizes().begin(), last.sizes().end());
+  repeated[1] = missing;
+  return torch::cat({rows, last.expand(repeated)}, 1);
+}
+
+// Rows of [tokens, ...] of different lengths, padded as above to the longest and stacked.
+torch::Tensor stack_padded(const std::vector<torch::Tensor>& rows) {
+  int64_t tokens = 0;
+  for (const auto& row : rows) tokens = std::max(tokens, row.size(0));
+  std::vector<torch::Tensor> padded;
+  for (const auto& row : rows) padded.push_back(pad_by_repeating_last(row.unsqueeze(0), tokens));
+  return torch::cat(padded);
+}
+
+}  // namespace
+
+// Each U-Net row's texts over a pass, encoded, and the contexts the rows read at each step of the pass.
 class Pipeline::TextConditioning {
  public:
   // The prompt rows of a batch: the image each guides and its weight (A1111's composable diffusion gives an image
@@ -445,15 +470,18 @@ class Pipeline::TextConditioning {
     int64_t image;
     double weight;
   };
+  // A row's prompt over the pass: its schedule, and for each entry the entry's text in `hidden`, which holds the
+  // prompt's distinct texts ([texts, tokens, hidden]).
+  struct Row {
+    std::vector<ScheduledText> schedule;
+    std::vector<int64_t> entry_texts;
+    torch::Tensor hidden;
+  };
 
-  // `schedules`: each row's schedule ([negative prompt rows, prompt rows] with guidance); `entry_texts`: for each row
-  // and entry, the text's row in `encoded`; `prompt_rows`: the prompt rows in order.
-  TextConditioning(torch::Tensor encoded, std::vector<std::vector<ScheduledText>> schedules,
-                   std::vector<std::vector<int64_t>> entry_texts, std::vector<PromptRow> prompt_rows)
-      : encoded_(std::move(encoded)),
-        schedules_(std::move(schedules)),
-        entry_texts_(std::move(entry_texts)),
-        prompt_rows_(std::move(prompt_rows)) {
+  // `rows`: the negative prompt rows (`negative_rows` of them; none without guidance), then the prompt rows, which
+  // `prompt_rows` describes in order.
+  TextConditioning(std::vector<Row> rows, size_t negative_rows, std::vector<PromptRow> prompt_rows)
+      : rows_(std::move(rows)), negative_rows_(negative_rows), prompt_rows_(std::move(prompt_rows)) {
     for (size_t row = 0; row < prompt_rows_.size(); ++row)
       one_row_each_ =
           one_row_each_ && prompt_rows_[row].image == static_cast<int64_t>(row) && prompt_rows_[row].weight == 1.0;
@@ -494,39 +522,55 @@ class Pipeline::TextConditioning {
     return rescale > 0 ? rescale_guidance(guided, combined(1.0), rescale) : guided;
   }
 
-  // [rows, tokens, hidden]: each row's text at `step` of the pass (from 0), as A1111 picks it. Each combination of
-  // texts is gathered once ([a|b] takes turns between two).
-  const torch::Tensor& at(size_t step) {
+  // The contexts of the U-Net calls at `step` of the pass (from 0), each [rows, tokens, hidden] for the batch's
+  // rows in order, each row's text as A1111's reconstruct_cond_batch picks it: one call, or with guidance two (the
+  // negative prompt rows, then the prompt rows) when the two read different numbers of tokens, as A1111 runs them
+  // unless told to pad. Within each, rows of fewer tokens are padded by repeating their last vector. Each
+  // combination of texts is gathered once ([a|b] takes turns between two).
+  const std::vector<torch::Tensor>& at(size_t step) {
     std::vector<int64_t> texts;
-    for (size_t row = 0; row < schedules_.size(); ++row)
-      texts.push_back(entry_texts_[row][scheduled_index(schedules_[row], static_cast<int>(step))]);
-    auto& gathered = gathered_[texts];
-    if (!gathered.defined()) {
-      bool identity = static_cast<int64_t>(texts.size()) == encoded_.size(0);
-      for (size_t i = 0; i < texts.size() && identity; ++i) identity = texts[i] == static_cast<int64_t>(i);
-      gathered = identity ? encoded_ : encoded_.index_select(0, torch::tensor(texts).to(encoded_.device()));
+    for (const auto& row : rows_)
+      texts.push_back(row.entry_texts[scheduled_index(row.schedule, static_cast<int>(step))]);
+    auto& contexts = gathered_[texts];
+    if (contexts.empty()) {
+      const auto group = [&](size_t from, size_t to) {
+        std::vector<torch::Tensor> contexts;
+        for (size_t row = from; row < to; ++row) contexts.push_back(rows_[row].hidden[texts[row]]);
+        return stack_padded(contexts);
+      };
+      const auto prompts = group(negative_rows_, rows_.size());
+      if (negative_rows_ == 0) {
+        contexts = {prompts};
+      } else {
+        const auto negatives = group(0, negative_rows_);
+        if (negatives.size(1) == prompts.size(1))
+          contexts = {torch::cat({negatives, prompts})};
+        else
+          contexts = {negatives, prompts};
+      }
     }
-    return gathered;
+    return contexts;
   }
 
  private:
-  torch::Tensor encoded_;
-  std::vector<std::vector<ScheduledText>> schedules_;
-  std::vector<std::vector<int64_t>> entry_texts_;
+  std::vector<Row> rows_;
+  size_t negative_rows_;
   std::vector<PromptRow> prompt_rows_;
   bool one_row_each_ = true;
   torch::Tensor row_images_;  // the prompt rows' images, on the device
-  std::map<std::vector<int64_t>, torch::Tensor> gathered_;
+  std::map<std::vector<int64_t>, std::vector<torch::Tensor>> gathered_;
 };
 
-// With classifier-free guidance the negative prompts' rows come first ([uncond, cond], one U-Net batch). Long
-// prompts: every text of the pass gets the largest chunk count among them (text_chunks).
+// With classifier-free guidance the negative prompts' rows come first ([uncond, cond]). Each prompt (a negative
+// prompt, a composable prompt) is encoded as A1111 encodes one: the distinct texts of its schedule in the pass, all
+// with as many chunks as the longest takes (text_chunks). Observed: each group's texts as the rows read them,
+// "text/..." for the prompts', "uncond_text/..." for the negative prompts' (with "hires/" before them in the hires
+// pass), padded as `at` pads a group.
 Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::string>& prompts,
                                                     const std::vector<std::string>& negative_prompts,
                                                     const GenerationParams& params, bool guided, Pass pass,
                                                     Observer* observer) {
-  std::vector<std::vector<ScheduledText>> schedules;
-  std::vector<std::vector<int64_t>> entry_texts;
+  std::vector<TextConditioning::Row> rows;
   std::vector<TextConditioning::PromptRow> prompt_rows;
   // The rows of each group: the negative prompts (with guidance), then the images' prompt rows.
   std::vector<std::string> group_rows[2];
@@ -536,43 +580,62 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
       group_rows[1].push_back(std::move(prompt.text));
       prompt_rows.push_back({static_cast<int64_t>(image), prompt.weight});
     }
-  // Each group's texts, a row's distinct texts in the order it first reads them.
-  std::vector<std::vector<std::vector<Tokenizer::Chunk>>> group_chunks(2);
-  size_t chunks = 1;
-  int64_t texts = 0;
-  for (int group : {0, 1}) {
-    for (const auto& prompt : group_rows[group]) {
-      schedules.push_back(schedule_of(prompt, params, pass));
-      std::vector<std::string> seen;
-      std::vector<int64_t> entries;
-      for (const auto& entry : schedules.back()) {
-        const auto found = std::find(seen.begin(), seen.end(), entry.text);
-        entries.push_back(texts + (found - seen.begin()));
-        if (found != seen.end()) continue;
-        seen.push_back(entry.text);
-        group_chunks[group].push_back(token_chunks(entry.text, params));
-        chunks = std::max(chunks, group_chunks[group].back().size());
-      }
-      texts += static_cast<int64_t>(seen.size());
-      entry_texts.push_back(std::move(entries));
-    }
-  }
+  std::map<std::string, std::pair<TextConditioning::Row, torch::Tensor>> encoded;  // with the rows' input ids
   const std::string prefix = pass == Pass::First ? "" : "hires/";
-  auto encoded = encode_text(std::move(group_chunks[1]), chunks, params, prefix + "text", observer);
-  if (guided)
-    encoded = torch::cat(
-        {encode_text(std::move(group_chunks[0]), chunks, params, prefix + "uncond_text", observer), encoded});
-  return TextConditioning(std::move(encoded), std::move(schedules), std::move(entry_texts), std::move(prompt_rows));
+  for (int group : {0, 1}) {
+    std::vector<torch::Tensor> ids, hidden;
+    for (const auto& prompt : group_rows[group]) {
+      auto& [row, input_ids] = encoded[prompt];
+      if (!row.hidden.defined()) {
+        row.schedule = schedule_of(prompt, params, pass);
+        std::vector<std::string> seen;
+        std::vector<int64_t> uses;  // how many of the schedule's entries read each text
+        std::vector<std::vector<Tokenizer::Chunk>> chunks;
+        for (const auto& entry : row.schedule) {
+          const auto found = std::find(seen.begin(), seen.end(), entry.text);
+          row.entry_texts.push_back(found - seen.begin());
+          if (found != seen.end()) {
+            ++uses[static_cast<size_t>(found - seen.begin())];
+            continue;
+          }
+          seen.push_back(entry.text);
+          uses.push_back(1);
+          chunks.push_back(token_chunks(entry.text, params));
+        }
+        auto texts = encode_texts(std::move(chunks), uses, params);
+        row.hidden = std::move(texts.hidden);
+        input_ids = std::move(texts.input_ids);
+      }
+      rows.push_back(row);
+      ids.push_back(input_ids);
+      hidden.push_back(row.hidden);
+    }
+    if (!observer || ids.empty()) continue;
+    int64_t tokens = 0;
+    for (const auto& texts : ids) tokens = std::max(tokens, texts.size(1));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      ids[i] = pad_by_repeating_last(ids[i], tokens);
+      hidden[i] = pad_by_repeating_last(hidden[i], tokens);
+    }
+    const auto name = prefix + (group == 0 ? "uncond_text" : "text");
+    observe(observer, name + "/input_ids", torch::cat(ids));
+    observe(observer, name + (params.clip_skip == 1 ? "/last_hidden_state" : "/clip_skip_hidden_state"),
+            torch::cat(hidden));
+  }
+  return TextConditioning(std::move(rows), group_rows[0].size(), std::move(prompt_rows));
 }
 
-// [texts, chunks * context, hidden]: each text's chunks, padded with empty ones to `chunks`, encoded as one
-// text-encoder batch and laid end to end (A1111's long prompts; one chunk is diffusers' encoding). With emphasis
-// each chunk's embeddings are scaled by their tokens' weights and then rescaled to their former mean, as A1111's
-// "Original" emphasis does (per chunk of one text here; A1111 takes the mean over its whole batch).
-torch::Tensor Pipeline::encode_text(std::vector<std::vector<Tokenizer::Chunk>> texts, size_t chunks,
-                                    const GenerationParams& params, const std::string& name, Observer* observer) {
+// Texts encoded as A1111 encodes one prompt's: each text's chunks, padded with empty ones to the most any text has,
+// encoded as one text-encoder batch and laid end to end (A1111's long prompts; one chunk is diffusers' encoding).
+// With emphasis each chunk's embeddings are scaled by their tokens' weights and then rescaled to their former mean,
+// as A1111's "Original" emphasis does: the mean over the chunk, at its position, of every text the prompt's
+// schedule reads (`uses`: how many of its entries read each text).
+Pipeline::EncodedTexts Pipeline::encode_texts(std::vector<std::vector<Tokenizer::Chunk>> texts,
+                                              const std::vector<int64_t>& uses, const GenerationParams& params) {
   const Tokenizer::Chunk empty = {tokenizer_.encode_padded("", manifest_.context_length, manifest_.pad_id).ids,
                                   std::vector<double>(static_cast<size_t>(manifest_.context_length), 1.0)};
+  size_t chunks = 1;
+  for (const auto& text : texts) chunks = std::max(chunks, text.size());
   std::vector<int64_t> ids;
   std::vector<double> weights;
   for (auto& padded : texts) {
@@ -584,24 +647,28 @@ torch::Tensor Pipeline::encode_text(std::vector<std::vector<Tokenizer::Chunk>> t
   }
   const auto rows = static_cast<int64_t>(texts.size());
   auto input_ids = torch::tensor(ids, torch::kInt64).view({rows, -1});
-  observe(observer, name + "/input_ids", input_ids);
   const auto per_chunk = input_ids.view({rows * static_cast<int64_t>(chunks), -1}).to(side_device(options_));
   // The last layer through `forward`, as before --clip-skip existed (and as the reference fixtures name it).
-  const bool last_layer = params.clip_skip == 1;
-  auto hidden = (last_layer ? text_encoder_.forward({per_chunk})
-                            : text_encoder_.run_method("encode", per_chunk, int64_t{params.clip_skip}))
+  auto hidden = (params.clip_skip == 1 ? text_encoder_.forward({per_chunk})
+                                       : text_encoder_.run_method("encode", per_chunk, int64_t{params.clip_skip}))
                     .toTensor();
   if (params.emphasis) {
-    const auto scale = torch::tensor(weights, torch::kFloat64).view({hidden.size(0), hidden.size(1), 1});
-    const auto mean = hidden.mean({1, 2}, /*keepdim=*/true);
+    // [texts, chunks, tokens, hidden]; the means are per chunk position, over the texts as often as they are read.
+    hidden = hidden.view({rows, static_cast<int64_t>(chunks), hidden.size(1), hidden.size(2)});
+    const auto read =
+        torch::tensor(uses, torch::kFloat64).to(hidden.device(), hidden.scalar_type()).view({rows, 1, 1, 1});
+    const auto mean = [&](const torch::Tensor& z) {
+      return (z.mean({2, 3}, /*keepdim=*/true) * read).sum(0, /*keepdim=*/true) / read.sum();
+    };
+    const auto before = mean(hidden);
+    const auto scale = torch::tensor(weights, torch::kFloat64).view({rows, static_cast<int64_t>(chunks), -1, 1});
     hidden = hidden * scale.to(hidden.device(), hidden.scalar_type());
     // A chunk whose mean is 0 keeps its scale (A1111 would divide by zero).
-    const auto ratio = mean / hidden.mean({1, 2}, /*keepdim=*/true);
+    const auto ratio = before / mean(hidden);
     hidden = hidden * torch::where(torch::isfinite(ratio), ratio, torch::ones_like(ratio));
   }
   hidden = hidden.reshape({rows, -1, hidden.size(-1)});
-  observe(observer, name + (last_layer ? "/last_hidden_state" : "/clip_skip_hidden_state"), hidden);
-  return hidden.to(options_.device, options_.dtype);
+  return {std::move(input_ids), hidden.to(options_.device, options_.dtype)};
 }
 
 // The U-Net's fp16 weights (1.6 GiB for SD v1) and the decoder's activations at 512² (some 0.6 GiB) are the two
@@ -656,6 +723,20 @@ torch::Tensor Pipeline::masked_image_conditioning(int64_t latent_height, int64_t
   return conditioning;
 }
 
+torch::Tensor Pipeline::predict_noise(const torch::Tensor& model_input, const torch::Tensor& t,
+                                      const std::vector<torch::Tensor>& contexts, const torch::Tensor& guidance) {
+  if (contexts.size() == 1) return (*unet_)(model_input, t, contexts[0], guidance);
+  // Only guided batches take more than one call, and LCM's guidance input goes with unguided ones.
+  TORCH_INTERNAL_ASSERT(!guidance.defined());
+  std::vector<torch::Tensor> predictions;
+  int64_t row = 0;
+  for (const auto& context : contexts) {
+    predictions.push_back((*unet_)(model_input.slice(0, row, row + context.size(0)), t, context));
+    row += context.size(0);
+  }
+  return torch::cat(predictions);
+}
+
 torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, const Denoising& run,
                                 const std::string& prefix, size_t calls_before) {
   const auto& timesteps = scheduler.timesteps();
@@ -669,9 +750,9 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
     auto model_input = scheduler.scale_model_input(run.guided ? run.text.guided_batch(latents) : latents, call);
     if (image_conditioning.defined())
       model_input = torch::cat({model_input, image_conditioning.expand({model_input.size(0), -1, -1, -1})}, 1);
-    auto noise_pred =
-        (*unet_)(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], run.text.at(call - first), run.guidance)
-            .to(torch::kFloat32);
+    auto noise_pred = predict_noise(model_input.to(options_.dtype), t[static_cast<int64_t>(call)],
+                                    run.text.at(call - first), run.guidance)
+                          .to(torch::kFloat32);
     observe(run.observer, prefix + "unet/" + call_name(call - first) + "/noise_pred", noise_pred);
     if (run.guided) noise_pred = run.text.guide(noise_pred, run.cfg_scale, run.guidance_rescale);
     observe(run.observer, prefix + "step/" + call_name(call - first) + "/model_output", noise_pred);
@@ -713,7 +794,9 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   // 1. Encode the prompts; with classifier-free guidance the negative prompts too, in one U-Net batch [uncond, cond].
   // With A1111's prompt editing, every text they read in the pass.
   auto text = encode_prompts(prompts, negative_prompts, params, guided, Pass::First, observer);
-  observe(observer, "unet/encoder_hidden_states", text.at(0));
+  const auto& contexts = text.at(0);
+  if (contexts.size() == 2) observe(observer, "unet/uncond_encoder_hidden_states", contexts[0]);
+  observe(observer, "unet/encoder_hidden_states", contexts.back());
 
   // 2. Initial noise.
   auto scheduler = make_sampler(manifest_, params, params.steps);

@@ -1,5 +1,7 @@
 #include "unet_call.hpp"
 
+#include <algorithm>
+
 #include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
 
@@ -72,17 +74,23 @@ std::unique_ptr<UNetCall::CapturedGraph> UNetCall::capture(const torch::Tensor& 
 torch::Tensor UNetCall::operator()(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
                                    const torch::Tensor& guidance) {
   if (!cuda_graph_) return forward(x, t, context, guidance);
-  if (!graph_ || !graph_->fits(x, t, context, guidance)) {
-    graph_.reset();  // its memory pool goes before the next capture allocates one
-    graph_ = capture(x, t, context, guidance);
+  auto fitting = std::find_if(graphs_.begin(), graphs_.end(),
+                              [&](const auto& graph) { return graph->fits(x, t, context, guidance); });
+  if (fitting == graphs_.end()) {
+    // A batch's calls take at most two shapes; a third is another batch's, whose graphs' memory pools go before
+    // its first capture allocates one.
+    if (graphs_.size() == 2) graphs_.clear();
+    graphs_.push_back(capture(x, t, context, guidance));
+    fitting = graphs_.end() - 1;
   }
-  graph_->x.copy_(x);
-  graph_->t.copy_(t);
-  graph_->context.copy_(context);
-  if (guidance.defined()) graph_->guidance.copy_(guidance);
-  graph_->graph.replay();
+  auto& graph = **fitting;
+  graph.x.copy_(x);
+  graph.t.copy_(t);
+  graph.context.copy_(context);
+  if (guidance.defined()) graph.guidance.copy_(guidance);
+  graph.graph.replay();
   // Samplers keep earlier model outputs (PNDM, LMS, DPM-Solver); the next replay overwrites this buffer.
-  return graph_->out.clone();
+  return graph.out.clone();
 }
 
 #else
@@ -110,7 +118,7 @@ UNetCall::UNetCall(torch::jit::Module module, torch::Device device, bool channel
 
 void UNetCall::to(torch::Device device) {
   if (device == device_) return;
-  graph_.reset();
+  graphs_.clear();
   module_.to(device);
   device_ = device;
 }

@@ -7,6 +7,7 @@
 #include <torch/script.h>
 
 #include <memory>
+#include <vector>
 
 namespace txt2img {
 
@@ -45,7 +46,9 @@ class UNetCall {
   torch::Device device_ = torch::kCPU;
   bool channels_last_ = false;
   bool cuda_graph_ = false;
-  std::unique_ptr<CapturedGraph> graph_;
+  // The captured calls, one per input shape (the negative prompts' rows and the prompts' take turns where their
+  // contexts differ in length).
+  std::vector<std::unique_ptr<CapturedGraph>> graphs_;
 };
 
 }  // namespace txt2img

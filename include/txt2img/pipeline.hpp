@@ -119,7 +119,9 @@ struct GeneratedImage {
 };
 
 // Named intermediate tensors (the reference fixtures' names: "text/last_hidden_state", "unet/003/noise_pred",
-// "latents/step_003", "vae/decode_out", ...) and progress, for tools that compare or report.
+// "latents/step_003", "vae/decode_out", ...) and progress, for tools that compare or report. The U-Net's context at
+// the first step is "unet/encoder_hidden_states"; where the negative prompts' rows go through the U-Net apart (see
+// text_chunks), that name has the prompt rows' and "unet/uncond_encoder_hidden_states" the negative prompts'.
 class Observer {
  public:
   virtual ~Observer() = default;
@@ -184,12 +186,21 @@ class Pipeline {
   std::vector<std::string> texts_read(const std::string& text, const GenerationParams& params,
                                       bool negative = false) const;
 
-  // How many text-encoder chunks (of context_length tokens) a row's prompt and negative prompt take in each pass (the
-  // first, and the hires pass where params has one): 1 unless params.long_prompts. A pass encodes the texts of a
-  // batch's rows with their largest count, the shorter ones padded with empty chunks (as A1111 pads a batch), so a
-  // row depends on its batch unless the counts agree.
-  std::vector<size_t> text_chunks(const std::string& prompt, const std::string& negative_prompt,
-                                  const GenerationParams& params) const;
+  // How many text-encoder chunks (of context_length tokens) the U-Net reads for a row's prompt and for its negative
+  // prompt in a pass: the most among the pass's texts of each (every composable prompt of the prompt, every text of
+  // their prompt editing). 1 and 1 unless params.long_prompts; no negative prompt chunks without classifier-free
+  // guidance. As in A1111, the prompt's composable prompts are padded to their largest count, and the negative
+  // prompt's and the prompt's rows go through the U-Net apart when their counts differ; batch rows whose counts
+  // differ would pad each other, so a row depends on its batch unless they agree.
+  struct TextChunks {
+    size_t prompt = 1;
+    size_t negative_prompt = 1;
+    bool operator==(const TextChunks& o) const { return prompt == o.prompt && negative_prompt == o.negative_prompt; }
+    bool operator!=(const TextChunks& o) const { return !(*this == o); }
+  };
+  // One count for the first pass, and one for the hires pass where params has one.
+  std::vector<TextChunks> text_chunks(const std::string& prompt, const std::string& negative_prompt,
+                                      const GenerationParams& params) const;
 
   // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row. The batch's LoRAs
   // (params.loras) stay added to the weights until a batch asks for others. Throws Error(Bundle) for
@@ -202,8 +213,12 @@ class Pipeline {
   Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options);
 
   std::vector<Tokenizer::Chunk> token_chunks(const std::string& text, const GenerationParams& params) const;
-  torch::Tensor encode_text(std::vector<std::vector<Tokenizer::Chunk>> texts, size_t chunks,
-                            const GenerationParams& params, const std::string& name, Observer* observer);
+  struct EncodedTexts {
+    torch::Tensor input_ids;  // [texts, tokens]
+    torch::Tensor hidden;     // [texts, tokens, hidden], on the device in its dtype
+  };
+  EncodedTexts encode_texts(std::vector<std::vector<Tokenizer::Chunk>> texts, const std::vector<int64_t>& uses,
+                            const GenerationParams& params);
   enum class Pass { First, Hires };
   void add_pass_texts(const std::string& text, bool negative, const GenerationParams& params, Pass pass,
                       std::vector<std::string>& texts) const;
@@ -218,7 +233,7 @@ class Pipeline {
                                   bool guided, Pass pass, Observer* observer);
   // What the U-Net calls of one pass share, for denoise.
   struct Denoising {
-    TextConditioning& text;         // [uncond rows, cond rows] with guidance, else the prompts' rows, at each step
+    TextConditioning& text;         // the rows' contexts at each step: [uncond rows, cond rows] with guidance
     const torch::Tensor& guidance;  // LCM's guidance input, undefined for other models
     bool guided;
     double cfg_scale;
@@ -227,6 +242,9 @@ class Pipeline {
     NoiseSource& noise;
     Observer* observer;
   };
+  // The U-Net's prediction for the batch `model_input`, in one call per context (see TextConditioning::at).
+  torch::Tensor predict_noise(const torch::Tensor& model_input, const torch::Tensor& t,
+                              const std::vector<torch::Tensor>& contexts, const torch::Tensor& guidance);
   // Steps `latents` through the scheduler's calls from its first_call() to the end. Observed tensors are named from
   // call 000 on with `prefix` before them; progress counts on from `calls_before`.
   torch::Tensor denoise(Scheduler& scheduler, torch::Tensor latents, const Denoising& run, const std::string& prefix,

@@ -163,7 +163,7 @@ class Generator {
     totals_ = &totals;
     to_make_ = to_make;
     std::vector<ImageJob> batch;
-    std::vector<size_t> batch_chunks;
+    std::vector<Pipeline::TextChunks> batch_chunks;
     ImageJob job;
     plan_.rewind();
     while (plan_.next(job)) {
@@ -173,8 +173,8 @@ class Generator {
         ++totals.skipped;
         continue;
       }
-      // A batch's rows are encoded with its largest number of text chunks (in each pass): only rows that agree
-      // share a batch, so that an image never depends on its batch.
+      // A batch's rows are padded to its largest numbers of text chunks (in each pass): only rows that agree share
+      // a batch, so that an image never depends on its batch.
       const auto chunks = pipeline.text_chunks(job.model_prompt, job.negative_prompt, job.params);
       if (!batch.empty() && (batch.size() == static_cast<size_t>(o_.batch_size) || !(batch[0].params == job.params) ||
                              batch_chunks != chunks))

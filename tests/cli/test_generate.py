@@ -433,7 +433,7 @@ class Reporting(CliTestCase):
         """Encoded whole, in chunks: no warning, another image than the cut-off prompt, the same image for a prompt
         that fits, recorded in the metadata, and the same image whatever the batch."""
         long = " ".join(["cat"] * 80) + " zebra giraffe"
-        cut = self.txt2img(long, "-o", "cut.png", "--seed", "1")
+        self.assertEqual(self.txt2img(long, "-o", "cut.png", "--seed", "1").returncode, 0)
         whole = self.txt2img(long, "-o", "whole.png", "--seed", "1", "--long-prompts")
         self.assertEqual(whole.returncode, 0, whole.stderr)
         self.assertNotIn("warning:", whole.stderr)
@@ -450,6 +450,17 @@ class Reporting(CliTestCase):
         self.assertEqual(batched.returncode, 0, batched.stderr)
         self.assertEqual(png_pixels(self.dir / "b0.png")[2], png_pixels(self.dir / "whole.png")[2])
         self.assertEqual(png_pixels(self.dir / "b1.png")[2], png_pixels(self.dir / "short-b.png")[2])
+        # So do two prompts whose negative prompts take different numbers of chunks.
+        negative = " ".join(["dog"] * 90)
+        alone = self.txt2img(long, "-n", negative, "-o", "negative.png", "--seed", "2", "--long-prompts")
+        self.assertEqual(alone.returncode, 0, alone.stderr)
+        self.write("prompts.jsonl", json.dumps({"prompt": long, "seed": 1}) + "\n" +
+                   json.dumps({"prompt": long, "negative_prompt": negative, "seed": 2}) + "\n")
+        batched = self.txt2img("--from-file", "prompts.jsonl", "--long-prompts", "--batch-size", "2",
+                               "-o", "n{index}.png")
+        self.assertEqual(batched.returncode, 0, batched.stderr)
+        self.assertEqual(png_pixels(self.dir / "n0.png")[2], png_pixels(self.dir / "whole.png")[2])
+        self.assertEqual(png_pixels(self.dir / "n1.png")[2], png_pixels(self.dir / "negative.png")[2])
 
     def test_emphasis(self):
         """A1111's brackets: a weight of 1 changes nothing, brackets without the flag are text, the flag is recorded

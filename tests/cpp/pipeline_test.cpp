@@ -457,20 +457,83 @@ TEST_F(TinyPipeline, LongPromptsEncodeTheWholeTextInChunks) {
   EXPECT_EQ(seen.shapes[0][1], 2 * 77);  // two chunks of 77 tokens, end to end
   txt2img::GenerationParams params;
   params.long_prompts = true;
-  using Chunks = std::vector<size_t>;  // one count per pass
-  EXPECT_EQ(pipeline_->text_chunks(longer, "", params), Chunks{2});
-  EXPECT_EQ(pipeline_->text_chunks("a cat", words("dog", 160), params), Chunks{3});  // the negative prompt counts too
+  using Chunks = std::vector<txt2img::Pipeline::TextChunks>;  // {prompt, negative prompt}, one per pass
+  EXPECT_EQ(pipeline_->text_chunks(longer, "", params), (Chunks{{2, 1}}));
+  EXPECT_EQ(pipeline_->text_chunks("a cat", words("dog", 160), params), (Chunks{{1, 3}}));
   // With prompt editing, each pass counts the texts it reads: here the long text only in the hires pass.
   params.emphasis = true;
   params.hires.scale = 2;
-  EXPECT_EQ(pipeline_->text_chunks("[a cat:" + longer + ":1.5]", "", params), (Chunks{1, 2}));
-  EXPECT_EQ(pipeline_->text_chunks(longer, "", params), (Chunks{2, 2}));
+  EXPECT_EQ(pipeline_->text_chunks("[a cat:" + longer + ":1.5]", "", params), (Chunks{{1, 1}, {2, 1}}));
+  EXPECT_EQ(pipeline_->text_chunks(longer, "", params), (Chunks{{2, 1}, {2, 1}}));
+  // A composable prompt counts its longest part.
+  EXPECT_EQ(pipeline_->text_chunks("a cat AND " + longer, "", params), (Chunks{{2, 1}, {2, 1}}));
   params.hires.scale = 0;
   params.emphasis = false;
-  params.cfg_scale = 1;  // ... unless there is no guidance
-  EXPECT_EQ(pipeline_->text_chunks("a cat", words("dog", 160), params), Chunks{1});
+  params.cfg_scale = 1;  // without guidance the negative prompt is not read
+  EXPECT_EQ(pipeline_->text_chunks("a cat", words("dog", 160), params), (Chunks{{1, 0}}));
   params.long_prompts = false;
-  EXPECT_EQ(pipeline_->text_chunks(longer, "", params), Chunks{1});
+  EXPECT_EQ(pipeline_->text_chunks(longer, "", params), (Chunks{{1, 0}}));
+}
+
+// One small generation's named tensors, with a negative prompt.
+std::map<std::string, torch::Tensor> kept_tensors(txt2img::Pipeline& pipeline, const std::string& prompt,
+                                                  const std::string& negative_prompt,
+                                                  txt2img::GenerationParams params = small_params()) {
+  Keep keep;
+  txt2img::SeededNoise noise({7});
+  pipeline.generate({prompt}, {negative_prompt}, params, noise, &keep);
+  return keep.kept;
+}
+
+TEST_F(TinyPipeline, PromptAndNegativePromptOfDifferentLengthsGoThroughTheUNetApartAsInA1111) {
+  // A1111 pads neither: a prediction depends on its own text alone, whatever length the other has.
+  auto params = small_params();
+  params.long_prompts = true;
+  const std::string longer = words("cat", 100), long_negative = words("dog", 100);
+  const auto apart = kept_tensors(*pipeline_, longer, "blurry", params);
+  EXPECT_EQ(apart.at("unet/uncond_encoder_hidden_states").sizes(), (std::vector<int64_t>{1, 77, 32}));
+  EXPECT_EQ(apart.at("unet/encoder_hidden_states").sizes(), (std::vector<int64_t>{1, 2 * 77, 32}));
+  const auto short_prompt = kept_tensors(*pipeline_, "a cat", "blurry", params);  // one U-Net batch [uncond, cond]
+  EXPECT_EQ(short_prompt.count("unet/uncond_encoder_hidden_states"), 0u);
+  const auto same_length = kept_tensors(*pipeline_, longer, long_negative, params);
+  const auto& prediction = apart.at("unet/000/noise_pred");
+  ASSERT_EQ(prediction.size(0), 2);
+  EXPECT_TRUE(latents_agree(prediction[0], short_prompt.at("unet/000/noise_pred")[0]));
+  EXPECT_TRUE(latents_agree(prediction[1], same_length.at("unet/000/noise_pred")[1]));
+  EXPECT_FALSE(latents_agree(prediction[0], same_length.at("unet/000/noise_pred")[0]));  // the negative prompt counts
+  // The same holds for the negative prompt being the longer one.
+  const auto longer_negative = kept_tensors(*pipeline_, "a cat", long_negative, params);
+  EXPECT_TRUE(latents_agree(longer_negative.at("unet/000/noise_pred")[1], short_prompt.at("unet/000/noise_pred")[1]));
+}
+
+TEST_F(TinyPipeline, ComposablePromptsOfDifferentLengthsRepeatTheShorterOnesLastVectorAsA1111) {
+  auto params = small_params();
+  params.long_prompts = true;
+  params.emphasis = true;
+  const std::string longer = words("cat", 100);
+  const auto kept = kept_tensors(*pipeline_, "a dog AND " + longer, "", params);
+  const auto& context = kept.at("unet/encoder_hidden_states");  // the two prompt rows, apart from the negative's
+  ASSERT_EQ(context.sizes(), (std::vector<int64_t>{2, 2 * 77, 32}));
+  const auto short_row = context[0];
+  EXPECT_TRUE(torch::equal(short_row.slice(0, 77), short_row[76].expand({77, 32})));
+  // The row's own 77 vectors are its text's encoding, as a prompt of its own encodes it.
+  EXPECT_TRUE(latents_agree(short_row.slice(0, 0, 77),
+                            kept_tensors(*pipeline_, "a dog", "", params).at("text/last_hidden_state")[0]));
+  EXPECT_TRUE(torch::equal(kept.at("text/last_hidden_state"), context));
+}
+
+TEST_F(TinyPipeline, PromptEditingPadsAPromptsTextsWithEmptyChunksAsA1111) {
+  // A1111 encodes a prompt's schedule in one batch, every text with as many chunks as the longest.
+  auto params = small_params();
+  params.long_prompts = true;
+  params.emphasis = true;
+  const auto kept = kept_tensors(*pipeline_, "[a dog:" + words("cat", 100) + ":0.5]", "", params);
+  const auto& texts = kept.at("text/last_hidden_state");
+  ASSERT_EQ(texts.sizes(), (std::vector<int64_t>{2, 2 * 77, 32}));
+  const auto empty = kept.at("uncond_text/last_hidden_state")[0];  // the negative prompt "" is one empty chunk
+  EXPECT_TRUE(latents_agree(texts[0].slice(0, 77), empty));
+  // Both go through the U-Net apart from the shorter negative prompt's.
+  EXPECT_EQ(kept.at("unet/encoder_hidden_states").sizes(), (std::vector<int64_t>{1, 2 * 77, 32}));
 }
 
 // The prompts' text embeddings of a small generation.
@@ -514,6 +577,11 @@ TEST(Pipeline, EmphasisScalesTokensAndKeepsTheMeanAsA1111) {
   w.index_put_({0, 3, 0}, 1 / 1.1);  // "cat"
   const auto scaled = plain * w;
   EXPECT_TRUE(torch::allclose(weighted, scaled * (plain.mean() / scaled.mean()), 1e-6, 1e-6));
+  // With prompt editing, over the chunk of every text the prompt's schedule reads: A1111 encodes them as one batch.
+  const auto edited = text_embeddings(pipeline, "[a (red:1.5) [cat]:a dog:0.5]", true).to(torch::kFloat64);
+  const auto dog = text_embeddings(pipeline, "a dog", false).to(torch::kFloat64);
+  const auto both = torch::cat({scaled, dog});
+  EXPECT_TRUE(torch::allclose(edited, both * (torch::cat({plain, dog}).mean() / both.mean()), 1e-6, 1e-6));
   // Weights of 1 change nothing, bit for bit; escaped brackets are the brackets.
   EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a (red:1.0) cat", true).to(torch::kFloat64), plain));
   EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a \\(red\\) cat", true),
