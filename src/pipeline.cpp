@@ -482,9 +482,15 @@ class Pipeline::TextConditioning {
   // `prompt_rows` describes in order.
   TextConditioning(std::vector<Row> rows, size_t negative_rows, std::vector<PromptRow> prompt_rows)
       : rows_(std::move(rows)), negative_rows_(negative_rows), prompt_rows_(std::move(prompt_rows)) {
-    for (size_t row = 0; row < prompt_rows_.size(); ++row)
+    std::map<int64_t, std::vector<int64_t>> image_rows;
+    for (size_t row = 0; row < prompt_rows_.size(); ++row) {
       one_row_each_ =
           one_row_each_ && prompt_rows_[row].image == static_cast<int64_t>(row) && prompt_rows_[row].weight == 1.0;
+      image_rows[prompt_rows_[row].image].push_back(static_cast<int64_t>(row));
+    }
+    for (const auto& [image, rows] : image_rows)
+      if (rows.size() == 1 && prompt_rows_[static_cast<size_t>(rows[0])].weight == 1.0)
+        plain_rows_.emplace_back(image, rows[0]);
   }
 
   // The guided U-Net batch's samples: the images' for the negative prompt rows, then each prompt row's image's.
@@ -519,7 +525,11 @@ class Pipeline::TextConditioning {
       return out;
     };
     const auto guided = combined(scale);
-    return rescale > 0 ? rescale_guidance(guided, combined(1.0), rescale) : guided;
+    if (rescale <= 0) return guided;
+    // An image with one prompt row of weight 1 measures that row's prediction, as alone in its batch.
+    auto text = combined(1.0);
+    for (const auto& [image, row] : plain_rows_) text[image] = predicted[images + row];
+    return rescale_guidance(guided, text, rescale);
   }
 
   // The contexts of the U-Net calls at `step` of the pass (from 0), each [rows, tokens, hidden] for the batch's
@@ -557,15 +567,16 @@ class Pipeline::TextConditioning {
   size_t negative_rows_;
   std::vector<PromptRow> prompt_rows_;
   bool one_row_each_ = true;
+  std::vector<std::pair<int64_t, int64_t>> plain_rows_;  // (image, its prompt row) for images of one row of weight 1
   torch::Tensor row_images_;  // the prompt rows' images, on the device
   std::map<std::vector<int64_t>, std::vector<torch::Tensor>> gathered_;
 };
 
 // With classifier-free guidance the negative prompts' rows come first ([uncond, cond]). Each prompt (a negative
 // prompt, a composable prompt) is encoded as A1111 encodes one: the distinct texts of its schedule in the pass, all
-// with as many chunks as the longest takes (text_chunks). Observed: each group's texts as the rows read them,
-// "text/..." for the prompts', "uncond_text/..." for the negative prompts' (with "hires/" before them in the hires
-// pass), padded as `at` pads a group.
+// with as many chunks as the longest takes (text_chunks). Observed: each group's texts as the text encoder gave
+// them, "text/..." for the prompts', "uncond_text/..." for the negative prompts' (with "hires/" before them in the
+// hires pass), padded as `at` pads a group (the input ids too, their last id repeated).
 Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::string>& prompts,
                                                     const std::vector<std::string>& negative_prompts,
                                                     const GenerationParams& params, bool guided, Pass pass,
@@ -580,12 +591,13 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
       group_rows[1].push_back(std::move(prompt.text));
       prompt_rows.push_back({static_cast<int64_t>(image), prompt.weight});
     }
-  std::map<std::string, std::pair<TextConditioning::Row, torch::Tensor>> encoded;  // with the rows' input ids
+  // Each prompt's row, with its texts as the text encoder gave them (for the observer).
+  std::map<std::string, std::pair<TextConditioning::Row, EncodedTexts>> encoded;
   const std::string prefix = pass == Pass::First ? "" : "hires/";
   for (int group : {0, 1}) {
     std::vector<torch::Tensor> ids, hidden;
     for (const auto& prompt : group_rows[group]) {
-      auto& [row, input_ids] = encoded[prompt];
+      auto& [row, texts] = encoded[prompt];
       if (!row.hidden.defined()) {
         row.schedule = schedule_of(prompt, params, pass);
         std::vector<std::string> seen;
@@ -602,13 +614,12 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
           uses.push_back(1);
           chunks.push_back(token_chunks(entry.text, params));
         }
-        auto texts = encode_texts(std::move(chunks), uses, params);
-        row.hidden = std::move(texts.hidden);
-        input_ids = std::move(texts.input_ids);
+        texts = encode_texts(std::move(chunks), uses, params);
+        row.hidden = texts.hidden.to(options_.device, options_.dtype);
       }
       rows.push_back(row);
-      ids.push_back(input_ids);
-      hidden.push_back(row.hidden);
+      ids.push_back(texts.input_ids);
+      hidden.push_back(texts.hidden);
     }
     if (!observer || ids.empty()) continue;
     int64_t tokens = 0;
@@ -655,20 +666,19 @@ Pipeline::EncodedTexts Pipeline::encode_texts(std::vector<std::vector<Tokenizer:
   if (params.emphasis) {
     // [texts, chunks, tokens, hidden]; the means are per chunk position, over the texts as often as they are read.
     hidden = hidden.view({rows, static_cast<int64_t>(chunks), hidden.size(1), hidden.size(2)});
-    const auto read =
-        torch::tensor(uses, torch::kFloat64).to(hidden.device(), hidden.scalar_type()).view({rows, 1, 1, 1});
+    // In float32 whatever the text encoder's dtype: fp16 would round each text's mean before they are added up.
+    const auto read = torch::tensor(uses, torch::kFloat32).to(hidden.device()).view({rows, 1, 1, 1});
     const auto mean = [&](const torch::Tensor& z) {
-      return (z.mean({2, 3}, /*keepdim=*/true) * read).sum(0, /*keepdim=*/true) / read.sum();
+      return (z.mean({2, 3}, /*keepdim=*/true, torch::kFloat32) * read).sum(0, /*keepdim=*/true) / read.sum();
     };
     const auto before = mean(hidden);
     const auto scale = torch::tensor(weights, torch::kFloat64).view({rows, static_cast<int64_t>(chunks), -1, 1});
     hidden = hidden * scale.to(hidden.device(), hidden.scalar_type());
     // A chunk whose mean is 0 keeps its scale (A1111 would divide by zero).
     const auto ratio = before / mean(hidden);
-    hidden = hidden * torch::where(torch::isfinite(ratio), ratio, torch::ones_like(ratio));
+    hidden = hidden * torch::where(torch::isfinite(ratio), ratio, torch::ones_like(ratio)).to(hidden.scalar_type());
   }
-  hidden = hidden.reshape({rows, -1, hidden.size(-1)});
-  return {std::move(input_ids), hidden.to(options_.device, options_.dtype)};
+  return {std::move(input_ids), hidden.reshape({rows, -1, hidden.size(-1)})};
 }
 
 // The U-Net's fp16 weights (1.6 GiB for SD v1) and the decoder's activations at 512² (some 0.6 GiB) are the two

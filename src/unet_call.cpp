@@ -43,8 +43,8 @@ struct UNetCall::CapturedGraph {
 constexpr int kWarmupCallsBeforeCapture = 3;
 
 std::unique_ptr<UNetCall::CapturedGraph> UNetCall::capture(const torch::Tensor& x, const torch::Tensor& t,
-                                                           const torch::Tensor& context,
-                                                           const torch::Tensor& guidance) {
+                                                           const torch::Tensor& context, const torch::Tensor& guidance,
+                                                           CapturedGraph* sharing_pool) {
   auto g = std::make_unique<CapturedGraph>();
   g->x = x.clone();
   g->t = t.clone();
@@ -59,7 +59,7 @@ std::unique_ptr<UNetCall::CapturedGraph> UNetCall::capture(const torch::Tensor& 
     for (int i = 0; i < kWarmupCallsBeforeCapture; ++i) forward(g->x, g->t, g->context, g->guidance);
     side.synchronize();
     try {
-      g->graph.capture_begin();
+      g->graph.capture_begin(sharing_pool ? sharing_pool->graph.pool() : c10::cuda::MempoolId_t{0, 0});
       g->out = forward(g->x, g->t, g->context, g->guidance);
       g->graph.capture_end();
     } catch (const std::exception& e) {  // c10::Error, or the TorchScript interpreter's std::runtime_error
@@ -77,13 +77,20 @@ torch::Tensor UNetCall::operator()(const torch::Tensor& x, const torch::Tensor& 
   auto fitting = std::find_if(graphs_.begin(), graphs_.end(),
                               [&](const auto& graph) { return graph->fits(x, t, context, guidance); });
   if (fitting == graphs_.end()) {
-    // A batch's calls take at most two shapes; a third is another batch's, whose graphs' memory pools go before
-    // its first capture allocates one.
-    if (graphs_.size() == 2) graphs_.clear();
-    graphs_.push_back(capture(x, t, context, guidance));
-    fitting = graphs_.end() - 1;
+    // Graphs of another latent size are another pass's: their memory pools go before this capture allocates. Of a
+    // pass's, the one used longest ago makes room (a step takes at most two shapes).
+    graphs_.erase(
+        std::remove_if(graphs_.begin(), graphs_.end(),
+                       [&](const auto& graph) { return !graph->x.sizes().slice(2).equals(x.sizes().slice(2)); }),
+        graphs_.end());
+    if (graphs_.size() == 2) graphs_.erase(graphs_.begin());
+    // A pass's graphs replay one at a time on one stream and their outputs are copied out at once, so they can share
+    // one memory pool.
+    graphs_.push_back(capture(x, t, context, guidance, graphs_.empty() ? nullptr : graphs_.front().get()));
+  } else {
+    std::rotate(fitting, fitting + 1, graphs_.end());  // the most recently used last
   }
-  auto& graph = **fitting;
+  auto& graph = *graphs_.back();
   graph.x.copy_(x);
   graph.t.copy_(t);
   graph.context.copy_(context);

@@ -39,15 +39,16 @@ class UNetCall {
 
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
                         const torch::Tensor& guidance);
+  // Captures one call of these shapes, in the memory pool of `sharing_pool` where given (else a new one).
   std::unique_ptr<CapturedGraph> capture(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
-                                         const torch::Tensor& guidance);
+                                         const torch::Tensor& guidance, CapturedGraph* sharing_pool);
 
   torch::jit::Module module_;
   torch::Device device_ = torch::kCPU;
   bool channels_last_ = false;
   bool cuda_graph_ = false;
-  // The captured calls, one per input shape (the negative prompts' rows and the prompts' take turns where their
-  // contexts differ in length).
+  // The captured calls of the current pass, one per input shape (the negative prompts' rows and the prompts' take
+  // turns where their contexts differ in length), the most recently used last.
   std::vector<std::unique_ptr<CapturedGraph>> graphs_;
 };
 

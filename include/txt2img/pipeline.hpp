@@ -215,7 +215,7 @@ class Pipeline {
   std::vector<Tokenizer::Chunk> token_chunks(const std::string& text, const GenerationParams& params) const;
   struct EncodedTexts {
     torch::Tensor input_ids;  // [texts, tokens]
-    torch::Tensor hidden;     // [texts, tokens, hidden], on the device in its dtype
+    torch::Tensor hidden;     // [texts, tokens, hidden], as the text encoder gave them (its device and dtype)
   };
   EncodedTexts encode_texts(std::vector<std::vector<Tokenizer::Chunk>> texts, const std::vector<int64_t>& uses,
                             const GenerationParams& params);
