@@ -760,9 +760,15 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
     auto model_input = scheduler.scale_model_input(run.guided ? run.text.guided_batch(latents) : latents, call);
     if (image_conditioning.defined())
       model_input = torch::cat({model_input, image_conditioning.expand({model_input.size(0), -1, -1, -1})}, 1);
-    auto noise_pred = predict_noise(model_input.to(options_.dtype), t[static_cast<int64_t>(call)],
-                                    run.text.at(call - first), run.guidance)
-                          .to(torch::kFloat32);
+    const auto& contexts = run.text.at(call - first);
+    if (run.observer) {
+      const std::string name = prefix + "unet/" + call_name(call - first);
+      if (contexts.size() == 2) observe(run.observer, name + "/uncond_encoder_hidden_states", contexts[0]);
+      observe(run.observer, name + "/encoder_hidden_states", contexts.back());
+    }
+    auto noise_pred =
+        predict_noise(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], contexts, run.guidance)
+            .to(torch::kFloat32);
     observe(run.observer, prefix + "unet/" + call_name(call - first) + "/noise_pred", noise_pred);
     if (run.guided) noise_pred = run.text.guide(noise_pred, run.cfg_scale, run.guidance_rescale);
     observe(run.observer, prefix + "step/" + call_name(call - first) + "/model_output", noise_pred);

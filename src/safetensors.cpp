@@ -44,7 +44,11 @@ SafeTensors SafeTensors::open(const std::filesystem::path& file) {
     throw Error(ErrorKind::Io, file.string() + ": malformed safetensors header: " + e.what());
   }
   for (const auto& [key, value] : j.items()) {
-    if (key == "__metadata__") continue;
+    if (key == "__metadata__") {
+      for (const auto& [name, text] : value.items())
+        if (text.is_string()) st.metadata_.emplace(name, text.get<std::string>());
+      continue;
+    }
     Entry e{dtype_of(value.at("dtype").get<std::string>(), file), value.at("shape").get<std::vector<int64_t>>(),
             value.at("data_offsets").at(0).get<size_t>(), value.at("data_offsets").at(1).get<size_t>()};
     if (e.end < e.begin || st.data_offset_ + e.end > file_size)

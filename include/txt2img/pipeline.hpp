@@ -119,9 +119,10 @@ struct GeneratedImage {
 };
 
 // Named intermediate tensors (the reference fixtures' names: "text/last_hidden_state", "unet/003/noise_pred",
-// "latents/step_003", "vae/decode_out", ...) and progress, for tools that compare or report. The U-Net's context at
-// the first step is "unet/encoder_hidden_states"; where the negative prompts' rows go through the U-Net apart (see
-// text_chunks), that name has the prompt rows' and "unet/uncond_encoder_hidden_states" the negative prompts'.
+// "latents/step_003", "vae/decode_out", ...) and progress, for tools that compare or report. The U-Net's context is
+// "unet/NNN/encoder_hidden_states" at each call (the first call's also "unet/encoder_hidden_states"); where the
+// negative prompts' rows go through the U-Net apart (see text_chunks), that name has the prompt rows' and
+// ".../uncond_encoder_hidden_states" the negative prompts'.
 class Observer {
  public:
   virtual ~Observer() = default;

@@ -20,6 +20,8 @@ class SafeTensors {
   bool contains(const std::string& key) const { return entries_.count(key) != 0; }
   // A CPU tensor owning a copy of the data. Throws Error(Io) for an unknown key.
   torch::Tensor get(const std::string& key) const;
+  // The header's "__metadata__" (string to string, as the format defines it).
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
   struct Entry {
@@ -30,6 +32,7 @@ class SafeTensors {
   std::filesystem::path file_;
   size_t data_offset_ = 0;
   std::map<std::string, Entry> entries_;
+  std::map<std::string, std::string> metadata_;
 };
 
 }  // namespace txt2img

@@ -20,12 +20,13 @@ using txt2img::ErrorKind;
 
 std::filesystem::path fixtures() { return std::getenv("TXT2IMG_FIXTURES"); }
 
-// A private copy of the tiny bundle that a test may damage.
+// A private copy of a fixture bundle (the tiny one unless named) that a test may damage.
 class BundleCopy {
  public:
-  BundleCopy() : dir_(std::filesystem::temp_directory_path() / ("txt2img_bundle_" + std::to_string(::getpid()))) {
+  explicit BundleCopy(const std::string& bundle = "tiny")
+      : dir_(std::filesystem::temp_directory_path() / ("txt2img_bundle_" + std::to_string(::getpid()))) {
     std::filesystem::remove_all(dir_);
-    std::filesystem::copy(fixtures() / "tiny", dir_, std::filesystem::copy_options::recursive);
+    std::filesystem::copy(fixtures() / bundle, dir_, std::filesystem::copy_options::recursive);
   }
   ~BundleCopy() { std::filesystem::remove_all(dir_); }
   const std::filesystem::path& dir() const { return dir_; }
@@ -147,6 +148,13 @@ struct Keep : txt2img::Observer {
   std::map<std::string, torch::Tensor> kept;
   std::vector<std::pair<size_t, size_t>> progress;
 };
+
+// A U-Net call's number as observed tensors name it ("unet/003/noise_pred").
+std::string call_name(size_t call) {
+  char name[8];
+  std::snprintf(name, sizeof name, "%03zu", call);
+  return name;
+}
 
 // The settings of the small generations here: 64x48 pixels, 3 steps.
 txt2img::GenerationParams small_params() {
@@ -408,16 +416,11 @@ TEST_F(TinyPipeline, StochasticSamplersDrawStepNoisePerImageInDiffusersOrder) {
     auto scheduler = txt2img::make_scheduler(sampler, config, params.steps);
     txt2img::SeededNoise noise({7});
     auto latents = noise.draw(run.kept.at("latents/init").sizes().vec()) * scheduler->init_noise_sigma();
-    const auto name = [](size_t call) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "%03zu", call);
-      return std::string(buf);
-    };
     for (size_t call = 0; call < scheduler->timesteps().size(); ++call) {
       const auto step_noise = scheduler->needs_noise(call) ? noise.draw(latents.sizes().vec()) : torch::Tensor();
-      latents = scheduler->step(run.kept.at("step/" + name(call) + "/model_output"), call, latents, step_noise);
+      latents = scheduler->step(run.kept.at("step/" + call_name(call) + "/model_output"), call, latents, step_noise);
     }
-    EXPECT_TRUE(torch::equal(latents, run.kept.at("latents/step_" + name(params.steps - 1)))) << sampler;
+    EXPECT_TRUE(torch::equal(latents, run.kept.at("latents/step_" + call_name(params.steps - 1)))) << sampler;
 
     const auto together = generate_small(*pipeline_, {"a blue sphere", "a red cube"}, {8, 7}, params);
     EXPECT_LE(max_level_difference(together[1].rgb, image.rgb), 1) << sampler;
@@ -550,10 +553,10 @@ torch::Tensor text_embeddings(txt2img::Pipeline& pipeline, const std::string& pr
   return keep.kept;
 }
 
-TEST(Pipeline, EmphasisScalesTokensAndKeepsTheMeanAsA1111) {
-  // The tiny text encoder's final layer norm gives every token mean 0, which would leave the rescaling nothing to
-  // keep: a copy whose layer norm adds 0.5 everywhere has embeddings of mean 0.5.
-  BundleCopy copy;
+// The random text encoders' final layer norm gives every token mean 0, which would leave A1111's emphasis rescaling
+// nothing to keep (a mean of about 0 divided by another): the copy's layer norm adds 0.5 everywhere instead, so its
+// embeddings have mean 0.5.
+void shift_text_embeddings(const BundleCopy& copy) {
   const auto text_encoder = copy.dir() / "text_encoder.pt";
   {
     auto module = torch::jit::load(text_encoder.string());
@@ -566,6 +569,11 @@ TEST(Pipeline, EmphasisScalesTokensAndKeepsTheMeanAsA1111) {
   j["files"]["text_encoder.pt"] = {{"sha256", txt2img::sha256_file(text_encoder)},
                                    {"bytes", std::filesystem::file_size(text_encoder)}};
   copy.set_manifest(j);
+}
+
+TEST(Pipeline, EmphasisScalesTokensAndKeepsTheMeanAsA1111) {
+  BundleCopy copy;
+  shift_text_embeddings(copy);
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {});
 
   // z * w, then rescaled to z's mean: A1111's "Original" emphasis, over the chunk's 77 x hidden values.
@@ -586,6 +594,44 @@ TEST(Pipeline, EmphasisScalesTokensAndKeepsTheMeanAsA1111) {
   EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a (red:1.0) cat", true).to(torch::kFloat64), plain));
   EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a \\(red\\) cat", true),
                            text_embeddings(pipeline, "a (red) cat", false)));
+}
+
+// A1111's own code (prompt_parser and sd_hijack_clip: long prompts, emphasis, prompt editing, AND) made the contexts
+// of each U-Net call on the reference tiny text encoder, shifted as above, and said whether its CFGDenoiser runs the
+// negative prompt's row and the prompt's together or apart (tests/fixtures/make_a1111_conditioning_goldens.py).
+TEST(A1111Conditioning, EachCallReadsA1111sContexts) {
+  const auto goldens = txt2img::SafeTensors::open(TXT2IMG_A1111_CONDITIONING_GOLDENS);
+  BundleCopy copy("ref-tiny");
+  shift_text_embeddings(copy);
+  txt2img::PipelineOptions options;
+  options.safety = txt2img::SafetyMode::Off;
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), options);
+  const auto cases = nlohmann::json::parse(goldens.metadata().at("cases"));
+  ASSERT_GE(cases.size(), 8u);
+  for (const auto& golden : cases) {
+    SCOPED_TRACE(golden.at("name").get<std::string>());
+    txt2img::GenerationParams params;
+    params.sampler = "euler";  // one U-Net call a step, as A1111's Euler makes
+    params.steps = golden.at("steps");
+    params.emphasis = params.long_prompts = true;
+    Keep keep;
+    txt2img::SeededNoise noise({1});
+    pipeline.generate({golden.at("prompt")}, {golden.at("negative_prompt")}, params, noise, &keep);
+    for (size_t call = 0; call < static_cast<size_t>(params.steps); ++call) {
+      SCOPED_TRACE(call);
+      const auto cond = goldens.get(golden.at("cond")[call]), uncond = goldens.get(golden.at("uncond")[call]);
+      const std::string name = "unet/" + call_name(call) + "/";
+      const bool apart = golden.at("apart")[call];
+      ASSERT_EQ(keep.kept.count(name + "uncond_encoder_hidden_states"), apart ? 1u : 0u);
+      const auto& context = keep.kept.at(name + "encoder_hidden_states");
+      const auto ours_uncond = apart ? keep.kept.at(name + "uncond_encoder_hidden_states") : context.slice(0, 0, 1);
+      const auto ours_cond = apart ? context : context.slice(0, 1);
+      ASSERT_EQ(ours_cond.sizes(), cond.sizes());
+      ASSERT_EQ(ours_uncond.sizes(), uncond.sizes());
+      EXPECT_TRUE(latents_agree(ours_cond, cond));
+      EXPECT_TRUE(latents_agree(ours_uncond, uncond));
+    }
+  }
 }
 
 TEST(Pipeline, LowVramRefusesFrozenGraphs) {
@@ -952,11 +998,7 @@ size_t first_differing_call(txt2img::Pipeline& pipeline, const txt2img::Generati
   txt2img::SeededNoise noise({5}), again({5});
   pipeline.generate({prompt}, {negative}, params, noise, &edited);
   pipeline.generate({"a red cube"}, {"blurry"}, params, again, &plain);
-  const auto noise_pred = [](size_t call) {
-    char name[32];
-    std::snprintf(name, sizeof name, "unet/%03zu/noise_pred", call);
-    return std::string(name);
-  };
+  const auto noise_pred = [](size_t call) { return "unet/" + call_name(call) + "/noise_pred"; };
   // Texts encoded in a batch of two may differ from those encoded alone in the last bits.
   size_t call = 0;
   while (edited.kept.count(noise_pred(call)) &&

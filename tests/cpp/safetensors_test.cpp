@@ -18,6 +18,9 @@ TEST(SafeTensors, ReadsSchedulerGoldens) {
   EXPECT_EQ(ac.scalar_type(), torch::kFloat32);
   // alphas_cumprod[0] = 1 - beta_start
   EXPECT_NEAR(ac[0].item<double>(), 1.0 - 0.00085, 1e-7);
+  // Its header's __metadata__, which is not a tensor.
+  EXPECT_EQ(st.metadata().at("generator"), "refharness scheduler_goldens.py");
+  EXPECT_FALSE(st.contains("__metadata__"));
 }
 
 TEST(SafeTensors, MissingKeyAndFileAreIoErrors) {
