@@ -8,10 +8,12 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <sstream>
 
+#include "lora_weights.hpp"
 #include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
-#include "lora_weights.hpp"
 #include "unet_call.hpp"
 #include "vae_tiling.hpp"
 
@@ -379,8 +381,17 @@ std::vector<ScheduledText> Pipeline::schedule_of(const std::string& prompt, cons
 }
 
 std::vector<WeightedPrompt> Pipeline::row_prompts(const std::string& prompt, const GenerationParams& params) const {
-  if (params.emphasis && classifier_free_guidance(manifest_, params)) return composable_prompts(prompt);
-  return {{prompt, 1.0}};
+  if (!params.emphasis || !classifier_free_guidance(manifest_, params)) return {{prompt, 1.0}};
+  auto rows = composable_prompts(prompt);
+  for (const auto& row : rows)
+    if (!(std::abs(row.weight * params.cfg_scale) <= std::numeric_limits<float>::max())) {
+      std::ostringstream weight;
+      weight << row.weight;
+      throw Error(ErrorKind::Usage, "the prompt's guidance weight " + weight.str() +
+                                        " (a trailing :number, as A1111 reads it) times the CFG scale is beyond what "
+                                        "float32 holds");
+    }
+  return rows;
 }
 
 bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,

@@ -146,8 +146,19 @@ class Parser {
     return std::nullopt;
   }
 
-  // At "(" or "[": appends the construct and returns true, or leaves the position and returns false.
+  // At "(" or "[": appends the construct and returns true, or leaves the position and returns false. Brackets nested
+  // deeper than kMaxNesting do not parse, which keeps the parser's recursion within the stack (A1111's own parser
+  // fails far earlier, at Python's recursion limit).
+  static constexpr int kMaxNesting = 1000;
   bool bracket(Sequence& out) {
+    if (nesting_ == kMaxNesting) return false;
+    ++nesting_;
+    const bool parsed = nested_bracket(out);
+    --nesting_;
+    return parsed;
+  }
+
+  bool nested_bracket(Sequence& out) {
     const size_t begin = pos_;
     const char open = s_[pos_++];
     Sequence first = prompt();
@@ -210,6 +221,7 @@ class Parser {
 
   std::string_view s_;
   size_t pos_ = 0;
+  int nesting_ = 0;
 };
 
 // A1111's CollectSteps: resolves each scheduled bracket's step (in every branch, taken or not) and gathers the

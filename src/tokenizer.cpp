@@ -1,19 +1,23 @@
 // CLIP's pre-tokenizer and byte alphabet, with SentencePiece doing the BPE merges. The SentencePiece model
 // (scripts/txt2img_convert/tokenizer.py) has one piece per CLIP token, in CLIP's id order, and scores that make its
 // merge order CLIP's merge-rank order; '▁' after a word stands for CLIP's "</w>".
+#include "txt2img/tokenizer.hpp"
+
 #include <dlfcn.h>
 #include <unicode/uchar.h>
 #include <unicode/utf8.h>
 
 #include <algorithm>
 #include <array>
-#include <string>
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <optional>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "txt2img/error.hpp"
-#include "txt2img/tokenizer.hpp"
 
 namespace txt2img {
 namespace {
@@ -295,6 +299,16 @@ Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis)
       continue;
     }
     Traced part = substitute_embeddings(encode_words(span.text));
+    // A1111 takes any weight; one past float32 (a weight of 1e39, thousands of nested brackets) makes the text
+    // embeddings, and so the image, infinite.
+    if (!part.ids.empty() && !(std::abs(span.weight) <= std::numeric_limits<float>::max())) {
+      std::ostringstream weight;
+      weight << span.weight;
+      const std::string quoted = span.text.size() > 40 ? span.text.substr(0, 40) + "..." : span.text;
+      throw Error(ErrorKind::Usage,
+                  "the prompt's emphasis weighs \"" + quoted + "\" by " + weight.str() +
+                      ", beyond what float32 holds (a weight too large, or brackets nested too deep)");
+    }
     for (size_t& word : part.words) word += out.word_texts.size();
     for (double& weight : part.weights) weight = span.weight;
     append(out.ids, part.ids);

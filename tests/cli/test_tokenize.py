@@ -32,6 +32,15 @@ class Tokenize(CliTestCase):
             if c["prompt"].strip():
                 self.assertEqual(got[c["prompt"]], c["ids"], c["prompt"])
 
+    def test_weights_past_float32_are_usage_errors_not_crashes(self):
+        """11,000 nested brackets crashed the prompt-editing parser (its recursion overflowed the stack); now the weight
+        they give, 1.1 to the 11,000th, is refused as any weight past float32, by tokenize and by a run alike."""
+        deep = "(" * 11000 + "a" + ")" * 11000
+        for result in (self.tokenize(deep, "--emphasis"),
+                       self.txt2img(deep, "--emphasis", "-o", "a.png", "--steps", "1", "-W", "32", "-H", "32")):
+            self.assertExit(result, EXIT_USAGE, "weighs \"a\" by inf", "beyond what float32 holds")
+        self.assertFalse((self.dir / "a.png").exists())
+
     def test_truncation(self):
         prompt = " ".join(["dog"] * 76) + " zebra"
         result = self.tokenize(prompt)

@@ -1090,6 +1090,11 @@ TEST(ComposablePrompts, EachPromptGuidesByItsWeight) {
   // prompts up even at a CFG scale of 1).
   params.cfg_scale = 1;
   EXPECT_EQ(pipeline.row_prompts("a AND b", params).size(), 1u);
+  // A guidance weight past float32 would make the image infinite.
+  params.cfg_scale = 7.5;
+  expect_error([&] { pipeline.row_prompts("a cat:1" + std::string(44, '0'), params); }, ErrorKind::Usage,
+               {"guidance weight 1e+44", "float32"});
+  params.cfg_scale = 1;
   Keep unguided;
   txt2img::SeededNoise once({5});
   pipeline.generate({"a red cube AND a blue sphere"}, {""}, params, once, &unguided);

@@ -51,4 +51,25 @@ TEST(PromptSchedule, EachStepTakesTheFirstTextNotEndedBeforeIt) {
   EXPECT_EQ(txt2img::prompt_schedule("a plain prompt", 10).size(), 1u);
 }
 
+std::string nested(const std::string& open, const std::string& inner, const std::string& close, int depth) {
+  std::string out;
+  for (int i = 0; i < depth; ++i) out += open;
+  out += inner;
+  for (int i = 0; i < depth; ++i) out += close;
+  return out;
+}
+
+TEST(PromptSchedule, BracketsNestedPastAThousandAreTextNotAStackOverflow) {
+  // 11,000 levels overflowed the recursive parser's stack (a crash). Brackets deeper than 1,000 do not parse: the
+  // outer ones are read as text, as A1111's grammar reads brackets that close nothing, and the edit inside still
+  // counts.
+  for (const auto& open : {"(", "["}) {
+    const std::string close = open == std::string("(") ? ")" : "]";
+    const auto schedule = txt2img::prompt_schedule(nested(open, "[a:b:3]", close, 11000), 10);
+    ASSERT_EQ(schedule.size(), 2u) << open;
+    EXPECT_EQ(schedule[0].text, nested(open, "a", close, 11000));
+    EXPECT_EQ(schedule[1].text, nested(open, "b", close, 11000));
+  }
+}
+
 }  // namespace

@@ -301,6 +301,24 @@ TEST(TokenizerEmphasis, EachSpanIsTokenizedOnItsOwnWithItsWeight) {
   EXPECT_EQ(tokenizer().encode_traced("a \\(cat\\)", true).ids, ids_of("a (cat)"));
 }
 
+TEST(TokenizerEmphasis, AWeightPastFloat32IsAUsageError) {
+  // It would make the text embeddings infinite, and the image with them.
+  std::string deep;
+  for (int i = 0; i < 8000; ++i) deep += "(";  // 1.1^8000
+  for (const std::string& prompt : {"a (cat:1" + std::string(39, '0') + ") dog", deep + "cat"}) {
+    try {
+      tokenizer().encode_traced(prompt, true);
+      ADD_FAILURE() << "no exception";
+    } catch (const txt2img::Error& e) {
+      EXPECT_EQ(e.kind(), txt2img::ErrorKind::Usage);
+      EXPECT_NE(std::string(e.what()).find("beyond what float32 holds"), std::string::npos) << e.what();
+    }
+  }
+  // Large weights within float32 are A1111's to take, as are brackets around no text.
+  EXPECT_EQ(tokenizer().encode_traced("a (cat:1" + std::string(30, '0') + ") dog", true).weights.at(1), 1e30);
+  EXPECT_EQ(tokenizer().encode_traced(deep + std::string(8000, ')') + " cat", true).ids.size(), 1u);
+}
+
 TEST(TokenizerEmphasis, ChunksCarryTheWeightsAndBreakEndsAChunk) {
   const int cat = ids_of("cat").at(0), dog = ids_of("dog").at(0);
   const auto chunks = Tokenizer::chunks(tokenizer().encode_traced("(cat) BREAK dog", true), true);
