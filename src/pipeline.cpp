@@ -69,10 +69,11 @@ torch::Tensor to_uint8(const torch::Tensor& decoded) {
 // which would otherwise become black or noise images without a word.
 void throw_if_non_finite(const torch::Tensor& values, const std::string& what, torch::ScalarType dtype) {
   if (torch::isfinite(values).all().item<bool>()) return;
-  throw Error(ErrorKind::Runtime, what + " became non-finite (NaN or infinity)" +
-                                      std::string(dtype == torch::kFloat16
-                                                      ? "; fp16 overflowed: retry with --dtype bf16 or --dtype fp32"
-                                                      : ""));
+  throw Error(ErrorKind::Runtime,
+              what + " became non-finite (NaN or infinity)" +
+                  std::string(dtype == torch::kFloat16 ? "; fp16 overflowed: retry with --dtype bf16 or --dtype fp32"
+                                                       : "; beyond fp16 only extreme values overflow: a very large CFG "
+                                                         "scale, prompt weight or LoRA weight, or a broken model"));
 }
 
 // diffusers' rescale_noise_cfg: `guided` brought to the per-image standard deviation of `text` (unbiased, over

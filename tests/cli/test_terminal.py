@@ -61,7 +61,7 @@ class Terminal(CliTestCase):
 class RuntimeFailure(CliTestCase):
     def test_non_finite_latents(self):
         result = self.txt2img("a fox", "--cfg-scale", "1e300", "-o", "a.png", "--json")
-        self.assertExit(result, EXIT_RUNTIME, "non-finite")
+        self.assertExit(result, EXIT_RUNTIME, "non-finite", "a very large CFG scale")
         summary = json_lines(result.stdout)[-1]
         self.assertEqual((summary["written"], summary["failed"]), (0, 1))
         self.assertEqual(files_under(self.dir), [])
