@@ -12,7 +12,6 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
-#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -356,12 +355,14 @@ std::vector<Tokenizer::Chunk> Tokenizer::chunks(const Traced& traced, bool long_
   }
   // A1111's sd_hijack_clip.tokenize_line, with its default "comma padding backtrack" of 20 tokens.
   constexpr size_t kCommaBacktrack = 20;
-  std::optional<size_t> last_comma;  // where in `chunk`
+  // Where in `chunk` (a sentinel rather than std::optional, which GCC 12 wrongly warns may be used uninitialised).
+  constexpr size_t kNoComma = std::numeric_limits<size_t>::max();
+  size_t last_comma = kNoComma;
   size_t at = 0;
   for (const size_t unit : traced.unit_lengths) {
     if (unit == 0) {  // BREAK
       next_chunk();
-      last_comma.reset();
+      last_comma = kNoComma;
       continue;
     }
     if (unit > length)
@@ -369,18 +370,19 @@ std::vector<Tokenizer::Chunk> Tokenizer::chunks(const Traced& traced, bool long_
                                         std::to_string(length) + " tokens");
     if (unit == 1 && traced.ids[at] == kComma) {
       last_comma = chunk.ids.size();
-    } else if (chunk.ids.size() == length && last_comma && chunk.ids.size() - *last_comma <= kCommaBacktrack) {
-      const auto split = static_cast<std::ptrdiff_t>(*last_comma + 1);
+    } else if (chunk.ids.size() == length && last_comma != kNoComma &&
+               chunk.ids.size() - last_comma <= kCommaBacktrack) {
+      const auto split = static_cast<std::ptrdiff_t>(last_comma + 1);
       Chunk moved{{chunk.ids.begin() + split, chunk.ids.end()}, {chunk.weights.begin() + split, chunk.weights.end()}};
-      chunk.ids.resize(*last_comma + 1);
-      chunk.weights.resize(*last_comma + 1);
+      chunk.ids.resize(last_comma + 1);
+      chunk.weights.resize(last_comma + 1);
       next_chunk();
-      last_comma.reset();
+      last_comma = kNoComma;
       chunk = std::move(moved);
     }
     if (chunk.ids.size() == length || chunk.ids.size() + unit > length) {
       next_chunk();
-      last_comma.reset();
+      last_comma = kNoComma;
     }
     const auto from = static_cast<std::ptrdiff_t>(at), to = static_cast<std::ptrdiff_t>(at + unit);
     chunk.ids.insert(chunk.ids.end(), traced.ids.begin() + from, traced.ids.begin() + to);
