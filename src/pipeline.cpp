@@ -168,6 +168,25 @@ void check_hires(const Manifest& manifest, const GenerationParams& params) {
   make_hires_sampler(manifest, params);
 }
 
+// [rows, tokens, ...] padded to `tokens` along dim 1 by repeating each row's last position, as A1111's
+// reconstruct_multicond_batch pads the conditioning of prompts that take fewer chunks.
+torch::Tensor pad_by_repeating_last(const torch::Tensor& rows, int64_t tokens) {
+  const int64_t missing = tokens - rows.size(1);
+  if (missing == 0) return rows;
+  auto last = rows.narrow(1, rows.size(1) - 1, 1);
+  std::vector<int64_t> repeated(last.sizes().begin(), last.sizes().end());
+  repeated[1] = missing;
+  return torch::cat({rows, last.expand(repeated)}, 1);
+}
+
+// Groups of rows ([rows, tokens, ...]) of different lengths, each padded as above to the longest, one after another.
+torch::Tensor cat_padded(std::vector<torch::Tensor> groups) {
+  int64_t tokens = 0;
+  for (const auto& group : groups) tokens = std::max(tokens, group.size(1));
+  for (auto& group : groups) group = pad_by_repeating_last(group, tokens);
+  return torch::cat(groups);
+}
+
 }  // namespace
 
 Pipeline::Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options)
@@ -385,7 +404,7 @@ std::vector<WeightedPrompt> Pipeline::row_prompts(const std::string& prompt, con
   if (!params.emphasis || !classifier_free_guidance(manifest_, params)) return {{prompt, 1.0}};
   auto rows = composable_prompts(prompt);
   for (const auto& row : rows)
-    if (!(std::abs(row.weight * params.cfg_scale) <= std::numeric_limits<float>::max())) {
+    if (row.weight != 1.0 && !(std::abs(row.weight * params.cfg_scale) <= std::numeric_limits<float>::max())) {
       std::ostringstream weight;
       weight << row.weight;
       throw Error(ErrorKind::Usage, "the prompt's guidance weight " + weight.str() +
@@ -449,30 +468,6 @@ std::vector<std::string> Pipeline::texts_read(const std::string& text, const Gen
   return texts;
 }
 
-namespace {
-
-// [rows, tokens, ...] padded to `tokens` along dim 1 by repeating each row's last position, as A1111's
-// reconstruct_multicond_batch pads the conditioning of prompts that take fewer chunks.
-torch::Tensor pad_by_repeating_last(const torch::Tensor& rows, int64_t tokens) {
-  const int64_t missing = tokens - rows.size(1);
-  if (missing == 0) return rows;
-  auto last = rows.narrow(1, rows.size(1) - 1, 1);
-  std::vector<int64_t> repeated(last.sizes().begin(), last.sizes().end());
-  repeated[1] = missing;
-  return torch::cat({rows, last.expand(repeated)}, 1);
-}
-
-// Rows of [tokens, ...] of different lengths, padded as above to the longest and stacked.
-torch::Tensor stack_padded(const std::vector<torch::Tensor>& rows) {
-  int64_t tokens = 0;
-  for (const auto& row : rows) tokens = std::max(tokens, row.size(0));
-  std::vector<torch::Tensor> padded;
-  for (const auto& row : rows) padded.push_back(pad_by_repeating_last(row.unsqueeze(0), tokens));
-  return torch::cat(padded);
-}
-
-}  // namespace
-
 // Each U-Net row's texts over a pass, encoded, and the contexts the rows read at each step of the pass.
 class Pipeline::TextConditioning {
  public:
@@ -500,9 +495,9 @@ class Pipeline::TextConditioning {
           one_row_each_ && prompt_rows_[row].image == static_cast<int64_t>(row) && prompt_rows_[row].weight == 1.0;
       image_rows[prompt_rows_[row].image].push_back(static_cast<int64_t>(row));
     }
-    for (const auto& [image, rows] : image_rows)
-      if (rows.size() == 1 && prompt_rows_[static_cast<size_t>(rows[0])].weight == 1.0)
-        plain_rows_.emplace_back(image, rows[0]);
+    for (const auto& [image, its_rows] : image_rows)
+      if (its_rows.size() == 1 && prompt_rows_[static_cast<size_t>(its_rows[0])].weight == 1.0)
+        plain_rows_.emplace_back(image, its_rows[0]);
   }
 
   // The guided U-Net batch's samples: the images' for the negative prompt rows, then each prompt row's image's.
@@ -556,9 +551,9 @@ class Pipeline::TextConditioning {
     auto& contexts = gathered_[texts];
     if (contexts.empty()) {
       const auto group = [&](size_t from, size_t to) {
-        std::vector<torch::Tensor> contexts;
-        for (size_t row = from; row < to; ++row) contexts.push_back(rows_[row].hidden[texts[row]]);
-        return stack_padded(contexts);
+        std::vector<torch::Tensor> rows;
+        for (size_t row = from; row < to; ++row) rows.push_back(rows_[row].hidden.narrow(0, texts[row], 1));
+        return cat_padded(std::move(rows));
       };
       const auto prompts = group(negative_rows_, rows_.size());
       if (negative_rows_ == 0) {
@@ -586,7 +581,7 @@ class Pipeline::TextConditioning {
 
 // With classifier-free guidance the negative prompts' rows come first ([uncond, cond]). Each prompt (a negative
 // prompt, a composable prompt) is encoded as A1111 encodes one: the distinct texts of its schedule in the pass, all
-// with as many chunks as the longest takes (text_chunks). Observed: each group's texts as the text encoder gave
+// with as many chunks as the longest of them takes. Observed: each group's texts as the text encoder gave
 // them, "text/..." for the prompts', "uncond_text/..." for the negative prompts' (with "hires/" before them in the
 // hires pass), padded as `at` pads a group (the input ids too, their last id repeated).
 Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::string>& prompts,
@@ -634,16 +629,10 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
       hidden.push_back(texts.hidden);
     }
     if (!observer || ids.empty()) continue;
-    int64_t tokens = 0;
-    for (const auto& texts : ids) tokens = std::max(tokens, texts.size(1));
-    for (size_t i = 0; i < ids.size(); ++i) {
-      ids[i] = pad_by_repeating_last(ids[i], tokens);
-      hidden[i] = pad_by_repeating_last(hidden[i], tokens);
-    }
     const auto name = prefix + (group == 0 ? "uncond_text" : "text");
-    observe(observer, name + "/input_ids", torch::cat(ids));
+    observe(observer, name + "/input_ids", cat_padded(std::move(ids)));
     observe(observer, name + (params.clip_skip == 1 ? "/last_hidden_state" : "/clip_skip_hidden_state"),
-            torch::cat(hidden));
+            cat_padded(std::move(hidden)));
   }
   return TextConditioning(std::move(rows), group_rows[0].size(), std::move(prompt_rows));
 }
@@ -676,19 +665,20 @@ Pipeline::EncodedTexts Pipeline::encode_texts(std::vector<std::vector<Tokenizer:
                                        : text_encoder_.run_method("encode", per_chunk, int64_t{params.clip_skip}))
                     .toTensor();
   if (params.emphasis) {
+    // In float32 whatever the text encoder's dtype, as A1111's float32 multipliers make it: fp16 would turn weights
+    // above 65504 into infinities, and round each text's mean before they are added up.
     // [texts, chunks, tokens, hidden]; the means are per chunk position, over the texts as often as they are read.
-    hidden = hidden.view({rows, static_cast<int64_t>(chunks), hidden.size(1), hidden.size(2)});
-    // In float32 whatever the text encoder's dtype: fp16 would round each text's mean before they are added up.
+    hidden = hidden.to(torch::kFloat32).view({rows, static_cast<int64_t>(chunks), hidden.size(1), hidden.size(2)});
     const auto read = torch::tensor(uses, torch::kFloat32).to(hidden.device()).view({rows, 1, 1, 1});
     const auto mean = [&](const torch::Tensor& z) {
-      return (z.mean({2, 3}, /*keepdim=*/true, torch::kFloat32) * read).sum(0, /*keepdim=*/true) / read.sum();
+      return (z.mean({2, 3}, /*keepdim=*/true) * read).sum(0, /*keepdim=*/true) / read.sum();
     };
     const auto before = mean(hidden);
     const auto scale = torch::tensor(weights, torch::kFloat64).view({rows, static_cast<int64_t>(chunks), -1, 1});
-    hidden = hidden * scale.to(hidden.device(), hidden.scalar_type());
+    hidden = hidden * scale.to(hidden.device(), torch::kFloat32);
     // A chunk whose mean is 0 keeps its scale (A1111 would divide by zero).
     const auto ratio = before / mean(hidden);
-    hidden = hidden * torch::where(torch::isfinite(ratio), ratio, torch::ones_like(ratio)).to(hidden.scalar_type());
+    hidden = hidden * torch::where(torch::isfinite(ratio), ratio, torch::ones_like(ratio));
   }
   return {std::move(input_ids), hidden.reshape({rows, -1, hidden.size(-1)})};
 }
@@ -819,7 +809,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   const auto batch = static_cast<int64_t>(prompts.size());
   const bool guided = classifier_free_guidance(manifest_, params);
 
-  // 1. Encode the prompts; with classifier-free guidance the negative prompts too, in one U-Net batch [uncond, cond].
+  // 1. Encode the prompts; with classifier-free guidance the negative prompts too, for U-Net batches [uncond, cond].
   // With A1111's prompt editing, every text they read in the pass.
   auto text = encode_prompts(prompts, negative_prompts, params, guided, Pass::First, observer);
   const auto& contexts = text.at(0);

@@ -120,9 +120,9 @@ struct GeneratedImage {
 
 // Named intermediate tensors (the reference fixtures' names: "text/last_hidden_state", "unet/003/noise_pred",
 // "latents/step_003", "vae/decode_out", ...) and progress, for tools that compare or report. The U-Net's context is
-// "unet/NNN/encoder_hidden_states" at each call (the first call's also "unet/encoder_hidden_states"); where the
-// negative prompts' rows go through the U-Net apart (see text_chunks), that name has the prompt rows' and
-// ".../uncond_encoder_hidden_states" the negative prompts'.
+// "unet/NNN/encoder_hidden_states" at each call (the first call's also "unet/encoder_hidden_states"; a hires pass's
+// names start with "hires/"); where the negative prompts' rows go through the U-Net apart (see text_chunks), that name
+// has the prompt rows' and ".../uncond_encoder_hidden_states" the negative prompts'.
 class Observer {
  public:
   virtual ~Observer() = default;
@@ -141,7 +141,7 @@ class Observer {
 // records no sampler of its source.
 std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& setting = "sampler");
 
-// Whether a run takes classifier-free guidance: a U-Net batch of [uncond, cond] rows mixed by the scale. As in
+// Whether a run takes classifier-free guidance: U-Net predictions for [uncond, cond] rows mixed by the scale. As in
 // diffusers, a scale of 1 or less skips the unconditional rows, and an LCM model with a guidance embedding takes the
 // scale as an input instead (LatentConsistencyModelPipeline); the negative prompt is then unused.
 bool classifier_free_guidance(const Manifest& manifest, const GenerationParams& params);
@@ -197,7 +197,6 @@ class Pipeline {
     size_t prompt = 1;
     size_t negative_prompt = 1;
     bool operator==(const TextChunks& o) const { return prompt == o.prompt && negative_prompt == o.negative_prompt; }
-    bool operator!=(const TextChunks& o) const { return !(*this == o); }
   };
   // One count for the first pass, and one for the hires pass where params has one.
   std::vector<TextChunks> text_chunks(const std::string& prompt, const std::string& negative_prompt,
@@ -216,7 +215,7 @@ class Pipeline {
   std::vector<Tokenizer::Chunk> token_chunks(const std::string& text, const GenerationParams& params) const;
   struct EncodedTexts {
     torch::Tensor input_ids;  // [texts, tokens]
-    torch::Tensor hidden;     // [texts, tokens, hidden], as the text encoder gave them (its device and dtype)
+    torch::Tensor hidden;     // [texts, tokens, hidden] on the text encoder's device (float32 with emphasis)
   };
   EncodedTexts encode_texts(std::vector<std::vector<Tokenizer::Chunk>> texts, const std::vector<int64_t>& uses,
                             const GenerationParams& params);

@@ -175,11 +175,12 @@ class Generator {
       }
       // A batch's rows are padded to its largest numbers of text chunks (in each pass): only rows that agree share
       // a batch, so that an image never depends on its batch.
-      const auto chunks = pipeline.text_chunks(job.model_prompt, job.negative_prompt, job.params);
+      const auto chunks =
+          of_line(job, [&] { return pipeline.text_chunks(job.model_prompt, job.negative_prompt, job.params); });
       if (!batch.empty() && (batch.size() == static_cast<size_t>(o_.batch_size) || !(batch[0].params == job.params) ||
                              batch_chunks != chunks))
         make(batch);
-      warn_about_prompt(job);
+      of_line(job, [&] { warn_about_prompt(job); });
       batch.push_back(job);
       batch_chunks = chunks;
     }
@@ -189,6 +190,17 @@ class Generator {
   uint64_t in_flight() const { return in_flight_; }
 
  private:
+  // Reads a job's prompt with `read`; what it refuses (a weight past float32) names the prompt file's line.
+  template <typename Read>
+  auto of_line(const ImageJob& job, Read&& read) -> decltype(read()) {
+    try {
+      return read();
+    } catch (const Error& e) {
+      if (!job.line) throw;
+      throw Error(e.kind(), plan_.where(job) + ": " + e.what());
+    }
+  }
+
   // Once per prompt (its images follow each other): what of it the model will not read as written.
   void warn_about_prompt(const ImageJob& job) {
     if (warned_any_ && job.prompt_index == warned_prompt_) return;

@@ -77,7 +77,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->capture_default_str()
       ->check(CLI::Range(1, kMaxImagesPerPrompt));
   app.add_option("--batch-size", o.batch_size,
-                 "images denoised together in one U-Net call (more is faster on a GPU and needs more memory; "
+                 "images denoised together in each U-Net call (more is faster on a GPU and needs more memory; "
                  "images do not depend on it)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));

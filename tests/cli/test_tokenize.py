@@ -40,6 +40,14 @@ class Tokenize(CliTestCase):
                        self.txt2img(deep, "--emphasis", "-o", "a.png", "--steps", "1", "-W", "32", "-H", "32")):
             self.assertExit(result, EXIT_USAGE, "weighs \"a\" by inf", "beyond what float32 holds")
         self.assertFalse((self.dir / "a.png").exists())
+        # Square brackets weigh it towards 0, which float32 holds: only the parser's depth was in danger there.
+        square = self.tokenize("[" * 11000 + "a" + "]" * 11000, "--emphasis")
+        self.assertEqual(square.returncode, 0, square.stderr)
+        # In a prompt file the refusal names its line; the line before it made its image.
+        self.write("prompts.txt", "a fox\na (cat:1" + "0" * 39 + ") dog\n")
+        result = self.txt2img("-f", "prompts.txt", "--emphasis", "-o", "{index}.png", "--seed", "1")
+        self.assertExit(result, EXIT_USAGE, "prompts.txt:2: the prompt's emphasis weighs \"cat\" by 1e+39")
+        self.assertTrue((self.dir / "0.png").exists())
 
     def test_truncation(self):
         prompt = " ".join(["dog"] * 76) + " zebra"

@@ -59,7 +59,7 @@ std::string nested(const std::string& open, const std::string& inner, const std:
   return out;
 }
 
-TEST(PromptSchedule, BracketsNestedPastAThousandAreTextNotAStackOverflow) {
+TEST(PromptSchedule, BracketsNestedElevenThousandDeepNeitherCrashNorHideTheEditInside) {
   // 11,000 levels overflowed the recursive parser's stack (a crash). Brackets deeper than 1,000 do not parse: the
   // outer ones are read as text, as A1111's grammar reads brackets that close nothing, and the edit inside still
   // counts.
