@@ -45,6 +45,15 @@ void observe(Observer* observer, const std::string& name, const torch::Tensor& v
   if (observer) observer->tensor(name, value);
 }
 
+// The contexts of one step's U-Net calls as TextConditioning::at gives them, named after `where` ("unet/",
+// "hires/unet/003/"): the prompt rows' (with guidance, the negative prompts' too where they go through the U-Net in one
+// call) as "encoder_hidden_states", the negative prompts' as "uncond_encoder_hidden_states" where they go apart.
+void observe_contexts(Observer* observer, const std::string& where, const std::vector<torch::Tensor>& contexts) {
+  if (!observer) return;
+  if (contexts.size() == 2) observe(observer, where + "uncond_encoder_hidden_states", contexts[0]);
+  observe(observer, where + "encoder_hidden_states", contexts.back());
+}
+
 // Every step's timestep, on the device in one copy before the loop: a host-to-device copy of pageable memory waits
 // for the device to finish its queue, so one made inside the loop would keep the host from queueing the next step
 // while the device runs this one. float32 for every sampler: the U-Net's time embedding casts to float32 first (so
@@ -763,11 +772,7 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
     if (image_conditioning.defined())
       model_input = torch::cat({model_input, image_conditioning.expand({model_input.size(0), -1, -1, -1})}, 1);
     const auto& contexts = run.text.at(call - first);
-    if (run.observer) {
-      const std::string name = prefix + "unet/" + call_name(call - first);
-      if (contexts.size() == 2) observe(run.observer, name + "/uncond_encoder_hidden_states", contexts[0]);
-      observe(run.observer, name + "/encoder_hidden_states", contexts.back());
-    }
+    observe_contexts(run.observer, prefix + "unet/" + call_name(call - first) + "/", contexts);
     auto noise_pred =
         predict_noise(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], contexts, run.guidance)
             .to(torch::kFloat32);
@@ -812,9 +817,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   // 1. Encode the prompts; with classifier-free guidance the negative prompts too, for U-Net batches [uncond, cond].
   // With A1111's prompt editing, every text they read in the pass.
   auto text = encode_prompts(prompts, negative_prompts, params, guided, Pass::First, observer);
-  const auto& contexts = text.at(0);
-  if (contexts.size() == 2) observe(observer, "unet/uncond_encoder_hidden_states", contexts[0]);
-  observe(observer, "unet/encoder_hidden_states", contexts.back());
+  observe_contexts(observer, "unet/", text.at(0));
 
   // 2. Initial noise.
   auto scheduler = make_sampler(manifest_, params, params.steps);
