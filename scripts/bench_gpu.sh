@@ -16,7 +16,10 @@
 # CUDA graph, channels_last, unprofiled TorchScript), with --low-vram, cuDNN's algorithm search and bf16 on top, and
 # plain, and at --batch-large; bench_eager.py (our converter's modules, same weights, PyTorch eager, SDPA where
 # PyTorch has it) at the same settings; the txt2img command line end to end (load, 2 images, safety checker on),
-# and with --low-vram; both sides decoding with TAESD (--decoder taesd); then the pixels of each variant against plain TorchScript calls. Peak VRAM is given three ways: the CUDA caching
+# and with --low-vram;
+# the command line on a prompt file of features that change the U-Net's calls (long prompts, AND, prompt editing,
+# samplers, guidance rescale, hires), with and without the CUDA graph, whose images must match; both sides decoding
+# with TAESD (--decoder taesd); then the pixels of each variant against plain TorchScript calls. Peak VRAM is given three ways: the CUDA caching
 # allocator's peak allocated and reserved bytes (each process's own report, as torch.cuda.max_memory_allocated /
 # max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the
 # run, which includes the CUDA context. On the CPU the column is the peak resident set.
@@ -209,6 +212,29 @@ else
   echo "the command line did not build" >"$results/cli.failed"
 fi
 measure ours_b1_default_low_vram "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" --low-vram
+
+# Features that change the U-Net's calls (--long-prompts with a prompt and a negative prompt read apart, composable
+# AND rows, prompt editing, samplers that step on the device outside the graph, guidance rescale, a hires pass at
+# another latent size), from one command-line run with the CUDA graph and one without, in batches of 2 (so that
+# two graphs of one size share a memory pool): their images must be identical.
+if ((have_cli)); then
+  long=$(printf 'a very detailed photograph of an old stone lighthouse on a rocky coast at dusk, %.0s' 1 2 3 4 5)
+  cat >"$results/features.jsonl" <<FEATURES
+{"prompt": "$long", "negative_prompt": "blurry", "long_prompts": true}
+{"prompt": "cheap", "negative_prompt": "$long", "long_prompts": true}
+{"prompt": "a red cube AND a blue sphere:0.5", "emphasis": true}
+{"prompt": "[a cat:a dog:0.5], (masterpiece:1.2)", "emphasis": true, "sampler": "dpmpp_2m_karras"}
+{"prompt": "a castle", "sampler": "unipc"}
+{"prompt": "a castle", "sampler": "heun", "steps": 10}
+{"prompt": "a castle", "guidance_rescale": 0.7, "sampler": "euler_a"}
+{"prompt": "a castle", "hires_scale": 1.5, "hires_steps": 10}
+FEATURES
+  features=("${ours_env[@]}" "$work/cmake/txt2img" --model "$model" --device "$device" --dtype "$dtype" -W "$size"
+            -H "$size" --steps "$steps" --seed 5 --batch-size 2 --json --overwrite --from-file "$results/features.jsonl")
+  ((threads > 0)) && features+=(--threads "$threads")
+  measure features_cuda_graph "${features[@]}" -o "$results/features/cuda_graph/{index}.png"
+  measure features_no_cuda_graph "${features[@]}" --no-cuda-graph -o "$results/features/no_cuda_graph/{index}.png"
+fi
 if [[ $device == cuda* ]]; then
   measure ours_b1_default_cudnn_benchmark "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" \
     --cudnn-benchmark
@@ -217,12 +243,6 @@ if [[ $device == cuda* ]]; then
 fi
 measure ours_b1_default_taesd "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" --decoder taesd
 measure eager_b1_taesd "${eager[@]}" --batch 1 --warmup 2 --runs "$runs" --decoder taesd
-measure ours_b1 "${bench[@]}" --batch 1 --warmup 2 --runs "$runs"
-measure ours_b${batch_large}_default "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1 "${default[@]}"
-measure eager_b${batch_large} "${eager[@]}" --batch "$batch_large" --warmup 2 --runs 1
-measure ours_b${batch_large} "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1
-measure ours_b1_optimize "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph optimize
-measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --channels-last
 # Pixels: the same two images (seeds 2 and 3) from each variant, compared with the plain run's below the table.
 # --low-vram on the default must match the default exactly (only where the modules wait differs).
 variants=("plain:" "default:${default[*]}" "default_low_vram:${default[*]} --low-vram" "optimize:--graph optimize")
@@ -233,6 +253,12 @@ for variant in "${variants[@]}"; do
   measure "pixels_${variant%%:*}" "${bench[@]}" --batch 2 --warmup 1 --runs 1 "${flags[@]}" \
     --save-images "$results/pixels/${variant%%:*}"
 done
+measure ours_b1 "${bench[@]}" --batch 1 --warmup 2 --runs "$runs"
+measure ours_b${batch_large}_default "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1 "${default[@]}"
+measure eager_b${batch_large} "${eager[@]}" --batch "$batch_large" --warmup 2 --runs 1
+measure ours_b${batch_large} "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1
+measure ours_b1_optimize "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph optimize
+measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --channels-last
 
 # 5. The table.
 python3 - "$results" "$device" "$dtype" "$size" "$steps" "$batch_large" <<'EOF' | tee "$results/table.md"
@@ -332,28 +358,44 @@ for b, variant, what in ((b, v, w) for b in ("1", big) for v, w in (("_default",
               f"{eager['seconds_per_image'] / ours['seconds_per_image']:.3f} | "
               f"{ours['images_per_s'] / eager['images_per_s']:.3f} | |")
 EOF
-python3 - "$results/pixels" "$root/tests/cli" <<'EOF' | tee -a "$results/table.md"
-import os, sys
-pixels, helpers = sys.argv[1:]
+python3 - "$results" "$root/tests/cli" <<'EOF' | tee -a "$results/table.md"
+import json, os, sys
+results, helpers = sys.argv[1:]
 sys.path.insert(0, helpers)
 from cli_support import png_pixels  # noqa: E402  (the end-to-end tests' standard-library PNG reader)
 
-def images(variant):
-    folder = os.path.join(pixels, variant)
-    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+def images(folder):
+    names = sorted(os.listdir(folder), key=lambda n: (len(n), n)) if os.path.isdir(folder) else []
     return [png_pixels(os.path.join(folder, n))[2] for n in names]
 
-reference = images("plain")
-if reference:
+def compare(folder, reference_name, title):
+    reference = images(os.path.join(folder, reference_name))
+    if not reference:
+        return
     print()
-    print("| pixels against the plain run (2 images, 8-bit levels) | max abs difference | mean abs difference |")
-    print("|---|---:|---:|")
-    for variant in sorted(os.listdir(pixels)):
-        other = images(variant)
-        if variant == "plain" or len(other) != len(reference):
+    print(f"| {title} | images | max abs difference | mean abs difference |")
+    print("|---|---:|---:|---:|")
+    for variant in sorted(os.listdir(folder)):
+        other = images(os.path.join(folder, variant))
+        if variant == reference_name:
+            continue
+        if len(other) != len(reference):
+            print(f"| {variant} | {len(other)} of {len(reference)} | | |")
             continue
         diffs = [abs(a - b) for x, y in zip(reference, other) for a, b in zip(x, y)]
-        print(f"| {variant} | {max(diffs)} | {sum(diffs) / len(diffs):.3f} |")
+        print(f"| {variant} | {len(other)} | {max(diffs)} | {sum(diffs) / len(diffs):.3f} |")
+
+compare(os.path.join(results, "pixels"), "plain", "pixels against the plain run (2 images, 8-bit levels)")
+compare(os.path.join(results, "features"), "no_cuda_graph",
+        "feature images against the same run without the CUDA graph (8-bit levels)")
+for name in ("features_cuda_graph", "features_no_cuda_graph"):
+    path = os.path.join(results, name + ".json")
+    records = [json.loads(l) for l in open(path) if l.startswith("{")] if os.path.exists(path) else []
+    summary = next((r for r in records if r.get("event") == "summary"), None)
+    if summary:
+        peaks = summary.get("peak_memory_mib", {})
+        print(f"{name}: load {summary['load_s']:.2f} s, total {summary['total_s']:.2f} s, "
+              f"peak VRAM allocated {peaks.get('vram_allocated')} MiB")
 EOF
 # The device tool brings back only a few files per call: with --out, everything ends up in one archive.
 if [[ -n $out ]]; then
