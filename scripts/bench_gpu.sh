@@ -16,13 +16,13 @@
 # CUDA graph, channels_last, unprofiled TorchScript), with --low-vram, cuDNN's algorithm search and bf16 on top, and
 # plain, and at --batch-large; bench_eager.py (our converter's modules, same weights, PyTorch eager, SDPA where
 # PyTorch has it) at the same settings; the txt2img command line end to end (load, 2 images, safety checker on),
-# and with --low-vram;
-# the command line on a prompt file of features that change the U-Net's calls (long prompts, AND, prompt editing,
-# samplers, guidance rescale, hires), with and without the CUDA graph, whose images must match; both sides decoding
-# with TAESD (--decoder taesd); then the pixels of each variant against plain TorchScript calls. Peak VRAM is given three ways: the CUDA caching
-# allocator's peak allocated and reserved bytes (each process's own report, as torch.cuda.max_memory_allocated /
-# max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the
-# run, which includes the CUDA context. On the CPU the column is the peak resident set.
+# and with --low-vram; the command line on a prompt file of features that change the U-Net's calls (long prompts, AND,
+# prompt editing, samplers, guidance rescale, hires) with and without the CUDA graph, in fp16 and fp32, image by
+# image; both sides decoding with TAESD (--decoder taesd); then the pixels of each variant against plain TorchScript
+# calls. Peak VRAM is given three ways: the CUDA caching allocator's peak allocated and reserved bytes (each
+# process's own report, as torch.cuda.max_memory_allocated / max_memory_reserved), and the card's used memory
+# (nvidia-smi, sampled every 100 ms) above what it was before the run, which includes the CUDA context. On the CPU
+# the column is the peak resident set.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out="" budget=0 row_timeout=240 only=""
@@ -224,6 +224,8 @@ if ((have_cli)); then
 {"prompt": "cheap", "negative_prompt": "$long", "long_prompts": true}
 {"prompt": "a red cube AND a blue sphere:0.5", "emphasis": true}
 {"prompt": "[a cat:a dog:0.5], (masterpiece:1.2)", "emphasis": true, "sampler": "dpmpp_2m_karras"}
+{"prompt": "[a cat:a dog:0.5], (masterpiece:1.2)", "emphasis": true}
+{"prompt": "a cat", "sampler": "dpmpp_2m_karras"}
 {"prompt": "a castle", "sampler": "unipc"}
 {"prompt": "a castle", "sampler": "heun", "steps": 10}
 {"prompt": "a castle", "guidance_rescale": 0.7, "sampler": "euler_a"}
@@ -232,8 +234,17 @@ FEATURES
   features=("${ours_env[@]}" "$work/cmake/txt2img" --model "$model" --device "$device" --dtype "$dtype" -W "$size"
             -H "$size" --steps "$steps" --seed 5 --batch-size 2 --json --overwrite --from-file "$results/features.jsonl")
   ((threads > 0)) && features+=(--threads "$threads")
-  measure features_cuda_graph "${features[@]}" -o "$results/features/cuda_graph/{index}.png"
-  measure features_no_cuda_graph "${features[@]}" --no-cuda-graph -o "$results/features/no_cuda_graph/{index}.png"
+  # --no-cuda-graph also turns channels_last off, whose fp16 rounding moves pixels by a level; in fp32 it moves
+  # none, so there an image that differs points at the graph itself.
+  suffixes=("")
+  [[ $dtype == fp32 ]] || suffixes+=(_fp32)
+  for suffix in "${suffixes[@]}"; do
+    features_dtype=${suffix#_}
+    measure "features_cuda_graph$suffix" "${features[@]}" --dtype "${features_dtype:-$dtype}" \
+      -o "$results/features/cuda_graph$suffix/{index}.png"
+    measure "features_no_cuda_graph$suffix" "${features[@]}" --dtype "${features_dtype:-$dtype}" --no-cuda-graph \
+      -o "$results/features/no_cuda_graph$suffix/{index}.png"
+  done
 fi
 if [[ $device == cuda* ]]; then
   measure ours_b1_default_cudnn_benchmark "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" \
@@ -386,9 +397,21 @@ def compare(folder, reference_name, title):
         print(f"| {variant} | {len(other)} | {max(diffs)} | {sum(diffs) / len(diffs):.3f} |")
 
 compare(os.path.join(results, "pixels"), "plain", "pixels against the plain run (2 images, 8-bit levels)")
-compare(os.path.join(results, "features"), "no_cuda_graph",
-        "feature images against the same run without the CUDA graph (8-bit levels)")
-for name in ("features_cuda_graph", "features_no_cuda_graph"):
+features = os.path.join(results, "features")
+lines = [json.loads(l) for l in open(os.path.join(results, "features.jsonl"))] if os.path.isdir(features) else []
+labels = [", ".join(f"{key} {str(value)[:24]}" for key, value in line.items()) for line in lines]
+for suffix in ("", "_fp32"):
+    graph, plain = (images(os.path.join(features, f"{kind}{suffix}")) for kind in ("cuda_graph", "no_cuda_graph"))
+    if not graph or len(graph) != len(plain):
+        continue
+    print()
+    print(f"| feature image{suffix.replace('_', ', ')}: with the CUDA graph against without (8-bit levels) | "
+          "max abs difference | mean abs difference |")
+    print("|---|---:|---:|")
+    for index, (x, y) in enumerate(zip(graph, plain)):
+        diffs = [abs(a - b) for a, b in zip(x, y)]
+        print(f"| {index}: {labels[index]} | {max(diffs)} | {sum(diffs) / len(diffs):.3f} |")
+for name in ("features_cuda_graph", "features_no_cuda_graph", "features_cuda_graph_fp32", "features_no_cuda_graph_fp32"):
     path = os.path.join(results, name + ".json")
     records = [json.loads(l) for l in open(path) if l.startswith("{")] if os.path.exists(path) else []
     summary = next((r for r in records if r.get("event") == "summary"), None)
@@ -400,6 +423,6 @@ EOF
 # The device tool brings back only a few files per call: with --out, everything ends up in one archive.
 if [[ -n $out ]]; then
   cp "$results/table.md" "$out/"
-  tar -C "$out" -czf "$out/results.tar.gz" --exclude='*.samples' results && rm -rf "$results"
+  tar -C "$out" -czf "$out/results.tar.gz" --exclude='*.samples' --exclude='*.png' results && rm -rf "$results"
 fi
 log "finished in $((SECONDS - started)) s"
