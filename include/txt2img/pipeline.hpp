@@ -65,7 +65,8 @@ struct PipelineOptions {
   // graphs as they are.
   bool profiling_executor = true;
   // cuDNN times its convolution algorithms on the first call of each shape and keeps the fastest (process-wide,
-  // as torch.backends.cudnn.benchmark). An experiment of txt2img-bench, not yet measured.
+  // as torch.backends.cudnn.benchmark). An experiment of txt2img-bench: on an H200 it bought nothing on top of the
+  // command line's default and cost the first image 9 s (docs/PERFORMANCE.md, 2026-11-27).
   bool cudnn_benchmark = false;
 };
 
