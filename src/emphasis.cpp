@@ -3,7 +3,10 @@
 // so the weights come out as the same doubles.
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -108,6 +111,14 @@ std::vector<EmphasisSpan> parse_emphasis(std::string_view text) {
   }
   for (auto& span : merged) span.is_break = span.text == kBreak && span.weight == -1.0;
   return merged;
+}
+
+bool fits_float32(double weight) { return std::abs(weight) <= std::numeric_limits<float>::max(); }
+
+std::string format_weight(double weight) {
+  std::ostringstream text;
+  text << weight;
+  return text.str();
 }
 
 }  // namespace txt2img

@@ -8,8 +8,6 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
-#include <limits>
-#include <sstream>
 
 #include "lora_weights.hpp"
 #include "txt2img/device_memory.hpp"
@@ -413,10 +411,8 @@ std::vector<WeightedPrompt> Pipeline::row_prompts(const std::string& prompt, con
   if (!params.emphasis || !classifier_free_guidance(manifest_, params)) return {{prompt, 1.0}};
   auto rows = composable_prompts(prompt);
   for (const auto& row : rows)
-    if (row.weight != 1.0 && !(std::abs(row.weight * params.cfg_scale) <= std::numeric_limits<float>::max())) {
-      std::ostringstream weight;
-      weight << row.weight;
-      throw Error(ErrorKind::Usage, "the prompt's guidance weight " + weight.str() +
+    if (row.weight != 1.0 && !fits_float32(row.weight * params.cfg_scale)) {
+      throw Error(ErrorKind::Usage, "the prompt's guidance weight " + format_weight(row.weight) +
                                         " (a trailing :number, as A1111 reads it) times the CFG scale is beyond what "
                                         "float32 holds");
     }

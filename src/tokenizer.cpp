@@ -9,10 +9,8 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <filesystem>
 #include <limits>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -298,14 +296,10 @@ Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis)
       continue;
     }
     Traced part = substitute_embeddings(encode_words(span.text));
-    // A1111 takes any weight; one past float32 (a weight of 1e39, thousands of nested brackets) makes the text
-    // embeddings, and so the image, infinite.
-    if (!part.ids.empty() && !(std::abs(span.weight) <= std::numeric_limits<float>::max())) {
-      std::ostringstream weight;
-      weight << span.weight;
+    if (!part.ids.empty() && !fits_float32(span.weight)) {
       const std::string quoted = span.text.size() > 40 ? span.text.substr(0, 40) + "..." : span.text;
       throw Error(ErrorKind::Usage,
-                  "the prompt's emphasis weighs \"" + quoted + "\" by " + weight.str() +
+                  "the prompt's emphasis weighs \"" + quoted + "\" by " + format_weight(span.weight) +
                       ", beyond what float32 holds (a weight too large, or brackets nested too deep)");
     }
     for (size_t& word : part.words) word += out.word_texts.size();

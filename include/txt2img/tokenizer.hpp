@@ -33,6 +33,12 @@ struct EmphasisSpan {
 // "" of weight 1 for an empty text).
 std::vector<EmphasisSpan> parse_emphasis(std::string_view text);
 
+// Whether float32 holds a prompt's weight (an emphasis weight, or a guidance weight times the CFG scale). A1111
+// takes any weight; one past float32 (1e39 written out, thousands of nested brackets) makes the text embeddings or
+// the guided noise, and so the image, infinite, so txt2img refuses it, naming the weight as format_weight writes it.
+bool fits_float32(double weight);
+std::string format_weight(double weight);
+
 // A textual-inversion embedding (A1111's embeddings/): `vectors` token ids from `first_id` on, rows that
 // scripts/convert.py appended to the text encoder's token embedding, stand for the word(s) `name` in a prompt.
 struct TextualInversion {
