@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 #include "lora_weights.hpp"
 #include "txt2img/device_memory.hpp"
@@ -192,6 +193,23 @@ torch::Tensor cat_padded(std::vector<torch::Tensor> groups) {
   for (const auto& group : groups) tokens = std::max(tokens, group.size(1));
   for (auto& group : groups) group = pad_by_repeating_last(group, tokens);
   return torch::cat(groups);
+}
+
+// A step's negative prompt and prompt contexts ([rows, tokens, hidden]) of different lengths brought to one, as
+// A1111's CFGDenoiser.pad_cond_uncond (the shorter gets `empty`, the empty prompt's one chunk, as often as it is
+// chunks short) and pad_cond_uncond_v0 (the negative prompts' last vector repeated, or cut to the prompts' length)
+// do.
+std::pair<torch::Tensor, torch::Tensor> pad_conds(torch::Tensor negatives, torch::Tensor prompts,
+                                                  GenerationParams::PadConds how, const torch::Tensor& empty) {
+  if (how == GenerationParams::PadConds::LastVector) {
+    negatives = negatives.size(1) < prompts.size(1) ? pad_by_repeating_last(negatives, prompts.size(1))
+                                                    : negatives.narrow(1, 0, prompts.size(1));
+  } else {
+    auto& shorter = negatives.size(1) < prompts.size(1) ? negatives : prompts;
+    const int64_t chunks = std::abs(prompts.size(1) - negatives.size(1)) / empty.size(1);
+    shorter = torch::cat({shorter, empty.repeat({shorter.size(0), chunks, 1})}, 1);
+  }
+  return {std::move(negatives), std::move(prompts)};
 }
 
 }  // namespace
@@ -491,9 +509,14 @@ class Pipeline::TextConditioning {
   };
 
   // `rows`: the negative prompt rows (`negative_rows` of them; none without guidance), then the prompt rows, which
-  // `prompt_rows` describes in order.
-  TextConditioning(std::vector<Row> rows, size_t negative_rows, std::vector<PromptRow> prompt_rows)
-      : rows_(std::move(rows)), negative_rows_(negative_rows), prompt_rows_(std::move(prompt_rows)) {
+  // `prompt_rows` describes in order. `empty`: the empty prompt's encoding ([1, tokens, hidden]) where `pad` needs it.
+  TextConditioning(std::vector<Row> rows, size_t negative_rows, std::vector<PromptRow> prompt_rows,
+                   GenerationParams::PadConds pad, torch::Tensor empty)
+      : rows_(std::move(rows)),
+        negative_rows_(negative_rows),
+        prompt_rows_(std::move(prompt_rows)),
+        pad_(pad),
+        empty_(std::move(empty)) {
     std::map<int64_t, std::vector<int64_t>> image_rows;
     for (size_t row = 0; row < prompt_rows_.size(); ++row) {
       one_row_each_ =
@@ -547,8 +570,8 @@ class Pipeline::TextConditioning {
   // The contexts of the U-Net calls at `step` of the pass (from 0), each [rows, tokens, hidden] for the batch's
   // rows in order, each row's text as A1111's reconstruct_cond_batch picks it: one call, or with guidance two (the
   // negative prompt rows, then the prompt rows) when the two read different numbers of tokens, as A1111 runs them
-  // unless told to pad. Within each, rows of fewer tokens are padded by repeating their last vector. Each
-  // combination of texts is gathered once ([a|b] takes turns between two).
+  // unless told to pad (GenerationParams::pad_conds). Within each, rows of fewer tokens are padded by repeating
+  // their last vector. Each combination of texts is gathered once ([a|b] takes turns between two).
   const std::vector<torch::Tensor>& at(size_t step) {
     std::vector<int64_t> texts;
     for (const auto& row : rows_)
@@ -565,10 +588,14 @@ class Pipeline::TextConditioning {
         contexts = {prompts};
       } else {
         const auto negatives = group(0, negative_rows_);
-        if (negatives.size(1) == prompts.size(1))
+        if (negatives.size(1) == prompts.size(1)) {
           contexts = {torch::cat({negatives, prompts})};
-        else
+        } else if (pad_ != GenerationParams::PadConds::Off) {
+          const auto [padded_negatives, padded_prompts] = pad_conds(negatives, prompts, pad_, empty_);
+          contexts = {torch::cat({padded_negatives, padded_prompts})};
+        } else {
           contexts = {negatives, prompts};
+        }
       }
     }
     return contexts;
@@ -580,6 +607,8 @@ class Pipeline::TextConditioning {
   std::vector<PromptRow> prompt_rows_;
   bool one_row_each_ = true;
   std::vector<std::pair<int64_t, int64_t>> plain_rows_;  // (image, its prompt row) for images of one row of weight 1
+  GenerationParams::PadConds pad_;
+  torch::Tensor empty_;
   torch::Tensor row_images_;  // the prompt rows' images, on the device
   std::map<std::vector<int64_t>, std::vector<torch::Tensor>> gathered_;
 };
@@ -639,7 +668,13 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
     observe(observer, name + (params.clip_skip == 1 ? "/last_hidden_state" : "/clip_skip_hidden_state"),
             cat_padded(std::move(hidden)));
   }
-  return TextConditioning(std::move(rows), group_rows[0].size(), std::move(prompt_rows));
+  // A1111 keeps the empty prompt's encoding from when it loaded the model (cond_stage_model([""])); with emphasis its
+  // rescale leaves it as it is (every weight 1).
+  torch::Tensor empty;
+  if (guided && params.pad_conds == GenerationParams::PadConds::EmptyChunks)
+    empty = encode_texts({{}}, {1}, params).hidden.to(options_.device, options_.dtype);
+  return TextConditioning(std::move(rows), group_rows[0].size(), std::move(prompt_rows), params.pad_conds,
+                          std::move(empty));
 }
 
 // Texts encoded as A1111 encodes one prompt's: each text's chunks, padded with empty ones to the most any text has,

@@ -88,6 +88,13 @@ struct GenerationParams {
   // 75 (Tokenizer::encode_chunked) whose embeddings are concatenated, instead of being cut off as diffusers does.
   // A text that fits gives the same embeddings either way.
   bool long_prompts = false;
+  // What becomes of a step's prompt and negative prompt contexts of different lengths (with long_prompts): by
+  // default they go through the U-Net in separate calls, as A1111 runs them. A1111's option "Pad prompt/negative
+  // prompt" (infotext "Pad conds") pads the shorter with the empty prompt's encoding, one 77-token chunk at a time
+  // (EmptyChunks); its "(v0)" variant (infotext "Pad conds v0") pads the negative prompt's by repeating its last
+  // vector or cuts it to the prompt's length (LastVector). Padded, they go through the U-Net in one call.
+  enum class PadConds { Off, EmptyChunks, LastVector };
+  PadConds pad_conds = PadConds::Off;
   // AUTOMATIC1111's emphasis syntax in prompts: "(word)", "[word]", "(word:1.5)", "\(", BREAK (parse_emphasis),
   // applied as A1111's "Original" emphasis. Without it brackets are text, as in diffusers.
   bool emphasis = false;
@@ -100,8 +107,8 @@ struct GenerationParams {
 
   bool operator==(const GenerationParams& o) const {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
-           guidance_rescale == o.guidance_rescale && sampler == o.sampler && eta == o.eta &&
-           clip_skip == o.clip_skip && long_prompts == o.long_prompts && emphasis == o.emphasis && loras == o.loras &&
+           guidance_rescale == o.guidance_rescale && sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip &&
+           long_prompts == o.long_prompts && pad_conds == o.pad_conds && emphasis == o.emphasis && loras == o.loras &&
            hires == o.hires;
   }
 };

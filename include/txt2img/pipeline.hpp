@@ -192,8 +192,9 @@ class Pipeline {
   // prompt in a pass: the most among the pass's texts of each (every composable prompt of the prompt, every text of
   // their prompt editing). 1 and 1 unless params.long_prompts; no negative prompt chunks without classifier-free
   // guidance. As in A1111, the prompt's composable prompts are padded to their largest count, and the negative
-  // prompt's and the prompt's rows go through the U-Net apart when their counts differ; batch rows whose counts
-  // differ would pad each other, so a row depends on its batch unless they agree.
+  // prompt's and the prompt's rows go through the U-Net apart when their counts differ (unless params.pad_conds
+  // pads them to one); batch rows whose counts differ would pad each other, so a row depends on its batch unless
+  // they agree.
   struct TextChunks {
     size_t prompt = 1;
     size_t negative_prompt = 1;

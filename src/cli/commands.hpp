@@ -32,6 +32,8 @@ struct GenerateOptions {
   double eta = 0.0;
   int clip_skip = 1;  // GenerationParams::clip_skip
   bool long_prompts = false;  // GenerationParams::long_prompts
+  bool pad_conds = false;     // GenerationParams::pad_conds EmptyChunks
+  bool pad_conds_v0 = false;  // GenerationParams::pad_conds LastVector
   bool emphasis = false;      // GenerationParams::emphasis
   HiresFix hires;             // GenerationParams::hires (scale 0: off)
   std::vector<std::string> loras;  // --lora NAME[:WEIGHT[:UNET_WEIGHT]]: a <lora:...> tag added to every prompt

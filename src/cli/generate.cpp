@@ -288,6 +288,7 @@ class Generator {
     record.eta = job.params.eta;
     record.clip_skip = job.params.clip_skip;
     record.long_prompts = job.params.long_prompts;
+    record.pad_conds = job.params.pad_conds;
     record.emphasis = job.params.emphasis;
     record.width = job.params.width;
     record.height = job.params.height;
@@ -462,6 +463,9 @@ int run_generate(const GenerateOptions& o) {
                          o.eta,
                          o.clip_skip,
                          o.long_prompts,
+                         o.pad_conds_v0 ? GenerationParams::PadConds::LastVector
+                         : o.pad_conds  ? GenerationParams::PadConds::EmptyChunks
+                                        : GenerationParams::PadConds::Off,
                          o.emphasis,
                          {},
                          o.hires};

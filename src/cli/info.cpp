@@ -240,6 +240,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (r.at("eta").get<double>() != 0) add("--eta", r.at("eta"));
     if (r.value("clip_skip", 1) != 1) add("--clip-skip", r.at("clip_skip"));
     if (r.value("long_prompts", false)) args.push_back("--long-prompts");
+    if (const auto pad = pad_conds_flag(r.value("pad_conds", std::string("off"))); !pad.empty()) args.push_back(pad);
     if (r.value("emphasis", false)) args.push_back("--emphasis");
     add("-W", r.at("width"));
     add("-H", r.at("height"));
@@ -367,6 +368,11 @@ std::string a1111_command(const std::string& text) {
                       "larger than the command's");
   }
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
+  // A1111 pads with the v0 option where both are on.
+  if (field("Pad conds v0") == "True")
+    args.push_back("--pad-conds-v0");
+  else if (field("Pad conds") == "True")
+    args.push_back("--pad-conds");
   const std::string decoder = field("VAE Decoder");
   if (decoder == "TAESD") args.insert(args.end(), {"--decoder", "taesd"});
   else if (!decoder.empty() && decoder != "Full") left_out.push_back("VAE Decoder: " + decoder);
@@ -392,7 +398,8 @@ std::string a1111_command(const std::string& text) {
       hires && !mask_weight.empty() && !(std::strtod(mask_weight.c_str(), nullptr) >= 1.0);
   for (const auto& [key, value] : p.fields)
     if (!read.count(key) && !(key == "Lora hashes" && !loras.empty()) && !(hires && hires_fields.count(key)) &&
-        !(key == "Conditional mask weight" && !mask_weight_differs))
+        !(key == "Conditional mask weight" && !mask_weight_differs) &&
+        !((key == "Pad conds" || key == "Pad conds v0") && value == "True"))
       left_out.push_back(key + ": " + value);
   std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version")) << " "
             << model_hint(field("Model"), field("Model hash"));

@@ -84,6 +84,22 @@ std::string upscaler_from_a1111(const std::string& name) {
   return "";
 }
 
+std::string pad_conds_name(GenerationParams::PadConds pad) {
+  switch (pad) {
+    case GenerationParams::PadConds::EmptyChunks:
+      return "empty_chunks";
+    case GenerationParams::PadConds::LastVector:
+      return "last_vector";
+    case GenerationParams::PadConds::Off:
+      break;
+  }
+  return "off";
+}
+
+std::string pad_conds_flag(const std::string& name) {
+  return name == "empty_chunks" ? "--pad-conds" : name == "last_vector" ? "--pad-conds-v0" : "";
+}
+
 std::string a1111_parameters(const ImageRecord& r) {
   const A1111Sampler sampler = a1111_sampler(r.sampler);
   std::vector<std::pair<std::string, std::string>> params = {
@@ -113,6 +129,9 @@ std::string a1111_parameters(const ImageRecord& r) {
   if (r.ensd != 0) params.emplace_back("ENSD", std::to_string(r.ensd));
   // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
   params.emplace_back("RNG", "CPU");
+  // A1111 records the settings that padded a prompt and its negative prompt to one length.
+  if (r.pad_conds == GenerationParams::PadConds::EmptyChunks) params.emplace_back("Pad conds", "True");
+  if (r.pad_conds == GenerationParams::PadConds::LastVector) params.emplace_back("Pad conds v0", "True");
   if (r.hires.enabled()) {
     params.emplace_back("Hires upscale", slider_number(r.hires.scale));
     // The steps that ran, given or not (A1111 reads a missing or 0 "Hires steps" as the first pass's), so that
@@ -195,6 +214,7 @@ nlohmann::ordered_json settings_json(const ImageRecord& r) {
       {"eta", r.eta},
       {"clip_skip", r.clip_skip},
       {"long_prompts", r.long_prompts},
+      {"pad_conds", pad_conds_name(r.pad_conds)},
       {"emphasis", r.emphasis},
       {"width", r.width},
       {"height", r.height},

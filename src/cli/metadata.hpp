@@ -34,6 +34,7 @@ struct ImageRecord {
   double eta = 0;
   int clip_skip = 1;
   bool long_prompts = false;
+  GenerationParams::PadConds pad_conds = GenerationParams::PadConds::Off;
   bool emphasis = false;
   int width = 0;   // the first pass's size (-W, -H), which A1111's "Size" records
   int height = 0;
@@ -83,6 +84,11 @@ std::string python_float(double value);
 // for one txt2img does not have).
 std::string a1111_upscaler_name(const std::string& upscaler);
 std::string upscaler_from_a1111(const std::string& name);
+
+// GenerationParams::pad_conds as the txt2img JSON names it ("off", "empty_chunks", "last_vector"), and the flag
+// that asks for it (empty for off).
+std::string pad_conds_name(GenerationParams::PadConds pad);
+std::string pad_conds_flag(const std::string& name);
 
 // A1111's infotext: the prompt, "Negative prompt: ..." when there is one, then "Steps: 50, Sampler: DDIM, ...";
 // "Clip skip: N" only for N != 1, as A1111 writes it.

@@ -115,6 +115,16 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_flag("--long-prompts", o.long_prompts,
                "encode prompts longer than the 75 tokens the text encoder reads in chunks of 75, as A1111 does, "
                "instead of cutting them off as diffusers does");
+  auto* pad_conds =
+      app.add_flag("--pad-conds", o.pad_conds,
+                   "A1111's Pad prompt/negative prompt (Pad conds): with long prompts, pad the shorter of "
+                   "a prompt and its negative prompt with empty chunks, so that both go through the U-Net "
+                   "in one call instead of two (a slightly different image)");
+  app.add_flag("--pad-conds-v0", o.pad_conds_v0,
+               "A1111's Pad prompt/negative prompt (v0) (Pad conds v0): with long prompts, pad the negative prompt by "
+               "repeating its last token's vector, or cut it to the prompt's length, so that both go through the "
+               "U-Net in one call")
+      ->excludes(pad_conds);
   app.add_flag("--emphasis", o.emphasis,
                "read A1111's emphasis syntax in prompts: (word) weighs it 1.1 times, [word] 1/1.1 times, "
                "(word:1.5) 1.5 times, \\( is a bracket, BREAK starts a new chunk with --long-prompts; and its "

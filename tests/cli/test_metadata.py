@@ -239,6 +239,49 @@ class Metadata(CliTestCase):
         self.assertExit(run(["info", TINY, "--command"], self.dir), EXIT_USAGE, "--command")
         self.assertExit(run(["info", "a.png", "--verify"], self.dir), EXIT_USAGE, "--verify applies to a model bundle")
 
+    def test_pad_conds_are_recorded_and_carried_over(self):
+        """A1111's Pad prompt/negative prompt options change the image where a long prompt meets a short negative
+        prompt; each is recorded as A1111 records it ("Pad conds: True", "Pad conds v0: True") and in the JSON, and
+        info --command gives the flag back, from txt2img's metadata and from A1111's."""
+        long = "a quiet village beside a wide river, " * 12
+        images = {}
+        for flags in ([], ["--pad-conds"], ["--pad-conds-v0"]):
+            name = (flags[0].lstrip("-") if flags else "apart") + ".png"
+            made = self.txt2img(long, "-n", "blurry", "--long-prompts", "--seed", "4", *flags, "-o", name)
+            self.assertEqual(made.returncode, 0, made.stderr)
+            images[name] = png_pixels(self.dir / name)[2]
+            text = png_text(self.dir / name)
+            self.assertEqual(json.loads(text["txt2img"])["pad_conds"],
+                             {"apart.png": "off", "pad-conds.png": "empty_chunks",
+                              "pad-conds-v0.png": "last_vector"}[name])
+            self.assertEqual("Pad conds: True" in text["parameters"], name == "pad-conds.png")
+            self.assertEqual("Pad conds v0: True" in text["parameters"], name == "pad-conds-v0.png")
+            command = run(["info", name, "--command"], self.dir)
+            self.assertEqual(command.returncode, 0, command.stderr)
+            for flag in ("--pad-conds", "--pad-conds-v0"):
+                self.assertEqual(flag in shlex.split(command.stdout), flags == [flag])
+            again = subprocess.run(["sh", "-c", command.stdout.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                    f" --model {shlex.quote(str(TINY))} -o again-{name}"], cwd=self.dir,
+                                   capture_output=True, text=True)
+            self.assertEqual(again.returncode, 0, again.stderr)
+            self.assertEqual(png_pixels(self.dir / f"again-{name}")[2], images[name])
+        self.assertEqual(len({bytes(pixels) for pixels in images.values()}), 3)
+        self.assertExit(self.txt2img("a fox", "--pad-conds", "--pad-conds-v0", "-o", "x.png"), EXIT_USAGE,
+                        "excludes")
+
+        base = "a fox\nNegative prompt: dogs\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU"
+        for fields, flag in ((", Pad conds: True", "--pad-conds"), (", Pad conds v0: True", "--pad-conds-v0"),
+                             (", Pad conds: True, Pad conds v0: True", "--pad-conds-v0")):
+            result = a1111_command(self, base + fields)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            args = shlex.split(result.stdout)
+            self.assertIn(flag, args)
+            self.assertEqual(len([a for a in args if a.startswith("--pad-conds")]), 1)
+            self.assertNotIn("Pad conds", result.stderr)
+        odd = a1111_command(self, base + ", Pad conds: False")
+        self.assertNotIn("--pad-conds", odd.stdout)
+        self.assertIn("not carried over (no txt2img equivalent): Pad conds: False", odd.stderr)
+
     def test_control_characters_never_reach_the_terminal(self):
         """An image's metadata is someone else's text: its control characters (an escape sequence that would retitle
         the terminal and clear it, a C1 character) are printed as \\xNN, and --command quotes them as bash's $'...'

@@ -655,6 +655,61 @@ TEST(A1111Conditioning, EachCallReadsA1111sContexts) {
   }
 }
 
+// A1111's options "Pad prompt/negative prompt" and its "(v0)" (sd_samplers_cfg_denoiser.py: pad_cond_uncond pads
+// the shorter of cond and uncond with the empty prompt's encoding, cond_stage_model([""]), as many chunks as it is
+// short; pad_cond_uncond_v0 repeats uncond's last vector or cuts it to cond's length), applied to the goldens'
+// contexts: every step is then one U-Net call.
+TEST(A1111Conditioning, PaddedCondsGoThroughTheUNetTogether) {
+  const auto goldens = txt2img::SafeTensors::open(TXT2IMG_A1111_CONDITIONING_GOLDENS);
+  BundleCopy copy("ref-tiny");
+  shift_text_embeddings(copy);
+  txt2img::PipelineOptions options;
+  options.safety = txt2img::SafetyMode::Off;
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), options);
+  const auto cases = nlohmann::json::parse(goldens.metadata().at("cases"));
+  torch::Tensor empty;  // A1111's encoding of "", the uncond of a case with an empty negative prompt
+  for (const auto& golden : cases)
+    if (golden.at("negative_prompt") == "") empty = goldens.get(golden.at("uncond")[0]);
+  ASSERT_TRUE(empty.defined());
+  using Pad = txt2img::GenerationParams::PadConds;
+  int padded = 0;
+  for (const Pad pad : {Pad::EmptyChunks, Pad::LastVector}) {
+    for (const auto& golden : cases) {
+      SCOPED_TRACE(golden.at("name").get<std::string>() + (pad == Pad::EmptyChunks ? " pad conds" : " pad conds v0"));
+      txt2img::GenerationParams params;
+      params.sampler = "euler";
+      params.steps = golden.at("steps");
+      params.emphasis = params.long_prompts = true;
+      params.pad_conds = pad;
+      Keep keep;
+      txt2img::SeededNoise noise({1});
+      pipeline.generate({golden.at("prompt")}, {golden.at("negative_prompt")}, params, noise, &keep);
+      for (size_t call = 0; call < static_cast<size_t>(params.steps); ++call) {
+        SCOPED_TRACE(call);
+        auto cond = goldens.get(golden.at("cond")[call]), uncond = goldens.get(golden.at("uncond")[call]);
+        const int64_t missing = cond.size(1) - uncond.size(1);
+        if (missing != 0) ++padded;
+        if (pad == Pad::LastVector && missing > 0) {
+          uncond = torch::cat({uncond, uncond.narrow(1, uncond.size(1) - 1, 1).expand({-1, missing, -1})}, 1);
+        } else if (pad == Pad::LastVector && missing < 0) {
+          uncond = uncond.narrow(1, 0, cond.size(1));
+        } else if (missing != 0) {
+          auto& shorter = missing > 0 ? uncond : cond;
+          shorter = torch::cat({shorter, empty.repeat({shorter.size(0), std::abs(missing) / empty.size(1), 1})}, 1);
+        }
+        const std::string name = "unet/" + call_name(call) + "/";
+        ASSERT_EQ(keep.kept.count(name + "uncond_encoder_hidden_states"), 0u);
+        const auto& context = keep.kept.at(name + "encoder_hidden_states");
+        ASSERT_EQ(context.slice(0, 1).sizes(), cond.sizes());
+        ASSERT_EQ(context.slice(0, 0, 1).sizes(), uncond.sizes());
+        EXPECT_TRUE(latents_agree(context.slice(0, 1), cond));
+        EXPECT_TRUE(latents_agree(context.slice(0, 0, 1), uncond));
+      }
+    }
+  }
+  EXPECT_GE(padded, 2 * 12);  // the cases that A1111 runs apart, padded both ways
+}
+
 TEST(Pipeline, LowVramRefusesFrozenGraphs) {
   for (auto graph : {txt2img::GraphOptimization::Freeze, txt2img::GraphOptimization::FreezeAndOptimize}) {
     txt2img::PipelineOptions options;
