@@ -4,7 +4,7 @@ weights as a bundle, timed over the same work as txt2img-bench: text encoder (pr
 calls with classifier-free guidance and a DDIM step, VAE (or TAESD) decode to 8-bit pixels on the host.
 
   bench_eager.py --model DIR [--device cuda] [--dtype fp16] [--threads N] [--width W --height H] [--steps N]
-                 [--cfg S] [--batch B] [--warmup N] [--runs N] [--decoder full|taesd]
+                 [--cfg S] [--batch B] [--warmup N] [--runs N] [--decoder full|taesd] [--compile MODE]
 
 Prints one JSON object (the same keys as txt2img-bench's where they mean the same). The weights are the state
 dicts of the bundle's TorchScript files, loaded strictly into freshly built eager modules; on PyTorch >= 2.0 those
@@ -49,7 +49,13 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--decoder", choices=["full", "taesd"], default="full", help="the VAE, or the bundle's TAESD")
-    return p.parse_args(argv)
+    p.add_argument("--compile", metavar="MODE", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="wrap the U-Net in torch.compile with this mode (PyTorch >= 2.0; reduce-overhead replays CUDA "
+                        "graphs, as txt2img does); the warm-up batches pay for the compilation")
+    args = p.parse_args(argv)
+    if args.compile and not hasattr(torch, "compile"):
+        p.error(f"--compile needs torch.compile, which PyTorch {torch.__version__} lacks (it came with 2.0)")
+    return args
 
 
 def configs_for(manifest: dict, state_dicts: dict) -> dict:
@@ -196,6 +202,8 @@ def main(argv=None) -> int:
 
     load_start = time.perf_counter()
     manifest, modules = load_modules(args.model, device, dtype, args.decoder)
+    if args.compile:
+        modules["unet"] = torch.compile(modules["unet"], mode=args.compile)
     sync(device)
     load_s = time.perf_counter() - load_start
     args.width = args.width or manifest["default_size"]
@@ -228,6 +236,7 @@ def main(argv=None) -> int:
         "cfg": args.cfg,
         "batch": args.batch,
         "decoder": args.decoder,
+        "compile": args.compile,
         "safety_checker": False,
         "load_s": load_s,
         "seconds_per_batch": total_s,

@@ -19,10 +19,10 @@
 # and with --low-vram; the command line on a prompt file of features that change the U-Net's calls (long prompts, AND,
 # prompt editing, samplers, guidance rescale, hires) with and without the CUDA graph, in fp16 and fp32, image by
 # image; both sides decoding with TAESD (--decoder taesd); then the pixels of each variant against plain TorchScript
-# calls. Peak VRAM is given three ways: the CUDA caching allocator's peak allocated and reserved bytes (each
-# process's own report, as torch.cuda.max_memory_allocated / max_memory_reserved), and the card's used memory
-# (nvidia-smi, sampled every 100 ms) above what it was before the run, which includes the CUDA context. On the CPU
-# the column is the peak resident set.
+# calls; last, on CUDA, the eager U-Net under torch.compile. Peak VRAM is given three ways: the CUDA caching
+# allocator's peak allocated and reserved bytes (each process's own report, as torch.cuda.max_memory_allocated /
+# max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the
+# run, which includes the CUDA context. On the CPU the column is the peak resident set.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out="" budget=0 row_timeout=240 only=""
@@ -270,6 +270,12 @@ measure eager_b${batch_large} "${eager[@]}" --batch "$batch_large" --warmup 2 --
 measure ours_b${batch_large} "${bench[@]}" --batch "$batch_large" --warmup 2 --runs 1
 measure ours_b1_optimize "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --graph optimize
 measure ours_b1_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --channels-last
+# torch.compile on the eager side (PyTorch >= 2.0; the warm-up batches compile): its default mode, and
+# reduce-overhead, which replays CUDA graphs as txt2img does.
+if [[ $device == cuda* ]]; then
+  measure eager_b1_compile "${eager[@]}" --batch 1 --warmup 2 --runs "$runs" --compile default
+  measure eager_b1_compile_reduce_overhead "${eager[@]}" --batch 1 --warmup 2 --runs "$runs" --compile reduce-overhead
+fi
 
 # 5. The table.
 python3 - "$results" "$device" "$dtype" "$size" "$steps" "$batch_large" <<'EOF' | tee "$results/table.md"
@@ -324,6 +330,8 @@ rows = [
     ("ours_b1_optimize", "txt2img-bench, batch 1, plain, --graph optimize"),
     ("ours_b1_channels_last", "txt2img-bench, batch 1, plain, --channels-last"),
     ("eager_b1", "PyTorch eager, batch 1"),
+    ("eager_b1_compile", "PyTorch, batch 1, U-Net under torch.compile"),
+    ("eager_b1_compile_reduce_overhead", "PyTorch, batch 1, U-Net under torch.compile(mode=\"reduce-overhead\")"),
     (f"ours_b{big}_default", f"txt2img-bench, batch {big}, the command line's pipeline options"),
     (f"ours_b{big}", f"txt2img-bench, batch {big}, plain TorchScript calls"),
     (f"eager_b{big}", f"PyTorch eager, batch {big}"),

@@ -47,3 +47,19 @@ class BenchCpu(CliTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class BenchEager(CliTestCase):
+    def test_compile_needs_a_pytorch_that_has_it(self):
+        """bench_eager.py --compile wraps the U-Net in torch.compile, which PyTorch gained in 2.0: an older one (as
+        Debian 12's 1.13) is refused before anything loads, naming its version."""
+        python = subprocess.run([str(ROOT / "scripts" / "with-torch-python"), "-c",
+                                 "import torch; print(torch.__version__, hasattr(torch, 'compile'))"],
+                                capture_output=True, text=True)
+        version, has_compile = python.stdout.split()
+        if has_compile == "True":
+            self.skipTest(f"PyTorch {version} has torch.compile")
+        result = subprocess.run([str(ROOT / "scripts" / "with-torch-python"), str(ROOT / "scripts" / "bench_eager.py"),
+                                 "--model", str(TINY), "--compile", "default"], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn(f"--compile needs torch.compile, which PyTorch {version} lacks", result.stderr)
