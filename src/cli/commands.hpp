@@ -71,6 +71,7 @@ struct InfoOptions {
 
 struct TokenizeOptions {
   std::optional<std::string> prompt;
+  std::optional<std::string> negative_prompt;  // a prompt file line's own takes its place
   std::string from_file;
   std::string model = kDefaultModel;
   bool json = false;

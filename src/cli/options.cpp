@@ -242,6 +242,8 @@ void configure_tokenize(CLI::App& app, TokenizeOptions& o) {
   app.add_option("-f,--from-file", o.from_file, "tokenize every prompt of FILE, one JSON line each (- reads stdin)")
       ->type_name("FILE")
       ->excludes(prompt);
+  app.add_option("-n,--negative-prompt", o.negative_prompt,
+                 "also tokenize this negative prompt (for a prompt file: where a line has none of its own)");
   add_model_option(app, o.model);
   app.add_flag("--long-prompts", o.long_prompts,
                "count as txt2img --long-prompts reads a prompt: whole, in chunks of 75 tokens");

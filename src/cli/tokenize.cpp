@@ -10,6 +10,49 @@
 #include "txt2img/tokenizer.hpp"
 
 namespace txt2img::cli {
+namespace {
+
+// One text as the text encoder reads it: its ids, where they are cut off, how many chunks they take.
+struct Tokenized {
+  std::vector<int> ids;
+  Truncation truncation;
+  size_t chunks;
+};
+
+Tokenized tokenize(const Tokenizer& tokenizer, const Manifest& m, const std::string& text, bool emphasis,
+                   bool long_prompts) {
+  const auto traced = tokenizer.encode_traced(text, emphasis);
+  // With long prompts nothing is cut off; the text takes as many chunks as it needs.
+  const Truncation t =
+      long_prompts ? Truncation{traced.ids.size(), traced.ids.size(), ""} : find_truncation(traced, m.context_length);
+  return {traced.ids, t, Tokenizer::chunks(traced, long_prompts, m.context_length, m.pad_id).size()};
+}
+
+nlohmann::json to_json(const std::string& text, const Tokenized& t) {
+  nlohmann::json j = {{"prompt", text},
+                      {"ids", t.ids},
+                      {"tokens", t.truncation.total_tokens},
+                      {"kept", t.truncation.kept_tokens},
+                      {"truncated", t.truncation.truncated()},
+                      {"chunks", t.chunks}};
+  if (t.truncation.truncated()) j["dropped"] = t.truncation.dropped;
+  return j;
+}
+
+// The human form: the ids on stdout, the count and any cut-off on stderr, `what` ("the prompt") naming the text.
+void print(const std::string& what, const Tokenized& t, bool long_prompts, const Manifest& m) {
+  for (size_t i = 0; i < t.ids.size(); ++i) std::cout << (i ? " " : "") << t.ids[i];
+  std::cout << "\n";
+  const std::string up_to = std::to_string(m.context_length - 2);
+  std::cerr << what << ": " << t.ids.size() << (t.ids.size() == 1 ? " token" : " tokens")
+            << (long_prompts ? " in " + std::to_string(t.chunks) + (t.chunks == 1 ? " chunk" : " chunks") +
+                                   " of up to " + up_to + " (--long-prompts)"
+                             : "; the model reads up to " + up_to)
+            << "\n";
+  if (t.truncation.truncated()) Reporter(false, false).warn(what + " " + describe(t.truncation));
+}
+
+}  // namespace
 
 int run_tokenize(const TokenizeOptions& o) {
   PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
@@ -27,32 +70,28 @@ int run_tokenize(const TokenizeOptions& o) {
     // A JSON line's own settings, as generating reads it.
     const bool emphasis = entry.emphasis.value_or(o.emphasis);
     const bool long_prompts = entry.long_prompts.value_or(o.long_prompts);
-    const auto traced = tokenizer.encode_traced(entry.prompt, emphasis);
-    const std::vector<int>& ids = traced.ids;
-    // With long prompts nothing is cut off; the text takes as many chunks as it needs.
-    const Truncation t =
-        long_prompts ? Truncation{ids.size(), ids.size(), ""} : find_truncation(traced, m.context_length);
-    const size_t chunks = Tokenizer::chunks(traced, long_prompts, m.context_length, m.pad_id).size();
+    const Tokenized prompt = tokenize(tokenizer, m, entry.prompt, emphasis, long_prompts);
+    // A negative prompt is shown where one is given, by -n or by the line.
+    const auto negative_text = entry.negative_prompt ? entry.negative_prompt : o.negative_prompt;
+    std::optional<Tokenized> negative;
+    if (negative_text) negative = tokenize(tokenizer, m, *negative_text, emphasis, long_prompts);
     if (json) {
-      nlohmann::json j = {{"prompt", entry.prompt},     {"ids", ids},       {"tokens", t.total_tokens},
-                          {"kept", t.kept_tokens},       {"truncated", t.truncated()}, {"chunks", chunks}};
+      auto j = to_json(entry.prompt, prompt);
       if (source.is_file()) j["line"] = entry.line;
-      if (t.truncated()) j["dropped"] = t.dropped;
+      if (negative) j["negative_prompt"] = to_json(*negative_text, *negative);
       std::cout << j.dump() << "\n";
     } else {
-      for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
-      std::cout << "\n";
-      const std::string up_to = std::to_string(m.context_length - 2);
-      std::cerr << ids.size() << " tokens"
-                << (long_prompts ? " in " + std::to_string(chunks) + (chunks == 1 ? " chunk" : " chunks") +
-                                       " of up to " + up_to + " (--long-prompts)"
-                                 : "; the model reads up to " + up_to)
-                << "\n";
-      if (t.truncated()) Reporter(false, false).warn("the prompt " + describe(t));
+      print("the prompt", prompt, long_prompts, m);
+      if (negative) print("the negative prompt", *negative, long_prompts, m);
     }
+    Reporter warnings(false, false);
+    if (negative && long_prompts && negative->chunks != prompt.chunks)
+      warnings.warn("the prompt takes " + std::to_string(prompt.chunks) + " chunks and the negative prompt " +
+                    std::to_string(negative->chunks) +
+                    ": with guidance they go through the U-Net in two calls, as A1111 runs them (--pad-conds or "
+                    "--pad-conds-v0 pad them to one call, as A1111's options do)");
     // The texts of a schedule depend on the steps, which tokenize does not know.
     const auto schedule = emphasis ? prompt_schedule(entry.prompt, 1000) : std::vector<ScheduledText>();
-    Reporter warnings(false, false);
     if (emphasis && (schedule.size() > 1 || schedule[0].text != entry.prompt))
       warnings.warn(
           "the prompt uses A1111's prompt editing ([from:to:when], [a|b]): these are the ids of the text as "

@@ -117,6 +117,34 @@ class Tokenize(CliTestCase):
         self.assertEqual(json.loads(self.tokenize("--from-file", "q.jsonl", "--emphasis").stdout)["ids"],
                          records[1]["ids"])
 
+    def test_negative_prompts(self):
+        """-n tokenizes a negative prompt beside the prompt, as A1111 counts both boxes' tokens; a prompt file line's
+        own negative prompt takes its place. With long prompts, texts of different chunk counts are pointed out."""
+        dog = json.loads(self.tokenize("a dog", "--json").stdout)["ids"]
+        both = self.tokenize("a cat", "-n", "a dog")
+        self.assertEqual(both.returncode, 0, both.stderr)
+        self.assertEqual(both.stdout.splitlines()[1], " ".join(map(str, dog)))
+        self.assertIn("the negative prompt: 2 tokens; the model reads up to 75", both.stderr)
+        record = json.loads(self.tokenize("a cat", "-n", "a dog", "--json").stdout)
+        self.assertEqual(record["negative_prompt"]["prompt"], "a dog")
+        self.assertEqual(record["negative_prompt"]["ids"], dog)
+        self.assertNotIn("negative_prompt", json.loads(self.tokenize("a cat", "--json").stdout))
+        long = " ".join(["dog"] * 76) + " zebra"
+        cut = self.tokenize("a cat", "-n", long)
+        self.assertIn('warning: the negative prompt is 77 tokens long', cut.stderr)
+        self.assertIn('"dog zebra"', cut.stderr)
+        apart = self.tokenize("a cat", "-n", long, "--long-prompts")
+        self.assertIn("the negative prompt: 77 tokens in 2 chunks", apart.stderr)
+        self.assertIn("the prompt takes 1 chunks and the negative prompt 2", apart.stderr)
+        self.assertNotIn("negative prompt 2", self.tokenize(long, "-n", long, "--long-prompts").stderr)
+        self.write("p.jsonl", json.dumps({"prompt": "a cat", "negative_prompt": "a fox"}) + "\n" +
+                   json.dumps({"prompt": "a cat"}) + "\n")
+        records = [json.loads(line) for line in
+                   self.tokenize("--from-file", "p.jsonl", "-n", "a dog").stdout.splitlines()]
+        self.assertEqual([r["negative_prompt"]["prompt"] for r in records], ["a fox", "a dog"])
+        plain = [json.loads(line) for line in self.tokenize("--from-file", "p.jsonl").stdout.splitlines()]
+        self.assertEqual(["negative_prompt" in r for r in plain], [True, False])
+
     def test_no_prompt(self):
         self.assertEqual(self.tokenize().returncode, EXIT_USAGE)
 
