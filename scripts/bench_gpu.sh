@@ -126,6 +126,8 @@ if [[ $device == cuda* ]] && ! command -v nvcc >/dev/null; then
     [[ -x $cuda_bin/nvcc ]] && { PATH=$cuda_bin:$PATH; log "nvcc from $cuda_bin"; break; }
   done
 fi
+# A build folder configured before tcmalloc's default changed for CUDA keeps it on (it aborts with CUDA wheels).
+[[ $device == cuda* ]] && cmake_args+=(-DTXT2IMG_TCMALLOC=OFF)
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 # A build tree configured for another PyTorch, prefix or generator cannot be reused.
@@ -215,8 +217,8 @@ measure ours_b1_default_low_vram "${bench[@]}" --batch 1 --warmup 2 --runs "$run
 
 # Features that change the U-Net's calls (--long-prompts with a prompt and a negative prompt read apart, composable
 # AND rows, prompt editing, samplers that step on the device outside the graph, guidance rescale, a hires pass at
-# another latent size), from one command-line run with the CUDA graph and one without, in batches of 2 (so that
-# two graphs of one size share a memory pool): their images must be identical. No emphasis weights: on random
+# another latent size), from one command-line run with the CUDA graph and one without, two images a line denoised
+# together (so that two graphs of one size share a memory pool): their images must be identical. No emphasis weights: on random
 # weights the text encoder's last layer norm makes every token's mean 0, so emphasis's mean restore divides rounding
 # noise by rounding noise (docs/PERFORMANCE.md, GPU 2026-11-27).
 if ((have_cli)); then
@@ -232,7 +234,8 @@ if ((have_cli)); then
 {"prompt": "a castle", "hires_scale": 1.5, "hires_steps": 10}
 FEATURES
   features=("${ours_env[@]}" "$work/cmake/txt2img" --model "$model" --device "$device" --dtype "$dtype" -W "$size"
-            -H "$size" --steps "$steps" --seed 5 --batch-size 2 --json --overwrite --from-file "$results/features.jsonl")
+            -H "$size" --steps "$steps" --seed 5 --images-per-prompt 2 --batch-size 2 --json --overwrite
+            --from-file "$results/features.jsonl")
   ((threads > 0)) && features+=(--threads "$threads")
   # --no-cuda-graph also turns channels_last off, whose fp16 rounding moves pixels by a level; in fp32 it moves
   # none, so there an image that differs points at the graph itself.
@@ -416,9 +419,11 @@ for suffix in ("", "_fp32"):
     print(f"| feature image{suffix.replace('_', ', ')}: with the CUDA graph against without (8-bit levels) | "
           "max abs difference | mean abs difference |")
     print("|---|---:|---:|")
+    per_line = len(graph) // len(lines)  # the command line's --images-per-prompt
     for index, (x, y) in enumerate(zip(graph, plain)):
         diffs = [abs(a - b) for a, b in zip(x, y)]
-        print(f"| {index}: {labels[index]} | {max(diffs)} | {sum(diffs) / len(diffs):.3f} |")
+        line, n = divmod(index, per_line)
+        print(f"| {line}.{n}: {labels[line]} | {max(diffs)} | {sum(diffs) / len(diffs):.3f} |")
 for name in ("features_cuda_graph", "features_no_cuda_graph", "features_cuda_graph_fp32", "features_no_cuda_graph_fp32"):
     path = os.path.join(results, name + ".json")
     records = [json.loads(l) for l in open(path) if l.startswith("{")] if os.path.exists(path) else []

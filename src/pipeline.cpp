@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <set>
 
 #include "lora_weights.hpp"
 #include "txt2img/device_memory.hpp"
@@ -198,9 +199,10 @@ torch::Tensor cat_padded(std::vector<torch::Tensor> groups) {
 // A step's negative prompt and prompt contexts ([rows, tokens, hidden]) of different lengths brought to one, as
 // A1111's CFGDenoiser.pad_cond_uncond (the shorter gets `empty`, the empty prompt's one chunk, as often as it is
 // chunks short) and pad_cond_uncond_v0 (the negative prompts' last vector repeated, or cut to the prompts' length)
-// do.
+// do. Lengths that are no whole number of chunks apart stay apart, as A1111 then runs them.
 std::pair<torch::Tensor, torch::Tensor> pad_conds(torch::Tensor negatives, torch::Tensor prompts,
                                                   GenerationParams::PadConds how, const torch::Tensor& empty) {
+  if (how == GenerationParams::PadConds::Off) return {std::move(negatives), std::move(prompts)};
   if (how == GenerationParams::PadConds::LastVector) {
     negatives = negatives.size(1) < prompts.size(1) ? pad_by_repeating_last(negatives, prompts.size(1))
                                                     : negatives.narrow(1, 0, prompts.size(1));
@@ -573,9 +575,7 @@ class Pipeline::TextConditioning {
   // unless told to pad (GenerationParams::pad_conds). Within each, rows of fewer tokens are padded by repeating
   // their last vector. Each combination of texts is gathered once ([a|b] takes turns between two).
   const std::vector<torch::Tensor>& at(size_t step) {
-    std::vector<int64_t> texts;
-    for (const auto& row : rows_)
-      texts.push_back(row.entry_texts[scheduled_index(row.schedule, static_cast<int>(step))]);
+    const auto texts = texts_at(step);
     auto& contexts = gathered_[texts];
     if (contexts.empty()) {
       const auto group = [&](size_t from, size_t to) {
@@ -590,9 +590,10 @@ class Pipeline::TextConditioning {
         const auto negatives = group(0, negative_rows_);
         if (negatives.size(1) == prompts.size(1)) {
           contexts = {torch::cat({negatives, prompts})};
-        } else if (pad_ != GenerationParams::PadConds::Off) {
-          const auto [padded_negatives, padded_prompts] = pad_conds(negatives, prompts, pad_, empty_);
+        } else if (auto [padded_negatives, padded_prompts] = pad_conds(negatives, prompts, pad_, empty_);
+                   padded_negatives.size(1) == padded_prompts.size(1)) {
           contexts = {torch::cat({padded_negatives, padded_prompts})};
+          padded_.insert(texts);
         } else {
           contexts = {negatives, prompts};
         }
@@ -601,7 +602,21 @@ class Pipeline::TextConditioning {
     return contexts;
   }
 
+  // Whether `at` padded the step's contexts to one call (A1111 records "Pad conds" where its last call did).
+  bool padded_at(size_t step) {
+    at(step);
+    return padded_.count(texts_at(step)) > 0;
+  }
+
  private:
+  // Each row's text at `step`, an index into its `hidden`.
+  std::vector<int64_t> texts_at(size_t step) const {
+    std::vector<int64_t> texts;
+    for (const auto& row : rows_)
+      texts.push_back(row.entry_texts[scheduled_index(row.schedule, static_cast<int>(step))]);
+    return texts;
+  }
+
   std::vector<Row> rows_;
   size_t negative_rows_;
   std::vector<PromptRow> prompt_rows_;
@@ -611,6 +626,7 @@ class Pipeline::TextConditioning {
   torch::Tensor empty_;
   torch::Tensor row_images_;  // the prompt rows' images, on the device
   std::map<std::vector<int64_t>, std::vector<torch::Tensor>> gathered_;
+  std::set<std::vector<int64_t>> padded_;  // the combinations of texts whose contexts `at` padded
 };
 
 // With classifier-free guidance the negative prompts' rows come first ([uncond, cond]). Each prompt (a negative
@@ -668,13 +684,9 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
     observe(observer, name + (params.clip_skip == 1 ? "/last_hidden_state" : "/clip_skip_hidden_state"),
             cat_padded(std::move(hidden)));
   }
-  // A1111 keeps the empty prompt's encoding from when it loaded the model (cond_stage_model([""])); with emphasis its
-  // rescale leaves it as it is (every weight 1).
-  torch::Tensor empty;
-  if (guided && params.pad_conds == GenerationParams::PadConds::EmptyChunks)
-    empty = encode_texts({{}}, {1}, params).hidden.to(options_.device, options_.dtype);
+  const bool pads_with_empty = guided && params.pad_conds == GenerationParams::PadConds::EmptyChunks;
   return TextConditioning(std::move(rows), group_rows[0].size(), std::move(prompt_rows), params.pad_conds,
-                          std::move(empty));
+                          pads_with_empty ? empty_prompts_.at(params.clip_skip) : torch::Tensor());
 }
 
 // Texts encoded as A1111 encodes one prompt's: each text's chunks, padded with empty ones to the most any text has,
@@ -840,10 +852,18 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                                    "; re-convert the model with this release's scripts/convert.py (or use "
                                    "--clip-skip 1)");
   check_loras_supported(params, options_);
+  const bool guided = classifier_free_guidance(manifest_, params);
+  // A1111 encodes the empty prompt that pads conds (cond_stage_model([""])) when it loads the model, without LoRAs;
+  // with emphasis its rescale leaves it as it is (every weight 1).
+  if (guided && params.pad_conds == GenerationParams::PadConds::EmptyChunks &&
+      !empty_prompts_.count(params.clip_skip)) {
+    loras_->apply({}, manifest_, text_encoder_, unet_->module());
+    c10::InferenceMode inference;
+    empty_prompts_[params.clip_skip] = encode_texts({{}}, {1}, params).hidden.to(options_.device, options_.dtype);
+  }
   loras_->apply(params.loras, manifest_, text_encoder_, unet_->module());
   c10::InferenceMode inference;
   const auto batch = static_cast<int64_t>(prompts.size());
-  const bool guided = classifier_free_guidance(manifest_, params);
 
   // 1. Encode the prompts; with classifier-free guidance the negative prompts too, for U-Net batches [uncond, cond].
   // With A1111's prompt editing, every text they read in the pass.
@@ -869,6 +889,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                        (hires_sampler ? hires_sampler->timesteps().size() - hires_sampler->first_call() : 0);
   const Denoising run{text, guidance, guided, params.cfg_scale, params.guidance_rescale, calls, noise, observer};
   latents = denoise(*scheduler, latents, run, "", 0);
+  bool padded_conds = text.padded_at(scheduler->timesteps().size() - 1);
 
   // 4. Hires fix: the latents resized, noised to where the hires schedule is entered, denoised again; the noise
   // starts again from each row's seed, as A1111 draws it.
@@ -889,6 +910,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     const Denoising hires_run{hires_text ? *hires_text : text, guidance, guided, params.cfg_scale,
                               params.guidance_rescale,         calls,    noise,  observer};
     latents = denoise(*hires_sampler, latents, hires_run, "hires/", scheduler->timesteps().size());
+    padded_conds = hires_run.text.padded_at(hires_sampler->timesteps().size() - 1 - first) || padded_conds;
   }
   throw_if_non_finite(latents, "the latents", options_.dtype);
 
@@ -904,7 +926,10 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   // 6. Check.
   auto images = checked_images(to_uint8(decoded), observer);
   const bool tiled = decodes_in_tiles(decode_in);
-  for (auto& image : images) image.decoded_in_tiles = tiled;
+  for (auto& image : images) {
+    image.decoded_in_tiles = tiled;
+    image.padded_conds = padded_conds;
+  }
   return images;
 } catch (const Error&) {
   throw;

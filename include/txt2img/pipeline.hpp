@@ -117,6 +117,9 @@ struct GeneratedImage {
   // Decoded by the VAE in cross-faded tiles (--low-vram above 512 pixels a side): slightly unlike a whole decode,
   // so a record of the image must say so for it to be made again.
   bool decoded_in_tiles = false;
+  // Whether the last U-Net call of a pass read a prompt and a negative prompt padded to one length
+  // (GenerationParams::pad_conds), which is when A1111 records "Pad conds" or "Pad conds v0".
+  bool padded_conds = false;
 };
 
 // Named intermediate tensors (the reference fixtures' names: "text/last_hidden_state", "unet/003/noise_pred",
@@ -268,6 +271,8 @@ class Pipeline {
   std::string bundle_dir_;
   torch::jit::Module text_encoder_;
   bool clip_skip_supported_ = false;
+  // The empty prompt's encoding ([1, tokens, hidden], on the device) that pads conds, for each clip skip.
+  std::map<int, torch::Tensor> empty_prompts_;
   std::unique_ptr<UNetCall> unet_;
   std::unique_ptr<LoraWeights> loras_;
   torch::jit::Module vae_decoder_;  // the options' decoder, whichever it is

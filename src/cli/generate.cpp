@@ -289,6 +289,7 @@ class Generator {
     record.clip_skip = job.params.clip_skip;
     record.long_prompts = job.params.long_prompts;
     record.pad_conds = job.params.pad_conds;
+    record.padded_conds = image.padded_conds;
     record.emphasis = job.params.emphasis;
     record.width = job.params.width;
     record.height = job.params.height;

@@ -240,7 +240,12 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (r.at("eta").get<double>() != 0) add("--eta", r.at("eta"));
     if (r.value("clip_skip", 1) != 1) add("--clip-skip", r.at("clip_skip"));
     if (r.value("long_prompts", false)) args.push_back("--long-prompts");
-    if (const auto pad = pad_conds_flag(r.value("pad_conds", std::string("off"))); !pad.empty()) args.push_back(pad);
+    const std::string pad_conds = r.value("pad_conds", std::string("off"));
+    if (!pad_conds_flag(pad_conds).empty())
+      args.push_back(pad_conds_flag(pad_conds));
+    else if (pad_conds != "off")
+      throw Error(ErrorKind::Io, path + ": its txt2img metadata has a pad_conds of \"" + pad_conds +
+                                     "\", which this txt2img does not know (made by a newer one?)");
     if (r.value("emphasis", false)) args.push_back("--emphasis");
     add("-W", r.at("width"));
     add("-H", r.at("height"));

@@ -129,9 +129,6 @@ std::string a1111_parameters(const ImageRecord& r) {
   if (r.ensd != 0) params.emplace_back("ENSD", std::to_string(r.ensd));
   // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
   params.emplace_back("RNG", "CPU");
-  // A1111 records the settings that padded a prompt and its negative prompt to one length.
-  if (r.pad_conds == GenerationParams::PadConds::EmptyChunks) params.emplace_back("Pad conds", "True");
-  if (r.pad_conds == GenerationParams::PadConds::LastVector) params.emplace_back("Pad conds v0", "True");
   if (r.hires.enabled()) {
     params.emplace_back("Hires upscale", slider_number(r.hires.scale));
     // The steps that ran, given or not (A1111 reads a missing or 0 "Hires steps" as the first pass's), so that
@@ -163,6 +160,11 @@ std::string a1111_parameters(const ImageRecord& r) {
     }
     if (!list.empty()) params.emplace_back(key, list);
   }
+  // A1111 records its padding setting after sampling, and only where a pass's last U-Net call padded.
+  if (r.padded_conds && r.pad_conds == GenerationParams::PadConds::EmptyChunks)
+    params.emplace_back("Pad conds", "True");
+  if (r.padded_conds && r.pad_conds == GenerationParams::PadConds::LastVector)
+    params.emplace_back("Pad conds v0", "True");
   params.emplace_back("Version", std::string("txt2img ") + TXT2IMG_VERSION);
 
   std::string text = r.prompt;

@@ -34,7 +34,8 @@ struct ImageRecord {
   double eta = 0;
   int clip_skip = 1;
   bool long_prompts = false;
-  GenerationParams::PadConds pad_conds = GenerationParams::PadConds::Off;
+  GenerationParams::PadConds pad_conds = GenerationParams::PadConds::Off;  // the setting
+  bool padded_conds = false;  // whether it padded (GeneratedImage::padded_conds)
   bool emphasis = false;
   int width = 0;   // the first pass's size (-W, -H), which A1111's "Size" records
   int height = 0;

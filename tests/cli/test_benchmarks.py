@@ -45,10 +45,6 @@ class BenchCpu(CliTestCase):
         self.assertEqual({r["decoder"] for r in records}, {"taesd"})
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class BenchEager(CliTestCase):
     def test_compile_needs_a_pytorch_that_has_it(self):
         """bench_eager.py --compile wraps the U-Net in torch.compile, which PyTorch gained in 2.0: an older one (as
@@ -56,6 +52,8 @@ class BenchEager(CliTestCase):
         python = subprocess.run([str(ROOT / "scripts" / "with-torch-python"), "-c",
                                  "import torch; print(torch.__version__, hasattr(torch, 'compile'))"],
                                 capture_output=True, text=True)
+        if python.returncode != 0:
+            self.skipTest(f"no Python with torch: {python.stderr.strip()}")
         version, has_compile = python.stdout.split()
         if has_compile == "True":
             self.skipTest(f"PyTorch {version} has torch.compile")
@@ -63,3 +61,7 @@ class BenchEager(CliTestCase):
                                  "--model", str(TINY), "--compile", "default"], capture_output=True, text=True)
         self.assertEqual(result.returncode, 2, result.stderr)
         self.assertIn(f"--compile needs torch.compile, which PyTorch {version} lacks", result.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

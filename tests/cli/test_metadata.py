@@ -266,6 +266,22 @@ class Metadata(CliTestCase):
             self.assertEqual(again.returncode, 0, again.stderr)
             self.assertEqual(png_pixels(self.dir / f"again-{name}")[2], images[name])
         self.assertEqual(len({bytes(pixels) for pixels in images.values()}), 3)
+        # A1111 writes the key only where its last U-Net call padded: not for texts of one length, nor without
+        # guidance. The JSON keeps the setting.
+        for args in (["a fox"], [long, "--cfg-scale", "1"]):
+            made = self.txt2img(*args, "-n", "blurry", "--long-prompts", "--pad-conds", "-o", "unpadded.png",
+                                "--overwrite")
+            self.assertEqual(made.returncode, 0, made.stderr)
+            text = png_text(self.dir / "unpadded.png")
+            self.assertNotIn("Pad conds", text["parameters"])
+            self.assertEqual(json.loads(text["txt2img"])["pad_conds"], "empty_chunks")
+        # A setting this txt2img does not know is no command.
+        record = json.loads(png_text(self.dir / "apart.png")["txt2img"])
+        record["pad_conds"] = "sideways"
+        plain = self.dir / "plain.png"
+        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
+        (self.dir / "odd.png").write_bytes(with_text_chunk(plain.read_bytes(), "txt2img", json.dumps(record)))
+        self.assertExit(run(["info", "odd.png", "--command"], self.dir), EXIT_IO, 'pad_conds of "sideways"')
         self.assertExit(self.txt2img("a fox", "--pad-conds", "--pad-conds-v0", "-o", "x.png"), EXIT_USAGE,
                         "excludes")
 

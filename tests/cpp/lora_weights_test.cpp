@@ -106,6 +106,33 @@ TEST_F(Loras, TextEncoderAndUNetWeightsApplyApart) {
   EXPECT_NE(te_only.rgb, plain.rgb);
 }
 
+// A1111 encodes the empty prompt that --pad-conds pads with when it loads the model, with no LoRA active: the
+// padding of a batch with a text-encoder LoRA is the plain model's "", not the LoRA's, whichever ran first.
+TEST_F(Loras, PaddingWithTheEmptyPromptLeavesLorasOut) {
+  const auto first_context = [&](const std::string& prompt, const std::string& negative,
+                                 const std::vector<LoraUse>& loras, bool pad) {
+    txt2img::GenerationParams params;
+    params.steps = 2;
+    params.long_prompts = true;
+    params.loras = loras;
+    if (pad) params.pad_conds = txt2img::GenerationParams::PadConds::EmptyChunks;
+    txt2img::SeededNoise noise({5});
+    Keep keep;
+    pipeline_->generate({prompt}, {negative}, params, noise, &keep);
+    return keep.kept.at("unet/encoder_hidden_states");
+  };
+  const std::vector<LoraUse> ink = {{"ink-style", 1.0, 1.0}};
+  // The uncond row of a short prompt with an empty negative prompt: the encoding of "".
+  const auto empty = first_context("a fox", "", {}, false)[0];
+  const auto empty_with_ink = first_context("a fox", "", ink, false)[0];  // and the LoRA stays in place
+  ASSERT_FALSE(torch::allclose(empty, empty_with_ink));
+  std::string long_prompt;
+  for (int i = 0; i < 12; ++i) long_prompt += "a lighthouse on a rocky coast, ";
+  const auto padded = first_context(long_prompt, "fog", ink, true);
+  ASSERT_EQ(padded.size(1), 2 * empty.size(0));
+  EXPECT_TRUE(torch::allclose(padded[0].narrow(0, empty.size(0), empty.size(0)), empty, 1e-5, 1e-6));
+}
+
 TEST_F(Loras, UnknownNamesAndFrozenGraphsAreUsageErrors) {
   txt2img::GenerationParams params;
   params.loras = {{"ink-styel", 1.0, 1.0}};

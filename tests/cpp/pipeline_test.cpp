@@ -528,6 +528,35 @@ TEST_F(TinyPipeline, ImagesWhosePromptRowsGoApartShareABatchAndMakeTheImagesThey
   }
 }
 
+// Padded conds in a batch of two images and through a hires pass: one U-Net call a step, each image as alone.
+TEST_F(TinyPipeline, PaddedCondsInABatchAndAHiresPassMakeTheImagesTheyMakeAlone) {
+  auto params = small_params();
+  params.long_prompts = params.emphasis = true;
+  params.hires.scale = 1.5;
+  params.hires.steps = 2;
+  const std::vector<std::string> prompts = {words("cat", 100), words("dog", 90) + "AND a fox:0.5"};
+  for (const auto pad :
+       {txt2img::GenerationParams::PadConds::EmptyChunks, txt2img::GenerationParams::PadConds::LastVector}) {
+    params.pad_conds = pad;
+    Keep batch;
+    txt2img::SeededNoise noise({3, 4});
+    const auto images = pipeline_->generate(prompts, {"blurry", ""}, params, noise, &batch);
+    EXPECT_EQ(batch.kept.count("unet/000/uncond_encoder_hidden_states"), 0u);
+    EXPECT_EQ(batch.kept.count("hires/unet/000/uncond_encoder_hidden_states"), 0u);
+    EXPECT_EQ(batch.kept.count("hires/unet/000/encoder_hidden_states"), 1u);
+    EXPECT_EQ(batch.kept.at("unet/000/encoder_hidden_states").sizes(), (std::vector<int64_t>{5, 2 * 77, 32}));
+    for (size_t image = 0; image < 2; ++image) {
+      EXPECT_TRUE(images[image].padded_conds);
+      Keep alone;
+      txt2img::SeededNoise seeded({3 + image});
+      pipeline_->generate({prompts[image]}, {image == 0 ? "blurry" : ""}, params, seeded, &alone);
+      EXPECT_TRUE(
+          latents_agree(batch.kept.at("vae/decode_in")[static_cast<int64_t>(image)], alone.kept.at("vae/decode_in")[0]))
+          << image;
+    }
+  }
+}
+
 TEST_F(TinyPipeline, ComposablePromptsOfDifferentLengthsRepeatTheShorterOnesLastVectorAsA1111) {
   auto params = small_params();
   params.long_prompts = true;
@@ -683,7 +712,12 @@ TEST(A1111Conditioning, PaddedCondsGoThroughTheUNetTogether) {
       params.pad_conds = pad;
       Keep keep;
       txt2img::SeededNoise noise({1});
-      pipeline.generate({golden.at("prompt")}, {golden.at("negative_prompt")}, params, noise, &keep);
+      const auto images =
+          pipeline.generate({golden.at("prompt")}, {golden.at("negative_prompt")}, params, noise, &keep);
+      // Recorded as A1111 records it: where the last call padded.
+      const auto last = static_cast<size_t>(params.steps) - 1;
+      EXPECT_EQ(images[0].padded_conds,
+                goldens.get(golden.at("cond")[last]).size(1) != goldens.get(golden.at("uncond")[last]).size(1));
       for (size_t call = 0; call < static_cast<size_t>(params.steps); ++call) {
         SCOPED_TRACE(call);
         auto cond = goldens.get(golden.at("cond")[call]), uncond = goldens.get(golden.at("uncond")[call]);
