@@ -684,27 +684,28 @@ TEST(A1111Conditioning, EachCallReadsA1111sContexts) {
   }
 }
 
-// A1111's options "Pad prompt/negative prompt" and its "(v0)" (sd_samplers_cfg_denoiser.py: pad_cond_uncond pads
-// the shorter of cond and uncond with the empty prompt's encoding, cond_stage_model([""]), as many chunks as it is
-// short; pad_cond_uncond_v0 repeats uncond's last vector or cuts it to cond's length), applied to the goldens'
-// contexts: every step is then one U-Net call.
-TEST(A1111Conditioning, PaddedCondsGoThroughTheUNetTogether) {
+// A1111's options "Pad prompt/negative prompt" and its "(v0)": the contexts its CFGDenoiser.pad_cond_uncond and
+// pad_cond_uncond_v0 make of the conditioning goldens' (tests/fixtures/make_a1111_pad_conds_goldens.py). Every step
+// is then one U-Net call, and the image records the padding where the last call padded, as A1111's infotext does.
+TEST(A1111Conditioning, PaddedCondsAreWhatA1111sPaddingMakes) {
   const auto goldens = txt2img::SafeTensors::open(TXT2IMG_A1111_CONDITIONING_GOLDENS);
+  const auto padded_goldens = txt2img::SafeTensors::open(TXT2IMG_A1111_PAD_CONDS_GOLDENS);
   BundleCopy copy("ref-tiny");
   shift_text_embeddings(copy);
   txt2img::PipelineOptions options;
   options.safety = txt2img::SafetyMode::Off;
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), options);
   const auto cases = nlohmann::json::parse(goldens.metadata().at("cases"));
-  torch::Tensor empty;  // A1111's encoding of "", the uncond of a case with an empty negative prompt
-  for (const auto& golden : cases)
-    if (golden.at("negative_prompt") == "") empty = goldens.get(golden.at("uncond")[0]);
-  ASSERT_TRUE(empty.defined());
+  const auto padded_cases = nlohmann::json::parse(padded_goldens.metadata().at("cases"));
+  ASSERT_EQ(padded_cases.size(), cases.size());
   using Pad = txt2img::GenerationParams::PadConds;
-  int padded = 0;
-  for (const Pad pad : {Pad::EmptyChunks, Pad::LastVector}) {
-    for (const auto& golden : cases) {
-      SCOPED_TRACE(golden.at("name").get<std::string>() + (pad == Pad::EmptyChunks ? " pad conds" : " pad conds v0"));
+  int padded_steps = 0;
+  for (const auto& [pad, mode] : {std::pair{Pad::EmptyChunks, "pad"}, {Pad::LastVector, "pad_v0"}}) {
+    for (size_t c = 0; c < cases.size(); ++c) {
+      const auto& golden = cases[c];
+      const auto& padded = padded_cases[c];
+      SCOPED_TRACE(golden.at("name").get<std::string>() + " " + mode);
+      ASSERT_EQ(padded.at("name"), golden.at("name"));
       txt2img::GenerationParams params;
       params.sampler = "euler";
       params.steps = golden.at("steps");
@@ -714,22 +715,16 @@ TEST(A1111Conditioning, PaddedCondsGoThroughTheUNetTogether) {
       txt2img::SeededNoise noise({1});
       const auto images =
           pipeline.generate({golden.at("prompt")}, {golden.at("negative_prompt")}, params, noise, &keep);
-      // Recorded as A1111 records it: where the last call padded.
       const auto last = static_cast<size_t>(params.steps) - 1;
-      EXPECT_EQ(images[0].padded_conds,
-                goldens.get(golden.at("cond")[last]).size(1) != goldens.get(golden.at("uncond")[last]).size(1));
+      EXPECT_EQ(images[0].padded_conds, padded.at("padded").at(mode)[last].get<bool>());
       for (size_t call = 0; call < static_cast<size_t>(params.steps); ++call) {
         SCOPED_TRACE(call);
         auto cond = goldens.get(golden.at("cond")[call]), uncond = goldens.get(golden.at("uncond")[call]);
-        const int64_t missing = cond.size(1) - uncond.size(1);
-        if (missing != 0) ++padded;
-        if (pad == Pad::LastVector && missing > 0) {
-          uncond = torch::cat({uncond, uncond.narrow(1, uncond.size(1) - 1, 1).expand({-1, missing, -1})}, 1);
-        } else if (pad == Pad::LastVector && missing < 0) {
-          uncond = uncond.narrow(1, 0, cond.size(1));
-        } else if (missing != 0) {
-          auto& shorter = missing > 0 ? uncond : cond;
-          shorter = torch::cat({shorter, empty.repeat({shorter.size(0), std::abs(missing) / empty.size(1), 1})}, 1);
+        const auto& keys = padded.at(mode)[call];
+        if (!keys.is_null()) {
+          ++padded_steps;
+          if (!keys.at("cond").is_null()) cond = padded_goldens.get(keys.at("cond"));
+          if (!keys.at("uncond").is_null()) uncond = padded_goldens.get(keys.at("uncond"));
         }
         const std::string name = "unet/" + call_name(call) + "/";
         ASSERT_EQ(keep.kept.count(name + "uncond_encoder_hidden_states"), 0u);
@@ -741,7 +736,7 @@ TEST(A1111Conditioning, PaddedCondsGoThroughTheUNetTogether) {
       }
     }
   }
-  EXPECT_GE(padded, 2 * 12);  // the cases that A1111 runs apart, padded both ways
+  EXPECT_GE(padded_steps, 2 * 12);  // the steps that A1111 runs apart, padded both ways
 }
 
 TEST(Pipeline, LowVramRefusesFrozenGraphs) {
