@@ -406,9 +406,11 @@ void check_lora_files(const Bundle& bundle, const GenerationParams& params) {
                                          add_lora_again(bundle.dir()));
 }
 
-std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, const GenerationParams& params) const {
-  return Tokenizer::chunks(tokenizer_.encode_traced(text, params.emphasis), params.long_prompts,
-                           manifest_.context_length, manifest_.pad_id);
+std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, const GenerationParams& params,
+                                                     bool negative) const {
+  return Tokenizer::chunks(
+      tokenizer_.encode_traced(text, params.emphasis, negative ? "the negative prompt" : "the prompt"),
+      params.long_prompts, manifest_.context_length, manifest_.pad_id);
 }
 
 // The texts a prompt reads over a pass: its schedule in A1111's prompt-editing syntax where params.emphasis reads
@@ -472,7 +474,7 @@ std::vector<Pipeline::TextChunks> Pipeline::text_chunks(const std::string& promp
     add_pass_texts(text, negative, params, pass, texts);
     size_t chunks = 0;
     for (const auto& read : texts)
-      chunks = std::max(chunks, params.long_prompts ? token_chunks(read, params).size() : 1);
+      chunks = std::max(chunks, params.long_prompts ? token_chunks(read, params, negative).size() : 1);
     return chunks;
   };
   std::vector<TextChunks> passes;
@@ -669,7 +671,7 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
           }
           seen.push_back(entry.text);
           uses.push_back(1);
-          chunks.push_back(token_chunks(entry.text, params));
+          chunks.push_back(token_chunks(entry.text, params, group == 0));
         }
         texts = encode_texts(std::move(chunks), uses, params);
         row.hidden = texts.hidden.to(options_.device, options_.dtype);

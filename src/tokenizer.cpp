@@ -286,7 +286,7 @@ Tokenizer::Traced Tokenizer::substitute_embeddings(Traced clip) const {
   return out;
 }
 
-Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis) const {
+Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis, std::string_view what) const {
   if (!emphasis) return substitute_embeddings(encode_words(text));
   const auto append = [](auto& to, const auto& from) { to.insert(to.end(), from.begin(), from.end()); };
   Traced out;
@@ -299,7 +299,7 @@ Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis)
     if (!part.ids.empty() && !fits_float32(span.weight)) {
       const std::string quoted = span.text.size() > 40 ? span.text.substr(0, 40) + "..." : span.text;
       throw Error(ErrorKind::Usage,
-                  "the prompt's emphasis weighs \"" + quoted + "\" by " + format_weight(span.weight) +
+                  std::string(what) + "'s emphasis weighs \"" + quoted + "\" by " + format_weight(span.weight) +
                       ", beyond what float32 holds (a weight too large, or brackets nested too deep)");
     }
     for (size_t& word : part.words) word += out.word_texts.size();

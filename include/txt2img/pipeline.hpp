@@ -217,7 +217,9 @@ class Pipeline {
  private:
   Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options);
 
-  std::vector<Tokenizer::Chunk> token_chunks(const std::string& text, const GenerationParams& params) const;
+  // `negative`: the text is a negative prompt (refusals name it so).
+  std::vector<Tokenizer::Chunk> token_chunks(const std::string& text, const GenerationParams& params,
+                                             bool negative) const;
   struct EncodedTexts {
     torch::Tensor input_ids;  // [texts, tokens]
     torch::Tensor hidden;     // [texts, tokens, hidden] on the text encoder's device (float32 with emphasis)

@@ -80,7 +80,8 @@ class Tokenizer {
     std::vector<size_t> unit_lengths;
     std::vector<std::string> embeddings;
   };
-  Traced encode_traced(std::string_view text, bool emphasis = false) const;
+  // `what` names the text in a refusal ("the prompt", "the negative prompt").
+  Traced encode_traced(std::string_view text, bool emphasis = false, std::string_view what = "the prompt") const;
 
   struct Padded {
     std::vector<int64_t> ids;  // bos + up to context-2 ids + eos, padded with pad_id to `context`

@@ -226,7 +226,8 @@ class Generator {
       // With prompt editing, the first of its texts that is too long.
       for (const auto& read : pipeline_->texts_read(*text, job.params, text == &job.negative_prompt)) {
         const auto t =
-            find_truncation(pipeline_->tokenizer().encode_traced(read, job.params.emphasis), manifest_.context_length);
+            find_truncation(pipeline_->tokenizer().encode_traced(read, job.params.emphasis, std::string("the ") + what),
+                            manifest_.context_length);
         if (!t.truncated()) continue;
         reporter_.warn(where + what + (read == *text ? "" : " (as prompt editing or AND makes it: \"" + read + "\")") +
                        " " + describe(t) + " (--long-prompts reads all of it)");
@@ -239,7 +240,8 @@ class Generator {
   std::vector<std::pair<std::string, std::string>> embeddings_used(const ImageJob& job) const {
     std::vector<std::pair<std::string, std::string>> used;
     for (const auto* text : {&job.model_prompt, &job.negative_prompt}) {
-      for (const auto& name : pipeline_->tokenizer().encode_traced(*text, job.params.emphasis).embeddings) {
+      const char* what = text == &job.negative_prompt ? "the negative prompt" : "the prompt";
+      for (const auto& name : pipeline_->tokenizer().encode_traced(*text, job.params.emphasis, what).embeddings) {
         const auto hash = manifest_.embedding_hashes.find(name);
         const bool listed = std::any_of(used.begin(), used.end(), [&](const auto& u) { return u.first == name; });
         if (hash != manifest_.embedding_hashes.end() && !listed) used.emplace_back(name, hash->second);
@@ -439,6 +441,8 @@ int run_generate(const GenerateOptions& o) {
 
   // 1. Everything that needs no model: flags, the prompts, every output name, the files already there.
   PlanOptions plan_options;
+  if (const auto problem = utf8_problem(o.negative_prompt); !problem.empty())
+    throw Error(ErrorKind::Usage, "the negative prompt is not valid UTF-8 (" + problem + ")");
   plan_options.negative_prompt = o.negative_prompt;
   plan_options.images_per_prompt = o.images_per_prompt;
   plan_options.seed_given = !o.seed.empty();

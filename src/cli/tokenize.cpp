@@ -6,6 +6,7 @@
 #include "cli/reporter.hpp"
 #include "cli/truncation.hpp"
 #include "txt2img/bundle.hpp"
+#include "txt2img/error.hpp"
 #include "txt2img/prompt_schedule.hpp"
 #include "txt2img/tokenizer.hpp"
 
@@ -20,8 +21,8 @@ struct Tokenized {
 };
 
 Tokenized tokenize(const Tokenizer& tokenizer, const Manifest& m, const std::string& text, bool emphasis,
-                   bool long_prompts) {
-  const auto traced = tokenizer.encode_traced(text, emphasis);
+                   bool long_prompts, std::string_view what) {
+  const auto traced = tokenizer.encode_traced(text, emphasis, what);
   // With long prompts nothing is cut off; the text takes as many chunks as it needs.
   const Truncation t =
       long_prompts ? Truncation{traced.ids.size(), traced.ids.size(), ""} : find_truncation(traced, m.context_length);
@@ -55,6 +56,9 @@ void print(const std::string& what, const Tokenized& t, bool long_prompts, const
 }  // namespace
 
 int run_tokenize(const TokenizeOptions& o) {
+  if (o.negative_prompt)
+    if (const auto problem = utf8_problem(*o.negative_prompt); !problem.empty())
+      throw Error(ErrorKind::Usage, "the negative prompt is not valid UTF-8 (" + problem + ")");
   PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
   const Bundle bundle = Bundle::open(o.model);
   const Manifest& m = bundle.manifest();
@@ -70,11 +74,11 @@ int run_tokenize(const TokenizeOptions& o) {
     // A JSON line's own settings, as generating reads it.
     const bool emphasis = entry.emphasis.value_or(o.emphasis);
     const bool long_prompts = entry.long_prompts.value_or(o.long_prompts);
-    const Tokenized prompt = tokenize(tokenizer, m, entry.prompt, emphasis, long_prompts);
+    const Tokenized prompt = tokenize(tokenizer, m, entry.prompt, emphasis, long_prompts, "the prompt");
     // A negative prompt is shown where one is given, by -n or by the line.
     const auto negative_text = entry.negative_prompt ? entry.negative_prompt : o.negative_prompt;
     std::optional<Tokenized> negative;
-    if (negative_text) negative = tokenize(tokenizer, m, *negative_text, emphasis, long_prompts);
+    if (negative_text) negative = tokenize(tokenizer, m, *negative_text, emphasis, long_prompts, "the negative prompt");
     if (json) {
       auto j = to_json(entry.prompt, prompt);
       if (source.is_file()) j["line"] = entry.line;
@@ -85,18 +89,23 @@ int run_tokenize(const TokenizeOptions& o) {
       if (negative) print("the negative prompt", *negative, long_prompts, m);
     }
     Reporter warnings(false, false);
+    const auto chunks = [](size_t n) { return std::to_string(n) + (n == 1 ? " chunk" : " chunks"); };
     if (negative && long_prompts && negative->chunks != prompt.chunks)
-      warnings.warn("the prompt takes " + std::to_string(prompt.chunks) + " chunks and the negative prompt " +
-                    std::to_string(negative->chunks) +
+      warnings.warn("the prompt takes " + chunks(prompt.chunks) + " and the negative prompt " +
+                    chunks(negative->chunks) +
                     ": with guidance they go through the U-Net in two calls, as A1111 runs them (--pad-conds or "
                     "--pad-conds-v0 pad them to one call, as A1111's options do)");
     // The texts of a schedule depend on the steps, which tokenize does not know.
-    const auto schedule = emphasis ? prompt_schedule(entry.prompt, 1000) : std::vector<ScheduledText>();
-    if (emphasis && (schedule.size() > 1 || schedule[0].text != entry.prompt))
-      warnings.warn(
-          "the prompt uses A1111's prompt editing ([from:to:when], [a|b]): these are the ids of the text as "
-          "written; generating reads the texts of its schedule (\"" +
-          schedule[0].text + "\" first)");
+    for (const auto& [what, text] : {std::pair<std::string, const std::string*>{"the prompt", &entry.prompt},
+                                     {"the negative prompt", negative_text ? &*negative_text : nullptr}}) {
+      if (!emphasis || !text) continue;
+      const auto schedule = prompt_schedule(*text, 1000);
+      if (schedule.size() > 1 || schedule[0].text != *text)
+        warnings.warn(what +
+                      " uses A1111's prompt editing ([from:to:when], [a|b]): these are the ids of the text as "
+                      "written; generating reads the texts of its schedule (\"" +
+                      schedule[0].text + "\" first)");
+    }
     const auto composable = emphasis ? composable_prompts(entry.prompt) : std::vector<WeightedPrompt>();
     if (composable.size() > 1)
       warnings.warn(

@@ -135,7 +135,7 @@ class Tokenize(CliTestCase):
         self.assertIn('"dog zebra"', cut.stderr)
         apart = self.tokenize("a cat", "-n", long, "--long-prompts")
         self.assertIn("the negative prompt: 77 tokens in 2 chunks", apart.stderr)
-        self.assertIn("the prompt takes 1 chunks and the negative prompt 2", apart.stderr)
+        self.assertIn("the prompt takes 1 chunk and the negative prompt 2 chunks", apart.stderr)
         self.assertNotIn("negative prompt 2", self.tokenize(long, "-n", long, "--long-prompts").stderr)
         self.write("p.jsonl", json.dumps({"prompt": "a cat", "negative_prompt": "a fox"}) + "\n" +
                    json.dumps({"prompt": "a cat"}) + "\n")
@@ -144,6 +144,18 @@ class Tokenize(CliTestCase):
         self.assertEqual([r["negative_prompt"]["prompt"] for r in records], ["a fox", "a dog"])
         plain = [json.loads(line) for line in self.tokenize("--from-file", "p.jsonl").stdout.splitlines()]
         self.assertEqual(["negative_prompt" in r for r in plain], [True, False])
+        # What is wrong with a negative prompt is said of the negative prompt, here and when generating.
+        edited = self.tokenize("a cat", "-n", "[ugly:blurry:0.5]", "--emphasis")
+        self.assertIn("warning: the negative prompt uses A1111's prompt editing", edited.stderr)
+        self.assertIn('("ugly" first)', edited.stderr)
+        for result in (self.tokenize("a cat", "-n", "(ugly:1" + "0" * 40 + ")", "--emphasis"),
+                       self.txt2img("a cat", "-n", "(ugly:1" + "0" * 40 + ")", "--emphasis", "-o", "a.png")):
+            self.assertExit(result, EXIT_USAGE, "the negative prompt's emphasis weighs \"ugly\" by 1e+40")
+        # "\udcff" is the byte 0xff passed through unchanged (os.fsencode's surrogate escape).
+        for result in (self.tokenize("a cat", "-n", "ug\udcffly"),
+                       self.txt2img("a cat", "-n", "ug\udcffly", "-o", "a.png")):
+            self.assertExit(result, EXIT_USAGE, "the negative prompt is not valid UTF-8")
+        self.assertFalse((self.dir / "a.png").exists())
 
     def test_no_prompt(self):
         self.assertEqual(self.tokenize().returncode, EXIT_USAGE)
