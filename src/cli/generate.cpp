@@ -441,8 +441,7 @@ int run_generate(const GenerateOptions& o) {
 
   // 1. Everything that needs no model: flags, the prompts, every output name, the files already there.
   PlanOptions plan_options;
-  if (const auto problem = utf8_problem(o.negative_prompt); !problem.empty())
-    throw Error(ErrorKind::Usage, "the negative prompt is not valid UTF-8 (" + problem + ")");
+  require_utf8(o.negative_prompt, "the negative prompt");
   plan_options.negative_prompt = o.negative_prompt;
   plan_options.images_per_prompt = o.images_per_prompt;
   plan_options.seed_given = !o.seed.empty();

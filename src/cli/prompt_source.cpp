@@ -151,10 +151,14 @@ const std::vector<std::string>& jsonl_keys() {
   return keys;
 }
 
+void require_utf8(std::string_view text, const std::string& what) {
+  if (auto problem = utf8_problem(text); !problem.empty())
+    throw Error(ErrorKind::Usage, what + " is not valid UTF-8 (" + problem + ")");
+}
+
 PromptSource PromptSource::argument(std::string prompt) {
   PromptSource source;
-  if (auto problem = utf8_problem(prompt); !problem.empty())
-    throw Error(ErrorKind::Usage, "the prompt is not valid UTF-8 (" + problem + ")");
+  require_utf8(prompt, "the prompt");
   source.argument_ = std::move(prompt);
   return source;
 }

@@ -22,6 +22,8 @@ uint64_t parse_seed(const std::string& text, const std::string& what);
 
 // Empty when `text` is valid UTF-8, else a description of the first bad byte ("byte 0xff at column 7").
 std::string utf8_problem(std::string_view text);
+// Throws Error(Usage) "WHAT is not valid UTF-8 (...)" unless `text` is valid UTF-8; `what`: "the prompt", ...
+void require_utf8(std::string_view text, const std::string& what);
 
 // --images-per-prompt's and a JSON line's "images" bound.
 constexpr int kMaxImagesPerPrompt = 1000000;

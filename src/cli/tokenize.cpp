@@ -6,7 +6,6 @@
 #include "cli/reporter.hpp"
 #include "cli/truncation.hpp"
 #include "txt2img/bundle.hpp"
-#include "txt2img/error.hpp"
 #include "txt2img/prompt_schedule.hpp"
 #include "txt2img/tokenizer.hpp"
 
@@ -56,9 +55,7 @@ void print(const std::string& what, const Tokenized& t, bool long_prompts, const
 }  // namespace
 
 int run_tokenize(const TokenizeOptions& o) {
-  if (o.negative_prompt)
-    if (const auto problem = utf8_problem(*o.negative_prompt); !problem.empty())
-      throw Error(ErrorKind::Usage, "the negative prompt is not valid UTF-8 (" + problem + ")");
+  if (o.negative_prompt) require_utf8(*o.negative_prompt, "the negative prompt");
   PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
   const Bundle bundle = Bundle::open(o.model);
   const Manifest& m = bundle.manifest();
