@@ -12,17 +12,17 @@
 #   not started S seconds after the start are skipped; --row-timeout S: each row is stopped after S s (240);
 #   --only NAME,NAME: run only these rows (names as in results/: ours_b1, eager_b1, cli, ...).
 #
-# Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with the command line's pipeline options (on CUDA:
-# CUDA graph, channels_last, unprofiled TorchScript), with --low-vram, cuDNN's algorithm search and bf16 on top, and
-# plain, and at --batch-large; bench_eager.py (our converter's modules, same weights, PyTorch eager, SDPA where
-# PyTorch has it) at the same settings; the txt2img command line end to end (load, 2 images, safety checker on),
-# and with --low-vram; the command line on a prompt file of features that change the U-Net's calls (long prompts, AND,
-# prompt editing, samplers, guidance rescale, hires) with and without the CUDA graph, in fp16 and fp32, image by
-# image; both sides decoding with TAESD (--decoder taesd); then the pixels of each variant against plain TorchScript
-# calls; last, on CUDA, the eager U-Net under torch.compile. Peak VRAM is given three ways: the CUDA caching
+# Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with the command line's pipeline options (on CUDA: CUDA
+# graph, channels_last, unprofiled TorchScript), with --low-vram, cuDNN's algorithm search and bf16 on top, and plain,
+# and at --batch-large, and --low-vram with --parked-turns; bench_eager.py (our converter's modules, same weights,
+# PyTorch eager, SDPA where PyTorch has it) at the same settings; the txt2img command line end to end (load, 2 images,
+# safety checker on), and with --low-vram; the command line on a prompt file of features that change the U-Net's calls
+# (long prompts, AND, prompt editing, samplers, guidance rescale, hires) with and without the CUDA graph, in fp16 and
+# fp32, image by image; both sides decoding with TAESD (--decoder taesd); then the pixels of each variant against plain
+# TorchScript calls; last, on CUDA, the eager U-Net under torch.compile. Peak VRAM is given three ways: the CUDA caching
 # allocator's peak allocated and reserved bytes (each process's own report, as torch.cuda.max_memory_allocated /
-# max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the
-# run, which includes the CUDA context. On the CPU the column is the peak resident set.
+# max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the run,
+# which includes the CUDA context. On the CPU the column is the peak resident set.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out="" budget=0 row_timeout=240 only=""
@@ -214,11 +214,13 @@ else
   echo "the command line did not build" >"$results/cli.failed"
 fi
 measure ours_b1_default_low_vram "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" --low-vram
+[[ $device == cuda* ]] && measure ours_b1_default_low_vram_parked "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" \
+  "${default[@]}" --low-vram --parked-turns
 
-# Features that change the U-Net's calls (--long-prompts with a prompt and a negative prompt read apart, composable
-# AND rows, prompt editing, samplers that step on the device outside the graph, guidance rescale, a hires pass at
-# another latent size), from one command-line run with the CUDA graph and one without, two images a line denoised
-# together (so that two graphs of one size share a memory pool): their images must be identical. No emphasis weights: on random
+# Features that change the U-Net's calls (--long-prompts with a prompt and a negative prompt read apart, composable AND
+# rows, prompt editing, samplers that step on the device outside the graph, guidance rescale, a hires pass at another
+# latent size), from one command-line run with the CUDA graph and one without, two images a line denoised together (so
+# that two graphs of one size share a memory pool): their images must be identical. No emphasis weights: on random
 # weights the text encoder's last layer norm makes every token's mean 0, so emphasis's mean restore divides rounding
 # noise by rounding noise (docs/PERFORMANCE.md, GPU 2026-11-27).
 if ((have_cli)); then
@@ -260,7 +262,8 @@ measure eager_b1_taesd "${eager[@]}" --batch 1 --warmup 2 --runs "$runs" --decod
 # Pixels: the same two images (seeds 2 and 3) from each variant, compared with the plain run's below the table.
 # --low-vram on the default must match the default exactly (only where the modules wait differs).
 variants=("plain:" "default:${default[*]}" "default_low_vram:${default[*]} --low-vram" "optimize:--graph optimize")
-[[ $device == cuda* ]] && variants+=("default_bf16:${default[*]} --dtype bf16")
+[[ $device == cuda* ]] && variants+=("default_bf16:${default[*]} --dtype bf16"
+                                     "default_low_vram_parked:${default[*]} --low-vram --parked-turns")
 for variant in "${variants[@]}"; do
   # shellcheck disable=SC2206  # the flags are meant to split
   flags=(${variant#*:})
@@ -324,6 +327,7 @@ def fmt(value, spec):
 rows = [
     ("ours_b1_default", "txt2img-bench, batch 1, the command line's pipeline options"),
     ("ours_b1_default_low_vram", "txt2img-bench, batch 1, the same with --low-vram"),
+    ("ours_b1_default_low_vram_parked", "txt2img-bench, batch 1, the same with --low-vram --parked-turns"),
     ("ours_b1_default_cudnn_benchmark", "txt2img-bench, batch 1, the same with --cudnn-benchmark"),
     ("ours_b1_default_bf16", "txt2img-bench, batch 1, the same in bf16"),
     ("ours_b1_default_taesd", "txt2img-bench, batch 1, the command line's options, --decoder taesd"),

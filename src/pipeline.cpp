@@ -744,13 +744,13 @@ void Pipeline::make_room_for(Stage stage) {
   if (!takes_turns(options_) || resident_ == stage) return;
   resident_.reset();
   if (stage == Stage::Decode) {
-    unet_->to(torch::kCPU);
+    unet_->to(torch::kCPU, options_.parked_turns);
     release_cached_device_memory(options_.device);
     vae_decoder_.to(options_.device);
   } else {
     vae_decoder_.to(torch::kCPU);
     release_cached_device_memory(options_.device);
-    unet_->to(options_.device);
+    unet_->to(options_.device, options_.parked_turns);
   }
   resident_ = stage;
 }

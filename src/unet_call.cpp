@@ -123,10 +123,17 @@ UNetCall::UNetCall(torch::jit::Module module, torch::Device device, bool channel
     throw Error(ErrorKind::Usage, "CUDA graphs need a CUDA build of txt2img");
 }
 
-void UNetCall::to(torch::Device device) {
+void UNetCall::to(torch::Device device, bool parked) {
   if (device == device_) return;
   graphs_.clear();
-  module_.to(device);
+  if (parked && device.is_cpu()) {
+    parking_.park(module_);
+  } else if (parked_) {
+    parking_.unpark(module_, device);
+  } else {
+    module_.to(device);
+  }
+  parked_ = parked && device.is_cpu();
   device_ = device;
 }
 

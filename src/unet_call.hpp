@@ -9,6 +9,8 @@
 #include <memory>
 #include <vector>
 
+#include "host_parking.hpp"
+
 namespace txt2img {
 
 // Converts a module's 4-D parameters (convolution weights) to channels_last, in place.
@@ -31,8 +33,9 @@ class UNetCall {
   torch::jit::Module& module() { return module_; }
 
   // Moves the weights (keeping their dtype and layout). A captured graph is dropped when they move: it reads the
-  // weights where they were, and the next call captures again.
-  void to(torch::Device device);
+  // weights where they were, and the next call captures again. `parked`: to the host into buffers kept from one
+  // move to the next (HostParking, page-locked from CUDA), and back from them.
+  void to(torch::Device device, bool parked = false);
 
  private:
   struct CapturedGraph;
@@ -45,6 +48,8 @@ class UNetCall {
 
   torch::jit::Module module_;
   torch::Device device_ = torch::kCPU;
+  HostParking parking_;
+  bool parked_ = false;  // the weights are in parking_'s buffers
   bool channels_last_ = false;
   bool cuda_graph_ = false;
   // The captured calls of the current pass, one per input shape (the negative prompts' rows and the prompts' take

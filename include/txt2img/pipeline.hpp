@@ -68,6 +68,10 @@ struct PipelineOptions {
   // as torch.backends.cudnn.benchmark). An experiment of txt2img-bench: on an H200 it bought nothing on top of the
   // command line's default and cost the first image 9 s (docs/PERFORMANCE.md, 2026-11-27).
   bool cudnn_benchmark = false;
+  // With low_vram on a GPU: the U-Net waits for its turn in page-locked host buffers kept from one turn to the next
+  // (HostParking) instead of fresh pageable memory. An experiment of txt2img-bench, not yet measured on a GPU; it
+  // keeps the U-Net's size of host memory page-locked for the process's life.
+  bool parked_turns = false;
 };
 
 // Where the Gaussian noise of one batch comes from: one standard-normal draw of the latent shape at the start,

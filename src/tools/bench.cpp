@@ -88,7 +88,8 @@ int main(int argc, char** argv) {
   std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none", decoder_name = "full", save_images;
   int threads = 0, width = 0, height = 0, steps = 3, batch = 1, warmup = 1, runs = 1;
   double cfg = 7.5;
-  bool no_safety = false, low_vram = false, channels_last = false, cuda_graph = false, plain_executor = false, cudnn_benchmark = false;
+  bool no_safety = false, low_vram = false, channels_last = false, cuda_graph = false, plain_executor = false,
+       cudnn_benchmark = false, parked_turns = false;
   app.add_option("--model", model, "Model bundle directory")->required();
   app.add_option("--device", device_name, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", dtype_name, "fp32, fp16 or bf16")->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
@@ -116,6 +117,9 @@ int main(int argc, char** argv) {
   app.add_flag("--plain-executor", plain_executor,
                "Run the TorchScript graphs unprofiled and unfused (an experiment: a faster first batch)");
   app.add_flag("--cudnn-benchmark", cudnn_benchmark, "Let cuDNN time its convolution algorithms (an experiment)");
+  app.add_flag("--parked-turns", parked_turns,
+               "With --low-vram on a GPU, the U-Net waits in page-locked host buffers kept between turns (an "
+               "experiment, PipelineOptions::parked_turns)");
   app.add_option("--save-images", save_images,
                  "Write the last batch's images as DIR/0.png, 1.png, ... (to compare the experiments' pixels)");
   CLI11_PARSE(app, argc, argv);
@@ -135,6 +139,7 @@ int main(int argc, char** argv) {
     options.cuda_graph = cuda_graph;
     options.profiling_executor = !plain_executor;
     options.cudnn_benchmark = cudnn_benchmark;
+    options.parked_turns = parked_turns;
 
     auto load_start = Clock::now();
     auto bundle = Bundle::open(model);
@@ -202,6 +207,7 @@ int main(int argc, char** argv) {
         {"cuda_graph", cuda_graph},
         {"profiling_executor", !plain_executor},
         {"cudnn_benchmark", cudnn_benchmark},
+        {"parked_turns", parked_turns},
         {"threads", at::get_num_threads()},
         {"width", params.width},
         {"height", params.height},
