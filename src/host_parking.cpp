@@ -2,16 +2,20 @@
 
 #include <torch/cuda.h>
 
-#include "txt2img/error.hpp"
+#include <set>
 
 namespace txt2img {
 namespace {
 
-// A module's parameters, then its buffers, each once, as the tensors that the module holds.
+// A module's parameters, then its buffers, each tensor once (a shared submodule lists its own twice).
 std::vector<torch::Tensor> tensors(torch::jit::Module& module) {
   std::vector<torch::Tensor> out;
-  for (const auto& parameter : module.parameters()) out.push_back(parameter);
-  for (const auto& buffer : module.buffers()) out.push_back(buffer);
+  std::set<const c10::TensorImpl*> seen;
+  const auto add = [&](const torch::Tensor& t) {
+    if (seen.insert(t.unsafeGetTensorImpl()).second) out.push_back(t);
+  };
+  for (const auto& parameter : module.parameters()) add(parameter);
+  for (const auto& buffer : module.buffers()) add(buffer);
   return out;
 }
 
@@ -21,18 +25,20 @@ void HostParking::park(torch::jit::Module& module) {
   torch::NoGradGuard no_grad;
   auto held = tensors(module);
   if (host_.empty()) {
+    std::vector<torch::Tensor> host;  // kept only once every buffer is allocated
     for (const auto& t : held)
-      host_.push_back(torch::empty_strided(t.sizes(), t.strides(),
-                                           t.options().device(torch::kCPU).pinned_memory(t.is_cuda())));
+      host.push_back(
+          torch::empty_strided(t.sizes(), t.strides(), t.options().device(torch::kCPU).pinned_memory(t.is_cuda())));
+    host_ = std::move(host);
   }
   TORCH_CHECK(host_.size() == held.size(), "the module's tensors changed between parks");
-  bool from_cuda = false;
+  std::set<c10::DeviceIndex> cuda_devices;
   for (size_t i = 0; i < held.size(); ++i) {
-    from_cuda = from_cuda || held[i].is_cuda();
-    host_[i].copy_(held[i], /*non_blocking=*/true);
+    if (held[i].is_cuda()) cuda_devices.insert(held[i].device().index());
+    host_[i].copy_(held[i], /*non_blocking=*/held[i].is_cuda());
   }
   // The copies must be done before the device memory is handed back and the host buffers read.
-  if (from_cuda) torch::cuda::synchronize();
+  for (const auto index : cuda_devices) torch::cuda::synchronize(index);
   for (size_t i = 0; i < held.size(); ++i) held[i].set_data(host_[i]);
 }
 
@@ -43,7 +49,7 @@ void HostParking::unpark(torch::jit::Module& module, torch::Device device) {
   // From page-locked memory the copies to CUDA run asynchronously; the next park's copy into the same buffers is
   // queued after them on the same stream.
   for (size_t i = 0; i < held.size(); ++i)
-    held[i].set_data(host_[i].to(device, /*non_blocking=*/true, /*copy=*/true));
+    held[i].set_data(host_[i].to(device, /*non_blocking=*/device.is_cuda(), /*copy=*/true));
 }
 
 }  // namespace txt2img

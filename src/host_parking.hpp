@@ -10,8 +10,8 @@ namespace txt2img {
 // Host buffers for a module's parameters and buffers, allocated on the first park and reused at every later one,
 // page-locked when the weights come from CUDA: the copies then run at the bus's speed, where moving the module
 // with Module::to allocates fresh pageable host memory each time (every page faulted in, then copied through a
-// staging buffer). The price: the page-locked memory stays allocated, the module's size, while the weights are back
-// on the device too.
+// staging buffer). The price: the page-locked memory stays allocated, at least the module's size (PyTorch's
+// page-locked allocator may round each block up), while the weights are back on the device too.
 class HostParking {
  public:
   // Copies every parameter and buffer of `module` into the host buffers and makes them the module's; their device

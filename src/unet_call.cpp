@@ -45,6 +45,8 @@ constexpr int kWarmupCallsBeforeCapture = 3;
 std::unique_ptr<UNetCall::CapturedGraph> UNetCall::capture(const torch::Tensor& x, const torch::Tensor& t,
                                                            const torch::Tensor& context, const torch::Tensor& guidance,
                                                            CapturedGraph* sharing_pool) {
+  // The synchronisations below wait on the current device, which --device cuda:K must make K's.
+  const c10::cuda::CUDAGuard on_device(x.device());
   auto g = std::make_unique<CapturedGraph>();
   g->x = x.clone();
   g->t = t.clone();

@@ -70,7 +70,7 @@ struct PipelineOptions {
   bool cudnn_benchmark = false;
   // With low_vram on a GPU: the U-Net waits for its turn in page-locked host buffers kept from one turn to the next
   // (HostParking) instead of fresh pageable memory. An experiment of txt2img-bench, not yet measured on a GPU; it
-  // keeps the U-Net's size of host memory page-locked for the process's life.
+  // keeps at least the U-Net's size of host memory page-locked for the process's life.
   bool parked_turns = false;
 };
 
