@@ -509,23 +509,33 @@ TEST_F(TinyPipeline, PromptAndNegativePromptOfDifferentLengthsGoThroughTheUNetAp
   EXPECT_TRUE(latents_agree(longer_negative.at("unet/000/noise_pred")[1], short_prompt.at("unet/000/noise_pred")[1]));
 }
 
-TEST_F(TinyPipeline, ImagesWhosePromptRowsGoApartShareABatchAndMakeTheImagesTheyMakeAlone) {
-  auto params = small_params();
-  params.long_prompts = params.emphasis = true;
+// Two images whose prompts (one with AND) and negative prompts take different numbers of chunks, made in one batch
+// (observed by `batch`), and each again alone: each image of the batch must be the one it makes alone.
+std::vector<txt2img::GeneratedImage> expect_batch_of_two_as_alone(txt2img::Pipeline& pipeline,
+                                                                  const txt2img::GenerationParams& params,
+                                                                  Keep& batch) {
   const std::vector<std::string> prompts = {words("cat", 100), words("dog", 90) + "AND a fox:0.5"};
-  Keep batch;
+  const std::vector<std::string> negatives = {"blurry", ""};
   txt2img::SeededNoise noise({3, 4});
-  pipeline_->generate(prompts, {"blurry", ""}, params, noise, &batch);
-  EXPECT_EQ(batch.kept.at("unet/000/uncond_encoder_hidden_states").size(0), 2);
-  EXPECT_EQ(batch.kept.at("unet/000/encoder_hidden_states").size(0), 3);  // the cat's row, the dog's and the fox's
+  auto images = pipeline.generate(prompts, negatives, params, noise, &batch);
   for (size_t image = 0; image < 2; ++image) {
     Keep alone;
     txt2img::SeededNoise seeded({3 + image});
-    pipeline_->generate({prompts[image]}, {image == 0 ? "blurry" : ""}, params, seeded, &alone);
+    pipeline.generate({prompts[image]}, {negatives[image]}, params, seeded, &alone);
     EXPECT_TRUE(
         latents_agree(batch.kept.at("vae/decode_in")[static_cast<int64_t>(image)], alone.kept.at("vae/decode_in")[0]))
         << image;
   }
+  return images;
+}
+
+TEST_F(TinyPipeline, ImagesWhosePromptRowsGoApartShareABatchAndMakeTheImagesTheyMakeAlone) {
+  auto params = small_params();
+  params.long_prompts = params.emphasis = true;
+  Keep batch;
+  expect_batch_of_two_as_alone(*pipeline_, params, batch);
+  EXPECT_EQ(batch.kept.at("unet/000/uncond_encoder_hidden_states").size(0), 2);
+  EXPECT_EQ(batch.kept.at("unet/000/encoder_hidden_states").size(0), 3);  // the cat's row, the dog's and the fox's
 }
 
 // Padded conds in a batch of two images and through a hires pass: one U-Net call a step, each image as alone.
@@ -534,26 +544,16 @@ TEST_F(TinyPipeline, PaddedCondsInABatchAndAHiresPassMakeTheImagesTheyMakeAlone)
   params.long_prompts = params.emphasis = true;
   params.hires.scale = 1.5;
   params.hires.steps = 2;
-  const std::vector<std::string> prompts = {words("cat", 100), words("dog", 90) + "AND a fox:0.5"};
   for (const auto pad :
        {txt2img::GenerationParams::PadConds::EmptyChunks, txt2img::GenerationParams::PadConds::LastVector}) {
     params.pad_conds = pad;
     Keep batch;
-    txt2img::SeededNoise noise({3, 4});
-    const auto images = pipeline_->generate(prompts, {"blurry", ""}, params, noise, &batch);
+    const auto images = expect_batch_of_two_as_alone(*pipeline_, params, batch);
     EXPECT_EQ(batch.kept.count("unet/000/uncond_encoder_hidden_states"), 0u);
     EXPECT_EQ(batch.kept.count("hires/unet/000/uncond_encoder_hidden_states"), 0u);
     EXPECT_EQ(batch.kept.count("hires/unet/000/encoder_hidden_states"), 1u);
     EXPECT_EQ(batch.kept.at("unet/000/encoder_hidden_states").sizes(), (std::vector<int64_t>{5, 2 * 77, 32}));
-    for (size_t image = 0; image < 2; ++image) {
-      EXPECT_TRUE(images[image].padded_conds);
-      Keep alone;
-      txt2img::SeededNoise seeded({3 + image});
-      pipeline_->generate({prompts[image]}, {image == 0 ? "blurry" : ""}, params, seeded, &alone);
-      EXPECT_TRUE(
-          latents_agree(batch.kept.at("vae/decode_in")[static_cast<int64_t>(image)], alone.kept.at("vae/decode_in")[0]))
-          << image;
-    }
+    for (const auto& image : images) EXPECT_TRUE(image.padded_conds);
   }
 }
 
