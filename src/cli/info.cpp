@@ -241,8 +241,8 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (r.value("clip_skip", 1) != 1) add("--clip-skip", r.at("clip_skip"));
     if (r.value("long_prompts", false)) args.push_back("--long-prompts");
     const std::string pad_conds = r.value("pad_conds", std::string("off"));
-    if (!pad_conds_flag(pad_conds).empty())
-      args.push_back(pad_conds_flag(pad_conds));
+    if (const std::string flag = pad_conds_flag(pad_conds); !flag.empty())
+      args.push_back(flag);
     else if (pad_conds != "off")
       throw Error(ErrorKind::Io, path + ": its txt2img metadata has a pad_conds of \"" + pad_conds +
                                      "\", which this txt2img does not know (made by a newer one?)");
