@@ -80,6 +80,8 @@ std::string add_lora_again(const std::filesystem::path& dir) {
   return "scripts/add_lora.py " + dir.string() + " FILE --overwrite";
 }
 
+bool attends_through_sdpa(const Manifest& manifest) { return major_minor(manifest.torch_version).first >= 2; }
+
 std::string libtorch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
          std::to_string(TORCH_VERSION_PATCH);

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <set>
 
+#include "attention_kernel.hpp"
 #include "lora_weights.hpp"
 #include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
@@ -240,6 +241,19 @@ void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& option
                     "or taesd_decoder.pth)" +
                     (options.decoder == Decoder::Taesd ? ", or decode with the model's VAE (--decoder full)"
                                                        : ", or go without previews"));
+  if (options.attention_kernel != AttentionKernel::Default) {
+    const std::string kernel = "attention kernel " + attention_kernel_name(options.attention_kernel);
+    if (!attends_through_sdpa(bundle.manifest()))
+      throw Error(ErrorKind::Usage, kernel + ": model bundle " + bundle.dir().string() + " was exported by PyTorch " +
+                                        bundle.manifest().torch_version +
+                                        ", whose modules attend through plain matrix products; export it with "
+                                        "PyTorch >= 2.0 (TXT2IMG_PYTHON=<that python> scripts/convert.py ...)");
+    check_attention_kernel(options.attention_kernel, options.device);
+    if (!runs_on(options.attention_kernel, side_device(options)))
+      throw Error(ErrorKind::Usage, kernel +
+                                        " cannot be combined with --low-vram, which runs the text encoder and "
+                                        "the safety checker on the CPU, where that kernel does not exist");
+  }
   if (options.low_vram && options.graph != GraphOptimization::None)
     throw Error(ErrorKind::Usage, "--low-vram cannot be combined with --graph freeze or optimize: it moves the models "
                                   "between host and device, and frozen weights are part of the graph");
@@ -253,6 +267,7 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   // they are switched to the options' setting only once the modules are prepared.
   torch::jit::setGraphExecutorOptimize(true);
   at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
+  select_attention_kernel(options.attention_kernel);
   // Each module is read into host memory and cast there, and only then copied to the device: the device never holds
   // its float32 weights (a CUDA caching allocator would keep their blocks, twice the fp16 size, reserved after the
   // cast), and the modules arrive one after another.

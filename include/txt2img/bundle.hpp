@@ -133,6 +133,10 @@ std::string add_lora_again(const std::filesystem::path& dir);
 // The PyTorch version this binary's LibTorch reports, e.g. "1.13.1".
 std::string libtorch_version();
 
+// Whether the bundle's modules attend through PyTorch's scaled_dot_product_attention, which the converter uses
+// wherever the exporting PyTorch has it (>= 2.0), rather than through plain matrix products.
+bool attends_through_sdpa(const Manifest& manifest);
+
 // Lower-case hex sha256 of a file.
 std::string sha256_file(const std::filesystem::path& file);
 

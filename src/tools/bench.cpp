@@ -85,7 +85,8 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   CLI::App app{"Times txt2img's pipeline stage by stage and prints one JSON object (see docs/PERFORMANCE.md)"};
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // scripts append overrides
-  std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none", decoder_name = "full", save_images;
+  std::string model, device_name = "cpu", dtype_name = "fp32", graph_name = "none", decoder_name = "full", save_images,
+                     attention_name = "default";
   int threads = 0, width = 0, height = 0, steps = 3, batch = 1, warmup = 1, runs = 1;
   double cfg = 7.5;
   bool no_safety = false, low_vram = false, channels_last = false, cuda_graph = false, plain_executor = false,
@@ -120,6 +121,11 @@ int main(int argc, char** argv) {
   app.add_flag("--parked-turns", parked_turns,
                "With --low-vram on a GPU, the U-Net waits in page-locked host buffers kept between turns (an "
                "experiment, PipelineOptions::parked_turns)");
+  app.add_option("--attention-kernel", attention_name,
+                 "The kernel of scaled_dot_product_attention: default (PyTorch's choice), flash, memory-efficient, "
+                 "cudnn or math (an experiment, PipelineOptions::attention_kernel)")
+      ->check(CLI::IsMember({"default", "flash", "memory-efficient", "cudnn", "math"}))
+      ->capture_default_str();
   app.add_option("--save-images", save_images,
                  "Write the last batch's images as DIR/0.png, 1.png, ... (to compare the experiments' pixels)");
   CLI11_PARSE(app, argc, argv);
@@ -140,6 +146,7 @@ int main(int argc, char** argv) {
     options.profiling_executor = !plain_executor;
     options.cudnn_benchmark = cudnn_benchmark;
     options.parked_turns = parked_turns;
+    options.attention_kernel = *attention_kernel_named(attention_name);
 
     auto load_start = Clock::now();
     auto bundle = Bundle::open(model);
@@ -208,6 +215,7 @@ int main(int argc, char** argv) {
         {"profiling_executor", !plain_executor},
         {"cudnn_benchmark", cudnn_benchmark},
         {"parked_turns", parked_turns},
+        {"attention_kernel", attention_name},
         {"threads", at::get_num_threads()},
         {"width", params.width},
         {"height", params.height},

@@ -1,0 +1,113 @@
+#include "attention_kernel.hpp"
+
+#include <ATen/Context.h>
+#include <torch/version.h>
+
+#include <optional>
+#include <string>
+
+#include "txt2img/bundle.hpp"
+#include "txt2img/error.hpp"
+
+// The switches came with the kernels: flash and math with LibTorch 1.13's first fused attention, the memory-efficient
+// kernel's with 2.0, cuDNN's by 2.5.
+#define TXT2IMG_TORCH_AT_LEAST(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+#define TXT2IMG_HAS_MEMORY_EFFICIENT_SWITCH TXT2IMG_TORCH_AT_LEAST(2, 0)
+#define TXT2IMG_HAS_CUDNN_SWITCH TXT2IMG_TORCH_AT_LEAST(2, 5)
+
+namespace txt2img {
+namespace {
+
+struct Switches {
+  bool flash = true, memory_efficient = true, cudnn = true, math = true;
+};
+
+Switches current_switches() {
+  auto& context = at::globalContext();
+  Switches s;
+  s.flash = context.userEnabledFlashSDP();
+  s.math = context.userEnabledMathSDP();
+#if TXT2IMG_HAS_MEMORY_EFFICIENT_SWITCH
+  s.memory_efficient = context.userEnabledMemEfficientSDP();
+#endif
+#if TXT2IMG_HAS_CUDNN_SWITCH
+  s.cudnn = context.userEnabledCuDNNSDP();
+#endif
+  return s;
+}
+
+void set_switches(const Switches& s) {
+  auto& context = at::globalContext();
+  context.setSDPUseFlash(s.flash);
+  context.setSDPUseMath(s.math);
+#if TXT2IMG_HAS_MEMORY_EFFICIENT_SWITCH
+  context.setSDPUseMemEfficient(s.memory_efficient);
+#endif
+#if TXT2IMG_HAS_CUDNN_SWITCH
+  context.setSDPUseCuDNN(s.cudnn);
+#endif
+}
+
+bool has_switch(AttentionKernel kernel) {
+  switch (kernel) {
+    case AttentionKernel::MemoryEfficient:
+      return TXT2IMG_HAS_MEMORY_EFFICIENT_SWITCH;
+    case AttentionKernel::CuDNN:
+      return TXT2IMG_HAS_CUDNN_SWITCH;
+    default:
+      return true;
+  }
+}
+
+}  // namespace
+
+std::string attention_kernel_name(AttentionKernel kernel) {
+  switch (kernel) {
+    case AttentionKernel::Default:
+      return "default";
+    case AttentionKernel::Flash:
+      return "flash";
+    case AttentionKernel::MemoryEfficient:
+      return "memory-efficient";
+    case AttentionKernel::CuDNN:
+      return "cudnn";
+    case AttentionKernel::Math:
+      return "math";
+  }
+  return "?";
+}
+
+std::optional<AttentionKernel> attention_kernel_named(const std::string& name) {
+  for (auto kernel : {AttentionKernel::Default, AttentionKernel::Flash, AttentionKernel::MemoryEfficient,
+                      AttentionKernel::CuDNN, AttentionKernel::Math})
+    if (attention_kernel_name(kernel) == name) return kernel;
+  return std::nullopt;
+}
+
+bool runs_on(AttentionKernel kernel, const torch::Device& device) {
+  return device.is_cuda() || (kernel != AttentionKernel::MemoryEfficient && kernel != AttentionKernel::CuDNN);
+}
+
+void check_attention_kernel(AttentionKernel kernel, const torch::Device& device) {
+  const std::string name = attention_kernel_name(kernel);
+  if (!has_switch(kernel))
+    throw Error(ErrorKind::Usage, "attention kernel " + name + ": LibTorch " + libtorch_version() +
+                                      " cannot select it (the memory-efficient kernel needs 2.0, cuDNN's 2.5)");
+  if (!runs_on(kernel, device))
+    throw Error(ErrorKind::Usage, "attention kernel " + name + " runs on CUDA only, not on " + device.str());
+}
+
+void select_attention_kernel(AttentionKernel kernel) {
+  // Captured before the first change, so that Default can put back what PyTorch itself would use.
+  static const Switches initial = current_switches();
+  if (kernel == AttentionKernel::Default) return set_switches(initial);
+  Switches only;
+  only.flash = kernel == AttentionKernel::Flash;
+  only.memory_efficient = kernel == AttentionKernel::MemoryEfficient;
+  only.cudnn = kernel == AttentionKernel::CuDNN;
+  only.math = kernel == AttentionKernel::Math;
+  set_switches(only);
+}
+
+}  // namespace txt2img

@@ -1,0 +1,95 @@
+// The kernel of scaled_dot_product_attention: its names, LibTorch's process-wide switches, and what Pipeline::load
+// refuses.
+#include "attention_kernel.hpp"
+
+#include <ATen/Context.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "expect_error.hpp"
+#include "txt2img/bundle.hpp"
+
+namespace {
+
+using txt2img::AttentionKernel;
+using txt2img::ErrorKind;
+
+const AttentionKernel kAll[] = {AttentionKernel::Default, AttentionKernel::Flash, AttentionKernel::MemoryEfficient,
+                                AttentionKernel::CuDNN, AttentionKernel::Math};
+
+std::filesystem::path fixtures() { return std::getenv("TXT2IMG_FIXTURES"); }
+
+TEST(AttentionKernel, EachNameNamesItsKernel) {
+  for (auto kernel : kAll) EXPECT_EQ(txt2img::attention_kernel_named(txt2img::attention_kernel_name(kernel)), kernel);
+  EXPECT_EQ(txt2img::attention_kernel_name(AttentionKernel::MemoryEfficient), "memory-efficient");
+  EXPECT_FALSE(txt2img::attention_kernel_named("Flash").has_value());
+  EXPECT_FALSE(txt2img::attention_kernel_named("").has_value());
+}
+
+TEST(AttentionKernel, OneSelectedIsTheOnlyOneEnabledAndDefaultPutsPyTorchsChoiceBack) {
+  auto& context = at::globalContext();
+  const bool flash = context.userEnabledFlashSDP(), math = context.userEnabledMathSDP();
+  txt2img::select_attention_kernel(AttentionKernel::Math);
+  EXPECT_FALSE(context.userEnabledFlashSDP());
+  EXPECT_TRUE(context.userEnabledMathSDP());
+  txt2img::select_attention_kernel(AttentionKernel::Flash);
+  EXPECT_TRUE(context.userEnabledFlashSDP());
+  EXPECT_FALSE(context.userEnabledMathSDP());
+  txt2img::select_attention_kernel(AttentionKernel::Default);
+  EXPECT_EQ(context.userEnabledFlashSDP(), flash);
+  EXPECT_EQ(context.userEnabledMathSDP(), math);
+}
+
+TEST(AttentionKernel, CudaOnlyKernelsAreRefusedOnTheCpu) {
+  for (auto kernel : {AttentionKernel::Default, AttentionKernel::Flash, AttentionKernel::Math}) {
+    EXPECT_TRUE(txt2img::runs_on(kernel, torch::kCPU));
+    txt2img::check_attention_kernel(kernel, torch::kCPU);
+  }
+  for (auto kernel : {AttentionKernel::MemoryEfficient, AttentionKernel::CuDNN}) {
+    EXPECT_FALSE(txt2img::runs_on(kernel, torch::kCPU));
+    EXPECT_TRUE(txt2img::runs_on(kernel, torch::Device("cuda:1")));
+    // An old LibTorch has no switch for them at all; a newer one says where they run.
+    expect_error([&] { txt2img::check_attention_kernel(kernel, torch::kCPU); }, ErrorKind::Usage,
+                 {"attention kernel " + txt2img::attention_kernel_name(kernel)});
+  }
+}
+
+TEST(AttentionKernel, OnlyBundlesExportedWithPyTorch2AttendThroughSdpa) {
+  txt2img::Manifest m;
+  for (const auto* version : {"1.13.0a0", "1.13.1", "0.4", "", "garbage"}) {
+    m.torch_version = version;
+    EXPECT_FALSE(txt2img::attends_through_sdpa(m)) << version;
+  }
+  for (const auto* version : {"2.0.1", "2.11.0+cu130", "3.0"}) {
+    m.torch_version = version;
+    EXPECT_TRUE(txt2img::attends_through_sdpa(m)) << version;
+  }
+}
+
+// A bundle exported without scaled_dot_product_attention is refused a kernel (choosing one would measure nothing);
+// one exported with it makes the same image with the math kernel as with PyTorch's choice.
+TEST(AttentionKernel, PipelineTakesAKernelOnlyForABundleThatAttendsThroughSdpa) {
+  auto bundle = txt2img::Bundle::open(fixtures() / "tiny");
+  txt2img::PipelineOptions math;
+  math.attention_kernel = AttentionKernel::Math;
+  if (!txt2img::attends_through_sdpa(bundle.manifest())) {
+    expect_error(
+        [&] { txt2img::Pipeline::load(bundle, math); }, ErrorKind::Usage,
+        {"attention kernel math", "exported by PyTorch " + bundle.manifest().torch_version, "plain matrix products"});
+    return;
+  }
+  txt2img::GenerationParams params;
+  params.steps = 2;
+  auto image = [&](const txt2img::PipelineOptions& options) {
+    auto pipeline = txt2img::Pipeline::load(bundle, options);
+    txt2img::SeededNoise noise({3});
+    return pipeline.generate({"a red cube"}, {""}, params, noise)[0].rgb;
+  };
+  const auto chosen = image({}), by_math = image(math);
+  ASSERT_EQ(chosen.size(), by_math.size());
+  for (size_t i = 0; i < chosen.size(); ++i) EXPECT_LE(std::abs(chosen[i] - by_math[i]), 2) << i;
+}
+
+}  // namespace
