@@ -15,8 +15,8 @@
 # Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with the command line's pipeline options (on CUDA: CUDA
 # graph, channels_last, unprofiled TorchScript), with --low-vram, cuDNN's algorithm search and bf16 on top, and plain,
 # and at --batch-large, and --low-vram with --parked-turns, and with each of scaled_dot_product_attention's CUDA kernels
-# alone; bench_eager.py (our converter's modules, same weights,
-# PyTorch eager, SDPA where PyTorch has it) at the same settings; the txt2img command line end to end (load, 2 images,
+# alone in the U-Net; bench_eager.py (our converter's modules, same weights, PyTorch eager, SDPA where PyTorch has it)
+# at the same settings; the txt2img command line end to end (load, 2 images,
 # safety checker on), and with --low-vram; the command line on a prompt file of features that change the U-Net's calls
 # (long prompts, AND, prompt editing, samplers, guidance rescale, hires) with and without the CUDA graph, in fp16 and
 # fp32, image by image; both sides decoding with TAESD (--decoder taesd); then the pixels of each variant against plain
@@ -203,15 +203,15 @@ default=(--plain-executor)
 # Two warm-up batches: TorchScript's profiling executor profiles a module's first call and optimises on its second,
 # and the text encoder and VAE run only once or twice a batch. Rows in the order of what is least known.
 measure ours_b1_default "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}"
-# scaled_dot_product_attention's kernel, each allowed alone (PyTorch's own choice depends on its version, the card
-# and cuDNN's version; a kernel that cannot serve a call fails its row).
+measure eager_b1 "${eager[@]}" --batch 1 --warmup 2 --runs "$runs"
+# The U-Net's scaled_dot_product_attention kernel, each allowed alone (PyTorch's own choice depends on its version,
+# the card and cuDNN's version; a kernel that cannot serve one of the U-Net's calls fails its row).
 if [[ $device == cuda* ]]; then
   for kernel in flash memory-efficient cudnn; do
     measure "ours_b1_default_attention_${kernel//-/_}" "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" \
       "${default[@]}" --attention-kernel "$kernel"
   done
 fi
-measure eager_b1 "${eager[@]}" --batch 1 --warmup 2 --runs "$runs"
 if ((have_cli)); then
   prompt="a photograph of an astronaut riding a horse"
   cli=("${ours_env[@]}" "$work/cmake/txt2img" --model "$model" --device "$device" --dtype "$dtype" -W "$size"

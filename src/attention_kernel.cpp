@@ -19,23 +19,7 @@
 namespace txt2img {
 namespace {
 
-struct Switches {
-  bool flash = true, memory_efficient = true, cudnn = true, math = true;
-};
-
-Switches current_switches() {
-  auto& context = at::globalContext();
-  Switches s;
-  s.flash = context.userEnabledFlashSDP();
-  s.math = context.userEnabledMathSDP();
-#if TXT2IMG_HAS_MEMORY_EFFICIENT_SWITCH
-  s.memory_efficient = context.userEnabledMemEfficientSDP();
-#endif
-#if TXT2IMG_HAS_CUDNN_SWITCH
-  s.cudnn = context.userEnabledCuDNNSDP();
-#endif
-  return s;
-}
+using Switches = AttentionKernelScope::Switches;
 
 void set_switches(const Switches& s) {
   auto& context = at::globalContext();
@@ -47,17 +31,6 @@ void set_switches(const Switches& s) {
 #if TXT2IMG_HAS_CUDNN_SWITCH
   context.setSDPUseCuDNN(s.cudnn);
 #endif
-}
-
-bool has_switch(AttentionKernel kernel) {
-  switch (kernel) {
-    case AttentionKernel::MemoryEfficient:
-      return TXT2IMG_HAS_MEMORY_EFFICIENT_SWITCH;
-    case AttentionKernel::CuDNN:
-      return TXT2IMG_HAS_CUDNN_SWITCH;
-    default:
-      return true;
-  }
 }
 
 }  // namespace
@@ -85,6 +58,17 @@ std::optional<AttentionKernel> attention_kernel_named(const std::string& name) {
   return std::nullopt;
 }
 
+bool has_switch(AttentionKernel kernel) {
+  switch (kernel) {
+    case AttentionKernel::MemoryEfficient:
+      return TXT2IMG_HAS_MEMORY_EFFICIENT_SWITCH;
+    case AttentionKernel::CuDNN:
+      return TXT2IMG_HAS_CUDNN_SWITCH;
+    default:
+      return true;
+  }
+}
+
 bool runs_on(AttentionKernel kernel, const torch::Device& device) {
   return device.is_cuda() || (kernel != AttentionKernel::MemoryEfficient && kernel != AttentionKernel::CuDNN);
 }
@@ -98,16 +82,33 @@ void check_attention_kernel(AttentionKernel kernel, const torch::Device& device)
     throw Error(ErrorKind::Usage, "attention kernel " + name + " runs on CUDA only, not on " + device.str());
 }
 
-void select_attention_kernel(AttentionKernel kernel) {
-  // Captured before the first change, so that Default can put back what PyTorch itself would use.
-  static const Switches initial = current_switches();
-  if (kernel == AttentionKernel::Default) return set_switches(initial);
+AttentionKernelScope::Switches AttentionKernelScope::current() {
+  auto& context = at::globalContext();
+  Switches s;
+  s.flash = context.userEnabledFlashSDP();
+  s.math = context.userEnabledMathSDP();
+#if TXT2IMG_HAS_MEMORY_EFFICIENT_SWITCH
+  s.memory_efficient = context.userEnabledMemEfficientSDP();
+#endif
+#if TXT2IMG_HAS_CUDNN_SWITCH
+  s.cudnn = context.userEnabledCuDNNSDP();
+#endif
+  return s;
+}
+
+AttentionKernelScope::AttentionKernelScope(AttentionKernel kernel) : changed_(kernel != AttentionKernel::Default) {
+  if (!changed_) return;
+  found_ = current();
   Switches only;
   only.flash = kernel == AttentionKernel::Flash;
   only.memory_efficient = kernel == AttentionKernel::MemoryEfficient;
   only.cudnn = kernel == AttentionKernel::CuDNN;
   only.math = kernel == AttentionKernel::Math;
   set_switches(only);
+}
+
+AttentionKernelScope::~AttentionKernelScope() {
+  if (changed_) set_switches(found_);
 }
 
 }  // namespace txt2img

@@ -249,10 +249,6 @@ void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& option
                                         ", whose modules attend through plain matrix products; export it with "
                                         "PyTorch >= 2.0 (TXT2IMG_PYTHON=<that python> scripts/convert.py ...)");
     check_attention_kernel(options.attention_kernel, options.device);
-    if (!runs_on(options.attention_kernel, side_device(options)))
-      throw Error(ErrorKind::Usage, kernel +
-                                        " cannot be combined with --low-vram, which runs the text encoder and "
-                                        "the safety checker on the CPU, where that kernel does not exist");
   }
   if (options.low_vram && options.graph != GraphOptimization::None)
     throw Error(ErrorKind::Usage, "--low-vram cannot be combined with --graph freeze or optimize: it moves the models "
@@ -267,7 +263,6 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   // they are switched to the options' setting only once the modules are prepared.
   torch::jit::setGraphExecutorOptimize(true);
   at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
-  select_attention_kernel(options.attention_kernel);
   // Each module is read into host memory and cast there, and only then copied to the device: the device never holds
   // its float32 weights (a CUDA caching allocator would keep their blocks, twice the fp16 size, reserved after the
   // cast), and the modules arrive one after another.
@@ -289,8 +284,9 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   p.loras_ = std::make_unique<LoraWeights>(bundle.dir());
   p.text_encoder_ = prepare("text_encoder.pt", side_device(options), side_dtype(options), false, {"encode"});
   p.clip_skip_supported_ = p.text_encoder_.find_method("encode").has_value();
-  p.unet_ = std::make_unique<UNetCall>(prepare("unet.pt", options.device, options.dtype, options.channels_last),
-                                       options.device, options.channels_last, options.cuda_graph);
+  p.unet_ =
+      std::make_unique<UNetCall>(prepare("unet.pt", options.device, options.dtype, options.channels_last),
+                                 options.device, options.channels_last, options.cuda_graph, options.attention_kernel);
   p.vae_decoder_ = prepare(options.decoder == Decoder::Taesd ? "taesd_decoder.pt" : "vae_decoder.pt",
                            takes_turns(options) ? torch::kCPU : options.device, options.dtype);
   // A few MB: it stays on the device, whatever takes turns there (a TAESD that decodes the images is shared when it

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "attention_kernel.hpp"
 #include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
 
@@ -117,8 +118,13 @@ UNetCall::UNetCall(UNetCall&&) noexcept = default;
 UNetCall& UNetCall::operator=(UNetCall&&) noexcept = default;
 UNetCall::~UNetCall() = default;
 
-UNetCall::UNetCall(torch::jit::Module module, torch::Device device, bool channels_last, bool cuda_graph)
-    : module_(std::move(module)), device_(device), channels_last_(channels_last), cuda_graph_(cuda_graph) {
+UNetCall::UNetCall(torch::jit::Module module, torch::Device device, bool channels_last, bool cuda_graph,
+                   AttentionKernel attention_kernel)
+    : module_(std::move(module)),
+      device_(device),
+      channels_last_(channels_last),
+      cuda_graph_(cuda_graph),
+      attention_kernel_(attention_kernel) {
   if (cuda_graph && !device.is_cuda())
     throw Error(ErrorKind::Usage, "CUDA graphs need a CUDA device (the U-Net runs on " + device.str() + ")");
   if (cuda_graph && !built_with_cuda())
@@ -142,6 +148,8 @@ void UNetCall::to(torch::Device device, bool parked) {
 torch::Tensor UNetCall::forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& context,
                                 const torch::Tensor& guidance) {
   const auto input = channels_last_ ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
+  // A capture records the kernels chosen while it runs, so replays keep them.
+  AttentionKernelScope kernel(attention_kernel_);
   // Bundles exported before guidance embeddings existed take three inputs; only an LCM model's gets the fourth.
   if (!guidance.defined()) return module_.forward({input, t, context}).toTensor();
   return module_.forward({input, t, context, guidance}).toTensor();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "host_parking.hpp"
+#include "txt2img/pipeline.hpp"
 
 namespace txt2img {
 
@@ -19,7 +20,8 @@ void to_channels_last(torch::jit::Module& module);
 class UNetCall {
  public:
   // Throws Error(Usage) when cuda_graph is asked for off CUDA or in a build without CUDA.
-  UNetCall(torch::jit::Module module, torch::Device device, bool channels_last, bool cuda_graph);
+  UNetCall(torch::jit::Module module, torch::Device device, bool channels_last, bool cuda_graph,
+           AttentionKernel attention_kernel = AttentionKernel::Default);
   UNetCall(UNetCall&&) noexcept;
   UNetCall& operator=(UNetCall&&) noexcept;
   ~UNetCall();
@@ -52,6 +54,7 @@ class UNetCall {
   bool parked_ = false;  // the weights are in parking_'s buffers
   bool channels_last_ = false;
   bool cuda_graph_ = false;
+  AttentionKernel attention_kernel_ = AttentionKernel::Default;
   // The captured calls of the current pass, one per input shape (the negative prompts' rows and the prompts' take
   // turns where their contexts differ in length), the most recently used last.
   std::vector<std::unique_ptr<CapturedGraph>> graphs_;

@@ -38,7 +38,7 @@ enum class Decoder { Full, Taesd };
 // weights as constants; optimize_for_inference adds backend-specific rewrites). docs/PERFORMANCE.md measures them.
 enum class GraphOptimization { None, Freeze, FreezeAndOptimize };
 
-// The kernel of PyTorch's scaled_dot_product_attention, through which the modules of bundles exported by PyTorch
+// The kernel of PyTorch's scaled_dot_product_attention, through which the U-Nets of bundles exported by PyTorch
 // >= 2.0 attend. Default leaves PyTorch's choice (which depends on its version, the card and cuDNN's version); each
 // other value allows that kernel alone, so that a call it cannot serve fails instead of falling back to another.
 enum class AttentionKernel { Default, Flash, MemoryEfficient, CuDNN, Math };
@@ -80,9 +80,9 @@ struct PipelineOptions {
   // (HostParking) instead of fresh pageable memory. An experiment of txt2img-bench, not yet measured on a GPU; it
   // keeps at least the U-Net's size of host memory page-locked for the process's life.
   bool parked_turns = false;
-  // Process-wide, as torch.nn.attention.sdpa_kernel. An experiment of txt2img-bench; Pipeline::load throws
-  // Error(Usage) for a kernel other than Default when the bundle's attention is not scaled_dot_product_attention,
-  // the device cannot run it, or this LibTorch cannot select it.
+  // For the U-Net's calls only (LibTorch's switches, as torch.nn.attention.sdpa_kernel sets them around a block). An
+  // experiment of txt2img-bench; Pipeline::load throws Error(Usage) for a kernel other than Default when the bundle's
+  // attention is not scaled_dot_product_attention, the device cannot run it, or this LibTorch cannot select it.
   AttentionKernel attention_kernel = AttentionKernel::Default;
 };
 

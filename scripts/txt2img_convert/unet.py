@@ -104,8 +104,7 @@ class ResnetBlock2D(nn.Module):
         self.output_scale_factor = float(output_scale_factor)
 
     def forward(self, x: Tensor, temb_silu: Optional[Tensor]) -> Tensor:
-        """`temb_silu`: the time embedding after SiLU (diffusers applies it in every resnet; the U-Net does it once
-        for all of them, the same values with 21 kernels fewer per call)."""
+        """`temb_silu`: the time embedding after SiLU, which diffusers applies in every resnet."""
         h = self.conv1(F.silu(self.norm1(x)))
         if self.time_emb_proj is not None and temb_silu is not None:
             h = h + self.time_emb_proj(temb_silu)[:, :, None, None]
@@ -616,6 +615,7 @@ class UNet2DConditionModel(nn.Module):
                 raise ValueError("this U-Net has a guidance embedding (an LCM model): pass the guidance")
             w = guidance.reshape(-1).to(sample.device).expand(sample.size(0))
             condition = guidance_scale_embedding(w, self.time_cond_proj_dim).to(sample.dtype)
+        # Once for all resnets, where diffusers applies it in each (SD v1: 21 kernels fewer a call, the same values).
         temb_silu = F.silu(self.time_embedding(t_emb.to(sample.dtype), condition))
 
         x = self.conv_in(sample)

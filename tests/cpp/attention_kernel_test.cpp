@@ -28,18 +28,41 @@ TEST(AttentionKernel, EachNameNamesItsKernel) {
   EXPECT_FALSE(txt2img::attention_kernel_named("").has_value());
 }
 
-TEST(AttentionKernel, OneSelectedIsTheOnlyOneEnabledAndDefaultPutsPyTorchsChoiceBack) {
+// Whether the switches are those of `kernel` alone; a kernel without a switch in this LibTorch reports on.
+void expect_only(AttentionKernel kernel) {
+  using txt2img::has_switch;
+  const auto s = txt2img::AttentionKernelScope::current();
+  EXPECT_EQ(s.flash, kernel == AttentionKernel::Flash);
+  EXPECT_EQ(s.math, kernel == AttentionKernel::Math);
+  EXPECT_EQ(s.memory_efficient,
+            kernel == AttentionKernel::MemoryEfficient || !has_switch(AttentionKernel::MemoryEfficient));
+  EXPECT_EQ(s.cudnn, kernel == AttentionKernel::CuDNN || !has_switch(AttentionKernel::CuDNN));
+}
+
+TEST(AttentionKernel, AScopeAllowsItsKernelAloneAndPutsBackTheSwitchesItFound) {
   auto& context = at::globalContext();
-  const bool flash = context.userEnabledFlashSDP(), math = context.userEnabledMathSDP();
-  txt2img::select_attention_kernel(AttentionKernel::Math);
-  EXPECT_FALSE(context.userEnabledFlashSDP());
-  EXPECT_TRUE(context.userEnabledMathSDP());
-  txt2img::select_attention_kernel(AttentionKernel::Flash);
+  context.setSDPUseMath(false);  // not PyTorch's default: the scopes must restore what they found
+  {
+    txt2img::AttentionKernelScope math(AttentionKernel::Math);
+    expect_only(AttentionKernel::Math);
+    {
+      txt2img::AttentionKernelScope flash(AttentionKernel::Flash);
+      expect_only(AttentionKernel::Flash);
+    }
+    expect_only(AttentionKernel::Math);
+    for (auto kernel : {AttentionKernel::MemoryEfficient, AttentionKernel::CuDNN})
+      if (txt2img::has_switch(kernel)) {
+        txt2img::AttentionKernelScope only(kernel);
+        expect_only(kernel);
+      }
+    {
+      txt2img::AttentionKernelScope unchanged(AttentionKernel::Default);
+      expect_only(AttentionKernel::Math);
+    }
+  }
   EXPECT_TRUE(context.userEnabledFlashSDP());
   EXPECT_FALSE(context.userEnabledMathSDP());
-  txt2img::select_attention_kernel(AttentionKernel::Default);
-  EXPECT_EQ(context.userEnabledFlashSDP(), flash);
-  EXPECT_EQ(context.userEnabledMathSDP(), math);
+  context.setSDPUseMath(true);
 }
 
 TEST(AttentionKernel, CudaOnlyKernelsAreRefusedOnTheCpu) {
@@ -50,9 +73,9 @@ TEST(AttentionKernel, CudaOnlyKernelsAreRefusedOnTheCpu) {
   for (auto kernel : {AttentionKernel::MemoryEfficient, AttentionKernel::CuDNN}) {
     EXPECT_FALSE(txt2img::runs_on(kernel, torch::kCPU));
     EXPECT_TRUE(txt2img::runs_on(kernel, torch::Device("cuda:1")));
-    // An old LibTorch has no switch for them at all; a newer one says where they run.
+    const auto name = "attention kernel " + txt2img::attention_kernel_name(kernel);
     expect_error([&] { txt2img::check_attention_kernel(kernel, torch::kCPU); }, ErrorKind::Usage,
-                 {"attention kernel " + txt2img::attention_kernel_name(kernel)});
+                 {name, txt2img::has_switch(kernel) ? "runs on CUDA only" : "cannot select it"});
   }
 }
 
@@ -69,7 +92,8 @@ TEST(AttentionKernel, OnlyBundlesExportedWithPyTorch2AttendThroughSdpa) {
 }
 
 // A bundle exported without scaled_dot_product_attention is refused a kernel (choosing one would measure nothing);
-// one exported with it makes the same image with the math kernel as with PyTorch's choice.
+// one exported with it makes the same image with the math kernel in its U-Net as with PyTorch's choice, and the
+// switches are PyTorch's again afterwards.
 TEST(AttentionKernel, PipelineTakesAKernelOnlyForABundleThatAttendsThroughSdpa) {
   auto bundle = txt2img::Bundle::open(fixtures() / "tiny");
   txt2img::PipelineOptions math;
@@ -88,6 +112,7 @@ TEST(AttentionKernel, PipelineTakesAKernelOnlyForABundleThatAttendsThroughSdpa) 
     return pipeline.generate({"a red cube"}, {""}, params, noise)[0].rgb;
   };
   const auto chosen = image({}), by_math = image(math);
+  EXPECT_TRUE(at::globalContext().userEnabledFlashSDP() && at::globalContext().userEnabledMathSDP());
   ASSERT_EQ(chosen.size(), by_math.size());
   for (size_t i = 0; i < chosen.size(); ++i) EXPECT_LE(std::abs(chosen[i] - by_math[i]), 2) << i;
 }
