@@ -41,6 +41,8 @@ constexpr Sampler kSamplers[] = {
     {"dpm2_a", kStartsLate},
     {"dpm2_a_karras", kStartsLate},
     {"dpm2_a_exponential", kStartsLate},
+    {"dpmpp_2s_a", kStartsLate},
+    {"dpmpp_2s_a_karras", kStartsLate},
     {"dpmpp_2m", kStartsLate | kZeroSnr},
     {"dpmpp_2m_karras", kStartsLate | kZeroSnr},
     {"dpmpp_2m_sde", kStartsLate | kZeroSnr},
@@ -237,6 +239,8 @@ std::string canonical_scheduler_name(const std::string& name) {
         {"kdpm2a", "dpm2_a"},
         {"kdpm2ancestraldiscretescheduler", "dpm2_a"},
         {"kdpm2akarras", "dpm2_a_karras"},
+        {"kdpmpp2sa", "dpmpp_2s_a"},
+        {"kdpmpp2sakarras", "dpmpp_2s_a_karras"},
     };
     // Each of ours in any case and punctuation: A1111's "Euler a", "DPM++ 2M SDE Karras", "DPM2 a Exponential".
     for (const auto& s : kSamplers) out.emplace(alias_key(s.name), s.name);
@@ -291,6 +295,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (base == "euler") return detail::make_euler(config, steps, schedule);
   if (base == "heun") return detail::make_heun(config, steps, schedule);
   if (base == "dpm2" || base == "dpm2_a") return detail::make_dpm2(config, steps, schedule, base == "dpm2_a");
+  if (base == "dpmpp_2s_a") return detail::make_dpmpp_2s_ancestral(config, steps, schedule);
   if (base == "lms") return detail::make_lms(config, steps, schedule);
   if (base == "unipc") return detail::make_unipc(config, steps, karras);
   if (base == "dpmpp_2m" || base == "dpmpp_2m_sde")

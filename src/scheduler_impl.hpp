@@ -26,6 +26,8 @@ std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, i
 std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM2, or its ancestral variant (fresh noise at every midpoint call).
 std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral);
+// k-diffusion's DPM-Solver++(2S) ancestral (A1111's DPM++ 2S a), on spaced or Karras sigmas.
+std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step). `karras`: on Karras sigmas
 // (diffusers v0.31's exponential sigmas fail in these two classes).
 std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, bool karras, bool sde);

@@ -22,7 +22,7 @@ std::string a1111_quote(const std::string& value) {
 }  // namespace
 
 std::string a1111_default_schedule(const std::string& sampler) {
-  if (sampler == "dpmpp_2m") return "Karras";
+  if (sampler == "dpmpp_2m" || sampler == "dpm2" || sampler == "dpm2_a" || sampler == "dpmpp_2s_a") return "Karras";
   if (sampler == "dpmpp_2m_sde") return "Exponential";
   return "";
 }
@@ -33,14 +33,14 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
       {"ddim", "DDIM"},          {"pndm", "PLMS"},    {"euler", "Euler"},   {"euler_a", "Euler a"},
       {"heun", "Heun"},          {"dpm2", "DPM2"},    {"dpm2_a", "DPM2 a"}, {"lms", "LMS"},
       {"dpmpp_2m", "DPM++ 2M"},  {"dpmpp_2m_sde", "DPM++ 2M SDE"},      {"unipc", "UniPC"},
-      {"lcm", "LCM"},
+      {"lcm", "LCM"},            {"dpmpp_2s_a", "DPM++ 2S a"},
   };
   const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
   const auto it = names.find(base);
   if (it == names.end()) return {sampler, ""};
   if (schedule == "karras") return {it->second + " Karras", "Karras"};
   if (schedule == "exponential") return {it->second, "Exponential"};
-  // A1111 1.9 and later run these two on other sigmas by default (its "Automatic"); theirs here are the spaced
+  // A1111 1.9 and later run these on other sigmas by default (its "Automatic"); theirs here are the spaced
   // timesteps' own, A1111's Uniform.
   return {it->second, a1111_default_schedule(base).empty() ? "" : "Uniform"};
 }

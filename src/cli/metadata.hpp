@@ -75,7 +75,7 @@ struct A1111Sampler {
 A1111Sampler a1111_sampler(const std::string& sampler);
 
 // The schedule A1111 1.9 and later give a sampler of ours ("dpmpp_2m", no suffix) by default, its "Automatic":
-// "Karras" for DPM++ 2M, "Exponential" for DPM++ 2M SDE, "" (uniform) for the others.
+// "Karras" for DPM++ 2M, DPM2, DPM2 a and DPM++ 2S a, "Exponential" for DPM++ 2M SDE, "" (uniform) for the others.
 std::string a1111_default_schedule(const std::string& sampler);
 
 // A number as Python's repr prints a float (7.5, 7.0, 0.1), which is how A1111 writes "CFG scale".

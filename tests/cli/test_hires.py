@@ -84,12 +84,17 @@ class HiresFix(CliTestCase):
     def test_a1111_schedule_types_of_both_passes(self):
         """Each pass's schedule is recorded so that A1111, which gives a hires sampler without a schedule type the
         first pass's, reads it as made, and txt2img reads it back from the A1111 parameters alone."""
-        # After a first pass on Karras sigmas, a hires sampler without them names its schedule type.
-        parameters, result, samplers = self.a1111_round_trip("DPM2 Karras", "dpm2", "k.png")
-        self.assertIn("Sampler: DPM2 Karras, ", parameters)
-        self.assertIn("Hires sampler: DPM2, Hires schedule type: Automatic", parameters)
-        self.assertEqual(samplers, ("dpm2_karras", "dpm2"))
+        # After a first pass on Karras sigmas, a hires sampler without them names its schedule type: A1111's default
+        # where that is the spaced sigmas, Uniform where A1111 1.9 and later default to Karras (DPM2).
+        parameters, result, samplers = self.a1111_round_trip("Euler Karras", "euler", "k.png")
+        self.assertIn("Sampler: Euler Karras, ", parameters)
+        self.assertIn("Hires sampler: Euler, Hires schedule type: Automatic", parameters)
+        self.assertEqual(samplers, ("euler_karras", "euler"))
         self.assertNotIn("not carried over", result.stderr)
+        parameters, _, samplers = self.a1111_round_trip("DPM2 Karras", "dpm2", "k2.png", ", Version: v1.10.1")
+        self.assertIn("Sampler: DPM2 Karras, ", parameters)
+        self.assertIn("Hires sampler: DPM2, Hires schedule type: Uniform", parameters)
+        self.assertEqual(samplers, ("dpm2_karras", "dpm2"))
         # An exponential schedule has no A1111 name of its own: it is written as A1111's schedule type, for either
         # pass.
         parameters, _, samplers = self.a1111_round_trip("euler_exponential", "heun_karras", "e.png")

@@ -1112,8 +1112,8 @@ size_t first_differing_call(txt2img::Pipeline& pipeline, const txt2img::Generati
   return call;
 }
 
-// A1111 counts the steps of Heun and DPM2 (two U-Net calls a step) twice: "[a:b:.5]" of 3 steps changes after call
-// 3 of 5 there, after call 1 for the others (whose first step is call 0), negative prompts alike.
+// A1111 counts the steps of Heun, DPM2 and DPM++ 2S a (two U-Net calls a step) twice: "[a:b:.5]" of 3 steps changes
+// after call 3 of 5 there, after call 1 for the others (whose first step is call 0), negative prompts alike.
 TEST(PromptEditing, EverySamplerCountsItsStepsAsA1111) {
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
   auto params = small_params();  // 3 steps
@@ -1122,7 +1122,8 @@ TEST(PromptEditing, EverySamplerCountsItsStepsAsA1111) {
     if (sampler == "lcm") continue;  // a sampler for LCM models only
     SCOPED_TRACE(sampler);
     params.sampler = sampler;
-    const bool second_order = sampler.rfind("heun", 0) == 0 || sampler.rfind("dpm2", 0) == 0;
+    const bool second_order =
+        sampler.rfind("heun", 0) == 0 || sampler.rfind("dpm2", 0) == 0 || sampler.rfind("dpmpp_2s_a", 0) == 0;
     const size_t expected = second_order ? 4 : 2;
     EXPECT_EQ(first_differing_call(pipeline, params, "[a red cube:a blue sphere:.5]", "blurry"), expected);
     EXPECT_EQ(first_differing_call(pipeline, params, "a red cube", "[blurry:dark:.5]"), expected);

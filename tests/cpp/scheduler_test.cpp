@@ -204,14 +204,12 @@ SchedulerConfig variant_config(const std::string& variant) {
   return config;
 }
 
-class SamplerGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
-
-TEST_P(SamplerGolden, MatchesDiffusers) {
-  const auto& [key, steps] = GetParam();
+// Replays run `key`/n`steps` of goldens in make_sampler_goldens.py's format: each call's timestep, scaled input,
+// sample after the step and x0 prediction, and the final sample.
+void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key, int steps) {
   const std::string run = key + "/n" + std::to_string(steps);
   const auto slash = key.find('/');
   const std::string name = slash == std::string::npos ? key : key.substr(slash + 1);
-  const auto& g = sampler_goldens();
   auto sched = txt2img::make_scheduler(
       name, slash == std::string::npos ? sd_config() : variant_config(key.substr(0, slash)), steps);
   // Timesteps interpolated at a sigma (Karras and exponential sigmas, DPM2's midpoints) come from NumPy's float32 log
@@ -222,8 +220,8 @@ TEST_P(SamplerGolden, MatchesDiffusers) {
   double timestep_error = 0;
   for (size_t i = 0; i < sched->timesteps().size(); ++i)
     timestep_error = std::max(timestep_error, std::abs(sched->timesteps()[i] - ts[static_cast<int64_t>(i)].item<double>()));
-  const bool interpolated = name.find("karras") != std::string::npos ||
-                            name.find("exponential") != std::string::npos || name.rfind("dpm2", 0) == 0;
+  const bool interpolated = name.find("karras") != std::string::npos || name.find("exponential") != std::string::npos ||
+                            name.rfind("dpm2", 0) == 0 || name.rfind("dpmpp_2s", 0) == 0;
   EXPECT_LE(timestep_error, interpolated ? 1e-4 : 0.0) << run;
   EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), g.get(run + "/init_noise_sigma").item<float>());
 
@@ -245,6 +243,12 @@ TEST_P(SamplerGolden, MatchesDiffusers) {
             << " over " << w.tensors << " tensors; timesteps within " << timestep_error << "\n";
 }
 
+class SamplerGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
+
+TEST_P(SamplerGolden, MatchesDiffusers) {
+  replay_sampler_golden(sampler_goldens(), GetParam().first, GetParam().second);
+}
+
 std::vector<std::pair<std::string, int>> sampler_golden_cases() {
   std::vector<std::pair<std::string, int>> out;
   for (const char* name : {"euler_karras", "lms_karras", "heun", "heun_karras", "dpmpp_2m_sde", "dpmpp_2m_sde_karras",
@@ -260,12 +264,32 @@ std::vector<std::pair<std::string, int>> sampler_golden_cases() {
   return out;
 }
 
-INSTANTIATE_TEST_SUITE_P(Goldens, SamplerGolden, testing::ValuesIn(sampler_golden_cases()),
-                         [](const testing::TestParamInfo<std::pair<std::string, int>>& info) {
-                           std::string name = info.param.first;
-                           std::replace(name.begin(), name.end(), '/', '_');
-                           return name + "_n" + std::to_string(info.param.second);
-                         });
+std::string sampler_case_name(const testing::TestParamInfo<std::pair<std::string, int>>& info) {
+  std::string name = info.param.first;
+  std::replace(name.begin(), name.end(), '/', '_');
+  return name + "_n" + std::to_string(info.param.second);
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, SamplerGolden, testing::ValuesIn(sampler_golden_cases()), sampler_case_name);
+
+// The samplers diffusers has no class for, against tests/fixtures/kdiffusion_goldens.safetensors: k-diffusion's own
+// sampling functions (at the commit A1111 pins) run by tests/fixtures/make_kdiffusion_goldens.py on the same fake
+// inputs and on the sigmas txt2img computes for them.
+class KDiffusionGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
+
+TEST_P(KDiffusionGolden, MatchesKDiffusion) {
+  static const auto g = txt2img::SafeTensors::open(TXT2IMG_KDIFFUSION_GOLDENS);
+  replay_sampler_golden(g, GetParam().first, GetParam().second);
+}
+
+std::vector<std::pair<std::string, int>> kdiffusion_golden_cases() {
+  std::vector<std::pair<std::string, int>> out;
+  for (const char* name : {"dpmpp_2s_a", "dpmpp_2s_a_karras"})
+    for (int steps : {1, 2, 3, 10, 25}) out.emplace_back(name, steps);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, KDiffusionGolden, testing::ValuesIn(kdiffusion_golden_cases()), sampler_case_name);
 
 // The schedulers inside complete diffusers pipeline runs (guided model outputs of real shapes, batch 2 or 4,
 // generator noise): replaying each run's scheduler inputs reproduces its latents.
@@ -359,7 +383,7 @@ TEST(Scheduler, RowsAreIndependent) {
            {"lms_karras", 0.0}, {"dpmpp_2m_sde", 0.0}, {"dpmpp_2m_sde_karras", 0.0}, {"unipc", 0.0},
            {"unipc_karras", 0.0}, {"dpm2", 0.0}, {"dpm2_karras", 0.0}, {"dpm2_a", 0.0}, {"dpm2_a_karras", 0.0},
            {"euler_exponential", 0.0}, {"heun_exponential", 0.0}, {"lms_exponential", 0.0}, {"dpm2_exponential", 0.0},
-           {"dpm2_a_exponential", 0.0}}) {
+           {"dpm2_a_exponential", 0.0}, {"dpmpp_2s_a", 0.0}, {"dpmpp_2s_a_karras", 0.0}}) {
     const int steps = 10;
     const auto run = [&](const torch::Tensor& start, const std::function<torch::Tensor(size_t)>& output,
                          const std::function<torch::Tensor(size_t)>& noise) {
@@ -446,12 +470,33 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
 
 TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
-  EXPECT_EQ(names,
-            (std::vector<std::string>{"ddim", "pndm", "euler", "euler_karras", "euler_exponential", "euler_a", "heun",
-                                      "heun_karras", "heun_exponential", "dpm2", "dpm2_karras", "dpm2_exponential",
-                                      "dpm2_a", "dpm2_a_karras", "dpm2_a_exponential", "dpmpp_2m", "dpmpp_2m_karras",
-                                      "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "lms", "lms_karras", "lms_exponential",
-                                      "unipc", "unipc_karras", "lcm"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"ddim",
+                                             "pndm",
+                                             "euler",
+                                             "euler_karras",
+                                             "euler_exponential",
+                                             "euler_a",
+                                             "heun",
+                                             "heun_karras",
+                                             "heun_exponential",
+                                             "dpm2",
+                                             "dpm2_karras",
+                                             "dpm2_exponential",
+                                             "dpm2_a",
+                                             "dpm2_a_karras",
+                                             "dpm2_a_exponential",
+                                             "dpmpp_2s_a",
+                                             "dpmpp_2s_a_karras",
+                                             "dpmpp_2m",
+                                             "dpmpp_2m_karras",
+                                             "dpmpp_2m_sde",
+                                             "dpmpp_2m_sde_karras",
+                                             "lms",
+                                             "lms_karras",
+                                             "lms_exponential",
+                                             "unipc",
+                                             "unipc_karras",
+                                             "lcm"}));
   for (const auto& name : names) {
     // LCM's timesteps are a subset of the 50 it was distilled on.
     const int most = name == "lcm" ? 50 : 999;
@@ -481,6 +526,11 @@ TEST(Scheduler, NamesAndValidation) {
   EXPECT_FALSE(dpm2_a->needs_noise(0) || dpm2_a->needs_noise(2) || dpm2_a->needs_noise(4));
   EXPECT_TRUE(dpm2_a->needs_noise(1) && dpm2_a->needs_noise(3));
   EXPECT_FALSE(txt2img::make_scheduler("dpm2", sd_config(), 3)->needs_noise(1));
+  // k-diffusion's DPM++ 2S a draws after each step's midpoint call, as DPM2 a does: not in the last step.
+  const auto dpmpp_2s_a = txt2img::make_scheduler("dpmpp_2s_a", sd_config(), 3);
+  ASSERT_EQ(dpmpp_2s_a->timesteps().size(), 5u);
+  EXPECT_FALSE(dpmpp_2s_a->needs_noise(0) || dpmpp_2s_a->needs_noise(2) || dpmpp_2s_a->needs_noise(4));
+  EXPECT_TRUE(dpmpp_2s_a->needs_noise(1) && dpmpp_2s_a->needs_noise(3));
   // LCM draws noise after every call but the last (so a single step draws none).
   const auto lcm = txt2img::make_scheduler("lcm", sd_config(), 3);
   EXPECT_TRUE(lcm->needs_noise(0) && lcm->needs_noise(1));
@@ -555,18 +605,41 @@ TEST(Scheduler, LcmRecoversTheOriginFromAPerfectNoisePrediction) {
 // Other tools' names for our samplers: A1111's (as its infotext writes them), k-diffusion's, diffusers' classes.
 TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
   for (const auto& name : txt2img::scheduler_names()) EXPECT_EQ(txt2img::canonical_scheduler_name(name), name);
-  const std::vector<std::pair<std::string, std::string>> aliases = {
-      {"DDIM", "ddim"},       {"PLMS", "pndm"},       {"Euler", "euler"},
-      {"Euler a", "euler_a"}, {"k_euler_a", "euler_a"}, {"LMS", "lms"},
-      {"DPM++ 2M Karras", "dpmpp_2m_karras"}, {"LCM", "lcm"},  {"EulerAncestralDiscreteScheduler", "euler_a"},
-      {"LCMScheduler", "lcm"}, {"PNDMScheduler", "pndm"},    {"LMSDiscreteScheduler", "lms"},
-      {"DPM++ 2M", "dpmpp_2m"}, {"DPMSolverMultistepScheduler", "dpmpp_2m"}, {"Heun", "heun"},
-      {"HeunDiscreteScheduler", "heun"}, {"DPM++ 2M SDE", "dpmpp_2m_sde"},
-      {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"}, {"LMS Karras", "lms_karras"}, {"Euler Karras", "euler_karras"},
-      {"UniPC", "unipc"}, {"UniPCMultistepScheduler", "unipc"}, {"DPM2", "dpm2"}, {"DPM2 Karras", "dpm2_karras"},
-      {"DPM2 a", "dpm2_a"}, {"DPM2 a Karras", "dpm2_a_karras"}, {"k_dpm_2_a", "dpm2_a"},
-      {"KDPM2DiscreteScheduler", "dpm2"}, {"KDPM2AncestralDiscreteScheduler", "dpm2_a"},
-      {"Euler Exponential", "euler_exponential"}, {"DPM2 a Exponential", "dpm2_a_exponential"}};
+  const std::vector<std::pair<std::string, std::string>> aliases = {{"DDIM", "ddim"},
+                                                                    {"PLMS", "pndm"},
+                                                                    {"Euler", "euler"},
+                                                                    {"Euler a", "euler_a"},
+                                                                    {"k_euler_a", "euler_a"},
+                                                                    {"LMS", "lms"},
+                                                                    {"DPM++ 2M Karras", "dpmpp_2m_karras"},
+                                                                    {"LCM", "lcm"},
+                                                                    {"EulerAncestralDiscreteScheduler", "euler_a"},
+                                                                    {"LCMScheduler", "lcm"},
+                                                                    {"PNDMScheduler", "pndm"},
+                                                                    {"LMSDiscreteScheduler", "lms"},
+                                                                    {"DPM++ 2M", "dpmpp_2m"},
+                                                                    {"DPMSolverMultistepScheduler", "dpmpp_2m"},
+                                                                    {"Heun", "heun"},
+                                                                    {"HeunDiscreteScheduler", "heun"},
+                                                                    {"DPM++ 2M SDE", "dpmpp_2m_sde"},
+                                                                    {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"},
+                                                                    {"LMS Karras", "lms_karras"},
+                                                                    {"Euler Karras", "euler_karras"},
+                                                                    {"UniPC", "unipc"},
+                                                                    {"UniPCMultistepScheduler", "unipc"},
+                                                                    {"DPM2", "dpm2"},
+                                                                    {"DPM2 Karras", "dpm2_karras"},
+                                                                    {"DPM2 a", "dpm2_a"},
+                                                                    {"DPM2 a Karras", "dpm2_a_karras"},
+                                                                    {"k_dpm_2_a", "dpm2_a"},
+                                                                    {"DPM++ 2S a", "dpmpp_2s_a"},
+                                                                    {"DPM++ 2S a Karras", "dpmpp_2s_a_karras"},
+                                                                    {"k_dpmpp_2s_a", "dpmpp_2s_a"},
+                                                                    {"k_dpmpp_2s_a_karras", "dpmpp_2s_a_karras"},
+                                                                    {"KDPM2DiscreteScheduler", "dpm2"},
+                                                                    {"KDPM2AncestralDiscreteScheduler", "dpm2_a"},
+                                                                    {"Euler Exponential", "euler_exponential"},
+                                                                    {"DPM2 a Exponential", "dpm2_a_exponential"}};
   for (const auto& [alias, name] : aliases) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
@@ -680,13 +753,31 @@ TEST(Scheduler, StepsMustComeInOrderWithNoiseWhereNeeded) {
 
 // The samplers that can start part-way, with the sample space their add_noise works in.
 const std::vector<std::string>& late_starters() {
-  static const std::vector<std::string> names = {"ddim",         "euler",        "euler_karras", "euler_a",
-                                                 "heun",         "heun_karras",  "lms",          "lms_karras",
-                                                 "dpmpp_2m",     "dpmpp_2m_karras", "dpmpp_2m_sde",
-                                                 "dpmpp_2m_sde_karras", "unipc", "unipc_karras",
-                                                 "dpm2",         "dpm2_karras",  "dpm2_a",       "dpm2_a_karras",
-                                                 "euler_exponential", "heun_exponential", "lms_exponential",
-                                                 "dpm2_exponential", "dpm2_a_exponential"};
+  static const std::vector<std::string> names = {"ddim",
+                                                 "euler",
+                                                 "euler_karras",
+                                                 "euler_a",
+                                                 "heun",
+                                                 "heun_karras",
+                                                 "lms",
+                                                 "lms_karras",
+                                                 "dpmpp_2m",
+                                                 "dpmpp_2m_karras",
+                                                 "dpmpp_2m_sde",
+                                                 "dpmpp_2m_sde_karras",
+                                                 "unipc",
+                                                 "unipc_karras",
+                                                 "dpm2",
+                                                 "dpm2_karras",
+                                                 "dpm2_a",
+                                                 "dpm2_a_karras",
+                                                 "euler_exponential",
+                                                 "heun_exponential",
+                                                 "lms_exponential",
+                                                 "dpm2_exponential",
+                                                 "dpm2_a_exponential",
+                                                 "dpmpp_2s_a",
+                                                 "dpmpp_2s_a_karras"};
   return names;
 }
 
@@ -710,7 +801,7 @@ TEST(SchedulerStartAt, AddNoiseAtTheFirstCallIsTheInitialNoise) {
     const auto sched = txt2img::make_scheduler(name, sd_config(), 10);
     const auto start = sched->add_noise(zeros, n, 0);
     const auto whole_run_start = n * sched->init_noise_sigma();
-    if (name.rfind("ddim", 0) != 0 && name.rfind("dpmpp", 0) != 0 && name.rfind("unipc", 0) != 0) {  // sigma space
+    if (name.rfind("ddim", 0) != 0 && name.rfind("dpmpp_2m", 0) != 0 && name.rfind("unipc", 0) != 0) {  // sigma space
       EXPECT_TRUE(torch::equal(start, whole_run_start)) << name;
     } else {
       EXPECT_EQ(sched->init_noise_sigma(), 1.0) << name;
@@ -944,7 +1035,9 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
   const auto n = unit_noise(x0);
   for (const auto& name : late_starters()) {
     // Their fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has euler_a.
-    if (name == "euler_a" || name.rfind("dpmpp_2m_sde", 0) == 0 || name.rfind("dpm2_a", 0) == 0) continue;
+    if (name == "euler_a" || name.rfind("dpmpp_2m_sde", 0) == 0 || name.rfind("dpm2_a", 0) == 0 ||
+        name.rfind("dpmpp_2s_a", 0) == 0)
+      continue;
     for (size_t k : {0, 3, 7, 11}) {
       auto sched = txt2img::make_scheduler(name, sd_config(), 12);
       sched->start_at(k);
@@ -1003,9 +1096,12 @@ TEST(SchedulerStartAt, Errors) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 4);
     sched->start_at(3);
     sched->start_at(2);  // before any step the start may still move
-    // Step 2 is call 2, but heun's and dpm2's call 4 (two calls per step).
+    // Step 2 is call 2, but heun's, dpm2's and dpmpp_2s_a's call 4 (two calls per step).
     const size_t c = sched->first_call();
-    EXPECT_EQ(c, name.rfind("heun", 0) == 0 || name.rfind("dpm2", 0) == 0 ? 4u : 2u) << name;
+    EXPECT_EQ(c, sched->calls_per_step() == 2 ? 4u : 2u) << name;
+    EXPECT_EQ(sched->calls_per_step() == 2,
+              name.rfind("heun", 0) == 0 || name.rfind("dpm2", 0) == 0 || name.rfind("dpmpp_2s_a", 0) == 0)
+        << name;
     const auto expected = [](size_t want, size_t got) {
       return "expected call " + std::to_string(want) + ", got " + std::to_string(got);
     };
