@@ -1,5 +1,6 @@
 // DPM++ 2S a: k-diffusion's sample_dpmpp_2s_ancestral (A1111's "DPM++ 2S a"), which diffusers has no class for, on
-// the sigmas of txt2img's other sigma samplers (spaced as diffusers spaces them, or Karras'). Each step from sigma s
+// the sigmas of txt2img's other sigma samplers (spaced as diffusers spaces them, Karras' or exponential), with the
+// input scaling and start of k-diffusion's CompVisDenoiser and sampling loop. Each step from sigma s
 // goes down to the ancestral "down" sigma with DPM-Solver++(2S): a first-order step in log sigma to the midpoint
 // (the geometric mean of s and the down sigma), a call there, and its denoised sample carries the step's start the
 // whole way; fresh noise scaled by the "up" sigma completes it. The last step is one Euler call to sigma 0. N steps
@@ -14,7 +15,7 @@ namespace {
 class DpmPP2SAncestral final : public SigmaScheduler {
  public:
   DpmPP2SAncestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
-      : SigmaScheduler(config, steps, schedule) {
+      : SigmaScheduler(config, steps, schedule), v_prediction_(config.prediction_type == "v_prediction") {
     require_prediction_type(config, "dpmpp_2s_a" + std::string(schedule_suffix(schedule)), {"epsilon", "v_prediction"});
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
@@ -54,13 +55,23 @@ class DpmPP2SAncestral final : public SigmaScheduler {
 
   bool needs_noise(size_t call) const override { return call % 2 == 1; }
 
+  // A run starts from noise * sigmas[0], whatever the spacing (diffusers' sqrt(sigma^2 + 1) for leading is its own).
+  double init_noise_sigma() const override { return sigmas_[0]; }
+
+  // CompVisDenoiser's c_in, 1 / (sigma^2 + 1) ** 0.5, as a factor (diffusers divides by the root instead).
+  torch::Tensor scale_model_input(const torch::Tensor& sample, size_t call) const override {
+    if (call >= timesteps_.size()) return SigmaScheduler::scale_model_input(sample, call);  // which refuses it
+    const auto sigma = torch::scalar_tensor(sigmas_[call], torch::kFloat32);
+    return sample * (sigma.pow(2) + 1).pow(0.5).reciprocal().item<float>();
+  }
+
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {
     check_call(call, next_call_, timesteps_.size());
     const Step& step = steps_[call / 2];
     torch::Tensor prev;
     if (call % 2 == 0) {
-      pred_original_sample_ = predict_x0(model_output, sample, step.sigma);
+      pred_original_sample_ = denoised(model_output, sample, step.sigma);
       if (step.mid == 0.0f) {  // the last step: Euler to sigma 0
         const auto derivative = (sample - pred_original_sample_) / step.sigma;
         prev = sample + derivative * (0.0f - step.sigma);
@@ -70,7 +81,7 @@ class DpmPP2SAncestral final : public SigmaScheduler {
       }
     } else {
       check_noise(noise, sample);
-      pred_original_sample_ = predict_x0(model_output, sample, step.mid);
+      pred_original_sample_ = denoised(model_output, sample, step.mid);
       prev = step_start_ * step.to_down - pred_original_sample_ * step.to_down_x0;
       prev = prev + noise * step.up;
       step_start_ = torch::Tensor();
@@ -92,6 +103,17 @@ class DpmPP2SAncestral final : public SigmaScheduler {
 
   size_t first_call_of_step(size_t step) const override { return 2 * step; }
 
+  // What k-diffusion's CompVisDenoiser (epsilon: x - sigma * eps, the same as predict_x0's) or CompVisVDenoiser
+  // (v * c_out + x * c_skip, its scalings in its float32 order) makes of a model output at `sigma`.
+  torch::Tensor denoised(const torch::Tensor& model_output, const torch::Tensor& sample, float sigma) const {
+    if (!v_prediction_) return predict_x0(model_output, sample, sigma);
+    const auto s = torch::scalar_tensor(sigma, torch::kFloat32);
+    const auto c_skip = (s.pow(2) + 1).reciprocal().item<float>();
+    const auto c_out = (s.neg() / (s.pow(2) + 1).pow(0.5)).item<float>();
+    return model_output * c_out + sample * c_skip;
+  }
+
+  bool v_prediction_;
   std::vector<Step> steps_;
   torch::Tensor step_start_;  // the first call's sample, until the midpoint call
 };

@@ -425,8 +425,8 @@ std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, co
 }
 
 // The texts a prompt reads over a pass: its schedule in A1111's prompt-editing syntax where params.emphasis reads
-// A1111's syntax, else itself throughout. A1111 counts a pass's steps for it in U-Net calls, as many as the
-// sampler's steps, twice as many for the second-order ones (Heun, DPM2, DPM2 a); a hires pass's schedule continues
+// A1111's syntax, else itself throughout. A1111 counts a pass's steps for it in U-Net calls, as many as the sampler's
+// steps, twice as many for the second-order ones (Heun, DPM2, DPM2 a, DPM++ 2S a); a hires pass's schedule continues
 // the first pass's.
 std::vector<ScheduledText> Pipeline::schedule_of(const std::string& prompt, const GenerationParams& params,
                                                  Pass pass) const {

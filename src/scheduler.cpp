@@ -43,6 +43,7 @@ constexpr Sampler kSamplers[] = {
     {"dpm2_a_exponential", kStartsLate},
     {"dpmpp_2s_a", kStartsLate},
     {"dpmpp_2s_a_karras", kStartsLate},
+    {"dpmpp_2s_a_exponential", kStartsLate},
     {"dpmpp_2m", kStartsLate | kZeroSnr},
     {"dpmpp_2m_karras", kStartsLate | kZeroSnr},
     {"dpmpp_2m_sde", kStartsLate | kZeroSnr},
@@ -240,7 +241,12 @@ std::string canonical_scheduler_name(const std::string& name) {
         {"kdpm2ancestraldiscretescheduler", "dpm2_a"},
         {"kdpm2akarras", "dpm2_a_karras"},
         {"kdpmpp2sa", "dpmpp_2s_a"},
-        {"kdpmpp2sakarras", "dpmpp_2s_a_karras"},
+        // A1111's own aliases of its Karras samplers
+        {"klmska", "lms_karras"},
+        {"kdpm2ka", "dpm2_karras"},
+        {"kdpm2aka", "dpm2_a_karras"},
+        {"kdpmpp2saka", "dpmpp_2s_a_karras"},
+        {"kdpmpp2mka", "dpmpp_2m_karras"},
     };
     // Each of ours in any case and punctuation: A1111's "Euler a", "DPM++ 2M SDE Karras", "DPM2 a Exponential".
     for (const auto& s : kSamplers) out.emplace(alias_key(s.name), s.name);

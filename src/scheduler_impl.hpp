@@ -26,7 +26,7 @@ std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, i
 std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM2, or its ancestral variant (fresh noise at every midpoint call).
 std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral);
-// k-diffusion's DPM-Solver++(2S) ancestral (A1111's DPM++ 2S a), on spaced or Karras sigmas.
+// k-diffusion's DPM-Solver++(2S) ancestral (A1111's DPM++ 2S a), on spaced, Karras or exponential sigmas.
 std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step). `karras`: on Karras sigmas
 // (diffusers v0.31's exponential sigmas fail in these two classes).
@@ -94,10 +94,10 @@ torch::Tensor add_noise_vp(const torch::Tensor& x0, const torch::Tensor& noise, 
 void check_noise(const torch::Tensor& noise, const torch::Tensor& sample);
 
 // Shared part of the samplers that work in sigma space and scale the U-Net input (Euler, Euler ancestral, LMS,
-// Heun, DPM2): float32 timesteps from the spacing, sigmas interpolated from the training sigmas as np.interp does,
-// plus a final 0. With Karras or exponential sigmas, that schedule between the first and the last of those sigmas
-// replaces them, and each timestep is that sigma's fractional training timestep (float64: samplers that keep
-// float32 round them).
+// Heun, DPM2, DPM++ 2S a): float32 timesteps from the spacing, sigmas interpolated from the training sigmas as
+// np.interp does, plus a final 0. With Karras or exponential sigmas, that schedule between the first and the last of
+// those sigmas replaces them, and each timestep is that sigma's fractional training timestep (float64: samplers that
+// keep float32 round them).
 class SigmaScheduler : public Scheduler {
  public:
   double init_noise_sigma() const override { return init_noise_sigma_; }

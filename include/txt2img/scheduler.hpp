@@ -43,27 +43,28 @@ class Scheduler {
   virtual torch::Tensor scale_model_input(const torch::Tensor& sample, size_t /*call*/) const { return sample; }
   // Whether step(…, call, …) needs a fresh standard-normal tensor shaped like the sample, drawn from the caller's
   // generator exactly where diffusers draws one: DDIM with eta > 0, Euler ancestral and DPM++ 2M SDE at every
-  // call, the last included; LCM at every call but the last; DPM2 ancestral at each step's midpoint call.
+  // call, the last included; LCM at every call but the last; DPM2 ancestral at each step's midpoint call, and
+  // DPM++ 2S a there too, where k-diffusion draws it.
   virtual bool needs_noise(size_t /*call*/) const { return false; }
 
-  // Makes step `step` the next one (step = U-Net call but for heun* and dpm2*, whose steps make two calls but the
-  // last): its calls and those after it then run as a fresh run (multistep samplers start without history, as
+  // Makes step `step` the next one (step = U-Net call but for heun*, dpm2* and dpmpp_2s_a*, whose steps make two calls
+  // but the last): its calls and those after it then run as a fresh run (multistep samplers start without history, as
   // k-diffusion does on a sub-schedule and as img2img does), for A1111's hires fix and img2img, which build the
-  // schedule of a longer run and enter it part-way. The single-step samplers (ddim, euler*, euler_a, heun*, dpm2*)
-  // then compute exactly what a whole run computes from the same sample; lms* ramps its order up from 1 again and
-  // dpmpp_2m* take a first-order step first. Call before any step (start_at(0) changes nothing). Throws Error(Usage)
-  // for step > 0 on a sampler that cannot start anywhere but the beginning (pndm, lcm), and Error(Runtime) for a step
-  // past the schedule or after a step.
+  // schedule of a longer run and enter it part-way. The single-step samplers (ddim, euler*, euler_a, heun*, dpm2*,
+  // dpmpp_2s_a*) then compute exactly what a whole run computes from the same sample; lms* ramps its order up from 1
+  // again and dpmpp_2m* take a first-order step first. Call before any step (start_at(0) changes nothing). Throws
+  // Error(Usage) for step > 0 on a sampler that cannot start anywhere but the beginning (pndm, lcm), and Error(Runtime)
+  // for a step past the schedule or after a step.
   void start_at(size_t step);
   // The U-Net call this run starts at: 0, or the first call of start_at's step.
   size_t first_call() const { return first_call_; }
-  // The U-Net calls of a step: 2 for Heun and DPM2 (whose last step makes one), 1 for the others.
+  // The U-Net calls of a step: 2 for Heun, DPM2 and DPM++ 2S a (whose last step makes one), 1 for the others.
   size_t calls_per_step() const { return first_call_of_step(1); }
   // Why this sampler cannot start at a later call (start_at's error); empty where it can.
   virtual std::string why_it_cannot_start_later() const { return {}; }
   // The sample at the noise level of call `call`'s input, from a clean sample x0 and standard-normal noise of its
   // shape, in the space step(…, call, …) takes samples in: x0 + sigma * noise for the sigma samplers (euler*,
-  // euler_a, heun*, dpm2*, lms*: the sigma of that call's input), alpha * x0 + sigma * noise in the
+  // euler_a, heun*, dpm2*, dpmpp_2s_a*, lms*: the sigma of that call's input), alpha * x0 + sigma * noise in the
   // variance-preserving space of dpmpp_2m* and unipc* (alpha = 1 / sqrt(s^2 + 1) and sigma = s * alpha for that
   // call's sigma s: A1111's x0 + s * noise scaled as the solver's samples are), sqrt(a) * x0 + sqrt(1 - a) * noise
   // with a = alphas_cumprod at timesteps()[call] for ddim, pndm and lcm. A whole run of those variance-preserving

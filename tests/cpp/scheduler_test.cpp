@@ -196,6 +196,7 @@ torch::Tensor fake_noise(size_t i) {
 SchedulerConfig variant_config(const std::string& variant) {
   SchedulerConfig config = sd_config();
   if (variant == "leading" || variant == "trailing") config.timestep_spacing = variant;
+  if (variant == "v_prediction") config.prediction_type = variant;
   if (variant == "zero_snr") {
     config.rescale_betas_zero_snr = true;
     config.prediction_type = "v_prediction";
@@ -277,15 +278,19 @@ INSTANTIATE_TEST_SUITE_P(Goldens, SamplerGolden, testing::ValuesIn(sampler_golde
 // inputs and on the sigmas txt2img computes for them.
 class KDiffusionGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
 
-TEST_P(KDiffusionGolden, MatchesKDiffusion) {
+const txt2img::SafeTensors& kdiffusion_goldens() {
   static const auto g = txt2img::SafeTensors::open(TXT2IMG_KDIFFUSION_GOLDENS);
-  replay_sampler_golden(g, GetParam().first, GetParam().second);
+  return g;
+}
+
+TEST_P(KDiffusionGolden, MatchesKDiffusion) {
+  replay_sampler_golden(kdiffusion_goldens(), GetParam().first, GetParam().second);
 }
 
 std::vector<std::pair<std::string, int>> kdiffusion_golden_cases() {
   std::vector<std::pair<std::string, int>> out;
-  for (const char* name : {"dpmpp_2s_a", "dpmpp_2s_a_karras"})
-    for (int steps : {1, 2, 3, 10, 25}) out.emplace_back(name, steps);
+  for (const char* name : {"dpmpp_2s_a", "dpmpp_2s_a_karras", "dpmpp_2s_a_exponential", "v_prediction/dpmpp_2s_a"})
+    for (int steps : {1, 2, 3, 10, 20, 25}) out.emplace_back(name, steps);
   return out;
 }
 
@@ -383,7 +388,8 @@ TEST(Scheduler, RowsAreIndependent) {
            {"lms_karras", 0.0}, {"dpmpp_2m_sde", 0.0}, {"dpmpp_2m_sde_karras", 0.0}, {"unipc", 0.0},
            {"unipc_karras", 0.0}, {"dpm2", 0.0}, {"dpm2_karras", 0.0}, {"dpm2_a", 0.0}, {"dpm2_a_karras", 0.0},
            {"euler_exponential", 0.0}, {"heun_exponential", 0.0}, {"lms_exponential", 0.0}, {"dpm2_exponential", 0.0},
-           {"dpm2_a_exponential", 0.0}, {"dpmpp_2s_a", 0.0}, {"dpmpp_2s_a_karras", 0.0}}) {
+           {"dpm2_a_exponential", 0.0}, {"dpmpp_2s_a", 0.0}, {"dpmpp_2s_a_karras", 0.0},
+           {"dpmpp_2s_a_exponential", 0.0}}) {
     const int steps = 10;
     const auto run = [&](const torch::Tensor& start, const std::function<torch::Tensor(size_t)>& output,
                          const std::function<torch::Tensor(size_t)>& noise) {
@@ -470,33 +476,13 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
 
 TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
-  EXPECT_EQ(names, (std::vector<std::string>{"ddim",
-                                             "pndm",
-                                             "euler",
-                                             "euler_karras",
-                                             "euler_exponential",
-                                             "euler_a",
-                                             "heun",
-                                             "heun_karras",
-                                             "heun_exponential",
-                                             "dpm2",
-                                             "dpm2_karras",
-                                             "dpm2_exponential",
-                                             "dpm2_a",
-                                             "dpm2_a_karras",
-                                             "dpm2_a_exponential",
-                                             "dpmpp_2s_a",
-                                             "dpmpp_2s_a_karras",
-                                             "dpmpp_2m",
-                                             "dpmpp_2m_karras",
-                                             "dpmpp_2m_sde",
-                                             "dpmpp_2m_sde_karras",
-                                             "lms",
-                                             "lms_karras",
-                                             "lms_exponential",
-                                             "unipc",
-                                             "unipc_karras",
-                                             "lcm"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"ddim", "pndm", "euler", "euler_karras", "euler_exponential", "euler_a", "heun",
+                                      "heun_karras", "heun_exponential", "dpm2", "dpm2_karras", "dpm2_exponential",
+                                      "dpm2_a", "dpm2_a_karras", "dpm2_a_exponential", "dpmpp_2s_a",
+                                      "dpmpp_2s_a_karras", "dpmpp_2s_a_exponential", "dpmpp_2m", "dpmpp_2m_karras",
+                                      "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "lms", "lms_karras", "lms_exponential",
+                                      "unipc", "unipc_karras", "lcm"}));
   for (const auto& name : names) {
     // LCM's timesteps are a subset of the 50 it was distilled on.
     const int most = name == "lcm" ? 50 : 999;
@@ -605,41 +591,22 @@ TEST(Scheduler, LcmRecoversTheOriginFromAPerfectNoisePrediction) {
 // Other tools' names for our samplers: A1111's (as its infotext writes them), k-diffusion's, diffusers' classes.
 TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
   for (const auto& name : txt2img::scheduler_names()) EXPECT_EQ(txt2img::canonical_scheduler_name(name), name);
-  const std::vector<std::pair<std::string, std::string>> aliases = {{"DDIM", "ddim"},
-                                                                    {"PLMS", "pndm"},
-                                                                    {"Euler", "euler"},
-                                                                    {"Euler a", "euler_a"},
-                                                                    {"k_euler_a", "euler_a"},
-                                                                    {"LMS", "lms"},
-                                                                    {"DPM++ 2M Karras", "dpmpp_2m_karras"},
-                                                                    {"LCM", "lcm"},
-                                                                    {"EulerAncestralDiscreteScheduler", "euler_a"},
-                                                                    {"LCMScheduler", "lcm"},
-                                                                    {"PNDMScheduler", "pndm"},
-                                                                    {"LMSDiscreteScheduler", "lms"},
-                                                                    {"DPM++ 2M", "dpmpp_2m"},
-                                                                    {"DPMSolverMultistepScheduler", "dpmpp_2m"},
-                                                                    {"Heun", "heun"},
-                                                                    {"HeunDiscreteScheduler", "heun"},
-                                                                    {"DPM++ 2M SDE", "dpmpp_2m_sde"},
-                                                                    {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"},
-                                                                    {"LMS Karras", "lms_karras"},
-                                                                    {"Euler Karras", "euler_karras"},
-                                                                    {"UniPC", "unipc"},
-                                                                    {"UniPCMultistepScheduler", "unipc"},
-                                                                    {"DPM2", "dpm2"},
-                                                                    {"DPM2 Karras", "dpm2_karras"},
-                                                                    {"DPM2 a", "dpm2_a"},
-                                                                    {"DPM2 a Karras", "dpm2_a_karras"},
-                                                                    {"k_dpm_2_a", "dpm2_a"},
-                                                                    {"DPM++ 2S a", "dpmpp_2s_a"},
-                                                                    {"DPM++ 2S a Karras", "dpmpp_2s_a_karras"},
-                                                                    {"k_dpmpp_2s_a", "dpmpp_2s_a"},
-                                                                    {"k_dpmpp_2s_a_karras", "dpmpp_2s_a_karras"},
-                                                                    {"KDPM2DiscreteScheduler", "dpm2"},
-                                                                    {"KDPM2AncestralDiscreteScheduler", "dpm2_a"},
-                                                                    {"Euler Exponential", "euler_exponential"},
-                                                                    {"DPM2 a Exponential", "dpm2_a_exponential"}};
+  const std::vector<std::pair<std::string, std::string>> aliases = {
+      {"DDIM", "ddim"},       {"PLMS", "pndm"},       {"Euler", "euler"},
+      {"Euler a", "euler_a"}, {"k_euler_a", "euler_a"}, {"LMS", "lms"},
+      {"DPM++ 2M Karras", "dpmpp_2m_karras"}, {"LCM", "lcm"},  {"EulerAncestralDiscreteScheduler", "euler_a"},
+      {"LCMScheduler", "lcm"}, {"PNDMScheduler", "pndm"},    {"LMSDiscreteScheduler", "lms"},
+      {"DPM++ 2M", "dpmpp_2m"}, {"DPMSolverMultistepScheduler", "dpmpp_2m"}, {"Heun", "heun"},
+      {"HeunDiscreteScheduler", "heun"}, {"DPM++ 2M SDE", "dpmpp_2m_sde"},
+      {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"}, {"LMS Karras", "lms_karras"}, {"Euler Karras", "euler_karras"},
+      {"UniPC", "unipc"}, {"UniPCMultistepScheduler", "unipc"}, {"DPM2", "dpm2"}, {"DPM2 Karras", "dpm2_karras"},
+      {"DPM2 a", "dpm2_a"}, {"DPM2 a Karras", "dpm2_a_karras"}, {"k_dpm_2_a", "dpm2_a"},
+      {"DPM++ 2S a", "dpmpp_2s_a"}, {"DPM++ 2S a Karras", "dpmpp_2s_a_karras"}, {"k_dpmpp_2s_a", "dpmpp_2s_a"},
+      {"DPM++ 2S a Exponential", "dpmpp_2s_a_exponential"}, {"k_dpmpp_2s_a_ka", "dpmpp_2s_a_karras"},
+      {"k_dpm_2_a_ka", "dpm2_a_karras"}, {"k_dpm_2_ka", "dpm2_karras"}, {"k_lms_ka", "lms_karras"},
+      {"k_dpmpp_2m_ka", "dpmpp_2m_karras"},
+      {"KDPM2DiscreteScheduler", "dpm2"}, {"KDPM2AncestralDiscreteScheduler", "dpm2_a"},
+      {"Euler Exponential", "euler_exponential"}, {"DPM2 a Exponential", "dpm2_a_exponential"}};
   for (const auto& [alias, name] : aliases) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
@@ -753,31 +720,14 @@ TEST(Scheduler, StepsMustComeInOrderWithNoiseWhereNeeded) {
 
 // The samplers that can start part-way, with the sample space their add_noise works in.
 const std::vector<std::string>& late_starters() {
-  static const std::vector<std::string> names = {"ddim",
-                                                 "euler",
-                                                 "euler_karras",
-                                                 "euler_a",
-                                                 "heun",
-                                                 "heun_karras",
-                                                 "lms",
-                                                 "lms_karras",
-                                                 "dpmpp_2m",
-                                                 "dpmpp_2m_karras",
-                                                 "dpmpp_2m_sde",
-                                                 "dpmpp_2m_sde_karras",
-                                                 "unipc",
-                                                 "unipc_karras",
-                                                 "dpm2",
-                                                 "dpm2_karras",
-                                                 "dpm2_a",
-                                                 "dpm2_a_karras",
-                                                 "euler_exponential",
-                                                 "heun_exponential",
-                                                 "lms_exponential",
-                                                 "dpm2_exponential",
-                                                 "dpm2_a_exponential",
-                                                 "dpmpp_2s_a",
-                                                 "dpmpp_2s_a_karras"};
+  static const std::vector<std::string> names = {"ddim",         "euler",        "euler_karras", "euler_a",
+                                                 "heun",         "heun_karras",  "lms",          "lms_karras",
+                                                 "dpmpp_2m",     "dpmpp_2m_karras", "dpmpp_2m_sde",
+                                                 "dpmpp_2m_sde_karras", "unipc", "unipc_karras",
+                                                 "dpm2",         "dpm2_karras",  "dpm2_a",       "dpm2_a_karras",
+                                                 "euler_exponential", "heun_exponential", "lms_exponential",
+                                                 "dpm2_exponential", "dpm2_a_exponential", "dpmpp_2s_a",
+                                                 "dpmpp_2s_a_karras", "dpmpp_2s_a_exponential"};
   return names;
 }
 
@@ -916,7 +866,9 @@ TEST(SchedulerStartAt, MemorylessSamplersFollowTheWholeRun) {
 // before it follow the golden run bit for bit; heun's and dpm2's step 4 is their call 8, a predictor (Euler) call.
 TEST(SchedulerStartAt, SingleStepSamplersOfTheGoldensFollowTheWholeRun) {
   for (const std::string name : {"euler_karras", "heun", "heun_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras",
-                                 "euler_exponential", "heun_exponential", "dpm2_exponential", "dpm2_a_exponential"}) {
+                                 "euler_exponential", "heun_exponential", "dpm2_exponential", "dpm2_a_exponential",
+                                 "dpmpp_2s_a", "dpmpp_2s_a_karras", "dpmpp_2s_a_exponential"}) {
+    const auto& goldens = name.rfind("dpmpp_2s_a", 0) == 0 ? kdiffusion_goldens() : sampler_goldens();
     const std::string run = name + "/n10";
     auto late = txt2img::make_scheduler(name, sd_config(), 10);
     late->start_at(4);
@@ -927,10 +879,10 @@ TEST(SchedulerStartAt, SingleStepSamplersOfTheGoldensFollowTheWholeRun) {
       std::snprintf(buf, sizeof buf, "/call%03zu/prev_sample", call);
       return run + buf;
     };
-    torch::Tensor x = sampler_goldens().get(key(first - 1));
+    torch::Tensor x = goldens.get(key(first - 1));
     for (size_t i = first; i < late->timesteps().size(); ++i) {
       x = late->step(fake_model_output(i), i, x, late->needs_noise(i) ? fake_noise(i) : torch::Tensor());
-      EXPECT_TRUE(torch::equal(x, sampler_goldens().get(key(i)))) << name << " call " << i;
+      EXPECT_TRUE(torch::equal(x, goldens.get(key(i)))) << name << " call " << i;
     }
   }
 }
