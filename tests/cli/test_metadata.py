@@ -389,7 +389,7 @@ class Metadata(CliTestCase):
                  ("Sampler: DPM2, Version: v1.9.0", "dpm2_karras", "next-to-last sigma"),
                  ("Sampler: DPM++ 2S a, Schedule type: Karras", "dpmpp_2s_a_karras", None),
                  ("Sampler: DPM++ 2S a Karras", "dpmpp_2s_a_karras", None),
-                 ("Sampler: DPM++ 2S a, Schedule type: Exponential", "dpmpp_2s_a", "Schedule type: Exponential"),
+                 ("Sampler: DPM++ 2S a, Schedule type: Exponential", "dpmpp_2s_a_exponential", None),
                  ("Sampler: Euler a, Schedule type: Karras", "euler_a", "Schedule type: Karras"),
                  ("Sampler: Euler, Schedule type: Exponential", "euler_exponential", None),
                  ("Sampler: DPM2 a, Schedule type: Exponential", "dpm2_a_exponential", "next-to-last sigma"),
