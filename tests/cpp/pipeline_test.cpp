@@ -643,33 +643,48 @@ TEST(Pipeline, EmphasisScalesTokensAndKeepsTheMeanAsA1111) {
                            text_embeddings(pipeline, "a (red) cat", false)));
 }
 
-// A1111's own code (prompt_parser and sd_hijack_clip: long prompts, emphasis, prompt editing, AND) made the contexts
-// of each U-Net call on the reference tiny text encoder, shifted as above, and said whether its CFGDenoiser runs the
-// negative prompt's row and the prompt's together or apart (tests/fixtures/make_a1111_conditioning_goldens.py).
-TEST(A1111Conditioning, EachCallReadsA1111sContexts) {
-  const auto goldens = txt2img::SafeTensors::open(TXT2IMG_A1111_CONDITIONING_GOLDENS);
-  BundleCopy copy("ref-tiny");
-  shift_text_embeddings(copy);
-  txt2img::PipelineOptions options;
-  options.safety = txt2img::SafetyMode::Off;
-  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), options);
-  const auto cases = nlohmann::json::parse(goldens.metadata().at("cases"));
-  ASSERT_GE(cases.size(), 8u);
-  for (const auto& golden : cases) {
-    SCOPED_TRACE(golden.at("name").get<std::string>());
+// The cases of A1111's own code (tests/fixtures/make_a1111_conditioning_goldens.py), made on the reference tiny text
+// encoder shifted as above, and a pipeline of that bundle without the checker.
+class A1111Conditioning : public testing::Test {
+ protected:
+  static txt2img::Pipeline load(const BundleCopy& copy) {
+    shift_text_embeddings(copy);
+    txt2img::PipelineOptions options;
+    options.safety = txt2img::SafetyMode::Off;
+    return txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), options);
+  }
+
+  // A case's generation as A1111 made it: its prompt syntax, long prompts, and one U-Net call a step (its Euler).
+  static txt2img::GenerationParams params_of(const nlohmann::json& golden) {
     txt2img::GenerationParams params;
-    params.sampler = "euler";  // one U-Net call a step, as A1111's Euler makes
+    params.sampler = "euler";
     params.steps = golden.at("steps");
     params.emphasis = params.long_prompts = true;
+    return params;
+  }
+
+  const txt2img::SafeTensors goldens_ = txt2img::SafeTensors::open(TXT2IMG_A1111_CONDITIONING_GOLDENS);
+  const nlohmann::json cases_ = nlohmann::json::parse(goldens_.metadata().at("cases"));
+  const BundleCopy copy_{"ref-tiny"};
+  txt2img::Pipeline pipeline_ = load(copy_);
+};
+
+// A1111's prompt_parser and sd_hijack_clip (long prompts, emphasis, prompt editing, AND) made the contexts of each
+// U-Net call, and its CFGDenoiser said whether it runs the negative prompt's row and the prompt's together or apart.
+TEST_F(A1111Conditioning, EachCallReadsA1111sContexts) {
+  ASSERT_GE(cases_.size(), 8u);
+  for (const auto& golden : cases_) {
+    SCOPED_TRACE(golden.at("name").get<std::string>());
+    const auto params = params_of(golden);
     Keep keep;
     txt2img::SeededNoise noise({1});
-    pipeline.generate({golden.at("prompt")}, {golden.at("negative_prompt")}, params, noise, &keep);
+    pipeline_.generate({golden.at("prompt")}, {golden.at("negative_prompt")}, params, noise, &keep);
     std::vector<double> weights;  // of the prompt rows, which A1111 mixes by them
-    for (const auto& row : pipeline.row_prompts(golden.at("prompt"), params)) weights.push_back(row.weight);
+    for (const auto& row : pipeline_.row_prompts(golden.at("prompt"), params)) weights.push_back(row.weight);
     for (size_t call = 0; call < static_cast<size_t>(params.steps); ++call) {
       SCOPED_TRACE(call);
       EXPECT_EQ(golden.at("weights")[call].get<std::vector<double>>(), weights);
-      const auto cond = goldens.get(golden.at("cond")[call]), uncond = goldens.get(golden.at("uncond")[call]);
+      const auto cond = goldens_.get(golden.at("cond")[call]), uncond = goldens_.get(golden.at("uncond")[call]);
       const std::string name = "unet/" + call_name(call) + "/";
       const bool apart = golden.at("apart")[call];
       ASSERT_EQ(keep.kept.count(name + "uncond_encoder_hidden_states"), apart ? 1u : 0u);
@@ -687,39 +702,29 @@ TEST(A1111Conditioning, EachCallReadsA1111sContexts) {
 // A1111's options "Pad prompt/negative prompt" and its "(v0)": the contexts its CFGDenoiser.pad_cond_uncond and
 // pad_cond_uncond_v0 make of the conditioning goldens' (tests/fixtures/make_a1111_pad_conds_goldens.py). Every step
 // is then one U-Net call, and the image records the padding where the last call padded, as A1111's infotext does.
-TEST(A1111Conditioning, PaddedCondsAreWhatA1111sPaddingMakes) {
-  const auto goldens = txt2img::SafeTensors::open(TXT2IMG_A1111_CONDITIONING_GOLDENS);
+TEST_F(A1111Conditioning, PaddedCondsAreWhatA1111sPaddingMakes) {
   const auto padded_goldens = txt2img::SafeTensors::open(TXT2IMG_A1111_PAD_CONDS_GOLDENS);
-  BundleCopy copy("ref-tiny");
-  shift_text_embeddings(copy);
-  txt2img::PipelineOptions options;
-  options.safety = txt2img::SafetyMode::Off;
-  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), options);
-  const auto cases = nlohmann::json::parse(goldens.metadata().at("cases"));
   const auto padded_cases = nlohmann::json::parse(padded_goldens.metadata().at("cases"));
-  ASSERT_EQ(padded_cases.size(), cases.size());
+  ASSERT_EQ(padded_cases.size(), cases_.size());
   using Pad = txt2img::GenerationParams::PadConds;
   int padded_steps = 0;
   for (const auto& [pad, mode] : {std::pair{Pad::EmptyChunks, "pad"}, {Pad::LastVector, "pad_v0"}}) {
-    for (size_t c = 0; c < cases.size(); ++c) {
-      const auto& golden = cases[c];
+    for (size_t c = 0; c < cases_.size(); ++c) {
+      const auto& golden = cases_[c];
       const auto& padded = padded_cases[c];
       SCOPED_TRACE(golden.at("name").get<std::string>() + " " + mode);
       ASSERT_EQ(padded.at("name"), golden.at("name"));
-      txt2img::GenerationParams params;
-      params.sampler = "euler";
-      params.steps = golden.at("steps");
-      params.emphasis = params.long_prompts = true;
+      auto params = params_of(golden);
       params.pad_conds = pad;
       Keep keep;
       txt2img::SeededNoise noise({1});
       const auto images =
-          pipeline.generate({golden.at("prompt")}, {golden.at("negative_prompt")}, params, noise, &keep);
+          pipeline_.generate({golden.at("prompt")}, {golden.at("negative_prompt")}, params, noise, &keep);
       const auto last = static_cast<size_t>(params.steps) - 1;
       EXPECT_EQ(images[0].padded_conds, padded.at("padded").at(mode)[last].get<bool>());
       for (size_t call = 0; call < static_cast<size_t>(params.steps); ++call) {
         SCOPED_TRACE(call);
-        auto cond = goldens.get(golden.at("cond")[call]), uncond = goldens.get(golden.at("uncond")[call]);
+        auto cond = goldens_.get(golden.at("cond")[call]), uncond = goldens_.get(golden.at("uncond")[call]);
         const auto& keys = padded.at(mode)[call];
         if (!keys.is_null()) {
           ++padded_steps;
