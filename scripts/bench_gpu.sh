@@ -15,15 +15,15 @@
 # Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with the command line's pipeline options (on CUDA: CUDA
 # graph, channels_last, unprofiled TorchScript), with --low-vram, cuDNN's algorithm search and bf16 on top, and plain,
 # and at --batch-large, and --low-vram with --parked-turns, and with each of scaled_dot_product_attention's CUDA kernels
-# alone in the U-Net; bench_eager.py (our converter's modules, same weights, PyTorch eager, SDPA where PyTorch has it)
-# at the same settings; the txt2img command line end to end (load, 2 images,
-# safety checker on), and with --low-vram; the command line on a prompt file of features that change the U-Net's calls
-# (long prompts, AND, prompt editing, samplers, guidance rescale, hires) with and without the CUDA graph, in fp16 and
-# fp32, image by image; both sides decoding with TAESD (--decoder taesd); then the pixels of each variant against plain
-# TorchScript calls; last, on CUDA, the eager U-Net under torch.compile. Peak VRAM is given three ways: the CUDA caching
-# allocator's peak allocated and reserved bytes (each process's own report, as torch.cuda.max_memory_allocated /
-# max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the run,
-# which includes the CUDA context. On the CPU the column is the peak resident set.
+# alone in the U-Net; a profile of one U-Net call by operator and kernel (scripts/profile_unet.py); bench_eager.py (our
+# converter's modules, same weights, PyTorch eager, SDPA where PyTorch has it) at the same settings; the txt2img command
+# line end to end (load, 2 images, safety checker on), and with --low-vram; the command line on a prompt file of
+# features that change the U-Net's calls (long prompts, AND, prompt editing, samplers, guidance rescale, hires) with and
+# without the CUDA graph, in fp16 and fp32, image by image; both sides decoding with TAESD (--decoder taesd); then the
+# pixels of each variant against plain TorchScript calls; last, on CUDA, the eager U-Net under torch.compile. Peak VRAM
+# is given three ways: the CUDA caching allocator's peak allocated and reserved bytes (each process's own report, as
+# torch.cuda.max_memory_allocated / max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms)
+# above what it was before the run, which includes the CUDA context. On the CPU the column is the peak resident set.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out="" budget=0 row_timeout=240 only=""
@@ -212,6 +212,17 @@ if [[ $device == cuda* ]]; then
       "${default[@]}" --attention-kernel "$kernel"
   done
 fi
+# Where the U-Net call's time goes, by operator and kernel (scripts/profile_unet.py: the bundle's unet.pt called as the
+# command line calls it, with the CUDA graph's replay time beside the kernels' sum); on CUDA also without
+# channels_last, whose layout copies around each GroupNorm it shows.
+profile=("$root/scripts/with-torch-python" "$root/scripts/profile_unet.py" --model "$model" --device "$device"
+         --dtype "$dtype" --width "$size" --height "$size")
+((threads > 0)) && profile+=(--threads "$threads")
+if [[ $device == cuda* ]]; then
+  measure profile_unet "${profile[@]}" --channels-last
+else
+  measure profile_unet "${profile[@]}"
+fi
 if ((have_cli)); then
   prompt="a photograph of an astronaut riding a horse"
   cli=("${ours_env[@]}" "$work/cmake/txt2img" --model "$model" --device "$device" --dtype "$dtype" -W "$size"
@@ -265,6 +276,7 @@ if [[ $device == cuda* ]]; then
     --cudnn-benchmark
   measure ours_b1_default_bf16 "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" --dtype bf16
   measure ours_b1_cuda_graph_channels_last "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" --cuda-graph --channels-last
+  measure profile_unet_nchw "${profile[@]}"
 fi
 measure ours_b1_default_taesd "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" --decoder taesd
 measure eager_b1_taesd "${eager[@]}" --batch 1 --warmup 2 --runs "$runs" --decoder taesd
@@ -425,6 +437,34 @@ def compare(folder, reference_name, title):
         print(f"| {variant} | {len(other)} | {max(diffs)} | {sum(diffs) / len(diffs):.3f} |")
 
 compare(os.path.join(results, "pixels"), "plain", "pixels against the plain run (2 images, 8-bit levels)")
+
+
+def cell(text, width=100):
+    text = text.replace("|", "\\|")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+for name in ("profile_unet", "profile_unet_nchw"):
+    path = os.path.join(results, name + ".json")
+    records = [json.loads(l) for l in open(path) if l.startswith("{")] if os.path.exists(path) else []
+    if not records:
+        continue
+    p = records[-1]
+    layout = "channels_last" if p["channels_last"] else "NCHW"
+    graph = f", as a replayed CUDA graph {p['graph_ms_per_call']:.2f} ms" if "graph_ms_per_call" in p else ""
+    print()
+    print(f"{name}: one U-Net call on {p['input_shape']} ({p['dtype']}, {layout}), {p['calls']} calls: plain "
+          f"{p['plain_ms_per_call']:.2f} ms{graph}, device time {p['device_ms_per_call']:.2f} ms")
+    print()
+    print("| operator the module calls | ms per call | share | calls |")
+    print("|---|---:|---:|---:|")
+    for row in p["by_op"][:15]:
+        print(f"| {row['op']} | {row['ms_per_call']:.3f} | {row['share']:.1%} | {row['count_per_call']:g} |")
+    print()
+    print("| kernel (CUDA) or innermost operator (CPU) | ms per call | share | launches |")
+    print("|---|---:|---:|---:|")
+    for row in p["by_kernel"][:15]:
+        print(f"| {cell(row['kernel'])} | {row['ms_per_call']:.3f} | {row['share']:.1%} | {row['count_per_call']:g} |")
 features = os.path.join(results, "features")
 lines = [json.loads(l) for l in open(os.path.join(results, "features.jsonl"))] if os.path.isdir(features) else []
 labels = [", ".join(f"{key} {str(value)[:24]}" for key, value in line.items()) for line in lines]

@@ -63,5 +63,40 @@ class BenchEager(CliTestCase):
         self.assertIn(f"--compile needs torch.compile, which PyTorch {version} lacks", result.stderr)
 
 
+class ProfileUnet(CliTestCase):
+    def profile(self, *args):
+        result = subprocess.run([str(ROOT / "scripts" / "with-torch-python"), str(ROOT / "scripts" / "profile_unet.py"),
+                                 "--model", str(TINY), "--calls", "2", "--warmup", "1", *args],
+                                capture_output=True, text=True, timeout=300)
+        if "no Python with torch" in result.stderr:
+            self.skipTest(result.stderr.strip())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return json.loads(result.stdout)
+
+    def test_accounts_for_the_call_by_operator_and_kernel(self):
+        """Every operator's share of the device time is listed, they add up to it, and the largest kernels come in
+        order; guidance's two rows per image are the U-Net's batch."""
+        manifest = json.loads((TINY / "model.json").read_text())
+        factor = manifest["vae_scale_factor"]
+        record = self.profile("--batch", "2", "--width", "32", "--height", "48", "--top", "4")
+        self.assertEqual(record["input_shape"], [4, manifest["latent_channels"], 48 // factor, 32 // factor])
+        self.assertNotIn("graph_ms_per_call", record)  # CUDA only
+        ops = record["by_op"]
+        self.assertAlmostEqual(sum(row["ms_per_call"] for row in ops), record["device_ms_per_call"], places=6)
+        self.assertAlmostEqual(sum(row["share"] for row in ops), 1.0, places=6)
+        names = [row["op"] for row in ops]
+        self.assertIn("aten::group_norm", names)
+        self.assertTrue(any("conv" in name for name in names), names)
+        kernels = [row["ms_per_call"] for row in record["by_kernel"]]
+        self.assertEqual(len(kernels), 4)
+        self.assertEqual(kernels, sorted(kernels, reverse=True))
+        self.assertGreater(record["plain_ms_per_call"], 0)
+
+    def test_channels_last_runs_the_same_call(self):
+        record = self.profile("--channels-last", "--top", "1")
+        self.assertTrue(record["channels_last"])
+        self.assertGreater(record["device_ms_per_call"], 0)
+
+
 if __name__ == "__main__":
     unittest.main()

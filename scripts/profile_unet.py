@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Where a U-Net call's time goes: the bundle's own unet.pt (the TorchScript txt2img runs), called as txt2img calls it
+(unprofiled TorchScript, channels_last where asked, a batch with classifier-free guidance's two rows per image), under
+PyTorch's profiler.
+
+  profile_unet.py --model DIR [--device cuda] [--dtype fp16] [--width W --height H] [--batch B] [--channels-last]
+                  [--calls N] [--warmup N] [--threads N] [--top N]
+
+Prints one JSON object: the call's time per call three ways (plain calls timed alone; on CUDA, replays of a CUDA
+graph of the call, which is what txt2img's loop is; and the sum of the device's time in the profiled calls: the
+kernels' durations on CUDA, the operators' own time on the CPU), that device time by the outermost ATen operator
+that spent it (aten::group_norm, aten::_convolution, aten::linear, aten::scaled_dot_product_attention, aten::add,
+aten::contiguous, ...), and the kernels (CUDA) or innermost operators (CPU) that took most of it. On CUDA the gap
+between the graph's time and the kernels' is what the card spends between kernels.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+import torch
+from torch.autograd import DeviceType
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_eager import allocator  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="profile_unet.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, metavar="DIR", help="txt2img model bundle")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--width", type=int, default=0, help="0: the bundle's default size")
+    p.add_argument("--height", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="images; the U-Net sees two rows each (guidance)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights and input, as txt2img's CUDA default")
+    p.add_argument("--calls", type=int, default=5, help="profiled calls (and timed calls of each kind)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0: PyTorch's default)")
+    p.add_argument("--top", type=int, default=25, help="kernels or operators listed")
+    return p.parse_args(argv)
+
+
+def outermost_op(event):
+    """The ATen operator the module's code called, for an event inside it: the last aten:: ancestor before the
+    TorchScript method that called it (aten::linear, not the aten::addmm inside it)."""
+    while event.cpu_parent is not None and event.cpu_parent.name.startswith("aten::"):
+        event = event.cpu_parent
+    return event
+
+
+def device_time(events, device_type):
+    """(outermost operator event, name, microseconds) for everything that took the device's time: each CUDA kernel
+    (and copy) with the outermost operator of the operator that launched it; on the CPU each operator's own time."""
+    if device_type == "cuda":
+        for event in events:
+            if event.device_type == DeviceType.CPU:
+                for kernel in event.kernels:
+                    yield outermost_op(event), kernel.name, kernel.duration
+    else:
+        for event in events:
+            if event.device_type == DeviceType.CPU and event.name.startswith("aten::"):
+                yield outermost_op(event), event.name, event.self_cpu_time_total
+
+
+def summarise(spans, calls, top):
+    """The device time per call, by operator (all of them, counted as the module's code called them) and by kernel
+    (the `top` largest, counted as launched)."""
+    op_us, op_calls = defaultdict(float), defaultdict(set)
+    name_us, name_count = defaultdict(float), defaultdict(int)
+    for op, name, us in spans:
+        op_us[op.name] += us
+        op_calls[op.name].add(op.id)
+        name_us[name] += us
+        name_count[name] += 1
+    total_us = sum(op_us.values())
+
+    def rows(us_of, count_of, key_name, limit=None):
+        ordered = sorted((key for key in us_of if us_of[key] > 0), key=lambda key: -us_of[key])[:limit]
+        return [{key_name: key, "ms_per_call": us_of[key] / calls / 1000,
+                 "share": us_of[key] / total_us if total_us else 0.0, "count_per_call": count_of(key) / calls}
+                for key in ordered]
+
+    return {"device_ms_per_call": total_us / calls / 1000,
+            "by_op": rows(op_us, lambda key: len(op_calls[key]), "op"),
+            "by_kernel": rows(name_us, name_count.get, "kernel", top)}
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_ms(run, calls, device):
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    synchronize(device)
+    return (time.perf_counter() - start) / calls * 1000
+
+
+def graph_ms(call, calls, warmup, device):
+    """The call captured as a CUDA graph (after warm-up calls on a side stream, as capture needs), its replays timed."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            call()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    graph.replay()
+    return timed_ms(graph.replay, calls, device)
+
+
+@torch.inference_mode()
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    with open(os.path.join(args.model, "model.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    unet = torch.jit.load(os.path.join(args.model, "unet.pt"), map_location="cpu").eval()
+    unet.to(device=device, dtype=dtype)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    factor, latent = manifest["vae_scale_factor"], manifest["latent_channels"]
+    width, height = args.width or manifest["default_size"], args.height or manifest["default_size"]
+    rows = 2 * args.batch
+    channels = 2 * latent + 1 if manifest.get("inpainting") else latent  # an inpainting model's mask and masked image
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, channels, height // factor, width // factor, generator=generator)
+    x = x.to(device, dtype).contiguous(memory_format=memory_format)
+    t = torch.tensor(981.0, device=device)
+    context = torch.randn(rows, manifest["context_length"], manifest["text_hidden_size"], generator=generator)
+    context = context.to(device, dtype)
+    inputs = [x, t, context]
+    if manifest.get("guidance_embedding_dim"):
+        inputs.append(torch.full((rows,), 7.0, device=device))
+
+    def call():
+        return unet(*inputs)
+
+    # txt2img runs the U-Net as unprofiled TorchScript (the graph executor's optimisations off).
+    with torch.jit.optimized_execution(False):
+        for _ in range(args.warmup):
+            call()
+        record = {"device": str(device), "dtype": args.dtype, "input_shape": list(x.shape),
+                  "channels_last": args.channels_last, "calls": args.calls, "torch": torch.__version__,
+                  "threads": torch.get_num_threads(), "allocator": allocator(), "plain_ms_per_call": timed_ms(call, args.calls, device)}
+        if device.type == "cuda":
+            record["gpu"] = torch.cuda.get_device_name(device)
+            record["graph_ms_per_call"] = graph_ms(call, args.calls, args.warmup, device)
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as profile:
+            for _ in range(args.calls):
+                call()
+            synchronize(device)
+    record.update(summarise(device_time(profile.events(), device.type), args.calls, args.top))
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
