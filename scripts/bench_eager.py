@@ -59,8 +59,8 @@ def parse_args(argv):
 
 
 def configs_for(manifest: dict, state_dicts: dict) -> dict:
-    """The network configs: a random bundle's preset, else SD v1 defaults with every shape the weights reveal
-    (SD v1.x checkpoints all share v1's head counts)."""
+    """The configs of the networks in `state_dicts`: a random bundle's preset, else SD v1 defaults with every shape
+    the weights reveal (SD v1.x checkpoints all share v1's head counts)."""
     source = manifest.get("source") or {}
     if source.get("kind") == "random":
         return preset(source["preset"])
@@ -69,10 +69,12 @@ def configs_for(manifest: dict, state_dicts: dict) -> dict:
     def component(part):
         return ck.Component(part, state_dicts[part], base[part], part)
 
-    configs = {
-        "unet": ck.infer_unet_config(component("unet"), base["unet"]),
-        "text_encoder": ck.infer_text_config(component("text_encoder"), base["text_encoder"], heads_known=True),
-    }
+    configs = {}
+    if "unet" in state_dicts:
+        configs["unet"] = ck.infer_unet_config(component("unet"), base["unet"])
+    if "text_encoder" in state_dicts:
+        configs["text_encoder"] = ck.infer_text_config(component("text_encoder"), base["text_encoder"],
+                                                       heads_known=True)
     if "vae" in state_dicts:
         configs["vae"] = ck.infer_vae_config(component("vae"), base["vae"])
     if "taesd" in state_dicts:

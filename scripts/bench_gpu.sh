@@ -15,15 +15,16 @@
 # Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with the command line's pipeline options (on CUDA: CUDA
 # graph, channels_last, unprofiled TorchScript), with --low-vram, cuDNN's algorithm search and bf16 on top, and plain,
 # and at --batch-large, and --low-vram with --parked-turns, and with each of scaled_dot_product_attention's CUDA kernels
-# alone in the U-Net; a profile of one U-Net call by operator and kernel (scripts/profile_unet.py); bench_eager.py (our
-# converter's modules, same weights, PyTorch eager, SDPA where PyTorch has it) at the same settings; the txt2img command
-# line end to end (load, 2 images, safety checker on), and with --low-vram; the command line on a prompt file of
-# features that change the U-Net's calls (long prompts, AND, prompt editing, samplers, guidance rescale, hires) with and
-# without the CUDA graph, in fp16 and fp32, image by image; both sides decoding with TAESD (--decoder taesd); then the
-# pixels of each variant against plain TorchScript calls; last, on CUDA, the eager U-Net under torch.compile. Peak VRAM
-# is given three ways: the CUDA caching allocator's peak allocated and reserved bytes (each process's own report, as
-# torch.cuda.max_memory_allocated / max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms)
-# above what it was before the run, which includes the CUDA context. On the CPU the column is the peak resident set.
+# alone in the U-Net; a profile of one U-Net call by operator and kernel (scripts/profile_unet.py) and rewrites of the
+# U-Net timed against it (scripts/unet_variants.py); bench_eager.py (our converter's modules, same weights, PyTorch
+# eager, SDPA where PyTorch has it) at the same settings; the txt2img command line end to end (load, 2 images, safety
+# checker on), and with --low-vram; the command line on a prompt file of features that change the U-Net's calls (long
+# prompts, AND, prompt editing, samplers, guidance rescale, hires) with and without the CUDA graph, in fp16 and fp32,
+# image by image; both sides decoding with TAESD (--decoder taesd); then the pixels of each variant against plain
+# TorchScript calls; last, on CUDA, the eager U-Net under torch.compile. Peak VRAM is given three ways: the CUDA caching
+# allocator's peak allocated and reserved bytes (each process's own report, as torch.cuda.max_memory_allocated /
+# max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the run,
+# which includes the CUDA context. On the CPU the column is the peak resident set.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out="" budget=0 row_timeout=240 only=""
@@ -218,10 +219,17 @@ fi
 profile=("$root/scripts/with-torch-python" "$root/scripts/profile_unet.py" --model "$model" --device "$device"
          --dtype "$dtype" --width "$size" --height "$size")
 ((threads > 0)) && profile+=(--threads "$threads")
+# Rewrites of the U-Net that keep its values, each timed as a replayed CUDA graph against the unchanged module
+# (scripts/unet_variants.py: NHWC GroupNorm, fused attention projections, one time-embedding projection, each
+# attention kernel).
+rewrites=("$root/scripts/with-torch-python" "$root/scripts/unet_variants.py" --model "$model" --device "$device"
+          --dtype "$dtype" --width "$size" --height "$size")
 if [[ $device == cuda* ]]; then
   measure profile_unet "${profile[@]}" --channels-last
+  measure unet_variants "${rewrites[@]}" --channels-last
 else
   measure profile_unet "${profile[@]}"
+  measure unet_variants "${rewrites[@]}" --replays 2 --rounds 1
 fi
 if ((have_cli)); then
   prompt="a photograph of an astronaut riding a horse"
@@ -443,6 +451,27 @@ def cell(text, width=100):
     text = text.replace("|", "\\|")
     return text if len(text) <= width else text[:width - 1] + "…"
 
+
+path = os.path.join(results, "unet_variants.json")
+records = [json.loads(l) for l in open(path) if l.startswith("{")] if os.path.exists(path) else []
+if records:
+    v = records[-1]
+    layout = "channels_last" if v["channels_last"] else "NCHW"
+    print()
+    print(f"unet_variants: one U-Net call on {v['input_shape']} ({v['dtype']}, {layout}), "
+          f"{'replayed as a CUDA graph' if v['device'].startswith('cuda') else 'plain calls'}, "
+          f"median of {v['rounds']} rounds of {v['replays']}")
+    print()
+    print("| variant | ms per call | speed against baseline | max abs difference | max relative difference "
+          "| rewritten |")
+    print("|---|---:|---:|---:|---:|---|")
+    for e in v["variants"]:
+        if "error" in e:
+            print(f"| {e['name']} | {cell(e['error'])} | | | | |")
+            continue
+        places = ", ".join(f"{count} {what}" for what, count in e["rewritten"].items())
+        print(f"| {e['name']} | {e['ms_per_call']:.3f} | {e['speed_vs_baseline']:.3f} | {e['max_abs_diff']:.3g} | "
+              f"{e['max_rel_diff']:.3g} | {places} |")
 
 for name in ("profile_unet", "profile_unet_nchw"):
     path = os.path.join(results, name + ".json")

@@ -18,16 +18,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections import defaultdict
 
 import torch
 from torch.autograd import DeviceType
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_eager import allocator  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from bench_eager import DTYPES, allocator, sync  # noqa: E402
+from unet_calls import capture, median_ms, unet_inputs  # noqa: E402
 
 
 def parse_args(argv):
@@ -91,35 +89,6 @@ def summarise(spans, calls, top):
             "by_kernel": rows(name_us, name_count.get, "kernel", top)}
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_ms(run, calls, device):
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        run()
-    synchronize(device)
-    return (time.perf_counter() - start) / calls * 1000
-
-
-def graph_ms(call, calls, warmup, device):
-    """The call captured as a CUDA graph (after warm-up calls on a side stream, as capture needs), its replays timed."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            call()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    graph.replay()
-    return timed_ms(graph.replay, calls, device)
-
-
 @torch.inference_mode()
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -133,19 +102,7 @@ def main(argv=None) -> int:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.channels_last:
         unet.to(memory_format=torch.channels_last)
-    factor, latent = manifest["vae_scale_factor"], manifest["latent_channels"]
-    width, height = args.width or manifest["default_size"], args.height or manifest["default_size"]
-    rows = 2 * args.batch
-    channels = 2 * latent + 1 if manifest.get("inpainting") else latent  # an inpainting model's mask and masked image
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, channels, height // factor, width // factor, generator=generator)
-    x = x.to(device, dtype).contiguous(memory_format=memory_format)
-    t = torch.tensor(981.0, device=device)
-    context = torch.randn(rows, manifest["context_length"], manifest["text_hidden_size"], generator=generator)
-    context = context.to(device, dtype)
-    inputs = [x, t, context]
-    if manifest.get("guidance_embedding_dim"):
-        inputs.append(torch.full((rows,), 7.0, device=device))
+    inputs = unet_inputs(manifest, args.width, args.height, args.batch, device, dtype, memory_format)
 
     def call():
         return unet(*inputs)
@@ -154,19 +111,22 @@ def main(argv=None) -> int:
     with torch.jit.optimized_execution(False):
         for _ in range(args.warmup):
             call()
-        record = {"device": str(device), "dtype": args.dtype, "input_shape": list(x.shape),
+        record = {"device": str(device), "dtype": args.dtype, "input_shape": list(inputs[0].shape),
                   "channels_last": args.channels_last, "calls": args.calls, "torch": torch.__version__,
-                  "threads": torch.get_num_threads(), "allocator": allocator(), "plain_ms_per_call": timed_ms(call, args.calls, device)}
+                  "threads": torch.get_num_threads(), "allocator": allocator(),
+                  "plain_ms_per_call": median_ms(call, args.calls, 1, device)}
         if device.type == "cuda":
             record["gpu"] = torch.cuda.get_device_name(device)
-            record["graph_ms_per_call"] = graph_ms(call, args.calls, args.warmup, device)
+            graph, _ = capture(call, device, args.warmup)
+            record["graph_ms_per_call"] = median_ms(graph.replay, args.calls, 1, device)
+            del graph  # its memory pool, before the profiled calls
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as profile:
             for _ in range(args.calls):
                 call()
-            synchronize(device)
+            sync(device)
     record.update(summarise(device_time(profile.events(), device.type), args.calls, args.top))
     print(json.dumps(record))
     return 0

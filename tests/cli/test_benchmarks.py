@@ -98,5 +98,42 @@ class ProfileUnet(CliTestCase):
         self.assertGreater(record["device_ms_per_call"], 0)
 
 
+class UnetVariants(CliTestCase):
+    def variants(self, *args):
+        return subprocess.run([str(ROOT / "scripts" / "with-torch-python"), str(ROOT / "scripts" / "unet_variants.py"),
+                               "--model", str(TINY), "--replays", "1", "--rounds", "1", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    def test_rewrites_keep_the_values_and_say_where_they_ran(self):
+        """Each rewrite runs in every place of its kind and changes the output by float32 rounding only; together
+        they run in the same places; attention kernels are a CUDA choice, which the CPU reports as not run."""
+        result = self.variants("--channels-last", "--width", "64", "--height", "64")
+        if "no Python with torch" in result.stderr:
+            self.skipTest(result.stderr.strip())
+        self.assertEqual(result.returncode, 0, result.stderr)
+        entries = {e["name"]: e for e in json.loads(result.stdout)["variants"]}
+        self.assertEqual(entries["baseline"]["rewritten"], {})
+        kinds = {"group_norm_nhwc": "nhwc_group_norms", "fused_qkv": "fused_attentions",
+                 "batched_temb": "batched_temb_resnets"}
+        together = {}
+        for name, kind in kinds.items():
+            entry = entries[name]
+            self.assertEqual(list(entry["rewritten"]), [kind], name)
+            self.assertGreater(entry["rewritten"][kind], 0, name)
+            self.assertLess(entry["max_rel_diff"], 1e-5, name)
+            together.update(entry["rewritten"])
+        self.assertEqual(entries["all_rewrites"]["rewritten"], together)
+        self.assertLess(entries["all_rewrites"]["max_rel_diff"], 1e-5)
+        for kernel in ("flash", "memory_efficient", "cudnn", "math"):
+            self.assertIn("CUDA only", entries["attention_" + kernel]["error"])
+
+    def test_refuses_an_unknown_variant(self):
+        result = self.variants("--only", "fused_qkv,fast")
+        if "no Python with torch" in result.stderr:
+            self.skipTest(result.stderr.strip())
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("unknown variant fast", result.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
