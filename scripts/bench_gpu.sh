@@ -452,15 +452,25 @@ def cell(text, width=100):
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-path = os.path.join(results, "unet_variants.json")
-records = [json.loads(l) for l in open(path) if l.startswith("{")] if os.path.exists(path) else []
-if records:
-    v = records[-1]
+def last_record(name):
+    """The row's last JSON record, or None after printing why the row has none (failed or skipped)."""
+    path, failed = (os.path.join(results, name + suffix) for suffix in (".json", ".failed"))
+    if os.path.exists(failed):
+        print()
+        print(f"{name}: {open(failed).read().strip()}")
+        return None
+    records = [json.loads(l) for l in open(path) if l.startswith("{")] if os.path.exists(path) else []
+    return records[-1] if records else None
+
+
+v = last_record("unet_variants")
+if v:
     layout = "channels_last" if v["channels_last"] else "NCHW"
     print()
     print(f"unet_variants: one U-Net call on {v['input_shape']} ({v['dtype']}, {layout}), "
           f"{'replayed as a CUDA graph' if v['device'].startswith('cuda') else 'plain calls'}, "
-          f"median of {v['rounds']} rounds of {v['replays']}")
+          f"median of {v['rounds']} rounds of {v['replays']}; the baseline again at the end: "
+          f"{v['baseline_again_ms_per_call']:.3f} ms")
     print()
     print("| variant | ms per call | speed against baseline | max abs difference | max relative difference "
           "| rewritten |")
@@ -474,16 +484,18 @@ if records:
               f"{e['max_rel_diff']:.3g} | {places} |")
 
 for name in ("profile_unet", "profile_unet_nchw"):
-    path = os.path.join(results, name + ".json")
-    records = [json.loads(l) for l in open(path) if l.startswith("{")] if os.path.exists(path) else []
-    if not records:
+    p = last_record(name)
+    if not p:
         continue
-    p = records[-1]
     layout = "channels_last" if p["channels_last"] else "NCHW"
     graph = f", as a replayed CUDA graph {p['graph_ms_per_call']:.2f} ms" if "graph_ms_per_call" in p else ""
+    graph += f" (graph failed: {p['graph_error']})" if "graph_error" in p else ""
+    kernels = f", all kernels {p['all_kernels_ms_per_call']:.2f} ms" if "all_kernels_ms_per_call" in p else ""
     print()
     print(f"{name}: one U-Net call on {p['input_shape']} ({p['dtype']}, {layout}), {p['calls']} calls: plain "
-          f"{p['plain_ms_per_call']:.2f} ms{graph}, device time {p['device_ms_per_call']:.2f} ms")
+          f"{p['plain_ms_per_call']:.2f} ms{graph}, device time {p['device_ms_per_call']:.2f} ms{kernels}")
+    if "warning" in p:
+        print(f"warning: {p['warning']}")
     print()
     print("| operator the module calls | ms per call | share | calls |")
     print("|---|---:|---:|---:|")

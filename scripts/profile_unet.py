@@ -9,7 +9,7 @@ PyTorch's profiler.
 Prints one JSON object: the call's time per call three ways (plain calls timed alone; on CUDA, replays of a CUDA
 graph of the call, which is what txt2img's loop is; and the sum of the device's time in the profiled calls: the
 kernels' durations on CUDA, the operators' own time on the CPU), that device time by the outermost ATen operator
-that spent it (aten::group_norm, aten::_convolution, aten::linear, aten::scaled_dot_product_attention, aten::add,
+that spent it (aten::group_norm, aten::conv2d, aten::linear, aten::scaled_dot_product_attention, aten::add,
 aten::contiguous, ...), and the kernels (CUDA) or innermost operators (CPU) that took most of it. On CUDA the gap
 between the graph's time and the kernels' is what the card spends between kernels.
 """
@@ -56,8 +56,10 @@ def device_time(events, device_type):
     """(outermost operator event, name, microseconds) for everything that took the device's time: each CUDA kernel
     (and copy) with the outermost operator of the operator that launched it; on the CPU each operator's own time."""
     if device_type == "cuda":
+        # Kernels only from operators: some PyTorch versions also hang an operator's kernels on runtime calls
+        # (cudaLaunchKernel, the profiler's own synchronisation) whose ids collide with it.
         for event in events:
-            if event.device_type == DeviceType.CPU:
+            if event.device_type == DeviceType.CPU and event.name.startswith("aten::"):
                 for kernel in event.kernels:
                     yield outermost_op(event), kernel.name, kernel.duration
     else:
@@ -117,9 +119,13 @@ def main(argv=None) -> int:
                   "plain_ms_per_call": median_ms(call, args.calls, 1, device)}
         if device.type == "cuda":
             record["gpu"] = torch.cuda.get_device_name(device)
-            graph, _ = capture(call, device, args.warmup)
-            record["graph_ms_per_call"] = median_ms(graph.replay, args.calls, 1, device)
-            del graph  # its memory pool, before the profiled calls
+            try:
+                graph, _ = capture(call, device, args.warmup)
+                graph.replay()  # the first replay uploads the graph: not part of the steady state
+                record["graph_ms_per_call"] = median_ms(graph.replay, args.calls, 1, device)
+                del graph, _  # its memory pool, before the profiled calls
+            except RuntimeError as e:  # the profile below is still worth having
+                record["graph_error"] = str(e).splitlines()[0]
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -127,7 +133,15 @@ def main(argv=None) -> int:
             for _ in range(args.calls):
                 call()
             sync(device)
-    record.update(summarise(device_time(profile.events(), device.type), args.calls, args.top))
+    events = profile.events()
+    record.update(summarise(device_time(events, device.type), args.calls, args.top))
+    if device.type == "cuda":
+        # Every kernel the profiler saw, whichever event it hangs on: differs from device_ms_per_call only where
+        # kernels were not attributed to an operator.
+        kernel_us = sum(e.time_range.elapsed_us() for e in events if e.device_type == DeviceType.CUDA)
+        record["all_kernels_ms_per_call"] = kernel_us / args.calls / 1000
+        if not kernel_us:
+            record["warning"] = "the profiler recorded no CUDA kernel (CUPTI unavailable?): device times are empty"
     print(json.dumps(record))
     return 0
 
