@@ -15,16 +15,16 @@
 # Rows: txt2img-bench (our pipeline, stage by stage) at batch 1 with the command line's pipeline options (on CUDA: CUDA
 # graph, channels_last, unprofiled TorchScript), with --low-vram, cuDNN's algorithm search and bf16 on top, and plain,
 # and at --batch-large, and --low-vram with --parked-turns, and with each of scaled_dot_product_attention's CUDA kernels
-# alone in the U-Net; a profile of one U-Net call by operator and kernel (scripts/profile_unet.py) and rewrites of the
-# U-Net timed against it (scripts/unet_variants.py); bench_eager.py (our converter's modules, same weights, PyTorch
-# eager, SDPA where PyTorch has it) at the same settings; the txt2img command line end to end (load, 2 images, safety
-# checker on), and with --low-vram; the command line on a prompt file of features that change the U-Net's calls (long
-# prompts, AND, prompt editing, samplers, guidance rescale, hires) with and without the CUDA graph, in fp16 and fp32,
-# image by image; both sides decoding with TAESD (--decoder taesd); then the pixels of each variant against plain
-# TorchScript calls; last, on CUDA, the eager U-Net under torch.compile. Peak VRAM is given three ways: the CUDA caching
-# allocator's peak allocated and reserved bytes (each process's own report, as torch.cuda.max_memory_allocated /
-# max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms) above what it was before the run,
-# which includes the CUDA context. On the CPU the column is the peak resident set.
+# alone in the U-Net, and with the allocator's expandable segments; a profile of one U-Net call by operator and kernel
+# (scripts/profile_unet.py) and rewrites of the U-Net timed against it (scripts/unet_variants.py); bench_eager.py (our
+# converter's modules, same weights, PyTorch eager, SDPA where PyTorch has it) at the same settings; the txt2img command
+# line end to end (load, 2 images, safety checker on), and with --low-vram; the command line on a prompt file of
+# features that change the U-Net's calls (long prompts, AND, prompt editing, samplers, guidance rescale, hires) with and
+# without the CUDA graph, in fp16 and fp32, image by image; both sides decoding with TAESD (--decoder taesd); then the
+# pixels of each variant against plain TorchScript calls; last, on CUDA, the eager U-Net under torch.compile. Peak VRAM
+# is given three ways: the CUDA caching allocator's peak allocated and reserved bytes (each process's own report, as
+# torch.cuda.max_memory_allocated / max_memory_reserved), and the card's used memory (nvidia-smi, sampled every 100 ms)
+# above what it was before the run, which includes the CUDA context. On the CPU the column is the peak resident set.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 device=cuda size=512 steps=50 dtype="" threads=0 batch_large=4 runs=2 model="" out="" budget=0 row_timeout=240 only=""
@@ -244,6 +244,20 @@ fi
 measure ours_b1_default_low_vram "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" "${default[@]}" --low-vram
 [[ $device == cuda* ]] && measure ours_b1_default_low_vram_parked "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" \
   "${default[@]}" --low-vram --parked-turns
+# PyTorch's caching allocator with expandable segments (PYTORCH_CUDA_ALLOC_CONF, read when CUDA starts): blocks that
+# grow in place instead of new segments, which may bring the reserved peak, over issue 6's 3.5 GB and 2 GB where the
+# allocated peak is under them, down towards the allocated one.
+if [[ $device == cuda* ]]; then
+  expandable=(env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True)
+  if ((have_cli)); then
+    measure cli_expandable_segments "${expandable[@]}" "${cli[@]}" -o "$results/cli_expandable_segments/{index}.png" \
+      "$prompt"
+    measure cli_low_vram_expandable_segments "${expandable[@]}" "${cli[@]}" --low-vram \
+      -o "$results/cli_low_vram_expandable_segments/{index}.png" "$prompt"
+  fi
+  measure ours_b1_default_expandable_segments "${expandable[@]}" "${bench[@]}" --batch 1 --warmup 2 --runs "$runs" \
+    "${default[@]}"
+fi
 
 # Features that change the U-Net's calls (--long-prompts with a prompt and a negative prompt read apart, composable AND
 # rows, prompt editing, samplers that step on the device outside the graph, guidance rescale, a hires pass at another
@@ -377,6 +391,10 @@ rows = [
     (f"eager_b{big}", f"PyTorch eager, batch {big}"),
     ("cli", "txt2img CLI, 2 images, safety checker (1st image in brackets)"),
     ("cli_low_vram", "txt2img CLI --low-vram, same"),
+    ("ours_b1_default_expandable_segments",
+     "txt2img-bench, batch 1, the command line's options, allocator with expandable segments"),
+    ("cli_expandable_segments", "txt2img CLI, same, allocator with expandable segments"),
+    ("cli_low_vram_expandable_segments", "txt2img CLI --low-vram, same, allocator with expandable segments"),
 ]
 cuda = device.startswith("cuda")
 mem_name = "peak VRAM MiB: allocated / reserved / nvidia-smi" if cuda else "peak RSS MiB"
