@@ -378,6 +378,8 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
   if (!std::isfinite(params.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
   if (!(params.guidance_rescale >= 0 && params.guidance_rescale <= 1))
     throw Error(ErrorKind::Usage, "guidance rescale must be from 0 to 1");
+  if (!(params.skip_early_cfg >= 0 && params.skip_early_cfg <= 1))
+    throw Error(ErrorKind::Usage, "skip early CFG must be from 0 to 1");
   if (!(params.eta >= 0 && params.eta <= 1)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1");
   if (params.clip_skip < 1 || params.clip_skip > manifest.text_num_layers) {
     const std::string layers = std::to_string(manifest.text_num_layers);
@@ -543,15 +545,18 @@ class Pipeline::TextConditioning {
         plain_rows_.emplace_back(image, its_rows[0]);
   }
 
-  // The guided U-Net batch's samples: the images' for the negative prompt rows, then each prompt row's image's.
-  torch::Tensor guided_batch(const torch::Tensor& latents) {
-    if (one_row_each_) return torch::cat({latents, latents});
+  // The guided U-Net batch's samples: the images' for the negative prompt rows, then prompt_batch's.
+  torch::Tensor guided_batch(const torch::Tensor& latents) { return torch::cat({latents, prompt_batch(latents)}); }
+
+  // The samples of the prompt rows alone: each prompt row's image's.
+  torch::Tensor prompt_batch(const torch::Tensor& latents) {
+    if (one_row_each_) return latents;
     if (!row_images_.defined()) {
       std::vector<int64_t> images;
       for (const auto& row : prompt_rows_) images.push_back(row.image);
       row_images_ = torch::tensor(images).to(latents.device());
     }
-    return torch::cat({latents, latents.index_select(0, row_images_)});
+    return latents.index_select(0, row_images_);
   }
 
   // The guided prediction from the guided batch's: diffusers' uncond + scale (cond - uncond) where each image has one
@@ -582,6 +587,23 @@ class Pipeline::TextConditioning {
     return rescale_guidance(guided, text, rescale);
   }
 
+  // The prediction from prompt_batch's alone, as A1111 guides a call that skips the negative prompt: each image's
+  // first prompt row stands in for its negative prompt's, and the rows are added up at scale 1 (for an image of one
+  // row of weight 1, that row's prediction).
+  torch::Tensor guide_without_uncond(const torch::Tensor& predicted) const {
+    std::vector<int64_t> first_rows;
+    for (size_t row = 0; row < prompt_rows_.size(); ++row)
+      if (prompt_rows_[row].image == static_cast<int64_t>(first_rows.size()))
+        first_rows.push_back(static_cast<int64_t>(row));
+    const auto stand_in = predicted.index_select(0, torch::tensor(first_rows).to(predicted.device()));
+    auto out = stand_in.clone();
+    for (size_t row = 0; row < prompt_rows_.size(); ++row) {
+      const int64_t image = prompt_rows_[row].image;
+      out[image] += (predicted[static_cast<int64_t>(row)] - stand_in[image]) * (prompt_rows_[row].weight * 1.0);
+    }
+    return out;
+  }
+
   // The contexts of the U-Net calls at `step` of the pass (from 0), each [rows, tokens, hidden] for the batch's
   // rows in order, each row's text as A1111's reconstruct_cond_batch picks it: one call, or with guidance two (the
   // negative prompt rows, then the prompt rows) when the two read different numbers of tokens, as A1111 runs them
@@ -591,16 +613,11 @@ class Pipeline::TextConditioning {
     const auto texts = texts_at(step);
     auto& contexts = gathered_[texts];
     if (contexts.empty()) {
-      const auto group = [&](size_t from, size_t to) {
-        std::vector<torch::Tensor> rows;
-        for (size_t row = from; row < to; ++row) rows.push_back(rows_[row].hidden.narrow(0, texts[row], 1));
-        return cat_padded(std::move(rows));
-      };
-      const auto prompts = group(negative_rows_, rows_.size());
+      const auto prompts = group(texts, negative_rows_, rows_.size());
       if (negative_rows_ == 0) {
         contexts = {prompts};
       } else {
-        const auto negatives = group(0, negative_rows_);
+        const auto negatives = group(texts, 0, negative_rows_);
         if (negatives.size(1) == prompts.size(1)) {
           contexts = {torch::cat({negatives, prompts})};
         } else if (auto [padded_negatives, padded_prompts] = pad_conds(negatives, prompts, pad_, empty_);
@@ -621,7 +638,22 @@ class Pipeline::TextConditioning {
     return padded_.count(texts_at(step)) > 0;
   }
 
+  // The context of prompt_batch's U-Net call at `step`: the prompt rows' alone, padded among themselves as in `at`.
+  const std::vector<torch::Tensor>& prompt_contexts_at(size_t step) {
+    const auto texts = texts_at(step);
+    auto& contexts = gathered_prompts_[texts];
+    if (contexts.empty()) contexts = {group(texts, negative_rows_, rows_.size())};
+    return contexts;
+  }
+
  private:
+  // Rows `from` to `to` reading `texts`, as one context: rows of fewer tokens padded by repeating their last vector.
+  torch::Tensor group(const std::vector<int64_t>& texts, size_t from, size_t to) const {
+    std::vector<torch::Tensor> rows;
+    for (size_t row = from; row < to; ++row) rows.push_back(rows_[row].hidden.narrow(0, texts[row], 1));
+    return cat_padded(std::move(rows));
+  }
+
   // Each row's text at `step`, an index into its `hidden`.
   std::vector<int64_t> texts_at(size_t step) const {
     std::vector<int64_t> texts;
@@ -639,6 +671,7 @@ class Pipeline::TextConditioning {
   torch::Tensor empty_;
   torch::Tensor row_images_;  // the prompt rows' images, on the device
   std::map<std::vector<int64_t>, std::vector<torch::Tensor>> gathered_;
+  std::map<std::vector<int64_t>, std::vector<torch::Tensor>> gathered_prompts_;  // prompt_contexts_at's
   std::set<std::vector<int64_t>> padded_;  // the combinations of texts whose contexts `at` padded
 };
 
@@ -824,16 +857,26 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
       manifest_.inpainting ? masked_image_conditioning(shape[2], shape[3], run.observer) : torch::Tensor();
   if (image_conditioning.defined()) observe(run.observer, prefix + "unet/image_conditioning", image_conditioning);
   for (size_t call = first; call < timesteps.size(); ++call) {
-    auto model_input = scheduler.scale_model_input(run.guided ? run.text.guided_batch(latents) : latents, call);
+    // A1111's Skip Early CFG: the pass's first calls, by their index over the pass's calls as A1111 counts them, see
+    // the prompt rows alone.
+    const bool skip_uncond =
+        run.guided && run.skip_early_cfg > 0 &&
+        static_cast<double>(call - first) / static_cast<double>(run.counted_calls) <= run.skip_early_cfg;
+    const bool guided = run.guided && !skip_uncond;
+    auto model_input = scheduler.scale_model_input(guided        ? run.text.guided_batch(latents)
+                                                   : skip_uncond ? run.text.prompt_batch(latents)
+                                                                 : latents,
+                                                   call);
     if (image_conditioning.defined())
       model_input = torch::cat({model_input, image_conditioning.expand({model_input.size(0), -1, -1, -1})}, 1);
-    const auto& contexts = run.text.at(call - first);
+    const auto& contexts = skip_uncond ? run.text.prompt_contexts_at(call - first) : run.text.at(call - first);
     observe_contexts(run.observer, prefix + "unet/" + call_name(call - first) + "/", contexts);
     auto noise_pred =
         predict_noise(model_input.to(options_.dtype), t[static_cast<int64_t>(call)], contexts, run.guidance)
             .to(torch::kFloat32);
     observe(run.observer, prefix + "unet/" + call_name(call - first) + "/noise_pred", noise_pred);
-    if (run.guided) noise_pred = run.text.guide(noise_pred, run.cfg_scale, run.guidance_rescale);
+    if (guided) noise_pred = run.text.guide(noise_pred, run.cfg_scale, run.guidance_rescale);
+    if (skip_uncond) noise_pred = run.text.guide_without_uncond(noise_pred);
     observe(run.observer, prefix + "step/" + call_name(call - first) + "/model_output", noise_pred);
     auto step_noise =
         scheduler.needs_noise(call) ? to_device_async(run.noise.draw(shape), options_.device) : torch::Tensor();
@@ -900,7 +943,16 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   const auto hires_sampler = params.hires.enabled() ? make_hires_sampler(manifest_, params) : nullptr;
   const size_t calls = scheduler->timesteps().size() +
                        (hires_sampler ? hires_sampler->timesteps().size() - hires_sampler->first_call() : 0);
-  const Denoising run{text, guidance, guided, params.cfg_scale, params.guidance_rescale, calls, noise, observer};
+  const Denoising run{text,
+                      guidance,
+                      guided,
+                      params.cfg_scale,
+                      params.guidance_rescale,
+                      params.skip_early_cfg,
+                      scheduler->calls_per_step() * static_cast<size_t>(params.steps),
+                      calls,
+                      noise,
+                      observer};
   latents = denoise(*scheduler, latents, run, "", 0);
   bool padded_conds = text.padded_at(scheduler->timesteps().size() - 1);
 
@@ -920,8 +972,16 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     std::optional<TextConditioning> hires_text;
     if (hires_reads_other_texts(prompts, negative_prompts, params))
       hires_text.emplace(encode_prompts(prompts, negative_prompts, params, guided, Pass::Hires, observer));
-    const Denoising hires_run{hires_text ? *hires_text : text, guidance, guided, params.cfg_scale,
-                              params.guidance_rescale,         calls,    noise,  observer};
+    const Denoising hires_run{hires_text ? *hires_text : text,
+                              guidance,
+                              guided,
+                              params.cfg_scale,
+                              params.guidance_rescale,
+                              params.skip_early_cfg,
+                              hires_sampler->calls_per_step() * static_cast<size_t>(params.hires_steps()),
+                              calls,
+                              noise,
+                              observer};
     latents = denoise(*hires_sampler, latents, hires_run, "hires/", scheduler->timesteps().size());
     padded_conds = hires_run.text.padded_at(hires_sampler->timesteps().size() - 1 - first) || padded_conds;
   }

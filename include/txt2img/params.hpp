@@ -101,6 +101,10 @@ struct GenerationParams {
   // Added in this order (the sums are not associative in floating point, so the order is part of the image).
   std::vector<LoraUse> loras;
   HiresFix hires;
+  // AUTOMATIC1111's "Skip Early CFG" (its option "Ignore negative prompt during early sampling"), 0 to 1: the U-Net
+  // calls of each pass whose index, over the pass's calls as A1111 counts them, is at most this fraction run the
+  // prompt rows alone, guided at scale 1 (0: off). Only with classifier-free guidance.
+  double skip_early_cfg = 0.0;
 
   // The hires pass's steps (0 without one).
   int hires_steps() const { return hires.enabled() ? (hires.steps > 0 ? hires.steps : steps) : 0; }
@@ -109,7 +113,7 @@ struct GenerationParams {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
            guidance_rescale == o.guidance_rescale && sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip &&
            long_prompts == o.long_prompts && pad_conds == o.pad_conds && emphasis == o.emphasis && loras == o.loras &&
-           hires == o.hires;
+           hires == o.hires && skip_early_cfg == o.skip_early_cfg;
   }
 };
 

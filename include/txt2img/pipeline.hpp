@@ -261,7 +261,9 @@ class Pipeline {
     bool guided;
     double cfg_scale;
     double guidance_rescale;
-    size_t calls;  // the batch's U-Net calls in all passes, for the observer's progress
+    double skip_early_cfg;  // GenerationParams::skip_early_cfg
+    size_t counted_calls;   // the pass's calls as A1111 counts them: its steps, twice that for second-order samplers
+    size_t calls;           // the batch's U-Net calls in all passes, for the observer's progress
     NoiseSource& noise;
     Observer* observer;
   };

@@ -29,6 +29,7 @@ struct GenerateOptions {
   int steps = 50;
   double cfg_scale = 7.5;
   double guidance_rescale = 0.0;  // GenerationParams::guidance_rescale
+  double skip_early_cfg = 0.0;    // GenerationParams::skip_early_cfg
   double eta = 0.0;
   int clip_skip = 1;  // GenerationParams::clip_skip
   bool long_prompts = false;  // GenerationParams::long_prompts

@@ -287,6 +287,8 @@ class Generator {
     record.sampler = job.params.sampler;
     record.cfg_scale = job.params.cfg_scale;
     record.guidance_rescale = job.params.guidance_rescale;
+    // A1111 records it where it skipped a call, which with guidance its first call always is.
+    record.skip_early_cfg = classifier_free_guidance(manifest_, job.params) ? job.params.skip_early_cfg : 0.0;
     record.eta = job.params.eta;
     record.clip_skip = job.params.clip_skip;
     record.long_prompts = job.params.long_prompts;
@@ -472,7 +474,8 @@ int run_generate(const GenerateOptions& o) {
                                         : GenerationParams::PadConds::Off,
                          o.emphasis,
                          {},
-                         o.hires};
+                         o.hires,
+                         o.skip_early_cfg};
   plan_options.lora_tags = lora_flag_tags(o.loras);
   plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
@@ -532,6 +535,10 @@ int run_generate(const GenerateOptions& o) {
                   (manifest.guidance_embedding_dim > 0
                        ? "this LCM-distilled model takes the guidance scale as an input, without an unconditional pass"
                        : "--cfg-scale 1 or less turns classifier-free guidance off"));
+  if (o.skip_early_cfg > 0 && !guided)
+    reporter.warn("--skip-early-cfg has no effect: it skips the negative prompt of classifier-free guidance, which " +
+                  std::string(manifest.guidance_embedding_dim > 0 ? "this LCM-distilled model does not take"
+                                                                  : "--cfg-scale 1 or less turns off"));
   if (o.guidance_rescale > 0 && !guided)
     reporter.warn("--guidance-rescale has no effect: it rescales classifier-free guidance, which " +
                   std::string(manifest.guidance_embedding_dim > 0 ? "this LCM-distilled model does not take"

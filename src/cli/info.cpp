@@ -237,6 +237,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     add("--sampler", r.at("sampler"));
     add("--cfg-scale", r.at("cfg_scale"));
     if (r.value("guidance_rescale", 0.0) != 0) add("--guidance-rescale", r.at("guidance_rescale"));
+    if (r.value("skip_early_cfg", 0.0) != 0) add("--skip-early-cfg", r.at("skip_early_cfg"));
     if (r.at("eta").get<double>() != 0) add("--eta", r.at("eta"));
     if (r.value("clip_skip", 1) != 1) add("--clip-skip", r.at("clip_skip"));
     if (r.value("long_prompts", false)) args.push_back("--long-prompts");
@@ -332,6 +333,7 @@ std::string a1111_command(const std::string& text) {
   }
   take("CFG scale", "--cfg-scale");
   take("Guidance rescale", "--guidance-rescale");  // txt2img's own field
+  take("Skip Early CFG", "--skip-early-cfg");
   const std::string size = field("Size");
   const auto x = size.find('x');
   std::string sides[2] = {x == std::string::npos ? "" : size.substr(0, x),
@@ -383,9 +385,9 @@ std::string a1111_command(const std::string& text) {
   else if (!decoder.empty() && decoder != "Full") left_out.push_back("VAE Decoder: " + decoder);
 
   static const std::set<std::string> read = {
-      "Seed",     "Variation seed", "Variation seed strength", "ENSD",       "Steps", "Sampler", "Schedule type",
-      "Eta DDIM", "CFG scale",      "Size",                    "Clip skip",  "Model", "Model hash", "RNG",
-      "Version",  "VAE Decoder",    "Guidance rescale"};
+      "Seed",       "Variation seed", "Variation seed strength", "ENSD",    "Steps",       "Sampler",
+      "Schedule type", "Eta DDIM",   "CFG scale",               "Size",    "Clip skip",   "Model",
+      "Model hash", "RNG",            "Version",                 "VAE Decoder", "Guidance rescale", "Skip Early CFG"};
   // The prompt keeps A1111's LoRA tags, which txt2img reads too: the bundle needs LoRAs of those names.
   std::string loras;
   try {

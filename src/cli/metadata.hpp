@@ -31,6 +31,7 @@ struct ImageRecord {
   std::string sampler;
   double cfg_scale = 0;
   double guidance_rescale = 0;
+  double skip_early_cfg = 0;  // 0 where it was off or unguided
   double eta = 0;
   int clip_skip = 1;
   bool long_prompts = false;

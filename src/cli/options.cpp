@@ -106,6 +106,11 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "text prediction's (0.7 against overexposure with zero-terminal-SNR models; 0 is off)")
       ->type_name("PHI")
       ->capture_default_str();
+  app.add_option("--skip-early-cfg", o.skip_early_cfg,
+                 "A1111's Skip Early CFG (Ignore negative prompt during early sampling), 0 to 1: this fraction of "
+                 "each pass's first steps runs without the negative prompt, unguided (0 is off)")
+      ->type_name("F")
+      ->capture_default_str();
   app.add_option("--eta", o.eta, "DDIM eta, 0 to 1: 0 is deterministic DDIM, 1 is DDPM-like")->capture_default_str();
   app.add_option("--clip-skip", o.clip_skip,
                  "A1111's Clip skip: condition on the text encoder's Nth layer from the end (1 the last, 2 the "

@@ -79,6 +79,7 @@ bool RunPlan::load_prompt() {
     p.steps = entry_.steps.value_or(p.steps);
     p.cfg_scale = entry_.cfg_scale.value_or(p.cfg_scale);
     p.guidance_rescale = entry_.guidance_rescale.value_or(p.guidance_rescale);
+    p.skip_early_cfg = entry_.skip_early_cfg.value_or(p.skip_early_cfg);
     p.sampler = entry_.sampler.value_or(p.sampler);
     p.clip_skip = entry_.clip_skip.value_or(p.clip_skip);
     p.long_prompts = entry_.long_prompts.value_or(p.long_prompts);

@@ -633,6 +633,41 @@ class Samplers(CliTestCase):
         self.assertEqual(unused.returncode, 0, unused.stderr)
         self.assertIn("--guidance-rescale has no effect", unused.stderr)
 
+    def test_skip_early_cfg(self):
+        """--skip-early-cfg (and a prompt file's "skip_early_cfg") is recorded as A1111 records it, in --json and
+        `info --command`, whose command makes the same image; every call skipped is the unguided image; outside [0, 1] it is a usage error, and without guidance a warning says it
+        does nothing."""
+        args = ["--sampler", "euler", "--steps", "10", "--seed", "5", "-W", "64", "-H", "64"]
+        made = self.txt2img("a fox", "--skip-early-cfg", "0.2", "--json", "-o", "a.png", *args)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual(json_lines(made.stdout)[0]["skip_early_cfg"], 0.2)
+        self.assertIn(", Skip Early CFG: 0.2,", png_text(self.dir / "a.png")["parameters"])
+        command = run(["info", "a.png", "--command"], self.dir)
+        self.assertIn(" --skip-early-cfg 0.2 ", command.stdout)
+        again = run(shlex.split(command.stdout)[1:] + ["--model", TINY, "-o", "b.png"], self.dir)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        self.assertEqual(self.txt2img("a fox", "-o", "guided.png", *args).returncode, 0)
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "guided.png"))
+        self.assertNotIn("Skip Early CFG", png_text(self.dir / "guided.png")["parameters"])
+
+        self.write("p.jsonl", json.dumps({"prompt": "a fox", "skip_early_cfg": 0.2, "output": "c.png"}))
+        from_file = self.txt2img("--from-file", "p.jsonl", *args)
+        self.assertEqual(from_file.returncode, 0, from_file.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+
+        self.assertEqual(self.txt2img("a fox", "--skip-early-cfg", "1", "-o", "all.png", *args).returncode, 0)
+        self.assertEqual(self.txt2img("a fox", "--cfg-scale", "1", "-o", "unguided.png", *args).returncode, 0)
+        self.assertEqual(png_pixels(self.dir / "all.png"), png_pixels(self.dir / "unguided.png"))
+
+        self.assertExit(self.txt2img("a fox", "--skip-early-cfg", "1.5", "-o", "d.png"), EXIT_USAGE,
+                        "skip early CFG must be from 0 to 1")
+        self.assertFalse((self.dir / "d.png").exists())
+        unused = self.txt2img("a fox", "--skip-early-cfg", "0.5", "--cfg-scale", "1", "-o", "e.png", *args)
+        self.assertEqual(unused.returncode, 0, unused.stderr)
+        self.assertIn("--skip-early-cfg has no effect", unused.stderr)
+        self.assertNotIn("Skip Early CFG", png_text(self.dir / "e.png")["parameters"])
+
     def test_eta(self):
         for eta, name in [("0", "a.png"), ("1", "b.png")]:
             self.assertEqual(self.txt2img("a fox", "--eta", eta, "-o", name, "--seed", "1").returncode, 0)

@@ -126,6 +126,14 @@ class Metadata(CliTestCase):
         self.assertEqual(shlex.split(result.stdout.strip())[-2:], ["--decoder", "taesd"])
         self.assertNotIn("not carried over", result.stderr)
 
+    def test_a1111_skip_early_cfg(self):
+        """A1111's "Skip Early CFG" (its option "Ignore negative prompt during early sampling") carries over."""
+        infotext = "a fox\nSteps: 10, Sampler: Euler, CFG scale: 7.5, Seed: 5, Size: 64x64, Skip Early CFG: 0.2, RNG: CPU"
+        result = a1111_command(self, infotext)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(" --skip-early-cfg 0.2 ", result.stdout)
+        self.assertNotIn("not carried over", result.stderr)
+
     def test_a1111_inpainting_mask_weight(self):
         """A1111 records an inpainting model's mask weight, which its txt2img reads only in a hires pass: there a weight
         below 1 conditions the pass on the first pass's image, which txt2img does not do."""

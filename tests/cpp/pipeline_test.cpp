@@ -1212,6 +1212,73 @@ TEST(ComposablePrompts, EachPromptGuidesByItsWeight) {
   EXPECT_EQ(unguided.kept.at("text/input_ids").size(0), 1);
 }
 
+// A1111's Skip Early CFG: a call whose index over the pass's calls as A1111 counts them (the steps, twice that for a
+// second-order sampler) is at most the fraction runs the prompt rows alone, and guides as A1111's combine_denoised
+// does at scale 1 with each image's first prompt row in place of its negative prompt's; the hires pass counts again
+// from 0 over its own steps.
+TEST(SkipEarlyCfg, TheFirstCallsRunThePromptRowsAloneAsA1111CountsThem) {
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
+  const auto rows_per_call = [&](txt2img::GenerationParams params, const std::string& prompt,
+                                 const std::string& prefix = "") {
+    Keep keep;
+    txt2img::SeededNoise noise({5});
+    pipeline.generate({prompt}, {""}, params, noise, &keep);
+    std::vector<int64_t> rows;
+    for (size_t call = 0; keep.kept.count(prefix + "unet/" + call_name(call) + "/noise_pred"); ++call)
+      rows.push_back(keep.kept.at(prefix + "unet/" + call_name(call) + "/noise_pred").size(0));
+    return std::make_pair(rows, keep);
+  };
+  auto params = small_params();
+  params.steps = 10;
+  params.sampler = "euler";
+  params.skip_early_cfg = 0.2;  // calls 0, 1 and 2 of 10: 0/10, 1/10, 2/10 <= 0.2
+  auto [euler, kept] = rows_per_call(params, "a fox");
+  EXPECT_EQ(euler, (std::vector<int64_t>{1, 1, 1, 2, 2, 2, 2, 2, 2, 2}));
+  // The unguided call's prediction is the prompt row's: its own plus zero times the difference from itself.
+  EXPECT_TRUE(torch::equal(kept.kept.at("step/000/model_output"), kept.kept.at("unet/000/noise_pred")));
+
+  // Heun's 10 steps are 19 calls, which A1111 counts as 20: calls 0 to 4 of 20 are at most 0.2.
+  params.sampler = "heun";
+  EXPECT_EQ(rows_per_call(params, "a fox").first,
+            (std::vector<int64_t>{1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2}));
+
+  // Composable prompts: the first prompt's row stands in for the negative prompt's, at scale 1.
+  params.sampler = "euler";
+  params.emphasis = true;
+  auto [composed, composable] = rows_per_call(params, "a red cube AND a blue sphere:0.5");
+  EXPECT_EQ(composed.front(), 2);
+  EXPECT_EQ(composed.back(), 3);
+  const auto& out = composable.kept.at("unet/000/noise_pred");
+  const auto expected = out[0] + (out[0] - out[0]) * 1.0 + (out[1] - out[0]) * 0.5;
+  EXPECT_TRUE(torch::allclose(composable.kept.at("step/000/model_output")[0], expected, 1e-6, 1e-7));
+
+  // Every call skipped is the image without guidance; 0 is off.
+  params.emphasis = false;
+  const auto latents = [&](const txt2img::GenerationParams& p) {
+    Keep keep;
+    txt2img::SeededNoise noise({5});
+    pipeline.generate({"a fox"}, {""}, p, noise, &keep);
+    return keep.kept.at("vae/decode_in");
+  };
+  params.skip_early_cfg = 1;
+  auto unguided = params;
+  unguided.skip_early_cfg = 0;
+  unguided.cfg_scale = 1;
+  EXPECT_TRUE(torch::equal(latents(params), latents(unguided)));
+  params.skip_early_cfg = 0;
+  EXPECT_EQ(rows_per_call(params, "a fox").first, std::vector<int64_t>(10, 2));
+
+  // The hires pass (the last 5 of a 10-step schedule) counts its 5 steps from 0: calls 0 and 1 of 5 are at most 0.25.
+  params.skip_early_cfg = 0.25;
+  params.hires.scale = 1.5;
+  params.hires.denoise = 0.5;
+  params.hires.steps = 5;
+  EXPECT_EQ(rows_per_call(params, "a fox", "hires/").first, (std::vector<int64_t>{1, 1, 2, 2, 2}));
+
+  params.skip_early_cfg = 1.5;
+  expect_error([&] { rows_per_call(params, "a fox"); }, ErrorKind::Usage, {"skip early CFG must be from 0 to 1"});
+}
+
 // A hires pass's schedule counts whole steps on from the first pass's and fractions from 1 to 2 over its own.
 TEST(PromptEditing, TheHiresPassContinuesTheSchedule) {
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
