@@ -25,18 +25,12 @@ from torch.autograd import DeviceType
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_eager import DTYPES, allocator, sync  # noqa: E402
-from unet_calls import capture, median_ms, unet_inputs  # noqa: E402
+from unet_calls import add_call_arguments, capture, median_ms, unet_inputs  # noqa: E402
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="profile_unet.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, metavar="DIR", help="txt2img model bundle")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--width", type=int, default=0, help="0: the bundle's default size")
-    p.add_argument("--height", type=int, default=0)
-    p.add_argument("--batch", type=int, default=1, help="images; the U-Net sees two rows each (guidance)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC weights and input, as txt2img's CUDA default")
+    add_call_arguments(p, "txt2img model bundle")
     p.add_argument("--calls", type=int, default=5, help="profiled calls (and timed calls of each kind)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0: PyTorch's default)")

@@ -6,7 +6,19 @@ import time
 
 import torch
 
-from bench_eager import sync
+from bench_eager import DTYPES, sync
+
+
+def add_call_arguments(parser, model_help: str) -> None:
+    """The options that say which U-Net call to make: the bundle, device, dtype, size, batch and layout."""
+    parser.add_argument("--model", required=True, metavar="DIR", help=model_help)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--width", type=int, default=0, help="0: the bundle's default size")
+    parser.add_argument("--height", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=1, help="images; the U-Net sees two rows each (guidance)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="NHWC weights and input, as txt2img's CUDA default")
 
 
 def unet_inputs(manifest: dict, width: int, height: int, batch: int, device: torch.device, dtype: torch.dtype,

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_eager import DTYPES, configs_for  # noqa: E402
-from unet_calls import capture, median_ms, unet_inputs  # noqa: E402
+from unet_calls import add_call_arguments, capture, median_ms, unet_inputs  # noqa: E402
 from txt2img_convert.unet import (  # noqa: E402
     Attention, BasicTransformerBlock, ResnetBlock2D, Transformer2DModel, UNet2DConditionModel, attention)
 
@@ -46,13 +46,7 @@ VARIANTS = ("baseline",) + REWRITES + ("all_rewrites",) + tuple("attention_" + k
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="unet_variants.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, metavar="DIR", help="txt2img model bundle (its unet.pt's weights)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--width", type=int, default=0, help="0: the bundle's default size")
-    p.add_argument("--height", type=int, default=0)
-    p.add_argument("--batch", type=int, default=1, help="images; the U-Net sees two rows each (guidance)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC weights and input, as txt2img's CUDA default")
+    add_call_arguments(p, "txt2img model bundle (its unet.pt's weights)")
     p.add_argument("--replays", type=int, default=20, help="calls per timed round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--only", metavar="NAMES", help="comma-separated variants (baseline always runs)")
