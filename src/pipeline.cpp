@@ -536,6 +536,8 @@ class Pipeline::TextConditioning {
         empty_(std::move(empty)) {
     std::map<int64_t, std::vector<int64_t>> image_rows;
     for (size_t row = 0; row < prompt_rows_.size(); ++row) {
+      if (prompt_rows_[row].image == static_cast<int64_t>(first_rows_.size()))
+        first_rows_.push_back(static_cast<int64_t>(row));
       one_row_each_ =
           one_row_each_ && prompt_rows_[row].image == static_cast<int64_t>(row) && prompt_rows_[row].weight == 1.0;
       image_rows[prompt_rows_[row].image].push_back(static_cast<int64_t>(row));
@@ -590,12 +592,9 @@ class Pipeline::TextConditioning {
   // The prediction from prompt_batch's alone, as A1111 guides a call that skips the negative prompt: each image's
   // first prompt row stands in for its negative prompt's, and the rows are added up at scale 1 (for an image of one
   // row of weight 1, that row's prediction).
-  torch::Tensor guide_without_uncond(const torch::Tensor& predicted) const {
-    std::vector<int64_t> first_rows;
-    for (size_t row = 0; row < prompt_rows_.size(); ++row)
-      if (prompt_rows_[row].image == static_cast<int64_t>(first_rows.size()))
-        first_rows.push_back(static_cast<int64_t>(row));
-    const auto stand_in = predicted.index_select(0, torch::tensor(first_rows).to(predicted.device()));
+  torch::Tensor guide_without_uncond(const torch::Tensor& predicted) {
+    if (!first_row_indices_.defined()) first_row_indices_ = torch::tensor(first_rows_).to(predicted.device());
+    const auto stand_in = predicted.index_select(0, first_row_indices_);
     auto out = stand_in.clone();
     for (size_t row = 0; row < prompt_rows_.size(); ++row) {
       const int64_t image = prompt_rows_[row].image;
@@ -667,6 +666,8 @@ class Pipeline::TextConditioning {
   std::vector<PromptRow> prompt_rows_;
   bool one_row_each_ = true;
   std::vector<std::pair<int64_t, int64_t>> plain_rows_;  // (image, its prompt row) for images of one row of weight 1
+  std::vector<int64_t> first_rows_;   // each image's first prompt row, in image order
+  torch::Tensor first_row_indices_;  // first_rows_ on the device, made at the first guide_without_uncond
   GenerationParams::PadConds pad_;
   torch::Tensor empty_;
   torch::Tensor row_images_;  // the prompt rows' images, on the device
