@@ -21,6 +21,8 @@ class DpmSolverPP2M final : public LogSnrScheduler {
 
   // diffusers draws the SDE's noise at every step, the last (whose noise has weight 0) included.
   bool needs_noise(size_t) const override { return sde_; }
+  // A1111 runs DPM++ 2M on k-diffusion's sigmas (UniPC, the other log-SNR solver, on timesteps).
+  double a1111_sigma(size_t call) const override { return sigmas_.at(call); }
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override;

@@ -45,6 +45,12 @@ class Lcm final : public Scheduler {
 
   bool needs_noise(size_t call) const override { return call + 1 < timesteps_.size(); }
 
+  // A1111's LCM samples on k-diffusion's sigmas of its timesteps, in float32.
+  double a1111_sigma(size_t call) const override {
+    const float a = alphas_cumprod_[static_cast<int64_t>(timesteps_.at(call))];
+    return std::sqrt((1.0f - a) / a);
+  }
+
   // As diffusers' LCMScheduler.add_noise; with start_at limited to call 0 it serves a run entered there.
   torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override {
     check_add_noise_call(call, timesteps_.size());

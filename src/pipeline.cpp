@@ -380,6 +380,8 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
     throw Error(ErrorKind::Usage, "guidance rescale must be from 0 to 1");
   if (!(params.skip_early_cfg >= 0 && params.skip_early_cfg <= 1))
     throw Error(ErrorKind::Usage, "skip early CFG must be from 0 to 1");
+  if (!(params.ngms >= 0 && std::isfinite(params.ngms)))
+    throw Error(ErrorKind::Usage, "NGMS must be a finite number of 0 or more");
   if (!(params.eta >= 0 && params.eta <= 1)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1");
   if (params.clip_skip < 1 || params.clip_skip > manifest.text_num_layers) {
     const std::string layers = std::to_string(manifest.text_num_layers);
@@ -848,6 +850,25 @@ torch::Tensor Pipeline::predict_noise(const torch::Tensor& model_input, const to
   return torch::cat(predictions);
 }
 
+// As A1111's CFGDenoiser.forward decides it, `call - first` being its count of the pass's calls: Skip Early CFG where
+// that count over the pass's calls as A1111 counts them is at most the fraction; else NGMS at odd counts (or every
+// one) whose noise level is below the threshold, compared in float32 as A1111 compares a tensor with a number.
+Pipeline::UncondSkips::Reason Pipeline::UncondSkips::reason(const Scheduler& scheduler, size_t call) const {
+  const size_t counted = call - scheduler.first_call();
+  if (early_fraction > 0 && static_cast<double>(counted) / static_cast<double>(counted_calls) <= early_fraction)
+    return Reason::EarlyCfg;
+  if (ngms > 0 && (counted % 2 == 1 || ngms_all_steps) &&
+      static_cast<float>(scheduler.a1111_sigma(call)) < static_cast<float>(ngms))
+    return Reason::Ngms;
+  return Reason::None;
+}
+
+bool Pipeline::UncondSkips::ngms_skips_a_call(const Scheduler& scheduler) const {
+  for (size_t call = scheduler.first_call(); call < scheduler.timesteps().size(); ++call)
+    if (reason(scheduler, call) == Reason::Ngms) return true;
+  return false;
+}
+
 torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, const Denoising& run,
                                 const std::string& prefix, size_t calls_before) {
   const auto& timesteps = scheduler.timesteps();
@@ -858,11 +879,7 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
       manifest_.inpainting ? masked_image_conditioning(shape[2], shape[3], run.observer) : torch::Tensor();
   if (image_conditioning.defined()) observe(run.observer, prefix + "unet/image_conditioning", image_conditioning);
   for (size_t call = first; call < timesteps.size(); ++call) {
-    // A1111's Skip Early CFG: the pass's first calls, by their index over the pass's calls as A1111 counts them, see
-    // the prompt rows alone.
-    const bool skip_uncond =
-        run.guided && run.skip_early_cfg > 0 &&
-        static_cast<double>(call - first) / static_cast<double>(run.counted_calls) <= run.skip_early_cfg;
+    const bool skip_uncond = run.guided && run.skips.reason(scheduler, call) != UncondSkips::Reason::None;
     const bool guided = run.guided && !skip_uncond;
     auto model_input = scheduler.scale_model_input(guided        ? run.text.guided_batch(latents)
                                                    : skip_uncond ? run.text.prompt_batch(latents)
@@ -949,13 +966,14 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                       guided,
                       params.cfg_scale,
                       params.guidance_rescale,
-                      params.skip_early_cfg,
-                      scheduler->calls_per_step() * static_cast<size_t>(params.steps),
+                      {params.skip_early_cfg, scheduler->calls_per_step() * static_cast<size_t>(params.steps),
+                       params.ngms, params.ngms_all_steps},
                       calls,
                       noise,
                       observer};
   latents = denoise(*scheduler, latents, run, "", 0);
   bool padded_conds = text.padded_at(scheduler->timesteps().size() - 1);
+  bool ngms_skipped = guided && run.skips.ngms_skips_a_call(*scheduler);
 
   // 4. Hires fix: the latents resized, noised to where the hires schedule is entered, denoised again; the noise
   // starts again from each row's seed, as A1111 draws it.
@@ -973,18 +991,20 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     std::optional<TextConditioning> hires_text;
     if (hires_reads_other_texts(prompts, negative_prompts, params))
       hires_text.emplace(encode_prompts(prompts, negative_prompts, params, guided, Pass::Hires, observer));
-    const Denoising hires_run{hires_text ? *hires_text : text,
-                              guidance,
-                              guided,
-                              params.cfg_scale,
-                              params.guidance_rescale,
-                              params.skip_early_cfg,
-                              hires_sampler->calls_per_step() * static_cast<size_t>(params.hires_steps()),
-                              calls,
-                              noise,
-                              observer};
+    const Denoising hires_run{
+        hires_text ? *hires_text : text,
+        guidance,
+        guided,
+        params.cfg_scale,
+        params.guidance_rescale,
+        {params.skip_early_cfg, hires_sampler->calls_per_step() * static_cast<size_t>(params.hires_steps()),
+         params.ngms, params.ngms_all_steps},
+        calls,
+        noise,
+        observer};
     latents = denoise(*hires_sampler, latents, hires_run, "hires/", scheduler->timesteps().size());
     padded_conds = hires_run.text.padded_at(hires_sampler->timesteps().size() - 1 - first) || padded_conds;
+    ngms_skipped = (guided && hires_run.skips.ngms_skips_a_call(*hires_sampler)) || ngms_skipped;
   }
   throw_if_non_finite(latents, "the latents", options_.dtype);
 
@@ -1003,6 +1023,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   for (auto& image : images) {
     image.decoded_in_tiles = tiled;
     image.padded_conds = padded_conds;
+    image.ngms_skipped = ngms_skipped;
   }
   return images;
 } catch (const Error&) {

@@ -105,6 +105,7 @@ class SigmaScheduler : public Scheduler {
   torch::Tensor scale_model_input(const torch::Tensor& sample, size_t call) const override;
   // x0 + noise * sigma for the sigma of this call.
   torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override;
+  double a1111_sigma(size_t call) const override { return sigmas_.at(call); }
 
  protected:
   SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule);

@@ -105,6 +105,12 @@ struct GenerationParams {
   // calls of each pass whose index, over the pass's calls as A1111 counts them, is at most this fraction run the
   // prompt rows alone, guided at scale 1 (0: off). Only with classifier-free guidance.
   double skip_early_cfg = 0.0;
+  // AUTOMATIC1111's NGMS ("Negative Guidance minimum sigma", 0: off): a call of a pass, counted from 0, that Skip
+  // Early CFG leaves guided runs the prompt rows alone, as Skip Early CFG's do, where its noise level as A1111's
+  // sampler hands it over (Scheduler::a1111_sigma) is below this and the call is odd, or any call with
+  // ngms_all_steps (A1111's "NGMS all steps"). Only with classifier-free guidance.
+  double ngms = 0.0;
+  bool ngms_all_steps = false;
 
   // The hires pass's steps (0 without one).
   int hires_steps() const { return hires.enabled() ? (hires.steps > 0 ? hires.steps : steps) : 0; }
@@ -113,7 +119,8 @@ struct GenerationParams {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
            guidance_rescale == o.guidance_rescale && sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip &&
            long_prompts == o.long_prompts && pad_conds == o.pad_conds && emphasis == o.emphasis && loras == o.loras &&
-           hires == o.hires && skip_early_cfg == o.skip_early_cfg;
+           hires == o.hires && skip_early_cfg == o.skip_early_cfg && ngms == o.ngms &&
+           ngms_all_steps == o.ngms_all_steps;
   }
 };
 

@@ -136,6 +136,9 @@ struct GeneratedImage {
   // Whether the last U-Net call of a pass read a prompt and a negative prompt padded to one length
   // (GenerationParams::pad_conds), which is when A1111 records "Pad conds" or "Pad conds v0".
   bool padded_conds = false;
+  // Whether NGMS ran a guided U-Net call on the prompt rows alone (GenerationParams::ngms), which is when A1111
+  // records "NGMS".
+  bool ngms_skipped = false;
 };
 
 // Named intermediate tensors (the reference fixtures' names: "text/last_hidden_state", "unet/003/noise_pred",
@@ -254,6 +257,19 @@ class Pipeline {
   TextConditioning encode_prompts(const std::vector<std::string>& prompts,
                                   const std::vector<std::string>& negative_prompts, const GenerationParams& params,
                                   bool guided, Pass pass, Observer* observer);
+  // A1111's two settings that run guided U-Net calls of a pass on the prompt rows alone (its CFGDenoiser's
+  // skip_uncond): Skip Early CFG, then NGMS for the calls it leaves guided.
+  struct UncondSkips {
+    double early_fraction;  // GenerationParams::skip_early_cfg
+    size_t counted_calls;   // the pass's calls as A1111 counts them: its steps, twice that for second-order samplers
+    double ngms;            // GenerationParams::ngms
+    bool ngms_all_steps;
+    enum class Reason { None, EarlyCfg, Ngms };
+    // Why the guided call `call` of the scheduler's run skips the negative prompt, if it does.
+    Reason reason(const Scheduler& scheduler, size_t call) const;
+    // Whether NGMS skips any call of the scheduler's run.
+    bool ngms_skips_a_call(const Scheduler& scheduler) const;
+  };
   // What the U-Net calls of one pass share, for denoise.
   struct Denoising {
     TextConditioning& text;         // the rows' contexts at each step: [uncond rows, cond rows] with guidance
@@ -261,9 +277,8 @@ class Pipeline {
     bool guided;
     double cfg_scale;
     double guidance_rescale;
-    double skip_early_cfg;  // GenerationParams::skip_early_cfg
-    size_t counted_calls;   // the pass's calls as A1111 counts them: its steps, twice that for second-order samplers
-    size_t calls;           // the batch's U-Net calls in all passes, for the observer's progress
+    UncondSkips skips;
+    size_t calls;  // the batch's U-Net calls in all passes, for the observer's progress
     NoiseSource& noise;
     Observer* observer;
   };

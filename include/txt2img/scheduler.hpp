@@ -37,6 +37,11 @@ class Scheduler {
   // call per step but the last). Whole numbers for DDIM, PNDM, LCM, DPM-Solver++ and UniPC (which may repeat one);
   // fractional values for the sigma samplers (float32, or float64 on Karras sigmas where diffusers keeps those).
   const std::vector<double>& timesteps() const { return timesteps_; }
+  // What AUTOMATIC1111's sampler of this kind hands its CFG denoiser as the noise level of U-Net call `call`, which
+  // A1111's NGMS compares with its threshold: the sigma of the call's input where A1111 samples on k-diffusion's
+  // sigmas (euler*, euler_a, heun*, dpm2*, dpmpp_2s_a*, lms*, dpmpp_2m*, and lcm: sqrt((1 - a) / a) at its
+  // timestep), the timestep where A1111 samples on timesteps (ddim, pndm as A1111's PLMS, unipc*).
+  virtual double a1111_sigma(size_t call) const { return timesteps_.at(call); }
   // Factor for the initial standard-normal latents (a float32 value).
   virtual double init_noise_sigma() const { return 1.0; }
   // The U-Net input for call `call` (sample / sqrt(sigma^2 + 1) for the sigma samplers).

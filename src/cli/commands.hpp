@@ -30,6 +30,8 @@ struct GenerateOptions {
   double cfg_scale = 7.5;
   double guidance_rescale = 0.0;  // GenerationParams::guidance_rescale
   double skip_early_cfg = 0.0;    // GenerationParams::skip_early_cfg
+  double ngms = 0.0;              // GenerationParams::ngms
+  bool ngms_all_steps = false;    // GenerationParams::ngms_all_steps
   double eta = 0.0;
   int clip_skip = 1;  // GenerationParams::clip_skip
   bool long_prompts = false;  // GenerationParams::long_prompts

@@ -288,7 +288,11 @@ class Generator {
     record.cfg_scale = job.params.cfg_scale;
     record.guidance_rescale = job.params.guidance_rescale;
     // A1111 records it where it skipped a call, which with guidance its first call always is.
-    record.skip_early_cfg = classifier_free_guidance(manifest_, job.params) ? job.params.skip_early_cfg : 0.0;
+    const bool guided = classifier_free_guidance(manifest_, job.params);
+    record.skip_early_cfg = guided ? job.params.skip_early_cfg : 0.0;
+    record.ngms = guided ? job.params.ngms : 0.0;
+    record.ngms_all_steps = record.ngms > 0 && job.params.ngms_all_steps;
+    record.ngms_skipped = image.ngms_skipped;
     record.eta = job.params.eta;
     record.clip_skip = job.params.clip_skip;
     record.long_prompts = job.params.long_prompts;
@@ -475,7 +479,9 @@ int run_generate(const GenerateOptions& o) {
                          o.emphasis,
                          {},
                          o.hires,
-                         o.skip_early_cfg};
+                         o.skip_early_cfg,
+                         o.ngms,
+                         o.ngms_all_steps};
   plan_options.lora_tags = lora_flag_tags(o.loras);
   plan_options.output = OutputPattern::parse(o.output.value_or(kDefaultOutputPattern), "-o");
   if (!o.shard.empty()) plan_options.shard = parse_shard(o.shard);
@@ -535,14 +541,16 @@ int run_generate(const GenerateOptions& o) {
                   (manifest.guidance_embedding_dim > 0
                        ? "this LCM-distilled model takes the guidance scale as an input, without an unconditional pass"
                        : "--cfg-scale 1 or less turns classifier-free guidance off"));
-  if (o.skip_early_cfg > 0 && !guided)
-    reporter.warn("--skip-early-cfg has no effect: it skips the negative prompt of classifier-free guidance, which " +
-                  std::string(manifest.guidance_embedding_dim > 0 ? "this LCM-distilled model does not take"
-                                                                  : "--cfg-scale 1 or less turns off"));
-  if (o.guidance_rescale > 0 && !guided)
-    reporter.warn("--guidance-rescale has no effect: it rescales classifier-free guidance, which " +
-                  std::string(manifest.guidance_embedding_dim > 0 ? "this LCM-distilled model does not take"
-                                                                  : "--cfg-scale 1 or less turns off"));
+  const auto warn_unguided = [&](const char* flag, const char* what) {
+    reporter.warn(std::string(flag) + " has no effect: it " + what + " classifier-free guidance, which " +
+                  (manifest.guidance_embedding_dim > 0 ? "this LCM-distilled model does not take"
+                                                       : "--cfg-scale 1 or less turns off"));
+  };
+  if (o.skip_early_cfg > 0 && !guided) warn_unguided("--skip-early-cfg", "skips the negative prompt of");
+  if (o.ngms > 0 && !guided) warn_unguided("--ngms", "skips the negative prompt of");
+  if (o.guidance_rescale > 0 && !guided) warn_unguided("--guidance-rescale", "rescales");
+  if (o.ngms_all_steps && !pf.uses_ngms)
+    reporter.warn("--ngms-all-steps has no effect without --ngms (or a prompt file's \"ngms\")");
   if (manifest.guidance_embedding_dim > 0 && resolve_sampler(manifest, o.sampler) != "lcm")
     reporter.warn("this model is LCM-distilled (it takes the guidance scale as an input): it is made for --sampler "
                   "lcm with 2 to 8 steps");

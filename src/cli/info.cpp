@@ -238,6 +238,8 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     add("--cfg-scale", r.at("cfg_scale"));
     if (r.value("guidance_rescale", 0.0) != 0) add("--guidance-rescale", r.at("guidance_rescale"));
     if (r.value("skip_early_cfg", 0.0) != 0) add("--skip-early-cfg", r.at("skip_early_cfg"));
+    if (r.value("ngms", 0.0) != 0) add("--ngms", r.at("ngms"));
+    if (r.value("ngms_all_steps", false)) args.push_back("--ngms-all-steps");
     if (r.at("eta").get<double>() != 0) add("--eta", r.at("eta"));
     if (r.value("clip_skip", 1) != 1) add("--clip-skip", r.at("clip_skip"));
     if (r.value("long_prompts", false)) args.push_back("--long-prompts");
@@ -334,6 +336,8 @@ std::string a1111_command(const std::string& text) {
   take("CFG scale", "--cfg-scale");
   take("Guidance rescale", "--guidance-rescale");  // txt2img's own field
   take("Skip Early CFG", "--skip-early-cfg");
+  take("NGMS", "--ngms");
+  if (field("NGMS all steps") == "True") args.push_back("--ngms-all-steps");
   const std::string size = field("Size");
   const auto x = size.find('x');
   std::string sides[2] = {x == std::string::npos ? "" : size.substr(0, x),
@@ -385,9 +389,10 @@ std::string a1111_command(const std::string& text) {
   else if (!decoder.empty() && decoder != "Full") left_out.push_back("VAE Decoder: " + decoder);
 
   static const std::set<std::string> read = {
-      "Seed",       "Variation seed", "Variation seed strength", "ENSD",    "Steps",       "Sampler",
-      "Schedule type", "Eta DDIM",   "CFG scale",               "Size",    "Clip skip",   "Model",
-      "Model hash", "RNG",            "Version",                 "VAE Decoder", "Guidance rescale", "Skip Early CFG"};
+      "Seed",        "Variation seed",   "Variation seed strength", "ENSD",  "Steps",      "Sampler",
+      "Schedule type", "Eta DDIM",       "CFG scale",               "Size",  "Clip skip",  "Model",
+      "Model hash",  "RNG",              "Version",                 "VAE Decoder", "Guidance rescale",
+      "Skip Early CFG", "NGMS"};
   // The prompt keeps A1111's LoRA tags, which txt2img reads too: the bundle needs LoRAs of those names.
   std::string loras;
   try {
@@ -406,7 +411,7 @@ std::string a1111_command(const std::string& text) {
   for (const auto& [key, value] : p.fields)
     if (!read.count(key) && !(key == "Lora hashes" && !loras.empty()) && !(hires && hires_fields.count(key)) &&
         !(key == "Conditional mask weight" && !mask_weight_differs) &&
-        !((key == "Pad conds" || key == "Pad conds v0") && value == "True"))
+        !((key == "Pad conds" || key == "Pad conds v0" || key == "NGMS all steps") && value == "True"))
       left_out.push_back(key + ": " + value);
   std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version")) << " "
             << model_hint(field("Model"), field("Model hash"));

@@ -148,6 +148,9 @@ std::string a1111_parameters(const ImageRecord& r) {
   }
   if (r.eta != 0) params.emplace_back("Eta DDIM", python_float(r.eta));  // only DDIM takes an eta
   if (r.skip_early_cfg != 0) params.emplace_back("Skip Early CFG", python_float(r.skip_early_cfg));
+  // A1111 records NGMS where it skipped a call.
+  if (r.ngms_skipped) params.emplace_back("NGMS", python_float(r.ngms));
+  if (r.ngms_skipped && r.ngms_all_steps) params.emplace_back("NGMS all steps", "True");
   // "name: hash, name: hash", which the quoting below turns into a JSON string, as A1111 writes them: each name
   // once, without the list's separators.
   for (const auto& [key, hashes] : {std::pair{"Lora hashes", &r.lora_hashes}, {"TI hashes", &r.ti_hashes}}) {
@@ -215,6 +218,8 @@ nlohmann::ordered_json settings_json(const ImageRecord& r) {
       {"cfg_scale", r.cfg_scale},
       {"guidance_rescale", r.guidance_rescale},
       {"skip_early_cfg", r.skip_early_cfg},
+      {"ngms", r.ngms},
+      {"ngms_all_steps", r.ngms_all_steps},
       {"eta", r.eta},
       {"clip_skip", r.clip_skip},
       {"long_prompts", r.long_prompts},

@@ -32,6 +32,9 @@ struct ImageRecord {
   double cfg_scale = 0;
   double guidance_rescale = 0;
   double skip_early_cfg = 0;  // 0 where it was off or unguided
+  double ngms = 0;            // 0 where it was off or unguided
+  bool ngms_all_steps = false;
+  bool ngms_skipped = false;  // whether it skipped a call (GeneratedImage::ngms_skipped)
   double eta = 0;
   int clip_skip = 1;
   bool long_prompts = false;

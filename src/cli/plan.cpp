@@ -80,6 +80,7 @@ bool RunPlan::load_prompt() {
     p.cfg_scale = entry_.cfg_scale.value_or(p.cfg_scale);
     p.guidance_rescale = entry_.guidance_rescale.value_or(p.guidance_rescale);
     p.skip_early_cfg = entry_.skip_early_cfg.value_or(p.skip_early_cfg);
+    p.ngms = entry_.ngms.value_or(p.ngms);
     p.sampler = entry_.sampler.value_or(p.sampler);
     p.clip_skip = entry_.clip_skip.value_or(p.clip_skip);
     p.long_prompts = entry_.long_prompts.value_or(p.long_prompts);
@@ -205,6 +206,7 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
   result.no_prompts = true;
   while (plan.next(job)) {
     result.no_prompts = false;
+    result.uses_ngms = result.uses_ngms || job.params.ngms > 0;
     // Counted once per prompt, at its first image.
     if (job.n == 0 && job.model_prompt.find_first_not_of(" \t\r\n") == std::string::npos &&
         result.empty_prompts++ == 0)

@@ -113,6 +113,7 @@ struct Preflight {
   std::string first_empty_prompt;
   uint64_t empty_prompts = 0;
   bool no_prompts = false;  // the prompt file has none (only blank lines and comments)
+  bool uses_ngms = false;   // whether an image sets GenerationParams::ngms
 };
 
 enum class Existing { Refuse, Overwrite, Skip };

@@ -143,11 +143,12 @@ std::string utf8_problem(std::string_view text) {
 }
 
 const std::vector<std::string>& jsonl_keys() {
-  static const std::vector<std::string> keys = {"prompt",         "negative_prompt",  "seed",           "steps",
-                                                "cfg_scale",      "guidance_rescale", "skip_early_cfg", "width",
-                                                "height",         "sampler",          "clip_skip",      "long_prompts",
-                                                "emphasis",       "hires_scale",      "hires_steps",    "hires_denoise",
-                                                "hires_upscaler", "hires_sampler",    "images",         "output"};
+  static const std::vector<std::string> keys = {"prompt",        "negative_prompt",  "seed",           "steps",
+                                                "cfg_scale",     "guidance_rescale", "skip_early_cfg", "ngms",
+                                                "width",         "height",           "sampler",        "clip_skip",
+                                                "long_prompts",  "emphasis",         "hires_scale",    "hires_steps",
+                                                "hires_denoise", "hires_upscaler",   "hires_sampler",  "images",
+                                                "output"};
   return keys;
 }
 
@@ -288,13 +289,14 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
       entry.seed = parse_seed(value.dump(), where + ": \"seed\"");
     } else if (key == "steps") {
       entry.steps = int_field<int>(value, key, where);
-    } else if (key == "cfg_scale" || key == "guidance_rescale" || key == "skip_early_cfg" || key == "hires_scale" ||
-               key == "hires_denoise") {
+    } else if (key == "cfg_scale" || key == "guidance_rescale" || key == "skip_early_cfg" || key == "ngms" ||
+               key == "hires_scale" || key == "hires_denoise") {
       if (!value.is_number())
         throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a number, not " + value.dump());
       (key == "cfg_scale"          ? entry.cfg_scale
        : key == "guidance_rescale" ? entry.guidance_rescale
        : key == "skip_early_cfg"   ? entry.skip_early_cfg
+       : key == "ngms"             ? entry.ngms
        : key == "hires_scale"      ? entry.hires_scale
                                    : entry.hires_denoise) = value.get<double>();
     } else if (key == "hires_steps") {

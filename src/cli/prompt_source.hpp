@@ -36,7 +36,7 @@ struct PromptEntry {
   std::optional<std::string> negative_prompt;
   std::optional<uint64_t> seed;
   std::optional<int> steps, width, height, images, clip_skip;
-  std::optional<double> cfg_scale, guidance_rescale, skip_early_cfg;
+  std::optional<double> cfg_scale, guidance_rescale, skip_early_cfg, ngms;
   std::optional<std::string> sampler;
   std::optional<std::string> output;
   std::optional<bool> long_prompts, emphasis;
@@ -46,8 +46,9 @@ struct PromptEntry {
   std::optional<std::string> hires_sampler;
 
   bool overrides_params() const {
-    return steps || width || height || cfg_scale || guidance_rescale || skip_early_cfg || sampler || clip_skip ||
-           long_prompts || emphasis || hires_scale || hires_denoise || hires_steps || hires_upscaler || hires_sampler;
+    return steps || width || height || cfg_scale || guidance_rescale || skip_early_cfg || ngms || sampler ||
+           clip_skip || long_prompts || emphasis || hires_scale || hires_denoise || hires_steps || hires_upscaler ||
+           hires_sampler;
   }
 };
 

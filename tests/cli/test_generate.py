@@ -668,6 +668,58 @@ class Samplers(CliTestCase):
         self.assertIn("--skip-early-cfg has no effect", unused.stderr)
         self.assertNotIn("Skip Early CFG", png_text(self.dir / "e.png")["parameters"])
 
+    def test_ngms(self):
+        """--ngms (and a prompt file's "ngms") and --ngms-all-steps are recorded as A1111 records them, where they
+        skipped a call, and always in --json and `info --command`, whose command makes the same image; a negative
+        threshold is a usage error, and warnings say when they do nothing."""
+        # DDIM's 10 steps are timesteps 901, 801, ..., 1, which A1111 compares with NGMS: below 450 are calls 5 to 9, of
+        # which 5, 7 and 9 are odd.
+        args = ["--steps", "10", "--seed", "5", "-W", "64", "-H", "64"]
+        made = self.txt2img("a fox", "--ngms", "450", "--json", "-o", "a.png", *args)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        record = json_lines(made.stdout)[0]
+        self.assertEqual((record["ngms"], record["ngms_all_steps"]), (450, False))
+        self.assertIn(", NGMS: 450.0,", png_text(self.dir / "a.png")["parameters"])
+        command = run(["info", "a.png", "--command"], self.dir)
+        self.assertIn(" --ngms 450.0 ", command.stdout)
+        again = run(shlex.split(command.stdout)[1:] + ["--model", TINY, "-o", "b.png"], self.dir)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        self.assertEqual(self.txt2img("a fox", "-o", "guided.png", *args).returncode, 0)
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "guided.png"))
+        self.assertNotIn("NGMS", png_text(self.dir / "guided.png")["parameters"])
+
+        self.write("p.jsonl", json.dumps({"prompt": "a fox", "ngms": 450, "output": "c.png"}))
+        from_file = self.txt2img("--from-file", "p.jsonl", *args)
+        self.assertEqual(from_file.returncode, 0, from_file.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+
+        # Every call below 450 skipped is another image, recorded as such.
+        made = self.txt2img("a fox", "--ngms", "450", "--ngms-all-steps", "-o", "all.png", *args)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertIn(", NGMS: 450.0, NGMS all steps: True,", png_text(self.dir / "all.png")["parameters"])
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "all.png"))
+        command = run(["info", "all.png", "--command"], self.dir)
+        self.assertIn(" --ngms 450.0 --ngms-all-steps ", command.stdout)
+
+        # Below every timestep it skips nothing: the guided image, the setting in --json only.
+        made = self.txt2img("a fox", "--ngms", "0.5", "--json", "-o", "none.png", *args)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual(json_lines(made.stdout)[0]["ngms"], 0.5)
+        self.assertNotIn("NGMS", png_text(self.dir / "none.png")["parameters"])
+        self.assertEqual(png_pixels(self.dir / "none.png"), png_pixels(self.dir / "guided.png"))
+
+        self.assertExit(self.txt2img("a fox", "--ngms", "-1", "-o", "d.png"), EXIT_USAGE,
+                        "NGMS must be a finite number of 0 or more")
+        self.assertFalse((self.dir / "d.png").exists())
+        unused = self.txt2img("a fox", "--ngms", "450", "--cfg-scale", "1", "-o", "e.png", *args)
+        self.assertEqual(unused.returncode, 0, unused.stderr)
+        self.assertIn("--ngms has no effect", unused.stderr)
+        self.assertNotIn("NGMS", png_text(self.dir / "e.png")["parameters"])
+        alone = self.txt2img("a fox", "--ngms-all-steps", "-o", "f.png", *args)
+        self.assertEqual(alone.returncode, 0, alone.stderr)
+        self.assertIn("--ngms-all-steps has no effect without --ngms", alone.stderr)
+
     def test_eta(self):
         for eta, name in [("0", "a.png"), ("1", "b.png")]:
             self.assertEqual(self.txt2img("a fox", "--eta", eta, "-o", name, "--seed", "1").returncode, 0)

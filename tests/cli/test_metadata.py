@@ -134,6 +134,15 @@ class Metadata(CliTestCase):
         self.assertIn(" --skip-early-cfg 0.2 ", result.stdout)
         self.assertNotIn("not carried over", result.stderr)
 
+    def test_a1111_ngms(self):
+        """A1111's NGMS (Negative Guidance minimum sigma) and "NGMS all steps" carry over."""
+        infotext = ("a fox\nSteps: 10, Sampler: Euler, CFG scale: 7.5, Seed: 5, Size: 64x64, RNG: CPU, NGMS: 1.5, "
+                    "NGMS all steps: True")
+        result = a1111_command(self, infotext)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(" --ngms 1.5 --ngms-all-steps ", result.stdout)
+        self.assertNotIn("not carried over", result.stderr)
+
     def test_a1111_inpainting_mask_weight(self):
         """A1111 records an inpainting model's mask weight, which its txt2img reads only in a hires pass: there a weight
         below 1 conditions the pass on the first pass's image, which txt2img does not do."""

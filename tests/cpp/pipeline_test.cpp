@@ -1279,6 +1279,71 @@ TEST(SkipEarlyCfg, TheFirstCallsRunThePromptRowsAloneAsA1111CountsThem) {
   expect_error([&] { rows_per_call(params, "a fox"); }, ErrorKind::Usage, {"skip early CFG must be from 0 to 1"});
 }
 
+// A1111's NGMS: a call that Skip Early CFG leaves guided, odd by its count from the pass's start (any with
+// ngms_all_steps), runs the prompt rows alone where A1111's sampler's noise level for it is below the threshold: the
+// sigma for Euler, the timestep for DDIM.
+TEST(Ngms, OddCallsBelowTheSigmaRunThePromptRowsAlone) {
+  const auto bundle = txt2img::Bundle::open(fixtures() / "tiny");
+  auto pipeline = txt2img::Pipeline::load(bundle, {});
+  const auto run = [&](const txt2img::GenerationParams& params, const std::string& prefix = "") {
+    Keep keep;
+    txt2img::SeededNoise noise({5});
+    const auto images = pipeline.generate({"a fox"}, {""}, params, noise, &keep);
+    std::vector<int64_t> rows;
+    for (size_t call = 0; keep.kept.count(prefix + "unet/" + call_name(call) + "/noise_pred"); ++call)
+      rows.push_back(keep.kept.at(prefix + "unet/" + call_name(call) + "/noise_pred").size(0));
+    return std::make_tuple(rows, images.at(0).ngms_skipped, keep.kept.at("vae/decode_in"));
+  };
+  auto params = small_params();
+  params.steps = 10;
+  params.sampler = "euler";
+  const auto euler = txt2img::make_scheduler("euler", bundle.manifest().scheduler, 10);
+  params.ngms = euler->a1111_sigma(6);  // calls 7, 8 and 9 are below it; 6 is not
+  auto [rows, skipped, latents] = run(params);
+  EXPECT_EQ(rows, (std::vector<int64_t>{2, 2, 2, 2, 2, 2, 2, 1, 2, 1}));
+  EXPECT_TRUE(skipped);
+  params.ngms_all_steps = true;
+  EXPECT_EQ(std::get<0>(run(params)), (std::vector<int64_t>{2, 2, 2, 2, 2, 2, 2, 1, 1, 1}));
+  // Skip Early CFG decides first; the calls it leaves guided count as before.
+  params.ngms_all_steps = false;
+  params.skip_early_cfg = 0.2;
+  EXPECT_EQ(std::get<0>(run(params)), (std::vector<int64_t>{1, 1, 1, 2, 2, 2, 2, 1, 2, 1}));
+  params.skip_early_cfg = 0;
+
+  // DDIM's 10 steps are timesteps 901, 801, ..., 101, 1: below 150 are calls 8 and 9, of which 9 is odd.
+  params.sampler = "ddim";
+  params.ngms = 150;
+  EXPECT_EQ(std::get<0>(run(params)), (std::vector<int64_t>{2, 2, 2, 2, 2, 2, 2, 2, 2, 1}));
+  params.ngms_all_steps = true;
+  EXPECT_EQ(std::get<0>(run(params)), (std::vector<int64_t>{2, 2, 2, 2, 2, 2, 2, 2, 1, 1}));
+
+  // A threshold below every noise level skips nothing, and the image says so.
+  params.ngms = 0.5;
+  std::tie(rows, skipped, latents) = run(params);
+  EXPECT_EQ(rows, std::vector<int64_t>(10, 2));
+  EXPECT_FALSE(skipped);
+  // Above every noise level with every call skipped: the image without guidance; without guidance nothing is skipped.
+  params.ngms = 1000;
+  auto unguided = params;
+  unguided.ngms = 0;
+  unguided.cfg_scale = 1;
+  EXPECT_TRUE(torch::equal(std::get<2>(run(params)), std::get<2>(run(unguided))));
+  unguided.ngms = 1000;
+  EXPECT_FALSE(std::get<1>(run(unguided)));
+
+  // The hires pass (calls 5 to 9 of a 10-step schedule) counts from 0: below call 5's sigma, counts 1 and 3 are odd.
+  params.sampler = "euler";
+  params.ngms_all_steps = false;
+  params.ngms = euler->a1111_sigma(5);
+  params.hires.scale = 1.5;
+  params.hires.denoise = 0.5;
+  params.hires.steps = 5;
+  EXPECT_EQ(std::get<0>(run(params, "hires/")), (std::vector<int64_t>{2, 1, 2, 1, 2}));
+
+  params.ngms = -1;
+  expect_error([&] { run(params); }, ErrorKind::Usage, {"NGMS must be a finite number of 0 or more"});
+}
+
 // A hires pass's schedule counts whole steps on from the first pass's and fractions from 1 to 2 over its own.
 TEST(PromptEditing, TheHiresPassContinuesTheSchedule) {
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});

@@ -818,6 +818,42 @@ TEST(SchedulerStartAt, AddNoiseInTheMiddleOfTheSchedule) {
   }
 }
 
+// A1111's NGMS compares the noise level A1111's sampler hands its denoiser: the timestep for DDIM, PLMS and UniPC,
+// else the sigma of the call's input, which add_noise puts on a clean sample of zeros with unit noise (over the
+// signal's scale alpha, add_noise's of ones without noise, in the variance-preserving space of DPM-Solver++ and LCM).
+TEST(SchedulerA1111Sigma, IsTheTimestepOrTheSigmaOfTheCallsInput) {
+  const auto zeros = torch::zeros({1});
+  const auto ones = torch::ones({1});
+  for (const auto& name : txt2img::scheduler_names()) {
+    const auto sched = txt2img::make_scheduler(name, sd_config(), 10);
+    const auto base = txt2img::split_sampler_name(name).base;
+    for (size_t call = 0; call < sched->timesteps().size(); ++call) {
+      const double got = sched->a1111_sigma(call);
+      if (base == "ddim" || base == "pndm" || base == "unipc") {
+        EXPECT_EQ(got, sched->timesteps()[call]) << name << " call " << call;
+        continue;
+      }
+      const float noised = sched->add_noise(zeros, ones, call).item<float>();
+      if (base == "dpmpp_2m" || base == "dpmpp_2m_sde" || base == "lcm")
+        EXPECT_NEAR(got, noised / sched->add_noise(ones, zeros, call).item<float>(), 1e-6 * got)
+            << name << " call " << call;
+      else
+        EXPECT_EQ(got, noised) << name << " call " << call;
+    }
+  }
+  // Heun's corrector call takes the next step's sigma, as k-diffusion's sample_heun calls the model with it.
+  const auto heun = txt2img::make_scheduler("heun", sd_config(), 10);
+  const auto sigmas = golden("euler/n10/sigmas");
+  EXPECT_EQ(heun->a1111_sigma(0), sigmas[0].item<float>());
+  EXPECT_EQ(heun->a1111_sigma(1), sigmas[1].item<float>());
+  EXPECT_EQ(heun->a1111_sigma(2), sigmas[1].item<float>());
+  EXPECT_EQ(heun->a1111_sigma(3), sigmas[2].item<float>());
+  // LCM's 4 steps: timesteps 999, 759, 499, 259 and their sigmas sqrt((1 - a) / a).
+  const auto lcm = txt2img::make_scheduler("lcm", sd_config(), 4);
+  const float a = golden("common/alphas_cumprod")[259].item<float>();
+  EXPECT_EQ(lcm->a1111_sigma(3), std::sqrt((1.0f - a) / a));
+}
+
 // Feeds the golden model outputs (and step noise) of calls first.. of a golden run to `sched`, from `x`; returns
 // the sample after each call.
 std::vector<torch::Tensor> golden_calls(txt2img::Scheduler& sched, const std::string& run, size_t first,
