@@ -2,7 +2,8 @@
 // solver_type "midpoint", lower_order_final, final_sigmas_type "zero"), on diffusers' default schedule (training
 // sigmas at linspace-spaced timesteps: dpmpp_2m) or with use_karras_sigmas (dpmpp_2m_karras); and its SDE variant
 // (algorithm_type "sde-dpmsolver++": dpmpp_2m_sde, dpmpp_2m_sde_karras), which at every step keeps only exp(-h) of
-// the sample's share, doubles the x0 terms' weight and adds fresh noise to make up the variance.
+// the sample's share, doubles the x0 terms' weight and adds fresh noise to make up the variance. Both also run on
+// A1111's own schedules (dpmpp_2m_sgm_uniform, ...), which diffusers lacks.
 // The model output is turned into an x0 prediction; the first and the last step are first order, the others
 // extrapolate from the last two x0 predictions in log-SNR time.
 #include <cmath>
@@ -14,9 +15,8 @@ namespace {
 
 class DpmSolverPP2M final : public LogSnrScheduler {
  public:
-  DpmSolverPP2M(const SchedulerConfig& config, int steps, bool karras, bool sde)
-      : LogSnrScheduler(config, steps, karras,
-                        std::string(sde ? "dpmpp_2m_sde" : "dpmpp_2m") + (karras ? "_karras" : "")),
+  DpmSolverPP2M(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool sde)
+      : LogSnrScheduler(config, steps, schedule, (sde ? "dpmpp_2m_sde" : "dpmpp_2m") + schedule_suffix(schedule)),
         sde_(sde) {}
 
   // diffusers draws the SDE's noise at every step, the last (whose noise has weight 0) included.
@@ -68,8 +68,8 @@ torch::Tensor DpmSolverPP2M::step(const torch::Tensor& model_output, size_t call
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, bool karras, bool sde) {
-  return std::make_unique<DpmSolverPP2M>(config, steps, karras, sde);
+std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool sde) {
+  return std::make_unique<DpmSolverPP2M>(config, steps, schedule, sde);
 }
 
 }  // namespace txt2img::detail

@@ -11,9 +11,9 @@ namespace {
 
 class EulerAncestral final : public SigmaScheduler {
  public:
-  EulerAncestral(const SchedulerConfig& config, int steps)
-      : SigmaScheduler(config, steps, SigmaSchedule::kSpaced) {
-    require_prediction_type(config, "euler_a", {"epsilon", "v_prediction"});
+  EulerAncestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
+      : SigmaScheduler(config, steps, schedule) {
+    require_prediction_type(config, "euler_a" + schedule_suffix(schedule), {"epsilon", "v_prediction"});
   }
 
   bool needs_noise(size_t) const override { return true; }
@@ -37,8 +37,8 @@ class EulerAncestral final : public SigmaScheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps) {
-  return std::make_unique<EulerAncestral>(config, steps);
+std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule) {
+  return std::make_unique<EulerAncestral>(config, steps, schedule);
 }
 
 }  // namespace txt2img::detail

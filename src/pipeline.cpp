@@ -345,9 +345,7 @@ std::string resolve_sampler(const Manifest& manifest, const std::string& name, c
   if (lower != "model") {
     const std::string canonical = canonical_scheduler_name(name);
     if (is_scheduler_name(canonical)) return canonical;
-    std::string list;
-    for (const auto& n : scheduler_names()) list += (list.empty() ? "" : ", ") + n;
-    throw Error(ErrorKind::Usage, "unknown " + setting + " \"" + name + "\" (known: " + list +
+    throw Error(ErrorKind::Usage, "unknown " + setting + " \"" + name + "\" (known: " + sampler_names_text() +
                                       ", and model, the model's own; A1111's and diffusers' names for them work too)");
   }
   if (!manifest.source_sampler.empty()) return manifest.source_sampler;

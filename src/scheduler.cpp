@@ -20,12 +20,12 @@ enum Capability : unsigned {
 };
 
 struct Sampler {
-  const char* name;
+  std::string name;
   unsigned capabilities;
 };
 
 // In the order help texts list them.
-constexpr Sampler kSamplers[] = {
+const Sampler kSamplers[] = {
     {"ddim", kEta | kStartsLate | kZeroSnr},
     {"pndm", 0},
     {"euler", kStartsLate | kZeroSnr},
@@ -56,16 +56,38 @@ constexpr Sampler kSamplers[] = {
     {"lcm", kZeroSnr},
 };
 
-// The names of the samplers that have (or, `with` false, lack) every capability in `capabilities`, in table order,
-// joined as a sentence lists them: "a, b and c", or with `last` ", " throughout.
+// AUTOMATIC1111's schedule types that diffusers has no option for, and the samplers here that run on them, as A1111
+// runs its k-diffusion samplers on any schedule: each pair is a sampler, named "euler_sgm_uniform".
+constexpr const char* kA1111Schedules[] = {"sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"};
+constexpr const char* kA1111ScheduleSamplers[] = {"euler",      "euler_a", "heun",     "dpm2",        "dpm2_a",
+                                                  "dpmpp_2s_a", "lms",     "dpmpp_2m", "dpmpp_2m_sde"};
+
+// kSamplers, then the samplers on A1111's schedules (which start late but run no zero-terminal-SNR model).
+const std::vector<Sampler>& all_samplers() {
+  static const std::vector<Sampler> samplers = [] {
+    std::vector<Sampler> out(std::begin(kSamplers), std::end(kSamplers));
+    for (const char* schedule : kA1111Schedules)
+      for (const char* sampler : kA1111ScheduleSamplers)
+        out.push_back({std::string(sampler) + "_" + schedule, kStartsLate});
+    return out;
+  }();
+  return samplers;
+}
+
+// Names joined as a sentence lists them: "a, b and c", or with `last` ", " throughout.
+std::string joined(const std::vector<std::string>& names, const char* last = ", ") {
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? last : ", ") + names[i];
+  return out;
+}
+
+// The names of kSamplers that have (or, `with` false, lack) every capability in `capabilities`, in table order,
+// joined.
 std::string sampler_list(unsigned capabilities, bool with = true, const char* last = ", ") {
-  std::vector<const char*> found;
+  std::vector<std::string> found;
   for (const auto& s : kSamplers)
     if (((s.capabilities & capabilities) == capabilities) == with) found.push_back(s.name);
-  std::string out;
-  for (size_t i = 0; i < found.size(); ++i)
-    out += (i == 0 ? "" : i + 1 == found.size() ? last : ", ") + std::string(found[i]);
-  return out;
+  return joined(found, last);
 }
 
 // betas_for_alpha_bar with the cosine transform, in Python float (double) arithmetic.
@@ -197,10 +219,17 @@ torch::Tensor alphas_cumprod(const SchedulerConfig& config) {
 const std::vector<std::string>& scheduler_names() {
   static const std::vector<std::string> names = [] {
     std::vector<std::string> out;
-    for (const auto& s : kSamplers) out.emplace_back(s.name);
+    for (const auto& s : all_samplers()) out.emplace_back(s.name);
     return out;
   }();
   return names;
+}
+
+std::string sampler_names_text() {
+  return sampler_list(0) + "; and on AUTOMATIC1111's schedule types " +
+         joined({std::begin(kA1111Schedules), std::end(kA1111Schedules)}, " and ") + ": " +
+         joined({std::begin(kA1111ScheduleSamplers), std::end(kA1111ScheduleSamplers)}, " and ") +
+         " with the schedule after the name (euler_sgm_uniform, dpmpp_2m_align_your_steps)";
 }
 
 bool is_scheduler_name(const std::string& name) {
@@ -249,7 +278,7 @@ std::string canonical_scheduler_name(const std::string& name) {
         {"kdpmpp2mka", "dpmpp_2m_karras"},
     };
     // Each of ours in any case and punctuation: A1111's "Euler a", "DPM++ 2M SDE Karras", "DPM2 a Exponential".
-    for (const auto& s : kSamplers) out.emplace(alias_key(s.name), s.name);
+    for (const auto& s : all_samplers()) out.emplace(alias_key(s.name), s.name);
     return out;
   }();
   const auto it = aliases.find(alias_key(name));
@@ -257,7 +286,9 @@ std::string canonical_scheduler_name(const std::string& name) {
 }
 
 SamplerName split_sampler_name(const std::string& name) {
-  for (const std::string schedule : {"karras", "exponential"}) {
+  std::vector<std::string> schedules = {"karras", "exponential"};
+  schedules.insert(schedules.end(), std::begin(kA1111Schedules), std::end(kA1111Schedules));
+  for (const auto& schedule : schedules) {
     const std::string suffix = "_" + schedule;
     if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
       return {name.substr(0, name.size() - suffix.size()), schedule};
@@ -268,10 +299,10 @@ SamplerName split_sampler_name(const std::string& name) {
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,
                                           double eta) {
   const std::string canonical = canonical_scheduler_name(name);
-  const auto it = std::find_if(std::begin(kSamplers), std::end(kSamplers),
-                               [&](const Sampler& s) { return canonical == s.name; });
-  if (it == std::end(kSamplers))
-    throw Error(ErrorKind::Usage, "unknown sampler \"" + name + "\" (known: " + sampler_list(0) + ")");
+  const auto& samplers = all_samplers();
+  const auto it = std::find_if(samplers.begin(), samplers.end(), [&](const Sampler& s) { return canonical == s.name; });
+  if (it == samplers.end())
+    throw Error(ErrorKind::Usage, "unknown sampler \"" + name + "\" (known: " + sampler_names_text() + ")");
   if (steps < 1 || steps > config.num_train_timesteps)
     throw Error(ErrorKind::Usage, "steps must be between 1 and " + std::to_string(config.num_train_timesteps) +
                                       ", got " + std::to_string(steps));
@@ -282,30 +313,30 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (eta != 0.0 && !(it->capabilities & kEta))
     throw Error(ErrorKind::Usage, "eta applies only to the ddim scheduler, not to " + name);
 
-  if (config.rescale_betas_zero_snr && !(it->capabilities & kZeroSnr))
-    throw Error(ErrorKind::Usage, "the " + std::string(it->name) + " sampler cannot run a zero-terminal-SNR model "
-                                  "(diffusers' scheduler for it has no rescale_betas_zero_snr); use " +
-                                      sampler_list(kZeroSnr));
-
+  using detail::SigmaSchedule;
   const std::string sampler = it->name;
+  const auto [base, schedule_name] = split_sampler_name(sampler);
+  const SigmaSchedule schedule = detail::schedule_named(schedule_name);
+  if (config.rescale_betas_zero_snr && !(it->capabilities & kZeroSnr))
+    throw Error(ErrorKind::Usage,
+                "the " + sampler + " sampler cannot run a zero-terminal-SNR model (" +
+                    (detail::is_a1111_schedule(schedule)
+                         ? "A1111's schedules start at the model's largest training sigma, infinite for such a model"
+                         : "diffusers' scheduler for it has no rescale_betas_zero_snr") +
+                    "); use " + sampler_list(kZeroSnr));
+
   if (sampler == "ddim") return detail::make_ddim(config, steps, eta);
   if (sampler == "pndm") return detail::make_pndm(config, steps);
   if (sampler == "lcm") return detail::make_lcm(config, steps);
-  if (sampler == "euler_a") return detail::make_euler_ancestral(config, steps);
-  using detail::SigmaSchedule;
-  const auto [base, schedule_name] = split_sampler_name(sampler);
-  const bool karras = schedule_name == "karras";
-  const SigmaSchedule schedule = karras                          ? SigmaSchedule::kKarras
-                                 : schedule_name == "exponential" ? SigmaSchedule::kExponential
-                                                                  : SigmaSchedule::kSpaced;
+  if (base == "euler_a") return detail::make_euler_ancestral(config, steps, schedule);
   if (base == "euler") return detail::make_euler(config, steps, schedule);
   if (base == "heun") return detail::make_heun(config, steps, schedule);
   if (base == "dpm2" || base == "dpm2_a") return detail::make_dpm2(config, steps, schedule, base == "dpm2_a");
   if (base == "dpmpp_2s_a") return detail::make_dpmpp_2s_ancestral(config, steps, schedule);
   if (base == "lms") return detail::make_lms(config, steps, schedule);
-  if (base == "unipc") return detail::make_unipc(config, steps, karras);
+  if (base == "unipc") return detail::make_unipc(config, steps, schedule == SigmaSchedule::kKarras);
   if (base == "dpmpp_2m" || base == "dpmpp_2m_sde")
-    return detail::make_dpmpp_2m(config, steps, karras, base == "dpmpp_2m_sde");
+    return detail::make_dpmpp_2m(config, steps, schedule, base == "dpmpp_2m_sde");
   throw Error(ErrorKind::Usage, "scheduler \"" + sampler + "\" is listed but not built");
 }
 
@@ -399,13 +430,49 @@ std::vector<float> exponential_sigmas(double sigma_min, double sigma_max, int st
   return {sigmas.data_ptr<float>(), sigmas.data_ptr<float>() + sigmas.numel()};
 }
 
-const char* schedule_suffix(SigmaSchedule schedule) {
-  switch (schedule) {
-    case SigmaSchedule::kKarras: return "_karras";
-    case SigmaSchedule::kExponential: return "_exponential";
-    case SigmaSchedule::kSpaced: break;
-  }
-  return "";
+namespace {
+
+constexpr std::pair<SigmaSchedule, const char*> kScheduleNames[] = {
+    {SigmaSchedule::kSpaced, ""},
+    {SigmaSchedule::kKarras, "karras"},
+    {SigmaSchedule::kExponential, "exponential"},
+    {SigmaSchedule::kSgmUniform, "sgm_uniform"},
+    {SigmaSchedule::kAlignYourSteps, "align_your_steps"},
+    {SigmaSchedule::kSimple, "simple"},
+    {SigmaSchedule::kNormal, "normal"},
+    {SigmaSchedule::kPolyexponential, "polyexponential"},
+};
+
+}  // namespace
+
+const char* schedule_name(SigmaSchedule schedule) {
+  for (const auto& [kind, name] : kScheduleNames)
+    if (kind == schedule) return name;
+  throw Error(ErrorKind::Runtime, "schedule_name: unlisted schedule");
+}
+
+SigmaSchedule schedule_named(const std::string& name) {
+  for (const auto& [kind, listed] : kScheduleNames)
+    if (name == listed) return kind;
+  throw Error(ErrorKind::Runtime, "no sigma schedule is named \"" + name + "\"");
+}
+
+std::string schedule_suffix(SigmaSchedule schedule) {
+  const std::string name = schedule_name(schedule);
+  return name.empty() ? name : "_" + name;
+}
+
+bool is_a1111_schedule(SigmaSchedule schedule) {
+  return schedule != SigmaSchedule::kSpaced && schedule != SigmaSchedule::kKarras &&
+         schedule != SigmaSchedule::kExponential;
+}
+
+std::vector<double> a1111_timesteps(const std::vector<float>& sigmas, const std::vector<float>& training_sigmas) {
+  const auto logs = log_sigmas(training_sigmas);
+  std::vector<double> out;
+  for (size_t i = 0; i + 1 < sigmas.size(); ++i)
+    out.push_back(sigma_to_t(sigmas[i], logs, SigmaToT::kTensorSigmaTensorLogs));
+  return out;
 }
 
 std::vector<float> log_sigmas(const std::vector<float>& training_sigmas) {
@@ -465,8 +532,15 @@ void check_noise(const torch::Tensor& noise, const torch::Tensor& sample) {
 SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
     : prediction_type_(config.prediction_type) {
   const std::string spacing = resolve_spacing(config, "linspace");
-  timesteps_ = spaced_timesteps(config, spacing, steps, false);
   const auto train = training_sigmas(sigma_alphas_cumprod_values(config));
+  if (is_a1111_schedule(schedule)) {
+    // A1111 starts from noise * sigmas[0] and hands the U-Net k-diffusion's timestep of each sigma.
+    sigmas_ = a1111_sigmas(schedule, train, steps);
+    init_noise_sigma_ = sigmas_.front();
+    timesteps_ = a1111_timesteps(sigmas_, train);
+    return;
+  }
+  timesteps_ = spaced_timesteps(config, spacing, steps, false);
   std::vector<double> sigmas;
   for (double t : timesteps_) sigmas.push_back(interp(t, train));
   if (schedule != SigmaSchedule::kSpaced) {
@@ -520,12 +594,18 @@ Vp::Vp(float karras_sigma) {
   lambda = tensor_log(alpha) - tensor_log(sigma);
 }
 
-LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, bool karras, const std::string& name)
+LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                 const std::string& name)
     : prediction_type_(config.prediction_type) {
   require_prediction_type(config, name, {"epsilon", "sample", "v_prediction"});
   const std::string spacing = resolve_spacing(config, "linspace");
   const auto train = training_sigmas(sigma_alphas_cumprod_values(config));
-  if (karras) {
+  if (is_a1111_schedule(schedule)) {
+    sigmas_ = a1111_sigmas(schedule, train, steps);
+    timesteps_ = a1111_timesteps(sigmas_, train);
+    return;
+  }
+  if (schedule == SigmaSchedule::kKarras) {
     // The Karras sigmas replace the spaced timesteps: the spacing has no effect. NumPy rounds half to even.
     const auto logs = log_sigmas(train);
     for (double sigma : karras_sigmas(train.front(), train.back(), steps)) {

@@ -16,21 +16,41 @@ namespace txt2img::detail {
 std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, double eta);
 std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
 // Where a sigma sampler's sigmas come from: the spaced timesteps' own, or a schedule between their extremes, Karras
-// et al.'s or exponential (diffusers' use_karras_sigmas, use_exponential_sigmas).
-enum class SigmaSchedule { kSpaced, kKarras, kExponential };
-// The sampler name's suffix for a schedule: "", "_karras", "_exponential".
-const char* schedule_suffix(SigmaSchedule schedule);
+// et al.'s or exponential (diffusers' use_karras_sigmas, use_exponential_sigmas); or one of AUTOMATIC1111's schedule
+// types that diffusers lacks (a1111_sigmas).
+enum class SigmaSchedule {
+  kSpaced,
+  kKarras,
+  kExponential,
+  kSgmUniform,
+  kAlignYourSteps,
+  kSimple,
+  kNormal,
+  kPolyexponential
+};
+// The schedule a sampler name's suffix names ("karras", "sgm_uniform", ...; "" for kSpaced), and back. Throws
+// Error(Runtime) for a suffix that names none.
+const char* schedule_name(SigmaSchedule schedule);
+SigmaSchedule schedule_named(const std::string& name);
+// The sampler name's suffix for a schedule: "", "_karras", "_sgm_uniform", ...
+std::string schedule_suffix(SigmaSchedule schedule);
+// AUTOMATIC1111's schedule of `steps` sigmas then 0 for one of its own kinds (kSgmUniform and after), from the
+// training sigmas (ascending), as its modules/sd_schedulers.py computes it.
+std::vector<float> a1111_sigmas(SigmaSchedule schedule, const std::vector<float>& training_sigmas, int steps);
+// Whether `schedule` is one of A1111's own kinds (a1111_sigmas computes it).
+bool is_a1111_schedule(SigmaSchedule schedule);
 
 std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
-std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps);
+// Euler ancestral on the spaced timesteps' sigmas or one of A1111's own schedules.
+std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM2, or its ancestral variant (fresh noise at every midpoint call).
 std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral);
 // k-diffusion's DPM-Solver++(2S) ancestral (A1111's DPM++ 2S a), on spaced, Karras or exponential sigmas.
 std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
-// DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step). `karras`: on Karras sigmas
-// (diffusers v0.31's exponential sigmas fail in these two classes).
-std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, bool karras, bool sde);
+// DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step), on diffusers' sigmas, Karras
+// sigmas or one of A1111's own schedules (diffusers v0.31's exponential sigmas fail in these two classes).
+std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool sde);
 std::unique_ptr<Scheduler> make_unipc(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 std::unique_ptr<Scheduler> make_lcm(const SchedulerConfig& config, int steps);
@@ -78,6 +98,9 @@ enum class SigmaToT {
 // diffusers' _sigma_to_t computes it from `log_sigmas`, the float32 logs of the training sigmas.
 double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, SigmaToT types = SigmaToT::kNumpySigma);
 std::vector<float> log_sigmas(const std::vector<float>& training_sigmas);
+// The timestep A1111 hands the U-Net for each of a schedule's sigmas but the last (k-diffusion's sigma_to_t of its
+// discrete schedule, float32 throughout).
+std::vector<double> a1111_timesteps(const std::vector<float>& sigmas, const std::vector<float>& training_sigmas);
 
 // Throws Error(Runtime) unless `call` is the `next` U-Net call (the run's first, then one more per step) and
 // `total` calls exist; the multistep samplers keep history, so calls must come in order, once each.
@@ -135,8 +158,8 @@ struct Vp {
 
 // Shared part of the solvers that step in log-SNR time on variance-preserving samples (DPM-Solver++, UniPC): whole
 // timesteps np.linspace(0, num_train_timesteps - 1, steps + 1).round()[::-1][:-1] with their training sigmas, or
-// Karras sigmas between the training extremes at their rounded training timesteps; then a final sigma 0.
-// init_noise_sigma 1 and unscaled U-Net input.
+// Karras sigmas between the training extremes at their rounded training timesteps, or one of A1111's own schedules
+// at A1111's fractional timesteps; then a final sigma 0. init_noise_sigma 1 and unscaled U-Net input.
 class LogSnrScheduler : public Scheduler {
  public:
   // alpha * x0 + sigma * noise at this call's sigma, diffusers' add_noise of these schedulers.
@@ -145,7 +168,7 @@ class LogSnrScheduler : public Scheduler {
  protected:
   // `name`: the sampler's, for errors. Throws Error(Bundle) for a spacing other than linspace without Karras sigmas
   // or an unsupported prediction type.
-  LogSnrScheduler(const SchedulerConfig& config, int steps, bool karras, const std::string& name);
+  LogSnrScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule, const std::string& name);
 
   // The x0 prediction of a model output for the sample at call `call`'s sigma (convert_model_output).
   torch::Tensor predict_x0(const torch::Tensor& model_output, const torch::Tensor& sample, size_t call) const;

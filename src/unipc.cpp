@@ -32,7 +32,8 @@ torch::Tensor corrector_weights(int order, const torch::Tensor& hh, const torch:
 class UniPC final : public LogSnrScheduler {
  public:
   UniPC(const SchedulerConfig& config, int steps, bool karras)
-      : LogSnrScheduler(config, steps, karras, karras ? "unipc_karras" : "unipc") {}
+      : LogSnrScheduler(config, steps, karras ? SigmaSchedule::kKarras : SigmaSchedule::kSpaced,
+                        karras ? "unipc_karras" : "unipc") {}
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override {

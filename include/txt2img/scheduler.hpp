@@ -101,6 +101,8 @@ class Scheduler {
 
 // Names accepted by make_scheduler, for help texts and validation.
 const std::vector<std::string>& scheduler_names();
+// scheduler_names() as help texts list them: those on A1111's own schedule types summed up by schedule and sampler.
+std::string sampler_names_text();
 // Whether `name` is one of scheduler_names() exactly (an alias is not: see canonical_scheduler_name).
 bool is_scheduler_name(const std::string& name);
 
@@ -111,10 +113,13 @@ bool is_scheduler_name(const std::string& name);
 std::string canonical_scheduler_name(const std::string& name);
 
 // A sampler name split into the sampler and its sigma schedule: "dpm2_a_karras" is {"dpm2_a", "karras"},
-// "euler_exponential" {"euler", "exponential"}, "euler" {"euler", ""}.
+// "euler_exponential" {"euler", "exponential"}, "dpmpp_2m_sgm_uniform" {"dpmpp_2m", "sgm_uniform"}, "euler"
+// {"euler", ""}.
 struct SamplerName {
   std::string base;
-  std::string schedule;  // "karras", "exponential" or ""
+  // "karras", "exponential" (diffusers' use_karras_sigmas, use_exponential_sigmas), A1111's own schedule types
+  // "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential" (as A1111 computes them), or "".
+  std::string schedule;
 };
 SamplerName split_sampler_name(const std::string& name);
 

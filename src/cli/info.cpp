@@ -318,7 +318,7 @@ std::string a1111_command(const std::string& text) {
                           a1111_default_schedule(sampler) + " sigmas)");
         }
       }
-      const std::string suffix = schedule == "Karras" ? "_karras" : schedule == "Exponential" ? "_exponential" : "";
+      const std::string suffix = schedule_from_a1111(schedule).empty() ? "" : "_" + schedule_from_a1111(schedule);
       if (!suffix.empty() && is_scheduler_name(sampler + suffix))
         sampler += suffix;
       else if (!schedule.empty() && schedule != "Automatic" && schedule != "Uniform")

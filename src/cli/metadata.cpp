@@ -27,6 +27,32 @@ std::string a1111_default_schedule(const std::string& sampler) {
   return "";
 }
 
+namespace {
+
+constexpr std::pair<const char*, const char*> kA1111ScheduleLabels[] = {
+    {"karras", "Karras"},
+    {"exponential", "Exponential"},
+    {"sgm_uniform", "SGM Uniform"},
+    {"align_your_steps", "Align Your Steps"},
+    {"simple", "Simple"},
+    {"normal", "Normal"},
+    {"polyexponential", "Polyexponential"},
+};
+
+}  // namespace
+
+std::string a1111_schedule_label(const std::string& schedule) {
+  for (const auto& [name, label] : kA1111ScheduleLabels)
+    if (schedule == name) return label;
+  return schedule;
+}
+
+std::string schedule_from_a1111(const std::string& label) {
+  for (const auto& [name, listed] : kA1111ScheduleLabels)
+    if (label == listed || label == name) return name;
+  return label == "SGMUniform" ? "sgm_uniform" : "";  // an alias A1111 reads
+}
+
 A1111Sampler a1111_sampler(const std::string& sampler) {
   // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
   static const std::map<std::string, std::string> names = {
@@ -39,7 +65,7 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
   const auto it = names.find(base);
   if (it == names.end()) return {sampler, ""};
   if (schedule == "karras") return {it->second + " Karras", "Karras"};
-  if (schedule == "exponential") return {it->second, "Exponential"};
+  if (!schedule.empty()) return {it->second, a1111_schedule_label(schedule)};
   // A1111 1.9 and later run these on other sigmas by default (its "Automatic"); theirs here are the spaced
   // timesteps' own, A1111's Uniform.
   return {it->second, a1111_default_schedule(base).empty() ? "" : "Uniform"};

@@ -72,11 +72,17 @@ struct ImageRecord {
 // the exponential ones ("Euler" with schedule type "Exponential").
 struct A1111Sampler {
   std::string name;
-  // "Karras" (then also in the name), "Exponential", "Uniform" (the spaced timesteps' sigmas, said where A1111's
-  // default is another), or "" (A1111's "Automatic", the sampler's default)
+  // "Karras" (then also in the name), "Exponential", one of A1111's own ("SGM Uniform", ...), "Uniform" (the spaced
+  // timesteps' sigmas, said where A1111's default is another), or "" (A1111's "Automatic", the sampler's default)
   std::string schedule;
 };
 A1111Sampler a1111_sampler(const std::string& sampler);
+
+// A1111's label of a sampler name's schedule suffix ("sgm_uniform": "SGM Uniform"), and the suffix of an A1111
+// schedule type given by its label or its name ("SGM Uniform", "sgm_uniform", "SGMUniform": "sgm_uniform"); empty for
+// one txt2img has no sampler on.
+std::string a1111_schedule_label(const std::string& schedule);
+std::string schedule_from_a1111(const std::string& label);
 
 // The schedule A1111 1.9 and later give a sampler of ours ("dpmpp_2m", no suffix) by default, its "Automatic":
 // "Karras" for DPM++ 2M, DPM2, DPM2 a and DPM++ 2S a, "Exponential" for DPM++ 2M SDE, "" (uniform) for the others.

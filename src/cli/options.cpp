@@ -50,7 +50,7 @@ std::string generate_footer() {
              "Output names: -o takes a file name or a pattern with {index} (position in the whole run, from 0),\n"
              "{seed}, {n} (position among the prompt's images, from 0) and {prompt} (a slug); numbers take widths\n"
              "as in {index:05}, {prompt:40} limits the slug. Default: ") +
-         kDefaultOutputPattern + "\n\nSamplers: " + joined(scheduler_names()) +
+         kDefaultOutputPattern + "\n\nSamplers: " + sampler_names_text() +
          "\n(and model: the sampler of the model's own diffusers scheduler, as txt2img info MODEL_DIR names it)\n\n" +
          exit_code_table();
 }

@@ -71,11 +71,25 @@ def help_exit_codes(subcommand=None):
     return codes
 
 
-def help_samplers():
+def help_samplers_line():
     lines = [l for l in help_text().splitlines() if l.startswith("Samplers: ")]
     if len(lines) != 1:
         raise AssertionError("the help has no single 'Samplers: ...' line")
-    return lines[0][len("Samplers: "):].split(", ")
+    return lines[0][len("Samplers: "):]
+
+
+def help_sampler_groups():
+    """The help's samplers: those it names one by one, then A1111's schedule types and the samplers that run on them
+    ("...; and on AUTOMATIC1111's schedule types a, b and c: x, y and z with the schedule after the name ...")."""
+    named, on_schedules = help_samplers_line().split("; and on AUTOMATIC1111's schedule types ")
+    schedules, bases = on_schedules.split(" with the schedule after the name")[0].split(": ")
+    return named.split(", "), re.split(", | and ", schedules), re.split(", | and ", bases)
+
+
+def help_samplers():
+    """Every sampler name the help stands for, in the order of txt2img's own list."""
+    named, schedules, bases = help_sampler_groups()
+    return named + [f"{base}_{schedule}" for schedule in schedules for base in bases]
 
 
 # --- Markdown -------------------------------------------------------------------------------------------------------
@@ -247,7 +261,7 @@ class Samplers(CliTestCase):
     def test_help_and_unknown_sampler_error_agree(self):
         result = self.txt2img("a fox", "--sampler", "no-such-sampler")
         self.assertEqual(result.returncode, 2, result.stderr)
-        self.assertIn('unknown sampler "no-such-sampler" (known: ' + ", ".join(help_samplers()) +
+        self.assertIn('unknown sampler "no-such-sampler" (known: ' + help_samplers_line() +
                       ", and model, the model's own;", result.stderr)
 
     def test_every_sampler_runs_and_is_documented(self):
@@ -265,14 +279,17 @@ class Samplers(CliTestCase):
         row = [cells for cells in table_rows(markdown_section(cli_md, "## Generating"))
                if "--sampler" in cells[0]]
         self.assertEqual(len(row), 1, "no --sampler row in docs/cli.md's flag table")
-        names = [s for s in code_spans(row[0][2]) if SAMPLER_NAME.fullmatch(s)]  # not "`--help` lists ..."
-        self.assertEqual(sorted(names), sorted(samplers),
-                         "the --sampler row of docs/cli.md differs from `txt2img --help`")
-
         paragraphs = [p for p in read(README).split("\n\n") if p.startswith("Samplers")]
         self.assertEqual(len(paragraphs), 1, "README.md has no paragraph starting 'Samplers'")
-        names = [s for s in code_spans(paragraphs[0]) if SAMPLER_NAME.fullmatch(s)]  # not "`--eta`", file names
-        self.assertEqual(sorted(names), sorted(samplers), "README.md's samplers differ from `txt2img --help`")
+        named, schedules, bases = help_sampler_groups()
+        for where, text in [("the --sampler row of docs/cli.md", row[0][2]), ("README.md's samplers", paragraphs[0])]:
+            spans = code_spans(text)
+            names = {s for s in spans if SAMPLER_NAME.fullmatch(s)}  # not "`--help` lists ...", "`--eta`", files
+            # Each sampler the help names, each schedule suffix and the samplers on them; examples of those.
+            self.assertEqual(sorted(set(named) | set(bases)), sorted(names & (set(named) | set(bases))), where)
+            self.assertLessEqual(names, set(samplers), f"{where} names samplers `txt2img --help` lacks")
+            for schedule in schedules:
+                self.assertIn(f"_{schedule}", spans, where)
 
         metadata = markdown_section(cli_md, "## Metadata")
         a1111 = re.search(r"Samplers use A1111's names \(([^)]*)\)", metadata)

@@ -411,6 +411,17 @@ class Metadata(CliTestCase):
                  ("Sampler: Euler, Schedule type: Exponential", "euler_exponential", None),
                  ("Sampler: DPM2 a, Schedule type: Exponential", "dpm2_a_exponential", "next-to-last sigma"),
                  ("Sampler: DDIM, Schedule type: Exponential", "ddim", "Schedule type: Exponential"),
+                 # A1111's own schedule types, by label or name; those txt2img lacks are left out.
+                 ("Sampler: DPM++ 2M, Schedule type: Align Your Steps, Version: v1.10.1",
+                  "dpmpp_2m_align_your_steps", None),
+                 ("Sampler: Euler a, Schedule type: SGM Uniform", "euler_a_sgm_uniform", None),
+                 ("Sampler: Euler, Schedule type: sgm_uniform", "euler_sgm_uniform", None),
+                 ("Sampler: Heun, Schedule type: Simple", "heun_simple", None),
+                 ("Sampler: LMS, Schedule type: Normal", "lms_normal", None),
+                 ("Sampler: DPM++ 2S a, Schedule type: Polyexponential", "dpmpp_2s_a_polyexponential", None),
+                 ("Sampler: DPM++ 2M, Schedule type: KL Optimal, Version: v1.10.1", "dpmpp_2m",
+                  "Schedule type: KL Optimal"),
+                 ("Sampler: UniPC, Schedule type: SGM Uniform", "unipc", "Schedule type: SGM Uniform"),
                  # A1111 1.9 and later leave out a sampler's default schedule, Karras for DPM++ 2M; before, that
                  # name meant uniform sigmas, which Schedule type: Uniform states.
                  ("Sampler: DPM++ 2M, Version: v1.10.1", "dpmpp_2m_karras", None),

@@ -221,8 +221,8 @@ void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key
   double timestep_error = 0;
   for (size_t i = 0; i < sched->timesteps().size(); ++i)
     timestep_error = std::max(timestep_error, std::abs(sched->timesteps()[i] - ts[static_cast<int64_t>(i)].item<double>()));
-  const bool interpolated = name.find("karras") != std::string::npos || name.find("exponential") != std::string::npos ||
-                            name.rfind("dpm2", 0) == 0 || name.rfind("dpmpp_2s", 0) == 0;
+  const bool interpolated = !txt2img::split_sampler_name(name).schedule.empty() || name.rfind("dpm2", 0) == 0 ||
+                            name.rfind("dpmpp_2s", 0) == 0;
   EXPECT_LE(timestep_error, interpolated ? 1e-4 : 0.0) << run;
   EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), g.get(run + "/init_noise_sigma").item<float>());
 
@@ -295,6 +295,65 @@ std::vector<std::pair<std::string, int>> kdiffusion_golden_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Goldens, KDiffusionGolden, testing::ValuesIn(kdiffusion_golden_cases()), sampler_case_name);
+
+// AUTOMATIC1111's own schedule types, against tests/fixtures/a1111_schedule_goldens.safetensors: the sigmas of A1111's
+// sd_schedulers.py and k-diffusion's samplers run on them, by tests/fixtures/make_a1111_schedule_goldens.py.
+const txt2img::SafeTensors& a1111_schedule_goldens() {
+  static const auto g = txt2img::SafeTensors::open(TXT2IMG_A1111_SCHEDULE_GOLDENS);
+  return g;
+}
+
+const std::vector<std::string>& a1111_schedules() {
+  static const std::vector<std::string> names = {"sgm_uniform", "align_your_steps", "simple", "normal",
+                                                 "polyexponential"};
+  return names;
+}
+
+// Every sampler on each schedule steps through A1111's sigmas exactly (one per call, a second-order sampler's
+// midpoints between them), starts from noise times the first, and gives the U-Net k-diffusion's timestep of each.
+TEST(A1111Schedules, AreA1111sSigmas) {
+  const auto& g = a1111_schedule_goldens();
+  for (const auto& schedule : a1111_schedules()) {
+    for (int steps : {1, 2, 3, 7, 10, 11, 20, 25, 50}) {
+      const std::string run = schedule + "/n" + std::to_string(steps);
+      const auto sigmas = g.get(run + "/sigmas");
+      const auto timesteps = g.get(run + "/timesteps");
+      for (const char* base : {"euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_sde"}) {
+        const auto sched = txt2img::make_scheduler(std::string(base) + "_" + schedule, sd_config(), steps);
+        ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(steps)) << base << " " << run;
+        for (int i = 0; i < steps; ++i) {
+          EXPECT_EQ(static_cast<float>(sched->a1111_sigma(i)), sigmas[i].item<float>())
+              << base << " " << run << " " << i;
+          EXPECT_NEAR(sched->timesteps()[i], timesteps[i].item<double>(), 1e-4) << base << " " << run << " " << i;
+        }
+      }
+      const auto euler = txt2img::make_scheduler("euler_" + schedule, sd_config(), steps);
+      EXPECT_EQ(static_cast<float>(euler->init_noise_sigma()), sigmas[0].item<float>()) << run;
+      // Heun's corrector calls take the next sigma, but the last step has none.
+      const auto heun = txt2img::make_scheduler("heun_" + schedule, sd_config(), steps);
+      ASSERT_EQ(heun->timesteps().size(), static_cast<size_t>(2 * steps - 1)) << run;
+      for (int i = 1; i < steps; ++i)
+        EXPECT_EQ(static_cast<float>(heun->a1111_sigma(2 * i - 1)), sigmas[i].item<float>());
+    }
+  }
+}
+
+class A1111ScheduleGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
+
+TEST_P(A1111ScheduleGolden, MatchesKDiffusion) {
+  replay_sampler_golden(a1111_schedule_goldens(), GetParam().first, GetParam().second);
+}
+
+std::vector<std::pair<std::string, int>> a1111_schedule_golden_cases() {
+  std::vector<std::pair<std::string, int>> out;
+  for (const auto& schedule : a1111_schedules())
+    for (const char* sampler : {"euler", "euler_a", "heun", "dpmpp_2s_a"})
+      for (int steps : {1, 3, 10}) out.emplace_back(std::string(sampler) + "_" + schedule, steps);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, A1111ScheduleGolden, testing::ValuesIn(a1111_schedule_golden_cases()),
+                         sampler_case_name);
 
 // The schedulers inside complete diffusers pipeline runs (guided model outputs of real shapes, batch 2 or 4,
 // generator noise): replaying each run's scheduler inputs reproduces its latents.
@@ -474,15 +533,49 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
   }
 }
 
+// The samplers on A1111's own schedule types, by schedule.
+std::vector<std::string> a1111_schedule_samplers() {
+  std::vector<std::string> out;
+  for (const char* schedule : {"sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"})
+    for (const char* sampler :
+         {"euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "lms", "dpmpp_2m", "dpmpp_2m_sde"})
+      out.push_back(std::string(sampler) + "_" + schedule);
+  return out;
+}
+
 TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
-  EXPECT_EQ(names,
-            (std::vector<std::string>{"ddim", "pndm", "euler", "euler_karras", "euler_exponential", "euler_a", "heun",
-                                      "heun_karras", "heun_exponential", "dpm2", "dpm2_karras", "dpm2_exponential",
-                                      "dpm2_a", "dpm2_a_karras", "dpm2_a_exponential", "dpmpp_2s_a",
-                                      "dpmpp_2s_a_karras", "dpmpp_2s_a_exponential", "dpmpp_2m", "dpmpp_2m_karras",
-                                      "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "lms", "lms_karras", "lms_exponential",
-                                      "unipc", "unipc_karras", "lcm"}));
+  std::vector<std::string> diffusers_names = {"ddim",
+                                              "pndm",
+                                              "euler",
+                                              "euler_karras",
+                                              "euler_exponential",
+                                              "euler_a",
+                                              "heun",
+                                              "heun_karras",
+                                              "heun_exponential",
+                                              "dpm2",
+                                              "dpm2_karras",
+                                              "dpm2_exponential",
+                                              "dpm2_a",
+                                              "dpm2_a_karras",
+                                              "dpm2_a_exponential",
+                                              "dpmpp_2s_a",
+                                              "dpmpp_2s_a_karras",
+                                              "dpmpp_2s_a_exponential",
+                                              "dpmpp_2m",
+                                              "dpmpp_2m_karras",
+                                              "dpmpp_2m_sde",
+                                              "dpmpp_2m_sde_karras",
+                                              "lms",
+                                              "lms_karras",
+                                              "lms_exponential",
+                                              "unipc",
+                                              "unipc_karras",
+                                              "lcm"};
+  auto expected = diffusers_names;
+  for (const auto& name : a1111_schedule_samplers()) expected.push_back(name);
+  EXPECT_EQ(names, expected);
   for (const auto& name : names) {
     // LCM's timesteps are a subset of the 50 it was distilled on.
     const int most = name == "lcm" ? 50 : 999;
@@ -497,7 +590,12 @@ TEST(Scheduler, NamesAndValidation) {
     ADD_FAILURE();
   } catch (const txt2img::Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::Usage);
-    for (const auto& name : names) EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    // The samplers on A1111's schedules are summed up: the schedules, then the samplers.
+    for (const auto& name : diffusers_names) EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("schedule types sgm_uniform, align_your_steps, simple, normal and "
+                                         "polyexponential: euler, euler_a, "),
+              std::string::npos)
+        << e.what();
   }
   expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("ddim", sd_config(), 10, -0.1); });
   expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("ddim", sd_config(), 10, NAN); });
@@ -720,14 +818,36 @@ TEST(Scheduler, StepsMustComeInOrderWithNoiseWhereNeeded) {
 
 // The samplers that can start part-way, with the sample space their add_noise works in.
 const std::vector<std::string>& late_starters() {
-  static const std::vector<std::string> names = {"ddim",         "euler",        "euler_karras", "euler_a",
-                                                 "heun",         "heun_karras",  "lms",          "lms_karras",
-                                                 "dpmpp_2m",     "dpmpp_2m_karras", "dpmpp_2m_sde",
-                                                 "dpmpp_2m_sde_karras", "unipc", "unipc_karras",
-                                                 "dpm2",         "dpm2_karras",  "dpm2_a",       "dpm2_a_karras",
-                                                 "euler_exponential", "heun_exponential", "lms_exponential",
-                                                 "dpm2_exponential", "dpm2_a_exponential", "dpmpp_2s_a",
-                                                 "dpmpp_2s_a_karras", "dpmpp_2s_a_exponential"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out = {"ddim",
+                                    "euler",
+                                    "euler_karras",
+                                    "euler_a",
+                                    "heun",
+                                    "heun_karras",
+                                    "lms",
+                                    "lms_karras",
+                                    "dpmpp_2m",
+                                    "dpmpp_2m_karras",
+                                    "dpmpp_2m_sde",
+                                    "dpmpp_2m_sde_karras",
+                                    "unipc",
+                                    "unipc_karras",
+                                    "dpm2",
+                                    "dpm2_karras",
+                                    "dpm2_a",
+                                    "dpm2_a_karras",
+                                    "euler_exponential",
+                                    "heun_exponential",
+                                    "lms_exponential",
+                                    "dpm2_exponential",
+                                    "dpm2_a_exponential",
+                                    "dpmpp_2s_a",
+                                    "dpmpp_2s_a_karras",
+                                    "dpmpp_2s_a_exponential"};
+    for (const auto& name : a1111_schedule_samplers()) out.push_back(name);
+    return out;
+  }();
   return names;
 }
 
@@ -1023,7 +1143,7 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
   const auto n = unit_noise(x0);
   for (const auto& name : late_starters()) {
     // Their fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has euler_a.
-    if (name == "euler_a" || name.rfind("dpmpp_2m_sde", 0) == 0 || name.rfind("dpm2_a", 0) == 0 ||
+    if (name.rfind("euler_a", 0) == 0 || name.rfind("dpmpp_2m_sde", 0) == 0 || name.rfind("dpm2_a", 0) == 0 ||
         name.rfind("dpmpp_2s_a", 0) == 0)
       continue;
     for (size_t k : {0, 3, 7, 11}) {

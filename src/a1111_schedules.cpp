@@ -1,0 +1,135 @@
+// AUTOMATIC1111's schedule types that diffusers has no scheduler option for (its modules/sd_schedulers.py): sigma
+// schedules between the ends of the training sigmas, on k-diffusion's discrete schedule of those sigmas (A1111's
+// CompVisDenoiser). The arithmetic is A1111's: float32 tensors, element by element where it loops over 0-dim
+// tensors (ATen's vectorised log and exp can round otherwise than its scalar ones), and NumPy's float64 for Align
+// Your Steps' interpolation.
+#include <cmath>
+
+#include "scheduler_impl.hpp"
+#include "txt2img/error.hpp"
+
+namespace txt2img::detail {
+namespace {
+
+// k-diffusion's DiscreteSchedule.sigma_to_t and t_to_sigma (fractional timesteps, not quantized), for 0-dim
+// float32 tensors.
+class DiscreteSchedule {
+ public:
+  explicit DiscreteSchedule(const std::vector<float>& training_sigmas)
+      : sigmas_(torch::tensor(training_sigmas, torch::kFloat32)), log_sigmas_(sigmas_.log()) {}
+
+  float sigma_min() const { return sigmas_[0].item<float>(); }
+  float sigma_max() const { return sigmas_[-1].item<float>(); }
+  float sigma(int64_t t) const { return sigmas_[t].item<float>(); }
+  int64_t size() const { return sigmas_.size(0); }
+
+  torch::Tensor sigma_to_t(const torch::Tensor& sigma) const {
+    const auto log_sigma = sigma.log();
+    const auto dists = log_sigma - log_sigmas_.unsqueeze(1);
+    const auto low = dists.ge(0).cumsum(0).argmax(0).clamp_max(size() - 2);
+    const auto high = low + 1;
+    const auto w =
+        ((log_sigmas_.index({low}) - log_sigma) / (log_sigmas_.index({low}) - log_sigmas_.index({high}))).clamp(0, 1);
+    return ((1 - w) * low + w * high).view(sigma.sizes());
+  }
+
+  torch::Tensor t_to_sigma(const torch::Tensor& t) const {
+    const auto low = t.floor().to(torch::kLong), high = t.ceil().to(torch::kLong);
+    const auto w = t.frac();
+    return ((1 - w) * log_sigmas_.index({low}) + w * log_sigmas_.index({high})).exp();
+  }
+
+ private:
+  torch::Tensor sigmas_, log_sigmas_;
+};
+
+// A1111's sgm_uniform (the last of steps + 1 evenly spaced timesteps dropped) and normal_scheduler (steps of them,
+// from the highest timestep to the lowest).
+std::vector<float> sigmas_at_even_timesteps(const DiscreteSchedule& schedule, int steps, bool sgm) {
+  const auto start = schedule.sigma_to_t(torch::scalar_tensor(schedule.sigma_max(), torch::kFloat32));
+  const auto end = schedule.sigma_to_t(torch::scalar_tensor(schedule.sigma_min(), torch::kFloat32));
+  auto timesteps = torch::linspace(start.item<double>(), end.item<double>(), sgm ? steps + 1 : steps, torch::kFloat32);
+  if (sgm) timesteps = timesteps.slice(0, 0, steps);
+  std::vector<float> out;
+  for (int64_t i = 0; i < timesteps.size(0); ++i) out.push_back(schedule.t_to_sigma(timesteps[i]).item<float>());
+  return out;
+}
+
+// NVIDIA's Align Your Steps schedule for SD 1.5 (its 10-step sigmas), as A1111 lists it.
+constexpr double kAlignYourSteps[] = {14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029};
+
+// np.linspace(0, 1, n) at i.
+double unit_linspace(int64_t i, int64_t n) {
+  if (n == 1) return 0.0;
+  return i == n - 1 ? 1.0 : static_cast<double>(i) * (1.0 / static_cast<double>(n - 1));
+}
+
+// A1111's loglinear_interp: `steps` sigmas log-linearly interpolated along the listed ones, in float64.
+std::vector<float> align_your_steps(int steps) {
+  const auto listed = static_cast<int64_t>(std::size(kAlignYourSteps));
+  if (steps == listed) return {std::begin(kAlignYourSteps), std::end(kAlignYourSteps)};
+  // ys = log of the sigmas in ascending order over xs = linspace(0, 1, 11); np.interp at linspace(0, 1, steps),
+  // then reversed.
+  std::vector<double> xs, ys;
+  for (int64_t i = 0; i < listed; ++i) {
+    xs.push_back(unit_linspace(i, listed));
+    ys.push_back(std::log(kAlignYourSteps[listed - 1 - i]));
+  }
+  std::vector<float> out(static_cast<size_t>(steps));
+  for (int64_t i = 0; i < steps; ++i) {
+    const double x = unit_linspace(i, steps);
+    int64_t j = 0;
+    while (j + 2 < listed && x >= xs[j + 1]) ++j;
+    double y;
+    if (x >= xs[listed - 1]) {
+      y = ys[listed - 1];
+    } else if (x == xs[j]) {
+      y = ys[j];
+    } else {
+      const double slope = (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j]);
+      y = slope * (x - xs[j]) + ys[j];
+    }
+    out[static_cast<size_t>(steps - 1 - i)] = static_cast<float>(std::exp(y));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<float> a1111_sigmas(SigmaSchedule kind, const std::vector<float>& training_sigmas, int steps) {
+  const DiscreteSchedule schedule(training_sigmas);
+  std::vector<float> sigmas;
+  switch (kind) {
+    case SigmaSchedule::kSgmUniform:
+      sigmas = sigmas_at_even_timesteps(schedule, steps, true);
+      break;
+    case SigmaSchedule::kNormal:
+      sigmas = sigmas_at_even_timesteps(schedule, steps, false);
+      break;
+    case SigmaSchedule::kAlignYourSteps:
+      sigmas = align_your_steps(steps);
+      break;
+    case SigmaSchedule::kSimple: {
+      // Every (1000 / steps)-th training sigma from the top, the index truncated from a Python float.
+      const double stride = static_cast<double>(schedule.size()) / steps;
+      for (int x = 0; x < steps; ++x)
+        sigmas.push_back(schedule.sigma(schedule.size() - 1 - static_cast<int64_t>(x * stride)));
+      break;
+    }
+    case SigmaSchedule::kPolyexponential: {
+      // k-diffusion's get_sigmas_polyexponential with A1111's default rho 1 (ramp ** 1 is the ramp).
+      const double log_min = std::log(static_cast<double>(schedule.sigma_min()));
+      const double log_max = std::log(static_cast<double>(schedule.sigma_max()));
+      const auto ramp = torch::linspace(1, 0, steps, torch::kFloat32);
+      const auto values = torch::exp(ramp * (log_max - log_min) + log_min).contiguous();
+      sigmas.assign(values.data_ptr<float>(), values.data_ptr<float>() + steps);
+      break;
+    }
+    default:
+      throw Error(ErrorKind::Runtime, "a1111_sigmas: not one of A1111's own schedules");
+  }
+  sigmas.push_back(0.0f);
+  return sigmas;
+}
+
+}  // namespace txt2img::detail
