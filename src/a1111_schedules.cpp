@@ -1,8 +1,8 @@
 // AUTOMATIC1111's schedule types that diffusers has no scheduler option for (its modules/sd_schedulers.py): sigma
 // schedules between the ends of the training sigmas, on k-diffusion's discrete schedule of those sigmas (A1111's
-// CompVisDenoiser). The arithmetic is A1111's: float32 tensors, element by element where it loops over 0-dim
-// tensors (ATen's vectorised log and exp can round otherwise than its scalar ones), and NumPy's float64 for Align
-// Your Steps' interpolation.
+// CompVisDenoiser). The arithmetic is A1111's on the CPU: float32 tensors, element by element where it loops over
+// 0-dim tensors (ATen's vectorised log and exp can round otherwise than its scalar ones), and NumPy's float64 for
+// Align Your Steps' interpolation.
 #include <cmath>
 
 #include "scheduler_impl.hpp"
@@ -11,8 +11,8 @@
 namespace txt2img::detail {
 namespace {
 
-// k-diffusion's DiscreteSchedule.sigma_to_t and t_to_sigma (fractional timesteps, not quantized), for 0-dim
-// float32 tensors.
+// k-diffusion's DiscreteSchedule.sigma_to_t and t_to_sigma (fractional timesteps, not quantized), for float32
+// tensors.
 class DiscreteSchedule {
  public:
   explicit DiscreteSchedule(const std::vector<float>& training_sigmas)
@@ -21,6 +21,10 @@ class DiscreteSchedule {
   float sigma_min() const { return sigmas_[0].item<float>(); }
   float sigma_max() const { return sigmas_[-1].item<float>(); }
   float sigma(int64_t t) const { return sigmas_[t].item<float>(); }
+  std::vector<float> log_sigmas() const {
+    const auto logs = log_sigmas_.contiguous();
+    return {logs.data_ptr<float>(), logs.data_ptr<float>() + logs.numel()};
+  }
   int64_t size() const { return sigmas_.size(0); }
 
   torch::Tensor sigma_to_t(const torch::Tensor& sigma) const {
@@ -42,6 +46,33 @@ class DiscreteSchedule {
  private:
   torch::Tensor sigmas_, log_sigmas_;
 };
+
+// The training sigmas as A1111's model holds them: the original Stable Diffusion code's betas (its "linear" schedule
+// is diffusers' scaled_linear, its "sqrt_linear" diffusers' linear) and their cumulative product in float64, stored in
+// float32; then k-diffusion's ((1 - a) / a) ** 0.5 in float32.
+std::vector<float> training_sigmas_of_a1111(const SchedulerConfig& config) {
+  const int n = config.num_train_timesteps;
+  torch::Tensor betas;
+  if (config.beta_schedule == "scaled_linear")
+    betas =
+        torch::linspace(std::pow(config.beta_start, 0.5), std::pow(config.beta_end, 0.5), n, torch::kFloat64).pow(2);
+  else if (config.beta_schedule == "linear")
+    betas = torch::linspace(config.beta_start, config.beta_end, n, torch::kFloat64);
+  else
+    throw Error(ErrorKind::Bundle,
+                "A1111's schedules run on the scaled_linear or linear beta schedule of SD models; "
+                "this model's is \"" +
+                    config.beta_schedule + "\" (use a sampler without one)");
+  const auto b = betas.contiguous();
+  std::vector<float> sigmas;
+  double alpha_cumprod = 1.0;  // np.cumprod: a running product, in order
+  for (int t = 0; t < n; ++t) {
+    alpha_cumprod *= 1.0 - b.data_ptr<double>()[t];
+    const auto a = static_cast<float>(alpha_cumprod);
+    sigmas.push_back(std::sqrt((1.0f - a) / a));
+  }
+  return sigmas;
+}
 
 // A1111's sgm_uniform (the last of steps + 1 evenly spaced timesteps dropped) and normal_scheduler (steps of them,
 // from the highest timestep to the lowest).
@@ -94,12 +125,18 @@ std::vector<float> align_your_steps(int steps) {
   return out;
 }
 
-}  // namespace
-
-std::vector<float> a1111_sigmas(SigmaSchedule kind, const std::vector<float>& training_sigmas, int steps) {
-  const DiscreteSchedule schedule(training_sigmas);
+// A1111's sigmas of `steps` steps then 0.
+std::vector<float> a1111_sigmas(SigmaSchedule kind, const DiscreteSchedule& schedule, int steps) {
   std::vector<float> sigmas;
   switch (kind) {
+    case SigmaSchedule::kUniform: {
+      // k-diffusion's DiscreteSchedule.get_sigmas, A1111's schedule where a sampler names none of its own: evenly
+      // spaced timesteps from the highest to 0, their sigmas computed together.
+      const auto timesteps = torch::linspace(static_cast<double>(schedule.size() - 1), 0, steps, torch::kFloat32);
+      const auto values = schedule.t_to_sigma(timesteps).contiguous();
+      sigmas.assign(values.data_ptr<float>(), values.data_ptr<float>() + steps);
+      break;
+    }
     case SigmaSchedule::kSgmUniform:
       sigmas = sigmas_at_even_timesteps(schedule, steps, true);
       break;
@@ -130,6 +167,20 @@ std::vector<float> a1111_sigmas(SigmaSchedule kind, const std::vector<float>& tr
   }
   sigmas.push_back(0.0f);
   return sigmas;
+}
+
+}  // namespace
+
+A1111Schedule a1111_schedule(SigmaSchedule kind, const SchedulerConfig& config, int steps, bool discard_next_to_last) {
+  const DiscreteSchedule schedule(training_sigmas_of_a1111(config));
+  A1111Schedule out;
+  out.sigmas = a1111_sigmas(kind, schedule, discard_next_to_last ? steps + 1 : steps);
+  if (discard_next_to_last) out.sigmas.erase(out.sigmas.end() - 2);
+  // k-diffusion's CompVisDenoiser takes each call's timestep from its sigma, a float32 tensor of the batch's rows.
+  for (size_t i = 0; i + 1 < out.sigmas.size(); ++i)
+    out.timesteps.push_back(schedule.sigma_to_t(torch::scalar_tensor(out.sigmas[i], torch::kFloat32)).item<float>());
+  out.log_sigmas = schedule.log_sigmas();
+  return out;
 }
 
 }  // namespace txt2img::detail

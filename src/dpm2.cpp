@@ -14,7 +14,7 @@ namespace {
 class Dpm2 final : public SigmaScheduler {
  public:
   Dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral)
-      : SigmaScheduler(config, steps, schedule), ancestral_(ancestral) {
+      : SigmaScheduler(config, steps, schedule, is_a1111_schedule(schedule)), ancestral_(ancestral) {
     require_prediction_type(config, (ancestral_ ? "dpm2_a" : "dpm2") + std::string(schedule_suffix(schedule)),
                             {"epsilon", "v_prediction"});
     // The step sigmas' arithmetic is diffusers' float32 tensor expressions, run by the same ATen kernels.
@@ -33,7 +33,6 @@ class Dpm2 final : public SigmaScheduler {
       mid = s.log().lerp(s.roll(1).log(), 0.5).exp().slice(0, 1);
       up = torch::zeros_like(s);
     }
-    const auto logs = log_sigmas(training_sigmas(alphas_cumprod_values(config)));
     std::vector<double> timesteps;
     std::vector<float> sigmas;
     for (int j = 0; j < steps; ++j) {
@@ -42,7 +41,7 @@ class Dpm2 final : public SigmaScheduler {
       timesteps.push_back(schedule == SigmaSchedule::kKarras ? std::nearbyint(timesteps_[j]) : timesteps_[j]);
       sigmas.push_back(sigmas_[j]);
       if (j + 1 < steps) {
-        timesteps.push_back(sigma_to_t(steps_.back().mid, logs, SigmaToT::kTensorSigmaTensorLogs));
+        timesteps.push_back(sigma_to_t(steps_.back().mid, log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
         sigmas.push_back(steps_.back().mid);
       }
     }

@@ -1,10 +1,10 @@
 // DPM++ 2S a: k-diffusion's sample_dpmpp_2s_ancestral (A1111's "DPM++ 2S a"), which diffusers has no class for, on
-// the sigmas of txt2img's other sigma samplers (spaced as diffusers spaces them, Karras' or exponential), with the
-// input scaling and start of k-diffusion's CompVisDenoiser and sampling loop. Each step from sigma s
-// goes down to the ancestral "down" sigma with DPM-Solver++(2S): a first-order step in log sigma to the midpoint
-// (the geometric mean of s and the down sigma), a call there, and its denoised sample carries the step's start the
-// whole way; fresh noise scaled by the "up" sigma completes it. The last step is one Euler call to sigma 0. N steps
-// make 2N - 1 U-Net calls, the midpoints' at fractional timesteps.
+// the sigmas of txt2img's other sigma samplers (spaced as diffusers spaces them, Karras', exponential or A1111's own),
+// with the input scaling and start of k-diffusion's CompVisDenoiser and sampling loop. Each step from sigma s goes down
+// to the ancestral "down" sigma with DPM-Solver++(2S): a first-order step in log sigma to the midpoint (the geometric
+// mean of s and the down sigma), a call there, and its denoised sample carries the step's start the whole way; fresh
+// noise scaled by the "up" sigma completes it. The last step is one Euler call to sigma 0. N steps make 2N - 1 U-Net
+// calls, the midpoints' at fractional timesteps.
 #include <cmath>
 
 #include "scheduler_impl.hpp"
@@ -19,7 +19,6 @@ class DpmPP2SAncestral final : public SigmaScheduler {
     require_prediction_type(config, "dpmpp_2s_a" + std::string(schedule_suffix(schedule)), {"epsilon", "v_prediction"});
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
-    const auto logs = log_sigmas(training_sigmas(alphas_cumprod_values(config)));
     std::vector<double> timesteps;
     std::vector<float> sigmas;
     for (int j = 0; j < steps; ++j) {
@@ -31,7 +30,7 @@ class DpmPP2SAncestral final : public SigmaScheduler {
       Step step{};
       step.sigma = sigmas_[j];
       step.up = up.item<float>();
-      timesteps.push_back(sigma_to_t(sigmas_[j], logs, SigmaToT::kTensorSigmaTensorLogs));
+      timesteps.push_back(sigma_to_t(sigmas_[j], log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
       sigmas.push_back(sigmas_[j]);
       if (down.item<float>() != 0.0f) {
         const auto t = from.log().neg(), t_next = down.log().neg();
@@ -43,7 +42,7 @@ class DpmPP2SAncestral final : public SigmaScheduler {
         step.to_mid_x0 = (h.neg() * 0.5).expm1().item<float>();
         step.to_down = (t_next.neg().exp() / sigma_t).item<float>();
         step.to_down_x0 = h.neg().expm1().item<float>();
-        timesteps.push_back(sigma_to_t(step.mid, logs, SigmaToT::kTensorSigmaTensorLogs));
+        timesteps.push_back(sigma_to_t(step.mid, log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
         sigmas.push_back(step.mid);
       }
       steps_.push_back(step);

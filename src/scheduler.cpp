@@ -58,7 +58,8 @@ const Sampler kSamplers[] = {
 
 // AUTOMATIC1111's schedule types that diffusers has no option for, and the samplers here that run on them, as A1111
 // runs its k-diffusion samplers on any schedule: each pair is a sampler, named "euler_sgm_uniform".
-constexpr const char* kA1111Schedules[] = {"sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"};
+constexpr const char* kA1111Schedules[] = {"uniform", "sgm_uniform", "align_your_steps",
+                                           "simple",  "normal",      "polyexponential"};
 constexpr const char* kA1111ScheduleSamplers[] = {"euler",      "euler_a", "heun",     "dpm2",        "dpm2_a",
                                                   "dpmpp_2s_a", "lms",     "dpmpp_2m", "dpmpp_2m_sde"};
 
@@ -288,12 +289,20 @@ std::string canonical_scheduler_name(const std::string& name) {
 SamplerName split_sampler_name(const std::string& name) {
   std::vector<std::string> schedules = {"karras", "exponential"};
   schedules.insert(schedules.end(), std::begin(kA1111Schedules), std::end(kA1111Schedules));
+  // The longest schedule the name ends in: "euler_sgm_uniform" is euler on sgm_uniform, not euler_sgm on uniform.
+  SamplerName split = {name, ""};
   for (const auto& schedule : schedules) {
     const std::string suffix = "_" + schedule;
-    if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
-      return {name.substr(0, name.size() - suffix.size()), schedule};
+    if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+        schedule.size() > split.schedule.size())
+      split = {name.substr(0, name.size() - suffix.size()), schedule};
   }
-  return {name, ""};
+  return split;
+}
+
+bool on_a1111_schedule(const std::string& name) {
+  const std::string schedule = split_sampler_name(name).schedule;
+  return std::find(std::begin(kA1111Schedules), std::end(kA1111Schedules), schedule) != std::end(kA1111Schedules);
 }
 
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,
@@ -432,27 +441,33 @@ std::vector<float> exponential_sigmas(double sigma_min, double sigma_max, int st
 
 namespace {
 
-constexpr std::pair<SigmaSchedule, const char*> kScheduleNames[] = {
-    {SigmaSchedule::kSpaced, ""},
-    {SigmaSchedule::kKarras, "karras"},
-    {SigmaSchedule::kExponential, "exponential"},
-    {SigmaSchedule::kSgmUniform, "sgm_uniform"},
-    {SigmaSchedule::kAlignYourSteps, "align_your_steps"},
-    {SigmaSchedule::kSimple, "simple"},
-    {SigmaSchedule::kNormal, "normal"},
-    {SigmaSchedule::kPolyexponential, "polyexponential"},
+struct ScheduleName {
+  SigmaSchedule kind;
+  const char* name;
+  bool a1111;  // one of A1111's own, not one of diffusers'
+};
+constexpr ScheduleName kScheduleNames[] = {
+    {SigmaSchedule::kSpaced, "", false},
+    {SigmaSchedule::kKarras, "karras", false},
+    {SigmaSchedule::kExponential, "exponential", false},
+    {SigmaSchedule::kUniform, "uniform", true},
+    {SigmaSchedule::kSgmUniform, "sgm_uniform", true},
+    {SigmaSchedule::kAlignYourSteps, "align_your_steps", true},
+    {SigmaSchedule::kSimple, "simple", true},
+    {SigmaSchedule::kNormal, "normal", true},
+    {SigmaSchedule::kPolyexponential, "polyexponential", true},
 };
 
 }  // namespace
 
 const char* schedule_name(SigmaSchedule schedule) {
-  for (const auto& [kind, name] : kScheduleNames)
+  for (const auto& [kind, name, a1111] : kScheduleNames)
     if (kind == schedule) return name;
   throw Error(ErrorKind::Runtime, "schedule_name: unlisted schedule");
 }
 
 SigmaSchedule schedule_named(const std::string& name) {
-  for (const auto& [kind, listed] : kScheduleNames)
+  for (const auto& [kind, listed, a1111] : kScheduleNames)
     if (name == listed) return kind;
   throw Error(ErrorKind::Runtime, "no sigma schedule is named \"" + name + "\"");
 }
@@ -463,16 +478,9 @@ std::string schedule_suffix(SigmaSchedule schedule) {
 }
 
 bool is_a1111_schedule(SigmaSchedule schedule) {
-  return schedule != SigmaSchedule::kSpaced && schedule != SigmaSchedule::kKarras &&
-         schedule != SigmaSchedule::kExponential;
-}
-
-std::vector<double> a1111_timesteps(const std::vector<float>& sigmas, const std::vector<float>& training_sigmas) {
-  const auto logs = log_sigmas(training_sigmas);
-  std::vector<double> out;
-  for (size_t i = 0; i + 1 < sigmas.size(); ++i)
-    out.push_back(sigma_to_t(sigmas[i], logs, SigmaToT::kTensorSigmaTensorLogs));
-  return out;
+  for (const auto& [kind, name, a1111] : kScheduleNames)
+    if (kind == schedule) return a1111;
+  return false;
 }
 
 std::vector<float> log_sigmas(const std::vector<float>& training_sigmas) {
@@ -529,17 +537,22 @@ void check_noise(const torch::Tensor& noise, const torch::Tensor& sample) {
     throw Error(ErrorKind::Runtime, "this scheduler step needs a standard-normal noise tensor shaped like the sample");
 }
 
-SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
+SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                               bool discard_next_to_last_sigma)
     : prediction_type_(config.prediction_type) {
-  const std::string spacing = resolve_spacing(config, "linspace");
-  const auto train = training_sigmas(sigma_alphas_cumprod_values(config));
   if (is_a1111_schedule(schedule)) {
-    // A1111 starts from noise * sigmas[0] and hands the U-Net k-diffusion's timestep of each sigma.
-    sigmas_ = a1111_sigmas(schedule, train, steps);
+    // A1111 starts from noise * sigmas[0].
+    resolve_spacing(config, "linspace");  // checked, though A1111's schedules do not space timesteps
+    auto a1111 = a1111_schedule(schedule, config, steps, discard_next_to_last_sigma);
+    sigmas_ = std::move(a1111.sigmas);
+    timesteps_ = std::move(a1111.timesteps);
+    log_sigmas_ = std::move(a1111.log_sigmas);
     init_noise_sigma_ = sigmas_.front();
-    timesteps_ = a1111_timesteps(sigmas_, train);
     return;
   }
+  const std::string spacing = resolve_spacing(config, "linspace");
+  const auto train = training_sigmas(sigma_alphas_cumprod_values(config));
+  log_sigmas_ = log_sigmas(train);
   timesteps_ = spaced_timesteps(config, spacing, steps, false);
   std::vector<double> sigmas;
   for (double t : timesteps_) sigmas.push_back(interp(t, train));
@@ -553,8 +566,7 @@ SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSc
       sigmas.assign(exponential.begin(), exponential.end());
     }
     const auto types = schedule == SigmaSchedule::kKarras ? SigmaToT::kNumpySigma : SigmaToT::kTensorSigma;
-    const auto logs = log_sigmas(train);
-    for (size_t i = 0; i < sigmas.size(); ++i) timesteps_[i] = sigma_to_t(sigmas[i], logs, types);
+    for (size_t i = 0; i < sigmas.size(); ++i) timesteps_[i] = sigma_to_t(sigmas[i], log_sigmas_, types);
   }
   for (double s : sigmas) sigmas_.push_back(static_cast<float>(s));
   sigmas_.push_back(0.0f);
@@ -598,13 +610,17 @@ LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, Sigma
                                  const std::string& name)
     : prediction_type_(config.prediction_type) {
   require_prediction_type(config, name, {"epsilon", "sample", "v_prediction"});
-  const std::string spacing = resolve_spacing(config, "linspace");
-  const auto train = training_sigmas(sigma_alphas_cumprod_values(config));
   if (is_a1111_schedule(schedule)) {
-    sigmas_ = a1111_sigmas(schedule, train, steps);
-    timesteps_ = a1111_timesteps(sigmas_, train);
+    resolve_spacing(config, "linspace");  // checked, though A1111's schedules do not space timesteps
+    auto a1111 = a1111_schedule(schedule, config, steps);
+    sigmas_ = std::move(a1111.sigmas);
+    timesteps_ = std::move(a1111.timesteps);
+    // A1111 starts from noise * sigmas[0]: in these samplers' variance-preserving space, that noise times alpha.
+    init_noise_sigma_ = Vp(sigmas_.front()).sigma;
     return;
   }
+  const std::string spacing = resolve_spacing(config, "linspace");
+  const auto train = training_sigmas(sigma_alphas_cumprod_values(config));
   if (schedule == SigmaSchedule::kKarras) {
     // The Karras sigmas replace the spaced timesteps: the spacing has no effect. NumPy rounds half to even.
     const auto logs = log_sigmas(train);

@@ -22,6 +22,7 @@ enum class SigmaSchedule {
   kSpaced,
   kKarras,
   kExponential,
+  kUniform,
   kSgmUniform,
   kAlignYourSteps,
   kSimple,
@@ -34,19 +35,31 @@ const char* schedule_name(SigmaSchedule schedule);
 SigmaSchedule schedule_named(const std::string& name);
 // The sampler name's suffix for a schedule: "", "_karras", "_sgm_uniform", ...
 std::string schedule_suffix(SigmaSchedule schedule);
-// AUTOMATIC1111's schedule of `steps` sigmas then 0 for one of its own kinds (kSgmUniform and after), from the
-// training sigmas (ascending), as its modules/sd_schedulers.py computes it.
-std::vector<float> a1111_sigmas(SigmaSchedule schedule, const std::vector<float>& training_sigmas, int steps);
-// Whether `schedule` is one of A1111's own kinds (a1111_sigmas computes it).
+// Whether `schedule` is one of A1111's own kinds (a1111_schedule computes it), not one of diffusers'.
 bool is_a1111_schedule(SigmaSchedule schedule);
+
+// AUTOMATIC1111's schedule of one of its own kinds, as its modules/sd_schedulers.py computes it on k-diffusion's
+// discrete schedule of the model's training sigmas, which A1111's model holds as the original Stable Diffusion code
+// makes them (computed in float64, stored in float32; diffusers computes them in float32): the sigmas of `steps`
+// steps then 0, and the timestep k-diffusion hands the U-Net for each but the last. `discard_next_to_last`: the
+// schedule of steps + 1 without its next-to-last sigma, as A1111 gives its DPM2 and DPM2 a.
+struct A1111Schedule {
+  std::vector<float> sigmas;
+  std::vector<double> timesteps;
+  std::vector<float> log_sigmas;  // of A1111's training sigmas, for the timesteps of other sigmas (sigma_to_t)
+};
+A1111Schedule a1111_schedule(SigmaSchedule schedule, const SchedulerConfig& config, int steps,
+                             bool discard_next_to_last = false);
 
 std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // Euler ancestral on the spaced timesteps' sigmas or one of A1111's own schedules.
 std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
-// DPM2, or its ancestral variant (fresh noise at every midpoint call).
+// DPM2, or its ancestral variant (fresh noise at every midpoint call); on A1111's own schedules without their
+// next-to-last sigma, as A1111 runs them.
 std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral);
-// k-diffusion's DPM-Solver++(2S) ancestral (A1111's DPM++ 2S a), on spaced, Karras or exponential sigmas.
+// k-diffusion's DPM-Solver++(2S) ancestral (A1111's DPM++ 2S a), on spaced, Karras or exponential sigmas or one of
+// A1111's own schedules.
 std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step), on diffusers' sigmas, Karras
 // sigmas or one of A1111's own schedules (diffusers v0.31's exponential sigmas fail in these two classes).
@@ -98,9 +111,6 @@ enum class SigmaToT {
 // diffusers' _sigma_to_t computes it from `log_sigmas`, the float32 logs of the training sigmas.
 double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, SigmaToT types = SigmaToT::kNumpySigma);
 std::vector<float> log_sigmas(const std::vector<float>& training_sigmas);
-// The timestep A1111 hands the U-Net for each of a schedule's sigmas but the last (k-diffusion's sigma_to_t of its
-// discrete schedule, float32 throughout).
-std::vector<double> a1111_timesteps(const std::vector<float>& sigmas, const std::vector<float>& training_sigmas);
 
 // Throws Error(Runtime) unless `call` is the `next` U-Net call (the run's first, then one more per step) and
 // `total` calls exist; the multistep samplers keep history, so calls must come in order, once each.
@@ -120,7 +130,7 @@ void check_noise(const torch::Tensor& noise, const torch::Tensor& sample);
 // Heun, DPM2, DPM++ 2S a): float32 timesteps from the spacing, sigmas interpolated from the training sigmas as
 // np.interp does, plus a final 0. With Karras or exponential sigmas, that schedule between the first and the last of
 // those sigmas replaces them, and each timestep is that sigma's fractional training timestep (float64: samplers that
-// keep float32 round them).
+// keep float32 round them). On one of A1111's own schedules, its sigmas and timesteps (a1111_schedule).
 class SigmaScheduler : public Scheduler {
  public:
   double init_noise_sigma() const override { return init_noise_sigma_; }
@@ -131,13 +141,18 @@ class SigmaScheduler : public Scheduler {
   double a1111_sigma(size_t call) const override { return sigmas_.at(call); }
 
  protected:
-  SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
+  // `discard_next_to_last_sigma`: on one of A1111's own schedules, A1111's DPM2 one (see a1111_schedule).
+  SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                 bool discard_next_to_last_sigma = false);
 
   // The denoised sample the model output implies at `sigma`, by the config's prediction type ("sample" and
   // "original_sample": the output itself).
   torch::Tensor predict_x0(const torch::Tensor& model_output, const torch::Tensor& sample, float sigma) const;
 
   std::vector<float> sigmas_;  // one per call, then 0
+  // The float32 logs of the training sigmas that timesteps interpolate (sigma_to_t): diffusers' or, on A1111's own
+  // schedules, A1111's.
+  std::vector<float> log_sigmas_;
 
  private:
   float init_noise_sigma_ = 1.0f;
@@ -158,10 +173,12 @@ struct Vp {
 
 // Shared part of the solvers that step in log-SNR time on variance-preserving samples (DPM-Solver++, UniPC): whole
 // timesteps np.linspace(0, num_train_timesteps - 1, steps + 1).round()[::-1][:-1] with their training sigmas, or
-// Karras sigmas between the training extremes at their rounded training timesteps, or one of A1111's own schedules
-// at A1111's fractional timesteps; then a final sigma 0. init_noise_sigma 1 and unscaled U-Net input.
+// Karras sigmas between the training extremes at their rounded training timesteps; then a final sigma 0;
+// init_noise_sigma 1. Or one of A1111's own schedules at A1111's fractional timesteps, starting from A1111's
+// noise * sigmas[0] in this space. The U-Net input is unscaled.
 class LogSnrScheduler : public Scheduler {
  public:
+  double init_noise_sigma() const override { return init_noise_sigma_; }
   // alpha * x0 + sigma * noise at this call's sigma, diffusers' add_noise of these schedulers.
   torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override;
 
@@ -177,6 +194,7 @@ class LogSnrScheduler : public Scheduler {
 
  private:
   std::string prediction_type_;
+  float init_noise_sigma_ = 1.0f;
 };
 
 }  // namespace txt2img::detail

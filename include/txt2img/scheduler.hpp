@@ -122,6 +122,8 @@ struct SamplerName {
   std::string schedule;
 };
 SamplerName split_sampler_name(const std::string& name);
+// Whether a sampler name's schedule is one of A1111's own ("euler_sgm_uniform"), computed as A1111 computes it.
+bool on_a1111_schedule(const std::string& name);
 
 // Throws Error(Usage) for an unknown name (canonical_scheduler_name's aliases are known), steps outside
 // [1, num_train_timesteps] (or a step count whose diffusers timesteps are unusable with the spacing, or above LCM's

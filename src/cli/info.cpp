@@ -298,8 +298,9 @@ std::string a1111_command(const std::string& text) {
   // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). Before 1.9 a
   // sampler's name held its schedule ("DPM++ 2M Karras"); 1.9 and later name it apart ("Sampler: DPM++ 2M, Schedule
   // type: Karras") and leave it out where it is the sampler's default ("Automatic"), which is not uniform for every
-  // sampler. A schedule txt2img has no sampler for is left out. A field A1111 leaves out because it is the first
-  // pass's ("Hires schedule type") takes `inherited`.
+  // sampler. Uniform is A1111's, the samplers' _uniform, where txt2img has it (not for DDIM, PLMS, UniPC and LCM,
+  // which A1111 runs on their own timesteps). A schedule txt2img has no sampler for is left out. A field A1111 leaves
+  // out because it is the first pass's ("Hires schedule type") takes `inherited`.
   const bool schedule_apart = version_at_least(field("Version"), 9);
   const auto sampler_of = [&](const char* sampler_key, const char* schedule_key, const std::string& inherited) {
     if (field(sampler_key).empty()) return std::string();
@@ -318,10 +319,11 @@ std::string a1111_command(const std::string& text) {
                           a1111_default_schedule(sampler) + " sigmas)");
         }
       }
-      const std::string suffix = schedule_from_a1111(schedule).empty() ? "" : "_" + schedule_from_a1111(schedule);
-      if (!suffix.empty() && is_scheduler_name(sampler + suffix))
+      if (schedule.empty() || schedule == "Automatic") schedule = "Uniform";
+      const std::string suffix = "_" + schedule_from_a1111(schedule);
+      if (is_scheduler_name(sampler + suffix))
         sampler += suffix;
-      else if (!schedule.empty() && schedule != "Automatic" && schedule != "Uniform")
+      else if (schedule != "Uniform")
         left_out.push_back(label);
     }
     if (is_scheduler_name(sampler)) return sampler;
@@ -372,7 +374,10 @@ std::string a1111_command(const std::string& text) {
     take("Hires steps", "--hires-steps");
     take("Denoising strength", "--hires-denoise");
     if (upscaler != "latent") args.insert(args.end(), {"--hires-upscaler", upscaler});
-    hires_sampler = sampler_of("Hires sampler", "Hires schedule type", field("Schedule type"));
+    // A hires pass on the first pass's sampler with another schedule type has no "Hires sampler".
+    const bool schedule_alone = field("Hires sampler").empty() && !field("Hires schedule type").empty();
+    hires_sampler =
+        sampler_of(schedule_alone ? "Sampler" : "Hires sampler", "Hires schedule type", field("Schedule type"));
     if (!hires_sampler.empty()) args.insert(args.end(), {"--hires-sampler", hires_sampler});
     if (rounded)
       notes.push_back("A1111 sized its hires pass from the Size as written, so the hires image may be a few pixels "
@@ -425,9 +430,14 @@ std::string a1111_command(const std::string& text) {
   if (uses("dpmpp_2m_sde"))
     std::cerr << "its sampler's noise at each step came from A1111's Brownian tree; txt2img's DPM++ 2M SDE draws it "
                  "from the seed as diffusers does, so the image will differ\n";
-  if (uses("dpm2"))
+  // On A1111's own schedules txt2img's DPM2 takes A1111's sigmas.
+  const auto dpm2_on_diffusers_sigmas = [](const std::string& s) {
+    return s.rfind("dpm2", 0) == 0 && !on_a1111_schedule(s);
+  };
+  if (dpm2_on_diffusers_sigmas(sampler) || dpm2_on_diffusers_sigmas(hires_sampler))
     std::cerr << "A1111's DPM2 and DPM2 a step through a schedule one step longer without its next-to-last sigma; "
-                 "txt2img's are diffusers' (KDPM2), so the image will differ\n";
+                 "txt2img's are diffusers' (KDPM2) but on A1111's own schedule types (dpm2_uniform, ...), so the "
+                 "image will differ\n";
   if (uses("unipc"))
     std::cerr << "A1111's UniPC is by default the bh1 variant of order 3; txt2img's is diffusers' (bh2, order 2), so "
                  "the image will differ\n";

@@ -30,13 +30,9 @@ std::string a1111_default_schedule(const std::string& sampler) {
 namespace {
 
 constexpr std::pair<const char*, const char*> kA1111ScheduleLabels[] = {
-    {"karras", "Karras"},
-    {"exponential", "Exponential"},
-    {"sgm_uniform", "SGM Uniform"},
-    {"align_your_steps", "Align Your Steps"},
-    {"simple", "Simple"},
-    {"normal", "Normal"},
-    {"polyexponential", "Polyexponential"},
+    {"karras", "Karras"},           {"exponential", "Exponential"},           {"uniform", "Uniform"},
+    {"sgm_uniform", "SGM Uniform"}, {"align_your_steps", "Align Your Steps"}, {"simple", "Simple"},
+    {"normal", "Normal"},           {"polyexponential", "Polyexponential"},
 };
 
 }  // namespace
@@ -67,7 +63,7 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
   if (schedule == "karras") return {it->second + " Karras", "Karras"};
   if (!schedule.empty()) return {it->second, a1111_schedule_label(schedule)};
   // A1111 1.9 and later run these on other sigmas by default (its "Automatic"); theirs here are the spaced
-  // timesteps' own, A1111's Uniform.
+  // timesteps' own, interpolated as diffusers does, closest to A1111's Uniform (which _uniform is).
   return {it->second, a1111_default_schedule(base).empty() ? "" : "Uniform"};
 }
 
@@ -161,10 +157,10 @@ std::string a1111_parameters(const ImageRecord& r) {
     // info --command gives back the flag and the image made again has these very parameters.
     params.emplace_back("Hires steps", std::to_string(r.hires.steps));
     params.emplace_back("Hires upscaler", a1111_upscaler_name(r.hires.upscaler));
-    // A1111 names the hires sampler where it differs from the first pass's.
+    // A1111 names the hires sampler where it differs from the first pass's, and its schedule type apart.
     if (!r.hires.sampler.empty() && r.hires.sampler != r.sampler) {
       const A1111Sampler hires = a1111_sampler(r.hires.sampler);
-      params.emplace_back("Hires sampler", hires.name);
+      if (hires.name != sampler.name) params.emplace_back("Hires sampler", hires.name);
       // A1111 gives a hires sampler without a schedule type in its name or its own field the first pass's (and
       // reads "Euler Karras" as Euler with schedule type Karras), so another schedule is written out, as A1111
       // writes it.

@@ -112,13 +112,13 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->type_name("F")
       ->capture_default_str();
   app.add_option("--ngms", o.ngms,
-                 "A1111's NGMS (Negative Guidance minimum sigma): every other step whose noise level (sigma; the "
-                 "timestep for ddim, pndm and unipc, as A1111 compares them) is below this runs without the negative "
-                 "prompt, unguided (0 is off)")
+                 "A1111's NGMS (Negative Guidance minimum sigma): every other U-Net call whose noise level (sigma; "
+                 "the timestep for ddim, pndm and unipc, as A1111 compares them) is below this runs without the "
+                 "negative prompt, unguided (0 is off)")
       ->type_name("SIGMA")
       ->capture_default_str();
   app.add_flag("--ngms-all-steps", o.ngms_all_steps,
-               "A1111's NGMS all steps: --ngms skips every step below its sigma, not every other one");
+               "A1111's NGMS all steps: --ngms skips every U-Net call below its sigma, not every other one");
   app.add_option("--eta", o.eta, "DDIM eta, 0 to 1: 0 is deterministic DDIM, 1 is DDPM-like")->capture_default_str();
   app.add_option("--clip-skip", o.clip_skip,
                  "A1111's Clip skip: condition on the text encoder's Nth layer from the end (1 the last, 2 the "

@@ -516,17 +516,17 @@ class Samplers(CliTestCase):
         schedules, bases = on_schedules.split(" with the schedule after the name")[0].split(": ")
         schedules = re.split(", | and ", schedules)
         bases = re.split(", | and ", bases)
-        self.assertEqual(schedules, ["sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"])
+        self.assertEqual(schedules, ["uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"])
         self.assertIn("dpmpp_2m", bases)
         combined = [f"{base}_{schedules[i % len(schedules)]}" for i, base in enumerate(bases)]
         for sampler in samplers + combined:
             result = self.txt2img("a fox", "--sampler", sampler, "-o", f"{sampler}.png", "--seed", "1")
             self.assertEqual(result.returncode, 0, f"{sampler}: {result.stderr}")
-        self.assertIn("Sampler: DPM++ 2M, Schedule type: Simple,", png_text(self.dir / "dpmpp_2m_simple.png")["parameters"])
-        self.assertIn("Sampler: Euler, Schedule type: SGM Uniform,",
-                      png_text(self.dir / "euler_sgm_uniform.png")["parameters"])
-        command = run(["info", "heun_simple.png", "--command"], self.dir)
-        self.assertIn(" --sampler heun_simple ", command.stdout)
+        self.assertIn("Sampler: DPM++ 2M, Schedule type: SGM Uniform,",
+                      png_text(self.dir / "dpmpp_2m_sgm_uniform.png")["parameters"])
+        self.assertIn("Sampler: Euler, Schedule type: Uniform,", png_text(self.dir / "euler_uniform.png")["parameters"])
+        command = run(["info", "heun_align_your_steps.png", "--command"], self.dir)
+        self.assertIn(" --sampler heun_align_your_steps ", command.stdout)
 
     def test_other_tools_sampler_names(self):
         # A1111's infotext name on the command line, diffusers' class name in a prompt file: the run records ours and

@@ -83,18 +83,19 @@ class HiresFix(CliTestCase):
 
     def test_a1111_schedule_types_of_both_passes(self):
         """Each pass's schedule is recorded so that A1111, which gives a hires sampler without a schedule type the
-        first pass's, reads it as made, and txt2img reads it back from the A1111 parameters alone."""
+        first pass's, reads it as made, and txt2img reads it back from the A1111 parameters alone: diffusers' spacing
+        as A1111's Uniform (the _uniform samplers, where txt2img has them)."""
         # After a first pass on Karras sigmas, a hires sampler without them names its schedule type: A1111's default
         # where that is the spaced sigmas, Uniform where A1111 1.9 and later default to Karras (DPM2).
         parameters, result, samplers = self.a1111_round_trip("Euler Karras", "euler", "k.png")
         self.assertIn("Sampler: Euler Karras, ", parameters)
         self.assertIn("Hires sampler: Euler, Hires schedule type: Automatic", parameters)
-        self.assertEqual(samplers, ("euler_karras", "euler"))
+        self.assertEqual(samplers, ("euler_karras", "euler_uniform"))
         self.assertNotIn("not carried over", result.stderr)
         parameters, _, samplers = self.a1111_round_trip("DPM2 Karras", "dpm2", "k2.png", ", Version: v1.10.1")
         self.assertIn("Sampler: DPM2 Karras, ", parameters)
         self.assertIn("Hires sampler: DPM2, Hires schedule type: Uniform", parameters)
-        self.assertEqual(samplers, ("dpm2_karras", "dpm2"))
+        self.assertEqual(samplers, ("dpm2_karras", "dpm2_uniform"))
         # An exponential schedule has no A1111 name of its own: it is written as A1111's schedule type, for either
         # pass.
         parameters, _, samplers = self.a1111_round_trip("euler_exponential", "heun_karras", "e.png")
@@ -104,16 +105,22 @@ class HiresFix(CliTestCase):
         self.assertEqual(samplers, ("euler_exponential", "heun_karras"))
         parameters, _, samplers = self.a1111_round_trip("euler_a", "dpm2_exponential", "e2.png")
         self.assertIn("Hires sampler: DPM2, Hires schedule type: Exponential", parameters)
-        self.assertEqual(samplers, ("euler_a", "dpm2_exponential"))
+        self.assertEqual(samplers, ("euler_a_uniform", "dpm2_exponential"))
         # DPM++ 2M's A1111 default is Karras sigmas: its spaced ones are written as Uniform, for either pass, and
         # read so by A1111 1.9 and later.
         parameters, _, samplers = self.a1111_round_trip("dpmpp_2m", "euler_karras", "u.png", ", Version: v1.10.1")
         self.assertIn("Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale", parameters)
         self.assertIn("Hires sampler: Euler Karras, ", parameters)
-        self.assertEqual(samplers, ("dpmpp_2m", "euler_karras"))
+        self.assertEqual(samplers, ("dpmpp_2m_uniform", "euler_karras"))
         parameters, _, samplers = self.a1111_round_trip("euler_karras", "dpmpp_2m", "u2.png", ", Version: v1.10.1")
         self.assertIn("Hires sampler: DPM++ 2M, Hires schedule type: Uniform", parameters)
-        self.assertEqual(samplers, ("euler_karras", "dpmpp_2m"))
+        self.assertEqual(samplers, ("euler_karras", "dpmpp_2m_uniform"))
+        # A hires pass on the first pass's sampler with another schedule type: A1111 names the schedule type alone.
+        parameters, _, samplers = self.a1111_round_trip("euler_uniform", "euler_sgm_uniform", "s.png")
+        self.assertIn("Sampler: Euler, Schedule type: Uniform, ", parameters)
+        self.assertIn("Hires schedule type: SGM Uniform", parameters)
+        self.assertNotIn("Hires sampler", parameters)
+        self.assertEqual(samplers, ("euler_uniform", "euler_sgm_uniform"))
 
     def test_info_command_makes_the_image_again(self):
         made = self.txt2img("a fox", "--seed", "4", "--hires-scale", "1.5", "--hires-denoise", "0.55",

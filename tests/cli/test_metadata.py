@@ -387,21 +387,22 @@ class Metadata(CliTestCase):
         self.assertNotIn("Variation", result.stderr)
 
     def test_info_command_reads_a1111_samplers_and_schedule_types(self):
-        """A1111's sampler names, old ("LMS Karras") and new ("Euler" with "Schedule type: Karras"), become ours; a
-        schedule type txt2img has no sampler for is left out; DPM++ 2M SDE warns of its Brownian-tree noise, UniPC of
+        """A1111's sampler names, old ("LMS Karras") and new ("Euler" with "Schedule type: Karras"), become ours; its
+        uniform schedule, also where a sampler's default, is A1111's (heun_uniform; DDIM, PLMS and UniPC run on their
+        own timesteps); a schedule type txt2img has no sampler for is left out; DPM++ 2M SDE warns of its Brownian-tree noise, UniPC of
         A1111's other variant, DPM2 of A1111's shorter schedule."""
-        cases = [("Sampler: Heun", "heun", None),
+        cases = [("Sampler: Heun", "heun_uniform", None),
                  ("Sampler: Euler, Schedule type: Karras", "euler_karras", None),
                  ("Sampler: Heun, Schedule type: Karras", "heun_karras", None),
                  ("Sampler: LMS Karras", "lms_karras", None),
                  ("Sampler: DPM++ 2M SDE, Schedule type: Karras", "dpmpp_2m_sde_karras", "Brownian tree"),
-                 ("Sampler: DPM++ 2M SDE", "dpmpp_2m_sde", "Brownian tree"),
+                 ("Sampler: DPM++ 2M SDE", "dpmpp_2m_sde_uniform", "Brownian tree"),
                  ("Sampler: UniPC", "unipc", "bh1 variant of order 3"),
                  ("Sampler: DPM2 a, Schedule type: Karras", "dpm2_a_karras", "without its next-to-last sigma"),
                  ("Sampler: DPM2 Karras", "dpm2_karras", "without its next-to-last sigma"),
-                 ("Sampler: DPM++ 2S a", "dpmpp_2s_a", "it names no A1111 version"),
+                 ("Sampler: DPM++ 2S a", "dpmpp_2s_a_uniform", "it names no A1111 version"),
                  ("Sampler: DPM++ 2S a, Version: v1.10.1", "dpmpp_2s_a_karras", None),
-                 ("Sampler: DPM++ 2S a, Schedule type: Uniform, Version: v1.10.1", "dpmpp_2s_a", None),
+                 ("Sampler: DPM++ 2S a, Schedule type: Uniform, Version: v1.10.1", "dpmpp_2s_a_uniform", None),
                  ("Sampler: DPM2 a, Version: v1.10.1", "dpm2_a_karras", "next-to-last sigma"),
                  ("Sampler: DPM2, Version: v1.9.0", "dpm2_karras", "next-to-last sigma"),
                  ("Sampler: DPM++ 2S a, Schedule type: Karras", "dpmpp_2s_a_karras", None),
@@ -426,9 +427,9 @@ class Metadata(CliTestCase):
                  # name meant uniform sigmas, which Schedule type: Uniform states.
                  ("Sampler: DPM++ 2M, Version: v1.10.1", "dpmpp_2m_karras", None),
                  ("Sampler: DPM++ 2M, Version: f2.0.1v1.10.1-previous-669", "dpmpp_2m_karras", None),
-                 ("Sampler: DPM++ 2M, Version: v1.6.0", "dpmpp_2m", None),
-                 ("Sampler: DPM++ 2M, Schedule type: Uniform, Version: v1.10.1", "dpmpp_2m", None),
-                 ("Sampler: DPM++ 2M", "dpmpp_2m", "it names no A1111 version"),
+                 ("Sampler: DPM++ 2M, Version: v1.6.0", "dpmpp_2m_uniform", None),
+                 ("Sampler: DPM++ 2M, Schedule type: Uniform, Version: v1.10.1", "dpmpp_2m_uniform", None),
+                 ("Sampler: DPM++ 2M", "dpmpp_2m_uniform", "it names no A1111 version"),
                  ("Sampler: DPM++ 2M SDE, Version: v1.10.1", "dpmpp_2m_sde",
                   "Schedule type: Automatic, Exponential for DPM++ 2M SDE")]
         for i, (fields, sampler, note) in enumerate(cases):
@@ -442,6 +443,11 @@ class Metadata(CliTestCase):
             else:
                 self.assertNotIn("not carried over", result.stderr)
                 self.assertNotIn("Brownian", result.stderr)
+        # On A1111's own schedule types txt2img's DPM2 takes the sigmas A1111 gives it.
+        result = a1111_command(self, "a fox\nSteps: 3, Sampler: DPM2 a, Schedule type: SGM Uniform, CFG scale: 7, "
+                                     "Seed: 1, Size: 32x32, RNG: CPU", "dpm2.png")
+        self.assertIn(" --sampler dpm2_a_sgm_uniform ", result.stdout)
+        self.assertNotIn("next-to-last", result.stderr)
 
     def test_info_command_rounds_an_a1111_size_down_and_names_no_model_it_lacks(self):
         """A1111 makes latents of Size / 8 rounded down: a Size that is no multiple of 8 becomes the size its image

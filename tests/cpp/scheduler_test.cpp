@@ -69,6 +69,7 @@ struct Worst {
   double abs = 0, rel = 0;
   bool exact = true;
   size_t tensors = 0;
+  double tolerance = 1e-6;  // relative to the reference's largest value (or 1)
 
   void compare(const torch::Tensor& got, const torch::Tensor& ref, const std::string& what) {
     ASSERT_TRUE(got.defined()) << what;
@@ -80,7 +81,7 @@ struct Worst {
     rel = std::max(rel, diff / std::max(scale, 1e-30));
     exact = exact && torch::equal(got, ref);
     ++tensors;
-    EXPECT_LE(diff, 1e-6 * std::max(scale, 1.0)) << what;
+    EXPECT_LE(diff, tolerance * std::max(scale, 1.0)) << what;
   }
 };
 
@@ -206,8 +207,8 @@ SchedulerConfig variant_config(const std::string& variant) {
 }
 
 // Replays run `key`/n`steps` of goldens in make_sampler_goldens.py's format: each call's timestep, scaled input,
-// sample after the step and x0 prediction, and the final sample.
-void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key, int steps) {
+// sample after the step and x0 prediction, and the final sample, within `tolerance` of the reference's largest value.
+void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key, int steps, double tolerance = 1e-6) {
   const std::string run = key + "/n" + std::to_string(steps);
   const auto slash = key.find('/');
   const std::string name = slash == std::string::npos ? key : key.substr(slash + 1);
@@ -227,6 +228,7 @@ void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key
   EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), g.get(run + "/init_noise_sigma").item<float>());
 
   Worst w;
+  w.tolerance = tolerance;
   torch::Tensor x = fake_sample0() * sched->init_noise_sigma();
   for (size_t i = 0; i < sched->timesteps().size(); ++i) {
     char call[16];
@@ -297,21 +299,27 @@ std::vector<std::pair<std::string, int>> kdiffusion_golden_cases() {
 INSTANTIATE_TEST_SUITE_P(Goldens, KDiffusionGolden, testing::ValuesIn(kdiffusion_golden_cases()), sampler_case_name);
 
 // AUTOMATIC1111's own schedule types, against tests/fixtures/a1111_schedule_goldens.safetensors: the sigmas of A1111's
-// sd_schedulers.py and k-diffusion's samplers run on them, by tests/fixtures/make_a1111_schedule_goldens.py.
+// sd_schedulers.py and k-diffusion's samplers run on them (DPM2's on the schedule A1111 gives it, one step longer
+// without its next-to-last sigma; DPM++ 2M's U-Net inputs and result, txt2img stepping it in another space), by
+// tests/fixtures/make_a1111_schedule_goldens.py.
 const txt2img::SafeTensors& a1111_schedule_goldens() {
   static const auto g = txt2img::SafeTensors::open(TXT2IMG_A1111_SCHEDULE_GOLDENS);
   return g;
 }
 
 const std::vector<std::string>& a1111_schedules() {
-  static const std::vector<std::string> names = {"sgm_uniform", "align_your_steps", "simple", "normal",
-                                                 "polyexponential"};
+  static const std::vector<std::string> names = {"uniform", "sgm_uniform", "align_your_steps",
+                                                 "simple",  "normal",      "polyexponential"};
   return names;
 }
 
 // Every sampler on each schedule steps through A1111's sigmas exactly (one per call, a second-order sampler's
 // midpoints between them), starts from noise times the first, and gives the U-Net k-diffusion's timestep of each.
 TEST(A1111Schedules, AreA1111sSigmas) {
+  // A name ends in its schedule: the longest that fits.
+  const auto split = txt2img::split_sampler_name("dpmpp_2m_sde_sgm_uniform");
+  EXPECT_EQ(split.base, "dpmpp_2m_sde");
+  EXPECT_EQ(split.schedule, "sgm_uniform");
   const auto& g = a1111_schedule_goldens();
   for (const auto& schedule : a1111_schedules()) {
     for (int steps : {1, 2, 3, 7, 10, 11, 20, 25, 50}) {
@@ -341,14 +349,17 @@ TEST(A1111Schedules, AreA1111sSigmas) {
 class A1111ScheduleGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
 
 TEST_P(A1111ScheduleGolden, MatchesKDiffusion) {
-  replay_sampler_golden(a1111_schedule_goldens(), GetParam().first, GetParam().second);
+  // txt2img's DPM++ 2M steps samples divided by sqrt(sigma^2 + 1), k-diffusion's the samples themselves: their
+  // roundings part by up to about 1.2e-6 of the result over 10 steps.
+  const bool other_space = GetParam().first.rfind("dpmpp_2m", 0) == 0;
+  replay_sampler_golden(a1111_schedule_goldens(), GetParam().first, GetParam().second, other_space ? 3e-6 : 1e-6);
 }
 
 std::vector<std::pair<std::string, int>> a1111_schedule_golden_cases() {
   std::vector<std::pair<std::string, int>> out;
   for (const auto& schedule : a1111_schedules())
-    for (const char* sampler : {"euler", "euler_a", "heun", "dpmpp_2s_a"})
-      for (int steps : {1, 3, 10}) out.emplace_back(std::string(sampler) + "_" + schedule, steps);
+    for (const char* sampler : {"euler", "euler_a", "heun", "dpmpp_2s_a", "dpmpp_2m", "dpm2", "dpm2_a"})
+      for (int steps : {2, 10}) out.emplace_back(std::string(sampler) + "_" + schedule, steps);
   return out;
 }
 
@@ -536,7 +547,7 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
 // The samplers on A1111's own schedule types, by schedule.
 std::vector<std::string> a1111_schedule_samplers() {
   std::vector<std::string> out;
-  for (const char* schedule : {"sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"})
+  for (const char* schedule : {"uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"})
     for (const char* sampler :
          {"euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "lms", "dpmpp_2m", "dpmpp_2m_sde"})
       out.push_back(std::string(sampler) + "_" + schedule);
@@ -592,7 +603,7 @@ TEST(Scheduler, NamesAndValidation) {
     EXPECT_EQ(e.kind(), ErrorKind::Usage);
     // The samplers on A1111's schedules are summed up: the schedules, then the samplers.
     for (const auto& name : diffusers_names) EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("schedule types sgm_uniform, align_your_steps, simple, normal and "
+    EXPECT_NE(std::string(e.what()).find("schedule types uniform, sgm_uniform, align_your_steps, simple, normal and "
                                          "polyexponential: euler, euler_a, "),
               std::string::npos)
         << e.what();
@@ -871,7 +882,12 @@ TEST(SchedulerStartAt, AddNoiseAtTheFirstCallIsTheInitialNoise) {
     const auto sched = txt2img::make_scheduler(name, sd_config(), 10);
     const auto start = sched->add_noise(zeros, n, 0);
     const auto whole_run_start = n * sched->init_noise_sigma();
-    if (name.rfind("ddim", 0) != 0 && name.rfind("dpmpp_2m", 0) != 0 && name.rfind("unipc", 0) != 0) {  // sigma space
+    const auto on_a1111_schedules = a1111_schedule_samplers();
+    const bool a1111_schedule =
+        std::find(on_a1111_schedules.begin(), on_a1111_schedules.end(), name) != on_a1111_schedules.end();
+    // Sigma space, or A1111's start (noise * sigmas[0]) in the variance-preserving space.
+    if (a1111_schedule ||
+        (name.rfind("ddim", 0) != 0 && name.rfind("dpmpp_2m", 0) != 0 && name.rfind("unipc", 0) != 0)) {
       EXPECT_TRUE(torch::equal(start, whole_run_start)) << name;
     } else {
       EXPECT_EQ(sched->init_noise_sigma(), 1.0) << name;
