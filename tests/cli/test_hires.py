@@ -85,42 +85,44 @@ class HiresFix(CliTestCase):
         """Each pass's schedule is recorded so that A1111, which gives a hires sampler without a schedule type the
         first pass's, reads it as made, and txt2img reads it back from the A1111 parameters alone: diffusers' spacing
         as A1111's Uniform (the _uniform samplers, where txt2img has them)."""
-        # After a first pass on Karras sigmas, a hires sampler without them names its schedule type: A1111's default
-        # where that is the spaced sigmas, Uniform where A1111 1.9 and later default to Karras (DPM2).
-        parameters, result, samplers = self.a1111_round_trip("Euler Karras", "euler", "k.png")
-        self.assertIn("Sampler: Euler Karras, ", parameters)
-        self.assertIn("Hires sampler: Euler, Hires schedule type: Automatic", parameters)
-        self.assertEqual(samplers, ("euler_karras", "euler_uniform"))
-        self.assertNotIn("not carried over", result.stderr)
-        parameters, _, samplers = self.a1111_round_trip("DPM2 Karras", "dpm2", "k2.png", ", Version: v1.10.1")
-        self.assertIn("Sampler: DPM2 Karras, ", parameters)
-        self.assertIn("Hires sampler: DPM2, Hires schedule type: Uniform", parameters)
-        self.assertEqual(samplers, ("dpm2_karras", "dpm2_uniform"))
-        # An exponential schedule has no A1111 name of its own: it is written as A1111's schedule type, for either
-        # pass.
-        parameters, _, samplers = self.a1111_round_trip("euler_exponential", "heun_karras", "e.png")
-        self.assertIn("Sampler: Euler, Schedule type: Exponential, CFG scale: 7.5, ", parameters)
-        self.assertIn("Hires sampler: Heun Karras, ", parameters)
-        self.assertNotIn("Hires schedule type", parameters)
-        self.assertEqual(samplers, ("euler_exponential", "heun_karras"))
-        parameters, _, samplers = self.a1111_round_trip("euler_a", "dpm2_exponential", "e2.png")
-        self.assertIn("Hires sampler: DPM2, Hires schedule type: Exponential", parameters)
-        self.assertEqual(samplers, ("euler_a_uniform", "dpm2_exponential"))
-        # DPM++ 2M's A1111 default is Karras sigmas: its spaced ones are written as Uniform, for either pass, and
-        # read so by A1111 1.9 and later.
-        parameters, _, samplers = self.a1111_round_trip("dpmpp_2m", "euler_karras", "u.png", ", Version: v1.10.1")
-        self.assertIn("Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale", parameters)
-        self.assertIn("Hires sampler: Euler Karras, ", parameters)
-        self.assertEqual(samplers, ("dpmpp_2m_uniform", "euler_karras"))
-        parameters, _, samplers = self.a1111_round_trip("euler_karras", "dpmpp_2m", "u2.png", ", Version: v1.10.1")
-        self.assertIn("Hires sampler: DPM++ 2M, Hires schedule type: Uniform", parameters)
-        self.assertEqual(samplers, ("euler_karras", "dpmpp_2m_uniform"))
-        # A hires pass on the first pass's sampler with another schedule type: A1111 names the schedule type alone.
-        parameters, _, samplers = self.a1111_round_trip("euler_uniform", "euler_sgm_uniform", "s.png")
-        self.assertIn("Sampler: Euler, Schedule type: Uniform, ", parameters)
-        self.assertIn("Hires schedule type: SGM Uniform", parameters)
-        self.assertNotIn("Hires sampler", parameters)
-        self.assertEqual(samplers, ("euler_uniform", "euler_sgm_uniform"))
+        # (first pass, hires pass, A1111 version, what the parameters say, what they leave out, what is read back)
+        cases = [
+            # After a first pass on Karras sigmas, a hires sampler without them names its schedule type: A1111's
+            # default where that is the spaced sigmas, Uniform where A1111 1.9 and later default to Karras (DPM2).
+            ("Euler Karras", "euler", "", ["Sampler: Euler Karras, ", "Hires sampler: Euler, Hires schedule type: "
+                                           "Automatic"], [], ("euler_karras", "euler_uniform")),
+            ("DPM2 Karras", "dpm2", ", Version: v1.10.1",
+             ["Sampler: DPM2 Karras, ", "Hires sampler: DPM2, Hires schedule type: Uniform"], [],
+             ("dpm2_karras", "dpm2_uniform")),
+            # An exponential schedule has no A1111 name of its own: it is written as A1111's schedule type, for
+            # either pass.
+            ("euler_exponential", "heun_karras", "",
+             ["Sampler: Euler, Schedule type: Exponential, CFG scale: 7.5, ", "Hires sampler: Heun Karras, "],
+             ["Hires schedule type"], ("euler_exponential", "heun_karras")),
+            ("euler_a", "dpm2_exponential", "", ["Hires sampler: DPM2, Hires schedule type: Exponential"], [],
+             ("euler_a_uniform", "dpm2_exponential")),
+            # DPM++ 2M's A1111 default is Karras sigmas: its spaced ones are written as Uniform, for either pass, and
+            # read so by A1111 1.9 and later.
+            ("dpmpp_2m", "euler_karras", ", Version: v1.10.1",
+             ["Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale", "Hires sampler: Euler Karras, "], [],
+             ("dpmpp_2m_uniform", "euler_karras")),
+            ("euler_karras", "dpmpp_2m", ", Version: v1.10.1", ["Hires sampler: DPM++ 2M, Hires schedule type: Uniform"],
+             [], ("euler_karras", "dpmpp_2m_uniform")),
+            # A hires pass on the first pass's sampler with another schedule type: A1111 names the schedule type
+            # alone.
+            ("euler_uniform", "euler_sgm_uniform", "",
+             ["Sampler: Euler, Schedule type: Uniform, ", "Hires schedule type: SGM Uniform"], ["Hires sampler"],
+             ("euler_uniform", "euler_sgm_uniform")),
+        ]
+        for i, (sampler, hires_sampler, version, said, unsaid, read_back) in enumerate(cases):
+            parameters, result, samplers = self.a1111_round_trip(sampler, hires_sampler, f"{i}.png", version)
+            for text in said:
+                self.assertIn(text, parameters)
+            for text in unsaid:
+                self.assertNotIn(text, parameters)
+            self.assertEqual(samplers, read_back)
+            if i == 0:
+                self.assertNotIn("not carried over", result.stderr)
 
     def test_info_command_makes_the_image_again(self):
         made = self.txt2img("a fox", "--seed", "4", "--hires-scale", "1.5", "--hires-denoise", "0.55",
