@@ -320,6 +320,17 @@ TEST(A1111Schedules, AreA1111sSigmas) {
   const auto split = txt2img::split_sampler_name("dpmpp_2m_sde_sgm_uniform");
   EXPECT_EQ(split.base, "dpmpp_2m_sde");
   EXPECT_EQ(split.schedule, "sgm_uniform");
+  // They are computed for the beta schedules of SD models (scaled_linear, linear); a cosine one is refused.
+  SchedulerConfig cosine = sd_config();
+  cosine.beta_schedule = "squaredcos_cap_v2";
+  try {
+    txt2img::make_scheduler("euler_sgm_uniform", cosine, 10);
+    ADD_FAILURE() << "a cosine schedule taken";
+  } catch (const txt2img::Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Bundle);
+    EXPECT_NE(std::string(e.what()).find("scaled_linear or linear beta schedule"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(txt2img::make_scheduler("euler_karras", cosine, 10));
   const auto& g = a1111_schedule_goldens();
   for (const auto& schedule : a1111_schedules()) {
     for (int steps : {1, 2, 3, 7, 10, 11, 20, 25, 50}) {
