@@ -56,10 +56,37 @@ const Sampler kSamplers[] = {
     {"lcm", kZeroSnr},
 };
 
-// AUTOMATIC1111's schedule types that diffusers has no option for, and the samplers here that run on them, as A1111
-// runs its k-diffusion samplers on any schedule: each pair is a sampler, named "euler_sgm_uniform".
-constexpr const char* kA1111Schedules[] = {"uniform", "sgm_uniform", "align_your_steps",
-                                           "simple",  "normal",      "polyexponential"};
+// The sigma schedules by the suffix that names them in a sampler's name ("" for the spaced timesteps' own).
+struct ScheduleName {
+  detail::SigmaSchedule kind;
+  const char* name;
+  bool a1111;  // one of AUTOMATIC1111's own schedule types, which diffusers has no option for
+};
+constexpr ScheduleName kScheduleNames[] = {
+    {detail::SigmaSchedule::kSpaced, "", false},
+    {detail::SigmaSchedule::kKarras, "karras", false},
+    {detail::SigmaSchedule::kExponential, "exponential", false},
+    {detail::SigmaSchedule::kUniform, "uniform", true},
+    {detail::SigmaSchedule::kSgmUniform, "sgm_uniform", true},
+    {detail::SigmaSchedule::kAlignYourSteps, "align_your_steps", true},
+    {detail::SigmaSchedule::kSimple, "simple", true},
+    {detail::SigmaSchedule::kNormal, "normal", true},
+    {detail::SigmaSchedule::kPolyexponential, "polyexponential", true},
+};
+
+// The names of A1111's own schedule types, in table order.
+const std::vector<std::string>& a1111_schedule_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& schedule : kScheduleNames)
+      if (schedule.a1111) out.emplace_back(schedule.name);
+    return out;
+  }();
+  return names;
+}
+
+// The samplers here that run on A1111's own schedule types, as A1111 runs its k-diffusion samplers on any schedule:
+// each pair is a sampler, named "euler_sgm_uniform".
 constexpr const char* kA1111ScheduleSamplers[] = {"euler",      "euler_a", "heun",     "dpm2",        "dpm2_a",
                                                   "dpmpp_2s_a", "lms",     "dpmpp_2m", "dpmpp_2m_sde"};
 
@@ -67,7 +94,7 @@ constexpr const char* kA1111ScheduleSamplers[] = {"euler",      "euler_a", "heun
 const std::vector<Sampler>& all_samplers() {
   static const std::vector<Sampler> samplers = [] {
     std::vector<Sampler> out(std::begin(kSamplers), std::end(kSamplers));
-    for (const char* schedule : kA1111Schedules)
+    for (const auto& schedule : a1111_schedule_names())
       for (const char* sampler : kA1111ScheduleSamplers)
         out.push_back({std::string(sampler) + "_" + schedule, kStartsLate});
     return out;
@@ -227,8 +254,7 @@ const std::vector<std::string>& scheduler_names() {
 }
 
 std::string sampler_names_text() {
-  return sampler_list(0) + "; and on AUTOMATIC1111's schedule types " +
-         joined({std::begin(kA1111Schedules), std::end(kA1111Schedules)}, " and ") + ": " +
+  return sampler_list(0) + "; and on AUTOMATIC1111's schedule types " + joined(a1111_schedule_names(), " and ") + ": " +
          joined({std::begin(kA1111ScheduleSamplers), std::end(kA1111ScheduleSamplers)}, " and ") +
          " with the schedule after the name (euler_sgm_uniform, dpmpp_2m_align_your_steps)";
 }
@@ -287,11 +313,11 @@ std::string canonical_scheduler_name(const std::string& name) {
 }
 
 SamplerName split_sampler_name(const std::string& name) {
-  std::vector<std::string> schedules = {"karras", "exponential"};
-  schedules.insert(schedules.end(), std::begin(kA1111Schedules), std::end(kA1111Schedules));
   // The longest schedule the name ends in: "euler_sgm_uniform" is euler on sgm_uniform, not euler_sgm on uniform.
   SamplerName split = {name, ""};
-  for (const auto& schedule : schedules) {
+  for (const auto& listed : kScheduleNames) {
+    const std::string schedule = listed.name;
+    if (schedule.empty()) continue;
     const std::string suffix = "_" + schedule;
     if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 &&
         schedule.size() > split.schedule.size())
@@ -301,8 +327,7 @@ SamplerName split_sampler_name(const std::string& name) {
 }
 
 bool on_a1111_schedule(const std::string& name) {
-  const std::string schedule = split_sampler_name(name).schedule;
-  return std::find(std::begin(kA1111Schedules), std::end(kA1111Schedules), schedule) != std::end(kA1111Schedules);
+  return detail::is_a1111_schedule(detail::schedule_named(split_sampler_name(name).schedule));
 }
 
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,
@@ -438,27 +463,6 @@ std::vector<float> exponential_sigmas(double sigma_min, double sigma_max, int st
   const auto sigmas = torch::linspace(std::log(sigma_max), std::log(sigma_min), steps).exp().contiguous();
   return {sigmas.data_ptr<float>(), sigmas.data_ptr<float>() + sigmas.numel()};
 }
-
-namespace {
-
-struct ScheduleName {
-  SigmaSchedule kind;
-  const char* name;
-  bool a1111;  // one of A1111's own, not one of diffusers'
-};
-constexpr ScheduleName kScheduleNames[] = {
-    {SigmaSchedule::kSpaced, "", false},
-    {SigmaSchedule::kKarras, "karras", false},
-    {SigmaSchedule::kExponential, "exponential", false},
-    {SigmaSchedule::kUniform, "uniform", true},
-    {SigmaSchedule::kSgmUniform, "sgm_uniform", true},
-    {SigmaSchedule::kAlignYourSteps, "align_your_steps", true},
-    {SigmaSchedule::kSimple, "simple", true},
-    {SigmaSchedule::kNormal, "normal", true},
-    {SigmaSchedule::kPolyexponential, "polyexponential", true},
-};
-
-}  // namespace
 
 const char* schedule_name(SigmaSchedule schedule) {
   for (const auto& [kind, name, a1111] : kScheduleNames)
