@@ -7,6 +7,7 @@ scripts/with-torch-python when a Python with torch is around (skipped otherwise)
 
 import json
 import os
+import shlex
 import shutil
 import struct
 import subprocess
@@ -99,6 +100,24 @@ class CliTestCase(unittest.TestCase):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         return path
+
+    def assertCommandRemakes(self, name, flags, model=TINY):
+        """`info NAME --command` holds `flags` (text of the command line) and makes the image NAME again with
+        `model`; returns the command line."""
+        command = run(["info", name, "--command"], self.dir)
+        self.assertIn(flags, command.stdout)
+        again = run(shlex.split(command.stdout)[1:] + ["--model", model, "-o", "remade-" + name], self.dir)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / name), png_pixels(self.dir / ("remade-" + name)))
+        return command.stdout
+
+    def assertPromptFileRemakes(self, name, line, *args, model=TINY):
+        """A prompt file of the one JSON `line` (written to the image "from-file-NAME"), run with `args`, makes the
+        image NAME."""
+        self.write("remake.jsonl", json.dumps({**line, "output": "from-file-" + name}))
+        from_file = self.txt2img("--from-file", "remake.jsonl", *args, model=model)
+        self.assertEqual(from_file.returncode, 0, from_file.stderr)
+        self.assertEqual(png_pixels(self.dir / name), png_pixels(self.dir / ("from-file-" + name)))
 
 
 # --- safetensors reading (the fixtures' tensors) ----------------------------------------------------------------

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shlex
 import unittest
 
 from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, fixture_bundle, json_lines,
@@ -629,16 +628,9 @@ class Samplers(CliTestCase):
         self.assertEqual(made.returncode, 0, made.stderr)
         self.assertEqual(json_lines(made.stdout)[0]["guidance_rescale"], 0.7)
         self.assertIn("CFG scale: 7.5, Guidance rescale: 0.7, Seed: 5", png_text(self.dir / "a.png")["parameters"])
-        command = run(["info", "a.png", "--command"], self.dir)
-        self.assertIn(" --guidance-rescale 0.7 ", command.stdout)
-        again = run(shlex.split(command.stdout)[1:] + ["--model", model, "-o", "b.png"], self.dir)
-        self.assertEqual(again.returncode, 0, again.stderr)
-        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
-        self.write("p.jsonl", json.dumps({"prompt": "a fox", "seed": 5, "guidance_rescale": 0.7, "output": "c.png"}))
-        from_file = self.txt2img("--from-file", "p.jsonl", "--sampler", "euler_a", "--no-safety-checker",
-                                 model=model)
-        self.assertEqual(from_file.returncode, 0, from_file.stderr)
-        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+        self.assertCommandRemakes("a.png", " --guidance-rescale 0.7 ", model)
+        self.assertPromptFileRemakes("a.png", {"prompt": "a fox", "seed": 5, "guidance_rescale": 0.7}, "--sampler",
+                                     "euler_a", "--no-safety-checker", model=model)
 
         self.assertExit(self.txt2img("a fox", "--sampler", "heun", "--no-safety-checker", "-o", "d.png", model=model),
                         EXIT_USAGE, "the heun sampler cannot run a zero-terminal-SNR model")
@@ -658,19 +650,12 @@ class Samplers(CliTestCase):
         self.assertEqual(made.returncode, 0, made.stderr)
         self.assertEqual(json_lines(made.stdout)[0]["skip_early_cfg"], 0.2)
         self.assertIn(", Skip Early CFG: 0.2,", png_text(self.dir / "a.png")["parameters"])
-        command = run(["info", "a.png", "--command"], self.dir)
-        self.assertIn(" --skip-early-cfg 0.2 ", command.stdout)
-        again = run(shlex.split(command.stdout)[1:] + ["--model", TINY, "-o", "b.png"], self.dir)
-        self.assertEqual(again.returncode, 0, again.stderr)
-        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        self.assertCommandRemakes("a.png", " --skip-early-cfg 0.2 ")
         self.assertEqual(self.txt2img("a fox", "-o", "guided.png", *args).returncode, 0)
         self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "guided.png"))
         self.assertNotIn("Skip Early CFG", png_text(self.dir / "guided.png")["parameters"])
 
-        self.write("p.jsonl", json.dumps({"prompt": "a fox", "skip_early_cfg": 0.2, "output": "c.png"}))
-        from_file = self.txt2img("--from-file", "p.jsonl", *args)
-        self.assertEqual(from_file.returncode, 0, from_file.stderr)
-        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+        self.assertPromptFileRemakes("a.png", {"prompt": "a fox", "skip_early_cfg": 0.2}, *args)
 
         self.assertEqual(self.txt2img("a fox", "--skip-early-cfg", "1", "-o", "all.png", *args).returncode, 0)
         self.assertEqual(self.txt2img("a fox", "--cfg-scale", "1", "-o", "unguided.png", *args).returncode, 0)
@@ -696,27 +681,19 @@ class Samplers(CliTestCase):
         record = json_lines(made.stdout)[0]
         self.assertEqual((record["ngms"], record["ngms_all_steps"]), (450, False))
         self.assertIn(", NGMS: 450.0,", png_text(self.dir / "a.png")["parameters"])
-        command = run(["info", "a.png", "--command"], self.dir)
-        self.assertIn(" --ngms 450.0 ", command.stdout)
-        again = run(shlex.split(command.stdout)[1:] + ["--model", TINY, "-o", "b.png"], self.dir)
-        self.assertEqual(again.returncode, 0, again.stderr)
-        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        self.assertCommandRemakes("a.png", " --ngms 450.0 ")
         self.assertEqual(self.txt2img("a fox", "-o", "guided.png", *args).returncode, 0)
         self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "guided.png"))
         self.assertNotIn("NGMS", png_text(self.dir / "guided.png")["parameters"])
 
-        self.write("p.jsonl", json.dumps({"prompt": "a fox", "ngms": 450, "output": "c.png"}))
-        from_file = self.txt2img("--from-file", "p.jsonl", *args)
-        self.assertEqual(from_file.returncode, 0, from_file.stderr)
-        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+        self.assertPromptFileRemakes("a.png", {"prompt": "a fox", "ngms": 450}, *args)
 
         # Every call below 450 skipped is another image, recorded as such.
         made = self.txt2img("a fox", "--ngms", "450", "--ngms-all-steps", "-o", "all.png", *args)
         self.assertEqual(made.returncode, 0, made.stderr)
         self.assertIn(", NGMS: 450.0, NGMS all steps: True,", png_text(self.dir / "all.png")["parameters"])
         self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "all.png"))
-        command = run(["info", "all.png", "--command"], self.dir)
-        self.assertIn(" --ngms 450.0 --ngms-all-steps ", command.stdout)
+        self.assertCommandRemakes("all.png", " --ngms 450.0 --ngms-all-steps ")
 
         # Below every timestep it skips nothing: the guided image, the setting in --json only.
         made = self.txt2img("a fox", "--ngms", "0.5", "--json", "-o", "none.png", *args)
