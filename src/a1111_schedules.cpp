@@ -47,27 +47,10 @@ class DiscreteSchedule {
   torch::Tensor sigmas_, log_sigmas_;
 };
 
-// The training sigmas as A1111's model holds them: the original Stable Diffusion code's betas (its "linear" schedule
-// is diffusers' scaled_linear, its "sqrt_linear" diffusers' linear) and their cumulative product in float64, stored in
-// float32; then k-diffusion's ((1 - a) / a) ** 0.5 in float32.
+// k-diffusion's ((1 - a) / a) ** 0.5 in float32 of the alphas_cumprod A1111's model holds.
 std::vector<float> training_sigmas_of_a1111(const SchedulerConfig& config) {
-  const int n = config.num_train_timesteps;
-  torch::Tensor betas;
-  if (config.beta_schedule == "scaled_linear")
-    betas =
-        torch::linspace(std::pow(config.beta_start, 0.5), std::pow(config.beta_end, 0.5), n, torch::kFloat64).pow(2);
-  else if (config.beta_schedule == "linear")
-    betas = torch::linspace(config.beta_start, config.beta_end, n, torch::kFloat64);
-  else
-    throw Error(ErrorKind::Bundle,
-                "A1111's schedules run on the scaled_linear or linear beta schedule of SD models; "
-                "this model's is \"" +
-                    config.beta_schedule + "\" (use a sampler without one)");
-  const auto b = betas.contiguous();
   std::vector<float> sigmas;
-  double alpha_cumprod = 1.0;  // np.cumprod: a running product, in order
-  for (int t = 0; t < n; ++t) {
-    alpha_cumprod *= 1.0 - b.data_ptr<double>()[t];
+  for (const double alpha_cumprod : a1111_alphas_cumprod(config)) {
     const auto a = static_cast<float>(alpha_cumprod);
     sigmas.push_back(std::sqrt((1.0f - a) / a));
   }
@@ -170,6 +153,29 @@ std::vector<float> a1111_sigmas(SigmaSchedule kind, const DiscreteSchedule& sche
 }
 
 }  // namespace
+
+std::vector<double> a1111_alphas_cumprod(const SchedulerConfig& config) {
+  const int n = config.num_train_timesteps;
+  torch::Tensor betas;
+  if (config.beta_schedule == "scaled_linear")
+    betas =
+        torch::linspace(std::pow(config.beta_start, 0.5), std::pow(config.beta_end, 0.5), n, torch::kFloat64).pow(2);
+  else if (config.beta_schedule == "linear")
+    betas = torch::linspace(config.beta_start, config.beta_end, n, torch::kFloat64);
+  else
+    throw Error(ErrorKind::Bundle,
+                "A1111's schedules run on the scaled_linear or linear beta schedule of SD models; "
+                "this model's is \"" +
+                    config.beta_schedule + "\" (use a sampler without one)");
+  const auto b = betas.contiguous();
+  std::vector<double> out;
+  double alpha_cumprod = 1.0;  // np.cumprod: a running product, in order
+  for (int t = 0; t < n; ++t) {
+    alpha_cumprod *= 1.0 - b.data_ptr<double>()[t];
+    out.push_back(alpha_cumprod);
+  }
+  return out;
+}
 
 A1111Schedule a1111_schedule(SigmaSchedule kind, const SchedulerConfig& config, int steps, bool discard_next_to_last) {
   const DiscreteSchedule schedule(training_sigmas_of_a1111(config));

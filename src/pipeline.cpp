@@ -123,12 +123,12 @@ torch::Tensor upscale_latents(const torch::Tensor& latents, const LatentUpscaler
 }
 
 // The hires pass's settings for make_sampler: its own sampler where it has one (with the first pass's eta only for
-// a ddim pass, the one sampler that takes it).
+// a sampler that takes it).
 GenerationParams hires_pass(const GenerationParams& params) {
   GenerationParams pass = params;
   if (!params.hires.sampler.empty()) {
     pass.sampler = params.hires.sampler;
-    if (pass.sampler != "ddim") pass.eta = 0;
+    if (!sampler_takes_eta(pass.sampler)) pass.eta = 0;
   }
   return pass;
 }

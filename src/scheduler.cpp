@@ -27,6 +27,7 @@ struct Sampler {
 // In the order help texts list them.
 const Sampler kSamplers[] = {
     {"ddim", kEta | kStartsLate | kZeroSnr},
+    {"ddim_a1111", kEta | kStartsLate},
     {"pndm", 0},
     {"euler", kStartsLate | kZeroSnr},
     {"euler_karras", kStartsLate | kZeroSnr},
@@ -259,6 +260,13 @@ std::string sampler_names_text() {
          " with the schedule after the name (euler_sgm_uniform, dpmpp_2m_align_your_steps)";
 }
 
+bool sampler_takes_eta(const std::string& name) {
+  const std::string canonical = canonical_scheduler_name(name);
+  for (const auto& s : all_samplers())
+    if (s.name == canonical) return s.capabilities & kEta;
+  return false;
+}
+
 bool is_scheduler_name(const std::string& name) {
   const auto& names = scheduler_names();
   return std::find(names.begin(), names.end(), name) != names.end();
@@ -345,7 +353,8 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   // Above 1, DDIM's noise can exceed the variance a step leaves for it: the square root of a negative number.
   if (!(eta >= 0.0 && eta <= 1.0)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1, got " + std::to_string(eta));
   if (eta != 0.0 && !(it->capabilities & kEta))
-    throw Error(ErrorKind::Usage, "eta applies only to the ddim scheduler, not to " + name);
+    throw Error(ErrorKind::Usage,
+                "eta applies only to the " + sampler_list(kEta, true, " and ") + " samplers, not to " + name);
 
   using detail::SigmaSchedule;
   const std::string sampler = it->name;
@@ -356,10 +365,12 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
                 "the " + sampler + " sampler cannot run a zero-terminal-SNR model (" +
                     (detail::is_a1111_schedule(schedule)
                          ? "A1111's schedules start at the model's largest training sigma, infinite for such a model"
-                         : "diffusers' scheduler for it has no rescale_betas_zero_snr") +
+                     : sampler == "ddim_a1111" ? "it runs on SD's training schedule as A1111's model holds it"
+                                               : "diffusers' scheduler for it has no rescale_betas_zero_snr") +
                     "); use " + sampler_list(kZeroSnr));
 
   if (sampler == "ddim") return detail::make_ddim(config, steps, eta);
+  if (sampler == "ddim_a1111") return detail::make_a1111_ddim(config, steps, eta);
   if (sampler == "pndm") return detail::make_pndm(config, steps);
   if (sampler == "lcm") return detail::make_lcm(config, steps);
   if (base == "euler_a") return detail::make_euler_ancestral(config, steps, schedule);
@@ -379,7 +390,7 @@ void Scheduler::start_at(size_t step) {
     const std::string why = why_it_cannot_start_later();
     if (!why.empty()) throw Error(ErrorKind::Usage, why);
   }
-  const size_t call = first_call_of_step(step);
+  const size_t call = entry_call(step);
   if (call >= timesteps_.size())
     throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(step) + ") is call " +
                                         std::to_string(call) + " but the schedule has " +

@@ -14,6 +14,8 @@ namespace txt2img::detail {
 
 // One factory per sampler, each in its own source file. `steps` is already validated against the config.
 std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, double eta);
+// AUTOMATIC1111's DDIM (its timesteps, alphas and img2img entry; see a1111_ddim.cpp).
+std::unique_ptr<Scheduler> make_a1111_ddim(const SchedulerConfig& config, int steps, double eta);
 std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
 // Where a sigma sampler's sigmas come from: the spaced timesteps' own, or a schedule between their extremes, Karras
 // et al.'s or exponential (diffusers' use_karras_sigmas, use_exponential_sigmas); or one of AUTOMATIC1111's schedule
@@ -37,6 +39,12 @@ SigmaSchedule schedule_named(const std::string& name);
 std::string schedule_suffix(SigmaSchedule schedule);
 // Whether `schedule` is one of A1111's own kinds (a1111_schedule computes it), not one of diffusers'.
 bool is_a1111_schedule(SigmaSchedule schedule);
+
+// The training schedule as AUTOMATIC1111's model holds it: the original Stable Diffusion code's betas (its "linear"
+// schedule is diffusers' scaled_linear, its "sqrt_linear" diffusers' linear) and their cumulative product in float64,
+// which the model stores in float32 (its alphas_cumprod) and takes square roots of in float64 (sqrt_alphas_cumprod,
+// sqrt_one_minus_alphas_cumprod). Throws Error(Bundle) for another beta schedule.
+std::vector<double> a1111_alphas_cumprod(const SchedulerConfig& config);
 
 // AUTOMATIC1111's schedule of one of its own kinds, as its modules/sd_schedulers.py computes it on k-diffusion's
 // discrete schedule of the model's training sigmas, which A1111's model holds as the original Stable Diffusion code

@@ -57,9 +57,10 @@ class Scheduler {
   // k-diffusion does on a sub-schedule and as img2img does), for A1111's hires fix and img2img, which build the
   // schedule of a longer run and enter it part-way. The single-step samplers (ddim, euler*, euler_a, heun*, dpm2*,
   // dpmpp_2s_a*) then compute exactly what a whole run computes from the same sample; lms* ramps its order up from 1
-  // again and dpmpp_2m* take a first-order step first. Call before any step (start_at(0) changes nothing). Throws
-  // Error(Usage) for step > 0 on a sampler that cannot start anywhere but the beginning (pndm, lcm), and Error(Runtime)
-  // for a step past the schedule or after a step.
+  // again and dpmpp_2m* take a first-order step first. ddim_a1111 enters as A1111's DDIM does, a call later (its
+  // entry_call). Call before any step (start_at(0) changes nothing but on ddim_a1111). Throws Error(Usage) for step > 0
+  // on a sampler that cannot start anywhere but the beginning (pndm, lcm) or an entry that leaves ddim_a1111 no call,
+  // and Error(Runtime) for a step past the schedule or after a step.
   void start_at(size_t step);
   // The U-Net call this run starts at: 0, or the first call of start_at's step.
   size_t first_call() const { return first_call_; }
@@ -92,6 +93,8 @@ class Scheduler {
  protected:
   // The first U-Net call of step `step`.
   virtual size_t first_call_of_step(size_t step) const { return step; }
+  // The first U-Net call of a run that start_at(step) enters.
+  virtual size_t entry_call(size_t step) const { return first_call_of_step(step); }
 
   std::vector<double> timesteps_;
   torch::Tensor pred_original_sample_;
@@ -103,6 +106,8 @@ class Scheduler {
 const std::vector<std::string>& scheduler_names();
 // scheduler_names() as help texts list them: those on A1111's own schedule types summed up by schedule and sampler.
 std::string sampler_names_text();
+// Whether the sampler `name` (or an alias of one) takes DDIM's eta: ddim and ddim_a1111.
+bool sampler_takes_eta(const std::string& name);
 // Whether `name` is one of scheduler_names() exactly (an alias is not: see canonical_scheduler_name).
 bool is_scheduler_name(const std::string& name);
 

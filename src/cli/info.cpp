@@ -305,6 +305,19 @@ std::string a1111_command(const std::string& text) {
   const auto sampler_of = [&](const char* sampler_key, const char* schedule_key, const std::string& inherited) {
     if (field(sampler_key).empty()) return std::string();
     std::string sampler = canonical_scheduler_name(field(sampler_key));
+    // A1111 1.6 replaced the original Stable Diffusion code's DDIM, which diffusers' is where the steps divide 1000,
+    // with its own.
+    if (sampler == "ddim" && version_at_least(field("Version"), 6)) {
+      sampler = "ddim_a1111";
+    } else if (sampler == "ddim") {
+      const std::string ldm_ddim =
+          "A1111 before 1.6 ran the original Stable Diffusion code's DDIM, which is "
+          "diffusers' (ddim) where the steps divide 1000; 1.6 and later run their own "
+          "(ddim_a1111)";
+      notes.push_back(field("Version").empty()
+                          ? "it names no A1111 version: DDIM is read as before 1.6 (" + ldm_ddim + ")"
+                          : ldm_ddim);
+    }
     const bool own_schedule = !field(schedule_key).empty();
     std::string schedule = own_schedule ? field(schedule_key) : inherited;
     std::string label = schedule_key + (": " + schedule) + (own_schedule ? "" : " (the first pass's)");
@@ -333,7 +346,7 @@ std::string a1111_command(const std::string& text) {
   const std::string sampler = sampler_of("Sampler", "Schedule type", "");
   if (!sampler.empty()) {
     args.insert(args.end(), {"--sampler", sampler});
-    if (sampler == "ddim") take("Eta DDIM", "--eta");
+    if (sampler_takes_eta(sampler)) take("Eta DDIM", "--eta");
   }
   take("CFG scale", "--cfg-scale");
   take("Guidance rescale", "--guidance-rescale");  // txt2img's own field

@@ -69,6 +69,24 @@ class HiresFix(CliTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json_lines(result.stdout)[0]["hires"]["sampler"], "ddim")
 
+    def test_a1111_ddim_makes_a1111s_calls(self):
+        """A1111's DDIM (ddim_a1111) makes one U-Net call fewer than its steps where they divide 1000, and a hires
+        pass of N steps makes N - 2, since A1111 noises it to the timestep above its first call's; its eta is taken in
+        both passes. A hires pass it leaves no call is refused before the model loads."""
+        result = self.txt2img("a fox", "--seed", "3", "--sampler", "ddim_a1111", "--steps", "4", "--eta", "0.5",
+                              "--hires-scale", "1.5", "--hires-steps", "5", "-o", "a.png", "--json", "--json-progress")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        steps = [r for r in json_lines(result.stdout) if r["event"] == "step"]
+        self.assertEqual([r["step"] for r in steps], [1, 2, 3, 4, 5, 6])
+        self.assertEqual(steps[-1]["steps"], 6)
+        parameters = png_text(self.dir / "a.png")["parameters"]
+        self.assertIn("Sampler: DDIM, ", parameters)
+        self.assertIn("Eta DDIM: 0.5, ", parameters)
+        self.assertIn("--sampler ddim_a1111 ", run(["info", "a.png", "--command"], self.dir).stdout)
+        self.assertExit(self.txt2img("a fox", "--sampler", "ddim_a1111", "--hires-scale", "1.5", "--hires-steps", "2",
+                                     "-o", "b.png"), EXIT_USAGE, "give it 3 or more steps")
+        self.assertFalse((self.dir / "b.png").exists())
+
     def a1111_round_trip(self, sampler, hires_sampler, name, version=""):
         """Makes an image with a hires pass of those samplers, and reads the samplers back from its A1111 parameters
         alone (followed by `version`): the parameters, and info --command's result."""

@@ -412,6 +412,11 @@ class Metadata(CliTestCase):
                  ("Sampler: Euler, Schedule type: Exponential", "euler_exponential", None),
                  ("Sampler: DPM2 a, Schedule type: Exponential", "dpm2_a_exponential", "next-to-last sigma"),
                  ("Sampler: DDIM, Schedule type: Exponential", "ddim", "Schedule type: Exponential"),
+                 # A1111 1.6 and later run their own DDIM; before, the original SD code's, diffusers' where the
+                 # steps divide 1000.
+                 ("Sampler: DDIM, Version: v1.10.1", "ddim_a1111", None),
+                 ("Sampler: DDIM, Version: v1.5.2", "ddim", "A1111 before 1.6 ran the original Stable Diffusion"),
+                 ("Sampler: DDIM", "ddim", "it names no A1111 version: DDIM is read as before 1.6"),
                  # A1111's own schedule types, by label or name; those txt2img lacks are left out.
                  ("Sampler: DPM++ 2M, Schedule type: Align Your Steps, Version: v1.10.1",
                   "dpmpp_2m_align_your_steps", None),

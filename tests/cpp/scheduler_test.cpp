@@ -377,6 +377,70 @@ std::vector<std::pair<std::string, int>> a1111_schedule_golden_cases() {
 INSTANTIATE_TEST_SUITE_P(Goldens, A1111ScheduleGolden, testing::ValuesIn(a1111_schedule_golden_cases()),
                          sampler_case_name);
 
+// AUTOMATIC1111's DDIM (ddim_a1111) against tests/fixtures/a1111_ddim_goldens.safetensors: A1111's own ddim function
+// run by tests/fixtures/make_a1111_ddim_goldens.py on its timesteps, whole runs and hires passes entered as A1111's
+// sample_img2img enters them, with eta and for a v-prediction model.
+struct A1111DdimCase {
+  std::string key;
+  int steps;
+  double eta;
+  int hires_steps;  // 0: a whole run
+};
+
+class A1111DdimGolden : public testing::TestWithParam<A1111DdimCase> {};
+
+TEST_P(A1111DdimGolden, MatchesA1111) {
+  static const auto g = txt2img::SafeTensors::open(TXT2IMG_A1111_DDIM_GOLDENS);
+  const auto& c = GetParam();
+  const std::string run = c.key + "/n" + std::to_string(c.steps) +
+                          (c.hires_steps ? "_hires" + std::to_string(c.hires_steps) : std::string());
+  const auto slash = c.key.find('/');
+  auto sched = txt2img::make_scheduler(
+      "ddim_a1111", slash == std::string::npos ? sd_config() : variant_config(c.key.substr(0, slash)), c.steps, c.eta);
+  if (c.hires_steps) sched->start_at(static_cast<size_t>(c.steps - c.hires_steps));
+  const size_t first = sched->first_call();
+  const auto ts = g.get(run + "/timesteps");
+  ASSERT_EQ(sched->timesteps().size() - first, static_cast<size_t>(ts.numel())) << run;
+  for (size_t i = 0; i < static_cast<size_t>(ts.numel()); ++i)
+    EXPECT_EQ(sched->timesteps()[first + i], ts[static_cast<int64_t>(i)].item<double>()) << run << " call " << i;
+  const auto noise_img2img = formula([](int64_t k) { return ((k * 7919) % 101) / 50.0 - 1.0; });
+  torch::Tensor x = c.hires_steps ? sched->add_noise(fake_sample0(), noise_img2img, first) : fake_sample0();
+  EXPECT_TRUE(torch::equal(x, g.get(run + "/init"))) << run;
+  for (size_t i = 0; i + first < sched->timesteps().size(); ++i) {
+    x = sched->step(fake_model_output(i), first + i, x,
+                    sched->needs_noise(first + i) ? fake_noise(i) : torch::Tensor());
+    char call[16];
+    std::snprintf(call, sizeof call, "/call%03zu/", i);
+    if (!g.contains(run + call + "prev_sample")) continue;
+    EXPECT_TRUE(torch::equal(x, g.get(run + call + "prev_sample"))) << run << call;
+    EXPECT_TRUE(torch::equal(sched->pred_original_sample(), g.get(run + call + "pred_original_sample"))) << run << call;
+  }
+  EXPECT_TRUE(torch::equal(x, g.get(run + "/final")))
+      << run << ": off by " << (x - g.get(run + "/final")).abs().max().item<double>();
+}
+
+std::vector<A1111DdimCase> a1111_ddim_cases() {
+  std::vector<A1111DdimCase> out;
+  for (int steps : {2, 3, 7, 10, 30, 50, 600}) out.push_back({"ddim_a1111", steps, 0.0, 0});
+  out.push_back({"ddim_a1111_eta0.5", 10, 0.5, 0});
+  out.push_back({"ddim_a1111_eta1", 7, 1.0, 0});
+  out.push_back({"v_prediction/ddim_a1111", 10, 0.0, 0});
+  out.push_back({"ddim_a1111", 28, 0.0, 20});
+  out.push_back({"ddim_a1111", 20, 0.0, 20});
+  out.push_back({"ddim_a1111_eta0.5", 14, 0.5, 10});
+  out.push_back({"ddim_a1111", 1000, 0.0, 3});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, A1111DdimGolden, testing::ValuesIn(a1111_ddim_cases()),
+                         [](const testing::TestParamInfo<A1111DdimCase>& info) {
+                           std::string name = info.param.key + "_n" + std::to_string(info.param.steps) + "_hires" +
+                                              std::to_string(info.param.hires_steps);
+                           for (char& ch : name)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return name;
+                         });
+
 // The schedulers inside complete diffusers pipeline runs (guided model outputs of real shapes, batch 2 or 4,
 // generator noise): replaying each run's scheduler inputs reproduces its latents.
 class SchedulerRunReplay : public testing::TestWithParam<std::string> {};
@@ -568,6 +632,7 @@ std::vector<std::string> a1111_schedule_samplers() {
 TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
   std::vector<std::string> diffusers_names = {"ddim",
+                                              "ddim_a1111",
                                               "pndm",
                                               "euler",
                                               "euler_karras",
@@ -599,9 +664,9 @@ TEST(Scheduler, NamesAndValidation) {
   for (const auto& name : a1111_schedule_samplers()) expected.push_back(name);
   EXPECT_EQ(names, expected);
   for (const auto& name : names) {
-    // LCM's timesteps are a subset of the 50 it was distilled on.
+    // LCM's timesteps are a subset of the 50 it was distilled on; A1111's DDIM makes no call for 1 step.
     const int most = name == "lcm" ? 50 : 999;
-    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), 1)) << name;
+    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), name == "ddim_a1111" ? 2 : 1)) << name;
     EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), most)) << name;
     expect_error(ErrorKind::Usage, "steps", [&] { txt2img::make_scheduler(name, sd_config(), 0); });
     expect_error(ErrorKind::Usage, "steps", [&] { txt2img::make_scheduler(name, sd_config(), 1001); });
@@ -801,8 +866,9 @@ TEST(Scheduler, UnsupportedConfigValuesAreBundleErrors) {
   prediction.prediction_type = "flow";
   for (const auto& name : txt2img::scheduler_names()) {
     expect_error(ErrorKind::Bundle, "sigmoid", [&] { txt2img::make_scheduler(name, schedule, 10); });
-    // LCM's timesteps come from its distillation schedule; diffusers' LCMScheduler never reads the spacing.
-    if (name != "lcm")
+    // LCM's timesteps come from its distillation schedule, A1111's DDIM's from A1111's own spacing: neither reads the
+    // configured one.
+    if (name != "lcm" && name != "ddim_a1111")
       expect_error(ErrorKind::Bundle, "karras", [&] { txt2img::make_scheduler(name, spacing, 10); });
     expect_error(ErrorKind::Bundle, "flow", [&] { txt2img::make_scheduler(name, prediction, 10); });
   }
@@ -815,7 +881,7 @@ TEST(Scheduler, UnsupportedConfigValuesAreBundleErrors) {
 TEST(Scheduler, StepsMustComeInOrderWithNoiseWhereNeeded) {
   const auto x = golden("common/sample0");
   for (const auto& name : txt2img::scheduler_names()) {
-    auto sched = txt2img::make_scheduler(name, sd_config(), 2);
+    auto sched = txt2img::make_scheduler(name, sd_config(), 3);
     const auto noise = torch::zeros_like(x);
     expect_error(ErrorKind::Runtime, "order", [&] { sched->step(x, 1, x, noise); });
     sched->step(x, 0, x, noise);
@@ -976,7 +1042,7 @@ TEST(SchedulerA1111Sigma, IsTheTimestepOrTheSigmaOfTheCallsInput) {
     const auto base = txt2img::split_sampler_name(name).base;
     for (size_t call = 0; call < sched->timesteps().size(); ++call) {
       const double got = sched->a1111_sigma(call);
-      if (base == "ddim" || base == "pndm" || base == "unipc") {
+      if (base == "ddim" || base == "ddim_a1111" || base == "pndm" || base == "unipc") {
         EXPECT_EQ(got, sched->timesteps()[call]) << name << " call " << call;
         continue;
       }
@@ -1219,10 +1285,13 @@ TEST(SchedulerStartAt, Errors) {
   for (const auto& name : txt2img::scheduler_names()) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 4);
     const size_t calls = sched->timesteps().size();
-    // pndm and lcm refuse any later start first (Usage), whatever the call.
+    // pndm and lcm refuse any later start first (Usage), whatever the call; ddim_a1111 one that leaves it no call.
     const bool late = std::find(late_starters().begin(), late_starters().end(), name) != late_starters().end();
-    expect_error(late ? ErrorKind::Runtime : ErrorKind::Usage, late ? "U-Net calls" : "cannot start part-way",
-                 [&] { sched->start_at(calls); });
+    if (name == "ddim_a1111")
+      expect_error(ErrorKind::Usage, "give it 3 or more steps", [&] { sched->start_at(calls); });
+    else
+      expect_error(late ? ErrorKind::Runtime : ErrorKind::Usage, late ? "U-Net calls" : "cannot start part-way",
+                   [&] { sched->start_at(calls); });
     expect_error(ErrorKind::Runtime, "U-Net calls", [&] { sched->add_noise(x, noise, calls); });
     sched->step(x, 0, x, noise);
     expect_error(ErrorKind::Runtime, "after a step", [&] { sched->start_at(0); });
@@ -1248,6 +1317,21 @@ TEST(SchedulerStartAt, Errors) {
     expect_error(ErrorKind::Runtime, expected(c + 1, c), [&] { sched->step(x, c, x, noise); });
     EXPECT_NO_THROW(sched->step(x, c + 1, x, noise)) << name;
   }
+}
+
+// What A1111's DDIM refuses to run: a step count that leaves it no U-Net call, a hires pass of fewer than 3 steps, a
+// zero-terminal-SNR model.
+TEST(A1111Ddim, Refusals) {
+  expect_error(ErrorKind::Usage, "1 step makes none", [] { txt2img::make_scheduler("ddim_a1111", sd_config(), 1); });
+  auto sched = txt2img::make_scheduler("ddim_a1111", sd_config(), 20);
+  expect_error(ErrorKind::Usage, "give it 3 or more steps", [&] { sched->start_at(18); });
+  expect_error(ErrorKind::Usage, "SD's training schedule as A1111's model holds it",
+               [] { txt2img::make_scheduler("ddim_a1111", variant_config("zero_snr"), 10); });
+  // Its eta is DDIM's, the only other sampler that takes one.
+  EXPECT_TRUE(txt2img::sampler_takes_eta("ddim_a1111"));
+  EXPECT_TRUE(txt2img::sampler_takes_eta("DDIM"));
+  EXPECT_FALSE(txt2img::sampler_takes_eta("euler"));
+  EXPECT_NO_THROW(txt2img::make_scheduler("ddim_a1111", sd_config(), 10, 0.3));
 }
 
 }  // namespace
