@@ -121,4 +121,17 @@ std::string format_weight(double weight) {
   return text.str();
 }
 
+Error emphasis_weight_error(const EmphasisSpan& span, std::string_view what) {
+  const std::string quoted = span.text.size() > 40 ? span.text.substr(0, 40) + "..." : span.text;
+  return Error(ErrorKind::Usage, std::string(what) + "'s emphasis weighs \"" + quoted + "\" by " +
+                                     format_weight(span.weight) +
+                                     ", beyond what float32 holds (a weight too large, or brackets nested too deep)");
+}
+
+void check_emphasis_weights(std::string_view text, std::string_view what) {
+  for (const auto& span : parse_emphasis(text))
+    if (!span.is_break && !fits_float32(span.weight) && span.text.find_first_not_of(" \t\r\n") != std::string::npos)
+      throw emphasis_weight_error(span, what);
+}
+
 }  // namespace txt2img

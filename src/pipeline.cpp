@@ -113,10 +113,13 @@ int64_t hires_latent_side(int side, double scale, int vae_scale_factor) {
 torch::Tensor upscale_latents(const torch::Tensor& latents, const LatentUpscaler& upscaler,
                               std::vector<int64_t> size) {
   namespace F = torch::nn::functional;
-  auto options = F::InterpolateFuncOptions().size(std::move(size));
   using Mode = LatentUpscaler::Mode;
+  // The operator F::interpolate calls for this mode, without the warning about its default (changed in PyTorch 1.11)
+  // that LibTorch 1.13's prints to stderr.
+  if (upscaler.mode == Mode::kNearestExact)
+    return at::_upsample_nearest_exact2d(latents, size, c10::nullopt, c10::nullopt);
+  auto options = F::InterpolateFuncOptions().size(std::move(size));
   if (upscaler.mode == Mode::kNearest) return F::interpolate(latents, options.mode(torch::kNearest));
-  if (upscaler.mode == Mode::kNearestExact) return F::interpolate(latents, options.mode(torch::kNearestExact));
   options.align_corners(false).antialias(upscaler.antialias);
   if (upscaler.mode == Mode::kBicubic) return F::interpolate(latents, options.mode(torch::kBicubic));
   return F::interpolate(latents, options.mode(torch::kBilinear));
@@ -445,12 +448,7 @@ std::vector<ScheduledText> Pipeline::schedule_of(const std::string& prompt, cons
 std::vector<WeightedPrompt> Pipeline::row_prompts(const std::string& prompt, const GenerationParams& params) const {
   if (!params.emphasis || !classifier_free_guidance(manifest_, params)) return {{prompt, 1.0}};
   auto rows = composable_prompts(prompt);
-  for (const auto& row : rows)
-    if (row.weight != 1.0 && !fits_float32(row.weight * params.cfg_scale)) {
-      throw Error(ErrorKind::Usage, "the prompt's guidance weight " + format_weight(row.weight) +
-                                        " (a trailing :number, as A1111 reads it) times the CFG scale is beyond what "
-                                        "float32 holds");
-    }
+  check_guidance_weights(rows, params.cfg_scale);
   return rows;
 }
 

@@ -1,5 +1,6 @@
 #include "txt2img/png.hpp"
 
+#include <fcntl.h>
 #include <stb/stb_image.h>
 #include <stb/stb_image_write.h>
 #include <unistd.h>
@@ -108,10 +109,27 @@ std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const
 
 void write_file_atomic(const std::filesystem::path& file, const std::vector<uint8_t>& bytes) {
   const auto dir = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
+  // A name of its own length, not the file's plus a suffix: a file name the file system just takes must not fail
+  // here. O_EXCL keeps two writers in one directory off each other's temporary file.
   std::random_device rd;
-  const auto tmp = dir / ("." + file.filename().string() + ".tmp" + std::to_string(rd() % 1000000));
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error(ErrorKind::Io, "cannot write " + file.string() + ": " + describe_errno());
+  std::filesystem::path tmp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
+    char name[32];
+    std::snprintf(name, sizeof name, ".txt2img-%08x.tmp", static_cast<unsigned>(rd()));
+    tmp = dir / name;
+    fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  FILE* f = fd < 0 ? nullptr : fdopen(fd, "wb");
+  if (!f) {
+    const std::string error = describe_errno();
+    if (fd >= 0) {
+      close(fd);
+      std::filesystem::remove(tmp);
+    }
+    throw Error(ErrorKind::Io, "cannot write " + file.string() + ": " + error);
+  }
   const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
   const std::string write_error = written ? "" : describe_errno();
   const bool flushed = written && std::fflush(f) == 0 && fsync(fileno(f)) == 0;

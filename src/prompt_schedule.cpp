@@ -18,6 +18,8 @@
 #include <string_view>
 
 #include "python_text.hpp"
+#include "txt2img/error.hpp"
+#include "txt2img/tokenizer.hpp"
 
 namespace txt2img {
 namespace {
@@ -318,6 +320,14 @@ std::vector<WeightedPrompt> composable_prompts(const std::string& prompt) {
     prompts.push_back(std::move(p));
   }
   return prompts;
+}
+
+void check_guidance_weights(const std::vector<WeightedPrompt>& prompts, double cfg_scale) {
+  for (const auto& prompt : prompts)
+    if (prompt.weight != 1.0 && !fits_float32(prompt.weight * cfg_scale))
+      throw Error(ErrorKind::Usage, "the prompt's guidance weight " + format_weight(prompt.weight) +
+                                        " (a trailing :number, as A1111 reads it) times the CFG scale is beyond what "
+                                        "float32 holds");
 }
 
 size_t scheduled_index(const std::vector<ScheduledText>& schedule, int step) {

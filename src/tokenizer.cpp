@@ -296,12 +296,7 @@ Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis,
       continue;
     }
     Traced part = substitute_embeddings(encode_words(span.text));
-    if (!part.ids.empty() && !fits_float32(span.weight)) {
-      const std::string quoted = span.text.size() > 40 ? span.text.substr(0, 40) + "..." : span.text;
-      throw Error(ErrorKind::Usage,
-                  std::string(what) + "'s emphasis weighs \"" + quoted + "\" by " + format_weight(span.weight) +
-                      ", beyond what float32 holds (a weight too large, or brackets nested too deep)");
-    }
+    if (!part.ids.empty() && !fits_float32(span.weight)) throw emphasis_weight_error(span, what);
     for (size_t& word : part.words) word += out.word_texts.size();
     for (double& weight : part.weights) weight = span.weight;
     append(out.ids, part.ids);

@@ -28,6 +28,8 @@ struct WeightedPrompt {
   double weight;
 };
 std::vector<WeightedPrompt> composable_prompts(const std::string& prompt);
+// Throws Error(Usage) where a prompt's guidance weight times `cfg_scale` is past float32 (fits_float32).
+void check_guidance_weights(const std::vector<WeightedPrompt>& prompts, double cfg_scale);
 
 // Which entry of a schedule conditions step `step` (from 0), as A1111's reconstruct_cond_batch picks it: the first
 // whose end_at_step is not before it, else the first.

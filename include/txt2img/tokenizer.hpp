@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "txt2img/error.hpp"
+
 namespace txt2img {
 
 // CLIP's cleaning (ftfy.fix_text's fixes for valid UTF-8 input, including its repair of UTF-8 that was read as
@@ -38,6 +40,11 @@ std::vector<EmphasisSpan> parse_emphasis(std::string_view text);
 // the guided noise, and so the image, infinite, so txt2img refuses it, naming the weight as format_weight writes it.
 bool fits_float32(double weight);
 std::string format_weight(double weight);
+// The refusal of `span`, a span of `what` ("the prompt") whose weight is past float32.
+Error emphasis_weight_error(const EmphasisSpan& span, std::string_view what);
+// Throws emphasis_weight_error for the first span of `text` with words in it whose weight is past float32: the check
+// the tokenizer makes of the spans it tokenizes (Tokenizer::encode_traced), for a text checked before a model loads.
+void check_emphasis_weights(std::string_view text, std::string_view what);
 
 // A textual-inversion embedding (A1111's embeddings/): `vectors` token ids from `first_id` on, rows that
 // scripts/convert.py appended to the text encoder's token embedding, stand for the word(s) `name` in a prompt.

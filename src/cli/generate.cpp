@@ -438,6 +438,25 @@ void check_preview_file(const std::string& preview) {
     throw Error(ErrorKind::Io, refusal + " (a PNG txt2img did not write as a preview: an image)" + advice);
 }
 
+// Prompt weights past float32 (in A1111's syntax, with --emphasis), which the pipeline refuses only when it reaches
+// the prompt: every prompt and negative prompt, before the model loads.
+void check_prompt_weights(RunPlan& plan, const Manifest& manifest) {
+  ImageJob job;
+  plan.rewind();
+  while (plan.next(job)) {
+    if (job.n != 0 || !job.params.emphasis) continue;
+    try {
+      check_emphasis_weights(job.model_prompt, "the prompt");
+      check_emphasis_weights(job.negative_prompt, "the negative prompt");
+      if (classifier_free_guidance(manifest, job.params))
+        check_guidance_weights(composable_prompts(job.model_prompt), job.params.cfg_scale);
+    } catch (const Error& e) {
+      if (!job.line) throw;
+      throw Error(e.kind(), plan.where(job) + ": " + e.what());
+    }
+  }
+}
+
 }  // namespace
 
 int run_generate(const GenerateOptions& o) {
@@ -513,6 +532,7 @@ int run_generate(const GenerateOptions& o) {
       throw Error(e.kind(), "--lora: " + std::string(e.what()));
     }
   }
+  check_prompt_weights(plan, manifest);
   const Preflight pf = preflight(plan,
                                  o.overwrite       ? Existing::Overwrite
                                  : o.skip_existing ? Existing::Skip

@@ -193,13 +193,20 @@ std::string shell_line(const std::vector<std::string>& words) {
   return line;
 }
 
-// Whether an A1111 "Version" field ("v1.10.1", Forge's "f2.0.1v1.10.1-previous-…") is 1.`minor` or later.
+// Whether an A1111 "Version" field ("v1.10.1", Forge's "f2.0.1v1.10.1-previous-…", other tools' "1.10.1") is
+// 1.`minor` or later.
 bool version_at_least(const std::string& version, int minor) {
-  const auto at = version.find("v1.");
-  if (at == std::string::npos) return false;
-  size_t digits = at + 3;
+  const auto v1 = version.find("v1.");
+  size_t start;
+  if (v1 != std::string::npos)
+    start = v1 + 3;
+  else if (version.rfind("1.", 0) == 0)
+    start = 2;
+  else
+    return false;
+  size_t digits = start;
   while (digits < version.size() && std::isdigit(static_cast<unsigned char>(version[digits]))) ++digits;
-  return digits > at + 3 && digits - (at + 3) <= 4 && std::stoi(version.substr(at + 3, digits - (at + 3))) >= minor;
+  return digits > start && digits - start <= 4 && std::stoi(version.substr(start, digits - start)) >= minor;
 }
 
 // What a command cannot say: which model bundle, as a folder, holds the model an image was made with.
@@ -211,9 +218,10 @@ std::string model_hint(const std::string& name, const std::string& hash) {
 }
 
 // The start of a command for `prompt`: as the positional prompt, unless it starts with '-', which would read as a
-// flag there.
+// flag there, or is a subcommand's name.
 std::vector<std::string> command_for(const std::string& prompt) {
-  if (!prompt.empty() && prompt[0] == '-') return {"txt2img", "--prompt=" + prompt};
+  if ((!prompt.empty() && prompt[0] == '-') || prompt == "info" || prompt == "tokenize")
+    return {"txt2img", "--prompt=" + prompt};
   return {"txt2img", prompt};
 }
 

@@ -290,8 +290,19 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
   configure_generate(app, command.generate);
   app.require_subcommand(0, 1);
 
+  // CLI11 reads "--name=" as "--name" without a value and takes the next argument for it ("--negative-prompt=$NEG"
+  // with NEG empty would swallow the flag after it); as "--name" "" it is the empty value it says.
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size() && args[i] != "--"; ++i) {
+    if (args[i].rfind("--", 0) == 0 && args[i].size() > 3 && args[i].find('=') == args[i].size() - 1) {
+      args[i].pop_back();
+      args.insert(args.begin() + static_cast<std::ptrdiff_t>(++i), std::string());
+    }
+  }
+  std::vector<char*> split_argv;
+  for (auto& arg : args) split_argv.push_back(arg.data());
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(split_argv.size()), split_argv.data());
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

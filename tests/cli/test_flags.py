@@ -1,6 +1,7 @@
 """Help, version, and every bad flag value: the documented exit code, one message naming what to fix, nothing
 written."""
 
+import json
 import subprocess
 import unittest
 
@@ -88,6 +89,16 @@ class BadFlags(CliTestCase):
                             f"{flag} is empty (an unset variable?)")
             self.assertNothingWritten()
         self.assertEqual(self.txt2img("", "-n", "", "--seed", "1", "-o", "a.png").returncode, 0)
+        # "--flag=" is the flag with an empty value too, never the flag with the next argument as its value.
+        self.assertExit(self.txt2img("a fox", "--seed=", "--json"), EXIT_USAGE, "--seed is empty (an unset variable?)")
+        result = self.txt2img("a fox", "--seed", "1", "--negative-prompt=", "--no-safety-checker", "-o", "b.png",
+                              "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout.splitlines()[0])["negative_prompt"], "")
+        self.assertIn("the safety checker is off", result.stderr)
+        # After "--" everything is the prompt, as written.
+        result = run(["--seed", "1", "-o", "c.png", "--json", "--model", TINY, *FAST, "--", "--x="], self.dir)
+        self.assertEqual(json.loads(result.stdout.splitlines()[0])["prompt"], "--x=")
 
     def test_a_side_of_zero_is_not_the_default_size(self):
         self.check(["a fox", "--width", "0"], "--width 0 is no image size", "leave --width out")

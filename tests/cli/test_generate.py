@@ -80,6 +80,12 @@ class Outputs(CliTestCase):
                         "has a name of 304 bytes, above the 255 a file name may have")
         self.assertExit(self.txt2img("a fox", "--seed", "1", "-o", "{prompt}" + "-x" * 124 + ".png"), EXIT_USAGE,
                         "has a name of 257 bytes")
+        # A name of 255 bytes is written: the file written first and renamed has a short name of its own.
+        longest = self.txt2img("a fox", "--seed", "1", "-o", "long/" + "a" * 251 + ".png")
+        self.assertEqual(longest.returncode, 0, longest.stderr)
+        self.assertEqual(os.listdir(self.dir / "long"), ["a" * 251 + ".png"])
+        (self.dir / "long" / ("a" * 251 + ".png")).unlink()
+        (self.dir / "long").rmdir()
         self.assertNothingWritten("p.jsonl", "out", "link")
 
     def test_overwrite(self):

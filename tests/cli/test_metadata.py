@@ -373,6 +373,10 @@ class Metadata(CliTestCase):
                                text=True)
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertTrue(png_text(self.dir / "c.png")["parameters"].startswith("- a fox -\nNegative prompt: -dogs\n"))
+        # So would a subcommand's name.
+        for word in ("info", "tokenize"):
+            line = a1111_command(self, f"{word}\nSteps: 2, Seed: 3, Size: 32x32, RNG: CPU", f"{word}.png").stdout
+            self.assertEqual(shlex.split(line)[:2], ["txt2img", f"--prompt={word}"])
 
     def test_info_command_reads_a1111_variation_seeds(self):
         infotext = ("a fox\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 12, Size: 32x32, Variation seed: 99, "
@@ -433,6 +437,7 @@ class Metadata(CliTestCase):
                  ("Sampler: DPM++ 2M, Version: v1.10.1", "dpmpp_2m_karras", None),
                  ("Sampler: DPM++ 2M, Version: f2.0.1v1.10.1-previous-669", "dpmpp_2m_karras", None),
                  ("Sampler: DPM++ 2M, Version: v1.6.0", "dpmpp_2m_uniform", None),
+                 ("Sampler: DPM++ 2M, Version: 1.9.3", "dpmpp_2m_karras", None),  # other tools' version, no "v"
                  ("Sampler: DPM++ 2M, Schedule type: Uniform, Version: v1.10.1", "dpmpp_2m_uniform", None),
                  ("Sampler: DPM++ 2M", "dpmpp_2m_uniform", "it names no A1111 version"),
                  ("Sampler: DPM++ 2M SDE, Version: v1.10.1", "dpmpp_2m_sde",

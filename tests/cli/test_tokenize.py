@@ -43,11 +43,17 @@ class Tokenize(CliTestCase):
         # Square brackets weigh it towards 0, which float32 holds: only the parser's depth was in danger there.
         square = self.tokenize("[" * 11000 + "a" + "]" * 11000, "--emphasis")
         self.assertEqual(square.returncode, 0, square.stderr)
-        # In a prompt file the refusal names its line; the line before it made its image.
+        # In a prompt file the refusal names its line, before the model loads: the lines before it make no image. So
+        # does a guidance weight (a trailing :number) past float32 times the CFG scale.
         self.write("prompts.txt", "a fox\na (cat:1" + "0" * 39 + ") dog\n")
         result = self.txt2img("-f", "prompts.txt", "--emphasis", "-o", "{index}.png", "--seed", "1")
         self.assertExit(result, EXIT_USAGE, "prompts.txt:2: the prompt's emphasis weighs \"cat\" by 1e+39")
-        self.assertTrue((self.dir / "0.png").exists())
+        self.assertNotIn("loading", result.stderr)
+        self.write("prompts.txt", "a fox\na cat AND a dog:1" + "0" * 37 + "\n")
+        result = self.txt2img("-f", "prompts.txt", "--emphasis", "--cfg-scale", "100", "-o", "{index}.png")
+        self.assertExit(result, EXIT_USAGE, "prompts.txt:2: the prompt's guidance weight 1e+37", "float32")
+        self.assertNotIn("loading", result.stderr)
+        self.assertFalse((self.dir / "0.png").exists())
 
     def test_truncation(self):
         prompt = " ".join(["dog"] * 76) + " zebra"

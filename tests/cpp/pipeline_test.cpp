@@ -1052,6 +1052,14 @@ TEST(HiresFix, ResizesTheLatentsAndRunsTheLastStepsOfAStretchedSchedule) {
   params.hires.denoise = 0.5;
   params.hires.upscaler = "latent-nearest";
   EXPECT_NE(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
+  // Nearest-exact is F::interpolate's, called through its operator (without LibTorch's warning about the mode).
+  params.hires.upscaler = "latent-nearest-exact";
+  Keep exact;
+  generate_small(pipeline, {"a red cube"}, {11}, params, &exact);
+  EXPECT_TRUE(torch::equal(
+      exact.kept.at("hires/latents/upscaled"),
+      F::interpolate(exact.kept.at("latents/step_002"),
+                     F::InterpolateFuncOptions().size(std::vector<int64_t>{9, 12}).mode(torch::kNearestExact))));
   params.hires.upscaler = "latent";
   EXPECT_EQ(generate_small(pipeline, {"a red cube"}, {11}, params)[0].rgb, images[0].rgb);
 }
