@@ -701,6 +701,10 @@ def load_vae(source: str, model_vae: Component) -> Tuple[Component, str]:
         if theirs != ours:
             raise ConversionError(f"--vae {source}: its {field} is {theirs}, the model's VAE has {ours}: a VAE of "
                                   "another model family (SDXL, SD 3?) decodes another latent space")
+    theirs, ours = (2 ** (len(vae.config["block_out_channels"]) - 1) for vae in (component, model_vae))
+    if theirs != ours:
+        raise ConversionError(f"--vae {source}: it makes {theirs} pixels of a latent, the model's VAE {ours}: it "
+                              "decodes latents of another size than the U-Net's")
     return component, digest
 
 
@@ -728,6 +732,14 @@ def load_diffusers(folder: str) -> Model:
     for part in ("unet", "vae", "text_encoder"):
         if not os.path.isdir(os.path.join(folder, part)):
             raise ConversionError(f"{folder}: not a diffusers Stable Diffusion folder (no {part}/)")
+    # SD 2.x has SD 1's layout and classes; its OpenCLIP text encoder (GELU) and its U-Net's linear attention
+    # projections tell it apart, which its configs say before any weights are read.
+    text_config = _optional_json(os.path.join(folder, "text_encoder", "config.json")) or {}
+    unet_config = _optional_json(os.path.join(folder, "unet", "config.json")) or {}
+    if text_config.get("hidden_act") == "gelu" or unet_config.get("use_linear_projection"):
+        why = ("its text encoder is OpenCLIP's (hidden_act gelu)" if text_config.get("hidden_act") == "gelu"
+               else "its U-Net projects attention linearly (use_linear_projection)")
+        raise ConversionError(f"{folder}: {why}, as Stable Diffusion 2.x's; only SD 1.x models convert")
     unet = load_model_folder(os.path.join(folder, "unet"), "U-Net", ("diffusion_pytorch_model",))
     return Model(
         unet=unet,

@@ -12,7 +12,7 @@ from torch import nn
 
 from .checkpoints import Component, ConversionError, non_finite, sha256_file
 from .clip import _TEXT_DEFAULTS, CLIPTextModel
-from .launch import progress  # noqa: F401 - the scripts call it as export.progress
+from .launch import bundle_in_place, progress  # noqa: F401 - the scripts call progress as export.progress
 from .presets import DEFAULT_PREPROCESSOR
 from .safety import StableDiffusionSafetyChecker
 from .taesd import TAESDDecoder
@@ -179,8 +179,16 @@ def _is_bundle(path: str) -> bool:
 
 def check_destination(out: str, overwrite: bool) -> None:
     """Refuse early (before any slow work) an output that exists, unless --overwrite is given and it is an
-    earlier bundle or an empty directory; never replace anything else."""
+    earlier bundle or an empty directory; never replace anything else; and one that cannot be made where it would
+    be (a folder on the way that is a file, or that cannot be written)."""
     if not os.path.lexists(out):
+        ancestor = os.path.dirname(os.path.abspath(out))
+        while not os.path.lexists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            raise ConversionError(f"cannot create {out}: {ancestor} is not a directory")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ConversionError(f"cannot create {out}: {ancestor} is not writable")
         return
     if not overwrite:
         raise ConversionError(f"{out} already exists (pass --overwrite to replace it)")
@@ -255,8 +263,17 @@ def write_bundle(out: str, modules: Dict[str, nn.Module], vocab: str, fields: di
     check_destination(out, overwrite)
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=parent)
+    created = []  # the folders made for `out`, removed again where it is not written
+    folder = parent
+    while not os.path.lexists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=parent)
+    except BaseException:
+        _remove_folders(created)
+        raise
     try:
         for part, filename in FILES.items():
             if part not in modules:
@@ -288,17 +305,29 @@ def write_bundle(out: str, modules: Dict[str, nn.Module], vocab: str, fields: di
         _move_into_place(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_folders(created)
         raise
     return manifest
+
+
+def _remove_folders(folders: list) -> None:
+    """Removes `folders` (innermost first) where they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def _move_into_place(staging: str, out: str, overwrite: bool) -> None:
     if not os.path.lexists(out):
         os.rename(staging, out)
+        bundle_in_place()
         return
     # Checked again: something may have appeared at `out` during the conversion.
     check_destination(out, overwrite)
     old = staging + ".old"
     os.rename(out, old)
     os.rename(staging, out)
+    bundle_in_place()
     shutil.rmtree(old, ignore_errors=True)

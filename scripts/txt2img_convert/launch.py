@@ -36,6 +36,18 @@ def reexec_if_needed(prog: str, script: str) -> None:
     os.execv(launcher, [launcher, script, *sys.argv[1:]])
 
 
+_as_script = False  # run_main's: the process ends when the conversion does
+_bundle_in_place = False
+
+
+def bundle_in_place() -> None:
+    """The bundle is complete at --out: where this process is the script, an interrupt from here to its end (torch's
+    teardown takes a moment) is ignored, since reporting it would say exit 130, "nothing is left at --out", over a
+    complete bundle."""
+    global _bundle_in_place
+    _bundle_in_place = True
+
+
 def run_main(prog: str, main) -> int:
     """main()'s exit status. An interrupt while it starts up (Ctrl-C, SIGTERM, SIGHUP: importing torch takes a second
     or two, and torch's initialisation turns a KeyboardInterrupt into a RuntimeError with a traceback) ends the
@@ -45,6 +57,8 @@ def run_main(prog: str, main) -> int:
         print(f"{prog}: error: interrupted", file=sys.stderr, flush=True)
         os._exit(130)
 
+    global _as_script
+    _as_script = True
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted_at_start)
     return main()
@@ -56,15 +70,16 @@ def report_errors(prog: str, action) -> int:
     (SIGINT, SIGTERM or SIGHUP); 0 when it returns."""
     from .checkpoints import ConversionError
 
-    global _program
+    global _program, _bundle_in_place
     _program = prog
+    _bundle_in_place = False
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        if not (_as_script and _bundle_in_place):
+            raise KeyboardInterrupt
 
     # A kill (or a closed terminal) unwinds as Ctrl-C does, so that a half-written bundle is removed.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
     try:
         action()

@@ -783,9 +783,11 @@ def tiny_model(reference):
 
 
 def test_vae_from_every_layout(tmp_path, reference, sd1_ldm, tiny_model):
-    """The sd1 checkpoint's VAE (another width than the tiny model's, the same latent space) read from a whole
-    checkpoint, a VAE-only LDM file (.safetensors, and a Lightning-style .ckpt), a diffusers-named file, a
-    diffusers VAE folder and a diffusers model folder: the same tensors every time, the config from its shapes."""
+    """The sd1 checkpoint's VAE, for a model whose VAE has other widths (the same latent space and downsampling
+    factor), read from a whole checkpoint, a VAE-only LDM file (.safetensors, and a Lightning-style .ckpt), a
+    diffusers-named file, a diffusers VAE folder and a diffusers model folder: the same tensors every time, the
+    config from its shapes."""
+    model_vae = ck.Component("VAE", {}, {**tiny_model.vae.config, "block_out_channels": [16, 16, 16, 16]}, "model")
     want = ck.ldm_to_diffusers(sd1_ldm, "sd1")["vae"].tensors
     ldm_vae = {k[len("first_stage_model."):]: v for k, v in sd1_ldm.items() if k.startswith("first_stage_model.")}
     save_file(ldm_vae, str(tmp_path / "vae-ldm.safetensors"))
@@ -795,20 +797,19 @@ def test_vae_from_every_layout(tmp_path, reference, sd1_ldm, tiny_model):
     folder.mkdir(parents=True)
     save_file(want, str(folder / "diffusion_pytorch_model.safetensors"))
     (folder / "config.json").write_text(json.dumps(ck.infer_vae_config(ck.Component("VAE", want, {}, "x"),
-                                                                      tiny_model.vae.config)))
+                                                                      model_vae.config)))
     whole = str(reference / SD1_FILE)
     for source in (whole, tmp_path / "vae-ldm.safetensors", tmp_path / "vae-ldm.ckpt",
                    tmp_path / "vae-diffusers.safetensors", folder, folder.parent):
-        vae, digest = ck.load_vae(str(source), tiny_model.vae)
+        vae, digest = ck.load_vae(str(source), model_vae)
         assert sorted(vae.tensors) == sorted(want), source
         assert all(torch.equal(vae.tensors[k], want[k].float()) for k in want), source
         assert vae.config["block_out_channels"] == [32, 64, 128, 128], source
-        assert vae.config["scaling_factor"] == tiny_model.vae.config["scaling_factor"], source
+        assert vae.config["scaling_factor"] == model_vae.config["scaling_factor"], source
         file = str(source) if os.path.isfile(source) else str(folder / "diffusion_pytorch_model.safetensors")
         assert digest == hashlib.sha256(Path(file).read_bytes()).hexdigest(), source
-    assert tiny_model.vae.config["block_out_channels"] != [32, 64, 128, 128]  # it did replace something
     # The decoder module loads from it.
-    export.load_weights("vae", ck.load_vae(str(tmp_path / "vae-ldm.safetensors"), tiny_model.vae)[0])
+    export.load_weights("vae", ck.load_vae(str(tmp_path / "vae-ldm.safetensors"), model_vae)[0])
 
 
 def test_vae_errors(tmp_path, reference, tiny_model):
@@ -830,6 +831,14 @@ def test_vae_errors(tmp_path, reference, tiny_model):
         (folder / "config.json").write_text(json.dumps({**config, field: value}))
         message = error(folder)
         assert f"its {field} is {value}" in message and "another model family" in message
+    # A VAE of another downsampling factor makes images of another size from the U-Net's latents.
+    folder = tmp_path / "deeper"
+    shutil.copytree(reference / "tiny/model/vae", folder)
+    config = json.loads((folder / "config.json").read_text())
+    deeper = config["block_out_channels"] + config["block_out_channels"][-1:]
+    (folder / "config.json").write_text(json.dumps({**config, "block_out_channels": deeper}))
+    factor = 2 ** (len(config["block_out_channels"]) - 1)
+    assert f"it makes {factor * 2} pixels of a latent, the model's VAE {factor}" in error(folder)
 
 
 def test_ldm_config_schedule(tmp_path):
@@ -908,3 +917,13 @@ def test_other_model_families_are_named_before_any_weights_are_read(tmp_path, re
     with pytest.raises(ck.ConversionError, match="StableDiffusionXLPipeline with text_encoder_2/ is not Stable "
                                                  r"Diffusion 1\.x \(SDXL, SD 3 or FLUX\?\)"):
         ck.load_diffusers(str(sdxl))
+    # SD 2.x has SD 1's layout: its configs tell it apart (an OpenCLIP text encoder, linear attention projections).
+    for part, key, value, why in (("text_encoder", "hidden_act", "gelu", "OpenCLIP's"),
+                                  ("unet", "use_linear_projection", True, "projects attention linearly")):
+        sd2 = tmp_path / f"sd2-{part}"
+        shutil.copytree(reference / "tiny/model", sd2)
+        config = json.loads((sd2 / part / "config.json").read_text())
+        (sd2 / part / "config.json").write_text(json.dumps({**config, key: value}))
+        (sd2 / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"not read")
+        with pytest.raises(ck.ConversionError, match=f"{why}.*as Stable Diffusion 2.x's; only SD 1.x models convert"):
+            ck.load_diffusers(str(sd2))

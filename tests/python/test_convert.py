@@ -168,6 +168,47 @@ def test_overwrite(tmp_path, vocab, capsys):
     assert status == 1 and "not a model bundle" in stderr and (tmp_path / "notes" / "todo.txt").is_file()
 
 
+def test_an_out_that_cannot_be_made_fails_first_and_leaves_no_folder(tmp_path, vocab, capsys, monkeypatch):
+    """--out under a file is refused before any work; folders made for --out go again when the bundle is not
+    written."""
+    (tmp_path / "afile").write_text("")
+    status, stderr = convert(capsys, "--tiny", "--vocab", vocab, "--out", tmp_path / "afile/sub/b")
+    assert status == 1 and stderr.splitlines()[-1] == (f"convert.py: error: cannot create {tmp_path}/afile/sub/b: "
+                                                       f"{tmp_path}/afile is not a directory")
+    assert "exporting" not in stderr
+
+    def failing_script(module):
+        raise RuntimeError("scripting failed")
+
+    monkeypatch.setattr(export, "script", failing_script)
+    status, stderr = convert(capsys, "--tiny", "--vocab", vocab, "--out", tmp_path / "new/sub/b")
+    assert status == 1 and "scripting failed" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_interrupt_once_the_bundle_is_in_place_is_ignored(monkeypatch):
+    """The script's interrupts unwind a conversion (exit 130, nothing left) until its bundle is in place; from then
+    on, to the process's end, they are ignored: the bundle is complete."""
+    import signal
+    from txt2img_convert import launch
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(launch, "_as_script", True)
+    try:
+        def interrupted_after(placed):
+            def action():
+                if placed:
+                    launch.bundle_in_place()
+                os.kill(os.getpid(), signal.SIGTERM)
+            return launch.report_errors("convert.py", action)
+
+        assert interrupted_after(False) == 130
+        assert interrupted_after(True) == 0
+        os.kill(os.getpid(), signal.SIGINT)  # after report_errors too, as in the script's teardown
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def config_without_safety(reference, tmp_path):
     config = tmp_path / "config"
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
@@ -238,14 +279,12 @@ def test_separate_safety_checker(tmp_path, reference, tensors, check_close, caps
 
 
 def test_replacement_vae(tmp_path, reference, capsys):
-    """--vae: the bundle decodes with the given VAE (the sd1 checkpoint's, in a VAE-only LDM file) and model.json
-    names and hashes it as A1111 does; everything else is the tiny model's."""
-    from txt2img_convert import checkpoints as ck
+    """--vae: the bundle decodes with the given VAE (the tiny model's with other weights, in a VAE-only file) and
+    model.json names and hashes it as A1111 does; everything else is the tiny model's."""
     from txt2img_convert.safetensors_io import load_file, save_file
-    sd1 = load_file(str(reference / "sd1/single_file/sd1.safetensors"))
+    other = {k: v * 1.5 for k, v in load_file(str(reference / "tiny/model/vae/diffusion_pytorch_model.safetensors")).items()}
     vae_file = tmp_path / "vae-ft-test.safetensors"
-    save_file({k[len("first_stage_model."):]: v for k, v in sd1.items() if k.startswith("first_stage_model.")},
-              str(vae_file))
+    save_file(other, str(vae_file))
     plain, replaced = tmp_path / "plain", tmp_path / "replaced"
     for out, extra in ((plain, ()), (replaced, ("--vae", vae_file))):
         status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", *extra, "--out", out)
@@ -259,7 +298,7 @@ def test_replacement_vae(tmp_path, reference, capsys):
     for name in ("unet.pt", "text_encoder.pt"):
         assert manifest["files"][name]["sha256"] == plain_manifest["files"][name]["sha256"], name
     decoder = torch.jit.load(str(replaced / "vae_decoder.pt")).state_dict()
-    want = export.VAEDecoder.select_state_dict(ck.ldm_to_diffusers(sd1, "sd1")["vae"].tensors)
+    want = export.VAEDecoder.select_state_dict(other)
     assert sorted(decoder) == sorted(want)
     assert all(torch.equal(decoder[k], want[k].float()) for k in want)
 
