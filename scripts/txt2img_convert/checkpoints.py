@@ -504,6 +504,12 @@ def infer_vae_config(c: Component, base: dict) -> dict:
     if "encoder.conv_in.weight" in c.tensors:
         cfg["in_channels"] = c.tensors["encoder.conv_in.weight"].shape[1]
     cfg["mid_block_add_attention"] = _count(c, "decoder.mid_block.attentions.") > 0
+    # Counted from the tensors, a damaged file's missing ones would make another network: where the model's VAE (or
+    # SD 1's) has mid-block attention, they are missing.
+    if base.get("mid_block_add_attention", True) and not cfg["mid_block_add_attention"]:
+        raise ConversionError(f"{c.origin}: missing VAE tensors: the decoder's mid-block attention "
+                              "(decoder.mid.attn_1.*, diffusers' decoder.mid_block.attentions.0.*), which SD 1.x VAEs "
+                              "have (a damaged or cut-down file?)")
     return cfg
 
 
@@ -516,6 +522,15 @@ def infer_text_config(c: Component, base: dict, heads_known: bool) -> dict:
     cfg["max_position_embeddings"] = _shape(c, "text_model.embeddings.position_embedding.weight")[0]
     cfg["intermediate_size"] = _shape(c, "text_model.encoder.layers.0.mlp.fc1.weight")[0]
     cfg["num_hidden_layers"] = _count(c, "text_model.encoder.layers.")
+    # Fewer layers than the model's --config (or than SD 1's 12, for its 768-wide encoder) are missing tensors, which
+    # counted as they are would make another network.
+    expected = int(base.get("num_hidden_layers") or 0)
+    if cfg["num_hidden_layers"] < expected and (heads_known or hidden == 768):
+        present = set(_children(c.tensors, "text_model.encoder.layers."))
+        missing = [i for i in range(expected) if i not in present]
+        raise ConversionError(f"{c.origin}: missing text encoder tensors: layer{'s' if len(missing) > 1 else ''} "
+                              f"{', '.join(map(str, missing))} of {expected} (text_model.encoder.layers.{missing[0]}.*; "
+                              "a damaged or cut-down file?)")
     if not heads_known:
         # CLIP text towers use 64-dimensional heads (ViT-L/14: 768 = 12 x 64).
         if hidden % 64:

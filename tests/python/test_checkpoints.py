@@ -392,6 +392,18 @@ def test_missing_tensor_is_named(tmp_path, reference, sd1_ldm, part, key):
         export.load_weights(part, getattr(model, part))
 
 
+@pytest.mark.parametrize("prefix,message", [
+    ("cond_stage_model.transformer.text_model.encoder.layers.11.",
+     r"missing text encoder tensors: layer 11 of 12 \(text_model\.encoder\.layers\.11\.\*"),
+    ("first_stage_model.decoder.mid.attn_1.", r"missing VAE tensors: the decoder's mid-block attention"),
+])
+def test_whole_missing_parts_are_named_not_counted_away(tmp_path, reference, sd1_ldm, prefix, message):
+    """A text encoder's last layer or the VAE's mid-block attention, gone whole, would convert as a network without
+    them if the count of what is there were taken as the model's."""
+    with pytest.raises(ck.ConversionError, match=message):
+        _single_file_model(tmp_path, reference, {k: v for k, v in sd1_ldm.items() if not k.startswith(prefix)})
+
+
 def test_misshaped_tensor_is_named(tmp_path, reference, sd1_ldm):
     key = "model.diffusion_model.output_blocks.4.1.transformer_blocks.0.attn2.to_v.weight"
     sd = dict(sd1_ldm)
