@@ -1,6 +1,7 @@
 // The default command: check everything, load the model once, make the images in U-Net batches, write each one.
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -510,6 +511,9 @@ int run_generate(const GenerateOptions& o) {
                                                                             : "";
   const Placement placement = choose_placement(o);
   if (!o.preview.empty()) check_preview_file(o.preview);
+  // Read to its end before anything else: at a terminal that waits for the user, who may not expect it.
+  if (!o.prompt && o.from_file == "-" && isatty(STDIN_FILENO))
+    reporter.info("reading prompts from standard input, one a line: end them with Ctrl-D");
   PromptSource source = o.prompt ? PromptSource::argument(*o.prompt) : PromptSource::file(o.from_file);
 
   const Bundle bundle = Bundle::open(o.model);

@@ -35,6 +35,26 @@ void refuse_empty_values(const CLI::App& app) {
   }
 }
 
+// A prompt or flag of generating given before a subcommand, which would go unread: "txt2img an info graphic" is the
+// prompt "an" and info of the file "graphic". An option taken from the environment (TXT2IMG_MODEL) is no mistake.
+void refuse_generate_arguments(const CLI::App& app, const CLI::App& subcommand) {
+  const std::string name = subcommand.get_name();
+  for (const CLI::Option* option : app.get_options()) {
+    if (option->count() == 0 || !option->get_envname().empty()) continue;
+    if (option->get_name() == "prompt")
+      throw Error(ErrorKind::Usage, "\"" + option->results().front() + "\" before " + name +
+                                        " reads as a prompt, which the " + name +
+                                        " subcommand does not take; quote a "
+                                        "whole prompt that has the word " +
+                                        name +
+                                        " in it, so that it is one "
+                                        "argument");
+    throw Error(ErrorKind::Usage, option->get_name() + " comes before the " + name +
+                                      " subcommand, which does not read it (an option of generating images); give " +
+                                      name + "'s options after it (txt2img " + name + " --help)");
+  }
+}
+
 std::string generate_footer() {
   return std::string(
              "Prompt files: one prompt a line (blank lines and lines starting with # are skipped), or JSON Lines\n"
@@ -317,6 +337,8 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
   }
   for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
 
+  for (const CLI::App* subcommand : {info, tokenize})
+    if (subcommand->parsed()) refuse_generate_arguments(app, *subcommand);
   if (info->parsed()) {
     command.which = Command::Info;
   } else if (tokenize->parsed()) {

@@ -76,6 +76,17 @@ class BadFlags(CliTestCase):
         self.assertExit(result, EXIT_USAGE, "--from-file")
         self.assertNothingWritten("p.txt")
 
+    def test_words_and_flags_before_a_subcommand_are_refused(self):
+        """An unquoted prompt with the word info in it, or a flag of generating before info or tokenize, would go
+        unread: refused, saying how to write it."""
+        self.assertExit(run(["an", "info", "graphic"], self.dir), EXIT_USAGE,
+                        '"an" before info reads as a prompt, which the info subcommand does not take; quote a whole '
+                        "prompt that has the word info in it")
+        self.assertExit(run(["--seed", "1", "tokenize", "a fox"], self.dir), EXIT_USAGE,
+                        "--seed comes before the tokenize subcommand, which does not read it")
+        # The model taken from the environment is no mistake.
+        self.assertEqual(run(["tokenize", "a fox"], self.dir, env={"TXT2IMG_MODEL": str(TINY)}).returncode, 0)
+
     def test_width_not_multiple_of_8(self):
         self.check(["a fox", "--width", "36"], "width 36", "multiple of 8")
 

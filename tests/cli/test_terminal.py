@@ -10,14 +10,17 @@ from cli_support import BIN, EXIT_RUNTIME, FAST, TINY, CliTestCase, files_under,
 
 
 class Terminal(CliTestCase):
-    def run_on_terminal(self, *args, env=None):
-        """Runs with stderr on a pseudo-terminal; returns (exit code, what the terminal received)."""
+    def run_on_terminal(self, *args, env=None, typed=None):
+        """Runs with stderr (and, with `typed`, stdin: what is typed there) on a pseudo-terminal; returns (exit code,
+        what the terminal received)."""
         controller, terminal = pty.openpty()
         full_env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
         full_env.update({"TERM": "xterm"}, **(env or {}))
         process = subprocess.Popen([BIN, "--model", str(TINY), *FAST, *args], cwd=self.dir, stdout=subprocess.DEVNULL,
-                                   stderr=terminal, env=full_env)
+                                   stderr=terminal, stdin=terminal if typed is not None else None, env=full_env)
         os.close(terminal)
+        if typed is not None:
+            os.write(controller, typed)
         received = b""
         while True:
             try:
@@ -52,6 +55,13 @@ class Terminal(CliTestCase):
         self.assertIn("a.png", screen)
         self.assertNotIn("\033[", screen)  # no redrawn bar, no colour
         self.assertNotIn("\r", screen.replace("\r\n", "\n"))
+
+    def test_prompts_typed_at_the_terminal(self):
+        """-f - at a terminal says that it reads the prompts typed there, until Ctrl-D."""
+        code, screen = self.run_on_terminal("-f", "-", "-o", "{index}.png", "--seed", "1", typed=b"a fox\n\x04")
+        self.assertEqual(code, 0, screen)
+        self.assertIn("reading prompts from standard input, one a line: end them with Ctrl-D", screen)
+        self.assertTrue((self.dir / "0.png").exists())
 
     def test_quiet_draws_nothing(self):
         code, screen = self.run_on_terminal("a fox", "-o", "a.png", "--quiet")
