@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <random>
 
 #include "txt2img/error.hpp"
@@ -78,17 +79,50 @@ std::string latin1_to_utf8(const std::string& latin1) {
   return out;
 }
 
-// Appends the key and text (UTF-8) of a tEXt or iTXt chunk (uncompressed); other chunks are not text.
+// The zlib stream `compressed` inflated, or nothing where it is damaged or would pass 64 MiB (no text chunk of
+// generation parameters comes near; a deliberately huge one must not exhaust memory).
+std::optional<std::string> inflated(const std::string& compressed) {
+  constexpr size_t kLimit = size_t{64} << 20;
+  z_stream stream{};
+  if (inflateInit(&stream) != Z_OK) return std::nullopt;
+  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(compressed.data()));
+  stream.avail_in = static_cast<uInt>(compressed.size());
+  std::string out;
+  char buffer[16384];
+  int status = Z_OK;
+  while (status == Z_OK && out.size() <= kLimit) {
+    stream.next_out = reinterpret_cast<Bytef*>(buffer);
+    stream.avail_out = sizeof buffer;
+    status = inflate(&stream, Z_NO_FLUSH);
+    out.append(buffer, sizeof buffer - stream.avail_out);
+    if (status == Z_BUF_ERROR && stream.avail_in == 0) break;  // truncated
+  }
+  inflateEnd(&stream);
+  if (status != Z_STREAM_END || out.size() > kLimit) return std::nullopt;
+  return out;
+}
+
+// Appends the key and text (UTF-8) of a tEXt, zTXt or iTXt chunk (compressed or not, as tools that optimise PNGs
+// rewrite them); other chunks, and damaged compressed text, are not text.
 void add_text_chunk(const std::string& type, const std::string& data, PngText& text) {
   const auto key_end = data.find('\0');
-  if (type == "tEXt" && key_end != std::string::npos) {
-    text.emplace_back(latin1_to_utf8(data.substr(0, key_end)), latin1_to_utf8(data.substr(key_end + 1)));
-  } else if (type == "iTXt" && key_end != std::string::npos && key_end + 2 < data.size() && data[key_end + 1] == 0) {
-    // Skip compression flag and method, then the language tag and translated keyword (both null-terminated).
+  if (key_end == std::string::npos) return;
+  const std::string key = latin1_to_utf8(data.substr(0, key_end));
+  if (type == "tEXt") {
+    text.emplace_back(key, latin1_to_utf8(data.substr(key_end + 1)));
+  } else if (type == "zTXt" && key_end + 1 < data.size() && data[key_end + 1] == 0) {  // method 0: zlib
+    if (const auto value = inflated(data.substr(key_end + 2))) text.emplace_back(key, latin1_to_utf8(*value));
+  } else if (type == "iTXt" && key_end + 2 < data.size() && data[key_end + 2] == 0) {
+    // The compression flag and method, then the language tag and translated keyword (both null-terminated).
+    const bool compressed = data[key_end + 1] == 1;
     const auto lang_end = data.find('\0', key_end + 3);
     const auto translated_end = lang_end == std::string::npos ? lang_end : data.find('\0', lang_end + 1);
-    if (translated_end != std::string::npos)
-      text.emplace_back(data.substr(0, key_end), data.substr(translated_end + 1));
+    if (translated_end == std::string::npos) return;
+    const std::string value = data.substr(translated_end + 1);
+    if (!compressed)
+      text.emplace_back(key, value);
+    else if (const auto plain = inflated(value))
+      text.emplace_back(key, *plain);
   }
 }
 

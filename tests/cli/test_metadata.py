@@ -16,10 +16,16 @@ def manifest():
     return json.loads((TINY / "model.json").read_text())
 
 
-def with_text_chunk(png: bytes, key: str, text: str) -> bytes:
-    """The PNG with a tEXt chunk added before IEND, as Pillow (and so AUTOMATIC1111) writes "parameters"."""
-    data = key.encode("latin-1") + b"\0" + text.encode("latin-1")
-    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+def with_text_chunk(png: bytes, key: str, text: str, kind: str = "tEXt") -> bytes:
+    """The PNG with a text chunk added before IEND: tEXt, as Pillow (and so AUTOMATIC1111) writes "parameters", or
+    compressed as tools that optimise PNGs rewrite it: zTXt, or "iTXt" with the compression flag set."""
+    if kind == "tEXt":
+        data = key.encode("latin-1") + b"\0" + text.encode("latin-1")
+    elif kind == "zTXt":
+        data = key.encode("latin-1") + b"\0\0" + zlib.compress(text.encode("latin-1"))
+    else:
+        data = key.encode("latin-1") + b"\0\1\0\0\0" + zlib.compress(text.encode("utf-8"))
+    chunk = struct.pack(">I", len(data)) + kind.encode() + data + struct.pack(">I", zlib.crc32(kind.encode() + data))
     end = png.rindex(b"IEND") - 4
     return png[:end] + chunk + png[end:]
 
@@ -34,6 +40,23 @@ def a1111_command(test: CliTestCase, infotext: str, name: str = "a1111.png"):
 
 
 class Metadata(CliTestCase):
+    def test_compressed_text_chunks_are_read(self):
+        """A1111's parameters recompressed by a PNG optimiser (zTXt, compressed iTXt) read as the plain chunk does;
+        damaged compressed text is no text."""
+        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
+        plain = (self.dir / "plain.png").read_bytes()
+        infotext = "a fox, caf\u00e9\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 32x32, RNG: CPU"
+        for kind in ("zTXt", "iTXt"):
+            (self.dir / f"{kind}.png").write_bytes(with_text_chunk(plain, "parameters", infotext, kind))
+            result = run(["info", f"{kind}.png", "--json"], self.dir)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(json.loads(result.stdout)["parameters"], infotext, kind)
+            self.assertIn(" --seed 5 ", run(["info", f"{kind}.png", "--command"], self.dir).stdout)
+        damaged = with_text_chunk(plain, "parameters", infotext, "zTXt").replace(zlib.compress(infotext.encode(
+            "latin-1"))[-8:], b"\0" * 8)
+        (self.dir / "damaged.png").write_bytes(damaged)
+        self.assertIsNone(json.loads(run(["info", "damaged.png", "--json"], self.dir).stdout)["parameters"])
+
     def test_a1111_parameters(self):
         result = self.txt2img("a photo of an astronaut", "-n", "blurry, low quality", "--seed", "1",
                               "--cfg-scale", "7", "-o", "a.png")
