@@ -277,7 +277,10 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (r.value("vae_tiling", false)) args.push_back("--low-vram");  // its tiled decode is part of the image
     return shell_line(args);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(ErrorKind::Io, path + ": its txt2img metadata lacks what a command needs (" + e.what() + ")");
+    std::string what = e.what();  // "[json.exception.type_error.302] type must be ...": the library's tag dropped
+    if (!what.empty() && what[0] == '[' && what.find("] ") != std::string::npos)
+      what = what.substr(what.find("] ") + 2);
+    throw Error(ErrorKind::Io, path + ": its txt2img metadata lacks what a command needs (" + what + ")");
   }
 }
 
@@ -310,6 +313,8 @@ std::string a1111_command(const std::string& text) {
   // which A1111 runs on their own timesteps). A schedule txt2img has no sampler for is left out. A field A1111 leaves
   // out because it is the first pass's ("Hires schedule type") takes `inherited`.
   const bool schedule_apart = version_at_least(field("Version"), 9);
+  // txt2img's own text (its txt2img record damaged or removed): its DDIM is diffusers'.
+  const bool made_by_txt2img = field("Version").rfind("txt2img ", 0) == 0;
   const auto sampler_of = [&](const char* sampler_key, const char* schedule_key, const std::string& inherited) {
     if (field(sampler_key).empty()) return std::string();
     std::string sampler = canonical_scheduler_name(field(sampler_key));
@@ -317,7 +322,7 @@ std::string a1111_command(const std::string& text) {
     // with its own.
     if (sampler == "ddim" && version_at_least(field("Version"), 6)) {
       sampler = "ddim_a1111";
-    } else if (sampler == "ddim") {
+    } else if (sampler == "ddim" && !made_by_txt2img) {
       const std::string ldm_ddim =
           "A1111 before 1.6 ran the original Stable Diffusion code's DDIM, which is "
           "diffusers' (ddim) where the steps divide 1000; 1.6 and later run their own "
@@ -439,7 +444,8 @@ std::string a1111_command(const std::string& text) {
         !(key == "Conditional mask weight" && !mask_weight_differs) &&
         !((key == "Pad conds" || key == "Pad conds v0" || key == "NGMS all steps") && value == "True"))
       left_out.push_back(key + ": " + value);
-  std::cerr << "made by AUTOMATIC1111" << (field("Version").empty() ? "" : " " + field("Version")) << " "
+  std::cerr << "made by " << (made_by_txt2img ? "" : "AUTOMATIC1111 ")
+            << (field("Version").empty() ? "" : field("Version") + " ")
             << model_hint(field("Model"), field("Model hash"));
   for (const auto& note : notes) std::cerr << note << "\n";
   if (field("RNG") != "CPU")
@@ -480,29 +486,47 @@ int png_info(const InfoOptions& o) {
   const DecodedPng png = read_png(o.path);
   std::optional<std::string> parameters;
   std::optional<nlohmann::ordered_json> reproduction;
+  std::string damaged;  // why the txt2img text cannot be read, where it cannot
   nlohmann::ordered_json other = nlohmann::ordered_json::object();
   for (const auto& [key, value] : png.text) {
     if (key == "parameters") {
       parameters = value;
     } else if (key == "txt2img") {
       reproduction = nlohmann::ordered_json::parse(value, nullptr, false);
-      if (reproduction->is_discarded()) throw Error(ErrorKind::Io, o.path + ": its txt2img text is not valid JSON");
+      if (reproduction->is_discarded() || !reproduction->is_object()) {
+        // A damaged record (an editor's or a transfer's) hides nothing else: shown as the text it is.
+        damaged = o.path + ": its txt2img text is not a valid JSON object";
+        reproduction.reset();
+        other[key] = value;
+      }
     } else {
       other[key] = value;
     }
   }
+  if (!damaged.empty() && !o.command) std::cerr << "warning: " << damaged << " (damaged?); shown as text\n";
 
   if (o.command) {
-    if (!reproduction && parameters) {
+    std::optional<std::string> command;
+    if (reproduction) {
+      try {
+        command = rerun_command(*reproduction, o.path);
+      } catch (const Error& e) {
+        if (!parameters) throw;
+        damaged = e.what();
+      }
+    }
+    if (!command && !damaged.empty() && !parameters) throw Error(ErrorKind::Io, damaged);
+    if (!command && parameters) {
+      if (!damaged.empty()) std::cerr << damaged << ": the command is read from its A1111 parameters instead\n";
       std::cout << a1111_command(*parameters) << std::endl;
       return 0;
     }
-    if (!reproduction)
+    if (!command)
       throw Error(ErrorKind::Io, o.path + ": no txt2img or A1111 metadata (made by another program, or with "
                                           "--no-metadata), so no command to make it again");
     const auto model = reproduction->value("model", nlohmann::ordered_json::object());
     std::cerr << "made " << model_hint(model.value("name", std::string()), model.value("hash", std::string()));
-    std::cout << rerun_command(*reproduction, o.path) << std::endl;
+    std::cout << *command << std::endl;
     return 0;
   }
   if (o.json) {

@@ -40,6 +40,34 @@ def a1111_command(test: CliTestCase, infotext: str, name: str = "a1111.png"):
 
 
 class Metadata(CliTestCase):
+    def test_a_damaged_txt2img_record_hides_nothing_else(self):
+        """A txt2img record that is no JSON object, or lacks what a command needs, is shown as text with a warning,
+        and --command falls back to the A1111 parameters beside it (an error naming the damage where there are
+        none)."""
+        self.assertEqual(self.txt2img("a fox", "--seed", "5", "-o", "a.png").returncode, 0)
+        text = png_text(self.dir / "a.png")
+        self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
+        plain = (self.dir / "plain.png").read_bytes()
+        with_parameters = with_text_chunk(plain, "parameters", text["parameters"])
+        for name, record in (("cut.png", text["txt2img"][:40]), ("typed.png", text["txt2img"].replace(
+                '"prompt":"a fox"', '"prompt":7'))):
+            (self.dir / name).write_bytes(with_text_chunk(with_parameters, "txt2img", record))
+            result = run(["info", name, "--command"], self.dir)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn(": the command is read from its A1111 parameters instead", result.stderr)
+            self.assertTrue(result.stdout.startswith("txt2img 'a fox' --seed 5 "), result.stdout)
+            self.assertNotIn("json.exception", result.stderr)
+            # Its own text says txt2img made it: no note of A1111's DDIM.
+            self.assertIn("made by txt2img ", result.stderr)
+            self.assertNotIn("A1111 before 1.6", result.stderr)
+        shown = run(["info", "cut.png"], self.dir)
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        self.assertIn("its txt2img text is not a valid JSON object (damaged?); shown as text", shown.stderr)
+        self.assertIn("txt2img:\n" + text["txt2img"][:40], shown.stdout)
+        (self.dir / "alone.png").write_bytes(with_text_chunk(plain, "txt2img", text["txt2img"][:40]))
+        self.assertExit(run(["info", "alone.png", "--command"], self.dir), EXIT_IO,
+                        "alone.png: its txt2img text is not a valid JSON object")
+
     def test_compressed_text_chunks_are_read(self):
         """A1111's parameters recompressed by a PNG optimiser (zTXt, compressed iTXt) read as the plain chunk does;
         damaged compressed text is no text."""
