@@ -1,10 +1,14 @@
 // txt2img info: what a PNG records about how it was made, or what a model bundle holds.
 #include <algorithm>
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -12,8 +16,8 @@
 #include "cli/metadata.hpp"
 #include "txt2img/bundle.hpp"
 #include "txt2img/error.hpp"
-#include "txt2img/png.hpp"
 #include "txt2img/lora_tags.hpp"
+#include "txt2img/png.hpp"
 #include "txt2img/scheduler.hpp"
 
 namespace txt2img::cli {
@@ -295,17 +299,45 @@ std::string a1111_command(const std::string& text) {
   if (!p.negative_prompt.empty()) args.insert(args.end(), {"-n", p.negative_prompt});
   std::vector<std::string> left_out;
   std::vector<std::string> notes;  // where the command reads a field otherwise than it is written
+  if (p.fields.empty())
+    notes.push_back(
+        "its text holds a prompt but no settings line (Steps, Sampler, Seed, ...): the command makes that "
+        "prompt with txt2img's defaults and a random seed, not this image");
+  // A whole-number field as the flag takes it ("3.0" as 3), or left out, saying why, where it is none the flag takes
+  // (other tools write seeds of -1 or 2^64 - 1).
+  const auto take_whole = [&](const char* key, const char* flag, uint64_t low, uint64_t high) {
+    const std::string value = field(key);
+    if (value.empty()) return;
+    std::optional<uint64_t> number;
+    errno = 0;
+    char* end = nullptr;
+    if (value.find_first_not_of("0123456789") == std::string::npos) {
+      const auto parsed = std::strtoull(value.c_str(), &end, 10);
+      if (errno == 0) number = parsed;
+    } else {
+      const double parsed = std::strtod(value.c_str(), &end);
+      if (*end == '\0' && std::isfinite(parsed) && parsed == std::floor(parsed) && parsed >= 0 && parsed < 1e18)
+        number = static_cast<uint64_t>(parsed);
+    }
+    if (number && *number >= low && *number <= high) {
+      args.insert(args.end(), {flag, std::to_string(*number)});
+      return;
+    }
+    left_out.push_back(std::string(key) + ": " + value + " (" + flag + " takes a whole number from " +
+                       std::to_string(low) + " to " + std::to_string(high) + ")");
+  };
+  constexpr uint64_t kLargest = std::numeric_limits<int64_t>::max();
   const auto take = [&](const char* key, const char* flag) {
     if (field(key).empty()) return;
     args.insert(args.end(), {flag, field(key)});
   };
-  take("Seed", "--seed");
+  take_whole("Seed", "--seed", 0, kLargest);
   if (!field("Variation seed strength").empty() && field("Variation seed strength") != "0") {
-    take("Variation seed", "--variation-seed");
+    take_whole("Variation seed", "--variation-seed", 0, kLargest);
     take("Variation seed strength", "--variation-strength");
   }
-  take("Steps", "--steps");
-  take("ENSD", "--ensd");
+  take_whole("Steps", "--steps", 1, 1000);
+  take_whole("ENSD", "--ensd", 0, kLargest);
   // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). Before 1.9 a
   // sampler's name held its schedule ("DPM++ 2M Karras"); 1.9 and later name it apart ("Sampler: DPM++ 2M, Schedule
   // type: Karras") and leave it out where it is the sampler's default ("Automatic"), which is not uniform for every
@@ -390,14 +422,14 @@ std::string a1111_command(const std::string& text) {
   } else if (!size.empty()) {
     left_out.push_back("Size: " + size);
   }
-  take("Clip skip", "--clip-skip");
+  take_whole("Clip skip", "--clip-skip", 1, kLargest);
   // A hires fix carries over when its upscaler is a latent one and it was given as a scale.
   const std::string upscaler = upscaler_from_a1111(field("Hires upscaler"));
   const bool hires = !field("Hires upscale").empty() && !upscaler.empty() && field("Hires resize").empty();
   std::string hires_sampler;
   if (hires) {
     take("Hires upscale", "--hires-scale");
-    take("Hires steps", "--hires-steps");
+    take_whole("Hires steps", "--hires-steps", 1, 1000);
     take("Denoising strength", "--hires-denoise");
     if (upscaler != "latent") args.insert(args.end(), {"--hires-upscaler", upscaler});
     // A hires pass on the first pass's sampler with another schedule type has no "Hires sampler".

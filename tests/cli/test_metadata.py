@@ -510,6 +510,24 @@ class Metadata(CliTestCase):
         self.assertIn(" --sampler dpm2_a_sgm_uniform ", result.stdout)
         self.assertNotIn("next-to-last", result.stderr)
 
+    def test_info_command_leaves_out_numbers_the_flags_do_not_take(self):
+        """Other tools' seeds (-1, 2^64 - 1) and steps written as 3.0: a whole number a flag takes is given to it
+        (3.0 as 3), any other is left out, saying why; a text without a settings line says so."""
+        result = a1111_command(self, "a fox\nSteps: 3.0, Sampler: Euler, Seed: 18446744073709551615, ENSD: -1, "
+                                     "Size: 32x32, RNG: CPU, Clip skip: 2")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        args = shlex.split(result.stdout)
+        self.assertEqual(args[args.index("--steps") + 1], "3")
+        self.assertEqual(args[args.index("--clip-skip") + 1], "2")
+        self.assertNotIn("--seed", args)
+        self.assertNotIn("--ensd", args)
+        self.assertIn("Seed: 18446744073709551615 (--seed takes a whole number from 0 to 9223372036854775807)",
+                      result.stderr)
+        self.assertIn("ENSD: -1 (--ensd takes a whole number from 0 to 9223372036854775807)", result.stderr)
+        result = a1111_command(self, "just a prompt, with: colon", "bare.png")
+        self.assertEqual(shlex.split(result.stdout)[:2], ["txt2img", "just a prompt, with: colon"])
+        self.assertIn("holds a prompt but no settings line", result.stderr)
+
     def test_info_command_rounds_an_a1111_size_down_and_names_no_model_it_lacks(self):
         """A1111 makes latents of Size / 8 rounded down: a Size that is no multiple of 8 becomes the size its image
         has, said so; an infotext without Model or Model hash says that it names none."""
