@@ -7,7 +7,8 @@ txt2img's tokenizer replaces the name's tokens in a prompt by those rows' ids.
 
 Files read (.safetensors, or a pickle read without running code as checkpoints.read_tensors does):
 
-* A1111 .pt/.bin: {"string_to_param": {"*": [N, D]}, "name": ..., "step": ...};
+* A1111 .pt/.bin: {"string_to_param": {"*": [N, D]}, "name": ..., "step": ...}, or the original textual_inversion
+  code's, whose "string_to_param" is an nn.ParameterDict (read, as A1111 reads it, for its parameters);
 * A1111 .safetensors: {"emb_params": [N, D]};
 * diffusers / textual_inversion training ("learned_embeds.bin" / .safetensors): {"<token>": [D] or [N, D]}.
 
@@ -24,6 +25,7 @@ from typing import Dict, List
 import torch
 
 from .checkpoints import Component, ConversionError, listing, read_file, sha256_file
+from .restricted_pickle import stand_in_state
 
 TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
 
@@ -48,6 +50,12 @@ def read(path: str) -> Embedding:
     if "clip_l" in data or "clip_g" in data:
         raise ConversionError(f"{path}: an SDXL embedding (clip_l / clip_g vectors); only SD 1.x embeddings fit")
     params = data.get("string_to_param")
+    # The original textual_inversion code saves an nn.ParameterDict, read as A1111 reads it: its _parameters.
+    state = stand_in_state(params)
+    if isinstance(state, tuple) and state and isinstance(state[0], dict):
+        state = state[0]
+    if isinstance(state, dict) and isinstance(state.get("_parameters"), dict):
+        params = state["_parameters"]
     if isinstance(params, dict) and isinstance(params.get("*"), torch.Tensor):
         vectors = params["*"]
     elif isinstance(data.get("emb_params"), torch.Tensor):

@@ -19,10 +19,12 @@ import torch
 
 class _Ignored:
     """What the restricted unpickler gives for a global it does not trust (a class of a training framework,
-    `os.system`, ...): a class that keeps nothing and does nothing whatever it is called, built or filled with.
-    One subclass per global, whose `global_name` says which."""
+    `os.system`, ...): a class that does nothing whatever it is called, built or filled with, and keeps only the
+    state it is built with (what the restricted unpickler made: tensors, containers, stand-ins), which
+    `stand_in_state` reads. One subclass per global, whose `global_name` says which."""
 
     global_name = "?"
+    state = None
 
     def __new__(cls, *args, **kwargs):
         return object.__new__(cls)
@@ -31,7 +33,7 @@ class _Ignored:
         pass
 
     def __setstate__(self, state):
-        pass
+        self.state = state
 
     def __setitem__(self, key, value):
         pass
@@ -44,6 +46,11 @@ class _Ignored:
 
     def __repr__(self):
         return f"<ignored {self.global_name}>"
+
+
+def stand_in_state(value):
+    """The state a stand-in was built with (a pickled object's __dict__, as a dict), or None for anything else."""
+    return value.state if isinstance(value, _Ignored) else None
 
 
 def ignored_name(value) -> Optional[str]:

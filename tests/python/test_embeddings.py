@@ -31,7 +31,10 @@ def test_every_layout_reads_the_same_vectors(tmp_path):
     save_file({"emb_params": v}, str(tmp_path / "a1111.safetensors"))
     torch.save({"<cat-toy>": v}, tmp_path / "learned_embeds.bin")
     save_file({"<cat-toy>": v[0]}, str(tmp_path / "one.safetensors"))
-    for name in ("a1111.pt", "a1111.safetensors", "learned_embeds.bin"):
+    # The original textual_inversion code's: string_to_param an nn.ParameterDict, read with the restricted unpickler.
+    torch.save({"string_to_token": {"*": torch.tensor(265)},
+                "string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(v.clone())})}, tmp_path / "ldm.pt")
+    for name in ("a1111.pt", "a1111.safetensors", "learned_embeds.bin", "ldm.pt"):
         e = embeddings.read(str(tmp_path / name))
         assert e.name == name.rsplit(".", 1)[0]  # named after the file, as A1111 does, not after "name"
         assert torch.equal(e.vectors, v), name
