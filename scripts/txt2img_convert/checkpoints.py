@@ -450,10 +450,15 @@ def _ldm_vae(vae_ldm: Tensors, origin: str, prefix: str) -> Component:
 # ------------------------------------------------------------------------------------ config inference
 
 
-def _shape(c: Component, key: str) -> torch.Size:
+def _shape(c: Component, key: str, *ranks: int) -> torch.Size:
+    """The shape of tensor `key`, which has one of `ranks` dimensions (convolutions 4, linear layers and embeddings
+    2): a damaged file's other shapes are named, not met as an IndexError."""
     tensor = c.tensors.get(key)
     if tensor is None:
         raise ConversionError(f"{c.origin}: missing {c.label} tensor {c.source_name(key)}")
+    if tensor.dim() not in ranks:
+        raise ConversionError(f"{c.origin}: {c.label} tensor {c.source_name(key)} has shape {list(tensor.shape)}, not "
+                              f"{' or '.join(map(str, ranks))}-dimensional (a damaged file?)")
     return tensor.shape
 
 
@@ -472,7 +477,7 @@ def infer_unet_config(c: Component, base: dict) -> dict:
     """`base` with every field that the U-Net's tensor shapes determine replaced by what they say."""
     cfg = dict(base)
     levels = _count(c, "down_blocks.")
-    cfg["block_out_channels"] = [_shape(c, f"down_blocks.{b}.resnets.0.conv2.weight")[0] for b in range(levels)]
+    cfg["block_out_channels"] = [_shape(c, f"down_blocks.{b}.resnets.0.conv2.weight", 4)[0] for b in range(levels)]
     cfg["layers_per_block"] = _count(c, "down_blocks.0.resnets.")
     cfg["down_block_types"] = [
         "CrossAttnDownBlock2D" if _count(c, f"down_blocks.{b}.attentions.") else "DownBlock2D"
@@ -481,11 +486,11 @@ def infer_unet_config(c: Component, base: dict) -> dict:
         "CrossAttnUpBlock2D" if _count(c, f"up_blocks.{b}.attentions.") else "UpBlock2D"
         for b in range(_count(c, "up_blocks."))]
     cfg["mid_block_type"] = "UNetMidBlock2DCrossAttn" if _count(c, "mid_block.attentions.") else "UNetMidBlock2D"
-    cfg["in_channels"] = _shape(c, "conv_in.weight")[1]
-    cfg["out_channels"] = _shape(c, "conv_out.weight")[0]
-    cfg["cross_attention_dim"] = _shape(c, _first_key(c, ".attn2.to_k.weight"))[1]
+    cfg["in_channels"] = _shape(c, "conv_in.weight", 4)[1]
+    cfg["out_channels"] = _shape(c, "conv_out.weight", 4)[0]
+    cfg["cross_attention_dim"] = _shape(c, _first_key(c, ".attn2.to_k.weight"), 2)[1]
     proj_in = _first_key(c, ".proj_in.weight")
-    cfg["use_linear_projection"] = len(_shape(c, proj_in)) == 2
+    cfg["use_linear_projection"] = len(_shape(c, proj_in, 2, 4)) == 2
     cfg["transformer_layers_per_block"] = _count(c, proj_in[: -len("proj_in.weight")] + "transformer_blocks.")
     return cfg
 
@@ -494,15 +499,15 @@ def infer_vae_config(c: Component, base: dict) -> dict:
     cfg = dict(base)
     levels = _count(c, "decoder.up_blocks.")
     # Decoder level i runs at the width of encoder level (levels - 1 - i).
-    widths = [_shape(c, f"decoder.up_blocks.{i}.resnets.0.conv2.weight")[0] for i in range(levels)]
+    widths = [_shape(c, f"decoder.up_blocks.{i}.resnets.0.conv2.weight", 4)[0] for i in range(levels)]
     cfg["block_out_channels"] = widths[::-1]
     cfg["layers_per_block"] = _count(c, "decoder.up_blocks.0.resnets.") - 1
     cfg["down_block_types"] = ["DownEncoderBlock2D"] * levels
     cfg["up_block_types"] = ["UpDecoderBlock2D"] * levels
-    cfg["latent_channels"] = _shape(c, "decoder.conv_in.weight")[1]
-    cfg["out_channels"] = _shape(c, "decoder.conv_out.weight")[0]
+    cfg["latent_channels"] = _shape(c, "decoder.conv_in.weight", 4)[1]
+    cfg["out_channels"] = _shape(c, "decoder.conv_out.weight", 4)[0]
     if "encoder.conv_in.weight" in c.tensors:
-        cfg["in_channels"] = c.tensors["encoder.conv_in.weight"].shape[1]
+        cfg["in_channels"] = _shape(c, "encoder.conv_in.weight", 4)[1]
     cfg["mid_block_add_attention"] = _count(c, "decoder.mid_block.attentions.") > 0
     # Counted from the tensors, a damaged file's missing ones would make another network: where the model's VAE (or
     # SD 1's) has mid-block attention, they are missing.
@@ -516,11 +521,11 @@ def infer_vae_config(c: Component, base: dict) -> dict:
 def infer_text_config(c: Component, base: dict, heads_known: bool) -> dict:
     """`heads_known`: `base` describes this model (from --config), so its head count applies."""
     cfg = dict(base)
-    vocab, hidden = _shape(c, "text_model.embeddings.token_embedding.weight")
+    vocab, hidden = _shape(c, "text_model.embeddings.token_embedding.weight", 2)
     cfg["vocab_size"] = vocab
     cfg["hidden_size"] = hidden
-    cfg["max_position_embeddings"] = _shape(c, "text_model.embeddings.position_embedding.weight")[0]
-    cfg["intermediate_size"] = _shape(c, "text_model.encoder.layers.0.mlp.fc1.weight")[0]
+    cfg["max_position_embeddings"] = _shape(c, "text_model.embeddings.position_embedding.weight", 2)[0]
+    cfg["intermediate_size"] = _shape(c, "text_model.encoder.layers.0.mlp.fc1.weight", 2)[0]
     cfg["num_hidden_layers"] = _count(c, "text_model.encoder.layers.")
     # Fewer layers than the model's --config (or than SD 1's 12, for its 768-wide encoder) are missing tensors, which
     # counted as they are would make another network.

@@ -404,6 +404,18 @@ def test_whole_missing_parts_are_named_not_counted_away(tmp_path, reference, sd1
         _single_file_model(tmp_path, reference, {k: v for k, v in sd1_ldm.items() if not k.startswith(prefix)})
 
 
+@pytest.mark.parametrize("key,rank", [
+    ("model.diffusion_model.input_blocks.0.0.weight", 4),
+    ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", 2),
+    ("first_stage_model.decoder.conv_in.weight", 4),
+])
+def test_a_tensor_of_another_rank_is_named(tmp_path, reference, sd1_ldm, key, rank):
+    """The tensors a config is read from, with another number of dimensions (a damaged file), are named, not met as
+    an IndexError."""
+    with pytest.raises(ck.ConversionError, match=re.escape(key) + rf" has shape \[7\], not {rank}-dimensional"):
+        _single_file_model(tmp_path, reference, {**sd1_ldm, key: torch.zeros(7)})
+
+
 def test_misshaped_tensor_is_named(tmp_path, reference, sd1_ldm):
     key = "model.diffusion_model.output_blocks.4.1.transformer_blocks.0.attn2.to_v.weight"
     sd = dict(sd1_ldm)
