@@ -58,7 +58,7 @@ void refuse_generate_arguments(const CLI::App& app, const CLI::App& subcommand) 
 std::string generate_footer() {
   return std::string(
              "Prompt files: one prompt a line (blank lines and lines starting with # are skipped), or JSON Lines\n"
-             "(a .jsonl name, or a first line starting with {) where a line may set: ") +
+             "(a .jsonl name, or a first line starting with {\"key\") where a line may set: ") +
          joined(jsonl_keys()) +
          std::string(
              ".\nThe whole file is checked before the model loads.\n\n"

@@ -221,11 +221,16 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
                                     ? plan.where(job) + ": images " + std::to_string(earlier.n) + " and " +
                                           std::to_string(job.n) + " would both be written to "
                                     : plan.where(earlier) + " and " + plan.where(job) + " would both write ";
-        throw Error(ErrorKind::Usage, who + quoted(job.output) +
-                                          // With variations every image keeps the prompt's seed.
-                                          "; put {index} in the output pattern (or {n}" +
-                                          (job.variation.strength > 0 ? "" : ", {seed}") + ") so that each image "
-                                          "gets its own file");
+        // The fields that tell these two images apart besides {index}: {n} within a prompt, {seed} where the
+        // seeds differ (with variations every image keeps the prompt's).
+        std::vector<std::string> also;
+        if (earlier.prompt_index == job.prompt_index) also.emplace_back("{n}");
+        if (earlier.seed != job.seed) also.emplace_back("{seed}");
+        std::string alternatives;
+        for (const auto& field : also) alternatives += (alternatives.empty() ? " (or " : ", ") + field;
+        throw Error(ErrorKind::Usage, who + quoted(job.output) + "; put {index} in the output pattern" +
+                                          (alternatives.empty() ? "" : alternatives + ")") +
+                                          " so that each image gets its own file");
       }
     }
     if (!preview.empty() && file == preview_file)

@@ -171,7 +171,8 @@ PromptSource PromptSource::file(const std::string& path) {
   source.path_ = "/proc/self/fd/" + std::to_string(fileno(source.spool_.get()));
   source.open();
 
-  // The format: JSON Lines by extension, or when the first prompt line opens an object.
+  // The format: JSON Lines by extension, or when the first prompt line opens an object: "{" then a key or "}", so that
+  // a prompt in the {red|blue} syntax of A1111's Dynamic Prompts stays one.
   source.jsonl_ = ends_with_jsonl(path);
   std::string line;
   for (bool first = true; !source.jsonl_ && read_line(*source.in_, line); first = false) {
@@ -179,7 +180,9 @@ PromptSource PromptSource::file(const std::string& path) {
     if (first && text.substr(0, kUtf8Bom.size()) == kUtf8Bom) text.remove_prefix(kUtf8Bom.size());
     text = trim(text);
     if (skipped(text)) continue;
-    source.jsonl_ = text.front() == '{';
+    const auto after_brace = text.find_first_not_of(" \t", 1);
+    source.jsonl_ = text.front() == '{' &&
+                    (after_brace == std::string_view::npos || text[after_brace] == '"' || text[after_brace] == '}');
     break;
   }
   source.rewind();

@@ -76,6 +76,10 @@ class Outputs(CliTestCase):
         varied = self.txt2img("a fox", "--seed", "1", "--images-per-prompt", "2", "--variation-strength", "0.5",
                               "-o", "fox.png")
         self.assertExit(varied, EXIT_USAGE, "(or {n}) so that each image gets its own file")
+        # Two lines of one seed: neither {n} (0 for both) nor {seed} tells them apart.
+        self.write("s.jsonl", json.dumps({"prompt": "a", "seed": 5}) + "\n" + json.dumps({"prompt": "b", "seed": 5}))
+        self.assertExit(self.txt2img("--from-file", "s.jsonl", "-o", "{seed}.png"), EXIT_USAGE,
+                        "put {index} in the output pattern so that each image gets its own file")
         self.assertExit(self.txt2img("a fox", "--seed", "1", "-o", "a" * 300 + ".png"), EXIT_USAGE,
                         "has a name of 304 bytes, above the 255 a file name may have")
         self.assertExit(self.txt2img("a fox", "--seed", "1", "-o", "{prompt}" + "-x" * 124 + ".png"), EXIT_USAGE,
@@ -86,7 +90,7 @@ class Outputs(CliTestCase):
         self.assertEqual(os.listdir(self.dir / "long"), ["a" * 251 + ".png"])
         (self.dir / "long" / ("a" * 251 + ".png")).unlink()
         (self.dir / "long").rmdir()
-        self.assertNothingWritten("p.jsonl", "out", "link")
+        self.assertNothingWritten("p.jsonl", "s.jsonl", "out", "link")
 
     def test_overwrite(self):
         self.write("fox.png", "old")

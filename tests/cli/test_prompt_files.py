@@ -197,6 +197,11 @@ class JsonLines(CliTestCase):
         # The summary names no base seed that no image used, nor does stderr draw one.
         self.assertIsNone(json_lines(result.stdout)[-1]["seed"])
         self.assertNotIn("(random;", result.stderr)
+        # A prompt in Dynamic Prompts' {a|b} syntax opens no JSON object: the file is one prompt a line.
+        self.write("dynamic.txt", "{red|blue} car\n{ } a fox\n")
+        result = self.txt2img("--from-file", "dynamic.txt", "--json", "-o", "{index}.png", "--seed", "1")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([r["prompt"] for r in json_lines(result.stdout)[:-1]], ["{red|blue} car", "{ } a fox"])
 
     def bad(self, lines, *message):
         self.write("p.jsonl", "\n".join(lines) + "\n")
