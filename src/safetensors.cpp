@@ -1,9 +1,9 @@
 #include "txt2img/safetensors.hpp"
 
-#include <nlohmann/json.hpp>
-
+#include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "txt2img/error.hpp"
 
@@ -43,18 +43,31 @@ SafeTensors SafeTensors::open(const std::filesystem::path& file) {
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorKind::Io, file.string() + ": malformed safetensors header: " + e.what());
   }
+  size_t described = 0;  // bytes of tensor data the header describes
   for (const auto& [key, value] : j.items()) {
     if (key == "__metadata__") {
       for (const auto& [name, text] : value.items())
         if (text.is_string()) st.metadata_.emplace(name, text.get<std::string>());
       continue;
     }
-    Entry e{dtype_of(value.at("dtype").get<std::string>(), file), value.at("shape").get<std::vector<int64_t>>(),
-            value.at("data_offsets").at(0).get<size_t>(), value.at("data_offsets").at(1).get<size_t>()};
-    if (e.end < e.begin || st.data_offset_ + e.end > file_size)
-      throw Error(ErrorKind::Io, file.string() + ": tensor " + key + " lies outside the file");
-    st.entries_.emplace(key, std::move(e));
+    try {
+      Entry e{dtype_of(value.at("dtype").get<std::string>(), file), value.at("shape").get<std::vector<int64_t>>(),
+              value.at("data_offsets").at(0).get<size_t>(), value.at("data_offsets").at(1).get<size_t>()};
+      if (e.end < e.begin || st.data_offset_ + e.end > file_size)
+        throw Error(ErrorKind::Io, file.string() + ": tensor " + key + " lies outside the file");
+      described = std::max(described, e.end);
+      st.entries_.emplace(key, std::move(e));
+    } catch (const nlohmann::json::exception&) {
+      throw Error(ErrorKind::Io, file.string() + ": tensor " + key + " has a malformed header entry");
+    }
   }
+  // As the reference reader requires: bytes past the described ones mean the tensors would be read from the wrong
+  // offsets (a header length that cuts into the header's padding still parses).
+  if (st.data_offset_ + described != file_size)
+    throw Error(ErrorKind::Io, file.string() + ": its header describes " + std::to_string(described) +
+                                   " bytes of tensor data but the file holds " +
+                                   std::to_string(file_size - st.data_offset_) +
+                                   ": a damaged file, or its header length is wrong");
   return st;
 }
 

@@ -67,7 +67,11 @@ def _read_header(f, path: str):
     raw = f.read(length)
     if len(raw) != length:
         raise ValueError(f"{path}: truncated header")
-    header = json.loads(raw.decode("utf-8"))
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError both
+        raise ValueError(f"{path}: its header is not valid JSON ({e}): a damaged file, or its header length is "
+                         "wrong") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: header is not a JSON object")
     return header, 8 + length
@@ -90,6 +94,11 @@ def load_file(path: str) -> Dict[str, torch.Tensor]:
         if described > data_size:
             raise ValueError(f"{path}: truncated: its header describes {described} bytes of tensor data but the "
                              f"file holds {max(data_size, 0)} (an interrupted download? fetch it again)")
+        # As the reference reader requires: more bytes than described would be read from the wrong offsets (a header
+        # length that cuts into the header's padding still parses).
+        if described < data_size:
+            raise ValueError(f"{path}: its header describes {described} bytes of tensor data but the file holds "
+                             f"{data_size}: a damaged file, or its header length is wrong")
         tensors: Dict[str, torch.Tensor] = {}
         for name, entry in entries.items():
             dtype_name = entry.get("dtype")

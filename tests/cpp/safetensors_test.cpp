@@ -1,8 +1,13 @@
 #include "txt2img/safetensors.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
 
 #include "txt2img/error.hpp"
 
@@ -32,6 +37,27 @@ TEST(SafeTensors, MissingKeyAndFileAreIoErrors) {
     EXPECT_EQ(e.kind(), txt2img::ErrorKind::Io);
   }
   EXPECT_THROW(txt2img::SafeTensors::open("/nonexistent.safetensors"), txt2img::Error);
+}
+
+// Bytes beyond those the header describes (a damaged file, or a header length cut into the header's padding) would
+// be read from the wrong offsets: refused, as the reference reader refuses them.
+TEST(SafeTensors, DataOfAnotherLengthThanDescribedIsAnIoError) {
+  const auto golden = shared() / "reference/scheduler/goldens.safetensors";
+  std::ifstream in(golden, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto copy = std::filesystem::temp_directory_path() / ("safetensors_test_" + std::to_string(getpid()));
+  std::ofstream(copy, std::ios::binary) << bytes << "xyz";
+  try {
+    txt2img::SafeTensors::open(copy);
+    ADD_FAILURE() << "three bytes past the tensors taken";
+  } catch (const txt2img::Error& e) {
+    EXPECT_EQ(e.kind(), txt2img::ErrorKind::Io);
+    EXPECT_NE(std::string(e.what()).find("bytes of tensor data but the file holds"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("a damaged file, or its header length is wrong"), std::string::npos);
+  }
+  std::ofstream(copy, std::ios::binary) << bytes;
+  EXPECT_NO_THROW(txt2img::SafeTensors::open(copy));
+  std::filesystem::remove(copy);
 }
 
 }  // namespace

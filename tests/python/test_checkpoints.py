@@ -928,6 +928,14 @@ def test_damaged_safetensors_files_say_what_is_wrong(tmp_path):
     odd.write_bytes(len(header).to_bytes(8, "little") + header)
     with pytest.raises(ValueError, match="tensor 'a' has a malformed header entry: 3"):
         load_file(str(odd))
+    # A header length off by some bytes cuts the JSON or takes tensor bytes into it.
+    length = int.from_bytes(data[:8], "little")
+    for delta, message in ((-30, "its header is not valid JSON"), (9, "its header is not valid JSON"),
+                           (-2, "its header describes 8000 bytes of tensor data but the file holds 8002")):
+        wrong = tmp_path / f"length{delta}.safetensors"
+        wrong.write_bytes((length + delta).to_bytes(8, "little") + data[8:])
+        with pytest.raises(ValueError, match=f"{message}.*: a damaged file, or its header length is wrong"):
+            load_file(str(wrong))
     assert torch.equal(load_file(str(good))["b"], torch.ones(1000))
 
 
