@@ -1,8 +1,8 @@
 // AUTOMATIC1111's DDIM (1.6 and later, modules/sd_samplers_timesteps_impl.py), which takes other steps than
 // diffusers' DDIMScheduler:
-// - its timesteps are range(0, 1000, 1000 // steps) + 1, the last clipped to 999 (one more than `steps` where they
-//   do not divide 1000), and each call steps to the timestep below it, so a run makes one call fewer than there are
-//   timesteps and ends at timestep 1's noise level, where diffusers' DDIM steps on to alphas_cumprod[0];
+// - its timesteps are range(0, 1000, 1000 // steps) + 1, the last clipped to 999 (more than `steps` where they do not
+//   divide 1000: 62 for 60 steps), and each call steps to the timestep below it, so a run makes one call fewer than
+//   there are timesteps and ends at timestep 1's noise level, where diffusers' DDIM steps on to alphas_cumprod[0];
 // - the alphas are those A1111's model holds (a1111_alphas_cumprod), eta's variance is computed in float64;
 // - a v-prediction model's output becomes eps before the step, from the model's float64 square roots;
 // - entering the schedule part-way (A1111's hires fix and img2img) noises the sample to one timestep above the

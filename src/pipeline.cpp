@@ -433,10 +433,10 @@ std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, co
 // A1111's syntax, else itself throughout. A1111 counts a pass's steps for it in U-Net calls, as many as the sampler's
 // steps, twice as many for the second-order ones (Heun, DPM2, DPM2 a, DPM++ 2S a); a hires pass's schedule continues
 // the first pass's.
-std::vector<ScheduledText> Pipeline::schedule_of(const std::string& prompt, const GenerationParams& params,
-                                                 Pass pass) const {
+std::vector<ScheduledText> Pipeline::schedule_of(const Manifest& manifest, const std::string& prompt,
+                                                 const GenerationParams& params, Pass pass) {
   const auto editing_steps = [&](const GenerationParams& pass_params, int steps) {
-    return static_cast<int>(make_sampler(manifest_, pass_params, steps)->calls_per_step()) * steps;
+    return static_cast<int>(make_sampler(manifest, pass_params, steps)->calls_per_step()) * steps;
   };
   const int first_steps = editing_steps(params, params.steps);
   if (!params.emphasis) return {{first_steps, prompt}};
@@ -445,8 +445,9 @@ std::vector<ScheduledText> Pipeline::schedule_of(const std::string& prompt, cons
   return prompt_schedule(prompt, first_steps, editing_steps(hires, params.hires_steps()));
 }
 
-std::vector<WeightedPrompt> Pipeline::row_prompts(const std::string& prompt, const GenerationParams& params) const {
-  if (!params.emphasis || !classifier_free_guidance(manifest_, params)) return {{prompt, 1.0}};
+std::vector<WeightedPrompt> Pipeline::row_prompts(const Manifest& manifest, const std::string& prompt,
+                                                  const GenerationParams& params) {
+  if (!params.emphasis || !classifier_free_guidance(manifest, params)) return {{prompt, 1.0}};
   auto rows = composable_prompts(prompt);
   check_guidance_weights(rows, params.cfg_scale);
   return rows;
@@ -459,10 +460,10 @@ bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,
   std::vector<std::string> rows;
   if (classifier_free_guidance(manifest_, params)) rows = negative_prompts;
   for (const auto& prompt : prompts)
-    for (auto& row : row_prompts(prompt, params)) rows.push_back(std::move(row.text));
+    for (auto& row : row_prompts(manifest_, prompt, params)) rows.push_back(std::move(row.text));
   for (const auto& row : rows) {
-    const auto first = schedule_of(row, params, Pass::First);
-    const auto hires = schedule_of(row, params, Pass::Hires);
+    const auto first = schedule_of(manifest_, row, params, Pass::First);
+    const auto hires = schedule_of(manifest_, row, params, Pass::Hires);
     if (first.size() > 1 || hires.size() > 1 || first[0].text != hires[0].text) return true;
   }
   return false;
@@ -470,11 +471,11 @@ bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,
 
 // The distinct texts of one pass that a prompt (each of its row_prompts) or a negative prompt makes the text encoder
 // read, appended to `texts`. Without classifier-free guidance no row reads the negative prompt.
-void Pipeline::add_pass_texts(const std::string& text, bool negative, const GenerationParams& params, Pass pass,
-                              std::vector<std::string>& texts) const {
-  if (negative && !classifier_free_guidance(manifest_, params)) return;
-  for (const auto& row : negative ? std::vector<WeightedPrompt>{{text, 1.0}} : row_prompts(text, params))
-    for (auto& entry : schedule_of(row.text, params, pass))
+void Pipeline::add_pass_texts(const Manifest& manifest, const std::string& text, bool negative,
+                              const GenerationParams& params, Pass pass, std::vector<std::string>& texts) {
+  if (negative && !classifier_free_guidance(manifest, params)) return;
+  for (const auto& row : negative ? std::vector<WeightedPrompt>{{text, 1.0}} : row_prompts(manifest, text, params))
+    for (auto& entry : schedule_of(manifest, row.text, params, pass))
       if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
 }
 
@@ -482,7 +483,7 @@ std::vector<Pipeline::TextChunks> Pipeline::text_chunks(const std::string& promp
                                                         const GenerationParams& params) const {
   const auto most_chunks = [&](const std::string& text, bool negative, Pass pass) {
     std::vector<std::string> texts;
-    add_pass_texts(text, negative, params, pass, texts);
+    add_pass_texts(manifest_, text, negative, params, pass, texts);
     size_t chunks = 0;
     for (const auto& read : texts)
       chunks = std::max(chunks, params.long_prompts ? token_chunks(read, params, negative).size() : 1);
@@ -496,12 +497,12 @@ std::vector<Pipeline::TextChunks> Pipeline::text_chunks(const std::string& promp
   return passes;
 }
 
-std::vector<std::string> Pipeline::texts_read(const std::string& text, const GenerationParams& params,
-                                              bool negative) const {
+std::vector<std::string> Pipeline::texts_read(const Manifest& manifest, const std::string& text,
+                                              const GenerationParams& params, bool negative) {
   std::vector<std::string> texts;
   for (Pass pass : {Pass::First, Pass::Hires}) {
     if (pass == Pass::Hires && !params.hires.enabled()) break;
-    add_pass_texts(text, negative, params, pass, texts);
+    add_pass_texts(manifest, text, negative, params, pass, texts);
   }
   return texts;
 }
@@ -689,7 +690,7 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
   std::vector<std::string> group_rows[2];
   if (guided) group_rows[0] = negative_prompts;
   for (size_t image = 0; image < prompts.size(); ++image)
-    for (auto& prompt : row_prompts(prompts[image], params)) {
+    for (auto& prompt : row_prompts(manifest_, prompts[image], params)) {
       group_rows[1].push_back(std::move(prompt.text));
       prompt_rows.push_back({static_cast<int64_t>(image), prompt.weight});
     }
@@ -701,7 +702,7 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
     for (const auto& prompt : group_rows[group]) {
       auto& [row, texts] = encoded[prompt];
       if (!row.hidden.defined()) {
-        row.schedule = schedule_of(prompt, params, pass);
+        row.schedule = schedule_of(manifest_, prompt, params, pass);
         std::vector<std::string> seen;
         std::vector<int64_t> uses;  // how many of the schedule's entries read each text
         std::vector<std::vector<Tokenizer::Chunk>> chunks;

@@ -195,7 +195,7 @@ PngText read_png_text(const std::filesystem::path& file) {
     const uint32_t len = get_u32(head);
     const std::string type(head + 4, head + 8);
     if (type == "IEND") break;
-    if (type == "tEXt" || type == "iTXt") {
+    if (type == "tEXt" || type == "zTXt" || type == "iTXt") {
       std::string data(len, '\0');
       if (!in.read(data.data(), len)) break;
       add_text_chunk(type, data, text);

@@ -201,14 +201,16 @@ class Pipeline {
 
   // The prompts an image's prompt guides it with, a U-Net row each: with params.emphasis and classifier-free
   // guidance, A1111's composable prompts (split at AND, weighted); else the prompt itself, of weight 1.
-  std::vector<WeightedPrompt> row_prompts(const std::string& prompt, const GenerationParams& params) const;
+  // Throws Error(Usage) for a guidance weight that times the CFG scale is past float32. A model's manifest suffices.
+  static std::vector<WeightedPrompt> row_prompts(const Manifest& manifest, const std::string& prompt,
+                                                 const GenerationParams& params);
 
   // The texts a prompt (or a negative prompt) makes the text encoder read in a run with these params: itself, or
   // with params.emphasis the distinct texts of its A1111 prompt-editing schedules in both passes, in order, of each
   // of its composable prompts (a prompt split at AND, with classifier-free guidance). None for a negative prompt
-  // without classifier-free guidance, which leaves it unread.
-  std::vector<std::string> texts_read(const std::string& text, const GenerationParams& params,
-                                      bool negative = false) const;
+  // without classifier-free guidance, which leaves it unread. A model's manifest suffices: the CLI asks before loading.
+  static std::vector<std::string> texts_read(const Manifest& manifest, const std::string& text,
+                                             const GenerationParams& params, bool negative = false);
 
   // How many text-encoder chunks (of context_length tokens) the U-Net reads for a row's prompt and for its negative
   // prompt in a pass: the most among the pass's texts of each (every composable prompt of the prompt, every text of
@@ -246,9 +248,10 @@ class Pipeline {
   EncodedTexts encode_texts(std::vector<std::vector<Tokenizer::Chunk>> texts, const std::vector<int64_t>& uses,
                             const GenerationParams& params);
   enum class Pass { First, Hires };
-  void add_pass_texts(const std::string& text, bool negative, const GenerationParams& params, Pass pass,
-                      std::vector<std::string>& texts) const;
-  std::vector<ScheduledText> schedule_of(const std::string& prompt, const GenerationParams& params, Pass pass) const;
+  static void add_pass_texts(const Manifest& manifest, const std::string& text, bool negative,
+                             const GenerationParams& params, Pass pass, std::vector<std::string>& texts);
+  static std::vector<ScheduledText> schedule_of(const Manifest& manifest, const std::string& prompt,
+                                                const GenerationParams& params, Pass pass);
   // Whether prompt editing makes a prompt read another text in the hires pass than in the first.
   bool hires_reads_other_texts(const std::vector<std::string>& prompts,
                                const std::vector<std::string>& negative_prompts, const GenerationParams& params) const;

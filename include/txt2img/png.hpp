@@ -26,10 +26,11 @@ struct DecodedPng {
   PngText text;
 };
 
-// Reads pixels (as RGB) and every tEXt/iTXt chunk, as UTF-8 (tEXt's Latin-1 converted). Throws Error(Io).
+// Reads pixels (as RGB) and every tEXt, zTXt and iTXt chunk (compressed ones inflated), as UTF-8 (tEXt's and zTXt's
+// Latin-1 converted). Throws Error(Io).
 DecodedPng read_png(const std::filesystem::path& file);
 
-// Reads only the tEXt/iTXt chunks (uncompressed), skipping over the rest of the file. Throws Error(Io) for a file
+// Reads only the text chunks (as read_png does), skipping over the rest of the file. Throws Error(Io) for a file
 // that cannot be read or does not start as a PNG.
 PngText read_png_text(const std::filesystem::path& file);
 

@@ -62,7 +62,7 @@ class Scheduler {
   // on a sampler that cannot start anywhere but the beginning (pndm, lcm) or an entry that leaves ddim_a1111 no call,
   // and Error(Runtime) for a step past the schedule or after a step.
   void start_at(size_t step);
-  // The U-Net call this run starts at: 0, or the first call of start_at's step.
+  // The U-Net call this run starts at: 0, or start_at's entry (the first call of its step; for ddim_a1111 later).
   size_t first_call() const { return first_call_; }
   // The U-Net calls of a step: 2 for Heun, DPM2 and DPM++ 2S a (whose last step makes one), 1 for the others.
   size_t calls_per_step() const { return first_call_of_step(1); }

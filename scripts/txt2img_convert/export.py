@@ -1,8 +1,10 @@
 """From loaded weights to a model bundle: build the modules, load them strictly, export TorchScript, write
 the bundle directory (TorchScript files, tokenizer.model, model.json) atomically."""
 
+import contextlib
 import json
 import os
+import signal
 import shutil
 import tempfile
 from typing import Callable, Dict, Optional
@@ -321,13 +323,27 @@ def _remove_folders(folders: list) -> None:
 
 def _move_into_place(staging: str, out: str, overwrite: bool) -> None:
     if not os.path.lexists(out):
-        os.rename(staging, out)
-        bundle_in_place()
+        with _interrupts_held():
+            os.rename(staging, out)
+            bundle_in_place()
         return
     # Checked again: something may have appeared at `out` during the conversion.
     check_destination(out, overwrite)
     old = staging + ".old"
-    os.rename(out, old)
-    os.rename(staging, out)
-    bundle_in_place()
+    with _interrupts_held():  # never neither bundle at `out`
+        os.rename(out, old)
+        os.rename(staging, out)
+        bundle_in_place()
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """SIGINT, SIGTERM and SIGHUP held back (delivered when the block ends), so that the renames and the record that
+    they happened are not parted by an interrupt."""
+    signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

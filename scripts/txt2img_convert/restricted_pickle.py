@@ -49,7 +49,8 @@ class _Ignored:
 
 
 def stand_in_state(value):
-    """The state a stand-in was built with (a pickled object's __dict__, as a dict), or None for anything else."""
+    """The state a stand-in was built with (a pickled object's __dict__: a dict, or a (dict, slots) tuple), or None
+    for anything else."""
     return value.state if isinstance(value, _Ignored) else None
 
 

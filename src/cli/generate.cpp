@@ -225,7 +225,7 @@ class Generator {
     for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.model_prompt},
                               {"negative prompt", &job.negative_prompt}}) {
       // With prompt editing, the first of its texts that is too long.
-      for (const auto& read : pipeline_->texts_read(*text, job.params, text == &job.negative_prompt)) {
+      for (const auto& read : Pipeline::texts_read(manifest_, *text, job.params, text == &job.negative_prompt)) {
         const auto t =
             find_truncation(pipeline_->tokenizer().encode_traced(read, job.params.emphasis, std::string("the ") + what),
                             manifest_.context_length);
@@ -439,18 +439,22 @@ void check_preview_file(const std::string& preview) {
     throw Error(ErrorKind::Io, refusal + " (a PNG txt2img did not write as a preview: an image)" + advice);
 }
 
-// Prompt weights past float32 (in A1111's syntax, with --emphasis), which the pipeline refuses only when it reaches
-// the prompt: every prompt and negative prompt, before the model loads.
+// Prompt weights past float32 (in A1111's syntax, with --emphasis), which a run refuses only when it reaches the
+// prompt: in the texts as written (which the embeddings' hashes are read from) and in every text they make the text
+// encoder read (their composable prompts' guidance weights on the way), before the model loads.
 void check_prompt_weights(RunPlan& plan, const Manifest& manifest) {
   ImageJob job;
   plan.rewind();
   while (plan.next(job)) {
     if (job.n != 0 || !job.params.emphasis) continue;
     try {
-      check_emphasis_weights(job.model_prompt, "the prompt");
-      check_emphasis_weights(job.negative_prompt, "the negative prompt");
-      if (classifier_free_guidance(manifest, job.params))
-        check_guidance_weights(composable_prompts(job.model_prompt), job.params.cfg_scale);
+      for (const bool negative : {false, true}) {
+        const std::string& written = negative ? job.negative_prompt : job.model_prompt;
+        const char* what = negative ? "the negative prompt" : "the prompt";
+        check_emphasis_weights(written, what);
+        for (const auto& text : Pipeline::texts_read(manifest, written, job.params, negative))
+          check_emphasis_weights(text, what);
+      }
     } catch (const Error& e) {
       if (!job.line) throw;
       throw Error(e.kind(), plan.where(job) + ": " + e.what());

@@ -354,7 +354,9 @@ std::string a1111_command(const std::string& text) {
     // with its own.
     if (sampler == "ddim" && version_at_least(field("Version"), 6)) {
       sampler = "ddim_a1111";
-    } else if (sampler == "ddim" && !made_by_txt2img) {
+    } else if (sampler == "ddim" && made_by_txt2img) {
+      notes.push_back("txt2img writes Sampler: DDIM for ddim and ddim_a1111 alike: read as ddim");
+    } else if (sampler == "ddim") {
       const std::string ldm_ddim =
           "A1111 before 1.6 ran the original Stable Diffusion code's DDIM, which is "
           "diffusers' (ddim) where the steps divide 1000; 1.6 and later run their own "
@@ -556,8 +558,12 @@ int png_info(const InfoOptions& o) {
     if (!command)
       throw Error(ErrorKind::Io, o.path + ": no txt2img or A1111 metadata (made by another program, or with "
                                           "--no-metadata), so no command to make it again");
-    const auto model = reproduction->value("model", nlohmann::ordered_json::object());
-    std::cerr << "made " << model_hint(model.value("name", std::string()), model.value("hash", std::string()));
+    const auto& model = reproduction->contains("model") ? reproduction->at("model") : nlohmann::ordered_json();
+    const auto text = [&](const char* key) {
+      return model.is_object() && model.contains(key) && model[key].is_string() ? model[key].get<std::string>()
+                                                                                : std::string();
+    };
+    std::cerr << "made " << model_hint(text("name"), text("hash"));
     std::cout << *command << std::endl;
     return 0;
   }

@@ -40,7 +40,9 @@ void refuse_empty_values(const CLI::App& app) {
 void refuse_generate_arguments(const CLI::App& app, const CLI::App& subcommand) {
   const std::string name = subcommand.get_name();
   for (const CLI::Option* option : app.get_options()) {
-    if (option->count() == 0 || !option->get_envname().empty()) continue;
+    if (option->count() == 0) continue;
+    const char* from_environment = option->get_envname().empty() ? nullptr : std::getenv(option->get_envname().c_str());
+    if (from_environment && option->results() == std::vector<std::string>{from_environment}) continue;
     if (option->get_name() == "prompt")
       throw Error(ErrorKind::Usage, "\"" + option->results().front() + "\" before " + name +
                                         " reads as a prompt, which the " + name +
@@ -112,7 +114,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->type_name("X");
   app.add_option("--ensd", o.ensd,
                  "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a, "
-                 "dpm2_a, dpmpp_2s_a, dpmpp_2m_sde, lcm, ddim with --eta) comes from seed + N")
+                 "dpm2_a, dpmpp_2s_a, dpmpp_2m_sde, lcm, ddim and ddim_a1111 with --eta) comes from seed + N")
       ->type_name("N")
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
@@ -132,10 +134,11 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "each pass's first steps runs without the negative prompt, unguided (0 is off)")
       ->type_name("F")
       ->capture_default_str();
-  app.add_option("--ngms", o.ngms,
-                 "A1111's NGMS (Negative Guidance minimum sigma): every other U-Net call whose noise level (sigma; "
-                 "the timestep for ddim, pndm and unipc, as A1111 compares them) is below this runs without the "
-                 "negative prompt, unguided (0 is off)")
+  app.add_option(
+         "--ngms", o.ngms,
+         "A1111's NGMS (Negative Guidance minimum sigma): every other U-Net call whose noise level (sigma; "
+         "the timestep for ddim, ddim_a1111, pndm and unipc, as A1111 compares them) is below this runs without the "
+         "negative prompt, unguided (0 is off)")
       ->type_name("SIGMA")
       ->capture_default_str();
   app.add_flag("--ngms-all-steps", o.ngms_all_steps,
@@ -313,8 +316,18 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
   // CLI11 reads "--name=" as "--name" without a value and takes the next argument for it ("--negative-prompt=$NEG"
   // with NEG empty would swallow the flag after it); as "--name" "" it is the empty value it says.
   std::vector<std::string> args(argv, argv + argc);
+  const auto option_named = [&](const std::string& name) -> const CLI::Option* {
+    for (const CLI::App* owner : {&app, info, tokenize})
+      if (const CLI::Option* option = owner->get_option_no_throw(name)) return option;
+    return nullptr;
+  };
   for (size_t i = 1; i < args.size() && args[i] != "--"; ++i) {
-    if (args[i].rfind("--", 0) == 0 && args[i].size() > 3 && args[i].find('=') == args[i].size() - 1) {
+    if (args[i].rfind("--", 0) != 0 || args[i].size() <= 3 || args[i].find('=') != args[i].size() - 1) continue;
+    const std::string name = args[i].substr(0, args[i].size() - 1);
+    const CLI::Option* option = option_named(name);
+    if (option && option->get_items_expected_max() == 0)
+      throw Error(ErrorKind::Usage, name + " takes no value: give it as " + name);
+    if (option) {
       args[i].pop_back();
       args.insert(args.begin() + static_cast<std::ptrdiff_t>(++i), std::string());
     }

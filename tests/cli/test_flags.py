@@ -84,6 +84,8 @@ class BadFlags(CliTestCase):
                         "prompt that has the word info in it")
         self.assertExit(run(["--seed", "1", "tokenize", "a fox"], self.dir), EXIT_USAGE,
                         "--seed comes before the tokenize subcommand, which does not read it")
+        self.assertExit(run(["-m", TINY, "tokenize", "a fox"], self.dir), EXIT_USAGE,
+                        "--model comes before the tokenize subcommand")
         # The model taken from the environment is no mistake.
         self.assertEqual(run(["tokenize", "a fox"], self.dir, env={"TXT2IMG_MODEL": str(TINY)}).returncode, 0)
 
@@ -107,6 +109,8 @@ class BadFlags(CliTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json.loads(result.stdout.splitlines()[0])["negative_prompt"], "")
         self.assertIn("the safety checker is off", result.stderr)
+        # A flag that takes no value is left to CLI11 as written: nothing after it is taken for its value.
+        self.assertExit(self.txt2img("a fox", "--quiet=", "--seed", "1"), EXIT_USAGE, "--quiet takes no value")
         # After "--" everything is the prompt, as written.
         result = run(["--seed", "1", "-o", "c.png", "--json", "--model", TINY, *FAST, "--", "--x="], self.dir)
         self.assertEqual(json.loads(result.stdout.splitlines()[0])["prompt"], "--x=")

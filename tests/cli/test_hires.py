@@ -71,8 +71,8 @@ class HiresFix(CliTestCase):
 
     def test_a1111_ddim_makes_a1111s_calls(self):
         """A1111's DDIM (ddim_a1111) makes one U-Net call fewer than its steps where they divide 1000, and a hires
-        pass of N steps makes N - 2, since A1111 noises it to the timestep above its first call's; its eta is taken in
-        both passes. A hires pass it leaves no call is refused before the model loads."""
+        pass of N steps makes N - 2, since A1111 noises it to the timestep above its first call's; its eta is recorded
+        as A1111's. A hires pass it leaves no call is refused before the model loads."""
         result = self.txt2img("a fox", "--seed", "3", "--sampler", "ddim_a1111", "--steps", "4", "--eta", "0.5",
                               "--hires-scale", "1.5", "--hires-steps", "5", "-o", "a.png", "--json", "--json-progress")
         self.assertEqual(result.returncode, 0, result.stderr)

@@ -57,9 +57,17 @@ class Metadata(CliTestCase):
             self.assertIn(": the command is read from its A1111 parameters instead", result.stderr)
             self.assertTrue(result.stdout.startswith("txt2img 'a fox' --seed 5 "), result.stdout)
             self.assertNotIn("json.exception", result.stderr)
-            # Its own text says txt2img made it: no note of A1111's DDIM.
+            # Its own text says txt2img made it, whose DDIM text stands for ddim and ddim_a1111 alike.
             self.assertIn("made by txt2img ", result.stderr)
+            self.assertIn("txt2img writes Sampler: DDIM for ddim and ddim_a1111 alike: read as ddim", result.stderr)
             self.assertNotIn("A1111 before 1.6", result.stderr)
+        # A model field of another type names no model; the command needs none.
+        (self.dir / "model.png").write_bytes(with_text_chunk(with_parameters, "txt2img", json.dumps(
+            {**json.loads(text["txt2img"]), "model": 5})))
+        result = run(["info", "model.png", "--command"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("made with a model it does not name", result.stderr)
+        self.assertTrue(result.stdout.startswith("txt2img 'a fox' --seed 5 "), result.stdout)
         shown = run(["info", "cut.png"], self.dir)
         self.assertEqual(shown.returncode, 0, shown.stderr)
         self.assertIn("its txt2img text is not a valid JSON object (damaged?); shown as text", shown.stderr)

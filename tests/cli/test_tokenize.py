@@ -54,6 +54,14 @@ class Tokenize(CliTestCase):
         self.assertExit(result, EXIT_USAGE, "prompts.txt:2: the prompt's guidance weight 1e+37", "float32")
         self.assertNotIn("loading", result.stderr)
         self.assertFalse((self.dir / "0.png").exists())
+        # Every text a run refuses is refused before the model loads: as written (also a negative prompt that no
+        # guidance reads), and as prompt editing makes it, where a weight inside its brackets grows by 1.1.
+        weight_4e38, weight_35e37 = "4" + "0" * 38, "35" + "0" * 37  # A1111 reads weights written in digits only
+        for prompt, negative, cfg, weighs in (("a cat", f"(dog:{weight_4e38})", "1", "by 4e+38"),
+                                               (f"[(dog:{weight_35e37}):cat:1]", "", "7", "by 3.5e+38")):
+            result = self.txt2img(prompt, "-n", negative, "--cfg-scale", cfg, "--emphasis", "-o", "x.png")
+            self.assertExit(result, EXIT_USAGE, weighs)
+            self.assertNotIn("loading", result.stderr)
 
     def test_truncation(self):
         prompt = " ".join(["dog"] * 76) + " zebra"

@@ -680,7 +680,8 @@ TEST_F(A1111Conditioning, EachCallReadsA1111sContexts) {
     txt2img::SeededNoise noise({1});
     pipeline_.generate({golden.at("prompt")}, {golden.at("negative_prompt")}, params, noise, &keep);
     std::vector<double> weights;  // of the prompt rows, which A1111 mixes by them
-    for (const auto& row : pipeline_.row_prompts(golden.at("prompt"), params)) weights.push_back(row.weight);
+    for (const auto& row : pipeline_.row_prompts(pipeline_.manifest(), golden.at("prompt"), params))
+      weights.push_back(row.weight);
     for (size_t call = 0; call < static_cast<size_t>(params.steps); ++call) {
       SCOPED_TRACE(call);
       EXPECT_EQ(golden.at("weights")[call].get<std::vector<double>>(), weights);
@@ -1208,11 +1209,11 @@ TEST(ComposablePrompts, EachPromptGuidesByItsWeight) {
   // Without guidance txt2img makes no negative prompt row to add up against: AND is a word (A1111 adds the
   // prompts up even at a CFG scale of 1).
   params.cfg_scale = 1;
-  EXPECT_EQ(pipeline.row_prompts("a AND b", params).size(), 1u);
+  EXPECT_EQ(pipeline.row_prompts(pipeline.manifest(), "a AND b", params).size(), 1u);
   // A guidance weight past float32 would make the image infinite.
   params.cfg_scale = 7.5;
-  expect_error([&] { pipeline.row_prompts("a cat:1" + std::string(44, '0'), params); }, ErrorKind::Usage,
-               {"guidance weight 1e+44", "float32"});
+  expect_error([&] { pipeline.row_prompts(pipeline.manifest(), "a cat:1" + std::string(44, '0'), params); },
+               ErrorKind::Usage, {"guidance weight 1e+44", "float32"});
   params.cfg_scale = 1;
   Keep unguided;
   txt2img::SeededNoise once({5});
