@@ -29,6 +29,7 @@ const Sampler kSamplers[] = {
     {"ddim", kEta | kStartsLate | kZeroSnr},
     {"ddim_a1111", kEta | kStartsLate},
     {"pndm", 0},
+    {"plms_a1111", 0},
     {"euler", kStartsLate | kZeroSnr},
     {"euler_karras", kStartsLate | kZeroSnr},
     {"euler_exponential", kStartsLate | kZeroSnr},
@@ -365,12 +366,14 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
                 "the " + sampler + " sampler cannot run a zero-terminal-SNR model (" +
                     (detail::is_a1111_schedule(schedule)
                          ? "A1111's schedules start at the model's largest training sigma, infinite for such a model"
-                     : sampler == "ddim_a1111" ? "it runs on SD's training schedule as A1111's model holds it"
-                                               : "diffusers' scheduler for it has no rescale_betas_zero_snr") +
+                     : sampler == "ddim_a1111" || sampler == "plms_a1111"
+                         ? "it runs on SD's training schedule as A1111's model holds it"
+                         : "diffusers' scheduler for it has no rescale_betas_zero_snr") +
                     "); use " + sampler_list(kZeroSnr));
 
   if (sampler == "ddim") return detail::make_ddim(config, steps, eta);
   if (sampler == "ddim_a1111") return detail::make_a1111_ddim(config, steps, eta);
+  if (sampler == "plms_a1111") return detail::make_a1111_plms(config, steps);
   if (sampler == "pndm") return detail::make_pndm(config, steps);
   if (sampler == "lcm") return detail::make_lcm(config, steps);
   if (base == "euler_a") return detail::make_euler_ancestral(config, steps, schedule);

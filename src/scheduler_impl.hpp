@@ -14,8 +14,9 @@ namespace txt2img::detail {
 
 // One factory per sampler, each in its own source file. `steps` is already validated against the config.
 std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, double eta);
-// AUTOMATIC1111's DDIM (its timesteps, alphas and img2img entry; see a1111_ddim.cpp).
+// AUTOMATIC1111's DDIM (its timesteps, alphas and img2img entry) and PLMS (see a1111_timesteps.cpp).
 std::unique_ptr<Scheduler> make_a1111_ddim(const SchedulerConfig& config, int steps, double eta);
+std::unique_ptr<Scheduler> make_a1111_plms(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
 // Where a sigma sampler's sigmas come from: the spaced timesteps' own, or a schedule between their extremes, Karras
 // et al.'s or exponential (diffusers' use_karras_sigmas, use_exponential_sigmas); or one of AUTOMATIC1111's schedule

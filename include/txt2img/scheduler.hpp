@@ -40,7 +40,7 @@ class Scheduler {
   // What AUTOMATIC1111's sampler of this kind hands its CFG denoiser as the noise level of U-Net call `call`, which
   // A1111's NGMS compares with its threshold: the sigma of the call's input where A1111 samples on k-diffusion's
   // sigmas (euler*, euler_a, heun*, dpm2*, dpmpp_2s_a*, lms*, dpmpp_2m*, and lcm: sqrt((1 - a) / a) at its
-  // timestep), the timestep where A1111 samples on timesteps (ddim, pndm as A1111's PLMS, unipc*).
+  // timestep), the timestep where A1111 samples on timesteps (ddim*, pndm as A1111's PLMS, plms_a1111, unipc*).
   virtual double a1111_sigma(size_t call) const { return timesteps_.at(call); }
   // Factor for the initial standard-normal latents (a float32 value).
   virtual double init_noise_sigma() const { return 1.0; }
@@ -59,8 +59,8 @@ class Scheduler {
   // dpmpp_2s_a*) then compute exactly what a whole run computes from the same sample; lms* ramps its order up from 1
   // again and dpmpp_2m* take a first-order step first. ddim_a1111 enters as A1111's DDIM does, a call later (its
   // entry_call). Call before any step (start_at(0) changes nothing but on ddim_a1111). Throws Error(Usage) for step > 0
-  // on a sampler that cannot start anywhere but the beginning (pndm, lcm) or an entry that leaves ddim_a1111 no call,
-  // and Error(Runtime) for a step past the schedule or after a step.
+  // on a sampler that cannot start anywhere but the beginning (pndm, plms_a1111, lcm) or an entry that leaves
+  // ddim_a1111 no call, and Error(Runtime) for a step past the schedule or after a step.
   void start_at(size_t step);
   // The U-Net call this run starts at: 0, or start_at's entry (the first call of its step; for ddim_a1111 later).
   size_t first_call() const { return first_call_; }

@@ -351,11 +351,18 @@ std::string a1111_command(const std::string& text) {
     if (field(sampler_key).empty()) return std::string();
     std::string sampler = canonical_scheduler_name(field(sampler_key));
     // A1111 1.6 replaced the original Stable Diffusion code's DDIM, which diffusers' is where the steps divide 1000,
-    // with its own.
-    if (sampler == "ddim" && version_at_least(field("Version"), 6)) {
-      sampler = "ddim_a1111";
+    // and PLMS, which neither txt2img's is, with its own.
+    if ((sampler == "ddim" || sampler == "pndm") && version_at_least(field("Version"), 6)) {
+      sampler = sampler == "ddim" ? "ddim_a1111" : "plms_a1111";
     } else if (sampler == "ddim" && made_by_txt2img) {
       notes.push_back("txt2img writes Sampler: DDIM for ddim and ddim_a1111 alike: read as ddim");
+    } else if (sampler == "pndm" && made_by_txt2img) {
+      notes.push_back("txt2img writes Sampler: PLMS for pndm and plms_a1111 alike: read as pndm");
+    } else if (sampler == "pndm") {
+      notes.push_back(
+          (field("Version").empty() ? "it names no A1111 version: PLMS is read as before 1.6, when " : "before 1.6 ") +
+          std::string("A1111 ran the original Stable Diffusion code's PLMS, which is neither txt2img's "
+                      "pndm (diffusers') nor plms_a1111 (A1111's since 1.6): the image will differ"));
     } else if (sampler == "ddim") {
       const std::string ldm_ddim =
           "A1111 before 1.6 ran the original Stable Diffusion code's DDIM, which is "

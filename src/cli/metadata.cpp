@@ -52,20 +52,11 @@ std::string schedule_from_a1111(const std::string& label) {
 A1111Sampler a1111_sampler(const std::string& sampler) {
   // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
   static const std::map<std::string, std::string> names = {
-      {"ddim", "DDIM"},
-      {"ddim_a1111", "DDIM"},
-      {"pndm", "PLMS"},
-      {"euler", "Euler"},
-      {"euler_a", "Euler a"},
-      {"heun", "Heun"},
-      {"dpm2", "DPM2"},
-      {"dpm2_a", "DPM2 a"},
-      {"lms", "LMS"},
-      {"dpmpp_2m", "DPM++ 2M"},
-      {"dpmpp_2m_sde", "DPM++ 2M SDE"},
-      {"unipc", "UniPC"},
-      {"lcm", "LCM"},
-      {"dpmpp_2s_a", "DPM++ 2S a"},
+      {"ddim", "DDIM"},       {"ddim_a1111", "DDIM"},   {"pndm", "PLMS"},
+      {"plms_a1111", "PLMS"}, {"euler", "Euler"},       {"euler_a", "Euler a"},
+      {"heun", "Heun"},       {"dpm2", "DPM2"},         {"dpm2_a", "DPM2 a"},
+      {"lms", "LMS"},         {"dpmpp_2m", "DPM++ 2M"}, {"dpmpp_2m_sde", "DPM++ 2M SDE"},
+      {"unipc", "UniPC"},     {"lcm", "LCM"},           {"dpmpp_2s_a", "DPM++ 2S a"},
   };
   const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
   const auto it = names.find(base);

@@ -137,7 +137,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_option(
          "--ngms", o.ngms,
          "A1111's NGMS (Negative Guidance minimum sigma): every other U-Net call whose noise level (sigma; "
-         "the timestep for ddim, ddim_a1111, pndm and unipc, as A1111 compares them) is below this runs without the "
+         "the timestep for ddim, ddim_a1111, pndm, plms_a1111 and unipc, as A1111 compares them) is below this runs "
+         "without the "
          "negative prompt, unguided (0 is off)")
       ->type_name("SIGMA")
       ->capture_default_str();
@@ -198,8 +199,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                      " (latent is bilinear)")
       ->capture_default_str()
       ->needs(hires);
-  app.add_option("--hires-sampler", o.hires.sampler,
-                 "A1111's Hires sampler: the hires pass's sampler (default: the first pass's; not pndm or lcm)")
+  app.add_option(
+         "--hires-sampler", o.hires.sampler,
+         "A1111's Hires sampler: the hires pass's sampler (default: the first pass's; not pndm, plms_a1111 or lcm)")
       ->type_name("NAME")
       ->needs(hires);
   app.add_option("-W,--width", o.width, "image width, a multiple of 8 (default: the model's size, e.g. 512)");

@@ -87,6 +87,18 @@ class HiresFix(CliTestCase):
                                      "-o", "b.png"), EXIT_USAGE, "give it 3 or more steps")
         self.assertFalse((self.dir / "b.png").exists())
 
+    def test_a1111_plms_makes_a1111s_calls(self):
+        """A1111's PLMS (plms_a1111) makes two U-Net calls in its first step and one in each other, one step fewer
+        than its timesteps; it records A1111's "PLMS", and cannot run a hires pass, which A1111 does not offer it."""
+        result = self.txt2img("a fox", "--seed", "3", "--sampler", "plms_a1111", "--steps", "4", "-o", "a.png",
+                              "--json", "--json-progress")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([r["step"] for r in json_lines(result.stdout) if r["event"] == "step"], [1, 2, 3, 4])
+        self.assertIn("Sampler: PLMS, ", png_text(self.dir / "a.png")["parameters"])
+        self.assertIn("--sampler plms_a1111 ", run(["info", "a.png", "--command"], self.dir).stdout)
+        self.assertExit(self.txt2img("a fox", "--sampler", "euler", "--hires-scale", "1.5", "--hires-sampler",
+                                     "plms_a1111", "-o", "b.png"), EXIT_USAGE, "plms_a1111 scheduler cannot start")
+
     def a1111_round_trip(self, sampler, hires_sampler, name, version=""):
         """Makes an image with a hires pass of those samplers, and reads the samplers back from its A1111 parameters
         alone (followed by `version`): the parameters, and info --command's result."""

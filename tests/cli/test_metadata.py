@@ -480,6 +480,9 @@ class Metadata(CliTestCase):
                  ("Sampler: DDIM, Version: v1.10.1", "ddim_a1111", None),
                  ("Sampler: DDIM, Version: v1.5.2", "ddim", "A1111 before 1.6 ran the original Stable Diffusion"),
                  ("Sampler: DDIM", "ddim", "it names no A1111 version: DDIM is read as before 1.6"),
+                 ("Sampler: PLMS, Version: v1.10.1", "plms_a1111", None),
+                 ("Sampler: PLMS, Version: v1.5.2", "pndm", "before 1.6 A1111 ran the original Stable Diffusion code's PLMS"),
+                 ("Sampler: PLMS", "pndm", "it names no A1111 version: PLMS is read as before 1.6"),
                  # A1111's own schedule types, by label or name; those txt2img lacks are left out.
                  ("Sampler: DPM++ 2M, Schedule type: Align Your Steps, Version: v1.10.1",
                   "dpmpp_2m_align_your_steps", None),

@@ -377,26 +377,28 @@ std::vector<std::pair<std::string, int>> a1111_schedule_golden_cases() {
 INSTANTIATE_TEST_SUITE_P(Goldens, A1111ScheduleGolden, testing::ValuesIn(a1111_schedule_golden_cases()),
                          sampler_case_name);
 
-// AUTOMATIC1111's DDIM (ddim_a1111) against tests/fixtures/a1111_ddim_goldens.safetensors: A1111's own ddim function
-// run by tests/fixtures/make_a1111_ddim_goldens.py on its timesteps, whole runs and hires passes entered as A1111's
-// sample_img2img enters them, with eta and for a v-prediction model.
-struct A1111DdimCase {
-  std::string key;
+// AUTOMATIC1111's DDIM and PLMS (ddim_a1111, plms_a1111) against tests/fixtures/a1111_timesteps_goldens.safetensors:
+// A1111's own ddim and plms functions run by tests/fixtures/make_a1111_timesteps_goldens.py on their timesteps, whole
+// runs and (DDIM) hires passes entered as A1111's sample_img2img enters them, with eta and for a v-prediction model.
+struct A1111TimestepsCase {
+  std::string key;  // [variant/]sampler[_etaE]
   int steps;
   double eta;
   int hires_steps;  // 0: a whole run
 };
 
-class A1111DdimGolden : public testing::TestWithParam<A1111DdimCase> {};
+class A1111TimestepsGolden : public testing::TestWithParam<A1111TimestepsCase> {};
 
-TEST_P(A1111DdimGolden, MatchesA1111) {
-  static const auto g = txt2img::SafeTensors::open(TXT2IMG_A1111_DDIM_GOLDENS);
+TEST_P(A1111TimestepsGolden, MatchesA1111) {
+  static const auto g = txt2img::SafeTensors::open(TXT2IMG_A1111_TIMESTEPS_GOLDENS);
   const auto& c = GetParam();
   const std::string run = c.key + "/n" + std::to_string(c.steps) +
                           (c.hires_steps ? "_hires" + std::to_string(c.hires_steps) : std::string());
   const auto slash = c.key.find('/');
+  const bool plms = c.key.find("plms_a1111") != std::string::npos;
   auto sched = txt2img::make_scheduler(
-      "ddim_a1111", slash == std::string::npos ? sd_config() : variant_config(c.key.substr(0, slash)), c.steps, c.eta);
+      plms ? "plms_a1111" : "ddim_a1111",
+      slash == std::string::npos ? sd_config() : variant_config(c.key.substr(0, slash)), c.steps, c.eta);
   if (c.hires_steps) sched->start_at(static_cast<size_t>(c.steps - c.hires_steps));
   const size_t first = sched->first_call();
   const auto ts = g.get(run + "/timesteps");
@@ -409,18 +411,20 @@ TEST_P(A1111DdimGolden, MatchesA1111) {
   for (size_t i = 0; i + first < sched->timesteps().size(); ++i) {
     x = sched->step(fake_model_output(i), first + i, x,
                     sched->needs_noise(first + i) ? fake_noise(i) : torch::Tensor());
-    char call[16];
-    std::snprintf(call, sizeof call, "/call%03zu/", i);
-    if (!g.contains(run + call + "prev_sample")) continue;
-    EXPECT_TRUE(torch::equal(x, g.get(run + call + "prev_sample"))) << run << call;
-    EXPECT_TRUE(torch::equal(sched->pred_original_sample(), g.get(run + call + "pred_original_sample"))) << run << call;
+    // PLMS's first step ends with its second call; DDIM's steps are its calls.
+    if (plms && i == 0) continue;
+    char step[16];
+    std::snprintf(step, sizeof step, "/step%03zu/", plms ? i - 1 : i);
+    if (!g.contains(run + step + "prev_sample")) continue;
+    EXPECT_TRUE(torch::equal(x, g.get(run + step + "prev_sample"))) << run << step;
+    EXPECT_TRUE(torch::equal(sched->pred_original_sample(), g.get(run + step + "pred_original_sample"))) << run << step;
   }
   EXPECT_TRUE(torch::equal(x, g.get(run + "/final")))
       << run << ": off by " << (x - g.get(run + "/final")).abs().max().item<double>();
 }
 
-std::vector<A1111DdimCase> a1111_ddim_cases() {
-  std::vector<A1111DdimCase> out;
+std::vector<A1111TimestepsCase> a1111_timesteps_cases() {
+  std::vector<A1111TimestepsCase> out;
   for (int steps : {2, 3, 7, 10, 30, 50, 600}) out.push_back({"ddim_a1111", steps, 0.0, 0});
   out.push_back({"ddim_a1111_eta0.5", 10, 0.5, 0});
   out.push_back({"ddim_a1111_eta1", 7, 1.0, 0});
@@ -429,11 +433,13 @@ std::vector<A1111DdimCase> a1111_ddim_cases() {
   out.push_back({"ddim_a1111", 20, 0.0, 20});
   out.push_back({"ddim_a1111_eta0.5", 14, 0.5, 10});
   out.push_back({"ddim_a1111", 1000, 0.0, 3});
+  for (int steps : {2, 3, 4, 5, 7, 10, 50}) out.push_back({"plms_a1111", steps, 0.0, 0});
+  out.push_back({"v_prediction/plms_a1111", 10, 0.0, 0});
   return out;
 }
 
-INSTANTIATE_TEST_SUITE_P(Goldens, A1111DdimGolden, testing::ValuesIn(a1111_ddim_cases()),
-                         [](const testing::TestParamInfo<A1111DdimCase>& info) {
+INSTANTIATE_TEST_SUITE_P(Goldens, A1111TimestepsGolden, testing::ValuesIn(a1111_timesteps_cases()),
+                         [](const testing::TestParamInfo<A1111TimestepsCase>& info) {
                            std::string name = info.param.key + "_n" + std::to_string(info.param.steps) + "_hires" +
                                               std::to_string(info.param.hires_steps);
                            for (char& ch : name)
@@ -634,6 +640,7 @@ TEST(Scheduler, NamesAndValidation) {
   std::vector<std::string> diffusers_names = {"ddim",
                                               "ddim_a1111",
                                               "pndm",
+                                              "plms_a1111",
                                               "euler",
                                               "euler_karras",
                                               "euler_exponential",
@@ -664,9 +671,12 @@ TEST(Scheduler, NamesAndValidation) {
   for (const auto& name : a1111_schedule_samplers()) expected.push_back(name);
   EXPECT_EQ(names, expected);
   for (const auto& name : names) {
-    // LCM's timesteps are a subset of the 50 it was distilled on; A1111's DDIM makes no call for 1 step.
+    // LCM's timesteps are a subset of the 50 it was distilled on; A1111's DDIM and PLMS take no step for 1.
     const int most = name == "lcm" ? 50 : 999;
-    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), name == "ddim_a1111" ? 2 : 1)) << name;
+    const bool a1111_timesteps = name == "ddim_a1111" || name == "plms_a1111";
+    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), a1111_timesteps ? 2 : 1)) << name;
+    if (a1111_timesteps)
+      expect_error(ErrorKind::Usage, "1 step makes none", [&] { txt2img::make_scheduler(name, sd_config(), 1); });
     EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), most)) << name;
     expect_error(ErrorKind::Usage, "steps", [&] { txt2img::make_scheduler(name, sd_config(), 0); });
     expect_error(ErrorKind::Usage, "steps", [&] { txt2img::make_scheduler(name, sd_config(), 1001); });
@@ -866,9 +876,9 @@ TEST(Scheduler, UnsupportedConfigValuesAreBundleErrors) {
   prediction.prediction_type = "flow";
   for (const auto& name : txt2img::scheduler_names()) {
     expect_error(ErrorKind::Bundle, "sigmoid", [&] { txt2img::make_scheduler(name, schedule, 10); });
-    // LCM's timesteps come from its distillation schedule, A1111's DDIM's from A1111's own spacing: neither reads the
-    // configured one.
-    if (name != "lcm" && name != "ddim_a1111")
+    // LCM's timesteps come from its distillation schedule, A1111's DDIM's and PLMS's from A1111's own spacing: none
+    // reads the configured one.
+    if (name != "lcm" && name != "ddim_a1111" && name != "plms_a1111")
       expect_error(ErrorKind::Bundle, "karras", [&] { txt2img::make_scheduler(name, spacing, 10); });
     expect_error(ErrorKind::Bundle, "flow", [&] { txt2img::make_scheduler(name, prediction, 10); });
   }
@@ -1042,7 +1052,7 @@ TEST(SchedulerA1111Sigma, IsTheTimestepOrTheSigmaOfTheCallsInput) {
     const auto base = txt2img::split_sampler_name(name).base;
     for (size_t call = 0; call < sched->timesteps().size(); ++call) {
       const double got = sched->a1111_sigma(call);
-      if (base == "ddim" || base == "ddim_a1111" || base == "pndm" || base == "unipc") {
+      if (base == "ddim" || base == "ddim_a1111" || base == "pndm" || base == "plms_a1111" || base == "unipc") {
         EXPECT_EQ(got, sched->timesteps()[call]) << name << " call " << call;
         continue;
       }
@@ -1269,7 +1279,8 @@ TEST(SchedulerStartAt, Errors) {
       EXPECT_EQ(e.kind(), ErrorKind::Usage) << e.what();
       const std::string what = e.what();
       EXPECT_NE(what.find(std::string("the ") + name + " scheduler cannot start part-way"), std::string::npos) << what;
-      EXPECT_NE(what.find("; every sampler but pndm and lcm can start part-way"), std::string::npos) << what;
+      EXPECT_NE(what.find("; every sampler but pndm, plms_a1111 and lcm can start part-way"), std::string::npos)
+          << what;
     }
     // Call 0 is where every run starts: allowed, and the run is the whole one.
     EXPECT_NO_THROW(sched->start_at(0)) << name;
