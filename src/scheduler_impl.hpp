@@ -77,7 +77,7 @@ std::unique_ptr<Scheduler> make_unipc(const SchedulerConfig& config, int steps, 
 std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 std::unique_ptr<Scheduler> make_lcm(const SchedulerConfig& config, int steps);
 
-// "every sampler but pndm and lcm": the samplers whose start_at takes any step, for the others' refusals.
+// "every sampler but pndm, plms_a1111 and lcm": the samplers whose start_at takes any step, for the others' refusals.
 std::string samplers_that_start_late();
 
 // alphas_cumprod(config) as host floats, for the scalar coefficient arithmetic.

@@ -1296,7 +1296,8 @@ TEST(SchedulerStartAt, Errors) {
   for (const auto& name : txt2img::scheduler_names()) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 4);
     const size_t calls = sched->timesteps().size();
-    // pndm and lcm refuse any later start first (Usage), whatever the call; ddim_a1111 one that leaves it no call.
+    // pndm, plms_a1111 and lcm refuse any later start first (Usage), whatever the call; ddim_a1111 one that leaves it
+    // no call.
     const bool late = std::find(late_starters().begin(), late_starters().end(), name) != late_starters().end();
     if (name == "ddim_a1111")
       expect_error(ErrorKind::Usage, "give it 3 or more steps", [&] { sched->start_at(calls); });
