@@ -104,6 +104,14 @@ const std::vector<Sampler>& all_samplers() {
   return samplers;
 }
 
+// The sampler `name` (or an alias of one, canonical_scheduler_name's) stands for, or nullptr.
+const Sampler* find_sampler(const std::string& name) {
+  const std::string canonical = canonical_scheduler_name(name);
+  for (const auto& s : all_samplers())
+    if (s.name == canonical) return &s;
+  return nullptr;
+}
+
 // Names joined as a sentence lists them: "a, b and c", or with `last` ", " throughout.
 std::string joined(const std::vector<std::string>& names, const char* last = ", ") {
   std::string out;
@@ -262,10 +270,8 @@ std::string sampler_names_text() {
 }
 
 bool sampler_takes_eta(const std::string& name) {
-  const std::string canonical = canonical_scheduler_name(name);
-  for (const auto& s : all_samplers())
-    if (s.name == canonical) return s.capabilities & kEta;
-  return false;
+  const Sampler* sampler = find_sampler(name);
+  return sampler && (sampler->capabilities & kEta);
 }
 
 bool is_scheduler_name(const std::string& name) {
@@ -341,11 +347,8 @@ bool on_a1111_schedule(const std::string& name) {
 
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,
                                           double eta) {
-  const std::string canonical = canonical_scheduler_name(name);
-  const auto& samplers = all_samplers();
-  const auto it = std::find_if(samplers.begin(), samplers.end(), [&](const Sampler& s) { return canonical == s.name; });
-  if (it == samplers.end())
-    throw Error(ErrorKind::Usage, "unknown sampler \"" + name + "\" (known: " + sampler_names_text() + ")");
+  const Sampler* it = find_sampler(name);
+  if (!it) throw Error(ErrorKind::Usage, "unknown sampler \"" + name + "\" (known: " + sampler_names_text() + ")");
   if (steps < 1 || steps > config.num_train_timesteps)
     throw Error(ErrorKind::Usage, "steps must be between 1 and " + std::to_string(config.num_train_timesteps) +
                                       ", got " + std::to_string(steps));
