@@ -21,15 +21,14 @@ namespace {
 // One step of A1111's timestep samplers, from timestep `t` to `t_prev` (the spaced timesteps, highest first).
 struct A1111Step {
   int64_t t, t_prev;
-  float alpha, alpha_prev;       // alphas_cumprod at t and t_prev, float32 as the model holds them
-  double alpha64, alpha_prev64;  // the same float32 values as float64 (A1111 reads them as Python floats)
+  float alpha, alpha_prev;  // alphas_cumprod at t and t_prev, float32 as the model holds them
   // The model's float64 square roots of alphas_cumprod and 1 - alphas_cumprod at t and at t_prev, stored in float32.
   float sqrt_alpha, sqrt_one_minus_alpha, sqrt_alpha_prev, sqrt_one_minus_alpha_prev;
 };
 
-// The steps of `steps` requested ones, and how many timesteps they step between. `name`: the sampler's, for errors.
-std::vector<A1111Step> a1111_steps(const SchedulerConfig& config, int steps, const std::string& name,
-                                   size_t* timestep_count) {
+// The steps for `steps` requested ones: one fewer than the timesteps they step between, which may be more than
+// `steps`. `name`: the sampler's, for errors.
+std::vector<A1111Step> a1111_steps(const SchedulerConfig& config, int steps, const std::string& name) {
   require_prediction_type(config, name, {"epsilon", "v_prediction"});
   if (config.num_train_timesteps != 1000)
     throw Error(ErrorKind::Bundle, name + " (A1111's) spaces 1000 training timesteps; this model has " +
@@ -40,7 +39,6 @@ std::vector<A1111Step> a1111_steps(const SchedulerConfig& config, int steps, con
   if (spaced.size() < 2)
     throw Error(ErrorKind::Usage, name + " (A1111's) takes one step fewer than it has timesteps, so " +
                                       std::to_string(steps) + " step makes none; use 2 or more steps");
-  *timestep_count = spaced.size();
   std::vector<A1111Step> out;
   const auto root = [&](int64_t t) { return static_cast<float>(std::sqrt(alphas_cumprod[t])); };
   const auto root_of_rest = [&](int64_t t) { return static_cast<float>(std::sqrt(1.0 - alphas_cumprod[t])); };
@@ -48,16 +46,22 @@ std::vector<A1111Step> a1111_steps(const SchedulerConfig& config, int steps, con
     const int64_t t = spaced[index], t_prev = spaced[index - 1];
     const auto alpha = static_cast<float>(alphas_cumprod[t]);
     const auto alpha_prev = static_cast<float>(alphas_cumprod[t_prev]);
-    out.push_back({t, t_prev, alpha, alpha_prev, alpha, alpha_prev, root(t), root_of_rest(t), root(t_prev),
-                   root_of_rest(t_prev)});
+    out.push_back({t, t_prev, alpha, alpha_prev, root(t), root_of_rest(t), root(t_prev), root_of_rest(t_prev)});
   }
   return out;
 }
 
-// The eps a model output stands for at step `s` for the sample it was given (CompVisTimestepsVDenoiser's for v).
+// The eps a model output stands for, for the sample it was given at a timestep of these roots
+// (CompVisTimestepsVDenoiser's for v).
+torch::Tensor eps_of(const torch::Tensor& model_output, const torch::Tensor& sample, float sqrt_alpha,
+                     float sqrt_one_minus_alpha, bool v_prediction) {
+  return v_prediction ? sqrt_alpha * model_output + sqrt_one_minus_alpha * sample : model_output;
+}
+
+// At a step's start.
 torch::Tensor eps_of(const torch::Tensor& model_output, const torch::Tensor& sample, const A1111Step& s,
                      bool v_prediction) {
-  return v_prediction ? s.sqrt_alpha * model_output + s.sqrt_one_minus_alpha * sample : model_output;
+  return eps_of(model_output, sample, s.sqrt_alpha, s.sqrt_one_minus_alpha, v_prediction);
 }
 
 // x0 = (x - sqrt(1 - a) * eps) / sqrt(a), in float32 as A1111's samplers compute it.
@@ -69,15 +73,16 @@ class A1111Ddim final : public Scheduler {
  public:
   A1111Ddim(const SchedulerConfig& config, int steps, double eta)
       : v_prediction_(config.prediction_type == "v_prediction"), eta_(eta) {
-    size_t timestep_count = 0;
-    steps_ = a1111_steps(config, steps, "ddim_a1111", &timestep_count);
-    entry_offset_ = timestep_count - static_cast<size_t>(steps) + 1;
+    steps_ = a1111_steps(config, steps, "ddim_a1111");
+    // How many more timesteps (steps_.size() + 1) there are than requested steps, and one more: A1111 enters a call
+    // late (entry_call).
+    entry_offset_ = steps_.size() + 1 - static_cast<size_t>(steps) + 1;
     for (const auto& s : steps_) {
       timesteps_.push_back(static_cast<double>(s.t));
       // ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5 in float64 but for 1 - a, a float32 tensor, by which a
       // float64 NumPy array is divided as Tensor.__rtruediv__ divides: times its float32 reciprocal.
-      const double variance =
-          (1.0 - s.alpha_prev64) * static_cast<double>(1.0f / (1.0f - s.alpha)) * (1.0 - s.alpha64 / s.alpha_prev64);
+      const double a = s.alpha, a_prev = s.alpha_prev;
+      const double variance = (1.0 - a_prev) * static_cast<double>(1.0f / (1.0f - s.alpha)) * (1.0 - a / a_prev);
       sigmas_.push_back(static_cast<float>(eta * std::sqrt(variance)));
     }
   }
@@ -134,8 +139,7 @@ class A1111Ddim final : public Scheduler {
 class A1111Plms final : public Scheduler {
  public:
   A1111Plms(const SchedulerConfig& config, int steps) : v_prediction_(config.prediction_type == "v_prediction") {
-    size_t timestep_count = 0;
-    steps_ = a1111_steps(config, steps, "plms_a1111", &timestep_count);
+    steps_ = a1111_steps(config, steps, "plms_a1111");
     // Call 0 at the first step's start, call 1 at its end, then one call at each later step's start.
     timesteps_.push_back(static_cast<double>(steps_[0].t));
     call_alphas_.push_back(steps_[0].alpha);
@@ -171,9 +175,8 @@ class A1111Plms final : public Scheduler {
     if (call == 1) {
       // The prediction at the first step's end, for the sample there (v converted with that timestep's roots).
       const auto& s = steps_[0];
-      const auto eps_next =
-          v_prediction_ ? s.sqrt_alpha_prev * model_output + s.sqrt_one_minus_alpha_prev * sample : model_output;
-      const auto prev = step_with((first_eps_ + eps_next) / 2, steps_[0], first_sample_);
+      const auto eps_next = eps_of(model_output, sample, s.sqrt_alpha_prev, s.sqrt_one_minus_alpha_prev, v_prediction_);
+      const auto prev = step_with((first_eps_ + eps_next) / 2, s, first_sample_);
       old_eps_.push_back(first_eps_);
       first_sample_ = first_eps_ = torch::Tensor();
       return prev;
