@@ -102,6 +102,8 @@ std::optional<std::string> inflated(const std::string& compressed) {
   return out;
 }
 
+bool is_text_chunk(const std::string& type) { return type == "tEXt" || type == "zTXt" || type == "iTXt"; }
+
 // Appends the key and text (UTF-8) of a tEXt, zTXt or iTXt chunk (compressed or not, as tools that optimise PNGs
 // rewrite them); other chunks, and damaged compressed text, are not text.
 void add_text_chunk(const std::string& type, const std::string& data, PngText& text) {
@@ -195,7 +197,7 @@ PngText read_png_text(const std::filesystem::path& file) {
     const uint32_t len = get_u32(head);
     const std::string type(head + 4, head + 8);
     if (type == "IEND") break;
-    if (type == "tEXt" || type == "zTXt" || type == "iTXt") {
+    if (is_text_chunk(type)) {
       std::string data(len, '\0');
       if (!in.read(data.data(), len)) break;
       add_text_chunk(type, data, text);
@@ -220,7 +222,8 @@ DecodedPng read_png(const std::filesystem::path& file) {
     if (pos + 12 + len > bytes.size()) throw Error(ErrorKind::Io, file.string() + ": truncated PNG chunk");
     const std::string type(bytes.begin() + pos + 4, bytes.begin() + pos + 8);
     if (type == "IEND") break;
-    add_text_chunk(type, std::string(bytes.begin() + pos + 8, bytes.begin() + pos + 8 + len), out.text);
+    if (is_text_chunk(type))
+      add_text_chunk(type, std::string(bytes.begin() + pos + 8, bytes.begin() + pos + 8 + len), out.text);
     pos += 12 + len;
   }
 

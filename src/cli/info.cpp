@@ -352,12 +352,13 @@ std::string a1111_command(const std::string& text) {
     std::string sampler = canonical_scheduler_name(field(sampler_key));
     // A1111 1.6 replaced the original Stable Diffusion code's DDIM, which diffusers' is where the steps divide 1000,
     // and PLMS, which neither txt2img's is, with its own.
-    if ((sampler == "ddim" || sampler == "pndm") && version_at_least(field("Version"), 6)) {
-      sampler = sampler == "ddim" ? "ddim_a1111" : "plms_a1111";
-    } else if (sampler == "ddim" && made_by_txt2img) {
-      notes.push_back("txt2img writes Sampler: DDIM for ddim and ddim_a1111 alike: read as ddim");
-    } else if (sampler == "pndm" && made_by_txt2img) {
-      notes.push_back("txt2img writes Sampler: PLMS for pndm and plms_a1111 alike: read as pndm");
+    const bool ddim = sampler == "ddim";
+    const std::string a1111s = ddim ? "ddim_a1111" : "plms_a1111";
+    if ((ddim || sampler == "pndm") && version_at_least(field("Version"), 6)) {
+      sampler = a1111s;
+    } else if ((ddim || sampler == "pndm") && made_by_txt2img) {
+      notes.push_back(std::string("txt2img writes Sampler: ") + (ddim ? "DDIM" : "PLMS") + " for " + sampler + " and " +
+                      a1111s + " alike: read as " + sampler);
     } else if (sampler == "pndm") {
       notes.push_back(
           (field("Version").empty() ? "it names no A1111 version: PLMS is read as before 1.6, when " : "before 1.6 ") +

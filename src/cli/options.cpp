@@ -44,13 +44,9 @@ void refuse_generate_arguments(const CLI::App& app, const CLI::App& subcommand) 
     const char* from_environment = option->get_envname().empty() ? nullptr : std::getenv(option->get_envname().c_str());
     if (from_environment && option->results() == std::vector<std::string>{from_environment}) continue;
     if (option->get_name() == "prompt")
-      throw Error(ErrorKind::Usage, "\"" + option->results().front() + "\" before " + name +
-                                        " reads as a prompt, which the " + name +
-                                        " subcommand does not take; quote a "
-                                        "whole prompt that has the word " +
-                                        name +
-                                        " in it, so that it is one "
-                                        "argument");
+      throw Error(ErrorKind::Usage, "\"" + option->results().front() + "\" before " + name + " reads as a prompt, " +
+                                        "which the " + name + " subcommand does not take; quote a whole prompt that " +
+                                        "has the word " + name + " in it, so that it is one argument");
     throw Error(ErrorKind::Usage, option->get_name() + " comes before the " + name +
                                       " subcommand, which does not read it (an option of generating images); give " +
                                       name + "'s options after it (txt2img " + name + " --help)");
@@ -138,8 +134,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
          "--ngms", o.ngms,
          "A1111's NGMS (Negative Guidance minimum sigma): every other U-Net call whose noise level (sigma; "
          "the timestep for ddim, ddim_a1111, pndm, plms_a1111 and unipc, as A1111 compares them) is below this runs "
-         "without the "
-         "negative prompt, unguided (0 is off)")
+         "without the negative prompt, unguided (0 is off)")
       ->type_name("SIGMA")
       ->capture_default_str();
   app.add_flag("--ngms-all-steps", o.ngms_all_steps,
