@@ -184,9 +184,9 @@ def check_destination(out: str, overwrite: bool) -> None:
     earlier bundle or an empty directory; never replace anything else; and one that cannot be made where it would
     be (a folder on the way that is a file, or that cannot be written)."""
     if not os.path.lexists(out):
-        ancestor = os.path.dirname(os.path.abspath(out))
-        while not os.path.lexists(ancestor):
-            ancestor = os.path.dirname(ancestor)
+        parent = os.path.dirname(os.path.abspath(out))
+        missing = _missing_folders(parent)
+        ancestor = os.path.dirname(missing[-1]) if missing else parent
         if not os.path.isdir(ancestor):
             raise ConversionError(f"cannot create {out}: {ancestor} is not a directory")
         if not os.access(ancestor, os.W_OK | os.X_OK):
@@ -265,11 +265,7 @@ def write_bundle(out: str, modules: Dict[str, nn.Module], vocab: str, fields: di
     check_destination(out, overwrite)
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
-    created = []  # the folders made for `out`, removed again where it is not written
-    folder = parent
-    while not os.path.lexists(folder):
-        created.append(folder)
-        folder = os.path.dirname(folder)
+    created = _missing_folders(parent)  # made for `out`, removed again where it is not written
     try:
         os.makedirs(parent, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".tmp", dir=parent)
@@ -310,6 +306,15 @@ def write_bundle(out: str, modules: Dict[str, nn.Module], vocab: str, fields: di
         _remove_folders(created)
         raise
     return manifest
+
+
+def _missing_folders(folder: str) -> list:
+    """`folder` and those above it up to the first that exists, innermost first: what makedirs would create."""
+    missing = []
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
 
 
 def _remove_folders(folders: list) -> None:
