@@ -131,8 +131,10 @@ class StepObserver : public Observer {
   void preview(size_t call, size_t calls, const std::vector<GeneratedImage>& images) override {
     const auto& image = images.front();
     try {
-      write_file_atomic(o_.preview, encode_png(image.rgb.data(), image.width, image.height,
-                                               {{kPreviewKey, "an image as it forms, rewritten while txt2img works"}}));
+      const auto png = encode_png(image.rgb.data(), image.width, image.height,
+                                  {{kPreviewKey, "an image as it forms, rewritten while txt2img works"}});
+      const DeferSecondSignal writing;
+      write_file_atomic(o_.preview, png);
       reporter_.preview(o_.preview, call, calls);
     } catch (const Error& e) {
       previews_failed_ = true;
@@ -341,7 +343,10 @@ class Generator {
       throw Error(ErrorKind::Io, "output " + job.output.string() +
                                      " appeared while this run was working (another run writing the same names?); "
                                      "it was left as it is");
-    write_file_atomic(job.output, png);
+    {
+      const DeferSecondSignal writing;
+      write_file_atomic(job.output, png);
+    }
     ++made_;
     ++totals_->written;
 

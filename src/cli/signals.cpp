@@ -1,5 +1,6 @@
 #include "cli/signals.hpp"
 
+#include <atomic>
 #include <csignal>
 #include <cstring>
 #include <string>
@@ -10,15 +11,29 @@ namespace txt2img::cli {
 namespace {
 
 volatile std::sig_atomic_t g_signal = 0;
+// Atomics, not sig_atomic_t: the handler may run on any of LibTorch's threads while the main thread writes a file.
+static_assert(std::atomic<bool>::is_always_lock_free && std::atomic<int>::is_always_lock_free,
+              "the signal handler needs lock-free atomics");
+std::atomic<bool> g_deferring{false};
+std::atomic<int> g_deferred{0};
+
+void end_process(int signal) {
+  std::signal(signal, SIG_DFL);
+  std::raise(signal);
+}
 
 void on_stop_signal(int signal) {
-  if (g_signal == SIGINT || g_signal == SIGTERM) {
-    // The second signal: the user does not want to wait for the step to finish.
-    std::signal(signal, SIG_DFL);
-    std::raise(signal);
+  if (g_signal != SIGINT && g_signal != SIGTERM) {
+    g_signal = signal;
     return;
   }
-  g_signal = signal;
+  // The second signal: the user does not want to wait for the step to finish, only for a file to be complete.
+  if (g_deferring) {
+    g_deferred = signal;
+    // The write may have ended between the two loads; then whichever of the two sides takes the signal ends.
+    if (g_deferring || g_deferred.exchange(0) == 0) return;
+  }
+  end_process(signal);
 }
 
 // A closed output pipe (`txt2img --json | head -1`) stops the run as a first Ctrl-C does, instead of killing it at
@@ -48,6 +63,13 @@ void install_signal_handlers() {
 void stop_on_broken_pipe() { handle(SIGPIPE, on_broken_pipe); }
 
 bool stop_requested() { return g_signal != 0; }
+
+DeferSecondSignal::DeferSecondSignal() { g_deferring = true; }
+
+DeferSecondSignal::~DeferSecondSignal() {
+  g_deferring = false;
+  if (const int signal = g_deferred.exchange(0)) end_process(signal);
+}
 
 void throw_if_stop_requested() {
   if (g_signal != 0)

@@ -14,6 +14,17 @@ void stop_on_broken_pipe();
 
 bool stop_requested();
 
+// While one lives, a second SIGINT or SIGTERM ends the process only when it is destroyed, not at once: a file being
+// written (a temporary file, then renamed) is then always in place or removed, never left behind half-written.
+// Used around short writes only; one at a time.
+class DeferSecondSignal {
+ public:
+  DeferSecondSignal();
+  ~DeferSecondSignal();
+  DeferSecondSignal(const DeferSecondSignal&) = delete;
+  DeferSecondSignal& operator=(const DeferSecondSignal&) = delete;
+};
+
 // Throws Error(Interrupted) naming the signal once one has arrived.
 void throw_if_stop_requested();
 
