@@ -69,7 +69,9 @@ int bundle_info(const InfoOptions& o) {
   }
 
   if (o.json) {
-    std::cout << nlohmann::json{{"path", o.path}, {"manifest", m.raw}, {"files", files}}.dump(2) << std::endl;
+    std::cout << nlohmann::json{{"path", o.path}, {"manifest", m.raw}, {"files", files}}.dump(
+                     2, ' ', false, nlohmann::json::error_handler_t::replace)
+              << std::endl;
   } else {
     std::cout << "model bundle " << o.path << "\n"
               << "  model          " << (m.model_name.empty() ? "(unnamed)" : m.model_name)

@@ -2,6 +2,7 @@
 model bundles."""
 
 import json
+import os
 import shlex
 import struct
 import subprocess
@@ -594,6 +595,14 @@ class BundleInfo(CliTestCase):
         self.assertEqual(as_json["manifest"]["model_hash"], m["model_hash"])
         self.assertEqual({f["name"]: f["bytes"] for f in as_json["files"]},
                          {n: f["bytes"] for n, f in m["files"].items()})
+
+    def test_json_of_a_bundle_whose_path_is_not_utf8(self):
+        # JSON holds only Unicode: the byte 0xff (os.fsdecode's surrogate escape here) becomes U+FFFD, as in every
+        # other --json output, instead of failing.
+        bundle = derived_bundle(self.dir / os.fsdecode(b"m\xff"))
+        result = run(["info", bundle, "--json"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout)["path"], str(self.dir / "m\ufffd"))
 
     def test_verify(self):
         result = run(["info", TINY, "--verify", "--json"], self.dir)
