@@ -64,14 +64,6 @@ MemoryPeaks memory_peaks(const c10::Device& device) {
   return peaks;
 }
 
-void reset_device_memory_peaks(const c10::Device& device) {
-#ifdef TXT2IMG_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(index_of(device));
-#else
-  (void)device;
-#endif
-}
-
 void release_cached_device_memory(const c10::Device& device) {
 #ifdef TXT2IMG_WITH_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();

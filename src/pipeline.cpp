@@ -403,7 +403,8 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
   params.sampler = resolve_sampler(manifest, params.sampler);  // records name what the run used, as --help does
   if (params.hires.enabled() && !params.hires.sampler.empty())
     params.hires.sampler = resolve_sampler(manifest, params.hires.sampler, "hires sampler");
-  make_sampler(manifest, params, params.steps);  // validates the sampler name, steps and eta together
+  // The sampler's own refusals: eta where it takes none, a zero-terminal-SNR model, steps its schedule cannot space.
+  make_sampler(manifest, params, params.steps);
   if (params.hires.enabled()) check_hires(manifest, params);
   return params;
 }

@@ -352,7 +352,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (steps < 1 || steps > config.num_train_timesteps)
     throw Error(ErrorKind::Usage, "steps must be between 1 and " + std::to_string(config.num_train_timesteps) +
                                       ", got " + std::to_string(steps));
-  // Only DDIM has an eta; a non-zero eta elsewhere is refused rather than silently ignored (diffusers drops it),
+  // Only the DDIMs have an eta; a non-zero eta elsewhere is refused rather than silently ignored (diffusers drops it),
   // so that a user never believes it had an effect.
   // Above 1, DDIM's noise can exceed the variance a step leaves for it: the square root of a negative number.
   if (!(eta >= 0.0 && eta <= 1.0)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1, got " + std::to_string(eta));

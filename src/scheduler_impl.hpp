@@ -192,8 +192,8 @@ class LogSnrScheduler : public Scheduler {
   torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override;
 
  protected:
-  // `name`: the sampler's, for errors. Throws Error(Bundle) for a spacing other than linspace without Karras sigmas
-  // or an unsupported prediction type.
+  // `name`: the sampler's, for errors. Throws Error(Bundle) for an unknown timestep spacing or an unsupported
+  // prediction type, Error(Usage) for steps whose timesteps repeat (where the solver would divide by zero).
   LogSnrScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule, const std::string& name);
 
   // The x0 prediction of a model output for the sample at call `call`'s sigma (convert_model_output).

@@ -10,7 +10,7 @@ namespace txt2img {
 
 struct MemoryPeaks {
   double host_rss_mib = 0;  // the resident set's peak since the process started
-  // CUDA only: the caching allocator's peaks since the last reset_device_memory_peaks, as
+  // CUDA only: the caching allocator's peaks since the process started, as
   // torch.cuda.max_memory_allocated / max_memory_reserved report them. Reserved is what the process holds from the
   // driver (allocated plus cached free blocks); the CUDA context itself (some 500 MiB) is in neither.
   std::optional<double> device_allocated_mib;
@@ -18,7 +18,6 @@ struct MemoryPeaks {
 };
 
 MemoryPeaks memory_peaks(const c10::Device& device);
-void reset_device_memory_peaks(const c10::Device& device);
 
 // Hands the caching allocator's free blocks back to the driver (torch.cuda.empty_cache), so that memory a module
 // gave up is available to other processes and shows as free; a no-op off CUDA.

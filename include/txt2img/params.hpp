@@ -85,7 +85,7 @@ struct GenerationParams {
   // prompt and the negative prompt alike.
   int clip_skip = 1;
   // AUTOMATIC1111's long prompts: a text longer than the text encoder reads (75 tokens) is encoded in chunks of
-  // 75 (Tokenizer::encode_chunked) whose embeddings are concatenated, instead of being cut off as diffusers does.
+  // 75 (Tokenizer::chunks) whose embeddings are concatenated, instead of being cut off as diffusers does.
   // A text that fits gives the same embeddings either way.
   bool long_prompts = false;
   // What becomes of a step's prompt and negative prompt contexts of different lengths (with long_prompts): by

@@ -169,8 +169,9 @@ std::string resolve_sampler(const Manifest& manifest, const std::string& name, c
 // scale as an input instead (LatentConsistencyModelPipeline); the negative prompt is then unused.
 bool classifier_free_guidance(const Manifest& manifest, const GenerationParams& params);
 
-// Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg, clip skip
-// from 1 to the text encoder's layers, LoRAs the bundle has) and fills in defaults (the sampler's canonical name),
+// Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg, guidance
+// rescale, Skip Early CFG and NGMS, clip skip from 1 to the text encoder's layers, LoRAs the bundle has, the hires
+// pass) and fills in defaults (the sampler's canonical name),
 // before any model is loaded. Throws Error(Usage).
 GenerationParams resolve_params(const Manifest& manifest, GenerationParams params);
 

@@ -132,8 +132,8 @@ bool on_a1111_schedule(const std::string& name);
 
 // Throws Error(Usage) for an unknown name (canonical_scheduler_name's aliases are known), steps outside
 // [1, num_train_timesteps] (or a step count whose diffusers timesteps are unusable with the spacing, or above LCM's
-// 50 distillation steps), an eta outside [0, 1], or a non-zero eta for a sampler other than ddim.
-// Throws Error(Bundle) for config values the sampler does not support (beta_schedule, timestep_spacing,
+// 50 distillation steps), an eta outside [0, 1], or a non-zero eta for a sampler that takes none (all but ddim and
+// ddim_a1111). Throws Error(Bundle) for config values the sampler does not support (beta_schedule, timestep_spacing,
 // prediction_type).
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,
                                           double eta = 0.0);

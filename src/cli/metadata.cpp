@@ -11,61 +11,11 @@
 #include "txt2img/scheduler.hpp"
 
 namespace txt2img::cli {
-namespace {
-
-// A1111 writes a value as is unless it holds a comma, colon or newline; then as a JSON string.
-std::string a1111_quote(const std::string& value) {
-  if (value.find_first_of(",:\n") == std::string::npos) return value;
-  return nlohmann::json(value).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
-}  // namespace
 
 std::string a1111_default_schedule(const std::string& sampler) {
   if (sampler == "dpmpp_2m" || sampler == "dpm2" || sampler == "dpm2_a" || sampler == "dpmpp_2s_a") return "Karras";
   if (sampler == "dpmpp_2m_sde") return "Exponential";
   return "";
-}
-
-namespace {
-
-constexpr std::pair<const char*, const char*> kA1111ScheduleLabels[] = {
-    {"karras", "Karras"},           {"exponential", "Exponential"},           {"uniform", "Uniform"},
-    {"sgm_uniform", "SGM Uniform"}, {"align_your_steps", "Align Your Steps"}, {"simple", "Simple"},
-    {"normal", "Normal"},           {"polyexponential", "Polyexponential"},
-};
-
-}  // namespace
-
-std::string a1111_schedule_label(const std::string& schedule) {
-  for (const auto& [name, label] : kA1111ScheduleLabels)
-    if (schedule == name) return label;
-  return schedule;
-}
-
-std::string schedule_from_a1111(const std::string& label) {
-  for (const auto& [name, listed] : kA1111ScheduleLabels)
-    if (label == listed || label == name) return name;
-  return label == "SGMUniform" ? "sgm_uniform" : "";  // an alias A1111 reads
-}
-
-A1111Sampler a1111_sampler(const std::string& sampler) {
-  // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
-  static const std::map<std::string, std::string> names = {
-      {"ddim", "DDIM"},       {"ddim_a1111", "DDIM"},   {"pndm", "PLMS"},
-      {"plms_a1111", "PLMS"}, {"euler", "Euler"},       {"euler_a", "Euler a"},
-      {"heun", "Heun"},       {"dpm2", "DPM2"},         {"dpm2_a", "DPM2 a"},
-      {"lms", "LMS"},         {"dpmpp_2m", "DPM++ 2M"}, {"dpmpp_2m_sde", "DPM++ 2M SDE"},
-      {"unipc", "UniPC"},     {"lcm", "LCM"},           {"dpmpp_2s_a", "DPM++ 2S a"},
-  };
-  const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
-  const auto it = names.find(base);
-  if (it == names.end()) return {sampler, ""};
-  if (schedule == "karras") return {it->second + " Karras", "Karras"};
-  if (!schedule.empty()) return {it->second, a1111_schedule_label(schedule)};
-  // A1111 1.9 and later run these on other sigmas by default (its "Automatic"); theirs here are the spaced
-  // timesteps' own, interpolated as diffusers does, closest to A1111's Uniform (which _uniform is).
-  return {it->second, a1111_default_schedule(base).empty() ? "" : "Uniform"};
 }
 
 std::string python_float(double value) {
@@ -88,25 +38,70 @@ std::string python_float(double value) {
 }
 
 namespace {
+
+// A1111 writes a value as is unless it holds a comma, colon or newline; then as a JSON string.
+std::string a1111_quote(const std::string& value) {
+  if (value.find_first_of(",:\n") == std::string::npos) return value;
+  return nlohmann::json(value).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+constexpr std::pair<const char*, const char*> kA1111ScheduleLabels[] = {
+    {"karras", "Karras"},           {"exponential", "Exponential"},           {"uniform", "Uniform"},
+    {"sgm_uniform", "SGM Uniform"}, {"align_your_steps", "Align Your Steps"}, {"simple", "Simple"},
+    {"normal", "Normal"},           {"polyexponential", "Polyexponential"},
+};
+
+// A1111's label of a sampler name's schedule suffix ("sgm_uniform": "SGM Uniform").
+std::string a1111_schedule_label(const std::string& schedule) {
+  for (const auto& [name, label] : kA1111ScheduleLabels)
+    if (schedule == name) return label;
+  return schedule;
+}
+
+// A sampler as A1111 records it, for any name canonical_scheduler_name knows (unknown names are kept as they are):
+// its sampler name ("DDIM", "PLMS", "Euler a", ...) and schedule type. Karras samplers keep the names A1111 gave them
+// before its "Schedule type" field ("Euler Karras"), which A1111 1.9 and later still read; there is no such name for
+// the exponential ones ("Euler" with schedule type "Exponential").
+struct A1111Sampler {
+  std::string name;
+  // "Karras" (then also in the name), "Exponential", one of A1111's own ("SGM Uniform", ...), "Uniform" (the spaced
+  // timesteps' sigmas, said where A1111's default is another), or "" (A1111's "Automatic", the sampler's default)
+  std::string schedule;
+};
+
+A1111Sampler a1111_sampler(const std::string& sampler) {
+  // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
+  static const std::map<std::string, std::string> names = {
+      {"ddim", "DDIM"},       {"ddim_a1111", "DDIM"},   {"pndm", "PLMS"},
+      {"plms_a1111", "PLMS"}, {"euler", "Euler"},       {"euler_a", "Euler a"},
+      {"heun", "Heun"},       {"dpm2", "DPM2"},         {"dpm2_a", "DPM2 a"},
+      {"lms", "LMS"},         {"dpmpp_2m", "DPM++ 2M"}, {"dpmpp_2m_sde", "DPM++ 2M SDE"},
+      {"unipc", "UniPC"},     {"lcm", "LCM"},           {"dpmpp_2s_a", "DPM++ 2S a"},
+  };
+  const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
+  const auto it = names.find(base);
+  if (it == names.end()) return {sampler, ""};
+  if (schedule == "karras") return {it->second + " Karras", "Karras"};
+  if (!schedule.empty()) return {it->second, a1111_schedule_label(schedule)};
+  // A1111 1.9 and later run these on other sigmas by default (its "Automatic"); theirs here are the spaced
+  // timesteps' own, interpolated as diffusers does, closest to A1111's Uniform (which _uniform is).
+  return {it->second, a1111_default_schedule(base).empty() ? "" : "Uniform"};
+}
+
 // A1111 writes the hires scale and the denoising strength as its sliders give them: 2, 1.5, 0.7.
 std::string slider_number(double value) {
   std::string text = python_float(value);
   if (text.size() > 2 && text.compare(text.size() - 2, 2, ".0") == 0) text.resize(text.size() - 2);
   return text;
 }
-}  // namespace
 
+// A1111's name of a hires upscaler ("Latent (bicubic antialiased)" for latent-bicubic-antialiased).
 std::string a1111_upscaler_name(const std::string& upscaler) {
   const LatentUpscaler* found = find_latent_upscaler(upscaler);
   return found ? found->a1111_name : upscaler;
 }
 
-std::string upscaler_from_a1111(const std::string& name) {
-  for (const auto& upscaler : latent_upscalers())
-    if (name == upscaler.a1111_name) return upscaler.name;
-  return "";
-}
-
+// GenerationParams::pad_conds as the txt2img JSON names it: "off", "empty_chunks", "last_vector".
 std::string pad_conds_name(GenerationParams::PadConds pad) {
   switch (pad) {
     case GenerationParams::PadConds::EmptyChunks:
@@ -119,10 +114,7 @@ std::string pad_conds_name(GenerationParams::PadConds pad) {
   return "off";
 }
 
-std::string pad_conds_flag(const std::string& name) {
-  return name == "empty_chunks" ? "--pad-conds" : name == "last_vector" ? "--pad-conds-v0" : "";
-}
-
+// A1111's infotext; "Clip skip: N" only for N != 1, as A1111 writes it.
 std::string a1111_parameters(const ImageRecord& r) {
   const A1111Sampler sampler = a1111_sampler(r.sampler);
   std::vector<std::pair<std::string, std::string>> params = {
@@ -204,11 +196,13 @@ std::string a1111_parameters(const ImageRecord& r) {
   return begin == std::string::npos ? "" : text.substr(begin, text.find_last_not_of(" \t\r\n") - begin + 1);
 }
 
+// {"seed": N, "strength": S}, or null without a variation seed.
 nlohmann::ordered_json variation_json(const Variation& variation) {
   if (variation.strength == 0) return nullptr;
   return {{"seed", variation.seed}, {"strength", variation.strength}};
 }
 
+// [{"name", "te_weight", "unet_weight", "hash"}], as the "txt2img" chunk and --json's image events list them.
 nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
   auto list = nlohmann::ordered_json::array();
   for (const auto& l : loras)
@@ -219,6 +213,8 @@ nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
   return list;
 }
 
+// null without a hires pass, else {"scale", "steps" (0: as the first pass), "denoise", "upscaler", "width",
+// "height" (the image's)}, as the "txt2img" chunk and --json's image events give it.
 nlohmann::ordered_json hires_json(const ImageRecord& r) {
   if (!r.hires.enabled()) return nullptr;
   return {{"scale", r.hires.scale},
@@ -228,6 +224,44 @@ nlohmann::ordered_json hires_json(const ImageRecord& r) {
           {"sampler", r.hires.sampler.empty() ? r.sampler : r.hires.sampler},
           {"width", r.image_width},
           {"height", r.image_height}};
+}
+
+// The "txt2img" chunk; its "version" is this program's.
+nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
+  nlohmann::ordered_json model = {{"name", r.model_name}, {"hash", r.model_hash}};
+  if (r.inpainting) model["inpainting"] = true;
+  if (!r.vae_name.empty()) model["vae"] = {{"name", r.vae_name}, {"hash", r.vae_hash}};
+  if (!r.taesd_name.empty()) model["taesd"] = {{"name", r.taesd_name}, {"hash", r.taesd_hash}};
+  nlohmann::ordered_json j = {{"prompt", r.prompt}, {"negative_prompt", r.negative_prompt}};
+  j.update(settings_json(r));
+  j.update(nlohmann::ordered_json{
+      {"model", model},
+      {"rng", "cpu"},
+      {"dtype", r.dtype},
+      {"device", r.device},
+      {"safety", {{"mode", r.safety}, {"nsfw", r.nsfw}}},
+      {"program", "txt2img"},
+      {"version", TXT2IMG_VERSION},
+  });
+  return j;
+}
+
+}  // namespace
+
+std::string schedule_from_a1111(const std::string& label) {
+  for (const auto& [name, listed] : kA1111ScheduleLabels)
+    if (label == listed || label == name) return name;
+  return label == "SGMUniform" ? "sgm_uniform" : "";  // an alias A1111 reads
+}
+
+std::string upscaler_from_a1111(const std::string& name) {
+  for (const auto& upscaler : latent_upscalers())
+    if (name == upscaler.a1111_name) return upscaler.name;
+  return "";
+}
+
+std::string pad_conds_flag(const std::string& name) {
+  return name == "empty_chunks" ? "--pad-conds" : name == "last_vector" ? "--pad-conds-v0" : "";
 }
 
 nlohmann::ordered_json settings_json(const ImageRecord& r) {
@@ -254,25 +288,6 @@ nlohmann::ordered_json settings_json(const ImageRecord& r) {
       {"decoder", r.decoder},
       {"vae_tiling", r.vae_tiling},
   };
-}
-
-nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
-  nlohmann::ordered_json model = {{"name", r.model_name}, {"hash", r.model_hash}};
-  if (r.inpainting) model["inpainting"] = true;
-  if (!r.vae_name.empty()) model["vae"] = {{"name", r.vae_name}, {"hash", r.vae_hash}};
-  if (!r.taesd_name.empty()) model["taesd"] = {{"name", r.taesd_name}, {"hash", r.taesd_hash}};
-  nlohmann::ordered_json j = {{"prompt", r.prompt}, {"negative_prompt", r.negative_prompt}};
-  j.update(settings_json(r));
-  j.update(nlohmann::ordered_json{
-      {"model", model},
-      {"rng", "cpu"},
-      {"dtype", r.dtype},
-      {"device", r.device},
-      {"safety", {{"mode", r.safety}, {"nsfw", r.nsfw}}},
-      {"program", "txt2img"},
-      {"version", TXT2IMG_VERSION},
-  });
-  return j;
 }
 
 PngText png_metadata(const ImageRecord& record) {

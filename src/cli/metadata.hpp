@@ -66,22 +66,8 @@ struct ImageRecord {
   bool nsfw = false;
 };
 
-// A sampler as A1111 records it, for any name canonical_scheduler_name knows (unknown names are kept as they are):
-// its sampler name ("DDIM", "PLMS", "Euler a", ...) and schedule type. Karras samplers keep the names A1111 gave them
-// before its "Schedule type" field ("Euler Karras"), which A1111 1.9 and later still read; there is no such name for
-// the exponential ones ("Euler" with schedule type "Exponential").
-struct A1111Sampler {
-  std::string name;
-  // "Karras" (then also in the name), "Exponential", one of A1111's own ("SGM Uniform", ...), "Uniform" (the spaced
-  // timesteps' sigmas, said where A1111's default is another), or "" (A1111's "Automatic", the sampler's default)
-  std::string schedule;
-};
-A1111Sampler a1111_sampler(const std::string& sampler);
-
-// A1111's label of a sampler name's schedule suffix ("sgm_uniform": "SGM Uniform"), and the suffix of an A1111
-// schedule type given by its label or its name ("SGM Uniform", "sgm_uniform", "SGMUniform": "sgm_uniform"); empty for
-// one txt2img has no sampler on.
-std::string a1111_schedule_label(const std::string& schedule);
+// The suffix of an A1111 schedule type given by its label or its name ("SGM Uniform", "sgm_uniform", "SGMUniform":
+// "sgm_uniform"); empty for one txt2img has no sampler on.
 std::string schedule_from_a1111(const std::string& label);
 
 // The schedule A1111 1.9 and later give a sampler of ours ("dpmpp_2m", no suffix) by default, its "Automatic":
@@ -91,22 +77,13 @@ std::string a1111_default_schedule(const std::string& sampler);
 // A number as Python's repr prints a float (7.5, 7.0, 0.1), which is how A1111 writes "CFG scale".
 std::string python_float(double value);
 
-// A1111's name of a hires upscaler ("Latent (bicubic antialiased)" for latent-bicubic-antialiased), and back (empty
-// for one txt2img does not have).
-std::string a1111_upscaler_name(const std::string& upscaler);
+// The hires upscaler A1111 names so ("Latent (bicubic antialiased)": latent-bicubic-antialiased; empty for one
+// txt2img does not have).
 std::string upscaler_from_a1111(const std::string& name);
 
-// GenerationParams::pad_conds as the txt2img JSON names it ("off", "empty_chunks", "last_vector"), and the flag
-// that asks for it (empty for off).
-std::string pad_conds_name(GenerationParams::PadConds pad);
+// The flag that asks for GenerationParams::pad_conds as the txt2img JSON names it ("empty_chunks": --pad-conds;
+// empty for "off").
 std::string pad_conds_flag(const std::string& name);
-
-// A1111's infotext: the prompt, "Negative prompt: ..." when there is one, then "Steps: 50, Sampler: DDIM, ...";
-// "Clip skip: N" only for N != 1, as A1111 writes it.
-std::string a1111_parameters(const ImageRecord& record);
-
-// {"seed": N, "strength": S}, or null without a variation seed.
-nlohmann::ordered_json variation_json(const Variation& variation);
 
 // AUTOMATIC1111's infotext read back: the prompt, the text after "Negative prompt: " (empty without one) and the
 // "Key: value" pairs of its last line, in order, JSON-quoted values unquoted. Text without such a line is all prompt.
@@ -117,20 +94,12 @@ struct A1111Parameters {
 };
 A1111Parameters parse_a1111_parameters(const std::string& text);
 
-// The "txt2img" chunk (keys in the order above, for people reading it); its "version" is this program's.
-nlohmann::ordered_json reproduction_json(const ImageRecord& record);
 // The settings that make an image (its LoRA tags, seed, sampler, scales, sizes, hires pass, decoding), in the order
 // both its records list them: the txt2img metadata and the --json "image" event.
 nlohmann::ordered_json settings_json(const ImageRecord& record);
 
-// [{"name", "te_weight", "unet_weight", "hash"}], as the "txt2img" chunk and --json's image events list them.
-nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras);
-
-// null without a hires pass, else {"scale", "steps" (0: as the first pass), "denoise", "upscaler", "width",
-// "height" (the image's)}, as the "txt2img" chunk and --json's image events give it.
-nlohmann::ordered_json hires_json(const ImageRecord& record);
-
-// Both, as the PNG text chunks "parameters" and "txt2img".
+// A1111's infotext ("parameters": the prompt, "Negative prompt: ..." when there is one, then "Steps: 50, Sampler:
+// DDIM, ..."), and the "txt2img" chunk with everything needed to make the image again, as PNG text chunks.
 PngText png_metadata(const ImageRecord& record);
 
 }  // namespace txt2img::cli
