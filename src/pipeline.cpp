@@ -12,6 +12,7 @@
 #include <set>
 
 #include "attention_kernel.hpp"
+#include "join.hpp"
 #include "lora_weights.hpp"
 #include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
@@ -173,11 +174,9 @@ void check_hires(const Manifest& manifest, const GenerationParams& params) {
   if (!std::isfinite(h.denoise) || h.denoise <= 0 || h.denoise > 1)
     throw Error(ErrorKind::Usage, "hires denoising strength must be above 0 and at most 1");
   if (h.steps < 0) throw Error(ErrorKind::Usage, "hires steps must be 0 (as many as the first pass) or more");
-  if (!find_latent_upscaler(h.upscaler)) {
-    std::string names;
-    for (const auto& name : latent_upscaler_names()) names += (names.empty() ? "" : ", ") + name;
-    throw Error(ErrorKind::Usage, "unknown hires upscaler \"" + h.upscaler + "\" (" + names + ")");
-  }
+  if (!find_latent_upscaler(h.upscaler))
+    throw Error(ErrorKind::Usage,
+                "unknown hires upscaler \"" + h.upscaler + "\" (" + join(latent_upscaler_names()) + ")");
   make_hires_sampler(manifest, params);
 }
 
@@ -394,10 +393,10 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
     if (!std::isfinite(lora.te_weight) || !std::isfinite(lora.unet_weight))
       throw Error(ErrorKind::Usage, "LoRA " + lora.name + ": its weights must be finite numbers");
     if (manifest.find_lora(lora.name)) continue;
-    std::string names;
-    for (const auto& l : manifest.loras) names += (names.empty() ? "" : ", ") + l.name;
+    std::vector<std::string> names;
+    for (const auto& l : manifest.loras) names.push_back(l.name);
     throw Error(ErrorKind::Usage, "the model has no LoRA named \"" + lora.name + "\" (" +
-                                      (names.empty() ? "it has none" : "it has " + names) +
+                                      (names.empty() ? "it has none" : "it has " + join(names)) +
                                       "); add one with scripts/add_lora.py MODEL_DIR " + lora.name + ".safetensors");
   }
   params.sampler = resolve_sampler(manifest, params.sampler);  // records name what the run used, as --help does

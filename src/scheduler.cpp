@@ -6,6 +6,7 @@
 #include <map>
 #include <sstream>
 
+#include "join.hpp"
 #include "scheduler_impl.hpp"
 #include "txt2img/error.hpp"
 
@@ -112,20 +113,13 @@ const Sampler* find_sampler(const std::string& name) {
   return nullptr;
 }
 
-// Names joined as a sentence lists them: "a, b and c", or with `last` ", " throughout.
-std::string joined(const std::vector<std::string>& names, const char* last = ", ") {
-  std::string out;
-  for (size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? last : ", ") + names[i];
-  return out;
-}
-
 // The names of kSamplers that have (or, `with` false, lack) every capability in `capabilities`, in table order,
 // joined.
 std::string sampler_list(unsigned capabilities, bool with = true, const char* last = ", ") {
   std::vector<std::string> found;
   for (const auto& s : kSamplers)
     if (((s.capabilities & capabilities) == capabilities) == with) found.push_back(s.name);
-  return joined(found, last);
+  return join(found, ", ", last);
 }
 
 // betas_for_alpha_bar with the cosine transform, in Python float (double) arithmetic.
@@ -264,8 +258,8 @@ const std::vector<std::string>& scheduler_names() {
 }
 
 std::string sampler_names_text() {
-  return sampler_list(0) + "; and on AUTOMATIC1111's schedule types " + joined(a1111_schedule_names(), " and ") + ": " +
-         joined({std::begin(kA1111ScheduleSamplers), std::end(kA1111ScheduleSamplers)}, " and ") +
+  return sampler_list(0) + "; and on AUTOMATIC1111's schedule types " + join(a1111_schedule_names(), ", ", " and ") +
+         ": " + join({std::begin(kA1111ScheduleSamplers), std::end(kA1111ScheduleSamplers)}, ", ", " and ") +
          " with the schedule after the name (euler_sgm_uniform, dpmpp_2m_align_your_steps)";
 }
 

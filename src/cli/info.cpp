@@ -14,6 +14,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/metadata.hpp"
+#include "join.hpp"
 #include "txt2img/bundle.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/lora_tags.hpp"
@@ -136,9 +137,8 @@ int bundle_info(const InfoOptions& o) {
     std::cout << std::flush;
   }
   if (!corrupt.empty()) {
-    std::string names;
-    for (const auto& n : corrupt) names += (names.empty() ? "" : ", ") + n;
-    throw Error(ErrorKind::Bundle, "model bundle " + o.path + ": " + names + (corrupt.size() == 1 ? " does" : " do") +
+    throw Error(ErrorKind::Bundle, "model bundle " + o.path + ": " + join(corrupt) +
+                                       (corrupt.size() == 1 ? " does" : " do") +
                                        " not match the sha256 in model.json (corrupt); convert the model again");
   }
   return 0;
@@ -469,9 +469,9 @@ std::string a1111_command(const std::string& text) {
       "Model hash",  "RNG",              "Version",                 "VAE Decoder", "Guidance rescale",
       "Skip Early CFG", "NGMS"};
   // The prompt keeps A1111's LoRA tags, which txt2img reads too: the bundle needs LoRAs of those names.
-  std::string loras;
+  std::vector<std::string> loras;
   try {
-    for (const auto& use : parse_lora_tags(p.prompt).loras) loras += (loras.empty() ? "" : ", ") + use.name;
+    for (const auto& use : parse_lora_tags(p.prompt).loras) loras.push_back(use.name);
   } catch (const Error&) {
     // a tag txt2img refuses: running the command says why
   }
@@ -513,14 +513,10 @@ std::string a1111_command(const std::string& text) {
     std::cerr << "A1111's UniPC is by default the bh1 variant of order 3; txt2img's is diffusers' (bh2, order 2), so "
                  "the image will differ\n";
   if (!loras.empty())
-    std::cerr << "its prompt adds the LoRAs " << loras
+    std::cerr << "its prompt adds the LoRAs " << join(loras)
               << (field("Lora hashes").empty() ? "" : " (Lora hashes: " + field("Lora hashes") + ")")
               << ": the model bundle needs them under those names (scripts/add_lora.py MODEL_DIR FILE)\n";
-  if (!left_out.empty()) {
-    std::string list;
-    for (const auto& item : left_out) list += (list.empty() ? "" : "; ") + item;
-    std::cerr << "not carried over (no txt2img equivalent): " << list << "\n";
-  }
+  if (!left_out.empty()) std::cerr << "not carried over (no txt2img equivalent): " << join(left_out, "; ") << "\n";
   return shell_line(args);
 }
 

@@ -4,23 +4,18 @@
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
-#include <set>
 #include <iostream>
+#include <set>
 
 #include "cli/exit_codes.hpp"
 #include "cli/output_pattern.hpp"
 #include "cli/prompt_source.hpp"
+#include "join.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/scheduler.hpp"
 
 namespace txt2img::cli {
 namespace {
-
-std::string joined(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out;
-}
 
 // An empty value (`--seed "$SEED"` with SEED unset) would otherwise read as a default or as 0: a random seed, CFG 0,
 // every shard. Only texts may be empty: a prompt (warned about) and a negative prompt.
@@ -57,7 +52,7 @@ std::string generate_footer() {
   return std::string(
              "Prompt files: one prompt a line (blank lines and lines starting with # are skipped), or JSON Lines\n"
              "(a .jsonl name, or a first line starting with {\"key\") where a line may set: ") +
-         joined(jsonl_keys()) +
+         join(jsonl_keys()) +
          std::string(
              ".\nThe whole file is checked before the model loads.\n\n"
              "Seeds: image n of a prompt whose line sets \"seed\" S uses S + n; every other image uses\n"
@@ -190,7 +185,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->capture_default_str()
       ->needs(hires);
   app.add_option("--hires-upscaler", o.hires.upscaler,
-                 "how the latents are resized, as A1111's Latent upscalers: " + joined(latent_upscaler_names()) +
+                 "how the latents are resized, as A1111's Latent upscalers: " + join(latent_upscaler_names()) +
                      " (latent is bilinear)")
       ->capture_default_str()
       ->needs(hires);

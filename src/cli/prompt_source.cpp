@@ -8,9 +8,10 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 
+#include "join.hpp"
 #include "txt2img/error.hpp"
 
 namespace txt2img::cli {
@@ -276,11 +277,8 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
   if (!j.is_object()) throw Error(ErrorKind::Usage, where + ": each line must be a JSON object, not " + j.dump());
   for (const auto& [key, value] : j.items()) {
     const auto& keys = jsonl_keys();
-    if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
-      std::string known;
-      for (const auto& k : keys) known += (known.empty() ? "" : ", ") + k;
-      throw Error(ErrorKind::Usage, where + ": unknown key \"" + key + "\" (a line may set " + known + ")");
-    }
+    if (std::find(keys.begin(), keys.end(), key) == keys.end())
+      throw Error(ErrorKind::Usage, where + ": unknown key \"" + key + "\" (a line may set " + join(keys) + ")");
     if (value.is_null()) continue;  // JSON writers often emit null for "not set"
     if (key == "prompt") {
       entry.prompt = *string_field(value, key, where);
