@@ -100,8 +100,11 @@ std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const Generati
   // the reference runs use them: leading for DDIM/PNDM and linspace for the sigma samplers. A zero-terminal-SNR
   // model keeps its own spacing (trailing, as a rule), without which DDIM would never start from its pure-noise
   // timestep 999, as diffusers' `<Sampler>.from_config(pipe.scheduler.config)` keeps it.
+  // StableDiffusionPipeline sets steps_offset to 1 on loading (configs of early diffusers releases said 0), so its
+  // DDIM and PNDM never run another offset.
   SchedulerConfig config = manifest.scheduler;
   if (!config.rescale_betas_zero_snr) config.timestep_spacing.clear();
+  config.steps_offset = 1;
   return make_scheduler(params.sampler, config, steps, params.eta);
 }
 

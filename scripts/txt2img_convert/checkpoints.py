@@ -879,14 +879,15 @@ def scheduler_fields(config: Optional[dict]) -> dict:
 
 # What each sampler of txt2img computes, as diffusers v0.31 scheduler options: (the values it needs, the class's
 # defaults for them). A config that sets one of them otherwise describes a computation txt2img does not make. The
-# spacing is each class's default because txt2img runs every sampler with its own default spacing.
+# spacing is each class's default because txt2img runs every sampler with its own default spacing. DDIM's
+# clip_sample is not among them: StableDiffusionPipeline turns it off on loading (as it sets steps_offset to 1).
 _NOT_SET = {"thresholding": False, "rescale_betas_zero_snr": False, "use_beta_sigmas": False}
 _SIGMA_SAMPLER = {"timestep_spacing": "linspace", "interpolation_type": "linear", "timestep_type": "discrete",
                   "final_sigmas_type": "zero", "sigma_min": None, "sigma_max": None, "clip_sample": False}
 _MULTISTEP = {"timestep_spacing": "linspace", "solver_order": 2, "lower_order_final": True,
               "final_sigmas_type": "zero"}
 _COMPUTED = {
-    "DDIMScheduler": ({"timestep_spacing": "leading", "clip_sample": False}, {"clip_sample": True}),
+    "DDIMScheduler": ({"timestep_spacing": "leading"}, {}),
     "PNDMScheduler": ({"timestep_spacing": "leading", "skip_prk_steps": True}, {"skip_prk_steps": False}),
     "LCMScheduler": ({"timestep_spacing": "leading", "clip_sample": False, "original_inference_steps": 50,
                       "timestep_scaling": 10.0}, {}),

@@ -5,8 +5,8 @@ import os
 import re
 import unittest
 
-from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, fixture_bundle, json_lines,
-                         png_pixels, png_text, run, without_taesd)
+from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle, files_under, fixture_bundle,
+                         json_lines, png_pixels, png_text, run, without_taesd)
 
 
 class Outputs(CliTestCase):
@@ -623,6 +623,22 @@ class Samplers(CliTestCase):
         self.assertExit(self.txt2img("--from-file", "p.jsonl", "-o", "none.png"), EXIT_USAGE,
                         'p.jsonl:1: sampler "Model": the model has no scheduler')
         self.assertIn("  scheduler      none of its own", run(["info", TINY], self.dir).stdout)
+
+    def test_an_outdated_steps_offset_runs_as_diffusers_runs_it(self):
+        """StableDiffusionPipeline sets a scheduler config's steps_offset to 1 when it loads (early diffusers
+        releases wrote 0), so DDIM and PNDM run the same timesteps from a bundle converted from such a config."""
+        def offset_zero(m):
+            m["scheduler"]["steps_offset"] = 0
+            return m
+
+        outdated = derived_bundle(self.dir / "outdated", edit_manifest=offset_zero)
+        for sampler in ["ddim", "pndm"]:
+            for name, bundle in [("current", TINY), ("outdated", outdated)]:
+                result = self.txt2img("a fox", "--sampler", sampler, "--seed", "3", "-o", f"{sampler}-{name}.png",
+                                      model=bundle)
+                self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(png_pixels(self.dir / f"{sampler}-current.png"),
+                             png_pixels(self.dir / f"{sampler}-outdated.png"))
 
     def test_zero_terminal_snr_model_with_guidance_rescale(self):
         """A zero-terminal-SNR v-prediction bundle says so; --guidance-rescale (and a prompt file's

@@ -505,7 +505,9 @@ def test_preprocessor_and_scheduler_fields():
     ({"_class_name": "PNDMScheduler", "skip_prk_steps": True}, "pndm"),
     ({"_class_name": "PNDMScheduler", "skip_prk_steps": False}, None),  # PRK warm-up steps
     ({"_class_name": "DDIMScheduler", "clip_sample": False}, "ddim"),
-    ({"_class_name": "DDIMScheduler"}, None),  # diffusers clips x0 by default
+    # The class clips x0 by default, but StableDiffusionPipeline turns that off when it loads the scheduler.
+    ({"_class_name": "DDIMScheduler"}, "ddim"),
+    ({"_class_name": "DDIMScheduler", "clip_sample": True, "steps_offset": 0}, "ddim"),
     ({"_class_name": "DDIMScheduler", "clip_sample": False, "timestep_spacing": "trailing"}, None),
     ({"_class_name": "PNDMScheduler", "skip_prk_steps": True, "timestep_spacing": "leading"}, "pndm"),
     ({"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "leading"}, None),
