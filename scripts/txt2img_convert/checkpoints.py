@@ -873,6 +873,11 @@ def scheduler_fields(config: Optional[dict]) -> dict:
     source's scheduler class ("class", None without one) with the txt2img sampler that computes it ("sampler", None
     where txt2img has none), which `txt2img --sampler model` runs."""
     config = config or {}
+    if config.get("trained_betas") is not None:
+        # diffusers runs these betas in place of beta_start, beta_end and beta_schedule, which txt2img would run.
+        raise ConversionError("the scheduler config gives trained_betas, a noise schedule of its own, which txt2img "
+                              "does not run; if the model was trained on the schedule its beta_start, beta_end and "
+                              "beta_schedule describe, remove trained_betas from scheduler/scheduler_config.json")
     fields = {k: v if config.get(k) is None else config[k] for k, v in SD1_SCHEDULER.items()}
     return {**fields, "class": config.get("_class_name"), "sampler": source_sampler(config)}
 

@@ -499,6 +499,9 @@ def test_preprocessor_and_scheduler_fields():
     assert fields == {**presets.SD1_SCHEDULER, "beta_end": 0.02, "steps_offset": 0, "set_alpha_to_one": True,
                       "class": None, "sampler": None}
     assert ck.scheduler_fields(None) == {**presets.SD1_SCHEDULER, "class": None, "sampler": None}
+    assert ck.scheduler_fields({"trained_betas": None})["beta_schedule"] == "scaled_linear"
+    with pytest.raises(ck.ConversionError, match="trained_betas, a noise schedule of its own"):
+        ck.scheduler_fields({"beta_schedule": "scaled_linear", "trained_betas": [0.001] * 1000})
 
 
 @pytest.mark.parametrize("config, sampler", [
