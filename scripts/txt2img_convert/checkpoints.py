@@ -934,9 +934,17 @@ def source_sampler(config: dict) -> Optional[str]:
         return None
     needed, defaults = _COMPUTED[cls]
     zero_snr = cls in _ZERO_SNR and bool(config.get("rescale_betas_zero_snr"))
+    karras, exponential = bool(config.get("use_karras_sigmas")), bool(config.get("use_exponential_sigmas"))
     not_set = {k: v for k, v in _NOT_SET.items() if k != "rescale_betas_zero_snr" or cls not in _ZERO_SNR}
+    ignored = set()
     if zero_snr:  # txt2img keeps a zero-terminal-SNR model's spacing for every sampler
-        needed = {k: v for k, v in needed.items() if k != "timestep_spacing"}
+        ignored.add("timestep_spacing")
+    if karras and cls in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
+        ignored.add("timestep_spacing")  # their Karras sigmas span the whole training schedule, however spaced
+    if (cls == "DPMSolverMultistepScheduler" and config.get("solver_order", 2) == 2
+            and config.get("final_sigmas_type", "zero") == "zero"):
+        ignored.update(("lower_order_final", "euler_at_final"))  # the last step is first order anyway
+    needed = {k: v for k, v in needed.items() if k not in ignored}
     for key, value in {**not_set, **needed}.items():
         if config.get(key, defaults.get(key, value)) != value:
             return None
@@ -946,7 +954,6 @@ def source_sampler(config: dict) -> Optional[str]:
         if algorithm not in ("dpmsolver++", "sde-dpmsolver++"):
             return None
         sampler = "dpmpp_2m_sde" if algorithm == "sde-dpmsolver++" else "dpmpp_2m"
-    karras, exponential = bool(config.get("use_karras_sigmas")), bool(config.get("use_exponential_sigmas"))
     if karras and exponential:
         return None
     if karras:
