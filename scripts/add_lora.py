@@ -41,13 +41,9 @@ def name_problem(name: str) -> str:
     return ""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of argparse's usage block
-        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
-
-
 def parse_args(argv):
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    from txt2img_convert.launch import ArgumentParser
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                 usage="%(prog)s BUNDLE FILE... [--name NAME] [--overwrite]\n"
                       "       %(prog)s BUNDLE --remove NAME...",
                 formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -38,13 +38,9 @@ def _lora_spec(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of argparse's usage block
-        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
-
-
 def parse_args(argv):
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    from txt2img_convert.launch import ArgumentParser
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="Progress goes to stderr. Exit status: 0 done, 1 conversion error, 2 usage error, 130 "
                        "interrupted (SIGINT, SIGTERM, SIGHUP; nothing is left at --out).")

@@ -63,13 +63,17 @@ class Model:
 # ---------------------------------------------------------------------------------------------- files
 
 
-def sha256_file(path: str, start: int = 0) -> str:
-    """sha256 of the file's bytes from `start` on."""
-    digest = hashlib.sha256()
+def _hash_file(digest, path: str, start: int = 0) -> None:
     with open(path, "rb") as f:
         f.seek(start)
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+
+
+def sha256_file(path: str, start: int = 0) -> str:
+    """sha256 of the file's bytes from `start` on."""
+    digest = hashlib.sha256()
+    _hash_file(digest, path, start)
     return digest.hexdigest()
 
 
@@ -645,14 +649,9 @@ def read_sharded(path: str) -> Tensors:
 def sha256_weights(path: str) -> str:
     """sha256 of a weights file; of a sharded checkpoint, that of its shards' bytes one after the other in the
     order of their names (which is the order of Hugging Face's `-0000i-of-0000n` numbering)."""
-    files = weight_files(path)
-    if len(files) == 1 and files[0] == path:
-        return sha256_file(path)
     digest = hashlib.sha256()
-    for shard in files:
-        with open(shard, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+    for shard in weight_files(path):
+        _hash_file(digest, shard)
     return digest.hexdigest()
 
 

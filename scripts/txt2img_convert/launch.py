@@ -1,12 +1,20 @@
 """Starting the command-line scripts under a Python that has torch (imports nothing heavy itself), and how they
 report a failure."""
 
+import argparse
 import importlib.util
 import os
 import signal
 import sys
 
 _program = "convert.py"  # the script whose messages these are; report_errors names it
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, saying a usage error in one line instead of its usage block."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def progress(message: str) -> None:
