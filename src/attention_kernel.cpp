@@ -35,29 +35,6 @@ void set_switches(const Switches& s) {
 
 }  // namespace
 
-std::string attention_kernel_name(AttentionKernel kernel) {
-  switch (kernel) {
-    case AttentionKernel::Default:
-      return "default";
-    case AttentionKernel::Flash:
-      return "flash";
-    case AttentionKernel::MemoryEfficient:
-      return "memory-efficient";
-    case AttentionKernel::CuDNN:
-      return "cudnn";
-    case AttentionKernel::Math:
-      return "math";
-  }
-  return "?";
-}
-
-std::optional<AttentionKernel> attention_kernel_named(const std::string& name) {
-  for (auto kernel : {AttentionKernel::Default, AttentionKernel::Flash, AttentionKernel::MemoryEfficient,
-                      AttentionKernel::CuDNN, AttentionKernel::Math})
-    if (attention_kernel_name(kernel) == name) return kernel;
-  return std::nullopt;
-}
-
 bool has_switch(AttentionKernel kernel) {
   switch (kernel) {
     case AttentionKernel::MemoryEfficient:

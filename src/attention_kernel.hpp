@@ -6,7 +6,7 @@
 
 #include <torch/script.h>
 
-#include "txt2img/pipeline.hpp"
+#include "txt2img/pipeline_options.hpp"
 
 namespace txt2img {
 

@@ -1,6 +1,6 @@
-#include <ATen/CPUGeneratorImpl.h>
+#include "txt2img/noise.hpp"
 
-#include "txt2img/pipeline.hpp"
+#include <ATen/CPUGeneratorImpl.h>
 
 namespace txt2img {
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "host_parking.hpp"
-#include "txt2img/pipeline.hpp"
+#include "txt2img/pipeline_options.hpp"
 
 namespace txt2img {
 

@@ -13,7 +13,9 @@
 #include <vector>
 
 #include "txt2img/bundle.hpp"
+#include "txt2img/noise.hpp"
 #include "txt2img/params.hpp"
+#include "txt2img/pipeline_options.hpp"
 #include "txt2img/prompt_schedule.hpp"
 #include "txt2img/safety.hpp"
 #include "txt2img/scheduler.hpp"
@@ -23,106 +25,6 @@ namespace txt2img {
 
 class LoraWeights;
 class UNetCall;
-
-enum class SafetyMode {
-  Replace,  // flagged images become black (the reference behaviour; default)
-  Report,   // flagged images are kept and only marked
-  Off,      // no checker (must be asked for explicitly)
-};
-
-// What turns the final latents into pixels: the model's VAE (the reference), or TAESD, a tiny approximation of it
-// (madebyollin/taesd; convert.py --taesd) that decodes in a fraction of the time with softer detail.
-enum class Decoder { Full, Taesd };
-
-// What is done to the TorchScript graphs once they sit on their device and dtype (torch::jit::freeze inlines the
-// weights as constants; optimize_for_inference adds backend-specific rewrites). docs/PERFORMANCE.md measures them.
-enum class GraphOptimization { None, Freeze, FreezeAndOptimize };
-
-// The kernel of PyTorch's scaled_dot_product_attention, through which the U-Nets of bundles exported by PyTorch
-// >= 2.0 attend. Default leaves PyTorch's choice (which depends on its version, the card and cuDNN's version); each
-// other value allows that kernel alone, so that a call it cannot serve fails instead of falling back to another.
-enum class AttentionKernel { Default, Flash, MemoryEfficient, CuDNN, Math };
-// "default", "flash", "memory-efficient", "cudnn" and "math".
-std::string attention_kernel_name(AttentionKernel kernel);
-std::optional<AttentionKernel> attention_kernel_named(const std::string& name);
-
-struct PipelineOptions {
-  torch::Device device = torch::kCPU;
-  torch::ScalarType dtype = torch::kFloat32;
-  SafetyMode safety = SafetyMode::Replace;
-  GraphOptimization graph = GraphOptimization::None;
-  // Pipeline::load throws Error(Usage) for Taesd when the bundle has no taesd_decoder.pt.
-  Decoder decoder = Decoder::Full;
-  // Load the bundle's TAESD for previews while denoising (Observer::wants_preview); Pipeline::load throws
-  // Error(Usage) when the bundle has none.
-  bool previews = false;
-  // Keep the device for the module at work: the text encoder and the safety checker (and an inpainting model's VAE
-  // encoder) run on the CPU in float32; on a GPU the U-Net holds device memory only while denoising and the VAE
-  // decoder only while decoding (the other waits in host memory: two copies of the U-Net's weights a batch); and the
-  // decoder works in overlapping tiles when a side exceeds 64 latents (512 pixels), so that large images decode
-  // within a small GPU's memory. Up to that size the images are the same as without it. Pipeline::load refuses it
-  // with a graph optimisation (frozen weights are constants of the graph and cannot move).
-  bool low_vram = false;
-  // The U-Net's convolutions in NHWC (channels_last), and the U-Net call captured as a CUDA graph and replayed
-  // (CUDA builds and devices only; Pipeline::load throws Error(Usage) otherwise). Measured by txt2img-bench
-  // (docs/PERFORMANCE.md): together, and with profiling_executor off, they are the command line's CUDA default.
-  bool channels_last = false;
-  bool cuda_graph = false;
-  // TorchScript's profiling executor (LibTorch's default, process-wide): it profiles each module's first calls and
-  // compiles fused kernels on a later one, which costs seconds before the first image on CUDA. false runs the
-  // graphs as they are.
-  bool profiling_executor = true;
-  // cuDNN times its convolution algorithms on the first call of each shape and keeps the fastest (process-wide,
-  // as torch.backends.cudnn.benchmark). An experiment of txt2img-bench: on an H200 it bought nothing on top of the
-  // command line's default and cost the first image 9 s (docs/PERFORMANCE.md, 2026-11-27).
-  bool cudnn_benchmark = false;
-  // With low_vram on a GPU: the U-Net waits for its turn in page-locked host buffers kept from one turn to the next
-  // (HostParking) instead of fresh pageable memory. An experiment of txt2img-bench, not yet measured on a GPU; it
-  // keeps at least the U-Net's size of host memory page-locked for the process's life.
-  bool parked_turns = false;
-  // For the U-Net's calls only (LibTorch's switches, as torch.nn.attention.sdpa_kernel sets them around a block). An
-  // experiment of txt2img-bench; Pipeline::load throws Error(Usage) for a kernel other than Default when the bundle's
-  // attention is not scaled_dot_product_attention, the device cannot run it, or this LibTorch cannot select it.
-  AttentionKernel attention_kernel = AttentionKernel::Default;
-};
-
-// Where the Gaussian noise of one batch comes from: one standard-normal draw of the latent shape at the start,
-// then one per step for samplers that need it.
-class NoiseSource {
- public:
-  virtual ~NoiseSource() = default;
-  virtual torch::Tensor draw(const std::vector<int64_t>& shape) = 0;
-  // The next draws are those from the start again. A hires pass does this before drawing its noise, as A1111 makes
-  // a new generator from each seed for it.
-  virtual void restart() = 0;
-};
-
-// Row k draws from its own CPU generator seeded with seeds[k] (as torch.Generator().manual_seed does), so an
-// image depends on its seed only, never on the batch it was made in. With variations (one per row, or none), each
-// row's first draw after a (re)start is mixed with the same draw from a fresh generator of its variation seed.
-// With A1111's eta noise seed delta ("ENSD") d != 0, the draws after the first come from generators seeded with
-// seeds[k] + d instead, as A1111 draws a sampler's step noise.
-class SeededNoise : public NoiseSource {
- public:
-  explicit SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations = {},
-                       uint64_t eta_noise_seed_delta = 0);
-  torch::Tensor draw(const std::vector<int64_t>& shape) override;
-  void restart() override;
-
- private:
-  // One generator per row, seeded with the row's seed + delta.
-  void seed_generators(uint64_t delta);
-
-  std::vector<uint64_t> seeds_;
-  std::vector<Variation> variations_;
-  uint64_t eta_noise_seed_delta_;
-  std::vector<at::Generator> generators_;
-  bool first_draw_ = true;
-};
-
-// A1111's slerp of two noises of one image ([C, H, W]): along dim 1 (its rows), the spherical interpolation at
-// `t` (0: low, 1: high), or A1111's linear fallback low * t + high * (1 - t) where the two are nearly parallel.
-torch::Tensor slerp_noise(double t, const torch::Tensor& low, const torch::Tensor& high);
 
 struct GeneratedImage {
   int width = 0;

@@ -91,12 +91,11 @@ Placement choose_placement(const GenerateOptions& o) {
     throw Error(ErrorKind::Usage,
                 "--dtype fp16 needs a CUDA device (LibTorch's CPU kernels lack half precision); "
                 "use --dtype fp32 or bf16 on the CPU");
-  p.options.dtype = p.dtype == "fp16" ? torch::kFloat16 : p.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
-  p.options.graph = o.graph == "freeze"     ? GraphOptimization::Freeze
-                    : o.graph == "optimize" ? GraphOptimization::FreezeAndOptimize
-                                            : GraphOptimization::None;
+  // CLI11 checked every name against its list.
+  p.options.dtype = *dtype_named(p.dtype);
+  p.options.graph = *graph_optimization_named(o.graph);
   p.options.low_vram = o.low_vram;
-  p.options.decoder = o.decoder == "taesd" ? Decoder::Taesd : Decoder::Full;
+  p.options.decoder = *decoder_named(o.decoder);
   p.options.previews = !o.preview.empty();
   // On CUDA the U-Net call is captured as a CUDA graph with NHWC convolutions, and TorchScript runs unprofiled:
   // measured on an H200 (docs/PERFORMANCE.md), 100 instead of 78 U-Net it/s and a first image after 1.5 s instead

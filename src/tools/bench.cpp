@@ -134,13 +134,12 @@ int main(int argc, char** argv) {
     if (threads > 0) at::set_num_threads(threads);
     PipelineOptions options;
     options.device = torch::Device(device_name);
-    options.dtype = dtype_name == "fp16" ? torch::kFloat16 : dtype_name == "bf16" ? torch::kBFloat16 : torch::kFloat32;
-    options.graph = graph_name == "freeze"     ? GraphOptimization::Freeze
-                    : graph_name == "optimize" ? GraphOptimization::FreezeAndOptimize
-                                               : GraphOptimization::None;
+    // CLI11 checked every name against its list.
+    options.dtype = *dtype_named(dtype_name);
+    options.graph = *graph_optimization_named(graph_name);
     options.safety = no_safety ? SafetyMode::Off : SafetyMode::Report;
     options.low_vram = low_vram;
-    options.decoder = decoder_name == "taesd" ? Decoder::Taesd : Decoder::Full;
+    options.decoder = *decoder_named(decoder_name);
     options.channels_last = channels_last;
     options.cuda_graph = cuda_graph;
     options.profiling_executor = !plain_executor;

@@ -10,6 +10,7 @@
 
 #include "expect_error.hpp"
 #include "txt2img/bundle.hpp"
+#include "txt2img/pipeline.hpp"
 
 namespace {
 

@@ -1,10 +1,10 @@
 // SeededNoise: one CPU generator per row, and A1111's variation seeds mixed into a row's first draw.
+#include "txt2img/noise.hpp"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
-
-#include "txt2img/pipeline.hpp"
 
 namespace {
 

@@ -1,0 +1,52 @@
+// The Gaussian noise of a batch, drawn from CPU generators seeded per image so that a seed gives the same image on
+// any device and in any batch.
+#pragma once
+
+#include <torch/script.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "txt2img/params.hpp"
+
+namespace txt2img {
+
+// Where the Gaussian noise of one batch comes from: one standard-normal draw of the latent shape at the start,
+// then one per step for samplers that need it.
+class NoiseSource {
+ public:
+  virtual ~NoiseSource() = default;
+  virtual torch::Tensor draw(const std::vector<int64_t>& shape) = 0;
+  // The next draws are those from the start again. A hires pass does this before drawing its noise, as A1111 makes
+  // a new generator from each seed for it.
+  virtual void restart() = 0;
+};
+
+// Row k draws from its own CPU generator seeded with seeds[k] (as torch.Generator().manual_seed does), so an
+// image depends on its seed only, never on the batch it was made in. With variations (one per row, or none), each
+// row's first draw after a (re)start is mixed with the same draw from a fresh generator of its variation seed.
+// With A1111's eta noise seed delta ("ENSD") d != 0, the draws after the first come from generators seeded with
+// seeds[k] + d instead, as A1111 draws a sampler's step noise.
+class SeededNoise : public NoiseSource {
+ public:
+  explicit SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations = {},
+                       uint64_t eta_noise_seed_delta = 0);
+  torch::Tensor draw(const std::vector<int64_t>& shape) override;
+  void restart() override;
+
+ private:
+  // One generator per row, seeded with the row's seed + delta.
+  void seed_generators(uint64_t delta);
+
+  std::vector<uint64_t> seeds_;
+  std::vector<Variation> variations_;
+  uint64_t eta_noise_seed_delta_;
+  std::vector<at::Generator> generators_;
+  bool first_draw_ = true;
+};
+
+// A1111's slerp of two noises of one image ([C, H, W]): along dim 1 (its rows), the spherical interpolation at
+// `t` (0: low, 1: high), or A1111's linear fallback low * t + high * (1 - t) where the two are nearly parallel.
+torch::Tensor slerp_noise(double t, const torch::Tensor& low, const torch::Tensor& high);
+
+}  // namespace txt2img
