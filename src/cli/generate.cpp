@@ -469,7 +469,7 @@ void check_prompt_weights(RunPlan& plan, const Manifest& manifest) {
 }  // namespace
 
 int run_generate(const GenerateOptions& o) {
-  stop_on_broken_pipe();
+  stop_on_signals();
   const auto run_start = Clock::now();
   Reporter reporter(o.quiet, o.json, o.json_progress);
 

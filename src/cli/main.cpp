@@ -35,7 +35,7 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  txt2img::cli::install_signal_handlers();
+  txt2img::cli::ignore_file_size_signal();
   const int code = run(argc, argv);
   // What --json, info and tokenize print is lost on a full disk or a closed standard output: a scripted run must
   // not take that for success. (A reader that closed its pipe asked the run to stop: that is an interruption.)

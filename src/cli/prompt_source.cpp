@@ -1,6 +1,7 @@
 #include "cli/prompt_source.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "cli/signals.hpp"
 #include "join.hpp"
 #include "txt2img/error.hpp"
 
@@ -53,6 +55,9 @@ bool ends_with_jsonl(const std::string& path) {
 // generate without holding them in memory. Reading the source itself twice would find a pipe or a process
 // substitution empty (or wait forever on a named pipe), and would generate lines appended after the check.
 std::shared_ptr<std::FILE> spool(const std::string& path, const std::string& name) {
+  // A closed standard input's descriptor would go to the temporary file below, read as an empty prompt file.
+  if (path == "-" && ::fcntl(STDIN_FILENO, F_GETFD) < 0)
+    throw Error(ErrorKind::Io, "cannot read the prompts from " + name + ": standard input is closed");
   struct Input {
     int fd;
     ~Input() {
@@ -65,6 +70,15 @@ std::shared_ptr<std::FILE> spool(const std::string& path, const std::string& nam
   if (!copy) throw Error(ErrorKind::Io, "cannot buffer the prompts of " + name + ": " + std::strerror(errno));
   char buffer[1 << 16];
   for (;;) {
+    // A read restarts after a signal (SA_RESTART) and would wait on for a terminal's or a pipe's next line; poll
+    // returns, so that Ctrl-C stops a run that is still waiting for its prompts.
+    pollfd ready{fd, POLLIN, 0};
+    if (::poll(&ready, 1, -1) < 0) {
+      if (errno != EINTR)
+        throw Error(ErrorKind::Io, "cannot read the prompts from " + name + ": " + std::strerror(errno));
+      throw_if_stop_requested();
+      continue;
+    }
     const ssize_t n = ::read(fd, buffer, sizeof buffer);
     if (n == 0) break;
     if (n < 0) {

@@ -54,13 +54,13 @@ void handle(int signal, void (*handler)(int)) {
 
 }  // namespace
 
-void install_signal_handlers() {
+void ignore_file_size_signal() { std::signal(SIGXFSZ, SIG_IGN); }
+
+void stop_on_signals() {
   handle(SIGINT, on_stop_signal);
   handle(SIGTERM, on_stop_signal);
-  std::signal(SIGXFSZ, SIG_IGN);
+  handle(SIGPIPE, on_broken_pipe);
 }
-
-void stop_on_broken_pipe() { handle(SIGPIPE, on_broken_pipe); }
 
 bool stop_requested() { return g_signal != 0; }
 

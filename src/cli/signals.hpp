@@ -1,16 +1,17 @@
-// SIGINT and SIGTERM ask the run to stop after the current denoising step, so that finished images are kept and
-// no file is left half-written; a second one stops at once.
+// While generating, SIGINT and SIGTERM ask the run to stop after the current denoising step, so that finished
+// images are kept and no file is left half-written; a second one stops at once. The other commands (info, tokenize)
+// keep every signal's default and end there, as Unix tools end.
 #pragma once
 
 namespace txt2img::cli {
 
-// Installs the handlers. File size limits (ulimit -f) make writes fail with EFBIG, reported as an I/O error with
-// the temporary file removed, instead of killing the process with SIGXFSZ.
-void install_signal_handlers();
+// For every command: file size limits (ulimit -f) make writes fail with EFBIG, reported as an I/O error with the
+// temporary file removed, instead of killing the process with SIGXFSZ.
+void ignore_file_size_signal();
 
-// For generating: SIGPIPE (a closed stdout or stderr pipe) asks the run to stop as a first SIGINT does, and never
-// stops it at once. Elsewhere (info, tokenize) it keeps its default, ending the process as Unix tools end.
-void stop_on_broken_pipe();
+// For generating: SIGINT and SIGTERM ask the run to stop, and so does SIGPIPE (a closed stdout or stderr pipe),
+// which never stops it at once.
+void stop_on_signals();
 
 bool stop_requested();
 

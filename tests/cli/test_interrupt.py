@@ -22,6 +22,17 @@ def wait_until_delivered(pid, sig, timeout=60):
     raise AssertionError(f"signal {sig} still pending after {timeout} s")
 
 
+def wait_until_polling(pid, timeout=60):
+    """Until the process's main thread waits in poll (Linux's /proc/PID/wchan names the kernel function it sleeps in)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            if "poll" in wchan.read():
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not wait in poll within {timeout} s")
+
+
 class Interrupt(CliTestCase):
     # Enough steps that an image takes a noticeable time even with the tiny model.
     ARGS = ["--from-file", "prompts.txt", "--seed", "77", "--images-per-prompt", "2", "-o", "out/{index:03}.png",
@@ -87,6 +98,27 @@ class Interrupt(CliTestCase):
         self.assertEqual(process.returncode, -signal.SIGINT)
         self.assertNotIn('"summary"', out)
         self.assertEqual(files_under(self.dir), [])
+
+    def test_ctrl_c_while_waiting_for_prompts(self):
+        """`-f -` waiting on a terminal or a pipe for its prompts: Ctrl-C stops the run there (exit 130), instead of
+        being noticed only once the input ends; tokenize and info keep SIGINT's default and die of it."""
+        for args, code in [(["-f", "-", "--model", str(TINY), "-o", "a.png"], EXIT_INTERRUPTED),
+                           (["tokenize", "-f", "-", "--model", str(TINY)], -signal.SIGINT)]:
+            with self.subTest(args[0]):
+                process = subprocess.Popen([BIN, *args], cwd=self.dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+                self.addCleanup(lambda p=process: p.poll() is None and p.kill())
+                process.stdin.write("a fox\n")
+                process.stdin.flush()
+                wait_until_polling(process.pid)
+                process.send_signal(signal.SIGINT)
+                process.wait(timeout=60)  # stdin still open: only the signal can end it
+                err = process.stderr.read()
+                process.stdin.close()
+                process.stdout.close()
+                process.stderr.close()
+                self.assertEqual(process.returncode, code, err)
+                self.assertEqual(files_under(self.dir), [])
 
     def test_a_closed_output_pipe_stops_the_run_like_ctrl_c(self):
         """`txt2img --json | head -1`: the run stops after its current step (exit 130), keeping only whole images,

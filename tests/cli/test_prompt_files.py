@@ -8,7 +8,7 @@ import threading
 import unittest
 
 from cli_support import (BIN, EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, files_under, json_lines, png_pixels,
-                         png_text)
+                         png_text, run)
 
 
 class PlainText(CliTestCase):
@@ -46,6 +46,12 @@ class PlainText(CliTestCase):
         result = self.txt2img("--from-file", "-", "--seed", "1", "-o", "{index}.png", input="a fox\na cat\n")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(files_under(self.dir), ["0.png", "1.png"])
+
+    def test_a_closed_standard_input_is_an_error_not_an_empty_file(self):
+        for args in [["--from-file", "-", "-o", "{index}.png"], ["tokenize", "--from-file", "-"]]:
+            with self.subTest(args[0]):
+                result = run([*args, "--model", TINY], self.dir, preexec_fn=lambda: os.close(0))
+                self.assertExit(result, EXIT_IO, "cannot read the prompts from <stdin>: standard input is closed")
 
     def test_pipes_and_a_file_that_grows_are_read_once(self):
         """A named pipe, /dev/stdin or a process substitution can be read only once, and a file may grow while the run

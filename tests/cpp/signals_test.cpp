@@ -11,12 +11,12 @@
 namespace {
 
 using txt2img::cli::DeferSecondSignal;
-using txt2img::cli::install_signal_handlers;
+using txt2img::cli::stop_on_signals;
 using txt2img::cli::stop_requested;
 
 // The first SIGINT or SIGTERM only asks the run to stop; the child says so on stderr, for the death tests to match.
 void first_signal(int signal) {
-  install_signal_handlers();
+  stop_on_signals();
   std::raise(signal);
   if (!stop_requested()) std::_Exit(3);
   std::fputs("asked to stop\n", stderr);
