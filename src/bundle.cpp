@@ -3,7 +3,9 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -51,7 +53,7 @@ int int_field(const nlohmann::json& j, const char* name, const std::string& wher
 
 SchedulerConfig scheduler_from_json(const nlohmann::json& j, const std::string& where) {
   SchedulerConfig c;
-  c.num_train_timesteps = field<int>(j, "num_train_timesteps", where);
+  c.num_train_timesteps = int_field(j, "num_train_timesteps", where, 2, 1000000);
   c.beta_start = field<double>(j, "beta_start", where);
   c.beta_end = field<double>(j, "beta_end", where);
   c.beta_schedule = field<std::string>(j, "beta_schedule", where);
@@ -87,7 +89,8 @@ std::string libtorch_version() {
          std::to_string(TORCH_VERSION_PATCH);
 }
 
-Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) {
+// A function-try-block: a field of the wrong type (nlohmann's type errors) is a corrupt manifest like any other.
+Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) try {
   Manifest m;
   m.raw = j;
   if (j.value("format", "") != "txt2img-bundle")
@@ -170,6 +173,8 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
                        l.value("a1111_hash", "")});
   std::sort(m.loras.begin(), m.loras.end(), [](const LoraFile& a, const LoraFile& b) { return a.name < b.name; });
   return m;
+} catch (const nlohmann::json::exception& e) {
+  throw Error(ErrorKind::Bundle, where + ": model.json is corrupt (" + e.what() + ")" + kConvertHint);
 }
 
 const LoraFile* Manifest::find_lora(const std::string& name) const {
@@ -187,8 +192,12 @@ Bundle Bundle::open(const std::filesystem::path& dir) {
                                                 : ": not found") +
                                        kConvertHint);
   const auto manifest_file = dir / "model.json";
+  if (!std::filesystem::exists(manifest_file, ec))
+    throw Error(ErrorKind::Bundle, where + ": model.json missing" + kConvertHint);
+  if (!std::filesystem::is_regular_file(manifest_file, ec))
+    throw Error(ErrorKind::Bundle, where + ": model.json is not a file" + kConvertHint);
   std::ifstream in(manifest_file);
-  if (!in) throw Error(ErrorKind::Bundle, where + ": model.json missing" + kConvertHint);
+  if (!in) throw Error(ErrorKind::Bundle, where + ": cannot read model.json: " + std::strerror(errno));
   nlohmann::json j;
   try {
     in >> j;

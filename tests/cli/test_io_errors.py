@@ -132,6 +132,25 @@ class BundleErrors(CliTestCase):
         bundle = derived_bundle(self.dir / "b")
         (bundle / "model.json").write_text("{ not json")
         self.check(bundle, "model.json", "corrupt")
+        (bundle / "model.json").write_text("[]")
+        self.check(bundle, "model.json is corrupt", "cannot use value() with array")
+        (bundle / "model.json").unlink()
+        (bundle / "model.json").mkdir()
+        self.check(bundle, "model.json is not a file")
+
+    def test_manifest_fields_of_the_wrong_type(self):
+        """A value of the wrong type (null, a number for a name) is a corrupt manifest (exit 3), not a runtime
+        failure; so is a training schedule of no timesteps."""
+        def edit(m):
+            m["model_name"] = None
+            return m
+
+        def no_timesteps(m):
+            m["scheduler"]["num_train_timesteps"] = 0
+            return m
+        self.check(derived_bundle(self.dir / "b", edit_manifest=edit), "model.json is corrupt", "must be string")
+        self.check(derived_bundle(self.dir / "c", edit_manifest=no_timesteps),
+                   '"num_train_timesteps" is 0, not from 2 to 1000000')
 
     def test_not_a_bundle(self):
         (self.dir / "empty").mkdir()
