@@ -16,14 +16,19 @@ namespace {
 std::string quoted(const std::filesystem::path& p) { return "\"" + p.string() + "\""; }
 
 // The nearest directory that exists on the way up to `dir` must be writable for the outputs to be created there.
+// A symbolic link counts as existing even where it leads nowhere: no directory can be created in its place.
 void check_output_dir(const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
   std::error_code ec;
-  std::filesystem::path existing = dir;
-  while (!existing.empty() && !std::filesystem::exists(existing, ec)) existing = existing.parent_path();
+  fs::path existing = dir;
+  while (!existing.empty() && !fs::exists(fs::symlink_status(existing, ec))) existing = existing.parent_path();
   if (existing.empty()) existing = ".";
-  if (!std::filesystem::is_directory(existing, ec))
+  if (!fs::is_directory(existing, ec))
     throw Error(ErrorKind::Io,
-                "cannot create output directory " + quoted(dir) + ": " + quoted(existing) + " is not a directory");
+                "cannot create output directory " + quoted(dir) + ": " + quoted(existing) +
+                    (fs::is_symlink(fs::symlink_status(existing, ec))
+                         ? " is a symbolic link to " + quoted(fs::read_symlink(existing, ec)) + ", which does not exist"
+                         : " is not a directory"));
   if (::access(existing.c_str(), W_OK | X_OK) != 0)
     throw Error(ErrorKind::Io, "output directory " + quoted(existing) + " is not writable (" + std::strerror(errno) +
                                    "); choose another with -o");

@@ -18,6 +18,14 @@ class OutputErrors(CliTestCase):
         self.assertExit(result, EXIT_IO, "blocker", "not a directory")
         self.assertEqual(files_under(self.dir), ["blocker"])
 
+    def test_output_folder_is_a_dangling_link(self):
+        """Caught before the model loads (no "loading" line), naming the link."""
+        (self.dir / "dangling").symlink_to(self.dir / "gone")
+        result = self.txt2img("a fox", "-o", "dangling/sub/{index}.png", "--images-per-prompt", "2")
+        self.assertExit(result, EXIT_IO, '"dangling" is a symbolic link to', "which does not exist")
+        self.assertNotIn("loading", result.stderr)
+        self.assertFalse((self.dir / "gone").exists())
+
     def test_output_is_a_directory_name_without_slash_gets_default_name(self):
         (self.dir / "d").mkdir()
         result = self.txt2img("a fox", "-o", "d", "--seed", "5")
