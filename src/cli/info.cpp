@@ -532,8 +532,14 @@ int png_info(const InfoOptions& o) {
     if (key == "parameters") {
       parameters = value;
     } else if (key == "txt2img") {
-      reproduction = nlohmann::ordered_json::parse(value, nullptr, false);
-      if (reproduction->is_discarded() || !reproduction->is_object()) {
+      // txt2img's record nests three deep; a far deeper one would overflow the stack of nlohmann's recursive dump.
+      bool too_deep = false;
+      const auto depth_limit = [&too_deep](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
+        too_deep |= depth > 32;
+        return !too_deep;
+      };
+      reproduction = nlohmann::ordered_json::parse(value, depth_limit, false);
+      if (too_deep || reproduction->is_discarded() || !reproduction->is_object()) {
         // A damaged record (an editor's or a transfer's) hides nothing else: shown as the text it is.
         damaged = o.path + ": its txt2img text is not a valid JSON object";
         reproduction.reset();

@@ -92,20 +92,29 @@ std::shared_ptr<std::FILE> spool(const std::string& path, const std::string& nam
   return copy;
 }
 
+// A JSON value as an error message quotes it: an array or an object by its kind alone (its text may be megabytes, or
+// nested deeper than nlohmann's recursive dump survives), anything else as written, cut after 40 characters.
+std::string shown(const nlohmann::json& value) {
+  if (value.is_array()) return "an array";
+  if (value.is_object()) return "an object";
+  const std::string text = value.dump(-1, ' ', true);  // ASCII, so that the cut splits no character
+  return text.size() > 40 ? text.substr(0, 40) + "..." : text;
+}
+
 template <typename T>
 std::optional<T> int_field(const nlohmann::json& value, const std::string& key, const std::string& where) {
   if (!value.is_number_integer())
-    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a whole number, not " + value.dump());
+    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a whole number, not " + shown(value));
   if (value.is_number_unsigned() ? value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())
                                  : value.get<int64_t>() < std::numeric_limits<T>::min() ||
                                        value.get<int64_t>() > std::numeric_limits<T>::max())
-    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" " + value.dump() + " is out of range");
+    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" " + shown(value) + " is out of range");
   return value.get<T>();
 }
 
 std::optional<std::string> string_field(const nlohmann::json& value, const std::string& key, const std::string& where) {
   if (!value.is_string())
-    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a string, not " + value.dump());
+    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a string, not " + shown(value));
   auto text = value.get<std::string>();
   // No command line can carry a NUL (info --command could not give the prompt back) and no path can hold one.
   if (text.find('\0') != std::string::npos)
@@ -288,7 +297,7 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
     throw Error(ErrorKind::Usage, where + ": not a JSON object (" + what + ")");
   }
   if (!twice.empty()) throw Error(ErrorKind::Usage, where + ": \"" + twice + "\" is set twice");
-  if (!j.is_object()) throw Error(ErrorKind::Usage, where + ": each line must be a JSON object, not " + j.dump());
+  if (!j.is_object()) throw Error(ErrorKind::Usage, where + ": each line must be a JSON object, not " + shown(j));
   for (const auto& [key, value] : j.items()) {
     const auto& keys = jsonl_keys();
     if (std::find(keys.begin(), keys.end(), key) == keys.end())
@@ -300,14 +309,14 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
       entry.negative_prompt = string_field(value, key, where);
     } else if (key == "seed") {
       if (!value.is_number_integer())
-        throw Error(ErrorKind::Usage, where + ": \"seed\" must be a whole number, not " + value.dump());
+        throw Error(ErrorKind::Usage, where + ": \"seed\" must be a whole number, not " + shown(value));
       entry.seed = parse_seed(value.dump(), where + ": \"seed\"");
     } else if (key == "steps") {
       entry.steps = int_field<int>(value, key, where);
     } else if (key == "cfg_scale" || key == "guidance_rescale" || key == "skip_early_cfg" || key == "ngms" ||
                key == "hires_scale" || key == "hires_denoise") {
       if (!value.is_number())
-        throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a number, not " + value.dump());
+        throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a number, not " + shown(value));
       (key == "cfg_scale"          ? entry.cfg_scale
        : key == "guidance_rescale" ? entry.guidance_rescale
        : key == "skip_early_cfg"   ? entry.skip_early_cfg
@@ -333,7 +342,7 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
       entry.clip_skip = int_field<int>(value, key, where);
     } else if (key == "long_prompts" || key == "emphasis") {
       if (!value.is_boolean())
-        throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be true or false, not " + value.dump());
+        throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be true or false, not " + shown(value));
       (key == "long_prompts" ? entry.long_prompts : entry.emphasis) = value.get<bool>();
     } else if (key == "images") {
       entry.images = int_field<int>(value, key, where);

@@ -73,6 +73,13 @@ class Metadata(CliTestCase):
         self.assertEqual(shown.returncode, 0, shown.stderr)
         self.assertIn("its txt2img text is not a valid JSON object (damaged?); shown as text", shown.stderr)
         self.assertIn("txt2img:\n" + text["txt2img"][:40], shown.stdout)
+        # Nested far deeper than any record: damaged, not a crash of the JSON library's recursion.
+        deep = '{"x": ' + "[" * 100000 + "]" * 100000 + "}"
+        (self.dir / "deep.png").write_bytes(with_text_chunk(with_parameters, "txt2img", deep))
+        for args in (["info", "deep.png"], ["info", "deep.png", "--json"], ["info", "deep.png", "--command"]):
+            result = run(args, self.dir)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("its txt2img text is not a valid JSON object", result.stderr)
         (self.dir / "alone.png").write_bytes(with_text_chunk(plain, "txt2img", text["txt2img"][:40]))
         self.assertExit(run(["info", "alone.png", "--command"], self.dir), EXIT_IO,
                         "alone.png: its txt2img text is not a valid JSON object")

@@ -227,6 +227,11 @@ class JsonLines(CliTestCase):
         self.bad(['{"negative_prompt": "x"}'], "p.jsonl:1", '"prompt"')
         self.bad([good, '{"prompt": "x", "steps": "many"}'], "p.jsonl:2", '"steps"', "whole number")
         self.bad([good, '{"prompt": "x", "steps": 2.5}'], "p.jsonl:2", '"steps"')
+        # A value too deep or too long to echo is named by its kind.
+        self.bad(['{"prompt": "x", "seed": ' + "[" * 100000 + "]" * 100000 + "}"], "p.jsonl:1",
+                 '"seed" must be a whole number, not an array')
+        self.bad(['{"prompt": "x", "steps": "' + "9" * 1000 + '"}'], "p.jsonl:1",
+                 '"steps" must be a whole number, not "' + "9" * 39 + "...")
         self.bad(['{"prompt": "x", "seed": -5}'], "p.jsonl:1", "seed")
         self.bad(['{"prompt": "x", "seed": 9223372036854775808}'], "p.jsonl:1", "seed")
         self.bad(['{"prompt": "x", "width": 33}'], "p.jsonl:1", "width 33")
