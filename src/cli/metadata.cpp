@@ -1,10 +1,10 @@
 #include "cli/metadata.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
-#include <regex>
 #include <set>
 #include <sstream>
 
@@ -226,6 +226,59 @@ nlohmann::ordered_json hires_json(const ImageRecord& r) {
           {"height", r.image_height}};
 }
 
+// Characters of A1111's pattern below, as std::regex's ECMAScript grammar reads them in a byte string.
+bool is_word_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+bool is_key_char(char c) { return is_word_char(c) || c == ' ' || c == '-' || c == '/'; }
+bool is_blank_char(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; }
+
+// One past the closing quote of a JSON-quoted value (`"(?:\\.|[^\\"])+"`) opening at `open`, or npos.
+size_t quoted_value_end(const std::string& line, size_t open) {
+  size_t at = open + 1;
+  while (at < line.size()) {
+    if (line[at] == '\\' && at + 1 < line.size() && line[at + 1] != '\n' && line[at + 1] != '\r')
+      at += 2;
+    else if (line[at] != '"' && line[at] != '\\')
+      ++at;
+    else
+      break;
+  }
+  return at > open + 1 && at < line.size() && line[at] == '"' ? at + 1 : std::string::npos;
+}
+
+// The (key, value) pairs of A1111's pattern for one pair of its infotext (modules/infotext_utils.py,
+// `\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)`: a value is a JSON string or runs to the next comma),
+// found one after another as a regex search finds them, in linear time: std::regex recurses once per character and
+// overflowed the stack on a long line.
+std::vector<std::pair<std::string, std::string>> infotext_pairs(const std::string& line) {
+  std::vector<std::pair<std::string, std::string>> pairs;
+  const size_t n = line.size();
+  size_t at = 0;
+  while (at < n) {
+    if (!is_word_char(line[at])) {
+      ++at;
+      continue;
+    }
+    // The key runs as far as key characters go; only a colon there (and two characters at least) makes a pair, so
+    // that a key starting later in the same run cannot either.
+    size_t colon = at + 1;
+    while (colon < n && is_key_char(line[colon])) ++colon;
+    if (colon == n || line[colon] != ':' || colon - at < 2) {
+      at = colon;
+      continue;
+    }
+    size_t value = colon + 1;
+    while (value < n && is_blank_char(line[value])) ++value;
+    size_t end = value < n && line[value] == '"' ? quoted_value_end(line, value) : std::string::npos;
+    if (end != std::string::npos && end < n && line[end] != ',') end = std::string::npos;  // not a whole value
+    if (end == std::string::npos) end = std::min(line.find(',', value), n);
+    pairs.emplace_back(line.substr(at, colon - at), line.substr(value, end - value));
+    at = end + 1;
+  }
+  return pairs;
+}
+
 // The "txt2img" chunk; its "version" is this program's.
 nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
   nlohmann::ordered_json model = {{"name", r.model_name}, {"hash", r.model_hash}};
@@ -295,8 +348,6 @@ PngText png_metadata(const ImageRecord& record) {
 }
 
 A1111Parameters parse_a1111_parameters(const std::string& text) {
-  // A1111's own pattern for one pair (modules/infotext_utils.py): a value is a JSON string or runs to the next comma.
-  static const std::regex pair(R"re(\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$))re");
   std::vector<std::string> lines;
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);) lines.push_back(line);
@@ -306,13 +357,11 @@ A1111Parameters parse_a1111_parameters(const std::string& text) {
   if (!lines.empty()) {
     const std::string& last = lines.back();
     std::vector<std::pair<std::string, std::string>> fields;
-    for (auto it = std::sregex_iterator(last.begin(), last.end(), pair); it != std::sregex_iterator(); ++it) {
-      std::string value = (*it)[2].str();
+    for (auto [key, value] : infotext_pairs(last)) {
       if (value.size() >= 2 && value.front() == '"') {
         const auto parsed = nlohmann::json::parse(value, nullptr, false);
         if (parsed.is_string()) value = parsed.get<std::string>();
       }
-      std::string key = (*it)[1].str();
       key.erase(key.find_last_not_of(' ') + 1);
       fields.emplace_back(key, value);
     }

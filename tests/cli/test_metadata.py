@@ -423,6 +423,13 @@ class Metadata(CliTestCase):
         self.assertIn("Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 12, Size: 32x32",
                       png_text(self.dir / "b.png")["parameters"])
 
+        # A settings line of any length is read in linear time (std::regex's recursion overflowed the stack).
+        for long_line in ("A" * 30000, "Steps: 2, Seed: 3, Size: 32x32, Notes: " + "x" * 40000,
+                          'Steps: 2, Seed: 3, Size: 32x32, Template: "' + "y" * 60000 + '"'):
+            result = a1111_command(self, "a fox\n" + long_line, "long.png")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertTrue(result.stdout.startswith("txt2img 'a fox"), result.stdout[:80])
+
         # A sampler without an equivalent is left out (the default runs), and GPU noise is pointed out.
         other = "a fox\nSteps: 20, Sampler: Restart, CFG scale: 7, Seed: 1, Size: 512x512"
         result = a1111_command(self, other, "restart.png")
