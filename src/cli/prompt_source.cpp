@@ -258,12 +258,13 @@ bool PromptSource::next(PromptEntry& entry) {
 }
 
 bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
-  std::string_view text = line;
-  if (line_ == 1 && text.substr(0, kUtf8Bom.size()) == kUtf8Bom) text.remove_prefix(kUtf8Bom.size());
-  text = trim(text);
+  std::string_view untrimmed = line;
+  if (line_ == 1 && untrimmed.substr(0, kUtf8Bom.size()) == kUtf8Bom) untrimmed.remove_prefix(kUtf8Bom.size());
+  const std::string_view text = trim(untrimmed);
   if (skipped(text)) return false;
   const std::string where = this->where(line_);
-  if (auto problem = utf8_problem(text); !problem.empty())
+  // Columns count from the line's start, as an editor shows them.
+  if (auto problem = utf8_problem(untrimmed); !problem.empty())
     throw Error(ErrorKind::Usage, where + ": not valid UTF-8 (" + problem + "); save the file as UTF-8");
   if (const auto nul = line.find('\0'); nul != std::string::npos)
     throw Error(ErrorKind::Usage, where + ": a NUL character at column " + std::to_string(nul + 1) +

@@ -95,6 +95,10 @@ class PlainText(CliTestCase):
         result = self.txt2img("--from-file", "p.txt", "-o", "{index}.png")
         self.assertExit(result, EXIT_USAGE, "p.txt:2", "UTF-8")
         self.assertNothingWritten("p.txt")
+        # The column counts the blanks the line starts with, as an editor does.
+        (self.dir / "p.txt").write_bytes(b"a fox\n      ab\xffc\n")
+        self.assertExit(self.txt2img("--from-file", "p.txt", "-o", "{index}.png"), EXIT_USAGE,
+                        "p.txt:2: not valid UTF-8 (byte 0xff at column 9)")
 
     def test_a_nul_character_is_refused(self):
         """No command line can carry a NUL, so info --command could not give such a prompt back."""
