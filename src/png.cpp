@@ -1,7 +1,6 @@
 #include "txt2img/png.hpp"
 
 #include <fcntl.h>
-#include <stb/stb_image.h>
 #include <stb/stb_image_write.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -10,7 +9,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 #include <optional>
 #include <random>
 
@@ -184,56 +182,40 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
   }
 }
 
-PngText read_png_text(const std::filesystem::path& file) {
+PngInfo read_png_info(const std::filesystem::path& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(ErrorKind::Io, "cannot open " + file.string());
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(file, ec);
   uint8_t head[8];
-  if (!in.read(reinterpret_cast<char*>(head), kSignatureBytes) ||
+  if (ec || size < kIhdrEnd || !in.read(reinterpret_cast<char*>(head), kSignatureBytes) ||
       std::memcmp(head, kPngSignature, kSignatureBytes) != 0)
     throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
-  PngText text;
-  // Chunk by chunk, skipping the data of all but the text ones: the image is never read.
-  while (in.read(reinterpret_cast<char*>(head), 8)) {
+  PngInfo info;
+  // Chunk by chunk, skipping the data of all but the header and the text: the image is never read or decoded.
+  for (uint64_t pos = kSignatureBytes; in.read(reinterpret_cast<char*>(head), 8); pos = in.tellg()) {
     const uint32_t len = get_u32(head);
     const std::string type(head + 4, head + 8);
-    if (type == "IEND") break;
-    if (is_text_chunk(type)) {
+    if (pos + 12 + len > size) throw Error(ErrorKind::Io, file.string() + ": truncated PNG chunk " + type);
+    if (pos == kSignatureBytes) {
+      uint8_t ihdr[8];
+      if (type != "IHDR" || len != 13 || !in.read(reinterpret_cast<char*>(ihdr), 8))
+        throw Error(ErrorKind::Io, file.string() + ": corrupt PNG (no IHDR chunk first)");
+      info.width = static_cast<int64_t>(get_u32(ihdr));
+      info.height = static_cast<int64_t>(get_u32(ihdr + 4));
+      in.seekg(13 - 8 + 4, std::ios::cur);
+    } else if (type == "IEND") {
+      return info;
+    } else if (is_text_chunk(type)) {
       std::string data(len, '\0');
-      if (!in.read(data.data(), len)) break;
-      add_text_chunk(type, data, text);
+      in.read(data.data(), len);
+      add_text_chunk(type, data, info.text);
       in.seekg(4, std::ios::cur);  // the CRC
     } else {
       in.seekg(static_cast<std::streamoff>(len) + 4, std::ios::cur);
     }
   }
-  return text;
-}
-
-DecodedPng read_png(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error(ErrorKind::Io, "cannot open " + file.string());
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.size() < kIhdrEnd || std::memcmp(bytes.data(), kPngSignature, kSignatureBytes) != 0)
-    throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
-
-  DecodedPng out;
-  for (size_t pos = kSignatureBytes; pos + 12 <= bytes.size();) {
-    const uint32_t len = get_u32(&bytes[pos]);
-    if (pos + 12 + len > bytes.size()) throw Error(ErrorKind::Io, file.string() + ": truncated PNG chunk");
-    const std::string type(bytes.begin() + pos + 4, bytes.begin() + pos + 8);
-    if (type == "IEND") break;
-    if (is_text_chunk(type))
-      add_text_chunk(type, std::string(bytes.begin() + pos + 8, bytes.begin() + pos + 8 + len), out.text);
-    pos += 12 + len;
-  }
-
-  int channels = 0;
-  unsigned char* pixels = stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &out.width, &out.height,
-                                                &channels, 3);
-  if (!pixels) throw Error(ErrorKind::Io, file.string() + ": corrupt PNG (" + stbi_failure_reason() + ")");
-  out.rgb.assign(pixels, pixels + static_cast<size_t>(out.width) * out.height * 3);
-  stbi_image_free(pixels);
-  return out;
+  throw Error(ErrorKind::Io, file.string() + ": truncated PNG (no IEND chunk)");
 }
 
 }  // namespace txt2img

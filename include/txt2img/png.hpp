@@ -19,19 +19,15 @@ std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const
 // Throws Error(Io) (the temporary file removed) on any failure, e.g. a full disk.
 void write_file_atomic(const std::filesystem::path& file, const std::vector<uint8_t>& bytes);
 
-struct DecodedPng {
-  int width = 0;
-  int height = 0;
-  std::vector<uint8_t> rgb;
+struct PngInfo {
+  int64_t width = 0;
+  int64_t height = 0;
   PngText text;
 };
 
-// Reads pixels (as RGB) and every tEXt, zTXt and iTXt chunk (compressed ones inflated), as UTF-8 (tEXt's and zTXt's
-// Latin-1 converted). Throws Error(Io).
-DecodedPng read_png(const std::filesystem::path& file);
-
-// Reads only the text chunks (as read_png does), skipping over the rest of the file. Throws Error(Io) for a file
-// that cannot be read or does not start as a PNG.
-PngText read_png_text(const std::filesystem::path& file);
+// Reads the size and every tEXt, zTXt and iTXt chunk (compressed ones inflated), as UTF-8 (tEXt's and zTXt's Latin-1
+// converted), skipping over the image data, which is neither read nor decoded. Throws Error(Io) for a file that
+// cannot be read, is no PNG, or ends before its IEND chunk.
+PngInfo read_png_info(const std::filesystem::path& file);
 
 }  // namespace txt2img

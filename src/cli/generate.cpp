@@ -435,7 +435,7 @@ void check_preview_file(const std::string& preview) {
     throw Error(ErrorKind::Io, refusal + (dangling ? " (a dangling symbolic link)" : " (not a file)") + advice);
   PngText text;
   try {
-    text = read_png_text(preview);
+    text = read_png_info(preview).text;
   } catch (const Error&) {
     throw Error(ErrorKind::Io, refusal + " (not a PNG)" + advice);
   }

@@ -523,7 +523,7 @@ std::string a1111_command(const std::string& text) {
 int png_info(const InfoOptions& o) {
   if (o.verify)
     throw Error(ErrorKind::Usage, "--verify applies to a model bundle (its files' sha256), not to a PNG");
-  const DecodedPng png = read_png(o.path);
+  const PngInfo png = read_png_info(o.path);
   std::optional<std::string> parameters;
   std::optional<nlohmann::ordered_json> reproduction;
   std::string damaged;  // why the txt2img text cannot be read, where it cannot

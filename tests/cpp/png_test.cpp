@@ -1,10 +1,13 @@
 #include "txt2img/png.hpp"
 
 #include <gtest/gtest.h>
+#include <stb/stb_image.h>
 #include <sys/resource.h>
 
 #include <csignal>
 #include <fstream>
+#include <iterator>
+#include <string>
 
 #include "txt2img/error.hpp"
 
@@ -28,12 +31,36 @@ TEST(Png, RoundTripsPixelsAndText) {
   const txt2img::PngText text = {{"parameters", "a cat\nSteps: 2, Seed: 1"},
                                  {"txt2img", "{\"prompt\": \"caf\xc3\xa9 \xe2\x98\x95\"}"}};
   txt2img::write_file_atomic(dir / "a.png", txt2img::encode_png(rgb.data(), 24, 16, text));
-  const auto back = txt2img::read_png(dir / "a.png");
-  EXPECT_EQ(back.width, 24);
-  EXPECT_EQ(back.height, 16);
-  EXPECT_EQ(back.rgb, rgb);
-  EXPECT_EQ(back.text, text);
-  EXPECT_EQ(txt2img::read_png_text(dir / "a.png"), text);  // the same text, without reading the image
+  const auto info = txt2img::read_png_info(dir / "a.png");
+  EXPECT_EQ(info.width, 24);
+  EXPECT_EQ(info.height, 16);
+  EXPECT_EQ(info.text, text);
+  // The pixels as another decoder reads them.
+  int width = 0, height = 0, channels = 0;
+  unsigned char* pixels = stbi_load((dir / "a.png").c_str(), &width, &height, &channels, 3);
+  ASSERT_NE(pixels, nullptr);
+  EXPECT_EQ(std::vector<uint8_t>(pixels, pixels + rgb.size()), rgb);
+  stbi_image_free(pixels);
+
+  // The image data is never decoded: a header claiming 16000x16000 over 24x16 pixels still reads.
+  std::ifstream in(dir / "a.png", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string side("\0\0\x3e\x80", 4);  // 16000, big-endian
+  bytes.replace(16, 4, side).replace(20, 4, side);
+  std::ofstream(dir / "huge.png", std::ios::binary) << bytes;
+  const auto huge = txt2img::read_png_info(dir / "huge.png");
+  EXPECT_EQ(huge.width, 16000);
+  EXPECT_EQ(huge.height, 16000);
+  EXPECT_EQ(huge.text, text);
+  // A file cut short is an error, not a PNG without its last chunks.
+  std::ofstream(dir / "cut.png", std::ios::binary) << bytes.substr(0, bytes.size() - 20);
+  try {
+    txt2img::read_png_info(dir / "cut.png");
+    ADD_FAILURE();
+  } catch (const txt2img::Error& e) {
+    EXPECT_EQ(e.kind(), txt2img::ErrorKind::Io);
+    EXPECT_NE(std::string(e.what()).find("truncated PNG"), std::string::npos) << e.what();
+  }
   std::filesystem::remove_all(dir);
 }
 
@@ -76,14 +103,12 @@ TEST(Png, RejectsNonPng) {
   const auto dir = temp_dir();
   std::ofstream(dir / "x.png") << "not a png";
   try {
-    txt2img::read_png(dir / "x.png");
+    txt2img::read_png_info(dir / "x.png");
     ADD_FAILURE();
   } catch (const txt2img::Error& e) {
     EXPECT_EQ(e.kind(), txt2img::ErrorKind::Io);
   }
-  EXPECT_THROW(txt2img::read_png(dir / "missing.png"), txt2img::Error);
-  EXPECT_THROW(txt2img::read_png_text(dir / "x.png"), txt2img::Error);
-  EXPECT_THROW(txt2img::read_png_text(dir / "missing.png"), txt2img::Error);
+  EXPECT_THROW(txt2img::read_png_info(dir / "missing.png"), txt2img::Error);
   std::filesystem::remove_all(dir);
 }
 
