@@ -9,11 +9,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <set>
 
 #include "attention_kernel.hpp"
 #include "join.hpp"
 #include "lora_weights.hpp"
+#include "pipeline_parts.hpp"
+#include "text_conditioning.hpp"
 #include "txt2img/device_memory.hpp"
 #include "txt2img/error.hpp"
 #include "unet_call.hpp"
@@ -27,13 +28,6 @@ namespace {
 constexpr int64_t kVaeTile = 64;
 constexpr int64_t kVaeTileOverlap = 16;
 
-// Where the text encoder and the safety checker run: with low_vram the CPU in float32, leaving the device's memory to
-// the U-Net and the decoder (both run once per batch, a small cost next to the denoising loop).
-torch::Device side_device(const PipelineOptions& options) { return options.low_vram ? torch::kCPU : options.device; }
-torch::ScalarType side_dtype(const PipelineOptions& options) {
-  return options.low_vram ? torch::kFloat32 : options.dtype;
-}
-
 // With low_vram on an accelerator the U-Net and the VAE decoder take turns on it (Pipeline::make_room_for).
 bool takes_turns(const PipelineOptions& options) { return options.low_vram && !options.device.is_cpu(); }
 
@@ -41,10 +35,6 @@ std::string call_name(size_t call) {
   char buf[8];
   std::snprintf(buf, sizeof buf, "%03zu", call);
   return buf;
-}
-
-void observe(Observer* observer, const std::string& name, const torch::Tensor& value) {
-  if (observer) observer->tensor(name, value);
 }
 
 // The contexts of one step's U-Net calls as TextConditioning::at gives them, named after `where` ("unet/",
@@ -87,27 +77,6 @@ void throw_if_non_finite(const torch::Tensor& values, const std::string& what, t
                                                          "scale, prompt weight or LoRA weight, or a broken model"));
 }
 
-// diffusers' rescale_noise_cfg: `guided` brought to the per-image standard deviation of `text` (unbiased, over
-// channels and pixels), mixed with `guided` by `rescale`.
-torch::Tensor rescale_guidance(const torch::Tensor& guided, const torch::Tensor& text, double rescale) {
-  const auto std_text = text.std({1, 2, 3}, /*unbiased=*/true, /*keepdim=*/true);
-  const auto std_guided = guided.std({1, 2, 3}, /*unbiased=*/true, /*keepdim=*/true);
-  return rescale * (guided * (std_text / std_guided)) + (1 - rescale) * guided;
-}
-
-std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params, int steps) {
-  // The checkpoint's training schedule (betas, offset, prediction type) with each sampler's own default spacing, as
-  // the reference runs use them: leading for DDIM/PNDM and linspace for the sigma samplers. A zero-terminal-SNR
-  // model keeps its own spacing (trailing, as a rule), without which DDIM would never start from its pure-noise
-  // timestep 999, as diffusers' `<Sampler>.from_config(pipe.scheduler.config)` keeps it.
-  // StableDiffusionPipeline sets steps_offset to 1 on loading (configs of early diffusers releases said 0), so its
-  // DDIM and PNDM never run another offset.
-  SchedulerConfig config = manifest.scheduler;
-  if (!config.rescale_betas_zero_snr) config.timestep_spacing.clear();
-  config.steps_offset = 1;
-  return make_scheduler(params.sampler, config, steps, params.eta);
-}
-
 // The hires pass's latent size: A1111 makes the image int(side * scale) pixels and its latents that divided by the
 // VAE's factor, rounded down.
 int64_t hires_latent_side(int side, double scale, int vae_scale_factor) {
@@ -127,17 +96,6 @@ torch::Tensor upscale_latents(const torch::Tensor& latents, const LatentUpscaler
   options.align_corners(false).antialias(upscaler.antialias);
   if (upscaler.mode == Mode::kBicubic) return F::interpolate(latents, options.mode(torch::kBicubic));
   return F::interpolate(latents, options.mode(torch::kBilinear));
-}
-
-// The hires pass's settings for make_sampler: its own sampler where it has one (with the first pass's eta only for
-// a sampler that takes it).
-GenerationParams hires_pass(const GenerationParams& params) {
-  GenerationParams pass = params;
-  if (!params.hires.sampler.empty()) {
-    pass.sampler = params.hires.sampler;
-    if (!sampler_takes_eta(pass.sampler)) pass.eta = 0;
-  }
-  return pass;
 }
 
 // A1111's hires pass (setup_img2img_steps with the steps given): a schedule of int(steps / min(denoise, 0.999))
@@ -183,44 +141,31 @@ void check_hires(const Manifest& manifest, const GenerationParams& params) {
   make_hires_sampler(manifest, params);
 }
 
-// [rows, tokens, ...] padded to `tokens` along dim 1 by repeating each row's last position, as A1111's
-// reconstruct_multicond_batch pads the conditioning of prompts that take fewer chunks.
-torch::Tensor pad_by_repeating_last(const torch::Tensor& rows, int64_t tokens) {
-  const int64_t missing = tokens - rows.size(1);
-  if (missing == 0) return rows;
-  auto last = rows.narrow(1, rows.size(1) - 1, 1);
-  std::vector<int64_t> repeated(last.sizes().begin(), last.sizes().end());
-  repeated[1] = missing;
-  return torch::cat({rows, last.expand(repeated)}, 1);
-}
-
-// Groups of rows ([rows, tokens, ...]) of different lengths, each padded as above to the longest, one after another.
-torch::Tensor cat_padded(std::vector<torch::Tensor> groups) {
-  int64_t tokens = 0;
-  for (const auto& group : groups) tokens = std::max(tokens, group.size(1));
-  for (auto& group : groups) group = pad_by_repeating_last(group, tokens);
-  return torch::cat(groups);
-}
-
-// A step's negative prompt and prompt contexts ([rows, tokens, hidden]) of different lengths brought to one, as
-// A1111's CFGDenoiser.pad_cond_uncond (the shorter gets `empty`, the empty prompt's one chunk, as often as it is
-// chunks short) and pad_cond_uncond_v0 (the negative prompts' last vector repeated, or cut to the prompts' length)
-// do. Lengths that are no whole number of chunks apart stay apart, as A1111 then runs them.
-std::pair<torch::Tensor, torch::Tensor> pad_conds(torch::Tensor negatives, torch::Tensor prompts,
-                                                  GenerationParams::PadConds how, const torch::Tensor& empty) {
-  if (how == GenerationParams::PadConds::Off) return {std::move(negatives), std::move(prompts)};
-  if (how == GenerationParams::PadConds::LastVector) {
-    negatives = negatives.size(1) < prompts.size(1) ? pad_by_repeating_last(negatives, prompts.size(1))
-                                                    : negatives.narrow(1, 0, prompts.size(1));
-  } else {
-    auto& shorter = negatives.size(1) < prompts.size(1) ? negatives : prompts;
-    const int64_t chunks = std::abs(prompts.size(1) - negatives.size(1)) / empty.size(1);
-    shorter = torch::cat({shorter, empty.repeat({shorter.size(0), chunks, 1})}, 1);
-  }
-  return {std::move(negatives), std::move(prompts)};
-}
-
 }  // namespace
+
+std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params, int steps) {
+  // The checkpoint's training schedule (betas, offset, prediction type) with each sampler's own default spacing, as
+  // the reference runs use them: leading for DDIM/PNDM and linspace for the sigma samplers. A zero-terminal-SNR
+  // model keeps its own spacing (trailing, as a rule), without which DDIM would never start from its pure-noise
+  // timestep 999, as diffusers' `<Sampler>.from_config(pipe.scheduler.config)` keeps it.
+  // StableDiffusionPipeline sets steps_offset to 1 on loading (configs of early diffusers releases said 0), so its
+  // DDIM and PNDM never run another offset.
+  SchedulerConfig config = manifest.scheduler;
+  if (!config.rescale_betas_zero_snr) config.timestep_spacing.clear();
+  config.steps_offset = 1;
+  return make_scheduler(params.sampler, config, steps, params.eta);
+}
+
+// The hires pass's settings for make_sampler: its own sampler where it has one (with the first pass's eta only for
+// a sampler that takes it).
+GenerationParams hires_pass(const GenerationParams& params) {
+  GenerationParams pass = params;
+  if (!params.hires.sampler.empty()) {
+    pass.sampler = params.hires.sampler;
+    if (!sampler_takes_eta(pass.sampler)) pass.eta = 0;
+  }
+  return pass;
+}
 
 Pipeline::Pipeline(Manifest manifest, Tokenizer tokenizer, PipelineOptions options)
     : manifest_(std::move(manifest)), tokenizer_(std::move(tokenizer)), options_(options) {}
@@ -423,365 +368,6 @@ void check_lora_files(const Bundle& bundle, const GenerationParams& params) {
       throw Error(ErrorKind::Bundle, "the model bundle's LoRA \"" + lora.name + "\" is missing its file " +
                                          bundle.path(listed->file).string() + "; add it again with " +
                                          add_lora_again(bundle.dir()));
-}
-
-std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, const GenerationParams& params,
-                                                     bool negative) const {
-  return Tokenizer::chunks(
-      tokenizer_.encode_traced(text, params.emphasis, negative ? "the negative prompt" : "the prompt"),
-      params.long_prompts, manifest_.context_length, manifest_.pad_id);
-}
-
-// The texts a prompt reads over a pass: its schedule in A1111's prompt-editing syntax where params.emphasis reads
-// A1111's syntax, else itself throughout. A1111 counts a pass's steps for it in U-Net calls, as many as the sampler's
-// steps, twice as many for the second-order ones (Heun, DPM2, DPM2 a, DPM++ 2S a); a hires pass's schedule continues
-// the first pass's.
-std::vector<ScheduledText> Pipeline::schedule_of(const Manifest& manifest, const std::string& prompt,
-                                                 const GenerationParams& params, Pass pass) {
-  const auto editing_steps = [&](const GenerationParams& pass_params, int steps) {
-    return static_cast<int>(make_sampler(manifest, pass_params, steps)->calls_per_step()) * steps;
-  };
-  const int first_steps = editing_steps(params, params.steps);
-  if (!params.emphasis) return {{first_steps, prompt}};
-  if (pass == Pass::First) return prompt_schedule(prompt, first_steps);
-  const auto hires = hires_pass(params);
-  return prompt_schedule(prompt, first_steps, editing_steps(hires, params.hires_steps()));
-}
-
-std::vector<WeightedPrompt> Pipeline::row_prompts(const Manifest& manifest, const std::string& prompt,
-                                                  const GenerationParams& params) {
-  if (!params.emphasis || !classifier_free_guidance(manifest, params)) return {{prompt, 1.0}};
-  auto rows = composable_prompts(prompt);
-  check_guidance_weights(rows, params.cfg_scale);
-  return rows;
-}
-
-bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,
-                                       const std::vector<std::string>& negative_prompts,
-                                       const GenerationParams& params) const {
-  if (!params.emphasis) return false;
-  std::vector<std::string> rows;
-  if (classifier_free_guidance(manifest_, params)) rows = negative_prompts;
-  for (const auto& prompt : prompts)
-    for (auto& row : row_prompts(manifest_, prompt, params)) rows.push_back(std::move(row.text));
-  for (const auto& row : rows) {
-    const auto first = schedule_of(manifest_, row, params, Pass::First);
-    const auto hires = schedule_of(manifest_, row, params, Pass::Hires);
-    if (first.size() > 1 || hires.size() > 1 || first[0].text != hires[0].text) return true;
-  }
-  return false;
-}
-
-// The distinct texts of one pass that a prompt (each of its row_prompts) or a negative prompt makes the text encoder
-// read, appended to `texts`. Without classifier-free guidance no row reads the negative prompt.
-void Pipeline::add_pass_texts(const Manifest& manifest, const std::string& text, bool negative,
-                              const GenerationParams& params, Pass pass, std::vector<std::string>& texts) {
-  if (negative && !classifier_free_guidance(manifest, params)) return;
-  for (const auto& row : negative ? std::vector<WeightedPrompt>{{text, 1.0}} : row_prompts(manifest, text, params))
-    for (auto& entry : schedule_of(manifest, row.text, params, pass))
-      if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
-}
-
-std::vector<Pipeline::TextChunks> Pipeline::text_chunks(const std::string& prompt, const std::string& negative_prompt,
-                                                        const GenerationParams& params) const {
-  const auto most_chunks = [&](const std::string& text, bool negative, Pass pass) {
-    std::vector<std::string> texts;
-    add_pass_texts(manifest_, text, negative, params, pass, texts);
-    size_t chunks = 0;
-    for (const auto& read : texts)
-      chunks = std::max(chunks, params.long_prompts ? token_chunks(read, params, negative).size() : 1);
-    return chunks;
-  };
-  std::vector<TextChunks> passes;
-  for (Pass pass : {Pass::First, Pass::Hires}) {
-    if (pass == Pass::Hires && !params.hires.enabled()) break;
-    passes.push_back({most_chunks(prompt, false, pass), most_chunks(negative_prompt, true, pass)});
-  }
-  return passes;
-}
-
-std::vector<std::string> Pipeline::texts_read(const Manifest& manifest, const std::string& text,
-                                              const GenerationParams& params, bool negative) {
-  std::vector<std::string> texts;
-  for (Pass pass : {Pass::First, Pass::Hires}) {
-    if (pass == Pass::Hires && !params.hires.enabled()) break;
-    add_pass_texts(manifest, text, negative, params, pass, texts);
-  }
-  return texts;
-}
-
-// Each U-Net row's texts over a pass, encoded, and the contexts the rows read at each step of the pass.
-class Pipeline::TextConditioning {
- public:
-  // The prompt rows of a batch: the image each guides and its weight (A1111's composable diffusion gives an image
-  // one row for each of its prompts).
-  struct PromptRow {
-    int64_t image;
-    double weight;
-  };
-  // A row's prompt over the pass: its schedule, and for each entry the entry's text in `hidden`, which holds the
-  // prompt's distinct texts ([texts, tokens, hidden]).
-  struct Row {
-    std::vector<ScheduledText> schedule;
-    std::vector<int64_t> entry_texts;
-    torch::Tensor hidden;
-  };
-
-  // `rows`: the negative prompt rows (`negative_rows` of them; none without guidance), then the prompt rows, which
-  // `prompt_rows` describes in order. `empty`: the empty prompt's encoding ([1, tokens, hidden]) where `pad` needs it.
-  TextConditioning(std::vector<Row> rows, size_t negative_rows, std::vector<PromptRow> prompt_rows,
-                   GenerationParams::PadConds pad, torch::Tensor empty)
-      : rows_(std::move(rows)),
-        negative_rows_(negative_rows),
-        prompt_rows_(std::move(prompt_rows)),
-        pad_(pad),
-        empty_(std::move(empty)) {
-    std::map<int64_t, std::vector<int64_t>> image_rows;
-    for (size_t row = 0; row < prompt_rows_.size(); ++row) {
-      if (prompt_rows_[row].image == static_cast<int64_t>(first_rows_.size()))
-        first_rows_.push_back(static_cast<int64_t>(row));
-      one_row_each_ =
-          one_row_each_ && prompt_rows_[row].image == static_cast<int64_t>(row) && prompt_rows_[row].weight == 1.0;
-      image_rows[prompt_rows_[row].image].push_back(static_cast<int64_t>(row));
-    }
-    for (const auto& [image, its_rows] : image_rows)
-      if (its_rows.size() == 1 && prompt_rows_[static_cast<size_t>(its_rows[0])].weight == 1.0)
-        plain_rows_.emplace_back(image, its_rows[0]);
-  }
-
-  // The guided U-Net batch's samples: the images' for the negative prompt rows, then prompt_batch's.
-  torch::Tensor guided_batch(const torch::Tensor& latents) { return torch::cat({latents, prompt_batch(latents)}); }
-
-  // The samples of the prompt rows alone: each prompt row's image's.
-  torch::Tensor prompt_batch(const torch::Tensor& latents) {
-    if (one_row_each_) return latents;
-    if (!row_images_.defined()) {
-      std::vector<int64_t> images;
-      for (const auto& row : prompt_rows_) images.push_back(row.image);
-      row_images_ = torch::tensor(images).to(latents.device());
-    }
-    return latents.index_select(0, row_images_);
-  }
-
-  // The guided prediction from the guided batch's: diffusers' uncond + scale (cond - uncond) where each image has one
-  // prompt row of weight 1; else, as A1111 adds composable prompts up, uncond plus (cond - uncond) (weight scale)
-  // for each of the image's rows in turn. Then diffusers' guidance rescale, where `rescale` > 0; the text prediction
-  // it measures is, for composable prompts, their sum at scale 1.
-  torch::Tensor guide(const torch::Tensor& predicted, double scale, double rescale) const {
-    const int64_t images = predicted.size(0) - static_cast<int64_t>(prompt_rows_.size());
-    const auto uncond = predicted.slice(0, 0, images);
-    if (one_row_each_) {
-      const auto text = predicted.slice(0, images);
-      const auto guided = uncond + scale * (text - uncond);
-      return rescale > 0 ? rescale_guidance(guided, text, rescale) : guided;
-    }
-    const auto combined = [&](double s) {
-      auto out = uncond.clone();
-      for (size_t row = 0; row < prompt_rows_.size(); ++row) {
-        const int64_t image = prompt_rows_[row].image;
-        out[image] += (predicted[images + static_cast<int64_t>(row)] - uncond[image]) * (prompt_rows_[row].weight * s);
-      }
-      return out;
-    };
-    const auto guided = combined(scale);
-    if (rescale <= 0) return guided;
-    // An image with one prompt row of weight 1 measures that row's prediction, as alone in its batch.
-    auto text = combined(1.0);
-    for (const auto& [image, row] : plain_rows_) text[image] = predicted[images + row];
-    return rescale_guidance(guided, text, rescale);
-  }
-
-  // The prediction from prompt_batch's alone, as A1111 guides a call that skips the negative prompt: each image's
-  // first prompt row stands in for its negative prompt's, and the rows are added up at scale 1 (for an image of one
-  // row of weight 1, that row's prediction).
-  torch::Tensor guide_without_uncond(const torch::Tensor& predicted) {
-    if (!first_row_indices_.defined()) first_row_indices_ = torch::tensor(first_rows_).to(predicted.device());
-    const auto stand_in = predicted.index_select(0, first_row_indices_);
-    auto out = stand_in.clone();
-    for (size_t row = 0; row < prompt_rows_.size(); ++row) {
-      const int64_t image = prompt_rows_[row].image;
-      out[image] += (predicted[static_cast<int64_t>(row)] - stand_in[image]) * (prompt_rows_[row].weight * 1.0);
-    }
-    return out;
-  }
-
-  // The contexts of the U-Net calls at `step` of the pass (from 0), each [rows, tokens, hidden] for the batch's
-  // rows in order, each row's text as A1111's reconstruct_cond_batch picks it: one call, or with guidance two (the
-  // negative prompt rows, then the prompt rows) when the two read different numbers of tokens, as A1111 runs them
-  // unless told to pad (GenerationParams::pad_conds). Within each, rows of fewer tokens are padded by repeating
-  // their last vector. Each combination of texts is gathered once ([a|b] takes turns between two).
-  const std::vector<torch::Tensor>& at(size_t step) {
-    const auto texts = texts_at(step);
-    auto& contexts = gathered_[texts];
-    if (contexts.empty()) {
-      const auto prompts = group(texts, negative_rows_, rows_.size());
-      if (negative_rows_ == 0) {
-        contexts = {prompts};
-      } else {
-        const auto negatives = group(texts, 0, negative_rows_);
-        if (negatives.size(1) == prompts.size(1)) {
-          contexts = {torch::cat({negatives, prompts})};
-        } else if (auto [padded_negatives, padded_prompts] = pad_conds(negatives, prompts, pad_, empty_);
-                   padded_negatives.size(1) == padded_prompts.size(1)) {
-          contexts = {torch::cat({padded_negatives, padded_prompts})};
-          padded_.insert(texts);
-        } else {
-          contexts = {negatives, prompts};
-        }
-      }
-    }
-    return contexts;
-  }
-
-  // Whether `at` padded the step's contexts to one call (A1111 records "Pad conds" where its last call did).
-  bool padded_at(size_t step) {
-    at(step);
-    return padded_.count(texts_at(step)) > 0;
-  }
-
-  // The context of prompt_batch's U-Net call at `step`: the prompt rows' alone, padded among themselves as in `at`.
-  const std::vector<torch::Tensor>& prompt_contexts_at(size_t step) {
-    const auto texts = texts_at(step);
-    auto& contexts = gathered_prompts_[texts];
-    if (contexts.empty()) contexts = {group(texts, negative_rows_, rows_.size())};
-    return contexts;
-  }
-
- private:
-  // Rows `from` to `to` reading `texts`, as one context: rows of fewer tokens padded by repeating their last vector.
-  torch::Tensor group(const std::vector<int64_t>& texts, size_t from, size_t to) const {
-    std::vector<torch::Tensor> rows;
-    for (size_t row = from; row < to; ++row) rows.push_back(rows_[row].hidden.narrow(0, texts[row], 1));
-    return cat_padded(std::move(rows));
-  }
-
-  // Each row's text at `step`, an index into its `hidden`.
-  std::vector<int64_t> texts_at(size_t step) const {
-    std::vector<int64_t> texts;
-    for (const auto& row : rows_)
-      texts.push_back(row.entry_texts[scheduled_index(row.schedule, static_cast<int>(step))]);
-    return texts;
-  }
-
-  std::vector<Row> rows_;
-  size_t negative_rows_;
-  std::vector<PromptRow> prompt_rows_;
-  bool one_row_each_ = true;
-  std::vector<std::pair<int64_t, int64_t>> plain_rows_;  // (image, its prompt row) for images of one row of weight 1
-  std::vector<int64_t> first_rows_;   // each image's first prompt row, in image order
-  torch::Tensor first_row_indices_;  // first_rows_ on the device, made at the first guide_without_uncond
-  GenerationParams::PadConds pad_;
-  torch::Tensor empty_;
-  torch::Tensor row_images_;  // the prompt rows' images, on the device
-  std::map<std::vector<int64_t>, std::vector<torch::Tensor>> gathered_;
-  std::map<std::vector<int64_t>, std::vector<torch::Tensor>> gathered_prompts_;  // prompt_contexts_at's
-  std::set<std::vector<int64_t>> padded_;  // the combinations of texts whose contexts `at` padded
-};
-
-// With classifier-free guidance the negative prompts' rows come first ([uncond, cond]). Each prompt (a negative
-// prompt, a composable prompt) is encoded as A1111 encodes one: the distinct texts of its schedule in the pass, all
-// with as many chunks as the longest of them takes. Observed: each group's texts as the text encoder gave
-// them, "text/..." for the prompts', "uncond_text/..." for the negative prompts' (with "hires/" before them in the
-// hires pass), padded as `at` pads a group (the input ids too, their last id repeated).
-Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::string>& prompts,
-                                                    const std::vector<std::string>& negative_prompts,
-                                                    const GenerationParams& params, bool guided, Pass pass,
-                                                    Observer* observer) {
-  std::vector<TextConditioning::Row> rows;
-  std::vector<TextConditioning::PromptRow> prompt_rows;
-  // The rows of each group: the negative prompts (with guidance), then the images' prompt rows.
-  std::vector<std::string> group_rows[2];
-  if (guided) group_rows[0] = negative_prompts;
-  for (size_t image = 0; image < prompts.size(); ++image)
-    for (auto& prompt : row_prompts(manifest_, prompts[image], params)) {
-      group_rows[1].push_back(std::move(prompt.text));
-      prompt_rows.push_back({static_cast<int64_t>(image), prompt.weight});
-    }
-  // Each prompt's row, with its texts as the text encoder gave them (for the observer).
-  std::map<std::string, std::pair<TextConditioning::Row, EncodedTexts>> encoded;
-  const std::string prefix = pass == Pass::First ? "" : "hires/";
-  for (int group : {0, 1}) {
-    std::vector<torch::Tensor> ids, hidden;
-    for (const auto& prompt : group_rows[group]) {
-      auto& [row, texts] = encoded[prompt];
-      if (!row.hidden.defined()) {
-        row.schedule = schedule_of(manifest_, prompt, params, pass);
-        std::vector<std::string> seen;
-        std::vector<int64_t> uses;  // how many of the schedule's entries read each text
-        std::vector<std::vector<Tokenizer::Chunk>> chunks;
-        for (const auto& entry : row.schedule) {
-          const auto found = std::find(seen.begin(), seen.end(), entry.text);
-          row.entry_texts.push_back(found - seen.begin());
-          if (found != seen.end()) {
-            ++uses[static_cast<size_t>(found - seen.begin())];
-            continue;
-          }
-          seen.push_back(entry.text);
-          uses.push_back(1);
-          chunks.push_back(token_chunks(entry.text, params, group == 0));
-        }
-        texts = encode_texts(std::move(chunks), uses, params);
-        row.hidden = texts.hidden.to(options_.device, options_.dtype);
-      }
-      rows.push_back(row);
-      ids.push_back(texts.input_ids);
-      hidden.push_back(texts.hidden);
-    }
-    if (!observer || ids.empty()) continue;
-    const auto name = prefix + (group == 0 ? "uncond_text" : "text");
-    observe(observer, name + "/input_ids", cat_padded(std::move(ids)));
-    observe(observer, name + (params.clip_skip == 1 ? "/last_hidden_state" : "/clip_skip_hidden_state"),
-            cat_padded(std::move(hidden)));
-  }
-  const bool pads_with_empty = guided && params.pad_conds == GenerationParams::PadConds::EmptyChunks;
-  return TextConditioning(std::move(rows), group_rows[0].size(), std::move(prompt_rows), params.pad_conds,
-                          pads_with_empty ? empty_prompts_.at(params.clip_skip) : torch::Tensor());
-}
-
-// Texts encoded as A1111 encodes one prompt's: each text's chunks, padded with empty ones to the most any text has,
-// encoded as one text-encoder batch and laid end to end (A1111's long prompts; one chunk is diffusers' encoding).
-// With emphasis each chunk's embeddings are scaled by their tokens' weights and then rescaled to their former mean,
-// as A1111's "Original" emphasis does: the mean over the chunk, at its position, of every text the prompt's
-// schedule reads (`uses`: how many of its entries read each text).
-Pipeline::EncodedTexts Pipeline::encode_texts(std::vector<std::vector<Tokenizer::Chunk>> texts,
-                                              const std::vector<int64_t>& uses, const GenerationParams& params) {
-  const Tokenizer::Chunk empty = {tokenizer_.encode_padded("", manifest_.context_length, manifest_.pad_id).ids,
-                                  std::vector<double>(static_cast<size_t>(manifest_.context_length), 1.0)};
-  size_t chunks = 1;
-  for (const auto& text : texts) chunks = std::max(chunks, text.size());
-  std::vector<int64_t> ids;
-  std::vector<double> weights;
-  for (auto& padded : texts) {
-    padded.resize(chunks, empty);
-    for (const auto& chunk : padded) {
-      ids.insert(ids.end(), chunk.ids.begin(), chunk.ids.end());
-      weights.insert(weights.end(), chunk.weights.begin(), chunk.weights.end());
-    }
-  }
-  const auto rows = static_cast<int64_t>(texts.size());
-  auto input_ids = torch::tensor(ids, torch::kInt64).view({rows, -1});
-  const auto per_chunk = input_ids.view({rows * static_cast<int64_t>(chunks), -1}).to(side_device(options_));
-  // The last layer through `forward`, as before --clip-skip existed (and as the reference fixtures name it).
-  auto hidden = (params.clip_skip == 1 ? text_encoder_.forward({per_chunk})
-                                       : text_encoder_.run_method("encode", per_chunk, int64_t{params.clip_skip}))
-                    .toTensor();
-  if (params.emphasis) {
-    // In float32 whatever the text encoder's dtype, as A1111's float32 multipliers make it: fp16 would turn weights
-    // above 65504 into infinities, and round each text's mean before they are added up.
-    // [texts, chunks, tokens, hidden]; the means are per chunk position, over the texts as often as they are read.
-    hidden = hidden.to(torch::kFloat32).view({rows, static_cast<int64_t>(chunks), hidden.size(1), hidden.size(2)});
-    const auto read = torch::tensor(uses, torch::kFloat32).to(hidden.device()).view({rows, 1, 1, 1});
-    const auto mean = [&](const torch::Tensor& z) {
-      return (z.mean({2, 3}, /*keepdim=*/true) * read).sum(0, /*keepdim=*/true) / read.sum();
-    };
-    const auto before = mean(hidden);
-    const auto scale = torch::tensor(weights, torch::kFloat64).view({rows, static_cast<int64_t>(chunks), -1, 1});
-    hidden = hidden * scale.to(hidden.device(), torch::kFloat32);
-    // A chunk whose mean is 0 keeps its scale (A1111 would divide by zero).
-    const auto ratio = before / mean(hidden);
-    hidden = hidden * torch::where(torch::isfinite(ratio), ratio, torch::ones_like(ratio));
-  }
-  return {std::move(input_ids), hidden.reshape({rows, -1, hidden.size(-1)})};
 }
 
 // The U-Net's fp16 weights (1.6 GiB for SD v1) and the decoder's activations at 512² (some 0.6 GiB) are the two
