@@ -449,14 +449,8 @@ Pipeline::UncondSkips::Reason Pipeline::UncondSkips::reason(const Scheduler& sch
   return Reason::None;
 }
 
-bool Pipeline::UncondSkips::ngms_skips_a_call(const Scheduler& scheduler) const {
-  for (size_t call = scheduler.first_call(); call < scheduler.timesteps().size(); ++call)
-    if (reason(scheduler, call) == Reason::Ngms) return true;
-  return false;
-}
-
-torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, const Denoising& run,
-                                const std::string& prefix, size_t calls_before) {
+Pipeline::Denoised Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, const Denoising& run,
+                                     const std::string& prefix, size_t calls_before) {
   const auto& timesteps = scheduler.timesteps();
   const size_t first = scheduler.first_call();
   const auto t = timestep_tensors(timesteps, options_.device);
@@ -464,8 +458,11 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
   const auto image_conditioning =
       manifest_.inpainting ? masked_image_conditioning(shape[2], shape[3], run.observer) : torch::Tensor();
   if (image_conditioning.defined()) observe(run.observer, prefix + "unet/image_conditioning", image_conditioning);
+  bool ngms_skipped = false;
   for (size_t call = first; call < timesteps.size(); ++call) {
-    const bool skip_uncond = run.guided && run.skips.reason(scheduler, call) != UncondSkips::Reason::None;
+    const auto skip_reason = run.guided ? run.skips.reason(scheduler, call) : UncondSkips::Reason::None;
+    const bool skip_uncond = skip_reason != UncondSkips::Reason::None;
+    ngms_skipped |= skip_reason == UncondSkips::Reason::Ngms;
     const bool guided = run.guided && !skip_uncond;
     auto model_input = scheduler.scale_model_input(guided        ? run.text.guided_batch(latents)
                                                    : skip_uncond ? run.text.prompt_batch(latents)
@@ -497,7 +494,7 @@ torch::Tensor Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents, con
       run.observer->preview(done, run.calls, checked_images(to_uint8(decoded), nullptr));
     }
   }
-  return latents;
+  return {latents, run.text.padded_at(timesteps.size() - 1 - first), ngms_skipped};
 }
 
 std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& prompts,
@@ -547,19 +544,16 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   const auto hires_sampler = params.hires.enabled() ? make_hires_sampler(manifest_, params) : nullptr;
   const size_t calls = scheduler->timesteps().size() +
                        (hires_sampler ? hires_sampler->timesteps().size() - hires_sampler->first_call() : 0);
-  const Denoising run{text,
-                      guidance,
-                      guided,
-                      params.cfg_scale,
-                      params.guidance_rescale,
-                      {params.skip_early_cfg, scheduler->calls_per_step() * static_cast<size_t>(params.steps),
-                       params.ngms, params.ngms_all_steps},
-                      calls,
-                      noise,
-                      observer};
-  latents = denoise(*scheduler, latents, run, "", 0);
-  bool padded_conds = text.padded_at(scheduler->timesteps().size() - 1);
-  bool ngms_skipped = guided && run.skips.ngms_skips_a_call(*scheduler);
+  const auto pass_run = [&](TextConditioning& pass_text, const Scheduler& pass_sampler, int pass_steps) {
+    const UncondSkips skips{params.skip_early_cfg, pass_sampler.calls_per_step() * static_cast<size_t>(pass_steps),
+                            params.ngms, params.ngms_all_steps};
+    return Denoising{pass_text, guidance, guided, params.cfg_scale, params.guidance_rescale,
+                     skips,     calls,    noise,  observer};
+  };
+  auto denoised = denoise(*scheduler, latents, pass_run(text, *scheduler, params.steps), "", 0);
+  latents = denoised.latents;
+  bool padded_conds = denoised.padded_conds;
+  bool ngms_skipped = denoised.ngms_skipped;
 
   // 4. Hires fix: the latents resized, noised to where the hires schedule is entered, denoised again; the noise
   // starts again from each row's seed, as A1111 draws it.
@@ -577,20 +571,12 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     std::optional<TextConditioning> hires_text;
     if (hires_reads_other_texts(prompts, negative_prompts, params))
       hires_text.emplace(encode_prompts(prompts, negative_prompts, params, guided, Pass::Hires, observer));
-    const Denoising hires_run{
-        hires_text ? *hires_text : text,
-        guidance,
-        guided,
-        params.cfg_scale,
-        params.guidance_rescale,
-        {params.skip_early_cfg, hires_sampler->calls_per_step() * static_cast<size_t>(params.hires_steps()),
-         params.ngms, params.ngms_all_steps},
-        calls,
-        noise,
-        observer};
-    latents = denoise(*hires_sampler, latents, hires_run, "hires/", scheduler->timesteps().size());
-    padded_conds = hires_run.text.padded_at(hires_sampler->timesteps().size() - 1 - first) || padded_conds;
-    ngms_skipped = (guided && hires_run.skips.ngms_skips_a_call(*hires_sampler)) || ngms_skipped;
+    denoised = denoise(*hires_sampler, latents,
+                       pass_run(hires_text ? *hires_text : text, *hires_sampler, params.hires_steps()), "hires/",
+                       scheduler->timesteps().size());
+    latents = denoised.latents;
+    padded_conds |= denoised.padded_conds;
+    ngms_skipped |= denoised.ngms_skipped;
   }
   throw_if_non_finite(latents, "the latents", options_.dtype);
 

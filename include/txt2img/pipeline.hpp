@@ -173,8 +173,6 @@ class Pipeline {
     enum class Reason { None, EarlyCfg, Ngms };
     // Why the guided call `call` of the scheduler's run skips the negative prompt, if it does.
     Reason reason(const Scheduler& scheduler, size_t call) const;
-    // Whether NGMS skips any call of the scheduler's run.
-    bool ngms_skips_a_call(const Scheduler& scheduler) const;
   };
   // What the U-Net calls of one pass share, for denoise.
   struct Denoising {
@@ -191,10 +189,16 @@ class Pipeline {
   // The U-Net's prediction for the batch `model_input`, in one call per context (see TextConditioning::at).
   torch::Tensor predict_noise(const torch::Tensor& model_input, const torch::Tensor& t,
                               const std::vector<torch::Tensor>& contexts, const torch::Tensor& guidance);
+  // A pass's latents, and what its images record of it.
+  struct Denoised {
+    torch::Tensor latents;
+    bool padded_conds;  // the last call's contexts were padded to one call (A1111's "Pad conds")
+    bool ngms_skipped;  // NGMS skipped the negative prompt in a call
+  };
   // Steps `latents` through the scheduler's calls from its first_call() to the end. Observed tensors are named from
   // call 000 on with `prefix` before them; progress counts on from `calls_before`.
-  torch::Tensor denoise(Scheduler& scheduler, torch::Tensor latents, const Denoising& run, const std::string& prefix,
-                        size_t calls_before);
+  Denoised denoise(Scheduler& scheduler, torch::Tensor latents, const Denoising& run, const std::string& prefix,
+                   size_t calls_before);
   torch::Tensor decode(const torch::Tensor& latents);
   bool decodes_in_tiles(const torch::Tensor& latents) const;
   // An inpainting model's extra U-Net input at this latent size: [1, 1 + latent_channels, h, w], made once per size
