@@ -1,0 +1,362 @@
+#include "cli/rerun_command.hpp"
+
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <vector>
+
+#include "cli/metadata.hpp"
+#include "cli/shell_text.hpp"
+#include "join.hpp"
+#include "txt2img/error.hpp"
+#include "txt2img/lora_tags.hpp"
+#include "txt2img/scheduler.hpp"
+
+namespace txt2img::cli {
+namespace {
+
+// Whether an A1111 "Version" field ("v1.10.1", Forge's "f2.0.1v1.10.1-previous-…", other tools' "1.10.1") is
+// 1.`minor` or later.
+bool version_at_least(const std::string& version, int minor) {
+  const auto v1 = version.find("v1.");
+  size_t start;
+  if (v1 != std::string::npos)
+    start = v1 + 3;
+  else if (version.rfind("1.", 0) == 0)
+    start = 2;
+  else
+    return false;
+  size_t digits = start;
+  while (digits < version.size() && std::isdigit(static_cast<unsigned char>(version[digits]))) ++digits;
+  return digits > start && digits - start <= 4 && std::stoi(version.substr(start, digits - start)) >= minor;
+}
+
+// The start of a command for `prompt`: as the positional prompt, unless it starts with '-', which would read as a
+// flag there, or is a subcommand's name.
+std::vector<std::string> command_for(const std::string& prompt) {
+  if ((!prompt.empty() && prompt[0] == '-') || prompt == "info" || prompt == "tokenize")
+    return {"txt2img", "--prompt=" + prompt};
+  return {"txt2img", prompt};
+}
+
+}  // namespace
+
+// What a command cannot say: which model bundle, as a folder, holds the model an image was made with.
+std::string model_hint(const std::string& name, const std::string& hash) {
+  if (name.empty() && hash.empty())
+    return "with a model it does not name: add --model DIR for the one it was made with\n";
+  return "with the model " + (name.empty() ? "?" : name) + (hash.empty() ? "" : " [" + hash + "]") +
+         ": add --model DIR where that is not your default\n";
+}
+
+// The command line that makes the image of a txt2img metadata record again (with the same model bundle, which the
+// record names but cannot locate).
+std::string rerun_command(const nlohmann::ordered_json& r, const std::string& path) {
+  try {
+    auto args = command_for(r.at("prompt").get<std::string>());
+    const auto add = [&](const std::string& flag, const nlohmann::ordered_json& value) {
+      args.push_back(flag);
+      args.push_back(value.is_string() ? value.get<std::string>() : value.dump());
+    };
+    if (!r.at("negative_prompt").get<std::string>().empty()) add("-n", r.at("negative_prompt"));
+    add("--seed", r.at("seed"));
+    if (r.contains("variation") && !r.at("variation").is_null()) {
+      add("--variation-seed", r.at("variation").at("seed"));
+      add("--variation-strength", r.at("variation").at("strength"));
+    }
+    if (r.value("ensd", uint64_t{0}) != 0) add("--ensd", r.at("ensd"));
+    add("--steps", r.at("steps"));
+    add("--sampler", r.at("sampler"));
+    add("--cfg-scale", r.at("cfg_scale"));
+    if (r.value("guidance_rescale", 0.0) != 0) add("--guidance-rescale", r.at("guidance_rescale"));
+    if (r.value("skip_early_cfg", 0.0) != 0) add("--skip-early-cfg", r.at("skip_early_cfg"));
+    if (r.value("ngms", 0.0) != 0) add("--ngms", r.at("ngms"));
+    if (r.value("ngms_all_steps", false)) args.push_back("--ngms-all-steps");
+    if (r.at("eta").get<double>() != 0) add("--eta", r.at("eta"));
+    if (r.value("clip_skip", 1) != 1) add("--clip-skip", r.at("clip_skip"));
+    if (r.value("long_prompts", false)) args.push_back("--long-prompts");
+    const std::string pad_conds = r.value("pad_conds", std::string("off"));
+    if (const std::string flag = pad_conds_flag(pad_conds); !flag.empty())
+      args.push_back(flag);
+    else if (pad_conds != "off")
+      throw Error(ErrorKind::Io, path + ": its txt2img metadata has a pad_conds of \"" + pad_conds +
+                                     "\", which this txt2img does not know (made by a newer one?)");
+    if (r.value("emphasis", false)) args.push_back("--emphasis");
+    add("-W", r.at("width"));
+    add("-H", r.at("height"));
+    if (r.contains("hires") && !r.at("hires").is_null()) {
+      const auto& h = r.at("hires");
+      add("--hires-scale", h.at("scale"));
+      if (h.at("steps").get<int>() > 0) add("--hires-steps", h.at("steps"));  // 0: older images, "as --steps"
+      add("--hires-denoise", h.at("denoise"));
+      if (h.at("upscaler").get<std::string>() != "latent") add("--hires-upscaler", h.at("upscaler"));
+      if (h.contains("sampler") && h.at("sampler") != r.at("sampler")) add("--hires-sampler", h.at("sampler"));
+    }
+    add("--device", r.at("device"));
+    add("--dtype", r.at("dtype"));
+    const std::string safety = r.at("safety").at("mode").get<std::string>();
+    if (safety == "off") args.push_back("--no-safety-checker");
+    if (safety == "report") add("--safety", "report");
+    if (r.value("decoder", std::string("full")) != "full") add("--decoder", r.at("decoder"));
+    if (r.value("vae_tiling", false)) args.push_back("--low-vram");  // its tiled decode is part of the image
+    return shell_line(args);
+  } catch (const nlohmann::json::exception& e) {
+    std::string what = e.what();  // "[json.exception.type_error.302] type must be ...": the library's tag dropped
+    if (!what.empty() && what[0] == '[' && what.find("] ") != std::string::npos)
+      what = what.substr(what.find("] ") + 2);
+    throw Error(ErrorKind::Io, path + ": its txt2img metadata lacks what a command needs (" + what + ")");
+  }
+}
+
+// The command line that reads an AUTOMATIC1111 image's infotext as A1111 generated it (emphasis and long prompts on,
+// A1111's sampler names), and on stderr what it leaves out: the model, settings txt2img has no equivalent for, and
+// the noise, which A1111 draws on the GPU unless its infotext says "RNG: CPU".
+std::string a1111_command(const std::string& text) {
+  const auto p = parse_a1111_parameters(text);
+  std::map<std::string, std::string> fields(p.fields.begin(), p.fields.end());
+  const auto field = [&](const char* key) { return fields.count(key) ? fields[key] : std::string(); };
+  auto args = command_for(p.prompt);
+  if (!p.negative_prompt.empty()) args.insert(args.end(), {"-n", p.negative_prompt});
+  std::vector<std::string> left_out;
+  std::vector<std::string> notes;  // where the command reads a field otherwise than it is written
+  if (p.fields.empty())
+    notes.push_back(
+        "its text holds a prompt but no settings line (Steps, Sampler, Seed, ...): the command makes that "
+        "prompt with txt2img's defaults and a random seed, not this image");
+  // A whole-number field as the flag takes it ("3.0" as 3), or left out, saying why, where it is none the flag takes
+  // (other tools write seeds of -1 or 2^64 - 1).
+  const auto take_whole = [&](const char* key, const char* flag, uint64_t low, uint64_t high) {
+    const std::string value = field(key);
+    if (value.empty()) return;
+    std::optional<uint64_t> number;
+    errno = 0;
+    char* end = nullptr;
+    if (value.find_first_not_of("0123456789") == std::string::npos) {
+      const auto parsed = std::strtoull(value.c_str(), &end, 10);
+      if (errno == 0) number = parsed;
+    } else {
+      const double parsed = std::strtod(value.c_str(), &end);
+      if (*end == '\0' && std::isfinite(parsed) && parsed == std::floor(parsed) && parsed >= 0 && parsed < 1e18)
+        number = static_cast<uint64_t>(parsed);
+    }
+    if (number && *number >= low && *number <= high) {
+      args.insert(args.end(), {flag, std::to_string(*number)});
+      return;
+    }
+    left_out.push_back(std::string(key) + ": " + value + " (" + flag + " takes a whole number from " +
+                       std::to_string(low) + " to " + std::to_string(high) + ")");
+  };
+  constexpr uint64_t kLargest = std::numeric_limits<int64_t>::max();
+  const auto take = [&](const char* key, const char* flag) {
+    if (field(key).empty()) return;
+    args.insert(args.end(), {flag, field(key)});
+  };
+  take_whole("Seed", "--seed", 0, kLargest);
+  if (!field("Variation seed strength").empty() && field("Variation seed strength") != "0") {
+    take_whole("Variation seed", "--variation-seed", 0, kLargest);
+    take("Variation seed strength", "--variation-strength");
+  }
+  take_whole("Steps", "--steps", 1, 1000);
+  take_whole("ENSD", "--ensd", 0, kLargest);
+  // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). Before 1.9 a
+  // sampler's name held its schedule ("DPM++ 2M Karras"); 1.9 and later name it apart ("Sampler: DPM++ 2M, Schedule
+  // type: Karras") and leave it out where it is the sampler's default ("Automatic"), which is not uniform for every
+  // sampler. Uniform is A1111's, the samplers' _uniform, where txt2img has it (not for DDIM, PLMS, UniPC and LCM,
+  // which A1111 runs on their own timesteps). A schedule txt2img has no sampler for is left out. A field A1111 leaves
+  // out because it is the first pass's ("Hires schedule type") takes `inherited`.
+  const bool schedule_apart = version_at_least(field("Version"), 9);
+  // txt2img's own text (its txt2img record damaged or removed): its DDIM is diffusers'.
+  const bool made_by_txt2img = field("Version").rfind("txt2img ", 0) == 0;
+  const auto sampler_of = [&](const char* sampler_key, const char* schedule_key, const std::string& inherited) {
+    if (field(sampler_key).empty()) return std::string();
+    std::string sampler = canonical_scheduler_name(field(sampler_key));
+    // A1111 1.6 replaced the original Stable Diffusion code's DDIM, which diffusers' is where the steps divide 1000,
+    // and PLMS, which neither txt2img's is, with its own.
+    const bool ddim = sampler == "ddim";
+    const std::string a1111s = ddim ? "ddim_a1111" : "plms_a1111";
+    if ((ddim || sampler == "pndm") && version_at_least(field("Version"), 6)) {
+      sampler = a1111s;
+    } else if ((ddim || sampler == "pndm") && made_by_txt2img) {
+      notes.push_back(std::string("txt2img writes Sampler: ") + (ddim ? "DDIM" : "PLMS") + " for " + sampler + " and " +
+                      a1111s + " alike: read as " + sampler);
+    } else if (sampler == "pndm") {
+      notes.push_back(
+          (field("Version").empty() ? "it names no A1111 version: PLMS is read as before 1.6, when " : "before 1.6 ") +
+          std::string("A1111 ran the original Stable Diffusion code's PLMS, which is neither txt2img's "
+                      "pndm (diffusers') nor plms_a1111 (A1111's since 1.6): the image will differ"));
+    } else if (sampler == "ddim") {
+      const std::string ldm_ddim =
+          "A1111 before 1.6 ran the original Stable Diffusion code's DDIM, which is "
+          "diffusers' (ddim) where the steps divide 1000; 1.6 and later run their own "
+          "(ddim_a1111)";
+      notes.push_back(field("Version").empty()
+                          ? "it names no A1111 version: DDIM is read as before 1.6 (" + ldm_ddim + ")"
+                          : ldm_ddim);
+    }
+    const bool own_schedule = !field(schedule_key).empty();
+    std::string schedule = own_schedule ? field(schedule_key) : inherited;
+    std::string label = schedule_key + (": " + schedule) + (own_schedule ? "" : " (the first pass's)");
+    if (split_sampler_name(sampler).schedule.empty()) {  // else the name holds it, which A1111 reads first
+      if ((schedule.empty() || schedule == "Automatic") && !a1111_default_schedule(sampler).empty()) {
+        if (schedule_apart) {
+          schedule = a1111_default_schedule(sampler);
+          label = schedule_key + (": Automatic, " + schedule + " for " + field(sampler_key));
+        } else if (field("Version").empty()) {
+          notes.push_back("it names no A1111 version: " + field(sampler_key) +
+                          " without a schedule type is read as "
+                          "before A1111 1.9, on uniform sigmas (1.9 and later ran it on " +
+                          a1111_default_schedule(sampler) + " sigmas)");
+        }
+      }
+      if (schedule.empty() || schedule == "Automatic") schedule = "Uniform";
+      const std::string suffix = "_" + schedule_from_a1111(schedule);
+      if (is_scheduler_name(sampler + suffix))
+        sampler += suffix;
+      else if (schedule != "Uniform")
+        left_out.push_back(label);
+    }
+    if (is_scheduler_name(sampler)) return sampler;
+    left_out.push_back(sampler_key + (": " + field(sampler_key)));
+    return std::string();
+  };
+  const std::string sampler = sampler_of("Sampler", "Schedule type", "");
+  if (!sampler.empty()) {
+    args.insert(args.end(), {"--sampler", sampler});
+    if (sampler_takes_eta(sampler)) take("Eta DDIM", "--eta");
+  }
+  take("CFG scale", "--cfg-scale");
+  take("Guidance rescale", "--guidance-rescale");  // txt2img's own field
+  take("Skip Early CFG", "--skip-early-cfg");
+  take("NGMS", "--ngms");
+  if (field("NGMS all steps") == "True") args.push_back("--ngms-all-steps");
+  const std::string size = field("Size");
+  const auto x = size.find('x');
+  std::string sides[2] = {x == std::string::npos ? "" : size.substr(0, x),
+                          x == std::string::npos ? "" : size.substr(x + 1)};
+  const auto whole = [](const std::string& s) {
+    return !s.empty() && s.size() <= 5 && s.find_first_not_of("0123456789") == std::string::npos;
+  };
+  bool rounded = false;
+  if (whole(sides[0]) && whole(sides[1])) {
+    // A1111 makes latents of size / 8, rounded down, so its image is that multiple of 8 whatever Size says.
+    for (auto& side : sides) {
+      const int value = std::stoi(side);
+      if (value % 8 != 0 && value > 8) {
+        side = std::to_string(value / 8 * 8);
+        rounded = true;
+      }
+    }
+    args.insert(args.end(), {"-W", sides[0], "-H", sides[1]});
+    if (rounded)
+      notes.push_back("its Size " + size + " is not a multiple of 8; A1111 made latents of " + sides[0] + "x" +
+                      sides[1] + " pixels' worth (it rounds down), as the command does");
+  } else if (!size.empty()) {
+    left_out.push_back("Size: " + size);
+  }
+  take_whole("Clip skip", "--clip-skip", 1, kLargest);
+  // A hires fix carries over when its upscaler is a latent one and it was given as a scale.
+  const std::string upscaler = upscaler_from_a1111(field("Hires upscaler"));
+  const bool hires = !field("Hires upscale").empty() && !upscaler.empty() && field("Hires resize").empty();
+  std::string hires_sampler;
+  if (hires) {
+    take("Hires upscale", "--hires-scale");
+    take_whole("Hires steps", "--hires-steps", 1, 1000);
+    take("Denoising strength", "--hires-denoise");
+    if (upscaler != "latent") args.insert(args.end(), {"--hires-upscaler", upscaler});
+    // A hires pass on the first pass's sampler with another schedule type has no "Hires sampler".
+    const bool schedule_alone = field("Hires sampler").empty() && !field("Hires schedule type").empty();
+    hires_sampler =
+        sampler_of(schedule_alone ? "Sampler" : "Hires sampler", "Hires schedule type", field("Schedule type"));
+    if (!hires_sampler.empty()) args.insert(args.end(), {"--hires-sampler", hires_sampler});
+    if (rounded)
+      notes.push_back(
+          "A1111 sized its hires pass from the Size as written, so the hires image may be a few pixels "
+          "larger than the command's");
+  }
+  args.insert(args.end(), {"--emphasis", "--long-prompts"});
+  // A1111 pads with the v0 option where both are on.
+  if (field("Pad conds v0") == "True")
+    args.push_back("--pad-conds-v0");
+  else if (field("Pad conds") == "True")
+    args.push_back("--pad-conds");
+  const std::string decoder = field("VAE Decoder");
+  if (decoder == "TAESD")
+    args.insert(args.end(), {"--decoder", "taesd"});
+  else if (!decoder.empty() && decoder != "Full")
+    left_out.push_back("VAE Decoder: " + decoder);
+
+  static const std::set<std::string> read = {"Seed",
+                                             "Variation seed",
+                                             "Variation seed strength",
+                                             "ENSD",
+                                             "Steps",
+                                             "Sampler",
+                                             "Schedule type",
+                                             "Eta DDIM",
+                                             "CFG scale",
+                                             "Size",
+                                             "Clip skip",
+                                             "Model",
+                                             "Model hash",
+                                             "RNG",
+                                             "Version",
+                                             "VAE Decoder",
+                                             "Guidance rescale",
+                                             "Skip Early CFG",
+                                             "NGMS"};
+  // The prompt keeps A1111's LoRA tags, which txt2img reads too: the bundle needs LoRAs of those names.
+  std::vector<std::string> loras;
+  try {
+    for (const auto& use : parse_lora_tags(p.prompt).loras) loras.push_back(use.name);
+  } catch (const Error&) {
+    // a tag txt2img refuses: running the command says why
+  }
+  static const std::set<std::string> hires_fields = {"Hires upscale",      "Hires steps",   "Hires upscaler",
+                                                     "Denoising strength", "Hires sampler", "Hires schedule type"};
+  // An inpainting model's mask weight, which A1111's txt2img reads only for its hires pass: below 1 it conditions
+  // that pass on the first pass's image, where txt2img (and A1111 at 1) masks the whole image again.
+  const std::string mask_weight = field("Conditional mask weight");
+  const bool mask_weight_differs = hires && !mask_weight.empty() && !(std::strtod(mask_weight.c_str(), nullptr) >= 1.0);
+  for (const auto& [key, value] : p.fields)
+    if (!read.count(key) && !(key == "Lora hashes" && !loras.empty()) && !(hires && hires_fields.count(key)) &&
+        !(key == "Conditional mask weight" && !mask_weight_differs) &&
+        !((key == "Pad conds" || key == "Pad conds v0" || key == "NGMS all steps") && value == "True"))
+      left_out.push_back(key + ": " + value);
+  std::cerr << "made by " << (made_by_txt2img ? "" : "AUTOMATIC1111 ")
+            << (field("Version").empty() ? "" : field("Version") + " ")
+            << model_hint(field("Model"), field("Model hash"));
+  for (const auto& note : notes) std::cerr << note << "\n";
+  if (field("RNG") != "CPU")
+    std::cerr << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
+                 "here and the image will differ\n";
+  const auto uses = [&](const char* prefix) {
+    return sampler.rfind(prefix, 0) == 0 || hires_sampler.rfind(prefix, 0) == 0;
+  };
+  if (uses("dpmpp_2m_sde"))
+    std::cerr << "its sampler's noise at each step came from A1111's Brownian tree; txt2img's DPM++ 2M SDE draws it "
+                 "from the seed as diffusers does, so the image will differ\n";
+  // On A1111's own schedules txt2img's DPM2 takes A1111's sigmas.
+  const auto dpm2_on_diffusers_sigmas = [](const std::string& s) {
+    return s.rfind("dpm2", 0) == 0 && !on_a1111_schedule(s);
+  };
+  if (dpm2_on_diffusers_sigmas(sampler) || dpm2_on_diffusers_sigmas(hires_sampler))
+    std::cerr << "A1111's DPM2 and DPM2 a step through a schedule one step longer without its next-to-last sigma; "
+                 "txt2img's are diffusers' (KDPM2) but on A1111's own schedule types (dpm2_uniform, ...), so the "
+                 "image will differ\n";
+  if (uses("unipc"))
+    std::cerr << "A1111's UniPC is by default the bh1 variant of order 3; txt2img's is diffusers' (bh2, order 2), so "
+                 "the image will differ\n";
+  if (!loras.empty())
+    std::cerr << "its prompt adds the LoRAs " << join(loras)
+              << (field("Lora hashes").empty() ? "" : " (Lora hashes: " + field("Lora hashes") + ")")
+              << ": the model bundle needs them under those names (scripts/add_lora.py MODEL_DIR FILE)\n";
+  if (!left_out.empty()) std::cerr << "not carried over (no txt2img equivalent): " << join(left_out, "; ") << "\n";
+  return shell_line(args);
+}
+
+}  // namespace txt2img::cli

@@ -1,0 +1,16 @@
+// Text from an image's metadata made safe to print on a terminal or to paste into a shell.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace txt2img::cli {
+
+// `text` with each control character (C0 but newline and tab, DEL, C1) escaped as \xNN: text from a downloaded
+// image's metadata must not reach a terminal as escape sequences (a title, a cleared screen).
+std::string printable(const std::string& text);
+
+// The words as one POSIX shell command line, each quoted where it needs it.
+std::string shell_line(const std::vector<std::string>& words);
+
+}  // namespace txt2img::cli
