@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "expect_error.hpp"
+#include "fixtures.hpp"
 #include "txt2img/bundle.hpp"
 #include "txt2img/pipeline.hpp"
 
@@ -19,8 +20,6 @@ using txt2img::ErrorKind;
 
 const AttentionKernel kAll[] = {AttentionKernel::Default, AttentionKernel::Flash, AttentionKernel::MemoryEfficient,
                                 AttentionKernel::CuDNN, AttentionKernel::Math};
-
-std::filesystem::path fixtures() { return std::getenv("TXT2IMG_FIXTURES"); }
 
 TEST(AttentionKernel, EachNameNamesItsKernel) {
   for (auto kernel : kAll) EXPECT_EQ(txt2img::attention_kernel_named(txt2img::attention_kernel_name(kernel)), kernel);

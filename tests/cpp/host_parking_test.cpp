@@ -7,9 +7,9 @@
 #include <cstdlib>
 #include <filesystem>
 
-namespace {
+#include "fixtures.hpp"
 
-std::filesystem::path fixtures() { return std::getenv("TXT2IMG_FIXTURES"); }
+namespace {
 
 std::vector<torch::Tensor> weights(torch::jit::Module& module) {
   std::vector<torch::Tensor> out;

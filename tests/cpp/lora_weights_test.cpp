@@ -9,6 +9,7 @@
 #include <map>
 
 #include "expect_error.hpp"
+#include "fixtures.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/pipeline.hpp"
 
@@ -17,8 +18,6 @@ namespace {
 using txt2img::Error;
 using txt2img::ErrorKind;
 using txt2img::LoraUse;
-
-std::filesystem::path fixtures() { return std::getenv("TXT2IMG_FIXTURES"); }
 
 struct Keep : txt2img::Observer {
   void tensor(const std::string& name, const torch::Tensor& value) override { kept[name] = value.clone(); }

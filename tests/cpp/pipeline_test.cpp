@@ -8,119 +8,15 @@
 #include <map>
 
 #include "expect_error.hpp"
+#include "fixtures.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/safetensors.hpp"
 #include "txt2img/scheduler.hpp"
-#include "vae_tiling.hpp"
 
 namespace {
 
 using txt2img::Error;
 using txt2img::ErrorKind;
-
-std::filesystem::path fixtures() { return std::getenv("TXT2IMG_FIXTURES"); }
-
-// A private copy of a fixture bundle (the tiny one unless named) that a test may damage.
-class BundleCopy {
- public:
-  explicit BundleCopy(const std::string& bundle = "tiny")
-      : dir_(std::filesystem::temp_directory_path() / ("txt2img_bundle_" + std::to_string(::getpid()))) {
-    std::filesystem::remove_all(dir_);
-    std::filesystem::copy(fixtures() / bundle, dir_, std::filesystem::copy_options::recursive);
-  }
-  ~BundleCopy() { std::filesystem::remove_all(dir_); }
-  const std::filesystem::path& dir() const { return dir_; }
-
-  nlohmann::json manifest() const {
-    nlohmann::json j;
-    std::ifstream(dir_ / "model.json") >> j;
-    return j;
-  }
-  void set_manifest(const nlohmann::json& j) const { std::ofstream(dir_ / "model.json") << j.dump(1); }
-
- private:
-  std::filesystem::path dir_;
-};
-
-TEST(Bundle, OpensTheTinyBundle) {
-  auto b = txt2img::Bundle::open(fixtures() / "tiny");
-  EXPECT_EQ(b.manifest().family, "sd1");
-  EXPECT_EQ(b.manifest().vae_scale_factor, 8);
-  EXPECT_TRUE(b.has("unet.pt"));
-  EXPECT_TRUE(b.manifest().safety.has_value());
-  EXPECT_TRUE(b.corrupt_files().empty());
-}
-
-TEST(Bundle, MissingDirectoryOrManifestOrFile) {
-  expect_error([] { txt2img::Bundle::open("/nonexistent/bundle"); }, ErrorKind::Bundle, {"not found", "convert.py"});
-  // A checkpoint file given as the bundle: it exists, it is just not one.
-  const auto file = std::filesystem::temp_directory_path() / "txt2img-not-a-bundle.safetensors";
-  std::ofstream(file) << "x";
-  expect_error([&] { txt2img::Bundle::open(file); }, ErrorKind::Bundle, {"not a directory", "converted first"});
-  std::filesystem::remove(file);
-  BundleCopy copy;
-  std::filesystem::remove(copy.dir() / "unet.pt");
-  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"unet.pt missing", "convert.py"});
-  std::filesystem::remove(copy.dir() / "model.json");
-  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"model.json missing"});
-}
-
-TEST(Bundle, OptionalFilesMayBeDeletedAndAreNamedWhenNeeded) {
-  BundleCopy copy;
-  std::filesystem::remove(copy.dir() / "safety_checker.pt");
-  const auto bundle = txt2img::Bundle::open(copy.dir());
-  EXPECT_TRUE(bundle.lists("safety_checker.pt"));
-  EXPECT_FALSE(bundle.has("safety_checker.pt"));
-  EXPECT_TRUE(bundle.corrupt_files().empty());
-  expect_error(
-      [&] { txt2img::Pipeline::load(bundle, {}); }, ErrorKind::Usage,
-      {"safety_checker.pt (its safety checker) is missing, though model.json lists it", "--no-safety-checker"});
-  txt2img::PipelineOptions off;
-  off.safety = txt2img::SafetyMode::Off;
-  EXPECT_NO_THROW(txt2img::Pipeline::load(bundle, off));
-}
-
-TEST(Bundle, UnknownFormatFamilyAndNewerPyTorchAreRefused) {
-  BundleCopy copy;
-  auto j = copy.manifest();
-  j["format_version"] = 99;
-  copy.set_manifest(j);
-  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"format version 99"});
-  j = copy.manifest();
-  j["format_version"] = txt2img::kBundleFormatVersion;
-  j["family"] = "sdxl";
-  copy.set_manifest(j);
-  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"\"sdxl\""});
-  j["family"] = "sd1";
-  j["torch_version"] = "99.1.0";
-  copy.set_manifest(j);
-  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle,
-               {"PyTorch 99.1.0", txt2img::libtorch_version(), "re-export"});
-  std::ofstream(copy.dir() / "model.json") << "{ not json";
-  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"corrupt"});
-}
-
-TEST(Bundle, TruncatedOrCorruptFilesAreDetected) {
-  BundleCopy copy;
-  const auto unet = copy.dir() / "unet.pt";
-  const auto size = std::filesystem::file_size(unet);
-  {
-    std::fstream f(unet, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(size / 2));
-    f.put('\x5a');
-  }
-  auto bundle = txt2img::Bundle::open(copy.dir());  // same size: only the hash tells
-  EXPECT_EQ(bundle.corrupt_files(), std::vector<std::string>{"unet.pt"});
-  std::filesystem::resize_file(unet, size - 10);
-  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"unet.pt", "truncated"});
-  // A garbage module whose manifest entry matches still fails to load, as a bundle error.
-  std::ofstream(unet, std::ios::binary) << "garbage";
-  auto j = copy.manifest();
-  j["files"]["unet.pt"]["bytes"] = 7;
-  copy.set_manifest(j);
-  expect_error([&] { txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {}); }, ErrorKind::Bundle,
-               {"cannot load unet.pt"});
-}
 
 TEST(Pipeline, RefusesABundleWithoutCheckerUnlessSafetyIsOff) {
   BundleCopy copy;
@@ -815,42 +711,6 @@ TEST(Pipeline, LibTorchFailuresLeaveAsRuntimeErrors) {
     EXPECT_EQ(what.find('\n'), std::string::npos) << what;
     EXPECT_EQ(what.find("TorchScript"), std::string::npos) << what;
   }
-}
-
-// 16x24 latents in 8x8 tiles overlapping by 4: 3 rows by 5 columns, with interior tiles overlapped on every side.
-torch::Tensor tiling_latents() {
-  torch::manual_seed(0);
-  return torch::randn({1, 4, 16, 24});
-}
-
-TEST(VaeTiling, BlendsALocalDecoderExactly) {
-  // A decoder whose every pixel depends on its own latent only: any error here is the blend's, not the tiling's.
-  auto upsample = [](const torch::Tensor& z) {
-    return torch::upsample_nearest2d(z.narrow(1, 0, 3), {z.size(2) * 8, z.size(3) * 8});
-  };
-  auto latents = tiling_latents();
-  EXPECT_TRUE(torch::allclose(txt2img::decode_tiled(upsample, latents, 8, 8, 4), upsample(latents), 0, 1e-5));
-}
-
-TEST(VaeTiling, TiledDecodeIsCloseToTheWholeDecode) {
-  c10::InferenceMode inference;
-  auto bundle = txt2img::Bundle::open(fixtures() / "tiny");
-  auto decoder = bundle.load_module("vae_decoder.pt", torch::kCPU);
-  decoder.eval();
-  auto decode = [&](const torch::Tensor& z) { return decoder.forward({z}).toTensor(); };
-  auto latents = tiling_latents();
-  const int64_t scale = bundle.manifest().vae_scale_factor;
-  EXPECT_FALSE(txt2img::needs_tiling(latents, 24));
-  EXPECT_TRUE(txt2img::needs_tiling(latents, 8));
-  auto tiled = txt2img::decode_tiled(decode, latents, scale, 8, 4);
-  auto whole = decode(latents);
-  EXPECT_EQ(tiled.sizes(), (std::vector<int64_t>{1, 3, 16 * scale, 24 * scale}));
-  EXPECT_TRUE(whole.equal(txt2img::decode_tiled(decode, latents, scale, 24, 4)));  // one tile: the whole decode
-  // The difference in 8-bit levels. Each tile normalises (GroupNorm) and attends over itself only; with this random
-  // decoder and tiles this small that moves pixels a lot (measured: mean 25.1, max 231 levels); with the pipeline's
-  // 64-latent tiles and 16 overlap at 128x128 latents it was mean 2.6, max 52.
-  auto levels = [](const torch::Tensor& x) { return ((x * 0.5 + 0.5).clamp(0, 1) * 255).round(); };
-  EXPECT_LT((levels(tiled) - levels(whole)).abs().mean().item<double>(), 30);
 }
 
 TEST_F(TinyPipeline, ResolveRejectsBadParameters) {

@@ -1,0 +1,96 @@
+#include "txt2img/bundle.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "expect_error.hpp"
+#include "fixtures.hpp"
+#include "txt2img/error.hpp"
+#include "txt2img/pipeline.hpp"
+
+namespace {
+
+using txt2img::ErrorKind;
+
+TEST(Bundle, OpensTheTinyBundle) {
+  auto b = txt2img::Bundle::open(fixtures() / "tiny");
+  EXPECT_EQ(b.manifest().family, "sd1");
+  EXPECT_EQ(b.manifest().vae_scale_factor, 8);
+  EXPECT_TRUE(b.has("unet.pt"));
+  EXPECT_TRUE(b.manifest().safety.has_value());
+  EXPECT_TRUE(b.corrupt_files().empty());
+}
+
+TEST(Bundle, MissingDirectoryOrManifestOrFile) {
+  expect_error([] { txt2img::Bundle::open("/nonexistent/bundle"); }, ErrorKind::Bundle, {"not found", "convert.py"});
+  // A checkpoint file given as the bundle: it exists, it is just not one.
+  const auto file = std::filesystem::temp_directory_path() / "txt2img-not-a-bundle.safetensors";
+  std::ofstream(file) << "x";
+  expect_error([&] { txt2img::Bundle::open(file); }, ErrorKind::Bundle, {"not a directory", "converted first"});
+  std::filesystem::remove(file);
+  BundleCopy copy;
+  std::filesystem::remove(copy.dir() / "unet.pt");
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"unet.pt missing", "convert.py"});
+  std::filesystem::remove(copy.dir() / "model.json");
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"model.json missing"});
+}
+
+TEST(Bundle, OptionalFilesMayBeDeletedAndAreNamedWhenNeeded) {
+  BundleCopy copy;
+  std::filesystem::remove(copy.dir() / "safety_checker.pt");
+  const auto bundle = txt2img::Bundle::open(copy.dir());
+  EXPECT_TRUE(bundle.lists("safety_checker.pt"));
+  EXPECT_FALSE(bundle.has("safety_checker.pt"));
+  EXPECT_TRUE(bundle.corrupt_files().empty());
+  expect_error(
+      [&] { txt2img::Pipeline::load(bundle, {}); }, ErrorKind::Usage,
+      {"safety_checker.pt (its safety checker) is missing, though model.json lists it", "--no-safety-checker"});
+  txt2img::PipelineOptions off;
+  off.safety = txt2img::SafetyMode::Off;
+  EXPECT_NO_THROW(txt2img::Pipeline::load(bundle, off));
+}
+
+TEST(Bundle, UnknownFormatFamilyAndNewerPyTorchAreRefused) {
+  BundleCopy copy;
+  auto j = copy.manifest();
+  j["format_version"] = 99;
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"format version 99"});
+  j = copy.manifest();
+  j["format_version"] = txt2img::kBundleFormatVersion;
+  j["family"] = "sdxl";
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"\"sdxl\""});
+  j["family"] = "sd1";
+  j["torch_version"] = "99.1.0";
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle,
+               {"PyTorch 99.1.0", txt2img::libtorch_version(), "re-export"});
+  std::ofstream(copy.dir() / "model.json") << "{ not json";
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"corrupt"});
+}
+
+TEST(Bundle, TruncatedOrCorruptFilesAreDetected) {
+  BundleCopy copy;
+  const auto unet = copy.dir() / "unet.pt";
+  const auto size = std::filesystem::file_size(unet);
+  {
+    std::fstream f(unet, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(size / 2));
+    f.put('\x5a');
+  }
+  auto bundle = txt2img::Bundle::open(copy.dir());  // same size: only the hash tells
+  EXPECT_EQ(bundle.corrupt_files(), std::vector<std::string>{"unet.pt"});
+  std::filesystem::resize_file(unet, size - 10);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"unet.pt", "truncated"});
+  // A garbage module whose manifest entry matches still fails to load, as a bundle error.
+  std::ofstream(unet, std::ios::binary) << "garbage";
+  auto j = copy.manifest();
+  j["files"]["unet.pt"]["bytes"] = 7;
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {}); }, ErrorKind::Bundle,
+               {"cannot load unet.pt"});
+}
+
+}  // namespace
