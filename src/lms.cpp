@@ -14,10 +14,10 @@ namespace {
 
 constexpr size_t kOrder = 4;
 
-// diffusers integrates with scipy.integrate.quad (QUADPACK QAGS, epsrel 1e-4); for these polynomials its first
-// 21-point Gauss–Kronrod estimate already meets the tolerance, so that single rule is evaluated here, in
-// QUADPACK's summation order, on the same float32 integrand (diffusers evaluates it with float32 0-dim tensors).
-double gauss_kronrod_21(const std::function<float(double)>& f, double a, double b) {
+// diffusers and k-diffusion integrate with scipy.integrate.quad (QUADPACK QAGS, epsrel 1e-4); for these polynomials
+// its first 21-point Gauss–Kronrod estimate already meets the tolerance, so that single rule is evaluated here, in
+// QUADPACK's summation order, on the same integrand.
+double gauss_kronrod_21(const std::function<double(double)>& f, double a, double b) {
   // Kronrod abscissae on [-1, 1] (positive half; xgk[1], xgk[3], ... are also the 10-point Gauss nodes) and the
   // Kronrod weights, from QUADPACK's dqk21.
   static constexpr double xgk[11] = {
@@ -31,12 +31,12 @@ double gauss_kronrod_21(const std::function<float(double)>& f, double a, double 
       0.123491976262065851077958109831074, 0.134709217311473325928054001771707, 0.142775938577060080797094273138717,
       0.147739104901338491374841515972068, 0.149445554002916905664936468389821};
   const double centre = 0.5 * (a + b), half_length = 0.5 * (b - a);
-  double sum = wgk[10] * static_cast<double>(f(centre));
+  double sum = wgk[10] * f(centre);
   // QUADPACK adds the Gauss-node pairs first, then the Kronrod-only ones.
   for (size_t first : {size_t{1}, size_t{0}}) {
     for (size_t j = first; j < 10; j += 2) {
       const double offset = half_length * xgk[j];
-      sum = sum + wgk[j] * (static_cast<double>(f(centre - offset)) + static_cast<double>(f(centre + offset)));
+      sum = sum + wgk[j] * (f(centre - offset) + f(centre + offset));
     }
   }
   return sum * half_length;
@@ -44,7 +44,8 @@ double gauss_kronrod_21(const std::function<float(double)>& f, double a, double 
 
 class Lms final : public SigmaScheduler {
  public:
-  Lms(const SchedulerConfig& config, int steps, SigmaSchedule schedule) : SigmaScheduler(config, steps, schedule) {
+  Lms(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
+      : SigmaScheduler(config, steps, schedule), float64_integrand_(is_a1111_schedule(schedule)) {
     require_prediction_type(config, std::string("lms") + schedule_suffix(schedule),
                             {"epsilon", "v_prediction", "sample"});
   }
@@ -72,19 +73,32 @@ class Lms final : public SigmaScheduler {
 
  private:
   // Integral over [sigma_t, sigma_{t+1}] of the Lagrange basis polynomial that is 1 at sigma_{t - current} and 0
-  // at the other sigma_{t - k}, k < order; float32 products as in diffusers' integrand.
+  // at the other sigma_{t - k}, k < order. diffusers' integrand multiplies float32 tensors; k-diffusion's (A1111's,
+  // on its own schedules) takes quad's float64 tau minus NumPy float32 sigmas, which NumPy 1.x computes in float64,
+  // over differences of two float32 sigmas, which stay float32.
   double coefficient(size_t order, size_t t, size_t current) const {
-    const auto basis = [&](double tau) {
+    const auto float32_basis = [&](double tau) {
       float product = 1.0f;
       for (size_t k = 0; k < order; ++k) {
         if (k == current) continue;
         product *= (static_cast<float>(tau) - sigmas_[t - k]) / (sigmas_[t - current] - sigmas_[t - k]);
       }
+      return static_cast<double>(product);
+    };
+    const auto float64_basis = [&](double tau) {
+      double product = 1.0;
+      for (size_t k = 0; k < order; ++k) {
+        if (k == current) continue;
+        product *=
+            (tau - static_cast<double>(sigmas_[t - k])) / static_cast<double>(sigmas_[t - current] - sigmas_[t - k]);
+      }
       return product;
     };
-    return gauss_kronrod_21(basis, sigmas_[t], sigmas_[t + 1]);
+    if (float64_integrand_) return gauss_kronrod_21(float64_basis, sigmas_[t], sigmas_[t + 1]);
+    return gauss_kronrod_21(float32_basis, sigmas_[t], sigmas_[t + 1]);
   }
 
+  bool float64_integrand_;
   std::deque<torch::Tensor> derivatives_;  // newest first
 };
 
