@@ -112,6 +112,17 @@ Placement choose_placement(const GenerateOptions& o) {
   return p;
 }
 
+// Reads a job's prompt with `read`; what it refuses (a weight past float32) names the prompt file's line.
+template <typename Read>
+auto of_line(const RunPlan& plan, const ImageJob& job, Read&& read) -> decltype(read()) {
+  try {
+    return read();
+  } catch (const Error& e) {
+    if (!job.line) throw;
+    throw Error(e.kind(), plan.where(job) + ": " + e.what());
+  }
+}
+
 // Progress of each U-Net call, and the place where a pending SIGINT/SIGTERM stops the run.
 class StepObserver : public Observer {
  public:
@@ -178,11 +189,11 @@ class Generator {
       // A batch's rows are padded to its largest numbers of text chunks (in each pass): only rows that agree share
       // a batch, so that an image never depends on its batch.
       const auto chunks =
-          of_line(job, [&] { return pipeline.text_chunks(job.model_prompt, job.negative_prompt, job.params); });
+          of_line(plan_, job, [&] { return pipeline.text_chunks(job.model_prompt, job.negative_prompt, job.params); });
       if (!batch.empty() && (batch.size() == static_cast<size_t>(o_.batch_size) || !(batch[0].params == job.params) ||
                              batch_chunks != chunks))
         make(batch);
-      of_line(job, [&] { warn_about_prompt(job); });
+      of_line(plan_, job, [&] { warn_about_prompt(job); });
       batch.push_back(job);
       batch_chunks = chunks;
     }
@@ -192,17 +203,6 @@ class Generator {
   uint64_t in_flight() const { return in_flight_; }
 
  private:
-  // Reads a job's prompt with `read`; what it refuses (a weight past float32) names the prompt file's line.
-  template <typename Read>
-  auto of_line(const ImageJob& job, Read&& read) -> decltype(read()) {
-    try {
-      return read();
-    } catch (const Error& e) {
-      if (!job.line) throw;
-      throw Error(e.kind(), plan_.where(job) + ": " + e.what());
-    }
-  }
-
   // Once per prompt (its images follow each other): what of it the model will not read as written.
   void warn_about_prompt(const ImageJob& job) {
     if (warned_any_ && job.prompt_index == warned_prompt_) return;
@@ -451,7 +451,7 @@ void check_prompt_weights(RunPlan& plan, const Manifest& manifest) {
   plan.rewind();
   while (plan.next(job)) {
     if (job.n != 0 || !job.params.emphasis) continue;
-    try {
+    of_line(plan, job, [&] {
       for (const bool negative : {false, true}) {
         const std::string& written = negative ? job.negative_prompt : job.model_prompt;
         const char* what = negative ? "the negative prompt" : "the prompt";
@@ -459,10 +459,7 @@ void check_prompt_weights(RunPlan& plan, const Manifest& manifest) {
         for (const auto& text : Pipeline::texts_read(manifest, written, job.params, negative))
           check_emphasis_weights(text, what);
       }
-    } catch (const Error& e) {
-      if (!job.line) throw;
-      throw Error(e.kind(), plan.where(job) + ": " + e.what());
-    }
+    });
   }
 }
 
