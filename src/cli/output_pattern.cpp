@@ -129,7 +129,12 @@ std::filesystem::path OutputPattern::render(const OutputFields& fields) const {
       out += buf;
     }
   }
-  return std::filesystem::path(out).lexically_normal();
+  // Without "." components and doubled slashes, for reports; ".." stays, as only the file system knows where it leads
+  // past a symbolic link ("link/../x.png" is beside the link's target, not here).
+  std::filesystem::path tidy;
+  for (const auto& part : std::filesystem::path(out))
+    if (!part.empty() && part != ".") tidy /= part;
+  return tidy;
 }
 
 }  // namespace txt2img::cli

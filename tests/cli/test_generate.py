@@ -59,6 +59,20 @@ class Outputs(CliTestCase):
                         'output "link.png" is a dangling symbolic link')
         self.assertTrue((self.dir / "link.png").is_symlink())
 
+    def test_dot_dot_after_a_linked_folder_leads_where_the_file_system_says(self):
+        """`link/../x.png` is beside the link's target, as `touch link/../x.png` makes it, not beside the link; "."
+        components and doubled slashes are left out of the reported name."""
+        (self.dir / "real" / "sub").mkdir(parents=True)
+        os.symlink(self.dir / "real" / "sub", self.dir / "link")
+        result = self.txt2img("a fox", "--seed", "1", "-o", "link/../x.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json_lines(result.stdout)[0]["path"], "link/../x.png")
+        self.assertTrue((self.dir / "real" / "x.png").is_file())
+        self.assertFalse((self.dir / "x.png").exists())
+        result = self.txt2img("a fox", "--seed", "1", "-o", "./out//./y.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json_lines(result.stdout)[0]["path"], "out/y.png")
+
     def test_one_file_under_two_names_and_names_too_long_are_found_first(self):
         """Two prompts whose outputs name one file (a relative and an absolute path, or through a linked folder), and
         a name longer than the file system allows, are usage errors before any image is made."""
