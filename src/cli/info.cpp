@@ -4,7 +4,6 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
-#include <sstream>
 
 #include "cli/commands.hpp"
 #include "cli/metadata.hpp"
@@ -18,21 +17,28 @@
 namespace txt2img::cli {
 namespace {
 
+// A field of an object in model.json's "source" as text: a string as it is, a number or boolean as JSON writes it,
+// "" for anything else. The record is informative only; a hand-edited value of another type is no corruption.
+std::string source_text(const nlohmann::json& object, const char* key) {
+  if (!object.is_object() || !object.contains(key)) return "";
+  const auto& value = object[key];
+  if (value.is_string()) return value.get<std::string>();
+  return value.is_number() || value.is_boolean() ? value.dump() : "";
+}
+
 // Where the weights came from, and the LoRAs merged into them (model.json "source", written by convert.py).
 void print_source(const nlohmann::json& source) {
-  const auto text = [&](const char* key) {
-    return source.contains(key) && source[key].is_string() ? source[key].get<std::string>() : std::string();
-  };
-  if (!text("kind").empty())
-    std::cout << "  source         " << text("kind") << (text("path").empty() ? "" : " " + text("path"))
-              << (source.value("ema", false) ? " (its U-Net's moving average, convert.py --ema)" : "") << "\n";
-  if (!source.contains("loras") || !source["loras"].is_array()) return;
+  const std::string kind = source_text(source, "kind"), path = source_text(source, "path");
+  if (!kind.empty())
+    std::cout << "  source         " << kind << (path.empty() ? "" : " " + path)
+              << (source_text(source, "ema") == "true" ? " (its U-Net's moving average, convert.py --ema)" : "")
+              << "\n";
+  if (!source.is_object() || !source.contains("loras") || !source["loras"].is_array()) return;
+  const auto or_unknown = [](const std::string& text) { return text.empty() ? std::string("?") : text; };
   for (const auto& lora : source["loras"]) {
-    const std::string path = lora.value("path", std::string("?"));
-    std::ostringstream weight;
-    weight << lora.value("weight", 1.0);
-    std::cout << "  LoRA merged    " << std::filesystem::path(path).filename().string() << " (weight " << weight.str()
-              << ", " << lora.value("modules", 0) << " modules)\n";
+    std::cout << "  LoRA merged    " << std::filesystem::path(or_unknown(source_text(lora, "path"))).filename().string()
+              << " (weight " << or_unknown(source_text(lora, "weight")) << ", "
+              << or_unknown(source_text(lora, "modules")) << " modules)\n";
   }
 }
 

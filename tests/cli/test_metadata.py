@@ -647,6 +647,18 @@ class BundleInfo(CliTestCase):
         self.assertIn("LoRA merged    detail.safetensors (weight -0.5, 64 modules)\n", result.stdout)
         self.assertIn("text encoder   12 layers (assumed), --clip-skip 1 to 12\n", result.stdout)
 
+        # The record is informative: values of other types (a hand edit) are shown as they are or as "?".
+        def odd(m):
+            m["source"] = {"kind": "single_file", "path": 7, "ema": "yes",
+                           "loras": [{"path": "/loras/a.safetensors", "weight": "strong", "modules": None}, 5]}
+            return m
+
+        result = run(["info", derived_bundle(self.dir / "c", edit_manifest=odd)], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("source         single_file 7\n", result.stdout)
+        self.assertIn("LoRA merged    a.safetensors (weight strong, ? modules)\n", result.stdout)
+        self.assertIn("LoRA merged    ? (weight ?, ? modules)\n", result.stdout)
+
     def test_missing_bundle_file(self):
         bundle = derived_bundle(self.dir / "b", drop={"unet.pt"})
         self.assertExit(run(["info", bundle], self.dir), EXIT_BUNDLE, "unet.pt")
