@@ -107,8 +107,14 @@ def main(argv=None) -> int:
     with torch.jit.optimized_execution(False):
         for _ in range(args.warmup):
             call()
+        channels_last_convs = sum(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                                  and not p.is_contiguous() for p in unet.parameters())
         record = {"device": str(device), "dtype": args.dtype, "input_shape": list(inputs[0].shape),
-                  "channels_last": args.channels_last, "calls": args.calls, "torch": torch.__version__,
+                  "channels_last": args.channels_last,
+                  # What the flag did: the sample's layout, and how many convolution weights are NHWC.
+                  "input_channels_last": inputs[0].is_contiguous(memory_format=torch.channels_last)
+                  and not inputs[0].is_contiguous(),
+                  "channels_last_conv_weights": channels_last_convs, "calls": args.calls, "torch": torch.__version__,
                   "threads": torch.get_num_threads(), "allocator": allocator(),
                   "plain_ms_per_call": median_ms(call, args.calls, 1, device)}
         if device.type == "cuda":

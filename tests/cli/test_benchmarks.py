@@ -92,10 +92,15 @@ class ProfileUnet(CliTestCase):
         self.assertEqual(kernels, sorted(kernels, reverse=True))
         self.assertGreater(record["plain_ms_per_call"], 0)
 
-    def test_channels_last_runs_the_same_call(self):
-        record = self.profile("--channels-last", "--top", "1")
-        self.assertTrue(record["channels_last"])
-        self.assertGreater(record["device_ms_per_call"], 0)
+    def test_channels_last_lays_out_the_sample_and_the_convolutions_nhwc(self):
+        nhwc = self.profile("--channels-last", "--top", "1")
+        self.assertTrue(nhwc["channels_last"])
+        self.assertTrue(nhwc["input_channels_last"])
+        self.assertGreater(nhwc["channels_last_conv_weights"], 0)
+        self.assertGreater(nhwc["device_ms_per_call"], 0)
+        nchw = self.profile("--top", "1")
+        self.assertFalse(nchw["input_channels_last"])
+        self.assertEqual(nchw["channels_last_conv_weights"], 0)
 
 
 class UnetVariants(CliTestCase):
