@@ -155,7 +155,7 @@ def _first_file(*paths):
 def convert_source(args) -> dict:
     from txt2img_convert import checkpoints as ck
     from txt2img_convert import embeddings as ti
-    from txt2img_convert import export, lora
+    from txt2img_convert import export, hub, lora, scheduler_config
     from txt2img_convert.taesd import load_taesd
 
     export.check_destination(args.out, args.overwrite)
@@ -164,7 +164,7 @@ def convert_source(args) -> dict:
         if not os.path.isfile(file):
             raise ck.ConversionError(f"--embedding {file}: no such file")
     # Hub ids (stabilityai/sd-vae-ft-mse, madebyollin/taesd) are downloaded; names come from what was given.
-    path = ck.resolve_source(args.source)
+    path = hub.resolve_source(args.source)
     folder = os.path.isdir(path)
     if args.ema and folder:  # a hub id, which parse_args could not tell from a file
         raise ck.ConversionError(f"--ema applies to a single-file SOURCE; {args.source} is a diffusers model, which "
@@ -177,8 +177,8 @@ def convert_source(args) -> dict:
         if args.vae is not None:
             export.progress(f"using the VAE beside the checkpoint, {args.vae}, as A1111 does (--own-vae keeps the "
                             "checkpoint's, --vae names another)")
-    vae_path = ck.resolve_component(args.vae, "--vae") if args.vae is not None else None
-    taesd_path = ck.resolve_component(args.taesd, "--taesd") if args.taesd is not None else None
+    vae_path = hub.resolve_component(args.vae, "--vae") if args.vae is not None else None
+    taesd_path = hub.resolve_component(args.taesd, "--taesd") if args.taesd is not None else None
     if args.vocab is not None and not os.path.isfile(args.vocab):
         raise ck.ConversionError(f"--vocab {args.vocab}: no such file")
     vocab = _first_file(args.vocab, os.path.join(path, "tokenizer", "merges.txt") if folder else None,
@@ -221,7 +221,7 @@ def convert_source(args) -> dict:
         taesd, taesd_sha256 = load_taesd(taesd_path, args.taesd)
     export.progress(f"loading {path}")
     model = ck.load_diffusers(path) if folder else ck.load_single_file(path, args.config, args.ema)
-    schedule = ck.training_schedule(model.scheduler, ldm_schedule, args.prediction_type, args.zero_terminal_snr)
+    schedule = scheduler_config.training_schedule(model.scheduler, ldm_schedule, args.prediction_type, args.zero_terminal_snr)
     if not model.vae.tensors and args.vae is None:
         raise ck.ConversionError(f"{path} has no VAE weights (first_stage_model.*): it was released to be used with a "
                                  "separate VAE; pass it with --vae (e.g. vae-ft-mse-840000-ema-pruned.safetensors)")
@@ -243,7 +243,7 @@ def convert_source(args) -> dict:
         preprocessor = ck.read_json(preprocessor_file) if preprocessor_file else None
 
     fields = export.model_fields(model.unet.config, model.vae.config, model.text_encoder.config,
-                                 ck.scheduler_fields(schedule),
+                                 scheduler_config.scheduler_fields(schedule),
                                  export.safety_manifest(preprocessor) if safety is not None else None)
     fields.update(vae_identity)
     if fields.get("inpainting") and not export.VAEEncoder.select_state_dict(model.vae.tensors):
@@ -308,23 +308,23 @@ def convert_source(args) -> dict:
 
 
 def convert_random(args) -> dict:
-    from txt2img_convert import checkpoints as ck
-    from txt2img_convert import export
+    from txt2img_convert import export, scheduler_config
+    from txt2img_convert.checkpoints import ConversionError
     from txt2img_convert.presets import preset
 
     export.check_destination(args.out, args.overwrite)
     if not os.path.isfile(args.vocab):
-        raise ck.ConversionError(f"--vocab {args.vocab}: no such file")
+        raise ConversionError(f"--vocab {args.vocab}: no such file")
     _check_vocab(args.vocab)
     kind = "tiny" if args.tiny else "full"
     seed = 0 if args.seed is None else args.seed
     configs = preset(kind)
     export.progress(f"building the {kind} model with random weights (seed {seed})")
     modules = export.random_modules(configs, seed, not args.no_safety_checker, args.tiny_flag_all)
-    schedule = ck.training_schedule(None, None, args.prediction_type, args.zero_terminal_snr)
+    schedule = scheduler_config.training_schedule(None, None, args.prediction_type, args.zero_terminal_snr)
     safety = None if args.no_safety_checker else export.safety_manifest(configs["preprocessor"])
     fields = export.model_fields(configs["unet"], configs["vae"], configs["text_encoder"],
-                                 ck.scheduler_fields(schedule), safety)
+                                 scheduler_config.scheduler_fields(schedule), safety)
     source = {"kind": "random", "path": None, "sha256": None, "preset": kind, "seed": seed,
               "flag_all": bool(args.tiny_flag_all)}
     return export.write_bundle(args.out, modules, args.vocab, fields, f"random-{kind}-seed{seed}", None, source,

@@ -26,7 +26,7 @@ import torch
 
 from . import restricted_pickle
 from .launch import progress
-from .presets import SD1_SCHEDULER, sd1_defaults
+from .presets import sd1_defaults
 from .safetensors_io import is_safetensors, load_file
 
 Tensors = Dict[str, torch.Tensor]
@@ -557,7 +557,7 @@ def infer_text_config(c: Component, base: dict, heads_known: bool) -> dict:
 # ---------------------------------------------------------------------------------------- the sources
 
 
-_WEIGHT_FORMATS = (".safetensors", ".bin")
+WEIGHT_FORMATS = (".safetensors", ".bin")
 
 
 def _index_names(stem: str, variant: str, ext: str) -> List[str]:
@@ -574,7 +574,7 @@ def folder_weights(folder: str, stems: Tuple[str, ...]) -> str:
     (`*.index.json`) of a sharded checkpoint. safetensors before pickles, float32 before the fp16 variant,
     each index counting as the format of its shards; a single file before an index of the same kind."""
     candidates = []
-    for ext in _WEIGHT_FORMATS:
+    for ext in WEIGHT_FORMATS:
         for variant in ("", ".fp16"):
             for stem in stems:
                 candidates += [f"{stem}{variant}{ext}"] + _index_names(stem, variant, ext)
@@ -582,7 +582,7 @@ def folder_weights(folder: str, stems: Tuple[str, ...]) -> str:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             return path
-    wanted = [f"{s}{e}" for e in _WEIGHT_FORMATS for s in stems]
+    wanted = [f"{s}{e}" for e in WEIGHT_FORMATS for s in stems]
     raise ConversionError(f"{folder}: no weights file ({' or '.join(wanted[:len(stems)])}, or a sharded "
                           f"{wanted[0]}.index.json)")
 
@@ -845,193 +845,3 @@ def ldm_schedule(path: str) -> dict:
                 raise ConversionError(f"{path}: model.params.{key} is not a number")
             out[name] = kind(params[key])
     return out
-
-
-def training_schedule(config: Optional[dict], ldm: Optional[dict], prediction_type: Optional[str],
-                      zero_terminal_snr: bool) -> Optional[dict]:
-    """The source's scheduler config with what else is known of its training: an LDM config's schedule, then the
-    command line's prediction type and zero terminal SNR. Zero terminal SNR newly set brings trailing timestep
-    spacing, under which a run starts from pure noise (Lin et al. 2023, as diffusers recommends)."""
-    if not ldm and prediction_type is None and not zero_terminal_snr:
-        return config
-    out = {**(config or {}), **(ldm or {})}
-    if prediction_type is not None:
-        out["prediction_type"] = prediction_type
-    if zero_terminal_snr and out.get("prediction_type", "epsilon") == "epsilon":
-        # At the last timestep the sample is pure noise, and a noise prediction says nothing of the image.
-        raise ConversionError("--zero-terminal-snr needs a v-prediction model (zero terminal SNR leaves an epsilon "
-                              "prediction nothing to predict at the last timestep): add --prediction-type "
-                              "v_prediction if the model is one")
-    if zero_terminal_snr and not out.get("rescale_betas_zero_snr"):
-        out.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
-    return out
-
-
-def scheduler_fields(config: Optional[dict]) -> dict:
-    """The bundle's scheduler description: the source's values where it states them, SD v1's otherwise; and the
-    source's scheduler class ("class", None without one) with the txt2img sampler that computes it ("sampler", None
-    where txt2img has none), which `txt2img --sampler model` runs."""
-    config = config or {}
-    if config.get("trained_betas") is not None:
-        # diffusers runs these betas in place of beta_start, beta_end and beta_schedule, which txt2img would run.
-        raise ConversionError("the scheduler config gives trained_betas, a noise schedule of its own, which txt2img "
-                              "does not run; if the model was trained on the schedule its beta_start, beta_end and "
-                              "beta_schedule describe, remove trained_betas from scheduler/scheduler_config.json")
-    fields = {k: v if config.get(k) is None else config[k] for k, v in SD1_SCHEDULER.items()}
-    return {**fields, "class": config.get("_class_name"), "sampler": source_sampler(config)}
-
-
-# What each sampler of txt2img computes, as diffusers v0.31 scheduler options: (the values it needs, the class's
-# defaults for them). A config that sets one of them otherwise describes a computation txt2img does not make. The
-# spacing is each class's default because txt2img runs every sampler with its own default spacing. DDIM's
-# clip_sample is not among them: StableDiffusionPipeline turns it off on loading (as it sets steps_offset to 1).
-_NOT_SET = {"thresholding": False, "rescale_betas_zero_snr": False, "use_beta_sigmas": False}
-_SIGMA_SAMPLER = {"timestep_spacing": "linspace", "interpolation_type": "linear", "timestep_type": "discrete",
-                  "final_sigmas_type": "zero", "sigma_min": None, "sigma_max": None, "clip_sample": False}
-_MULTISTEP = {"timestep_spacing": "linspace", "solver_order": 2, "lower_order_final": True,
-              "final_sigmas_type": "zero"}
-_COMPUTED = {
-    "DDIMScheduler": ({"timestep_spacing": "leading"}, {}),
-    "PNDMScheduler": ({"timestep_spacing": "leading", "skip_prk_steps": True}, {"skip_prk_steps": False}),
-    "LCMScheduler": ({"timestep_spacing": "leading", "clip_sample": False, "original_inference_steps": 50,
-                      "timestep_scaling": 10.0}, {}),
-    "EulerAncestralDiscreteScheduler": ({"timestep_spacing": "linspace"}, {}),
-    "EulerDiscreteScheduler": (_SIGMA_SAMPLER, {}),
-    "HeunDiscreteScheduler": (_SIGMA_SAMPLER, {}),
-    "KDPM2DiscreteScheduler": (_SIGMA_SAMPLER, {}),
-    "KDPM2AncestralDiscreteScheduler": (_SIGMA_SAMPLER, {}),
-    "LMSDiscreteScheduler": (_SIGMA_SAMPLER, {}),
-    "DPMSolverMultistepScheduler": ({**_MULTISTEP, "solver_type": "midpoint", "euler_at_final": False,
-                                     "use_lu_lambdas": False, "lambda_min_clipped": -float("inf"),
-                                     "variance_type": None}, {}),
-    "UniPCMultistepScheduler": ({**_MULTISTEP, "solver_type": "bh2", "predict_x0": True, "disable_corrector": [],
-                                 "solver_p": None}, {}),
-}
-# The classes whose use_karras_sigmas / use_exponential_sigmas txt2img computes (diffusers v0.31's multistep solvers
-# fail on exponential sigmas).
-_KARRAS = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
-           "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
-# The classes that have rescale_betas_zero_snr (the others ignore it, so a config setting it describes no one run).
-_ZERO_SNR = ("DDIMScheduler", "LCMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-             "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
-_EXPONENTIAL = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
-                "KDPM2AncestralDiscreteScheduler")
-_SAMPLER_OF_CLASS = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMScheduler": "lcm",
-                     "EulerAncestralDiscreteScheduler": "euler_a", "EulerDiscreteScheduler": "euler",
-                     "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
-                     "KDPM2DiscreteScheduler": "dpm2", "KDPM2AncestralDiscreteScheduler": "dpm2_a",
-                     "DPMSolverMultistepScheduler": "dpmpp_2m", "UniPCMultistepScheduler": "unipc"}
-
-
-def source_sampler(config: dict) -> Optional[str]:
-    """The txt2img sampler that computes what a diffusers scheduler config describes, or None: another class, or an
-    option txt2img's samplers do not compute (another spacing than the class's default, except on a
-    zero-terminal-SNR schedule, PNDM's PRK steps, DDIM's sample clipping, DPM-Solver of another order or algorithm,
-    UniPC's bh1 variant, exponential sigmas on a multistep solver, zero terminal SNR on a class without it...)."""
-    cls = config.get("_class_name")
-    if cls not in _COMPUTED:
-        return None
-    needed, defaults = _COMPUTED[cls]
-    zero_snr = cls in _ZERO_SNR and bool(config.get("rescale_betas_zero_snr"))
-    karras, exponential = bool(config.get("use_karras_sigmas")), bool(config.get("use_exponential_sigmas"))
-    not_set = {k: v for k, v in _NOT_SET.items() if k != "rescale_betas_zero_snr" or cls not in _ZERO_SNR}
-    ignored = set()
-    if zero_snr:  # txt2img keeps a zero-terminal-SNR model's spacing for every sampler
-        ignored.add("timestep_spacing")
-    if karras and cls in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
-        ignored.add("timestep_spacing")  # their Karras sigmas span the whole training schedule, however spaced
-    if (cls == "DPMSolverMultistepScheduler" and config.get("solver_order", 2) == 2
-            and config.get("final_sigmas_type", "zero") == "zero"):
-        ignored.update(("lower_order_final", "euler_at_final"))  # the last step is first order anyway
-    needed = {k: v for k, v in needed.items() if k not in ignored}
-    for key, value in {**not_set, **needed}.items():
-        if config.get(key, defaults.get(key, value)) != value:
-            return None
-    sampler = _SAMPLER_OF_CLASS[cls]
-    if cls == "DPMSolverMultistepScheduler":
-        algorithm = config.get("algorithm_type", "dpmsolver++")
-        if algorithm not in ("dpmsolver++", "sde-dpmsolver++"):
-            return None
-        sampler = "dpmpp_2m_sde" if algorithm == "sde-dpmsolver++" else "dpmpp_2m"
-    if karras and exponential:
-        return None
-    if karras:
-        return sampler + "_karras" if cls in _KARRAS else None
-    if exponential:
-        return sampler + "_exponential" if cls in _EXPONENTIAL else None
-    return sampler
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# A missing local file, never a hub id (whose names do not end so): "models/v1-5.safetensors" is a typo, not a
-# repository to ask the network for.
-_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".json", ".yaml")
-
-
-def _is_hub_id(source: str) -> bool:
-    return bool(_HUB_ID.match(source)) and not source.lower().endswith(_FILE_SUFFIXES)
-
-
-def _hub_weights(stems: Tuple[str, ...], folder: str, ext: str) -> List[str]:
-    """allow_patterns of one weights file, or one sharded checkpoint, per stem under `folder` ("" or "*/")."""
-    patterns = []
-    for stem in stems:
-        patterns += [f"{folder}{stem}{ext}", f"{folder}{stem}{ext}.index.json", f"{folder}{stem}-*-of-*{ext}"]
-    return patterns
-
-
-def _from_hub(source: str, what: str, patterns_for: Callable[[str], List[str]], found: Callable[[str], bool]) -> str:
-    """Download `source`, a Hugging Face hub id, into the hub cache: for each weights format in turn (safetensors
-    first) the files that patterns_for(ext) allows, until found(folder) says the weights are there."""
-    advice = (f"if it is a Hugging Face hub {what}, download it yourself (e.g. `huggingface-cli download {source} "
-              "--exclude '*.ckpt'`) and pass the folder")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ConversionError(f"{source}: no such file or directory, and huggingface_hub (to download hub "
-                              f"models) is not installed: {advice}") from None
-    try:
-        for ext in _WEIGHT_FORMATS:
-            folder = snapshot_download(repo_id=source, allow_patterns=patterns_for(ext))
-            if found(folder):
-                return folder
-    except Exception as e:  # network, authentication, unknown repository: all mean "do it by hand"
-        raise ConversionError(f"cannot download {source} ({type(e).__name__}: {e}): {advice}") from None
-    raise ConversionError(f"{source}: the repository has no diffusers {what} weights: {advice}")
-
-
-def _has_weights(folder: str, stem: str) -> bool:
-    try:
-        folder_weights(folder, (stem,))
-    except ConversionError:
-        return False
-    return True
-
-
-def resolve_source(source: str) -> str:
-    """A local path as given; a Hugging Face hub id (`owner/name`) downloaded into the hub cache."""
-    if os.path.exists(source):
-        return source
-    if not _is_hub_id(source):
-        raise ConversionError(f"{source}: no such file or directory")
-    # Only what the bundle needs: the configs, the tokenizer and one weights file (or the index and shards of
-    # one sharded checkpoint) per model, not the several-GB .ckpt / fp16 / flax / onnx copies that model
-    # repositories also carry.
-    common = ["model_index.json", "*/config.json", "scheduler/*.json", "feature_extractor/*.json",
-              "tokenizer/*"]
-    return _from_hub(source, "model",
-                     lambda ext: common + _hub_weights(("diffusion_pytorch_model", "model", "pytorch_model"), "*/", ext),
-                     lambda folder: _has_weights(os.path.join(folder, "unet"), "diffusion_pytorch_model"))
-
-
-def resolve_component(source: str, flag: str) -> str:
-    """The path of a --vae or --taesd argument: a local file or folder as given; a hub id of a diffusers model
-    repository (stabilityai/sd-vae-ft-mse, madebyollin/taesd) downloaded into the hub cache (config.json and one
-    weights file)."""
-    if os.path.exists(source):
-        return source
-    if not _is_hub_id(source):
-        raise ConversionError(f"{flag} {source}: no such file or folder")
-    return _from_hub(source, flag[2:].upper(),
-                     lambda ext: ["config.json"] + _hub_weights(("diffusion_pytorch_model",), "", ext),
-                     lambda folder: _has_weights(folder, "diffusion_pytorch_model"))

@@ -207,7 +207,7 @@ def check_destination(out: str, overwrite: bool) -> None:
 
 def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Optional[dict]) -> dict:
     """The model.json fields that describe the model (configs of the three networks, the scheduler fields of
-    checkpoints.scheduler_fields(), the safety_manifest() or None). A text config without num_hidden_layers is
+    scheduler_config.scheduler_fields(), the safety_manifest() or None). A text config without num_hidden_layers is
     transformers' default (as clip.CLIPTextModel builds it)."""
     vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)
     latent = int(vae.get("latent_channels", 4))

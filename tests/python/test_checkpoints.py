@@ -17,7 +17,7 @@ import torch
 
 from converter_runs import run
 from txt2img_convert import checkpoints as ck
-from txt2img_convert import export, presets
+from txt2img_convert import export, hub, presets
 from txt2img_convert.safetensors_io import load_file, save_file
 
 SD1_FILE = "sd1/single_file/sd1.safetensors"
@@ -488,97 +488,12 @@ def test_folder_with_pre_0_14_vae_attention_names_and_fp16_bin(tmp_path, referen
     assert all(torch.equal(component.tensors[k], new[k].half().float()) for k in new)
 
 
-def test_preprocessor_and_scheduler_fields():
+def test_preprocessor_fields():
     old_style = {"size": 224, "crop_size": 224, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}
     assert export.safety_manifest(old_style) == {
         "shortest_edge": 224, "crop_height": 224, "crop_width": 224, "rescale_factor": 1 / 255,
         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     assert export.safety_manifest(None)["shortest_edge"] == 224
-    # Configs of early diffusers releases lack timestep_spacing / prediction_type.
-    fields = ck.scheduler_fields({"beta_end": 0.02, "steps_offset": 0, "set_alpha_to_one": True})
-    assert fields == {**presets.SD1_SCHEDULER, "beta_end": 0.02, "steps_offset": 0, "set_alpha_to_one": True,
-                      "class": None, "sampler": None}
-    assert ck.scheduler_fields(None) == {**presets.SD1_SCHEDULER, "class": None, "sampler": None}
-    assert ck.scheduler_fields({"trained_betas": None})["beta_schedule"] == "scaled_linear"
-    with pytest.raises(ck.ConversionError, match="trained_betas, a noise schedule of its own"):
-        ck.scheduler_fields({"beta_schedule": "scaled_linear", "trained_betas": [0.001] * 1000})
-
-
-@pytest.mark.parametrize("config, sampler", [
-    ({"_class_name": "PNDMScheduler", "skip_prk_steps": True}, "pndm"),
-    ({"_class_name": "PNDMScheduler", "skip_prk_steps": False}, None),  # PRK warm-up steps
-    ({"_class_name": "DDIMScheduler", "clip_sample": False}, "ddim"),
-    # The class clips x0 by default, but StableDiffusionPipeline turns that off when it loads the scheduler.
-    ({"_class_name": "DDIMScheduler"}, "ddim"),
-    ({"_class_name": "DDIMScheduler", "clip_sample": True, "steps_offset": 0}, "ddim"),
-    ({"_class_name": "DDIMScheduler", "clip_sample": False, "timestep_spacing": "trailing"}, None),
-    ({"_class_name": "PNDMScheduler", "skip_prk_steps": True, "timestep_spacing": "leading"}, "pndm"),
-    ({"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "leading"}, None),
-    ({"_class_name": "EulerDiscreteScheduler", "final_sigmas_type": "sigma_min"}, None),
-    ({"_class_name": "EulerAncestralDiscreteScheduler", "use_karras_sigmas": True}, None),
-    # Order 2 with a final sigma of zero takes a first-order last step whatever these two say.
-    ({"_class_name": "DPMSolverMultistepScheduler", "euler_at_final": True}, "dpmpp_2m"),
-    ({"_class_name": "DPMSolverMultistepScheduler", "lower_order_final": False}, "dpmpp_2m"),
-    ({"_class_name": "DPMSolverMultistepScheduler", "lower_order_final": False, "final_sigmas_type": "sigma_min"},
-     None),
-    ({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3, "lower_order_final": False}, None),
-    ({"_class_name": "UniPCMultistepScheduler", "lower_order_final": False}, None),
-    # Karras sigmas make the multistep solvers' spacing irrelevant, not the Euler family's (spaced, then Karras).
-    ({"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": True, "timestep_spacing": "leading"},
-     "dpmpp_2m_karras"),
-    ({"_class_name": "UniPCMultistepScheduler", "use_karras_sigmas": True, "timestep_spacing": "trailing"},
-     "unipc_karras"),
-    ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True, "timestep_spacing": "leading"}, None),
-    ({"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -float("inf"),
-      "thresholding": False}, "dpmpp_2m"),
-    ({"_class_name": "UniPCMultistepScheduler", "disable_corrector": [0]}, None),
-    ({"_class_name": "LCMScheduler", "timestep_scaling": 5.0}, None),
-    ({"_class_name": "LCMScheduler"}, "lcm"),
-    ({"_class_name": "EulerAncestralDiscreteScheduler"}, "euler_a"),
-    ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": False}, "euler"),
-    ({"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": True}, "euler_karras"),
-    ({"_class_name": "HeunDiscreteScheduler"}, "heun"),
-    ({"_class_name": "KDPM2DiscreteScheduler"}, "dpm2"),
-    ({"_class_name": "KDPM2AncestralDiscreteScheduler", "use_karras_sigmas": True}, "dpm2_a_karras"),
-    ({"_class_name": "KDPM2DiscreteScheduler", "use_exponential_sigmas": True}, "dpm2_exponential"),
-    ({"_class_name": "EulerDiscreteScheduler", "use_exponential_sigmas": True}, "euler_exponential"),
-    ({"_class_name": "DPMSolverMultistepScheduler", "use_exponential_sigmas": True}, None),
-    ({"_class_name": "EulerAncestralDiscreteScheduler", "use_exponential_sigmas": True}, None),
-    ({"_class_name": "HeunDiscreteScheduler", "use_exponential_sigmas": True, "use_karras_sigmas": True}, None),
-    ({"_class_name": "LMSDiscreteScheduler", "use_karras_sigmas": True}, "lms_karras"),
-    ({"_class_name": "DPMSolverMultistepScheduler"}, "dpmpp_2m"),
-    ({"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": True}, "dpmpp_2m_karras"),
-    ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
-     "dpmpp_2m_sde_karras"),
-    ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver"}, None),
-    ({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3}, None),
-    ({"_class_name": "DPMSolverMultistepScheduler", "solver_type": "heun"}, None),
-    ({"_class_name": "UniPCMultistepScheduler"}, "unipc"),
-    ({"_class_name": "UniPCMultistepScheduler", "use_karras_sigmas": True}, "unipc_karras"),
-    ({"_class_name": "UniPCMultistepScheduler", "solver_type": "bh1"}, None),
-    ({"_class_name": "DPMSolverSinglestepScheduler"}, None),
-    # Zero terminal SNR: the classes that have the option, on the model's own spacing, which txt2img then keeps.
-    ({"_class_name": "DDIMScheduler", "clip_sample": False, "rescale_betas_zero_snr": True,
-      "timestep_spacing": "trailing"}, "ddim"),
-    ({"_class_name": "EulerDiscreteScheduler", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
-     "euler"),
-    ({"_class_name": "DPMSolverMultistepScheduler", "rescale_betas_zero_snr": True}, "dpmpp_2m"),
-    ({"_class_name": "HeunDiscreteScheduler", "rescale_betas_zero_snr": True}, None),  # diffusers' Heun ignores it
-    ({"_class_name": "PNDMScheduler", "skip_prk_steps": True, "rescale_betas_zero_snr": True}, None),
-    ({}, None),
-])
-def test_the_source_scheduler_names_a_sampler(config, sampler):
-    fields = ck.scheduler_fields(config)
-    assert (fields["class"], fields["sampler"]) == (config.get("_class_name"), sampler)
-
-
-def test_hub_id_without_network_or_package_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ck.ConversionError, match="download it yourself"):
-        ck.resolve_source("someone/not-a-local-model")
-    with pytest.raises(ck.ConversionError, match="no such file"):
-        ck.resolve_source(os.path.join("missing", "dir", "model.safetensors"))
 
 
 def test_safety_checker_config_of_old_transformers(tmp_path, reference):
@@ -805,7 +720,7 @@ def test_hub_download_fetches_indexes_and_shards(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "huggingface_hub",
                         types.SimpleNamespace(snapshot_download=snapshot_download))
-    folder = Path(ck.resolve_source("someone/sharded-model"))
+    folder = Path(hub.resolve_source("someone/sharded-model"))
     assert len(calls) == 1
     fetched = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert fetched == ["model_index.json", "text_encoder/model-00001-of-00002.safetensors",
@@ -906,27 +821,6 @@ def test_ldm_config_schedule(tmp_path):
             ck.ldm_schedule(str(yaml_file))
     with pytest.raises(ck.ConversionError, match="--original-config .*: no such file"):
         ck.ldm_config_path(str(checkpoint), str(tmp_path / "missing.yaml"))
-
-
-def test_training_schedule():
-    """What the source's scheduler config says, then an LDM config's schedule, then the command line's."""
-    source = {"_class_name": "PNDMScheduler", "timestep_spacing": "leading", "prediction_type": "epsilon"}
-    assert ck.training_schedule(source, None, None, False) is source
-    assert ck.training_schedule(source, {"prediction_type": "v_prediction"}, None, False)["prediction_type"] == \
-        "v_prediction"
-    assert ck.training_schedule(source, {"prediction_type": "v_prediction"}, "epsilon", False)["prediction_type"] == \
-        "epsilon"
-    # Zero terminal SNR newly set brings trailing spacing; a source that already rescales keeps its own.
-    fields = ck.scheduler_fields(ck.training_schedule(source, None, "v_prediction", True))
-    assert (fields["rescale_betas_zero_snr"], fields["timestep_spacing"], fields["prediction_type"]) == \
-        (True, "trailing", "v_prediction")
-    assert fields["sampler"] is None  # PNDM has no zero-terminal-SNR option
-    own = {"_class_name": "DDIMScheduler", "clip_sample": False, "rescale_betas_zero_snr": True,
-           "timestep_spacing": "linspace", "prediction_type": "v_prediction"}
-    assert ck.training_schedule(own, None, None, True)["timestep_spacing"] == "linspace"
-    with pytest.raises(ck.ConversionError, match="--zero-terminal-snr needs a v-prediction model"):
-        ck.training_schedule(source, None, None, True)
-    assert ck.scheduler_fields(None)["rescale_betas_zero_snr"] is False
 
 
 def test_damaged_safetensors_files_say_what_is_wrong(tmp_path):

@@ -359,8 +359,8 @@ def test_moving_average_of_a_single_file(tmp_path, reference, capsys, monkeypatc
         ((reference / "tiny/model", "--ema", "--out", tmp_path / "x"), 2, "--ema applies to a single-file SOURCE"),
     ], tmp_path / "x")
     # A hub id is a diffusers model too, known as one only once it is downloaded.
-    from txt2img_convert import checkpoints
-    monkeypatch.setattr(checkpoints, "resolve_source", lambda source: str(reference / "tiny/model"))
+    from txt2img_convert import hub
+    monkeypatch.setattr(hub, "resolve_source", lambda source: str(reference / "tiny/model"))
     expect_errors(capsys, [(("owner/model", "--ema", "--out", tmp_path / "x"), 1,
                             "--ema applies to a single-file SOURCE; owner/model is a diffusers model")], tmp_path / "x")
 

@@ -172,26 +172,26 @@ def test_hub_ids_for_taesd_and_vae(monkeypatch, tmp_path, reference, capsys):
     stand-in for huggingface_hub), and the bundle names the TAESD by the id's name."""
     import sys
     import types
-    from txt2img_convert import checkpoints as ck
+    from txt2img_convert import hub
 
-    hub = {"madebyollin/taesd": small_taesd_folder(tmp_path / "hub-taesd", [1, 2])}
+    repos = {"madebyollin/taesd": small_taesd_folder(tmp_path / "hub-taesd", [1, 2])}
     requested = []
 
     def snapshot_download(repo_id, allow_patterns):
         requested.append((repo_id, allow_patterns))
-        if repo_id not in hub:
+        if repo_id not in repos:
             raise RuntimeError("404 Repository Not Found")
-        return str(hub[repo_id])
+        return str(repos[repo_id])
 
     monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download))
-    assert ck.resolve_component("madebyollin/taesd", "--taesd") == str(hub["madebyollin/taesd"])
+    assert hub.resolve_component("madebyollin/taesd", "--taesd") == str(repos["madebyollin/taesd"])
     assert requested[0] == ("madebyollin/taesd", ["config.json", "diffusion_pytorch_model.safetensors",
                                                   "diffusion_pytorch_model.safetensors.index.json",
                                                   "diffusion_pytorch_model-*-of-*.safetensors"])
     with pytest.raises(ConversionError, match="cannot download stabilityai/nothing .*404.*hub VAE"):
-        ck.resolve_component("stabilityai/nothing", "--vae")
+        hub.resolve_component("stabilityai/nothing", "--vae")
     with pytest.raises(ConversionError, match="--vae no/such/file.pt: no such file or folder"):
-        ck.resolve_component("no/such/file.pt", "--vae")
+        hub.resolve_component("no/such/file.pt", "--vae")
 
     out = tmp_path / "bundle"
     status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", "--taesd", "madebyollin/taesd",
@@ -199,9 +199,9 @@ def test_hub_ids_for_taesd_and_vae(monkeypatch, tmp_path, reference, capsys):
     assert status == 0, stderr
     manifest = json.loads(out.joinpath("model.json").read_text())
     assert manifest["taesd_name"] == "taesd"
-    assert manifest["source"]["taesd"]["path"] == str(hub["madebyollin/taesd"])
+    assert manifest["source"]["taesd"]["path"] == str(repos["madebyollin/taesd"])
     # A variant for another family is refused by the name it was asked for, whatever the download is called.
-    hub["madebyollin/taesdxl"] = hub["madebyollin/taesd"]
+    repos["madebyollin/taesdxl"] = repos["madebyollin/taesd"]
     expect_errors(capsys, [((reference / "tiny/model", "--no-safety-checker", "--taesd", "madebyollin/taesdxl",
                              "--out", tmp_path / "x"), 1, "a TAESD for another model family")], tmp_path / "x")
 
