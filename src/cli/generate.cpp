@@ -277,8 +277,8 @@ class Generator {
     batch.clear();
   }
 
-  void write(const ImageJob& job, const GeneratedImage& image, double generate_s) {
-    const auto start = Clock::now();
+  // What an image records of how it was made (its PNG's metadata and its --json event).
+  ImageRecord record_of(const ImageJob& job, const GeneratedImage& image) const {
     ImageRecord record;
     record.prompt = job.prompt;
     record.negative_prompt = job.negative_prompt;
@@ -330,6 +330,12 @@ class Generator {
     record.dtype = placement_.dtype;
     record.safety = o_.no_safety_checker ? "off" : o_.safety;
     record.nsfw = image.nsfw;
+    return record;
+  }
+
+  void write(const ImageJob& job, const GeneratedImage& image, double generate_s) {
+    const auto start = Clock::now();
+    const ImageRecord record = record_of(job, image);
 
     const auto png =
         encode_png(image.rgb.data(), image.width, image.height, o_.no_metadata ? PngText{} : png_metadata(record));
