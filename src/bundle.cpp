@@ -193,7 +193,8 @@ Bundle Bundle::open(const std::filesystem::path& dir) {
                                        kConvertHint);
   const auto manifest_file = dir / "model.json";
   if (!std::filesystem::exists(manifest_file, ec))
-    throw Error(ErrorKind::Bundle, where + ": model.json missing" + kConvertHint);
+    throw Error(ErrorKind::Bundle, where + (ec ? ": cannot read model.json: " + ec.message()
+                                               : ": model.json missing" + std::string(kConvertHint)));
   if (!std::filesystem::is_regular_file(manifest_file, ec))
     throw Error(ErrorKind::Bundle, where + ": model.json is not a file" + kConvertHint);
   std::ifstream in(manifest_file);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -126,6 +127,19 @@ void add_text_chunk(const std::string& type, const std::string& data, PngText& t
   }
 }
 
+// Reads `n` bytes into `out` (skips them where it is null) in blocks, so that a length field is never trusted for an
+// allocation; false where the stream ends first.
+bool read_exactly(std::istream& in, uint64_t n, std::string* out) {
+  char buffer[1 << 16];
+  while (n > 0) {
+    const auto block = static_cast<std::streamsize>(std::min<uint64_t>(n, sizeof buffer));
+    if (!in.read(buffer, block)) return false;
+    if (out) out->append(buffer, static_cast<size_t>(block));
+    n -= static_cast<uint64_t>(block);
+  }
+  return true;
+}
+
 }  // namespace
 
 std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const PngText& text) {
@@ -183,36 +197,37 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
 }
 
 PngInfo read_png_info(const std::filesystem::path& file) {
+  // Read as a stream, not by its size or by seeking: `info /dev/stdin` and `info <(curl ...)` are pipes.
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(ErrorKind::Io, "cannot open " + file.string());
-  std::error_code ec;
-  const auto size = std::filesystem::file_size(file, ec);
   uint8_t head[8];
-  if (ec || size < kIhdrEnd || !in.read(reinterpret_cast<char*>(head), kSignatureBytes) ||
+  if (!in.read(reinterpret_cast<char*>(head), kSignatureBytes) ||
       std::memcmp(head, kPngSignature, kSignatureBytes) != 0)
     throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
   PngInfo info;
-  // Chunk by chunk, skipping the data of all but the header and the text: the image is never read or decoded.
-  for (uint64_t pos = kSignatureBytes; in.read(reinterpret_cast<char*>(head), 8); pos = in.tellg()) {
+  bool first = true;
+  // Chunk by chunk, keeping the header and the text: the image data is skipped, never decoded.
+  while (in.read(reinterpret_cast<char*>(head), 8)) {
     const uint32_t len = get_u32(head);
     const std::string type(head + 4, head + 8);
-    if (pos + 12 + len > size) throw Error(ErrorKind::Io, file.string() + ": truncated PNG chunk " + type);
-    if (pos == kSignatureBytes) {
-      uint8_t ihdr[8];
-      if (type != "IHDR" || len != 13 || !in.read(reinterpret_cast<char*>(ihdr), 8))
+    if (!first && type == "IEND") return info;
+    const bool keep = first || is_text_chunk(type);
+    std::string data;
+    if (!read_exactly(in, len, keep ? &data : nullptr) || !read_exactly(in, 4, nullptr))  // the data, the CRC
+      throw Error(ErrorKind::Io, file.string() + ": truncated PNG chunk " + type);
+    if (first) {
+      if (type != "IHDR" || len != 13)
         throw Error(ErrorKind::Io, file.string() + ": corrupt PNG (no IHDR chunk first)");
-      info.width = static_cast<int64_t>(get_u32(ihdr));
-      info.height = static_cast<int64_t>(get_u32(ihdr + 4));
-      in.seekg(13 - 8 + 4, std::ios::cur);
-    } else if (type == "IEND") {
-      return info;
-    } else if (is_text_chunk(type)) {
-      std::string data(len, '\0');
-      in.read(data.data(), len);
+      const auto* ihdr = reinterpret_cast<const uint8_t*>(data.data());
+      info.width = get_u32(ihdr);
+      info.height = get_u32(ihdr + 4);
+      // PNG sizes are 1 to 2^31 - 1.
+      if (info.width < 1 || info.height < 1 || info.width > 0x7fffffff || info.height > 0x7fffffff)
+        throw Error(ErrorKind::Io, file.string() + ": corrupt PNG (a size of " + std::to_string(info.width) + "x" +
+                                       std::to_string(info.height) + ")");
+      first = false;
+    } else if (keep) {
       add_text_chunk(type, data, info.text);
-      in.seekg(4, std::ios::cur);  // the CRC
-    } else {
-      in.seekg(static_cast<std::streamoff>(len) + 4, std::ios::cur);
     }
   }
   throw Error(ErrorKind::Io, file.string() + ": truncated PNG (no IEND chunk)");

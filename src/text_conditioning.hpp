@@ -17,7 +17,8 @@ namespace txt2img {
 // channels and pixels), mixed with `guided` by `rescale`.
 torch::Tensor rescale_guidance(const torch::Tensor& guided, const torch::Tensor& text, double rescale);
 
-// Groups of rows ([rows, tokens, ...]) of different lengths, each padded as above to the longest, one after another.
+// Groups of rows ([rows, tokens, ...]) of different lengths, each padded to the longest by repeating its rows' last
+// position (as A1111's reconstruct_multicond_batch pads prompts that take fewer chunks), one after another.
 torch::Tensor cat_padded(std::vector<torch::Tensor> groups);
 
 // A step's negative prompt and prompt contexts ([rows, tokens, hidden]) of different lengths brought to one, as

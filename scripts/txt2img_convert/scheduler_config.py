@@ -86,8 +86,10 @@ _SAMPLER_OF_CLASS = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMSched
 def source_sampler(config: dict) -> Optional[str]:
     """The txt2img sampler that computes what a diffusers scheduler config describes, or None: another class, or an
     option txt2img's samplers do not compute (another spacing than the class's default, except on a
-    zero-terminal-SNR schedule, PNDM's PRK steps, DDIM's sample clipping, DPM-Solver of another order or algorithm,
-    UniPC's bh1 variant, exponential sigmas on a multistep solver, zero terminal SNR on a class without it...)."""
+    zero-terminal-SNR schedule or under DPM-Solver's and UniPC's Karras sigmas, PNDM's PRK steps, DPM-Solver of
+    another order or algorithm, UniPC's bh1 variant, exponential sigmas on a multistep solver, zero terminal SNR on a
+    class without it...). Options that change nothing are no refusal: DDIM's sample clipping (StableDiffusionPipeline
+    turns it off), DPM-Solver order 2's lower_order_final and euler_at_final with a final sigma of zero."""
     cls = config.get("_class_name")
     if cls not in _COMPUTED:
         return None

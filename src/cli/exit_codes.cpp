@@ -16,7 +16,7 @@ const char* exit_code_table() {
          "  4    input/output file error: unreadable prompt file, output exists, directory not writable, disk full\n"
          "  5    runtime failure: out of memory, non-finite values, backend error\n"
          "  6    an image was flagged as NSFW and --fail-on-nsfw was given (every image is still written)\n"
-         "  130  interrupted by SIGINT, SIGTERM or a closed output pipe (finished images are kept)\n";
+         "  130  interrupted by SIGINT, SIGTERM, SIGHUP or a closed output pipe (finished images are kept)\n";
 }
 
 int report_failure(std::exception_ptr failure) {

@@ -143,8 +143,11 @@ class StepObserver : public Observer {
     try {
       const auto png = encode_png(image.rgb.data(), image.width, image.height,
                                   {{kPreviewKey, "an image as it forms, rewritten while txt2img works"}});
-      const DeferSecondSignal writing;
-      write_file_atomic(o_.preview, png);
+      {
+        // Only around the file: a report blocked on a full pipe must not hold off the second Ctrl-C.
+        const DeferSecondSignal writing;
+        write_file_atomic(o_.preview, png);
+      }
       reporter_.preview(o_.preview, call, calls);
     } catch (const Error& e) {
       previews_failed_ = true;

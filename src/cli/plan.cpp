@@ -23,12 +23,14 @@ void check_output_dir(const std::filesystem::path& dir) {
   fs::path existing = dir;
   while (!existing.empty() && !fs::exists(fs::symlink_status(existing, ec))) existing = existing.parent_path();
   if (existing.empty()) existing = ".";
-  if (!fs::is_directory(existing, ec))
+  if (!fs::is_directory(existing, ec)) {
+    const bool link = fs::is_symlink(fs::symlink_status(existing, ec));
     throw Error(ErrorKind::Io,
                 "cannot create output directory " + quoted(dir) + ": " + quoted(existing) +
-                    (fs::is_symlink(fs::symlink_status(existing, ec))
-                         ? " is a symbolic link to " + quoted(fs::read_symlink(existing, ec)) + ", which does not exist"
-                         : " is not a directory"));
+                    (!link ? " is not a directory"
+                           : " is a symbolic link to " + quoted(fs::read_symlink(existing, ec)) +
+                                 (fs::exists(existing, ec) ? ", which is not a directory" : ", which does not exist")));
+  }
   if (::access(existing.c_str(), W_OK | X_OK) != 0)
     throw Error(ErrorKind::Io, "output directory " + quoted(existing) + " is not writable (" + std::strerror(errno) +
                                    "); choose another with -o");

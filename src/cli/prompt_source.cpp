@@ -54,9 +54,13 @@ bool ends_with_jsonl(const std::string& path) {
 // Copies the prompts (standard input for "-") into an anonymous temporary file, read once to validate and again to
 // generate without holding them in memory. Reading the source itself twice would find a pipe or a process
 // substitution empty (or wait forever on a named pipe), and would generate lines appended after the check.
+// Whether the process started with its standard input closed, noted before main (static initialisation): once the
+// run is under way its descriptor 0 may be another file's (the temporary file below, the CUDA driver's), which would
+// read as an empty prompt file or worse.
+const bool kStandardInputClosedAtStart = ::fcntl(STDIN_FILENO, F_GETFD) < 0;
+
 std::shared_ptr<std::FILE> spool(const std::string& path, const std::string& name) {
-  // A closed standard input's descriptor would go to the temporary file below, read as an empty prompt file.
-  if (path == "-" && ::fcntl(STDIN_FILENO, F_GETFD) < 0)
+  if (path == "-" && kStandardInputClosedAtStart)
     throw Error(ErrorKind::Io, "cannot read the prompts from " + name + ": standard input is closed");
   struct Input {
     int fd;
@@ -71,12 +75,13 @@ std::shared_ptr<std::FILE> spool(const std::string& path, const std::string& nam
   char buffer[1 << 16];
   for (;;) {
     // A read restarts after a signal (SA_RESTART) and would wait on for a terminal's or a pipe's next line; poll
-    // returns, so that Ctrl-C stops a run that is still waiting for its prompts.
+    // returns, so that Ctrl-C stops a run that is still waiting for its prompts. A signal that arrives between two
+    // polls is seen by the check before the next; one in that narrow gap waits for the next line or a second Ctrl-C.
+    throw_if_stop_requested();
     pollfd ready{fd, POLLIN, 0};
     if (::poll(&ready, 1, -1) < 0) {
       if (errno != EINTR)
         throw Error(ErrorKind::Io, "cannot read the prompts from " + name + ": " + std::strerror(errno));
-      throw_if_stop_requested();
       continue;
     }
     const ssize_t n = ::read(fd, buffer, sizeof buffer);

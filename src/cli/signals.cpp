@@ -23,7 +23,7 @@ void end_process(int signal) {
 }
 
 void on_stop_signal(int signal) {
-  if (g_signal != SIGINT && g_signal != SIGTERM) {
+  if (g_signal != SIGINT && g_signal != SIGTERM && g_signal != SIGHUP) {
     g_signal = signal;
     return;
   }
@@ -59,6 +59,7 @@ void ignore_file_size_signal() { std::signal(SIGXFSZ, SIG_IGN); }
 void stop_on_signals() {
   handle(SIGINT, on_stop_signal);
   handle(SIGTERM, on_stop_signal);
+  handle(SIGHUP, on_stop_signal);  // a closed terminal or ssh session
   handle(SIGPIPE, on_broken_pipe);
 }
 
@@ -73,10 +74,11 @@ DeferSecondSignal::~DeferSecondSignal() {
 
 void throw_if_stop_requested() {
   if (g_signal != 0)
-    throw Error(ErrorKind::Interrupted, std::string("interrupted by ") +
-                                            (g_signal == SIGINT    ? "SIGINT"
-                                             : g_signal == SIGTERM ? "SIGTERM"
-                                                                   : "SIGPIPE (the output pipe was closed)"));
+    throw Error(ErrorKind::Interrupted,
+                std::string("interrupted by ") + (g_signal == SIGINT    ? "SIGINT"
+                                                  : g_signal == SIGTERM ? "SIGTERM"
+                                                  : g_signal == SIGHUP  ? "SIGHUP (the terminal was closed)"
+                                                                        : "SIGPIPE (the output pipe was closed)"));
 }
 
 }  // namespace txt2img::cli

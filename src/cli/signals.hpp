@@ -1,6 +1,6 @@
-// While generating, SIGINT and SIGTERM ask the run to stop after the current denoising step, so that finished
-// images are kept and no file is left half-written; a second one stops at once. The other commands (info, tokenize)
-// keep every signal's default and end there, as Unix tools end.
+// While generating, SIGINT, SIGTERM and SIGHUP ask the run to stop after the current denoising step, so that
+// finished images are kept and no file is left half-written; a second one stops at once. The other commands (info,
+// tokenize) keep every signal's default and end there, as Unix tools end.
 #pragma once
 
 namespace txt2img::cli {
@@ -9,8 +9,8 @@ namespace txt2img::cli {
 // temporary file removed, instead of killing the process with SIGXFSZ.
 void ignore_file_size_signal();
 
-// For generating: SIGINT and SIGTERM ask the run to stop, and so does SIGPIPE (a closed stdout or stderr pipe),
-// which never stops it at once.
+// For generating: SIGINT, SIGTERM and SIGHUP ask the run to stop, and so does SIGPIPE (a closed stdout or stderr
+// pipe), which never stops it at once.
 void stop_on_signals();
 
 bool stop_requested();

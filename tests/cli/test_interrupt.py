@@ -83,6 +83,10 @@ class Interrupt(CliTestCase):
     def test_sigterm(self):
         self.interrupt_after_first_image(signal.SIGTERM)
 
+    def test_sighup_of_a_closed_terminal(self):
+        _, err = self.interrupt_after_first_image(signal.SIGHUP)
+        self.assertIn("interrupted by SIGHUP (the terminal was closed)", err)
+
     def test_a_second_ctrl_c_stops_at_once(self):
         """A second Ctrl-C does not wait for the step to end: the process dies of it. The steps here take about 3 s
         (1024x1024), so the second signal, sent as soon as the first has been delivered, comes while the first waits

@@ -25,6 +25,10 @@ class OutputErrors(CliTestCase):
         self.assertExit(result, EXIT_IO, '"dangling" is a symbolic link to', "which does not exist")
         self.assertNotIn("loading", result.stderr)
         self.assertFalse((self.dir / "gone").exists())
+        self.write("file.txt", "x")
+        (self.dir / "to_file").symlink_to(self.dir / "file.txt")
+        result = self.txt2img("a fox", "-o", "to_file/{index}.png")
+        self.assertExit(result, EXIT_IO, '"to_file" is a symbolic link to', "file.txt\", which is not a directory")
 
     def test_output_is_a_directory_name_without_slash_gets_default_name(self):
         (self.dir / "d").mkdir()

@@ -591,6 +591,11 @@ class Metadata(CliTestCase):
         result = run(["info", "a.png"], self.dir)
         self.assertEqual(result.returncode, 0)
         self.assertIn("no generation parameters", result.stdout)
+        # A PNG from a pipe (`curl ... | txt2img info /dev/stdin`) reads as well.
+        piped = subprocess.run([BIN, "info", "/dev/stdin"], cwd=self.dir, input=(self.dir / "a.png").read_bytes(),
+                               capture_output=True)
+        self.assertEqual(piped.returncode, 0, piped.stderr)
+        self.assertIn(b"/dev/stdin: 32x32 PNG", piped.stdout)
         self.write("not.png", "hello")
         self.assertEqual(run(["info", "not.png"], self.dir).returncode, EXIT_IO)
         self.assertEqual(run(["info", "missing.png"], self.dir).returncode, EXIT_IO)

@@ -52,6 +52,11 @@ TEST(Png, RoundTripsPixelsAndText) {
   EXPECT_EQ(huge.width, 16000);
   EXPECT_EQ(huge.height, 16000);
   EXPECT_EQ(huge.text, text);
+  // A size of 0 is no PNG's.
+  std::string zero = bytes;
+  zero.replace(16, 4, std::string(4, '\0'));
+  std::ofstream(dir / "zero.png", std::ios::binary) << zero;
+  EXPECT_THROW(txt2img::read_png_info(dir / "zero.png"), txt2img::Error);
   // A file cut short is an error, not a PNG without its last chunks.
   std::ofstream(dir / "cut.png", std::ios::binary) << bytes.substr(0, bytes.size() - 20);
   try {
