@@ -59,22 +59,24 @@ const Sampler kSamplers[] = {
     {"lcm", kZeroSnr},
 };
 
-// The sigma schedules by the suffix that names them in a sampler's name ("" for the spaced timesteps' own).
+// The sigma schedules by the suffix that names them in a sampler's name ("" for the spaced timesteps' own), and by
+// the label AUTOMATIC1111's "Schedule type" field gives them.
 struct ScheduleName {
   detail::SigmaSchedule kind;
   const char* name;
+  const char* a1111_label;
   bool a1111;  // one of AUTOMATIC1111's own schedule types, which diffusers has no option for
 };
 constexpr ScheduleName kScheduleNames[] = {
-    {detail::SigmaSchedule::kSpaced, "", false},
-    {detail::SigmaSchedule::kKarras, "karras", false},
-    {detail::SigmaSchedule::kExponential, "exponential", false},
-    {detail::SigmaSchedule::kUniform, "uniform", true},
-    {detail::SigmaSchedule::kSgmUniform, "sgm_uniform", true},
-    {detail::SigmaSchedule::kAlignYourSteps, "align_your_steps", true},
-    {detail::SigmaSchedule::kSimple, "simple", true},
-    {detail::SigmaSchedule::kNormal, "normal", true},
-    {detail::SigmaSchedule::kPolyexponential, "polyexponential", true},
+    {detail::SigmaSchedule::kSpaced, "", "", false},
+    {detail::SigmaSchedule::kKarras, "karras", "Karras", false},
+    {detail::SigmaSchedule::kExponential, "exponential", "Exponential", false},
+    {detail::SigmaSchedule::kUniform, "uniform", "Uniform", true},
+    {detail::SigmaSchedule::kSgmUniform, "sgm_uniform", "SGM Uniform", true},
+    {detail::SigmaSchedule::kAlignYourSteps, "align_your_steps", "Align Your Steps", true},
+    {detail::SigmaSchedule::kSimple, "simple", "Simple", true},
+    {detail::SigmaSchedule::kNormal, "normal", "Normal", true},
+    {detail::SigmaSchedule::kPolyexponential, "polyexponential", "Polyexponential", true},
 };
 
 // The names of A1111's own schedule types, in table order.
@@ -226,6 +228,18 @@ SamplerName split_sampler_name(const std::string& name) {
   return split;
 }
 
+std::string a1111_schedule_label(const std::string& schedule) {
+  for (const auto& listed : kScheduleNames)
+    if (schedule == listed.name) return listed.a1111_label;
+  return schedule;
+}
+
+std::string schedule_from_a1111_label(const std::string& label) {
+  for (const auto& listed : kScheduleNames)
+    if (label == listed.a1111_label || label == listed.name) return listed.name;
+  return label == "SGMUniform" ? "sgm_uniform" : "";  // an alias A1111 reads
+}
+
 bool on_a1111_schedule(const std::string& name) {
   return detail::is_a1111_schedule(detail::schedule_named(split_sampler_name(name).schedule));
 }
@@ -281,13 +295,13 @@ namespace detail {
 std::string samplers_that_start_late() { return "every sampler but " + sampler_list(kStartsLate, false, " and "); }
 
 const char* schedule_name(SigmaSchedule schedule) {
-  for (const auto& [kind, name, a1111] : kScheduleNames)
+  for (const auto& [kind, name, label, a1111] : kScheduleNames)
     if (kind == schedule) return name;
   throw Error(ErrorKind::Runtime, "schedule_name: unlisted schedule");
 }
 
 SigmaSchedule schedule_named(const std::string& name) {
-  for (const auto& [kind, listed, a1111] : kScheduleNames)
+  for (const auto& [kind, listed, label, a1111] : kScheduleNames)
     if (name == listed) return kind;
   throw Error(ErrorKind::Runtime, "no sigma schedule is named \"" + name + "\"");
 }
@@ -298,7 +312,7 @@ std::string schedule_suffix(SigmaSchedule schedule) {
 }
 
 bool is_a1111_schedule(SigmaSchedule schedule) {
-  for (const auto& [kind, name, a1111] : kScheduleNames)
+  for (const auto& [kind, name, label, a1111] : kScheduleNames)
     if (kind == schedule) return a1111;
   return false;
 }

@@ -127,6 +127,12 @@ struct SamplerName {
   std::string schedule;
 };
 SamplerName split_sampler_name(const std::string& name);
+// A sampler name's schedule as AUTOMATIC1111's "Schedule type" field labels it ("sgm_uniform": "SGM Uniform"); a name
+// it has no label for unchanged.
+std::string a1111_schedule_label(const std::string& schedule);
+// The schedule an A1111 "Schedule type" names by its label or by our name ("SGM Uniform", "sgm_uniform" and
+// "SGMUniform" are "sgm_uniform"); "" for one txt2img has no sampler on.
+std::string schedule_from_a1111_label(const std::string& label);
 // Whether a sampler name's schedule is one of A1111's own ("euler_sgm_uniform"), computed as A1111 computes it.
 bool on_a1111_schedule(const std::string& name);
 

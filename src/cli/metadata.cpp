@@ -45,19 +45,6 @@ std::string a1111_quote(const std::string& value) {
   return nlohmann::json(value).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-constexpr std::pair<const char*, const char*> kA1111ScheduleLabels[] = {
-    {"karras", "Karras"},           {"exponential", "Exponential"},           {"uniform", "Uniform"},
-    {"sgm_uniform", "SGM Uniform"}, {"align_your_steps", "Align Your Steps"}, {"simple", "Simple"},
-    {"normal", "Normal"},           {"polyexponential", "Polyexponential"},
-};
-
-// A1111's label of a sampler name's schedule suffix ("sgm_uniform": "SGM Uniform").
-std::string a1111_schedule_label(const std::string& schedule) {
-  for (const auto& [name, label] : kA1111ScheduleLabels)
-    if (schedule == name) return label;
-  return schedule;
-}
-
 // A sampler as A1111 records it, for any name canonical_scheduler_name knows (unknown names are kept as they are):
 // its sampler name ("DDIM", "PLMS", "Euler a", ...) and schedule type. Karras samplers keep the names A1111 gave them
 // before its "Schedule type" field ("Euler Karras"), which A1111 1.9 and later still read; there is no such name for
@@ -300,12 +287,6 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
 }
 
 }  // namespace
-
-std::string schedule_from_a1111(const std::string& label) {
-  for (const auto& [name, listed] : kA1111ScheduleLabels)
-    if (label == listed || label == name) return name;
-  return label == "SGMUniform" ? "sgm_uniform" : "";  // an alias A1111 reads
-}
 
 std::string upscaler_from_a1111(const std::string& name) {
   for (const auto& upscaler : latent_upscalers())

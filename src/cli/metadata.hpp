@@ -66,10 +66,6 @@ struct ImageRecord {
   bool nsfw = false;
 };
 
-// The suffix of an A1111 schedule type given by its label or its name ("SGM Uniform", "sgm_uniform", "SGMUniform":
-// "sgm_uniform"); empty for one txt2img has no sampler on.
-std::string schedule_from_a1111(const std::string& label);
-
 // The schedule A1111 1.9 and later give a sampler of ours ("dpmpp_2m", no suffix) by default, its "Automatic":
 // "Karras" for DPM++ 2M, DPM2, DPM2 a and DPM++ 2S a, "Exponential" for DPM++ 2M SDE, "" (uniform) for the others.
 std::string a1111_default_schedule(const std::string& sampler);

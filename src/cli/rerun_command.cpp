@@ -214,7 +214,7 @@ std::string a1111_command(const std::string& text) {
         }
       }
       if (schedule.empty() || schedule == "Automatic") schedule = "Uniform";
-      const std::string suffix = "_" + schedule_from_a1111(schedule);
+      const std::string suffix = "_" + schedule_from_a1111_label(schedule);
       if (is_scheduler_name(sampler + suffix))
         sampler += suffix;
       else if (schedule != "Uniform")

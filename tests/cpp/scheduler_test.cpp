@@ -316,6 +316,23 @@ const std::vector<std::string>& a1111_schedules() {
   return names;
 }
 
+// A1111's "Schedule type" labels read back to the schedule they label, for each schedule a sampler name can end in.
+TEST(A1111Schedules, LabelsRoundTrip) {
+  EXPECT_EQ(txt2img::a1111_schedule_label("sgm_uniform"), "SGM Uniform");
+  EXPECT_EQ(txt2img::a1111_schedule_label("align_your_steps"), "Align Your Steps");
+  EXPECT_EQ(txt2img::a1111_schedule_label("karras"), "Karras");
+  EXPECT_EQ(txt2img::schedule_from_a1111_label("SGMUniform"), "sgm_uniform");
+  EXPECT_EQ(txt2img::schedule_from_a1111_label("Automatic"), "");
+  std::vector<std::string> schedules = a1111_schedules();
+  schedules.insert(schedules.end(), {"karras", "exponential"});
+  for (const auto& schedule : schedules) {
+    const std::string label = txt2img::a1111_schedule_label(schedule);
+    EXPECT_NE(label, schedule) << "no label for " << schedule;
+    EXPECT_EQ(txt2img::schedule_from_a1111_label(label), schedule);
+    EXPECT_EQ(txt2img::schedule_from_a1111_label(schedule), schedule);
+  }
+}
+
 // Every sampler on each schedule steps through A1111's sigmas exactly (one per call, a second-order sampler's
 // midpoints between them), starts from noise times the first, and gives the U-Net k-diffusion's timestep of each.
 TEST(A1111Schedules, AreA1111sSigmas) {
