@@ -2,7 +2,6 @@
 // alternatives in the same order as its regular expression, the same bracket stacks and the same multiplications,
 // so the weights come out as the same doubles.
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -24,13 +23,13 @@ constexpr std::string_view kBreak = "BREAK";
 // `:\s*([+-]?[.\d]+)\s*\)` at `pos`: the end of the match and the weight, or npos.
 size_t match_weight(std::string_view text, size_t pos, double* weight) {
   size_t p = python_text::blanks_after(text, pos + 1);
-  const size_t number = p;
-  if (p < text.size() && (text[p] == '+' || text[p] == '-')) ++p;
-  const size_t digits = p;
-  while (p < text.size() && (text[p] == '.' || std::isdigit(static_cast<unsigned char>(text[p])))) ++p;
-  if (p == digits) return std::string_view::npos;
-  const std::string value(text.substr(number, p - number));
-  p = python_text::blanks_after(text, p);
+  std::string value;
+  if (p < text.size() && (text[p] == '+' || text[p] == '-')) value.push_back(text[p++]);
+  std::string digits;
+  const size_t after_digits = python_text::dots_and_digits(text, p, &digits);
+  if (after_digits == p) return std::string_view::npos;
+  value += digits;
+  p = python_text::blanks_after(text, after_digits);
   if (p >= text.size() || text[p] != ')') return std::string_view::npos;
   // Python's float() rejects "1.2.3" or "."; A1111 then fails, here the text stays text.
   char* end = nullptr;

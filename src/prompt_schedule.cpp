@@ -292,8 +292,8 @@ std::vector<WeightedPrompt> composable_prompts(const std::string& prompt) {
     begin = at + 3;
   }
   parts.push_back(prompt.substr(begin));
-  // ^(text)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$ with the text as short as it can be. The blanks are
-  // Python's (Unicode's); the digits only ASCII ones, where Python's \d takes any script's.
+  // ^(text)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$ with the text as short as it can be. Blanks and digits are
+  // Python's (Unicode's, float() reading any script's digits by their values).
   std::vector<WeightedPrompt> prompts;
   for (const auto& part : parts) {
     const size_t end = python_text::blanks_before(part, part.size());
@@ -301,21 +301,13 @@ std::vector<WeightedPrompt> composable_prompts(const std::string& prompt) {
     const size_t colon = part.rfind(':', end);
     if (colon != std::string::npos && colon < end) {
       size_t q = python_text::blanks_after(part, colon + 1);
-      const size_t number = q;
-      if (q < end && (part[q] == '+' || part[q] == '-')) ++q;
-      const size_t integer = q;
-      while (q < end && is_digit(part[q])) ++q;
-      const bool has_integer = q > integer;
-      bool valid = has_integer;
-      if (q < end && part[q] == '.') {
-        const size_t fraction = ++q;
-        while (q < end && is_digit(part[q])) ++q;
-        valid = has_integer || q > fraction;
-      }
-      if (valid && q == end) {
-        p = {part.substr(0, python_text::blanks_before(part, colon)),
-             std::strtod(part.substr(number, end - number).c_str(), nullptr)};
-      }
+      std::string number;
+      if (q < end && (part[q] == '+' || part[q] == '-')) number.push_back(part[q++]);
+      std::string digits;
+      const bool whole = python_text::dots_and_digits(part, q, &digits) == end;
+      const auto dots = std::count(digits.begin(), digits.end(), '.');
+      if (whole && dots <= 1 && digits.size() > static_cast<size_t>(dots))
+        p = {part.substr(0, python_text::blanks_before(part, colon)), std::strtod((number + digits).c_str(), nullptr)};
     }
     prompts.push_back(std::move(p));
   }

@@ -45,6 +45,25 @@ size_t blanks_after(std::string_view text, size_t begin) {
   return static_cast<size_t>(i);
 }
 
+size_t dots_and_digits(std::string_view text, size_t begin, std::string* ascii) {
+  const auto length = static_cast<int32_t>(text.size());
+  auto i = static_cast<int32_t>(begin);
+  ascii->clear();
+  while (i < length) {
+    int32_t next = i;
+    UChar32 c;
+    U8_NEXT(bytes(text), next, length, c);
+    if (c == '.')
+      ascii->push_back('.');
+    else if (u_charType(c) == U_DECIMAL_DIGIT_NUMBER)
+      ascii->push_back(static_cast<char>('0' + u_charDigitValue(c)));
+    else
+      break;
+    i = next;
+  }
+  return static_cast<size_t>(i);
+}
+
 bool whole_word_at(std::string_view text, size_t at, size_t length) {
   const auto size = static_cast<int32_t>(text.size());
   if (at > 0) {

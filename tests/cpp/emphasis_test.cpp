@@ -59,4 +59,15 @@ TEST(Emphasis, BreakSplitsAtWholeWords) {
   EXPECT_EQ(spans("(x:\u30001.5\u3000)"), (Spans{{"x", 1.5}}));
 }
 
+// A weight's digits are Python's \d and float()'s: a decimal digit of any script counts by its value.
+TEST(Emphasis, WeightsInAnyScriptsDigits) {
+  EXPECT_EQ(spans("(cat:１.５)"), (Spans{{"cat", 1.5}}));  // fullwidth
+  EXPECT_EQ(spans("(cat: ٢)"), (Spans{{"cat", 2.0}}));     // Arabic-Indic
+  EXPECT_EQ(spans("(cat:-১.৫)"), (Spans{{"cat", -1.5}}));  // Bengali
+  EXPECT_EQ(spans("(cat:+.５)"), (Spans{{"cat", 0.5}}));
+  // Other numbers are no digits: a superscript two or a Roman numeral leaves the weight as text.
+  EXPECT_EQ(spans("(cat:²)"), (Spans{{"cat:²", 1.1}}));
+  EXPECT_EQ(spans("(cat:Ⅱ)"), (Spans{{"cat:Ⅱ", 1.1}}));
+}
+
 }  // namespace

@@ -41,6 +41,22 @@ TEST(ComposablePrompts, MatchA1111sSplit) {
   }
 }
 
+// A trailing weight's digits are Python's \d and float()'s: any script's decimal digits, by value (the expected splits
+// are Python's re_weight of A1111's prompt_parser.py on these prompts); a fullwidth full stop is no decimal point.
+TEST(ComposablePrompts, WeightsInAnyScriptsDigits) {
+  using Split = std::vector<std::pair<std::string, double>>;
+  auto split = [](const std::string& prompt) {
+    Split out;
+    for (const auto& p : txt2img::composable_prompts(prompt)) out.emplace_back(p.text, p.weight);
+    return out;
+  };
+  EXPECT_EQ(split("a cat:１.５ AND a dog: ٢"), (Split{{"a cat", 1.5}, {" a dog", 2.0}}));
+  EXPECT_EQ(split("a cat:-১.৫"), (Split{{"a cat", -1.5}}));
+  EXPECT_EQ(split("a cat:１.５.５"), (Split{{"a cat:１.５.５", 1.0}}));
+  EXPECT_EQ(split("a cat:²"), (Split{{"a cat:²", 1.0}}));
+  EXPECT_EQ(split("a cat: ．５"), (Split{{"a cat: ．５", 1.0}}));
+}
+
 TEST(PromptSchedule, EachStepTakesTheFirstTextNotEndedBeforeIt) {
   // A1111 counts steps from 0 and ends a text after its step: "[a:b:3]" is "a" for steps 0 to 3.
   const auto schedule = txt2img::prompt_schedule("[a:b:3]", 10);
