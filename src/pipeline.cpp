@@ -285,8 +285,8 @@ const LatentUpscaler* find_latent_upscaler(const std::string& name) {
   return nullptr;
 }
 
-bool classifier_free_guidance(const Manifest& manifest, const GenerationParams& params) {
-  return manifest.guidance_embedding_dim == 0 && params.cfg_scale > 1.0;
+bool classifier_free_guidance(const Manifest& manifest, const GenerationParams& params, const std::string& prompt) {
+  return manifest.guidance_embedding_dim == 0 && (params.cfg_scale > 1.0 || (params.emphasis && is_composable(prompt)));
 }
 
 std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& setting) {
@@ -509,7 +509,10 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                                    "; re-convert the model with this release's scripts/convert.py (or use "
                                    "--clip-skip 1)");
   check_loras_supported(params, options_);
-  const bool guided = classifier_free_guidance(manifest_, params);
+  // A batch of prompts guided and not (which the CLI never makes) guides all: at a scale of 1, the same prediction.
+  const bool guided = std::any_of(prompts.begin(), prompts.end(), [&](const std::string& prompt) {
+    return classifier_free_guidance(manifest_, params, prompt);
+  });
   // A1111 encodes the empty prompt that pads conds (cond_stage_model([""])) when it loads the model, without LoRAs;
   // with emphasis its rescale leaves it as it is (every weight 1).
   if (guided && params.pad_conds == GenerationParams::PadConds::EmptyChunks &&
@@ -569,7 +572,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     observe(observer, "hires/latents/init", latents);
     // Prompt editing starts the hires pass's schedule again, its steps counting on from the first pass's.
     std::optional<TextConditioning> hires_text;
-    if (hires_reads_other_texts(prompts, negative_prompts, params))
+    if (hires_reads_other_texts(prompts, negative_prompts, params, guided))
       hires_text.emplace(encode_prompts(prompts, negative_prompts, params, guided, Pass::Hires, observer));
     denoised = denoise(*hires_sampler, latents,
                        pass_run(hires_text ? *hires_text : text, *hires_sampler, params.hires_steps()), "hires/",

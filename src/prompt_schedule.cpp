@@ -314,6 +314,11 @@ std::vector<WeightedPrompt> composable_prompts(const std::string& prompt) {
   return prompts;
 }
 
+bool is_composable(const std::string& prompt) {
+  const auto prompts = composable_prompts(prompt);
+  return prompts.size() > 1 || prompts[0].weight != 1.0;
+}
+
 void check_guidance_weights(const std::vector<WeightedPrompt>& prompts, double cfg_scale) {
   for (const auto& prompt : prompts)
     if (prompt.weight != 1.0 && !fits_float32(prompt.weight * cfg_scale))

@@ -82,18 +82,18 @@ std::vector<ScheduledText> Pipeline::schedule_of(const Manifest& manifest, const
 
 std::vector<WeightedPrompt> Pipeline::row_prompts(const Manifest& manifest, const std::string& prompt,
                                                   const GenerationParams& params) {
-  if (!params.emphasis || !classifier_free_guidance(manifest, params)) return {{prompt, 1.0}};
+  if (!params.emphasis || !classifier_free_guidance(manifest, params, prompt)) return {{prompt, 1.0}};
   auto rows = composable_prompts(prompt);
   check_guidance_weights(rows, params.cfg_scale);
   return rows;
 }
 
 bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,
-                                       const std::vector<std::string>& negative_prompts,
-                                       const GenerationParams& params) const {
+                                       const std::vector<std::string>& negative_prompts, const GenerationParams& params,
+                                       bool guided) const {
   if (!params.emphasis) return false;
   std::vector<std::string> rows;
-  if (classifier_free_guidance(manifest_, params)) rows = negative_prompts;
+  if (guided) rows = negative_prompts;
   for (const auto& prompt : prompts)
     for (auto& row : row_prompts(manifest_, prompt, params)) rows.push_back(std::move(row.text));
   for (const auto& row : rows) {
@@ -105,10 +105,9 @@ bool Pipeline::hires_reads_other_texts(const std::vector<std::string>& prompts,
 }
 
 // The distinct texts of one pass that a prompt (each of its row_prompts) or a negative prompt makes the text encoder
-// read, appended to `texts`. Without classifier-free guidance no row reads the negative prompt.
+// read, appended to `texts`.
 void Pipeline::add_pass_texts(const Manifest& manifest, const std::string& text, bool negative,
                               const GenerationParams& params, Pass pass, std::vector<std::string>& texts) {
-  if (negative && !classifier_free_guidance(manifest, params)) return;
   for (const auto& row : negative ? std::vector<WeightedPrompt>{{text, 1.0}} : row_prompts(manifest, text, params))
     for (auto& entry : schedule_of(manifest, row.text, params, pass))
       if (std::find(texts.begin(), texts.end(), entry.text) == texts.end()) texts.push_back(std::move(entry.text));
@@ -124,20 +123,23 @@ std::vector<Pipeline::TextChunks> Pipeline::text_chunks(const std::string& promp
       chunks = std::max(chunks, params.long_prompts ? token_chunks(read, params, negative).size() : 1);
     return chunks;
   };
+  const bool guided = classifier_free_guidance(manifest_, params, prompt);
   std::vector<TextChunks> passes;
   for (Pass pass : {Pass::First, Pass::Hires}) {
     if (pass == Pass::Hires && !params.hires.enabled()) break;
-    passes.push_back({most_chunks(prompt, false, pass), most_chunks(negative_prompt, true, pass)});
+    passes.push_back({most_chunks(prompt, false, pass), guided ? most_chunks(negative_prompt, true, pass) : 0});
   }
   return passes;
 }
 
-std::vector<std::string> Pipeline::texts_read(const Manifest& manifest, const std::string& text,
-                                              const GenerationParams& params, bool negative) {
-  std::vector<std::string> texts;
+Pipeline::TextsRead Pipeline::texts_read(const Manifest& manifest, const std::string& prompt,
+                                         const std::string& negative_prompt, const GenerationParams& params) {
+  TextsRead texts;
+  const bool guided = classifier_free_guidance(manifest, params, prompt);
   for (Pass pass : {Pass::First, Pass::Hires}) {
     if (pass == Pass::Hires && !params.hires.enabled()) break;
-    add_pass_texts(manifest, text, negative, params, pass, texts);
+    add_pass_texts(manifest, prompt, false, params, pass, texts.prompt);
+    if (guided) add_pass_texts(manifest, negative_prompt, true, params, pass, texts.negative_prompt);
   }
   return texts;
 }

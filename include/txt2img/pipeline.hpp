@@ -66,10 +66,12 @@ class Observer {
 // records no sampler of its source.
 std::string resolve_sampler(const Manifest& manifest, const std::string& name, const std::string& setting = "sampler");
 
-// Whether a run takes classifier-free guidance: U-Net predictions for [uncond, cond] rows mixed by the scale. As in
-// diffusers, a scale of 1 or less skips the unconditional rows, and an LCM model with a guidance embedding takes the
-// scale as an input instead (LatentConsistencyModelPipeline); the negative prompt is then unused.
-bool classifier_free_guidance(const Manifest& manifest, const GenerationParams& params);
+// Whether an image of `prompt` takes classifier-free guidance: U-Net predictions for [uncond, cond] rows mixed by the
+// scale. As in diffusers, a scale of 1 or less skips the unconditional rows, and an LCM model with a guidance
+// embedding takes the scale as an input instead (LatentConsistencyModelPipeline); the negative prompt is then unused.
+// With params.emphasis, a prompt A1111 reads as composable diffusion (is_composable: AND, a trailing weight) is
+// guided at any scale, as A1111 guides every prompt, so that its prompts add up as they do there.
+bool classifier_free_guidance(const Manifest& manifest, const GenerationParams& params, const std::string& prompt);
 
 // Checks params against the bundle (size a multiple of the VAE factor, steps, sampler, eta, finite cfg, guidance
 // rescale, Skip Early CFG and NGMS, clip skip from 1 to the text encoder's layers, LoRAs the bundle has, the hires
@@ -108,12 +110,17 @@ class Pipeline {
   static std::vector<WeightedPrompt> row_prompts(const Manifest& manifest, const std::string& prompt,
                                                  const GenerationParams& params);
 
-  // The texts a prompt (or a negative prompt) makes the text encoder read in a run with these params: itself, or
-  // with params.emphasis the distinct texts of its A1111 prompt-editing schedules in both passes, in order, of each
-  // of its composable prompts (a prompt split at AND, with classifier-free guidance). None for a negative prompt
-  // without classifier-free guidance, which leaves it unread. A model's manifest suffices: the CLI asks before loading.
-  static std::vector<std::string> texts_read(const Manifest& manifest, const std::string& text,
-                                             const GenerationParams& params, bool negative = false);
+  // The texts an image's prompt and negative prompt make the text encoder read in a run with these params: each
+  // itself, or with params.emphasis the distinct texts of its A1111 prompt-editing schedules in both passes, in
+  // order, of each of the prompt's composable prompts (split at AND, with classifier-free guidance). None for the
+  // negative prompt without classifier-free guidance, which leaves it unread. A model's manifest suffices: the CLI
+  // asks before loading.
+  struct TextsRead {
+    std::vector<std::string> prompt;
+    std::vector<std::string> negative_prompt;
+  };
+  static TextsRead texts_read(const Manifest& manifest, const std::string& prompt, const std::string& negative_prompt,
+                              const GenerationParams& params);
 
   // How many text-encoder chunks (of context_length tokens) the U-Net reads for a row's prompt and for its negative
   // prompt in a pass: the most among the pass's texts of each (every composable prompt of the prompt, every text of
@@ -121,7 +128,7 @@ class Pipeline {
   // guidance. As in A1111, the prompt's composable prompts are padded to their largest count, and the negative
   // prompt's and the prompt's rows go through the U-Net apart when their counts differ (unless params.pad_conds
   // pads them to one); batch rows whose counts differ would pad each other, so a row depends on its batch unless
-  // they agree.
+  // they agree (and an unguided row, of no negative prompt chunks, never meets a guided one).
   struct TextChunks {
     size_t prompt = 1;
     size_t negative_prompt = 1;
@@ -155,9 +162,11 @@ class Pipeline {
                              const GenerationParams& params, Pass pass, std::vector<std::string>& texts);
   static std::vector<ScheduledText> schedule_of(const Manifest& manifest, const std::string& prompt,
                                                 const GenerationParams& params, Pass pass);
-  // Whether prompt editing makes a prompt read another text in the hires pass than in the first.
+  // Whether prompt editing makes a prompt (or, `guided`, a negative prompt) read another text in the hires pass than
+  // in the first.
   bool hires_reads_other_texts(const std::vector<std::string>& prompts,
-                               const std::vector<std::string>& negative_prompts, const GenerationParams& params) const;
+                               const std::vector<std::string>& negative_prompts, const GenerationParams& params,
+                               bool guided) const;
   // A pass's text conditioning: every U-Net row's texts over the pass, encoded (see pipeline.cpp).
   class TextConditioning;
   TextConditioning encode_prompts(const std::vector<std::string>& prompts,

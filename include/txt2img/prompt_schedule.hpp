@@ -28,6 +28,8 @@ struct WeightedPrompt {
   double weight;
 };
 std::vector<WeightedPrompt> composable_prompts(const std::string& prompt);
+// Whether composable_prompts makes more of the prompt than itself: it has AND, or a trailing weight other than 1.
+bool is_composable(const std::string& prompt);
 // Throws Error(Usage) where a prompt's guidance weight times `cfg_scale` is past float32 (fits_float32).
 void check_guidance_weights(const std::vector<WeightedPrompt>& prompts, double cfg_scale);
 

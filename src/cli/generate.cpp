@@ -214,11 +214,11 @@ class Generator {
     const std::string where = job.line ? plan_.where(job) + ": the " : "the ";
     // A1111's composable diffusion: the prompt split at AND, each part guiding by its weight (a trailing ":2").
     const auto composable = composable_prompts(job.model_prompt);
-    if (job.params.emphasis && (composable.size() > 1 || composable[0].weight != 1.0)) {
-      if (!classifier_free_guidance(manifest_, job.params))
+    if (job.params.emphasis && is_composable(job.model_prompt)) {
+      if (!classifier_free_guidance(manifest_, job.params, job.model_prompt))
         reporter_.warn(where + "prompt has " + (composable.size() > 1 ? "AND" : "a trailing weight") +
-                       ", which A1111 reads as composable diffusion even at a CFG scale of 1; without classifier-free "
-                       "guidance (a CFG scale above 1) txt2img reads it as text");
+                       ", which A1111 reads as composable diffusion; this LCM-distilled model takes no classifier-free "
+                       "guidance, so txt2img reads it as text");
       else if (composable.size() == 1)
         reporter_.warn(where +
                        "prompt ends in a weight, which A1111 (and --emphasis) reads as the strength of its "
@@ -226,10 +226,12 @@ class Generator {
                        python_float(composable[0].weight) + " times the CFG scale");
     }
     if (job.params.long_prompts) return;
-    for (auto [what, text] : {std::pair<const char*, const std::string*>{"prompt", &job.model_prompt},
-                              {"negative prompt", &job.negative_prompt}}) {
+    const auto texts_read = Pipeline::texts_read(manifest_, job.model_prompt, job.negative_prompt, job.params);
+    for (auto [what, text, reads] : {std::tuple<const char*, const std::string*, const std::vector<std::string>*>{
+                                         "prompt", &job.model_prompt, &texts_read.prompt},
+                                     {"negative prompt", &job.negative_prompt, &texts_read.negative_prompt}}) {
       // With prompt editing, the first of its texts that is too long.
-      for (const auto& read : Pipeline::texts_read(manifest_, *text, job.params, text == &job.negative_prompt)) {
+      for (const auto& read : *reads) {
         const auto t =
             find_truncation(pipeline_->tokenizer().encode_traced(read, job.params.emphasis, std::string("the ") + what),
                             manifest_.context_length);
@@ -293,7 +295,7 @@ class Generator {
     record.cfg_scale = job.params.cfg_scale;
     record.guidance_rescale = job.params.guidance_rescale;
     // A1111 records it where it skipped a call, which with guidance its first call always is.
-    const bool guided = classifier_free_guidance(manifest_, job.params);
+    const bool guided = classifier_free_guidance(manifest_, job.params, job.model_prompt);
     record.skip_early_cfg = guided ? job.params.skip_early_cfg : 0.0;
     record.ngms = guided ? job.params.ngms : 0.0;
     record.ngms_all_steps = record.ngms > 0 && job.params.ngms_all_steps;
@@ -461,15 +463,23 @@ void check_prompt_weights(RunPlan& plan, const Manifest& manifest) {
   while (plan.next(job)) {
     if (job.n != 0 || !job.params.emphasis) continue;
     of_line(plan, job, [&] {
-      for (const bool negative : {false, true}) {
-        const std::string& written = negative ? job.negative_prompt : job.model_prompt;
-        const char* what = negative ? "the negative prompt" : "the prompt";
-        check_emphasis_weights(written, what);
-        for (const auto& text : Pipeline::texts_read(manifest, written, job.params, negative))
-          check_emphasis_weights(text, what);
-      }
+      check_emphasis_weights(job.model_prompt, "the prompt");
+      check_emphasis_weights(job.negative_prompt, "the negative prompt");
+      const auto texts = Pipeline::texts_read(manifest, job.model_prompt, job.negative_prompt, job.params);
+      for (const auto& text : texts.prompt) check_emphasis_weights(text, "the prompt");
+      for (const auto& text : texts.negative_prompt) check_emphasis_weights(text, "the negative prompt");
     });
   }
+}
+
+// Whether any image of the run takes classifier-free guidance, which the flags alone do not tell: a prompt file's
+// lines set CFG scales, and composable prompts are guided at any scale.
+bool any_guided(RunPlan& plan, const Manifest& manifest) {
+  ImageJob job;
+  plan.rewind();
+  while (plan.next(job))
+    if (job.in_shard && classifier_free_guidance(manifest, job.params, job.model_prompt)) return true;
+  return false;
 }
 
 }  // namespace
@@ -573,7 +583,7 @@ int run_generate(const GenerateOptions& o) {
                   " unconditional, what the model makes of an empty prompt");
   if (o.no_safety_checker)
     reporter.warn("the safety checker is off (--no-safety-checker): images are not checked for NSFW content");
-  const bool guided = classifier_free_guidance(manifest, plan_options.params);
+  const bool guided = any_guided(plan, manifest);
   if (!o.negative_prompt.empty() && !guided)
     reporter.warn(std::string("the negative prompt is unused: ") +
                   (manifest.guidance_embedding_dim > 0

@@ -440,9 +440,23 @@ class Reporting(CliTestCase):
         plain = self.txt2img(f"[a fox:{long}:1]", "-o", "plain.png", "--seed", "1")
         self.assertIn("the prompt is 88 tokens long", plain.stderr)
         self.assertEqual(self.txt2img("[a fox:a cat:1]", "--emphasis", "-o", "short.png").stderr.count("warning"), 0)
-        # A1111's composable AND is read with guidance; without it a warning says it is a word.
-        unguided = self.txt2img("a fox AND a cat:0.5", "--emphasis", "--cfg-scale", "1", "-o", "and.png")
-        self.assertIn("warning: the prompt has AND, which A1111 reads as composable diffusion", unguided.stderr)
+        # A1111's composable AND guides at any CFG scale, as A1111 guides every prompt: the negative prompt is read
+        # then (no warning that it is unused, another image with another one).
+        for n, negative in enumerate(["blurry", "sharp"]):
+            result = self.txt2img("a fox AND a cat:0.5", "--emphasis", "--cfg-scale", "1", "-n", negative, "--seed",
+                                  "1", "-o", f"and{n}.png")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertNotIn("warning", result.stderr)
+        self.assertNotEqual(png_pixels(self.dir / "and0.png"), png_pixels(self.dir / "and1.png"))
+        # Such a prompt and a plain one (unguided at a CFG scale of 0.5, where guidance would change it) never share
+        # a batch; two plain ones do.
+        for lines, batches in (("a fox AND a cat\na fox\n", {1}), ("a fox\na cat\n", {2})):
+            self.write("mixed.txt", lines)
+            result = self.txt2img("--from-file", "mixed.txt", "--emphasis", "--cfg-scale", "0.5", "--batch-size", "2",
+                                  "--json", "--json-progress", "--overwrite", "-o", "b{index}.png")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            steps = [line for line in json_lines(result.stdout) if line["event"] == "step"]
+            self.assertEqual({line["batch"] for line in steps}, batches, lines)
         for prompt, flags in (("a fox AND a cat", ["--emphasis"]), ("a fox AND a cat", ["--cfg-scale", "1"]),
                               ("ANDROID and a fox", ["--emphasis", "--cfg-scale", "1"])):
             result = self.txt2img(prompt, *flags, "-o", f"{len(flags)}.png")
@@ -572,6 +586,11 @@ class Samplers(CliTestCase):
         self.assertIn("the negative prompt is unused: --cfg-scale 1 or less turns classifier-free guidance off",
                       result.stderr)
         self.assertNotIn("unused", self.txt2img("a fox", "-n", "blurry", "-o", "b.png").stderr)
+        # A prompt file's line that guides reads it.
+        self.write("p.jsonl", '{"prompt": "a fox", "cfg_scale": 7}\n')
+        guided = self.txt2img("--from-file", "p.jsonl", "-n", "blurry", "--cfg-scale", "1", "-o", "{index}.png")
+        self.assertEqual(guided.returncode, 0, guided.stderr)
+        self.assertNotIn("unused", guided.stderr)
         # An unread negative prompt is not also said to be too long.
         long = self.txt2img("a fox", "-n", " ".join(["cat"] * 80), "--cfg-scale", "1", "-o", "c.png")
         self.assertEqual(long.returncode, 0, long.stderr)

@@ -1066,19 +1066,39 @@ TEST(ComposablePrompts, EachPromptGuidesByItsWeight) {
   pipeline.generate({"a green cone"}, {"blurry"}, params, six, &cone);
   EXPECT_TRUE(latents_agree(batch.kept.at("vae/decode_in")[1], cone.kept.at("vae/decode_in")[0]));
 
-  // Without guidance txt2img makes no negative prompt row to add up against: AND is a word (A1111 adds the
-  // prompts up even at a CFG scale of 1).
-  params.cfg_scale = 1;
-  EXPECT_EQ(pipeline.row_prompts(pipeline.manifest(), "a AND b", params).size(), 1u);
   // A guidance weight past float32 would make the image infinite.
-  params.cfg_scale = 7.5;
   expect_error([&] { pipeline.row_prompts(pipeline.manifest(), "a cat:1" + std::string(44, '0'), params); },
                ErrorKind::Usage, {"guidance weight 1e+44", "float32"});
+
+  // A1111 guides every prompt, so composable prompts add up at a CFG scale of 1 (or less) too, where a plain prompt
+  // stays unguided as in diffusers: "a red cube:2" at scale 1 is "a red cube" at scale 2.
+  const double scale = params.cfg_scale;
   params.cfg_scale = 1;
-  Keep unguided;
+  const auto& manifest = pipeline.manifest();
+  EXPECT_TRUE(txt2img::classifier_free_guidance(manifest, params, "a AND b"));
+  EXPECT_TRUE(txt2img::classifier_free_guidance(manifest, params, "a cat:2"));
+  EXPECT_FALSE(txt2img::classifier_free_guidance(manifest, params, "a cat:1"));
+  EXPECT_EQ(pipeline.row_prompts(manifest, "a AND b", params).size(), 2u);
+  EXPECT_EQ(pipeline.texts_read(manifest, "a AND b", "blurry", params).negative_prompt,
+            std::vector<std::string>{"blurry"});
+  EXPECT_TRUE(pipeline.texts_read(manifest, "a b", "blurry", params).negative_prompt.empty());
+  // Guided and unguided rows take other numbers of negative prompt chunks: they never share a batch.
+  EXPECT_EQ(pipeline.text_chunks("a AND b", "blurry", params)[0].negative_prompt, 1u);
+  EXPECT_EQ(pipeline.text_chunks("a b", "blurry", params)[0].negative_prompt, 0u);
+  Keep composable;
   txt2img::SeededNoise once({5});
-  pipeline.generate({"a red cube AND a blue sphere"}, {""}, params, once, &unguided);
-  EXPECT_EQ(unguided.kept.at("text/input_ids").size(0), 1);
+  pipeline.generate({"a red cube AND a blue sphere"}, {""}, params, once, &composable);
+  EXPECT_EQ(composable.kept.at("unet/000/noise_pred").size(0), 3);
+  const auto weighted = latents("a red cube:2");
+  params.cfg_scale = 2;
+  EXPECT_TRUE(torch::allclose(weighted, latents("a red cube"), 1e-5, 1e-6));
+  params.cfg_scale = 1;
+  Keep plain;
+  txt2img::SeededNoise again({5});
+  pipeline.generate({"a red cube"}, {""}, params, again, &plain);
+  EXPECT_EQ(plain.kept.at("unet/000/noise_pred").size(0), 1);
+  EXPECT_EQ(plain.kept.count("uncond_text/input_ids"), 0u);
+  params.cfg_scale = scale;
 }
 
 // A1111's Skip Early CFG: a call whose index over the pass's calls as A1111 counts them (the steps, twice that for a
