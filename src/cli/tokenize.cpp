@@ -6,6 +6,7 @@
 #include "cli/reporter.hpp"
 #include "cli/truncation.hpp"
 #include "txt2img/bundle.hpp"
+#include "txt2img/lora_tags.hpp"
 #include "txt2img/prompt_schedule.hpp"
 #include "txt2img/tokenizer.hpp"
 
@@ -62,18 +63,33 @@ int run_tokenize(const TokenizeOptions& o) {
   const Tokenizer tokenizer = bundle.load_tokenizer();
   const bool json = o.json || source.is_file();
 
+  // A negative prompt is shown where one is given, by -n or by the line.
+  const auto negative_of = [&](const PromptEntry& entry) {
+    return entry.negative_prompt ? entry.negative_prompt : o.negative_prompt;
+  };
+  // The text encoder reads the prompt without its LoRA tags, which generating takes out (and refuses in a negative
+  // prompt).
+  const auto model_prompt_of = [&](const PromptEntry& entry) {
+    try {
+      const auto negative = negative_of(entry);
+      if (negative && !parse_lora_tags(*negative).loras.empty())
+        throw Error(ErrorKind::Usage, "a LoRA tag in the negative prompt; LoRAs are named in the prompt");
+      return parse_lora_tags(entry.prompt).text;
+    } catch (const Error& e) {
+      throw Error(e.kind(), source.where(entry.line) + ": " + e.what());
+    }
+  };
   // As generating does, the whole file is read first, so that a bad line leaves nothing printed.
   PromptEntry entry;
-  while (source.next(entry)) {
-  }
+  while (source.next(entry)) model_prompt_of(entry);
   source.rewind();
   while (source.next(entry)) {
     // A JSON line's own settings, as generating reads it.
     const bool emphasis = entry.emphasis.value_or(o.emphasis);
     const bool long_prompts = entry.long_prompts.value_or(o.long_prompts);
-    const Tokenized prompt = tokenize(tokenizer, m, entry.prompt, emphasis, long_prompts, "the prompt");
-    // A negative prompt is shown where one is given, by -n or by the line.
-    const auto negative_text = entry.negative_prompt ? entry.negative_prompt : o.negative_prompt;
+    const auto negative_text = negative_of(entry);
+    const std::string model_prompt = model_prompt_of(entry);
+    const Tokenized prompt = tokenize(tokenizer, m, model_prompt, emphasis, long_prompts, "the prompt");
     std::optional<Tokenized> negative;
     if (negative_text) negative = tokenize(tokenizer, m, *negative_text, emphasis, long_prompts, "the negative prompt");
     if (json) {
@@ -93,7 +109,7 @@ int run_tokenize(const TokenizeOptions& o) {
                     ": with guidance they go through the U-Net in two calls, as A1111 runs them (--pad-conds or "
                     "--pad-conds-v0 pad them to one call, as A1111's options do)");
     // The texts of a schedule depend on the steps, which tokenize does not know.
-    for (const auto& [what, text] : {std::pair<std::string, const std::string*>{"the prompt", &entry.prompt},
+    for (const auto& [what, text] : {std::pair<std::string, const std::string*>{"the prompt", &model_prompt},
                                      {"the negative prompt", negative_text ? &*negative_text : nullptr}}) {
       if (!emphasis || !text) continue;
       const auto schedule = prompt_schedule(*text, 1000);
@@ -103,7 +119,7 @@ int run_tokenize(const TokenizeOptions& o) {
                       "written; generating reads the texts of its schedule (\"" +
                       schedule[0].text + "\" first)");
     }
-    const auto composable = emphasis ? composable_prompts(entry.prompt) : std::vector<WeightedPrompt>();
+    const auto composable = emphasis ? composable_prompts(model_prompt) : std::vector<WeightedPrompt>();
     if (composable.size() > 1)
       warnings.warn(
           "the prompt has AND (A1111's composable diffusion): these are the ids of the whole text; with "

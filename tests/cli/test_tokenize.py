@@ -114,6 +114,25 @@ class Tokenize(CliTestCase):
         self.assertIn("bad.jsonl:2", result.stderr)
         self.assertEqual(result.stdout, "")
 
+    def test_lora_tags_are_not_tokens(self):
+        """The text encoder never reads a LoRA tag (generating takes it out), so neither are its ids shown nor does it
+        count towards a cut-off; a malformed tag, or one in the negative prompt, is refused as generating refuses it,
+        before anything is printed."""
+        plain = json.loads(self.tokenize("a fox ", "--json").stdout)
+        tagged = json.loads(self.tokenize("a fox <lora:ink-style:0.5>", "--json").stdout)
+        self.assertEqual(tagged["ids"], plain["ids"])
+        self.assertEqual(tagged["prompt"], "a fox <lora:ink-style:0.5>")
+        fits = " ".join(["cat"] * 74) + " <lora:ink-style:0.5>"
+        self.assertFalse(json.loads(self.tokenize(fits, "--json").stdout)["truncated"])
+        self.write("p.txt", "a cat\na fox <lora:x:1:2:3>\n")
+        result = self.tokenize("--from-file", "p.txt")
+        self.assertEqual(result.returncode, EXIT_USAGE, result.stderr)
+        self.assertIn("p.txt:2: LoRA tag <lora:x:1:2:3>: at most two weights", result.stderr)
+        self.assertEqual(result.stdout, "")
+        negative = self.tokenize("a fox", "-n", "blurry <lora:x:1>")
+        self.assertEqual(negative.returncode, EXIT_USAGE, negative.stderr)
+        self.assertIn("a LoRA tag in the negative prompt", negative.stderr)
+
     def test_a_json_line_s_own_settings_apply(self):
         long = " ".join(["dog"] * 76) + " zebra"
         self.write("p.jsonl", "\n".join(json.dumps(line) for line in [
