@@ -173,7 +173,7 @@ int png_info(const InfoOptions& o) {
       other[key] = value;
     }
   }
-  if (!damaged.empty() && !o.command) std::cerr << "warning: " << damaged << " (damaged?); shown as text\n";
+  if (!damaged.empty() && !o.command) std::cerr << "warning: " << printable(damaged) << " (damaged?); shown as text\n";
 
   if (o.command) {
     std::optional<std::string> command;
@@ -187,7 +187,8 @@ int png_info(const InfoOptions& o) {
     }
     if (!command && !damaged.empty() && !parameters) throw Error(ErrorKind::Io, damaged);
     if (!command && parameters) {
-      if (!damaged.empty()) std::cerr << damaged << ": the command is read from its A1111 parameters instead\n";
+      if (!damaged.empty())
+        std::cerr << printable(damaged) << ": the command is read from its A1111 parameters instead\n";
       std::cout << a1111_command(*parameters) << std::endl;
       return 0;
     }
@@ -199,7 +200,7 @@ int png_info(const InfoOptions& o) {
       return model.is_object() && model.contains(key) && model[key].is_string() ? model[key].get<std::string>()
                                                                                 : std::string();
     };
-    std::cerr << "made " << model_hint(text("name"), text("hash"));
+    std::cerr << "made " << printable(model_hint(text("name"), text("hash")));
     std::cout << *command << std::endl;
     return 0;
   }

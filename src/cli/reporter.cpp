@@ -9,6 +9,8 @@
 #include <cstring>
 #include <iostream>
 
+#include "cli/shell_text.hpp"
+
 namespace txt2img::cli {
 namespace {
 
@@ -46,7 +48,7 @@ std::string clock_time(double seconds) {
 }  // namespace
 
 void print_error(const std::string& message) {
-  std::cerr << paint_if(colour_allowed(), "error:", "1;31") << " " << message << std::endl;
+  std::cerr << paint_if(colour_allowed(), "error:", "1;31") << " " << printable(message) << std::endl;
 }
 
 Reporter::Reporter(bool quiet, bool json, bool json_progress)
@@ -69,13 +71,13 @@ void Reporter::clear_bar() {
 void Reporter::info(const std::string& line) {
   if (quiet_) return;
   clear_bar();
-  std::cerr << line << std::endl;
+  std::cerr << printable(line) << std::endl;
 }
 
 void Reporter::warn(const std::string& message) {
   if (quiet_) return;
   clear_bar();
-  std::cerr << paint("warning:", "1;33") << " " << message << std::endl;
+  std::cerr << paint("warning:", "1;33") << " " << printable(message) << std::endl;
 }
 
 void Reporter::error(const std::string& message) {

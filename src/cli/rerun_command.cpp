@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <vector>
 
 #include "cli/metadata.hpp"
@@ -327,35 +328,37 @@ std::string a1111_command(const std::string& text) {
         !(key == "Conditional mask weight" && !mask_weight_differs) &&
         !((key == "Pad conds" || key == "Pad conds v0" || key == "NGMS all steps") && value == "True"))
       left_out.push_back(key + ": " + value);
-  std::cerr << "made by " << (made_by_txt2img ? "" : "AUTOMATIC1111 ")
-            << (field("Version").empty() ? "" : field("Version") + " ")
-            << model_hint(field("Model"), field("Model hash"));
-  for (const auto& note : notes) std::cerr << note << "\n";
+  // What the command leaves out, for stderr; the image's own text in it is made printable.
+  std::ostringstream said;
+  said << "made by " << (made_by_txt2img ? "" : "AUTOMATIC1111 ")
+       << (field("Version").empty() ? "" : field("Version") + " ") << model_hint(field("Model"), field("Model hash"));
+  for (const auto& note : notes) said << note << "\n";
   if (field("RNG") != "CPU")
-    std::cerr << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
-                 "here and the image will differ\n";
+    said << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
+            "here and the image will differ\n";
   const auto uses = [&](const char* prefix) {
     return sampler.rfind(prefix, 0) == 0 || hires_sampler.rfind(prefix, 0) == 0;
   };
   if (uses("dpmpp_2m_sde"))
-    std::cerr << "its sampler's noise at each step came from A1111's Brownian tree; txt2img's DPM++ 2M SDE draws it "
-                 "from the seed as diffusers does, so the image will differ\n";
+    said << "its sampler's noise at each step came from A1111's Brownian tree; txt2img's DPM++ 2M SDE draws it "
+            "from the seed as diffusers does, so the image will differ\n";
   // On A1111's own schedules txt2img's DPM2 takes A1111's sigmas.
   const auto dpm2_on_diffusers_sigmas = [](const std::string& s) {
     return s.rfind("dpm2", 0) == 0 && !on_a1111_schedule(s);
   };
   if (dpm2_on_diffusers_sigmas(sampler) || dpm2_on_diffusers_sigmas(hires_sampler))
-    std::cerr << "A1111's DPM2 and DPM2 a step through a schedule one step longer without its next-to-last sigma; "
-                 "txt2img's are diffusers' (KDPM2) but on A1111's own schedule types (dpm2_uniform, ...), so the "
-                 "image will differ\n";
+    said << "A1111's DPM2 and DPM2 a step through a schedule one step longer without its next-to-last sigma; "
+            "txt2img's are diffusers' (KDPM2) but on A1111's own schedule types (dpm2_uniform, ...), so the "
+            "image will differ\n";
   if (uses("unipc"))
-    std::cerr << "A1111's UniPC is by default the bh1 variant of order 3; txt2img's is diffusers' (bh2, order 2), so "
-                 "the image will differ\n";
+    said << "A1111's UniPC is by default the bh1 variant of order 3; txt2img's is diffusers' (bh2, order 2), so "
+            "the image will differ\n";
   if (!loras.empty())
-    std::cerr << "its prompt adds the LoRAs " << join(loras)
-              << (field("Lora hashes").empty() ? "" : " (Lora hashes: " + field("Lora hashes") + ")")
-              << ": the model bundle needs them under those names (scripts/add_lora.py MODEL_DIR FILE)\n";
-  if (!left_out.empty()) std::cerr << "not carried over (no txt2img equivalent): " << join(left_out, "; ") << "\n";
+    said << "its prompt adds the LoRAs " << join(loras)
+         << (field("Lora hashes").empty() ? "" : " (Lora hashes: " + field("Lora hashes") + ")")
+         << ": the model bundle needs them under those names (scripts/add_lora.py MODEL_DIR FILE)\n";
+  if (!left_out.empty()) said << "not carried over (no txt2img equivalent): " << join(left_out, "; ") << "\n";
+  std::cerr << printable(said.str());
   return shell_line(args);
 }
 

@@ -16,7 +16,8 @@ size_t control_at(const std::string& text, size_t i) {
 }
 
 // `text` with each control character escaped: \xNN for C0 and DEL; for C1 \xNN (its code point) when printed, and
-// \u00NN inside bash's $'...', where \xNN would be a lone byte. Inside $'...' backslashes and quotes are escaped too.
+// its two UTF-8 bytes (\xC2\xNN) inside bash's $'...', which a C locale reads as they are (\u00NN it would leave as
+// text). Inside $'...' backslashes and quotes are escaped too.
 std::string escape_controls(const std::string& text, bool in_shell) {
   std::string out;
   for (size_t i = 0; i < text.size();) {
@@ -26,12 +27,11 @@ std::string escape_controls(const std::string& text, bool in_shell) {
       out += text[i++];
       continue;
     }
-    char escape[16];
-    if (n == 1 || !in_shell)
-      std::snprintf(escape, sizeof escape, "\\x%02X", static_cast<unsigned char>(text[i + n - 1]));
-    else
-      std::snprintf(escape, sizeof escape, "\\u%04X", static_cast<unsigned char>(text[i + 1]));
-    out += escape;
+    for (size_t byte = in_shell ? 0 : n - 1; byte < n; ++byte) {
+      char escape[8];
+      std::snprintf(escape, sizeof escape, "\\x%02X", static_cast<unsigned char>(text[i + byte]));
+      out += escape;
+    }
     i += n;
   }
   return out;

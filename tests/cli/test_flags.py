@@ -145,6 +145,13 @@ class BadFlags(CliTestCase):
     def test_unknown_sampler(self):
         self.check(["a fox", "--sampler", "magic"], "magic", "ddim")
 
+    def test_control_characters_in_messages_never_reach_the_terminal(self):
+        """Errors, warnings and notes quote what they were given (a value, a prompt file's text) with its control
+        characters as \\xNN: a pasted escape sequence does not clear the screen."""
+        result = self.txt2img("a fox", "--sampler", "\x1b[2J\u0085")
+        self.assertExit(result, EXIT_USAGE, 'unknown sampler "\\x1B[2J\\x85"')
+        self.assertFalse(any(c in result.stderr for c in "\x1b\x85"), result.stderr)
+
     def test_bad_device_and_dtype(self):
         self.check(["a fox", "--device", "tpu"], "--device", "cpu, cuda or cuda:K")
         self.check(["a fox", "--dtype", "fp8"], "--dtype")

@@ -385,19 +385,23 @@ class Metadata(CliTestCase):
     def test_control_characters_never_reach_the_terminal(self):
         """An image's metadata is someone else's text: its control characters (an escape sequence that would retitle
         the terminal and clear it, a C1 character) are printed as \\xNN, and --command quotes them as bash's $'...'
-        escapes, which still give the prompt back exactly. (Its tEXt chunk is Latin-1, as Pillow writes what Latin-1
-        can hold: "café" is read as such.)"""
+        escapes, which still give the prompt back exactly, in any locale. What --command says on stderr of the
+        settings it reads (the model, a field it leaves out) is printed so too. (Its tEXt chunk is Latin-1, as Pillow
+        writes what Latin-1 can hold: "café" is read as such.)"""
         prompt = "a café fox\x1b]0;PWNED\x07\x1b[2J\x85 end"
-        command = a1111_command(self, prompt + "\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 32x32")
+        command = a1111_command(self, prompt + "\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 32x32, "
+                                "Model: bad\x1b[31mmodel, Foo: bar\x1b]0;x\x07baz")
         self.assertEqual(command.returncode, 0, command.stderr)
         shown = run(["info", "a1111.png"], self.dir)
-        for output in (command.stdout, shown.stdout):
+        for output in (command.stdout, command.stderr, shown.stdout):
             self.assertFalse(any(c in output for c in "\x1b\x07\x85"), output)
         self.assertIn("a café fox\\x1B]0;PWNED\\x07\\x1B[2J\\x85 end", shown.stdout)
-        self.assertIn("$'a café fox\\x1B]0;PWNED\\x07\\x1B[2J\\u0085 end'", command.stdout)
+        self.assertIn("$'a café fox\\x1B]0;PWNED\\x07\\x1B[2J\\xC2\\x85 end'", command.stdout)
+        self.assertIn("with the model bad\\x1B[31mmodel", command.stderr)
+        self.assertIn("Foo: bar\\x1B]0;x\\x07baz", command.stderr)
         again = subprocess.run(["bash", "-c", command.stdout.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
                                 f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
-                               text=True)
+                               text=True, env={**os.environ, "LC_ALL": "C"})
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertTrue(png_text(self.dir / "b.png")["parameters"].startswith(prompt + "\n"))
 
