@@ -56,6 +56,7 @@ Reporter::Reporter(bool quiet, bool json, bool json_progress)
       json_(json),
       json_progress_(json && json_progress),
       bar_(!quiet && stderr_is_terminal()),
+      bar_shares_stdout_(bar_ && ::isatty(STDOUT_FILENO)),
       color_(colour_allowed()) {}
 
 Reporter::~Reporter() { clear_bar(); }
@@ -103,7 +104,6 @@ void Reporter::step(size_t call, size_t calls) {
   // Samplers may make more U-Net calls than steps (PNDM makes one more): progress is the fraction of calls.
   done_work_ += static_cast<double>(batch_count_) * batch_steps_ / static_cast<double>(calls);
   // Ten redraws a second are smooth enough and keep a fast model from flooding a slow (ssh) terminal.
-  if (bar_ && (call == calls || Clock::now() - last_draw_ >= std::chrono::milliseconds(100))) draw_bar(call, calls);
   if (json_progress_) {
     const nlohmann::ordered_json j = {
         {"event", "step"},
@@ -118,6 +118,7 @@ void Reporter::step(size_t call, size_t calls) {
     };
     emit(j);
   }
+  if (bar_ && (call == calls || Clock::now() - last_draw_ >= std::chrono::milliseconds(100))) draw_bar(call, calls);
 }
 
 void Reporter::preview(const std::string& path, size_t call, size_t calls) {
@@ -129,6 +130,7 @@ void Reporter::preview(const std::string& path, size_t call, size_t calls) {
 
 // One line of stdout; text that is not UTF-8 (a prompt read as bytes) is replaced, never an exception mid-run.
 void Reporter::emit(const nlohmann::ordered_json& record) {
+  if (bar_shares_stdout_) clear_bar();
   std::cout << record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
 }
 

@@ -48,6 +48,7 @@ class Reporter {
   bool json_;
   bool json_progress_;
   bool bar_;  // stderr is a terminal that can redraw a line
+  bool bar_shares_stdout_;  // and stdout is a terminal too: its records would land on the bar's line
   bool color_;
   bool bar_shown_ = false;
   uint64_t images_ = 0;

@@ -10,13 +10,13 @@ from cli_support import BIN, EXIT_RUNTIME, FAST, TINY, CliTestCase, files_under,
 
 
 class Terminal(CliTestCase):
-    def run_on_terminal(self, *args, env=None, typed=None):
-        """Runs with stderr (and, with `typed`, stdin: what is typed there) on a pseudo-terminal; returns (exit code,
-        what the terminal received)."""
+    def run_on_terminal(self, *args, env=None, typed=None, stdout_too=False):
+        """Runs with stderr (and, with `typed`, stdin: what is typed there; with `stdout_too`, stdout) on a
+        pseudo-terminal; returns (exit code, what the terminal received)."""
         controller, terminal = pty.openpty()
         full_env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
         full_env.update({"TERM": "xterm"}, **(env or {}))
-        process = subprocess.Popen([BIN, "--model", str(TINY), *FAST, *args], cwd=self.dir, stdout=subprocess.DEVNULL,
+        process = subprocess.Popen([BIN, "--model", str(TINY), *FAST, *args], cwd=self.dir, stdout=terminal if stdout_too else subprocess.DEVNULL,
                                    stderr=terminal, stdin=terminal if typed is not None else None, env=full_env)
         os.close(terminal)
         if typed is not None:
@@ -41,6 +41,18 @@ class Terminal(CliTestCase):
         self.assertIn("step 4/4", screen)
         self.assertIn("it/s", screen)
         self.assertIn("\033[32m", screen)
+
+    def test_json_records_at_a_terminal_start_their_own_lines(self):
+        """--json to a terminal that also shows the bar: each record starts a line of its own, the bar cleared
+        first."""
+        code, screen = self.run_on_terminal("a fox", "--steps", "4", "-o", "a.png", "--seed", "1", "--json",
+                                            "--json-progress", stdout_too=True)
+        self.assertEqual(code, 0, screen)
+        self.assertIn("step 4/4", screen)
+        starts = [i for i in range(len(screen)) if screen.startswith('{"event"', i)]
+        self.assertEqual(len(starts), 6, screen)  # four steps, the image, the summary
+        for i in starts:
+            self.assertTrue(screen[:i].endswith(("\r\033[K", "\n")), repr(screen[max(0, i - 60):i + 20]))
 
     def test_no_color(self):
         code, screen = self.run_on_terminal("a fox", "-o", "a.png", "--seed", "1", env={"NO_COLOR": "1"})
