@@ -202,7 +202,14 @@ std::string a1111_command(const std::string& text) {
     const bool own_schedule = !field(schedule_key).empty();
     std::string schedule = own_schedule ? field(schedule_key) : inherited;
     std::string label = schedule_key + (": " + schedule) + (own_schedule ? "" : " (the first pass's)");
-    if (split_sampler_name(sampler).schedule.empty()) {  // else the name holds it, which A1111 reads first
+    // txt2img writes no schedule type for a sampler on its own timesteps' sigmas where A1111's default is uniform
+    // too, and "Uniform" where it is not, for that sampler and its _uniform alike.
+    const bool txt2img_spaced =
+        made_by_txt2img && (schedule.empty() || (schedule == "Uniform" && !a1111_default_schedule(sampler).empty()));
+    if (txt2img_spaced && !schedule.empty() && is_scheduler_name(sampler + "_uniform"))
+      notes.push_back("txt2img writes " + label + " for " + sampler + " and " + sampler + "_uniform alike: read as " +
+                      sampler);
+    if (split_sampler_name(sampler).schedule.empty() && !txt2img_spaced) {  // else the name holds it
       if ((schedule.empty() || schedule == "Automatic") && !a1111_default_schedule(sampler).empty()) {
         if (schedule_apart) {
           schedule = a1111_default_schedule(sampler);
@@ -280,6 +287,11 @@ std::string a1111_command(const std::string& text) {
           "larger than the command's");
   }
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
+  if (made_by_txt2img)
+    notes.push_back(
+        "txt2img's A1111 text does not say whether the image was made with --emphasis and --long-prompts (its "
+        "txt2img record does): the command reads the prompt as A1111 does, with both, which makes another image "
+        "where the prompt has brackets, AND, a trailing :number or more than 75 tokens and was made without them");
   // A1111 pads with the v0 option where both are on.
   if (field("Pad conds v0") == "True")
     args.push_back("--pad-conds-v0");

@@ -41,6 +41,29 @@ def a1111_command(test: CliTestCase, infotext: str, name: str = "a1111.png"):
 
 
 class Metadata(CliTestCase):
+    def test_txt2img_s_own_a1111_text_reads_back_its_samplers(self):
+        """Without its txt2img record, an image's A1111 text gives txt2img's samplers back: one on its own timesteps'
+        sigmas (no schedule type, or Uniform where A1111's default is another, which _uniform also writes: said)
+        rather than A1111's Uniform; and the command says that --emphasis and --long-prompts are a guess."""
+        for sampler, schedule in (("euler", "(Schedule type|$)"), ("dpmpp_2m", "Schedule type: Uniform"),
+                                  ("euler_uniform", "Schedule type: Uniform")):
+            self.assertEqual(self.txt2img("a fox", "--sampler", sampler, "--seed", "5", "-o", "a.png",
+                                          "--overwrite").returncode, 0)
+            text = png_text(self.dir / "a.png")
+            self.assertRegex(text["parameters"], schedule)
+            (self.dir / "p.png").write_bytes(with_text_chunk(self.plain(), "parameters", text["parameters"]))
+            result = run(["info", "p.png", "--command"], self.dir)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            words = shlex.split(result.stdout)
+            self.assertEqual(words[words.index("--sampler") + 1], sampler)
+            self.assertIn("does not say whether the image was made with --emphasis and --long-prompts", result.stderr)
+            self.assertEqual("read as dpmpp_2m" in result.stderr, sampler == "dpmpp_2m", result.stderr)
+
+    def plain(self):
+        if not (self.dir / "plain.png").exists():
+            self.assertEqual(self.txt2img("x", "--no-metadata", "-o", "plain.png").returncode, 0)
+        return (self.dir / "plain.png").read_bytes()
+
     def test_a_damaged_txt2img_record_hides_nothing_else(self):
         """A txt2img record that is no JSON object, or lacks what a command needs, is shown as text with a warning,
         and --command falls back to the A1111 parameters beside it (an error naming the damage where there are
