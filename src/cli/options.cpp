@@ -338,7 +338,16 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // An empty value fails an option's range check or requirement first; it is named as what it most likely is.
     for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
-    throw Error(ErrorKind::Usage, std::string(e.what()) + " (txt2img --help lists the options)");
+    std::string what = e.what();
+    // CLI11 lists arguments it did not expect last first; here in the order given.
+    if (const auto extras = app.remaining(true); dynamic_cast<const CLI::ExtrasError*>(&e) && !extras.empty())
+      what = std::string(extras.size() > 1 ? "The following arguments were not expected: "
+                                           : "The following argument was not expected: ") +
+             join(extras, " ");
+    const std::string help = info->parsed()       ? "txt2img info --help lists its options"
+                             : tokenize->parsed() ? "txt2img tokenize --help lists its options"
+                                                  : "txt2img --help lists the options";
+    throw Error(ErrorKind::Usage, what + " (" + help + ")");
   }
   for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
 

@@ -64,6 +64,13 @@ class BadFlags(CliTestCase):
     def test_unknown_flag(self):
         self.check(["a fox", "--no-such-flag"], "--no-such-flag")
 
+    def test_unexpected_arguments_are_listed_as_given_with_their_command_s_help(self):
+        self.check(["a fox", "a cat", "--bogus", "3"], "arguments were not expected: a cat --bogus 3 (txt2img --help")
+        self.assertExit(run(["info", "a.png", "--seed", "5"], self.dir), EXIT_USAGE,
+                        "arguments were not expected: --seed 5 (txt2img info --help lists its options)")
+        self.assertExit(run(["tokenize", "a fox", "--steps", "2"], self.dir, env={"TXT2IMG_MODEL": str(TINY)}),
+                        EXIT_USAGE, "arguments were not expected: --steps 2 (txt2img tokenize --help lists its options)")
+
     def test_missing_prompt(self):
         self.check([], "no prompt", "--from-file")
 
