@@ -198,8 +198,11 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
 
 PngInfo read_png_info(const std::filesystem::path& file) {
   // Read as a stream, not by its size or by seeking: `info /dev/stdin` and `info <(curl ...)` are pipes.
+  errno = 0;
   std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error(ErrorKind::Io, "cannot open " + file.string());
+  if (!in)
+    throw Error(ErrorKind::Io,
+                "cannot open " + file.string() + (errno ? std::string(": ") + std::strerror(errno) : ""));
   uint8_t head[8];
   if (!in.read(reinterpret_cast<char*>(head), kSignatureBytes) ||
       std::memcmp(head, kPngSignature, kSignatureBytes) != 0)

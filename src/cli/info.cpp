@@ -56,6 +56,13 @@ int bundle_info(const InfoOptions& o) {
   if (o.command)
     throw Error(ErrorKind::Usage,
                 "--command applies to a PNG (made by txt2img or AUTOMATIC1111), not to a model bundle");
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::path(o.path) / "model.json", ec))
+    for (const auto& entry : std::filesystem::directory_iterator(o.path, ec))
+      if (entry.path().extension() == ".png")
+        throw Error(ErrorKind::Usage, o.path + " is a folder of images, not a model bundle (it has no model.json): " +
+                                          "info reads one image at a time (txt2img info " + entry.path().string() +
+                                          ")");
   const Bundle bundle = Bundle::open(o.path);
   const Manifest& m = bundle.manifest();
   const std::vector<std::string> corrupt = o.verify ? bundle.corrupt_files() : std::vector<std::string>{};

@@ -625,7 +625,12 @@ class Metadata(CliTestCase):
         self.assertIn(b"/dev/stdin: 32x32 PNG", piped.stdout)
         self.write("not.png", "hello")
         self.assertEqual(run(["info", "not.png"], self.dir).returncode, EXIT_IO)
-        self.assertEqual(run(["info", "missing.png"], self.dir).returncode, EXIT_IO)
+        self.assertExit(run(["info", "missing.png"], self.dir), EXIT_IO, "cannot open missing.png: No such file")
+        # A folder of images is no model bundle: info says to give it one image.
+        (self.dir / "shots").mkdir()
+        (self.dir / "shots" / "b.png").write_bytes((self.dir / "a.png").read_bytes())
+        self.assertExit(run(["info", "shots"], self.dir), EXIT_USAGE,
+                        "shots is a folder of images, not a model bundle", "txt2img info shots/b.png")
 
 
 class BundleInfo(CliTestCase):
