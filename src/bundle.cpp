@@ -16,6 +16,45 @@ namespace txt2img {
 namespace {
 
 const char* const kConvertHint = "; convert a checkpoint with scripts/convert.py CHECKPOINT --out DIR (see README.md)";
+
+// The network each of the pipeline's module files holds: the converter's class for it, and how many inputs its
+// forward needs. A file copied over another's (a VAE decoder as unet.pt) is refused when it loads, not with
+// TorchScript's message at its first call.
+struct ModuleKind {
+  const char* file;
+  const char* network;
+  const char* class_name;
+  size_t inputs;
+};
+constexpr ModuleKind kModuleKinds[] = {
+    {"unet.pt", "a U-Net", "UNet2DConditionModel", 3},
+    {"text_encoder.pt", "a CLIP text encoder", "CLIPTextModel", 1},
+    {"vae_decoder.pt", "a VAE decoder", "VAEDecoder", 1},
+    {"vae_encoder.pt", "a VAE encoder", "VAEEncoder", 1},
+    {"taesd_decoder.pt", "a TAESD decoder", "TAESDDecoder", 1},
+};
+
+// Why `module`, read from `file`, is not the network the file stands for; empty where it is (or the file is none of
+// kModuleKinds). A module of another exporter than the converter is judged by its inputs alone.
+std::string wrong_network(const torch::jit::Module& module, const std::string& file) {
+  const auto kind = std::find_if(std::begin(kModuleKinds), std::end(kModuleKinds),
+                                 [&](const ModuleKind& k) { return file == k.file; });
+  if (kind == std::end(kModuleKinds)) return "";
+  const std::string type = module.type()->name()->qualifiedName();
+  const std::string converters = "__torch__.txt2img_convert.";
+  const std::string class_name = type.substr(type.rfind('.') + 1);
+  if (type.rfind(converters, 0) == 0 && class_name != kind->class_name)
+    return "it holds a " + class_name + ", not " + kind->network + " (" + kind->class_name + ")";
+  const auto forward = module.find_method("forward");
+  if (!forward) return "it has no forward method";
+  const auto& arguments = forward->function().getSchema().arguments();
+  const auto inputs = std::count_if(arguments.begin() + 1, arguments.end(),
+                                    [](const c10::Argument& a) { return !a.default_value().has_value(); });
+  if (static_cast<size_t>(inputs) != kind->inputs)
+    return "its forward takes " + std::to_string(inputs) + " inputs where " + kind->network + "'s takes " +
+           std::to_string(kind->inputs);
+  return "";
+}
 const std::vector<std::string> kRequiredFiles = {"text_encoder.pt", "unet.pt", "vae_decoder.pt", "tokenizer.model"};
 
 // "1.13.0a0" -> {1, 13}; anything unparsable -> {0, 0}.
@@ -275,14 +314,19 @@ Tokenizer Bundle::load_tokenizer() const {
 }
 
 torch::jit::Module Bundle::load_module(const std::string& file, torch::Device device) const {
+  torch::jit::Module module;
   try {
-    return torch::jit::load(path(file).string(), device);
+    module = torch::jit::load(path(file).string(), device);
   } catch (const c10::Error& e) {
     std::string what = e.what_without_backtrace();
     what = what.substr(0, what.find('\n'));
     throw Error(ErrorKind::Bundle, "model bundle " + dir_.string() + ": cannot load " + file + " (" + what + ")" +
                                        kConvertHint);
   }
+  if (const std::string why = wrong_network(module, file); !why.empty())
+    throw Error(ErrorKind::Bundle, "model bundle " + dir_.string() + ": " + file +
+                                       " is not the module it should be: " + why + kConvertHint);
+  return module;
 }
 
 }  // namespace txt2img

@@ -118,7 +118,8 @@ class Bundle {
   // The bundle's tokenizer, with its embeddings. Throws Error(Bundle).
   Tokenizer load_tokenizer() const;
 
-  // torch::jit::load with errors turned into Error(Bundle), including the "exported by a newer PyTorch" case.
+  // torch::jit::load with errors turned into Error(Bundle), including the "exported by a newer PyTorch" case and a
+  // module that is not the network its file stands for (another module's file copied in its place).
   torch::jit::Module load_module(const std::string& file, torch::Device device) const;
 
  private:

@@ -119,6 +119,19 @@ class BundleErrors(CliTestCase):
         size = json.loads((TINY / "model.json").read_text())["files"]["unet.pt"]["bytes"]
         self.check(derived_bundle(self.dir / "b", replace={"unet.pt": b"\x13" * size}), "unet.pt")
 
+    def test_a_module_copied_over_another_s_file(self):
+        """Another network in a module's place (sizes fixed in model.json to match) is refused when it loads, naming
+        the file and what it holds, not with TorchScript's message at its first call."""
+        def swapped(name, holds):
+            def edit(manifest):
+                manifest["files"][name]["bytes"] = (TINY / holds).stat().st_size
+                return manifest
+            return derived_bundle(self.dir / name, replace={name: (TINY / holds).read_bytes()}, edit_manifest=edit)
+        self.check(swapped("unet.pt", "vae_decoder.pt"), "unet.pt is not the module it should be: it holds a "
+                   "VAEDecoder, not a U-Net (UNet2DConditionModel)")
+        self.check(swapped("vae_decoder.pt", "text_encoder.pt"), "vae_decoder.pt is not the module it should be: "
+                   "it holds a CLIPTextModel, not a VAE decoder")
+
     def test_manifest_values_out_of_range(self):
         """A hand-edited or damaged model.json is a bundle error, not a division by zero or a LibTorch shape error."""
         for field, value, message in (("vae_scale_factor", 0, 'field "vae_scale_factor" is 0, not from 1 to 64'),

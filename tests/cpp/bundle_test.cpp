@@ -93,4 +93,20 @@ TEST(Bundle, TruncatedOrCorruptFilesAreDetected) {
                {"cannot load unet.pt"});
 }
 
+// A module of another exporter in the U-Net's place is judged by its inputs (the converter's own by their class, as
+// the CLI tests show).
+TEST(Bundle, AModuleThatTakesOtherInputsThanItsFilesNetworkIsRefused) {
+  BundleCopy copy;
+  torch::jit::Module other("Elsewhere");
+  other.define("def forward(self, z):\n  return z\n");
+  other.save((copy.dir() / "unet.pt").string());
+  auto j = copy.manifest();
+  j["files"]["unet.pt"]["bytes"] = std::filesystem::file_size(copy.dir() / "unet.pt");
+  copy.set_manifest(j);
+  const auto bundle = txt2img::Bundle::open(copy.dir());
+  expect_error([&] { bundle.load_module("unet.pt", torch::kCPU); }, ErrorKind::Bundle,
+               {"unet.pt is not the module it should be: its forward takes 1 inputs where a U-Net's takes 3"});
+  EXPECT_NO_THROW(bundle.load_module("vae_decoder.pt", torch::kCPU));
+}
+
 }  // namespace
