@@ -143,6 +143,10 @@ class StepObserver : public Observer {
     try {
       const auto png = encode_png(image.rgb.data(), image.width, image.height,
                                   {{kPreviewKey, "an image as it forms, rewritten while txt2img works"}});
+      // Its folder may be an output folder that the run's first image has not made yet (check_preview_file).
+      const auto folder = std::filesystem::path(o_.preview).parent_path();
+      std::error_code ec;
+      if (!folder.empty()) std::filesystem::create_directories(folder, ec);
       {
         // Only around the file: a report blocked on a full pipe must not hold off the second Ctrl-C.
         const DeferSecondSignal writing;
@@ -429,14 +433,21 @@ std::string lora_flag_tags(const std::vector<std::string>& values) {
 
 // Each update replaces the preview file whole, so a file already there must be an earlier preview (a PNG with this
 // text chunk): anything else, such as the prompt file or a finished image given by mistake, is refused, not lost.
-void check_preview_file(const std::string& preview) {
+void check_preview_name(const std::string& preview) {
   if (!ends_with_png(preview))
     throw Error(ErrorKind::Usage, "--preview " + preview + ": the file name must end in .png (the only format "
                                                             "written)");
+}
+
+// `folder_made`: an image of the run goes to the preview's folder, which the run creates (a missing folder is
+// otherwise a mistyped path).
+void check_preview_file(const std::string& preview, bool folder_made) {
   const auto folder = std::filesystem::absolute(preview).parent_path();
   std::error_code ec;
-  if (!std::filesystem::is_directory(folder, ec))
+  if (!std::filesystem::is_directory(folder, ec)) {
+    if (folder_made && !std::filesystem::exists(folder, ec)) return;
     throw Error(ErrorKind::Io, "--preview " + preview + ": no directory " + folder.string() + " to write it in");
+  }
   const auto status = std::filesystem::status(preview, ec);
   const bool dangling = is_dangling_symlink(preview);
   if (!std::filesystem::exists(status) && !dangling) return;
@@ -534,7 +545,7 @@ int run_generate(const GenerateOptions& o) {
                                         : o.skip_existing                   ? "--skip-existing"
                                                                             : "";
   const Placement placement = choose_placement(o);
-  if (!o.preview.empty()) check_preview_file(o.preview);
+  if (!o.preview.empty()) check_preview_name(o.preview);
   // Read to its end before anything else: at a terminal that waits for the user, who may not expect it.
   if (!o.prompt && o.from_file == "-" && isatty(STDIN_FILENO))
     reporter.info("reading prompts from standard input, one a line: end them with Ctrl-D");
@@ -566,6 +577,7 @@ int run_generate(const GenerateOptions& o) {
                                  : o.skip_existing ? Existing::Skip
                                                    : Existing::Refuse,
                                  o.preview);
+  if (!o.preview.empty()) check_preview_file(o.preview, pf.preview_folder_made);
 
   if (!plan_options.seed_given && pf.uses_run_seed)
     reporter.info("seed " + std::to_string(plan_options.base_seed) + " (random; --seed " +

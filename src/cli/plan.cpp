@@ -272,6 +272,7 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
       checked_any = true;
     }
     ++result.to_make;
+    result.preview_folder_made |= !preview.empty() && file.parent_path() == preview_file.parent_path();
     result.uses_run_seed |= job.run_seed;
     result.image_steps += static_cast<uint64_t>(job.params.steps + job.params.hires_steps());
   }

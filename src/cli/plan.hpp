@@ -114,6 +114,8 @@ struct Preflight {
   uint64_t empty_prompts = 0;
   bool no_prompts = false;  // the prompt file has none (only blank lines and comments)
   bool uses_ngms = false;   // whether an image sets GenerationParams::ngms
+  // Whether an image to make goes to the `preview` file's folder, which the run then creates if it is missing.
+  bool preview_folder_made = false;
 };
 
 enum class Existing { Refuse, Overwrite, Skip };

@@ -365,6 +365,16 @@ class Reporting(CliTestCase):
                         "--preview p.jpg: the file name must end in .png")
         self.assertExit(self.txt2img("a fox", "--preview", "no/such/dir/p.png", "-o", "a.png"), EXIT_IO,
                         "no directory")
+        self.assertFalse((self.dir / "no").exists())
+        # A folder the run's images go to is made for the preview too, before the first image is.
+        made = self.txt2img("a fox", "--preview", "out/now.png", "-o", "out/{index}.png", "--json",
+                            "--json-progress")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertIn("preview", {line["event"] for line in json_lines(made.stdout)})
+        self.assertTrue((self.dir / "out" / "now.png").exists())
+        (self.dir / "out" / "now.png").unlink()
+        (self.dir / "out" / "0.png").unlink()
+        (self.dir / "out").rmdir()
         self.assertExit(self.txt2img("a fox", "--preview-every", "2", "-o", "a.png"), EXIT_USAGE, "--preview")
         for name in ("a.png", "p.png"):
             self.assertFalse((self.dir / name).exists(), name)
