@@ -58,6 +58,14 @@ class Metadata(CliTestCase):
             self.assertEqual(words[words.index("--sampler") + 1], sampler)
             self.assertIn("does not say whether the image was made with --emphasis and --long-prompts", result.stderr)
             self.assertEqual("read as dpmpp_2m" in result.stderr, sampler == "dpmpp_2m", result.stderr)
+        # A hires pass on the spaced sigmas after a first pass on Karras ones, written "Automatic".
+        self.assertEqual(self.txt2img("a fox", "--sampler", "euler_karras", "--hires-scale", "1.5", "--hires-steps",
+                                      "2", "--hires-sampler", "euler", "-o", "h.png").returncode, 0)
+        text = png_text(self.dir / "h.png")
+        self.assertIn("Hires schedule type: Automatic", text["parameters"])
+        (self.dir / "p.png").write_bytes(with_text_chunk(self.plain(), "parameters", text["parameters"]))
+        words = shlex.split(run(["info", "p.png", "--command"], self.dir).stdout)
+        self.assertEqual(words[words.index("--hires-sampler") + 1], "euler")
 
     def plain(self):
         if not (self.dir / "plain.png").exists():
