@@ -6,10 +6,8 @@
 
 Both become `Component`s with diffusers / transformers tensor names and config dicts. For single files the
 configs come from the tensor shapes, completed from an optional diffusers folder (`--config`) or SD v1.5
-defaults. Pickled `.ckpt` / `.bin` files are read with torch.load(weights_only=True), which refuses anything but
-tensors and plain containers; what it refuses (PyTorch Lightning checkpoints also pickle callbacks, hyper-
-parameters, ...) is read with a restricted unpickler that never imports or calls anything outside what tensors
-are built from, so a checkpoint can never run code.
+defaults. Pickled `.ckpt` / `.bin` files are read with a restricted unpickler (restricted_pickle) that never imports
+or calls anything outside what tensors are built from, so a checkpoint can never run code.
 """
 
 import hashlib
@@ -27,7 +25,7 @@ import torch
 from . import restricted_pickle
 from .launch import progress
 from .presets import sd1_defaults
-from .safetensors_io import is_safetensors, load_file
+from .safetensors_io import is_safetensors, load_file, read_header
 
 Tensors = Dict[str, torch.Tensor]
 
@@ -89,12 +87,33 @@ def read_json(path: str) -> dict:
     return data
 
 
-def _load_restricted(path: str, refusal: str):
-    """`path` read by the restricted unpickler, after torch.load(weights_only=True) refused it for `refusal`.
-    (torch.load's own pickle_module argument is not used: torch 1.13 ignores it unless weights_only=True.)"""
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _check_has_content(path: str) -> None:
+    """What a download or clone can leave instead of the weights: an empty file, or a Git LFS pointer (a clone
+    without git-lfs has a short text file in place of each large file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LFS_POINTER))
+    except OSError as e:
+        raise ConversionError(f"cannot read {path}: {e.strerror or e}") from None
+    if not head:
+        raise ConversionError(f"cannot read {path}: the file is empty (an interrupted download?)")
+    if head == _LFS_POINTER:
+        raise ConversionError(f"{path} is a Git LFS pointer (a {os.path.getsize(path)}-byte text file standing for "
+                              "the weights), not the weights: fetch them with `git lfs pull` in the clone (git-lfs "
+                              "installed), or download the file itself")
+
+
+def read_pickle(path: str):
+    """What a pickled PyTorch file holds, read by the restricted unpickler, which runs none of its code (torch.load
+    is never used: see restricted_pickle)."""
     ignored: Dict[str, type] = {}
     try:
         data = restricted_pickle.unpickle(path, ignored)
+    except restricted_pickle.Damaged as e:
+        raise ConversionError(f"cannot read {path}: truncated or damaged (an interrupted download?): {e}") from None
     except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, KeyError, IndexError,
             AttributeError, RuntimeError, OverflowError, MemoryError, zipfile.BadZipFile, struct.error) as e:
         # Objects it does not trust become stand-ins that accept anything, so what stops it is the bytes.
@@ -102,56 +121,39 @@ def _load_restricted(path: str, refusal: str):
         raise ConversionError(f"cannot read {path}: damaged or truncated (an interrupted download?), or not a "
                               f"PyTorch checkpoint ({failure})") from None
     if ignored:
+        # Lightning checkpoints (CompVis' sd-v1-4.ckpt, ...) pickle training state beside the weights.
         names = sorted(ignored)
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-        progress(f"{path}: torch.load(weights_only=True) refused it ({refusal}); read it with a restricted unpickler "
-                 f"instead, which ignored these globals without importing or running them: {shown}")
+        progress(f"{path}: the restricted unpickler ignored these globals beside the weights, without importing or "
+                 f"running them: {shown}")
     return data
-
-
-def read_pickle(path: str):
-    """What a pickled PyTorch file holds, read by torch.load(weights_only=True) or, where that refuses it, by the
-    restricted unpickler: neither runs any of its code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch names the refused class after "WeightsUnpickler error:", amid advice to load it unsafely.
-        found = re.search(r"WeightsUnpickler error: *([^\n]+)", str(e))
-        detail = found.group(1).split(". ")[0] if found else str(e).strip().splitlines()[-1]
-        # Lightning checkpoints (CompVis' sd-v1-4.ckpt, ...) pickle training state beside the weights.
-        return _load_restricted(path, detail)
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e or type(e).__name__}") from None
-
-
-def _check_zip_crcs(path: str) -> None:
-    """torch.load reads a zip checkpoint's records without their CRCs, so a damaged download would convert into
-    damaged weights; each record is checked first (a second read of the file, from the page cache as a rule)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return  # not a zip (a legacy pickle), or one too broken to list: read_pickle says what is wrong
-    if bad is not None:
-        raise ConversionError(f"cannot read {path}: damaged ({bad} fails its CRC check; a corrupted download?)")
 
 
 def read_file(path: str):
     """What a .safetensors file (a dict of tensors) or a pickled PyTorch file holds, told apart by content rather than
-    by name. Pickles are read by torch.load(weights_only=True), or, where that refuses them, by the restricted
-    unpickler; neither runs any of their code."""
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        raise ConversionError(f"cannot read {path}: the file is empty (an interrupted download?)")
+    by name. Pickles are read by the restricted unpickler, which runs none of their code."""
+    _check_has_content(path)
     named = path.lower().endswith(".safetensors")
     if not is_safetensors(path):
         if named:
             progress(f"{path} is a pickled PyTorch checkpoint despite its name; reading it as one")
-        _check_zip_crcs(path)
         return read_pickle(path)
     if not named:
         progress(f"{path} is a .safetensors file despite its name; reading it as one")
     try:
         return load_file(path)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"cannot read {path}: {e}") from None
+
+
+def _safetensors_names(path: str) -> Optional[List[str]]:
+    """The tensor names in the header of a .safetensors file, read without its tensors; None for a pickle, whose
+    names can only be known by reading it whole."""
+    _check_has_content(path)
+    if not is_safetensors(path):
+        return None
+    try:
+        return [name for name in read_header(path) if name != "__metadata__"]
     except (OSError, ValueError) as e:
         raise ConversionError(f"cannot read {path}: {e}") from None
 
@@ -190,8 +192,10 @@ def as_float32(tensors: Tensors) -> Tensors:
 
 
 def _ignorable(key: str) -> bool:
-    # CLIP's position_ids is the constant arange(77); older transformers versions saved it.
-    return key.endswith("position_ids")
+    # CLIP's position_ids is the constant arange(77); older transformers versions saved it. text_projection and
+    # logit_scale belong to CLIP's image-text matching head, which SD does not use (ComfyUI saves SD 1's text encoder
+    # with text_projection); diffusers and A1111 load past both.
+    return key.endswith("position_ids") or key in ("text_projection.weight", "logit_scale")
 
 
 # ------------------------------------------------------------------------------ LDM -> diffusers names
@@ -363,40 +367,62 @@ def _ema_name(unet_key: str) -> str:
     return _LDM_EMA + ("diffusion_model." + unet_key).replace(".", "")
 
 
+# Single files of other model families, by key prefixes that only theirs have: what a .safetensors file's header
+# says before any tensor is read. FLUX's and SD 3's files can also hold text encoders under text_encoders.*.
+_OTHER_FAMILIES = (
+    ("FLUX", ("double_blocks.", "model.diffusion_model.double_blocks.")),
+    ("Stable Diffusion 3", ("model.diffusion_model.joint_blocks.", "text_encoders.")),
+    ("Stable Diffusion XL", ("conditioner.embedders.",)),
+    ("Stable Diffusion 2.x", ("cond_stage_model.model.",)),  # its OpenCLIP text encoder
+)
+
+
+def _check_ldm_names(names: List[str], origin: str, ema: bool = False) -> None:
+    """Refuses, by its tensor names alone, what is not an SD 1.x single file (another model family, a file without
+    U-Net or text encoder) or cannot give `ema`'s moving average of every U-Net weight."""
+    for family, prefixes in _OTHER_FAMILIES:
+        found = next((name for name in names if name.startswith(prefixes)), None)
+        if found is not None:
+            raise ConversionError(f"{origin}: a {family} checkpoint (it holds {found}); only Stable Diffusion 1.x "
+                                  "models convert")
+    unet = [name[len(_LDM_UNET):] for name in names if name.startswith(_LDM_UNET)]
+    has_ema = any(name.startswith(_LDM_EMA) and name not in _LDM_EMA_STATE for name in names)
+    if not unet:
+        if has_ema:
+            raise ConversionError(f"{origin}: holds only the exponential moving average of the U-Net ({_LDM_EMA}*, "
+                                  f"names without their dots), not its weights under their names "
+                                  f"({_LDM_UNET}*): txt2img cannot convert such a file")
+        prefixes = {name.split(".", 1)[0] for name in names}
+        raise ConversionError(f"{origin}: no U-Net weights ({_LDM_UNET}*): not a Stable Diffusion 1.x "
+                              "single-file checkpoint" +
+                              (f" (every key starts with {next(iter(prefixes))}.)" if len(prefixes) == 1 else ""))
+    if ema:
+        if not has_ema:
+            raise ConversionError(f"--ema: {origin} holds no exponential moving average of the U-Net ({_LDM_EMA}*)")
+        present = set(names)
+        missing = [key for key in unet if _ema_name(key) not in present]
+        if missing:
+            raise ConversionError(f"--ema: {origin} has no moving average of {_LDM_UNET}{missing[0]} "
+                                  f"({_ema_name(missing[0])})" +
+                                  (f" nor of {len(missing) - 1} more U-Net weights" if len(missing) > 1 else ""))
+    if not any(name.startswith(_LDM_TEXT) for name in names):
+        raise ConversionError(f"{origin}: no CLIP text encoder weights ({_LDM_TEXT}*)")
+
+
 def ldm_to_diffusers(sd: Tensors, origin: str, ema: bool = False) -> Dict[str, Component]:
     """Split an LDM state dict into "unet", "vae" and "text_encoder" components with diffusers names (configs
     still empty). The U-Net's weights are the trained ones, as diffusers and A1111 read them, or with `ema` their
     exponential moving average where the file holds both. Keys outside the three models (schedule buffers, ...)
     are ignored. A checkpoint released without its VAE (to be used with a separate one, as A1111's VAE setting
     does) gives a VAE component without tensors."""
+    _check_ldm_names(list(sd), origin, ema)
     unet_ldm, vae_ldm, text_ldm = _strip(sd, _LDM_UNET), _strip(sd, _LDM_VAE), _strip(sd, _LDM_TEXT)
     ema_count = sum(k.startswith(_LDM_EMA) and k not in _LDM_EMA_STATE for k in sd)
-    if not unet_ldm:
-        if ema_count:
-            raise ConversionError(f"{origin}: holds only the exponential moving average of the U-Net ({_LDM_EMA}*, "
-                                  f"names without their dots), not its weights under their names "
-                                  f"({_LDM_UNET}*): txt2img cannot convert such a file")
-        prefixes = {k.split(".", 1)[0] for k in sd}
-        raise ConversionError(f"{origin}: no U-Net weights ({_LDM_UNET}*): not a Stable Diffusion 1.x "
-                              "single-file checkpoint" +
-                              (f" (every key starts with {next(iter(prefixes))}.)" if len(prefixes) == 1 else ""))
     if ema:
-        if not ema_count:
-            raise ConversionError(f"--ema: {origin} holds no exponential moving average of the U-Net ({_LDM_EMA}*)")
-        missing = [k for k in unet_ldm if _ema_name(k) not in sd]
-        if missing:
-            raise ConversionError(f"--ema: {origin} has no moving average of {_LDM_UNET}{missing[0]} "
-                                  f"({_ema_name(missing[0])})" +
-                                  (f" nor of {len(missing) - 1} more U-Net weights" if len(missing) > 1 else ""))
         unet_ldm = {k: sd[_ema_name(k)] for k in unet_ldm}
     elif ema_count > 100:  # diffusers' threshold: a few stray model_ema.* keys are no moving average
         progress(f"{origin} also holds an exponential moving average of the U-Net ({_LDM_EMA}*); the trained weights "
                  "are converted, as diffusers and A1111 read the file, and --ema converts the average instead")
-    if not text_ldm:
-        if any(k.startswith(("cond_stage_model.model.", "conditioner.")) for k in sd):
-            raise ConversionError(f"{origin}: this is a Stable Diffusion 2.x/XL checkpoint (OpenCLIP text "
-                                  "encoder); only SD 1.x is supported")
-        raise ConversionError(f"{origin}: no CLIP text encoder weights ({_LDM_TEXT}*)")
     unet_names = _unet_renames(list(unet_ldm))
     unet = {}
     for key, value in unet_ldm.items():
@@ -407,14 +433,16 @@ def ldm_to_diffusers(sd: Tensors, origin: str, ema: bool = False) -> Dict[str, C
 
     # transformers >= 4.? nests the text tower under `text_model.`; older CLIPTextModel saves did not, and merges of
     # the two can hold both. Each key is read on its own, as A1111 does.
-    text = {}
+    text, in_file = {}, {}
     for key, value in text_ldm.items():
         if not _ignorable(key):
-            text[key if key.startswith("text_model.") else "text_model." + key] = value
+            name = key if key.startswith("text_model.") else "text_model." + key
+            text[name], in_file[name] = value, key
     nested = any(k.startswith("text_model.") and not _ignorable(k) for k in text_ldm)
 
     def text_source(name: str) -> str:
-        return _LDM_TEXT + (name if nested else name[len("text_model."):])
+        # A missing tensor is named as the file's other names are.
+        return _LDM_TEXT + in_file.get(name, name if nested else name[len("text_model."):])
 
     return {
         "unet": Component("U-Net", as_float32(unet), {}, origin, _via(unet_names, _LDM_UNET)),
@@ -454,7 +482,7 @@ def _ldm_vae(vae_ldm: Tensors, origin: str, prefix: str) -> Component:
 # ------------------------------------------------------------------------------------ config inference
 
 
-def _shape(c: Component, key: str, *ranks: int) -> torch.Size:
+def tensor_shape(c: Component, key: str, *ranks: int) -> torch.Size:
     """The shape of tensor `key`, which has one of `ranks` dimensions (convolutions 4, linear layers and embeddings
     2): a damaged file's other shapes are named, not met as an IndexError."""
     tensor = c.tensors.get(key)
@@ -481,7 +509,8 @@ def infer_unet_config(c: Component, base: dict) -> dict:
     """`base` with every field that the U-Net's tensor shapes determine replaced by what they say."""
     cfg = dict(base)
     levels = _count(c, "down_blocks.")
-    cfg["block_out_channels"] = [_shape(c, f"down_blocks.{b}.resnets.0.conv2.weight", 4)[0] for b in range(levels)]
+    cfg["block_out_channels"] = [tensor_shape(c, f"down_blocks.{b}.resnets.0.conv2.weight", 4)[0]
+                                 for b in range(levels)]
     cfg["layers_per_block"] = _count(c, "down_blocks.0.resnets.")
     cfg["down_block_types"] = [
         "CrossAttnDownBlock2D" if _count(c, f"down_blocks.{b}.attentions.") else "DownBlock2D"
@@ -490,11 +519,11 @@ def infer_unet_config(c: Component, base: dict) -> dict:
         "CrossAttnUpBlock2D" if _count(c, f"up_blocks.{b}.attentions.") else "UpBlock2D"
         for b in range(_count(c, "up_blocks."))]
     cfg["mid_block_type"] = "UNetMidBlock2DCrossAttn" if _count(c, "mid_block.attentions.") else "UNetMidBlock2D"
-    cfg["in_channels"] = _shape(c, "conv_in.weight", 4)[1]
-    cfg["out_channels"] = _shape(c, "conv_out.weight", 4)[0]
-    cfg["cross_attention_dim"] = _shape(c, _first_key(c, ".attn2.to_k.weight"), 2)[1]
+    cfg["in_channels"] = tensor_shape(c, "conv_in.weight", 4)[1]
+    cfg["out_channels"] = tensor_shape(c, "conv_out.weight", 4)[0]
+    cfg["cross_attention_dim"] = tensor_shape(c, _first_key(c, ".attn2.to_k.weight"), 2)[1]
     proj_in = _first_key(c, ".proj_in.weight")
-    cfg["use_linear_projection"] = len(_shape(c, proj_in, 2, 4)) == 2
+    cfg["use_linear_projection"] = len(tensor_shape(c, proj_in, 2, 4)) == 2
     cfg["transformer_layers_per_block"] = _count(c, proj_in[: -len("proj_in.weight")] + "transformer_blocks.")
     return cfg
 
@@ -503,15 +532,15 @@ def infer_vae_config(c: Component, base: dict) -> dict:
     cfg = dict(base)
     levels = _count(c, "decoder.up_blocks.")
     # Decoder level i runs at the width of encoder level (levels - 1 - i).
-    widths = [_shape(c, f"decoder.up_blocks.{i}.resnets.0.conv2.weight", 4)[0] for i in range(levels)]
+    widths = [tensor_shape(c, f"decoder.up_blocks.{i}.resnets.0.conv2.weight", 4)[0] for i in range(levels)]
     cfg["block_out_channels"] = widths[::-1]
     cfg["layers_per_block"] = _count(c, "decoder.up_blocks.0.resnets.") - 1
     cfg["down_block_types"] = ["DownEncoderBlock2D"] * levels
     cfg["up_block_types"] = ["UpDecoderBlock2D"] * levels
-    cfg["latent_channels"] = _shape(c, "decoder.conv_in.weight", 4)[1]
-    cfg["out_channels"] = _shape(c, "decoder.conv_out.weight", 4)[0]
+    cfg["latent_channels"] = tensor_shape(c, "decoder.conv_in.weight", 4)[1]
+    cfg["out_channels"] = tensor_shape(c, "decoder.conv_out.weight", 4)[0]
     if "encoder.conv_in.weight" in c.tensors:
-        cfg["in_channels"] = _shape(c, "encoder.conv_in.weight", 4)[1]
+        cfg["in_channels"] = tensor_shape(c, "encoder.conv_in.weight", 4)[1]
     cfg["mid_block_add_attention"] = _count(c, "decoder.mid_block.attentions.") > 0
     # Counted from the tensors, a damaged file's missing ones would make another network: where the model's VAE (or
     # SD 1's) has mid-block attention, they are missing.
@@ -525,11 +554,11 @@ def infer_vae_config(c: Component, base: dict) -> dict:
 def infer_text_config(c: Component, base: dict, heads_known: bool) -> dict:
     """`heads_known`: `base` describes this model (from --config), so its head count applies."""
     cfg = dict(base)
-    vocab, hidden = _shape(c, "text_model.embeddings.token_embedding.weight", 2)
+    vocab, hidden = tensor_shape(c, "text_model.embeddings.token_embedding.weight", 2)
     cfg["vocab_size"] = vocab
     cfg["hidden_size"] = hidden
-    cfg["max_position_embeddings"] = _shape(c, "text_model.embeddings.position_embedding.weight", 2)[0]
-    cfg["intermediate_size"] = _shape(c, "text_model.encoder.layers.0.mlp.fc1.weight", 2)[0]
+    cfg["max_position_embeddings"] = tensor_shape(c, "text_model.embeddings.position_embedding.weight", 2)[0]
+    cfg["intermediate_size"] = tensor_shape(c, "text_model.encoder.layers.0.mlp.fc1.weight", 2)[0]
     cfg["num_hidden_layers"] = _count(c, "text_model.encoder.layers.")
     # Fewer layers than the model's --config (or than SD 1's 12, for its 768-wide encoder) are missing tensors, which
     # counted as they are would make another network.
@@ -558,6 +587,7 @@ def infer_text_config(c: Component, base: dict, heads_known: bool) -> dict:
 
 
 WEIGHT_FORMATS = (".safetensors", ".bin")
+_FP16 = ".fp16"  # the variant that model repositories carry beside their float32 weights
 
 
 def _index_names(stem: str, variant: str, ext: str) -> List[str]:
@@ -569,22 +599,23 @@ def _index_names(stem: str, variant: str, ext: str) -> List[str]:
     return [f"{stem}{variant}{ext}.index.json", f"{stem}{ext}{variant}.index.json", f"{stem}{ext}.index{variant}.json"]
 
 
-def folder_weights(folder: str, stems: Tuple[str, ...]) -> str:
-    """The weights of a diffusers/transformers model folder: one weights file, or the index
-    (`*.index.json`) of a sharded checkpoint. safetensors before pickles, float32 before the fp16 variant,
-    each index counting as the format of its shards; a single file before an index of the same kind."""
-    candidates = []
-    for ext in WEIGHT_FORMATS:
-        for variant in ("", ".fp16"):
+def folder_weights(folder: str, stems: Tuple[str, ...], variants: Tuple[str, ...] = ("", _FP16)) -> str:
+    """The weights of a diffusers/transformers model folder: one weights file, or the index (`*.index.json`) of a
+    sharded checkpoint. As diffusers' from_pretrained without a variant: the float32 weights, safetensors before
+    pickles, and only where there are none the fp16 variant (with a note); each index counting as the format of its
+    shards, a single file before an index of the same kind."""
+    for variant in variants:
+        for ext in WEIGHT_FORMATS:
             for stem in stems:
-                candidates += [f"{stem}{variant}{ext}"] + _index_names(stem, variant, ext)
-    for name in candidates:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path
-    wanted = [f"{s}{e}" for e in WEIGHT_FORMATS for s in stems]
-    raise ConversionError(f"{folder}: no weights file ({' or '.join(wanted[:len(stems)])}, or a sharded "
-                          f"{wanted[0]}.index.json)")
+                for name in [f"{stem}{variant}{ext}"] + _index_names(stem, variant, ext):
+                    path = os.path.join(folder, name)
+                    if os.path.isfile(path):
+                        if variant:
+                            progress(f"{folder}: no float32 weights; using the {variant[1:]} variant {name} "
+                                     "(converted to float32)")
+                        return path
+    raise ConversionError(f"{folder}: no weights file ({stems[0]}.safetensors or {stems[-1]}.bin, the index of a "
+                          f"sharded checkpoint such as {stems[0]}.safetensors.index.json, or their fp16 variants)")
 
 
 def is_index(path: str) -> bool:
@@ -751,10 +782,21 @@ def load_diffusers(folder: str) -> Model:
     for part in ("unet", "vae", "text_encoder"):
         if not os.path.isdir(os.path.join(folder, part)):
             raise ConversionError(f"{folder}: not a diffusers Stable Diffusion folder (no {part}/)")
-    # SD 2.x has SD 1's layout and classes; its OpenCLIP text encoder (GELU) and its U-Net's linear attention
-    # projections tell it apart, which its configs say before any weights are read.
     text_config = _optional_json(os.path.join(folder, "text_encoder", "config.json")) or {}
     unet_config = _optional_json(os.path.join(folder, "unet", "config.json")) or {}
+    # AltDiffusion has SD 1's U-Net and an XLM-RoBERTa text encoder (whose config may say hidden_act gelu too). A
+    # CLIPTextModelWithProjection's weights load into a CLIPTextModel (text_projection is ignored), as diffusers loads
+    # them where model_index.json names that class.
+    architectures = text_config.get("architectures") or ["CLIPTextModel"]
+    model_type = text_config.get("model_type", "clip_text_model")
+    if model_type != "clip_text_model" or not all(str(a).startswith("CLIPTextModel") for a in architectures):
+        what = f"{'/'.join(map(str, architectures))}, model_type {model_type}, not CLIP's CLIPTextModel"
+        if "roberta" in what.lower():
+            raise ConversionError(f"{folder}: an AltDiffusion model (its text encoder is {what}); only SD 1.x models "
+                                  "convert")
+        raise ConversionError(f"{folder}: its text encoder is {what}; only SD 1.x models convert")
+    # SD 2.x has SD 1's layout and classes; its OpenCLIP text encoder (GELU) and its U-Net's linear attention
+    # projections tell it apart, which its configs say before any weights are read.
     if text_config.get("hidden_act") == "gelu" or unet_config.get("use_linear_projection"):
         why = ("its text encoder is OpenCLIP's (hidden_act gelu)" if text_config.get("hidden_act") == "gelu"
                else "its U-Net projects attention linearly (use_linear_projection)")
@@ -776,6 +818,9 @@ def load_diffusers(folder: str) -> Model:
 def load_single_file(path: str, config_dir: Optional[str] = None, ema: bool = False) -> Model:
     """An LDM checkpoint. `config_dir`: a diffusers folder of the same model family, for what the tensors do
     not say (attention heads, sample size, scaling factor, scheduler). `ema`: the U-Net's moving average."""
+    names = _safetensors_names(path)
+    if names is not None:  # another model family (SDXL, FLUX: 7 to 24 GB) is refused before its weights are read
+        _check_ldm_names(names, path, ema)
     components = ldm_to_diffusers(read_tensors(path), path, ema)
     defaults = sd1_defaults()
 

@@ -15,19 +15,26 @@ Files read (.safetensors, or a pickle read without running code as checkpoints.r
 Refused with a ConversionError: SDXL embeddings ("clip_l" and "clip_g"), vectors of another width than the text
 encoder's (SD 2.x's are 1024 wide), any other layout, two embeddings whose names differ only in case (CLIP
 lowercases prompts), and a name without letters or digits.
+
+A diffusers folder can hold textual inversions of its own: tokens its tokenizer adds to CLIP's vocabulary
+(tokenizer/added_tokens.json, and tokenizer_config.json's added_tokens_decoder, {"<cat-toy>": 49408}), whose vectors
+are rows of the text encoder's token embedding beyond CLIP's (diffusers' textual_inversion.py saves a whole
+pipeline so). They are recorded in model.json as the embeddings are, over the rows they already have.
 """
 
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 
-from .checkpoints import Component, ConversionError, listing, read_file, sha256_file
+from .checkpoints import Component, ConversionError, listing, read_file, read_json, sha256_file, tensor_shape
 from .restricted_pickle import stand_in_state
 
 TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
+CLIP_VOCABULARY = 49408  # ids from here on are rows that txt2img's tokenizer reaches through model.json's embeddings
+_CLIP_SPECIAL = {"<|startoftext|>": 49406, "<|endoftext|>": 49407}
 
 
 @dataclass
@@ -77,17 +84,80 @@ def read(path: str) -> Embedding:
     return Embedding(name, path, vectors)
 
 
-def add(files: List[str], text_encoder: Component) -> List[Dict]:
+def _tokenizer_additions(tokenizer: str) -> Dict[str, int]:
+    """token -> id of the tokens a transformers tokenizer folder adds: added_tokens.json, and the
+    added_tokens_decoder of tokenizer_config.json (transformers >= 4.34), which takes precedence where both name a
+    token, as transformers reads them."""
+    tokens: Dict[str, int] = {}
+    path = os.path.join(tokenizer, "added_tokens.json")
+    if os.path.isfile(path):
+        tokens.update(read_json(path))
+    config = os.path.join(tokenizer, "tokenizer_config.json")
+    decoder = read_json(config).get("added_tokens_decoder") if os.path.isfile(config) else None
+    if isinstance(decoder, dict):
+        for id_, token in decoder.items():
+            content = token.get("content") if isinstance(token, dict) else None
+            if not isinstance(content, str) or not id_.isdigit():
+                raise ConversionError(f"{config}: added_tokens_decoder has {id_!r}: {token!r}, not an id and a token "
+                                      "with its content")
+            tokens[content] = int(id_)
+    for token, id_ in tokens.items():
+        if type(id_) is not int:
+            raise ConversionError(f"{path}: the token {token!r} has the id {id_!r}, not a whole number")
+    return tokens
+
+
+def added_tokens(tokenizer: str, text_encoder: Component) -> List[Dict]:
+    """The tokens that the tokenizer folder `tokenizer` adds beyond CLIP's vocabulary, as model.json's "embeddings"
+    records (name, first_id, vectors) over the text encoder's rows that hold them. A token with continuations
+    `<token>_1`, `<token>_2`, ... on the next rows (a multi-vector textual inversion) is one record of that many
+    vectors, as diffusers' pipelines expand the token in a prompt."""
+    tokens = {k: v for k, v in _tokenizer_additions(tokenizer).items() if _CLIP_SPECIAL.get(k) != v}
+    if not tokens:
+        return []
+    rows = tensor_shape(text_encoder, TOKEN_EMBEDDING, 2)[0]
+    records = []
+    continuations = set()
+    seen: Dict[str, str] = {}
+    for name, first_id in sorted(tokens.items(), key=lambda item: item[1]):
+        if not CLIP_VOCABULARY <= first_id < rows:
+            place = (f"beyond the {rows} rows of the text encoder's token embedding ({text_encoder.origin})"
+                     if first_id >= CLIP_VOCABULARY else "one of CLIP's own, which txt2img cannot give another text")
+            raise ConversionError(f"{tokenizer}: the tokenizer adds the token {name!r} as id {first_id}, {place}")
+        if name in continuations:
+            continue
+        if name.lower() in seen:
+            raise ConversionError(f"{tokenizer}: the tokenizer adds both {seen[name.lower()]!r} and {name!r}, which "
+                                  "txt2img cannot tell apart in a prompt (CLIP lowercases it)")
+        seen[name.lower()] = name
+        vectors = 1
+        while f"{name}_{vectors}" in tokens:
+            if tokens[f"{name}_{vectors}"] != first_id + vectors:
+                raise ConversionError(f"{tokenizer}: the tokenizer adds {name}_{vectors} as id "
+                                      f"{tokens[f'{name}_{vectors}']}, not right after {name} (id {first_id}), where "
+                                      "txt2img needs the vectors of one token to be")
+            continuations.add(f"{name}_{vectors}")
+            vectors += 1
+        records.append({"name": name, "first_id": first_id, "vectors": vectors})
+    return records
+
+
+def add(files: List[str], text_encoder: Component, added: Sequence[Dict] = ()) -> List[Dict]:
     """Appends the embeddings in `files` to the text encoder's token embedding (its tensors and config's
-    vocab_size); returns model.json's "embeddings" records: name, first_id, vectors, path, sha256."""
+    vocab_size), after all its rows; returns model.json's "embeddings" records: name, first_id, vectors, path,
+    sha256. `added`: the model's own (added_tokens()), whose names they must not take."""
+    width = tensor_shape(text_encoder, TOKEN_EMBEDDING, 2)[1]
     table = text_encoder.tensors[TOKEN_EMBEDDING]
-    width = table.shape[1]
     embeddings = [read(path) for path in files]
+    own = {r["name"].lower() for r in added}
     seen: Dict[str, str] = {}
     for e in embeddings:
         if e.vectors.shape[1] != width:
             raise ConversionError(f"{e.path}: vectors {e.vectors.shape[1]} wide for a text encoder {width} wide: an "
                                   "embedding for another model (SD 2.x's are 1024 wide)")
+        if e.name.lower() in own:
+            raise ConversionError(f"--embedding {e.path}: the model's tokenizer has a token {e.name!r} of its own "
+                                  "(CLIP lowercases prompts); rename the file")
         other = seen.get(e.name.lower())
         if other is not None:
             raise ConversionError(f"--embedding {other} and {e.path}: both are named {e.name!r} in prompts (CLIP "

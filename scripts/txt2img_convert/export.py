@@ -15,7 +15,7 @@ from torch import nn
 from .checkpoints import Component, ConversionError, non_finite, sha256_file
 from .clip import _TEXT_DEFAULTS, CLIPTextModel
 from .launch import bundle_in_place, progress  # noqa: F401 - the scripts call progress as export.progress
-from .presets import DEFAULT_PREPROCESSOR
+from .presets import DEFAULT_PREPROCESSOR, sd1_defaults
 from .safety import StableDiffusionSafetyChecker
 from .taesd import TAESDDecoder
 from .unet import UNet2DConditionModel, script
@@ -220,10 +220,19 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
             "text-to-image and inpainting models are supported")
     if latent != 4:
         raise ConversionError(f"the VAE has {latent} latent channels, not SD 1.x's 4 (a VAE of SD 3 or FLUX?)")
-    default_size = int(unet["sample_size"]) * vae_scale_factor
+    sample_size = unet.get("sample_size")
+    if sample_size is None:
+        # diffusers' default (None) leaves the image size to the caller; SD 1.x models are trained at 64 latents.
+        sample_size = sd1_defaults()["unet"]["sample_size"]
+        progress(f"the U-Net's config gives no sample_size; images default to SD 1.x's {sample_size} latents a side "
+                 f"({sample_size * vae_scale_factor} pixels)")
+    if isinstance(sample_size, bool) or not isinstance(sample_size, (int, float)) or sample_size != int(sample_size):
+        raise ConversionError(f"the U-Net's sample_size {sample_size!r} is not a whole number of latents (a damaged "
+                              "unet/config.json?)")
+    default_size = int(sample_size) * vae_scale_factor
     multiple = max(8, vae_scale_factor)  # the sizes txt2img accepts, which it checks model.json against
     if default_size % multiple or not multiple <= default_size <= 4096:
-        raise ConversionError(f"the U-Net's sample_size {unet['sample_size']} makes {default_size}-pixel images, not a "
+        raise ConversionError(f"the U-Net's sample_size {sample_size} makes {default_size}-pixel images, not a "
                               f"multiple of {multiple} from {multiple} to 4096 (a damaged unet/config.json?)")
     cross_attention = unet.get("cross_attention_dim")
     if cross_attention is not None and int(cross_attention) != int(text["hidden_size"]):

@@ -3,7 +3,7 @@ installed and the hub is reachable; local paths as they are."""
 
 import os
 import re
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from .checkpoints import WEIGHT_FORMATS, ConversionError, folder_weights
 
@@ -26,9 +26,11 @@ def _hub_weights(stems: Tuple[str, ...], folder: str, ext: str) -> List[str]:
     return patterns
 
 
-def _from_hub(source: str, what: str, patterns_for: Callable[[str], List[str]], found: Callable[[str], bool]) -> str:
-    """Download `source`, a Hugging Face hub id, into the hub cache: for each weights format in turn (safetensors
-    first) the files that patterns_for(ext) allows, until found(folder) says the weights are there."""
+def _from_hub(source: str, what: str, patterns_for: Callable[[str, Optional[List[str]]], List[str]],
+              lacking: Callable[[str], List[str]]) -> str:
+    """Download `source`, a Hugging Face hub id, into the hub cache: the files that patterns_for(".safetensors", None)
+    allows, then for the model folders that lacking(folder) names (those without safetensors weights) the .bin
+    weights that patterns_for(".bin", those folders) allows, which is what diffusers reads for such a model."""
     advice = (f"if it is a Hugging Face hub {what}, download it yourself (e.g. `huggingface-cli download {source} "
               "--exclude '*.ckpt'`) and pass the folder")
     try:
@@ -36,22 +38,33 @@ def _from_hub(source: str, what: str, patterns_for: Callable[[str], List[str]], 
     except ImportError:
         raise ConversionError(f"{source}: no such file or directory, and huggingface_hub (to download hub "
                               f"models) is not installed: {advice}") from None
+    missing = None
     try:
         for ext in WEIGHT_FORMATS:
-            folder = snapshot_download(repo_id=source, allow_patterns=patterns_for(ext))
-            if found(folder):
+            folder = snapshot_download(repo_id=source, allow_patterns=patterns_for(ext, missing))
+            missing = lacking(folder)
+            if not missing:
                 return folder
     except Exception as e:  # network, authentication, unknown repository: all mean "do it by hand"
         raise ConversionError(f"cannot download {source} ({type(e).__name__}: {e}): {advice}") from None
-    raise ConversionError(f"{source}: the repository has no diffusers {what} weights: {advice}")
+    where = "" if missing == [""] else " for " + ", ".join(f"{part}/" for part in missing)
+    raise ConversionError(f"{source}: the repository has no diffusers {what} weights{where}: {advice}")
 
 
-def _has_weights(folder: str, stem: str) -> bool:
-    try:
-        folder_weights(folder, (stem,))
-    except ConversionError:
-        return False
-    return True
+def _lacking_weights(folder: str, parts: List[str], stems: Tuple[str, ...]) -> List[str]:
+    """Those of the model folders `parts` of `folder` that hold no float32 weights of one of `stems`."""
+    missing = []
+    for part in parts:
+        try:
+            folder_weights(os.path.join(folder, part), stems, variants=("",))
+        except ConversionError:
+            missing.append(part)
+    return missing
+
+
+# The weights' names of a diffusers pipeline's models (diffusers': unet/, vae/; transformers': text_encoder/,
+# safety_checker/).
+_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
 
 
 def resolve_source(source: str) -> str:
@@ -65,9 +78,18 @@ def resolve_source(source: str) -> str:
     # repositories also carry.
     common = ["model_index.json", "*/config.json", "scheduler/*.json", "feature_extractor/*.json",
               "tokenizer/*"]
-    return _from_hub(source, "model",
-                     lambda ext: common + _hub_weights(("diffusion_pytorch_model", "model", "pytorch_model"), "*/", ext),
-                     lambda folder: _has_weights(os.path.join(folder, "unet"), "diffusion_pytorch_model"))
+
+    def patterns(ext: str, parts: Optional[List[str]]) -> List[str]:
+        if parts is None:
+            return common + _hub_weights(_STEMS, "*/", ext)
+        return [pattern for part in parts for pattern in _hub_weights(_STEMS, f"{part}/", ext)]
+
+    def lacking(folder: str) -> List[str]:
+        # Each model the repository has (a config.json in its folder), and the U-Net in any case.
+        parts = {"unet"} | {p for p in os.listdir(folder) if os.path.isfile(os.path.join(folder, p, "config.json"))}
+        return _lacking_weights(folder, sorted(parts), _STEMS)
+
+    return _from_hub(source, "model", patterns, lacking)
 
 
 def resolve_component(source: str, flag: str) -> str:
@@ -78,6 +100,7 @@ def resolve_component(source: str, flag: str) -> str:
         return source
     if not _is_hub_id(source):
         raise ConversionError(f"{flag} {source}: no such file or folder")
+    stems = ("diffusion_pytorch_model",)
     return _from_hub(source, flag[2:].upper(),
-                     lambda ext: ["config.json"] + _hub_weights(("diffusion_pytorch_model",), "", ext),
-                     lambda folder: _has_weights(folder, "diffusion_pytorch_model"))
+                     lambda ext, parts: (["config.json"] if parts is None else []) + _hub_weights(stems, "", ext),
+                     lambda folder: _lacking_weights(folder, [""], stems))

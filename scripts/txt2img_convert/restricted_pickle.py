@@ -1,16 +1,19 @@
 """A pickle reader for PyTorch checkpoints that can never run their code.
 
-torch.load(weights_only=True) refuses any pickle that names a global outside tensors and plain containers;
-PyTorch Lightning checkpoints (CompVis' sd-v1-4.ckpt, ...) also pickle callbacks and hyper-parameters beside the
-weights. This reader resolves only the globals tensors are built from and turns every other one into an inert
-stand-in that is never imported or called, for both of torch.save's formats (zip and the legacy one). It reads
-storages itself: torch 1.13's torch.load ignores a custom pickle_module unless weights_only=True.
+Every pickled file (.ckpt, .bin, .pt) is read here, never by torch.load: torch.load(weights_only=True) has been
+bypassed to run code (CVE-2025-32434, torch <= 2.5.1), and it refuses PyTorch Lightning checkpoints (CompVis'
+sd-v1-4.ckpt, ...), which also pickle callbacks and hyper-parameters beside the weights. This reader resolves only
+the globals tensors are built from and turns every other one into an inert stand-in that is never imported or
+called, for both of torch.save's formats (zip and the legacy one), and reads the storages itself, checking each
+zip record's CRC (which torch.load skips, so that a damaged download would become other weights).
 """
 
+import io
 import os
 import pickle
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from typing import Callable, Dict, Optional, Tuple
 
@@ -125,9 +128,9 @@ _TRUSTED: Dict[str, object] = {
     "torch._utils._rebuild_parameter": _rebuild_parameter,
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
 }
-_TRUSTED.update((f"{module}.{name}", _StorageType(dtype)) for name, dtype in _STORAGE_DTYPES.items()
-                for module in ("torch", "torch.cuda"))
-_TRUSTED["torch.storage.UntypedStorage"] = _StorageType(torch.uint8)
+_STORAGE_TYPES = {f"{module}.{name}": dtype for name, dtype in _STORAGE_DTYPES.items()
+                  for module in ("torch", "torch.cuda")}
+_STORAGE_TYPES["torch.storage.UntypedStorage"] = torch.uint8
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -144,6 +147,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         full = f"{module}.{name}"
         if full in _TRUSTED:
             return _TRUSTED[full]
+        if full in _STORAGE_TYPES:
+            # A new one each time: a pickle may change an object it names (BUILD sets attributes), which for a
+            # shared one would change how later files are read.
+            return _StorageType(_STORAGE_TYPES[full])
         if full not in self._ignored:
             self._ignored[full] = type(f"Ignored[{full}]", (_Ignored,), {"global_name": full})
         return self._ignored[full]
@@ -156,14 +163,41 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._storage(pid)
 
 
+class Damaged(Exception):
+    """The file is not all there, or not as torch.save wrote it (an interrupted or corrupted download)."""
+
+
+def _bytes_of(elements: torch.Tensor):
+    return elements.view(-1).view(torch.uint8).numpy() if elements.numel() else b""
+
+
 def _read_into(f, elements: torch.Tensor, what: str) -> None:
-    raw = elements.view(-1).view(torch.uint8).numpy() if elements.numel() else None
+    raw = _bytes_of(elements)
     done = 0
-    while raw is not None and done < raw.size:
+    while done < len(raw):
         n = f.readinto(raw[done:])
         if not n:
-            raise pickle.UnpicklingError(f"{what} is truncated")
+            raise Damaged(f"{what} is truncated")
         done += n
+
+
+def _read_record(archive: zipfile.ZipFile, file, info: zipfile.ZipInfo, elements: torch.Tensor) -> None:
+    """A zip record's bytes into `elements`, checked against its CRC. torch.save stores records uncompressed: those are
+    read straight from `file` (the archive's file), which is twice as fast as through zipfile."""
+    what = f"record {info.filename}"
+    if info.compress_type == zipfile.ZIP_STORED:
+        file.seek(info.header_offset)
+        header = file.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise Damaged(f"{what} has no local header where the archive's directory puts it")
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        file.seek(info.header_offset + 30 + name_length + extra_length)
+        _read_into(file, elements, what)
+    else:
+        with archive.open(info) as record:
+            _read_into(record, elements, what)
+    if zlib.crc32(_bytes_of(elements)) != info.CRC:
+        raise Damaged(f"{what} fails its CRC check")
 
 
 def _storage_elements(dtype: torch.dtype, numel, available: int) -> torch.Tensor:
@@ -179,34 +213,19 @@ _LEGACY_PROTOCOL = 1001
 
 def unpickle(path: str, ignored: Dict[str, type]):
     """The object that torch.save wrote to `path`, unpickled by `_RestrictedUnpickler` (zip archives of
-    torch >= 1.6 and the older "legacy" stream)."""
+    torch >= 1.6 and the older "legacy" stream). Raises Damaged for a file cut short or with a record that fails its
+    CRC check, pickle.UnpicklingError (and what reading malformed bytes raises) for other files."""
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
-            if len(pickles) != 1:
-                raise pickle.UnpicklingError("not a torch.save archive (no single <folder>/data.pkl)")
-            root = pickles[0][: -len("data.pkl")]
-            if root + "byteorder" in archive.namelist() and archive.read(root + "byteorder") != b"little":
-                raise pickle.UnpicklingError("big-endian tensor data is not supported")
-            storages: Dict[str, _Storage] = {}
-
-            def zip_storage(pid):
-                _, storage_type, key, _location, numel = pid
-                if key not in storages:
-                    name = f"{root}data/{key}"
-                    size = archive.getinfo(name).file_size
-                    elements = _storage_elements(storage_type.dtype, numel, size)
-                    if size != elements.numel() * elements.element_size():
-                        raise pickle.UnpicklingError(f"record {name} does not hold {numel} {storage_type.dtype}")
-                    with archive.open(name) as record:
-                        _read_into(record, elements, f"record {name}")
-                    storages[key] = _Storage(elements)
-                return storages[key]
-
-            with archive.open(pickles[0]) as f:
-                return _RestrictedUnpickler(f, zip_storage, ignored).load()
+        try:
+            return _unpickle_zip(path, ignored)
+        except zipfile.BadZipFile as e:  # zipfile's own CRC check of the small records it reads
+            raise Damaged(str(e)) from None
 
     with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            raise Damaged("a zip archive without its directory, which is written at its end: cut short")
+        f.seek(0)
+
         def plain():
             return _RestrictedUnpickler(f, lambda pid: None, ignored).load()
 
@@ -239,8 +258,36 @@ def unpickle(path: str, ignored: Dict[str, type]):
         for key in keys:
             elements = roots[key]
             count = f.read(8)
-            if len(count) != 8 or struct.unpack("<q", count)[0] != elements.numel():
+            if len(count) != 8:
+                raise Damaged(f"storage {key} is truncated")
+            if struct.unpack("<q", count)[0] != elements.numel():
                 raise pickle.UnpicklingError(f"storage {key} does not hold the {elements.numel()} elements "
                                              "its tensors use")
             _read_into(f, elements, f"storage {key}")
         return data
+
+
+def _unpickle_zip(path: str, ignored: Dict[str, type]):
+    """unpickle() of a zip archive, whose records hold data.pkl and the storages, one a record."""
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as file:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise pickle.UnpicklingError("not a torch.save archive (no single <folder>/data.pkl)")
+        root = pickles[0][: -len("data.pkl")]
+        if root + "byteorder" in archive.namelist() and archive.read(root + "byteorder") != b"little":
+            raise pickle.UnpicklingError("big-endian tensor data is not supported")
+        storages: Dict[str, _Storage] = {}
+
+        def zip_storage(pid):
+            _, storage_type, key, _location, numel = pid
+            if key not in storages:
+                info = archive.getinfo(f"{root}data/{key}")
+                elements = _storage_elements(storage_type.dtype, numel, info.file_size)
+                if info.file_size != elements.numel() * elements.element_size():
+                    raise pickle.UnpicklingError(f"record {info.filename} does not hold {numel} {storage_type.dtype}")
+                _read_record(archive, file, info, elements)
+                storages[key] = _Storage(elements)
+            return storages[key]
+
+        # Read whole, so that zipfile checks its CRC (the unpickler stops at the pickle's end, before zipfile would).
+        return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), zip_storage, ignored).load()

@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -17,7 +18,7 @@ import torch
 
 from converter_runs import run
 from txt2img_convert import checkpoints as ck
-from txt2img_convert import export, hub, presets
+from txt2img_convert import export, presets
 from txt2img_convert.safetensors_io import load_file, save_file
 
 SD1_FILE = "sd1/single_file/sd1.safetensors"
@@ -116,9 +117,11 @@ def test_shapes_override_a_config_of_another_size(reference, sd1_components):
         ck.infer_text_config(sd1_components["text_encoder"], defaults["text_encoder"], heads_known=False)
 
 
-def test_ckpt_with_real_file_extras_gives_the_same_weights(tmp_path, sd1_ldm, sd1_components):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_ckpt_with_real_file_extras_gives_the_same_weights(tmp_path, sd1_ldm, sd1_components, zip_format):
     path = tmp_path / "sd1.ckpt"
-    torch.save({"state_dict": with_real_file_extras(sd1_ldm), "global_step": 1, "epoch": 0}, path)
+    torch.save({"state_dict": with_real_file_extras(sd1_ldm), "global_step": 1, "epoch": 0}, path,
+               _use_new_zipfile_serialization=zip_format)
     assert_same_weights(ck.ldm_to_diffusers(ck.read_tensors(str(path)), str(path)), sd1_components)
 
 
@@ -246,14 +249,71 @@ def test_lightning_ckpt_loads_without_running_its_pickles(tmp_path, capsys, sd1_
     assert "restricted unpickler" in lines[0] and str(path) in lines[0]
 
 
-def test_plain_ckpt_is_read_by_torch_alone(tmp_path, capsys):
-    path = tmp_path / "plain.ckpt"
-    state = {"model.diffusion_model.out.2.weight": torch.randn(4, 3), "global_step": 5}
-    torch.save({"state_dict": state}, path)
+def refuse_torch_load(*args, **kwargs):
+    raise AssertionError("torch.load was called: it can run a pickle's code (CVE-2025-32434, torch <= 2.5.1)")
+
+
+def tensors_in_every_layout():
+    """Tensors of every dtype that checkpoints hold, fp16 and bf16 too, with storages shared as torch.save shares
+    them (views of one tensor, a transposed one, a slice starting inside its storage), a parameter, an empty tensor
+    and a scalar."""
+    base = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    out = {"base": base, "transposed": base.t(), "slice": base[2:5, 1:], "row": base[3]}
+    for dtype in (torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool):
+        converted = (base * 100).to(dtype)
+        out[f"{dtype}"] = converted
+        out[f"{dtype} view"] = converted[1:, ::2]
+    out["parameter"] = torch.nn.Parameter(base[0].clone())
+    out["empty"] = torch.empty(0, 4)
+    out["scalar"] = torch.tensor(0.5, dtype=torch.float16)
+    return out
+
+
+def same_storage(a, b):
+    return a.storage().data_ptr() == b.storage().data_ptr()
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy", "deflated zip"])
+def test_every_format_is_read_exactly_without_torch_load(tmp_path, monkeypatch, capsys, layout):
+    """The restricted unpickler, the only reader of pickles, gives what torch.load gives: the same dtypes, shapes,
+    strides, offsets, bytes and storage sharing; also for a zip whose records are compressed, which torch.save never
+    writes but torch.load reads."""
+    state = tensors_in_every_layout()
+    path = tmp_path / "all.ckpt"
+    torch.save({"state_dict": state}, path, _use_new_zipfile_serialization=layout != "legacy")
+    if layout == "deflated zip":
+        stored = tmp_path / "stored.ckpt"
+        path.rename(stored)
+        with zipfile.ZipFile(stored) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+            for info in source.infolist():
+                target.writestr(info.filename, source.read(info))
+    expected = torch.load(path)["state_dict"]  # the test's own file: safe to unpickle
+    monkeypatch.setattr(torch, "load", refuse_torch_load)
     loaded = ck.read_tensors(str(path))
-    assert list(loaded) == ["model.diffusion_model.out.2.weight"]
-    assert torch.equal(loaded["model.diffusion_model.out.2.weight"], state["model.diffusion_model.out.2.weight"])
-    assert capsys.readouterr().err == ""
+    assert list(loaded) == list(expected)
+    for key, want in expected.items():
+        got = loaded[key]
+        assert (got.dtype, got.shape, got.stride(), got.storage_offset()) == \
+            (want.dtype, want.shape, want.stride(), want.storage_offset()), key
+        assert torch.equal(got, want), key
+        for other in expected:
+            assert same_storage(got, loaded[other]) == same_storage(want, expected[other]), (key, other)
+    assert capsys.readouterr().err == ""  # nothing ignored, so no note
+
+
+def test_a_pickle_cannot_change_how_later_files_are_read(tmp_path):
+    """A pickle can set attributes of what it names (BUILD): a storage type it names is its own, so a file setting
+    torch.FloatStorage's dtype leaves later files as they are."""
+    poisoned = tmp_path / "poisoned.ckpt"
+    build = b"\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeX\x03\x00\x00\x00badsb."
+    poisoned.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C) + pickle.dumps(1001) +
+                         pickle.dumps({"little_endian": True}) + build + pickle.dumps([]))
+    with pytest.raises(ck.ConversionError, match="expected a dict of tensors"):
+        ck.read_tensors(str(poisoned))
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {"first_stage_model.decoder.conv_in.weight": torch.ones(2, 3)},
+                "callbacks": {_Unknown: {}}}, path)
+    assert torch.equal(ck.read_tensors(str(path))["first_stage_model.decoder.conv_in.weight"], torch.ones(2, 3))
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
@@ -271,14 +331,34 @@ def test_stand_in_never_becomes_a_tensor(tmp_path, zip_format, content, message)
         ck.read_tensors(str(path))
 
 
-def test_truncated_lightning_ckpt_is_an_error(tmp_path, capsys):
-    path = tmp_path / "cut.ckpt"
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:2d0529e13291b284137f8e7cc0cad91e619609c870"
+               "492f86c62dc57a5e9d8a77\nsize 62205364\n")
+
+
+def test_cut_files_and_lfs_pointers_say_so(tmp_path):
+    """A download cut short (a legacy .ckpt's last bytes, a zip .ckpt without the directory at its end) is called
+    truncated; a Git LFS pointer (a clone without git-lfs) is named as one, whatever the file's name."""
+    legacy = tmp_path / "legacy.ckpt"
     state = {"model.diffusion_model.out.2.weight": torch.randn(64, 64)}
-    torch.save({"state_dict": state, "callbacks": {_Unknown: {}}}, path, _use_new_zipfile_serialization=False)
-    path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ck.ConversionError, match=r"cannot read .*cut\.ckpt: damaged or truncated \(an interrupted "
-                                                 r"download\?\), or not a PyTorch checkpoint"):
-        ck.read_tensors(str(path))
+    torch.save({"state_dict": state, "callbacks": {_Unknown: {}}}, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:-100])
+    archive = tmp_path / "zip.ckpt"
+    torch.save({"state_dict": state}, archive)
+    archive.write_bytes(archive.read_bytes()[:archive.stat().st_size // 2])
+    truncated = r"cannot read .*: truncated or damaged \(an interrupted download\?\): "
+    for path, detail in ((legacy, r"storage \d+ is truncated"), (archive, "a zip archive without its directory")):
+        with pytest.raises(ck.ConversionError, match=truncated + detail):
+            ck.read_tensors(str(path))
+    for name in ("model.ckpt", "model.safetensors", "text_encoder/model.safetensors"):
+        pointer = tmp_path / name
+        pointer.parent.mkdir(exist_ok=True)
+        pointer.write_text(LFS_POINTER)
+        with pytest.raises(ck.ConversionError, match=re.escape(f"{pointer} is a Git LFS pointer (a 133-byte text file "
+                                                               "standing for the weights), not the weights: fetch "
+                                                               "them with `git lfs pull`")):
+            ck.read_tensors(str(pointer))
+    with pytest.raises(ck.ConversionError, match="Git LFS pointer"):
+        ck.load_single_file(str(tmp_path / "model.safetensors"))
 
 
 @pytest.mark.parametrize("content,message", [
@@ -304,7 +384,8 @@ def test_a_damaged_zip_checkpoint_is_caught_by_its_crcs(tmp_path):
         int.from_bytes(data[offset + 28:offset + 30], "little")
     data[start + 10] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ck.ConversionError, match=r"damaged \(model/data/0 fails its CRC check"):
+    with pytest.raises(ck.ConversionError, match=r"truncated or damaged \(an interrupted download\?\): record "
+                                                 r"model/data/0 fails its CRC check"):
         ck.read_tensors(str(path))
 
 
@@ -340,6 +421,28 @@ def test_old_and_new_text_encoder_names_mixed(sd1_ldm, sd1_components):
               k.startswith(old + "text_model.embeddings") else k): v for k, v in sd1_ldm.items()}
     mixed[old + "text_model.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
     assert_same_weights(ck.ldm_to_diffusers(mixed, "x"), sd1_components)
+    # A message names a tensor as the file does, whichever of the two layouts its own name has.
+    for stray in (old + "text_model.extra.weight", old + "extra.weight"):
+        text = ck.ldm_to_diffusers({**mixed, stray: torch.zeros(2)}, "x")["text_encoder"]
+        with pytest.raises(ck.ConversionError, match=f"x: unexpected text encoder tensor {re.escape(stray)}$"):
+            export.load_weights("text_encoder", text)
+
+
+def test_clip_heads_unused_by_sd_are_ignored(tmp_path, reference, sd1_ldm, sd1_components):
+    """CLIP's text_projection (which ComfyUI saves with SD 1's text encoder) and logit_scale, in a single file or a
+    text encoder folder, are ignored as diffusers and A1111 ignore them."""
+    extra = {**sd1_ldm, "cond_stage_model.transformer.text_projection.weight": torch.eye(32),
+             "cond_stage_model.transformer.logit_scale": torch.tensor(4.6),
+             "cond_stage_model.logit_scale": torch.ones(())}
+    assert_same_weights(ck.ldm_to_diffusers(extra, "x"), sd1_components)
+    folder = tmp_path / "text_encoder"
+    shutil.copytree(reference / "tiny/model/text_encoder", folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file({**tensors, "text_projection.weight": torch.eye(32), "logit_scale": torch.tensor(4.6)},
+              str(folder / "model.safetensors"))
+    text = ck.load_model_folder(str(folder), "text encoder", ("model",))
+    assert text.tensors.keys() == tensors.keys()
+    export.load_weights("text_encoder", text)
 
 
 def with_moving_average(sd, offset=1.0):
@@ -448,8 +551,14 @@ def test_unknown_unet_tensor_is_an_error(tmp_path, sd1_ldm):
 def test_not_an_sd1_checkpoint(sd1_ldm):
     sd2 = {k: v for k, v in sd1_ldm.items() if not k.startswith("cond_stage_model.")}
     sd2["cond_stage_model.model.positional_embedding"] = torch.zeros(77, 8)
-    with pytest.raises(ck.ConversionError, match="2.x"):
+    with pytest.raises(ck.ConversionError, match=r"x: a Stable Diffusion 2\.x checkpoint \(it holds "
+                                                 r"cond_stage_model\.model\.positional_embedding\)"):
         ck.ldm_to_diffusers(sd2, "x")
+    # A pickle's keys are known only once it is read: SD 3's is named then, not taken for an SD 1 without CLIP.
+    sd3 = {"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(1),
+           "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(1)}
+    with pytest.raises(ck.ConversionError, match="a Stable Diffusion 3 checkpoint"):
+        ck.ldm_to_diffusers(sd3, "x")
     with pytest.raises(ck.ConversionError, match="no U-Net weights"):
         ck.ldm_to_diffusers({"foo": torch.zeros(1)}, "x")
     prefixed = {"module." + k: v for k, v in sd1_ldm.items()}
@@ -598,24 +707,37 @@ def test_sharded_folder_loads_as_the_unsharded_one(tmp_path, reference, ext, sha
     assert model.sha256 == hashlib.sha256(b"".join(p.read_bytes() for p in shards_of_unet)).hexdigest()
 
 
-def test_sharded_weights_follow_the_preference_order(tmp_path, reference):
-    """safetensors (one file or an index) before .bin; float32 before fp16; a file before an index of its kind."""
+def test_sharded_weights_follow_the_preference_order(tmp_path, reference, capsys):
+    """As diffusers' from_pretrained without a variant: float32 safetensors (one file or an index), then float32 .bin,
+    and the fp16 variant only where neither is there, with a note; a file before an index of its kind."""
     tensors = load_file(str(reference / "tiny/model/vae/diffusion_pytorch_model.safetensors"))
     stem = "diffusion_pytorch_model"
     folder = tmp_path / "vae"
     fp16_index = write_sharded(folder, {k: v.half() for k, v in tensors.items()}, stem, variant=".fp16",
                                index_name=f"{stem}.fp16.safetensors.index.json")
-    torch.save(tensors, folder / f"{stem}.bin")
-    # A float32 .bin is still behind an fp16 safetensors index: safetensors first.
+    torch.save({k: v.half() for k, v in tensors.items()}, folder / f"{stem}.fp16.bin")
     assert ck.folder_weights(str(folder), (stem,)) == str(fp16_index)
+    assert capsys.readouterr().err.endswith(f"{folder}: no float32 weights; using the fp16 variant "
+                                            f"{fp16_index.name} (converted to float32)\n")
+    # A float32 .bin goes before any fp16 variant, safetensors or not.
+    torch.save(tensors, folder / f"{stem}.bin")
+    assert ck.folder_weights(str(folder), (stem,)) == str(folder / f"{stem}.bin")
     index = write_sharded(folder, tensors, stem, shards=2)
     assert ck.folder_weights(str(folder), (stem,)) == str(index)
     save_file(tensors, str(folder / f"{stem}.safetensors"))
     assert ck.folder_weights(str(folder), (stem,)) == str(folder / f"{stem}.safetensors")
     bin_folder = tmp_path / "bin"
     bin_index = write_sharded(bin_folder, tensors, stem, ext=".bin", shards=2)
-    torch.save({k: v.half() for k, v in tensors.items()}, bin_folder / f"{stem}.fp16.bin")
+    save_file({k: v.half() for k, v in tensors.items()}, str(bin_folder / f"{stem}.fp16.safetensors"))
     assert ck.folder_weights(str(bin_folder), (stem,)) == str(bin_index)
+    assert capsys.readouterr().err == ""
+    shutil.copy(reference / "tiny/model/vae/config.json", bin_folder)
+    loaded = ck.load_model_folder(str(bin_folder), "VAE", (stem,)).tensors
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())  # float32, not fp16-rounded
+    with pytest.raises(ck.ConversionError, match=re.escape(
+            f"{tmp_path}: no weights file (model.safetensors or pytorch_model.bin, the index of a sharded checkpoint "
+            "such as model.safetensors.index.json, or their fp16 variants)")):
+        ck.folder_weights(str(tmp_path), ("model", "pytorch_model"))
 
 
 @pytest.fixture
@@ -692,42 +814,6 @@ def test_sharded_folder_converts_to_the_same_bundle(tmp_path, reference):
     assert (tmp_path / "plain/tokenizer.model").read_bytes() == (tmp_path / "sharded/tokenizer.model").read_bytes()
     manifest = json.loads((tmp_path / "sharded/model.json").read_text())
     assert manifest["source"]["kind"] == "diffusers" and manifest["source"]["path"] == str(folder)
-
-
-def test_hub_download_fetches_indexes_and_shards(monkeypatch, tmp_path):
-    """resolve_source asks the hub for one weights file or one sharded checkpoint per model, nothing more."""
-    import fnmatch
-    import types
-
-    repo = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors.index.json",
-            "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
-            "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
-            "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
-            "unet/diffusion_pytorch_model.safetensors.fp16.index.json", "unet/diffusion_pytorch_model.bin",
-            "text_encoder/model.safetensors.index.json", "text_encoder/model-00001-of-00002.safetensors",
-            "text_encoder/pytorch_model-00001-of-00002.bin", "v1-5-pruned.ckpt", "unet/flax_model.msgpack"]
-    calls = []
-
-    def snapshot_download(repo_id, allow_patterns):
-        calls.append(allow_patterns)
-        folder = tmp_path / "snapshot"
-        for name in repo:
-            if any(fnmatch.fnmatch(name, p) for p in allow_patterns):
-                (folder / name).parent.mkdir(parents=True, exist_ok=True)
-                (folder / name).write_text("")
-        return str(folder)
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(sys.modules, "huggingface_hub",
-                        types.SimpleNamespace(snapshot_download=snapshot_download))
-    folder = Path(hub.resolve_source("someone/sharded-model"))
-    assert len(calls) == 1
-    fetched = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    assert fetched == ["model_index.json", "text_encoder/model-00001-of-00002.safetensors",
-                       "text_encoder/model.safetensors.index.json", "unet/config.json",
-                       "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
-                       "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
-                       "unet/diffusion_pytorch_model.safetensors.index.json"]
 
 
 # ---------------------------------------------------------------------------------------------- --vae
@@ -850,6 +936,33 @@ def test_damaged_safetensors_files_say_what_is_wrong(tmp_path):
     assert torch.equal(load_file(str(good))["b"], torch.ones(1000))
 
 
+def unreadable_safetensors(path, names):
+    """A .safetensors file whose header lists `names` but which holds none of their data: reading any tensor fails."""
+    header = json.dumps({name: {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 4 << 20]} for name in names})
+    path.write_bytes(len(header).to_bytes(8, "little") + header.encode())
+
+
+@pytest.mark.parametrize("family,names", [
+    ("Stable Diffusion XL", ["conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+                             "model.diffusion_model.input_blocks.0.0.weight"]),
+    ("Stable Diffusion 3", ["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight",
+                            "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight"]),
+    ("Stable Diffusion 3", ["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight",
+                            "first_stage_model.decoder.conv_in.weight"]),
+    ("FLUX", ["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"]),
+    ("FLUX", ["model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "text_encoders.t5xxl.x.weight"]),
+    ("Stable Diffusion 2.x", ["cond_stage_model.model.positional_embedding", "model.diffusion_model.out.2.weight"]),
+])
+def test_other_families_single_files_are_named_from_the_header(tmp_path, family, names):
+    """A .safetensors file of another model family (SDXL is 7 GB, FLUX 24 GB) is refused by the first of its header's
+    names that tells the family, before any tensor is read."""
+    path = tmp_path / "model.safetensors"
+    unreadable_safetensors(path, names)
+    with pytest.raises(ck.ConversionError, match=re.escape(f"{path}: a {family} checkpoint (it holds {names[0]}); "
+                                                           "only Stable Diffusion 1.x models convert")):
+        ck.load_single_file(str(path))
+
+
 def test_other_model_families_are_named_before_any_weights_are_read(tmp_path, reference):
     """An SDXL folder (a second text encoder) is refused by its layout, naming its pipeline, without reading weights."""
     sdxl = tmp_path / "sdxl"
@@ -870,3 +983,18 @@ def test_other_model_families_are_named_before_any_weights_are_read(tmp_path, re
         (sd2 / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"not read")
         with pytest.raises(ck.ConversionError, match=f"{why}.*as Stable Diffusion 2.x's; only SD 1.x models convert"):
             ck.load_diffusers(str(sd2))
+    # AltDiffusion: SD 1's U-Net, an XLM-RoBERTa text encoder (named by its config before SD 2's GELU is looked at).
+    alt = tmp_path / "alt"
+    shutil.copytree(reference / "tiny/model", alt)
+    (alt / "text_encoder/config.json").write_text(json.dumps({
+        "architectures": ["RobertaSeriesModelWithTransformation"], "model_type": "roberta", "hidden_act": "gelu",
+        "hidden_size": 32, "project_dim": 32}))
+    (alt / "text_encoder/model.safetensors").write_bytes(b"not read")
+    with pytest.raises(ck.ConversionError, match=re.escape(
+            f"{alt}: an AltDiffusion model (its text encoder is RobertaSeriesModelWithTransformation, model_type "
+            "roberta, not CLIP's CLIPTextModel); only SD 1.x models convert")):
+        ck.load_diffusers(str(alt))
+    (alt / "text_encoder/config.json").write_text(json.dumps({"architectures": ["T5EncoderModel"], "model_type": "t5"}))
+    with pytest.raises(ck.ConversionError, match=f"{alt}: its text encoder is T5EncoderModel, model_type t5, not "
+                                                 "CLIP's CLIPTextModel; only SD 1.x models convert"):
+        ck.load_diffusers(str(alt))

@@ -4,6 +4,7 @@ TorchScript; model.json; random presets; refusing to overwrite; one-line errors.
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -532,6 +533,26 @@ def test_wrong_inputs_fail_before_any_slow_work(tmp_path, reference, capsys):
                                                                     "latent_channels": 16}, text, {}, None)
     with pytest.raises(Exception, match="sample_size 3 makes 6-pixel images, not a multiple of 8"):
         export.model_fields({"in_channels": 4, "sample_size": 3}, {"block_out_channels": [32, 64]}, text, {}, None)
+
+
+def test_a_unet_config_without_sample_size_gets_sd1s(tmp_path, reference, capsys):
+    """diffusers defaults sample_size to None (the caller gives the size); SD 1.x models are trained at 64 latents."""
+    folder = tmp_path / "model"
+    shutil.copytree(reference / "tiny/model", folder)
+    config = json.loads((folder / "unet/config.json").read_text())
+    for edit in ({"sample_size": None}, {}):
+        (folder / "unet/config.json").write_text(json.dumps({**{k: v for k, v in config.items() if k != "sample_size"},
+                                                             **edit}))
+        status, stderr = convert(capsys, folder, "--no-safety-checker", "--overwrite", "--out", tmp_path / "bundle")
+        assert status == 0, stderr
+        assert "the U-Net's config gives no sample_size; images default to SD 1.x's 64 latents a side (128 pixels)" \
+            in stderr  # the tiny VAE makes 2 pixels of a latent
+        assert json.loads((tmp_path / "bundle/model.json").read_text())["default_size"] == 128
+    text = {"hidden_size": 32}
+    for odd in ("64", [64, 64], 64.5, True):
+        with pytest.raises(Exception, match=re.escape(f"the U-Net's sample_size {odd!r} is not a whole number of "
+                                                      "latents")):
+            export.model_fields({"sample_size": odd}, {"block_out_channels": [32, 64]}, text, {}, None)
 
 
 # Run as `python -c` with sys.argv set: convert.py as __main__, whose import of torch (after its start-up) first sends

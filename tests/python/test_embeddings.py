@@ -2,6 +2,7 @@
 model's token embedding, model.json's records, and the errors."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from converter_runs import convert, expect_errors
 from txt2img_convert import checkpoints as ck
 from txt2img_convert import embeddings
 from txt2img_convert.checkpoints import ConversionError
-from txt2img_convert.safetensors_io import save_file
+from txt2img_convert.safetensors_io import load_file, save_file
 
 WIDTH = 32  # the tiny reference text encoder's
 
@@ -95,3 +96,78 @@ def test_bundle_records_the_embeddings(tmp_path, reference, capsys):
     refused = ("--tiny", "--vocab", tmp_path / "v", "--embedding", tmp_path / "EasyNegative.safetensors", "--out",
                tmp_path / "x")
     expect_errors(capsys, [(refused, 2, "--embedding applies to a SOURCE")], tmp_path / "x")
+
+
+def test_a_missing_token_embedding_is_named(tmp_path, reference, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(reference / "tiny/model", folder)
+    weights = folder / "text_encoder/model.safetensors"
+    save_file({k: v for k, v in load_file(str(weights)).items() if k != embeddings.TOKEN_EMBEDDING}, str(weights))
+    expect_errors(capsys, [((folder, "--no-safety-checker", "--out", tmp_path / "x"), 1,
+                            f"{weights}: missing text encoder tensor {embeddings.TOKEN_EMBEDDING}")], tmp_path / "x")
+
+
+def with_added_tokens(reference, folder, tokens, rows, config_tokens=None):
+    """A copy of the tiny model whose tokenizer adds `tokens` (added_tokens.json; `config_tokens` in
+    tokenizer_config.json's added_tokens_decoder) and whose text encoder has `rows` more rows (seeded vectors)."""
+    shutil.copytree(reference / "tiny/model", folder)
+    weights = folder / "text_encoder/model.safetensors"
+    tensors = load_file(str(weights))
+    tensors[embeddings.TOKEN_EMBEDDING] = torch.cat([tensors[embeddings.TOKEN_EMBEDDING], vectors(rows, 7)])
+    save_file(tensors, str(weights))
+    config = json.loads((folder / "text_encoder/config.json").read_text())
+    (folder / "text_encoder/config.json").write_text(json.dumps({**config, "vocab_size": 49408 + rows}))
+    if tokens is not None:
+        (folder / "tokenizer/added_tokens.json").write_text(json.dumps(tokens))
+    if config_tokens is not None:
+        config = json.loads((folder / "tokenizer/tokenizer_config.json").read_text())
+        config["added_tokens_decoder"].update((str(i), {"content": token, "special": False})
+                                              for token, i in config_tokens.items())
+        (folder / "tokenizer/tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_tokens_the_tokenizer_adds_are_recorded_as_embeddings(tmp_path, reference, capsys):
+    """diffusers' textual_inversion.py saving a whole pipeline: tokenizer/added_tokens.json names rows of the text
+    encoder beyond CLIP's, which model.json records as embeddings over those rows (a multi-vector token's
+    continuations <token>_1, ... with it, as diffusers' pipelines expand it); an --embedding goes after all rows."""
+    folder = with_added_tokens(reference, tmp_path / "model", {"<cat-toy>": 49408, "<style>": 49409,
+                                                               "<style>_1": 49410}, 4, config_tokens={"sks": 49411})
+    save_file({"emb_params": vectors(2, 3)}, str(tmp_path / "EasyNegative.safetensors"))
+    out = tmp_path / "bundle"
+    status, stderr = convert(capsys, folder, "--no-safety-checker", "--embedding",
+                             tmp_path / "EasyNegative.safetensors", "--out", out)
+    assert status == 0, stderr
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["embeddings"] == [{"name": "<cat-toy>", "first_id": 49408, "vectors": 1},
+                                      {"name": "<style>", "first_id": 49409, "vectors": 2},
+                                      {"name": "sks", "first_id": 49411, "vectors": 1},
+                                      {"name": "EasyNegative", "first_id": 49412, "vectors": 2}]
+    assert [e["name"] for e in manifest["source"]["embeddings"]] == ["EasyNegative"]  # the others are the model's
+    table = torch.jit.load(str(out / "text_encoder.pt")).state_dict()[embeddings.TOKEN_EMBEDDING]
+    assert torch.equal(table[49408:], torch.cat([vectors(4, 7), vectors(2, 3)]))
+    assert ('the tokenizer adds the token <cat-toy>: recorded as an embedding of 1 vector from id 49408; prompts must '
+            'keep other punctuation apart from it ("<cat-toy> ,", not "<cat-toy>,")') in stderr
+    assert "the tokenizer adds the token sks: recorded as an embedding of 1 vector from id 49411\n" in stderr
+
+
+def test_added_tokens_that_cannot_be_recorded_are_refused(tmp_path, reference, capsys):
+    cases = [
+        ({"<cat-toy>": 49409}, "the tokenizer adds the token '<cat-toy>' as id 49409, beyond the 49409 rows of the "
+                               "text encoder's token embedding"),
+        ({"<cat-toy>": 320}, "the tokenizer adds the token '<cat-toy>' as id 320, one of CLIP's own, which txt2img "
+                             "cannot give another text"),
+        ({"<x>": 49408, "<x>_1": 49410, "<y>": 49409}, "the tokenizer adds <x>_1 as id 49410, not right after <x> "
+                                                       "(id 49408)"),
+        ({"<Cat>": 49408, "<cat>": 49409}, "the tokenizer adds both '<Cat>' and '<cat>', which txt2img cannot tell "
+                                           "apart in a prompt"),
+    ]
+    for i, (tokens, message) in enumerate(cases):
+        folder = with_added_tokens(reference, tmp_path / f"model{i}", tokens, len(tokens))
+        expect_errors(capsys, [((folder, "--no-safety-checker", "--out", tmp_path / "x"), 1,
+                                f"{folder / 'tokenizer'}: {message}")], tmp_path / "x")
+    folder = with_added_tokens(reference, tmp_path / "clash", {"easynegative": 49408}, 1)
+    save_file({"emb_params": vectors(2, 3)}, str(tmp_path / "EasyNegative.safetensors"))
+    clash = (folder, "--no-safety-checker", "--embedding", tmp_path / "EasyNegative.safetensors", "--out",
+             tmp_path / "x")
+    expect_errors(capsys, [(clash, 1, "the model's tokenizer has a token 'EasyNegative' of its own")], tmp_path / "x")
