@@ -266,19 +266,18 @@ def convert_source(args) -> dict:
     # A textual inversion trained into a diffusers model: tokens its tokenizer adds, over rows its text encoder has.
     own = ti.added_tokens(os.path.join(path, "tokenizer"), model.text_encoder) if folder else []
     for record in own:
-        name, vectors = record["name"], record["vectors"]
-        # txt2img finds an embedding's name by its CLIP tokens, which punctuation touching it changes ("<x>," makes
-        # ">," one token); transformers splits an added token out of the text first.
-        glued = not (name[0].isalnum() and name[-1].isalnum())
-        export.progress(f"the tokenizer adds the token {name}: recorded as an embedding of {vectors} "
-                        f"vector{'s' if vectors > 1 else ''} from id {record['first_id']}" +
-                        (f"; prompts must keep other punctuation apart from it (\"{name} ,\", not \"{name},\"), "
-                         "which diffusers reads either way" if glued else ""))
+        vectors = record["vectors"]
+        export.progress(f"the tokenizer adds the token {record['name']}: recorded as an embedding of {vectors} "
+                        f"vector{'s' if vectors > 1 else ''} from id {record['first_id']}")
     embeddings = ti.add(args.embedding, model.text_encoder, own)
     for record in embeddings:
         export.progress(f"added the embedding {record['name']} ({record['vectors']} vectors)")
     if own or embeddings:
-        fields["embeddings"] = [{k: r[k] for k in ("name", "first_id", "vectors")} for r in own + embeddings]
+        # txt2img splits an added token out of the text first, as transformers does; an embedding file's name it
+        # finds by its CLIP tokens, as A1111 does.
+        fields["embeddings"] = ([{**{k: r[k] for k in ("name", "first_id", "vectors")}, "added_token": True}
+                                 for r in own] +
+                                [{k: r[k] for k in ("name", "first_id", "vectors")} for r in embeddings])
 
     components = {"text_encoder": model.text_encoder, "unet": model.unet, "vae": model.vae}
     if safety is not None:

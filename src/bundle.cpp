@@ -200,7 +200,8 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   }
   for (const auto& e : j.value("embeddings", nlohmann::json::array())) {
     TextualInversion embedding{field<std::string>(e, "name", where), field<int>(e, "first_id", where),
-                               field<int>(e, "vectors", where)};
+                               field<int>(e, "vectors", where),
+                               e.contains("added_token") && field<bool>(e, "added_token", where)};
     if (embedding.first_id < kClipVocabulary || embedding.vectors < 1)
       throw Error(ErrorKind::Bundle, where + ": model.json embedding \"" + embedding.name + "\" has first_id " +
                                          std::to_string(embedding.first_id) + " and " +

@@ -249,6 +249,11 @@ Tokenizer::Traced Tokenizer::encode_words(std::string_view text) const {
 
 void Tokenizer::add_embeddings(const std::vector<TextualInversion>& embeddings) {
   for (const auto& embedding : embeddings) {
+    if (embedding.added_token) {
+      if (embedding.name.empty()) throw Error(ErrorKind::Bundle, "an added token without a name");
+      added_tokens_.push_back(embedding);
+      continue;
+    }
     auto name_ids = encode_words(embedding.name).ids;
     if (name_ids.empty())
       throw Error(ErrorKind::Bundle, "embedding \"" + embedding.name + "\": its name has no tokens to match in a prompt");
@@ -260,7 +265,25 @@ void Tokenizer::add_embeddings(const std::vector<TextualInversion>& embeddings) 
   }
   std::stable_sort(embeddings_.begin(), embeddings_.end(),
                    [](const Embedding& a, const Embedding& b) { return a.name_ids.size() > b.name_ids.size(); });
+  std::stable_sort(added_tokens_.begin(), added_tokens_.end(),
+                   [](const TextualInversion& a, const TextualInversion& b) { return a.name.size() > b.name.size(); });
 }
+
+namespace {
+
+// `part`, a text's trace, appended to `out`, a trace of the text before it: its words counted on from out's.
+void append_traced(Tokenizer::Traced& out, Tokenizer::Traced part) {
+  const auto append = [](auto& to, const auto& from) { to.insert(to.end(), from.begin(), from.end()); };
+  for (size_t& word : part.words) word += out.word_texts.size();
+  append(out.ids, part.ids);
+  append(out.weights, part.weights);
+  append(out.words, part.words);
+  append(out.word_texts, part.word_texts);
+  append(out.unit_lengths, part.unit_lengths);
+  append(out.embeddings, part.embeddings);
+}
+
+}  // namespace
 
 Tokenizer::Traced Tokenizer::substitute_embeddings(Traced clip) const {
   if (embeddings_.empty()) return clip;
@@ -286,25 +309,51 @@ Tokenizer::Traced Tokenizer::substitute_embeddings(Traced clip) const {
   return out;
 }
 
+Tokenizer::Traced Tokenizer::encode_with_embeddings(std::string_view text) const {
+  if (added_tokens_.empty()) return substitute_embeddings(encode_words(text));
+  Traced out;
+  const auto append_words = [&](std::string_view words) {
+    append_traced(out, substitute_embeddings(encode_words(words)));
+  };
+  size_t from = 0;
+  while (from < text.size()) {
+    // The earliest token in the text, the longest of those that start there.
+    size_t at = std::string_view::npos;
+    const TextualInversion* token = nullptr;
+    for (const auto& added : added_tokens_) {
+      const size_t found = text.find(added.name, from);
+      if (found < at) {
+        at = found;
+        token = &added;
+      }
+    }
+    append_words(text.substr(from, at == std::string_view::npos ? std::string_view::npos : at - from));
+    if (!token) break;
+    for (int k = 0; k < token->vectors; ++k) {
+      out.ids.push_back(token->first_id + k);
+      out.weights.push_back(1.0);
+      out.words.push_back(out.word_texts.size());
+    }
+    out.word_texts.push_back(token->name);
+    out.unit_lengths.push_back(static_cast<size_t>(token->vectors));
+    out.embeddings.push_back(token->name);
+    from = at + token->name.size();
+  }
+  return out;
+}
+
 Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis, std::string_view what) const {
-  if (!emphasis) return substitute_embeddings(encode_words(text));
-  const auto append = [](auto& to, const auto& from) { to.insert(to.end(), from.begin(), from.end()); };
+  if (!emphasis) return encode_with_embeddings(text);
   Traced out;
   for (const auto& span : parse_emphasis(text)) {
     if (span.is_break) {
       out.unit_lengths.push_back(0);
       continue;
     }
-    Traced part = substitute_embeddings(encode_words(span.text));
+    Traced part = encode_with_embeddings(span.text);
     if (!part.ids.empty() && !fits_float32(span.weight)) throw emphasis_weight_error(span, what);
-    for (size_t& word : part.words) word += out.word_texts.size();
     for (double& weight : part.weights) weight = span.weight;
-    append(out.ids, part.ids);
-    append(out.weights, part.weights);
-    append(out.words, part.words);
-    append(out.word_texts, part.word_texts);
-    append(out.unit_lengths, part.unit_lengths);
-    append(out.embeddings, part.embeddings);
+    append_traced(out, std::move(part));
   }
   return out;
 }

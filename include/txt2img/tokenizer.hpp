@@ -52,6 +52,10 @@ struct TextualInversion {
   std::string name;
   int first_id = 0;
   int vectors = 0;
+  // A token a diffusers model's own tokenizer adds (a textual inversion saved with the pipeline): transformers
+  // splits it out of the text first, wherever it stands and in its exact case. An embedding file's name is found as
+  // A1111 finds it, by its CLIP tokens where a word starts.
+  bool added_token = false;
 };
 
 class Tokenizer {
@@ -119,8 +123,11 @@ class Tokenizer {
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   Traced encode_words(std::string_view text) const;  // CLIP's ids, before embeddings are substituted
   Traced substitute_embeddings(Traced clip) const;
+  // The added tokens split out of `text`, the text between them encoded with embeddings substituted.
+  Traced encode_with_embeddings(std::string_view text) const;
   std::unique_ptr<Impl> impl_;
-  std::vector<Embedding> embeddings_;  // longest name first
+  std::vector<Embedding> embeddings_;           // longest name first
+  std::vector<TextualInversion> added_tokens_;  // longest name first
 };
 
 }  // namespace txt2img

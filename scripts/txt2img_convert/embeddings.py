@@ -118,7 +118,6 @@ def added_tokens(tokenizer: str, text_encoder: Component) -> List[Dict]:
     rows = tensor_shape(text_encoder, TOKEN_EMBEDDING, 2)[0]
     records = []
     continuations = set()
-    seen: Dict[str, str] = {}
     for name, first_id in sorted(tokens.items(), key=lambda item: item[1]):
         if not CLIP_VOCABULARY <= first_id < rows:
             place = (f"beyond the {rows} rows of the text encoder's token embedding ({text_encoder.origin})"
@@ -126,10 +125,6 @@ def added_tokens(tokenizer: str, text_encoder: Component) -> List[Dict]:
             raise ConversionError(f"{tokenizer}: the tokenizer adds the token {name!r} as id {first_id}, {place}")
         if name in continuations:
             continue
-        if name.lower() in seen:
-            raise ConversionError(f"{tokenizer}: the tokenizer adds both {seen[name.lower()]!r} and {name!r}, which "
-                                  "txt2img cannot tell apart in a prompt (CLIP lowercases it)")
-        seen[name.lower()] = name
         vectors = 1
         while f"{name}_{vectors}" in tokens:
             if tokens[f"{name}_{vectors}"] != first_id + vectors:

@@ -211,6 +211,23 @@ TEST(TokenizerEmbeddings, NamesBecomeTheirVectorsIds) {
   EXPECT_EQ(padded.total_tokens, ids_of("a cat,").size() + 3);
 }
 
+// A token a diffusers model's own tokenizer adds is split out of the text first, as transformers' CLIPTokenizer
+// splits it: wherever it stands and in its exact case, the text around it tokenized on its own.
+TEST(TokenizerEmbeddings, AddedTokensAreSplitOutOfTheTextFirst) {
+  const auto t = with_embeddings(
+      {{"<cat-toy>", 49408, 1, true}, {"<style>", 49409, 2, true}, {"<style>-x", 49411, 1, true}, {"sks", 49412, 1}});
+  EXPECT_EQ(t.encode("a <cat-toy>, photo"), concat({ids_of("a"), {49408}, ids_of(", photo")}));
+  EXPECT_EQ(t.encode("x<cat-toy>y"), concat({ids_of("x"), {49408}, ids_of("y")}));
+  EXPECT_EQ(t.encode("<Cat-Toy>"), ids_of("<cat-toy>"));  // another case is text
+  // The longest of the tokens that start at one place; an embedding file's name is still found by its tokens.
+  EXPECT_EQ(t.encode("<style>-x <style> SKS"), concat({{49411}, {49409, 49410}, {49412}}));
+  const auto traced = t.encode_traced("(a <cat-toy>:1.5)", true);
+  EXPECT_EQ(traced.ids, concat({ids_of("a"), {49408}}));
+  EXPECT_EQ(traced.weights, (std::vector<double>{1.5, 1.5}));
+  EXPECT_EQ(traced.embeddings, std::vector<std::string>{"<cat-toy>"});
+  EXPECT_EQ(traced.unit_lengths, (std::vector<size_t>{1, 1}));
+}
+
 TEST(TokenizerEmbeddings, NamesWithoutTokensOrWithTheSameTokensAreBundleErrors) {
   for (const auto& embeddings : std::vector<std::vector<txt2img::TextualInversion>>{
            {{" ", 49408, 1}}, {{"EasyNegative", 49408, 1}, {"easynegative", 49409, 1}}}) {
