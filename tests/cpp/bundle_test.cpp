@@ -93,6 +93,26 @@ TEST(Bundle, TruncatedOrCorruptFilesAreDetected) {
                {"cannot load unet.pt"});
 }
 
+// model.json's embeddings reach the tokenizer, an added token (a diffusers model's own) marked so.
+TEST(Bundle, EmbeddingsAndAddedTokensReachTheTokenizer) {
+  BundleCopy copy;
+  auto j = copy.manifest();
+  j["embeddings"] = {{{"name", "<cat-toy>"}, {"first_id", 49408}, {"vectors", 1}, {"added_token", true}},
+                     {{"name", "sks"}, {"first_id", 49409}, {"vectors", 2}}};
+  copy.set_manifest(j);
+  const auto bundle = txt2img::Bundle::open(copy.dir());
+  ASSERT_EQ(bundle.manifest().embeddings.size(), 2u);
+  EXPECT_TRUE(bundle.manifest().embeddings[0].added_token);
+  EXPECT_FALSE(bundle.manifest().embeddings[1].added_token);
+  const auto tokenizer = bundle.load_tokenizer();
+  const auto ids = tokenizer.encode("x<cat-toy>, sks");
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 49408), 1);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 49410), 1);
+  j["embeddings"][0]["added_token"] = "yes";
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"\"added_token\" has the wrong type"});
+}
+
 // A module of another exporter in the U-Net's place is judged by its inputs (the converter's own by their class, as
 // the CLI tests show).
 TEST(Bundle, AModuleThatTakesOtherInputsThanItsFilesNetworkIsRefused) {
