@@ -431,14 +431,14 @@ std::string lora_flag_tags(const std::vector<std::string>& values) {
   return tags;
 }
 
-// Each update replaces the preview file whole, so a file already there must be an earlier preview (a PNG with this
-// text chunk): anything else, such as the prompt file or a finished image given by mistake, is refused, not lost.
 void check_preview_name(const std::string& preview) {
   if (!ends_with_png(preview))
     throw Error(ErrorKind::Usage, "--preview " + preview + ": the file name must end in .png (the only format "
                                                             "written)");
 }
 
+// Each update replaces the preview file whole, so a file already there must be an earlier preview (a PNG with this
+// text chunk): anything else, such as the prompt file or a finished image given by mistake, is refused, not lost.
 // `folder_made`: an image of the run goes to the preview's folder, which the run creates (a missing folder is
 // otherwise a mistyped path).
 void check_preview_file(const std::string& preview, bool folder_made) {

@@ -103,7 +103,6 @@ void Reporter::begin_batch(uint64_t first, size_t count, int steps) {
 void Reporter::step(size_t call, size_t calls) {
   // Samplers may make more U-Net calls than steps (PNDM makes one more): progress is the fraction of calls.
   done_work_ += static_cast<double>(batch_count_) * batch_steps_ / static_cast<double>(calls);
-  // Ten redraws a second are smooth enough and keep a fast model from flooding a slow (ssh) terminal.
   if (json_progress_) {
     const nlohmann::ordered_json j = {
         {"event", "step"},
@@ -118,6 +117,7 @@ void Reporter::step(size_t call, size_t calls) {
     };
     emit(j);
   }
+  // Ten redraws a second are smooth enough and keep a fast model from flooding a slow (ssh) terminal.
   if (bar_ && (call == calls || Clock::now() - last_draw_ >= std::chrono::milliseconds(100))) draw_bar(call, calls);
 }
 
