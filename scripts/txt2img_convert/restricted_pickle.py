@@ -118,13 +118,17 @@ def _rebuild_parameter(data, *ignored) -> torch.Tensor:
     return data
 
 
+def _layout(tensor: torch.Tensor):
+    return tensor.data_ptr(), tuple(tensor.shape), tensor.stride()
+
+
 # The globals that a state dict of tensors is made of, by "module.name"; torch.load(weights_only=True) allows
-# the same (and a few more, e.g. sparse tensors, which SD checkpoints do not hold).
+# the same (and a few more, e.g. sparse tensors, which SD checkpoints do not hold). Tensors are built by
+# `_RestrictedUnpickler._rebuild_tensor`, which keeps them to check.
+_REBUILD_TENSOR = {"torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2"}
 _TRUSTED: Dict[str, object] = {
     "collections.OrderedDict": OrderedDict,
     "torch.Size": torch.Size,
-    "torch._utils._rebuild_tensor": _rebuild_tensor,
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
 }
@@ -145,6 +149,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         full = f"{module}.{name}"
+        if full in _REBUILD_TENSOR:
+            return self._rebuild_tensor
         if full in _TRUSTED:
             return _TRUSTED[full]
         if full in _STORAGE_TYPES:
@@ -154,6 +160,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if full not in self._ignored:
             self._ignored[full] = type(f"Ignored[{full}]", (_Ignored,), {"global_name": full})
         return self._ignored[full]
+
+    def _rebuild_tensor(self, storage, *args) -> torch.Tensor:
+        tensor = _rebuild_tensor(storage, *args)
+        self._rebuilt.append((tensor, _layout(tensor), storage.elements, storage.elements.data_ptr()))
+        return tensor
+
+    def load(self):
+        """The pickle's object, once every tensor built from a storage is checked to be still as it was built: a
+        pickle can change an object after building it (BUILD), and `Tensor.__setstate__` then calls `set_`, which
+        would grow a tensor, and its storage, past what the file holds."""
+        self._rebuilt = []
+        data = super().load()
+        for tensor, layout, elements, address in self._rebuilt:
+            if _layout(tensor) != layout or elements.data_ptr() != address or tensor.requires_grad \
+                    or tensor._backward_hooks is not None:
+                raise pickle.UnpicklingError("a tensor is changed after it is built (a BUILD of its state): it no "
+                                             "longer holds what the file's storage holds")
+        return data
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):

@@ -171,6 +171,18 @@ class _TensorOfUnknown:
         return (torch._utils._rebuild_tensor_v2, (_Unknown(), 0, (1,), (1,), False, collections.OrderedDict()))
 
 
+class _TensorChangedAfterBuild:
+    """Pickles as an empty tensor rebuilt from a storage, then changed by BUILD with `state`
+    (`Tensor.__setstate__`)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2,
+                (torch.zeros(0).storage(), 0, (0,), (1,), False, collections.OrderedDict()), self.state)
+
+
 STANDIN_MODULE = """
 open({imported!r}, "w").close()  # importing this module is running the checkpoint's code
 
@@ -328,6 +340,19 @@ def test_stand_in_never_becomes_a_tensor(tmp_path, zip_format, content, message)
     path = tmp_path / "odd.ckpt"
     torch.save(content, path, _use_new_zipfile_serialization=zip_format)
     with pytest.raises(ck.ConversionError, match=message):
+        ck.read_tensors(str(path))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("state", [(torch.zeros(0), 0, (1 << 20,), (1,)), (True, None, collections.OrderedDict())],
+                         ids=["grown past the file", "requires grad"])
+def test_a_tensor_changed_after_it_is_built_is_refused(tmp_path, zip_format, state):
+    """`Tensor.__setstate__` calls `set_`, which grows a tensor built on an empty storage to a megabyte of memory the
+    file never held; a tensor a pickle changes after building it is refused, whatever it changes."""
+    path = tmp_path / "changed.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.out.2.weight": _TensorChangedAfterBuild(state)}}, path,
+               _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(ck.ConversionError, match=r"a tensor is changed after it is built \(a BUILD of its state\)"):
         ck.read_tensors(str(path))
 
 
