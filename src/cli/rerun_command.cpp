@@ -203,12 +203,12 @@ std::string a1111_command(const std::string& text) {
     std::string schedule = own_schedule ? field(schedule_key) : inherited;
     std::string label = schedule_key + (": " + schedule) + (own_schedule ? "" : " (the first pass's)");
     // txt2img writes no schedule type (or, for a hires pass after a first pass on another, "Automatic") for a
-    // sampler on its own timesteps' sigmas where A1111's default is uniform too, and "Uniform" where it is not, for
-    // that sampler and its _uniform alike.
+    // sampler on its own timesteps' sigmas where A1111's default is uniform too (its _uniform writes "Uniform"), and
+    // "Uniform" where A1111's default is another, for that sampler and its _uniform alike.
     const bool txt2img_spaced =
         made_by_txt2img && (schedule.empty() || schedule == "Automatic" ||
                             (schedule == "Uniform" && !a1111_default_schedule(sampler).empty()));
-    if (txt2img_spaced && !schedule.empty() && is_scheduler_name(sampler + "_uniform"))
+    if (txt2img_spaced && schedule == "Uniform" && is_scheduler_name(sampler + "_uniform"))
       notes.push_back("txt2img writes " + label + " for " + sampler + " and " + sampler + "_uniform alike: read as " +
                       sampler);
     if (split_sampler_name(sampler).schedule.empty() && !txt2img_spaced) {  // else the name holds it

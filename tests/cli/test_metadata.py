@@ -64,8 +64,10 @@ class Metadata(CliTestCase):
         text = png_text(self.dir / "h.png")
         self.assertIn("Hires schedule type: Automatic", text["parameters"])
         (self.dir / "p.png").write_bytes(with_text_chunk(self.plain(), "parameters", text["parameters"]))
-        words = shlex.split(run(["info", "p.png", "--command"], self.dir).stdout)
+        result = run(["info", "p.png", "--command"], self.dir)
+        words = shlex.split(result.stdout)
         self.assertEqual(words[words.index("--hires-sampler") + 1], "euler")
+        self.assertNotIn("alike", result.stderr)  # euler_uniform writes Uniform
 
     def plain(self):
         if not (self.dir / "plain.png").exists():
