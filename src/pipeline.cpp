@@ -509,10 +509,15 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                                    "; re-convert the model with this release's scripts/convert.py (or use "
                                    "--clip-skip 1)");
   check_loras_supported(params, options_);
-  // A batch of prompts guided and not (which the CLI never makes) guides all: at a scale of 1, the same prediction.
-  const bool guided = std::any_of(prompts.begin(), prompts.end(), [&](const std::string& prompt) {
+  const auto guided_count = std::count_if(prompts.begin(), prompts.end(), [&](const std::string& prompt) {
     return classifier_free_guidance(manifest_, params, prompt);
   });
+  // Guiding an unguided prompt's row would change its image below a CFG scale of 1, and even at 1 read its negative
+  // prompt, which it leaves unread alone.
+  if (guided_count != 0 && guided_count != static_cast<std::ptrdiff_t>(prompts.size()))
+    throw Error(ErrorKind::Usage, "a batch of prompts with classifier-free guidance and without (composable prompts "
+                                  "and others at a CFG scale of 1 or less): generate them in separate batches");
+  const bool guided = guided_count != 0;
   // A1111 encodes the empty prompt that pads conds (cond_stage_model([""])) when it loads the model, without LoRAs;
   // with emphasis its rescale leaves it as it is (every weight 1).
   if (guided && params.pad_conds == GenerationParams::PadConds::EmptyChunks &&

@@ -140,7 +140,8 @@ class Pipeline {
 
   // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row. The batch's LoRAs
   // (params.loras) stay added to the weights until a batch asks for others. Throws Error(Bundle) for
-  // params.clip_skip > 1 when !supports_clip_skip(), and Error(Usage) for LoRAs with a graph optimisation.
+  // params.clip_skip > 1 when !supports_clip_skip(), Error(Usage) for LoRAs with a graph optimisation, and
+  // Error(Usage) for a batch of prompts guided and not (classifier_free_guidance), which must be made apart.
   std::vector<GeneratedImage> generate(const std::vector<std::string>& prompts,
                                        const std::vector<std::string>& negative_prompts, const GenerationParams& params,
                                        NoiseSource& noise, Observer* observer = nullptr);

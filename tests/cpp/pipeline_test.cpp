@@ -1098,6 +1098,11 @@ TEST(ComposablePrompts, EachPromptGuidesByItsWeight) {
   pipeline.generate({"a red cube"}, {""}, params, again, &plain);
   EXPECT_EQ(plain.kept.at("unet/000/noise_pred").size(0), 1);
   EXPECT_EQ(plain.kept.count("uncond_text/input_ids"), 0u);
+  // Guiding the plain prompt's row in a guided batch would change its image below a scale of 1.
+  txt2img::SeededNoise pair({5, 6});
+  params.cfg_scale = 0.5;
+  expect_error([&] { pipeline.generate({"a red cube AND a blue sphere", "a red cube"}, {"", ""}, params, pair); },
+               ErrorKind::Usage, {"with classifier-free guidance and without", "CFG scale of 1 or less", "separate batches"});
   params.cfg_scale = scale;
 }
 
