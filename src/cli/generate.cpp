@@ -596,15 +596,17 @@ int run_generate(const GenerateOptions& o) {
   if (o.no_safety_checker)
     reporter.warn("the safety checker is off (--no-safety-checker): images are not checked for NSFW content");
   const bool guided = any_guided(plan, manifest);
+  // Where the flag guides, the prompt file's lines turned guidance off.
+  const std::string scale_off = o.cfg_scale <= 1 ? "--cfg-scale 1 or less" : "the prompt file's cfg_scale of 1 or less";
   if (!o.negative_prompt.empty() && !guided)
     reporter.warn(std::string("the negative prompt is unused: ") +
                   (manifest.guidance_embedding_dim > 0
                        ? "this LCM-distilled model takes the guidance scale as an input, without an unconditional pass"
-                       : "--cfg-scale 1 or less turns classifier-free guidance off"));
+                       : scale_off + " turns classifier-free guidance off"));
   const auto warn_unguided = [&](const char* flag, const char* what) {
     reporter.warn(std::string(flag) + " has no effect: it " + what + " classifier-free guidance, which " +
                   (manifest.guidance_embedding_dim > 0 ? "this LCM-distilled model does not take"
-                                                       : "--cfg-scale 1 or less turns off"));
+                                                       : scale_off + " turns off"));
   };
   if (o.skip_early_cfg > 0 && !guided) warn_unguided("--skip-early-cfg", "skips the negative prompt of");
   if (o.ngms > 0 && !guided) warn_unguided("--ngms", "skips the negative prompt of");

@@ -7,6 +7,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/metadata.hpp"
+#include "cli/output_pattern.hpp"
 #include "cli/rerun_command.hpp"
 #include "cli/shell_text.hpp"
 #include "join.hpp"
@@ -59,7 +60,7 @@ int bundle_info(const InfoOptions& o) {
   std::error_code ec;
   if (!std::filesystem::exists(std::filesystem::path(o.path) / "model.json", ec))
     for (const auto& entry : std::filesystem::directory_iterator(o.path, ec))
-      if (entry.path().extension() == ".png")
+      if (ends_with_png(entry.path().filename().string()) && entry.is_regular_file(ec))
         throw Error(ErrorKind::Usage, o.path + " is a folder of images, not a model bundle (it has no model.json): " +
                                           "info reads one image at a time (txt2img info " + entry.path().string() +
                                           ")");

@@ -344,9 +344,11 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
       what = std::string(extras.size() > 1 ? "The following arguments were not expected: "
                                            : "The following argument was not expected: ") +
              join(extras, " ");
-    const std::string help = info->parsed()       ? "txt2img info --help lists its options"
-                             : tokenize->parsed() ? "txt2img tokenize --help lists its options"
-                                                  : "txt2img --help lists the options";
+    // An argument before the subcommand's name is the main command's, whose help lists what it takes.
+    const bool main_extras = !app.remaining(false).empty();
+    const std::string help = info->parsed() && !main_extras       ? "txt2img info --help lists its options"
+                             : tokenize->parsed() && !main_extras ? "txt2img tokenize --help lists its options"
+                                                                  : "txt2img --help lists the options";
     throw Error(ErrorKind::Usage, what + " (" + help + ")");
   }
   for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);

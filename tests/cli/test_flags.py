@@ -70,6 +70,9 @@ class BadFlags(CliTestCase):
                         "arguments were not expected: --seed 5 (txt2img info --help lists its options)")
         self.assertExit(run(["tokenize", "a fox", "--steps", "2"], self.dir, env={"TXT2IMG_MODEL": str(TINY)}),
                         EXIT_USAGE, "arguments were not expected: --steps 2 (txt2img tokenize --help lists its options)")
+        # One before the subcommand's name is the main command's.
+        self.assertExit(run(["--bogus", "info", "a.png"], self.dir), EXIT_USAGE,
+                        "argument was not expected: --bogus (txt2img --help lists the options)")
 
     def test_missing_prompt(self):
         self.check([], "no prompt", "--from-file")

@@ -601,6 +601,15 @@ class Samplers(CliTestCase):
         guided = self.txt2img("--from-file", "p.jsonl", "-n", "blurry", "--cfg-scale", "1", "-o", "{index}.png")
         self.assertEqual(guided.returncode, 0, guided.stderr)
         self.assertNotIn("unused", guided.stderr)
+        # One whose lines turn guidance off is named for it, not the flag.
+        self.write("p.jsonl", '{"prompt": "a fox", "cfg_scale": 1}\n')
+        unguided = self.txt2img("--from-file", "p.jsonl", "-n", "blurry", "--guidance-rescale", "0.5", "-o",
+                                "{index}.png", "--overwrite")
+        self.assertEqual(unguided.returncode, 0, unguided.stderr)
+        self.assertIn("the negative prompt is unused: the prompt file's cfg_scale of 1 or less turns classifier-free "
+                      "guidance off", unguided.stderr)
+        self.assertIn("--guidance-rescale has no effect: it rescales classifier-free guidance, which the prompt file's "
+                      "cfg_scale of 1 or less turns off", unguided.stderr)
         # An unread negative prompt is not also said to be too long.
         long = self.txt2img("a fox", "-n", " ".join(["cat"] * 80), "--cfg-scale", "1", "-o", "c.png")
         self.assertEqual(long.returncode, 0, long.stderr)

@@ -638,9 +638,14 @@ class Metadata(CliTestCase):
         self.assertExit(run(["info", "missing.png"], self.dir), EXIT_IO, "cannot open missing.png: No such file")
         # A folder of images is no model bundle: info says to give it one image.
         (self.dir / "shots").mkdir()
-        (self.dir / "shots" / "b.png").write_bytes((self.dir / "a.png").read_bytes())
+        (self.dir / "shots" / "b.PNG").write_bytes((self.dir / "a.png").read_bytes())
         self.assertExit(run(["info", "shots"], self.dir), EXIT_USAGE,
-                        "shots is a folder of images, not a model bundle", "txt2img info shots/b.png")
+                        "shots is a folder of images, not a model bundle", "txt2img info shots/b.PNG")
+        # A folder named like an image is none.
+        (self.dir / "models" / "x.png").mkdir(parents=True)
+        result = run(["info", "models"], self.dir)
+        self.assertEqual(result.returncode, EXIT_BUNDLE, result.stderr)
+        self.assertNotIn("folder of images", result.stderr)
 
 
 class BundleInfo(CliTestCase):
