@@ -178,8 +178,14 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   m.source_sampler = optional_string("sampler");
   if (j.contains("safety") && !j.at("safety").is_null()) m.safety = safety_from_json(j.at("safety"), where);
   const auto files = field<nlohmann::json>(j, "files", where);
-  for (const auto& [name, info] : files.items())
+  for (const auto& [name, info] : files.items()) {
+    // Every file is the bundle's own: a model.json from elsewhere must not make a run read files outside it.
+    const std::filesystem::path path(name);
+    if (name.empty() || path.is_absolute() || std::find(path.begin(), path.end(), "..") != path.end())
+      throw Error(ErrorKind::Bundle, where + ": model.json lists the file \"" + name + "\", which is not inside the "
+                                             "bundle's folder" + kConvertHint);
     m.files.push_back({name, field<std::string>(info, "sha256", where), field<uint64_t>(info, "bytes", where)});
+  }
   m.converter_version = field<std::string>(j, "converter_version", where);
   m.torch_version = field<std::string>(j, "torch_version", where);
   m.model_name = j.value("model_name", "");
@@ -262,9 +268,14 @@ Bundle Bundle::open(const std::filesystem::path& dir) {
       throw Error(ErrorKind::Bundle, where + ": model.json's LoRA \"" + lora.name + "\" names " + lora.file +
                                          ", which it does not list among the files; add the LoRA again with " +
                                          add_lora_again(dir));
+  if (b.lists("safety_checker.pt") && !b.manifest_.safety)
+    throw Error(ErrorKind::Bundle, where + ": model.json lists safety_checker.pt but gives no \"safety\" settings "
+                                           "(its image size and normalisation)" + kConvertHint);
   for (const auto& f : b.manifest_.files) {
     const auto p = dir / f.name;
-    if (!std::filesystem::is_regular_file(p)) {
+    if (!std::filesystem::is_regular_file(p, ec)) {
+      if (ec && ec != std::errc::no_such_file_or_directory)
+        throw Error(ErrorKind::Bundle, where + ": cannot read " + f.name + ": " + ec.message());
       // The safety checker, TAESD or a LoRA deleted to save space: the bundle works without it, and a run that
       // needs it says so.
       if (std::find(required.begin(), required.end(), f.name) == required.end()) {
@@ -273,8 +284,10 @@ Bundle Bundle::open(const std::filesystem::path& dir) {
       }
       throw Error(ErrorKind::Bundle, where + ": " + f.name + " missing" + kConvertHint);
     }
-    if (std::filesystem::file_size(p) != f.bytes)
-      throw Error(ErrorKind::Bundle, where + ": " + f.name + " has " + std::to_string(std::filesystem::file_size(p)) +
+    const auto bytes = std::filesystem::file_size(p, ec);
+    if (ec) throw Error(ErrorKind::Bundle, where + ": cannot read " + f.name + ": " + ec.message());
+    if (bytes != f.bytes)
+      throw Error(ErrorKind::Bundle, where + ": " + f.name + " has " + std::to_string(bytes) +
                                          " bytes, model.json says " + std::to_string(f.bytes) +
                                          " (truncated or replaced)" + kConvertHint);
   }

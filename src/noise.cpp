@@ -2,12 +2,16 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "txt2img/error.hpp"
+
 namespace txt2img {
 
 SeededNoise::SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations,
                          uint64_t eta_noise_seed_delta)
     : seeds_(std::move(seeds)), variations_(std::move(variations)), eta_noise_seed_delta_(eta_noise_seed_delta) {
-  TORCH_CHECK(variations_.empty() || variations_.size() == seeds_.size(), "one variation per seed, or none");
+  if (!variations_.empty() && variations_.size() != seeds_.size())
+    throw Error(ErrorKind::Usage, std::to_string(seeds_.size()) + " seeds take one variation each or none, not " +
+                                      std::to_string(variations_.size()));
   restart();
 }
 
@@ -22,8 +26,9 @@ void SeededNoise::seed_generators(uint64_t delta) {
 }
 
 torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
-  TORCH_CHECK(!shape.empty() && shape[0] == static_cast<int64_t>(generators_.size()),
-              "noise shape's batch does not match the number of seeds");
+  if (shape.empty() || shape[0] != static_cast<int64_t>(generators_.size()))
+    throw Error(ErrorKind::Usage, "a batch of " + std::to_string(shape.empty() ? 0 : shape[0]) + " images takes as "
+                                  "many seeds, not " + std::to_string(generators_.size()));
   // One draw per row, each of batch 1, is what torch.randn((1, ...), generator=manual_seed(seed)) gives.
   std::vector<int64_t> row_shape = shape;
   row_shape[0] = 1;

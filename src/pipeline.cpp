@@ -1,6 +1,7 @@
 #include "txt2img/pipeline.hpp"
 
 #include <ATen/Context.h>
+#include <torch/cuda.h>
 #include <torch/csrc/jit/python/update_graph_executor_opt.h>
 #include <torch/nn/functional/upsampling.h>
 
@@ -11,6 +12,7 @@
 #include <cstdlib>
 
 #include "attention_kernel.hpp"
+#include "forwarded_observer.hpp"
 #include "join.hpp"
 #include "lora_weights.hpp"
 #include "pipeline_parts.hpp"
@@ -103,7 +105,16 @@ torch::Tensor upscale_latents(const torch::Tensor& latents, const LatentUpscaler
 // step count stays what was asked for. Throws Error(Usage) where the pass's sampler cannot enter it there.
 std::unique_ptr<Scheduler> make_hires_sampler(const Manifest& manifest, const GenerationParams& params) {
   const int steps = params.hires_steps();
-  const int total = static_cast<int>(steps / std::min(params.hires.denoise, 0.999));
+  const double schedule = std::floor(steps / std::min(params.hires.denoise, 0.999));
+  if (schedule > manifest.scheduler.num_train_timesteps) {
+    char numbers[96];
+    std::snprintf(numbers, sizeof numbers, "%d hires steps at a denoising strength of %g take a schedule of %.0f", steps,
+                  params.hires.denoise, schedule);
+    throw Error(ErrorKind::Usage, "hires fix: " + std::string(numbers) + " steps, more than the model's " +
+                                      std::to_string(manifest.scheduler.num_train_timesteps) +
+                                      " timesteps; raise the strength or lower the steps");
+  }
+  const int total = static_cast<int>(schedule);
   try {
     auto sampler = make_sampler(manifest, hires_pass(params), total);
     // Whether its start is the first call or a later one depends on the step counts; the refusal should not.
@@ -174,6 +185,21 @@ Pipeline& Pipeline::operator=(Pipeline&&) noexcept = default;
 Pipeline::~Pipeline() = default;
 
 void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& options) {
+  const auto dtype = options.dtype;
+  if (dtype != torch::kFloat32 && dtype != torch::kFloat16 && dtype != torch::kBFloat16)
+    throw Error(ErrorKind::Usage, "dtype " + std::string(c10::toString(dtype)) +
+                                      ": txt2img runs in float32, float16 or bfloat16");
+  if (options.device.is_cuda()) {
+    const auto count = static_cast<int>(torch::cuda::device_count());
+    if (options.device.index() >= count || count == 0)
+      throw Error(ErrorKind::Usage, "device " + options.device.str() + ": this LibTorch sees " +
+                                        std::to_string(count) + " CUDA devices");
+  } else if (!options.device.is_cpu()) {
+    throw Error(ErrorKind::Usage, "device " + options.device.str() + ": txt2img runs on the CPU or on CUDA");
+  }
+  if (dtype == torch::kFloat16 && options.device.is_cpu())
+    throw Error(ErrorKind::Usage, "float16 needs a CUDA device (LibTorch's CPU kernels lack half precision); run "
+                                  "in float32 or bfloat16 on the CPU");
   // A file the bundle lists but that was deleted is named as such: the user removed it, the converter did not omit it.
   const auto lacks = [&](const std::string& file, const std::string& what) {
     return "model bundle " + bundle.dir().string() +
@@ -363,8 +389,11 @@ void check_loras_supported(const GenerationParams& params, const PipelineOptions
 }
 
 void check_lora_files(const Bundle& bundle, const GenerationParams& params) {
+  std::error_code ec;
+  // The file system asked again: a host may check long after the bundle was opened.
   for (const auto& lora : params.loras)
-    if (const auto* listed = bundle.manifest().find_lora(lora.name); listed && !bundle.has(listed->file))
+    if (const auto* listed = bundle.manifest().find_lora(lora.name);
+        listed && !std::filesystem::is_regular_file(bundle.path(listed->file), ec))
       throw Error(ErrorKind::Bundle, "the model bundle's LoRA \"" + lora.name + "\" is missing its file " +
                                          bundle.path(listed->file).string() + "; add it again with " +
                                          add_lora_again(bundle.dir()));
@@ -500,8 +529,14 @@ Pipeline::Denoised Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents
 std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& prompts,
                                                const std::vector<std::string>& negative_prompts,
                                                const GenerationParams& requested, NoiseSource& noise,
-                                               Observer* observer) try {
-  TORCH_CHECK(prompts.size() == negative_prompts.size(), "one negative prompt per prompt");
+                                               Observer* caller_observer) try {
+  if (prompts.size() != negative_prompts.size())
+    throw Error(ErrorKind::Usage, "a batch of " + std::to_string(prompts.size()) + " prompts takes as many negative "
+                                  "prompts, not " + std::to_string(negative_prompts.size()));
+  if (prompts.empty()) return {};
+  std::optional<ForwardedObserver> forwarded;
+  Observer* const observer = caller_observer ? &forwarded.emplace(*caller_observer) : nullptr;
+  noise.restart();
   const GenerationParams params = resolve_params(manifest_, requested);
   if (params.clip_skip > 1 && !clip_skip_supported_)
     throw Error(ErrorKind::Bundle, "model bundle " + bundle_dir_ + ": its text encoder was exported before clip skip "
@@ -606,6 +641,8 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     image.ngms_skipped = ngms_skipped;
   }
   return images;
+} catch (const ObserverThrew& e) {
+  std::rethrow_exception(e.thrown);
 } catch (const Error&) {
   throw;
 } catch (const std::exception& e) {

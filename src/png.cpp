@@ -143,6 +143,17 @@ bool read_exactly(std::istream& in, uint64_t n, std::string* out) {
 }  // namespace
 
 std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const PngText& text) {
+  if (width < 1 || height < 1)
+    throw Error(ErrorKind::Usage, "a PNG of " + std::to_string(width) + "x" + std::to_string(height) + " pixels");
+  // PNG's keywords are 1 to 79 printable Latin-1 characters; ours, ASCII ones. A NUL would end the key early and
+  // make the rest of it part of the value.
+  for (const auto& [key, value] : text) {
+    const bool printable = std::all_of(key.begin(), key.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
+    if (key.empty() || key.size() > 79 || !printable || key.front() == ' ' || key.back() == ' ' ||
+        key.find("  ") != std::string::npos)
+      throw Error(ErrorKind::Usage, "PNG text key \"" + key + "\": keys are 1 to 79 printable ASCII characters "
+                                    "without leading, trailing or double spaces");
+  }
   std::vector<uint8_t> png;
   if (!stbi_write_png_to_func(append_bytes, &png, width, height, 3, rgb, width * 3) || png.size() < kIhdrEnd)
     throw Error(ErrorKind::Runtime, "PNG encoding failed");

@@ -27,6 +27,8 @@ class NoiseSource {
 // row's first draw after a (re)start is mixed with the same draw from a fresh generator of its variation seed.
 // With A1111's eta noise seed delta ("ENSD") d != 0, the draws after the first come from generators seeded with
 // seeds[k] + d instead, as A1111 draws a sampler's step noise.
+// Throws Error(Usage) for variations that are neither one per seed nor none, and a draw of another batch than one
+// row per seed.
 class SeededNoise : public NoiseSource {
  public:
   explicit SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations = {},

@@ -60,7 +60,8 @@ struct HiresFix {
   // A1111's "Hires sampler": the hires pass's sampler (a GenerationParams::sampler name); empty: the first pass's.
   std::string sampler;
 
-  bool enabled() const { return scale > 0; }
+  // Any other scale than 0 asks for the pass, which resolve_params refuses outside 1 to 16 (NaN too).
+  bool enabled() const { return scale != 0; }
   bool operator==(const HiresFix& o) const {
     return scale == o.scale && steps == o.steps && denoise == o.denoise && upscaler == o.upscaler &&
            sampler == o.sampler;

@@ -90,9 +90,12 @@ void check_lora_files(const Bundle& bundle, const GenerationParams& params);
 class Pipeline {
  public:
   // Throws Error(Usage) when the options need a module the bundle lacks (the safety checker unless it is off, TAESD
-  // for its decoder or previews) or exclude each other: what load checks first, for checking before it.
+  // for its decoder or previews), exclude each other, or name a device this LibTorch does not see or a dtype it
+  // cannot run there: what load checks first, for checking before it.
   static void check_options(const Bundle& bundle, const PipelineOptions& options);
-  // Loads every module of the bundle onto the device. Throws Error(Bundle), or check_options' Error(Usage).
+  // Loads every module of the bundle onto the device. Throws Error(Bundle), check_options' Error(Usage), or
+  // Error(Runtime) for what fails in LibTorch (out of memory). The graph executor's optimisation and cuDNN's
+  // benchmark mode are LibTorch's process-wide settings: the last Pipeline loaded sets them for every one.
   static Pipeline load(const Bundle& bundle, const PipelineOptions& options);
   Pipeline(Pipeline&&) noexcept;
   Pipeline& operator=(Pipeline&&) noexcept;
@@ -114,7 +117,7 @@ class Pipeline {
   // itself, or with params.emphasis the distinct texts of its A1111 prompt-editing schedules in both passes, in
   // order, of each of the prompt's composable prompts (split at AND, with classifier-free guidance). None for the
   // negative prompt without classifier-free guidance, which leaves it unread. A model's manifest suffices: the CLI
-  // asks before loading.
+  // asks before loading. Here and in text_chunks, params as resolve_params gives them (its sampler's canonical name).
   struct TextsRead {
     std::vector<std::string> prompt;
     std::vector<std::string> negative_prompt;
@@ -138,10 +141,14 @@ class Pipeline {
   std::vector<TextChunks> text_chunks(const std::string& prompt, const std::string& negative_prompt,
                                       const GenerationParams& params) const;
 
-  // One batch: row k uses prompts[k] / negative_prompts[k]. Returns one image per row. The batch's LoRAs
-  // (params.loras) stay added to the weights until a batch asks for others. Throws Error(Bundle) for
-  // params.clip_skip > 1 when !supports_clip_skip(), Error(Usage) for LoRAs with a graph optimisation, and
-  // Error(Usage) for a batch of prompts guided and not (classifier_free_guidance), which must be made apart.
+  // One batch: row k uses prompts[k] / negative_prompts[k], as text (LoRA tags too: parse_lora_tags takes them out
+  // into params.loras). Returns one image per row, none for no prompts. Noise is drawn from the start of `noise`
+  // (restart()), so one NoiseSource made again gives the same images. The batch's LoRAs (params.loras) stay added to
+  // the weights until a batch asks for others. Throws Error(Usage) for as many negative prompts as prompts, for
+  // resolve_params' refusals, LoRAs with a graph optimisation and a batch of prompts guided and not
+  // (classifier_free_guidance), which must be made apart; Error(Bundle) for params.clip_skip > 1 when
+  // !supports_clip_skip(); Error(Runtime) for what fails in LibTorch (out of memory: with a hint). An exception the
+  // observer throws comes out as it was thrown: the way to cancel a run (the CLI throws Error(Interrupted)).
   std::vector<GeneratedImage> generate(const std::vector<std::string>& prompts,
                                        const std::vector<std::string>& negative_prompts, const GenerationParams& params,
                                        NoiseSource& noise, Observer* observer = nullptr);

@@ -12,7 +12,8 @@ namespace txt2img {
 // Key/value text chunks (iTXt, UTF-8), e.g. {"parameters", "<A1111 text>"}.
 using PngText = std::vector<std::pair<std::string, std::string>>;
 
-// Encodes 8-bit RGB to PNG bytes with the text chunks placed before the image data.
+// Encodes 8-bit RGB to PNG bytes with the text chunks placed before the image data. Throws Error(Usage) for a side
+// below 1 and a key PNG does not allow (1 to 79 printable ASCII characters, no leading, trailing or double space).
 std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const PngText& text);
 
 // Writes bytes to `file` through a temporary file and a rename, so that `file` is either absent or complete.

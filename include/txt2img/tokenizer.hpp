@@ -64,7 +64,8 @@ class Tokenizer {
   static constexpr int kEos = 49407;
   static constexpr int kComma = 267;  // ",</w>", where long prompts prefer to end a chunk
 
-  // Throws Error(Bundle) when the model cannot be loaded.
+  // Throws Error(Bundle) when the model cannot be loaded, and Error(Runtime) when libtxt2img_sentencepiece.so (the
+  // build's, or one beside the program or in ../lib/txt2img from it: README, "Using the library") cannot.
   static Tokenizer load(const std::filesystem::path& sentencepiece_model);
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;

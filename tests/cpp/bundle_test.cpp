@@ -71,6 +71,29 @@ TEST(Bundle, UnknownFormatFamilyAndNewerPyTorchAreRefused) {
   expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"corrupt"});
 }
 
+TEST(Bundle, AManifestListingFilesItCannotHaveIsRefused) {
+  BundleCopy copy;
+  const auto original = copy.manifest();
+  for (const std::string name : {"/etc/passwd", "../tiny/unet.pt", "loras/../../x.pt", ""}) {
+    auto j = original;
+    j["files"][name] = {{"sha256", "0"}, {"bytes", 1}};
+    copy.set_manifest(j);
+    expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle,
+                 {"lists the file \"" + name + "\", which is not inside the bundle's folder"});
+  }
+  // A name the file system refuses is named with its reason, not thrown as a std::filesystem error.
+  auto j = original;
+  j["files"][std::string(300, 'x') + ".pt"] = {{"sha256", "0"}, {"bytes", 1}};
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"cannot read xxx", "too long"});
+  // A safety checker without the settings that prepare its input.
+  j = original;
+  j["safety"] = nullptr;
+  copy.set_manifest(j);
+  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle,
+               {"lists safety_checker.pt but gives no \"safety\" settings"});
+}
+
 TEST(Bundle, TruncatedOrCorruptFilesAreDetected) {
   BundleCopy copy;
   const auto unet = copy.dir() / "unet.pt";

@@ -186,4 +186,20 @@ TEST(LoraFiles, AFileThatDoesNotFitIsABundleErrorAndChangesNothing) {
   std::filesystem::remove_all(dir);
 }
 
+// A LoRA file deleted after its bundle was opened (a long-running host) is found missing when checked, not when it
+// is read.
+TEST(LoraFiles, ALoraFileDeletedAfterTheBundleOpenedIsABundleError) {
+  const auto dir = std::filesystem::temp_directory_path() / ("txt2img_loras_gone_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(fixtures() / "ref-tiny-loras", dir, std::filesystem::copy_options::recursive);
+  const auto bundle = txt2img::Bundle::open(dir);
+  txt2img::GenerationParams params;
+  params.loras = {{"ink-style", 1.0, 1.0}};
+  EXPECT_NO_THROW(txt2img::check_lora_files(bundle, params));
+  std::filesystem::remove(dir / "loras" / "ink-style.safetensors");
+  expect_error([&] { txt2img::check_lora_files(bundle, params); }, ErrorKind::Bundle,
+               {"LoRA \"ink-style\" is missing its file", "add_lora.py"});
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace

@@ -1,6 +1,7 @@
 #include "txt2img/pipeline.hpp"
 
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 #include <torch/nn/functional/upsampling.h>
 
 #include <cstdlib>
@@ -687,6 +688,65 @@ TEST(Pipeline, NonFiniteDecodedImagesAreAnErrorNotABlackImage) {
   params.steps = 2;
   expect_error([&] { pipeline.generate({"a red cube"}, {""}, params, noise); }, ErrorKind::Runtime,
                {"decoded images", "non-finite"});
+}
+
+// What a host that embeds the library gets wrong is a usage error before any work; what its observer throws comes
+// back as it was thrown (its way to cancel); a noise source passed again gives the same images.
+TEST(Pipeline, TheCallersMistakesObserverAndNoiseAsTheHeaderSays) {
+  txt2img::PipelineOptions options;
+  options.safety = txt2img::SafetyMode::Off;
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), options);
+  auto params = small_params();
+  txt2img::SeededNoise one({7});
+  expect_error([&] { pipeline.generate({"a", "b"}, {""}, params, one); }, ErrorKind::Usage,
+               {"a batch of 2 prompts takes as many negative prompts, not 1"});
+  EXPECT_TRUE(pipeline.generate({}, {}, params, one).empty());
+  expect_error([&] { pipeline.generate({"a", "b"}, {"", ""}, params, one); }, ErrorKind::Usage,
+               {"a batch of 2 images takes as many seeds, not 1"});
+  expect_error([&] { txt2img::SeededNoise({1, 2}, {{3, 0.5}}); }, ErrorKind::Usage,
+               {"2 seeds take one variation each or none, not 1"});
+
+  struct Cancelled {};
+  struct Cancels : txt2img::Observer {
+    void step(size_t call, size_t) override {
+      if (call == 1) throw Cancelled{};
+    }
+  } cancels;
+  EXPECT_THROW(pipeline.generate({"a"}, {""}, params, one, &cancels), Cancelled);
+  struct Refuses : txt2img::Observer {
+    void tensor(const std::string&, const torch::Tensor&) override { throw std::runtime_error("out of memory here"); }
+  } refuses;
+  try {
+    pipeline.generate({"a"}, {""}, params, one, &refuses);
+    ADD_FAILURE() << "no exception";
+  } catch (const Error&) {
+    ADD_FAILURE() << "the observer's std::runtime_error became a txt2img::Error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "out of memory here");
+  }
+
+  // `one` was drawn from by the runs above, some cut short: each run starts from its seed again.
+  txt2img::SeededNoise fresh({7});
+  const auto expected = pipeline.generate({"a"}, {""}, params, fresh)[0].rgb;
+  EXPECT_EQ(pipeline.generate({"a"}, {""}, params, one)[0].rgb, expected);
+  EXPECT_EQ(pipeline.generate({"a"}, {""}, params, one)[0].rgb, expected);
+}
+
+TEST(Pipeline, DevicesAndDtypesItCannotRunAreUsageErrors) {
+  const auto bundle = txt2img::Bundle::open(fixtures() / "tiny");
+  txt2img::PipelineOptions options;
+  options.safety = txt2img::SafetyMode::Off;
+  options.dtype = torch::kInt;
+  expect_error([&] { txt2img::Pipeline::check_options(bundle, options); }, ErrorKind::Usage,
+               {"dtype Int", "float32, float16 or bfloat16"});
+  options.dtype = torch::kHalf;
+  expect_error([&] { txt2img::Pipeline::load(bundle, options); }, ErrorKind::Usage, {"float16 needs a CUDA device"});
+  if (!torch::cuda::is_available()) {
+    options.dtype = torch::kFloat;
+    options.device = torch::Device(torch::kCUDA, 0);
+    expect_error([&] { txt2img::Pipeline::load(bundle, options); }, ErrorKind::Usage,
+                 {"device cuda:0: this LibTorch sees 0 CUDA devices"});
+  }
 }
 
 TEST(Pipeline, LibTorchFailuresLeaveAsRuntimeErrors) {
@@ -1393,6 +1453,13 @@ TEST(HiresFix, WhatCannotRunIsAUsageError) {
   refused([](auto& p) { p.width = 4096; }, {"hires fix: the width would be 8192"});
   refused([](auto& p) { p.hires.upscaler = "R-ESRGAN 4x+"; }, {"unknown hires upscaler"});
   refused([](auto& p) { p.hires.steps = 999, p.hires.denoise = 0.5; }, {"hires fix: ", "1998"});
+  // A strength so small that the schedule's length is past int is refused before it is cast.
+  refused([](auto& p) { p.hires.denoise = 1e-12; },
+          {"hires fix: 3 hires steps at a denoising strength of 1e-12 take a schedule of 3000000000000 steps",
+           "more than the model's 1000 timesteps"});
+  // A scale that is no number or below 0 asks for a pass it cannot have, not for none.
+  refused([](auto& p) { p.hires.scale = std::nan(""); }, {"hires scale must be from 1 to 16"});
+  refused([](auto& p) { p.hires.scale = -2; }, {"hires scale must be from 1 to 16"});
   auto fine = small_params();
   fine.hires.scale = 2;
   EXPECT_EQ(txt2img::resolve_params(manifest, fine).hires_steps(), 3);

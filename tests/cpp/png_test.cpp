@@ -69,6 +69,24 @@ TEST(Png, RoundTripsPixelsAndText) {
   std::filesystem::remove_all(dir);
 }
 
+// A key PNG does not allow would make a file other tools misread ("a\0b" reads back as key "a"), and a side of 0 no
+// image at all: both are refused.
+TEST(Png, KeysPngDoesNotAllowAndEmptyImagesAreRefused) {
+  const auto rgb = gradient(2, 2);
+  for (const std::string key : {std::string(""), std::string("a\0b", 3), std::string(80, 'k'), std::string(" lead"),
+                                std::string("two  spaces"), std::string("caf\xc3\xa9")}) {
+    try {
+      txt2img::encode_png(rgb.data(), 2, 2, {{key, "w"}});
+      ADD_FAILURE() << "key accepted: " << key;
+    } catch (const txt2img::Error& e) {
+      EXPECT_EQ(e.kind(), txt2img::ErrorKind::Usage);
+      EXPECT_NE(std::string(e.what()).find("PNG text key"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_NO_THROW(txt2img::encode_png(rgb.data(), 2, 2, {{std::string(79, 'k'), "w"}, {"Model hash", "v"}}));
+  EXPECT_THROW(txt2img::encode_png(rgb.data(), 0, 2, {}), txt2img::Error);
+}
+
 TEST(Png, AtomicWriteLeavesNoTemporaryFile) {
   const auto dir = temp_dir();
   const auto rgb = gradient(8, 8);
