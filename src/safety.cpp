@@ -160,9 +160,18 @@ SafetyChecker::SafetyChecker(const std::filesystem::path& module_file, const Saf
                                          "special_care_embeds_weights"};
   std::vector<std::pair<std::string, torch::Tensor>> kept;
   for (const char* name : kScoring)
-    if (module_.hasattr(name)) kept.emplace_back(name, module_.attr(name).toTensor().clone());
-  module_.to(device, dtype);
-  for (const auto& [name, value] : kept) module_.setattr(name, value.to(device));
+    if (module_.hasattr(name)) {
+      const auto value = module_.attr(name);
+      if (!value.isTensor())
+        throw Error(ErrorKind::Bundle, convert_hint(module_file) + " (its " + name + " is no tensor)");
+      kept.emplace_back(name, value.toTensor().clone());
+    }
+  try {
+    module_.to(device, dtype);
+    for (const auto& [name, value] : kept) module_.setattr(name, value.to(device));
+  } catch (const std::exception& e) {  // the device's failure (out of memory), not the file's
+    throw backend_failure(e);
+  }
 }
 
 SafetyScores SafetyChecker::check(const torch::Tensor& nhwc_uint8) {
@@ -172,8 +181,8 @@ SafetyScores SafetyChecker::check(const torch::Tensor& nhwc_uint8) {
   torch::IValue result;
   try {
     result = module_.forward({clip_input});
-  } catch (const c10::Error& e) {
-    throw Error(ErrorKind::Runtime, "safety checker failed: " + std::string(e.what_without_backtrace()));
+  } catch (const std::exception& e) {  // LibTorch's, or the TorchScript interpreter's own
+    throw Error(ErrorKind::Runtime, "safety checker failed: " + std::string(backend_failure(e).what()));
   }
   // Contract of the exported module: (image_embeds [B,P], cos_dist [B,concepts], special_cos_dist [B,special],
   // concept_embeds_weights [concepts], special_care_embeds_weights [special]).

@@ -37,7 +37,8 @@ SafetyScores score_safety(const torch::Tensor& cos_dist, const torch::Tensor& co
 
 class SafetyChecker {
  public:
-  // Loads safety_checker.pt (exported by scripts/convert.py) onto the device. Throws Error(Bundle).
+  // Loads safety_checker.pt (exported by scripts/convert.py) onto the device. Throws Error(Bundle) for the file,
+  // Error(Runtime) for the device (out of memory).
   // The vision tower runs in `dtype`; the concept embeddings and thresholds stay float32 so that a half-precision
   // run scores against the checkpoint's exact thresholds.
   SafetyChecker(const std::filesystem::path& module_file, const SafetyConfig& config, torch::Device device,
