@@ -94,6 +94,8 @@ std::shared_ptr<std::FILE> spool(const std::string& path, const std::string& nam
         std::fflush(copy.get()) != 0)
       throw Error(ErrorKind::Io, "cannot buffer the prompts of " + name + ": " + std::strerror(errno));
   }
+  // Ctrl-C on `producer | txt2img -f -` ends the producer too: the input's end may come before the signal is seen.
+  throw_if_stop_requested();
   return copy;
 }
 

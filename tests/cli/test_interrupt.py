@@ -124,6 +124,30 @@ class Interrupt(CliTestCase):
                 self.assertEqual(process.returncode, code, err)
                 self.assertEqual(files_under(self.dir), [])
 
+    def test_ctrl_c_that_also_ends_the_prompts_writer(self):
+        """`producer | txt2img -f -` at Ctrl-C: the producer dies of it too, so the input may end before the signal
+        is handled. The run still stops there, with no summary and no images, as if the input were still open."""
+        process = subprocess.Popen([BIN, "-f", "-", "--model", str(TINY), "-o", "a.png", "--json"], cwd=self.dir,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        process.stdin.write("a fox\n")
+        process.stdin.flush()
+        wait_until_polling(process.pid)
+        # Stopped, the process sees the input end before the signal: poll returns the ready descriptor, and the
+        # signal is handled on the way back, before the read that finds the end.
+        process.send_signal(signal.SIGSTOP)
+        process.stdin.close()
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGCONT)
+        process.wait(timeout=60)
+        out, err = process.stdout.read(), process.stderr.read()
+        process.stdout.close()
+        process.stderr.close()
+        self.assertEqual(process.returncode, EXIT_INTERRUPTED, err)
+        self.assertEqual(out, "")
+        self.assertEqual(err.strip(), "error: interrupted by SIGINT")
+        self.assertEqual(files_under(self.dir), [])
+
     def test_a_closed_output_pipe_stops_the_run_like_ctrl_c(self):
         """`txt2img --json | head -1`: the run stops after its current step (exit 130), keeping only whole images,
         instead of dying of SIGPIPE at its next message."""
