@@ -592,6 +592,25 @@ def test_an_interrupt_while_starting_is_one_line(tmp_path, vocab, signame):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_an_interrupt_while_looking_for_a_python_is_one_line(tmp_path, signame):
+    """scripts/with-torch-python, which convert.py goes through where `python3` lacks torch, says an interrupt while
+    it probes Pythons as the script would (exit 130), instead of dying of the signal (143, 129)."""
+    import signal
+    import time
+    slow = tmp_path / "slow-python"  # a candidate that takes its time, as importing torch does
+    started = tmp_path / "started"
+    slow.write_text(f"#!/bin/sh\ntouch '{started}'\nsleep 1\n")
+    slow.chmod(0o755)
+    process = subprocess.Popen([str(CONVERT.parent / "with-torch-python"), str(CONVERT), "--help"],
+                               env=dict(os.environ, TXT2IMG_PYTHON=str(slow)), stderr=subprocess.PIPE, text=True)
+    while not started.exists():
+        time.sleep(0.01)
+    process.send_signal(getattr(signal, signame))
+    assert process.wait(timeout=60) == 130
+    assert process.stderr.read().splitlines() == ["convert.py: error: interrupted"]
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
 def test_a_killed_conversion_leaves_nothing(tmp_path, vocab, signame):
     """SIGTERM (a job scheduler's kill) or SIGHUP (a closed terminal) while exporting removes the half-written bundle,
