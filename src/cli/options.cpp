@@ -110,7 +110,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
   app.add_option("--steps", o.steps,
-                 "denoising steps, 1 to 1000 (1 to 50 with lcm; at least 2 with ddim_a1111; at "
+                 "denoising steps, 1 to 1000 (1 to 50 with lcm; at least 2 with ddim_a1111 and plms_a1111; at "
                  "most 999 with ddim, pndm, dpmpp_2m, dpmpp_2m_sde and unipc)")
       ->capture_default_str();
   app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")
