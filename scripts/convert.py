@@ -164,7 +164,7 @@ def convert_source(args) -> dict:
         if not os.path.isfile(file):
             raise ck.ConversionError(f"--embedding {file}: no such file")
     # Hub ids (stabilityai/sd-vae-ft-mse, madebyollin/taesd) are downloaded; names come from what was given.
-    path = hub.resolve_source(args.source)
+    path = hub.resolve_source(args.source, safety_checker=not args.no_safety_checker and args.safety_checker is None)
     folder = os.path.isdir(path)
     if args.ema and folder:  # a hub id, which parse_args could not tell from a file
         raise ck.ConversionError(f"--ema applies to a single-file SOURCE; {args.source} is a diffusers model, which "

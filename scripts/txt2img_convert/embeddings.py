@@ -112,9 +112,18 @@ def added_tokens(tokenizer: str, text_encoder: Component) -> List[Dict]:
     records (name, first_id, vectors) over the text encoder's rows that hold them. A token with continuations
     `<token>_1`, `<token>_2`, ... on the next rows (a multi-vector textual inversion) is one record of that many
     vectors, as diffusers' pipelines expand the token in a prompt."""
-    tokens = {k: v for k, v in _tokenizer_additions(tokenizer).items() if _CLIP_SPECIAL.get(k) != v}
+    # A token "added" with the id CLIP's vocabulary already gives it changes nothing (SD 2's tokenizer adds its pad
+    # token "!" as 0 so; the start and end tokens are listed so by every recent tokenizer_config.json).
+    vocab_file = os.path.join(tokenizer, "vocab.json")
+    own = {**(read_json(vocab_file) if os.path.isfile(vocab_file) else {}), **_CLIP_SPECIAL}
+    tokens = {k: v for k, v in _tokenizer_additions(tokenizer).items() if own.get(k) != v}
     if not tokens:
         return []
+    for name, first_id in tokens.items():
+        if not name.strip():
+            raise ConversionError(f"{tokenizer}: the tokenizer adds {name!r} (id {first_id}), a token no prompt can "
+                                  "write; remove it from added_tokens.json (or tokenizer_config.json's "
+                                  "added_tokens_decoder)")
     rows = tensor_shape(text_encoder, TOKEN_EMBEDDING, 2)[0]
     records = []
     continuations = set()

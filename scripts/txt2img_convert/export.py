@@ -3,6 +3,7 @@ the bundle directory (TorchScript files, tokenizer.model, model.json) atomically
 
 import contextlib
 import json
+import math
 import os
 import signal
 import shutil
@@ -226,7 +227,9 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
         sample_size = sd1_defaults()["unet"]["sample_size"]
         progress(f"the U-Net's config gives no sample_size; images default to SD 1.x's {sample_size} latents a side "
                  f"({sample_size * vae_scale_factor} pixels)")
-    if isinstance(sample_size, bool) or not isinstance(sample_size, (int, float)) or sample_size != int(sample_size):
+    # JSON's Infinity and NaN read as floats that int() refuses.
+    if isinstance(sample_size, bool) or not isinstance(sample_size, (int, float)) or not math.isfinite(sample_size) \
+            or sample_size != int(sample_size):
         raise ConversionError(f"the U-Net's sample_size {sample_size!r} is not a whole number of latents (a damaged "
                               "unet/config.json?)")
     default_size = int(sample_size) * vae_scale_factor

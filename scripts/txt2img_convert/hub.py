@@ -67,8 +67,10 @@ def _lacking_weights(folder: str, parts: List[str], stems: Tuple[str, ...]) -> L
 _STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
 
 
-def resolve_source(source: str) -> str:
-    """A local path as given; a Hugging Face hub id (`owner/name`) downloaded into the hub cache."""
+def resolve_source(source: str, safety_checker: bool = True) -> str:
+    """A local path as given; a Hugging Face hub id (`owner/name`) downloaded into the hub cache: the weights of the
+    models a bundle is made of, and of the safety checker only where `safety_checker` (the conversion uses the
+    repository's own)."""
     if os.path.exists(source):
         return source
     if not _is_hub_id(source):
@@ -79,14 +81,15 @@ def resolve_source(source: str) -> str:
     common = ["model_index.json", "*/config.json", "scheduler/*.json", "feature_extractor/*.json",
               "tokenizer/*"]
 
+    models = ["unet", "vae", "text_encoder"] + (["safety_checker"] if safety_checker else [])
+
     def patterns(ext: str, parts: Optional[List[str]]) -> List[str]:
-        if parts is None:
-            return common + _hub_weights(_STEMS, "*/", ext)
-        return [pattern for part in parts for pattern in _hub_weights(_STEMS, f"{part}/", ext)]
+        return (common if parts is None else []) + [pattern for part in (parts or models)
+                                                    for pattern in _hub_weights(_STEMS, f"{part}/", ext)]
 
     def lacking(folder: str) -> List[str]:
-        # Each model the repository has (a config.json in its folder), and the U-Net in any case.
-        parts = {"unet"} | {p for p in os.listdir(folder) if os.path.isfile(os.path.join(folder, p, "config.json"))}
+        # Each of those models the repository has (a config.json in its folder), and the U-Net in any case.
+        parts = {"unet"} | {p for p in models if os.path.isfile(os.path.join(folder, p, "config.json"))}
         return _lacking_weights(folder, sorted(parts), _STEMS)
 
     return _from_hub(source, "model", patterns, lacking)

@@ -361,7 +361,7 @@ def test_moving_average_of_a_single_file(tmp_path, reference, capsys, monkeypatc
     ], tmp_path / "x")
     # A hub id is a diffusers model too, known as one only once it is downloaded.
     from txt2img_convert import hub
-    monkeypatch.setattr(hub, "resolve_source", lambda source: str(reference / "tiny/model"))
+    monkeypatch.setattr(hub, "resolve_source", lambda source, safety_checker: str(reference / "tiny/model"))
     expect_errors(capsys, [(("owner/model", "--ema", "--out", tmp_path / "x"), 1,
                             "--ema applies to a single-file SOURCE; owner/model is a diffusers model")], tmp_path / "x")
 
@@ -549,7 +549,7 @@ def test_a_unet_config_without_sample_size_gets_sd1s(tmp_path, reference, capsys
             in stderr  # the tiny VAE makes 2 pixels of a latent
         assert json.loads((tmp_path / "bundle/model.json").read_text())["default_size"] == 128
     text = {"hidden_size": 32}
-    for odd in ("64", [64, 64], 64.5, True):
+    for odd in ("64", [64, 64], 64.5, True, float("inf"), float("nan")):
         with pytest.raises(Exception, match=re.escape(f"the U-Net's sample_size {odd!r} is not a whole number of "
                                                       "latents")):
             export.model_fields({"sample_size": odd}, {"block_out_channels": [32, 64]}, text, {}, None)

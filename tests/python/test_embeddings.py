@@ -150,6 +150,18 @@ def test_tokens_the_tokenizer_adds_are_recorded_as_embeddings(tmp_path, referenc
     assert "the tokenizer adds the token sks: recorded as an embedding of 1 vector from id 49411\n" in stderr
 
 
+def test_a_token_added_with_clip_s_own_id_changes_nothing(tmp_path, reference, capsys):
+    """A tokenizer that lists CLIP's own token under CLIP's own id ("!": 0, SD 2's pad token) adds nothing: the model
+    converts as without it."""
+    folder = with_added_tokens(reference, tmp_path / "model", {"!": 0, "<cat-toy>": 49408}, 1,
+                               config_tokens={"a</w>": 320})
+    out = tmp_path / "bundle"
+    status, stderr = convert(capsys, folder, "--no-safety-checker", "--out", out)
+    assert status == 0, stderr
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["embeddings"] == [{"name": "<cat-toy>", "first_id": 49408, "vectors": 1, "added_token": True}]
+
+
 def test_added_tokens_that_cannot_be_recorded_are_refused(tmp_path, reference, capsys):
     cases = [
         ({"<cat-toy>": 49409}, "the tokenizer adds the token '<cat-toy>' as id 49409, beyond the 49409 rows of the "
@@ -158,6 +170,8 @@ def test_added_tokens_that_cannot_be_recorded_are_refused(tmp_path, reference, c
                              "cannot give another text"),
         ({"<x>": 49408, "<x>_1": 49410, "<y>": 49409}, "the tokenizer adds <x>_1 as id 49410, not right after <x> "
                                                        "(id 49408)"),
+        ({"": 49408}, "the tokenizer adds '' (id 49408), a token no prompt can write; remove it"),
+        ({" ": 49408}, "the tokenizer adds ' ' (id 49408), a token no prompt can write"),
     ]
     for i, (tokens, message) in enumerate(cases):
         folder = with_added_tokens(reference, tmp_path / f"model{i}", tokens, len(tokens))

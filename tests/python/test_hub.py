@@ -81,6 +81,23 @@ def test_models_without_safetensors_weights_get_their_bin_weights(monkeypatch, t
                                "vae/diffusion_pytorch_model.safetensors"]
 
 
+def test_only_the_models_a_bundle_is_made_of_are_fetched(monkeypatch, tmp_path):
+    """A repository with models a bundle does not use (an image encoder, whose weights are only .bin) converts from
+    the others; the safety checker's weights are fetched only where the conversion uses the repository's own."""
+    repo = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json", "text_encoder/model.safetensors",
+            "safety_checker/config.json", "safety_checker/model.safetensors", "image_encoder/config.json",
+            "image_encoder/pytorch_model.bin"]
+    for safety_checker in (True, False):
+        calls = fake_hub(monkeypatch, tmp_path / str(safety_checker), repo)
+        folder = hub.resolve_source("someone/model", safety_checker=safety_checker)
+        assert len(calls) == 1
+        weights = [f for f in fetched(folder) if not f.endswith(".json")]
+        assert weights == (["safety_checker/model.safetensors"] if safety_checker else []) + [
+            "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+            "vae/diffusion_pytorch_model.safetensors"]
+
+
 def test_a_repository_without_weights_says_which_models_lack_them(monkeypatch, tmp_path):
     fake_hub(monkeypatch, tmp_path, ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.fp16.bin",
                                      "vae/config.json", "vae/diffusion_pytorch_model.bin", "v1-5-pruned.ckpt"])
