@@ -182,8 +182,10 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
     // Every file is the bundle's own: a model.json from elsewhere must not make a run read files outside it.
     const std::filesystem::path path(name);
     if (name.empty() || path.is_absolute() || std::find(path.begin(), path.end(), "..") != path.end())
-      throw Error(ErrorKind::Bundle, where + ": model.json lists the file \"" + name + "\", which is not inside the "
-                                             "bundle's folder" + kConvertHint);
+      throw Error(ErrorKind::Bundle, where + ": model.json lists the file \"" + name +
+                                         "\", which is not inside the "
+                                         "bundle's folder" +
+                                         kConvertHint);
     m.files.push_back({name, field<std::string>(info, "sha256", where), field<uint64_t>(info, "bytes", where)});
   }
   m.converter_version = field<std::string>(j, "converter_version", where);
@@ -268,9 +270,6 @@ Bundle Bundle::open(const std::filesystem::path& dir) {
       throw Error(ErrorKind::Bundle, where + ": model.json's LoRA \"" + lora.name + "\" names " + lora.file +
                                          ", which it does not list among the files; add the LoRA again with " +
                                          add_lora_again(dir));
-  if (b.lists("safety_checker.pt") && !b.manifest_.safety)
-    throw Error(ErrorKind::Bundle, where + ": model.json lists safety_checker.pt but gives no \"safety\" settings "
-                                           "(its image size and normalisation)" + kConvertHint);
   for (const auto& f : b.manifest_.files) {
     const auto p = dir / f.name;
     if (!std::filesystem::is_regular_file(p, ec)) {

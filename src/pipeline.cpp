@@ -1,8 +1,8 @@
 #include "txt2img/pipeline.hpp"
 
 #include <ATen/Context.h>
-#include <torch/cuda.h>
 #include <torch/csrc/jit/python/update_graph_executor_opt.h>
+#include <torch/cuda.h>
 #include <torch/nn/functional/upsampling.h>
 
 #include <algorithm>
@@ -108,8 +108,8 @@ std::unique_ptr<Scheduler> make_hires_sampler(const Manifest& manifest, const Ge
   const double schedule = std::floor(steps / std::min(params.hires.denoise, 0.999));
   if (schedule > manifest.scheduler.num_train_timesteps) {
     char numbers[96];
-    std::snprintf(numbers, sizeof numbers, "%d hires steps at a denoising strength of %g take a schedule of %.0f", steps,
-                  params.hires.denoise, schedule);
+    std::snprintf(numbers, sizeof numbers, "%d hires steps at a denoising strength of %g take a schedule of %.15g",
+                  steps, params.hires.denoise, schedule);
     throw Error(ErrorKind::Usage, "hires fix: " + std::string(numbers) + " steps, more than the model's " +
                                       std::to_string(manifest.scheduler.num_train_timesteps) +
                                       " timesteps; raise the strength or lower the steps");
@@ -187,25 +187,32 @@ Pipeline::~Pipeline() = default;
 void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& options) {
   const auto dtype = options.dtype;
   if (dtype != torch::kFloat32 && dtype != torch::kFloat16 && dtype != torch::kBFloat16)
-    throw Error(ErrorKind::Usage, "dtype " + std::string(c10::toString(dtype)) +
-                                      ": txt2img runs in float32, float16 or bfloat16");
+    throw Error(ErrorKind::Usage,
+                "dtype " + std::string(c10::toString(dtype)) + ": txt2img runs in float32, float16 or bfloat16");
   if (options.device.is_cuda()) {
     const auto count = static_cast<int>(torch::cuda::device_count());
     if (options.device.index() >= count || count == 0)
-      throw Error(ErrorKind::Usage, "device " + options.device.str() + ": this LibTorch sees " +
-                                        std::to_string(count) + " CUDA devices");
+      throw Error(ErrorKind::Usage,
+                  "device " + options.device.str() + ": this LibTorch sees " + std::to_string(count) + " CUDA devices");
   } else if (!options.device.is_cpu()) {
     throw Error(ErrorKind::Usage, "device " + options.device.str() + ": txt2img runs on the CPU or on CUDA");
   }
   if (dtype == torch::kFloat16 && options.device.is_cpu())
-    throw Error(ErrorKind::Usage, "float16 needs a CUDA device (LibTorch's CPU kernels lack half precision); run "
-                                  "in float32 or bfloat16 on the CPU");
+    throw Error(ErrorKind::Usage,
+                "float16 needs a CUDA device (LibTorch's CPU kernels lack half precision); run "
+                "in float32 or bfloat16 on the CPU");
   // A file the bundle lists but that was deleted is named as such: the user removed it, the converter did not omit it.
   const auto lacks = [&](const std::string& file, const std::string& what) {
     return "model bundle " + bundle.dir().string() +
            (bundle.lists(file) ? ": " + file + " (its " + what + ") is missing, though model.json lists it"
                                : " has no " + what);
   };
+  if (options.safety != SafetyMode::Off && bundle.has("safety_checker.pt") && !bundle.manifest().safety)
+    throw Error(ErrorKind::Bundle,
+                "model bundle " + bundle.dir().string() +
+                    ": model.json lists safety_checker.pt "
+                    "but gives no \"safety\" settings (its image size and normalisation); convert the "
+                    "model again with scripts/convert.py, or pass --no-safety-checker");
   if (options.safety != SafetyMode::Off && !bundle.has("safety_checker.pt"))
     throw Error(ErrorKind::Usage, lacks("safety_checker.pt", "safety checker") +
                                       "; convert one in (scripts/convert.py --safety-checker DIR) "
@@ -531,8 +538,10 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                                                const GenerationParams& requested, NoiseSource& noise,
                                                Observer* caller_observer) try {
   if (prompts.size() != negative_prompts.size())
-    throw Error(ErrorKind::Usage, "a batch of " + std::to_string(prompts.size()) + " prompts takes as many negative "
-                                  "prompts, not " + std::to_string(negative_prompts.size()));
+    throw Error(ErrorKind::Usage, "a batch of " + std::to_string(prompts.size()) +
+                                      " prompts takes as many negative "
+                                      "prompts, not " +
+                                      std::to_string(negative_prompts.size()));
   if (prompts.empty()) return {};
   std::optional<ForwardedObserver> forwarded;
   Observer* const observer = caller_observer ? &forwarded.emplace(*caller_observer) : nullptr;
@@ -550,8 +559,9 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   // Guiding an unguided prompt's row would change its image below a CFG scale of 1, and even at 1 read its negative
   // prompt, which it leaves unread alone.
   if (guided_count != 0 && guided_count != static_cast<std::ptrdiff_t>(prompts.size()))
-    throw Error(ErrorKind::Usage, "a batch of prompts with classifier-free guidance and without (composable prompts "
-                                  "and others at a CFG scale of 1 or less): generate them in separate batches");
+    throw Error(ErrorKind::Usage,
+                "a batch of prompts with classifier-free guidance and without (composable prompts "
+                "and others at a CFG scale of 1 or less): generate them in separate batches");
   const bool guided = guided_count != 0;
   // A1111 encodes the empty prompt that pads conds (cond_stage_model([""])) when it loads the model, without LoRAs;
   // with emphasis its rescale leaves it as it is (every weight 1).

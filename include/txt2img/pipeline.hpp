@@ -144,8 +144,8 @@ class Pipeline {
   // One batch: row k uses prompts[k] / negative_prompts[k], as text (LoRA tags too: parse_lora_tags takes them out
   // into params.loras). Returns one image per row, none for no prompts. Noise is drawn from the start of `noise`
   // (restart()), so one NoiseSource made again gives the same images. The batch's LoRAs (params.loras) stay added to
-  // the weights until a batch asks for others. Throws Error(Usage) for as many negative prompts as prompts, for
-  // resolve_params' refusals, LoRAs with a graph optimisation and a batch of prompts guided and not
+  // the weights until a batch asks for others. Throws Error(Usage) for another count of negative prompts than prompts,
+  // for resolve_params' refusals, LoRAs with a graph optimisation and a batch of prompts guided and not
   // (classifier_free_guidance), which must be made apart; Error(Bundle) for params.clip_skip > 1 when
   // !supports_clip_skip(); Error(Runtime) for what fails in LibTorch (out of memory: with a hint). An exception the
   // observer throws comes out as it was thrown: the way to cancel a run (the CLI throws Error(Interrupted)).

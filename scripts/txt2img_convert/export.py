@@ -228,8 +228,8 @@ def model_fields(unet: dict, vae: dict, text: dict, scheduler: dict, safety: Opt
         progress(f"the U-Net's config gives no sample_size; images default to SD 1.x's {sample_size} latents a side "
                  f"({sample_size * vae_scale_factor} pixels)")
     # JSON's Infinity and NaN read as floats that int() refuses.
-    if isinstance(sample_size, bool) or not isinstance(sample_size, (int, float)) or not math.isfinite(sample_size) \
-            or sample_size != int(sample_size):
+    if isinstance(sample_size, bool) or not isinstance(sample_size, (int, float)) \
+            or (isinstance(sample_size, float) and not math.isfinite(sample_size)) or sample_size != int(sample_size):
         raise ConversionError(f"the U-Net's sample_size {sample_size!r} is not a whole number of latents (a damaged "
                               "unet/config.json?)")
     default_size = int(sample_size) * vae_scale_factor

@@ -483,14 +483,18 @@ void check_prompt_weights(RunPlan& plan, const Manifest& manifest) {
   }
 }
 
-// Whether any image of the run takes classifier-free guidance, which the flags alone do not tell: a prompt file's
-// lines set CFG scales, and composable prompts are guided at any scale.
-bool any_guided(RunPlan& plan, const Manifest& manifest) {
+// Whether the run makes images none of which takes classifier-free guidance, which the flags alone do not tell: a
+// prompt file's lines set CFG scales, and composable prompts are guided at any scale.
+bool all_unguided(RunPlan& plan, const Manifest& manifest) {
   ImageJob job;
+  bool images = false;
   plan.rewind();
-  while (plan.next(job))
-    if (job.in_shard && classifier_free_guidance(manifest, job.params, job.model_prompt)) return true;
-  return false;
+  while (plan.next(job)) {
+    if (!job.in_shard) continue;
+    if (classifier_free_guidance(manifest, job.params, job.model_prompt)) return false;
+    images = true;
+  }
+  return images;
 }
 
 }  // namespace
@@ -595,22 +599,22 @@ int run_generate(const GenerateOptions& o) {
                   " unconditional, what the model makes of an empty prompt");
   if (o.no_safety_checker)
     reporter.warn("the safety checker is off (--no-safety-checker): images are not checked for NSFW content");
-  const bool guided = any_guided(plan, manifest);
+  const bool unguided = all_unguided(plan, manifest);
   // Where the flag guides, the prompt file's lines turned guidance off.
   const std::string scale_off = o.cfg_scale <= 1 ? "--cfg-scale 1 or less" : "the prompt file's cfg_scale of 1 or less";
-  if (!o.negative_prompt.empty() && !guided)
+  if (!o.negative_prompt.empty() && unguided)
     reporter.warn(std::string("the negative prompt is unused: ") +
                   (manifest.guidance_embedding_dim > 0
                        ? "this LCM-distilled model takes the guidance scale as an input, without an unconditional pass"
                        : scale_off + " turns classifier-free guidance off"));
   const auto warn_unguided = [&](const char* flag, const char* what) {
-    reporter.warn(std::string(flag) + " has no effect: it " + what + " classifier-free guidance, which " +
-                  (manifest.guidance_embedding_dim > 0 ? "this LCM-distilled model does not take"
-                                                       : scale_off + " turns off"));
+    reporter.warn(
+        std::string(flag) + " has no effect: it " + what + " classifier-free guidance, which " +
+        (manifest.guidance_embedding_dim > 0 ? "this LCM-distilled model does not take" : scale_off + " turns off"));
   };
-  if (o.skip_early_cfg > 0 && !guided) warn_unguided("--skip-early-cfg", "skips the negative prompt of");
-  if (o.ngms > 0 && !guided) warn_unguided("--ngms", "skips the negative prompt of");
-  if (o.guidance_rescale > 0 && !guided) warn_unguided("--guidance-rescale", "rescales");
+  if (o.skip_early_cfg > 0 && unguided) warn_unguided("--skip-early-cfg", "skips the negative prompt of");
+  if (o.ngms > 0 && unguided) warn_unguided("--ngms", "skips the negative prompt of");
+  if (o.guidance_rescale > 0 && unguided) warn_unguided("--guidance-rescale", "rescales");
   if (o.ngms_all_steps && !pf.uses_ngms)
     reporter.warn("--ngms-all-steps has no effect without --ngms (or a prompt file's \"ngms\")");
   if (manifest.guidance_embedding_dim > 0 && resolve_sampler(manifest, o.sampler) != "lcm")

@@ -601,6 +601,12 @@ class Samplers(CliTestCase):
         guided = self.txt2img("--from-file", "p.jsonl", "-n", "blurry", "--cfg-scale", "1", "-o", "{index}.png")
         self.assertEqual(guided.returncode, 0, guided.stderr)
         self.assertNotIn("unused", guided.stderr)
+        # A run without images says nothing of guidance.
+        self.write("none.txt", "# nothing yet\n")
+        empty = self.txt2img("--from-file", "none.txt", "-n", "blurry", "--guidance-rescale", "0.5", "-o", "{index}.png")
+        self.assertEqual(empty.returncode, 0, empty.stderr)
+        self.assertNotIn("unused", empty.stderr)
+        self.assertNotIn("no effect", empty.stderr)
         # One whose lines turn guidance off is named for it, not the flag.
         self.write("p.jsonl", '{"prompt": "a fox", "cfg_scale": 1}\n')
         unguided = self.txt2img("--from-file", "p.jsonl", "-n", "blurry", "--guidance-rescale", "0.5", "-o",

@@ -86,12 +86,16 @@ TEST(Bundle, AManifestListingFilesItCannotHaveIsRefused) {
   j["files"][std::string(300, 'x') + ".pt"] = {{"sha256", "0"}, {"bytes", 1}};
   copy.set_manifest(j);
   expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle, {"cannot read xxx", "too long"});
-  // A safety checker without the settings that prepare its input.
+  // A safety checker without the settings that prepare its input: refused where it would run.
   j = original;
   j["safety"] = nullptr;
   copy.set_manifest(j);
-  expect_error([&] { txt2img::Bundle::open(copy.dir()); }, ErrorKind::Bundle,
-               {"lists safety_checker.pt but gives no \"safety\" settings"});
+  const auto unsafe = txt2img::Bundle::open(copy.dir());
+  expect_error([&] { txt2img::Pipeline::check_options(unsafe, {}); }, ErrorKind::Bundle,
+               {"lists safety_checker.pt but gives no \"safety\" settings", "--no-safety-checker"});
+  txt2img::PipelineOptions off;
+  off.safety = txt2img::SafetyMode::Off;
+  EXPECT_NO_THROW(txt2img::Pipeline::check_options(unsafe, off));
 }
 
 TEST(Bundle, TruncatedOrCorruptFilesAreDetected) {

@@ -690,21 +690,31 @@ TEST(Pipeline, NonFiniteDecodedImagesAreAnErrorNotABlackImage) {
                {"decoded images", "non-finite"});
 }
 
-// What a host that embeds the library gets wrong is a usage error before any work; what its observer throws comes
-// back as it was thrown (its way to cancel); a noise source passed again gives the same images.
+// What a host that embeds the library gets wrong is a usage error (a noise source of other seeds than images, at its
+// first draw); what its observer throws comes back as it was thrown (its way to cancel); a noise source passed again
+// gives the same images.
 TEST(Pipeline, TheCallersMistakesObserverAndNoiseAsTheHeaderSays) {
   txt2img::PipelineOptions options;
   options.safety = txt2img::SafetyMode::Off;
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), options);
   auto params = small_params();
   txt2img::SeededNoise one({7});
-  expect_error([&] { pipeline.generate({"a", "b"}, {""}, params, one); }, ErrorKind::Usage,
-               {"a batch of 2 prompts takes as many negative prompts, not 1"});
+  expect_error(
+      [&] {
+        pipeline.generate({"a", "b"}, {""}, params, one);
+      },
+      ErrorKind::Usage, {"a batch of 2 prompts takes as many negative prompts, not 1"});
   EXPECT_TRUE(pipeline.generate({}, {}, params, one).empty());
-  expect_error([&] { pipeline.generate({"a", "b"}, {"", ""}, params, one); }, ErrorKind::Usage,
-               {"a batch of 2 images takes as many seeds, not 1"});
-  expect_error([&] { txt2img::SeededNoise({1, 2}, {{3, 0.5}}); }, ErrorKind::Usage,
-               {"2 seeds take one variation each or none, not 1"});
+  expect_error(
+      [&] {
+        pipeline.generate({"a", "b"}, {"", ""}, params, one);
+      },
+      ErrorKind::Usage, {"a batch of 2 images takes as many seeds, not 1"});
+  expect_error(
+      [&] {
+        txt2img::SeededNoise({1, 2}, {{3, 0.5}});
+      },
+      ErrorKind::Usage, {"2 seeds take one variation each or none, not 1"});
 
   struct Cancelled {};
   struct Cancels : txt2img::Observer {
@@ -1161,8 +1171,11 @@ TEST(ComposablePrompts, EachPromptGuidesByItsWeight) {
   // Guiding the plain prompt's row in a guided batch would change its image below a scale of 1.
   txt2img::SeededNoise pair({5, 6});
   params.cfg_scale = 0.5;
-  expect_error([&] { pipeline.generate({"a red cube AND a blue sphere", "a red cube"}, {"", ""}, params, pair); },
-               ErrorKind::Usage, {"with classifier-free guidance and without", "CFG scale of 1 or less", "separate batches"});
+  expect_error(
+      [&] {
+        pipeline.generate({"a red cube AND a blue sphere", "a red cube"}, {"", ""}, params, pair);
+      },
+      ErrorKind::Usage, {"with classifier-free guidance and without", "CFG scale of 1 or less", "separate batches"});
   params.cfg_scale = scale;
 }
 
@@ -1456,6 +1469,9 @@ TEST(HiresFix, WhatCannotRunIsAUsageError) {
   // A strength so small that the schedule's length is past int is refused before it is cast.
   refused([](auto& p) { p.hires.denoise = 1e-12; },
           {"hires fix: 3 hires steps at a denoising strength of 1e-12 take a schedule of 3000000000000 steps",
+           "more than the model's 1000 timesteps"});
+  refused([](auto& p) { p.hires.denoise = 1e-300; },
+          {"hires fix: 3 hires steps at a denoising strength of 1e-300 take a schedule of 3e+300 steps",
            "more than the model's 1000 timesteps"});
   // A scale that is no number or below 0 asks for a pass it cannot have, not for none.
   refused([](auto& p) { p.hires.scale = std::nan(""); }, {"hires scale must be from 1 to 16"});

@@ -553,6 +553,8 @@ def test_a_unet_config_without_sample_size_gets_sd1s(tmp_path, reference, capsys
         with pytest.raises(Exception, match=re.escape(f"the U-Net's sample_size {odd!r} is not a whole number of "
                                                       "latents")):
             export.model_fields({"sample_size": odd}, {"block_out_channels": [32, 64]}, text, {}, None)
+    with pytest.raises(Exception, match=r"the U-Net's sample_size 1000+ makes 2000+-pixel images"):
+        export.model_fields({"sample_size": 10 ** 400}, {"block_out_channels": [32, 64]}, text, {}, None)
 
 
 # Run as `python -c` with sys.argv set: convert.py as __main__, whose import of torch (after its start-up) first sends
