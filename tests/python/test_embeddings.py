@@ -168,6 +168,8 @@ def test_added_tokens_that_cannot_be_recorded_are_refused(tmp_path, reference, c
                                "text encoder's token embedding"),
         ({"<cat-toy>": 320}, "the tokenizer adds the token '<cat-toy>' as id 320, one of CLIP's own, which txt2img "
                              "cannot give another text"),
+        # "!" is CLIP's id 0: added as id 1 (CLIP's '"') it is not a token that changes nothing.
+        ({"!": 1}, "the tokenizer adds the token '!' as id 1, one of CLIP's own"),
         ({"<x>": 49408, "<x>_1": 49410, "<y>": 49409}, "the tokenizer adds <x>_1 as id 49410, not right after <x> "
                                                        "(id 49408)"),
         ({"": 49408}, "the tokenizer adds '' (id 49408), a token no prompt can write; remove it"),
@@ -177,6 +179,10 @@ def test_added_tokens_that_cannot_be_recorded_are_refused(tmp_path, reference, c
         folder = with_added_tokens(reference, tmp_path / f"model{i}", tokens, len(tokens))
         expect_errors(capsys, [((folder, "--no-safety-checker", "--out", tmp_path / "x"), 1,
                                 f"{folder / 'tokenizer'}: {message}")], tmp_path / "x")
+    folder = with_added_tokens(reference, tmp_path / "decoder", None, 1, config_tokens={"\t": 49408})
+    expect_errors(capsys, [((folder, "--no-safety-checker", "--out", tmp_path / "x"), 1,
+                            f"{folder / 'tokenizer'}: the tokenizer adds '\\t' (id 49408), a token no prompt can "
+                            "write")], tmp_path / "x")
     folder = with_added_tokens(reference, tmp_path / "clash", {"easynegative": 49408}, 1)
     save_file({"emb_params": vectors(2, 3)}, str(tmp_path / "EasyNegative.safetensors"))
     clash = (folder, "--no-safety-checker", "--embedding", tmp_path / "EasyNegative.safetensors", "--out",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from converter_runs import convert
 from txt2img_convert import hub
 from txt2img_convert.checkpoints import ConversionError
 
@@ -96,6 +97,30 @@ def test_only_the_models_a_bundle_is_made_of_are_fetched(monkeypatch, tmp_path):
         assert weights == (["safety_checker/model.safetensors"] if safety_checker else []) + [
             "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
             "vae/diffusion_pytorch_model.safetensors"]
+    # A safety checker with only fp16 weights (which no conversion reads) fails only the downloads that use it.
+    repo = [f for f in repo if not f.startswith("safety_checker/model")] + ["safety_checker/model.fp16.safetensors"]
+    calls = fake_hub(monkeypatch, tmp_path / "fp16", repo)
+    hub.resolve_source("someone/model", safety_checker=False)
+    assert len(calls) == 1
+    with pytest.raises(ConversionError, match="no diffusers model weights for safety_checker/:"):
+        hub.resolve_source("someone/model", safety_checker=True)
+
+
+def test_a_hub_id_asks_for_the_safety_checker_only_where_the_conversion_uses_it(monkeypatch, tmp_path, reference,
+                                                                             capsys):
+    """convert.py downloads the repository's safety checker unless --no-safety-checker leaves it out or
+    --safety-checker DIR brings another."""
+    asked = []
+
+    def resolve_source(source, safety_checker):
+        asked.append(safety_checker)
+        raise ConversionError("not downloaded here")
+
+    monkeypatch.setattr(hub, "resolve_source", resolve_source)
+    for flags in ([], ["--no-safety-checker"], ["--safety-checker", str(reference / "sd1/model")]):
+        status, stderr = convert(capsys, "someone/model", *flags, "--out", tmp_path / "x")
+        assert status == 1 and "not downloaded here" in stderr, stderr
+    assert asked == [True, False, False]
 
 
 def test_a_repository_without_weights_says_which_models_lack_them(monkeypatch, tmp_path):
