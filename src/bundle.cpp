@@ -183,9 +183,7 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
     const std::filesystem::path path(name);
     if (name.empty() || path.is_absolute() || std::find(path.begin(), path.end(), "..") != path.end())
       throw Error(ErrorKind::Bundle, where + ": model.json lists the file \"" + name +
-                                         "\", which is not inside the "
-                                         "bundle's folder" +
-                                         kConvertHint);
+                                         "\", which is not inside the bundle's folder" + kConvertHint);
     m.files.push_back({name, field<std::string>(info, "sha256", where), field<uint64_t>(info, "bytes", where)});
   }
   m.converter_version = field<std::string>(j, "converter_version", where);

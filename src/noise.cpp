@@ -28,9 +28,7 @@ void SeededNoise::seed_generators(uint64_t delta) {
 torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
   if (shape.empty() || shape[0] != static_cast<int64_t>(generators_.size()))
     throw Error(ErrorKind::Usage, "a batch of " + std::to_string(shape.empty() ? 0 : shape[0]) +
-                                      " images takes as "
-                                      "many seeds, not " +
-                                      std::to_string(generators_.size()));
+                                      " images takes as many seeds, not " + std::to_string(generators_.size()));
   // One draw per row, each of batch 1, is what torch.randn((1, ...), generator=manual_seed(seed)) gives.
   std::vector<int64_t> row_shape = shape;
   row_shape[0] = 1;

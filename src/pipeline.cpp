@@ -199,8 +199,8 @@ void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& option
   }
   if (dtype == torch::kFloat16 && options.device.is_cpu())
     throw Error(ErrorKind::Usage,
-                "float16 needs a CUDA device (LibTorch's CPU kernels lack half precision); run "
-                "in float32 or bfloat16 on the CPU");
+                "float16 needs a CUDA device (LibTorch's CPU kernels lack half precision); run in "
+                "float32 or bfloat16 on the CPU");
   // A file the bundle lists but that was deleted is named as such: the user removed it, the converter did not omit it.
   const auto lacks = [&](const std::string& file, const std::string& what) {
     return "model bundle " + bundle.dir().string() +
@@ -208,11 +208,10 @@ void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& option
                                : " has no " + what);
   };
   if (options.safety != SafetyMode::Off && bundle.has("safety_checker.pt") && !bundle.manifest().safety)
-    throw Error(ErrorKind::Bundle,
-                "model bundle " + bundle.dir().string() +
-                    ": model.json lists safety_checker.pt "
-                    "but gives no \"safety\" settings (its image size and normalisation); convert the "
-                    "model again with scripts/convert.py, or pass --no-safety-checker");
+    throw Error(ErrorKind::Bundle, "model bundle " + bundle.dir().string() +
+                                       ": model.json lists safety_checker.pt but gives no \"safety\" settings (its "
+                                       "image size and normalisation); convert the model again with "
+                                       "scripts/convert.py, or pass --no-safety-checker");
   if (options.safety != SafetyMode::Off && !bundle.has("safety_checker.pt"))
     throw Error(ErrorKind::Usage, lacks("safety_checker.pt", "safety checker") +
                                       "; convert one in (scripts/convert.py --safety-checker DIR) "
@@ -539,8 +538,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
                                                Observer* caller_observer) try {
   if (prompts.size() != negative_prompts.size())
     throw Error(ErrorKind::Usage, "a batch of " + std::to_string(prompts.size()) +
-                                      " prompts takes as many negative "
-                                      "prompts, not " +
+                                      " prompts takes as many negative prompts, not " +
                                       std::to_string(negative_prompts.size()));
   if (prompts.empty()) return {};
   std::optional<ForwardedObserver> forwarded;

@@ -152,8 +152,8 @@ std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const
     if (key.empty() || key.size() > 79 || !printable || key.front() == ' ' || key.back() == ' ' ||
         key.find("  ") != std::string::npos)
       throw Error(ErrorKind::Usage, "PNG text key \"" + key +
-                                        "\": keys are 1 to 79 printable ASCII characters "
-                                        "without leading, trailing or double spaces");
+                                        "\": keys are 1 to 79 printable ASCII characters without leading, trailing "
+                                        "or double spaces");
   }
   std::vector<uint8_t> png;
   if (!stbi_write_png_to_func(append_bytes, &png, width, height, 3, rgb, width * 3) || png.size() < kIhdrEnd)
