@@ -185,22 +185,7 @@ Pipeline& Pipeline::operator=(Pipeline&&) noexcept = default;
 Pipeline::~Pipeline() = default;
 
 void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& options) {
-  const auto dtype = options.dtype;
-  if (dtype != torch::kFloat32 && dtype != torch::kFloat16 && dtype != torch::kBFloat16)
-    throw Error(ErrorKind::Usage,
-                "dtype " + std::string(c10::toString(dtype)) + ": txt2img runs in float32, float16 or bfloat16");
-  if (options.device.is_cuda()) {
-    const auto count = static_cast<int>(torch::cuda::device_count());
-    if (options.device.index() >= count || count == 0)
-      throw Error(ErrorKind::Usage,
-                  "device " + options.device.str() + ": this LibTorch sees " + std::to_string(count) + " CUDA devices");
-  } else if (!options.device.is_cpu()) {
-    throw Error(ErrorKind::Usage, "device " + options.device.str() + ": txt2img runs on the CPU or on CUDA");
-  }
-  if (dtype == torch::kFloat16 && options.device.is_cpu())
-    throw Error(ErrorKind::Usage,
-                "float16 needs a CUDA device (LibTorch's CPU kernels lack half precision); run in "
-                "float32 or bfloat16 on the CPU");
+  check_placement(options.device, options.dtype);
   // A file the bundle lists but that was deleted is named as such: the user removed it, the converter did not omit it.
   const auto lacks = [&](const std::string& file, const std::string& what) {
     return "model bundle " + bundle.dir().string() +

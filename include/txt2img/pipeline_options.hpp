@@ -36,6 +36,13 @@ std::optional<Decoder> decoder_named(const std::string& name);
 std::string attention_kernel_name(AttentionKernel kernel);
 std::optional<AttentionKernel> attention_kernel_named(const std::string& name);
 
+// The device named "cpu", "cuda" (CUDA device 0) or "cuda:K". Throws Error(Usage) for another name and for a CUDA
+// device this LibTorch does not see.
+torch::Device parse_device(const std::string& name);
+// Throws Error(Usage) where txt2img cannot run in `dtype` on `device`: a dtype other than fp32, fp16 and bf16, a CUDA
+// device this LibTorch does not see, a device other than the CPU and CUDA, fp16 on the CPU.
+void check_placement(torch::Device device, torch::ScalarType dtype);
+
 struct PipelineOptions {
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;

@@ -65,34 +65,13 @@ struct Placement {
 
 Placement choose_placement(const GenerateOptions& o) {
   Placement p;
-  const std::string& d = o.device;
-  const bool cuda_wanted = d.empty() ? torch::cuda::is_available() : d.rfind("cuda", 0) == 0;
-  if (!d.empty() && d != "cpu") {
-    const bool well_formed = d == "cuda" || (d.size() > 5 && d.rfind("cuda:", 0) == 0 && d.size() <= 8 &&
-                                             d.find_first_not_of("0123456789", 5) == std::string::npos);
-    if (!well_formed) throw Error(ErrorKind::Usage, "--device \"" + d + "\" must be cpu, cuda or cuda:K (K from 0)");
-  }
-  if (cuda_wanted) {
-    const int index = d.size() > 5 ? std::stoi(d.substr(5)) : 0;
-    const auto count = static_cast<int>(torch::cuda::device_count());
-    if (count == 0)
-      throw Error(ErrorKind::Usage, "--device " + d + ": no CUDA device is available to this build; use --device cpu");
-    if (index >= count)
-      throw Error(ErrorKind::Usage, "--device " + d + ": there are only " + std::to_string(count) +
-                                        " CUDA devices (cuda:0 to cuda:" + std::to_string(count - 1) + ")");
-    p.options.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
-    p.device = "cuda:" + std::to_string(index);
-  } else {
-    p.options.device = torch::kCPU;
-    p.device = "cpu";
-  }
+  p.options.device = parse_device(o.device.empty() ? (torch::cuda::is_available() ? "cuda" : "cpu") : o.device);
+  p.device = p.options.device.str();
+  const bool cuda_wanted = p.options.device.is_cuda();
   p.dtype = o.dtype.empty() ? (cuda_wanted ? "fp16" : "fp32") : o.dtype;
-  if (p.dtype == "fp16" && !cuda_wanted)
-    throw Error(ErrorKind::Usage,
-                "--dtype fp16 needs a CUDA device (LibTorch's CPU kernels lack half precision); "
-                "use --dtype fp32 or bf16 on the CPU");
   // CLI11 checked every name against its list.
   p.options.dtype = *dtype_named(p.dtype);
+  check_placement(p.options.device, p.options.dtype);
   p.options.graph = *graph_optimization_named(o.graph);
   p.options.low_vram = o.low_vram;
   p.options.decoder = *decoder_named(o.decoder);

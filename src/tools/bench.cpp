@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
   try {
     if (threads > 0) at::set_num_threads(threads);
     PipelineOptions options;
-    options.device = torch::Device(device_name);
+    options.device = parse_device(device_name);
     // CLI11 checked every name against its list.
     options.dtype = *dtype_named(dtype_name);
     options.graph = *graph_optimization_named(graph_name);

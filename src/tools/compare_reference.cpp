@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
     if (draws.empty()) draws.push_back(ref.get("latents/init"));  // older runs stored only the initial draw
 
     PipelineOptions options;
-    options.device = torch::Device(device);
+    options.device = parse_device(device);
     auto bundle = Bundle::open(bundle_dir);
     auto pipeline = Pipeline::load(bundle, options);
     ReplayedNoise noise(draws);

@@ -748,14 +748,14 @@ TEST(Pipeline, DevicesAndDtypesItCannotRunAreUsageErrors) {
   options.safety = txt2img::SafetyMode::Off;
   options.dtype = torch::kInt;
   expect_error([&] { txt2img::Pipeline::check_options(bundle, options); }, ErrorKind::Usage,
-               {"dtype Int", "float32, float16 or bfloat16"});
+               {"dtype Int", "fp32, fp16 or bf16"});
   options.dtype = torch::kHalf;
-  expect_error([&] { txt2img::Pipeline::load(bundle, options); }, ErrorKind::Usage, {"float16 needs a CUDA device"});
+  expect_error([&] { txt2img::Pipeline::load(bundle, options); }, ErrorKind::Usage, {"fp16 needs a CUDA device"});
   if (!torch::cuda::is_available()) {
     options.dtype = torch::kFloat;
     options.device = torch::Device(torch::kCUDA, 0);
     expect_error([&] { txt2img::Pipeline::load(bundle, options); }, ErrorKind::Usage,
-                 {"device cuda:0: this LibTorch sees 0 CUDA devices"});
+                 {"device cuda:0: this LibTorch sees no CUDA device"});
   }
 }
 
