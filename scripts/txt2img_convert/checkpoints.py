@@ -18,7 +18,7 @@ import re
 import struct
 import zipfile
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -106,12 +106,12 @@ def _check_has_content(path: str) -> None:
                               "installed), or download the file itself")
 
 
-def read_pickle(path: str):
+def read_pickle(path: str, before_reading: Optional[Callable[[Any], None]] = None):
     """What a pickled PyTorch file holds, read by the restricted unpickler, which runs none of its code (torch.load
-    is never used: see restricted_pickle)."""
+    is never used: see restricted_pickle). `before_reading`: restricted_pickle.unpickle's."""
     ignored: Dict[str, type] = {}
     try:
-        data = restricted_pickle.unpickle(path, ignored)
+        data = restricted_pickle.unpickle(path, ignored, before_reading)
     except restricted_pickle.Damaged as e:
         raise ConversionError(f"cannot read {path}: truncated or damaged (an interrupted download?): {e}") from None
     except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, KeyError, IndexError,
@@ -129,15 +129,16 @@ def read_pickle(path: str):
     return data
 
 
-def read_file(path: str):
+def read_file(path: str, before_reading: Optional[Callable[[Any], None]] = None):
     """What a .safetensors file (a dict of tensors) or a pickled PyTorch file holds, told apart by content rather than
-    by name. Pickles are read by the restricted unpickler, which runs none of their code."""
+    by name. Pickles are read by the restricted unpickler, which runs none of their code. `before_reading`: for a
+    pickle, restricted_pickle.unpickle's."""
     _check_has_content(path)
     named = path.lower().endswith(".safetensors")
     if not is_safetensors(path):
         if named:
             progress(f"{path} is a pickled PyTorch checkpoint despite its name; reading it as one")
-        return read_pickle(path)
+        return read_pickle(path, before_reading)
     if not named:
         progress(f"{path} is a .safetensors file despite its name; reading it as one")
     try:
@@ -147,8 +148,7 @@ def read_file(path: str):
 
 
 def _safetensors_names(path: str) -> Optional[List[str]]:
-    """The tensor names in the header of a .safetensors file, read without its tensors; None for a pickle, whose
-    names can only be known by reading it whole."""
+    """The tensor names in the header of a .safetensors file, read without its tensors; None for a pickle."""
     _check_has_content(path)
     if not is_safetensors(path):
         return None
@@ -158,13 +158,29 @@ def _safetensors_names(path: str) -> Optional[List[str]]:
         raise ConversionError(f"cannot read {path}: {e}") from None
 
 
-def read_tensors(path: str) -> Tensors:
-    """Every tensor of a .safetensors file or of a pickled PyTorch checkpoint (.ckpt, .bin, .pt): its state
-    dict's, which Lightning checkpoints keep under "state_dict"."""
-    data = read_file(path)
+def _state_dict(data):
     # Lightning checkpoints keep the weights under "state_dict" beside training state (global_step, ...).
     while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
+    return data
+
+
+def read_tensors(path: str, check_names: Optional[Callable[[List[str]], None]] = None) -> Tensors:
+    """Every tensor of a .safetensors file or of a pickled PyTorch checkpoint (.ckpt, .bin, .pt): its state
+    dict's, which Lightning checkpoints keep under "state_dict". `check_names` is called with the tensors' names
+    before their bytes are read (a .safetensors file's header's, a pickle's state dict's), so that what it raises
+    stops a file of the wrong kind at once."""
+    if check_names is not None:
+        names = _safetensors_names(path)
+        if names is not None:
+            check_names(names)
+
+    def check_pickled(data) -> None:
+        state = _state_dict(data)
+        if check_names is not None and isinstance(state, dict):
+            check_names([k for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)])
+
+    data = _state_dict(read_file(path, check_pickled))
     if not isinstance(data, dict):
         found = restricted_pickle.ignored_name(data)
         raise ConversionError(f"{path}: expected a dict of tensors, found "
@@ -818,10 +834,8 @@ def load_diffusers(folder: str) -> Model:
 def load_single_file(path: str, config_dir: Optional[str] = None, ema: bool = False) -> Model:
     """An LDM checkpoint. `config_dir`: a diffusers folder of the same model family, for what the tensors do
     not say (attention heads, sample size, scaling factor, scheduler). `ema`: the U-Net's moving average."""
-    names = _safetensors_names(path)
-    if names is not None:  # another model family (SDXL, FLUX: 7 to 24 GB) is refused before its weights are read
-        _check_ldm_names(names, path, ema)
-    components = ldm_to_diffusers(read_tensors(path), path, ema)
+    # Another model family (SDXL, FLUX: 7 to 24 GB) is refused before its weights are read.
+    components = ldm_to_diffusers(read_tensors(path, lambda names: _check_ldm_names(names, path, ema)), path, ema)
     defaults = sd1_defaults()
 
     def base(part: str) -> Optional[dict]:

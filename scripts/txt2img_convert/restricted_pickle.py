@@ -15,7 +15,7 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -235,13 +235,15 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 
-def unpickle(path: str, ignored: Dict[str, type]):
+def unpickle(path: str, ignored: Dict[str, type], before_reading: Optional[Callable[[Any], None]] = None):
     """The object that torch.save wrote to `path`, unpickled by `_RestrictedUnpickler` (zip archives of
     torch >= 1.6 and the older "legacy" stream). Raises Damaged for a file cut short or with a record that fails its
-    CRC check, pickle.UnpicklingError (and what reading malformed bytes raises) for other files."""
+    CRC check, pickle.UnpicklingError (and what reading malformed bytes raises) for other files. `before_reading` is
+    called with the object once it is unpickled, before its tensors' bytes are read (they hold garbage then), so
+    that a file can be refused by its names without reading gigabytes first."""
     if zipfile.is_zipfile(path):
         try:
-            return _unpickle_zip(path, ignored)
+            return _unpickle_zip(path, ignored, before_reading)
         except zipfile.BadZipFile as e:  # zipfile's own CRC check of the small records it reads
             raise Damaged(str(e)) from None
 
@@ -278,6 +280,8 @@ def unpickle(path: str, ignored: Dict[str, type]):
         keys = plain()
         if not isinstance(keys, list) or set(keys) != set(roots):
             raise pickle.UnpicklingError("the storages listed do not match those the tensors use")
+        if before_reading is not None:
+            before_reading(data)
         # The data of each storage follows in the listed order, each after its element count.
         for key in keys:
             elements = roots[key]
@@ -291,7 +295,7 @@ def unpickle(path: str, ignored: Dict[str, type]):
         return data
 
 
-def _unpickle_zip(path: str, ignored: Dict[str, type]):
+def _unpickle_zip(path: str, ignored: Dict[str, type], before_reading: Optional[Callable[[Any], None]]):
     """unpickle() of a zip archive, whose records hold data.pkl and the storages, one a record."""
     with zipfile.ZipFile(path) as archive, open(path, "rb") as file:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
@@ -301,6 +305,7 @@ def _unpickle_zip(path: str, ignored: Dict[str, type]):
         if root + "byteorder" in archive.namelist() and archive.read(root + "byteorder") != b"little":
             raise pickle.UnpicklingError("big-endian tensor data is not supported")
         storages: Dict[str, _Storage] = {}
+        records: List[Tuple[zipfile.ZipInfo, torch.Tensor]] = []
 
         def zip_storage(pid):
             _, storage_type, key, _location, numel = pid
@@ -309,9 +314,14 @@ def _unpickle_zip(path: str, ignored: Dict[str, type]):
                 elements = _storage_elements(storage_type.dtype, numel, info.file_size)
                 if info.file_size != elements.numel() * elements.element_size():
                     raise pickle.UnpicklingError(f"record {info.filename} does not hold {numel} {storage_type.dtype}")
-                _read_record(archive, file, info, elements)
+                records.append((info, elements))
                 storages[key] = _Storage(elements)
             return storages[key]
 
         # Read whole, so that zipfile checks its CRC (the unpickler stops at the pickle's end, before zipfile would).
-        return _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), zip_storage, ignored).load()
+        data = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), zip_storage, ignored).load()
+        if before_reading is not None:
+            before_reading(data)
+        for info, elements in records:
+            _read_record(archive, file, info, elements)
+        return data

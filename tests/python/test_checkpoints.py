@@ -18,7 +18,7 @@ import torch
 
 from converter_runs import run
 from txt2img_convert import checkpoints as ck
-from txt2img_convert import export, presets
+from txt2img_convert import export, presets, restricted_pickle
 from txt2img_convert.safetensors_io import load_file, save_file
 
 SD1_FILE = "sd1/single_file/sd1.safetensors"
@@ -985,6 +985,25 @@ def test_other_families_single_files_are_named_from_the_header(tmp_path, family,
     unreadable_safetensors(path, names)
     with pytest.raises(ck.ConversionError, match=re.escape(f"{path}: a {family} checkpoint (it holds {names[0]}); "
                                                            "only Stable Diffusion 1.x models convert")):
+        ck.load_single_file(str(path))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_other_families_pickled_checkpoints_are_named_before_their_weights_are_read(tmp_path, monkeypatch,
+                                                                                     zip_format):
+    """A .ckpt of another family is refused by the names its pickle gives, before any storage's bytes are read."""
+    path = tmp_path / "sdxl.ckpt"
+    names = ["conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+             "model.diffusion_model.input_blocks.0.0.weight"]
+    torch.save({"state_dict": {name: torch.ones(4) for name in names}, "global_step": 1}, path,
+               _use_new_zipfile_serialization=zip_format)
+
+    def no_reading(*args):
+        raise AssertionError("a tensor's bytes were read")
+
+    monkeypatch.setattr(restricted_pickle, "_read_into", no_reading)
+    with pytest.raises(ck.ConversionError, match=re.escape(f"{path}: a Stable Diffusion XL checkpoint (it holds "
+                                                           f"{names[0]})")):
         ck.load_single_file(str(path))
 
 
