@@ -30,6 +30,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from .checkpoints import Component, ConversionError, listing, read_file, read_json, sha256_file, tensor_shape
+from .launch import progress
 from .restricted_pickle import stand_in_state
 
 TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
@@ -117,6 +118,9 @@ def added_tokens(tokenizer: str, text_encoder: Component) -> List[Dict]:
     vocab_file = os.path.join(tokenizer, "vocab.json")
     own = {**(read_json(vocab_file) if os.path.isfile(vocab_file) else {}), **_CLIP_SPECIAL}
     tokens = {k: v for k, v in _tokenizer_additions(tokenizer).items() if own.get(k) != v}
+    if "" in tokens:  # transformers' tokenizers skip an empty added token too: no text is split at it
+        progress(f"{tokenizer}: passing over the empty token the tokenizer adds (id {tokens.pop('')}), as "
+                 "transformers does")
     if not tokens:
         return []
     for name, first_id in tokens.items():

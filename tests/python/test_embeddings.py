@@ -162,6 +162,18 @@ def test_a_token_added_with_clip_s_own_id_changes_nothing(tmp_path, reference, c
     assert manifest["embeddings"] == [{"name": "<cat-toy>", "first_id": 49408, "vectors": 1, "added_token": True}]
 
 
+def test_an_empty_added_token_is_passed_over_as_transformers_does(tmp_path, reference, capsys):
+    """transformers' tokenizers skip an empty added token, so no prompt reaches its row: the model converts without
+    it, saying so."""
+    folder = with_added_tokens(reference, tmp_path / "model", {"<cat-toy>": 49408}, 2, config_tokens={"": 49409})
+    out = tmp_path / "bundle"
+    status, stderr = convert(capsys, folder, "--no-safety-checker", "--out", out)
+    assert status == 0, stderr
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["embeddings"] == [{"name": "<cat-toy>", "first_id": 49408, "vectors": 1, "added_token": True}]
+    assert "passing over the empty token the tokenizer adds (id 49409), as transformers does" in stderr
+
+
 def test_added_tokens_that_cannot_be_recorded_are_refused(tmp_path, reference, capsys):
     cases = [
         ({"<cat-toy>": 49409}, "the tokenizer adds the token '<cat-toy>' as id 49409, beyond the 49409 rows of the "
@@ -172,8 +184,7 @@ def test_added_tokens_that_cannot_be_recorded_are_refused(tmp_path, reference, c
         ({"!": 1}, "the tokenizer adds the token '!' as id 1, one of CLIP's own"),
         ({"<x>": 49408, "<x>_1": 49410, "<y>": 49409}, "the tokenizer adds <x>_1 as id 49410, not right after <x> "
                                                        "(id 49408)"),
-        ({"": 49408}, "the tokenizer adds '' (id 49408), a token no prompt can write; remove it"),
-        ({" ": 49408}, "the tokenizer adds ' ' (id 49408), a token no prompt can write"),
+        ({" ": 49408}, "the tokenizer adds ' ' (id 49408), a token no prompt can write; remove it"),
     ]
     for i, (tokens, message) in enumerate(cases):
         folder = with_added_tokens(reference, tmp_path / f"model{i}", tokens, len(tokens))
