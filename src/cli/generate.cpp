@@ -488,14 +488,16 @@ int run_generate(const GenerateOptions& o) {
   require_utf8(o.negative_prompt, "the negative prompt");
   plan_options.negative_prompt = o.negative_prompt;
   plan_options.images_per_prompt = o.images_per_prompt;
-  plan_options.seed_given = !o.seed.empty();
+  // A1111 and stable-diffusion.cpp take a seed of -1 for a random one.
+  const auto random_asked = [](const std::string& seed) { return seed.empty() || seed == "-1"; };
+  plan_options.seed_given = !random_asked(o.seed);
   plan_options.base_seed = plan_options.seed_given ? parse_seed(o.seed, "--seed") : std::random_device{}();
   if (!(o.variation_strength >= 0 && o.variation_strength <= 1))
     throw Error(ErrorKind::Usage, "--variation-strength must be from 0 to 1");
   if (!o.variation_seed.empty() && o.variation_strength == 0)
     throw Error(ErrorKind::Usage, "--variation-seed needs --variation-strength above 0");
   plan_options.variation_strength = o.variation_strength;
-  plan_options.variation_seed_given = !o.variation_seed.empty();
+  plan_options.variation_seed_given = !random_asked(o.variation_seed);
   plan_options.variation_base_seed =
       plan_options.variation_seed_given ? parse_seed(o.variation_seed, "--variation-seed") : std::random_device{}();
   // GenerationParams reads a side of 0 as the model's size, which only leaving the flag out asks for.

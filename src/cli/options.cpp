@@ -94,10 +94,10 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "images do not depend on it)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
-  app.add_option("-s,--seed", o.seed, "base seed, 0 to 2^63-1 (default: random, printed); see Seeds below")
+  app.add_option("-s,--seed", o.seed, "base seed, 0 to 2^63-1 (default or -1: random, printed); see Seeds below")
       ->type_name("N");
   app.add_option("--variation-seed", o.variation_seed,
-                 "A1111's variation seed, 0 to 2^63-1 (default: random, printed; needs --variation-strength)")
+                 "A1111's variation seed, 0 to 2^63-1 (default or -1: random, printed; needs --variation-strength)")
       ->type_name("N");
   app.add_option("--variation-strength", o.variation_strength,
                  "A1111's variation seed strength, 0 to 1: how far each image's initial noise moves from its seed's "
@@ -241,7 +241,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->type_name("PATTERN");
   auto* overwrite = app.add_flag("--overwrite", o.overwrite, "replace output files that exist");
   app.add_flag("--skip-existing", o.skip_existing,
-               "skip images whose output file exists (resumes an interrupted batch; needs --seed)")
+               "skip images whose output file exists (resumes an interrupted batch; needs a fixed --seed)")
       ->excludes(overwrite);
   app.add_flag("--no-metadata", o.no_metadata, "write no parameters or txt2img text into the PNG files");
   app.add_option("--shard", o.shard,

@@ -117,11 +117,12 @@ bool RunPlan::load_prompt() {
   const std::string& flags = options_.reproducible_seeds_for;
   const std::string need = flags.find(" and ") == std::string::npos ? " needs " : " need ";
   if (!flags.empty() && !options_.seed_given && !entry_.seed)
-    throw Error(ErrorKind::Usage, flags + need + "--seed (" + where +
+    throw Error(ErrorKind::Usage, flags + need + "a fixed --seed (" + where +
                                       " sets none): every shard and every resumed run must derive the same seeds");
   if (!flags.empty() && options_.variation_strength != 0 && !options_.variation_seed_given)
-    throw Error(ErrorKind::Usage, flags + need + "--variation-seed with --variation-strength: every shard and every "
-                                  "resumed run must derive the same variation seeds");
+    throw Error(ErrorKind::Usage, flags + need +
+                                      "a fixed --variation-seed with --variation-strength: every shard "
+                                      "and every resumed run must derive the same variation seeds");
   next_n_ = 0;
   have_entry_ = true;
   return true;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -108,15 +109,27 @@ std::string shown(const nlohmann::json& value) {
   return text.size() > 40 ? text.substr(0, 40) + "..." : text;
 }
 
+// JSON has one kind of number, and writers such as pandas and NumPy give whole numbers as 64.0 or 1e2: those are
+// taken as the integers they are.
+nlohmann::json whole_number(const nlohmann::json& value, const std::string& key, const std::string& where) {
+  if (value.is_number_integer()) return value;
+  constexpr double two_to_63 = 9223372036854775808.0;
+  if (value.is_number_float()) {
+    const double number = value.get<double>();
+    if (number == std::floor(number) && number >= 0 && number < 2 * two_to_63) return static_cast<uint64_t>(number);
+    if (number == std::floor(number) && number < 0 && number >= -two_to_63) return static_cast<int64_t>(number);
+  }
+  throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a whole number, not " + shown(value));
+}
+
 template <typename T>
 std::optional<T> int_field(const nlohmann::json& value, const std::string& key, const std::string& where) {
-  if (!value.is_number_integer())
-    throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a whole number, not " + shown(value));
-  if (value.is_number_unsigned() ? value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())
-                                 : value.get<int64_t>() < std::numeric_limits<T>::min() ||
-                                       value.get<int64_t>() > std::numeric_limits<T>::max())
+  const auto whole = whole_number(value, key, where);
+  if (whole.is_number_unsigned() ? whole.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())
+                                 : whole.get<int64_t>() < std::numeric_limits<T>::min() ||
+                                       whole.get<int64_t>() > std::numeric_limits<T>::max())
     throw Error(ErrorKind::Usage, where + ": \"" + key + "\" " + shown(value) + " is out of range");
-  return value.get<T>();
+  return whole.get<T>();
 }
 
 std::optional<std::string> string_field(const nlohmann::json& value, const std::string& key, const std::string& where) {
@@ -316,9 +329,7 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
     } else if (key == "negative_prompt") {
       entry.negative_prompt = string_field(value, key, where);
     } else if (key == "seed") {
-      if (!value.is_number_integer())
-        throw Error(ErrorKind::Usage, where + ": \"seed\" must be a whole number, not " + shown(value));
-      entry.seed = parse_seed(value.dump(), where + ": \"seed\"");
+      entry.seed = parse_seed(whole_number(value, key, where).dump(), where + ": \"seed\"");
     } else if (key == "steps") {
       entry.steps = int_field<int>(value, key, where);
     } else if (key == "cfg_scale" || key == "guidance_rescale" || key == "skip_early_cfg" || key == "ngms" ||

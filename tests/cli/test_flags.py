@@ -148,7 +148,7 @@ class BadFlags(CliTestCase):
         self.check(["a fox", "--eta", "-1"], "eta")
 
     def test_seed_out_of_range_or_not_a_number(self):
-        self.check(["a fox", "--seed", "-1"], "--seed", "9223372036854775807")
+        self.check(["a fox", "--seed", "-2"], "--seed", "9223372036854775807")
         self.check(["a fox", "--seed", "9223372036854775808"], "--seed", "9223372036854775807")
         self.check(["a fox", "--seed", "12ab"], "--seed")
 
@@ -184,7 +184,7 @@ class BadFlags(CliTestCase):
 
     def test_shard_and_skip_existing_need_a_seed(self):
         self.check(["a fox", "--shard", "0/2"], "--seed")
-        self.check(["a fox", "--skip-existing"], "--skip-existing needs --seed (the prompt sets none)")
+        self.check(["a fox", "--skip-existing"], "--skip-existing needs a fixed --seed (the prompt sets none)")
 
     def test_contradictory_flags(self):
         self.check(["a fox", "--overwrite", "--skip-existing", "--seed", "1"], "--overwrite")

@@ -162,6 +162,14 @@ class Seeds(CliTestCase):
         self.assertIn(f"--seed {seed}", result.stderr)
         self.assertEqual(self.txt2img("a fox", "-o", "again.png", "--seed", str(seed)).returncode, 0)
         self.assertEqual((self.dir / "r.png").read_bytes(), (self.dir / "again.png").read_bytes())
+        # A seed of -1 asks for a random one, as A1111 and stable-diffusion.cpp take it.
+        seeds = set()
+        for name in ("minus1.png", "minus1-again.png"):
+            result = self.txt2img("a fox", "--seed", "-1", "-o", name, "--json")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            seeds.add(json_lines(result.stdout)[0]["seed"])
+            self.assertIn(f"(random; --seed {json_lines(result.stdout)[0]['seed']} repeats this run)", result.stderr)
+        self.assertEqual(len(seeds), 2)
         # No random seed is announced when every image's prompt-file line sets its own.
         self.write("own.jsonl", '{"prompt": "a fox", "seed": 3, "output": "own.png"}\n')
         result = self.txt2img("--from-file", "own.jsonl")
@@ -207,10 +215,12 @@ class Seeds(CliTestCase):
         for bad, message in [(["--variation-seed", "3"], "--variation-seed needs --variation-strength"),
                              (["--variation-strength", "1.5"], "--variation-strength must be from 0 to 1"),
                              (["--variation-strength", "nan"], "--variation-strength must be from 0 to 1"),
-                             (["--variation-strength", "0.5", "--variation-seed", "-1"],
-                              '--variation-seed "-1" must be a whole number'),
+                             (["--variation-strength", "0.5", "--variation-seed", "-2"],
+                              '--variation-seed "-2" must be a whole number'),
                              (["--variation-strength", "0.5", "--seed", "1", "--shard", "0/2"],
-                              "--shard needs --variation-seed")]:
+                              "--shard needs a fixed --variation-seed"),
+                             (["--variation-strength", "0.5", "--seed", "1", "--variation-seed", "-1", "--shard",
+                               "0/2"], "--shard needs a fixed --variation-seed")]:
             result = self.txt2img("a fox", *bad, "-o", "bad.png")
             self.assertExit(result, EXIT_USAGE, message)
             self.assertFalse((self.dir / "bad.png").exists())

@@ -133,8 +133,9 @@ class JsonLines(CliTestCase):
     def test_overrides(self):
         self.write("p.jsonl", "\n".join([
             '{"prompt": "a fox"}',
-            '{"prompt": "a cat", "negative_prompt": "dogs", "seed": 1000, "steps": 3, "cfg_scale": 5,'
-            ' "width": 40, "height": 24, "sampler": "euler", "images": 2, "output": "cats/{n}.png"}',
+            # Whole numbers as pandas and NumPy write them (1000.0, 3e0) are the integers they are.
+            '{"prompt": "a cat", "negative_prompt": "dogs", "seed": 1000.0, "steps": 3e0, "cfg_scale": 5,'
+            ' "width": 40, "height": 24.0, "sampler": "euler", "images": 2.0, "output": "cats/{n}.png"}',
             '{"prompt": "a cow", "seed": null}',
         ]))
         result = self.txt2img("--from-file", "p.jsonl", "--seed", "7", "-n", "ugly", "--json", "-o", "{index}.png")
@@ -237,6 +238,9 @@ class JsonLines(CliTestCase):
         self.bad(['{"prompt": "x", "steps": "' + "9" * 1000 + '"}'], "p.jsonl:1",
                  '"steps" must be a whole number, not "' + "9" * 39 + "...")
         self.bad(['{"prompt": "x", "seed": -5}'], "p.jsonl:1", "seed")
+        self.bad(['{"prompt": "x", "seed": -5.0}'], "p.jsonl:1", '"seed" "-5" must be a whole number from 0')
+        self.bad(['{"prompt": "x", "steps": 1e10}'], "p.jsonl:1", '"steps" 10000000000.0 is out of range')
+        self.bad(['{"prompt": "x", "seed": 1e300}'], "p.jsonl:1", '"seed" must be a whole number, not 1e+300')
         self.bad(['{"prompt": "x", "seed": 9223372036854775808}'], "p.jsonl:1", "seed")
         self.bad(['{"prompt": "x", "width": 33}'], "p.jsonl:1", "width 33")
         self.bad(['{"prompt": "x", "height": 0}'], "p.jsonl:1", '"height" 0 is no image size')
