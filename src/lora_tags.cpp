@@ -74,7 +74,7 @@ LoraUse lora_use(const std::string& arguments, const std::string& tag) {
       throw Error(ErrorKind::Usage, "LoRA tag " + tag + ": unknown argument \"" + key + "=\" (te= and unet= are known)");
   }
   LoraUse use;
-  use.name = trimmed(positional[0]);
+  if (!positional.empty()) use.name = trimmed(positional[0]);  // <lora:te=1> holds named arguments alone
   if (use.name.empty()) throw Error(ErrorKind::Usage, "LoRA tag " + tag + " has no name (<lora:NAME:WEIGHT>)");
   if (positional.size() > 3)
     throw Error(ErrorKind::Usage, "LoRA tag " + tag +

@@ -32,6 +32,24 @@ bool has_change(const SafeTensors& file, const std::string& key) {
   return file.contains(key + ".diff") || file.contains(key + ".up");
 }
 
+// scripts/add_lora.py packed the file into the bundle: one it cannot read or multiply out (damaged after packing, a
+// header of the wrong shapes) is the bundle's fault, named with the way to pack it again.
+template <typename Read>
+auto from_lora_file(const std::filesystem::path& path, const std::filesystem::path& bundle_dir, Read&& read)
+    -> decltype(read()) {
+  const auto unusable = [&](const std::string& why) {
+    return Error(ErrorKind::Bundle, path.string() + " cannot be used (" + why + "); add the LoRA again with " +
+                                        add_lora_again(bundle_dir));
+  };
+  try {
+    return read();
+  } catch (const Error& e) {
+    throw unusable(e.what());
+  } catch (const c10::Error& e) {
+    throw unusable(backend_failure(e).what());
+  }
+}
+
 double weight_of(const LoraUse& use, const std::string& key) {
   return key.rfind("unet.", 0) == 0 ? use.unet_weight : use.te_weight;
 }
@@ -52,7 +70,7 @@ void LoraWeights::apply(const std::vector<LoraUse>& uses, const Manifest& manife
       const LoraFile* lora = manifest.find_lora(use.name);
       if (!lora) throw Error(ErrorKind::Bundle, "the model bundle has no LoRA named \"" + use.name + "\"");
       const auto path = bundle_dir_ / lora->file;
-      files.emplace_back(path, SafeTensors::open(path));
+      files.emplace_back(path, from_lora_file(path, bundle_dir_, [&] { return SafeTensors::open(path); }));
       for (const auto& k : files.back().second.keys()) {
         const std::string key = k.substr(0, k.rfind('.'));
         if (weight_of(use, key) == 0) continue;  // exactly the weights without it, as convert.py leaves them
@@ -71,7 +89,7 @@ void LoraWeights::apply(const std::vector<LoraUse>& uses, const Manifest& manife
         const auto& [path, file] = files[i];
         const double weight = weight_of(uses[i], key);
         if (weight == 0 || !has_change(file, key)) continue;
-        const auto change = delta(file, key).to(param.device());
+        const auto change = from_lora_file(path, bundle_dir_, [&] { return delta(file, key); }).to(param.device());
         if (change.numel() != param.numel())
           throw Error(ErrorKind::Bundle, path.string() + " changes " + key + " by " + std::to_string(change.numel()) +
                                              " values, the weight has " + std::to_string(param.numel()) +

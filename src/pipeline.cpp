@@ -152,6 +152,25 @@ void check_hires(const Manifest& manifest, const GenerationParams& params) {
   make_hires_sampler(manifest, params);
 }
 
+// LibTorch's process-wide settings that Pipeline::load changes: a load that fails puts back what an earlier pipeline
+// of the process runs with.
+class ProcessSettingsGuard {
+ public:
+  ProcessSettingsGuard()
+      : optimize_(torch::jit::getGraphExecutorOptimize()), cudnn_benchmark_(at::globalContext().benchmarkCuDNN()) {}
+  ProcessSettingsGuard(const ProcessSettingsGuard&) = delete;
+  ProcessSettingsGuard& operator=(const ProcessSettingsGuard&) = delete;
+  ~ProcessSettingsGuard() {
+    if (kept_) return;
+    torch::jit::setGraphExecutorOptimize(optimize_);
+    at::globalContext().setBenchmarkCuDNN(cudnn_benchmark_);
+  }
+  void keep() { kept_ = true; }
+
+ private:
+  bool optimize_, cudnn_benchmark_, kept_ = false;
+};
+
 }  // namespace
 
 std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params, int steps) {
@@ -228,6 +247,7 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
   Pipeline p(bundle.manifest(), bundle.load_tokenizer(), options);
   // Freezing needs the graph executor's optimisations on (with them off it leaves calls to methods it removed), so
   // they are switched to the options' setting only once the modules are prepared.
+  ProcessSettingsGuard settings;
   torch::jit::setGraphExecutorOptimize(true);
   at::globalContext().setBenchmarkCuDNN(options.cudnn_benchmark);
   // Each module is read into host memory and cast there, and only then copied to the device: the device never holds
@@ -270,6 +290,7 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
     p.safety_ = std::make_unique<SafetyChecker>(bundle.path("safety_checker.pt"), *bundle.manifest().safety,
                                                 side_device(options), side_dtype(options));
   torch::jit::setGraphExecutorOptimize(options.profiling_executor);
+  settings.keep();
   return p;
 } catch (const Error&) {
   throw;

@@ -167,7 +167,39 @@ std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const
   return png;
 }
 
-void write_file_atomic(const std::filesystem::path& file, const std::vector<uint8_t>& bytes) {
+namespace {
+
+// Puts the finished temporary file in place as `file`; returns 0 or an errno value. Without `replace`, the kernel
+// refuses a name that exists by then (EEXIST): a check beforehand would leave a window in which another writer's file
+// is replaced. File systems without RENAME_NOREPLACE get a hard link instead, and those without hard links (FAT) the
+// check and the window.
+int put_in_place(const std::filesystem::path& tmp, const std::filesystem::path& file, bool replace) {
+  if (!replace) {
+    if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, file.c_str(), RENAME_NOREPLACE) == 0) return 0;
+    if (errno != EINVAL && errno != ENOSYS) return errno;
+    if (link(tmp.c_str(), file.c_str()) == 0) {
+      unlink(tmp.c_str());
+      return 0;
+    }
+    if (errno != EPERM && errno != EOPNOTSUPP) return errno;
+    std::error_code ec;
+    if (std::filesystem::symlink_status(file, ec).type() != std::filesystem::file_type::not_found) return EEXIST;
+  }
+  return std::rename(tmp.c_str(), file.c_str()) == 0 ? 0 : errno;
+}
+
+// After a rename, the directory entry reaches the disk only with the directory: an image reported as written must
+// survive a power cut. A file system that cannot sync a directory has nothing to do.
+void sync_directory(const std::filesystem::path& dir) {
+  const int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  fsync(fd);
+  close(fd);
+}
+
+}  // namespace
+
+void write_file_atomic(const std::filesystem::path& file, const std::vector<uint8_t>& bytes, bool replace) {
   const auto dir = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
   // A name of its own length, not the file's plus a suffix: a file name the file system just takes must not fail
   // here. O_EXCL keeps two writers in one directory off each other's temporary file.
@@ -186,7 +218,7 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
     const std::string error = describe_errno();
     if (fd >= 0) {
       close(fd);
-      std::filesystem::remove(tmp);
+      unlink(tmp.c_str());
     }
     throw Error(ErrorKind::Io, "cannot write " + file.string() + ": " + error);
   }
@@ -196,16 +228,19 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
   const std::string flush_error = flushed || !written ? "" : describe_errno();
   const bool closed = std::fclose(f) == 0;
   if (!written || !flushed || !closed) {
-    std::filesystem::remove(tmp);
+    const std::string error = !written ? write_error : !flushed ? flush_error : describe_errno();
+    unlink(tmp.c_str());
+    throw Error(ErrorKind::Io, "cannot write " + file.string() + ": " + error);
+  }
+  if (const int failure = put_in_place(tmp, file, replace)) {
+    unlink(tmp.c_str());
     throw Error(ErrorKind::Io, "cannot write " + file.string() + ": " +
-                                   (!written ? write_error : !flushed ? flush_error : describe_errno()));
+                                   (failure == EEXIST && !replace
+                                        ? "a file of that name appeared while it was being written (another run "
+                                          "writing the same names?); it was left as it is"
+                                        : std::strerror(failure)));
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, file, ec);
-  if (ec) {
-    std::filesystem::remove(tmp);
-    throw Error(ErrorKind::Io, "cannot write " + file.string() + ": " + ec.message());
-  }
+  sync_directory(dir);
 }
 
 PngInfo read_png_info(const std::filesystem::path& file) {

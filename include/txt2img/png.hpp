@@ -16,9 +16,10 @@ using PngText = std::vector<std::pair<std::string, std::string>>;
 // below 1 and a key PNG does not allow (1 to 79 printable ASCII characters, no leading, trailing or double space).
 std::vector<uint8_t> encode_png(const uint8_t* rgb, int width, int height, const PngText& text);
 
-// Writes bytes to `file` through a temporary file and a rename, so that `file` is either absent or complete.
-// Throws Error(Io) (the temporary file removed) on any failure, e.g. a full disk.
-void write_file_atomic(const std::filesystem::path& file, const std::vector<uint8_t>& bytes);
+// Writes bytes to `file` through a temporary file and a rename, so that `file` is either absent or complete, and
+// syncs it and its directory entry to the disk. Without `replace` a file of that name (made meanwhile by another
+// program) is left as it is. Throws Error(Io) (the temporary file removed) on any failure, e.g. a full disk.
+void write_file_atomic(const std::filesystem::path& file, const std::vector<uint8_t>& bytes, bool replace = true);
 
 struct PngInfo {
   int64_t width = 0;

@@ -332,13 +332,9 @@ class Generator {
     if (ec)
       throw Error(ErrorKind::Io,
                   "cannot create output directory " + job.output.parent_path().string() + ": " + ec.message());
-    if (!o_.overwrite && std::filesystem::exists(job.output, ec))
-      throw Error(ErrorKind::Io, "output " + job.output.string() +
-                                     " appeared while this run was working (another run writing the same names?); "
-                                     "it was left as it is");
     {
       const DeferSecondSignal writing;
-      write_file_atomic(job.output, png);
+      write_file_atomic(job.output, png, o_.overwrite);
     }
     ++made_;
     ++totals_->written;

@@ -10,10 +10,10 @@
 namespace txt2img::cli {
 namespace {
 
-volatile std::sig_atomic_t g_signal = 0;
 // Atomics, not sig_atomic_t: the handler may run on any of LibTorch's threads while the main thread writes a file.
 static_assert(std::atomic<bool>::is_always_lock_free && std::atomic<int>::is_always_lock_free,
               "the signal handler needs lock-free atomics");
+std::atomic<int> g_signal{0};
 std::atomic<bool> g_deferring{false};
 std::atomic<int> g_deferred{0};
 
@@ -73,12 +73,12 @@ DeferSecondSignal::~DeferSecondSignal() {
 }
 
 void throw_if_stop_requested() {
-  if (g_signal != 0)
+  if (const int signal = g_signal)
     throw Error(ErrorKind::Interrupted,
-                std::string("interrupted by ") + (g_signal == SIGINT    ? "SIGINT"
-                                                  : g_signal == SIGTERM ? "SIGTERM"
-                                                  : g_signal == SIGHUP  ? "SIGHUP (the terminal was closed)"
-                                                                        : "SIGPIPE (the output pipe was closed)"));
+                std::string("interrupted by ") + (signal == SIGINT    ? "SIGINT"
+                                                  : signal == SIGTERM ? "SIGTERM"
+                                                  : signal == SIGHUP  ? "SIGHUP (the terminal was closed)"
+                                                                      : "SIGPIPE (the output pipe was closed)"));
 }
 
 }  // namespace txt2img::cli

@@ -622,6 +622,13 @@ class Metadata(CliTestCase):
         self.assertIn('its prompt adds the LoRAs ink, sea (Lora hashes: ink: 0123456789ab, sea: ba9876543210): the '
                       "model bundle needs them under those names (scripts/add_lora.py MODEL_DIR FILE)", result.stderr)
         self.assertNotIn("not carried over", result.stderr)
+        # A tag of named arguments alone (an image made elsewhere, or crafted) has no LoRA name: said, not a crash.
+        result = a1111_command(self, "a cat <lora:te=0.5:unet=1>\nSteps: 2, Sampler: Euler, Seed: 1, Size: 32x32, "
+                                     "RNG: CPU", "nameless.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(shlex.split(result.stdout)[1], "a cat <lora:te=0.5:unet=1>")
+        self.assertExit(self.txt2img("a cat <lora:te=0.5:unet=1>", "-o", "nameless-run.png"), EXIT_USAGE,
+                        "LoRA tag <lora:te=0.5:unet=1> has no name (<lora:NAME:WEIGHT>)")
 
     def test_info_without_metadata_and_on_bad_files(self):
         self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "a.png").returncode, 0)

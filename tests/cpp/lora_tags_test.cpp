@@ -38,8 +38,8 @@ TEST(LoraTags, OtherAngleBracketsAreText) {
 
 TEST(LoraTags, RefusesWhatItCannotDo) {
   for (const std::string prompt : {"<lora: :1>", "<lora:x:abc>", "<lora:x:1:2:3>", "<lora:x:nan>", "<lora:x:inf>",
-                                   "<lora:x:1:dyn=8>", "<lora:x:scale=2>", "<lora:x:>", "<hypernet:h:1>",
-                                   "<lora:x:1x>"}) {
+                                   "<lora:x:1:dyn=8>", "<lora:x:scale=2>", "<lora:x:>", "<hypernet:h:1>", "<lora:x:1x>",
+                                   "<lora:te=0.5>", "<lora:te=0.5:unet=1>", "<lyco:unet=2>"}) {
     try {
       parse_lora_tags(prompt);
       ADD_FAILURE() << prompt << " was accepted";
@@ -48,6 +48,17 @@ TEST(LoraTags, RefusesWhatItCannotDo) {
       EXPECT_NE(std::string(e.what()).find(prompt.substr(0, 5)), std::string::npos) << e.what();
     }
   }
+}
+
+TEST(LoraTags, NamedArgumentsAloneLeaveTheTagWithoutAName) {
+  try {
+    parse_lora_tags("a cat <lora:te=0.5:unet=1>");
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "LoRA tag <lora:te=0.5:unet=1> has no name (<lora:NAME:WEIGHT>)");
+  }
+  // As A1111 splits an argument at most twice at "=", one with two is positional: here a weight it refuses.
+  EXPECT_THROW(parse_lora_tags("<lora:x:te=1=2>"), Error);
 }
 
 }  // namespace

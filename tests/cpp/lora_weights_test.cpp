@@ -6,6 +6,8 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <initializer_list>
+#include <iterator>
 #include <map>
 
 #include "expect_error.hpp"
@@ -161,29 +163,69 @@ TEST(LoraFiles, Bfloat16WeightsComeBackExactly) {
   EXPECT_LT(((a - b).abs().max() / b.abs().max()).item<double>(), 0.05);
 }
 
+// A copy of ref-tiny-loras whose detail-loha file is `bytes` (model.json updated to its size), removed with it.
+class ReplacedLoraFile {
+ public:
+  explicit ReplacedLoraFile(const std::string& bytes)
+      : dir_(std::filesystem::temp_directory_path() / ("txt2img_loras_" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(dir_);
+    std::filesystem::copy(fixtures() / "ref-tiny-loras", dir_, std::filesystem::copy_options::recursive);
+    std::ofstream(dir_ / "loras" / "detail-loha.safetensors", std::ios::binary) << bytes;
+    nlohmann::json manifest;
+    std::ifstream(dir_ / "model.json") >> manifest;
+    manifest["files"]["loras/detail-loha.safetensors"]["bytes"] = bytes.size();
+    std::ofstream(dir_ / "model.json") << manifest.dump(1);
+  }
+  ~ReplacedLoraFile() { std::filesystem::remove_all(dir_); }
+  const std::filesystem::path& dir() const { return dir_; }
+
+ private:
+  std::filesystem::path dir_;
+};
+
+std::string safetensors_bytes(const std::string& header, size_t data_bytes) {
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  return bytes + header + std::string(data_bytes, '\0');
+}
+
+// Runs with both LoRAs (detail-loha's file replaced by `bytes`) fail with Error(Bundle) holding `fragments`, and the
+// weights stay as they were.
+void expect_unusable(const std::string& bytes, std::initializer_list<std::string> fragments) {
+  const ReplacedLoraFile copy(bytes);
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {});
+  const auto plain = run(pipeline);
+  expect_error(
+      [&] {
+        run(pipeline, {{"ink-style", 1.0, 1.0}, {"detail-loha", 1.0, 1.0}});
+      },
+      ErrorKind::Bundle, fragments);
+  EXPECT_EQ(run(pipeline).rgb, plain.rgb);
+}
+
 // A packed file that no longer fits the modules (the bundle converted again from another model, say) is a bundle
 // error that names the weight, and the weights stay as they were.
 TEST(LoraFiles, AFileThatDoesNotFitIsABundleErrorAndChangesNothing) {
-  const auto dir = std::filesystem::temp_directory_path() / ("txt2img_loras_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::copy(fixtures() / "ref-tiny-loras", dir, std::filesystem::copy_options::recursive);
-  // detail-loha's file replaced by one that changes a weight the U-Net does not have.
-  const std::string header = R"({"unet.no_such_layer.weight.diff":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})";
-  std::string bytes(8, '\0');
-  for (int i = 0; i < 8; ++i) bytes[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
-  bytes += header + std::string(4, '\0');
-  std::ofstream(dir / "loras" / "detail-loha.safetensors", std::ios::binary) << bytes;
-  nlohmann::json manifest;
-  std::ifstream(dir / "model.json") >> manifest;
-  manifest["files"]["loras/detail-loha.safetensors"]["bytes"] = bytes.size();
-  std::ofstream(dir / "model.json") << manifest.dump(1);
+  expect_unusable(
+      safetensors_bytes(R"({"unet.no_such_layer.weight.diff":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4),
+      {"unet.no_such_layer.weight, which is no weight of this model", "add_lora.py"});
+}
 
-  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(dir), {});
-  const auto plain = run(pipeline);
-  expect_error([&] { run(pipeline, {{"ink-style", 1.0, 1.0}, {"detail-loha", 1.0, 1.0}}); }, ErrorKind::Bundle,
-               {"unet.no_such_layer.weight, which is no weight of this model", "add_lora.py"});
-  EXPECT_EQ(run(pipeline).rgb, plain.rgb);
-  std::filesystem::remove_all(dir);
+// So is one damaged after packing (its size unchanged, so that opening the bundle passes), or whose factors cannot be
+// multiplied out: not a LibTorch failure of the run.
+TEST(LoraFiles, AFileThatCannotBeReadOrMultipliedOutIsABundleError) {
+  std::string damaged;
+  {
+    std::ifstream in(fixtures() / "ref-tiny-loras" / "loras" / "detail-loha.safetensors", std::ios::binary);
+    damaged.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  damaged.replace(8, 4, "xxxx");  // the header's JSON
+  expect_unusable(damaged, {"detail-loha.safetensors cannot be used (", "add_lora.py"});
+  expect_unusable(safetensors_bytes(R"({"unet.conv_in.weight.up":{"dtype":"F32","shape":[1,1],"data_offsets":[0,4]},)"
+                                    R"("unet.conv_in.weight.down":{"dtype":"F32","shape":[2,1],"data_offsets":[4,12]},)"
+                                    R"("unet.conv_in.weight.scale":{"dtype":"F32","shape":[],"data_offsets":[12,16]}})",
+                                    16),
+                  {"detail-loha.safetensors cannot be used (", "cannot be multiplied", "add_lora.py"});
 }
 
 // A LoRA file deleted after its bundle was opened (a long-running host) is found missing when checked, not when it

@@ -1,6 +1,7 @@
 #include "txt2img/pipeline.hpp"
 
 #include <gtest/gtest.h>
+#include <torch/csrc/jit/python/update_graph_executor_opt.h>
 #include <torch/cuda.h>
 #include <torch/nn/functional/upsampling.h>
 
@@ -740,6 +741,25 @@ TEST(Pipeline, TheCallersMistakesObserverAndNoiseAsTheHeaderSays) {
   const auto expected = pipeline.generate({"a"}, {""}, params, fresh)[0].rgb;
   EXPECT_EQ(pipeline.generate({"a"}, {""}, params, one)[0].rgb, expected);
   EXPECT_EQ(pipeline.generate({"a"}, {""}, params, one)[0].rgb, expected);
+}
+
+// LibTorch's process-wide settings that a load changes are put back when it fails, for the pipelines already loaded.
+TEST(Pipeline, AFailedLoadLeavesTheProcessSettingsAsTheyWere) {
+  const auto dir = std::filesystem::temp_directory_path() / ("txt2img_damaged_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(fixtures() / "tiny", dir, std::filesystem::copy_options::recursive);
+  // The VAE decoder loads after the text encoder and the U-Net; damaged with its size kept, the bundle opens.
+  const auto size = std::filesystem::file_size(dir / "vae_decoder.pt");
+  std::ofstream(dir / "vae_decoder.pt", std::ios::binary) << std::string(size, '\0');
+  const auto bundle = txt2img::Bundle::open(dir);
+  txt2img::PipelineOptions options;
+  options.safety = txt2img::SafetyMode::Off;
+  for (const bool optimize : {false, true}) {
+    torch::jit::setGraphExecutorOptimize(optimize);
+    expect_error([&] { txt2img::Pipeline::load(bundle, options); }, ErrorKind::Bundle, {"cannot load vae_decoder.pt"});
+    EXPECT_EQ(torch::jit::getGraphExecutorOptimize(), optimize);
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Pipeline, DevicesAndDtypesItCannotRunAreUsageErrors) {

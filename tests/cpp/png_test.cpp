@@ -100,6 +100,34 @@ TEST(Png, AtomicWriteLeavesNoTemporaryFile) {
   std::filesystem::remove_all(dir);
 }
 
+// Without replace, a file that took the name meanwhile (another run's image, even a dangling link) is kept as it is.
+TEST(Png, AWriteThatMustNotReplaceLeavesAnotherFileOfTheName) {
+  const auto dir = temp_dir();
+  const auto rgb = gradient(8, 8);
+  const auto png = txt2img::encode_png(rgb.data(), 8, 8, {});
+  std::ofstream(dir / "taken.png") << "another run's";
+  std::filesystem::create_symlink(dir / "nowhere", dir / "link.png");
+  for (const char* name : {"taken.png", "link.png"}) {
+    try {
+      txt2img::write_file_atomic(dir / name, png, /*replace=*/false);
+      ADD_FAILURE() << name << " replaced";
+    } catch (const txt2img::Error& e) {
+      EXPECT_EQ(e.kind(), txt2img::ErrorKind::Io);
+      EXPECT_NE(std::string(e.what()).find("appeared while it was being written"), std::string::npos) << e.what();
+    }
+  }
+  std::ifstream in(dir / "taken.png");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "another run's");
+  EXPECT_TRUE(std::filesystem::is_symlink(dir / "link.png"));
+  txt2img::write_file_atomic(dir / "free.png", png, /*replace=*/false);
+  txt2img::write_file_atomic(dir / "taken.png", png);
+  EXPECT_EQ(std::filesystem::file_size(dir / "taken.png"), png.size());
+  size_t files = 0;  // no temporary file left
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir)) ++files;
+  EXPECT_EQ(files, 3u);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Png, FailedWriteIsIoErrorAndRemovesTemporaryFile) {
   const auto dir = temp_dir();
   const auto rgb = gradient(64, 64);
