@@ -243,6 +243,13 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
   sync_directory(dir);
 }
 
+bool starts_as_png(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  uint8_t head[kSignatureBytes];
+  return in.read(reinterpret_cast<char*>(head), kSignatureBytes) &&
+         std::memcmp(head, kPngSignature, kSignatureBytes) == 0;
+}
+
 PngInfo read_png_info(const std::filesystem::path& file) {
   // Read as a stream, not by its size or by seeking: `info /dev/stdin` and `info <(curl ...)` are pipes.
   errno = 0;

@@ -621,9 +621,11 @@ int run_generate(const GenerateOptions& o) {
                             {"vram_allocated", optional_number(peaks.device_allocated_mib)},
                             {"vram_reserved", optional_number(peaks.device_reserved_mib)}};
     if (!failure.empty()) j["error"] = failure;
-    std::string line = (interrupted ? "interrupted: wrote " : "wrote ") + std::to_string(totals.written) + " of " +
-                       std::to_string(pf.to_make) + " images";
-    if (totals.skipped) line += " (" + std::to_string(totals.skipped) + " skipped, already there)";
+    std::string line = pf.to_make == 0 && totals.skipped
+                           ? "nothing to make: all " + std::to_string(totals.skipped) + " images are there already"
+                           : (interrupted ? "interrupted: wrote " : "wrote ") + std::to_string(totals.written) +
+                                 " of " + std::to_string(pf.to_make) + " images";
+    if (totals.skipped && pf.to_make > 0) line += " (" + std::to_string(totals.skipped) + " skipped, already there)";
     line += " in " + format_seconds(total_s);
     line += peaks.device_allocated_mib ? "; peak VRAM " + format_mib(*peaks.device_allocated_mib) + " (" +
                                              format_mib(*peaks.device_reserved_mib) + " reserved)"

@@ -9,6 +9,7 @@
 
 #include "txt2img/error.hpp"
 #include "txt2img/lora_tags.hpp"
+#include "txt2img/png.hpp"
 
 namespace txt2img::cli {
 namespace {
@@ -262,6 +263,12 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
                                        " exists; pass --overwrite to replace it, or --skip-existing to keep it and "
                                        "make only the missing images");
       if (existing == Existing::Skip) {
+        // An empty or foreign file there (another tool's crash; txt2img's own writes are whole or absent) would be
+        // counted as made and keep no image.
+        if (!starts_as_png(job.output))
+          throw Error(ErrorKind::Io, "output " + quoted(job.output) +
+                                         " exists but does not read as a PNG image, which --skip-existing would keep "
+                                         "as if made; remove it");
         ++result.to_skip;
         continue;
       }

@@ -8,6 +8,9 @@ import unittest
 from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle, files_under, fixture_bundle,
                          json_lines, png_pixels, png_text, run, without_taesd)
 
+# What an image file that --skip-existing keeps begins with.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
 
 class Outputs(CliTestCase):
     def test_single_prompt_to_named_file(self):
@@ -121,7 +124,8 @@ class Outputs(CliTestCase):
         self.assertEqual(files_under(self.dir), ["out/00001-11.png"])
 
     def test_skip_existing_skips_before_generating(self):
-        self.write("out/00001-11.png", "placeholder")
+        (self.dir / "out").mkdir()
+        (self.dir / "out/00001-11.png").write_bytes(PNG_SIGNATURE + b"placeholder")
         result = self.txt2img("a fox", "--seed", "10", "--images-per-prompt", "3", "-o", "out/", "--skip-existing",
                               "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -129,14 +133,24 @@ class Outputs(CliTestCase):
         self.assertEqual([r["path"] for r in records if r["event"] == "image"],
                          ["out/00000-10.png", "out/00002-12.png"])
         self.assertEqual(records[-1]["skipped"], 1)
-        self.assertEqual((self.dir / "out/00001-11.png").read_text(), "placeholder")
+        self.assertEqual((self.dir / "out/00001-11.png").read_bytes(), PNG_SIGNATURE + b"placeholder")
 
     def test_skip_existing_with_everything_done_loads_no_model(self):
-        self.write("fox.png", "x")
+        (self.dir / "fox.png").write_bytes(PNG_SIGNATURE)
         result = self.txt2img("a fox", "-o", "fox.png", "--seed", "1", "--skip-existing", "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json_lines(result.stdout)[-1]["skipped"], 1)
         self.assertNotIn("loading", result.stderr)
+        self.assertIn("nothing to make: all 1 images are there already", result.stderr)
+
+    def test_skip_existing_keeps_no_file_that_is_no_image(self):
+        """An empty or foreign file where an image goes (another tool's crash) is not counted as made: the run
+        stops before any work, naming it, and leaves it as it is."""
+        for content in ("", "GIF89a"):
+            self.write("fox.png", content)
+            result = self.txt2img("a fox", "-o", "fox.png", "--seed", "1", "--skip-existing")
+            self.assertExit(result, EXIT_IO, 'output "fox.png" exists but does not read as a PNG image')
+            self.assertEqual((self.dir / "fox.png").read_text(), content)
 
 
 class Seeds(CliTestCase):
