@@ -169,12 +169,14 @@ def convert_source(args) -> dict:
     if args.ema and folder:  # a hub id, which parse_args could not tell from a file
         raise ck.ConversionError(f"--ema applies to a single-file SOURCE; {args.source} is a diffusers model, which "
                                  "holds one set of U-Net weights")
+    vae_beside = False
     if args.vae is None and not folder and not args.own_vae:
         # A1111's Automatic VAE: a VAE saved beside the checkpoint as NAME.vae.ckpt/.pt/.safetensors (in the order
         # A1111 lists them) replaces the checkpoint's own or stands in for a missing one, so images match that setting.
         stem = os.path.splitext(path)[0]
         args.vae = _first_file(*(stem + ".vae" + ext for ext in (".ckpt", ".pt", ".safetensors")))
-        if args.vae is not None:
+        vae_beside = args.vae is not None
+        if vae_beside:
             export.progress(f"using the VAE beside the checkpoint, {args.vae}, as A1111 does (--own-vae keeps the "
                             "checkpoint's, --vae names another)")
     vae_path = hub.resolve_component(args.vae, "--vae") if args.vae is not None else None
@@ -226,6 +228,7 @@ def convert_source(args) -> dict:
         raise ck.ConversionError(f"{path} has no VAE weights (first_stage_model.*): it was released to be used with a "
                                  "separate VAE; pass it with --vae (e.g. vae-ft-mse-840000-ema-pruned.safetensors)")
     vae_identity = {}
+    own_vae_complete = bool(export.VAEEncoder.select_state_dict(model.vae.tensors))
     if args.vae is not None:
         export.progress(f"loading the VAE {args.vae}")
         model.vae, vae_sha256 = ck.load_vae(vae_path, model.vae)
@@ -247,11 +250,17 @@ def convert_source(args) -> dict:
                                  export.safety_manifest(preprocessor) if safety is not None else None)
     fields.update(vae_identity)
     if fields.get("inpainting") and not export.VAEEncoder.select_state_dict(model.vae.tensors):
-        # Checked before the slow loading: a VAE file may hold only the decoder, all that other models need.
-        raise ck.ConversionError(
-            f"{args.vae if args.vae is not None else path}: the VAE has no encoder (encoder.*), which an inpainting "
-            "model needs for its masked image; " + ("pass a VAE file with both halves, or leave out --vae"
-                                                    if args.vae is not None else "pass a complete VAE with --vae"))
+        # Checked before the slow loading: a VAE file may hold only the decoder, all that other models need. The
+        # advice names only what would help: the checkpoint's own VAE where it is complete.
+        if vae_beside and own_vae_complete:
+            advice = "pass --own-vae to keep the checkpoint's, or a complete VAE with --vae"
+        elif args.vae is not None and not vae_beside:
+            advice = "pass a VAE file with both halves" + (", or leave out --vae" if own_vae_complete else "")
+        else:
+            advice = "pass a complete VAE with --vae"
+        where = " beside the checkpoint" if vae_beside else ""
+        raise ck.ConversionError(f"{args.vae if args.vae is not None else path}: the VAE{where} has no encoder "
+                                 f"(encoder.*), which an inpainting model needs for its masked image; {advice}")
     if taesd is not None:
         export.check_taesd(taesd.config, fields, args.taesd)
         fields.update(taesd_name=os.path.basename(os.path.normpath(args.taesd)), taesd_hash=taesd_sha256[:10])
@@ -302,13 +311,13 @@ def convert_source(args) -> dict:
         source["embeddings"] = [{k: r[k] for k in ("name", "path", "sha256")} for r in embeddings]
     model_hash = model.sha256[:10]
     if args.ema:
-        # Weights A1111 never reads from this file: named apart, and hashed by the exported U-Net, as merged LoRAs.
+        # Weights A1111 never reads from this file: named apart, and hashed by the U-Net's weights, as merged LoRAs.
         source["ema"] = True
         name += "+ema"
         model_hash = None
     if loras:
         # Merged weights are no longer the source model: the name lists the LoRAs, and the hash (which images'
-        # metadata quote) becomes that of the exported U-Net instead of the source's.
+        # metadata quote) becomes that of the merged U-Net's weights (export.write_bundle) instead of the source's.
         source["loras"] = loras
         for spec in args.lora:
             stem = os.path.splitext(os.path.basename(spec.path))[0]

@@ -75,6 +75,19 @@ def sha256_file(path: str, start: int = 0) -> str:
     return digest.hexdigest()
 
 
+def sha256_tensors(tensors: Tensors) -> str:
+    """sha256 of tensors by name, dtype, shape and values alone, in name order: unlike that of a TorchScript file
+    (whose debug records hold the converter's source paths), the same weights give the same digest wherever they
+    are converted. Each tensor is a JSON line [name, dtype, shape] followed by its bytes in memory order
+    (little-endian on the machines PyTorch runs SD on)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode("utf-8") + b"\n")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def read_json(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:

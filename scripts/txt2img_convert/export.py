@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-from .checkpoints import Component, ConversionError, non_finite, sha256_file
+from .checkpoints import Component, ConversionError, non_finite, sha256_file, sha256_tensors
 from .clip import _TEXT_DEFAULTS, CLIPTextModel
 from .launch import bundle_in_place, progress  # noqa: F401 - the scripts call progress as export.progress
 from .presets import DEFAULT_PREPROCESSOR, sd1_defaults
@@ -270,11 +270,16 @@ def write_bundle(out: str, modules: Dict[str, nn.Module], vocab: str, fields: di
     """Write the bundle into a temporary directory beside `out`, then move it into place.
 
     `modules`: part -> loaded module (safety_checker optional); `fields`: model_fields(); `model_hash`: the
-    short hash users know the model by (None: that of the exported U-Net). Returns the manifest written.
+    short hash users know the model by, None for weights no file holds as they are (random, merged, a moving
+    average): then the first 10 digits of checkpoints.sha256_tensors() of the U-Net's state dict, which
+    `torch.jit.load("unet.pt").state_dict()` gives back. Not unet.pt's own sha256: TorchScript writes the
+    converter's source paths into it, so that would differ between two installs. Returns the manifest written.
     """
     from .tokenizer import write_model  # imported when needed: the tokenizer converter is another module's
 
     check_destination(out, overwrite)
+    if model_hash is None:
+        model_hash = sha256_tensors(modules["unet"].state_dict())[:10]
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
     created = _missing_folders(parent)  # made for `out`, removed again where it is not written
@@ -305,7 +310,7 @@ def write_bundle(out: str, modules: Dict[str, nn.Module], vocab: str, fields: di
             "converter_version": CONVERTER_VERSION,
             "torch_version": torch.__version__,
             "model_name": name,
-            "model_hash": model_hash or files["unet.pt"]["sha256"][:10],
+            "model_hash": model_hash,
             "source": source,
         }
         write_manifest(os.path.join(staging, "model.json"), manifest)

@@ -23,22 +23,24 @@ def progress(message: str) -> None:
 
 
 def reexec_if_needed(prog: str, script: str) -> None:
-    """Re-run `script` when the interpreter lacks torch (under the Python that scripts/with-torch-python finds, so
-    `scripts/<script> ...` works whatever `python3` is first on PATH) or has randomised string hashing:
+    """Re-run `script` under the Python that scripts/with-torch-python finds when this one lacks torch or
+    TXT2IMG_PYTHON is set (so `scripts/<script> ...` works whatever `python3` is first on PATH, and TXT2IMG_PYTHON
+    can choose a newer PyTorch than that one's), else under this one where it has randomised string hashing:
     TorchScript writes each module's constants in set order, so only a fixed PYTHONHASHSEED makes the same weights
     give byte-identical files."""
     has_torch = importlib.util.find_spec("torch") is not None
-    if has_torch and os.environ.get("PYTHONHASHSEED") == "0":
-        return
     if os.environ.get("TXT2IMG_CONVERT_REEXEC"):
         if not has_torch:
             print(f"{prog}: error: no Python with torch found (set TXT2IMG_PYTHON)", file=sys.stderr)
             sys.exit(1)
         return  # PYTHONHASHSEED could not be set: go on, only less reproducibly
+    chosen = os.environ.get("TXT2IMG_PYTHON")
+    if has_torch and not chosen and os.environ.get("PYTHONHASHSEED") == "0":
+        return
     os.environ["TXT2IMG_CONVERT_REEXEC"] = "1"
     os.environ["PYTHONHASHSEED"] = "0"
     script = os.path.abspath(script)
-    if has_torch:
+    if has_torch and not chosen:
         os.execv(sys.executable, [sys.executable, script, *sys.argv[1:]])
     launcher = os.path.join(os.path.dirname(script), "with-torch-python")
     os.execv(launcher, [launcher, script, *sys.argv[1:]])

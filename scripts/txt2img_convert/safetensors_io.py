@@ -3,6 +3,8 @@
 Layout: 8-byte little-endian header length N, N bytes of JSON header mapping each name to
 {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the end of the header), an optional
 "__metadata__" entry of string pairs, then the raw little-endian row-major data.
+
+Reading errors are ValueErrors that say what is wrong without naming the file: the caller names it.
 """
 
 import json
@@ -23,6 +25,9 @@ _DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+# SD 1.x fp8 uploads store their weights in these; PyTorch has the dtypes from 2.1 on.
+_FLOAT8 = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+_DTYPES.update({name: getattr(torch, attr) for name, attr in _FLOAT8.items() if hasattr(torch, attr)})
 _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 # Same bound as the reference implementation: a larger header is a corrupt or hostile file.
@@ -53,34 +58,34 @@ def is_safetensors(path: str) -> bool:
 def read_header(path: str) -> Dict[str, dict]:
     """The JSON header of `path` (tensor entries and `__metadata__` if present)."""
     with open(path, "rb") as f:
-        header, _ = _read_header(f, path)
+        header, _ = _read_header(f)
     return header
 
 
-def _read_header(f, path: str):
+def _read_header(f):
     prefix = f.read(8)
     if len(prefix) != 8:
-        raise ValueError(f"{path}: too short for a safetensors file")
+        raise ValueError("too short for a safetensors file")
     (length,) = struct.unpack("<Q", prefix)
     if length > _MAX_HEADER_BYTES:
-        raise ValueError(f"{path}: header length {length} is implausible")
+        raise ValueError(f"header length {length} is implausible")
     raw = f.read(length)
     if len(raw) != length:
-        raise ValueError(f"{path}: truncated header")
+        raise ValueError("truncated header")
     try:
         header = json.loads(raw.decode("utf-8"))
     except ValueError as e:  # UnicodeDecodeError and JSONDecodeError both
-        raise ValueError(f"{path}: its header is not valid JSON ({e}): a damaged file, or its header length is "
+        raise ValueError(f"its header is not valid JSON ({e}): a damaged file, or its header length is "
                          "wrong") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: header is not a JSON object")
+        raise ValueError("its header is not a JSON object")
     return header, 8 + length
 
 
 def load_file(path: str) -> Dict[str, torch.Tensor]:
     """All tensors of a .safetensors file, each in its own CPU storage."""
     with open(path, "rb") as f:
-        header, data_start = _read_header(f, path)
+        header, data_start = _read_header(f)
         f.seek(0, 2)
         data_size = f.tell() - data_start
         entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
@@ -88,22 +93,26 @@ def load_file(path: str) -> Dict[str, torch.Tensor]:
             offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
             if (not isinstance(entry, dict) or not isinstance(entry.get("shape"), list) or not isinstance(offsets, list)
                     or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)):
-                raise ValueError(f"{path}: tensor {name!r} has a malformed header entry: {json.dumps(entry)[:200]}")
+                raise ValueError(f"tensor {name!r} has a malformed header entry: {json.dumps(entry)[:200]}")
         # A download that stopped early keeps its whole header: say so rather than name the first tensor cut off.
         described = max((int(entry["data_offsets"][1]) for entry in entries.values()), default=0)
         if described > data_size:
-            raise ValueError(f"{path}: truncated: its header describes {described} bytes of tensor data but the "
+            raise ValueError(f"truncated: its header describes {described} bytes of tensor data but the "
                              f"file holds {max(data_size, 0)} (an interrupted download? fetch it again)")
         # As the reference reader requires: more bytes than described would be read from the wrong offsets (a header
         # length that cuts into the header's padding still parses).
         if described < data_size:
-            raise ValueError(f"{path}: its header describes {described} bytes of tensor data but the file holds "
+            raise ValueError(f"its header describes {described} bytes of tensor data but the file holds "
                              f"{data_size}: a damaged file, or its header length is wrong")
         tensors: Dict[str, torch.Tensor] = {}
         for name, entry in entries.items():
             dtype_name = entry.get("dtype")
+            if dtype_name in _FLOAT8 and dtype_name not in _DTYPES:
+                raise ValueError(f"it holds float8 weights ({dtype_name}, in tensor {name!r}), which PyTorch "
+                                 f"{torch.__version__} cannot read: run the converter under PyTorch 2.1 or later "
+                                 "(set TXT2IMG_PYTHON to a python3 that has it), or convert the file to fp16 first")
             if dtype_name not in _DTYPES:
-                raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name!r}")
+                raise ValueError(f"tensor {name!r} has unsupported dtype {dtype_name!r}")
             dtype = _DTYPES[dtype_name]
             shape = [int(s) for s in entry["shape"]]
             begin, end = (int(o) for o in entry["data_offsets"])
@@ -111,13 +120,13 @@ def load_file(path: str) -> Dict[str, torch.Tensor]:
             for s in shape:
                 numel *= s
             if not 0 <= begin <= end <= data_size or end - begin != numel * _element_size(dtype):
-                raise ValueError(f"{path}: tensor {name!r} has inconsistent data_offsets {entry['data_offsets']}")
+                raise ValueError(f"tensor {name!r} has inconsistent data_offsets {entry['data_offsets']}")
             # Reading straight into a fresh uint8 tensor keeps every tensor aligned and avoids holding the
             # whole file in memory twice (SD checkpoints are several GB).
             raw = torch.empty(end - begin, dtype=torch.uint8)
             f.seek(data_start + begin)
             if end > begin and f.readinto(raw.numpy()) != end - begin:
-                raise ValueError(f"{path}: truncated data for tensor {name!r}")
+                raise ValueError(f"truncated data for tensor {name!r}")
             tensors[name] = raw.view(dtype).reshape(shape)
     return tensors
 

@@ -961,6 +961,65 @@ def test_damaged_safetensors_files_say_what_is_wrong(tmp_path):
     assert torch.equal(load_file(str(good))["b"], torch.ones(1000))
 
 
+def test_sha256_tensors_covers_names_dtypes_shapes_and_values_in_any_order():
+    a, b = torch.zeros(2, dtype=torch.int32), torch.arange(6.0).reshape(2, 3)
+    digest = ck.sha256_tensors({"a": a, "b": b})
+    assert re.fullmatch("[0-9a-f]{64}", digest)
+    assert ck.sha256_tensors({"b": b, "a": a}) == digest
+    assert ck.sha256_tensors({"a": a, "b": b.t().contiguous().t()}) == digest  # another memory layout
+    for other in ({"a": a, "c": b}, {"a": a, "b": b.reshape(3, 2)}, {"a": a, "b": b.double()}, {"a": a, "b": b + 1},
+                  {"a": a.view(torch.float32), "b": b}):  # the last: the same bytes as another dtype
+        assert ck.sha256_tensors(other) != digest, other
+
+
+def raw_safetensors(path, dtype, data):
+    """A .safetensors file of one tensor 'a' of `dtype` (a safetensors dtype name) holding the bytes `data`, one a
+    value: written by hand, for dtypes that this PyTorch may not have."""
+    header = json.dumps({"a": {"dtype": dtype, "shape": [len(data)], "data_offsets": [0, len(data)]}})
+    path.write_bytes(len(header).to_bytes(8, "little") + header.encode() + data)
+
+
+FLOAT8 = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+HAS_FLOAT8 = all(hasattr(torch, name) for name in FLOAT8.values())
+
+
+@pytest.mark.parametrize("dtype", sorted(FLOAT8))
+def test_float8_safetensors_without_float8_in_pytorch_say_what_to_do(tmp_path, dtype):
+    """SD 1.x fp8 uploads are refused by a PyTorch without float8 (before 2.1) in one message that names the file
+    once, the PyTorch version and the two ways out."""
+    if HAS_FLOAT8:
+        pytest.skip(f"PyTorch {torch.__version__} reads float8 (test_float8_safetensors_are_read)")
+    path = tmp_path / "fp8.safetensors"
+    raw_safetensors(path, dtype, bytes([0x38, 0x40]))
+    with pytest.raises(ck.ConversionError) as failure:
+        ck.read_tensors(str(path))
+    assert str(failure.value) == (
+        f"cannot read {path}: it holds float8 weights ({dtype}, in tensor 'a'), which PyTorch {torch.__version__} "
+        "cannot read: run the converter under PyTorch 2.1 or later (set TXT2IMG_PYTHON to a python3 that has it), "
+        "or convert the file to fp16 first")
+
+
+@pytest.mark.parametrize("dtype,data", [("F8_E4M3", bytes([0x38, 0x40, 0xB8])), ("F8_E5M2", bytes([0x3C, 0x40, 0xBC]))])
+def test_float8_safetensors_are_read(tmp_path, dtype, data):
+    """Where PyTorch has float8 (2.1 and later), fp8 weights read, and become float32 as every other dtype does."""
+    if not HAS_FLOAT8:
+        pytest.skip(f"PyTorch {torch.__version__} has no float8 dtypes (torch.float8_e4m3fn and float8_e5m2 came in "
+                    "2.1), so fp8 files cannot be read here")
+    path = tmp_path / "fp8.safetensors"
+    raw_safetensors(path, dtype, data)
+    tensor = ck.read_tensors(str(path))["a"]
+    assert tensor.dtype == getattr(torch, FLOAT8[dtype])
+    assert torch.equal(ck.as_float32({"a": tensor})["a"], torch.tensor([1.0, 2.0, -1.0]))
+
+
+def test_unsupported_safetensors_dtype_names_the_file_once(tmp_path):
+    path = tmp_path / "odd.safetensors"
+    raw_safetensors(path, "F4", bytes([0]))
+    with pytest.raises(ck.ConversionError) as failure:
+        ck.read_tensors(str(path))
+    assert str(failure.value) == f"cannot read {path}: tensor 'a' has unsupported dtype 'F4'"
+
+
 def unreadable_safetensors(path, names):
     """A .safetensors file whose header lists `names` but which holds none of their data: reading any tensor fails."""
     header = json.dumps({name: {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 4 << 20]} for name in names})

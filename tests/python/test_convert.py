@@ -15,6 +15,7 @@ import torch
 
 from converter_runs import CONVERT, convert, expect_errors, run
 from txt2img_convert import export, presets
+from txt2img_convert.checkpoints import sha256_tensors
 
 SD1_HASH = "2d0529e13291b284137f8e7cc0cad91e619609c870492f86c62dc57a5e9d8a77"
 SD1_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -254,6 +255,19 @@ def test_command_line(tmp_path, vocab):
     assert "Traceback" not in result.stderr
 
 
+def test_txt2img_python_is_used_even_where_python3_has_torch(tmp_path):
+    """TXT2IMG_PYTHON chooses the Python that converts (a newer PyTorch, for float8 files) also when the script is
+    started by one that has torch."""
+    log = tmp_path / "used"
+    chosen = tmp_path / "python"
+    chosen.write_text(f'#!/bin/sh\necho "$@" >> \'{log}\'\nexec \'{sys.executable}\' "$@"\n')
+    chosen.chmod(0o755)
+    result = subprocess.run([sys.executable, str(CONVERT), "--help"], capture_output=True, text=True,
+                            env=dict(os.environ, TXT2IMG_PYTHON=str(chosen)))
+    assert result.returncode == 0, result.stderr
+    assert f"{CONVERT} --help" in log.read_text().splitlines()
+
+
 def test_separate_safety_checker(tmp_path, reference, tensors, check_close, capsys):
     """--safety-checker DIR (transformers layout) replaces the source's own checker."""
     case = reference / "tiny/safety/A_all_flagged"
@@ -328,17 +342,22 @@ def test_checkpoint_released_without_its_vae(tmp_path, reference, capsys):
     assert json.loads((tmp_path / "with/model.json").read_text())["vae_name"] == "vae.safetensors"
 
 
-def test_moving_average_of_a_single_file(tmp_path, reference, capsys, monkeypatch):
-    """--ema converts the U-Net's moving average (model_ema.*), named and hashed apart from the file's own weights;
-    without it the file converts as diffusers reads it, with a note."""
+def save_with_moving_average(reference, path, scale):
+    """The sd1 single file with a moving average of its U-Net (model_ema.*, as LDM names it): its weights * `scale`."""
     from txt2img_convert.safetensors_io import load_file, save_file
     sd1 = load_file(str(reference / "sd1/single_file/sd1.safetensors"))
     with_ema = dict(sd1)
     for key, value in sd1.items():
         if key.startswith("model.diffusion_model."):
-            with_ema["model_ema." + key[len("model."):].replace(".", "")] = value * 0.5
+            with_ema["model_ema." + key[len("model."):].replace(".", "")] = value * scale
+    save_file(with_ema, str(path))
+
+
+def test_moving_average_of_a_single_file(tmp_path, reference, capsys, monkeypatch):
+    """--ema converts the U-Net's moving average (model_ema.*), named and hashed apart from the file's own weights;
+    without it the file converts as diffusers reads it, with a note."""
     source = tmp_path / "with-ema.safetensors"
-    save_file(with_ema, str(source))
+    save_with_moving_average(reference, source, 0.5)
     common = ["--config", reference / "sd1/model", "--no-safety-checker"]
     status, stderr = convert(capsys, source, *common, "--out", tmp_path / "trained")
     assert status == 0 and "--ema converts the average instead" in stderr, stderr
@@ -352,7 +371,7 @@ def test_moving_average_of_a_single_file(tmp_path, reference, capsys, monkeypatc
     manifests = {b: json.loads((tmp_path / b / "model.json").read_text()) for b in ("trained", "averaged")}
     assert manifests["averaged"]["model_name"] == manifests["trained"]["model_name"] + "+ema"
     assert manifests["averaged"]["source"]["ema"] is True and "ema" not in manifests["trained"]["source"]
-    assert manifests["averaged"]["model_hash"] == manifests["averaged"]["files"]["unet.pt"]["sha256"][:10]
+    assert manifests["averaged"]["model_hash"] == sha256_tensors(averaged)[:10]
     assert manifests["trained"]["model_hash"] == manifests["trained"]["source"]["sha256"][:10]
     expect_errors(capsys, [
         ((reference / "sd1/single_file/sd1.safetensors", *common, "--ema", "--out", tmp_path / "x"), 1,
@@ -364,6 +383,26 @@ def test_moving_average_of_a_single_file(tmp_path, reference, capsys, monkeypatc
     monkeypatch.setattr(hub, "resolve_source", lambda source, safety_checker: str(reference / "tiny/model"))
     expect_errors(capsys, [(("owner/model", "--ema", "--out", tmp_path / "x"), 1,
                             "--ema applies to a single-file SOURCE; owner/model is a diffusers model")], tmp_path / "x")
+
+
+def test_hash_of_weights_no_file_holds_is_that_of_the_weights_alone(tmp_path, reference):
+    """A bundle hashed by its U-Net's weights (--ema here; merged LoRAs and random weights alike) gets the same hash
+    from a converter installed elsewhere, whose TorchScript files record other source paths, and another hash for
+    other weights."""
+    elsewhere = tmp_path / "elsewhere" / "scripts"
+    shutil.copytree(CONVERT.parent, elsewhere, ignore=shutil.ignore_patterns("__pycache__"))
+    for scale in (0.5, 0.25):
+        save_with_moving_average(reference, tmp_path / f"ema{scale}.safetensors", scale)
+    common = ["--config", reference / "sd1/model", "--no-safety-checker", "--ema"]
+    run(tmp_path / "ema0.5.safetensors", *common, "--out", tmp_path / "here")
+    result = subprocess.run([str(elsewhere / "convert.py"), tmp_path / "ema0.5.safetensors", *common,
+                             "--out", tmp_path / "there"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    run(tmp_path / "ema0.25.safetensors", *common, "--out", tmp_path / "other")
+    hashes = {name: json.loads((tmp_path / name / "model.json").read_text())["model_hash"]
+              for name in ("here", "there", "other")}
+    assert re.fullmatch("[0-9a-f]{10}", hashes["here"]), hashes
+    assert hashes["here"] == hashes["there"] != hashes["other"], hashes
 
 
 def test_a_vae_beside_the_checkpoint_is_used_as_a1111_does(tmp_path, reference, capsys):
@@ -451,6 +490,24 @@ def test_inpainting_single_file(tmp_path, reference, capsys):
         f"convert.py: error: {decoder_only}: the VAE has no encoder (encoder.*), which an inpainting model needs for "
         "its masked image; pass a VAE file with both halves, or leave out --vae")
     assert "loading the U-Net weights" not in stderr
+
+    # One found beside the checkpoint (no --vae given) is left out with --own-vae, where the checkpoint has a whole VAE.
+    shutil.copy(decoder_only, tmp_path / "sd1-inpainting.vae.safetensors")
+    no_vae = tmp_path / "no-vae.safetensors"
+    save_file({k: v for k, v in inpainting.items() if not k.startswith("first_stage_model.")}, str(no_vae))
+    shutil.copy(decoder_only, tmp_path / "no-vae.vae.safetensors")
+    for checkpoint, advice in ((source, "pass --own-vae to keep the checkpoint's, or a complete VAE with --vae"),
+                               (no_vae, "pass a complete VAE with --vae")):
+        beside = checkpoint.with_suffix(".vae.safetensors")
+        status, stderr = convert(capsys, checkpoint, "--config", reference / "sd1/model", "--no-safety-checker",
+                                 "--out", tmp_path / "x")
+        assert status == 1 and "Traceback" not in stderr and not (tmp_path / "x").exists()
+        assert stderr.splitlines()[-1] == (
+            f"convert.py: error: {beside}: the VAE beside the checkpoint has no encoder (encoder.*), which an "
+            f"inpainting model needs for its masked image; {advice}")
+    status, stderr = convert(capsys, source, "--config", reference / "sd1/model", "--no-safety-checker", "--own-vae",
+                             "--out", tmp_path / "own")
+    assert status == 0, stderr
 
     status, stderr = convert(capsys, reference / "tiny/model", "--no-safety-checker", "--out", tmp_path / "plain")
     assert status == 0, stderr
@@ -585,7 +642,8 @@ def test_an_interrupt_while_starting_is_one_line(tmp_path, vocab, signame):
     traceback."""
     import signal
     # Under this Python directly (no search for one with torch, no re-execution).
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    env = {k: v for k, v in os.environ.items() if k != "TXT2IMG_PYTHON"}
+    env["PYTHONHASHSEED"] = "0"
     process = subprocess.run([sys.executable, "-c", SIGNAL_AT_TORCH_IMPORT, str(CONVERT),
                               str(int(getattr(signal, signame))), "--tiny", "--vocab", str(vocab), "--out",
                               str(tmp_path / "b")], capture_output=True, text=True, env=env, timeout=120)
