@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <functional>
 #include <iostream>
+#include <map>
+#include <regex>
 #include <set>
 
 #include "cli/exit_codes.hpp"
@@ -28,6 +30,59 @@ void refuse_empty_values(const CLI::App& app) {
       throw Error(ErrorKind::Usage, option->get_name() + " is empty (an unset variable?): give it a value, or leave "
                                                          "it out for its default");
   }
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// What to write instead of an option `app` does not know (its name, without "=VALUE"): txt2img's for another tool's
+// (stable-diffusion.cpp's, CompVis' and diffusers' scripts'), or the option whose name is a typo or two away; "" for
+// none.
+std::string instead_of(const std::string& name, const CLI::App& app) {
+  static const std::map<std::string, std::string> other_tools = {
+      {"--sampling-method", "--sampler"},
+      {"--schedule", "--sampler with the schedule in its name (euler_karras, dpmpp_2m_exponential, euler_a_uniform)"},
+      {"--batch-count", "--images-per-prompt"},
+      {"-b", "--images-per-prompt"},
+      {"--n_iter", "--images-per-prompt"},
+      {"--n_samples", "--images-per-prompt (and --batch-size)"},
+      {"--num-images-per-prompt", "--images-per-prompt"},
+      {"--guidance-scale", "--cfg-scale"},
+      {"--scale", "--cfg-scale"},
+      {"--num-inference-steps", "--steps"},
+      {"--ddim_steps", "--steps"},
+      {"--plms", "--sampler pndm"},
+      {"--H", "-H or --height"},
+      {"--W", "-W or --width"},
+      {"--negative", "--negative-prompt"},
+      {"--vae-tiling", "--low-vram (which tiles the decode of large images)"},
+      {"--ckpt", "--model with a converted bundle (scripts/convert.py CHECKPOINT)"},
+      {"-t", "--threads"},
+      {"--outdir", "--output DIR/"},
+  };
+  if (const auto found = other_tools.find(name); found != other_tools.end()) return found->second;
+  if (name.rfind("--", 0) != 0) return "";
+  std::string best;
+  size_t best_distance = 3;  // a typo or two, not another word
+  for (const CLI::Option* option : app.get_options())
+    for (const auto& long_name : option->get_lnames())
+      if (const size_t d = edit_distance(name.substr(2), long_name); d < best_distance) {
+        best_distance = d;
+        best = "--" + long_name;
+      }
+  return best;
 }
 
 // A prompt or flag of generating given before a subcommand, which would go unread: "txt2img an info graphic" is the
@@ -339,6 +394,10 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
     // An empty value fails an option's range check or requirement first; it is named as what it most likely is.
     for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
     std::string what = e.what();
+    // Only numbers fail to convert: "Could not convert: --steps = abc" says so in CLI11's words.
+    static const std::regex conversion("Could not convert: (\\S+) = (.*)");
+    if (std::smatch m; dynamic_cast<const CLI::ConversionError*>(&e) && std::regex_match(what, m, conversion))
+      what = m[1].str() + " takes a number, not \"" + m[2].str() + "\"";
     // CLI11 lists arguments it did not expect last first; here in the order given.
     if (const auto extras = app.remaining(true); dynamic_cast<const CLI::ExtrasError*>(&e) && !extras.empty())
       what = std::string(extras.size() > 1 ? "The following arguments were not expected: "
@@ -346,6 +405,27 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
              join(extras, " ");
     // An argument before the subcommand's name is the main command's, whose help lists what it takes.
     const bool main_extras = !app.remaining(false).empty();
+    if (dynamic_cast<const CLI::ExtrasError*>(&e)) {
+      const CLI::App& reader = info->parsed() && !main_extras       ? *info
+                               : tokenize->parsed() && !main_extras ? *tokenize
+                                                                    : app;
+      // After "--" every argument is a word, not an option.
+      auto extras = app.remaining(true);
+      const auto words_from = std::find(extras.begin(), extras.end(), "--");
+      const auto flag = std::find_if(extras.begin(), words_from,
+                                     [](const std::string& extra) { return extra.size() > 1 && extra[0] == '-'; });
+      const std::optional<std::string> unknown =
+          flag != words_from ? std::optional<std::string>(flag->substr(0, flag->find('='))) : std::nullopt;
+      if (words_from != extras.end()) extras.erase(words_from);
+      if (unknown) {
+        if (const std::string instead = instead_of(*unknown, reader); !instead.empty())
+          what += "; for " + *unknown + " use " + instead;
+      } else if (&reader == &app && command.generate.prompt && !extras.empty()) {
+        // `txt2img a red fox`: the shell gave the prompt's words apart.
+        what += "; a prompt of several words goes in quotes: txt2img \"" + *command.generate.prompt + " " +
+                join(extras, " ") + "\"";
+      }
+    }
     const std::string help = info->parsed() && !main_extras       ? "txt2img info --help lists its options"
                              : tokenize->parsed() && !main_extras ? "txt2img tokenize --help lists its options"
                                                                   : "txt2img --help lists the options";

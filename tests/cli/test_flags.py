@@ -64,6 +64,28 @@ class BadFlags(CliTestCase):
     def test_unknown_flag(self):
         self.check(["a fox", "--no-such-flag"], "--no-such-flag")
 
+    def test_other_tools_flags_and_typos_name_the_flag_to_use(self):
+        """stable-diffusion.cpp's and diffusers' scripts' flags, and an option a typo or two away, get txt2img's."""
+        self.check(["a fox", "--sampling-method", "euler"], "--sampling-method euler; for --sampling-method use "
+                                                           "--sampler (txt2img --help")
+        self.check(["a fox", "-b", "4"], "for -b use --images-per-prompt")
+        self.check(["a fox", "--guidance-scale=7"], "for --guidance-scale use --cfg-scale")
+        self.check(["a fox", "--sampelr", "euler"], "for --sampelr use --sampler")
+        self.assertExit(run(["info", "a.png", "--verfy"], self.dir), EXIT_USAGE,
+                        "for --verfy use --verify (txt2img info --help")
+        self.check(["a fox", "--no-such-flag"], "not expected: --no-such-flag (txt2img --help")
+
+    def test_a_prompt_the_shell_split_into_words_is_shown_quoted(self):
+        self.check(["a", "red", "fox"], "arguments were not expected: red fox; a prompt of several words goes in "
+                                        'quotes: txt2img "a red fox"')
+        # After "--" every argument is a word of the prompt, even one that looks like an option.
+        self.assertExit(run(["--", "a", "red", "--fox"], self.dir), EXIT_USAGE,
+                        'a prompt of several words goes in quotes: txt2img "a red --fox"')
+
+    def test_a_number_flag_given_a_word_says_it_takes_a_number(self):
+        self.check(["a fox", "--steps", "many"], '--steps takes a number, not "many"')
+        self.check(["a fox", "--cfg-scale", "high"], '--cfg-scale takes a number, not "high"')
+
     def test_unexpected_arguments_are_listed_as_given_with_their_command_s_help(self):
         self.check(["a fox", "a cat", "--bogus", "3"], "arguments were not expected: a cat --bogus 3 (txt2img --help")
         self.assertExit(run(["info", "a.png", "--seed", "5"], self.dir), EXIT_USAGE,
