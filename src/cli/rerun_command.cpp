@@ -344,10 +344,15 @@ std::string a1111_command(const std::string& text) {
       left_out.push_back(key + ": " + value);
   // What the command leaves out, for stderr; the image's own text in it is made printable.
   std::ostringstream said;
-  said << "made by " << (made_by_txt2img ? "" : "AUTOMATIC1111 ")
+  // stable-diffusion.cpp writes A1111's fields, with "Version: stable-diffusion.cpp" and its own generators' names.
+  const bool made_by_sdcpp = field("Version").find("stable-diffusion.cpp") != std::string::npos;
+  said << "made by " << (made_by_txt2img || made_by_sdcpp ? "" : "AUTOMATIC1111 ")
        << (field("Version").empty() ? "" : field("Version") + " ") << model_hint(field("Model"), field("Model hash"));
   for (const auto& note : notes) said << note << "\n";
-  if (field("RNG") != "CPU")
+  if (made_by_sdcpp)
+    said << "its noise came from stable-diffusion.cpp's own generator (RNG: " << field("RNG")
+         << "), not PyTorch's CPU generator, so the same seed draws other noise here and the image will differ\n";
+  else if (field("RNG") != "CPU")
     said << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
             "here and the image will differ\n";
   const auto uses = [&](const char* prefix) {

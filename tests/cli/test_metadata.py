@@ -611,6 +611,17 @@ class Metadata(CliTestCase):
         self.assertNotIn("-W", shlex.split(result.stdout))
         self.assertIn("not carried over (no txt2img equivalent): Size: 64x", result.stderr)
 
+    def test_info_command_names_stable_diffusion_cpp_and_its_generator(self):
+        """stable-diffusion.cpp writes A1111's fields with its own version and generator: named as such, and its
+        sampler on its default (discrete) schedule, which is A1111's Uniform."""
+        result = a1111_command(self, "a fox\nSteps: 3, CFG scale: 7.0, Seed: 42, Size: 32x32, RNG: cuda, "
+                                     "Sampler: dpm++2m, Version: stable-diffusion.cpp", "sdcpp.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(" --sampler dpmpp_2m_uniform ", result.stdout)
+        self.assertIn("made by stable-diffusion.cpp ", result.stderr)
+        self.assertNotIn("AUTOMATIC1111", result.stderr)
+        self.assertIn("its noise came from stable-diffusion.cpp's own generator (RNG: cuda)", result.stderr)
+
     def test_info_command_keeps_a1111_lora_tags(self):
         """A1111's LoRA tags stay in the prompt, which txt2img reads too: its "Lora hashes" then name what the model
         bundle needs rather than something left out."""
