@@ -594,6 +594,10 @@ int run_generate(const GenerateOptions& o) {
   if (o.guidance_rescale > 0 && unguided) warn_unguided("--guidance-rescale", "rescales");
   if (o.ngms_all_steps && !pf.uses_ngms)
     reporter.warn("--ngms-all-steps has no effect without --ngms (or a prompt file's \"ngms\")");
+  if ((o.pad_conds || o.pad_conds_v0) && !pf.uses_long_prompts)
+    reporter.warn(std::string(o.pad_conds ? "--pad-conds" : "--pad-conds-v0") +
+                  " has no effect without --long-prompts (or a prompt file's \"long_prompts\"): prompts are cut to "
+                  "one chunk, which needs no padding");
   if (manifest.guidance_embedding_dim > 0 && resolve_sampler(manifest, o.sampler) != "lcm")
     reporter.warn("this model is LCM-distilled (it takes the guidance scale as an input): it is made for --sampler "
                   "lcm with 2 to 8 steps");

@@ -216,6 +216,7 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
   while (plan.next(job)) {
     result.no_prompts = false;
     result.uses_ngms = result.uses_ngms || job.params.ngms > 0;
+    result.uses_long_prompts = result.uses_long_prompts || job.params.long_prompts;
     // Counted once per prompt, at its first image.
     if (job.n == 0 && job.model_prompt.find_first_not_of(" \t\r\n") == std::string::npos &&
         result.empty_prompts++ == 0)

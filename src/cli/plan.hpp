@@ -114,6 +114,7 @@ struct Preflight {
   uint64_t empty_prompts = 0;
   bool no_prompts = false;  // the prompt file has none (only blank lines and comments)
   bool uses_ngms = false;   // whether an image sets GenerationParams::ngms
+  bool uses_long_prompts = false;  // whether an image's prompts are encoded in chunks (GenerationParams::long_prompts)
   // Whether an image to make goes to the `preview` file's folder, which the run then creates if it is missing.
   bool preview_folder_made = false;
 };

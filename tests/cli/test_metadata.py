@@ -401,6 +401,15 @@ class Metadata(CliTestCase):
         self.assertExit(run(["info", "odd.png", "--command"], self.dir), EXIT_IO, 'pad_conds of "sideways"')
         self.assertExit(self.txt2img("a fox", "--pad-conds", "--pad-conds-v0", "-o", "x.png"), EXIT_USAGE,
                         "excludes")
+        # Without long prompts (the flag's or a line's) there is nothing to pad: said.
+        made = self.txt2img("a fox", "--pad-conds-v0", "-o", "short.png")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertIn('--pad-conds-v0 has no effect without --long-prompts (or a prompt file\'s "long_prompts")',
+                      made.stderr)
+        self.write("long.jsonl", '{"prompt": "a fox", "long_prompts": true, "output": "line.png"}\n')
+        made = self.txt2img("--from-file", "long.jsonl", "--pad-conds")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertNotIn("has no effect", made.stderr)
 
         base = "a fox\nNegative prompt: dogs\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU"
         for fields, flag in ((", Pad conds: True", "--pad-conds"), (", Pad conds v0: True", "--pad-conds-v0"),
