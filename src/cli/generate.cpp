@@ -208,22 +208,36 @@ class Generator {
                        "guidance: " +
                        python_float(composable[0].weight) + " times the CFG scale");
     }
-    if (job.params.long_prompts) return;
+    for (const auto& cut : cuts(job))
+      reporter_.warn(where + cut.what +
+                     (cut.read == *cut.text ? "" : " (as prompt editing or AND makes it: \"" + cut.read + "\")") +
+                     " " + describe(cut.truncation) + " (--long-prompts reads all of it)");
+  }
+
+  struct Cut {
+    const char* what;          // "prompt", "negative prompt"
+    const std::string* text;   // the job's
+    std::string read;          // the text cut off: the job's, or one that prompt editing or AND makes of it
+    Truncation truncation;
+  };
+  // Of the job's prompt and negative prompt, each one's first text (with prompt editing or AND, of those it makes)
+  // that the text encoder cuts off; none with long prompts.
+  std::vector<Cut> cuts(const ImageJob& job) const {
+    std::vector<Cut> found;
+    if (job.params.long_prompts) return found;
     const auto texts_read = Pipeline::texts_read(manifest_, job.model_prompt, job.negative_prompt, job.params);
     for (auto [what, text, reads] : {std::tuple<const char*, const std::string*, const std::vector<std::string>*>{
                                          "prompt", &job.model_prompt, &texts_read.prompt},
-                                     {"negative prompt", &job.negative_prompt, &texts_read.negative_prompt}}) {
-      // With prompt editing, the first of its texts that is too long.
+                                     {"negative prompt", &job.negative_prompt, &texts_read.negative_prompt}})
       for (const auto& read : *reads) {
-        const auto t =
+        auto t =
             find_truncation(pipeline_->tokenizer().encode_traced(read, job.params.emphasis, std::string("the ") + what),
                             manifest_.context_length);
         if (!t.truncated()) continue;
-        reporter_.warn(where + what + (read == *text ? "" : " (as prompt editing or AND makes it: \"" + read + "\")") +
-                       " " + describe(t) + " (--long-prompts reads all of it)");
+        found.push_back({what, text, read, std::move(t)});
         break;
       }
-    }
+    return found;
   }
 
   // The embeddings the job's prompt and negative prompt name, each once, with the hash A1111 knows it by.
@@ -354,6 +368,10 @@ class Generator {
         {"prompt", job.prompt},
         {"negative_prompt", job.negative_prompt},
     };
+    // What the text encoder did not read ("prompt", "negative_prompt"), of which stderr warned once per prompt.
+    nlohmann::ordered_json truncated = nlohmann::ordered_json::array();
+    for (const auto& cut : cuts(job)) truncated.push_back(cut.text == &job.model_prompt ? "prompt" : "negative_prompt");
+    j["truncated"] = truncated;
     j.update(settings_json(record));
     j.update(nlohmann::ordered_json{
         {"model_name", record.model_name},

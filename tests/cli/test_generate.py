@@ -462,6 +462,14 @@ class Reporting(CliTestCase):
         self.assertIn("82 tokens", result.stderr)
         self.assertIn('"cat cat cat cat cat zebra', result.stderr)
         self.assertIn("--long-prompts reads all of it", result.stderr)
+        # --json records list what was cut off, for every image of the prompt; with --long-prompts nothing is.
+        result = self.txt2img(prompt, "-n", "blurry", "--images-per-prompt", "2", "-o", "j{n}.png", "--json")
+        self.assertEqual([r["truncated"] for r in json_lines(result.stdout)[:-1]], [["prompt"], ["prompt"]])
+        result = self.txt2img("a fox", "-n", prompt, "-o", "neg.png", "--json")
+        self.assertEqual(json_lines(result.stdout)[0]["truncated"], ["negative_prompt"])
+        result = self.txt2img(prompt, "--long-prompts", "-o", "whole.png", "--json")
+        self.assertEqual(json_lines(result.stdout)[0]["truncated"], [])
+        self.assertNotIn("warning", result.stderr)
 
     def test_prompt_editing(self):
         """With A1111's syntax a prompt's scheduled texts are what the text encoder reads: a too long one is named,
