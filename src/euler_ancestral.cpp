@@ -1,4 +1,5 @@
-// Euler ancestral (diffusers EulerAncestralDiscreteScheduler): an Euler step down to sigma_down, then fresh noise
+// Euler ancestral (diffusers EulerAncestralDiscreteScheduler; on Karras' and exponential sigmas, which it lacks, those
+// of euler_karras and euler_exponential): an Euler step down to sigma_down, then fresh noise
 // of scale sigma_up so that the marginal matches sigma_next (sigma_down^2 + sigma_up^2 = sigma_next^2). Noise is
 // needed at every step, the last included (where sigma_up = 0), so that the caller's generator advances as
 // diffusers' does.
@@ -14,6 +15,10 @@ class EulerAncestral final : public SigmaScheduler {
   EulerAncestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
       : SigmaScheduler(config, steps, schedule) {
     require_prediction_type(config, "euler_a" + schedule_suffix(schedule), {"epsilon", "v_prediction"});
+    // On Karras' and exponential sigmas, which diffusers' EulerAncestralDiscreteScheduler lacks, the timesteps of
+    // euler_karras and euler_exponential: EulerDiscreteScheduler's, float32.
+    if (schedule == SigmaSchedule::kKarras || schedule == SigmaSchedule::kExponential)
+      for (double& t : timesteps_) t = static_cast<float>(t);
   }
 
   bool needs_noise(size_t) const override { return true; }

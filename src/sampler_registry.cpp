@@ -35,6 +35,8 @@ const Sampler kSamplers[] = {
     {"euler_karras", kStartsLate | kZeroSnr},
     {"euler_exponential", kStartsLate | kZeroSnr},
     {"euler_a", kStartsLate | kZeroSnr},
+    {"euler_a_karras", kStartsLate | kZeroSnr},
+    {"euler_a_exponential", kStartsLate | kZeroSnr},
     {"heun", kStartsLate},
     {"heun_karras", kStartsLate},
     {"heun_exponential", kStartsLate},

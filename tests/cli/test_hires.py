@@ -190,10 +190,8 @@ class HiresFix(CliTestCase):
         # A1111's Hires sampler (with its Hires schedule type) carries over; one txt2img lacks is left out.
         for fields, expected, left_out in [("Hires sampler: DPM++ 2M, Hires schedule type: Karras", "dpmpp_2m_karras",
                                             None),
-                                           # A1111 leaves the hires schedule type out when it is the first pass's
-                                           # (Euler a has no Karras form: only the hires pass takes it).
-                                           ("Schedule type: Karras, Hires sampler: Heun", "heun_karras",
-                                            "not carried over (no txt2img equivalent): Schedule type: Karras\n"),
+                                           # A1111 leaves the hires schedule type out when it is the first pass's.
+                                           ("Schedule type: Karras, Hires sampler: Heun", "heun_karras", None),
                                            ("Hires sampler: Restart", None, "Hires sampler: Restart")]:
             result = a1111_command(self, f"{latent}, {fields}")
             self.assertEqual(result.returncode, 0, result.stderr)

@@ -658,6 +658,38 @@ std::vector<std::string> a1111_schedule_samplers() {
   return out;
 }
 
+// Euler a on Karras' and exponential sigmas, which diffusers' EulerAncestralDiscreteScheduler lacks (A1111's Euler a
+// with its schedule type Karras or Exponential): the sigmas, timesteps and input scaling of euler_karras and
+// euler_exponential (golden-tested against diffusers), stepped as euler_a steps (k-diffusion's
+// sample_euler_ancestral: down to sigma_down, then noise times sigma_up).
+TEST(Scheduler, EulerAncestralOnKarrasAndExponentialSigmas) {
+  for (const std::string schedule : {"_karras", "_exponential"}) {
+    const auto ancestral = txt2img::make_scheduler("euler_a" + schedule, sd_config(), 10);
+    const auto plain = txt2img::make_scheduler("euler" + schedule, sd_config(), 10);
+    EXPECT_EQ(ancestral->timesteps(), plain->timesteps()) << schedule;
+    EXPECT_EQ(ancestral->init_noise_sigma(), plain->init_noise_sigma()) << schedule;
+    torch::manual_seed(3);
+    auto sample = torch::randn({1, 4, 8, 8}) * ancestral->init_noise_sigma();
+    for (size_t call = 0; call < ancestral->timesteps().size(); ++call) {
+      // x0 + sigma * noise with x0 = 0 and noise = 1 gives the call's sigma.
+      const auto sigma_of = [&](size_t i) {
+        return plain->add_noise(torch::zeros({1}), torch::ones({1}), i).item<double>();
+      };
+      const double sigma = sigma_of(call);
+      const double next = call + 1 < ancestral->timesteps().size() ? sigma_of(call + 1) : 0.0;
+      EXPECT_TRUE(torch::equal(ancestral->scale_model_input(sample, call), plain->scale_model_input(sample, call)));
+      EXPECT_TRUE(ancestral->needs_noise(call));
+      const auto epsilon = torch::randn_like(sample);
+      const auto noise = torch::randn_like(sample);
+      const double up = std::sqrt(next * next * (sigma * sigma - next * next) / (sigma * sigma));
+      const double down = std::sqrt(next * next - up * up);
+      const auto expected = sample + epsilon * (down - sigma) + noise * up;  // the derivative of eps is eps itself
+      sample = ancestral->step(epsilon, call, sample, noise);
+      EXPECT_TRUE(torch::allclose(sample, expected, 1e-5, 1e-5)) << schedule << " call " << call;
+    }
+  }
+}
+
 TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
   std::vector<std::string> diffusers_names = {"ddim",
@@ -668,6 +700,8 @@ TEST(Scheduler, NamesAndValidation) {
                                               "euler_karras",
                                               "euler_exponential",
                                               "euler_a",
+                                              "euler_a_karras",
+                                              "euler_a_exponential",
                                               "heun",
                                               "heun_karras",
                                               "heun_exponential",
@@ -944,6 +978,8 @@ const std::vector<std::string>& late_starters() {
                                     "euler",
                                     "euler_karras",
                                     "euler_a",
+                                    "euler_a_karras",
+                                    "euler_a_exponential",
                                     "heun",
                                     "heun_karras",
                                     "lms",
