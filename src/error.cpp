@@ -40,6 +40,8 @@ bool is_out_of_memory(const std::exception& failure, const std::string& line) {
 
 }  // namespace
 
+bool is_out_of_memory(const std::exception& failure) { return is_out_of_memory(failure, essential_line(failure)); }
+
 int exit_code(ErrorKind kind) {
   switch (kind) {
     case ErrorKind::Usage: return 2;

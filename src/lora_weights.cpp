@@ -44,8 +44,11 @@ auto from_lora_file(const std::filesystem::path& path, const std::filesystem::pa
   try {
     return read();
   } catch (const Error& e) {
-    throw unusable(e.what());
+    std::string why = e.what();
+    if (const std::string named = path.string() + ": "; why.rfind(named, 0) == 0) why.erase(0, named.size());
+    throw unusable(why);
   } catch (const c10::Error& e) {
+    if (is_out_of_memory(e)) throw backend_failure(e);  // the run's size, not the file
     throw unusable(backend_failure(e).what());
   }
 }

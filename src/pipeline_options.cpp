@@ -57,7 +57,7 @@ void check_cuda_index(int index, const std::string& name) {
   if (count == 0)
     throw Error(ErrorKind::Usage, "device " + name +
                                       ": this LibTorch sees no CUDA device (a build without CUDA, or no card "
-                                      "visible to it); run on the CPU (device cpu)");
+                                      "visible to it); run on the CPU (--device cpu)");
   if (index >= count)
     throw Error(ErrorKind::Usage, "device " + name + ": this LibTorch sees only " + std::to_string(count) +
                                       " CUDA devices (cuda:0 to cuda:" + std::to_string(count - 1) + ")");
@@ -88,7 +88,8 @@ void check_placement(torch::Device device, torch::ScalarType dtype) {
     throw Error(ErrorKind::Usage, "device " + device.str() + ": txt2img runs on the CPU or on CUDA");
   if (dtype == torch::kFloat16 && device.is_cpu())
     throw Error(ErrorKind::Usage,
-                "fp16 needs a CUDA device (LibTorch's CPU kernels lack half precision); use fp32 or bf16 on the CPU");
+                "fp16 needs a CUDA device (LibTorch's CPU kernels lack half precision); use --dtype fp32 or bf16 "
+                "on the CPU");
 }
 
 }  // namespace txt2img

@@ -181,20 +181,23 @@ int put_in_place(const std::filesystem::path& tmp, const std::filesystem::path& 
       unlink(tmp.c_str());
       return 0;
     }
-    if (errno != EPERM && errno != EOPNOTSUPP) return errno;
+    if (errno != EPERM && errno != EOPNOTSUPP && errno != ENOSYS) return errno;
     std::error_code ec;
-    if (std::filesystem::symlink_status(file, ec).type() != std::filesystem::file_type::not_found) return EEXIST;
+    const auto type = std::filesystem::symlink_status(file, ec).type();
+    if (type != std::filesystem::file_type::not_found) return ec ? ec.value() : EEXIST;
   }
   return std::rename(tmp.c_str(), file.c_str()) == 0 ? 0 : errno;
 }
 
 // After a rename, the directory entry reaches the disk only with the directory: an image reported as written must
-// survive a power cut. A file system that cannot sync a directory has nothing to do.
-void sync_directory(const std::filesystem::path& dir) {
+// survive a power cut. Returns 0 or an errno value; a file system that cannot sync a directory (EINVAL) has nothing
+// to do.
+int sync_directory(const std::filesystem::path& dir) {
   const int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  fsync(fd);
+  if (fd < 0) return 0;  // a directory it may write to but not read: nothing to sync through
+  const int failure = fsync(fd) == 0 || errno == EINVAL ? 0 : errno;
   close(fd);
+  return failure;
 }
 
 }  // namespace
@@ -240,7 +243,11 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
                                           "writing the same names?); it was left as it is"
                                         : std::strerror(failure)));
   }
-  sync_directory(dir);
+  if (const int failure = sync_directory(dir))
+    throw Error(ErrorKind::Io, "cannot write " + file.string() +
+                                   ": it is in place, but syncing its directory to the "
+                                   "disk failed (" +
+                                   std::strerror(failure) + ")");
 }
 
 bool starts_as_png(const std::filesystem::path& file) {

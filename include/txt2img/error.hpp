@@ -32,5 +32,7 @@ class Error : public std::runtime_error {
 // script traceback ending in the error itself) as an Error(Runtime) with the one line that says what went wrong.
 // Running out of host or device memory gets a hint on what to reduce.
 Error backend_failure(const std::exception& failure);
+// Whether a LibTorch failure is one of memory (the host's or a device's), which backend_failure gives its hint.
+bool is_out_of_memory(const std::exception& failure);
 
 }  // namespace txt2img

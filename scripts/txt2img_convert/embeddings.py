@@ -119,7 +119,8 @@ def added_tokens(tokenizer: str, text_encoder: Component) -> List[Dict]:
     own = {**(read_json(vocab_file) if os.path.isfile(vocab_file) else {}), **_CLIP_SPECIAL}
     tokens = {k: v for k, v in _tokenizer_additions(tokenizer).items() if own.get(k) != v}
     if "" in tokens:  # transformers' tokenizers skip an empty added token too: no text is split at it
-        progress(f"{tokenizer}: passing over the empty token the tokenizer adds (id {tokens.pop('')}), as "
+        empty_id = tokens.pop("")
+        progress(f"{tokenizer}: passing over the empty token the tokenizer adds (id {empty_id}), as "
                  "transformers does")
     if not tokens:
         return []

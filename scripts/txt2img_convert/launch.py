@@ -4,6 +4,7 @@ report a failure."""
 import argparse
 import importlib.util
 import os
+import shutil
 import signal
 import sys
 
@@ -22,6 +23,15 @@ def progress(message: str) -> None:
     print(f"{_program}: {message}", file=sys.stderr, flush=True)
 
 
+def _is_this_interpreter(python: str) -> bool:
+    """Whether `python` (a path, or a name looked up on PATH) is the running interpreter's file."""
+    found = shutil.which(python) or python
+    try:
+        return os.path.samefile(found, sys.executable)
+    except OSError:
+        return False
+
+
 def reexec_if_needed(prog: str, script: str) -> None:
     """Re-run `script` under the Python that scripts/with-torch-python finds when this one lacks torch or
     TXT2IMG_PYTHON is set (so `scripts/<script> ...` works whatever `python3` is first on PATH, and TXT2IMG_PYTHON
@@ -35,6 +45,8 @@ def reexec_if_needed(prog: str, script: str) -> None:
             sys.exit(1)
         return  # PYTHONHASHSEED could not be set: go on, only less reproducibly
     chosen = os.environ.get("TXT2IMG_PYTHON")
+    if chosen and _is_this_interpreter(chosen):
+        chosen = None  # already running under it
     if has_torch and not chosen and os.environ.get("PYTHONHASHSEED") == "0":
         return
     os.environ["TXT2IMG_CONVERT_REEXEC"] = "1"

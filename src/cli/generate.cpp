@@ -370,7 +370,8 @@ class Generator {
     };
     // What the text encoder did not read ("prompt", "negative_prompt"), of which stderr warned once per prompt.
     nlohmann::ordered_json truncated = nlohmann::ordered_json::array();
-    for (const auto& cut : cuts(job)) truncated.push_back(cut.text == &job.model_prompt ? "prompt" : "negative_prompt");
+    for (const auto& cut : cuts(job))
+      truncated.push_back(std::string(cut.what) == "prompt" ? "prompt" : "negative_prompt");
     j["truncated"] = truncated;
     j.update(settings_json(record));
     j.update(nlohmann::ordered_json{
@@ -508,7 +509,7 @@ int run_generate(const GenerateOptions& o) {
   plan_options.base_seed = plan_options.seed_given ? parse_seed(o.seed, "--seed") : std::random_device{}();
   if (!(o.variation_strength >= 0 && o.variation_strength <= 1))
     throw Error(ErrorKind::Usage, "--variation-strength must be from 0 to 1");
-  if (!o.variation_seed.empty() && o.variation_strength == 0)
+  if (!random_asked(o.variation_seed) && o.variation_strength == 0)
     throw Error(ErrorKind::Usage, "--variation-seed needs --variation-strength above 0");
   plan_options.variation_strength = o.variation_strength;
   plan_options.variation_seed_given = !random_asked(o.variation_seed);
@@ -644,7 +645,10 @@ int run_generate(const GenerateOptions& o) {
                             {"vram_reserved", optional_number(peaks.device_reserved_mib)}};
     if (!failure.empty()) j["error"] = failure;
     std::string line = pf.to_make == 0 && totals.skipped
-                           ? "nothing to make: all " + std::to_string(totals.skipped) + " images are there already"
+                           ? "nothing to make: " +
+                                 (totals.skipped == 1 ? std::string("the image is")
+                                                      : "all " + std::to_string(totals.skipped) + " images are") +
+                                 " there already"
                            : (interrupted ? "interrupted: wrote " : "wrote ") + std::to_string(totals.written) +
                                  " of " + std::to_string(pf.to_make) + " images";
     if (totals.skipped && pf.to_make > 0) line += " (" + std::to_string(totals.skipped) + " skipped, already there)";

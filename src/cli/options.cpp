@@ -12,6 +12,7 @@
 #include "cli/exit_codes.hpp"
 #include "cli/output_pattern.hpp"
 #include "cli/prompt_source.hpp"
+#include "cli/shell_text.hpp"
 #include "join.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/scheduler.hpp"
@@ -72,7 +73,8 @@ std::string instead_of(const std::string& name, const CLI::App& app) {
       {"-t", "--threads"},
       {"--outdir", "--output DIR/"},
   };
-  if (const auto found = other_tools.find(name); found != other_tools.end()) return found->second;
+  if (const auto found = other_tools.find(name); found != other_tools.end())
+    return app.get_option_no_throw(found->second.substr(0, found->second.find(' '))) ? found->second : "";
   if (name.rfind("--", 0) != 0) return "";
   std::string best;
   size_t best_distance = 3;  // a typo or two, not another word
@@ -159,8 +161,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "towards its variation seed's (every image then keeps --seed; image k takes variation seed + k)")
       ->type_name("X");
   app.add_option("--ensd", o.ensd,
-                 "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a, "
-                 "dpm2_a, dpmpp_2s_a, dpmpp_2m_sde, lcm, ddim and ddim_a1111 with --eta) comes from seed + N")
+                 "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a*, "
+                 "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde*, lcm, ddim and ddim_a1111 with --eta) comes from seed + N")
       ->type_name("N")
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
@@ -394,10 +396,19 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
     // An empty value fails an option's range check or requirement first; it is named as what it most likely is.
     for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
     std::string what = e.what();
-    // Only numbers fail to convert: "Could not convert: --steps = abc" says so in CLI11's words.
+    // "Could not convert: --steps = abc", in CLI11's words: a number or a switch given what it cannot read.
     static const std::regex conversion("Could not convert: (\\S+) = (.*)");
-    if (std::smatch m; dynamic_cast<const CLI::ConversionError*>(&e) && std::regex_match(what, m, conversion))
-      what = m[1].str() + " takes a number, not \"" + m[2].str() + "\"";
+    if (std::smatch m; dynamic_cast<const CLI::ConversionError*>(&e) && std::regex_match(what, m, conversion)) {
+      const CLI::Option* option = option_named(m[1].str());
+      const std::string type = option ? option->get_type_name() : "";
+      if (option && option->get_items_expected_max() == 0)
+        what = m[1].str() + " is a switch: give it without a value (not \"" + m[2].str() + "\")";
+      else if (type == "INT" || type == "UINT")
+        what =
+            m[1].str() + " takes a whole number (written without a fraction or exponent), not \"" + m[2].str() + "\"";
+      else if (type == "FLOAT")
+        what = m[1].str() + " takes a number, not \"" + m[2].str() + "\"";
+    }
     // CLI11 lists arguments it did not expect last first; here in the order given.
     if (const auto extras = app.remaining(true); dynamic_cast<const CLI::ExtrasError*>(&e) && !extras.empty())
       what = std::string(extras.size() > 1 ? "The following arguments were not expected: "
@@ -422,8 +433,10 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
           what += "; for " + *unknown + " use " + instead;
       } else if (&reader == &app && command.generate.prompt && !extras.empty()) {
         // `txt2img a red fox`: the shell gave the prompt's words apart.
-        what += "; a prompt of several words goes in quotes: txt2img \"" + *command.generate.prompt + " " +
-                join(extras, " ") + "\"";
+        const std::string prompt = *command.generate.prompt + " " + join(extras, " ");
+        std::vector<std::string> line = {"txt2img", prompt};
+        if (prompt[0] == '-') line.insert(line.begin() + 1, "--");
+        what += "; a prompt of several words goes in quotes: " + shell_line(line);
       }
     }
     const std::string help = info->parsed() && !main_extras       ? "txt2img info --help lists its options"

@@ -110,14 +110,18 @@ std::string shown(const nlohmann::json& value) {
 }
 
 // JSON has one kind of number, and writers such as pandas and NumPy give whole numbers as 64.0 or 1e2: those are
-// taken as the integers they are.
+// taken as the integers they are, below 2^53, from which on a double no longer holds every whole number (a seed
+// written so may not be the one its writer had: 2^53 + 1 reads as 2^53).
 nlohmann::json whole_number(const nlohmann::json& value, const std::string& key, const std::string& where) {
   if (value.is_number_integer()) return value;
-  constexpr double two_to_63 = 9223372036854775808.0;
+  constexpr double exact = 9007199254740992.0;  // 2^53
   if (value.is_number_float()) {
     const double number = value.get<double>();
-    if (number == std::floor(number) && number >= 0 && number < 2 * two_to_63) return static_cast<uint64_t>(number);
-    if (number == std::floor(number) && number < 0 && number >= -two_to_63) return static_cast<int64_t>(number);
+    if (number == std::floor(number) && std::fabs(number) >= exact)
+      throw Error(ErrorKind::Usage, where + ": \"" + key + "\" " + shown(value) +
+                                        " is a float of 2^53 or more, where floats skip whole numbers; write it as an "
+                                        "integer (without a fraction or exponent)");
+    if (number == std::floor(number)) return static_cast<int64_t>(number);
   }
   throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a whole number, not " + shown(value));
 }
@@ -329,7 +333,12 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
     } else if (key == "negative_prompt") {
       entry.negative_prompt = string_field(value, key, where);
     } else if (key == "seed") {
-      entry.seed = parse_seed(whole_number(value, key, where).dump(), where + ": \"seed\"");
+      const auto seed = whole_number(value, key, where);
+      if (seed == -1)  // A1111's random seed, which a line cannot ask for: the run's seed is that
+        throw Error(ErrorKind::Usage, where +
+                                          ": \"seed\" -1: leave \"seed\" out (or null) for the run's seed, "
+                                          "--seed (random without it)");
+      entry.seed = parse_seed(seed.dump(), where + ": \"seed\"");
     } else if (key == "steps") {
       entry.steps = int_field<int>(value, key, where);
     } else if (key == "cfg_scale" || key == "guidance_rescale" || key == "skip_early_cfg" || key == "ngms" ||

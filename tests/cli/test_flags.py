@@ -73,18 +73,29 @@ class BadFlags(CliTestCase):
         self.check(["a fox", "--sampelr", "euler"], "for --sampelr use --sampler")
         self.assertExit(run(["info", "a.png", "--verfy"], self.dir), EXIT_USAGE,
                         "for --verfy use --verify (txt2img info --help")
+        # Only a flag the command being read has: info takes no CFG scale.
+        result = run(["info", "a.png", "--guidance-scale", "7"], self.dir)
+        self.assertExit(result, EXIT_USAGE, "not expected: --guidance-scale 7 (txt2img info --help")
+        self.assertNotIn("--cfg-scale", result.stderr)
         self.check(["a fox", "--no-such-flag"], "not expected: --no-such-flag (txt2img --help")
 
     def test_a_prompt_the_shell_split_into_words_is_shown_quoted(self):
         self.check(["a", "red", "fox"], "arguments were not expected: red fox; a prompt of several words goes in "
-                                        'quotes: txt2img "a red fox"')
+                                        "quotes: txt2img 'a red fox'")
         # After "--" every argument is a word of the prompt, even one that looks like an option.
         self.assertExit(run(["--", "a", "red", "--fox"], self.dir), EXIT_USAGE,
-                        'a prompt of several words goes in quotes: txt2img "a red --fox"')
+                        "a prompt of several words goes in quotes: txt2img 'a red --fox'")
+        # Quoted for the shell, and after -- where it starts as an option would.
+        self.assertExit(run(["--", "-a", "fox"], self.dir), EXIT_USAGE, "in quotes: txt2img -- '-a fox'")
+        self.assertExit(run(["a", 'b"c'], self.dir), EXIT_USAGE, """in quotes: txt2img 'a b"c'""")
 
     def test_a_number_flag_given_a_word_says_it_takes_a_number(self):
-        self.check(["a fox", "--steps", "many"], '--steps takes a number, not "many"')
+        self.check(["a fox", "--steps", "many"], '--steps takes a whole number (written without a fraction or '
+                                                 'exponent), not "many"')
+        self.assertExit(run(["a fox", "--steps=1e2"], self.dir), EXIT_USAGE,
+                        '--steps takes a whole number (written without a fraction or exponent), not "1e2"')
         self.check(["a fox", "--cfg-scale", "high"], '--cfg-scale takes a number, not "high"')
+        self.check(["a fox", "--low-vram=maybe"], '--low-vram is a switch: give it without a value (not "maybe")')
 
     def test_unexpected_arguments_are_listed_as_given_with_their_command_s_help(self):
         self.check(["a fox", "a cat", "--bogus", "3"], "arguments were not expected: a cat --bogus 3 (txt2img --help")

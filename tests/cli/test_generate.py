@@ -141,7 +141,7 @@ class Outputs(CliTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json_lines(result.stdout)[-1]["skipped"], 1)
         self.assertNotIn("loading", result.stderr)
-        self.assertIn("nothing to make: all 1 images are there already", result.stderr)
+        self.assertIn("nothing to make: the image is there already", result.stderr)
 
     def test_skip_existing_keeps_no_file_that_is_no_image(self):
         """An empty or foreign file where an image goes (another tool's crash) is not counted as made: the run
@@ -226,6 +226,8 @@ class Seeds(CliTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         seed = json_lines(result.stdout)[0]["variation"]["seed"]
         self.assertIn(f"--variation-seed {seed} repeats this run", result.stderr)
+        # -1 is the default (random), which needs no strength.
+        self.assertEqual(self.txt2img("a fox", "--variation-seed", "-1", "-o", "v.png").returncode, 0)
         for bad, message in [(["--variation-seed", "3"], "--variation-seed needs --variation-strength"),
                              (["--variation-strength", "1.5"], "--variation-strength must be from 0 to 1"),
                              (["--variation-strength", "nan"], "--variation-strength must be from 0 to 1"),

@@ -239,8 +239,12 @@ class JsonLines(CliTestCase):
                  '"steps" must be a whole number, not "' + "9" * 39 + "...")
         self.bad(['{"prompt": "x", "seed": -5}'], "p.jsonl:1", "seed")
         self.bad(['{"prompt": "x", "seed": -5.0}'], "p.jsonl:1", '"seed" "-5" must be a whole number from 0')
+        self.bad(['{"prompt": "x", "seed": -1}'], "p.jsonl:1", '"seed" -1: leave "seed" out (or null)')
         self.bad(['{"prompt": "x", "steps": 1e10}'], "p.jsonl:1", '"steps" 10000000000.0 is out of range')
-        self.bad(['{"prompt": "x", "seed": 1e300}'], "p.jsonl:1", '"seed" must be a whole number, not 1e+300')
+        # Beyond 2^53 a float skips whole numbers: 9007199254740993.0 would be read as ...992.
+        for big in ("9007199254740993.0", "1e300", "-1e19"):
+            self.bad(['{"prompt": "x", "seed": ' + big + '}'], "p.jsonl:1",
+                     "is a float of 2^53 or more, where floats skip whole numbers; write it as an integer")
         self.bad(['{"prompt": "x", "seed": 9223372036854775808}'], "p.jsonl:1", "seed")
         self.bad(['{"prompt": "x", "width": 33}'], "p.jsonl:1", "width 33")
         self.bad(['{"prompt": "x", "height": 0}'], "p.jsonl:1", '"height" 0 is no image size')

@@ -53,7 +53,9 @@ TEST(BackendFailure, OutOfMemoryOnTheHostOrTheDeviceGetsAHint) {
     EXPECT_EQ(what.rfind("out of memory (", 0), 0u) << what;
     EXPECT_NE(what.find("--batch-size"), std::string::npos) << what;
     EXPECT_NE(what.find("--low-vram"), std::string::npos) << what;
+    EXPECT_TRUE(txt2img::is_out_of_memory(*failure)) << what;
   }
+  EXPECT_FALSE(txt2img::is_out_of_memory(std::runtime_error("mat1 and mat2 shapes cannot be multiplied")));
 }
 
 }  // namespace

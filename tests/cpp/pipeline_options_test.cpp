@@ -46,7 +46,7 @@ TEST(PipelineOptions, RefusesCudaDevicesThisLibTorchDoesNotSee) {
   if (count == 0) {
     expect_error([] { txt2img::parse_device("cuda"); }, ErrorKind::Usage, {"device cuda: ", "no CUDA device"});
     expect_error([] { txt2img::check_placement(torch::Device(torch::kCUDA, 0), torch::kFloat32); }, ErrorKind::Usage,
-                 {"device cuda:0: this LibTorch sees no CUDA device", "run on the CPU"});
+                 {"device cuda:0: this LibTorch sees no CUDA device", "run on the CPU (--device cpu)"});
   }
 }
 
@@ -54,7 +54,7 @@ TEST(PipelineOptions, RefusesDtypesAndDevicesTxt2imgCannotRun) {
   expect_error([] { txt2img::check_placement(torch::kCPU, torch::kInt); }, ErrorKind::Usage,
                {"dtype Int", "fp32, fp16 or bf16"});
   expect_error([] { txt2img::check_placement(torch::kCPU, torch::kFloat16); }, ErrorKind::Usage,
-               {"fp16 needs a CUDA device", "fp32 or bf16 on the CPU"});
+               {"fp16 needs a CUDA device", "use --dtype fp32 or bf16 on the CPU"});
   expect_error([] { txt2img::check_placement(torch::Device(torch::kMeta), torch::kFloat32); }, ErrorKind::Usage,
                {"device meta", "the CPU or on CUDA"});
   txt2img::check_placement(torch::kCPU, torch::kFloat32);

@@ -268,6 +268,17 @@ def test_txt2img_python_is_used_even_where_python3_has_torch(tmp_path):
     assert f"{CONVERT} --help" in log.read_text().splitlines()
 
 
+def test_txt2img_python_naming_the_running_interpreter_starts_nothing_again(tmp_path):
+    """TXT2IMG_PYTHON that is the running interpreter (by path, link or name on PATH) needs no second start."""
+    from txt2img_convert import launch
+    link = tmp_path / "python-link"
+    link.symlink_to(sys.executable)
+    assert launch._is_this_interpreter(sys.executable)
+    assert launch._is_this_interpreter(str(link))
+    assert not launch._is_this_interpreter("/bin/sh")
+    assert not launch._is_this_interpreter(str(tmp_path / "missing"))
+
+
 def test_separate_safety_checker(tmp_path, reference, tensors, check_close, capsys):
     """--safety-checker DIR (transformers layout) replaces the source's own checker."""
     case = reference / "tiny/safety/A_all_flagged"
