@@ -245,16 +245,24 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
   }
   if (const int failure = sync_directory(dir))
     throw Error(ErrorKind::Io, "cannot write " + file.string() +
-                                   ": it is in place, but syncing its directory to the "
-                                   "disk failed (" +
+                                   ": it is in place, but syncing its directory to the disk failed (" +
                                    std::strerror(failure) + ")");
 }
 
-bool starts_as_png(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
+namespace {
+
+// Reads the first bytes of `in`: whether they are PNG's signature.
+bool read_signature(std::istream& in) {
   uint8_t head[kSignatureBytes];
   return in.read(reinterpret_cast<char*>(head), kSignatureBytes) &&
          std::memcmp(head, kPngSignature, kSignatureBytes) == 0;
+}
+
+}  // namespace
+
+bool starts_as_png(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return read_signature(in);
 }
 
 PngInfo read_png_info(const std::filesystem::path& file) {
@@ -264,10 +272,8 @@ PngInfo read_png_info(const std::filesystem::path& file) {
   if (!in)
     throw Error(ErrorKind::Io,
                 "cannot open " + file.string() + (errno ? std::string(": ") + std::strerror(errno) : ""));
-  uint8_t head[8];
-  if (!in.read(reinterpret_cast<char*>(head), kSignatureBytes) ||
-      std::memcmp(head, kPngSignature, kSignatureBytes) != 0)
-    throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
+  if (!read_signature(in)) throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
+  uint8_t head[8];  // a chunk's length and type
   PngInfo info;
   bool first = true;
   // Chunk by chunk, keeping the header and the text: the image data is skipped, never decoded.

@@ -409,19 +409,17 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
       else if (type == "FLOAT")
         what = m[1].str() + " takes a number, not \"" + m[2].str() + "\"";
     }
-    // CLI11 lists arguments it did not expect last first; here in the order given.
-    if (const auto extras = app.remaining(true); dynamic_cast<const CLI::ExtrasError*>(&e) && !extras.empty())
+    // An argument before the subcommand's name is the main command's, whose help lists what it takes.
+    const bool main_extras = !app.remaining(false).empty();
+    const CLI::App& reader = info->parsed() && !main_extras       ? *info
+                             : tokenize->parsed() && !main_extras ? *tokenize
+                                                                  : app;
+    if (auto extras = app.remaining(true); dynamic_cast<const CLI::ExtrasError*>(&e) && !extras.empty()) {
+      // CLI11 lists arguments it did not expect last first; here in the order given.
       what = std::string(extras.size() > 1 ? "The following arguments were not expected: "
                                            : "The following argument was not expected: ") +
              join(extras, " ");
-    // An argument before the subcommand's name is the main command's, whose help lists what it takes.
-    const bool main_extras = !app.remaining(false).empty();
-    if (dynamic_cast<const CLI::ExtrasError*>(&e)) {
-      const CLI::App& reader = info->parsed() && !main_extras       ? *info
-                               : tokenize->parsed() && !main_extras ? *tokenize
-                                                                    : app;
       // After "--" every argument is a word, not an option.
-      auto extras = app.remaining(true);
       const auto words_from = std::find(extras.begin(), extras.end(), "--");
       const auto flag = std::find_if(extras.begin(), words_from,
                                      [](const std::string& extra) { return extra.size() > 1 && extra[0] == '-'; });
@@ -439,9 +437,8 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
         what += "; a prompt of several words goes in quotes: " + shell_line(line);
       }
     }
-    const std::string help = info->parsed() && !main_extras       ? "txt2img info --help lists its options"
-                             : tokenize->parsed() && !main_extras ? "txt2img tokenize --help lists its options"
-                                                                  : "txt2img --help lists the options";
+    const std::string help = &reader == &app ? "txt2img --help lists the options"
+                                             : "txt2img " + reader.get_name() + " --help lists its options";
     throw Error(ErrorKind::Usage, what + " (" + help + ")");
   }
   for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);

@@ -117,11 +117,13 @@ nlohmann::json whole_number(const nlohmann::json& value, const std::string& key,
   constexpr double exact = 9007199254740992.0;  // 2^53
   if (value.is_number_float()) {
     const double number = value.get<double>();
-    if (number == std::floor(number) && std::fabs(number) >= exact)
-      throw Error(ErrorKind::Usage, where + ": \"" + key + "\" " + shown(value) +
-                                        " is a float of 2^53 or more, where floats skip whole numbers; write it as an "
-                                        "integer (without a fraction or exponent)");
-    if (number == std::floor(number)) return static_cast<int64_t>(number);
+    if (number == std::floor(number)) {
+      if (std::fabs(number) >= exact)
+        throw Error(ErrorKind::Usage, where + ": \"" + key + "\" " + shown(value) +
+                                          " is a float of 2^53 or more, where floats skip whole numbers; write it as "
+                                          "an integer (without a fraction or exponent)");
+      return static_cast<int64_t>(number);
+    }
   }
   throw Error(ErrorKind::Usage, where + ": \"" + key + "\" must be a whole number, not " + shown(value));
 }
