@@ -1,6 +1,8 @@
 #include "cli/exit_codes.hpp"
 
+#include <iostream>
 #include <new>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "cli/reporter.hpp"
@@ -19,19 +21,25 @@ const char* exit_code_table() {
          "  130  interrupted by SIGINT, SIGTERM, SIGHUP or a closed output pipe (finished images are kept)\n";
 }
 
-int report_failure(std::exception_ptr failure) {
+int report_failure(std::exception_ptr failure, bool json_line) {
+  std::string message;
+  int code = exit_code(ErrorKind::Runtime);
   try {
     std::rethrow_exception(failure);
   } catch (const Error& e) {
-    print_error(e.what());
-    return exit_code(e.kind());
+    message = e.what();
+    code = exit_code(e.kind());
   } catch (const std::bad_alloc&) {
-    print_error("out of memory; try a smaller --batch-size or image size");
-    return exit_code(ErrorKind::Runtime);
+    message = "out of memory; try a smaller --batch-size or image size";
   } catch (const std::exception& e) {
-    print_error(e.what());
-    return exit_code(ErrorKind::Runtime);
+    message = e.what();
   }
+  print_error(message);
+  if (json_line)
+    std::cout << nlohmann::ordered_json{{"event", "error"}, {"exit_code", code}, {"error", message}}.dump(
+                     -1, ' ', false, nlohmann::json::error_handler_t::replace)
+              << std::endl;
+  return code;
 }
 
 }  // namespace txt2img::cli

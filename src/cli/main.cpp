@@ -14,8 +14,9 @@ namespace {
 
 int run(int argc, char** argv) {
   using namespace txt2img::cli;
+  bool json_failure = false;
   try {
-    const auto parsed = parse_command_line(argc, argv);
+    const auto parsed = parse_command_line(argc, argv, json_failure);
     if (const int* code = std::get_if<int>(&parsed)) return *code;
     const auto& command = std::get<Command>(parsed);
     switch (command.which) {
@@ -28,7 +29,7 @@ int run(int argc, char** argv) {
     }
     return kExitSuccess;
   } catch (...) {
-    return report_failure(std::current_exception());
+    return report_failure(std::current_exception(), json_failure);
   }
 }
 

@@ -340,7 +340,7 @@ void configure_tokenize(CLI::App& app, TokenizeOptions& o) {
 
 }  // namespace
 
-std::variant<Command, int> parse_command_line(int argc, char** argv) {
+std::variant<Command, int> parse_command_line(int argc, char** argv, bool& json_failure) {
   Command command;
   CLI::App app(
       "Stable Diffusion v1 text to image.\n"
@@ -393,6 +393,7 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
     std::cout << e.what() << std::endl;
     return kExitSuccess;
   } catch (const CLI::ParseError& e) {
+    json_failure = !info->parsed() && !tokenize->parsed() && app.get_option("--json")->count() > 0;
     // An empty value fails an option's range check or requirement first; it is named as what it most likely is.
     for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
     std::string what = e.what();
@@ -441,6 +442,7 @@ std::variant<Command, int> parse_command_line(int argc, char** argv) {
                                              : "txt2img " + reader.get_name() + " --help lists its options";
     throw Error(ErrorKind::Usage, what + " (" + help + ")");
   }
+  json_failure = !info->parsed() && !tokenize->parsed() && command.generate.json;
   for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
 
   for (const CLI::App* subcommand : {info, tokenize})

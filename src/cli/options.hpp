@@ -15,7 +15,8 @@ struct Command {
 };
 
 // The command to run, or the exit code when parsing already did all there was to do (--help, --version).
-// Throws Error(Usage) for a bad command line.
-std::variant<Command, int> parse_command_line(int argc, char** argv);
+// Throws Error(Usage) for a bad command line. Sets `json_failure` once the command line is known to be generate's
+// with --json (a failed parse included, where --json was read), whose failure stdout reports too.
+std::variant<Command, int> parse_command_line(int argc, char** argv, bool& json_failure);
 
 }  // namespace txt2img::cli

@@ -65,6 +65,14 @@ def json_lines(stdout):
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
+def failed_json_lines(stdout, exit_code):
+    """A failed --json run's lines before its last, which must be the error line with `exit_code`."""
+    *records, error = json_lines(stdout)
+    if (error["event"], error["exit_code"]) != ("error", exit_code):
+        raise AssertionError(f"the last line is not an error line with exit code {exit_code}: {error}")
+    return records
+
+
 class CliTestCase(unittest.TestCase):
     """Each test runs in its own temporary directory with the tiny bundle as the default model."""
 

@@ -311,7 +311,11 @@ class JsonOutput(CliTestCase):
     def test_image_and_summary_lines(self):
         documented = {record["event"]: record for record in
                       json_blocks(markdown_section(read(CLI_MD), "### `--json`"))}
-        self.assertEqual(sorted(documented), ["image", "preview", "step", "summary"])
+        self.assertEqual(sorted(documented), ["error", "image", "preview", "step", "summary"])
+        # The error example is the line of a run refused for its output, word for word.
+        self.write("a.png", "there\n")
+        refused = self.txt2img("a fox", "--json", "-o", "a.png")
+        self.assertEqual(json_lines(refused.stdout), [documented.pop("error")])
         result = self.txt2img("a fox", "--seed", "42", "--json", "--json-progress", "--preview", "now.png", "-q")
         self.assertEqual(result.returncode, 0, result.stderr)
         actual = {record["event"]: record for record in json_lines(result.stdout)}

@@ -7,7 +7,7 @@ import subprocess
 import time
 import unittest
 
-from cli_support import BIN, EXIT_INTERRUPTED, FAST, TINY, CliTestCase, files_under, json_lines
+from cli_support import BIN, EXIT_INTERRUPTED, FAST, TINY, CliTestCase, failed_json_lines, files_under, json_lines
 
 
 def wait_until_delivered(pid, sig, timeout=60):
@@ -53,7 +53,7 @@ class Interrupt(CliTestCase):
         process.send_signal(sig)
         out, err = process.communicate(timeout=120)
         self.assertEqual(process.returncode, EXIT_INTERRUPTED, err)
-        records = [first] + json_lines(out)
+        records = [first] + failed_json_lines(out, EXIT_INTERRUPTED)
         summary = records[-1]
         self.assertEqual(summary["event"], "summary")
         self.assertTrue(summary["interrupted"])
@@ -126,7 +126,8 @@ class Interrupt(CliTestCase):
 
     def test_ctrl_c_that_also_ends_the_prompts_writer(self):
         """`producer | txt2img -f -` at Ctrl-C: the producer dies of it too, so the input may end before the signal
-        is handled. The run still stops there, with no summary and no images, as if the input were still open."""
+        is handled. The run still stops there, with no summary and no images, as if the input were still open
+        (--json's last line says so)."""
         process = subprocess.Popen([BIN, "-f", "-", "--model", str(TINY), "-o", "a.png", "--json"], cwd=self.dir,
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(lambda: process.poll() is None and process.kill())
@@ -144,7 +145,8 @@ class Interrupt(CliTestCase):
         process.stdout.close()
         process.stderr.close()
         self.assertEqual(process.returncode, EXIT_INTERRUPTED, err)
-        self.assertEqual(out, "")
+        self.assertEqual(json_lines(out), [{"event": "error", "exit_code": EXIT_INTERRUPTED,
+                                            "error": "interrupted by SIGINT"}])
         self.assertEqual(err.strip(), "error: interrupted by SIGINT")
         self.assertEqual(files_under(self.dir), [])
 

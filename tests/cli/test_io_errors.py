@@ -7,8 +7,8 @@ import shutil
 import subprocess
 import unittest
 
-from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle, files_under,
-                         json_lines, run)
+from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle,
+                         failed_json_lines, files_under, run)
 
 
 class OutputErrors(CliTestCase):
@@ -60,7 +60,7 @@ class OutputErrors(CliTestCase):
         result = self.txt2img("a fox", "-o", "out/{n}.png", "--images-per-prompt", "2", "--json", preexec_fn=limit)
         self.assertExit(result, EXIT_IO, "out/0.png")
         self.assertEqual(files_under(self.dir), [])
-        summary = json_lines(result.stdout)[-1]
+        summary = failed_json_lines(result.stdout, EXIT_IO)[-1]
         self.assertEqual((summary["event"], summary["written"], summary["failed"]), ("summary", 0, 1))
         self.assertIn("error", summary)
 

@@ -3,8 +3,8 @@
 import json
 import unittest
 
-from cli_support import (EXIT_NSFW, EXIT_USAGE, CliTestCase, derived_bundle, files_under, json_lines, png_pixels,
-                         png_text, fixture_bundle, without_checker)
+from cli_support import (EXIT_NSFW, EXIT_USAGE, CliTestCase, derived_bundle, failed_json_lines, files_under, png_pixels,
+                         json_lines, png_text, fixture_bundle, without_checker)
 
 
 class WithoutChecker(CliTestCase):
@@ -13,11 +13,12 @@ class WithoutChecker(CliTestCase):
         self.bundle = derived_bundle(self.dir / "nochecker", edit_manifest=without_checker)
 
     def test_refused_unless_asked(self):
-        """Before the model loads: no loading line, and no --json summary, as for every other usage error."""
+        """Before the model loads: no loading line, and no --json summary (only the error line), as for every other
+        usage error."""
         result = self.txt2img("a fox", "-o", "a.png", "--json", model=self.bundle)
         self.assertExit(result, EXIT_USAGE, "no safety checker", "--no-safety-checker")
         self.assertNotIn("loading", result.stderr)
-        self.assertEqual(result.stdout, "")
+        self.assertEqual(failed_json_lines(result.stdout, EXIT_USAGE), [])
         self.assertTrue(all(f.startswith("nochecker/") for f in files_under(self.dir)), files_under(self.dir))
 
     def test_no_safety_checker_warns_once_and_records_it(self):
@@ -72,7 +73,7 @@ class FlagsEverything(CliTestCase):
         self.assertExit(result, EXIT_NSFW, "--fail-on-nsfw")
         self.assertEqual(files_under(self.dir), ["0.png", "1.png"])
         self.assertTrue(all(set(png_pixels(self.dir / f"{n}.png")[2]) != {0} for n in range(2)))
-        records = json_lines(result.stdout)
+        records = failed_json_lines(result.stdout, EXIT_NSFW)
         self.assertEqual([r["nsfw"] for r in records[:-1]], [True, True])
         self.assertEqual((records[-1]["nsfw"], records[-1]["written"]), (2, 2))
 

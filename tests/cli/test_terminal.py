@@ -6,7 +6,7 @@ import resource
 import subprocess
 import unittest
 
-from cli_support import BIN, EXIT_RUNTIME, FAST, TINY, CliTestCase, files_under, json_lines
+from cli_support import BIN, EXIT_RUNTIME, FAST, TINY, CliTestCase, failed_json_lines, files_under, json_lines
 
 
 class Terminal(CliTestCase):
@@ -84,7 +84,7 @@ class RuntimeFailure(CliTestCase):
     def test_non_finite_latents(self):
         result = self.txt2img("a fox", "--cfg-scale", "1e300", "-o", "a.png", "--json")
         self.assertExit(result, EXIT_RUNTIME, "non-finite", "a very large CFG scale")
-        summary = json_lines(result.stdout)[-1]
+        summary = failed_json_lines(result.stdout, EXIT_RUNTIME)[-1]
         self.assertEqual((summary["written"], summary["failed"]), (0, 1))
         self.assertEqual(files_under(self.dir), [])
 
@@ -98,7 +98,7 @@ class RuntimeFailure(CliTestCase):
                               "--json", preexec_fn=limit_address_space)
         self.assertExit(result, EXIT_RUNTIME, "out of memory (", "can't allocate memory", "--batch-size")
         self.assertNotIn("TorchScript", result.stderr)
-        summary = json_lines(result.stdout)[-1]
+        summary = failed_json_lines(result.stdout, EXIT_RUNTIME)[-1]
         self.assertEqual((summary["written"], summary["failed"]), (0, 1))
         self.assertEqual(files_under(self.dir), [])
 
