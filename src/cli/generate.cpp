@@ -102,18 +102,31 @@ auto of_line(const RunPlan& plan, const ImageJob& job, Read&& read) -> decltype(
   }
 }
 
+// What outlives a batch of the run's previews: once one could not be written, the run makes no more; an
+// --preview-every above an image's U-Net calls, which leaves it without one, is said once.
+struct PreviewState {
+  bool failed = false;
+  bool said_too_sparse = false;
+};
+
 // Progress of each U-Net call, and the place where a pending SIGINT/SIGTERM stops the run.
 class StepObserver : public Observer {
  public:
-  // `previews_failed` outlives the batch: once a preview could not be written, the run makes no more.
-  StepObserver(Reporter& reporter, const GenerateOptions& o, bool& previews_failed)
-      : reporter_(reporter), o_(o), previews_failed_(previews_failed) {}
+  StepObserver(Reporter& reporter, const GenerateOptions& o, PreviewState& previews)
+      : reporter_(reporter), o_(o), previews_(previews) {}
   void step(size_t call, size_t calls) override {
     reporter_.step(call, calls);
     throw_if_stop_requested();
   }
-  bool wants_preview(size_t call, size_t /*calls*/) override {
-    return !o_.preview.empty() && !previews_failed_ && call % static_cast<size_t>(o_.preview_every) == 0;
+  bool wants_preview(size_t call, size_t calls) override {
+    if (o_.preview.empty() || previews_.failed) return false;
+    const auto every = static_cast<size_t>(o_.preview_every);
+    if (call == calls && calls < every && !previews_.said_too_sparse) {
+      previews_.said_too_sparse = true;
+      reporter_.warn("--preview-every " + std::to_string(every) + " is more than the " + std::to_string(calls) +
+                     " U-Net calls of an image here, which gets no preview");
+    }
+    return call % every == 0;
   }
   // The batch's first image, replaced whole so that an image viewer never reads half a file. A preview that cannot
   // be written (a full disk, say) stops the previews, not the images.
@@ -133,7 +146,7 @@ class StepObserver : public Observer {
       }
       reporter_.preview(o_.preview, call, calls);
     } catch (const Error& e) {
-      previews_failed_ = true;
+      previews_.failed = true;
       reporter_.warn(std::string(e.what()) + "; no more previews in this run");
     }
   }
@@ -141,7 +154,7 @@ class StepObserver : public Observer {
  private:
   Reporter& reporter_;
   const GenerateOptions& o_;
-  bool& previews_failed_;
+  PreviewState& previews_;
 };
 
 struct Totals {
@@ -268,7 +281,7 @@ class Generator {
       variations.push_back(job.variation);
     }
     SeededNoise noise(seeds, variations, o_.ensd);
-    StepObserver observer(reporter_, o_, previews_failed_);
+    StepObserver observer(reporter_, o_, previews_);
     const auto start = Clock::now();
     const auto images = pipeline_->generate(prompts, negatives, batch[0].params, noise, &observer);
     const double generate_s = seconds_since(start) / static_cast<double>(batch.size());
@@ -403,7 +416,7 @@ class Generator {
   uint64_t made_ = 0;
   uint64_t in_flight_ = 0;
   bool warned_any_ = false;
-  bool previews_failed_ = false;
+  PreviewState previews_;
   size_t warned_prompt_ = 0;
 };
 

@@ -5,8 +5,8 @@ import os
 import re
 import unittest
 
-from cli_support import (EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle, files_under, fixture_bundle,
-                         json_lines, png_pixels, png_text, run, without_taesd)
+from cli_support import (EXIT_BUNDLE, EXIT_IO, EXIT_NSFW, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle,
+                         files_under, fixture_bundle, json_lines, png_pixels, png_text, run, without_taesd)
 
 # What an image file that --skip-existing keeps begins with.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -358,6 +358,35 @@ class Reporting(CliTestCase):
         plain = self.txt2img("a fox", "--seed", "4", "--json", "-o", "p.png")
         self.assertNotIn("step", [r["event"] for r in json_lines(plain.stdout)])
 
+    def test_json_failures_end_with_an_error_line(self):
+        """With --json, a failed run's stdout ends with {"event": "error"} carrying the exit code and stderr's
+        message: a refusal before any work (the only line), a usage error where --json was read, an --fail-on-nsfw
+        exit after the summary. Without --json, and for info --json, stdout stays empty."""
+        def error_line(result, code):
+            self.assertEqual(result.returncode, code, result.stderr)
+            last = json_lines(result.stdout)[-1]
+            self.assertEqual(set(last), {"event", "exit_code", "error"})
+            self.assertEqual((last["event"], last["exit_code"]), ("error", code))
+            self.assertEqual(result.stderr.strip().splitlines()[-1], "error: " + last["error"])
+            return json_lines(result.stdout)
+
+        refused = error_line(self.txt2img("a fox", "--json", "-o", "a.png", model=self.dir / "none"), EXIT_BUNDLE)
+        self.assertEqual(len(refused), 1)
+        self.assertIn("not found", refused[0]["error"])
+        for args in (["a fox", "--json", "--steps", "abc"], ["a fox", "--steps", "abc", "--json"], ["--json"],
+                     ["a fox", "--json", "--no-such-flag"]):
+            self.assertEqual(len(error_line(self.txt2img(*args), EXIT_USAGE)), 1, args)
+        self.write("a.png", "there\n")
+        self.assertIn("exists", error_line(self.txt2img("a fox", "--json", "-o", "a.png"), EXIT_IO)[0]["error"])
+        flagged = error_line(self.txt2img("a fox", "--json", "--fail-on-nsfw", "-o", "f.png",
+                                          model=fixture_bundle("tiny-flag-all")), EXIT_NSFW)
+        self.assertEqual([r["event"] for r in flagged], ["image", "summary", "error"])
+        self.assertIn("flagged as NSFW", flagged[-1]["error"])
+        for quiet in (self.txt2img("a fox", "--steps", "abc"), self.txt2img("a fox", "-o", "a.png"),
+                      self.txt2img("info", "no-such.png", "--json")):
+            self.assertNotEqual(quiet.returncode, 0)
+            self.assertEqual(quiet.stdout, "")
+
     def test_preview(self):
         """--preview FILE: TAESD's view of the image as it forms, rewritten as the steps go; the image made is the
         same as without it; flagged previews are black like flagged images."""
@@ -378,6 +407,13 @@ class Reporting(CliTestCase):
         self.assertEqual(events, [("step", 1), ("step", 2), ("preview", 2), ("step", 3), ("step", 4), ("preview", 4),
                                   ("image", None), ("summary", None)])
         self.assertEqual(json_lines(reported.stdout)[2]["path"], "p.png")
+        # An interval above an image's calls leaves it without a preview, which is said once.
+        sparse = self.txt2img("a fox", "--steps", "3", "--images-per-prompt", "2", "--preview", "s.png",
+                              "--preview-every", "4", "-o", "s{n}.png")
+        self.assertEqual(sparse.returncode, 0, sparse.stderr)
+        self.assertEqual(sparse.stderr.count("--preview-every 4 is more than the 3 U-Net calls of an image here"), 1)
+        self.assertFalse((self.dir / "s.png").exists())
+        self.assertNotIn("--preview-every", result.stderr)
         flagged = self.txt2img("a fox", "--seed", "4", "--preview", "f.png", "-o", "c.png",
                                model=fixture_bundle("tiny-flag-all"))
         self.assertEqual(flagged.returncode, 0, flagged.stderr)
