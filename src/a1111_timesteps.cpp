@@ -99,7 +99,7 @@ class A1111Ddim final : public Scheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {
-    check_call(call, next_call_, timesteps_.size());
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
     if (needs_noise(call)) check_noise(noise, sample);
     const A1111Step& s = steps_[call];
     const auto eps = eps_of(model_output, sample, s, v_prediction_);
@@ -165,7 +165,7 @@ class A1111Plms final : public Scheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override {
-    check_call(call, next_call_, timesteps_.size());
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
     ++next_call_;
     if (call == 0) {
       first_sample_ = sample;

@@ -28,7 +28,7 @@ class Ddim final : public Scheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {
-    check_call(call, next_call_, timesteps_.size());
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
     if (needs_noise(call)) check_noise(noise, sample);
     const auto t = static_cast<int64_t>(timesteps_[call]);
     // diffusers steps back by num_train_timesteps // steps whatever the spacing, and past 0 to the final alpha.

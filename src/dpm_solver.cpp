@@ -34,7 +34,7 @@ class DpmSolverPP2M final : public LogSnrScheduler {
 
 torch::Tensor DpmSolverPP2M::step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                                   const torch::Tensor& noise) {
-  check_call(call, next_call_, timesteps_.size());
+  check_step(call, next_call_, timesteps_.size(), model_output, sample);
   if (sde_) check_noise(noise, sample);
   const Vp s0(sigmas_[call]), t(sigmas_[call + 1]);
   const auto x0 = predict_x0(model_output, sample, call);

@@ -66,7 +66,7 @@ class DpmPP2SAncestral final : public SigmaScheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {
-    check_call(call, next_call_, timesteps_.size());
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
     const Step& step = steps_[call / 2];
     torch::Tensor prev;
     if (call % 2 == 0) {

@@ -19,7 +19,7 @@ class Euler final : public SigmaScheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override {
-    check_call(call, next_call_, timesteps_.size());
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
     // Without churn sigma_hat = sigma * (0 + 1) = sigma.
     const float sigma = sigmas_[call];
     const torch::Tensor x0 = predict_x0(model_output, sample, sigma);

@@ -25,7 +25,7 @@ class EulerAncestral final : public SigmaScheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {
-    check_call(call, next_call_, timesteps_.size());
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
     check_noise(noise, sample);
     const float sigma = sigmas_[call];
     const auto x0 = predict_x0(model_output, sample, sigma);

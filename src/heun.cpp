@@ -28,7 +28,7 @@ class Heun final : public SigmaScheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override {
-    check_call(call, next_call_, timesteps_.size());
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
     // Both calls predict x0 at their own input's sigma: the predictor's sigma, the corrector's the next one.
     const float sigma = sigmas_[call];
     const auto x0 = predict_x0(model_output, sample, sigma);

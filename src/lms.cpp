@@ -52,7 +52,7 @@ class Lms final : public SigmaScheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override {
-    check_call(call, next_call_, timesteps_.size());
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
     const float sigma = sigmas_[call];
     const torch::Tensor x0 = predict_x0(model_output, sample, sigma);
     derivatives_.push_front((sample - x0) / sigma);

@@ -48,6 +48,9 @@ torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
 }
 
 torch::Tensor slerp_noise(double t, const torch::Tensor& low, const torch::Tensor& high) {
+  if (!low.defined() || !high.defined() || low.dim() < 2 || low.sizes() != high.sizes() ||
+      low.scalar_type() != torch::kFloat32 || high.scalar_type() != torch::kFloat32)
+    throw Error(ErrorKind::Runtime, "slerp_noise takes two float32 noises of one image's shape ([C, H, W])");
   // torch.norm(x, dim=1, keepdim=True) is linalg.vector_norm(x, 2, 1, True).
   const auto low_norm = low / at::linalg_vector_norm(low, 2, {1}, true);
   const auto high_norm = high / at::linalg_vector_norm(high, 2, {1}, true);

@@ -34,7 +34,7 @@ class Pndm final : public Scheduler {
   // The calls counted from 0 drive the warm-up below, which is why a run always starts at call 0.
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override {
-    check_call(call, next_call_, timesteps_.size());
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
     auto t = static_cast<int64_t>(timesteps_[call]);
     int64_t prev_t = t - step_ratio_;
     if (next_call_ == 1) {

@@ -241,13 +241,25 @@ double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, SigmaToT t
   return static_cast<double>(1.0f - w) * low + static_cast<double>(w) * (low + 1);
 }
 
-void check_call(size_t call, size_t next, size_t total) {
+void check_step(size_t call, size_t next, size_t total, const torch::Tensor& model_output,
+                const torch::Tensor& sample) {
   if (call >= total)
     throw Error(ErrorKind::Runtime, "scheduler step " + std::to_string(call) + " requested but the schedule has " +
                                         std::to_string(total) + " U-Net calls");
   if (call != next)
     throw Error(ErrorKind::Runtime, "scheduler steps must be taken in order: expected call " + std::to_string(next) +
                                         ", got " + std::to_string(call));
+  const auto described = [](const torch::Tensor& t) {
+    if (!t.defined()) return std::string("undefined");
+    std::ostringstream text;
+    text << t.scalar_type() << " " << t.sizes();
+    return text.str();
+  };
+  if (!model_output.defined() || !sample.defined() || model_output.sizes() != sample.sizes() ||
+      model_output.scalar_type() != torch::kFloat32 || sample.scalar_type() != torch::kFloat32)
+    throw Error(ErrorKind::Runtime, "scheduler step " + std::to_string(call) +
+                                        " takes a float32 model output and sample of one shape, not " +
+                                        described(model_output) + " and " + described(sample));
 }
 
 void check_add_noise_call(size_t call, size_t total) {

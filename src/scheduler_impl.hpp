@@ -122,8 +122,9 @@ double sigma_to_t(double sigma, const std::vector<float>& log_sigmas, SigmaToT t
 std::vector<float> log_sigmas(const std::vector<float>& training_sigmas);
 
 // Throws Error(Runtime) unless `call` is the `next` U-Net call (the run's first, then one more per step) and
-// `total` calls exist; the multistep samplers keep history, so calls must come in order, once each.
-void check_call(size_t call, size_t next, size_t total);
+// `total` calls exist (the multistep samplers keep history, so calls must come in order, once each), and unless
+// `model_output` and `sample` are float32 tensors of one shape.
+void check_step(size_t call, size_t next, size_t total, const torch::Tensor& model_output, const torch::Tensor& sample);
 
 // Throws Error(Runtime) unless add_noise's `call` is one of the `total` U-Net calls.
 void check_add_noise_call(size_t call, size_t total);

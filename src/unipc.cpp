@@ -37,7 +37,7 @@ class UniPC final : public LogSnrScheduler {
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor&) override {
-    check_call(call, next_call_, timesteps_.size());
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
     // The x0 prediction of the sample as the U-Net saw it, before the corrector moves that sample.
     const auto x0 = predict_x0(model_output, sample, call);
     const auto corrected = call > first_call_ ? correct(x0, call) : sample;

@@ -83,7 +83,8 @@ class Scheduler {
   // Advances the float32 sample by U-Net call `call` (0, 1, 2, ..., or from start_at's call on, in order, once
   // each: the multistep samplers keep history; make a new scheduler per generation) and returns the new sample.
   // `model_output` is the (guided) U-Net output for scale_model_input(sample, call) at timesteps()[call]. `noise`
-  // is used only when needs_noise(call). Throws Error(Runtime) for a call out of order or missing noise.
+  // is used only when needs_noise(call). Throws Error(Runtime) for a call out of order, missing noise, or a model
+  // output and sample that are not float32 tensors of one shape.
   virtual torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                              const torch::Tensor& noise = {}) = 0;
   // The x0 prediction of the last step, where the sampler makes one (all but PNDM; undefined otherwise). LCM's is

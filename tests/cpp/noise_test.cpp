@@ -5,6 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "txt2img/error.hpp"
 
 namespace {
 
@@ -76,6 +81,20 @@ TEST(SeededNoise, NearlyParallelNoisesTakeA1111sLinearFallback) {
   const auto high = low * 1.001 + 1e-4;
   const auto mixed = txt2img::slerp_noise(0.25, low, high);
   EXPECT_TRUE(torch::equal(mixed, low * 0.25 + high * 0.75));
+}
+
+TEST(SeededNoise, SlerpRefusesNoisesItCannotMix) {
+  const auto low = randn(5, kShape)[0];
+  for (const auto& [a, b] : std::vector<std::pair<torch::Tensor, torch::Tensor>>{
+           {low.flatten(), low.flatten()}, {low, low[0]}, {low, low.to(torch::kFloat64)}, {low, torch::Tensor()}}) {
+    try {
+      txt2img::slerp_noise(0.5, a, b);
+      ADD_FAILURE() << "no error";
+    } catch (const txt2img::Error& e) {
+      EXPECT_EQ(e.kind(), txt2img::ErrorKind::Runtime);
+      EXPECT_NE(std::string(e.what()).find("[C, H, W]"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

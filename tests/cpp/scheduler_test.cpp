@@ -951,6 +951,10 @@ TEST(Scheduler, StepsMustComeInOrderWithNoiseWhereNeeded) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 3);
     const auto noise = torch::zeros_like(x);
     expect_error(ErrorKind::Runtime, "order", [&] { sched->step(x, 1, x, noise); });
+    // A model output and sample that cannot be stepped together are refused before any history is kept.
+    expect_error(ErrorKind::Runtime, "of one shape", [&] { sched->step(x[0], 0, x, noise); });
+    expect_error(ErrorKind::Runtime, "of one shape", [&] { sched->step(x, 0, x.to(torch::kFloat64), noise); });
+    expect_error(ErrorKind::Runtime, "undefined", [&] { sched->step(torch::Tensor(), 0, x, noise); });
     sched->step(x, 0, x, noise);
     expect_error(ErrorKind::Runtime, "order", [&] { sched->step(x, 0, x, noise); });
     const size_t calls = sched->timesteps().size();
