@@ -303,6 +303,10 @@ def convert_source(args) -> dict:
 
     name = args.source if path != args.source else model.name  # a hub id names the model better than its cache
     source = {"kind": model.kind, "path": os.path.abspath(path), "sha256": model.sha256}
+    if model.kind == "single_file" and model.text_encoder.origin != path:
+        # A checkpoint saved without its text encoder took --config's (load_single_file).
+        source["text_encoder"] = {"path": os.path.abspath(model.text_encoder.origin),
+                                  "sha256": ck.sha256_weights(model.text_encoder.origin)}
     if args.vae is not None:
         source["vae"] = {"path": os.path.abspath(vae_path), "sha256": vae_sha256}
     if taesd is not None:

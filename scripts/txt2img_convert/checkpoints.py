@@ -406,9 +406,10 @@ _OTHER_FAMILIES = (
 )
 
 
-def _check_ldm_names(names: List[str], origin: str, ema: bool = False) -> None:
+def _check_ldm_names(names: List[str], origin: str, ema: bool = False, text_elsewhere: bool = False) -> None:
     """Refuses, by its tensor names alone, what is not an SD 1.x single file (another model family, a file without
-    U-Net or text encoder) or cannot give `ema`'s moving average of every U-Net weight."""
+    U-Net, or without text encoder unless `text_elsewhere` gives one) or cannot give `ema`'s moving average of every
+    U-Net weight."""
     for family, prefixes in _OTHER_FAMILIES:
         found = next((name for name in names if name.startswith(prefixes)), None)
         if found is not None:
@@ -434,17 +435,19 @@ def _check_ldm_names(names: List[str], origin: str, ema: bool = False) -> None:
             raise ConversionError(f"--ema: {origin} has no moving average of {_LDM_UNET}{missing[0]} "
                                   f"({_ema_name(missing[0])})" +
                                   (f" nor of {len(missing) - 1} more U-Net weights" if len(missing) > 1 else ""))
-    if not any(name.startswith(_LDM_TEXT) for name in names):
-        raise ConversionError(f"{origin}: no CLIP text encoder weights ({_LDM_TEXT}*)")
+    if not text_elsewhere and not any(name.startswith(_LDM_TEXT) for name in names):
+        raise ConversionError(f"{origin}: no CLIP text encoder weights ({_LDM_TEXT}*); where it was saved without "
+                              "them, give --config a diffusers folder of its base model whose text_encoder/ holds "
+                              "them, as diffusers' from_single_file takes them from its config")
 
 
-def ldm_to_diffusers(sd: Tensors, origin: str, ema: bool = False) -> Dict[str, Component]:
+def ldm_to_diffusers(sd: Tensors, origin: str, ema: bool = False, text_elsewhere: bool = False) -> Dict[str, Component]:
     """Split an LDM state dict into "unet", "vae" and "text_encoder" components with diffusers names (configs
     still empty). The U-Net's weights are the trained ones, as diffusers and A1111 read them, or with `ema` their
     exponential moving average where the file holds both. Keys outside the three models (schedule buffers, ...)
     are ignored. A checkpoint released without its VAE (to be used with a separate one, as A1111's VAE setting
-    does) gives a VAE component without tensors."""
-    _check_ldm_names(list(sd), origin, ema)
+    does), or with `text_elsewhere` without its text encoder, gives that component without tensors."""
+    _check_ldm_names(list(sd), origin, ema, text_elsewhere)
     unet_ldm, vae_ldm, text_ldm = _strip(sd, _LDM_UNET), _strip(sd, _LDM_VAE), _strip(sd, _LDM_TEXT)
     ema_count = sum(k.startswith(_LDM_EMA) and k not in _LDM_EMA_STATE for k in sd)
     if ema:
@@ -844,11 +847,33 @@ def load_diffusers(folder: str) -> Model:
     )
 
 
+def _text_encoder_folder(config_dir: Optional[str]) -> Optional[str]:
+    """`config_dir`'s text_encoder/ where it holds a config and weights, else None."""
+    if not config_dir:
+        return None
+    folder = os.path.join(config_dir, "text_encoder")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return None
+    try:
+        folder_weights(folder, ("model", "pytorch_model"))
+    except ConversionError:
+        return None
+    return folder
+
+
 def load_single_file(path: str, config_dir: Optional[str] = None, ema: bool = False) -> Model:
     """An LDM checkpoint. `config_dir`: a diffusers folder of the same model family, for what the tensors do
-    not say (attention heads, sample size, scaling factor, scheduler). `ema`: the U-Net's moving average."""
+    not say (attention heads, sample size, scaling factor, scheduler), and the text encoder of a file saved
+    without one. `ema`: the U-Net's moving average."""
+    spare_text = _text_encoder_folder(config_dir)
     # Another model family (SDXL, FLUX: 7 to 24 GB) is refused before its weights are read.
-    components = ldm_to_diffusers(read_tensors(path, lambda names: _check_ldm_names(names, path, ema)), path, ema)
+    def check(names: List[str]) -> None:
+        _check_ldm_names(names, path, ema, text_elsewhere=spare_text is not None)
+
+    components = ldm_to_diffusers(read_tensors(path, check), path, ema, text_elsewhere=spare_text is not None)
+    if not components["text_encoder"].tensors:
+        progress(f"{path} holds no text encoder: using {spare_text}'s, as diffusers' from_single_file does")
+        components["text_encoder"] = load_model_folder(spare_text, "text encoder", ("model", "pytorch_model"))
     defaults = sd1_defaults()
 
     def base(part: str) -> Optional[dict]:

@@ -353,6 +353,40 @@ def test_checkpoint_released_without_its_vae(tmp_path, reference, capsys):
     assert json.loads((tmp_path / "with/model.json").read_text())["vae_name"] == "vae.safetensors"
 
 
+def test_checkpoint_saved_without_its_text_encoder(tmp_path, reference, capsys):
+    """A single file without cond_stage_model.* takes the text encoder of --config's text_encoder/, as diffusers'
+    from_single_file does, and says so; model.json records where it came from. Without one there, it fails naming
+    --config."""
+    from txt2img_convert import checkpoints as ck
+    from txt2img_convert.safetensors_io import load_file, save_file
+    whole_file = reference / "sd1/single_file/sd1.safetensors"
+    sd1 = load_file(str(whole_file))
+    no_text = tmp_path / "no-text.safetensors"
+    save_file({k: v for k, v in sd1.items() if not k.startswith("cond_stage_model.")}, str(no_text))
+    config = tmp_path / "base"
+    shutil.copytree(reference / "sd1/model", config)  # configs only: the reference leaves out its weights
+    save_file(ck.ldm_to_diffusers(sd1, "sd1")["text_encoder"].tensors, str(config / "text_encoder/model.safetensors"))
+    common = ["--no-safety-checker"]
+    expect_errors(capsys, [((no_text, "--config", reference / "sd1/model", *common, "--out", tmp_path / "x"), 1,
+                            "no CLIP text encoder weights (cond_stage_model.transformer.*); where it was saved "
+                            "without them, give --config a diffusers folder of its base model whose text_encoder/ "
+                            "holds them")], tmp_path / "x")
+    status, stderr = convert(capsys, no_text, "--config", config, *common, "--out", tmp_path / "borrowed")
+    assert status == 0, stderr
+    assert f"{no_text} holds no text encoder: using {config / 'text_encoder'}'s" in stderr
+    status, stderr = convert(capsys, whole_file, "--config", config, *common, "--out", tmp_path / "whole")
+    assert status == 0, stderr
+    assert "holds no text encoder" not in stderr
+    for name in ("text_encoder.pt", "unet.pt"):
+        ours = torch.jit.load(str(tmp_path / "borrowed" / name)).state_dict()
+        whole = torch.jit.load(str(tmp_path / "whole" / name)).state_dict()
+        assert sorted(ours) == sorted(whole) and all(torch.equal(ours[k], whole[k]) for k in whole), name
+    source = json.loads((tmp_path / "borrowed/model.json").read_text())["source"]
+    weights = config / "text_encoder/model.safetensors"
+    assert source["text_encoder"] == {"path": str(weights), "sha256": ck.sha256_weights(str(weights))}
+    assert "text_encoder" not in json.loads((tmp_path / "whole/model.json").read_text())["source"]
+
+
 def save_with_moving_average(reference, path, scale):
     """The sd1 single file with a moving average of its U-Net (model_ema.*, as LDM names it): its weights * `scale`."""
     from txt2img_convert.safetensors_io import load_file, save_file
