@@ -52,14 +52,22 @@ void handle(int signal, void (*handler)(int)) {
   sigaction(signal, &action, nullptr);
 }
 
+// A stop signal the process was started ignoring stays ignored, as Unix tools leave it: nohup's SIGHUP, the SIGINT
+// a non-interactive shell has its `txt2img … &` jobs ignore.
+void handle_unless_ignored(int signal, void (*handler)(int)) {
+  struct sigaction current;
+  if (sigaction(signal, nullptr, &current) == 0 && current.sa_handler == SIG_IGN) return;
+  handle(signal, handler);
+}
+
 }  // namespace
 
 void ignore_file_size_signal() { std::signal(SIGXFSZ, SIG_IGN); }
 
 void stop_on_signals() {
-  handle(SIGINT, on_stop_signal);
-  handle(SIGTERM, on_stop_signal);
-  handle(SIGHUP, on_stop_signal);  // a closed terminal or ssh session
+  handle_unless_ignored(SIGINT, on_stop_signal);
+  handle_unless_ignored(SIGTERM, on_stop_signal);
+  handle_unless_ignored(SIGHUP, on_stop_signal);  // a closed terminal or ssh session
   handle(SIGPIPE, on_broken_pipe);
 }
 

@@ -9,8 +9,8 @@ namespace txt2img::cli {
 // temporary file removed, instead of killing the process with SIGXFSZ.
 void ignore_file_size_signal();
 
-// For generating: SIGINT, SIGTERM and SIGHUP ask the run to stop, and so does SIGPIPE (a closed stdout or stderr
-// pipe), which never stops it at once.
+// For generating: SIGINT, SIGTERM and SIGHUP ask the run to stop (each unless the process was started ignoring it, as
+// under nohup), and so does SIGPIPE (a closed stdout or stderr pipe), which never stops it at once.
 void stop_on_signals();
 
 bool stop_requested();

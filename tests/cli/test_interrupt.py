@@ -87,6 +87,26 @@ class Interrupt(CliTestCase):
         _, err = self.interrupt_after_first_image(signal.SIGHUP)
         self.assertIn("interrupted by SIGHUP (the terminal was closed)", err)
 
+    def test_a_signal_ignored_at_the_start_stays_ignored(self):
+        """nohup's SIGHUP, and the SIGINT a non-interactive shell has its background jobs ignore: the run goes on
+        to its end; SIGTERM still stops it."""
+        def ignoring():
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        self.write("prompts.txt", "a fox\n")
+        process = subprocess.Popen([BIN, *self.ARGS], cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, preexec_fn=ignoring)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        self.assertEqual(json.loads(process.stdout.readline())["event"], "image")
+        for sig in (signal.SIGHUP, signal.SIGINT):
+            process.send_signal(sig)
+            wait_until_delivered(process.pid, sig)
+        out, err = process.communicate(timeout=120)
+        self.assertEqual(process.returncode, 0, err)
+        self.assertEqual(json_lines(out)[-1]["written"], 2)
+        self.assertEqual(files_under(self.dir / "out"), ["000.png", "001.png"])
+
     def test_a_second_ctrl_c_stops_at_once(self):
         """A second Ctrl-C does not wait for the step to end: the process dies of it. The steps here take about 3 s
         (1024x1024), so the second signal, sent as soon as the first has been delivered, comes while the first waits

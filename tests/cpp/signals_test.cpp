@@ -31,6 +31,22 @@ TEST(SignalsDeathTest, TheFirstSignalOnlyAsksToStop) {
       testing::ExitedWithCode(0), "asked to stop");
 }
 
+// nohup's SIGHUP, and the SIGINT of a shell's background job, stay ignored; the others still ask to stop.
+TEST(SignalsDeathTest, ASignalIgnoredAtTheStartStaysIgnored) {
+  EXPECT_EXIT(
+      {
+        std::signal(SIGHUP, SIG_IGN);
+        std::signal(SIGINT, SIG_IGN);
+        stop_on_signals();
+        std::raise(SIGHUP);
+        std::raise(SIGINT);
+        if (stop_requested()) std::_Exit(3);
+        first_signal(SIGTERM);
+        std::_Exit(0);
+      },
+      testing::ExitedWithCode(0), "asked to stop");
+}
+
 TEST(SignalsDeathTest, ASecondSignalEndsTheProcessAtOnce) {
   EXPECT_EXIT(
       {
