@@ -30,10 +30,13 @@ std::string source_text(const nlohmann::json& object, const char* key) {
 // Where the weights came from, and the LoRAs merged into them (model.json "source", written by convert.py).
 void print_source(const nlohmann::json& source) {
   const std::string kind = source_text(source, "kind"), path = source_text(source, "path");
+  // A checkpoint saved without its text encoder took that of convert.py's --config.
+  const std::string text_from =
+      source.is_object() && source.contains("text_encoder") ? source_text(source["text_encoder"], "path") : "";
   if (!kind.empty())
     std::cout << "  source         " << kind << (path.empty() ? "" : " " + path)
               << (source_text(source, "ema") == "true" ? " (its U-Net's moving average, convert.py --ema)" : "")
-              << "\n";
+              << (text_from.empty() ? "" : " (its text encoder from " + text_from + ")") << "\n";
   if (!source.is_object() || !source.contains("loras") || !source["loras"].is_array()) return;
   const auto or_unknown = [](const std::string& text) { return text.empty() ? std::string("?") : text; };
   for (const auto& lora : source["loras"]) {

@@ -739,6 +739,15 @@ class BundleInfo(CliTestCase):
         self.assertIn("LoRA merged    a.safetensors (weight strong, ? modules)\n", result.stdout)
         self.assertIn("LoRA merged    ? (weight ?, ? modules)\n", result.stdout)
 
+        def text_borrowed(m):
+            m["source"] = {"kind": "single_file", "path": "/models/unet-vae.safetensors", "sha256": "0" * 64,
+                           "text_encoder": {"path": "/base/text_encoder/model.safetensors", "sha256": "1" * 64}}
+            return m
+
+        result = run(["info", derived_bundle(self.dir / "d", edit_manifest=text_borrowed)], self.dir)
+        self.assertIn("source         single_file /models/unet-vae.safetensors (its text encoder from "
+                      "/base/text_encoder/model.safetensors)\n", result.stdout)
+
     def test_missing_bundle_file(self):
         bundle = derived_bundle(self.dir / "b", drop={"unet.pt"})
         self.assertExit(run(["info", bundle], self.dir), EXIT_BUNDLE, "unet.pt")
