@@ -361,7 +361,9 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
   if (params.steps < 1 || params.steps > manifest.scheduler.num_train_timesteps)
     throw Error(ErrorKind::Usage, "steps " + std::to_string(params.steps) + " must be from 1 to " +
                                       std::to_string(manifest.scheduler.num_train_timesteps));
-  if (!std::isfinite(params.cfg_scale)) throw Error(ErrorKind::Usage, "cfg scale must be a finite number");
+  // The guidance is float32 arithmetic: a scale past it would only fail, as non-finite latents, once the model ran.
+  if (!fits_float32(params.cfg_scale))
+    throw Error(ErrorKind::Usage, "cfg scale must be a finite number that float32 holds (at most 3.4e38)");
   if (!(params.guidance_rescale >= 0 && params.guidance_rescale <= 1))
     throw Error(ErrorKind::Usage, "guidance rescale must be from 0 to 1");
   if (!(params.skip_early_cfg >= 0 && params.skip_early_cfg <= 1))
@@ -376,8 +378,9 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
                                       "2 the one before it; this model's has " + layers + " layers)");
   }
   for (const auto& lora : params.loras) {
-    if (!std::isfinite(lora.te_weight) || !std::isfinite(lora.unet_weight))
-      throw Error(ErrorKind::Usage, "LoRA " + lora.name + ": its weights must be finite numbers");
+    if (!fits_float32(lora.te_weight) || !fits_float32(lora.unet_weight))
+      throw Error(ErrorKind::Usage,
+                  "LoRA " + lora.name + ": its weights must be finite numbers that float32 holds (at most 3.4e38)");
     if (manifest.find_lora(lora.name)) continue;
     std::vector<std::string> names;
     for (const auto& l : manifest.loras) names.push_back(l.name);

@@ -99,6 +99,9 @@ class PromptLoras(CliTestCase):
         cases = [
             (["a <lora:inkstyle:1>"], ['no LoRA named "inkstyle" (it has detail-loha, ink-style)', "add_lora.py"]),
             (["a <lora:ink-style:x>"], ['weight "x" is not a finite number']),
+            # Past float32 it would only make the image non-finite, once the model ran.
+            (["a <lora:ink-style:1e39>"], ["LoRA ink-style: its weights must be finite numbers that float32 holds"]),
+            (["a", "--lora", "ink-style:1:-1e39"], ["float32 holds"]),
             (["a <lora:ink-style:1:dyn=4>"], ["dyn="]),
             (["a", "-n", "<lora:ink-style:1>"], ["negative prompt"]),
             (["a <hypernet:h:1>"], ["hypernetworks are not supported"]),
