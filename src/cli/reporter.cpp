@@ -48,7 +48,7 @@ std::string clock_time(double seconds) {
 }  // namespace
 
 void print_error(const std::string& message) {
-  std::cerr << paint_if(colour_allowed(), "error:", "1;31") << " " << printable(message) << std::endl;
+  std::cerr << paint_if(colour_allowed(), "error:", "1;31") << " " << one_line(message) << std::endl;
 }
 
 Reporter::Reporter(bool quiet, bool json, bool json_progress)
@@ -72,13 +72,13 @@ void Reporter::clear_bar() {
 void Reporter::info(const std::string& line) {
   if (quiet_) return;
   clear_bar();
-  std::cerr << printable(line) << std::endl;
+  std::cerr << one_line(line) << std::endl;
 }
 
 void Reporter::warn(const std::string& message) {
   if (quiet_) return;
   clear_bar();
-  std::cerr << paint("warning:", "1;33") << " " << printable(message) << std::endl;
+  std::cerr << paint("warning:", "1;33") << " " << one_line(message) << std::endl;
 }
 
 void Reporter::error(const std::string& message) {

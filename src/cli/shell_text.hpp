@@ -9,6 +9,9 @@ namespace txt2img::cli {
 // `text` with each control character (C0 but newline and tab, DEL, C1) escaped as \xNN: text from a downloaded
 // image's metadata must not reach a terminal as escape sequences (a title, a cleared screen).
 std::string printable(const std::string& text);
+// printable(text) with newlines escaped too (\x0A): an error, a warning or a note is one line, whatever it quotes (a
+// file name or a value with a newline in it).
+std::string one_line(const std::string& text);
 
 // The words as one POSIX shell command line, each quoted where it needs it.
 std::string shell_line(const std::vector<std::string>& words);
