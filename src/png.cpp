@@ -249,22 +249,6 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
                                    std::strerror(failure) + ")");
 }
 
-namespace {
-
-// Reads the first bytes of `in`: whether they are PNG's signature.
-bool read_signature(std::istream& in) {
-  uint8_t head[kSignatureBytes];
-  return in.read(reinterpret_cast<char*>(head), kSignatureBytes) &&
-         std::memcmp(head, kPngSignature, kSignatureBytes) == 0;
-}
-
-}  // namespace
-
-bool starts_as_png(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  return read_signature(in);
-}
-
 PngInfo read_png_info(const std::filesystem::path& file) {
   // Read as a stream, not by its size or by seeking: `info /dev/stdin` and `info <(curl ...)` are pipes.
   errno = 0;
@@ -272,7 +256,10 @@ PngInfo read_png_info(const std::filesystem::path& file) {
   if (!in)
     throw Error(ErrorKind::Io,
                 "cannot open " + file.string() + (errno ? std::string(": ") + std::strerror(errno) : ""));
-  if (!read_signature(in)) throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
+  uint8_t signature[kSignatureBytes];
+  if (!in.read(reinterpret_cast<char*>(signature), kSignatureBytes) ||
+      std::memcmp(signature, kPngSignature, kSignatureBytes) != 0)
+    throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
   uint8_t head[8];  // a chunk's length and type
   PngInfo info;
   bool first = true;

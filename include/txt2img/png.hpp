@@ -27,9 +27,6 @@ struct PngInfo {
   PngText text;
 };
 
-// Whether `file` begins with PNG's signature: a cheap test that it is meant as a PNG image, not that it is whole.
-bool starts_as_png(const std::filesystem::path& file);
-
 // Reads the size and every tEXt, zTXt and iTXt chunk (compressed ones inflated), as UTF-8 (tEXt's and zTXt's Latin-1
 // converted), skipping over the image data, which is neither read nor decoded. Throws Error(Io) for a file that
 // cannot be read, is no PNG, or ends before its IEND chunk.

@@ -635,6 +635,11 @@ int run_generate(const GenerateOptions& o) {
                   "lcm with 2 to 8 steps");
 
   Totals totals;
+  // Kept by --skip-existing, flagged when an earlier run made them: counted as this run's, for --fail-on-nsfw.
+  totals.nsfw = pf.skipped_nsfw;
+  if (pf.skipped_nsfw)
+    reporter.warn(std::to_string(pf.skipped_nsfw) + " of the images --skip-existing keeps " +
+                  (pf.skipped_nsfw == 1 ? "was" : "were") + " flagged as NSFW when made (their metadata says so)");
   double load_s = 0;
   bool interrupted = false;
   std::string failure;

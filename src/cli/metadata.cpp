@@ -367,4 +367,15 @@ A1111Parameters parse_a1111_parameters(const std::string& text) {
   return out;
 }
 
+bool recorded_as_nsfw(const PngText& text) {
+  for (const auto& [key, value] : text) {
+    if (key != "txt2img") continue;
+    const auto record = nlohmann::json::parse(value, nullptr, false);
+    if (!record.is_object() || !record.contains("safety")) return false;
+    const auto& safety = record["safety"];
+    return safety.is_object() && safety.contains("nsfw") && safety["nsfw"] == true;
+  }
+  return false;
+}
+
 }  // namespace txt2img::cli

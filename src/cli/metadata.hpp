@@ -98,4 +98,8 @@ nlohmann::ordered_json settings_json(const ImageRecord& record);
 // DDIM, ..."), and the "txt2img" chunk with everything needed to make the image again, as PNG text chunks.
 PngText png_metadata(const ImageRecord& record);
 
+// Whether a PNG's text records that the safety checker flagged it (the "txt2img" chunk's safety.nsfw); false for an
+// image without that record (another tool's, or written with --no-metadata).
+bool recorded_as_nsfw(const PngText& text);
+
 }  // namespace txt2img::cli

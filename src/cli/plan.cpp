@@ -7,6 +7,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "cli/metadata.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/lora_tags.hpp"
 #include "txt2img/png.hpp"
@@ -195,19 +196,37 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
     return ec ? std::filesystem::absolute(path).lexically_normal() : out;
   };
   const auto preview_file = preview.empty() ? preview : resolved(preview);
-  // An image's file as the file system finds it (its folder resolved once per folder, as images share folders), so
-  // that "out/a.png", "/abs/out/a.png" and "link/a.png" are one file.
-  std::filesystem::path folder, resolved_folder;
-  const auto file_of = [&](const std::filesystem::path& output) {
-    if (folder.empty() || output.parent_path() != folder) {
-      folder = output.parent_path();
-      resolved_folder = resolved(folder.empty() ? "." : folder);
-    }
-    return resolved_folder / output.filename();
-  };
   Preflight result;
   // Hashes of the files seen so far (memory per image, not per prompt text); a hit is confirmed by re-reading.
   std::unordered_map<size_t, uint64_t> names;
+  // Every folder an image goes into, and the folders above it, with the first image that needs it (memory per
+  // folder): one image's file cannot be another's folder.
+  std::unordered_map<std::string, uint64_t> folders;
+  const auto refuse_file_as_folder = [&plan](const ImageJob& file_job, const ImageJob& folder_job) {
+    throw Error(ErrorKind::Usage, plan.where(file_job) + " would write its image to " + quoted(file_job.output) +
+                                      ", which " + plan.where(folder_job) + " needs as a folder for " +
+                                      quoted(folder_job.output) + "; give one of them another name");
+  };
+  // An image's file as the file system finds it (its folder resolved once per folder, as images share folders), so
+  // that "out/a.png", "/abs/out/a.png" and "link/a.png" are one file.
+  std::filesystem::path folder, resolved_folder;
+  const auto file_of = [&](const ImageJob& job) {
+    const auto& output = job.output;
+    if (folder.empty() || output.parent_path() != folder) {
+      folder = output.parent_path();
+      resolved_folder = resolved(folder.empty() ? "." : folder);
+      for (auto above = resolved_folder; folders.emplace(above.string(), job.index).second;
+           above = above.parent_path()) {
+        const auto file = names.find(std::hash<std::string>{}(above.string()));
+        if (file != names.end()) {
+          const ImageJob earlier = plan.find(file->second);
+          if (resolved(earlier.output) == above) refuse_file_as_folder(earlier, job);
+        }
+        if (above == above.parent_path()) break;
+      }
+    }
+    return resolved_folder / output.filename();
+  };
   std::filesystem::path checked_dir;
   bool checked_any = false;
   ImageJob job;
@@ -222,7 +241,9 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
         result.empty_prompts++ == 0)
       result.first_empty_prompt = plan.where(job);
     check_name_lengths(job.output);
-    const auto file = file_of(job.output);
+    const auto file = file_of(job);
+    if (const auto needed = folders.find(file.string()); needed != folders.end())
+      refuse_file_as_folder(job, plan.find(needed->second));
     const auto [it, inserted] = names.emplace(std::hash<std::string>{}(file.string()), job.index);
     if (!inserted) {
       const ImageJob earlier = plan.find(it->second);
@@ -264,13 +285,19 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
                                        " exists; pass --overwrite to replace it, or --skip-existing to keep it and "
                                        "make only the missing images");
       if (existing == Existing::Skip) {
-        // An empty or foreign file there (another tool's crash; txt2img's own writes are whole or absent) would be
-        // counted as made and keep no image.
-        if (!starts_as_png(job.output))
+        // An empty, cut-off or foreign file there (another tool's crash or copy; txt2img's own writes are whole or
+        // absent) would be counted as made and keep no image.
+        PngInfo kept;
+        try {
+          kept = read_png_info(job.output);
+        } catch (const Error&) {
           throw Error(ErrorKind::Io, "output " + quoted(job.output) +
-                                         " exists but does not read as a PNG image, which --skip-existing would keep "
-                                         "as if made; remove it");
+                                         " exists but does not read as a whole PNG image, which --skip-existing "
+                                         "would keep as if made; remove it");
+        }
         ++result.to_skip;
+        // --fail-on-nsfw of a resumed run: an image kept was flagged as much as one made.
+        if (recorded_as_nsfw(kept.text)) ++result.skipped_nsfw;
         continue;
       }
     }

@@ -107,6 +107,7 @@ class RunPlan {
 struct Preflight {
   uint64_t to_make = 0;      // by this shard, after --skip-existing
   uint64_t to_skip = 0;      // files that exist (only with --skip-existing)
+  uint64_t skipped_nsfw = 0;  // of those, the ones whose metadata records that the safety checker flagged them
   uint64_t image_steps = 0;  // sum of steps over to_make (for the ETA)
   bool uses_run_seed = false;  // whether an image to make takes its seed from --seed (or the random one)
   // Where the first prompt without words is ("p.txt:3", "the prompt"; empty: none), and how many there are.
@@ -126,8 +127,9 @@ enum class Existing { Refuse, Overwrite, Skip };
 bool is_dangling_symlink(const std::filesystem::path& path);
 
 // Walks the whole plan before anything loads or is written: every line parses and resolves, no two images share
-// a file name (Error(Usage) naming both) nor take the `preview` file's (empty: none), no output exists unless
-// `existing` allows it and every output directory can be created and written (Error(Io)).
+// a file name, nor is one image's file a folder of another's (Error(Usage) naming both), none takes the `preview`
+// file's (empty: none), no output exists unless `existing` allows it (and then as a whole PNG) and every output
+// directory can be created and written (Error(Io)).
 Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::path& preview = {});
 
 }  // namespace txt2img::cli

@@ -8,9 +8,6 @@ import unittest
 from cli_support import (EXIT_BUNDLE, EXIT_IO, EXIT_NSFW, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle,
                          files_under, fixture_bundle, json_lines, png_pixels, png_text, run, without_taesd)
 
-# What an image file that --skip-existing keeps begins with.
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
 
 class Outputs(CliTestCase):
     def test_single_prompt_to_named_file(self):
@@ -124,8 +121,9 @@ class Outputs(CliTestCase):
         self.assertEqual(files_under(self.dir), ["out/00001-11.png"])
 
     def test_skip_existing_skips_before_generating(self):
-        (self.dir / "out").mkdir()
-        (self.dir / "out/00001-11.png").write_bytes(PNG_SIGNATURE + b"placeholder")
+        # Another image in the second one's place, which is kept as it is.
+        self.assertEqual(self.txt2img("a cat", "--seed", "3", "-o", "out/00001-11.png").returncode, 0)
+        placeholder = (self.dir / "out/00001-11.png").read_bytes()
         result = self.txt2img("a fox", "--seed", "10", "--images-per-prompt", "3", "-o", "out/", "--skip-existing",
                               "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -133,10 +131,10 @@ class Outputs(CliTestCase):
         self.assertEqual([r["path"] for r in records if r["event"] == "image"],
                          ["out/00000-10.png", "out/00002-12.png"])
         self.assertEqual(records[-1]["skipped"], 1)
-        self.assertEqual((self.dir / "out/00001-11.png").read_bytes(), PNG_SIGNATURE + b"placeholder")
+        self.assertEqual((self.dir / "out/00001-11.png").read_bytes(), placeholder)
 
     def test_skip_existing_with_everything_done_loads_no_model(self):
-        (self.dir / "fox.png").write_bytes(PNG_SIGNATURE)
+        self.assertEqual(self.txt2img("a cat", "-o", "fox.png").returncode, 0)
         result = self.txt2img("a fox", "-o", "fox.png", "--seed", "1", "--skip-existing", "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json_lines(result.stdout)[-1]["skipped"], 1)
@@ -144,13 +142,25 @@ class Outputs(CliTestCase):
         self.assertIn("nothing to make: the image is there already", result.stderr)
 
     def test_skip_existing_keeps_no_file_that_is_no_image(self):
-        """An empty or foreign file where an image goes (another tool's crash) is not counted as made: the run
-        stops before any work, naming it, and leaves it as it is."""
-        for content in ("", "GIF89a"):
-            self.write("fox.png", content)
+        """An empty, foreign or cut-off file where an image goes (another tool's crash, a copy that stopped) is not
+        counted as made: the run stops before any work, naming it, and leaves it as it is."""
+        self.assertEqual(self.txt2img("a fox", "-o", "whole.png", "--seed", "1").returncode, 0)
+        whole = (self.dir / "whole.png").read_bytes()
+        for content in (b"", b"GIF89a", whole[:8], whole[:-12]):
+            (self.dir / "fox.png").write_bytes(content)
             result = self.txt2img("a fox", "-o", "fox.png", "--seed", "1", "--skip-existing")
-            self.assertExit(result, EXIT_IO, 'output "fox.png" exists but does not read as a PNG image')
-            self.assertEqual((self.dir / "fox.png").read_text(), content)
+            self.assertExit(result, EXIT_IO, 'output "fox.png" exists but does not read as a whole PNG image')
+            self.assertEqual((self.dir / "fox.png").read_bytes(), content)
+
+    def test_one_image_s_file_as_another_s_folder_is_refused_before_any_work(self):
+        for lines in (['{"prompt": "a", "output": "c/a.png"}', '{"prompt": "b", "output": "c/a.png/b.png"}'],
+                      ['{"prompt": "b", "output": "c/a.png/d/b.png"}', '{"prompt": "a", "output": "./c/a.png"}']):
+            self.write("p.jsonl", "\n".join(lines) + "\n")
+            file_line, folder_line = ("1", "2") if lines[0].endswith('a.png"}') else ("2", "1")
+            result = self.txt2img("-f", "p.jsonl", "--seed", "1")
+            self.assertExit(result, EXIT_USAGE, f"p.jsonl:{file_line} would write its image to ",
+                            f", which p.jsonl:{folder_line} needs as a folder for ", "give one of them another name")
+            self.assertEqual(files_under(self.dir), ["p.jsonl"])
 
 
 class Seeds(CliTestCase):

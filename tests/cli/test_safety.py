@@ -78,6 +78,25 @@ class FlagsEverything(CliTestCase):
         self.assertEqual((records[-1]["nsfw"], records[-1]["written"]), (2, 2))
 
 
+    def test_fail_on_nsfw_counts_the_flagged_images_skip_existing_keeps(self):
+        """A resumed (or retried) run exits 6 as the whole run would: an image kept whose metadata says it was
+        flagged counts as flagged; one without metadata cannot say so."""
+        args = ["a fox", "-o", "{index}.png", "--seed", "1", "--fail-on-nsfw", "--json"]
+        self.assertExit(self.txt2img(*args, "--images-per-prompt", "2", model=self.bundle), EXIT_NSFW)
+        for more, made in (("2", 0), ("3", 1)):
+            result = self.txt2img(*args, "--images-per-prompt", more, "--skip-existing", model=self.bundle)
+            self.assertExit(result, EXIT_NSFW, "2 of the images --skip-existing keeps were flagged as NSFW when made",
+                            f"{2 + made} images were flagged as NSFW (--fail-on-nsfw)")
+            summary = failed_json_lines(result.stdout, EXIT_NSFW)[-1]
+            self.assertEqual((summary["written"], summary["skipped"], summary["nsfw"]), (made, 2, 2 + made))
+        for name in ("0.png", "1.png", "2.png"):
+            (self.dir / name).unlink()
+        self.assertEqual(self.txt2img(*args, "--no-metadata", model=self.bundle).returncode, EXIT_NSFW)
+        unmarked = self.txt2img(*args, "--skip-existing", model=self.bundle)
+        self.assertEqual(unmarked.returncode, 0, unmarked.stderr)
+        self.assertEqual(json_lines(unmarked.stdout)[-1]["nsfw"], 0)
+
+
 class NeverFlags(CliTestCase):
     def test_fail_on_nsfw_passes_clean_images(self):
         result = self.txt2img("a fox", "-o", "a.png", "--fail-on-nsfw", "--json")
