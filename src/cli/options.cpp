@@ -33,6 +33,22 @@ void refuse_empty_values(const CLI::App& app) {
   }
 }
 
+// A flag given twice takes its last value (so that scripts can append overrides), but a second prompt or prompt file
+// would silently drop the first one's images.
+void refuse_second_prompt_source(const CLI::App& app) {
+  for (const char* name : {"--prompt", "--from-file"}) {
+    const CLI::Option* option = app.get_option_no_throw(name);
+    if (!option || option->count() < 2) continue;
+    throw Error(ErrorKind::Usage,
+                std::string(name) + " is given " +
+                    (option->count() == 2 ? std::string("twice") : std::to_string(option->count()) + " times") +
+                    ", and a run reads one " +
+                    (std::string(name) == "--prompt"
+                         ? "prompt: for several, write them to a file, one a line, and pass --from-file FILE"
+                         : "prompt file: for several, join them (cat a.txt b.txt | txt2img -f -)"));
+  }
+}
+
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> row(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
@@ -73,8 +89,12 @@ std::string instead_of(const std::string& name, const CLI::App& app) {
       {"-t", "--threads"},
       {"--outdir", "--output DIR/"},
   };
-  if (const auto found = other_tools.find(name); found != other_tools.end())
-    return app.get_option_no_throw(found->second.substr(0, found->second.find(' '))) ? found->second : "";
+  // Python scripts' flags are spelt with underscores as often as with hyphens (--guidance_scale).
+  std::string hyphens = name;
+  std::replace(hyphens.begin() + std::min<size_t>(2, hyphens.size()), hyphens.end(), '_', '-');
+  for (const auto& spelling : {name, hyphens})
+    if (const auto found = other_tools.find(spelling); found != other_tools.end())
+      return app.get_option_no_throw(found->second.substr(0, found->second.find(' '))) ? found->second : "";
   if (name.rfind("--", 0) != 0) return "";
   std::string best;
   size_t best_distance = 3;  // a typo or two, not another word
@@ -87,9 +107,38 @@ std::string instead_of(const std::string& name, const CLI::App& app) {
   return best;
 }
 
+// The command line's words that are no option nor an option's value, in order (all of them after "--"): the words
+// of a prompt the shell split, wherever CLI11 put them (the prompt, extras, a subcommand's name and arguments).
+std::vector<std::string> loose_words(const std::vector<std::string>& args,
+                                     const std::function<const CLI::Option*(const std::string&)>& option_named) {
+  std::vector<std::string> words;
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--") {
+      words.insert(words.end(), args.begin() + static_cast<std::ptrdiff_t>(i) + 1, args.end());
+      break;
+    }
+    if (args[i].size() < 2 || args[i][0] != '-') {
+      words.push_back(args[i]);
+      continue;
+    }
+    const CLI::Option* option = option_named(args[i].substr(0, args[i].find('=')));
+    if (option && option->get_items_expected_max() > 0 && args[i].find('=') == std::string::npos) ++i;  // its value
+  }
+  return words;
+}
+
+// `txt2img 'the words as one prompt'`, for a hint.
+std::string quoted_prompt_command(const std::vector<std::string>& words) {
+  const std::string prompt = join(words, " ");
+  std::vector<std::string> line = {"txt2img", prompt};
+  if (!prompt.empty() && prompt[0] == '-') line.insert(line.begin() + 1, "--");
+  return shell_line(line);
+}
+
 // A prompt or flag of generating given before a subcommand, which would go unread: "txt2img an info graphic" is the
 // prompt "an" and info of the file "graphic". An option taken from the environment (TXT2IMG_MODEL) is no mistake.
-void refuse_generate_arguments(const CLI::App& app, const CLI::App& subcommand) {
+// `words`: the command line's loose words, which the hint quotes as the prompt they most likely are.
+void refuse_generate_arguments(const CLI::App& app, const CLI::App& subcommand, const std::vector<std::string>& words) {
   const std::string name = subcommand.get_name();
   for (const CLI::Option* option : app.get_options()) {
     if (option->count() == 0) continue;
@@ -98,7 +147,8 @@ void refuse_generate_arguments(const CLI::App& app, const CLI::App& subcommand) 
     if (option->get_name() == "prompt")
       throw Error(ErrorKind::Usage, "\"" + option->results().front() + "\" before " + name + " reads as a prompt, " +
                                         "which the " + name + " subcommand does not take; quote a whole prompt that " +
-                                        "has the word " + name + " in it, so that it is one argument");
+                                        "has the word " + name +
+                                        " in it, so that it is one argument: " + quoted_prompt_command(words));
     throw Error(ErrorKind::Usage, option->get_name() + " comes before the " + name +
                                       " subcommand, which does not read it (an option of generating images); give " +
                                       name + "'s options after it (txt2img " + name + " --help)");
@@ -394,6 +444,10 @@ std::variant<Command, int> parse_command_line(int argc, char** argv, bool& json_
     return kExitSuccess;
   } catch (const CLI::ParseError& e) {
     json_failure = !info->parsed() && !tokenize->parsed() && app.get_option("--json")->count() > 0;
+    // `txt2img a photo info`: the subcommand then misses its own arguments, which is not what went wrong.
+    for (const CLI::App* subcommand : {info, tokenize})
+      if (subcommand->parsed() && app.get_option("prompt")->count() > 0)
+        refuse_generate_arguments(app, *subcommand, loose_words(args, option_named));
     // An empty value fails an option's range check or requirement first; it is named as what it most likely is.
     for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
     std::string what = e.what();
@@ -432,10 +486,7 @@ std::variant<Command, int> parse_command_line(int argc, char** argv, bool& json_
           what += "; for " + *unknown + " use " + instead;
       } else if (&reader == &app && command.generate.prompt && !extras.empty()) {
         // `txt2img a red fox`: the shell gave the prompt's words apart.
-        const std::string prompt = *command.generate.prompt + " " + join(extras, " ");
-        std::vector<std::string> line = {"txt2img", prompt};
-        if (prompt[0] == '-') line.insert(line.begin() + 1, "--");
-        what += "; a prompt of several words goes in quotes: " + shell_line(line);
+        what += "; a prompt of several words goes in quotes: " + quoted_prompt_command(loose_words(args, option_named));
       }
     }
     const std::string help = &reader == &app ? "txt2img --help lists the options"
@@ -444,9 +495,10 @@ std::variant<Command, int> parse_command_line(int argc, char** argv, bool& json_
   }
   json_failure = !info->parsed() && !tokenize->parsed() && command.generate.json;
   for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
+  for (const CLI::App* parsed : {&app, tokenize}) refuse_second_prompt_source(*parsed);
 
   for (const CLI::App* subcommand : {info, tokenize})
-    if (subcommand->parsed()) refuse_generate_arguments(app, *subcommand);
+    if (subcommand->parsed()) refuse_generate_arguments(app, *subcommand, loose_words(args, option_named));
   if (info->parsed()) {
     command.which = Command::Info;
   } else if (tokenize->parsed()) {

@@ -70,6 +70,9 @@ class BadFlags(CliTestCase):
                                                            "--sampler (txt2img --help")
         self.check(["a fox", "-b", "4"], "for -b use --images-per-prompt")
         self.check(["a fox", "--guidance-scale=7"], "for --guidance-scale use --cfg-scale")
+        # Python's spelling of them, with underscores.
+        self.check(["a fox", "--guidance_scale", "7"], "for --guidance_scale use --cfg-scale")
+        self.check(["a fox", "--num_inference_steps", "7"], "for --num_inference_steps use --steps")
         self.check(["a fox", "--sampelr", "euler"], "for --sampelr use --sampler")
         self.assertExit(run(["info", "a.png", "--verfy"], self.dir), EXIT_USAGE,
                         "for --verfy use --verify (txt2img info --help")
@@ -113,6 +116,22 @@ class BadFlags(CliTestCase):
     def test_two_prompt_arguments(self):
         self.check(["a fox", "a cat"], "a cat")
 
+    def test_a_second_prompt_or_prompt_file_is_refused(self):
+        """A flag given twice takes its last value, but a second prompt or prompt file would drop the first's
+        images."""
+        self.write("a.txt", "a fox\n")
+        self.write("b.txt", "a cat\n")
+        self.assertExit(self.txt2img("-f", "a.txt", "-f", "b.txt"), EXIT_USAGE,
+                        "--from-file is given twice, and a run reads one prompt file: for several, join them")
+        self.assertExit(self.txt2img("-p", "a fox", "--prompt", "a cat", "-p", "a cow"), EXIT_USAGE,
+                        "--prompt is given 3 times, and a run reads one prompt: for several, write them to a file")
+        self.assertExit(run(["tokenize", "-f", "a.txt", "-f", "b.txt"], self.dir, env={"TXT2IMG_MODEL": str(TINY)}),
+                        EXIT_USAGE, "--from-file is given twice")
+        self.assertNothingWritten("a.txt", "b.txt")
+        result = self.txt2img("a fox", "--steps", "1", "--steps", "2", "-o", "x.png", "-o", "y.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual((json_lines(result.stdout)[0]["steps"], json_lines(result.stdout)[0]["path"]), (2, "y.png"))
+
     def test_prompt_and_from_file_exclude_each_other(self):
         self.write("p.txt", "a fox\n")
         result = self.txt2img("a fox", "--from-file", "p.txt")
@@ -124,7 +143,13 @@ class BadFlags(CliTestCase):
         unread: refused, saying how to write it."""
         self.assertExit(run(["an", "info", "graphic"], self.dir), EXIT_USAGE,
                         '"an" before info reads as a prompt, which the info subcommand does not take; quote a whole '
-                        "prompt that has the word info in it")
+                        "prompt that has the word info in it, so that it is one argument: txt2img 'an info graphic'")
+        # Every word of the prompt is in the command the hint gives, wherever the subcommand's name is, and also
+        # where the subcommand then lacks its own argument.
+        for words in (["a", "photo", "of", "info", "about", "cats"], ["a", "photo", "of", "tokenize", "cats", "now"],
+                      ["a", "photo", "info"], ["a", "photo", "tokenize"]):
+            self.assertExit(run([*words, "--steps", "2"], self.dir), EXIT_USAGE,
+                            "in it, so that it is one argument: txt2img '" + " ".join(words) + "'")
         self.assertExit(run(["--seed", "1", "tokenize", "a fox"], self.dir), EXIT_USAGE,
                         "--seed comes before the tokenize subcommand, which does not read it")
         self.assertExit(run(["-m", TINY, "tokenize", "a fox"], self.dir), EXIT_USAGE,
@@ -174,7 +199,8 @@ class BadFlags(CliTestCase):
         self.check(["a fox", "--steps", "1001"], "steps 1001")
 
     def test_cfg_not_finite(self):
-        for value in ["nan", "inf", "-inf"]:
+        # Beyond float32 too: the guidance would only make the latents non-finite once the model ran.
+        for value in ["nan", "inf", "-inf", "1e39", "-3.5e38"]:
             self.check(["a fox", "--cfg-scale", value], "cfg scale", "finite")
 
     def test_eta_negative(self):
@@ -194,6 +220,12 @@ class BadFlags(CliTestCase):
         result = self.txt2img("a fox", "--sampler", "\x1b[2J\u0085")
         self.assertExit(result, EXIT_USAGE, 'unknown sampler "\\x1B[2J\\x85"')
         self.assertFalse(any(c in result.stderr for c in "\x1b\x85"), result.stderr)
+        # A newline too: each message is one line.
+        for args, quoted in ((["a fox", "-o", "out/q\n.jpg"], '-o "out/q\\x0A.jpg"'),
+                             (["a fox", "--hires-scale", "2", "--hires-upscaler", "x\ny"], '"x\\x0Ay"')):
+            result = self.txt2img(*args)
+            self.assertExit(result, EXIT_USAGE, quoted)
+            self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
 
     def test_bad_device_and_dtype(self):
         self.check(["a fox", "--device", "tpu"], 'device "tpu"', "cpu, cuda or cuda:K")
