@@ -48,7 +48,7 @@ torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
 }
 
 torch::Tensor slerp_noise(double t, const torch::Tensor& low, const torch::Tensor& high) {
-  if (!low.defined() || !high.defined() || low.dim() < 2 || low.sizes() != high.sizes() ||
+  if (!low.defined() || !high.defined() || low.dim() != 3 || low.sizes() != high.sizes() ||
       low.scalar_type() != torch::kFloat32 || high.scalar_type() != torch::kFloat32)
     throw Error(ErrorKind::Runtime, "slerp_noise takes two float32 noises of one image's shape ([C, H, W])");
   // torch.norm(x, dim=1, keepdim=True) is linalg.vector_norm(x, 2, 1, True).

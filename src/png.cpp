@@ -267,11 +267,11 @@ PngInfo read_png_info(const std::filesystem::path& file) {
   while (in.read(reinterpret_cast<char*>(head), 8)) {
     const uint32_t len = get_u32(head);
     const std::string type(head + 4, head + 8);
-    if (!first && type == "IEND") return info;
     const bool keep = first || is_text_chunk(type);
     std::string data;
     if (!read_exactly(in, len, keep ? &data : nullptr) || !read_exactly(in, 4, nullptr))  // the data, the CRC
       throw Error(ErrorKind::Io, file.string() + ": truncated PNG chunk " + type);
+    if (!first && type == "IEND") return info;
     if (first) {
       if (type != "IHDR" || len != 13)
         throw Error(ErrorKind::Io, file.string() + ": corrupt PNG (no IHDR chunk first)");

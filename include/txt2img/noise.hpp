@@ -49,7 +49,7 @@ class SeededNoise : public NoiseSource {
 
 // A1111's slerp of two noises of one image ([C, H, W]): along dim 1 (its rows), the spherical interpolation at
 // `t` (0: low, 1: high), or A1111's linear fallback low * t + high * (1 - t) where the two are nearly parallel.
-// Throws Error(Runtime) unless `low` and `high` are float32 tensors of one shape with a dim 1.
+// Throws Error(Runtime) unless `low` and `high` are float32 tensors of one image's shape ([C, H, W]).
 torch::Tensor slerp_noise(double t, const torch::Tensor& low, const torch::Tensor& high);
 
 }  // namespace txt2img

@@ -1,5 +1,6 @@
 #include "cli/exit_codes.hpp"
 
+#include <csignal>
 #include <iostream>
 #include <new>
 #include <nlohmann/json.hpp>
@@ -35,10 +36,13 @@ int report_failure(std::exception_ptr failure, bool json_line) {
     message = e.what();
   }
   print_error(message);
-  if (json_line)
+  if (json_line) {
+    // A usage error comes before the run's own SIGPIPE handling: a closed pipe must not make its exit code 141.
+    std::signal(SIGPIPE, SIG_IGN);
     std::cout << nlohmann::ordered_json{{"event", "error"}, {"exit_code", code}, {"error", message}}.dump(
                      -1, ' ', false, nlohmann::json::error_handler_t::replace)
               << std::endl;
+  }
   return code;
 }
 

@@ -719,8 +719,12 @@ int run_generate(const GenerateOptions& o) {
   }
   summarise();
   if (o.fail_on_nsfw && totals.nsfw > 0)
-    throw Error(ErrorKind::Nsfw, std::to_string(totals.nsfw) + " image" + (totals.nsfw == 1 ? " was" : "s were") +
-                                     " flagged as NSFW (--fail-on-nsfw); every image was written");
+    throw Error(
+        ErrorKind::Nsfw,
+        std::to_string(totals.nsfw) + " image" + (totals.nsfw == 1 ? " was" : "s were") +
+            " flagged as NSFW (--fail-on-nsfw" +
+            (pf.skipped_nsfw ? "; " + std::to_string(pf.skipped_nsfw) + " of them kept by --skip-existing" : "") +
+            "); every image is in place");
   return 0;
 }
 

@@ -35,7 +35,7 @@ void refuse_empty_values(const CLI::App& app) {
 
 // A flag given twice takes its last value (so that scripts can append overrides), but a second prompt or prompt file
 // would silently drop the first one's images.
-void refuse_second_prompt_source(const CLI::App& app) {
+void refuse_second_prompt_source(const CLI::App& app, const std::string& command) {
   for (const char* name : {"--prompt", "--from-file"}) {
     const CLI::Option* option = app.get_option_no_throw(name);
     if (!option || option->count() < 2) continue;
@@ -45,7 +45,7 @@ void refuse_second_prompt_source(const CLI::App& app) {
                     ", and a run reads one " +
                     (std::string(name) == "--prompt"
                          ? "prompt: for several, write them to a file, one a line, and pass --from-file FILE"
-                         : "prompt file: for several, join them (cat a.txt b.txt | txt2img -f -)"));
+                         : "prompt file: for several, join them (cat a.txt b.txt | " + command + " -f -)"));
   }
 }
 
@@ -444,9 +444,13 @@ std::variant<Command, int> parse_command_line(int argc, char** argv, bool& json_
     return kExitSuccess;
   } catch (const CLI::ParseError& e) {
     json_failure = !info->parsed() && !tokenize->parsed() && app.get_option("--json")->count() > 0;
-    // `txt2img a photo info`: the subcommand then misses its own arguments, which is not what went wrong.
+    // `txt2img a photo info`: the subcommand then misses its own arguments, which is not what went wrong (unless an
+    // unknown flag is, which the hint below names).
+    const auto before_subcommand = app.remaining(false);
+    const bool unknown_flag = std::any_of(before_subcommand.begin(), before_subcommand.end(),
+                                          [](const std::string& extra) { return extra.size() > 1 && extra[0] == '-'; });
     for (const CLI::App* subcommand : {info, tokenize})
-      if (subcommand->parsed() && app.get_option("prompt")->count() > 0)
+      if (subcommand->parsed() && app.get_option("prompt")->count() > 0 && !unknown_flag)
         refuse_generate_arguments(app, *subcommand, loose_words(args, option_named));
     // An empty value fails an option's range check or requirement first; it is named as what it most likely is.
     for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
@@ -495,7 +499,8 @@ std::variant<Command, int> parse_command_line(int argc, char** argv, bool& json_
   }
   json_failure = !info->parsed() && !tokenize->parsed() && command.generate.json;
   for (const CLI::App* parsed : {&app, info, tokenize}) refuse_empty_values(*parsed);
-  for (const CLI::App* parsed : {&app, tokenize}) refuse_second_prompt_source(*parsed);
+  refuse_second_prompt_source(app, "txt2img");
+  refuse_second_prompt_source(*tokenize, "txt2img tokenize");
 
   for (const CLI::App* subcommand : {info, tokenize})
     if (subcommand->parsed()) refuse_generate_arguments(app, *subcommand, loose_words(args, option_named));

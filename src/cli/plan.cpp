@@ -290,10 +290,11 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
         PngInfo kept;
         try {
           kept = read_png_info(job.output);
-        } catch (const Error&) {
+        } catch (const Error& e) {
           throw Error(ErrorKind::Io, "output " + quoted(job.output) +
-                                         " exists but does not read as a whole PNG image, which --skip-existing "
-                                         "would keep as if made; remove it");
+                                         " exists but does not read as a whole PNG image (" + e.what() +
+                                         "), which --skip-existing would keep as if made; remove it if it is "
+                                         "not one");
         }
         ++result.to_skip;
         // --fail-on-nsfw of a resumed run: an image kept was flagged as much as one made.
@@ -311,6 +312,24 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
     result.preview_folder_made |= !preview.empty() && file.parent_path() == preview_file.parent_path();
     result.uses_run_seed |= job.run_seed;
     result.image_steps += static_cast<uint64_t>(job.params.steps + job.params.hires_steps());
+  }
+  // The preview is rewritten while images are made: it can be no image's folder, nor lie in an image's file.
+  if (!preview.empty()) {
+    if (const auto needed = folders.find(preview_file.string()); needed != folders.end()) {
+      const ImageJob job = plan.find(needed->second);
+      throw Error(ErrorKind::Usage, "--preview " + quoted(preview) + " is a folder that " + plan.where(job) +
+                                        " needs for " + quoted(job.output) + "; give the preview another name");
+    }
+    for (auto above = preview_file.parent_path(); !above.empty(); above = above.parent_path()) {
+      if (const auto file = names.find(std::hash<std::string>{}(above.string())); file != names.end()) {
+        const ImageJob job = plan.find(file->second);
+        if (resolved(job.output) == above)
+          throw Error(ErrorKind::Usage, "--preview " + quoted(preview) + " would be inside " + quoted(job.output) +
+                                            ", which " + plan.where(job) +
+                                            " writes as its image; give the preview another name");
+      }
+      if (above == above.parent_path()) break;
+    }
   }
   plan.rewind();
   return result;

@@ -46,8 +46,9 @@ std::string shell_word(const std::string& word) {
                                           "0123456789_-+=.,:/@%") == std::string::npos;
   if (plain) return word;
   bool controls = false;
-  for (size_t i = 0; i < word.size() && !controls; ++i) controls = control_at(word, i) != 0;
-  if (controls) return "$'" + escape_controls(word, true) + "'";
+  // A newline too: the line is printed by one_line, which would show it as \x0A inside plain quotes.
+  for (size_t i = 0; i < word.size() && !controls; ++i) controls = control_at(word, i, /*newlines=*/false) != 0;
+  if (controls) return "$'" + escape_controls(word, true, /*newlines=*/false) + "'";
   std::string quoted = "'";
   for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return quoted + "'";

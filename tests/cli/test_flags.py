@@ -91,6 +91,12 @@ class BadFlags(CliTestCase):
         # Quoted for the shell, and after -- where it starts as an option would.
         self.assertExit(run(["--", "-a", "fox"], self.dir), EXIT_USAGE, "in quotes: txt2img -- '-a fox'")
         self.assertExit(run(["a", 'b"c'], self.dir), EXIT_USAGE, """in quotes: txt2img 'a b"c'""")
+        # A newline in it is one in the command too: bash's $'...' where the message shows \x0A.
+        self.assertExit(run(["red\nfox", "in", "snow"], self.dir), EXIT_USAGE,
+                        "in quotes: txt2img $'red\\x0Afox in snow'")
+        # An unknown flag is named, not taken for a prompt before a subcommand.
+        self.assertExit(run(["--guidance_scale", "7", "an", "info", "graphic"], self.dir), EXIT_USAGE,
+                        "for --guidance_scale use --cfg-scale")
 
     def test_a_number_flag_given_a_word_says_it_takes_a_number(self):
         self.check(["a fox", "--steps", "many"], '--steps takes a whole number (written without a fraction or '
@@ -126,7 +132,7 @@ class BadFlags(CliTestCase):
         self.assertExit(self.txt2img("-p", "a fox", "--prompt", "a cat", "-p", "a cow"), EXIT_USAGE,
                         "--prompt is given 3 times, and a run reads one prompt: for several, write them to a file")
         self.assertExit(run(["tokenize", "-f", "a.txt", "-f", "b.txt"], self.dir, env={"TXT2IMG_MODEL": str(TINY)}),
-                        EXIT_USAGE, "--from-file is given twice")
+                        EXIT_USAGE, "--from-file is given twice", "(cat a.txt b.txt | txt2img tokenize -f -)")
         self.assertNothingWritten("a.txt", "b.txt")
         result = self.txt2img("a fox", "--steps", "1", "--steps", "2", "-o", "x.png", "-o", "y.png", "--json")
         self.assertEqual(result.returncode, 0, result.stderr)

@@ -3,9 +3,10 @@
 import json
 import os
 import re
+import subprocess
 import unittest
 
-from cli_support import (EXIT_BUNDLE, EXIT_IO, EXIT_NSFW, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle,
+from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_NSFW, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle,
                          files_under, fixture_bundle, json_lines, png_pixels, png_text, run, without_taesd)
 
 
@@ -146,7 +147,7 @@ class Outputs(CliTestCase):
         counted as made: the run stops before any work, naming it, and leaves it as it is."""
         self.assertEqual(self.txt2img("a fox", "-o", "whole.png", "--seed", "1").returncode, 0)
         whole = (self.dir / "whole.png").read_bytes()
-        for content in (b"", b"GIF89a", whole[:8], whole[:-12]):
+        for content in (b"", b"GIF89a", whole[:8], whole[:-12], whole[:-4]):
             (self.dir / "fox.png").write_bytes(content)
             result = self.txt2img("a fox", "-o", "fox.png", "--seed", "1", "--skip-existing")
             self.assertExit(result, EXIT_IO, 'output "fox.png" exists but does not read as a whole PNG image')
@@ -392,6 +393,11 @@ class Reporting(CliTestCase):
                                           model=fixture_bundle("tiny-flag-all")), EXIT_NSFW)
         self.assertEqual([r["event"] for r in flagged], ["image", "summary", "error"])
         self.assertIn("flagged as NSFW", flagged[-1]["error"])
+        # A closed pipe does not change a refusal's exit code, even before the run handles SIGPIPE itself.
+        closed = subprocess.Popen([BIN, "a fox", "--json", "--bogus"], cwd=self.dir, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL)
+        closed.stdout.close()
+        self.assertEqual(closed.wait(timeout=60), EXIT_USAGE)
         for quiet in (self.txt2img("a fox", "--steps", "abc"), self.txt2img("a fox", "-o", "a.png"),
                       self.txt2img("info", "no-such.png", "--json")):
             self.assertNotEqual(quiet.returncode, 0)
@@ -448,6 +454,12 @@ class Reporting(CliTestCase):
         (self.dir / "out" / "0.png").unlink()
         (self.dir / "out").rmdir()
         self.assertExit(self.txt2img("a fox", "--preview-every", "2", "-o", "a.png"), EXIT_USAGE, "--preview")
+        # The preview is no image's folder, nor inside an image's file.
+        self.assertExit(self.txt2img("a fox", "--preview", "pv/q.png", "-o", "pv/q.png/a.png"), EXIT_USAGE,
+                        '--preview "pv/q.png" is a folder that the prompt needs for "pv/q.png/a.png"')
+        self.assertExit(self.txt2img("a fox", "--preview", "pv/a.png/p.png", "-o", "pv/a.png"), EXIT_USAGE,
+                        '--preview "pv/a.png/p.png" would be inside "pv/a.png", which the prompt writes as its image')
+        self.assertFalse((self.dir / "pv").exists())
         for name in ("a.png", "p.png"):
             self.assertFalse((self.dir / name).exists(), name)
         # Each update replaces the preview file: only an earlier preview may be there, never the prompt file, a

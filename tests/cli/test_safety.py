@@ -86,7 +86,8 @@ class FlagsEverything(CliTestCase):
         for more, made in (("2", 0), ("3", 1)):
             result = self.txt2img(*args, "--images-per-prompt", more, "--skip-existing", model=self.bundle)
             self.assertExit(result, EXIT_NSFW, "2 of the images --skip-existing keeps were flagged as NSFW when made",
-                            f"{2 + made} images were flagged as NSFW (--fail-on-nsfw)")
+                            f"{2 + made} images were flagged as NSFW (--fail-on-nsfw; 2 of them kept by "
+                            "--skip-existing); every image is in place")
             summary = failed_json_lines(result.stdout, EXIT_NSFW)[-1]
             self.assertEqual((summary["written"], summary["skipped"], summary["nsfw"]), (made, 2, 2 + made))
         for name in ("0.png", "1.png", "2.png"):

@@ -85,8 +85,11 @@ TEST(SeededNoise, NearlyParallelNoisesTakeA1111sLinearFallback) {
 
 TEST(SeededNoise, SlerpRefusesNoisesItCannotMix) {
   const auto low = randn(5, kShape)[0];
-  for (const auto& [a, b] : std::vector<std::pair<torch::Tensor, torch::Tensor>>{
-           {low.flatten(), low.flatten()}, {low, low[0]}, {low, low.to(torch::kFloat64)}, {low, torch::Tensor()}}) {
+  for (const auto& [a, b] : std::vector<std::pair<torch::Tensor, torch::Tensor>>{{low.flatten(), low.flatten()},
+                                                                                 {low.unsqueeze(0), low.unsqueeze(0)},
+                                                                                 {low, low[0]},
+                                                                                 {low, low.to(torch::kFloat64)},
+                                                                                 {low, torch::Tensor()}}) {
     try {
       txt2img::slerp_noise(0.5, a, b);
       ADD_FAILURE() << "no error";
