@@ -132,7 +132,7 @@ std::string quoted_prompt_command(const std::vector<std::string>& words) {
   const std::string prompt = join(words, " ");
   std::vector<std::string> line = {"txt2img", prompt};
   if (!prompt.empty() && prompt[0] == '-') line.insert(line.begin() + 1, "--");
-  return shell_line(line);
+  return shell_line(line, /*in_one_line=*/true);
 }
 
 // A prompt or flag of generating given before a subcommand, which would go unread: "txt2img an info graphic" is the

@@ -39,16 +39,15 @@ std::string escape_controls(const std::string& text, bool in_shell, bool newline
 }
 
 // A word for a POSIX shell: as it is when it needs no quoting, else in single quotes; one with control characters
-// as bash's and zsh's $'...', whose escapes keep them out of the printed line.
-std::string shell_word(const std::string& word) {
+// (with `in_one_line`, newlines too) as bash's and zsh's $'...', whose escapes keep them out of the printed line.
+std::string shell_word(const std::string& word, bool in_one_line) {
   const bool plain = !word.empty() && word.find_first_not_of(
                                           "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                           "0123456789_-+=.,:/@%") == std::string::npos;
   if (plain) return word;
   bool controls = false;
-  // A newline too: the line is printed by one_line, which would show it as \x0A inside plain quotes.
-  for (size_t i = 0; i < word.size() && !controls; ++i) controls = control_at(word, i, /*newlines=*/false) != 0;
-  if (controls) return "$'" + escape_controls(word, true, /*newlines=*/false) + "'";
+  for (size_t i = 0; i < word.size() && !controls; ++i) controls = control_at(word, i, !in_one_line) != 0;
+  if (controls) return "$'" + escape_controls(word, true, !in_one_line) + "'";
   std::string quoted = "'";
   for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return quoted + "'";
@@ -61,9 +60,9 @@ std::string printable(const std::string& text) { return escape_controls(text, fa
 std::string one_line(const std::string& text) { return escape_controls(text, false, /*newlines=*/false); }
 
 // The words as one shell command line.
-std::string shell_line(const std::vector<std::string>& words) {
+std::string shell_line(const std::vector<std::string>& words, bool in_one_line) {
   std::string line;
-  for (const auto& word : words) line += (line.empty() ? "" : " ") + shell_word(word);
+  for (const auto& word : words) line += (line.empty() ? "" : " ") + shell_word(word, in_one_line);
   return line;
 }
 

@@ -13,7 +13,8 @@ std::string printable(const std::string& text);
 // file name or a value with a newline in it).
 std::string one_line(const std::string& text);
 
-// The words as one POSIX shell command line, each quoted where it needs it.
-std::string shell_line(const std::vector<std::string>& words);
+// The words as one POSIX shell command line, each quoted where it needs it. `in_one_line`: for a message that
+// one_line prints, where a newline inside plain quotes would show as \x0A: such a word is written as $'...\x0A...'.
+std::string shell_line(const std::vector<std::string>& words, bool in_one_line = false);
 
 }  // namespace txt2img::cli
