@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <unordered_map>
 
 #include "cli/metadata.hpp"
@@ -202,6 +203,13 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
   // Every folder an image goes into, and the folders above it, with the first image that needs it (memory per
   // folder): one image's file cannot be another's folder.
   std::unordered_map<std::string, uint64_t> folders;
+  // The image of this run whose file is `path` (resolved), if one is.
+  const auto image_at = [&](const std::filesystem::path& path) -> std::optional<ImageJob> {
+    const auto file = names.find(std::hash<std::string>{}(path.string()));
+    if (file == names.end()) return std::nullopt;
+    ImageJob image = plan.find(file->second);
+    return resolved(image.output) == path ? std::optional<ImageJob>(std::move(image)) : std::nullopt;
+  };
   const auto refuse_file_as_folder = [&plan](const ImageJob& file_job, const ImageJob& folder_job) {
     throw Error(ErrorKind::Usage, plan.where(file_job) + " would write its image to " + quoted(file_job.output) +
                                       ", which " + plan.where(folder_job) + " needs as a folder for " +
@@ -217,11 +225,7 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
       resolved_folder = resolved(folder.empty() ? "." : folder);
       for (auto above = resolved_folder; folders.emplace(above.string(), job.index).second;
            above = above.parent_path()) {
-        const auto file = names.find(std::hash<std::string>{}(above.string()));
-        if (file != names.end()) {
-          const ImageJob earlier = plan.find(file->second);
-          if (resolved(earlier.output) == above) refuse_file_as_folder(earlier, job);
-        }
+        if (const auto earlier = image_at(above)) refuse_file_as_folder(*earlier, job);
         if (above == above.parent_path()) break;
       }
     }
@@ -321,13 +325,10 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
                                         " needs for " + quoted(job.output) + "; give the preview another name");
     }
     for (auto above = preview_file.parent_path(); !above.empty(); above = above.parent_path()) {
-      if (const auto file = names.find(std::hash<std::string>{}(above.string())); file != names.end()) {
-        const ImageJob job = plan.find(file->second);
-        if (resolved(job.output) == above)
-          throw Error(ErrorKind::Usage, "--preview " + quoted(preview) + " would be inside " + quoted(job.output) +
-                                            ", which " + plan.where(job) +
-                                            " writes as its image; give the preview another name");
-      }
+      if (const auto image = image_at(above))
+        throw Error(ErrorKind::Usage, "--preview " + quoted(preview) + " would be inside " + quoted(image->output) +
+                                          ", which " + plan.where(*image) +
+                                          " writes as its image; give the preview another name");
       if (above == above.parent_path()) break;
     }
   }
