@@ -215,6 +215,22 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
                                       ", which " + plan.where(folder_job) + " needs as a folder for " +
                                       quoted(folder_job.output) + "; give one of them another name");
   };
+  const auto refuse_one_file = [&plan](const ImageJob& earlier, const ImageJob& job) {
+    const std::string who = earlier.prompt_index == job.prompt_index
+                                ? plan.where(job) + ": images " + std::to_string(earlier.n) + " and " +
+                                      std::to_string(job.n) + " would both be written to "
+                                : plan.where(earlier) + " and " + plan.where(job) + " would both write ";
+    // The fields that tell these two images apart besides {index}: {n} within a prompt, {seed} where the seeds
+    // differ (with variations every image keeps the prompt's).
+    std::vector<std::string> also;
+    if (earlier.prompt_index == job.prompt_index) also.emplace_back("{n}");
+    if (earlier.seed != job.seed) also.emplace_back("{seed}");
+    std::string alternatives;
+    for (const auto& field : also) alternatives += (alternatives.empty() ? " (or " : ", ") + field;
+    throw Error(ErrorKind::Usage, who + quoted(job.output) + "; put {index} in the output pattern" +
+                                      (alternatives.empty() ? "" : alternatives + ")") +
+                                      " so that each image gets its own file");
+  };
   // An image's file as the file system finds it (its folder resolved once per folder, as images share folders), so
   // that "out/a.png", "/abs/out/a.png" and "link/a.png" are one file.
   std::filesystem::path folder, resolved_folder;
@@ -248,26 +264,8 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
     const auto file = file_of(job);
     if (const auto needed = folders.find(file.string()); needed != folders.end())
       refuse_file_as_folder(job, plan.find(needed->second));
-    const auto [it, inserted] = names.emplace(std::hash<std::string>{}(file.string()), job.index);
-    if (!inserted) {
-      const ImageJob earlier = plan.find(it->second);
-      if (resolved(earlier.output) == file) {
-        const std::string who = earlier.prompt_index == job.prompt_index
-                                    ? plan.where(job) + ": images " + std::to_string(earlier.n) + " and " +
-                                          std::to_string(job.n) + " would both be written to "
-                                    : plan.where(earlier) + " and " + plan.where(job) + " would both write ";
-        // The fields that tell these two images apart besides {index}: {n} within a prompt, {seed} where the
-        // seeds differ (with variations every image keeps the prompt's).
-        std::vector<std::string> also;
-        if (earlier.prompt_index == job.prompt_index) also.emplace_back("{n}");
-        if (earlier.seed != job.seed) also.emplace_back("{seed}");
-        std::string alternatives;
-        for (const auto& field : also) alternatives += (alternatives.empty() ? " (or " : ", ") + field;
-        throw Error(ErrorKind::Usage, who + quoted(job.output) + "; put {index} in the output pattern" +
-                                          (alternatives.empty() ? "" : alternatives + ")") +
-                                          " so that each image gets its own file");
-      }
-    }
+    if (const auto earlier = image_at(file)) refuse_one_file(*earlier, job);
+    names.emplace(std::hash<std::string>{}(file.string()), job.index);
     if (!preview.empty() && file == preview_file)
       throw Error(ErrorKind::Usage, plan.where(job) + " would write its image to " + quoted(job.output) +
                                         ", the --preview file; give the preview a file of its own");
