@@ -378,8 +378,9 @@ LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, Sigma
                                         "without _karras");
 
   } else {
-    // np.interp at whole timesteps is the training sigma itself (DPM-Solver's lambda_min_clipped = -inf keeps
-    // every timestep).
+    // The sigmas are np.interp's of the whole timesteps, as diffusers': the training sigmas themselves
+    // (DPM-Solver's lambda_min_clipped = -inf keeps every timestep), but for "leading" spacing's timestep 1000
+    // (999 steps, steps offset 1), past the schedule, where np.interp takes the last one.
     const int total = config.num_train_timesteps;
     for (double t : log_snr_timesteps(config, spacing, steps)) {
       // Closer than one training step apart, rounding repeats a timestep: a step of zero log-SNR, which the
@@ -390,7 +391,7 @@ LogSnrScheduler::LogSnrScheduler(const SchedulerConfig& config, int steps, Sigma
                                           " schedule, where the solver would divide by zero; use at most " +
                                           std::to_string(total - 1) + " steps");
       timesteps_.push_back(t);
-      sigmas_.push_back(train[static_cast<size_t>(t)]);
+      sigmas_.push_back(static_cast<float>(interp(t, train)));
     }
   }
   sigmas_.push_back(0.0f);

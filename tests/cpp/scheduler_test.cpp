@@ -789,6 +789,18 @@ TEST(Scheduler, NamesAndValidation) {
     EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), 999)) << name;
     EXPECT_NO_THROW(txt2img::make_scheduler(std::string(name) + "_karras", sd_config(), 1000)) << name;
   }
+  // Their "leading" spacing at 999 steps starts at timestep 1000, past the schedule: diffusers' np.interp takes
+  // timestep 999's sigma there (it was read from beyond the training sigmas).
+  SchedulerConfig leading;
+  leading.timestep_spacing = "leading";
+  for (const char* name : {"dpmpp_2m", "unipc"}) {
+    const auto past = txt2img::make_scheduler(name, leading, 999);
+    const auto last = txt2img::make_scheduler(name, sd_config(), 999);
+    ASSERT_EQ(past->timesteps().front(), 1000) << name;
+    ASSERT_EQ(last->timesteps().front(), 999) << name;
+    const auto x0 = torch::zeros({1, 4, 2, 2}), noise = torch::ones({1, 4, 2, 2});
+    EXPECT_TRUE(torch::equal(past->add_noise(x0, noise, 0), last->add_noise(x0, noise, 0))) << name;
+  }
 }
 
 // LCM has no run in reference/scheduler/ (v0.31.0 fixtures predate it here): its goldens are diffusers' own
