@@ -103,4 +103,10 @@ TaggedPrompt parse_lora_tags(const std::string& prompt) {
   return result;
 }
 
+TaggedPrompt parse_lora_tags(const std::string& prompt, const std::string& negative_prompt) {
+  if (!parse_lora_tags(negative_prompt).loras.empty())
+    throw Error(ErrorKind::Usage, "a LoRA tag in the negative prompt; LoRAs are named in the prompt");
+  return parse_lora_tags(prompt);
+}
+
 }  // namespace txt2img

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -32,22 +33,16 @@ struct HtmlCharRef {
 
 using U32 = std::u32string;
 
+// Of valid UTF-8 (checked by clean_text, or a table's).
 U32 decode_utf8(std::string_view utf8) {
   U32 out;
   out.reserve(utf8.size());
   const auto* bytes = reinterpret_cast<const uint8_t*>(utf8.data());
-  const int32_t length = static_cast<int32_t>(utf8.size());
-  int32_t i = 0;
+  const size_t length = utf8.size();
+  size_t i = 0;
   while (i < length) {
-    const int32_t start = i;
     UChar32 c;
-    U8_NEXT(bytes, i, length, c);  // rejects overlong forms, surrogates and truncated sequences, like Python
-    if (c < 0) {
-      throw Error(ErrorKind::Usage, "prompt is not valid UTF-8 (bad byte 0x" +
-                                        std::string(1, "0123456789abcdef"[bytes[start] >> 4]) +
-                                        std::string(1, "0123456789abcdef"[bytes[start] & 15]) + " at byte offset " +
-                                        std::to_string(start) + ")");
-    }
+    U8_NEXT_UNSAFE(bytes, i, c);
     out.push_back(static_cast<char32_t>(c));
   }
   return out;
@@ -423,7 +418,25 @@ U32 collapse_whitespace(const U32& text) {
 
 }  // namespace
 
+std::optional<size_t> invalid_utf8_at(std::string_view text) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(text.data());
+  const auto length = static_cast<int32_t>(text.size());
+  for (int32_t i = 0; i < length;) {
+    const int32_t start = i;
+    UChar32 c;
+    U8_NEXT(bytes, i, length, c);  // rejects what Python's strict decoder rejects
+    if (c < 0) return static_cast<size_t>(start);
+  }
+  return std::nullopt;
+}
+
 std::string clean_text(std::string_view utf8) {
+  if (const auto bad = invalid_utf8_at(utf8)) {
+    const auto byte = static_cast<unsigned char>(utf8[*bad]);
+    throw Error(ErrorKind::Usage,
+                "prompt is not valid UTF-8 (bad byte 0x" + std::string(1, "0123456789abcdef"[byte >> 4]) +
+                    std::string(1, "0123456789abcdef"[byte & 15]) + " at byte offset " + std::to_string(*bad) + ")");
+  }
   U32 text = ftfy_fix_text(decode_utf8(utf8));
   text = html_unescape(html_unescape(text));
   text = collapse_whitespace(text);  // also does both of CLIP's strips

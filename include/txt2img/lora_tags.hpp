@@ -19,4 +19,8 @@ struct TaggedPrompt {
 // argument A1111 has and txt2img does not (dyn=), an unknown named argument, and a hypernetwork tag.
 TaggedPrompt parse_lora_tags(const std::string& prompt);
 
+// The prompt's tags, where its negative prompt has none: A1111 applies a LoRA to the whole image, so it is named in
+// the prompt only. Throws Error(Usage) for a tag in either that the one above refuses, or any in the negative prompt.
+TaggedPrompt parse_lora_tags(const std::string& prompt, const std::string& negative_prompt);
+
 }  // namespace txt2img

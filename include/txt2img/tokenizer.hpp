@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,6 +18,10 @@ namespace txt2img {
 // Windows-1252 or Latin-1; html.unescape twice, strip, whitespace collapse, Unicode lowercase). Throws Error(Usage)
 // on invalid UTF-8.
 std::string clean_text(std::string_view utf8);
+
+// The byte offset where `text` stops being UTF-8 (a stray or truncated sequence, an overlong form, a UTF-16
+// surrogate, past U+10FFFF), if it does: what clean_text refuses, for callers that name the place.
+std::optional<size_t> invalid_utf8_at(std::string_view text);
 
 // CLIP's pre-token regex over cleaned text.
 std::vector<std::string> pre_tokenize(const std::string& cleaned);

@@ -74,9 +74,7 @@ bool RunPlan::load_prompt() {
   prompt_ = entry_.prompt + options_.lora_tags;
   TaggedPrompt tagged;
   try {
-    tagged = parse_lora_tags(prompt_);
-    if (!parse_lora_tags(entry_.negative_prompt.value_or(options_.negative_prompt)).loras.empty())
-      throw Error(ErrorKind::Usage, "a LoRA tag in the negative prompt; LoRAs are named in the prompt");
+    tagged = parse_lora_tags(prompt_, entry_.negative_prompt.value_or(options_.negative_prompt));
   } catch (const Error& e) {
     throw Error(e.kind(), where + ": " + e.what());
   }

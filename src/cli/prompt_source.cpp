@@ -16,6 +16,7 @@
 #include "cli/signals.hpp"
 #include "join.hpp"
 #include "txt2img/error.hpp"
+#include "txt2img/tokenizer.hpp"
 
 namespace txt2img::cli {
 namespace {
@@ -160,36 +161,11 @@ uint64_t parse_seed(const std::string& text, const std::string& what) {
 }
 
 std::string utf8_problem(std::string_view text) {
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  for (size_t i = 0; i < text.size();) {
-    const unsigned char c = s[i];
-    size_t len = 0;
-    uint32_t min = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      len = 2, min = 0x80, cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3, min = 0x800, cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4, min = 0x10000, cp = c & 0x07;
-    }
-    bool ok = len != 0 && i + len <= text.size();
-    for (size_t k = 1; ok && k < len; ++k) {
-      ok = (s[i + k] & 0xC0) == 0x80;
-      cp = (cp << 6) | (s[i + k] & 0x3F);
-    }
-    // Overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8 either.
-    if (!ok || cp < min || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
-      char buf[64];
-      std::snprintf(buf, sizeof buf, "byte 0x%02x at column %zu", c, i + 1);
-      return buf;
-    }
-    i += len;
-  }
-  return {};
+  const auto bad = invalid_utf8_at(text);
+  if (!bad) return {};
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "byte 0x%02x at column %zu", static_cast<unsigned char>(text[*bad]), *bad + 1);
+  return buf;
 }
 
 const std::vector<std::string>& jsonl_keys() {

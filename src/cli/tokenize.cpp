@@ -71,10 +71,7 @@ int run_tokenize(const TokenizeOptions& o) {
   // prompt).
   const auto model_prompt_of = [&](const PromptEntry& entry) {
     try {
-      const auto negative = negative_of(entry);
-      if (negative && !parse_lora_tags(*negative).loras.empty())
-        throw Error(ErrorKind::Usage, "a LoRA tag in the negative prompt; LoRAs are named in the prompt");
-      return parse_lora_tags(entry.prompt).text;
+      return parse_lora_tags(entry.prompt, negative_of(entry).value_or("")).text;
     } catch (const Error& e) {
       throw Error(e.kind(), source.where(entry.line) + ": " + e.what());
     }

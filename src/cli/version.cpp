@@ -1,9 +1,9 @@
 #include <torch/cuda.h>
-#include <torch/version.h>
 
 #include <string>
 
 #include "cli/commands.hpp"
+#include "txt2img/bundle.hpp"
 #include "txt2img/device_memory.hpp"
 
 namespace txt2img::cli {
@@ -17,8 +17,7 @@ std::string version_string() {
     devices = count == 0 ? "CUDA build, no CUDA device visible"
                          : "CUDA: " + std::to_string(count) + " device" + (count == 1 ? "" : "s");
   }
-  return std::string("txt2img ") + TXT2IMG_VERSION + " (LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
-         std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ", " + devices + ", " +
+  return std::string("txt2img ") + TXT2IMG_VERSION + " (LibTorch " + libtorch_version() + ", " + devices + ", " +
          host_allocator() + ")";
 }
 

@@ -61,5 +61,20 @@ TEST(LoraTags, NamedArgumentsAloneLeaveTheTagWithoutAName) {
   EXPECT_THROW(parse_lora_tags("<lora:x:te=1=2>"), Error);
 }
 
+TEST(LoraTags, ANegativePromptNamesNone) {
+  const auto t = parse_lora_tags("a cat <lora:ink:0.5>", "blurry, (ugly)");
+  EXPECT_EQ(t.text, "a cat ");
+  EXPECT_EQ(t.loras, std::vector<LoraUse>{use("ink", 0.5, 0.5)});
+  try {
+    parse_lora_tags("a cat", "blurry <lora:ink>");
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Usage);
+    EXPECT_EQ(std::string(e.what()), "a LoRA tag in the negative prompt; LoRAs are named in the prompt");
+  }
+  // The negative prompt's malformed tags are refused as the prompt's are.
+  EXPECT_THROW(parse_lora_tags("a cat", "<lora:x:abc>"), Error);
+}
+
 }  // namespace
 }  // namespace txt2img
