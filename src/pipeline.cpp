@@ -123,14 +123,14 @@ std::unique_ptr<Scheduler> make_hires_sampler(const Manifest& manifest, const Ge
     sampler->start_at(static_cast<size_t>(total - steps));
     return sampler;
   } catch (const Error& e) {
-    throw Error(ErrorKind::Usage, "hires fix: " + std::string(e.what()) + " (" + std::to_string(steps) +
+    throw Error(e.kind(), "hires fix: " + std::string(e.what()) + " (" + std::to_string(steps) +
                                       " hires steps at this denoising strength take a schedule of " +
                                       std::to_string(total) + " steps)");
   }
 }
 
 // Throws Error(Usage) for a hires fix that cannot run: its size, strength, steps, upscaler, or a sampler that cannot
-// enter its schedule in the middle.
+// enter its schedule in the middle; Error(Bundle) for a sampler that cannot run the model's prediction type.
 void check_hires(const Manifest& manifest, const GenerationParams& params) {
   const HiresFix& h = params.hires;
   if (!(h.scale >= 1 && h.scale <= 16))

@@ -1471,7 +1471,7 @@ TEST(HiresFix, HeunEntersItsScheduleAtAStep) {
   EXPECT_EQ(keep.progress.back(), (std::pair<size_t, size_t>{10, 10}));
 }
 
-TEST(HiresFix, WhatCannotRunIsAUsageError) {
+TEST(HiresFix, WhatCannotRunIsRefused) {
   const auto manifest = txt2img::Bundle::open(fixtures() / "tiny").manifest();
   auto refused = [&](auto edit, std::initializer_list<std::string> fragments) {
     auto params = small_params();
@@ -1499,6 +1499,12 @@ TEST(HiresFix, WhatCannotRunIsAUsageError) {
   auto fine = small_params();
   fine.hires.scale = 2;
   EXPECT_EQ(txt2img::resolve_params(manifest, fine).hires_steps(), 3);
+  // A hires sampler that cannot run the model's prediction type is a model mismatch, as for the first pass.
+  auto sample_model = manifest;
+  sample_model.scheduler.prediction_type = "sample";
+  fine.hires.sampler = "dpm2";
+  expect_error([&] { txt2img::resolve_params(sample_model, fine); }, ErrorKind::Bundle,
+               {"hires fix: ", "prediction_type \"sample\" is not supported by the dpm2 scheduler"});
 }
 
 // The reference is diffusers' StableDiffusionPipeline on the reference tiny model read as a zero-terminal-SNR
