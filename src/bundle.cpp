@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "sha256.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/params.hpp"
 

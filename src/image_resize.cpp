@@ -12,6 +12,8 @@
 //    from one half (round to nearest).
 // The floating-point expressions keep Pillow's evaluation order so that the double weights, and therefore their
 // fixed-point images, are the same bits.
+#include "image_resize.hpp"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -20,7 +22,6 @@
 #include <vector>
 
 #include "txt2img/error.hpp"
-#include "txt2img/safety.hpp"
 
 namespace txt2img {
 namespace {

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "image_resize.hpp"
+#include "safety_parts.hpp"
 #include "txt2img/error.hpp"
 
 namespace txt2img {

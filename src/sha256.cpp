@@ -1,10 +1,11 @@
+#include "sha256.hpp"
+
 #include <openssl/evp.h>
 
 #include <array>
 #include <fstream>
 #include <memory>
 
-#include "txt2img/bundle.hpp"
 #include "txt2img/error.hpp"
 
 namespace txt2img {

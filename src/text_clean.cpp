@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "clip_text.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/tokenizer.hpp"
 

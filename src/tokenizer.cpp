@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "clip_text.hpp"
 #include "txt2img/error.hpp"
 
 namespace txt2img {

@@ -138,7 +138,4 @@ std::string libtorch_version();
 // wherever the exporting PyTorch has it (>= 2.0), rather than through plain matrix products.
 bool attends_through_sdpa(const Manifest& manifest);
 
-// Lower-case hex sha256 of a file.
-std::string sha256_file(const std::filesystem::path& file);
-
 }  // namespace txt2img

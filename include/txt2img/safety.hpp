@@ -19,21 +19,11 @@ struct SafetyConfig {
   std::array<double, 3> std{0.26862954, 0.26130258, 0.27577711};
 };
 
-// Resizes one 8-bit HWC RGB image exactly as Pillow's Image.resize(..., BICUBIC) does (antialiased, fixed point).
-torch::Tensor resize_bicubic_like_pillow(const torch::Tensor& hwc_uint8, int out_height, int out_width);
-
-// uint8 NHWC images -> float32 NCHW CLIP input (resize shortest edge, centre crop, rescale, normalise).
-torch::Tensor safety_preprocess(const torch::Tensor& nhwc_uint8, const SafetyConfig& config);
-
 struct SafetyScores {
   torch::Tensor concept_scores;  // float64 [B, concepts]
   torch::Tensor special_scores;  // float64 [B, special concepts]
   std::vector<bool> flagged;
 };
-
-// diffusers' StableDiffusionSafetyChecker.forward rule over float32 cosine similarities and thresholds.
-SafetyScores score_safety(const torch::Tensor& cos_dist, const torch::Tensor& concept_weights,
-                          const torch::Tensor& special_cos_dist, const torch::Tensor& special_weights);
 
 class SafetyChecker {
  public:

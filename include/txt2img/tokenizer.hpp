@@ -14,17 +14,9 @@
 
 namespace txt2img {
 
-// CLIP's cleaning (ftfy.fix_text's fixes for valid UTF-8 input, including its repair of UTF-8 that was read as
-// Windows-1252 or Latin-1; html.unescape twice, strip, whitespace collapse, Unicode lowercase). Throws Error(Usage)
-// on invalid UTF-8.
-std::string clean_text(std::string_view utf8);
-
 // The byte offset where `text` stops being UTF-8 (a stray or truncated sequence, an overlong form, a UTF-16
 // surrogate, past U+10FFFF), if it does: what clean_text refuses, for callers that name the place.
 std::optional<size_t> invalid_utf8_at(std::string_view text);
-
-// CLIP's pre-token regex over cleaned text.
-std::vector<std::string> pre_tokenize(const std::string& cleaned);
 
 // One span of a prompt in AUTOMATIC1111's emphasis syntax: "(text)" multiplies the attention weight of its text by
 // 1.1, "[text]" divides it by 1.1, "(text:1.5)" multiplies it by 1.5 (they nest); "\(" "\)" "\[" "\]" "\\" are

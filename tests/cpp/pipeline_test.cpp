@@ -11,6 +11,7 @@
 
 #include "expect_error.hpp"
 #include "fixtures.hpp"
+#include "sha256.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/safetensors.hpp"
 #include "txt2img/scheduler.hpp"

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "image_resize.hpp"
+#include "safety_parts.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/safetensors.hpp"
 

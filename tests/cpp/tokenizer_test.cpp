@@ -1,3 +1,5 @@
+#include "txt2img/tokenizer.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -6,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "clip_text.hpp"
 #include "txt2img/error.hpp"
-#include "txt2img/tokenizer.hpp"
 
 namespace {
 
