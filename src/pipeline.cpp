@@ -186,8 +186,6 @@ std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const Generati
   return make_scheduler(params.sampler, config, steps, params.eta);
 }
 
-// The hires pass's settings for make_sampler: its own sampler where it has one (with the first pass's eta only for
-// a sampler that takes it).
 GenerationParams hires_pass(const GenerationParams& params) {
   GenerationParams pass = params;
   if (!params.hires.sampler.empty()) {

@@ -23,15 +23,12 @@ torch::Tensor pad_by_repeating_last(const torch::Tensor& rows, int64_t tokens) {
 
 }  // namespace
 
-// diffusers' rescale_noise_cfg: `guided` brought to the per-image standard deviation of `text` (unbiased, over
-// channels and pixels), mixed with `guided` by `rescale`.
 torch::Tensor rescale_guidance(const torch::Tensor& guided, const torch::Tensor& text, double rescale) {
   const auto std_text = text.std({1, 2, 3}, /*unbiased=*/true, /*keepdim=*/true);
   const auto std_guided = guided.std({1, 2, 3}, /*unbiased=*/true, /*keepdim=*/true);
   return rescale * (guided * (std_text / std_guided)) + (1 - rescale) * guided;
 }
 
-// Groups of rows ([rows, tokens, ...]) of different lengths, each padded as above to the longest, one after another.
 torch::Tensor cat_padded(std::vector<torch::Tensor> groups) {
   int64_t tokens = 0;
   for (const auto& group : groups) tokens = std::max(tokens, group.size(1));
@@ -39,10 +36,6 @@ torch::Tensor cat_padded(std::vector<torch::Tensor> groups) {
   return torch::cat(groups);
 }
 
-// A step's negative prompt and prompt contexts ([rows, tokens, hidden]) of different lengths brought to one, as
-// A1111's CFGDenoiser.pad_cond_uncond (the shorter gets `empty`, the empty prompt's one chunk, as often as it is
-// chunks short) and pad_cond_uncond_v0 (the negative prompts' last vector repeated, or cut to the prompts' length)
-// do. Lengths that are no whole number of chunks apart stay apart, as A1111 then runs them.
 std::pair<torch::Tensor, torch::Tensor> pad_conds(torch::Tensor negatives, torch::Tensor prompts,
                                                   GenerationParams::PadConds how, const torch::Tensor& empty) {
   if (how == GenerationParams::PadConds::Off) return {std::move(negatives), std::move(prompts)};

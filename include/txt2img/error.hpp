@@ -16,7 +16,7 @@ enum class ErrorKind {
   Nsfw,         // --fail-on-nsfw and an image was flagged
 };
 
-// Exit code of the command line for each kind (documented in README.md).
+// Exit code of the command line for each kind (documented in docs/cli.md, "Exit codes and errors").
 int exit_code(ErrorKind kind);
 
 class Error : public std::runtime_error {

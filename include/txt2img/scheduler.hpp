@@ -124,7 +124,8 @@ std::string canonical_scheduler_name(const std::string& name);
 struct SamplerName {
   std::string base;
   // "karras", "exponential" (diffusers' use_karras_sigmas, use_exponential_sigmas), A1111's own schedule types
-  // "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential" (as A1111 computes them), or "".
+  // "uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential" (as A1111 computes them), or
+  // "".
   std::string schedule;
 };
 SamplerName split_sampler_name(const std::string& name);

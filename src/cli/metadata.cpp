@@ -200,8 +200,8 @@ nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
   return list;
 }
 
-// null without a hires pass, else {"scale", "steps" (0: as the first pass), "denoise", "upscaler", "width",
-// "height" (the image's)}, as the "txt2img" chunk and --json's image events give it.
+// null without a hires pass, else {"scale", "steps" (those run), "denoise", "upscaler", "sampler" (the pass's),
+// "width", "height" (the image's)}, as the "txt2img" chunk and --json's image events give it.
 nlohmann::ordered_json hires_json(const ImageRecord& r) {
   if (!r.hires.enabled()) return nullptr;
   return {{"scale", r.hires.scale},

@@ -47,7 +47,6 @@ std::vector<std::string> command_for(const std::string& prompt) {
 
 }  // namespace
 
-// What a command cannot say: which model bundle, as a folder, holds the model an image was made with.
 std::string model_hint(const std::string& name, const std::string& hash) {
   if (name.empty() && hash.empty())
     return "with a model it does not name: add --model DIR for the one it was made with\n";
@@ -55,8 +54,6 @@ std::string model_hint(const std::string& name, const std::string& hash) {
          ": add --model DIR where that is not your default\n";
 }
 
-// The command line that makes the image of a txt2img metadata record again (with the same model bundle, which the
-// record names but cannot locate).
 std::string rerun_command(const nlohmann::ordered_json& r, const std::string& path) {
   try {
     auto args = command_for(r.at("prompt").get<std::string>());
@@ -114,9 +111,6 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
   }
 }
 
-// The command line that reads an AUTOMATIC1111 image's infotext as A1111 generated it (emphasis and long prompts on,
-// A1111's sampler names), and on stderr what it leaves out: the model, settings txt2img has no equivalent for, and
-// the noise, which A1111 draws on the GPU unless its infotext says "RNG: CPU".
 std::string a1111_command(const std::string& text) {
   const auto p = parse_a1111_parameters(text);
   std::map<std::string, std::string> fields(p.fields.begin(), p.fields.end());
