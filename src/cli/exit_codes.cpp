@@ -5,21 +5,30 @@
 #include <new>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 
 #include "cli/reporter.hpp"
 #include "txt2img/error.hpp"
 
 namespace txt2img::cli {
 
-const char* exit_code_table() {
-  return "Exit codes:\n"
-         "  0    success\n"
-         "  2    usage: a bad flag, value, prompt, prompt file line or output name\n"
-         "  3    model bundle missing, incomplete, corrupt or mismatched\n"
-         "  4    input/output file error: unreadable prompt file, output exists, directory not writable, disk full\n"
-         "  5    runtime failure: out of memory, non-finite values, backend error\n"
-         "  6    an image was flagged as NSFW and --fail-on-nsfw was given (every image is still written)\n"
-         "  130  interrupted by SIGINT, SIGTERM, SIGHUP or a closed output pipe (finished images are kept)\n";
+std::string exit_code_table() {
+  const std::pair<ErrorKind, const char*> kinds[] = {
+      {ErrorKind::Usage, "usage: a bad flag, value, prompt, prompt file line or output name"},
+      {ErrorKind::Bundle, "model bundle missing, incomplete, corrupt or mismatched"},
+      {ErrorKind::Io, "input/output file error: unreadable prompt file, output exists, directory not writable, disk full"},
+      {ErrorKind::Runtime, "runtime failure: out of memory, non-finite values, backend error"},
+      {ErrorKind::Nsfw, "an image was flagged as NSFW and --fail-on-nsfw was given (every image is still written)"},
+      {ErrorKind::Interrupted,
+       "interrupted by SIGINT, SIGTERM, SIGHUP or a closed output pipe (finished images are kept)"},
+  };
+  const auto row = [](int code, const char* meaning) {
+    std::string number = std::to_string(code);
+    return "  " + number + std::string(5 - number.size(), ' ') + meaning + "\n";
+  };
+  std::string table = "Exit codes:\n" + row(kExitSuccess, "success");
+  for (const auto& [kind, meaning] : kinds) table += row(exit_code(kind), meaning);
+  return table;
 }
 
 int report_failure(std::exception_ptr failure, bool json_line) {

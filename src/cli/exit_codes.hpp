@@ -3,13 +3,14 @@
 #pragma once
 
 #include <exception>
+#include <string>
 
 namespace txt2img::cli {
 
 constexpr int kExitSuccess = 0;
 
 // The table --help prints.
-const char* exit_code_table();
+std::string exit_code_table();
 
 // Prints the error of `failure` on stderr ("error: ...") and returns its exit code. With `json_line` (generate's
 // --json) stdout, whatever it carried before, ends with {"event":"error","exit_code":N,"error":"..."}: a script
