@@ -12,6 +12,7 @@
 #include <fstream>
 #include <optional>
 #include <random>
+#include <variant>
 
 #include "txt2img/error.hpp"
 
@@ -78,18 +79,17 @@ std::string latin1_to_utf8(const std::string& latin1) {
   return out;
 }
 
-// The zlib stream `compressed` inflated, or nothing where it is damaged or would pass 64 MiB (no text chunk of
-// generation parameters comes near; a deliberately huge one must not exhaust memory).
-std::optional<std::string> inflated(const std::string& compressed) {
-  constexpr size_t kLimit = size_t{64} << 20;
+// The zlib stream `compressed` inflated, or why not: it is damaged, or would pass `budget` bytes, which it then
+// takes all of.
+std::variant<std::string, const char*> inflated(const std::string& compressed, size_t& budget) {
   z_stream stream{};
-  if (inflateInit(&stream) != Z_OK) return std::nullopt;
+  if (inflateInit(&stream) != Z_OK) return "zlib failed to start";
   stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(compressed.data()));
   stream.avail_in = static_cast<uInt>(compressed.size());
   std::string out;
   char buffer[16384];
   int status = Z_OK;
-  while (status == Z_OK && out.size() <= kLimit) {
+  while (status == Z_OK && out.size() <= budget) {
     stream.next_out = reinterpret_cast<Bytef*>(buffer);
     stream.avail_out = sizeof buffer;
     status = inflate(&stream, Z_NO_FLUSH);
@@ -97,43 +97,56 @@ std::optional<std::string> inflated(const std::string& compressed) {
     if (status == Z_BUF_ERROR && stream.avail_in == 0) break;  // truncated
   }
   inflateEnd(&stream);
-  if (status != Z_STREAM_END || out.size() > kLimit) return std::nullopt;
+  if (out.size() > budget) {
+    budget = 0;
+    return "past the 64 MiB of text a file's compressed chunks may unpack to";
+  }
+  if (status != Z_STREAM_END) return "damaged compressed text";
+  budget -= out.size();
   return out;
 }
 
 bool is_text_chunk(const std::string& type) { return type == "tEXt" || type == "zTXt" || type == "iTXt"; }
 
 // Appends the key and text (UTF-8) of a tEXt, zTXt or iTXt chunk (compressed or not, as tools that optimise PNGs
-// rewrite them); other chunks, and damaged compressed text, are not text.
-void add_text_chunk(const std::string& type, const std::string& data, PngText& text) {
+// rewrite them) to `info`'s text, or where it cannot be read, why to its unread. Compressed text inflates within
+// `budget` (no text chunk of generation parameters comes near; deliberately huge ones must not exhaust memory).
+void add_text_chunk(const std::string& type, const std::string& data, size_t& budget, PngInfo& info) {
   const auto key_end = data.find('\0');
-  if (key_end == std::string::npos) return;
+  if (key_end == std::string::npos) return info.unread.push_back(type + " chunk without a keyword");
   const std::string key = latin1_to_utf8(data.substr(0, key_end));
+  const auto add = [&](std::variant<std::string, const char*> value, bool latin1) {
+    if (const auto* why = std::get_if<const char*>(&value))
+      return info.unread.push_back(type + " chunk \"" + key + "\": " + *why);
+    auto& text = std::get<std::string>(value);
+    info.text.emplace_back(key, latin1 ? latin1_to_utf8(text) : std::move(text));
+  };
   if (type == "tEXt") {
-    text.emplace_back(key, latin1_to_utf8(data.substr(key_end + 1)));
-  } else if (type == "zTXt" && key_end + 1 < data.size() && data[key_end + 1] == 0) {  // method 0: zlib
-    if (const auto value = inflated(data.substr(key_end + 2))) text.emplace_back(key, latin1_to_utf8(*value));
-  } else if (type == "iTXt" && key_end + 2 < data.size() && data[key_end + 2] == 0) {
+    add(data.substr(key_end + 1), true);
+  } else if (type == "zTXt") {
+    if (key_end + 1 >= data.size() || data[key_end + 1] != 0)  // method 0, zlib, is the only one
+      return add("an unknown compression method", false);
+    add(inflated(data.substr(key_end + 2), budget), true);
+  } else if (type == "iTXt") {
     // The compression flag and method, then the language tag and translated keyword (both null-terminated).
-    const bool compressed = data[key_end + 1] == 1;
-    const auto lang_end = data.find('\0', key_end + 3);
+    const auto lang_end = key_end + 3 <= data.size() ? data.find('\0', key_end + 3) : std::string::npos;
     const auto translated_end = lang_end == std::string::npos ? lang_end : data.find('\0', lang_end + 1);
-    if (translated_end == std::string::npos) return;
+    if (translated_end == std::string::npos) return add("cut short", false);
+    const bool compressed = data[key_end + 1] == 1;
+    if (compressed && data[key_end + 2] != 0) return add("an unknown compression method", false);
     const std::string value = data.substr(translated_end + 1);
-    if (!compressed)
-      text.emplace_back(key, value);
-    else if (const auto plain = inflated(value))
-      text.emplace_back(key, *plain);
+    add(compressed ? inflated(value, budget) : value, false);
   }
 }
 
 // Reads `n` bytes into `out` (skips them where it is null) in blocks, so that a length field is never trusted for an
-// allocation; false where the stream ends first.
-bool read_exactly(std::istream& in, uint64_t n, std::string* out) {
+// allocation, and folds them into `crc`; false where the stream ends first.
+bool read_exactly(std::istream& in, uint64_t n, std::string* out, uLong& crc) {
   char buffer[1 << 16];
   while (n > 0) {
     const auto block = static_cast<std::streamsize>(std::min<uint64_t>(n, sizeof buffer));
     if (!in.read(buffer, block)) return false;
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(buffer), static_cast<uInt>(block));
     if (out) out->append(buffer, static_cast<size_t>(block));
     n -= static_cast<uint64_t>(block);
   }
@@ -263,14 +276,20 @@ PngInfo read_png_info(const std::filesystem::path& file) {
   uint8_t head[8];  // a chunk's length and type
   PngInfo info;
   bool first = true;
-  // Chunk by chunk, keeping the header and the text: the image data is skipped, never decoded.
+  size_t inflate_budget = size_t{64} << 20;
+  // Chunk by chunk, keeping the header and the text: the image data is skipped, never decoded, but its CRC is
+  // checked, so that damage which keeps the file's length (an interrupted in-place copy) is found.
   while (in.read(reinterpret_cast<char*>(head), 8)) {
     const uint32_t len = get_u32(head);
     const std::string type(head + 4, head + 8);
     const bool keep = first || is_text_chunk(type);
     std::string data;
-    if (!read_exactly(in, len, keep ? &data : nullptr) || !read_exactly(in, 4, nullptr))  // the data, the CRC
+    uLong crc = crc32(0, head + 4, 4);
+    uint8_t stored[4];
+    if (!read_exactly(in, len, keep ? &data : nullptr, crc) || !in.read(reinterpret_cast<char*>(stored), 4))
       throw Error(ErrorKind::Io, file.string() + ": truncated PNG chunk " + type);
+    if (get_u32(stored) != crc)
+      throw Error(ErrorKind::Io, file.string() + ": corrupt PNG (chunk " + type + " fails its CRC check)");
     if (!first && type == "IEND") return info;
     if (first) {
       if (type != "IHDR" || len != 13)
@@ -284,7 +303,7 @@ PngInfo read_png_info(const std::filesystem::path& file) {
                                        std::to_string(info.height) + ")");
       first = false;
     } else if (keep) {
-      add_text_chunk(type, data, info.text);
+      add_text_chunk(type, data, inflate_budget, info);
     }
   }
   throw Error(ErrorKind::Io, file.string() + ": truncated PNG (no IEND chunk)");

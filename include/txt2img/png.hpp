@@ -25,11 +25,12 @@ struct PngInfo {
   int64_t width = 0;
   int64_t height = 0;
   PngText text;
+  std::vector<std::string> unread;  // the text chunks that could not be read, and why ("zTXt chunk "k": ...")
 };
 
-// Reads the size and every tEXt, zTXt and iTXt chunk (compressed ones inflated), as UTF-8 (tEXt's and zTXt's Latin-1
-// converted), skipping over the image data, which is neither read nor decoded. Throws Error(Io) for a file that
-// cannot be read, is no PNG, or ends before its IEND chunk.
+// Reads the size and every tEXt, zTXt and iTXt chunk (compressed ones inflated, 64 MiB in all at most), as UTF-8
+// (tEXt's and zTXt's Latin-1 converted), skipping over the image data, which is neither kept nor decoded. Throws
+// Error(Io) for a file that cannot be read, is no PNG, has a chunk that fails its CRC, or ends before its IEND.
 PngInfo read_png_info(const std::filesystem::path& file);
 
 }  // namespace txt2img

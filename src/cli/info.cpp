@@ -14,6 +14,7 @@
 #include "txt2img/bundle.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/png.hpp"
+#include "txt2img/tokenizer.hpp"
 
 namespace txt2img::cli {
 namespace {
@@ -163,8 +164,13 @@ int png_info(const InfoOptions& o) {
   std::optional<nlohmann::ordered_json> reproduction;
   std::string damaged;  // why the txt2img text cannot be read, where it cannot
   nlohmann::ordered_json other = nlohmann::ordered_json::object();
+  // A text chunk that cannot be read is passed over, as Pillow (and so A1111) passes it over, but said: a damaged
+  // "parameters" chunk would otherwise look like an image without any.
+  std::vector<std::string> unread = png.unread;
   for (const auto& [key, value] : png.text) {
-    if (key == "parameters") {
+    if (invalid_utf8_at(value)) {
+      unread.push_back("iTXt chunk \"" + key + "\": not valid UTF-8");
+    } else if (key == "parameters") {
       parameters = value;
     } else if (key == "txt2img") {
       // txt2img's record nests three deep; a far deeper one would overflow the stack of nlohmann's recursive dump.
@@ -184,6 +190,7 @@ int png_info(const InfoOptions& o) {
       other[key] = value;
     }
   }
+  for (const auto& why : unread) std::cerr << "warning: " << one_line(o.path + ": " + why) << "; not read\n";
   if (!damaged.empty() && !o.command) std::cerr << "warning: " << printable(damaged) << " (damaged?); shown as text\n";
 
   if (o.command) {
@@ -221,7 +228,8 @@ int png_info(const InfoOptions& o) {
                                         {"height", png.height},
                                         {"parameters", parameters ? nlohmann::ordered_json(*parameters) : nullptr},
                                         {"txt2img", reproduction ? *reproduction : nullptr},
-                                        {"text", other}}
+                                        {"text", other},
+                                        {"unread", unread}}
                      .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
               << std::endl;
     return 0;

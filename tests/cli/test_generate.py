@@ -143,11 +143,14 @@ class Outputs(CliTestCase):
         self.assertIn("nothing to make: the image is there already", result.stderr)
 
     def test_skip_existing_keeps_no_file_that_is_no_image(self):
-        """An empty, foreign or cut-off file where an image goes (another tool's crash, a copy that stopped) is not
-        counted as made: the run stops before any work, naming it, and leaves it as it is."""
+        """An empty, foreign, cut-off or damaged file where an image goes (another tool's crash, a copy that stopped,
+        an in-place copy interrupted: zeros in the image data, the length kept) is not counted as made: the run
+        stops before any work, naming it, and leaves it as it is."""
         self.assertEqual(self.txt2img("a fox", "-o", "whole.png", "--seed", "1").returncode, 0)
         whole = (self.dir / "whole.png").read_bytes()
-        for content in (b"", b"GIF89a", whole[:8], whole[:-12], whole[:-4]):
+        idat = whole.index(b"IDAT") + 8
+        zeroed = whole[:idat] + bytes(20) + whole[idat + 20:]
+        for content in (b"", b"GIF89a", whole[:8], whole[:-12], whole[:-4], zeroed):
             (self.dir / "fox.png").write_bytes(content)
             result = self.txt2img("a fox", "-o", "fox.png", "--seed", "1", "--skip-existing")
             self.assertExit(result, EXIT_IO, 'output "fox.png" exists but does not read as a whole PNG image')

@@ -26,6 +26,11 @@ def with_text_chunk(png: bytes, key: str, text: str, kind: str = "tEXt") -> byte
         data = key.encode("latin-1") + b"\0\0" + zlib.compress(text.encode("latin-1"))
     else:
         data = key.encode("latin-1") + b"\0\1\0\0\0" + zlib.compress(text.encode("utf-8"))
+    return with_chunk(png, kind, data)
+
+
+def with_chunk(png: bytes, kind: str, data: bytes) -> bytes:
+    """The PNG with a chunk of that type and data added before IEND."""
     chunk = struct.pack(">I", len(data)) + kind.encode() + data + struct.pack(">I", zlib.crc32(kind.encode() + data))
     end = png.rindex(b"IEND") - 4
     return png[:end] + chunk + png[end:]
@@ -129,10 +134,28 @@ class Metadata(CliTestCase):
             self.assertEqual(result.returncode, 0, result.stderr)
             self.assertEqual(json.loads(result.stdout)["parameters"], infotext, kind)
             self.assertIn(" --seed 5 ", run(["info", f"{kind}.png", "--command"], self.dir).stdout)
-        damaged = with_text_chunk(plain, "parameters", infotext, "zTXt").replace(zlib.compress(infotext.encode(
-            "latin-1"))[-8:], b"\0" * 8)
-        (self.dir / "damaged.png").write_bytes(damaged)
-        self.assertIsNone(json.loads(run(["info", "damaged.png", "--json"], self.dir).stdout)["parameters"])
+        # Damaged compressed text (its own checksum wrong) is passed over, with a warning; a chunk that fails the
+        # PNG's CRC makes the file corrupt.
+        stream = bytearray(zlib.compress(infotext.encode("latin-1")))
+        stream[-1] ^= 1
+        (self.dir / "damaged.png").write_bytes(with_chunk(plain, "zTXt", b"parameters\0\0" + bytes(stream)))
+        result = run(["info", "damaged.png", "--json"], self.dir)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIsNone(json.loads(result.stdout)["parameters"])
+        self.assertEqual(json.loads(result.stdout)["unread"], ['zTXt chunk "parameters": damaged compressed text'])
+        self.assertIn('warning: damaged.png: zTXt chunk "parameters": damaged compressed text; not read',
+                      result.stderr)
+        self.assertExit(run(["info", "damaged.png", "--command"], self.dir), EXIT_IO, "no txt2img or A1111 metadata")
+        broken = bytearray(with_text_chunk(plain, "parameters", infotext))
+        broken[broken.index(b"Steps")] = ord("s")
+        (self.dir / "broken.png").write_bytes(bytes(broken))
+        self.assertExit(run(["info", "broken.png"], self.dir), EXIT_IO,
+                        "broken.png: corrupt PNG (chunk tEXt fails its CRC check)")
+        # iTXt is UTF-8 by definition; one that is not is passed over as Pillow (and so A1111) passes it over.
+        (self.dir / "latin1.png").write_bytes(with_chunk(plain, "iTXt", b"parameters\0\0\0\0\0caf\xe9"))
+        result = run(["info", "latin1.png", "--json"], self.dir)
+        self.assertIsNone(json.loads(result.stdout)["parameters"])
+        self.assertIn('latin1.png: iTXt chunk "parameters": not valid UTF-8; not read', result.stderr)
 
     def test_a1111_parameters(self):
         result = self.txt2img("a photo of an astronaut", "-n", "blurry, low quality", "--seed", "1",

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <stb/stb_image.h>
 #include <sys/resource.h>
+#include <zlib.h>
 
 #include <csignal>
 #include <fstream>
@@ -17,6 +18,39 @@ std::filesystem::path temp_dir() {
   auto dir = std::filesystem::temp_directory_path() / ("txt2img_png_test_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   return dir;
+}
+
+// `bytes` with the chunk at `offset` (its length field) given its right CRC again, after an edit of its data.
+std::string with_crc_fixed(std::string bytes, size_t offset) {
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data()) + offset;
+  const uint32_t length = (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+  const uLong crc = crc32(0, p + 4, 4 + length);
+  for (int i = 0; i < 4; ++i) bytes[offset + 8 + length + i] = static_cast<char>((crc >> (24 - 8 * i)) & 0xff);
+  return bytes;
+}
+
+// `png` with a chunk added before IEND.
+std::string with_chunk(const std::string& png, const std::string& type, const std::string& data) {
+  std::string chunk(4, '\0');
+  for (int i = 0; i < 4; ++i) chunk[i] = static_cast<char>((data.size() >> (24 - 8 * i)) & 0xff);
+  chunk += type + data + std::string(4, '\0');
+  const size_t end = png.rfind("IEND") - 4;
+  return with_crc_fixed(png.substr(0, end) + chunk + png.substr(end), end);
+}
+
+std::string zlib_compressed(const std::string& text) {
+  uLongf size = compressBound(text.size());
+  std::string out(size, '\0');
+  EXPECT_EQ(compress(reinterpret_cast<Bytef*>(out.data()), &size, reinterpret_cast<const Bytef*>(text.data()),
+                     text.size()),
+            Z_OK);
+  out.resize(size);
+  return out;
+}
+
+std::string read_bytes(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 std::vector<uint8_t> gradient(int w, int h) {
@@ -47,6 +81,7 @@ TEST(Png, RoundTripsPixelsAndText) {
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const std::string side("\0\0\x3e\x80", 4);  // 16000, big-endian
   bytes.replace(16, 4, side).replace(20, 4, side);
+  bytes = with_crc_fixed(bytes, 8);  // IHDR's
   std::ofstream(dir / "huge.png", std::ios::binary) << bytes;
   const auto huge = txt2img::read_png_info(dir / "huge.png");
   EXPECT_EQ(huge.width, 16000);
@@ -54,7 +89,7 @@ TEST(Png, RoundTripsPixelsAndText) {
   EXPECT_EQ(huge.text, text);
   // A size of 0 is no PNG's.
   std::string zero = bytes;
-  zero.replace(16, 4, std::string(4, '\0'));
+  zero = with_crc_fixed(zero.replace(16, 4, std::string(4, '\0')), 8);
   std::ofstream(dir / "zero.png", std::ios::binary) << zero;
   EXPECT_THROW(txt2img::read_png_info(dir / "zero.png"), txt2img::Error);
   // A file cut short is an error, not a PNG without its last chunks.
@@ -147,6 +182,58 @@ TEST(Png, FailedWriteIsIoErrorAndRemovesTemporaryFile) {
   }
   setrlimit(RLIMIT_FSIZE, &old);
   EXPECT_TRUE(std::filesystem::is_empty(dir));
+  std::filesystem::remove_all(dir);
+}
+
+// Damage that keeps a file's length (an interrupted in-place copy) is found by the chunks' CRCs, the image data's
+// included, though it is never decoded.
+TEST(Png, AChunkThatFailsItsCrcIsACorruptFile) {
+  const auto dir = temp_dir();
+  const auto rgb = gradient(24, 16);
+  txt2img::write_file_atomic(dir / "a.png", txt2img::encode_png(rgb.data(), 24, 16, {{"parameters", "a cat"}}));
+  std::string bytes = read_bytes(dir / "a.png");
+  const size_t idat = bytes.find("IDAT");
+  ASSERT_NE(idat, std::string::npos);
+  bytes[idat + 10] = static_cast<char>(bytes[idat + 10] ^ 0x40);
+  std::ofstream(dir / "bad.png", std::ios::binary) << bytes;
+  try {
+    txt2img::read_png_info(dir / "bad.png");
+    ADD_FAILURE();
+  } catch (const txt2img::Error& e) {
+    EXPECT_EQ(e.kind(), txt2img::ErrorKind::Io);
+    EXPECT_NE(std::string(e.what()).find("corrupt PNG (chunk IDAT fails its CRC check)"), std::string::npos)
+        << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// Text chunks that cannot be read are passed over, with the reason; compressed ones unpack to 64 MiB in all, however
+// many there are.
+TEST(Png, UnreadableTextChunksAreListedWithTheirReason) {
+  const auto dir = temp_dir();
+  const auto rgb = gradient(4, 4);
+  txt2img::write_file_atomic(dir / "a.png", txt2img::encode_png(rgb.data(), 4, 4, {}));
+  std::string png = read_bytes(dir / "a.png");
+  std::string damaged = zlib_compressed("a cat");
+  damaged.replace(damaged.size() - 4, 4, "\0\0\0\0");  // its Adler-32
+  png = with_chunk(png, "zTXt", std::string("parameters\0\0", 12) + damaged);
+  png = with_chunk(png, "zTXt", std::string("method\0\1", 8) + zlib_compressed("x"));
+  png = with_chunk(png, "iTXt", std::string("short\0\0", 7));
+  png = with_chunk(png, "tEXt", std::string("Comment\0fine", 12));
+  const std::string twenty_mib(size_t{20} << 20, 'a');
+  for (const char* key : {"big1", "big2", "big3", "big4"})
+    png = with_chunk(png, "zTXt", std::string(key) + std::string("\0\0", 2) + zlib_compressed(twenty_mib));
+  std::ofstream(dir / "t.png", std::ios::binary) << png;
+  const auto info = txt2img::read_png_info(dir / "t.png");
+  ASSERT_EQ(info.text.size(), 4u);
+  EXPECT_EQ(info.text[0], (std::pair<std::string, std::string>{"Comment", "fine"}));
+  EXPECT_EQ(info.text[3].first, "big3");
+  EXPECT_EQ(info.unread, (std::vector<std::string>{
+                             "zTXt chunk \"parameters\": damaged compressed text",
+                             "zTXt chunk \"method\": an unknown compression method",
+                             "iTXt chunk \"short\": cut short",
+                             "zTXt chunk \"big4\": past the 64 MiB of text a file's compressed chunks may unpack to",
+                         }));
   std::filesystem::remove_all(dir);
 }
 
