@@ -42,6 +42,18 @@ std::string attention_kernel_name(AttentionKernel kernel) {
   return "?";
 }
 
+std::string safety_mode_name(SafetyMode mode) {
+  switch (mode) {
+    case SafetyMode::Replace:
+      return "replace";
+    case SafetyMode::Report:
+      return "report";
+    case SafetyMode::Off:
+      return "off";
+  }
+  return "";
+}
+
 std::optional<AttentionKernel> attention_kernel_named(const std::string& name) {
   for (auto kernel : {AttentionKernel::Default, AttentionKernel::Flash, AttentionKernel::MemoryEfficient,
                       AttentionKernel::CuDNN, AttentionKernel::Math})

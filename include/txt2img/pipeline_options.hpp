@@ -29,12 +29,13 @@ enum class AttentionKernel { Default, Flash, MemoryEfficient, CuDNN, Math };
 
 // The options by the names the command line gives them (nullopt for another name): dtypes "fp16", "bf16" and "fp32";
 // graph optimisations "none", "freeze" and "optimize"; decoders "full" and "taesd"; attention kernels "default",
-// "flash", "memory-efficient", "cudnn" and "math".
+// "flash", "memory-efficient", "cudnn" and "math"; safety modes "replace", "report" and "off".
 std::optional<torch::ScalarType> dtype_named(const std::string& name);
 std::optional<GraphOptimization> graph_optimization_named(const std::string& name);
 std::optional<Decoder> decoder_named(const std::string& name);
 std::string attention_kernel_name(AttentionKernel kernel);
 std::optional<AttentionKernel> attention_kernel_named(const std::string& name);
+std::string safety_mode_name(SafetyMode mode);
 
 // The device named "cpu", "cuda" (CUDA device 0) or "cuda:K". Throws Error(Usage) for another name and for a CUDA
 // device this LibTorch does not see.

@@ -343,7 +343,9 @@ class Generator {
     record.ti_hashes = embeddings_used(job);
     record.device = placement_.device;
     record.dtype = placement_.dtype;
-    record.safety = o_.no_safety_checker ? "off" : o_.safety;
+    record.safety = safety_mode_name(placement_.options.safety);
+    record.graph = o_.graph;
+    record.cuda_graph = placement_.options.cuda_graph;
     record.nsfw = image.nsfw;
     return record;
   }

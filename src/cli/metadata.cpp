@@ -321,6 +321,8 @@ nlohmann::ordered_json settings_json(const ImageRecord& r) {
       {"hires", hires_json(r)},
       {"decoder", r.decoder},
       {"vae_tiling", r.vae_tiling},
+      {"graph", r.graph},
+      {"cuda_graph", r.cuda_graph},
   };
 }
 

@@ -63,6 +63,10 @@ struct ImageRecord {
   std::string device;
   std::string dtype;
   std::string safety;  // "replace", "report" or "off"
+  // How the modules ran, where that changes the pixels: the graph passes ("none", "freeze", "optimize": its fused
+  // kernels round differently) and, on CUDA, whether the U-Net ran as a replayed CUDA graph (in channels_last).
+  std::string graph = "none";
+  bool cuda_graph = false;
   bool nsfw = false;
 };
 

@@ -102,6 +102,10 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (safety == "report") add("--safety", "report");
     if (r.value("decoder", std::string("full")) != "full") add("--decoder", r.at("decoder"));
     if (r.value("vae_tiling", false)) args.push_back("--low-vram");  // its tiled decode is part of the image
+    if (r.value("graph", std::string("none")) != "none") add("--graph", r.at("graph"));
+    // Older images say nothing: they ran as the default does.
+    if (r.at("device").get<std::string>().rfind("cuda", 0) == 0 && !r.value("cuda_graph", true))
+      args.push_back("--no-cuda-graph");
     return shell_line(args);
   } catch (const nlohmann::json::exception& e) {
     std::string what = e.what();  // "[json.exception.type_error.302] type must be ...": the library's tag dropped

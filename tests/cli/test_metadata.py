@@ -9,8 +9,8 @@ import subprocess
 import unittest
 import zlib
 
-from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, TINY, CliTestCase, derived_bundle, png_pixels, png_text,
-                         run, without_taesd)
+from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, TINY, CliTestCase, derived_bundle, json_lines, png_pixels,
+                         png_text, run, without_taesd)
 
 
 def manifest():
@@ -378,6 +378,34 @@ class Metadata(CliTestCase):
         self.assertExit(run(["info", "c.png", "--command"], self.dir), EXIT_IO, "no txt2img or A1111 metadata")
         self.assertExit(run(["info", TINY, "--command"], self.dir), EXIT_USAGE, "--command")
         self.assertExit(run(["info", "a.png", "--verify"], self.dir), EXIT_USAGE, "--verify applies to a model bundle")
+
+    def test_graph_passes_are_recorded_and_carried_over(self):
+        """--graph optimize's fused kernels round differently: the record says so and the command gives it back, and
+        makes the same image; a CUDA image made with --no-cuda-graph gets that flag back (one that does not say,
+        made before the record held it, ran as the default)."""
+        made = self.txt2img("a fox", "--seed", "3", "--graph", "optimize", "--json", "-o", "a.png")
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual((json_lines(made.stdout)[0]["graph"], json_lines(made.stdout)[0]["cuda_graph"]),
+                         ("optimize", False))
+        line = run(["info", "a.png", "--command"], self.dir).stdout.strip()
+        self.assertIn(" --graph optimize", line)
+        self.assertNotIn("--no-cuda-graph", line)
+        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
+                               text=True)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
+        self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "plain.png").returncode, 0)
+        record = json.loads(png_text(self.dir / "a.png")["txt2img"])
+        for cuda_graph, expected in ((False, True), (True, False), (None, False)):
+            edited = dict(record, device="cuda", dtype="fp16", cuda_graph=cuda_graph)
+            if cuda_graph is None:
+                del edited["cuda_graph"]
+            (self.dir / "cuda.png").write_bytes(with_text_chunk((self.dir / "plain.png").read_bytes(), "txt2img",
+                                                               json.dumps(edited)))
+            command = run(["info", "cuda.png", "--command"], self.dir)
+            self.assertEqual(command.returncode, 0, command.stderr)
+            self.assertEqual("--no-cuda-graph" in shlex.split(command.stdout), expected, cuda_graph)
 
     def test_pad_conds_are_recorded_and_carried_over(self):
         """A1111's Pad prompt/negative prompt options change the image where a long prompt meets a short negative
