@@ -47,6 +47,19 @@ bool read_line(std::istream& in, std::string& line) {
 
 bool skipped(std::string_view trimmed) { return trimmed.empty() || trimmed.front() == '#'; }
 
+// A byte order mark starts the file's first line, and the first line of every file that was joined to it (cat).
+std::string_view without_bom(std::string_view line) {
+  return line.substr(0, kUtf8Bom.size()) == kUtf8Bom ? line.substr(kUtf8Bom.size()) : line;
+}
+
+// "{" then a key or "}": a JSON object's start, where a prompt in the {red|blue} syntax of A1111's Dynamic Prompts
+// is none.
+bool opens_json_object(std::string_view trimmed) {
+  const auto after_brace = trimmed.find_first_not_of(" \t", 1);
+  return trimmed.front() == '{' &&
+         (after_brace == std::string_view::npos || trimmed[after_brace] == '"' || trimmed[after_brace] == '}');
+}
+
 bool ends_with_jsonl(const std::string& path) {
   std::string lower = path;
   std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
@@ -197,18 +210,13 @@ PromptSource PromptSource::file(const std::string& path) {
   source.path_ = "/proc/self/fd/" + std::to_string(fileno(source.spool_.get()));
   source.open();
 
-  // The format: JSON Lines by extension, or when the first prompt line opens an object: "{" then a key or "}", so that
-  // a prompt in the {red|blue} syntax of A1111's Dynamic Prompts stays one.
+  // The format: JSON Lines by extension, or when the first prompt line opens an object.
   source.jsonl_ = ends_with_jsonl(path);
   std::string line;
-  for (bool first = true; !source.jsonl_ && read_line(*source.in_, line); first = false) {
-    std::string_view text = line;
-    if (first && text.substr(0, kUtf8Bom.size()) == kUtf8Bom) text.remove_prefix(kUtf8Bom.size());
-    text = trim(text);
+  while (!source.jsonl_ && read_line(*source.in_, line)) {
+    const std::string_view text = trim(without_bom(line));
     if (skipped(text)) continue;
-    const auto after_brace = text.find_first_not_of(" \t", 1);
-    source.jsonl_ = text.front() == '{' &&
-                    (after_brace == std::string_view::npos || text[after_brace] == '"' || text[after_brace] == '}');
+    source.jsonl_ = opens_json_object(text);
     break;
   }
   source.rewind();
@@ -260,8 +268,7 @@ bool PromptSource::next(PromptEntry& entry) {
 }
 
 bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
-  std::string_view untrimmed = line;
-  if (line_ == 1 && untrimmed.substr(0, kUtf8Bom.size()) == kUtf8Bom) untrimmed.remove_prefix(kUtf8Bom.size());
+  const std::string_view untrimmed = without_bom(line);
   const std::string_view text = trim(untrimmed);
   if (skipped(text)) return false;
   const std::string where = this->where(line_);
@@ -276,6 +283,11 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
   entry.line = line_;
   entry.index = index_++;
   if (!jsonl_) {
+    // Its settings would be read as the prompt's words, and the image made with the run's.
+    if (opens_json_object(text) && nlohmann::json::parse(text, nullptr, false).is_object())
+      throw Error(ErrorKind::Usage, where +
+                                        ": a JSON object, in a file read as one prompt a line (its first prompt "
+                                        "line is no JSON); write every prompt line as JSON, as JSON Lines");
     entry.prompt = std::string(text);
     return true;
   }

@@ -13,7 +13,8 @@ from cli_support import (BIN, EXIT_IO, EXIT_USAGE, FAST, TINY, CliTestCase, file
 
 class PlainText(CliTestCase):
     def test_one_prompt_per_line_comments_and_blanks_skipped(self):
-        self.write("p.txt", "\ufeffa red fox\n\n# a comment\n   \n  a blue whale  \r\n#another\na green frog")
+        # Two files joined (cat) bring the second's byte order mark to a later line.
+        self.write("p.txt", "\ufeffa red fox\n\n# a comment\n   \n  a blue whale  \r\n#another\n\ufeffa green frog")
         result = self.txt2img("--from-file", "p.txt", "--seed", "10", "--json", "-o", "{index}-{prompt}.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         records = json_lines(result.stdout)[:-1]
@@ -21,6 +22,14 @@ class PlainText(CliTestCase):
         self.assertEqual([r["seed"] for r in records], [10, 11, 12])
         self.assertEqual(files_under(self.dir),
                          ["0-a-red-fox.png", "1-a-blue-whale.png", "2-a-green-frog.png", "p.txt"])
+
+    def test_a_json_line_in_a_plain_text_file_is_refused(self):
+        """A file is JSON Lines when its first prompt line is an object; a later one in a plain-text file would be
+        made as a prompt of its JSON text, with the run's settings instead of its own."""
+        self.write("p.txt", 'a cat\n{red|blue} fox\n{"prompt": "a dog", "seed": 5}\n')
+        result = self.txt2img("--from-file", "p.txt", "--seed", "1", "-o", "{index}.png")
+        self.assertExit(result, EXIT_USAGE, "p.txt:3: a JSON object, in a file read as one prompt a line")
+        self.assertNothingWritten("p.txt")
 
     def test_classic_mac_line_ends_separate_prompts(self):
         """A lone CR ends a line, as in Python's universal newlines: a file saved with classic Mac line ends is not one
