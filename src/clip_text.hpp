@@ -12,7 +12,7 @@ namespace txt2img {
 // on invalid UTF-8.
 std::string clean_text(std::string_view utf8);
 
-// CLIP's pre-token regex over cleaned text.
-std::vector<std::string> pre_tokenize(const std::string& cleaned);
+// CLIP's pre-token regex over cleaned text; with `spaced`, whether blanks came before each (false for the first).
+std::vector<std::string> pre_tokenize(const std::string& cleaned, std::vector<bool>* spaced = nullptr);
 
 }  // namespace txt2img

@@ -8,6 +8,7 @@
 #include <unicode/utf8.h>
 
 #include <algorithm>
+#include <cctype>
 #include <array>
 #include <filesystem>
 #include <limits>
@@ -103,11 +104,12 @@ const std::array<std::string, 256>& byte_alphabet() {
 
 }  // namespace
 
-std::vector<std::string> pre_tokenize(const std::string& cleaned) {
+std::vector<std::string> pre_tokenize(const std::string& cleaned, std::vector<bool>* spaced) {
   static constexpr std::string_view kContractions[] = {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
   const std::string_view text = cleaned;
   std::vector<std::string> tokens;
   size_t pos = 0;
+  bool gap = false;
   while (pos < text.size()) {
     size_t len = match_literal(text, pos, kStartOfText);
     if (len == 0) len = match_literal(text, pos, kEndOfText);
@@ -122,9 +124,14 @@ std::vector<std::string> pre_tokenize(const std::string& cleaned) {
         case CharClass::Number: len = char_len; break;
         case CharClass::Other: len = run_length(text, pos, CharClass::Other); break;
         case CharClass::Space:
-        case CharClass::Unmatched: pos += char_len; continue;
+        case CharClass::Unmatched:
+          pos += char_len;
+          gap = true;
+          continue;
       }
     }
+    if (spaced) spaced->push_back(gap && !tokens.empty());
+    gap = false;
     tokens.emplace_back(text.substr(pos, len));
     pos += len;
   }
@@ -226,7 +233,9 @@ Tokenizer Tokenizer::load(const std::filesystem::path& sentencepiece_model) {
 Tokenizer::Traced Tokenizer::encode_words(std::string_view text) const {
   const auto& alphabet = byte_alphabet();
   Traced out;
-  out.word_texts = pre_tokenize(clean_text(text));
+  out.word_texts = pre_tokenize(clean_text(text), &out.word_spaced);
+  // Blanks before the text (a span after "a ", a part after an added token) count, though cleaning strips them.
+  if (!out.word_spaced.empty()) out.word_spaced[0] = !text.empty() && std::isspace(static_cast<unsigned char>(text[0]));
   const auto add = [&](int id, size_t word) {
     out.ids.push_back(id);
     out.weights.push_back(1.0);
@@ -280,6 +289,7 @@ void append_traced(Tokenizer::Traced& out, Tokenizer::Traced part) {
   append(out.weights, part.weights);
   append(out.words, part.words);
   append(out.word_texts, part.word_texts);
+  append(out.word_spaced, part.word_spaced);
   append(out.unit_lengths, part.unit_lengths);
   append(out.embeddings, part.embeddings);
 }
@@ -290,6 +300,7 @@ Tokenizer::Traced Tokenizer::substitute_embeddings(Traced clip) const {
   if (embeddings_.empty()) return clip;
   Traced out;
   out.word_texts = std::move(clip.word_texts);
+  out.word_spaced = std::move(clip.word_spaced);
   for (size_t i = 0; i < clip.ids.size();) {
     // CLIP ends every word with a "</w>" token, so a name's ids end where a word ends; they must start there too.
     const bool word_start = i == 0 || clip.words[i] != clip.words[i - 1];
@@ -336,6 +347,7 @@ Tokenizer::Traced Tokenizer::encode_with_embeddings(std::string_view text) const
       out.words.push_back(out.word_texts.size());
     }
     out.word_texts.push_back(token->name);
+    out.word_spaced.push_back(at > 0 && std::isspace(static_cast<unsigned char>(text[at - 1])));
     out.unit_lengths.push_back(static_cast<size_t>(token->vectors));
     out.embeddings.push_back(token->name);
     from = at + token->name.size();
@@ -346,12 +358,16 @@ Tokenizer::Traced Tokenizer::encode_with_embeddings(std::string_view text) const
 Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis, std::string_view what) const {
   if (!emphasis) return encode_with_embeddings(text);
   Traced out;
+  bool after_blank = false;  // the span before ended in blanks
   for (const auto& span : parse_emphasis(text)) {
     if (span.is_break) {
       out.unit_lengths.push_back(0);
+      after_blank = true;
       continue;
     }
     Traced part = encode_with_embeddings(span.text);
+    if (after_blank && !part.word_spaced.empty()) part.word_spaced[0] = true;
+    after_blank = !span.text.empty() && std::isspace(static_cast<unsigned char>(span.text.back()));
     if (!part.ids.empty() && !fits_float32(span.weight)) throw emphasis_weight_error(span, what);
     for (double& weight : part.weights) weight = span.weight;
     append_traced(out, std::move(part));

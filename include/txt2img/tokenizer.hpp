@@ -86,6 +86,7 @@ class Tokenizer {
     std::vector<double> weights;
     std::vector<size_t> words;
     std::vector<std::string> word_texts;
+    std::vector<bool> word_spaced;  // per word: whether blanks came before it in the text (to quote the words)
     std::vector<size_t> unit_lengths;
     std::vector<std::string> embeddings;
   };

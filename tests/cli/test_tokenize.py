@@ -72,11 +72,15 @@ class Tokenize(CliTestCase):
         record = json.loads(self.tokenize(prompt, "--json").stdout)
         self.assertEqual((record["tokens"], record["kept"], record["truncated"], record["dropped"]),
                          (77, 75, True, "dog zebra"))
-        # Punctuation, a pre-token of its own, is quoted against its word as written.
-        record = json.loads(self.tokenize(" ".join(["dog"] * 73) + " dog dog red, (blue fox)! end", "--json").stdout)
-        self.assertEqual(record["dropped"], "red, (blue fox)! ...")  # six pre-tokens: ")!" is one
-        record = json.loads(self.tokenize(" ".join(["dog"] * 75) + " fox's 1.5", "--json").stdout)
-        self.assertEqual(record["dropped"], "fox's 1.5")
+        # Punctuation and digits, pre-tokens of their own, are quoted against their words as written; six words.
+        record = json.loads(self.tokenize(" ".join(["dog"] * 73) + " dog dog red, (blue fox)! a b c d", "--json").stdout)
+        self.assertEqual(record["dropped"], "red, (blue fox)! a b c ...")
+        record = json.loads(self.tokenize(" ".join(["dog"] * 75) + " fox's 1.5 sdxl1.0 4k-uhd w29", "--json").stdout)
+        self.assertEqual(record["dropped"], "fox's 1.5 sdxl1.0 4k-uhd w29")
+        # With emphasis the brackets go, and a span's words keep the blanks around it.
+        record = json.loads(self.tokenize(" ".join(["dog"] * 75) + " big (red:1.2) [cat]dog BREAK x", "--emphasis",
+                                          "--json").stdout)
+        self.assertEqual(record["dropped"], "big red catdog x")
 
     def test_long_prompts_count_chunks_and_cut_nothing(self):
         prompt = " ".join(["dog"] * 76) + " zebra"

@@ -325,6 +325,12 @@ TEST(TokenizerEmphasis, EachSpanIsTokenizedOnItsOwnWithItsWeight) {
   EXPECT_EQ(traced.ids, concat({ids_of("a"), ids_of("red"), ids_of("cat")}));
   EXPECT_EQ(traced.weights, (std::vector<double>{1.0, 1.5, 1 / 1.1}));
   EXPECT_EQ(traced.word_texts, (std::vector<std::string>{"a", "red", "cat"}));
+  EXPECT_EQ(traced.word_spaced, (std::vector<bool>{false, true, true}));
+  // Blanks between words are kept track of (CLIP splits digits and punctuation off), also across an emphasis span.
+  const auto digits = tokenizer().encode_traced("sdxl1.0 4k");
+  EXPECT_EQ(digits.word_texts, (std::vector<std::string>{"sdxl", "1", ".", "0", "4", "k"}));
+  EXPECT_EQ(digits.word_spaced, (std::vector<bool>{false, false, false, false, true, false}));
+  EXPECT_EQ(tokenizer().encode_traced("[cat]dog", true).word_spaced, (std::vector<bool>{false, false}));
   EXPECT_EQ(traced.words, (std::vector<size_t>{0, 1, 2}));
   // Without emphasis the brackets are text, with every weight 1.
   const auto plain = tokenizer().encode_traced("a (red:1.5) [cat]");
