@@ -237,7 +237,7 @@ int png_info(const InfoOptions& o) {
   std::cout << o.path << ": " << png.width << "x" << png.height << " PNG\n";
   if (!parameters && !reproduction) std::cout << "no generation parameters recorded\n";
   if (parameters) std::cout << "\nparameters:\n" << printable(*parameters) << "\n";
-  if (reproduction) std::cout << "\ntxt2img:\n" << reproduction->dump(2) << "\n";
+  if (reproduction) std::cout << "\ntxt2img:\n" << printable(reproduction->dump(2)) << "\n";
   for (const auto& [key, value] : other.items())
     std::cout << "\n" << printable(key) << ":\n" << printable(value.get<std::string>()) << "\n";
   std::cout << std::flush;

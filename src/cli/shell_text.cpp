@@ -5,20 +5,24 @@
 namespace txt2img::cli {
 namespace {
 
-// A control character (C0 but tab, and but newline where `newlines` are kept; DEL; or C1 as UTF-8) at text[i]: its
-// length in bytes, else 0. Text from a downloaded image's metadata must not reach a terminal as escape sequences (a
-// title, a cleared screen).
+// A control character (C0 but tab, and but newline where `newlines` are kept; DEL; C1, or a bidirectional format
+// character, as UTF-8) at text[i]: its length in bytes, else 0. Text from a downloaded image's metadata must not
+// reach a terminal as escape sequences (a title, a cleared screen), nor reorder what a command line shows.
 size_t control_at(const std::string& text, size_t i, bool newlines = true) {
-  const auto c = static_cast<unsigned char>(text[i]);
+  const auto byte = [&](size_t k) { return i + k < text.size() ? static_cast<unsigned char>(text[i + k]) : 0; };
+  const unsigned char c = byte(0);
   if ((c < 0x20 && c != '\t' && !(newlines && c == '\n')) || c == 0x7f) return 1;
-  const bool c1 = c == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
-                  static_cast<unsigned char>(text[i + 1]) <= 0x9f;
-  return c1 ? 2 : 0;
+  if (c == 0xc2 && byte(1) >= 0x80 && byte(1) <= 0x9f) return 2;
+  // U+200E and U+200F (marks), U+202A to U+202E (embeddings, overrides), U+2066 to U+2069 (isolates).
+  if (c == 0xe2 && byte(1) == 0x80 && (byte(2) == 0x8e || byte(2) == 0x8f || (byte(2) >= 0xaa && byte(2) <= 0xae)))
+    return 3;
+  if (c == 0xe2 && byte(1) == 0x81 && byte(2) >= 0xa6 && byte(2) <= 0xa9) return 3;
+  return 0;
 }
 
-// `text` with each control character escaped: \xNN for C0 and DEL; for C1 \xNN (its code point) when printed, and
-// its two UTF-8 bytes (\xC2\xNN) inside bash's $'...', which a C locale reads as they are (\u00NN it would leave as
-// text). Inside $'...' backslashes and quotes are escaped too.
+// `text` with each control character escaped: printed as its code point (\xNN, \uNNNN); inside bash's $'...' as its
+// UTF-8 bytes (\xNN each), which any locale reads as they are (\uNNNN a C locale would leave as text), and there
+// backslashes and quotes are escaped too.
 std::string escape_controls(const std::string& text, bool in_shell, bool newlines = true) {
   std::string out;
   for (size_t i = 0; i < text.size();) {
@@ -28,9 +32,21 @@ std::string escape_controls(const std::string& text, bool in_shell, bool newline
       out += text[i++];
       continue;
     }
-    for (size_t byte = in_shell ? 0 : n - 1; byte < n; ++byte) {
-      char escape[8];
-      std::snprintf(escape, sizeof escape, "\\x%02X", static_cast<unsigned char>(text[i + byte]));
+    char escape[16];
+    if (in_shell) {
+      for (size_t k = 0; k < n; ++k) {
+        std::snprintf(escape, sizeof escape, "\\x%02X", static_cast<unsigned char>(text[i + k]));
+        out += escape;
+      }
+    } else {
+      const auto b = [&](size_t k) { return static_cast<unsigned>(static_cast<unsigned char>(text[i + k])); };
+      const unsigned code = n == 1   ? b(0)
+                            : n == 2 ? (b(0) & 0x1f) << 6 | (b(1) & 0x3f)
+                                     : (b(0) & 0x0f) << 12 | (b(1) & 0x3f) << 6 | (b(2) & 0x3f);
+      if (code < 0x100)
+        std::snprintf(escape, sizeof escape, "\\x%02X", code);
+      else
+        std::snprintf(escape, sizeof escape, "\\u%04X", code);
       out += escape;
     }
     i += n;

@@ -497,6 +497,19 @@ class Metadata(CliTestCase):
                                text=True, env={**os.environ, "LC_ALL": "C"})
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertTrue(png_text(self.dir / "b.png")["parameters"].startswith(prompt + "\n"))
+        # A bidirectional override would show a command line in another order than it runs.
+        tricky = "a fox \u202egnp.x\u2066 end"
+        self.assertEqual(self.txt2img(tricky, "--seed", "2", "-o", "bidi.png").returncode, 0)
+        shown, command = run(["info", "bidi.png"], self.dir), run(["info", "bidi.png", "--command"], self.dir)
+        for output in (shown.stdout, command.stdout):
+            self.assertFalse(any(c in output for c in "\u202e\u2066"), output)
+        self.assertIn("a fox \\u202Egnp.x\\u2066 end", shown.stdout)
+        self.assertIn("$'a fox \\xE2\\x80\\xAEgnp.x\\xE2\\x81\\xA6 end'", command.stdout)
+        again = subprocess.run(["bash", "-c", command.stdout.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
+                                f" --model {shlex.quote(str(TINY))} -o bidi2.png"], cwd=self.dir, capture_output=True,
+                               text=True, env={**os.environ, "LC_ALL": "C"})
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual((self.dir / "bidi.png").read_bytes(), (self.dir / "bidi2.png").read_bytes())
 
     def test_info_command_reads_an_a1111_image(self):
         infotext = ('a (red) fox, "quoted"\nby the sea\nNegative prompt: dogs\n'
