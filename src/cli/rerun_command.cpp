@@ -287,11 +287,19 @@ std::string a1111_command(const std::string& text) {
           "larger than the command's");
   }
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
-  if (made_by_txt2img)
+  if (made_by_txt2img) {
     notes.push_back(
         "txt2img's A1111 text does not say whether the image was made with --emphasis and --long-prompts (its "
         "txt2img record does): the command reads the prompt as A1111 does, with both, which makes another image "
-        "where the prompt has brackets, AND, a trailing :number or more than 75 tokens and was made without them");
+        "where the prompt has brackets, a backslash, BREAK, AND, a trailing :number or more than 75 tokens and was "
+        "made without them");
+    const bool large = hires || (whole(sides[0]) && whole(sides[1]) &&
+                                 (std::stoi(sides[0]) > 512 || std::stoi(sides[1]) > 512));
+    if (large)
+      notes.push_back(
+          "nor whether --low-vram decoded it in tiles (sides above 512), which changes its pixels a little: add "
+          "--low-vram where it was made with it");
+  }
   // A1111 pads with the v0 option where both are on.
   if (field("Pad conds v0") == "True")
     args.push_back("--pad-conds-v0");

@@ -62,6 +62,8 @@ class Metadata(CliTestCase):
             words = shlex.split(result.stdout)
             self.assertEqual(words[words.index("--sampler") + 1], sampler)
             self.assertIn("does not say whether the image was made with --emphasis and --long-prompts", result.stderr)
+            self.assertIn("a backslash, BREAK, AND", result.stderr)
+            self.assertNotIn("--low-vram decoded it in tiles", result.stderr)  # 32x32: one tile
             self.assertEqual("read as dpmpp_2m" in result.stderr, sampler == "dpmpp_2m", result.stderr)
         # A hires pass on the spaced sigmas after a first pass on Karras ones, written "Automatic".
         self.assertEqual(self.txt2img("a fox", "--sampler", "euler_karras", "--hires-scale", "1.5", "--hires-steps",
@@ -73,6 +75,8 @@ class Metadata(CliTestCase):
         words = shlex.split(result.stdout)
         self.assertEqual(words[words.index("--hires-sampler") + 1], "euler")
         self.assertNotIn("alike", result.stderr)  # euler_uniform writes Uniform
+        # A hires image, or one above 512 a side, may have been decoded in tiles, which the text does not say.
+        self.assertIn("nor whether --low-vram decoded it in tiles", result.stderr)
 
     def plain(self):
         if not (self.dir / "plain.png").exists():
