@@ -159,7 +159,8 @@ int bundle_info(const InfoOptions& o) {
 int png_info(const InfoOptions& o) {
   if (o.verify)
     throw Error(ErrorKind::Usage, "--verify applies to a model bundle (its files' sha256), not to a PNG");
-  const PngInfo png = read_png_info(o.path);
+  // "-", as for prompt files: `curl ... | txt2img info -`.
+  const PngInfo png = read_png_info(o.path == "-" ? "/dev/stdin" : o.path);
   std::optional<std::string> parameters;
   std::optional<nlohmann::ordered_json> reproduction;
   std::string damaged;  // why the txt2img text cannot be read, where it cannot

@@ -28,8 +28,8 @@ void refuse_empty_values(const CLI::App& app) {
     if (option->get_type_size_max() == 0 || texts.count(option->get_name())) continue;
     const auto& values = option->results();
     if (std::find(values.begin(), values.end(), "") != values.end())
-      throw Error(ErrorKind::Usage, option->get_name() + " is empty (an unset variable?): give it a value, or leave "
-                                                         "it out for its default");
+      throw Error(ErrorKind::Usage, option->get_name() + " is empty (an unset variable?): give it a value" +
+                                        (option->get_required() ? "" : ", or leave it out for its default"));
   }
 }
 
@@ -366,7 +366,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
 }
 
 void configure_info(CLI::App& app, InfoOptions& o) {
-  app.add_option("path", o.path, "a PNG made by txt2img or AUTOMATIC1111, or a model bundle directory")->required();
+  app.add_option("path", o.path, "a PNG made by txt2img or AUTOMATIC1111 (- reads it from stdin), or a model bundle directory")->required();
   auto* json = app.add_flag("--json", o.json, "print JSON");
   app.add_flag("--verify", o.verify, "recompute every bundle file's sha256 and compare it with model.json");
   app.add_flag("--command", o.command,

@@ -176,6 +176,10 @@ class BadFlags(CliTestCase):
                             f"{flag} is empty (an unset variable?)")
             self.assertNothingWritten()
         self.assertEqual(self.txt2img("", "-n", "", "--seed", "1", "-o", "a.png").returncode, 0)
+        # A value that has no default is not offered one.
+        result = run(["info", ""], self.dir)
+        self.assertExit(result, EXIT_USAGE, "path is empty (an unset variable?): give it a value")
+        self.assertNotIn("default", result.stderr)
         # "--flag=" is the flag with an empty value too, never the flag with the next argument as its value.
         self.assertExit(self.txt2img("a fox", "--seed=", "--json"), EXIT_USAGE, "--seed is empty (an unset variable?)")
         result = self.txt2img("a fox", "--seed", "1", "--negative-prompt=", "--no-safety-checker", "-o", "b.png",

@@ -349,6 +349,16 @@ class Metadata(CliTestCase):
         self.assertEqual(info["txt2img"]["seed"], 3)
         self.assertEqual((info["width"], info["height"]), (32, 32))
 
+    def test_info_reads_standard_input(self):
+        """`-` reads the PNG from standard input, as -f - reads prompts (curl ... | txt2img info -)."""
+        self.assertEqual(self.txt2img("a fox", "--seed", "8", "-o", "a.png").returncode, 0)
+        png = (self.dir / "a.png").read_bytes()
+        result = subprocess.run([BIN, "info", "-", "--json"], input=png, cwd=self.dir, capture_output=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout)["txt2img"]["seed"], 8)
+        result = subprocess.run([BIN, "info", "-", "--command"], input=png, cwd=self.dir, capture_output=True)
+        self.assertIn(b" --seed 8 ", result.stdout)
+
     def test_info_rerun_reproduces(self):
         self.assertEqual(self.txt2img("a fox", "-n", "dogs", "--seed", "8", "-o", "a.png").returncode, 0)
         r = json.loads(run(["info", "a.png", "--json"], self.dir).stdout)["txt2img"]
