@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <unordered_map>
@@ -34,9 +35,18 @@ void check_output_dir(const std::filesystem::path& dir) {
                            : " is a symbolic link to " + quoted(fs::read_symlink(existing, ec)) +
                                  (fs::exists(existing, ec) ? ", which is not a directory" : ", which does not exist")));
   }
-  if (::access(existing.c_str(), W_OK | X_OK) != 0)
+  const auto not_writable = [&existing] {
     throw Error(ErrorKind::Io, "output directory " + quoted(existing) + " is not writable (" + std::strerror(errno) +
                                    "); choose another with -o");
+  };
+  if (::access(existing.c_str(), W_OK | X_OK) != 0) not_writable();
+  // access() answers by permission bits, which root passes whatever the file system allows (sysfs, /proc, a FUSE
+  // mount): a file made there and removed again answers for certain, before any image is made.
+  std::string probe = (existing / ".txt2img-probe-XXXXXX").string();
+  const int fd = ::mkstemp(probe.data());
+  if (fd < 0) not_writable();
+  ::close(fd);
+  ::unlink(probe.c_str());
 }
 
 }  // namespace

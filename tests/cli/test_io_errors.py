@@ -53,6 +53,18 @@ class OutputErrors(CliTestCase):
         self.assertExit(result, EXIT_IO, "locked", "not writable")
         self.assertEqual(files_under(self.dir), [])
 
+    def test_a_folder_the_file_system_refuses_is_found_before_any_work(self):
+        """sysfs takes no new files, even from root, whose permission checks pass: the folder is tried with a file
+        made and removed, not by its permission bits, so the run stops before loading the model."""
+        if not os.path.isdir("/sys/kernel"):
+            self.skipTest("no sysfs at /sys")
+        result = self.txt2img("a fox", "-o", "/sys/kernel/txt2img-test.png")
+        self.assertExit(result, EXIT_IO, 'output directory "/sys/kernel" is not writable')
+        self.assertNotIn("loading", result.stderr)
+        result = self.txt2img("a fox", "-o", "out/a.png")  # the folder tried is left as it was
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(files_under(self.dir), ["out/a.png"])
+
     def test_disk_full_mid_write_leaves_no_file(self):
         # A file size limit makes write() fail with EFBIG part way through the PNG, like a full disk.
         def limit():
