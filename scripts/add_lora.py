@@ -8,8 +8,9 @@ Each FILE (kohya/A1111, PEFT or diffusers LoRA file, or LyCORIS LoHa/LoKr/full i
 the bundle's own U-Net and text encoder and stored as BUNDLE/loras/NAME.safetensors, listed in model.json's
 "loras". NAME is the file's name without extension, as A1111 names LoRAs (ink-style.safetensors: ink-style), or
 --name; it cannot be empty, start with '.' or contain / \\ : < > = or control characters. Every file is checked
-before anything is written, and model.json is replaced last: a failure leaves the bundle as it was. --remove takes
-LoRAs out of the bundle again.
+before anything is written, and model.json is replaced last: a failure or an interrupt leaves the bundle as it was
+(a crash while --overwrite replaces files can leave a LoRA listed with its old sha256: run the command again). --remove
+takes LoRAs out of the bundle again.
 """
 
 import argparse
@@ -128,8 +129,8 @@ def _bundle_components(bundle: str) -> dict:
 def add(args) -> None:
     from txt2img_convert import lora
     from txt2img_convert.checkpoints import ConversionError, sha256_file
-    from txt2img_convert.export import write_manifest
-    from txt2img_convert.launch import progress
+    from txt2img_convert.export import interrupts_held, write_manifest
+    from txt2img_convert.launch import bundle_in_place, progress
     from txt2img_convert.safetensors_io import save_file
 
     bundle = args.bundle
@@ -160,8 +161,13 @@ def add(args) -> None:
         manifest["loras"] = [entries[name] for name in sorted(entries)]
         temps.append((_temporary(bundle, "model.json"), os.path.join(bundle, "model.json")))
         write_manifest(temps[-1][0], manifest)
-        for temp, final in temps:  # model.json last
-            os.replace(temp, final)
+        # model.json last, and no interrupt among the renames: it would leave a replaced LoRA's new file listed with
+        # the old one's sha256 (a crash there does too; the same command run again repairs it). An interrupt once
+        # they are done is ignored, as it would report exit 130 over a change that is made.
+        with interrupts_held():
+            for temp, final in temps:
+                os.replace(temp, final)
+            bundle_in_place()
     except BaseException:
         for temp, _ in temps:
             if os.path.lexists(temp):

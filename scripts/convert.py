@@ -166,6 +166,8 @@ def convert_source(args) -> dict:
     # Hub ids (stabilityai/sd-vae-ft-mse, madebyollin/taesd) are downloaded; names come from what was given.
     path = hub.resolve_source(args.source, safety_checker=not args.no_safety_checker and args.safety_checker is None)
     folder = os.path.isdir(path)
+    if folder:  # before the vocabulary, which a folder of another kind would be said to lack
+        ck.check_diffusers_folder(path)
     if args.ema and folder:  # a hub id, which parse_args could not tell from a file
         raise ck.ConversionError(f"--ema applies to a single-file SOURCE; {args.source} is a diffusers model, which "
                                  "holds one set of U-Net weights")
@@ -249,6 +251,14 @@ def convert_source(args) -> dict:
                                  scheduler_config.scheduler_fields(schedule),
                                  export.safety_manifest(preprocessor) if safety is not None else None)
     fields.update(vae_identity)
+    if model.alphas_cumprod is not None and scheduler_config.differs_from_file(model.alphas_cumprod,
+                                                                               fields["scheduler"]):
+        bundles = fields["scheduler"]
+        export.progress(f"warning: {path} holds a noise schedule (alphas_cumprod) other than the bundle's "
+                        f"({bundles['beta_schedule']} betas from {bundles['beta_start']:g} to {bundles['beta_end']:g} "
+                        f"over {bundles['num_train_timesteps']} steps, as diffusers reads the file): A1111 samples "
+                        "with the file's, so its images of this model differ; if the model was trained on the file's, "
+                        "give its LDM config with --original-config")
     if fields.get("inpainting") and not export.VAEEncoder.select_state_dict(model.vae.tensors):
         # Checked before the slow loading: a VAE file may hold only the decoder, all that other models need. The
         # advice names only what would help: the checkpoint's own VAE where it is complete.

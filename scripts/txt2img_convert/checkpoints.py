@@ -56,6 +56,8 @@ class Model:
     path: str
     name: str
     sha256: str  # of the single file, or of a folder's U-Net weights (sha256_weights)
+    # A single file's LDM schedule buffer, which A1111 samples with (diffusers ignores it), where the file has one.
+    alphas_cumprod: Optional[torch.Tensor] = None
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -317,6 +319,25 @@ def _unet_renames(keys: List[str]) -> _Renames:
     def has_attention(block: str) -> bool:
         return any(k.startswith(block + ".1.") and not k.startswith(block + ".1.conv.") for k in keys)
 
+    # A level's first input block is 1 + level * (layers + 1), its first output block level * (layers + 1).
+    return _unet_level_renames(layers, [has_attention(f"input_blocks.{1 + level * (layers + 1)}")
+                                        for level in range(levels)],
+                               [has_attention(f"output_blocks.{level * (layers + 1)}") for level in range(levels)])
+
+
+def diffusers_unet_renames(keys) -> _Renames:
+    """The renames of _unet_renames for the U-Net whose diffusers names `keys` are: its backward() names a diffusers
+    U-Net weight as LDM does."""
+    levels = len(_children(keys, "down_blocks."))
+    return _unet_level_renames(len(_children(keys, "down_blocks.0.resnets.")),
+                               [bool(_children(keys, f"down_blocks.{level}.attentions.")) for level in range(levels)],
+                               [bool(_children(keys, f"up_blocks.{level}.attentions.")) for level in range(levels)])
+
+
+def _unet_level_renames(layers: int, down_attention: List[bool], up_attention: List[bool]) -> _Renames:
+    """LDM UNetModel -> diffusers UNet2DConditionModel names, blocks numbered as _unet_renames says, for `layers`
+    ResBlocks a level and each level's down and up blocks with attention or not."""
+    levels = len(down_attention)
     r = _Renames()
     r.add("time_embed.0", "time_embedding.linear_1")
     r.add("time_embed.2", "time_embedding.linear_2")
@@ -324,8 +345,7 @@ def _unet_renames(keys: List[str]) -> _Renames:
     r.add("out.0", "conv_norm_out")
     r.add("out.2", "conv_out")
     block = 1
-    for level in range(levels):
-        attention = has_attention(f"input_blocks.{block}")
+    for level, attention in enumerate(down_attention):
         for i in range(layers):
             r.add(f"input_blocks.{block}.0", f"down_blocks.{level}.resnets.{i}", _UNET_RESNET)
             if attention:
@@ -338,8 +358,7 @@ def _unet_renames(keys: List[str]) -> _Renames:
     r.add("middle_block.1", "mid_block.attentions.0")
     r.add("middle_block.2", "mid_block.resnets.1", _UNET_RESNET)
     block = 0
-    for level in range(levels):
-        attention = has_attention(f"output_blocks.{block}")
+    for level, attention in enumerate(up_attention):
         for i in range(layers + 1):
             r.add(f"output_blocks.{block}.0", f"up_blocks.{level}.resnets.{i}", _UNET_RESNET)
             if attention:
@@ -383,6 +402,7 @@ _LDM_UNET = "model.diffusion_model."
 _LDM_VAE = "first_stage_model."
 _LDM_TEXT = "cond_stage_model.transformer."
 _LDM_EMA = "model_ema."
+_CLIP_VISION = ("vision_model.", "visual_projection.")  # CLIPModel's image tower, under _LDM_TEXT
 _LDM_EMA_STATE = ("model_ema.decay", "model_ema.num_updates")
 
 
@@ -463,11 +483,17 @@ def ldm_to_diffusers(sd: Tensors, origin: str, ema: bool = False, text_elsewhere
             raise ConversionError(f"{origin}: unexpected U-Net tensor {_LDM_UNET}{key} (not an SD 1.x U-Net?)")
         unet[name] = value
 
+    # Some files hold a whole CLIPModel there, its image tower beside the text tower: A1111 loads past it, diffusers
+    # skips it.
+    vision = [key for key in text_ldm if key.startswith(_CLIP_VISION)]
+    if vision:
+        progress(f"{origin} also holds CLIP's image encoder ({_LDM_TEXT}vision_model.*), which Stable Diffusion does "
+                 "not use; ignored, as diffusers and A1111 ignore it")
     # transformers >= 4.? nests the text tower under `text_model.`; older CLIPTextModel saves did not, and merges of
     # the two can hold both. Each key is read on its own, as A1111 does.
     text, in_file = {}, {}
     for key, value in text_ldm.items():
-        if not _ignorable(key):
+        if not _ignorable(key) and not key.startswith(_CLIP_VISION):
             name = key if key.startswith("text_model.") else "text_model." + key
             text[name], in_file[name] = value, key
     nested = any(k.startswith("text_model.") and not _ignorable(k) for k in text_ldm)
@@ -804,16 +830,34 @@ def _optional_json(path: str) -> Optional[dict]:
     return read_json(path) if os.path.isfile(path) else None
 
 
-def load_diffusers(folder: str) -> Model:
-    # Said before any weights are read: SDXL has a second text encoder, SD 3 and FLUX a transformer.
+def check_diffusers_folder(folder: str) -> None:
+    """Refuses, by its layout alone, a folder that is no diffusers SD 1.x model, saying what it looks like: another
+    model family, a txt2img bundle, one component of a model."""
+    # SDXL has a second text encoder, SD 3 and FLUX a transformer.
     other = [part for part in ("text_encoder_2", "transformer") if os.path.isdir(os.path.join(folder, part))]
     if other:
         pipeline = (_optional_json(os.path.join(folder, "model_index.json")) or {}).get("_class_name")
         raise ConversionError(f"{folder}: {pipeline or 'a model'} with {other[0]}/ is not Stable Diffusion 1.x "
                               "(SDXL, SD 3 or FLUX?); only SD 1.x models convert")
-    for part in ("unet", "vae", "text_encoder"):
-        if not os.path.isdir(os.path.join(folder, part)):
-            raise ConversionError(f"{folder}: not a diffusers Stable Diffusion folder (no {part}/)")
+    missing = next((part for part in ("unet", "vae", "text_encoder") if not os.path.isdir(os.path.join(folder, part))),
+                   None)
+    if missing is None:
+        return
+    if os.path.isfile(os.path.join(folder, "model.json")):  # which no diffusers folder has
+        raise ConversionError(f"{folder} is already a txt2img bundle (model.json); use it with txt2img -m {folder}")
+    try:
+        component = _optional_json(os.path.join(folder, "config.json"))
+    except ConversionError:
+        component = {}  # something's config.json all the same
+    if component is not None:
+        kind = component.get("_class_name") or "/".join(map(str, component.get("architectures") or []))
+        raise ConversionError(f"{folder}: a single component ({'config.json of a ' + kind if kind else 'config.json'}"
+                              "), not a whole model; give the model's folder, the one holding unet/")
+    raise ConversionError(f"{folder}: not a diffusers Stable Diffusion folder (no {missing}/)")
+
+
+def load_diffusers(folder: str) -> Model:
+    check_diffusers_folder(folder)
     text_config = _optional_json(os.path.join(folder, "text_encoder", "config.json")) or {}
     unet_config = _optional_json(os.path.join(folder, "unet", "config.json")) or {}
     # AltDiffusion has SD 1's U-Net and an XLM-RoBERTa text encoder (whose config may say hidden_act gelu too). A
@@ -870,7 +914,8 @@ def load_single_file(path: str, config_dir: Optional[str] = None, ema: bool = Fa
     def check(names: List[str]) -> None:
         _check_ldm_names(names, path, ema, text_elsewhere=spare_text is not None)
 
-    components = ldm_to_diffusers(read_tensors(path, check), path, ema, text_elsewhere=spare_text is not None)
+    tensors = read_tensors(path, check)
+    components = ldm_to_diffusers(tensors, path, ema, text_elsewhere=spare_text is not None)
     if not components["text_encoder"].tensors:
         progress(f"{path} holds no text encoder: using {spare_text}'s, as diffusers' from_single_file does")
         components["text_encoder"] = load_model_folder(spare_text, "text encoder", ("model", "pytorch_model"))
@@ -895,6 +940,7 @@ def load_single_file(path: str, config_dir: Optional[str] = None, ema: bool = Fa
         path=path,
         name=os.path.splitext(os.path.basename(path))[0],
         sha256=sha256_file(path),
+        alphas_cumprod=tensors.get("alphas_cumprod"),
     )
 
 
@@ -913,6 +959,17 @@ def ldm_config_path(checkpoint: str, original_config: Optional[str]) -> Optional
     return beside if os.path.isfile(beside) else None
 
 
+def _omegaconf_loader(yaml):
+    """yaml.SafeLoader reading numbers as OmegaConf does, with which LDM and A1111 read these configs: YAML 1.1 (and
+    so safe_load) takes an exponent without a dot or without a sign, as in 1e-4 or 1.0e5, for a string."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
+
+
 def ldm_schedule(path: str) -> dict:
     """The training schedule an LDM config (v1-inference.yaml and its kin) states, as diffusers scheduler options:
     model.params' parameterization, timesteps, linear_start and linear_end (each only where it is given)."""
@@ -922,7 +979,7 @@ def ldm_schedule(path: str) -> dict:
         raise ConversionError(f"{path}: reading an LDM .yaml config needs PyYAML (Debian: python3-yaml)") from None
     try:
         with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f)
+            config = yaml.load(f, Loader=_omegaconf_loader(yaml))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConversionError(f"{path}: not a readable YAML file ({e})") from None
     model = config.get("model") if isinstance(config, dict) else None

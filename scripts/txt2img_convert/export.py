@@ -345,14 +345,14 @@ def _remove_folders(folders: list) -> None:
 
 def _move_into_place(staging: str, out: str, overwrite: bool) -> None:
     if not os.path.lexists(out):
-        with _interrupts_held():
+        with interrupts_held():
             os.rename(staging, out)
             bundle_in_place()
         return
     # Checked again: something may have appeared at `out` during the conversion.
     check_destination(out, overwrite)
     old = staging + ".old"
-    with _interrupts_held():  # never neither bundle at `out`
+    with interrupts_held():  # never neither bundle at `out`
         os.rename(out, old)
         os.rename(staging, out)
         bundle_in_place()
@@ -360,7 +360,7 @@ def _move_into_place(staging: str, out: str, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts_held():
+def interrupts_held():
     """SIGINT, SIGTERM and SIGHUP held back (delivered when the block ends), so that the renames and the record that
     they happened are not parted by an interrupt."""
     signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}

@@ -60,14 +60,27 @@ def reexec_if_needed(prog: str, script: str) -> None:
 
 _as_script = False  # run_main's: the process ends when the conversion does
 _bundle_in_place = False
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# run_main's: the interrupts the process was started ignoring (nohup's SIGHUP, a background job's SIGINT), which it
+# keeps ignoring, as the user asked.
+_started_ignoring = frozenset()
+
+
+def _on_interrupts(handler) -> None:
+    for sig in _INTERRUPTS:
+        if sig not in _started_ignoring:
+            signal.signal(sig, handler)
 
 
 def bundle_in_place() -> None:
-    """The bundle is complete at --out: where this process is the script, an interrupt from here to its end (torch's
-    teardown takes a moment) is ignored, since reporting it would say exit 130, "nothing is left at --out", over a
-    complete bundle."""
+    """The bundle is complete at --out (or add_lora.py's change to it is made): where this process is the script, an
+    interrupt from here to its end (torch's teardown takes a moment) is ignored, since reporting it would say exit
+    130, "nothing is left at --out", over a complete bundle. Ignored by the OS (SIG_IGN), not by a Python handler:
+    Python's shutdown resets its handlers to the default action, which would kill the process by the signal."""
     global _bundle_in_place
     _bundle_in_place = True
+    if _as_script:
+        _on_interrupts(signal.SIG_IGN)
 
 
 def run_main(prog: str, main) -> int:
@@ -79,10 +92,10 @@ def run_main(prog: str, main) -> int:
         print(f"{prog}: error: interrupted", file=sys.stderr, flush=True)
         os._exit(130)
 
-    global _as_script
+    global _as_script, _started_ignoring
     _as_script = True
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted_at_start)
+    _started_ignoring = frozenset(sig for sig in _INTERRUPTS if signal.getsignal(sig) == signal.SIG_IGN)
+    _on_interrupts(interrupted_at_start)
     return main()
 
 
@@ -97,12 +110,13 @@ def report_errors(prog: str, action) -> int:
     _bundle_in_place = False
 
     def interrupt(signum, frame):
+        # Python runs a handler some bytecodes after its signal came: one that came just before bundle_in_place
+        # ignored interrupts can run after it.
         if not (_as_script and _bundle_in_place):
             raise KeyboardInterrupt
 
     # A kill (or a closed terminal) unwinds as Ctrl-C does, so that a half-written bundle is removed.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
+    _on_interrupts(interrupt)
     try:
         action()
     except ConversionError as e:

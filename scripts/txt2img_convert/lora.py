@@ -29,8 +29,9 @@ Formats read (.safetensors, or a pickle read without running code as checkpoints
 * kohya-ss / A1111 ("kohya"): `lora_unet_<module>.lora_down.weight`, `.lora_up.weight`, optional `.alpha`, and
   the same with `lora_te_` for the text encoder, where <module> is the diffusers / transformers module name with
   every "." replaced by "_" (`lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`,
-  `lora_te_text_model_encoder_layers_0_self_attn_q_proj`). Names are mapped back through a table of the actual
-  weight names of our components, never by guessing where the dots were.
+  `lora_te_text_model_encoder_layers_0_self_attn_q_proj`); U-Net modules also by their LDM names, as A1111 reads
+  them for SD 1 (`lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q`). Names are mapped back through a
+  table of the actual weight names of our components, never by guessing where the dots were.
 * PEFT / current diffusers ("peft"): `unet.<module>.lora_A.weight` (down) and `.lora_B.weight` (up), and
   `text_encoder.<module>...`; a PEFT adapter without these prefixes (`base_model.model.<module>...`, or none)
   is matched against both components. Alphas: `<module>.alpha` tensors, else the LoRA config that diffusers
@@ -72,7 +73,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .checkpoints import Component, ConversionError, listing, non_finite, read_tensors, sha256_file
+from .checkpoints import (Component, ConversionError, diffusers_unet_renames, listing, non_finite, read_tensors,
+                          sha256_file)
 from .safetensors_io import is_safetensors, read_header
 
 PARTS = ("unet", "text_encoder")
@@ -169,13 +171,21 @@ class _Update:
 
 
 def _kohya_table(components: Dict[str, Component]) -> Dict[str, Optional[Tuple[str, str]]]:
-    """kohya module name -> (part, weight key); None where two weights give the same name."""
+    """kohya module name -> (part, weight key); None where two weights give the same name. U-Net modules go by their
+    LDM names too (lora_unet_input_blocks_1_1_...), which A1111 reads for SD 1."""
     table: Dict[str, Optional[Tuple[str, str]]] = {}
+
+    def add(name: str, target: Tuple[str, str]) -> None:
+        table[name] = None if table.get(name, target) != target else target
+
+    ldm = diffusers_unet_renames(components["unet"].tensors)
     for prefix, part in _KOHYA_PREFIX.items():
         for key in components[part].tensors:
             if key.endswith(".weight"):
-                name = prefix + key[: -len(".weight")].replace(".", "_")
-                table[name] = None if name in table else (part, key)
+                add(prefix + key[: -len(".weight")].replace(".", "_"), (part, key))
+                ldm_key = ldm.backward(key) if part == "unet" else None
+                if ldm_key is not None:
+                    add(prefix + ldm_key[: -len(".weight")].replace(".", "_"), (part, key))
     return table
 
 
@@ -336,7 +346,7 @@ class _Parser:
                                   f"{listing(self.unknown)}")
         if self.unmapped:
             raise ConversionError(f"{self.path}: LoRA keys that match no U-Net or text encoder weight of this "
-                                  f"model (another architecture, e.g. SDXL or SD 2.x, or an LDM-named LoRA?): "
+                                  "model (another architecture, e.g. SDXL or SD 2.x?): "
                                   f"{listing(self.unmapped)}")
         if self.ambiguous:
             raise ConversionError(f"{self.path}: LoRA keys that match several weights of this model: "

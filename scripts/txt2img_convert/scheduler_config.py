@@ -3,6 +3,8 @@ training), and the txt2img sampler that computes what that config describes (`tx
 
 from typing import Optional
 
+import torch
+
 from .checkpoints import ConversionError
 from .presets import SD1_SCHEDULER
 
@@ -39,6 +41,27 @@ def scheduler_fields(config: Optional[dict]) -> dict:
                               "beta_schedule describe, remove trained_betas from scheduler/scheduler_config.json")
     fields = {k: v if config.get(k) is None else config[k] for k, v in SD1_SCHEDULER.items()}
     return {**fields, "class": config.get("_class_name"), "sampler": source_sampler(config)}
+
+
+def differs_from_file(file_alphas_cumprod: torch.Tensor, fields: dict) -> bool:
+    """Whether a single file's alphas_cumprod buffer is another noise schedule than the linear or scaled_linear one of
+    the bundle's scheduler `fields` (before any zero-terminal-SNR rescaling, which A1111 too makes on top of the
+    file's). LDM computed the buffer in float64 and saved it in float32 or the file's precision; float32 computations
+    of one schedule differ by about 1e-6 of its values."""
+    n, start, end = fields["num_train_timesteps"], fields["beta_start"], fields["beta_end"]
+    if fields["beta_schedule"] == "scaled_linear":
+        betas = torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float64) ** 2
+    elif fields["beta_schedule"] == "linear":
+        betas = torch.linspace(start, end, n, dtype=torch.float64)
+    else:
+        return False  # no schedule of LDM's
+    ours = torch.cumprod(1.0 - betas, 0)
+    theirs = file_alphas_cumprod.detach().to("cpu", torch.float64).reshape(-1)
+    if theirs.shape != ours.shape:
+        return True
+    dtype = file_alphas_cumprod.dtype
+    rounding = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    return not torch.allclose(theirs, ours, rtol=max(1e-5, rounding), atol=0)
 
 
 # What each sampler of txt2img computes, as diffusers v0.31 scheduler options: (the values it needs, the class's

@@ -244,3 +244,39 @@ def test_a_failed_write_leaves_the_bundle_as_it_was(bundle, ink, loha, capsys, m
     add_both_and_fail()
     assert add_lora(capsys, bundle, loha)[0] == 0
     add_both_and_fail()
+
+
+def test_an_interrupt_among_the_renames_does_not_part_the_files_from_model_json(bundle, ink, loha, capsys,
+                                                                                monkeypatch):
+    """Ctrl-C (or a kill) right after the first replaced LoRA file is renamed into place neither leaves it listed with
+    its predecessor's sha256 (which txt2img info --verify calls corrupt) nor reports exit 130 over a change that is
+    made: the script ends with its LoRAs replaced and model.json listing them."""
+    import os
+    import signal
+
+    from txt2img_convert import launch
+
+    assert add_lora(capsys, bundle, ink)[0] == 0
+    real_replace = os.replace
+    renamed = []
+
+    def replace_then_interrupt(source, target):
+        real_replace(source, target)
+        renamed.append(target)
+        if len(renamed) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(launch, "_as_script", True)  # as the script runs it, to its end
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "replace", replace_then_interrupt)
+            status, stderr = add_lora(capsys, bundle, loha, "--name", "ink-style", "--overwrite")
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert status == 0, stderr
+    assert [Path(p).name for p in renamed] == ["ink-style.safetensors", "model.json"]
+    listed = manifest(bundle)["files"]["loras/ink-style.safetensors"]
+    assert listed["sha256"] == ck.sha256_file(str(bundle / "loras/ink-style.safetensors"))
+    assert manifest(bundle)["loras"][0]["source"] == str(loha)

@@ -470,6 +470,21 @@ def test_clip_heads_unused_by_sd_are_ignored(tmp_path, reference, sd1_ldm, sd1_c
     export.load_weights("text_encoder", text)
 
 
+def test_a_whole_clip_model_in_a_single_file_gives_its_text_encoder(capsys, sd1_ldm, sd1_components):
+    """A file whose cond_stage_model.transformer is a whole CLIPModel (its image tower beside the text tower) converts
+    as the text tower alone, as A1111 and diffusers load it, with a note."""
+    clip = "cond_stage_model.transformer."
+    whole = {**sd1_ldm, clip + "vision_model.embeddings.patch_embedding.weight": torch.zeros(8, 3, 4, 4),
+             clip + "vision_model.encoder.layers.0.mlp.fc1.weight": torch.zeros(16, 8),
+             clip + "vision_model.post_layernorm.weight": torch.ones(8),
+             clip + "visual_projection.weight": torch.zeros(32, 8),
+             clip + "text_projection.weight": torch.eye(32), clip + "logit_scale": torch.tensor(4.6)}
+    assert_same_weights(ck.ldm_to_diffusers(whole, "x"), sd1_components)
+    note, = capsys.readouterr().err.splitlines()
+    assert note.endswith(f": x also holds CLIP's image encoder ({clip}vision_model.*), which Stable Diffusion does not "
+                         "use; ignored, as diffusers and A1111 ignore it")
+
+
 def with_moving_average(sd, offset=1.0):
     """`sd` with an exponential moving average of its U-Net that differs from the weights by `offset`, in LitEma's
     names (model.diffusion_model.a.0.b -> model_ema.diffusion_modela0b)."""
@@ -916,6 +931,9 @@ def test_ldm_config_schedule(tmp_path):
                          "    timesteps: 1000\n    scale_factor: 0.18215\n")
     assert ck.ldm_schedule(str(yaml_file)) == {"prediction_type": "v_prediction", "num_train_timesteps": 1000,
                                                "beta_start": 0.00085, "beta_end": 0.012}
+    # Numbers as OmegaConf reads them (LDM, A1111), which YAML 1.1 would take for strings.
+    yaml_file.write_text("model:\n  params:\n    linear_start: 1e-4\n    linear_end: 2.0e2\n    timesteps: 1E+3\n")
+    assert ck.ldm_schedule(str(yaml_file)) == {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 200.0}
     yaml_file.write_text("model:\n  params:\n    timesteps: 1000\n")  # v1-inference.yaml says no parameterization
     assert ck.ldm_schedule(str(yaml_file)) == {"num_train_timesteps": 1000}
     # Found beside the checkpoint under its name, as A1111 finds it; --original-config names another.

@@ -211,6 +211,62 @@ def test_an_interrupt_once_the_bundle_is_in_place_is_ignored(monkeypatch):
             signal.signal(sig, handler)
 
 
+# Run as `python -c` with sys.argv set: convert.py as __main__, beside an object that sends the process the signal given
+# in argv[1] when it is destroyed. That is when Python's shutdown clears the modules, after it has reset the signal
+# handlers it ran: so the signal always comes in the teardown, once the script has written its bundle and returned.
+SIGNAL_AT_SHUTDOWN = """
+import os, runpy, sys
+del sys.argv[0]  # "-c"
+class SignalWhenDestroyed:
+    def __del__(self, kill=os.kill, pid=os.getpid(), signum=int(sys.argv.pop(1)), write=os.write):
+        kill(pid, signum)
+        write(2, b"signalled at shutdown\\n")
+at_shutdown = SignalWhenDestroyed()
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as running the script would
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_an_interrupt_in_the_teardown_leaves_the_bundle_and_exit_0(tmp_path, vocab, signame):
+    """Once the bundle is in place the interrupts are ignored to the process's very end, through Python's shutdown
+    (which resets Python's own signal handlers): the process is not killed by the signal over a complete bundle."""
+    import signal
+    env = {k: v for k, v in os.environ.items() if k != "TXT2IMG_PYTHON"}
+    env["PYTHONHASHSEED"] = "0"  # under this Python directly (no search for one with torch, no re-execution)
+    process = subprocess.run([sys.executable, "-c", SIGNAL_AT_SHUTDOWN, str(CONVERT),
+                              str(int(getattr(signal, signame))), "--tiny", "--vocab", str(vocab), "--out",
+                              str(tmp_path / "b")], capture_output=True, text=True, env=env, timeout=120)
+    assert process.returncode == 0, process.stderr
+    lines = process.stderr.splitlines()
+    assert "wrote" in lines[-2] and lines[-1] == "signalled at shutdown", process.stderr
+    assert (tmp_path / "b/model.json").is_file()
+
+
+def test_interrupts_the_process_was_started_ignoring_stay_ignored(monkeypatch):
+    """nohup's SIGHUP (or a background job's SIGINT) ignored when the script starts neither stops the conversion nor
+    is taken over by its handlers."""
+    import signal
+    from txt2img_convert import launch
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(launch, "_as_script", False)
+    monkeypatch.setattr(launch, "_started_ignoring", frozenset())
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+        def main():
+            def action():
+                assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+                os.kill(os.getpid(), signal.SIGHUP)
+            return launch.report_errors("convert.py", action)
+
+        assert launch.run_main("convert.py", main) == 0
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def config_without_safety(reference, tmp_path):
     config = tmp_path / "config"
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
@@ -595,6 +651,25 @@ def test_v_prediction_zero_terminal_snr_single_file(tmp_path, reference, capsys)
     assert json.loads((tmp_path / "plain/model.json").read_text())["format_version"] == 1
 
 
+def test_a_single_files_own_noise_schedule_is_warned_of(tmp_path, reference, capsys):
+    """The schedule buffers of a single file (LDM's alphas_cumprod, which A1111 samples with) are no part of the
+    bundle, as diffusers reads the file; where they are another schedule than the bundle's, a warning says so."""
+    from txt2img_convert.safetensors_io import load_file, save_file
+    single = tmp_path / "own-schedule.safetensors"
+    betas = torch.linspace(1e-4 ** 0.5, 0.02 ** 0.5, 1000, dtype=torch.float64) ** 2
+    save_file({**load_file(str(reference / "sd1/single_file/sd1.safetensors")), "betas": betas.float(),
+               "alphas_cumprod": torch.cumprod(1 - betas, 0).float()}, str(single))
+    common = ["--config", reference / "sd1/model", "--no-safety-checker"]
+    status, stderr = convert(capsys, single, *common, "--out", tmp_path / "a")
+    assert status == 0, stderr
+    assert (f"convert.py: warning: {single} holds a noise schedule (alphas_cumprod) other than the bundle's "
+            "(scaled_linear betas from 0.00085 to 0.012 over 1000 steps, as diffusers reads the file): A1111 samples "
+            "with the file's, so its images of this model differ") in stderr
+    (tmp_path / "own-schedule.yaml").write_text("model:\n  params:\n    linear_start: 0.0001\n    linear_end: 0.02\n")
+    status, stderr = convert(capsys, single, *common, "--out", tmp_path / "b")
+    assert status == 0 and "warning" not in stderr, stderr
+
+
 def test_paths_that_are_not_utf8_keep_model_json_readable(tmp_path, reference):
     """A path with bytes of another encoding (Latin-1 "café") is recorded with U+FFFD in their place: model.json
     stays valid UTF-8 JSON, which txt2img reads."""
@@ -635,6 +710,27 @@ def test_wrong_inputs_fail_before_any_slow_work(tmp_path, reference, capsys):
                                                                     "latent_channels": 16}, text, {}, None)
     with pytest.raises(Exception, match="sample_size 3 makes 6-pixel images, not a multiple of 8"):
         export.model_fields({"in_channels": 4, "sample_size": 3}, {"block_out_channels": [32, 64]}, text, {}, None)
+
+
+def test_a_folder_of_another_kind_is_named_before_the_vocabulary_is_missed(tmp_path, reference, capsys):
+    """A folder that is no model folder (empty, a txt2img bundle, one component of a model) is said to be what it is,
+    not to lack a tokenizer vocabulary (which --vocab would give, only to fail on the folder next)."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.json").write_text(json.dumps({"format": export.BUNDLE_FORMAT}))
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "x"
+    expect_errors(capsys, [
+        ((tmp_path / "empty", "--out", out), 1, f"{tmp_path / 'empty'}: not a diffusers Stable Diffusion folder "
+                                                "(no unet/)"),
+        ((bundle, "--out", out), 1, f"{bundle} is already a txt2img bundle (model.json); use it with txt2img -m "
+                                    f"{bundle}"),
+        ((reference / "tiny/model/unet", "--out", out), 1,
+         f"{reference / 'tiny/model/unet'}: a single component (config.json of a UNet2DConditionModel), not a whole "
+         "model; give the model's folder, the one holding unet/"),
+        ((reference / "tiny/model/safety_checker", "--out", out), 1,
+         "a single component (config.json of a StableDiffusionSafetyChecker)"),
+    ], out)
 
 
 def test_a_unet_config_without_sample_size_gets_sd1s(tmp_path, reference, capsys):

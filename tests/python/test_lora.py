@@ -122,6 +122,35 @@ def test_kohya_unet_linears_convs_and_text_encoder(tmp_path, components):
     assert record["a1111_hash"] == lora.a1111_hash(str(tmp_path / "style.safetensors"))
 
 
+# U-Net layers of the tiny model by their LDM names, which A1111 reads in kohya files for SD 1 as well.
+LDM_NAMES = {
+    BLOCK + ".attn1.to_q": "input_blocks.3.1.transformer_blocks.0.attn1.to_q",
+    ATTN + ".proj_in": "input_blocks.3.1.proj_in",
+    "down_blocks.1.resnets.0.conv1": "input_blocks.3.0.in_layers.2",
+    "down_blocks.0.downsamplers.0.conv": "input_blocks.2.0.op",
+    "mid_block.attentions.0.proj_in": "middle_block.1.proj_in",
+    "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k": "output_blocks.1.1.transformer_blocks.0.attn2.to_k",
+    "up_blocks.0.upsamplers.0.conv": "output_blocks.1.2.conv",
+    "up_blocks.1.resnets.1.conv_shortcut": "output_blocks.3.0.skip_connection",
+    "time_embedding.linear_1": "time_embed.0",
+}
+
+
+def test_kohya_lora_with_ldm_unet_names_is_the_one_with_diffusers_names(tmp_path, tiny):
+    modules = {("unet", module): tiny.unet.tensors[module + ".weight"].shape for module in LDM_NAMES}
+    pairs = make_lora({**modules, ("text_encoder", TEXT + ".self_attn.q_proj"): (32, 32)})
+    diffusers, _ = merged(tiny, kohya_file(tmp_path / "diffusers-names.safetensors", pairs), 0.8)
+    ldm_pairs = {(part, LDM_NAMES.get(module, module)): pair for (part, module), pair in pairs.items()}
+    ldm, record = merged(tiny, kohya_file(tmp_path / "ldm-names.safetensors", ldm_pairs), 0.8)
+    assert (record["format"], record["unet_modules"], record["text_encoder_modules"]) == ("kohya", len(LDM_NAMES), 1)
+    assert_same(diffusers, ldm)
+    by_diffusers_names, by_ldm_names = (
+        lora.pack(str(tmp_path / name), {"unet": tiny.unet, "text_encoder": tiny.text_encoder})[0]
+        for name in ("diffusers-names.safetensors", "ldm-names.safetensors"))
+    assert by_diffusers_names.keys() == by_ldm_names.keys()
+    assert all(torch.equal(value, by_ldm_names[key]) for key, value in by_diffusers_names.items())
+
+
 def test_a1111_hash(tmp_path):
     """A1111's LoRA hash: of a .safetensors file the sha256 of what follows its header (so it survives metadata
     edits), of a pickle the whole file's; 12 hex digits."""
@@ -493,7 +522,7 @@ def test_errors_name_the_file_and_the_keys(tmp_path, tiny):
     down, up = make_pair((64, 64), 4, 0)
     good = {"lora_unet_" + (BLOCK + ".attn1.to_q").replace(".", "_") + s: t
             for s, t in ((".lora_down.weight", down), (".lora_up.weight", up))}
-    # A key whose module is no weight of the model (here a fourth down block, and an LDM-style name).
+    # A key whose module is no weight of the model (here a fourth down block, and an LDM name of a fifth input block).
     for name in ("lora_unet_down_blocks_3_attentions_0_proj_in", "lora_unet_input_blocks_4_1_proj_in"):
         message = lora_error(tmp_path, tiny, {**good, name + ".lora_down.weight": down,
                                               name + ".lora_up.weight": up})

@@ -1,6 +1,7 @@
 """The bundle's scheduler description from a source's scheduler config, and the sampler --sampler model runs."""
 
 import pytest
+import torch
 
 from txt2img_convert import presets, scheduler_config
 from txt2img_convert.checkpoints import ConversionError
@@ -104,3 +105,24 @@ def test_training_schedule():
     with pytest.raises(ConversionError, match="--zero-terminal-snr needs a v-prediction model"):
         scheduler_config.training_schedule(source, None, None, True)
     assert scheduler_config.scheduler_fields(None)["rescale_betas_zero_snr"] is False
+
+
+def ldm_alphas_cumprod(linear_start, linear_end, dtype, steps=1000, compute=torch.float64):
+    """The alphas_cumprod buffer LDM saves in a single file: its "linear" schedule (diffusers' scaled_linear)."""
+    betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, steps, dtype=compute) ** 2
+    return torch.cumprod(1.0 - betas, 0).to(dtype)
+
+
+def test_a_single_files_schedule_is_compared_with_the_bundles():
+    fields = scheduler_config.scheduler_fields(None)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):  # as saved, in any precision
+        assert not scheduler_config.differs_from_file(ldm_alphas_cumprod(0.00085, 0.012, dtype), fields)
+    assert not scheduler_config.differs_from_file(ldm_alphas_cumprod(0.00085, 0.012, torch.float32,
+                                                                     compute=torch.float32), fields)
+    assert scheduler_config.differs_from_file(ldm_alphas_cumprod(0.0001, 0.02, torch.float32), fields)
+    assert scheduler_config.differs_from_file(ldm_alphas_cumprod(0.00085, 0.012, torch.float32, steps=999), fields)
+    assert scheduler_config.differs_from_file(ldm_alphas_cumprod(0.00085, 0.0121, torch.float16), fields)
+    linear = {**fields, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
+    betas = torch.linspace(0.0001, 0.02, 1000, dtype=torch.float64)
+    assert not scheduler_config.differs_from_file(torch.cumprod(1.0 - betas, 0).float(), linear)
+    assert scheduler_config.differs_from_file(ldm_alphas_cumprod(0.00085, 0.012, torch.float32), linear)
