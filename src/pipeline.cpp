@@ -501,6 +501,7 @@ Pipeline::Denoised Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents
       manifest_.inpainting ? masked_image_conditioning(shape[2], shape[3], run.observer) : torch::Tensor();
   if (image_conditioning.defined()) observe(run.observer, prefix + "unet/image_conditioning", image_conditioning);
   bool ngms_skipped = false;
+  bool drew_step_noise = false;
   for (size_t call = first; call < timesteps.size(); ++call) {
     const auto skip_reason = run.guided ? run.skips.reason(scheduler, call) : UncondSkips::Reason::None;
     const bool skip_uncond = skip_reason != UncondSkips::Reason::None;
@@ -523,6 +524,7 @@ Pipeline::Denoised Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents
     observe(run.observer, prefix + "step/" + call_name(call - first) + "/model_output", noise_pred);
     auto step_noise =
         scheduler.needs_noise(call) ? to_device_async(run.noise.draw(shape), options_.device) : torch::Tensor();
+    drew_step_noise |= step_noise.defined();
     latents = scheduler.step(noise_pred, call, latents, step_noise);
     if (scheduler.pred_original_sample().defined())
       observe(run.observer, prefix + "step/" + call_name(call - first) + "/pred_original_sample",
@@ -536,7 +538,7 @@ Pipeline::Denoised Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents
       run.observer->preview(done, run.calls, checked_images(to_uint8(decoded), nullptr));
     }
   }
-  return {latents, run.text.padded_at(timesteps.size() - 1 - first), ngms_skipped};
+  return {latents, run.text.padded_at(timesteps.size() - 1 - first), ngms_skipped, drew_step_noise};
 }
 
 std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& prompts,
@@ -612,6 +614,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   latents = denoised.latents;
   bool padded_conds = denoised.padded_conds;
   bool ngms_skipped = denoised.ngms_skipped;
+  bool drew_step_noise = denoised.drew_step_noise;
 
   // 4. Hires fix: the latents resized, noised to where the hires schedule is entered, denoised again; the noise
   // starts again from each row's seed, as A1111 draws it.
@@ -635,6 +638,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     latents = denoised.latents;
     padded_conds |= denoised.padded_conds;
     ngms_skipped |= denoised.ngms_skipped;
+    drew_step_noise |= denoised.drew_step_noise;
   }
   throw_if_non_finite(latents, "the latents", options_.dtype);
 
@@ -654,6 +658,7 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
     image.decoded_in_tiles = tiled;
     image.padded_conds = padded_conds;
     image.ngms_skipped = ngms_skipped;
+    image.drew_step_noise = drew_step_noise;
   }
   return images;
 } catch (const ObserverThrew& e) {

@@ -41,6 +41,9 @@ struct GeneratedImage {
   // Whether NGMS ran a guided U-Net call on the prompt rows alone (GenerationParams::ngms), which is when A1111
   // records "NGMS".
   bool ngms_skipped = false;
+  // Whether a sampler drew noise as it stepped (ancestral and SDE samplers, DDIM with eta): the draws that A1111's
+  // eta noise seed delta (ENSD) moves, which is when A1111 records "ENSD".
+  bool drew_step_noise = false;
 };
 
 // Named intermediate tensors (the reference fixtures' names: "text/last_hidden_state", "unet/003/noise_pred",
@@ -210,7 +213,8 @@ class Pipeline {
   struct Denoised {
     torch::Tensor latents;
     bool padded_conds;  // the last call's contexts were padded to one call (A1111's "Pad conds")
-    bool ngms_skipped;  // NGMS skipped the negative prompt in a call
+    bool ngms_skipped;     // NGMS skipped the negative prompt in a call
+    bool drew_step_noise;  // the sampler drew noise in a step
   };
   // Steps `latents` through the scheduler's calls from its first_call() to the end. Observed tensors are named from
   // call 000 on with `prefix` before them; progress counts on from `calls_before`.

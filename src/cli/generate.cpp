@@ -299,7 +299,8 @@ class Generator {
     record.negative_prompt = job.negative_prompt;
     record.seed = job.seed;
     record.variation = job.variation;
-    record.ensd = o_.ensd;
+    // As A1111 records it: where it moved noise the sampler drew.
+    record.ensd = image.drew_step_noise ? o_.ensd : 0;
     record.steps = job.params.steps;
     record.sampler = job.params.sampler;
     record.cfg_scale = job.params.cfg_scale;
@@ -353,6 +354,13 @@ class Generator {
   void write(const ImageJob& job, const GeneratedImage& image, double generate_s) {
     const auto start = Clock::now();
     const ImageRecord record = record_of(job, image);
+    if (o_.ensd != 0 && !image.drew_step_noise && !said_ensd_unused_) {
+      said_ensd_unused_ = true;
+      const std::string& sampler = job.params.sampler;
+      reporter_.warn("--ensd has no effect on " + plan_.where(job) + "'s images: " + sampler +
+                     (sampler == "ddim" || sampler == "ddim_a1111" ? " with --eta 0" : "") +
+                     " draws no noise as it steps; their metadata leaves ENSD out, as A1111's does");
+    }
 
     const auto png =
         encode_png(image.rgb.data(), image.width, image.height, o_.no_metadata ? PngText{} : png_metadata(record));
@@ -418,6 +426,7 @@ class Generator {
   uint64_t made_ = 0;
   uint64_t in_flight_ = 0;
   bool warned_any_ = false;
+  bool said_ensd_unused_ = false;
   PreviewState previews_;
   size_t warned_prompt_ = 0;
 };

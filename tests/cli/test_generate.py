@@ -257,11 +257,15 @@ class Seeds(CliTestCase):
 
     def test_eta_noise_seed_delta(self):
         """--ensd (A1111's ENSD) changes the images of samplers that draw noise at each step, not the others', and
-        is recorded and given back."""
+        is recorded and given back where it changed them (where not, said once, and left out as A1111 does)."""
         for sampler in ("euler_a", "ddim"):
             for name, extra in [("plain", []), ("ensd", ["--ensd", "31337"])]:
                 result = self.txt2img("a fox", "--seed", "5", "--sampler", sampler, *extra, "-o", f"{sampler}-{name}.png")
                 self.assertEqual(result.returncode, 0, result.stderr)
+                unused = "--ensd has no effect on the prompt's images: ddim with --eta 0 draws no noise as it steps"
+                self.assertEqual(unused in result.stderr, (sampler, name) == ("ddim", "ensd"), result.stderr)
+        self.assertNotIn("ENSD", png_text(self.dir / "ddim-ensd.png")["parameters"])
+        self.assertEqual(json.loads(png_text(self.dir / "ddim-ensd.png")["txt2img"])["ensd"], 0)
         self.assertNotEqual(png_pixels(self.dir / "euler_a-plain.png"), png_pixels(self.dir / "euler_a-ensd.png"))
         self.assertEqual(png_pixels(self.dir / "ddim-plain.png"), png_pixels(self.dir / "ddim-ensd.png"))
         self.assertIn(", ENSD: 31337,", png_text(self.dir / "euler_a-ensd.png")["parameters"])
