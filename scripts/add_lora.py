@@ -129,8 +129,8 @@ def _bundle_components(bundle: str) -> dict:
 def add(args) -> None:
     from txt2img_convert import lora
     from txt2img_convert.checkpoints import ConversionError, sha256_file
-    from txt2img_convert.export import interrupts_held, write_manifest
-    from txt2img_convert.launch import bundle_in_place, progress
+    from txt2img_convert.export import write_manifest
+    from txt2img_convert.launch import bundle_in_place, interrupts_held, progress
     from txt2img_convert.safetensors_io import save_file
 
     bundle = args.bundle

@@ -1,11 +1,9 @@
 """From loaded weights to a model bundle: build the modules, load them strictly, export TorchScript, write
 the bundle directory (TorchScript files, tokenizer.model, model.json) atomically."""
 
-import contextlib
 import json
 import math
 import os
-import signal
 import shutil
 import tempfile
 from typing import Callable, Dict, Optional
@@ -15,7 +13,7 @@ from torch import nn
 
 from .checkpoints import Component, ConversionError, non_finite, sha256_file, sha256_tensors
 from .clip import _TEXT_DEFAULTS, CLIPTextModel
-from .launch import bundle_in_place, progress  # noqa: F401 - the scripts call progress as export.progress
+from .launch import bundle_in_place, interrupts_held, progress  # noqa: F401 - the scripts call progress as export.progress
 from .presets import DEFAULT_PREPROCESSOR, sd1_defaults
 from .safety import StableDiffusionSafetyChecker
 from .taesd import TAESDDecoder
@@ -357,15 +355,3 @@ def _move_into_place(staging: str, out: str, overwrite: bool) -> None:
         os.rename(staging, out)
         bundle_in_place()
     shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def interrupts_held():
-    """SIGINT, SIGTERM and SIGHUP held back (delivered when the block ends), so that the renames and the record that
-    they happened are not parted by an interrupt."""
-    signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

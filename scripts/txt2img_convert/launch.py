@@ -2,6 +2,7 @@
 report a failure."""
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -60,6 +61,8 @@ def reexec_if_needed(prog: str, script: str) -> None:
 
 _as_script = False  # run_main's: the process ends when the conversion does
 _bundle_in_place = False
+_held = False  # interrupts_held's
+_held_back = False  # an interrupt came while they were held
 _INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # run_main's: the interrupts the process was started ignoring (nohup's SIGHUP, a background job's SIGINT), which it
 # keeps ignoring, as the user asked.
@@ -81,6 +84,22 @@ def bundle_in_place() -> None:
     _bundle_in_place = True
     if _as_script:
         _on_interrupts(signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """SIGINT, SIGTERM and SIGHUP held back to the block's end, so that renames and the record that they happened are
+    not parted by an interrupt: one that came meanwhile then interrupts, unless the block put the bundle in place.
+    Held by report_errors' handler, not by the signal mask, which is the main thread's: the kernel gives a signal sent
+    to the process to any thread that does not block it (torch's workers), and Python then runs the handler at once."""
+    global _held, _held_back
+    _held, _held_back = True, False
+    try:
+        yield
+    finally:
+        _held = False
+    if _held_back and not (_as_script and _bundle_in_place):
+        raise KeyboardInterrupt
 
 
 def run_main(prog: str, main) -> int:
@@ -110,9 +129,12 @@ def report_errors(prog: str, action) -> int:
     _bundle_in_place = False
 
     def interrupt(signum, frame):
+        global _held_back
+        if _held:
+            _held_back = True
         # Python runs a handler some bytecodes after its signal came: one that came just before bundle_in_place
         # ignored interrupts can run after it.
-        if not (_as_script and _bundle_in_place):
+        elif not (_as_script and _bundle_in_place):
             raise KeyboardInterrupt
 
     # A kill (or a closed terminal) unwinds as Ctrl-C does, so that a half-written bundle is removed.

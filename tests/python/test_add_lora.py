@@ -250,9 +250,13 @@ def test_an_interrupt_among_the_renames_does_not_part_the_files_from_model_json(
                                                                                 monkeypatch):
     """Ctrl-C (or a kill) right after the first replaced LoRA file is renamed into place neither leaves it listed with
     its predecessor's sha256 (which txt2img info --verify calls corrupt) nor reports exit 130 over a change that is
-    made: the script ends with its LoRAs replaced and model.json listing them."""
+    made: the script ends with its LoRAs replaced and model.json listing them. The signal comes from another process,
+    as a user's does, while another thread runs (as torch's workers do), to which the kernel may hand it."""
     import os
     import signal
+    import subprocess
+    import threading
+    import time
 
     from txt2img_convert import launch
 
@@ -264,15 +268,21 @@ def test_an_interrupt_among_the_renames_does_not_part_the_files_from_model_json(
         real_replace(source, target)
         renamed.append(target)
         if len(renamed) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
+            subprocess.run(["kill", "-INT", str(os.getpid())], check=True)
+            time.sleep(0.2)  # for Python to run its handler, here, between the renames
 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     monkeypatch.setattr(launch, "_as_script", True)  # as the script runs it, to its end
+    done = threading.Event()
+    worker = threading.Thread(target=done.wait)
+    worker.start()
     try:
         with monkeypatch.context() as patch:
             patch.setattr(os, "replace", replace_then_interrupt)
             status, stderr = add_lora(capsys, bundle, loha, "--name", "ink-style", "--overwrite")
     finally:
+        done.set()
+        worker.join()
         for sig, handler in saved.items():
             signal.signal(sig, handler)
     assert status == 0, stderr
