@@ -101,8 +101,8 @@ std::variant<std::string, const char*> inflated(const std::string& compressed, s
     budget = 0;
     return "past the 64 MiB of text a file's compressed chunks may unpack to";
   }
+  budget -= out.size();  // a damaged stream's too: the work was done
   if (status != Z_STREAM_END) return "damaged compressed text";
-  budget -= out.size();
   return out;
 }
 
@@ -124,14 +124,15 @@ void add_text_chunk(const std::string& type, const std::string& data, size_t& bu
   if (type == "tEXt") {
     add(data.substr(key_end + 1), true);
   } else if (type == "zTXt") {
-    if (key_end + 1 >= data.size() || data[key_end + 1] != 0)  // method 0, zlib, is the only one
-      return add("an unknown compression method", false);
+    if (key_end + 1 >= data.size()) return add("cut short", false);
+    if (data[key_end + 1] != 0) return add("an unknown compression method", false);  // 0, zlib, is the only one
     add(inflated(data.substr(key_end + 2), budget), true);
   } else if (type == "iTXt") {
     // The compression flag and method, then the language tag and translated keyword (both null-terminated).
     const auto lang_end = key_end + 3 <= data.size() ? data.find('\0', key_end + 3) : std::string::npos;
     const auto translated_end = lang_end == std::string::npos ? lang_end : data.find('\0', lang_end + 1);
     if (translated_end == std::string::npos) return add("cut short", false);
+    if (data[key_end + 1] != 0 && data[key_end + 1] != 1) return add("a compression flag other than 0 or 1", false);
     const bool compressed = data[key_end + 1] == 1;
     if (compressed && data[key_end + 2] != 0) return add("an unknown compression method", false);
     const std::string value = data.substr(translated_end + 1);

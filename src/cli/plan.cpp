@@ -8,8 +8,10 @@
 #include <cstring>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "cli/metadata.hpp"
+#include "cli/signals.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/lora_tags.hpp"
 #include "txt2img/png.hpp"
@@ -43,10 +45,13 @@ void check_output_dir(const std::filesystem::path& dir) {
   // access() answers by permission bits, which root passes whatever the file system allows (sysfs, /proc, a FUSE
   // mount): a file made there and removed again answers for certain, before any image is made.
   std::string probe = (existing / ".txt2img-probe-XXXXXX").string();
+  const DeferSecondSignal removed_even_if_interrupted;
   const int fd = ::mkstemp(probe.data());
   if (fd < 0) not_writable();
   ::close(fd);
-  ::unlink(probe.c_str());
+  if (::unlink(probe.c_str()) != 0)
+    throw Error(ErrorKind::Io, "cannot remove " + quoted(std::filesystem::path(probe)) + " (" + std::strerror(errno) +
+                                   "), made to try the output directory; remove it");
 }
 
 }  // namespace
@@ -255,8 +260,8 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
     }
     return resolved_folder / output.filename();
   };
-  std::filesystem::path checked_dir;
-  bool checked_any = false;
+  // Each folder once (a file is made and removed there), however the images alternate between folders.
+  std::unordered_set<std::string> checked_dirs;
   ImageJob job;
   plan.rewind();
   result.no_prompts = true;
@@ -312,12 +317,7 @@ Preflight preflight(RunPlan& plan, Existing existing, const std::filesystem::pat
         continue;
       }
     }
-    auto dir = job.output.parent_path();
-    if (!checked_any || dir != checked_dir) {
-      check_output_dir(dir);
-      checked_dir = dir;
-      checked_any = true;
-    }
+    if (const auto dir = job.output.parent_path(); checked_dirs.insert(dir.string()).second) check_output_dir(dir);
     ++result.to_make;
     result.preview_folder_made |= !preview.empty() && file.parent_path() == preview_file.parent_path();
     result.uses_run_seed |= job.run_seed;

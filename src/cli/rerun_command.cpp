@@ -1,5 +1,6 @@
 #include "cli/rerun_command.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
@@ -293,9 +294,9 @@ std::string a1111_command(const std::string& text) {
         "txt2img record does): the command reads the prompt as A1111 does, with both, which makes another image "
         "where the prompt has brackets, a backslash, BREAK, AND, a trailing :number or more than 75 tokens and was "
         "made without them");
-    const bool large = hires || (whole(sides[0]) && whole(sides[1]) &&
-                                 (std::stoi(sides[0]) > 512 || std::stoi(sides[1]) > 512));
-    if (large)
+    // The image's size: the hires pass's where there is one (its scale was taken as a number, or refused).
+    const double scale = hires ? std::strtod(field("Hires upscale").c_str(), nullptr) : 1.0;
+    if (whole(sides[0]) && whole(sides[1]) && std::max(std::stoi(sides[0]), std::stoi(sides[1])) * scale > 512)
       notes.push_back(
           "nor whether --low-vram decoded it in tiles (sides above 512), which changes its pixels a little: add "
           "--low-vram where it was made with it");

@@ -13,7 +13,8 @@ size_t control_at(const std::string& text, size_t i, bool newlines = true) {
   const unsigned char c = byte(0);
   if ((c < 0x20 && c != '\t' && !(newlines && c == '\n')) || c == 0x7f) return 1;
   if (c == 0xc2 && byte(1) >= 0x80 && byte(1) <= 0x9f) return 2;
-  // U+200E and U+200F (marks), U+202A to U+202E (embeddings, overrides), U+2066 to U+2069 (isolates).
+  // U+061C, U+200E and U+200F (marks), U+202A to U+202E (embeddings, overrides), U+2066 to U+2069 (isolates).
+  if (c == 0xd8 && byte(1) == 0x9c) return 2;
   if (c == 0xe2 && byte(1) == 0x80 && (byte(2) == 0x8e || byte(2) == 0x8f || (byte(2) >= 0xaa && byte(2) <= 0xae)))
     return 3;
   if (c == 0xe2 && byte(1) == 0x81 && byte(2) >= 0xa6 && byte(2) <= 0xa9) return 3;

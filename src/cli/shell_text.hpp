@@ -6,8 +6,9 @@
 
 namespace txt2img::cli {
 
-// `text` with each control character (C0 but newline and tab, DEL, C1) escaped as \xNN: text from a downloaded
-// image's metadata must not reach a terminal as escape sequences (a title, a cleared screen).
+// `text` with each control character (C0 but newline and tab, DEL, C1) and bidirectional format character (U+061C,
+// U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069) escaped as \xNN or \uNNNN: text from a downloaded image's
+// metadata must not reach a terminal as escape sequences (a title, a cleared screen), nor reorder a line.
 std::string printable(const std::string& text);
 // printable(text) with newlines escaped too (\x0A): an error, a warning or a note is one line, whatever it quotes (a
 // file name or a value with a newline in it).

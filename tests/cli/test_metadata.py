@@ -75,8 +75,14 @@ class Metadata(CliTestCase):
         words = shlex.split(result.stdout)
         self.assertEqual(words[words.index("--hires-sampler") + 1], "euler")
         self.assertNotIn("alike", result.stderr)  # euler_uniform writes Uniform
-        # A hires image, or one above 512 a side, may have been decoded in tiles, which the text does not say.
-        self.assertIn("nor whether --low-vram decoded it in tiles", result.stderr)
+        # Only an image above 512 a side may have been decoded in tiles, which the text does not say (this one is
+        # 48x48 after its hires pass).
+        self.assertNotIn("nor whether --low-vram decoded it in tiles", result.stderr)
+        self.assertEqual(self.txt2img("a fox", "--width", "576", "--height", "64", "--steps", "1", "-o", "w.png").returncode,
+                         0)
+        (self.dir / "p.png").write_bytes(with_text_chunk(self.plain(), "parameters",
+                                                         png_text(self.dir / "w.png")["parameters"]))
+        self.assertIn("nor whether --low-vram decoded it in tiles", run(["info", "p.png", "--command"], self.dir).stderr)
 
     def plain(self):
         if not (self.dir / "plain.png").exists():
@@ -512,13 +518,13 @@ class Metadata(CliTestCase):
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertTrue(png_text(self.dir / "b.png")["parameters"].startswith(prompt + "\n"))
         # A bidirectional override would show a command line in another order than it runs.
-        tricky = "a fox \u202egnp.x\u2066 end"
+        tricky = "a fox \u202egnp.x\u2066 end\u061c"
         self.assertEqual(self.txt2img(tricky, "--seed", "2", "-o", "bidi.png").returncode, 0)
         shown, command = run(["info", "bidi.png"], self.dir), run(["info", "bidi.png", "--command"], self.dir)
         for output in (shown.stdout, command.stdout):
-            self.assertFalse(any(c in output for c in "\u202e\u2066"), output)
-        self.assertIn("a fox \\u202Egnp.x\\u2066 end", shown.stdout)
-        self.assertIn("$'a fox \\xE2\\x80\\xAEgnp.x\\xE2\\x81\\xA6 end'", command.stdout)
+            self.assertFalse(any(c in output for c in "\u202e\u2066\u061c"), output)
+        self.assertIn("a fox \\u202Egnp.x\\u2066 end\\u061C", shown.stdout)
+        self.assertIn("$'a fox \\xE2\\x80\\xAEgnp.x\\xE2\\x81\\xA6 end\\xD8\\x9C'", command.stdout)
         again = subprocess.run(["bash", "-c", command.stdout.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
                                 f" --model {shlex.quote(str(TINY))} -o bidi2.png"], cwd=self.dir, capture_output=True,
                                text=True, env={**os.environ, "LC_ALL": "C"})
