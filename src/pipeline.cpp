@@ -124,8 +124,8 @@ std::unique_ptr<Scheduler> make_hires_sampler(const Manifest& manifest, const Ge
     return sampler;
   } catch (const Error& e) {
     throw Error(e.kind(), "hires fix: " + std::string(e.what()) + " (" + std::to_string(steps) +
-                                      " hires steps at this denoising strength take a schedule of " +
-                                      std::to_string(total) + " steps)");
+                              " hires steps at this denoising strength take a schedule of " + std::to_string(total) +
+                              " steps)");
   }
 }
 

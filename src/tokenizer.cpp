@@ -8,8 +8,8 @@
 #include <unicode/utf8.h>
 
 #include <algorithm>
-#include <cctype>
 #include <array>
+#include <cctype>
 #include <filesystem>
 #include <limits>
 #include <string>

@@ -213,7 +213,7 @@ class Pipeline {
   struct Denoised {
     torch::Tensor latents;
     bool padded_conds;  // the last call's contexts were padded to one call (A1111's "Pad conds")
-    bool ngms_skipped;     // NGMS skipped the negative prompt in a call
+    bool ngms_skipped;  // NGMS skipped the negative prompt in a call
     bool drew_step_noise;  // the sampler drew noise in a step
   };
   // Steps `latents` through the scheduler's calls from its first_call() to the end. Observed tensors are named from

@@ -16,7 +16,8 @@ std::string exit_code_table() {
   const std::pair<ErrorKind, const char*> kinds[] = {
       {ErrorKind::Usage, "usage: a bad flag, value, prompt, prompt file line or output name"},
       {ErrorKind::Bundle, "model bundle missing, incomplete, corrupt or mismatched"},
-      {ErrorKind::Io, "input/output file error: unreadable prompt file, output exists, directory not writable, disk full"},
+      {ErrorKind::Io,
+       "input/output file error: unreadable prompt file, output exists, directory not writable, disk full"},
       {ErrorKind::Runtime, "runtime failure: out of memory, non-finite values, backend error"},
       {ErrorKind::Nsfw, "an image was flagged as NSFW and --fail-on-nsfw was given (every image is still written)"},
       {ErrorKind::Interrupted,

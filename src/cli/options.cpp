@@ -366,7 +366,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
 }
 
 void configure_info(CLI::App& app, InfoOptions& o) {
-  app.add_option("path", o.path, "a PNG made by txt2img or AUTOMATIC1111 (- reads it from stdin), or a model bundle directory")->required();
+  app.add_option("path", o.path,
+                 "a PNG made by txt2img or AUTOMATIC1111 (- reads it from stdin), or a model bundle directory")
+      ->required();
   auto* json = app.add_flag("--json", o.json, "print JSON");
   app.add_flag("--verify", o.verify, "recompute every bundle file's sha256 and compare it with model.json");
   app.add_flag("--command", o.command,

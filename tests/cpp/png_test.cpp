@@ -41,9 +41,9 @@ std::string with_chunk(const std::string& png, const std::string& type, const st
 std::string zlib_compressed(const std::string& text) {
   uLongf size = compressBound(text.size());
   std::string out(size, '\0');
-  EXPECT_EQ(compress(reinterpret_cast<Bytef*>(out.data()), &size, reinterpret_cast<const Bytef*>(text.data()),
-                     text.size()),
-            Z_OK);
+  EXPECT_EQ(
+      compress(reinterpret_cast<Bytef*>(out.data()), &size, reinterpret_cast<const Bytef*>(text.data()), text.size()),
+      Z_OK);
   out.resize(size);
   return out;
 }
