@@ -55,6 +55,16 @@ def run(args, cwd, *, input=None, env=None, timeout=300, preexec_fn=None):
                           text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
+def run_printed_command(line, cwd, model, output, shell="sh"):
+    """A command line txt2img printed (info --command) run as a user pastes it into `shell`, with this build's
+    binary, and `model` and `output` added: the CompletedProcess. bash runs in the C locale, where its $'...' escapes
+    must still give the text back exactly."""
+    env = {**os.environ, "LC_ALL": "C"} if shell == "bash" else None
+    return subprocess.run([shell, "-c", line.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
+                           f" --model {shlex.quote(str(model))} -o {shlex.quote(str(output))}"], cwd=cwd,
+                          capture_output=True, text=True, env=env)
+
+
 def files_under(folder):
     """Every file below `folder`, as relative POSIX paths (sorted), hidden temporary files included."""
     folder = Path(folder)

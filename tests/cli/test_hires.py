@@ -4,10 +4,9 @@ command that makes the image again, and the flags' errors."""
 import json
 import re
 import shlex
-import subprocess
 import unittest
 
-from cli_support import (BIN, EXIT_USAGE, TINY, CliTestCase, json_lines, png_pixels, png_text, run)
+from cli_support import (EXIT_USAGE, TINY, CliTestCase, json_lines, png_pixels, png_text, run, run_printed_command)
 from test_metadata import a1111_command
 
 
@@ -59,9 +58,7 @@ class HiresFix(CliTestCase):
         line = run(["info", "heun.png", "--command"], self.dir).stdout.strip()
         self.assertIn("--hires-sampler heun", line)
         self.assertNotIn("--hires-sampler", run(["info", "same.png", "--command"], self.dir).stdout)
-        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(TINY))} -o heun2.png"], cwd=self.dir,
-                               capture_output=True, text=True)
+        again = run_printed_command(line, self.dir, TINY, "heun2.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual(png_pixels(self.dir / "heun2.png"), png_pixels(self.dir / "heun.png"))
         # Per prompt-file line, and a DDIM pass after another sampler's first pass (eta stays DDIM's).
@@ -170,9 +167,7 @@ class HiresFix(CliTestCase):
                             ("--hires-upscaler", "latent-bicubic-antialiased")):
             self.assertEqual(args[args.index(flag) + 1], value)
         self.assertEqual(args[args.index("--hires-steps") + 1], "2")  # the steps that ran, though not given
-        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
-                               text=True)
+        again = run_printed_command(line, self.dir, TINY, "b.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
 

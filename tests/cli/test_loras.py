@@ -3,11 +3,10 @@ with two LoRAs added by scripts/add_lora.py (ink-style, a kohya LoRA; detail-loh
 
 import json
 import shlex
-import subprocess
 import unittest
 
-from cli_support import (BIN, EXIT_BUNDLE, EXIT_USAGE, TINY, CliTestCase, fixture_bundle, json_lines, png_pixels,
-                         png_text, run)
+from cli_support import (EXIT_BUNDLE, EXIT_USAGE, TINY, CliTestCase, fixture_bundle, json_lines, png_pixels,
+                         png_text, run, run_printed_command)
 
 TAGS = "<lora:ink-style:0.8> <lora:detail-loha:-0.5>"
 
@@ -147,9 +146,7 @@ class PromptLoras(CliTestCase):
         self.make(f"a fox {TAGS}", 5, "a.png")
         line = run(["info", "a.png", "--command"], self.dir).stdout.strip()
         self.assertEqual(shlex.split(line)[1], f"a fox {TAGS}")
-        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(self.model))} -o b.png"], cwd=self.dir,
-                               capture_output=True, text=True)
+        again = run_printed_command(line, self.dir, self.model, "b.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
 

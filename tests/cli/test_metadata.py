@@ -10,7 +10,7 @@ import unittest
 import zlib
 
 from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_USAGE, TINY, CliTestCase, derived_bundle, json_lines, png_pixels,
-                         png_text, run, without_taesd)
+                         png_text, run, run_printed_command, without_taesd)
 
 
 def manifest():
@@ -242,9 +242,7 @@ class Metadata(CliTestCase):
         # The command it gives makes the same image; the VAE's image is another.
         line = run(["info", "a.png", "--command"], self.dir).stdout.strip()
         self.assertEqual(shlex.split(line)[-2:], ["--decoder", "taesd"])
-        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(bundle))} -o b.png"], cwd=self.dir, capture_output=True,
-                               text=True)
+        again = run_printed_command(line, self.dir, bundle, "b.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
         self.assertEqual(self.txt2img("a fox", "--seed", "4", "-o", "c.png").returncode, 0)
@@ -388,9 +386,7 @@ class Metadata(CliTestCase):
         self.assertEqual(args[0], "txt2img")
         for flag in ("--emphasis", "--long-prompts", "--clip-skip", "--safety"):
             self.assertIn(flag, args)
-        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
-                               text=True)
+        again = run_printed_command(line, self.dir, TINY, "b.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
         # Nothing to rebuild a command from, or a bundle: errors.
@@ -410,9 +406,7 @@ class Metadata(CliTestCase):
         line = run(["info", "a.png", "--command"], self.dir).stdout.strip()
         self.assertIn(" --graph optimize", line)
         self.assertNotIn("--no-cuda-graph", line)
-        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
-                               text=True)
+        again = run_printed_command(line, self.dir, TINY, "b.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
         self.assertEqual(self.txt2img("a fox", "--no-metadata", "-o", "plain.png").returncode, 0)
@@ -448,9 +442,7 @@ class Metadata(CliTestCase):
             self.assertEqual(command.returncode, 0, command.stderr)
             for flag in ("--pad-conds", "--pad-conds-v0"):
                 self.assertEqual(flag in shlex.split(command.stdout), flags == [flag])
-            again = subprocess.run(["sh", "-c", command.stdout.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                    f" --model {shlex.quote(str(TINY))} -o again-{name}"], cwd=self.dir,
-                                   capture_output=True, text=True)
+            again = run_printed_command(command.stdout, self.dir, TINY, f"again-{name}")
             self.assertEqual(again.returncode, 0, again.stderr)
             self.assertEqual(png_pixels(self.dir / f"again-{name}")[2], images[name])
         self.assertEqual(len({bytes(pixels) for pixels in images.values()}), 3)
@@ -512,9 +504,7 @@ class Metadata(CliTestCase):
         self.assertIn("$'a café fox\\x1B]0;PWNED\\x07\\x1B[2J\\xC2\\x85 end'", command.stdout)
         self.assertIn("with the model bad\\x1B[31mmodel", command.stderr)
         self.assertIn("Foo: bar\\x1B]0;x\\x07baz", command.stderr)
-        again = subprocess.run(["bash", "-c", command.stdout.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
-                               text=True, env={**os.environ, "LC_ALL": "C"})
+        again = run_printed_command(command.stdout, self.dir, TINY, "b.png", shell="bash")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertTrue(png_text(self.dir / "b.png")["parameters"].startswith(prompt + "\n"))
         # A bidirectional override would show a command line in another order than it runs.
@@ -525,9 +515,7 @@ class Metadata(CliTestCase):
             self.assertFalse(any(c in output for c in "\u202e\u2066\u061c"), output)
         self.assertIn("a fox \\u202Egnp.x\\u2066 end\\u061C", shown.stdout)
         self.assertIn("$'a fox \\xE2\\x80\\xAEgnp.x\\xE2\\x81\\xA6 end\\xD8\\x9C'", command.stdout)
-        again = subprocess.run(["bash", "-c", command.stdout.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(TINY))} -o bidi2.png"], cwd=self.dir, capture_output=True,
-                               text=True, env={**os.environ, "LC_ALL": "C"})
+        again = run_printed_command(command.stdout, self.dir, TINY, "bidi2.png", shell="bash")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual((self.dir / "bidi.png").read_bytes(), (self.dir / "bidi2.png").read_bytes())
 
@@ -546,9 +534,7 @@ class Metadata(CliTestCase):
         self.assertIn("not carried over (no txt2img equivalent): Hires upscale: 2; "
                       "Lora hashes: ink: 0123456789ab, sea: ba9876543210", result.stderr)
         self.assertNotIn("GPU generator", result.stderr)
-        again = subprocess.run(["sh", "-c", result.stdout.strip().replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(TINY))} -o b.png"], cwd=self.dir, capture_output=True,
-                               text=True)
+        again = run_printed_command(result.stdout, self.dir, TINY, "b.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertIn("Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 12, Size: 32x32",
                       png_text(self.dir / "b.png")["parameters"])
@@ -572,9 +558,7 @@ class Metadata(CliTestCase):
         dash = "- a fox -\nNegative prompt: -dogs\nSteps: 2, Seed: 3, Size: 32x32, RNG: CPU"
         line = a1111_command(self, dash, "dash.png").stdout.strip()
         self.assertEqual(shlex.split(line)[:4], ["txt2img", "--prompt=- a fox -", "-n", "-dogs"])
-        again = subprocess.run(["sh", "-c", line.replace("txt2img", shlex.quote(str(BIN)), 1) +
-                                f" --model {shlex.quote(str(TINY))} -o c.png"], cwd=self.dir, capture_output=True,
-                               text=True)
+        again = run_printed_command(line, self.dir, TINY, "c.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertTrue(png_text(self.dir / "c.png")["parameters"].startswith("- a fox -\nNegative prompt: -dogs\n"))
         # So would a subcommand's name.
