@@ -15,6 +15,7 @@
 #include <variant>
 
 #include "txt2img/error.hpp"
+#include "txt2img/utf8.hpp"
 
 namespace txt2img {
 namespace {
@@ -119,6 +120,9 @@ void add_text_chunk(const std::string& type, const std::string& data, size_t& bu
     if (const auto* why = std::get_if<const char*>(&value))
       return info.unread.push_back(type + " chunk \"" + key + "\": " + *why);
     auto& text = std::get<std::string>(value);
+    // iTXt is UTF-8 by definition; Pillow (and so A1111) passes over one that is not.
+    if (!latin1 && invalid_utf8_at(text))
+      return info.unread.push_back(type + " chunk \"" + key + "\": not valid UTF-8");
     info.text.emplace_back(key, latin1 ? latin1_to_utf8(text) : std::move(text));
   };
   if (type == "tEXt") {
@@ -264,16 +268,20 @@ void write_file_atomic(const std::filesystem::path& file, const std::vector<uint
 }
 
 PngInfo read_png_info(const std::filesystem::path& file) {
-  // Read as a stream, not by its size or by seeking: `info /dev/stdin` and `info <(curl ...)` are pipes.
   errno = 0;
   std::ifstream in(file, std::ios::binary);
   if (!in)
     throw Error(ErrorKind::Io,
                 "cannot open " + file.string() + (errno ? std::string(": ") + std::strerror(errno) : ""));
+  return read_png_info(in, file.string());
+}
+
+PngInfo read_png_info(std::istream& in, const std::string& name) {
+  // Read as a stream, not by its size or by seeking: `info /dev/stdin` and `info <(curl ...)` are pipes.
   uint8_t signature[kSignatureBytes];
   if (!in.read(reinterpret_cast<char*>(signature), kSignatureBytes) ||
       std::memcmp(signature, kPngSignature, kSignatureBytes) != 0)
-    throw Error(ErrorKind::Io, file.string() + ": not a PNG file");
+    throw Error(ErrorKind::Io, name + ": not a PNG file");
   uint8_t head[8];  // a chunk's length and type
   PngInfo info;
   bool first = true;
@@ -288,26 +296,25 @@ PngInfo read_png_info(const std::filesystem::path& file) {
     uLong crc = crc32(0, head + 4, 4);
     uint8_t stored[4];
     if (!read_exactly(in, len, keep ? &data : nullptr, crc) || !in.read(reinterpret_cast<char*>(stored), 4))
-      throw Error(ErrorKind::Io, file.string() + ": truncated PNG chunk " + type);
+      throw Error(ErrorKind::Io, name + ": truncated PNG chunk " + type);
     if (get_u32(stored) != crc)
-      throw Error(ErrorKind::Io, file.string() + ": corrupt PNG (chunk " + type + " fails its CRC check)");
+      throw Error(ErrorKind::Io, name + ": corrupt PNG (chunk " + type + " fails its CRC check)");
     if (!first && type == "IEND") return info;
     if (first) {
-      if (type != "IHDR" || len != 13)
-        throw Error(ErrorKind::Io, file.string() + ": corrupt PNG (no IHDR chunk first)");
+      if (type != "IHDR" || len != 13) throw Error(ErrorKind::Io, name + ": corrupt PNG (no IHDR chunk first)");
       const auto* ihdr = reinterpret_cast<const uint8_t*>(data.data());
       info.width = get_u32(ihdr);
       info.height = get_u32(ihdr + 4);
       // PNG sizes are 1 to 2^31 - 1.
       if (info.width < 1 || info.height < 1 || info.width > 0x7fffffff || info.height > 0x7fffffff)
-        throw Error(ErrorKind::Io, file.string() + ": corrupt PNG (a size of " + std::to_string(info.width) + "x" +
+        throw Error(ErrorKind::Io, name + ": corrupt PNG (a size of " + std::to_string(info.width) + "x" +
                                        std::to_string(info.height) + ")");
       first = false;
     } else if (keep) {
       add_text_chunk(type, data, inflate_budget, info);
     }
   }
-  throw Error(ErrorKind::Io, file.string() + ": truncated PNG (no IEND chunk)");
+  throw Error(ErrorKind::Io, name + ": truncated PNG (no IEND chunk)");
 }
 
 }  // namespace txt2img

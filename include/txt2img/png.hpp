@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <istream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,8 +30,11 @@ struct PngInfo {
 };
 
 // Reads the size and every tEXt, zTXt and iTXt chunk (compressed ones inflated, 64 MiB in all at most), as UTF-8
-// (tEXt's and zTXt's Latin-1 converted), skipping over the image data, which is neither kept nor decoded. Throws
-// Error(Io) for a file that cannot be read, is no PNG, has a chunk that fails its CRC, or ends before its IEND.
+// (tEXt's and zTXt's Latin-1 converted; an iTXt that is not UTF-8 is unread), skipping over the image data, which
+// is neither kept nor decoded. Throws Error(Io) for a file that cannot be read, is no PNG, has a chunk that fails
+// its CRC, or ends before its IEND.
 PngInfo read_png_info(const std::filesystem::path& file);
+// The same from a stream read to the PNG's end (a pipe: no seeking); errors name it `name` ("<stdin>").
+PngInfo read_png_info(std::istream& in, const std::string& name);
 
 }  // namespace txt2img

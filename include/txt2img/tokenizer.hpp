@@ -11,12 +11,9 @@
 #include <vector>
 
 #include "txt2img/error.hpp"
+#include "txt2img/utf8.hpp"  // invalid_utf8_at: what clean_text refuses, for callers that name the place
 
 namespace txt2img {
-
-// The byte offset where `text` stops being UTF-8 (a stray or truncated sequence, an overlong form, a UTF-16
-// surrogate, past U+10FFFF), if it does: what clean_text refuses, for callers that name the place.
-std::optional<size_t> invalid_utf8_at(std::string_view text);
 
 // One span of a prompt in AUTOMATIC1111's emphasis syntax: "(text)" multiplies the attention weight of its text by
 // 1.1, "[text]" divides it by 1.1, "(text:1.5)" multiplies it by 1.5 (they nest); "\(" "\)" "\[" "\]" "\\" are

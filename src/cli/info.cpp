@@ -160,18 +160,15 @@ int png_info(const InfoOptions& o) {
   if (o.verify)
     throw Error(ErrorKind::Usage, "--verify applies to a model bundle (its files' sha256), not to a PNG");
   // "-", as for prompt files: `curl ... | txt2img info -`.
-  const PngInfo png = read_png_info(o.path == "-" ? "/dev/stdin" : o.path);
+  const bool from_stdin = o.path == "-";
+  const std::string name = from_stdin ? "<stdin>" : o.path;  // in messages
+  const PngInfo png = from_stdin ? read_png_info(std::cin, name) : read_png_info(o.path);
   std::optional<std::string> parameters;
   std::optional<nlohmann::ordered_json> reproduction;
   std::string damaged;  // why the txt2img text cannot be read, where it cannot
   nlohmann::ordered_json other = nlohmann::ordered_json::object();
-  // A text chunk that cannot be read is passed over, as Pillow (and so A1111) passes it over, but said: a damaged
-  // "parameters" chunk would otherwise look like an image without any.
-  std::vector<std::string> unread = png.unread;
   for (const auto& [key, value] : png.text) {
-    if (invalid_utf8_at(value)) {
-      unread.push_back("iTXt chunk \"" + key + "\": not valid UTF-8");
-    } else if (key == "parameters") {
+    if (key == "parameters") {
       parameters = value;
     } else if (key == "txt2img") {
       // txt2img's record nests three deep; a far deeper one would overflow the stack of nlohmann's recursive dump.
@@ -183,7 +180,7 @@ int png_info(const InfoOptions& o) {
       reproduction = nlohmann::ordered_json::parse(value, depth_limit, false);
       if (too_deep || reproduction->is_discarded() || !reproduction->is_object()) {
         // A damaged record (an editor's or a transfer's) hides nothing else: shown as the text it is.
-        damaged = o.path + ": its txt2img text is not a valid JSON object";
+        damaged = name + ": its txt2img text is not a valid JSON object";
         reproduction.reset();
         other[key] = value;
       }
@@ -191,14 +188,16 @@ int png_info(const InfoOptions& o) {
       other[key] = value;
     }
   }
-  for (const auto& why : unread) std::cerr << "warning: " << one_line(o.path + ": " + why) << "; not read\n";
+  // A text chunk that cannot be read is passed over, as Pillow (and so A1111) passes it over, but said: a damaged
+  // "parameters" chunk would otherwise look like an image without any.
+  for (const auto& why : png.unread) std::cerr << "warning: " << one_line(name + ": " + why) << "; not read\n";
   if (!damaged.empty() && !o.command) std::cerr << "warning: " << printable(damaged) << " (damaged?); shown as text\n";
 
   if (o.command) {
     std::optional<std::string> command;
     if (reproduction) {
       try {
-        command = rerun_command(*reproduction, o.path);
+        command = rerun_command(*reproduction, name);
       } catch (const Error& e) {
         if (!parameters) throw;
         damaged = e.what();
@@ -212,8 +211,9 @@ int png_info(const InfoOptions& o) {
       return 0;
     }
     if (!command)
-      throw Error(ErrorKind::Io, o.path + ": no txt2img or A1111 metadata (made by another program, or with "
-                                          "--no-metadata), so no command to make it again");
+      throw Error(ErrorKind::Io, name +
+                                     ": no txt2img or A1111 metadata (made by another program, or with "
+                                     "--no-metadata), so no command to make it again");
     const auto& model = reproduction->contains("model") ? reproduction->at("model") : nlohmann::ordered_json();
     const auto text = [&](const char* key) {
       return model.is_object() && model.contains(key) && model[key].is_string() ? model[key].get<std::string>()
@@ -230,12 +230,12 @@ int png_info(const InfoOptions& o) {
                                         {"parameters", parameters ? nlohmann::ordered_json(*parameters) : nullptr},
                                         {"txt2img", reproduction ? *reproduction : nullptr},
                                         {"text", other},
-                                        {"unread", unread}}
+                                        {"unread", png.unread}}
                      .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
               << std::endl;
     return 0;
   }
-  std::cout << o.path << ": " << png.width << "x" << png.height << " PNG\n";
+  std::cout << name << ": " << png.width << "x" << png.height << " PNG\n";
   if (!parameters && !reproduction) std::cout << "no generation parameters recorded\n";
   if (parameters) std::cout << "\nparameters:\n" << printable(*parameters) << "\n";
   if (reproduction) std::cout << "\ntxt2img:\n" << printable(reproduction->dump(2)) << "\n";

@@ -362,6 +362,10 @@ class Metadata(CliTestCase):
         self.assertEqual(json.loads(result.stdout)["txt2img"]["seed"], 8)
         result = subprocess.run([BIN, "info", "-", "--command"], input=png, cwd=self.dir, capture_output=True)
         self.assertIn(b" --seed 8 ", result.stdout)
+        # Errors and warnings name stdin as prompt files do.
+        result = subprocess.run([BIN, "info", "-"], input=png[:100], cwd=self.dir, capture_output=True)
+        self.assertEqual(result.returncode, EXIT_IO, result.stderr)
+        self.assertIn(b"<stdin>: truncated PNG chunk", result.stderr)
 
     def test_info_rerun_reproduces(self):
         self.assertEqual(self.txt2img("a fox", "-n", "dogs", "--seed", "8", "-o", "a.png").returncode, 0)

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <string>
 
 #include "txt2img/error.hpp"
@@ -221,6 +222,9 @@ TEST(Png, UnreadableTextChunksAreListedWithTheirReason) {
   png = with_chunk(png, "iTXt", std::string("short\0\0", 7));
   png = with_chunk(png, "zTXt", std::string("nomethod\0", 9));
   png = with_chunk(png, "iTXt", std::string("flag\0\2\0\0\0text", 13));
+  png = with_chunk(png, "iTXt", std::string("latin1\0\0\0\0\0caf\xe9", 15));  // iTXt is UTF-8 by definition
+  png = with_chunk(png, "iTXt", std::string("zlatin1\0\1\0\0\0", 12) + zlib_compressed("caf\xe9"));
+  png = with_chunk(png, "iTXt", std::string("utf8\0\0\0\0\0caf\xc3\xa9", 14));
   png = with_chunk(png, "tEXt", std::string("Comment\0fine", 12));
   const std::string twenty_mib(size_t{20} << 20, 'a');
   // A damaged stream counts what it unpacked too: the work was done all the same.
@@ -231,15 +235,18 @@ TEST(Png, UnreadableTextChunksAreListedWithTheirReason) {
     png = with_chunk(png, "zTXt", std::string(key) + std::string("\0\0", 2) + zlib_compressed(twenty_mib));
   std::ofstream(dir / "t.png", std::ios::binary) << png;
   const auto info = txt2img::read_png_info(dir / "t.png");
-  ASSERT_EQ(info.text.size(), 3u);
-  EXPECT_EQ(info.text[0], (std::pair<std::string, std::string>{"Comment", "fine"}));
-  EXPECT_EQ(info.text[2].first, "big2");
+  ASSERT_EQ(info.text.size(), 4u);
+  EXPECT_EQ(info.text[0], (std::pair<std::string, std::string>{"utf8", "caf\xc3\xa9"}));
+  EXPECT_EQ(info.text[1], (std::pair<std::string, std::string>{"Comment", "fine"}));
+  EXPECT_EQ(info.text[3].first, "big2");
   EXPECT_EQ(info.unread, (std::vector<std::string>{
                              "zTXt chunk \"parameters\": damaged compressed text",
                              "zTXt chunk \"method\": an unknown compression method",
                              "iTXt chunk \"short\": cut short",
                              "zTXt chunk \"nomethod\": cut short",
                              "iTXt chunk \"flag\": a compression flag other than 0 or 1",
+                             "iTXt chunk \"latin1\": not valid UTF-8",
+                             "iTXt chunk \"zlatin1\": not valid UTF-8",
                              "zTXt chunk \"bad20\": damaged compressed text",
                              "zTXt chunk \"big3\": past the 64 MiB of text a file's compressed chunks may unpack to",
                          }));
@@ -256,7 +263,24 @@ TEST(Png, RejectsNonPng) {
     EXPECT_EQ(e.kind(), txt2img::ErrorKind::Io);
   }
   EXPECT_THROW(txt2img::read_png_info(dir / "missing.png"), txt2img::Error);
+  std::istringstream piped("not a png");
+  try {
+    txt2img::read_png_info(piped, "<stdin>");
+    ADD_FAILURE();
+  } catch (const txt2img::Error& e) {
+    EXPECT_EQ(std::string(e.what()), "<stdin>: not a PNG file");
+  }
   std::filesystem::remove_all(dir);
+}
+
+TEST(Png, ReadsFromAStream) {
+  const auto rgb = gradient(6, 5);
+  const auto bytes = txt2img::encode_png(rgb.data(), 6, 5, {{"parameters", "a cat"}});
+  std::istringstream piped(std::string(bytes.begin(), bytes.end()));
+  const auto info = txt2img::read_png_info(piped, "<stdin>");
+  EXPECT_EQ(info.width, 6);
+  EXPECT_EQ(info.height, 5);
+  EXPECT_EQ(info.text, (txt2img::PngText{{"parameters", "a cat"}}));
 }
 
 TEST(Png, UnwritableDirectoryIsIoError) {
