@@ -13,12 +13,18 @@ before anything is written, and model.json is replaced last: a failure or an int
 takes LoRAs out of the bundle again.
 """
 
+PROG = "add_lora.py"
+
+if __name__ == "__main__":  # first, before the imports below and torch's
+    from txt2img_convert.starting import take_interrupts
+
+    take_interrupts(PROG)
+
 import argparse
 import os
 import sys
 import unicodedata
 
-PROG = "add_lora.py"
 _NOT_IN_NAMES = "/\\:<>="
 
 

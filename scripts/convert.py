@@ -19,11 +19,17 @@ added to the text encoder under its file's name. A v-prediction or zero-terminal
 (a single file without its .yaml) needs --prediction-type v_prediction and --zero-terminal-snr.
 """
 
+PROG = "convert.py"
+
+if __name__ == "__main__":  # first, before the imports below and torch's
+    from txt2img_convert.starting import take_interrupts
+
+    take_interrupts(PROG)
+
 import argparse
 import os
 import sys
 
-PROG = "convert.py"
 # Files of which a diffusers model folder has at least one.
 _MODEL_FOLDER = ("model_index.json", "unet/config.json", "text_encoder/config.json", "vae/config.json",
                  "scheduler/scheduler_config.json")

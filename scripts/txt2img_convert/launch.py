@@ -9,6 +9,8 @@ import shutil
 import signal
 import sys
 
+from .starting import INTERRUPTS, take_interrupts
+
 _program = "convert.py"  # the script whose messages these are; report_errors names it
 
 
@@ -63,14 +65,13 @@ _as_script = False  # run_main's: the process ends when the conversion does
 _bundle_in_place = False
 _held = False  # interrupts_held's
 _held_back = False  # an interrupt came while they were held
-_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # run_main's: the interrupts the process was started ignoring (nohup's SIGHUP, a background job's SIGINT), which it
 # keeps ignoring, as the user asked.
 _started_ignoring = frozenset()
 
 
 def _on_interrupts(handler) -> None:
-    for sig in _INTERRUPTS:
+    for sig in INTERRUPTS:
         if sig not in _started_ignoring:
             signal.signal(sig, handler)
 
@@ -103,18 +104,11 @@ def interrupts_held():
 
 
 def run_main(prog: str, main) -> int:
-    """main()'s exit status. An interrupt while it starts up (Ctrl-C, SIGTERM, SIGHUP: importing torch takes a second
-    or two, and torch's initialisation turns a KeyboardInterrupt into a RuntimeError with a traceback) ends the
-    process at once with exit 130, as later ones do, since nothing is written yet; report_errors takes interrupts over
-    from there."""
-    def interrupted_at_start(signum, frame):
-        print(f"{prog}: error: interrupted", file=sys.stderr, flush=True)
-        os._exit(130)
-
+    """main()'s exit status, with interrupts taken as starting.take_interrupts takes them (the script took them so
+    at its first line) until report_errors takes them over."""
     global _as_script, _started_ignoring
     _as_script = True
-    _started_ignoring = frozenset(sig for sig in _INTERRUPTS if signal.getsignal(sig) == signal.SIG_IGN)
-    _on_interrupts(interrupted_at_start)
+    _started_ignoring = take_interrupts(prog)
     return main()
 
 

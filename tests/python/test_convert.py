@@ -755,15 +755,17 @@ def test_a_unet_config_without_sample_size_gets_sd1s(tmp_path, reference, capsys
         export.model_fields({"sample_size": 10 ** 400}, {"block_out_channels": [32, 64]}, text, {}, None)
 
 
-# Run as `python -c` with sys.argv set: convert.py as __main__, whose import of torch (after its start-up) first sends
-# the process the signal given in argv[1]. So the interrupt always comes while torch is being imported.
-SIGNAL_AT_TORCH_IMPORT = """
+# Run as `python -c` with sys.argv set: convert.py as __main__, whose import of the module named in argv[1] (after its
+# start-up) first sends the process the signal given in argv[2]. So the interrupt always comes while that module is
+# being imported.
+SIGNAL_AT_IMPORT = """
 import importlib.machinery, os, runpy, sys
 del sys.argv[0]  # "-c"
+module_name = sys.argv.pop(1)
 signum = int(sys.argv.pop(1))
-class SignalAtTorchImport:
+class SignalAtImport:
     def find_spec(self, name, path=None, target=None):
-        spec = importlib.machinery.PathFinder.find_spec(name, path) if name == "torch" else None
+        spec = importlib.machinery.PathFinder.find_spec(name, path) if name == module_name else None
         if spec is not None:
             run = spec.loader.exec_module
             def signal_then_run(module):
@@ -771,21 +773,22 @@ class SignalAtTorchImport:
                 run(module)
             spec.loader.exec_module = signal_then_run
         return spec
-sys.meta_path.insert(0, SignalAtTorchImport())
+sys.meta_path.insert(0, SignalAtImport())
 sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as running the script would
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
-def test_an_interrupt_while_starting_is_one_line(tmp_path, vocab, signame):
-    """An interrupt while the script still imports torch is reported as a later one is (exit 130), without a
-    traceback."""
+@pytest.mark.parametrize("module", ["argparse", "torch"])
+def test_an_interrupt_while_starting_is_one_line(tmp_path, vocab, signame, module):
+    """An interrupt while the script still imports its modules (argparse: the first after its first line) or torch is
+    reported as a later one is (exit 130), without a traceback."""
     import signal
     # Under this Python directly (no search for one with torch, no re-execution).
     env = {k: v for k, v in os.environ.items() if k != "TXT2IMG_PYTHON"}
     env["PYTHONHASHSEED"] = "0"
-    process = subprocess.run([sys.executable, "-c", SIGNAL_AT_TORCH_IMPORT, str(CONVERT),
+    process = subprocess.run([sys.executable, "-c", SIGNAL_AT_IMPORT, str(CONVERT), module,
                               str(int(getattr(signal, signame))), "--tiny", "--vocab", str(vocab), "--out",
                               str(tmp_path / "b")], capture_output=True, text=True, env=env, timeout=120)
     assert process.returncode == 130, process.stderr
