@@ -5,12 +5,12 @@
   add_lora.py BUNDLE --remove NAME...
 
 Each FILE (kohya/A1111, PEFT or diffusers LoRA file, or LyCORIS LoHa/LoKr/full in kohya naming) is checked against
-the bundle's own U-Net and text encoder and stored as BUNDLE/loras/NAME.safetensors, listed in model.json's
-"loras". NAME is the file's name without extension, as A1111 names LoRAs (ink-style.safetensors: ink-style), or
---name; it cannot be empty, start with '.' or contain / \\ : < > = or control characters. Every file is checked
-before anything is written, and model.json is replaced last: a failure or an interrupt leaves the bundle as it was
-(a crash while --overwrite replaces files can leave a LoRA listed with its old sha256: run the command again). --remove
-takes LoRAs out of the bundle again.
+the bundle's own U-Net and text encoder and stored as BUNDLE/loras/NAME.safetensors (NAME=HASH.safetensors where it
+replaces that file), listed in model.json's "loras". NAME is the file's name without extension, as A1111 names
+LoRAs (ink-style.safetensors: ink-style), or --name; it cannot be empty, start with '.' or contain / \\ : < > = or
+control characters. Every file is checked before anything is written, no listed file is overwritten, and
+model.json is replaced last: a failure, an interrupt or a crash leaves the bundle as it was. --remove takes LoRAs
+out of the bundle again.
 """
 
 PROG = "add_lora.py"
@@ -38,7 +38,7 @@ def name_problem(name: str) -> str:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
         return "it is not UTF-8 text (a file name's bytes in another encoding?)"
-    if len(encoded) > 200:  # loras/NAME.safetensors and its temporary name must fit a file name
+    if len(encoded) > 200:  # loras/NAME=HASH.safetensors and its temporary name must fit a file name
         return "it is longer than 200 bytes"
     if name != name.strip():
         return "it starts or ends with a blank (prompts' tags read the name without them)"
@@ -91,8 +91,12 @@ def parse_args(argv):
     return args
 
 
-def _packed_file(name: str) -> str:
-    return f"loras/{name}.safetensors"
+def _packed_file(name: str, replaced: str = None, sha256: str = "") -> str:
+    """The file of the LoRA `name` (relative to the bundle), other than the file `replaced` that it replaces: a
+    listed file is never overwritten, so that model.json, replaced last, lists either the old files or the new ones
+    whenever the process ends. '=' is in no LoRA name, so a file named with it is no other LoRA's."""
+    file = f"loras/{name}.safetensors"
+    return file if file != replaced else f"loras/{name}={sha256[:12]}.safetensors"
 
 
 def _read_manifest(bundle: str) -> dict:
@@ -103,8 +107,6 @@ def _read_manifest(bundle: str) -> dict:
         raise ConversionError(f"{bundle} is not a model bundle (no model.json of format {BUNDLE_FORMAT}; "
                               "scripts/convert.py writes them)")
     return read_json(os.path.join(bundle, "model.json"))
-
-
 
 
 def _temporary(folder: str, name: str) -> str:
@@ -155,21 +157,29 @@ def add(args) -> None:
     made_folder = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
     temps = []  # (temporary path, final path)
+    replaced = []  # the files of the LoRAs replaced, listed no more once model.json is
     try:
         for name, tensors, record in packed:
             temp = _temporary(folder, name)
-            temps.append((temp, os.path.join(bundle, _packed_file(name))))
+            temps.append((temp, None))
             save_file(tensors, temp, lora.PACKED_METADATA)
-            manifest["files"][_packed_file(name)] = {"sha256": sha256_file(temp), "bytes": os.path.getsize(temp)}
-            entries[name] = {"name": name, "file": _packed_file(name), "source": record["path"],
+            sha256 = sha256_file(temp)
+            old_file = entries[name]["file"] if name in entries else None
+            file = _packed_file(name, old_file, sha256)
+            temps[-1] = (temp, os.path.join(bundle, file))
+            if old_file is not None:
+                manifest["files"].pop(old_file, None)
+                replaced.append(old_file)
+            manifest["files"][file] = {"sha256": sha256, "bytes": os.path.getsize(temp)}
+            entries[name] = {"name": name, "file": file, "source": record["path"],
                              **{k: v for k, v in record.items() if k != "path"}}
         manifest["files"] = dict(sorted(manifest["files"].items()))
         manifest["loras"] = [entries[name] for name in sorted(entries)]
         temps.append((_temporary(bundle, "model.json"), os.path.join(bundle, "model.json")))
         write_manifest(temps[-1][0], manifest)
-        # model.json last, and no interrupt among the renames: it would leave a replaced LoRA's new file listed with
-        # the old one's sha256 (a crash there does too; the same command run again repairs it). An interrupt once
-        # they are done is ignored, as it would report exit 130 over a change that is made.
+        # model.json last, and no interrupt among the renames, which would leave the new files unlisted beside the
+        # old ones (as a crash there does, harmlessly). An interrupt once they are done is ignored, as it would
+        # report exit 130 over a change that is made.
         with interrupts_held():
             for temp, final in temps:
                 os.replace(temp, final)
@@ -181,9 +191,28 @@ def add(args) -> None:
         if made_folder and not os.listdir(folder):
             os.rmdir(folder)
         raise
+    for file in replaced:
+        _remove_unlisted(bundle, file)
     for name, _, r in packed:
         progress(f"added {r['format']} LoRA {name} ({r['modules']} modules: {r['unet_modules']} U-Net, "
                   f"{r['text_encoder_modules']} text encoder); use it with <lora:{name}:1> in a prompt")
+
+
+def _remove_unlisted(bundle: str, file: str) -> None:
+    """Removes the LoRA file `file` (as model.json named it) that model.json lists no more, where it lies in the
+    bundle's loras/ (a hand-edited model.json could name any file); where that fails, the change is made all the
+    same."""
+    from txt2img_convert.launch import progress
+
+    folder, _, base = file.partition("/")
+    if folder != "loras" or base in ("", ".", "..") or "/" in base or "\\" in base:
+        return
+    path = os.path.join(bundle, file)
+    try:
+        if os.path.lexists(path):
+            os.remove(path)
+    except OSError as e:
+        progress(f"warning: could not remove {path}, which the bundle lists no more: {e.strerror}")
 
 
 def remove(args) -> None:
@@ -205,7 +234,7 @@ def remove(args) -> None:
     else:
         del manifest["loras"]  # the bundle's model.json as it was before any LoRA was added
     for name in names:
-        manifest["files"].pop(_packed_file(name), None)
+        manifest["files"].pop(entries[name]["file"], None)
     temp = _temporary(bundle, "model.json")
     try:
         write_manifest(temp, manifest)
@@ -215,9 +244,7 @@ def remove(args) -> None:
             os.remove(temp)
         raise
     for name in names:
-        path = os.path.join(bundle, _packed_file(name))
-        if os.path.lexists(path):
-            os.remove(path)
+        _remove_unlisted(bundle, entries[name]["file"])
         progress(f"removed the LoRA {name}")
     folder = os.path.join(bundle, "loras")
     if os.path.isdir(folder) and not os.listdir(folder):

@@ -63,14 +63,14 @@ def modules_state(bundle):
     return {part: torch.jit.load(str(bundle / f"{part}.pt")).state_dict() for part in ("unet", "text_encoder")}
 
 
-def check_entry(bundle, name, source):
-    """model.json's entry for `name` describes `source`, and lists its packed file with the right sha256 and size;
-    the packed file is what lora.pack makes of `source` against the bundle's own weights, every name in it a weight
-    of those modules followed by its role."""
+def check_entry(bundle, name, source, file=None):
+    """model.json's entry for `name` describes `source`, and lists its packed file (`file`, by default
+    loras/NAME.safetensors) with the right sha256 and size; the packed file is what lora.pack makes of `source`
+    against the bundle's own weights, every name in it a weight of those modules followed by its role."""
     m = manifest(bundle)
     state = modules_state(bundle)
     packed, record = lora.pack(str(source), {part: ck.Component(part, dict(sd), {}, "") for part, sd in state.items()})
-    file = f"loras/{name}.safetensors"
+    file = file or f"loras/{name}.safetensors"
     entry = next(e for e in m["loras"] if e["name"] == name)
     assert entry == {"name": name, "file": file, "source": str(source), "sha256": ck.sha256_file(str(source)),
                      "a1111_hash": lora.a1111_hash(str(source)), "format": record["format"],
@@ -130,9 +130,17 @@ def test_name_overwrite_and_remove(bundle, ink, loha, capsys):
     assert (bundle / "model.json").read_bytes() == before
     status, stderr = add_lora(capsys, bundle, loha, "--name", "ink v2", "--overwrite")
     assert status == 0, stderr
-    replaced = check_entry(bundle, "ink v2", loha)
+    # Under another file's name than the one it replaces, which is gone.
+    packed_sha256 = manifest(bundle)["files"]["loras/detail-loha.safetensors"]["sha256"]
+    replaced = check_entry(bundle, "ink v2", loha, f"loras/ink v2={packed_sha256[:12]}.safetensors")
     assert replaced["sha256"] != first["sha256"]
     assert [e["name"] for e in manifest(bundle)["loras"]] == ["detail-loha", "ink v2"]
+    assert sorted(p.name for p in (bundle / "loras").iterdir()) == [
+        "detail-loha.safetensors", f"ink v2={packed_sha256[:12]}.safetensors"]
+    # Replaced again, it takes the first name back.
+    assert add_lora(capsys, bundle, ink, "--name", "ink v2", "--overwrite")[0] == 0
+    check_entry(bundle, "ink v2", ink)
+    assert sorted(p.name for p in (bundle / "loras").iterdir()) == ["detail-loha.safetensors", "ink v2.safetensors"]
     # Removing one keeps the other.
     status, stderr = add_lora(capsys, bundle, "--remove", "ink v2")
     assert status == 0 and stderr == "add_lora.py: removed the LoRA ink v2\n"
@@ -286,7 +294,44 @@ def test_an_interrupt_among_the_renames_does_not_part_the_files_from_model_json(
         for sig, handler in saved.items():
             signal.signal(sig, handler)
     assert status == 0, stderr
-    assert [Path(p).name for p in renamed] == ["ink-style.safetensors", "model.json"]
-    listed = manifest(bundle)["files"]["loras/ink-style.safetensors"]
-    assert listed["sha256"] == ck.sha256_file(str(bundle / "loras/ink-style.safetensors"))
+    file = manifest(bundle)["loras"][0]["file"]
+    assert [Path(p).name for p in renamed] == [Path(file).name, "model.json"]
+    assert manifest(bundle)["files"][file]["sha256"] == ck.sha256_file(str(bundle / file))
     assert manifest(bundle)["loras"][0]["source"] == str(loha)
+
+
+# Run as `python -c` with sys.argv set: add_lora.py as __main__, whose process ends at once (as in a crash or a
+# power cut: no cleanup, no handler) when it is about to rename a file onto model.json.
+CRASH_BEFORE_MODEL_JSON = """
+import os, runpy, sys
+del sys.argv[0]  # "-c"
+real_replace = os.replace
+def replace(source, target):
+    if os.path.basename(target) == "model.json":
+        os._exit(9)
+    real_replace(source, target)
+os.replace = replace
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as running the script would
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_crash_before_model_json_leaves_every_listed_file_as_listed(bundle, ink, loha, capsys):
+    """--overwrite writes a replacing LoRA under another file name than the one listed, so that a crash among the
+    renames (model.json is renamed last) leaves the bundle as it was, with at most an unlisted file more: every
+    listed file keeps its sha256 (which txt2img info --verify checks)."""
+    import os
+
+    assert add_lora(capsys, bundle, ink)[0] == 0
+    before = (bundle / "model.json").read_bytes()
+    env = {k: v for k, v in os.environ.items() if k != "TXT2IMG_PYTHON"}
+    env["PYTHONHASHSEED"] = "0"  # under this Python directly (no re-execution)
+    process = subprocess.run([sys.executable, "-c", CRASH_BEFORE_MODEL_JSON, str(ADD_LORA), str(bundle), str(loha),
+                              "--name", "ink-style", "--overwrite"], capture_output=True, text=True, env=env)
+    assert process.returncode == 9, process.stderr
+    assert (bundle / "model.json").read_bytes() == before
+    for file, listed in manifest(bundle)["files"].items():
+        assert ck.sha256_file(str(bundle / file)) == listed["sha256"], file
+    # The same command run again makes the change.
+    assert add_lora(capsys, bundle, loha, "--name", "ink-style", "--overwrite")[0] == 0
+    check_entry(bundle, "ink-style", loha, manifest(bundle)["loras"][0]["file"])
