@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "address_space.hpp"
 #include "attention_kernel.hpp"
 #include "forwarded_observer.hpp"
 #include "join.hpp"
@@ -242,6 +243,11 @@ void Pipeline::check_options(const Bundle& bundle, const PipelineOptions& option
 // Both entry points let LibTorch's exceptions out only as Error(Runtime) (backend_failure), by function-try-blocks.
 Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) try {
   check_options(bundle, options);
+  uint64_t read_by_every_run = 0;
+  for (const auto& file : bundle.manifest().files)
+    if (file.name == "tokenizer.model" || file.name == "text_encoder.pt" || file.name == "unet.pt")
+      read_by_every_run += file.bytes;
+  reserve_address_space(read_by_every_run);
   Pipeline p(bundle.manifest(), bundle.load_tokenizer(), options);
   // Freezing needs the graph executor's optimisations on (with them off it leaves calls to methods it removed), so
   // they are switched to the options' setting only once the modules are prepared.

@@ -103,6 +103,22 @@ class RuntimeFailure(CliTestCase):
         self.assertEqual((summary["written"], summary["failed"]), (0, 1))
         self.assertEqual(files_under(self.dir), [])
 
+    def test_an_address_space_limit_too_low_is_said_before_loading(self):
+        # Under `ulimit -v` OpenBLAS retried a failed mapping of its buffers for ever: the run spun at full CPU at its
+        # first matrix product. 1 GB leaves the process, whose libraries map about 850 MB, too little for the
+        # buffers; 4 GB is enough for the tiny model.
+        def limit_address_space(limit):
+            return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+        result = self.txt2img("a fox", "--threads", "1", "-o", "a.png", "--json", timeout=120,
+                              preexec_fn=limit_address_space(1000 << 20))
+        self.assertExit(result, EXIT_RUNTIME, "the address-space limit (ulimit -v 1024000) leaves ",
+                        "MiB a run needs at least (twice the ", "raise it (ulimit -v unlimited)")
+        self.assertEqual(files_under(self.dir), [])
+        result = self.txt2img("a fox", "--threads", "1", "-o", "a.png", timeout=120,
+                              preexec_fn=limit_address_space(4 << 30))
+        self.assertEqual(result.returncode, 0, result.stderr)
+
     def test_summary_reports_peak_memory(self):
         result = self.txt2img("a fox", "-o", "a.png", "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
