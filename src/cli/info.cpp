@@ -1,4 +1,6 @@
 // txt2img info: what a PNG records about how it was made, or what a model bundle holds.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -14,7 +16,6 @@
 #include "txt2img/bundle.hpp"
 #include "txt2img/error.hpp"
 #include "txt2img/png.hpp"
-#include "txt2img/tokenizer.hpp"
 
 namespace txt2img::cli {
 namespace {
@@ -162,6 +163,10 @@ int png_info(const InfoOptions& o) {
   // "-", as for prompt files: `curl ... | txt2img info -`.
   const bool from_stdin = o.path == "-";
   const std::string name = from_stdin ? "<stdin>" : o.path;  // in messages
+  if (from_stdin && isatty(STDIN_FILENO))
+    throw Error(ErrorKind::Usage,
+                "info - reads a PNG from standard input, which is a terminal; pipe the image into it "
+                "(txt2img info - < IMAGE.png) or name its file");
   const PngInfo png = from_stdin ? read_png_info(std::cin, name) : read_png_info(o.path);
   std::optional<std::string> parameters;
   std::optional<nlohmann::ordered_json> reproduction;

@@ -6,17 +6,19 @@ import resource
 import subprocess
 import unittest
 
-from cli_support import BIN, EXIT_RUNTIME, FAST, TINY, CliTestCase, failed_json_lines, files_under, json_lines
+from cli_support import BIN, EXIT_RUNTIME, EXIT_USAGE, FAST, TINY, CliTestCase, failed_json_lines, files_under, json_lines
 
 
 class Terminal(CliTestCase):
-    def run_on_terminal(self, *args, env=None, typed=None, stdout_too=False):
+    def run_on_terminal(self, *args, env=None, typed=None, stdout_too=False, generating=True):
         """Runs with stderr (and, with `typed`, stdin: what is typed there; with `stdout_too`, stdout) on a
-        pseudo-terminal; returns (exit code, what the terminal received)."""
+        pseudo-terminal, with the tiny model and the fast settings where `generating`; returns (exit code, what the
+        terminal received)."""
         controller, terminal = pty.openpty()
         full_env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
         full_env.update({"TERM": "xterm"}, **(env or {}))
-        process = subprocess.Popen([BIN, "--model", str(TINY), *FAST, *args], cwd=self.dir, stdout=terminal if stdout_too else subprocess.DEVNULL,
+        settings = ["--model", str(TINY), *FAST] if generating else []
+        process = subprocess.Popen([BIN, *settings, *args], cwd=self.dir, stdout=terminal if stdout_too else subprocess.DEVNULL,
                                    stderr=terminal, stdin=terminal if typed is not None else None, env=full_env)
         os.close(terminal)
         if typed is not None:
@@ -74,6 +76,12 @@ class Terminal(CliTestCase):
         self.assertEqual(code, 0, screen)
         self.assertIn("reading prompts from standard input, one a line: end them with Ctrl-D", screen)
         self.assertTrue((self.dir / "0.png").exists())
+
+    def test_info_reads_no_image_typed_at_the_terminal(self):
+        """info - at a terminal would wait for a PNG to be typed: it says how to give one instead."""
+        code, screen = self.run_on_terminal("info", "-", typed=b"", generating=False)
+        self.assertEqual(code, EXIT_USAGE, screen)
+        self.assertIn("standard input, which is a terminal; pipe the image into it", screen)
 
     def test_quiet_draws_nothing(self):
         code, screen = self.run_on_terminal("a fox", "-o", "a.png", "--quiet")
