@@ -31,6 +31,7 @@ const Sampler kSamplers[] = {
     {"ddim_a1111", kEta | kStartsLate},
     {"pndm", 0},
     {"plms_a1111", 0},
+    {"ddpm", kStartsLate | kZeroSnr},
     {"euler", kStartsLate | kZeroSnr},
     {"euler_karras", kStartsLate | kZeroSnr},
     {"euler_exponential", kStartsLate | kZeroSnr},
@@ -58,6 +59,8 @@ const Sampler kSamplers[] = {
     {"lms_exponential", kStartsLate},
     {"unipc", kStartsLate | kZeroSnr},
     {"unipc_karras", kStartsLate | kZeroSnr},
+    {"deis", kStartsLate},
+    {"deis_karras", kStartsLate},
     {"lcm", kZeroSnr},
 };
 
@@ -194,6 +197,8 @@ std::string canonical_scheduler_name(const std::string& name) {
         {"kdpmpp2msdekarras", "dpmpp_2m_sde_karras"},
         {"klmskarras", "lms_karras"},
         {"unipcmultistepscheduler", "unipc"},
+        {"ddpmscheduler", "ddpm"},
+        {"deismultistepscheduler", "deis"},
         {"kdpm2", "dpm2"},
         {"kdpm2discretescheduler", "dpm2"},
         {"kdpm2karras", "dpm2_karras"},
@@ -279,6 +284,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (sampler == "ddim_a1111") return detail::make_a1111_ddim(config, steps, eta);
   if (sampler == "plms_a1111") return detail::make_a1111_plms(config, steps);
   if (sampler == "pndm") return detail::make_pndm(config, steps);
+  if (sampler == "ddpm") return detail::make_ddpm(config, steps);
   if (sampler == "lcm") return detail::make_lcm(config, steps);
   if (base == "euler_a") return detail::make_euler_ancestral(config, steps, schedule);
   if (base == "euler") return detail::make_euler(config, steps, schedule);
@@ -287,6 +293,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (base == "dpmpp_2s_a") return detail::make_dpmpp_2s_ancestral(config, steps, schedule);
   if (base == "lms") return detail::make_lms(config, steps, schedule);
   if (base == "unipc") return detail::make_unipc(config, steps, schedule == SigmaSchedule::kKarras);
+  if (base == "deis") return detail::make_deis(config, steps, schedule == SigmaSchedule::kKarras);
   if (base == "dpmpp_2m" || base == "dpmpp_2m_sde")
     return detail::make_dpmpp_2m(config, steps, schedule, base == "dpmpp_2m_sde");
   throw Error(ErrorKind::Usage, "scheduler \"" + sampler + "\" is listed but not built");

@@ -18,6 +18,8 @@ std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, d
 std::unique_ptr<Scheduler> make_a1111_ddim(const SchedulerConfig& config, int steps, double eta);
 std::unique_ptr<Scheduler> make_a1111_plms(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
+// DDPM's ancestral sampling (fresh noise at every call whose timestep is above 0).
+std::unique_ptr<Scheduler> make_ddpm(const SchedulerConfig& config, int steps);
 // Where a sigma sampler's sigmas come from: the spaced timesteps' own, or a schedule between their extremes, Karras
 // et al.'s or exponential (diffusers' use_karras_sigmas, use_exponential_sigmas); or one of AUTOMATIC1111's schedule
 // types that diffusers lacks (a1111_sigmas).
@@ -74,6 +76,7 @@ std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config
 // sigmas or one of A1111's own schedules (diffusers v0.31's exponential sigmas fail in these two classes).
 std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool sde);
 std::unique_ptr<Scheduler> make_unipc(const SchedulerConfig& config, int steps, bool karras);
+std::unique_ptr<Scheduler> make_deis(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 std::unique_ptr<Scheduler> make_lcm(const SchedulerConfig& config, int steps);
 
@@ -181,8 +184,8 @@ struct Vp {
   explicit Vp(float karras_sigma);
 };
 
-// Shared part of the solvers that step in log-SNR time on variance-preserving samples (DPM-Solver++, UniPC): whole
-// timesteps np.linspace(0, num_train_timesteps - 1, steps + 1).round()[::-1][:-1] with their training sigmas, or
+// Shared part of the solvers that step in log-SNR time on variance-preserving samples (DPM-Solver++, UniPC, DEIS):
+// whole timesteps np.linspace(0, num_train_timesteps - 1, steps + 1).round()[::-1][:-1] with their training sigmas, or
 // Karras sigmas between the training extremes at their rounded training timesteps; then a final sigma 0;
 // init_noise_sigma 1. Or one of A1111's own schedules at A1111's fractional timesteps, starting from A1111's
 // noise * sigmas[0] in this space. The U-Net input is unscaled.

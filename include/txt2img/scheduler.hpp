@@ -21,7 +21,7 @@ struct SchedulerConfig {
   std::string prediction_type = "epsilon";
   bool set_alpha_to_one = false;
   // Betas rescaled to zero terminal SNR (Lin et al. 2023: the last timestep is pure noise), for models trained so;
-  // ddim, euler*, euler_a, dpmpp_2m*, unipc* and lcm support it, as their diffusers classes do.
+  // ddim, ddpm, euler*, euler_a, dpmpp_2m*, unipc* and lcm support it, as their diffusers classes do.
   bool rescale_betas_zero_snr = false;
 };
 
@@ -34,13 +34,15 @@ class Scheduler {
   virtual ~Scheduler() = default;
 
   // Timestep of each U-Net call, in order (PNDM makes N+1 calls for N steps, Heun 2N-1: a predictor and a corrector
-  // call per step but the last). Whole numbers for DDIM, PNDM, LCM, DPM-Solver++ and UniPC (which may repeat one);
+  // call per step but the last). Whole numbers for DDIM, DDPM, PNDM, LCM, DPM-Solver++, UniPC and DEIS (which may
+  // repeat one);
   // fractional values for the sigma samplers (float32, or float64 on Karras sigmas where diffusers keeps those).
   const std::vector<double>& timesteps() const { return timesteps_; }
   // What AUTOMATIC1111's sampler of this kind hands its CFG denoiser as the noise level of U-Net call `call`, which
   // A1111's NGMS compares with its threshold: the sigma of the call's input where A1111 samples on k-diffusion's
   // sigmas (euler*, euler_a, heun*, dpm2*, dpmpp_2s_a*, lms*, dpmpp_2m*, and lcm: sqrt((1 - a) / a) at its
-  // timestep), the timestep where A1111 samples on timesteps (ddim*, pndm as A1111's PLMS, plms_a1111, unipc*).
+  // timestep), the timestep where A1111 samples on timesteps (ddim*, pndm as A1111's PLMS, plms_a1111, unipc*) and
+  // for the samplers A1111 lacks (ddpm, deis*).
   virtual double a1111_sigma(size_t call) const { return timesteps_.at(call); }
   // Factor for the initial standard-normal latents (a float32 value).
   virtual double init_noise_sigma() const { return 1.0; }
@@ -48,19 +50,19 @@ class Scheduler {
   virtual torch::Tensor scale_model_input(const torch::Tensor& sample, size_t /*call*/) const { return sample; }
   // Whether step(…, call, …) needs a fresh standard-normal tensor shaped like the sample, drawn from the caller's
   // generator exactly where diffusers draws one: DDIM with eta > 0, Euler ancestral and DPM++ 2M SDE at every
-  // call, the last included; LCM at every call but the last; DPM2 ancestral at each step's midpoint call, and
-  // DPM++ 2S a there too, where k-diffusion draws it.
+  // call, the last included; DDPM at every call whose timestep is above 0; LCM at every call but the last; DPM2
+  // ancestral at each step's midpoint call, and DPM++ 2S a there too, where k-diffusion draws it.
   virtual bool needs_noise(size_t /*call*/) const { return false; }
 
   // Makes step `step` the next one (step = U-Net call but for heun*, dpm2* and dpmpp_2s_a*, whose steps make two calls
   // but the last): its calls and those after it then run as a fresh run (multistep samplers start without history, as
   // k-diffusion does on a sub-schedule and as img2img does), for A1111's hires fix and img2img, which build the
-  // schedule of a longer run and enter it part-way. The single-step samplers (ddim, euler*, euler_a, heun*, dpm2*,
-  // dpmpp_2s_a*) then compute exactly what a whole run computes from the same sample; lms* ramps its order up from 1
-  // again and dpmpp_2m* take a first-order step first. ddim_a1111 enters as A1111's DDIM does, a call later (its
-  // entry_call). Call before any step (start_at(0) changes nothing but on ddim_a1111). Throws Error(Usage) for step > 0
-  // on a sampler that cannot start anywhere but the beginning (pndm, plms_a1111, lcm) or an entry that leaves
-  // ddim_a1111 no call, and Error(Runtime) for a step past the schedule or after a step.
+  // schedule of a longer run and enter it part-way. The single-step samplers (ddim, ddpm, euler*, euler_a, heun*,
+  // dpm2*, dpmpp_2s_a*) then compute exactly what a whole run computes from the same sample; lms* ramps its order up
+  // from 1 again and dpmpp_2m*, unipc* and deis* take a first-order step first. ddim_a1111 enters as A1111's DDIM does,
+  // a call later (its entry_call). Call before any step (start_at(0) changes nothing but on ddim_a1111). Throws
+  // Error(Usage) for step > 0 on a sampler that cannot start anywhere but the beginning (pndm, plms_a1111, lcm) or an
+  // entry that leaves ddim_a1111 no call, and Error(Runtime) for a step past the schedule or after a step.
   void start_at(size_t step);
   // The U-Net call this run starts at: 0, or start_at's entry (the first call of its step; for ddim_a1111 later).
   size_t first_call() const { return first_call_; }
@@ -71,13 +73,13 @@ class Scheduler {
   // The sample at the noise level of call `call`'s input, from a clean sample x0 and standard-normal noise of its
   // shape, in the space step(…, call, …) takes samples in: x0 + sigma * noise for the sigma samplers (euler*,
   // euler_a, heun*, dpm2*, dpmpp_2s_a*, lms*: the sigma of that call's input), alpha * x0 + sigma * noise in the
-  // variance-preserving space of dpmpp_2m* and unipc* (alpha = 1 / sqrt(s^2 + 1) and sigma = s * alpha for that
-  // call's sigma s: A1111's x0 + s * noise scaled as the solver's samples are), sqrt(a) * x0 + sqrt(1 - a) * noise
-  // with a = alphas_cumprod at timesteps()[call] for ddim, pndm and lcm. A whole run of those variance-preserving
-  // samplers starts from noise * init_noise_sigma() = noise as diffusers' does, which add_noise(0, noise, 0) only
-  // approaches (sqrt(1 - a) is 0.9977 at t = 999, 0.993 at ddim's 10-step t = 901); the sigma samplers' add_noise(0,
-  // noise, 0) is noise * init_noise_sigma() except with "leading" spacing, where diffusers' init_noise_sigma is
-  // sqrt(sigma^2 + 1). Throws Error(Runtime) for a call outside the schedule.
+  // variance-preserving space of dpmpp_2m*, unipc* and deis* (alpha = 1 / sqrt(s^2 + 1) and sigma = s * alpha for
+  // that call's sigma s: A1111's x0 + s * noise scaled as the solver's samples are), sqrt(a) * x0 + sqrt(1 - a) *
+  // noise with a = alphas_cumprod at timesteps()[call] for ddim, ddpm, pndm and lcm. A whole run of those
+  // variance-preserving samplers starts from noise * init_noise_sigma() = noise as diffusers' does, which add_noise(0,
+  // noise, 0) only approaches (sqrt(1 - a) is 0.9977 at t = 999, 0.993 at ddim's 10-step t = 901); the sigma samplers'
+  // add_noise(0, noise, 0) is noise * init_noise_sigma() except with "leading" spacing, where diffusers'
+  // init_noise_sigma is sqrt(sigma^2 + 1). Throws Error(Runtime) for a call outside the schedule.
   virtual torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const = 0;
 
   // Advances the float32 sample by U-Net call `call` (0, 1, 2, ..., or from start_at's call on, in order, once

@@ -66,7 +66,7 @@ def differs_from_file(file_alphas_cumprod: torch.Tensor, fields: dict) -> bool:
 
 # What each sampler of txt2img computes, as diffusers v0.31 scheduler options: (the values it needs, the class's
 # defaults for them). A config that sets one of them otherwise describes a computation txt2img does not make. The
-# spacing is each class's default because txt2img runs every sampler with its own default spacing. DDIM's
+# spacing is each class's default because txt2img runs every sampler with its own default spacing. DDIM's and DDPM's
 # clip_sample is not among them: StableDiffusionPipeline turns it off on loading (as it sets steps_offset to 1).
 _NOT_SET = {"thresholding": False, "rescale_betas_zero_snr": False, "use_beta_sigmas": False}
 _SIGMA_SAMPLER = {"timestep_spacing": "linspace", "interpolation_type": "linear", "timestep_type": "discrete",
@@ -75,6 +75,8 @@ _MULTISTEP = {"timestep_spacing": "linspace", "solver_order": 2, "lower_order_fi
               "final_sigmas_type": "zero"}
 _COMPUTED = {
     "DDIMScheduler": ({"timestep_spacing": "leading"}, {}),
+    # The other variance types add noise of another scale (the learned ones need a U-Net that predicts a variance).
+    "DDPMScheduler": ({"timestep_spacing": "leading", "variance_type": "fixed_small"}, {}),
     "PNDMScheduler": ({"timestep_spacing": "leading", "skip_prk_steps": True}, {"skip_prk_steps": False}),
     "LCMScheduler": ({"timestep_spacing": "leading", "clip_sample": False, "original_inference_steps": 50,
                       "timestep_scaling": 10.0}, {}),
@@ -89,30 +91,37 @@ _COMPUTED = {
                                      "variance_type": None}, {}),
     "UniPCMultistepScheduler": ({**_MULTISTEP, "solver_type": "bh2", "predict_x0": True, "disable_corrector": [],
                                  "solver_p": None}, {}),
+    # No final_sigmas_type: DEIS ends at the smallest training sigma. The class reads algorithm_type "dpmsolver" and
+    # "dpmsolver++" as "deis", and every other solver type it knows as "logrho" (source_sampler checks them).
+    "DEISMultistepScheduler": ({"timestep_spacing": "linspace", "solver_order": 2, "lower_order_final": True}, {}),
 }
 # The classes whose use_karras_sigmas / use_exponential_sigmas txt2img computes (diffusers v0.31's multistep solvers
 # fail on exponential sigmas).
 _KARRAS = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
-           "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+           "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+           "DEISMultistepScheduler")
 # The classes that have rescale_betas_zero_snr (the others ignore it, so a config setting it describes no one run).
-_ZERO_SNR = ("DDIMScheduler", "LCMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-             "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
+_ZERO_SNR = ("DDIMScheduler", "DDPMScheduler", "LCMScheduler", "EulerDiscreteScheduler",
+             "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
 _EXPONENTIAL = ("EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
                 "KDPM2AncestralDiscreteScheduler")
 _SAMPLER_OF_CLASS = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "LCMScheduler": "lcm",
                      "EulerAncestralDiscreteScheduler": "euler_a", "EulerDiscreteScheduler": "euler",
                      "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
                      "KDPM2DiscreteScheduler": "dpm2", "KDPM2AncestralDiscreteScheduler": "dpm2_a",
-                     "DPMSolverMultistepScheduler": "dpmpp_2m", "UniPCMultistepScheduler": "unipc"}
+                     "DPMSolverMultistepScheduler": "dpmpp_2m", "UniPCMultistepScheduler": "unipc",
+                     "DDPMScheduler": "ddpm", "DEISMultistepScheduler": "deis"}
 
 
 def source_sampler(config: dict) -> Optional[str]:
     """The txt2img sampler that computes what a diffusers scheduler config describes, or None: another class, or an
     option txt2img's samplers do not compute (another spacing than the class's default, except on a
-    zero-terminal-SNR schedule or under DPM-Solver's and UniPC's Karras sigmas, PNDM's PRK steps, DPM-Solver of
-    another order or algorithm, UniPC's bh1 variant, exponential sigmas on a multistep solver, zero terminal SNR on a
-    class without it...). Options that change nothing are no refusal: DDIM's sample clipping (StableDiffusionPipeline
-    turns it off), DPM-Solver order 2's lower_order_final and euler_at_final with a final sigma of zero."""
+    zero-terminal-SNR schedule or under DPM-Solver's, UniPC's and DEIS's Karras sigmas, PNDM's PRK steps, DPM-Solver
+    of another order or algorithm, UniPC's bh1 variant, DEIS of another order, DDPM's other variance types,
+    exponential sigmas on a multistep solver, zero terminal SNR on a class without it...). Options that change
+    nothing are no refusal: DDIM's and DDPM's sample clipping (StableDiffusionPipeline turns it off), DPM-Solver order
+    2's lower_order_final and euler_at_final with a final sigma of zero, the algorithm and solver types
+    DEISMultistepScheduler reads as its own."""
     cls = config.get("_class_name")
     if cls not in _COMPUTED:
         return None
@@ -123,7 +132,7 @@ def source_sampler(config: dict) -> Optional[str]:
     ignored = set()
     if zero_snr:  # txt2img keeps a zero-terminal-SNR model's spacing for every sampler
         ignored.add("timestep_spacing")
-    if karras and cls in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
+    if karras and cls in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler"):
         ignored.add("timestep_spacing")  # their Karras sigmas span the whole training schedule, however spaced
     if (cls == "DPMSolverMultistepScheduler" and config.get("solver_order", 2) == 2
             and config.get("final_sigmas_type", "zero") == "zero"):
@@ -138,6 +147,10 @@ def source_sampler(config: dict) -> Optional[str]:
         if algorithm not in ("dpmsolver++", "sde-dpmsolver++"):
             return None
         sampler = "dpmpp_2m_sde" if algorithm == "sde-dpmsolver++" else "dpmpp_2m"
+    if cls == "DEISMultistepScheduler" and (
+            config.get("algorithm_type", "deis") not in ("deis", "dpmsolver", "dpmsolver++")
+            or config.get("solver_type", "logrho") not in ("logrho", "midpoint", "heun", "bh1", "bh2")):
+        return None  # diffusers' class refuses them
     if karras and exponential:
         return None
     if karras:

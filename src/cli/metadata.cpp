@@ -57,13 +57,15 @@ struct A1111Sampler {
 };
 
 A1111Sampler a1111_sampler(const std::string& sampler) {
-  // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers.
+  // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers. A1111 has no DDPM
+  // or DEIS: their names are in its style, which canonical_scheduler_name reads back.
   static const std::map<std::string, std::string> names = {
       {"ddim", "DDIM"},       {"ddim_a1111", "DDIM"},   {"pndm", "PLMS"},
       {"plms_a1111", "PLMS"}, {"euler", "Euler"},       {"euler_a", "Euler a"},
       {"heun", "Heun"},       {"dpm2", "DPM2"},         {"dpm2_a", "DPM2 a"},
       {"lms", "LMS"},         {"dpmpp_2m", "DPM++ 2M"}, {"dpmpp_2m_sde", "DPM++ 2M SDE"},
       {"unipc", "UniPC"},     {"lcm", "LCM"},           {"dpmpp_2s_a", "DPM++ 2S a"},
+      {"ddpm", "DDPM"},       {"deis", "DEIS"},
   };
   const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
   const auto it = names.find(base);

@@ -212,13 +212,13 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->type_name("X");
   app.add_option("--ensd", o.ensd,
                  "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a*, "
-                 "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde*, lcm, ddim and ddim_a1111 with --eta) comes from seed + N")
+                 "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde*, ddpm, lcm, ddim and ddim_a1111 with --eta) comes from seed + N")
       ->type_name("N")
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
   app.add_option("--steps", o.steps,
                  "denoising steps, 1 to 1000 (1 to 50 with lcm; at least 2 with ddim_a1111 and plms_a1111; at "
-                 "most 999 with ddim, pndm, dpmpp_2m, dpmpp_2m_sde and unipc)")
+                 "most 999 with ddim, ddpm, pndm, dpmpp_2m, dpmpp_2m_sde, unipc and deis)")
       ->capture_default_str();
   app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")
       ->capture_default_str();
@@ -232,11 +232,11 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "each pass's first steps runs without the negative prompt, unguided (0 is off)")
       ->type_name("F")
       ->capture_default_str();
-  app.add_option(
-         "--ngms", o.ngms,
-         "A1111's NGMS (Negative Guidance minimum sigma): every other U-Net call whose noise level (sigma; "
-         "the timestep for ddim, ddim_a1111, pndm, plms_a1111 and unipc, as A1111 compares them) is below this runs "
-         "without the negative prompt, unguided (0 is off)")
+  app.add_option("--ngms", o.ngms,
+                 "A1111's NGMS (Negative Guidance minimum sigma): every other U-Net call whose noise level (sigma; "
+                 "the timestep for ddim, ddim_a1111, pndm, plms_a1111 and unipc, as A1111 compares them, and for "
+                 "ddpm and deis*, which A1111 lacks) is below this runs without the negative prompt, unguided (0 is "
+                 "off)")
       ->type_name("SIGMA")
       ->capture_default_str();
   app.add_flag("--ngms-all-steps", o.ngms_all_steps,

@@ -183,6 +183,22 @@ class Seeds(CliTestCase):
         self.assertEqual(self.txt2img("a fox", "--seed", "102", "-o", "alone.png").returncode, 0)
         self.assertEqual((self.dir / "2.png").read_bytes(), (self.dir / "alone.png").read_bytes())
 
+    def test_ddpm_draws_its_step_noise_from_each_image_s_seed(self):
+        """DDPM adds fresh noise at every step, drawn from the image's own seed after its initial noise: the same seed
+        makes the same bytes, another seed another image, and image k of a batch is the image seed + k makes alone."""
+        common = ["a fox", "--sampler", "ddpm", "--steps", "4"]
+        for name, seed in [("a.png", "5"), ("b.png", "5"), ("c.png", "6")]:
+            self.assertEqual(self.txt2img(*common, "--seed", seed, "-o", name).returncode, 0)
+        self.assertEqual((self.dir / "a.png").read_bytes(), (self.dir / "b.png").read_bytes())
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+        result = self.txt2img(*common, "--seed", "5", "--images-per-prompt", "2", "--batch-size", "2", "-o",
+                              "batch-{n}.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        # Rows of one U-Net batch may round differently in the last bits.
+        batched, alone = png_pixels(self.dir / "batch-1.png")[2], png_pixels(self.dir / "c.png")[2]
+        self.assertLessEqual(max(abs(x - y) for x, y in zip(batched, alone)), 1)
+        self.assertIn("Steps: 4, Sampler: DDPM,", png_text(self.dir / "a.png")["parameters"])
+
     def test_random_seed_is_reported_and_reproduces(self):
         result = self.txt2img("a fox", "-o", "r.png", "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -257,8 +273,9 @@ class Seeds(CliTestCase):
 
     def test_eta_noise_seed_delta(self):
         """--ensd (A1111's ENSD) changes the images of samplers that draw noise at each step, not the others', and
-        is recorded and given back where it changed them (where not, said once, and left out as A1111 does)."""
-        for sampler in ("euler_a", "ddim"):
+        is recorded and given back where it changed them (where not, said once, and left out as A1111 does): DDPM's
+        noise at each step too."""
+        for sampler in ("euler_a", "ddpm", "ddim"):
             for name, extra in [("plain", []), ("ensd", ["--ensd", "31337"])]:
                 result = self.txt2img("a fox", "--seed", "5", "--sampler", sampler, *extra, "-o", f"{sampler}-{name}.png")
                 self.assertEqual(result.returncode, 0, result.stderr)
@@ -266,12 +283,14 @@ class Seeds(CliTestCase):
                 self.assertEqual(unused in result.stderr, (sampler, name) == ("ddim", "ensd"), result.stderr)
         self.assertNotIn("ENSD", png_text(self.dir / "ddim-ensd.png")["parameters"])
         self.assertEqual(json.loads(png_text(self.dir / "ddim-ensd.png")["txt2img"])["ensd"], 0)
-        self.assertNotEqual(png_pixels(self.dir / "euler_a-plain.png"), png_pixels(self.dir / "euler_a-ensd.png"))
+        for sampler in ("euler_a", "ddpm"):
+            self.assertNotEqual(png_pixels(self.dir / f"{sampler}-plain.png"),
+                                png_pixels(self.dir / f"{sampler}-ensd.png"))
+            self.assertIn(", ENSD: 31337,", png_text(self.dir / f"{sampler}-ensd.png")["parameters"])
+            self.assertNotIn("ENSD", png_text(self.dir / f"{sampler}-plain.png")["parameters"])
+            self.assertEqual(json.loads(png_text(self.dir / f"{sampler}-ensd.png")["txt2img"])["ensd"], 31337)
+            self.assertIn("--ensd 31337", run(["info", f"{sampler}-ensd.png", "--command"], self.dir).stdout)
         self.assertEqual(png_pixels(self.dir / "ddim-plain.png"), png_pixels(self.dir / "ddim-ensd.png"))
-        self.assertIn(", ENSD: 31337,", png_text(self.dir / "euler_a-ensd.png")["parameters"])
-        self.assertNotIn("ENSD", png_text(self.dir / "euler_a-plain.png")["parameters"])
-        self.assertEqual(json.loads(png_text(self.dir / "euler_a-ensd.png")["txt2img"])["ensd"], 31337)
-        self.assertIn("--ensd 31337", run(["info", "euler_a-ensd.png", "--command"], self.dir).stdout)
         self.assertExit(self.txt2img("a fox", "--ensd", "-1", "-o", "bad.png"), EXIT_USAGE, "--ensd")
 
     def test_largest_seed(self):

@@ -49,9 +49,11 @@ class Metadata(CliTestCase):
     def test_txt2img_s_own_a1111_text_reads_back_its_samplers(self):
         """Without its txt2img record, an image's A1111 text gives txt2img's samplers back: one on its own timesteps'
         sigmas (no schedule type, or Uniform where A1111's default is another, which _uniform also writes: said)
-        rather than A1111's Uniform; and the command says that --emphasis and --long-prompts are a guess."""
+        rather than A1111's Uniform, and the samplers A1111 lacks by the names txt2img writes for them; and the command
+        says that --emphasis and --long-prompts are a guess."""
         for sampler, schedule in (("euler", "(Schedule type|$)"), ("dpmpp_2m", "Schedule type: Uniform"),
-                                  ("euler_uniform", "Schedule type: Uniform")):
+                                  ("euler_uniform", "Schedule type: Uniform"), ("ddpm", "Sampler: DDPM, CFG scale"),
+                                  ("deis", "Sampler: DEIS, CFG scale"), ("deis_karras", "Sampler: DEIS Karras, CFG")):
             self.assertEqual(self.txt2img("a fox", "--sampler", sampler, "--seed", "5", "-o", "a.png",
                                           "--overwrite").returncode, 0)
             text = png_text(self.dir / "a.png")
@@ -594,6 +596,10 @@ class Metadata(CliTestCase):
                  ("Sampler: DPM++ 2M SDE, Schedule type: Karras", "dpmpp_2m_sde_karras", "Brownian tree"),
                  ("Sampler: DPM++ 2M SDE", "dpmpp_2m_sde_uniform", "Brownian tree"),
                  ("Sampler: UniPC", "unipc", "bh1 variant of order 3"),
+                 # Samplers A1111 lacks, by the names txt2img writes in its style.
+                 ("Sampler: DDPM", "ddpm", None),
+                 ("Sampler: DEIS, Schedule type: Karras", "deis_karras", None),
+                 ("Sampler: DEIS Karras", "deis_karras", None),
                  ("Sampler: DPM2 a, Schedule type: Karras", "dpm2_a_karras", "without its next-to-last sigma"),
                  ("Sampler: DPM2 Karras", "dpm2_karras", "without its next-to-last sigma"),
                  ("Sampler: DPM++ 2S a", "dpmpp_2s_a_uniform", "it names no A1111 version"),

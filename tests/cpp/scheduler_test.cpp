@@ -196,7 +196,7 @@ torch::Tensor fake_noise(size_t i) {
 // The goldens' other configurations (make_sampler_goldens.py's VARIANTS), keyed "<variant>/<sampler>".
 SchedulerConfig variant_config(const std::string& variant) {
   SchedulerConfig config = sd_config();
-  if (variant == "leading" || variant == "trailing") config.timestep_spacing = variant;
+  if (variant == "leading" || variant == "trailing" || variant == "linspace") config.timestep_spacing = variant;
   if (variant == "v_prediction") config.prediction_type = variant;
   if (variant == "zero_snr") {
     config.rescale_betas_zero_snr = true;
@@ -252,7 +252,10 @@ void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key
 class SamplerGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
 
 TEST_P(SamplerGolden, MatchesDiffusers) {
-  replay_sampler_golden(sampler_goldens(), GetParam().first, GetParam().second);
+  // DDPM and DEIS end on diffusers' sample bit for bit (DEIS's second-order weights take NumPy's float32 log).
+  const auto& key = GetParam().first;
+  const std::string base = txt2img::split_sampler_name(key.substr(key.find('/') + 1)).base;
+  replay_sampler_golden(sampler_goldens(), key, GetParam().second, 1e-6, base == "ddpm" || base == "deis");
 }
 
 std::vector<std::pair<std::string, int>> sampler_golden_cases() {
@@ -262,10 +265,15 @@ std::vector<std::pair<std::string, int>> sampler_golden_cases() {
                            "euler_exponential", "heun_exponential", "lms_exponential", "dpm2_exponential",
                            "dpm2_a_exponential"})
     for (int steps : {1, 2, 3, 10, 25}) out.emplace_back(name, steps);
+  for (const char* name : {"ddpm", "deis", "deis_karras"})
+    for (int steps : {1, 2, 3, 10, 25}) out.emplace_back(name, steps);
   for (const char* name : {"leading/dpmpp_2m", "leading/unipc", "trailing/dpmpp_2m", "trailing/unipc",
                            "zero_snr/ddim", "zero_snr/euler", "zero_snr/euler_karras", "zero_snr/euler_a",
                            "zero_snr/dpmpp_2m", "zero_snr/dpmpp_2m_karras", "zero_snr/dpmpp_2m_sde", "zero_snr/unipc",
                            "zero_snr/lcm"})
+    for (int steps : {1, 2, 3, 10, 20}) out.emplace_back(name, steps);
+  for (const char* name :
+       {"zero_snr/ddpm", "trailing/ddpm", "linspace/ddpm", "leading/deis", "trailing/deis", "v_prediction/deis"})
     for (int steps : {1, 2, 3, 10, 20}) out.emplace_back(name, steps);
   return out;
 }
@@ -556,14 +564,38 @@ TEST(Scheduler, OtherBetaSchedules) {
 // A batch of two rows gives each row exactly what it gets alone: every update is elementwise.
 TEST(Scheduler, RowsAreIndependent) {
   const auto sample0 = golden("common/sample0");
-  for (const auto& [name, eta] : std::vector<std::pair<std::string, double>>{
-           {"ddim", 0.0}, {"ddim", 0.5}, {"pndm", 0.0}, {"euler", 0.0}, {"euler_a", 0.0}, {"dpmpp_2m_karras", 0.0},
-           {"lms", 0.0}, {"lcm", 0.0}, {"dpmpp_2m", 0.0}, {"euler_karras", 0.0}, {"heun", 0.0}, {"heun_karras", 0.0},
-           {"lms_karras", 0.0}, {"dpmpp_2m_sde", 0.0}, {"dpmpp_2m_sde_karras", 0.0}, {"unipc", 0.0},
-           {"unipc_karras", 0.0}, {"dpm2", 0.0}, {"dpm2_karras", 0.0}, {"dpm2_a", 0.0}, {"dpm2_a_karras", 0.0},
-           {"euler_exponential", 0.0}, {"heun_exponential", 0.0}, {"lms_exponential", 0.0}, {"dpm2_exponential", 0.0},
-           {"dpm2_a_exponential", 0.0}, {"dpmpp_2s_a", 0.0}, {"dpmpp_2s_a_karras", 0.0},
-           {"dpmpp_2s_a_exponential", 0.0}}) {
+  for (const auto& [name, eta] : std::vector<std::pair<std::string, double>>{{"ddim", 0.0},
+                                                                             {"ddim", 0.5},
+                                                                             {"pndm", 0.0},
+                                                                             {"euler", 0.0},
+                                                                             {"euler_a", 0.0},
+                                                                             {"dpmpp_2m_karras", 0.0},
+                                                                             {"lms", 0.0},
+                                                                             {"lcm", 0.0},
+                                                                             {"dpmpp_2m", 0.0},
+                                                                             {"euler_karras", 0.0},
+                                                                             {"heun", 0.0},
+                                                                             {"heun_karras", 0.0},
+                                                                             {"lms_karras", 0.0},
+                                                                             {"dpmpp_2m_sde", 0.0},
+                                                                             {"dpmpp_2m_sde_karras", 0.0},
+                                                                             {"unipc", 0.0},
+                                                                             {"unipc_karras", 0.0},
+                                                                             {"dpm2", 0.0},
+                                                                             {"dpm2_karras", 0.0},
+                                                                             {"dpm2_a", 0.0},
+                                                                             {"dpm2_a_karras", 0.0},
+                                                                             {"euler_exponential", 0.0},
+                                                                             {"heun_exponential", 0.0},
+                                                                             {"lms_exponential", 0.0},
+                                                                             {"dpm2_exponential", 0.0},
+                                                                             {"dpm2_a_exponential", 0.0},
+                                                                             {"dpmpp_2s_a", 0.0},
+                                                                             {"dpmpp_2s_a_karras", 0.0},
+                                                                             {"dpmpp_2s_a_exponential", 0.0},
+                                                                             {"ddpm", 0.0},
+                                                                             {"deis", 0.0},
+                                                                             {"deis_karras", 0.0}}) {
     const int steps = 10;
     const auto run = [&](const torch::Tensor& start, const std::function<torch::Tensor(size_t)>& output,
                          const std::function<torch::Tensor(size_t)>& noise) {
@@ -637,6 +669,31 @@ TEST(Scheduler, DdimPredictionTypes) {
   }
 }
 
+// With x0 predictions (and, for DDPM, v predictions) equivalent to the fake epsilon outputs of the goldens, DDPM
+// and DEIS follow the epsilon run (the goldens have DDPM's v_prediction on a zero-terminal-SNR schedule and DEIS's).
+TEST(Scheduler, DdpmAndDeisPredictionTypes) {
+  const auto ac = txt2img::alphas_cumprod(sd_config());
+  for (const std::string name : {"ddpm", "deis"}) {
+    for (const std::string type : {"sample", "v_prediction"}) {
+      if (name == "deis" && type == "v_prediction") continue;
+      SchedulerConfig config;
+      config.prediction_type = type;
+      auto epsilon = txt2img::make_scheduler(name, sd_config(), 10);
+      auto other = txt2img::make_scheduler(name, config, 10);
+      torch::Tensor x = fake_sample0(), y = x;
+      for (size_t i = 0; i < 10; ++i) {
+        const auto noise = epsilon->needs_noise(i) ? fake_noise(i) : torch::Tensor();
+        x = epsilon->step(fake_model_output(i), i, x, noise);
+        const auto x0 = epsilon->pred_original_sample();
+        const double a = ac[static_cast<int64_t>(epsilon->timesteps()[i])].item<double>();
+        const auto output = type == "sample" ? x0 : std::sqrt(a) * fake_model_output(i) - std::sqrt(1 - a) * x0;
+        y = other->step(output, i, y, noise);
+        EXPECT_TRUE(torch::allclose(y, x, 1e-4, 1e-4)) << name << " " << type << " call " << i;
+      }
+    }
+  }
+}
+
 template <typename F>
 void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
   try {
@@ -696,6 +753,7 @@ TEST(Scheduler, NamesAndValidation) {
                                               "ddim_a1111",
                                               "pndm",
                                               "plms_a1111",
+                                              "ddpm",
                                               "euler",
                                               "euler_karras",
                                               "euler_exponential",
@@ -723,6 +781,8 @@ TEST(Scheduler, NamesAndValidation) {
                                               "lms_exponential",
                                               "unipc",
                                               "unipc_karras",
+                                              "deis",
+                                              "deis_karras",
                                               "lcm"};
   auto expected = diffusers_names;
   for (const auto& name : a1111_schedule_samplers()) expected.push_back(name);
@@ -774,17 +834,29 @@ TEST(Scheduler, NamesAndValidation) {
   EXPECT_TRUE(lcm->needs_noise(0) && lcm->needs_noise(1));
   EXPECT_FALSE(lcm->needs_noise(2));
   EXPECT_FALSE(txt2img::make_scheduler("lcm", sd_config(), 1)->needs_noise(0));
+  // DDPM draws noise at every call whose timestep is above 0: all of SD's leading schedule (its last timestep is 1),
+  // all but the last of a linspace one (which ends on 0).
+  const auto ddpm = txt2img::make_scheduler("ddpm", sd_config(), 3);
+  EXPECT_TRUE(ddpm->needs_noise(0) && ddpm->needs_noise(1) && ddpm->needs_noise(2));
+  SchedulerConfig linspace;
+  linspace.timestep_spacing = "linspace";
+  const auto ddpm_linspace = txt2img::make_scheduler("ddpm", linspace, 3);
+  ASSERT_EQ(ddpm_linspace->timesteps(), (std::vector<double>{999, 500, 0}));
+  EXPECT_TRUE(ddpm_linspace->needs_noise(0) && ddpm_linspace->needs_noise(1));
+  EXPECT_FALSE(ddpm_linspace->needs_noise(2));
+  EXPECT_FALSE(txt2img::make_scheduler("deis", sd_config(), 3)->needs_noise(0));
 
   // diffusers would index past alphas_cumprod (leading, offset 1, 1000 steps) or make an extra timestep
   // (trailing, 61 steps).
   expect_error(ErrorKind::Usage, "1000", [] { txt2img::make_scheduler("ddim", sd_config(), 1000); });
   expect_error(ErrorKind::Usage, "1000", [] { txt2img::make_scheduler("pndm", sd_config(), 1000); });
+  expect_error(ErrorKind::Usage, "1000", [] { txt2img::make_scheduler("ddpm", sd_config(), 1000); });
   SchedulerConfig trailing;
   trailing.timestep_spacing = "trailing";
   expect_error(ErrorKind::Usage, "62 timesteps", [&] { txt2img::make_scheduler("euler", trailing, 61); });
   EXPECT_NO_THROW(txt2img::make_scheduler("euler", sd_config(), 1000));
   // The log-SNR solvers' rounded linspace repeats a timestep at 1000 steps (a zero step they would divide by).
-  for (const char* name : {"dpmpp_2m", "dpmpp_2m_sde", "unipc"}) {
+  for (const char* name : {"dpmpp_2m", "dpmpp_2m_sde", "unipc", "deis"}) {
     expect_error(ErrorKind::Usage, "at most 999 steps", [&] { txt2img::make_scheduler(name, sd_config(), 1000); });
     EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), 999)) << name;
     EXPECT_NO_THROW(txt2img::make_scheduler(std::string(name) + "_karras", sd_config(), 1000)) << name;
@@ -856,21 +928,51 @@ TEST(Scheduler, LcmRecoversTheOriginFromAPerfectNoisePrediction) {
 TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
   for (const auto& name : txt2img::scheduler_names()) EXPECT_EQ(txt2img::canonical_scheduler_name(name), name);
   const std::vector<std::pair<std::string, std::string>> aliases = {
-      {"DDIM", "ddim"},       {"PLMS", "pndm"},       {"Euler", "euler"},
-      {"Euler a", "euler_a"}, {"k_euler_a", "euler_a"}, {"LMS", "lms"},
-      {"DPM++ 2M Karras", "dpmpp_2m_karras"}, {"LCM", "lcm"},  {"EulerAncestralDiscreteScheduler", "euler_a"},
-      {"LCMScheduler", "lcm"}, {"PNDMScheduler", "pndm"},    {"LMSDiscreteScheduler", "lms"},
-      {"DPM++ 2M", "dpmpp_2m"}, {"DPMSolverMultistepScheduler", "dpmpp_2m"}, {"Heun", "heun"},
-      {"HeunDiscreteScheduler", "heun"}, {"DPM++ 2M SDE", "dpmpp_2m_sde"},
-      {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"}, {"LMS Karras", "lms_karras"}, {"Euler Karras", "euler_karras"},
-      {"UniPC", "unipc"}, {"UniPCMultistepScheduler", "unipc"}, {"DPM2", "dpm2"}, {"DPM2 Karras", "dpm2_karras"},
-      {"DPM2 a", "dpm2_a"}, {"DPM2 a Karras", "dpm2_a_karras"}, {"k_dpm_2_a", "dpm2_a"},
-      {"DPM++ 2S a", "dpmpp_2s_a"}, {"DPM++ 2S a Karras", "dpmpp_2s_a_karras"}, {"k_dpmpp_2s_a", "dpmpp_2s_a"},
-      {"DPM++ 2S a Exponential", "dpmpp_2s_a_exponential"}, {"k_dpmpp_2s_a_ka", "dpmpp_2s_a_karras"},
-      {"k_dpm_2_a_ka", "dpm2_a_karras"}, {"k_dpm_2_ka", "dpm2_karras"}, {"k_lms_ka", "lms_karras"},
+      {"DDIM", "ddim"},
+      {"PLMS", "pndm"},
+      {"Euler", "euler"},
+      {"Euler a", "euler_a"},
+      {"k_euler_a", "euler_a"},
+      {"LMS", "lms"},
+      {"DPM++ 2M Karras", "dpmpp_2m_karras"},
+      {"LCM", "lcm"},
+      {"EulerAncestralDiscreteScheduler", "euler_a"},
+      {"LCMScheduler", "lcm"},
+      {"PNDMScheduler", "pndm"},
+      {"LMSDiscreteScheduler", "lms"},
+      {"DPM++ 2M", "dpmpp_2m"},
+      {"DPMSolverMultistepScheduler", "dpmpp_2m"},
+      {"Heun", "heun"},
+      {"HeunDiscreteScheduler", "heun"},
+      {"DPM++ 2M SDE", "dpmpp_2m_sde"},
+      {"DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"},
+      {"LMS Karras", "lms_karras"},
+      {"Euler Karras", "euler_karras"},
+      {"UniPC", "unipc"},
+      {"UniPCMultistepScheduler", "unipc"},
+      {"DPM2", "dpm2"},
+      {"DPM2 Karras", "dpm2_karras"},
+      {"DPM2 a", "dpm2_a"},
+      {"DPM2 a Karras", "dpm2_a_karras"},
+      {"k_dpm_2_a", "dpm2_a"},
+      {"DPM++ 2S a", "dpmpp_2s_a"},
+      {"DPM++ 2S a Karras", "dpmpp_2s_a_karras"},
+      {"k_dpmpp_2s_a", "dpmpp_2s_a"},
+      {"DPM++ 2S a Exponential", "dpmpp_2s_a_exponential"},
+      {"k_dpmpp_2s_a_ka", "dpmpp_2s_a_karras"},
+      {"k_dpm_2_a_ka", "dpm2_a_karras"},
+      {"k_dpm_2_ka", "dpm2_karras"},
+      {"k_lms_ka", "lms_karras"},
       {"k_dpmpp_2m_ka", "dpmpp_2m_karras"},
-      {"KDPM2DiscreteScheduler", "dpm2"}, {"KDPM2AncestralDiscreteScheduler", "dpm2_a"},
-      {"Euler Exponential", "euler_exponential"}, {"DPM2 a Exponential", "dpm2_a_exponential"}};
+      {"KDPM2DiscreteScheduler", "dpm2"},
+      {"KDPM2AncestralDiscreteScheduler", "dpm2_a"},
+      {"Euler Exponential", "euler_exponential"},
+      {"DPM2 a Exponential", "dpm2_a_exponential"},
+      {"DDPMScheduler", "ddpm"},
+      {"DDPM", "ddpm"},
+      {"DEISMultistepScheduler", "deis"},
+      {"DEIS", "deis"},
+      {"DEIS Karras", "deis_karras"}};
   for (const auto& [alias, name] : aliases) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
@@ -904,7 +1006,7 @@ TEST(Scheduler, ZeroTerminalSnr) {
   EXPECT_EQ(txt2img::make_scheduler("ddim", zero_snr, 10)->timesteps().front(), 999);
   EXPECT_FLOAT_EQ(static_cast<float>(txt2img::make_scheduler("euler", zero_snr, 10)->init_noise_sigma()), 4096.0f);
   // diffusers' Heun, DPM2, LMS and PNDM have no rescale_betas_zero_snr: refused rather than run on another schedule.
-  for (const char* name : {"heun", "dpm2_a_karras", "lms", "pndm"})
+  for (const char* name : {"heun", "dpm2_a_karras", "lms", "pndm", "deis", "deis_karras"})
     expect_error(ErrorKind::Usage, "zero-terminal-SNR", [&] { txt2img::make_scheduler(name, zero_snr, 10); });
   // From 21 steps, Karras sigmas round to a repeated first timestep, where diffusers' solvers run off the schedule.
   for (const char* name : {"dpmpp_2m_karras", "unipc_karras"}) {
@@ -973,8 +1075,8 @@ TEST(Scheduler, StepsMustComeInOrderWithNoiseWhereNeeded) {
     for (size_t i = 1; i < calls; ++i) sched->step(x, i, x, noise);
     expect_error(ErrorKind::Runtime, "U-Net calls", [&] { sched->step(x, calls, x, noise); });
   }
-  for (const auto& [name, eta] : std::vector<std::pair<std::string, double>>{{"ddim", 0.5}, {"euler_a", 0.0},
-                                                                             {"lcm", 0.0}}) {
+  for (const auto& [name, eta] :
+       std::vector<std::pair<std::string, double>>{{"ddim", 0.5}, {"euler_a", 0.0}, {"lcm", 0.0}, {"ddpm", 0.0}}) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 2, eta);
     expect_error(ErrorKind::Runtime, "noise", [&] { sched->step(x, 0, x); });
     expect_error(ErrorKind::Runtime, "noise", [&] { sched->step(x, 0, x, torch::zeros({1, 4, 8, 7})); });
@@ -1017,7 +1119,10 @@ const std::vector<std::string>& late_starters() {
                                     "dpm2_a_exponential",
                                     "dpmpp_2s_a",
                                     "dpmpp_2s_a_karras",
-                                    "dpmpp_2s_a_exponential"};
+                                    "dpmpp_2s_a_exponential",
+                                    "ddpm",
+                                    "deis",
+                                    "deis_karras"};
     for (const auto& name : a1111_schedule_samplers()) out.push_back(name);
     return out;
   }();
@@ -1048,16 +1153,16 @@ TEST(SchedulerStartAt, AddNoiseAtTheFirstCallIsTheInitialNoise) {
     const bool a1111_schedule =
         std::find(on_a1111_schedules.begin(), on_a1111_schedules.end(), name) != on_a1111_schedules.end();
     // Sigma space, or A1111's start (noise * sigmas[0]) in the variance-preserving space.
-    if (a1111_schedule ||
-        (name.rfind("ddim", 0) != 0 && name.rfind("dpmpp_2m", 0) != 0 && name.rfind("unipc", 0) != 0)) {
+    if (a1111_schedule || (name.rfind("ddim", 0) != 0 && name.rfind("ddpm", 0) != 0 && name.rfind("dpmpp_2m", 0) != 0 &&
+                           name.rfind("unipc", 0) != 0 && name.rfind("deis", 0) != 0)) {
       EXPECT_TRUE(torch::equal(start, whole_run_start)) << name;
     } else {
       EXPECT_EQ(sched->init_noise_sigma(), 1.0) << name;
       EXPECT_TRUE(torch::allclose(start, whole_run_start, 1e-2, 0)) << name;
-      // The first timesteps: ddim's leading 901, DPM-Solver's 999 (both schedules).
+      // The first timesteps: ddim's and ddpm's leading 901, DPM-Solver's 999 (both schedules).
       const auto expected = vp_noised(zeros, n, sched->timesteps()[0]);
       EXPECT_TRUE(torch::allclose(start, expected, 1e-6, 0)) << name << " " << (start - expected).abs().max();
-      if (name == "ddim") EXPECT_TRUE(torch::equal(start, expected));
+      if (name == "ddim" || name == "ddpm") EXPECT_TRUE(torch::equal(start, expected));
       EXPECT_FALSE(torch::equal(start, whole_run_start)) << name;
     }
   }
@@ -1116,9 +1221,10 @@ TEST(SchedulerStartAt, AddNoiseInTheMiddleOfTheSchedule) {
   }
 }
 
-// A1111's NGMS compares the noise level A1111's sampler hands its denoiser: the timestep for DDIM, PLMS and UniPC,
-// else the sigma of the call's input, which add_noise puts on a clean sample of zeros with unit noise (over the
-// signal's scale alpha, add_noise's of ones without noise, in the variance-preserving space of DPM-Solver++ and LCM).
+// A1111's NGMS compares the noise level A1111's sampler hands its denoiser: the timestep for DDIM, PLMS and UniPC
+// (and for DDPM and DEIS, which A1111 lacks), else the sigma of the call's input, which add_noise puts on a clean
+// sample of zeros with unit noise (over the signal's scale alpha, add_noise's of ones without noise, in the
+// variance-preserving space of DPM-Solver++ and LCM).
 TEST(SchedulerA1111Sigma, IsTheTimestepOrTheSigmaOfTheCallsInput) {
   const auto zeros = torch::zeros({1});
   const auto ones = torch::ones({1});
@@ -1127,7 +1233,8 @@ TEST(SchedulerA1111Sigma, IsTheTimestepOrTheSigmaOfTheCallsInput) {
     const auto base = txt2img::split_sampler_name(name).base;
     for (size_t call = 0; call < sched->timesteps().size(); ++call) {
       const double got = sched->a1111_sigma(call);
-      if (base == "ddim" || base == "ddim_a1111" || base == "pndm" || base == "plms_a1111" || base == "unipc") {
+      if (base == "ddim" || base == "ddim_a1111" || base == "pndm" || base == "plms_a1111" || base == "unipc" ||
+          base == "ddpm" || base == "deis") {
         EXPECT_EQ(got, sched->timesteps()[call]) << name << " call " << call;
         continue;
       }
@@ -1199,15 +1306,16 @@ TEST(SchedulerStartAt, MemorylessSamplersFollowTheWholeRun) {
 // The single-step samplers of tests/fixtures/sampler_goldens.safetensors entered at step 4 from the golden sample
 // before it follow the golden run bit for bit; heun's and dpm2's step 4 is their call 8, a predictor (Euler) call.
 TEST(SchedulerStartAt, SingleStepSamplersOfTheGoldensFollowTheWholeRun) {
-  for (const std::string name : {"euler_karras", "heun", "heun_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras",
-                                 "euler_exponential", "heun_exponential", "dpm2_exponential", "dpm2_a_exponential",
-                                 "dpmpp_2s_a", "dpmpp_2s_a_karras", "dpmpp_2s_a_exponential"}) {
+  for (const std::string name :
+       {"euler_karras", "heun", "heun_karras", "dpm2", "dpm2_karras", "dpm2_a", "dpm2_a_karras", "euler_exponential",
+        "heun_exponential", "dpm2_exponential", "dpm2_a_exponential", "dpmpp_2s_a", "dpmpp_2s_a_karras",
+        "dpmpp_2s_a_exponential", "ddpm"}) {
     const auto& goldens = name.rfind("dpmpp_2s_a", 0) == 0 ? kdiffusion_goldens() : sampler_goldens();
     const std::string run = name + "/n10";
     auto late = txt2img::make_scheduler(name, sd_config(), 10);
     late->start_at(4);
     const size_t first = late->first_call();
-    EXPECT_EQ(first, name.rfind("euler", 0) == 0 ? 4u : 8u);
+    EXPECT_EQ(first, name.rfind("euler", 0) == 0 || name == "ddpm" ? 4u : 8u);
     const auto key = [&](size_t call) {
       char buf[32];
       std::snprintf(buf, sizeof buf, "/call%03zu/prev_sample", call);
@@ -1282,6 +1390,30 @@ TEST(SchedulerStartAt, UniPCStartsWithAFirstOrderStepAndNoCorrector) {
   EXPECT_GT((whole->step(eps, k, sample) - first).abs().max().item<double>(), 1e-3);
 }
 
+// DEIS entered at call k starts as a fresh run: a first-order step, DDIM's, which DPM-Solver++'s first-order step
+// also is (up to rounding: one integrates the noise prediction, the other the x0 prediction); the whole run's call
+// k is second order. From call k + 1 on it is second order from the late start's own history.
+TEST(SchedulerStartAt, DeisStartsWithAFirstOrderStep) {
+  const size_t k = 4;
+  const auto sample = fake_sample0(), eps = fake_model_output(k);
+  auto late = txt2img::make_scheduler("deis", sd_config(), 10);
+  late->start_at(k);
+  auto dpm = txt2img::make_scheduler("dpmpp_2m", sd_config(), 10);
+  dpm->start_at(k);
+  ASSERT_EQ(late->timesteps(), dpm->timesteps());
+  const auto first = late->step(eps, k, sample);
+  EXPECT_TRUE(torch::allclose(first, dpm->step(eps, k, sample), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::equal(late->pred_original_sample(), dpm->pred_original_sample()));
+
+  auto whole = txt2img::make_scheduler("deis", sd_config(), 10);
+  torch::Tensor x = sample;
+  for (size_t i = 0; i < k; ++i) x = whole->step(fake_model_output(i), i, x);
+  EXPECT_GT((whole->step(eps, k, sample) - first).abs().max().item<double>(), 1e-3);
+  // The whole run's history at call k + 1 is the late start's: the noise prediction of call k.
+  const auto eps_next = fake_model_output(k + 1);
+  EXPECT_TRUE(torch::equal(late->step(eps_next, k + 1, first), whole->step(eps_next, k + 1, first)));
+}
+
 // LMS entered at call k ramps its order up from 1 there: its first step is an Euler step, its second the
 // two-step Adams-Bashforth-like step on the sigmas of calls k and k + 1.
 TEST(SchedulerStartAt, LmsRampsUpItsOrderFromTheStart) {
@@ -1315,14 +1447,15 @@ TEST(SchedulerStartAt, LmsRampsUpItsOrderFromTheStart) {
 // A model that predicts exactly the noise add_noise put in keeps every sampler on add_noise's path, from any
 // start: each step lands on add_noise(x0, noise, next call) (so add_noise gives samples in the space the steps
 // take), every x0 prediction is x0, and the run ends on x0 (DDIM on sqrt(a) x0 + sqrt(1 - a) noise with a =
-// alphas_cumprod[0], its final alpha as set_alpha_to_one is false).
+// alphas_cumprod[0], its final alpha as set_alpha_to_one is false; DEIS near there too, at the smallest training
+// sigma).
 TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
   const auto x0 = golden("common/sample0") * 0.5;
   const auto n = unit_noise(x0);
   for (const auto& name : late_starters()) {
     // Their fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has euler_a.
     if (name.rfind("euler_a", 0) == 0 || name.rfind("dpmpp_2m_sde", 0) == 0 || name.rfind("dpm2_a", 0) == 0 ||
-        name.rfind("dpmpp_2s_a", 0) == 0)
+        name.rfind("dpmpp_2s_a", 0) == 0 || name == "ddpm")
       continue;
     for (size_t k : {0, 3, 7, 11}) {
       auto sched = txt2img::make_scheduler(name, sd_config(), 12);
@@ -1336,7 +1469,8 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
           EXPECT_TRUE(torch::allclose(x, sched->add_noise(x0, n, i + 1), 1e-5, 1e-5))
               << name << " from " << k << " call " << i << ": " << (x - sched->add_noise(x0, n, i + 1)).abs().max();
       }
-      const auto end = name == "ddim" ? vp_noised(x0, n, 0) : x0;
+      // DEIS stops at the smallest training sigma too (deis_karras at its last Karras sigma, which is that sigma).
+      const auto end = name == "ddim" || name.rfind("deis", 0) == 0 ? vp_noised(x0, n, 0) : x0;
       EXPECT_TRUE(torch::allclose(x, end, 1e-5, 1e-5)) << name << " from " << k << ": " << (x - end).abs().max();
     }
   }

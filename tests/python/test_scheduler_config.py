@@ -71,6 +71,25 @@ def test_scheduler_fields():
     ({"_class_name": "UniPCMultistepScheduler", "use_karras_sigmas": True}, "unipc_karras"),
     ({"_class_name": "UniPCMultistepScheduler", "solver_type": "bh1"}, None),
     ({"_class_name": "DPMSolverSinglestepScheduler"}, None),
+    # DDPM with SD's configuration: the class clips x0 by default, which StableDiffusionPipeline turns off.
+    ({"_class_name": "DDPMScheduler"}, "ddpm"),
+    ({"_class_name": "DDPMScheduler", "clip_sample": True, "variance_type": "fixed_small"}, "ddpm"),
+    ({"_class_name": "DDPMScheduler", "variance_type": "fixed_large"}, None),
+    ({"_class_name": "DDPMScheduler", "variance_type": "learned_range"}, None),
+    ({"_class_name": "DDPMScheduler", "timestep_spacing": "trailing"}, None),
+    ({"_class_name": "DDPMScheduler", "use_karras_sigmas": True}, None),  # the class has no such option
+    ({"_class_name": "DDPMScheduler", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}, "ddpm"),
+    ({"_class_name": "DEISMultistepScheduler"}, "deis"),
+    ({"_class_name": "DEISMultistepScheduler", "use_karras_sigmas": True, "timestep_spacing": "leading"},
+     "deis_karras"),
+    # The class reads DPM-Solver's algorithm and solver types as its own.
+    ({"_class_name": "DEISMultistepScheduler", "algorithm_type": "dpmsolver++", "solver_type": "midpoint"}, "deis"),
+    ({"_class_name": "DEISMultistepScheduler", "algorithm_type": "sde-dpmsolver++"}, None),
+    ({"_class_name": "DEISMultistepScheduler", "solver_order": 3}, None),
+    ({"_class_name": "DEISMultistepScheduler", "lower_order_final": False}, None),
+    ({"_class_name": "DEISMultistepScheduler", "timestep_spacing": "trailing"}, None),
+    ({"_class_name": "DEISMultistepScheduler", "use_exponential_sigmas": True}, None),
+    ({"_class_name": "DEISMultistepScheduler", "rescale_betas_zero_snr": True}, None),
     # Zero terminal SNR: the classes that have the option, on the model's own spacing, which txt2img then keeps.
     ({"_class_name": "DDIMScheduler", "clip_sample": False, "rescale_betas_zero_snr": True,
       "timestep_spacing": "trailing"}, "ddim"),
