@@ -11,36 +11,13 @@
 namespace txt2img::detail {
 namespace {
 
-// diffusers takes the second-order coefficients' logs with np.log of float32 tensors, which NumPy (1.x, x86-64 with
-// AVX2 and FMA3 or AVX-512, the goldens' build) computes with its own SIMD approximation rather than libm's, off by
-// an ulp from the correctly rounded log for about one value in eight. This is that approximation for positive
-// normal floats, bit for bit: log(m) + e * ln 2 with m in [sqrt(1/2), sqrt(2)), log(m) a rational function of m - 1.
-float numpy_log(float x) {
-  int e = 0;
-  float m = std::frexp(x, &e);
-  auto exponent = static_cast<float>(e);
-  if (m <= 0.707106781186547524400844362104849039f) {
-    m = m + m;
-    exponent = exponent - 1.0f;
-  }
-  m = m - 1.0f;
-  float num = std::fma(2.589979117907922693523e-02f, m, 3.808837741388407920751e-01f);
-  num = std::fma(num, m, 1.480000633576506585156e+00f);
-  num = std::fma(num, m, 2.112677543073053063722e+00f);
-  num = std::fma(num, m, 9.999999999999998702752e-01f);
-  num = std::fma(num, m, 0.0f);
-  float den = std::fma(5.875095403124574342950e-03f, m, 1.546476374983906719538e-01f);
-  den = std::fma(den, m, 9.864942958519418960339e-01f);
-  den = std::fma(den, m, 2.453006071784736363091e+00f);
-  den = std::fma(den, m, 2.612677543073109236779e+00f);
-  den = std::fma(den, m, 1.0f);
-  return std::fma(exponent, 0.693147180559945309417232121458176568f, num / den);
-}
-
 // The antiderivative in rho, at t, of the Lagrange basis polynomial in log rho that is 1 at b and 0 at c: the noise
 // predictions' weights over a step from rho_s0 to rho_t are its differences, in diffusers' float32 operations.
+// diffusers takes these logs with np.log of float32 tensors, whose SIMD approximation (on x86-64 with AVX2 or
+// AVX-512) is an ulp off libm's for about one value in eight: diffusers' own weights differ between machines by
+// that much, and txt2img's from those of the goldens' machine by as much.
 float log_rho_integral(float t, float b, float c) {
-  return t * (-numpy_log(c) + numpy_log(t) - 1.0f) / (numpy_log(b) - numpy_log(c));
+  return t * (-std::log(c) + std::log(t) - 1.0f) / (std::log(b) - std::log(c));
 }
 
 class Deis final : public LogSnrScheduler {

@@ -252,10 +252,12 @@ void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key
 class SamplerGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
 
 TEST_P(SamplerGolden, MatchesDiffusers) {
-  // DDPM and DEIS end on diffusers' sample bit for bit (DEIS's second-order weights take NumPy's float32 log).
+  // DDPM ends on diffusers' sample bit for bit. DEIS's second-order weights take NumPy's float32 log, an ulp off
+  // libm's for some values on the goldens' machine (and different on others): over 20 steps that grows to a relative
+  // 3e-6.
   const auto& key = GetParam().first;
   const std::string base = txt2img::split_sampler_name(key.substr(key.find('/') + 1)).base;
-  replay_sampler_golden(sampler_goldens(), key, GetParam().second, 1e-6, base == "ddpm" || base == "deis");
+  replay_sampler_golden(sampler_goldens(), key, GetParam().second, base == "deis" ? 1e-5 : 1e-6, base == "ddpm");
 }
 
 std::vector<std::pair<std::string, int>> sampler_golden_cases() {
