@@ -20,3 +20,12 @@ TEST(Utf8, InvalidUtf8At) {
                                                                            {"x\xffy", 1}})
     EXPECT_EQ(txt2img::invalid_utf8_at(bad), std::optional<size_t>(at)) << at;
 }
+
+// ICU indexes with int32_t: a text past 2 GiB (a prompt file read whole) is still checked to its end.
+TEST(Utf8, TextsPast2GiB) {
+  std::string text(size_t{1} << 31, 'a');
+  text += "caf\xc3\xa9";
+  EXPECT_EQ(txt2img::invalid_utf8_at(text), std::nullopt);
+  text += "\xff";
+  EXPECT_EQ(txt2img::invalid_utf8_at(text), std::optional<size_t>((size_t{1} << 31) + 5));
+}
