@@ -37,17 +37,14 @@ class Ddim final : public Scheduler {
     const float alpha_prev = prev_t >= 0 ? alphas_cumprod_[prev_t] : final_alpha_cumprod_;
     const float beta_t = 1.0f - alpha_t;
 
-    torch::Tensor x0, eps;
-    if (prediction_type_ == "epsilon") {
-      x0 = (sample - std::sqrt(beta_t) * model_output) / std::sqrt(alpha_t);
+    const auto x0 = vp_predict_x0(prediction_type_, model_output, sample, alpha_t);
+    torch::Tensor eps;
+    if (prediction_type_ == "epsilon")
       eps = model_output;
-    } else if (prediction_type_ == "sample") {
-      x0 = model_output;
+    else if (prediction_type_ == "sample")
       eps = (sample - std::sqrt(alpha_t) * x0) / std::sqrt(beta_t);
-    } else {  // v_prediction
-      x0 = std::sqrt(alpha_t) * sample - std::sqrt(beta_t) * model_output;
+    else  // v_prediction
       eps = std::sqrt(alpha_t) * model_output + std::sqrt(beta_t) * sample;
-    }
 
     const float beta_prev = 1.0f - alpha_prev;
     const float variance = (beta_prev / beta_t) * (1.0f - alpha_t / alpha_prev);

@@ -44,13 +44,7 @@ class Ddpm final : public Scheduler {
     const float step_alpha = alpha_t / alpha_prev;
     const float step_beta = 1.0f - step_alpha;
 
-    torch::Tensor x0;
-    if (prediction_type_ == "epsilon")
-      x0 = (sample - std::sqrt(beta_t) * model_output) / std::sqrt(alpha_t);
-    else if (prediction_type_ == "sample")
-      x0 = model_output;
-    else  // v_prediction
-      x0 = std::sqrt(alpha_t) * sample - std::sqrt(beta_t) * model_output;
+    const auto x0 = vp_predict_x0(prediction_type_, model_output, sample, alpha_t);
 
     const float x0_coeff = (std::sqrt(alpha_prev) * step_beta) / beta_t;
     const float sample_coeff = std::sqrt(step_alpha) * beta_prev / beta_t;

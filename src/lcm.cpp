@@ -63,7 +63,6 @@ class Lcm final : public Scheduler {
     if (needs_noise(call)) check_noise(noise, sample);
     const auto t = static_cast<int64_t>(timesteps_[call]);
     const float alpha_t = alphas_cumprod_[t];
-    const float beta_t = 1.0f - alpha_t;
 
     // The consistency model's boundary condition in diffusers' float32 order: c_skip -> 1 and c_out -> 0 at t = 0.
     const float scaled = static_cast<float>(t) * kTimestepScaling;
@@ -71,13 +70,7 @@ class Lcm final : public Scheduler {
     const float c_skip = kSigmaData * kSigmaData / denominator;
     const float c_out = scaled / std::sqrt(denominator);
 
-    torch::Tensor x0;
-    if (prediction_type_ == "epsilon")
-      x0 = (sample - std::sqrt(beta_t) * model_output) / std::sqrt(alpha_t);
-    else if (prediction_type_ == "sample")
-      x0 = model_output;
-    else  // v_prediction
-      x0 = std::sqrt(alpha_t) * sample - std::sqrt(beta_t) * model_output;
+    const auto x0 = vp_predict_x0(prediction_type_, model_output, sample, alpha_t);
     auto denoised = c_out * x0 + c_skip * sample;
 
     pred_original_sample_ = denoised;

@@ -273,6 +273,14 @@ torch::Tensor add_noise_vp(const torch::Tensor& x0, const torch::Tensor& noise, 
   return std::sqrt(alpha_cumprod) * x0 + std::sqrt(1.0f - alpha_cumprod) * noise;
 }
 
+torch::Tensor vp_predict_x0(const std::string& prediction_type, const torch::Tensor& model_output,
+                            const torch::Tensor& sample, float alpha_t) {
+  const float beta_t = 1.0f - alpha_t;
+  if (prediction_type == "epsilon") return (sample - std::sqrt(beta_t) * model_output) / std::sqrt(alpha_t);
+  if (prediction_type == "sample") return model_output;
+  return std::sqrt(alpha_t) * sample - std::sqrt(beta_t) * model_output;  // v_prediction
+}
+
 void check_noise(const torch::Tensor& noise, const torch::Tensor& sample) {
   if (!noise.defined() || noise.sizes() != sample.sizes())
     throw Error(ErrorKind::Runtime, "this scheduler step needs a standard-normal noise tensor shaped like the sample");

@@ -135,6 +135,11 @@ void check_add_noise_call(size_t call, size_t total);
 // add_noise of the samplers that index alphas_cumprod with their timestep (DDIM, PNDM, LCM), as diffusers'
 // DDIMScheduler.add_noise computes it: sqrt(a) * x0 + sqrt(1 - a) * noise.
 torch::Tensor add_noise_vp(const torch::Tensor& x0, const torch::Tensor& noise, float alpha_cumprod);
+// The clean sample that the samplers indexing alphas_cumprod with their timestep (DDIM, DDPM, LCM) predict from a
+// model output at alphas_cumprod alpha_t, by prediction type ("epsilon", "sample" or "v_prediction"), in diffusers'
+// float32 order: (x - sqrt(1 - a) * eps) / sqrt(a), the output itself, or sqrt(a) * x - sqrt(1 - a) * v.
+torch::Tensor vp_predict_x0(const std::string& prediction_type, const torch::Tensor& model_output,
+                            const torch::Tensor& sample, float alpha_t);
 
 // Throws Error(Runtime) unless `noise` is defined and shaped like `sample`.
 void check_noise(const torch::Tensor& noise, const torch::Tensor& sample);
