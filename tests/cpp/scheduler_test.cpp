@@ -1371,46 +1371,43 @@ TEST(SchedulerStartAt, DpmPP2MStartsWithAFirstOrderStep) {
   EXPECT_TRUE(torch::equal(late->step(eps_next, k + 1, first), history->step(eps_next, k + 1, first)));
 }
 
-// UniPC entered at call k starts as a fresh run: no corrector (nothing to correct yet) and a first-order
-// predictor, which is DPM-Solver++'s first-order step (up to expm1(-h) against exp(-h) - 1); the whole run's call
-// k corrects and takes a second-order step.
-TEST(SchedulerStartAt, UniPCStartsWithAFirstOrderStepAndNoCorrector) {
-  const size_t k = 4;
+// A multistep sampler entered at call k of 10 starts as a fresh run: its first step is first order, DPM-Solver++'s
+// first-order step up to rounding, from the same x0 prediction; the whole run's call k is of a higher order and
+// lands elsewhere. Returns the late start after its first call, that first call's sample, and the whole run after
+// its call k.
+struct LateStart {
+  std::unique_ptr<txt2img::Scheduler> late;
+  torch::Tensor first;
+  std::unique_ptr<txt2img::Scheduler> whole;
+};
+LateStart expect_a_first_order_start(const std::string& sampler, size_t k) {
   const auto sample = fake_sample0(), eps = fake_model_output(k);
-  auto late = txt2img::make_scheduler("unipc", sd_config(), 10);
+  auto late = txt2img::make_scheduler(sampler, sd_config(), 10);
   late->start_at(k);
   auto dpm = txt2img::make_scheduler("dpmpp_2m", sd_config(), 10);
   dpm->start_at(k);
-  ASSERT_EQ(late->timesteps(), dpm->timesteps());
+  EXPECT_EQ(late->timesteps(), dpm->timesteps()) << sampler;
   const auto first = late->step(eps, k, sample);
-  EXPECT_TRUE(torch::allclose(first, dpm->step(eps, k, sample), 1e-5, 1e-6));
-  EXPECT_TRUE(torch::equal(late->pred_original_sample(), dpm->pred_original_sample()));
+  EXPECT_TRUE(torch::allclose(first, dpm->step(eps, k, sample), 1e-5, 1e-6)) << sampler;
+  EXPECT_TRUE(torch::equal(late->pred_original_sample(), dpm->pred_original_sample())) << sampler;
 
-  auto whole = txt2img::make_scheduler("unipc", sd_config(), 10);
+  auto whole = txt2img::make_scheduler(sampler, sd_config(), 10);
   torch::Tensor x = sample;
   for (size_t i = 0; i < k; ++i) x = whole->step(fake_model_output(i), i, x);
-  EXPECT_GT((whole->step(eps, k, sample) - first).abs().max().item<double>(), 1e-3);
+  EXPECT_GT((whole->step(eps, k, sample) - first).abs().max().item<double>(), 1e-3) << sampler;
+  return {std::move(late), first, std::move(whole)};
 }
 
-// DEIS entered at call k starts as a fresh run: a first-order step, DDIM's, which DPM-Solver++'s first-order step
-// also is (up to rounding: one integrates the noise prediction, the other the x0 prediction); the whole run's call
-// k is second order. From call k + 1 on it is second order from the late start's own history.
+// UniPC's first step skips the corrector too (nothing to correct yet); its first order is DPM-Solver++'s up to
+// expm1(-h) against exp(-h) - 1.
+TEST(SchedulerStartAt, UniPCStartsWithAFirstOrderStepAndNoCorrector) { expect_a_first_order_start("unipc", 4); }
+
+// DEIS's first step is DDIM's, which DPM-Solver++'s first-order step also is (up to rounding: one integrates the
+// noise prediction, the other the x0 prediction). From call k + 1 on it is second order from the late start's own
+// history.
 TEST(SchedulerStartAt, DeisStartsWithAFirstOrderStep) {
   const size_t k = 4;
-  const auto sample = fake_sample0(), eps = fake_model_output(k);
-  auto late = txt2img::make_scheduler("deis", sd_config(), 10);
-  late->start_at(k);
-  auto dpm = txt2img::make_scheduler("dpmpp_2m", sd_config(), 10);
-  dpm->start_at(k);
-  ASSERT_EQ(late->timesteps(), dpm->timesteps());
-  const auto first = late->step(eps, k, sample);
-  EXPECT_TRUE(torch::allclose(first, dpm->step(eps, k, sample), 1e-5, 1e-6));
-  EXPECT_TRUE(torch::equal(late->pred_original_sample(), dpm->pred_original_sample()));
-
-  auto whole = txt2img::make_scheduler("deis", sd_config(), 10);
-  torch::Tensor x = sample;
-  for (size_t i = 0; i < k; ++i) x = whole->step(fake_model_output(i), i, x);
-  EXPECT_GT((whole->step(eps, k, sample) - first).abs().max().item<double>(), 1e-3);
+  auto [late, first, whole] = expect_a_first_order_start("deis", k);
   // The whole run's history at call k + 1 is the late start's: the noise prediction of call k.
   const auto eps_next = fake_model_output(k + 1);
   EXPECT_TRUE(torch::equal(late->step(eps_next, k + 1, first), whole->step(eps_next, k + 1, first)));
