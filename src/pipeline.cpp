@@ -13,6 +13,7 @@
 
 #include "address_space.hpp"
 #include "attention_kernel.hpp"
+#include "circular_padding.hpp"
 #include "forwarded_observer.hpp"
 #include "join.hpp"
 #include "lora_weights.hpp"
@@ -264,6 +265,11 @@ Pipeline Pipeline::load(const Bundle& bundle, const PipelineOptions& options) tr
     module.eval();
     module.to(device, dtype);
     if (channels_last) to_channels_last(module);  // before freezing, which turns the weights into constants
+    if (options.tiling && (file == "unet.pt" || file == "vae_decoder.pt" || file == "vae_encoder.pt") &&
+        detail::pad_circularly(module) == 0)
+      throw Error(ErrorKind::Bundle, "model bundle " + bundle.dir().string() + ": its " + file +
+                                         " cannot pad circularly for --tiling (a converter before this release made "
+                                         "it); convert the model again with scripts/convert.py");
     if (options.graph == GraphOptimization::None) return module;
     methods.erase(std::remove_if(methods.begin(), methods.end(),
                                  [&](const std::string& m) { return !module.find_method(m); }),
@@ -447,8 +453,8 @@ torch::Tensor Pipeline::decode(const torch::Tensor& latents) {
 
 bool Pipeline::decodes_in_tiles(const torch::Tensor& latents) const {
   // TAESD has no attention (the VAE's grows with the square of the latent area) and half the VAE's widest
-  // activations, so it decodes whole.
-  return options_.low_vram && options_.decoder == Decoder::Full && needs_tiling(latents, kVaeTile);
+  // activations, so it decodes whole. With tiling each tile would wrap around inside itself.
+  return options_.low_vram && options_.decoder == Decoder::Full && !options_.tiling && needs_tiling(latents, kVaeTile);
 }
 
 // txt2img runs an inpainting model with the whole image masked, as A1111 does and as diffusers' inpainting pipeline

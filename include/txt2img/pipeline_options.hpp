@@ -61,6 +61,11 @@ struct PipelineOptions {
   // within a small GPU's memory. Up to that size the images are the same as without it. Pipeline::load refuses it
   // with a graph optimisation (frozen weights are constants of the graph and cannot move).
   bool low_vram = false;
+  // AUTOMATIC1111's Tiling: the U-Net's and the VAE's convolutions pad circularly instead of with zeros, so that an
+  // image's opposite edges meet and copies of it tile without seams (the TAESD decoder keeps its zeros, as in A1111).
+  // With low_vram the decoder then works on the whole image: tiles would wrap around inside themselves. Pipeline::load
+  // throws Error(Bundle) for a bundle converted before its convolutions could switch (convert it again).
+  bool tiling = false;
   // The U-Net's convolutions in NHWC (channels_last), and the U-Net call captured as a CUDA graph and replayed
   // (CUDA builds and devices only; Pipeline::load throws Error(Usage) otherwise). Measured by txt2img-bench
   // (docs/PERFORMANCE.md): together, and with profiling_executor off, they are the command line's CUDA default.

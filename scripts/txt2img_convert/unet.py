@@ -84,6 +84,28 @@ def check_config(config: Dict[str, Any], supported: Dict[str, Any], what: str) -
             raise NotImplementedError(f"{what}: {key}={value!r} is not supported (only {allowed!r}){hint}")
 
 
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d whose zero padding becomes circular while `tiling` is set, for images that tile seamlessly.
+
+    AUTOMATIC1111's Tiling sets the padding_mode of every Conv2d of its model (U-Net and VAE) to "circular"; a
+    scripted padding_mode is a constant of the graph, so the switch is an attribute that txt2img sets at load time
+    (--tiling). Its parameters are nn.Conv2d's, under the same names.
+    """
+
+    tiling: bool
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.tiling = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.tiling:
+            # nn.Conv2d's own circular path: pad, then convolve without padding.
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode="circular")
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 class ResnetBlock2D(nn.Module):
     def __init__(
         self,
@@ -96,10 +118,10 @@ class ResnetBlock2D(nn.Module):
     ):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
         self.output_scale_factor = float(output_scale_factor)
 
@@ -120,7 +142,7 @@ class ResnetBlock2D(nn.Module):
 class Downsample2D(nn.Module):
     def __init__(self, channels: int, padding: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=padding)
         # diffusers' asymmetric padding when downsample_padding is 0 (as in the original LDM code).
         self.pad_bottom_right = padding == 0
 
@@ -133,7 +155,7 @@ class Downsample2D(nn.Module):
 class Upsample2D(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor, size: List[int]) -> Tensor:
         # Nearest interpolation to an explicit size equals scale_factor=2 when size is exactly double (same
@@ -548,7 +570,7 @@ class UNet2DConditionModel(nn.Module):
         self.time_proj_dim = block_out[0]
         self.flip_sin_to_cos = bool(config.get("flip_sin_to_cos", True))
         self.freq_shift = float(config.get("freq_shift", 0))
-        self.conv_in = nn.Conv2d(config.get("in_channels", 4), block_out[0], 3, padding=1)
+        self.conv_in = Conv2d(config.get("in_channels", 4), block_out[0], 3, padding=1)
         self.time_cond_proj_dim = int(config.get("time_cond_proj_dim") or 0)
         self.time_embedding = TimestepEmbedding(block_out[0], temb_channels, self.time_cond_proj_dim)
 
@@ -601,7 +623,7 @@ class UNet2DConditionModel(nn.Module):
         self.up_blocks = nn.ModuleList(up_blocks)
 
         self.conv_norm_out = nn.GroupNorm(groups, block_out[0], eps=eps)
-        self.conv_out = nn.Conv2d(block_out[0], config.get("out_channels", 4), 3, padding=1)
+        self.conv_out = Conv2d(block_out[0], config.get("out_channels", 4), 3, padding=1)
 
     def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor,
                 guidance: Optional[Tensor] = None) -> Tensor:

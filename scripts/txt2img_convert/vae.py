@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet import Downsample2D, ResnetBlock2D, Upsample2D, attention, check_config, resolve_sdpa
+from .unet import Conv2d, Downsample2D, ResnetBlock2D, Upsample2D, attention, check_config, resolve_sdpa
 
 # diffusers builds the VAE's resnets, mid-block attention and output norms with this eps, whatever the config
 # says.
@@ -89,7 +89,7 @@ class Encoder(nn.Module):
             raise NotImplementedError(f"VAE down_block_types {down_types!r}: only DownEncoderBlock2D per level")
         groups = int(config.get("norm_num_groups", 32))
         num_layers = int(config.get("layers_per_block", 1))
-        self.conv_in = nn.Conv2d(config.get("in_channels", 3), block_out[0], 3, padding=1)
+        self.conv_in = Conv2d(config.get("in_channels", 3), block_out[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
             [
                 DownEncoderBlock2D(block_out[max(i - 1, 0)], block_out[i], num_layers, i < len(block_out) - 1, groups)
@@ -101,7 +101,7 @@ class Encoder(nn.Module):
         )
         self.conv_norm_out = nn.GroupNorm(groups, block_out[-1], eps=_EPS)
         # The mean and the log-variance of each latent channel.
-        self.conv_out = nn.Conv2d(block_out[-1], 2 * config.get("latent_channels", 4), 3, padding=1)
+        self.conv_out = Conv2d(block_out[-1], 2 * config.get("latent_channels", 4), 3, padding=1)
 
     def forward(self, image: Tensor) -> Tensor:
         x = self.conv_in(image)
@@ -138,7 +138,7 @@ class Decoder(nn.Module):
             raise NotImplementedError(f"VAE up_block_types {up_types!r}: only UpDecoderBlock2D per level")
         groups = int(config.get("norm_num_groups", 32))
         num_layers = int(config.get("layers_per_block", 1)) + 1
-        self.conv_in = nn.Conv2d(config.get("latent_channels", 4), block_out[-1], 3, padding=1)
+        self.conv_in = Conv2d(config.get("latent_channels", 4), block_out[-1], 3, padding=1)
         self.mid_block = UNetMidBlock2D(
             block_out[-1], groups, bool(config.get("mid_block_add_attention", True)), use_sdpa
         )
@@ -150,7 +150,7 @@ class Decoder(nn.Module):
             ]
         )
         self.conv_norm_out = nn.GroupNorm(groups, block_out[0], eps=_EPS)
-        self.conv_out = nn.Conv2d(block_out[0], config.get("out_channels", 3), 3, padding=1)
+        self.conv_out = Conv2d(block_out[0], config.get("out_channels", 3), 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.mid_block(self.conv_in(z))

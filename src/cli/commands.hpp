@@ -47,6 +47,7 @@ struct GenerateOptions {
   std::string dtype;   // empty: fp16 on CUDA, fp32 on CPU
   std::string graph = "none";  // none, freeze, optimize (PipelineOptions::graph)
   bool low_vram = false;       // PipelineOptions::low_vram
+  bool tiling = false;         // PipelineOptions::tiling
   std::string decoder = "full";  // full or taesd (PipelineOptions::decoder)
   std::string preview;           // a PNG rewritten with TAESD's view of the batch's first image (empty: none)
   int preview_every = 1;         // ... after every this many U-Net calls

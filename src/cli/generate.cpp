@@ -74,6 +74,7 @@ Placement choose_placement(const GenerateOptions& o) {
   check_placement(p.options.device, p.options.dtype);
   p.options.graph = *graph_optimization_named(o.graph);
   p.options.low_vram = o.low_vram;
+  p.options.tiling = o.tiling;
   p.options.decoder = *decoder_named(o.decoder);
   p.options.previews = !o.preview.empty();
   // On CUDA the U-Net call is captured as a CUDA graph with NHWC convolutions, and TorchScript runs unprofiled:
@@ -330,6 +331,7 @@ class Generator {
     record.vae_hash = manifest_.vae_hash;
     record.decoder = o_.decoder;
     record.vae_tiling = image.decoded_in_tiles;
+    record.tiling = o_.tiling;
     if (placement_.options.decoder == Decoder::Taesd) {
       record.taesd_name = manifest_.taesd_name;
       record.taesd_hash = manifest_.taesd_hash;

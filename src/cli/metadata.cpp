@@ -133,6 +133,7 @@ std::string a1111_parameters(const ImageRecord& r) {
   if (r.ensd != 0) params.emplace_back("ENSD", std::to_string(r.ensd));
   // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
   params.emplace_back("RNG", "CPU");
+  if (r.tiling) params.emplace_back("Tiling", "True");
   if (r.hires.enabled()) {
     params.emplace_back("Hires upscale", slider_number(r.hires.scale));
     // The steps that ran, given or not (A1111 reads a missing or 0 "Hires steps" as the first pass's), so that
@@ -323,6 +324,7 @@ nlohmann::ordered_json settings_json(const ImageRecord& r) {
       {"hires", hires_json(r)},
       {"decoder", r.decoder},
       {"vae_tiling", r.vae_tiling},
+      {"tiling", r.tiling},
       {"graph", r.graph},
       {"cuda_graph", r.cuda_graph},
   };

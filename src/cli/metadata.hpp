@@ -53,6 +53,7 @@ struct ImageRecord {
   std::string vae_hash;
   std::string decoder = "full";  // "full" (the VAE) or "taesd"
   bool vae_tiling = false;       // decoded in tiles (--low-vram above 512 pixels a side)
+  bool tiling = false;           // A1111's Tiling (--tiling): circular padding, an image that tiles
   std::string taesd_name;        // with decoder "taesd": the bundle's TAESD (empty when unnamed)
   std::string taesd_hash;
   std::vector<LoraRecord> loras;  // the LoRAs the prompt's tags add, in order

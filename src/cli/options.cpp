@@ -303,6 +303,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->needs(hires);
   app.add_option("-W,--width", o.width, "image width, a multiple of 8 (default: the model's size, e.g. 512)");
   app.add_option("-H,--height", o.height, "image height, a multiple of 8 (default: the model's size)");
+  app.add_flag("--tiling", o.tiling,
+               "A1111's Tiling: an image whose opposite edges meet, for textures and patterns that tile without seams "
+               "(the U-Net's and VAE's convolutions pad circularly)");
   add_model_option(app, o.model);
   app.add_option("--device", o.device, "cpu, cuda or cuda:K (default: cuda when available, else cpu)");
   app.add_option("--dtype", o.dtype, "fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)")

@@ -103,6 +103,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (safety == "report") add("--safety", "report");
     if (r.value("decoder", std::string("full")) != "full") add("--decoder", r.at("decoder"));
     if (r.value("vae_tiling", false)) args.push_back("--low-vram");  // its tiled decode is part of the image
+    if (r.value("tiling", false)) args.push_back("--tiling");
     if (r.value("graph", std::string("none")) != "none") add("--graph", r.at("graph"));
     // Older images say nothing: they ran as the default does.
     if (r.at("device").get<std::string>().rfind("cuda", 0) == 0 && !r.value("cuda_graph", true))
@@ -306,6 +307,7 @@ std::string a1111_command(const std::string& text) {
     args.push_back("--pad-conds-v0");
   else if (field("Pad conds") == "True")
     args.push_back("--pad-conds");
+  if (field("Tiling") == "True") args.push_back("--tiling");
   const std::string decoder = field("VAE Decoder");
   if (decoder == "TAESD")
     args.insert(args.end(), {"--decoder", "taesd"});
@@ -347,7 +349,8 @@ std::string a1111_command(const std::string& text) {
   for (const auto& [key, value] : p.fields)
     if (!read.count(key) && !(key == "Lora hashes" && !loras.empty()) && !(hires && hires_fields.count(key)) &&
         !(key == "Conditional mask weight" && !mask_weight_differs) &&
-        !((key == "Pad conds" || key == "Pad conds v0" || key == "NGMS all steps") && value == "True"))
+        !((key == "Pad conds" || key == "Pad conds v0" || key == "NGMS all steps" || key == "Tiling") &&
+          value == "True"))
       left_out.push_back(key + ": " + value);
   // What the command leaves out, for stderr; the image's own text in it is made printable.
   std::ostringstream said;

@@ -292,6 +292,29 @@ class Metadata(CliTestCase):
         result = a1111_command(self, infotext.format(f"{hires}Conditional mask weight: 0.5, "))
         self.assertIn("not carried over (no txt2img equivalent): Conditional mask weight: 0.5\n", result.stderr)
 
+    def test_tiling_is_recorded_and_reproduced(self):
+        """A1111's Tiling: "Tiling: True" after RNG, as A1111 writes it, and "tiling" in the record; the command that
+        info gives makes the same image, and an A1111 image made with it asks for it."""
+        result = self.txt2img("a fox", "--seed", "4", "--tiling", "-o", "a.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(", RNG: CPU, Tiling: True, Version: ", png_text(self.dir / "a.png")["parameters"])
+        self.assertTrue(json.loads(png_text(self.dir / "a.png")["txt2img"])["tiling"])
+        self.assertTrue(json.loads(result.stdout.splitlines()[0])["tiling"])
+        line = run(["info", "a.png", "--command"], self.dir).stdout.strip()
+        self.assertIn("--tiling", shlex.split(line))
+        again = run_printed_command(line, self.dir, TINY, "b.png")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        self.assertEqual(self.txt2img("a fox", "--seed", "4", "-o", "c.png").returncode, 0)
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+        self.assertNotIn("Tiling", png_text(self.dir / "c.png")["parameters"])
+        self.assertFalse(json.loads(png_text(self.dir / "c.png")["txt2img"])["tiling"])
+        self.assertNotIn("--tiling", run(["info", "c.png", "--command"], self.dir).stdout)
+        infotext = "a fox\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU, Tiling: True"
+        result = a1111_command(self, infotext)
+        self.assertIn("--tiling", shlex.split(result.stdout))
+        self.assertNotIn("not carried over", result.stderr)
+
     def test_taesd_needs_a_bundle_with_one(self):
         bundle = without_taesd(self.dir / "b")
         self.assertExit(self.txt2img("a fox", "--decoder", "taesd", "-o", "a.png", model=bundle), EXIT_USAGE,

@@ -172,6 +172,32 @@ TEST_F(TinyPipeline, LowVramBelowTheTileSizeGivesTheSameImage) {
   }
 }
 
+// A1111's Tiling: the U-Net and the VAE decoder pad circularly (circular_padding_test shows that they then wrap
+// around), which changes the image. Freezing keeps the switch (set before it), and with low_vram the decoder takes an
+// image above the tile size whole, since each tile would wrap around inside itself.
+TEST_F(TinyPipeline, TilingPadsCircularlyFrozenOrNotAndDecodesWhole) {
+  txt2img::PipelineOptions options;
+  options.tiling = true;
+  auto tiling = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), options);
+  const auto image = generate_small(tiling, {"a red cube"}, {7})[0].rgb;
+  EXPECT_GT(max_level_difference(image, run({"a red cube"}, {7})[0].rgb), 8);
+  options.graph = txt2img::GraphOptimization::FreezeAndOptimize;
+  auto frozen = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), options);
+  EXPECT_LE(max_level_difference(generate_small(frozen, {"a red cube"}, {7})[0].rgb, image), 1);
+
+  auto wide = small_params();
+  wide.width = 576;  // 72 latents: above low_vram's 64-latent tiles
+  wide.height = 64;
+  wide.steps = 1;
+  options.graph = txt2img::GraphOptimization::None;
+  options.low_vram = true;
+  for (bool tiles : {true, false}) {
+    options.tiling = !tiles;
+    auto low = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), options);
+    EXPECT_EQ(generate_small(low, {"a red cube"}, {7}, wide)[0].decoded_in_tiles, tiles);
+  }
+}
+
 // TAESD decodes the final latents as the U-Net left them (the VAE takes them divided by the scaling factor), with
 // the bundle's taesd_decoder.pt, whole even with low_vram; the images differ from the VAE's.
 TEST_F(TinyPipeline, TaesdDecodesTheUndividedLatents) {
@@ -295,6 +321,24 @@ TEST(Pipeline, TaesdNeedsABundleWithOne) {
   previews.previews = true;
   expect_error([&] { txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), previews); }, ErrorKind::Usage,
                {"has no TAESD decoder", "--taesd", "without previews"});
+  EXPECT_NO_THROW(txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {}));
+}
+
+// A U-Net from a converter before the circular-padding switch (here a frozen one: freezing inlines the switch away)
+// is a bundle error that says to convert again; the bundle still loads without tiling.
+TEST(Pipeline, TilingNeedsAUNetWithTheSwitch) {
+  BundleCopy copy;
+  const auto unet_file = copy.dir() / "unet.pt";
+  auto unet = torch::jit::load(unet_file.string());
+  unet.eval();
+  torch::jit::freeze(unet).save(unet_file.string());
+  auto j = copy.manifest();
+  j["files"]["unet.pt"]["bytes"] = std::filesystem::file_size(unet_file);
+  copy.set_manifest(j);
+  txt2img::PipelineOptions options;
+  options.tiling = true;
+  expect_error([&] { txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), options); }, ErrorKind::Bundle,
+               {"unet.pt cannot pad circularly for --tiling", "scripts/convert.py"});
   EXPECT_NO_THROW(txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {}));
 }
 

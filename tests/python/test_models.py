@@ -13,7 +13,7 @@ import torch
 from txt2img_convert.clip import CLIPTextModel, CLIPVisionModel
 from txt2img_convert.safety import StableDiffusionSafetyChecker
 from txt2img_convert.safetensors_io import load_file, read_header, save_file
-from txt2img_convert.unet import HAS_SDPA, UNet2DConditionModel, guidance_scale_embedding, script
+from txt2img_convert.unet import HAS_SDPA, Conv2d, UNet2DConditionModel, guidance_scale_embedding, script
 from txt2img_convert.vae import VAEDecoder, VAEEncoder
 
 TINY_RUNS = ["ddim_s10", "ddim_s10_neg_g5_w24_h16", "euler_s20"]
@@ -441,3 +441,61 @@ def test_modules_survive_save_and_load(tmp_path, tiny_unet, check_close):
     with torch.no_grad():
         check_close("saved scripted unet", loaded(latents, torch.tensor(3), context),
                     tiny_unet(latents, torch.tensor(3), context), 1e-6)
+
+
+# --- tiling (A1111's Tiling: circular padding) ---------------------------------------------------------------
+
+
+def _set_tiling(module: torch.nn.Module, on: bool) -> int:
+    """What txt2img does at load time with --tiling, on an eager or scripted module; returns the switches set."""
+    switched = 0
+    for sub in module.modules():
+        if hasattr(sub, "tiling"):
+            sub.tiling = on
+            switched += 1
+    return switched
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 1), (2, 0)])
+def test_tiling_conv_is_a_circular_conv(stride, padding, check_close):
+    torch.manual_seed(0)
+    ours = Conv2d(3, 5, 3, stride=stride, padding=padding).eval()
+    circular = torch.nn.Conv2d(3, 5, 3, stride=stride, padding=padding, padding_mode="circular").eval()
+    zeros = torch.nn.Conv2d(3, 5, 3, stride=stride, padding=padding).eval()
+    circular.load_state_dict(ours.state_dict(), strict=True)
+    zeros.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 8, 6)
+    with torch.no_grad():
+        for kind, model in _eager_and_scripted(ours):
+            assert torch.equal(model(x), zeros(x)), kind
+            _set_tiling(model, True)
+            assert torch.equal(model(x), circular(x)), kind
+            if padding:
+                assert not torch.equal(model(x), zeros(x)), kind
+
+
+def _roll(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def test_tiling_makes_unet_and_vae_wrap_around(tiny_unet, tiny_vae, check_close):
+    # With circular padding every layer commutes with a shift of its input by a multiple of the networks'
+    # downsampling (the U-Net's 2 here, 8 in SD; the decoder's upsampling scales the shift): the image wraps around,
+    # which is what makes copies of it tile without seams. Zero padding breaks it at the edges.
+    unet, vae = script(copy.deepcopy(tiny_unet)), script(copy.deepcopy(tiny_vae))
+    torch.manual_seed(1)
+    latents, context = torch.randn(1, 4, 8, 12), torch.randn(1, 77, 32)
+    shifted = _roll(latents, 2, 4)
+    with torch.no_grad():
+        assert not torch.allclose(unet(shifted, torch.tensor(5), context),
+                                  _roll(unet(latents, torch.tensor(5), context), 2, 4), atol=1e-3)
+        assert _set_tiling(unet, True) > 0 and _set_tiling(vae, True) > 0
+        check_close("tiled unet, shifted", unet(shifted, torch.tensor(5), context),
+                    _roll(unet(latents, torch.tensor(5), context), 2, 4), 1e-5)
+        image = vae(latents)
+        scale = image.size(-1) // latents.size(-1)
+        check_close("tiled vae, shifted", vae(shifted), _roll(image, 2 * scale, 4 * scale), 1e-5)
+        # Off again, the parity modules' values come back.
+        _set_tiling(unet, False)
+        check_close("unet after tiling", unet(latents, torch.tensor(5), context),
+                    tiny_unet(latents, torch.tensor(5), context), 1e-6)
