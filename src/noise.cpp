@@ -2,16 +2,47 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
+
 #include "txt2img/error.hpp"
 
 namespace txt2img {
 
-SeededNoise::SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations,
-                         uint64_t eta_noise_seed_delta)
-    : seeds_(std::move(seeds)), variations_(std::move(variations)), eta_noise_seed_delta_(eta_noise_seed_delta) {
+namespace {
+
+// Python's a // 2, which rounds a negative odd a down.
+int64_t floor_half(int64_t a) { return a >= 0 ? a / 2 : -((1 - a) / 2); }
+
+// A1111's paste of the seed-resized noise `from` into `into` ([1, C, H, W] each): centred, each side cropped to the
+// smaller of the two with the same floor-divided offsets as A1111's.
+void paste_centred(const torch::Tensor& from, torch::Tensor& into) {
+  int64_t offset[2], source[2], extent[2];
+  for (int d = 0; d < 2; ++d) {
+    const int64_t dim = 2 + d;
+    const int64_t half = floor_half(into.size(dim) - from.size(dim));
+    extent[d] = half >= 0 ? from.size(dim) : from.size(dim) + 2 * half;
+    offset[d] = std::max<int64_t>(half, 0);
+    source[d] = std::max<int64_t>(-half, 0);
+  }
+  into.narrow(2, offset[0], extent[0])
+      .narrow(3, offset[1], extent[1])
+      .copy_(from.narrow(2, source[0], extent[0]).narrow(3, source[1], extent[1]));
+}
+
+}  // namespace
+
+SeededNoise::SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations, uint64_t eta_noise_seed_delta,
+                         SeedResize resize)
+    : seeds_(std::move(seeds)),
+      variations_(std::move(variations)),
+      eta_noise_seed_delta_(eta_noise_seed_delta),
+      resize_(resize) {
   if (!variations_.empty() && variations_.size() != seeds_.size())
     throw Error(ErrorKind::Usage, std::to_string(seeds_.size()) + " seeds take one variation each or none, not " +
                                       std::to_string(variations_.size()));
+  if (resize_.height < 0 || resize_.width < 0)
+    throw Error(ErrorKind::Usage, "a seed resize takes sizes of 0 or more latents, not " +
+                                      std::to_string(resize_.width) + "x" + std::to_string(resize_.height));
   restart();
 }
 
@@ -32,14 +63,30 @@ torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
   // One draw per row, each of batch 1, is what torch.randn((1, ...), generator=manual_seed(seed)) gives.
   std::vector<int64_t> row_shape = shape;
   row_shape[0] = 1;
+  // A1111 resizes where both sides are set and the shapes then differ.
+  std::vector<int64_t> seed_shape = row_shape;
+  if (first_draw_ && resize_.height > 0 && resize_.width > 0 && row_shape.size() == 4) {
+    seed_shape[2] = resize_.height;
+    seed_shape[3] = resize_.width;
+  }
+  const bool resized = seed_shape != row_shape;
   std::vector<torch::Tensor> rows;
   for (size_t k = 0; k < generators_.size(); ++k) {
     auto row = torch::randn(row_shape, generators_[k], torch::kFloat32);
+    auto seed_noise = row;
+    if (resized) {
+      auto fresh = at::detail::createCPUGenerator(seeds_[k]);
+      seed_noise = torch::randn(seed_shape, fresh, torch::kFloat32);
+    }
     if (first_draw_ && !variations_.empty() && variations_[k].strength != 0) {
       auto variation = at::detail::createCPUGenerator(variations_[k].seed);
-      const auto other = torch::randn(row_shape, variation, torch::kFloat32);
-      row = slerp_noise(variations_[k].strength, row[0], other[0]).unsqueeze(0);
+      const auto other = torch::randn(seed_shape, variation, torch::kFloat32);
+      seed_noise = slerp_noise(variations_[k].strength, seed_noise[0], other[0]).unsqueeze(0);
     }
+    if (resized)
+      paste_centred(seed_noise, row);
+    else
+      row = seed_noise;
     rows.push_back(row);
   }
   if (first_draw_ && eta_noise_seed_delta_ != 0) seed_generators(eta_noise_seed_delta_);

@@ -22,17 +22,28 @@ class NoiseSource {
   virtual void restart() = 0;
 };
 
+// AUTOMATIC1111's "Seed resize from" (its Resize seed from width and height): the first noise after a (re)start is
+// the seed's noise at this latent size (variations mixed in there), pasted centred into the seed's noise at the
+// drawn size, cropped where it is larger, so that an image keeps much of its seed's composition at another size.
+// Sizes in latents (A1111's pixels // 8); 0 or the drawn size itself: no resize.
+struct SeedResize {
+  int64_t height = 0;
+  int64_t width = 0;
+};
+
 // Row k draws from its own CPU generator seeded with seeds[k] (as torch.Generator().manual_seed does), so an
 // image depends on its seed only, never on the batch it was made in. With variations (one per row, or none), each
 // row's first draw after a (re)start is mixed with the same draw from a fresh generator of its variation seed.
+// With a seed resize, that first draw is made as A1111 makes it: the resized noise (from a fresh generator of the
+// row's seed, mixed with its variation's) pasted into the row generator's own draw.
 // With A1111's eta noise seed delta ("ENSD") d != 0, the draws after the first come from generators seeded with
 // seeds[k] + d instead, as A1111 draws a sampler's step noise.
-// Throws Error(Usage) for variations that are neither one per seed nor none, and a draw of another batch than one
-// row per seed.
+// Throws Error(Usage) for variations that are neither one per seed nor none, a negative resize, and a draw of
+// another batch than one row per seed.
 class SeededNoise : public NoiseSource {
  public:
   explicit SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations = {},
-                       uint64_t eta_noise_seed_delta = 0);
+                       uint64_t eta_noise_seed_delta = 0, SeedResize resize = {});
   torch::Tensor draw(const std::vector<int64_t>& shape) override;
   void restart() override;
 
@@ -43,6 +54,7 @@ class SeededNoise : public NoiseSource {
   std::vector<uint64_t> seeds_;
   std::vector<Variation> variations_;
   uint64_t eta_noise_seed_delta_;
+  SeedResize resize_;
   std::vector<at::Generator> generators_;
   bool first_draw_ = true;
 };

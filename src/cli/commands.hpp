@@ -24,6 +24,8 @@ struct GenerateOptions {
   // mixed with that of variation seed + k (empty: random).
   std::string variation_seed;
   double variation_strength = 0;
+  // A1111's Seed resize from: "WxH", the size in pixels of each image's seed noise (empty: none).
+  std::string seed_resize_from;
   uint64_t ensd = 0;  // A1111's eta noise seed delta, SeededNoise's eta_noise_seed_delta
   std::string sampler = "ddim";
   int steps = 50;

@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+#include <tuple>
 
 #include "cli/commands.hpp"
 #include "cli/metadata.hpp"
@@ -30,6 +32,23 @@
 
 namespace txt2img::cli {
 namespace {
+
+// --seed-resize-from's "WxH" as {width, height} in pixels; {0, 0} where it is not given.
+std::pair<int, int> seed_resize_size(const std::string& text) {
+  if (text.empty()) return {0, 0};
+  int sides[2] = {0, 0};
+  const char* at = text.data();
+  const char* end = text.data() + text.size();
+  for (int k = 0; k < 2; ++k) {
+    const auto [next, error] = std::from_chars(at, end, sides[k]);
+    const bool fits = error == std::errc() && sides[k] >= 8 && sides[k] <= kMaxImageSide;
+    if (!fits || (k == 0 && (next == end || *next != 'x')) || (k == 1 && next != end))
+      throw Error(ErrorKind::Usage, "--seed-resize-from \"" + text + "\" must be WxH in pixels, each side from 8 to " +
+                                        std::to_string(kMaxImageSide) + " (e.g. 512x768)");
+    at = next + 1;
+  }
+  return {sides[0], sides[1]};
+}
 
 // The text chunk that marks a preview PNG, so that only an earlier preview is ever replaced by one.
 constexpr const char* kPreviewKey = "txt2img-preview";
@@ -281,7 +300,10 @@ class Generator {
       seeds.push_back(job.seed);
       variations.push_back(job.variation);
     }
-    SeededNoise noise(seeds, variations, o_.ensd);
+    // A1111 takes the noise's size as pixels // 8, its latents' scale.
+    const auto [resize_width, resize_height] = seed_resize_size(o_.seed_resize_from);
+    const int scale = manifest_.vae_scale_factor;
+    SeededNoise noise(seeds, variations, o_.ensd, {resize_height / scale, resize_width / scale});
     StepObserver observer(reporter_, o_, previews_);
     const auto start = Clock::now();
     const auto images = pipeline_->generate(prompts, negatives, batch[0].params, noise, &observer);
@@ -300,6 +322,7 @@ class Generator {
     record.negative_prompt = job.negative_prompt;
     record.seed = job.seed;
     record.variation = job.variation;
+    std::tie(record.seed_resize_width, record.seed_resize_height) = seed_resize_size(o_.seed_resize_from);
     // As A1111 records it: where it moved noise the sampler drew.
     record.ensd = image.drew_step_noise ? o_.ensd : 0;
     record.steps = job.params.steps;
@@ -538,6 +561,7 @@ int run_generate(const GenerateOptions& o) {
   if (!random_asked(o.variation_seed) && o.variation_strength == 0)
     throw Error(ErrorKind::Usage, "--variation-seed needs --variation-strength above 0");
   plan_options.variation_strength = o.variation_strength;
+  seed_resize_size(o.seed_resize_from);
   plan_options.variation_seed_given = !random_asked(o.variation_seed);
   plan_options.variation_base_seed =
       plan_options.variation_seed_given ? parse_seed(o.variation_seed, "--variation-seed") : std::random_device{}();

@@ -124,6 +124,9 @@ std::string a1111_parameters(const ImageRecord& r) {
     params.emplace_back("Variation seed", std::to_string(r.variation.seed));
     params.emplace_back("Variation seed strength", slider_number(r.variation.strength));
   }
+  if (r.seed_resize_width > 0)
+    params.emplace_back("Seed resize from",
+                        std::to_string(r.seed_resize_width) + "x" + std::to_string(r.seed_resize_height));
   // A1111's setting "VAE type for decode", written only when it is not the default.
   if (r.decoder == "taesd") params.emplace_back("VAE Decoder", "TAESD");
   if (r.hires.enabled()) params.emplace_back("Denoising strength", slider_number(r.hires.denoise));
@@ -306,6 +309,9 @@ nlohmann::ordered_json settings_json(const ImageRecord& r) {
       {"loras", loras_json(r.loras)},
       {"seed", r.seed},
       {"variation", variation_json(r.variation)},
+      {"seed_resize_from", r.seed_resize_width > 0 ? nlohmann::ordered_json{{"width", r.seed_resize_width},
+                                                                            {"height", r.seed_resize_height}}
+                                                   : nlohmann::ordered_json(nullptr)},
       {"ensd", r.ensd},
       {"steps", r.steps},
       {"sampler", r.sampler},

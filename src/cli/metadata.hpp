@@ -26,6 +26,8 @@ struct ImageRecord {
   std::string negative_prompt;
   uint64_t seed = 0;
   Variation variation;  // strength 0: none
+  int seed_resize_width = 0;  // A1111's Seed resize from, in pixels (0: none)
+  int seed_resize_height = 0;
   uint64_t ensd = 0;     // A1111's eta noise seed delta
   int steps = 0;
   std::string sampler;

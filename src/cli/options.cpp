@@ -210,6 +210,11 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "A1111's variation seed strength, 0 to 1: how far each image's initial noise moves from its seed's "
                  "towards its variation seed's (every image then keeps --seed; image k takes variation seed + k)")
       ->type_name("X");
+  app.add_option("--seed-resize-from", o.seed_resize_from,
+                 "A1111's Resize seed from width/height, WxH in pixels (8 to 4096 a side): each image's initial noise "
+                 "is its seed's at that size, centred in the image's (cropped where larger), so that a seed keeps much "
+                 "of its image at another size")
+      ->type_name("WxH");
   app.add_option("--ensd", o.ensd,
                  "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a*, "
                  "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde*, ddpm, lcm, ddim and ddim_a1111 with --eta) comes from seed + N")

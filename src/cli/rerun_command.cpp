@@ -68,6 +68,11 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
       add("--variation-seed", r.at("variation").at("seed"));
       add("--variation-strength", r.at("variation").at("strength"));
     }
+    if (r.contains("seed_resize_from") && !r.at("seed_resize_from").is_null()) {
+      const auto& size = r.at("seed_resize_from");
+      add("--seed-resize-from",
+          std::to_string(size.at("width").get<int>()) + "x" + std::to_string(size.at("height").get<int>()));
+    }
     if (r.value("ensd", uint64_t{0}) != 0) add("--ensd", r.at("ensd"));
     add("--steps", r.at("steps"));
     add("--sampler", r.at("sampler"));
@@ -162,6 +167,7 @@ std::string a1111_command(const std::string& text) {
     take_whole("Variation seed", "--variation-seed", 0, kLargest);
     take("Variation seed strength", "--variation-strength");
   }
+  take("Seed resize from", "--seed-resize-from");
   take_whole("Steps", "--steps", 1, 1000);
   take_whole("ENSD", "--ensd", 0, kLargest);
   // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). Before 1.9 a
@@ -317,6 +323,7 @@ std::string a1111_command(const std::string& text) {
   static const std::set<std::string> read = {"Seed",
                                              "Variation seed",
                                              "Variation seed strength",
+                                             "Seed resize from",
                                              "ENSD",
                                              "Steps",
                                              "Sampler",

@@ -7,7 +7,8 @@ import subprocess
 import unittest
 
 from cli_support import (BIN, EXIT_BUNDLE, EXIT_IO, EXIT_NSFW, EXIT_USAGE, FAST, TINY, CliTestCase, derived_bundle,
-                         files_under, fixture_bundle, json_lines, png_pixels, png_text, run, without_taesd)
+                         files_under, fixture_bundle, json_lines, png_pixels, png_text, run, run_printed_command,
+                         without_taesd)
 
 
 class Outputs(CliTestCase):
@@ -269,6 +270,33 @@ class Seeds(CliTestCase):
                                "0/2"], "--shard needs a fixed --variation-seed")]:
             result = self.txt2img("a fox", *bad, "-o", "bad.png")
             self.assertExit(result, EXIT_USAGE, message)
+            self.assertFalse((self.dir / "bad.png").exists())
+
+    def test_seed_resize_from(self):
+        """A1111's Seed resize from: another image than the seed's alone, none at the image's own size; recorded as A1111
+        writes it (after the variation fields) and in the JSON, and made again from either; a malformed size is a
+        usage error before any work."""
+        result = self.txt2img("a fox", "--seed", "5", "--seed-resize-from", "48x24", "-o", "r.png", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json_lines(result.stdout)[0]["seed_resize_from"], {"width": 48, "height": 24})
+        self.assertIn("Seed: 5, Size: 32x32, Model hash: ", png_text(self.dir / "r.png")["parameters"])
+        self.assertRegex(png_text(self.dir / "r.png")["parameters"], r", Seed resize from: 48x24, (.*, )?RNG: CPU")
+        self.assertEqual(json.loads(png_text(self.dir / "r.png")["txt2img"])["seed_resize_from"],
+                         {"width": 48, "height": 24})
+        for args, name in ((["--seed-resize-from", "32x32"], "same.png"), ([], "plain.png")):
+            self.assertEqual(self.txt2img("a fox", "--seed", "5", *args, "-o", name).returncode, 0)
+        self.assertEqual(png_pixels(self.dir / "same.png"), png_pixels(self.dir / "plain.png"))
+        self.assertNotEqual(png_pixels(self.dir / "r.png"), png_pixels(self.dir / "plain.png"))
+        self.assertIsNone(json.loads(png_text(self.dir / "plain.png")["txt2img"])["seed_resize_from"])
+        self.assertNotIn("Seed resize", png_text(self.dir / "plain.png")["parameters"])
+        command = run(["info", "r.png", "--command"], self.dir).stdout.strip()
+        self.assertIn("--seed 5 --seed-resize-from 48x24 ", command)
+        again = run_printed_command(command, self.dir, TINY, "again.png")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "again.png"), png_pixels(self.dir / "r.png"))
+        for bad in ("48", "48x", "4x48", "48x24x", "48x5000", "48X24", "-8x8"):
+            result = self.txt2img("a fox", "--seed-resize-from", bad, "-o", "bad.png")
+            self.assertExit(result, EXIT_USAGE, f'--seed-resize-from "{bad}" must be WxH in pixels')
             self.assertFalse((self.dir / "bad.png").exists())
 
     def test_eta_noise_seed_delta(self):

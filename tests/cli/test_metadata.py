@@ -595,17 +595,17 @@ class Metadata(CliTestCase):
             line = a1111_command(self, f"{word}\nSteps: 2, Seed: 3, Size: 32x32, RNG: CPU", f"{word}.png").stdout
             self.assertEqual(shlex.split(line)[:2], ["txt2img", f"--prompt={word}"])
 
-    def test_info_command_reads_a1111_variation_seeds(self):
+    def test_info_command_reads_a1111_variation_seeds_and_seed_resize(self):
         infotext = ("a fox\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 12, Size: 32x32, Variation seed: 99, "
                     "Variation seed strength: 0.25, Seed resize from: 64x64, ENSD: 31337, RNG: CPU")
         result = a1111_command(self, infotext, "v.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         args = shlex.split(result.stdout)
-        self.assertEqual(args[args.index("--seed"):args.index("--seed") + 6],
-                         ["--seed", "12", "--variation-seed", "99", "--variation-strength", "0.25"])
+        self.assertEqual(args[args.index("--seed"):args.index("--seed") + 8],
+                         ["--seed", "12", "--variation-seed", "99", "--variation-strength", "0.25",
+                          "--seed-resize-from", "64x64"])
         self.assertEqual(args[args.index("--ensd") + 1], "31337")
-        self.assertIn("not carried over (no txt2img equivalent): Seed resize from: 64x64\n", result.stderr)
-        self.assertNotIn("Variation", result.stderr)
+        self.assertNotIn("not carried over", result.stderr)
 
     def test_info_command_reads_a1111_samplers_and_schedule_types(self):
         """A1111's sampler names, old ("LMS Karras") and new ("Euler" with "Schedule type: Karras"), become ours; its

@@ -1,4 +1,4 @@
-// SeededNoise: one CPU generator per row, and A1111's variation seeds mixed into a row's first draw.
+// SeededNoise: one CPU generator per row, and A1111's variation seeds and seed resize in a row's first draw.
 #include "txt2img/noise.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -73,6 +73,58 @@ TEST(SeededNoise, EtaNoiseSeedDeltaReseedsTheDrawsAfterTheFirst) {
   noise.restart();
   EXPECT_TRUE(torch::equal(noise.draw({2, 4, 6, 5}), first));
   EXPECT_TRUE(torch::equal(noise.draw({2, 4, 6, 5}), second));
+}
+
+// A1111's Seed resize from: the first draw is the seed's noise at the resize's size from a fresh generator, pasted
+// centred into the row generator's own draw; a larger side is cropped centred, with A1111's floor-divided offsets:
+// into 6x8 latents a 9x5 noise goes rows 2..6 (of 9) to rows 0..4, all 5 columns to columns 1..5.
+TEST(SeededNoise, SeedResizePastesTheSeedsNoiseCentred) {
+  txt2img::SeededNoise noise({5, 9}, {}, 0, {9, 5});
+  const std::vector<int64_t> shape = {2, 4, 6, 8};
+  const auto first = noise.draw(shape);
+  for (auto [row, seed] : {std::pair{0, 5}, {1, 9}}) {
+    auto expected = randn(seed, {1, 4, 6, 8});  // what the row draws without a resize
+    const auto resized = randn(seed, {1, 4, 9, 5});
+    expected.narrow(2, 0, 5).narrow(3, 1, 5).copy_(resized.narrow(2, 2, 5));
+    EXPECT_TRUE(torch::equal(first[row], expected[0])) << "row " << row;
+  }
+  // Step noise goes on from the row's generator as without a resize, and a restart (the hires pass) resizes again,
+  // into its own size.
+  txt2img::SeededNoise plain({5, 9});
+  plain.draw(shape);
+  EXPECT_TRUE(torch::equal(noise.draw(shape), plain.draw(shape)));
+  noise.restart();
+  const auto hires = noise.draw({2, 4, 3, 4});
+  auto expected = randn(5, {1, 4, 3, 4});
+  // 9x5 into 3x4: rows 3..5 (offset (3 - 9) // 2 = -3); the offset of the columns is (4 - 5) // 2 = -1 by Python's
+  // floor, so A1111 takes 5 - 2 = 3 of them, 1..3, and the last column keeps the row generator's draw.
+  expected.narrow(3, 0, 3).copy_(randn(5, {1, 4, 9, 5}).narrow(2, 3, 3).narrow(3, 1, 3));
+  EXPECT_TRUE(torch::equal(hires[0], expected[0]));
+  // A resize to the drawn size, or of one side only, is none (A1111 needs both sides and another shape).
+  for (txt2img::SeedResize same : {txt2img::SeedResize{6, 8}, txt2img::SeedResize{9, 0}}) {
+    txt2img::SeededNoise unchanged({5, 9}, {}, 0, same);
+    txt2img::SeededNoise reference({5, 9});
+    EXPECT_TRUE(torch::equal(unchanged.draw(shape), reference.draw(shape)));
+  }
+}
+
+// With a variation, A1111 mixes the two noises at the resize's size, then pastes the mix.
+TEST(SeededNoise, SeedResizeMixesTheVariationAtItsSize) {
+  txt2img::SeededNoise noise({5}, {{100, 0.3}}, 0, {4, 10});
+  const auto first = noise.draw({1, 4, 6, 8});
+  auto expected = randn(5, {1, 4, 6, 8});
+  const auto mixed = txt2img::slerp_noise(0.3, randn(5, {1, 4, 4, 10})[0], randn(100, {1, 4, 4, 10})[0]);
+  expected.narrow(2, 1, 4).copy_(mixed.unsqueeze(0).narrow(3, 1, 8));
+  EXPECT_TRUE(torch::equal(first, expected));
+}
+
+TEST(SeededNoise, SeedResizeRefusesNegativeSizes) {
+  try {
+    txt2img::SeededNoise noise({5}, {}, 0, {-8, 64});
+    ADD_FAILURE() << "no error";
+  } catch (const txt2img::Error& e) {
+    EXPECT_EQ(e.kind(), txt2img::ErrorKind::Usage);
+  }
 }
 
 // Nearly parallel noises take A1111's linear fallback, which weighs them the other way round from the slerp.
