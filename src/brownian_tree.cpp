@@ -210,4 +210,26 @@ torch::Tensor BrownianTree::operator()(double ta, double tb) {
   return w;
 }
 
+BrownianTreeNoise::BrownianTreeNoise(float sigma_min, float sigma_max, const std::vector<int64_t>& shape,
+                                     const std::vector<uint64_t>& seeds) {
+  if (shape.empty() || shape[0] != static_cast<int64_t>(seeds.size()))
+    throw std::invalid_argument("BrownianTreeNoise takes one seed per row");
+  // BatchedBrownianTree orders the ends (float32 compare) and remembers which way round they came.
+  sign_ = sigma_min < sigma_max ? 1 : -1;
+  const double t0 = std::min(sigma_min, sigma_max), t1 = std::max(sigma_min, sigma_max);
+  const std::vector<int64_t> row(shape.begin() + 1, shape.end());
+  for (uint64_t seed : seeds) trees_.push_back(std::make_unique<BrownianTree>(t0, t1, row, seed));
+}
+
+torch::Tensor BrownianTreeNoise::operator()(float sigma, float sigma_next) {
+  const int sign = sigma < sigma_next ? sign_ : -sign_;
+  const double ta = std::min(sigma, sigma_next), tb = std::max(sigma, sigma_next);
+  std::vector<torch::Tensor> rows;
+  for (auto& tree : trees_) rows.push_back((*tree)(ta, tb));
+  // The same float32 ops in k-diffusion's order: (stack * sign) / (sigma_next - sigma).abs().sqrt().
+  const auto from = torch::scalar_tensor(sigma, torch::kFloat32),
+             to = torch::scalar_tensor(sigma_next, torch::kFloat32);
+  return torch::stack(rows) * sign / (to - from).abs().sqrt();
+}
+
 }  // namespace txt2img::detail

@@ -51,4 +51,20 @@ class BrownianTree {
   std::vector<Node*> recent_;
 };
 
+// k-diffusion's BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=seeds) as A1111 makes it for DPM++ SDE (one seed
+// per image of the batch): one BrownianTree per row over [sigma_min, sigma_max], each of the row's shape; a call for
+// the step from sigma to sigma_next is the rows' increments over the two, signed by the direction of the step, divided
+// by sqrt(|sigma_next - sigma|) in float32: unit normal noise, stacked into `shape`.
+class BrownianTreeNoise {
+ public:
+  // `shape` is the batch's ([N, ...]), with one seed per row.
+  BrownianTreeNoise(float sigma_min, float sigma_max, const std::vector<int64_t>& shape,
+                    const std::vector<uint64_t>& seeds);
+  torch::Tensor operator()(float sigma, float sigma_next);
+
+ private:
+  std::vector<std::unique_ptr<BrownianTree>> trees_;
+  int sign_;
+};
+
 }  // namespace txt2img::detail

@@ -1613,3 +1613,19 @@ TEST(SchedulerBrownianTree, MatchesTorchsdeBitForBit) {
   }
   EXPECT_EQ(cases, 5);
 }
+
+TEST(SchedulerBrownianTree, NoiseMatchesKDiffusionsBrownianTreeNoiseSampler) {
+  const auto& g = brownian_goldens();
+  const auto ends = g.get("noise/sigma_min_max"), calls = g.get("noise/calls"), expected = g.get("noise/noise");
+  std::vector<uint64_t> seeds;
+  for (int64_t i = 0; i < g.get("noise/seeds").size(0); ++i)
+    seeds.push_back(static_cast<uint64_t>(g.get("noise/seeds")[i].item<int64_t>()));
+  std::vector<int64_t> shape(expected.sizes().begin() + 1, expected.sizes().end());
+  txt2img::detail::BrownianTreeNoise noise(ends[0].item<float>(), ends[1].item<float>(), shape, seeds);
+  ASSERT_GT(calls.size(0), 0);
+  for (int64_t c = 0; c < calls.size(0); ++c) {
+    const auto got = noise(calls[c][0].item<float>(), calls[c][1].item<float>());
+    ASSERT_TRUE(torch::equal(got, expected[c]))
+        << "call " << c << " max diff " << (got - expected[c]).abs().max().item<float>();
+  }
+}
