@@ -12,7 +12,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <stdexcept>
+
+#include "txt2img/error.hpp"
 
 namespace txt2img::detail {
 
@@ -108,7 +109,7 @@ struct BrownianTree::Node {
 
 BrownianTree::BrownianTree(double t0, double t1, std::vector<int64_t> shape, uint64_t entropy)
     : shape_(std::move(shape)), entropy_(entropy) {
-  if (!(t0 < t1)) throw std::invalid_argument("BrownianTree needs t0 < t1");
+  if (!(t0 < t1)) throw Error(ErrorKind::Runtime, "BrownianTree needs t0 < t1");
   root_ = std::make_unique<Node>(round(t0), round(t1), nullptr, false);
   // The root's increment from the first of three words of the plain entropy (pool 24), scaled by the unrounded
   // length's square root.
@@ -133,7 +134,7 @@ void BrownianTree::split(Node* node, double at) {
       node->spawn_key = 2 * node->parent->spawn_key + (node->is_left ? 0 : 1);
       node->depth = node->parent->depth + 1;
     }
-    if (node->depth >= 63) throw std::runtime_error("BrownianTree: interval split too deep");
+    if (node->depth >= 63) throw Error(ErrorKind::Runtime, "BrownianTree: interval split too deep");
     std::vector<uint32_t> key = uint32_words(node->spawn_key);
     const auto depth_words = uint32_words(static_cast<uint64_t>(node->depth));
     key.insert(key.end(), depth_words.begin(), depth_words.end());
@@ -198,11 +199,11 @@ torch::Tensor BrownianTree::increment(Node* node) {
 torch::Tensor BrownianTree::operator()(double ta, double tb) {
   ta = std::clamp(ta, root_->start, root_->end);
   tb = std::clamp(tb, root_->start, root_->end);
-  if (ta > tb) throw std::invalid_argument("BrownianTree needs ta <= tb");
+  if (ta > tb) throw Error(ErrorKind::Runtime, "BrownianTree needs ta <= tb");
   if (ta == tb) return torch::zeros(shape_, torch::kFloat32);
   ta = round(ta);
   tb = round(tb);
-  if (ta == tb) throw std::invalid_argument("BrownianTree: ta and tb round to the same time");
+  if (ta == tb) throw Error(ErrorKind::Runtime, "BrownianTree: ta and tb round to the same time");
   std::vector<Node*> nodes;
   locate(root_.get(), ta, tb, nodes);
   torch::Tensor w = increment(nodes[0]);
@@ -213,7 +214,7 @@ torch::Tensor BrownianTree::operator()(double ta, double tb) {
 BrownianTreeNoise::BrownianTreeNoise(float sigma_min, float sigma_max, const std::vector<int64_t>& shape,
                                      const std::vector<uint64_t>& seeds) {
   if (shape.empty() || shape[0] != static_cast<int64_t>(seeds.size()))
-    throw std::invalid_argument("BrownianTreeNoise takes one seed per row");
+    throw Error(ErrorKind::Runtime, "BrownianTreeNoise takes one seed per row");
   // BatchedBrownianTree orders the ends (float32 compare) and remembers which way round they came.
   sign_ = sigma_min < sigma_max ? 1 : -1;
   const double t0 = std::min(sigma_min, sigma_max), t1 = std::max(sigma_min, sigma_max);

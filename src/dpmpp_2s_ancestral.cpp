@@ -12,21 +12,17 @@
 namespace txt2img::detail {
 namespace {
 
-class DpmPP2SAncestral final : public SigmaScheduler {
+class DpmPP2SAncestral final : public KDiffusionTwoCallScheduler {
  public:
   DpmPP2SAncestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
-      : SigmaScheduler(config, steps, schedule), v_prediction_(config.prediction_type == "v_prediction") {
-    require_prediction_type(config, "dpmpp_2s_a" + std::string(schedule_suffix(schedule)), {"epsilon", "v_prediction"});
+      : KDiffusionTwoCallScheduler(config, steps, schedule, "dpmpp_2s_a") {
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
     std::vector<double> timesteps;
     std::vector<float> sigmas;
     for (int j = 0; j < steps; ++j) {
-      const auto from = f32(sigmas_[j]), to = f32(sigmas_[j + 1]);
-      // get_ancestral_step with eta 1: Python's min keeps `to` unless the other is smaller.
-      auto up = (to.pow(2) * (from.pow(2) - to.pow(2)) / from.pow(2)).pow(0.5);
-      if (!(up < to).item<bool>()) up = to;
-      const auto down = (to.pow(2) - up.pow(2)).pow(0.5);
+      const auto from = f32(sigmas_[j]);
+      const auto [down, up] = ancestral_step(from, f32(sigmas_[j + 1]));
       Step step{};
       step.sigma = sigmas_[j];
       step.up = up.item<float>();
@@ -54,16 +50,6 @@ class DpmPP2SAncestral final : public SigmaScheduler {
 
   bool needs_noise(size_t call) const override { return call % 2 == 1; }
 
-  // A run starts from noise * sigmas[0], whatever the spacing (diffusers' sqrt(sigma^2 + 1) for leading is its own).
-  double init_noise_sigma() const override { return sigmas_[0]; }
-
-  // CompVisDenoiser's c_in, 1 / (sigma^2 + 1) ** 0.5, as a factor (diffusers divides by the root instead).
-  torch::Tensor scale_model_input(const torch::Tensor& sample, size_t call) const override {
-    if (call >= timesteps_.size()) return SigmaScheduler::scale_model_input(sample, call);  // which refuses it
-    const auto sigma = torch::scalar_tensor(sigmas_[call], torch::kFloat32);
-    return sample * (sigma.pow(2) + 1).pow(0.5).reciprocal().item<float>();
-  }
-
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) override {
     check_step(call, next_call_, timesteps_.size(), model_output, sample);
@@ -71,9 +57,8 @@ class DpmPP2SAncestral final : public SigmaScheduler {
     torch::Tensor prev;
     if (call % 2 == 0) {
       pred_original_sample_ = denoised(model_output, sample, step.sigma);
-      if (step.mid == 0.0f) {  // the last step: Euler to sigma 0
-        const auto derivative = (sample - pred_original_sample_) / step.sigma;
-        prev = sample + derivative * (0.0f - step.sigma);
+      if (step.mid == 0.0f) {
+        prev = euler_to_zero(sample, pred_original_sample_, step.sigma);
       } else {
         step_start_ = sample;
         prev = sample * step.to_mid - pred_original_sample_ * step.to_mid_x0;
@@ -100,19 +85,6 @@ class DpmPP2SAncestral final : public SigmaScheduler {
     float up;  // the ancestral noise's scale
   };
 
-  size_t first_call_of_step(size_t step) const override { return 2 * step; }
-
-  // What k-diffusion's CompVisDenoiser (epsilon: x - sigma * eps, the same as predict_x0's) or CompVisVDenoiser
-  // (v * c_out + x * c_skip, its scalings in its float32 order) makes of a model output at `sigma`.
-  torch::Tensor denoised(const torch::Tensor& model_output, const torch::Tensor& sample, float sigma) const {
-    if (!v_prediction_) return predict_x0(model_output, sample, sigma);
-    const auto s = torch::scalar_tensor(sigma, torch::kFloat32);
-    const auto c_skip = (s.pow(2) + 1).reciprocal().item<float>();
-    const auto c_out = (s.neg() / (s.pow(2) + 1).pow(0.5)).item<float>();
-    return model_output * c_out + sample * c_skip;
-  }
-
-  bool v_prediction_;
   std::vector<Step> steps_;
   torch::Tensor step_start_;  // the first call's sample, until the midpoint call
 };

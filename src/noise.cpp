@@ -4,9 +4,14 @@
 
 #include <algorithm>
 
+#include "brownian_tree.hpp"
 #include "txt2img/error.hpp"
 
 namespace txt2img {
+
+torch::Tensor NoiseSource::brownian(const std::vector<int64_t>& /*shape*/, const BrownianIncrement& /*increment*/) {
+  throw Error(ErrorKind::Runtime, "this noise source has no Brownian motions for the sampler's step noise");
+}
 
 namespace {
 
@@ -46,9 +51,30 @@ SeededNoise::SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> var
   restart();
 }
 
+SeededNoise::~SeededNoise() = default;
+
 void SeededNoise::restart() {
   seed_generators(0);
   first_draw_ = true;
+  trees_.reset();
+}
+
+torch::Tensor SeededNoise::brownian(const std::vector<int64_t>& shape, const BrownianIncrement& increment) {
+  if (shape.empty() || shape[0] != static_cast<int64_t>(seeds_.size()))
+    throw Error(ErrorKind::Usage, "a batch of " + std::to_string(shape.empty() ? 0 : shape[0]) +
+                                      " images takes as many seeds, not " + std::to_string(seeds_.size()));
+  if (!(increment.sigma_min > 0 && increment.sigma_min < increment.sigma_max))
+    throw Error(ErrorKind::Runtime, "a Brownian tree spans sigmas from a positive one to a larger one, not " +
+                                        std::to_string(increment.sigma_min) + " to " +
+                                        std::to_string(increment.sigma_max));
+  if (!trees_ || trees_shape_ != shape || trees_span_[0] != increment.sigma_min ||
+      trees_span_[1] != increment.sigma_max) {
+    trees_ = std::make_unique<detail::BrownianTreeNoise>(increment.sigma_min, increment.sigma_max, shape, seeds_);
+    trees_shape_ = shape;
+    trees_span_[0] = increment.sigma_min;
+    trees_span_[1] = increment.sigma_max;
+  }
+  return (*trees_)(increment.sigma, increment.sigma_next);
 }
 
 void SeededNoise::seed_generators(uint64_t delta) {

@@ -534,9 +534,14 @@ Pipeline::Denoised Pipeline::denoise(Scheduler& scheduler, torch::Tensor latents
     if (guided) noise_pred = run.text.guide(noise_pred, run.cfg_scale, run.guidance_rescale);
     if (skip_uncond) noise_pred = run.text.guide_without_uncond(noise_pred);
     observe(run.observer, prefix + "step/" + call_name(call - first) + "/model_output", noise_pred);
-    auto step_noise =
-        scheduler.needs_noise(call) ? to_device_async(run.noise.draw(shape), options_.device) : torch::Tensor();
-    drew_step_noise |= step_noise.defined();
+    torch::Tensor step_noise;
+    if (scheduler.needs_noise(call)) {
+      const auto brownian = scheduler.brownian_increment(call);
+      // Only drawn noise counts: A1111's ENSD moves it, never a Brownian tree's.
+      drew_step_noise |= !brownian;
+      step_noise =
+          to_device_async(brownian ? run.noise.brownian(shape, *brownian) : run.noise.draw(shape), options_.device);
+    }
     latents = scheduler.step(noise_pred, call, latents, step_noise);
     if (scheduler.pred_original_sample().defined())
       observe(run.observer, prefix + "step/" + call_name(call - first) + "/pred_original_sample",

@@ -50,6 +50,9 @@ const Sampler kSamplers[] = {
     {"dpmpp_2s_a", kStartsLate},
     {"dpmpp_2s_a_karras", kStartsLate},
     {"dpmpp_2s_a_exponential", kStartsLate},
+    {"dpmpp_sde", kStartsLate},
+    {"dpmpp_sde_karras", kStartsLate},
+    {"dpmpp_sde_exponential", kStartsLate},
     {"dpmpp_2m", kStartsLate | kZeroSnr},
     {"dpmpp_2m_karras", kStartsLate | kZeroSnr},
     {"dpmpp_2m_sde", kStartsLate | kZeroSnr},
@@ -97,8 +100,8 @@ const std::vector<std::string>& a1111_schedule_names() {
 
 // The samplers here that run on A1111's own schedule types, as A1111 runs its k-diffusion samplers on any schedule:
 // each pair is a sampler, named "euler_sgm_uniform".
-constexpr const char* kA1111ScheduleSamplers[] = {"euler",      "euler_a", "heun",     "dpm2",        "dpm2_a",
-                                                  "dpmpp_2s_a", "lms",     "dpmpp_2m", "dpmpp_2m_sde"};
+constexpr const char* kA1111ScheduleSamplers[] = {"euler",      "euler_a",   "heun", "dpm2",     "dpm2_a",
+                                                  "dpmpp_2s_a", "dpmpp_sde", "lms",  "dpmpp_2m", "dpmpp_2m_sde"};
 
 // kSamplers, then the samplers on A1111's schedules (which start late but run no zero-terminal-SNR model).
 const std::vector<Sampler>& all_samplers() {
@@ -206,11 +209,13 @@ std::string canonical_scheduler_name(const std::string& name) {
         {"kdpm2ancestraldiscretescheduler", "dpm2_a"},
         {"kdpm2akarras", "dpm2_a_karras"},
         {"kdpmpp2sa", "dpmpp_2s_a"},
+        {"kdpmppsde", "dpmpp_sde"},
         // A1111's own aliases of its Karras samplers
         {"klmska", "lms_karras"},
         {"kdpm2ka", "dpm2_karras"},
         {"kdpm2aka", "dpm2_a_karras"},
         {"kdpmpp2saka", "dpmpp_2s_a_karras"},
+        {"kdpmppsdeka", "dpmpp_sde_karras"},
         {"kdpmpp2mka", "dpmpp_2m_karras"},
     };
     // Each of ours in any case and punctuation: A1111's "Euler a", "DPM++ 2M SDE Karras", "DPM2 a Exponential".
@@ -291,6 +296,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (base == "heun") return detail::make_heun(config, steps, schedule);
   if (base == "dpm2" || base == "dpm2_a") return detail::make_dpm2(config, steps, schedule, base == "dpm2_a");
   if (base == "dpmpp_2s_a") return detail::make_dpmpp_2s_ancestral(config, steps, schedule);
+  if (base == "dpmpp_sde") return detail::make_dpmpp_sde(config, steps, schedule);
   if (base == "lms") return detail::make_lms(config, steps, schedule);
   if (base == "unipc") return detail::make_unipc(config, steps, schedule == SigmaSchedule::kKarras);
   if (base == "deis") return detail::make_deis(config, steps, schedule == SigmaSchedule::kKarras);

@@ -3,12 +3,13 @@
 // see bit-identical scalars; the tensor updates themselves use the same ATen ops in the same order.
 #pragma once
 
-#include "txt2img/scheduler.hpp"
-
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "txt2img/scheduler.hpp"
 
 namespace txt2img::detail {
 
@@ -72,6 +73,9 @@ std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, S
 // k-diffusion's DPM-Solver++(2S) ancestral (A1111's DPM++ 2S a), on spaced, Karras or exponential sigmas or one of
 // A1111's own schedules.
 std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
+// k-diffusion's DPM-Solver++ SDE (A1111's DPM++ SDE), with Brownian-tree noise at both calls of a step, on the same
+// sigmas.
+std::unique_ptr<Scheduler> make_dpmpp_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step), on diffusers' sigmas, Karras
 // sigmas or one of A1111's own schedules (diffusers v0.31's exponential sigmas fail in these two classes).
 std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool sde);
@@ -175,6 +179,34 @@ class SigmaScheduler : public Scheduler {
  private:
   float init_noise_sigma_ = 1.0f;
   std::string prediction_type_;
+};
+
+// Shared part of k-diffusion's samplers that call the model twice a step, at the step's sigma and at a midpoint, but
+// once in the last step, an Euler step to sigma 0 (DPM++ 2S a, DPM++ SDE): the start, input scaling and denoisers of
+// k-diffusion's CompVisDenoiser and CompVisVDenoiser as A1111 runs them. Derived classes set timesteps_ and sigmas_
+// to one entry per call.
+class KDiffusionTwoCallScheduler : public SigmaScheduler {
+ public:
+  // A run starts from noise * sigmas[0], whatever the spacing (diffusers' sqrt(sigma^2 + 1) for leading is its own).
+  double init_noise_sigma() const override { return sigmas_[0]; }
+  // CompVisDenoiser's c_in, 1 / (sigma^2 + 1) ** 0.5, as a factor (diffusers divides by the root instead).
+  torch::Tensor scale_model_input(const torch::Tensor& sample, size_t call) const override;
+
+ protected:
+  // `name`: the sampler's, for the prediction types it refuses (it takes epsilon and v_prediction).
+  KDiffusionTwoCallScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule, const std::string& name);
+
+  size_t first_call_of_step(size_t step) const override { return 2 * step; }
+  // What k-diffusion's CompVisDenoiser (epsilon: x - sigma * eps, the same as predict_x0's) or CompVisVDenoiser
+  // (v * c_out + x * c_skip, its scalings in its float32 order) makes of a model output at `sigma`.
+  torch::Tensor denoised(const torch::Tensor& model_output, const torch::Tensor& sample, float sigma) const;
+  // k-diffusion's get_ancestral_step(from, to) with eta 1 on float32 0-dim tensors: {sigma_down, sigma_up}.
+  static std::pair<torch::Tensor, torch::Tensor> ancestral_step(const torch::Tensor& from, const torch::Tensor& to);
+  // The last step: one Euler step from `sigma` to 0, as k-diffusion takes it.
+  static torch::Tensor euler_to_zero(const torch::Tensor& sample, const torch::Tensor& denoised, float sigma);
+
+ private:
+  bool v_prediction_;
 };
 
 // diffusers takes log and exp of float32 0-dim tensors; ATen's vectorised kernels round differently from libm, so

@@ -5,11 +5,23 @@
 #include <torch/script.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "txt2img/params.hpp"
 
 namespace txt2img {
+namespace detail {
+class BrownianTreeNoise;
+}
+
+// A step's noise where a sampler takes it from a Brownian motion (A1111's DPM++ SDE): the motion's increment from
+// `sigma` to `sigma_next`, divided by the root of their distance (a standard-normal tensor), on a tree spanning
+// [sigma_min, sigma_max], the smallest positive and the largest sigma of the pass's schedule.
+struct BrownianIncrement {
+  float sigma_min, sigma_max;
+  float sigma, sigma_next;
+};
 
 // Where the Gaussian noise of one batch comes from: one standard-normal draw of the latent shape at the start,
 // then one per step for samplers that need it.
@@ -17,6 +29,10 @@ class NoiseSource {
  public:
   virtual ~NoiseSource() = default;
   virtual torch::Tensor draw(const std::vector<int64_t>& shape) = 0;
+  // A Brownian increment of the latent shape, for samplers whose step noise is one (Scheduler::brownian_increment);
+  // increments must be asked for in the sampler's order, as the trees' float32 sums depend on the queries before.
+  // This default throws Error(Runtime): a source without Brownian motions.
+  virtual torch::Tensor brownian(const std::vector<int64_t>& shape, const BrownianIncrement& increment);
   // The next draws are those from the start again. A hires pass does this before drawing its noise, as A1111 makes
   // a new generator from each seed for it.
   virtual void restart() = 0;
@@ -38,13 +54,18 @@ struct SeedResize {
 // row's seed, mixed with its variation's) pasted into the row generator's own draw.
 // With A1111's eta noise seed delta ("ENSD") d != 0, the draws after the first come from generators seeded with
 // seeds[k] + d instead, as A1111 draws a sampler's step noise.
+// Brownian increments come from one Brownian tree per row whose entropy is the row's seed (neither variations nor
+// the ENSD change them), over the span the first increment asks for, as k-diffusion's BrownianTreeNoiseSampler
+// makes them where A1111 seeds it; a restart, or another span or shape, makes new trees.
 // Throws Error(Usage) for variations that are neither one per seed nor none, a negative resize, and a draw of
 // another batch than one row per seed.
 class SeededNoise : public NoiseSource {
  public:
   explicit SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations = {},
                        uint64_t eta_noise_seed_delta = 0, SeedResize resize = {});
+  ~SeededNoise() override;
   torch::Tensor draw(const std::vector<int64_t>& shape) override;
+  torch::Tensor brownian(const std::vector<int64_t>& shape, const BrownianIncrement& increment) override;
   void restart() override;
 
  private:
@@ -57,6 +78,9 @@ class SeededNoise : public NoiseSource {
   SeedResize resize_;
   std::vector<at::Generator> generators_;
   bool first_draw_ = true;
+  std::unique_ptr<detail::BrownianTreeNoise> trees_;
+  std::vector<int64_t> trees_shape_;
+  float trees_span_[2] = {0, 0};
 };
 
 // A1111's slerp of two noises of one image ([C, H, W]): along dim 1 (its rows), the spherical interpolation at

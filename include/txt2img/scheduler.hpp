@@ -4,8 +4,11 @@
 #include <torch/types.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "txt2img/noise.hpp"
 
 namespace txt2img {
 
@@ -53,6 +56,10 @@ class Scheduler {
   // call, the last included; DDPM at every call whose timestep is above 0; LCM at every call but the last; DPM2
   // ancestral at each step's midpoint call, and DPM++ 2S a there too, where k-diffusion draws it.
   virtual bool needs_noise(size_t /*call*/) const { return false; }
+  // Where that noise is no fresh draw but a Brownian motion's increment (dpmpp_sde*, as A1111 draws it: the caller
+  // passes NoiseSource::brownian of it), the increment; nullopt at the other calls and for the other samplers. The
+  // span is the whole schedule's, also for a run entered part-way, as A1111 builds its trees.
+  virtual std::optional<BrownianIncrement> brownian_increment(size_t /*call*/) const { return std::nullopt; }
 
   // Makes step `step` the next one (step = U-Net call but for heun*, dpm2* and dpmpp_2s_a*, whose steps make two calls
   // but the last): its calls and those after it then run as a fresh run (multistep samplers start without history, as

@@ -13,7 +13,9 @@
 namespace txt2img::cli {
 
 std::string a1111_default_schedule(const std::string& sampler) {
-  if (sampler == "dpmpp_2m" || sampler == "dpm2" || sampler == "dpm2_a" || sampler == "dpmpp_2s_a") return "Karras";
+  if (sampler == "dpmpp_2m" || sampler == "dpm2" || sampler == "dpm2_a" || sampler == "dpmpp_2s_a" ||
+      sampler == "dpmpp_sde")
+    return "Karras";
   if (sampler == "dpmpp_2m_sde") return "Exponential";
   return "";
 }
@@ -65,7 +67,7 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
       {"heun", "Heun"},       {"dpm2", "DPM2"},         {"dpm2_a", "DPM2 a"},
       {"lms", "LMS"},         {"dpmpp_2m", "DPM++ 2M"}, {"dpmpp_2m_sde", "DPM++ 2M SDE"},
       {"unipc", "UniPC"},     {"lcm", "LCM"},           {"dpmpp_2s_a", "DPM++ 2S a"},
-      {"ddpm", "DDPM"},       {"deis", "DEIS"},
+      {"ddpm", "DDPM"},       {"deis", "DEIS"},         {"dpmpp_sde", "DPM++ SDE"},
   };
   const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
   const auto it = names.find(base);

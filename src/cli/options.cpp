@@ -329,9 +329,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                                   "while denoising, rewrite FILE (a PNG) with the image as it forms, decoded by "
                                   "TAESD and safety-checked (the bundle needs a TAESD)")
                       ->type_name("FILE");
-  app.add_option(
-         "--preview-every", o.preview_every,
-         "with --preview, update it after every N U-Net calls (steps; heun, dpm2 and dpmpp_2s_a make two a step)")
+  app.add_option("--preview-every", o.preview_every,
+                 "with --preview, update it after every N U-Net calls (steps; heun, dpm2, dpmpp_2s_a, dpmpp_sde make "
+                 "two a step)")
       ->type_name("N")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str()

@@ -53,7 +53,9 @@ class Metadata(CliTestCase):
         says that --emphasis and --long-prompts are a guess."""
         for sampler, schedule in (("euler", "(Schedule type|$)"), ("dpmpp_2m", "Schedule type: Uniform"),
                                   ("euler_uniform", "Schedule type: Uniform"), ("ddpm", "Sampler: DDPM, CFG scale"),
-                                  ("deis", "Sampler: DEIS, CFG scale"), ("deis_karras", "Sampler: DEIS Karras, CFG")):
+                                  ("deis", "Sampler: DEIS, CFG scale"), ("deis_karras", "Sampler: DEIS Karras, CFG"),
+                                  ("dpmpp_sde", "Sampler: DPM\\+\\+ SDE, Schedule type: Uniform"),
+                                  ("dpmpp_sde_karras", "Sampler: DPM\\+\\+ SDE Karras, CFG")):
             self.assertEqual(self.txt2img("a fox", "--sampler", sampler, "--seed", "5", "-o", "a.png",
                                           "--overwrite").returncode, 0)
             text = png_text(self.dir / "a.png")
@@ -633,6 +635,12 @@ class Metadata(CliTestCase):
                  ("Sampler: DPM++ 2S a, Schedule type: Karras", "dpmpp_2s_a_karras", None),
                  ("Sampler: DPM++ 2S a Karras", "dpmpp_2s_a_karras", None),
                  ("Sampler: DPM++ 2S a, Schedule type: Exponential", "dpmpp_2s_a_exponential", None),
+                 # DPM++ SDE: A1111's default schedule is Karras too, its Brownian-tree noise txt2img's.
+                 ("Sampler: DPM++ SDE, Version: v1.10.1", "dpmpp_sde_karras", None),
+                 ("Sampler: DPM++ SDE Karras", "dpmpp_sde_karras", None),
+                 ("Sampler: DPM++ SDE", "dpmpp_sde_uniform", "it names no A1111 version"),
+                 ("Sampler: DPM++ SDE, Schedule type: Exponential", "dpmpp_sde_exponential", None),
+                 ("Sampler: DPM++ SDE, Schedule type: SGM Uniform", "dpmpp_sde_sgm_uniform", None),
                  ("Sampler: Euler a, Schedule type: Karras", "euler_a_karras", None),
                  ("Sampler: Euler a, Schedule type: Exponential", "euler_a_exponential", None),
                  ("Sampler: Euler, Schedule type: Exponential", "euler_exponential", None),

@@ -370,6 +370,49 @@ TEST_F(TinyPipeline, StochasticSamplersDrawStepNoisePerImageInDiffusersOrder) {
   }
 }
 
+// DPM++ SDE takes its step noise from Brownian trees whose entropy is each image's seed, as A1111 seeds them:
+// replaying the run's guided model outputs with SeededNoise's trees gives its latents. No generator draws it, so
+// the ENSD changes nothing (and the image says it drew no step noise); a batch gives each image what it gets alone;
+// a hires pass makes trees over its own schedule.
+TEST_F(TinyPipeline, DpmPPSdeTakesBrownianNoiseFromEachImagesSeed) {
+  auto params = small_params();
+  params.sampler = "dpmpp_sde";
+  params.steps = 4;
+  Keep run;
+  const auto image = generate_small(*pipeline_, {"a red cube"}, {7}, params, &run)[0];
+  EXPECT_FALSE(image.drew_step_noise);
+
+  auto config = pipeline_->manifest().scheduler;
+  config.timestep_spacing.clear();
+  auto scheduler = txt2img::make_scheduler("dpmpp_sde", config, params.steps);
+  txt2img::SeededNoise noise({7});
+  auto latents = noise.draw(run.kept.at("latents/init").sizes().vec()) * scheduler->init_noise_sigma();
+  size_t increments = 0;
+  for (size_t call = 0; call < scheduler->timesteps().size(); ++call) {
+    torch::Tensor step_noise;
+    if (scheduler->needs_noise(call)) {
+      ASSERT_TRUE(scheduler->brownian_increment(call).has_value()) << call;
+      step_noise = noise.brownian(latents.sizes().vec(), *scheduler->brownian_increment(call));
+      ++increments;
+    }
+    latents = scheduler->step(run.kept.at("step/" + call_name(call) + "/model_output"), call, latents, step_noise);
+  }
+  EXPECT_EQ(increments, 6u);  // both calls of each step but the last
+  EXPECT_TRUE(torch::equal(latents, run.kept.at("latents/step_" + call_name(scheduler->timesteps().size() - 1))));
+
+  txt2img::SeededNoise with_ensd({7}, {}, 31337);
+  EXPECT_EQ(pipeline_->generate({"a red cube"}, {""}, params, with_ensd)[0].rgb, image.rgb);
+  const auto together = generate_small(*pipeline_, {"a blue sphere", "a red cube"}, {8, 7}, params);
+  EXPECT_LE(max_level_difference(together[1].rgb, image.rgb), 1);
+  EXPECT_GT(max_level_difference(together[0].rgb, image.rgb), 8);
+
+  const auto hires = generate_small(*pipeline_, {"a red cube"}, {7}, small_hires_params("dpmpp_sde"))[0];
+  EXPECT_EQ(hires.width, 96);
+  EXPECT_GT(max_level_difference(
+                hires.rgb, generate_small(*pipeline_, {"a red cube"}, {8}, small_hires_params("dpmpp_sde"))[0].rgb),
+            8);
+}
+
 // Records the prompts' text embeddings ("text/last_hidden_state").
 struct TextEmbeddings : txt2img::Observer {
   void tensor(const std::string& name, const torch::Tensor& value) override {
@@ -1121,8 +1164,8 @@ size_t first_differing_call(txt2img::Pipeline& pipeline, const txt2img::Generati
   return call;
 }
 
-// A1111 counts the steps of Heun, DPM2 and DPM++ 2S a (two U-Net calls a step) twice: "[a:b:.5]" of 3 steps changes
-// after call 3 of 5 there, after call 1 for the others (whose first step is call 0), negative prompts alike.
+// A1111 counts the steps of Heun, DPM2, DPM++ 2S a and DPM++ SDE (two U-Net calls a step) twice: "[a:b:.5]" of 3 steps
+// changes after call 3 of 5 there, after call 1 for the others (whose first step is call 0), negative prompts alike.
 TEST(PromptEditing, EverySamplerCountsItsStepsAsA1111) {
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
   auto params = small_params();  // 3 steps
@@ -1131,8 +1174,8 @@ TEST(PromptEditing, EverySamplerCountsItsStepsAsA1111) {
     if (sampler == "lcm") continue;  // a sampler for LCM models only
     SCOPED_TRACE(sampler);
     params.sampler = sampler;
-    const bool second_order =
-        sampler.rfind("heun", 0) == 0 || sampler.rfind("dpm2", 0) == 0 || sampler.rfind("dpmpp_2s_a", 0) == 0;
+    const bool second_order = sampler.rfind("heun", 0) == 0 || sampler.rfind("dpm2", 0) == 0 ||
+                              sampler.rfind("dpmpp_2s_a", 0) == 0 || sampler.rfind("dpmpp_sde", 0) == 0;
     const size_t expected = second_order ? 4 : 2;
     EXPECT_EQ(first_differing_call(pipeline, params, "[a red cube:a blue sphere:.5]", "blurry"), expected);
     EXPECT_EQ(first_differing_call(pipeline, params, "a red cube", "[blurry:dark:.5]"), expected);

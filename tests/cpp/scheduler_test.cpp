@@ -17,8 +17,8 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "brownian_tree.hpp"
 #include "txt2img/error.hpp"
+#include "txt2img/noise.hpp"
 #include "txt2img/safetensors.hpp"
 
 namespace {
@@ -226,20 +226,28 @@ void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key
   for (size_t i = 0; i < sched->timesteps().size(); ++i)
     timestep_error = std::max(timestep_error, std::abs(sched->timesteps()[i] - ts[static_cast<int64_t>(i)].item<double>()));
   const bool interpolated = !txt2img::split_sampler_name(name).schedule.empty() || name.rfind("dpm2", 0) == 0 ||
-                            name.rfind("dpmpp_2s", 0) == 0;
+                            name.rfind("dpmpp_2s", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0;
   EXPECT_LE(timestep_error, interpolated ? 1e-4 : 0.0) << run;
   EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), g.get(run + "/init_noise_sigma").item<float>());
 
   Worst w;
   w.tolerance = tolerance;
   torch::Tensor x = fake_sample0() * sched->init_noise_sigma();
+  // A sampler with Brownian noise takes it from the trees of the run's seed, as A1111 seeds them.
+  txt2img::SeededNoise brownian(
+      {g.contains(run + "/brownian_seed") ? static_cast<uint64_t>(g.get(run + "/brownian_seed").item<int64_t>()) : 0});
   for (size_t i = 0; i < sched->timesteps().size(); ++i) {
     char call[16];
     std::snprintf(call, sizeof call, "/call%03zu/", i);
     const std::string s = run + call;
     if (g.contains(s + "scaled_model_input"))
       w.compare(sched->scale_model_input(x, i), g.get(s + "scaled_model_input"), s + "scaled_model_input");
-    x = sched->step(fake_model_output(i), i, x, sched->needs_noise(i) ? fake_noise(i) : torch::Tensor());
+    torch::Tensor noise;
+    if (sched->needs_noise(i)) {
+      const auto increment = sched->brownian_increment(i);
+      noise = increment ? brownian.brownian(x.sizes().vec(), *increment) : fake_noise(i);
+    }
+    x = sched->step(fake_model_output(i), i, x, noise);
     if (g.contains(s + "prev_sample")) w.compare(x, g.get(s + "prev_sample"), s + "prev_sample");
     if (g.contains(s + "pred_original_sample"))
       w.compare(sched->pred_original_sample(), g.get(s + "pred_original_sample"), s + "pred_original_sample");
@@ -300,12 +308,13 @@ const txt2img::SafeTensors& kdiffusion_goldens() {
 }
 
 TEST_P(KDiffusionGolden, MatchesKDiffusion) {
-  replay_sampler_golden(kdiffusion_goldens(), GetParam().first, GetParam().second);
+  replay_sampler_golden(kdiffusion_goldens(), GetParam().first, GetParam().second, 1e-6, /*exact_final=*/true);
 }
 
 std::vector<std::pair<std::string, int>> kdiffusion_golden_cases() {
   std::vector<std::pair<std::string, int>> out;
-  for (const char* name : {"dpmpp_2s_a", "dpmpp_2s_a_karras", "dpmpp_2s_a_exponential", "v_prediction/dpmpp_2s_a"})
+  for (const char* name : {"dpmpp_2s_a", "dpmpp_2s_a_karras", "dpmpp_2s_a_exponential", "v_prediction/dpmpp_2s_a",
+                           "dpmpp_sde", "dpmpp_sde_karras", "dpmpp_sde_exponential", "v_prediction/dpmpp_sde"})
     for (int steps : {1, 2, 3, 10, 20, 25}) out.emplace_back(name, steps);
   return out;
 }
@@ -713,7 +722,7 @@ std::vector<std::string> a1111_schedule_samplers() {
   std::vector<std::string> out;
   for (const char* schedule : {"uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"})
     for (const char* sampler :
-         {"euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "lms", "dpmpp_2m", "dpmpp_2m_sde"})
+         {"euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "lms", "dpmpp_2m", "dpmpp_2m_sde"})
       out.push_back(std::string(sampler) + "_" + schedule);
   return out;
 }
@@ -775,6 +784,9 @@ TEST(Scheduler, NamesAndValidation) {
                                               "dpmpp_2s_a",
                                               "dpmpp_2s_a_karras",
                                               "dpmpp_2s_a_exponential",
+                                              "dpmpp_sde",
+                                              "dpmpp_sde_karras",
+                                              "dpmpp_sde_exponential",
                                               "dpmpp_2m",
                                               "dpmpp_2m_karras",
                                               "dpmpp_2m_sde",
@@ -963,6 +975,10 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
       {"k_dpmpp_2s_a", "dpmpp_2s_a"},
       {"DPM++ 2S a Exponential", "dpmpp_2s_a_exponential"},
       {"k_dpmpp_2s_a_ka", "dpmpp_2s_a_karras"},
+      {"DPM++ SDE", "dpmpp_sde"},
+      {"DPM++ SDE Karras", "dpmpp_sde_karras"},
+      {"k_dpmpp_sde", "dpmpp_sde"},
+      {"k_dpmpp_sde_ka", "dpmpp_sde_karras"},
       {"k_dpm_2_a_ka", "dpm2_a_karras"},
       {"k_dpm_2_ka", "dpm2_karras"},
       {"k_lms_ka", "lms_karras"},
@@ -981,7 +997,7 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
               txt2img::make_scheduler(name, sd_config(), 10)->timesteps()) << alias;
   }
-  for (const char* other : {"Restart", "DPM++ SDE Karras", "DPM fast", "DPM++ 2M SDE Heun"}) {
+  for (const char* other : {"Restart", "DPM++ 3M SDE", "DPM fast", "DPM++ 2M SDE Heun"}) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(other), other);
     expect_error(ErrorKind::Usage, "unknown sampler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
   }
@@ -1123,6 +1139,9 @@ const std::vector<std::string>& late_starters() {
                                     "dpmpp_2s_a",
                                     "dpmpp_2s_a_karras",
                                     "dpmpp_2s_a_exponential",
+                                    "dpmpp_sde",
+                                    "dpmpp_sde_karras",
+                                    "dpmpp_sde_exponential",
                                     "ddpm",
                                     "deis",
                                     "deis_karras"};
@@ -1455,7 +1474,7 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
   for (const auto& name : late_starters()) {
     // Their fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has euler_a.
     if (name.rfind("euler_a", 0) == 0 || name.rfind("dpmpp_2m_sde", 0) == 0 || name.rfind("dpm2_a", 0) == 0 ||
-        name.rfind("dpmpp_2s_a", 0) == 0 || name == "ddpm")
+        name.rfind("dpmpp_2s_a", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 || name == "ddpm")
       continue;
     for (size_t k : {0, 3, 7, 11}) {
       auto sched = txt2img::make_scheduler(name, sd_config(), 12);
@@ -1521,11 +1540,11 @@ TEST(SchedulerStartAt, Errors) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 4);
     sched->start_at(3);
     sched->start_at(2);  // before any step the start may still move
-    // Step 2 is call 2, but heun's, dpm2's and dpmpp_2s_a's call 4 (two calls per step).
+    // Step 2 is call 2, but heun's, dpm2's, dpmpp_2s_a's and dpmpp_sde's call 4 (two calls per step).
     const size_t c = sched->first_call();
     EXPECT_EQ(c, sched->calls_per_step() == 2 ? 4u : 2u) << name;
-    EXPECT_EQ(sched->calls_per_step() == 2,
-              name.rfind("heun", 0) == 0 || name.rfind("dpm2", 0) == 0 || name.rfind("dpmpp_2s_a", 0) == 0)
+    EXPECT_EQ(sched->calls_per_step() == 2, name.rfind("heun", 0) == 0 || name.rfind("dpm2", 0) == 0 ||
+                                                name.rfind("dpmpp_2s_a", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0)
         << name;
     const auto expected = [](size_t want, size_t got) {
       return "expected call " + std::to_string(want) + ", got " + std::to_string(got);
@@ -1556,76 +1575,3 @@ TEST(A1111Ddim, Refusals) {
 }
 
 }  // namespace
-
-// The Brownian tree behind A1111's DPM++ SDE noise, against tests/fixtures/brownian_goldens.safetensors: torchsde
-// v0.2.6's BrownianTree queried as k-diffusion's sample_dpmpp_sde queries it (tests/fixtures/make_brownian_goldens.py),
-// and NumPy's SeedSequence states that seed its nodes.
-const txt2img::SafeTensors& brownian_goldens() {
-  static const auto g = txt2img::SafeTensors::open(TXT2IMG_BROWNIAN_GOLDENS);
-  return g;
-}
-
-// Pairs of (low, high) 32-bit halves back into words as NumPy splits each integer (no high word under 2^32).
-std::vector<uint32_t> numpy_words(const torch::Tensor& halves) {
-  std::vector<uint32_t> out;
-  const auto h = halves.accessor<int64_t, 1>();
-  for (int64_t i = 0; i + 1 < h.size(0); i += 2) {
-    const auto words =
-        txt2img::detail::uint32_words(static_cast<uint64_t>(h[i]) | static_cast<uint64_t>(h[i + 1]) << 32);
-    out.insert(out.end(), words.begin(), words.end());
-  }
-  return out;
-}
-
-TEST(SchedulerBrownianTree, SeedSequenceMatchesNumPy) {
-  const auto& g = brownian_goldens();
-  int cases = 0;
-  for (; g.contains("seed_sequence" + std::to_string(cases) + "/state"); ++cases) {
-    const std::string key = "seed_sequence" + std::to_string(cases) + "/";
-    const auto state = g.get(key + "state");
-    const auto got =
-        txt2img::detail::seed_sequence_state(numpy_words(g.get(key + "entropy")), numpy_words(g.get(key + "spawn_key")),
-                                             g.get(key + "pool_size").item<int64_t>(), state.size(0));
-    for (int64_t i = 0; i < state.size(0); ++i) EXPECT_EQ(got[i], state[i].item<int64_t>()) << key << i;
-  }
-  EXPECT_EQ(cases, 5);
-}
-
-TEST(SchedulerBrownianTree, MatchesTorchsdeBitForBit) {
-  const auto& g = brownian_goldens();
-  int cases = 0;
-  for (; g.contains("case" + std::to_string(cases) + "/w"); ++cases) {
-    const std::string key = "case" + std::to_string(cases) + "/";
-    const auto ends = g.get(key + "t0_t1"), rounded = g.get(key + "rounded_t0_t1");
-    EXPECT_EQ(txt2img::detail::python_round(ends[0].item<double>(), 6), rounded[0].item<double>()) << key;
-    EXPECT_EQ(txt2img::detail::python_round(ends[1].item<double>(), 6), rounded[1].item<double>()) << key;
-    const auto expected = g.get(key + "w");
-    const auto queries = g.get(key + "queries");
-    std::vector<int64_t> shape(expected.sizes().begin() + 1, expected.sizes().end());
-    txt2img::detail::BrownianTree tree(ends[0].item<double>(), ends[1].item<double>(), shape,
-                                       static_cast<uint64_t>(g.get(key + "seed").item<int64_t>()));
-    ASSERT_GT(queries.size(0), 0);
-    for (int64_t q = 0; q < queries.size(0); ++q) {
-      const auto w = tree(queries[q][0].item<double>(), queries[q][1].item<double>());
-      ASSERT_TRUE(torch::equal(w, expected[q]))
-          << key << " query " << q << " max diff " << (w - expected[q]).abs().max().item<float>();
-    }
-  }
-  EXPECT_EQ(cases, 5);
-}
-
-TEST(SchedulerBrownianTree, NoiseMatchesKDiffusionsBrownianTreeNoiseSampler) {
-  const auto& g = brownian_goldens();
-  const auto ends = g.get("noise/sigma_min_max"), calls = g.get("noise/calls"), expected = g.get("noise/noise");
-  std::vector<uint64_t> seeds;
-  for (int64_t i = 0; i < g.get("noise/seeds").size(0); ++i)
-    seeds.push_back(static_cast<uint64_t>(g.get("noise/seeds")[i].item<int64_t>()));
-  std::vector<int64_t> shape(expected.sizes().begin() + 1, expected.sizes().end());
-  txt2img::detail::BrownianTreeNoise noise(ends[0].item<float>(), ends[1].item<float>(), shape, seeds);
-  ASSERT_GT(calls.size(0), 0);
-  for (int64_t c = 0; c < calls.size(0); ++c) {
-    const auto got = noise(calls[c][0].item<float>(), calls[c][1].item<float>());
-    ASSERT_TRUE(torch::equal(got, expected[c]))
-        << "call " << c << " max diff " << (got - expected[c]).abs().max().item<float>();
-  }
-}
