@@ -12,10 +12,10 @@
 namespace txt2img::detail {
 namespace {
 
-class DpmPP2SAncestral final : public KDiffusionTwoCallScheduler {
+class DpmPP2SAncestral final : public KDiffusionScheduler {
  public:
   DpmPP2SAncestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
-      : KDiffusionTwoCallScheduler(config, steps, schedule, "dpmpp_2s_a") {
+      : KDiffusionScheduler(config, steps, schedule, "dpmpp_2s_a") {
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
     std::vector<double> timesteps;
@@ -84,6 +84,9 @@ class DpmPP2SAncestral final : public KDiffusionTwoCallScheduler {
     float to_down_x0;
     float up;  // the ancestral noise's scale
   };
+
+  // Two calls a step but the last.
+  size_t first_call_of_step(size_t step) const override { return 2 * step; }
 
   std::vector<Step> steps_;
   torch::Tensor step_start_;  // the first call's sample, until the midpoint call

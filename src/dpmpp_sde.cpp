@@ -13,10 +13,10 @@
 namespace txt2img::detail {
 namespace {
 
-class DpmPPSde final : public KDiffusionTwoCallScheduler {
+class DpmPPSde final : public KDiffusionScheduler {
  public:
   DpmPPSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
-      : KDiffusionTwoCallScheduler(config, steps, schedule, "dpmpp_sde") {
+      : KDiffusionScheduler(config, steps, schedule, "dpmpp_sde") {
     // sigmas[sigmas > 0].min() and sigmas.max() of the schedule.
     span_min_ = sigmas_[0];
     span_max_ = sigmas_[0];
@@ -112,6 +112,9 @@ class DpmPPSde final : public KDiffusionTwoCallScheduler {
     float to_down_x0;
     float up;
   };
+
+  // Two calls a step but the last.
+  size_t first_call_of_step(size_t step) const override { return 2 * step; }
 
   std::vector<Step> steps_;
   float span_min_, span_max_;

@@ -57,6 +57,9 @@ const Sampler kSamplers[] = {
     {"dpmpp_2m_karras", kStartsLate | kZeroSnr},
     {"dpmpp_2m_sde", kStartsLate | kZeroSnr},
     {"dpmpp_2m_sde_karras", kStartsLate | kZeroSnr},
+    {"dpmpp_2m_sde_a1111", kStartsLate},
+    {"dpmpp_2m_sde_a1111_karras", kStartsLate},
+    {"dpmpp_2m_sde_a1111_exponential", kStartsLate},
     {"lms", kStartsLate},
     {"lms_karras", kStartsLate},
     {"lms_exponential", kStartsLate},
@@ -100,8 +103,9 @@ const std::vector<std::string>& a1111_schedule_names() {
 
 // The samplers here that run on A1111's own schedule types, as A1111 runs its k-diffusion samplers on any schedule:
 // each pair is a sampler, named "euler_sgm_uniform".
-constexpr const char* kA1111ScheduleSamplers[] = {"euler",      "euler_a",   "heun", "dpm2",     "dpm2_a",
-                                                  "dpmpp_2s_a", "dpmpp_sde", "lms",  "dpmpp_2m", "dpmpp_2m_sde"};
+constexpr const char* kA1111ScheduleSamplers[] = {
+    "euler",        "euler_a",           "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "lms", "dpmpp_2m",
+    "dpmpp_2m_sde", "dpmpp_2m_sde_a1111"};
 
 // kSamplers, then the samplers on A1111's schedules (which start late but run no zero-terminal-SNR model).
 const std::vector<Sampler>& all_samplers() {
@@ -297,6 +301,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (base == "dpm2" || base == "dpm2_a") return detail::make_dpm2(config, steps, schedule, base == "dpm2_a");
   if (base == "dpmpp_2s_a") return detail::make_dpmpp_2s_ancestral(config, steps, schedule);
   if (base == "dpmpp_sde") return detail::make_dpmpp_sde(config, steps, schedule);
+  if (base == "dpmpp_2m_sde_a1111") return detail::make_a1111_dpmpp_2m_sde(config, steps, schedule);
   if (base == "lms") return detail::make_lms(config, steps, schedule);
   if (base == "unipc") return detail::make_unipc(config, steps, schedule == SigmaSchedule::kKarras);
   if (base == "deis") return detail::make_deis(config, steps, schedule == SigmaSchedule::kKarras);

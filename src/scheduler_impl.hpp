@@ -76,6 +76,8 @@ std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config
 // k-diffusion's DPM-Solver++ SDE (A1111's DPM++ SDE), with Brownian-tree noise at both calls of a step, on the same
 // sigmas.
 std::unique_ptr<Scheduler> make_dpmpp_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
+// AUTOMATIC1111's DPM++ 2M SDE: k-diffusion's DPM-Solver++(2M) SDE in sigma space with Brownian-tree noise.
+std::unique_ptr<Scheduler> make_a1111_dpmpp_2m_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step), on diffusers' sigmas, Karras
 // sigmas or one of A1111's own schedules (diffusers v0.31's exponential sigmas fail in these two classes).
 std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool sde);
@@ -181,11 +183,10 @@ class SigmaScheduler : public Scheduler {
   std::string prediction_type_;
 };
 
-// Shared part of k-diffusion's samplers that call the model twice a step, at the step's sigma and at a midpoint, but
-// once in the last step, an Euler step to sigma 0 (DPM++ 2S a, DPM++ SDE): the start, input scaling and denoisers of
-// k-diffusion's CompVisDenoiser and CompVisVDenoiser as A1111 runs them. Derived classes set timesteps_ and sigmas_
-// to one entry per call.
-class KDiffusionTwoCallScheduler : public SigmaScheduler {
+// Shared part of the samplers txt2img takes from k-diffusion as A1111 runs them (DPM++ 2S a, DPM++ SDE, A1111's DPM++
+// 2M SDE): the start, input scaling and denoisers of its CompVisDenoiser and CompVisVDenoiser, and pieces of its
+// sampling loop. Derived classes set timesteps_ and sigmas_ to one entry per call.
+class KDiffusionScheduler : public SigmaScheduler {
  public:
   // A run starts from noise * sigmas[0], whatever the spacing (diffusers' sqrt(sigma^2 + 1) for leading is its own).
   double init_noise_sigma() const override { return sigmas_[0]; }
@@ -194,15 +195,14 @@ class KDiffusionTwoCallScheduler : public SigmaScheduler {
 
  protected:
   // `name`: the sampler's, for the prediction types it refuses (it takes epsilon and v_prediction).
-  KDiffusionTwoCallScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule, const std::string& name);
+  KDiffusionScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule, const std::string& name);
 
-  size_t first_call_of_step(size_t step) const override { return 2 * step; }
   // What k-diffusion's CompVisDenoiser (epsilon: x - sigma * eps, the same as predict_x0's) or CompVisVDenoiser
   // (v * c_out + x * c_skip, its scalings in its float32 order) makes of a model output at `sigma`.
   torch::Tensor denoised(const torch::Tensor& model_output, const torch::Tensor& sample, float sigma) const;
   // k-diffusion's get_ancestral_step(from, to) with eta 1 on float32 0-dim tensors: {sigma_down, sigma_up}.
   static std::pair<torch::Tensor, torch::Tensor> ancestral_step(const torch::Tensor& from, const torch::Tensor& to);
-  // The last step: one Euler step from `sigma` to 0, as k-diffusion takes it.
+  // The last step of the two-call samplers: one Euler step from `sigma` to 0, as k-diffusion takes it.
   static torch::Tensor euler_to_zero(const torch::Tensor& sample, const torch::Tensor& denoised, float sigma);
 
  private:

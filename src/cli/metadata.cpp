@@ -16,7 +16,7 @@ std::string a1111_default_schedule(const std::string& sampler) {
   if (sampler == "dpmpp_2m" || sampler == "dpm2" || sampler == "dpm2_a" || sampler == "dpmpp_2s_a" ||
       sampler == "dpmpp_sde")
     return "Karras";
-  if (sampler == "dpmpp_2m_sde") return "Exponential";
+  if (sampler == "dpmpp_2m_sde" || sampler == "dpmpp_2m_sde_a1111") return "Exponential";
   return "";
 }
 
@@ -62,12 +62,25 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
   // diffusers' PNDM with skip_prk_steps (the SD v1 configuration) is the PLMS sampler A1111 offers. A1111 has no DDPM
   // or DEIS: their names are in its style, which canonical_scheduler_name reads back.
   static const std::map<std::string, std::string> names = {
-      {"ddim", "DDIM"},       {"ddim_a1111", "DDIM"},   {"pndm", "PLMS"},
-      {"plms_a1111", "PLMS"}, {"euler", "Euler"},       {"euler_a", "Euler a"},
-      {"heun", "Heun"},       {"dpm2", "DPM2"},         {"dpm2_a", "DPM2 a"},
-      {"lms", "LMS"},         {"dpmpp_2m", "DPM++ 2M"}, {"dpmpp_2m_sde", "DPM++ 2M SDE"},
-      {"unipc", "UniPC"},     {"lcm", "LCM"},           {"dpmpp_2s_a", "DPM++ 2S a"},
-      {"ddpm", "DDPM"},       {"deis", "DEIS"},         {"dpmpp_sde", "DPM++ SDE"},
+      {"ddim", "DDIM"},
+      {"ddim_a1111", "DDIM"},
+      {"pndm", "PLMS"},
+      {"plms_a1111", "PLMS"},
+      {"euler", "Euler"},
+      {"euler_a", "Euler a"},
+      {"heun", "Heun"},
+      {"dpm2", "DPM2"},
+      {"dpm2_a", "DPM2 a"},
+      {"lms", "LMS"},
+      {"dpmpp_2m", "DPM++ 2M"},
+      {"dpmpp_2m_sde", "DPM++ 2M SDE"},
+      {"unipc", "UniPC"},
+      {"lcm", "LCM"},
+      {"dpmpp_2s_a", "DPM++ 2S a"},
+      {"ddpm", "DDPM"},
+      {"deis", "DEIS"},
+      {"dpmpp_sde", "DPM++ SDE"},
+      {"dpmpp_2m_sde_a1111", "DPM++ 2M SDE"},
   };
   const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
   const auto it = names.find(base);

@@ -217,7 +217,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->type_name("WxH");
   app.add_option("--ensd", o.ensd,
                  "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a*, "
-                 "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde*, ddpm, lcm, ddim and ddim_a1111 with --eta) comes from seed + N")
+                 "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde, dpmpp_2m_sde_karras, ddpm, lcm, ddim and ddim_a1111 with --eta) "
+                 "comes from "
+                 "seed + N")
       ->type_name("N")
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();

@@ -196,6 +196,15 @@ std::string a1111_command(const std::string& text) {
           (field("Version").empty() ? "it names no A1111 version: PLMS is read as before 1.6, when " : "before 1.6 ") +
           std::string("A1111 ran the original Stable Diffusion code's PLMS, which is neither txt2img's "
                       "pndm (diffusers') nor plms_a1111 (A1111's since 1.6): the image will differ"));
+    } else if (split_sampler_name(sampler).base == "dpmpp_2m_sde") {
+      // A1111's DPM++ 2M SDE draws its noise from Brownian trees, diffusers' (txt2img's dpmpp_2m_sde) from the seed.
+      const auto [base, schedule] = split_sampler_name(sampler);
+      if (made_by_txt2img)
+        notes.push_back(
+            "txt2img writes Sampler: DPM++ 2M SDE for dpmpp_2m_sde and dpmpp_2m_sde_a1111 alike: read as "
+            "dpmpp_2m_sde");
+      else
+        sampler = "dpmpp_2m_sde_a1111" + (schedule.empty() ? "" : "_" + schedule);
     } else if (sampler == "ddim") {
       const std::string ldm_ddim =
           "A1111 before 1.6 ran the original Stable Diffusion code's DDIM, which is "
@@ -375,9 +384,6 @@ std::string a1111_command(const std::string& text) {
   const auto uses = [&](const char* prefix) {
     return sampler.rfind(prefix, 0) == 0 || hires_sampler.rfind(prefix, 0) == 0;
   };
-  if (uses("dpmpp_2m_sde"))
-    said << "its sampler's noise at each step came from A1111's Brownian tree; txt2img's DPM++ 2M SDE draws it "
-            "from the seed as diffusers does, so the image will differ\n";
   // On A1111's own schedules txt2img's DPM2 takes A1111's sigmas.
   const auto dpm2_on_diffusers_sigmas = [](const std::string& s) {
     return s.rfind("dpm2", 0) == 0 && !on_a1111_schedule(s);

@@ -715,8 +715,11 @@ class Samplers(CliTestCase):
         for sampler in samplers + combined:
             result = self.txt2img("a fox", "--sampler", sampler, "-o", f"{sampler}.png", "--seed", "1")
             self.assertEqual(result.returncode, 0, f"{sampler}: {result.stderr}")
-        self.assertIn("Sampler: DPM++ 2M, Schedule type: SGM Uniform,",
-                      png_text(self.dir / "dpmpp_2m_sgm_uniform.png")["parameters"])
+        labels = {"uniform": "Uniform", "sgm_uniform": "SGM Uniform", "align_your_steps": "Align Your Steps",
+                  "simple": "Simple", "normal": "Normal", "polyexponential": "Polyexponential"}
+        schedule = schedules[bases.index("dpmpp_2m") % len(schedules)]
+        self.assertIn(f"Sampler: DPM++ 2M, Schedule type: {labels[schedule]},",
+                      png_text(self.dir / f"dpmpp_2m_{schedule}.png")["parameters"])
         self.assertIn("Sampler: Euler, Schedule type: Uniform,", png_text(self.dir / "euler_uniform.png")["parameters"])
         command = run(["info", "heun_align_your_steps.png", "--command"], self.dir)
         self.assertIn(" --sampler heun_align_your_steps ", command.stdout)

@@ -612,14 +612,17 @@ class Metadata(CliTestCase):
     def test_info_command_reads_a1111_samplers_and_schedule_types(self):
         """A1111's sampler names, old ("LMS Karras") and new ("Euler" with "Schedule type: Karras"), become ours; its
         uniform schedule, also where a sampler's default, is A1111's (heun_uniform; DDIM, PLMS and UniPC run on their
-        own timesteps); a schedule type txt2img has no sampler for is left out; DPM++ 2M SDE warns of its Brownian-tree noise, UniPC of
-        A1111's other variant, DPM2 of A1111's shorter schedule."""
+        own timesteps); a schedule type txt2img has no sampler for is left out; DPM++ 2M SDE is A1111's, with its
+        Brownian-tree noise (txt2img's own text: diffusers', said); UniPC warns of A1111's other variant, DPM2 of A1111's
+        shorter schedule."""
         cases = [("Sampler: Heun", "heun_uniform", None),
                  ("Sampler: Euler, Schedule type: Karras", "euler_karras", None),
                  ("Sampler: Heun, Schedule type: Karras", "heun_karras", None),
                  ("Sampler: LMS Karras", "lms_karras", None),
-                 ("Sampler: DPM++ 2M SDE, Schedule type: Karras", "dpmpp_2m_sde_karras", "Brownian tree"),
-                 ("Sampler: DPM++ 2M SDE", "dpmpp_2m_sde_uniform", "Brownian tree"),
+                 ("Sampler: DPM++ 2M SDE, Schedule type: Karras", "dpmpp_2m_sde_a1111_karras", None),
+                 ("Sampler: DPM++ 2M SDE Karras", "dpmpp_2m_sde_a1111_karras", None),
+                 ("Sampler: DPM++ 2M SDE", "dpmpp_2m_sde_a1111_uniform", "it names no A1111 version"),
+                 ("Sampler: DPM++ 2M SDE, Version: txt2img 0.1.0", "dpmpp_2m_sde", "alike: read as dpmpp_2m_sde"),
                  ("Sampler: UniPC", "unipc", "bh1 variant of order 3"),
                  # Samplers A1111 lacks, by the names txt2img writes in its style.
                  ("Sampler: DDPM", "ddpm", None),
@@ -673,8 +676,7 @@ class Metadata(CliTestCase):
                  ("Sampler: DPM++ 2M, Version: 1.9.3", "dpmpp_2m_karras", None),  # other tools' version, no "v"
                  ("Sampler: DPM++ 2M, Schedule type: Uniform, Version: v1.10.1", "dpmpp_2m_uniform", None),
                  ("Sampler: DPM++ 2M", "dpmpp_2m_uniform", "it names no A1111 version"),
-                 ("Sampler: DPM++ 2M SDE, Version: v1.10.1", "dpmpp_2m_sde",
-                  "Schedule type: Automatic, Exponential for DPM++ 2M SDE")]
+                 ("Sampler: DPM++ 2M SDE, Version: v1.10.1", "dpmpp_2m_sde_a1111_exponential", None)]
         for i, (fields, sampler, note) in enumerate(cases):
             infotext = f"a fox\nSteps: 3, {fields}, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU"
             result = a1111_command(self, infotext, f"{i}.png")

@@ -1,0 +1,98 @@
+// AUTOMATIC1111's DPM++ 2M SDE: k-diffusion's sample_dpmpp_2m_sde (midpoint solver, eta 1, s_noise 1) in sigma space,
+// with the noise A1111 gives it, increments of Brownian motions on one tree per image seed (NoiseSource::brownian).
+// diffusers' DPMSolverMultistepScheduler with algorithm_type "sde-dpmsolver++" (txt2img's dpmpp_2m_sde) is the same
+// solver in the variance-preserving space, with fresh noise drawn from the seed instead. Each step from sigma s to n
+// (h = log(s / n)) takes the first-order SDE step, adds the second-order correction from the previous step's denoised
+// sample (not in the first step, nor the first after start_at, as k-diffusion starts afresh on a cut schedule), and
+// the increment from s to n scaled by n * sqrt(1 - exp(-2h)); the last step returns the denoised sample.
+#include <algorithm>
+
+#include "scheduler_impl.hpp"
+
+namespace txt2img::detail {
+namespace {
+
+class A1111DpmPP2MSde final : public KDiffusionScheduler {
+ public:
+  A1111DpmPP2MSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
+      : KDiffusionScheduler(config, steps, schedule, "dpmpp_2m_sde_a1111") {
+    // sigmas[sigmas > 0].min() and sigmas.max() of the schedule.
+    span_min_ = sigmas_[0];
+    span_max_ = sigmas_[0];
+    for (float sigma : sigmas_) {
+      if (sigma > 0) span_min_ = std::min(span_min_, sigma);
+      span_max_ = std::max(span_max_, sigma);
+    }
+    std::vector<double> timesteps;
+    // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order (eta * h is h).
+    const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
+    for (int j = 0; j < steps; ++j) {
+      timesteps.push_back(sigma_to_t(sigmas_[j], log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
+      Step step{};
+      if (sigmas_[j + 1] != 0.0f) {
+        const auto sigma = f32(sigmas_[j]), next = f32(sigmas_[j + 1]);
+        const auto h = next.log().neg() - sigma.log().neg();
+        const auto first_order = (h.neg() - h).expm1().neg();
+        step.h = h;
+        step.to_next = (next / sigma * h.neg().exp()).item<float>();
+        step.to_next_x0 = first_order.item<float>();
+        step.half_first_order = first_order * 0.5;
+        step.noise_scale = (h * -2).expm1().neg().sqrt().item<float>();
+      }
+      steps_.push_back(step);
+    }
+    timesteps_ = std::move(timesteps);
+  }
+
+  bool needs_noise(size_t call) const override { return call < timesteps_.size() && sigmas_[call + 1] != 0.0f; }
+
+  std::optional<BrownianIncrement> brownian_increment(size_t call) const override {
+    if (!needs_noise(call)) return std::nullopt;
+    return BrownianIncrement{span_min_, span_max_, sigmas_[call], sigmas_[call + 1]};
+  }
+
+  torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
+                     const torch::Tensor& noise) override {
+    check_step(call, next_call_, timesteps_.size(), model_output, sample);
+    const Step& step = steps_[call];
+    const auto denoised_now = denoised(model_output, sample, sigmas_[call]);
+    torch::Tensor prev;
+    if (sigmas_[call + 1] == 0.0f) {
+      prev = denoised_now;
+    } else {
+      check_noise(noise, sample);
+      prev = sample * step.to_next + denoised_now * step.to_next_x0;
+      if (old_denoised_.defined()) {
+        // 0.5 * (-h - eta_h).expm1().neg() * (1 / r) with r = h_last / h, then times the difference.
+        const float correction = (step.half_first_order * (steps_[call - 1].h / step.h).reciprocal()).item<float>();
+        prev = prev + (denoised_now - old_denoised_) * correction;
+      }
+      prev = prev + noise * sigmas_[call + 1] * step.noise_scale;
+    }
+    old_denoised_ = denoised_now;
+    pred_original_sample_ = denoised_now;
+    ++next_call_;
+    return prev;
+  }
+
+ private:
+  struct Step {
+    torch::Tensor h;  // log(sigma / next): the step's length in log sigma (undefined in the last)
+    float to_next;    // next / sigma * exp(-h) and -expm1(-2h): the first-order step
+    float to_next_x0;
+    torch::Tensor half_first_order;  // 0.5 * -expm1(-2h), for the second-order correction
+    float noise_scale;               // sqrt(-expm1(-2h)), the noise's scale after the next sigma's
+  };
+
+  std::vector<Step> steps_;
+  float span_min_, span_max_;
+  torch::Tensor old_denoised_;  // the previous call's denoised sample; none at a (late) start
+};
+
+}  // namespace
+
+std::unique_ptr<Scheduler> make_a1111_dpmpp_2m_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule) {
+  return std::make_unique<A1111DpmPP2MSde>(config, steps, schedule);
+}
+
+}  // namespace txt2img::detail
