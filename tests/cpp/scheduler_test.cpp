@@ -328,8 +328,8 @@ INSTANTIATE_TEST_SUITE_P(Goldens, KDiffusionGolden, testing::ValuesIn(kdiffusion
 
 // AUTOMATIC1111's own schedule types, against tests/fixtures/a1111_schedule_goldens.safetensors: the sigmas of A1111's
 // sd_schedulers.py and k-diffusion's samplers run on them (DPM2's on the schedule A1111 gives it, one step longer
-// without its next-to-last sigma; DPM++ 2M's U-Net inputs and result, txt2img stepping it in another space), by
-// tests/fixtures/make_a1111_schedule_goldens.py.
+// without its next-to-last sigma; DPM++ 2M's U-Net inputs and result, txt2img stepping it in another space; DPM++ SDE
+// with the Brownian trees of the run's seed, as A1111 makes them), by tests/fixtures/make_a1111_schedule_goldens.py.
 const txt2img::SafeTensors& a1111_schedule_goldens() {
   static const auto g = txt2img::SafeTensors::open(TXT2IMG_A1111_SCHEDULE_GOLDENS);
   return g;
@@ -417,7 +417,8 @@ TEST_P(A1111ScheduleGolden, MatchesKDiffusion) {
 std::vector<std::pair<std::string, int>> a1111_schedule_golden_cases() {
   std::vector<std::pair<std::string, int>> out;
   for (const auto& schedule : a1111_schedules())
-    for (const char* sampler : {"euler", "euler_a", "heun", "dpmpp_2s_a", "dpmpp_2m", "dpm2", "dpm2_a", "lms"})
+    for (const char* sampler :
+         {"euler", "euler_a", "heun", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m", "dpm2", "dpm2_a", "lms"})
       for (int steps : {2, 10}) out.emplace_back(std::string(sampler) + "_" + schedule, steps);
   return out;
 }
