@@ -418,7 +418,7 @@ std::vector<std::pair<std::string, int>> a1111_schedule_golden_cases() {
   std::vector<std::pair<std::string, int>> out;
   for (const auto& schedule : a1111_schedules())
     for (const char* sampler :
-         {"euler", "euler_a", "heun", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m", "dpm2", "dpm2_a", "lms"})
+         {"euler", "euler_a", "heun", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde_a1111", "dpmpp_2m", "dpm2", "dpm2_a", "lms"})
       for (int steps : {2, 10}) out.emplace_back(std::string(sampler) + "_" + schedule, steps);
   return out;
 }
