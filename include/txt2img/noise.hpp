@@ -15,8 +15,8 @@ namespace detail {
 class BrownianTreeNoise;
 }
 
-// A step's noise where a sampler takes it from a Brownian motion (A1111's DPM++ SDE): the motion's increment from
-// `sigma` to `sigma_next`, divided by the root of their distance (a standard-normal tensor), on a tree spanning
+// A step's noise where a sampler takes it from a Brownian motion (A1111's DPM++ SDE and DPM++ 2M SDE): its increment
+// from `sigma` to `sigma_next`, divided by the root of their distance (a standard-normal tensor), on a tree spanning
 // [sigma_min, sigma_max], the smallest positive and the largest sigma of the pass's schedule.
 struct BrownianIncrement {
   float sigma_min, sigma_max;
