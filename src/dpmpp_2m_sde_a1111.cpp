@@ -5,8 +5,6 @@
 // (h = log(s / n)) takes the first-order SDE step, adds the second-order correction from the previous step's denoised
 // sample (not in the first step, nor the first after start_at, as k-diffusion starts afresh on a cut schedule), and
 // the increment from s to n scaled by n * sqrt(1 - exp(-2h)); the last step returns the denoised sample.
-#include <algorithm>
-
 #include "scheduler_impl.hpp"
 
 namespace txt2img::detail {
@@ -16,13 +14,6 @@ class A1111DpmPP2MSde final : public KDiffusionScheduler {
  public:
   A1111DpmPP2MSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
       : KDiffusionScheduler(config, steps, schedule, "dpmpp_2m_sde_a1111") {
-    // sigmas[sigmas > 0].min() and sigmas.max() of the schedule.
-    span_min_ = sigmas_[0];
-    span_max_ = sigmas_[0];
-    for (float sigma : sigmas_) {
-      if (sigma > 0) span_min_ = std::min(span_min_, sigma);
-      span_max_ = std::max(span_max_, sigma);
-    }
     std::vector<double> timesteps;
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order (eta * h is h).
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
@@ -48,7 +39,7 @@ class A1111DpmPP2MSde final : public KDiffusionScheduler {
 
   std::optional<BrownianIncrement> brownian_increment(size_t call) const override {
     if (!needs_noise(call)) return std::nullopt;
-    return BrownianIncrement{span_min_, span_max_, sigmas_[call], sigmas_[call + 1]};
+    return brownian(sigmas_[call], sigmas_[call + 1]);
   }
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
@@ -85,7 +76,6 @@ class A1111DpmPP2MSde final : public KDiffusionScheduler {
   };
 
   std::vector<Step> steps_;
-  float span_min_, span_max_;
   torch::Tensor old_denoised_;  // the previous call's denoised sample; none at a (late) start
 };
 

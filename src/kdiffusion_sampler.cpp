@@ -1,5 +1,7 @@
 // What the samplers taken from k-diffusion share: CompVisDenoiser's scalings and the pieces of k-diffusion's sampling
 // loop they are written with, in its float32 0-dim tensor arithmetic.
+#include <algorithm>
+
 #include "scheduler_impl.hpp"
 
 namespace txt2img::detail {
@@ -8,6 +10,15 @@ KDiffusionScheduler::KDiffusionScheduler(const SchedulerConfig& config, int step
                                          const std::string& name)
     : SigmaScheduler(config, steps, schedule), v_prediction_(config.prediction_type == "v_prediction") {
   require_prediction_type(config, name + std::string(schedule_suffix(schedule)), {"epsilon", "v_prediction"});
+  span_min_ = span_max_ = sigmas_[0];
+  for (float sigma : sigmas_) {
+    if (sigma > 0) span_min_ = std::min(span_min_, sigma);
+    span_max_ = std::max(span_max_, sigma);
+  }
+}
+
+BrownianIncrement KDiffusionScheduler::brownian(float sigma, float sigma_next) const {
+  return {span_min_, span_max_, sigma, sigma_next};
 }
 
 torch::Tensor KDiffusionScheduler::scale_model_input(const torch::Tensor& sample, size_t call) const {
@@ -33,10 +44,46 @@ std::pair<torch::Tensor, torch::Tensor> KDiffusionScheduler::ancestral_step(cons
   return {(to.pow(2) - up.pow(2)).pow(0.5), up};
 }
 
-torch::Tensor KDiffusionScheduler::euler_to_zero(const torch::Tensor& sample, const torch::Tensor& denoised,
-                                                 float sigma) {
-  const auto derivative = (sample - denoised) / sigma;
-  return sample + derivative * (0.0f - sigma);
+void KDiffusionTwoCallScheduler::set_steps(std::vector<Step> steps) {
+  std::vector<double> timesteps;
+  std::vector<float> sigmas;
+  for (const Step& step : steps) {
+    for (float sigma : {step.sigma, step.mid}) {
+      if (sigma == 0.0f) continue;
+      timesteps.push_back(sigma_to_t(sigma, log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
+      sigmas.push_back(sigma);
+    }
+  }
+  sigmas.push_back(0.0f);
+  steps_ = std::move(steps);
+  timesteps_ = std::move(timesteps);
+  sigmas_ = std::move(sigmas);
+}
+
+torch::Tensor KDiffusionTwoCallScheduler::step(const torch::Tensor& model_output, size_t call,
+                                               const torch::Tensor& sample, const torch::Tensor& noise) {
+  check_step(call, next_call_, timesteps_.size(), model_output, sample);
+  if (needs_noise(call)) check_noise(noise, sample);
+  const Step& step = steps_[call / 2];
+  torch::Tensor prev;
+  if (call % 2 == 0) {
+    pred_original_sample_ = denoised(model_output, sample, step.sigma);
+    if (step.mid == 0.0f) {  // the last step: Euler to sigma 0
+      const auto derivative = (sample - pred_original_sample_) / step.sigma;
+      prev = sample + derivative * (0.0f - step.sigma);
+    } else {
+      step_start_ = sample;
+      prev = sample * step.to_mid - pred_original_sample_ * step.to_mid_x0;
+      if (needs_noise(call)) prev = prev + noise * step.mid_up;  // k-diffusion's s_noise factor, 1, changes nothing
+    }
+  } else {
+    pred_original_sample_ = denoised(model_output, sample, step.mid);
+    prev = step_start_ * step.to_down - pred_original_sample_ * step.to_down_x0;
+    prev = prev + noise * step.up;
+    step_start_ = torch::Tensor();
+  }
+  ++next_call_;
+  return prev;
 }
 
 }  // namespace txt2img::detail

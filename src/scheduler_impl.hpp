@@ -202,11 +202,45 @@ class KDiffusionScheduler : public SigmaScheduler {
   torch::Tensor denoised(const torch::Tensor& model_output, const torch::Tensor& sample, float sigma) const;
   // k-diffusion's get_ancestral_step(from, to) with eta 1 on float32 0-dim tensors: {sigma_down, sigma_up}.
   static std::pair<torch::Tensor, torch::Tensor> ancestral_step(const torch::Tensor& from, const torch::Tensor& to);
-  // The last step of the two-call samplers: one Euler step from `sigma` to 0, as k-diffusion takes it.
-  static torch::Tensor euler_to_zero(const torch::Tensor& sample, const torch::Tensor& denoised, float sigma);
+  // The Brownian increment from `sigma` to `sigma_next` on trees spanning the schedule, as A1111's
+  // create_noise_sampler spans them: sigmas[sigmas > 0].min() to sigmas.max() (of the schedule, not of a part).
+  BrownianIncrement brownian(float sigma, float sigma_next) const;
 
  private:
   bool v_prediction_;
+  float span_min_, span_max_;
+};
+
+// k-diffusion's samplers that call the model twice a step, at the step's sigma and at a midpoint, but once in the last
+// step, an Euler step to sigma 0 (DPM++ 2S a, DPM++ SDE): the first call takes a first-order step toward the midpoint
+// (adding noise where needs_noise says so), the second carries the step's start to the step's end with the midpoint's
+// denoised sample and adds noise.
+class KDiffusionTwoCallScheduler : public KDiffusionScheduler {
+ public:
+  torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
+                     const torch::Tensor& noise) override;
+
+ protected:
+  using KDiffusionScheduler::KDiffusionScheduler;
+
+  struct Step {
+    float sigma;   // where the step starts (its first call's input)
+    float mid;     // the midpoint call's sigma; 0 for the last step, which is one Euler call
+    float to_mid;  // the first call's factors of its sample and of its denoised sample, and its noise's scale
+    float to_mid_x0;
+    float mid_up;
+    float to_down;  // the second call's factors of the step's start and of the midpoint's denoised sample
+    float to_down_x0;
+    float up;  // its noise's scale
+  };
+  // The steps, then the calls' timesteps and sigmas from their sigmas and midpoints.
+  void set_steps(std::vector<Step> steps);
+  size_t first_call_of_step(size_t step) const override { return 2 * step; }
+
+  std::vector<Step> steps_;
+
+ private:
+  torch::Tensor step_start_;  // the first call's sample, until the midpoint call
 };
 
 // diffusers takes log and exp of float32 0-dim tensors; ATen's vectorised kernels round differently from libm, so
