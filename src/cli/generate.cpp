@@ -188,7 +188,12 @@ class Generator {
  public:
   Generator(const GenerateOptions& o, const Placement& placement, const Manifest& manifest, RunPlan& plan,
             Reporter& reporter)
-      : o_(o), placement_(placement), manifest_(manifest), plan_(plan), reporter_(reporter) {}
+      : o_(o),
+        placement_(placement),
+        manifest_(manifest),
+        plan_(plan),
+        reporter_(reporter),
+        seed_resize_(seed_resize_size(o.seed_resize_from)) {}
 
   void run(Pipeline& pipeline, Totals& totals, uint64_t to_make) {
     pipeline_ = &pipeline;
@@ -301,9 +306,8 @@ class Generator {
       variations.push_back(job.variation);
     }
     // A1111 takes the noise's size as pixels // 8, its latents' scale.
-    const auto [resize_width, resize_height] = seed_resize_size(o_.seed_resize_from);
     const int scale = manifest_.vae_scale_factor;
-    SeededNoise noise(seeds, variations, o_.ensd, {resize_height / scale, resize_width / scale});
+    SeededNoise noise(seeds, variations, o_.ensd, {seed_resize_.second / scale, seed_resize_.first / scale});
     StepObserver observer(reporter_, o_, previews_);
     const auto start = Clock::now();
     const auto images = pipeline_->generate(prompts, negatives, batch[0].params, noise, &observer);
@@ -322,7 +326,7 @@ class Generator {
     record.negative_prompt = job.negative_prompt;
     record.seed = job.seed;
     record.variation = job.variation;
-    std::tie(record.seed_resize_width, record.seed_resize_height) = seed_resize_size(o_.seed_resize_from);
+    std::tie(record.seed_resize_width, record.seed_resize_height) = seed_resize_;
     // As A1111 records it: where it moved noise the sampler drew.
     record.ensd = image.drew_step_noise ? o_.ensd : 0;
     record.steps = job.params.steps;
@@ -445,6 +449,7 @@ class Generator {
   const Manifest& manifest_;
   RunPlan& plan_;
   Reporter& reporter_;
+  const std::pair<int, int> seed_resize_;  // --seed-resize-from's {width, height} in pixels, {0, 0} without it
   Pipeline* pipeline_ = nullptr;
   Totals* totals_ = nullptr;
   uint64_t to_make_ = 0;
