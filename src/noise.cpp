@@ -60,9 +60,7 @@ void SeededNoise::restart() {
 }
 
 torch::Tensor SeededNoise::brownian(const std::vector<int64_t>& shape, const BrownianIncrement& increment) {
-  if (shape.empty() || shape[0] != static_cast<int64_t>(seeds_.size()))
-    throw Error(ErrorKind::Usage, "a batch of " + std::to_string(shape.empty() ? 0 : shape[0]) +
-                                      " images takes as many seeds, not " + std::to_string(seeds_.size()));
+  check_batch(shape);
   if (!(increment.sigma_min > 0 && increment.sigma_min < increment.sigma_max))
     throw Error(ErrorKind::Runtime, "a Brownian tree spans sigmas from a positive one to a larger one, not " +
                                         std::to_string(increment.sigma_min) + " to " +
@@ -77,15 +75,19 @@ torch::Tensor SeededNoise::brownian(const std::vector<int64_t>& shape, const Bro
   return (*trees_)(increment.sigma, increment.sigma_next);
 }
 
+void SeededNoise::check_batch(const std::vector<int64_t>& shape) const {
+  if (shape.empty() || shape[0] != static_cast<int64_t>(seeds_.size()))
+    throw Error(ErrorKind::Usage, "a batch of " + std::to_string(shape.empty() ? 0 : shape[0]) +
+                                      " images takes as many seeds, not " + std::to_string(seeds_.size()));
+}
+
 void SeededNoise::seed_generators(uint64_t delta) {
   generators_.clear();
   for (uint64_t seed : seeds_) generators_.push_back(at::detail::createCPUGenerator(seed + delta));
 }
 
 torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
-  if (shape.empty() || shape[0] != static_cast<int64_t>(generators_.size()))
-    throw Error(ErrorKind::Usage, "a batch of " + std::to_string(shape.empty() ? 0 : shape[0]) +
-                                      " images takes as many seeds, not " + std::to_string(generators_.size()));
+  check_batch(shape);
   // One draw per row, each of batch 1, is what torch.randn((1, ...), generator=manual_seed(seed)) gives.
   std::vector<int64_t> row_shape = shape;
   row_shape[0] = 1;

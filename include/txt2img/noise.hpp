@@ -71,6 +71,8 @@ class SeededNoise : public NoiseSource {
  private:
   // One generator per row, seeded with the row's seed + delta.
   void seed_generators(uint64_t delta);
+  // Throws Error(Usage) unless `shape` has one row per seed.
+  void check_batch(const std::vector<int64_t>& shape) const;
 
   std::vector<uint64_t> seeds_;
   std::vector<Variation> variations_;
