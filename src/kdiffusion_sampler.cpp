@@ -7,8 +7,9 @@
 namespace txt2img::detail {
 
 KDiffusionScheduler::KDiffusionScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
-                                         const std::string& name)
-    : SigmaScheduler(config, steps, schedule), v_prediction_(config.prediction_type == "v_prediction") {
+                                         const std::string& name, bool discard_next_to_last_sigma)
+    : SigmaScheduler(config, steps, schedule, discard_next_to_last_sigma),
+      v_prediction_(config.prediction_type == "v_prediction") {
   require_prediction_type(config, name + std::string(schedule_suffix(schedule)), {"epsilon", "v_prediction"});
   span_min_ = span_max_ = sigmas_[0];
   for (float sigma : sigmas_) {

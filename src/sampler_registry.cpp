@@ -60,6 +60,12 @@ const Sampler kSamplers[] = {
     {"dpmpp_2m_sde_a1111", kStartsLate},
     {"dpmpp_2m_sde_a1111_karras", kStartsLate},
     {"dpmpp_2m_sde_a1111_exponential", kStartsLate},
+    {"dpmpp_2m_sde_heun", kStartsLate},
+    {"dpmpp_2m_sde_heun_karras", kStartsLate},
+    {"dpmpp_2m_sde_heun_exponential", kStartsLate},
+    {"dpmpp_3m_sde", kStartsLate},
+    {"dpmpp_3m_sde_karras", kStartsLate},
+    {"dpmpp_3m_sde_exponential", kStartsLate},
     {"lms", kStartsLate},
     {"lms_karras", kStartsLate},
     {"lms_exponential", kStartsLate},
@@ -103,9 +109,19 @@ const std::vector<std::string>& a1111_schedule_names() {
 
 // The samplers here that run on A1111's own schedule types, as A1111 runs its k-diffusion samplers on any schedule:
 // each pair is a sampler, named "euler_sgm_uniform".
-constexpr const char* kA1111ScheduleSamplers[] = {
-    "euler",        "euler_a",           "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "lms", "dpmpp_2m",
-    "dpmpp_2m_sde", "dpmpp_2m_sde_a1111"};
+constexpr const char* kA1111ScheduleSamplers[] = {"euler",
+                                                  "euler_a",
+                                                  "heun",
+                                                  "dpm2",
+                                                  "dpm2_a",
+                                                  "dpmpp_2s_a",
+                                                  "dpmpp_sde",
+                                                  "lms",
+                                                  "dpmpp_2m",
+                                                  "dpmpp_2m_sde",
+                                                  "dpmpp_2m_sde_a1111",
+                                                  "dpmpp_2m_sde_heun",
+                                                  "dpmpp_3m_sde"};
 
 // kSamplers, then the samplers on A1111's schedules (which start late but run no zero-terminal-SNR model).
 const std::vector<Sampler>& all_samplers() {
@@ -214,6 +230,8 @@ std::string canonical_scheduler_name(const std::string& name) {
         {"kdpm2akarras", "dpm2_a_karras"},
         {"kdpmpp2sa", "dpmpp_2s_a"},
         {"kdpmppsde", "dpmpp_sde"},
+        {"kdpmpp2msdeheun", "dpmpp_2m_sde_heun"},
+        {"kdpmpp3msde", "dpmpp_3m_sde"},
         // A1111's own aliases of its Karras samplers
         {"klmska", "lms_karras"},
         {"kdpm2ka", "dpm2_karras"},
@@ -301,7 +319,9 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (base == "dpm2" || base == "dpm2_a") return detail::make_dpm2(config, steps, schedule, base == "dpm2_a");
   if (base == "dpmpp_2s_a") return detail::make_dpmpp_2s_ancestral(config, steps, schedule);
   if (base == "dpmpp_sde") return detail::make_dpmpp_sde(config, steps, schedule);
-  if (base == "dpmpp_2m_sde_a1111") return detail::make_a1111_dpmpp_2m_sde(config, steps, schedule);
+  if (base == "dpmpp_2m_sde_a1111" || base == "dpmpp_2m_sde_heun")
+    return detail::make_a1111_dpmpp_2m_sde(config, steps, schedule, base == "dpmpp_2m_sde_heun");
+  if (base == "dpmpp_3m_sde") return detail::make_dpmpp_3m_sde(config, steps, schedule);
   if (base == "lms") return detail::make_lms(config, steps, schedule);
   if (base == "unipc") return detail::make_unipc(config, steps, schedule == SigmaSchedule::kKarras);
   if (base == "deis") return detail::make_deis(config, steps, schedule == SigmaSchedule::kKarras);

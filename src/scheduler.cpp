@@ -302,20 +302,26 @@ SigmaScheduler::SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSc
   const std::string spacing = resolve_spacing(config, "linspace");
   const auto train = training_sigmas(sigma_alphas_cumprod_values(config));
   log_sigmas_ = log_sigmas(train);
-  timesteps_ = spaced_timesteps(config, spacing, steps, false);
+  // A1111 discards by computing the schedule of one step more and dropping its last sigma before 0.
+  const int computed = discard_next_to_last_sigma ? steps + 1 : steps;
+  timesteps_ = spaced_timesteps(config, spacing, computed, false);
   std::vector<double> sigmas;
   for (double t : timesteps_) sigmas.push_back(interp(t, train));
   if (schedule != SigmaSchedule::kSpaced) {
     // Either schedule runs between the spaced timesteps' extreme sigmas (the training extremes for linspace
     // spacing): Karras sigmas as float64 NumPy values, exponential ones as a float32 tensor.
     if (schedule == SigmaSchedule::kKarras) {
-      sigmas = karras_sigmas(sigmas.back(), sigmas.front(), steps);
+      sigmas = karras_sigmas(sigmas.back(), sigmas.front(), computed);
     } else {
-      const auto exponential = exponential_sigmas(sigmas.back(), sigmas.front(), steps);
+      const auto exponential = exponential_sigmas(sigmas.back(), sigmas.front(), computed);
       sigmas.assign(exponential.begin(), exponential.end());
     }
     const auto types = schedule == SigmaSchedule::kKarras ? SigmaToT::kNumpySigma : SigmaToT::kTensorSigma;
     for (size_t i = 0; i < sigmas.size(); ++i) timesteps_[i] = sigma_to_t(sigmas[i], log_sigmas_, types);
+  }
+  if (discard_next_to_last_sigma) {
+    sigmas.pop_back();
+    timesteps_.pop_back();
   }
   for (double s : sigmas) sigmas_.push_back(static_cast<float>(s));
   sigmas_.push_back(0.0f);

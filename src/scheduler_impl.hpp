@@ -54,7 +54,7 @@ std::vector<double> a1111_alphas_cumprod(const SchedulerConfig& config);
 // discrete schedule of the model's training sigmas, which A1111's model holds as the original Stable Diffusion code
 // makes them (computed in float64, stored in float32; diffusers computes them in float32): the sigmas of `steps`
 // steps then 0, and the timestep k-diffusion hands the U-Net for each but the last. `discard_next_to_last`: the
-// schedule of steps + 1 without its next-to-last sigma, as A1111 gives its DPM2 and DPM2 a.
+// schedule of steps + 1 without its next-to-last sigma, as A1111 gives its DPM2, DPM2 a and DPM++ 3M SDE.
 struct A1111Schedule {
   std::vector<float> sigmas;
   std::vector<double> timesteps;
@@ -76,8 +76,13 @@ std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config
 // k-diffusion's DPM-Solver++ SDE (A1111's DPM++ SDE), with Brownian-tree noise at both calls of a step, on the same
 // sigmas.
 std::unique_ptr<Scheduler> make_dpmpp_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
-// AUTOMATIC1111's DPM++ 2M SDE: k-diffusion's DPM-Solver++(2M) SDE in sigma space with Brownian-tree noise.
-std::unique_ptr<Scheduler> make_a1111_dpmpp_2m_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
+// AUTOMATIC1111's DPM++ 2M SDE and DPM++ 2M SDE Heun: k-diffusion's DPM-Solver++(2M) SDE in sigma space with
+// Brownian-tree noise, its midpoint or (`heun`) its Heun solver.
+std::unique_ptr<Scheduler> make_a1111_dpmpp_2m_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                                   bool heun);
+// k-diffusion's DPM-Solver++(3M) SDE (A1111's DPM++ 3M SDE) with Brownian-tree noise, on a schedule without its
+// next-to-last sigma as A1111 runs it.
+std::unique_ptr<Scheduler> make_dpmpp_3m_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step), on diffusers' sigmas, Karras
 // sigmas or one of A1111's own schedules (diffusers v0.31's exponential sigmas fail in these two classes).
 std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool sde);
@@ -165,7 +170,8 @@ class SigmaScheduler : public Scheduler {
   double a1111_sigma(size_t call) const override { return sigmas_.at(call); }
 
  protected:
-  // `discard_next_to_last_sigma`: on one of A1111's own schedules, A1111's DPM2 one (see a1111_schedule).
+  // `discard_next_to_last_sigma`: the schedule of steps + 1 without its next-to-last sigma, as A1111 gives its DPM2
+  // (txt2img's dpm2 on A1111's own schedules) and DPM++ 3M SDE.
   SigmaScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
                  bool discard_next_to_last_sigma = false);
 
@@ -184,8 +190,8 @@ class SigmaScheduler : public Scheduler {
 };
 
 // Shared part of the samplers txt2img takes from k-diffusion as A1111 runs them (DPM++ 2S a, DPM++ SDE, A1111's DPM++
-// 2M SDE): the start, input scaling and denoisers of its CompVisDenoiser and CompVisVDenoiser, and pieces of its
-// sampling loop. Derived classes set timesteps_ and sigmas_ to one entry per call.
+// 2M SDE and 2M SDE Heun, DPM++ 3M SDE): the start, input scaling and denoisers of its CompVisDenoiser and
+// CompVisVDenoiser, and pieces of its sampling loop. Derived classes set timesteps_ and sigmas_ to one entry per call.
 class KDiffusionScheduler : public SigmaScheduler {
  public:
   // A run starts from noise * sigmas[0], whatever the spacing (diffusers' sqrt(sigma^2 + 1) for leading is its own).
@@ -195,7 +201,8 @@ class KDiffusionScheduler : public SigmaScheduler {
 
  protected:
   // `name`: the sampler's, for the prediction types it refuses (it takes epsilon and v_prediction).
-  KDiffusionScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule, const std::string& name);
+  KDiffusionScheduler(const SchedulerConfig& config, int steps, SigmaSchedule schedule, const std::string& name,
+                      bool discard_next_to_last_sigma = false);
 
   // What k-diffusion's CompVisDenoiser (epsilon: x - sigma * eps, the same as predict_x0's) or CompVisVDenoiser
   // (v * c_out + x * c_skip, its scalings in its float32 order) makes of a model output at `sigma`.

@@ -43,7 +43,8 @@ class Scheduler {
   const std::vector<double>& timesteps() const { return timesteps_; }
   // What AUTOMATIC1111's sampler of this kind hands its CFG denoiser as the noise level of U-Net call `call`, which
   // A1111's NGMS compares with its threshold: the sigma of the call's input where A1111 samples on k-diffusion's
-  // sigmas (euler*, euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, lms*, dpmpp_2m*, and lcm: sqrt((1 - a) / a) at its
+  // sigmas (euler*, euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, lms*, dpmpp_2m*, dpmpp_3m_sde*, and lcm:
+  // sqrt((1 - a) / a) at its
   // timestep), the timestep where A1111 samples on timesteps (ddim*, pndm as A1111's PLMS, plms_a1111, unipc*) and
   // for the samplers A1111 lacks (ddpm, deis*).
   virtual double a1111_sigma(size_t call) const { return timesteps_.at(call); }
@@ -55,10 +56,11 @@ class Scheduler {
   // generator exactly where diffusers draws one: DDIM with eta > 0, Euler ancestral and DPM++ 2M SDE at every
   // call, the last included; DDPM at every call whose timestep is above 0; LCM at every call but the last; DPM2
   // ancestral at each step's midpoint call, and DPM++ 2S a there too, where k-diffusion draws it; and DPM++ SDE at
-  // both calls of a step but the last and A1111's DPM++ 2M SDE at every call but the last, whose noise is
-  // brownian_increment's.
+  // both calls of a step but the last and A1111's DPM++ 2M SDE (Heun) and DPM++ 3M SDE at every call but the last,
+  // whose noise is brownian_increment's.
   virtual bool needs_noise(size_t /*call*/) const { return false; }
-  // Where that noise is no fresh draw but a Brownian motion's increment (dpmpp_sde* and dpmpp_2m_sde_a1111*, as
+  // Where that noise is no fresh draw but a Brownian motion's increment (dpmpp_sde*, dpmpp_2m_sde_a1111*,
+  // dpmpp_2m_sde_heun* and dpmpp_3m_sde*, as
   // A1111 draws theirs: the caller passes NoiseSource::brownian of it), the increment; nullopt at the other calls and
   // for the other samplers. The span is the whole schedule's, also for a run entered part-way, as A1111 builds its
   // trees.
@@ -69,11 +71,11 @@ class Scheduler {
   // without history, as k-diffusion does on a sub-schedule and as img2img does), for A1111's hires fix and img2img,
   // which build the schedule of a longer run and enter it part-way. The single-step samplers (ddim, ddpm, euler*,
   // euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*) then compute exactly what a whole run computes from the same
-  // sample; lms* ramps its order up from 1 again and dpmpp_2m* (A1111's 2M SDE too), unipc* and deis* take a
-  // first-order step first. ddim_a1111 enters as A1111's DDIM does, a call later (its entry_call). Call before any step
-  // (start_at(0) changes nothing but on ddim_a1111). Throws Error(Usage) for step > 0 on a sampler that cannot start
-  // anywhere but the beginning (pndm, plms_a1111, lcm) or an entry that leaves ddim_a1111 no call, and Error(Runtime)
-  // for a step past the schedule or after a step.
+  // sample; lms* ramps its order up from 1 again and dpmpp_2m* (A1111's 2M SDE too), dpmpp_3m_sde*, unipc* and deis*
+  // take a first-order step first. ddim_a1111 enters as A1111's DDIM does, a call later (its entry_call). Call before
+  // any step (start_at(0) changes nothing but on ddim_a1111). Throws Error(Usage) for step > 0 on a sampler that cannot
+  // start anywhere but the beginning (pndm, plms_a1111, lcm) or an entry that leaves ddim_a1111 no call, and
+  // Error(Runtime) for a step past the schedule or after a step.
   void start_at(size_t step);
   // The U-Net call this run starts at: 0, or start_at's entry (the first call of its step; for ddim_a1111 later).
   size_t first_call() const { return first_call_; }
@@ -84,7 +86,8 @@ class Scheduler {
   virtual std::string why_it_cannot_start_later() const { return {}; }
   // The sample at the noise level of call `call`'s input, from a clean sample x0 and standard-normal noise of its
   // shape, in the space step(…, call, …) takes samples in: x0 + sigma * noise for the sigma samplers (euler*,
-  // euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, dpmpp_2m_sde_a1111*, lms*: the sigma of that call's input), alpha *
+  // euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, dpmpp_2m_sde_a1111*, dpmpp_2m_sde_heun*, dpmpp_3m_sde*, lms*: the
+  // sigma of that call's input), alpha *
   // x0 + sigma * noise in the variance-preserving space of diffusers' dpmpp_2m*, unipc* and deis* (alpha = 1 / sqrt(s^2
   // + 1) and sigma = s * alpha for that call's sigma s: A1111's x0 + s * noise scaled as the solver's samples are),
   // sqrt(a) * x0 + sqrt(1 - a) * noise with a = alphas_cumprod at timesteps()[call] for ddim, ddpm, pndm and lcm. A

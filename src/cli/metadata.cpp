@@ -16,7 +16,9 @@ std::string a1111_default_schedule(const std::string& sampler) {
   if (sampler == "dpmpp_2m" || sampler == "dpm2" || sampler == "dpm2_a" || sampler == "dpmpp_2s_a" ||
       sampler == "dpmpp_sde")
     return "Karras";
-  if (sampler == "dpmpp_2m_sde" || sampler == "dpmpp_2m_sde_a1111") return "Exponential";
+  if (sampler == "dpmpp_2m_sde" || sampler == "dpmpp_2m_sde_a1111" || sampler == "dpmpp_2m_sde_heun" ||
+      sampler == "dpmpp_3m_sde")
+    return "Exponential";
   return "";
 }
 
@@ -81,6 +83,8 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
       {"deis", "DEIS"},
       {"dpmpp_sde", "DPM++ SDE"},
       {"dpmpp_2m_sde_a1111", "DPM++ 2M SDE"},
+      {"dpmpp_2m_sde_heun", "DPM++ 2M SDE Heun"},
+      {"dpmpp_3m_sde", "DPM++ 3M SDE"},
   };
   const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
   const auto it = names.find(base);

@@ -196,9 +196,8 @@ std::string a1111_command(const std::string& text) {
           (field("Version").empty() ? "it names no A1111 version: PLMS is read as before 1.6, when " : "before 1.6 ") +
           std::string("A1111 ran the original Stable Diffusion code's PLMS, which is neither txt2img's "
                       "pndm (diffusers') nor plms_a1111 (A1111's since 1.6): the image will differ"));
-    } else if (split_sampler_name(sampler).base == "dpmpp_2m_sde") {
+    } else if (const auto [base, schedule] = split_sampler_name(sampler); base == "dpmpp_2m_sde") {
       // A1111's DPM++ 2M SDE draws its noise from Brownian trees, diffusers' (txt2img's dpmpp_2m_sde) from the seed.
-      const auto [base, schedule] = split_sampler_name(sampler);
       if (made_by_txt2img)
         notes.push_back(
             "txt2img writes Sampler: DPM++ 2M SDE for dpmpp_2m_sde and dpmpp_2m_sde_a1111 alike: read as "

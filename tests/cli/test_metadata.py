@@ -676,7 +676,15 @@ class Metadata(CliTestCase):
                  ("Sampler: DPM++ 2M, Version: 1.9.3", "dpmpp_2m_karras", None),  # other tools' version, no "v"
                  ("Sampler: DPM++ 2M, Schedule type: Uniform, Version: v1.10.1", "dpmpp_2m_uniform", None),
                  ("Sampler: DPM++ 2M", "dpmpp_2m_uniform", "it names no A1111 version"),
-                 ("Sampler: DPM++ 2M SDE, Version: v1.10.1", "dpmpp_2m_sde_a1111_exponential", None)]
+                 ("Sampler: DPM++ 2M SDE, Version: v1.10.1", "dpmpp_2m_sde_a1111_exponential", None),
+                 # DPM++ 2M SDE Heun and DPM++ 3M SDE: exponential by default since 1.9, Brownian-tree noise.
+                 ("Sampler: DPM++ 2M SDE Heun, Version: v1.10.1", "dpmpp_2m_sde_heun_exponential", None),
+                 ("Sampler: DPM++ 2M SDE Heun Karras", "dpmpp_2m_sde_heun_karras", None),
+                 ("Sampler: DPM++ 2M SDE Heun, Schedule type: Align Your Steps", "dpmpp_2m_sde_heun_align_your_steps",
+                  None),
+                 ("Sampler: DPM++ 3M SDE, Version: v1.10.1", "dpmpp_3m_sde_exponential", None),
+                 ("Sampler: DPM++ 3M SDE", "dpmpp_3m_sde_uniform", "it names no A1111 version"),
+                 ("Sampler: DPM++ 3M SDE, Schedule type: Karras", "dpmpp_3m_sde_karras", None)]
         for i, (fields, sampler, note) in enumerate(cases):
             infotext = f"a fox\nSteps: 3, {fields}, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU"
             result = a1111_command(self, infotext, f"{i}.png")

@@ -342,70 +342,82 @@ TEST(Pipeline, TilingNeedsAUNetWithTheSwitch) {
   EXPECT_NO_THROW(txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {}));
 }
 
+// A run of `params` (seed 7, "a red cube") replayed from its guided model outputs through a fresh scheduler and a
+// fresh SeededNoise of its seed, which gives step noise exactly at the calls the scheduler asks for: a draw from the
+// image's generator, or where the scheduler names one, a Brownian increment. The replay's latents and the run's, and
+// how many increments it took.
+struct Replay {
+  torch::Tensor latents, run_latents;
+  size_t increments = 0;
+};
+Replay replay_seed_7(txt2img::Pipeline& pipeline, const txt2img::GenerationParams& params) {
+  Keep run;
+  generate_small(pipeline, {"a red cube"}, {7}, params, &run);
+  auto config = pipeline.manifest().scheduler;
+  config.timestep_spacing.clear();  // each sampler's own default, as the pipeline uses
+  auto scheduler = txt2img::make_scheduler(params.sampler, config, params.steps);
+  txt2img::SeededNoise noise({7});
+  Replay replay;
+  replay.latents = noise.draw(run.kept.at("latents/init").sizes().vec()) * scheduler->init_noise_sigma();
+  const size_t calls = scheduler->timesteps().size();
+  for (size_t call = 0; call < calls; ++call) {
+    torch::Tensor step_noise;
+    if (const auto increment = scheduler->brownian_increment(call)) {
+      EXPECT_TRUE(scheduler->needs_noise(call)) << call;
+      step_noise = noise.brownian(replay.latents.sizes().vec(), *increment);
+      ++replay.increments;
+    } else if (scheduler->needs_noise(call)) {
+      step_noise = noise.draw(replay.latents.sizes().vec());
+    }
+    replay.latents =
+        scheduler->step(run.kept.at("step/" + call_name(call) + "/model_output"), call, replay.latents, step_noise);
+  }
+  replay.run_latents = run.kept.at("latents/step_" + call_name(calls - 1));
+  return replay;
+}
+
 // The samplers that draw noise while stepping draw it from each image's own generator, right after the initial
-// latents and exactly at the calls the scheduler asks for (LCM: all but the last): replaying the run's guided model
-// outputs through a fresh scheduler with a fresh generator gives its latents; and a batch gives each image what it
-// gets alone.
+// latents and exactly at the calls the scheduler asks for (LCM: all but the last): replaying a run gives its latents;
+// and a batch gives each image what it gets alone.
 TEST_F(TinyPipeline, StochasticSamplersDrawStepNoisePerImageInDiffusersOrder) {
   for (const char* sampler : {"lcm", "euler_a"}) {
     auto params = small_params();
     params.sampler = sampler;
     params.steps = 4;
-    Keep run;
-    const auto image = generate_small(*pipeline_, {"a red cube"}, {7}, params, &run)[0];
+    const auto replay = replay_seed_7(*pipeline_, params);
+    EXPECT_TRUE(torch::equal(replay.latents, replay.run_latents)) << sampler;
+    EXPECT_EQ(replay.increments, 0u) << sampler;
 
-    auto config = pipeline_->manifest().scheduler;
-    config.timestep_spacing.clear();  // each sampler's own default, as the pipeline uses
-    auto scheduler = txt2img::make_scheduler(sampler, config, params.steps);
-    txt2img::SeededNoise noise({7});
-    auto latents = noise.draw(run.kept.at("latents/init").sizes().vec()) * scheduler->init_noise_sigma();
-    for (size_t call = 0; call < scheduler->timesteps().size(); ++call) {
-      const auto step_noise = scheduler->needs_noise(call) ? noise.draw(latents.sizes().vec()) : torch::Tensor();
-      latents = scheduler->step(run.kept.at("step/" + call_name(call) + "/model_output"), call, latents, step_noise);
-    }
-    EXPECT_TRUE(torch::equal(latents, run.kept.at("latents/step_" + call_name(params.steps - 1)))) << sampler;
-
+    const auto image = generate_small(*pipeline_, {"a red cube"}, {7}, params)[0];
     const auto together = generate_small(*pipeline_, {"a blue sphere", "a red cube"}, {8, 7}, params);
     EXPECT_LE(max_level_difference(together[1].rgb, image.rgb), 1) << sampler;
   }
 }
 
-// DPM++ SDE takes its step noise from Brownian trees whose entropy is each image's seed, as A1111 seeds them:
-// replaying the run's guided model outputs with SeededNoise's trees gives its latents. No generator draws it, so
-// the ENSD changes nothing (and the image says it drew no step noise); a batch gives each image what it gets alone;
-// a hires pass makes trees over its own schedule.
-TEST_F(TinyPipeline, DpmPPSdeTakesBrownianNoiseFromEachImagesSeed) {
-  auto params = small_params();
-  params.sampler = "dpmpp_sde";
-  params.steps = 4;
-  Keep run;
-  const auto image = generate_small(*pipeline_, {"a red cube"}, {7}, params, &run)[0];
-  EXPECT_FALSE(image.drew_step_noise);
+// DPM++ SDE, A1111's DPM++ 2M SDE (Heun) and DPM++ 3M SDE take their step noise from Brownian trees whose entropy is
+// each image's seed, as A1111 seeds them: replaying a run with SeededNoise's trees gives its latents. No generator
+// draws it, so the ENSD changes nothing (and the image says it drew no step noise); a batch gives each image what it
+// gets alone; a hires pass makes trees over its own schedule.
+TEST_F(TinyPipeline, SdeSamplersTakeBrownianNoiseFromEachImagesSeed) {
+  // 4 steps: both calls of each step but the last, or each step but the last.
+  for (const auto& [sampler, increments] : std::vector<std::pair<std::string, size_t>>{
+           {"dpmpp_sde", 6}, {"dpmpp_2m_sde_a1111", 3}, {"dpmpp_2m_sde_heun_karras", 3}, {"dpmpp_3m_sde", 3}}) {
+    SCOPED_TRACE(sampler);
+    auto params = small_params();
+    params.sampler = sampler;
+    params.steps = 4;
+    const auto replay = replay_seed_7(*pipeline_, params);
+    EXPECT_EQ(replay.increments, increments);
+    EXPECT_TRUE(torch::equal(replay.latents, replay.run_latents));
 
-  auto config = pipeline_->manifest().scheduler;
-  config.timestep_spacing.clear();
-  auto scheduler = txt2img::make_scheduler("dpmpp_sde", config, params.steps);
-  txt2img::SeededNoise noise({7});
-  auto latents = noise.draw(run.kept.at("latents/init").sizes().vec()) * scheduler->init_noise_sigma();
-  size_t increments = 0;
-  for (size_t call = 0; call < scheduler->timesteps().size(); ++call) {
-    torch::Tensor step_noise;
-    if (scheduler->needs_noise(call)) {
-      ASSERT_TRUE(scheduler->brownian_increment(call).has_value()) << call;
-      step_noise = noise.brownian(latents.sizes().vec(), *scheduler->brownian_increment(call));
-      ++increments;
-    }
-    latents = scheduler->step(run.kept.at("step/" + call_name(call) + "/model_output"), call, latents, step_noise);
+    const auto image = generate_small(*pipeline_, {"a red cube"}, {7}, params)[0];
+    EXPECT_FALSE(image.drew_step_noise);
+    txt2img::SeededNoise with_ensd({7}, {}, 31337);
+    EXPECT_EQ(pipeline_->generate({"a red cube"}, {""}, params, with_ensd)[0].rgb, image.rgb);
+    const auto together = generate_small(*pipeline_, {"a blue sphere", "a red cube"}, {8, 7}, params);
+    EXPECT_LE(max_level_difference(together[1].rgb, image.rgb), 1);
+    EXPECT_GT(max_level_difference(together[0].rgb, image.rgb), 8);
   }
-  EXPECT_EQ(increments, 6u);  // both calls of each step but the last
-  EXPECT_TRUE(torch::equal(latents, run.kept.at("latents/step_" + call_name(scheduler->timesteps().size() - 1))));
-
-  txt2img::SeededNoise with_ensd({7}, {}, 31337);
-  EXPECT_EQ(pipeline_->generate({"a red cube"}, {""}, params, with_ensd)[0].rgb, image.rgb);
-  const auto together = generate_small(*pipeline_, {"a blue sphere", "a red cube"}, {8, 7}, params);
-  EXPECT_LE(max_level_difference(together[1].rgb, image.rgb), 1);
-  EXPECT_GT(max_level_difference(together[0].rgb, image.rgb), 8);
-
   const auto hires = generate_small(*pipeline_, {"a red cube"}, {7}, small_hires_params("dpmpp_sde"))[0];
   EXPECT_EQ(hires.width, 96);
   EXPECT_GT(max_level_difference(

@@ -227,7 +227,8 @@ void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key
     timestep_error = std::max(timestep_error, std::abs(sched->timesteps()[i] - ts[static_cast<int64_t>(i)].item<double>()));
   const bool interpolated = !txt2img::split_sampler_name(name).schedule.empty() || name.rfind("dpm2", 0) == 0 ||
                             name.rfind("dpmpp_2s", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 ||
-                            name.rfind("dpmpp_2m_sde_a1111", 0) == 0;
+                            name.rfind("dpmpp_2m_sde_a1111", 0) == 0 || name.rfind("dpmpp_2m_sde_heun", 0) == 0 ||
+                            name.rfind("dpmpp_3m_sde", 0) == 0;
   EXPECT_LE(timestep_error, interpolated ? 1e-4 : 0.0) << run;
   EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), g.get(run + "/init_noise_sigma").item<float>());
 
@@ -317,9 +318,11 @@ std::vector<std::pair<std::string, int>> kdiffusion_golden_cases() {
   for (const char* name : {"dpmpp_2s_a", "dpmpp_2s_a_karras", "dpmpp_2s_a_exponential", "v_prediction/dpmpp_2s_a",
                            "dpmpp_sde", "dpmpp_sde_karras", "dpmpp_sde_exponential", "v_prediction/dpmpp_sde"})
     for (int steps : {1, 2, 3, 10, 20, 25}) out.emplace_back(name, steps);
-  // k-diffusion's DPM++ 2M SDE fails on one step (its step length read before any step set it).
+  // k-diffusion's DPM++ 2M SDE and 3M SDE fail on one step (a step length read before any step set it).
   for (const char* name : {"dpmpp_2m_sde_a1111", "dpmpp_2m_sde_a1111_karras", "dpmpp_2m_sde_a1111_exponential",
-                           "v_prediction/dpmpp_2m_sde_a1111"})
+                           "v_prediction/dpmpp_2m_sde_a1111", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_karras",
+                           "dpmpp_2m_sde_heun_exponential", "v_prediction/dpmpp_2m_sde_heun", "dpmpp_3m_sde",
+                           "dpmpp_3m_sde_karras", "dpmpp_3m_sde_exponential", "v_prediction/dpmpp_3m_sde"})
     for (int steps : {2, 3, 10, 20, 25}) out.emplace_back(name, steps);
   return out;
 }
@@ -327,9 +330,10 @@ std::vector<std::pair<std::string, int>> kdiffusion_golden_cases() {
 INSTANTIATE_TEST_SUITE_P(Goldens, KDiffusionGolden, testing::ValuesIn(kdiffusion_golden_cases()), sampler_case_name);
 
 // AUTOMATIC1111's own schedule types, against tests/fixtures/a1111_schedule_goldens.safetensors: the sigmas of A1111's
-// sd_schedulers.py and k-diffusion's samplers run on them (DPM2's on the schedule A1111 gives it, one step longer
-// without its next-to-last sigma; DPM++ 2M's U-Net inputs and result, txt2img stepping it in another space; DPM++ SDE
-// with the Brownian trees of the run's seed, as A1111 makes them), by tests/fixtures/make_a1111_schedule_goldens.py.
+// sd_schedulers.py and k-diffusion's samplers run on them (DPM2's and DPM++ 3M SDE's on the schedule A1111 gives
+// them, one step longer without its next-to-last sigma; DPM++ 2M's U-Net inputs and result, txt2img stepping it in
+// another space; the SDE samplers with the Brownian trees of the run's seed, as A1111 makes them), by
+// tests/fixtures/make_a1111_schedule_goldens.py.
 const txt2img::SafeTensors& a1111_schedule_goldens() {
   static const auto g = txt2img::SafeTensors::open(TXT2IMG_A1111_SCHEDULE_GOLDENS);
   return g;
@@ -407,7 +411,7 @@ class A1111ScheduleGolden : public testing::TestWithParam<std::pair<std::string,
 TEST_P(A1111ScheduleGolden, MatchesKDiffusion) {
   // txt2img's DPM++ 2M steps samples divided by sqrt(sigma^2 + 1), k-diffusion's the samples themselves: their
   // roundings part by up to about 1.2e-6 of the result over 10 steps.
-  const bool other_space = GetParam().first.rfind("dpmpp_2m", 0) == 0;
+  const bool other_space = txt2img::split_sampler_name(GetParam().first).base == "dpmpp_2m";
   // LMS's coefficients come out as k-diffusion's only from its float64 integrand: in float32 (diffusers') the result
   // is an ulp off.
   const bool lms = GetParam().first.rfind("lms", 0) == 0;
@@ -417,8 +421,8 @@ TEST_P(A1111ScheduleGolden, MatchesKDiffusion) {
 std::vector<std::pair<std::string, int>> a1111_schedule_golden_cases() {
   std::vector<std::pair<std::string, int>> out;
   for (const auto& schedule : a1111_schedules())
-    for (const char* sampler :
-         {"euler", "euler_a", "heun", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde_a1111", "dpmpp_2m", "dpm2", "dpm2_a", "lms"})
+    for (const char* sampler : {"euler", "euler_a", "heun", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde_a1111",
+                                "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "dpmpp_2m", "dpm2", "dpm2_a", "lms"})
       for (int steps : {2, 10}) out.emplace_back(std::string(sampler) + "_" + schedule, steps);
   return out;
 }
@@ -728,7 +732,7 @@ std::vector<std::string> a1111_schedule_samplers() {
   std::vector<std::string> out;
   for (const char* schedule : {"uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"})
     for (const char* sampler : {"euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "lms",
-                                "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_a1111"})
+                                "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_a1111", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"})
       out.push_back(std::string(sampler) + "_" + schedule);
   return out;
 }
@@ -800,6 +804,12 @@ TEST(Scheduler, NamesAndValidation) {
                                               "dpmpp_2m_sde_a1111",
                                               "dpmpp_2m_sde_a1111_karras",
                                               "dpmpp_2m_sde_a1111_exponential",
+                                              "dpmpp_2m_sde_heun",
+                                              "dpmpp_2m_sde_heun_karras",
+                                              "dpmpp_2m_sde_heun_exponential",
+                                              "dpmpp_3m_sde",
+                                              "dpmpp_3m_sde_karras",
+                                              "dpmpp_3m_sde_exponential",
                                               "lms",
                                               "lms_karras",
                                               "lms_exponential",
@@ -988,6 +998,12 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
       {"DPM++ SDE Karras", "dpmpp_sde_karras"},
       {"k_dpmpp_sde", "dpmpp_sde"},
       {"k_dpmpp_sde_ka", "dpmpp_sde_karras"},
+      {"DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun"},
+      {"DPM++ 2M SDE Heun Karras", "dpmpp_2m_sde_heun_karras"},
+      {"k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun"},
+      {"DPM++ 3M SDE", "dpmpp_3m_sde"},
+      {"DPM++ 3M SDE Exponential", "dpmpp_3m_sde_exponential"},
+      {"k_dpmpp_3m_sde", "dpmpp_3m_sde"},
       {"k_dpm_2_a_ka", "dpm2_a_karras"},
       {"k_dpm_2_ka", "dpm2_karras"},
       {"k_lms_ka", "lms_karras"},
@@ -1006,7 +1022,7 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
               txt2img::make_scheduler(name, sd_config(), 10)->timesteps()) << alias;
   }
-  for (const char* other : {"Restart", "DPM++ 3M SDE", "DPM fast", "DPM++ 2M SDE Heun"}) {
+  for (const char* other : {"Restart", "DPM fast", "DPM adaptive"}) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(other), other);
     expect_error(ErrorKind::Usage, "unknown sampler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
   }
@@ -1137,6 +1153,12 @@ const std::vector<std::string>& late_starters() {
                                     "dpmpp_2m_sde_a1111",
                                     "dpmpp_2m_sde_a1111_karras",
                                     "dpmpp_2m_sde_a1111_exponential",
+                                    "dpmpp_2m_sde_heun",
+                                    "dpmpp_2m_sde_heun_karras",
+                                    "dpmpp_2m_sde_heun_exponential",
+                                    "dpmpp_3m_sde",
+                                    "dpmpp_3m_sde_karras",
+                                    "dpmpp_3m_sde_exponential",
                                     "unipc",
                                     "unipc_karras",
                                     "dpm2",
@@ -1187,10 +1209,10 @@ TEST(SchedulerStartAt, AddNoiseAtTheFirstCallIsTheInitialNoise) {
     const bool a1111_schedule =
         std::find(on_a1111_schedules.begin(), on_a1111_schedules.end(), name) != on_a1111_schedules.end();
     // Sigma space (A1111's DPM++ 2M SDE's too), or A1111's start (noise * sigmas[0]) in the variance-preserving space.
-    const bool variance_preserving =
-        (name.rfind("ddim", 0) == 0 || name.rfind("ddpm", 0) == 0 || name.rfind("dpmpp_2m", 0) == 0 ||
-         name.rfind("unipc", 0) == 0 || name.rfind("deis", 0) == 0) &&
-        name.rfind("dpmpp_2m_sde_a1111", 0) != 0;
+    const std::string base = txt2img::split_sampler_name(name).base;
+    const bool variance_preserving = name.rfind("ddim", 0) == 0 || name.rfind("ddpm", 0) == 0 || base == "dpmpp_2m" ||
+                                     base == "dpmpp_2m_sde" || name.rfind("unipc", 0) == 0 ||
+                                     name.rfind("deis", 0) == 0;
     if (a1111_schedule || !variance_preserving) {
       EXPECT_TRUE(torch::equal(start, whole_run_start)) << name;
     } else {
@@ -1448,6 +1470,50 @@ TEST(SchedulerStartAt, DeisStartsWithAFirstOrderStep) {
   EXPECT_TRUE(torch::equal(late->step(eps_next, k + 1, first), whole->step(eps_next, k + 1, first)));
 }
 
+// DPM++ 3M SDE entered at call k starts afresh, as k-diffusion's sampler on the rest of the schedule: its first step
+// is the first-order SDE step (here without noise: exp(-2h) x + (1 - exp(-2h)) x0 with exp(-h) = next / sigma), its
+// second has one earlier denoised sample to correct with where the whole run has two, and from its third on both
+// correct with the same two.
+TEST(SchedulerStartAt, DpmPP3MSdeRampsUpItsOrderFromTheStart) {
+  const size_t k = 3;
+  auto late = txt2img::make_scheduler("dpmpp_3m_sde_karras", sd_config(), 10);
+  late->start_at(k);
+  auto whole = txt2img::make_scheduler("dpmpp_3m_sde_karras", sd_config(), 10);
+  const auto quiet = torch::zeros_like(fake_sample0());
+  torch::Tensor x = fake_sample0() * whole->init_noise_sigma();
+  for (size_t i = 0; i < k; ++i) x = whole->step(fake_model_output(i), i, x, quiet);
+
+  const auto eps = fake_model_output(k);
+  const auto first = late->step(eps, k, x, quiet);
+  const double sigma = late->a1111_sigma(k), next = late->a1111_sigma(k + 1);
+  const auto x0 = x.to(torch::kFloat64) - sigma * eps.to(torch::kFloat64);
+  const double decay = (next / sigma) * (next / sigma);
+  const auto expected = decay * x.to(torch::kFloat64) + (1 - decay) * x0;
+  EXPECT_TRUE(torch::allclose(first.to(torch::kFloat64), expected, 1e-5, 1e-5))
+      << (first.to(torch::kFloat64) - expected).abs().max();
+  EXPECT_GT((whole->step(eps, k, x, quiet) - first).abs().max().item<double>(), 1e-3);
+
+  const auto eps_1 = fake_model_output(k + 1), eps_2 = fake_model_output(k + 2);
+  const auto second = late->step(eps_1, k + 1, first, quiet);
+  EXPECT_GT((whole->step(eps_1, k + 1, first, quiet) - second).abs().max().item<double>(), 1e-4);
+  EXPECT_TRUE(torch::equal(late->step(eps_2, k + 2, second, quiet), whole->step(eps_2, k + 2, second, quiet)));
+}
+
+// A1111 runs DPM++ 3M SDE on the schedule of one step more without its next-to-last sigma, on every schedule type:
+// N steps take the first N sigmas of the N + 1 steps' schedule, then 0.
+TEST(Scheduler, DpmPP3MSdeDropsTheNextToLastSigma) {
+  for (const std::string suffix : {"", "_karras", "_exponential", "_sgm_uniform"}) {
+    const auto sde = txt2img::make_scheduler("dpmpp_3m_sde" + suffix, sd_config(), 10);
+    const auto longer = txt2img::make_scheduler("euler" + suffix, sd_config(), 11);
+    ASSERT_EQ(sde->timesteps().size(), 10u) << suffix;
+    for (size_t i = 0; i < 10; ++i) {
+      EXPECT_EQ(sde->a1111_sigma(i), longer->a1111_sigma(i)) << suffix << " " << i;
+      EXPECT_NEAR(sde->timesteps()[i], longer->timesteps()[i], 1e-3) << suffix << " " << i;
+    }
+    EXPECT_EQ(static_cast<float>(sde->init_noise_sigma()), static_cast<float>(longer->a1111_sigma(0))) << suffix;
+  }
+}
+
 // LMS entered at call k ramps its order up from 1 there: its first step is an Euler step, its second the
 // two-step Adams-Bashforth-like step on the sigmas of calls k and k + 1.
 TEST(SchedulerStartAt, LmsRampsUpItsOrderFromTheStart) {
@@ -1489,7 +1555,8 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
   for (const auto& name : late_starters()) {
     // Their fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has euler_a.
     if (name.rfind("euler_a", 0) == 0 || name.rfind("dpmpp_2m_sde", 0) == 0 || name.rfind("dpm2_a", 0) == 0 ||
-        name.rfind("dpmpp_2s_a", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 || name == "ddpm")
+        name.rfind("dpmpp_2s_a", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 || name.rfind("dpmpp_3m_sde", 0) == 0 ||
+        name == "ddpm")
       continue;
     for (size_t k : {0, 3, 7, 11}) {
       auto sched = txt2img::make_scheduler(name, sd_config(), 12);
