@@ -199,8 +199,8 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
 
 // Texts encoded as A1111 encodes one prompt's: each text's chunks, padded with empty ones to the most any text has,
 // encoded as one text-encoder batch and laid end to end (A1111's long prompts; one chunk is diffusers' encoding).
-// With emphasis each chunk's embeddings are scaled by their tokens' weights and then rescaled to their former mean,
-// as A1111's "Original" emphasis does: the mean over the chunk, at its position, of every text the prompt's
+// With emphasis each chunk's embeddings are scaled by their tokens' weights and (its Original mode) then rescaled to
+// their former mean, as A1111's emphasis does: the mean over the chunk, at its position, of every text the prompt's
 // schedule reads (`uses`: how many of its entries read each text).
 Pipeline::EncodedTexts Pipeline::encode_texts(std::vector<std::vector<Tokenizer::Chunk>> texts,
                                               const std::vector<int64_t>& uses, const GenerationParams& params) {
@@ -224,7 +224,7 @@ Pipeline::EncodedTexts Pipeline::encode_texts(std::vector<std::vector<Tokenizer:
   auto hidden = (params.clip_skip == 1 ? text_encoder_.forward({per_chunk})
                                        : text_encoder_.run_method("encode", per_chunk, int64_t{params.clip_skip}))
                     .toTensor();
-  if (params.emphasis) {
+  if (params.emphasis && params.emphasis_mode != GenerationParams::EmphasisMode::Ignore) {
     // In float32 whatever the text encoder's dtype, as A1111's float32 multipliers make it: fp16 would turn weights
     // above 65504 into infinities, and round each text's mean before they are added up.
     // [texts, chunks, tokens, hidden]; the means are per chunk position, over the texts as often as they are read.
@@ -236,9 +236,11 @@ Pipeline::EncodedTexts Pipeline::encode_texts(std::vector<std::vector<Tokenizer:
     const auto before = mean(hidden);
     const auto scale = torch::tensor(weights, torch::kFloat64).view({rows, static_cast<int64_t>(chunks), -1, 1});
     hidden = hidden * scale.to(hidden.device(), torch::kFloat32);
-    // A chunk whose mean is 0 keeps its scale (A1111 would divide by zero).
-    const auto ratio = before / mean(hidden);
-    hidden = hidden * torch::where(torch::isfinite(ratio), ratio, torch::ones_like(ratio));
+    if (params.emphasis_mode == GenerationParams::EmphasisMode::Original) {
+      // A chunk whose mean is 0 keeps its scale (A1111 would divide by zero).
+      const auto ratio = before / mean(hidden);
+      hidden = hidden * torch::where(torch::isfinite(ratio), ratio, torch::ones_like(ratio));
+    }
   }
   return {std::move(input_ids), hidden.reshape({rows, -1, hidden.size(-1)})};
 }

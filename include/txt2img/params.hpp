@@ -97,8 +97,13 @@ struct GenerationParams {
   enum class PadConds { Off, EmptyChunks, LastVector };
   PadConds pad_conds = PadConds::Off;
   // AUTOMATIC1111's emphasis syntax in prompts: "(word)", "[word]", "(word:1.5)", "\(", BREAK (parse_emphasis),
-  // applied as A1111's "Original" emphasis. Without it brackets are text, as in diffusers.
+  // applied as emphasis_mode says. Without it brackets are text, as in diffusers.
   bool emphasis = false;
+  // What the weights do, as A1111's option "Emphasis mode" (infotext "Emphasis", written where it is not Original):
+  // scale each token's embedding by its weight, then each chunk back to its former mean (Original); scale only (No
+  // norm); or nothing: the brackets are read and the weights left out (Ignore).
+  enum class EmphasisMode { Original, NoNorm, Ignore };
+  EmphasisMode emphasis_mode = EmphasisMode::Original;
   // Added in this order (the sums are not associative in floating point, so the order is part of the image).
   std::vector<LoraUse> loras;
   HiresFix hires;
@@ -119,9 +124,9 @@ struct GenerationParams {
   bool operator==(const GenerationParams& o) const {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
            guidance_rescale == o.guidance_rescale && sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip &&
-           long_prompts == o.long_prompts && pad_conds == o.pad_conds && emphasis == o.emphasis && loras == o.loras &&
-           hires == o.hires && skip_early_cfg == o.skip_early_cfg && ngms == o.ngms &&
-           ngms_all_steps == o.ngms_all_steps;
+           long_prompts == o.long_prompts && pad_conds == o.pad_conds && emphasis == o.emphasis &&
+           emphasis_mode == o.emphasis_mode && loras == o.loras && hires == o.hires &&
+           skip_early_cfg == o.skip_early_cfg && ngms == o.ngms && ngms_all_steps == o.ngms_all_steps;
   }
 };
 

@@ -164,7 +164,7 @@ class Pipeline {
                                              bool negative) const;
   struct EncodedTexts {
     torch::Tensor input_ids;  // [texts, tokens]
-    torch::Tensor hidden;     // [texts, tokens, hidden] on the text encoder's device (float32 with emphasis)
+    torch::Tensor hidden;     // [texts, tokens, hidden] on the text encoder's device (float32 where emphasis weighs it)
   };
   EncodedTexts encode_texts(std::vector<std::vector<Tokenizer::Chunk>> texts, const std::vector<int64_t>& uses,
                             const GenerationParams& params);

@@ -278,6 +278,16 @@ class Generator {
     return found;
   }
 
+  // Whether a text the job's prompt or negative prompt makes the text encoder read holds "(" or "[", where A1111
+  // records an emphasis mode other than its default.
+  bool bracketed_texts(const ImageJob& job) const {
+    const auto texts = Pipeline::texts_read(manifest_, job.model_prompt, job.negative_prompt, job.params);
+    for (const auto* read : {&texts.prompt, &texts.negative_prompt})
+      for (const auto& text : *read)
+        if (text.find_first_of("([") != std::string::npos) return true;
+    return false;
+  }
+
   // The embeddings the job's prompt and negative prompt name, each once, with the hash A1111 knows it by.
   std::vector<std::pair<std::string, std::string>> embeddings_used(const ImageJob& job) const {
     std::vector<std::pair<std::string, std::string>> used;
@@ -345,6 +355,8 @@ class Generator {
     record.pad_conds = job.params.pad_conds;
     record.padded_conds = image.padded_conds;
     record.emphasis = job.params.emphasis;
+    record.emphasis_mode = job.params.emphasis_mode;
+    record.bracketed_texts = job.params.emphasis && bracketed_texts(job);
     record.width = job.params.width;
     record.height = job.params.height;
     record.hires = job.params.hires;
@@ -586,7 +598,8 @@ int run_generate(const GenerateOptions& o) {
                          o.pad_conds_v0 ? GenerationParams::PadConds::LastVector
                          : o.pad_conds  ? GenerationParams::PadConds::EmptyChunks
                                         : GenerationParams::PadConds::Off,
-                         o.emphasis,
+                         o.emphasis || !o.emphasis_mode.empty(),
+                         emphasis_mode_named(o.emphasis_mode.empty() ? "original" : o.emphasis_mode),
                          {},
                          o.hires,
                          o.skip_early_cfg,

@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "txt2img/error.hpp"
 #include "txt2img/scheduler.hpp"
 
 namespace txt2img::cli {
@@ -42,6 +43,22 @@ std::string python_float(double value) {
 }
 
 namespace {
+
+// GenerationParams::emphasis_mode by name (emphasis_mode_names) and A1111 label.
+struct EmphasisModeName {
+  GenerationParams::EmphasisMode mode;
+  const char* name;
+  const char* a1111_label;
+};
+constexpr EmphasisModeName kEmphasisModes[] = {{GenerationParams::EmphasisMode::Original, "original", "Original"},
+                                               {GenerationParams::EmphasisMode::NoNorm, "no-norm", "No norm"},
+                                               {GenerationParams::EmphasisMode::Ignore, "ignore", "Ignore"}};
+
+const EmphasisModeName& emphasis_mode_entry(GenerationParams::EmphasisMode mode) {
+  for (const auto& entry : kEmphasisModes)
+    if (entry.mode == mode) return entry;
+  throw Error(ErrorKind::Runtime, "an emphasis mode without a name");
+}
 
 // A1111 writes a value as is unless it holds a comma, colon or newline; then as a JSON string.
 std::string a1111_quote(const std::string& value) {
@@ -191,6 +208,9 @@ std::string a1111_parameters(const ImageRecord& r) {
     }
     if (!list.empty()) params.emplace_back(key, list);
   }
+  // A1111 records an emphasis mode other than its default where a text it encoded has a bracket, as it encodes them.
+  if (r.emphasis && r.emphasis_mode != GenerationParams::EmphasisMode::Original && r.bracketed_texts)
+    params.emplace_back("Emphasis", emphasis_mode_entry(r.emphasis_mode).a1111_label);
   // A1111 records its padding setting after sampling, and only where a pass's last U-Net call padded.
   if (r.padded_conds && r.pad_conds == GenerationParams::PadConds::EmptyChunks)
     params.emplace_back("Pad conds", "True");
@@ -323,6 +343,25 @@ std::string pad_conds_flag(const std::string& name) {
   return name == "empty_chunks" ? "--pad-conds" : name == "last_vector" ? "--pad-conds-v0" : "";
 }
 
+const std::vector<std::string>& emphasis_mode_names() {
+  static const std::vector<std::string> names({kEmphasisModes[0].name, kEmphasisModes[1].name, kEmphasisModes[2].name});
+  return names;
+}
+
+std::string emphasis_mode_name(GenerationParams::EmphasisMode mode) { return emphasis_mode_entry(mode).name; }
+
+GenerationParams::EmphasisMode emphasis_mode_named(const std::string& name) {
+  for (const auto& entry : kEmphasisModes)
+    if (name == entry.name) return entry.mode;
+  throw Error(ErrorKind::Usage, "no emphasis mode is named \"" + name + "\" (original, no-norm or ignore)");
+}
+
+std::string emphasis_mode_from_a1111(const std::string& label) {
+  for (const auto& entry : kEmphasisModes)
+    if (label == entry.a1111_label) return entry.name;
+  return "";
+}
+
 nlohmann::ordered_json settings_json(const ImageRecord& r) {
   return {
       {"loras", loras_json(r.loras)},
@@ -344,6 +383,7 @@ nlohmann::ordered_json settings_json(const ImageRecord& r) {
       {"long_prompts", r.long_prompts},
       {"pad_conds", pad_conds_name(r.pad_conds)},
       {"emphasis", r.emphasis},
+      {"emphasis_mode", emphasis_mode_name(r.emphasis_mode)},
       {"width", r.width},
       {"height", r.height},
       {"hires", hires_json(r)},

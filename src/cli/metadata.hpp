@@ -43,6 +43,8 @@ struct ImageRecord {
   GenerationParams::PadConds pad_conds = GenerationParams::PadConds::Off;  // the setting
   bool padded_conds = false;  // whether it padded (GeneratedImage::padded_conds)
   bool emphasis = false;
+  GenerationParams::EmphasisMode emphasis_mode = GenerationParams::EmphasisMode::Original;
+  bool bracketed_texts = false;  // with emphasis, whether a text it read holds "(" or "[" (A1111's Emphasis field)
   int width = 0;   // the first pass's size (-W, -H), which A1111's "Size" records
   int height = 0;
   HiresFix hires;  // scale 0: none; steps: those that ran (GenerationParams::hires_steps)
@@ -87,6 +89,14 @@ std::string upscaler_from_a1111(const std::string& name);
 // The flag that asks for GenerationParams::pad_conds as the txt2img JSON names it ("empty_chunks": --pad-conds;
 // empty for "off").
 std::string pad_conds_flag(const std::string& name);
+
+// GenerationParams::emphasis_mode by the name --emphasis-mode and the txt2img JSON give it ("original", "no-norm",
+// "ignore"), and by the label of A1111's "Emphasis" field ("Original", "No norm", "Ignore"). emphasis_mode_named
+// throws Error(Usage) for another name; emphasis_mode_from_a1111 gives the name, or "" for another label.
+const std::vector<std::string>& emphasis_mode_names();
+std::string emphasis_mode_name(GenerationParams::EmphasisMode mode);
+GenerationParams::EmphasisMode emphasis_mode_named(const std::string& name);
+std::string emphasis_mode_from_a1111(const std::string& label);
 
 // AUTOMATIC1111's infotext read back: the prompt, the text after "Negative prompt: " (empty without one) and the
 // "Key: value" pairs of its last line, in order, JSON-quoted values unquoted. Text without such a line is all prompt.

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "cli/exit_codes.hpp"
+#include "cli/metadata.hpp"
 #include "cli/output_pattern.hpp"
 #include "cli/prompt_source.hpp"
 #include "cli/shell_text.hpp"
@@ -273,6 +274,12 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                "prompt editing: [from:to:when] changes the text after step when (0.25: a quarter of the steps), "
                "[a|b] alternates every step; and its composable diffusion (with a CFG scale above 1): a AND b:0.5 "
                "guides by each prompt, weighted, and a trailing :2 doubles a prompt's guidance");
+  app.add_option("--emphasis-mode", o.emphasis_mode,
+                 "A1111's Emphasis mode (implies --emphasis): original scales each token's embedding by its weight, "
+                 "then each chunk back to its mean; no-norm only scales; ignore reads the brackets but not the weights")
+      ->check(CLI::IsMember(emphasis_mode_names()))
+      ->type_name("MODE")
+      ->default_str("original");
   app.add_option("--lora", o.loras,
                  "add a LoRA of the model (scripts/add_lora.py) to every prompt, as the prompt tag "
                  "<lora:NAME:WEIGHT> would: NAME, NAME:WEIGHT or NAME:TEXT_ENCODER_WEIGHT:UNET_WEIGHT (repeatable)")

@@ -91,6 +91,12 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
       throw Error(ErrorKind::Io, path + ": its txt2img metadata has a pad_conds of \"" + pad_conds +
                                      "\", which this txt2img does not know (made by a newer one?)");
     if (r.value("emphasis", false)) args.push_back("--emphasis");
+    const std::string emphasis_mode = r.value("emphasis_mode", std::string("original"));
+    const auto& modes = emphasis_mode_names();
+    if (std::find(modes.begin(), modes.end(), emphasis_mode) == modes.end())
+      throw Error(ErrorKind::Io, path + ": its txt2img metadata has an emphasis_mode of \"" + emphasis_mode +
+                                     "\", which this txt2img does not know (made by a newer one?)");
+    if (emphasis_mode != "original") add("--emphasis-mode", emphasis_mode);
     add("-W", r.at("width"));
     add("-H", r.at("height"));
     if (r.contains("hires") && !r.at("hires").is_null()) {
@@ -303,6 +309,10 @@ std::string a1111_command(const std::string& text) {
           "larger than the command's");
   }
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
+  // A1111's "None" reads brackets as text but still edits prompts, which txt2img does only together.
+  const std::string emphasis_mode = emphasis_mode_from_a1111(field("Emphasis"));
+  if (!emphasis_mode.empty() && emphasis_mode != "original")
+    args.insert(args.end(), {"--emphasis-mode", emphasis_mode});
   if (made_by_txt2img) {
     notes.push_back(
         "txt2img's A1111 text does not say whether the image was made with --emphasis and --long-prompts (its "
@@ -365,7 +375,8 @@ std::string a1111_command(const std::string& text) {
     if (!read.count(key) && !(key == "Lora hashes" && !loras.empty()) && !(hires && hires_fields.count(key)) &&
         !(key == "Conditional mask weight" && !mask_weight_differs) &&
         !((key == "Pad conds" || key == "Pad conds v0" || key == "NGMS all steps" || key == "Tiling") &&
-          value == "True"))
+          value == "True") &&
+        !(key == "Emphasis" && !emphasis_mode_from_a1111(value).empty()))
       left_out.push_back(key + ": " + value);
   // What the command leaves out, for stderr; the image's own text in it is made printable.
   std::ostringstream said;

@@ -317,6 +317,50 @@ class Metadata(CliTestCase):
         self.assertIn("--tiling", shlex.split(result.stdout))
         self.assertNotIn("not carried over", result.stderr)
 
+    def test_emphasis_mode_is_recorded_and_reproduced(self):
+        """A1111's Emphasis mode: --emphasis-mode (which implies --emphasis) is "emphasis_mode" in the record and, as
+        A1111 writes it, "Emphasis: No norm" where it is not Original and a text it read has a bracket; the command
+        that info gives makes the same image, and an A1111 image's field asks for the mode, but "None", which reads
+        brackets as text while still editing prompts."""
+        prompt = "a (red:1.5) [fox]"
+        result = self.txt2img(prompt, "--seed", "4", "--emphasis-mode", "no-norm", "-o", "a.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        parameters = png_text(self.dir / "a.png")["parameters"]
+        self.assertIn(", RNG: CPU, Emphasis: No norm, Version: ", parameters)
+        record = json.loads(png_text(self.dir / "a.png")["txt2img"])
+        self.assertEqual((record["emphasis"], record["emphasis_mode"]), (True, "no-norm"))
+        line = run(["info", "a.png", "--command"], self.dir).stdout.strip()
+        args = shlex.split(line)
+        self.assertEqual(args[args.index("--emphasis-mode") + 1], "no-norm")
+        again = run_printed_command(line, self.dir, TINY, "b.png")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        for mode, name in (("original", "c.png"), ("ignore", "d.png")):
+            self.assertEqual(self.txt2img(prompt, "--seed", "4", "--emphasis-mode", mode, "-o", name).returncode, 0)
+            self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / name), mode)
+        self.assertNotIn("Emphasis", png_text(self.dir / "c.png")["parameters"])
+        self.assertNotIn("--emphasis-mode", run(["info", "c.png", "--command"], self.dir).stdout)
+        self.assertIn(", Emphasis: Ignore, ", png_text(self.dir / "d.png")["parameters"])
+        # Ignore reads the brackets as no tokens and leaves out the weights.
+        self.assertEqual(self.txt2img("a red fox", "--seed", "4", "--emphasis", "-o", "e.png").returncode, 0)
+        self.assertEqual(png_pixels(self.dir / "d.png"), png_pixels(self.dir / "e.png"))
+        # Without a bracket in what it read A1111 writes no mode.
+        self.assertEqual(self.txt2img("a fox", "--emphasis-mode", "no-norm", "-o", "f.png").returncode, 0)
+        self.assertNotIn("Emphasis", png_text(self.dir / "f.png")["parameters"])
+        self.assertEqual(json.loads(png_text(self.dir / "f.png")["txt2img"])["emphasis_mode"], "no-norm")
+        self.assertExit(self.txt2img("a fox", "--emphasis-mode", "none", "-o", "g.png"), EXIT_USAGE,
+                        "--emphasis-mode")
+        self.assertFalse((self.dir / "g.png").exists())
+        infotext = "a (fox)\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU, Emphasis: {}"
+        for label, mode in (("No norm", "no-norm"), ("Ignore", "ignore"), ("Original", None)):
+            result = a1111_command(self, infotext.format(label), f"{mode}.png")
+            args = shlex.split(result.stdout)
+            self.assertEqual(args[args.index("--emphasis-mode") + 1] if "--emphasis-mode" in args else None, mode)
+            self.assertNotIn("not carried over", result.stderr)
+        result = a1111_command(self, infotext.format("None"), "none.png")
+        self.assertNotIn("--emphasis-mode", result.stdout)
+        self.assertIn("Emphasis: None", result.stderr)
+
     def test_taesd_needs_a_bundle_with_one(self):
         bundle = without_taesd(self.dir / "b")
         self.assertExit(self.txt2img("a fox", "--decoder", "taesd", "-o", "a.png", model=bundle), EXIT_USAGE,

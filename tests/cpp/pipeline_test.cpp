@@ -585,7 +585,9 @@ TEST_F(TinyPipeline, PromptEditingPadsAPromptsTextsWithEmptyChunksAsA1111) {
 }
 
 // The prompts' text embeddings of a small generation.
-torch::Tensor text_embeddings(txt2img::Pipeline& pipeline, const std::string& prompt, bool emphasis) {
+torch::Tensor text_embeddings(
+    txt2img::Pipeline& pipeline, const std::string& prompt, bool emphasis,
+    txt2img::GenerationParams::EmphasisMode mode = txt2img::GenerationParams::EmphasisMode::Original) {
   struct Keep : txt2img::Observer {
     void tensor(const std::string& name, const torch::Tensor& value) override {
       if (name == "text/last_hidden_state") kept = value.clone();
@@ -594,6 +596,7 @@ torch::Tensor text_embeddings(txt2img::Pipeline& pipeline, const std::string& pr
   } keep;
   auto params = small_params();
   params.emphasis = emphasis;
+  params.emphasis_mode = mode;
   generate_small(pipeline, {prompt}, {7}, params, &keep);
   return keep.kept;
 }
@@ -639,6 +642,27 @@ TEST(Pipeline, EmphasisScalesTokensAndKeepsTheMeanAsA1111) {
   EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a (red:1.0) cat", true).to(torch::kFloat64), plain));
   EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a \\(red\\) cat", true),
                            text_embeddings(pipeline, "a (red) cat", false)));
+}
+
+// A1111's other emphasis modes: No norm scales each token's embedding by its weight and leaves the mean as that makes
+// it; Ignore reads the brackets (they are no tokens) but not the weights.
+TEST(Pipeline, EmphasisModesNoNormAndIgnore) {
+  BundleCopy copy;
+  shift_text_embeddings(copy);
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {});
+  using Mode = txt2img::GenerationParams::EmphasisMode;
+  const auto plain = text_embeddings(pipeline, "a red cat", false);
+  const auto no_norm = text_embeddings(pipeline, "a (red:1.5) [cat]", true, Mode::NoNorm);
+  auto w = torch::ones({1, 77, 1}, torch::kFloat32);
+  w.index_put_({0, 2, 0}, 1.5);
+  w.index_put_({0, 3, 0}, static_cast<float>(1 / 1.1));
+  EXPECT_TRUE(torch::equal(no_norm, plain * w));
+  EXPECT_GT(std::abs(no_norm.mean().item<double>() - plain.mean().item<double>()), 1e-4);
+  EXPECT_FALSE(torch::allclose(no_norm, text_embeddings(pipeline, "a (red:1.5) [cat]", true), 1e-4, 1e-4));
+  EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a (red:1.5) [cat]", true, Mode::Ignore), plain));
+  // The escapes are read in every mode.
+  EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a ((red)) \\(cat\\)", true, Mode::Ignore),
+                           text_embeddings(pipeline, "a red (cat)", false)));
 }
 
 // The cases of A1111's own code (tests/fixtures/make_a1111_conditioning_goldens.py), made on the reference tiny text
