@@ -204,7 +204,7 @@ Pipeline::TextConditioning Pipeline::encode_prompts(const std::vector<std::strin
 // schedule reads (`uses`: how many of its entries read each text).
 Pipeline::EncodedTexts Pipeline::encode_texts(std::vector<std::vector<Tokenizer::Chunk>> texts,
                                               const std::vector<int64_t>& uses, const GenerationParams& params) {
-  const Tokenizer::Chunk empty = {tokenizer_.encode_padded("", manifest_.context_length, manifest_.pad_id).ids,
+  const Tokenizer::Chunk empty = {tokenizer_.encode_padded("", manifest_.context_length, manifest_.pad_id),
                                   std::vector<double>(static_cast<size_t>(manifest_.context_length), 1.0)};
   size_t chunks = 1;
   for (const auto& text : texts) chunks = std::max(chunks, text.size());

@@ -377,13 +377,8 @@ Tokenizer::Traced Tokenizer::encode_traced(std::string_view text, bool emphasis,
 
 std::vector<int> Tokenizer::encode(std::string_view text) const { return encode_traced(text).ids; }
 
-Tokenizer::Padded Tokenizer::encode_padded(std::string_view text, int context, int pad_id) const {
-  const Traced traced = encode_traced(text);
-  Padded out;
-  out.ids = chunks(traced, false, context, pad_id).front().ids;
-  out.total_tokens = traced.ids.size();
-  out.kept_tokens = std::min(traced.ids.size(), static_cast<size_t>(context - 2));
-  return out;
+std::vector<int64_t> Tokenizer::encode_padded(std::string_view text, int context, int pad_id) const {
+  return chunks(encode_traced(text), false, context, pad_id).front().ids;
 }
 
 std::vector<Tokenizer::Chunk> Tokenizer::chunks(const Traced& traced, bool long_prompts, int context, int pad_id) {

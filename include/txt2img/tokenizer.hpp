@@ -90,12 +90,8 @@ class Tokenizer {
   // `what` names the text in a refusal ("the prompt", "the negative prompt").
   Traced encode_traced(std::string_view text, bool emphasis = false, std::string_view what = "the prompt") const;
 
-  struct Padded {
-    std::vector<int64_t> ids;  // bos + up to context-2 ids + eos, padded with pad_id to `context`
-    size_t total_tokens;       // ids before truncation (without bos/eos)
-    size_t kept_tokens;        // ids that fit
-  };
-  Padded encode_padded(std::string_view text, int context = 77, int pad_id = kEos) const;
+  // diffusers' encoding: bos + the text's first context - 2 ids + eos, padded with pad_id to `context`.
+  std::vector<int64_t> encode_padded(std::string_view text, int context = 77, int pad_id = kEos) const;
 
   // What the text encoder reads of a traced text: chunks of `context` ids, each bos + up to context-2 ids + eos
   // padded with pad_id as encode_padded pads, with a weight per id (1 for bos, eos and padding).

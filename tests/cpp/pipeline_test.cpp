@@ -1461,7 +1461,7 @@ TEST(PromptEditing, TheHiresPassContinuesTheSchedule) {
   auto params = small_hires_params("euler");
   params.emphasis = true;
   const auto ids = [&](const std::string& text) {
-    auto ids = pipeline.tokenizer().encode_padded(text, 77, 49407).ids;
+    auto ids = pipeline.tokenizer().encode_padded(text, 77, 49407);
     return torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).view({1, -1});
   };
   Keep keep;
