@@ -4,7 +4,7 @@
 # `apt-get download`, unpacks them with `dpkg -x` into .deps/root (git-ignored), drops what no build reads (docs,
 # static archives), makes the tree relocatable (pkg-config files relative to their own folder, absolute symbolic
 # links made relative) and packs it as .deps/carry/debian-root.tar.xz, beside CLIP's vocabulary (from ../shared, for
-# the benchmark's random-weight bundle): .deps/carry is the folder to carry there (about 16 MB). scripts/bench_gpu.sh
+# the benchmark's random-weight bundle): .deps/carry is the folder to carry there (about 23 MB). scripts/bench_gpu.sh
 # unpacks it when .deps/root is missing and builds with it as a CMake prefix.
 #
 #   scripts/gpu-deps.sh        # on a Debian 12 machine with apt (this project's development machines)
@@ -18,6 +18,7 @@ packages=(
   libicu-dev libicu72
   libssl-dev libssl3
   zlib1g-dev zlib1g
+  libboost1.74-dev  # headers only (Boost.Math)
   libtcmalloc-minimal4
   pkgconf-bin libpkgconf3  # CMake's pkg_check_modules needs a pkg-config; the target machine may have none
 )

@@ -6,6 +6,7 @@ packages=(
   libtorch-dev libopenblas0-openmp            # LibTorch; OpenBLAS (OpenMP build, as libtorch's libgomp) replaces the slow reference BLAS
   libtcmalloc-minimal4                        # tcmalloc: LibTorch's large CPU tensors without glibc's mmap/munmap churn
   libsentencepiece-dev libcli11-dev nlohmann-json3-dev libstb-dev libicu-dev libssl-dev zlib1g-dev
+  libboost-dev                                # Boost.Math (header-only): A1111's Beta schedule as SciPy computes it
   libgtest-dev
   python3 python3-torch python3-numpy python3-sentencepiece python3-protobuf python3-pytest python3-pil
   python3-yaml                                # the converter reads a single file's LDM .yaml

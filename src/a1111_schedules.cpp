@@ -1,8 +1,9 @@
 // AUTOMATIC1111's schedule types that diffusers has no scheduler option for (its modules/sd_schedulers.py): sigma
 // schedules between the ends of the training sigmas, on k-diffusion's discrete schedule of those sigmas (A1111's
 // CompVisDenoiser). The arithmetic is A1111's on the CPU: float32 tensors, element by element where it loops over
-// 0-dim tensors (ATen's vectorised log and exp can round otherwise than its scalar ones), and NumPy's float64 for
-// Align Your Steps' interpolation.
+// 0-dim tensors (ATen's vectorised log and exp can round otherwise than its scalar ones), NumPy's float64 for
+// Align Your Steps' interpolation, and for Beta SciPy's beta.ppf, which is Boost.Math's ibeta_inv in double.
+#include <boost/math/special_functions/beta.hpp>
 #include <cmath>
 
 #include "scheduler_impl.hpp"
@@ -108,6 +109,25 @@ std::vector<float> align_your_steps(int steps) {
   return out;
 }
 
+// A1111's beta_scheduler with its default shape (kBetaScheduleShape): for t in 1 - np.linspace(0, 1, steps),
+// sigma_min + beta.ppf(t, alpha, beta) * (sigma_max - sigma_min) in float64, stored in float32. SciPy's ppf is Boost's
+// ibeta_inv under its policy (no promotion to long double, at most 400 root iterations), 0 and 1 at the ends.
+std::vector<float> beta_sigmas(const DiscreteSchedule& schedule, int steps) {
+  using Policy = boost::math::policies::policy<boost::math::policies::promote_float<false>,
+                                               boost::math::policies::promote_double<false>,
+                                               boost::math::policies::max_root_iterations<400>>;
+  const double sigma_min = schedule.sigma_min(), sigma_max = schedule.sigma_max();
+  std::vector<float> out;
+  for (int64_t i = 0; i < steps; ++i) {
+    const double t = 1.0 - unit_linspace(i, steps);
+    const double ppf = t <= 0.0   ? 0.0
+                       : t >= 1.0 ? 1.0
+                                  : boost::math::ibeta_inv(kBetaScheduleShape, kBetaScheduleShape, t, Policy());
+    out.push_back(static_cast<float>(sigma_min + ppf * (sigma_max - sigma_min)));
+  }
+  return out;
+}
+
 // A1111's sigmas of `steps` steps then 0.
 std::vector<float> a1111_sigmas(SigmaSchedule kind, const DiscreteSchedule& schedule, int steps) {
   std::vector<float> sigmas;
@@ -145,6 +165,9 @@ std::vector<float> a1111_sigmas(SigmaSchedule kind, const DiscreteSchedule& sche
       sigmas.assign(values.data_ptr<float>(), values.data_ptr<float>() + steps);
       break;
     }
+    case SigmaSchedule::kBeta:
+      sigmas = beta_sigmas(schedule, steps);
+      break;
     default:
       throw Error(ErrorKind::Runtime, "a1111_sigmas: not one of A1111's own schedules");
   }

@@ -94,6 +94,7 @@ constexpr ScheduleName kScheduleNames[] = {
     {detail::SigmaSchedule::kSimple, "simple", "Simple", true},
     {detail::SigmaSchedule::kNormal, "normal", "Normal", true},
     {detail::SigmaSchedule::kPolyexponential, "polyexponential", "Polyexponential", true},
+    {detail::SigmaSchedule::kBeta, "beta", "Beta", true},
 };
 
 // The names of A1111's own schedule types, in table order.

@@ -33,7 +33,8 @@ enum class SigmaSchedule {
   kAlignYourSteps,
   kSimple,
   kNormal,
-  kPolyexponential
+  kPolyexponential,
+  kBeta
 };
 // The schedule a sampler name's suffix names ("karras", "sgm_uniform", ...; "" for kSpaced), and back. Throws
 // Error(Runtime) for a suffix that names none.

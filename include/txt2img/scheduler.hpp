@@ -141,8 +141,8 @@ std::string canonical_scheduler_name(const std::string& name);
 struct SamplerName {
   std::string base;
   // "karras", "exponential" (diffusers' use_karras_sigmas, use_exponential_sigmas), A1111's own schedule types
-  // "uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential" (as A1111 computes them), or
-  // "".
+  // "uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential", "beta" (as A1111 computes
+  // them), or "".
   std::string schedule;
 };
 SamplerName split_sampler_name(const std::string& name);
@@ -152,6 +152,11 @@ std::string a1111_schedule_label(const std::string& schedule);
 // The schedule an A1111 "Schedule type" names by its label or by our name ("SGM Uniform", "sgm_uniform" and
 // "SGMUniform" are "sgm_uniform"); "" for one txt2img has no sampler on.
 std::string schedule_from_a1111_label(const std::string& label);
+
+// The alpha and beta of the beta distribution whose quantiles space the `_beta` samplers' sigmas: A1111's defaults
+// (its options beta_dist_alpha and beta_dist_beta), which its infotext records as "Beta schedule alpha" and "Beta
+// schedule beta".
+constexpr double kBetaScheduleShape = 0.6;
 // Whether a sampler name's schedule is one of A1111's own ("euler_sgm_uniform"), computed as A1111 computes it.
 bool on_a1111_schedule(const std::string& name);
 

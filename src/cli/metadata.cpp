@@ -211,6 +211,14 @@ std::string a1111_parameters(const ImageRecord& r) {
   // A1111 records an emphasis mode other than its default where a text it encoded has a bracket, as it encodes them.
   if (r.emphasis && r.emphasis_mode != GenerationParams::EmphasisMode::Original && r.bracketed_texts)
     params.emplace_back("Emphasis", emphasis_mode_entry(r.emphasis_mode).a1111_label);
+  // A1111 records the Beta schedule's shape as it computes a pass's sigmas on it.
+  const auto on_beta = [](const std::string& sampler) {
+    return !sampler.empty() && split_sampler_name(canonical_scheduler_name(sampler)).schedule == "beta";
+  };
+  if (on_beta(r.sampler) || (r.hires.enabled() && on_beta(r.hires.sampler))) {
+    params.emplace_back("Beta schedule alpha", python_float(kBetaScheduleShape));
+    params.emplace_back("Beta schedule beta", python_float(kBetaScheduleShape));
+  }
   // A1111 records its padding setting after sampling, and only where a pass's last U-Net call padded.
   if (r.padded_conds && r.pad_conds == GenerationParams::PadConds::EmptyChunks)
     params.emplace_back("Pad conds", "True");

@@ -376,7 +376,9 @@ std::string a1111_command(const std::string& text) {
         !(key == "Conditional mask weight" && !mask_weight_differs) &&
         !((key == "Pad conds" || key == "Pad conds v0" || key == "NGMS all steps" || key == "Tiling") &&
           value == "True") &&
-        !(key == "Emphasis" && !emphasis_mode_from_a1111(value).empty()))
+        !(key == "Emphasis" && !emphasis_mode_from_a1111(value).empty()) &&
+        !((key == "Beta schedule alpha" || key == "Beta schedule beta") &&
+          std::strtod(value.c_str(), nullptr) == kBetaScheduleShape))
       left_out.push_back(key + ": " + value);
   // What the command leaves out, for stderr; the image's own text in it is made printable.
   std::ostringstream said;

@@ -709,18 +709,24 @@ class Samplers(CliTestCase):
         schedules, bases = on_schedules.split(" with the schedule after the name")[0].split(": ")
         schedules = re.split(", | and ", schedules)
         bases = re.split(", | and ", bases)
-        self.assertEqual(schedules, ["uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"])
+        self.assertEqual(schedules, ["uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential",
+                                     "beta"])
         self.assertIn("dpmpp_2m", bases)
         combined = [f"{base}_{schedules[i % len(schedules)]}" for i, base in enumerate(bases)]
         for sampler in samplers + combined:
             result = self.txt2img("a fox", "--sampler", sampler, "-o", f"{sampler}.png", "--seed", "1")
             self.assertEqual(result.returncode, 0, f"{sampler}: {result.stderr}")
         labels = {"uniform": "Uniform", "sgm_uniform": "SGM Uniform", "align_your_steps": "Align Your Steps",
-                  "simple": "Simple", "normal": "Normal", "polyexponential": "Polyexponential"}
+                  "simple": "Simple", "normal": "Normal", "polyexponential": "Polyexponential", "beta": "Beta"}
         schedule = schedules[bases.index("dpmpp_2m") % len(schedules)]
         self.assertIn(f"Sampler: DPM++ 2M, Schedule type: {labels[schedule]},",
                       png_text(self.dir / f"dpmpp_2m_{schedule}.png")["parameters"])
         self.assertIn("Sampler: Euler, Schedule type: Uniform,", png_text(self.dir / "euler_uniform.png")["parameters"])
+        # A1111 records the Beta schedule's shape, its default alpha and beta.
+        on_beta = [name for name in combined if name.endswith("_beta")][0]
+        self.assertIn(", Beta schedule alpha: 0.6, Beta schedule beta: 0.6, ",
+                      png_text(self.dir / f"{on_beta}.png")["parameters"])
+        self.assertNotIn("Beta schedule", png_text(self.dir / "euler_uniform.png")["parameters"])
         command = run(["info", "heun_align_your_steps.png", "--command"], self.dir)
         self.assertIn(" --sampler heun_align_your_steps ", command.stdout)
 

@@ -340,8 +340,8 @@ const txt2img::SafeTensors& a1111_schedule_goldens() {
 }
 
 const std::vector<std::string>& a1111_schedules() {
-  static const std::vector<std::string> names = {"uniform", "sgm_uniform", "align_your_steps",
-                                                 "simple",  "normal",      "polyexponential"};
+  static const std::vector<std::string> names = {
+      "uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential", "beta"};
   return names;
 }
 
@@ -730,7 +730,8 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
 // The samplers on A1111's own schedule types, by schedule.
 std::vector<std::string> a1111_schedule_samplers() {
   std::vector<std::string> out;
-  for (const char* schedule : {"uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential"})
+  for (const char* schedule :
+       {"uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential", "beta"})
     for (const char* sampler : {"euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "lms",
                                 "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_a1111", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"})
       out.push_back(std::string(sampler) + "_" + schedule);
@@ -840,8 +841,8 @@ TEST(Scheduler, NamesAndValidation) {
     EXPECT_EQ(e.kind(), ErrorKind::Usage);
     // The samplers on A1111's schedules are summed up: the schedules, then the samplers.
     for (const auto& name : diffusers_names) EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("schedule types uniform, sgm_uniform, align_your_steps, simple, normal and "
-                                         "polyexponential: euler, euler_a, "),
+    EXPECT_NE(std::string(e.what()).find("schedule types uniform, sgm_uniform, align_your_steps, simple, normal, "
+                                         "polyexponential and beta: euler, euler_a, "),
               std::string::npos)
         << e.what();
   }
