@@ -13,15 +13,13 @@
 namespace txt2img::detail {
 namespace {
 
-class A1111DpmPP2MSde final : public KDiffusionScheduler {
+class A1111DpmPP2MSde final : public KDiffusionMultistepSde {
  public:
   A1111DpmPP2MSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool heun)
-      : KDiffusionScheduler(config, steps, schedule, heun ? "dpmpp_2m_sde_heun" : "dpmpp_2m_sde_a1111") {
-    std::vector<double> timesteps;
+      : KDiffusionMultistepSde(config, steps, schedule, heun ? "dpmpp_2m_sde_heun" : "dpmpp_2m_sde_a1111") {
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order (eta * h is h).
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
     for (int j = 0; j < steps; ++j) {
-      timesteps.push_back(sigma_to_t(sigmas_[j], log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
       Step step{};
       if (sigmas_[j + 1] != 0.0f) {
         const auto sigma = f32(sigmas_[j]), next = f32(sigmas_[j + 1]);
@@ -35,14 +33,6 @@ class A1111DpmPP2MSde final : public KDiffusionScheduler {
       }
       steps_.push_back(step);
     }
-    timesteps_ = std::move(timesteps);
-  }
-
-  bool needs_noise(size_t call) const override { return call < timesteps_.size() && sigmas_[call + 1] != 0.0f; }
-
-  std::optional<BrownianIncrement> brownian_increment(size_t call) const override {
-    if (!needs_noise(call)) return std::nullopt;
-    return brownian(sigmas_[call], sigmas_[call + 1]);
   }
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,

@@ -10,15 +10,13 @@
 namespace txt2img::detail {
 namespace {
 
-class DpmPP3MSde final : public KDiffusionScheduler {
+class DpmPP3MSde final : public KDiffusionMultistepSde {
  public:
   DpmPP3MSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
-      : KDiffusionScheduler(config, steps, schedule, "dpmpp_3m_sde", /*discard_next_to_last_sigma=*/true) {
-    std::vector<double> timesteps;
+      : KDiffusionMultistepSde(config, steps, schedule, "dpmpp_3m_sde", /*discard_next_to_last_sigma=*/true) {
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
     for (int j = 0; j < steps; ++j) {
-      timesteps.push_back(sigma_to_t(sigmas_[j], log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
       Step step{};
       if (sigmas_[j + 1] != 0.0f) {
         const auto h = f32(sigmas_[j + 1]).log().neg() - f32(sigmas_[j]).log().neg();
@@ -32,14 +30,6 @@ class DpmPP3MSde final : public KDiffusionScheduler {
       }
       steps_.push_back(step);
     }
-    timesteps_ = std::move(timesteps);
-  }
-
-  bool needs_noise(size_t call) const override { return call < timesteps_.size() && sigmas_[call + 1] != 0.0f; }
-
-  std::optional<BrownianIncrement> brownian_increment(size_t call) const override {
-    if (!needs_noise(call)) return std::nullopt;
-    return brownian(sigmas_[call], sigmas_[call + 1]);
   }
 
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,

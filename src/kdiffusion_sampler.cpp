@@ -45,6 +45,19 @@ std::pair<torch::Tensor, torch::Tensor> KDiffusionScheduler::ancestral_step(cons
   return {(to.pow(2) - up.pow(2)).pow(0.5), up};
 }
 
+KDiffusionMultistepSde::KDiffusionMultistepSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                               const std::string& name, bool discard_next_to_last_sigma)
+    : KDiffusionScheduler(config, steps, schedule, name, discard_next_to_last_sigma) {
+  timesteps_.clear();
+  for (size_t j = 0; j + 1 < sigmas_.size(); ++j)
+    timesteps_.push_back(sigma_to_t(sigmas_[j], log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
+}
+
+std::optional<BrownianIncrement> KDiffusionMultistepSde::brownian_increment(size_t call) const {
+  if (!needs_noise(call)) return std::nullopt;
+  return brownian(sigmas_[call], sigmas_[call + 1]);
+}
+
 void KDiffusionTwoCallScheduler::set_steps(std::vector<Step> steps) {
   std::vector<double> timesteps;
   std::vector<float> sigmas;

@@ -219,6 +219,19 @@ class KDiffusionScheduler : public SigmaScheduler {
   float span_min_, span_max_;
 };
 
+// k-diffusion's multistep SDE samplers as A1111 runs them (its DPM++ 2M SDE, 2M SDE Heun and 3M SDE): one call per
+// step, at the timestep CompVisDenoiser gives the step's sigma, and in every step but the last, which returns the
+// denoised sample, the Brownian increment from the step's sigma to the next.
+class KDiffusionMultistepSde : public KDiffusionScheduler {
+ public:
+  bool needs_noise(size_t call) const override { return call < timesteps_.size() && sigmas_[call + 1] != 0.0f; }
+  std::optional<BrownianIncrement> brownian_increment(size_t call) const override;
+
+ protected:
+  KDiffusionMultistepSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule, const std::string& name,
+                         bool discard_next_to_last_sigma = false);
+};
+
 // k-diffusion's samplers that call the model twice a step, at the step's sigma and at a midpoint, but once in the last
 // step, an Euler step to sigma 0 (DPM++ 2S a, DPM++ SDE): the first call takes a first-order step toward the midpoint
 // (adding noise where needs_noise says so), the second carries the step's start to the step's end with the midpoint's

@@ -352,7 +352,11 @@ std::string pad_conds_flag(const std::string& name) {
 }
 
 const std::vector<std::string>& emphasis_mode_names() {
-  static const std::vector<std::string> names({kEmphasisModes[0].name, kEmphasisModes[1].name, kEmphasisModes[2].name});
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& entry : kEmphasisModes) out.emplace_back(entry.name);
+    return out;
+  }();
   return names;
 }
 
