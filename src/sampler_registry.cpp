@@ -74,6 +74,7 @@ const Sampler kSamplers[] = {
     {"deis", kStartsLate},
     {"deis_karras", kStartsLate},
     {"lcm", kZeroSnr},
+    {"tcd", kEta | kZeroSnr},
 };
 
 // The sigma schedules by the suffix that names them in a sampler's name ("" for the spaced timesteps' own), and by
@@ -213,6 +214,7 @@ std::string canonical_scheduler_name(const std::string& name) {
         {"dpmsolvermultistepscheduler", "dpmpp_2m"},
         {"kdpmpp2mkarras", "dpmpp_2m_karras"},
         {"lcmscheduler", "lcm"},
+        {"tcdscheduler", "tcd"},
         {"keulerkarras", "euler_karras"},
         {"kheun", "heun"},
         {"heundiscretescheduler", "heun"},
@@ -286,9 +288,9 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (steps < 1 || steps > config.num_train_timesteps)
     throw Error(ErrorKind::Usage, "steps must be between 1 and " + std::to_string(config.num_train_timesteps) +
                                       ", got " + std::to_string(steps));
-  // Only the DDIMs have an eta; a non-zero eta elsewhere is refused rather than silently ignored (diffusers drops it),
-  // so that a user never believes it had an effect.
-  // Above 1, DDIM's noise can exceed the variance a step leaves for it: the square root of a negative number.
+  // Only the DDIMs and TCD (its gamma) have an eta; a non-zero eta elsewhere is refused rather than silently ignored
+  // (diffusers drops it), so that a user never believes it had an effect. Above 1, DDIM's noise can exceed the variance
+  // a step leaves for it: the square root of a negative number.
   if (!(eta >= 0.0 && eta <= 1.0)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1, got " + std::to_string(eta));
   if (eta != 0.0 && !(it->capabilities & kEta))
     throw Error(ErrorKind::Usage,
@@ -314,6 +316,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (sampler == "pndm") return detail::make_pndm(config, steps);
   if (sampler == "ddpm") return detail::make_ddpm(config, steps);
   if (sampler == "lcm") return detail::make_lcm(config, steps);
+  if (sampler == "tcd") return detail::make_tcd(config, steps, eta);
   if (base == "euler_a") return detail::make_euler_ancestral(config, steps, schedule);
   if (base == "euler") return detail::make_euler(config, steps, schedule);
   if (base == "heun") return detail::make_heun(config, steps, schedule);

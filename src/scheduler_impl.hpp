@@ -91,8 +91,11 @@ std::unique_ptr<Scheduler> make_unipc(const SchedulerConfig& config, int steps, 
 std::unique_ptr<Scheduler> make_deis(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 std::unique_ptr<Scheduler> make_lcm(const SchedulerConfig& config, int steps);
+// TCD (diffusers' TCDScheduler, for TCD-LoRA) with its gamma `eta`: 0 is deterministic, 1 fully stochastic.
+std::unique_ptr<Scheduler> make_tcd(const SchedulerConfig& config, int steps, double eta);
 
-// "every sampler but pndm, plms_a1111 and lcm": the samplers whose start_at takes any step, for the others' refusals.
+// "every sampler but pndm, plms_a1111, lcm and tcd": the samplers whose start_at takes any step, for the others'
+// refusals.
 std::string samplers_that_start_late();
 
 // alphas_cumprod(config) as host floats, for the scalar coefficient arithmetic.
@@ -217,6 +220,31 @@ class KDiffusionScheduler : public SigmaScheduler {
  private:
   bool v_prediction_;
   float span_min_, span_max_;
+};
+
+// What LCM and TCD share (src/consistency_timesteps.cpp): the timesteps of the 50-step distillation schedule that
+// suit the step count, A1111's sigma of each, add_noise at them and the refusal to start part-way. `name`: the
+// sampler's, for its errors. Throws Error(Bundle) for another prediction type than epsilon, v_prediction or sample,
+// or fewer than 50 training timesteps, and Error(Usage) for more than 50 steps.
+class ConsistencyScheduler : public Scheduler {
+ public:
+  // A1111's LCM samples on k-diffusion's sigmas of its timesteps, in float32.
+  double a1111_sigma(size_t call) const override;
+  // As diffusers' add_noise; with start_at limited to call 0 it serves a run entered there.
+  torch::Tensor add_noise(const torch::Tensor& x0, const torch::Tensor& noise, size_t call) const override;
+  std::string why_it_cannot_start_later() const override;
+
+ protected:
+  ConsistencyScheduler(const SchedulerConfig& config, int steps, const std::string& name);
+  // alphas_cumprod at a call's timestep, and at a training timestep.
+  float alpha(size_t call) const { return alphas_cumprod_[static_cast<int64_t>(timesteps_.at(call))]; }
+  float alpha_at(int64_t timestep) const { return alphas_cumprod_.at(static_cast<size_t>(timestep)); }
+
+  std::vector<float> alphas_cumprod_;
+  std::string prediction_type_;
+
+ private:
+  std::string name_;
 };
 
 // k-diffusion's multistep SDE samplers as A1111 runs them (its DPM++ 2M SDE, 2M SDE Heun and 3M SDE): one call per

@@ -95,6 +95,7 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
       {"dpmpp_2m_sde", "DPM++ 2M SDE"},
       {"unipc", "UniPC"},
       {"lcm", "LCM"},
+      {"tcd", "TCD"},
       {"dpmpp_2s_a", "DPM++ 2S a"},
       {"ddpm", "DDPM"},
       {"deis", "DEIS"},
@@ -190,7 +191,8 @@ std::string a1111_parameters(const ImageRecord& r) {
         params.emplace_back("Hires schedule type", hires.schedule.empty() ? "Automatic" : hires.schedule);
     }
   }
-  if (r.eta != 0) params.emplace_back("Eta DDIM", python_float(r.eta));  // only DDIM takes an eta
+  // Only DDIM and TCD (its gamma, which A1111 would call a sampler's Eta) take an eta.
+  if (r.eta != 0) params.emplace_back(r.sampler == "tcd" ? "Eta" : "Eta DDIM", python_float(r.eta));
   if (r.skip_early_cfg != 0) params.emplace_back("Skip Early CFG", python_float(r.skip_early_cfg));
   // A1111 records NGMS where it skipped a call.
   if (r.ngms_skipped) params.emplace_back("NGMS", python_float(r.ngms));

@@ -216,11 +216,12 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "is its seed's at that size, centred in the image's (cropped where larger), so that a seed keeps much "
                  "of its image at another size")
       ->type_name("WxH");
-  app.add_option("--ensd", o.ensd,
-                 "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a*, "
-                 "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde, dpmpp_2m_sde_karras, ddpm, lcm, ddim and ddim_a1111 with --eta) "
-                 "comes from "
-                 "seed + N")
+  app.add_option(
+         "--ensd", o.ensd,
+         "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a*, "
+         "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde, dpmpp_2m_sde_karras, ddpm, lcm, ddim, ddim_a1111 and tcd with --eta) "
+         "comes from "
+         "seed + N")
       ->type_name("N")
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
@@ -249,7 +250,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->capture_default_str();
   app.add_flag("--ngms-all-steps", o.ngms_all_steps,
                "A1111's NGMS all steps: --ngms skips every U-Net call below its sigma, not every other one");
-  app.add_option("--eta", o.eta, "DDIM eta, 0 to 1: 0 is deterministic DDIM, 1 is DDPM-like")->capture_default_str();
+  app.add_option("--eta", o.eta,
+                 "DDIM eta, 0 to 1: 0 is deterministic DDIM, 1 is DDPM-like; for tcd its gamma (0.3 is TCD's usual)")
+      ->capture_default_str();
   app.add_option("--clip-skip", o.clip_skip,
                  "A1111's Clip skip: condition on the text encoder's Nth layer from the end (1 the last, 2 the "
                  "penultimate, as many anime models expect), for prompt and negative prompt")
@@ -310,9 +313,9 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                      " (latent is bilinear)")
       ->capture_default_str()
       ->needs(hires);
-  app.add_option(
-         "--hires-sampler", o.hires.sampler,
-         "A1111's Hires sampler: the hires pass's sampler (default: the first pass's; not pndm, plms_a1111 or lcm)")
+  app.add_option("--hires-sampler", o.hires.sampler,
+                 "A1111's Hires sampler: the hires pass's sampler (default: the first pass's; not pndm, plms_a1111, "
+                 "lcm or tcd)")
       ->type_name("NAME")
       ->needs(hires);
   app.add_option("-W,--width", o.width, "image width, a multiple of 8 (default: the model's size, e.g. 512)");

@@ -257,7 +257,7 @@ std::string a1111_command(const std::string& text) {
   const std::string sampler = sampler_of("Sampler", "Schedule type", "");
   if (!sampler.empty()) {
     args.insert(args.end(), {"--sampler", sampler});
-    if (sampler_takes_eta(sampler)) take("Eta DDIM", "--eta");
+    if (sampler_takes_eta(sampler)) take(sampler == "tcd" ? "Eta" : "Eta DDIM", "--eta");
   }
   take("CFG scale", "--cfg-scale");
   take("Guidance rescale", "--guidance-rescale");  // txt2img's own field
@@ -376,7 +376,7 @@ std::string a1111_command(const std::string& text) {
         !(key == "Conditional mask weight" && !mask_weight_differs) &&
         !((key == "Pad conds" || key == "Pad conds v0" || key == "NGMS all steps" || key == "Tiling") &&
           value == "True") &&
-        !(key == "Emphasis" && !emphasis_mode_from_a1111(value).empty()) &&
+        !(key == "Emphasis" && !emphasis_mode_from_a1111(value).empty()) && !(key == "Eta" && sampler == "tcd") &&
         !((key == "Beta schedule alpha" || key == "Beta schedule beta") &&
           std::strtod(value.c_str(), nullptr) == kBetaScheduleShape))
       left_out.push_back(key + ": " + value);

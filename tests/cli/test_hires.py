@@ -211,7 +211,7 @@ class HiresFix(CliTestCase):
             (["--hires-steps", "4"], ["--hires-steps", "--hires-scale"]),
             (["--hires-denoise", "0.5"], ["--hires-denoise", "--hires-scale"]),
             (["--hires-scale", "2", "--sampler", "pndm"],
-             ["hires fix: ", "pndm", "every sampler but pndm, plms_a1111 and lcm"]),
+             ["hires fix: ", "pndm", "every sampler but pndm, plms_a1111, lcm and tcd"]),
             (["--hires-scale", "0.5"], ["--hires-scale: it must be from 1 to 16, not 0.5"]),
             (["--hires-scale", "0"], ["--hires-scale: it must be from 1 to 16, not 0"]),  # not "no hires fix"
             (["--hires-scale", "2", "--hires-sampler", "lcm"], ["hires fix: ", "lcm"]),

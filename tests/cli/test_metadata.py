@@ -361,6 +361,36 @@ class Metadata(CliTestCase):
         self.assertNotIn("--emphasis-mode", result.stdout)
         self.assertIn("Emphasis: None", result.stderr)
 
+    def test_tcd_gamma_is_recorded_and_reproduced(self):
+        """TCD's gamma is --eta: written "Sampler: TCD, ..., Eta: 0.3" (A1111 has no TCD) and in the record; the
+        command info gives makes the same image, another gamma another image; TCD runs no hires pass."""
+        result = self.txt2img("a fox", "--seed", "4", "--sampler", "tcd", "--steps", "4", "--eta", "0.3",
+                              "--cfg-scale", "1", "-o", "a.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        parameters = png_text(self.dir / "a.png")["parameters"]
+        self.assertIn("Sampler: TCD,", parameters)
+        self.assertIn(", Eta: 0.3,", parameters)
+        self.assertNotIn("Eta DDIM", parameters)
+        self.assertEqual(json.loads(png_text(self.dir / "a.png")["txt2img"])["eta"], 0.3)
+        line = run(["info", "a.png", "--command"], self.dir).stdout.strip()
+        args = shlex.split(line)
+        self.assertEqual(args[args.index("--eta") + 1], "0.3")
+        again = run_printed_command(line, self.dir, TINY, "b.png")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        self.assertEqual(self.txt2img("a fox", "--seed", "4", "--sampler", "tcd", "--steps", "4", "--cfg-scale", "1",
+                                      "-o", "c.png").returncode, 0)
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+        # Its A1111-style text alone reads back too.
+        result = a1111_command(self, parameters.replace("Version: txt2img", "Version: other"), "d.png")
+        args = shlex.split(result.stdout)
+        self.assertEqual((args[args.index("--sampler") + 1], args[args.index("--eta") + 1]), ("tcd", "0.3"))
+        self.assertNotIn("not carried over", result.stderr)
+        self.assertExit(self.txt2img("a fox", "--sampler", "tcd", "--hires-scale", "2", "-o", "e.png"), EXIT_USAGE,
+                        "tcd")
+        self.assertExit(self.txt2img("a fox", "--sampler", "euler", "--eta", "0.3", "-o", "f.png"), EXIT_USAGE,
+                        "ddim, ddim_a1111 and tcd")
+
     def test_taesd_needs_a_bundle_with_one(self):
         bundle = without_taesd(self.dir / "b")
         self.assertExit(self.txt2img("a fox", "--decoder", "taesd", "-o", "a.png", model=bundle), EXIT_USAGE,

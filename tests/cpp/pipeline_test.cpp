@@ -355,7 +355,7 @@ Replay replay_seed_7(txt2img::Pipeline& pipeline, const txt2img::GenerationParam
   generate_small(pipeline, {"a red cube"}, {7}, params, &run);
   auto config = pipeline.manifest().scheduler;
   config.timestep_spacing.clear();  // each sampler's own default, as the pipeline uses
-  auto scheduler = txt2img::make_scheduler(params.sampler, config, params.steps);
+  auto scheduler = txt2img::make_scheduler(params.sampler, config, params.steps, params.eta);
   txt2img::SeededNoise noise({7});
   Replay replay;
   replay.latents = noise.draw(run.kept.at("latents/init").sizes().vec()) * scheduler->init_noise_sigma();
@@ -377,12 +377,14 @@ Replay replay_seed_7(txt2img::Pipeline& pipeline, const txt2img::GenerationParam
 }
 
 // The samplers that draw noise while stepping draw it from each image's own generator, right after the initial
-// latents and exactly at the calls the scheduler asks for (LCM: all but the last): replaying a run gives its latents;
-// and a batch gives each image what it gets alone.
+// latents and exactly at the calls the scheduler asks for (LCM, TCD with a gamma: all but the last): replaying a run
+// gives its latents; and a batch gives each image what it gets alone.
 TEST_F(TinyPipeline, StochasticSamplersDrawStepNoisePerImageInDiffusersOrder) {
-  for (const char* sampler : {"lcm", "euler_a"}) {
+  for (const auto& [sampler, eta] :
+       std::vector<std::pair<std::string, double>>{{"lcm", 0}, {"euler_a", 0}, {"tcd", 0.3}}) {
     auto params = small_params();
     params.sampler = sampler;
+    params.eta = eta;
     params.steps = 4;
     const auto replay = replay_seed_7(*pipeline_, params);
     EXPECT_TRUE(torch::equal(replay.latents, replay.run_latents)) << sampler;

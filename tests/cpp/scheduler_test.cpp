@@ -430,6 +430,43 @@ std::vector<std::pair<std::string, int>> a1111_schedule_golden_cases() {
 INSTANTIATE_TEST_SUITE_P(Goldens, A1111ScheduleGolden, testing::ValuesIn(a1111_schedule_golden_cases()),
                          sampler_case_name);
 
+// TCD against tests/fixtures/tcd_goldens.safetensors: diffusers v0.31.0's TCDScheduler run by
+// tests/fixtures/make_tcd_goldens.py on the fake inputs, with gammas (--eta) 0, 0.3 and 1: its timesteps (LCM's),
+// and every call's sample bit for bit.
+TEST(Tcd, MatchesDiffusers) {
+  const auto g = txt2img::SafeTensors::open(TXT2IMG_TCD_GOLDENS);
+  for (const char* prediction_type : {"epsilon", "v_prediction"}) {
+    for (const char* gamma : {"0.0", "0.3", "1.0"}) {
+      for (int steps : {1, 2, 3, 4, 8}) {
+        const std::string run = std::string(prediction_type) + "/eta" + gamma + "/n" + std::to_string(steps);
+        SchedulerConfig config = sd_config();
+        config.prediction_type = prediction_type;
+        auto sched = txt2img::make_scheduler("tcd", config, steps, std::stod(gamma));
+        const auto timesteps = g.get(run + "/timesteps");
+        ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(timesteps.numel())) << run;
+        torch::Tensor x = fake_sample0();
+        EXPECT_EQ(sched->init_noise_sigma(), 1.0);
+        for (size_t i = 0; i < sched->timesteps().size(); ++i) {
+          EXPECT_EQ(sched->timesteps()[i], timesteps[static_cast<int64_t>(i)].item<double>()) << run;
+          EXPECT_EQ(sched->needs_noise(i), std::string(gamma) != "0.0" && i + 1 < sched->timesteps().size()) << run;
+          x = sched->step(fake_model_output(i), i, x, sched->needs_noise(i) ? fake_noise(i) : torch::Tensor());
+          char call[16];
+          std::snprintf(call, sizeof call, "/call%03zu/", i);
+          EXPECT_TRUE(torch::equal(x, g.get(run + call + "prev_sample"))) << run << call;
+        }
+      }
+    }
+  }
+  // Gamma 0 is DDIM's deterministic step onto the next timestep: from the x0 of an exact noise prediction, the
+  // sample that add_noise makes there.
+  auto sched = txt2img::make_scheduler("tcd", sd_config(), 4);
+  const auto x0 = fake_sample0() * 0.5, eps = fake_noise(0);
+  const auto start = sched->add_noise(x0, eps, 0);
+  const auto next = sched->step(eps, 0, start);
+  EXPECT_TRUE(torch::allclose(sched->pred_original_sample(), x0, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(next, sched->add_noise(x0, eps, 1), 1e-5, 1e-5));
+}
+
 // AUTOMATIC1111's DDIM and PLMS (ddim_a1111, plms_a1111) against tests/fixtures/a1111_timesteps_goldens.safetensors:
 // A1111's own ddim and plms functions run by tests/fixtures/make_a1111_timesteps_goldens.py on their timesteps, whole
 // runs and (DDIM) hires passes entered as A1111's sample_img2img enters them, with eta and for a v-prediction model.
@@ -818,13 +855,15 @@ TEST(Scheduler, NamesAndValidation) {
                                               "unipc_karras",
                                               "deis",
                                               "deis_karras",
-                                              "lcm"};
+                                              "lcm",
+                                              "tcd"};
   auto expected = diffusers_names;
   for (const auto& name : a1111_schedule_samplers()) expected.push_back(name);
   EXPECT_EQ(names, expected);
   for (const auto& name : names) {
-    // LCM's timesteps are a subset of the 50 it was distilled on; A1111's DDIM and PLMS take no step for 1.
-    const int most = name == "lcm" ? 50 : 999;
+    // LCM's and TCD's timesteps are a subset of the 50 they were distilled on; A1111's DDIM and PLMS take no step
+    // for 1.
+    const int most = name == "lcm" || name == "tcd" ? 50 : 999;
     const bool a1111_timesteps = name == "ddim_a1111" || name == "plms_a1111";
     EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), a1111_timesteps ? 2 : 1)) << name;
     if (a1111_timesteps)
@@ -833,7 +872,8 @@ TEST(Scheduler, NamesAndValidation) {
     expect_error(ErrorKind::Usage, "steps", [&] { txt2img::make_scheduler(name, sd_config(), 0); });
     expect_error(ErrorKind::Usage, "steps", [&] { txt2img::make_scheduler(name, sd_config(), 1001); });
   }
-  expect_error(ErrorKind::Usage, "at most 50 steps", [] { txt2img::make_scheduler("lcm", sd_config(), 51); });
+  for (const char* distilled : {"lcm", "tcd"})
+    expect_error(ErrorKind::Usage, "at most 50 steps", [&] { txt2img::make_scheduler(distilled, sd_config(), 51); });
   try {
     txt2img::make_scheduler("restart", sd_config(), 10);
     ADD_FAILURE();
@@ -1092,9 +1132,9 @@ TEST(Scheduler, UnsupportedConfigValuesAreBundleErrors) {
   prediction.prediction_type = "flow";
   for (const auto& name : txt2img::scheduler_names()) {
     expect_error(ErrorKind::Bundle, "sigmoid", [&] { txt2img::make_scheduler(name, schedule, 10); });
-    // LCM's timesteps come from its distillation schedule, A1111's DDIM's and PLMS's from A1111's own spacing: none
-    // reads the configured one.
-    if (name != "lcm" && name != "ddim_a1111" && name != "plms_a1111")
+    // LCM's and TCD's timesteps come from their distillation schedule, A1111's DDIM's and PLMS's from A1111's own
+    // spacing: none reads the configured one.
+    if (name != "lcm" && name != "tcd" && name != "ddim_a1111" && name != "plms_a1111")
       expect_error(ErrorKind::Bundle, "karras", [&] { txt2img::make_scheduler(name, spacing, 10); });
     expect_error(ErrorKind::Bundle, "flow", [&] { txt2img::make_scheduler(name, prediction, 10); });
   }
@@ -1299,7 +1339,7 @@ TEST(SchedulerA1111Sigma, IsTheTimestepOrTheSigmaOfTheCallsInput) {
         continue;
       }
       const float noised = sched->add_noise(zeros, ones, call).item<float>();
-      if (base == "dpmpp_2m" || base == "dpmpp_2m_sde" || base == "lcm")
+      if (base == "dpmpp_2m" || base == "dpmpp_2m_sde" || base == "lcm" || base == "tcd")
         EXPECT_NEAR(got, noised / sched->add_noise(ones, zeros, call).item<float>(), 1e-6 * got)
             << name << " call " << call;
       else
@@ -1581,7 +1621,7 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
 TEST(SchedulerStartAt, Errors) {
   const auto x = golden("common/sample0");
   const auto noise = torch::zeros_like(x);
-  for (const char* name : {"pndm", "lcm"}) {
+  for (const char* name : {"pndm", "lcm", "tcd"}) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 4);
     try {
       sched->start_at(1);
@@ -1590,7 +1630,7 @@ TEST(SchedulerStartAt, Errors) {
       EXPECT_EQ(e.kind(), ErrorKind::Usage) << e.what();
       const std::string what = e.what();
       EXPECT_NE(what.find(std::string("the ") + name + " scheduler cannot start part-way"), std::string::npos) << what;
-      EXPECT_NE(what.find("; every sampler but pndm, plms_a1111 and lcm can start part-way"), std::string::npos)
+      EXPECT_NE(what.find("; every sampler but pndm, plms_a1111, lcm and tcd can start part-way"), std::string::npos)
           << what;
     }
     // Call 0 is where every run starts: allowed, and the run is the whole one.
@@ -1607,8 +1647,8 @@ TEST(SchedulerStartAt, Errors) {
   for (const auto& name : txt2img::scheduler_names()) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 4);
     const size_t calls = sched->timesteps().size();
-    // pndm, plms_a1111 and lcm refuse any later start first (Usage), whatever the call; ddim_a1111 one that leaves it
-    // no call.
+    // pndm, plms_a1111, lcm and tcd refuse any later start first (Usage), whatever the call; ddim_a1111 one that leaves
+    // it no call.
     const bool late = std::find(late_starters().begin(), late_starters().end(), name) != late_starters().end();
     if (name == "ddim_a1111")
       expect_error(ErrorKind::Usage, "give it 3 or more steps", [&] { sched->start_at(calls); });
