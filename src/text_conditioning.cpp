@@ -53,7 +53,7 @@ std::pair<torch::Tensor, torch::Tensor> pad_conds(torch::Tensor negatives, torch
 std::vector<Tokenizer::Chunk> Pipeline::token_chunks(const std::string& text, const GenerationParams& params,
                                                      bool negative) const {
   return Tokenizer::chunks(
-      tokenizer_.encode_traced(text, params.emphasis, negative ? "the negative prompt" : "the prompt"),
+      tokenizer_.encode_traced(text, params.parses_emphasis(), negative ? "the negative prompt" : "the prompt"),
       params.long_prompts, manifest_.context_length, manifest_.pad_id);
 }
 
@@ -224,7 +224,7 @@ Pipeline::EncodedTexts Pipeline::encode_texts(std::vector<std::vector<Tokenizer:
   auto hidden = (params.clip_skip == 1 ? text_encoder_.forward({per_chunk})
                                        : text_encoder_.run_method("encode", per_chunk, int64_t{params.clip_skip}))
                     .toTensor();
-  if (params.emphasis && params.emphasis_mode != GenerationParams::EmphasisMode::Ignore) {
+  if (params.parses_emphasis() && params.emphasis_mode != GenerationParams::EmphasisMode::Ignore) {
     // In float32 whatever the text encoder's dtype, as A1111's float32 multipliers make it: fp16 would turn weights
     // above 65504 into infinities, and round each text's mean before they are added up.
     // [texts, chunks, tokens, hidden]; the means are per chunk position, over the texts as often as they are read.

@@ -96,14 +96,18 @@ struct GenerationParams {
   // vector or cuts it to the prompt's length (LastVector). Padded, they go through the U-Net in one call.
   enum class PadConds { Off, EmptyChunks, LastVector };
   PadConds pad_conds = PadConds::Off;
-  // AUTOMATIC1111's emphasis syntax in prompts: "(word)", "[word]", "(word:1.5)", "\(", BREAK (parse_emphasis),
-  // applied as emphasis_mode says. Without it brackets are text, as in diffusers.
+  // AUTOMATIC1111's prompt syntax: its emphasis "(word)", "[word]", "(word:1.5)", "\(", BREAK (parse_emphasis),
+  // applied as emphasis_mode says, its prompt editing and its composable prompts (AND). Without it brackets are
+  // text, as in diffusers.
   bool emphasis = false;
-  // What the weights do, as A1111's option "Emphasis mode" (infotext "Emphasis", written where it is not Original):
-  // scale each token's embedding by its weight, then each chunk back to its former mean (Original); scale only (No
-  // norm); or nothing: the brackets are read and the weights left out (Ignore).
-  enum class EmphasisMode { Original, NoNorm, Ignore };
+  // What the emphasis syntax does, as A1111's option "Emphasis mode" (infotext "Emphasis", written where it is not
+  // Original): scale each token's embedding by its weight, then each chunk back to its former mean (Original); scale
+  // only (No norm); nothing: the brackets are read and the weights left out (Ignore); or brackets, escapes and BREAK
+  // are text, while prompt editing and AND still work (None).
+  enum class EmphasisMode { Original, NoNorm, Ignore, None };
   EmphasisMode emphasis_mode = EmphasisMode::Original;
+  // Whether prompts are read in the emphasis syntax: brackets, escapes and BREAK (emphasis, in any mode but None).
+  bool parses_emphasis() const { return emphasis && emphasis_mode != EmphasisMode::None; }
   // Added in this order (the sums are not associative in floating point, so the order is part of the image).
   std::vector<LoraUse> loras;
   HiresFix hires;

@@ -268,9 +268,9 @@ class Generator {
                                          "prompt", &job.model_prompt, &texts_read.prompt},
                                      {"negative prompt", &job.negative_prompt, &texts_read.negative_prompt}})
       for (const auto& read : *reads) {
-        auto t =
-            find_truncation(pipeline_->tokenizer().encode_traced(read, job.params.emphasis, std::string("the ") + what),
-                            manifest_.context_length);
+        auto t = find_truncation(
+            pipeline_->tokenizer().encode_traced(read, job.params.parses_emphasis(), std::string("the ") + what),
+            manifest_.context_length);
         if (!t.truncated()) continue;
         found.push_back({what, text, read, std::move(t)});
         break;
@@ -293,7 +293,8 @@ class Generator {
     std::vector<std::pair<std::string, std::string>> used;
     for (const auto* text : {&job.model_prompt, &job.negative_prompt}) {
       const char* what = text == &job.negative_prompt ? "the negative prompt" : "the prompt";
-      for (const auto& name : pipeline_->tokenizer().encode_traced(*text, job.params.emphasis, what).embeddings) {
+      for (const auto& name :
+           pipeline_->tokenizer().encode_traced(*text, job.params.parses_emphasis(), what).embeddings) {
         const auto hash = manifest_.embedding_hashes.find(name);
         const bool listed = std::any_of(used.begin(), used.end(), [&](const auto& u) { return u.first == name; });
         if (hash != manifest_.embedding_hashes.end() && !listed) used.emplace_back(name, hash->second);
@@ -532,7 +533,7 @@ void check_prompt_weights(RunPlan& plan, const Manifest& manifest) {
   ImageJob job;
   plan.rewind();
   while (plan.next(job)) {
-    if (job.n != 0 || !job.params.emphasis) continue;
+    if (job.n != 0 || !job.params.parses_emphasis()) continue;
     of_line(plan, job, [&] {
       check_emphasis_weights(job.model_prompt, "the prompt");
       check_emphasis_weights(job.negative_prompt, "the negative prompt");

@@ -52,7 +52,8 @@ struct EmphasisModeName {
 };
 constexpr EmphasisModeName kEmphasisModes[] = {{GenerationParams::EmphasisMode::Original, "original", "Original"},
                                                {GenerationParams::EmphasisMode::NoNorm, "no-norm", "No norm"},
-                                               {GenerationParams::EmphasisMode::Ignore, "ignore", "Ignore"}};
+                                               {GenerationParams::EmphasisMode::Ignore, "ignore", "Ignore"},
+                                               {GenerationParams::EmphasisMode::None, "none", "None"}};
 
 const EmphasisModeName& emphasis_mode_entry(GenerationParams::EmphasisMode mode) {
   for (const auto& entry : kEmphasisModes)
@@ -367,7 +368,7 @@ std::string emphasis_mode_name(GenerationParams::EmphasisMode mode) { return emp
 GenerationParams::EmphasisMode emphasis_mode_named(const std::string& name) {
   for (const auto& entry : kEmphasisModes)
     if (name == entry.name) return entry.mode;
-  throw Error(ErrorKind::Usage, "no emphasis mode is named \"" + name + "\" (original, no-norm or ignore)");
+  throw Error(ErrorKind::Usage, "no emphasis mode is named \"" + name + "\" (original, no-norm, ignore or none)");
 }
 
 std::string emphasis_mode_from_a1111(const std::string& label) {

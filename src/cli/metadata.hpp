@@ -91,8 +91,9 @@ std::string upscaler_from_a1111(const std::string& name);
 std::string pad_conds_flag(const std::string& name);
 
 // GenerationParams::emphasis_mode by the name --emphasis-mode and the txt2img JSON give it ("original", "no-norm",
-// "ignore"), and by the label of A1111's "Emphasis" field ("Original", "No norm", "Ignore"). emphasis_mode_named
-// throws Error(Usage) for another name; emphasis_mode_from_a1111 gives the name, or "" for another label.
+// "ignore", "none"), and by the label of A1111's "Emphasis" field ("Original", "No norm", "Ignore", "None").
+// emphasis_mode_named throws Error(Usage) for another name; emphasis_mode_from_a1111 gives the name, or "" for another
+// label.
 const std::vector<std::string>& emphasis_mode_names();
 std::string emphasis_mode_name(GenerationParams::EmphasisMode mode);
 GenerationParams::EmphasisMode emphasis_mode_named(const std::string& name);

@@ -279,7 +279,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                "guides by each prompt, weighted, and a trailing :2 doubles a prompt's guidance");
   app.add_option("--emphasis-mode", o.emphasis_mode,
                  "A1111's Emphasis mode (implies --emphasis): original scales each token's embedding by its weight, "
-                 "then each chunk back to its mean; no-norm only scales; ignore reads the brackets but not the weights")
+                 "then each chunk back to its mean; no-norm only scales; ignore reads the brackets but not the "
+                 "weights; none reads brackets as text (prompt editing and AND still work)")
       ->check(CLI::IsMember(emphasis_mode_names()))
       ->type_name("MODE")
       ->default_str("original");

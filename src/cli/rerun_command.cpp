@@ -309,7 +309,6 @@ std::string a1111_command(const std::string& text) {
           "larger than the command's");
   }
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
-  // A1111's "None" reads brackets as text but still edits prompts, which txt2img does only together.
   const std::string emphasis_mode = emphasis_mode_from_a1111(field("Emphasis"));
   if (!emphasis_mode.empty() && emphasis_mode != "original")
     args.insert(args.end(), {"--emphasis-mode", emphasis_mode});

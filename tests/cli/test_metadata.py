@@ -320,8 +320,7 @@ class Metadata(CliTestCase):
     def test_emphasis_mode_is_recorded_and_reproduced(self):
         """A1111's Emphasis mode: --emphasis-mode (which implies --emphasis) is "emphasis_mode" in the record and, as
         A1111 writes it, "Emphasis: No norm" where it is not Original and a text it read has a bracket; the command
-        that info gives makes the same image, and an A1111 image's field asks for the mode, but "None", which reads
-        brackets as text while still editing prompts."""
+        that info gives makes the same image, and an A1111 image's field asks for the mode."""
         prompt = "a (red:1.5) [fox]"
         result = self.txt2img(prompt, "--seed", "4", "--emphasis-mode", "no-norm", "-o", "a.png")
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -335,7 +334,7 @@ class Metadata(CliTestCase):
         again = run_printed_command(line, self.dir, TINY, "b.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
-        for mode, name in (("original", "c.png"), ("ignore", "d.png")):
+        for mode, name in (("original", "c.png"), ("ignore", "d.png"), ("none", "h.png")):
             self.assertEqual(self.txt2img(prompt, "--seed", "4", "--emphasis-mode", mode, "-o", name).returncode, 0)
             self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / name), mode)
         self.assertNotIn("Emphasis", png_text(self.dir / "c.png")["parameters"])
@@ -348,18 +347,19 @@ class Metadata(CliTestCase):
         self.assertEqual(self.txt2img("a fox", "--emphasis-mode", "no-norm", "-o", "f.png").returncode, 0)
         self.assertNotIn("Emphasis", png_text(self.dir / "f.png")["parameters"])
         self.assertEqual(json.loads(png_text(self.dir / "f.png")["txt2img"])["emphasis_mode"], "no-norm")
-        self.assertExit(self.txt2img("a fox", "--emphasis-mode", "none", "-o", "g.png"), EXIT_USAGE,
+        self.assertIn(", Emphasis: None, ", png_text(self.dir / "h.png")["parameters"])
+        self.assertExit(self.txt2img("a fox", "--emphasis-mode", "nothing", "-o", "g.png"), EXIT_USAGE,
                         "--emphasis-mode")
         self.assertFalse((self.dir / "g.png").exists())
         infotext = "a (fox)\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU, Emphasis: {}"
-        for label, mode in (("No norm", "no-norm"), ("Ignore", "ignore"), ("Original", None)):
+        for label, mode in (("No norm", "no-norm"), ("Ignore", "ignore"), ("None", "none"), ("Original", None)):
             result = a1111_command(self, infotext.format(label), f"{mode}.png")
             args = shlex.split(result.stdout)
             self.assertEqual(args[args.index("--emphasis-mode") + 1] if "--emphasis-mode" in args else None, mode)
             self.assertNotIn("not carried over", result.stderr)
-        result = a1111_command(self, infotext.format("None"), "none.png")
+        result = a1111_command(self, infotext.format("Strong"), "strong.png")
         self.assertNotIn("--emphasis-mode", result.stdout)
-        self.assertIn("Emphasis: None", result.stderr)
+        self.assertIn("Emphasis: Strong", result.stderr)
 
     def test_tcd_gamma_is_recorded_and_reproduced(self):
         """TCD's gamma is --eta: written "Sampler: TCD, ..., Eta: 0.3" (A1111 has no TCD) and in the record; the

@@ -647,8 +647,9 @@ TEST(Pipeline, EmphasisScalesTokensAndKeepsTheMeanAsA1111) {
 }
 
 // A1111's other emphasis modes: No norm scales each token's embedding by its weight and leaves the mean as that makes
-// it; Ignore reads the brackets (they are no tokens) but not the weights.
-TEST(Pipeline, EmphasisModesNoNormAndIgnore) {
+// it; Ignore reads the brackets (they are no tokens) but not the weights; None reads them as text, but prompt editing
+// still works.
+TEST(Pipeline, EmphasisModesNoNormIgnoreAndNone) {
   BundleCopy copy;
   shift_text_embeddings(copy);
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(copy.dir()), {});
@@ -662,9 +663,14 @@ TEST(Pipeline, EmphasisModesNoNormAndIgnore) {
   EXPECT_GT(std::abs(no_norm.mean().item<double>() - plain.mean().item<double>()), 1e-4);
   EXPECT_FALSE(torch::allclose(no_norm, text_embeddings(pipeline, "a (red:1.5) [cat]", true), 1e-4, 1e-4));
   EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a (red:1.5) [cat]", true, Mode::Ignore), plain));
-  // The escapes are read in every mode.
+  // The escapes are read in every mode but None.
   EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a ((red)) \\(cat\\)", true, Mode::Ignore),
                            text_embeddings(pipeline, "a red (cat)", false)));
+  EXPECT_TRUE(torch::equal(text_embeddings(pipeline, "a (red:1.5) \\(cat\\)", true, Mode::None),
+                           text_embeddings(pipeline, "a (red:1.5) \\(cat\\)", false)));
+  // Prompt editing: the two texts of its schedule, as with the other modes, where without emphasis it is one text.
+  EXPECT_EQ(text_embeddings(pipeline, "[a (red) cat:a dog:0.5]", true, Mode::None).size(0), 2);
+  EXPECT_EQ(text_embeddings(pipeline, "[a (red) cat:a dog:0.5]", false).size(0), 1);
 }
 
 // The cases of A1111's own code (tests/fixtures/make_a1111_conditioning_goldens.py), made on the reference tiny text
