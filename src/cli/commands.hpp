@@ -84,6 +84,7 @@ struct TokenizeOptions {
   bool json = false;
   bool long_prompts = false;  // as generating with --long-prompts: chunks instead of a cut-off
   bool emphasis = false;      // as generating with --emphasis
+  std::string emphasis_mode;  // as generating with --emphasis-mode (empty: original); implies emphasis
 };
 
 int run_generate(const GenerateOptions& options);

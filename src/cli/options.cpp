@@ -409,6 +409,12 @@ void configure_tokenize(CLI::App& app, TokenizeOptions& o) {
   app.add_flag("--long-prompts", o.long_prompts,
                "count as txt2img --long-prompts reads a prompt: whole, in chunks of 75 tokens");
   app.add_flag("--emphasis", o.emphasis, "read the prompt as txt2img --emphasis does: brackets and weights are no tokens");
+  app.add_option("--emphasis-mode", o.emphasis_mode,
+                 "read the prompt as txt2img --emphasis-mode MODE does (implies --emphasis): with none, brackets are "
+                 "tokens")
+      ->check(CLI::IsMember(emphasis_mode_names()))
+      ->type_name("MODE")
+      ->default_str("original");
   app.add_flag("--json", o.json, "print one JSON object per prompt");
   app.footer(exit_code_table());
 }

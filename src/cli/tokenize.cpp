@@ -82,13 +82,15 @@ int run_tokenize(const TokenizeOptions& o) {
   source.rewind();
   while (source.next(entry)) {
     // A JSON line's own settings, as generating reads it.
-    const bool emphasis = entry.emphasis.value_or(o.emphasis);
+    const bool emphasis = entry.emphasis.value_or(o.emphasis || !o.emphasis_mode.empty());
+    // Emphasis mode none reads prompt editing and AND but not the brackets (GenerationParams::parses_emphasis).
+    const bool brackets = emphasis && o.emphasis_mode != "none";
     const bool long_prompts = entry.long_prompts.value_or(o.long_prompts);
     const auto negative_text = negative_of(entry);
     const std::string model_prompt = model_prompt_of(entry);
-    const Tokenized prompt = tokenize(tokenizer, m, model_prompt, emphasis, long_prompts, "the prompt");
+    const Tokenized prompt = tokenize(tokenizer, m, model_prompt, brackets, long_prompts, "the prompt");
     std::optional<Tokenized> negative;
-    if (negative_text) negative = tokenize(tokenizer, m, *negative_text, emphasis, long_prompts, "the negative prompt");
+    if (negative_text) negative = tokenize(tokenizer, m, *negative_text, brackets, long_prompts, "the negative prompt");
     if (json) {
       auto j = to_json(entry.prompt, prompt);
       if (source.is_file()) j["line"] = entry.line;

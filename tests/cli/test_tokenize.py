@@ -98,6 +98,19 @@ class Tokenize(CliTestCase):
         self.assertEqual(json.loads(self.tokenize("a ((red:1.3)) [fox]", "--json", "--emphasis").stdout)["ids"], plain)
         self.assertNotEqual(json.loads(self.tokenize("a ((red:1.3)) [fox]", "--json").stdout)["ids"], plain)
 
+    def test_emphasis_modes_read_as_generating_reads(self):
+        """--emphasis-mode implies --emphasis; with none the brackets are tokens, prompt editing is still read."""
+        text = "a ((red:1.3)) [fox]"
+        ids = {mode: json.loads(self.tokenize(text, "--json", "--emphasis-mode", mode).stdout)["ids"]
+               for mode in ("original", "no-norm", "ignore", "none")}
+        emphasis = json.loads(self.tokenize(text, "--json", "--emphasis").stdout)["ids"]
+        plain = json.loads(self.tokenize(text, "--json").stdout)["ids"]
+        self.assertEqual([ids["original"], ids["no-norm"], ids["ignore"], ids["none"]],
+                         [emphasis, emphasis, emphasis, plain])
+        result = self.tokenize("a [red:blue:5] fox", "--emphasis-mode", "none")
+        self.assertIn("warning: the prompt uses A1111's prompt editing", result.stderr)
+        self.assertExit(self.tokenize("a fox", "--emphasis-mode", "nothing"), EXIT_USAGE, "--emphasis-mode")
+
     def test_prompt_editing_is_pointed_out(self):
         result = self.tokenize("a [red:blue:5] fox", "--emphasis")
         self.assertIn("warning: the prompt uses A1111's prompt editing", result.stderr)
