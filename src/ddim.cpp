@@ -38,13 +38,7 @@ class Ddim final : public Scheduler {
     const float beta_t = 1.0f - alpha_t;
 
     const auto x0 = vp_predict_x0(prediction_type_, model_output, sample, alpha_t);
-    torch::Tensor eps;
-    if (prediction_type_ == "epsilon")
-      eps = model_output;
-    else if (prediction_type_ == "sample")
-      eps = (sample - std::sqrt(alpha_t) * x0) / std::sqrt(beta_t);
-    else  // v_prediction
-      eps = std::sqrt(alpha_t) * model_output + std::sqrt(beta_t) * sample;
+    const auto eps = vp_predict_eps(prediction_type_, model_output, sample, x0, alpha_t);
 
     const float beta_prev = 1.0f - alpha_prev;
     const float variance = (beta_prev / beta_t) * (1.0f - alpha_t / alpha_prev);

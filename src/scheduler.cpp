@@ -281,6 +281,14 @@ torch::Tensor vp_predict_x0(const std::string& prediction_type, const torch::Ten
   return std::sqrt(alpha_t) * sample - std::sqrt(beta_t) * model_output;  // v_prediction
 }
 
+torch::Tensor vp_predict_eps(const std::string& prediction_type, const torch::Tensor& model_output,
+                             const torch::Tensor& sample, const torch::Tensor& x0, float alpha_t) {
+  const float beta_t = 1.0f - alpha_t;
+  if (prediction_type == "epsilon") return model_output;
+  if (prediction_type == "sample") return (sample - std::sqrt(alpha_t) * x0) / std::sqrt(beta_t);
+  return std::sqrt(alpha_t) * model_output + std::sqrt(beta_t) * sample;  // v_prediction
+}
+
 void check_noise(const torch::Tensor& noise, const torch::Tensor& sample) {
   if (!noise.defined() || noise.sizes() != sample.sizes())
     throw Error(ErrorKind::Runtime, "this scheduler step needs a standard-normal noise tensor shaped like the sample");

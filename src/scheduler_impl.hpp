@@ -155,6 +155,10 @@ torch::Tensor add_noise_vp(const torch::Tensor& x0, const torch::Tensor& noise, 
 // float32 order: (x - sqrt(1 - a) * eps) / sqrt(a), the output itself, or sqrt(a) * x - sqrt(1 - a) * v.
 torch::Tensor vp_predict_x0(const std::string& prediction_type, const torch::Tensor& model_output,
                             const torch::Tensor& sample, float alpha_t);
+// The noise the same model output implies, given its x0 (vp_predict_x0's), in diffusers' float32 order: the output
+// itself, (x - sqrt(a) * x0) / sqrt(1 - a), or sqrt(a) * v + sqrt(1 - a) * x.
+torch::Tensor vp_predict_eps(const std::string& prediction_type, const torch::Tensor& model_output,
+                             const torch::Tensor& sample, const torch::Tensor& x0, float alpha_t);
 
 // Throws Error(Runtime) unless `noise` is defined and shaped like `sample`.
 void check_noise(const torch::Tensor& noise, const torch::Tensor& sample);

@@ -26,17 +26,11 @@ class Tcd final : public ConsistencyScheduler {
     const int64_t next = call + 1 < timesteps_.size() ? static_cast<int64_t>(timesteps_[call + 1]) : 0;
     // (1 - eta) * prev_timestep: a Python float times an int64 tensor, computed in float32.
     const auto s = static_cast<int64_t>(std::floor(static_cast<float>(1.0 - gamma_) * static_cast<float>(next)));
-    const float alpha_t = alpha(call), beta_t = 1.0f - alpha_t;
+    const float alpha_t = alpha(call);
     const float alpha_s = alpha_at(s), beta_s = 1.0f - alpha_s;
 
     const auto x0 = vp_predict_x0(prediction_type_, model_output, sample, alpha_t);
-    torch::Tensor eps;
-    if (prediction_type_ == "epsilon")
-      eps = model_output;
-    else if (prediction_type_ == "sample")
-      eps = (sample - std::sqrt(alpha_t) * x0) / std::sqrt(beta_t);
-    else  // v_prediction
-      eps = std::sqrt(alpha_t) * model_output + std::sqrt(beta_t) * sample;
+    const auto eps = vp_predict_eps(prediction_type_, model_output, sample, x0, alpha_t);
     auto at_s = std::sqrt(alpha_s) * x0 + std::sqrt(beta_s) * eps;
 
     pred_original_sample_ = x0;
