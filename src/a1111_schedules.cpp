@@ -3,6 +3,7 @@
 // CompVisDenoiser). The arithmetic is A1111's on the CPU: float32 tensors, element by element where it loops over
 // 0-dim tensors (ATen's vectorised log and exp can round otherwise than its scalar ones), NumPy's float64 for
 // Align Your Steps' interpolation, and for Beta SciPy's beta.ppf, which is Boost.Math's ibeta_inv in double.
+#include <algorithm>
 #include <boost/math/special_functions/beta.hpp>
 #include <cmath>
 
@@ -128,7 +129,7 @@ std::vector<float> beta_sigmas(const DiscreteSchedule& schedule, int steps) {
   return out;
 }
 
-// A1111's sigmas of `steps` steps then 0.
+// A1111's sigmas of `steps` steps (DDIM's: of about as many) then 0.
 std::vector<float> a1111_sigmas(SigmaSchedule kind, const DiscreteSchedule& schedule, int steps) {
   std::vector<float> sigmas;
   switch (kind) {
@@ -168,6 +169,14 @@ std::vector<float> a1111_sigmas(SigmaSchedule kind, const DiscreteSchedule& sche
     case SigmaSchedule::kBeta:
       sigmas = beta_sigmas(schedule, steps);
       break;
+    case SigmaSchedule::kDdim: {
+      // Every (1000 // steps)-th training sigma from timestep 1 up, highest first: as many as fit, so more steps than
+      // asked for where the stride does not divide 999 (30 steps make 31).
+      const int64_t stride = std::max<int64_t>(schedule.size() / steps, 1);
+      for (int64_t t = 1; t < schedule.size(); t += stride) sigmas.push_back(schedule.sigma(t));
+      std::reverse(sigmas.begin(), sigmas.end());
+      break;
+    }
     default:
       throw Error(ErrorKind::Runtime, "a1111_sigmas: not one of A1111's own schedules");
   }

@@ -35,12 +35,12 @@ class Dpm2 final : public SigmaScheduler {
     }
     std::vector<double> timesteps;
     std::vector<float> sigmas;
-    for (int j = 0; j < steps; ++j) {
+    for (size_t j = 0; j + 1 < sigmas_.size(); ++j) {
       steps_.push_back({sigmas_[j], mid[j].item<float>(), end[j].item<float>(), up[j].item<float>()});
       // Karras timesteps are rounded here, as KDPM2 rounds them, unlike Euler's (and unlike exponential ones).
       timesteps.push_back(schedule == SigmaSchedule::kKarras ? std::nearbyint(timesteps_[j]) : timesteps_[j]);
       sigmas.push_back(sigmas_[j]);
-      if (j + 1 < steps) {
+      if (j + 2 < sigmas_.size()) {
         timesteps.push_back(sigma_to_t(steps_.back().mid, log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
         sigmas.push_back(steps_.back().mid);
       }

@@ -19,7 +19,7 @@ class A1111DpmPP2MSde final : public KDiffusionMultistepSde {
       : KDiffusionMultistepSde(config, steps, schedule, heun ? "dpmpp_2m_sde_heun" : "dpmpp_2m_sde_a1111") {
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order (eta * h is h).
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
-    for (int j = 0; j < steps; ++j) {
+    for (size_t j = 0; j + 1 < sigmas_.size(); ++j) {
       Step step{};
       if (sigmas_[j + 1] != 0.0f) {
         const auto sigma = f32(sigmas_[j]), next = f32(sigmas_[j + 1]);

@@ -19,7 +19,7 @@ class DpmPP2SAncestral final : public KDiffusionTwoCallScheduler {
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
     std::vector<Step> two_call_steps;
-    for (int j = 0; j < steps; ++j) {
+    for (size_t j = 0; j + 1 < sigmas_.size(); ++j) {
       const auto from = f32(sigmas_[j]);
       const auto [down, up] = ancestral_step(from, f32(sigmas_[j + 1]));
       Step step{};

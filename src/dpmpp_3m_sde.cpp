@@ -16,7 +16,7 @@ class DpmPP3MSde final : public KDiffusionMultistepSde {
       : KDiffusionMultistepSde(config, steps, schedule, "dpmpp_3m_sde", /*discard_next_to_last_sigma=*/true) {
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
-    for (int j = 0; j < steps; ++j) {
+    for (size_t j = 0; j + 1 < sigmas_.size(); ++j) {
       Step step{};
       if (sigmas_[j + 1] != 0.0f) {
         const auto h = f32(sigmas_[j + 1]).log().neg() - f32(sigmas_[j]).log().neg();

@@ -19,7 +19,7 @@ class DpmPPSde final : public KDiffusionTwoCallScheduler {
     // t.neg().exp() and t_fn(sigma) sigma.log().neg().
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
     std::vector<Step> two_call_steps;
-    for (int j = 0; j < steps; ++j) {
+    for (size_t j = 0; j + 1 < sigmas_.size(); ++j) {
       Step step{};
       step.sigma = sigmas_[j];
       Ends ends{};

@@ -96,6 +96,7 @@ constexpr ScheduleName kScheduleNames[] = {
     {detail::SigmaSchedule::kNormal, "normal", "Normal", true},
     {detail::SigmaSchedule::kPolyexponential, "polyexponential", "Polyexponential", true},
     {detail::SigmaSchedule::kBeta, "beta", "Beta", true},
+    {detail::SigmaSchedule::kDdim, "ddim", "DDIM", true},
 };
 
 // The names of A1111's own schedule types, in table order.

@@ -34,7 +34,8 @@ enum class SigmaSchedule {
   kSimple,
   kNormal,
   kPolyexponential,
-  kBeta
+  kBeta,
+  kDdim
 };
 // The schedule a sampler name's suffix names ("karras", "sgm_uniform", ...; "" for kSpaced), and back. Throws
 // Error(Runtime) for a suffix that names none.
@@ -54,8 +55,9 @@ std::vector<double> a1111_alphas_cumprod(const SchedulerConfig& config);
 // AUTOMATIC1111's schedule of one of its own kinds, as its modules/sd_schedulers.py computes it on k-diffusion's
 // discrete schedule of the model's training sigmas, which A1111's model holds as the original Stable Diffusion code
 // makes them (computed in float64, stored in float32; diffusers computes them in float32): the sigmas of `steps`
-// steps then 0, and the timestep k-diffusion hands the U-Net for each but the last. `discard_next_to_last`: the
-// schedule of steps + 1 without its next-to-last sigma, as A1111 gives its DPM2, DPM2 a and DPM++ 3M SDE.
+// steps (on DDIM's, of as many as its stride 1000 // steps fits: 31 for 30) then 0, and the timestep k-diffusion hands
+// the U-Net for each but the last. `discard_next_to_last`: the schedule of steps + 1 without its next-to-last sigma, as
+// A1111 gives its DPM2, DPM2 a and DPM++ 3M SDE.
 struct A1111Schedule {
   std::vector<float> sigmas;
   std::vector<double> timesteps;

@@ -710,14 +710,15 @@ class Samplers(CliTestCase):
         schedules = re.split(", | and ", schedules)
         bases = re.split(", | and ", bases)
         self.assertEqual(schedules, ["uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential",
-                                     "beta"])
+                                     "beta", "ddim"])
         self.assertIn("dpmpp_2m", bases)
         combined = [f"{base}_{schedules[i % len(schedules)]}" for i, base in enumerate(bases)]
         for sampler in samplers + combined:
             result = self.txt2img("a fox", "--sampler", sampler, "-o", f"{sampler}.png", "--seed", "1")
             self.assertEqual(result.returncode, 0, f"{sampler}: {result.stderr}")
         labels = {"uniform": "Uniform", "sgm_uniform": "SGM Uniform", "align_your_steps": "Align Your Steps",
-                  "simple": "Simple", "normal": "Normal", "polyexponential": "Polyexponential", "beta": "Beta"}
+                  "simple": "Simple", "normal": "Normal", "polyexponential": "Polyexponential", "beta": "Beta",
+                  "ddim": "DDIM"}
         schedule = schedules[bases.index("dpmpp_2m") % len(schedules)]
         self.assertIn(f"Sampler: DPM++ 2M, Schedule type: {labels[schedule]},",
                       png_text(self.dir / f"dpmpp_2m_{schedule}.png")["parameters"])
@@ -729,6 +730,20 @@ class Samplers(CliTestCase):
         self.assertNotIn("Beta schedule", png_text(self.dir / "euler_uniform.png")["parameters"])
         command = run(["info", "heun_align_your_steps.png", "--command"], self.dir)
         self.assertIn(" --sampler heun_align_your_steps ", command.stdout)
+
+    def test_ddim_schedule_type_takes_the_steps_its_stride_fits(self):
+        """A1111's DDIM schedule type steps every (1000 // steps)-th training timestep from 1 up: 7 steps take a stride
+        of 142 and make 8 calls, as A1111's do; the image records the 7 asked for, and reads back."""
+        result = self.txt2img("a fox", "--sampler", "euler_ddim", "--steps", "7", "-o", "a.png", "--seed", "1",
+                              "--json", "--json-progress")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        steps = [line for line in json_lines(result.stdout) if line.get("event") == "step"]
+        self.assertEqual([line["step"] for line in steps], list(range(1, 9)))
+        self.assertEqual({line["steps"] for line in steps}, {8})
+        parameters = png_text(self.dir / "a.png")["parameters"]
+        self.assertIn("Steps: 7, Sampler: Euler, Schedule type: DDIM,", parameters)
+        command = run(["info", "a.png", "--command"], self.dir)
+        self.assertIn(" --steps 7 --sampler euler_ddim ", command.stdout)
 
     def test_other_tools_sampler_names(self):
         # A1111's infotext name on the command line, diffusers' class name in a prompt file: the run records ours and

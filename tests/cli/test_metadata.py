@@ -745,6 +745,7 @@ class Metadata(CliTestCase):
                   "dpmpp_2m_beta", "Beta schedule alpha: 0.5"),
                  ("Sampler: DPM++ 2M, Schedule type: KL Optimal, Version: v1.10.1", "dpmpp_2m",
                   "Schedule type: KL Optimal"),
+                 ("Sampler: Euler a, Schedule type: DDIM, Version: v1.10.1", "euler_a_ddim", None),
                  ("Sampler: UniPC, Schedule type: SGM Uniform", "unipc", "Schedule type: SGM Uniform"),
                  # A1111 1.9 and later leave out a sampler's default schedule, Karras for DPM++ 2M; before, that
                  # name meant uniform sigmas, which Schedule type: Uniform states.

@@ -341,7 +341,7 @@ const txt2img::SafeTensors& a1111_schedule_goldens() {
 
 const std::vector<std::string>& a1111_schedules() {
   static const std::vector<std::string> names = {
-      "uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential", "beta"};
+      "uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential", "beta", "ddim"};
   return names;
 }
 
@@ -386,10 +386,13 @@ TEST(A1111Schedules, AreA1111sSigmas) {
       const std::string run = schedule + "/n" + std::to_string(steps);
       const auto sigmas = g.get(run + "/sigmas");
       const auto timesteps = g.get(run + "/timesteps");
+      // DDIM's takes as many steps as its stride fits: more than asked for where it does not divide 999.
+      const int64_t calls = timesteps.numel();
+      EXPECT_EQ(calls, schedule == "ddim" ? (999 + 1000 / steps - 1) / (1000 / steps) : steps) << run;
       for (const char* base : {"euler", "euler_a", "lms", "dpmpp_2m", "dpmpp_2m_sde"}) {
         const auto sched = txt2img::make_scheduler(std::string(base) + "_" + schedule, sd_config(), steps);
-        ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(steps)) << base << " " << run;
-        for (int i = 0; i < steps; ++i) {
+        ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(calls)) << base << " " << run;
+        for (int64_t i = 0; i < calls; ++i) {
           EXPECT_EQ(static_cast<float>(sched->a1111_sigma(i)), sigmas[i].item<float>())
               << base << " " << run << " " << i;
           EXPECT_NEAR(sched->timesteps()[i], timesteps[i].item<double>(), 1e-4) << base << " " << run << " " << i;
@@ -399,8 +402,8 @@ TEST(A1111Schedules, AreA1111sSigmas) {
       EXPECT_EQ(static_cast<float>(euler->init_noise_sigma()), sigmas[0].item<float>()) << run;
       // Heun's corrector calls take the next sigma, but the last step has none.
       const auto heun = txt2img::make_scheduler("heun_" + schedule, sd_config(), steps);
-      ASSERT_EQ(heun->timesteps().size(), static_cast<size_t>(2 * steps - 1)) << run;
-      for (int i = 1; i < steps; ++i)
+      ASSERT_EQ(heun->timesteps().size(), static_cast<size_t>(2 * calls - 1)) << run;
+      for (int64_t i = 1; i < calls; ++i)
         EXPECT_EQ(static_cast<float>(heun->a1111_sigma(2 * i - 1)), sigmas[i].item<float>());
     }
   }
@@ -424,6 +427,9 @@ std::vector<std::pair<std::string, int>> a1111_schedule_golden_cases() {
     for (const char* sampler : {"euler", "euler_a", "heun", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde_a1111",
                                 "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "dpmpp_2m", "dpm2", "dpm2_a", "lms"})
       for (int steps : {2, 10}) out.emplace_back(std::string(sampler) + "_" + schedule, steps);
+  // DDIM's schedule type at a step count its stride does not divide into 999: 8 steps for 7.
+  for (const char* sampler : {"euler", "heun", "dpmpp_sde", "dpmpp_3m_sde", "dpmpp_2m", "dpm2_a", "lms"})
+    out.emplace_back(std::string(sampler) + "_ddim", 7);
   return out;
 }
 
@@ -767,8 +773,7 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
 // The samplers on A1111's own schedule types, by schedule.
 std::vector<std::string> a1111_schedule_samplers() {
   std::vector<std::string> out;
-  for (const char* schedule :
-       {"uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential", "beta"})
+  for (const auto& schedule : a1111_schedules())
     for (const char* sampler : {"euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "lms",
                                 "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_a1111", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"})
       out.push_back(std::string(sampler) + "_" + schedule);
@@ -882,7 +887,7 @@ TEST(Scheduler, NamesAndValidation) {
     // The samplers on A1111's schedules are summed up: the schedules, then the samplers.
     for (const auto& name : diffusers_names) EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("schedule types uniform, sgm_uniform, align_your_steps, simple, normal, "
-                                         "polyexponential and beta: euler, euler_a, "),
+                                         "polyexponential, beta and ddim: euler, euler_a, "),
               std::string::npos)
         << e.what();
   }
