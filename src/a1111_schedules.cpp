@@ -129,8 +129,19 @@ std::vector<float> beta_sigmas(const DiscreteSchedule& schedule, int steps) {
   return out;
 }
 
-// A1111's sigmas of `steps` steps (DDIM's: of about as many) then 0.
+// A1111's kl_optimal: steps + 1 sigmas from the largest training sigma to the smallest, evenly spaced in arctan sigma
+// (float32 tensors: the step indices over steps, arctan of each end, tan of their blend). No 0 ends it.
+std::vector<float> kl_optimal_sigmas(const DiscreteSchedule& schedule, int steps) {
+  const auto alpha_min = torch::scalar_tensor(schedule.sigma_min(), torch::kFloat32).arctan();
+  const auto alpha_max = torch::scalar_tensor(schedule.sigma_max(), torch::kFloat32).arctan();
+  const auto fraction = torch::arange(steps + 1, torch::kLong) / steps;
+  const auto values = torch::tan(fraction * alpha_min + (1.0 - fraction) * alpha_max).contiguous();
+  return {values.data_ptr<float>(), values.data_ptr<float>() + values.numel()};
+}
+
+// A1111's sigmas of `steps` steps (DDIM's: of about as many) then 0; KL Optimal's end at the smallest training sigma.
 std::vector<float> a1111_sigmas(SigmaSchedule kind, const DiscreteSchedule& schedule, int steps) {
+  if (kind == SigmaSchedule::kKlOptimal) return kl_optimal_sigmas(schedule, steps);
   std::vector<float> sigmas;
   switch (kind) {
     case SigmaSchedule::kUniform: {

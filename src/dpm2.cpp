@@ -3,7 +3,8 @@
 // next makes an Euler call at s to a midpoint sigma (the geometric mean of s and the step's target) and a call there,
 // whose derivative then carries the step's start sample the whole way. The ancestral variant's target is its "down"
 // sigma, and fresh noise scaled by its "up" sigma completes the step. The last step is the Euler call alone, to
-// sigma 0. N steps thus make 2N - 1 U-Net calls, the midpoints' at fractional timesteps.
+// sigma 0. N steps thus make 2N - 1 U-Net calls, the midpoints' at fractional timesteps (2N on A1111's KL Optimal
+// schedule, which ends above 0).
 #include "scheduler_impl.hpp"
 
 #include <cmath>
@@ -27,7 +28,7 @@ class Dpm2 final : public SigmaScheduler {
       end = torch::pow(next.pow(2) - up.pow(2), 0.5);
       end[-1] = 0.0f;
       mid = s.log().lerp(end.log(), 0.5).exp();
-      mid.slice(0, -2).zero_();  // as diffusers sets them: the last step's Euler call goes to sigma 0
+      mid.masked_fill_(end.eq(0), 0);  // as diffusers sets them: a step to sigma 0 is one Euler call
     } else {
       end = s.slice(0, 1);
       mid = s.log().lerp(s.roll(1).log(), 0.5).exp().slice(0, 1);
@@ -40,12 +41,12 @@ class Dpm2 final : public SigmaScheduler {
       // Karras timesteps are rounded here, as KDPM2 rounds them, unlike Euler's (and unlike exponential ones).
       timesteps.push_back(schedule == SigmaSchedule::kKarras ? std::nearbyint(timesteps_[j]) : timesteps_[j]);
       sigmas.push_back(sigmas_[j]);
-      if (j + 2 < sigmas_.size()) {
+      if (steps_.back().mid != 0.0f) {  // a step to sigma 0 makes no midpoint call
         timesteps.push_back(sigma_to_t(steps_.back().mid, log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
         sigmas.push_back(steps_.back().mid);
       }
     }
-    sigmas.push_back(0.0f);
+    sigmas.push_back(sigmas_.back());
     timesteps_ = std::move(timesteps);
     sigmas_ = std::move(sigmas);
   }

@@ -40,8 +40,8 @@ torch::Tensor DpmSolverPP2M::step(const torch::Tensor& model_output, size_t call
   const auto x0 = predict_x0(model_output, sample, call);
   const float h = t.lambda - s0.lambda;
   // Second order needs a previous x0 of this run (none at its first call, also where start_at entered the
-  // schedule); the final step (to sigma 0) is always first order.
-  const bool second_order = call > first_call_ && call + 1 < timesteps_.size();
+  // schedule); a step to sigma 0 (the final one but on A1111's KL Optimal schedule) is first order.
+  const bool second_order = call > first_call_ && sigmas_[call + 1] != 0.0f;
   torch::Tensor d1;
   if (second_order) {
     const Vp s1(sigmas_[call - 1]);
@@ -60,6 +60,9 @@ torch::Tensor DpmSolverPP2M::step(const torch::Tensor& model_output, size_t call
     if (second_order) prev = prev + (0.5f * coeff) * d1;
     prev = prev + (t.sigma * std::sqrt(1.0f - decay)) * noise;
   }
+  // A1111's samples are x0 + sigma * noise: where its schedule ends above sigma 0 (KL Optimal), the result leaves this
+  // space (alpha is 1 at sigma 0).
+  if (call + 1 == timesteps_.size()) prev = prev / t.alpha;
   previous_x0_ = x0;
   pred_original_sample_ = x0;
   ++next_call_;

@@ -3,8 +3,8 @@
 // with the input scaling and start of k-diffusion's CompVisDenoiser and sampling loop. Each step from sigma s goes down
 // to the ancestral "down" sigma with DPM-Solver++(2S): a first-order step in log sigma to the midpoint (the geometric
 // mean of s and the down sigma), a call there, and its denoised sample carries the step's start the whole way; fresh
-// noise scaled by the "up" sigma completes it. The last step is one Euler call to sigma 0. N steps make 2N - 1 U-Net
-// calls, the midpoints' at fractional timesteps.
+// noise scaled by the "up" sigma completes it. The last step is one Euler call to sigma 0 (but on A1111's KL Optimal
+// schedule, which ends above it). N steps make 2N - 1 U-Net calls, the midpoints' at fractional timesteps.
 #include <cmath>
 
 #include "scheduler_impl.hpp"

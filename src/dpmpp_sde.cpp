@@ -4,8 +4,8 @@
 // mean of s and n), a call there, and from the step's start an ancestral step toward n that takes the midpoint's
 // denoised sample. Both ancestral steps add the Brownian motion's normalised increment, from s to m and from s to n,
 // scaled by their "up" sigmas: the noise A1111 takes from one Brownian tree per image seed (NoiseSource::brownian).
-// The last step is one Euler call to sigma 0. N steps make 2N - 1 U-Net calls, the midpoints' at fractional
-// timesteps.
+// The last step is one Euler call to sigma 0 (but on A1111's KL Optimal schedule, which ends above it). N steps make 2N
+// - 1 U-Net calls, the midpoints' at fractional timesteps.
 #include "scheduler_impl.hpp"
 
 namespace txt2img::detail {

@@ -2,7 +2,8 @@
 // use_exponential_sigmas): Heun's second-order method on the
 // probability-flow ODE in sigma space. Each step is an Euler predictor call to the next sigma and a corrector call
 // there, which steps again from the predictor's start with the mean of both derivatives; the last step, to sigma 0,
-// is the predictor alone. N steps thus make 2N - 1 U-Net calls, each sigma but the first and the last twice.
+// is the predictor alone. N steps thus make 2N - 1 U-Net calls, each sigma but the first and the last twice (2N on
+// A1111's KL Optimal schedule, which ends above 0, so that k-diffusion corrects its last step too).
 #include "scheduler_impl.hpp"
 
 namespace txt2img::detail {
@@ -14,14 +15,20 @@ class Heun final : public SigmaScheduler {
     require_prediction_type(config, std::string("heun") + schedule_suffix(schedule),
                             {"epsilon", "v_prediction", "sample"});
     // diffusers: sigmas [s0, s1, s1, ..., s(N-1), s(N-1), 0] and timesteps [t0, t1, t1, ..., t(N-1), t(N-1)],
-    // one sigma (the U-Net input's) per call plus the final 0, as SigmaScheduler keeps them.
+    // one sigma (the U-Net input's) per call plus the final 0, as SigmaScheduler keeps them. A final sigma above 0
+    // takes a corrector call too, at the timestep k-diffusion gives that sigma.
     std::vector<double> timesteps = {timesteps_.front()};
     std::vector<float> sigmas = {sigmas_.front()};
     for (size_t i = 1; i < timesteps_.size(); ++i) {
       timesteps.insert(timesteps.end(), 2, timesteps_[i]);
       sigmas.insert(sigmas.end(), 2, sigmas_[i]);
     }
-    sigmas.push_back(0.0f);
+    const float final_sigma = sigmas_.back();
+    if (final_sigma != 0.0f) {
+      timesteps.push_back(sigma_to_t(final_sigma, log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
+      sigmas.push_back(final_sigma);
+    }
+    sigmas.push_back(final_sigma);
     timesteps_ = std::move(timesteps);
     sigmas_ = std::move(sigmas);
   }

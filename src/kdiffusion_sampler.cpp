@@ -68,7 +68,7 @@ void KDiffusionTwoCallScheduler::set_steps(std::vector<Step> steps) {
       sigmas.push_back(sigma);
     }
   }
-  sigmas.push_back(0.0f);
+  sigmas.push_back(sigmas_.back());
   steps_ = std::move(steps);
   timesteps_ = std::move(timesteps);
   sigmas_ = std::move(sigmas);
@@ -82,7 +82,7 @@ torch::Tensor KDiffusionTwoCallScheduler::step(const torch::Tensor& model_output
   torch::Tensor prev;
   if (call % 2 == 0) {
     pred_original_sample_ = denoised(model_output, sample, step.sigma);
-    if (step.mid == 0.0f) {  // the last step: Euler to sigma 0
+    if (step.mid == 0.0f) {  // a step to sigma 0: Euler
       const auto derivative = (sample - pred_original_sample_) / step.sigma;
       prev = sample + derivative * (0.0f - step.sigma);
     } else {

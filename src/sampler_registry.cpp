@@ -97,6 +97,7 @@ constexpr ScheduleName kScheduleNames[] = {
     {detail::SigmaSchedule::kPolyexponential, "polyexponential", "Polyexponential", true},
     {detail::SigmaSchedule::kBeta, "beta", "Beta", true},
     {detail::SigmaSchedule::kDdim, "ddim", "DDIM", true},
+    {detail::SigmaSchedule::kKlOptimal, "kl_optimal", "KL Optimal", true},
 };
 
 // The names of A1111's own schedule types, in table order.

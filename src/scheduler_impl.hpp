@@ -35,7 +35,8 @@ enum class SigmaSchedule {
   kNormal,
   kPolyexponential,
   kBeta,
-  kDdim
+  kDdim,
+  kKlOptimal
 };
 // The schedule a sampler name's suffix names ("karras", "sgm_uniform", ...; "" for kSpaced), and back. Throws
 // Error(Runtime) for a suffix that names none.
@@ -55,9 +56,9 @@ std::vector<double> a1111_alphas_cumprod(const SchedulerConfig& config);
 // AUTOMATIC1111's schedule of one of its own kinds, as its modules/sd_schedulers.py computes it on k-diffusion's
 // discrete schedule of the model's training sigmas, which A1111's model holds as the original Stable Diffusion code
 // makes them (computed in float64, stored in float32; diffusers computes them in float32): the sigmas of `steps`
-// steps (on DDIM's, of as many as its stride 1000 // steps fits: 31 for 30) then 0, and the timestep k-diffusion hands
-// the U-Net for each but the last. `discard_next_to_last`: the schedule of steps + 1 without its next-to-last sigma, as
-// A1111 gives its DPM2, DPM2 a and DPM++ 3M SDE.
+// steps (on DDIM's, of as many as its stride 1000 // steps fits: 31 for 30) then 0 (KL Optimal's end at the smallest
+// training sigma instead), and the timestep k-diffusion hands the U-Net for each but the last. `discard_next_to_last`:
+// the schedule of steps + 1 without its next-to-last sigma, as A1111 gives its DPM2, DPM2 a and DPM++ 3M SDE.
 struct A1111Schedule {
   std::vector<float> sigmas;
   std::vector<double> timesteps;
@@ -189,7 +190,7 @@ class SigmaScheduler : public Scheduler {
   // "original_sample": the output itself).
   torch::Tensor predict_x0(const torch::Tensor& model_output, const torch::Tensor& sample, float sigma) const;
 
-  std::vector<float> sigmas_;  // one per call, then 0
+  std::vector<float> sigmas_;  // one per call, then the final sigma: 0 but on A1111's KL Optimal schedule
   // The float32 logs of the training sigmas that timesteps interpolate (sigma_to_t): diffusers' or, on A1111's own
   // schedules, A1111's.
   std::vector<float> log_sigmas_;
@@ -254,7 +255,7 @@ class ConsistencyScheduler : public Scheduler {
 };
 
 // k-diffusion's multistep SDE samplers as A1111 runs them (its DPM++ 2M SDE, 2M SDE Heun and 3M SDE): one call per
-// step, at the timestep CompVisDenoiser gives the step's sigma, and in every step but the last, which returns the
+// step, at the timestep CompVisDenoiser gives the step's sigma, and in every step but one to sigma 0, which returns the
 // denoised sample, the Brownian increment from the step's sigma to the next.
 class KDiffusionMultistepSde : public KDiffusionScheduler {
  public:
@@ -267,7 +268,7 @@ class KDiffusionMultistepSde : public KDiffusionScheduler {
 };
 
 // k-diffusion's samplers that call the model twice a step, at the step's sigma and at a midpoint, but once in the last
-// step, an Euler step to sigma 0 (DPM++ 2S a, DPM++ SDE): the first call takes a first-order step toward the midpoint
+// step to sigma 0, an Euler step (DPM++ 2S a, DPM++ SDE): the first call takes a first-order step toward the midpoint
 // (adding noise where needs_noise says so), the second carries the step's start to the step's end with the midpoint's
 // denoised sample and adds noise.
 class KDiffusionTwoCallScheduler : public KDiffusionScheduler {
@@ -314,7 +315,8 @@ struct Vp {
 // whole timesteps np.linspace(0, num_train_timesteps - 1, steps + 1).round()[::-1][:-1] with their training sigmas, or
 // Karras sigmas between the training extremes at their rounded training timesteps; then a final sigma 0;
 // init_noise_sigma 1. Or one of A1111's own schedules at A1111's fractional timesteps, starting from A1111's
-// noise * sigmas[0] in this space. The U-Net input is unscaled.
+// noise * sigmas[0] in this space (and on KL Optimal's, which ends above sigma 0, ending in A1111's space). The U-Net
+// input is unscaled.
 class LogSnrScheduler : public Scheduler {
  public:
   double init_noise_sigma() const override { return init_noise_sigma_; }
@@ -329,7 +331,7 @@ class LogSnrScheduler : public Scheduler {
   // The x0 prediction of a model output for the sample at call `call`'s sigma (convert_model_output).
   torch::Tensor predict_x0(const torch::Tensor& model_output, const torch::Tensor& sample, size_t call) const;
 
-  std::vector<float> sigmas_;  // one per call, then 0
+  std::vector<float> sigmas_;  // one per call, then the final sigma: 0 but on A1111's KL Optimal schedule
 
  private:
   std::string prediction_type_;

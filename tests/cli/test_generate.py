@@ -710,7 +710,7 @@ class Samplers(CliTestCase):
         schedules = re.split(", | and ", schedules)
         bases = re.split(", | and ", bases)
         self.assertEqual(schedules, ["uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential",
-                                     "beta", "ddim"])
+                                     "beta", "ddim", "kl_optimal"])
         self.assertIn("dpmpp_2m", bases)
         combined = [f"{base}_{schedules[i % len(schedules)]}" for i, base in enumerate(bases)]
         for sampler in samplers + combined:
@@ -718,7 +718,7 @@ class Samplers(CliTestCase):
             self.assertEqual(result.returncode, 0, f"{sampler}: {result.stderr}")
         labels = {"uniform": "Uniform", "sgm_uniform": "SGM Uniform", "align_your_steps": "Align Your Steps",
                   "simple": "Simple", "normal": "Normal", "polyexponential": "Polyexponential", "beta": "Beta",
-                  "ddim": "DDIM"}
+                  "ddim": "DDIM", "kl_optimal": "KL Optimal"}
         schedule = schedules[bases.index("dpmpp_2m") % len(schedules)]
         self.assertIn(f"Sampler: DPM++ 2M, Schedule type: {labels[schedule]},",
                       png_text(self.dir / f"dpmpp_2m_{schedule}.png")["parameters"])
@@ -744,6 +744,21 @@ class Samplers(CliTestCase):
         self.assertIn("Steps: 7, Sampler: Euler, Schedule type: DDIM,", parameters)
         command = run(["info", "a.png", "--command"], self.dir)
         self.assertIn(" --steps 7 --sampler euler_ddim ", command.stdout)
+
+    def test_kl_optimal_schedule_type_ends_above_sigma_0(self):
+        """A1111's KL Optimal schedule ends at the smallest training sigma, not at 0, so that Heun corrects its last
+        step too, as k-diffusion does: 3 steps make 6 calls where they make 5 on the other schedules."""
+        calls = {}
+        for sampler in ["heun_kl_optimal", "heun_uniform"]:
+            result = self.txt2img("a fox", "--sampler", sampler, "--steps", "3", "-o", f"{sampler}.png", "--seed", "1",
+                                  "--json", "--json-progress")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            calls[sampler] = len([line for line in json_lines(result.stdout) if line.get("event") == "step"])
+        self.assertEqual(calls, {"heun_kl_optimal": 6, "heun_uniform": 5})
+        self.assertIn("Steps: 3, Sampler: Heun, Schedule type: KL Optimal,",
+                      png_text(self.dir / "heun_kl_optimal.png")["parameters"])
+        command = run(["info", "heun_kl_optimal.png", "--command"], self.dir)
+        self.assertIn(" --sampler heun_kl_optimal ", command.stdout)
 
     def test_other_tools_sampler_names(self):
         # A1111's infotext name on the command line, diffusers' class name in a prompt file: the run records ours and

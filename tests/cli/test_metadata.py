@@ -743,8 +743,9 @@ class Metadata(CliTestCase):
                   "euler_beta", None),
                  ("Sampler: DPM++ 2M, Schedule type: Beta, Beta schedule alpha: 0.5, Beta schedule beta: 0.6",
                   "dpmpp_2m_beta", "Beta schedule alpha: 0.5"),
-                 ("Sampler: DPM++ 2M, Schedule type: KL Optimal, Version: v1.10.1", "dpmpp_2m",
-                  "Schedule type: KL Optimal"),
+                 ("Sampler: DPM++ 2M, Schedule type: KL Optimal, Version: v1.10.1", "dpmpp_2m_kl_optimal", None),
+                 ("Sampler: Euler, Schedule type: Align Your Steps GITS, Version: f2.0.1v1.10.1-previous-669",
+                  "euler", "Schedule type: Align Your Steps GITS"),
                  ("Sampler: Euler a, Schedule type: DDIM, Version: v1.10.1", "euler_a_ddim", None),
                  ("Sampler: UniPC, Schedule type: SGM Uniform", "unipc", "Schedule type: SGM Uniform"),
                  # A1111 1.9 and later leave out a sampler's default schedule, Karras for DPM++ 2M; before, that

@@ -340,8 +340,9 @@ const txt2img::SafeTensors& a1111_schedule_goldens() {
 }
 
 const std::vector<std::string>& a1111_schedules() {
-  static const std::vector<std::string> names = {
-      "uniform", "sgm_uniform", "align_your_steps", "simple", "normal", "polyexponential", "beta", "ddim"};
+  static const std::vector<std::string> names = {"uniform", "sgm_uniform", "align_your_steps",
+                                                 "simple",  "normal",      "polyexponential",
+                                                 "beta",    "ddim",        "kl_optimal"};
   return names;
 }
 
@@ -400,9 +401,12 @@ TEST(A1111Schedules, AreA1111sSigmas) {
       }
       const auto euler = txt2img::make_scheduler("euler_" + schedule, sd_config(), steps);
       EXPECT_EQ(static_cast<float>(euler->init_noise_sigma()), sigmas[0].item<float>()) << run;
-      // Heun's corrector calls take the next sigma, but the last step has none.
+      // Heun's corrector calls take the next sigma, but the last step to sigma 0 has none (KL Optimal's ends above
+      // 0).
       const auto heun = txt2img::make_scheduler("heun_" + schedule, sd_config(), steps);
-      ASSERT_EQ(heun->timesteps().size(), static_cast<size_t>(2 * calls - 1)) << run;
+      const bool ends_at_zero = sigmas[-1].item<float>() == 0.0f;
+      EXPECT_EQ(ends_at_zero, schedule != "kl_optimal") << run;
+      ASSERT_EQ(heun->timesteps().size(), static_cast<size_t>(2 * calls - (ends_at_zero ? 1 : 0))) << run;
       for (int64_t i = 1; i < calls; ++i)
         EXPECT_EQ(static_cast<float>(heun->a1111_sigma(2 * i - 1)), sigmas[i].item<float>());
     }
@@ -887,7 +891,7 @@ TEST(Scheduler, NamesAndValidation) {
     // The samplers on A1111's schedules are summed up: the schedules, then the samplers.
     for (const auto& name : diffusers_names) EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("schedule types uniform, sgm_uniform, align_your_steps, simple, normal, "
-                                         "polyexponential, beta and ddim: euler, euler_a, "),
+                                         "polyexponential, beta, ddim and kl_optimal: euler, euler_a, "),
               std::string::npos)
         << e.what();
   }
@@ -1616,8 +1620,12 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
           EXPECT_TRUE(torch::allclose(x, sched->add_noise(x0, n, i + 1), 1e-5, 1e-5))
               << name << " from " << k << " call " << i << ": " << (x - sched->add_noise(x0, n, i + 1)).abs().max();
       }
-      // DEIS stops at the smallest training sigma too (deis_karras at its last Karras sigma, which is that sigma).
-      const auto end = name == "ddim" || name.rfind("deis", 0) == 0 ? vp_noised(x0, n, 0) : x0;
+      // DEIS stops at the smallest training sigma too (deis_karras at its last Karras sigma, which is that sigma), and
+      // so does A1111's KL Optimal schedule, in sigma space: sqrt(beta_0 / (1 - beta_0)) away from x0.
+      const bool kl_optimal = txt2img::split_sampler_name(name).schedule == "kl_optimal";
+      const auto end = name == "ddim" || name.rfind("deis", 0) == 0 ? vp_noised(x0, n, 0)
+                       : kl_optimal                                 ? x0 + n * std::sqrt(0.00085 / (1 - 0.00085))
+                                                                    : x0;
       EXPECT_TRUE(torch::allclose(x, end, 1e-5, 1e-5)) << name << " from " << k << ": " << (x - end).abs().max();
     }
   }
