@@ -723,6 +723,8 @@ class Metadata(CliTestCase):
                  ("Sampler: Euler, Schedule type: Exponential", "euler_exponential", None),
                  ("Sampler: DPM2 a, Schedule type: Exponential", "dpm2_a_exponential", "next-to-last sigma"),
                  ("Sampler: DDIM, Schedule type: Exponential", "ddim", "Schedule type: Exponential"),
+                 # A1111's DDIM schedule type is for its k-diffusion samplers; its DDIM sampler runs on timesteps.
+                 ("Sampler: DDIM, Schedule type: DDIM, Version: v1.10.1", "ddim_a1111", "Schedule type: DDIM"),
                  # A1111 1.6 and later run their own DDIM; before, the original SD code's, diffusers' where the
                  # steps divide 1000.
                  ("Sampler: DDIM, Version: v1.10.1", "ddim_a1111", None),
