@@ -49,8 +49,37 @@ KDiffusionMultistepSde::KDiffusionMultistepSde(const SchedulerConfig& config, in
                                                const std::string& name, bool discard_next_to_last_sigma)
     : KDiffusionScheduler(config, steps, schedule, name, discard_next_to_last_sigma) {
   timesteps_.clear();
-  for (size_t j = 0; j + 1 < sigmas_.size(); ++j)
+  // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
+  const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
+  for (size_t j = 0; j + 1 < sigmas_.size(); ++j) {
     timesteps_.push_back(sigma_to_t(sigmas_[j], log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
+    Step step{};
+    if (sigmas_[j + 1] != 0.0f) {
+      step.h = f32(sigmas_[j + 1]).log().neg() - f32(sigmas_[j]).log().neg();
+      step.noise_scale = (step.h * -2).expm1().neg().sqrt().item<float>();
+    }
+    steps_.push_back(step);
+  }
+}
+
+torch::Tensor KDiffusionMultistepSde::step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
+                                           const torch::Tensor& noise) {
+  check_step(call, next_call_, timesteps_.size(), model_output, sample);
+  const Step& step = steps_[call];
+  const auto denoised_now = denoised(model_output, sample, sigmas_[call]);
+  torch::Tensor prev;
+  if (sigmas_[call + 1] == 0.0f) {
+    prev = denoised_now;
+  } else {
+    check_noise(noise, sample);
+    prev = corrected(sample * step.to_next + denoised_now * step.to_next_x0, denoised_now, call);
+    prev = prev + noise * sigmas_[call + 1] * step.noise_scale;
+  }
+  denoised_2_ = denoised_1_;
+  denoised_1_ = denoised_now;
+  pred_original_sample_ = denoised_now;
+  ++next_call_;
+  return prev;
 }
 
 std::optional<BrownianIncrement> KDiffusionMultistepSde::brownian_increment(size_t call) const {

@@ -255,16 +255,35 @@ class ConsistencyScheduler : public Scheduler {
 };
 
 // k-diffusion's multistep SDE samplers as A1111 runs them (its DPM++ 2M SDE, 2M SDE Heun and 3M SDE): one call per
-// step, at the timestep CompVisDenoiser gives the step's sigma, and in every step but one to sigma 0, which returns the
-// denoised sample, the Brownian increment from the step's sigma to the next.
+// step, at the timestep CompVisDenoiser gives the step's sigma. A step to sigma 0 returns the denoised sample; any
+// other takes the sampler's first-order SDE step, corrects it with the denoised samples of the run's earlier calls
+// (the sampler's order) and adds the Brownian increment from the step's sigma to the next, scaled.
 class KDiffusionMultistepSde : public KDiffusionScheduler {
  public:
   bool needs_noise(size_t call) const override { return call < timesteps_.size() && sigmas_[call + 1] != 0.0f; }
   std::optional<BrownianIncrement> brownian_increment(size_t call) const override;
+  torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
+                     const torch::Tensor& noise) final;
 
  protected:
+  // Sets each step's h and noise scale; the sampler sets its first-order factors.
   KDiffusionMultistepSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule, const std::string& name,
                          bool discard_next_to_last_sigma = false);
+
+  // `first_order` (step `call`'s first-order step) with the sampler's correction from `denoised` and the run's
+  // earlier denoised samples (denoised_1_, denoised_2_: undefined where the run has none), in k-diffusion's order of
+  // operations.
+  virtual torch::Tensor corrected(const torch::Tensor& first_order, const torch::Tensor& denoised,
+                                  size_t call) const = 0;
+
+  struct Step {
+    torch::Tensor h;  // log(sigma / next) on float32 0-dim tensors: the step's length (undefined in a step to 0)
+    float to_next;    // the first-order step's factors of the sample and of the denoised sample
+    float to_next_x0;
+    float noise_scale;  // sqrt(-expm1(-2h)), the noise's scale after the next sigma's
+  };
+  std::vector<Step> steps_;
+  torch::Tensor denoised_1_, denoised_2_;  // the previous two calls' denoised samples; none at a (late) start
 };
 
 // k-diffusion's samplers that call the model twice a step, at the step's sigma and at a midpoint, but once in the last
