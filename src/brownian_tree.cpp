@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "philox.hpp"
 #include "txt2img/error.hpp"
 
 namespace txt2img::detail {
@@ -107,8 +108,8 @@ struct BrownianTree::Node {
   torch::Tensor w;  // the cached increment, if any
 };
 
-BrownianTree::BrownianTree(double t0, double t1, std::vector<int64_t> shape, uint64_t entropy)
-    : shape_(std::move(shape)), entropy_(entropy) {
+BrownianTree::BrownianTree(double t0, double t1, std::vector<int64_t> shape, uint64_t entropy, NoiseRng rng)
+    : shape_(std::move(shape)), entropy_(entropy), rng_(rng) {
   if (!(t0 < t1)) throw Error(ErrorKind::Runtime, "BrownianTree needs t0 < t1");
   root_ = std::make_unique<Node>(round(t0), round(t1), nullptr, false);
   // The root's increment from the first of three words of the plain entropy (pool 24), scaled by the unrounded
@@ -120,6 +121,7 @@ BrownianTree::BrownianTree(double t0, double t1, std::vector<int64_t> shape, uin
 BrownianTree::~BrownianTree() = default;
 
 torch::Tensor BrownianTree::randn(uint32_t seed) const {
+  if (rng_ == NoiseRng::kNv) return philox_randn(seed, 0, shape_);
   auto generator = at::detail::createCPUGenerator(seed);
   return torch::randn(shape_, generator, torch::kFloat32);
 }
@@ -212,14 +214,14 @@ torch::Tensor BrownianTree::operator()(double ta, double tb) {
 }
 
 BrownianTreeNoise::BrownianTreeNoise(float sigma_min, float sigma_max, const std::vector<int64_t>& shape,
-                                     const std::vector<uint64_t>& seeds) {
+                                     const std::vector<uint64_t>& seeds, NoiseRng rng) {
   if (shape.empty() || shape[0] != static_cast<int64_t>(seeds.size()))
     throw Error(ErrorKind::Runtime, "BrownianTreeNoise takes one seed per row");
   // BatchedBrownianTree orders the ends (float32 compare) and remembers which way round they came.
   sign_ = sigma_min < sigma_max ? 1 : -1;
   const double t0 = std::min(sigma_min, sigma_max), t1 = std::max(sigma_min, sigma_max);
   const std::vector<int64_t> row(shape.begin() + 1, shape.end());
-  for (uint64_t seed : seeds) trees_.push_back(std::make_unique<BrownianTree>(t0, t1, row, seed));
+  for (uint64_t seed : seeds) trees_.push_back(std::make_unique<BrownianTree>(t0, t1, row, seed, rng));
 }
 
 torch::Tensor BrownianTreeNoise::operator()(float sigma, float sigma_next) {

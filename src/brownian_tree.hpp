@@ -10,6 +10,8 @@
 #include <memory>
 #include <vector>
 
+#include "txt2img/noise.hpp"
+
 namespace txt2img::detail {
 
 // NumPy's np.random.SeedSequence(entropy, spawn_key, pool_size).generate_state(n_words) as uint32 words. `entropy` and
@@ -27,7 +29,9 @@ double python_round(double x, int ndigits);
 class BrownianTree {
  public:
   // torchsde.BrownianTree(t0, w0=zeros(shape, float32), t1, entropy): t0 < t1 are the times as the caller's floats.
-  BrownianTree(double t0, double t1, std::vector<int64_t> shape, uint64_t entropy);
+  // torchsde draws each node's normals from a fresh torch generator of the node's seed on the samples' device: `rng`
+  // kCpu is the CPU's, kNv an NVIDIA GPU's (A1111's NV imitation of it, philox_randn at offset 0).
+  BrownianTree(double t0, double t1, std::vector<int64_t> shape, uint64_t entropy, NoiseRng rng = NoiseRng::kCpu);
   ~BrownianTree();
   BrownianTree(const BrownianTree&) = delete;
   BrownianTree& operator=(const BrownianTree&) = delete;
@@ -45,6 +49,7 @@ class BrownianTree {
 
   std::vector<int64_t> shape_;
   uint64_t entropy_;
+  NoiseRng rng_;
   std::unique_ptr<Node> root_;
   // torchsde keeps the increments of the 45 intervals used last (and always the root's); an increment dropped is
   // recomputed from its parent's with the same seeds, so the cache only saves time and never changes a value.
@@ -59,7 +64,7 @@ class BrownianTreeNoise {
  public:
   // `shape` is the batch's ([N, ...]), with one seed per row.
   BrownianTreeNoise(float sigma_min, float sigma_max, const std::vector<int64_t>& shape,
-                    const std::vector<uint64_t>& seeds);
+                    const std::vector<uint64_t>& seeds, NoiseRng rng = NoiseRng::kCpu);
   torch::Tensor operator()(float sigma, float sigma_next);
 
  private:

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "brownian_tree.hpp"
+#include "philox.hpp"
 #include "txt2img/error.hpp"
 
 namespace txt2img {
@@ -37,11 +38,12 @@ void paste_centred(const torch::Tensor& from, torch::Tensor& into) {
 }  // namespace
 
 SeededNoise::SeededNoise(std::vector<uint64_t> seeds, std::vector<Variation> variations, uint64_t eta_noise_seed_delta,
-                         SeedResize resize)
+                         SeedResize resize, NoiseRng rng)
     : seeds_(std::move(seeds)),
       variations_(std::move(variations)),
       eta_noise_seed_delta_(eta_noise_seed_delta),
-      resize_(resize) {
+      resize_(resize),
+      rng_(rng) {
   if (!variations_.empty() && variations_.size() != seeds_.size())
     throw Error(ErrorKind::Usage, std::to_string(seeds_.size()) + " seeds take one variation each or none, not " +
                                       std::to_string(variations_.size()));
@@ -67,7 +69,7 @@ torch::Tensor SeededNoise::brownian(const std::vector<int64_t>& shape, const Bro
                                         std::to_string(increment.sigma_max));
   if (!trees_ || trees_shape_ != shape || trees_span_[0] != increment.sigma_min ||
       trees_span_[1] != increment.sigma_max) {
-    trees_ = std::make_unique<detail::BrownianTreeNoise>(increment.sigma_min, increment.sigma_max, shape, seeds_);
+    trees_ = std::make_unique<detail::BrownianTreeNoise>(increment.sigma_min, increment.sigma_max, shape, seeds_, rng_);
     trees_shape_ = shape;
     trees_span_[0] = increment.sigma_min;
     trees_span_[1] = increment.sigma_max;
@@ -81,9 +83,18 @@ void SeededNoise::check_batch(const std::vector<int64_t>& shape) const {
                                       " images takes as many seeds, not " + std::to_string(seeds_.size()));
 }
 
+SeededNoise::Generator::Generator(NoiseRng rng, uint64_t seed) : rng_(rng), seed_(seed) {
+  if (rng_ == NoiseRng::kCpu) cpu_ = at::detail::createCPUGenerator(seed);
+}
+
+torch::Tensor SeededNoise::Generator::randn(const std::vector<int64_t>& shape) {
+  if (rng_ == NoiseRng::kNv) return detail::philox_randn(seed_, draws_++, shape);
+  return torch::randn(shape, cpu_, torch::kFloat32);
+}
+
 void SeededNoise::seed_generators(uint64_t delta) {
   generators_.clear();
-  for (uint64_t seed : seeds_) generators_.push_back(at::detail::createCPUGenerator(seed + delta));
+  for (uint64_t seed : seeds_) generators_.emplace_back(rng_, seed + delta);
 }
 
 torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
@@ -100,15 +111,11 @@ torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
   const bool resized = seed_shape != row_shape;
   std::vector<torch::Tensor> rows;
   for (size_t k = 0; k < generators_.size(); ++k) {
-    auto row = torch::randn(row_shape, generators_[k], torch::kFloat32);
+    auto row = generators_[k].randn(row_shape);
     auto seed_noise = row;
-    if (resized) {
-      auto fresh = at::detail::createCPUGenerator(seeds_[k]);
-      seed_noise = torch::randn(seed_shape, fresh, torch::kFloat32);
-    }
+    if (resized) seed_noise = Generator(rng_, seeds_[k]).randn(seed_shape);
     if (first_draw_ && !variations_.empty() && variations_[k].strength != 0) {
-      auto variation = at::detail::createCPUGenerator(variations_[k].seed);
-      const auto other = torch::randn(seed_shape, variation, torch::kFloat32);
+      const auto other = Generator(rng_, variations_[k].seed).randn(seed_shape);
       seed_noise = slerp_noise(variations_[k].strength, seed_noise[0], other[0]).unsqueeze(0);
     }
     if (resized)

@@ -27,6 +27,7 @@ struct GenerateOptions {
   // A1111's Seed resize from: "WxH", the size in pixels of each image's seed noise (empty: none).
   std::string seed_resize_from;
   uint64_t ensd = 0;  // A1111's eta noise seed delta, SeededNoise's eta_noise_seed_delta
+  std::string rng = "cpu";  // cpu or nv: SeededNoise's NoiseRng
   std::string sampler = "ddim";
   int steps = 50;
   double cfg_scale = 7.5;

@@ -318,7 +318,8 @@ class Generator {
     }
     // A1111 takes the noise's size as pixels // 8, its latents' scale.
     const int scale = manifest_.vae_scale_factor;
-    SeededNoise noise(seeds, variations, o_.ensd, {seed_resize_.second / scale, seed_resize_.first / scale});
+    SeededNoise noise(seeds, variations, o_.ensd, {seed_resize_.second / scale, seed_resize_.first / scale},
+                      o_.rng == "nv" ? NoiseRng::kNv : NoiseRng::kCpu);
     StepObserver observer(reporter_, o_, previews_);
     const auto start = Clock::now();
     const auto images = pipeline_->generate(prompts, negatives, batch[0].params, noise, &observer);
@@ -340,6 +341,7 @@ class Generator {
     std::tie(record.seed_resize_width, record.seed_resize_height) = seed_resize_;
     // As A1111 records it: where it moved noise the sampler drew.
     record.ensd = image.drew_step_noise ? o_.ensd : 0;
+    record.rng = o_.rng;
     record.steps = job.params.steps;
     record.sampler = job.params.sampler;
     record.cfg_scale = job.params.cfg_scale;

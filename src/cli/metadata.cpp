@@ -172,8 +172,8 @@ std::string a1111_parameters(const ImageRecord& r) {
   if (r.inpainting) params.emplace_back("Conditional mask weight", "1.0");
   if (r.clip_skip != 1) params.emplace_back("Clip skip", std::to_string(r.clip_skip));  // A1111 omits the default
   if (r.ensd != 0) params.emplace_back("ENSD", std::to_string(r.ensd));
-  // The initial noise comes from a CPU generator per image, which A1111 calls "RNG: CPU".
-  params.emplace_back("RNG", "CPU");
+  // The noise comes from a generator per image: PyTorch's CPU one, A1111's "RNG: CPU", or A1111's NV one.
+  params.emplace_back("RNG", r.rng == "nv" ? "NV" : "CPU");
   if (r.tiling) params.emplace_back("Tiling", "True");
   if (r.hires.enabled()) {
     params.emplace_back("Hires upscale", slider_number(r.hires.scale));
@@ -332,7 +332,6 @@ nlohmann::ordered_json reproduction_json(const ImageRecord& r) {
   j.update(settings_json(r));
   j.update(nlohmann::ordered_json{
       {"model", model},
-      {"rng", "cpu"},
       {"dtype", r.dtype},
       {"device", r.device},
       {"safety", {{"mode", r.safety}, {"nsfw", r.nsfw}}},
@@ -386,6 +385,7 @@ nlohmann::ordered_json settings_json(const ImageRecord& r) {
                                                                             {"height", r.seed_resize_height}}
                                                    : nlohmann::ordered_json(nullptr)},
       {"ensd", r.ensd},
+      {"rng", r.rng},
       {"steps", r.steps},
       {"sampler", r.sampler},
       {"cfg_scale", r.cfg_scale},

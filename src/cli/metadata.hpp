@@ -29,6 +29,7 @@ struct ImageRecord {
   int seed_resize_width = 0;  // A1111's Seed resize from, in pixels (0: none)
   int seed_resize_height = 0;
   uint64_t ensd = 0;     // A1111's eta noise seed delta
+  std::string rng = "cpu";  // the noise's generator: cpu or nv (GenerateOptions::rng)
   int steps = 0;
   std::string sampler;
   double cfg_scale = 0;

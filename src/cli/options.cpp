@@ -224,6 +224,12 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
          "seed + N")
       ->type_name("N")
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
+  app.add_option("--rng", o.rng,
+                 "where the noise comes from: cpu (PyTorch's CPU generator, A1111's RNG: CPU) or nv (A1111's RNG: NV, "
+                 "PyTorch's NVIDIA GPU generator imitated on the CPU: what A1111 draws by default on an NVIDIA card, "
+                 "so that its images' seeds give their images here)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "nv"}));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
   app.add_option("--steps", o.steps,
                  "denoising steps, 1 to 1000 (1 to 50 with lcm; at least 2 with ddim_a1111 and plms_a1111; at "

@@ -74,6 +74,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
           std::to_string(size.at("width").get<int>()) + "x" + std::to_string(size.at("height").get<int>()));
     }
     if (r.value("ensd", uint64_t{0}) != 0) add("--ensd", r.at("ensd"));
+    if (r.value("rng", std::string("cpu")) != "cpu") add("--rng", r.at("rng"));
     add("--steps", r.at("steps"));
     add("--sampler", r.at("sampler"));
     add("--cfg-scale", r.at("cfg_scale"));
@@ -176,6 +177,11 @@ std::string a1111_command(const std::string& text) {
   take("Seed resize from", "--seed-resize-from");
   take_whole("Steps", "--steps", 1, 1000);
   take_whole("ENSD", "--ensd", 0, kLargest);
+  // stable-diffusion.cpp writes A1111's fields, with "Version: stable-diffusion.cpp" and its own generators' names.
+  const bool made_by_sdcpp = field("Version").find("stable-diffusion.cpp") != std::string::npos;
+  // A1111's GPU noise (its default, which it leaves unwritten) is what NV imitates on an NVIDIA card.
+  if (!made_by_sdcpp && (field("RNG") == "NV" || field("RNG") == "GPU" || field("RNG").empty()))
+    args.insert(args.end(), {"--rng", "nv"});
   // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). Before 1.9 a
   // sampler's name held its schedule ("DPM++ 2M Karras"); 1.9 and later name it apart ("Sampler: DPM++ 2M, Schedule
   // type: Karras") and leave it out where it is the sampler's default ("Automatic"), which is not uniform for every
@@ -380,21 +386,26 @@ std::string a1111_command(const std::string& text) {
           std::strtod(value.c_str(), nullptr) == kBetaScheduleShape))
       left_out.push_back(key + ": " + value);
   // What the command leaves out, for stderr; the image's own text in it is made printable.
+  const auto uses = [&](const char* prefix) {
+    return sampler.rfind(prefix, 0) == 0 || hires_sampler.rfind(prefix, 0) == 0;
+  };
+  const bool uses_brownian_trees =
+      uses("dpmpp_sde") || uses("dpmpp_2m_sde_a1111") || uses("dpmpp_2m_sde_heun") || uses("dpmpp_3m_sde");
   std::ostringstream said;
-  // stable-diffusion.cpp writes A1111's fields, with "Version: stable-diffusion.cpp" and its own generators' names.
-  const bool made_by_sdcpp = field("Version").find("stable-diffusion.cpp") != std::string::npos;
   said << "made by " << (made_by_txt2img || made_by_sdcpp ? "" : "AUTOMATIC1111 ")
        << (field("Version").empty() ? "" : field("Version") + " ") << model_hint(field("Model"), field("Model hash"));
   for (const auto& note : notes) said << note << "\n";
   if (made_by_sdcpp)
     said << "its noise came from stable-diffusion.cpp's own generator (RNG: " << field("RNG")
          << "), not PyTorch's CPU generator, so the same seed draws other noise here and the image will differ\n";
-  else if (field("RNG") != "CPU")
-    said << "its noise came from A1111's GPU generator (no \"RNG: CPU\"), so the same seed draws other noise "
-            "here and the image will differ\n";
-  const auto uses = [&](const char* prefix) {
-    return sampler.rfind(prefix, 0) == 0 || hires_sampler.rfind(prefix, 0) == 0;
-  };
+  else if (field("RNG") == "GPU" || field("RNG").empty())
+    said << "A1111 drew its noise on the GPU (its default: no \"RNG: CPU\"): --rng nv draws what PyTorch draws on "
+            "an NVIDIA GPU, so the image is one made on an NVIDIA card, up to the card's float rounding (an AMD, "
+            "Intel or Apple GPU draws other noise)\n";
+  else if (field("RNG") == "CPU" && !made_by_txt2img && uses_brownian_trees)
+    said << "A1111 draws the Brownian trees of DPM++ SDE, 2M SDE and 3M SDE on the device it runs on whatever its "
+            "RNG setting: made on a GPU, the image took the GPU's tree noise, which txt2img draws only with --rng "
+            "nv (and then the initial noise too), so it will differ\n";
   // On A1111's own schedules txt2img's DPM2 takes A1111's sigmas.
   const auto dpm2_on_diffusers_sigmas = [](const std::string& s) {
     return s.rfind("dpm2", 0) == 0 && !on_a1111_schedule(s);

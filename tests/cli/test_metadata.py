@@ -624,6 +624,37 @@ class Metadata(CliTestCase):
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual((self.dir / "bidi.png").read_bytes(), (self.dir / "bidi2.png").read_bytes())
 
+    def test_rng_nv_is_recorded_and_read_back(self):
+        """--rng nv draws A1111's NV noise: another image than the CPU generator's from the same seed, recorded as
+        "RNG: NV" and "rng": "nv", and made again by the command info gives back. An A1111 image's RNG field becomes
+        --rng: NV, GPU and none (A1111's default, its GPU) are nv, saying what a GPU image is; CPU is the default, with a
+        note where the sampler's Brownian trees came from whatever device A1111 ran on."""
+        for rng in ["nv", "cpu"]:
+            result = self.txt2img("a fox", "--sampler", "euler_a", "--steps", "3", "--rng", rng, "-o", f"{rng}.png",
+                                  "--seed", "4", "--json")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(json_lines(result.stdout)[0]["rng"], rng)
+        self.assertNotEqual(png_pixels(self.dir / "nv.png"), png_pixels(self.dir / "cpu.png"))
+        text = png_text(self.dir / "nv.png")
+        self.assertIn(", RNG: NV, ", text["parameters"])
+        self.assertEqual(json.loads(text["txt2img"])["rng"], "nv")
+        command = run(["info", "nv.png", "--command"], self.dir)
+        self.assertIn(" --rng nv ", command.stdout)
+        again = run_printed_command(command.stdout, self.dir, TINY, "again.png")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(png_pixels(self.dir / "again.png"), png_pixels(self.dir / "nv.png"))
+        self.assertNotIn("--rng", run(["info", "cpu.png", "--command"], self.dir).stdout)
+        base = "a fox\nSteps: 3, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 32x32"
+        cases = [(", RNG: NV", "nv", None), (", RNG: GPU", "nv", "drew its noise on the GPU"),
+                 ("", "nv", "drew its noise on the GPU"), (", RNG: CPU", None, "Brownian trees")]
+        for i, (field, rng, note) in enumerate(cases):
+            result = a1111_command(self, base + field + ", Version: v1.10.1", f"a1111-{i}.png")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            args = shlex.split(result.stdout)
+            self.assertEqual(args[args.index("--rng") + 1] if "--rng" in args else None, rng, field)
+            for known in ["drew its noise on the GPU", "Brownian trees"]:
+                (self.assertIn if known == note else self.assertNotIn)(known, result.stderr)
+
     def test_info_command_reads_an_a1111_image(self):
         infotext = ('a (red) fox, "quoted"\nby the sea\nNegative prompt: dogs\n'
                     'Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 12, Size: 32x32, '
@@ -638,7 +669,7 @@ class Metadata(CliTestCase):
         self.assertIn("AUTOMATIC1111 v1.10.1 with the model v1-5-pruned-emaonly [6ce0161689]", result.stderr)
         self.assertIn("not carried over (no txt2img equivalent): Hires upscale: 2; "
                       "Lora hashes: ink: 0123456789ab, sea: ba9876543210", result.stderr)
-        self.assertNotIn("GPU generator", result.stderr)
+        self.assertNotIn("drew its noise on the GPU", result.stderr)
         again = run_printed_command(result.stdout, self.dir, TINY, "b.png")
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertIn("Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 12, Size: 32x32",
@@ -651,13 +682,14 @@ class Metadata(CliTestCase):
             self.assertEqual(result.returncode, 0, result.stderr)
             self.assertTrue(result.stdout.startswith("txt2img 'a fox"), result.stdout[:80])
 
-        # A sampler without an equivalent is left out (the default runs), and GPU noise is pointed out.
+        # A sampler without an equivalent is left out (the default runs), and GPU noise is drawn as NV, saying so.
         other = "a fox\nSteps: 20, Sampler: Restart, CFG scale: 7, Seed: 1, Size: 512x512"
         result = a1111_command(self, other, "restart.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertNotIn("--sampler", result.stdout)
+        self.assertIn(" --rng nv ", result.stdout)
         self.assertIn("Sampler: Restart", result.stderr)
-        self.assertIn("GPU generator", result.stderr)
+        self.assertIn("A1111 drew its noise on the GPU", result.stderr)
 
         # A prompt starting with "-" would read as a flag in the positional place.
         dash = "- a fox -\nNegative prompt: -dogs\nSteps: 2, Seed: 3, Size: 32x32, RNG: CPU"
@@ -777,7 +809,9 @@ class Metadata(CliTestCase):
                 self.assertIn(note, result.stderr)
             else:
                 self.assertNotIn("not carried over", result.stderr)
-                self.assertNotIn("Brownian", result.stderr)
+                # The one note of an RNG: CPU image: where its trees came from depends on A1111's device.
+                trees = sampler.startswith(("dpmpp_sde", "dpmpp_2m_sde_a1111", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"))
+                self.assertEqual("Brownian trees" in result.stderr, trees, fields)
         # On A1111's own schedule types txt2img's DPM2 takes the sigmas A1111 gives it.
         result = a1111_command(self, "a fox\nSteps: 3, Sampler: DPM2 a, Schedule type: SGM Uniform, CFG scale: 7, "
                                      "Seed: 1, Size: 32x32, RNG: CPU", "dpm2.png")

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "philox.hpp"
 #include "txt2img/safetensors.hpp"
 
 namespace {
@@ -83,3 +84,14 @@ TEST(BrownianTree, NoiseMatchesKDiffusionsBrownianTreeNoiseSampler) {
 }
 
 }  // namespace
+
+// On an NVIDIA GPU torchsde draws a node's normals from a fresh CUDA generator of its seed: the root's increment is
+// the Philox draw at offset 0 of the first word of the entropy's seed sequence, times the span's root.
+TEST(BrownianTree, NvDrawsEachNodeFromPhiloxAtItsSeed) {
+  const std::vector<int64_t> shape = {4, 3, 5};
+  txt2img::detail::BrownianTree tree(0.5, 2.5, shape, 31337, txt2img::NoiseRng::kNv);
+  const auto seed = txt2img::detail::seed_sequence_state(txt2img::detail::uint32_words(31337), {}, 24, 3)[0];
+  EXPECT_TRUE(torch::equal(tree(0.5, 2.5), txt2img::detail::philox_randn(seed, 0, shape) * std::sqrt(2.0)));
+  txt2img::detail::BrownianTree cpu(0.5, 2.5, shape, 31337);
+  EXPECT_FALSE(torch::allclose(tree(0.5, 1.0), cpu(0.5, 1.0)));
+}

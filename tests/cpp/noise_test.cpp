@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "philox.hpp"
 #include "txt2img/error.hpp"
 
 namespace {
@@ -30,6 +31,36 @@ TEST(SeededNoise, EachRowIsItsSeedsSequence) {
   EXPECT_TRUE(torch::equal(first[1], randn(9, kShape)[0]));
   noise.restart();
   EXPECT_TRUE(torch::equal(noise.draw({2, 4, 6, 5}), first));
+}
+
+// With A1111's NV generator a row's draws are Philox's at counter offsets 0, 1, 2, ... of its seed, as A1111's
+// ImageRNG draws them (first noise, then each step's); its ENSD seeds the draws after the first anew, a variation's
+// noise and a seed resize's come from fresh generators of their seeds, and restart begins again.
+TEST(SeededNoise, NvRowsArePhiloxDrawsOfTheirSeeds) {
+  using txt2img::detail::philox_randn;
+  txt2img::SeededNoise noise({5, 9}, {}, 0, {}, txt2img::NoiseRng::kNv);
+  const auto first = noise.draw({2, 4, 6, 5}), second = noise.draw({2, 4, 6, 5});
+  EXPECT_TRUE(torch::equal(first[0], philox_randn(5, 0, kShape)[0]));
+  EXPECT_TRUE(torch::equal(first[1], philox_randn(9, 0, kShape)[0]));
+  EXPECT_TRUE(torch::equal(second[1], philox_randn(9, 1, kShape)[0]));
+  noise.restart();
+  EXPECT_TRUE(torch::equal(noise.draw({2, 4, 6, 5}), first));
+
+  txt2img::SeededNoise ensd({5}, {}, 31337, {}, txt2img::NoiseRng::kNv);
+  EXPECT_TRUE(torch::equal(ensd.draw(kShape), philox_randn(5, 0, kShape)));
+  EXPECT_TRUE(torch::equal(ensd.draw(kShape), philox_randn(5 + 31337, 0, kShape)));
+  EXPECT_TRUE(torch::equal(ensd.draw(kShape), philox_randn(5 + 31337, 1, kShape)));
+
+  txt2img::SeededNoise varied({5}, {{100, 0.3}}, 0, {}, txt2img::NoiseRng::kNv);
+  EXPECT_TRUE(torch::equal(varied.draw(kShape)[0],
+                           txt2img::slerp_noise(0.3, philox_randn(5, 0, kShape)[0], philox_randn(100, 0, kShape)[0])));
+
+  // Resized from 2x3 latents: the seed's noise at that size, centred in the row generator's own first draw.
+  txt2img::SeededNoise resized({5}, {}, 0, {2, 3}, txt2img::NoiseRng::kNv);
+  auto expected = philox_randn(5, 0, kShape);
+  expected.narrow(2, 2, 2).narrow(3, 1, 3).copy_(philox_randn(5, 0, {1, 4, 2, 3}));
+  EXPECT_TRUE(torch::equal(resized.draw(kShape), expected));
+  EXPECT_TRUE(torch::equal(resized.draw(kShape), philox_randn(5, 1, kShape)));
 }
 
 // A1111's slerp, in double from the same two draws: along each image row (dim 1 of [C, H, W]) the noise moves on
