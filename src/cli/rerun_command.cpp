@@ -179,8 +179,10 @@ std::string a1111_command(const std::string& text) {
   take_whole("ENSD", "--ensd", 0, kLargest);
   // stable-diffusion.cpp writes A1111's fields, with "Version: stable-diffusion.cpp" and its own generators' names.
   const bool made_by_sdcpp = field("Version").find("stable-diffusion.cpp") != std::string::npos;
-  // A1111's GPU noise (its default, which it leaves unwritten) is what NV imitates on an NVIDIA card.
-  if (!made_by_sdcpp && (field("RNG") == "NV" || field("RNG") == "GPU" || field("RNG").empty()))
+  // A1111's GPU noise (its default, which it leaves unwritten) is what NV imitates on an NVIDIA card, and
+  // stable-diffusion.cpp's "cuda" generator is A1111's NV in float32.
+  const bool sdcpp_nv = made_by_sdcpp && field("RNG") == "cuda";
+  if (sdcpp_nv || (!made_by_sdcpp && (field("RNG") == "NV" || field("RNG") == "GPU" || field("RNG").empty())))
     args.insert(args.end(), {"--rng", "nv"});
   // A1111's sampler and schedule type fields as one of our samplers (empty where txt2img has none). Before 1.9 a
   // sampler's name held its schedule ("DPM++ 2M Karras"); 1.9 and later name it apart ("Sampler: DPM++ 2M, Schedule
@@ -395,7 +397,10 @@ std::string a1111_command(const std::string& text) {
   said << "made by " << (made_by_txt2img || made_by_sdcpp ? "" : "AUTOMATIC1111 ")
        << (field("Version").empty() ? "" : field("Version") + " ") << model_hint(field("Model"), field("Model hash"));
   for (const auto& note : notes) said << note << "\n";
-  if (made_by_sdcpp)
+  if (sdcpp_nv)
+    said << "stable-diffusion.cpp's cuda generator is A1111's NV noise with its Box-Muller step in float32: --rng nv "
+            "draws the same noise up to float rounding, though its samplers are its own\n";
+  else if (made_by_sdcpp)
     said << "its noise came from stable-diffusion.cpp's own generator (RNG: " << field("RNG")
          << "), not PyTorch's CPU generator, so the same seed draws other noise here and the image will differ\n";
   else if (field("RNG") == "GPU" || field("RNG").empty())

@@ -858,14 +858,21 @@ class Metadata(CliTestCase):
 
     def test_info_command_names_stable_diffusion_cpp_and_its_generator(self):
         """stable-diffusion.cpp writes A1111's fields with its own version and generator: named as such, and its
-        sampler on its default (discrete) schedule, which is A1111's Uniform."""
+        sampler on its default (discrete) schedule, which is A1111's Uniform; its cuda generator (a float32 port of
+        A1111's NV) is --rng nv, its std_default one has no equivalent."""
         result = a1111_command(self, "a fox\nSteps: 3, CFG scale: 7.0, Seed: 42, Size: 32x32, RNG: cuda, "
                                      "Sampler: dpm++2m, Version: stable-diffusion.cpp", "sdcpp.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(" --sampler dpmpp_2m_uniform ", result.stdout)
+        self.assertIn(" --rng nv ", result.stdout)
         self.assertIn("made by stable-diffusion.cpp ", result.stderr)
         self.assertNotIn("AUTOMATIC1111", result.stderr)
-        self.assertIn("its noise came from stable-diffusion.cpp's own generator (RNG: cuda)", result.stderr)
+        self.assertIn("stable-diffusion.cpp's cuda generator is A1111's NV noise", result.stderr)
+        result = a1111_command(self, "a fox\nSteps: 3, CFG scale: 7.0, Seed: 42, Size: 32x32, RNG: std_default, "
+                                     "Sampler: euler, Version: stable-diffusion.cpp", "sdcpp-std.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("--rng", result.stdout)
+        self.assertIn("its noise came from stable-diffusion.cpp's own generator (RNG: std_default)", result.stderr)
 
     def test_info_command_keeps_a1111_lora_tags(self):
         """A1111's LoRA tags stay in the prompt, which txt2img reads too: its "Lora hashes" then name what the model
