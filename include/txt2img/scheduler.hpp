@@ -79,8 +79,8 @@ class Scheduler {
   void start_at(size_t step);
   // The U-Net call this run starts at: 0, or start_at's entry (the first call of its step; for ddim_a1111 later).
   size_t first_call() const { return first_call_; }
-  // The U-Net calls of a step: 2 for Heun, DPM2, DPM++ 2S a and DPM++ SDE (whose last step makes one, but on KL
-  // Optimal), 1 for the others.
+  // The U-Net calls of a step: 2 for Heun, DPM2, DPM++ 2S a and DPM++ SDE (whose last step makes one, two on
+  // KL Optimal's schedule), 1 for the others.
   size_t calls_per_step() const { return first_call_of_step(1); }
   // Why this sampler cannot start at a later call (start_at's error); empty where it can.
   virtual std::string why_it_cannot_start_later() const { return {}; }
