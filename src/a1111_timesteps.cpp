@@ -75,7 +75,7 @@ class A1111Ddim final : public Scheduler {
       : v_prediction_(config.prediction_type == "v_prediction"), eta_(eta) {
     steps_ = a1111_steps(config, steps, "ddim_a1111");
     // How many more timesteps (steps_.size() + 1) there are than requested steps, and one more: A1111 enters a call
-    // late (entry_call).
+    // late (enter).
     entry_offset_ = steps_.size() + 1 - static_cast<size_t>(steps) + 1;
     for (const auto& s : steps_) {
       timesteps_.push_back(static_cast<double>(s.t));
@@ -116,7 +116,7 @@ class A1111Ddim final : public Scheduler {
   // A1111 enters a schedule of `steps` steps at t_enc = its pass's steps - 1 counted from the lowest timestep, and
   // calls from the one below: for start_at(steps - pass steps), start_at(0) included, one call later than the step,
   // and later still where the schedule has more timesteps than steps.
-  size_t entry_call(size_t step) const override {
+  size_t enter(size_t step) override {
     const size_t call = step + entry_offset_;
     if (call >= timesteps_.size())
       throw Error(ErrorKind::Usage,

@@ -66,6 +66,9 @@ const Sampler kSamplers[] = {
     {"dpmpp_3m_sde", kStartsLate},
     {"dpmpp_3m_sde_karras", kStartsLate},
     {"dpmpp_3m_sde_exponential", kStartsLate},
+    {"restart", kStartsLate},
+    {"restart_karras", kStartsLate},
+    {"restart_exponential", kStartsLate},
     {"lms", kStartsLate},
     {"lms_karras", kStartsLate},
     {"lms_exponential", kStartsLate},
@@ -125,7 +128,8 @@ constexpr const char* kA1111ScheduleSamplers[] = {"euler",
                                                   "dpmpp_2m_sde",
                                                   "dpmpp_2m_sde_a1111",
                                                   "dpmpp_2m_sde_heun",
-                                                  "dpmpp_3m_sde"};
+                                                  "dpmpp_3m_sde",
+                                                  "restart"};
 
 // kSamplers, then the samplers on A1111's schedules (which start late but run no zero-terminal-SNR model).
 const std::vector<Sampler>& all_samplers() {
@@ -328,6 +332,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (base == "dpmpp_2m_sde_a1111" || base == "dpmpp_2m_sde_heun")
     return detail::make_a1111_dpmpp_2m_sde(config, steps, schedule, base == "dpmpp_2m_sde_heun");
   if (base == "dpmpp_3m_sde") return detail::make_dpmpp_3m_sde(config, steps, schedule);
+  if (base == "restart") return detail::make_restart(config, steps, schedule);
   if (base == "lms") return detail::make_lms(config, steps, schedule);
   if (base == "unipc") return detail::make_unipc(config, steps, schedule == SigmaSchedule::kKarras);
   if (base == "deis") return detail::make_deis(config, steps, schedule == SigmaSchedule::kKarras);

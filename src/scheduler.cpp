@@ -129,14 +129,14 @@ void Scheduler::start_at(size_t step) {
     const std::string why = why_it_cannot_start_later();
     if (!why.empty()) throw Error(ErrorKind::Usage, why);
   }
-  const size_t call = entry_call(step);
-  if (call >= timesteps_.size())
-    throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(step) + ") is call " +
-                                        std::to_string(call) + " but the schedule has " +
-                                        std::to_string(timesteps_.size()) + " U-Net calls");
   if (next_call_ != first_call_)
-    throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(step) + ") after a step: a run's start is "
-                                    "set before its first step");
+    throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(step) +
+                                        ") after a step: a run's start is "
+                                        "set before its first step");
+  const size_t call = enter(step);
+  if (call >= timesteps_.size())
+    throw Error(ErrorKind::Runtime, "scheduler start_at(" + std::to_string(step) + ") is call " + std::to_string(call) +
+                                        " but the schedule has " + std::to_string(timesteps_.size()) + " U-Net calls");
   first_call_ = next_call_ = call;
 }
 

@@ -90,6 +90,8 @@ std::unique_ptr<Scheduler> make_dpmpp_3m_sde(const SchedulerConfig& config, int 
 // DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step), on diffusers' sigmas, Karras
 // sigmas or one of A1111's own schedules (diffusers v0.31's exponential sigmas fail in these two classes).
 std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool sde);
+// AUTOMATIC1111's Restart: Heun steps with, from 20 steps on, a stretch of the schedule run again after noise.
+std::unique_ptr<Scheduler> make_restart(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 std::unique_ptr<Scheduler> make_unipc(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_deis(const SchedulerConfig& config, int steps, bool karras);
 std::unique_ptr<Scheduler> make_lms(const SchedulerConfig& config, int steps, SigmaSchedule schedule);

@@ -57,7 +57,7 @@ class Scheduler {
   // call, the last included; DDPM at every call whose timestep is above 0; LCM at every call but the last; DPM2
   // ancestral at each step's midpoint call, and DPM++ 2S a there too, where k-diffusion draws it; and DPM++ SDE at
   // both calls of a step but the last and A1111's DPM++ 2M SDE (Heun) and DPM++ 3M SDE at every call but the last,
-  // whose noise is brownian_increment's.
+  // whose noise is brownian_increment's; and Restart after the call before each stretch it runs again.
   virtual bool needs_noise(size_t /*call*/) const { return false; }
   // Where that noise is no fresh draw but a Brownian motion's increment (dpmpp_sde*, dpmpp_2m_sde_a1111*,
   // dpmpp_2m_sde_heun* and dpmpp_3m_sde*, as
@@ -72,23 +72,25 @@ class Scheduler {
   // which build the schedule of a longer run and enter it part-way. The single-step samplers (ddim, ddpm, euler*,
   // euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*) then compute exactly what a whole run computes from the same
   // sample; lms* ramps its order up from 1 again and dpmpp_2m* (A1111's 2M SDE too), dpmpp_3m_sde*, unipc* and deis*
-  // take a first-order step first. ddim_a1111 enters as A1111's DDIM does, a call later (its entry_call). Call before
+  // take a first-order step first. ddim_a1111 enters as A1111's DDIM does, a call later (its enter), and restart*
+  // plans a run of the schedule's rest as A1111's Restart does (the calls then count from 0). Call before
   // any step (start_at(0) changes nothing but on ddim_a1111). Throws Error(Usage) for step > 0 on a sampler that cannot
   // start anywhere but the beginning (pndm, plms_a1111, lcm) or an entry that leaves ddim_a1111 no call, and
   // Error(Runtime) for a step past the schedule or after a step.
   void start_at(size_t step);
   // The U-Net call this run starts at: 0, or start_at's entry (the first call of its step; for ddim_a1111 later).
   size_t first_call() const { return first_call_; }
-  // The U-Net calls of a step: 2 for Heun, DPM2, DPM++ 2S a and DPM++ SDE (whose last step makes one, two on
-  // KL Optimal's schedule), 1 for the others.
+  // The U-Net calls of a step: 2 for Heun, DPM2, DPM++ 2S a, DPM++ SDE and Restart (whose last step makes one, two
+  // on KL Optimal's schedule), 1 for the others.
   size_t calls_per_step() const { return first_call_of_step(1); }
   // Why this sampler cannot start at a later call (start_at's error); empty where it can.
   virtual std::string why_it_cannot_start_later() const { return {}; }
   // The sample at the noise level of call `call`'s input, from a clean sample x0 and standard-normal noise of its
   // shape, in the space step(…, call, …) takes samples in: x0 + sigma * noise for the sigma samplers (euler*,
-  // euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, dpmpp_2m_sde_a1111*, dpmpp_2m_sde_heun*, dpmpp_3m_sde*, lms*: the
-  // sigma of that call's input), alpha *
-  // x0 + sigma * noise in the variance-preserving space of diffusers' dpmpp_2m*, unipc* and deis* (alpha = 1 / sqrt(s^2
+  // euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, dpmpp_2m_sde_a1111*, dpmpp_2m_sde_heun*, dpmpp_3m_sde*, lms*,
+  // restart*: the sigma of that call's input, but for restart*'s call 0 the schedule's sigma where the run starts,
+  // as A1111 noises it, which restart*'s plan may round), alpha * x0 + sigma * noise in the variance-preserving space
+  // of diffusers' dpmpp_2m*, unipc* and deis* (alpha = 1 / sqrt(s^2
   // + 1) and sigma = s * alpha for that call's sigma s: A1111's x0 + s * noise scaled as the solver's samples are),
   // sqrt(a) * x0 + sqrt(1 - a) * noise with a = alphas_cumprod at timesteps()[call] for ddim, ddpm, pndm and lcm. A
   // whole run of those variance-preserving samplers starts from noise * init_noise_sigma() = noise as diffusers' does,
@@ -111,8 +113,10 @@ class Scheduler {
  protected:
   // The first U-Net call of step `step`.
   virtual size_t first_call_of_step(size_t step) const { return step; }
-  // The first U-Net call of a run that start_at(step) enters.
-  virtual size_t entry_call(size_t step) const { return first_call_of_step(step); }
+  // Readies a run that start_at(step) enters and returns its first U-Net call (past the schedule where `step` is).
+  // Most samplers keep their schedule and return first_call_of_step(step); restart* plans a run of the schedule's
+  // rest, its calls counted from 0.
+  virtual size_t enter(size_t step) { return first_call_of_step(step); }
 
   std::vector<double> timesteps_;
   torch::Tensor pred_original_sample_;

@@ -402,7 +402,9 @@ class Generator {
       said_ensd_unused_ = true;
       const std::string& sampler = job.params.sampler;
       reporter_.warn("--ensd has no effect on " + plan_.where(job) + "'s images: " + sampler +
-                     (sampler == "ddim" || sampler == "ddim_a1111" ? " with --eta 0" : "") +
+                     (sampler == "ddim" || sampler == "ddim_a1111"    ? " with --eta 0"
+                      : split_sampler_name(sampler).base == "restart" ? " below 20 steps"
+                                                                      : "") +
                      " draws no noise as it steps; their metadata leaves ENSD out, as A1111's does");
     }
 

@@ -15,7 +15,7 @@ namespace txt2img::cli {
 
 std::string a1111_default_schedule(const std::string& sampler) {
   if (sampler == "dpmpp_2m" || sampler == "dpm2" || sampler == "dpm2_a" || sampler == "dpmpp_2s_a" ||
-      sampler == "dpmpp_sde")
+      sampler == "dpmpp_sde" || sampler == "restart")
     return "Karras";
   if (sampler == "dpmpp_2m_sde" || sampler == "dpmpp_2m_sde_a1111" || sampler == "dpmpp_2m_sde_heun" ||
       sampler == "dpmpp_3m_sde")
@@ -104,11 +104,15 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
       {"dpmpp_2m_sde_a1111", "DPM++ 2M SDE"},
       {"dpmpp_2m_sde_heun", "DPM++ 2M SDE Heun"},
       {"dpmpp_3m_sde", "DPM++ 3M SDE"},
+      {"restart", "Restart"},
   };
   const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
   const auto it = names.find(base);
   if (it == names.end()) return {sampler, ""};
-  if (schedule == "karras") return {it->second + " Karras", "Karras"};
+  // Restart came with Karras sigmas as its own schedule and no "Restart Karras" name, which A1111 before 1.9 would
+  // not read.
+  if (schedule == "karras")
+    return base == "restart" ? A1111Sampler{it->second, ""} : A1111Sampler{it->second + " Karras", "Karras"};
   if (!schedule.empty()) return {it->second, a1111_schedule_label(schedule)};
   // A1111 1.9 and later run these on other sigmas by default (its "Automatic"); theirs here are the spaced
   // timesteps' own, interpolated as diffusers does, closest to A1111's Uniform (which _uniform is).

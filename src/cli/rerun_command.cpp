@@ -230,18 +230,21 @@ std::string a1111_command(const std::string& text) {
     const bool own_schedule = !field(schedule_key).empty();
     std::string schedule = own_schedule ? field(schedule_key) : inherited;
     std::string label = schedule_key + (": " + schedule) + (own_schedule ? "" : " (the first pass's)");
+    // Restart came (A1111 1.6) with Karras sigmas as its "Automatic", before schedule types were written apart.
+    const bool karras_since_1_6 = sampler == "restart";
     // txt2img writes no schedule type (or, for a hires pass after a first pass on another, "Automatic") for a
     // sampler on its own timesteps' sigmas where A1111's default is uniform too (its _uniform writes "Uniform"), and
-    // "Uniform" where A1111's default is another, for that sampler and its _uniform alike.
-    const bool txt2img_spaced =
-        made_by_txt2img && (schedule.empty() || schedule == "Automatic" ||
-                            (schedule == "Uniform" && !a1111_default_schedule(sampler).empty()));
+    // "Uniform" where A1111's default is another, for that sampler and its _uniform alike; for Restart only the
+    // latter (restart_karras writes none).
+    const bool automatic = schedule.empty() || schedule == "Automatic";
+    const bool txt2img_spaced = made_by_txt2img && (schedule == "Uniform" ? !a1111_default_schedule(sampler).empty()
+                                                                          : automatic && !karras_since_1_6);
     if (txt2img_spaced && schedule == "Uniform" && is_scheduler_name(sampler + "_uniform"))
       notes.push_back("txt2img writes " + label + " for " + sampler + " and " + sampler + "_uniform alike: read as " +
                       sampler);
     if (split_sampler_name(sampler).schedule.empty() && !txt2img_spaced) {  // else the name holds it
-      if ((schedule.empty() || schedule == "Automatic") && !a1111_default_schedule(sampler).empty()) {
-        if (schedule_apart) {
+      if (automatic && !a1111_default_schedule(sampler).empty()) {
+        if (schedule_apart || karras_since_1_6) {
           schedule = a1111_default_schedule(sampler);
           label = schedule_key + (": Automatic, " + schedule + " for " + field(sampler_key));
         } else if (field("Version").empty()) {

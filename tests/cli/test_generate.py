@@ -321,6 +321,24 @@ class Seeds(CliTestCase):
         self.assertEqual(png_pixels(self.dir / "ddim-plain.png"), png_pixels(self.dir / "ddim-ensd.png"))
         self.assertExit(self.txt2img("a fox", "--ensd", "-1", "-o", "bad.png"), EXIT_USAGE, "--ensd")
 
+    def test_restart(self):
+        """A1111's Restart: written as A1111 writes it (restart_karras a plain "Sampler: Restart"), given back by
+        `info --command`, whose command makes the same image; from 20 steps it draws noise where it runs a stretch
+        again, which --ensd moves (recorded); below 20 it draws none (--ensd said to do nothing)."""
+        args = ["--sampler", "restart_karras", "--steps", "20", "--seed", "5", "--cfg-scale", "5"]
+        made = self.txt2img("a fox", "--ensd", "31337", "--json", "-o", "a.png", *args)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual(json_lines(made.stdout)[0]["sampler"], "restart_karras")
+        parameters = png_text(self.dir / "a.png")["parameters"]
+        self.assertIn("Steps: 20, Sampler: Restart, CFG scale: 5.0,", parameters)
+        self.assertIn(", ENSD: 31337,", parameters)
+        self.assertCommandRemakes("a.png", " --sampler restart_karras ")
+        self.assertEqual(self.txt2img("a fox", "-o", "plain.png", *args).returncode, 0)
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "plain.png"))
+        fewer = self.txt2img("a fox", "--ensd", "31337", "-o", "b.png", *args[:2], "--steps", "19")
+        self.assertEqual(fewer.returncode, 0, fewer.stderr)
+        self.assertIn("restart_karras below 20 steps draws no noise as it steps", fewer.stderr)
+
     def test_largest_seed(self):
         result = self.txt2img("a fox", "--seed", "9223372036854775807", "--images-per-prompt", "2", "--json",
                               "-o", "{n}.png")

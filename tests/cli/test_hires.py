@@ -187,7 +187,9 @@ class HiresFix(CliTestCase):
                                             None),
                                            # A1111 leaves the hires schedule type out when it is the first pass's.
                                            ("Schedule type: Karras, Hires sampler: Heun", "heun_karras", None),
-                                           ("Hires sampler: Restart", None, "Hires sampler: Restart")]:
+                                           # Restart's own schedule is Karras, not the first pass's Automatic.
+                                           ("Hires sampler: Restart", "restart_karras", None),
+                                           ("Hires sampler: DPM fast", None, "Hires sampler: DPM fast")]:
             result = a1111_command(self, f"{latent}, {fields}")
             self.assertEqual(result.returncode, 0, result.stderr)
             args = shlex.split(result.stdout)

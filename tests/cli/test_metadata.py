@@ -55,7 +55,10 @@ class Metadata(CliTestCase):
                                   ("euler_uniform", "Schedule type: Uniform"), ("ddpm", "Sampler: DDPM, CFG scale"),
                                   ("deis", "Sampler: DEIS, CFG scale"), ("deis_karras", "Sampler: DEIS Karras, CFG"),
                                   ("dpmpp_sde", "Sampler: DPM\\+\\+ SDE, Schedule type: Uniform"),
-                                  ("dpmpp_sde_karras", "Sampler: DPM\\+\\+ SDE Karras, CFG")):
+                                  ("dpmpp_sde_karras", "Sampler: DPM\\+\\+ SDE Karras, CFG"),
+                                  ("restart_karras", "Sampler: Restart, CFG"),
+                                  ("restart", "Sampler: Restart, Schedule type: Uniform"),
+                                  ("restart_exponential", "Sampler: Restart, Schedule type: Exponential")):
             self.assertEqual(self.txt2img("a fox", "--sampler", sampler, "--seed", "5", "-o", "a.png",
                                           "--overwrite").returncode, 0)
             text = png_text(self.dir / "a.png")
@@ -669,12 +672,12 @@ class Metadata(CliTestCase):
             self.assertTrue(result.stdout.startswith("txt2img 'a fox"), result.stdout[:80])
 
         # A sampler without an equivalent is left out (the default runs), and GPU noise is drawn as NV, saying so.
-        other = "a fox\nSteps: 20, Sampler: Restart, CFG scale: 7, Seed: 1, Size: 512x512"
-        result = a1111_command(self, other, "restart.png")
+        other = "a fox\nSteps: 20, Sampler: DPM adaptive, CFG scale: 7, Seed: 1, Size: 512x512"
+        result = a1111_command(self, other, "adaptive.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertNotIn("--sampler", result.stdout)
         self.assertIn(" --rng nv ", result.stdout)
-        self.assertIn("Sampler: Restart", result.stderr)
+        self.assertIn("Sampler: DPM adaptive", result.stderr)
         self.assertIn("A1111 drew its noise on the GPU", result.stderr)
 
         # A prompt starting with "-" would read as a flag in the positional place.
@@ -784,7 +787,14 @@ class Metadata(CliTestCase):
                   None),
                  ("Sampler: DPM++ 3M SDE, Version: v1.10.1", "dpmpp_3m_sde_exponential", None),
                  ("Sampler: DPM++ 3M SDE", "dpmpp_3m_sde_uniform", "it names no A1111 version"),
-                 ("Sampler: DPM++ 3M SDE, Schedule type: Karras", "dpmpp_3m_sde_karras", None)]
+                 ("Sampler: DPM++ 3M SDE, Schedule type: Karras", "dpmpp_3m_sde_karras", None),
+                 # Restart came (1.6) on Karras sigmas, its Automatic before 1.9 too.
+                 ("Sampler: Restart, Version: v1.10.1", "restart_karras", None),
+                 ("Sampler: Restart, Version: v1.6.0", "restart_karras", None),
+                 ("Sampler: Restart", "restart_karras", None),
+                 ("Sampler: Restart, Schedule type: Exponential", "restart_exponential", None),
+                 ("Sampler: Restart, Schedule type: Uniform, Version: v1.10.1", "restart_uniform", None),
+                 ("Sampler: Restart, Schedule type: KL Optimal", "restart_kl_optimal", None)]
         for i, (fields, sampler, note) in enumerate(cases):
             infotext = f"a fox\nSteps: 3, {fields}, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU"
             result = a1111_command(self, infotext, f"{i}.png")

@@ -396,6 +396,29 @@ TEST_F(TinyPipeline, StochasticSamplersDrawStepNoisePerImageInDiffusersOrder) {
   }
 }
 
+// A1111's Restart draws its noise, from 20 steps on, where it runs a stretch of its schedule again: from each image's
+// generator, as the ancestral samplers do, so that the ENSD moves it and the image says it drew step noise. A hires
+// pass of 20 steps or more plans its own restart over the rest of its schedule.
+TEST_F(TinyPipeline, RestartDrawsStepNoiseWhereItRestarts) {
+  auto params = small_params();
+  params.sampler = "restart_karras";
+  params.steps = 20;
+  const auto replay = replay_seed_7(*pipeline_, params);
+  EXPECT_TRUE(torch::equal(replay.latents, replay.run_latents));
+  const auto image = generate_small(*pipeline_, {"a red cube"}, {7}, params)[0];
+  EXPECT_TRUE(image.drew_step_noise);
+  txt2img::SeededNoise with_ensd({7}, {}, 31337);
+  EXPECT_GT(max_level_difference(pipeline_->generate({"a red cube"}, {""}, params, with_ensd)[0].rgb, image.rgb), 0);
+  params.steps = 19;
+  EXPECT_FALSE(generate_small(*pipeline_, {"a red cube"}, {7}, params)[0].drew_step_noise);
+
+  auto hires = small_hires_params("restart");
+  hires.hires.steps = 20;
+  const auto upscaled = generate_small(*pipeline_, {"a red cube"}, {7}, hires)[0];
+  EXPECT_EQ(upscaled.width, 96);
+  EXPECT_TRUE(upscaled.drew_step_noise);
+}
+
 // DPM++ SDE, A1111's DPM++ 2M SDE (Heun) and DPM++ 3M SDE take their step noise from Brownian trees whose entropy is
 // each image's seed, as A1111 seeds them: replaying a run with SeededNoise's trees gives its latents. No generator
 // draws it, so the ENSD changes nothing (and the image says it drew no step noise); a batch gives each image what it
@@ -1208,8 +1231,9 @@ size_t first_differing_call(txt2img::Pipeline& pipeline, const txt2img::Generati
   return call;
 }
 
-// A1111 counts the steps of Heun, DPM2, DPM++ 2S a and DPM++ SDE (two U-Net calls a step) twice: "[a:b:.5]" of 3 steps
-// changes after call 3 of 5 there, after call 1 for the others (whose first step is call 0), negative prompts alike.
+// A1111 counts the steps of Heun, DPM2, DPM++ 2S a, DPM++ SDE and Restart (two U-Net calls a step) twice: "[a:b:.5]"
+// of 3 steps changes after call 3 of 5 there, after call 1 for the others (whose first step is call 0), negative
+// prompts alike.
 TEST(PromptEditing, EverySamplerCountsItsStepsAsA1111) {
   auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
   auto params = small_params();  // 3 steps
@@ -1219,7 +1243,8 @@ TEST(PromptEditing, EverySamplerCountsItsStepsAsA1111) {
     SCOPED_TRACE(sampler);
     params.sampler = sampler;
     const bool second_order = sampler.rfind("heun", 0) == 0 || sampler.rfind("dpm2", 0) == 0 ||
-                              sampler.rfind("dpmpp_2s_a", 0) == 0 || sampler.rfind("dpmpp_sde", 0) == 0;
+                              sampler.rfind("dpmpp_2s_a", 0) == 0 || sampler.rfind("dpmpp_sde", 0) == 0 ||
+                              sampler.rfind("restart", 0) == 0;
     const size_t expected = second_order ? 4 : 2;
     EXPECT_EQ(first_differing_call(pipeline, params, "[a red cube:a blue sphere:.5]", "blurry"), expected);
     EXPECT_EQ(first_differing_call(pipeline, params, "a red cube", "[blurry:dark:.5]"), expected);

@@ -228,7 +228,7 @@ void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key
   const bool interpolated = !txt2img::split_sampler_name(name).schedule.empty() || name.rfind("dpm2", 0) == 0 ||
                             name.rfind("dpmpp_2s", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 ||
                             name.rfind("dpmpp_2m_sde_a1111", 0) == 0 || name.rfind("dpmpp_2m_sde_heun", 0) == 0 ||
-                            name.rfind("dpmpp_3m_sde", 0) == 0;
+                            name.rfind("dpmpp_3m_sde", 0) == 0 || name.rfind("restart", 0) == 0;
   EXPECT_LE(timestep_error, interpolated ? 1e-4 : 0.0) << run;
   EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), g.get(run + "/init_noise_sigma").item<float>());
 
@@ -439,6 +439,74 @@ std::vector<std::pair<std::string, int>> a1111_schedule_golden_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Goldens, A1111ScheduleGolden, testing::ValuesIn(a1111_schedule_golden_cases()),
                          sampler_case_name);
+
+// AUTOMATIC1111's Restart, against tests/fixtures/restart_goldens.safetensors: its restart_sampler over k-diffusion's
+// denoiser, run by tests/fixtures/make_restart_goldens.py on the same fake inputs, on txt2img's sigmas and on A1111's
+// own schedule types; below 20 steps Heun steps, from 20 re-planned on Karras sigmas with one stretch run again after
+// noise (twice from 36).
+const txt2img::SafeTensors& restart_goldens() {
+  static const auto g = txt2img::SafeTensors::open(TXT2IMG_RESTART_GOLDENS);
+  return g;
+}
+
+class RestartGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
+
+TEST_P(RestartGolden, MatchesA1111) {
+  replay_sampler_golden(restart_goldens(), GetParam().first, GetParam().second, 1e-6, /*exact_final=*/true);
+}
+
+std::vector<std::pair<std::string, int>> restart_golden_cases() {
+  std::vector<std::pair<std::string, int>> out;
+  for (const char* name : {"restart", "restart_karras", "restart_exponential", "v_prediction/restart"})
+    for (int steps : {1, 2, 3, 10, 19, 20, 25, 36, 40}) out.emplace_back(name, steps);
+  for (const auto& [name, steps] : std::vector<std::pair<std::string, int>>{{"restart_uniform", 10},
+                                                                            {"restart_uniform", 20},
+                                                                            {"restart_sgm_uniform", 20},
+                                                                            {"restart_kl_optimal", 10},
+                                                                            {"restart_kl_optimal", 20},
+                                                                            {"restart_ddim", 20}})
+    out.emplace_back(name, steps);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, RestartGolden, testing::ValuesIn(restart_golden_cases()), sampler_case_name);
+
+// N steps make 2N - 1 calls, as Heun's: from 20 steps the stretch run again takes the calls of the steps its plan
+// leaves out. It draws noise only where it runs a stretch again, once a stretch from 20 steps and twice from 36.
+TEST(Restart, CallsAndNoise) {
+  for (int steps : {1, 2, 10, 19, 20, 35, 36, 50}) {
+    const auto sched = txt2img::make_scheduler("restart_karras", sd_config(), steps);
+    EXPECT_EQ(sched->timesteps().size(), static_cast<size_t>(2 * steps - 1)) << steps;
+    EXPECT_EQ(sched->calls_per_step(), 2u);
+    int draws = 0;
+    for (size_t call = 0; call < sched->timesteps().size(); ++call) draws += sched->needs_noise(call);
+    EXPECT_EQ(draws, steps < 20 ? 0 : steps < 36 ? 1 : 2) << steps;
+  }
+}
+
+// A run entered part-way (A1111's img2img and hires pass) is restart_sampler's on the schedule's rest, noised to the
+// schedule's sigma there, its calls counted from 0.
+TEST(Restart, EntersPartWayAsA1111) {
+  const auto& g = restart_goldens();
+  const std::tuple<std::string, int, size_t> runs[] = {
+      {"restart_karras", 40, 12}, {"restart_karras", 25, 5}, {"restart_karras", 12, 4}, {"restart_sgm_uniform", 30, 6}};
+  for (const auto& [name, steps, from] : runs) {
+    const std::string run = name + "/n" + std::to_string(steps) + "_from" + std::to_string(from);
+    auto sched = txt2img::make_scheduler(name, sd_config(), steps);
+    sched->start_at(from);
+    ASSERT_EQ(sched->first_call(), 0u) << run;
+    const auto ts = g.get(run + "/timesteps");
+    ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(ts.numel())) << run;
+    for (size_t i = 0; i < sched->timesteps().size(); ++i)
+      EXPECT_NEAR(sched->timesteps()[i], ts[static_cast<int64_t>(i)].item<double>(), 1e-4) << run << " " << i;
+    auto x = sched->add_noise(torch::zeros_like(fake_sample0()), fake_sample0(), 0);
+    for (size_t i = 0; i < sched->timesteps().size(); ++i)
+      x = sched->step(fake_model_output(i), i, x, sched->needs_noise(i) ? fake_noise(i) : torch::Tensor());
+    EXPECT_TRUE(torch::equal(x, g.get(run + "/final"))) << run;
+  }
+  auto sched = txt2img::make_scheduler("restart", sd_config(), 10);
+  EXPECT_THROW(sched->start_at(10), txt2img::Error);  // past the schedule's last step
+}
 
 // TCD against tests/fixtures/tcd_goldens.safetensors: diffusers v0.31.0's TCDScheduler run by
 // tests/fixtures/make_tcd_goldens.py on the fake inputs, with gammas (--eta) 0, 0.3 and 1: its timesteps (LCM's),
@@ -778,8 +846,9 @@ void expect_error(ErrorKind kind, const std::string& needle, F&& f) {
 std::vector<std::string> a1111_schedule_samplers() {
   std::vector<std::string> out;
   for (const auto& schedule : a1111_schedules())
-    for (const char* sampler : {"euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "lms",
-                                "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_a1111", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"})
+    for (const char* sampler :
+         {"euler", "euler_a", "heun", "dpm2", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "lms", "dpmpp_2m", "dpmpp_2m_sde",
+          "dpmpp_2m_sde_a1111", "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "restart"})
       out.push_back(std::string(sampler) + "_" + schedule);
   return out;
 }
@@ -857,6 +926,9 @@ TEST(Scheduler, NamesAndValidation) {
                                               "dpmpp_3m_sde",
                                               "dpmpp_3m_sde_karras",
                                               "dpmpp_3m_sde_exponential",
+                                              "restart",
+                                              "restart_karras",
+                                              "restart_exponential",
                                               "lms",
                                               "lms_karras",
                                               "lms_exponential",
@@ -884,7 +956,7 @@ TEST(Scheduler, NamesAndValidation) {
   for (const char* distilled : {"lcm", "tcd"})
     expect_error(ErrorKind::Usage, "at most 50 steps", [&] { txt2img::make_scheduler(distilled, sd_config(), 51); });
   try {
-    txt2img::make_scheduler("restart", sd_config(), 10);
+    txt2img::make_scheduler("dpm_fast", sd_config(), 10);
     ADD_FAILURE();
   } catch (const txt2img::Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::Usage);
@@ -1066,13 +1138,15 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
       {"DDPM", "ddpm"},
       {"DEISMultistepScheduler", "deis"},
       {"DEIS", "deis"},
-      {"DEIS Karras", "deis_karras"}};
+      {"DEIS Karras", "deis_karras"},
+      {"Restart", "restart"},
+      {"Restart Exponential", "restart_exponential"}};
   for (const auto& [alias, name] : aliases) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
               txt2img::make_scheduler(name, sd_config(), 10)->timesteps()) << alias;
   }
-  for (const char* other : {"Restart", "DPM fast", "DPM adaptive"}) {
+  for (const char* other : {"DPM fast", "DPM adaptive"}) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(other), other);
     expect_error(ErrorKind::Usage, "unknown sampler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
   }
@@ -1228,7 +1302,10 @@ const std::vector<std::string>& late_starters() {
                                     "dpmpp_sde_exponential",
                                     "ddpm",
                                     "deis",
-                                    "deis_karras"};
+                                    "deis_karras",
+                                    "restart",
+                                    "restart_karras",
+                                    "restart_exponential"};
     for (const auto& name : a1111_schedule_samplers()) out.push_back(name);
     return out;
   }();
@@ -1676,17 +1753,22 @@ TEST(SchedulerStartAt, Errors) {
     auto sched = txt2img::make_scheduler(name, sd_config(), 4);
     sched->start_at(3);
     sched->start_at(2);  // before any step the start may still move
-    // Step 2 is call 2, but heun's, dpm2's, dpmpp_2s_a's and dpmpp_sde's call 4 (two calls per step).
+    // Step 2 is call 2, but heun's, dpm2's, dpmpp_2s_a's and dpmpp_sde's call 4 (two calls per step); restart's runs
+    // are planned anew from there, their calls counted from 0.
+    const bool replans = name.rfind("restart", 0) == 0;
     const size_t c = sched->first_call();
-    EXPECT_EQ(c, sched->calls_per_step() == 2 ? 4u : 2u) << name;
+    EXPECT_EQ(c, replans ? 0u : sched->calls_per_step() == 2 ? 4u : 2u) << name;
     EXPECT_EQ(sched->calls_per_step() == 2, name.rfind("heun", 0) == 0 || name.rfind("dpm2", 0) == 0 ||
-                                                name.rfind("dpmpp_2s_a", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0)
+                                                name.rfind("dpmpp_2s_a", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 ||
+                                                replans)
         << name;
     const auto expected = [](size_t want, size_t got) {
       return "expected call " + std::to_string(want) + ", got " + std::to_string(got);
     };
-    expect_error(ErrorKind::Runtime, expected(c, c - 1), [&] { sched->step(x, c - 1, x, noise); });
-    expect_error(ErrorKind::Runtime, expected(c, 0), [&] { sched->step(x, 0, x, noise); });
+    if (c > 0) {
+      expect_error(ErrorKind::Runtime, expected(c, c - 1), [&] { sched->step(x, c - 1, x, noise); });
+      expect_error(ErrorKind::Runtime, expected(c, 0), [&] { sched->step(x, 0, x, noise); });
+    }
     expect_error(ErrorKind::Runtime, expected(c, c + 1), [&] { sched->step(x, c + 1, x, noise); });
     sched->step(x, c, x, noise);
     expect_error(ErrorKind::Runtime, "after a step", [&] { sched->start_at(3); });
