@@ -74,6 +74,7 @@ const Sampler kSamplers[] = {
     {"lms_exponential", kStartsLate},
     {"unipc", kStartsLate | kZeroSnr},
     {"unipc_karras", kStartsLate | kZeroSnr},
+    {"unipc_a1111", kStartsLate},
     {"deis", kStartsLate},
     {"deis_karras", kStartsLate},
     {"lcm", kZeroSnr},
@@ -311,7 +312,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
                 "the " + sampler + " sampler cannot run a zero-terminal-SNR model (" +
                     (detail::is_a1111_schedule(schedule)
                          ? "A1111's schedules start at the model's largest training sigma, infinite for such a model"
-                     : sampler == "ddim_a1111" || sampler == "plms_a1111"
+                     : sampler == "ddim_a1111" || sampler == "plms_a1111" || sampler == "unipc_a1111"
                          ? "it runs on SD's training schedule as A1111's model holds it"
                          : "diffusers' scheduler for it has no rescale_betas_zero_snr") +
                     "); use " + sampler_list(kZeroSnr));
@@ -319,6 +320,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (sampler == "ddim") return detail::make_ddim(config, steps, eta);
   if (sampler == "ddim_a1111") return detail::make_a1111_ddim(config, steps, eta);
   if (sampler == "plms_a1111") return detail::make_a1111_plms(config, steps);
+  if (sampler == "unipc_a1111") return detail::make_a1111_unipc(config, steps);
   if (sampler == "pndm") return detail::make_pndm(config, steps);
   if (sampler == "ddpm") return detail::make_ddpm(config, steps);
   if (sampler == "lcm") return detail::make_lcm(config, steps);

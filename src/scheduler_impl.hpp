@@ -18,6 +18,8 @@ std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, d
 // AUTOMATIC1111's DDIM (its timesteps, alphas and img2img entry) and PLMS (see a1111_timesteps.cpp).
 std::unique_ptr<Scheduler> make_a1111_ddim(const SchedulerConfig& config, int steps, double eta);
 std::unique_ptr<Scheduler> make_a1111_plms(const SchedulerConfig& config, int steps);
+// AUTOMATIC1111's UniPC (bh1, order 3, time-uniform: see a1111_unipc.cpp).
+std::unique_ptr<Scheduler> make_a1111_unipc(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
 // DDPM's ancestral sampling (fresh noise at every call whose timestep is above 0).
 std::unique_ptr<Scheduler> make_ddpm(const SchedulerConfig& config, int steps);

@@ -95,6 +95,7 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
       {"dpmpp_2m", "DPM++ 2M"},
       {"dpmpp_2m_sde", "DPM++ 2M SDE"},
       {"unipc", "UniPC"},
+      {"unipc_a1111", "UniPC"},
       {"lcm", "LCM"},
       {"tcd", "TCD"},
       {"dpmpp_2s_a", "DPM++ 2S a"},

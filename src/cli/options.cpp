@@ -232,7 +232,8 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
       ->check(CLI::IsMember({"cpu", "nv"}));
   app.add_option("--sampler", o.sampler, "sampler (see Samplers below)")->capture_default_str();
   app.add_option("--steps", o.steps,
-                 "denoising steps, 1 to 1000 (1 to 50 with lcm; at least 2 with ddim_a1111 and plms_a1111; at "
+                 "denoising steps, 1 to 1000 (1 to 50 with lcm; at least 2 with ddim_a1111 and plms_a1111, 3 with "
+                 "unipc_a1111; at "
                  "most 999 with ddim, ddpm, pndm, dpmpp_2m, dpmpp_2m_sde, unipc and deis)")
       ->capture_default_str();
   app.add_option("--cfg-scale", o.cfg_scale, "classifier-free guidance scale (1 or less turns guidance off)")
@@ -247,11 +248,12 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "each pass's first steps runs without the negative prompt, unguided (0 is off)")
       ->type_name("F")
       ->capture_default_str();
-  app.add_option("--ngms", o.ngms,
-                 "A1111's NGMS (Negative Guidance minimum sigma): every other U-Net call whose noise level (sigma; "
-                 "the timestep for ddim, ddim_a1111, pndm, plms_a1111 and unipc, as A1111 compares them, and for "
-                 "ddpm and deis*, which A1111 lacks) is below this runs without the negative prompt, unguided (0 is "
-                 "off)")
+  app.add_option(
+         "--ngms", o.ngms,
+         "A1111's NGMS (Negative Guidance minimum sigma): every other U-Net call whose noise level (sigma; "
+         "the timestep for ddim, ddim_a1111, pndm, plms_a1111, unipc and unipc_a1111, as A1111 compares them, and for "
+         "ddpm and deis*, which A1111 lacks) is below this runs without the negative prompt, unguided (0 is "
+         "off)")
       ->type_name("SIGMA")
       ->capture_default_str();
   app.add_flag("--ngms-all-steps", o.ngms_all_steps,

@@ -197,14 +197,25 @@ std::string a1111_command(const std::string& text) {
     if (field(sampler_key).empty()) return std::string();
     std::string sampler = canonical_scheduler_name(field(sampler_key));
     // A1111 1.6 replaced the original Stable Diffusion code's DDIM, which diffusers' is where the steps divide 1000,
-    // and PLMS, which neither txt2img's is, with its own.
-    const bool ddim = sampler == "ddim";
-    const std::string a1111s = ddim ? "ddim_a1111" : "plms_a1111";
-    if ((ddim || sampler == "pndm") && version_at_least(field("Version"), 6)) {
+    // and PLMS, which neither txt2img's is, with its own, and moved its UniPC (never diffusers') among them.
+    const bool ddim = sampler == "ddim", unipc = sampler == "unipc";
+    const std::string a1111s = ddim ? "ddim_a1111" : unipc ? "unipc_a1111" : "plms_a1111";
+    const bool on_timesteps = ddim || unipc || sampler == "pndm";
+    if (on_timesteps && version_at_least(field("Version"), 6)) {
       sampler = a1111s;
-    } else if ((ddim || sampler == "pndm") && made_by_txt2img) {
-      notes.push_back(std::string("txt2img writes Sampler: ") + (ddim ? "DDIM" : "PLMS") + " for " + sampler + " and " +
-                      a1111s + " alike: read as " + sampler);
+    } else if (on_timesteps && made_by_txt2img) {
+      notes.push_back(std::string("txt2img writes Sampler: ") +
+                      (ddim    ? "DDIM"
+                       : unipc ? "UniPC"
+                               : "PLMS") +
+                      " for " + sampler + " and " + a1111s + " alike: read as " + sampler);
+    } else if (unipc) {
+      sampler = a1111s;
+      notes.push_back(
+          (field("Version").empty() ? "it names no A1111 version: before 1.6 " : "before 1.6 ") +
+          std::string("A1111's UniPC ran the steps asked for, guiding inside the sampler; unipc_a1111 (1.6 and "
+                      "later) takes as many as A1111's DDIM timesteps, more where the steps do not divide 1000 (31 for "
+                      "30), and the image is the same up to rounding only where they do"));
     } else if (sampler == "pndm") {
       notes.push_back(
           (field("Version").empty() ? "it names no A1111 version: PLMS is read as before 1.6, when " : "before 1.6 ") +
@@ -422,9 +433,6 @@ std::string a1111_command(const std::string& text) {
     said << "A1111's DPM2 and DPM2 a step through a schedule one step longer without its next-to-last sigma; "
             "txt2img's are diffusers' (KDPM2) but on A1111's own schedule types (dpm2_uniform, ...), so the "
             "image will differ\n";
-  if (uses("unipc"))
-    said << "A1111's UniPC is by default the bh1 variant of order 3; txt2img's is diffusers' (bh2, order 2), so "
-            "the image will differ\n";
   if (!loras.empty())
     said << "its prompt adds the LoRAs " << join(loras)
          << (field("Lora hashes").empty() ? "" : " (Lora hashes: " + field("Lora hashes") + ")")

@@ -339,6 +339,26 @@ class Seeds(CliTestCase):
         self.assertEqual(fewer.returncode, 0, fewer.stderr)
         self.assertIn("restart_karras below 20 steps draws no noise as it steps", fewer.stderr)
 
+    def test_a1111_unipc(self):
+        """A1111's UniPC: written as A1111 writes it ("Sampler: UniPC", which A1111's own text reads back as
+        unipc_a1111), given back by `info --command`, whose command makes the same image, hires pass included; fewer
+        than 3 steps, or 4 hires steps, are a usage error naming the least it takes."""
+        args = ["--sampler", "unipc_a1111", "--steps", "10", "--seed", "5", "--hires-scale", "1.5", "--hires-steps",
+                "5", "--hires-denoise", "0.6"]
+        made = self.txt2img("a fox", "--json", "-o", "a.png", *args)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual(json_lines(made.stdout)[0]["sampler"], "unipc_a1111")
+        parameters = png_text(self.dir / "a.png")["parameters"]
+        self.assertIn("Steps: 10, Sampler: UniPC, CFG scale: 7.5,", parameters)
+        self.assertCommandRemakes("a.png", " --sampler unipc_a1111 ")
+        self.assertEqual(self.txt2img("a fox", "-o", "b.png", *args, "--sampler", "unipc").returncode, 0)
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "b.png"))
+        self.assertExit(self.txt2img("a fox", "-o", "c.png", "--sampler", "unipc_a1111", "--steps", "2"), EXIT_USAGE,
+                        "needs 3 or more steps")
+        self.assertExit(self.txt2img("a fox", "-o", "c.png", *args[:4], "--hires-scale", "1.5", "--hires-steps", "3"),
+                        EXIT_USAGE, "give it 4 or more steps")
+        self.assertFalse((self.dir / "c.png").exists())
+
     def test_largest_seed(self):
         result = self.txt2img("a fox", "--seed", "9223372036854775807", "--images-per-prompt", "2", "--json",
                               "-o", "{n}.png")

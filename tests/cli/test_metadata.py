@@ -708,8 +708,8 @@ class Metadata(CliTestCase):
         """A1111's sampler names, old ("LMS Karras") and new ("Euler" with "Schedule type: Karras"), become ours; its
         uniform schedule, also where a sampler's default, is A1111's (heun_uniform; DDIM, PLMS and UniPC run on their
         own timesteps); a schedule type txt2img has no sampler for is left out; DPM++ 2M SDE is A1111's, with its
-        Brownian-tree noise (txt2img's own text: diffusers', said); UniPC warns of A1111's other variant, DPM2 of A1111's
-        shorter schedule."""
+        Brownian-tree noise (txt2img's own text: diffusers', said), and so is UniPC (before 1.6: said); DPM2 warns of
+        A1111's shorter schedule."""
         cases = [("Sampler: Heun", "heun_uniform", None),
                  ("Sampler: Euler, Schedule type: Karras", "euler_karras", None),
                  ("Sampler: Heun, Schedule type: Karras", "heun_karras", None),
@@ -718,7 +718,11 @@ class Metadata(CliTestCase):
                  ("Sampler: DPM++ 2M SDE Karras", "dpmpp_2m_sde_a1111_karras", None),
                  ("Sampler: DPM++ 2M SDE", "dpmpp_2m_sde_a1111_uniform", "it names no A1111 version"),
                  ("Sampler: DPM++ 2M SDE, Version: txt2img 0.1.0", "dpmpp_2m_sde", "alike: read as dpmpp_2m_sde"),
-                 ("Sampler: UniPC", "unipc", "bh1 variant of order 3"),
+                 # A1111's UniPC (bh1, order 3) is unipc_a1111; txt2img's own text names diffusers' too.
+                 ("Sampler: UniPC, Version: v1.10.1", "unipc_a1111", None),
+                 ("Sampler: UniPC", "unipc_a1111", "it names no A1111 version: before 1.6 A1111's UniPC ran"),
+                 ("Sampler: UniPC, Version: v1.5.2", "unipc_a1111", "more where the steps do not divide 1000"),
+                 ("Sampler: UniPC, Version: txt2img 0.1.0", "unipc", "for unipc and unipc_a1111 alike: read as unipc"),
                  # Samplers A1111 lacks, by the names txt2img writes in its style.
                  ("Sampler: DDPM", "ddpm", None),
                  ("Sampler: DEIS, Schedule type: Karras", "deis_karras", None),
@@ -770,7 +774,8 @@ class Metadata(CliTestCase):
                  ("Sampler: Euler, Schedule type: Align Your Steps GITS, Version: f2.0.1v1.10.1-previous-669",
                   "euler", "Schedule type: Align Your Steps GITS"),
                  ("Sampler: Euler a, Schedule type: DDIM, Version: v1.10.1", "euler_a_ddim", None),
-                 ("Sampler: UniPC, Schedule type: SGM Uniform", "unipc", "Schedule type: SGM Uniform"),
+                 ("Sampler: UniPC, Schedule type: SGM Uniform, Version: v1.10.1", "unipc_a1111",
+                  "Schedule type: SGM Uniform"),
                  # A1111 1.9 and later leave out a sampler's default schedule, Karras for DPM++ 2M; before, that
                  # name meant uniform sigmas, which Schedule type: Uniform states.
                  ("Sampler: DPM++ 2M, Version: v1.10.1", "dpmpp_2m_karras", None),

@@ -615,6 +615,56 @@ INSTANTIATE_TEST_SUITE_P(Goldens, A1111TimestepsGolden, testing::ValuesIn(a1111_
                            return name;
                          });
 
+// AUTOMATIC1111's UniPC against tests/fixtures/a1111_unipc_goldens.safetensors: its unipc function over its uni_pc.py
+// (bh1, order 3, time-uniform), run by tests/fixtures/make_a1111_unipc_goldens.py on the same fake inputs, whole runs
+// and hires passes (a run of their own from A1111's img2img time); bit for bit, its fractional timesteps too.
+class A1111UniPcGolden : public testing::TestWithParam<std::tuple<std::string, int, int>> {};
+
+TEST_P(A1111UniPcGolden, MatchesA1111) {
+  static const auto g = txt2img::SafeTensors::open(TXT2IMG_A1111_UNIPC_GOLDENS);
+  const auto& [key, steps, hires_steps] = GetParam();
+  const std::string run =
+      key + "/n" + std::to_string(steps) + (hires_steps ? "_hires" + std::to_string(hires_steps) : std::string());
+  const auto slash = key.find('/');
+  auto sched = txt2img::make_scheduler(
+      "unipc_a1111", slash == std::string::npos ? sd_config() : variant_config(key.substr(0, slash)), steps);
+  if (hires_steps) sched->start_at(static_cast<size_t>(steps - hires_steps));
+  ASSERT_EQ(sched->first_call(), 0u);
+  const auto ts = g.get(run + "/timesteps");
+  ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(ts.numel())) << run;
+  for (size_t i = 0; i < sched->timesteps().size(); ++i)
+    EXPECT_EQ(sched->timesteps()[i], ts[static_cast<int64_t>(i)].item<double>()) << run << " call " << i;
+  const auto noise_img2img = formula([](int64_t k) { return ((k * 7919) % 101) / 50.0 - 1.0; });
+  torch::Tensor x = hires_steps ? sched->add_noise(fake_sample0(), noise_img2img, 0) : fake_sample0();
+  EXPECT_EQ(sched->init_noise_sigma(), 1.0);
+  EXPECT_TRUE(torch::equal(x, g.get(run + "/init"))) << run;
+  for (size_t i = 0; i < sched->timesteps().size(); ++i) {
+    EXPECT_FALSE(sched->needs_noise(i));
+    x = sched->step(fake_model_output(i), i, x);
+    char call[16];
+    std::snprintf(call, sizeof call, "/call%03zu/", i);
+    EXPECT_TRUE(torch::equal(x, g.get(run + call + "prev_sample")))
+        << run << call << " off by " << (x - g.get(run + call + "prev_sample")).abs().max().item<double>();
+  }
+  EXPECT_TRUE(torch::equal(x, g.get(run + "/final"))) << run;
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, A1111UniPcGolden,
+                         testing::Values(std::make_tuple("unipc_a1111", 3, 0), std::make_tuple("unipc_a1111", 4, 0),
+                                         std::make_tuple("unipc_a1111", 5, 0), std::make_tuple("unipc_a1111", 7, 0),
+                                         std::make_tuple("unipc_a1111", 10, 0), std::make_tuple("unipc_a1111", 20, 0),
+                                         std::make_tuple("unipc_a1111", 30, 0),
+                                         std::make_tuple("v_prediction/unipc_a1111", 10, 0),
+                                         std::make_tuple("unipc_a1111", 10, 5), std::make_tuple("unipc_a1111", 28, 20),
+                                         std::make_tuple("unipc_a1111", 14, 4)),
+                         [](const testing::TestParamInfo<std::tuple<std::string, int, int>>& info) {
+                           std::string name = std::get<0>(info.param) + "_n" + std::to_string(std::get<1>(info.param)) +
+                                              "_hires" + std::to_string(std::get<2>(info.param));
+                           for (char& ch : name)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return name;
+                         });
+
 // The schedulers inside complete diffusers pipeline runs (guided model outputs of real shapes, batch 2 or 4,
 // generator noise): replaying each run's scheduler inputs reproduces its latents.
 class SchedulerRunReplay : public testing::TestWithParam<std::string> {};
@@ -934,6 +984,7 @@ TEST(Scheduler, NamesAndValidation) {
                                               "lms_exponential",
                                               "unipc",
                                               "unipc_karras",
+                                              "unipc_a1111",
                                               "deis",
                                               "deis_karras",
                                               "lcm",
@@ -943,10 +994,14 @@ TEST(Scheduler, NamesAndValidation) {
   EXPECT_EQ(names, expected);
   for (const auto& name : names) {
     // LCM's and TCD's timesteps are a subset of the 50 they were distilled on; A1111's DDIM and PLMS take no step
-    // for 1.
+    // for 1, its UniPC (order 3) none below 3.
     const int most = name == "lcm" || name == "tcd" ? 50 : 999;
     const bool a1111_timesteps = name == "ddim_a1111" || name == "plms_a1111";
-    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), a1111_timesteps ? 2 : 1)) << name;
+    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(),
+                                            name == "unipc_a1111" ? 3
+                                            : a1111_timesteps     ? 2
+                                                                  : 1))
+        << name;
     if (a1111_timesteps)
       expect_error(ErrorKind::Usage, "1 step makes none", [&] { txt2img::make_scheduler(name, sd_config(), 1); });
     EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), most)) << name;
@@ -1215,9 +1270,9 @@ TEST(Scheduler, UnsupportedConfigValuesAreBundleErrors) {
   prediction.prediction_type = "flow";
   for (const auto& name : txt2img::scheduler_names()) {
     expect_error(ErrorKind::Bundle, "sigmoid", [&] { txt2img::make_scheduler(name, schedule, 10); });
-    // LCM's and TCD's timesteps come from their distillation schedule, A1111's DDIM's and PLMS's from A1111's own
-    // spacing: none reads the configured one.
-    if (name != "lcm" && name != "tcd" && name != "ddim_a1111" && name != "plms_a1111")
+    // LCM's and TCD's timesteps come from their distillation schedule, A1111's DDIM's, PLMS's and UniPC's from
+    // A1111's own spacing: none reads the configured one.
+    if (name != "lcm" && name != "tcd" && name != "ddim_a1111" && name != "plms_a1111" && name != "unipc_a1111")
       expect_error(ErrorKind::Bundle, "karras", [&] { txt2img::make_scheduler(name, spacing, 10); });
     expect_error(ErrorKind::Bundle, "flow", [&] { txt2img::make_scheduler(name, prediction, 10); });
   }
@@ -1420,7 +1475,7 @@ TEST(SchedulerA1111Sigma, IsTheTimestepOrTheSigmaOfTheCallsInput) {
     for (size_t call = 0; call < sched->timesteps().size(); ++call) {
       const double got = sched->a1111_sigma(call);
       if (base == "ddim" || base == "ddim_a1111" || base == "pndm" || base == "plms_a1111" || base == "unipc" ||
-          base == "ddpm" || base == "deis") {
+          base == "unipc_a1111" || base == "ddpm" || base == "deis") {
         EXPECT_EQ(got, sched->timesteps()[call]) << name << " call " << call;
         continue;
       }
@@ -1740,8 +1795,9 @@ TEST(SchedulerStartAt, Errors) {
     // pndm, plms_a1111, lcm and tcd refuse any later start first (Usage), whatever the call; ddim_a1111 one that leaves
     // it no call.
     const bool late = std::find(late_starters().begin(), late_starters().end(), name) != late_starters().end();
-    if (name == "ddim_a1111")
-      expect_error(ErrorKind::Usage, "give it 3 or more steps", [&] { sched->start_at(calls); });
+    if (name == "ddim_a1111" || name == "unipc_a1111")
+      expect_error(ErrorKind::Usage, name == "ddim_a1111" ? "give it 3 or more steps" : "give it 4 or more steps",
+                   [&] { sched->start_at(calls); });
     else
       expect_error(late ? ErrorKind::Runtime : ErrorKind::Usage, late ? "U-Net calls" : "cannot start part-way",
                    [&] { sched->start_at(calls); });
@@ -1775,6 +1831,21 @@ TEST(SchedulerStartAt, Errors) {
     expect_error(ErrorKind::Runtime, expected(c + 1, c), [&] { sched->step(x, c, x, noise); });
     EXPECT_NO_THROW(sched->step(x, c + 1, x, noise)) << name;
   }
+}
+
+// A1111's UniPC needs as many steps as its order, 3 (A1111 stops below that), and so does a hires pass, whose run is
+// one step shorter.
+TEST(A1111UniPc, Refusals) {
+  for (int steps : {1, 2})
+    expect_error(ErrorKind::Usage, "needs 3 or more steps",
+                 [&] { txt2img::make_scheduler("unipc_a1111", sd_config(), steps); });
+  auto sched = txt2img::make_scheduler("unipc_a1111", sd_config(), 10);
+  expect_error(ErrorKind::Usage, "give it 4 or more steps", [&] { sched->start_at(7); });
+  EXPECT_NO_THROW(sched->start_at(6));
+  EXPECT_EQ(sched->timesteps().size(), 3u);
+  SchedulerConfig zero_snr = variant_config("zero_snr");
+  expect_error(ErrorKind::Usage, "runs on SD's training schedule as A1111's model holds it",
+               [&] { txt2img::make_scheduler("unipc_a1111", zero_snr, 10); });
 }
 
 // What A1111's DDIM refuses to run: a step count that leaves it no U-Net call, a hires pass of fewer than 3 steps, a
