@@ -13,42 +13,6 @@
 namespace txt2img::detail {
 namespace {
 
-// k-diffusion's DiscreteSchedule.sigma_to_t and t_to_sigma (fractional timesteps, not quantized), for float32
-// tensors.
-class DiscreteSchedule {
- public:
-  explicit DiscreteSchedule(const std::vector<float>& training_sigmas)
-      : sigmas_(torch::tensor(training_sigmas, torch::kFloat32)), log_sigmas_(sigmas_.log()) {}
-
-  float sigma_min() const { return sigmas_[0].item<float>(); }
-  float sigma_max() const { return sigmas_[-1].item<float>(); }
-  float sigma(int64_t t) const { return sigmas_[t].item<float>(); }
-  std::vector<float> log_sigmas() const {
-    const auto logs = log_sigmas_.contiguous();
-    return {logs.data_ptr<float>(), logs.data_ptr<float>() + logs.numel()};
-  }
-  int64_t size() const { return sigmas_.size(0); }
-
-  torch::Tensor sigma_to_t(const torch::Tensor& sigma) const {
-    const auto log_sigma = sigma.log();
-    const auto dists = log_sigma - log_sigmas_.unsqueeze(1);
-    const auto low = dists.ge(0).cumsum(0).argmax(0).clamp_max(size() - 2);
-    const auto high = low + 1;
-    const auto w =
-        ((log_sigmas_.index({low}) - log_sigma) / (log_sigmas_.index({low}) - log_sigmas_.index({high}))).clamp(0, 1);
-    return ((1 - w) * low + w * high).view(sigma.sizes());
-  }
-
-  torch::Tensor t_to_sigma(const torch::Tensor& t) const {
-    const auto low = t.floor().to(torch::kLong), high = t.ceil().to(torch::kLong);
-    const auto w = t.frac();
-    return ((1 - w) * log_sigmas_.index({low}) + w * log_sigmas_.index({high})).exp();
-  }
-
- private:
-  torch::Tensor sigmas_, log_sigmas_;
-};
-
 // k-diffusion's ((1 - a) / a) ** 0.5 in float32 of the alphas_cumprod A1111's model holds.
 std::vector<float> training_sigmas_of_a1111(const SchedulerConfig& config) {
   std::vector<float> sigmas;

@@ -22,10 +22,14 @@ BrownianIncrement KDiffusionScheduler::brownian(float sigma, float sigma_next) c
   return {span_min_, span_max_, sigma, sigma_next};
 }
 
+float compvis_c_in(float sigma) {
+  const auto s = torch::scalar_tensor(sigma, torch::kFloat32);
+  return (s.pow(2) + 1).pow(0.5).reciprocal().item<float>();
+}
+
 torch::Tensor KDiffusionScheduler::scale_model_input(const torch::Tensor& sample, size_t call) const {
   if (call >= timesteps_.size()) return SigmaScheduler::scale_model_input(sample, call);  // which refuses it
-  const auto sigma = torch::scalar_tensor(sigmas_[call], torch::kFloat32);
-  return sample * (sigma.pow(2) + 1).pow(0.5).reciprocal().item<float>();
+  return sample * compvis_c_in(sigmas_[call]);
 }
 
 torch::Tensor KDiffusionScheduler::denoised(const torch::Tensor& model_output, const torch::Tensor& sample,

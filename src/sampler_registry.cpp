@@ -78,6 +78,7 @@ const Sampler kSamplers[] = {
     {"deis", kStartsLate},
     {"deis_karras", kStartsLate},
     {"lcm", kZeroSnr},
+    {"lcm_a1111", kStartsLate},
     {"tcd", kEta | kZeroSnr},
 };
 
@@ -308,19 +309,21 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   const auto [base, schedule_name] = split_sampler_name(sampler);
   const SigmaSchedule schedule = detail::schedule_named(schedule_name);
   if (config.rescale_betas_zero_snr && !(it->capabilities & kZeroSnr))
-    throw Error(ErrorKind::Usage,
-                "the " + sampler + " sampler cannot run a zero-terminal-SNR model (" +
-                    (detail::is_a1111_schedule(schedule)
-                         ? "A1111's schedules start at the model's largest training sigma, infinite for such a model"
-                     : sampler == "ddim_a1111" || sampler == "plms_a1111" || sampler == "unipc_a1111"
-                         ? "it runs on SD's training schedule as A1111's model holds it"
-                         : "diffusers' scheduler for it has no rescale_betas_zero_snr") +
-                    "); use " + sampler_list(kZeroSnr));
+    throw Error(
+        ErrorKind::Usage,
+        "the " + sampler + " sampler cannot run a zero-terminal-SNR model (" +
+            (detail::is_a1111_schedule(schedule)
+                 ? "A1111's schedules start at the model's largest training sigma, infinite for such a model"
+             : sampler == "ddim_a1111" || sampler == "plms_a1111" || sampler == "unipc_a1111" || sampler == "lcm_a1111"
+                 ? "it runs on SD's training schedule as A1111's model holds it"
+                 : "diffusers' scheduler for it has no rescale_betas_zero_snr") +
+            "); use " + sampler_list(kZeroSnr));
 
   if (sampler == "ddim") return detail::make_ddim(config, steps, eta);
   if (sampler == "ddim_a1111") return detail::make_a1111_ddim(config, steps, eta);
   if (sampler == "plms_a1111") return detail::make_a1111_plms(config, steps);
   if (sampler == "unipc_a1111") return detail::make_a1111_unipc(config, steps);
+  if (sampler == "lcm_a1111") return detail::make_a1111_lcm(config, steps);
   if (sampler == "pndm") return detail::make_pndm(config, steps);
   if (sampler == "ddpm") return detail::make_ddpm(config, steps);
   if (sampler == "lcm") return detail::make_lcm(config, steps);

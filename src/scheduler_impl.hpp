@@ -18,6 +18,8 @@ std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, d
 // AUTOMATIC1111's DDIM (its timesteps, alphas and img2img entry) and PLMS (see a1111_timesteps.cpp).
 std::unique_ptr<Scheduler> make_a1111_ddim(const SchedulerConfig& config, int steps, double eta);
 std::unique_ptr<Scheduler> make_a1111_plms(const SchedulerConfig& config, int steps);
+// AUTOMATIC1111's LCM (its k-diffusion sampler over its own LCM denoiser: see a1111_lcm.cpp).
+std::unique_ptr<Scheduler> make_a1111_lcm(const SchedulerConfig& config, int steps);
 // AUTOMATIC1111's UniPC (bh1, order 3, time-uniform: see a1111_unipc.cpp).
 std::unique_ptr<Scheduler> make_a1111_unipc(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);
@@ -54,6 +56,47 @@ bool is_a1111_schedule(SigmaSchedule schedule);
 // which the model stores in float32 (its alphas_cumprod) and takes square roots of in float64 (sqrt_alphas_cumprod,
 // sqrt_one_minus_alphas_cumprod). Throws Error(Bundle) for another beta schedule.
 std::vector<double> a1111_alphas_cumprod(const SchedulerConfig& config);
+
+// k-diffusion's DiscreteSchedule of a model's sigmas (A1111's CompVisDenoiser's, or its LCM denoiser's 50): sigma_to_t
+// (fractional timesteps, or with quantize the nearest one) and t_to_sigma, for float32 tensors.
+class DiscreteSchedule {
+ public:
+  explicit DiscreteSchedule(const std::vector<float>& training_sigmas)
+      : sigmas_(torch::tensor(training_sigmas, torch::kFloat32)), log_sigmas_(sigmas_.log()) {}
+
+  float sigma_min() const { return sigmas_[0].item<float>(); }
+  float sigma_max() const { return sigmas_[-1].item<float>(); }
+  float sigma(int64_t t) const { return sigmas_[t].item<float>(); }
+  std::vector<float> log_sigmas() const {
+    const auto logs = log_sigmas_.contiguous();
+    return {logs.data_ptr<float>(), logs.data_ptr<float>() + logs.numel()};
+  }
+  int64_t size() const { return sigmas_.size(0); }
+
+  torch::Tensor sigma_to_t(const torch::Tensor& sigma) const {
+    const auto log_sigma = sigma.log();
+    const auto dists = log_sigma - log_sigmas_.unsqueeze(1);
+    const auto low = dists.ge(0).cumsum(0).argmax(0).clamp_max(size() - 2);
+    const auto high = low + 1;
+    const auto w =
+        ((log_sigmas_.index({low}) - log_sigma) / (log_sigmas_.index({low}) - log_sigmas_.index({high}))).clamp(0, 1);
+    return ((1 - w) * low + w * high).view(sigma.sizes());
+  }
+
+  // sigma_to_t with quantize: the index of the sigma nearest in log sigma.
+  torch::Tensor nearest_t(const torch::Tensor& sigma) const {
+    return (sigma.log() - log_sigmas_.unsqueeze(1)).abs().argmin(0).view(sigma.sizes());
+  }
+
+  torch::Tensor t_to_sigma(const torch::Tensor& t) const {
+    const auto low = t.floor().to(torch::kLong), high = t.ceil().to(torch::kLong);
+    const auto w = t.frac();
+    return ((1 - w) * log_sigmas_.index({low}) + w * log_sigmas_.index({high})).exp();
+  }
+
+ private:
+  torch::Tensor sigmas_, log_sigmas_;
+};
 
 // AUTOMATIC1111's schedule of one of its own kinds, as its modules/sd_schedulers.py computes it on k-diffusion's
 // discrete schedule of the model's training sigmas, which A1111's model holds as the original Stable Diffusion code
@@ -203,6 +246,10 @@ class SigmaScheduler : public Scheduler {
   float init_noise_sigma_ = 1.0f;
   std::string prediction_type_;
 };
+
+// k-diffusion's CompVisDenoiser's c_in at `sigma`, 1 / (sigma^2 + 1) ** 0.5 in its float32 order, the factor of a
+// sample in sigma space for the U-Net's input.
+float compvis_c_in(float sigma);
 
 // Shared part of the samplers txt2img takes from k-diffusion as A1111 runs them (DPM++ 2S a, DPM++ SDE, A1111's DPM++
 // 2M SDE and 2M SDE Heun, DPM++ 3M SDE): the start, input scaling and denoisers of its CompVisDenoiser and

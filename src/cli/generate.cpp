@@ -690,9 +690,10 @@ int run_generate(const GenerateOptions& o) {
     reporter.warn(std::string(o.pad_conds ? "--pad-conds" : "--pad-conds-v0") +
                   " has no effect without --long-prompts (or a prompt file's \"long_prompts\"): prompts are cut to "
                   "one chunk, which needs no padding");
-  if (manifest.guidance_embedding_dim > 0 && resolve_sampler(manifest, o.sampler) != "lcm")
-    reporter.warn("this model is LCM-distilled (it takes the guidance scale as an input): it is made for --sampler "
-                  "lcm with 2 to 8 steps");
+  if (manifest.guidance_embedding_dim > 0 && resolve_sampler(manifest, o.sampler).rfind("lcm", 0) != 0)
+    reporter.warn(
+        "this model is LCM-distilled (it takes the guidance scale as an input): it is made for --sampler "
+        "lcm (or lcm_a1111) with 2 to 8 steps");
 
   Totals totals;
   // Kept by --skip-existing, flagged when an earlier run made them: counted as this run's, for --fail-on-nsfw.

@@ -97,6 +97,7 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
       {"unipc", "UniPC"},
       {"unipc_a1111", "UniPC"},
       {"lcm", "LCM"},
+      {"lcm_a1111", "LCM"},
       {"tcd", "TCD"},
       {"dpmpp_2s_a", "DPM++ 2S a"},
       {"ddpm", "DDPM"},

@@ -216,12 +216,13 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                  "is its seed's at that size, centred in the image's (cropped where larger), so that a seed keeps much "
                  "of its image at another size")
       ->type_name("WxH");
-  app.add_option("--ensd", o.ensd,
-                 "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a*, "
-                 "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde, dpmpp_2m_sde_karras, restart* from 20 steps, ddpm, lcm, ddim, "
-                 "ddim_a1111 and tcd with --eta) "
-                 "comes from "
-                 "seed + N")
+  app.add_option(
+         "--ensd", o.ensd,
+         "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a*, "
+         "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde, dpmpp_2m_sde_karras, restart* from 20 steps, ddpm, lcm, lcm_a1111, ddim, "
+         "ddim_a1111 and tcd with --eta) "
+         "comes from "
+         "seed + N")
       ->type_name("N")
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--rng", o.rng,

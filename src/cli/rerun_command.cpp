@@ -203,6 +203,12 @@ std::string a1111_command(const std::string& text) {
     const bool on_timesteps = ddim || unipc || sampler == "pndm";
     if (on_timesteps && version_at_least(field("Version"), 6)) {
       sampler = a1111s;
+    } else if (sampler == "lcm") {
+      // A1111's LCM came with its own denoiser (1.8), which txt2img's lcm_a1111 is; diffusers' is txt2img's lcm.
+      if (made_by_txt2img)
+        notes.push_back("txt2img writes Sampler: LCM for lcm and lcm_a1111 alike: read as lcm");
+      else
+        sampler = "lcm_a1111";
     } else if (on_timesteps && made_by_txt2img) {
       notes.push_back(std::string("txt2img writes Sampler: ") +
                       (ddim    ? "DDIM"

@@ -119,6 +119,17 @@ class CliTestCase(unittest.TestCase):
         path.write_text(text, encoding="utf-8")
         return path
 
+    def assertRemadeWithEnsd(self, args, parameters):
+        """a.png made with `args` (its --sampler first) and --ensd 31337: its record names the sampler, its A1111 text
+        holds `parameters` and the ENSD, and `info --command` gives the sampler back and makes the image again."""
+        made = self.txt2img("a fox", "--ensd", "31337", "--json", "-o", "a.png", *args)
+        self.assertEqual(made.returncode, 0, made.stderr)
+        self.assertEqual(json_lines(made.stdout)[0]["sampler"], args[1])
+        text = png_text(self.dir / "a.png")["parameters"]
+        self.assertIn(parameters, text)
+        self.assertIn(", ENSD: 31337,", text)
+        self.assertCommandRemakes("a.png", f" --sampler {args[1]} ")
+
     def assertCommandRemakes(self, name, flags, model=TINY):
         """`info NAME --command` holds `flags` (text of the command line) and makes the image NAME again with
         `model`; returns the command line."""

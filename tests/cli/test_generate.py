@@ -326,13 +326,7 @@ class Seeds(CliTestCase):
         `info --command`, whose command makes the same image; from 20 steps it draws noise where it runs a stretch
         again, which --ensd moves (recorded); below 20 it draws none (--ensd said to do nothing)."""
         args = ["--sampler", "restart_karras", "--steps", "20", "--seed", "5", "--cfg-scale", "5"]
-        made = self.txt2img("a fox", "--ensd", "31337", "--json", "-o", "a.png", *args)
-        self.assertEqual(made.returncode, 0, made.stderr)
-        self.assertEqual(json_lines(made.stdout)[0]["sampler"], "restart_karras")
-        parameters = png_text(self.dir / "a.png")["parameters"]
-        self.assertIn("Steps: 20, Sampler: Restart, CFG scale: 5.0,", parameters)
-        self.assertIn(", ENSD: 31337,", parameters)
-        self.assertCommandRemakes("a.png", " --sampler restart_karras ")
+        self.assertRemadeWithEnsd(args, "Steps: 20, Sampler: Restart, CFG scale: 5.0,")
         self.assertEqual(self.txt2img("a fox", "-o", "plain.png", *args).returncode, 0)
         self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "plain.png"))
         fewer = self.txt2img("a fox", "--ensd", "31337", "-o", "b.png", *args[:2], "--steps", "19")
@@ -752,7 +746,9 @@ class Samplers(CliTestCase):
         self.assertIn("dpmpp_2m", bases)
         combined = [f"{base}_{schedules[i % len(schedules)]}" for i, base in enumerate(bases)]
         for sampler in samplers + combined:
-            result = self.txt2img("a fox", "--sampler", sampler, "-o", f"{sampler}.png", "--seed", "1")
+            # A1111's UniPC needs as many steps as its order, 3.
+            steps = ["--steps", "3"] if sampler == "unipc_a1111" else []
+            result = self.txt2img("a fox", "--sampler", sampler, "-o", f"{sampler}.png", "--seed", "1", *steps)
             self.assertEqual(result.returncode, 0, f"{sampler}: {result.stderr}")
         labels = {"uniform": "Uniform", "sgm_uniform": "SGM Uniform", "align_your_steps": "Align Your Steps",
                   "simple": "Simple", "normal": "Normal", "polyexponential": "Polyexponential", "beta": "Beta",
@@ -851,6 +847,19 @@ class Samplers(CliTestCase):
         result = self.txt2img("a fox", "--sampler", "lcm", "--steps", "4", "--cfg-scale", "1", "-o", "lcm.png")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("Steps: 4, Sampler: LCM, CFG scale: 1.0", png_text(self.dir / "lcm.png")["parameters"])
+
+    def test_a1111_lcm(self):
+        """A1111's LCM: written as A1111 writes it ("Sampler: LCM", which A1111's own text reads back as lcm_a1111),
+        given back by `info --command`, whose command makes the same image; it draws noise after each step but the
+        last, which --ensd moves; a hires pass enters its schedule part-way."""
+        args = ["--sampler", "lcm_a1111", "--steps", "4", "--cfg-scale", "1.5", "--seed", "5"]
+        self.assertRemadeWithEnsd(args, "Steps: 4, Sampler: LCM, CFG scale: 1.5,")
+        for name, extra in (("diffusers.png", ["--sampler", "lcm"]), ("plain.png", [])):
+            self.assertEqual(self.txt2img("a fox", "-o", name, *args, *extra).returncode, 0)
+            self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / name))
+        hires = self.txt2img("a fox", "-o", "h.png", *args, "--hires-scale", "1.5", "--hires-steps", "3")
+        self.assertEqual(hires.returncode, 0, hires.stderr)
+        self.assertCommandRemakes("h.png", " --sampler lcm_a1111 ")
 
     def test_lcm_model_with_a_guidance_embedding(self):
         """An LCM-distilled model runs one U-Net row per image with the scale as its input: the negative prompt

@@ -723,6 +723,9 @@ class Metadata(CliTestCase):
                  ("Sampler: UniPC", "unipc_a1111", "it names no A1111 version: before 1.6 A1111's UniPC ran"),
                  ("Sampler: UniPC, Version: v1.5.2", "unipc_a1111", "more where the steps do not divide 1000"),
                  ("Sampler: UniPC, Version: txt2img 0.1.0", "unipc", "for unipc and unipc_a1111 alike: read as unipc"),
+                 # A1111's LCM is lcm_a1111 (its own denoiser); txt2img's own text names diffusers' too.
+                 ("Sampler: LCM, Version: v1.10.1", "lcm_a1111", None),
+                 ("Sampler: LCM, Version: txt2img 0.1.0", "lcm", "for lcm and lcm_a1111 alike: read as lcm"),
                  # Samplers A1111 lacks, by the names txt2img writes in its style.
                  ("Sampler: DDPM", "ddpm", None),
                  ("Sampler: DEIS, Schedule type: Karras", "deis_karras", None),

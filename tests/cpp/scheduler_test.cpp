@@ -615,6 +615,41 @@ INSTANTIATE_TEST_SUITE_P(Goldens, A1111TimestepsGolden, testing::ValuesIn(a1111_
                            return name;
                          });
 
+// AUTOMATIC1111's LCM against tests/fixtures/a1111_lcm_goldens.safetensors: its sample_lcm over its LCM denoiser, run
+// by tests/fixtures/make_a1111_lcm_goldens.py on the same fake inputs; bit for bit, whole runs and runs entered
+// part-way (its calls then counted from the entry's).
+class A1111LcmGolden : public testing::TestWithParam<int> {};
+
+const txt2img::SafeTensors& a1111_lcm_goldens() {
+  static const auto g = txt2img::SafeTensors::open(TXT2IMG_A1111_LCM_GOLDENS);
+  return g;
+}
+
+TEST_P(A1111LcmGolden, MatchesA1111) {
+  replay_sampler_golden(a1111_lcm_goldens(), "lcm_a1111", GetParam(), 1e-6, /*exact_final=*/true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, A1111LcmGolden, testing::Values(1, 2, 3, 4, 6, 8, 25, 60));
+
+TEST(A1111Lcm, EntersPartWayAsA1111) {
+  const auto& g = a1111_lcm_goldens();
+  for (const auto& [steps, from] : std::vector<std::pair<int, size_t>>{{8, 3}, {20, 12}}) {
+    const std::string run = "lcm_a1111/n" + std::to_string(steps) + "_from" + std::to_string(from);
+    auto sched = txt2img::make_scheduler("lcm_a1111", sd_config(), steps);
+    sched->start_at(from);
+    ASSERT_EQ(sched->first_call(), from) << run;
+    const auto ts = g.get(run + "/timesteps");
+    ASSERT_EQ(sched->timesteps().size() - from, static_cast<size_t>(ts.numel())) << run;
+    auto x = sched->add_noise(torch::zeros_like(fake_sample0()), fake_sample0(), from);
+    for (size_t i = 0; i < static_cast<size_t>(ts.numel()); ++i) {
+      EXPECT_EQ(sched->timesteps()[from + i], ts[static_cast<int64_t>(i)].item<double>()) << run << " " << i;
+      x = sched->step(fake_model_output(i), from + i, x,
+                      sched->needs_noise(from + i) ? fake_noise(i) : torch::Tensor());
+    }
+    EXPECT_TRUE(torch::equal(x, g.get(run + "/final"))) << run;
+  }
+}
+
 // AUTOMATIC1111's UniPC against tests/fixtures/a1111_unipc_goldens.safetensors: its unipc function over its uni_pc.py
 // (bh1, order 3, time-uniform), run by tests/fixtures/make_a1111_unipc_goldens.py on the same fake inputs, whole runs
 // and hires passes (a run of their own from A1111's img2img time); bit for bit, its fractional timesteps too.
@@ -988,6 +1023,7 @@ TEST(Scheduler, NamesAndValidation) {
                                               "deis",
                                               "deis_karras",
                                               "lcm",
+                                              "lcm_a1111",
                                               "tcd"};
   auto expected = diffusers_names;
   for (const auto& name : a1111_schedule_samplers()) expected.push_back(name);
@@ -1272,7 +1308,8 @@ TEST(Scheduler, UnsupportedConfigValuesAreBundleErrors) {
     expect_error(ErrorKind::Bundle, "sigmoid", [&] { txt2img::make_scheduler(name, schedule, 10); });
     // LCM's and TCD's timesteps come from their distillation schedule, A1111's DDIM's, PLMS's and UniPC's from
     // A1111's own spacing: none reads the configured one.
-    if (name != "lcm" && name != "tcd" && name != "ddim_a1111" && name != "plms_a1111" && name != "unipc_a1111")
+    if (name != "lcm" && name != "tcd" && name != "ddim_a1111" && name != "plms_a1111" && name != "unipc_a1111" &&
+        name != "lcm_a1111")
       expect_error(ErrorKind::Bundle, "karras", [&] { txt2img::make_scheduler(name, spacing, 10); });
     expect_error(ErrorKind::Bundle, "flow", [&] { txt2img::make_scheduler(name, prediction, 10); });
   }
@@ -1360,7 +1397,8 @@ const std::vector<std::string>& late_starters() {
                                     "deis_karras",
                                     "restart",
                                     "restart_karras",
-                                    "restart_exponential"};
+                                    "restart_exponential",
+                                    "lcm_a1111"};
     for (const auto& name : a1111_schedule_samplers()) out.push_back(name);
     return out;
   }();
@@ -1738,7 +1776,7 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
     // Their fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has euler_a.
     if (name.rfind("euler_a", 0) == 0 || name.rfind("dpmpp_2m_sde", 0) == 0 || name.rfind("dpm2_a", 0) == 0 ||
         name.rfind("dpmpp_2s_a", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 || name.rfind("dpmpp_3m_sde", 0) == 0 ||
-        name == "ddpm")
+        name == "ddpm" || name == "lcm_a1111")
       continue;
     for (size_t k : {0, 3, 7, 11}) {
       auto sched = txt2img::make_scheduler(name, sd_config(), 12);
