@@ -37,16 +37,15 @@ class Scheduler {
   virtual ~Scheduler() = default;
 
   // Timestep of each U-Net call, in order (PNDM makes N+1 calls for N steps, Heun 2N-1: a predictor and a corrector
-  // call per step but the last). Whole numbers for DDIM, DDPM, PNDM, LCM, DPM-Solver++, UniPC and DEIS (which may
-  // repeat one);
-  // fractional values for the sigma samplers (float32, or float64 on Karras sigmas where diffusers keeps those).
+  // call per step but the last). Whole numbers for DDIM, DDPM, PNDM, LCM (A1111's too), DPM-Solver++, UniPC and DEIS
+  // (which may repeat one); fractional values for the sigma samplers (float32, or float64 on Karras sigmas where
+  // diffusers keeps those) and A1111's UniPC.
   const std::vector<double>& timesteps() const { return timesteps_; }
   // What AUTOMATIC1111's sampler of this kind hands its CFG denoiser as the noise level of U-Net call `call`, which
   // A1111's NGMS compares with its threshold: the sigma of the call's input where A1111 samples on k-diffusion's
-  // sigmas (euler*, euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, lms*, dpmpp_2m*, dpmpp_3m_sde*, and lcm:
-  // sqrt((1 - a) / a) at its
-  // timestep), the timestep where A1111 samples on timesteps (ddim*, pndm as A1111's PLMS, plms_a1111, unipc*) and
-  // for the samplers A1111 lacks (ddpm, deis*).
+  // sigmas (euler*, euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, lms*, dpmpp_2m*, dpmpp_3m_sde*, restart*,
+  // lcm_a1111, and lcm: sqrt((1 - a) / a) at its timestep), the timestep where A1111 samples on timesteps (ddim*,
+  // pndm as A1111's PLMS, plms_a1111, unipc*) and for the samplers A1111 lacks (ddpm, deis*).
   virtual double a1111_sigma(size_t call) const { return timesteps_.at(call); }
   // Factor for the initial standard-normal latents (a float32 value).
   virtual double init_noise_sigma() const { return 1.0; }
@@ -54,10 +53,10 @@ class Scheduler {
   virtual torch::Tensor scale_model_input(const torch::Tensor& sample, size_t /*call*/) const { return sample; }
   // Whether step(…, call, …) needs a fresh standard-normal tensor shaped like the sample, drawn from the caller's
   // generator exactly where diffusers draws one: DDIM with eta > 0, Euler ancestral and DPM++ 2M SDE at every
-  // call, the last included; DDPM at every call whose timestep is above 0; LCM at every call but the last; DPM2
-  // ancestral at each step's midpoint call, and DPM++ 2S a there too, where k-diffusion draws it; and DPM++ SDE at
-  // both calls of a step but the last and A1111's DPM++ 2M SDE (Heun) and DPM++ 3M SDE at every call but the last,
-  // whose noise is brownian_increment's; and Restart after the call before each stretch it runs again.
+  // call, the last included; DDPM at every call whose timestep is above 0; LCM (A1111's too) at every call but the
+  // last; DPM2 ancestral at each step's midpoint call, and DPM++ 2S a there too, where k-diffusion draws it; and DPM++
+  // SDE at both calls of a step but the last and A1111's DPM++ 2M SDE (Heun) and DPM++ 3M SDE at every call but the
+  // last, whose noise is brownian_increment's; and Restart after the call before each stretch it runs again.
   virtual bool needs_noise(size_t /*call*/) const { return false; }
   // Where that noise is no fresh draw but a Brownian motion's increment (dpmpp_sde*, dpmpp_2m_sde_a1111*,
   // dpmpp_2m_sde_heun* and dpmpp_3m_sde*, as
@@ -70,15 +69,17 @@ class Scheduler {
   // make two calls but the last): its calls and those after it then run as a fresh run (multistep samplers start
   // without history, as k-diffusion does on a sub-schedule and as img2img does), for A1111's hires fix and img2img,
   // which build the schedule of a longer run and enter it part-way. The single-step samplers (ddim, ddpm, euler*,
-  // euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*) then compute exactly what a whole run computes from the same
-  // sample; lms* ramps its order up from 1 again and dpmpp_2m* (A1111's 2M SDE too), dpmpp_3m_sde*, unipc* and deis*
-  // take a first-order step first. ddim_a1111 enters as A1111's DDIM does, a call later (its enter), and restart*
-  // plans a run of the schedule's rest as A1111's Restart does (the calls then count from 0). Call before
-  // any step (start_at(0) changes nothing but on ddim_a1111). Throws Error(Usage) for step > 0 on a sampler that cannot
-  // start anywhere but the beginning (pndm, plms_a1111, lcm) or an entry that leaves ddim_a1111 no call, and
-  // Error(Runtime) for a step past the schedule or after a step.
+  // euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, lcm_a1111) then compute exactly what a whole run computes from
+  // the same sample; lms* ramps its order up from 1 again and dpmpp_2m* (A1111's 2M SDE too), dpmpp_3m_sde*, unipc,
+  // unipc_karras and deis* take a first-order step first. ddim_a1111 enters as A1111's DDIM does, a call later (its
+  // enter), and restart* and unipc_a1111 plan a run of their own over the schedule's rest as A1111's img2img runs them
+  // (the calls then count from 0). Call before any step (start_at(0) changes nothing but on ddim_a1111 and
+  // unipc_a1111). Throws Error(Usage) for step > 0 on a sampler that cannot start anywhere but the beginning (pndm,
+  // plms_a1111, lcm) or an entry that leaves ddim_a1111 no call or unipc_a1111 fewer than 3 steps, and Error(Runtime)
+  // for a step past the schedule or after a step.
   void start_at(size_t step);
-  // The U-Net call this run starts at: 0, or start_at's entry (the first call of its step; for ddim_a1111 later).
+  // The U-Net call this run starts at: 0, or start_at's entry (the first call of its step; for ddim_a1111 later, for
+  // restart* and unipc_a1111 0).
   size_t first_call() const { return first_call_; }
   // The U-Net calls of a step: 2 for Heun, DPM2, DPM++ 2S a, DPM++ SDE and Restart (whose last step makes one, two
   // on KL Optimal's schedule), 1 for the others.
