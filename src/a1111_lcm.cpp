@@ -23,14 +23,11 @@ class A1111Lcm final : public Scheduler {
     if (config.num_train_timesteps != 1000)
       throw Error(ErrorKind::Bundle, "lcm_a1111 (A1111's LCM) takes 50 of 1000 training timesteps; this model has " +
                                          std::to_string(config.num_train_timesteps));
-    const auto alphas_cumprod = a1111_alphas_cumprod(config);
-    std::vector<float> valid(kDistilled);
-    for (int64_t x = 0; x < kDistilled; ++x)
-      valid[kDistilled - 1 - x] = static_cast<float>(alphas_cumprod[999 - x * kSkip]);
-    const auto a = torch::tensor(valid, torch::kFloat32);
-    const auto sigmas = ((1 - a) / a).pow(0.5).contiguous();
-    schedule_ = std::make_unique<DiscreteSchedule>(
-        std::vector<float>(sigmas.data_ptr<float>(), sigmas.data_ptr<float>() + kDistilled));
+    // The sigmas of the distillation timesteps, lowest first.
+    const auto training = training_sigmas_of_a1111(config);
+    std::vector<float> distilled(kDistilled);
+    for (int64_t x = 0; x < kDistilled; ++x) distilled[kDistilled - 1 - x] = training[999 - x * kSkip];
+    schedule_ = std::make_unique<DiscreteSchedule>(distilled);
 
     // get_sigmas(n): timesteps evenly spaced from the largest sigma's to the smallest's, as sigmas, then 0.
     const auto first = timestep_of(schedule_->sigma_max()), last = timestep_of(schedule_->sigma_min());

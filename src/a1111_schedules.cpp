@@ -11,9 +11,7 @@
 #include "txt2img/error.hpp"
 
 namespace txt2img::detail {
-namespace {
 
-// k-diffusion's ((1 - a) / a) ** 0.5 in float32 of the alphas_cumprod A1111's model holds.
 std::vector<float> training_sigmas_of_a1111(const SchedulerConfig& config) {
   std::vector<float> sigmas;
   for (const double alpha_cumprod : a1111_alphas_cumprod(config)) {
@@ -22,6 +20,8 @@ std::vector<float> training_sigmas_of_a1111(const SchedulerConfig& config) {
   }
   return sigmas;
 }
+
+namespace {
 
 // A1111's sgm_uniform (the last of steps + 1 evenly spaced timesteps dropped) and normal_scheduler (steps of them,
 // from the highest timestep to the lowest).

@@ -51,17 +51,10 @@ std::vector<A1111Step> a1111_steps(const SchedulerConfig& config, int steps, con
   return out;
 }
 
-// The eps a model output stands for, for the sample it was given at a timestep of these roots
-// (CompVisTimestepsVDenoiser's for v).
-torch::Tensor eps_of(const torch::Tensor& model_output, const torch::Tensor& sample, float sqrt_alpha,
-                     float sqrt_one_minus_alpha, bool v_prediction) {
-  return v_prediction ? sqrt_alpha * model_output + sqrt_one_minus_alpha * sample : model_output;
-}
-
 // At a step's start.
 torch::Tensor eps_of(const torch::Tensor& model_output, const torch::Tensor& sample, const A1111Step& s,
                      bool v_prediction) {
-  return eps_of(model_output, sample, s.sqrt_alpha, s.sqrt_one_minus_alpha, v_prediction);
+  return a1111_eps_of(model_output, sample, s.sqrt_alpha, s.sqrt_one_minus_alpha, v_prediction);
 }
 
 // x0 = (x - sqrt(1 - a) * eps) / sqrt(a), in float32 as A1111's samplers compute it.
@@ -175,7 +168,8 @@ class A1111Plms final : public Scheduler {
     if (call == 1) {
       // The prediction at the first step's end, for the sample there (v converted with that timestep's roots).
       const auto& s = steps_[0];
-      const auto eps_next = eps_of(model_output, sample, s.sqrt_alpha_prev, s.sqrt_one_minus_alpha_prev, v_prediction_);
+      const auto eps_next =
+          a1111_eps_of(model_output, sample, s.sqrt_alpha_prev, s.sqrt_one_minus_alpha_prev, v_prediction_);
       const auto prev = step_with((first_eps_ + eps_next) / 2, s, first_sample_);
       old_eps_.push_back(first_eps_);
       first_sample_ = first_eps_ = torch::Tensor();
@@ -212,6 +206,11 @@ class A1111Plms final : public Scheduler {
 };
 
 }  // namespace
+
+torch::Tensor a1111_eps_of(const torch::Tensor& model_output, const torch::Tensor& sample, float sqrt_alpha,
+                           float sqrt_one_minus_alpha, bool v_prediction) {
+  return v_prediction ? sqrt_alpha * model_output + sqrt_one_minus_alpha * sample : model_output;
+}
 
 std::unique_ptr<Scheduler> make_a1111_ddim(const SchedulerConfig& config, int steps, double eta) {
   return std::make_unique<A1111Ddim>(config, steps, eta);

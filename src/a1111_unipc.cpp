@@ -145,9 +145,9 @@ class A1111UniPc final : public Scheduler {
   // The noise A1111's timestep denoiser returns: the output itself, or for v-prediction the noise implied at the
   // call's timestep rounded down (CompVisTimestepsVDenoiser).
   torch::Tensor noise_of(const torch::Tensor& model_output, const torch::Tensor& sample, size_t call) const {
-    if (!v_prediction_) return model_output;
     const auto t = static_cast<size_t>(timesteps_[call]);
-    return sqrt_alphas_cumprod_[t] * model_output + sqrt_one_minus_alphas_cumprod_[t] * sample;
+    return a1111_eps_of(model_output, sample, sqrt_alphas_cumprod_[t], sqrt_one_minus_alphas_cumprod_[t],
+                        v_prediction_);
   }
 
   torch::Tensor data_prediction(const torch::Tensor& x, const torch::Tensor& noise, const torch::Tensor& t) const {
@@ -161,7 +161,7 @@ class A1111UniPc final : public Scheduler {
     const auto& model_prev_0 = models_.back();
     const auto lambda_prev_0 = lambda(t_prev_0), lambda_t = lambda(t);
     const auto sigma_prev_0 = std_dev(t_prev_0), sigma_t = std_dev(t);
-    const auto alpha_t = torch::exp(log_mean_coeff(t));
+    const auto alpha_t = alpha(t);
     const auto h = lambda_t - lambda_prev_0;
 
     std::vector<float> rks;

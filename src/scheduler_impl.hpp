@@ -18,6 +18,14 @@ std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config, int steps, d
 // AUTOMATIC1111's DDIM (its timesteps, alphas and img2img entry) and PLMS (see a1111_timesteps.cpp).
 std::unique_ptr<Scheduler> make_a1111_ddim(const SchedulerConfig& config, int steps, double eta);
 std::unique_ptr<Scheduler> make_a1111_plms(const SchedulerConfig& config, int steps);
+// The eps A1111's timestep samplers take from a model output for the sample it was given, at a timestep whose model
+// roots (float64 square roots of alphas_cumprod and 1 - alphas_cumprod, stored in float32) are these: the output
+// itself, or for v-prediction CompVisTimestepsVDenoiser's sqrt_alpha * v + sqrt_one_minus_alpha * sample.
+torch::Tensor a1111_eps_of(const torch::Tensor& model_output, const torch::Tensor& sample, float sqrt_alpha,
+                           float sqrt_one_minus_alpha, bool v_prediction);
+// The training sigmas ((1 - a) / a) ** 0.5 in float32 of the alphas_cumprod A1111's model holds (k-diffusion's
+// CompVisDenoiser's).
+std::vector<float> training_sigmas_of_a1111(const SchedulerConfig& config);
 // AUTOMATIC1111's LCM (its k-diffusion sampler over its own LCM denoiser: see a1111_lcm.cpp).
 std::unique_ptr<Scheduler> make_a1111_lcm(const SchedulerConfig& config, int steps);
 // AUTOMATIC1111's UniPC (bh1, order 3, time-uniform: see a1111_unipc.cpp).
