@@ -13,7 +13,6 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "philox.hpp"
 #include "txt2img/error.hpp"
 
 namespace txt2img::detail {
@@ -120,11 +119,7 @@ BrownianTree::BrownianTree(double t0, double t1, std::vector<int64_t> shape, uin
 
 BrownianTree::~BrownianTree() = default;
 
-torch::Tensor BrownianTree::randn(uint32_t seed) const {
-  if (rng_ == NoiseRng::kNv) return philox_randn(seed, 0, shape_);
-  auto generator = at::detail::createCPUGenerator(seed);
-  return torch::randn(shape_, generator, torch::kFloat32);
-}
+torch::Tensor BrownianTree::randn(uint32_t seed) const { return SeededGenerator(rng_, seed).randn(shape_); }
 
 void BrownianTree::split(Node* node, double at) {
   // Halfway tree: always split at the rounded midpoint, then split the child holding `at` until a midpoint is `at`.

@@ -30,7 +30,7 @@ class BrownianTree {
  public:
   // torchsde.BrownianTree(t0, w0=zeros(shape, float32), t1, entropy): t0 < t1 are the times as the caller's floats.
   // torchsde draws each node's normals from a fresh torch generator of the node's seed on the samples' device: `rng`
-  // kCpu is the CPU's, kNv an NVIDIA GPU's (A1111's NV imitation of it, philox_randn at offset 0).
+  // kCpu is the CPU's, kNv an NVIDIA GPU's (A1111's NV imitation of it): a fresh SeededGenerator's first draw.
   BrownianTree(double t0, double t1, std::vector<int64_t> shape, uint64_t entropy, NoiseRng rng = NoiseRng::kCpu);
   ~BrownianTree();
   BrownianTree(const BrownianTree&) = delete;

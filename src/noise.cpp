@@ -83,11 +83,11 @@ void SeededNoise::check_batch(const std::vector<int64_t>& shape) const {
                                       " images takes as many seeds, not " + std::to_string(seeds_.size()));
 }
 
-SeededNoise::Generator::Generator(NoiseRng rng, uint64_t seed) : rng_(rng), seed_(seed) {
+detail::SeededGenerator::SeededGenerator(NoiseRng rng, uint64_t seed) : rng_(rng), seed_(seed) {
   if (rng_ == NoiseRng::kCpu) cpu_ = at::detail::createCPUGenerator(seed);
 }
 
-torch::Tensor SeededNoise::Generator::randn(const std::vector<int64_t>& shape) {
+torch::Tensor detail::SeededGenerator::randn(const std::vector<int64_t>& shape) {
   if (rng_ == NoiseRng::kNv) return detail::philox_randn(seed_, draws_++, shape);
   return torch::randn(shape, cpu_, torch::kFloat32);
 }
@@ -113,9 +113,9 @@ torch::Tensor SeededNoise::draw(const std::vector<int64_t>& shape) {
   for (size_t k = 0; k < generators_.size(); ++k) {
     auto row = generators_[k].randn(row_shape);
     auto seed_noise = row;
-    if (resized) seed_noise = Generator(rng_, seeds_[k]).randn(seed_shape);
+    if (resized) seed_noise = detail::SeededGenerator(rng_, seeds_[k]).randn(seed_shape);
     if (first_draw_ && !variations_.empty() && variations_[k].strength != 0) {
-      const auto other = Generator(rng_, variations_[k].seed).randn(seed_shape);
+      const auto other = detail::SeededGenerator(rng_, variations_[k].seed).randn(seed_shape);
       seed_noise = slerp_noise(variations_[k].strength, seed_noise[0], other[0]).unsqueeze(0);
     }
     if (resized)

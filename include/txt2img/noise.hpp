@@ -52,6 +52,22 @@ struct SeedResize {
   int64_t width = 0;
 };
 
+namespace detail {
+// One image's generator of `seed`: torch's CPU one, or A1111's NV one with the count of its draws (a fresh one's
+// first draw is what torchsde's Brownian-tree nodes draw).
+class SeededGenerator {
+ public:
+  SeededGenerator(NoiseRng rng, uint64_t seed);
+  torch::Tensor randn(const std::vector<int64_t>& shape);
+
+ private:
+  NoiseRng rng_;
+  uint64_t seed_;
+  uint64_t draws_ = 0;
+  at::Generator cpu_;
+};
+}  // namespace detail
+
 // Row k draws from its own generator seeded with seeds[k] (as torch.Generator().manual_seed does, or with `rng` kNv
 // as A1111's rng_philox.Generator(seed) does, each draw one step on its counter), so an image depends on its seed
 // only, never on the batch it was made in. With variations (one per row, or none), each
@@ -76,19 +92,6 @@ class SeededNoise : public NoiseSource {
   void restart() override;
 
  private:
-  // One image's generator: torch's CPU one, or A1111's NV one with the count of its draws.
-  class Generator {
-   public:
-    Generator(NoiseRng rng, uint64_t seed);
-    torch::Tensor randn(const std::vector<int64_t>& shape);
-
-   private:
-    NoiseRng rng_;
-    uint64_t seed_;
-    uint64_t draws_ = 0;
-    at::Generator cpu_;
-  };
-
   // One generator per row, seeded with the row's seed + delta.
   void seed_generators(uint64_t delta);
   // Throws Error(Usage) unless `shape` has one row per seed.
@@ -99,7 +102,7 @@ class SeededNoise : public NoiseSource {
   uint64_t eta_noise_seed_delta_;
   SeedResize resize_;
   NoiseRng rng_;
-  std::vector<Generator> generators_;
+  std::vector<detail::SeededGenerator> generators_;
   bool first_draw_ = true;
   std::unique_ptr<detail::BrownianTreeNoise> trees_;
   std::vector<int64_t> trees_shape_;
