@@ -2,20 +2,23 @@
 // Karras or exponential sigmas: k-diffusion's second-order DPM-Solver-2 in sigma space. Each step from sigma s to the
 // next makes an Euler call at s to a midpoint sigma (the geometric mean of s and the step's target) and a call there,
 // whose derivative then carries the step's start sample the whole way. The ancestral variant's target is its "down"
-// sigma, and fresh noise scaled by its "up" sigma completes the step. The last step is the Euler call alone, to
-// sigma 0. N steps thus make 2N - 1 U-Net calls, the midpoints' at fractional timesteps (2N on A1111's KL Optimal
-// schedule, which ends above 0).
-#include "scheduler_impl.hpp"
-
+// sigma, and fresh noise scaled by its "up" sigma completes the step; k-diffusion's eta (1 in diffusers) scales the up
+// sigma, at most to the next sigma (at 0 the step is DPM2's, with noise still drawn and scaled by 0). The last step is
+// the Euler call alone, to sigma 0. N steps thus make 2N - 1 U-Net calls, the midpoints' at fractional timesteps (2N on
+// A1111's KL Optimal schedule, which ends above 0).
 #include <cmath>
+#include <optional>
+
+#include "scheduler_impl.hpp"
 
 namespace txt2img::detail {
 namespace {
 
 class Dpm2 final : public SigmaScheduler {
  public:
-  Dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral)
-      : SigmaScheduler(config, steps, schedule, is_a1111_schedule(schedule)), ancestral_(ancestral) {
+  // `eta`: the ancestral variant's; none for DPM2.
+  Dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, std::optional<double> eta)
+      : SigmaScheduler(config, steps, schedule, is_a1111_schedule(schedule)), ancestral_(eta.has_value()) {
     require_prediction_type(config, (ancestral_ ? "dpm2_a" : "dpm2") + std::string(schedule_suffix(schedule)),
                             {"epsilon", "v_prediction"});
     // The step sigmas' arithmetic is diffusers' float32 tensor expressions, run by the same ATen kernels.
@@ -24,7 +27,8 @@ class Dpm2 final : public SigmaScheduler {
     if (ancestral_) {
       auto next = s.roll(-1);
       next[-1] = 0.0f;
-      up = torch::pow(next.pow(2) * (s.pow(2) - next.pow(2)) / s.pow(2), 0.5);
+      up = *eta == 0 ? torch::zeros_like(s)
+                     : torch::minimum(next, torch::pow(next.pow(2) * (s.pow(2) - next.pow(2)) / s.pow(2), 0.5) * *eta);
       end = torch::pow(next.pow(2) - up.pow(2), 0.5);
       end[-1] = 0.0f;
       mid = s.log().lerp(end.log(), 0.5).exp();
@@ -92,8 +96,13 @@ class Dpm2 final : public SigmaScheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral) {
-  return std::make_unique<Dpm2>(config, steps, schedule, ancestral);
+std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule) {
+  return std::make_unique<Dpm2>(config, steps, schedule, std::nullopt);
+}
+
+std::unique_ptr<Scheduler> make_dpm2_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                               double eta) {
+  return std::make_unique<Dpm2>(config, steps, schedule, eta);
 }
 
 }  // namespace txt2img::detail

@@ -14,14 +14,14 @@ namespace {
 
 class DpmPP2SAncestral final : public KDiffusionTwoCallScheduler {
  public:
-  DpmPP2SAncestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
+  DpmPP2SAncestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule, double eta)
       : KDiffusionTwoCallScheduler(config, steps, schedule, "dpmpp_2s_a") {
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
     const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
     std::vector<Step> two_call_steps;
     for (size_t j = 0; j + 1 < sigmas_.size(); ++j) {
       const auto from = f32(sigmas_[j]);
-      const auto [down, up] = ancestral_step(from, f32(sigmas_[j + 1]));
+      const auto [down, up] = ancestral_step(from, f32(sigmas_[j + 1]), eta);
       Step step{};
       step.sigma = sigmas_[j];
       step.up = up.item<float>();
@@ -49,8 +49,9 @@ class DpmPP2SAncestral final : public KDiffusionTwoCallScheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule) {
-  return std::make_unique<DpmPP2SAncestral>(config, steps, schedule);
+std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                                   double eta) {
+  return std::make_unique<DpmPP2SAncestral>(config, steps, schedule, eta);
 }
 
 }  // namespace txt2img::detail

@@ -1,10 +1,10 @@
-// DPM++ 3M SDE: k-diffusion's sample_dpmpp_3m_sde (A1111's "DPM++ 3M SDE"; eta 1, s_noise 1), which diffusers has no
-// SDE class for, with the noise A1111 gives it, increments of Brownian motions on one tree per image seed
+// DPM++ 3M SDE: k-diffusion's sample_dpmpp_3m_sde (A1111's "DPM++ 3M SDE"; s_noise 1), which diffusers has no SDE
+// class for, with the noise A1111 gives it, increments of Brownian motions on one tree per image seed
 // (NoiseSource::brownian), on a schedule of one step more without its next-to-last sigma, as A1111 runs it. Each
-// step from sigma s to n (h = log(s / n)) takes the first-order SDE step (of 2h: eta 1 doubles it), adds the
+// step from sigma s to n (h = log(s / n)) takes the first-order SDE step of (1 + eta) h (eta 1 doubles it), adds the
 // third-order correction from the two previous steps' denoised samples (second-order where there is one; none in the
 // first step or the first after start_at, as k-diffusion starts afresh on a cut schedule), and the increment from s to
-// n scaled by n * sqrt(1 - exp(-2h)); a step to sigma 0 returns the denoised sample.
+// n scaled by n * sqrt(1 - exp(-2 eta h)) (none at eta 0); a step to sigma 0 returns the denoised sample.
 #include "scheduler_impl.hpp"
 
 namespace txt2img::detail {
@@ -12,15 +12,17 @@ namespace {
 
 class DpmPP3MSde final : public KDiffusionMultistepSde {
  public:
-  DpmPP3MSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
-      : KDiffusionMultistepSde(config, steps, schedule, "dpmpp_3m_sde", /*discard_next_to_last_sigma=*/true) {
-    // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
+  DpmPP3MSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule, double eta)
+      : KDiffusionMultistepSde(config, steps, schedule, "dpmpp_3m_sde", eta, /*discard_next_to_last_sigma=*/true) {
+    // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order (it scales the
+    // noise by -2 * h * eta, where 2M SDE takes -2 * (eta * h)).
     for (Step& step : steps_) {
       Phi phi;
       if (step.h.defined()) {
-        const auto h_eta = step.h * 2.0;  // h * (eta + 1)
+        const auto h_eta = step.h * (eta + 1);
         step.to_next = h_eta.neg().exp().item<float>();
         step.to_next_x0 = h_eta.neg().expm1().neg().item<float>();
+        step.noise_scale = (step.h * -2 * eta).expm1().neg().sqrt().item<float>();
         phi.two = h_eta.neg().expm1() / h_eta + 1;
         phi.three = phi.two / h_eta - 0.5;
       }
@@ -47,7 +49,7 @@ class DpmPP3MSde final : public KDiffusionMultistepSde {
   }
 
   struct Phi {
-    torch::Tensor two;  // expm1(-2h) / 2h + 1 and phi_2 / 2h - 1/2: the corrections' factors
+    torch::Tensor two;  // expm1(-H) / H + 1 and phi_2 / H - 1/2 with H = (1 + eta) h: the corrections' factors
     torch::Tensor three;
   };
   std::vector<Phi> phi_;
@@ -55,8 +57,9 @@ class DpmPP3MSde final : public KDiffusionMultistepSde {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_dpmpp_3m_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule) {
-  return std::make_unique<DpmPP3MSde>(config, steps, schedule);
+std::unique_ptr<Scheduler> make_dpmpp_3m_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                             double eta) {
+  return std::make_unique<DpmPP3MSde>(config, steps, schedule, eta);
 }
 
 }  // namespace txt2img::detail

@@ -1,4 +1,4 @@
-// DPM++ SDE: k-diffusion's sample_dpmpp_sde (A1111's "DPM++ SDE"; eta 1, s_noise 1, r = 1/2), which diffusers has no
+// DPM++ SDE: k-diffusion's sample_dpmpp_sde (A1111's "DPM++ SDE"; s_noise 1, r = 1/2), which diffusers has no
 // class for, on the sigmas of txt2img's other sigma samplers. Each step from sigma s to the next sigma n is
 // DPM-Solver++(2S) made stochastic: an ancestral first-order step in log sigma toward the midpoint m (the geometric
 // mean of s and n), a call there, and from the step's start an ancestral step toward n that takes the midpoint's
@@ -13,7 +13,7 @@ namespace {
 
 class DpmPPSde final : public KDiffusionTwoCallScheduler {
  public:
-  DpmPPSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
+  DpmPPSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule, double eta)
       : KDiffusionTwoCallScheduler(config, steps, schedule, "dpmpp_sde") {
     // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order: sigma_fn(t) is
     // t.neg().exp() and t_fn(sigma) sigma.log().neg().
@@ -28,14 +28,14 @@ class DpmPPSde final : public KDiffusionTwoCallScheduler {
         const auto h = t_next - t;
         const auto s = t + h * 0.5;
         const auto sigma_t = t.neg().exp(), sigma_s = s.neg().exp(), sigma_next = t_next.neg().exp();
-        const auto [mid_down, mid_up] = ancestral_step(sigma_t, sigma_s);
+        const auto [mid_down, mid_up] = ancestral_step(sigma_t, sigma_s, eta);
         const auto s_ = mid_down.log().neg();
         step.to_mid = (s_.neg().exp() / sigma_t).item<float>();
         step.to_mid_x0 = (t - s_).expm1().item<float>();
         step.mid_up = mid_up.item<float>();
         // k-diffusion's (1 - fac) * denoised + fac * denoised_2 with fac = 1 / (2r) = 1 is the midpoint's denoised
         // sample (up to the sign of a zero), which the second call takes.
-        const auto [down, up] = ancestral_step(sigma_t, sigma_next);
+        const auto [down, up] = ancestral_step(sigma_t, sigma_next, eta);
         const auto t_next_ = down.log().neg();
         step.to_down = (t_next_.neg().exp() / sigma_t).item<float>();
         step.to_down_x0 = (t - t_next_).expm1().item<float>();
@@ -68,8 +68,9 @@ class DpmPPSde final : public KDiffusionTwoCallScheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_dpmpp_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule) {
-  return std::make_unique<DpmPPSde>(config, steps, schedule);
+std::unique_ptr<Scheduler> make_dpmpp_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                          double eta) {
+  return std::make_unique<DpmPPSde>(config, steps, schedule, eta);
 }
 
 }  // namespace txt2img::detail

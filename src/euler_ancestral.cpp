@@ -2,7 +2,8 @@
 // of euler_karras and euler_exponential): an Euler step down to sigma_down, then fresh noise
 // of scale sigma_up so that the marginal matches sigma_next (sigma_down^2 + sigma_up^2 = sigma_next^2). Noise is
 // needed at every step, the last included (where sigma_up = 0), so that the caller's generator advances as
-// diffusers' does.
+// diffusers' does. k-diffusion's eta (1 in diffusers) scales sigma_up, at most to sigma_next; at 0 each step is
+// Euler's, to sigma_next, and its noise is still drawn, as k-diffusion draws it.
 #include <cmath>
 
 #include "scheduler_impl.hpp"
@@ -12,8 +13,8 @@ namespace {
 
 class EulerAncestral final : public SigmaScheduler {
  public:
-  EulerAncestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule)
-      : SigmaScheduler(config, steps, schedule) {
+  EulerAncestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule, double eta)
+      : SigmaScheduler(config, steps, schedule), eta_(static_cast<float>(eta)) {
     require_prediction_type(config, "euler_a" + schedule_suffix(schedule), {"epsilon", "v_prediction"});
     // On Karras' and exponential sigmas, which diffusers' EulerAncestralDiscreteScheduler lacks, the timesteps of
     // euler_karras and euler_exponential: EulerDiscreteScheduler's, float32.
@@ -30,7 +31,11 @@ class EulerAncestral final : public SigmaScheduler {
     const float sigma = sigmas_[call];
     const auto x0 = predict_x0(model_output, sample, sigma);
     const float next = sigmas_[call + 1];
-    const float sigma_up = std::sqrt(next * next * (sigma * sigma - next * next) / (sigma * sigma));
+    float sigma_up = 0.0f;
+    if (eta_ != 0.0f) {
+      sigma_up = eta_ * std::sqrt(next * next * (sigma * sigma - next * next) / (sigma * sigma));
+      if (!(sigma_up < next)) sigma_up = next;
+    }
     const float sigma_down = std::sqrt(next * next - sigma_up * sigma_up);
     const auto derivative = (sample - x0) / sigma;
     const float dt = sigma_down - sigma;
@@ -38,12 +43,16 @@ class EulerAncestral final : public SigmaScheduler {
     ++next_call_;
     return sample + derivative * dt + noise * sigma_up;
   }
+
+ private:
+  float eta_;
 };
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule) {
-  return std::make_unique<EulerAncestral>(config, steps, schedule);
+std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                                double eta) {
+  return std::make_unique<EulerAncestral>(config, steps, schedule, eta);
 }
 
 }  // namespace txt2img::detail

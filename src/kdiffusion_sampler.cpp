@@ -42,26 +42,24 @@ torch::Tensor KDiffusionScheduler::denoised(const torch::Tensor& model_output, c
 }
 
 std::pair<torch::Tensor, torch::Tensor> KDiffusionScheduler::ancestral_step(const torch::Tensor& from,
-                                                                            const torch::Tensor& to) {
+                                                                            const torch::Tensor& to, double eta) {
+  if (eta == 0) return {to, torch::zeros_like(to)};
   // Python's min keeps `to` unless the other is smaller.
-  auto up = (to.pow(2) * (from.pow(2) - to.pow(2)) / from.pow(2)).pow(0.5);
+  auto up = (to.pow(2) * (from.pow(2) - to.pow(2)) / from.pow(2)).pow(0.5) * eta;
   if (!(up < to).item<bool>()) up = to;
   return {(to.pow(2) - up.pow(2)).pow(0.5), up};
 }
 
 KDiffusionMultistepSde::KDiffusionMultistepSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
-                                               const std::string& name, bool discard_next_to_last_sigma)
-    : KDiffusionScheduler(config, steps, schedule, name, discard_next_to_last_sigma) {
+                                               const std::string& name, double eta, bool discard_next_to_last_sigma)
+    : KDiffusionScheduler(config, steps, schedule, name, discard_next_to_last_sigma), eta_(eta) {
   timesteps_.clear();
   // k-diffusion's arithmetic on float32 0-dim tensors, by the same ATen kernels in the same order.
   const auto f32 = [](float v) { return torch::scalar_tensor(v, torch::kFloat32); };
   for (size_t j = 0; j + 1 < sigmas_.size(); ++j) {
     timesteps_.push_back(sigma_to_t(sigmas_[j], log_sigmas_, SigmaToT::kTensorSigmaTensorLogs));
     Step step{};
-    if (sigmas_[j + 1] != 0.0f) {
-      step.h = f32(sigmas_[j + 1]).log().neg() - f32(sigmas_[j]).log().neg();
-      step.noise_scale = (step.h * -2).expm1().neg().sqrt().item<float>();
-    }
+    if (sigmas_[j + 1] != 0.0f) step.h = f32(sigmas_[j + 1]).log().neg() - f32(sigmas_[j]).log().neg();
     steps_.push_back(step);
   }
 }
@@ -75,9 +73,11 @@ torch::Tensor KDiffusionMultistepSde::step(const torch::Tensor& model_output, si
   if (sigmas_[call + 1] == 0.0f) {
     prev = denoised_now;
   } else {
-    check_noise(noise, sample);
     prev = corrected(sample * step.to_next + denoised_now * step.to_next_x0, denoised_now, call);
-    prev = prev + noise * sigmas_[call + 1] * step.noise_scale;
+    if (needs_noise(call)) {
+      check_noise(noise, sample);
+      prev = prev + noise * sigmas_[call + 1] * step.noise_scale;
+    }
   }
   denoised_2_ = denoised_1_;
   denoised_1_ = denoised_now;

@@ -185,15 +185,14 @@ std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const Generati
   SchedulerConfig config = manifest.scheduler;
   if (!config.rescale_betas_zero_snr) config.timestep_spacing.clear();
   config.steps_offset = 1;
-  return make_scheduler(params.sampler, config, steps, params.eta);
+  // The passes share both etas; each sampler takes the one it has (resolve_params refused those no pass takes).
+  return make_scheduler(params.sampler, config, steps, sampler_takes_eta(params.sampler) ? params.eta : 0.0,
+                        sampler_takes_eta_ancestral(params.sampler) ? params.eta_ancestral : 1.0);
 }
 
 GenerationParams hires_pass(const GenerationParams& params) {
   GenerationParams pass = params;
-  if (!params.hires.sampler.empty()) {
-    pass.sampler = params.hires.sampler;
-    if (!sampler_takes_eta(pass.sampler)) pass.eta = 0;
-  }
+  if (!params.hires.sampler.empty()) pass.sampler = params.hires.sampler;
   return pass;
 }
 
@@ -380,7 +379,6 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
     throw Error(ErrorKind::Usage, "skip early CFG must be from 0 to 1");
   if (!(params.ngms >= 0 && std::isfinite(params.ngms)))
     throw Error(ErrorKind::Usage, "NGMS must be a finite number of 0 or more");
-  if (!(params.eta >= 0 && params.eta <= 1)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1");
   if (params.clip_skip < 1 || params.clip_skip > manifest.text_num_layers) {
     const std::string layers = std::to_string(manifest.text_num_layers);
     throw Error(ErrorKind::Usage, "clip skip " + std::to_string(params.clip_skip) + " must be from 1 to " + layers +
@@ -401,7 +399,10 @@ GenerationParams resolve_params(const Manifest& manifest, GenerationParams param
   params.sampler = resolve_sampler(manifest, params.sampler);  // records name what the run used, as --help does
   if (params.hires.enabled() && !params.hires.sampler.empty())
     params.hires.sampler = resolve_sampler(manifest, params.hires.sampler, "hires sampler");
-  // The sampler's own refusals: eta where it takes none, a zero-terminal-SNR model, steps its schedule cannot space.
+  std::vector<std::string> samplers = {params.sampler};
+  if (params.hires.enabled()) samplers.push_back(hires_pass(params).sampler);
+  check_etas_taken(samplers, params.eta, params.eta_ancestral);
+  // The sampler's own refusals: a zero-terminal-SNR model, steps its schedule cannot space.
   make_sampler(manifest, params, params.steps);
   if (params.hires.enabled()) check_hires(manifest, params);
   return params;

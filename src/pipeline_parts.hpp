@@ -23,12 +23,11 @@ inline void observe(Observer* observer, const std::string& name, const torch::Te
 }
 
 // The pass's sampler for `steps` steps, on the bundle's training schedule with the sampler's own default spacing and
-// a steps offset of 1, as the reference pipelines run them. Throws Error(Usage) for settings the sampler refuses,
-// Error(Bundle) for a schedule it cannot run.
+// a steps offset of 1, as the reference pipelines run them, with the etas it takes. Throws Error(Usage) for settings
+// the sampler refuses, Error(Bundle) for a schedule it cannot run.
 std::unique_ptr<Scheduler> make_sampler(const Manifest& manifest, const GenerationParams& params, int steps);
 
-// The hires pass's settings for make_sampler: its own sampler where it has one (with the first pass's eta only for
-// a sampler that takes it).
+// The hires pass's settings for make_sampler: its own sampler where it has one.
 GenerationParams hires_pass(const GenerationParams& params);
 
 }  // namespace txt2img

@@ -15,9 +15,10 @@ namespace {
 
 // What a sampler does besides stepping through a whole schedule.
 enum Capability : unsigned {
-  kEta = 1,         // takes DDIM's eta
-  kStartsLate = 2,  // start_at takes any step (see why_it_cannot_start_later)
-  kZeroSnr = 4,     // its diffusers class has rescale_betas_zero_snr (the others would run another noise schedule)
+  kEta = 1,           // takes DDIM's eta
+  kStartsLate = 2,    // start_at takes any step (see why_it_cannot_start_later)
+  kZeroSnr = 4,       // its diffusers class has rescale_betas_zero_snr (the others would run another noise schedule)
+  kEtaAncestral = 8,  // takes k-diffusion's eta, the scale of its ancestral or SDE noise
 };
 
 struct Sampler {
@@ -35,37 +36,37 @@ const Sampler kSamplers[] = {
     {"euler", kStartsLate | kZeroSnr},
     {"euler_karras", kStartsLate | kZeroSnr},
     {"euler_exponential", kStartsLate | kZeroSnr},
-    {"euler_a", kStartsLate | kZeroSnr},
-    {"euler_a_karras", kStartsLate | kZeroSnr},
-    {"euler_a_exponential", kStartsLate | kZeroSnr},
+    {"euler_a", kStartsLate | kZeroSnr | kEtaAncestral},
+    {"euler_a_karras", kStartsLate | kZeroSnr | kEtaAncestral},
+    {"euler_a_exponential", kStartsLate | kZeroSnr | kEtaAncestral},
     {"heun", kStartsLate},
     {"heun_karras", kStartsLate},
     {"heun_exponential", kStartsLate},
     {"dpm2", kStartsLate},
     {"dpm2_karras", kStartsLate},
     {"dpm2_exponential", kStartsLate},
-    {"dpm2_a", kStartsLate},
-    {"dpm2_a_karras", kStartsLate},
-    {"dpm2_a_exponential", kStartsLate},
-    {"dpmpp_2s_a", kStartsLate},
-    {"dpmpp_2s_a_karras", kStartsLate},
-    {"dpmpp_2s_a_exponential", kStartsLate},
-    {"dpmpp_sde", kStartsLate},
-    {"dpmpp_sde_karras", kStartsLate},
-    {"dpmpp_sde_exponential", kStartsLate},
+    {"dpm2_a", kStartsLate | kEtaAncestral},
+    {"dpm2_a_karras", kStartsLate | kEtaAncestral},
+    {"dpm2_a_exponential", kStartsLate | kEtaAncestral},
+    {"dpmpp_2s_a", kStartsLate | kEtaAncestral},
+    {"dpmpp_2s_a_karras", kStartsLate | kEtaAncestral},
+    {"dpmpp_2s_a_exponential", kStartsLate | kEtaAncestral},
+    {"dpmpp_sde", kStartsLate | kEtaAncestral},
+    {"dpmpp_sde_karras", kStartsLate | kEtaAncestral},
+    {"dpmpp_sde_exponential", kStartsLate | kEtaAncestral},
     {"dpmpp_2m", kStartsLate | kZeroSnr},
     {"dpmpp_2m_karras", kStartsLate | kZeroSnr},
     {"dpmpp_2m_sde", kStartsLate | kZeroSnr},
     {"dpmpp_2m_sde_karras", kStartsLate | kZeroSnr},
-    {"dpmpp_2m_sde_a1111", kStartsLate},
-    {"dpmpp_2m_sde_a1111_karras", kStartsLate},
-    {"dpmpp_2m_sde_a1111_exponential", kStartsLate},
-    {"dpmpp_2m_sde_heun", kStartsLate},
-    {"dpmpp_2m_sde_heun_karras", kStartsLate},
-    {"dpmpp_2m_sde_heun_exponential", kStartsLate},
-    {"dpmpp_3m_sde", kStartsLate},
-    {"dpmpp_3m_sde_karras", kStartsLate},
-    {"dpmpp_3m_sde_exponential", kStartsLate},
+    {"dpmpp_2m_sde_a1111", kStartsLate | kEtaAncestral},
+    {"dpmpp_2m_sde_a1111_karras", kStartsLate | kEtaAncestral},
+    {"dpmpp_2m_sde_a1111_exponential", kStartsLate | kEtaAncestral},
+    {"dpmpp_2m_sde_heun", kStartsLate | kEtaAncestral},
+    {"dpmpp_2m_sde_heun_karras", kStartsLate | kEtaAncestral},
+    {"dpmpp_2m_sde_heun_exponential", kStartsLate | kEtaAncestral},
+    {"dpmpp_3m_sde", kStartsLate | kEtaAncestral},
+    {"dpmpp_3m_sde_karras", kStartsLate | kEtaAncestral},
+    {"dpmpp_3m_sde_exponential", kStartsLate | kEtaAncestral},
     {"restart", kStartsLate},
     {"restart_karras", kStartsLate},
     {"restart_exponential", kStartsLate},
@@ -138,8 +139,10 @@ const std::vector<Sampler>& all_samplers() {
   static const std::vector<Sampler> samplers = [] {
     std::vector<Sampler> out(std::begin(kSamplers), std::end(kSamplers));
     for (const auto& schedule : a1111_schedule_names())
-      for (const char* sampler : kA1111ScheduleSamplers)
-        out.push_back({std::string(sampler) + "_" + schedule, kStartsLate});
+      for (const char* sampler : kA1111ScheduleSamplers) {
+        const auto base = std::find_if(out.begin(), out.end(), [&](const Sampler& s) { return s.name == sampler; });
+        out.push_back({std::string(sampler) + "_" + schedule, kStartsLate | (base->capabilities & kEtaAncestral)});
+      }
     return out;
   }();
   return samplers;
@@ -197,6 +200,11 @@ std::string sampler_names_text() {
 bool sampler_takes_eta(const std::string& name) {
   const Sampler* sampler = find_sampler(name);
   return sampler && (sampler->capabilities & kEta);
+}
+
+bool sampler_takes_eta_ancestral(const std::string& name) {
+  const Sampler* sampler = find_sampler(name);
+  return sampler && (sampler->capabilities & kEtaAncestral);
 }
 
 bool is_scheduler_name(const std::string& name) {
@@ -289,20 +297,41 @@ bool on_a1111_schedule(const std::string& name) {
   return detail::is_a1111_schedule(detail::schedule_named(split_sampler_name(name).schedule));
 }
 
-std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,
-                                          double eta) {
+void check_etas_taken(const std::vector<std::string>& samplers, double eta, double eta_ancestral) {
+  // Above 1, DDIM's noise can exceed the variance a step leaves for it: the square root of a negative number; A1111's
+  // k-diffusion eta goes to 1 too.
+  if (!(eta >= 0.0 && eta <= 1.0)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1, got " + std::to_string(eta));
+  if (!(eta_ancestral >= 0.0 && eta_ancestral <= 1.0))
+    throw Error(ErrorKind::Usage, "eta ancestral must be from 0 to 1, got " + std::to_string(eta_ancestral));
+  const auto taken = [&](unsigned capability) {
+    return std::any_of(samplers.begin(), samplers.end(), [&](const std::string& name) {
+      const Sampler* sampler = find_sampler(name);
+      return sampler && (sampler->capabilities & capability);
+    });
+  };
+  // Refused rather than silently ignored (diffusers drops an eta its scheduler lacks), so that a user never believes
+  // it had an effect.
+  const std::string which = join(samplers, ", ", " or ");
+  if (eta != 0.0 && !taken(kEta))
+    throw Error(ErrorKind::Usage,
+                "eta applies only to the " + sampler_list(kEta, true, " and ") + " samplers, not to " + which);
+  if (eta_ancestral != 1.0 && !taken(kEtaAncestral)) {
+    std::vector<std::string> bases;
+    for (const auto& s : kSamplers)
+      if ((s.capabilities & kEtaAncestral) && split_sampler_name(s.name).schedule.empty()) bases.push_back(s.name);
+    throw Error(ErrorKind::Usage, "eta ancestral applies only to the " + join(bases, ", ", " and ") +
+                                      " samplers (on any schedule), not to " + which);
+  }
+}
+
+std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps, double eta,
+                                          double eta_ancestral) {
   const Sampler* it = find_sampler(name);
   if (!it) throw Error(ErrorKind::Usage, "unknown sampler \"" + name + "\" (known: " + sampler_names_text() + ")");
   if (steps < 1 || steps > config.num_train_timesteps)
     throw Error(ErrorKind::Usage, "steps must be between 1 and " + std::to_string(config.num_train_timesteps) +
                                       ", got " + std::to_string(steps));
-  // Only the DDIMs and TCD (its gamma) have an eta; a non-zero eta elsewhere is refused rather than silently ignored
-  // (diffusers drops it), so that a user never believes it had an effect. Above 1, DDIM's noise can exceed the variance
-  // a step leaves for it: the square root of a negative number.
-  if (!(eta >= 0.0 && eta <= 1.0)) throw Error(ErrorKind::Usage, "eta must be from 0 to 1, got " + std::to_string(eta));
-  if (eta != 0.0 && !(it->capabilities & kEta))
-    throw Error(ErrorKind::Usage,
-                "eta applies only to the " + sampler_list(kEta, true, " and ") + " samplers, not to " + name);
+  check_etas_taken({name}, eta, eta_ancestral);
 
   using detail::SigmaSchedule;
   const std::string sampler = it->name;
@@ -328,15 +357,16 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   if (sampler == "ddpm") return detail::make_ddpm(config, steps);
   if (sampler == "lcm") return detail::make_lcm(config, steps);
   if (sampler == "tcd") return detail::make_tcd(config, steps, eta);
-  if (base == "euler_a") return detail::make_euler_ancestral(config, steps, schedule);
+  if (base == "euler_a") return detail::make_euler_ancestral(config, steps, schedule, eta_ancestral);
   if (base == "euler") return detail::make_euler(config, steps, schedule);
   if (base == "heun") return detail::make_heun(config, steps, schedule);
-  if (base == "dpm2" || base == "dpm2_a") return detail::make_dpm2(config, steps, schedule, base == "dpm2_a");
-  if (base == "dpmpp_2s_a") return detail::make_dpmpp_2s_ancestral(config, steps, schedule);
-  if (base == "dpmpp_sde") return detail::make_dpmpp_sde(config, steps, schedule);
+  if (base == "dpm2") return detail::make_dpm2(config, steps, schedule);
+  if (base == "dpm2_a") return detail::make_dpm2_ancestral(config, steps, schedule, eta_ancestral);
+  if (base == "dpmpp_2s_a") return detail::make_dpmpp_2s_ancestral(config, steps, schedule, eta_ancestral);
+  if (base == "dpmpp_sde") return detail::make_dpmpp_sde(config, steps, schedule, eta_ancestral);
   if (base == "dpmpp_2m_sde_a1111" || base == "dpmpp_2m_sde_heun")
-    return detail::make_a1111_dpmpp_2m_sde(config, steps, schedule, base == "dpmpp_2m_sde_heun");
-  if (base == "dpmpp_3m_sde") return detail::make_dpmpp_3m_sde(config, steps, schedule);
+    return detail::make_a1111_dpmpp_2m_sde(config, steps, schedule, base == "dpmpp_2m_sde_heun", eta_ancestral);
+  if (base == "dpmpp_3m_sde") return detail::make_dpmpp_3m_sde(config, steps, schedule, eta_ancestral);
   if (base == "restart") return detail::make_restart(config, steps, schedule);
   if (base == "lms") return detail::make_lms(config, steps, schedule);
   if (base == "unipc") return detail::make_unipc(config, steps, schedule == SigmaSchedule::kKarras);

@@ -121,25 +121,32 @@ A1111Schedule a1111_schedule(SigmaSchedule schedule, const SchedulerConfig& conf
                              bool discard_next_to_last = false);
 
 std::unique_ptr<Scheduler> make_euler(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
-// Euler ancestral on the spaced timesteps' sigmas or one of A1111's own schedules.
-std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
+// Euler ancestral on the spaced timesteps' sigmas or one of A1111's own schedules. `eta` (k-diffusion's, here and
+// below) scales the ancestral noise: 1 is the sampler as diffusers and A1111 run it by default, 0 a deterministic
+// solver.
+std::unique_ptr<Scheduler> make_euler_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                                double eta);
 std::unique_ptr<Scheduler> make_heun(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
 // DPM2, or its ancestral variant (fresh noise at every midpoint call); on A1111's own schedules without their
 // next-to-last sigma, as A1111 runs them.
-std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool ancestral);
+std::unique_ptr<Scheduler> make_dpm2(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
+std::unique_ptr<Scheduler> make_dpm2_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                               double eta);
 // k-diffusion's DPM-Solver++(2S) ancestral (A1111's DPM++ 2S a), on spaced, Karras or exponential sigmas or one of
 // A1111's own schedules.
-std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
+std::unique_ptr<Scheduler> make_dpmpp_2s_ancestral(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                                   double eta);
 // k-diffusion's DPM-Solver++ SDE (A1111's DPM++ SDE), with Brownian-tree noise at both calls of a step, on the same
 // sigmas.
-std::unique_ptr<Scheduler> make_dpmpp_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
+std::unique_ptr<Scheduler> make_dpmpp_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule, double eta);
 // AUTOMATIC1111's DPM++ 2M SDE and DPM++ 2M SDE Heun: k-diffusion's DPM-Solver++(2M) SDE in sigma space with
 // Brownian-tree noise, its midpoint or (`heun`) its Heun solver.
 std::unique_ptr<Scheduler> make_a1111_dpmpp_2m_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
-                                                   bool heun);
+                                                   bool heun, double eta);
 // k-diffusion's DPM-Solver++(3M) SDE (A1111's DPM++ 3M SDE) with Brownian-tree noise, on a schedule without its
 // next-to-last sigma as A1111 runs it.
-std::unique_ptr<Scheduler> make_dpmpp_3m_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule);
+std::unique_ptr<Scheduler> make_dpmpp_3m_sde(const SchedulerConfig& config, int steps, SigmaSchedule schedule,
+                                             double eta);
 // DPM-Solver++(2M), deterministic or its SDE variant (fresh noise at every step), on diffusers' sigmas, Karras
 // sigmas or one of A1111's own schedules (diffusers v0.31's exponential sigmas fail in these two classes).
 std::unique_ptr<Scheduler> make_dpmpp_2m(const SchedulerConfig& config, int steps, SigmaSchedule schedule, bool sde);
@@ -277,8 +284,9 @@ class KDiffusionScheduler : public SigmaScheduler {
   // What k-diffusion's CompVisDenoiser (epsilon: x - sigma * eps, the same as predict_x0's) or CompVisVDenoiser
   // (v * c_out + x * c_skip, its scalings in its float32 order) makes of a model output at `sigma`.
   torch::Tensor denoised(const torch::Tensor& model_output, const torch::Tensor& sample, float sigma) const;
-  // k-diffusion's get_ancestral_step(from, to) with eta 1 on float32 0-dim tensors: {sigma_down, sigma_up}.
-  static std::pair<torch::Tensor, torch::Tensor> ancestral_step(const torch::Tensor& from, const torch::Tensor& to);
+  // k-diffusion's get_ancestral_step(from, to, eta) on float32 0-dim tensors: {sigma_down, sigma_up}.
+  static std::pair<torch::Tensor, torch::Tensor> ancestral_step(const torch::Tensor& from, const torch::Tensor& to,
+                                                                double eta);
   // The Brownian increment from `sigma` to `sigma_next` on trees spanning the schedule, as A1111's
   // create_noise_sampler spans them: sigmas[sigmas > 0].min() to sigmas.max() (of the schedule, not of a part).
   BrownianIncrement brownian(float sigma, float sigma_next) const;
@@ -316,18 +324,20 @@ class ConsistencyScheduler : public Scheduler {
 // k-diffusion's multistep SDE samplers as A1111 runs them (its DPM++ 2M SDE, 2M SDE Heun and 3M SDE): one call per
 // step, at the timestep CompVisDenoiser gives the step's sigma. A step to sigma 0 returns the denoised sample; any
 // other takes the sampler's first-order SDE step, corrects it with the denoised samples of the run's earlier calls
-// (the sampler's order) and adds the Brownian increment from the step's sigma to the next, scaled.
+// (the sampler's order) and adds the Brownian increment from the step's sigma to the next, scaled (with eta 0, none).
 class KDiffusionMultistepSde : public KDiffusionScheduler {
  public:
-  bool needs_noise(size_t call) const override { return call < timesteps_.size() && sigmas_[call + 1] != 0.0f; }
+  bool needs_noise(size_t call) const override {
+    return eta_ != 0 && call < timesteps_.size() && sigmas_[call + 1] != 0.0f;
+  }
   std::optional<BrownianIncrement> brownian_increment(size_t call) const override;
   torch::Tensor step(const torch::Tensor& model_output, size_t call, const torch::Tensor& sample,
                      const torch::Tensor& noise) final;
 
  protected:
-  // Sets each step's h and noise scale; the sampler sets its first-order factors.
+  // Sets each step's h; the sampler sets its first-order factors and noise scale for its `eta`.
   KDiffusionMultistepSde(const SchedulerConfig& config, int steps, SigmaSchedule schedule, const std::string& name,
-                         bool discard_next_to_last_sigma = false);
+                         double eta, bool discard_next_to_last_sigma = false);
 
   // `first_order` (step `call`'s first-order step) with the sampler's correction from `denoised` and the run's
   // earlier denoised samples (denoised_1_, denoised_2_: undefined where the run has none), in k-diffusion's order of
@@ -339,9 +349,10 @@ class KDiffusionMultistepSde : public KDiffusionScheduler {
     torch::Tensor h;  // log(sigma / next) on float32 0-dim tensors: the step's length (undefined in a step to 0)
     float to_next;    // the first-order step's factors of the sample and of the denoised sample
     float to_next_x0;
-    float noise_scale;  // sqrt(-expm1(-2h)), the noise's scale after the next sigma's
+    float noise_scale;  // sqrt(-expm1(-2 eta h)), the noise's scale after the next sigma's
   };
   std::vector<Step> steps_;
+  double eta_;
   torch::Tensor denoised_1_, denoised_2_;  // the previous two calls' denoised samples; none at a (late) start
 };
 

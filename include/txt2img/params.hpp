@@ -80,7 +80,11 @@ struct GenerationParams {
   // A scheduler_names() entry or another tool's name for one, or "model": the sampler of the model's own diffusers
   // scheduler (Manifest::source_sampler); resolve_params puts the name of the one that runs.
   std::string sampler = "ddim";
+  // DDIM's eta (TCD's gamma), 0 to 1: A1111's "Eta for DDIM", infotext "Eta DDIM". Both passes' where they take it.
   double eta = 0.0;
+  // k-diffusion's eta, 0 to 1, the scale of the ancestral and SDE samplers' noise (sampler_takes_eta_ancestral):
+  // A1111's "Eta for k-diffusion samplers", infotext "Eta". Both passes' where they take it.
+  double eta_ancestral = 1.0;
   // AUTOMATIC1111's "Clip skip": the prompt embeddings come from the text encoder's clip_skip-th layer from the
   // end (1: the last, as SD v1 was trained; 2: the penultimate, ...), through its final layer norm. Applies to the
   // prompt and the negative prompt alike.
@@ -127,10 +131,11 @@ struct GenerationParams {
 
   bool operator==(const GenerationParams& o) const {
     return width == o.width && height == o.height && steps == o.steps && cfg_scale == o.cfg_scale &&
-           guidance_rescale == o.guidance_rescale && sampler == o.sampler && eta == o.eta && clip_skip == o.clip_skip &&
-           long_prompts == o.long_prompts && pad_conds == o.pad_conds && emphasis == o.emphasis &&
-           emphasis_mode == o.emphasis_mode && loras == o.loras && hires == o.hires &&
-           skip_early_cfg == o.skip_early_cfg && ngms == o.ngms && ngms_all_steps == o.ngms_all_steps;
+           guidance_rescale == o.guidance_rescale && sampler == o.sampler && eta == o.eta &&
+           eta_ancestral == o.eta_ancestral && clip_skip == o.clip_skip && long_prompts == o.long_prompts &&
+           pad_conds == o.pad_conds && emphasis == o.emphasis && emphasis_mode == o.emphasis_mode && loras == o.loras &&
+           hires == o.hires && skip_early_cfg == o.skip_early_cfg && ngms == o.ngms &&
+           ngms_all_steps == o.ngms_all_steps;
   }
 };
 

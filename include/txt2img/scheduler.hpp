@@ -129,8 +129,13 @@ class Scheduler {
 const std::vector<std::string>& scheduler_names();
 // scheduler_names() as help texts list them: those on A1111's own schedule types summed up by schedule and sampler.
 std::string sampler_names_text();
-// Whether the sampler `name` (or an alias of one) takes DDIM's eta: ddim and ddim_a1111.
+// Whether the sampler `name` (or an alias of one) takes DDIM's eta: ddim and ddim_a1111 (and tcd, as its gamma).
 bool sampler_takes_eta(const std::string& name);
+// Whether it takes k-diffusion's eta, which scales the noise its ancestral and SDE steps add (A1111's option "Eta for
+// k-diffusion samplers", eta_ancestral, 1 by default): euler_a, dpm2_a, dpmpp_2s_a, dpmpp_sde, dpmpp_2m_sde_a1111,
+// dpmpp_2m_sde_heun and dpmpp_3m_sde, on every schedule. 0 makes each a deterministic solver; the ones that draw
+// noise from the seed still draw it, as k-diffusion does.
+bool sampler_takes_eta_ancestral(const std::string& name);
 // Whether `name` is one of scheduler_names() exactly (an alias is not: see canonical_scheduler_name).
 bool is_scheduler_name(const std::string& name);
 
@@ -165,12 +170,16 @@ constexpr double kBetaScheduleShape = 0.6;
 // Whether a sampler name's schedule is one of A1111's own ("euler_sgm_uniform"), computed as A1111 computes it.
 bool on_a1111_schedule(const std::string& name);
 
+// Throws Error(Usage) for an eta or eta_ancestral outside [0, 1], a non-zero eta that none of `samplers` (the passes
+// of one run, which share both) takes, or an eta_ancestral other than 1 that none takes.
+void check_etas_taken(const std::vector<std::string>& samplers, double eta, double eta_ancestral);
+
 // Throws Error(Usage) for an unknown name (canonical_scheduler_name's aliases are known), steps outside
 // [1, num_train_timesteps] (or a step count whose diffusers timesteps are unusable with the spacing, or above LCM's
-// 50 distillation steps), an eta outside [0, 1], or a non-zero eta for a sampler that takes none (all but ddim and
-// ddim_a1111). Throws Error(Bundle) for config values the sampler does not support (beta_schedule, timestep_spacing,
-// prediction_type).
+// 50 distillation steps), an eta or eta_ancestral outside [0, 1], a non-zero eta for a sampler that takes none (see
+// sampler_takes_eta) or an eta_ancestral other than 1 for one that takes none (sampler_takes_eta_ancestral). Throws
+// Error(Bundle) for config values the sampler does not support (beta_schedule, timestep_spacing, prediction_type).
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const SchedulerConfig& config, int steps,
-                                          double eta = 0.0);
+                                          double eta = 0.0, double eta_ancestral = 1.0);
 
 }  // namespace txt2img

@@ -36,6 +36,7 @@ struct GenerateOptions {
   double ngms = 0.0;              // GenerationParams::ngms
   bool ngms_all_steps = false;    // GenerationParams::ngms_all_steps
   double eta = 0.0;
+  double eta_ancestral = 1.0;  // GenerationParams::eta_ancestral
   int clip_skip = 1;  // GenerationParams::clip_skip
   bool long_prompts = false;  // GenerationParams::long_prompts
   bool pad_conds = false;     // GenerationParams::pad_conds EmptyChunks

@@ -353,6 +353,7 @@ class Generator {
     record.ngms_all_steps = record.ngms > 0 && job.params.ngms_all_steps;
     record.ngms_skipped = image.ngms_skipped;
     record.eta = job.params.eta;
+    record.eta_ancestral = job.params.eta_ancestral;
     record.clip_skip = job.params.clip_skip;
     record.long_prompts = job.params.long_prompts;
     record.pad_conds = job.params.pad_conds;
@@ -598,6 +599,7 @@ int run_generate(const GenerateOptions& o) {
                          o.guidance_rescale,
                          o.sampler,
                          o.eta,
+                         o.eta_ancestral,
                          o.clip_skip,
                          o.long_prompts,
                          o.pad_conds_v0 ? GenerationParams::PadConds::LastVector

@@ -198,8 +198,12 @@ std::string a1111_parameters(const ImageRecord& r) {
         params.emplace_back("Hires schedule type", hires.schedule.empty() ? "Automatic" : hires.schedule);
     }
   }
-  // Only DDIM and TCD (its gamma, which A1111 would call a sampler's Eta) take an eta.
+  // DDIM's eta where it is not 0, and TCD's gamma, which A1111 would call a sampler's Eta; k-diffusion's eta where it
+  // is not 1, A1111's defaults. A run of TCD with a hires pass on an ancestral sampler has one field for both: TCD's
+  // (its txt2img record keeps both).
   if (r.eta != 0) params.emplace_back(r.sampler == "tcd" ? "Eta" : "Eta DDIM", python_float(r.eta));
+  if (r.eta_ancestral != 1 && !(r.sampler == "tcd" && r.eta != 0))
+    params.emplace_back("Eta", python_float(r.eta_ancestral));
   if (r.skip_early_cfg != 0) params.emplace_back("Skip Early CFG", python_float(r.skip_early_cfg));
   // A1111 records NGMS where it skipped a call.
   if (r.ngms_skipped) params.emplace_back("NGMS", python_float(r.ngms));
@@ -400,6 +404,7 @@ nlohmann::ordered_json settings_json(const ImageRecord& r) {
       {"ngms", r.ngms},
       {"ngms_all_steps", r.ngms_all_steps},
       {"eta", r.eta},
+      {"eta_ancestral", r.eta_ancestral},
       {"clip_skip", r.clip_skip},
       {"long_prompts", r.long_prompts},
       {"pad_conds", pad_conds_name(r.pad_conds)},

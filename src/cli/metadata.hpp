@@ -39,6 +39,7 @@ struct ImageRecord {
   bool ngms_all_steps = false;
   bool ngms_skipped = false;  // whether it skipped a call (GeneratedImage::ngms_skipped)
   double eta = 0;
+  double eta_ancestral = 1;
   int clip_skip = 1;
   bool long_prompts = false;
   GenerationParams::PadConds pad_conds = GenerationParams::PadConds::Off;  // the setting

@@ -262,6 +262,11 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_option("--eta", o.eta,
                  "DDIM eta, 0 to 1: 0 is deterministic DDIM, 1 is DDPM-like; for tcd its gamma (0.3 is TCD's usual)")
       ->capture_default_str();
+  app.add_option("--eta-ancestral", o.eta_ancestral,
+                 "A1111's Eta for k-diffusion samplers, 0 to 1: the scale of the noise euler_a*, dpm2_a*, "
+                 "dpmpp_2s_a*, dpmpp_sde*, dpmpp_2m_sde_a1111*, dpmpp_2m_sde_heun* and dpmpp_3m_sde* add as they step "
+                 "(0: none, a deterministic solver)")
+      ->capture_default_str();
   app.add_option("--clip-skip", o.clip_skip,
                  "A1111's Clip skip: condition on the text encoder's Nth layer from the end (1 the last, 2 the "
                  "penultimate, as many anime models expect), for prompt and negative prompt")

@@ -83,6 +83,7 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     if (r.value("ngms", 0.0) != 0) add("--ngms", r.at("ngms"));
     if (r.value("ngms_all_steps", false)) args.push_back("--ngms-all-steps");
     if (r.at("eta").get<double>() != 0) add("--eta", r.at("eta"));
+    if (r.value("eta_ancestral", 1.0) != 1) add("--eta-ancestral", r.at("eta_ancestral"));  // older images: 1
     if (r.value("clip_skip", 1) != 1) add("--clip-skip", r.at("clip_skip"));
     if (r.value("long_prompts", false)) args.push_back("--long-prompts");
     const std::string pad_conds = r.value("pad_conds", std::string("off"));
@@ -283,10 +284,7 @@ std::string a1111_command(const std::string& text) {
     return std::string();
   };
   const std::string sampler = sampler_of("Sampler", "Schedule type", "");
-  if (!sampler.empty()) {
-    args.insert(args.end(), {"--sampler", sampler});
-    if (sampler_takes_eta(sampler)) take(sampler == "tcd" ? "Eta" : "Eta DDIM", "--eta");
-  }
+  if (!sampler.empty()) args.insert(args.end(), {"--sampler", sampler});
   take("CFG scale", "--cfg-scale");
   take("Guidance rescale", "--guidance-rescale");  // txt2img's own field
   take("Skip Early CFG", "--skip-early-cfg");
@@ -336,6 +334,13 @@ std::string a1111_command(const std::string& text) {
           "A1111 sized its hires pass from the Size as written, so the hires image may be a few pixels "
           "larger than the command's");
   }
+  // A1111's two etas are settings that each pass's sampler takes or not; TCD's gamma is txt2img's own "Eta".
+  const auto a_pass_takes = [&](bool (*takes)(const std::string&)) {
+    return (!sampler.empty() && takes(sampler)) || (!hires_sampler.empty() && takes(hires_sampler));
+  };
+  if (a_pass_takes(sampler_takes_eta)) take(sampler == "tcd" ? "Eta" : "Eta DDIM", "--eta");
+  const bool eta_ancestral = sampler != "tcd" && a_pass_takes(sampler_takes_eta_ancestral);
+  if (eta_ancestral) take("Eta", "--eta-ancestral");
   args.insert(args.end(), {"--emphasis", "--long-prompts"});
   const std::string emphasis_mode = emphasis_mode_from_a1111(field("Emphasis"));
   if (!emphasis_mode.empty() && emphasis_mode != "original")
@@ -403,7 +408,8 @@ std::string a1111_command(const std::string& text) {
         !(key == "Conditional mask weight" && !mask_weight_differs) &&
         !((key == "Pad conds" || key == "Pad conds v0" || key == "NGMS all steps" || key == "Tiling") &&
           value == "True") &&
-        !(key == "Emphasis" && !emphasis_mode_from_a1111(value).empty()) && !(key == "Eta" && sampler == "tcd") &&
+        !(key == "Emphasis" && !emphasis_mode_from_a1111(value).empty()) &&
+        !(key == "Eta" && (sampler == "tcd" || eta_ancestral)) &&
         !((key == "Beta schedule alpha" || key == "Beta schedule beta") &&
           std::strtod(value.c_str(), nullptr) == kBetaScheduleShape))
       left_out.push_back(key + ": " + value);

@@ -359,6 +359,45 @@ class Metadata(CliTestCase):
         self.assertNotIn("--emphasis-mode", result.stdout)
         self.assertIn("Emphasis: Strong", result.stderr)
 
+    def test_eta_ancestral_is_recorded_and_reproduced(self):
+        """--eta-ancestral (A1111's "Eta for k-diffusion samplers") is written "Eta: 0.5" where it is not 1 and kept
+        in the record; the command info gives makes the same image, the default another. An A1111 text's Eta becomes
+        the flag where a pass's sampler takes it (its hires pass's too), and is listed as not carried over where
+        none does; a sampler without it refuses it before anything is written."""
+        result = self.txt2img("a fox", "--seed", "4", "--sampler", "euler_a", "--eta-ancestral", "0.5", "-o", "a.png")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        parameters = png_text(self.dir / "a.png")["parameters"]
+        self.assertIn("Sampler: Euler a,", parameters)
+        self.assertIn(", Eta: 0.5,", parameters)
+        self.assertEqual(json.loads(png_text(self.dir / "a.png")["txt2img"])["eta_ancestral"], 0.5)
+        self.assertCommandRemakes("a.png", " --eta-ancestral 0.5 ")
+        self.assertEqual(self.txt2img("a fox", "--seed", "4", "--sampler", "euler_a", "-o", "c.png").returncode, 0)
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "c.png"))
+        self.assertNotIn("Eta", png_text(self.dir / "c.png")["parameters"])
+        self.assertEqual(json.loads(png_text(self.dir / "c.png")["txt2img"])["eta_ancestral"], 1.0)
+        self.assertNotIn("--eta-ancestral", run(["info", "c.png", "--command"], self.dir).stdout)
+
+        infotext = ("a fox\nSteps: 20, Sampler: {}, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512, "
+                    "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent, {}Eta: 0.67, "
+                    "Version: v1.10.1")
+        for sampler, hires, flag in (("DPM++ 2M", "Hires sampler: Euler a, ", True), ("DPM++ SDE", "", True),
+                                     ("DPM++ 2M", "", False)):
+            result = a1111_command(self, infotext.format(sampler, hires))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            args = shlex.split(result.stdout)
+            if flag:
+                self.assertEqual(args[args.index("--eta-ancestral") + 1], "0.67")
+                self.assertNotIn("Eta", result.stderr)
+            else:
+                self.assertNotIn("--eta-ancestral", args)
+                self.assertIn("not carried over (no txt2img equivalent): Eta: 0.67", result.stderr)
+
+        self.assertExit(self.txt2img("a fox", "--sampler", "euler", "--eta-ancestral", "0.5", "-o", "f.png"),
+                        EXIT_USAGE, "eta ancestral applies only to the euler_a, dpm2_a, dpmpp_2s_a")
+        self.assertExit(self.txt2img("a fox", "--sampler", "euler_a", "--eta-ancestral", "2", "-o", "f.png"),
+                        EXIT_USAGE, "eta ancestral must be from 0 to 1")
+        self.assertFalse((self.dir / "f.png").exists())
+
     def test_tcd_gamma_is_recorded_and_reproduced(self):
         """TCD's gamma is --eta: written "Sampler: TCD, ..., Eta: 0.3" (A1111 has no TCD) and in the record; the
         command info gives makes the same image, another gamma another image; TCD runs no hires pass."""

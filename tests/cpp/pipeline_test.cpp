@@ -1628,6 +1628,37 @@ TEST(HiresFix, HeunEntersItsScheduleAtAStep) {
   EXPECT_EQ(keep.progress.back(), (std::pair<size_t, size_t>{10, 10}));
 }
 
+// The passes share GenerationParams' two etas, each sampler taking the one it has: a hires pass on Euler a at
+// k-diffusion's eta 0 after a first pass on Euler is Euler's image (it draws its noise and scales it by 0), and DDIM's
+// eta is the hires pass's where only it takes one. An eta neither pass takes is refused, naming both samplers.
+TEST(HiresFix, EachPassTakesTheEtaItsSamplerHas) {
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
+  auto euler = small_hires_params("euler");
+  auto euler_a = euler;
+  euler_a.hires.sampler = "euler_a";
+  euler_a.eta_ancestral = 0;
+  const auto expected = generate_small(pipeline, {"a red cube"}, {9}, euler)[0];
+  const auto image =
+      generate_small(pipeline, {"a red cube"}, {9}, txt2img::resolve_params(pipeline.manifest(), euler_a))[0];
+  EXPECT_EQ(image.rgb, expected.rgb);
+  euler_a.eta_ancestral = 1;
+  EXPECT_NE(generate_small(pipeline, {"a red cube"}, {9}, euler_a)[0].rgb, expected.rgb);
+
+  auto ddim = euler;
+  ddim.hires.sampler = "ddim";
+  ddim.eta = 0.5;
+  EXPECT_EQ(txt2img::resolve_params(pipeline.manifest(), ddim).eta, 0.5);
+  auto heun = euler;
+  heun.hires.sampler = "heun";
+  heun.eta_ancestral = 0.5;
+  expect_error([&] { txt2img::resolve_params(pipeline.manifest(), heun); }, ErrorKind::Usage,
+               {"eta ancestral applies only to", "not to euler or heun"});
+  heun.eta_ancestral = 1;
+  heun.eta = 0.5;
+  expect_error([&] { txt2img::resolve_params(pipeline.manifest(), heun); }, ErrorKind::Usage,
+               {"eta applies only to", "not to euler or heun"});
+}
+
 TEST(HiresFix, WhatCannotRunIsRefused) {
   const auto manifest = txt2img::Bundle::open(fixtures() / "tiny").manifest();
   auto refused = [&](auto edit, std::initializer_list<std::string> fragments) {

@@ -209,14 +209,17 @@ SchedulerConfig variant_config(const std::string& variant) {
 
 // Replays run `key`/n`steps` of goldens in make_sampler_goldens.py's format: each call's timestep, scaled input,
 // sample after the step and x0 prediction, and the final sample, within `tolerance` of the reference's largest value.
-// `exact_final`: the result must be the reference's bit for bit.
+// `exact_final`: the result must be the reference's bit for bit. A key "eta<E>/<sampler>" runs it at k-diffusion's eta
+// E (eta_ancestral).
 void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key, int steps, double tolerance = 1e-6,
                            bool exact_final = false) {
   const std::string run = key + "/n" + std::to_string(steps);
   const auto slash = key.find('/');
   const std::string name = slash == std::string::npos ? key : key.substr(slash + 1);
-  auto sched = txt2img::make_scheduler(
-      name, slash == std::string::npos ? sd_config() : variant_config(key.substr(0, slash)), steps);
+  const std::string variant = slash == std::string::npos ? "" : key.substr(0, slash);
+  const bool eta_variant = variant.rfind("eta", 0) == 0;
+  auto sched = txt2img::make_scheduler(name, eta_variant ? sd_config() : variant_config(variant), steps, 0.0,
+                                       eta_variant ? std::stod(variant.substr(3)) : 1.0);
   // Timesteps interpolated at a sigma (Karras and exponential sigmas, DPM2's midpoints) come from NumPy's float32 log
   // of the training sigmas, which on this CPU (AVX-512) is off by an ulp for about 190 of the 1000 and differs between
   // CPUs; the sigmas the steps use are exact either way, and a timestep moves by a float32 ulp at most.
@@ -228,8 +231,11 @@ void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key
   const bool interpolated = !txt2img::split_sampler_name(name).schedule.empty() || name.rfind("dpm2", 0) == 0 ||
                             name.rfind("dpmpp_2s", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 ||
                             name.rfind("dpmpp_2m_sde_a1111", 0) == 0 || name.rfind("dpmpp_2m_sde_heun", 0) == 0 ||
-                            name.rfind("dpmpp_3m_sde", 0) == 0 || name.rfind("restart", 0) == 0;
-  EXPECT_LE(timestep_error, interpolated ? 1e-4 : 0.0) << run;
+                            name.rfind("dpmpp_3m_sde", 0) == 0 || name.rfind("restart", 0) == 0 || eta_variant;
+  // diffusers' Euler a and DPM2 a against k-diffusion's samplers ("eta<E>/" runs): diffusers' linspace timesteps where
+  // CompVisDenoiser interpolates the sigma's log, up to 1.4e-3 apart.
+  const bool diffusers_timesteps = eta_variant && (name == "euler_a" || name == "dpm2_a");
+  EXPECT_LE(timestep_error, diffusers_timesteps ? 2e-3 : interpolated ? 1e-4 : 0.0) << run;
   EXPECT_EQ(static_cast<float>(sched->init_noise_sigma()), g.get(run + "/init_noise_sigma").item<float>());
 
   Worst w;
@@ -328,6 +334,34 @@ std::vector<std::pair<std::string, int>> kdiffusion_golden_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Goldens, KDiffusionGolden, testing::ValuesIn(kdiffusion_golden_cases()), sampler_case_name);
+
+// k-diffusion's eta (A1111's eta_ancestral) other than 1, against k-diffusion's samplers run with it by
+// make_kdiffusion_goldens.py: bit for bit where txt2img's sampler is k-diffusion's; euler_a and dpm2_a, diffusers'
+// classes, step as k-diffusion does up to rounding.
+class AncestralEtaGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
+
+TEST_P(AncestralEtaGolden, MatchesKDiffusion) {
+  const std::string sampler = GetParam().first.substr(GetParam().first.find('/') + 1);
+  const bool diffusers_class = sampler == "euler_a" || sampler == "dpm2_a";
+  replay_sampler_golden(kdiffusion_goldens(), GetParam().first, GetParam().second, 1e-6, !diffusers_class);
+}
+
+std::vector<std::pair<std::string, int>> ancestral_eta_golden_cases() {
+  std::vector<std::pair<std::string, int>> out;
+  for (const char* eta : {"eta0", "eta0.3"})
+    for (const char* sampler :
+         {"euler_a", "dpm2_a", "dpmpp_2s_a", "dpmpp_sde", "dpmpp_2m_sde_a1111", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"})
+      for (int steps : {2, 3, 10, 20}) out.emplace_back(std::string(eta) + "/" + sampler, steps);
+  return out;
+}
+
+std::string eta_case_name(const testing::TestParamInfo<std::pair<std::string, int>>& info) {
+  std::string name = sampler_case_name(info);
+  std::replace(name.begin(), name.end(), '.', '_');
+  return name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, AncestralEtaGolden, testing::ValuesIn(ancestral_eta_golden_cases()), eta_case_name);
 
 // AUTOMATIC1111's own schedule types, against tests/fixtures/a1111_schedule_goldens.safetensors: the sigmas of A1111's
 // sd_schedulers.py and k-diffusion's samplers run on them (DPM2's and DPM++ 3M SDE's on the schedule A1111 gives
@@ -970,6 +1004,26 @@ TEST(Scheduler, EulerAncestralOnKarrasAndExponentialSigmas) {
   }
 }
 
+// At k-diffusion's eta 0 an ancestral step goes all the way to the next sigma and adds its noise scaled by 0: Euler a
+// is Euler, bit for bit, on every schedule, whatever noise it is handed.
+TEST(Scheduler, EulerAncestralAtEtaZeroIsEuler) {
+  for (const std::string schedule : {"", "_karras", "_exponential", "_sgm_uniform"}) {
+    const auto ancestral = txt2img::make_scheduler("euler_a" + schedule, sd_config(), 10, 0.0, 0.0);
+    const auto plain = txt2img::make_scheduler("euler" + schedule, sd_config(), 10);
+    ASSERT_EQ(ancestral->timesteps(), plain->timesteps()) << schedule;
+    torch::manual_seed(5);
+    auto a = torch::randn({1, 4, 8, 8}) * ancestral->init_noise_sigma();
+    auto b = a.clone();
+    for (size_t call = 0; call < ancestral->timesteps().size(); ++call) {
+      const auto output = torch::randn_like(a);
+      EXPECT_TRUE(torch::equal(ancestral->scale_model_input(a, call), plain->scale_model_input(b, call)));
+      a = ancestral->step(output, call, a, torch::randn_like(a));
+      b = plain->step(output, call, b, torch::Tensor());
+      ASSERT_TRUE(torch::equal(a, b)) << schedule << " call " << call;
+    }
+  }
+}
+
 TEST(Scheduler, NamesAndValidation) {
   const auto& names = txt2img::scheduler_names();
   std::vector<std::string> diffusers_names = {"ddim",
@@ -1063,6 +1117,34 @@ TEST(Scheduler, NamesAndValidation) {
   expect_error(ErrorKind::Usage, "from 0 to 1", [] { txt2img::make_scheduler("ddim", sd_config(), 10, 1.01); });
   EXPECT_NO_THROW(txt2img::make_scheduler("ddim", sd_config(), 10, 1.0));
   expect_error(ErrorKind::Usage, "eta", [] { txt2img::make_scheduler("pndm", sd_config(), 10, 0.5); });
+  // k-diffusion's eta (A1111's eta_ancestral): the ancestral and SDE samplers', on any schedule, 0 to 1.
+  expect_error(ErrorKind::Usage,
+               "eta ancestral applies only to the euler_a, dpm2_a, dpmpp_2s_a, dpmpp_sde, dpmpp_2m_sde_a1111, "
+               "dpmpp_2m_sde_heun and dpmpp_3m_sde samplers (on any schedule), not to euler",
+               [] { txt2img::make_scheduler("euler", sd_config(), 10, 0.0, 0.5); });
+  expect_error(ErrorKind::Usage, "not to dpmpp_2m_sde",
+               [] { txt2img::make_scheduler("dpmpp_2m_sde", sd_config(), 10, 0.0, 0.5); });
+  expect_error(ErrorKind::Usage, "eta ancestral must be from 0 to 1",
+               [] { txt2img::make_scheduler("euler_a", sd_config(), 10, 0.0, 1.5); });
+  expect_error(ErrorKind::Usage, "eta ancestral must be from 0 to 1",
+               [] { txt2img::make_scheduler("euler_a", sd_config(), 10, 0.0, NAN); });
+  for (const char* name : {"euler_a_sgm_uniform", "dpm2_a_karras", "dpmpp_sde_beta", "dpmpp_2m_sde_heun_exponential",
+                           "dpmpp_3m_sde_kl_optimal", "DPM++ SDE Karras"}) {
+    EXPECT_TRUE(txt2img::sampler_takes_eta_ancestral(name)) << name;
+    EXPECT_NO_THROW(txt2img::make_scheduler(name, sd_config(), 10, 0.0, 0.0)) << name;
+  }
+  for (const char* name : {"euler", "ddim", "dpmpp_2m_sde_karras", "restart", "lcm_a1111", "euler_uniform"})
+    EXPECT_FALSE(txt2img::sampler_takes_eta_ancestral(name)) << name;
+  // A run's passes share the etas: one pass taking each is enough.
+  EXPECT_NO_THROW(txt2img::check_etas_taken({"euler", "euler_a"}, 0.0, 0.5));
+  EXPECT_NO_THROW(txt2img::check_etas_taken({"euler", "ddim"}, 0.5, 1.0));
+  expect_error(ErrorKind::Usage, "not to euler or heun", [] {
+    txt2img::check_etas_taken({"euler", "heun"}, 0.5, 1.0);
+  });
+  // With eta 0 the SDE samplers add no noise, and the ancestral ones still draw theirs (scaled by 0), as k-diffusion's.
+  EXPECT_FALSE(txt2img::make_scheduler("dpmpp_2m_sde_a1111", sd_config(), 10, 0.0, 0.0)->needs_noise(0));
+  EXPECT_TRUE(txt2img::make_scheduler("dpmpp_2m_sde_a1111", sd_config(), 10, 0.0, 0.3)->needs_noise(0));
+  EXPECT_TRUE(txt2img::make_scheduler("euler_a", sd_config(), 10, 0.0, 0.0)->needs_noise(0));
   EXPECT_FALSE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.0)->needs_noise(0));
   EXPECT_TRUE(txt2img::make_scheduler("ddim", sd_config(), 10, 0.5)->needs_noise(0));
   EXPECT_TRUE(txt2img::make_scheduler("euler_a", sd_config(), 10)->needs_noise(9));
