@@ -81,10 +81,49 @@ void throw_if_non_finite(const torch::Tensor& values, const std::string& what, t
                                                          "scale, prompt weight or LoRA weight, or a broken model"));
 }
 
-// The hires pass's latent size: A1111 makes the image int(side * scale) pixels and its latents that divided by the
-// VAE's factor, rounded down.
-int64_t hires_latent_side(int side, double scale, int vae_scale_factor) {
-  return static_cast<int64_t>(side * scale) / vae_scale_factor;
+// The hires pass's latents as A1111 sizes them (calculate_target_resolution, sample_hr_pass): the first pass's resized
+// to the image size, int(side * scale) pixels or the resize's, divided by the VAE's factor and rounded down; where a
+// resize gives both sides, to a size that covers them in the first pass's proportions, then cut to them in the
+// middle, its odd latent on the bottom and right.
+struct HiresGeometry {
+  int64_t upscaled[2];  // latent height and width, resized
+  int64_t cut[2];       // the latents cut off the top and the left
+  int64_t size[2];      // the pass's latent height and width
+};
+
+HiresGeometry hires_geometry(const GenerationParams& params, int vae_scale_factor) {
+  const HiresFix& h = params.hires;
+  const int64_t width = params.width, height = params.height, rx = h.resize_width, ry = h.resize_height;
+  int64_t to_x = 0, to_y = 0, cut_x = 0, cut_y = 0;  // pixels, then the latents to cut
+  if (!h.resized()) {
+    to_x = static_cast<int64_t>(width * h.scale);
+    to_y = static_cast<int64_t>(height * h.scale);
+  } else if (ry == 0) {
+    to_x = rx;
+    to_y = rx * height / width;
+  } else if (rx == 0) {
+    to_x = ry * width / height;
+    to_y = ry;
+  } else {
+    // Python's float ratios, compared as A1111 compares them.
+    if (static_cast<double>(width) / static_cast<double>(height) < static_cast<double>(rx) / static_cast<double>(ry)) {
+      to_x = rx;
+      to_y = rx * height / width;
+    } else {
+      to_x = ry * width / height;
+      to_y = ry;
+    }
+    cut_x = (to_x - rx) / vae_scale_factor;
+    cut_y = (to_y - ry) / vae_scale_factor;
+  }
+  HiresGeometry g{};
+  g.upscaled[0] = to_y / vae_scale_factor;
+  g.upscaled[1] = to_x / vae_scale_factor;
+  g.cut[0] = cut_y / 2;
+  g.cut[1] = cut_x / 2;
+  g.size[0] = g.upscaled[0] - cut_y;
+  g.size[1] = g.upscaled[1] - cut_x;
+  return g;
 }
 
 torch::Tensor upscale_latents(const torch::Tensor& latents, const LatentUpscaler& upscaler,
@@ -135,15 +174,30 @@ std::unique_ptr<Scheduler> make_hires_sampler(const Manifest& manifest, const Ge
 // enter its schedule in the middle; Error(Bundle) for a sampler that cannot run the model's prediction type.
 void check_hires(const Manifest& manifest, const GenerationParams& params) {
   const HiresFix& h = params.hires;
-  if (!(h.scale >= 1 && h.scale <= 16))
+  const std::string resize = std::to_string(h.resize_width) + "x" + std::to_string(h.resize_height);
+  if (h.resized()) {
+    if (h.scale != 0) throw Error(ErrorKind::Usage, "hires fix: a scale or a size to resize to, not both");
+    if (h.resize_width < 0 || h.resize_height < 0 || h.resize_width > kMaxImageSide || h.resize_height > kMaxImageSide)
+      throw Error(ErrorKind::Usage, "hires resize " + resize + ": each side must be from 0 to " +
+                                        std::to_string(kMaxImageSide) + " (0: in the first pass's proportions)");
+  } else if (!(h.scale >= 1 && h.scale <= 16)) {
     throw Error(ErrorKind::Usage, "hires scale must be from 1 to 16, as A1111's Upscale by (1 denoises again at the "
                                   "same size)");
-  for (auto [name, side] : {std::pair<const char*, int>{"width", params.width}, {"height", params.height}}) {
-    const int64_t pixels = hires_latent_side(side, h.scale, manifest.vae_scale_factor) * manifest.vae_scale_factor;
-    if (pixels < std::max(8, manifest.vae_scale_factor) || pixels > kMaxImageSide)
-      throw Error(ErrorKind::Usage, "hires fix: the " + std::string(name) + " would be " + std::to_string(pixels) +
-                                        " (" + std::to_string(side) + " times the hires scale); it must be from 8 to " +
-                                        std::to_string(kMaxImageSide));
+  }
+  const HiresGeometry g = hires_geometry(params, manifest.vae_scale_factor);
+  for (int k : {0, 1}) {
+    const char* name = k == 0 ? "height" : "width";
+    const int side = k == 0 ? params.height : params.width;
+    const std::string how = h.resized() ? "resized to " + resize : std::to_string(side) + " times the hires scale";
+    // A resize to both sides first covers them: that size must fit too.
+    for (int64_t latents : {g.size[k], g.upscaled[k]}) {
+      const int64_t pixels = latents * manifest.vae_scale_factor;
+      if (pixels < std::max(8, manifest.vae_scale_factor) || pixels > kMaxImageSide)
+        throw Error(ErrorKind::Usage, "hires fix: the " + std::string(name) +
+                                          (latents == g.size[k] ? "" : " before the cut to the resize") + " would be " +
+                                          std::to_string(pixels) + " (" + how + "); it must be from 8 to " +
+                                          std::to_string(kMaxImageSide));
+    }
   }
   if (!std::isfinite(h.denoise) || h.denoise <= 0 || h.denoise > 1)
     throw Error(ErrorKind::Usage, "hires denoising strength must be above 0 and at most 1");
@@ -638,10 +692,13 @@ std::vector<GeneratedImage> Pipeline::generate(const std::vector<std::string>& p
   // starts again from each row's seed, as A1111 draws it.
   if (hires_sampler) {
     const size_t first = hires_sampler->first_call();
-    latent_shape[2] = hires_latent_side(params.height, params.hires.scale, manifest_.vae_scale_factor);
-    latent_shape[3] = hires_latent_side(params.width, params.hires.scale, manifest_.vae_scale_factor);
+    const HiresGeometry g = hires_geometry(params, manifest_.vae_scale_factor);
+    latent_shape[2] = g.size[0];
+    latent_shape[3] = g.size[1];
     const LatentUpscaler& upscaler = *find_latent_upscaler(params.hires.upscaler);  // resolve_params checked it
-    latents = upscale_latents(latents, upscaler, {latent_shape[2], latent_shape[3]});
+    latents = upscale_latents(latents, upscaler, {g.upscaled[0], g.upscaled[1]})
+                  .narrow(2, g.cut[0], g.size[0])
+                  .narrow(3, g.cut[1], g.size[1]);
     observe(observer, "hires/latents/upscaled", latents);
     noise.restart();
     latents = hires_sampler->add_noise(latents, noise.draw(latent_shape).to(options_.device), first);

@@ -47,12 +47,18 @@ std::vector<std::string> latent_upscaler_names();
 // The entry of that name, else nullptr.
 const LatentUpscaler* find_latent_upscaler(const std::string& name);
 
-// AUTOMATIC1111's hires fix with a latent upscaler: the first pass's latents are resized by `scale` and denoised
-// again, as an img2img pass of strength `denoise` whose schedule is stretched so that exactly `steps` U-Net steps
-// run (A1111: int(steps / min(denoise, 0.999)) steps, of which the last `steps`).
+// AUTOMATIC1111's hires fix with a latent upscaler: the first pass's latents are resized by `scale` (or to a size)
+// and denoised again, as an img2img pass of strength `denoise` whose schedule is stretched so that exactly `steps`
+// U-Net steps run (A1111: int(steps / min(denoise, 0.999)) steps, of which the last `steps`).
 struct HiresFix {
-  double scale = 0;  // 0: no hires pass; else the image becomes int(width * scale) x int(height * scale), rounded
-                     // down to the VAE's multiple
+  double scale = 0;  // 0: no hires pass (or one to resize_width x resize_height); else the image becomes
+                     // int(width * scale) x int(height * scale), rounded down to the VAE's multiple
+  // A1111's "Resize width to" and "Resize height to" (infotext "Hires resize: WxH"), in place of a scale: with one
+  // side 0 the image becomes that side and the other in the first pass's proportions, rounded down; with both, the
+  // latents are resized to cover WxH in those proportions and cut to it in the middle. Rounded down to the VAE's
+  // multiple as a scale's size is.
+  int resize_width = 0;
+  int resize_height = 0;
   int steps = 0;     // 0: as many as the first pass
   double denoise = 0.7;
   // How the latents are resized: a latent_upscalers() name ("latent": bilinear, as A1111's "Latent").
@@ -60,11 +66,13 @@ struct HiresFix {
   // A1111's "Hires sampler": the hires pass's sampler (a GenerationParams::sampler name); empty: the first pass's.
   std::string sampler;
 
-  // Any other scale than 0 asks for the pass, which resolve_params refuses outside 1 to 16 (NaN too).
-  bool enabled() const { return scale != 0; }
+  // Any other scale than 0 asks for the pass, which resolve_params refuses outside 1 to 16 (NaN too), as does a
+  // resize side other than 0.
+  bool enabled() const { return scale != 0 || resized(); }
+  bool resized() const { return resize_width != 0 || resize_height != 0; }
   bool operator==(const HiresFix& o) const {
-    return scale == o.scale && steps == o.steps && denoise == o.denoise && upscaler == o.upscaler &&
-           sampler == o.sampler;
+    return scale == o.scale && resize_width == o.resize_width && resize_height == o.resize_height && steps == o.steps &&
+           denoise == o.denoise && upscaler == o.upscaler && sampler == o.sampler;
   }
 };
 

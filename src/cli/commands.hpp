@@ -43,7 +43,8 @@ struct GenerateOptions {
   bool pad_conds_v0 = false;  // GenerationParams::pad_conds LastVector
   bool emphasis = false;      // GenerationParams::emphasis
   std::string emphasis_mode;  // GenerationParams::emphasis_mode by its flag name (empty: original); implies emphasis
-  HiresFix hires;             // GenerationParams::hires (scale 0: off)
+  HiresFix hires;             // GenerationParams::hires (scale 0: off), but for its resize
+  std::string hires_resize;   // --hires-resize's WxH: HiresFix::resize_width and resize_height
   std::vector<std::string> loras;  // --lora NAME[:WEIGHT[:UNET_WEIGHT]]: a <lora:...> tag added to every prompt
   std::optional<int> width;  // none: the model's default size
   std::optional<int> height;

@@ -34,21 +34,28 @@ namespace txt2img::cli {
 namespace {
 
 // --seed-resize-from's "WxH" as {width, height} in pixels; {0, 0} where it is not given.
-std::pair<int, int> seed_resize_size(const std::string& text) {
+// `flag`'s "WxH" in pixels, each side from `smallest` to kMaxImageSide (with `smallest` 0, not both 0); {0, 0} for
+// an empty text.
+std::pair<int, int> pixel_size(const std::string& flag, const std::string& text, int smallest) {
   if (text.empty()) return {0, 0};
   int sides[2] = {0, 0};
   const char* at = text.data();
   const char* end = text.data() + text.size();
   for (int k = 0; k < 2; ++k) {
     const auto [next, error] = std::from_chars(at, end, sides[k]);
-    const bool fits = error == std::errc() && sides[k] >= 8 && sides[k] <= kMaxImageSide;
+    const bool fits = error == std::errc() && sides[k] >= smallest && sides[k] <= kMaxImageSide &&
+                      (k == 0 || sides[0] != 0 || sides[1] != 0);
     if (!fits || (k == 0 && (next == end || *next != 'x')) || (k == 1 && next != end))
-      throw Error(ErrorKind::Usage, "--seed-resize-from \"" + text + "\" must be WxH in pixels, each side from 8 to " +
-                                        std::to_string(kMaxImageSide) + " (e.g. 512x768)");
+      throw Error(ErrorKind::Usage, flag + " \"" + text + "\" must be WxH in pixels, each side from " +
+                                        std::to_string(smallest) + " to " + std::to_string(kMaxImageSide) +
+                                        (smallest == 0 ? " (0: in the first pass's proportions; not both)" : "") +
+                                        " (e.g. 512x768)");
     at = next + 1;
   }
   return {sides[0], sides[1]};
 }
+
+std::pair<int, int> seed_resize_size(const std::string& text) { return pixel_size("--seed-resize-from", text, 8); }
 
 // The text chunk that marks a preview PNG, so that only an earlier preview is ever replaced by one.
 constexpr const char* kPreviewKey = "txt2img-preview";
@@ -592,6 +599,8 @@ int run_generate(const GenerateOptions& o) {
   for (const auto& [flag, side] : {std::pair{"--width", o.width}, {"--height", o.height}})
     if (side == 0) throw Error(ErrorKind::Usage, std::string(flag) + " 0 is no image size (leave " + flag +
                                                    " out for the model's size)");
+  HiresFix hires = o.hires;
+  std::tie(hires.resize_width, hires.resize_height) = pixel_size("--hires-resize", o.hires_resize, 0);
   plan_options.params = {o.width.value_or(0),
                          o.height.value_or(0),
                          o.steps,
@@ -608,7 +617,7 @@ int run_generate(const GenerateOptions& o) {
                          o.emphasis || !o.emphasis_mode.empty(),
                          emphasis_mode_named(o.emphasis_mode.empty() ? "original" : o.emphasis_mode),
                          {},
-                         o.hires,
+                         hires,
                          o.skip_early_cfg,
                          o.ngms,
                          o.ngms_all_steps};

@@ -182,7 +182,11 @@ std::string a1111_parameters(const ImageRecord& r) {
   params.emplace_back("RNG", r.rng == "nv" ? "NV" : "CPU");
   if (r.tiling) params.emplace_back("Tiling", "True");
   if (r.hires.enabled()) {
-    params.emplace_back("Hires upscale", slider_number(r.hires.scale));
+    if (r.hires.resized())
+      params.emplace_back("Hires resize",
+                          std::to_string(r.hires.resize_width) + "x" + std::to_string(r.hires.resize_height));
+    else
+      params.emplace_back("Hires upscale", slider_number(r.hires.scale));
     // The steps that ran, given or not (A1111 reads a missing or 0 "Hires steps" as the first pass's), so that
     // info --command gives back the flag and the image made again has these very parameters.
     params.emplace_back("Hires steps", std::to_string(r.hires.steps));
@@ -266,11 +270,15 @@ nlohmann::ordered_json loras_json(const std::vector<LoraRecord>& loras) {
   return list;
 }
 
-// null without a hires pass, else {"scale", "steps" (those run), "denoise", "upscaler", "sampler" (the pass's),
-// "width", "height" (the image's)}, as the "txt2img" chunk and --json's image events give it.
+// null without a hires pass, else {"scale" (0 with a resize), "resize" (null, or its "width" and "height"), "steps"
+// (those run), "denoise", "upscaler", "sampler" (the pass's), "width", "height" (the image's)}, as the "txt2img" chunk
+// and --json's image events give it.
 nlohmann::ordered_json hires_json(const ImageRecord& r) {
   if (!r.hires.enabled()) return nullptr;
   return {{"scale", r.hires.scale},
+          {"resize", r.hires.resized()
+                         ? nlohmann::ordered_json{{"width", r.hires.resize_width}, {"height", r.hires.resize_height}}
+                         : nlohmann::ordered_json(nullptr)},
           {"steps", r.hires.steps},
           {"denoise", r.hires.denoise},
           {"upscaler", r.hires.upscaler},

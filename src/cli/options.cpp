@@ -315,24 +315,26 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
                                                                             : "it must be from 1 to 16, not " + value;
                         },
                         "1 to 16"));
+  app.add_option("--hires-resize", o.hires_resize,
+                 "A1111's hires fix to a size (Resize width to / height to), in place of --hires-scale: WxH in "
+                 "pixels, a side 0 keeping the first pass's proportions; with both, the latents are resized to cover "
+                 "WxH and cut to it in the middle")
+      ->type_name("WxH")
+      ->excludes(hires);
   app.add_option("--hires-steps", o.hires.steps, "steps of the hires pass (default: as many as --steps)")
-      ->type_name("N")
-      ->needs(hires);
+      ->type_name("N");
   app.add_option("--hires-denoise", o.hires.denoise,
                  "denoising strength of the hires pass, above 0 to 1 (A1111's Denoising strength)")
       ->type_name("D")
-      ->capture_default_str()
-      ->needs(hires);
+      ->capture_default_str();
   app.add_option("--hires-upscaler", o.hires.upscaler,
                  "how the latents are resized, as A1111's Latent upscalers: " + join(latent_upscaler_names()) +
                      " (latent is bilinear)")
-      ->capture_default_str()
-      ->needs(hires);
+      ->capture_default_str();
   app.add_option("--hires-sampler", o.hires.sampler,
                  "A1111's Hires sampler: the hires pass's sampler (default: the first pass's; not pndm, plms_a1111, "
                  "lcm or tcd)")
-      ->type_name("NAME")
-      ->needs(hires);
+      ->type_name("NAME");
   app.add_option("-W,--width", o.width, "image width, a multiple of 8 (default: the model's size, e.g. 512)");
   app.add_option("-H,--height", o.height, "image height, a multiple of 8 (default: the model's size)");
   app.add_flag("--tiling", o.tiling,
@@ -557,6 +559,12 @@ std::variant<Command, int> parse_command_line(int argc, char** argv, bool& json_
       throw Error(ErrorKind::Usage, "no prompt: give one (txt2img tokenize \"a red fox\") or --from-file FILE");
   } else {
     command.which = Command::Generate;
+    // What only a hires pass takes needs one asked for (by a scale or a size: CLI11's needs() takes one option).
+    for (const char* flag : {"--hires-steps", "--hires-denoise", "--hires-upscaler", "--hires-sampler"})
+      if (app.count(flag) > 0 && app.count("--hires-scale") == 0 && app.count("--hires-resize") == 0)
+        throw Error(ErrorKind::Usage, std::string(flag) +
+                                          " requires --hires-scale or --hires-resize (txt2img --help "
+                                          "lists the options)");
     if (!command.generate.prompt && command.generate.from_file.empty())
       throw Error(ErrorKind::Usage,
                   "no prompt: give one as an argument (txt2img \"a red fox in the snow\") or read prompts from a "

@@ -109,19 +109,23 @@ bool RunPlan::load_prompt() {
     p.long_prompts = entry_.long_prompts.value_or(p.long_prompts);
     p.emphasis = entry_.emphasis.value_or(p.emphasis);
     p.loras = tagged.loras;
-    p.hires.scale = entry_.hires_scale.value_or(p.hires.scale);
+    if (entry_.hires_scale) {  // in place of --hires-resize too
+      p.hires.scale = *entry_.hires_scale;
+      p.hires.resize_width = p.hires.resize_height = 0;
+    }
     p.hires.steps = entry_.hires_steps.value_or(p.hires.steps);
     p.hires.denoise = entry_.hires_denoise.value_or(p.hires.denoise);
     p.hires.upscaler = entry_.hires_upscaler.value_or(p.hires.upscaler);
     p.hires.sampler = entry_.hires_sampler.value_or(p.hires.sampler);
     const bool hires_settings =
         entry_.hires_steps || entry_.hires_denoise || entry_.hires_upscaler || entry_.hires_sampler;
-    if (p.hires.scale < 0 || (p.hires.scale == 0 && hires_settings))
+    if (p.hires.scale < 0 || (!p.hires.enabled() && hires_settings))
       throw Error(ErrorKind::Usage,
                   where + (entry_.hires_scale == 0.0
                                ? ": \"hires_scale\": 0 turns the hires pass off, so the line's other hires settings "
                                  "have nothing to apply to"
-                               : ": the hires settings need a \"hires_scale\" from 1 to 16 (or --hires-scale)"));
+                               : ": the hires settings need a \"hires_scale\" from 1 to 16 (or --hires-scale or "
+                                 "--hires-resize)"));
     try {
       params_ = resolve_(p);
     } catch (const Error& e) {

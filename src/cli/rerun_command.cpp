@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <limits>
@@ -103,7 +104,11 @@ std::string rerun_command(const nlohmann::ordered_json& r, const std::string& pa
     add("-H", r.at("height"));
     if (r.contains("hires") && !r.at("hires").is_null()) {
       const auto& h = r.at("hires");
-      add("--hires-scale", h.at("scale"));
+      if (h.contains("resize") && !h.at("resize").is_null())
+        add("--hires-resize", std::to_string(h.at("resize").at("width").get<int>()) + "x" +
+                                  std::to_string(h.at("resize").at("height").get<int>()));
+      else
+        add("--hires-scale", h.at("scale"));
       if (h.at("steps").get<int>() > 0) add("--hires-steps", h.at("steps"));  // 0: older images, "as --steps"
       add("--hires-denoise", h.at("denoise"));
       if (h.at("upscaler").get<std::string>() != "latent") add("--hires-upscaler", h.at("upscaler"));
@@ -317,10 +322,14 @@ std::string a1111_command(const std::string& text) {
   take_whole("Clip skip", "--clip-skip", 1, kLargest);
   // A hires fix carries over when its upscaler is a latent one and it was given as a scale.
   const std::string upscaler = upscaler_from_a1111(field("Hires upscaler"));
-  const bool hires = !field("Hires upscale").empty() && !upscaler.empty() && field("Hires resize").empty();
+  const bool hires = (!field("Hires upscale").empty() || !field("Hires resize").empty()) && !upscaler.empty();
   std::string hires_sampler;
   if (hires) {
-    take("Hires upscale", "--hires-scale");
+    // A1111 writes one: the resize where one was given.
+    if (!field("Hires resize").empty())
+      take("Hires resize", "--hires-resize");
+    else
+      take("Hires upscale", "--hires-scale");
     take_whole("Hires steps", "--hires-steps", 1, 1000);
     take("Denoising strength", "--hires-denoise");
     if (upscaler != "latent") args.insert(args.end(), {"--hires-upscaler", upscaler});
@@ -351,9 +360,18 @@ std::string a1111_command(const std::string& text) {
         "txt2img record does): the command reads the prompt as A1111 does, with both, which makes another image "
         "where the prompt has brackets, a backslash, BREAK, AND, a trailing :number or more than 75 tokens and was "
         "made without them");
-    // The image's size: the hires pass's where there is one (its scale was taken as a number, or refused).
-    const double scale = hires ? std::strtod(field("Hires upscale").c_str(), nullptr) : 1.0;
-    if (whole(sides[0]) && whole(sides[1]) && std::max(std::stoi(sides[0]), std::stoi(sides[1])) * scale > 512)
+    // The image's larger side: the hires pass's where there is one (its scale or size was taken, or refused).
+    int resize[2] = {0, 0};
+    if (hires) std::sscanf(field("Hires resize").c_str(), "%dx%d", &resize[0], &resize[1]);
+    const double scale = !hires                             ? 1.0
+                         : resize[0] == 0 && resize[1] == 0 ? std::strtod(field("Hires upscale").c_str(), nullptr)
+                                                            : 0.0;
+    const auto largest_side = [&](int width, int height) {
+      if (scale != 0) return std::max(width, height) * scale;
+      if (resize[0] > 0 && resize[1] > 0) return static_cast<double>(std::max(resize[0], resize[1]));
+      return std::max(width, height) * std::max(resize[0] / double(width), resize[1] / double(height));
+    };
+    if (whole(sides[0]) && whole(sides[1]) && largest_side(std::stoi(sides[0]), std::stoi(sides[1])) > 512)
       notes.push_back(
           "nor whether --low-vram decoded it in tiles (sides above 512), which changes its pixels a little: add "
           "--low-vram where it was made with it");
@@ -397,8 +415,9 @@ std::string a1111_command(const std::string& text) {
   } catch (const Error&) {
     // a tag txt2img refuses: running the command says why
   }
-  static const std::set<std::string> hires_fields = {"Hires upscale",      "Hires steps",   "Hires upscaler",
-                                                     "Denoising strength", "Hires sampler", "Hires schedule type"};
+  static const std::set<std::string> hires_fields = {"Hires upscale",      "Hires resize",       "Hires steps",
+                                                     "Hires upscaler",     "Denoising strength", "Hires sampler",
+                                                     "Hires schedule type"};
   // An inpainting model's mask weight, which A1111's txt2img reads only for its hires pass: below 1 it conditions
   // that pass on the first pass's image, where txt2img (and A1111 at 1) masks the whole image again.
   const std::string mask_weight = field("Conditional mask weight");

@@ -19,8 +19,8 @@ class HiresFix(CliTestCase):
         self.assertEqual((width, height), (64, 64))
         event = json_lines(result.stdout)[0]
         self.assertEqual((event["width"], event["height"]), (32, 32))
-        self.assertEqual(event["hires"], {"scale": 2.0, "steps": 3, "denoise": 0.7, "upscaler": "latent",
-                                          "sampler": "euler_a", "width": 64, "height": 64})
+        self.assertEqual(event["hires"], {"scale": 2.0, "resize": None, "steps": 3, "denoise": 0.7,
+                                          "upscaler": "latent", "sampler": "euler_a", "width": 64, "height": 64})
         text = png_text(self.dir / "a.png")
         self.assertIn("Size: 32x32, ", text["parameters"])
         self.assertIn("Denoising strength: 0.7, ", text["parameters"])
@@ -31,6 +31,47 @@ class HiresFix(CliTestCase):
         self.assertIsNone(json_lines(plain.stdout)[0]["hires"])
         self.assertNotIn("Hires", png_text(self.dir / "plain.png")["parameters"])
         self.assertNotIn("Denoising strength", png_text(self.dir / "plain.png")["parameters"])
+
+    def test_resize_to_a_size_as_a1111_does(self):
+        """--hires-resize WxH (A1111's Resize width to / height to) makes the image that size, covering it and cutting
+        the rest in the middle where both sides are given, or keeping the proportions where one is 0; it is recorded
+        as A1111's "Hires resize", comes back through info --command (from an A1111 text too), and is refused with a
+        scale, alone as a side or with a hires setting and no hires pass."""
+        for size, image in (("48x40", (48, 40)), ("0x48", (48, 48)), ("40x0", (40, 40))):
+            name = f"{size}.png"
+            result = self.txt2img("a fox", "--seed", "3", "--hires-resize", size, "--hires-steps", "2", "-o", name,
+                                  "--json")
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(png_pixels(self.dir / name)[:2], image, size)
+            hires = json_lines(result.stdout)[0]["hires"]
+            rx, ry = (int(side) for side in size.split("x"))
+            self.assertEqual((hires["scale"], hires["resize"]), (0.0, {"width": rx, "height": ry}))
+            self.assertEqual((hires["width"], hires["height"]), image)
+            parameters = png_text(self.dir / name)["parameters"]
+            self.assertIn(f"RNG: CPU, Hires resize: {size}, Hires steps: 2, ", parameters)
+            self.assertNotIn("Hires upscale:", parameters)
+            self.assertCommandRemakes(name, f" --hires-resize {size} ")
+        result = a1111_command(self, "a fox\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x768, "
+                                     "Denoising strength: 0.5, Hires resize: 1024x1024, Hires upscaler: Latent, "
+                                     "Version: v1.10.1")
+        self.assertIn(" --hires-resize 1024x1024 ", result.stdout)
+        self.assertNotIn("--hires-scale", result.stdout)
+        self.assertNotIn("not carried over", result.stderr)
+        # A prompt-file line's hires_scale takes the resize's place: 0 turns the pass off, another scale replaces it.
+        self.write("p.jsonl", "".join(json.dumps(line) + "\n" for line in (
+            {"prompt": "a fox", "output": "f1.png"}, {"prompt": "a fox", "hires_scale": 0, "output": "f2.png"},
+            {"prompt": "a fox", "hires_scale": 1.5, "output": "f3.png"})))
+        result = self.txt2img("--from-file", "p.jsonl", "--hires-resize", "48x40", "--hires-steps", "2", "--seed", "3")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([png_pixels(self.dir / f"f{k}.png")[:2] for k in (1, 2, 3)], [(48, 40), (32, 32), (48, 48)])
+        self.assertExit(self.txt2img("a fox", "--hires-resize", "64x64", "--hires-scale", "2", "-o", "b.png"),
+                        EXIT_USAGE, "--hires-scale excludes --hires-resize")
+        for bad in ("0x0", "64", "64x-8", "8192x64"):
+            self.assertExit(self.txt2img("a fox", "--hires-resize", bad, "-o", "b.png"), EXIT_USAGE,
+                            f'--hires-resize "{bad}" must be WxH in pixels, each side from 0 to 4096')
+        self.assertExit(self.txt2img("a fox", "--hires-steps", "3", "-o", "b.png"), EXIT_USAGE,
+                        "--hires-steps requires --hires-scale or --hires-resize")
+        self.assertFalse((self.dir / "b.png").exists())
 
     def test_hires_steps_default_to_the_steps(self):
         """Without --hires-steps the pass runs --steps steps, and the metadata records that number (not a 0 that would

@@ -1628,6 +1628,63 @@ TEST(HiresFix, HeunEntersItsScheduleAtAStep) {
   EXPECT_EQ(keep.progress.back(), (std::pair<size_t, size_t>{10, 10}));
 }
 
+// A hires pass to a size (A1111's Resize width to / height to) on the 64x48 first pass, as A1111's
+// calculate_target_resolution and sample_hr_pass size it: one side keeps the proportions (rounded down); both resize
+// the latents to cover them, then cut them to the size in the middle (an odd latent off the bottom or the right); the
+// noise is drawn at the cut size.
+TEST(HiresFix, ResizesToASizeAsA1111Does) {
+  auto pipeline = txt2img::Pipeline::load(txt2img::Bundle::open(fixtures() / "tiny"), {});
+  struct Case {
+    int rx, ry;
+    int64_t upscaled_h, upscaled_w, top, left, h, w;
+  };
+  for (const Case& c : {Case{96, 0, 9, 12, 0, 0, 9, 12},       // 96 x 96 * 48 // 64 = 72
+                        Case{0, 40, 5, 6, 0, 0, 5, 6},         // 40 * 64 // 48 = 53 x 40
+                        Case{96, 96, 12, 16, 0, 2, 12, 12},    // covered by 128 x 96, 4 latents cut
+                        Case{100, 60, 9, 12, 0, 0, 8, 12}}) {  // covered by 100 x 75: (75 - 60) // 8 = 1 cut
+    auto params = small_hires_params("euler");
+    params.hires.scale = 0;
+    params.hires.resize_width = c.rx;
+    params.hires.resize_height = c.ry;
+    Keep keep;
+    const auto image =
+        generate_small(pipeline, {"a red cube"}, {11}, txt2img::resolve_params(pipeline.manifest(), params), &keep)[0];
+    const std::string label = std::to_string(c.rx) + "x" + std::to_string(c.ry);
+    EXPECT_EQ(image.width, c.w * 8) << label;
+    EXPECT_EQ(image.height, c.h * 8) << label;
+    namespace F = torch::nn::functional;
+    const auto upscaled =
+        F::interpolate(keep.kept.at("latents/step_002"), F::InterpolateFuncOptions()
+                                                             .size(std::vector<int64_t>{c.upscaled_h, c.upscaled_w})
+                                                             .mode(torch::kBilinear)
+                                                             .align_corners(false))
+            .narrow(2, c.top, c.h)
+            .narrow(3, c.left, c.w);
+    EXPECT_TRUE(torch::equal(keep.kept.at("hires/latents/upscaled"), upscaled)) << label;
+    auto config = pipeline.manifest().scheduler;
+    config.timestep_spacing.clear();
+    txt2img::SeededNoise noise({11});
+    EXPECT_TRUE(
+        torch::equal(keep.kept.at("hires/latents/init"),
+                     txt2img::make_scheduler("euler", config, 6)->add_noise(upscaled, noise.draw({1, 4, c.h, c.w}), 3)))
+        << label;
+  }
+
+  auto both = small_hires_params("euler");
+  both.hires.resize_width = 96;
+  expect_error([&] { txt2img::resolve_params(pipeline.manifest(), both); }, ErrorKind::Usage,
+               {"a scale or a size to resize to, not both"});
+  both.hires.scale = 0;
+  both.hires.resize_width = 8192;
+  expect_error([&] { txt2img::resolve_params(pipeline.manifest(), both); }, ErrorKind::Usage,
+               {"hires resize 8192x0: each side must be from 0 to 4096"});
+  // 8x4096 is covered by 5461 x 4096 first.
+  both.hires.resize_width = 8;
+  both.hires.resize_height = 4096;
+  expect_error([&] { txt2img::resolve_params(pipeline.manifest(), both); }, ErrorKind::Usage,
+               {"the width before the cut to the resize would be 5456 (resized to 8x4096)"});
+}
+
 // The passes share GenerationParams' two etas, each sampler taking the one it has: a hires pass on Euler a at
 // k-diffusion's eta 0 after a first pass on Euler is Euler's image (it draws its noise and scales it by 0), and DDIM's
 // eta is the hires pass's where only it takes one. An eta neither pass takes is refused, naming both samplers.
