@@ -70,6 +70,7 @@ const Sampler kSamplers[] = {
     {"restart", kStartsLate},
     {"restart_karras", kStartsLate},
     {"restart_exponential", kStartsLate},
+    {"dpm_fast", kStartsLate | kEtaAncestral},
     {"lms", kStartsLate},
     {"lms_karras", kStartsLate},
     {"lms_exponential", kStartsLate},
@@ -251,6 +252,7 @@ std::string canonical_scheduler_name(const std::string& name) {
         {"kdpmppsde", "dpmpp_sde"},
         {"kdpmpp2msdeheun", "dpmpp_2m_sde_heun"},
         {"kdpmpp3msde", "dpmpp_3m_sde"},
+        {"kdpmfast", "dpm_fast"},
         // A1111's own aliases of its Karras samplers
         {"klmska", "lms_karras"},
         {"kdpm2ka", "dpm2_karras"},
@@ -338,21 +340,22 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, const Schedul
   const auto [base, schedule_name] = split_sampler_name(sampler);
   const SigmaSchedule schedule = detail::schedule_named(schedule_name);
   if (config.rescale_betas_zero_snr && !(it->capabilities & kZeroSnr))
-    throw Error(
-        ErrorKind::Usage,
-        "the " + sampler + " sampler cannot run a zero-terminal-SNR model (" +
-            (detail::is_a1111_schedule(schedule)
-                 ? "A1111's schedules start at the model's largest training sigma, infinite for such a model"
-             : sampler == "ddim_a1111" || sampler == "plms_a1111" || sampler == "unipc_a1111" || sampler == "lcm_a1111"
-                 ? "it runs on SD's training schedule as A1111's model holds it"
-                 : "diffusers' scheduler for it has no rescale_betas_zero_snr") +
-            "); use " + sampler_list(kZeroSnr));
+    throw Error(ErrorKind::Usage,
+                "the " + sampler + " sampler cannot run a zero-terminal-SNR model (" +
+                    (detail::is_a1111_schedule(schedule)
+                         ? "A1111's schedules start at the model's largest training sigma, infinite for such a model"
+                     : sampler == "ddim_a1111" || sampler == "plms_a1111" || sampler == "unipc_a1111" ||
+                             sampler == "lcm_a1111" || sampler == "dpm_fast"
+                         ? "it runs on SD's training schedule as A1111's model holds it"
+                         : "diffusers' scheduler for it has no rescale_betas_zero_snr") +
+                    "); use " + sampler_list(kZeroSnr));
 
   if (sampler == "ddim") return detail::make_ddim(config, steps, eta);
   if (sampler == "ddim_a1111") return detail::make_a1111_ddim(config, steps, eta);
   if (sampler == "plms_a1111") return detail::make_a1111_plms(config, steps);
   if (sampler == "unipc_a1111") return detail::make_a1111_unipc(config, steps);
   if (sampler == "lcm_a1111") return detail::make_a1111_lcm(config, steps);
+  if (sampler == "dpm_fast") return detail::make_a1111_dpm_fast(config, steps, eta_ancestral);
   if (sampler == "pndm") return detail::make_pndm(config, steps);
   if (sampler == "ddpm") return detail::make_ddpm(config, steps);
   if (sampler == "lcm") return detail::make_lcm(config, steps);

@@ -28,6 +28,9 @@ torch::Tensor a1111_eps_of(const torch::Tensor& model_output, const torch::Tenso
 std::vector<float> training_sigmas_of_a1111(const SchedulerConfig& config);
 // AUTOMATIC1111's LCM (its k-diffusion sampler over its own LCM denoiser: see a1111_lcm.cpp).
 std::unique_ptr<Scheduler> make_a1111_lcm(const SchedulerConfig& config, int steps);
+// AUTOMATIC1111's DPM fast (k-diffusion's sample_dpm_fast over the model's sigmas: see a1111_dpm_fast.cpp) at
+// k-diffusion's `eta`.
+std::unique_ptr<Scheduler> make_a1111_dpm_fast(const SchedulerConfig& config, int steps, double eta);
 // AUTOMATIC1111's UniPC (bh1, order 3, time-uniform: see a1111_unipc.cpp).
 std::unique_ptr<Scheduler> make_a1111_unipc(const SchedulerConfig& config, int steps);
 std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config, int steps);

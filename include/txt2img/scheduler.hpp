@@ -44,8 +44,8 @@ class Scheduler {
   // What AUTOMATIC1111's sampler of this kind hands its CFG denoiser as the noise level of U-Net call `call`, which
   // A1111's NGMS compares with its threshold: the sigma of the call's input where A1111 samples on k-diffusion's
   // sigmas (euler*, euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, lms*, dpmpp_2m*, dpmpp_3m_sde*, restart*,
-  // lcm_a1111, and lcm: sqrt((1 - a) / a) at its timestep), the timestep where A1111 samples on timesteps (ddim*,
-  // pndm as A1111's PLMS, plms_a1111, unipc*) and for the samplers A1111 lacks (ddpm, deis*).
+  // dpm_fast, lcm_a1111, and lcm: sqrt((1 - a) / a) at its timestep), the timestep where A1111 samples on timesteps
+  // (ddim*, pndm as A1111's PLMS, plms_a1111, unipc*) and for the samplers A1111 lacks (ddpm, deis*).
   virtual double a1111_sigma(size_t call) const { return timesteps_.at(call); }
   // Factor for the initial standard-normal latents (a float32 value).
   virtual double init_noise_sigma() const { return 1.0; }
@@ -56,7 +56,8 @@ class Scheduler {
   // call, the last included; DDPM at every call whose timestep is above 0; LCM (A1111's too) at every call but the
   // last; DPM2 ancestral at each step's midpoint call, and DPM++ 2S a there too, where k-diffusion draws it; and DPM++
   // SDE at both calls of a step but the last and A1111's DPM++ 2M SDE (Heun) and DPM++ 3M SDE at every call but the
-  // last, whose noise is brownian_increment's; and Restart after the call before each stretch it runs again.
+  // last, whose noise is brownian_increment's; Restart after the call before each stretch it runs again; and DPM fast
+  // after each of its solver steps' last call.
   virtual bool needs_noise(size_t /*call*/) const { return false; }
   // Where that noise is no fresh draw but a Brownian motion's increment (dpmpp_sde*, dpmpp_2m_sde_a1111*,
   // dpmpp_2m_sde_heun* and dpmpp_3m_sde*, as
@@ -72,11 +73,11 @@ class Scheduler {
   // euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, lcm_a1111) then compute exactly what a whole run computes from
   // the same sample; lms* ramps its order up from 1 again and dpmpp_2m* (A1111's 2M SDE too), dpmpp_3m_sde*, unipc,
   // unipc_karras and deis* take a first-order step first. ddim_a1111 enters as A1111's DDIM does, a call later (its
-  // enter), and restart* and unipc_a1111 plan a run of their own over the schedule's rest as A1111's img2img runs them
-  // (the calls then count from 0). Call before any step (start_at(0) changes nothing but on ddim_a1111 and
-  // unipc_a1111). Throws Error(Usage) for step > 0 on a sampler that cannot start anywhere but the beginning (pndm,
-  // plms_a1111, lcm) or an entry that leaves ddim_a1111 no call or unipc_a1111 fewer than 3 steps, and Error(Runtime)
-  // for a step past the schedule or after a step.
+  // enter), and restart*, unipc_a1111 and dpm_fast plan a run of their own over the schedule's rest as A1111's
+  // img2img runs them (the calls then count from 0). Call before any step (start_at(0) changes nothing but on
+  // ddim_a1111 and unipc_a1111). Throws Error(Usage) for step > 0 on a sampler that cannot start anywhere but the
+  // beginning (pndm, plms_a1111, lcm) or an entry that leaves ddim_a1111 no call or unipc_a1111 fewer than 3 steps, and
+  // Error(Runtime) for a step past the schedule or after a step.
   void start_at(size_t step);
   // The U-Net call this run starts at: 0, or start_at's entry (the first call of its step; for ddim_a1111 later, for
   // restart* and unipc_a1111 0).
@@ -89,10 +90,10 @@ class Scheduler {
   // The sample at the noise level of call `call`'s input, from a clean sample x0 and standard-normal noise of its
   // shape, in the space step(…, call, …) takes samples in: x0 + sigma * noise for the sigma samplers (euler*,
   // euler_a, heun*, dpm2*, dpmpp_2s_a*, dpmpp_sde*, dpmpp_2m_sde_a1111*, dpmpp_2m_sde_heun*, dpmpp_3m_sde*, lms*,
-  // restart*: the sigma of that call's input, but for restart*'s call 0 the schedule's sigma where the run starts,
-  // as A1111 noises it, which restart*'s plan may round), alpha * x0 + sigma * noise in the variance-preserving space
-  // of diffusers' dpmpp_2m*, unipc* and deis* (alpha = 1 / sqrt(s^2
-  // + 1) and sigma = s * alpha for that call's sigma s: A1111's x0 + s * noise scaled as the solver's samples are),
+  // restart*, dpm_fast: the sigma of that call's input, but for restart*'s and dpm_fast's call 0 the schedule's sigma
+  // where the run starts, as A1111 noises it, which their plans may round), alpha * x0 + sigma * noise in the
+  // variance-preserving space of diffusers' dpmpp_2m*, unipc* and deis* (alpha = 1 / sqrt(s^2 + 1) and sigma = s *
+  // alpha for that call's sigma s: A1111's x0 + s * noise scaled as the solver's samples are),
   // sqrt(a) * x0 + sqrt(1 - a) * noise with a = alphas_cumprod at timesteps()[call] for ddim, ddpm, pndm and lcm. A
   // whole run of those variance-preserving samplers starts from noise * init_noise_sigma() = noise as diffusers' does,
   // which add_noise(0, noise, 0) only approaches (sqrt(1 - a) is 0.9977 at t = 999, 0.993 at ddim's 10-step t = 901);
@@ -133,8 +134,8 @@ std::string sampler_names_text();
 bool sampler_takes_eta(const std::string& name);
 // Whether it takes k-diffusion's eta, which scales the noise its ancestral and SDE steps add (A1111's option "Eta for
 // k-diffusion samplers", eta_ancestral, 1 by default): euler_a, dpm2_a, dpmpp_2s_a, dpmpp_sde, dpmpp_2m_sde_a1111,
-// dpmpp_2m_sde_heun and dpmpp_3m_sde, on every schedule. 0 makes each a deterministic solver; the ones that draw
-// noise from the seed still draw it, as k-diffusion does.
+// dpmpp_2m_sde_heun and dpmpp_3m_sde, on every schedule, and dpm_fast. 0 makes each a deterministic solver; the ones
+// that draw noise from the seed still draw it, as k-diffusion does.
 bool sampler_takes_eta_ancestral(const std::string& name);
 // Whether `name` is one of scheduler_names() exactly (an alias is not: see canonical_scheduler_name).
 bool is_scheduler_name(const std::string& name);

@@ -107,6 +107,7 @@ A1111Sampler a1111_sampler(const std::string& sampler) {
       {"dpmpp_2m_sde_heun", "DPM++ 2M SDE Heun"},
       {"dpmpp_3m_sde", "DPM++ 3M SDE"},
       {"restart", "Restart"},
+      {"dpm_fast", "DPM fast"},
   };
   const auto [base, schedule] = split_sampler_name(canonical_scheduler_name(sampler));
   const auto it = names.find(base);

@@ -321,6 +321,19 @@ class Seeds(CliTestCase):
         self.assertEqual(png_pixels(self.dir / "ddim-plain.png"), png_pixels(self.dir / "ddim-ensd.png"))
         self.assertExit(self.txt2img("a fox", "--ensd", "-1", "-o", "bad.png"), EXIT_USAGE, "--ensd")
 
+    def test_dpm_fast(self):
+        """A1111's DPM fast: written "Sampler: DPM fast", given back by `info --command`, whose command makes the same
+        image; it draws noise after each of its solver steps, which --ensd moves and --eta-ancestral 0 scales away
+        (the image then another, and recorded as A1111's Eta)."""
+        args = ["--sampler", "dpm_fast", "--steps", "5", "--seed", "5"]
+        self.assertRemadeWithEnsd(args, "Steps: 5, Sampler: DPM fast, CFG scale: 7.5,")
+        self.assertEqual(self.txt2img("a fox", "-o", "plain.png", *args).returncode, 0)
+        self.assertNotEqual(png_pixels(self.dir / "a.png"), png_pixels(self.dir / "plain.png"))
+        self.assertEqual(self.txt2img("a fox", "-o", "ode.png", "--eta-ancestral", "0", *args).returncode, 0)
+        self.assertNotEqual(png_pixels(self.dir / "ode.png"), png_pixels(self.dir / "plain.png"))
+        self.assertIn(", Eta: 0.0,", png_text(self.dir / "ode.png")["parameters"])
+        self.assertCommandRemakes("ode.png", " --eta-ancestral 0.0 ")
+
     def test_restart(self):
         """A1111's Restart: written as A1111 writes it (restart_karras a plain "Sampler: Restart"), given back by
         `info --command`, whose command makes the same image; from 20 steps it draws noise where it runs a stretch

@@ -841,7 +841,10 @@ class Metadata(CliTestCase):
                  ("Sampler: Restart", "restart_karras", None),
                  ("Sampler: Restart, Schedule type: Exponential", "restart_exponential", None),
                  ("Sampler: Restart, Schedule type: Uniform, Version: v1.10.1", "restart_uniform", None),
-                 ("Sampler: Restart, Schedule type: KL Optimal", "restart_kl_optimal", None)]
+                 ("Sampler: Restart, Schedule type: KL Optimal", "restart_kl_optimal", None),
+                 # DPM fast runs over the model's sigma range whatever the schedule (which only its hires pass spans).
+                 ("Sampler: DPM fast, Version: v1.10.1", "dpm_fast", None),
+                 ("Sampler: DPM fast", "dpm_fast", None)]
         for i, (fields, sampler, note) in enumerate(cases):
             infotext = f"a fox\nSteps: 3, {fields}, CFG scale: 7, Seed: 1, Size: 32x32, RNG: CPU"
             result = a1111_command(self, infotext, f"{i}.png")

@@ -231,7 +231,8 @@ void replay_sampler_golden(const txt2img::SafeTensors& g, const std::string& key
   const bool interpolated = !txt2img::split_sampler_name(name).schedule.empty() || name.rfind("dpm2", 0) == 0 ||
                             name.rfind("dpmpp_2s", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 ||
                             name.rfind("dpmpp_2m_sde_a1111", 0) == 0 || name.rfind("dpmpp_2m_sde_heun", 0) == 0 ||
-                            name.rfind("dpmpp_3m_sde", 0) == 0 || name.rfind("restart", 0) == 0 || eta_variant;
+                            name.rfind("dpmpp_3m_sde", 0) == 0 || name.rfind("restart", 0) == 0 ||
+                            name.rfind("dpm_fast", 0) == 0 || eta_variant;
   // diffusers' Euler a and DPM2 a against k-diffusion's samplers ("eta<E>/" runs): diffusers' linspace timesteps where
   // CompVisDenoiser interpolates the sigma's log, up to 1.4e-3 apart.
   const bool diffusers_timesteps = eta_variant && (name == "euler_a" || name == "dpm2_a");
@@ -540,6 +541,100 @@ TEST(Restart, EntersPartWayAsA1111) {
   }
   auto sched = txt2img::make_scheduler("restart", sd_config(), 10);
   EXPECT_THROW(sched->start_at(10), txt2img::Error);  // past the schedule's last step
+}
+
+// AUTOMATIC1111's DPM fast, against tests/fixtures/a1111_dpm_fast_goldens.safetensors: k-diffusion's sample_dpm_fast
+// as A1111 calls it (the model's sigma range, N calls, A1111's eta_ancestral 1 unless "eta<E>/"), run by
+// tests/fixtures/make_a1111_dpm_fast_goldens.py on the same fake inputs: every call's input and the result bit for bit.
+const txt2img::SafeTensors& a1111_dpm_fast_goldens() {
+  static const auto g = txt2img::SafeTensors::open(TXT2IMG_A1111_DPM_FAST_GOLDENS);
+  return g;
+}
+
+class DpmFastGolden : public testing::TestWithParam<std::pair<std::string, int>> {};
+
+TEST_P(DpmFastGolden, MatchesA1111) {
+  replay_sampler_golden(a1111_dpm_fast_goldens(), GetParam().first, GetParam().second, 1e-6, /*exact_final=*/true);
+}
+
+std::vector<std::pair<std::string, int>> dpm_fast_golden_cases() {
+  std::vector<std::pair<std::string, int>> out;
+  for (const char* name : {"dpm_fast", "v_prediction/dpm_fast", "eta0/dpm_fast", "eta0.3/dpm_fast"})
+    for (int steps : {1, 2, 3, 4, 5, 6, 10, 20}) out.emplace_back(name, steps);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Goldens, DpmFastGolden, testing::ValuesIn(dpm_fast_golden_cases()), eta_case_name);
+
+// N steps are N U-Net calls in N // 3 + 1 solver steps of order 3 but the last one or two, noise drawn after each
+// step; a run entered part-way (A1111's hires pass) spans its uniform schedule's rest, noised to its sigma there.
+TEST(DpmFast, CallsNoiseAndLateEntries) {
+  for (int steps : {1, 2, 3, 4, 9, 10, 11}) {
+    const auto sched = txt2img::make_scheduler("dpm_fast", sd_config(), steps);
+    ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(steps));
+    int draws = 0;
+    for (size_t call = 0; call < sched->timesteps().size(); ++call) draws += sched->needs_noise(call);
+    EXPECT_EQ(draws, steps / 3 + 1) << steps;
+    EXPECT_TRUE(sched->needs_noise(sched->timesteps().size() - 1));
+  }
+  const auto& g = a1111_dpm_fast_goldens();
+  for (const auto& [key, steps, from] : std::vector<std::tuple<std::string, int, size_t>>{{"dpm_fast", 10, 4},
+                                                                                          {"dpm_fast", 20, 13},
+                                                                                          {"dpm_fast", 7, 5},
+                                                                                          {"eta0/dpm_fast", 10, 4},
+                                                                                          {"eta0/dpm_fast", 7, 5}}) {
+    const std::string run = key + "/n" + std::to_string(steps) + "_from" + std::to_string(from);
+    auto sched = txt2img::make_scheduler("dpm_fast", sd_config(), steps, 0.0, key == "dpm_fast" ? 1.0 : 0.0);
+    sched->start_at(from);
+    ASSERT_EQ(sched->first_call(), 0u) << run;
+    const auto ts = g.get(run + "/timesteps");
+    ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(ts.numel())) << run;
+    for (size_t i = 0; i < sched->timesteps().size(); ++i)
+      EXPECT_NEAR(sched->timesteps()[i], ts[static_cast<int64_t>(i)].item<double>(), 1e-4) << run << " " << i;
+    auto x = sched->add_noise(torch::zeros_like(fake_sample0()), fake_sample0(), 0);
+    EXPECT_TRUE(torch::equal(x, fake_sample0() * g.get(run + "/init_noise_sigma"))) << run;
+    for (size_t i = 0; i < sched->timesteps().size(); ++i)
+      x = sched->step(fake_model_output(i), i, x, sched->needs_noise(i) ? fake_noise(i) : torch::Tensor());
+    EXPECT_TRUE(torch::equal(x, g.get(run + "/final"))) << run;
+  }
+  auto sched = txt2img::make_scheduler("dpm_fast", sd_config(), 10);
+  EXPECT_THROW(sched->start_at(10), txt2img::Error);  // past the schedule's last step
+  // One step left, from the schedule's last sigma to itself: k-diffusion refuses it with an eta.
+  auto last = txt2img::make_scheduler("dpm_fast", sd_config(), 10);
+  try {
+    last->start_at(9);
+    ADD_FAILURE() << "a run of one sigma with an eta";
+  } catch (const txt2img::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("dpm_fast cannot run a single step from the schedule's last sigma with eta "
+                                         "ancestral 1: k-diffusion refuses"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_NO_THROW(txt2img::make_scheduler("dpm_fast", sd_config(), 10, 0.0, 0.0)->start_at(9));
+}
+
+// At eta 0, with a perfect noise prediction, every call's input lies on the path x0 + sigma * noise (the noise drawn
+// after each step scaled by 0), down to the run's end at the model's smallest sigma, not at x0; also from a late
+// start.
+TEST(DpmFast, FollowsThePathAtEtaZero) {
+  const auto x0 = fake_sample0() * 0.5;
+  const auto n = fake_noise(0);
+  for (size_t from : {0, 4}) {
+    auto sched = txt2img::make_scheduler("dpm_fast", sd_config(), 10, 0.0, 0.0);
+    if (from > 0) sched->start_at(from);
+    const size_t calls = sched->timesteps().size();
+    auto x = sched->add_noise(x0, n, 0);
+    for (size_t i = 0; i < calls; ++i) {
+      x = sched->step(n, i, x, sched->needs_noise(i) ? fake_noise(i) : torch::Tensor());
+      EXPECT_TRUE(torch::allclose(sched->pred_original_sample(), x0, 1e-4, 1e-4)) << from << " " << i;
+      if (i + 1 < calls)
+        EXPECT_TRUE(torch::allclose(x, sched->add_noise(x0, n, i + 1), 1e-5, 1e-5)) << from << " " << i;
+    }
+    // Both end at timestep 0's sigma: the model's smallest, and the last above 0 of the schedule the late run spans.
+    const float a0 = 1.0f - 0.00085f;
+    const float end = std::sqrt((1 - a0) / a0);
+    EXPECT_TRUE(torch::allclose(x, x0 + n * end, 1e-5, 1e-5)) << from << ": " << (x - x0 - n * end).abs().max();
+  }
 }
 
 // TCD against tests/fixtures/tcd_goldens.safetensors: diffusers v0.31.0's TCDScheduler run by
@@ -1068,6 +1163,7 @@ TEST(Scheduler, NamesAndValidation) {
                                               "restart",
                                               "restart_karras",
                                               "restart_exponential",
+                                              "dpm_fast",
                                               "lms",
                                               "lms_karras",
                                               "lms_exponential",
@@ -1101,7 +1197,7 @@ TEST(Scheduler, NamesAndValidation) {
   for (const char* distilled : {"lcm", "tcd"})
     expect_error(ErrorKind::Usage, "at most 50 steps", [&] { txt2img::make_scheduler(distilled, sd_config(), 51); });
   try {
-    txt2img::make_scheduler("dpm_fast", sd_config(), 10);
+    txt2img::make_scheduler("dpm_adaptive", sd_config(), 10);
     ADD_FAILURE();
   } catch (const txt2img::Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::Usage);
@@ -1120,7 +1216,7 @@ TEST(Scheduler, NamesAndValidation) {
   // k-diffusion's eta (A1111's eta_ancestral): the ancestral and SDE samplers', on any schedule, 0 to 1.
   expect_error(ErrorKind::Usage,
                "eta ancestral applies only to the euler_a, dpm2_a, dpmpp_2s_a, dpmpp_sde, dpmpp_2m_sde_a1111, "
-               "dpmpp_2m_sde_heun and dpmpp_3m_sde samplers (on any schedule), not to euler",
+               "dpmpp_2m_sde_heun, dpmpp_3m_sde and dpm_fast samplers (on any schedule), not to euler",
                [] { txt2img::make_scheduler("euler", sd_config(), 10, 0.0, 0.5); });
   expect_error(ErrorKind::Usage, "not to dpmpp_2m_sde",
                [] { txt2img::make_scheduler("dpmpp_2m_sde", sd_config(), 10, 0.0, 0.5); });
@@ -1313,13 +1409,15 @@ TEST(Scheduler, OtherToolsNamesStandForTheSameSampler) {
       {"DEIS", "deis"},
       {"DEIS Karras", "deis_karras"},
       {"Restart", "restart"},
-      {"Restart Exponential", "restart_exponential"}};
+      {"Restart Exponential", "restart_exponential"},
+      {"DPM fast", "dpm_fast"},
+      {"k_dpm_fast", "dpm_fast"}};
   for (const auto& [alias, name] : aliases) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(alias), name) << alias;
     EXPECT_EQ(txt2img::make_scheduler(alias, sd_config(), 10)->timesteps(),
               txt2img::make_scheduler(name, sd_config(), 10)->timesteps()) << alias;
   }
-  for (const char* other : {"DPM fast", "DPM adaptive"}) {
+  for (const char* other : {"DPM adaptive"}) {
     EXPECT_EQ(txt2img::canonical_scheduler_name(other), other);
     expect_error(ErrorKind::Usage, "unknown sampler", [&] { txt2img::make_scheduler(other, sd_config(), 10); });
   }
@@ -1480,7 +1578,8 @@ const std::vector<std::string>& late_starters() {
                                     "restart",
                                     "restart_karras",
                                     "restart_exponential",
-                                    "lcm_a1111"};
+                                    "lcm_a1111",
+                                    "dpm_fast"};
     for (const auto& name : a1111_schedule_samplers()) out.push_back(name);
     return out;
   }();
@@ -1858,7 +1957,7 @@ TEST(SchedulerStartAt, APerfectPredictionStaysOnTheAddNoisePathFromAnyStart) {
     // Their fresh noise leaves the path; MemorylessSamplersFollowTheWholeRun has euler_a.
     if (name.rfind("euler_a", 0) == 0 || name.rfind("dpmpp_2m_sde", 0) == 0 || name.rfind("dpm2_a", 0) == 0 ||
         name.rfind("dpmpp_2s_a", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 || name.rfind("dpmpp_3m_sde", 0) == 0 ||
-        name == "ddpm" || name == "lcm_a1111")
+        name == "ddpm" || name == "lcm_a1111" || name == "dpm_fast")  // DpmFast.FollowsThePathAtEtaZero
       continue;
     for (size_t k : {0, 3, 7, 11}) {
       auto sched = txt2img::make_scheduler(name, sd_config(), 12);
@@ -1926,17 +2025,18 @@ TEST(SchedulerStartAt, Errors) {
     expect_error(ErrorKind::Runtime, "after a step", [&] { sched->start_at(0); });
   }
   for (const auto& name : late_starters()) {
-    auto sched = txt2img::make_scheduler(name, sd_config(), 4);
+    // At its default eta k-diffusion refuses dpm_fast the one-step run that start_at(3) leaves (DpmFast's tests).
+    auto sched = txt2img::make_scheduler(name, sd_config(), 4, 0.0, name == "dpm_fast" ? 0.0 : 1.0);
     sched->start_at(3);
     sched->start_at(2);  // before any step the start may still move
-    // Step 2 is call 2, but heun's, dpm2's, dpmpp_2s_a's and dpmpp_sde's call 4 (two calls per step); restart's runs
-    // are planned anew from there, their calls counted from 0.
-    const bool replans = name.rfind("restart", 0) == 0;
+    // Step 2 is call 2, but heun's, dpm2's, dpmpp_2s_a's and dpmpp_sde's call 4 (two calls per step); restart's and
+    // dpm_fast's runs are planned anew from there, their calls counted from 0.
+    const bool replans = name.rfind("restart", 0) == 0 || name == "dpm_fast";
     const size_t c = sched->first_call();
     EXPECT_EQ(c, replans ? 0u : sched->calls_per_step() == 2 ? 4u : 2u) << name;
     EXPECT_EQ(sched->calls_per_step() == 2, name.rfind("heun", 0) == 0 || name.rfind("dpm2", 0) == 0 ||
                                                 name.rfind("dpmpp_2s_a", 0) == 0 || name.rfind("dpmpp_sde", 0) == 0 ||
-                                                replans)
+                                                name.rfind("restart", 0) == 0)
         << name;
     const auto expected = [](size_t want, size_t got) {
       return "expected call " + std::to_string(want) + ", got " + std::to_string(got);
