@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -17,6 +16,7 @@
 #include "cli/commands.hpp"
 #include "cli/metadata.hpp"
 #include "cli/output_pattern.hpp"
+#include "cli/pixel_size.hpp"
 #include "cli/plan.hpp"
 #include "cli/reporter.hpp"
 #include "cli/signals.hpp"
@@ -34,27 +34,6 @@ namespace txt2img::cli {
 namespace {
 
 // --seed-resize-from's "WxH" as {width, height} in pixels; {0, 0} where it is not given.
-// `flag`'s "WxH" in pixels, each side from `smallest` to kMaxImageSide (with `smallest` 0, not both 0); {0, 0} for
-// an empty text.
-std::pair<int, int> pixel_size(const std::string& flag, const std::string& text, int smallest) {
-  if (text.empty()) return {0, 0};
-  int sides[2] = {0, 0};
-  const char* at = text.data();
-  const char* end = text.data() + text.size();
-  for (int k = 0; k < 2; ++k) {
-    const auto [next, error] = std::from_chars(at, end, sides[k]);
-    const bool fits = error == std::errc() && sides[k] >= smallest && sides[k] <= kMaxImageSide &&
-                      (k == 0 || sides[0] != 0 || sides[1] != 0);
-    if (!fits || (k == 0 && (next == end || *next != 'x')) || (k == 1 && next != end))
-      throw Error(ErrorKind::Usage, flag + " \"" + text + "\" must be WxH in pixels, each side from " +
-                                        std::to_string(smallest) + " to " + std::to_string(kMaxImageSide) +
-                                        (smallest == 0 ? " (0: in the first pass's proportions; not both)" : "") +
-                                        " (e.g. 512x768)");
-    at = next + 1;
-  }
-  return {sides[0], sides[1]};
-}
-
 std::pair<int, int> seed_resize_size(const std::string& text) { return pixel_size("--seed-resize-from", text, 8); }
 
 // The text chunk that marks a preview PNG, so that only an earlier preview is ever replaced by one.

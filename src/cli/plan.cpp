@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -109,9 +110,16 @@ bool RunPlan::load_prompt() {
     p.long_prompts = entry_.long_prompts.value_or(p.long_prompts);
     p.emphasis = entry_.emphasis.value_or(p.emphasis);
     p.loras = tagged.loras;
-    if (entry_.hires_scale) {  // in place of --hires-resize too
+    // A line's scale or size replaces the flags' either.
+    if (entry_.hires_scale && entry_.hires_resize)
+      throw Error(ErrorKind::Usage, where + ": a \"hires_scale\" or a \"hires_resize\", not both");
+    if (entry_.hires_scale) {
       p.hires.scale = *entry_.hires_scale;
       p.hires.resize_width = p.hires.resize_height = 0;
+    }
+    if (entry_.hires_resize) {
+      p.hires.scale = 0;
+      std::tie(p.hires.resize_width, p.hires.resize_height) = *entry_.hires_resize;
     }
     p.hires.steps = entry_.hires_steps.value_or(p.hires.steps);
     p.hires.denoise = entry_.hires_denoise.value_or(p.hires.denoise);
@@ -124,8 +132,8 @@ bool RunPlan::load_prompt() {
                   where + (entry_.hires_scale == 0.0
                                ? ": \"hires_scale\": 0 turns the hires pass off, so the line's other hires settings "
                                  "have nothing to apply to"
-                               : ": the hires settings need a \"hires_scale\" from 1 to 16 (or --hires-scale or "
-                                 "--hires-resize)"));
+                               : ": the hires settings need a \"hires_scale\" from 1 to 16 or a \"hires_resize\" (or "
+                                 "--hires-scale or --hires-resize)"));
     try {
       params_ = resolve_(p);
     } catch (const Error& e) {

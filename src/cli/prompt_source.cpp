@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "cli/pixel_size.hpp"
 #include "cli/signals.hpp"
 #include "join.hpp"
 #include "txt2img/error.hpp"
@@ -182,12 +183,12 @@ std::string utf8_problem(std::string_view text) {
 }
 
 const std::vector<std::string>& jsonl_keys() {
-  static const std::vector<std::string> keys = {"prompt",        "negative_prompt",  "seed",           "steps",
-                                                "cfg_scale",     "guidance_rescale", "skip_early_cfg", "ngms",
-                                                "width",         "height",           "sampler",        "clip_skip",
-                                                "long_prompts",  "emphasis",         "hires_scale",    "hires_steps",
-                                                "hires_denoise", "hires_upscaler",   "hires_sampler",  "images",
-                                                "output"};
+  static const std::vector<std::string> keys = {
+      "prompt",           "negative_prompt", "seed",          "steps",          "cfg_scale",
+      "guidance_rescale", "skip_early_cfg",  "ngms",          "width",          "height",
+      "sampler",          "clip_skip",       "long_prompts",  "emphasis",       "hires_scale",
+      "hires_resize",     "hires_steps",     "hires_denoise", "hires_upscaler", "hires_sampler",
+      "images",           "output"};
   return keys;
 }
 
@@ -343,6 +344,10 @@ bool PromptSource::parse_line(std::string& line, PromptEntry& entry) {
                                    : entry.hires_denoise) = value.get<double>();
     } else if (key == "hires_steps") {
       entry.hires_steps = int_field<int>(value, key, where);
+    } else if (key == "hires_resize") {
+      const std::string size = *string_field(value, key, where);
+      if (size.empty()) throw Error(ErrorKind::Usage, where + ": \"hires_resize\" must be WxH in pixels, not empty");
+      entry.hires_resize = pixel_size(where + ": \"hires_resize\"", size, 0);
     } else if (key == "hires_upscaler") {
       entry.hires_upscaler = string_field(value, key, where);
     } else if (key == "hires_sampler") {

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace txt2img::cli {
@@ -41,14 +42,15 @@ struct PromptEntry {
   std::optional<std::string> output;
   std::optional<bool> long_prompts, emphasis;
   std::optional<double> hires_scale, hires_denoise;  // hires_scale 0 turns a --hires-scale off for the line
+  std::optional<std::pair<int, int>> hires_resize;   // HiresFix's resize_width and resize_height
   std::optional<int> hires_steps;
   std::optional<std::string> hires_upscaler;
   std::optional<std::string> hires_sampler;
 
   bool overrides_params() const {
     return steps || width || height || cfg_scale || guidance_rescale || skip_early_cfg || ngms || sampler ||
-           clip_skip || long_prompts || emphasis || hires_scale || hires_denoise || hires_steps || hires_upscaler ||
-           hires_sampler;
+           clip_skip || long_prompts || emphasis || hires_scale || hires_resize || hires_denoise || hires_steps ||
+           hires_upscaler || hires_sampler;
   }
 };
 

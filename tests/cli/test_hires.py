@@ -60,10 +60,18 @@ class HiresFix(CliTestCase):
         # A prompt-file line's hires_scale takes the resize's place: 0 turns the pass off, another scale replaces it.
         self.write("p.jsonl", "".join(json.dumps(line) + "\n" for line in (
             {"prompt": "a fox", "output": "f1.png"}, {"prompt": "a fox", "hires_scale": 0, "output": "f2.png"},
-            {"prompt": "a fox", "hires_scale": 1.5, "output": "f3.png"})))
+            {"prompt": "a fox", "hires_scale": 1.5, "output": "f3.png"},
+            {"prompt": "a fox", "hires_resize": "0x40", "output": "f4.png"})))
         result = self.txt2img("--from-file", "p.jsonl", "--hires-resize", "48x40", "--hires-steps", "2", "--seed", "3")
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual([png_pixels(self.dir / f"f{k}.png")[:2] for k in (1, 2, 3)], [(48, 40), (32, 32), (48, 48)])
+        self.assertEqual([png_pixels(self.dir / f"f{k}.png")[:2] for k in (1, 2, 3, 4)],
+                         [(48, 40), (32, 32), (48, 48), (40, 40)])
+        self.write("q.jsonl", json.dumps({"prompt": "a fox", "hires_resize": "48", "output": "q.png"}) + "\n")
+        self.assertExit(self.txt2img("--from-file", "q.jsonl"), EXIT_USAGE,
+                        'q.jsonl:1: "hires_resize" "48" must be WxH in pixels')
+        self.write("q.jsonl", json.dumps({"prompt": "a fox", "hires_resize": "48x48", "hires_scale": 2}) + "\n")
+        self.assertExit(self.txt2img("--from-file", "q.jsonl"), EXIT_USAGE,
+                        'a "hires_scale" or a "hires_resize", not both')
         self.assertExit(self.txt2img("a fox", "--hires-resize", "64x64", "--hires-scale", "2", "-o", "b.png"),
                         EXIT_USAGE, "--hires-scale excludes --hires-resize")
         for bad in ("0x0", "64", "64x-8", "8192x64"):
@@ -230,7 +238,8 @@ class HiresFix(CliTestCase):
                                            ("Schedule type: Karras, Hires sampler: Heun", "heun_karras", None),
                                            # Restart's own schedule is Karras, not the first pass's Automatic.
                                            ("Hires sampler: Restart", "restart_karras", None),
-                                           ("Hires sampler: DPM fast", None, "Hires sampler: DPM fast")]:
+                                           ("Hires sampler: DPM fast", "dpm_fast", None),
+                                           ("Hires sampler: DPM adaptive", None, "Hires sampler: DPM adaptive")]:
             result = a1111_command(self, f"{latent}, {fields}")
             self.assertEqual(result.returncode, 0, result.stderr)
             args = shlex.split(result.stdout)
