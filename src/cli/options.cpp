@@ -219,10 +219,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_option("--ensd", o.ensd,
                  "A1111's eta noise seed delta (ENSD, e.g. 31337): the noise samplers draw at each step (euler_a*, "
                  "dpm2_a*, dpmpp_2s_a*, dpmpp_2m_sde, dpmpp_2m_sde_karras, restart* from 20 steps, dpm_fast, ddpm, "
-                 "lcm, lcm_a1111, ddim, "
-                 "ddim_a1111 and tcd with --eta) "
-                 "comes from "
-                 "seed + N")
+                 "lcm, lcm_a1111, ddim, ddim_a1111 and tcd with --eta) comes from seed + N")
       ->type_name("N")
       ->check(CLI::Range(uint64_t{0}, kMaxSeed));
   app.add_option("--rng", o.rng,
@@ -265,8 +262,7 @@ void configure_generate(CLI::App& app, GenerateOptions& o) {
   app.add_option("--eta-ancestral", o.eta_ancestral,
                  "A1111's Eta for k-diffusion samplers, 0 to 1: the scale of the noise euler_a*, dpm2_a*, "
                  "dpmpp_2s_a*, dpmpp_sde*, dpmpp_2m_sde_a1111*, dpmpp_2m_sde_heun*, dpmpp_3m_sde* and dpm_fast add as "
-                 "they step "
-                 "(0: none, a deterministic solver)")
+                 "they step (0: none, a deterministic solver)")
       ->capture_default_str();
   app.add_option("--clip-skip", o.clip_skip,
                  "A1111's Clip skip: condition on the text encoder's Nth layer from the end (1 the last, 2 the "

@@ -519,6 +519,23 @@ TEST(Restart, CallsAndNoise) {
   }
 }
 
+// Replays golden run `run` of a sampler that plans a run of its own where start_at(`from`) enters its schedule
+// (restart*, dpm_fast): its calls counted from 0, their timesteps, the start noised to the golden's first sigma, and
+// the result bit for bit.
+void replay_late_entry(const txt2img::SafeTensors& g, const std::string& run, txt2img::Scheduler& sched, size_t from) {
+  sched.start_at(from);
+  ASSERT_EQ(sched.first_call(), 0u) << run;
+  const auto ts = g.get(run + "/timesteps");
+  ASSERT_EQ(sched.timesteps().size(), static_cast<size_t>(ts.numel())) << run;
+  for (size_t i = 0; i < sched.timesteps().size(); ++i)
+    EXPECT_NEAR(sched.timesteps()[i], ts[static_cast<int64_t>(i)].item<double>(), 1e-4) << run << " " << i;
+  auto x = sched.add_noise(torch::zeros_like(fake_sample0()), fake_sample0(), 0);
+  EXPECT_TRUE(torch::equal(x, fake_sample0() * g.get(run + "/init_noise_sigma"))) << run;
+  for (size_t i = 0; i < sched.timesteps().size(); ++i)
+    x = sched.step(fake_model_output(i), i, x, sched.needs_noise(i) ? fake_noise(i) : torch::Tensor());
+  EXPECT_TRUE(torch::equal(x, g.get(run + "/final"))) << run;
+}
+
 // A run entered part-way (A1111's img2img and hires pass) is restart_sampler's on the schedule's rest, noised to the
 // schedule's sigma there, its calls counted from 0.
 TEST(Restart, EntersPartWayAsA1111) {
@@ -528,16 +545,7 @@ TEST(Restart, EntersPartWayAsA1111) {
   for (const auto& [name, steps, from] : runs) {
     const std::string run = name + "/n" + std::to_string(steps) + "_from" + std::to_string(from);
     auto sched = txt2img::make_scheduler(name, sd_config(), steps);
-    sched->start_at(from);
-    ASSERT_EQ(sched->first_call(), 0u) << run;
-    const auto ts = g.get(run + "/timesteps");
-    ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(ts.numel())) << run;
-    for (size_t i = 0; i < sched->timesteps().size(); ++i)
-      EXPECT_NEAR(sched->timesteps()[i], ts[static_cast<int64_t>(i)].item<double>(), 1e-4) << run << " " << i;
-    auto x = sched->add_noise(torch::zeros_like(fake_sample0()), fake_sample0(), 0);
-    for (size_t i = 0; i < sched->timesteps().size(); ++i)
-      x = sched->step(fake_model_output(i), i, x, sched->needs_noise(i) ? fake_noise(i) : torch::Tensor());
-    EXPECT_TRUE(torch::equal(x, g.get(run + "/final"))) << run;
+    replay_late_entry(g, run, *sched, from);
   }
   auto sched = txt2img::make_scheduler("restart", sd_config(), 10);
   EXPECT_THROW(sched->start_at(10), txt2img::Error);  // past the schedule's last step
@@ -585,17 +593,7 @@ TEST(DpmFast, CallsNoiseAndLateEntries) {
                                                                                           {"eta0/dpm_fast", 7, 5}}) {
     const std::string run = key + "/n" + std::to_string(steps) + "_from" + std::to_string(from);
     auto sched = txt2img::make_scheduler("dpm_fast", sd_config(), steps, 0.0, key == "dpm_fast" ? 1.0 : 0.0);
-    sched->start_at(from);
-    ASSERT_EQ(sched->first_call(), 0u) << run;
-    const auto ts = g.get(run + "/timesteps");
-    ASSERT_EQ(sched->timesteps().size(), static_cast<size_t>(ts.numel())) << run;
-    for (size_t i = 0; i < sched->timesteps().size(); ++i)
-      EXPECT_NEAR(sched->timesteps()[i], ts[static_cast<int64_t>(i)].item<double>(), 1e-4) << run << " " << i;
-    auto x = sched->add_noise(torch::zeros_like(fake_sample0()), fake_sample0(), 0);
-    EXPECT_TRUE(torch::equal(x, fake_sample0() * g.get(run + "/init_noise_sigma"))) << run;
-    for (size_t i = 0; i < sched->timesteps().size(); ++i)
-      x = sched->step(fake_model_output(i), i, x, sched->needs_noise(i) ? fake_noise(i) : torch::Tensor());
-    EXPECT_TRUE(torch::equal(x, g.get(run + "/final"))) << run;
+    replay_late_entry(g, run, *sched, from);
   }
   auto sched = txt2img::make_scheduler("dpm_fast", sd_config(), 10);
   EXPECT_THROW(sched->start_at(10), txt2img::Error);  // past the schedule's last step
